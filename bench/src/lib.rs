@@ -1,0 +1,1 @@
+//! Shared helpers for Lethe's benchmarks and measurement tools.

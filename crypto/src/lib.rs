@@ -1,0 +1,4 @@
+//! Lethe's cryptography and wire formats.
+//!
+//! Everything here is I/O free: byte buffers in, byte buffers (rewritten in place) out.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]

@@ -1,0 +1,2 @@
+//! Lethe's node front-ends. Each is a thin layer over `lethe-engine`.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
