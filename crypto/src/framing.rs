@@ -457,31 +457,37 @@ impl FrameDecoder {
             return Err(fatal);
         }
 
-        // Finish discarding a skipped frame that spanned reads.
-        let n = self.discard_len.min(input.len());
-        self.discard_len -= n;
-        input = &input[n..];
+        input = self.discard(input);
 
-        // Complete a frame begun in an earlier read.
+        // Complete a frame begun in an earlier read: first its header, then its packet.
         if self.partial_len > 0 {
-            let taken = self.fill_partial(input);
-            input = &input[taken..];
+            let n = HEADER_MAX_LEN.saturating_sub(self.partial_len).min(input.len());
+            self.partial[self.partial_len..self.partial_len + n].copy_from_slice(&input[..n]);
+            self.partial_len += n;
+            input = &input[n..];
             match FrameHeader::decode(&self.partial[..self.partial_len]) {
                 Err(fatal) => return Err(self.stop(fatal)),
                 Ok(None) => {
                     debug_assert!(input.is_empty());
                     return Ok(stats);
                 }
-                Ok(Some(header)) => {
-                    let frame_len = match header {
-                        Ok(h) => h.frame_len(),
-                        Err(skipped) => skipped.frame_len,
-                    };
+                Ok(Some(Err(skipped))) => {
+                    // Reported as soon as its header is read, as in the no-copy path below.
+                    self.discard_len = skipped.frame_len - self.partial_len;
+                    self.partial_len = 0;
+                    stats.skipped += 1;
+                    on_frame(Err(skipped));
+                    input = self.discard(input);
+                }
+                Ok(Some(Ok(header))) => {
+                    let frame_len = header.frame_len();
+                    let n = (frame_len - self.partial_len).min(input.len());
+                    self.partial[self.partial_len..self.partial_len + n].copy_from_slice(&input[..n]);
+                    self.partial_len += n;
+                    input = &input[n..];
                     if self.partial_len < frame_len {
-                        debug_assert!(input.is_empty());
                         return Ok(stats);
                     }
-                    debug_assert_eq!(self.partial_len, frame_len);
                     self.partial_len = 0;
                     emit(header, &self.partial[..frame_len], &mut stats, &mut on_frame);
                 }
@@ -492,23 +498,19 @@ impl FrameDecoder {
         while !input.is_empty() {
             match FrameHeader::decode(input) {
                 Err(fatal) => return Err(self.stop(fatal)),
-                Ok(Some(Err(skipped))) if skipped.frame_len > input.len() => {
-                    // The bad frame's tail is still to come: report it now, drop its tail later.
-                    self.discard_len = skipped.frame_len - input.len();
+                Ok(Some(Err(skipped))) => {
+                    // Reported as soon as its header is read; its bytes are dropped as they come.
                     stats.skipped += 1;
                     on_frame(Err(skipped));
-                    input = &[];
+                    self.discard_len = skipped.frame_len;
+                    input = self.discard(input);
                 }
-                Ok(Some(header)) => {
-                    let frame_len = match header {
-                        Ok(h) => h.frame_len(),
-                        Err(skipped) => skipped.frame_len,
-                    };
-                    let Some(frame) = input.get(..frame_len) else {
+                Ok(Some(Ok(header))) => {
+                    let Some(frame) = input.get(..header.frame_len()) else {
                         break;
                     };
                     emit(header, frame, &mut stats, &mut on_frame);
-                    input = &input[frame_len..];
+                    input = &input[frame.len()..];
                 }
                 Ok(None) => break,
             }
@@ -523,26 +525,11 @@ impl FrameDecoder {
         Ok(stats)
     }
 
-    /// Copies from `input` into the reassembly buffer until it holds a whole header, then a
-    /// whole frame; returns how many bytes it took.
-    fn fill_partial(&mut self, input: &[u8]) -> usize {
-        let mut taken = 0;
-        loop {
-            let want = match FrameHeader::decode(&self.partial[..self.partial_len]) {
-                Err(_) => return taken,
-                // Every frame is longer than the longest header, so asking for that many is safe.
-                Ok(None) => HEADER_MAX_LEN,
-                Ok(Some(Ok(h))) => h.frame_len(),
-                Ok(Some(Err(skipped))) => skipped.frame_len,
-            };
-            if self.partial_len >= want || taken == input.len() {
-                return taken;
-            }
-            let n = (want - self.partial_len).min(input.len() - taken);
-            self.partial[self.partial_len..self.partial_len + n].copy_from_slice(&input[taken..taken + n]);
-            self.partial_len += n;
-            taken += n;
-        }
+    /// Drops the pending tail of a skipped frame from the front of `input`.
+    fn discard<'a>(&mut self, input: &'a [u8]) -> &'a [u8] {
+        let n = self.discard_len.min(input.len());
+        self.discard_len -= n;
+        &input[n..]
     }
 
     fn stop(&mut self, fatal: FatalFrameError) -> FatalFrameError {
@@ -552,20 +539,12 @@ impl FrameDecoder {
     }
 }
 
-fn emit<F>(header: Result<FrameHeader, SkippedFrame>, frame: &[u8], stats: &mut FeedStats, on_frame: &mut F)
+fn emit<F>(header: FrameHeader, frame: &[u8], stats: &mut FeedStats, on_frame: &mut F)
 where
     F: FnMut(Result<Frame<'_>, SkippedFrame>),
 {
-    match header {
-        Ok(header) => {
-            stats.frames += 1;
-            on_frame(Ok(Frame { header, packet: &frame[header.len()..] }));
-        }
-        Err(skipped) => {
-            stats.skipped += 1;
-            on_frame(Err(skipped));
-        }
-    }
+    stats.frames += 1;
+    on_frame(Ok(Frame { header, packet: &frame[header.len()..] }));
 }
 
 /// Error from [`encode_frame`].
@@ -791,7 +770,7 @@ mod proptests {
                 s.push(size.tag());
                 s.push(*ty);
                 if *v == FRAMING_V8 { s.push(*rot); }
-                s.extend(std::iter::repeat(*fill).take(size.packet_len()));
+                s.extend(std::iter::repeat_n(*fill, size.packet_len()));
             }
             let whole = {
                 let mut dec = FrameDecoder::new();
