@@ -42,10 +42,16 @@ fn wrong_mac_and_wrong_key() {
     for index in [32, 47, 48, 200, 347] {
         let mut corrupted = bytes.clone();
         corrupted[index] ^= 0x01;
-        assert_eq!(process_err(&mut corrupted, &net.secrets[0]), SphinxError::WrongMac);
+        assert_eq!(
+            process_err(&mut corrupted, &net.secrets[0]),
+            SphinxError::WrongMac
+        );
     }
     let mut copy = bytes.clone();
-    assert_eq!(process_err(&mut copy, &net.secrets[1]), SphinxError::WrongMac);
+    assert_eq!(
+        process_err(&mut copy, &net.secrets[1]),
+        SphinxError::WrongMac
+    );
     let stranger = StaticSecret::random_from_rng(&mut rng);
     let mut packet = Packet::new_checked(&mut copy[..]).unwrap();
     assert_eq!(
@@ -70,10 +76,16 @@ fn truncated_and_oversize() {
             SphinxError::Truncated { len, min }
         );
         let mut short = bytes[..len].to_vec();
-        assert!(matches!(process_err(&mut short, &net.secrets[0]), SphinxError::Truncated { .. }));
+        assert!(matches!(
+            process_err(&mut short, &net.secrets[0]),
+            SphinxError::Truncated { .. }
+        ));
     }
     let mut long = vec![0u8; sphinx::constants::PACKET_SIZE_MAX + 1];
-    assert!(matches!(process_err(&mut long, &net.secrets[0]), SphinxError::Oversize { .. }));
+    assert!(matches!(
+        process_err(&mut long, &net.secrets[0]),
+        SphinxError::Oversize { .. }
+    ));
     assert!(matches!(
         sphinx::create(b"", 0, &net.spec(Version::CURRENT), None, &mut rng),
         Err(SphinxError::Truncated { .. })
@@ -85,8 +97,12 @@ fn unknown_version_and_bad_flag() {
     let mut rng = rng(12);
     let net = Net::new(&mut rng, 2);
     let secret = &net.secrets[0];
-    let cases: [(fn(&mut [u8]), SphinxError); 4] = [
-        (|slot| slot[2..4].copy_from_slice(&261u16.to_be_bytes()), SphinxError::UnknownVersion(261)),
+    type Edit = fn(&mut [u8]);
+    let cases: [(Edit, SphinxError); 4] = [
+        (
+            |slot| slot[2..4].copy_from_slice(&261u16.to_be_bytes()),
+            SphinxError::UnknownVersion(261),
+        ),
         (|slot| slot[1] = 1, SphinxError::UnknownVersion(0x01_01_04)),
         (|slot| slot[0] = 3, SphinxError::BadFlag(3)),
         (|slot| slot[0] = 0, SphinxError::BadFlag(0)),
@@ -110,9 +126,15 @@ fn invalid_curve_points() {
     for alpha in [[0u8; 32], one, order_8] {
         let mut bad = bytes.clone();
         bad[..32].copy_from_slice(&alpha);
-        assert_eq!(process_err(&mut bad, &net.secrets[0]), SphinxError::InvalidPoint);
+        assert_eq!(
+            process_err(&mut bad, &net.secrets[0]),
+            SphinxError::InvalidPoint
+        );
     }
-    assert_eq!(sphinx::check_dh_output(&[0u8; 32]), Err(SphinxError::InvalidPoint));
+    assert_eq!(
+        sphinx::check_dh_output(&[0u8; 32]),
+        Err(SphinxError::InvalidPoint)
+    );
     assert!(sphinx::check_dh_output(&one).is_ok());
 }
 
@@ -122,16 +144,28 @@ fn hex_point(hex: &str) -> [u8; 32] {
 
 #[test]
 fn payload_padding() {
-    assert_eq!(sphinx::recover_plaintext(&[0u8; 16]), Err(SphinxError::BadPayloadPadding));
-    assert_eq!(sphinx::recover_plaintext(&[0u8; 40]), Err(SphinxError::BadPayloadPadding));
+    assert_eq!(
+        sphinx::recover_plaintext(&[0u8; 16]),
+        Err(SphinxError::BadPayloadPadding)
+    );
+    assert_eq!(
+        sphinx::recover_plaintext(&[0u8; 40]),
+        Err(SphinxError::BadPayloadPadding)
+    );
     let mut framed = [0u8; 40];
     framed[20] = 1;
     assert_eq!(sphinx::recover_plaintext(&framed).unwrap(), &[0u8; 4]);
     framed[0] = 9;
-    assert_eq!(sphinx::recover_plaintext(&framed), Err(SphinxError::BadPayloadPadding));
+    assert_eq!(
+        sphinx::recover_plaintext(&framed),
+        Err(SphinxError::BadPayloadPadding)
+    );
     framed[0] = 0;
     framed[30] = 2;
-    assert_eq!(sphinx::recover_plaintext(&framed), Err(SphinxError::BadPayloadPadding));
+    assert_eq!(
+        sphinx::recover_plaintext(&framed),
+        Err(SphinxError::BadPayloadPadding)
+    );
     // a wrong key decrypts to garbage, which the padding check rejects
     let mut rng = rng(14);
     let net = Net::new(&mut rng, 1);
@@ -139,7 +173,10 @@ fn payload_padding() {
     let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
     sphinx::process(&mut packet, &net.secrets[0]).unwrap();
     bytes[HEADER_SIZE] ^= 1;
-    assert_eq!(sphinx::recover_plaintext(&bytes[HEADER_SIZE..]), Err(SphinxError::BadPayloadPadding));
+    assert_eq!(
+        sphinx::recover_plaintext(&bytes[HEADER_SIZE..]),
+        Err(SphinxError::BadPayloadPadding)
+    );
 }
 
 #[test]
@@ -149,10 +186,16 @@ fn creation_arguments() {
     let mut spec = net.spec(Version::CURRENT);
     spec.route = &net.hops[..0];
     spec.delays_ns = &net.delays_ns[..0];
-    assert!(matches!(sphinx::create(b"", 2065, &spec, None, &mut rng), Err(SphinxError::InvalidRoute { .. })));
+    assert!(matches!(
+        sphinx::create(b"", 2065, &spec, None, &mut rng),
+        Err(SphinxError::InvalidRoute { .. })
+    ));
     spec.route = &net.hops[..3];
     spec.delays_ns = &net.delays_ns[..2];
-    assert!(matches!(sphinx::create(b"", 2065, &spec, None, &mut rng), Err(SphinxError::InvalidRoute { .. })));
+    assert!(matches!(
+        sphinx::create(b"", 2065, &spec, None, &mut rng),
+        Err(SphinxError::InvalidRoute { .. })
+    ));
     let six = Net::new(&mut rng, 6);
     assert!(matches!(
         sphinx::create(b"", 2065, &six.spec(Version::CURRENT), None, &mut rng),
@@ -169,7 +212,8 @@ fn creation_arguments() {
 fn surb_bytes_and_kinds() {
     let mut rng = rng(16);
     let mut net = Net::new(&mut rng, 3);
-    let (surb, _) = sphinx::build_surb(&net.spec(Version::PAYLOAD_KEY_SEEDS), None, &mut rng).unwrap();
+    let (surb, _) =
+        sphinx::build_surb(&net.spec(Version::PAYLOAD_KEY_SEEDS), None, &mut rng).unwrap();
     let bytes = surb.to_bytes();
     assert!(Surb::from_bytes(&bytes[..380]).is_err());
     assert!(Surb::from_bytes(&bytes[..bytes.len() - 1]).is_err());
@@ -195,14 +239,19 @@ fn surb_bytes_and_kinds() {
     ));
     // a recovery record for another SURB fails the padding check instead of returning junk
     net.destination.identifier[0] = 1;
-    let (surb, _) = sphinx::build_surb(&net.spec(Version::SINGLE_SEED_SURB), None, &mut rng).unwrap();
-    let (_, other) = sphinx::build_surb(&net.spec(Version::SINGLE_SEED_SURB), None, &mut rng).unwrap();
+    let (surb, _) =
+        sphinx::build_surb(&net.spec(Version::SINGLE_SEED_SURB), None, &mut rng).unwrap();
+    let (_, other) =
+        sphinx::build_surb(&net.spec(Version::SINGLE_SEED_SURB), None, &mut rng).unwrap();
     let (mut packet, _) = surb.use_surb(b"reply", 2065).unwrap();
     for secret in &net.secrets {
         sphinx::process(&mut Packet::new_checked(&mut packet[..]).unwrap(), secret).unwrap();
     }
     let mut sealed = packet[HEADER_SIZE..].to_vec();
-    assert_eq!(other.unwrap().recover_plaintext(&mut sealed), Err(SphinxError::BadPayloadPadding));
+    assert_eq!(
+        other.unwrap().recover_plaintext(&mut sealed),
+        Err(SphinxError::BadPayloadPadding)
+    );
 }
 
 /// The staged API with externally supplied X25519 results equals `process`.
@@ -222,7 +271,9 @@ fn staged_processing_matches_serial() {
         let expanded = sphinx::expand(&shared);
         sphinx::verify_mac(&packet, &expanded).unwrap();
         let blinded = match sphinx::hop_kind(&packet, &expanded).unwrap() {
-            sphinx::HopKind::Forward => x25519_dalek::x25519(*sphinx::blinding_input(&expanded), alpha),
+            sphinx::HopKind::Forward => {
+                x25519_dalek::x25519(*sphinx::blinding_input(&expanded), alpha)
+            }
             sphinx::HopKind::Final => [0u8; 32],
         };
         let processed = sphinx::unwrap_in_place(&mut packet, &expanded, &blinded).unwrap();

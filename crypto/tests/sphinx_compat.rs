@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use rand_core::Rng;
 use sphinx_common::{final_padding, rng, walk, Net, Replay, SIZES, VERSIONS};
 use sphinx_packet::payload::Payload;
-use sphinx_packet::{SphinxPacket, SurbReplyRecovery, SURBMaterial, SURB};
+use sphinx_packet::{SURBMaterial, SphinxPacket, SurbReplyRecovery, SURB};
 use x25519_dalek::StaticSecret;
 
 fn message(rng: &mut impl Rng, size: usize) -> Vec<u8> {
@@ -40,14 +40,22 @@ fn reference_packets_process_identically_and_rebuild_bit_for_bit() {
                     &msg[..]
                 );
                 assert_eq!(
-                    Payload::from_bytes(&walked.ref_payload).unwrap().recover_plaintext().unwrap(),
+                    Payload::from_bytes(&walked.ref_payload)
+                        .unwrap()
+                        .recover_plaintext()
+                        .unwrap(),
                     msg
                 );
 
                 let mut padding = Replay::new(final_padding(&walked.final_buffer, hops));
-                let rebuilt =
-                    sphinx::create(&msg, size - HEADER_SIZE, &net.spec(version), Some(&x), &mut padding)
-                        .unwrap();
+                let rebuilt = sphinx::create(
+                    &msg,
+                    size - HEADER_SIZE,
+                    &net.spec(version),
+                    Some(&x),
+                    &mut padding,
+                )
+                .unwrap();
                 assert!(padding.exhausted());
                 assert_eq!(rebuilt, bytes, "v{} {hops} hops {size} B", version.value());
             }
@@ -87,7 +95,10 @@ fn legacy_versions_process_like_the_reference() {
         let x = StaticSecret::random_from_rng(&mut rng);
         let bytes = net.ref_packet(&x, version, 2413, b"legacy");
         let walked = walk(&net, &bytes, version);
-        assert_eq!(sphinx::recover_plaintext(&walked.final_buffer[HEADER_SIZE..]).unwrap(), b"legacy");
+        assert_eq!(
+            sphinx::recover_plaintext(&walked.final_buffer[HEADER_SIZE..]).unwrap(),
+            b"legacy"
+        );
     }
 }
 
@@ -119,12 +130,17 @@ fn v259_surbs_interoperate() {
             let surb = sphinx::Surb::from_bytes(&surb_bytes).unwrap();
             assert_eq!(surb.to_bytes(), surb_bytes);
             let (packet, first_hop) = surb.use_surb(&msg, size - HEADER_SIZE).unwrap();
-            let (ref_packet, ref_first) =
-                SURB::from_bytes(&surb_bytes).unwrap().use_surb(&msg, size - HEADER_SIZE).unwrap();
+            let (ref_packet, ref_first) = SURB::from_bytes(&surb_bytes)
+                .unwrap()
+                .use_surb(&msg, size - HEADER_SIZE)
+                .unwrap();
             assert_eq!(packet, ref_packet.to_bytes());
             assert_eq!(first_hop, ref_first.to_bytes());
             let walked = reply(&net, &packet, version);
-            assert_eq!(sphinx::recover_plaintext(&walked.final_buffer[HEADER_SIZE..]).unwrap(), &msg[..]);
+            assert_eq!(
+                sphinx::recover_plaintext(&walked.final_buffer[HEADER_SIZE..]).unwrap(),
+                &msg[..]
+            );
 
             // Lethe SURB with the same secret and padding is the same SURB
             let mut padding = Replay::new(final_padding(&walked.final_buffer, hops));
@@ -140,7 +156,13 @@ fn v259_surbs_interoperate() {
                 .use_surb(&msg, size - HEADER_SIZE)
                 .unwrap();
             let walked = reply(&net, &ref_packet.to_bytes(), version);
-            assert_eq!(Payload::from_bytes(&walked.ref_payload).unwrap().recover_plaintext().unwrap(), msg);
+            assert_eq!(
+                Payload::from_bytes(&walked.ref_payload)
+                    .unwrap()
+                    .recover_plaintext()
+                    .unwrap(),
+                msg
+            );
         }
     }
 }
@@ -232,7 +254,13 @@ fn v258_surbs_with_full_keys() {
         let (packet, first_hop) = surb.use_surb(&msg, size - HEADER_SIZE).unwrap();
         assert_eq!(first_hop, net.hops[0].address);
         let walked = reply(&net, &packet, version);
-        assert_eq!(Payload::from_bytes(&walked.ref_payload).unwrap().recover_plaintext().unwrap(), msg);
+        assert_eq!(
+            Payload::from_bytes(&walked.ref_payload)
+                .unwrap()
+                .recover_plaintext()
+                .unwrap(),
+            msg
+        );
 
         // Lethe's own v258 SURB (same secret, same padding) is the fixture
         let mut padding = Replay::new(final_padding(&walked.final_buffer, hops));
@@ -249,10 +277,15 @@ fn secondary_key_is_tried_after_primary() {
     let mut rng = rng(7);
     let net = Net::new(&mut rng, 2);
     let other = StaticSecret::random_from_rng(&mut rng);
-    let mut bytes = sphinx::create(b"hi", 2065, &net.spec(Version::CURRENT), None, &mut rng).unwrap();
+    let mut bytes =
+        sphinx::create(b"hi", 2065, &net.spec(Version::CURRENT), None, &mut rng).unwrap();
     let expected = {
         let mut copy = bytes.clone();
-        sphinx::process(&mut Packet::new_checked(&mut copy[..]).unwrap(), &net.secrets[0]).unwrap()
+        sphinx::process(
+            &mut Packet::new_checked(&mut copy[..]).unwrap(),
+            &net.secrets[0],
+        )
+        .unwrap()
     };
     let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
     let (processed, choice) =

@@ -35,7 +35,9 @@ fn boundary_lengths_and_nym_payload_sizes() {
     }
     let cipher = Lioness::new(&key);
     assert!(cipher.encrypt(&mut [0u8; BLOCK_SIZE_MIN - 1]).is_err());
-    assert!(Reference::new((&key).into()).encrypt_block(&mut [0u8; 32]).is_err());
+    assert!(Reference::new((&key).into())
+        .encrypt_block(&mut [0u8; 32])
+        .is_err());
 }
 
 proptest! {

@@ -22,7 +22,9 @@ const CASES: [(&str, u16, usize, usize); 3] = [
 ];
 
 fn path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(format!("sphinx_{name}.txt"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors")
+        .join(format!("sphinx_{name}.txt"))
 }
 
 fn generate(seed: u64, version: u16, hops: usize, size: usize) -> String {
@@ -38,12 +40,23 @@ fn generate(seed: u64, version: u16, hops: usize, size: usize) -> String {
     writeln!(out, "packet {}", hex::encode(&bytes)).unwrap();
     for secret in &net.secrets {
         let packet = SphinxPacket::from_bytes(&bytes).unwrap();
-        let tag = *packet.header.compute_expanded_shared_secret(secret).replay_tag();
+        let tag = *packet
+            .header
+            .compute_expanded_shared_secret(secret)
+            .replay_tag();
         bytes = match packet.process(secret).unwrap().data {
-            ProcessedPacketData::ForwardHop { next_hop_packet, .. } => next_hop_packet.to_bytes(),
+            ProcessedPacketData::ForwardHop {
+                next_hop_packet, ..
+            } => next_hop_packet.to_bytes(),
             ProcessedPacketData::FinalHop { payload, .. } => payload.as_bytes().to_vec(),
         };
-        writeln!(out, "hop {} {}", hex::encode(Sha256::digest(&bytes)), hex::encode(tag)).unwrap();
+        writeln!(
+            out,
+            "hop {} {}",
+            hex::encode(Sha256::digest(&bytes)),
+            hex::encode(tag)
+        )
+        .unwrap();
     }
     out
 }
@@ -63,20 +76,31 @@ fn regression_vectors() {
             let mut fields = line.split(' ');
             match fields.next() {
                 Some("secret") => {
-                    let bytes: [u8; 32] = hex::decode(fields.next().unwrap()).unwrap().try_into().unwrap();
+                    let bytes: [u8; 32] = hex::decode(fields.next().unwrap())
+                        .unwrap()
+                        .try_into()
+                        .unwrap();
                     secrets.push(StaticSecret::from(bytes));
                 }
                 Some("packet") => buffer = hex::decode(fields.next().unwrap()).unwrap(),
                 Some("hop") => {
-                    let processed =
-                        sphinx::process(&mut Packet::new_checked(&mut buffer[..]).unwrap(), &secrets[hop])
-                            .unwrap();
+                    let processed = sphinx::process(
+                        &mut Packet::new_checked(&mut buffer[..]).unwrap(),
+                        &secrets[hop],
+                    )
+                    .unwrap();
                     assert_eq!(processed.version.value(), version);
                     let observed = match processed.hop {
                         sphinx::Hop::Forward { .. } => Sha256::digest(&buffer),
-                        sphinx::Hop::Final { .. } => Sha256::digest(&buffer[sphinx::constants::HEADER_SIZE..]),
+                        sphinx::Hop::Final { .. } => {
+                            Sha256::digest(&buffer[sphinx::constants::HEADER_SIZE..])
+                        }
                     };
-                    assert_eq!(hex::encode(observed), fields.next().unwrap(), "{name} hop {hop}");
+                    assert_eq!(
+                        hex::encode(observed),
+                        fields.next().unwrap(),
+                        "{name} hop {hop}"
+                    );
                     assert_eq!(hex::encode(processed.replay_tag), fields.next().unwrap());
                     hop += 1;
                 }

@@ -37,7 +37,11 @@ pub fn encode(address: &SocketAddr) -> [u8; NODE_ADDRESS_SIZE] {
 /// Decodes untrusted bytes; non-zero padding is an error.
 pub fn decode(bytes: &[u8; NODE_ADDRESS_SIZE]) -> Result<SocketAddr, SphinxError> {
     let address = decode_ignoring_padding(bytes)?;
-    let end = if address.is_ipv4() { IPV4_END } else { IPV6_END };
+    let end = if address.is_ipv4() {
+        IPV4_END
+    } else {
+        IPV6_END
+    };
     if bytes[end..].iter().any(|&byte| byte != 0) {
         return Err(SphinxError::BadAddress);
     }
@@ -91,7 +95,13 @@ mod tests {
         assert_eq!(decode(&bytes), Err(SphinxError::BadAddress));
         assert!(decode_ignoring_padding(&bytes).is_ok());
         bytes[0] = 5;
-        assert_eq!(decode_ignoring_padding(&bytes), Err(SphinxError::BadAddress));
-        assert_eq!(decode(&[0u8; NODE_ADDRESS_SIZE]), Err(SphinxError::BadAddress));
+        assert_eq!(
+            decode_ignoring_padding(&bytes),
+            Err(SphinxError::BadAddress)
+        );
+        assert_eq!(
+            decode(&[0u8; NODE_ADDRESS_SIZE]),
+            Err(SphinxError::BadAddress)
+        );
     }
 }

@@ -76,7 +76,8 @@ const _: () = assert!(EXPANDED_SECRET_SIZE <= 255 * 32); // HKDF-SHA256 output l
 const _: () = assert!(PAYLOAD_KEY_SIZE <= 255 * 32);
 const _: () = assert!(FINAL_META_INFO_SIZE == 52);
 // A 5-hop final slot still fits: 300 - 60·4 = 60 ≥ 52.
-const _: () = assert!(ROUTING_INFO_SIZE - SLOT_SIZE * (MAX_PATH_LENGTH - 1) >= FINAL_META_INFO_SIZE);
+const _: () =
+    assert!(ROUTING_INFO_SIZE - SLOT_SIZE * (MAX_PATH_LENGTH - 1) >= FINAL_META_INFO_SIZE);
 const _: () = assert!(PAYLOAD_SIZE_MIN >= PAYLOAD_OVERHEAD_SIZE);
 const _: () = assert!(PACKET_SIZE_ACK - HEADER_SIZE >= PAYLOAD_SIZE_MIN);
 const _: () = assert!(PACKET_SIZE_REGULAR == HEADER_SIZE + PAYLOAD_OVERHEAD_SIZE + 2048);

@@ -11,9 +11,8 @@ use zeroize::Zeroizing;
 
 use super::constants::{
     ALPHA_SIZE, DESTINATION_SIZE, FINAL_META_INFO_SIZE, FLAG_FINAL_HOP, FLAG_FORWARD_HOP,
-    HEADER_SIZE, IDENTIFIER_SIZE, MAC_SIZE, MAX_PATH_LENGTH, NODE_ADDRESS_SIZE,
-    PACKET_SIZE_MAX, ROUTING_INFO_SIZE, SLOT_SIZE, STREAM_KEY_SIZE, TRUNCATED_ROUTING_INFO_SIZE,
-    VERSION_SIZE,
+    HEADER_SIZE, IDENTIFIER_SIZE, MAC_SIZE, MAX_PATH_LENGTH, NODE_ADDRESS_SIZE, PACKET_SIZE_MAX,
+    ROUTING_INFO_SIZE, SLOT_SIZE, STREAM_KEY_SIZE, TRUNCATED_ROUTING_INFO_SIZE, VERSION_SIZE,
 };
 use super::error::SphinxError;
 use super::keys::{derive_hop_secrets, PayloadKey, RouteSecrets};
@@ -67,10 +66,16 @@ pub fn create_into<R: CryptoRng + ?Sized>(
     rng: &mut R,
 ) -> Result<RouteSecrets, SphinxError> {
     if out.len() < PACKET_SIZE_MIN {
-        return Err(SphinxError::Truncated { len: out.len(), min: PACKET_SIZE_MIN });
+        return Err(SphinxError::Truncated {
+            len: out.len(),
+            min: PACKET_SIZE_MIN,
+        });
     }
     if out.len() > PACKET_SIZE_MAX {
-        return Err(SphinxError::Oversize { len: out.len(), max: PACKET_SIZE_MAX });
+        return Err(SphinxError::Oversize {
+            len: out.len(),
+            max: PACKET_SIZE_MAX,
+        });
     }
     spec.validate()?;
     let (header, payload) = out.split_at_mut(HEADER_SIZE);
@@ -121,12 +126,17 @@ pub(crate) fn payload_keys(
     secrets: &RouteSecrets,
     version: Version,
 ) -> impl DoubleEndedIterator<Item = Zeroizing<PayloadKey>> + '_ {
-    secrets.iter().map(move |hop| Zeroizing::new(hop.expanded.payload_key(version)))
+    secrets
+        .iter()
+        .map(move |hop| Zeroizing::new(hop.expanded.payload_key(version)))
 }
 
 pub(crate) fn header_array(header: &mut [u8]) -> Result<&mut [u8; HEADER_SIZE], SphinxError> {
     let len = header.len();
-    header.try_into().map_err(|_| SphinxError::Truncated { len, min: HEADER_SIZE })
+    header.try_into().map_err(|_| SphinxError::Truncated {
+        len,
+        min: HEADER_SIZE,
+    })
 }
 
 /// Writes alpha_0 ‖ MAC_0 ‖ beta_0, building beta from the inside out in place.
@@ -139,13 +149,18 @@ pub(crate) fn build_header<R: CryptoRng + ?Sized>(
     spec.validate()?;
     let hops = spec.route.len();
     if secrets.len() != hops {
-        return Err(SphinxError::InvalidRoute { hops, delays: secrets.len() });
+        return Err(SphinxError::InvalidRoute {
+            hops,
+            delays: secrets.len(),
+        });
     }
     let (alpha, rest) = header.split_at_mut(ALPHA_SIZE);
     let (mac_out, beta) = rest.split_at_mut(MAC_SIZE);
-    let beta: &mut [u8; ROUTING_INFO_SIZE] = beta
-        .try_into()
-        .map_err(|_| SphinxError::Truncated { len: 0, min: HEADER_SIZE })?;
+    let beta: &mut [u8; ROUTING_INFO_SIZE] =
+        beta.try_into().map_err(|_| SphinxError::Truncated {
+            len: 0,
+            min: HEADER_SIZE,
+        })?;
     alpha.copy_from_slice(&secrets.alpha);
 
     let mut mac = write_final_routing(beta, secrets, spec, rng)?;
@@ -153,7 +168,10 @@ pub(crate) fn build_header<R: CryptoRng + ?Sized>(
     // Hop i's slot names hop i+1 and carries hop i's delay and hop i+1's MAC.
     for index in (0..hops - 1).rev() {
         let (Some(hop), Some(next)) = (secrets.hop(index), spec.route.get(index + 1)) else {
-            return Err(SphinxError::InvalidRoute { hops, delays: spec.delays_ns.len() });
+            return Err(SphinxError::InvalidRoute {
+                hops,
+                delays: spec.delays_ns.len(),
+            });
         };
         let delay = spec.delays_ns.get(index).copied().unwrap_or_default();
         beta.copy_within(..TRUNCATED_ROUTING_INFO_SIZE, SLOT_SIZE);
@@ -180,7 +198,10 @@ fn write_final_routing<R: CryptoRng + ?Sized>(
 ) -> Result<[u8; MAC_SIZE], SphinxError> {
     let hops = secrets.len();
     let Some(last) = secrets.hop(hops.wrapping_sub(1)) else {
-        return Err(SphinxError::InvalidRoute { hops, delays: spec.delays_ns.len() });
+        return Err(SphinxError::InvalidRoute {
+            hops,
+            delays: spec.delays_ns.len(),
+        });
     };
     let mut stream_keys = [[0u8; STREAM_KEY_SIZE]; MAX_PATH_LENGTH];
     for (slot, hop) in stream_keys.iter_mut().zip(secrets.iter()) {

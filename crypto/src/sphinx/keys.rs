@@ -170,7 +170,10 @@ pub fn derive_hop_secrets(
 ) -> Result<RouteSecrets, SphinxError> {
     let hops_count = route_public_keys.len();
     if hops_count == 0 || hops_count > MAX_PATH_LENGTH {
-        return Err(SphinxError::InvalidRoute { hops: hops_count, delays: hops_count });
+        return Err(SphinxError::InvalidRoute {
+            hops: hops_count,
+            delays: hops_count,
+        });
     }
     let mut secrets = RouteSecrets {
         alpha: PublicKey::from(initial_secret).to_bytes(),
@@ -179,7 +182,9 @@ pub fn derive_hop_secrets(
     };
     let mut blinding = [[0u8; BLINDING_FACTOR_SIZE]; MAX_PATH_LENGTH];
     for (index, public_key) in route_public_keys.iter().enumerate() {
-        let mut accumulator = initial_secret.diffie_hellman(&PublicKey::from(*public_key)).to_bytes();
+        let mut accumulator = initial_secret
+            .diffie_hellman(&PublicKey::from(*public_key))
+            .to_bytes();
         for factor in blinding.iter().take(index) {
             accumulator = x25519(*factor, accumulator);
         }
@@ -188,7 +193,10 @@ pub fn derive_hop_secrets(
             *slot = *expanded.blinding_factor();
         }
         if let Some(slot) = secrets.hops.get_mut(index) {
-            *slot = Some(HopSecrets { shared_secret: accumulator, expanded });
+            *slot = Some(HopSecrets {
+                shared_secret: accumulator,
+                expanded,
+            });
         }
         accumulator.zeroize();
     }

@@ -6,6 +6,19 @@
 //! packet creation (`create`), payload framing (`payload`), reply blocks (`surb`) and Nym
 //! node addresses (`address`). Processing allocates nothing; creation allocates only in the
 //! `Vec`-returning conveniences.
+//!
+//! Where Lethe deliberately differs from `sphinx-packet` (only input no honest sender makes):
+//! - an all-zero X25519 output (small-order alpha) is [`SphinxError::InvalidPoint`]; the crate
+//!   expands the zero secret, which lets anyone forge accepted packets;
+//! - versions other than 1/257/258/259/260, or a non-zero first version byte, are
+//!   [`SphinxError::UnknownVersion`]; the crate would process them on the seed path;
+//! - payloads shorter than one Lioness block (33 bytes) are truncated packets; the crate
+//!   parses 17..=32-byte payloads and then fails to process them;
+//! - [`recover_plaintext`] requires zeros after the 0x01 marker; the crate ignores them;
+//! - [`address::decode`] requires zero padding ([`address::decode_ignoring_padding`] does not).
+//!
+//! On any processing error the buffer is left unchanged. After a final hop, beta holds the
+//! decrypted routing information (destination, identifier, the sender's random padding).
 
 pub mod address;
 pub mod constants;

@@ -48,10 +48,16 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn check_len(&self) -> Result<(), SphinxError> {
         let len = self.buffer.as_ref().len();
         if len < PACKET_SIZE_MIN {
-            return Err(SphinxError::Truncated { len, min: PACKET_SIZE_MIN });
+            return Err(SphinxError::Truncated {
+                len,
+                min: PACKET_SIZE_MIN,
+            });
         }
         if len > PACKET_SIZE_MAX {
-            return Err(SphinxError::Oversize { len, max: PACKET_SIZE_MAX });
+            return Err(SphinxError::Oversize {
+                len,
+                max: PACKET_SIZE_MAX,
+            });
         }
         Ok(())
     }
@@ -168,7 +174,10 @@ mod tests {
         let short = vec![0u8; PACKET_SIZE_MIN - 1];
         assert_eq!(
             Packet::new_checked(&short[..]).unwrap_err(),
-            SphinxError::Truncated { len: PACKET_SIZE_MIN - 1, min: PACKET_SIZE_MIN }
+            SphinxError::Truncated {
+                len: PACKET_SIZE_MIN - 1,
+                min: PACKET_SIZE_MIN
+            }
         );
         let long = vec![0u8; PACKET_SIZE_EXTENDED32 + 1];
         assert!(matches!(

@@ -15,11 +15,17 @@ pub const fn message_capacity(payload_size: usize) -> usize {
 /// Writes the framed plaintext into `payload` (all of it).
 pub fn frame(payload: &mut [u8], message: &[u8]) -> Result<(), SphinxError> {
     if payload.len() < PAYLOAD_SIZE_MIN {
-        return Err(SphinxError::Truncated { len: payload.len(), min: PAYLOAD_SIZE_MIN });
+        return Err(SphinxError::Truncated {
+            len: payload.len(),
+            min: PAYLOAD_SIZE_MIN,
+        });
     }
     let max = message_capacity(payload.len());
     if message.len() > max {
-        return Err(SphinxError::MessageTooLong { len: message.len(), max });
+        return Err(SphinxError::MessageTooLong {
+            len: message.len(),
+            max,
+        });
     }
     let (zeros, rest) = payload.split_at_mut(SECURITY_PARAMETER);
     zeros.fill(0);
@@ -34,14 +40,20 @@ pub fn frame(payload: &mut [u8], message: &[u8]) -> Result<(), SphinxError> {
 pub fn encrypt_layer(payload: &mut [u8], key: &PayloadKey) -> Result<(), SphinxError> {
     Lioness::new(key)
         .encrypt(payload)
-        .map_err(|_| SphinxError::Truncated { len: payload.len(), min: PAYLOAD_SIZE_MIN })
+        .map_err(|_| SphinxError::Truncated {
+            len: payload.len(),
+            min: PAYLOAD_SIZE_MIN,
+        })
 }
 
 /// Removes one Lioness layer.
 pub fn decrypt_layer(payload: &mut [u8], key: &PayloadKey) -> Result<(), SphinxError> {
     Lioness::new(key)
         .decrypt(payload)
-        .map_err(|_| SphinxError::Truncated { len: payload.len(), min: PAYLOAD_SIZE_MIN })
+        .map_err(|_| SphinxError::Truncated {
+            len: payload.len(),
+            min: PAYLOAD_SIZE_MIN,
+        })
 }
 
 /// Encrypts with the route's keys, last hop first, so hop 0 removes the outer layer.

@@ -41,10 +41,16 @@ pub struct Processed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hop {
     /// The buffer now holds the next hop's packet; send it to `next_hop` after `delay_ns`.
-    Forward { next_hop: [u8; NODE_ADDRESS_SIZE], delay_ns: u64 },
+    Forward {
+        next_hop: [u8; NODE_ADDRESS_SIZE],
+        delay_ns: u64,
+    },
     /// We are the last hop: the payload region holds the decrypted payload (see
     /// [`recover_plaintext`]); beta holds the decrypted routing information.
-    Final { destination: [u8; DESTINATION_SIZE], identifier: [u8; IDENTIFIER_SIZE] },
+    Final {
+        destination: [u8; DESTINATION_SIZE],
+        identifier: [u8; IDENTIFIER_SIZE],
+    },
 }
 
 /// Forward or final, as read from the first byte of the decrypted routing slot.
@@ -220,7 +226,11 @@ where
     // Cannot fail: `check_len` guaranteed a payload of at least one Lioness block.
     let decrypted = Lioness::new(&payload_key).decrypt(packet.payload_mut());
     debug_assert!(decrypted.is_ok());
-    Ok(Processed { version, replay_tag: *expanded.replay_tag(), hop })
+    Ok(Processed {
+        version,
+        replay_tag: *expanded.replay_tag(),
+        hop,
+    })
 }
 
 const ADDRESS_AT: usize = 1 + VERSION_SIZE;
@@ -243,13 +253,19 @@ fn forward_in_place<T: AsRef<[u8]> + AsMut<[u8]>>(
 
     let beta = packet.beta_mut();
     beta.copy_within(SLOT_SIZE.., 0);
-    for (byte, key) in beta[..TRUNCATED_ROUTING_INFO_SIZE].iter_mut().zip(&stream[SLOT_SIZE..]) {
+    for (byte, key) in beta[..TRUNCATED_ROUTING_INFO_SIZE]
+        .iter_mut()
+        .zip(&stream[SLOT_SIZE..])
+    {
         *byte ^= key;
     }
     beta[TRUNCATED_ROUTING_INFO_SIZE..].copy_from_slice(&stream[ROUTING_INFO_SIZE..]);
     packet.mac_mut().copy_from_slice(&slot[NEXT_MAC_AT..]);
     packet.alpha_mut().copy_from_slice(next_alpha);
-    Hop::Forward { next_hop, delay_ns: u64::from_be_bytes(delay) }
+    Hop::Forward {
+        next_hop,
+        delay_ns: u64::from_be_bytes(delay),
+    }
 }
 
 fn final_in_place<T: AsRef<[u8]> + AsMut<[u8]>>(
@@ -264,5 +280,8 @@ fn final_in_place<T: AsRef<[u8]> + AsMut<[u8]>>(
     for (byte, key) in packet.beta_mut().iter_mut().zip(stream.iter()) {
         *byte ^= key;
     }
-    Hop::Final { destination, identifier }
+    Hop::Final {
+        destination,
+        identifier,
+    }
 }

@@ -61,7 +61,10 @@ pub fn filler(stream_keys: &[[u8; STREAM_KEY_SIZE]]) -> ([u8; SLOT_SIZE * MAX_PA
     for (step, key) in stream_keys.iter().take(MAX_PATH_LENGTH - 1).enumerate() {
         len = (step + 1) * SLOT_SIZE;
         let stream = keystream(key);
-        for (byte, key_byte) in filler[..len].iter_mut().zip(&stream[KEYSTREAM_SIZE - len..]) {
+        for (byte, key_byte) in filler[..len]
+            .iter_mut()
+            .zip(&stream[KEYSTREAM_SIZE - len..])
+        {
             *byte ^= key_byte;
         }
     }

@@ -20,12 +20,20 @@ use super::process::recover_plaintext;
 use super::version::Version;
 
 /// The payload keys a SURB hands to the reply's sender, route order.
+// Fixed capacity on purpose: a SURB is one stack value, no heap.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub enum SurbKeys {
     /// v259 (every hop) or v260 (last hop only).
-    Seeds { seeds: [PayloadKeySeed; MAX_PATH_LENGTH], count: usize },
+    Seeds {
+        seeds: [PayloadKeySeed; MAX_PATH_LENGTH],
+        count: usize,
+    },
     /// v258: full Lioness keys per hop.
-    Full { keys: [PayloadKey; MAX_PATH_LENGTH], count: usize },
+    Full {
+        keys: [PayloadKey; MAX_PATH_LENGTH],
+        count: usize,
+    },
 }
 
 impl SurbKeys {
@@ -44,9 +52,9 @@ impl SurbKeys {
 
     fn key(&self, index: usize) -> Option<Zeroizing<PayloadKey>> {
         match self {
-            SurbKeys::Seeds { seeds, count } if index < *count => {
-                seeds.get(index).map(|seed| Zeroizing::new(derive_payload_key(seed)))
-            }
+            SurbKeys::Seeds { seeds, count } if index < *count => seeds
+                .get(index)
+                .map(|seed| Zeroizing::new(derive_payload_key(seed))),
             SurbKeys::Full { keys, count } if index < *count => {
                 keys.get(index).map(|key| Zeroizing::new(*key))
             }
@@ -79,7 +87,11 @@ pub struct SurbRecovery {
 
 impl core::fmt::Debug for SurbRecovery {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "SurbRecovery({:?}, <{} seeds redacted>)", self.identifier, self.count)
+        write!(
+            f,
+            "SurbRecovery({:?}, <{} seeds redacted>)",
+            self.identifier, self.count
+        )
     }
 }
 
@@ -94,16 +106,23 @@ pub fn build_surb<R: CryptoRng + ?Sized>(
     let version = spec.version;
     let single_seed = version == Version::SINGLE_SEED_SURB;
     if single_seed && spec.destination.identifier == [0u8; IDENTIFIER_SIZE] {
-        return Err(SphinxError::BadSurb("v260 SURBs need a non-zero identifier"));
+        return Err(SphinxError::BadSurb(
+            "v260 SURBs need a non-zero identifier",
+        ));
     }
     if version != Version::EXPLICIT_PAYLOAD_KEYS
         && version != Version::PAYLOAD_KEY_SEEDS
         && !single_seed
     {
-        return Err(SphinxError::BadSurb("SURBs are built for versions 258, 259 and 260"));
+        return Err(SphinxError::BadSurb(
+            "SURBs are built for versions 258, 259 and 260",
+        ));
     }
     let Some(first) = spec.route.first() else {
-        return Err(SphinxError::InvalidRoute { hops: 0, delays: spec.delays_ns.len() });
+        return Err(SphinxError::InvalidRoute {
+            hops: 0,
+            delays: spec.delays_ns.len(),
+        });
     };
     let secrets = route_secrets(spec, initial_secret, rng)?;
     let mut header = [0u8; HEADER_SIZE];
@@ -123,14 +142,30 @@ pub fn build_surb<R: CryptoRng + ?Sized>(
     } else if single_seed {
         let mut last = [[0u8; PAYLOAD_KEY_SEED_SIZE]; MAX_PATH_LENGTH];
         last[0] = seeds[count - 1];
-        let recovery =
-            SurbRecovery { identifier: spec.destination.identifier, seeds, count };
-        (SurbKeys::Seeds { seeds: last, count: 1 }, Some(recovery))
+        let recovery = SurbRecovery {
+            identifier: spec.destination.identifier,
+            seeds,
+            count,
+        };
+        (
+            SurbKeys::Seeds {
+                seeds: last,
+                count: 1,
+            },
+            Some(recovery),
+        )
     } else {
         (SurbKeys::Seeds { seeds, count }, None)
     };
     seeds.zeroize();
-    Ok((Surb { header, first_hop: first.address, keys }, recovery))
+    Ok((
+        Surb {
+            header,
+            first_hop: first.address,
+            keys,
+        },
+        recovery,
+    ))
 }
 
 impl Surb {
@@ -155,7 +190,11 @@ impl Surb {
             let count = parse_chunks(key_bytes, &mut seeds)?;
             SurbKeys::Seeds { seeds, count }
         };
-        Ok(Surb { header, first_hop, keys })
+        Ok(Surb {
+            header,
+            first_hop,
+            keys,
+        })
     }
 
     /// Bytes of `header ‖ first hop ‖ keys`.
@@ -200,10 +239,16 @@ impl Surb {
         out: &mut [u8],
     ) -> Result<[u8; NODE_ADDRESS_SIZE], SphinxError> {
         if out.len() < PACKET_SIZE_MIN {
-            return Err(SphinxError::Truncated { len: out.len(), min: PACKET_SIZE_MIN });
+            return Err(SphinxError::Truncated {
+                len: out.len(),
+                min: PACKET_SIZE_MIN,
+            });
         }
         if out.len() > PACKET_SIZE_MAX {
-            return Err(SphinxError::Oversize { len: out.len(), max: PACKET_SIZE_MAX });
+            return Err(SphinxError::Oversize {
+                len: out.len(),
+                max: PACKET_SIZE_MAX,
+            });
         }
         let (header, payload) = out.split_at_mut(HEADER_SIZE);
         frame(payload, message)?;
@@ -257,7 +302,11 @@ impl SurbRecovery {
         identifier.copy_from_slice(identifier_bytes);
         let mut seeds = [[0u8; PAYLOAD_KEY_SEED_SIZE]; MAX_PATH_LENGTH];
         let count = parse_chunks(seed_bytes, &mut seeds)?;
-        Ok(SurbRecovery { identifier, seeds, count })
+        Ok(SurbRecovery {
+            identifier,
+            seeds,
+            count,
+        })
     }
 
     /// Undoes the reply's transit in place: every hop removed a layer with its own key, so
@@ -291,7 +340,9 @@ fn parse_chunks<const N: usize>(
     out: &mut [[u8; N]; MAX_PATH_LENGTH],
 ) -> Result<usize, SphinxError> {
     if bytes.is_empty() || bytes.len() % N != 0 {
-        return Err(SphinxError::BadSurb("key material is not a whole number of keys"));
+        return Err(SphinxError::BadSurb(
+            "key material is not a whole number of keys",
+        ));
     }
     let count = bytes.len() / N;
     if count > MAX_PATH_LENGTH {

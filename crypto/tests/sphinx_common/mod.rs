@@ -5,8 +5,8 @@
 use std::convert::Infallible;
 
 use lethe_crypto::sphinx::{self, Destination, Hop, Packet, PacketSpec, RouteHop, Version};
-use rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
 use sphinx_packet::crypto::{PrivateKey, PublicKey};
 use sphinx_packet::header::delays::Delay;
 use sphinx_packet::route::{DestinationAddressBytes, Node, NodeAddressBytes};
@@ -20,8 +20,11 @@ pub const SIZES: [usize; 5] = [
     sphinx::constants::PACKET_SIZE_EXTENDED16,
     sphinx::constants::PACKET_SIZE_EXTENDED32,
 ];
-pub const VERSIONS: [Version; 3] =
-    [Version::EXPLICIT_PAYLOAD_KEYS, Version::PAYLOAD_KEY_SEEDS, Version::SINGLE_SEED_SURB];
+pub const VERSIONS: [Version; 3] = [
+    Version::EXPLICIT_PAYLOAD_KEYS,
+    Version::PAYLOAD_KEY_SEEDS,
+    Version::SINGLE_SEED_SURB,
+];
 
 pub fn rng(seed: u64) -> ChaCha20Rng {
     ChaCha20Rng::seed_from_u64(seed)
@@ -45,14 +48,25 @@ impl Net {
             let secret = StaticSecret::random_from_rng(rng);
             let mut address = [0u8; 32];
             rng.fill_bytes(&mut address);
-            route.push(RouteHop { address, public_key: PublicKey::from(&secret).to_bytes() });
+            route.push(RouteHop {
+                address,
+                public_key: PublicKey::from(&secret).to_bytes(),
+            });
             secrets.push(secret);
             delays_ns.push(rng.next_u64() >> 20);
         }
-        let mut destination = Destination { address: [0; 32], identifier: [0; 16] };
+        let mut destination = Destination {
+            address: [0; 32],
+            identifier: [0; 16],
+        };
         rng.fill_bytes(&mut destination.address);
         rng.fill_bytes(&mut destination.identifier);
-        Net { secrets, hops: route, delays_ns, destination }
+        Net {
+            secrets,
+            hops: route,
+            delays_ns,
+            destination,
+        }
     }
 
     pub fn spec(&self, version: Version) -> PacketSpec<'_> {
@@ -68,13 +82,19 @@ impl Net {
         self.hops
             .iter()
             .map(|hop| {
-                Node::new(NodeAddressBytes::from_bytes(hop.address), PublicKey::from(hop.public_key))
+                Node::new(
+                    NodeAddressBytes::from_bytes(hop.address),
+                    PublicKey::from(hop.public_key),
+                )
             })
             .collect()
     }
 
     pub fn delays(&self) -> Vec<Delay> {
-        self.delays_ns.iter().map(|&ns| Delay::new_from_nanos(ns)).collect()
+        self.delays_ns
+            .iter()
+            .map(|&ns| Delay::new_from_nanos(ns))
+            .collect()
     }
 
     pub fn ref_destination(&self) -> sphinx_packet::route::Destination {
@@ -114,7 +134,10 @@ pub fn walk(net: &Net, bytes: &[u8], version: Version) -> Walk {
     for (index, secret) in net.secrets.iter().enumerate() {
         assert_eq!(lethe, reference, "packets diverged before hop {index}");
         let ref_packet = SphinxPacket::from_bytes(&reference).unwrap();
-        let ref_tag = *ref_packet.header.compute_expanded_shared_secret(secret).replay_tag();
+        let ref_tag = *ref_packet
+            .header
+            .compute_expanded_shared_secret(secret)
+            .replay_tag();
         let ref_processed = ref_packet.process(secret).unwrap();
         let mut packet = Packet::new_checked(&mut lethe[..]).unwrap();
         let processed = sphinx::process(&mut packet, secret).unwrap();
@@ -124,7 +147,11 @@ pub fn walk(net: &Net, bytes: &[u8], version: Version) -> Walk {
         match (processed.hop, ref_processed.data) {
             (
                 Hop::Forward { next_hop, delay_ns },
-                ProcessedPacketData::ForwardHop { next_hop_packet, next_hop_address, delay },
+                ProcessedPacketData::ForwardHop {
+                    next_hop_packet,
+                    next_hop_address,
+                    delay,
+                },
             ) => {
                 assert!(index + 1 < hops, "forward at the last hop");
                 assert_eq!(next_hop, next_hop_address.to_bytes());
@@ -134,8 +161,15 @@ pub fn walk(net: &Net, bytes: &[u8], version: Version) -> Walk {
                 reference = next_hop_packet.to_bytes();
             }
             (
-                Hop::Final { destination, identifier },
-                ProcessedPacketData::FinalHop { destination: d, identifier: i, payload },
+                Hop::Final {
+                    destination,
+                    identifier,
+                },
+                ProcessedPacketData::FinalHop {
+                    destination: d,
+                    identifier: i,
+                    payload,
+                },
             ) => {
                 assert_eq!(index + 1, hops, "final before the last hop");
                 assert_eq!(destination, d.as_bytes());
