@@ -1,0 +1,66 @@
+//! Processing and `create_into` allocate nothing: a counting global allocator around them,
+//! for forward and final hops of each version.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod sphinx_common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use lethe_crypto::sphinx::{self, Packet};
+use sphinx_common::{rng, Net, VERSIONS};
+
+struct Counting;
+
+// Per thread: the harness allocates on other threads (spawning tests, printing) meanwhile.
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|count| count.set(count.get() + 1));
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn processing_does_not_allocate() {
+    let mut rng = rng(20);
+    for version in VERSIONS {
+        let net = Net::new(&mut rng, 2);
+        let mut bytes =
+            sphinx::create(b"no heap", 2065, &net.spec(version), None, &mut rng).unwrap();
+        for secret in &net.secrets {
+            let before = allocations();
+            let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+            let processed = sphinx::process(&mut packet, secret).unwrap();
+            let after = allocations();
+            assert_eq!(after, before, "v{} allocated", processed.version.value());
+        }
+    }
+}
+
+#[test]
+fn creating_into_a_buffer_does_not_allocate() {
+    let mut rng = rng(21);
+    let net = Net::new(&mut rng, 5);
+    let spec = net.spec(sphinx::Version::CURRENT);
+    let mut buffer = vec![0u8; 2413];
+    let before = allocations();
+    sphinx::create_into(&mut buffer, b"no heap", &spec, None, &mut rng).unwrap();
+    assert_eq!(allocations(), before);
+}
