@@ -30,7 +30,8 @@ pub const HEADER_V8_LEN: usize = 4;
 pub const HEADER_MAX_LEN: usize = HEADER_V8_LEN;
 
 /// The Sphinx header (alpha 32, MAC 16, beta 300) plus the payload overhead (17).
-const SPHINX_OVERHEAD: usize = 348 + 17;
+const SPHINX_OVERHEAD: usize =
+    crate::sphinx::constants::HEADER_SIZE + crate::sphinx::constants::PAYLOAD_OVERHEAD_SIZE;
 /// Outfox per-packet overhead as Nym defines it.
 const OUTFOX_OVERHEAD: usize = 329;
 
@@ -109,7 +110,7 @@ impl PacketSize {
 
     /// Length of the Sphinx payload (what `sphinx-packet` calls `payload_size`).
     pub const fn payload_len(self) -> usize {
-        self.plaintext_len() + 17
+        self.plaintext_len() + crate::sphinx::constants::PAYLOAD_OVERHEAD_SIZE
     }
 
     /// Length of the packet on the wire, excluding the frame header.

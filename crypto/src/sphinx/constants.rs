@@ -1,6 +1,8 @@
 //! Sizes and protocol constants of Nym's Sphinx (`sphinx-packet` 0.8), with their relations
 //! checked at compile time.
 
+use crate::framing::PacketSize;
+
 /// k: the security parameter in bytes.
 pub const SECURITY_PARAMETER: usize = 16;
 /// r: maximum number of hops.
@@ -54,11 +56,11 @@ pub const PAYLOAD_SIZE_MIN: usize = crate::lioness::BLOCK_SIZE_MIN;
 pub const PACKET_SIZE_MAX: usize = PACKET_SIZE_EXTENDED32;
 
 /// Nym's packet sizes (header + payload).
-pub const PACKET_SIZE_REGULAR: usize = 2413;
-pub const PACKET_SIZE_ACK: usize = 386;
-pub const PACKET_SIZE_EXTENDED8: usize = 8557;
-pub const PACKET_SIZE_EXTENDED16: usize = 16749;
-pub const PACKET_SIZE_EXTENDED32: usize = 33133;
+pub const PACKET_SIZE_REGULAR: usize = PacketSize::Regular.packet_len();
+pub const PACKET_SIZE_ACK: usize = PacketSize::Ack.packet_len();
+pub const PACKET_SIZE_EXTENDED8: usize = PacketSize::Extended8.packet_len();
+pub const PACKET_SIZE_EXTENDED16: usize = PacketSize::Extended16.packet_len();
+pub const PACKET_SIZE_EXTENDED32: usize = PacketSize::Extended32.packet_len();
 
 pub const EXPANDED_SECRET_HKDF_SALT: &[u8] = b"";
 pub const EXPANDED_SECRET_HKDF_INFO: &[u8] =
