@@ -21,8 +21,10 @@ struct Setup {
 fn setup(t: usize, n: usize) -> Setup {
     let params = bandwidth_parameters().unwrap();
     let keys = ttp_keygen(&params, t, n, &mut OsRng).unwrap();
-    let shares: Vec<(u64, &VerificationKey)> =
-        keys[..t].iter().map(|k| (k.index, &k.verification)).collect();
+    let shares: Vec<(u64, &VerificationKey)> = keys[..t]
+        .iter()
+        .map(|k| (k.index, &k.verification))
+        .collect();
     let vk = aggregate_verification_keys(&shares).unwrap();
     vk.check(&params).unwrap();
     Setup { params, keys, vk }
@@ -48,8 +50,10 @@ fn issue(s: &Setup, who: &[usize]) -> BandwidthCredential {
 fn threshold_issue_show_verify_and_double_spend() {
     let s = setup(3, 5);
     // Any t signers work, and any t key shares give the same master key.
-    let other: Vec<(u64, &VerificationKey)> =
-        s.keys[2..].iter().map(|k| (k.index, &k.verification)).collect();
+    let other: Vec<(u64, &VerificationKey)> = s.keys[2..]
+        .iter()
+        .map(|k| (k.index, &k.verification))
+        .collect();
     assert_eq!(aggregate_verification_keys(&other).unwrap(), s.vk);
     let cred = issue(&s, &[4, 1, 2]);
     let cred = BandwidthCredential::from_bytes(&cred.to_bytes()).unwrap();
@@ -60,23 +64,42 @@ fn threshold_issue_show_verify_and_double_spend() {
     let spend = BandwidthSpend::from_bytes(&spend.to_bytes()).unwrap();
     assert_eq!(spend.to_bytes().len(), 12 + 48 * 4 + 96 * 2 + 32 + 1 + 64);
     let mut store = MemorySpentTags::default();
-    assert_eq!(verify_spend(&s.params, &s.vk, &spend, ctx, EXPIRY, &mut store), Ok(BW));
+    assert_eq!(
+        verify_spend(&s.params, &s.vk, &spend, ctx, EXPIRY, &mut store),
+        Ok(BW)
+    );
     // Same proof again, and a fresh proof of the same credential: the tag is the same.
     assert_eq!(
         verify_spend(&s.params, &s.vk, &spend, ctx, EXPIRY, &mut store),
         Err(CoconutError::DoubleSpend)
     );
-    let again = cred.spend(&s.params, &s.vk, b"gateway-A|nonce-2", &mut OsRng).unwrap();
+    let again = cred
+        .spend(&s.params, &s.vk, b"gateway-A|nonce-2", &mut OsRng)
+        .unwrap();
     assert_eq!(again.tag(), spend.tag());
     assert_ne!(again.theta(), spend.theta(), "shows are re-randomised");
     assert_eq!(
-        verify_spend(&s.params, &s.vk, &again, b"gateway-A|nonce-2", EXPIRY, &mut store),
+        verify_spend(
+            &s.params,
+            &s.vk,
+            &again,
+            b"gateway-A|nonce-2",
+            EXPIRY,
+            &mut store
+        ),
         Err(CoconutError::DoubleSpend)
     );
     // Replay of the proof under another context, and after expiry.
     let mut fresh = MemorySpentTags::default();
     assert_eq!(
-        verify_spend(&s.params, &s.vk, &spend, b"gateway-B|nonce-1", EXPIRY, &mut fresh),
+        verify_spend(
+            &s.params,
+            &s.vk,
+            &spend,
+            b"gateway-B|nonce-1",
+            EXPIRY,
+            &mut fresh
+        ),
         Err(CoconutError::Proof)
     );
     assert_eq!(
@@ -99,8 +122,14 @@ fn batch_verification_and_bisection() {
         sp.iter().map(|x| (x.theta().clone(), public)).collect()
     };
     let owned = items(&spends);
-    let show_items: Vec<ShowItem<'_>> =
-        owned.iter().map(|(t, p)| ShowItem { theta: t, public: p, context: ctx }).collect();
+    let show_items: Vec<ShowItem<'_>> = owned
+        .iter()
+        .map(|(t, p)| ShowItem {
+            theta: t,
+            public: p,
+            context: ctx,
+        })
+        .collect();
     verify_batch(&s.params, &s.vk, &show_items).unwrap();
     assert!(find_invalid(&s.params, &s.vk, &show_items).is_empty());
 
@@ -130,13 +159,19 @@ fn generic_credential_with_one_private_attribute() {
     let (secrets, req) = prepare_blind_sign(&params, &vk, &private, &public, &mut OsRng).unwrap();
     let b = blind_sign(&params, &vk, &keys[0].secret, &req, &public).unwrap();
     let sig = b.unblind(&vk, &secrets).unwrap();
-    let partial = PartialSignature { index: 1, signature: sig };
+    let partial = PartialSignature {
+        index: 1,
+        signature: sig,
+    };
     partial.verify(&params, &vk, &secrets).unwrap();
     let sig = aggregate_signatures(&params, &vk, &[partial], &secrets).unwrap();
     assert_eq!(Signature::from_bytes(&sig.to_bytes()).unwrap(), sig);
     // The signer refuses a request whose public attributes differ from what the client hashed.
     let other = [Scalar::from(1u64), Scalar::from(3u64)];
-    assert_eq!(blind_sign(&params, &vk, &keys[0].secret, &req, &other), Err(CoconutError::Proof));
+    assert_eq!(
+        blind_sign(&params, &vk, &keys[0].secret, &req, &other),
+        Err(CoconutError::Proof)
+    );
     let theta = prove_credential(&params, &vk, &sig, &private, &public, b"c", &mut OsRng).unwrap();
     let theta = Theta::from_bytes(&theta.to_bytes()).unwrap();
     verify_credential(&params, &vk, &theta, &public, b"c").unwrap();
@@ -152,9 +187,16 @@ fn bad_signer_share_is_caught() {
     let bad = issue_bandwidth(&s.params, &s.vk, &s.keys[2].secret, &req, BW, EXPIRY).unwrap();
     let g = pending.unblind(1, &s.keys[0].verification, &good).unwrap();
     let b = pending.unblind(2, &s.keys[1].verification, &bad).unwrap();
-    pending.verify_share(&s.params, &s.keys[0].verification, &g).unwrap();
-    assert!(pending.verify_share(&s.params, &s.keys[1].verification, &b).is_err());
-    assert_eq!(pending.aggregate(&s.params, &s.vk, &[g, b]).err(), Some(CoconutError::Signature));
+    pending
+        .verify_share(&s.params, &s.keys[0].verification, &g)
+        .unwrap();
+    assert!(pending
+        .verify_share(&s.params, &s.keys[1].verification, &b)
+        .is_err());
+    assert_eq!(
+        pending.aggregate(&s.params, &s.vk, &[g, b]).err(),
+        Some(CoconutError::Signature)
+    );
 }
 
 #[test]
@@ -162,8 +204,14 @@ fn keys_and_encodings() {
     let params = Parameters::new(2).unwrap();
     assert!(Parameters::new(0).is_err());
     assert!(Parameters::new(MAX_ATTRIBUTES + 1).is_err());
-    assert_eq!(ttp_keygen(&params, 0, 3, &mut OsRng).err(), Some(CoconutError::Indices));
-    assert_eq!(ttp_keygen(&params, 4, 3, &mut OsRng).err(), Some(CoconutError::Indices));
+    assert_eq!(
+        ttp_keygen(&params, 0, 3, &mut OsRng).err(),
+        Some(CoconutError::Indices)
+    );
+    assert_eq!(
+        ttp_keygen(&params, 4, 3, &mut OsRng).err(),
+        Some(CoconutError::Indices)
+    );
     let keys = ttp_keygen(&params, 2, 3, &mut OsRng).unwrap();
     let vk = &keys[0].verification;
     let bytes = vk.to_bytes();
@@ -173,5 +221,8 @@ fn keys_and_encodings() {
     assert_eq!(&sk.verification_key(&params), vk);
     // Duplicate indices cannot be aggregated.
     let dup = [(1u64, vk), (1u64, vk)];
-    assert_eq!(aggregate_verification_keys(&dup).err(), Some(CoconutError::Indices));
+    assert_eq!(
+        aggregate_verification_keys(&dup).err(),
+        Some(CoconutError::Indices)
+    );
 }

@@ -96,9 +96,21 @@ pub fn request_bandwidth(
 ) -> Result<(PendingCredential, BlindSignRequest), CoconutError> {
     check_shape(params)?;
     let private = [Scalar::random(&mut *rng), Scalar::random(&mut *rng)];
-    let (secrets, request) =
-        prepare_blind_sign(params, vk, &private, &public_attributes(bandwidth, expiry), rng)?;
-    Ok((PendingCredential { secrets, bandwidth, expiry }, request))
+    let (secrets, request) = prepare_blind_sign(
+        params,
+        vk,
+        &private,
+        &public_attributes(bandwidth, expiry),
+        rng,
+    )?;
+    Ok((
+        PendingCredential {
+            secrets,
+            bandwidth,
+            expiry,
+        },
+        request,
+    ))
 }
 
 /// Signer: issues its share for the bandwidth and expiry it has itself established (paid).
@@ -114,7 +126,13 @@ pub fn issue_bandwidth(
     if request.private_count() != PRIVATE {
         return Err(CoconutError::AttributeCount);
     }
-    blind_sign(params, vk, sk, request, &public_attributes(bandwidth, expiry))
+    blind_sign(
+        params,
+        vk,
+        sk,
+        request,
+        &public_attributes(bandwidth, expiry),
+    )
 }
 
 impl PendingCredential {
@@ -186,7 +204,11 @@ impl BandwidthCredential {
             context,
             rng,
         )?;
-        Ok(BandwidthSpend { theta, bandwidth: self.bandwidth, expiry: self.expiry })
+        Ok(BandwidthSpend {
+            theta,
+            bandwidth: self.bandwidth,
+            expiry: self.expiry,
+        })
     }
 
     /// Client storage encoding (secret!): σ ‖ serial ‖ binding ‖ bandwidth ‖ expiry.
@@ -210,7 +232,13 @@ impl BandwidthCredential {
         let bandwidth = r.u64()?;
         let expiry = r.u32()?;
         r.finish()?;
-        Ok(Self { signature: Signature { h, s }, serial, binding, bandwidth, expiry })
+        Ok(Self {
+            signature: Signature { h, s },
+            serial,
+            binding,
+            bandwidth,
+            expiry,
+        })
     }
 }
 
@@ -264,16 +292,28 @@ impl BandwidthSpend {
         if theta.private_count() != PRIVATE {
             return Err(CoconutError::Decoding);
         }
-        Ok(Self { theta, bandwidth, expiry })
+        Ok(Self {
+            theta,
+            bandwidth,
+            expiry,
+        })
     }
 
     /// Assembles a spend from parts (tests and tools; verification checks everything).
     pub fn from_parts(theta: Theta, bandwidth: u64, expiry: u32) -> Self {
-        Self { theta, bandwidth, expiry }
+        Self {
+            theta,
+            bandwidth,
+            expiry,
+        }
     }
 
     fn item<'a>(&'a self, public: &'a [Scalar; 2], context: &'a [u8]) -> ShowItem<'a> {
-        ShowItem { theta: &self.theta, public, context }
+        ShowItem {
+            theta: &self.theta,
+            public,
+            context,
+        }
     }
 }
 
@@ -307,8 +347,10 @@ pub fn verify_spends<S: SpentTags>(
     if let Err(e) = check_shape(params) {
         return vec![Err(e); spends.len()];
     }
-    let publics: Vec<[Scalar; 2]> =
-        spends.iter().map(|(s, _)| public_attributes(s.bandwidth, s.expiry)).collect();
+    let publics: Vec<[Scalar; 2]> = spends
+        .iter()
+        .map(|(s, _)| public_attributes(s.bandwidth, s.expiry))
+        .collect();
     let mut live = Vec::new(); // indices still in the running
     for (i, (s, _)) in spends.iter().enumerate() {
         if s.expiry < today {
@@ -319,8 +361,10 @@ pub fn verify_spends<S: SpentTags>(
             live.push(i);
         }
     }
-    let items: Vec<ShowItem<'_>> =
-        live.iter().map(|&i| spends[i].0.item(&publics[i], spends[i].1)).collect();
+    let items: Vec<ShowItem<'_>> = live
+        .iter()
+        .map(|&i| spends[i].0.item(&publics[i], spends[i].1))
+        .collect();
     if verify_batch(params, vk, &items).is_err() {
         for k in find_invalid(params, vk, &items) {
             results[live[k]] = Err(CoconutError::Proof);

@@ -83,14 +83,35 @@ pub fn prepare_blind_sign(
         .zip(private)
         .map(|(oj, m)| (G1Projective::from(params.g1) * oj + hp * m).to_affine())
         .collect();
-    let st = RequestStatement { vk, cm: &cm, h: &h, commitments: &commitments, public };
-    let w = RequestWitness { o: &o, openings: &openings, private };
+    let st = RequestStatement {
+        vk,
+        cm: &cm,
+        h: &h,
+        commitments: &commitments,
+        public,
+    };
+    let w = RequestWitness {
+        o: &o,
+        openings: &openings,
+        private,
+    };
     let proof = RequestProof::prove(params, &st, &w, rng);
     o = Scalar::ZERO;
     std::hint::black_box(&mut o);
-    let secrets =
-        RequestSecrets { h, openings, private: private.to_vec(), public: public.to_vec() };
-    Ok((secrets, BlindSignRequest { cm, commitments, proof }))
+    let secrets = RequestSecrets {
+        h,
+        openings,
+        private: private.to_vec(),
+        public: public.to_vec(),
+    };
+    Ok((
+        secrets,
+        BlindSignRequest {
+            cm,
+            commitments,
+            proof,
+        },
+    ))
 }
 
 /// Signer: verifies the request's proof and signs blindly with its key share.
@@ -110,7 +131,13 @@ pub fn blind_sign(
         return Err(CoconutError::AttributeCount);
     }
     let h = commitment_hash(&request.cm, public);
-    let st = RequestStatement { vk, cm: &request.cm, h: &h, commitments: &request.commitments, public };
+    let st = RequestStatement {
+        vk,
+        cm: &request.cm,
+        h: &h,
+        commitments: &request.commitments,
+        public,
+    };
     request.proof.verify(params, &st)?;
     // Key material is secret: constant-time multiplications only.
     let mut e = sk.x;
@@ -123,7 +150,10 @@ pub fn blind_sign(
     for (y, com) in sk.ys.iter().zip(&request.commitments) {
         c += G1Projective::from(com) * y;
     }
-    Ok(BlindedSignature { h, c: c.to_affine() })
+    Ok(BlindedSignature {
+        h,
+        c: c.to_affine(),
+    })
 }
 
 impl BlindedSignature {
@@ -214,7 +244,8 @@ impl PartialSignature {
         vk_share: &VerificationKey,
         secrets: &RequestSecrets,
     ) -> Result<(), CoconutError> {
-        self.signature.verify(params, vk_share, &secrets.attributes())
+        self.signature
+            .verify(params, vk_share, &secrets.attributes())
     }
 
     /// Wire encoding: index (8 bytes, big endian) ‖ h ‖ s.
@@ -235,7 +266,10 @@ impl PartialSignature {
         if index == 0 {
             return Err(CoconutError::Decoding);
         }
-        Ok(Self { index, signature: Signature { h, s } })
+        Ok(Self {
+            index,
+            signature: Signature { h, s },
+        })
     }
 }
 
@@ -261,7 +295,10 @@ pub fn aggregate_signatures(
     if bool::from(s.is_identity()) {
         return Err(CoconutError::Signature);
     }
-    let sig = Signature { h: secrets.h, s: s.to_affine() };
+    let sig = Signature {
+        h: secrets.h,
+        s: s.to_affine(),
+    };
     sig.verify(params, vk, &secrets.attributes())?;
     Ok(sig)
 }
@@ -309,7 +346,11 @@ impl BlindSignRequest {
         let commitments = (0..p).map(|_| r.g1()).collect::<Result<_, _>>()?;
         let proof = RequestProof::read(&mut r, p)?;
         r.finish()?;
-        Ok(Self { cm, commitments, proof })
+        Ok(Self {
+            cm,
+            commitments,
+            proof,
+        })
     }
 }
 

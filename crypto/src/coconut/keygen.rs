@@ -64,9 +64,16 @@ pub fn ttp_keygen(
         let at = Scalar::from(index);
         let mut values = polys.iter().map(|p| evaluate(p, &at));
         let x = values.next().unwrap_or(Scalar::ZERO);
-        let secret = SecretKey { x, ys: values.collect() };
+        let secret = SecretKey {
+            x,
+            ys: values.collect(),
+        };
         let verification = secret.verification_key(params);
-        shares.push(KeyShare { index, secret, verification });
+        shares.push(KeyShare {
+            index,
+            secret,
+            verification,
+        });
     }
     for p in &mut polys {
         wipe(p);
@@ -79,7 +86,9 @@ impl SecretKey {
     pub fn random(params: &Parameters, rng: &mut (impl RngCore + CryptoRng)) -> Self {
         Self {
             x: Scalar::random(&mut *rng),
-            ys: (0..params.attributes()).map(|_| Scalar::random(&mut *rng)).collect(),
+            ys: (0..params.attributes())
+                .map(|_| Scalar::random(&mut *rng))
+                .collect(),
         }
     }
 
@@ -191,7 +200,11 @@ impl VerificationKey {
         let beta_g1 = (0..n).map(|_| r.g1()).collect::<Result<_, _>>()?;
         let beta_g2 = (0..n).map(|_| r.g2()).collect::<Result<_, _>>()?;
         r.finish()?;
-        Ok(Self { alpha, beta_g1, beta_g2 })
+        Ok(Self {
+            alpha,
+            beta_g1,
+            beta_g2,
+        })
     }
 
     pub(crate) fn write(&self, w: &mut Writer) {
@@ -216,7 +229,10 @@ pub fn aggregate_verification_keys(
 ) -> Result<VerificationKey, CoconutError> {
     let first = shares.first().ok_or(CoconutError::NotEnoughShares)?.1;
     let q = first.attributes();
-    if shares.iter().any(|(_, k)| k.attributes() != q || k.beta_g1.len() != q) {
+    if shares
+        .iter()
+        .any(|(_, k)| k.attributes() != q || k.beta_g1.len() != q)
+    {
         return Err(CoconutError::VerificationKey);
     }
     let indices: Vec<u64> = shares.iter().map(|(i, _)| *i).collect();
@@ -233,7 +249,11 @@ pub fn aggregate_verification_keys(
             G1Projective::multi_exp(&pts, &l).to_affine()
         })
         .collect();
-    Ok(VerificationKey { alpha, beta_g1, beta_g2 })
+    Ok(VerificationKey {
+        alpha,
+        beta_g1,
+        beta_g2,
+    })
 }
 
 /// Lagrange coefficients at 0 for distinct, non-zero evaluation points.
@@ -262,7 +282,10 @@ pub(crate) fn lagrange_at_zero(indices: &[u64]) -> Result<Vec<Scalar>, CoconutEr
 }
 
 fn evaluate(coefficients: &[Scalar], at: &Scalar) -> Scalar {
-    coefficients.iter().rev().fold(Scalar::ZERO, |acc, c| acc * at + c)
+    coefficients
+        .iter()
+        .rev()
+        .fold(Scalar::ZERO, |acc, c| acc * at + c)
 }
 
 #[cfg(test)]
@@ -275,7 +298,11 @@ mod tests {
         let poly: Vec<Scalar> = (0..3).map(|_| Scalar::random(&mut rng)).collect();
         let idx = [2u64, 5, 9];
         let l = lagrange_at_zero(&idx).unwrap();
-        let v: Scalar = idx.iter().zip(&l).map(|(i, c)| evaluate(&poly, &Scalar::from(*i)) * c).sum();
+        let v: Scalar = idx
+            .iter()
+            .zip(&l)
+            .map(|(i, c)| evaluate(&poly, &Scalar::from(*i)) * c)
+            .sum();
         assert_eq!(v, poly[0]);
         assert!(lagrange_at_zero(&[1, 1]).is_err());
         assert!(lagrange_at_zero(&[0, 1]).is_err());

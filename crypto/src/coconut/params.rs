@@ -47,6 +47,11 @@ impl Parameters {
         })
     }
 
+    /// The spend-tag base δ (public; lets tools recompute ζ = serial·δ).
+    pub fn tag_base(&self) -> G1Affine {
+        self.delta
+    }
+
     /// Number of attributes a credential under these parameters carries.
     pub fn attributes(&self) -> usize {
         self.hs.len()
@@ -82,7 +87,9 @@ pub(crate) struct Transcript {
 
 impl Transcript {
     pub(crate) fn new(protocol: &[u8]) -> Self {
-        let mut t = Self { hash: Sha512::new() };
+        let mut t = Self {
+            hash: Sha512::new(),
+        };
         t.bytes(b"lethe/coconut/v1", protocol);
         t
     }

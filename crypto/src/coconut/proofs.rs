@@ -65,8 +65,16 @@ impl RequestProof {
         let proof = Self {
             challenge: c,
             r_o: k_o - c * w.o,
-            r_openings: k_open.iter().zip(w.openings).map(|(k, o)| k - c * o).collect(),
-            r_attributes: k_attr.iter().zip(w.private).map(|(k, m)| k - c * m).collect(),
+            r_openings: k_open
+                .iter()
+                .zip(w.openings)
+                .map(|(k, o)| k - c * o)
+                .collect(),
+            r_attributes: k_attr
+                .iter()
+                .zip(w.private)
+                .map(|(k, m)| k - c * m)
+                .collect(),
         };
         wipe(&mut k_open);
         wipe(&mut k_attr);
@@ -141,7 +149,10 @@ fn request_challenge(
     t.scalars(b"public", st.public);
     t.g1(b"cm", st.cm);
     t.g1(b"h", st.h);
-    t.bytes(b"private-count", &(st.commitments.len() as u64).to_be_bytes());
+    t.bytes(
+        b"private-count",
+        &(st.commitments.len() as u64).to_be_bytes(),
+    );
     st.commitments.iter().for_each(|c| t.g1(b"com", c));
     t.g1(b"w-cm", w_cm);
     w_coms.iter().for_each(|c| t.g1(b"w-com", c));
@@ -175,7 +186,11 @@ pub(crate) struct ShowStatement<'a> {
     pub(crate) private_count: usize,
 }
 
-pub(crate) fn show_challenge(st: &ShowStatement<'_>, t_kappa: &G2Affine, t_zeta: &G1Affine) -> Scalar {
+pub(crate) fn show_challenge(
+    st: &ShowStatement<'_>,
+    t_kappa: &G2Affine,
+    t_zeta: &G1Affine,
+) -> Scalar {
     let mut t = Transcript::new(b"show");
     t.bytes(b"q", &(st.q as u64).to_be_bytes());
     t.bytes(b"vk-digest", st.vk_digest);

@@ -106,7 +106,13 @@ pub fn prove_randomised(
         z_private: k.iter().zip(private).map(|(kj, m)| kj - c * m).collect(),
     };
     wipe(&mut k);
-    Ok(Theta { h: *h, s: *s, kappa, zeta, proof })
+    Ok(Theta {
+        h: *h,
+        s: *s,
+        kappa,
+        zeta,
+        proof,
+    })
 }
 
 /// Recomputes the Fiat–Shamir challenge of a presentation (tests build forgeries with it).
@@ -163,7 +169,18 @@ impl Theta {
         }
         let z_private = r.scalars(p)?;
         r.finish()?;
-        Ok(Self { h, s, kappa, zeta, proof: ShowProof { t_kappa, t_zeta, z_r, z_private } })
+        Ok(Self {
+            h,
+            s,
+            kappa,
+            zeta,
+            proof: ShowProof {
+                t_kappa,
+                t_zeta,
+                z_r,
+                z_private,
+            },
+        })
     }
 
     pub(crate) fn challenge(

@@ -42,7 +42,15 @@ pub fn verify_credential(
     public: &[Scalar],
     context: &[u8],
 ) -> Result<(), CoconutError> {
-    verify_batch(params, vk, &[ShowItem { theta, public, context }])
+    verify_batch(
+        params,
+        vk,
+        &[ShowItem {
+            theta,
+            public,
+            context,
+        }],
+    )
 }
 
 /// Verifies all presentations at once; fails if any is invalid (then use [`find_invalid`]).
@@ -133,10 +141,15 @@ pub fn verify_batch(
     G1Projective::batch_normalize(&weighted_h, &mut lhs);
     let s_points: Vec<G1Projective> = items.iter().map(|it| it.theta.s.into()).collect();
     let s_sum = (-G1Projective::multi_exp(&s_points, &w_pair)).to_affine();
-    let prepared: Vec<G2Prepared> = items.iter().map(|it| G2Prepared::from(it.theta.kappa)).collect();
+    let prepared: Vec<G2Prepared> = items
+        .iter()
+        .map(|it| G2Prepared::from(it.theta.kappa))
+        .collect();
     let mut terms: Vec<(&G1Affine, &G2Prepared)> = lhs.iter().zip(&prepared).collect();
     terms.push((&s_sum, &params.g2_prepared));
-    let ok = Bls12::multi_miller_loop(&terms).final_exponentiation().is_identity();
+    let ok = Bls12::multi_miller_loop(&terms)
+        .final_exponentiation()
+        .is_identity();
     if bool::from(ok) {
         Ok(())
     } else {
@@ -147,7 +160,11 @@ pub fn verify_batch(
 /// Finds the invalid presentations by bisection over [`verify_batch`] (empty if all are valid).
 ///
 /// Cost grows with the number of bad items (about 2·b·log2(n) sub-batches for b bad items).
-pub fn find_invalid(params: &Parameters, vk: &VerificationKey, items: &[ShowItem<'_>]) -> Vec<usize> {
+pub fn find_invalid(
+    params: &Parameters,
+    vk: &VerificationKey,
+    items: &[ShowItem<'_>],
+) -> Vec<usize> {
     let mut bad = Vec::new();
     bisect(params, vk, items, 0, &mut bad);
     bad
