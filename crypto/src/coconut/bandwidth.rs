@@ -13,6 +13,7 @@ use blstrs::Scalar;
 use ff::Field;
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use super::encoding::{Reader, Writer};
 use super::error::CoconutError;
@@ -211,15 +212,16 @@ impl BandwidthCredential {
         })
     }
 
-    /// Client storage encoding (secret!): σ ‖ serial ‖ binding ‖ bandwidth ‖ expiry.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// Client storage encoding: σ ‖ serial ‖ binding ‖ bandwidth ‖ expiry (secret; the buffer
+    /// is zeroed on drop).
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut w = Writer::default();
         w.bytes.extend_from_slice(&self.signature.to_bytes());
         w.scalar(&self.serial);
         w.scalar(&self.binding);
         w.u64(self.bandwidth);
         w.u32(self.expiry);
-        w.bytes
+        Zeroizing::new(w.bytes)
     }
 
     /// Parses [`BandwidthCredential::to_bytes`].

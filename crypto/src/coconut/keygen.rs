@@ -9,6 +9,7 @@ use group::{prime::PrimeCurveAffine, Curve, Group};
 use pairing::{MillerLoopResult, MultiMillerLoop};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha512};
+use zeroize::Zeroizing;
 
 use super::encoding::{Reader, Writer};
 use super::error::CoconutError;
@@ -103,13 +104,13 @@ impl SecretKey {
         }
     }
 
-    /// Serialises the key (for the signer's own storage; treat the bytes as secret).
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// Serialises the key for the signer's own storage; the buffer is zeroed on drop.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
         let mut w = Writer::default();
         w.scalar(&self.x);
         w.count(self.ys.len());
         self.ys.iter().for_each(|y| w.scalar(y));
-        w.bytes
+        Zeroizing::new(w.bytes)
     }
 
     /// Parses [`SecretKey::to_bytes`].
