@@ -29,6 +29,8 @@ use super::verify::{find_invalid, verify_batch, ShowItem};
 /// Attributes of a bandwidth credential: serial, binding secret, bandwidth, expiry.
 pub const BANDWIDTH_ATTRIBUTES: usize = 4;
 const PRIVATE: usize = 2;
+/// Presentations verified per batch in [`verify_spends`].
+pub const BATCH_CHUNK: usize = 64;
 
 /// A spend tag: fixed-size key for the spent-credential store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -363,13 +365,16 @@ pub fn verify_spends<S: SpentTags>(
             live.push(i);
         }
     }
-    let items: Vec<ShowItem<'_>> = live
-        .iter()
-        .map(|&i| spends[i].0.item(&publics[i], spends[i].1))
-        .collect();
-    if verify_batch(params, vk, &items).is_err() {
-        for k in find_invalid(params, vk, &items) {
-            results[live[k]] = Err(CoconutError::Proof);
+    // Chunks keep the prepared G2 lines (~20 KB per item) within L2.
+    for chunk in live.chunks(BATCH_CHUNK) {
+        let items: Vec<ShowItem<'_>> = chunk
+            .iter()
+            .map(|&i| spends[i].0.item(&publics[i], spends[i].1))
+            .collect();
+        if verify_batch(params, vk, &items).is_err() {
+            for k in find_invalid(params, vk, &items) {
+                results[chunk[k]] = Err(CoconutError::Proof);
+            }
         }
     }
     for &i in &live {
