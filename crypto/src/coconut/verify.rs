@@ -234,3 +234,20 @@ fn mul_short(p: &G1Projective, w: &Scalar) -> G1Projective {
     }
     acc
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_multiplication_matches_full() {
+        let p = G1Projective::generator() * random_weight();
+        for _ in 0..4 {
+            let w = random_weight();
+            assert!(w.to_bytes_le()[16..].iter().all(|b| *b == 0));
+            assert_eq!(mul_short(&p, &w), p * w);
+        }
+        assert_eq!(weight_from(0), Scalar::ONE);
+        assert_eq!(weight_from(u128::MAX), Scalar::from(u64::MAX).shl(64) + Scalar::from(u64::MAX));
+    }
+}
