@@ -25,7 +25,7 @@ pub struct Theta {
     pub(crate) proof: ShowProof,
 }
 
-/// Client: shows a credential on `private` (first p attributes; private[0] is the serial that
+/// Client: shows a credential on `private` (first p attributes; `private[0]` is the serial that
 /// the spend tag is derived from) and `public` (the rest), bound to the verifier's `context`.
 pub fn prove_credential(
     params: &Parameters,
