@@ -2,7 +2,7 @@
 //!
 //! Everything here is I/O free: byte buffers in, byte buffers (rewritten in place) out.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+pub mod coconut;
 pub mod framing;
-
 pub mod lioness;
 pub mod sphinx;
