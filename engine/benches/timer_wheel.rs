@@ -105,7 +105,9 @@ fn replay(c: &mut Criterion) {
             let mut tag = [0u8; 32];
             let mut z = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
             for chunk in tag.chunks_exact_mut(8) {
-                z = (z ^ (z >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9).wrapping_add(1);
+                z = (z ^ (z >> 31))
+                    .wrapping_mul(0xBF58_476D_1CE4_E5B9)
+                    .wrapping_add(1);
                 chunk.copy_from_slice(&z.to_le_bytes());
             }
             tag

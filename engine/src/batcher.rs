@@ -23,7 +23,12 @@ impl<T> Batcher<T> {
         assert!(batch_packets_max <= crate::limits::BATCH_PACKETS_MAX);
         let items = Vec::with_capacity(batch_packets_max as usize);
         assert!(items.capacity() >= batch_packets_max as usize);
-        Batcher { items, batch_packets_max, flush_us, oldest_us: 0 }
+        Batcher {
+            items,
+            batch_packets_max,
+            flush_us,
+            oldest_us: 0,
+        }
     }
 
     pub fn len(&self) -> u32 {

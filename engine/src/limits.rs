@@ -64,7 +64,7 @@ pub const REPLAY_BLOCK_WORDS_MAX: u32 = 8;
 const _: () = assert!(TIMER_TICK_US_MIN <= TIMER_TICK_US_DEFAULT);
 const _: () = assert!(TIMER_TICK_US_DEFAULT <= TIMER_TICK_US_MAX);
 const _: () = assert!(TIMER_SLOTS == u64::BITS); // one occupancy bitmap word per level
-// The delay cap must fit the wheel at the finest tick.
+                                                 // The delay cap must fit the wheel at the finest tick.
 const _: () = assert!(DELAY_MS_MAX * 1_000 / TIMER_TICK_US_MIN <= TIMER_DELAY_TICKS_LIMIT);
 const _: () = assert!(TIMER_ENTRIES_DEFAULT <= TIMER_ENTRIES_MAX);
 // Entry indices are u32 with u32::MAX reserved as the list terminator.
@@ -112,7 +112,12 @@ pub struct ReplayConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigError {
-    OutOfRange { field: &'static str, value: u64, min: u64, max: u64 },
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
     FpRateOutOfRange,
     BlockWords(u32),
 }
@@ -120,13 +125,20 @@ pub enum ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ConfigError::OutOfRange { field, value, min, max } => {
+            ConfigError::OutOfRange {
+                field,
+                value,
+                min,
+                max,
+            } => {
                 write!(f, "{field} = {value} is outside [{min}, {max}]")
             }
             ConfigError::FpRateOutOfRange => {
                 write!(f, "replay fp_rate must be in [{REPLAY_FP_RATE_MIN}, 1)")
             }
-            ConfigError::BlockWords(w) => write!(f, "replay block_words = {w}: must be 1, 2, 4 or 8"),
+            ConfigError::BlockWords(w) => {
+                write!(f, "replay block_words = {w}: must be 1, 2, 4 or 8")
+            }
         }
     }
 }
@@ -161,7 +173,12 @@ impl Default for EngineConfig {
 
 fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if value < min || value > max {
-        return Err(ConfigError::OutOfRange { field, value, min, max });
+        return Err(ConfigError::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        });
     }
     Ok(())
 }
@@ -170,14 +187,39 @@ impl EngineConfig {
     /// Checks every field against the limits; a config that passes can be handed to the
     /// constructors, whose `assert!`s then never fire.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_range("timer_tick_us", self.timer_tick_us, TIMER_TICK_US_MIN, TIMER_TICK_US_MAX)?;
-        check_range("timer_delay_ms_max", self.timer_delay_ms_max, 1, DELAY_MS_MAX)?;
+        check_range(
+            "timer_tick_us",
+            self.timer_tick_us,
+            TIMER_TICK_US_MIN,
+            TIMER_TICK_US_MAX,
+        )?;
+        check_range(
+            "timer_delay_ms_max",
+            self.timer_delay_ms_max,
+            1,
+            DELAY_MS_MAX,
+        )?;
         let delay_ticks_max = self.timer_delay_ms_max * 1_000 / self.timer_tick_us;
-        check_range("timer_delay_ticks_max", delay_ticks_max, 1, TIMER_DELAY_TICKS_LIMIT)?;
+        check_range(
+            "timer_delay_ticks_max",
+            delay_ticks_max,
+            1,
+            TIMER_DELAY_TICKS_LIMIT,
+        )?;
         let entries = u64::from(self.timer_entries_max);
-        check_range("timer_entries_max", entries, 1, u64::from(TIMER_ENTRIES_MAX))?;
+        check_range(
+            "timer_entries_max",
+            entries,
+            1,
+            u64::from(TIMER_ENTRIES_MAX),
+        )?;
         let buffers = u64::from(self.pool_buffers_count);
-        check_range("pool_buffers_count", buffers, 1, u64::from(POOL_BUFFERS_MAX))?;
+        check_range(
+            "pool_buffers_count",
+            buffers,
+            1,
+            u64::from(POOL_BUFFERS_MAX),
+        )?;
         let bytes = u64::from(self.pool_buffer_bytes);
         check_range("pool_buffer_bytes", bytes, 1, u64::from(PACKET_BYTES_MAX))?;
         check_range("pool_bytes", buffers * bytes, 1, POOL_BYTES_MAX)?;
@@ -195,8 +237,18 @@ impl EngineConfig {
 
 impl ReplayConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check_range("replay_packets_per_s", self.packets_per_s, REPLAY_PACKETS_PER_S_MIN, 10_000_000)?;
-        check_range("replay_key_lifetime_s", self.key_lifetime_s, 1, 30 * 24 * 3_600)?;
+        check_range(
+            "replay_packets_per_s",
+            self.packets_per_s,
+            REPLAY_PACKETS_PER_S_MIN,
+            10_000_000,
+        )?;
+        check_range(
+            "replay_key_lifetime_s",
+            self.key_lifetime_s,
+            1,
+            30 * 24 * 3_600,
+        )?;
         // Written positively so NaN fails too.
         let fp_ok = self.fp_rate >= REPLAY_FP_RATE_MIN && self.fp_rate < 1.0;
         if !fp_ok {

@@ -52,7 +52,15 @@ impl BufferPool {
         // Pop order 0, 1, 2…: reversed stack.
         let free: Vec<u32> = (0..count).rev().collect();
         let in_use = vec![0u64; (count as usize).div_ceil(64)];
-        BufferPool { bytes, base, stride, buffer_bytes, count, free, in_use }
+        BufferPool {
+            bytes,
+            base,
+            stride,
+            buffer_bytes,
+            count,
+            free,
+            in_use,
+        }
     }
 
     pub fn capacity(&self) -> u32 {
@@ -80,7 +88,10 @@ impl BufferPool {
         let index = id.0;
         assert!(index < self.count);
         let (word, bit) = (index as usize / 64, index % 64);
-        assert!(self.in_use[word] & (1 << bit) != 0, "buffer {index} freed twice");
+        assert!(
+            self.in_use[word] & (1 << bit) != 0,
+            "buffer {index} freed twice"
+        );
         self.in_use[word] &= !(1 << bit);
         debug_assert!(self.free.len() < self.free.capacity());
         self.free.push(index);

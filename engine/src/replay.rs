@@ -24,12 +24,12 @@
 //! `FP = Σ_j Pois(j; λ) · (1 − (1 − 1/B)^(k·j))^k`. [`ReplayParams::for_items`] picks the
 //! fewest blocks (then the best `k`) meeting the target and reports the achieved rate.
 
+use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::fmt;
 
 use crate::limits::{
     ReplayConfig, REPLAY_BLOCK_WORDS_MAX, REPLAY_FILTERS_LIVE_MAX, REPLAY_FILTER_BYTES_MAX,
@@ -112,7 +112,9 @@ impl ReplayParams {
         let block_count_max = REPLAY_FILTER_BYTES_MAX / block_bytes;
         let mut best: Option<(u64, u32)> = None;
         for hash_count in 1..=REPLAY_HASHES_MAX {
-            let fits = |blocks: u64| false_positive_rate(items, blocks, block_words, hash_count) <= fp_rate;
+            let fits = |blocks: u64| {
+                false_positive_rate(items, blocks, block_words, hash_count) <= fp_rate
+            };
             if !fits(block_count_max) {
                 continue;
             }
@@ -131,9 +133,16 @@ impl ReplayParams {
             }
         }
         let Some((block_count, hash_count)) = best else {
-            return Err(SizingError::TooLarge { bytes: REPLAY_FILTER_BYTES_MAX.saturating_add(1) });
+            return Err(SizingError::TooLarge {
+                bytes: REPLAY_FILTER_BYTES_MAX.saturating_add(1),
+            });
         };
-        Ok(ReplayParams { block_count, block_words, hash_count, items_expected: items })
+        Ok(ReplayParams {
+            block_count,
+            block_words,
+            hash_count,
+            items_expected: items,
+        })
     }
 
     pub fn from_config(config: &ReplayConfig) -> Result<Self, SizingError> {
@@ -151,7 +160,12 @@ impl ReplayParams {
 
     /// False-positive rate once `items_expected` tags are in.
     pub fn false_positive_rate(&self) -> f64 {
-        false_positive_rate(self.items_expected, self.block_count, self.block_words, self.hash_count)
+        false_positive_rate(
+            self.items_expected,
+            self.block_count,
+            self.block_words,
+            self.hash_count,
+        )
     }
 
     fn line_count(&self) -> u64 {
@@ -159,7 +173,8 @@ impl ReplayParams {
     }
 
     fn is_valid(&self) -> bool {
-        let words_ok = self.block_words.is_power_of_two() && self.block_words <= REPLAY_BLOCK_WORDS_MAX;
+        let words_ok =
+            self.block_words.is_power_of_two() && self.block_words <= REPLAY_BLOCK_WORDS_MAX;
         let hashes_ok = self.hash_count >= 1 && self.hash_count <= REPLAY_HASHES_MAX;
         let blocks_ok = self.block_count >= 1
             && self.block_count <= REPLAY_FILTER_BYTES_MAX / (u64::from(self.block_words) * 8);
@@ -192,7 +207,11 @@ impl ReplayFilter {
         lines.reserve_exact(line_count);
         lines.resize_with(line_count, Line::default);
         assert_eq!(lines.len() as u64, params.line_count());
-        ReplayFilter { rotation_id, params, lines: lines.into_boxed_slice() }
+        ReplayFilter {
+            rotation_id,
+            params,
+            lines: lines.into_boxed_slice(),
+        }
     }
 
     pub fn rotation_id(&self) -> RotationId {
@@ -208,11 +227,17 @@ impl ReplayFilter {
         let (first_word, masks) = self.locate(tag);
         let mut fresh = false;
         // Ascending word order; one atomic RMW per touched word.
-        for (offset, &mask) in masks.iter().enumerate().take(self.params.block_words as usize) {
+        for (offset, &mask) in masks
+            .iter()
+            .enumerate()
+            .take(self.params.block_words as usize)
+        {
             if mask == 0 {
                 continue;
             }
-            let old = self.word(first_word + offset as u64).fetch_or(mask, Ordering::AcqRel);
+            let old = self
+                .word(first_word + offset as u64)
+                .fetch_or(mask, Ordering::AcqRel);
             fresh |= old & mask != mask;
         }
         !fresh
@@ -221,9 +246,16 @@ impl ReplayFilter {
     /// Returns `true` if all the tag's bits are set, without inserting.
     pub fn contains(&self, tag: &ReplayTag) -> bool {
         let (first_word, masks) = self.locate(tag);
-        masks.iter().enumerate().take(self.params.block_words as usize).all(|(offset, &mask)| {
-            self.word(first_word + offset as u64).load(Ordering::Acquire) & mask == mask
-        })
+        masks
+            .iter()
+            .enumerate()
+            .take(self.params.block_words as usize)
+            .all(|(offset, &mask)| {
+                self.word(first_word + offset as u64)
+                    .load(Ordering::Acquire)
+                    & mask
+                    == mask
+            })
     }
 
     /// Fraction of bits set: a cheap health figure for metrics.
@@ -299,12 +331,18 @@ impl ReplayFilterSet {
     }
 
     pub fn remove(&mut self, rotation_id: RotationId) -> Option<Arc<ReplayFilter>> {
-        let slot = self.filters.iter_mut().find(|f| f.as_ref().is_some_and(|f| f.rotation_id() == rotation_id))?;
+        let slot = self
+            .filters
+            .iter_mut()
+            .find(|f| f.as_ref().is_some_and(|f| f.rotation_id() == rotation_id))?;
         slot.take()
     }
 
     pub fn get(&self, rotation_id: RotationId) -> Option<&Arc<ReplayFilter>> {
-        self.filters.iter().flatten().find(|f| f.rotation_id() == rotation_id)
+        self.filters
+            .iter()
+            .flatten()
+            .find(|f| f.rotation_id() == rotation_id)
     }
 
     pub fn rotation_ids(&self) -> impl Iterator<Item = RotationId> + '_ {
@@ -333,9 +371,15 @@ pub enum PersistError {
     UnsupportedVersion(u32),
     HeaderChecksum,
     BadParams,
-    RotationMismatch { expected: RotationId, found: RotationId },
+    RotationMismatch {
+        expected: RotationId,
+        found: RotationId,
+    },
     /// The file is shorter or longer than its header says.
-    Length { expected: u64, found: u64 },
+    Length {
+        expected: u64,
+        found: u64,
+    },
     PayloadChecksum,
 }
 
@@ -344,16 +388,28 @@ impl fmt::Display for PersistError {
         match self {
             PersistError::Io(e) => write!(f, "replay filter file I/O: {e}"),
             PersistError::BadMagic => write!(f, "not a replay filter file (bad magic)"),
-            PersistError::UnsupportedVersion(v) => write!(f, "unsupported replay filter format version {v}"),
+            PersistError::UnsupportedVersion(v) => {
+                write!(f, "unsupported replay filter format version {v}")
+            }
             PersistError::HeaderChecksum => write!(f, "replay filter header is corrupt (checksum)"),
-            PersistError::BadParams => write!(f, "replay filter header has out-of-range parameters"),
+            PersistError::BadParams => {
+                write!(f, "replay filter header has out-of-range parameters")
+            }
             PersistError::RotationMismatch { expected, found } => {
-                write!(f, "replay filter is for rotation {found}, expected {expected}")
+                write!(
+                    f,
+                    "replay filter is for rotation {found}, expected {expected}"
+                )
             }
             PersistError::Length { expected, found } => {
-                write!(f, "replay filter file is {found} bytes, header implies {expected}")
+                write!(
+                    f,
+                    "replay filter file is {found} bytes, header implies {expected}"
+                )
             }
-            PersistError::PayloadChecksum => write!(f, "replay filter payload is corrupt (checksum)"),
+            PersistError::PayloadChecksum => {
+                write!(f, "replay filter payload is corrupt (checksum)")
+            }
         }
     }
 }
@@ -375,7 +431,9 @@ impl Checksum {
     const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
 
     fn update(&mut self, word: u64) {
-        self.0 = (self.0 ^ word).wrapping_mul(0xFF51_AFD7_ED55_8CCD).rotate_left(29);
+        self.0 = (self.0 ^ word)
+            .wrapping_mul(0xFF51_AFD7_ED55_8CCD)
+            .rotate_left(29);
     }
 
     fn finish(self) -> u64 {
@@ -451,7 +509,9 @@ impl ReplayFilter {
         }
         out.write_all(&chunk)?;
         out.write_all(&sum.finish().to_le_bytes())?;
-        let file = out.into_inner().map_err(|e| PersistError::Io(e.into_error()))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| PersistError::Io(e.into_error()))?;
         file.sync_all()?;
         Ok(())
     }
@@ -482,11 +542,17 @@ impl ReplayFilter {
         }
         let found = le_u32(&h[12..16]);
         if found != rotation_id {
-            return Err(PersistError::RotationMismatch { expected: rotation_id, found });
+            return Err(PersistError::RotationMismatch {
+                expected: rotation_id,
+                found,
+            });
         }
         let expected = HEADER_BYTES as u64 + params.line_count() * 64 + 8;
         if file_bytes != expected {
-            return Err(PersistError::Length { expected, found: file_bytes });
+            return Err(PersistError::Length {
+                expected,
+                found: file_bytes,
+            });
         }
         let filter = ReplayFilter::new(rotation_id, params);
         let mut sum = Checksum(Checksum::SEED);
@@ -518,7 +584,10 @@ fn params_from_header(h: &[u8; HEADER_BYTES]) -> ReplayParams {
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }
@@ -535,8 +604,14 @@ mod tests {
         let line = ReplayParams::for_items(180_000_000, 1e-5, 8).unwrap();
         assert!(line.false_positive_rate() <= 1e-5);
         assert!(line.bytes() < exact.bytes());
-        assert!(line.bits_per_item() > 24.0 && line.bits_per_item() < 34.0, "{line:?}");
-        assert!(exact.bits_per_item() > 50.0 && exact.bits_per_item() < 90.0, "{exact:?}");
+        assert!(
+            line.bits_per_item() > 24.0 && line.bits_per_item() < 34.0,
+            "{line:?}"
+        );
+        assert!(
+            exact.bits_per_item() > 50.0 && exact.bits_per_item() < 90.0,
+            "{exact:?}"
+        );
     }
 
     #[test]
@@ -565,7 +640,10 @@ mod tests {
         for id in 1..=3 {
             set.insert(Arc::new(ReplayFilter::new(id, params))).unwrap();
         }
-        assert_eq!(set.insert(Arc::new(ReplayFilter::new(4, params))), Err(SetError::Full));
+        assert_eq!(
+            set.insert(Arc::new(ReplayFilter::new(4, params))),
+            Err(SetError::Full)
+        );
         let tag = [1; 32];
         assert_eq!(set.check_and_insert(2, &tag), Some(false));
         assert_eq!(set.check_and_insert(3, &tag), Some(false)); // other key, other filter

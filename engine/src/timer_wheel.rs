@@ -47,7 +47,10 @@ struct List {
 }
 
 impl List {
-    const EMPTY: List = List { head: NIL, tail: NIL };
+    const EMPTY: List = List {
+        head: NIL,
+        tail: NIL,
+    };
 
     fn is_empty(&self) -> bool {
         self.head == NIL
@@ -87,7 +90,11 @@ impl<T> TimerWheel<T> {
         assert!(delay_ticks_max > 0);
         assert!(delay_ticks_max <= TIMER_DELAY_TICKS_LIMIT);
         let entries: Box<[Entry<T>]> = (0..capacity)
-            .map(|i| Entry { deadline: 0, next: if i + 1 < capacity { i + 1 } else { NIL }, item: None })
+            .map(|i| Entry {
+                deadline: 0,
+                next: if i + 1 < capacity { i + 1 } else { NIL },
+                item: None,
+            })
             .collect();
         assert_eq!(entries.len(), capacity as usize);
         TimerWheel {
@@ -181,7 +188,9 @@ impl<T> TimerWheel<T> {
         if !self.ready.is_empty() {
             return Some(self.elapsed);
         }
-        let next = (0..LEVELS).find_map(|level| self.next_slot(level)).map(|(_, _, start)| start);
+        let next = (0..LEVELS)
+            .find_map(|level| self.next_slot(level))
+            .map(|(_, _, start)| start);
         debug_assert_eq!(next.is_none(), self.len == 0);
         next
     }
@@ -361,11 +370,19 @@ mod tests {
         let top = 1u64 << (TIMER_SLOT_BITS * TIMER_LEVELS);
         let mut wheel = TimerWheel::new(4, TIMER_DELAY_TICKS_LIMIT, top - 3);
         assert_eq!(wheel.insert(top + 5, 1), Ok(top + 5));
-        assert_eq!(wheel.insert(top - 3 + TIMER_DELAY_TICKS_LIMIT, 2).map(|_| ()), Ok(()));
+        assert_eq!(
+            wheel
+                .insert(top - 3 + TIMER_DELAY_TICKS_LIMIT, 2)
+                .map(|_| ()),
+            Ok(())
+        );
         assert!(drain(&mut wheel, top + 4).is_empty());
         assert_eq!(drain(&mut wheel, top + 5), vec![1]);
         assert!(drain(&mut wheel, top - 4 + TIMER_DELAY_TICKS_LIMIT).is_empty());
-        assert_eq!(drain(&mut wheel, top - 3 + TIMER_DELAY_TICKS_LIMIT), vec![2]);
+        assert_eq!(
+            drain(&mut wheel, top - 3 + TIMER_DELAY_TICKS_LIMIT),
+            vec![2]
+        );
     }
 
     #[test]

@@ -86,7 +86,10 @@ fn steady_state_does_not_allocate() {
     }
     let after = allocations();
     assert_eq!(after - before, 0, "allocated in steady state");
-    assert!(fired > 10_000, "the loop must have exercised expiry: {fired}");
+    assert!(
+        fired > 10_000,
+        "the loop must have exercised expiry: {fired}"
+    );
     assert!(sent > 10_000);
     // The counter works at all.
     let probe = vec![1u8; 16];

@@ -69,14 +69,20 @@ fn measure_fp(block_words: u32) {
     let params = ReplayParams::for_items(items as u64, 1e-3, block_words).unwrap();
     let predicted = params.false_positive_rate();
     assert!(predicted <= 1e-3);
-    assert!(predicted > 2e-4, "sizing overshoots: {params:?} → {predicted}");
+    assert!(
+        predicted > 2e-4,
+        "sizing overshoots: {params:?} → {predicted}"
+    );
     let filter = ReplayFilter::new(1, params);
     let mut fresh_reported_seen = 0u32;
     for tag in tags(1, items) {
         fresh_reported_seen += u32::from(filter.check_and_insert(&tag));
     }
     let probes = 1_000_000usize;
-    let false_positives = tags(2, probes).iter().filter(|t| filter.contains(t)).count();
+    let false_positives = tags(2, probes)
+        .iter()
+        .filter(|t| filter.contains(t))
+        .count();
     let measured = false_positives as f64 / probes as f64;
     // ~600-1000 expected hits: a ±25% band is > 6σ of the Poisson noise.
     assert!(
@@ -110,7 +116,8 @@ fn concurrent_inserts_exact_with_word_blocks() {
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (filter, shared_tags, barrier) = (filter.clone(), shared_tags.clone(), barrier.clone());
+            let (filter, shared_tags, barrier) =
+                (filter.clone(), shared_tags.clone(), barrier.clone());
             std::thread::spawn(move || {
                 let own_tags = tags(1_000 + t as u64, own);
                 barrier.wait();
@@ -128,7 +135,10 @@ fn concurrent_inserts_exact_with_word_blocks() {
     let mut zero_fresh = 0u32;
     for i in 0..shared {
         let fresh = results.iter().filter(|r| r.0[i]).count();
-        assert!(fresh <= 1, "shared tag {i} reported fresh by {fresh} threads");
+        assert!(
+            fresh <= 1,
+            "shared tag {i} reported fresh by {fresh} threads"
+        );
         zero_fresh += u32::from(fresh == 0);
     }
     // Only a false positive can hide a tag from every thread; at 1e-7 expect none.
@@ -152,15 +162,21 @@ fn concurrent_inserts_cache_line_blocks_never_lose_tags() {
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (filter, shared_tags, barrier) = (filter.clone(), shared_tags.clone(), barrier.clone());
+            let (filter, shared_tags, barrier) =
+                (filter.clone(), shared_tags.clone(), barrier.clone());
             std::thread::spawn(move || {
                 barrier.wait();
-                shared_tags.iter().map(|t| !filter.check_and_insert(t)).collect::<Vec<bool>>()
+                shared_tags
+                    .iter()
+                    .map(|t| !filter.check_and_insert(t))
+                    .collect::<Vec<bool>>()
             })
         })
         .collect();
     let results: Vec<Vec<bool>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let doubles = (0..shared).filter(|&i| results.iter().filter(|r| r[i]).count() > 1).count();
+    let doubles = (0..shared)
+        .filter(|&i| results.iter().filter(|r| r[i]).count() > 1)
+        .count();
     eprintln!("cache-line blocks: {doubles} of {shared} shared tags passed more than once");
     assert!(shared_tags.iter().all(|t| filter.contains(t)));
     assert!(shared_tags.iter().all(|t| filter.check_and_insert(t)));
@@ -184,7 +200,9 @@ fn snapshot_round_trip() {
         assert!(inserted.iter().all(|t| loaded.check_and_insert(t)));
         // Saving over an existing snapshot replaces it atomically and leaves no temp file.
         filter.save(&path).unwrap();
-        assert!(!path.with_file_name(format!("rot-42-{block_words}.bin.tmp")).exists());
+        assert!(!path
+            .with_file_name(format!("rot-42-{block_words}.bin.tmp"))
+            .exists());
         std::fs::remove_file(&path).unwrap();
     }
 }
@@ -204,13 +222,22 @@ fn damaged_or_foreign_snapshots_are_refused() {
         ReplayFilter::load(&path, rotation).unwrap_err()
     };
 
-    assert!(matches!(refuse(&good, 4), PersistError::RotationMismatch { expected: 4, found: 3 }));
+    assert!(matches!(
+        refuse(&good, 4),
+        PersistError::RotationMismatch {
+            expected: 4,
+            found: 3
+        }
+    ));
     let mut bad = good.clone();
     bad[0] ^= 1;
     assert!(matches!(refuse(&bad, 3), PersistError::BadMagic));
     let mut bad = good.clone();
     bad[8] = 2;
-    assert!(matches!(refuse(&bad, 3), PersistError::UnsupportedVersion(2)));
+    assert!(matches!(
+        refuse(&bad, 3),
+        PersistError::UnsupportedVersion(2)
+    ));
     let mut bad = good.clone();
     bad[20] ^= 0x10; // block count
     assert!(matches!(refuse(&bad, 3), PersistError::HeaderChecksum));
@@ -218,7 +245,10 @@ fn damaged_or_foreign_snapshots_are_refused() {
     let middle = bad.len() / 2;
     bad[middle] ^= 0x40;
     assert!(matches!(refuse(&bad, 3), PersistError::PayloadChecksum));
-    assert!(matches!(refuse(&good[..good.len() - 1], 3), PersistError::Length { .. }));
+    assert!(matches!(
+        refuse(&good[..good.len() - 1], 3),
+        PersistError::Length { .. }
+    ));
     assert!(matches!(refuse(&good[..10], 3), PersistError::Io(_)));
     std::fs::write(&path, &good).unwrap();
     assert!(ReplayFilter::load(&path, 3).is_ok());

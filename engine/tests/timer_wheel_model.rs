@@ -39,7 +39,10 @@ struct Model {
 
 fn run(start: Tick, capacity: u32, delay_max: u64, ops: Vec<Op>) {
     let mut wheel = TimerWheel::new(capacity, delay_max, start);
-    let mut model = Model { pending: BTreeMap::new(), now: start };
+    let mut model = Model {
+        pending: BTreeMap::new(),
+        now: start,
+    };
     let mut deadline_of: BTreeMap<u32, Tick> = BTreeMap::new();
     let mut next_item = 0u32;
     for op in ops {
@@ -71,7 +74,13 @@ fn run(start: Tick, capacity: u32, delay_max: u64, ops: Vec<Op>) {
         check_next_deadline(&wheel, &model);
     }
     // Drain everything: nothing is ever lost.
-    advance(&mut wheel, &mut model, &deadline_of, delay_max + 1, u32::MAX);
+    advance(
+        &mut wheel,
+        &mut model,
+        &deadline_of,
+        delay_max + 1,
+        u32::MAX,
+    );
     assert!(wheel.is_empty());
     assert!(model.pending.is_empty());
 }
@@ -93,8 +102,14 @@ fn advance(
     assert_eq!(fired.len(), due.min(budget as usize));
     for item in fired {
         let deadline = deadline_of[&item];
-        assert!(deadline <= now, "item {item} fired early: deadline {deadline}, now {now}");
-        assert!(model.pending.remove(&(deadline, item)).is_some(), "item {item} fired twice");
+        assert!(
+            deadline <= now,
+            "item {item} fired early: deadline {deadline}, now {now}"
+        );
+        assert!(
+            model.pending.remove(&(deadline, item)).is_some(),
+            "item {item} fired twice"
+        );
     }
 }
 
