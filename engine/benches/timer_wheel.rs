@@ -113,13 +113,20 @@ fn replay(c: &mut Criterion) {
             tag
         })
         .collect();
-    // 10 M items at 1e-5: far larger than the caches, so each check is a memory access.
-    for block_words in [1u32, 8] {
-        let params = ReplayParams::for_items(10_000_000, 1e-5, block_words).unwrap();
+    // 100 k items fit in L2 (compute cost); 10 M items at 1e-5 are far larger than the caches,
+    // so each check is a memory access (a TLB miss too without huge pages).
+    for (items, block_words) in [
+        (100_000u64, 1u32),
+        (100_000, 8),
+        (10_000_000, 1),
+        (10_000_000, 8),
+    ] {
+        let params = ReplayParams::for_items(items, 1e-5, block_words).unwrap();
         let filter = ReplayFilter::new(1, params);
         group.throughput(Throughput::Elements(1));
         let mut i = 0usize;
-        group.bench_function(BenchmarkId::new("block_words", block_words), |b| {
+        let id = format!("items{items}_block_words{block_words}");
+        group.bench_function(BenchmarkId::from_parameter(id), |b| {
             b.iter(|| {
                 i = (i + 1) & ((1 << 20) - 1);
                 black_box(filter.check_and_insert(&tags[i]))

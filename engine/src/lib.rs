@@ -14,7 +14,7 @@
 //!   so a check costs one or two cache misses.
 //! - **FP math**: block loads are Poisson(λ = n/blocks); a fresh tag is a false positive iff its
 //!   k bits are set, `FP = Σ_j Pois(j; λ)(1 − (1 − 1/B)^{kj})^k` for B-bit blocks. At Nym's
-//!   1e-5 this needs ~24 bits/item for a classic filter, ~30 for 512-bit blocks and ~70 for
+//!   1e-5 this needs ~24 bits/item for a classic filter, ~30 for 512-bit blocks and ~81 for
 //!   64-bit blocks; sizing is `pps × key lifetime` items ([`replay::ReplayParams`]).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -27,5 +27,7 @@ pub mod timer_wheel;
 pub use batcher::Batcher;
 pub use limits::{ConfigError, EngineConfig, ReplayConfig};
 pub use pool::{BufId, BufferPool};
-pub use replay::{ReplayFilter, ReplayFilterSet, ReplayParams, ReplayTag, RotationId};
+pub use replay::{
+    snapshot_path, ReplayFilter, ReplayFilterSet, ReplayParams, ReplayTag, RotationId,
+};
 pub use timer_wheel::{Full, Tick, TickClock, TimerWheel};

@@ -17,7 +17,7 @@
 //!   trick fixes that with bits alone (B cannot tell A's bits in `w1` from older tags'). The
 //!   window is the few ns between one call's first and last `fetch_or`, which an attacker
 //!   racing duplicates over two connections can hit now and then; so this mode is for memory-
-//!   constrained nodes only. It needs ~30 bits per item at 1e-5 against ~70 for one word.
+//!   constrained nodes only. It needs ~30 bits per item at 1e-5 against ~81 for one word.
 //!
 //! FP math: with `n` items over `b` blocks of `B` bits and `k` positions, a block's load is
 //! Poisson(λ = n/b) and a fresh tag is a false positive iff its `k` bits are all set:
@@ -200,12 +200,27 @@ impl fmt::Debug for ReplayFilter {
 
 impl ReplayFilter {
     /// Allocates and zeroes the whole filter now (touching every page, so no page faults later).
+    /// Aborts if memory is short, like any Rust allocation; see `try_new`.
     pub fn new(rotation_id: RotationId, params: ReplayParams) -> Self {
         assert!(params.is_valid());
-        let line_count = usize::try_from(params.line_count()).unwrap_or(usize::MAX);
         let mut lines = Vec::new();
-        lines.reserve_exact(line_count);
-        lines.resize_with(line_count, Line::default);
+        lines.resize_with(params.line_count() as usize, Line::default);
+        Self::from_lines(rotation_id, params, lines)
+    }
+
+    /// Like `new`, but reports an allocation failure (startup can then refuse cleanly).
+    pub fn try_new(
+        rotation_id: RotationId,
+        params: ReplayParams,
+    ) -> Result<Self, std::collections::TryReserveError> {
+        assert!(params.is_valid());
+        let mut lines = Vec::new();
+        lines.try_reserve_exact(params.line_count() as usize)?;
+        lines.resize_with(params.line_count() as usize, Line::default);
+        Ok(Self::from_lines(rotation_id, params, lines))
+    }
+
+    fn from_lines(rotation_id: RotationId, params: ReplayParams, lines: Vec<Line>) -> Self {
         assert_eq!(lines.len() as u64, params.line_count());
         ReplayFilter {
             rotation_id,
@@ -381,6 +396,9 @@ pub enum PersistError {
         found: u64,
     },
     PayloadChecksum,
+    OutOfMemory {
+        bytes: u64,
+    },
 }
 
 impl fmt::Display for PersistError {
@@ -409,6 +427,9 @@ impl fmt::Display for PersistError {
             }
             PersistError::PayloadChecksum => {
                 write!(f, "replay filter payload is corrupt (checksum)")
+            }
+            PersistError::OutOfMemory { bytes } => {
+                write!(f, "cannot allocate {bytes} bytes for the replay filter")
             }
         }
     }
@@ -554,7 +575,10 @@ impl ReplayFilter {
                 found: file_bytes,
             });
         }
-        let filter = ReplayFilter::new(rotation_id, params);
+        let filter =
+            ReplayFilter::try_new(rotation_id, params).map_err(|_| PersistError::OutOfMemory {
+                bytes: params.bytes(),
+            })?;
         let mut sum = Checksum(Checksum::SEED);
         let mut line_bytes = [0u8; 64];
         for line in filter.lines.iter() {
@@ -581,6 +605,11 @@ fn params_from_header(h: &[u8; HEADER_BYTES]) -> ReplayParams {
         hash_count: le_u32(&h[28..32]),
         items_expected: le_u64(&h[32..40]),
     }
+}
+
+/// Where a rotation's snapshot lives in `dir` (one file per rotation, as Nym's `rot-<id>`).
+pub fn snapshot_path(dir: &Path, rotation_id: RotationId) -> PathBuf {
+    dir.join(format!("replay-rot-{rotation_id}.bin"))
 }
 
 fn temp_path(path: &Path) -> PathBuf {

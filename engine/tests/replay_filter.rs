@@ -191,7 +191,9 @@ fn snapshot_round_trip() {
         for tag in &inserted {
             filter.check_and_insert(tag);
         }
-        let path = temp_file(&format!("rot-42-{block_words}.bin"));
+        let dir = temp_file(&format!("words{block_words}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = lethe_engine::snapshot_path(&dir, 42);
         filter.save(&path).unwrap();
         let loaded = ReplayFilter::load(&path, 42).unwrap();
         assert_eq!(loaded.params(), filter.params());
