@@ -2,3 +2,4 @@
 //!
 //! Everything here is I/O free: byte buffers in, byte buffers (rewritten in place) out.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+pub mod x25519;
