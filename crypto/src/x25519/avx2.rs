@@ -77,47 +77,65 @@ fn sub(a: &F4, b: &F4) -> F4 {
     }))
 }
 
-/// Carry limb i into limb i + 1 (limb 9 wraps into limb 0 times 19).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn carry_step(h: &mut [V; 10], i: usize) {
-    let c = if i % 2 == 0 {
-        _mm256_srli_epi64::<26>(h[i])
-    } else {
-        _mm256_srli_epi64::<25>(h[i])
+/// Carry limb $i of the array `$h` into limb $i + 1 (limb 9 wraps into
+/// limb 0 times 19: 19 c = 16 c + 2 c + c, with c < 2^39 so 19 c < 2^44).
+/// A macro, not a function: LLVM kept out-of-line copies of a function here,
+/// passing the ten limbs through memory on every call.
+macro_rules! carry_step {
+    ($h:ident, $i:literal) => {{
+        let c = if $i % 2 == 0 {
+            _mm256_srli_epi64::<26>($h[$i])
+        } else {
+            _mm256_srli_epi64::<25>($h[$i])
+        };
+        $h[$i] = _mm256_and_si256($h[$i], splat(if $i % 2 == 0 { M26 } else { M25 }));
+        if $i == 9 {
+            let c19 = _mm256_add_epi64(
+                _mm256_add_epi64(_mm256_slli_epi64::<4>(c), _mm256_add_epi64(c, c)),
+                c,
+            );
+            $h[0] = _mm256_add_epi64($h[0], c19);
+        } else {
+            $h[($i + 1) % 10] = _mm256_add_epi64($h[($i + 1) % 10], c);
+        }
+    }};
+}
+
+/// Carry chain for column sums < 2^63, in place on `$h: [V; 10]`: two
+/// interleaved chains (0..4, 4..9) for latency, then the wrap and a last
+/// 0 -> 1 step. Output: limbs within radix except limb 1 (+ < 2^17) and
+/// limb 5 (+ < 2^12).
+macro_rules! carry {
+    ($h:ident) => {{
+        carry_step!($h, 0);
+        carry_step!($h, 4);
+        carry_step!($h, 1);
+        carry_step!($h, 5);
+        carry_step!($h, 2);
+        carry_step!($h, 6);
+        carry_step!($h, 3);
+        carry_step!($h, 7);
+        carry_step!($h, 4);
+        carry_step!($h, 8);
+        carry_step!($h, 9);
+        carry_step!($h, 0);
+        F4($h)
+    }};
+}
+
+/// Calls `$step!(i, j)` for every i, j in 0..10, fully unrolled (LLVM does
+/// not reliably unroll 100-iteration nests, and array indices must be
+/// constants for the limbs to stay in registers).
+macro_rules! grid10 {
+    ($step:ident) => {
+        grid10!(@rows $step; 0 1 2 3 4 5 6 7 8 9)
     };
-    h[i] = _mm256_and_si256(h[i], splat(if i % 2 == 0 { M26 } else { M25 }));
-    if i == 9 {
-        // 19 c = 16 c + 2 c + c; c < 2^39, so 19 c < 2^44.
-        let c19 = _mm256_add_epi64(
-            _mm256_add_epi64(_mm256_slli_epi64::<4>(c), _mm256_add_epi64(c, c)),
-            c,
-        );
-        h[0] = _mm256_add_epi64(h[0], c19);
-    } else {
-        h[i + 1] = _mm256_add_epi64(h[i + 1], c);
-    }
-}
-
-/// Carry chain for column sums < 2^63: two interleaved chains (0..4, 4..9)
-/// for latency, then the wrap (19 * carry9 < 2^43) and a last 0 -> 1 step.
-/// Output: limbs within radix except limb 1 (+ < 2^17) and limb 5 (+ < 2^12).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn carry(mut h: [V; 10]) -> F4 {
-    for (a, b) in [(0, 4), (1, 5), (2, 6), (3, 7), (4, 8)] {
-        carry_step(&mut h, a);
-        carry_step(&mut h, b);
-    }
-    carry_step(&mut h, 9);
-    carry_step(&mut h, 0);
-    F4(h)
-}
-
-#[inline]
-#[target_feature(enable = "avx2")]
-fn mulu(a: V, b: V) -> V {
-    _mm256_mul_epu32(a, b)
+    (@rows $step:ident; $($i:literal)*) => {
+        $( grid10!(@row $step; $i; 0 1 2 3 4 5 6 7 8 9); )*
+    };
+    (@row $step:ident; $i:literal; $($j:literal)*) => {
+        $( $step!($i, $j); )*
+    };
 }
 
 /// a * b; limbs < 3 * radix; result reduced.
@@ -129,18 +147,17 @@ fn mul(a: &F4, b: &F4) -> F4 {
         _mm256_add_epi64(_mm256_add_epi64(_mm256_slli_epi64::<4>(g[j]), g[j]), _mm256_add_epi64(g[j], g[j]))
     });
     // Odd x odd products land half a bit high in radix 2^25.5: double one side.
-    let f2: [V; 10] = core::array::from_fn(|i| if i % 2 == 1 { _mm256_add_epi64(f[i], f[i]) } else { f[i] });
-    let h: [V; 10] = core::array::from_fn(|k| {
-        let mut acc = _mm256_setzero_si256();
-        for i in 0..10 {
-            let (j, wrap) = if k >= i { (k - i, false) } else { (k + 10 - i, true) };
-            let fi = if j % 2 == 1 { f2[i] } else { f[i] };
-            let gj = if wrap { g19[j] } else { g[j] };
-            acc = _mm256_add_epi64(acc, mulu(fi, gj));
-        }
-        acc
-    });
-    carry(h)
+    let f2: [V; 10] = core::array::from_fn(|i| _mm256_add_epi64(f[i], f[i]));
+    let mut h = [_mm256_setzero_si256(); 10];
+    macro_rules! step {
+        ($i:literal, $j:literal) => {{
+            let fi = if $i % 2 == 1 && $j % 2 == 1 { f2[$i] } else { f[$i] };
+            let (k, gj) = if $i + $j >= 10 { ($i + $j - 10, g19[$j]) } else { ($i + $j, g[$j]) };
+            h[k] = _mm256_add_epi64(h[k], _mm256_mul_epu32(fi, gj));
+        }};
+    }
+    grid10!(step);
+    carry!(h)
 }
 
 /// a^2; limbs < 3 * radix; result reduced.
@@ -154,29 +171,27 @@ fn square(a: &F4) -> F4 {
     });
     // 38 f_j is needed only for odd j (< 38 * 3 * 2^25 < 2^32).
     let x38: [V; 10] = core::array::from_fn(|j| _mm256_add_epi64(x19[j], x19[j]));
-    let h: [V; 10] = core::array::from_fn(|k| {
-        let mut acc = _mm256_setzero_si256();
-        for i in 0..10 {
-            for j in i..10 {
-                if (i + j) % 10 != k {
-                    continue;
-                }
+    let mut h = [_mm256_setzero_si256(); 10];
+    macro_rules! step {
+        ($i:literal, $j:literal) => {{
+            if $j >= $i {
                 // Coefficient (i != j ? 2 : 1) * (both odd ? 2 : 1) * (wrap ? 19 : 1),
                 // the first factor on the left, the others on the right.
-                let left = if i != j { twice[i] } else { f[i] };
-                let both_odd = i % 2 == 1 && j % 2 == 1;
-                let right = match (both_odd, i + j >= 10) {
-                    (false, false) => f[j],
-                    (true, false) => twice[j],
-                    (false, true) => x19[j],
-                    (true, true) => x38[j],
+                let left = if $i != $j { twice[$i] } else { f[$i] };
+                let both_odd = $i % 2 == 1 && $j % 2 == 1;
+                let right = match (both_odd, $i + $j >= 10) {
+                    (false, false) => f[$j],
+                    (true, false) => twice[$j],
+                    (false, true) => x19[$j],
+                    (true, true) => x38[$j],
                 };
-                acc = _mm256_add_epi64(acc, mulu(left, right));
+                let k = ($i + $j) % 10;
+                h[k] = _mm256_add_epi64(h[k], _mm256_mul_epu32(left, right));
             }
-        }
-        acc
-    });
-    carry(h)
+        }};
+    }
+    grid10!(step);
+    carry!(h)
 }
 
 #[inline]
@@ -200,7 +215,8 @@ fn invert(z: &F4) -> F4 {
 #[target_feature(enable = "avx2")]
 fn add_a24(aa: &F4, e: &F4) -> F4 {
     let k = splat(A24);
-    carry(core::array::from_fn(|i| _mm256_add_epi64(aa.0[i], mulu(e.0[i], k))))
+    let mut h: [V; 10] = core::array::from_fn(|i| _mm256_add_epi64(aa.0[i], _mm256_mul_epu32(e.0[i], k)));
+    carry!(h)
 }
 
 /// Swaps a and b in the lanes where `mask` is all ones.
