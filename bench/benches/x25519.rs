@@ -18,7 +18,10 @@ use std::time::Duration;
 struct CpuTime;
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid, writable timespec; the clock id is a constant Linux supports.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
@@ -64,7 +67,9 @@ impl ValueFormatter for NsFormatter {
     }
     fn scale_throughputs(&self, _typical: f64, t: &Throughput, values: &mut [f64]) -> &'static str {
         let n = match t {
-            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => *n as f64,
+            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => {
+                *n as f64
+            }
         };
         values.iter_mut().for_each(|v| *v = n * 1e9 / *v);
         "elem/s (cpu)"
@@ -79,7 +84,11 @@ fn corpus(n: usize, seed: u8) -> Vec<[u8; 32]> {
         .map(|i| {
             let mut b = [0u8; 32];
             for (j, x) in b.iter_mut().enumerate() {
-                *x = (i as u8).wrapping_mul(31).wrapping_add(j as u8).wrapping_mul(seed) ^ 0x5a;
+                *x = (i as u8)
+                    .wrapping_mul(31)
+                    .wrapping_add(j as u8)
+                    .wrapping_mul(seed)
+                    ^ 0x5a;
             }
             b
         })
@@ -88,14 +97,18 @@ fn corpus(n: usize, seed: u8) -> Vec<[u8; 32]> {
 
 fn bench(c: &mut Criterion<CpuTime>) {
     let mut g = c.benchmark_group("x25519_per_mult");
-    g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
     let ks = corpus(64, 7);
     let us = corpus(64, 13);
 
     g.bench_function("dalek_serial", |b| {
         b.iter(|| x25519_dalek::x25519(black_box(ks[0]), black_box(us[0])))
     });
-    g.bench_function("lethe_portable_serial", |b| b.iter(|| x25519(black_box(&ks[0]), black_box(&us[0]))));
+    g.bench_function("lethe_portable_serial", |b| {
+        b.iter(|| x25519(black_box(&ks[0]), black_box(&us[0])))
+    });
 
     for path in [SimdPath::Avx2, SimdPath::Ifma] {
         if !path.is_supported() {
@@ -104,16 +117,26 @@ fn bench(c: &mut Criterion<CpuTime>) {
         }
         for n in [8usize, 16, 64] {
             let mut out = vec![[0u8; 32]; n];
-            g.bench_with_input(BenchmarkId::new(format!("lethe_{path:?}_batch"), n), &n, |b, &n| {
-                // Report the time per scalar multiplication.
-                b.iter_custom(|iters| {
-                    let t0 = thread_cpu_ns();
-                    for _ in 0..iters {
-                        x25519_batch_with(path, black_box(&ks[..n]), black_box(&us[..n]), &mut out).ok();
-                    }
-                    (thread_cpu_ns() - t0) / n as u64
-                })
-            });
+            g.bench_with_input(
+                BenchmarkId::new(format!("lethe_{path:?}_batch"), n),
+                &n,
+                |b, &n| {
+                    // Report the time per scalar multiplication.
+                    b.iter_custom(|iters| {
+                        let t0 = thread_cpu_ns();
+                        for _ in 0..iters {
+                            x25519_batch_with(
+                                path,
+                                black_box(&ks[..n]),
+                                black_box(&us[..n]),
+                                &mut out,
+                            )
+                            .ok();
+                        }
+                        (thread_cpu_ns() - t0) / n as u64
+                    })
+                },
+            );
         }
     }
     g.finish();

@@ -17,6 +17,10 @@ fn env_override_and_fallback() {
     x25519_batch(&[k; 3], &[u; 3], &mut out);
     assert_eq!(out, [x25519(&k, &u); 3]);
     for p in [SimdPath::Ifma, SimdPath::Avx2, SimdPath::Portable] {
-        println!("{p:?}: supported = {}, lanes = {}", p.is_supported(), p.lanes());
+        println!(
+            "{p:?}: supported = {}, lanes = {}",
+            p.is_supported(),
+            p.lanes()
+        );
     }
 }

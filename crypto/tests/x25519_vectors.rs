@@ -4,8 +4,8 @@
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use curve25519_dalek::scalar::Scalar;
 use lethe_crypto::x25519::{
-    clamp, scalarmult_raw, scalarmult_raw_batch_with, x25519, x25519_batch, x25519_batch_same_scalar,
-    x25519_batch_with, SimdPath,
+    clamp, scalarmult_raw, scalarmult_raw_batch_with, x25519, x25519_batch,
+    x25519_batch_same_scalar, x25519_batch_with, SimdPath,
 };
 
 fn hex(s: &str) -> [u8; 32] {
@@ -153,13 +153,23 @@ fn edge_points() -> Vec<[u8; 32]> {
     };
     v.push(p_minus(2)); // p - 2
     v.push(p_minus(20)); // p - 20
-    // Low-order u + p with bit 255 set: after RFC masking these are NOT low order.
-    v.push(hex("cdeb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b880"));
-    v.push(hex("4c9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f11d7"));
-    v.push(hex("d9ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff")); // p - 20 + 2^255
-    v.push(hex("ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f")); // 2^255 - 1
+                         // Low-order u + p with bit 255 set: after RFC masking these are NOT low order.
+    v.push(hex(
+        "cdeb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b880",
+    ));
+    v.push(hex(
+        "4c9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f11d7",
+    ));
+    v.push(hex(
+        "d9ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    )); // p - 20 + 2^255
+    v.push(hex(
+        "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    )); // 2^255 - 1
     v.push([0xff; 32]); // 2^256 - 1 (bit 255 masked)
-    v.push(hex("efffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f")); // p + 2
+    v.push(hex(
+        "efffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    )); // p + 2
     v.push(BASE);
     let mut two = [0u8; 32];
     two[0] = 2; // u = 2 is on the twist (2^3 + A 2^2 + 2 is a non-square)
@@ -176,7 +186,12 @@ fn edge_points() -> Vec<[u8; 32]> {
 fn edge_scalars() -> Vec<[u8; 32]> {
     let mut one = [0u8; 32];
     one[0] = 1;
-    vec![[0u8; 32], [0xff; 32], one, hex("0800000000000000000000000000000000000000000000000000000000000080")]
+    vec![
+        [0u8; 32],
+        [0xff; 32],
+        one,
+        hex("0800000000000000000000000000000000000000000000000000000000000080"),
+    ]
 }
 
 #[test]
@@ -218,7 +233,11 @@ fn random_corpus_matches_dalek() {
     let mut rng = Rng(3);
     let scalars: Vec<[u8; 32]> = (0..N).map(|_| rng.bytes()).collect();
     let points: Vec<[u8; 32]> = (0..N).map(|_| rng.bytes()).collect();
-    let want: Vec<[u8; 32]> = scalars.iter().zip(&points).map(|(k, u)| dalek(k, u)).collect();
+    let want: Vec<[u8; 32]> = scalars
+        .iter()
+        .zip(&points)
+        .map(|(k, u)| dalek(k, u))
+        .collect();
     for i in 0..50 {
         assert_eq!(x25519(&scalars[i], &points[i]), want[i]);
     }
@@ -249,9 +268,19 @@ fn batch_equals_serial_odd_counts_with_low_order_lanes() {
         // Every fifth lane gets a low-order point: it must not spoil the
         // shared inversion for the others.
         let points: Vec<[u8; 32]> = (0..n)
-            .map(|i| if i % 5 == 2 { low[i % low.len()] } else { rng.bytes() })
+            .map(|i| {
+                if i % 5 == 2 {
+                    low[i % low.len()]
+                } else {
+                    rng.bytes()
+                }
+            })
             .collect();
-        let want: Vec<[u8; 32]> = scalars.iter().zip(&points).map(|(k, u)| x25519(k, u)).collect();
+        let want: Vec<[u8; 32]> = scalars
+            .iter()
+            .zip(&points)
+            .map(|(k, u)| x25519(k, u))
+            .collect();
         for p in paths() {
             let mut out = vec![[0u8; 32]; n];
             x25519_batch_with(p, &scalars, &points, &mut out).unwrap();
@@ -259,7 +288,11 @@ fn batch_equals_serial_odd_counts_with_low_order_lanes() {
             let mut out_raw = vec![[0u8; 32]; n];
             scalarmult_raw_batch_with(p, &scalars, &points, &mut out_raw).unwrap();
             for i in 0..n {
-                assert_eq!(out_raw[i], scalarmult_raw(&scalars[i], &points[i]), "{p:?} raw n={n} i={i}");
+                assert_eq!(
+                    out_raw[i],
+                    scalarmult_raw(&scalars[i], &points[i]),
+                    "{p:?} raw n={n} i={i}"
+                );
             }
         }
         let mut out = vec![[0u8; 32]; n];
@@ -267,7 +300,11 @@ fn batch_equals_serial_odd_counts_with_low_order_lanes() {
         assert_eq!(out, want, "default path n={n}");
         x25519_batch_same_scalar(&scalars[0], &points, &mut out);
         for i in 0..n {
-            assert_eq!(out[i], x25519(&scalars[0], &points[i]), "same scalar n={n} i={i}");
+            assert_eq!(
+                out[i],
+                x25519(&scalars[0], &points[i]),
+                "same scalar n={n} i={i}"
+            );
         }
     }
 }
@@ -298,13 +335,20 @@ fn raw_scalar_equals_chained_clamped_x25519() {
     let mut rng = Rng(5);
     let mut cases = Vec::new();
     for i in 0..40 {
-        let p = if i % 4 == 0 { BASE } else { x25519(&rng.bytes(), &BASE) };
+        let p = if i % 4 == 0 {
+            BASE
+        } else {
+            x25519(&rng.bytes(), &BASE)
+        };
         let (c1, c2) = (rng.bytes(), rng.bytes());
         cases.push((p, c1, c2));
     }
     let points: Vec<[u8; 32]> = cases.iter().map(|c| c.0).collect();
     let ks: Vec<[u8; 32]> = cases.iter().map(|c| product_mod_8l(&c.1, &c.2)).collect();
-    let want: Vec<[u8; 32]> = cases.iter().map(|(p, c1, c2)| dalek(c2, &dalek(c1, p))).collect();
+    let want: Vec<[u8; 32]> = cases
+        .iter()
+        .map(|(p, c1, c2)| dalek(c2, &dalek(c1, p)))
+        .collect();
     for i in 0..cases.len() {
         assert_eq!(scalarmult_raw(&ks[i], &points[i]), want[i], "serial i={i}");
     }

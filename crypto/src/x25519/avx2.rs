@@ -144,15 +144,26 @@ macro_rules! grid10 {
 fn mul(a: &F4, b: &F4) -> F4 {
     let (f, g) = (a.0, b.0);
     let g19: [V; 10] = core::array::from_fn(|j| {
-        _mm256_add_epi64(_mm256_add_epi64(_mm256_slli_epi64::<4>(g[j]), g[j]), _mm256_add_epi64(g[j], g[j]))
+        _mm256_add_epi64(
+            _mm256_add_epi64(_mm256_slli_epi64::<4>(g[j]), g[j]),
+            _mm256_add_epi64(g[j], g[j]),
+        )
     });
     // Odd x odd products land half a bit high in radix 2^25.5: double one side.
     let f2: [V; 10] = core::array::from_fn(|i| _mm256_add_epi64(f[i], f[i]));
     let mut h = [_mm256_setzero_si256(); 10];
     macro_rules! step {
         ($i:literal, $j:literal) => {{
-            let fi = if $i % 2 == 1 && $j % 2 == 1 { f2[$i] } else { f[$i] };
-            let (k, gj) = if $i + $j >= 10 { ($i + $j - 10, g19[$j]) } else { ($i + $j, g[$j]) };
+            let fi = if $i % 2 == 1 && $j % 2 == 1 {
+                f2[$i]
+            } else {
+                f[$i]
+            };
+            let (k, gj) = if $i + $j >= 10 {
+                ($i + $j - 10, g19[$j])
+            } else {
+                ($i + $j, g[$j])
+            };
             h[k] = _mm256_add_epi64(h[k], _mm256_mul_epu32(fi, gj));
         }};
     }
@@ -167,7 +178,10 @@ fn square(a: &F4) -> F4 {
     let f = a.0;
     let twice: [V; 10] = core::array::from_fn(|i| _mm256_add_epi64(f[i], f[i]));
     let x19: [V; 10] = core::array::from_fn(|j| {
-        _mm256_add_epi64(_mm256_add_epi64(_mm256_slli_epi64::<4>(f[j]), f[j]), twice[j])
+        _mm256_add_epi64(
+            _mm256_add_epi64(_mm256_slli_epi64::<4>(f[j]), f[j]),
+            twice[j],
+        )
     });
     // 38 f_j is needed only for odd j (< 38 * 3 * 2^25 < 2^32).
     let x38: [V; 10] = core::array::from_fn(|j| _mm256_add_epi64(x19[j], x19[j]));
@@ -215,7 +229,8 @@ fn invert(z: &F4) -> F4 {
 #[target_feature(enable = "avx2")]
 fn add_a24(aa: &F4, e: &F4) -> F4 {
     let k = splat(A24);
-    let mut h: [V; 10] = core::array::from_fn(|i| _mm256_add_epi64(aa.0[i], _mm256_mul_epu32(e.0[i], k)));
+    let mut h: [V; 10] =
+        core::array::from_fn(|i| _mm256_add_epi64(aa.0[i], _mm256_mul_epu32(e.0[i], k)));
     carry!(h)
 }
 
@@ -271,23 +286,27 @@ fn ladder(k: &[V; 4], x1: &F4) -> (F4, F4) {
 #[target_feature(enable = "avx2")]
 fn load(limbs: &[[u64; 4]; 10]) -> F4 {
     // SAFETY: each [u64; 4] is 32 readable bytes; loadu has no alignment need.
-    F4(core::array::from_fn(|i| unsafe { _mm256_loadu_si256(limbs[i].as_ptr().cast()) }))
+    F4(core::array::from_fn(|i| unsafe {
+        _mm256_loadu_si256(limbs[i].as_ptr().cast())
+    }))
 }
 
 #[inline]
 #[target_feature(enable = "avx2")]
 fn store(a: &F4) -> [[u64; 4]; 10] {
     let mut out = [[0u64; 4]; 10];
-    for i in 0..10 {
-        // SAFETY: out[i] is 32 writable bytes; storeu has no alignment need.
-        unsafe { _mm256_storeu_si256(out[i].as_mut_ptr().cast(), a.0[i]) };
+    for (o, v) in out.iter_mut().zip(a.0.iter()) {
+        // SAFETY: o is 32 writable bytes; storeu has no alignment need.
+        unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), *v) };
     }
     out
 }
 
 /// Lane `l` of `a` as a portable element (limbs may exceed 2^51; to_bytes copes).
 fn lane(limbs: &[[u64; 4]; 10], l: usize) -> Fe {
-    Fe(core::array::from_fn(|i| limbs[2 * i][l] + (limbs[2 * i + 1][l] << 26)))
+    Fe(core::array::from_fn(|i| {
+        limbs[2 * i][l] + (limbs[2 * i + 1][l] << 26)
+    }))
 }
 
 /// All-ones in the lanes whose value is 0 mod p, in constant time.
@@ -315,7 +334,9 @@ fn load_u64x4(m: &[u64; 4]) -> V {
 #[target_feature(enable = "avx2")]
 fn select(mask: V, a: &F4, b: &F4) -> F4 {
     // b where mask is all ones, else a.
-    F4(core::array::from_fn(|i| _mm256_blendv_epi8(a.0[i], b.0[i], mask)))
+    F4(core::array::from_fn(|i| {
+        _mm256_blendv_epi8(a.0[i], b.0[i], mask)
+    }))
 }
 
 /// Replaces each z by 1/z with one inversion per group (Montgomery's trick);
@@ -350,7 +371,12 @@ fn invert_group(zs: &mut [F4]) -> [V; GROUP] {
 /// Batch driver: groups of up to 16 vectors (64 lanes) share one inversion;
 /// lanes past the end run scalar 0 and are discarded.
 #[target_feature(enable = "avx2")]
-pub(super) fn batch(scalars: Scalars<'_>, clamped: bool, points: &[[u8; 32]], out: &mut [[u8; 32]]) {
+pub(super) fn batch(
+    scalars: Scalars<'_>,
+    clamped: bool,
+    points: &[[u8; 32]],
+    out: &mut [[u8; 32]],
+) {
     let n = points.len();
     let mut base = 0;
     while base < n {
@@ -386,11 +412,8 @@ pub(super) fn batch(scalars: Scalars<'_>, clamped: bool, points: &[[u8; 32]], ou
         for v in 0..nvec {
             let r = select(zero_lanes[v], &mul(&xs[v], &zs[v]), &zero4());
             let limbs = store(&r);
-            for l in 0..4 {
-                let i = base + 4 * v + l;
-                if i < n {
-                    out[i] = lane(&limbs, l).to_bytes();
-                }
+            for (l, o) in out[base + 4 * v..].iter_mut().take(4).enumerate() {
+                *o = lane(&limbs, l).to_bytes();
             }
         }
         base += lanes;

@@ -49,9 +49,9 @@ impl Fe {
     /// Canonical little-endian encoding (value fully reduced mod p).
     /// Accepts limbs up to 2^63.
     #[inline]
-    pub(crate) fn to_bytes(&self) -> [u8; 32] {
+    pub(crate) fn to_bytes(self) -> [u8; 32] {
         // Two carry passes: limbs < 2^51 + 2^14, so value < 2^255 + 2^14 < 2p.
-        let mut l = carry(carry(*self)).0;
+        let mut l = carry(carry(self)).0;
         // q = floor((v + 19) / 2^255) is 1 exactly when v >= p (v < 2p).
         let mut q = (l[0] + 19) >> 51;
         q = (l[1] + q) >> 51;
@@ -100,7 +100,13 @@ pub(crate) fn carry(a: Fe) -> Fe {
 #[inline(always)]
 pub(crate) fn add(a: &Fe, b: &Fe) -> Fe {
     let (a, b) = (a.0, b.0);
-    Fe([a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4]])
+    Fe([
+        a[0] + b[0],
+        a[1] + b[1],
+        a[2] + b[2],
+        a[3] + b[3],
+        a[4] + b[4],
+    ])
 }
 
 /// a - b + 4p; b limbs must be < 2^53 (true for anything reduced or a sum of two).

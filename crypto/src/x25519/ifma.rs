@@ -96,10 +96,7 @@ fn fold(s: [V; 10]) -> F8 {
     let r: [V; 5] = core::array::from_fn(|c| {
         let h = s[c + 5];
         let h3 = _mm512_add_epi64(_mm512_add_epi64(h, h), h);
-        _mm512_add_epi64(
-            _mm512_add_epi64(s[c], h3),
-            _mm512_slli_epi64::<4>(h),
-        )
+        _mm512_add_epi64(_mm512_add_epi64(s[c], h3), _mm512_slli_epi64::<4>(h))
     });
     carry(&F8(r))
 }
@@ -122,9 +119,8 @@ fn mul(a: &F8, b: &F8) -> F8 {
         }
     }
     // s[k] = lo[k] + 2 hi[k] < 15 * 2^52 < 2^56.
-    let s: [V; 10] = core::array::from_fn(|k| {
-        _mm512_add_epi64(lo[k], _mm512_add_epi64(hi[k], hi[k]))
-    });
+    let s: [V; 10] =
+        core::array::from_fn(|k| _mm512_add_epi64(lo[k], _mm512_add_epi64(hi[k], hi[k])));
     fold(s)
 }
 
@@ -277,9 +273,9 @@ fn load(limbs: &[[u64; 8]; 5]) -> F8 {
 #[target_feature(enable = "avx512f")]
 fn store(a: &F8) -> [[u64; 8]; 5] {
     let mut out = [[0u64; 8]; 5];
-    for i in 0..5 {
-        // SAFETY: out[i] is 64 writable bytes; storeu has no alignment need.
-        unsafe { _mm512_storeu_si512(out[i].as_mut_ptr().cast(), a.0[i]) };
+    for (o, v) in out.iter_mut().zip(a.0.iter()) {
+        // SAFETY: o is 64 writable bytes; storeu has no alignment need.
+        unsafe { _mm512_storeu_si512(o.as_mut_ptr().cast(), *v) };
     }
     out
 }
@@ -288,7 +284,12 @@ fn store(a: &F8) -> [[u64; 8]; 5] {
 /// one inversion. Lanes past the end are padded with scalar 0 (result Z = 0,
 /// handled like any low-order lane) and discarded.
 #[target_feature(enable = "avx512f,avx512ifma")]
-pub(super) fn batch(scalars: Scalars<'_>, clamped: bool, points: &[[u8; 32]], out: &mut [[u8; 32]]) {
+pub(super) fn batch(
+    scalars: Scalars<'_>,
+    clamped: bool,
+    points: &[[u8; 32]],
+    out: &mut [[u8; 32]],
+) {
     let n = points.len();
     let mut base = 0;
     while base < n {
@@ -315,9 +316,8 @@ pub(super) fn batch(scalars: Scalars<'_>, clamped: bool, points: &[[u8; 32]], ou
                 }
             }
             // SAFETY: each [u64; 8] is 64 readable bytes.
-            let kv: [V; 4] = core::array::from_fn(|w| unsafe {
-                _mm512_loadu_si512(kw[w].as_ptr().cast())
-            });
+            let kv: [V; 4] =
+                core::array::from_fn(|w| unsafe { _mm512_loadu_si512(kw[w].as_ptr().cast()) });
             let (x, z) = ladder(&kv, &load(&x1));
             xs[v] = x;
             zs[v] = z;
@@ -329,11 +329,8 @@ pub(super) fn batch(scalars: Scalars<'_>, clamped: bool, points: &[[u8; 32]], ou
                 _mm512_mask_blend_epi64(zero_lanes[v], r.0[i], _mm512_setzero_si512())
             }));
             let limbs = store(&r);
-            for l in 0..8 {
-                let i = base + 8 * v + l;
-                if i < n {
-                    out[i] = Fe(core::array::from_fn(|j| limbs[j][l])).to_bytes();
-                }
+            for (l, o) in out[base + 8 * v..].iter_mut().take(8).enumerate() {
+                *o = Fe(core::array::from_fn(|j| limbs[j][l])).to_bytes();
             }
         }
         base += lanes;
@@ -351,7 +348,9 @@ fn invert_group(zs: &mut [F8]) -> [__mmask8; INV_GROUP] {
     let one = one8();
     for (z, m) in zs.iter_mut().zip(masks.iter_mut()) {
         *m = is_zero(z);
-        *z = F8(core::array::from_fn(|i| _mm512_mask_blend_epi64(*m, z.0[i], one.0[i])));
+        *z = F8(core::array::from_fn(|i| {
+            _mm512_mask_blend_epi64(*m, z.0[i], one.0[i])
+        }));
     }
     // prefix[i] = z_0 * ... * z_i
     let mut prefix = [zero8(); INV_GROUP];

@@ -46,7 +46,10 @@ mod field51;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+// AVX-512 intrinsics are stable since Rust 1.89 (the workspace declares 1.85):
+// this module needs rustc >= 1.89.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)]
 mod ifma;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -272,11 +275,25 @@ impl Scalars<'_> {
 /// Vectors whose inversions are merged into one (8 IFMA vectors = 64 lanes).
 pub(crate) const INV_GROUP: usize = 8;
 
-fn run(path: SimdPath, scalars: Scalars<'_>, clamped: bool, points: &[[u8; 32]], out: &mut [[u8; 32]]) {
+fn run(
+    path: SimdPath,
+    scalars: Scalars<'_>,
+    clamped: bool,
+    points: &[[u8; 32]],
+    out: &mut [[u8; 32]],
+) {
     if let Scalars::PerLane(s) = scalars {
-        assert_eq!(s.len(), points.len(), "x25519 batch: scalars and points differ in length");
+        assert_eq!(
+            s.len(),
+            points.len(),
+            "x25519 batch: scalars and points differ in length"
+        );
     }
-    assert_eq!(points.len(), out.len(), "x25519 batch: points and out differ in length");
+    assert_eq!(
+        points.len(),
+        out.len(),
+        "x25519 batch: points and out differ in length"
+    );
     match path {
         #[cfg(target_arch = "x86_64")]
         SimdPath::Ifma if SimdPath::Ifma.is_supported() => {
