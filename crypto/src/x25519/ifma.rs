@@ -9,10 +9,14 @@
 //! The price: the high half of a 52x52 product has weight 2^52 = 2 * 2^51, so
 //! high accumulators are doubled once per column.
 //!
-//! Bounds used below ("valid" = every limb < 2^52, "reduced" = < 2^51 + 2^15):
-//! * `mul`/`square` take valid inputs and return reduced outputs;
-//! * `add`/`sub` of reduced values give limbs < 2^53, and `carry` of any
-//!   value with limbs < 2^62 gives limbs < 2^51 + 2^15 (valid).
+//! Bounds used below ("valid" = every limb < 2^52, "wide" = < 2^60.3):
+//! * `mul`/`square` take valid inputs and return valid (carried) outputs;
+//!   `mul_wide`/`square_wide` skip the final carry and return wide limbs.
+//!   The ladder keeps every value that only feeds an add/sub wide, since the
+//!   add/sub must be carried before the next product anyway: 6 of the 9
+//!   products per ladder step skip their carry.
+//! * `add` of two wide values, or `sub` (bias 1024p >= any wide limb), stays
+//!   < 2^62, and `carry` of limbs < 2^62 gives limbs < 2^51 + 2^16 (valid).
 
 use core::arch::x86_64::*;
 
@@ -27,13 +31,14 @@ struct F8([V; 5]);
 
 const MASK51: u64 = (1 << 51) - 1;
 
-/// 2p in radix 2^51: limbs >= 2^52 - 38 > any reduced limb.
-const TWO_P: [u64; 5] = [
-    2 * ((1 << 51) - 19),
-    2 * MASK51,
-    2 * MASK51,
-    2 * MASK51,
-    2 * MASK51,
+/// 1024p in radix 2^51: limbs >= 2^61 - 2^15 > any wide limb, and
+/// wide + 1024p < 2^62.
+const BIAS_P: [u64; 5] = [
+    1024 * ((1 << 51) - 19),
+    1024 * MASK51,
+    1024 * MASK51,
+    1024 * MASK51,
+    1024 * MASK51,
 ];
 
 #[inline]
@@ -55,7 +60,7 @@ fn one8() -> F8 {
     F8([splat(1), z, z, z, z])
 }
 
-/// Parallel carry; input limbs < 2^62, output limbs < 2^51 + 2^15.
+/// Parallel carry; input limbs < 2^62, output limbs < 2^51 + 2^16 (valid).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn carry(a: &F8) -> F8 {
@@ -79,32 +84,47 @@ fn add(a: &F8, b: &F8) -> F8 {
     F8(core::array::from_fn(|i| _mm512_add_epi64(a.0[i], b.0[i])))
 }
 
-/// a + 2p - b; b must be reduced.
+/// a + 1024p - b; a and b wide (or valid).
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn sub(a: &F8, b: &F8) -> F8 {
     F8(core::array::from_fn(|i| {
-        _mm512_sub_epi64(_mm512_add_epi64(a.0[i], splat(TWO_P[i])), b.0[i])
+        _mm512_sub_epi64(_mm512_add_epi64(a.0[i], splat(BIAS_P[i])), b.0[i])
     }))
 }
 
-/// Folds the ten columns s[k] (weight 2^(51k), each < 2^57) mod p and carries.
+/// Folds the ten columns s[k] (weight 2^(51k), each < 16 * 2^52) mod p
+/// without carrying: wide output.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn fold(s: [V; 10]) -> F8 {
-    // 2^255 = 19: r[c] = s[c] + 19 s[c+5] < 20 * 2^57 < 2^62.
+    // 2^255 = 19: r[c] = s[c] + 19 s[c+5] < 20 * 16 * 2^52 < 2^60.3.
     let r: [V; 5] = core::array::from_fn(|c| {
         let h = s[c + 5];
         let h3 = _mm512_add_epi64(_mm512_add_epi64(h, h), h);
         _mm512_add_epi64(_mm512_add_epi64(s[c], h3), _mm512_slli_epi64::<4>(h))
     });
-    carry(&F8(r))
+    F8(r)
 }
 
-/// a * b; a and b valid, result reduced.
+/// a * b; a and b valid, result valid.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn mul(a: &F8, b: &F8) -> F8 {
+    carry(&mul_wide(a, b))
+}
+
+/// a^2; a valid, result valid.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn square(a: &F8) -> F8 {
+    carry(&square_wide(a))
+}
+
+/// a * b; a and b valid, result wide.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_wide(a: &F8, b: &F8) -> F8 {
     let (a, b) = (a.0, b.0);
     let z = _mm512_setzero_si512();
     // lo[k]: low halves of a_i b_j with i + j = k (weight 2^(51k));
@@ -124,16 +144,16 @@ fn mul(a: &F8, b: &F8) -> F8 {
     fold(s)
 }
 
-/// a^2; a valid, result reduced.
+/// a^2; a valid, result wide.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn square(a: &F8) -> F8 {
+fn square_wide(a: &F8) -> F8 {
     let a = a.0;
     let z = _mm512_setzero_si512();
     // Column k = one[k] + 2 two[k] + 4 four[k]:
     // diagonal low halves count once, diagonal high halves and cross low
     // halves twice (high weight 2, or cross symmetry), cross high halves four
-    // times. Column sums stay < 19 * 2^52 < 2^57.
+    // times. Column sums stay < 15 * 2^52 (column 5: 2 * 3 + 4 * 2 terms + ...).
     let mut one = [z; 10];
     let mut two = [z; 10];
     let mut four = [z; 10];
@@ -169,7 +189,7 @@ fn invert(z: &F8) -> F8 {
     invert_chain!(square, square_n, mul, z)
 }
 
-/// carry(aa + A24 * e); aa reduced, e valid.
+/// carry(aa + A24 * e); aa and e valid.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn add_a24(aa: &F8, e: &F8) -> F8 {
@@ -183,7 +203,7 @@ fn add_a24(aa: &F8, e: &F8) -> F8 {
         t[i + 1] = _mm512_add_epi64(t[i + 1], _mm512_add_epi64(h[i], h[i]));
     }
     t[0] = _mm512_madd52lo_epu64(t[0], h[4], splat(38));
-    // Limbs < 2^51 + 2^15 + 2^52 + 2^18 < 2^53.
+    // Limbs < 2^52 + 2^52 + 2^18 < 2^54.
     carry(&F8(t))
 }
 
@@ -199,7 +219,7 @@ fn cswap(k: __mmask8, a: &mut F8, b: &mut F8) {
 }
 
 /// Per-lane Montgomery ladder over all 256 bits. `k[w]` holds word w of each
-/// lane's scalar; x1 is valid. Returns projective (X, Z).
+/// lane's scalar; x1 is valid. Returns projective (X, Z), wide.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn ladder(k: &[V; 4], x1: &F8) -> (F8, F8) {
@@ -222,24 +242,24 @@ fn ladder(k: &[V; 4], x1: &F8) -> (F8, F8) {
         let d = carry(&sub(&x3, &z3));
         let aa = square(&a);
         let bb = square(&b);
-        let da = mul(&d, &a);
-        let cb = mul(&c, &b);
+        let da = mul_wide(&d, &a);
+        let cb = mul_wide(&c, &b);
         let e = carry(&sub(&aa, &bb));
-        x3 = square(&carry(&add(&da, &cb)));
-        z3 = mul(x1, &square(&carry(&sub(&da, &cb))));
-        x2 = mul(&aa, &bb);
-        z2 = mul(&e, &add_a24(&aa, &e));
+        x3 = square_wide(&carry(&add(&da, &cb)));
+        z3 = mul_wide(x1, &square(&carry(&sub(&da, &cb))));
+        x2 = mul_wide(&aa, &bb);
+        z2 = mul_wide(&e, &add_a24(&aa, &e));
     }
     cswap(swap, &mut x2, &mut x3);
     cswap(swap, &mut z2, &mut z3);
     (x2, z2)
 }
 
-/// Lanes whose value is 0 mod p (a reduced).
+/// Lanes whose value is 0 mod p (a valid).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn is_zero(a: &F8) -> __mmask8 {
-    // After two carries the value is < 2^255 + 2^15 < 2p, so it is 0 mod p
+    // After two carries the value is < 2^255 + 2^16 < 2p, so it is 0 mod p
     // iff it is 0 or p. Fully reduce (like Fe::to_bytes) and test for 0.
     let m = splat(MASK51);
     let mut l = carry(&carry(a)).0;
@@ -319,8 +339,8 @@ pub(super) fn batch(
             let kv: [V; 4] =
                 core::array::from_fn(|w| unsafe { _mm512_loadu_si512(kw[w].as_ptr().cast()) });
             let (x, z) = ladder(&kv, &load(&x1));
-            xs[v] = x;
-            zs[v] = z;
+            xs[v] = carry(&x);
+            zs[v] = carry(&z);
         }
         let zero_lanes = invert_group(&mut zs[..nvec]);
         for v in 0..nvec {
