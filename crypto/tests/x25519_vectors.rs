@@ -50,9 +50,13 @@ fn paths() -> Vec<SimdPath> {
         .collect()
 }
 
+/// One X25519 on `path`, run as a full batch of 8 copies: a batch of one (or
+/// of fewer lanes than a vector) may be sent to the serial path, and this
+/// must exercise the vector code. All 8 lanes must agree.
 fn x25519_on(path: SimdPath, k: &[u8; 32], u: &[u8; 32]) -> [u8; 32] {
-    let mut out = [[0u8; 32]];
-    x25519_batch_with(path, &[*k], &[*u], &mut out).unwrap();
+    let mut out = [[0u8; 32]; 8];
+    x25519_batch_with(path, &[*k; 8], &[*u; 8], &mut out).unwrap();
+    assert!(out.iter().all(|o| *o == out[0]), "{path:?}: lanes disagree");
     out[0]
 }
 
