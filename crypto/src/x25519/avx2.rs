@@ -419,3 +419,68 @@ pub(super) fn batch(
         base += lanes;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Limb-bound checks: inputs at the documented maximum (3 * radix) and
+    //! random ones, against the portable field.
+    use super::super::field51;
+    use super::*;
+
+    fn from_lanes(v: &[[u64; 10]; 4]) -> F4 {
+        let limbs: [[u64; 4]; 10] = core::array::from_fn(|j| core::array::from_fn(|l| v[l][j]));
+        // SAFETY (caller): only called after AVX2 was detected.
+        unsafe { load(&limbs) }
+    }
+
+    #[test]
+    fn extreme_limbs_match_portable() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("note: skipping AVX2 limb test: CPU lacks AVX2");
+            return;
+        }
+        let cap = |j: usize| if j % 2 == 0 { 3 << 26 } else { 3 << 25 } - 1u64;
+        let mut seed = 0x0fed_cba9_8765_4321u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..200 {
+            let mut mk = || -> [[u64; 10]; 4] {
+                core::array::from_fn(|l| {
+                    core::array::from_fn(|j| {
+                        if l == 0 || round == 0 {
+                            cap(j)
+                        } else {
+                            next() % (cap(j) + 1)
+                        }
+                    })
+                })
+            };
+            let (av, bv) = (mk(), mk());
+            let (a, b) = (from_lanes(&av), from_lanes(&bv));
+            // SAFETY: AVX2 detected above.
+            let (p, s, e) = unsafe {
+                let p = mul(&a, &b);
+                let s = square(&a);
+                (p, s, add_a24(&p, &sub(&p, &s)))
+            };
+            // SAFETY: AVX2 detected above.
+            let (pl, sl, el) = unsafe { (store(&p), store(&s), store(&e)) };
+            for l in 0..4 {
+                let fe =
+                    |v: &[u64; 10]| Fe(core::array::from_fn(|i| v[2 * i] + (v[2 * i + 1] << 26)));
+                let (fa, fb) = (fe(&av[l]), fe(&bv[l]));
+                let want_p = field51::mul(&fa, &fb);
+                let want_s = field51::square(&fa);
+                let d = field51::sub(&want_p, &want_s);
+                let want_e = field51::add(&want_p, &field51::mul_small(&d, A24));
+                assert_eq!(lane(&pl, l).to_bytes(), want_p.to_bytes());
+                assert_eq!(lane(&sl, l).to_bytes(), want_s.to_bytes());
+                assert_eq!(lane(&el, l).to_bytes(), want_e.to_bytes());
+            }
+        }
+    }
+}

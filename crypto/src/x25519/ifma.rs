@@ -390,3 +390,82 @@ fn invert_group(zs: &mut [F8]) -> [__mmask8; INV_GROUP] {
     }
     masks
 }
+
+#[cfg(test)]
+mod tests {
+    //! Limb-bound checks: extreme and random valid inputs against the
+    //! portable field, plus the bounds the lazy reduction relies on.
+    use super::super::field51::{self, Fe};
+    use super::*;
+
+    fn lanes_of(a: &F8) -> [Fe; 8] {
+        // SAFETY (caller): only called after IFMA was detected.
+        let limbs = unsafe { store(a) };
+        core::array::from_fn(|l| Fe(core::array::from_fn(|j| limbs[j][l])))
+    }
+
+    fn from_lanes(v: &[[u64; 5]; 8]) -> F8 {
+        let limbs: [[u64; 8]; 5] = core::array::from_fn(|j| core::array::from_fn(|l| v[l][j]));
+        // SAFETY (caller): only called after IFMA was detected.
+        unsafe { load(&limbs) }
+    }
+
+    fn max_limb(a: &F8) -> u64 {
+        lanes_of(a).iter().flat_map(|f| f.0).max().unwrap_or(0)
+    }
+
+    #[test]
+    fn extreme_limbs_match_portable() {
+        if !(std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512ifma"))
+        {
+            eprintln!("note: skipping IFMA limb test: CPU lacks AVX-512 IFMA");
+            return;
+        }
+        let top = (1u64 << 52) - 1;
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..200 {
+            // Lane 0: all limbs at the IFMA maximum; others random valid.
+            let mk = |next: &mut dyn FnMut() -> u64| -> [[u64; 5]; 8] {
+                core::array::from_fn(|l| {
+                    core::array::from_fn(|_| {
+                        if l == 0 || round == 0 {
+                            top
+                        } else {
+                            next() & top
+                        }
+                    })
+                })
+            };
+            let av = mk(&mut next);
+            let bv = mk(&mut next);
+            let (a, b) = (from_lanes(&av), from_lanes(&bv));
+            // SAFETY: IFMA detected above.
+            let (pw, sw, c) = unsafe {
+                let pw = mul_wide(&a, &b);
+                let sw = square_wide(&a);
+                (pw, sw, carry(&sub(&pw, &sw)))
+            };
+            assert!(
+                max_limb(&pw) < 1 << 61 && max_limb(&sw) < 1 << 61,
+                "wide bound"
+            );
+            assert!(max_limb(&c) < (1 << 51) + (1 << 16), "carry bound");
+            let (pl, sl, cl) = (lanes_of(&pw), lanes_of(&sw), lanes_of(&c));
+            for l in 0..8 {
+                let (fa, fb) = (Fe(av[l]), Fe(bv[l]));
+                let want_p = field51::mul(&fa, &fb);
+                let want_s = field51::square(&fa);
+                assert_eq!(pl[l].to_bytes(), want_p.to_bytes());
+                assert_eq!(sl[l].to_bytes(), want_s.to_bytes());
+                assert_eq!(cl[l].to_bytes(), field51::sub(&want_p, &want_s).to_bytes());
+            }
+        }
+    }
+}

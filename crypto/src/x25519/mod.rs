@@ -316,7 +316,11 @@ fn run(
     );
     let n = points.len();
     let rem = n % path.lanes();
-    let split = if rem < min_vector_lanes(path) { n - rem } else { n };
+    let split = if rem < min_vector_lanes(path) {
+        n - rem
+    } else {
+        n
+    };
     let (vec_points, tail_points) = points.split_at(split);
     let (vec_out, tail_out) = out.split_at_mut(split);
     let vec_scalars = scalars.range(0, split);
