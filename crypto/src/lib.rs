@@ -6,3 +6,4 @@ pub mod coconut;
 pub mod framing;
 pub mod lioness;
 pub mod sphinx;
+pub mod x25519;
