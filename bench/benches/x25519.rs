@@ -67,9 +67,11 @@ impl ValueFormatter for NsFormatter {
     }
     fn scale_throughputs(&self, _typical: f64, t: &Throughput, values: &mut [f64]) -> &'static str {
         let n = match t {
-            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => {
-                *n as f64
-            }
+            Throughput::Elements(n)
+            | Throughput::Bytes(n)
+            | Throughput::BytesDecimal(n)
+            | Throughput::Bits(n)
+            | Throughput::ElementsAndBytes { elements: n, .. } => *n as f64,
         };
         values.iter_mut().for_each(|v| *v = n * 1e9 / *v);
         "elem/s (cpu)"

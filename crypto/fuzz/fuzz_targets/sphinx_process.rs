@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let hops = 1 + usize::from(rest[0]) % 5;
-    let version = Version(VERSIONS[usize::from(rest[1]) % VERSIONS.len()]);
+    let Ok(version) = Version::new(VERSIONS[usize::from(rest[1]) % VERSIONS.len()]) else { return };
     let size = SIZES[usize::from(rest[2]) % SIZES.len()];
     let mutate = rest[3] & 1 == 1;
     let body = &rest[4..];
