@@ -21,9 +21,13 @@
 //! decrypted routing information (destination, identifier, the sender's random padding).
 
 pub mod address;
+pub mod batch;
 pub mod constants;
 pub mod create;
+pub mod create_batch;
+mod dh;
 pub mod error;
+pub mod fast_keys;
 pub mod keys;
 pub mod packet;
 pub mod payload;
@@ -32,8 +36,11 @@ pub mod routing;
 pub mod surb;
 pub mod version;
 
+pub use batch::{BatchProcessor, NodeKeys, Outcome};
 pub use create::{create, create_into, Destination, PacketSpec, RouteHop};
+pub use create_batch::{create_batch, CreateJob};
 pub use error::SphinxError;
+pub use fast_keys::derive_hop_secrets_fast;
 pub use keys::{derive_hop_secrets, expand, ExpandedSecret, HopSecrets, RouteSecrets};
 pub use packet::Packet;
 pub use process::{
