@@ -193,7 +193,8 @@ fn main() {
          \"hops\":4,\"packet_size\":{PACKET_SIZE},\"version\":260,\"rounds\":{rounds},\
          \"ref_process_us\":{:.1},\"lethe_process_us\":{:.1},\"lethe_process_serial_us\":{:.1},\
          \"ref_create_us\":{:.1},\"lethe_create_us\":{:.1},\"lethe_create_serial_us\":{:.1},\
-         \"symmetric_us\":{symmetric_us:.1},\"x25519_us\":{x25519_us:.1}}}",
+         \"symmetric_us\":{symmetric_us:.1},\"x25519_us\":{x25519_us:.1},\
+         \"symmetric_detail_us\":{}}}",
         dh_path_name(),
         median(&mut process.reference),
         median(&mut process.batch),
@@ -201,6 +202,7 @@ fn main() {
         median(&mut create.reference),
         median(&mut create.batch),
         median(&mut create.serial),
+        primitives(),
     );
 }
 
@@ -240,4 +242,72 @@ fn split(setup: &Setup, packets: &[Vec<u8>]) -> (f64, f64) {
         }));
     }
     (median(&mut symmetric), median(&mut x25519))
+}
+
+/// µs per call of each symmetric primitive of a hop (evidence for the hardware-use notes in
+/// `sphinx::batch`): HKDF-SHA256 → 288 B, payload-key HKDF → 192 B, AES-128-CTR keystream
+/// (360 B), HMAC-SHA256 (300 B), Lioness decrypt of the 2065-byte payload.
+fn primitives() -> String {
+    use lethe_crypto::lioness::Lioness;
+    use lethe_crypto::sphinx::{keys, routing};
+    let secret = [7u8; 32];
+    let expanded = sphinx::expand(&secret);
+    let beta = [5u8; 300];
+    let mut payload = vec![3u8; PACKET_SIZE - 348];
+    let lioness = Lioness::new(&expanded.payload_key(sphinx::Version::CURRENT));
+    const N: usize = 200;
+    let mut cases: [(&str, Vec<f64>); 5] = Default::default();
+    for _ in 0..5 {
+        let runs: [(&str, f64); 5] = [
+            (
+                "hkdf288",
+                time_us(N, || {
+                    for _ in 0..N {
+                        black_box(sphinx::expand(black_box(&secret)));
+                    }
+                }),
+            ),
+            (
+                "hkdf_payload_key",
+                time_us(N, || {
+                    for _ in 0..N {
+                        black_box(keys::derive_payload_key(black_box(&[1; 16])));
+                    }
+                }),
+            ),
+            (
+                "aes_ctr360",
+                time_us(N, || {
+                    for _ in 0..N {
+                        black_box(routing::keystream(black_box(expanded.stream_key())));
+                    }
+                }),
+            ),
+            (
+                "hmac300",
+                time_us(N, || {
+                    for _ in 0..N {
+                        black_box(routing::compute_mac(expanded.mac_key(), black_box(&beta)));
+                    }
+                }),
+            ),
+            (
+                "lioness2065",
+                time_us(N, || {
+                    for _ in 0..N {
+                        lioness.decrypt(black_box(&mut payload)).unwrap();
+                    }
+                }),
+            ),
+        ];
+        for (case, (name, us)) in cases.iter_mut().zip(runs) {
+            case.0 = name;
+            case.1.push(us);
+        }
+    }
+    let fields: Vec<String> = cases
+        .iter_mut()
+        .map(|(name, runs)| format!("\"{name}\":{:.2}", median(runs)))
+        .collect();
+    format!("{{{}}}", fields.join(","))
 }
