@@ -22,8 +22,8 @@ use super::dh;
 use super::error::SphinxError;
 use super::keys::{expand, HopSecrets, RouteSecrets};
 
-/// Routes derived together, hop level by hop level, in [`derive_lanes`].
-pub(crate) const LANES: usize = 16;
+/// Routes whose hop-level multiplications go through the DH seam together (`create_batch`).
+pub const LANES: usize = 16;
 
 /// Same result as [`derive_hop_secrets`](super::keys::derive_hop_secrets) with n + 1 scalar
 /// multiplications instead of n(n+1)/2 + 1.
