@@ -22,19 +22,8 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// This thread's CPU time in µs: on a machine shared by many builds, wall time mostly
-/// measures the scheduler (load ~10 on 2 cores), CPU time measures the code.
 fn cpu_us() -> f64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid, writable timespec for the duration of the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    if rc != 0 {
-        return f64::NAN;
-    }
-    now.tv_sec as f64 * 1e6 + now.tv_nsec as f64 / 1e3
+    lethe_bench::thread_cpu_ns() / 1e3
 }
 
 /// CPU µs per op of `f` over `ops` operations.
