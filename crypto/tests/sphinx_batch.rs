@@ -60,6 +60,17 @@ fn fast_derivation_matches_the_chain() {
             assert!(a.expanded == b.expanded, "round {round} hop {hop}");
         }
     }
+    // A low-order key (u = 0) zeroes the chain from that hop on; the product does the same.
+    // (Keys on the twist are the documented exception: no honest node has one.)
+    let x = StaticSecret::from([3; 32]);
+    let mut nine = [0u8; 32];
+    nine[0] = 9;
+    let keys = [nine, [0; 32], nine];
+    let chained = sphinx::derive_hop_secrets(&x, &keys).unwrap();
+    let fast = sphinx::derive_hop_secrets_fast(&x, &keys).unwrap();
+    for (a, b) in fast.iter().zip(chained.iter()) {
+        assert_eq!(a.shared_secret, b.shared_secret);
+    }
     assert!(sphinx::derive_hop_secrets_fast(&StaticSecret::from([1; 32]), &[]).is_err());
     assert!(sphinx::derive_hop_secrets_fast(&StaticSecret::from([1; 32]), &[[9; 32]; 6]).is_err());
 }
@@ -213,9 +224,12 @@ enum Kind {
     LowOrder,
     Truncated,
     Garbage,
+    /// Valid MAC over a slot whose version (or flag) is garbage.
+    BadVersion,
+    BadFlag,
 }
 
-const KINDS: [Kind; 7] = [
+const KINDS: [Kind; 9] = [
     Kind::Forward,
     Kind::Final,
     Kind::WrongMac,
@@ -223,6 +237,8 @@ const KINDS: [Kind; 7] = [
     Kind::LowOrder,
     Kind::Truncated,
     Kind::Garbage,
+    Kind::BadVersion,
+    Kind::BadFlag,
 ];
 
 struct Node {
@@ -285,7 +301,20 @@ impl Node {
                 rng.fill_bytes(&mut bytes);
                 bytes
             }
+            // beta is a stream-cipher ciphertext: flipping its bits flips the plaintext's.
+            // The MAC is recomputed with the node's key, so only the slot check can fail.
+            Kind::BadVersion => self.reforged(make(&self.forward, rng), 2, 0x7f),
+            Kind::BadFlag => self.reforged(make(&self.final_hop, rng), 0, 0x40),
         }
+    }
+
+    fn reforged(&self, mut bytes: Vec<u8>, at: usize, flip: u8) -> Vec<u8> {
+        let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+        let expanded = sphinx::derive_expanded_secret(&packet, &self.primary).unwrap();
+        packet.beta_mut()[at] ^= flip;
+        let mac = sphinx::routing::compute_mac(expanded.mac_key(), packet.beta());
+        packet.mac_mut().copy_from_slice(&mac);
+        bytes
     }
 }
 
@@ -347,7 +376,7 @@ fn batch_processing_matches_serial_on_mixed_batches() {
                         Err(error) => format!("{:?}", std::mem::discriminant(error)),
                     })
                     .collect();
-                let want = if secondary { 6 } else { 5 };
+                let want = if secondary { 8 } else { 7 };
                 assert!(kinds.len() >= want, "batch not mixed enough: {kinds:?}");
             }
         }

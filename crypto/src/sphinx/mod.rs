@@ -3,8 +3,10 @@
 //!
 //! Layout: zero-copy [`Packet`] view (`packet`), constants (`constants`), key schedule
 //! (`keys`), routing-info primitives (`routing`), node processing in stages (`process`),
-//! packet creation (`create`), payload framing (`payload`), reply blocks (`surb`) and Nym
-//! node addresses (`address`). Processing allocates nothing; creation allocates only in the
+//! packet creation (`create`, O(n) key derivation in `fast_keys`), payload framing
+//! (`payload`), reply blocks (`surb`) and Nym node addresses (`address`). `batch` and
+//! `create_batch` process and build many packets at once, with every X25519 going through
+//! one lane-parallel seam (`dh`). Processing allocates nothing; creation allocates only in the
 //! `Vec`-returning conveniences.
 //!
 //! Where Lethe deliberately differs from `sphinx-packet` (only input no honest sender makes):
