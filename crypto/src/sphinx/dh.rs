@@ -3,6 +3,9 @@
 //!
 //! This version is serial (curve25519-dalek's Montgomery ladder, one lane after another).
 //! Lane counts are whatever the caller passes; extra output slots are left untouched.
+//! To swap in the SIMD ladder: forward `x25519_batch`, `scalarmult_raw(_batch)` to
+//! `crate::x25519`, and derive `path_name` from `crate::x25519::simd_path()` (which honours
+//! `LETHE_SIMD`); `x25519_base` may stay on dalek's fixed-base tables.
 
 use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::montgomery::MontgomeryPoint;
