@@ -15,7 +15,8 @@ use super::constants::{
     ROUTING_INFO_SIZE, SLOT_SIZE, STREAM_KEY_SIZE, TRUNCATED_ROUTING_INFO_SIZE, VERSION_SIZE,
 };
 use super::error::SphinxError;
-use super::keys::{derive_hop_secrets, PayloadKey, RouteSecrets};
+use super::fast_keys::derive_hop_secrets_fast;
+use super::keys::{PayloadKey, RouteSecrets};
 use super::packet::PACKET_SIZE_MIN;
 use super::payload::{encrypt_for_route, frame};
 use super::routing::{compute_mac, filler, xor_keystream};
@@ -112,11 +113,12 @@ pub(crate) fn route_secrets<R: CryptoRng + ?Sized>(
     }
     let keys = &public_keys[..spec.route.len()];
     match initial_secret {
-        Some(secret) => derive_hop_secrets(secret, keys),
+        // O(n) derivation; `derive_hop_secrets` (the crate's chain) stays as the reference.
+        Some(secret) => derive_hop_secrets_fast(secret, keys),
         None => {
             let mut bytes = Zeroizing::new([0u8; 32]);
             rng.fill_bytes(bytes.as_mut());
-            derive_hop_secrets(&StaticSecret::from(*bytes), keys)
+            derive_hop_secrets_fast(&StaticSecret::from(*bytes), keys)
         }
     }
 }

@@ -38,4 +38,7 @@ pub enum SphinxError {
     /// Malformed SURB or SURB recovery bytes, or a SURB of the wrong kind.
     #[error("bad SURB: {0}")]
     BadSurb(&'static str),
+    /// The caller's replay check flagged the packet's replay tag (batched processing).
+    #[error("replayed packet")]
+    Replayed,
 }

@@ -137,8 +137,8 @@ pub struct HopSecrets {
 pub struct RouteSecrets {
     /// alpha_0 = x·G.
     pub alpha: [u8; 32],
-    hops: [Option<HopSecrets>; MAX_PATH_LENGTH],
-    len: usize,
+    pub(crate) hops: [Option<HopSecrets>; MAX_PATH_LENGTH],
+    pub(crate) len: usize,
 }
 
 impl RouteSecrets {

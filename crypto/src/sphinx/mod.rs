@@ -3,8 +3,10 @@
 //!
 //! Layout: zero-copy [`Packet`] view (`packet`), constants (`constants`), key schedule
 //! (`keys`), routing-info primitives (`routing`), node processing in stages (`process`),
-//! packet creation (`create`), payload framing (`payload`), reply blocks (`surb`) and Nym
-//! node addresses (`address`). Processing allocates nothing; creation allocates only in the
+//! packet creation (`create`, O(n) key derivation in `fast_keys`), payload framing
+//! (`payload`), reply blocks (`surb`) and Nym node addresses (`address`). `batch` and
+//! `create_batch` process and build many packets at once, with every X25519 going through
+//! one lane-parallel seam (`dh`). Processing allocates nothing; creation allocates only in the
 //! `Vec`-returning conveniences.
 //!
 //! Where Lethe deliberately differs from `sphinx-packet` (only input no honest sender makes):
@@ -21,9 +23,13 @@
 //! decrypted routing information (destination, identifier, the sender's random padding).
 
 pub mod address;
+pub mod batch;
 pub mod constants;
 pub mod create;
+pub mod create_batch;
+mod dh;
 pub mod error;
+pub mod fast_keys;
 pub mod keys;
 pub mod packet;
 pub mod payload;
@@ -32,8 +38,11 @@ pub mod routing;
 pub mod surb;
 pub mod version;
 
+pub use batch::{BatchProcessor, NodeKeys, Outcome};
 pub use create::{create, create_into, Destination, PacketSpec, RouteHop};
+pub use create_batch::{create_batch, CreateJob};
 pub use error::SphinxError;
+pub use fast_keys::derive_hop_secrets_fast;
 pub use keys::{derive_hop_secrets, expand, ExpandedSecret, HopSecrets, RouteSecrets};
 pub use packet::Packet;
 pub use process::{
