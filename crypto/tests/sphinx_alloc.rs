@@ -2,40 +2,13 @@
 //! for forward and final hops of each version.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod counting_alloc;
 mod sphinx_common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use counting_alloc::allocations;
 
 use lethe_crypto::sphinx::{self, Packet};
 use sphinx_common::{rng, Net, VERSIONS};
-
-struct Counting;
-
-// Per thread: the harness allocates on other threads (spawning tests, printing) meanwhile.
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn allocations() -> usize {
-    ALLOCATIONS.with(Cell::get)
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|count| count.set(count.get() + 1));
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 #[test]
 fn processing_does_not_allocate() {

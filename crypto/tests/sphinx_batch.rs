@@ -2,10 +2,10 @@
 //! crate-compatible paths, and allocation free.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod counting_alloc;
 mod sphinx_common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use counting_alloc::allocations;
 
 use lethe_crypto::sphinx::{
     self, constants::HEADER_SIZE, BatchProcessor, CreateJob, NodeKeys, Outcome, Packet,
@@ -15,32 +15,6 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 use sphinx_common::{final_padding, rng, walk, Net, Replay, SIZES, VERSIONS};
 use x25519_dalek::{PublicKey, StaticSecret};
-
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-fn allocations() -> usize {
-    ALLOCATIONS.with(Cell::get)
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|count| count.set(count.get() + 1));
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 #[test]
 fn fast_derivation_matches_the_chain() {
