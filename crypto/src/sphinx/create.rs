@@ -11,13 +11,13 @@ use zeroize::Zeroizing;
 
 use super::constants::{
     ALPHA_SIZE, DESTINATION_SIZE, FINAL_META_INFO_SIZE, FLAG_FINAL_HOP, FLAG_FORWARD_HOP,
-    HEADER_SIZE, IDENTIFIER_SIZE, MAC_SIZE, MAX_PATH_LENGTH, NODE_ADDRESS_SIZE, PACKET_SIZE_MAX,
-    ROUTING_INFO_SIZE, SLOT_SIZE, STREAM_KEY_SIZE, TRUNCATED_ROUTING_INFO_SIZE, VERSION_SIZE,
+    HEADER_SIZE, IDENTIFIER_SIZE, MAC_SIZE, MAX_PATH_LENGTH, NODE_ADDRESS_SIZE, ROUTING_INFO_SIZE,
+    SLOT_SIZE, STREAM_KEY_SIZE, TRUNCATED_ROUTING_INFO_SIZE, VERSION_SIZE,
 };
 use super::error::SphinxError;
 use super::fast_keys::derive_hop_secrets_fast;
 use super::keys::{PayloadKey, RouteSecrets};
-use super::packet::PACKET_SIZE_MIN;
+use super::packet::check_packet_len;
 use super::payload::{encrypt_for_route, frame};
 use super::routing::{compute_mac, filler, xor_keystream};
 use super::version::Version;
@@ -66,18 +66,7 @@ pub fn create_into<R: CryptoRng + ?Sized>(
     initial_secret: Option<&StaticSecret>,
     rng: &mut R,
 ) -> Result<RouteSecrets, SphinxError> {
-    if out.len() < PACKET_SIZE_MIN {
-        return Err(SphinxError::Truncated {
-            len: out.len(),
-            min: PACKET_SIZE_MIN,
-        });
-    }
-    if out.len() > PACKET_SIZE_MAX {
-        return Err(SphinxError::Oversize {
-            len: out.len(),
-            max: PACKET_SIZE_MAX,
-        });
-    }
+    check_packet_len(out.len())?;
     spec.validate()?;
     let (header, payload) = out.split_at_mut(HEADER_SIZE);
     frame(payload, message)?;

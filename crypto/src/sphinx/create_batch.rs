@@ -11,12 +11,12 @@ use rand_core::CryptoRng;
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
-use super::constants::{HEADER_SIZE, PACKET_SIZE_MAX};
+use super::constants::HEADER_SIZE;
 use super::create::{build_header, header_array, payload_keys, PacketSpec};
 use super::error::SphinxError;
 use super::fast_keys::{derive_lanes, LANES};
 use super::keys::RouteSecrets;
-use super::packet::PACKET_SIZE_MIN;
+use super::packet::check_packet_len;
 use super::payload::{encrypt_for_route, frame};
 
 /// One packet to build: like the arguments of [`create_into`](super::create_into).
@@ -92,18 +92,7 @@ where
 // The checks `create_into` makes before deriving keys, in its order, and the payload framing.
 fn prepare(job: &mut CreateJob<'_>) -> Result<(), SphinxError> {
     let len = job.out.len();
-    if len < PACKET_SIZE_MIN {
-        return Err(SphinxError::Truncated {
-            len,
-            min: PACKET_SIZE_MIN,
-        });
-    }
-    if len > PACKET_SIZE_MAX {
-        return Err(SphinxError::Oversize {
-            len,
-            max: PACKET_SIZE_MAX,
-        });
-    }
+    check_packet_len(len)?;
     let hops = job.spec.route.len();
     let delays = job.spec.delays_ns.len();
     if hops == 0 || hops > super::constants::MAX_PATH_LENGTH || delays != hops {

@@ -30,13 +30,8 @@ pub(crate) fn x25519_batch(scalars: &[[u8; 32]], points: &[[u8; 32]], out: &mut 
     x25519::x25519_batch(&scalars[..n], &points[..n], &mut out[..n]);
 }
 
-/// Unclamped multiplication: Montgomery ladder over all 256 bits of `scalar` (little-endian
-/// bytes), for scalars that are products of clamped scalars reduced mod 8·l.
-pub(crate) fn scalarmult_raw(scalar: &[u8; 32], u: &[u8; 32]) -> [u8; 32] {
-    x25519::scalarmult_raw(scalar, u)
-}
-
-/// [`scalarmult_raw`] per lane.
+/// Unclamped multiplication per lane: Montgomery ladder over all 256 bits of each scalar
+/// (little-endian bytes), for scalars that are products of clamped scalars reduced mod 8·l.
 pub(crate) fn scalarmult_raw_batch(
     scalars: &[[u8; 32]],
     points: &[[u8; 32]],

@@ -46,20 +46,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Checks `PACKET_SIZE_MIN ≤ len ≤ PACKET_SIZE_MAX`.
     pub fn check_len(&self) -> Result<(), SphinxError> {
-        let len = self.buffer.as_ref().len();
-        if len < PACKET_SIZE_MIN {
-            return Err(SphinxError::Truncated {
-                len,
-                min: PACKET_SIZE_MIN,
-            });
-        }
-        if len > PACKET_SIZE_MAX {
-            return Err(SphinxError::Oversize {
-                len,
-                max: PACKET_SIZE_MAX,
-            });
-        }
-        Ok(())
+        check_packet_len(self.buffer.as_ref().len())
     }
 
     pub fn into_inner(self) -> T {
@@ -186,4 +173,21 @@ mod tests {
         ));
         assert!(Packet::new_checked(&vec![0u8; PACKET_SIZE_MIN][..]).is_ok());
     }
+}
+
+/// Checks that `len` bytes can hold a packet: `PACKET_SIZE_MIN ≤ len ≤ PACKET_SIZE_MAX`.
+pub fn check_packet_len(len: usize) -> Result<(), SphinxError> {
+    if len < PACKET_SIZE_MIN {
+        return Err(SphinxError::Truncated {
+            len,
+            min: PACKET_SIZE_MIN,
+        });
+    }
+    if len > PACKET_SIZE_MAX {
+        return Err(SphinxError::Oversize {
+            len,
+            max: PACKET_SIZE_MAX,
+        });
+    }
+    Ok(())
 }

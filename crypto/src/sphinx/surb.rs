@@ -8,13 +8,13 @@ use x25519_dalek::StaticSecret;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::constants::{
-    HEADER_SIZE, IDENTIFIER_SIZE, MAX_PATH_LENGTH, NODE_ADDRESS_SIZE, PACKET_SIZE_MAX,
-    PAYLOAD_KEY_SEED_SIZE, PAYLOAD_KEY_SIZE,
+    HEADER_SIZE, IDENTIFIER_SIZE, MAX_PATH_LENGTH, NODE_ADDRESS_SIZE, PAYLOAD_KEY_SEED_SIZE,
+    PAYLOAD_KEY_SIZE,
 };
 use super::create::{build_header, route_secrets, PacketSpec};
 use super::error::SphinxError;
 use super::keys::{derive_payload_key, PayloadKey, PayloadKeySeed};
-use super::packet::PACKET_SIZE_MIN;
+use super::packet::check_packet_len;
 use super::payload::{decrypt_layer, encrypt_layer, frame};
 use super::process::recover_plaintext;
 use super::version::Version;
@@ -238,18 +238,7 @@ impl Surb {
         message: &[u8],
         out: &mut [u8],
     ) -> Result<[u8; NODE_ADDRESS_SIZE], SphinxError> {
-        if out.len() < PACKET_SIZE_MIN {
-            return Err(SphinxError::Truncated {
-                len: out.len(),
-                min: PACKET_SIZE_MIN,
-            });
-        }
-        if out.len() > PACKET_SIZE_MAX {
-            return Err(SphinxError::Oversize {
-                len: out.len(),
-                max: PACKET_SIZE_MAX,
-            });
-        }
+        check_packet_len(out.len())?;
         let (header, payload) = out.split_at_mut(HEADER_SIZE);
         frame(payload, message)?;
         for index in (0..self.keys.count()).rev() {
