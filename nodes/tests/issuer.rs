@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, verify_spend, BandwidthCredential};
+use lethe_crypto::coconut::bandwidth::{
+    bandwidth_parameters, request_bandwidth, verify_spend, BandwidthCredential,
+};
 use lethe_crypto::coconut::{CoconutError, VerificationKey};
 use lethe_nodes::credential_store::SqliteSpentTags;
 
@@ -27,10 +29,7 @@ impl Guard {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "lethe-{name}-{}-{nanos}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("lethe-{name}-{}-{nanos}", std::process::id()));
         Self {
             dir,
             children: Vec::new(),
@@ -129,18 +128,36 @@ fn keygen_refuses_bad_thresholds_and_overwrites() {
     let g = Guard::new("keygen");
     let out = g.dir.to_str().unwrap();
     let o = cli(&["keygen", "--threshold", "0", "--issuers", "3", "--out", out]);
-    assert!(!o.status.success() && stderr(&o).contains("at least 1"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("at least 1"),
+        "{}",
+        stderr(&o)
+    );
     let o = cli(&["keygen", "--threshold", "4", "--issuers", "3", "--out", out]);
-    assert!(!o.status.success() && stderr(&o).contains("must not exceed"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("must not exceed"),
+        "{}",
+        stderr(&o)
+    );
     let o = cli(&["keygen", "--threshold", "2", "--issuers", "3", "--out", out]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let mode = |f: &str| std::fs::metadata(g.dir.join(f)).unwrap().permissions().mode() & 0o777;
+    let mode = |f: &str| {
+        std::fs::metadata(g.dir.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
     assert_eq!(mode("issuer-1.key"), 0o600);
     assert_eq!(mode("issuer-3.key"), 0o600);
     assert!(g.dir.join("issuer-3.vk").exists() && g.dir.join("verification.key").exists());
     let before = std::fs::read(g.dir.join("issuer-1.key")).unwrap();
     let o = cli(&["keygen", "--threshold", "2", "--issuers", "3", "--out", out]);
-    assert!(!o.status.success() && stderr(&o).contains("already exists"), "{}", stderr(&o));
+    assert!(
+        !o.status.success() && stderr(&o).contains("already exists"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(std::fs::read(g.dir.join("issuer-1.key")).unwrap(), before);
 }
 
@@ -148,7 +165,15 @@ fn keygen_refuses_bad_thresholds_and_overwrites() {
 fn threshold_issuance_errors_and_spending() {
     let mut g = Guard::new("issuance");
     let dir = g.dir.clone();
-    let o = cli(&["keygen", "--threshold", "3", "--issuers", "5", "--out", dir.to_str().unwrap()]);
+    let o = cli(&[
+        "keygen",
+        "--threshold",
+        "3",
+        "--issuers",
+        "5",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let addrs: Vec<SocketAddr> = (1..=5)
         .map(|i| g.issuer(&dir.join(format!("issuer-{i}.key")), &[]))
@@ -158,7 +183,11 @@ fn threshold_issuance_errors_and_spending() {
     // All five up.
     let o = obtain(&dir, &urls, "cred-1");
     assert!(o.status.success(), "{}", stderr(&o));
-    let mode = std::fs::metadata(dir.join("cred-1")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(dir.join("cred-1"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     let o = cli(&["show", dir.join("cred-1").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("bandwidth_bytes: 1073741824"));
@@ -195,19 +224,38 @@ fn threshold_issuance_errors_and_spending() {
     assert_eq!(http(live, "POST", "/v1/blind-sign", &[0u8; 8192]).0, 413);
     assert_eq!(http(live, "GET", "/v1/nothing", b"").0, 404);
 
+    // A well-formed request for terms the issuer does not offer: 422, whatever the client says.
+    let params = bandwidth_parameters().unwrap();
+    let vk =
+        VerificationKey::from_bytes(&std::fs::read(dir.join("verification.key")).unwrap()).unwrap();
+    let cred =
+        BandwidthCredential::from_bytes(&std::fs::read(dir.join("cred-1")).unwrap()).unwrap();
+    let mut rng = rand_core_06::OsRng;
+    for (bandwidth, expiry) in [(1u64 << 40, cred.expiry()), (1 << 30, cred.expiry() + 30)] {
+        let (_, req) = request_bandwidth(&params, &vk, bandwidth, expiry, &mut rng).unwrap();
+        let mut body = bandwidth.to_be_bytes().to_vec();
+        body.extend_from_slice(&expiry.to_be_bytes());
+        body.extend_from_slice(&req.to_bytes());
+        let (status, text) = http(live, "POST", "/v1/blind-sign", &body);
+        assert_eq!(status, 422, "{text}");
+    }
+
     // Spend against the SQLite store; the tag survives reopening the database.
     let params = bandwidth_parameters().unwrap();
-    let vk = VerificationKey::from_bytes(&std::fs::read(dir.join("verification.key")).unwrap())
-        .unwrap();
-    let cred = BandwidthCredential::from_bytes(&std::fs::read(dir.join("cred-1")).unwrap()).unwrap();
+    let vk =
+        VerificationKey::from_bytes(&std::fs::read(dir.join("verification.key")).unwrap()).unwrap();
+    let cred =
+        BandwidthCredential::from_bytes(&std::fs::read(dir.join("cred-1")).unwrap()).unwrap();
     let today = cred.expiry() - 7;
     let db = dir.join("spent.db");
     let ctx = b"gateway-a/nonce-1";
-    let mut rng = rand_core_06::OsRng;
     {
         let mut store = SqliteSpentTags::open(&db).unwrap();
         let spend = cred.spend(&params, &vk, ctx, &mut rng).unwrap();
-        assert_eq!(verify_spend(&params, &vk, &spend, ctx, today, &mut store), Ok(1 << 30));
+        assert_eq!(
+            verify_spend(&params, &vk, &spend, ctx, today, &mut store),
+            Ok(1 << 30)
+        );
         let again = cred.spend(&params, &vk, ctx, &mut rng).unwrap();
         assert_eq!(
             verify_spend(&params, &vk, &again, ctx, today, &mut store),
@@ -215,16 +263,28 @@ fn threshold_issuance_errors_and_spending() {
         );
     }
     let mut store = SqliteSpentTags::open(&db).unwrap();
-    let again = cred.spend(&params, &vk, b"gateway-a/nonce-2", &mut rng).unwrap();
+    let again = cred
+        .spend(&params, &vk, b"gateway-a/nonce-2", &mut rng)
+        .unwrap();
     assert_eq!(
-        verify_spend(&params, &vk, &again, b"gateway-a/nonce-2", today, &mut store),
+        verify_spend(
+            &params,
+            &vk,
+            &again,
+            b"gateway-a/nonce-2",
+            today,
+            &mut store
+        ),
         Err(CoconutError::DoubleSpend),
         "double spend after restart"
     );
     let other =
         BandwidthCredential::from_bytes(&std::fs::read(dir.join("cred-2")).unwrap()).unwrap();
     let spend = other.spend(&params, &vk, ctx, &mut rng).unwrap();
-    assert_eq!(verify_spend(&params, &vk, &spend, ctx, today, &mut store), Ok(1 << 30));
+    assert_eq!(
+        verify_spend(&params, &vk, &spend, ctx, today, &mut store),
+        Ok(1 << 30)
+    );
     assert_eq!(store.len().unwrap(), 2);
 }
 
@@ -232,7 +292,15 @@ fn threshold_issuance_errors_and_spending() {
 fn rate_limited_requests_get_429() {
     let mut g = Guard::new("ratelimit");
     let dir = g.dir.clone();
-    let o = cli(&["keygen", "--threshold", "1", "--issuers", "1", "--out", dir.to_str().unwrap()]);
+    let o = cli(&[
+        "keygen",
+        "--threshold",
+        "1",
+        "--issuers",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let addr = g.issuer(
         &dir.join("issuer-1.key"),
@@ -242,5 +310,9 @@ fn rate_limited_requests_get_429() {
     assert_eq!(http(addr, "GET", "/v1/terms", b"").0, 200);
     let (status, body) = http(addr, "GET", "/v1/terms", b"");
     assert_eq!(status, 429, "{body}");
-    assert_eq!(http(addr, "GET", "/health", b"").0, 200, "health is not limited");
+    assert_eq!(
+        http(addr, "GET", "/health", b"").0,
+        200,
+        "health is not limited"
+    );
 }

@@ -6,7 +6,10 @@ use clap::{Parser, Subcommand};
 use lethe_nodes::issuer;
 
 #[derive(Parser)]
-#[command(name = "lethe-issuer", about = "Lethe credential issuer and issuance client")]
+#[command(
+    name = "lethe-issuer",
+    about = "Lethe credential issuer and issuance client"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

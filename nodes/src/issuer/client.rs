@@ -60,7 +60,10 @@ pub fn run_obtain(args: &ObtainArgs) -> anyhow::Result<()> {
     let params = bandwidth_parameters()?;
     let master = read_verification_key(&args.verification_key, &params)?;
     if args.out.exists() {
-        bail!("{} already exists; refusing to overwrite", args.out.display());
+        bail!(
+            "{} already exists; refusing to overwrite",
+            args.out.display()
+        );
     }
     let cfg = ObtainConfig {
         issuers: args.issuers.clone(),
@@ -102,7 +105,10 @@ struct Answer {
 /// Obtains a credential: terms from the first issuer to answer, then one request to every
 /// issuer in parallel; each share is checked as it arrives and the first t valid ones are
 /// aggregated (the rest are abandoned).
-pub async fn obtain(params: &Parameters, cfg: &ObtainConfig) -> anyhow::Result<BandwidthCredential> {
+pub async fn obtain(
+    params: &Parameters,
+    cfg: &ObtainConfig,
+) -> anyhow::Result<BandwidthCredential> {
     let (t, n) = (cfg.threshold, cfg.issuers.len());
     if t == 0 || t > n {
         bail!("threshold {t} is unusable with {n} issuers");
@@ -236,7 +242,9 @@ async fn get_bytes(req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
     let status = resp.status();
     let body = resp.bytes().await?;
     if !status.is_success() {
-        let msg = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_owned();
+        let msg = String::from_utf8_lossy(&body[..body.len().min(200)])
+            .trim()
+            .to_owned();
         bail!("HTTP {status}: {msg}");
     }
     if body.len() > 64 * 1024 {

@@ -49,7 +49,10 @@ pub fn read_small(path: &Path) -> anyhow::Result<Vec<u8>> {
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", path.display()))?;
     if bytes.len() as u64 > MAX_FILE {
-        bail!("{} is too large to be a Lethe key or credential", path.display());
+        bail!(
+            "{} is too large to be a Lethe key or credential",
+            path.display()
+        );
     }
     Ok(bytes)
 }
@@ -114,8 +117,12 @@ impl IssuerKey {
         let secret = SecretKey::from_bytes(parts[0]).context("malformed secret key share")?;
         let vk_share = VerificationKey::from_bytes(parts[1]).context("malformed key share")?;
         let master = VerificationKey::from_bytes(parts[2]).context("malformed master key")?;
-        vk_share.check(params).context("invalid verification key share")?;
-        master.check(params).context("invalid master verification key")?;
+        vk_share
+            .check(params)
+            .context("invalid verification key share")?;
+        master
+            .check(params)
+            .context("invalid master verification key")?;
         if secret.verification_key(params) != vk_share {
             bail!("secret key share does not match its verification key");
         }

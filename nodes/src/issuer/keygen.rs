@@ -49,8 +49,8 @@ pub fn run(args: &KeygenArgs) -> anyhow::Result<()> {
     ensure_dir(out)?;
 
     let params = bandwidth::bandwidth_parameters()?;
-    let shares = ttp_keygen(&params, t, n, &mut rand_core_06::OsRng)
-        .context("key generation failed")?;
+    let shares =
+        ttp_keygen(&params, t, n, &mut rand_core_06::OsRng).context("key generation failed")?;
     let vk_refs: Vec<(u64, _)> = shares.iter().map(|s| (s.index, &s.verification)).collect();
     // Any t shares interpolate to the master key; all n do too.
     let master = aggregate_verification_keys(&vk_refs).context("aggregating keys")?;

@@ -88,7 +88,9 @@ impl RateLimiter {
                 return false; // still full of active clients: shed the newcomer
             }
         }
-        let bucket = ips.entry(ip).or_insert_with(|| Bucket::full(self.per_ip, now));
+        let bucket = ips
+            .entry(ip)
+            .or_insert_with(|| Bucket::full(self.per_ip, now));
         // Check the per-IP bucket first so one noisy client cannot drain the global one.
         bucket.take(self.per_ip, now) && global.take(self.global, now)
     }
@@ -102,8 +104,14 @@ mod tests {
     #[test]
     fn per_ip_then_global() {
         let l = RateLimiter::new(
-            Rate { per_sec: 1.0, burst: 2.0 },
-            Rate { per_sec: 1.0, burst: 3.0 },
+            Rate {
+                per_sec: 1.0,
+                burst: 2.0,
+            },
+            Rate {
+                per_sec: 1.0,
+                burst: 3.0,
+            },
         );
         let t0 = Instant::now();
         let a: IpAddr = [10, 0, 0, 1].into();

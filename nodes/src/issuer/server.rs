@@ -166,7 +166,10 @@ async fn rate_limit(
     if issuer.limiter.allow(peer.ip()) {
         next.run(req).await
     } else {
-        text(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded, retry later")
+        text(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate limit exceeded, retry later",
+        )
     }
 }
 
@@ -184,7 +187,10 @@ async fn blind_sign(State(issuer): State<Arc<Issuer>>, body: Bytes) -> Response 
     ex.copy_from_slice(&terms[8..]);
     let (bandwidth, expiry) = (u64::from_be_bytes(bw), u32::from_be_bytes(ex));
     let Ok(request) = BlindSignRequest::from_bytes(request) else {
-        return text(StatusCode::BAD_REQUEST, "malformed blind-sign request encoding");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "malformed blind-sign request encoding",
+        );
     };
     if bandwidth != issuer.bandwidth {
         let msg = format!("bandwidth must be {} bytes", issuer.bandwidth);
@@ -192,7 +198,10 @@ async fn blind_sign(State(issuer): State<Arc<Issuer>>, body: Bytes) -> Response 
     }
     let due = today().saturating_add(issuer.validity_days);
     if expiry != due && expiry != due.saturating_sub(1) {
-        let msg = format!("expiry must be day {due} (today + {})", issuer.validity_days);
+        let msg = format!(
+            "expiry must be day {due} (today + {})",
+            issuer.validity_days
+        );
         return text(StatusCode::UNPROCESSABLE_ENTITY, &msg);
     }
     // Proof verification is a few milliseconds of curve arithmetic: keep it off the reactor.
