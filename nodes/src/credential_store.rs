@@ -25,6 +25,8 @@ impl SqliteSpentTags {
     fn init(conn: Connection) -> rusqlite::Result<Self> {
         // WAL for concurrent readers; FULL sync so an acknowledged spend survives power loss
         // (losing it would allow a double spend).
+        // Another connection (a second gateway worker) may hold the write lock briefly.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(

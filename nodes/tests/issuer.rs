@@ -108,19 +108,26 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String
 }
 
 fn obtain(dir: &Path, urls: &[String], out: &str) -> Output {
-    cli(&[
+    obtain_with(dir, urls, out, &[])
+}
+
+fn obtain_with(dir: &Path, urls: &[String], out: &str, extra: &[&str]) -> Output {
+    let (joined, vk, out) = (urls.join(","), dir.join("verification.key"), dir.join(out));
+    let mut args: Vec<&str> = vec![
         "obtain",
         "--issuers",
-        &urls.join(","),
+        &joined,
         "--threshold",
         "3",
         "--verification-key",
-        dir.join("verification.key").to_str().unwrap(),
+        vk.to_str().unwrap(),
         "--out",
-        dir.join(out).to_str().unwrap(),
+        out.to_str().unwrap(),
         "--timeout-secs",
         "5",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
 }
 
 #[test]
@@ -191,6 +198,43 @@ fn threshold_issuance_errors_and_spending() {
     assert_eq!(mode, 0o600);
     let o = cli(&["show", dir.join("cred-1").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("bandwidth_bytes: 1073741824"));
+
+    // A rogue issuer (key from another dealer) among them: with the trusted key shares its
+    // answer is refused and the honest ones suffice.
+    let rogue_dir = dir.join("rogue");
+    let o = cli(&[
+        "keygen",
+        "--threshold",
+        "3",
+        "--issuers",
+        "5",
+        "--out",
+        rogue_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rogue = g.issuer(&rogue_dir.join("issuer-1.key"), &[]);
+    let mut mixed = vec![format!("http://{rogue}")];
+    mixed.extend_from_slice(&urls[1..]);
+    let o = obtain_with(
+        &dir,
+        &mixed,
+        "cred-mixed",
+        &["--key-dir", dir.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // With only the rogue and two honest issuers, the rogue is named in the error.
+    let o = obtain_with(
+        &dir,
+        &mixed[..3],
+        "cred-x",
+        &["--key-dir", dir.to_str().unwrap()],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("untrusted verification key"),
+        "{}",
+        stderr(&o)
+    );
 
     // n − t = 2 down: still issues.
     g.kill(0);

@@ -1,8 +1,9 @@
 //! Client issuance: ask all issuers in parallel, keep the first t shares that verify.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -12,7 +13,7 @@ use lethe_crypto::coconut::bandwidth::{
 use lethe_crypto::coconut::{BlindedSignature, Parameters, VerificationKey};
 use tokio::task::JoinSet;
 
-use super::files::{parse_vk_share, read_small, read_verification_key, write_new};
+use super::files::{parse_vk_share, read_small, read_verification_key, vk_share_bytes, write_new};
 use super::server::{Terms, TERMS_PREFIX};
 
 /// Where and how to obtain a credential.
@@ -26,6 +27,9 @@ pub struct ObtainConfig {
     pub master: VerificationKey,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// Trusted verification-key shares by issuer index; when set, an issuer serving any other
+    /// key is rejected before its share is used.
+    pub trusted_shares: Option<BTreeMap<u64, VerificationKey>>,
 }
 
 /// Obtain a bandwidth credential from t of n issuers.
@@ -46,6 +50,10 @@ pub struct ObtainArgs {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 10)]
     pub timeout_secs: u64,
+    /// Directory with the trusted `issuer-<i>.vk` shares from `keygen`. Without it, shares
+    /// served by issuers are trusted and only the aggregate is checked against the master key.
+    #[arg(long)]
+    pub key_dir: Option<PathBuf>,
 }
 
 /// Print a stored credential's public attributes.
@@ -65,11 +73,16 @@ pub fn run_obtain(args: &ObtainArgs) -> anyhow::Result<()> {
             args.out.display()
         );
     }
+    let trusted_shares = match &args.key_dir {
+        Some(dir) => Some(read_vk_shares(dir, &params)?),
+        None => None,
+    };
     let cfg = ObtainConfig {
         issuers: args.issuers.clone(),
         threshold: args.threshold,
         master,
         timeout: Duration::from_secs(args.timeout_secs.max(1)),
+        trusted_shares,
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -93,6 +106,28 @@ pub fn run_show(args: &ShowArgs) -> anyhow::Result<()> {
     println!("bandwidth_bytes: {}", cred.bandwidth());
     println!("expiry_day: {}", cred.expiry());
     Ok(())
+}
+
+/// Reads every `issuer-<i>.vk` in `dir`.
+pub fn read_vk_shares(
+    dir: &Path,
+    params: &Parameters,
+) -> anyhow::Result<BTreeMap<u64, VerificationKey>> {
+    let mut shares = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("issuer-") && name.ends_with(".vk") {
+            let (index, vk) = parse_vk_share(&read_small(&path)?, params)
+                .with_context(|| format!("{}", path.display()))?;
+            shares.insert(index, vk);
+        }
+    }
+    if shares.is_empty() {
+        bail!("no issuer-<i>.vk files in {}", dir.display());
+    }
+    Ok(shares)
 }
 
 /// One issuer's answer: its index, key share and blinded signature.
@@ -130,11 +165,20 @@ pub async fn obtain(
     body.extend_from_slice(&terms.expiry.to_be_bytes());
     body.extend_from_slice(&request.to_bytes());
 
+    // Encoded trusted shares, compared byte for byte (the encoding is canonical).
+    let trusted: Option<Arc<BTreeMap<u64, Vec<u8>>>> = cfg.trusted_shares.as_ref().map(|m| {
+        Arc::new(
+            m.iter()
+                .map(|(i, vk)| (*i, vk_share_bytes(*i, vk)))
+                .collect(),
+        )
+    });
     let mut tasks = JoinSet::new();
     for url in &cfg.issuers {
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        let trusted = trusted.clone();
         tasks.spawn(async move {
-            let answer = ask(&http, &url, body).await;
+            let answer = ask(&http, &url, body, trusted.as_deref()).await;
             (url, answer)
         });
     }
@@ -145,6 +189,7 @@ pub async fn obtain(
         let Ok((url, answer)) = joined else { continue };
         let checked = answer.and_then(|raw| {
             let a = parse_answer(&raw, params)?;
+
             if !seen.insert(a.index) {
                 bail!("duplicate signer index {}", a.index);
             }
@@ -187,9 +232,7 @@ async fn fetch_terms(http: &reqwest::Client, issuers: &[String]) -> anyhow::Resu
     for url in issuers {
         let (http, url) = (http.clone(), url.clone());
         tasks.spawn(async move {
-            let resp = http.get(format!("{url}/v1/terms")).send().await?;
-            let resp = resp.error_for_status()?;
-            let body = resp.bytes().await?;
+            let body = get_bytes(http.get(format!("{url}/v1/terms"))).await?;
             anyhow::Ok(serde_json::from_slice::<Terms>(&body)?)
         });
     }
@@ -208,8 +251,20 @@ async fn fetch_terms(http: &reqwest::Client, issuers: &[String]) -> anyhow::Resu
 }
 
 /// Fetches the issuer's key share and its blind signature (parsed by [`parse_answer`]).
-async fn ask(http: &reqwest::Client, url: &str, body: Vec<u8>) -> anyhow::Result<RawAnswer> {
+/// With `trusted` shares, an issuer serving any other key is not sent the request at all.
+async fn ask(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    trusted: Option<&BTreeMap<u64, Vec<u8>>>,
+) -> anyhow::Result<RawAnswer> {
     let vk = get_bytes(http.get(format!("{url}/v1/verification-key"))).await?;
+    if let Some(trusted) = trusted {
+        let index = vk.first_chunk::<8>().map(|i| u64::from_be_bytes(*i));
+        if index.and_then(|i| trusted.get(&i)) != Some(&vk) {
+            bail!("issuer serves an untrusted verification key");
+        }
+    }
     let signed = get_bytes(http.post(format!("{url}/v1/blind-sign")).body(body)).await?;
     Ok(RawAnswer { vk, signed })
 }
@@ -238,17 +293,22 @@ fn parse_answer(raw: &RawAnswer, params: &Parameters) -> anyhow::Result<Answer> 
 
 /// Sends and returns the body of a 200 answer (at most 64 KiB), or the issuer's error text.
 async fn get_bytes(req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
-    let resp = req.send().await?;
+    const MAX: usize = 64 * 1024;
+    let mut resp = req.send().await?;
     let status = resp.status();
-    let body = resp.bytes().await?;
+    // Read chunk by chunk so a hostile issuer cannot make us buffer an endless body.
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > MAX {
+            bail!("response larger than {MAX} bytes");
+        }
+        body.extend_from_slice(&chunk);
+    }
     if !status.is_success() {
         let msg = String::from_utf8_lossy(&body[..body.len().min(200)])
             .trim()
             .to_owned();
         bail!("HTTP {status}: {msg}");
     }
-    if body.len() > 64 * 1024 {
-        bail!("response too large");
-    }
-    Ok(body.to_vec())
+    Ok(body)
 }

@@ -34,6 +34,9 @@ use lethe_crypto::coconut::{BlindSignRequest, CoconutError, Parameters};
 use super::files::{read_small, today, vk_share_bytes, IssuerKey};
 use super::ratelimit::{Rate, RateLimiter};
 
+/// How long a stopping issuer waits for in-flight requests.
+const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Length of the terms prefix of a blind-sign body (bandwidth u64 ‖ expiry u32).
 pub const TERMS_PREFIX: usize = 12;
 
@@ -133,13 +136,30 @@ async fn serve(issuer: Arc<Issuer>, listen: SocketAddr, max_body: usize) -> anyh
         "issuer {} serving {} bytes per credential, valid {} days",
         issuer.key.index, issuer.bandwidth, issuer.validity_days
     );
-    axum::serve(
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown_signal())
-    .await
-    .context("serving")
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stopping.send(());
+    });
+    // Drain in-flight requests, but not forever (below systemd's stop timeout).
+    let deadline = async {
+        if stopped.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_DEADLINE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server => served.context("serving"),
+        () = deadline => {
+            eprintln!("shutdown deadline passed; dropping open connections");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {
