@@ -10,8 +10,9 @@
 //! Run: `cargo bench -p lethe-bench --bench x25519`. Paths this CPU lacks are skipped.
 
 use criterion::measurement::{Measurement, ValueFormatter};
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use lethe_crypto::x25519::{x25519, x25519_batch_with, SimdPath};
+use std::hint::black_box;
 use std::time::Duration;
 
 /// Thread CPU time in nanoseconds.

@@ -125,7 +125,9 @@ impl PacketSize {
 
     /// The Sphinx size whose packet is exactly `len` bytes long.
     pub fn from_sphinx_packet_len(len: usize) -> Option<PacketSize> {
-        PacketSize::SPHINX.into_iter().find(|s| s.packet_len() == len)
+        PacketSize::SPHINX
+            .into_iter()
+            .find(|s| s.packet_len() == len)
     }
 
     /// True for the Outfox sizes, which Lethe frames but does not process.
@@ -197,7 +199,7 @@ impl KeyRotation {
 
     /// The rotation byte for a key of rotation `id`, as Nym derives it.
     pub const fn for_rotation_id(id: u32) -> KeyRotation {
-        if id % 2 == 0 {
+        if id.is_multiple_of(2) {
             KeyRotation::Even
         } else {
             KeyRotation::Odd
@@ -294,7 +296,9 @@ impl FrameHeader {
     ///
     /// `Ok(None)`: more bytes are needed. `Err(Fatal)`: the stream cannot be delimited any
     /// more. `Ok(Some(Err(..)))`: the frame length is known but the frame is unusable; skip it.
-    pub fn decode(bytes: &[u8]) -> Result<Option<Result<FrameHeader, SkippedFrame>>, FatalFrameError> {
+    pub fn decode(
+        bytes: &[u8],
+    ) -> Result<Option<Result<FrameHeader, SkippedFrame>>, FatalFrameError> {
         let Some(&version_byte) = bytes.first() else {
             return Ok(None);
         };
@@ -306,22 +310,37 @@ impl FrameHeader {
         let Some(&size_tag) = bytes.get(1) else {
             return Ok(None);
         };
-        let size = PacketSize::from_tag(size_tag).ok_or(FatalFrameError::UnknownPacketSize(size_tag))?;
+        let size =
+            PacketSize::from_tag(size_tag).ok_or(FatalFrameError::UnknownPacketSize(size_tag))?;
         let Some(header_bytes) = bytes.get(..version.header_len()) else {
             return Ok(None);
         };
-        let skip = |reason| SkippedFrame { frame_len: version.header_len() + size.packet_len(), reason };
+        let skip = |reason| SkippedFrame {
+            frame_len: version.header_len() + size.packet_len(),
+            reason,
+        };
         let Some(packet_type) = PacketType::from_byte(header_bytes[2]) else {
-            return Ok(Some(Err(skip(SkipReason::UnknownPacketType(header_bytes[2])))));
+            return Ok(Some(Err(skip(SkipReason::UnknownPacketType(
+                header_bytes[2],
+            )))));
         };
         let key_rotation = match version {
             FramingVersion::V7 => KeyRotation::Unknown,
             FramingVersion::V8 => match KeyRotation::from_byte(header_bytes[3]) {
                 Some(rotation) => rotation,
-                None => return Ok(Some(Err(skip(SkipReason::InvalidKeyRotation(header_bytes[3]))))),
+                None => {
+                    return Ok(Some(Err(skip(SkipReason::InvalidKeyRotation(
+                        header_bytes[3],
+                    )))))
+                }
             },
         };
-        Ok(Some(Ok(FrameHeader { version, size, packet_type, key_rotation })))
+        Ok(Some(Ok(FrameHeader {
+            version,
+            size,
+            packet_type,
+            key_rotation,
+        })))
     }
 }
 
@@ -365,7 +384,10 @@ impl fmt::Display for FatalFrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FatalFrameError::UnsupportedVersion(v) => {
-                write!(f, "unsupported framing version {v} (expected 7 or 8); stream cannot be delimited")
+                write!(
+                    f,
+                    "unsupported framing version {v} (expected 7 or 8); stream cannot be delimited"
+                )
             }
             FatalFrameError::UnknownPacketSize(t) => {
                 write!(f, "unknown packet size tag {t}; stream cannot be delimited")
@@ -449,7 +471,11 @@ impl FrameDecoder {
     ///
     /// After a fatal error nothing more is decoded: this and every later call return it (frames
     /// before the bad header were already handed out).
-    pub fn feed<F>(&mut self, mut input: &[u8], mut on_frame: F) -> Result<FeedStats, FatalFrameError>
+    pub fn feed<F>(
+        &mut self,
+        mut input: &[u8],
+        mut on_frame: F,
+    ) -> Result<FeedStats, FatalFrameError>
     where
         F: FnMut(Result<Frame<'_>, SkippedFrame>),
     {
@@ -462,7 +488,9 @@ impl FrameDecoder {
 
         // Complete a frame begun in an earlier read: first its header, then its packet.
         if self.partial_len > 0 {
-            let n = HEADER_MAX_LEN.saturating_sub(self.partial_len).min(input.len());
+            let n = HEADER_MAX_LEN
+                .saturating_sub(self.partial_len)
+                .min(input.len());
             self.partial[self.partial_len..self.partial_len + n].copy_from_slice(&input[..n]);
             self.partial_len += n;
             input = &input[n..];
@@ -483,14 +511,20 @@ impl FrameDecoder {
                 Ok(Some(Ok(header))) => {
                     let frame_len = header.frame_len();
                     let n = (frame_len - self.partial_len).min(input.len());
-                    self.partial[self.partial_len..self.partial_len + n].copy_from_slice(&input[..n]);
+                    self.partial[self.partial_len..self.partial_len + n]
+                        .copy_from_slice(&input[..n]);
                     self.partial_len += n;
                     input = &input[n..];
                     if self.partial_len < frame_len {
                         return Ok(stats);
                     }
                     self.partial_len = 0;
-                    emit(header, &self.partial[..frame_len], &mut stats, &mut on_frame);
+                    emit(
+                        header,
+                        &self.partial[..frame_len],
+                        &mut stats,
+                        &mut on_frame,
+                    );
                 }
             }
         }
@@ -545,7 +579,10 @@ where
     F: FnMut(Result<Frame<'_>, SkippedFrame>),
 {
     stats.frames += 1;
-    on_frame(Ok(Frame { header, packet: &frame[header.len()..] }));
+    on_frame(Ok(Frame {
+        header,
+        packet: &frame[header.len()..],
+    }));
 }
 
 /// Error from [`encode_frame`].
@@ -566,7 +603,10 @@ impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EncodeError::LengthMismatch { expected, actual } => {
-                write!(f, "packet is {actual} bytes but its size tag implies {expected}")
+                write!(
+                    f,
+                    "packet is {actual} bytes but its size tag implies {expected}"
+                )
             }
             EncodeError::BufferTooSmall => write!(f, "output buffer too small for the frame"),
         }
@@ -576,13 +616,22 @@ impl fmt::Display for EncodeError {
 impl std::error::Error for EncodeError {}
 
 /// Writes `header ‖ packet` into `out`, returning the frame length.
-pub fn encode_frame(header: &FrameHeader, packet: &[u8], out: &mut [u8]) -> Result<usize, EncodeError> {
+pub fn encode_frame(
+    header: &FrameHeader,
+    packet: &[u8],
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
     let expected = header.size.packet_len();
     if packet.len() != expected {
-        return Err(EncodeError::LengthMismatch { expected, actual: packet.len() });
+        return Err(EncodeError::LengthMismatch {
+            expected,
+            actual: packet.len(),
+        });
     }
     let frame_len = header.frame_len();
-    let out = out.get_mut(..frame_len).ok_or(EncodeError::BufferTooSmall)?;
+    let out = out
+        .get_mut(..frame_len)
+        .ok_or(EncodeError::BufferTooSmall)?;
     let mut head = [0u8; HEADER_MAX_LEN];
     let head_len = header.encode(&mut head);
     out[..head_len].copy_from_slice(&head[..head_len]);
@@ -591,7 +640,11 @@ pub fn encode_frame(header: &FrameHeader, packet: &[u8], out: &mut [u8]) -> Resu
 }
 
 /// Appends `header ‖ packet` to `out`.
-pub fn encode_frame_to_vec(header: &FrameHeader, packet: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+pub fn encode_frame_to_vec(
+    header: &FrameHeader,
+    packet: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     let start = out.len();
     out.resize(start + header.frame_len(), 0);
     match encode_frame(header, packet, &mut out[start..]) {
@@ -611,8 +664,14 @@ mod tests {
         vec![fill; size.packet_len()]
     }
 
-    fn collect(dec: &mut FrameDecoder, input: &[u8], out: &mut Vec<Result<(FrameHeader, Vec<u8>), SkippedFrame>>) -> Result<FeedStats, FatalFrameError> {
-        dec.feed(input, |r| out.push(r.map(|f| (f.header, f.packet.to_vec()))))
+    fn collect(
+        dec: &mut FrameDecoder,
+        input: &[u8],
+        out: &mut Vec<Result<(FrameHeader, Vec<u8>), SkippedFrame>>,
+    ) -> Result<FeedStats, FatalFrameError> {
+        dec.feed(input, |r| {
+            out.push(r.map(|f| (f.header, f.packet.to_vec())))
+        })
     }
 
     fn stream(frames: &[(FrameHeader, u8)]) -> Vec<u8> {
@@ -626,7 +685,11 @@ mod tests {
     #[test]
     fn header_roundtrip_every_size_and_version() {
         for size in PacketSize::ALL {
-            for h in [FrameHeader::v7(size), FrameHeader::v8(size, KeyRotation::Odd), FrameHeader::v8(size, KeyRotation::Even)] {
+            for h in [
+                FrameHeader::v7(size),
+                FrameHeader::v8(size, KeyRotation::Odd),
+                FrameHeader::v8(size, KeyRotation::Even),
+            ] {
                 let mut buf = [0u8; HEADER_MAX_LEN];
                 let n = h.encode(&mut buf);
                 assert_eq!(n, h.len());
@@ -663,7 +726,10 @@ mod tests {
 
     #[test]
     fn byte_at_a_time() {
-        let frames = [(FrameHeader::v8(PacketSize::Ack, KeyRotation::Odd), 9), (FrameHeader::v7(PacketSize::Extended8), 8)];
+        let frames = [
+            (FrameHeader::v8(PacketSize::Ack, KeyRotation::Odd), 9),
+            (FrameHeader::v7(PacketSize::Extended8), 8),
+        ];
         let s = stream(&frames);
         let mut dec = FrameDecoder::new();
         let mut got = Vec::new();
@@ -692,8 +758,20 @@ mod tests {
             assert_eq!(a.frames + b.frames, 2, "split {split}");
             assert_eq!(a.skipped + b.skipped, 2, "split {split}");
             assert_eq!(got.len(), 4);
-            assert_eq!(got[1], Err(SkippedFrame { frame_len: 4 + 386, reason: SkipReason::UnknownPacketType(1) }));
-            assert_eq!(got[2], Err(SkippedFrame { frame_len: 4 + 2413, reason: SkipReason::InvalidKeyRotation(9) }));
+            assert_eq!(
+                got[1],
+                Err(SkippedFrame {
+                    frame_len: 4 + 386,
+                    reason: SkipReason::UnknownPacketType(1)
+                })
+            );
+            assert_eq!(
+                got[2],
+                Err(SkippedFrame {
+                    frame_len: 4 + 2413,
+                    reason: SkipReason::InvalidKeyRotation(9)
+                })
+            );
             assert_eq!(got[3].as_ref().unwrap().1, packet(PacketSize::Ack, 4));
         }
     }
@@ -706,7 +784,10 @@ mod tests {
             (1, 0, FatalFrameError::UnknownPacketSize(0)),
             (1, 8, FatalFrameError::UnknownPacketSize(8)),
         ] {
-            let mut s = stream(&[(FrameHeader::v7(PacketSize::Ack), 1), (FrameHeader::v7(PacketSize::Ack), 2)]);
+            let mut s = stream(&[
+                (FrameHeader::v7(PacketSize::Ack), 1),
+                (FrameHeader::v7(PacketSize::Ack), 2),
+            ]);
             s[389 + byte_idx] = value;
             let mut dec = FrameDecoder::new();
             let mut got = Vec::new();
@@ -724,9 +805,15 @@ mod tests {
         let mut out = vec![0; 4000];
         assert_eq!(
             encode_frame(&h, &[0; 10], &mut out),
-            Err(EncodeError::LengthMismatch { expected: 2413, actual: 10 })
+            Err(EncodeError::LengthMismatch {
+                expected: 2413,
+                actual: 10
+            })
         );
-        assert_eq!(encode_frame(&h, &[0; 2413], &mut out[..100]), Err(EncodeError::BufferTooSmall));
+        assert_eq!(
+            encode_frame(&h, &[0; 2413], &mut out[..100]),
+            Err(EncodeError::BufferTooSmall)
+        );
         let mut v = vec![7u8];
         assert!(encode_frame_to_vec(&h, &[0; 3], &mut v).is_err());
         assert_eq!(v, vec![7u8]);
@@ -734,7 +821,10 @@ mod tests {
 
     #[test]
     fn sizes_match_nym() {
-        assert_eq!(PacketSize::from_sphinx_packet_len(2413), Some(PacketSize::Regular));
+        assert_eq!(
+            PacketSize::from_sphinx_packet_len(2413),
+            Some(PacketSize::Regular)
+        );
         assert_eq!(PacketSize::from_sphinx_packet_len(2377), None);
         for s in PacketSize::ALL {
             assert_eq!(PacketSize::from_tag(s.tag()), Some(s));

@@ -136,6 +136,23 @@ fn unreachable_len() -> ! {
     panic!("field range length mismatch")
 }
 
+/// Checks that `len` bytes can hold a packet: `PACKET_SIZE_MIN ≤ len ≤ PACKET_SIZE_MAX`.
+pub fn check_packet_len(len: usize) -> Result<(), SphinxError> {
+    if len < PACKET_SIZE_MIN {
+        return Err(SphinxError::Truncated {
+            len,
+            min: PACKET_SIZE_MIN,
+        });
+    }
+    if len > PACKET_SIZE_MAX {
+        return Err(SphinxError::Oversize {
+            len,
+            max: PACKET_SIZE_MAX,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,21 +190,4 @@ mod tests {
         ));
         assert!(Packet::new_checked(&vec![0u8; PACKET_SIZE_MIN][..]).is_ok());
     }
-}
-
-/// Checks that `len` bytes can hold a packet: `PACKET_SIZE_MIN ≤ len ≤ PACKET_SIZE_MAX`.
-pub fn check_packet_len(len: usize) -> Result<(), SphinxError> {
-    if len < PACKET_SIZE_MIN {
-        return Err(SphinxError::Truncated {
-            len,
-            min: PACKET_SIZE_MIN,
-        });
-    }
-    if len > PACKET_SIZE_MAX {
-        return Err(SphinxError::Oversize {
-            len,
-            max: PACKET_SIZE_MAX,
-        });
-    }
-    Ok(())
 }

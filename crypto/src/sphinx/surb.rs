@@ -328,7 +328,7 @@ fn parse_chunks<const N: usize>(
     bytes: &[u8],
     out: &mut [[u8; N]; MAX_PATH_LENGTH],
 ) -> Result<usize, SphinxError> {
-    if bytes.is_empty() || bytes.len() % N != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(N) {
         return Err(SphinxError::BadSurb(
             "key material is not a whole number of keys",
         ));

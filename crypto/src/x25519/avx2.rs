@@ -439,7 +439,7 @@ mod tests {
             eprintln!("note: skipping AVX2 limb test: CPU lacks AVX2");
             return;
         }
-        let cap = |j: usize| if j % 2 == 0 { 3 << 26 } else { 3 << 25 } - 1u64;
+        let cap = |j: usize| if j.is_multiple_of(2) { 3 << 26 } else { 3 << 25 } - 1u64;
         let mut seed = 0x0fed_cba9_8765_4321u64;
         let mut next = move || {
             seed ^= seed << 13;
