@@ -1,0 +1,305 @@
+//! Every limit of the engine in one place, with the relations between them checked at compile
+//! time, and the runtime configuration whose defaults derive from them.
+//!
+//! Names put units and qualifiers last (`delay_ms_max`), following TigerBeetle's style.
+
+use std::fmt;
+
+/// Nym's cap on a forward delay (`maximum_forward_packet_delay`): with a 50 ms mean,
+/// P(delay > 10 s) ≈ 1e-87, so the cap only ever bites on malicious or corrupt headers.
+pub const DELAY_MS_MAX: u64 = 10_000;
+
+/// Default timer tick. 1 ms keeps quantisation jitter ≤ mean/10 even at Loopix's 1 ms-range means
+/// only coarsely; 100 µs ticks are allowed for low-delay deployments.
+pub const TIMER_TICK_US_DEFAULT: u64 = 1_000;
+pub const TIMER_TICK_US_MIN: u64 = 10;
+pub const TIMER_TICK_US_MAX: u64 = 10_000;
+
+/// Hierarchical wheel geometry: `TIMER_LEVELS` levels of `TIMER_SLOTS` slots (a u64 bitmap each).
+pub const TIMER_SLOT_BITS: u32 = 6;
+pub const TIMER_SLOTS: u32 = 1 << TIMER_SLOT_BITS;
+pub const TIMER_LEVELS: u32 = 4;
+/// The top level is cyclic: a deadline must never alias the slot being processed, so the delay
+/// span is kept one top-level slot short of the full wheel range.
+pub const TIMER_DELAY_TICKS_LIMIT: u64 =
+    (TIMER_SLOTS as u64 - 1) << (TIMER_SLOT_BITS * (TIMER_LEVELS - 1));
+
+/// Pending timers per core. At 500k pkt/s and a 200 ms mean delay, 100k are in flight.
+pub const TIMER_ENTRIES_DEFAULT: u32 = 1 << 18;
+pub const TIMER_ENTRIES_MAX: u32 = 1 << 24;
+
+/// Packet buffers. Nym's largest regular Sphinx packet (extended 32 KiB payload) plus framing
+/// fits in 32 KiB + 1 KiB; the default is the 2 KiB-payload regular packet (2413 B) rounded up.
+pub const PACKET_BYTES_DEFAULT: u32 = 2_560;
+pub const PACKET_BYTES_MAX: u32 = 33 * 1024;
+/// Buffers are laid out on cache-line boundaries.
+pub const BUFFER_ALIGN_BYTES: u32 = 64;
+pub const POOL_BUFFERS_DEFAULT: u32 = 1 << 18;
+pub const POOL_BUFFERS_MAX: u32 = 1 << 22;
+/// Memory bound of one core's pool.
+pub const POOL_BYTES_MAX: u64 = 8 << 30;
+
+/// Batching: one batch feeds one sendmmsg / io_uring submission (UIO_MAXIOV = 1024).
+pub const BATCH_PACKETS_DEFAULT: u32 = 64;
+pub const BATCH_PACKETS_MAX: u32 = 1_024;
+pub const BATCH_FLUSH_US_DEFAULT: u64 = 200;
+pub const BATCH_FLUSH_US_MAX: u64 = 100_000;
+
+/// Replay protection, after Nym: FP 1e-5, items = packets/s × key lifetime (24 h + 1 epoch).
+pub const REPLAY_FP_RATE_DEFAULT: f64 = 1e-5;
+pub const REPLAY_FP_RATE_MIN: f64 = 1e-12;
+pub const REPLAY_KEY_LIFETIME_S: u64 = 25 * 3_600;
+pub const REPLAY_PACKETS_PER_S_DEFAULT: u64 = 2_000;
+pub const REPLAY_PACKETS_PER_S_MIN: u64 = 200;
+/// A filter per live Sphinx key: current + (previous during overlap | next, pre-announced).
+pub const REPLAY_FILTERS_LIVE_MAX: u32 = 3;
+/// Memory bound of one filter (the sizing refuses anything larger).
+pub const REPLAY_FILTER_BYTES_MAX: u64 = 16 << 30;
+pub const REPLAY_TAG_BYTES: u32 = 32;
+/// Hash positions per tag. Bits come straight from the tag: 8 bytes pick the block, the other
+/// 24 bytes (192 bits) give up to 21 positions of 9 bits.
+pub const REPLAY_HASHES_MAX: u32 = 16;
+pub const REPLAY_BLOCK_WORDS_MAX: u32 = 8;
+
+const _: () = assert!(TIMER_TICK_US_MIN <= TIMER_TICK_US_DEFAULT);
+const _: () = assert!(TIMER_TICK_US_DEFAULT <= TIMER_TICK_US_MAX);
+const _: () = assert!(TIMER_SLOTS == u64::BITS); // one occupancy bitmap word per level
+                                                 // The delay cap must fit the wheel at the finest tick.
+const _: () = assert!(DELAY_MS_MAX * 1_000 / TIMER_TICK_US_MIN <= TIMER_DELAY_TICKS_LIMIT);
+const _: () = assert!(TIMER_ENTRIES_DEFAULT <= TIMER_ENTRIES_MAX);
+// Entry indices are u32 with u32::MAX reserved as the list terminator.
+const _: () = assert!(TIMER_ENTRIES_MAX < u32::MAX);
+const _: () = assert!(PACKET_BYTES_DEFAULT <= PACKET_BYTES_MAX);
+const _: () = assert!(BUFFER_ALIGN_BYTES.is_power_of_two());
+const _: () = assert!(POOL_BUFFERS_DEFAULT <= POOL_BUFFERS_MAX);
+const _: () = assert!(POOL_BUFFERS_MAX < u32::MAX);
+const _: () = assert!(POOL_BUFFERS_DEFAULT as u64 * PACKET_BYTES_DEFAULT as u64 <= POOL_BYTES_MAX);
+const _: () = assert!(BATCH_PACKETS_DEFAULT <= BATCH_PACKETS_MAX);
+const _: () = assert!(BATCH_FLUSH_US_DEFAULT <= BATCH_FLUSH_US_MAX);
+// Flushing a partial batch must not add more than the mean forwarding delay's order of magnitude.
+const _: () = assert!(BATCH_FLUSH_US_MAX <= DELAY_MS_MAX * 1_000);
+const _: () = assert!(REPLAY_FP_RATE_MIN < REPLAY_FP_RATE_DEFAULT);
+const _: () = assert!(REPLAY_FP_RATE_DEFAULT < 1.0);
+const _: () = assert!(REPLAY_PACKETS_PER_S_MIN <= REPLAY_PACKETS_PER_S_DEFAULT);
+// 8 tag bytes pick the block; each position needs log2(64 × block words) ≤ 9 bits of the rest.
+const _: () = assert!(REPLAY_HASHES_MAX * 9 <= (REPLAY_TAG_BYTES - 8) * 8);
+const _: () = assert!(REPLAY_BLOCK_WORDS_MAX * 64 == 512); // one cache line at most
+const _: () = assert!(REPLAY_FILTERS_LIVE_MAX >= 2);
+
+/// Runtime configuration of one core's engine pieces; `Default` derives from the consts above.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineConfig {
+    pub timer_tick_us: u64,
+    pub timer_delay_ms_max: u64,
+    pub timer_entries_max: u32,
+    pub pool_buffers_count: u32,
+    pub pool_buffer_bytes: u32,
+    pub batch_packets_max: u32,
+    pub batch_flush_us: u64,
+    pub replay: ReplayConfig,
+}
+
+/// How to size one replay filter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplayConfig {
+    pub packets_per_s: u64,
+    pub key_lifetime_s: u64,
+    pub fp_rate: f64,
+    /// 1 = exact race semantics (one atomic word per tag); 8 = one cache line per tag (fewer bits
+    /// per item, but concurrent duplicates can both pass: see `replay`).
+    pub block_words: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    FpRateOutOfRange,
+    BlockWords(u32),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::OutOfRange {
+                field,
+                value,
+                min,
+                max,
+            } => {
+                write!(f, "{field} = {value} is outside [{min}, {max}]")
+            }
+            ConfigError::FpRateOutOfRange => {
+                write!(f, "replay fp_rate must be in [{REPLAY_FP_RATE_MIN}, 1)")
+            }
+            ConfigError::BlockWords(w) => {
+                write!(f, "replay block_words = {w}: must be 1, 2, 4 or 8")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            packets_per_s: REPLAY_PACKETS_PER_S_DEFAULT,
+            key_lifetime_s: REPLAY_KEY_LIFETIME_S,
+            fp_rate: REPLAY_FP_RATE_DEFAULT,
+            block_words: 1,
+        }
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            timer_tick_us: TIMER_TICK_US_DEFAULT,
+            timer_delay_ms_max: DELAY_MS_MAX,
+            timer_entries_max: TIMER_ENTRIES_DEFAULT,
+            pool_buffers_count: POOL_BUFFERS_DEFAULT,
+            pool_buffer_bytes: PACKET_BYTES_DEFAULT,
+            batch_packets_max: BATCH_PACKETS_DEFAULT,
+            batch_flush_us: BATCH_FLUSH_US_DEFAULT,
+            replay: ReplayConfig::default(),
+        }
+    }
+}
+
+fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::OutOfRange {
+            field,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+impl EngineConfig {
+    /// Checks every field against the limits; a config that passes can be handed to the
+    /// constructors, whose `assert!`s then never fire.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_range(
+            "timer_tick_us",
+            self.timer_tick_us,
+            TIMER_TICK_US_MIN,
+            TIMER_TICK_US_MAX,
+        )?;
+        check_range(
+            "timer_delay_ms_max",
+            self.timer_delay_ms_max,
+            1,
+            DELAY_MS_MAX,
+        )?;
+        let delay_ticks_max = self.timer_delay_ms_max * 1_000 / self.timer_tick_us;
+        check_range(
+            "timer_delay_ticks_max",
+            delay_ticks_max,
+            1,
+            TIMER_DELAY_TICKS_LIMIT,
+        )?;
+        let entries = u64::from(self.timer_entries_max);
+        check_range(
+            "timer_entries_max",
+            entries,
+            1,
+            u64::from(TIMER_ENTRIES_MAX),
+        )?;
+        let buffers = u64::from(self.pool_buffers_count);
+        check_range(
+            "pool_buffers_count",
+            buffers,
+            1,
+            u64::from(POOL_BUFFERS_MAX),
+        )?;
+        let bytes = u64::from(self.pool_buffer_bytes);
+        check_range("pool_buffer_bytes", bytes, 1, u64::from(PACKET_BYTES_MAX))?;
+        check_range("pool_bytes", buffers * bytes, 1, POOL_BYTES_MAX)?;
+        let batch = u64::from(self.batch_packets_max);
+        check_range("batch_packets_max", batch, 1, u64::from(BATCH_PACKETS_MAX))?;
+        check_range("batch_flush_us", self.batch_flush_us, 0, BATCH_FLUSH_US_MAX)?;
+        self.replay.validate()
+    }
+
+    /// The wheel's delay cap in ticks (rounded down, so the cap is never exceeded).
+    pub fn timer_delay_ticks_max(&self) -> u64 {
+        self.timer_delay_ms_max * 1_000 / self.timer_tick_us
+    }
+}
+
+impl ReplayConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_range(
+            "replay_packets_per_s",
+            self.packets_per_s,
+            REPLAY_PACKETS_PER_S_MIN,
+            10_000_000,
+        )?;
+        check_range(
+            "replay_key_lifetime_s",
+            self.key_lifetime_s,
+            1,
+            30 * 24 * 3_600,
+        )?;
+        // Written positively so NaN fails too.
+        let fp_ok = self.fp_rate >= REPLAY_FP_RATE_MIN && self.fp_rate < 1.0;
+        if !fp_ok {
+            return Err(ConfigError::FpRateOutOfRange);
+        }
+        let words_ok =
+            self.block_words.is_power_of_two() && self.block_words <= REPLAY_BLOCK_WORDS_MAX;
+        if !words_ok {
+            return Err(ConfigError::BlockWords(self.block_words));
+        }
+        Ok(())
+    }
+
+    /// Items one filter must hold: every packet accepted under one key.
+    pub fn items_expected(&self) -> u64 {
+        self.packets_per_s.saturating_mul(self.key_lifetime_s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        assert_eq!(EngineConfig::default().validate(), Ok(()));
+        assert_eq!(EngineConfig::default().timer_delay_ticks_max(), 10_000);
+        assert_eq!(ReplayConfig::default().items_expected(), 180_000_000);
+    }
+
+    #[test]
+    fn invalid_configs_are_refused() {
+        let base = EngineConfig::default();
+        let mut c = base.clone();
+        c.timer_tick_us = 0;
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.timer_delay_ms_max = DELAY_MS_MAX + 1;
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.batch_packets_max = 0;
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.replay.fp_rate = f64::NAN;
+        assert_eq!(c.validate(), Err(ConfigError::FpRateOutOfRange));
+        let mut c = base.clone();
+        c.replay.block_words = 3;
+        assert_eq!(c.validate(), Err(ConfigError::BlockWords(3)));
+        let mut c = base;
+        c.pool_buffers_count = POOL_BUFFERS_MAX;
+        c.pool_buffer_bytes = PACKET_BYTES_MAX;
+        assert!(c.validate().is_err()); // 4M × 33 KiB exceeds the pool memory bound
+    }
+}
