@@ -1,0 +1,1 @@
+//! Per-core glommio runtime (see mod docs below).
