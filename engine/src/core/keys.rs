@@ -7,6 +7,7 @@ use x25519_dalek::StaticSecret;
 use crate::replay::RotationId;
 
 /// One X25519 Sphinx key and the rotation it belongs to.
+#[derive(Clone)]
 pub struct SphinxKey {
     pub rotation_id: RotationId,
     pub secret: StaticSecret,
@@ -26,6 +27,7 @@ impl SphinxKey {
 }
 
 /// The live keys. Primary is tried first for v7 frames (rotation unknown), as Nym does.
+#[derive(Clone)]
 pub struct NodeKeys {
     pub primary: SphinxKey,
     pub secondary: Option<SphinxKey>,
