@@ -1,34 +1,80 @@
 //! `lethe`: one binary, one subcommand per node role.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "lethe: a Nym-compatible mixnet
+use clap::{Parser, Subcommand};
+use lethe_nodes::mixnode::{self, RunOverrides};
 
-usage: lethe <command>
+#[derive(Parser, Debug)]
+#[command(name = "lethe", version, about = "Lethe: a Nym-compatible mixnet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-commands:
-  version   print the version
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the version.
+    Version,
+    /// A mix node: Sphinx processing, delays, forwarding.
+    Mixnode {
+        #[command(subcommand)]
+        command: MixnodeCommand,
+    },
+    /// Listen and record every received frame to a file (a test helper; a gateway stand-in).
+    Sink {
+        #[arg(long, env = "LETHE_LISTEN", default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
 
-Node roles (mixnode, gateway, directory, issuer, client, testnet) are not built yet.";
+#[derive(Subcommand, Debug)]
+enum MixnodeCommand {
+    /// Write keys and a commented config.toml into DIR (refuses to overwrite).
+    Init {
+        #[arg(long, env = "LETHE_DIR")]
+        dir: PathBuf,
+    },
+    /// Run the node in DIR until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, env = "LETHE_DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        overrides: RunOverrides,
+    },
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("version") | Some("--version") | Some("-V") => {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Version => {
             println!("lethe {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Some("help") | Some("--help") | Some("-h") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
+        Command::Mixnode { command: MixnodeCommand::Init { dir } } => mixnode::init(&dir),
+        Command::Mixnode { command: MixnodeCommand::Run { dir, overrides } } => {
+            mixnode::run(&dir, &overrides)
         }
-        Some(other) => {
-            eprintln!("lethe: unknown command `{other}`\n\n{USAGE}");
-            ExitCode::from(2)
+        Command::Sink { listen, out } => lethe_nodes::sink::run(listen, out),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("lethe: {message}");
+            ExitCode::FAILURE
         }
-        None => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn verify_cli() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }
