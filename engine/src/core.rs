@@ -250,7 +250,10 @@ impl Core {
     /// The next instant `handle_timeout` has work, if any.
     pub fn poll_timeout(&self) -> Option<u64> {
         let batch = self.batcher.next_flush_deadline_us();
-        let timer = self.wheel.next_deadline().map(|tick| self.clock.tick_start_us(tick));
+        let timer = self
+            .wheel
+            .next_deadline()
+            .map(|tick| self.clock.tick_start_us(tick));
         match (batch, timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -324,7 +327,9 @@ impl Core {
         process_batch(&mut slots, &self.keys, replay_check, &mut self.outcomes);
         if let (Some(clock), Some(started_ns)) = (self.cost_clock_ns, started_ns) {
             let per_packet_us = clock().saturating_sub(started_ns) / 1_000 / count as u64;
-            self.metrics.stage(Stage::CryptoPerPacket).record(per_packet_us);
+            self.metrics
+                .stage(Stage::CryptoPerPacket)
+                .record(per_packet_us);
         }
         assert_eq!(self.outcomes.len(), count);
         let mut batch = std::mem::take(&mut self.batch);

@@ -255,13 +255,23 @@ pub fn render_prometheus(cores: &[std::sync::Arc<CoreMetrics>], uptime_s: u64, o
             "Failed connection attempts to next hops.",
             sum(&|c| CoreMetrics::get(&c.connect_failures)),
         ),
-        ("lethe_uptime_seconds_total", "Seconds since start.", uptime_s),
+        (
+            "lethe_uptime_seconds_total",
+            "Seconds since start.",
+            uptime_s,
+        ),
     ];
     for (name, help, value) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
     }
     let name = "lethe_packets_dropped_total";
-    let _ = writeln!(out, "# HELP {name} Packets dropped, by reason.\n# TYPE {name} counter");
+    let _ = writeln!(
+        out,
+        "# HELP {name} Packets dropped, by reason.\n# TYPE {name} counter"
+    );
     for reason in DropReason::ALL {
         let value = sum(&|c| c.dropped_count(reason));
         let _ = writeln!(out, "{name}{{reason=\"{}\"}} {value}", reason.label());
@@ -285,7 +295,10 @@ pub fn render_prometheus(cores: &[std::sync::Arc<CoreMetrics>], uptime_s: u64, o
         ("lethe_cores", "Engine cores running.", cores.len() as u64),
     ];
     for (name, help, value) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
     }
     render_histogram(
         out,
@@ -329,12 +342,19 @@ fn render_histogram<'a>(
         } else {
             format!("{}", bucket_bound(index) as f64 * scale)
         };
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+        );
     }
     let sum: u64 = parts.clone().map(Histogram::sum).sum();
     let count: u64 = parts.map(Histogram::count).sum();
     assert_eq!(count, cumulative);
-    let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
     let _ = writeln!(out, "{name}_sum{braces} {}", sum as f64 * scale);
     let _ = writeln!(out, "{name}_count{braces} {count}");
 }
@@ -369,7 +389,10 @@ mod tests {
         assert!(out.contains("lethe_packets_dropped_total{reason=\"replayed\"} 2\n"));
         assert!(out.contains("lethe_batch_packets_bucket{le=\"64\"} 1\n"));
         assert!(out.contains("lethe_batch_packets_count 1\n"));
-        assert_eq!(out.matches("# TYPE lethe_stage_seconds histogram").count(), 1);
+        assert_eq!(
+            out.matches("# TYPE lethe_stage_seconds histogram").count(),
+            1
+        );
     }
 
     #[test]

@@ -66,7 +66,7 @@ fn steady_state_does_not_allocate_per_packet() {
         let _ = core.handle_packet(*now_us, KeyRotation::Unknown, &batch[0]); // replay
         core.flush_batch(*now_us);
         *now_us += 10_000_000; // every delay is due
-        // Each call fires a bounded number; `poll_timeout` says when more are due.
+                               // Each call fires a bounded number; `poll_timeout` says when more are due.
         for _ in 0..1_000 {
             core.handle_timeout(*now_us);
             while let Some(action) = core.poll_action() {

@@ -25,7 +25,12 @@ fn drain(core: &mut Core) -> Vec<Action> {
 fn forwards(core: &mut Core) -> Vec<(std::net::SocketAddr, u64, Vec<u8>)> {
     let mut out = Vec::new();
     for action in drain(core) {
-        if let Action::Forward { next_hop, at_us, buffer } = action {
+        if let Action::Forward {
+            next_hop,
+            at_us,
+            buffer,
+        } = action
+        {
             out.push((next_hop, at_us, core.packet(&buffer).to_vec()));
             core.release(buffer);
         }
@@ -41,7 +46,11 @@ fn dropped(core: &Core, reason: DropReason) -> u64 {
 fn forwards_after_exact_delay_and_next_hop_can_process() {
     let mut r = rng(1);
     let (this, next) = (secret(&mut r), secret(&mut r));
-    let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[5_000_000, 0]);
+    let bytes = packet(
+        &mut r,
+        &[(public(&this), 1), (public(&next), 2)],
+        &[5_000_000, 0],
+    );
     let mut core = core_with(config(), one_key(this, 2), &[2]);
     core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
     assert_eq!(core.batched_count(), 1);
@@ -68,7 +77,9 @@ fn forwards_after_exact_delay_and_next_hop_can_process() {
     assert_eq!(at_us, 5_000);
     assert_eq!(forwarded.len(), bytes.len());
     let processed = sphinx::process(&mut Packet::new_checked(&mut forwarded[..]).unwrap(), &next);
-    assert!(matches!(processed.unwrap().hop, Hop::Final { destination, .. } if destination == [7; 32]));
+    assert!(
+        matches!(processed.unwrap().hop, Hop::Final { destination, .. } if destination == [7; 32])
+    );
     assert_eq!(core.buffers_in_use(), 0);
     assert_eq!(CoreMetrics::get(&core.metrics().packets_forwarded), 1);
 }
@@ -80,7 +91,8 @@ fn full_batch_is_processed_at_once_and_zero_delay_leaves_next_tick() {
     let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
     for i in 0..4u64 {
         let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
-        core.handle_packet(i * 10, KeyRotation::Unknown, &bytes).unwrap();
+        core.handle_packet(i * 10, KeyRotation::Unknown, &bytes)
+            .unwrap();
     }
     assert_eq!(core.batched_count(), 0); // the fourth push filled the batch
     assert_eq!(forwards(&mut core).len(), 4);
@@ -97,13 +109,21 @@ fn replay_is_refused_across_and_within_batches() {
     core.flush_batch(0);
     assert_eq!(forwards(&mut core).len(), 1);
     // Later batch.
-    core.handle_packet(10, KeyRotation::Unknown, &bytes).unwrap();
+    core.handle_packet(10, KeyRotation::Unknown, &bytes)
+        .unwrap();
     core.flush_batch(10);
     let actions = drain(&mut core);
-    assert_eq!(actions, vec![Action::Drop { reason: DropReason::Replayed }]);
+    assert_eq!(
+        actions,
+        vec![Action::Drop {
+            reason: DropReason::Replayed
+        }]
+    );
     // Same batch, twice more.
-    core.handle_packet(20, KeyRotation::Unknown, &bytes).unwrap();
-    core.handle_packet(20, KeyRotation::Unknown, &bytes).unwrap();
+    core.handle_packet(20, KeyRotation::Unknown, &bytes)
+        .unwrap();
+    core.handle_packet(20, KeyRotation::Unknown, &bytes)
+        .unwrap();
     core.flush_batch(20);
     assert!(forwards(&mut core).is_empty());
     assert_eq!(dropped(&core, DropReason::Replayed), 3);
@@ -119,9 +139,11 @@ fn malformed_packets_are_counted_while_the_batch_goes_through() {
     let mut forged = a.clone();
     forged[100] ^= 1; // inside beta: the MAC fails
     let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
-    core.handle_packet(0, KeyRotation::Unknown, &forged).unwrap();
+    core.handle_packet(0, KeyRotation::Unknown, &forged)
+        .unwrap();
     core.handle_packet(0, KeyRotation::Unknown, &a).unwrap();
-    core.handle_packet(0, KeyRotation::Unknown, &[0u8; 10]).unwrap(); // truncated
+    core.handle_packet(0, KeyRotation::Unknown, &[0u8; 10])
+        .unwrap(); // truncated
     core.handle_packet(0, KeyRotation::Unknown, &b).unwrap();
     let out = forwards(&mut core);
     assert_eq!(out.len(), 2);
@@ -147,7 +169,11 @@ fn final_hop_is_delivered_with_its_payload() {
     core.flush_batch(0);
     let actions = drain(&mut core);
     assert_eq!(actions.len(), 1);
-    let Some(Action::Deliver { destination, identifier, buffer }) = actions.into_iter().next()
+    let Some(Action::Deliver {
+        destination,
+        identifier,
+        buffer,
+    }) = actions.into_iter().next()
     else {
         panic!("expected a delivery");
     };
@@ -189,7 +215,8 @@ fn key_rotation_byte_picks_the_key_and_v7_tries_both() {
     }
     assert_eq!(dropped(&core, DropReason::Malformed), 1);
     // The replay filter is per rotation: the odd key's packet replayed under v8 is refused.
-    core.handle_packet(100, KeyRotation::Odd, &cases[0].0).unwrap();
+    core.handle_packet(100, KeyRotation::Odd, &cases[0].0)
+        .unwrap();
     core.flush_batch(100);
     assert_eq!(dropped(&core, DropReason::Replayed), 1);
 }
@@ -224,7 +251,11 @@ fn overload_is_dropped_and_counted() {
     let mut core = core_with(small, one_key(this.clone(), 2), &[2]);
     let mut held: Vec<BufId> = Vec::new();
     for i in 0..8u64 {
-        let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[1_000_000, 0]);
+        let bytes = packet(
+            &mut r,
+            &[(public(&this), 1), (public(&next), 2)],
+            &[1_000_000, 0],
+        );
         let _ = core.handle_packet(i, KeyRotation::Unknown, &bytes);
     }
     core.flush_batch(10);
@@ -248,7 +279,11 @@ fn overload_is_dropped_and_counted() {
 fn excessive_delay_is_clamped_and_counted() {
     let mut r = rng(9);
     let (this, next) = (secret(&mut r), secret(&mut r));
-    let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[60_000_000_000, 0]);
+    let bytes = packet(
+        &mut r,
+        &[(public(&this), 1), (public(&next), 2)],
+        &[60_000_000_000, 0],
+    );
     let mut core = core_with(config(), one_key(this, 2), &[2]);
     core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
     core.flush_batch(0);
@@ -265,7 +300,11 @@ fn shutdown_abandons_pending_packets() {
     let (this, next) = (secret(&mut r), secret(&mut r));
     let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
     for i in 0..3u64 {
-        let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[1_000_000, 0]);
+        let bytes = packet(
+            &mut r,
+            &[(public(&this), 1), (public(&next), 2)],
+            &[1_000_000, 0],
+        );
         core.handle_packet(i, KeyRotation::Unknown, &bytes).unwrap();
         if i == 1 {
             core.flush_batch(i);

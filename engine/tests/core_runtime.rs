@@ -50,7 +50,9 @@ fn sink() -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
             std::thread::spawn(move || {
                 let mut decoder = FrameDecoder::new();
                 let mut buf = vec![0u8; 65_536];
-                stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
                 while let Ok(n) = stream.read(&mut buf) {
                     if n == 0 {
                         return;
@@ -91,10 +93,10 @@ fn forwards_over_loopback_and_counts_drops() {
     let (this, next) = (secret(&mut r), secret(&mut r));
     let (sink_addr, received) = sink();
     let route = [(public(&this), 1), (public(&next), sink_addr.port())];
-    let packets: Vec<Vec<u8>> =
-        (0..20).map(|_| packet(&mut r, &route, &[30_000_000, 0])).collect();
-    let runtime =
-        Runtime::start(runtime_config(1), one_key(this, 2), filters(&[2])).unwrap();
+    let packets: Vec<Vec<u8>> = (0..20)
+        .map(|_| packet(&mut r, &route, &[30_000_000, 0]))
+        .collect();
+    let runtime = Runtime::start(runtime_config(1), one_key(this, 2), filters(&[2])).unwrap();
     let sent_at = Instant::now();
     let mut stream = TcpStream::connect(runtime.local_addr()).unwrap();
     let mut bytes = Vec::new();
@@ -113,10 +115,15 @@ fn forwards_over_loopback_and_counts_drops() {
     for _ in 0..20 {
         got.push(received.recv_timeout(Duration::from_secs(20)).unwrap());
     }
-    assert!(sent_at.elapsed() >= Duration::from_millis(30), "left before its delay");
+    assert!(
+        sent_at.elapsed() >= Duration::from_millis(30),
+        "left before its delay"
+    );
     assert!(received.recv_timeout(Duration::from_millis(300)).is_err());
     let m = runtime.metrics()[0].clone();
-    wait_for("drop counters", || m.dropped_count(DropReason::Replayed) == 2);
+    wait_for("drop counters", || {
+        m.dropped_count(DropReason::Replayed) == 2
+    });
     assert_eq!(m.dropped_count(DropReason::Malformed), 2);
     assert_eq!(CoreMetrics::get(&m.packets_sent), 20);
     runtime.shutdown();

@@ -18,17 +18,20 @@ pub fn serve(addr: SocketAddr, cores: Vec<Arc<CoreMetrics>>) -> Result<SocketAdd
     std::thread::Builder::new()
         .name("lethe-metrics".into())
         .spawn(move || {
-            for stream in listener.incoming() {
-                if let Ok(stream) = stream {
-                    let _ = respond(stream, &cores, started);
-                }
+            // Serves until the process exits; a failed accept is skipped.
+            for stream in listener.incoming().flatten() {
+                let _ = respond(stream, &cores, started);
             }
         })
         .map_err(|e| e.to_string())?;
     Ok(local)
 }
 
-fn respond(mut stream: TcpStream, cores: &[Arc<CoreMetrics>], started: Instant) -> std::io::Result<()> {
+fn respond(
+    mut stream: TcpStream,
+    cores: &[Arc<CoreMetrics>],
+    started: Instant,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut request = [0u8; REQUEST_BYTES_MAX];
     let mut len = 0;

@@ -69,7 +69,8 @@ pub fn read_private(path: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
             meta.permissions().mode() & 0o777
         ));
     }
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    let text =
+        Zeroizing::new(fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?);
     unhex_32(&text)
         .map(Zeroizing::new)
         .ok_or_else(|| format!("{}: not a 32-byte hex key", path.display()))
@@ -104,8 +105,8 @@ mod tests {
 
     #[test]
     fn ed25519_matches_rfc8032_test_1() {
-        let seed = unhex_32("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
-            .unwrap();
+        let seed =
+            unhex_32("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60").unwrap();
         assert_eq!(
             hex(&ed25519_public(&seed)),
             "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"

@@ -55,10 +55,12 @@ fn main() -> ExitCode {
             println!("lethe {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Mixnode { command: MixnodeCommand::Init { dir } } => mixnode::init(&dir),
-        Command::Mixnode { command: MixnodeCommand::Run { dir, overrides } } => {
-            mixnode::run(&dir, &overrides)
-        }
+        Command::Mixnode {
+            command: MixnodeCommand::Init { dir },
+        } => mixnode::init(&dir),
+        Command::Mixnode {
+            command: MixnodeCommand::Run { dir, overrides },
+        } => mixnode::run(&dir, &overrides),
         Command::Sink { listen, out } => lethe_nodes::sink::run(listen, out),
     };
     match result {

@@ -97,10 +97,26 @@ fn init(dir: &Path) {
 
 fn run_node(dir: &Path) -> Process {
     let args = [
-        "mixnode", "run", "--dir", dir.to_str().unwrap(),
-        "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--cores", "1",
-        "--replay-packets-per-s", "200", "--replay-key-lifetime-s", "3600",
-        "--pool-buffers", "4096", "--timer-entries-max", "4096", "--shutdown-grace-ms", "3000",
+        "mixnode",
+        "run",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--replay-packets-per-s",
+        "200",
+        "--replay-key-lifetime-s",
+        "3600",
+        "--pool-buffers",
+        "4096",
+        "--timer-entries-max",
+        "4096",
+        "--shutdown-grace-ms",
+        "3000",
     ];
     Process::start(&args, &["listen", "metrics"])
 }
@@ -116,7 +132,10 @@ fn public_key(dir: &Path) -> [u8; 32] {
 }
 
 fn now_ms() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
 }
 
 struct Route {
@@ -126,10 +145,11 @@ struct Route {
 
 impl Route {
     fn packet(&self, message: &[u8]) -> Vec<u8> {
-        let destination =
-            Destination::new(DestinationAddressBytes::from_bytes([5; 32]), [6; 16]);
-        let mut delays: Vec<Delay> =
-            DELAYS_MS.iter().map(|ms| Delay::new_from_nanos(ms * 1_000_000)).collect();
+        let destination = Destination::new(DestinationAddressBytes::from_bytes([5; 32]), [6; 16]);
+        let mut delays: Vec<Delay> = DELAYS_MS
+            .iter()
+            .map(|ms| Delay::new_from_nanos(ms * 1_000_000))
+            .collect();
         delays.push(Delay::new_from_nanos(0));
         SphinxPacketBuilder::new()
             .with_payload_size(PacketSize::Regular.payload_len())
@@ -140,7 +160,10 @@ impl Route {
 }
 
 fn node(addr: SocketAddr, key: [u8; 32]) -> Node {
-    Node::new(NodeAddressBytes::from_bytes(address::encode(&addr)), PublicKey::from(key))
+    Node::new(
+        NodeAddressBytes::from_bytes(address::encode(&addr)),
+        PublicKey::from(key),
+    )
 }
 
 fn frame_v7(packet: &[u8]) -> Vec<u8> {
@@ -151,8 +174,12 @@ fn frame_v7(packet: &[u8]) -> Vec<u8> {
 
 fn frame_v8(packet: &[u8], rotation: KeyRotation) -> Vec<u8> {
     let mut out = Vec::new();
-    encode_frame_to_vec(&FrameHeader::v8(PacketSize::Regular, rotation), packet, &mut out)
-        .unwrap();
+    encode_frame_to_vec(
+        &FrameHeader::v8(PacketSize::Regular, rotation),
+        packet,
+        &mut out,
+    )
+    .unwrap();
     out
 }
 
@@ -165,7 +192,9 @@ fn send(to: SocketAddr, bytes: &[u8]) {
 fn metric(metrics: SocketAddr, line_prefix: &str) -> u64 {
     let mut stream = TcpStream::connect(metrics).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: lethe\r\n\r\n").unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lethe\r\n\r\n")
+        .unwrap();
     let mut body = String::new();
     stream.read_to_string(&mut body).unwrap();
     let line = body
@@ -216,7 +245,10 @@ fn wait_sink(path: &Path, count: usize) -> Vec<(u128, Vec<u8>)> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("sink got {} packets, expected {count}", sink_records(path).len());
+    panic!(
+        "sink got {} packets, expected {count}",
+        sink_records(path).len()
+    );
 }
 
 /// Opens a delivered packet with the gateway key and returns its message.
@@ -224,14 +256,22 @@ fn open(gateway: &StaticSecret, mut bytes: Vec<u8>) -> Vec<u8> {
     let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
     let processed = sphinx::process(&mut packet, gateway).unwrap();
     assert!(matches!(processed.hop, Hop::Final { destination, .. } if destination == [5; 32]));
-    sphinx::recover_plaintext(&bytes[sphinx::constants::HEADER_SIZE..]).unwrap().to_vec()
+    sphinx::recover_plaintext(&bytes[sphinx::constants::HEADER_SIZE..])
+        .unwrap()
+        .to_vec()
 }
 
 #[test]
 fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() {
     let sink_file = temp_dir("sink.log");
     let sink = Process::start(
-        &["sink", "--listen", "127.0.0.1:0", "--out", sink_file.to_str().unwrap()],
+        &[
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+            sink_file.to_str().unwrap(),
+        ],
         &["listen"],
     );
     let dirs: Vec<PathBuf> = (1..=3).map(|i| temp_dir(&format!("m{i}"))).collect();
@@ -240,10 +280,19 @@ fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() 
     }
     let mut nodes: Vec<Process> = dirs.iter().map(|d| run_node(d)).collect();
     let gateway = StaticSecret::from([42u8; 32]);
-    let mut hops: Vec<Node> =
-        dirs.iter().zip(&nodes).map(|(d, p)| node(p.addr("listen"), public_key(d))).collect();
-    hops.push(node(sink.addr("listen"), x25519_dalek::PublicKey::from(&gateway).to_bytes()));
-    let route = Route { nodes: hops, gateway };
+    let mut hops: Vec<Node> = dirs
+        .iter()
+        .zip(&nodes)
+        .map(|(d, p)| node(p.addr("listen"), public_key(d)))
+        .collect();
+    hops.push(node(
+        sink.addr("listen"),
+        x25519_dalek::PublicKey::from(&gateway).to_bytes(),
+    ));
+    let route = Route {
+        nodes: hops,
+        gateway,
+    };
     let entry = nodes[0].addr("listen");
     let entry_metrics = nodes[0].addr("metrics");
 
@@ -252,7 +301,11 @@ fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() 
     let packets: Vec<Vec<u8>> = messages.iter().map(|m| route.packet(m)).collect();
     let mut bytes = Vec::new();
     for (i, p) in packets.iter().enumerate() {
-        bytes.extend(if i % 2 == 0 { frame_v7(p) } else { frame_v8(p, KeyRotation::Odd) });
+        bytes.extend(if i % 2 == 0 {
+            frame_v7(p)
+        } else {
+            frame_v8(p, KeyRotation::Odd)
+        });
     }
     let sent_ms = now_ms();
     send(entry, &bytes);
@@ -260,7 +313,10 @@ fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() 
     let delay_total_ms: u64 = DELAYS_MS.iter().sum();
     let mut opened: Vec<Vec<u8>> = Vec::new();
     for (arrived_ms, packet) in records {
-        assert!(arrived_ms >= sent_ms + u128::from(delay_total_ms), "arrived before its delays");
+        assert!(
+            arrived_ms >= sent_ms + u128::from(delay_total_ms),
+            "arrived before its delays"
+        );
         opened.push(open(&route.gateway, packet));
     }
     opened.sort();
@@ -269,7 +325,11 @@ fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() 
 
     // 2. A replay is refused and counted; nothing more reaches the sink.
     send(entry, &frame_v7(&packets[0]));
-    wait_metric(entry_metrics, "lethe_packets_dropped_total{reason=\"replayed\"}", 1);
+    wait_metric(
+        entry_metrics,
+        "lethe_packets_dropped_total{reason=\"replayed\"}",
+        1,
+    );
 
     // 3. Garbage on a connection is dropped and counted; its good packets go through.
     let fresh: Vec<Vec<u8>> = (0..2u8).map(|i| route.packet(&[100 + i; 8])).collect();
@@ -282,7 +342,11 @@ fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() 
     bytes.extend(frame_v7(&fresh[1]));
     send(entry, &bytes);
     wait_sink(&sink_file, 12);
-    wait_metric(entry_metrics, "lethe_packets_dropped_total{reason=\"malformed\"}", 2);
+    wait_metric(
+        entry_metrics,
+        "lethe_packets_dropped_total{reason=\"malformed\"}",
+        2,
+    );
 
     // 4. After SIGTERM and a restart, the persisted filter still refuses an old packet.
     let first = nodes.remove(0);
@@ -290,13 +354,24 @@ fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() 
     assert!(dirs[0].join("data/replay-rot-1.bin").exists());
     let restarted = run_node(&dirs[0]);
     send(restarted.addr("listen"), &frame_v7(&packets[1]));
-    wait_metric(restarted.addr("metrics"), "lethe_packets_dropped_total{reason=\"replayed\"}", 1);
+    wait_metric(
+        restarted.addr("metrics"),
+        "lethe_packets_dropped_total{reason=\"replayed\"}",
+        1,
+    );
     // and still forwards fresh packets (its new port is only the entry; the chain is unchanged)
-    send(restarted.addr("listen"), &frame_v7(&route.packet(b"after restart")));
+    send(
+        restarted.addr("listen"),
+        &frame_v7(&route.packet(b"after restart")),
+    );
     let records = wait_sink(&sink_file, 13);
     assert_eq!(records.len(), 13);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(sink_records(&sink_file).len(), 13, "a replay or garbage got through");
+    assert_eq!(
+        sink_records(&sink_file).len(),
+        13,
+        "a replay or garbage got through"
+    );
 
     restarted.terminate();
     for node in nodes {

@@ -49,9 +49,8 @@ impl NodeKeys {
         match rotation {
             KeyRotation::Unknown => [Some(&self.primary), secondary],
             KeyRotation::Odd | KeyRotation::Even => {
-                let matches = |key: &&SphinxKey| {
-                    KeyRotation::for_rotation_id(key.rotation_id) == rotation
-                };
+                let matches =
+                    |key: &&SphinxKey| KeyRotation::for_rotation_id(key.rotation_id) == rotation;
                 let primary = Some(&self.primary).filter(matches);
                 [primary.or(secondary.filter(matches)), None]
             }

@@ -56,8 +56,12 @@ pub enum Outcome {
 
 /// Processes every packet of `slots` in place, pushing one outcome per packet to `outcomes`
 /// (cleared first; its capacity must hold the batch, so this never allocates).
-pub fn process_batch<S, F>(slots: &mut S, keys: &NodeKeys, mut replay_check: F, outcomes: &mut Vec<Outcome>)
-where
+pub fn process_batch<S, F>(
+    slots: &mut S,
+    keys: &NodeKeys,
+    mut replay_check: F,
+    outcomes: &mut Vec<Outcome>,
+) where
     S: PacketSlots,
     F: FnMut(RotationId, &ReplayTag) -> ReplayVerdict,
 {
@@ -72,7 +76,12 @@ where
     assert_eq!(outcomes.len(), count as usize);
 }
 
-fn process_one<F>(buffer: &mut [u8], rotation: KeyRotation, keys: &NodeKeys, replay_check: &mut F) -> Outcome
+fn process_one<F>(
+    buffer: &mut [u8],
+    rotation: KeyRotation,
+    keys: &NodeKeys,
+    replay_check: &mut F,
+) -> Outcome
 where
     F: FnMut(RotationId, &ReplayTag) -> ReplayVerdict,
 {

@@ -15,8 +15,8 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
-use lethe_crypto::framing::{encode_frame, FrameHeader, FramingVersion, KeyRotation, PacketSize};
 use lethe_crypto::framing::FRAME_MAX_LEN;
+use lethe_crypto::framing::{encode_frame, FrameHeader, FramingVersion, KeyRotation, PacketSize};
 
 use crate::metrics::{CoreMetrics, DropReason};
 
@@ -159,8 +159,13 @@ async fn writer(egress: Rc<Egress>, woken: LocalReceiver<()>, bytes: usize, stop
         spare.clear();
         if written.is_err() {
             // The batch in flight is lost with the connection; count it and reconnect.
-            egress.metrics.dropped(DropReason::EgressFull, u64::from(packets));
-            egress.metrics.connections_egress.fetch_sub(1, Ordering::Relaxed);
+            egress
+                .metrics
+                .dropped(DropReason::EgressFull, u64::from(packets));
+            egress
+                .metrics
+                .connections_egress
+                .fetch_sub(1, Ordering::Relaxed);
             stream = None;
             continue;
         }

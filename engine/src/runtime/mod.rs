@@ -97,9 +97,16 @@ impl Runtime {
         keys: NodeKeys,
         replay: ReplayFilterSet,
     ) -> Result<Runtime, StartError> {
-        config.engine.validate().map_err(|e| StartError::Config(e.to_string()))?;
-        if config.cores == 0 || (!config.cpus.is_empty() && config.cpus.len() < config.cores as usize) {
-            return Err(StartError::Config("cores must be > 0 and cpus must list one per core".into()));
+        config
+            .engine
+            .validate()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+        if config.cores == 0
+            || (!config.cpus.is_empty() && config.cpus.len() < config.cores as usize)
+        {
+            return Err(StartError::Config(
+                "cores must be > 0 and cpus must list one per core".into(),
+            ));
         }
         memlock::check(config.cores, config.io_memory_bytes).map_err(StartError::Memlock)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -187,7 +194,9 @@ fn executor_builder(config: &RuntimeConfig, index: u32) -> LocalExecutorBuilder 
 
 fn executor_error(config: &RuntimeConfig, message: String) -> StartError {
     let lower = message.to_lowercase();
-    let memory = lower.contains("memory") || lower.contains("buffer space") || lower.contains("cannot allocate");
+    let memory = lower.contains("memory")
+        || lower.contains("buffer space")
+        || lower.contains("cannot allocate");
     if memory {
         let required = memlock::required_bytes(config.cores, config.io_memory_bytes);
         let advice = memlock::advice(config.cores, required, memlock::limit_bytes());
@@ -234,9 +243,13 @@ impl Shard {
         let mut egress = self.egress.borrow_mut();
         while let Some(action) = core.poll_action() {
             match action {
-                Action::Forward { next_hop, buffer, .. } => {
+                Action::Forward {
+                    next_hop, buffer, ..
+                } => {
                     let residence_us = now_us.saturating_sub(core.arrived_us(&buffer));
-                    self.metrics.stage(Stage::ProcessingResidence).record(residence_us);
+                    self.metrics
+                        .stage(Stage::ProcessingResidence)
+                        .record(residence_us);
                     if let Some(queue) = egress_for(&mut egress, next_hop, self) {
                         let _ = queue.enqueue(core.packet(&buffer));
                     }
@@ -254,7 +267,10 @@ impl Shard {
     }
 
     fn egress_idle(&self) -> bool {
-        self.egress.borrow().values().all(|e| e.queued_packets() == 0)
+        self.egress
+            .borrow()
+            .values()
+            .all(|e| e.queued_packets() == 0)
     }
 }
 
@@ -367,7 +383,10 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             break;
         }
     }
-    shard.metrics.connections_ingress.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    shard
+        .metrics
+        .connections_ingress
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Decodes frames into the core; `true` if the stream lost framing (close it).
@@ -424,9 +443,12 @@ async fn timer_loop(shard: Rc<Shard>, woken: LocalReceiver<()>, grace_ms: u64) {
             glommio::yield_if_needed().await;
             continue;
         }
-        future::or(glommio::timer::sleep(Duration::from_micros(wait_us)), async {
-            let _ = woken.recv().await;
-        })
+        future::or(
+            glommio::timer::sleep(Duration::from_micros(wait_us)),
+            async {
+                let _ = woken.recv().await;
+            },
+        )
         .await;
     }
 }

@@ -124,8 +124,10 @@ secondary_rotation_id = 0
 impl Config {
     pub fn load(dir: &Path) -> Result<Config, String> {
         let path = dir.join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let config: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         if config.version != CONFIG_VERSION {
             return Err(format!(
                 "{}: config version {} is not {CONFIG_VERSION}",

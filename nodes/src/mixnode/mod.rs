@@ -14,7 +14,9 @@ use lethe_engine::core::{NodeKeys, SphinxKey};
 use lethe_engine::limits::PACKET_BYTES_DEFAULT;
 use lethe_engine::metrics::{CoreMetrics, DropReason};
 use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
-use lethe_engine::{snapshot_path, EngineConfig, ReplayConfig, ReplayFilter, ReplayFilterSet, ReplayParams};
+use lethe_engine::{
+    snapshot_path, EngineConfig, ReplayConfig, ReplayFilter, ReplayFilterSet, ReplayParams,
+};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::keyfile;
@@ -87,7 +89,10 @@ pub fn init(dir: &Path) -> Result<(), String> {
     keyfile::create_private_dir(dir)?;
     let config_path = dir.join(CONFIG_FILE);
     if config_path.exists() {
-        return Err(format!("{} exists: refusing to overwrite", config_path.display()));
+        return Err(format!(
+            "{} exists: refusing to overwrite",
+            config_path.display()
+        ));
     }
     let config: Config = toml::from_str(TEMPLATE).map_err(|e| e.to_string())?;
     keyfile::create_private_dir(&resolve(dir, &config.replay.data_dir))?;
@@ -96,7 +101,11 @@ pub fn init(dir: &Path) -> Result<(), String> {
         keyfile::create_private_dir(parent)?;
     }
     let identity = keyfile::random_32()?;
-    keyfile::write_key_pair(&identity_path, &identity, &keyfile::ed25519_public(&identity))?;
+    keyfile::write_key_pair(
+        &identity_path,
+        &identity,
+        &keyfile::ed25519_public(&identity),
+    )?;
     for path in [&config.keys.sphinx_primary, &config.keys.sphinx_secondary] {
         let secret = StaticSecret::from(*keyfile::random_32()?);
         let public = PublicKey::from(&secret).to_bytes();
@@ -109,11 +118,16 @@ pub fn init(dir: &Path) -> Result<(), String> {
 
 fn load_keys(dir: &Path, config: &Config) -> Result<NodeKeys, String> {
     let read = |path: &PathBuf| -> Result<StaticSecret, String> {
-        Ok(StaticSecret::from(*keyfile::read_private(&resolve(dir, path))?))
+        Ok(StaticSecret::from(*keyfile::read_private(&resolve(
+            dir, path,
+        ))?))
     };
     // The identity key is not used by the data plane yet; check it is there and private.
     keyfile::read_private(&resolve(dir, &config.keys.identity))?;
-    let primary = SphinxKey::new(config.keys.primary_rotation_id, read(&config.keys.sphinx_primary)?);
+    let primary = SphinxKey::new(
+        config.keys.primary_rotation_id,
+        read(&config.keys.sphinx_primary)?,
+    );
     let secondary = SphinxKey::new(
         config.keys.secondary_rotation_id,
         read(&config.keys.sphinx_secondary)?,
@@ -135,18 +149,26 @@ fn load_replay(dir: &Path, config: &Config, keys: &NodeKeys) -> Result<ReplayFil
     };
     let params = ReplayParams::from_config(&sizing).map_err(|e| format!("replay: {e}"))?;
     let mut set = ReplayFilterSet::default();
-    let ids = [Some(keys.primary.rotation_id), keys.secondary.as_ref().map(|k| k.rotation_id)];
+    let ids = [
+        Some(keys.primary.rotation_id),
+        keys.secondary.as_ref().map(|k| k.rotation_id),
+    ];
     for id in ids.into_iter().flatten() {
         let path = snapshot_path(&data_dir, id);
         let filter = if path.exists() {
-            let filter = ReplayFilter::load(&path, id).map_err(|e| format!("{}: {e}", path.display()))?;
-            eprintln!("lethe: replay filter for rotation {id} loaded from {}", path.display());
+            let filter =
+                ReplayFilter::load(&path, id).map_err(|e| format!("{}: {e}", path.display()))?;
+            eprintln!(
+                "lethe: replay filter for rotation {id} loaded from {}",
+                path.display()
+            );
             filter
         } else {
             ReplayFilter::try_new(id, params)
                 .map_err(|_| format!("replay: cannot allocate {} bytes", params.bytes()))?
         };
-        set.insert(Arc::new(filter)).map_err(|e| format!("replay: {e:?}"))?;
+        set.insert(Arc::new(filter))
+            .map_err(|e| format!("replay: {e:?}"))?;
     }
     Ok(set)
 }
@@ -155,7 +177,9 @@ fn save_replay(data_dir: &Path, set: &ReplayFilterSet) -> Result<(), String> {
     for id in set.rotation_ids() {
         if let Some(filter) = set.get(id) {
             let path = snapshot_path(data_dir, id);
-            filter.save(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            filter
+                .save(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
     Ok(())
@@ -219,19 +243,31 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let replay = load_replay(dir, &config, &keys)?;
     let runtime_config = runtime_config(&config, &keys)?;
     let cores = runtime_config.cores;
-    let runtime = Runtime::start(runtime_config, keys, replay.clone()).map_err(|e| e.to_string())?;
+    let runtime =
+        Runtime::start(runtime_config, keys, replay.clone()).map_err(|e| e.to_string())?;
     let metrics = runtime.metrics().to_vec();
     let metrics_addr = crate::http::serve(config.mixnode.metrics_address, metrics.clone())?;
     let data_dir = resolve(dir, &config.replay.data_dir);
     let stop = Arc::new(AtomicBool::new(false));
-    let snapshots = spawn_snapshots(data_dir.clone(), replay.clone(), config.replay.snapshot_interval_s, stop.clone());
+    let snapshots = spawn_snapshots(
+        data_dir.clone(),
+        replay.clone(),
+        config.replay.snapshot_interval_s,
+        stop.clone(),
+    );
     println!("listen={}", runtime.local_addr());
     println!("metrics={metrics_addr}");
-    eprintln!("lethe: mixnode up on {} with {cores} core(s)", runtime.local_addr());
+    eprintln!(
+        "lethe: mixnode up on {} with {cores} core(s)",
+        runtime.local_addr()
+    );
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     let signal = signals.forever().next();
-    eprintln!("lethe: signal {signal:?}: stopping (grace {} ms)", config.mixnode.shutdown_grace_ms);
+    eprintln!(
+        "lethe: signal {signal:?}: stopping (grace {} ms)",
+        config.mixnode.shutdown_grace_ms
+    );
     runtime.shutdown();
     let joined = runtime.join();
     stop.store(true, Ordering::SeqCst);
