@@ -316,3 +316,30 @@ fn shutdown_abandons_pending_packets() {
     assert_eq!(dropped(&core, DropReason::Shutdown), 3);
     assert_eq!(core.buffers_in_use(), 0);
 }
+
+#[test]
+fn set_keys_rotates_and_retires_the_old_key() {
+    let mut r = rng(13);
+    let (old, new) = (secret(&mut r), secret(&mut r));
+    let (old_pub, new_pub) = (public(&old), public(&new));
+    let next = public(&secret(&mut r));
+    let mut core = core_with(config(), one_key(old.clone(), 1), &[1]);
+    let for_old = packet(&mut r, &[(old_pub, 1), (next, 2)], &[0, 0]);
+    let for_new = packet(&mut r, &[(new_pub, 1), (next, 2)], &[0, 0]);
+    // Overlap: new key primary (rotation 2), old key secondary (rotation 1), both filters live.
+    let overlap = NodeKeys::new(SphinxKey::new(2, new.clone()), Some(SphinxKey::new(1, old)));
+    core.set_keys(overlap, filters(&[1, 2]));
+    for (index, bytes) in [&for_old, &for_new].into_iter().enumerate() {
+        let now_us = index as u64 * 10;
+        core.handle_packet(now_us, KeyRotation::Unknown, bytes).unwrap();
+        core.flush_batch(now_us);
+        assert_eq!(forwards(&mut core).len(), 1, "packet {index} during the overlap");
+    }
+    // After the overlap the old key is gone: its packets no longer verify.
+    core.set_keys(one_key(new, 2), filters(&[2]));
+    let late = packet(&mut r, &[(old_pub, 1), (next, 2)], &[0, 0]);
+    core.handle_packet(100, KeyRotation::Unknown, &late).unwrap();
+    core.flush_batch(100);
+    assert!(forwards(&mut core).is_empty());
+    assert_eq!(dropped(&core, DropReason::Malformed), 1);
+}

@@ -323,6 +323,12 @@ fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() 
     assert_eq!(opened, messages);
     wait_metric(entry_metrics, "lethe_packets_sent_total", 10);
 
+    let mut health = TcpStream::connect(entry_metrics).unwrap();
+    health.write_all(b"GET /health HTTP/1.1\r\nHost: lethe\r\n\r\n").unwrap();
+    let mut response = String::new();
+    health.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200") && response.contains("\"status\":\"up\""));
+
     // 2. A replay is refused and counted; nothing more reaches the sink.
     send(entry, &frame_v7(&packets[0]));
     wait_metric(
