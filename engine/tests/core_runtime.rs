@@ -143,3 +143,29 @@ fn two_cores_share_the_port_and_stop() {
     runtime.shutdown();
     runtime.join().unwrap();
 }
+
+#[test]
+fn installed_keys_take_effect_without_restart() {
+    let mut r = rng(13);
+    let (old, new) = (secret(&mut r), secret(&mut r));
+    let (sink_addr, received) = sink();
+    let route_new = [
+        (public(&new), 1),
+        (public(&secret(&mut r)), sink_addr.port()),
+    ];
+    let runtime =
+        Runtime::start(runtime_config(1), one_key(old.clone(), 1), filters(&[1])).unwrap();
+    let overlap = lethe_engine::core::NodeKeys::new(
+        lethe_engine::core::SphinxKey::new(2, new),
+        Some(lethe_engine::core::SphinxKey::new(1, old)),
+    );
+    runtime.install_keys(&overlap, &filters(&[1, 2]));
+    wait_for("keys applied", || runtime.keys_applied());
+    let mut stream = TcpStream::connect(runtime.local_addr()).unwrap();
+    stream
+        .write_all(&frame(&packet(&mut r, &route_new, &[0, 0])))
+        .unwrap();
+    received.recv_timeout(Duration::from_secs(20)).unwrap();
+    runtime.shutdown();
+    runtime.join().unwrap();
+}

@@ -18,8 +18,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_lite::{future, AsyncReadExt};
@@ -83,8 +83,17 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// A key set handed from the control plane to one core (key rotation without restart).
+#[derive(Default)]
+struct KeyUpdate {
+    generation: AtomicU64,
+    applied: AtomicU64,
+    slot: Mutex<Option<(NodeKeys, ReplayFilterSet)>>,
+}
+
 pub struct Runtime {
     handles: Vec<ExecutorJoinHandle<()>>,
+    key_updates: Vec<Arc<KeyUpdate>>,
     stop: Arc<AtomicBool>,
     local_addr: SocketAddr,
     metrics: Vec<Arc<CoreMetrics>>,
@@ -112,6 +121,7 @@ impl Runtime {
         let stop = Arc::new(AtomicBool::new(false));
         let mut runtime = Runtime {
             handles: Vec::new(),
+            key_updates: Vec::new(),
             stop: stop.clone(),
             local_addr: config.listen,
             metrics: Vec::new(),
@@ -119,7 +129,10 @@ impl Runtime {
         for index in 0..config.cores {
             let metrics = Arc::new(CoreMetrics::default());
             let (bound_tx, bound_rx) = mpsc::channel();
+            let key_update = Arc::new(KeyUpdate::default());
+            runtime.key_updates.push(key_update.clone());
             let setup = ShardSetup {
+                key_update,
                 listen: runtime.local_addr,
                 config: config.clone(),
                 keys: keys.clone(),
@@ -161,6 +174,25 @@ impl Runtime {
 
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
+    }
+
+    /// Installs a new key set (and its replay filters) on every core: key rotation without a
+    /// restart. Each core picks it up within one timer-loop turn (at most
+    /// `TIMER_IDLE_US_MAX`); `keys_applied` tells when all have.
+    pub fn install_keys(&self, keys: &NodeKeys, replay: &ReplayFilterSet) {
+        for update in &self.key_updates {
+            if let Ok(mut slot) = update.slot.lock() {
+                *slot = Some((keys.clone(), replay.clone()));
+                update.generation.fetch_add(1, Ordering::Release);
+            }
+        }
+    }
+
+    /// True once every core runs the latest installed key set.
+    pub fn keys_applied(&self) -> bool {
+        self.key_updates
+            .iter()
+            .all(|u| u.applied.load(Ordering::Acquire) == u.generation.load(Ordering::Acquire))
     }
 
     /// Asks every core to stop (returns at once; `join` waits).
@@ -212,6 +244,7 @@ fn monotonic_ns() -> u64 {
 }
 
 struct ShardSetup {
+    key_update: Arc<KeyUpdate>,
     listen: SocketAddr,
     config: RuntimeConfig,
     keys: NodeKeys,
@@ -331,7 +364,13 @@ async fn run_shard(setup: ShardSetup) {
     });
     glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
     let _ = setup.bound.send(Ok(local_addr));
-    timer_loop(shard, woken, setup.config.shutdown_grace_ms).await;
+    timer_loop(
+        shard,
+        woken,
+        setup.key_update,
+        setup.config.shutdown_grace_ms,
+    )
+    .await;
 }
 
 /// Resolves when the stop flag is set (checked every `STOP_POLL_MS`).
@@ -410,10 +449,33 @@ fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], now_us: u64) ->
     false
 }
 
-async fn timer_loop(shard: Rc<Shard>, woken: LocalReceiver<()>, grace_ms: u64) {
+/// Applies a key set the control plane installed, if there is a new one (never blocks).
+fn apply_key_update(shard: &Shard, update: &KeyUpdate) {
+    let generation = update.generation.load(Ordering::Acquire);
+    if generation == update.applied.load(Ordering::Relaxed) {
+        return;
+    }
+    let Ok(mut slot) = update.slot.try_lock() else {
+        return; // being written: next turn
+    };
+    if let Some((keys, replay)) = slot.take() {
+        shard.core.borrow_mut().set_keys(keys, replay);
+    }
+    update
+        .applied
+        .store(update.generation.load(Ordering::Acquire), Ordering::Release);
+}
+
+async fn timer_loop(
+    shard: Rc<Shard>,
+    woken: LocalReceiver<()>,
+    key_update: Arc<KeyUpdate>,
+    grace_ms: u64,
+) {
     let mut stopping_since_us: Option<u64> = None;
     // Runs until shutdown; every turn is bounded (the core fires a bounded number of timers).
     loop {
+        apply_key_update(&shard, &key_update);
         let now_us = shard.now_us();
         shard.core.borrow_mut().handle_timeout(now_us);
         shard.pump(now_us);
