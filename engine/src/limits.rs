@@ -233,6 +233,24 @@ impl EngineConfig {
     pub fn timer_delay_ticks_max(&self) -> u64 {
         self.timer_delay_ms_max * 1_000 / self.timer_tick_us
     }
+
+    /// One core's pieces, built from a config that passed `validate` (they `assert!` it).
+    pub fn tick_clock(&self) -> crate::TickClock {
+        crate::TickClock::new(self.timer_tick_us)
+    }
+
+    pub fn timer_wheel<T>(&self, now_us: u64) -> crate::TimerWheel<T> {
+        let start = self.tick_clock().now_tick(now_us);
+        crate::TimerWheel::new(self.timer_entries_max, self.timer_delay_ticks_max(), start)
+    }
+
+    pub fn buffer_pool(&self) -> crate::BufferPool {
+        crate::BufferPool::new(self.pool_buffers_count, self.pool_buffer_bytes)
+    }
+
+    pub fn batcher<T>(&self) -> crate::Batcher<T> {
+        crate::Batcher::new(self.batch_packets_max, self.batch_flush_us)
+    }
 }
 
 impl ReplayConfig {
@@ -277,6 +295,23 @@ mod tests {
         assert_eq!(EngineConfig::default().validate(), Ok(()));
         assert_eq!(EngineConfig::default().timer_delay_ticks_max(), 10_000);
         assert_eq!(ReplayConfig::default().items_expected(), 180_000_000);
+    }
+
+    #[test]
+    fn pieces_build_from_a_valid_config() {
+        let config = EngineConfig {
+            timer_tick_us: 100,
+            timer_entries_max: 1_000,
+            pool_buffers_count: 100,
+            ..EngineConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        let mut wheel = config.timer_wheel::<u32>(1_234_567);
+        assert_eq!(wheel.elapsed(), 12_345);
+        assert_eq!(wheel.delay_ticks_max(), 100_000);
+        assert_eq!(wheel.insert(u64::MAX, 1), Ok(12_345 + 100_000));
+        assert_eq!(config.buffer_pool().capacity(), 100);
+        assert!(config.batcher::<u32>().is_empty());
     }
 
     #[test]

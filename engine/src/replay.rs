@@ -5,6 +5,8 @@
 //! a block of `block_words` words (1 to 8, i.e. at most one cache line), bytes 8..32 give the
 //! `hash_count` bit positions inside it. `check_and_insert` sets the bits with one `fetch_or`
 //! per touched word and reports a tag *fresh* iff this call newly set at least one bit.
+//! (A sender knows its own tags and could grind them into chosen blocks, but others' tags are
+//! unknown to it, so like any Bloom filter only sheer volume raises the FP rate it causes.)
 //!
 //! Race semantics:
 //! - No false negatives: once a call for a tag has returned, every later call for it (in

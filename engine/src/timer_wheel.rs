@@ -33,12 +33,6 @@ const SLOT_MASK: u64 = TIMER_SLOTS as u64 - 1;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Full<T>(pub T);
 
-struct Entry<T> {
-    deadline: Tick,
-    next: u32,
-    item: Option<T>,
-}
-
 /// Intrusive singly-linked list with O(1) push at both ends.
 #[derive(Clone, Copy)]
 struct List {
@@ -58,7 +52,11 @@ impl List {
 }
 
 pub struct TimerWheel<T> {
-    entries: Box<[Entry<T>]>,
+    // Entries as parallel arrays: list walks (cascades) touch only the small `links` and
+    // `deadlines`, and items are read once, when they fire.
+    links: Box<[u32]>,
+    deadlines: Box<[Tick]>,
+    items: Box<[Option<T>]>,
     free_head: u32,
     len: u32,
     /// Every deadline `<= elapsed` has been moved to `ready` (or fired).
@@ -89,16 +87,17 @@ impl<T> TimerWheel<T> {
         assert!(capacity < NIL);
         assert!(delay_ticks_max > 0);
         assert!(delay_ticks_max <= TIMER_DELAY_TICKS_LIMIT);
-        let entries: Box<[Entry<T>]> = (0..capacity)
-            .map(|i| Entry {
-                deadline: 0,
-                next: if i + 1 < capacity { i + 1 } else { NIL },
-                item: None,
-            })
+        let links: Box<[u32]> = (0..capacity)
+            .map(|i| if i + 1 < capacity { i + 1 } else { NIL })
             .collect();
-        assert_eq!(entries.len(), capacity as usize);
+        let deadlines = vec![0; capacity as usize].into_boxed_slice();
+        let items: Box<[Option<T>]> = (0..capacity).map(|_| None).collect();
+        assert_eq!(links.len(), capacity as usize);
+        assert_eq!(items.len(), capacity as usize);
         TimerWheel {
-            entries,
+            links,
+            deadlines,
+            items,
             free_head: 0,
             len: 0,
             elapsed: start,
@@ -118,7 +117,7 @@ impl<T> TimerWheel<T> {
     }
 
     pub fn capacity(&self) -> u32 {
-        self.entries.len() as u32
+        self.links.len() as u32
     }
 
     /// The wheel's current tick: the `now` of the latest `advance` (or `start`).
@@ -139,11 +138,11 @@ impl<T> TimerWheel<T> {
             return Err(Full(item));
         }
         let deadline = deadline.min(self.elapsed.saturating_add(self.delay_ticks_max));
-        let entry = &mut self.entries[index as usize];
-        debug_assert!(entry.item.is_none());
-        self.free_head = entry.next;
-        entry.deadline = deadline;
-        entry.item = Some(item);
+        let i = index as usize;
+        debug_assert!(self.items[i].is_none());
+        self.free_head = self.links[i];
+        self.deadlines[i] = deadline;
+        self.items[i] = Some(item);
         self.len += 1;
         self.schedule(index);
         Ok(deadline)
@@ -160,7 +159,7 @@ impl<T> TimerWheel<T> {
             if index == NIL {
                 break;
             }
-            self.ready.head = self.entries[index as usize].next;
+            self.ready.head = self.links[index as usize];
             if self.ready.head == NIL {
                 self.ready.tail = NIL;
             }
@@ -205,20 +204,37 @@ impl<T> TimerWheel<T> {
             self.elapsed = start;
             let list = std::mem::replace(&mut self.slots[level][slot], List::EMPTY);
             self.occupied[level] &= !(1u64 << slot);
-            self.cascade(list, level);
+            if level == 0 {
+                self.splice_ready(list);
+            } else {
+                self.cascade(list, level);
+            }
         }
         self.elapsed = self.elapsed.max(now);
+    }
+
+    /// A level-0 slot is one tick wide: all of it is due at once, so it joins `ready` in O(1).
+    fn splice_ready(&mut self, list: List) {
+        debug_assert!(!list.is_empty());
+        debug_assert_eq!(self.deadlines[list.head as usize], self.elapsed);
+        debug_assert_eq!(self.links[list.tail as usize], NIL);
+        if self.ready.tail == NIL {
+            self.ready.head = list.head;
+        } else {
+            self.links[self.ready.tail as usize] = list.head;
+        }
+        self.ready.tail = list.tail;
     }
 
     fn cascade(&mut self, list: List, level: usize) {
         let mut index = list.head;
         while index != NIL {
-            let next = self.entries[index as usize].next;
+            let next = self.links[index as usize];
             // Entries of a slot share every digit from `level` up with `elapsed`, so they either
             // are due or go strictly lower.
             debug_assert!(
-                self.entries[index as usize].deadline <= self.elapsed
-                    || level_for(self.elapsed, self.entries[index as usize].deadline) < level
+                self.deadlines[index as usize] <= self.elapsed
+                    || level_for(self.elapsed, self.deadlines[index as usize]) < level
             );
             self.schedule(index);
             index = next;
@@ -227,13 +243,13 @@ impl<T> TimerWheel<T> {
 
     /// Links `index` into `ready` (if due) or into its slot.
     fn schedule(&mut self, index: u32) {
-        let deadline = self.entries[index as usize].deadline;
+        let deadline = self.deadlines[index as usize];
         if deadline <= self.elapsed {
-            self.entries[index as usize].next = NIL;
+            self.links[index as usize] = NIL;
             if self.ready.tail == NIL {
                 self.ready.head = index;
             } else {
-                self.entries[self.ready.tail as usize].next = index;
+                self.links[self.ready.tail as usize] = index;
             }
             self.ready.tail = index;
             return;
@@ -242,7 +258,7 @@ impl<T> TimerWheel<T> {
         let level = level_for(self.elapsed, deadline);
         let slot = slot_for(deadline, level);
         let list = &mut self.slots[level][slot];
-        self.entries[index as usize].next = list.head;
+        self.links[index as usize] = list.head;
         if list.head == NIL {
             list.tail = index;
         }
@@ -267,10 +283,10 @@ impl<T> TimerWheel<T> {
     }
 
     fn release(&mut self, index: u32) -> T {
-        let entry = &mut self.entries[index as usize];
-        debug_assert!(entry.deadline <= self.elapsed);
-        let item = entry.item.take();
-        entry.next = self.free_head;
+        let i = index as usize;
+        debug_assert!(self.deadlines[i] <= self.elapsed);
+        let item = self.items[i].take();
+        self.links[i] = self.free_head;
         self.free_head = index;
         debug_assert!(self.len > 0);
         self.len -= 1;

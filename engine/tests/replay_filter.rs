@@ -256,3 +256,29 @@ fn damaged_or_foreign_snapshots_are_refused() {
     assert!(ReplayFilter::load(&path, 3).is_ok());
     std::fs::remove_file(&path).unwrap();
 }
+
+/// A snapshot taken while another thread inserts holds at least every tag inserted before the
+/// snapshot started (bits are only ever set, each word is read once, atomically).
+#[test]
+fn snapshot_during_inserts_keeps_earlier_tags() {
+    let params = ReplayParams::for_items(200_000, 1e-5, 1).unwrap();
+    let filter = Arc::new(ReplayFilter::new(11, params));
+    let before = tags(21, 50_000);
+    for tag in &before {
+        filter.check_and_insert(tag);
+    }
+    let writer = {
+        let filter = filter.clone();
+        std::thread::spawn(move || {
+            for tag in tags(22, 150_000) {
+                filter.check_and_insert(&tag);
+            }
+        })
+    };
+    let path = temp_file("rot-11-concurrent.bin");
+    filter.save(&path).unwrap();
+    writer.join().unwrap();
+    let loaded = ReplayFilter::load(&path, 11).unwrap();
+    assert!(before.iter().all(|t| loaded.contains(t)));
+    std::fs::remove_file(&path).unwrap();
+}
