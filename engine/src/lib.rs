@@ -19,9 +19,12 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod batcher;
+pub mod core;
 pub mod limits;
+pub mod metrics;
 pub mod pool;
 pub mod replay;
+pub mod runtime;
 pub mod timer_wheel;
 
 pub use batcher::Batcher;

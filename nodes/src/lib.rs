@@ -2,4 +2,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod credential_store;
+pub mod http;
 pub mod issuer;
+pub mod keyfile;
+pub mod mixnode;
+pub mod sink;

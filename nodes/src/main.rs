@@ -1,34 +1,122 @@
 //! `lethe`: one binary, one subcommand per node role.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "lethe: a Nym-compatible mixnet
+use clap::{Parser, Subcommand};
+use lethe_nodes::issuer;
+use lethe_nodes::mixnode::{self, RunOverrides};
 
-usage: lethe <command>
+#[derive(Parser, Debug)]
+#[command(name = "lethe", version, about = "Lethe: a Nym-compatible mixnet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-commands:
-  version   print the version
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the version.
+    Version,
+    /// A mix node: Sphinx processing, delays, forwarding.
+    Mixnode {
+        #[command(subcommand)]
+        command: MixnodeCommand,
+    },
+    /// Trusted dealer: write t-of-n credential issuer key shares and the verification key.
+    Keygen(issuer::KeygenArgs),
+    /// A credential issuer (one share of the threshold key), over HTTP.
+    Issuer {
+        #[command(subcommand)]
+        command: IssuerCommand,
+    },
+    /// Bandwidth credentials: obtain one from t of n issuers, or show one.
+    Credential {
+        #[command(subcommand)]
+        command: CredentialCommand,
+    },
+    /// Listen and record every received frame to a file (a test helper; a gateway stand-in).
+    Sink {
+        #[arg(long, env = "LETHE_LISTEN", default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
 
-Node roles (mixnode, gateway, directory, issuer, client, testnet) are not built yet.";
+#[derive(Subcommand, Debug)]
+enum IssuerCommand {
+    /// Run one issuer until SIGTERM/SIGINT.
+    Run(issuer::IssuerRunArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum CredentialCommand {
+    /// Ask every issuer in parallel; keep the first t valid shares; write the credential.
+    Obtain(issuer::ObtainArgs),
+    /// Print a credential's bandwidth and expiry.
+    Show(issuer::ShowArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum MixnodeCommand {
+    /// Write keys and a commented config.toml into DIR (refuses to overwrite).
+    Init {
+        #[arg(long, env = "LETHE_DIR")]
+        dir: PathBuf,
+    },
+    /// Run the node in DIR until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, env = "LETHE_DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        overrides: RunOverrides,
+    },
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("version") | Some("--version") | Some("-V") => {
+    let cli = Cli::parse();
+    let anyhow_text = |e: anyhow::Error| format!("{e:#}");
+    let result = match cli.command {
+        Command::Version => {
             println!("lethe {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            Ok(())
         }
-        Some("help") | Some("--help") | Some("-h") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
+        Command::Mixnode {
+            command: MixnodeCommand::Init { dir },
+        } => mixnode::init(&dir).map_err(|e| e.to_string()),
+        Command::Mixnode {
+            command: MixnodeCommand::Run { dir, overrides },
+        } => mixnode::run(&dir, &overrides).map_err(|e| e.to_string()),
+        Command::Keygen(args) => issuer::keygen::run(&args).map_err(anyhow_text),
+        Command::Issuer {
+            command: IssuerCommand::Run(args),
+        } => issuer::server::run(&args).map_err(anyhow_text),
+        Command::Credential {
+            command: CredentialCommand::Obtain(args),
+        } => issuer::run_obtain(&args).map_err(anyhow_text),
+        Command::Credential {
+            command: CredentialCommand::Show(args),
+        } => issuer::run_show(&args).map_err(anyhow_text),
+        Command::Sink { listen, out } => {
+            lethe_nodes::sink::run(listen, out).map_err(|e| e.to_string())
         }
-        Some(other) => {
-            eprintln!("lethe: unknown command `{other}`\n\n{USAGE}");
-            ExitCode::from(2)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("lethe: {message}");
+            ExitCode::FAILURE
         }
-        None => {
-            eprintln!("{USAGE}");
-            ExitCode::from(2)
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn verify_cli() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

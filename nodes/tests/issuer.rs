@@ -15,7 +15,7 @@ use lethe_crypto::coconut::bandwidth::{
 use lethe_crypto::coconut::{CoconutError, VerificationKey};
 use lethe_nodes::credential_store::SqliteSpentTags;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lethe-issuer");
+const BIN: &str = env!("CARGO_BIN_EXE_lethe");
 
 /// Kills every child and removes the scratch directory, also when a test panics.
 struct Guard {
@@ -36,10 +36,10 @@ impl Guard {
         }
     }
 
-    /// Starts `lethe-issuer run` and returns its bound address (first stdout line).
+    /// Starts `lethe issuer run` and returns its bound address (first stdout line).
     fn issuer(&mut self, key: &Path, extra: &[&str]) -> SocketAddr {
         let mut child = Command::new(BIN)
-            .args(["run", "--listen", "127.0.0.1:0", "--key"])
+            .args(["issuer", "run", "--listen", "127.0.0.1:0", "--key"])
             .arg(key)
             .args(extra)
             .stdout(Stdio::piped())
@@ -114,6 +114,7 @@ fn obtain(dir: &Path, urls: &[String], out: &str) -> Output {
 fn obtain_with(dir: &Path, urls: &[String], out: &str, extra: &[&str]) -> Output {
     let (joined, vk, out) = (urls.join(","), dir.join("verification.key"), dir.join(out));
     let mut args: Vec<&str> = vec![
+        "credential",
         "obtain",
         "--issuers",
         &joined,
@@ -196,7 +197,7 @@ fn threshold_issuance_errors_and_spending() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
-    let o = cli(&["show", dir.join("cred-1").to_str().unwrap()]);
+    let o = cli(&["credential", "show", dir.join("cred-1").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("bandwidth_bytes: 1073741824"));
 
     // A rogue issuer (key from another dealer) among them: with the trusted key shares its

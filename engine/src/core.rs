@@ -1,0 +1,431 @@
+//! The I/O-free mixnode engine core: one per CPU core, fed `(now, packet)` and timeouts,
+//! returning [`Action`]s. No sockets, no clock, no locks, no allocation after construction.
+//!
+//! Pipeline: `handle_packet` copies a packet into a pool buffer and queues it in the batcher;
+//! a full batch (or one whose oldest packet waited `batch_flush_us`) goes through
+//! [`sphinx_batch::process_batch`] (the one Sphinx seam), whose replay hook checks the shared
+//! replay filter of the key that verified; forward packets wait their (capped) delay in the
+//! timer wheel, then come out of `poll_action` as [`Action::Forward`].
+//!
+//! Driving order, after quinn-proto: after any input call `poll_action` until `None`, then
+//! `poll_timeout` for the next instant `handle_timeout` has work. The caller hands every
+//! buffer of a `Forward`/`Deliver` back with `release` once it has copied the bytes out.
+
+pub mod keys;
+pub mod sphinx_batch;
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use lethe_crypto::framing::KeyRotation;
+use lethe_crypto::sphinx::address;
+
+use crate::batcher::Batcher;
+use crate::limits::EngineConfig;
+use crate::metrics::{CoreMetrics, DropReason, Stage};
+use crate::pool::{BufId, BufferPool};
+use crate::replay::ReplayFilterSet;
+use crate::timer_wheel::{TickClock, TimerWheel};
+
+pub use keys::{NodeKeys, SphinxKey};
+pub use sphinx_batch::{process_batch, Outcome, PacketSlots, ReplayVerdict};
+
+/// What the core asks its runtime to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send `buffer` (a Sphinx packet of `packet_len(&buffer)` bytes) to `next_hop`; its delay
+    /// ended at `at_us`. Then `release` the buffer.
+    Forward {
+        next_hop: SocketAddr,
+        at_us: u64,
+        buffer: BufId,
+    },
+    /// Final hop: `buffer` holds the processed packet (payload decrypted). Then `release` it.
+    Deliver {
+        destination: [u8; 32],
+        identifier: [u8; 16],
+        buffer: BufId,
+    },
+    /// A packet was dropped (already counted; carries no buffer).
+    Drop { reason: DropReason },
+}
+
+/// Per-buffer state, indexed by `BufId::index` (parallel to the pool, allocated once).
+#[derive(Clone, Copy)]
+struct BufferMeta {
+    len: u32,
+    rotation: KeyRotation,
+    arrived_us: u64,
+    deadline_us: u64,
+    next_hop: SocketAddr,
+}
+
+const META_EMPTY: BufferMeta = BufferMeta {
+    len: 0,
+    rotation: KeyRotation::Unknown,
+    arrived_us: 0,
+    deadline_us: 0,
+    next_hop: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+};
+
+pub struct Core {
+    config: EngineConfig,
+    clock: TickClock,
+    pool: BufferPool,
+    meta: Box<[BufferMeta]>,
+    batcher: Batcher<BufId>,
+    /// The batch being processed (scratch, capacity `batch_packets_max`).
+    batch: Vec<BufId>,
+    outcomes: Vec<Outcome>,
+    wheel: TimerWheel<BufId>,
+    fired: Vec<BufId>,
+    actions: VecDeque<Action>,
+    keys: NodeKeys,
+    replay: ReplayFilterSet,
+    metrics: Arc<CoreMetrics>,
+    /// Optional monotonic nanosecond source, used only to measure crypto cost for metrics.
+    cost_clock_ns: Option<fn() -> u64>,
+}
+
+struct PoolSlots<'a> {
+    pool: &'a mut BufferPool,
+    ids: &'a [BufId],
+    meta: &'a [BufferMeta],
+}
+
+impl PacketSlots for PoolSlots<'_> {
+    fn count(&self) -> u32 {
+        self.ids.len() as u32
+    }
+
+    fn rotation(&self, index: u32) -> KeyRotation {
+        self.meta[self.ids[index as usize].index() as usize].rotation
+    }
+
+    fn packet_mut(&mut self, index: u32) -> &mut [u8] {
+        let id = &self.ids[index as usize];
+        let len = self.meta[id.index() as usize].len as usize;
+        &mut self.pool.get_mut(id)[..len]
+    }
+}
+
+impl Core {
+    /// Allocates everything now. `config` must have passed `validate()`.
+    pub fn new(
+        config: EngineConfig,
+        keys: NodeKeys,
+        replay: ReplayFilterSet,
+        metrics: Arc<CoreMetrics>,
+        now_us: u64,
+    ) -> Core {
+        assert_eq!(config.validate(), Ok(()));
+        let clock = TickClock::new(config.timer_tick_us);
+        let batch_max = config.batch_packets_max as usize;
+        let buffers = config.pool_buffers_count;
+        let wheel = TimerWheel::new(
+            config.timer_entries_max,
+            config.timer_delay_ticks_max(),
+            clock.now_tick(now_us),
+        );
+        let actions_max = buffers as usize + 2 * batch_max;
+        let core = Core {
+            pool: BufferPool::new(buffers, config.pool_buffer_bytes),
+            meta: vec![META_EMPTY; buffers as usize].into_boxed_slice(),
+            batcher: Batcher::new(config.batch_packets_max, config.batch_flush_us),
+            batch: Vec::with_capacity(batch_max),
+            outcomes: Vec::with_capacity(batch_max),
+            wheel,
+            // Timers fired per call: bounded work per loop turn, as large as a send batch.
+            fired: Vec::with_capacity(crate::limits::BATCH_PACKETS_MAX as usize),
+            actions: VecDeque::with_capacity(actions_max),
+            keys,
+            replay,
+            metrics,
+            cost_clock_ns: None,
+            clock,
+            config,
+        };
+        assert!(core.actions.capacity() >= actions_max);
+        assert_eq!(core.meta.len(), core.pool.capacity() as usize);
+        core
+    }
+
+    /// Lets the core time its Sphinx batches (for the `crypto_per_packet` histogram only).
+    pub fn set_cost_clock(&mut self, clock_ns: fn() -> u64) {
+        self.cost_clock_ns = Some(clock_ns);
+    }
+
+    /// Installs new keys and their replay filters (rotation). Packets already queued are
+    /// processed with the new set.
+    pub fn set_keys(&mut self, keys: NodeKeys, replay: ReplayFilterSet) {
+        self.keys = keys;
+        self.replay = replay;
+    }
+
+    pub fn keys(&self) -> &NodeKeys {
+        &self.keys
+    }
+
+    pub fn metrics(&self) -> &Arc<CoreMetrics> {
+        &self.metrics
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Packets waiting for their delay.
+    pub fn delayed_count(&self) -> u32 {
+        self.wheel.len()
+    }
+
+    /// Packets waiting for their batch.
+    pub fn batched_count(&self) -> u32 {
+        self.batcher.len()
+    }
+
+    /// Buffers in use (queued, delayed, or handed out and not yet released).
+    pub fn buffers_in_use(&self) -> u32 {
+        self.pool.capacity() - self.pool.available()
+    }
+
+    /// A received Sphinx packet (the frame's packet bytes) and the frame's rotation byte.
+    /// Copies it into a pool buffer; processes the batch if that filled it.
+    pub fn handle_packet(
+        &mut self,
+        now_us: u64,
+        rotation: KeyRotation,
+        packet: &[u8],
+    ) -> Result<(), DropReason> {
+        CoreMetrics::add(&self.metrics.packets_received, 1);
+        if packet.len() > self.pool.buffer_bytes() as usize {
+            return Err(self.drop_packet(DropReason::Malformed));
+        }
+        let Some(id) = self.pool.alloc() else {
+            return Err(self.drop_packet(DropReason::Overload));
+        };
+        self.pool.get_mut(&id)[..packet.len()].copy_from_slice(packet);
+        let meta = &mut self.meta[id.index() as usize];
+        meta.len = packet.len() as u32;
+        meta.rotation = rotation;
+        meta.arrived_us = now_us;
+        assert!(self.batch.is_empty());
+        if let Some(drain) = self.batcher.push(now_us, id) {
+            self.batch.extend(drain);
+        }
+        if !self.batch.is_empty() {
+            self.run_batch(now_us);
+        }
+        Ok(())
+    }
+
+    /// A frame the decoder skipped (unknown packet type, bad rotation byte): counted only.
+    pub fn handle_skipped_frame(&mut self) {
+        CoreMetrics::add(&self.metrics.packets_received, 1);
+        self.drop_packet(DropReason::Malformed);
+    }
+
+    /// Flushes a due batch and fires due timers.
+    pub fn handle_timeout(&mut self, now_us: u64) {
+        assert!(self.batch.is_empty());
+        if let Some(drain) = self.batcher.poll(now_us) {
+            self.batch.extend(drain);
+        }
+        if !self.batch.is_empty() {
+            self.run_batch(now_us);
+        }
+        self.fire_timers(now_us);
+    }
+
+    /// Processes whatever is batched now (shutdown, or the runtime has nothing else to read).
+    pub fn flush_batch(&mut self, now_us: u64) {
+        assert!(self.batch.is_empty());
+        self.batch.extend(self.batcher.flush());
+        if !self.batch.is_empty() {
+            self.run_batch(now_us);
+        }
+    }
+
+    /// The next instant `handle_timeout` has work, if any.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let batch = self.batcher.next_flush_deadline_us();
+        let timer = self
+            .wheel
+            .next_deadline()
+            .map(|tick| self.clock.tick_start_us(tick));
+        match (batch, timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The packet bytes of a buffer handed out in an action.
+    pub fn packet(&self, id: &BufId) -> &[u8] {
+        let len = self.meta[id.index() as usize].len as usize;
+        &self.pool.get(id)[..len]
+    }
+
+    /// When the packet in `id` arrived (for residence-time metrics).
+    pub fn arrived_us(&self, id: &BufId) -> u64 {
+        self.meta[id.index() as usize].arrived_us
+    }
+
+    pub fn release(&mut self, id: BufId) {
+        self.pool.free(id);
+    }
+
+    /// Shutdown: drops every packet still batched or delayed, counting them; returns how many.
+    pub fn abandon_pending(&mut self) -> u32 {
+        assert!(self.batch.is_empty());
+        self.batch.extend(self.batcher.flush());
+        let batched = self.batch.len() as u32;
+        for id in self.batch.drain(..) {
+            self.pool.free(id);
+        }
+        let pool = &mut self.pool;
+        let delayed = self.wheel.advance(u64::MAX, u32::MAX, |id| pool.free(id));
+        assert!(self.wheel.is_empty());
+        let total = batched + delayed;
+        self.metrics.dropped(DropReason::Shutdown, u64::from(total));
+        CoreMetrics::set(&self.metrics.timer_wheel_packets, 0);
+        total
+    }
+
+    fn drop_packet(&mut self, reason: DropReason) -> DropReason {
+        self.metrics.dropped(reason, 1);
+        if self.actions.len() < self.actions.capacity() {
+            self.actions.push_back(Action::Drop { reason });
+        }
+        reason
+    }
+
+    /// Runs the Sphinx seam over `self.batch` and routes each outcome.
+    fn run_batch(&mut self, now_us: u64) {
+        let count = self.batch.len();
+        assert!(count > 0);
+        assert!(count <= self.config.batch_packets_max as usize);
+        // The wheel's clamp is relative to its own time: bring it to now first.
+        self.fire_timers(now_us);
+        self.metrics.batch_packets.record(count as u64);
+        let started_ns = self.cost_clock_ns.map(|clock| clock());
+        let mut slots = PoolSlots {
+            pool: &mut self.pool,
+            ids: &self.batch,
+            meta: &self.meta,
+        };
+        let replay = &self.replay;
+        let replay_check = |rotation_id, tag: &_| match replay.check_and_insert(rotation_id, tag) {
+            Some(false) => ReplayVerdict::Fresh,
+            Some(true) => ReplayVerdict::Replayed,
+            None => ReplayVerdict::NoFilter,
+        };
+        process_batch(&mut slots, &self.keys, replay_check, &mut self.outcomes);
+        if let (Some(clock), Some(started_ns)) = (self.cost_clock_ns, started_ns) {
+            let per_packet_us = clock().saturating_sub(started_ns) / 1_000 / count as u64;
+            self.metrics
+                .stage(Stage::CryptoPerPacket)
+                .record(per_packet_us);
+        }
+        assert_eq!(self.outcomes.len(), count);
+        let mut batch = std::mem::take(&mut self.batch);
+        for (index, id) in batch.drain(..).enumerate() {
+            let outcome = self.outcomes[index];
+            let waited_us = now_us.saturating_sub(self.meta[id.index() as usize].arrived_us);
+            self.metrics.stage(Stage::BatchWait).record(waited_us);
+            self.route_outcome(now_us, id, outcome);
+        }
+        self.batch = batch;
+        self.outcomes.clear();
+        self.fire_timers(now_us);
+    }
+
+    fn route_outcome(&mut self, now_us: u64, id: BufId, outcome: Outcome) {
+        let reason = match outcome {
+            Outcome::Forward {
+                next_hop, delay_ns, ..
+            } => match address::decode(&next_hop) {
+                Ok(next_hop) => return self.schedule(now_us, id, next_hop, delay_ns),
+                Err(_) => DropReason::UnknownNextHop,
+            },
+            Outcome::Final {
+                destination,
+                identifier,
+                ..
+            } => {
+                CoreMetrics::add(&self.metrics.packets_delivered, 1);
+                let deliver = Action::Deliver {
+                    destination,
+                    identifier,
+                    buffer: id,
+                };
+                return self.push_action(deliver);
+            }
+            Outcome::Malformed(_) => DropReason::Malformed,
+            Outcome::Replayed => DropReason::Replayed,
+            Outcome::UnknownKey => DropReason::UnknownKey,
+        };
+        self.pool.free(id);
+        self.drop_packet(reason);
+    }
+
+    fn schedule(&mut self, now_us: u64, id: BufId, next_hop: SocketAddr, delay_ns: u64) {
+        let delay_us_max = self.config.timer_delay_ms_max * 1_000;
+        let mut delay_us = delay_ns.div_ceil(1_000);
+        if delay_us > delay_us_max {
+            CoreMetrics::add(&self.metrics.packets_delay_clamped, 1);
+            delay_us = delay_us_max;
+        }
+        // The delay runs from arrival, so batching does not stretch the mixing delay (the
+        // packet still never leaves before it has been processed).
+        let meta = &mut self.meta[id.index() as usize];
+        let deadline_us = meta.arrived_us.saturating_add(delay_us);
+        debug_assert!(meta.arrived_us <= now_us);
+        meta.next_hop = next_hop;
+        meta.deadline_us = deadline_us;
+        match self.wheel.insert(self.clock.deadline_tick(deadline_us), id) {
+            Ok(_) => CoreMetrics::set(&self.metrics.timer_wheel_packets, self.wheel.len().into()),
+            Err(full) => {
+                self.pool.free(full.0);
+                self.drop_packet(DropReason::Overload);
+            }
+        }
+    }
+
+    /// Moves due packets out of the wheel into `Forward` actions, bounded by the free room in
+    /// the action queue (the rest stay due and fire on the next call).
+    fn fire_timers(&mut self, now_us: u64) {
+        let room = self.actions.capacity() - self.actions.len();
+        let limit = room.min(self.fired.capacity()) as u32;
+        let now_tick = self.clock.now_tick(now_us);
+        let fired = &mut self.fired;
+        assert!(fired.is_empty());
+        self.wheel.advance(now_tick, limit, |id| fired.push(id));
+        let mut fired = std::mem::take(&mut self.fired);
+        for id in fired.drain(..) {
+            let meta = self.meta[id.index() as usize];
+            debug_assert!(meta.deadline_us <= now_us.max(meta.deadline_us));
+            let lateness_us = now_us.saturating_sub(meta.deadline_us);
+            self.metrics.stage(Stage::DelayLateness).record(lateness_us);
+            CoreMetrics::add(&self.metrics.packets_forwarded, 1);
+            self.push_action(Action::Forward {
+                next_hop: meta.next_hop,
+                at_us: meta.deadline_us,
+                buffer: id,
+            });
+        }
+        self.fired = fired;
+        CoreMetrics::set(&self.metrics.timer_wheel_packets, self.wheel.len().into());
+    }
+
+    fn push_action(&mut self, action: Action) {
+        // Every buffer-carrying action holds a pool buffer, and the queue has room for the
+        // whole pool plus two batches of drops, so this never grows the queue.
+        assert!(self.actions.len() < self.actions.capacity());
+        self.actions.push_back(action);
+    }
+}

@@ -1,0 +1,181 @@
+//! One egress connection per next hop per core: a bounded queue of framed packets, written in
+//! batches by a writer task that (re)connects with exponential backoff.
+//!
+//! The queue is a byte buffer preallocated for `queue_packets_max` frames; the writer swaps it
+//! with its own spare buffer and writes the whole batch with one `write_all`, so a busy hop
+//! gets one syscall per batch and no per-packet allocation.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::AsyncWriteExt;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpStream;
+use lethe_crypto::framing::FRAME_MAX_LEN;
+use lethe_crypto::framing::{encode_frame, FrameHeader, FramingVersion, KeyRotation, PacketSize};
+
+use crate::metrics::{CoreMetrics, DropReason};
+
+/// How a core writes to its next hops.
+#[derive(Clone, Debug)]
+pub struct EgressConfig {
+    pub framing: FramingVersion,
+    /// The rotation byte written in v8 frames (the network's current rotation parity).
+    pub key_rotation: KeyRotation,
+    pub queue_packets_max: u32,
+    pub frame_bytes_max: u32,
+    pub backoff_ms_initial: u64,
+    pub backoff_ms_max: u64,
+    pub connect_timeout_ms: u64,
+}
+
+pub struct Egress {
+    next_hop: SocketAddr,
+    config: Rc<EgressConfig>,
+    pending: RefCell<Vec<u8>>,
+    pending_packets: Cell<u32>,
+    wake: LocalSender<()>,
+    metrics: Arc<CoreMetrics>,
+}
+
+impl Egress {
+    /// Creates the queue and spawns its writer task on the current executor.
+    pub fn spawn(
+        next_hop: SocketAddr,
+        config: Rc<EgressConfig>,
+        metrics: Arc<CoreMetrics>,
+        stop: Arc<AtomicBool>,
+    ) -> Rc<Egress> {
+        assert!(config.queue_packets_max > 0);
+        let bytes = config.queue_packets_max as usize * config.frame_bytes_max as usize;
+        let (wake, woken) = local_channel::new_bounded(1);
+        let egress = Rc::new(Egress {
+            next_hop,
+            pending: RefCell::new(Vec::with_capacity(bytes)),
+            pending_packets: Cell::new(0),
+            wake,
+            metrics,
+            config,
+        });
+        glommio::spawn_local(writer(egress.clone(), woken, bytes, stop)).detach();
+        egress
+    }
+
+    /// Queues one packet; `Err` (counted) when the queue is full.
+    pub fn enqueue(&self, packet: &[u8]) -> Result<(), DropReason> {
+        if self.pending_packets.get() >= self.config.queue_packets_max {
+            self.metrics.dropped(DropReason::EgressFull, 1);
+            return Err(DropReason::EgressFull);
+        }
+        let Some(size) = PacketSize::from_sphinx_packet_len(packet.len()) else {
+            self.metrics.dropped(DropReason::Malformed, 1);
+            return Err(DropReason::Malformed);
+        };
+        let header = match self.config.framing {
+            FramingVersion::V7 => FrameHeader::v7(size),
+            FramingVersion::V8 => FrameHeader::v8(size, self.config.key_rotation),
+        };
+        let mut pending = self.pending.borrow_mut();
+        let start = pending.len();
+        let frame_len = header.frame_len();
+        assert!(frame_len <= FRAME_MAX_LEN);
+        if start + frame_len > pending.capacity() {
+            drop(pending);
+            self.metrics.dropped(DropReason::EgressFull, 1);
+            return Err(DropReason::EgressFull);
+        }
+        pending.resize(start + frame_len, 0);
+        if encode_frame(&header, packet, &mut pending[start..]).is_err() {
+            pending.truncate(start);
+            drop(pending);
+            self.metrics.dropped(DropReason::Malformed, 1);
+            return Err(DropReason::Malformed);
+        }
+        drop(pending);
+        self.pending_packets.set(self.pending_packets.get() + 1);
+        // Full means a wake-up is already pending: nothing lost.
+        let _ = self.wake.try_send(());
+        Ok(())
+    }
+
+    pub fn queued_packets(&self) -> u32 {
+        self.pending_packets.get()
+    }
+
+    pub fn next_hop(&self) -> SocketAddr {
+        self.next_hop
+    }
+
+    /// Shutdown: counts what is still queued as dropped and empties the queue.
+    pub fn abandon(&self) -> u32 {
+        let count = self.pending_packets.replace(0);
+        self.pending.borrow_mut().clear();
+        self.metrics.dropped(DropReason::Shutdown, u64::from(count));
+        count
+    }
+}
+
+async fn writer(egress: Rc<Egress>, woken: LocalReceiver<()>, bytes: usize, stop: Arc<AtomicBool>) {
+    let mut spare: Vec<u8> = Vec::with_capacity(bytes);
+    let mut stream: Option<TcpStream> = None;
+    let mut backoff_ms = egress.config.backoff_ms_initial;
+    // Runs until its executor ends; each turn waits for work, so the loop is paced by input.
+    loop {
+        if egress.pending_packets.get() == 0 {
+            if woken.recv().await.is_none() {
+                return;
+            }
+            continue;
+        }
+        if stream.is_none() {
+            match connect(&egress).await {
+                Ok(connected) => {
+                    CoreMetrics::add(&egress.metrics.connections_egress, 1);
+                    backoff_ms = egress.config.backoff_ms_initial;
+                    stream = Some(connected);
+                }
+                Err(_) => {
+                    CoreMetrics::add(&egress.metrics.connect_failures, 1);
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(backoff_ms)).await;
+                    backoff_ms = (backoff_ms * 2).min(egress.config.backoff_ms_max);
+                    continue;
+                }
+            }
+        }
+        std::mem::swap(&mut *egress.pending.borrow_mut(), &mut spare);
+        let packets = egress.pending_packets.replace(0);
+        assert!(!spare.is_empty());
+        let Some(connection) = stream.as_mut() else {
+            continue;
+        };
+        let written = connection.write_all(&spare).await;
+        spare.clear();
+        if written.is_err() {
+            // The batch in flight is lost with the connection; count it and reconnect.
+            egress
+                .metrics
+                .dropped(DropReason::EgressFull, u64::from(packets));
+            egress
+                .metrics
+                .connections_egress
+                .fetch_sub(1, Ordering::Relaxed);
+            stream = None;
+            continue;
+        }
+        CoreMetrics::add(&egress.metrics.packets_sent, u64::from(packets));
+    }
+}
+
+async fn connect(egress: &Egress) -> std::io::Result<TcpStream> {
+    let timeout = Duration::from_millis(egress.config.connect_timeout_ms);
+    let stream = TcpStream::connect_timeout(egress.next_hop, timeout).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}

@@ -1,0 +1,351 @@
+//! The I/O-free core under simulated time: delays, replay, malformed input, final hop, key
+//! rotation, overload, clamping and shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod core_common;
+
+use core_common::*;
+use lethe_crypto::framing::KeyRotation;
+use lethe_crypto::sphinx::{self, Hop, Packet};
+use lethe_engine::core::{Action, Core, NodeKeys, SphinxKey};
+use lethe_engine::metrics::{CoreMetrics, DropReason};
+use lethe_engine::BufId;
+
+fn drain(core: &mut Core) -> Vec<Action> {
+    let mut out = Vec::new();
+    for _ in 0..10_000 {
+        match core.poll_action() {
+            Some(action) => out.push(action),
+            None => return out,
+        }
+    }
+    panic!("action queue did not drain");
+}
+
+fn forwards(core: &mut Core) -> Vec<(std::net::SocketAddr, u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for action in drain(core) {
+        if let Action::Forward {
+            next_hop,
+            at_us,
+            buffer,
+        } = action
+        {
+            out.push((next_hop, at_us, core.packet(&buffer).to_vec()));
+            core.release(buffer);
+        }
+    }
+    out
+}
+
+fn dropped(core: &Core, reason: DropReason) -> u64 {
+    core.metrics().dropped_count(reason)
+}
+
+#[test]
+fn forwards_after_exact_delay_and_next_hop_can_process() {
+    let mut r = rng(1);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let bytes = packet(
+        &mut r,
+        &[(public(&this), 1), (public(&next), 2)],
+        &[5_000_000, 0],
+    );
+    let mut core = core_with(config(), one_key(this, 2), &[2]);
+    core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
+    assert_eq!(core.batched_count(), 1);
+    assert_eq!(core.poll_timeout(), Some(100)); // batch flush
+    core.handle_timeout(100);
+    assert!(forwards(&mut core).is_empty());
+    assert_eq!(core.delayed_count(), 1);
+    // The delay runs from arrival (t = 0). `poll_timeout` may wake early (a coarse wheel
+    // slot's start) but never late; follow it and check nothing leaves before 5000 µs.
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        let wake = core.poll_timeout().unwrap();
+        assert!(wake <= 5_000);
+        core.handle_timeout(wake);
+        out = forwards(&mut core);
+        if !out.is_empty() {
+            assert_eq!(wake, 5_000);
+            break;
+        }
+    }
+    assert_eq!(out.len(), 1);
+    let (hop, at_us, mut forwarded) = out.into_iter().next().unwrap();
+    assert_eq!(hop, addr(2));
+    assert_eq!(at_us, 5_000);
+    assert_eq!(forwarded.len(), bytes.len());
+    let processed = sphinx::process(&mut Packet::new_checked(&mut forwarded[..]).unwrap(), &next);
+    assert!(
+        matches!(processed.unwrap().hop, Hop::Final { destination, .. } if destination == [7; 32])
+    );
+    assert_eq!(core.buffers_in_use(), 0);
+    assert_eq!(CoreMetrics::get(&core.metrics().packets_forwarded), 1);
+}
+
+#[test]
+fn full_batch_is_processed_at_once_and_zero_delay_leaves_next_tick() {
+    let mut r = rng(2);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
+    for i in 0..4u64 {
+        let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
+        core.handle_packet(i * 10, KeyRotation::Unknown, &bytes)
+            .unwrap();
+    }
+    assert_eq!(core.batched_count(), 0); // the fourth push filled the batch
+    assert_eq!(forwards(&mut core).len(), 4);
+    assert_eq!(core.metrics().batch_packets.count(), 1);
+}
+
+#[test]
+fn replay_is_refused_across_and_within_batches() {
+    let mut r = rng(3);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
+    let mut core = core_with(config(), one_key(this, 2), &[2]);
+    core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
+    core.flush_batch(0);
+    assert_eq!(forwards(&mut core).len(), 1);
+    // Later batch.
+    core.handle_packet(10, KeyRotation::Unknown, &bytes)
+        .unwrap();
+    core.flush_batch(10);
+    let actions = drain(&mut core);
+    assert_eq!(
+        actions,
+        vec![Action::Drop {
+            reason: DropReason::Replayed
+        }]
+    );
+    // Same batch, twice more.
+    core.handle_packet(20, KeyRotation::Unknown, &bytes)
+        .unwrap();
+    core.handle_packet(20, KeyRotation::Unknown, &bytes)
+        .unwrap();
+    core.flush_batch(20);
+    assert!(forwards(&mut core).is_empty());
+    assert_eq!(dropped(&core, DropReason::Replayed), 3);
+    assert_eq!(core.buffers_in_use(), 0);
+}
+
+#[test]
+fn malformed_packets_are_counted_while_the_batch_goes_through() {
+    let mut r = rng(4);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let good = |r: &mut _| packet(r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
+    let (a, b) = (good(&mut r), good(&mut r));
+    let mut forged = a.clone();
+    forged[100] ^= 1; // inside beta: the MAC fails
+    let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
+    core.handle_packet(0, KeyRotation::Unknown, &forged)
+        .unwrap();
+    core.handle_packet(0, KeyRotation::Unknown, &a).unwrap();
+    core.handle_packet(0, KeyRotation::Unknown, &[0u8; 10])
+        .unwrap(); // truncated
+    core.handle_packet(0, KeyRotation::Unknown, &b).unwrap();
+    let out = forwards(&mut core);
+    assert_eq!(out.len(), 2);
+    assert_eq!(dropped(&core, DropReason::Malformed), 2);
+    // The forged copy did not poison the filter: the genuine packet was fresh.
+    assert_eq!(dropped(&core, DropReason::Replayed), 0);
+    core.handle_skipped_frame();
+    assert_eq!(dropped(&core, DropReason::Malformed), 3);
+    let oversize = vec![0u8; 4_000];
+    assert_eq!(
+        core.handle_packet(0, KeyRotation::Unknown, &oversize),
+        Err(DropReason::Malformed)
+    );
+}
+
+#[test]
+fn final_hop_is_delivered_with_its_payload() {
+    let mut r = rng(5);
+    let this = secret(&mut r);
+    let bytes = packet(&mut r, &[(public(&this), 1)], &[0]);
+    let mut core = core_with(config(), one_key(this, 2), &[2]);
+    core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
+    core.flush_batch(0);
+    let actions = drain(&mut core);
+    assert_eq!(actions.len(), 1);
+    let Some(Action::Deliver {
+        destination,
+        identifier,
+        buffer,
+    }) = actions.into_iter().next()
+    else {
+        panic!("expected a delivery");
+    };
+    assert_eq!(destination, [7; 32]);
+    assert_eq!(identifier, [9; 16]);
+    let payload = &core.packet(&buffer)[sphinx::constants::HEADER_SIZE..];
+    assert_eq!(sphinx::recover_plaintext(payload).unwrap().len(), 4);
+    core.release(buffer);
+    assert_eq!(CoreMetrics::get(&core.metrics().packets_delivered), 1);
+}
+
+fn rotation_keys(r: &mut rand_chacha::ChaCha20Rng) -> (NodeKeys, [u8; 32], [u8; 32]) {
+    let (even, odd) = (secret(r), secret(r));
+    let (even_pub, odd_pub) = (public(&even), public(&odd));
+    let keys = NodeKeys::new(SphinxKey::new(2, even), Some(SphinxKey::new(1, odd)));
+    (keys, even_pub, odd_pub)
+}
+
+#[test]
+fn key_rotation_byte_picks_the_key_and_v7_tries_both() {
+    let mut r = rng(6);
+    let (keys, even_pub, odd_pub) = rotation_keys(&mut r);
+    let next = public(&secret(&mut r));
+    let mut core = core_with(config(), keys, &[1, 2]);
+    let for_odd = |r: &mut _| packet(r, &[(odd_pub, 1), (next, 2)], &[0, 0]);
+    let for_even = |r: &mut _| packet(r, &[(even_pub, 1), (next, 2)], &[0, 0]);
+    let cases = [
+        (for_odd(&mut r), KeyRotation::Unknown, true), // primary fails, secondary verifies
+        (for_odd(&mut r), KeyRotation::Odd, true),
+        (for_odd(&mut r), KeyRotation::Even, false), // the even key's MAC fails
+        (for_even(&mut r), KeyRotation::Even, true),
+        (for_even(&mut r), KeyRotation::Unknown, true),
+    ];
+    for (index, (bytes, rotation, forwarded)) in cases.iter().enumerate() {
+        let now_us = index as u64 * 10; // tick-aligned, so zero delays fire at once
+        core.handle_packet(now_us, *rotation, bytes).unwrap();
+        core.flush_batch(now_us);
+        assert_eq!(forwards(&mut core).len() == 1, *forwarded, "case {index}");
+    }
+    assert_eq!(dropped(&core, DropReason::Malformed), 1);
+    // The replay filter is per rotation: the odd key's packet replayed under v8 is refused.
+    core.handle_packet(100, KeyRotation::Odd, &cases[0].0)
+        .unwrap();
+    core.flush_batch(100);
+    assert_eq!(dropped(&core, DropReason::Replayed), 1);
+}
+
+#[test]
+fn unknown_rotation_or_missing_filter_is_unknown_key() {
+    let mut r = rng(7);
+    let this = secret(&mut r);
+    let this_pub = public(&this);
+    let next = public(&secret(&mut r));
+    // Only an even key: an odd rotation byte names no key.
+    let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
+    let bytes = packet(&mut r, &[(this_pub, 1), (next, 2)], &[0, 0]);
+    core.handle_packet(0, KeyRotation::Odd, &bytes).unwrap();
+    core.flush_batch(0);
+    assert_eq!(dropped(&core, DropReason::UnknownKey), 1);
+    // A key without a replay filter is refused rather than processed unprotected.
+    let mut core = core_with(config(), one_key(this, 2), &[4]);
+    core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
+    core.flush_batch(0);
+    assert_eq!(dropped(&core, DropReason::UnknownKey), 1);
+    assert_eq!(core.buffers_in_use(), 0);
+}
+
+#[test]
+fn overload_is_dropped_and_counted() {
+    let mut r = rng(8);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let mut small = config();
+    small.pool_buffers_count = 6;
+    small.timer_entries_max = 3;
+    let mut core = core_with(small, one_key(this.clone(), 2), &[2]);
+    let mut held: Vec<BufId> = Vec::new();
+    for i in 0..8u64 {
+        let bytes = packet(
+            &mut r,
+            &[(public(&this), 1), (public(&next), 2)],
+            &[1_000_000, 0],
+        );
+        let _ = core.handle_packet(i, KeyRotation::Unknown, &bytes);
+    }
+    core.flush_batch(10);
+    // 6 buffers: 2 refused at ingress; wheel of 3: 3 more refused after processing.
+    assert_eq!(dropped(&core, DropReason::Overload), 2 + 3);
+    assert_eq!(core.delayed_count(), 3);
+    core.handle_timeout(1_000_010);
+    for action in drain(&mut core) {
+        if let Action::Forward { buffer, .. } = action {
+            held.push(buffer);
+        }
+    }
+    assert_eq!(held.len(), 3);
+    for id in held {
+        core.release(id);
+    }
+    assert_eq!(core.buffers_in_use(), 0);
+}
+
+#[test]
+fn excessive_delay_is_clamped_and_counted() {
+    let mut r = rng(9);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let bytes = packet(
+        &mut r,
+        &[(public(&this), 1), (public(&next), 2)],
+        &[60_000_000_000, 0],
+    );
+    let mut core = core_with(config(), one_key(this, 2), &[2]);
+    core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
+    core.flush_batch(0);
+    core.handle_timeout(9_999_999);
+    assert!(forwards(&mut core).is_empty());
+    core.handle_timeout(10_000_000);
+    assert_eq!(forwards(&mut core).len(), 1);
+    assert_eq!(CoreMetrics::get(&core.metrics().packets_delay_clamped), 1);
+}
+
+#[test]
+fn shutdown_abandons_pending_packets() {
+    let mut r = rng(10);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
+    for i in 0..3u64 {
+        let bytes = packet(
+            &mut r,
+            &[(public(&this), 1), (public(&next), 2)],
+            &[1_000_000, 0],
+        );
+        core.handle_packet(i, KeyRotation::Unknown, &bytes).unwrap();
+        if i == 1 {
+            core.flush_batch(i);
+        }
+    }
+    assert_eq!(core.delayed_count(), 2);
+    assert_eq!(core.batched_count(), 1);
+    assert_eq!(core.abandon_pending(), 3);
+    assert_eq!(dropped(&core, DropReason::Shutdown), 3);
+    assert_eq!(core.buffers_in_use(), 0);
+}
+
+#[test]
+fn set_keys_rotates_and_retires_the_old_key() {
+    let mut r = rng(13);
+    let (old, new) = (secret(&mut r), secret(&mut r));
+    let (old_pub, new_pub) = (public(&old), public(&new));
+    let next = public(&secret(&mut r));
+    let mut core = core_with(config(), one_key(old.clone(), 1), &[1]);
+    let for_old = packet(&mut r, &[(old_pub, 1), (next, 2)], &[0, 0]);
+    let for_new = packet(&mut r, &[(new_pub, 1), (next, 2)], &[0, 0]);
+    // Overlap: new key primary (rotation 2), old key secondary (rotation 1), both filters live.
+    let overlap = NodeKeys::new(SphinxKey::new(2, new.clone()), Some(SphinxKey::new(1, old)));
+    core.set_keys(overlap, filters(&[1, 2]));
+    for (index, bytes) in [&for_old, &for_new].into_iter().enumerate() {
+        let now_us = index as u64 * 10;
+        core.handle_packet(now_us, KeyRotation::Unknown, bytes)
+            .unwrap();
+        core.flush_batch(now_us);
+        assert_eq!(
+            forwards(&mut core).len(),
+            1,
+            "packet {index} during the overlap"
+        );
+    }
+    // After the overlap the old key is gone: its packets no longer verify.
+    core.set_keys(one_key(new, 2), filters(&[2]));
+    let late = packet(&mut r, &[(old_pub, 1), (next, 2)], &[0, 0]);
+    core.handle_packet(100, KeyRotation::Unknown, &late)
+        .unwrap();
+    core.flush_batch(100);
+    assert!(forwards(&mut core).is_empty());
+    assert_eq!(dropped(&core, DropReason::Malformed), 1);
+}

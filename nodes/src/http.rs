@@ -1,0 +1,69 @@
+//! A tiny HTTP/1.1 responder for `/metrics` (Prometheus text) and `/health`, on its own std
+//! thread and port, off the data plane. One request per connection, bounded request size.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lethe_engine::metrics::{render_prometheus, CoreMetrics};
+
+const REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// Binds now (so the caller learns the port) and serves forever on a background thread.
+pub fn serve(addr: SocketAddr, cores: Vec<Arc<CoreMetrics>>) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("metrics {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    std::thread::Builder::new()
+        .name("lethe-metrics".into())
+        .spawn(move || {
+            // Serves until the process exits; a failed accept is skipped.
+            for stream in listener.incoming().flatten() {
+                let _ = respond(stream, &cores, started);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(local)
+}
+
+fn respond(
+    mut stream: TcpStream,
+    cores: &[Arc<CoreMetrics>],
+    started: Instant,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut request = [0u8; REQUEST_BYTES_MAX];
+    let mut len = 0;
+    while len < request.len() {
+        let n = stream.read(&mut request[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+        if request[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&request[..len]);
+    let path = head.split_whitespace().nth(1).unwrap_or("");
+    let uptime_s = started.elapsed().as_secs();
+    let (status, content_type, body) = match path {
+        "/metrics" | "/api/v1/metrics/prometheus" => {
+            let mut body = String::with_capacity(16 * 1024);
+            render_prometheus(cores, uptime_s, &mut body);
+            ("200 OK", "text/plain; version=0.0.4", body)
+        }
+        "/health" | "/api/v1/health" => (
+            "200 OK",
+            "application/json",
+            format!("{{\"status\":\"up\",\"uptime\":{uptime_s}}}\n"),
+        ),
+        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes())
+}

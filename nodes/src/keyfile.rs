@@ -1,0 +1,115 @@
+//! Key files: one key per file, 32 bytes as hex, created `0600` with `create_new` (never
+//! overwritten, never world-readable even briefly) in a `0700` directory; `.pub` companions.
+//! Loading refuses a private key file readable by group or others (the ssh habit).
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use zeroize::Zeroizing;
+
+pub fn random_32() -> Result<Zeroizing<[u8; 32]>, String> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut bytes[..]).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(bytes)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex_32(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (index, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+pub fn create_private_dir(dir: &Path) -> Result<(), String> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// Writes `contents` to a new file of the given mode; fails if it exists.
+pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes a private key (`0600`) and its public key (`path.pub`, `0644`).
+pub fn write_key_pair(path: &Path, secret: &[u8; 32], public: &[u8; 32]) -> Result<(), String> {
+    let secret_hex = Zeroizing::new(hex(secret) + "\n");
+    write_new(path, secret_hex.as_bytes(), 0o600)?;
+    let public_path = path.with_extension("pub");
+    write_new(&public_path, (hex(public) + "\n").as_bytes(), 0o644)
+}
+
+pub fn read_private(path: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
+    let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{}: private key is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    let text =
+        Zeroizing::new(fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    unhex_32(&text)
+        .map(Zeroizing::new)
+        .ok_or_else(|| format!("{}: not a 32-byte hex key", path.display()))
+}
+
+pub fn read_public(path: &Path) -> Result<[u8; 32], String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    unhex_32(&text).ok_or_else(|| format!("{}: not a 32-byte hex key", path.display()))
+}
+
+/// The ed25519 public key of a 32-byte seed (RFC 8032: SHA-512, clamp, times the base point).
+pub fn ed25519_public(seed: &[u8; 32]) -> [u8; 32] {
+    use sha2::Digest;
+    let digest = sha2::Sha512::digest(seed);
+    let mut scalar = Zeroizing::new([0u8; 32]);
+    scalar.copy_from_slice(&digest[..32]);
+    curve25519_dalek::EdwardsPoint::mul_base_clamped(*scalar)
+        .compress()
+        .to_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let bytes = [0xabu8; 32];
+        assert_eq!(unhex_32(&hex(&bytes)), Some(bytes));
+        assert_eq!(unhex_32("zz"), None);
+    }
+
+    #[test]
+    fn ed25519_matches_rfc8032_test_1() {
+        let seed =
+            unhex_32("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60").unwrap();
+        assert_eq!(
+            hex(&ed25519_public(&seed)),
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! `config.toml` of a mixnode: written from a commented template by `init`, read by `run`,
+//! then overridden by flags and their `LETHE_*` environment twins.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const CONFIG_FILE: &str = "config.toml";
+pub const CONFIG_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub version: u32,
+    pub mixnode: MixnodeSection,
+    pub engine: EngineSection,
+    pub replay: ReplaySection,
+    pub keys: KeysSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixnodeSection {
+    pub listen_address: SocketAddr,
+    pub metrics_address: SocketAddr,
+    pub cores: u32,
+    pub cpus: Vec<usize>,
+    pub egress_framing: u8,
+    pub egress_queue_packets_max: u32,
+    pub shutdown_grace_ms: u64,
+    pub io_memory_bytes: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    pub batch_packets_max: u32,
+    pub batch_flush_us: u64,
+    pub delay_ms_max: u64,
+    pub timer_tick_us: u64,
+    pub timer_entries_max: u32,
+    pub pool_buffers_count: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaySection {
+    pub packets_per_s: u64,
+    pub key_lifetime_s: u64,
+    pub fp_rate: f64,
+    pub snapshot_interval_s: u64,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    pub identity: PathBuf,
+    pub sphinx_primary: PathBuf,
+    pub sphinx_secondary: PathBuf,
+    pub primary_rotation_id: u32,
+    pub secondary_rotation_id: u32,
+}
+
+/// The file `init` writes: every key with its meaning and default.
+pub const TEMPLATE: &str = r#"# Lethe mixnode configuration. Flags and LETHE_* environment variables override these
+# values at `lethe mixnode run` (they are not written back). Relative paths are relative to
+# the node directory.
+version = 1
+
+[mixnode]
+# Where the mixnet listener binds (TCP, Nym framing; Nym's default port is 1789).
+listen_address = "0.0.0.0:1789"
+# Plain-HTTP endpoint serving /metrics (Prometheus text) and /health. Keep it private.
+metrics_address = "127.0.0.1:9100"
+# Engine cores: one io_uring executor each. 0 = every available CPU.
+cores = 0
+# Pin core i to cpus[i] (e.g. [1, 2]: leave CPU 0 to interrupts). Empty = unpinned.
+cpus = []
+# Framing version of frames sent to next hops: 7 (legacy, what Nym nodes emit today) or 8
+# (adds the key-rotation byte). Both are accepted on ingress.
+egress_framing = 7
+# Packets queued per next hop before new ones are dropped (Nym: 2000).
+egress_queue_packets_max = 2000
+# On SIGTERM/SIGINT: keep sending what falls due for this long, then drop the rest (counted).
+shutdown_grace_ms = 10000
+# io_uring registered I/O memory per core (locked memory; see RLIMIT_MEMLOCK).
+io_memory_bytes = 131072
+
+[engine]
+# Sphinx packets processed per batch, and the longest a partial batch waits.
+batch_packets_max = 64
+batch_flush_us = 200
+# Forward delays above this are clamped to it (Nym: 10 s).
+delay_ms_max = 10000
+# Timer resolution, and packets that may wait for their delay at once, per core.
+timer_tick_us = 1000
+timer_entries_max = 65536
+# Packet buffers per core (2560 bytes each): bounds packets queued, delayed or in flight.
+pool_buffers_count = 65536
+
+[replay]
+# Replay filter sizing: items = packets_per_s x key_lifetime_s, at false-positive rate fp_rate
+# (Nym: 2000 pps, 25 h, 1e-5). One filter per live Sphinx key.
+packets_per_s = 2000
+key_lifetime_s = 90000
+fp_rate = 1e-5
+# Snapshot the filters to data_dir this often, and at shutdown; loaded at start.
+snapshot_interval_s = 600
+data_dir = "data"
+
+[keys]
+# ed25519 identity; x25519 Sphinx keys (primary, and secondary for the rotation overlap).
+# Files hold 32 bytes as hex, mode 0600; public keys are in the `.pub` files beside them.
+identity = "keys/ed25519_identity"
+sphinx_primary = "keys/x25519_sphinx_primary"
+sphinx_secondary = "keys/x25519_sphinx_secondary"
+# Rotation ids of the two Sphinx keys; their parity is the v8 frame's rotation byte.
+primary_rotation_id = 1
+secondary_rotation_id = 0
+"#;
+
+impl Config {
+    pub fn load(dir: &Path) -> Result<Config, String> {
+        let path = dir.join(CONFIG_FILE);
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if config.version != CONFIG_VERSION {
+            return Err(format!(
+                "{}: config version {} is not {CONFIG_VERSION}",
+                path.display(),
+                config.version
+            ));
+        }
+        Ok(config)
+    }
+}
+
+/// `path` if absolute, else relative to the node directory.
+pub fn resolve(dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        dir.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses() {
+        let config: Config = toml::from_str(TEMPLATE).unwrap();
+        assert_eq!(config.version, CONFIG_VERSION);
+        assert_eq!(config.mixnode.egress_framing, 7);
+        assert_eq!(config.keys.primary_rotation_id % 2, 1);
+    }
+}

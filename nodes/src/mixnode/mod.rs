@@ -1,0 +1,315 @@
+//! `lethe mixnode`: `init` writes keys and a commented config; `run` starts the engine cores,
+//! the metrics endpoint and replay-filter persistence, and shuts down on SIGTERM/SIGINT.
+
+pub mod config;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lethe_crypto::framing::{FramingVersion, KeyRotation};
+use lethe_engine::core::{NodeKeys, SphinxKey};
+use lethe_engine::limits::PACKET_BYTES_DEFAULT;
+use lethe_engine::metrics::{CoreMetrics, DropReason};
+use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
+use lethe_engine::{
+    snapshot_path, EngineConfig, ReplayConfig, ReplayFilter, ReplayFilterSet, ReplayParams,
+};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::keyfile;
+use config::{resolve, Config, CONFIG_FILE, TEMPLATE};
+
+/// Flags of `lethe mixnode run`; each overrides `config.toml` and has a `LETHE_*` twin.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunOverrides {
+    /// Mixnet listen address (config: mixnode.listen_address).
+    #[arg(long, env = "LETHE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Metrics/health HTTP address (config: mixnode.metrics_address).
+    #[arg(long, env = "LETHE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Engine cores; 0 = all (config: mixnode.cores).
+    #[arg(long, env = "LETHE_CORES")]
+    pub cores: Option<u32>,
+    /// Egress framing version, 7 or 8 (config: mixnode.egress_framing).
+    #[arg(long, env = "LETHE_EGRESS_FRAMING")]
+    pub egress_framing: Option<u8>,
+    /// Packets per Sphinx batch (config: engine.batch_packets_max).
+    #[arg(long, env = "LETHE_BATCH_PACKETS_MAX")]
+    pub batch_packets_max: Option<u32>,
+    /// Longest wait of a partial batch in µs (config: engine.batch_flush_us).
+    #[arg(long, env = "LETHE_BATCH_FLUSH_US")]
+    pub batch_flush_us: Option<u64>,
+    /// Packet buffers per core (config: engine.pool_buffers_count).
+    #[arg(long, env = "LETHE_POOL_BUFFERS")]
+    pub pool_buffers: Option<u32>,
+    /// Delayed packets per core (config: engine.timer_entries_max).
+    #[arg(long, env = "LETHE_TIMER_ENTRIES_MAX")]
+    pub timer_entries_max: Option<u32>,
+    /// Replay sizing: packets per second (config: replay.packets_per_s).
+    #[arg(long, env = "LETHE_REPLAY_PACKETS_PER_S")]
+    pub replay_packets_per_s: Option<u64>,
+    /// Replay sizing: key lifetime in seconds (config: replay.key_lifetime_s).
+    #[arg(long, env = "LETHE_REPLAY_KEY_LIFETIME_S")]
+    pub replay_key_lifetime_s: Option<u64>,
+    /// Replay snapshot interval in seconds (config: replay.snapshot_interval_s).
+    #[arg(long, env = "LETHE_SNAPSHOT_INTERVAL_S")]
+    pub snapshot_interval_s: Option<u64>,
+    /// Shutdown grace period in ms (config: mixnode.shutdown_grace_ms).
+    #[arg(long, env = "LETHE_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+impl RunOverrides {
+    pub fn apply(&self, config: &mut Config) {
+        let m = &mut config.mixnode;
+        m.listen_address = self.listen.unwrap_or(m.listen_address);
+        m.metrics_address = self.metrics_listen.unwrap_or(m.metrics_address);
+        m.cores = self.cores.unwrap_or(m.cores);
+        m.egress_framing = self.egress_framing.unwrap_or(m.egress_framing);
+        m.shutdown_grace_ms = self.shutdown_grace_ms.unwrap_or(m.shutdown_grace_ms);
+        let e = &mut config.engine;
+        e.batch_packets_max = self.batch_packets_max.unwrap_or(e.batch_packets_max);
+        e.batch_flush_us = self.batch_flush_us.unwrap_or(e.batch_flush_us);
+        e.pool_buffers_count = self.pool_buffers.unwrap_or(e.pool_buffers_count);
+        e.timer_entries_max = self.timer_entries_max.unwrap_or(e.timer_entries_max);
+        let r = &mut config.replay;
+        r.packets_per_s = self.replay_packets_per_s.unwrap_or(r.packets_per_s);
+        r.key_lifetime_s = self.replay_key_lifetime_s.unwrap_or(r.key_lifetime_s);
+        r.snapshot_interval_s = self.snapshot_interval_s.unwrap_or(r.snapshot_interval_s);
+    }
+}
+
+/// `lethe mixnode init`: keys (0600, in a 0700 dir) and the commented config; never
+/// overwrites.
+pub fn init(dir: &Path) -> Result<(), String> {
+    keyfile::create_private_dir(dir)?;
+    let config_path = dir.join(CONFIG_FILE);
+    if config_path.exists() {
+        return Err(format!(
+            "{} exists: refusing to overwrite",
+            config_path.display()
+        ));
+    }
+    let config: Config = toml::from_str(TEMPLATE).map_err(|e| e.to_string())?;
+    keyfile::create_private_dir(&resolve(dir, &config.replay.data_dir))?;
+    let identity_path = resolve(dir, &config.keys.identity);
+    if let Some(parent) = identity_path.parent() {
+        keyfile::create_private_dir(parent)?;
+    }
+    let identity = keyfile::random_32()?;
+    keyfile::write_key_pair(
+        &identity_path,
+        &identity,
+        &keyfile::ed25519_public(&identity),
+    )?;
+    for path in [&config.keys.sphinx_primary, &config.keys.sphinx_secondary] {
+        let secret = StaticSecret::from(*keyfile::random_32()?);
+        let public = PublicKey::from(&secret).to_bytes();
+        keyfile::write_key_pair(&resolve(dir, path), secret.as_bytes(), &public)?;
+    }
+    keyfile::write_new(&config_path, TEMPLATE.as_bytes(), 0o600)?;
+    println!("initialised mixnode in {}", dir.display());
+    Ok(())
+}
+
+fn load_keys(dir: &Path, config: &Config) -> Result<NodeKeys, String> {
+    let read = |path: &PathBuf| -> Result<StaticSecret, String> {
+        Ok(StaticSecret::from(*keyfile::read_private(&resolve(
+            dir, path,
+        ))?))
+    };
+    // The identity key is not used by the data plane yet; check it is there and private.
+    keyfile::read_private(&resolve(dir, &config.keys.identity))?;
+    let primary = SphinxKey::new(
+        config.keys.primary_rotation_id,
+        read(&config.keys.sphinx_primary)?,
+    );
+    let secondary = SphinxKey::new(
+        config.keys.secondary_rotation_id,
+        read(&config.keys.sphinx_secondary)?,
+    );
+    if primary.rotation_id == secondary.rotation_id {
+        return Err("keys: primary and secondary rotation ids must differ".into());
+    }
+    Ok(NodeKeys::new(primary, Some(secondary)))
+}
+
+/// One filter per live key: the snapshot if there is one, else a fresh filter.
+fn load_replay(dir: &Path, config: &Config, keys: &NodeKeys) -> Result<ReplayFilterSet, String> {
+    let data_dir = resolve(dir, &config.replay.data_dir);
+    let sizing = ReplayConfig {
+        packets_per_s: config.replay.packets_per_s,
+        key_lifetime_s: config.replay.key_lifetime_s,
+        fp_rate: config.replay.fp_rate,
+        block_words: 1,
+    };
+    let params = ReplayParams::from_config(&sizing).map_err(|e| format!("replay: {e}"))?;
+    let mut set = ReplayFilterSet::default();
+    let ids = [
+        Some(keys.primary.rotation_id),
+        keys.secondary.as_ref().map(|k| k.rotation_id),
+    ];
+    for id in ids.into_iter().flatten() {
+        let path = snapshot_path(&data_dir, id);
+        let filter = if path.exists() {
+            let filter =
+                ReplayFilter::load(&path, id).map_err(|e| format!("{}: {e}", path.display()))?;
+            eprintln!(
+                "lethe: replay filter for rotation {id} loaded from {}",
+                path.display()
+            );
+            filter
+        } else {
+            ReplayFilter::try_new(id, params)
+                .map_err(|_| format!("replay: cannot allocate {} bytes", params.bytes()))?
+        };
+        set.insert(Arc::new(filter))
+            .map_err(|e| format!("replay: {e:?}"))?;
+    }
+    Ok(set)
+}
+
+fn save_replay(data_dir: &Path, set: &ReplayFilterSet) -> Result<(), String> {
+    for id in set.rotation_ids() {
+        if let Some(filter) = set.get(id) {
+            let path = snapshot_path(data_dir, id);
+            filter
+                .save(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, String> {
+    let m = &config.mixnode;
+    let cores = match m.cores {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        n => n,
+    };
+    let framing = match m.egress_framing {
+        7 => FramingVersion::V7,
+        8 => FramingVersion::V8,
+        other => return Err(format!("egress_framing = {other}: must be 7 or 8")),
+    };
+    let e = &config.engine;
+    let engine = EngineConfig {
+        timer_tick_us: e.timer_tick_us,
+        timer_delay_ms_max: e.delay_ms_max,
+        timer_entries_max: e.timer_entries_max,
+        pool_buffers_count: e.pool_buffers_count,
+        pool_buffer_bytes: PACKET_BYTES_DEFAULT,
+        batch_packets_max: e.batch_packets_max,
+        batch_flush_us: e.batch_flush_us,
+        replay: ReplayConfig::default(),
+    };
+    engine.validate().map_err(|e| format!("engine: {e}"))?;
+    Ok(RuntimeConfig {
+        listen: m.listen_address,
+        cores,
+        cpus: m.cpus.clone(),
+        engine,
+        egress: EgressConfig {
+            framing,
+            key_rotation: KeyRotation::for_rotation_id(keys.primary.rotation_id),
+            queue_packets_max: m.egress_queue_packets_max,
+            frame_bytes_max: PACKET_BYTES_DEFAULT,
+            backoff_ms_initial: 100,
+            backoff_ms_max: 30_000,
+            connect_timeout_ms: 1_500,
+        },
+        shutdown_grace_ms: m.shutdown_grace_ms,
+        io_memory_bytes: m.io_memory_bytes,
+        ring_depth: 128,
+        deliver_final_hops: false,
+    })
+}
+
+/// `lethe mixnode run`.
+pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
+    // Registered first, so a signal that arrives during start-up is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("signals: {e}"))?;
+    let mut config = Config::load(dir)?;
+    overrides.apply(&mut config);
+    let keys = load_keys(dir, &config)?;
+    let replay = load_replay(dir, &config, &keys)?;
+    let runtime_config = runtime_config(&config, &keys)?;
+    let cores = runtime_config.cores;
+    let runtime =
+        Runtime::start(runtime_config, keys, replay.clone()).map_err(|e| e.to_string())?;
+    let metrics = runtime.metrics().to_vec();
+    let metrics_addr = crate::http::serve(config.mixnode.metrics_address, metrics.clone())?;
+    let data_dir = resolve(dir, &config.replay.data_dir);
+    let stop = Arc::new(AtomicBool::new(false));
+    let snapshots = spawn_snapshots(
+        data_dir.clone(),
+        replay.clone(),
+        config.replay.snapshot_interval_s,
+        stop.clone(),
+    );
+    println!("listen={}", runtime.local_addr());
+    println!("metrics={metrics_addr}");
+    eprintln!(
+        "lethe: mixnode up on {} with {cores} core(s)",
+        runtime.local_addr()
+    );
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let signal = signals.forever().next();
+    eprintln!(
+        "lethe: signal {signal:?}: stopping (grace {} ms)",
+        config.mixnode.shutdown_grace_ms
+    );
+    runtime.shutdown();
+    let joined = runtime.join();
+    stop.store(true, Ordering::SeqCst);
+    let _ = snapshots.join();
+    save_replay(&data_dir, &replay)?;
+    report(&metrics);
+    joined
+}
+
+fn spawn_snapshots(
+    data_dir: PathBuf,
+    replay: ReplayFilterSet,
+    interval_s: u64,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let interval = Duration::from_secs(interval_s.max(1));
+        let mut last = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            if last.elapsed() >= interval {
+                if let Err(e) = save_replay(&data_dir, &replay) {
+                    eprintln!("lethe: replay snapshot failed: {e}");
+                }
+                last = Instant::now();
+            }
+        }
+    })
+}
+
+fn report(metrics: &[Arc<CoreMetrics>]) {
+    let sum = |f: &dyn Fn(&CoreMetrics) -> u64| metrics.iter().map(|m| f(m)).sum::<u64>();
+    eprintln!(
+        "lethe: stopped: received {} forwarded {} sent {}",
+        sum(&|m| CoreMetrics::get(&m.packets_received)),
+        sum(&|m| CoreMetrics::get(&m.packets_forwarded)),
+        sum(&|m| CoreMetrics::get(&m.packets_sent)),
+    );
+    for reason in DropReason::ALL {
+        let count = sum(&|m| m.dropped_count(reason));
+        if count > 0 {
+            eprintln!("lethe: dropped {count} ({})", reason.label());
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Multi-process: three `lethe mixnode` processes in a chain on loopback, a `lethe sink` as the
+//! gateway stand-in, packets built with `sphinx-packet` 0.8 and sent with Nym framing.
+//! Outcomes are checked, never speed: generous timeouts, delays checked as lower bounds.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lethe_crypto::framing::{encode_frame_to_vec, FrameHeader, KeyRotation, PacketSize};
+use lethe_crypto::sphinx::{self, address, Hop, Packet};
+use sphinx_packet::crypto::PublicKey;
+use sphinx_packet::header::delays::Delay;
+use sphinx_packet::route::{Destination, DestinationAddressBytes, Node, NodeAddressBytes};
+use sphinx_packet::SphinxPacketBuilder;
+use x25519_dalek::StaticSecret;
+
+const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
+const TIMEOUT: Duration = Duration::from_secs(60);
+const DELAYS_MS: [u64; 3] = [60, 40, 20];
+
+struct Process {
+    child: Child,
+    lines: std::collections::HashMap<String, String>,
+}
+
+impl Process {
+    /// Starts `lethe ARGS` and reads `key=value` lines from stdout until `keys` are all seen.
+    fn start(args: &[&str], keys: &[&str]) -> Process {
+        let mut child = Command::new(LETHE)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
+        let mut lines = std::collections::HashMap::new();
+        for _ in 0..16 {
+            if keys.iter().all(|k| lines.contains_key(*k)) {
+                break;
+            }
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                panic!("lethe {args:?} exited before printing {keys:?}");
+            }
+            if let Some((k, v)) = line.trim().split_once('=') {
+                lines.insert(k.to_string(), v.to_string());
+            }
+        }
+        Process { child, lines }
+    }
+
+    fn addr(&self, key: &str) -> SocketAddr {
+        self.lines[key].parse().unwrap()
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    fn terminate(mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "node exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("node did not stop after SIGTERM");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lethe-chain-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn init(dir: &Path) {
+    let status = Command::new(LETHE)
+        .args(["mixnode", "init", "--dir", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn run_node(dir: &Path) -> Process {
+    let args = [
+        "mixnode",
+        "run",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--replay-packets-per-s",
+        "200",
+        "--replay-key-lifetime-s",
+        "3600",
+        "--pool-buffers",
+        "4096",
+        "--timer-entries-max",
+        "4096",
+        "--shutdown-grace-ms",
+        "3000",
+    ];
+    Process::start(&args, &["listen", "metrics"])
+}
+
+fn public_key(dir: &Path) -> [u8; 32] {
+    let text = std::fs::read_to_string(dir.join("keys/x25519_sphinx_primary.pub")).unwrap();
+    let text = text.trim();
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+struct Route {
+    nodes: Vec<Node>,
+    gateway: StaticSecret,
+}
+
+impl Route {
+    fn packet(&self, message: &[u8]) -> Vec<u8> {
+        let destination = Destination::new(DestinationAddressBytes::from_bytes([5; 32]), [6; 16]);
+        let mut delays: Vec<Delay> = DELAYS_MS
+            .iter()
+            .map(|ms| Delay::new_from_nanos(ms * 1_000_000))
+            .collect();
+        delays.push(Delay::new_from_nanos(0));
+        SphinxPacketBuilder::new()
+            .with_payload_size(PacketSize::Regular.payload_len())
+            .build_packet(message, &self.nodes, &destination, &delays)
+            .unwrap()
+            .to_bytes()
+    }
+}
+
+fn node(addr: SocketAddr, key: [u8; 32]) -> Node {
+    Node::new(
+        NodeAddressBytes::from_bytes(address::encode(&addr)),
+        PublicKey::from(key),
+    )
+}
+
+fn frame_v7(packet: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame_to_vec(&FrameHeader::v7(PacketSize::Regular), packet, &mut out).unwrap();
+    out
+}
+
+fn frame_v8(packet: &[u8], rotation: KeyRotation) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame_to_vec(
+        &FrameHeader::v8(PacketSize::Regular, rotation),
+        packet,
+        &mut out,
+    )
+    .unwrap();
+    out
+}
+
+fn send(to: SocketAddr, bytes: &[u8]) {
+    let mut stream = TcpStream::connect(to).unwrap();
+    stream.write_all(bytes).unwrap();
+    stream.flush().unwrap();
+}
+
+fn metric(metrics: SocketAddr, line_prefix: &str) -> u64 {
+    let mut stream = TcpStream::connect(metrics).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lethe\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    let line = body
+        .lines()
+        .find(|l| l.starts_with(line_prefix) && l[line_prefix.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no metric {line_prefix}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn wait_metric(metrics: SocketAddr, line_prefix: &str, value: u64) {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut last = 0;
+    while Instant::now() < deadline {
+        last = metric(metrics, line_prefix);
+        if last >= value {
+            assert_eq!(last, value, "{line_prefix}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{line_prefix} stayed at {last}, expected {value}");
+}
+
+/// The sink file's records: (arrival ms, packet bytes).
+fn sink_records(path: &Path) -> Vec<(u128, Vec<u8>)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.ends_with(|c: char| c.is_ascii_hexdigit()))
+        .map(|line| {
+            let mut parts = line.split(' ');
+            let ms = parts.next().unwrap().parse().unwrap();
+            let _version = parts.next().unwrap();
+            let hex = parts.next().unwrap();
+            let bytes = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            (ms, bytes)
+        })
+        .collect()
+}
+
+fn wait_sink(path: &Path, count: usize) -> Vec<(u128, Vec<u8>)> {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        let records = sink_records(path);
+        if records.len() >= count {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "sink got {} packets, expected {count}",
+        sink_records(path).len()
+    );
+}
+
+/// Opens a delivered packet with the gateway key and returns its message.
+fn open(gateway: &StaticSecret, mut bytes: Vec<u8>) -> Vec<u8> {
+    let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+    let processed = sphinx::process(&mut packet, gateway).unwrap();
+    assert!(matches!(processed.hop, Hop::Final { destination, .. } if destination == [5; 32]));
+    sphinx::recover_plaintext(&bytes[sphinx::constants::HEADER_SIZE..])
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() {
+    let sink_file = temp_dir("sink.log");
+    let sink = Process::start(
+        &[
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+            sink_file.to_str().unwrap(),
+        ],
+        &["listen"],
+    );
+    let dirs: Vec<PathBuf> = (1..=3).map(|i| temp_dir(&format!("m{i}"))).collect();
+    for dir in &dirs {
+        init(dir);
+    }
+    let mut nodes: Vec<Process> = dirs.iter().map(|d| run_node(d)).collect();
+    let gateway = StaticSecret::from([42u8; 32]);
+    let mut hops: Vec<Node> = dirs
+        .iter()
+        .zip(&nodes)
+        .map(|(d, p)| node(p.addr("listen"), public_key(d)))
+        .collect();
+    hops.push(node(
+        sink.addr("listen"),
+        x25519_dalek::PublicKey::from(&gateway).to_bytes(),
+    ));
+    let route = Route {
+        nodes: hops,
+        gateway,
+    };
+    let entry = nodes[0].addr("listen");
+    let entry_metrics = nodes[0].addr("metrics");
+
+    // 1. Ten packets, v7 and v8 (primary key rotation 1 = odd), arrive after their delays.
+    let messages: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 32]).collect();
+    let packets: Vec<Vec<u8>> = messages.iter().map(|m| route.packet(m)).collect();
+    let mut bytes = Vec::new();
+    for (i, p) in packets.iter().enumerate() {
+        bytes.extend(if i % 2 == 0 {
+            frame_v7(p)
+        } else {
+            frame_v8(p, KeyRotation::Odd)
+        });
+    }
+    let sent_ms = now_ms();
+    send(entry, &bytes);
+    let records = wait_sink(&sink_file, 10);
+    let delay_total_ms: u64 = DELAYS_MS.iter().sum();
+    let mut opened: Vec<Vec<u8>> = Vec::new();
+    for (arrived_ms, packet) in records {
+        assert!(
+            arrived_ms >= sent_ms + u128::from(delay_total_ms),
+            "arrived before its delays"
+        );
+        opened.push(open(&route.gateway, packet));
+    }
+    opened.sort();
+    assert_eq!(opened, messages);
+    wait_metric(entry_metrics, "lethe_packets_sent_total", 10);
+
+    let mut health = TcpStream::connect(entry_metrics).unwrap();
+    health
+        .write_all(b"GET /health HTTP/1.1\r\nHost: lethe\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    health.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200") && response.contains("\"status\":\"up\""));
+
+    // 2. A replay is refused and counted; nothing more reaches the sink.
+    send(entry, &frame_v7(&packets[0]));
+    wait_metric(
+        entry_metrics,
+        "lethe_packets_dropped_total{reason=\"replayed\"}",
+        1,
+    );
+
+    // 3. Garbage on a connection is dropped and counted; its good packets go through.
+    let fresh: Vec<Vec<u8>> = (0..2u8).map(|i| route.packet(&[100 + i; 8])).collect();
+    let mut forged = fresh[0].clone();
+    forged[200] ^= 0xff; // beta: the MAC fails
+    let mut bytes = frame_v7(&fresh[0]);
+    bytes.extend(frame_v7(&forged));
+    bytes.extend([7u8, 1, 9]); // unknown packet type: the frame is skipped whole
+    bytes.extend(vec![0xaau8; PacketSize::Regular.packet_len()]);
+    bytes.extend(frame_v7(&fresh[1]));
+    send(entry, &bytes);
+    wait_sink(&sink_file, 12);
+    wait_metric(
+        entry_metrics,
+        "lethe_packets_dropped_total{reason=\"malformed\"}",
+        2,
+    );
+
+    // 4. After SIGTERM and a restart, the persisted filter still refuses an old packet.
+    let first = nodes.remove(0);
+    first.terminate();
+    assert!(dirs[0].join("data/replay-rot-1.bin").exists());
+    let restarted = run_node(&dirs[0]);
+    send(restarted.addr("listen"), &frame_v7(&packets[1]));
+    wait_metric(
+        restarted.addr("metrics"),
+        "lethe_packets_dropped_total{reason=\"replayed\"}",
+        1,
+    );
+    // and still forwards fresh packets (its new port is only the entry; the chain is unchanged)
+    send(
+        restarted.addr("listen"),
+        &frame_v7(&route.packet(b"after restart")),
+    );
+    let records = wait_sink(&sink_file, 13);
+    assert_eq!(records.len(), 13);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sink_records(&sink_file).len(),
+        13,
+        "a replay or garbage got through"
+    );
+
+    restarted.terminate();
+    for node in nodes {
+        node.terminate();
+    }
+    drop(sink);
+    for dir in &dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(&sink_file);
+}
