@@ -1,4 +1,5 @@
-//! A counting global allocator for the no-allocation tests (`mod counting_alloc;` installs it).
+//! A counting global allocator for the no-allocation tests (`mod counting_alloc;` installs it;
+//! the engine's tests include this same file by path).
 //!
 //! Counts per thread: the harness allocates on other threads (spawning tests, printing)
 //! meanwhile, which must not fail the test.
@@ -27,6 +28,12 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|count| count.set(count.get() + 1));
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 
