@@ -29,7 +29,7 @@ use crate::replay::ReplayFilterSet;
 use crate::timer_wheel::{TickClock, TimerWheel};
 
 pub use keys::{NodeKeys, SphinxKey};
-pub use sphinx_batch::{process_batch, Outcome, PacketSlots, ReplayVerdict};
+pub use sphinx_batch::{process_batch, BatchScratch, Outcome, PacketSlots, ReplayVerdict};
 
 /// What the core asks its runtime to do.
 #[derive(Debug, PartialEq, Eq)]
@@ -78,6 +78,7 @@ pub struct Core {
     /// The batch being processed (scratch, capacity `batch_packets_max`).
     batch: Vec<BufId>,
     outcomes: Vec<Outcome>,
+    sphinx_scratch: BatchScratch,
     wheel: TimerWheel<BufId>,
     fired: Vec<BufId>,
     actions: VecDeque<Action>,
@@ -135,6 +136,7 @@ impl Core {
             batcher: Batcher::new(config.batch_packets_max, config.batch_flush_us),
             batch: Vec::with_capacity(batch_max),
             outcomes: Vec::with_capacity(batch_max),
+            sphinx_scratch: BatchScratch::new(batch_max),
             wheel,
             // Timers fired per call: bounded work per loop turn, as large as a send batch.
             fired: Vec::with_capacity(crate::limits::BATCH_PACKETS_MAX as usize),
@@ -324,7 +326,13 @@ impl Core {
             Some(true) => ReplayVerdict::Replayed,
             None => ReplayVerdict::NoFilter,
         };
-        process_batch(&mut slots, &self.keys, replay_check, &mut self.outcomes);
+        process_batch(
+            &mut slots,
+            &self.keys,
+            replay_check,
+            &mut self.sphinx_scratch,
+            &mut self.outcomes,
+        );
         if let (Some(clock), Some(started_ns)) = (self.cost_clock_ns, started_ns) {
             let per_packet_us = clock().saturating_sub(started_ns) / 1_000 / count as u64;
             self.metrics

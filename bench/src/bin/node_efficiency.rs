@@ -22,7 +22,9 @@ use lethe_crypto::framing::{
 };
 use lethe_crypto::sphinx::keys::blind_alpha;
 use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Version};
-use lethe_engine::core::{process_batch, NodeKeys, Outcome, PacketSlots, ReplayVerdict, SphinxKey};
+use lethe_engine::core::{
+    process_batch, BatchScratch, NodeKeys, Outcome, PacketSlots, ReplayVerdict, SphinxKey,
+};
 use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
 use lethe_engine::{EngineConfig, ReplayFilter, ReplayFilterSet, ReplayParams};
 use rand_chacha::ChaCha20Rng;
@@ -108,6 +110,7 @@ impl PacketSlots for Slots<'_> {
 fn crypto_pps(keys: &NodeKeys, mut packets: Vec<Vec<u8>>) -> f64 {
     let replay = filters(packets.len() as u64);
     let mut outcomes = Vec::with_capacity(64);
+    let mut scratch = BatchScratch::new(64);
     let started = Instant::now();
     for chunk in packets.chunks_mut(64) {
         let check = |id, tag: &_| match replay.check_and_insert(id, tag) {
@@ -115,7 +118,13 @@ fn crypto_pps(keys: &NodeKeys, mut packets: Vec<Vec<u8>>) -> f64 {
             Some(true) => ReplayVerdict::Replayed,
             None => ReplayVerdict::NoFilter,
         };
-        process_batch(&mut Slots { packets: chunk }, keys, check, &mut outcomes);
+        process_batch(
+            &mut Slots { packets: chunk },
+            keys,
+            check,
+            &mut scratch,
+            &mut outcomes,
+        );
         assert!(outcomes
             .iter()
             .all(|o| matches!(o, Outcome::Forward { .. })));

@@ -1,23 +1,27 @@
 //! The one place the engine calls Sphinx processing.
 //!
 //! [`process_batch`] takes a batch of packet buffers, the key set and a replay-check hook, and
-//! writes one [`Outcome`] per packet. Today it loops over the serial staged API (DH + expand,
-//! MAC, replay check, blinding, in-place unwrap); a batched processor (several X25519
-//! multiplications per SIMD pass) replaces the body of this one function, with results
-//! identical to the serial path.
+//! writes one [`Outcome`] per packet, identical to processing the packets one by one. The two
+//! X25519 steps of a hop run across the whole batch on the multi-lane ladder
+//! (`lethe_crypto::x25519`: 8 lanes on AVX-512 IFMA, 4 on AVX2): first the node key times every
+//! alpha (a second pass with the other key for packets whose MAC failed under the first), then,
+//! after the replay check, every forward hop's blinding factor times its alpha. The symmetric
+//! work (HKDF, MAC, AES-CTR, Lioness) stays per packet.
 //!
 //! The replay check runs *after* the MAC verified and *before* the buffer is rewritten, so a
 //! replayed packet costs one DH and is left untouched, and a forged MAC never pollutes the
-//! filter.
+//! filter. Replay checks are made in packet order, so duplicates inside one batch behave as
+//! they would one by one.
 
 use lethe_crypto::framing::KeyRotation;
-use lethe_crypto::sphinx::keys::blind_alpha;
 use lethe_crypto::sphinx::{
-    derive_expanded_secret, hop_kind, unwrap_in_place, verify_mac, ExpandedSecret, Hop, HopKind,
-    Packet, SphinxError,
+    blinding_input, check_dh_output, expand, hop_kind, unwrap_in_place, verify_mac, ExpandedSecret,
+    Hop, HopKind, Packet, SphinxError,
 };
+use lethe_crypto::x25519::x25519_batch;
+use zeroize::Zeroize;
 
-use super::keys::{NodeKeys, SphinxKey};
+use super::keys::NodeKeys;
 use crate::replay::{ReplayTag, RotationId};
 
 /// What the replay hook says about a tag.
@@ -54,97 +58,224 @@ pub enum Outcome {
     UnknownKey,
 }
 
-/// Processes every packet of `slots` in place, pushing one outcome per packet to `outcomes`
-/// (cleared first; its capacity must hold the batch, so this never allocates).
+/// Per-batch working memory, allocated once for the largest batch: lanes of X25519 inputs and
+/// outputs, and each packet's state between the passes.
+pub struct BatchScratch {
+    scalars: Vec<[u8; 32]>,
+    points: Vec<[u8; 32]>,
+    products: Vec<[u8; 32]>,
+    /// Packet index of each lane.
+    lane_packet: Vec<u32>,
+    alpha: Vec<[u8; 32]>,
+    blinded: Vec<[u8; 32]>,
+    expanded: Vec<Option<ExpandedSecret>>,
+    rotation_id: Vec<RotationId>,
+    decided: Vec<bool>,
+}
+
+impl BatchScratch {
+    /// Working memory for batches of up to `packets_max` packets.
+    pub fn new(packets_max: usize) -> BatchScratch {
+        BatchScratch {
+            scalars: vec![[0; 32]; packets_max],
+            points: vec![[0; 32]; packets_max],
+            products: vec![[0; 32]; packets_max],
+            lane_packet: vec![0; packets_max],
+            alpha: vec![[0; 32]; packets_max],
+            blinded: vec![[0; 32]; packets_max],
+            expanded: (0..packets_max).map(|_| None).collect(),
+            rotation_id: vec![0; packets_max],
+            decided: vec![false; packets_max],
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.decided.len()
+    }
+
+    /// One X25519 pass over the first `lanes` lanes.
+    fn multiply(&mut self, lanes: usize) {
+        x25519_batch(
+            &self.scalars[..lanes],
+            &self.points[..lanes],
+            &mut self.products[..lanes],
+        );
+        // The scalars are node secrets and blinding factors.
+        wipe(&mut self.scalars[..lanes]);
+    }
+}
+
+/// Processes every packet of `slots` in place, writing one outcome per packet to `outcomes`
+/// (cleared first; it and `scratch` must hold the batch, so this never allocates).
 pub fn process_batch<S, F>(
     slots: &mut S,
     keys: &NodeKeys,
     mut replay_check: F,
+    scratch: &mut BatchScratch,
     outcomes: &mut Vec<Outcome>,
 ) where
     S: PacketSlots,
     F: FnMut(RotationId, &ReplayTag) -> ReplayVerdict,
 {
+    let count = slots.count() as usize;
+    assert!(outcomes.capacity() >= count && scratch.capacity() >= count);
     outcomes.clear();
-    let count = slots.count();
-    assert!(outcomes.capacity() >= count as usize);
+    outcomes.resize(count, Outcome::UnknownKey);
+    scratch.decided[..count].fill(false);
+    let mut decide = |scratch: &mut BatchScratch, index: usize, outcome: Outcome| {
+        scratch.decided[index] = true;
+        scratch.expanded[index] = None;
+        outcomes[index] = outcome;
+    };
+
+    // Pass 1: the first candidate key times every well-formed packet's alpha.
+    let mut lanes = 0;
     for index in 0..count {
-        let rotation = slots.rotation(index);
-        let outcome = process_one(slots.packet_mut(index), rotation, keys, &mut replay_check);
-        outcomes.push(outcome);
+        let rotation = slots.rotation(index as u32);
+        let packet = match Packet::new_checked(slots.packet_mut(index as u32)) {
+            Ok(packet) => packet,
+            Err(error) => {
+                decide(scratch, index, Outcome::Malformed(error));
+                continue;
+            }
+        };
+        let Some(key) = keys.candidates(rotation)[0] else {
+            decide(scratch, index, Outcome::UnknownKey);
+            continue;
+        };
+        scratch.alpha[index] = *packet.alpha();
+        scratch.scalars[lanes] = key.secret.to_bytes();
+        scratch.points[lanes] = scratch.alpha[index];
+        scratch.lane_packet[lanes] = index as u32;
+        lanes += 1;
     }
-    assert_eq!(outcomes.len(), count as usize);
-}
+    scratch.multiply(lanes);
 
-fn process_one<F>(
-    buffer: &mut [u8],
-    rotation: KeyRotation,
-    keys: &NodeKeys,
-    replay_check: &mut F,
-) -> Outcome
-where
-    F: FnMut(RotationId, &ReplayTag) -> ReplayVerdict,
-{
-    let mut packet = match Packet::new_checked(buffer) {
-        Ok(packet) => packet,
-        Err(error) => return Outcome::Malformed(error),
-    };
-    let (key, expanded) = match unlock(&packet, rotation, keys) {
-        Ok(found) => found,
-        Err(outcome) => return outcome,
-    };
-    match replay_check(key.rotation_id, expanded.replay_tag()) {
-        ReplayVerdict::Fresh => {}
-        ReplayVerdict::Replayed => return Outcome::Replayed,
-        ReplayVerdict::NoFilter => return Outcome::UnknownKey,
-    }
-    let blinded = match hop_kind(&packet, &expanded) {
-        Ok(HopKind::Forward) => blind_alpha(&expanded, packet.alpha()),
-        Ok(HopKind::Final) => [0u8; 32],
-        Err(error) => return Outcome::Malformed(error),
-    };
-    let processed = match unwrap_in_place(&mut packet, &expanded, &blinded) {
-        Ok(processed) => processed,
-        Err(error) => return Outcome::Malformed(error),
-    };
-    debug_assert_eq!(&processed.replay_tag, expanded.replay_tag());
-    match processed.hop {
-        Hop::Forward { next_hop, delay_ns } => Outcome::Forward {
-            next_hop,
-            delay_ns,
-            rotation_id: key.rotation_id,
-        },
-        Hop::Final {
-            destination,
-            identifier,
-        } => Outcome::Final {
-            destination,
-            identifier,
-            rotation_id: key.rotation_id,
-        },
-    }
-}
-
-/// Finds the key whose MAC verifies: the rotation byte's key, or primary then secondary.
-fn unlock<'k>(
-    packet: &Packet<&mut [u8]>,
-    rotation: KeyRotation,
-    keys: &'k NodeKeys,
-) -> Result<(&'k SphinxKey, ExpandedSecret), Outcome> {
-    let candidates = keys.candidates(rotation);
-    if candidates[0].is_none() {
-        return Err(Outcome::UnknownKey);
-    }
-    let mut last_error = SphinxError::WrongMac;
-    for key in candidates.into_iter().flatten() {
-        match derive_expanded_secret(packet, &key.secret) {
-            Ok(expanded) => match verify_mac(packet, &expanded) {
-                Ok(()) => return Ok((key, expanded)),
-                Err(error) => last_error = error,
-            },
+    // Expand and check MACs; packets whose MAC failed and that have a second candidate key
+    // go to pass 2.
+    let mut retries = 0;
+    for lane in 0..lanes {
+        let index = scratch.lane_packet[lane] as usize;
+        let candidates = keys.candidates(slots.rotation(index as u32));
+        let shared = scratch.products[lane];
+        match unlock_with(slots, index, &shared) {
+            Ok(expanded) => {
+                scratch.rotation_id[index] = candidates[0].map_or(0, |key| key.rotation_id);
+                scratch.expanded[index] = Some(expanded);
+            }
             // A small-order alpha fails with every key.
-            Err(error) => return Err(Outcome::Malformed(error)),
+            Err(error @ SphinxError::InvalidPoint) => {
+                decide(scratch, index, Outcome::Malformed(error))
+            }
+            Err(error) => match candidates[1] {
+                Some(key) => {
+                    scratch.scalars[retries] = key.secret.to_bytes();
+                    scratch.points[retries] = scratch.alpha[index];
+                    scratch.lane_packet[retries] = index as u32;
+                    retries += 1;
+                }
+                None => decide(scratch, index, Outcome::Malformed(error)),
+            },
         }
     }
-    Err(Outcome::Malformed(last_error))
+    // Pass 2 reuses the lanes: entries below `retries` were rewritten above, after being read.
+    scratch.multiply(retries);
+    for lane in 0..retries {
+        let index = scratch.lane_packet[lane] as usize;
+        let shared = scratch.products[lane];
+        match unlock_with(slots, index, &shared) {
+            Ok(expanded) => {
+                let candidates = keys.candidates(slots.rotation(index as u32));
+                scratch.rotation_id[index] = candidates[1].map_or(0, |key| key.rotation_id);
+                scratch.expanded[index] = Some(expanded);
+            }
+            Err(error) => decide(scratch, index, Outcome::Malformed(error)),
+        }
+    }
+
+    // Replay checks in packet order; forward hops queue their blinding multiplication.
+    let mut lanes = 0;
+    for index in 0..count {
+        let Some(expanded) = scratch.expanded[index].as_ref() else {
+            continue;
+        };
+        match replay_check(scratch.rotation_id[index], expanded.replay_tag()) {
+            ReplayVerdict::Fresh => {}
+            ReplayVerdict::Replayed => {
+                decide(scratch, index, Outcome::Replayed);
+                continue;
+            }
+            ReplayVerdict::NoFilter => {
+                decide(scratch, index, Outcome::UnknownKey);
+                continue;
+            }
+        }
+        let packet = Packet::new_unchecked(slots.packet_mut(index as u32));
+        match hop_kind(&packet, expanded) {
+            Ok(HopKind::Forward) => {
+                scratch.scalars[lanes] = *blinding_input(expanded);
+                scratch.points[lanes] = scratch.alpha[index];
+                scratch.lane_packet[lanes] = index as u32;
+                lanes += 1;
+            }
+            Ok(HopKind::Final) => scratch.blinded[index] = [0; 32],
+            Err(error) => decide(scratch, index, Outcome::Malformed(error)),
+        }
+    }
+    scratch.multiply(lanes);
+    for lane in 0..lanes {
+        let index = scratch.lane_packet[lane] as usize;
+        scratch.blinded[index] = scratch.products[lane];
+    }
+
+    // Unwrap in place.
+    for index in 0..count {
+        let Some(expanded) = scratch.expanded[index].take() else {
+            debug_assert!(scratch.decided[index]);
+            continue;
+        };
+        let mut packet = Packet::new_unchecked(slots.packet_mut(index as u32));
+        let rotation_id = scratch.rotation_id[index];
+        outcomes[index] = match unwrap_in_place(&mut packet, &expanded, &scratch.blinded[index]) {
+            Ok(processed) => {
+                debug_assert_eq!(&processed.replay_tag, expanded.replay_tag());
+                match processed.hop {
+                    Hop::Forward { next_hop, delay_ns } => Outcome::Forward {
+                        next_hop,
+                        delay_ns,
+                        rotation_id,
+                    },
+                    Hop::Final {
+                        destination,
+                        identifier,
+                    } => Outcome::Final {
+                        destination,
+                        identifier,
+                        rotation_id,
+                    },
+                }
+            }
+            Err(error) => Outcome::Malformed(error),
+        };
+    }
+    wipe(&mut scratch.products[..count]);
+    wipe(&mut scratch.blinded[..count]);
+}
+
+/// Checks the DH output, expands it and verifies the packet's MAC with it.
+fn unlock_with<S: PacketSlots>(
+    slots: &mut S,
+    index: usize,
+    shared: &[u8; 32],
+) -> Result<ExpandedSecret, SphinxError> {
+    check_dh_output(shared)?;
+    let expanded = expand(shared);
+    let packet = Packet::new_unchecked(slots.packet_mut(index as u32));
+    verify_mac(&packet, &expanded)?;
+    Ok(expanded)
+}
+
+/// Zeroes secret lanes (shared secrets, blinding factors, node-key copies).
+fn wipe(lanes: &mut [[u8; 32]]) {
+    lanes.iter_mut().for_each(Zeroize::zeroize);
 }
