@@ -178,7 +178,9 @@ fn runtime_config() -> RuntimeConfig {
         egress: EgressConfig {
             framing: FramingVersion::V7,
             key_rotation: KeyRotation::Unknown,
-            queue_packets_max: 1 << 15,
+            // Holds the whole corpus: the saturation phase offers it all at once, faster than the
+            // sink drains; this measures the node, not the egress bound.
+            queue_packets_max: 1 << 16,
             frame_bytes_max: 2_560,
             backoff_ms_initial: 10,
             backoff_ms_max: 1_000,
