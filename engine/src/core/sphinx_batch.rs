@@ -229,14 +229,14 @@ pub fn process_batch<S, F>(
     }
 
     // Unwrap in place.
-    for index in 0..count {
+    for (index, outcome) in outcomes.iter_mut().enumerate() {
         let Some(expanded) = scratch.expanded[index].take() else {
             debug_assert!(scratch.decided[index]);
             continue;
         };
         let mut packet = Packet::new_unchecked(slots.packet_mut(index as u32));
         let rotation_id = scratch.rotation_id[index];
-        outcomes[index] = match unwrap_in_place(&mut packet, &expanded, &scratch.blinded[index]) {
+        *outcome = match unwrap_in_place(&mut packet, &expanded, &scratch.blinded[index]) {
             Ok(processed) => {
                 debug_assert_eq!(&processed.replay_tag, expanded.replay_tag());
                 match processed.hop {
