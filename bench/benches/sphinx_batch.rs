@@ -10,7 +10,7 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use lethe_bench::sphinx_setup::{Setup, PACKET_SIZE};
-use lethe_crypto::sphinx::{self, BatchProcessor, CreateJob, NodeKeys, Packet};
+use lethe_crypto::sphinx::{self, BatchProcessor, NodeKeys, Packet};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use sphinx_packet::SphinxPacket;
@@ -133,15 +133,7 @@ fn create(c: &mut Criterion<CpuTime>) {
         let mut outs = vec![vec![0u8; PACKET_SIZE]; batch];
         group.bench_function(format!("lethe-batch-{batch}"), |b| {
             b.iter(|| {
-                let mut jobs: Vec<CreateJob<'_>> = outs
-                    .iter_mut()
-                    .map(|out| CreateJob {
-                        out,
-                        message: &setup.message,
-                        spec: setup.spec(),
-                        initial_secret: None,
-                    })
-                    .collect();
+                let mut jobs = setup.create_jobs(&mut outs);
                 sphinx::create_batch(&mut jobs, &mut rng, |_, r| {
                     black_box(r.unwrap());
                 });

@@ -1,7 +1,7 @@
 //! One Sphinx benchmark scenario in both crates' types: 4 hops, 2413-byte packets, v260.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use lethe_crypto::sphinx::{self, Destination, PacketSpec, RouteHop, Version};
+use lethe_crypto::sphinx::{self, CreateJob, Destination, PacketSpec, RouteHop, Version};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use sphinx_packet::crypto::PublicKey;
@@ -48,6 +48,18 @@ impl Setup {
             },
             message,
         }
+    }
+
+    /// One creation job per output buffer, all for this scenario's message and route.
+    pub fn create_jobs<'a>(&'a self, outs: &'a mut [Vec<u8>]) -> Vec<CreateJob<'a>> {
+        outs.iter_mut()
+            .map(|out| CreateJob {
+                out,
+                message: &self.message,
+                spec: self.spec(),
+                initial_secret: None,
+            })
+            .collect()
     }
 
     pub fn spec(&self) -> PacketSpec<'_> {

@@ -7,9 +7,7 @@
 use std::hint::black_box;
 
 use lethe_bench::sphinx_setup::{Setup, PACKET_SIZE};
-use lethe_crypto::sphinx::{
-    self, batch::dh_path_name, BatchProcessor, CreateJob, NodeKeys, Packet,
-};
+use lethe_crypto::sphinx::{self, batch::dh_path_name, BatchProcessor, NodeKeys, Packet};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use sphinx_packet::SphinxPacket;
@@ -120,15 +118,7 @@ fn main() {
             })
         };
         let mut run_batch_create = || {
-            let mut jobs: Vec<CreateJob<'_>> = outs
-                .iter_mut()
-                .map(|out| CreateJob {
-                    out,
-                    message: &setup.message,
-                    spec: setup.spec(),
-                    initial_secret: None,
-                })
-                .collect();
+            let mut jobs = setup.create_jobs(&mut outs);
             time_us(CREATE_BATCH, || {
                 sphinx::create_batch(&mut jobs, &mut rng, |_, r| {
                     black_box(r.unwrap());

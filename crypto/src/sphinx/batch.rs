@@ -206,11 +206,7 @@ impl BatchProcessor {
         if lanes == 0 {
             return;
         }
-        dh::x25519_batch(
-            &self.scalars[..lanes],
-            &self.points[..lanes],
-            &mut self.dh_out[..lanes],
-        );
+        self.multiply(lanes);
         for lane in 0..lanes {
             let index = self.lane_packet[lane];
             let packet = Packet::new_unchecked(packets[index].as_ref());
@@ -227,7 +223,6 @@ impl BatchProcessor {
                 }
             };
         }
-        wipe(&mut self.scalars[..lanes]);
         wipe(&mut self.dh_out[..lanes]);
     }
 
@@ -273,14 +268,20 @@ impl BatchProcessor {
         if lanes == 0 {
             return;
         }
+        self.multiply(lanes);
+        for lane in 0..lanes {
+            self.blinded[self.lane_packet[lane]] = self.dh_out[lane];
+        }
+    }
+
+    /// One X25519 pass over the gathered lanes; the scalars (node key copies, blinding
+    /// factors) are wiped as soon as they are used.
+    fn multiply(&mut self, lanes: usize) {
         dh::x25519_batch(
             &self.scalars[..lanes],
             &self.points[..lanes],
             &mut self.dh_out[..lanes],
         );
-        for lane in 0..lanes {
-            self.blinded[self.lane_packet[lane]] = self.dh_out[lane];
-        }
         wipe(&mut self.scalars[..lanes]);
     }
 }
