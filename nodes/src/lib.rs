@@ -2,8 +2,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod credential_store;
+pub mod directory;
 pub mod http;
 pub mod issuer;
 pub mod keyfile;
 pub mod mixnode;
+pub mod proto;
 pub mod sink;
+pub mod topology;

@@ -1,0 +1,196 @@
+//! Talking to the directory over HTTP: fetch and verify the topology, register a descriptor,
+//! send heartbeats. Used by mixnodes, gateways, clients and loadgen.
+//!
+//! Endpoints (JSON bodies):
+//! - `GET  /v1/key`        → `{"key": "<hex ed25519 public key>"}` (pin it out of band)
+//! - `GET  /v1/topology`   → [`Signed`] topology (domain [`DOMAIN_TOPOLOGY`])
+//! - `POST /v1/register`   ← [`Signed`] descriptor (domain [`DOMAIN_DESCRIPTOR`])
+//! - `POST /v1/heartbeat`  ← [`Signed`] heartbeat (domain [`DOMAIN_HEARTBEAT`])
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::keyfile;
+use crate::topology::{
+    self, now_s, sign, verify_topology, Descriptor, Heartbeat, Signed, Topology, TopologyError,
+    DOMAIN_DESCRIPTOR, DOMAIN_HEARTBEAT,
+};
+
+/// Largest response body read from a directory.
+pub const RESPONSE_BYTES_MAX: usize = topology::SIGNED_BODY_BYTES_MAX + 4096;
+/// Per-request timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryClientError {
+    #[error("directory {url}: {source}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("directory {url}: HTTP {status}: {text}")]
+    Status {
+        url: String,
+        status: u16,
+        text: String,
+    },
+    #[error("directory {url}: response too large")]
+    TooLarge { url: String },
+    #[error("directory {url}: malformed response")]
+    Malformed { url: String },
+    #[error("directory {url}: topology refused: {source}")]
+    Topology {
+        url: String,
+        #[source]
+        source: TopologyError,
+    },
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+fn join(base: &str, path: &str) -> String {
+    format!("{}{}", base.trim_end_matches('/'), path)
+}
+
+async fn get_bytes(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, DirectoryClientError> {
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|source| DirectoryClientError::Http {
+            url: url.to_string(),
+            source,
+        })?;
+    read_body(response, url).await
+}
+
+async fn read_body(
+    mut response: reqwest::Response,
+    url: &str,
+) -> Result<Vec<u8>, DirectoryClientError> {
+    let status = response.status();
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|source| DirectoryClientError::Http {
+            url: url.to_string(),
+            source,
+        })?
+    {
+        if body.len() + chunk.len() > RESPONSE_BYTES_MAX {
+            return Err(DirectoryClientError::TooLarge {
+                url: url.to_string(),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        return Err(DirectoryClientError::Status {
+            url: url.to_string(),
+            status: status.as_u16(),
+            text: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+        });
+    }
+    Ok(body)
+}
+
+async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, DirectoryClientError> {
+    let response = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|source| DirectoryClientError::Http {
+            url: url.to_string(),
+            source,
+        })?;
+    read_body(response, url).await
+}
+
+/// The directory's public key as it serves it. Trust on first use only: production clients
+/// pin the key from configuration instead.
+pub async fn fetch_key(
+    http: &reqwest::Client,
+    base: &str,
+) -> Result<[u8; 32], DirectoryClientError> {
+    #[derive(Deserialize)]
+    struct KeyResponse {
+        key: String,
+    }
+    let url = join(base, "/v1/key");
+    let body = get_bytes(http, &url).await?;
+    let response: KeyResponse = serde_json::from_slice(&body)
+        .map_err(|_| DirectoryClientError::Malformed { url: url.clone() })?;
+    keyfile::unhex_32(&response.key).ok_or(DirectoryClientError::Malformed { url })
+}
+
+/// Fetches the topology and verifies it against the pinned key, freshness and `seen_epoch`.
+pub async fn fetch_topology(
+    http: &reqwest::Client,
+    base: &str,
+    directory_key: &[u8; 32],
+    seen_epoch: Option<u64>,
+) -> Result<Topology, DirectoryClientError> {
+    let url = join(base, "/v1/topology");
+    let body = get_bytes(http, &url).await?;
+    let signed: Signed = serde_json::from_slice(&body)
+        .map_err(|_| DirectoryClientError::Malformed { url: url.clone() })?;
+    verify_topology(&signed, directory_key, now_s(), seen_epoch)
+        .map_err(|source| DirectoryClientError::Topology { url, source })
+}
+
+/// Registers (or refreshes) a descriptor, signed now with the node's identity seed.
+pub async fn register(
+    http: &reqwest::Client,
+    base: &str,
+    identity_seed: &[u8; 32],
+    descriptor: &Descriptor,
+) -> Result<(), DirectoryClientError> {
+    let url = join(base, "/v1/register");
+    let mut descriptor = descriptor.clone();
+    descriptor.issued_at_s = now_s();
+    let signed = sign(&descriptor, DOMAIN_DESCRIPTOR, identity_seed).map_err(|source| {
+        DirectoryClientError::Topology {
+            url: url.clone(),
+            source,
+        }
+    })?;
+    let body = serde_json::to_vec(&signed)
+        .map_err(|_| DirectoryClientError::Malformed { url: url.clone() })?;
+    post_json(http, &url, body).await.map(|_| ())
+}
+
+/// Sends one heartbeat.
+pub async fn heartbeat(
+    http: &reqwest::Client,
+    base: &str,
+    identity_seed: &[u8; 32],
+) -> Result<(), DirectoryClientError> {
+    let url = join(base, "/v1/heartbeat");
+    let heartbeat = Heartbeat {
+        identity: keyfile::hex(&keyfile::ed25519_public(identity_seed)),
+        sent_at_s: now_s(),
+    };
+    let signed = sign(&heartbeat, DOMAIN_HEARTBEAT, identity_seed).map_err(|source| {
+        DirectoryClientError::Topology {
+            url: url.clone(),
+            source,
+        }
+    })?;
+    let body = serde_json::to_vec(&signed)
+        .map_err(|_| DirectoryClientError::Malformed { url: url.clone() })?;
+    post_json(http, &url, body).await.map(|_| ())
+}
