@@ -9,4 +9,5 @@ pub mod keyfile;
 pub mod mixnode;
 pub mod proto;
 pub mod sink;
+pub mod testnet;
 pub mod topology;

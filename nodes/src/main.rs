@@ -36,6 +36,11 @@ enum Command {
         #[command(subcommand)]
         command: CredentialCommand,
     },
+    /// A whole local network (directory, 3 layers of mixnodes, gateways, a service provider).
+    Testnet {
+        #[command(subcommand)]
+        command: TestnetCommand,
+    },
     /// Listen and record every received frame to a file (a test helper; a gateway stand-in).
     Sink {
         #[arg(long, env = "LETHE_LISTEN", default_value = "127.0.0.1:0")]
@@ -43,6 +48,18 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum TestnetCommand {
+    /// Start every node as a background process; print addresses and how to use them.
+    Up(lethe_nodes::testnet::UpArgs),
+    /// Stop every node of the testnet (SIGTERM, then SIGKILL after a grace period).
+    Down(lethe_nodes::testnet::DirArgs),
+    /// Which nodes are running.
+    Status(lethe_nodes::testnet::DirArgs),
+    /// Cut or restore one node's link (`--netns` testnets only).
+    Link(lethe_nodes::testnet::LinkArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,6 +116,12 @@ fn main() -> ExitCode {
         Command::Credential {
             command: CredentialCommand::Show(args),
         } => issuer::run_show(&args).map_err(anyhow_text),
+        Command::Testnet { command } => match command {
+            TestnetCommand::Up(args) => lethe_nodes::testnet::up(&args),
+            TestnetCommand::Down(args) => lethe_nodes::testnet::down(&args),
+            TestnetCommand::Status(args) => lethe_nodes::testnet::status(&args),
+            TestnetCommand::Link(args) => lethe_nodes::testnet::link(&args),
+        },
         Command::Sink { listen, out } => {
             lethe_nodes::sink::run(listen, out).map_err(|e| e.to_string())
         }

@@ -1,0 +1,674 @@
+//! `lethe testnet up|down|status`: a complete local network as separate processes — a
+//! directory, 3 layers of mixnodes, gateways and a service provider — on loopback, or with
+//! `--netns` each node in its own network namespace joined by veth pairs to a bridge.
+//!
+//! State lives in one directory (default `./lethe-testnet`): a sub-directory per node (keys,
+//! config, `stdout.log`, `stderr.log`) and `testnet.json` (pids and addresses) that `down` and
+//! `status` read. Nodes print `key=value` lines on stdout at start; `up` waits for them.
+
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// How long one node may take to print its addresses.
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `down` waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+const STATE_FILE: &str = "testnet.json";
+/// Network namespaces: names `lethe-<n>`, host bridge `lethe-br0` with BRIDGE_IP/24.
+const NETNS_PREFIX: &str = "lethe-";
+const BRIDGE: &str = "lethe-br0";
+const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+/// Fixed ports inside namespaces (each node has its own address there).
+const NETNS_MIX_PORT: u16 = 1789;
+const NETNS_CLIENT_PORT: u16 = 9000;
+const NETNS_METRICS_PORT: u16 = 9100;
+const NETNS_DIRECTORY_PORT: u16 = 8080;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// State directory (created; must not hold a running testnet).
+    #[arg(long, default_value = "lethe-testnet")]
+    pub dir: PathBuf,
+    /// Mixnodes per layer (3 layers).
+    #[arg(long, default_value_t = 2)]
+    pub mixnodes_per_layer: usize,
+    #[arg(long, default_value_t = 2)]
+    pub gateways: usize,
+    /// Epoch length of the directory, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub epoch_s: u64,
+    /// Run each node in its own network namespace (root only; needs `ip`).
+    #[arg(long)]
+    pub netns: bool,
+    /// Also start a SOCKS5 service provider (a client that opens TCP connections for others).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub provider: bool,
+    /// Hosts:ports the service provider may connect to (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:*,localhost:*")]
+    pub allow: Vec<String>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DirArgs {
+    #[arg(long, default_value = "lethe-testnet")]
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeState {
+    pub name: String,
+    pub role: String,
+    pub pid: u32,
+    pub dir: PathBuf,
+    /// The `key=value` lines the node printed.
+    pub info: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub netns: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TestnetState {
+    pub directory_url: String,
+    pub directory_key: String,
+    pub nodes: Vec<NodeState>,
+    pub netns: bool,
+}
+
+impl TestnetState {
+    pub fn load(dir: &Path) -> Result<TestnetState, String> {
+        let path = dir.join(STATE_FILE);
+        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), String> {
+        let path = dir.join(STATE_FILE);
+        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn gateways(&self) -> impl Iterator<Item = &NodeState> {
+        self.nodes.iter().filter(|n| n.role == "gateway")
+    }
+}
+
+/// Where the node's addresses live: loopback with ephemeral ports, or a namespace address.
+#[derive(Clone, Copy)]
+enum Placement {
+    Loopback,
+    Netns { index: u8 },
+}
+
+impl Placement {
+    fn ip(self) -> IpAddr {
+        match self {
+            Placement::Loopback => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Placement::Netns { index } => IpAddr::V4(Ipv4Addr::new(10, 77, 0, 10 + index)),
+        }
+    }
+
+    fn addr(self, netns_port: u16) -> SocketAddr {
+        match self {
+            Placement::Loopback => SocketAddr::new(self.ip(), 0),
+            Placement::Netns { .. } => SocketAddr::new(self.ip(), netns_port),
+        }
+    }
+
+    fn netns(self) -> Option<String> {
+        match self {
+            Placement::Loopback => None,
+            Placement::Netns { index } => Some(format!("{NETNS_PREFIX}{index}")),
+        }
+    }
+}
+
+/// The `lethe` binary to start nodes with: this very executable.
+fn lethe_exe() -> Result<PathBuf, String> {
+    std::env::current_exe().map_err(|e| format!("cannot find the lethe executable: {e}"))
+}
+
+fn run_quiet(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+fn init_node(exe: &Path, role: &str, dir: &Path) -> Result<(), String> {
+    let output = Command::new(exe)
+        .args([role, "init", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .output()
+        .map_err(|e| format!("{role} init: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "lethe {role} init --dir {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Starts `lethe ARGS` detached (own process group, output to files in `dir`), optionally in
+/// a namespace, and waits until it has printed every key in `keys`.
+fn spawn(
+    exe: &Path,
+    name: &str,
+    role: &str,
+    dir: &Path,
+    args: &[String],
+    keys: &[&str],
+    placement: Placement,
+) -> Result<NodeState, String> {
+    use std::os::unix::process::CommandExt;
+    let stdout_path = dir.join("stdout.log");
+    let stderr_path = dir.join("stderr.log");
+    let stdout =
+        fs::File::create(&stdout_path).map_err(|e| format!("{}: {e}", stdout_path.display()))?;
+    let stderr =
+        fs::File::create(&stderr_path).map_err(|e| format!("{}: {e}", stderr_path.display()))?;
+    let mut command = match placement.netns() {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns]).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    let mut child = command.spawn().map_err(|e| format!("{name}: {e}"))?;
+    let pid = child.id();
+    let deadline = Instant::now() + NODE_START_TIMEOUT;
+    loop {
+        let info = read_info(&stdout_path);
+        if keys.iter().all(|k| info.contains_key(*k)) {
+            return Ok(NodeState {
+                name: name.to_string(),
+                role: role.to_string(),
+                pid,
+                dir: dir.to_path_buf(),
+                info,
+                netns: placement.netns(),
+            });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = fs::read_to_string(&stderr_path).unwrap_or_default();
+            return Err(format!(
+                "{name} exited ({status}) before starting:\n{}",
+                tail(&log, 20)
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!(
+                "{name} did not print {keys:?} within {}s; see {}",
+                NODE_START_TIMEOUT.as_secs(),
+                stderr_path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn read_info(path: &Path) -> std::collections::BTreeMap<String, String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// Engine settings sized for a laptop-scale testnet (the defaults size a production node).
+fn small_engine_args() -> Vec<String> {
+    args(&[
+        "--cores",
+        "1",
+        "--replay-packets-per-s",
+        "2000",
+        "--replay-key-lifetime-s",
+        "3600",
+        "--pool-buffers",
+        "16384",
+        "--timer-entries-max",
+        "16384",
+        "--shutdown-grace-ms",
+        "2000",
+    ])
+}
+
+pub fn up(a: &UpArgs) -> Result<(), String> {
+    if a.dir.join(STATE_FILE).exists() {
+        return Err(format!(
+            "{} holds a testnet already: run `lethe testnet down --dir {}` first",
+            a.dir.display(),
+            a.dir.display()
+        ));
+    }
+    if a.mixnodes_per_layer == 0 || a.gateways == 0 {
+        return Err("need at least one mixnode per layer and one gateway".into());
+    }
+    let node_count = 1 + 3 * a.mixnodes_per_layer + a.gateways;
+    if a.netns && node_count > 200 {
+        return Err("too many nodes for the 10.77.0.0/24 namespace network".into());
+    }
+    fs::create_dir_all(&a.dir).map_err(|e| format!("{}: {e}", a.dir.display()))?;
+    let exe = lethe_exe()?;
+    let mut placements = (0..node_count as u8).map(|index| {
+        if a.netns {
+            Placement::Netns { index }
+        } else {
+            Placement::Loopback
+        }
+    });
+    if a.netns {
+        netns_setup(node_count)?;
+    }
+    let mut nodes: Vec<NodeState> = Vec::new();
+    let result = start_all(a, &exe, &mut placements, &mut nodes);
+    let state = match result {
+        Ok(state) => state,
+        Err(e) => {
+            // Leave nothing running behind a failed start.
+            stop_nodes(&nodes);
+            if a.netns {
+                netns_teardown();
+            }
+            return Err(e);
+        }
+    };
+    state.save(&a.dir)?;
+    print_summary(&state, &a.dir);
+    Ok(())
+}
+
+fn start_all(
+    a: &UpArgs,
+    exe: &Path,
+    placements: &mut impl Iterator<Item = Placement>,
+    nodes: &mut Vec<NodeState>,
+) -> Result<TestnetState, String> {
+    let next = |p: &mut dyn Iterator<Item = Placement>| p.next().ok_or("placement".to_string());
+
+    // Directory.
+    let place = next(placements)?;
+    let dir = a.dir.join("directory");
+    init_node(exe, "directory", &dir)?;
+    let mut dir_args = args(&["directory", "run", "--dir"]);
+    dir_args.push(path_arg(&dir));
+    dir_args.extend(args(&["--listen"]));
+    dir_args.push(place.addr(NETNS_DIRECTORY_PORT).to_string());
+    dir_args.extend(args(&["--epoch-s"]));
+    dir_args.push(a.epoch_s.to_string());
+    dir_args.extend(args(&["--heartbeat-timeout-s", "15"]));
+    let directory = spawn(
+        exe,
+        "directory",
+        "directory",
+        &dir,
+        &dir_args,
+        &["listen", "key"],
+        place,
+    )?;
+    let directory_url = format!("http://{}", directory.info["listen"]);
+    let directory_key = directory.info["key"].clone();
+    nodes.push(directory);
+
+    // Mixnodes.
+    for index in 0..3 * a.mixnodes_per_layer {
+        let place = next(placements)?;
+        let name = format!("mix{}", index + 1);
+        let dir = a.dir.join(&name);
+        init_node(exe, "mixnode", &dir)?;
+        let mut run = args(&["mixnode", "run", "--dir"]);
+        run.push(path_arg(&dir));
+        run.extend(args(&["--listen"]));
+        run.push(place.addr(NETNS_MIX_PORT).to_string());
+        run.extend(args(&["--metrics-listen"]));
+        run.push(place.addr(NETNS_METRICS_PORT).to_string());
+        run.extend(args(&["--directory"]));
+        run.push(directory_url.clone());
+        run.extend(small_engine_args());
+        nodes.push(spawn(
+            exe,
+            &name,
+            "mixnode",
+            &dir,
+            &run,
+            &["listen", "metrics"],
+            place,
+        )?);
+    }
+
+    // Gateways.
+    for index in 0..a.gateways {
+        let place = next(placements)?;
+        let name = format!("gateway{}", index + 1);
+        let dir = a.dir.join(&name);
+        init_node(exe, "gateway", &dir)?;
+        let mut run = args(&["gateway", "run", "--dir"]);
+        run.push(path_arg(&dir));
+        run.extend(args(&["--listen"]));
+        run.push(place.addr(NETNS_MIX_PORT).to_string());
+        run.extend(args(&["--client-listen"]));
+        run.push(place.addr(NETNS_CLIENT_PORT).to_string());
+        run.extend(args(&["--metrics-listen"]));
+        run.push(place.addr(NETNS_METRICS_PORT).to_string());
+        run.extend(args(&["--directory"]));
+        run.push(directory_url.clone());
+        run.extend(args(&["--directory-key"]));
+        run.push(directory_key.clone());
+        run.extend(small_engine_args());
+        nodes.push(spawn(
+            exe,
+            &name,
+            "gateway",
+            &dir,
+            &run,
+            &["listen", "client_url", "metrics", "identity"],
+            place,
+        )?);
+    }
+
+    let mut state = TestnetState {
+        directory_url: directory_url.clone(),
+        directory_key: directory_key.clone(),
+        nodes: nodes.clone(),
+        netns: a.netns,
+    };
+    wait_for_topology(&state, 3 * a.mixnodes_per_layer, a.gateways)?;
+
+    // The service provider: a client of the first gateway, started once the network is up.
+    if a.provider {
+        let dir = a.dir.join("provider");
+        let gateway = state
+            .gateways()
+            .next()
+            .and_then(|g| g.info.get("identity").cloned())
+            .ok_or("no gateway identity")?;
+        let mut init = args(&["client", "init", "--dir"]);
+        init.push(path_arg(&dir));
+        init.extend(args(&["--directory"]));
+        init.push(directory_url.clone());
+        init.extend(args(&["--directory-key"]));
+        init.push(directory_key.clone());
+        init.extend(args(&["--gateway"]));
+        init.push(gateway);
+        let output = Command::new(exe)
+            .args(&init)
+            .output()
+            .map_err(|e| format!("provider init: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "lethe client init (provider): {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        let mut run = args(&["provider", "run", "--dir"]);
+        run.push(path_arg(&dir));
+        run.extend(args(&["--allow"]));
+        run.push(a.allow.join(","));
+        let provider = spawn(
+            exe,
+            "provider",
+            "provider",
+            &dir,
+            &run,
+            &["address"],
+            Placement::Loopback,
+        )?;
+        nodes.push(provider);
+        state.nodes = nodes.clone();
+    }
+    Ok(state)
+}
+
+/// Waits (bounded) until the directory publishes every mixnode and gateway.
+fn wait_for_topology(state: &TestnetState, mixnodes: usize, gateways: usize) -> Result<(), String> {
+    let key =
+        crate::keyfile::unhex_32(&state.directory_key).ok_or("directory printed a bad key")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let http = crate::directory::client::http_client();
+    let deadline = Instant::now() + NODE_START_TIMEOUT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match runtime.block_on(crate::directory::client::fetch_topology(
+            &http,
+            &state.directory_url,
+            &key,
+            None,
+        )) {
+            Ok(t) => {
+                let m: usize = t.layers.iter().map(Vec::len).sum();
+                if m >= mixnodes && t.gateways.len() >= gateways {
+                    return Ok(());
+                }
+                last = format!("{m} mixnodes and {} gateways so far", t.gateways.len());
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "the directory did not list every node in time: {last}"
+    ))
+}
+
+fn print_summary(state: &TestnetState, dir: &Path) {
+    println!("directory={}", state.directory_url);
+    println!("directory_key={}", state.directory_key);
+    for node in &state.nodes {
+        let mut fields: Vec<String> = node.info.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        fields.sort();
+        println!(
+            "node={} role={} pid={} {}",
+            node.name,
+            node.role,
+            node.pid,
+            fields.join(" ")
+        );
+    }
+    let d = dir.display();
+    eprintln!(
+        "\nA Lethe testnet is running (state in {d}). Try it:\n\
+         \n  lethe client init --dir alice --directory {url} --directory-key {key}\
+         \n  lethe client init --dir bob   --directory {url} --directory-key {key}\
+         \n  lethe client receive --dir bob --out bob-inbox --count 1 &\
+         \n  lethe client send --dir alice --to \"$(cat bob/address)\" --message hello\
+         \n\n  SOCKS5: lethe client socks5 --dir alice --provider \"$(cat {d}/provider/address)\" --listen 127.0.0.1:1080\
+         \n\nStop it with: lethe testnet down --dir {d}",
+        url = state.directory_url,
+        key = state.directory_key,
+    );
+}
+
+pub fn status(a: &DirArgs) -> Result<(), String> {
+    let state = TestnetState::load(&a.dir)?;
+    println!("directory={}", state.directory_url);
+    for node in &state.nodes {
+        let alive = pid_alive(node.pid);
+        println!(
+            "node={} role={} pid={} alive={alive}",
+            node.name, node.role, node.pid
+        );
+    }
+    Ok(())
+}
+
+pub fn down(a: &DirArgs) -> Result<(), String> {
+    let state = TestnetState::load(&a.dir)?;
+    stop_nodes(&state.nodes);
+    if state.netns {
+        netns_teardown();
+    }
+    let path = a.dir.join(STATE_FILE);
+    fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("stopped {} processes", state.nodes.len());
+    Ok(())
+}
+
+fn pid_alive(pid: u32) -> bool {
+    // Signal 0 checks existence; a zombie of ours does not count as alive.
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 sends nothing.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    exists && !is_zombie(pid)
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// SIGTERM to every node's process group, then SIGKILL what is left after the grace period.
+fn stop_nodes(nodes: &[NodeState]) {
+    let signal_all = |signal: i32| {
+        for node in nodes.iter().rev() {
+            if let Ok(pid) = i32::try_from(node.pid) {
+                if pid > 0 {
+                    // SAFETY: signals a process group we created (negative pid).
+                    unsafe { libc::kill(-pid, signal) };
+                }
+            }
+        }
+    };
+    signal_all(libc::SIGTERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline && nodes.iter().any(|n| pid_alive(n.pid)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal_all(libc::SIGKILL);
+}
+
+fn netns_setup(count: usize) -> Result<(), String> {
+    netns_teardown();
+    run_quiet("ip", &["link", "add", BRIDGE, "type", "bridge"])?;
+    run_quiet(
+        "ip",
+        &["addr", "add", &format!("{BRIDGE_IP}/24"), "dev", BRIDGE],
+    )?;
+    run_quiet("ip", &["link", "set", BRIDGE, "up"])?;
+    for index in 0..count {
+        let ns = format!("{NETNS_PREFIX}{index}");
+        let host_end = format!("lethe-h{index}");
+        let ip = Placement::Netns { index: index as u8 }.ip();
+        run_quiet("ip", &["netns", "add", &ns])?;
+        run_quiet(
+            "ip",
+            &[
+                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        run_quiet("ip", &["link", "set", &host_end, "master", BRIDGE])?;
+        run_quiet("ip", &["link", "set", &host_end, "up"])?;
+        run_quiet(
+            "ip",
+            &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+        )?;
+        run_quiet("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        run_quiet("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        run_quiet(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &BRIDGE_IP.to_string(),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Removes every `lethe-*` namespace and the bridge; missing ones are fine.
+fn netns_teardown() {
+    if let Ok(output) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if let Some(name) = line.split_whitespace().next() {
+                if name.starts_with(NETNS_PREFIX) {
+                    let _ = run_quiet("ip", &["netns", "del", name]);
+                }
+            }
+        }
+    }
+    let _ = run_quiet("ip", &["link", "del", BRIDGE]);
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LinkArgs {
+    #[arg(long, default_value = "lethe-testnet")]
+    pub dir: PathBuf,
+    /// Node name as `status` prints it (e.g. `mix3`).
+    #[arg(long)]
+    pub node: String,
+    /// `down` cuts the node's link, `up` restores it.
+    #[arg(value_parser = ["up", "down"])]
+    pub state: String,
+}
+
+/// Cuts (or restores) a node's link in `--netns` mode: for failure experiments.
+pub fn link(a: &LinkArgs) -> Result<(), String> {
+    let state = TestnetState::load(&a.dir)?;
+    let node = state
+        .nodes
+        .iter()
+        .find(|n| n.name == a.node)
+        .ok_or_else(|| format!("no node named {}", a.node))?;
+    let ns = node
+        .netns
+        .as_deref()
+        .ok_or("links can be cut only in a `--netns` testnet")?;
+    let index = ns.trim_start_matches(NETNS_PREFIX);
+    run_quiet(
+        "ip",
+        &["link", "set", &format!("lethe-h{index}"), a.state.as_str()],
+    )
+}
