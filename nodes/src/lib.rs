@@ -9,5 +9,6 @@ pub mod keyfile;
 pub mod mixnode;
 pub mod proto;
 pub mod sink;
+pub mod socks;
 pub mod testnet;
 pub mod topology;
