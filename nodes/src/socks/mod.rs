@@ -4,4 +4,7 @@
 
 pub mod ordered;
 pub mod protocol;
+pub mod provider;
+pub mod proxy;
+pub mod relay;
 pub mod socks5;
