@@ -115,7 +115,7 @@ const SMALL: [&str; 12] = [
     "--cores",
     "1",
     "--replay-packets-per-s",
-    "100",
+    "200",
     "--replay-key-lifetime-s",
     "600",
     "--pool-buffers",
@@ -141,7 +141,10 @@ fn run_gateway(dir: &Path, allow_any_first_hop: bool) -> Process {
     if allow_any_first_hop {
         args.push("--allow-any-first-hop");
     }
-    Process::start(&args, &["listen", "client_url", "metrics", "identity"])
+    Process::start(
+        &args,
+        &["listen", "client_url", "metrics", "identity", "sphinx_key"],
+    )
 }
 
 fn run_sink(out: &Path) -> Process {
@@ -195,6 +198,20 @@ fn wait_metric(metrics: SocketAddr, name: &str, value: u64) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("{name} stayed at {last}, expected {value}");
+}
+
+/// Waits until a gauge reads exactly `value`.
+fn wait_gauge(metrics: SocketAddr, name: &str, value: u64) {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut last = metric(metrics, name);
+    while last != value {
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {last}, expected {value}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        last = metric(metrics, name);
+    }
 }
 
 /// Packets the sink recorded.
@@ -439,7 +456,7 @@ async fn final_hop_reaches_connected_client_and_ack_reaches_sink() {
     );
     wait_metric(metrics, "lethe_gateway_acks_forwarded_total", 1);
     wait_metric(metrics, "lethe_gateway_confirms_total", 2);
-    wait_metric(metrics, "lethe_gateway_mailbox_rows", 0);
+    wait_gauge(metrics, "lethe_gateway_mailbox_rows", 0);
     client.expect_quiet(Duration::from_millis(300)).await;
     client.close().await;
     gateway.terminate();
@@ -467,7 +484,7 @@ async fn mailbox_survives_sigkill_and_redelivers_until_confirmed() {
     let (client, stored) = Client::connect(&gateway.lines["client_url"], seed, identity).await;
     assert_eq!(stored, 0);
     client.close().await;
-    wait_metric(gateway.addr("metrics"), "lethe_gateway_sessions_active", 0);
+    wait_gauge(gateway.addr("metrics"), "lethe_gateway_sessions_active", 0);
 
     for content in [&b"first"[..], b"second"] {
         send_frame(
@@ -486,11 +503,13 @@ async fn mailbox_survives_sigkill_and_redelivers_until_confirmed() {
     let url = gateway.lines["client_url"].clone();
     let (mut client, stored) = Client::connect(&url, seed, identity).await;
     assert_eq!(stored, 2);
-    let (first, _, bytes) = expect_deliver(&mut client).await;
-    assert_eq!(bytes, b"first");
-    let (second, _, bytes) = expect_deliver(&mut client).await;
-    assert_eq!(bytes, b"second");
+    // Stored in arrival order (the mixnode may reorder the two): delivered in id order.
+    let (first, _, first_bytes) = expect_deliver(&mut client).await;
+    let (second, _, second_bytes) = expect_deliver(&mut client).await;
     assert!(second > first);
+    let mut contents = [first_bytes, second_bytes.clone()];
+    contents.sort();
+    assert_eq!(contents, [b"first".to_vec(), b"second".to_vec()]);
     client
         .send(&ClientMessage::Confirm { ids: vec![first] })
         .await;
@@ -500,12 +519,12 @@ async fn mailbox_survives_sigkill_and_redelivers_until_confirmed() {
     let (mut client, stored) = Client::connect(&url, seed, identity).await;
     assert_eq!(stored, 1);
     let (id, _, bytes) = expect_deliver(&mut client).await;
-    assert_eq!((id, bytes.as_slice()), (second, &b"second"[..]));
+    assert_eq!((id, bytes), (second, second_bytes));
     client.expect_quiet(Duration::from_millis(300)).await;
     client
         .send(&ClientMessage::Confirm { ids: vec![second] })
         .await;
-    wait_metric(gateway.addr("metrics"), "lethe_gateway_mailbox_rows", 0);
+    wait_gauge(gateway.addr("metrics"), "lethe_gateway_mailbox_rows", 0);
     client.close().await;
     gateway.terminate();
     mixnode.terminate();

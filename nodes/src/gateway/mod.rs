@@ -305,18 +305,25 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         config.replay.snapshot_interval_s,
         snapshot_stop.clone(),
     );
-    println!("listen={}", runtime.local_addr());
-    println!("client_url=ws://{}", registration::dialable(client_addr));
-    println!("metrics={metrics_addr}");
-    println!("identity={}", keyfile::hex(&identity));
-    println!("sphinx_key={}", keyfile::hex(&sphinx_key));
+    // One write, errors ignored: whoever reads these may close the pipe once it has them.
+    let announced = format!(
+        "listen={}\nclient_url=ws://{}\nmetrics={metrics_addr}\nidentity={}\nsphinx_key={}\n",
+        runtime.local_addr(),
+        registration::dialable(client_addr),
+        keyfile::hex(&identity),
+        keyfile::hex(&sphinx_key),
+    );
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(announced.as_bytes());
+        let _ = stdout.flush();
+    }
     eprintln!(
         "lethe: gateway up: mixnet {} clients {} with {cores} core(s)",
         runtime.local_addr(),
         client_addr
     );
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
 
     let signal = signals.forever().next();
     eprintln!("lethe: signal {signal:?}: stopping gateway");
