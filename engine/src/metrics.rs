@@ -29,10 +29,12 @@ pub enum DropReason {
     Shutdown = 6,
     /// A final-hop packet reached a node that does not deliver (a mixnode).
     FinalHopAtMixnode = 7,
+    /// A gateway's final-hop hand-off (engine cores → gateway threads) was full.
+    FinalHopQueueFull = 8,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 9;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
         DropReason::Replayed,
@@ -42,6 +44,7 @@ impl DropReason {
         DropReason::EgressFull,
         DropReason::Shutdown,
         DropReason::FinalHopAtMixnode,
+        DropReason::FinalHopQueueFull,
     ];
 
     /// The Prometheus label value.
@@ -55,12 +58,13 @@ impl DropReason {
             DropReason::EgressFull => "egress_full",
             DropReason::Shutdown => "shutdown",
             DropReason::FinalHopAtMixnode => "final_hop_at_mixnode",
+            DropReason::FinalHopQueueFull => "final_hop_queue_full",
         }
     }
 }
 
 const _: () = assert!(DropReason::ALL.len() == DropReason::COUNT);
-const _: () = assert!(DropReason::FinalHopAtMixnode as usize == DropReason::COUNT - 1);
+const _: () = assert!(DropReason::FinalHopQueueFull as usize == DropReason::COUNT - 1);
 
 /// Power-of-two buckets: bucket `i` counts values `<= 2^i`; the last bucket is `+Inf`.
 pub const HISTOGRAM_BUCKETS: usize = 25;

@@ -10,8 +10,20 @@ use lethe_engine::metrics::{render_prometheus, CoreMetrics};
 
 const REQUEST_BYTES_MAX: usize = 8 * 1024;
 
+/// Appends a front-end's own metrics (e.g. the gateway's) after the engine's.
+pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 /// Binds now (so the caller learns the port) and serves forever on a background thread.
 pub fn serve(addr: SocketAddr, cores: Vec<Arc<CoreMetrics>>) -> Result<SocketAddr, String> {
+    serve_with(addr, cores, None)
+}
+
+/// [`serve`], with `extra` rendered after the engine's metrics.
+pub fn serve_with(
+    addr: SocketAddr,
+    cores: Vec<Arc<CoreMetrics>>,
+    extra: Option<ExtraMetrics>,
+) -> Result<SocketAddr, String> {
     let listener = TcpListener::bind(addr).map_err(|e| format!("metrics {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let started = Instant::now();
@@ -20,7 +32,7 @@ pub fn serve(addr: SocketAddr, cores: Vec<Arc<CoreMetrics>>) -> Result<SocketAdd
         .spawn(move || {
             // Serves until the process exits; a failed accept is skipped.
             for stream in listener.incoming().flatten() {
-                let _ = respond(stream, &cores, started);
+                let _ = respond(stream, &cores, extra.as_ref(), started);
             }
         })
         .map_err(|e| e.to_string())?;
@@ -30,6 +42,7 @@ pub fn serve(addr: SocketAddr, cores: Vec<Arc<CoreMetrics>>) -> Result<SocketAdd
 fn respond(
     mut stream: TcpStream,
     cores: &[Arc<CoreMetrics>],
+    extra: Option<&ExtraMetrics>,
     started: Instant,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -52,6 +65,9 @@ fn respond(
         "/metrics" | "/api/v1/metrics/prometheus" => {
             let mut body = String::with_capacity(16 * 1024);
             render_prometheus(cores, uptime_s, &mut body);
+            if let Some(extra) = extra {
+                extra(&mut body);
+            }
             ("200 OK", "text/plain; version=0.0.4", body)
         }
         "/health" | "/api/v1/health" => (

@@ -3,6 +3,7 @@
 
 pub mod credential_store;
 pub mod directory;
+pub mod gateway;
 pub mod http;
 pub mod issuer;
 pub mod keyfile;

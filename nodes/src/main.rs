@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use lethe_nodes::gateway;
 use lethe_nodes::issuer;
 use lethe_nodes::mixnode::{self, RunOverrides};
 
@@ -23,6 +24,11 @@ enum Command {
     Mixnode {
         #[command(subcommand)]
         command: MixnodeCommand,
+    },
+    /// A gateway: final-hop delivery, client mailboxes, client WebSockets.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
     },
     /// Trusted dealer: write t-of-n credential issuer key shares and the verification key.
     Keygen(issuer::KeygenArgs),
@@ -92,6 +98,22 @@ enum MixnodeCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum GatewayCommand {
+    /// Write keys and a commented config.toml into DIR (refuses to overwrite).
+    Init {
+        #[arg(long, env = "LETHE_DIR")]
+        dir: PathBuf,
+    },
+    /// Run the gateway in DIR until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, env = "LETHE_DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        overrides: gateway::RunOverrides,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let anyhow_text = |e: anyhow::Error| format!("{e:#}");
@@ -106,6 +128,12 @@ fn main() -> ExitCode {
         Command::Mixnode {
             command: MixnodeCommand::Run { dir, overrides },
         } => mixnode::run(&dir, &overrides).map_err(|e| e.to_string()),
+        Command::Gateway {
+            command: GatewayCommand::Init { dir },
+        } => gateway::init(&dir),
+        Command::Gateway {
+            command: GatewayCommand::Run { dir, overrides },
+        } => gateway::run(&dir, &overrides),
         Command::Keygen(args) => issuer::keygen::run(&args).map_err(anyhow_text),
         Command::Issuer {
             command: IssuerCommand::Run(args),

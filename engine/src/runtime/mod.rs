@@ -12,6 +12,7 @@
 //! left), then counts the rest as `shutdown` drops and ends.
 
 pub mod egress;
+pub mod final_hop;
 pub mod memlock;
 
 use std::cell::RefCell;
@@ -34,6 +35,7 @@ use crate::metrics::{CoreMetrics, DropReason, Stage};
 use crate::replay::ReplayFilterSet;
 
 pub use egress::{Egress, EgressConfig};
+pub use final_hop::{final_hop_channel, FinalHop, FinalHopSender};
 
 /// Next hops one core keeps connections to (a mixnet layer is hundreds of nodes).
 pub const EGRESS_HOPS_MAX: usize = 4_096;
@@ -106,6 +108,17 @@ impl Runtime {
         keys: NodeKeys,
         replay: ReplayFilterSet,
     ) -> Result<Runtime, StartError> {
+        Runtime::start_with_final_hops(config, keys, replay, None)
+    }
+
+    /// [`Runtime::start`] for a gateway: with `Some(sender)`, every final-hop packet is copied
+    /// into the bounded hand-off (see [`final_hop`]) instead of being counted and dropped.
+    pub fn start_with_final_hops(
+        config: RuntimeConfig,
+        keys: NodeKeys,
+        replay: ReplayFilterSet,
+        final_hops: Option<FinalHopSender>,
+    ) -> Result<Runtime, StartError> {
         config
             .engine
             .validate()
@@ -140,6 +153,7 @@ impl Runtime {
                 metrics: metrics.clone(),
                 stop: stop.clone(),
                 bound: bound_tx,
+                final_hops: final_hops.clone(),
             };
             let handle = executor_builder(&config, index)
                 .spawn(move || run_shard(setup))
@@ -252,6 +266,7 @@ struct ShardSetup {
     metrics: Arc<CoreMetrics>,
     stop: Arc<AtomicBool>,
     bound: mpsc::Sender<Result<SocketAddr, String>>,
+    final_hops: Option<FinalHopSender>,
 }
 
 /// One core's state, shared by its tasks (all on one thread).
@@ -263,6 +278,8 @@ struct Shard {
     stop: Arc<AtomicBool>,
     wake: LocalSender<()>,
     deliver_final_hops: bool,
+    /// Gateways: where final-hop packets go (`None` on a mixnode: counted and dropped).
+    final_hops: Option<FinalHopSender>,
 }
 
 impl Shard {
@@ -288,9 +305,24 @@ impl Shard {
                     }
                     core.release(buffer);
                 }
-                Action::Deliver { buffer, .. } => {
-                    if !self.deliver_final_hops {
-                        self.metrics.dropped(DropReason::FinalHopAtMixnode, 1);
+                Action::Deliver {
+                    destination,
+                    identifier,
+                    buffer,
+                } => {
+                    match &self.final_hops {
+                        Some(sender) => {
+                            let _ = sender.offer(
+                                &self.metrics,
+                                destination,
+                                identifier,
+                                core.packet(&buffer),
+                            );
+                        }
+                        None if !self.deliver_final_hops => {
+                            self.metrics.dropped(DropReason::FinalHopAtMixnode, 1);
+                        }
+                        None => {}
                     }
                     core.release(buffer);
                 }
@@ -361,6 +393,7 @@ async fn run_shard(setup: ShardSetup) {
         stop: setup.stop,
         wake,
         deliver_final_hops: setup.config.deliver_final_hops,
+        final_hops: setup.final_hops,
     });
     glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
     let _ = setup.bound.send(Ok(local_addr));

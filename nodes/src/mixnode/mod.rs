@@ -20,7 +20,7 @@ use lethe_engine::{
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::keyfile;
-use config::{resolve, Config, CONFIG_FILE, TEMPLATE};
+use config::{resolve, Config, EngineSection, KeysSection, ReplaySection, CONFIG_FILE, TEMPLATE};
 
 /// Flags of `lethe mixnode run`; each overrides `config.toml` and has a `LETHE_*` twin.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -96,7 +96,15 @@ pub fn init(dir: &Path) -> Result<(), String> {
     }
     let config: Config = toml::from_str(TEMPLATE).map_err(|e| e.to_string())?;
     keyfile::create_private_dir(&resolve(dir, &config.replay.data_dir))?;
-    let identity_path = resolve(dir, &config.keys.identity);
+    write_keys(dir, &config.keys)?;
+    keyfile::write_new(&config_path, TEMPLATE.as_bytes(), 0o600)?;
+    println!("initialised mixnode in {}", dir.display());
+    Ok(())
+}
+
+/// Writes a new ed25519 identity and the two x25519 Sphinx keys (shared with the gateway).
+pub(crate) fn write_keys(dir: &Path, keys: &KeysSection) -> Result<(), String> {
+    let identity_path = resolve(dir, &keys.identity);
     if let Some(parent) = identity_path.parent() {
         keyfile::create_private_dir(parent)?;
     }
@@ -106,32 +114,24 @@ pub fn init(dir: &Path) -> Result<(), String> {
         &identity,
         &keyfile::ed25519_public(&identity),
     )?;
-    for path in [&config.keys.sphinx_primary, &config.keys.sphinx_secondary] {
+    for path in [&keys.sphinx_primary, &keys.sphinx_secondary] {
         let secret = StaticSecret::from(*keyfile::random_32()?);
         let public = PublicKey::from(&secret).to_bytes();
         keyfile::write_key_pair(&resolve(dir, path), secret.as_bytes(), &public)?;
     }
-    keyfile::write_new(&config_path, TEMPLATE.as_bytes(), 0o600)?;
-    println!("initialised mixnode in {}", dir.display());
     Ok(())
 }
 
-fn load_keys(dir: &Path, config: &Config) -> Result<NodeKeys, String> {
+pub(crate) fn load_keys(dir: &Path, keys: &KeysSection) -> Result<NodeKeys, String> {
     let read = |path: &PathBuf| -> Result<StaticSecret, String> {
         Ok(StaticSecret::from(*keyfile::read_private(&resolve(
             dir, path,
         ))?))
     };
     // The identity key is not used by the data plane yet; check it is there and private.
-    keyfile::read_private(&resolve(dir, &config.keys.identity))?;
-    let primary = SphinxKey::new(
-        config.keys.primary_rotation_id,
-        read(&config.keys.sphinx_primary)?,
-    );
-    let secondary = SphinxKey::new(
-        config.keys.secondary_rotation_id,
-        read(&config.keys.sphinx_secondary)?,
-    );
+    keyfile::read_private(&resolve(dir, &keys.identity))?;
+    let primary = SphinxKey::new(keys.primary_rotation_id, read(&keys.sphinx_primary)?);
+    let secondary = SphinxKey::new(keys.secondary_rotation_id, read(&keys.sphinx_secondary)?);
     if primary.rotation_id == secondary.rotation_id {
         return Err("keys: primary and secondary rotation ids must differ".into());
     }
@@ -139,12 +139,16 @@ fn load_keys(dir: &Path, config: &Config) -> Result<NodeKeys, String> {
 }
 
 /// One filter per live key: the snapshot if there is one, else a fresh filter.
-fn load_replay(dir: &Path, config: &Config, keys: &NodeKeys) -> Result<ReplayFilterSet, String> {
-    let data_dir = resolve(dir, &config.replay.data_dir);
+pub(crate) fn load_replay(
+    dir: &Path,
+    replay: &ReplaySection,
+    keys: &NodeKeys,
+) -> Result<ReplayFilterSet, String> {
+    let data_dir = resolve(dir, &replay.data_dir);
     let sizing = ReplayConfig {
-        packets_per_s: config.replay.packets_per_s,
-        key_lifetime_s: config.replay.key_lifetime_s,
-        fp_rate: config.replay.fp_rate,
+        packets_per_s: replay.packets_per_s,
+        key_lifetime_s: replay.key_lifetime_s,
+        fp_rate: replay.fp_rate,
         block_words: 1,
     };
     let params = ReplayParams::from_config(&sizing).map_err(|e| format!("replay: {e}"))?;
@@ -173,7 +177,7 @@ fn load_replay(dir: &Path, config: &Config, keys: &NodeKeys) -> Result<ReplayFil
     Ok(set)
 }
 
-fn save_replay(data_dir: &Path, set: &ReplayFilterSet) -> Result<(), String> {
+pub(crate) fn save_replay(data_dir: &Path, set: &ReplayFilterSet) -> Result<(), String> {
     for id in set.rotation_ids() {
         if let Some(filter) = set.get(id) {
             let path = snapshot_path(data_dir, id);
@@ -196,18 +200,7 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
         8 => FramingVersion::V8,
         other => return Err(format!("egress_framing = {other}: must be 7 or 8")),
     };
-    let e = &config.engine;
-    let engine = EngineConfig {
-        timer_tick_us: e.timer_tick_us,
-        timer_delay_ms_max: e.delay_ms_max,
-        timer_entries_max: e.timer_entries_max,
-        pool_buffers_count: e.pool_buffers_count,
-        pool_buffer_bytes: PACKET_BYTES_DEFAULT,
-        batch_packets_max: e.batch_packets_max,
-        batch_flush_us: e.batch_flush_us,
-        replay: ReplayConfig::default(),
-    };
-    engine.validate().map_err(|e| format!("engine: {e}"))?;
+    let engine = engine_config(&config.engine)?;
     Ok(RuntimeConfig {
         listen: m.listen_address,
         cores,
@@ -229,6 +222,22 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
     })
 }
 
+/// The engine's configuration from the `[engine]` section (shared with the gateway).
+pub(crate) fn engine_config(e: &EngineSection) -> Result<EngineConfig, String> {
+    let engine = EngineConfig {
+        timer_tick_us: e.timer_tick_us,
+        timer_delay_ms_max: e.delay_ms_max,
+        timer_entries_max: e.timer_entries_max,
+        pool_buffers_count: e.pool_buffers_count,
+        pool_buffer_bytes: PACKET_BYTES_DEFAULT,
+        batch_packets_max: e.batch_packets_max,
+        batch_flush_us: e.batch_flush_us,
+        replay: ReplayConfig::default(),
+    };
+    engine.validate().map_err(|e| format!("engine: {e}"))?;
+    Ok(engine)
+}
+
 /// `lethe mixnode run`.
 pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     // Registered first, so a signal that arrives during start-up is not lost.
@@ -239,8 +248,8 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     .map_err(|e| format!("signals: {e}"))?;
     let mut config = Config::load(dir)?;
     overrides.apply(&mut config);
-    let keys = load_keys(dir, &config)?;
-    let replay = load_replay(dir, &config, &keys)?;
+    let keys = load_keys(dir, &config.keys)?;
+    let replay = load_replay(dir, &config.replay, &keys)?;
     let runtime_config = runtime_config(&config, &keys)?;
     let cores = runtime_config.cores;
     let runtime =
@@ -277,7 +286,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     joined
 }
 
-fn spawn_snapshots(
+pub(crate) fn spawn_snapshots(
     data_dir: PathBuf,
     replay: ReplayFilterSet,
     interval_s: u64,
@@ -298,7 +307,7 @@ fn spawn_snapshots(
     })
 }
 
-fn report(metrics: &[Arc<CoreMetrics>]) {
+pub(crate) fn report(metrics: &[Arc<CoreMetrics>]) {
     let sum = |f: &dyn Fn(&CoreMetrics) -> u64| metrics.iter().map(|m| f(m)).sum::<u64>();
     eprintln!(
         "lethe: stopped: received {} forwarded {} sent {}",

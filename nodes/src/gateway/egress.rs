@@ -1,0 +1,161 @@
+//! The gateway's sends to mixnodes (client packets to layer 1, SURB-ACKs to their first hop):
+//! one task per next hop on the gateway's tokio runtime, fed by a bounded queue of Nym frames,
+//! writing over one persistent TCP connection and reconnecting with exponential backoff.
+//! Callers never block: a full queue drops the packet (counted). Usable from any thread.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lethe_crypto::framing::{
+    encode_frame_to_vec, FrameHeader, FramingVersion, KeyRotation, PacketSize,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::metrics::GatewayMetrics;
+
+/// Next hops the gateway keeps a queue and connection for (a layer is hundreds of nodes).
+pub const EGRESS_HOPS_MAX: usize = 4_096;
+/// Frames written with one `write_all`.
+const WRITE_BATCH_FRAMES: usize = 64;
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_500);
+const BACKOFF_MS_INITIAL: u64 = 100;
+const BACKOFF_MS_MAX: u64 = 30_000;
+
+#[derive(Clone, Copy, Debug)]
+pub struct EgressSettings {
+    pub framing: FramingVersion,
+    pub key_rotation: KeyRotation,
+    pub queue_packets_max: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EgressError {
+    #[error("not a Sphinx packet size")]
+    NotSphinx,
+    #[error("queue to the next hop is full")]
+    Full,
+    #[error("too many next hops")]
+    TooManyHops,
+}
+
+pub struct Egress {
+    runtime: tokio::runtime::Handle,
+    settings: EgressSettings,
+    hops: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+    metrics: Arc<GatewayMetrics>,
+}
+
+impl Egress {
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        settings: EgressSettings,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Egress {
+        Egress {
+            runtime,
+            settings,
+            hops: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Frames `packet` and queues it for `next_hop`; every error is counted as a drop.
+    pub fn send(&self, next_hop: SocketAddr, packet: &[u8]) -> Result<(), EgressError> {
+        let result = self.try_send(next_hop, packet);
+        if result.is_err() {
+            GatewayMetrics::add(&self.metrics.egress_dropped, 1);
+        }
+        result
+    }
+
+    fn try_send(&self, next_hop: SocketAddr, packet: &[u8]) -> Result<(), EgressError> {
+        let size =
+            PacketSize::from_sphinx_packet_len(packet.len()).ok_or(EgressError::NotSphinx)?;
+        let header = match self.settings.framing {
+            FramingVersion::V7 => FrameHeader::v7(size),
+            FramingVersion::V8 => FrameHeader::v8(size, self.settings.key_rotation),
+        };
+        let mut frame = Vec::with_capacity(header.frame_len());
+        encode_frame_to_vec(&header, packet, &mut frame).map_err(|_| EgressError::NotSphinx)?;
+        let queue = self.queue(next_hop)?;
+        queue.try_send(frame).map_err(|_| EgressError::Full)
+    }
+
+    fn queue(&self, next_hop: SocketAddr) -> Result<mpsc::Sender<Vec<u8>>, EgressError> {
+        let mut hops = self.hops.lock().map_err(|_| EgressError::Full)?;
+        if let Some(queue) = hops.get(&next_hop) {
+            return Ok(queue.clone());
+        }
+        if hops.len() >= EGRESS_HOPS_MAX {
+            return Err(EgressError::TooManyHops);
+        }
+        let capacity = self.settings.queue_packets_max.max(1) as usize;
+        let (sender, receiver) = mpsc::channel(capacity);
+        self.runtime
+            .spawn(writer(next_hop, receiver, self.metrics.clone()));
+        hops.insert(next_hop, sender.clone());
+        Ok(sender)
+    }
+}
+
+async fn writer(
+    next_hop: SocketAddr,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    metrics: Arc<GatewayMetrics>,
+) {
+    let mut stream: Option<TcpStream> = None;
+    let mut backoff_ms = BACKOFF_MS_INITIAL;
+    let mut batch: Vec<u8> = Vec::new();
+    let mut batch_frames: u64 = 0;
+    // Ends when the egress (its sender) is dropped at shutdown.
+    loop {
+        if batch_frames == 0 {
+            let Some(frame) = queue.recv().await else {
+                return;
+            };
+            batch.extend_from_slice(&frame);
+            batch_frames = 1;
+            while batch_frames < WRITE_BATCH_FRAMES as u64 {
+                let Ok(frame) = queue.try_recv() else { break };
+                batch.extend_from_slice(&frame);
+                batch_frames += 1;
+            }
+        }
+        let connection = match stream.as_mut() {
+            Some(connection) => connection,
+            None => match connect(next_hop).await {
+                Ok(connected) => {
+                    backoff_ms = BACKOFF_MS_INITIAL;
+                    stream.insert(connected)
+                }
+                Err(_) => {
+                    // Keep the batch; new packets wait in the bounded queue (or are dropped).
+                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                    backoff_ms = (backoff_ms * 2).min(BACKOFF_MS_MAX);
+                    continue;
+                }
+            },
+        };
+        if connection.write_all(&batch).await.is_ok() {
+            GatewayMetrics::add(&metrics.egress_sent, batch_frames);
+        } else {
+            // The batch in flight is lost with the connection: count it, reconnect.
+            GatewayMetrics::add(&metrics.egress_dropped, batch_frames);
+            stream = None;
+        }
+        batch.clear();
+        batch_frames = 0;
+    }
+}
+
+async fn connect(next_hop: SocketAddr) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(next_hop))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}

@@ -1,0 +1,588 @@
+//! The mailbox: every final-hop delivery for a registered client, in SQLite (WAL), until the
+//! client confirms it.
+//!
+//! One writer thread owns the write connection. It receives the engine's final-hop packets
+//! and the sessions' commands (register, confirm), classifies packets by
+//! [`crate::proto::payload`] rules, and applies everything in batched transactions (flushed
+//! every [`FLUSH_MS`] or [`FLUSH_ROWS`] items). Only after a commit does it push deliveries to
+//! connected clients and send SURB-ACKs on: an ACK, or a delivery the client saw, implies the
+//! row is durable. Rows are deleted only by the client's `Confirm` (or by retention), so a
+//! crash at any point loses nothing. Ids are `AUTOINCREMENT` (monotonic, never reused).
+//!
+//! Sessions read their backlog through [`Reader`] (separate read connections; WAL lets them
+//! read while the writer writes).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{select, Receiver};
+use lethe_crypto::framing::PacketSize;
+use lethe_crypto::sphinx::{address, recover_plaintext, Packet};
+use lethe_engine::runtime::FinalHop;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::egress::Egress;
+use super::metrics::GatewayMetrics;
+use super::sessions::Registry;
+use crate::proto::payload::{split_forward, DROP_COVER_DESTINATION};
+use crate::proto::DeliveryKind;
+
+/// A batch is committed when it is this old...
+pub const FLUSH_MS: u64 = 3;
+/// ...or this large.
+pub const FLUSH_ROWS: usize = 256;
+/// Mailbox rows one client may hold; deliveries beyond are dropped (counted, no ACK sent).
+pub const ROWS_PER_CLIENT_MAX: u32 = 20_000;
+/// The most rows one backlog read returns (Nym: 100).
+pub const FETCH_ROWS_MAX: u32 = 100;
+/// How often expired rows are deleted (also at start).
+pub const CLEAN_INTERVAL: Duration = Duration::from_secs(3600);
+/// Read connections for sessions.
+pub const READERS: usize = 4;
+
+/// One stored delivery, as sent to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: u64,
+    pub kind: DeliveryKind,
+    pub identifier: [u8; 16],
+    pub bytes: Vec<u8>,
+}
+
+/// What sessions ask the writer.
+pub enum Command {
+    /// The client finished a handshake: record it (once); `done` fires after the commit.
+    Register {
+        client: [u8; 32],
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+    /// The client handled these deliveries: delete them (only its own).
+    Confirm { client: [u8; 32], ids: Vec<u64> },
+}
+
+/// What a final-hop packet is, by the payload rules.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Classified<'a> {
+    /// Drop cover (destination all zero).
+    Cover,
+    /// The payload does not parse.
+    Malformed,
+    Deliver {
+        kind: DeliveryKind,
+        bytes: &'a [u8],
+        /// A forward packet's SURB-ACK: its first hop and the ACK packet.
+        ack: Option<([u8; 32], &'a [u8])>,
+    },
+}
+
+/// Classifies a final-hop packet (header ‖ decrypted payload).
+pub fn classify(hop: &FinalHop) -> Classified<'_> {
+    if hop.destination == DROP_COVER_DESTINATION {
+        return Classified::Cover;
+    }
+    let Ok(packet) = Packet::new_checked(&hop.packet[..]) else {
+        return Classified::Malformed;
+    };
+    let payload = &hop.packet[hop.packet.len() - packet.payload().len()..];
+    if hop.packet.len() == PacketSize::Ack.packet_len() {
+        return match recover_plaintext(payload) {
+            Ok(plaintext) => Classified::Deliver {
+                kind: DeliveryKind::Ack,
+                bytes: plaintext,
+                ack: None,
+            },
+            Err(_) => Classified::Malformed,
+        };
+    }
+    if hop.identifier != [0u8; 16] {
+        return Classified::Deliver {
+            kind: DeliveryKind::Reply,
+            bytes: payload,
+            ack: None,
+        };
+    }
+    let Ok(plaintext) = recover_plaintext(payload) else {
+        return Classified::Malformed;
+    };
+    let Some(forward) = split_forward(plaintext) else {
+        return Classified::Malformed;
+    };
+    Classified::Deliver {
+        kind: DeliveryKind::Message,
+        bytes: forward.content,
+        ack: forward.ack.map(|(address, packet)| (*address, packet)),
+    }
+}
+
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Opens (creating) the database and its tables.
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // NORMAL in WAL mode: a committed transaction survives a process crash (SIGKILL); only
+    // an OS crash or power loss may lose the last few milliseconds.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS clients (
+             identity BLOB PRIMARY KEY,
+             registered_at INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS mailbox (
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             client BLOB NOT NULL,
+             kind INTEGER NOT NULL,
+             identifier BLOB NOT NULL,
+             bytes BLOB NOT NULL,
+             stored_at INTEGER NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS mailbox_client_id ON mailbox (client, id);
+         CREATE INDEX IF NOT EXISTS mailbox_stored_at ON mailbox (stored_at);",
+    )?;
+    Ok(conn)
+}
+
+/// Read connections for sessions (blocking: call from `spawn_blocking`).
+pub struct Reader {
+    connections: Vec<Mutex<Connection>>,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> rusqlite::Result<Reader> {
+        let mut connections = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(Duration::from_secs(5))?;
+            connections.push(Mutex::new(conn));
+        }
+        Ok(Reader { connections })
+    }
+
+    fn connection(
+        &self,
+        client: &[u8; 32],
+    ) -> Result<std::sync::MutexGuard<'_, Connection>, String> {
+        let index = usize::from(client[0]) % self.connections.len().max(1);
+        self.connections
+            .get(index)
+            .ok_or("no reader")?
+            .lock()
+            .map_err(|_| "reader lock poisoned".to_string())
+    }
+
+    /// Rows waiting for `client`.
+    pub fn count(&self, client: &[u8; 32]) -> Result<u32, String> {
+        let conn = self.connection(client)?;
+        let count: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM mailbox WHERE client = ?1",
+                params![&client[..]],
+                |row| row.get(0),
+            )
+            .map_err(|e| e.to_string())?;
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
+    /// Up to `limit` rows of `client` with id > `after`, in id order.
+    pub fn fetch(
+        &self,
+        client: &[u8; 32],
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, String> {
+        let conn = self.connection(client)?;
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT id, kind, identifier, bytes FROM mailbox
+                 WHERE client = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            )
+            .map_err(|e| e.to_string())?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = statement
+            .query_map(params![&client[..], after, limit], |row| {
+                let id: i64 = row.get(0)?;
+                let kind: u8 = row.get(1)?;
+                let identifier: Vec<u8> = row.get(2)?;
+                let bytes: Vec<u8> = row.get(3)?;
+                Ok((id, kind, identifier, bytes))
+            })
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, kind, identifier, bytes) = row.map_err(|e| e.to_string())?;
+            let (Ok(id), Some(kind), Ok(identifier)) = (
+                u64::try_from(id),
+                DeliveryKind::from_byte(kind),
+                <[u8; 16]>::try_from(identifier.as_slice()),
+            ) else {
+                continue; // not a row this gateway wrote
+            };
+            out.push(Delivery {
+                id,
+                kind,
+                identifier,
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A row or command waiting for the next commit.
+enum Pending {
+    Store {
+        client: [u8; 32],
+        kind: DeliveryKind,
+        identifier: [u8; 16],
+        bytes: Vec<u8>,
+        ack: Option<(SocketAddr, Vec<u8>)>,
+    },
+    Register {
+        client: [u8; 32],
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+    Confirm {
+        client: [u8; 32],
+        ids: Vec<u64>,
+    },
+}
+
+pub struct WriterSettings {
+    pub retention: Duration,
+}
+
+struct Writer {
+    conn: Connection,
+    registry: Arc<Registry>,
+    egress: Arc<Egress>,
+    metrics: Arc<GatewayMetrics>,
+    settings: WriterSettings,
+    registered: HashSet<[u8; 32]>,
+    rows: HashMap<[u8; 32], u32>,
+    pending: Vec<Pending>,
+    oldest_pending: Option<Instant>,
+}
+
+/// Starts the writer thread. It ends once `stop` is set and both channels are drained (or
+/// their senders are gone), committing what is pending.
+pub fn spawn_writer(
+    conn: Connection,
+    final_hops: Receiver<FinalHop>,
+    commands: Receiver<Command>,
+    registry: Arc<Registry>,
+    egress: Arc<Egress>,
+    metrics: Arc<GatewayMetrics>,
+    settings: WriterSettings,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let mut writer = Writer {
+        conn,
+        registry,
+        egress,
+        metrics,
+        settings,
+        registered: HashSet::new(),
+        rows: HashMap::new(),
+        pending: Vec::with_capacity(FLUSH_ROWS),
+        oldest_pending: None,
+    };
+    writer.load().map_err(|e| format!("mailbox: {e}"))?;
+    writer.clean();
+    std::thread::Builder::new()
+        .name("lethe-mailbox".into())
+        .spawn(move || writer.run(&final_hops, &commands, &stop))
+        .map_err(|e| format!("mailbox thread: {e}"))
+}
+
+impl Writer {
+    fn load(&mut self) -> rusqlite::Result<()> {
+        let mut statement = self.conn.prepare("SELECT identity FROM clients")?;
+        let identities = statement.query_map([], |row| row.get::<_, Vec<u8>>(0))?;
+        for identity in identities {
+            if let Ok(identity) = <[u8; 32]>::try_from(identity?.as_slice()) {
+                self.registered.insert(identity);
+            }
+        }
+        drop(statement);
+        self.recount()
+    }
+
+    fn recount(&mut self) -> rusqlite::Result<()> {
+        self.rows.clear();
+        let mut statement = self
+            .conn
+            .prepare("SELECT client, COUNT(*) FROM mailbox GROUP BY client")?;
+        let counts = statement.query_map([], |row| {
+            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        let mut rows = HashMap::new();
+        for count in counts {
+            let (client, count) = count?;
+            if let Ok(client) = <[u8; 32]>::try_from(client.as_slice()) {
+                rows.insert(client, u32::try_from(count).unwrap_or(u32::MAX));
+            }
+        }
+        drop(statement);
+        self.rows = rows;
+        self.publish_rows();
+        Ok(())
+    }
+
+    fn publish_rows(&self) {
+        let total: u64 = self.rows.values().map(|&n| u64::from(n)).sum();
+        self.metrics.mailbox_rows.store(total, Ordering::Relaxed);
+    }
+
+    fn run(
+        mut self,
+        final_hops: &Receiver<FinalHop>,
+        commands: &Receiver<Command>,
+        stop: &AtomicBool,
+    ) {
+        let mut last_clean = Instant::now();
+        let idle = Duration::from_millis(50);
+        let flush_after = Duration::from_millis(FLUSH_MS);
+        // Runs until shutdown; each turn handles at most one message, then maybe one commit.
+        loop {
+            let wait = match self.oldest_pending {
+                Some(since) => flush_after.saturating_sub(since.elapsed()),
+                None => idle,
+            };
+            let mut closed = 0;
+            select! {
+                recv(final_hops) -> hop => match hop {
+                    Ok(hop) => self.on_final_hop(&hop),
+                    Err(_) => closed += 1,
+                },
+                recv(commands) -> command => match command {
+                    Ok(command) => self.on_command(command),
+                    Err(_) => closed += 1,
+                },
+                default(wait) => {}
+            }
+            let due = self
+                .oldest_pending
+                .is_some_and(|since| since.elapsed() >= flush_after);
+            if due || self.pending.len() >= FLUSH_ROWS {
+                self.flush();
+            }
+            if last_clean.elapsed() >= CLEAN_INTERVAL {
+                self.clean();
+                last_clean = Instant::now();
+            }
+            let drained = final_hops.is_empty() && commands.is_empty();
+            if stop.load(Ordering::Relaxed) && drained {
+                self.flush();
+                return;
+            }
+            if closed > 0 {
+                // A sender side is gone (shutdown in progress): do not spin on it.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    fn push(&mut self, pending: Pending) {
+        if self.oldest_pending.is_none() {
+            self.oldest_pending = Some(Instant::now());
+        }
+        self.pending.push(pending);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Register { client, done } => {
+                self.registered.insert(client);
+                self.push(Pending::Register { client, done });
+            }
+            Command::Confirm { client, ids } => self.push(Pending::Confirm { client, ids }),
+        }
+    }
+
+    fn on_final_hop(&mut self, hop: &FinalHop) {
+        let metrics = self.metrics.clone();
+        GatewayMetrics::add(&metrics.final_hop_received, 1);
+        let (kind, bytes, ack) = match classify(hop) {
+            Classified::Cover => return GatewayMetrics::add(&metrics.cover_dropped, 1),
+            Classified::Malformed => return GatewayMetrics::add(&metrics.final_hop_malformed, 1),
+            Classified::Deliver { kind, bytes, ack } => (kind, bytes, ack),
+        };
+        if !self.registered.contains(&hop.destination) {
+            return GatewayMetrics::add(&metrics.unknown_destination_dropped, 1);
+        }
+        let rows = self.rows.entry(hop.destination).or_insert(0);
+        if *rows >= ROWS_PER_CLIENT_MAX {
+            return GatewayMetrics::add(&metrics.mailbox_full_dropped, 1);
+        }
+        *rows += 1;
+        let ack = ack.and_then(|(first_hop, packet)| match address::decode(&first_hop) {
+            Ok(next_hop) => Some((next_hop, packet.to_vec())),
+            Err(_) => {
+                GatewayMetrics::add(&metrics.egress_dropped, 1);
+                None
+            }
+        });
+        self.push(Pending::Store {
+            client: hop.destination,
+            kind,
+            identifier: hop.identifier,
+            bytes: bytes.to_vec(),
+            ack,
+        });
+    }
+
+    /// Commits everything pending, then pushes deliveries, sends ACKs, answers registrations.
+    fn flush(&mut self) {
+        self.oldest_pending = None;
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let mut stored: Vec<(usize, u64)> = Vec::with_capacity(pending.len());
+        let mut deleted: Vec<([u8; 32], u32)> = Vec::new();
+        let result = commit(&mut self.conn, &pending, &mut stored, &mut deleted);
+        if let Err(e) = result {
+            // Nothing of this batch is durable: no ACK, no push; counts are re-read.
+            GatewayMetrics::add(&self.metrics.database_errors, 1);
+            eprintln!("lethe: gateway mailbox: commit failed: {e}");
+            let _ = self.recount();
+            return;
+        }
+        for (client, count) in deleted {
+            GatewayMetrics::add(&self.metrics.confirms, u64::from(count));
+            if let Some(rows) = self.rows.get_mut(&client) {
+                *rows = rows.saturating_sub(count);
+            }
+        }
+        GatewayMetrics::add(&self.metrics.final_hop_stored, stored.len() as u64);
+        let mut ids = stored.into_iter();
+        for (index, item) in pending.into_iter().enumerate() {
+            match item {
+                Pending::Store {
+                    client,
+                    kind,
+                    identifier,
+                    bytes,
+                    ack,
+                } => {
+                    let Some((_, id)) = ids.find(|(i, _)| *i == index) else {
+                        continue;
+                    };
+                    if let Some((next_hop, packet)) = ack {
+                        if self.egress.send(next_hop, &packet).is_ok() {
+                            GatewayMetrics::add(&self.metrics.acks_forwarded, 1);
+                        }
+                    }
+                    let delivery = Delivery {
+                        id,
+                        kind,
+                        identifier,
+                        bytes,
+                    };
+                    if self.registry.push(&client, delivery) {
+                        GatewayMetrics::add(&self.metrics.final_hop_delivered_live, 1);
+                    }
+                }
+                Pending::Register { done, .. } => {
+                    let _ = done.send(());
+                }
+                Pending::Confirm { .. } => {}
+            }
+        }
+        self.publish_rows();
+    }
+
+    /// Deletes rows older than the retention period.
+    fn clean(&mut self) {
+        let cutoff = now_s().saturating_sub(self.settings.retention.as_secs() as i64);
+        match self
+            .conn
+            .execute("DELETE FROM mailbox WHERE stored_at < ?1", params![cutoff])
+        {
+            Ok(n) => {
+                GatewayMetrics::add(&self.metrics.mailbox_expired, n as u64);
+                if n > 0 {
+                    let _ = self.recount();
+                }
+            }
+            Err(e) => {
+                GatewayMetrics::add(&self.metrics.database_errors, 1);
+                eprintln!("lethe: gateway mailbox: retention failed: {e}");
+            }
+        }
+    }
+}
+
+/// One transaction for a batch: `stored` gets (index in `pending`, row id), `deleted` the
+/// confirmed row counts per client.
+fn commit(
+    conn: &mut Connection,
+    pending: &[Pending],
+    stored: &mut Vec<(usize, u64)>,
+    deleted: &mut Vec<([u8; 32], u32)>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let now = now_s();
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO mailbox (client, kind, identifier, bytes, stored_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut register = tx.prepare_cached(
+            "INSERT OR IGNORE INTO clients (identity, registered_at) VALUES (?1, ?2)",
+        )?;
+        let mut delete = tx.prepare_cached("DELETE FROM mailbox WHERE id = ?1 AND client = ?2")?;
+        for (index, item) in pending.iter().enumerate() {
+            match item {
+                Pending::Store {
+                    client,
+                    kind,
+                    identifier,
+                    bytes,
+                    ..
+                } => {
+                    let id = insert.insert(params![
+                        &client[..],
+                        *kind as u8,
+                        &identifier[..],
+                        bytes,
+                        now
+                    ])?;
+                    stored.push((index, u64::try_from(id).unwrap_or(0)));
+                }
+                Pending::Register { client, .. } => {
+                    register.execute(params![&client[..], now])?;
+                }
+                Pending::Confirm { client, ids } => {
+                    let mut count = 0u32;
+                    for &id in ids {
+                        let Ok(id) = i64::try_from(id) else { continue };
+                        count += delete.execute(params![id, &client[..]])? as u32;
+                    }
+                    deleted.push((*client, count));
+                }
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// Is this client registered (a row in `clients`)? For tests and tools.
+pub fn is_registered(conn: &Connection, client: &[u8; 32]) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM clients WHERE identity = ?1",
+        params![&client[..]],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|row| row.is_some())
+}

@@ -1,0 +1,347 @@
+//! `lethe gateway`: `init` writes keys and a commented config; `run` starts the engine cores
+//! (mixnet side: final-hop unwrapping through the batched Sphinx path), the mailbox writer
+//! (SQLite), the client WebSocket server and egress to mixnodes (tokio), the metrics endpoint,
+//! optional directory registration and topology refresh, and stops on SIGTERM/SIGINT.
+//!
+//! Threads: engine cores (glommio) → bounded final-hop hand-off → `lethe-mailbox` (SQLite
+//! writer; classifies, stores, then pushes and ACKs) → per-session bounded queues → session
+//! tasks (tokio, 2 workers) → clients. Client `Forward`s → per-next-hop egress tasks → layer 1.
+
+pub mod config;
+pub mod egress;
+pub mod mailbox;
+pub mod metrics;
+pub mod registration;
+pub mod sessions;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lethe_crypto::framing::{FramingVersion, KeyRotation};
+use lethe_engine::limits::PACKET_BYTES_DEFAULT;
+use lethe_engine::runtime::{final_hop_channel, EgressConfig, Runtime, RuntimeConfig};
+use zeroize::Zeroizing;
+
+use crate::keyfile;
+use crate::mixnode::{self, engine_config};
+use config::{resolve, Config, CONFIG_FILE, TEMPLATE};
+use egress::{Egress, EgressSettings};
+use metrics::GatewayMetrics;
+use sessions::{FirstHops, Registry, SessionSettings, Shared};
+
+/// Confirms and registrations waiting for the mailbox writer (overflow counted).
+pub const COMMANDS_MAX: usize = 65_536;
+/// tokio worker threads (sessions, egress, directory): the engine cores do the Sphinx work.
+pub const TOKIO_WORKERS: usize = 2;
+
+/// Flags of `lethe gateway run`; each overrides `config.toml` and has a `LETHE_*` twin.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunOverrides {
+    /// Mixnet listen address (config: gateway.listen_address).
+    #[arg(long, env = "LETHE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Client WebSocket listen address (config: gateway.client_address).
+    #[arg(long, env = "LETHE_CLIENT_LISTEN")]
+    pub client_listen: Option<SocketAddr>,
+    /// Metrics/health HTTP address (config: gateway.metrics_address).
+    #[arg(long, env = "LETHE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Engine cores; 0 = all (config: gateway.cores).
+    #[arg(long, env = "LETHE_CORES")]
+    pub cores: Option<u32>,
+    /// Egress framing version, 7 or 8 (config: gateway.egress_framing).
+    #[arg(long, env = "LETHE_EGRESS_FRAMING")]
+    pub egress_framing: Option<u8>,
+    /// Mailbox retention in hours (config: gateway.retention_hours).
+    #[arg(long, env = "LETHE_RETENTION_HOURS")]
+    pub retention_hours: Option<u64>,
+    /// Client sessions at once (config: gateway.sessions_max).
+    #[arg(long, env = "LETHE_SESSIONS_MAX")]
+    pub sessions_max: Option<u32>,
+    /// Directory base URL (http://host:port): register, heartbeat, fetch the topology.
+    #[arg(long, env = "LETHE_DIRECTORY", requires = "directory_key")]
+    pub directory: Option<String>,
+    /// The directory's ed25519 public key (hex), pinned.
+    #[arg(long, env = "LETHE_DIRECTORY_KEY", requires = "directory")]
+    pub directory_key: Option<String>,
+    /// The mix address to announce (default: the bound listener).
+    #[arg(long, env = "LETHE_ANNOUNCE")]
+    pub announce: Option<SocketAddr>,
+    /// Forward client packets to any first hop (tests only: no topology check).
+    #[arg(long, env = "LETHE_ALLOW_ANY_FIRST_HOP")]
+    pub allow_any_first_hop: bool,
+    /// Packet buffers per core (config: engine.pool_buffers_count).
+    #[arg(long, env = "LETHE_POOL_BUFFERS")]
+    pub pool_buffers: Option<u32>,
+    /// Delayed packets per core (config: engine.timer_entries_max).
+    #[arg(long, env = "LETHE_TIMER_ENTRIES_MAX")]
+    pub timer_entries_max: Option<u32>,
+    /// Replay sizing: packets per second (config: replay.packets_per_s).
+    #[arg(long, env = "LETHE_REPLAY_PACKETS_PER_S")]
+    pub replay_packets_per_s: Option<u64>,
+    /// Replay sizing: key lifetime in seconds (config: replay.key_lifetime_s).
+    #[arg(long, env = "LETHE_REPLAY_KEY_LIFETIME_S")]
+    pub replay_key_lifetime_s: Option<u64>,
+    /// Shutdown grace period in ms (config: gateway.shutdown_grace_ms).
+    #[arg(long, env = "LETHE_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+impl RunOverrides {
+    pub fn apply(&self, config: &mut Config) {
+        let g = &mut config.gateway;
+        g.listen_address = self.listen.unwrap_or(g.listen_address);
+        g.client_address = self.client_listen.unwrap_or(g.client_address);
+        g.metrics_address = self.metrics_listen.unwrap_or(g.metrics_address);
+        g.cores = self.cores.unwrap_or(g.cores);
+        g.egress_framing = self.egress_framing.unwrap_or(g.egress_framing);
+        g.retention_hours = self.retention_hours.unwrap_or(g.retention_hours);
+        g.sessions_max = self.sessions_max.unwrap_or(g.sessions_max);
+        g.shutdown_grace_ms = self.shutdown_grace_ms.unwrap_or(g.shutdown_grace_ms);
+        let e = &mut config.engine;
+        e.pool_buffers_count = self.pool_buffers.unwrap_or(e.pool_buffers_count);
+        e.timer_entries_max = self.timer_entries_max.unwrap_or(e.timer_entries_max);
+        let r = &mut config.replay;
+        r.packets_per_s = self.replay_packets_per_s.unwrap_or(r.packets_per_s);
+        r.key_lifetime_s = self.replay_key_lifetime_s.unwrap_or(r.key_lifetime_s);
+    }
+}
+
+/// `lethe gateway init`: keys (0600, in a 0700 dir) and the commented config; never
+/// overwrites.
+pub fn init(dir: &Path) -> Result<(), String> {
+    keyfile::create_private_dir(dir)?;
+    let config_path = dir.join(CONFIG_FILE);
+    if config_path.exists() {
+        return Err(format!(
+            "{} exists: refusing to overwrite",
+            config_path.display()
+        ));
+    }
+    let config: Config = toml::from_str(TEMPLATE).map_err(|e| e.to_string())?;
+    keyfile::create_private_dir(&resolve(dir, &config.replay.data_dir))?;
+    mixnode::write_keys(dir, &config.keys)?;
+    keyfile::write_new(&config_path, TEMPLATE.as_bytes(), 0o600)?;
+    println!("initialised gateway in {}", dir.display());
+    Ok(())
+}
+
+fn framing(version: u8) -> Result<FramingVersion, String> {
+    match version {
+        7 => Ok(FramingVersion::V7),
+        8 => Ok(FramingVersion::V8),
+        other => Err(format!("egress_framing = {other}: must be 7 or 8")),
+    }
+}
+
+fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
+    let g = &config.gateway;
+    let cores = match g.cores {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        n => n,
+    };
+    Ok(RuntimeConfig {
+        listen: g.listen_address,
+        cores,
+        cpus: g.cpus.clone(),
+        engine: engine_config(&config.engine)?,
+        egress: EgressConfig {
+            framing: framing(g.egress_framing)?,
+            key_rotation: KeyRotation::for_rotation_id(config.keys.primary_rotation_id),
+            queue_packets_max: g.egress_queue_packets_max,
+            frame_bytes_max: PACKET_BYTES_DEFAULT,
+            backoff_ms_initial: 100,
+            backoff_ms_max: 30_000,
+            connect_timeout_ms: 1_500,
+        },
+        shutdown_grace_ms: g.shutdown_grace_ms,
+        io_memory_bytes: g.io_memory_bytes,
+        ring_depth: 128,
+        deliver_final_hops: true,
+    })
+}
+
+/// The directory to use, if any: its URL and pinned key.
+fn directory(overrides: &RunOverrides) -> Result<Option<(String, [u8; 32])>, String> {
+    match (&overrides.directory, &overrides.directory_key) {
+        (Some(url), Some(key)) => {
+            let key = keyfile::unhex_32(key)
+                .ok_or("--directory-key: not a 32-byte hex ed25519 public key")?;
+            Ok(Some((url.clone(), key)))
+        }
+        (None, None) => Ok(None),
+        _ => Err("--directory and --directory-key go together".into()),
+    }
+}
+
+/// `lethe gateway run`.
+pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
+    // Registered first, so a signal that arrives during start-up is not lost.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("signals: {e}"))?;
+    let mut config = Config::load(dir)?;
+    overrides.apply(&mut config);
+    let directory = directory(overrides)?;
+    let keys = mixnode::load_keys(dir, &config.keys)?;
+    let identity_seed = keyfile::read_private(&resolve(dir, &config.keys.identity))?;
+    let identity = keyfile::ed25519_public(&identity_seed);
+    let sphinx_key =
+        keyfile::read_public(&resolve(dir, &config.keys.sphinx_primary).with_extension("pub"))?;
+    let replay = mixnode::load_replay(dir, &config.replay, &keys)?;
+    let runtime_config = runtime_config(&config)?;
+    let g = config.gateway.clone();
+
+    let database = resolve(dir, &g.database);
+    let conn = mailbox::open(&database).map_err(|e| format!("{}: {e}", database.display()))?;
+    let reader = Arc::new(
+        mailbox::Reader::open(&database).map_err(|e| format!("{}: {e}", database.display()))?,
+    );
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(TOKIO_WORKERS)
+        .thread_name("lethe-gateway")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio: {e}"))?;
+    let metrics = Arc::new(GatewayMetrics::default());
+    let egress = Arc::new(Egress::new(
+        tokio.handle().clone(),
+        EgressSettings {
+            framing: framing(g.egress_framing)?,
+            key_rotation: KeyRotation::for_rotation_id(config.keys.primary_rotation_id),
+            queue_packets_max: g.egress_queue_packets_max,
+        },
+        metrics.clone(),
+    ));
+    let registry = Arc::new(Registry::default());
+    let (commands, command_queue) = crossbeam_channel::bounded(COMMANDS_MAX);
+    let (final_hop_sender, final_hops) =
+        final_hop_channel(g.final_hop_queue_packets.max(1) as usize);
+    let writer_stop = Arc::new(AtomicBool::new(false));
+    let writer = mailbox::spawn_writer(
+        conn,
+        final_hops,
+        command_queue,
+        registry.clone(),
+        egress.clone(),
+        metrics.clone(),
+        mailbox::WriterSettings {
+            retention: Duration::from_secs(g.retention_hours.saturating_mul(3600)),
+        },
+        writer_stop.clone(),
+    )?;
+    let cores = runtime_config.cores;
+    let runtime = Runtime::start_with_final_hops(
+        runtime_config,
+        keys,
+        replay.clone(),
+        Some(final_hop_sender),
+    )
+    .map_err(|e| e.to_string())?;
+    let engine_metrics = runtime.metrics().to_vec();
+    let extra = metrics.clone();
+    let metrics_addr = crate::http::serve_with(
+        g.metrics_address,
+        engine_metrics.clone(),
+        Some(Arc::new(move |out: &mut String| extra.render(out))),
+    )?;
+
+    let first_hops = Arc::new(FirstHops::new(overrides.allow_any_first_hop));
+    let client_listener = tokio
+        .block_on(tokio::net::TcpListener::bind(g.client_address))
+        .map_err(|e| format!("client listener {}: {e}", g.client_address))?;
+    let client_addr = client_listener
+        .local_addr()
+        .map_err(|e| format!("client listener: {e}"))?;
+    let shared = Arc::new(Shared {
+        identity_seed: Zeroizing::new(*identity_seed),
+        registry,
+        reader,
+        commands,
+        egress,
+        first_hops: first_hops.clone(),
+        metrics: metrics.clone(),
+        settings: SessionSettings {
+            sessions_max: g.sessions_max,
+            handshake_timeout: Duration::from_millis(g.handshake_timeout_ms.max(1)),
+        },
+        connections: AtomicU32::new(0),
+    });
+    tokio.spawn(sessions::serve(client_listener, shared));
+
+    let mix_address = overrides
+        .announce
+        .unwrap_or_else(|| registration::dialable(runtime.local_addr()));
+    if let Some((url, key)) = directory {
+        registration::refresh_topology(tokio.handle(), url.clone(), key, first_hops);
+        let descriptor = registration::descriptor(&registration::DescriptorParts {
+            identity,
+            sphinx_key,
+            rotation_id: config.keys.primary_rotation_id,
+            mix_address,
+            client_address: client_addr,
+            metrics_address: metrics_addr,
+        });
+        registration::announce(
+            tokio.handle(),
+            url,
+            Zeroizing::new(*identity_seed),
+            descriptor,
+        );
+    } else if !overrides.allow_any_first_hop {
+        eprintln!("lethe: gateway without --directory: client forwards are refused (NOT_LAYER1)");
+    }
+
+    let data_dir = resolve(dir, &config.replay.data_dir);
+    let snapshot_stop = Arc::new(AtomicBool::new(false));
+    let snapshots = mixnode::spawn_snapshots(
+        data_dir.clone(),
+        replay.clone(),
+        config.replay.snapshot_interval_s,
+        snapshot_stop.clone(),
+    );
+    // One write, errors ignored: whoever reads these may close the pipe once it has them.
+    let announced = format!(
+        "listen={}\nclient_url=ws://{}\nmetrics={metrics_addr}\nidentity={}\nsphinx_key={}\n",
+        runtime.local_addr(),
+        registration::dialable(client_addr),
+        keyfile::hex(&identity),
+        keyfile::hex(&sphinx_key),
+    );
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(announced.as_bytes());
+        let _ = stdout.flush();
+    }
+    eprintln!(
+        "lethe: gateway up: mixnet {} clients {} with {cores} core(s)",
+        runtime.local_addr(),
+        client_addr
+    );
+
+    let signal = signals.forever().next();
+    eprintln!("lethe: signal {signal:?}: stopping gateway");
+    runtime.shutdown();
+    let joined = runtime.join();
+    // The cores are gone: the writer drains what they handed over, commits, and ends.
+    writer_stop.store(true, Ordering::SeqCst);
+    let _ = writer.join();
+    snapshot_stop.store(true, Ordering::SeqCst);
+    let _ = snapshots.join();
+    mixnode::save_replay(&data_dir, &replay)?;
+    tokio.shutdown_timeout(Duration::from_secs(1));
+    mixnode::report(&engine_metrics);
+    eprintln!(
+        "lethe: gateway stopped: stored {} acks {} forwarded {}",
+        GatewayMetrics::get(&metrics.final_hop_stored),
+        GatewayMetrics::get(&metrics.acks_forwarded),
+        GatewayMetrics::get(&metrics.forwarded_from_clients),
+    );
+    joined
+}
