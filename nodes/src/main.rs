@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use lethe_nodes::directory;
 use lethe_nodes::issuer;
 use lethe_nodes::mixnode::{self, RunOverrides};
 
@@ -36,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: CredentialCommand,
     },
+    /// The directory: registrations, heartbeats, layer assignment, signed topologies.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
     /// Listen and record every received frame to a file (a test helper; a gateway stand-in).
     Sink {
         #[arg(long, env = "LETHE_LISTEN", default_value = "127.0.0.1:0")]
@@ -43,6 +49,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum DirectoryCommand {
+    /// Write the directory's ed25519 identity into DIR (refuses to overwrite); prints `key=HEX`.
+    Init {
+        #[arg(long, env = "LETHE_DIR")]
+        dir: PathBuf,
+    },
+    /// Serve the directory API until SIGTERM/SIGINT; prints `listen=ADDR` and `key=HEX`.
+    Run(directory::DirectoryRunArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,6 +116,12 @@ fn main() -> ExitCode {
         Command::Credential {
             command: CredentialCommand::Show(args),
         } => issuer::run_show(&args).map_err(anyhow_text),
+        Command::Directory {
+            command: DirectoryCommand::Init { dir },
+        } => directory::server::init(&dir),
+        Command::Directory {
+            command: DirectoryCommand::Run(args),
+        } => directory::server::run(&args).map_err(anyhow_text),
         Command::Sink { listen, out } => {
             lethe_nodes::sink::run(listen, out).map_err(|e| e.to_string())
         }
