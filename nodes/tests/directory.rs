@@ -136,7 +136,7 @@ fn run_mixnode(dir: &Path, directory_url: &str) -> Process {
         "--cores",
         "1",
         "--replay-packets-per-s",
-        "100",
+        "200",
         "--replay-key-lifetime-s",
         "600",
         "--pool-buffers",
