@@ -88,7 +88,7 @@ enum MixnodeCommand {
         #[arg(long, env = "LETHE_DIR")]
         dir: PathBuf,
         #[command(flatten)]
-        overrides: RunOverrides,
+        overrides: Box<RunOverrides>,
     },
 }
 

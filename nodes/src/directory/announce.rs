@@ -129,7 +129,7 @@ impl Task {
                 }
                 Some(Err(e)) => {
                     // Log the first failure and then every tenth, not every retry.
-                    if failures % 10 == 0 {
+                    if failures.is_multiple_of(10) {
                         eprintln!("announce: {who}: registration failed (retrying): {e}");
                     }
                     failures = failures.saturating_add(1);
@@ -161,7 +161,7 @@ impl Task {
                         break;
                     }
                     Some(Err(e)) => {
-                        if failures % 10 == 0 {
+                        if failures.is_multiple_of(10) {
                             eprintln!("announce: {who}: heartbeat failed: {e}");
                         }
                         failures = failures.saturating_add(1);

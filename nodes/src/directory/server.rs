@@ -453,10 +453,15 @@ fn registry_error(e: &RegistryError) -> Response {
 }
 
 /// Parses a signed document from a request body.
-fn signed_body(body: Result<Bytes, BytesRejection>) -> Result<Signed, Response> {
-    let body = body.map_err(|rejection| error(rejection.status(), rejection.body_text()))?;
-    serde_json::from_slice::<Signed>(&body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")))
+fn signed_body(body: Result<Bytes, BytesRejection>) -> Result<Signed, Box<Response>> {
+    let body =
+        body.map_err(|rejection| Box::new(error(rejection.status(), rejection.body_text())))?;
+    serde_json::from_slice::<Signed>(&body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("malformed JSON: {e}"),
+        ))
+    })
 }
 
 async fn register(
@@ -465,7 +470,7 @@ async fn register(
 ) -> Response {
     let signed = match signed_body(body) {
         Ok(signed) => signed,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let descriptor = match open_descriptor(&signed) {
         Ok(descriptor) => descriptor,
@@ -524,7 +529,7 @@ async fn heartbeat(
 ) -> Response {
     let signed = match signed_body(body) {
         Ok(signed) => signed,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let heartbeat = match open_heartbeat(&signed) {
         Ok(heartbeat) => heartbeat,
