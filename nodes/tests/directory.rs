@@ -293,6 +293,21 @@ fn four_mixnodes_balanced_drop_and_restart() {
     assert!(later.epoch >= restarted.epoch);
     assert_eq!(assignments(&later), assignments(&after));
 
+    // A directory that lost its state answers heartbeats with 404: the nodes register again.
+    directory.terminate();
+    std::fs::remove_file(directory_dir.join("directory.sqlite")).unwrap();
+    let _ = std::fs::remove_file(directory_dir.join("directory.sqlite-wal"));
+    let _ = std::fs::remove_file(directory_dir.join("directory.sqlite-shm"));
+    let directory = run_directory(&directory_dir, &listen.to_string(), 4);
+    let rejoined = wait_topology(&url, &key, "the nodes to register again", |t| {
+        t.layers.iter().flatten().count() == 3
+    });
+    assert_eq!(sizes(&rejoined), [1, 1, 1]);
+    let live: Vec<SocketAddr> = nodes.iter().flatten().map(|n| n.addr("listen")).collect();
+    for node in rejoined.layers.iter().flatten() {
+        assert!(live.contains(&node.mix_address), "{node:?}");
+    }
+
     for node in nodes.into_iter().flatten() {
         node.terminate();
     }
@@ -522,6 +537,8 @@ fn bad_registrations_refused() {
     let seed = [31u8; 32];
     let other = [32u8; 32];
     let d = mix_descriptor(&seed, 4001);
+    let epoch_before = health(&url)["epoch"].clone();
+    assert_eq!(epoch_before, 1);
     let expect = |(status, json): (u16, serde_json::Value), want: u16| {
         assert_eq!(status, want, "answer: {json}");
         if want >= 400 {
@@ -636,6 +653,7 @@ fn bad_registrations_refused() {
     );
     // Nothing changed.
     assert_eq!(health(&url)["nodes"], 0);
+    assert_eq!(health(&url)["epoch"], epoch_before);
 
     // A good registration, then an older one is refused and another node may not take its
     // address.
@@ -695,5 +713,28 @@ fn bad_registrations_refused() {
     });
     assert_eq!(topology.layers[0][0], d);
     directory.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn mixnode_refuses_unspecified_announce() {
+    let dir = temp_dir("anywhere");
+    lethe_output(&["mixnode", "init", "--dir", dir.to_str().unwrap()]);
+    let output = Command::new(LETHE)
+        .args([
+            "mixnode",
+            "run",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+            "--directory",
+            "http://127.0.0.1:9",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--announce"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -262,12 +262,12 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     .map_err(|e| format!("signals: {e}"))?;
     let mut config = Config::load(dir)?;
     overrides.apply(&mut config);
-    let keys = load_keys(dir, &config)?;
-    let replay = load_replay(dir, &config, &keys)?;
-    let runtime_config = runtime_config(&config, &keys)?;
     if let Some(url) = &overrides.announce.directory {
         check_announce(url, &overrides.announce, config.mixnode.listen_address)?;
     }
+    let keys = load_keys(dir, &config)?;
+    let replay = load_replay(dir, &config, &keys)?;
+    let runtime_config = runtime_config(&config, &keys)?;
     let cores = runtime_config.cores;
     let runtime =
         Runtime::start(runtime_config, keys, replay.clone()).map_err(|e| e.to_string())?;
