@@ -108,7 +108,12 @@ fn init_directory(dir: &Path) -> [u8; 32] {
 }
 
 fn run_directory(dir: &Path, listen: &str, timeout_s: u64) -> Process {
+    run_directory_epoch(dir, listen, timeout_s, 3600)
+}
+
+fn run_directory_epoch(dir: &Path, listen: &str, timeout_s: u64, epoch_s: u64) -> Process {
     let timeout = timeout_s.to_string();
+    let epoch = epoch_s.to_string();
     let args = [
         "directory",
         "run",
@@ -118,6 +123,8 @@ fn run_directory(dir: &Path, listen: &str, timeout_s: u64) -> Process {
         listen,
         "--heartbeat-timeout-s",
         &timeout,
+        "--epoch-s",
+        &epoch,
     ];
     Process::start(&args, &["listen", "key"])
 }
@@ -736,5 +743,34 @@ fn mixnode_refuses_unspecified_announce() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--announce"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn epochs_advance_at_boundaries() {
+    let dir = temp_dir("epochs");
+    let key = init_directory(&dir);
+    let directory = run_directory_epoch(&dir, "127.0.0.1:0", 30, 2);
+    let url = format!("http://{}", directory.addr("listen"));
+    let first = wait_topology(&url, &key, "a first topology", |_| true);
+    assert_eq!(first.valid_until_s - first.issued_at_s, 3 * 2);
+    let next = wait_topology(&url, &key, "the next epoch", |t| t.epoch > first.epoch);
+    assert!(next.issued_at_s >= first.issued_at_s + 2);
+    assert_eq!(next.valid_until_s - next.issued_at_s, 3 * 2);
+    // The served document is exactly what the directory signed under its key.
+    let signed: Signed = rt().block_on(async {
+        let body = client::http_client()
+            .get(format!("{url}/v1/topology"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        serde_json::from_slice(&body).unwrap()
+    });
+    assert_eq!(signed.signer, keyfile::hex(&key));
+    assert!(verify_topology(&signed, &key, now_s(), Some(next.epoch)).is_ok());
+    directory.terminate();
     let _ = std::fs::remove_dir_all(&dir);
 }

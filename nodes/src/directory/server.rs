@@ -492,7 +492,18 @@ async fn register(
         }
         if what != Registered::Refreshed {
             inner.dirty = true;
-            eprintln!("directory: {what:?} {identity}");
+            if let Some(entry) = inner.registry.get(&identity) {
+                let d = &entry.descriptor;
+                let what = if what == Registered::New {
+                    "registered"
+                } else {
+                    "updated"
+                };
+                eprintln!(
+                    "directory: {what} {:?} {identity} at {} (layer {:?})",
+                    d.role, d.mix_address, entry.layer
+                );
+            }
         }
         let layer = inner.registry.get(&identity).and_then(|e| e.layer);
         Ok::<_, RegistryError>((what, layer))
