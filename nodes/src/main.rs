@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use lethe_nodes::gateway;
+use lethe_nodes::directory;
 use lethe_nodes::issuer;
 use lethe_nodes::mixnode::{self, RunOverrides};
 
@@ -47,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         command: TestnetCommand,
     },
+    /// The directory: registrations, heartbeats, layer assignment, signed topologies.
+    Directory {
+        #[command(subcommand)]
+        command: DirectoryCommand,
+    },
     /// Listen and record every received frame to a file (a test helper; a gateway stand-in).
     Sink {
         #[arg(long, env = "LETHE_LISTEN", default_value = "127.0.0.1:0")]
@@ -66,6 +72,17 @@ enum TestnetCommand {
     Status(lethe_nodes::testnet::DirArgs),
     /// Cut or restore one node's link (`--netns` testnets only).
     Link(lethe_nodes::testnet::LinkArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum DirectoryCommand {
+    /// Write the directory's ed25519 identity into DIR (refuses to overwrite); prints `key=HEX`.
+    Init {
+        #[arg(long, env = "LETHE_DIR")]
+        dir: PathBuf,
+    },
+    /// Serve the directory API until SIGTERM/SIGINT; prints `listen=ADDR` and `key=HEX`.
+    Run(directory::DirectoryRunArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,7 +111,7 @@ enum MixnodeCommand {
         #[arg(long, env = "LETHE_DIR")]
         dir: PathBuf,
         #[command(flatten)]
-        overrides: RunOverrides,
+        overrides: Box<RunOverrides>,
     },
 }
 
@@ -150,6 +167,12 @@ fn main() -> ExitCode {
             TestnetCommand::Status(args) => lethe_nodes::testnet::status(&args),
             TestnetCommand::Link(args) => lethe_nodes::testnet::link(&args),
         },
+        Command::Directory {
+            command: DirectoryCommand::Init { dir },
+        } => directory::server::init(&dir),
+        Command::Directory {
+            command: DirectoryCommand::Run(args),
+        } => directory::server::run(&args).map_err(anyhow_text),
         Command::Sink { listen, out } => {
             lethe_nodes::sink::run(listen, out).map_err(|e| e.to_string())
         }

@@ -20,6 +20,7 @@ use lethe_engine::{
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::keyfile;
+use crate::topology::{Descriptor, Role};
 use config::{resolve, Config, EngineSection, KeysSection, ReplaySection, CONFIG_FILE, TEMPLATE};
 
 /// Flags of `lethe mixnode run`; each overrides `config.toml` and has a `LETHE_*` twin.
@@ -61,6 +62,28 @@ pub struct RunOverrides {
     /// Shutdown grace period in ms (config: mixnode.shutdown_grace_ms).
     #[arg(long, env = "LETHE_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    #[command(flatten)]
+    pub announce: AnnounceArgs,
+}
+
+/// Directory registration flags of `lethe mixnode run` (none: the node does not register).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AnnounceArgs {
+    /// Directory base URL (`http://host:port`): register there and heartbeat.
+    #[arg(long, env = "LETHE_DIRECTORY")]
+    pub directory: Option<String>,
+    /// Mix address to advertise; default: the bound listen address (which must then be a
+    /// specific IP, not 0.0.0.0).
+    #[arg(long, env = "LETHE_ANNOUNCE", requires = "directory")]
+    pub announce: Option<SocketAddr>,
+    /// Metrics URL to advertise; default: `http://<metrics address>/metrics`, with the
+    /// announced IP if the metrics address is unspecified.
+    #[arg(long, env = "LETHE_METRICS_URL", requires = "directory")]
+    pub metrics_url: Option<String>,
+    /// Seconds between heartbeats.
+    #[arg(long, env = "LETHE_HEARTBEAT_S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_s: u64,
 }
 
 impl RunOverrides {
@@ -248,6 +271,9 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     .map_err(|e| format!("signals: {e}"))?;
     let mut config = Config::load(dir)?;
     overrides.apply(&mut config);
+    if let Some(url) = &overrides.announce.directory {
+        check_announce(url, &overrides.announce, config.mixnode.listen_address)?;
+    }
     let keys = load_keys(dir, &config.keys)?;
     let replay = load_replay(dir, &config.replay, &keys)?;
     let runtime_config = runtime_config(&config, &keys)?;
@@ -266,6 +292,17 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     );
     println!("listen={}", runtime.local_addr());
     println!("metrics={metrics_addr}");
+    let announcer = match &overrides.announce.directory {
+        Some(url) => Some(start_announcer(
+            dir,
+            &config,
+            url,
+            &overrides.announce,
+            runtime.local_addr(),
+            metrics_addr,
+        )?),
+        None => None,
+    };
     eprintln!(
         "lethe: mixnode up on {} with {cores} core(s)",
         runtime.local_addr()
@@ -277,6 +314,10 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         "lethe: signal {signal:?}: stopping (grace {} ms)",
         config.mixnode.shutdown_grace_ms
     );
+    // Stop heartbeating first: the directory drops us from the next topology.
+    if let Some(announcer) = announcer {
+        announcer.stop();
+    }
     runtime.shutdown();
     let joined = runtime.join();
     stop.store(true, Ordering::SeqCst);
@@ -284,6 +325,68 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     save_replay(&data_dir, &replay)?;
     report(&metrics);
     joined
+}
+
+/// Refuses, before anything starts, an announcement that could not work.
+fn check_announce(url: &str, args: &AnnounceArgs, listen: SocketAddr) -> Result<(), String> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "--directory {url}: must be an http:// or https:// URL"
+        ));
+    }
+    match args.announce {
+        Some(addr) if addr.ip().is_unspecified() || addr.port() == 0 => {
+            Err(format!("--announce {addr}: must be a specific IP and port"))
+        }
+        Some(_) => Ok(()),
+        None if listen.ip().is_unspecified() => Err(format!(
+            "listening on {listen}: pass --announce ADDR, the address others reach this node at"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Registers this node with the directory and keeps heartbeating, on its own thread.
+fn start_announcer(
+    dir: &Path,
+    config: &Config,
+    url: &str,
+    args: &AnnounceArgs,
+    bound: SocketAddr,
+    metrics: SocketAddr,
+) -> Result<crate::directory::Announcer, String> {
+    let identity = keyfile::read_private(&resolve(dir, &config.keys.identity))?;
+    let primary = StaticSecret::from(*keyfile::read_private(&resolve(
+        dir,
+        &config.keys.sphinx_primary,
+    ))?);
+    let mix_address = args.announce.unwrap_or(bound);
+    let metrics_url = args.metrics_url.clone().unwrap_or_else(|| {
+        let host = if metrics.ip().is_unspecified() {
+            SocketAddr::new(mix_address.ip(), metrics.port())
+        } else {
+            metrics
+        };
+        format!("http://{host}/metrics")
+    });
+    let descriptor = Descriptor {
+        identity: keyfile::hex(&keyfile::ed25519_public(&identity)),
+        sphinx_key: keyfile::hex(PublicKey::from(&primary).as_bytes()),
+        rotation_id: config.keys.primary_rotation_id,
+        mix_address,
+        role: Role::Mixnode,
+        client_url: None,
+        metrics_url: Some(metrics_url),
+        issued_at_s: 0,
+    };
+    eprintln!("lethe: announcing {mix_address} to {url}");
+    crate::directory::spawn_announcer(
+        url,
+        &identity,
+        descriptor,
+        Duration::from_secs(args.heartbeat_s),
+    )
+    .map_err(|e| format!("announcer: {e}"))
 }
 
 pub(crate) fn spawn_snapshots(

@@ -1,0 +1,180 @@
+//! Announcing a node to the directory, for mixnodes and gateways alike: register (retrying
+//! with backoff until accepted), then heartbeat; register again when the directory answers
+//! 404 (it lost or dropped us). Runs on its own std thread with a current-thread tokio
+//! runtime, so callers need no tokio (mixnodes run on glommio and std threads).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use super::client::{self, DirectoryClientError};
+use crate::topology::Descriptor;
+
+/// First retry delay after a failed registration; doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Heartbeat interval nodes use by default (the directory drops a node after 30 s).
+pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
+
+/// A running announcer; stops (promptly, abandoning any request in flight) on
+/// [`Announcer::stop`] or drop.
+pub struct Announcer {
+    stop: tokio::sync::watch::Sender<bool>,
+    registered: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Announcer {
+    /// Whether the directory accepted the registration and the last heartbeat was not refused
+    /// as unknown.
+    pub fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
+    }
+
+    /// Stops and waits for the thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts announcing `descriptor` (its `issued_at_s` is replaced by the signing time at each
+/// registration) to the directory at `directory_url`, signed with `identity_seed`.
+pub fn spawn_announcer(
+    directory_url: &str,
+    identity_seed: &[u8; 32],
+    descriptor: Descriptor,
+    heartbeat_interval: Duration,
+) -> std::io::Result<Announcer> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let registered = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let task = Task {
+        url: directory_url.to_string(),
+        seed: Zeroizing::new(*identity_seed),
+        descriptor,
+        interval: heartbeat_interval.max(Duration::from_millis(100)),
+        registered: registered.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("lethe-announce".into())
+        .spawn(move || runtime.block_on(task.run(stopped)))?;
+    Ok(Announcer {
+        stop,
+        registered,
+        thread: Some(thread),
+    })
+}
+
+struct Task {
+    url: String,
+    seed: Zeroizing<[u8; 32]>,
+    descriptor: Descriptor,
+    interval: Duration,
+    registered: Arc<AtomicBool>,
+}
+
+/// Runs `future` unless `stop` turns true first; `None` means stop.
+async fn or_stop<T>(
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    future: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    if *stop.borrow() {
+        return None;
+    }
+    tokio::select! {
+        value = future => Some(value),
+        // Err: the sender is gone, which also means stop.
+        _ = stop.wait_for(|s| *s) => None,
+    }
+}
+
+fn is_unknown(e: &DirectoryClientError) -> bool {
+    matches!(e, DirectoryClientError::Status { status: 404, .. })
+}
+
+impl Task {
+    async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let http = client::http_client();
+        let who = format!("{:?} {}", self.descriptor.role, self.descriptor.mix_address);
+        let mut backoff = BACKOFF_INITIAL;
+        let mut failures = 0u32;
+        loop {
+            // Register until accepted.
+            let registered = client::register(&http, &self.url, &self.seed, &self.descriptor);
+            match or_stop(&mut stop, registered).await {
+                None => return,
+                Some(Ok(())) => {
+                    eprintln!("announce: {who} registered with {}", self.url);
+                    self.registered.store(true, Ordering::Relaxed);
+                    backoff = BACKOFF_INITIAL;
+                    failures = 0;
+                }
+                Some(Err(e)) => {
+                    // Log the first failure and then every tenth, not every retry.
+                    if failures.is_multiple_of(10) {
+                        eprintln!("announce: {who}: registration failed (retrying): {e}");
+                    }
+                    failures = failures.saturating_add(1);
+                    let delay = jitter(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    if or_stop(&mut stop, tokio::time::sleep(delay))
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            // Heartbeat until the directory no longer knows us.
+            loop {
+                if or_stop(&mut stop, tokio::time::sleep(self.interval))
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
+                match or_stop(&mut stop, client::heartbeat(&http, &self.url, &self.seed)).await {
+                    None => return,
+                    Some(Ok(())) => failures = 0,
+                    Some(Err(e)) if is_unknown(&e) => {
+                        eprintln!("announce: {who}: directory does not know us; registering again");
+                        self.registered.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        if failures.is_multiple_of(10) {
+                            eprintln!("announce: {who}: heartbeat failed: {e}");
+                        }
+                        failures = failures.saturating_add(1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `delay` scaled by a random factor in [0.5, 1.0): nodes restarted together spread out.
+fn jitter(delay: Duration) -> Duration {
+    use rand::RngExt;
+    let factor: f64 = rand::rng().random_range(0.5..1.0);
+    delay.mul_f64(factor)
+}

@@ -1,0 +1,558 @@
+//! The directory's membership logic, free of I/O: registered nodes, liveness, layer
+//! assignment, and the topology they make. The server persists what it changes.
+//!
+//! Layers: a new mixnode goes to the least populated layer (lowest index on ties); existing
+//! assignments never move except to restore balance after a node leaves: while the fullest
+//! and emptiest layers differ by more than one, the newest node of the fullest layer moves to
+//! the emptiest.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::topology::{Descriptor, Heartbeat, Role, Topology, CLOCK_SKEW_S_MAX, LAYERS};
+
+/// Most nodes (mixnodes and gateways) the directory keeps.
+pub const NODES_MAX: usize = 1024;
+
+/// One registered node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub descriptor: Descriptor,
+    /// The signed descriptor exactly as received (JSON text).
+    pub signed_json: String,
+    /// Mix layer (0-based) for mixnodes; `None` for gateways.
+    pub layer: Option<usize>,
+    /// Order of joining (or of the last layer assignment): larger is newer.
+    pub seq: u64,
+    /// Directory clock (ms since the Unix epoch) of the last registration or heartbeat.
+    pub last_seen_ms: u64,
+    /// `sent_at_s` of the newest heartbeat accepted (or the descriptor's `issued_at_s`).
+    pub last_heartbeat_s: u64,
+}
+
+/// What a registration did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registered {
+    /// A node not known before.
+    New,
+    /// A known node whose descriptor changed (the topology changes).
+    Updated,
+    /// A known node re-sent an equivalent descriptor (only liveness changes).
+    Refreshed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("descriptor issued at {issued_at_s}, directory clock {now_s}: outside the allowed skew of {CLOCK_SKEW_S_MAX} s")]
+    Clock { issued_at_s: u64, now_s: u64 },
+    #[error("descriptor issued at {issued_at_s} is older than the registered one ({stored_s})")]
+    Older { issued_at_s: u64, stored_s: u64 },
+    #[error("mix address {0} is already registered by another node")]
+    AddressTaken(SocketAddr),
+    #[error("unusable mix address {0}: must be a specific IP and a non-zero port")]
+    BadAddress(SocketAddr),
+    #[error("a gateway descriptor needs a client_url")]
+    NoClientUrl,
+    #[error("field {0} must be an http(s) or ws(s) URL of printable ASCII, at most {URL_BYTES_MAX} bytes")]
+    BadUrl(&'static str),
+    #[error("directory full ({NODES_MAX} nodes)")]
+    Full,
+    #[error("unknown node: register first")]
+    Unknown,
+    #[error("heartbeat sent at {sent_at_s}, directory clock {now_s}: outside the allowed skew of {CLOCK_SKEW_S_MAX} s")]
+    HeartbeatClock { sent_at_s: u64, now_s: u64 },
+    #[error("heartbeat sent at {sent_at_s} is older than one already accepted ({last_s})")]
+    HeartbeatOlder { sent_at_s: u64, last_s: u64 },
+}
+
+/// Longest URL accepted in a descriptor (bounds the topology: see `NODES_MAX`).
+pub const URL_BYTES_MAX: usize = 200;
+
+/// A URL a topology can carry without JSON escaping: printable ASCII, no quote or backslash.
+fn url_ok(url: &str) -> bool {
+    url.len() <= URL_BYTES_MAX
+        && ["http://", "https://", "ws://", "wss://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
+/// Registered nodes by identity (hex).
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    nodes: BTreeMap<String, Entry>,
+    next_seq: u64,
+}
+
+fn within_skew(t_s: u64, now_s: u64) -> bool {
+    t_s <= now_s.saturating_add(CLOCK_SKEW_S_MAX) && t_s.saturating_add(CLOCK_SKEW_S_MAX) >= now_s
+}
+
+impl Registry {
+    /// Rebuilds a registry from stored entries (assignments as stored; then balanced).
+    /// Returns the registry and the identities whose layer changed.
+    pub fn from_entries(entries: impl IntoIterator<Item = Entry>) -> (Registry, Vec<String>) {
+        let mut registry = Registry::default();
+        for entry in entries {
+            registry.next_seq = registry.next_seq.max(entry.seq.saturating_add(1));
+            registry
+                .nodes
+                .insert(entry.descriptor.identity.clone(), entry);
+        }
+        // Repair anything inconsistent (a mixnode without a layer, a layer out of range).
+        let mut changed = Vec::new();
+        let identities: Vec<String> = registry.nodes.keys().cloned().collect();
+        for identity in identities {
+            let needs =
+                registry
+                    .nodes
+                    .get(&identity)
+                    .is_some_and(|e| match (e.descriptor.role, e.layer) {
+                        (Role::Mixnode, Some(l)) => l >= LAYERS,
+                        (Role::Mixnode, None) => true,
+                        (Role::Gateway, l) => l.is_some(),
+                    });
+            if needs {
+                registry.assign(&identity);
+                changed.push(identity);
+            }
+        }
+        changed.extend(registry.rebalance());
+        changed.sort();
+        changed.dedup();
+        (registry, changed)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn get(&self, identity: &str) -> Option<&Entry> {
+        self.nodes.get(identity)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.nodes.values()
+    }
+
+    /// Mixnodes per layer.
+    pub fn layer_sizes(&self) -> [usize; LAYERS] {
+        let mut sizes = [0; LAYERS];
+        for layer in self.nodes.values().filter_map(|e| e.layer) {
+            if let Some(size) = sizes.get_mut(layer) {
+                *size += 1;
+            }
+        }
+        sizes
+    }
+
+    /// Gives every node a fresh liveness deadline (after a directory restart: nodes could not
+    /// reach it while it was down).
+    pub fn touch_all(&mut self, now_ms: u64) {
+        for entry in self.nodes.values_mut() {
+            entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
+        }
+    }
+
+    /// Registers or updates a descriptor already verified as signed by its identity. Returns
+    /// what happened and the identities whose stored record changed.
+    pub fn register(
+        &mut self,
+        descriptor: Descriptor,
+        signed_json: String,
+        now_ms: u64,
+    ) -> Result<(Registered, Vec<String>), RegistryError> {
+        let now_s = now_ms / 1000;
+        if !within_skew(descriptor.issued_at_s, now_s) {
+            return Err(RegistryError::Clock {
+                issued_at_s: descriptor.issued_at_s,
+                now_s,
+            });
+        }
+        let address = descriptor.mix_address;
+        if address.ip().is_unspecified() || address.port() == 0 {
+            return Err(RegistryError::BadAddress(address));
+        }
+        for (field, value) in [
+            ("client_url", &descriptor.client_url),
+            ("metrics_url", &descriptor.metrics_url),
+        ] {
+            if value.as_ref().is_some_and(|v| !url_ok(v)) {
+                return Err(RegistryError::BadUrl(field));
+            }
+        }
+        if descriptor.role == Role::Gateway && descriptor.client_url.is_none() {
+            return Err(RegistryError::NoClientUrl);
+        }
+        let identity = descriptor.identity.clone();
+        if self.nodes.values().any(|e| {
+            e.descriptor.identity != identity && e.descriptor.mix_address == descriptor.mix_address
+        }) {
+            return Err(RegistryError::AddressTaken(address));
+        }
+        if let Some(entry) = self.nodes.get_mut(&identity) {
+            if descriptor.issued_at_s < entry.descriptor.issued_at_s {
+                return Err(RegistryError::Older {
+                    issued_at_s: descriptor.issued_at_s,
+                    stored_s: entry.descriptor.issued_at_s,
+                });
+            }
+            let mut unchanged_old = entry.descriptor.clone();
+            unchanged_old.issued_at_s = descriptor.issued_at_s;
+            let same = unchanged_old == descriptor;
+            let role_changed = entry.descriptor.role != descriptor.role;
+            entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
+            entry.last_heartbeat_s = entry.last_heartbeat_s.max(descriptor.issued_at_s);
+            entry.descriptor = descriptor;
+            entry.signed_json = signed_json;
+            let mut changed = vec![identity.clone()];
+            if role_changed {
+                self.assign(&identity);
+                changed.extend(self.rebalance());
+            }
+            let what = if same {
+                Registered::Refreshed
+            } else {
+                Registered::Updated
+            };
+            return Ok((what, changed));
+        }
+        if self.nodes.len() >= NODES_MAX {
+            return Err(RegistryError::Full);
+        }
+        let last_heartbeat_s = descriptor.issued_at_s;
+        self.nodes.insert(
+            identity.clone(),
+            Entry {
+                descriptor,
+                signed_json,
+                layer: None,
+                seq: 0,
+                last_seen_ms: now_ms,
+                last_heartbeat_s,
+            },
+        );
+        self.assign(&identity);
+        Ok((Registered::New, vec![identity]))
+    }
+
+    /// Records a heartbeat verified as signed by its identity. `Ok(true)` if it refreshed the
+    /// node's liveness, `Ok(false)` for a repeat of the newest heartbeat (no effect).
+    pub fn heartbeat(&mut self, heartbeat: &Heartbeat, now_ms: u64) -> Result<bool, RegistryError> {
+        let now_s = now_ms / 1000;
+        let entry = self
+            .nodes
+            .get_mut(&heartbeat.identity)
+            .ok_or(RegistryError::Unknown)?;
+        if !within_skew(heartbeat.sent_at_s, now_s) {
+            return Err(RegistryError::HeartbeatClock {
+                sent_at_s: heartbeat.sent_at_s,
+                now_s,
+            });
+        }
+        // Strictly newer heartbeats only: a replayed one cannot extend a dead node's life.
+        if heartbeat.sent_at_s < entry.last_heartbeat_s {
+            return Err(RegistryError::HeartbeatOlder {
+                sent_at_s: heartbeat.sent_at_s,
+                last_s: entry.last_heartbeat_s,
+            });
+        }
+        if heartbeat.sent_at_s == entry.last_heartbeat_s {
+            return Ok(false);
+        }
+        entry.last_heartbeat_s = heartbeat.sent_at_s;
+        entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
+        Ok(true)
+    }
+
+    /// Drops nodes not seen for longer than `timeout_ms`, then rebalances. Returns the
+    /// dropped identities and those whose layer moved.
+    pub fn expire(&mut self, now_ms: u64, timeout_ms: u64) -> (Vec<String>, Vec<String>) {
+        let dropped: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, e)| now_ms.saturating_sub(e.last_seen_ms) > timeout_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for identity in &dropped {
+            self.nodes.remove(identity);
+        }
+        let moved = if dropped.is_empty() {
+            Vec::new()
+        } else {
+            self.rebalance()
+        };
+        (dropped, moved)
+    }
+
+    /// Removes one node (tests, operators); rebalances. Returns the moved identities.
+    pub fn remove(&mut self, identity: &str) -> Option<Vec<String>> {
+        self.nodes.remove(identity)?;
+        Some(self.rebalance())
+    }
+
+    /// (Re)assigns `identity`'s layer by its role: least populated layer for a mixnode.
+    fn assign(&mut self, identity: &str) {
+        let role = match self.nodes.get_mut(identity) {
+            Some(entry) => {
+                entry.layer = None;
+                entry.descriptor.role
+            }
+            None => return,
+        };
+        let layer = match role {
+            Role::Gateway => None,
+            Role::Mixnode => Some(least_populated(&self.layer_sizes())),
+        };
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.saturating_add(1);
+        if let Some(entry) = self.nodes.get_mut(identity) {
+            entry.layer = layer;
+            entry.seq = seq;
+        }
+    }
+
+    /// Moves the newest node of the fullest layer to the emptiest while they differ by more
+    /// than one. Returns the moved identities.
+    fn rebalance(&mut self) -> Vec<String> {
+        let mut moved = Vec::new();
+        // Each move narrows the gap; the bound only guards against a logic error.
+        for _ in 0..=NODES_MAX {
+            let sizes = self.layer_sizes();
+            let emptiest = least_populated(&sizes);
+            let fullest = most_populated(&sizes);
+            if sizes[fullest] <= sizes[emptiest] + 1 {
+                break;
+            }
+            let newest = self
+                .nodes
+                .iter()
+                .filter(|(_, e)| e.layer == Some(fullest))
+                .max_by_key(|(_, e)| e.seq)
+                .map(|(id, _)| id.clone());
+            let Some(identity) = newest else { break };
+            if let Some(entry) = self.nodes.get_mut(&identity) {
+                entry.layer = Some(emptiest);
+            }
+            moved.push(identity);
+        }
+        moved
+    }
+
+    /// The topology these nodes make (layers in joining order, gateways likewise).
+    pub fn topology(&self, epoch: u64, issued_at_s: u64, valid_until_s: u64) -> Topology {
+        let mut ordered: Vec<&Entry> = self.nodes.values().collect();
+        ordered.sort_by_key(|e| e.seq);
+        let mut layers: [Vec<Descriptor>; LAYERS] = Default::default();
+        let mut gateways = Vec::new();
+        for entry in ordered {
+            match (entry.descriptor.role, entry.layer) {
+                (Role::Mixnode, Some(layer)) => {
+                    if let Some(nodes) = layers.get_mut(layer) {
+                        nodes.push(entry.descriptor.clone());
+                    }
+                }
+                (Role::Gateway, _) => gateways.push(entry.descriptor.clone()),
+                (Role::Mixnode, None) => {}
+            }
+        }
+        Topology {
+            epoch,
+            issued_at_s,
+            valid_until_s,
+            layers,
+            gateways,
+        }
+    }
+}
+
+fn least_populated(sizes: &[usize; LAYERS]) -> usize {
+    let mut best = 0;
+    for (index, size) in sizes.iter().enumerate() {
+        if *size < sizes[best] {
+            best = index;
+        }
+    }
+    best
+}
+
+fn most_populated(sizes: &[usize; LAYERS]) -> usize {
+    let mut best = 0;
+    for (index, size) in sizes.iter().enumerate() {
+        if *size > sizes[best] {
+            best = index;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyfile;
+
+    const NOW_MS: u64 = 1_000_000_000;
+
+    fn descriptor(i: u16, role: Role) -> Descriptor {
+        Descriptor {
+            identity: keyfile::hex(&[i as u8; 32]),
+            sphinx_key: keyfile::hex(&[9u8; 32]),
+            rotation_id: 1,
+            mix_address: SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
+            role,
+            client_url: (role == Role::Gateway).then(|| "ws://127.0.0.1:9000".to_string()),
+            metrics_url: None,
+            issued_at_s: NOW_MS / 1000,
+        }
+    }
+
+    fn add(r: &mut Registry, i: u16) -> Registered {
+        r.register(descriptor(i, Role::Mixnode), String::new(), NOW_MS)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn balanced_and_stable() {
+        let mut r = Registry::default();
+        for i in 1..=4 {
+            assert_eq!(add(&mut r, i), Registered::New);
+        }
+        assert_eq!(r.layer_sizes(), [2, 1, 1]);
+        let layer_of = |r: &Registry, i: u16| r.get(&keyfile::hex(&[i as u8; 32])).unwrap().layer;
+        assert_eq!(layer_of(&r, 1), Some(0));
+        assert_eq!(layer_of(&r, 2), Some(1));
+        assert_eq!(layer_of(&r, 3), Some(2));
+        assert_eq!(layer_of(&r, 4), Some(0));
+        // Re-registration keeps the layer.
+        assert_eq!(add(&mut r, 2), Registered::Refreshed);
+        assert_eq!(layer_of(&r, 2), Some(1));
+        // Dropping node 2 leaves [2, 0, 1]: the newest of layer 0 (node 4) moves to layer 1.
+        let moved = r.remove(&keyfile::hex(&[2u8; 32])).unwrap();
+        assert_eq!(moved, vec![keyfile::hex(&[4u8; 32])]);
+        assert_eq!(r.layer_sizes(), [1, 1, 1]);
+        // Dropping node 3 leaves [1, 1, 0]: balanced enough, nothing moves.
+        assert!(r.remove(&keyfile::hex(&[3u8; 32])).unwrap().is_empty());
+        assert_eq!(r.layer_sizes(), [1, 1, 0]);
+    }
+
+    #[test]
+    fn gateways_apart_and_topology() {
+        let mut r = Registry::default();
+        for i in 1..=3 {
+            add(&mut r, i);
+        }
+        r.register(descriptor(7, Role::Gateway), String::new(), NOW_MS)
+            .unwrap();
+        let t = r.topology(3, 10, 20);
+        assert_eq!(t.layers.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 1]);
+        assert_eq!(t.gateways.len(), 1);
+        assert_eq!(t.epoch, 3);
+        // A gateway without a client URL is refused.
+        let mut g = descriptor(8, Role::Gateway);
+        g.client_url = None;
+        assert_eq!(
+            r.register(g, String::new(), NOW_MS),
+            Err(RegistryError::NoClientUrl)
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let mut r = Registry::default();
+        add(&mut r, 1);
+        let mut old = descriptor(1, Role::Mixnode);
+        old.issued_at_s -= 1;
+        assert!(matches!(
+            r.register(old, String::new(), NOW_MS),
+            Err(RegistryError::Older { .. })
+        ));
+        let mut future = descriptor(2, Role::Mixnode);
+        future.issued_at_s += CLOCK_SKEW_S_MAX + 1;
+        assert!(matches!(
+            r.register(future, String::new(), NOW_MS),
+            Err(RegistryError::Clock { .. })
+        ));
+        let mut stale = descriptor(2, Role::Mixnode);
+        stale.issued_at_s -= CLOCK_SKEW_S_MAX + 1;
+        assert!(matches!(
+            r.register(stale, String::new(), NOW_MS),
+            Err(RegistryError::Clock { .. })
+        ));
+        let mut squatter = descriptor(2, Role::Mixnode);
+        squatter.mix_address = descriptor(1, Role::Mixnode).mix_address;
+        assert!(matches!(
+            r.register(squatter, String::new(), NOW_MS),
+            Err(RegistryError::AddressTaken(_))
+        ));
+        let mut anywhere = descriptor(2, Role::Mixnode);
+        anywhere.mix_address = "0.0.0.0:1789".parse().unwrap();
+        assert!(matches!(
+            r.register(anywhere, String::new(), NOW_MS),
+            Err(RegistryError::BadAddress(_))
+        ));
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn heartbeats_and_expiry() {
+        let mut r = Registry::default();
+        add(&mut r, 1);
+        add(&mut r, 2);
+        let hb = |i: u8, sent_at_s: u64| Heartbeat {
+            identity: keyfile::hex(&[i; 32]),
+            sent_at_s,
+        };
+        let t = NOW_MS / 1000;
+        assert_eq!(r.heartbeat(&hb(1, t), NOW_MS + 2000), Ok(false));
+        assert_eq!(r.heartbeat(&hb(1, t + 2), NOW_MS + 2000), Ok(true));
+        assert!(matches!(
+            r.heartbeat(&hb(1, t + 1), NOW_MS + 2000),
+            Err(RegistryError::HeartbeatOlder { .. })
+        ));
+        assert_eq!(
+            r.heartbeat(&hb(3, t + 2), NOW_MS),
+            Err(RegistryError::Unknown)
+        );
+        let (dropped, _) = r.expire(NOW_MS + 4000, 3000);
+        assert_eq!(dropped, vec![keyfile::hex(&[2u8; 32])]);
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn full() {
+        let mut r = Registry::default();
+        for i in 0..NODES_MAX as u16 {
+            let mut d = descriptor(0, Role::Mixnode);
+            d.identity = format!("{i:064x}");
+            d.mix_address = SocketAddr::from(([127, 0, 0, 1], 10_000 + i));
+            r.register(d, String::new(), NOW_MS).unwrap();
+        }
+        assert_eq!(r.layer_sizes().iter().sum::<usize>(), NODES_MAX);
+        let mut d = descriptor(5, Role::Mixnode);
+        d.mix_address = SocketAddr::from(([127, 0, 0, 2], 1));
+        assert_eq!(
+            r.register(d, String::new(), NOW_MS),
+            Err(RegistryError::Full)
+        );
+    }
+
+    #[test]
+    fn restore_repairs() {
+        let mut r = Registry::default();
+        for i in 1..=4 {
+            add(&mut r, i);
+        }
+        let mut entries: Vec<Entry> = r.entries().cloned().collect();
+        entries[0].layer = None;
+        let (restored, changed) = Registry::from_entries(entries);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(restored.layer_sizes(), [2, 1, 1]);
+    }
+}

@@ -1,0 +1,584 @@
+//! `lethe directory init|run`: the directory service.
+//!
+//! API (JSON bodies; errors are `{"error": "<one line>"}` with a 4xx/5xx status):
+//! - `GET  /v1/key`: 200 `{"key": "<hex ed25519 public key>"}`.
+//! - `GET  /v1/topology`: 200, the latest signed topology ([`Signed`], domain
+//!   `DOMAIN_TOPOLOGY`), exactly as published.
+//! - `POST /v1/register`: body a [`Signed`] descriptor (domain `DOMAIN_DESCRIPTOR`), signed by
+//!   the identity it names. 200 `{"status": "registered"|"updated"|"refreshed", "layer":
+//!   0|1|2|null, "epoch": N}` (`layer` is 0-based; null for gateways; `epoch` is the latest
+//!   published one, the node appears in a later one).
+//!   400 malformed JSON or descriptor; 403 bad signature or signer not the named identity;
+//!   409 older than the registered descriptor, or mix address registered by another node;
+//!   413 body over [`REQUEST_BODY_BYTES_MAX`]; 422 `issued_at_s` outside the clock skew,
+//!   unusable mix address (unspecified IP, port 0), gateway without `client_url`, over-long
+//!   URL; 429 rate limited; 503 directory full ([`NODES_MAX`](super::registry::NODES_MAX)).
+//! - `POST /v1/heartbeat`: body a [`Signed`] heartbeat (domain `DOMAIN_HEARTBEAT`). 200
+//!   `{"status": "ok"|"repeat"}`; 404 unknown identity (register again); 409 older than one
+//!   already accepted; 422 `sent_at_s` outside the clock skew; 400/403/413/429 as above.
+//! - `GET  /health`: 200 `{"status": "ok", "epoch", "nodes", "layers": [n1, n2, n3],
+//!   "gateways", "uptime_secs"}`.
+//!
+//! Publication: a new epoch at every epoch boundary (`--epoch-s` after the previous
+//! publication) and, within [`PUBLISH_INTERVAL_MIN`] of it, whenever membership changes (a
+//! join, a changed descriptor, a drop). Each topology is valid for three epoch lengths.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::registry::{Registered, Registry, RegistryError};
+use super::store::{Store, StoredTopology, DB_FILE};
+use crate::issuer::ratelimit::{Rate, RateLimiter};
+use crate::keyfile;
+use crate::topology::{
+    now_s, open_descriptor, open_heartbeat, sign, Signed, Topology, TopologyError, DOMAIN_TOPOLOGY,
+    SIGNED_BODY_BYTES_MAX,
+};
+
+/// File (in the directory's data dir) holding the ed25519 identity seed; `.pub` beside it.
+pub const IDENTITY_FILE: &str = "ed25519_identity";
+/// Largest request body accepted (a descriptor is under 1 KiB).
+pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
+/// Least time between two publications triggered by membership changes.
+pub const PUBLISH_INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// A topology stays valid for this many epoch lengths.
+pub const VALIDITY_EPOCHS: u64 = 3;
+/// How long a stopping directory waits for in-flight requests.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+/// POST rate limits: per source IP (a local testnet registers every node from one IP) and
+/// overall.
+const RATE_PER_IP: Rate = Rate {
+    per_sec: 100.0,
+    burst: 2048.0,
+};
+const RATE_GLOBAL: Rate = Rate {
+    per_sec: 1000.0,
+    burst: 4096.0,
+};
+
+/// Run the directory.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DirectoryRunArgs {
+    /// Data dir written by `directory init` (identity key; the SQLite state goes there too).
+    #[arg(long, env = "LETHE_DIR")]
+    pub dir: PathBuf,
+    /// Address to listen on; port 0 picks a free one. Printed as `listen=ADDR` on stdout.
+    #[arg(long, env = "LETHE_DIRECTORY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Epoch length in seconds: a topology is re-published at least this often and is valid
+    /// for three epochs (Nym: 3600). Membership changes publish sooner.
+    #[arg(long, env = "LETHE_EPOCH_S", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub epoch_s: u64,
+    /// Nodes not heard from (registration or heartbeat) for this long are dropped from the
+    /// next topology. Nodes heartbeat every 10 s.
+    #[arg(long, env = "LETHE_HEARTBEAT_TIMEOUT_S", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub heartbeat_timeout_s: u64,
+}
+
+/// `lethe directory init`: writes the identity seed (0600) in a 0700 dir; prints `key=HEX`.
+pub fn init(dir: &Path) -> Result<(), String> {
+    keyfile::create_private_dir(dir)?;
+    let seed = keyfile::random_32()?;
+    let public = keyfile::ed25519_public(&seed);
+    keyfile::write_key_pair(&dir.join(IDENTITY_FILE), &seed, &public)?;
+    println!("key={}", keyfile::hex(&public));
+    Ok(())
+}
+
+/// The latest publication, ready to serve.
+#[derive(Clone)]
+struct Published {
+    epoch: u64,
+    issued_at_s: u64,
+    json: Bytes,
+}
+
+struct Inner {
+    registry: Registry,
+    store: Store,
+    /// Membership changed since the last publication.
+    dirty: bool,
+}
+
+struct Directory {
+    seed: Zeroizing<[u8; 32]>,
+    key_hex: String,
+    epoch_s: u64,
+    timeout_ms: u64,
+    inner: Mutex<Inner>,
+    published: RwLock<Published>,
+    changed: tokio::sync::Notify,
+    limiter: RateLimiter,
+    started: Instant,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Directory {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a request panicked mid-update; the state is plain data that
+        // every mutation leaves consistent, so carry on.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn published(&self) -> Published {
+        self.published
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Signs and stores a new epoch from the current membership.
+    fn publish(&self, inner: &mut Inner) -> anyhow::Result<Published> {
+        let previous = self.published();
+        let epoch = previous.epoch.saturating_add(1);
+        let issued_at_s = now_s();
+        let valid_until_s =
+            issued_at_s.saturating_add(self.epoch_s.saturating_mul(VALIDITY_EPOCHS));
+        let topology = inner.registry.topology(epoch, issued_at_s, valid_until_s);
+        let signed = sign(&topology, DOMAIN_TOPOLOGY, &self.seed)?;
+        anyhow::ensure!(
+            signed.body.len() <= SIGNED_BODY_BYTES_MAX,
+            "topology of {} bytes exceeds the {SIGNED_BODY_BYTES_MAX}-byte limit",
+            signed.body.len()
+        );
+        let json = serde_json::to_string(&signed)?;
+        inner.store.save_topology(&StoredTopology {
+            epoch,
+            issued_at_s,
+            signed_json: json.clone(),
+        })?;
+        inner.dirty = false;
+        let published = Published {
+            epoch,
+            issued_at_s,
+            json: Bytes::from(json),
+        };
+        *self.published.write().unwrap_or_else(|e| e.into_inner()) = published.clone();
+        eprintln!(
+            "directory: published epoch {epoch}: layers {:?}, {} gateway(s), valid until {valid_until_s}",
+            topology.layers.iter().map(Vec::len).collect::<Vec<_>>(),
+            topology.gateways.len()
+        );
+        Ok(published)
+    }
+
+    /// Drops silent nodes; persists the change.
+    fn sweep(&self, inner: &mut Inner) {
+        let (dropped, moved) = inner.registry.expire(now_ms(), self.timeout_ms);
+        if dropped.is_empty() {
+            return;
+        }
+        for identity in &dropped {
+            eprintln!("directory: dropped {identity} (no heartbeat)");
+        }
+        for identity in &moved {
+            eprintln!("directory: moved {identity} to rebalance layers");
+        }
+        let changed: Vec<String> = dropped.into_iter().chain(moved).collect();
+        if let Err(e) = inner.store.save_nodes(&inner.registry, &changed) {
+            eprintln!("directory: storing the drop failed: {e}");
+        }
+        inner.dirty = true;
+    }
+}
+
+/// `lethe directory run`, until SIGINT or SIGTERM.
+pub fn run(args: &DirectoryRunArgs) -> anyhow::Result<()> {
+    let seed = keyfile::read_private(&args.dir.join(IDENTITY_FILE))
+        .map_err(|e| anyhow::anyhow!("{e} (run `lethe directory init` first)"))?;
+    let public = keyfile::ed25519_public(&seed);
+    let db = args.dir.join(DB_FILE);
+    let store = Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+    let (entries, skipped, stored) = store
+        .load()
+        .with_context(|| format!("reading {}", db.display()))?;
+    for problem in &skipped {
+        eprintln!("directory: ignoring stored node {problem}");
+    }
+    let (mut registry, repaired) = Registry::from_entries(entries);
+    // Nodes could not heartbeat while the directory was down: give each a full timeout.
+    registry.touch_all(now_ms());
+    let mut store = store;
+    let all: Vec<String> = registry
+        .entries()
+        .map(|e| e.descriptor.identity.clone())
+        .collect();
+    store.save_nodes(&registry, &all)?;
+    let published = match &stored {
+        Some(s) => Published {
+            epoch: s.epoch,
+            issued_at_s: s.issued_at_s,
+            json: Bytes::from(s.signed_json.clone()),
+        },
+        None => Published {
+            epoch: 0,
+            issued_at_s: 0,
+            json: Bytes::new(),
+        },
+    };
+    // Republish at once unless the stored topology is current and matches the membership.
+    let matches = stored.as_ref().is_some_and(|s| {
+        serde_json::from_str::<Signed>(&s.signed_json)
+            .ok()
+            .and_then(|signed| signed.open::<Topology>(DOMAIN_TOPOLOGY, Some(&public)).ok())
+            .is_some_and(|(_, t)| {
+                let now = registry.topology(t.epoch, t.issued_at_s, t.valid_until_s);
+                t == now && now_s() < t.issued_at_s.saturating_add(args.epoch_s)
+            })
+    });
+    let dirty = !matches || !repaired.is_empty() || !skipped.is_empty();
+    let directory = Arc::new(Directory {
+        seed,
+        key_hex: keyfile::hex(&public),
+        epoch_s: args.epoch_s,
+        timeout_ms: args.heartbeat_timeout_s.saturating_mul(1000),
+        inner: Mutex::new(Inner {
+            registry,
+            store,
+            dirty,
+        }),
+        published: RwLock::new(published),
+        changed: tokio::sync::Notify::new(),
+        limiter: RateLimiter::new(RATE_PER_IP, RATE_GLOBAL),
+        started: Instant::now(),
+    });
+    if dirty {
+        let mut inner = directory.lock();
+        directory.publish(&mut inner)?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(directory, args.listen))
+}
+
+async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<()> {
+    let posts = Router::new()
+        .route("/v1/register", post(register))
+        .route("/v1/heartbeat", post(heartbeat))
+        .route_layer(middleware::from_fn_with_state(
+            directory.clone(),
+            rate_limit,
+        ));
+    let app = Router::new()
+        .route("/v1/key", get(key))
+        .route("/v1/topology", get(topology))
+        .route("/health", get(health))
+        .merge(posts)
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .with_state(directory.clone());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let bound = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listen={bound}")?;
+        writeln!(out, "key={}", directory.key_hex)?;
+        writeln!(out, "epoch={}", directory.published().epoch)?;
+        out.flush()?;
+    }
+    eprintln!(
+        "directory: serving on {bound}, epoch {} s, heartbeat timeout {} s",
+        directory.epoch_s,
+        directory.timeout_ms / 1000
+    );
+    let publisher = tokio::spawn(publisher(directory.clone()));
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stopping.send(());
+    });
+    let deadline = async {
+        if stopped.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_DEADLINE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        served = server => served.context("serving"),
+        () = deadline => {
+            eprintln!("directory: shutdown deadline passed; dropping open connections");
+            Ok(())
+        }
+    };
+    publisher.abort();
+    result
+}
+
+/// Drops silent nodes and publishes: at epoch boundaries, and promptly (rate-limited) after
+/// membership changes.
+async fn publisher(directory: Arc<Directory>) {
+    let sweep_every = Duration::from_millis((directory.timeout_ms / 4).clamp(100, 1000));
+    let mut last_publish = Instant::now();
+    loop {
+        let mut wait = sweep_every;
+        {
+            let mut inner = directory.lock();
+            directory.sweep(&mut inner);
+            let published = directory.published();
+            let epoch_due = now_s() >= published.issued_at_s.saturating_add(directory.epoch_s);
+            let since = last_publish.elapsed();
+            if epoch_due || (inner.dirty && since >= PUBLISH_INTERVAL_MIN) {
+                match directory.publish(&mut inner) {
+                    Ok(_) => last_publish = Instant::now(),
+                    Err(e) => eprintln!("directory: publication failed: {e:#}"),
+                }
+            } else if inner.dirty {
+                wait = wait.min(PUBLISH_INTERVAL_MIN.saturating_sub(since));
+            }
+        }
+        tokio::select! {
+            () = directory.changed.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+async fn rate_limit(
+    State(directory): State<Arc<Directory>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if directory.limiter.allow(peer.ip()) {
+        next.run(req).await
+    } else {
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate limit exceeded, retry later",
+        )
+    }
+}
+
+async fn key(State(directory): State<Arc<Directory>>) -> Response {
+    Json(json!({ "key": directory.key_hex })).into_response()
+}
+
+async fn topology(State(directory): State<Arc<Directory>>) -> Response {
+    let published = directory.published();
+    if published.json.is_empty() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no topology published yet");
+    }
+    ([(header::CONTENT_TYPE, "application/json")], published.json).into_response()
+}
+
+async fn health(State(directory): State<Arc<Directory>>) -> Response {
+    let (nodes, layers, gateways) = {
+        let inner = directory.lock();
+        let layers = inner.registry.layer_sizes();
+        let nodes = inner.registry.len();
+        (nodes, layers, nodes - layers.iter().sum::<usize>())
+    };
+    Json(json!({
+        "status": "ok",
+        "epoch": directory.published().epoch,
+        "nodes": nodes,
+        "layers": layers,
+        "gateways": gateways,
+        "uptime_secs": directory.started.elapsed().as_secs(),
+    }))
+    .into_response()
+}
+
+fn topology_error(e: &TopologyError) -> Response {
+    match e {
+        TopologyError::BadSignature | TopologyError::WrongSigner => error(StatusCode::FORBIDDEN, e),
+        TopologyError::TooLarge(_) => error(StatusCode::PAYLOAD_TOO_LARGE, e),
+        _ => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+fn registry_error(e: &RegistryError) -> Response {
+    let status = match e {
+        RegistryError::Unknown => StatusCode::NOT_FOUND,
+        RegistryError::Older { .. }
+        | RegistryError::AddressTaken(_)
+        | RegistryError::HeartbeatOlder { .. } => StatusCode::CONFLICT,
+        RegistryError::Clock { .. }
+        | RegistryError::HeartbeatClock { .. }
+        | RegistryError::BadAddress(_)
+        | RegistryError::NoClientUrl
+        | RegistryError::BadUrl(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        RegistryError::Full => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e)
+}
+
+/// Parses a signed document from a request body.
+fn signed_body(body: Result<Bytes, BytesRejection>) -> Result<Signed, Box<Response>> {
+    let body =
+        body.map_err(|rejection| Box::new(error(rejection.status(), rejection.body_text())))?;
+    serde_json::from_slice::<Signed>(&body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("malformed JSON: {e}"),
+        ))
+    })
+}
+
+async fn register(
+    State(directory): State<Arc<Directory>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let signed = match signed_body(body) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let descriptor = match open_descriptor(&signed) {
+        Ok(descriptor) => descriptor,
+        Err(e) => return topology_error(&e),
+    };
+    let signed_json = match serde_json::to_string(&signed) {
+        Ok(json) => json,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let worker = directory.clone();
+    // SQLite writes: off the reactor.
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut guard = worker.lock();
+        let inner = &mut *guard;
+        let identity = descriptor.identity.clone();
+        let (what, changed) = inner.registry.register(descriptor, signed_json, now_ms())?;
+        if let Err(e) = inner.store.save_nodes(&inner.registry, &changed) {
+            eprintln!("directory: storing {identity} failed: {e}");
+        }
+        if what != Registered::Refreshed {
+            inner.dirty = true;
+            if let Some(entry) = inner.registry.get(&identity) {
+                let d = &entry.descriptor;
+                let what = if what == Registered::New {
+                    "registered"
+                } else {
+                    "updated"
+                };
+                eprintln!(
+                    "directory: {what} {:?} {identity} at {} (layer {:?})",
+                    d.role, d.mix_address, entry.layer
+                );
+            }
+        }
+        let layer = inner.registry.get(&identity).and_then(|e| e.layer);
+        Ok::<_, RegistryError>((what, layer))
+    })
+    .await;
+    match outcome {
+        Ok(Ok((what, layer))) => {
+            if what != Registered::Refreshed {
+                directory.changed.notify_one();
+            }
+            let status = match what {
+                Registered::New => "registered",
+                Registered::Updated => "updated",
+                Registered::Refreshed => "refreshed",
+            };
+            Json(json!({
+                "status": status,
+                "layer": layer,
+                "epoch": directory.published().epoch,
+            }))
+            .into_response()
+        }
+        Ok(Err(e)) => registry_error(&e),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "registration task failed",
+        ),
+    }
+}
+
+async fn heartbeat(
+    State(directory): State<Arc<Directory>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let signed = match signed_body(body) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    let heartbeat = match open_heartbeat(&signed) {
+        Ok(heartbeat) => heartbeat,
+        Err(e) => return topology_error(&e),
+    };
+    let worker = directory.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut inner = worker.lock();
+        let fresh = inner.registry.heartbeat(&heartbeat, now_ms())?;
+        if fresh {
+            if let Some(entry) = inner.registry.get(&heartbeat.identity) {
+                if let Err(e) = inner.store.save_liveness(entry) {
+                    eprintln!("directory: storing a heartbeat failed: {e}");
+                }
+            }
+        }
+        Ok::<_, RegistryError>(fresh)
+    })
+    .await;
+    match outcome {
+        Ok(Ok(fresh)) => {
+            let status = if fresh { "ok" } else { "repeat" };
+            Json(json!({ "status": status })).into_response()
+        }
+        Ok(Err(e)) => registry_error(&e),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "heartbeat task failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn limits_are_consistent() {
+        // A full directory of maximal descriptors must fit in one signed topology.
+        let descriptor_bytes_max = 2 * super::super::registry::URL_BYTES_MAX + 600;
+        assert!(
+            super::super::registry::NODES_MAX * descriptor_bytes_max
+                <= super::SIGNED_BODY_BYTES_MAX
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! The directory's SQLite state (`directory.sqlite`, WAL): registered nodes (the signed
+//! descriptor as received, liveness, layer) and the latest published topology, so a restarted
+//! directory serves the same epoch and assignments.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::registry::{Entry, Registry};
+use crate::topology::{open_descriptor, Signed};
+
+/// File name of the database inside the directory's data dir.
+pub const DB_FILE: &str = "directory.sqlite";
+
+pub struct Store {
+    conn: Connection,
+}
+
+/// The latest publication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredTopology {
+    pub epoch: u64,
+    pub issued_at_s: u64,
+    /// The signed topology JSON as served.
+    pub signed_json: String,
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Store {
+    pub fn open(path: &Path) -> rusqlite::Result<Store> {
+        Self::init(Connection::open(path)?)
+    }
+
+    pub fn in_memory() -> rusqlite::Result<Store> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> rusqlite::Result<Store> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Losing the last few heartbeats in a power cut is harmless; the epoch is written in
+        // the same transaction as the topology, so it never goes backwards on disk.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS nodes (
+                 identity TEXT PRIMARY KEY,
+                 signed TEXT NOT NULL,
+                 layer INTEGER,
+                 seq INTEGER NOT NULL,
+                 last_seen_ms INTEGER NOT NULL,
+                 last_heartbeat_s INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS topology (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 epoch INTEGER NOT NULL,
+                 issued_at_s INTEGER NOT NULL,
+                 signed TEXT NOT NULL
+             );",
+        )?;
+        Ok(Store { conn })
+    }
+
+    /// Loads the stored nodes (re-verifying each descriptor; unreadable rows are reported and
+    /// skipped) and the latest topology.
+    pub fn load(&self) -> rusqlite::Result<(Vec<Entry>, Vec<String>, Option<StoredTopology>)> {
+        let mut statement = self.conn.prepare(
+            "SELECT identity, signed, layer, seq, last_seen_ms, last_heartbeat_s FROM nodes",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<i64>>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })?;
+        let mut entries = Vec::new();
+        let mut skipped = Vec::new();
+        for row in rows {
+            let (identity, signed_json, layer, seq, last_seen_ms, last_heartbeat_s) = row?;
+            let descriptor = serde_json::from_str::<Signed>(&signed_json)
+                .map_err(|e| e.to_string())
+                .and_then(|signed| open_descriptor(&signed).map_err(|e| e.to_string()))
+                .and_then(|d| {
+                    if d.identity == identity {
+                        Ok(d)
+                    } else {
+                        Err("identity mismatch".to_string())
+                    }
+                });
+            match descriptor {
+                Ok(descriptor) => entries.push(Entry {
+                    descriptor,
+                    signed_json,
+                    layer: layer.and_then(|l| usize::try_from(l).ok()),
+                    seq: to_u64(seq),
+                    last_seen_ms: to_u64(last_seen_ms),
+                    last_heartbeat_s: to_u64(last_heartbeat_s),
+                }),
+                Err(e) => skipped.push(format!("{identity}: {e}")),
+            }
+        }
+        let topology = self
+            .conn
+            .query_row(
+                "SELECT epoch, issued_at_s, signed FROM topology WHERE id = 1",
+                [],
+                |row| {
+                    Ok(StoredTopology {
+                        epoch: to_u64(row.get(0)?),
+                        issued_at_s: to_u64(row.get(1)?),
+                        signed_json: row.get(2)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok((entries, skipped, topology))
+    }
+
+    /// Writes the current record of each of `upserts` (or deletes it if the registry no longer
+    /// has it), in one transaction.
+    pub fn save_nodes(
+        &mut self,
+        registry: &Registry,
+        identities: &[String],
+    ) -> rusqlite::Result<()> {
+        if identities.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        for identity in identities {
+            match registry.get(identity) {
+                Some(e) => {
+                    tx.execute(
+                        "INSERT INTO nodes (identity, signed, layer, seq, last_seen_ms, last_heartbeat_s)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (identity) DO UPDATE SET signed = ?2, layer = ?3, seq = ?4,
+                             last_seen_ms = ?5, last_heartbeat_s = ?6",
+                        params![
+                            identity,
+                            e.signed_json,
+                            e.layer.and_then(|l| i64::try_from(l).ok()),
+                            to_i64(e.seq),
+                            to_i64(e.last_seen_ms),
+                            to_i64(e.last_heartbeat_s),
+                        ],
+                    )?;
+                }
+                None => {
+                    tx.execute("DELETE FROM nodes WHERE identity = ?1", params![identity])?;
+                }
+            }
+        }
+        tx.commit()
+    }
+
+    /// Records a heartbeat (liveness only).
+    pub fn save_liveness(&self, entry: &Entry) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE nodes SET last_seen_ms = ?2, last_heartbeat_s = ?3 WHERE identity = ?1",
+            params![
+                entry.descriptor.identity,
+                to_i64(entry.last_seen_ms),
+                to_i64(entry.last_heartbeat_s)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn save_topology(&self, topology: &StoredTopology) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT INTO topology (id, epoch, issued_at_s, signed) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET epoch = ?1, issued_at_s = ?2, signed = ?3",
+            params![
+                to_i64(topology.epoch),
+                to_i64(topology.issued_at_s),
+                topology.signed_json
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyfile;
+    use crate::topology::{now_s, sign, Descriptor, Role, DOMAIN_DESCRIPTOR};
+
+    #[test]
+    fn round_trip() {
+        let mut store = Store::in_memory().unwrap();
+        let mut registry = Registry::default();
+        let mut ids = Vec::new();
+        for i in 1..=4u8 {
+            let seed = [i; 32];
+            let d = Descriptor {
+                identity: keyfile::hex(&keyfile::ed25519_public(&seed)),
+                sphinx_key: keyfile::hex(&[9u8; 32]),
+                rotation_id: 1,
+                mix_address: format!("127.0.0.1:{}", 2000 + u16::from(i))
+                    .parse()
+                    .unwrap(),
+                role: Role::Mixnode,
+                client_url: None,
+                metrics_url: None,
+                issued_at_s: now_s(),
+            };
+            let signed = sign(&d, DOMAIN_DESCRIPTOR, &seed).unwrap();
+            let json = serde_json::to_string(&signed).unwrap();
+            let (_, changed) = registry.register(d, json, now_s() * 1000).unwrap();
+            ids.extend(changed);
+        }
+        store.save_nodes(&registry, &ids).unwrap();
+        let moved = registry.remove(&ids[1]).unwrap();
+        let mut changed = moved;
+        changed.push(ids[1].clone());
+        store.save_nodes(&registry, &changed).unwrap();
+        let t = StoredTopology {
+            epoch: 7,
+            issued_at_s: 5,
+            signed_json: "{}".into(),
+        };
+        store.save_topology(&t).unwrap();
+        let (entries, skipped, topology) = store.load().unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(topology, Some(t));
+        let (restored, repaired) = Registry::from_entries(entries);
+        assert!(repaired.is_empty());
+        assert_eq!(restored.layer_sizes(), registry.layer_sizes());
+        for e in registry.entries() {
+            assert_eq!(restored.get(&e.descriptor.identity), Some(e));
+        }
+    }
+}
