@@ -557,6 +557,7 @@ fn bad_registrations_refused() {
     };
 
     expect(post(&url, "/v1/register", b"not json".to_vec()), 400);
+    expect(post(&url, "/v1/nothing", b"{}".to_vec()), 404);
     expect(post(&url, "/v1/register", b"{\"body\":1}".to_vec()), 400);
     // Signed by a key other than the identity it names.
     expect(

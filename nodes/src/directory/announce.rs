@@ -11,7 +11,8 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use super::client::{self, DirectoryClientError};
-use crate::topology::Descriptor;
+use crate::keyfile;
+use crate::topology::{Descriptor, Role};
 
 /// First retry delay after a failed registration; doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
@@ -50,6 +51,28 @@ impl Announcer {
 impl Drop for Announcer {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// A descriptor for this node (its `issued_at_s` is set at each registration).
+pub fn node_descriptor(
+    identity_seed: &[u8; 32],
+    role: Role,
+    mix_address: std::net::SocketAddr,
+    sphinx_public_key: &[u8; 32],
+    rotation_id: u32,
+    client_url: Option<String>,
+    metrics_url: Option<String>,
+) -> Descriptor {
+    Descriptor {
+        identity: keyfile::hex(&keyfile::ed25519_public(identity_seed)),
+        sphinx_key: keyfile::hex(sphinx_public_key),
+        rotation_id,
+        mix_address,
+        role,
+        client_url,
+        metrics_url,
+        issued_at_s: 0,
     }
 }
 
@@ -177,4 +200,36 @@ fn jitter(delay: Duration) -> Duration {
     use rand::RngExt;
     let factor: f64 = rand::rng().random_range(0.5..1.0);
     delay.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stops_promptly_while_retrying() {
+        // Nothing listens on the discard port: registration keeps failing and backing off.
+        let seed = [3u8; 32];
+        let descriptor = node_descriptor(
+            &seed,
+            Role::Gateway,
+            "127.0.0.1:1790".parse().unwrap(),
+            &[4u8; 32],
+            1,
+            Some("ws://127.0.0.1:9000".into()),
+            None,
+        );
+        let announcer = spawn_announcer(
+            "http://127.0.0.1:9",
+            &seed,
+            descriptor,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!announcer.is_registered());
+        let started = std::time::Instant::now();
+        drop(announcer);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
 }

@@ -288,6 +288,7 @@ async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<
         .route("/v1/topology", get(topology))
         .route("/health", get(health))
         .merge(posts)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(directory.clone());
     let listener = tokio::net::TcpListener::bind(listen)

@@ -20,7 +20,7 @@ use lethe_engine::{
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::keyfile;
-use crate::topology::{Descriptor, Role};
+use crate::topology::Role;
 use config::{resolve, Config, EngineSection, KeysSection, ReplaySection, CONFIG_FILE, TEMPLATE};
 
 /// Flags of `lethe mixnode run`; each overrides `config.toml` and has a `LETHE_*` twin.
@@ -369,16 +369,15 @@ fn start_announcer(
         };
         format!("http://{host}/metrics")
     });
-    let descriptor = Descriptor {
-        identity: keyfile::hex(&keyfile::ed25519_public(&identity)),
-        sphinx_key: keyfile::hex(PublicKey::from(&primary).as_bytes()),
-        rotation_id: config.keys.primary_rotation_id,
+    let descriptor = crate::directory::announce::node_descriptor(
+        &identity,
+        Role::Mixnode,
         mix_address,
-        role: Role::Mixnode,
-        client_url: None,
-        metrics_url: Some(metrics_url),
-        issued_at_s: 0,
-    };
+        PublicKey::from(&primary).as_bytes(),
+        config.keys.primary_rotation_id,
+        None,
+        Some(metrics_url),
+    );
     eprintln!("lethe: announcing {mix_address} to {url}");
     crate::directory::spawn_announcer(
         url,
