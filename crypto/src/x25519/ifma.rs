@@ -86,25 +86,53 @@ fn one8() -> F8 {
 #[target_feature(enable = "avx512f")]
 fn norm(a: &F8) -> F8 {
     let m = splat(M52);
-    let mut r = a.0;
-    for k in 0..4 {
-        r[k + 1] = _mm512_add_epi64(r[k + 1], _mm512_srli_epi64::<52>(r[k]));
-        r[k] = _mm512_and_si512(r[k], m);
+    let mut r = norm_for_mul(a).0;
+    for rk in r.iter_mut().take(4) {
+        *rk = _mm512_and_si512(*rk, m);
     }
     F8(r)
 }
 
-/// Folds bits >= 2^255 of limb 4 into limb 0 (times 19), then `norm`.
-/// Limbs < 2^58 in, valid out (limb 4 < 2^47 + 2^6).
+/// `norm` for a value whose only consumers are multiplier inputs: limbs 0..3
+/// keep the bits already carried out of them (>= 2^52), which the multiplier
+/// ignores, so their low 52 bits are exactly the valid limbs. Not valid for
+/// `add`/`sub`/`is_zero`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn norm_for_mul(a: &F8) -> F8 {
+    let mut r = a.0;
+    for k in 0..4 {
+        r[k + 1] = _mm512_add_epi64(r[k + 1], _mm512_srli_epi64::<52>(r[k]));
+    }
+    F8(r)
+}
+
+/// Folds bits >= 2^255 of limb 4 into limb 0 (times 19).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn carry(a: &F8) -> F8 {
+fn fold_top(a: &F8) -> F8 {
     let mut r = a.0;
     let t = _mm512_srli_epi64::<47>(r[4]);
     r[4] = _mm512_and_si512(r[4], splat(M47));
     // t < 2^11: 19 t fits the low 52 bits.
     r[0] = madd_lo(r[0], t, splat(19));
-    norm(&F8(r))
+    F8(r)
+}
+
+/// `fold_top`, then `norm`. Limbs < 2^58 in, valid out (limb 4 < 2^47 + 2^7).
+#[cfg(test)]
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn carry(a: &F8) -> F8 {
+    norm(&fold_top(a))
+}
+
+/// `carry` for a value whose only consumers are multiplier inputs (see
+/// `norm_for_mul`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn carry_for_mul(a: &F8) -> F8 {
+    norm_for_mul(&fold_top(a))
 }
 
 #[inline]
@@ -238,7 +266,8 @@ fn invert(z: &F8) -> F8 {
     invert_chain!(square, square_n, mul, z)
 }
 
-/// aa + A24 * e, valid; aa and e valid.
+/// aa + A24 * e, for multiplier inputs only (`norm_for_mul`); aa valid, e
+/// valid or `carry_for_mul`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn add_a24(aa: &F8, e: &F8) -> F8 {
@@ -253,7 +282,7 @@ fn add_a24(aa: &F8, e: &F8) -> F8 {
     let top = madd_hi(_mm512_setzero_si512(), e[4], k);
     r[0] = madd_lo(r[0], top, splat(608));
     // Limbs < 2^53.01.
-    carry(&F8(r))
+    carry_for_mul(&F8(r))
 }
 
 /// Per-lane `s ? b : a`.
@@ -286,18 +315,20 @@ fn ladder(k: &[V; 4], x1: &F8) -> (F8, F8) {
         let s = bit ^ prev;
         prev = bit;
 
-        let a = carry(&add(&x2, &z2));
-        let b = carry(&sub(&x2, &z2));
-        let c = carry(&add(&x3, &z3));
-        let d = carry(&sub(&x3, &z3));
+        // Everything carried here only feeds the multiplier.
+        let a = carry_for_mul(&add(&x2, &z2));
+        let b = carry_for_mul(&sub(&x2, &z2));
+        let c = carry_for_mul(&add(&x3, &z3));
+        let d = carry_for_mul(&sub(&x3, &z3));
         let da = mul_wide(&d, &a);
         let cb = mul_wide(&c, &b);
         // Doubling input: (a, b) of the point R_bit.
         let aa = square(&select(s, &a, &c));
         let bb = square(&select(s, &b, &d));
-        x3 = square_wide(&carry(&add(&da, &cb)));
-        z3 = mul_wide(x1, &square(&carry(&sub(&da, &cb))));
-        let e = carry(&sub(&aa, &bb));
+        x3 = square_wide(&carry_for_mul(&add(&da, &cb)));
+        let t = norm_for_mul(&square_wide(&carry_for_mul(&sub(&da, &cb))));
+        z3 = mul_wide(x1, &t);
+        let e = carry_for_mul(&sub(&aa, &bb));
         x2 = mul_wide(&aa, &bb);
         z2 = mul_wide(&e, &add_a24(&aa, &e));
     }
@@ -564,7 +595,17 @@ mod tests {
                 let c = carry(&sub(&pw, &sw));
                 let s = carry(&add(&pw, &sw));
                 let n = norm(&pw);
-                (pw, sw, c, s, n, add_a24(&a, &b))
+                // Multiplier-only forms, masked to their low 52 bits.
+                let m = |x: F8| {
+                    F8(core::array::from_fn(|i| {
+                        _mm512_and_si512(x.0[i], splat(if i < 4 { M52 } else { u64::MAX }))
+                    }))
+                };
+                let a24 = m(add_a24(&a, &b));
+                let cm = m(carry_for_mul(&sub(&pw, &sw)));
+                let nm = m(norm_for_mul(&pw));
+                assert!(lanes_of(&cm) == lanes_of(&c) && lanes_of(&nm) == lanes_of(&n));
+                (pw, sw, c, s, n, a24)
             };
             assert!(is_wide(&pw) && is_wide(&sw), "wide bound");
             assert!(is_valid(&c) && is_valid(&s) && is_valid(&n), "carry bound");
