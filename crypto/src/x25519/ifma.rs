@@ -7,26 +7,30 @@
 //! into ten accumulators and nothing else. Reduction uses 2^260 = 608 and
 //! 2^255 = 19 (mod p), also as multiply-adds.
 //!
-//! Bounds ("valid" = limbs 0..3 < 2^52 and limb 4 < 2^47 + 2^16, which is
-//! what every multiplication input must be, since the multiplier reads only
-//! the low 52 bits of each factor):
-//! * `mul_wide`/`square_wide` take valid inputs and return "wide" limbs:
-//!   limbs 0..3 < 2^55.1, limb 4 < 2^47 + 2^14 (see `reduce`).
-//! * `norm` turns a wide value valid with one sequential carry chain (no
-//!   fold: limb 4 only gains the carry out of limb 3, < 2^4).
-//! * `carry` turns anything with limbs < 2^58 valid (top fold of bits >= 255
-//!   times 19, then the chain).
-//! * `add` of two wide values stays < 2^56.2; `sub` adds 16p (limbs
-//!   >= 2^56 - 304 on 0..3, ~2^51 on 4: above any wide limb) and stays < 2^57.2.
+//! Forms (the multiplier reads only the low 52 bits of each factor):
+//! * "valid": limbs 0..3 < 2^52, limb 4 < 2^47 + 2^16. Multiplication
+//!   inputs must be valid in their low 52 bits: `carry_for_mul` leaves the
+//!   bits it carried out of limbs 0..3 in place (the multiplier ignores
+//!   them), `carry` also masks them (positional, for `is_zero`/output).
+//! * "wide": limbs 0..3 < 2^55.1, limb 4 < 2^55.4: what `reduce` returns
+//!   (no fold of limb 4's bits >= 255: the carry that follows does it).
+//! * "biased": wide + 512p, limbs 0..3 < 2^61.1, limb 4 < 2^56.7. Products
+//!   that are later the left side of a subtraction start their accumulators
+//!   at 512p (free), so the subtraction is a plain `vpsubq` and never goes
+//!   below zero: 512p has limbs >= 2^61 - 2^14 on 0..3 and ~2^56 on 4, above
+//!   any wide limb.
+//! * `carry` / `carry_for_mul` accept limbs < 2^62 (sums of a biased and a
+//!   wide value) and return valid limbs.
 //!
-//! The ladder keeps its four coordinates wide between steps, swaps lazily
-//! (only the doubling input is selected, since the differential addition is
-//! symmetric in its two points) and carries exactly the values that feed a
-//! multiplication.
+//! The ladder keeps its four coordinates wide or biased between steps, swaps
+//! lazily (only the doubling input is selected, since the differential
+//! addition is symmetric in its two points) and carries exactly the values
+//! that feed a multiplication.
 
 use core::arch::x86_64::*;
 
-use super::field51::{Fe, A24};
+use super::field51::Fe;
+use super::field51::A24;
 use super::{Scalars, INV_GROUP};
 
 type V = __m512i;
@@ -38,13 +42,13 @@ struct F8([V; 5]);
 const M52: u64 = (1 << 52) - 1;
 const M47: u64 = (1 << 47) - 1;
 
-/// 16p in radix 2^52 (limb 4 holds bits 208..254 of p: 47 ones).
-const BIAS_16P: [u64; 5] = [
-    16 * ((1 << 52) - 19),
-    16 * M52,
-    16 * M52,
-    16 * M52,
-    16 * M47,
+/// 512p in radix 2^52 (limb 4 holds bits 208..254 of p: 47 ones).
+const BIAS: [u64; 5] = [
+    512 * ((1 << 52) - 19),
+    512 * M52,
+    512 * M52,
+    512 * M52,
+    512 * M47,
 ];
 
 /// p in radix 2^52, for the zero test.
@@ -81,58 +85,40 @@ fn one8() -> F8 {
     F8([splat(1), z, z, z, z])
 }
 
-/// Sequential carry 0 -> 4 without a top fold: wide in, valid out.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn norm(a: &F8) -> F8 {
-    let m = splat(M52);
-    let mut r = norm_for_mul(a).0;
-    for rk in r.iter_mut().take(4) {
-        *rk = _mm512_and_si512(*rk, m);
-    }
-    F8(r)
+fn bias8() -> [V; 5] {
+    core::array::from_fn(|i| splat(BIAS[i]))
 }
 
-/// `norm` for a value whose only consumers are multiplier inputs: limbs 0..3
-/// keep the bits already carried out of them (>= 2^52), which the multiplier
-/// ignores, so their low 52 bits are exactly the valid limbs. Not valid for
-/// `add`/`sub`/`is_zero`.
+/// Folds limb 4's bits >= 2^255 into limb 0 (times 19), then carries
+/// 0 -> 4 sequentially, leaving limbs 0..3 unmasked: `carry_for_mul`.
+/// Limbs < 2^62 in.
 #[inline]
-#[target_feature(enable = "avx512f")]
-fn norm_for_mul(a: &F8) -> F8 {
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn carry_for_mul(a: &F8) -> F8 {
     let mut r = a.0;
+    let t = _mm512_srli_epi64::<47>(r[4]);
+    r[4] = _mm512_and_si512(r[4], splat(M47));
+    // t < 2^15: 19 t fits the low 52 bits; r0 + 19 t < 2^63.
+    r[0] = madd_lo(r[0], t, splat(19));
+    // Each carry out is < 2^11, so limb 4 ends < 2^47 + 2^11.
     for k in 0..4 {
         r[k + 1] = _mm512_add_epi64(r[k + 1], _mm512_srli_epi64::<52>(r[k]));
     }
     F8(r)
 }
 
-/// Folds bits >= 2^255 of limb 4 into limb 0 (times 19).
-#[inline]
-#[target_feature(enable = "avx512f,avx512ifma")]
-fn fold_top(a: &F8) -> F8 {
-    let mut r = a.0;
-    let t = _mm512_srli_epi64::<47>(r[4]);
-    r[4] = _mm512_and_si512(r[4], splat(M47));
-    // t < 2^11: 19 t fits the low 52 bits.
-    r[0] = madd_lo(r[0], t, splat(19));
-    F8(r)
-}
-
-/// `fold_top`, then `norm`. Limbs < 2^58 in, valid out (limb 4 < 2^47 + 2^7).
-#[cfg(test)]
+/// `carry_for_mul` with limbs 0..3 masked: valid and positional.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn carry(a: &F8) -> F8 {
-    norm(&fold_top(a))
-}
-
-/// `carry` for a value whose only consumers are multiplier inputs (see
-/// `norm_for_mul`).
-#[inline]
-#[target_feature(enable = "avx512f,avx512ifma")]
-fn carry_for_mul(a: &F8) -> F8 {
-    norm_for_mul(&fold_top(a))
+    let m = splat(M52);
+    let mut r = carry_for_mul(a).0;
+    for rk in r.iter_mut().take(4) {
+        *rk = _mm512_and_si512(*rk, m);
+    }
+    F8(r)
 }
 
 #[inline]
@@ -141,54 +127,46 @@ fn add(a: &F8, b: &F8) -> F8 {
     F8(core::array::from_fn(|i| _mm512_add_epi64(a.0[i], b.0[i])))
 }
 
-/// a + 16p - b; b wide or valid.
+/// a - b; a biased, b wide.
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn sub(a: &F8, b: &F8) -> F8 {
-    F8(core::array::from_fn(|i| {
-        _mm512_sub_epi64(_mm512_add_epi64(a.0[i], splat(BIAS_16P[i])), b.0[i])
-    }))
+    F8(core::array::from_fn(|i| _mm512_sub_epi64(a.0[i], b.0[i])))
 }
 
-/// Reduces the ten product columns c[k] (weight 2^(52k)) mod p: wide output.
+/// Reduces the ten product columns c[k] (weight 2^(52k)) mod p without
+/// carrying: wide output (biased if c[0..5] started at 512p).
 ///
 /// Column bounds for valid factors, in units of 2^52 (lo/hi terms per
 /// column; terms with limb 4 have high halves < 2^47.01): c0 < 1, c1 < 3,
-/// c2 < 5, c3 < 7, c4 < 9, c5 < 9, c6 < 7, c7 < 5, c8 < 1.07, c9 < 2^42.02 / 2^52.
+/// c2 < 5, c3 < 7, c4 < 9, c5 < 7.1, c6 < 7, c7 < 5, c8 < 1.07, and
+/// c9 < 2^42.02 (a high half of limb4 * limb4).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn reduce(c: [V; 10]) -> F8 {
     let k608 = splat(608);
     // c9 * 2^468 = 608 c9 * 2^208; 608 c9 < 2^51.3 stays in the low half.
-    let r4 = madd_lo(c[4], c[9], k608); // < 10 * 2^52
-                                        // Bits >= 255 of limb 4 (t < 2^8.4) fold into limb 0 times 19.
-    let t = _mm512_srli_epi64::<47>(r4);
-    let mut r = [
-        madd_lo(c[0], t, splat(19)),
-        c[1],
-        c[2],
-        c[3],
-        _mm512_and_si512(r4, splat(M47)),
-    ];
+    let mut r = [c[0], c[1], c[2], c[3], madd_lo(c[4], c[9], k608)];
     // c[k+5] * 2^260 * 2^(52k) = 608 c[k+5] * 2^(52k): the multiplier sees only
-    // the low 52 bits of c[k+5], its bits >= 52 (< 9) go one column up.
+    // the low 52 bits of c[k+5]; its bits >= 52 (< 9) go one column up.
     for k in 0..4 {
         let h = c[k + 5];
         r[k] = madd_lo(r[k], h, k608);
         r[k + 1] = madd_hi(r[k + 1], h, k608);
         r[k + 1] = madd_lo(r[k + 1], _mm512_srli_epi64::<52>(h), k608);
     }
-    // r0 < 2^53.01, r1 < 2^54.01, r2 < 2^54.6, r3 < 2^55.01,
-    // r4 < 2^47 + 608 + 608 * 2 < 2^47 + 2^11.
+    // r0 < 2^53, r1 < 2^54.01, r2 < 2^54.6, r3 < 2^55.01,
+    // r4 < 9 * 2^52 + 2^51.3 + 2^11 < 2^55.4 (plus 512p if biased).
     F8(r)
 }
 
-/// The ten columns of a * b (a, b valid).
+/// The ten columns of a * b (a, b valid), columns 0..4 starting at `init`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn mul_cols(a: &F8, b: &F8) -> [V; 10] {
+fn mul_cols(a: &F8, b: &F8, init: [V; 5]) -> [V; 10] {
     let (a, b) = (a.0, b.0);
-    let mut c = [_mm512_setzero_si512(); 10];
+    let z = _mm512_setzero_si512();
+    let mut c = [init[0], init[1], init[2], init[3], init[4], z, z, z, z, z];
     for i in 0..5 {
         for j in 0..5 {
             c[i + j] = madd_lo(c[i + j], a[i], b[j]);
@@ -199,12 +177,20 @@ fn mul_cols(a: &F8, b: &F8) -> [V; 10] {
 }
 
 /// The ten columns of a^2 (a valid): cross products once, doubled, plus the
-/// diagonal. Same column bounds as `mul_cols`.
+/// diagonal; columns 0..4 start at 512p if `BIASED` (the cross accumulators
+/// at 256p, which the doubling turns into 512p). Same bounds as `mul_cols`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn square_cols(a: &F8) -> [V; 10] {
+fn square_cols<const BIASED: bool>(a: &F8) -> [V; 10] {
     let a = a.0;
-    let mut c = [_mm512_setzero_si512(); 10];
+    let z = _mm512_setzero_si512();
+    let mut c = [z; 10];
+    if BIASED {
+        c[0] = splat(BIAS[0]);
+        for k in 1..5 {
+            c[k] = splat(BIAS[k] / 2);
+        }
+    }
     for i in 0..5 {
         for j in i + 1..5 {
             c[i + j] = madd_lo(c[i + j], a[i], a[j]);
@@ -225,28 +211,42 @@ fn square_cols(a: &F8) -> [V; 10] {
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn mul_wide(a: &F8, b: &F8) -> F8 {
-    reduce(mul_cols(a, b))
+    reduce(mul_cols(a, b, zero8().0))
+}
+
+/// a * b + 512p; a and b valid, result biased.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_biased(a: &F8, b: &F8) -> F8 {
+    reduce(mul_cols(a, b, bias8()))
 }
 
 /// a^2; a valid, result wide.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn square_wide(a: &F8) -> F8 {
-    reduce(square_cols(a))
+    reduce(square_cols::<false>(a))
 }
 
-/// a * b; a and b valid, result valid.
+/// a^2 + 512p; a valid, result biased.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn square_biased(a: &F8) -> F8 {
+    reduce(square_cols::<true>(a))
+}
+
+/// a * b; a and b valid, result valid (positional).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn mul(a: &F8, b: &F8) -> F8 {
-    norm(&mul_wide(a, b))
+    carry(&mul_wide(a, b))
 }
 
-/// a^2; a valid, result valid.
+/// a^2; a valid, result valid (positional).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn square(a: &F8) -> F8 {
-    norm(&square_wide(a))
+    carry(&square_wide(a))
 }
 
 /// a^(2^n), n >= 1.
@@ -266,8 +266,8 @@ fn invert(z: &F8) -> F8 {
     invert_chain!(square, square_n, mul, z)
 }
 
-/// aa + A24 * e, for multiplier inputs only (`norm_for_mul`); aa valid, e
-/// valid or `carry_for_mul`.
+/// aa + A24 * e, for multiplier inputs only (`carry_for_mul`); aa biased or
+/// wide, e valid.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn add_a24(aa: &F8, e: &F8) -> F8 {
@@ -281,7 +281,7 @@ fn add_a24(aa: &F8, e: &F8) -> F8 {
     }
     let top = madd_hi(_mm512_setzero_si512(), e[4], k);
     r[0] = madd_lo(r[0], top, splat(608));
-    // Limbs < 2^53.01.
+    // Limbs < 2^61.1 + 2^52 + 2^22.
     carry_for_mul(&F8(r))
 }
 
@@ -295,7 +295,7 @@ fn select(s: __mmask8, a: &F8, b: &F8) -> F8 {
 }
 
 /// Per-lane Montgomery ladder over all 256 bits. `k[w]` holds word w of each
-/// lane's scalar; x1 is valid. Returns projective (X, Z), wide.
+/// lane's scalar; x1 is valid. Returns projective (X, Z), X biased, Z wide.
 ///
 /// Lazy swap: (x2, z2) always holds the last doubling and (x3, z3) the last
 /// sum; the real pair (R0, R1) is that order when the previous bit was 0 and
@@ -304,9 +304,11 @@ fn select(s: __mmask8, a: &F8, b: &F8) -> F8 {
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn ladder(k: &[V; 4], x1: &F8) -> (F8, F8) {
-    let mut x2 = one8();
+    // X coordinates are biased (left sides of subtractions), Z wide.
+    let bias = F8(bias8());
+    let mut x2 = add(&one8(), &bias);
     let mut z2 = zero8();
-    let mut x3 = *x1;
+    let mut x3 = add(x1, &bias);
     let mut z3 = one8();
     let mut prev: __mmask8 = 0;
     for t in (0..256usize).rev() {
@@ -320,17 +322,17 @@ fn ladder(k: &[V; 4], x1: &F8) -> (F8, F8) {
         let b = carry_for_mul(&sub(&x2, &z2));
         let c = carry_for_mul(&add(&x3, &z3));
         let d = carry_for_mul(&sub(&x3, &z3));
-        let da = mul_wide(&d, &a);
+        let da = mul_biased(&d, &a);
         let cb = mul_wide(&c, &b);
         // Doubling input: (a, b) of the point R_bit.
-        let aa = square(&select(s, &a, &c));
-        let bb = square(&select(s, &b, &d));
-        x3 = square_wide(&carry_for_mul(&add(&da, &cb)));
-        let t = norm_for_mul(&square_wide(&carry_for_mul(&sub(&da, &cb))));
+        let aa_b = square_biased(&select(s, &a, &c));
+        let bb_w = square_wide(&select(s, &b, &d));
+        x3 = square_biased(&carry_for_mul(&add(&da, &cb)));
+        let t = carry_for_mul(&square_wide(&carry_for_mul(&sub(&da, &cb))));
         z3 = mul_wide(x1, &t);
-        let e = carry_for_mul(&sub(&aa, &bb));
-        x2 = mul_wide(&aa, &bb);
-        z2 = mul_wide(&e, &add_a24(&aa, &e));
+        let e = carry_for_mul(&sub(&aa_b, &bb_w));
+        x2 = mul_biased(&carry_for_mul(&aa_b), &carry_for_mul(&bb_w));
+        z2 = mul_wide(&e, &add_a24(&aa_b, &e));
     }
     // R0 = prev ? (x3, z3) : (x2, z2).
     (select(prev, &x2, &x3), select(prev, &z2, &z3))
@@ -450,8 +452,8 @@ pub(super) fn batch(
             let kv: [V; 4] =
                 core::array::from_fn(|w| unsafe { _mm512_loadu_si512(kw[w].as_ptr().cast()) });
             let (x, z) = ladder(&kv, &load(&x1));
-            xs[v] = norm(&x);
-            zs[v] = norm(&z);
+            xs[v] = carry(&x);
+            zs[v] = carry(&z);
         }
         let zero_lanes = invert_group(&mut zs[..nvec]);
         for v in 0..nvec {
@@ -550,7 +552,13 @@ mod tests {
 
     fn is_wide(a: &F8) -> bool {
         let m = max_limbs(a);
-        m[..4].iter().all(|&x| x < (1 << 55) + (1 << 13)) && m[4] < (1 << 47) + (1 << 14)
+        m[..4].iter().all(|&x| x < (1 << 55) + (1 << 52)) && m[4] < (1 << 55) + (1 << 54)
+    }
+
+    fn is_biased(a: &F8) -> bool {
+        let m = max_limbs(a);
+        m[..4].iter().all(|&x| x < BIAS[0] + (1 << 55) + (1 << 52))
+            && m[4] < BIAS[4] + (1 << 55) + (1 << 54)
     }
 
     #[test]
@@ -589,27 +597,30 @@ mod tests {
             let bv = mk(&mut next);
             let (a, b) = (from_lanes(&av), from_lanes(&bv));
             // SAFETY: IFMA detected above.
-            let (pw, sw, c, s, n, a24) = unsafe {
+            let (pw, sw, pb, sb, c, s, n, a24) = unsafe {
                 let pw = mul_wide(&a, &b);
                 let sw = square_wide(&a);
-                let c = carry(&sub(&pw, &sw));
-                let s = carry(&add(&pw, &sw));
-                let n = norm(&pw);
+                let pb = mul_biased(&a, &b);
+                let sb = square_biased(&a);
+                let c = carry(&sub(&pb, &sw));
+                let s = carry(&add(&pb, &sw));
+                let n = carry(&pw);
                 // Multiplier-only forms, masked to their low 52 bits.
                 let m = |x: F8| {
                     F8(core::array::from_fn(|i| {
                         _mm512_and_si512(x.0[i], splat(if i < 4 { M52 } else { u64::MAX }))
                     }))
                 };
-                let a24 = m(add_a24(&a, &b));
-                let cm = m(carry_for_mul(&sub(&pw, &sw)));
-                let nm = m(norm_for_mul(&pw));
-                assert!(lanes_of(&cm) == lanes_of(&c) && lanes_of(&nm) == lanes_of(&n));
-                (pw, sw, c, s, n, a24)
+                let a24 = m(add_a24(&sb, &b));
+                let cm = m(carry_for_mul(&sub(&pb, &sw)));
+                assert!(lanes_of(&cm) == lanes_of(&c));
+                (pw, sw, pb, sb, c, s, n, a24)
             };
             assert!(is_wide(&pw) && is_wide(&sw), "wide bound");
+            assert!(is_biased(&pb) && is_biased(&sb), "biased bound");
             assert!(is_valid(&c) && is_valid(&s) && is_valid(&n), "carry bound");
             assert!(is_valid(&a24), "a24 bound");
+            let (pbl, sbl) = (lanes_of(&pb), lanes_of(&sb));
             let (pl, sl, cl, ql, nl, al) = (
                 lanes_of(&pw),
                 lanes_of(&sw),
@@ -622,7 +633,9 @@ mod tests {
                 let (fa, fb) = (value(&av[l]), value(&bv[l]));
                 let want_p = field51::mul(&fa, &fb);
                 let want_s = field51::square(&fa);
-                let want_a24 = field51::add(&fa, &field51::mul_small(&fb, A24));
+                let want_a24 = field51::add(&want_s, &field51::mul_small(&fb, A24));
+                assert_eq!(value(&pbl[l]).to_bytes(), want_p.to_bytes());
+                assert_eq!(value(&sbl[l]).to_bytes(), want_s.to_bytes());
                 assert_eq!(value(&pl[l]).to_bytes(), want_p.to_bytes());
                 assert_eq!(value(&sl[l]).to_bytes(), want_s.to_bytes());
                 assert_eq!(value(&nl[l]).to_bytes(), want_p.to_bytes());
