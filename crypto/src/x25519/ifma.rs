@@ -242,28 +242,97 @@ fn mul(a: &F8, b: &F8) -> F8 {
     carry(&mul_wide(a, b))
 }
 
-/// a^2; a valid, result valid (positional).
+/// `reduce` then `carry_for_mul`, ordered for latency (the inversion chain
+/// is one long dependency chain): limb 4's bits >= 255 are folded before the
+/// small high-half terms from column 8 are added, so the fold does not wait
+/// for them (they keep limb 4 < 2^47 + 2^12: still valid).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn square(a: &F8) -> F8 {
-    carry(&square_wide(a))
+fn reduce_carry_lat(c: [V; 10]) -> F8 {
+    let k608 = splat(608);
+    let r4 = madd_lo(c[4], c[9], k608); // < 2^55.4
+    let t = _mm512_srli_epi64::<47>(r4);
+    let s: [V; 4] = core::array::from_fn(|k| _mm512_srli_epi64::<52>(c[k + 5]));
+    // Two independent partial sums per limb, joined once.
+    let u = [
+        madd_lo(c[0], c[5], k608),
+        madd_lo(c[1], c[6], k608),
+        madd_lo(c[2], c[7], k608),
+        madd_lo(c[3], c[8], k608),
+        _mm512_and_si512(r4, splat(M47)),
+    ];
+    let z = _mm512_setzero_si512();
+    let w = [
+        madd_lo(z, t, splat(19)),
+        madd_lo(madd_hi(z, c[5], k608), s[0], k608),
+        madd_lo(madd_hi(z, c[6], k608), s[1], k608),
+        madd_lo(madd_hi(z, c[7], k608), s[2], k608),
+        madd_lo(madd_hi(z, c[8], k608), s[3], k608),
+    ];
+    let mut r: [V; 5] = core::array::from_fn(|k| _mm512_add_epi64(u[k], w[k]));
+    for k in 0..4 {
+        r[k + 1] = _mm512_add_epi64(r[k + 1], _mm512_srli_epi64::<52>(r[k]));
+    }
+    F8(r)
 }
 
-/// a^(2^n), n >= 1.
+/// `square_cols::<false>` with each column's cross terms split over two
+/// accumulators (low and high halves), halving the dependency depth.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn square_n(a: &F8, n: usize) -> F8 {
-    let mut y = square(a);
+fn square_cols_lat(a: &F8) -> [V; 10] {
+    let a = a.0;
+    let z = _mm512_setzero_si512();
+    let mut lo = [z; 10];
+    let mut hi = [z; 10];
+    for i in 0..5 {
+        for j in i + 1..5 {
+            lo[i + j] = madd_lo(lo[i + j], a[i], a[j]);
+            hi[i + j + 1] = madd_hi(hi[i + j + 1], a[i], a[j]);
+        }
+    }
+    let mut c: [V; 10] = core::array::from_fn(|k| {
+        let x = _mm512_add_epi64(lo[k], hi[k]);
+        _mm512_add_epi64(x, x)
+    });
+    for i in 0..5 {
+        c[2 * i] = madd_lo(c[2 * i], a[i], a[i]);
+        c[2 * i + 1] = madd_hi(c[2 * i + 1], a[i], a[i]);
+    }
+    c
+}
+
+/// a^2 for the inversion chain: a valid (or `carry_for_mul`), result
+/// `carry_for_mul`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn square_lat(a: &F8) -> F8 {
+    reduce_carry_lat(square_cols_lat(a))
+}
+
+/// a * b for the inversion chain, `carry_for_mul` result.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_lat(a: &F8, b: &F8) -> F8 {
+    reduce_carry_lat(mul_cols(a, b, zero8().0))
+}
+
+/// a^(2^n), n >= 1, for the inversion chain.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn square_n_lat(a: &F8, n: usize) -> F8 {
+    let mut y = square_lat(a);
     for _ in 1..n {
-        y = square(&y);
+        y = square_lat(&y);
     }
     y
 }
 
+/// z^(p-2), `carry_for_mul` form (it only feeds multiplications).
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn invert(z: &F8) -> F8 {
-    invert_chain!(square, square_n, mul, z)
+    invert_chain!(square_lat, square_n_lat, mul_lat, z)
 }
 
 /// aa + A24 * e, for multiplier inputs only (`carry_for_mul`); aa biased or
@@ -614,6 +683,15 @@ mod tests {
                 let a24 = m(add_a24(&sb, &b));
                 let cm = m(carry_for_mul(&sub(&pb, &sw)));
                 assert!(lanes_of(&cm) == lanes_of(&c));
+                // Inversion-chain forms: valid, same values.
+                let (sl, ml) = (m(square_lat(&a)), m(mul_lat(&a, &b)));
+                assert!(is_valid(&sl) && is_valid(&ml), "lat bound");
+                for (x, y) in lanes_of(&sl).iter().zip(lanes_of(&sw).iter()) {
+                    assert_eq!(value(x).to_bytes(), value(y).to_bytes());
+                }
+                for (x, y) in lanes_of(&ml).iter().zip(lanes_of(&n).iter()) {
+                    assert_eq!(value(x).to_bytes(), value(y).to_bytes());
+                }
                 (pw, sw, pb, sb, c, s, n, a24)
             };
             assert!(is_wide(&pw) && is_wide(&sw), "wide bound");
