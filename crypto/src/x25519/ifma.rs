@@ -167,8 +167,8 @@ fn mul_cols(a: &F8, b: &F8, init: [V; 5]) -> [V; 10] {
     let (a, b) = (a.0, b.0);
     let z = _mm512_setzero_si512();
     let mut c = [init[0], init[1], init[2], init[3], init[4], z, z, z, z, z];
-    for i in 0..5 {
-        for j in 0..5 {
+    for i in (0..5).rev() {
+        for j in (0..5).rev() {
             c[i + j] = madd_lo(c[i + j], a[i], b[j]);
             c[i + j + 1] = madd_hi(c[i + j + 1], a[i], b[j]);
         }
