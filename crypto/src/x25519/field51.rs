@@ -1,7 +1,8 @@
 //! Portable arithmetic in GF(2^255 - 19): five 51-bit limbs, u128 products.
 //!
-//! The same radix (2^51) is used by the IFMA path, so vector lanes convert to
-//! and from [`Fe`] limb for limb, and the canonical encoding lives only here.
+//! The canonical encoding lives only here: the AVX2 path converts to and
+//! from [`Fe`] limb for limb, the IFMA path (radix 2^52) through the 256-bit
+//! integer.
 //!
 //! Limb bounds ("reduced" = every limb < 2^51 + 2^18, which is what `mul`,
 //! `square` and `carry` return): `mul`/`square` accept limbs up to 2^54,

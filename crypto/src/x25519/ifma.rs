@@ -1,26 +1,36 @@
 //! 8-lane X25519 with AVX-512 IFMA: each 64-bit lane of a zmm register holds
 //! one limb of one lane's field element.
 //!
-//! Radix 2^51 inside 52-bit multiplier inputs. `vpmadd52luq/huq` read only
-//! the low 52 bits of each factor, so every multiplication input must have
-//! limbs < 2^52. Radix 2^51 leaves one bit of headroom, which lets a single
-//! *parallel* carry pass (no sequential chain) bring any sum or difference
-//! back under 2^52; with radix 2^52 a parallel pass can leave 2^52 + small.
-//! The price: the high half of a 52x52 product has weight 2^52 = 2 * 2^51, so
-//! high accumulators are doubled once per column.
+//! Radix 2^52, five limbs, matching the 52-bit inputs and the 2^52 split of
+//! `vpmadd52luq/huq`: the low and high halves of a_i * b_j land in columns
+//! i + j and i + j + 1 with the same weight, so a product is 50 multiply-adds
+//! into ten accumulators and nothing else. Reduction uses 2^260 = 608 and
+//! 2^255 = 19 (mod p), also as multiply-adds.
 //!
-//! Bounds used below ("valid" = every limb < 2^52, "wide" = < 2^60.3):
-//! * `mul`/`square` take valid inputs and return valid (carried) outputs;
-//!   `mul_wide`/`square_wide` skip the final carry and return wide limbs.
-//!   The ladder keeps every value that only feeds an add/sub wide, since the
-//!   add/sub must be carried before the next product anyway: 6 of the 9
-//!   products per ladder step skip their carry.
-//! * `add` of two wide values, or `sub` (bias 1024p >= any wide limb), stays
-//!   < 2^62, and `carry` of limbs < 2^62 gives limbs < 2^51 + 2^16 (valid).
+//! Forms (the multiplier reads only the low 52 bits of each factor):
+//! * "valid": limbs 0..3 < 2^52, limb 4 < 2^47 + 2^16. Multiplication
+//!   inputs must be valid in their low 52 bits: `carry_for_mul` leaves the
+//!   bits it carried out of limbs 0..3 in place (the multiplier ignores
+//!   them), `carry` also masks them (positional, for `is_zero`/output).
+//! * "wide": limbs 0..3 < 2^55.1, limb 4 < 2^55.4: what `reduce` returns
+//!   (no fold of limb 4's bits >= 255: the carry that follows does it).
+//! * "biased": wide + 512p, limbs 0..3 < 2^61.1, limb 4 < 2^56.7. Products
+//!   that are later the left side of a subtraction start their accumulators
+//!   at 512p (free), so the subtraction is a plain `vpsubq` and never goes
+//!   below zero: 512p has limbs >= 2^61 - 2^14 on 0..3 and ~2^56 on 4, above
+//!   any wide limb.
+//! * `carry` / `carry_for_mul` accept limbs < 2^62 (sums of a biased and a
+//!   wide value) and return valid limbs.
+//!
+//! The ladder keeps its four coordinates wide or biased between steps, swaps
+//! lazily (only the doubling input is selected, since the differential
+//! addition is symmetric in its two points) and carries exactly the values
+//! that feed a multiplication.
 
 use core::arch::x86_64::*;
 
-use super::field51::{Fe, A24};
+use super::field51::Fe;
+use super::field51::A24;
 use super::{Scalars, INV_GROUP};
 
 type V = __m512i;
@@ -29,22 +39,37 @@ type V = __m512i;
 #[derive(Clone, Copy)]
 struct F8([V; 5]);
 
-const MASK51: u64 = (1 << 51) - 1;
+const M52: u64 = (1 << 52) - 1;
+const M47: u64 = (1 << 47) - 1;
 
-/// 1024p in radix 2^51: limbs >= 2^61 - 2^15 > any wide limb, and
-/// wide + 1024p < 2^62.
-const BIAS_P: [u64; 5] = [
-    1024 * ((1 << 51) - 19),
-    1024 * MASK51,
-    1024 * MASK51,
-    1024 * MASK51,
-    1024 * MASK51,
+/// 512p in radix 2^52 (limb 4 holds bits 208..254 of p: 47 ones).
+const BIAS: [u64; 5] = [
+    512 * ((1 << 52) - 19),
+    512 * M52,
+    512 * M52,
+    512 * M52,
+    512 * M47,
 ];
+
+/// p in radix 2^52, for the zero test.
+const P52: [u64; 5] = [(1 << 52) - 19, M52, M52, M52, M47];
 
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn splat(x: u64) -> V {
     _mm512_set1_epi64(x as i64)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn madd_lo(acc: V, a: V, b: V) -> V {
+    _mm512_madd52lo_epu64(acc, a, b)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn madd_hi(acc: V, a: V, b: V) -> V {
+    _mm512_madd52hi_epu64(acc, a, b)
 }
 
 #[inline]
@@ -60,22 +85,40 @@ fn one8() -> F8 {
     F8([splat(1), z, z, z, z])
 }
 
-/// Parallel carry; input limbs < 2^62, output limbs < 2^51 + 2^16 (valid).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn bias8() -> [V; 5] {
+    core::array::from_fn(|i| splat(BIAS[i]))
+}
+
+/// Folds limb 4's bits >= 2^255 into limb 0 (times 19), then carries
+/// 0 -> 4 sequentially, leaving limbs 0..3 unmasked: `carry_for_mul`.
+/// Limbs < 2^62 in.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn carry_for_mul(a: &F8) -> F8 {
+    let mut r = a.0;
+    let t = _mm512_srli_epi64::<47>(r[4]);
+    r[4] = _mm512_and_si512(r[4], splat(M47));
+    // t < 2^15: 19 t fits the low 52 bits; r0 + 19 t < 2^63.
+    r[0] = madd_lo(r[0], t, splat(19));
+    // Each carry out is < 2^11, so limb 4 ends < 2^47 + 2^11.
+    for k in 0..4 {
+        r[k + 1] = _mm512_add_epi64(r[k + 1], _mm512_srli_epi64::<52>(r[k]));
+    }
+    F8(r)
+}
+
+/// `carry_for_mul` with limbs 0..3 masked: valid and positional.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn carry(a: &F8) -> F8 {
-    let a = a.0;
-    let m = splat(MASK51);
-    let c: [V; 5] = core::array::from_fn(|i| _mm512_srli_epi64::<51>(a[i]));
-    let l: [V; 5] = core::array::from_fn(|i| _mm512_and_si512(a[i], m));
-    F8([
-        // c[4] < 2^11, so the low 52 bits of 19 * c[4] are all of it.
-        _mm512_madd52lo_epu64(l[0], c[4], splat(19)),
-        _mm512_add_epi64(l[1], c[0]),
-        _mm512_add_epi64(l[2], c[1]),
-        _mm512_add_epi64(l[3], c[2]),
-        _mm512_add_epi64(l[4], c[3]),
-    ])
+    let m = splat(M52);
+    let mut r = carry_for_mul(a).0;
+    for rk in r.iter_mut().take(4) {
+        *rk = _mm512_and_si512(*rk, m);
+    }
+    F8(r)
 }
 
 #[inline]
@@ -84,200 +127,339 @@ fn add(a: &F8, b: &F8) -> F8 {
     F8(core::array::from_fn(|i| _mm512_add_epi64(a.0[i], b.0[i])))
 }
 
-/// a + 1024p - b; a and b wide (or valid).
+/// a - b; a biased, b wide.
 #[inline]
 #[target_feature(enable = "avx512f")]
 fn sub(a: &F8, b: &F8) -> F8 {
-    F8(core::array::from_fn(|i| {
-        _mm512_sub_epi64(_mm512_add_epi64(a.0[i], splat(BIAS_P[i])), b.0[i])
-    }))
+    F8(core::array::from_fn(|i| _mm512_sub_epi64(a.0[i], b.0[i])))
 }
 
-/// Folds the ten columns s[k] (weight 2^(51k), each < 16 * 2^52) mod p
-/// without carrying: wide output.
+/// Reduces the ten product columns c[k] (weight 2^(52k)) mod p without
+/// carrying: wide output (biased if c[0..5] started at 512p).
+///
+/// Column bounds for valid factors, in units of 2^52 (lo/hi terms per
+/// column; terms with limb 4 have high halves < 2^47.01): c0 < 1, c1 < 3,
+/// c2 < 5, c3 < 7, c4 < 9, c5 < 7.1, c6 < 7, c7 < 5, c8 < 1.07, and
+/// c9 < 2^42.02 (a high half of limb4 * limb4).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn fold(s: [V; 10]) -> F8 {
-    // 2^255 = 19: r[c] = s[c] + 19 s[c+5] < 20 * 16 * 2^52 < 2^60.3.
-    let r: [V; 5] = core::array::from_fn(|c| {
-        let h = s[c + 5];
-        let h3 = _mm512_add_epi64(_mm512_add_epi64(h, h), h);
-        _mm512_add_epi64(_mm512_add_epi64(s[c], h3), _mm512_slli_epi64::<4>(h))
-    });
+fn reduce(c: [V; 10]) -> F8 {
+    let k608 = splat(608);
+    // c9 * 2^468 = 608 c9 * 2^208; 608 c9 < 2^51.3 stays in the low half.
+    let mut r = [c[0], c[1], c[2], c[3], madd_lo(c[4], c[9], k608)];
+    // c[k+5] * 2^260 * 2^(52k) = 608 c[k+5] * 2^(52k): the multiplier sees only
+    // the low 52 bits of c[k+5]; its bits >= 52 (< 9) go one column up.
+    for k in 0..4 {
+        let h = c[k + 5];
+        r[k] = madd_lo(r[k], h, k608);
+        r[k + 1] = madd_hi(r[k + 1], h, k608);
+        r[k + 1] = madd_lo(r[k + 1], _mm512_srli_epi64::<52>(h), k608);
+    }
+    // r0 < 2^53, r1 < 2^54.01, r2 < 2^54.6, r3 < 2^55.01,
+    // r4 < 9 * 2^52 + 2^51.3 + 2^11 < 2^55.4 (plus 512p if biased).
     F8(r)
 }
 
-/// a * b; a and b valid, result valid.
+/// The ten columns of a * b (a, b valid), columns 0..4 starting at `init`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn mul(a: &F8, b: &F8) -> F8 {
-    carry(&mul_wide(a, b))
+fn mul_cols(a: &F8, b: &F8, init: [V; 5]) -> [V; 10] {
+    let (a, b) = (a.0, b.0);
+    let z = _mm512_setzero_si512();
+    let mut c = [init[0], init[1], init[2], init[3], init[4], z, z, z, z, z];
+    for i in (0..5).rev() {
+        for j in (0..5).rev() {
+            c[i + j] = madd_lo(c[i + j], a[i], b[j]);
+            c[i + j + 1] = madd_hi(c[i + j + 1], a[i], b[j]);
+        }
+    }
+    c
 }
 
-/// a^2; a valid, result valid.
+/// The ten columns of a^2 (a valid): cross products once, doubled, plus the
+/// diagonal; columns 0..4 start at 512p if `BIASED` (the cross accumulators
+/// at 256p, which the doubling turns into 512p). Same bounds as `mul_cols`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn square(a: &F8) -> F8 {
-    carry(&square_wide(a))
+fn square_cols<const BIASED: bool>(a: &F8) -> [V; 10] {
+    let a = a.0;
+    let z = _mm512_setzero_si512();
+    let mut c = [z; 10];
+    if BIASED {
+        c[0] = splat(BIAS[0]);
+        for k in 1..5 {
+            c[k] = splat(BIAS[k] / 2);
+        }
+    }
+    for i in 0..5 {
+        for j in i + 1..5 {
+            c[i + j] = madd_lo(c[i + j], a[i], a[j]);
+            c[i + j + 1] = madd_hi(c[i + j + 1], a[i], a[j]);
+        }
+    }
+    for ck in c.iter_mut().take(9).skip(1) {
+        *ck = _mm512_add_epi64(*ck, *ck);
+    }
+    for i in 0..5 {
+        c[2 * i] = madd_lo(c[2 * i], a[i], a[i]);
+        c[2 * i + 1] = madd_hi(c[2 * i + 1], a[i], a[i]);
+    }
+    c
 }
 
 /// a * b; a and b valid, result wide.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn mul_wide(a: &F8, b: &F8) -> F8 {
-    let (a, b) = (a.0, b.0);
-    let z = _mm512_setzero_si512();
-    // lo[k]: low halves of a_i b_j with i + j = k (weight 2^(51k));
-    // hi[k]: high halves with i + j = k - 1 (weight 2^(51(k-1)+52) = 2 * 2^(51k)).
-    // At most five 52-bit terms each, so both stay < 5 * 2^52.
-    let mut lo = [z; 10];
-    let mut hi = [z; 10];
-    for i in 0..5 {
-        for j in 0..5 {
-            lo[i + j] = _mm512_madd52lo_epu64(lo[i + j], a[i], b[j]);
-            hi[i + j + 1] = _mm512_madd52hi_epu64(hi[i + j + 1], a[i], b[j]);
-        }
-    }
-    // s[k] = lo[k] + 2 hi[k] < 15 * 2^52 < 2^56.
-    let s: [V; 10] =
-        core::array::from_fn(|k| _mm512_add_epi64(lo[k], _mm512_add_epi64(hi[k], hi[k])));
-    fold(s)
+    reduce(mul_cols(a, b, zero8().0))
+}
+
+/// a * b + 512p; a and b valid, result biased.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_biased(a: &F8, b: &F8) -> F8 {
+    reduce(mul_cols(a, b, bias8()))
 }
 
 /// a^2; a valid, result wide.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn square_wide(a: &F8) -> F8 {
-    let a = a.0;
-    let z = _mm512_setzero_si512();
-    // Column k = one[k] + 2 two[k] + 4 four[k]:
-    // diagonal low halves count once, diagonal high halves and cross low
-    // halves twice (high weight 2, or cross symmetry), cross high halves four
-    // times. Column sums stay < 15 * 2^52 (column 5: 2 * 3 + 4 * 2 terms + ...).
-    let mut one = [z; 10];
-    let mut two = [z; 10];
-    let mut four = [z; 10];
-    for i in 0..5 {
-        one[2 * i] = _mm512_madd52lo_epu64(one[2 * i], a[i], a[i]);
-        two[2 * i + 1] = _mm512_madd52hi_epu64(two[2 * i + 1], a[i], a[i]);
-        for j in i + 1..5 {
-            two[i + j] = _mm512_madd52lo_epu64(two[i + j], a[i], a[j]);
-            four[i + j + 1] = _mm512_madd52hi_epu64(four[i + j + 1], a[i], a[j]);
-        }
-    }
-    let s: [V; 10] = core::array::from_fn(|k| {
-        let t = _mm512_add_epi64(two[k], _mm512_add_epi64(four[k], four[k]));
-        _mm512_add_epi64(one[k], _mm512_add_epi64(t, t))
-    });
-    fold(s)
+    reduce(square_cols::<false>(a))
 }
 
-/// a^(2^n), n >= 1.
+/// a^2 + 512p; a valid, result biased.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn square_n(a: &F8, n: usize) -> F8 {
-    let mut y = square(a);
+fn square_biased(a: &F8) -> F8 {
+    reduce(square_cols::<true>(a))
+}
+
+/// a * b; a and b valid, result valid (positional).
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul(a: &F8, b: &F8) -> F8 {
+    carry(&mul_wide(a, b))
+}
+
+/// `reduce` then `carry_for_mul`, ordered for latency (the inversion chain
+/// is one long dependency chain): limb 4's bits >= 255 are folded before the
+/// small high-half terms from column 8 are added, so the fold does not wait
+/// for them (they keep limb 4 < 2^47 + 2^12: still valid).
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn reduce_carry_lat(c: [V; 10]) -> F8 {
+    let k608 = splat(608);
+    let r4 = madd_lo(c[4], c[9], k608); // < 2^55.4
+    let t = _mm512_srli_epi64::<47>(r4);
+    let s: [V; 4] = core::array::from_fn(|k| _mm512_srli_epi64::<52>(c[k + 5]));
+    // Two independent partial sums per limb, joined once.
+    let u = [
+        madd_lo(c[0], c[5], k608),
+        madd_lo(c[1], c[6], k608),
+        madd_lo(c[2], c[7], k608),
+        madd_lo(c[3], c[8], k608),
+        _mm512_and_si512(r4, splat(M47)),
+    ];
+    let z = _mm512_setzero_si512();
+    let w = [
+        madd_lo(z, t, splat(19)),
+        madd_lo(madd_hi(z, c[5], k608), s[0], k608),
+        madd_lo(madd_hi(z, c[6], k608), s[1], k608),
+        madd_lo(madd_hi(z, c[7], k608), s[2], k608),
+        madd_lo(madd_hi(z, c[8], k608), s[3], k608),
+    ];
+    let mut r: [V; 5] = core::array::from_fn(|k| _mm512_add_epi64(u[k], w[k]));
+    for k in 0..4 {
+        r[k + 1] = _mm512_add_epi64(r[k + 1], _mm512_srli_epi64::<52>(r[k]));
+    }
+    F8(r)
+}
+
+/// `square_cols::<false>` with each column's cross terms split over two
+/// accumulators (low and high halves), halving the dependency depth.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn square_cols_lat(a: &F8) -> [V; 10] {
+    let a = a.0;
+    let z = _mm512_setzero_si512();
+    let mut lo = [z; 10];
+    let mut hi = [z; 10];
+    for i in 0..5 {
+        for j in i + 1..5 {
+            lo[i + j] = madd_lo(lo[i + j], a[i], a[j]);
+            hi[i + j + 1] = madd_hi(hi[i + j + 1], a[i], a[j]);
+        }
+    }
+    let mut c: [V; 10] = core::array::from_fn(|k| {
+        let x = _mm512_add_epi64(lo[k], hi[k]);
+        _mm512_add_epi64(x, x)
+    });
+    for i in 0..5 {
+        c[2 * i] = madd_lo(c[2 * i], a[i], a[i]);
+        c[2 * i + 1] = madd_hi(c[2 * i + 1], a[i], a[i]);
+    }
+    c
+}
+
+/// a^2 for the inversion chain: a valid (or `carry_for_mul`), result
+/// `carry_for_mul`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn square_lat(a: &F8) -> F8 {
+    reduce_carry_lat(square_cols_lat(a))
+}
+
+/// a * b for the inversion chain, `carry_for_mul` result.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_lat(a: &F8, b: &F8) -> F8 {
+    reduce_carry_lat(mul_cols(a, b, zero8().0))
+}
+
+/// a^(2^n), n >= 1, for the inversion chain.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn square_n_lat(a: &F8, n: usize) -> F8 {
+    let mut y = square_lat(a);
     for _ in 1..n {
-        y = square(&y);
+        y = square_lat(&y);
     }
     y
 }
 
+/// z^(p-2), `carry_for_mul` form (it only feeds multiplications).
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn invert(z: &F8) -> F8 {
-    invert_chain!(square, square_n, mul, z)
+    invert_chain!(square_lat, square_n_lat, mul_lat, z)
 }
 
-/// carry(aa + A24 * e); aa and e valid.
+/// aa + A24 * e, for multiplier inputs only (`carry_for_mul`); aa biased or
+/// wide, e valid.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn add_a24(aa: &F8, e: &F8) -> F8 {
     let k = splat(A24);
-    let z = _mm512_setzero_si512();
-    // e_i * A24 < 2^69: low 52 bits stay in limb i, high part (< 2^17) has
-    // weight 2^52 = 2 * 2^51 in limb i + 1; from limb 4 it wraps as 2 * 19.
-    let mut t: [V; 5] = core::array::from_fn(|i| _mm512_madd52lo_epu64(aa.0[i], e.0[i], k));
-    let h: [V; 5] = core::array::from_fn(|i| _mm512_madd52hi_epu64(z, e.0[i], k));
+    let e = e.0;
+    // e_i * A24 < 2^69: low half stays in limb i, high half goes to limb i + 1;
+    // from limb 4 (e_4 < 2^47.01, high half < 2^12) it has weight 2^260 = 608.
+    let mut r: [V; 5] = core::array::from_fn(|i| madd_lo(aa.0[i], e[i], k));
     for i in 0..4 {
-        t[i + 1] = _mm512_add_epi64(t[i + 1], _mm512_add_epi64(h[i], h[i]));
+        r[i + 1] = madd_hi(r[i + 1], e[i], k);
     }
-    t[0] = _mm512_madd52lo_epu64(t[0], h[4], splat(38));
-    // Limbs < 2^52 + 2^52 + 2^18 < 2^54.
-    carry(&F8(t))
+    let top = madd_hi(_mm512_setzero_si512(), e[4], k);
+    r[0] = madd_lo(r[0], top, splat(608));
+    // Limbs < 2^61.1 + 2^52 + 2^22.
+    carry_for_mul(&F8(r))
 }
 
-/// Swaps a and b in the lanes whose bit of `k` is set.
+/// Per-lane `s ? b : a`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn cswap(k: __mmask8, a: &mut F8, b: &mut F8) {
-    for i in 0..5 {
-        let (x, y) = (a.0[i], b.0[i]);
-        a.0[i] = _mm512_mask_blend_epi64(k, x, y);
-        b.0[i] = _mm512_mask_blend_epi64(k, y, x);
-    }
+fn select(s: __mmask8, a: &F8, b: &F8) -> F8 {
+    F8(core::array::from_fn(|i| {
+        _mm512_mask_blend_epi64(s, a.0[i], b.0[i])
+    }))
 }
 
 /// Per-lane Montgomery ladder over all 256 bits. `k[w]` holds word w of each
-/// lane's scalar; x1 is valid. Returns projective (X, Z), wide.
+/// lane's scalar; x1 is valid. Returns projective (X, Z), X biased, Z wide.
+///
+/// Lazy swap: (x2, z2) always holds the last doubling and (x3, z3) the last
+/// sum; the real pair (R0, R1) is that order when the previous bit was 0 and
+/// swapped when it was 1. The sum R0 + R1 does not care about the order, and
+/// the doubling input R_bit is picked with one masked select.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn ladder(k: &[V; 4], x1: &F8) -> (F8, F8) {
-    let mut x2 = one8();
+    // X coordinates are biased (left sides of subtractions), Z wide.
+    let bias = F8(bias8());
+    let mut x2 = add(&one8(), &bias);
     let mut z2 = zero8();
-    let mut x3 = *x1;
+    let mut x3 = add(x1, &bias);
     let mut z3 = one8();
-    let mut swap: __mmask8 = 0;
+    let mut prev: __mmask8 = 0;
     for t in (0..256usize).rev() {
         // Public position t; the lanes' secret bits only become a mask.
         let bit = _mm512_test_epi64_mask(k[t / 64], splat(1u64 << (t % 64)));
-        swap ^= bit;
-        cswap(swap, &mut x2, &mut x3);
-        cswap(swap, &mut z2, &mut z3);
-        swap = bit;
+        let s = bit ^ prev;
+        prev = bit;
 
-        let a = carry(&add(&x2, &z2));
-        let b = carry(&sub(&x2, &z2));
-        let c = carry(&add(&x3, &z3));
-        let d = carry(&sub(&x3, &z3));
-        let aa = square(&a);
-        let bb = square(&b);
-        let da = mul_wide(&d, &a);
+        // Everything carried here only feeds the multiplier.
+        let a = carry_for_mul(&add(&x2, &z2));
+        let b = carry_for_mul(&sub(&x2, &z2));
+        let c = carry_for_mul(&add(&x3, &z3));
+        let d = carry_for_mul(&sub(&x3, &z3));
+        let da = mul_biased(&d, &a);
         let cb = mul_wide(&c, &b);
-        let e = carry(&sub(&aa, &bb));
-        x3 = square_wide(&carry(&add(&da, &cb)));
-        z3 = mul_wide(x1, &square(&carry(&sub(&da, &cb))));
-        x2 = mul_wide(&aa, &bb);
-        z2 = mul_wide(&e, &add_a24(&aa, &e));
+        // Doubling input: (a, b) of the point R_bit.
+        let aa_b = square_biased(&select(s, &a, &c));
+        let bb_w = square_wide(&select(s, &b, &d));
+        x3 = square_biased(&carry_for_mul(&add(&da, &cb)));
+        let t = carry_for_mul(&square_wide(&carry_for_mul(&sub(&da, &cb))));
+        z3 = mul_wide(x1, &t);
+        let e = carry_for_mul(&sub(&aa_b, &bb_w));
+        x2 = mul_biased(&carry_for_mul(&aa_b), &carry_for_mul(&bb_w));
+        z2 = mul_wide(&e, &add_a24(&aa_b, &e));
     }
-    cswap(swap, &mut x2, &mut x3);
-    cswap(swap, &mut z2, &mut z3);
-    (x2, z2)
+    // R0 = prev ? (x3, z3) : (x2, z2).
+    (select(prev, &x2, &x3), select(prev, &z2, &z3))
 }
 
-/// Lanes whose value is 0 mod p (a valid).
+/// Lanes whose value is 0 mod p (a valid: value < 2^255 + 2^223 < 2p, and
+/// the limbs are positional, so it is 0 mod p iff its limbs are those of 0
+/// or of p).
 #[inline]
-#[target_feature(enable = "avx512f,avx512ifma")]
+#[target_feature(enable = "avx512f")]
 fn is_zero(a: &F8) -> __mmask8 {
-    // After two carries the value is < 2^255 + 2^16 < 2p, so it is 0 mod p
-    // iff it is 0 or p. Fully reduce (like Fe::to_bytes) and test for 0.
-    let m = splat(MASK51);
-    let mut l = carry(&carry(a)).0;
-    let mut q = _mm512_srli_epi64::<51>(_mm512_add_epi64(l[0], splat(19)));
-    for limb in &l[1..] {
-        q = _mm512_srli_epi64::<51>(_mm512_add_epi64(*limb, q));
-    }
-    l[0] = _mm512_madd52lo_epu64(l[0], q, splat(19));
-    for i in 0..4 {
-        l[i + 1] = _mm512_add_epi64(l[i + 1], _mm512_srli_epi64::<51>(l[i]));
-        l[i] = _mm512_and_si512(l[i], m);
-    }
-    l[4] = _mm512_and_si512(l[4], m);
+    let l = a.0;
     let or = _mm512_or_si512(
         _mm512_or_si512(l[0], l[1]),
         _mm512_or_si512(_mm512_or_si512(l[2], l[3]), l[4]),
     );
-    _mm512_cmpeq_epi64_mask(or, _mm512_setzero_si512())
+    let zero = _mm512_cmpeq_epi64_mask(or, _mm512_setzero_si512());
+    let mut is_p: __mmask8 = 0xff;
+    for (li, pi) in l.iter().zip(P52.iter()) {
+        is_p &= _mm512_cmpeq_epi64_mask(*li, splat(*pi));
+    }
+    zero | is_p
+}
+
+/// Radix-2^52 limbs of 32 little-endian bytes, bit 255 ignored (valid:
+/// limb 4 < 2^47).
+fn limbs_from_bytes(b: &[u8; 32]) -> [u64; 5] {
+    let w = |i: usize| {
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&b[8 * i..8 * i + 8]);
+        u64::from_le_bytes(t)
+    };
+    let (w0, w1, w2, w3) = (w(0), w(1), w(2), w(3));
+    [
+        w0 & M52,
+        ((w0 >> 52) | (w1 << 12)) & M52,
+        ((w1 >> 40) | (w2 << 24)) & M52,
+        ((w2 >> 28) | (w3 << 36)) & M52,
+        (w3 >> 16) & M47,
+    ]
+}
+
+/// The portable element with the value of valid radix-2^52 limbs (limbs
+/// 0..3 < 2^52, limb 4 < 2^48): same integer, radix 2^51 (limb 4 up to 2^52,
+/// which `Fe::to_bytes` accepts).
+fn fe_from_limbs(l: &[u64; 5]) -> Fe {
+    let w0 = l[0] | (l[1] << 52);
+    let w1 = (l[1] >> 12) | (l[2] << 40);
+    let w2 = (l[2] >> 24) | (l[3] << 28);
+    let w3 = (l[3] >> 36) | (l[4] << 16);
+    const M51: u64 = (1 << 51) - 1;
+    Fe([
+        w0 & M51,
+        ((w0 >> 51) | (w1 << 13)) & M51,
+        ((w1 >> 38) | (w2 << 26)) & M51,
+        ((w2 >> 25) | (w3 << 39)) & M51,
+        w3 >> 12,
+    ])
 }
 
 #[inline]
@@ -329,9 +511,9 @@ pub(super) fn batch(
                         b.copy_from_slice(&k[8 * w..8 * w + 8]);
                         kw_w[l] = u64::from_le_bytes(b);
                     }
-                    let x = Fe::from_bytes(&points[i]);
+                    let x = limbs_from_bytes(&points[i]);
                     for (j, x1_j) in x1.iter_mut().enumerate() {
-                        x1_j[l] = x.0[j];
+                        x1_j[l] = x[j];
                     }
                 }
             }
@@ -350,7 +532,7 @@ pub(super) fn batch(
             }));
             let limbs = store(&r);
             for (l, o) in out[base + 8 * v..].iter_mut().take(8).enumerate() {
-                *o = Fe(core::array::from_fn(|j| limbs[j][l])).to_bytes();
+                *o = fe_from_limbs(&core::array::from_fn(|j| limbs[j][l])).to_bytes();
             }
         }
         base += lanes;
@@ -360,7 +542,7 @@ pub(super) fn batch(
 /// Replaces each z by 1/z with one inversion for the whole group
 /// (Montgomery's trick). Lanes with z = 0 are set to 1 first so they cannot
 /// zero the shared product; their masks are returned so the caller forces
-/// those outputs to 0 (matching 0^(p-2) = 0).
+/// those outputs to 0 (matching 0^(p-2) = 0). Inputs valid, outputs valid.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn invert_group(zs: &mut [F8]) -> [__mmask8; INV_GROUP] {
@@ -368,9 +550,7 @@ fn invert_group(zs: &mut [F8]) -> [__mmask8; INV_GROUP] {
     let one = one8();
     for (z, m) in zs.iter_mut().zip(masks.iter_mut()) {
         *m = is_zero(z);
-        *z = F8(core::array::from_fn(|i| {
-            _mm512_mask_blend_epi64(*m, z.0[i], one.0[i])
-        }));
+        *z = select(*m, z, &one);
     }
     // prefix[i] = z_0 * ... * z_i
     let mut prefix = [zero8(); INV_GROUP];
@@ -398,10 +578,10 @@ mod tests {
     use super::super::field51::{self, Fe};
     use super::*;
 
-    fn lanes_of(a: &F8) -> [Fe; 8] {
+    fn lanes_of(a: &F8) -> [[u64; 5]; 8] {
         // SAFETY (caller): only called after IFMA was detected.
         let limbs = unsafe { store(a) };
-        core::array::from_fn(|l| Fe(core::array::from_fn(|j| limbs[j][l])))
+        core::array::from_fn(|l| core::array::from_fn(|j| limbs[j][l]))
     }
 
     fn from_lanes(v: &[[u64; 5]; 8]) -> F8 {
@@ -410,8 +590,44 @@ mod tests {
         unsafe { load(&limbs) }
     }
 
-    fn max_limb(a: &F8) -> u64 {
-        lanes_of(a).iter().flat_map(|f| f.0).max().unwrap_or(0)
+    /// Value of arbitrary limbs (< 2^63) as a portable element:
+    /// sum l_j * 2^(52 j), with 2^(52 j) = limb j of radix 2^51 set to 2^j.
+    fn value(l: &[u64; 5]) -> Fe {
+        let mut acc = Fe::ZERO;
+        for (j, &lj) in l.iter().enumerate() {
+            let x = Fe([lj & ((1 << 51) - 1), lj >> 51, 0, 0, 0]);
+            let mut w = [0u64; 5];
+            w[j] = 1 << j;
+            acc = field51::add(&acc, &field51::mul(&x, &Fe(w)));
+            acc = field51::carry(acc);
+        }
+        acc
+    }
+
+    fn max_limbs(a: &F8) -> [u64; 5] {
+        let mut m = [0u64; 5];
+        for lane in lanes_of(a) {
+            for j in 0..5 {
+                m[j] = m[j].max(lane[j]);
+            }
+        }
+        m
+    }
+
+    fn is_valid(a: &F8) -> bool {
+        let m = max_limbs(a);
+        m[..4].iter().all(|&x| x < 1 << 52) && m[4] < (1 << 47) + (1 << 16)
+    }
+
+    fn is_wide(a: &F8) -> bool {
+        let m = max_limbs(a);
+        m[..4].iter().all(|&x| x < (1 << 55) + (1 << 52)) && m[4] < (1 << 55) + (1 << 54)
+    }
+
+    fn is_biased(a: &F8) -> bool {
+        let m = max_limbs(a);
+        m[..4].iter().all(|&x| x < BIAS[0] + (1 << 55) + (1 << 52))
+            && m[4] < BIAS[4] + (1 << 55) + (1 << 54)
     }
 
     #[test]
@@ -423,6 +639,7 @@ mod tests {
             return;
         }
         let top = (1u64 << 52) - 1;
+        let top4 = (1u64 << 47) + (1 << 16) - 1;
         let mut seed = 0x1234_5678_9abc_def0u64;
         let mut next = move || {
             seed ^= seed << 13;
@@ -430,15 +647,17 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        for round in 0..200 {
-            // Lane 0: all limbs at the IFMA maximum; others random valid.
+        for round in 0..400 {
+            // Lane 0: every limb at its valid maximum; lane 1: limbs 0..3 at
+            // the maximum, limb 4 random; others random valid.
             let mk = |next: &mut dyn FnMut() -> u64| -> [[u64; 5]; 8] {
                 core::array::from_fn(|l| {
-                    core::array::from_fn(|_| {
-                        if l == 0 || round == 0 {
-                            top
+                    core::array::from_fn(|j| {
+                        let m = if j == 4 { top4 } else { top };
+                        if l == 0 || round == 0 || (l == 1 && j < 4) {
+                            m
                         } else {
-                            next() & top
+                            (next() & top) % (m + 1)
                         }
                     })
                 })
@@ -447,25 +666,91 @@ mod tests {
             let bv = mk(&mut next);
             let (a, b) = (from_lanes(&av), from_lanes(&bv));
             // SAFETY: IFMA detected above.
-            let (pw, sw, c) = unsafe {
+            let (pw, sw, pb, sb, c, s, n, a24) = unsafe {
                 let pw = mul_wide(&a, &b);
                 let sw = square_wide(&a);
-                (pw, sw, carry(&sub(&pw, &sw)))
+                let pb = mul_biased(&a, &b);
+                let sb = square_biased(&a);
+                let c = carry(&sub(&pb, &sw));
+                let s = carry(&add(&pb, &sw));
+                let n = carry(&pw);
+                // Multiplier-only forms, masked to their low 52 bits.
+                let m = |x: F8| {
+                    F8(core::array::from_fn(|i| {
+                        _mm512_and_si512(x.0[i], splat(if i < 4 { M52 } else { u64::MAX }))
+                    }))
+                };
+                let a24 = m(add_a24(&sb, &b));
+                let cm = m(carry_for_mul(&sub(&pb, &sw)));
+                assert!(lanes_of(&cm) == lanes_of(&c));
+                // Inversion-chain forms: valid, same values.
+                let (sl, ml) = (m(square_lat(&a)), m(mul_lat(&a, &b)));
+                assert!(is_valid(&sl) && is_valid(&ml), "lat bound");
+                for (x, y) in lanes_of(&sl).iter().zip(lanes_of(&sw).iter()) {
+                    assert_eq!(value(x).to_bytes(), value(y).to_bytes());
+                }
+                for (x, y) in lanes_of(&ml).iter().zip(lanes_of(&n).iter()) {
+                    assert_eq!(value(x).to_bytes(), value(y).to_bytes());
+                }
+                (pw, sw, pb, sb, c, s, n, a24)
             };
-            assert!(
-                max_limb(&pw) < 1 << 61 && max_limb(&sw) < 1 << 61,
-                "wide bound"
+            assert!(is_wide(&pw) && is_wide(&sw), "wide bound");
+            assert!(is_biased(&pb) && is_biased(&sb), "biased bound");
+            assert!(is_valid(&c) && is_valid(&s) && is_valid(&n), "carry bound");
+            assert!(is_valid(&a24), "a24 bound");
+            let (pbl, sbl) = (lanes_of(&pb), lanes_of(&sb));
+            let (pl, sl, cl, ql, nl, al) = (
+                lanes_of(&pw),
+                lanes_of(&sw),
+                lanes_of(&c),
+                lanes_of(&s),
+                lanes_of(&n),
+                lanes_of(&a24),
             );
-            assert!(max_limb(&c) < (1 << 51) + (1 << 16), "carry bound");
-            let (pl, sl, cl) = (lanes_of(&pw), lanes_of(&sw), lanes_of(&c));
             for l in 0..8 {
-                let (fa, fb) = (Fe(av[l]), Fe(bv[l]));
+                let (fa, fb) = (value(&av[l]), value(&bv[l]));
                 let want_p = field51::mul(&fa, &fb);
                 let want_s = field51::square(&fa);
-                assert_eq!(pl[l].to_bytes(), want_p.to_bytes());
-                assert_eq!(sl[l].to_bytes(), want_s.to_bytes());
-                assert_eq!(cl[l].to_bytes(), field51::sub(&want_p, &want_s).to_bytes());
+                let want_a24 = field51::add(&want_s, &field51::mul_small(&fb, A24));
+                assert_eq!(value(&pbl[l]).to_bytes(), want_p.to_bytes());
+                assert_eq!(value(&sbl[l]).to_bytes(), want_s.to_bytes());
+                assert_eq!(value(&pl[l]).to_bytes(), want_p.to_bytes());
+                assert_eq!(value(&sl[l]).to_bytes(), want_s.to_bytes());
+                assert_eq!(value(&nl[l]).to_bytes(), want_p.to_bytes());
+                assert_eq!(fe_from_limbs(&nl[l]).to_bytes(), want_p.to_bytes());
+                assert_eq!(
+                    value(&cl[l]).to_bytes(),
+                    field51::sub(&want_p, &want_s).to_bytes()
+                );
+                assert_eq!(
+                    value(&ql[l]).to_bytes(),
+                    field51::add(&want_p, &want_s).to_bytes()
+                );
+                assert_eq!(value(&al[l]).to_bytes(), want_a24.to_bytes());
             }
         }
+    }
+
+    #[test]
+    fn zero_test_and_byte_conversion() {
+        if !(std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512ifma"))
+        {
+            return;
+        }
+        let p = P52;
+        let zero = [0u64; 5];
+        let one = [1u64, 0, 0, 0, 0];
+        let p_plus_1 = [p[0] + 1, p[1], p[2], p[3], p[4]];
+        let lanes = [zero, p, one, p_plus_1, zero, p, [M52; 5], zero];
+        // SAFETY: IFMA detected above.
+        let m = unsafe { is_zero(&from_lanes(&lanes)) };
+        assert_eq!(m, 0b1011_0011);
+        let mut b = [0xffu8; 32];
+        b[31] = 0x7f;
+        assert_eq!(
+            fe_from_limbs(&limbs_from_bytes(&b)).to_bytes(),
+            Fe::from_bytes(&b).to_bytes()
+        );
     }
 }

@@ -13,8 +13,12 @@
 //!
 //! Measured here (Sapphire Rapids VM, 2 shared cores, thread CPU time per
 //! scalar mult, one run; `cargo bench -p lethe-bench --bench x25519`):
-//! x25519-dalek 47.8 us, portable 35.5 us (1.35x), AVX2 batch of 64
-//! 21.6 us (2.2x), IFMA batch of 8 / 64: 6.8 / 6.2 us (7.0x / 7.7x).
+//! x25519-dalek 46.1 us, portable 34.2 us (1.35x), AVX2 batch of 64
+//! 21.4 us (2.2x), IFMA batch of 8 / 16 / 64: 4.33 / 4.12 / 3.81 us
+//! (10.6x / 11.2x / 12.1x). The IFMA ladder step is bound by the two
+//! 512-bit ports (~740 vector uops per step, ~500 of them multiply-adds);
+//! at batch 8 the one inversion per vector, a latency-bound chain, adds
+//! ~0.5 us per lane.
 //!
 //! Path selection: [`simd_path`] picks the best path the CPU supports, once.
 //! The environment variable `LETHE_SIMD=ifma|avx2|portable` overrides it; an
@@ -62,7 +66,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// Which implementation a batch call runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SimdPath {
-    /// 8 lanes, AVX-512 IFMA (`vpmadd52luq/huq`), radix 2^51 in 52-bit multiplier inputs.
+    /// 8 lanes, AVX-512 IFMA (`vpmadd52luq/huq`), radix 2^52.
     Ifma,
     /// 4 lanes, AVX2 (`vpmuludq`), radix 2^25.5.
     Avx2,
@@ -290,7 +294,8 @@ pub(crate) const INV_GROUP: usize = 8;
 
 /// A leftover of fewer than this many lanes goes to the serial path instead
 /// of a padded vector. Measured here (thread CPU time per mult, one run):
-/// portable 35 us; IFMA 6.2-6.8 us per lane, so ~55 us per 8-lane vector;
+/// portable 34 us; IFMA 3.8-4.3 us per lane, so ~35 us per 8-lane vector
+/// (a lone lane is a wash, two lanes already pay);
 /// AVX2 21.5-24 us per lane, ~90 us per 4-lane vector. So a lone IFMA lane,
 /// and one or two AVX2 lanes, are cheaper serially.
 fn min_vector_lanes(path: SimdPath) -> usize {
