@@ -59,7 +59,7 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
     /// Packets per second, all senders together (for ramps: see --rate-start).
-    #[arg(long, global = true, default_value_t = 200.0)]
+    #[arg(long, global = true, default_value_t = 500.0)]
     pub rate: f64,
     /// How long to send: seconds, or with a unit (500ms, 10s, 2m).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_seconds)]
@@ -214,6 +214,7 @@ impl LoadArgs {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use clap::CommandFactory;

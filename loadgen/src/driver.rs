@@ -177,7 +177,7 @@ pub struct EmbeddedMixnet {
     nodes: Vec<NodeInfo>,
     keys: Vec<[u8; 32]>,
     receiver: FinalHop,
-    dir: TempDir,
+    _dir: TempDir,
 }
 
 struct TempDir(PathBuf);
@@ -219,12 +219,8 @@ impl EmbeddedMixnet {
             nodes,
             keys,
             receiver,
-            dir,
+            _dir: dir,
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir.0
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lethe_crypto::framing::{FrameHeader, PacketSize, HEADER_MAX_LEN};
+use lethe_crypto::framing::{FrameHeader, HEADER_MAX_LEN};
 use lethe_crypto::sphinx::{
     constants::MAX_PATH_LENGTH, create_batch, CreateJob, Destination, PacketSpec, RouteHop, Version,
 };
@@ -28,7 +28,6 @@ pub struct PacketPlan {
     /// Every hop, the final (receiving) one included.
     pub route: Vec<RouteHop>,
     pub destination: Destination,
-    pub size: PacketSize,
     pub header: FrameHeader,
     /// Mean of the exponential per-hop delay, ns (0: no delay).
     pub delay_ns_mean: f64,
@@ -211,7 +210,6 @@ pub fn generate(job: GeneratorJob) -> Result<GeneratorStats, String> {
                 continue;
             };
             let packet = OutPacket {
-                seq: stamp.seq,
                 due_ns: stamp.scheduled_ns,
                 frame,
             };

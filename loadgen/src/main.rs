@@ -122,7 +122,11 @@ fn build_report(
     capacity: f64,
 ) -> Report {
     let result = report::run_report(detail, capacity);
-    let mut warnings = report::warnings(&result, detail.params.late_bound_ms);
+    let mut warnings = report::warnings(
+        &result,
+        detail.params.late_bound_ms,
+        detail.tracker.series_overflow,
+    );
     if let Some(ramp) = &ramp {
         if ramp.highest_sustained_rate_per_s.is_none() {
             warnings.push(format!(

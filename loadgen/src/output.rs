@@ -14,16 +14,6 @@ use crate::plot::{line_chart, nice_step, ticks, Axes, Line};
 use crate::report::Report;
 use crate::run::RunOutcome;
 
-/// Files `write_all` creates (ramp.csv only for ramps).
-pub const FILES: [&str; 6] = [
-    "summary.json",
-    "timeseries.csv",
-    "latency.hgrm",
-    "latency.hdr.b64",
-    "latency_over_time.png",
-    "latency_cdf.png",
-];
-
 pub fn write_all(dir: &Path, report: &Report, outcome: &RunOutcome) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let write = |name: &str, bytes: &[u8]| {

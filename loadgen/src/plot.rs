@@ -239,6 +239,7 @@ fn glyph(c: char) -> [u8; 5] {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

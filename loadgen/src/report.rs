@@ -180,6 +180,8 @@ pub struct SecondReport {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Times {
+    /// Mean total mix delay of a packet (hops x mu).
+    pub expected_mix_delay_ms: f64,
     pub send_window_s: f64,
     pub drain_s: f64,
     pub wall_s: f64,
@@ -308,6 +310,7 @@ pub fn run_report(outcome: &RunOutcome, capacity_per_s: f64) -> RunReport {
         },
         timeseries: timeseries(outcome),
         times: Times {
+            expected_mix_delay_ms: outcome.expected_delay_ms,
             send_window_s: outcome.send_window_s,
             drain_s: outcome.drain_s,
             wall_s: outcome.wall_s,
@@ -348,7 +351,7 @@ fn timeseries(outcome: &RunOutcome) -> Vec<SecondReport> {
 }
 
 /// Warnings a reader must not miss.
-pub fn warnings(run: &RunReport, late_bound_ms: f64) -> Vec<String> {
+pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Vec<String> {
     let mut out = Vec::new();
     let g = &run.generator;
     if g.achieved_over_capacity > CAPACITY_WARN_RATIO {
@@ -383,6 +386,12 @@ pub fn warnings(run: &RunReport, late_bound_ms: f64) -> Vec<String> {
         out.push(format!(
             "{} frames reached the receiver but were not valid packets of this run",
             run.delivered.rejected_at_receiver
+        ));
+    }
+    if series_overflow > 0 {
+        out.push(format!(
+            "{series_overflow} arrivals after second {} are not in the time series",
+            crate::tracker::SERIES_SECONDS_MAX
         ));
     }
     for node in &run.nodes {

@@ -222,7 +222,6 @@ pub fn plan(driver: &dyn Driver, params: &LoadParams) -> PacketPlan {
     PacketPlan {
         route,
         destination,
-        size: params.size,
         header: FrameHeader::v7(params.size),
         delay_ns_mean: params.delay_ms_mean.max(0.0) * 1e6,
     }

@@ -49,6 +49,7 @@ impl Schedule {
     }
 
     /// Packets of sender `client`.
+    #[cfg(test)]
     pub fn client_total(&self, client: u32) -> u64 {
         let clients = u64::from(self.clients);
         let client = u64::from(client);
@@ -115,6 +116,7 @@ impl Clock for RealClock {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -160,6 +160,7 @@ fn quantile_upper(buckets: &[(f64, u64)], count: u64, q: f64) -> Option<f64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

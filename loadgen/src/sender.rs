@@ -7,7 +7,6 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
 
 use hdrhistogram::Histogram;
 
@@ -20,7 +19,6 @@ pub const BATCH_FRAMES_MAX: usize = 64;
 /// A framed packet ready to send.
 #[derive(Debug)]
 pub struct OutPacket {
-    pub seq: u64,
     pub due_ns: u64,
     pub frame: Vec<u8>,
 }
@@ -205,10 +203,8 @@ fn account(stats: &mut SenderStats, live: &LiveCounters, due: &[u64], done: u64,
     live.late.fetch_add(late, Ordering::Relaxed);
 }
 
-/// Shared handle type for the live counters.
-pub type Live = Arc<LiveCounters>;
-
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::schedule::Schedule;
@@ -240,7 +236,6 @@ mod tests {
         let schedule = Schedule::new(1000.0, 1.0, 1).unwrap();
         let mut source: VecDeque<OutPacket> = (0..schedule.total)
             .map(|seq| OutPacket {
-                seq,
                 due_ns: schedule.due_ns(seq),
                 frame: seq.to_be_bytes().to_vec(),
             })
@@ -310,7 +305,6 @@ mod tests {
     fn abandons_frames_past_the_give_up_time() {
         let mut source: VecDeque<OutPacket> = (0..10)
             .map(|seq| OutPacket {
-                seq,
                 due_ns: seq * 1_000_000,
                 frame: vec![0; 8],
             })

@@ -136,7 +136,7 @@ impl Tracker {
                 inner.series.resize(second + 1, None);
             }
             let empty = inner.empty_second.clone();
-            let entry = inner.series[second].get_or_insert_with(|| Second {
+            let entry = inner.series[second].get_or_insert(Second {
                 delivered: 0,
                 latency_us: empty,
             });
@@ -166,6 +166,7 @@ impl Tracker {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
