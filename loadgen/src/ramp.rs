@@ -35,7 +35,19 @@ pub fn ramp(
     let mut first: Option<RunOutcome> = None;
     let mut rate = args.rate_start;
     let mut stop_reason = format!("reached --steps-max {}", args.steps_max);
+    let rate_max = capacity_per_s * report::CAPACITY_WARN_RATIO;
     for index in 0..args.steps_max.max(1) {
+        if rate > rate_max {
+            if index > 0 && best.is_some() && rate / args.rate_factor >= rate_max * 0.99 {
+                stop_reason = format!(
+                    "stopped below the generator's limit ({:.0}% of its {capacity_per_s:.0}/s \
+                     capacity): higher steps would measure loadgen",
+                    report::CAPACITY_WARN_RATIO * 100.0
+                );
+                break;
+            }
+            rate = rate_max;
+        }
         let params = LoadParams {
             rate_per_s: rate,
             duration_s: args.step_duration,
@@ -76,14 +88,6 @@ pub fn ramp(
             if first.is_none() && best.is_none() {
                 first = Some(outcome);
             }
-            break;
-        }
-        if run.generator.achieved_over_capacity > report::CAPACITY_WARN_RATIO {
-            best = Some(outcome);
-            stop_reason = format!(
-                "stopped at {rate:.0}/s: the generator is near its capacity ({capacity_per_s:.0}/s), \
-                 so higher steps would measure loadgen"
-            );
             break;
         }
         best = Some(outcome);

@@ -376,6 +376,27 @@ pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Ve
             run.sent.not_sent, run.sent.failed
         ));
     }
+    if run.delivered.lost > 0 {
+        let reasons: Vec<String> = run
+            .dropped_by_nodes
+            .by_reason
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        out.push(format!(
+            "{} of {} sent packets were lost ({:.3}%); nodes dropped {}{}",
+            run.delivered.lost,
+            run.sent.packets,
+            run.delivered.loss_ratio * 100.0,
+            run.dropped_by_nodes.total,
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.join(", "))
+            }
+        ));
+    }
     if run.receiver.busy_ratio > CAPACITY_WARN_RATIO {
         out.push(format!(
             "loadgen's receiver was busy {:.0}% of the time: it may be the bottleneck",
@@ -518,7 +539,7 @@ fn render_nodes(out: &mut String, r: &RunReport) {
                 let _ = writeln!(
                     out,
                     "    {:<8} received {:>8} forwarded {:>8} dropped {:>5}  crypto/packet mean {} ms  \
-                     residence mean {} p99<= {} ms",
+                     residence (arrival to send) mean {} p99<= {} ms",
                     node.name,
                     n.received,
                     n.forwarded,
