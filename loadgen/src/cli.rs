@@ -109,9 +109,12 @@ pub struct RampArgs {
     /// Each step's rate is the previous one times this.
     #[arg(long, default_value_t = 1.5)]
     pub rate_factor: f64,
-    /// Steps at most.
+    /// Rising steps at most.
     #[arg(long, default_value_t = 12)]
     pub steps_max: u32,
+    /// After the first failed step, this many steps between it and the last sustained one.
+    #[arg(long, default_value_t = 2)]
+    pub refine_steps: u32,
     /// Length of each step (same units as --duration).
     #[arg(long, default_value = "5s", value_parser = parse_seconds)]
     pub step_duration: f64,

@@ -2,83 +2,11 @@
 //! processes and its own receiver) at a low rate. Outcomes are checked, never speed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+mod common;
 
-const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
-/// No test run may take longer than this.
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+use std::process::Command;
 
-/// The `lethe` binary beside `loadgen`, built first if it is missing.
-fn lethe() -> PathBuf {
-    let dir = Path::new(LOADGEN).parent().unwrap();
-    let lethe = dir.join("lethe");
-    if !lethe.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "lethe-nodes", "--bin", "lethe"]);
-        if dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().unwrap();
-        assert!(status.success(), "building lethe failed");
-    }
-    assert!(lethe.is_file(), "no lethe binary at {}", lethe.display());
-    lethe
-}
-
-/// Runs loadgen with `args`, killing it after [`RUN_TIMEOUT`].
-fn loadgen(args: &[&str]) -> Output {
-    let mut child = Command::new(LOADGEN)
-        .args(args)
-        .env("LETHE_BIN", lethe())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if started.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "loadgen {args:?} did not finish in {RUN_TIMEOUT:?}; stderr:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn schema() -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/report.schema.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn assert_valid(report: &serde_json::Value) {
-    let validator = jsonschema::validator_for(&schema()).unwrap();
-    let errors: Vec<String> = validator
-        .iter_errors(report)
-        .map(|e| format!("{} at {}", e, e.instance_path))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "report does not match the schema: {errors:#?}"
-    );
-}
-
-fn check_success(output: &Output) {
-    assert!(
-        output.status.success(),
-        "loadgen failed ({}); stderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+use common::{assert_valid, check_success, loadgen, LOADGEN};
 
 #[test]
 fn json_report_validates_against_the_schema_and_loses_nothing_at_a_low_rate() {
