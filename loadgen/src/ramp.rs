@@ -4,7 +4,7 @@
 use crate::cli::RampArgs;
 use crate::driver::Driver;
 use crate::report::{self, Ramp, Step};
-use crate::run::{run_load, LoadParams, RunOutcome};
+use crate::run::{fits_prebuilt, run_load, LoadParams, RunOutcome, QUEUED_BYTES_MAX};
 
 /// What the ramp found, and the run to show in detail.
 pub struct RampResult {
@@ -84,14 +84,26 @@ pub fn ramp(
         loss_max: args.loss_max,
         p99_ms_max: p99_bound_ms(args, base.delay_ms_mean),
     };
+    // Build each step's packets before its clock starts (when they fit in memory), so that
+    // packet creation neither limits the rate nor competes with the nodes for CPU.
     let params = |rate: f64, run_id: u32| LoadParams {
         rate_per_s: rate,
         duration_s: args.step_duration,
+        lookahead_s: base.lookahead_s.max(args.step_duration),
         run_id,
         label: format!("step {run_id} @ {rate:.0}/s"),
         ..base.clone()
     };
-    let rate_max = capacity_per_s * report::CAPACITY_WARN_RATIO;
+    let frame_bytes = base.size.packet_len() + lethe_crypto::framing::HEADER_MAX_LEN;
+    // Above this rate a step no longer fits in the queues whole, and the generator (building
+    // while sending) must keep its headroom.
+    let rate_prebuilt_max = QUEUED_BYTES_MAX as f64 / frame_bytes as f64 / args.step_duration;
+    let rate_max = rate_prebuilt_max.max(capacity_per_s * report::CAPACITY_WARN_RATIO);
+    debug_assert!(fits_prebuilt(
+        rate_prebuilt_max * 0.999,
+        args.step_duration,
+        frame_bytes
+    ));
     let mut steps = Vec::new();
     let mut best: Option<RunOutcome> = None;
     let mut first_failed: Option<RunOutcome> = None;
@@ -111,8 +123,8 @@ pub fn ramp(
         best = Some(outcome);
         if rate >= rate_max * 0.999 {
             stop_reason = format!(
-                "stopped at {:.0}% of the generator's capacity ({capacity_per_s:.0}/s): higher \
-                 steps would measure loadgen",
+                "stopped at {rate_max:.0}/s: higher steps neither fit in memory pre-built nor \
+                 stay under {:.0}% of the generator's capacity ({capacity_per_s:.0}/s)",
                 report::CAPACITY_WARN_RATIO * 100.0
             );
             break;

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lethe_crypto::framing::{FrameDecoder, PACKET_MAX_LEN};
-use lethe_crypto::sphinx::{self, constants::HEADER_SIZE, Hop, Packet};
+use lethe_crypto::framing::FrameDecoder;
+use lethe_crypto::sphinx::{self, constants::HEADER_SIZE, BatchProcessor, Hop, NodeKeys};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::stamp::Stamp;
@@ -20,6 +20,8 @@ use crate::tracker::{Arrival, Tracker};
 pub const CONNECTIONS_MAX: u64 = 64;
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 const POLL: Duration = Duration::from_millis(20);
+/// Packets per X25519 batch.
+const BATCH_PACKETS: usize = 64;
 
 /// The run currently being counted, with its start time.
 #[derive(Clone, Debug)]
@@ -225,7 +227,9 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     }
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; READ_BUFFER_BYTES];
-    let mut scratch = vec![0u8; PACKET_MAX_LEN];
+    // Packets of one read; at most READ_BUFFER_BYTES / (smallest frame) + 1 entries.
+    let mut packets: Vec<Vec<u8>> = Vec::new();
+    let mut processor = BatchProcessor::new(BATCH_PACKETS);
     while !shared.stop.load(Ordering::Relaxed) {
         let n = match stream.read(&mut buffer) {
             Ok(0) => return,
@@ -243,17 +247,25 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
             Err(_) => return,
         };
         let started = Instant::now();
-        let run = shared.run.lock().ok().and_then(|slot| slot.clone());
         let counters = &shared.counters;
+        let mut used = 0usize;
         let fed = decoder.feed(&buffer[..n], |frame| match frame {
             Ok(frame) => {
                 counters.frames.fetch_add(1, Ordering::Relaxed);
-                open_packet(frame.packet, &mut scratch, shared, run.as_ref());
+                if packets.len() <= used {
+                    packets.push(Vec::new());
+                }
+                if let Some(slot) = packets.get_mut(used) {
+                    slot.clear();
+                    slot.extend_from_slice(frame.packet);
+                    used += 1;
+                }
             }
             Err(_) => {
                 counters.frames_skipped.fetch_add(1, Ordering::Relaxed);
             }
         });
+        open_packets(&mut packets[..used], &mut processor, shared);
         let spent = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         counters.busy_ns.fetch_add(spent, Ordering::Relaxed);
         if fed.is_err() {
@@ -263,47 +275,62 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     }
 }
 
-fn open_packet(bytes: &[u8], scratch: &mut [u8], shared: &Shared, run: Option<&ActiveRun>) {
-    let counters = &shared.counters;
-    let Some(buffer) = scratch.get_mut(..bytes.len()) else {
-        counters.sphinx_errors.fetch_add(1, Ordering::Relaxed);
+/// Unwraps the final layer of every packet (X25519 across SIMD lanes) and records the stamps.
+fn open_packets(packets: &mut [Vec<u8>], processor: &mut BatchProcessor, shared: &Shared) {
+    if packets.is_empty() {
         return;
-    };
-    buffer.copy_from_slice(bytes);
-    let processed = Packet::new_checked(&mut *buffer)
-        .and_then(|mut packet| sphinx::process(&mut packet, &shared.secret));
-    let processed = match processed {
-        Ok(processed) => processed,
-        Err(_) => {
-            counters.sphinx_errors.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-    };
-    match processed.hop {
-        Hop::Final { destination, .. } if destination == shared.destination => {}
-        Hop::Final { .. } => {
-            counters.wrong_destination.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        Hop::Forward { .. } => {
-            counters.not_final_hop.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
     }
-    let stamp = buffer
-        .get(HEADER_SIZE..)
-        .and_then(|payload| sphinx::recover_plaintext(payload).ok())
-        .and_then(Stamp::decode);
-    let Some(stamp) = stamp else {
-        counters.bad_payload.fetch_add(1, Ordering::Relaxed);
-        return;
+    let counters = &shared.counters;
+    let keys = NodeKeys {
+        primary: &shared.secret,
+        secondary: None,
     };
-    let Some(run) = run.filter(|run| run.tracker.run_id == stamp.run_id) else {
-        counters.other_run.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    let arrival_ns = u64::try_from(run.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    if run.tracker.record(&stamp, arrival_ns) == Arrival::OutOfRange {
-        counters.bad_payload.fetch_add(1, Ordering::Relaxed);
+    let mut finals = vec![false; packets.len()];
+    processor.process(packets, keys, |index, outcome| {
+        let ok = match outcome {
+            Ok((processed, _)) => match processed.hop {
+                Hop::Final { destination, .. } if destination == shared.destination => true,
+                Hop::Final { .. } => {
+                    counters.wrong_destination.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+                Hop::Forward { .. } => {
+                    counters.not_final_hop.fetch_add(1, Ordering::Relaxed);
+                    false
+                }
+            },
+            Err(_) => {
+                counters.sphinx_errors.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        };
+        if let Some(slot) = finals.get_mut(index) {
+            *slot = ok;
+        }
+    });
+    let run = shared.run.lock().ok().and_then(|slot| slot.clone());
+    let arrival_ns = run
+        .as_ref()
+        .map(|run| u64::try_from(run.start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    for (packet, _) in packets.iter().zip(finals).filter(|(_, ok)| *ok) {
+        let stamp = packet
+            .get(HEADER_SIZE..)
+            .and_then(|payload| sphinx::recover_plaintext(payload).ok())
+            .and_then(Stamp::decode);
+        let Some(stamp) = stamp else {
+            counters.bad_payload.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let (Some(run), Some(arrival_ns)) = (
+            run.as_ref()
+                .filter(|run| run.tracker.run_id == stamp.run_id),
+            arrival_ns,
+        ) else {
+            counters.other_run.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        if run.tracker.record(&stamp, arrival_ns) == Arrival::OutOfRange {
+            counters.bad_payload.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

@@ -21,7 +21,7 @@ use crate::tracker::{Tracker, TrackerResult};
 /// Memory the pre-built frames may hold at once, all queues together.
 pub const QUEUED_BYTES_MAX: usize = 512 * 1024 * 1024;
 /// How long the generator may take to fill the queues before the clock starts.
-const PREFILL_TIMEOUT: Duration = Duration::from_secs(30);
+const PREFILL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Frames not handed to the kernel this long after the last due time are abandoned.
 const GIVE_UP_AFTER_END: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(100);
@@ -55,6 +55,8 @@ pub struct RunOutcome {
     pub drain_s: f64,
     pub sender: SenderStats,
     pub generator: GeneratorStats,
+    /// Packets built before the clock started.
+    pub prebuilt: u64,
     pub tracker: TrackerResult,
     pub receiver: ReceiverStats,
     pub nodes: Vec<(NodeInfo, Result<NodeDelta, String>)>,
@@ -130,6 +132,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         std::thread::sleep(Duration::from_millis(5));
     }
 
+    let prebuilt = generator_live.created.load(Ordering::Relaxed);
     let start = Instant::now();
     driver.set_run(Some(ActiveRun {
         tracker: Arc::clone(&tracker),
@@ -207,6 +210,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         expected_delay_ms,
         drain_s,
         generator,
+        prebuilt,
         tracker: tracker.result()?,
         receiver: driver.receiver_stats().since(&receiver_before),
         nodes,
@@ -225,6 +229,12 @@ pub fn plan(driver: &dyn Driver, params: &LoadParams) -> PacketPlan {
         header: FrameHeader::v7(params.size),
         delay_ns_mean: params.delay_ms_mean.max(0.0) * 1e6,
     }
+}
+
+/// True when a run of `rate_per_s` for `duration_s` fits in the queues whole, so that every
+/// packet is built before the clock starts (with a lookahead of at least the duration).
+pub fn fits_prebuilt(rate_per_s: f64, duration_s: f64, frame_bytes: usize) -> bool {
+    rate_per_s * duration_s * frame_bytes as f64 <= QUEUED_BYTES_MAX as f64
 }
 
 fn queue_capacity(plan: &PacketPlan, schedule: &Schedule, lookahead_s: f64) -> usize {
