@@ -10,6 +10,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -270,6 +271,9 @@ fn run_node(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log_file))
+        // Own process group: a terminal's Ctrl-C reaches loadgen, which then reports and
+        // stops the nodes itself.
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("{} mixnode run: {e}", options.lethe.display()))?;
     let stdout = child.stdout.take();

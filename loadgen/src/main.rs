@@ -38,6 +38,7 @@ fn main() -> ExitCode {
 
 fn real_main(cli: &Cli) -> Result<(), String> {
     cli.load.validate()?;
+    run::install_interrupt()?;
     if let Some(url) = &cli.target {
         driver::directory_driver(url)?;
     }

@@ -114,6 +114,18 @@ pub fn ramp(
         run_id += 1;
         let (summary, outcome, failure) =
             step(driver, &params(rate, run_id), &bounds, capacity_per_s)?;
+        if crate::run::interrupted() {
+            // A cut step counts as not sustained.
+            steps.push(Step {
+                sustained: false,
+                ..summary
+            });
+            stop_reason = "interrupted".into();
+            if best.is_none() {
+                first_failed = Some(outcome);
+            }
+            break;
+        }
         steps.push(summary);
         if let Some(reason) = failure {
             stop_reason = reason;
@@ -136,7 +148,7 @@ pub fn ramp(
         let mut low = good.params.rate_per_s;
         let mut high = rate;
         for _ in 0..args.refine_steps {
-            if high / low < 1.05 {
+            if high / low < 1.05 || crate::run::interrupted() {
                 break;
             }
             let middle = (low * high).sqrt();

@@ -83,6 +83,8 @@ impl Ladder {
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
     pub run_id: u32,
+    /// Stopped early by SIGINT/SIGTERM: the figures cover what was sent until then.
+    pub interrupted: bool,
     pub offered: Offered,
     pub sent: Sent,
     pub delivered: Delivered,
@@ -239,7 +241,12 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 pub fn run_report(outcome: &RunOutcome, capacity_per_s: f64) -> RunReport {
-    let window = outcome.send_window_s.max(outcome.params.duration_s);
+    // An interrupted run is rated over the time it actually sent.
+    let window = if outcome.interrupted {
+        outcome.send_window_s
+    } else {
+        outcome.send_window_s.max(outcome.params.duration_s)
+    };
     let sent = outcome.sender.sent;
     let delivered = outcome.tracker.delivered;
     let lost = outcome.lost();
@@ -268,6 +275,7 @@ pub fn run_report(outcome: &RunOutcome, capacity_per_s: f64) -> RunReport {
     let achieved = ratio(sent as f64, window);
     RunReport {
         run_id: outcome.params.run_id,
+        interrupted: outcome.interrupted,
         offered: Offered {
             packets: outcome.schedule.total,
             rate_per_s: outcome.params.rate_per_s,
@@ -356,6 +364,13 @@ fn timeseries(outcome: &RunOutcome) -> Vec<SecondReport> {
 /// Warnings a reader must not miss.
 pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Vec<String> {
     let mut out = Vec::new();
+    if run.interrupted {
+        out.push(format!(
+            "interrupted after {:.1} s: the figures cover the packets sent until then; the rest \
+             count as not sent",
+            run.times.send_window_s
+        ));
+    }
     let g = &run.generator;
     if g.achieved_over_capacity > CAPACITY_WARN_RATIO && g.prebuilt < run.offered.packets {
         out.push(format!(

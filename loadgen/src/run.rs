@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,28 @@ const PREFILL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Frames not handed to the kernel this long after the last due time are abandoned.
 const GIVE_UP_AFTER_END: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(100);
+
+static INTERRUPT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// SIGINT/SIGTERM stop the run (and a ramp) and the report covers what was sent; a second
+/// signal exits at once.
+pub fn install_interrupt() -> Result<(), String> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag))
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&flag)))
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let _ = INTERRUPT.set(flag);
+    Ok(())
+}
+
+/// True once SIGINT or SIGTERM arrived.
+pub fn interrupted() -> bool {
+    INTERRUPT
+        .get()
+        .is_some_and(|flag| flag.load(Ordering::Relaxed))
+}
 
 /// What to send.
 #[derive(Clone, Debug)]
@@ -57,6 +79,8 @@ pub struct RunOutcome {
     pub generator: GeneratorStats,
     /// Packets built before the clock started.
     pub prebuilt: u64,
+    /// Stopped early by SIGINT/SIGTERM.
+    pub interrupted: bool,
     pub tracker: TrackerResult,
     pub receiver: ReceiverStats,
     pub nodes: Vec<(NodeInfo, Result<NodeDelta, String>)>,
@@ -127,6 +151,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     let prefill_started = Instant::now();
     while generator_live.created.load(Ordering::Relaxed) < prefill
         && !generator.is_finished()
+        && !interrupted()
         && prefill_started.elapsed() < PREFILL_TIMEOUT
     {
         std::thread::sleep(Duration::from_millis(5));
@@ -153,6 +178,9 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     while senders.iter().any(|s| !s.is_finished()) {
         std::thread::sleep(TICK);
         update_progress(&progress, &clock, &live, &tracker);
+        if interrupted() {
+            stop.store(true, Ordering::Relaxed);
+        }
         if let Err(e) = driver.check() {
             stop.store(true, Ordering::Relaxed);
             failure = Some(e);
@@ -182,7 +210,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     let drain_until =
         start + Duration::from_secs_f64(params.duration_s.max(send_window_s) + drain_s);
     progress.set_message("draining");
-    while tracker.delivered() < sender.sent && Instant::now() < drain_until {
+    while tracker.delivered() < sender.sent && Instant::now() < drain_until && !interrupted() {
         std::thread::sleep(Duration::from_millis(10));
         update_progress(&progress, &clock, &live, &tracker);
     }
@@ -211,6 +239,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         drain_s,
         generator,
         prebuilt,
+        interrupted: interrupted(),
         tracker: tracker.result()?,
         receiver: driver.receiver_stats().since(&receiver_before),
         nodes,
