@@ -197,3 +197,30 @@ fn plot_cdf(path: &Path, h: &Histogram<u64>) -> Result<(), String> {
     }];
     line_chart(path, &axes, &lines)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use hdrhistogram::serialization::Deserializer;
+
+    #[test]
+    fn histogram_files_round_trip() {
+        let mut h = crate::tracker::latency_histogram().unwrap();
+        for v in [900u64, 1_000, 1_100, 25_000, 3_000_000] {
+            h.record(v).unwrap();
+        }
+        let text = serialized(&h).unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .unwrap();
+        let back: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut std::io::Cursor::new(bytes))
+            .unwrap();
+        assert_eq!(back.len(), 5);
+        assert_eq!(back.max(), h.max());
+        let hgrm = percentile_text(&h);
+        assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
+        assert!(hgrm.contains("Total count    =            5]"), "{hgrm}");
+    }
+}
