@@ -86,6 +86,10 @@ pub struct LoadArgs {
     /// Seconds of packets built ahead of their scheduled time.
     #[arg(long, global = true, default_value_t = 1.0)]
     pub lookahead_s: f64,
+    /// Embedded network: mix nodes per layer (3 layers); sender i enters at layer-1 node
+    /// i % N, later layers are drawn per packet.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub nodes_per_layer: u32,
     /// No progress display.
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -199,6 +203,9 @@ impl LoadArgs {
         }
         if self.clients == 0 || self.clients > 256 {
             return Err("--clients must be between 1 and 256".into());
+        }
+        if self.nodes_per_layer == 0 || self.nodes_per_layer > 8 {
+            return Err("--nodes-per-layer must be between 1 and 8".into());
         }
         if !(self.mu.is_finite() && self.mu >= 0.0 && self.mu <= 10_000.0) {
             return Err("--mu must be between 0 and 10000 ms".into());

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lethe_crypto::sphinx::{address, Destination, RouteHop};
 use serde::Serialize;
 
+use crate::generator::Topology;
 use crate::receiver::{ActiveRun, FinalHop, ReceiverStats};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,10 +67,10 @@ pub trait Driver {
     /// `embedded-mixnet`, `single-node`, ...
     fn kind(&self) -> &'static str;
     fn nodes(&self) -> &[NodeInfo];
-    /// Every hop of a packet's route, the delivering one included, and its destination.
-    fn route(&self) -> (Vec<RouteHop>, Destination);
-    /// Opens one sender's connection.
-    fn connect(&self) -> Result<Box<dyn Injector>, String>;
+    /// The mix layers, the delivering hop and the destination.
+    fn topology(&self) -> Topology;
+    /// Opens sender `client`'s connection (to its first-layer node: `client % layer size`).
+    fn connect(&self, client: u32) -> Result<Box<dyn Injector>, String>;
     /// Deliveries of `run` are counted from now on.
     fn set_run(&self, run: Option<ActiveRun>);
     fn receiver_stats(&self) -> ReceiverStats;
@@ -167,16 +168,19 @@ impl Drop for MixProcess {
 pub struct EmbeddedOptions {
     pub lethe: PathBuf,
     pub layers: u32,
+    pub nodes_per_layer: u32,
     /// Extra `lethe mixnode run` arguments.
     pub extra_args: Vec<String>,
 }
 
-/// Three local mixnodes and loadgen's receiver.
+/// Local mixnodes (by default three, one per layer) and loadgen's receiver.
 pub struct EmbeddedMixnet {
     // Field order matters: processes stop before the directory is removed.
     processes: Vec<MixProcess>,
     nodes: Vec<NodeInfo>,
     keys: Vec<[u8; 32]>,
+    /// 0-based layer of each node.
+    layer_of: Vec<usize>,
     receiver: FinalHop,
     _dir: TempDir,
 }
@@ -202,23 +206,33 @@ impl EmbeddedMixnet {
         let mut processes = Vec::new();
         let mut nodes = Vec::new();
         let mut keys = Vec::new();
+        let mut layer_of = Vec::new();
         for layer in 1..=options.layers {
-            let node_dir = dir.0.join(format!("mix-l{layer}"));
-            init_node(&options.lethe, &node_dir)?;
-            let (process, listen, metrics) = run_node(options, &node_dir, layer)?;
-            processes.push(process);
-            keys.push(read_public_key(&node_dir)?);
-            nodes.push(NodeInfo {
-                name: format!("mix-l{layer}"),
-                role: format!("mixnode layer {layer}"),
-                listen,
-                metrics: Some(metrics),
-            });
+            for index in 1..=options.nodes_per_layer.max(1) {
+                let name = if options.nodes_per_layer > 1 {
+                    format!("mix-l{layer}-{index}")
+                } else {
+                    format!("mix-l{layer}")
+                };
+                let node_dir = dir.0.join(&name);
+                init_node(&options.lethe, &node_dir)?;
+                let (process, listen, metrics) = run_node(options, &node_dir, &name)?;
+                processes.push(process);
+                keys.push(read_public_key(&node_dir)?);
+                layer_of.push(layer as usize - 1);
+                nodes.push(NodeInfo {
+                    name,
+                    role: format!("mixnode layer {layer}"),
+                    listen,
+                    metrics: Some(metrics),
+                });
+            }
         }
         Ok(EmbeddedMixnet {
             processes,
             nodes,
             keys,
+            layer_of,
             receiver,
             _dir: dir,
         })
@@ -249,7 +263,7 @@ fn init_node(lethe: &Path, dir: &Path) -> Result<(), String> {
 fn run_node(
     options: &EmbeddedOptions,
     dir: &Path,
-    layer: u32,
+    name: &str,
 ) -> Result<(MixProcess, SocketAddr, SocketAddr), String> {
     let log = dir.with_extension("log");
     let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
@@ -283,7 +297,7 @@ fn run_node(
     };
     let (lines_tx, lines_rx) = mpsc::sync_channel::<String>(16);
     std::thread::Builder::new()
-        .name(format!("mix-l{layer}-stdout"))
+        .name(format!("{name}-stdout"))
         .spawn(move || {
             // Reads until the node exits; lines after the first two are dropped.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -299,7 +313,7 @@ fn run_node(
             Err(_) => {
                 let _ = process.child.kill();
                 return Err(format!(
-                    "mixnode layer {layer} did not start within {}s; its log ({}):\n{}",
+                    "{name} did not start within {}s; its log ({}):\n{}",
                     START_TIMEOUT.as_secs(),
                     process.log.display(),
                     log_tail(&process.log)
@@ -339,21 +353,35 @@ impl Driver for EmbeddedMixnet {
         &self.nodes
     }
 
-    fn route(&self) -> (Vec<RouteHop>, Destination) {
-        let mut route: Vec<RouteHop> = self
-            .nodes
-            .iter()
-            .zip(&self.keys)
-            .map(|(node, key)| hop(node.listen, *key))
-            .collect();
+    fn topology(&self) -> Topology {
+        let layers_count = self.layer_of.iter().max().map_or(0, |max| max + 1);
+        let mut layers: Vec<Vec<RouteHop>> = vec![Vec::new(); layers_count];
+        for ((node, key), layer) in self.nodes.iter().zip(&self.keys).zip(&self.layer_of) {
+            if let Some(nodes) = layers.get_mut(*layer) {
+                nodes.push(hop(node.listen, *key));
+            }
+        }
         let (last, destination) = receiver_hop(&self.receiver);
-        route.push(last);
-        (route, destination)
+        Topology {
+            layers,
+            last,
+            destination,
+        }
     }
 
-    fn connect(&self) -> Result<Box<dyn Injector>, String> {
-        let entry = self.nodes.first().ok_or("no nodes")?.listen;
-        Ok(Box::new(TcpInjector::connect(entry)?))
+    fn connect(&self, client: u32) -> Result<Box<dyn Injector>, String> {
+        let entries: Vec<&NodeInfo> = self
+            .nodes
+            .iter()
+            .zip(&self.layer_of)
+            .filter(|(_, layer)| **layer == 0)
+            .map(|(node, _)| node)
+            .collect();
+        let count = entries.len().max(1);
+        let entry = entries
+            .get(client as usize % count)
+            .ok_or("no first-layer node")?;
+        Ok(Box::new(TcpInjector::connect(entry.listen)?))
     }
 
     fn set_run(&self, run: Option<ActiveRun>) {
@@ -421,7 +449,7 @@ impl Driver for SingleNode {
         &self.nodes
     }
 
-    fn route(&self) -> (Vec<RouteHop>, Destination) {
+    fn topology(&self) -> Topology {
         let (last, destination) = receiver_hop(&self.receiver);
         let mut address = self.receiver.address;
         if address.ip().is_unspecified() {
@@ -436,10 +464,14 @@ impl Driver for SingleNode {
             address: address::encode(&address),
             ..last
         };
-        (vec![hop(self.nodes[0].listen, self.key), last], destination)
+        Topology {
+            layers: vec![vec![hop(self.nodes[0].listen, self.key)]],
+            last,
+            destination,
+        }
     }
 
-    fn connect(&self) -> Result<Box<dyn Injector>, String> {
+    fn connect(&self, _client: u32) -> Result<Box<dyn Injector>, String> {
         Ok(Box::new(TcpInjector::connect(self.nodes[0].listen)?))
     }
 

@@ -22,12 +22,60 @@ use crate::stamp::Stamp;
 /// Packets built per `create_batch` call.
 pub const CHUNK_PACKETS: usize = 64;
 
+/// Where packets go. Each packet takes one node of every mix layer, then `last`. A sender's
+/// first-layer node is fixed (its connection goes there: node `client % layer size`); the
+/// other layers' nodes are drawn uniformly at random per packet.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub layers: Vec<Vec<RouteHop>>,
+    /// The delivering hop.
+    pub last: RouteHop,
+    pub destination: Destination,
+}
+
+impl Topology {
+    /// Hops of every route, the delivering one included.
+    pub fn hops(&self) -> usize {
+        self.layers.len() + 1
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hops() > MAX_PATH_LENGTH {
+            return Err(format!(
+                "{} hops: Sphinx routes have at most {MAX_PATH_LENGTH}",
+                self.hops()
+            ));
+        }
+        if self.layers.iter().any(Vec::is_empty) {
+            return Err("a mix layer has no nodes".into());
+        }
+        Ok(())
+    }
+
+    /// The route of a packet of sender `client`: `[entry, random per layer..., last]`.
+    fn route(&self, client: u32, rng: &mut ChaCha20Rng) -> [RouteHop; MAX_PATH_LENGTH] {
+        let mut route = [self.last; MAX_PATH_LENGTH];
+        for (index, layer) in self.layers.iter().enumerate().take(MAX_PATH_LENGTH - 1) {
+            let count = layer.len().max(1) as u64;
+            let pick = if index == 0 {
+                u64::from(client) % count
+            } else {
+                rng.next_u64() % count
+            };
+            if let Some(hop) = layer.get(pick as usize) {
+                route[index] = *hop;
+            }
+        }
+        route
+    }
+}
+
 /// What every packet of a run looks like.
 #[derive(Clone, Debug)]
 pub struct PacketPlan {
-    /// Every hop, the final (receiving) one included.
-    pub route: Vec<RouteHop>,
-    pub destination: Destination,
+    pub topology: Topology,
+    /// Senders (for the first-layer choice).
+    pub clients: u32,
     pub header: FrameHeader,
     /// Mean of the exponential per-hop delay, ns (0: no delay).
     pub delay_ns_mean: f64,
@@ -40,7 +88,7 @@ impl PacketPlan {
 
     /// Mean total delay the packet's mix hops add (the last hop's delay is not encoded).
     pub fn expected_delay_ns(&self) -> f64 {
-        self.delay_ns_mean * self.route.len().saturating_sub(1) as f64
+        self.delay_ns_mean * self.topology.layers.len() as f64
     }
 }
 
@@ -91,7 +139,12 @@ pub fn build_chunk(
     frames: &mut Vec<(Stamp, Vec<u8>)>,
 ) -> u64 {
     frames.clear();
-    let hops = plan.route.len().min(MAX_PATH_LENGTH);
+    let hops = plan.topology.hops().min(MAX_PATH_LENGTH);
+    let clients = u64::from(plan.clients.max(1));
+    let routes: Vec<[RouteHop; MAX_PATH_LENGTH]> = stamps
+        .iter()
+        .map(|stamp| plan.topology.route((stamp.seq % clients) as u32, rng))
+        .collect();
     let mut head = [0u8; HEADER_MAX_LEN];
     let head_len = plan.header.encode(&mut head);
     let messages: Vec<[u8; crate::stamp::STAMP_LEN]> = stamps.iter().map(Stamp::encode).collect();
@@ -111,14 +164,14 @@ pub fn build_chunk(
     {
         let mut jobs: Vec<CreateJob<'_>> = buffers
             .iter_mut()
-            .zip(messages.iter().zip(&delays))
-            .map(|(frame, (message, delays))| CreateJob {
+            .zip(messages.iter().zip(delays.iter().zip(&routes)))
+            .map(|(frame, (message, (delays, route)))| CreateJob {
                 out: &mut frame[head_len..],
                 message,
                 spec: PacketSpec {
-                    route: &plan.route[..hops],
+                    route: &route[..hops],
                     delays_ns: &delays[..hops],
-                    destination: &plan.destination,
+                    destination: &plan.topology.destination,
                     version: Version::CURRENT,
                 },
                 initial_secret: None,

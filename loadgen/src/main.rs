@@ -67,15 +67,22 @@ fn real_main(cli: &Cli) -> Result<(), String> {
         }
         _ => {
             let lethe = driver::find_lethe(cli.lethe.as_deref())?;
-            status(cli, "starting the embedded network (3 mixnodes + receiver)");
+            status(
+                cli,
+                &format!(
+                    "starting the embedded network ({} mixnodes + receiver)",
+                    3 * cli.load.nodes_per_layer
+                ),
+            );
             Box::new(EmbeddedMixnet::start(&EmbeddedOptions {
                 lethe,
                 layers: 3,
+                nodes_per_layer: cli.load.nodes_per_layer,
                 extra_args: Vec::new(),
             })?)
         }
     };
-    let plan = run::plan(driver.as_ref(), &base);
+    let plan = run::plan(driver.as_ref(), &base)?;
     let capacity = generator::calibrate(&plan, 300)?;
     status(
         cli,

@@ -112,13 +112,13 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
                 params.rate_per_s, params.duration_s, params.clients
             )
         })?;
-    let plan = plan(driver, params);
+    let plan = plan(driver, params)?;
     let tracker = Arc::new(Tracker::new(params.run_id, schedule.total)?);
     let before = scrape_all(driver.nodes());
     let receiver_before = driver.receiver_stats();
     let mut injectors = Vec::new();
-    for _ in 0..params.clients {
-        injectors.push(driver.connect()?);
+    for client in 0..params.clients {
+        injectors.push(driver.connect(client)?);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let generator_live = Arc::new(GeneratorLive::default());
@@ -233,7 +233,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     Ok(RunOutcome {
         params: params.clone(),
         schedule,
-        hops: plan.route.len(),
+        hops: plan.topology.hops(),
         frame_bytes: plan.frame_len(),
         expected_delay_ms,
         drain_s,
@@ -249,15 +249,16 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     })
 }
 
-/// The packet plan of `params` on `driver`'s route.
-pub fn plan(driver: &dyn Driver, params: &LoadParams) -> PacketPlan {
-    let (route, destination) = driver.route();
-    PacketPlan {
-        route,
-        destination,
+/// The packet plan of `params` on `driver`'s topology.
+pub fn plan(driver: &dyn Driver, params: &LoadParams) -> Result<PacketPlan, String> {
+    let topology = driver.topology();
+    topology.validate()?;
+    Ok(PacketPlan {
+        topology,
+        clients: params.clients,
         header: FrameHeader::v7(params.size),
         delay_ns_mean: params.delay_ms_mean.max(0.0) * 1e6,
-    }
+    })
 }
 
 /// True when a run of `rate_per_s` for `duration_s` fits in the queues whole, so that every
