@@ -282,3 +282,99 @@ pub fn generate(job: GeneratorJob) -> Result<GeneratorStats, String> {
 fn elapsed_ns(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use lethe_crypto::framing::PacketSize;
+    use lethe_crypto::sphinx::{self, constants::HEADER_SIZE, Hop, Packet};
+    use x25519_dalek::{PublicKey, StaticSecret};
+
+    fn node(tag: u8) -> (StaticSecret, RouteHop) {
+        let secret = StaticSecret::from([tag; 32]);
+        let hop = RouteHop {
+            address: [tag; 32],
+            public_key: PublicKey::from(&secret).to_bytes(),
+        };
+        (secret, hop)
+    }
+
+    #[test]
+    fn packets_open_hop_by_hop_to_their_stamp() {
+        let (entry_a, hop_a) = node(1);
+        let (_, hop_b) = node(2);
+        let (last_secret, last) = node(9);
+        let plan = PacketPlan {
+            topology: Topology {
+                layers: vec![vec![hop_a, hop_b]],
+                last,
+                destination: Destination {
+                    address: [5; 32],
+                    identifier: [0; 16],
+                },
+            },
+            clients: 2,
+            header: FrameHeader::v7(PacketSize::Ack),
+            delay_ns_mean: 1e6,
+        };
+        let stamps: Vec<Stamp> = (0..20)
+            .map(|seq| Stamp {
+                run_id: 3,
+                seq,
+                scheduled_ns: seq * 1000,
+            })
+            .collect();
+        let mut rng = os_rng().unwrap();
+        let mut frames = Vec::new();
+        assert_eq!(build_chunk(&plan, &stamps, &mut rng, &mut frames), 0);
+        assert_eq!(frames.len(), 20);
+        // Sender 0 (even seq) enters at node 1; packets for node 2 fail its MAC.
+        let (stamp, frame) = &frames[4];
+        assert_eq!(frame.len(), 3 + PacketSize::Ack.packet_len());
+        let mut bytes = frame[3..].to_vec();
+        let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+        let processed = sphinx::process(&mut packet, &entry_a).unwrap();
+        let Hop::Forward { next_hop, .. } = processed.hop else {
+            panic!("not a forward hop");
+        };
+        assert_eq!(next_hop, [9; 32]);
+        let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+        let processed = sphinx::process(&mut packet, &last_secret).unwrap();
+        assert!(matches!(processed.hop, Hop::Final { destination, .. } if destination == [5; 32]));
+        let plaintext = sphinx::recover_plaintext(&bytes[HEADER_SIZE..]).unwrap();
+        assert_eq!(Stamp::decode(plaintext), Some(*stamp));
+        let mut odd = frames[5].1[3..].to_vec();
+        let mut packet = Packet::new_checked(&mut odd[..]).unwrap();
+        assert!(sphinx::process(&mut packet, &entry_a).is_err());
+    }
+
+    #[test]
+    fn later_layers_are_drawn_per_packet() {
+        let hops: Vec<RouteHop> = (1..=4).map(|t| node(t).1).collect();
+        let topology = Topology {
+            layers: vec![vec![hops[0]], vec![hops[1], hops[2], hops[3]]],
+            last: node(9).1,
+            destination: Destination {
+                address: [0; 32],
+                identifier: [0; 16],
+            },
+        };
+        topology.validate().unwrap();
+        let mut rng = os_rng().unwrap();
+        let mut seen = [0u32; 3];
+        for _ in 0..300 {
+            let route = topology.route(0, &mut rng);
+            assert_eq!(route[0], hops[0]);
+            assert_eq!(route[2], topology.last);
+            let index = hops[1..].iter().position(|h| *h == route[1]).unwrap();
+            seen[index] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+        let too_long = Topology {
+            layers: vec![vec![hops[0]]; 5],
+            ..topology.clone()
+        };
+        assert!(too_long.validate().is_err());
+    }
+}
