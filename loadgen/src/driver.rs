@@ -267,7 +267,19 @@ fn run_node(
 ) -> Result<(MixProcess, SocketAddr, SocketAddr), String> {
     let log = dir.with_extension("log");
     let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let mut child = Command::new(&options.lethe)
+    let mut command = Command::new(&options.lethe);
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which
+    // is async-signal-safe. The node gets SIGTERM if loadgen dies without stopping it (it is
+    // in its own process group, so a terminal's signals no longer reach it).
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .arg("mixnode")
         .arg("run")
         .arg("--dir")
