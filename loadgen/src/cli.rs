@@ -1,0 +1,245 @@
+//! Command line. Bare `loadgen` = `loadgen run`: the embedded network at the default load.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lethe_crypto::framing::PacketSize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Open-loop load generator for Lethe (Nym-compatible) mixnets",
+    long_about = "Open-loop load generator for Lethe (Nym-compatible) mixnets.\n\n\
+        With no arguments: starts an embedded network (3 `lethe mixnode` processes, one per \
+        layer, and loadgen's own final-hop receiver), sends 4-hop Sphinx packets at --rate for \
+        --duration, and prints a report. Latency is measured from each packet's scheduled \
+        send time (coordinated omission corrected)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// The `lethe` binary for the embedded network (default: next to loadgen).
+    #[arg(long, global = true, env = "LETHE_BIN")]
+    pub lethe: Option<PathBuf>,
+    /// Drive a deployed network through its directory (not available yet).
+    #[arg(long, global = true, value_name = "URL")]
+    pub target: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Drive the embedded network once (the default).
+    Run,
+    /// Saturate one mixnode: 2-hop routes [node, loadgen], rate ramped until it no longer keeps up.
+    Node {
+        /// The mixnode's mixnet listen address.
+        addr: SocketAddr,
+        /// Its X25519 Sphinx public key, hex (keys/x25519_sphinx_primary.pub).
+        #[arg(long, value_name = "HEX")]
+        node_key: String,
+        /// Its metrics address, for drop reasons and stage latencies.
+        #[arg(long, value_name = "ADDR")]
+        node_metrics: Option<SocketAddr>,
+        #[command(flatten)]
+        ramp: RampArgs,
+    },
+    /// Raise the rate step by step on the embedded network until p99 or loss passes its bound.
+    Sweep {
+        #[command(flatten)]
+        ramp: RampArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Packets per second, all senders together (for ramps: see --rate-start).
+    #[arg(long, global = true, default_value_t = 500.0)]
+    pub rate: f64,
+    /// How long to send: seconds, or with a unit (500ms, 10s, 2m).
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_seconds)]
+    pub duration: f64,
+    /// Senders, each with its own TCP connection and an equal share of the schedule.
+    #[arg(long, global = true, default_value_t = 2)]
+    pub clients: u32,
+    /// Nym packet size.
+    #[arg(long, global = true, value_enum, default_value_t = SizeArg::Regular)]
+    pub packet_size: SizeArg,
+    /// Mean per-hop mix delay in ms, exponential per hop as Nym (Nym's clients use 15).
+    /// Default 0: latencies then show what the nodes add, not the mixing delay.
+    #[arg(long, global = true, default_value_t = 0.0)]
+    pub mu: f64,
+    /// No mix delay (same as --mu 0).
+    #[arg(long, global = true)]
+    pub zero_delay: bool,
+    /// A packet handed to the kernel later than this after its scheduled time counts late.
+    #[arg(long, global = true, default_value_t = 1.0)]
+    pub late_bound_ms: f64,
+    /// Drain after the last send: 3 x expected mix delay + this margin, s.
+    #[arg(long, global = true, default_value_t = 2.0)]
+    pub drain_margin_s: f64,
+    /// Seconds of packets built ahead of their scheduled time.
+    #[arg(long, global = true, default_value_t = 1.0)]
+    pub lookahead_s: f64,
+    /// Embedded network: mix nodes per layer (3 layers); sender i enters at layer-1 node
+    /// i % N, later layers are drawn per packet.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub nodes_per_layer: u32,
+    /// No progress display.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct OutputArgs {
+    /// Print exactly one JSON document (schema: loadgen/schema/report.schema.json).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Also write summary.json, timeseries.csv, the latency histogram and PNG plots here.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RampArgs {
+    /// First step's rate, packets/s.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate_start: f64,
+    /// Each step's rate is the previous one times this.
+    #[arg(long, default_value_t = 1.5)]
+    pub rate_factor: f64,
+    /// Rising steps at most.
+    #[arg(long, default_value_t = 12)]
+    pub steps_max: u32,
+    /// After the first failed step, this many steps between it and the last sustained one.
+    #[arg(long, default_value_t = 2)]
+    pub refine_steps: u32,
+    /// Length of each step (same units as --duration).
+    #[arg(long, default_value = "5s", value_parser = parse_seconds)]
+    pub step_duration: f64,
+    /// A step is sustained only while p99 stays at or under this (default 100 ms + 13.8 x mu).
+    #[arg(long)]
+    pub p99_bound_ms: Option<f64>,
+    /// ... and the lost share of sent packets at or under this.
+    #[arg(long, default_value_t = 0.001)]
+    pub loss_max: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SizeArg {
+    Regular,
+    Ack,
+    Ext8,
+    Ext16,
+    Ext32,
+}
+
+impl SizeArg {
+    pub fn size(self) -> PacketSize {
+        match self {
+            SizeArg::Regular => PacketSize::Regular,
+            SizeArg::Ack => PacketSize::Ack,
+            SizeArg::Ext8 => PacketSize::Extended8,
+            SizeArg::Ext16 => PacketSize::Extended16,
+            SizeArg::Ext32 => PacketSize::Extended32,
+        }
+    }
+}
+
+/// The command-line name of a size.
+pub fn size_name(size: PacketSize) -> &'static str {
+    match size {
+        PacketSize::Regular => "regular",
+        PacketSize::Ack => "ack",
+        PacketSize::Extended8 => "ext8",
+        PacketSize::Extended16 => "ext16",
+        PacketSize::Extended32 => "ext32",
+        PacketSize::OutfoxRegular => "outfox-regular",
+        PacketSize::OutfoxAck => "outfox-ack",
+    }
+}
+
+/// `10`, `10s`, `500ms`, `2m` → seconds.
+pub fn parse_seconds(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration like 10, 10s, 500ms or 2m"))?;
+    let seconds = value * scale;
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(format!("{text:?}: must be more than 0 and at most a day"));
+    }
+    Ok(seconds)
+}
+
+impl LoadArgs {
+    /// Mean per-hop delay, ms, after --zero-delay.
+    pub fn delay_ms_mean(&self) -> f64 {
+        if self.zero_delay {
+            0.0
+        } else {
+            self.mu
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err("--rate must be a positive number of packets per second".into());
+        }
+        if self.clients == 0 || self.clients > 256 {
+            return Err("--clients must be between 1 and 256".into());
+        }
+        if self.nodes_per_layer == 0 || self.nodes_per_layer > 8 {
+            return Err("--nodes-per-layer must be between 1 and 8".into());
+        }
+        if !(self.mu.is_finite() && self.mu >= 0.0 && self.mu <= 10_000.0) {
+            return Err("--mu must be between 0 and 10000 ms".into());
+        }
+        if !(self.late_bound_ms.is_finite() && self.late_bound_ms >= 0.0) {
+            return Err("--late-bound-ms must be 0 or more".into());
+        }
+        if !(self.drain_margin_s.is_finite() && (0.0..=3600.0).contains(&self.drain_margin_s)) {
+            return Err("--drain-margin-s must be between 0 and 3600".into());
+        }
+        if !(self.lookahead_s.is_finite() && self.lookahead_s > 0.0 && self.lookahead_s <= 60.0) {
+            return Err("--lookahead-s must be more than 0 and at most 60".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn parses() {
+        Cli::command().debug_assert();
+        assert_eq!(parse_seconds("500ms").unwrap(), 0.5);
+        assert_eq!(parse_seconds("2m").unwrap(), 120.0);
+        assert_eq!(parse_seconds("3").unwrap(), 3.0);
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("x").is_err());
+        let cli = Cli::try_parse_from(["loadgen", "--rate", "50", "sweep", "--p99-bound-ms", "9"])
+            .unwrap();
+        assert_eq!(cli.load.rate, 50.0);
+        assert!(matches!(cli.command, Some(Command::Sweep { .. })));
+    }
+}

@@ -1,0 +1,380 @@
+//! Packet pre-generation: a thread builds the frames ahead of their due times with
+//! `create_batch` (all packets of a chunk advance through the X25519 steps together, one SIMD
+//! lane per packet) and hands them to each sender over a bounded queue. When the queues are
+//! full the generator waits: it is never more than the lookahead ahead of the schedule.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use lethe_crypto::framing::{FrameHeader, HEADER_MAX_LEN};
+use lethe_crypto::sphinx::{
+    constants::MAX_PATH_LENGTH, create_batch, CreateJob, Destination, PacketSpec, RouteHop, Version,
+};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{Rng, SeedableRng};
+
+use crate::schedule::Schedule;
+use crate::sender::OutPacket;
+use crate::stamp::Stamp;
+
+/// Packets built per `create_batch` call.
+pub const CHUNK_PACKETS: usize = 64;
+
+/// Where packets go. Each packet takes one node of every mix layer, then `last`. A sender's
+/// first-layer node is fixed (its connection goes there: node `client % layer size`); the
+/// other layers' nodes are drawn uniformly at random per packet.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    pub layers: Vec<Vec<RouteHop>>,
+    /// The delivering hop.
+    pub last: RouteHop,
+    pub destination: Destination,
+}
+
+impl Topology {
+    /// Hops of every route, the delivering one included.
+    pub fn hops(&self) -> usize {
+        self.layers.len() + 1
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.hops() > MAX_PATH_LENGTH {
+            return Err(format!(
+                "{} hops: Sphinx routes have at most {MAX_PATH_LENGTH}",
+                self.hops()
+            ));
+        }
+        if self.layers.iter().any(Vec::is_empty) {
+            return Err("a mix layer has no nodes".into());
+        }
+        Ok(())
+    }
+
+    /// The route of a packet of sender `client`: `[entry, random per layer..., last]`.
+    fn route(&self, client: u32, rng: &mut ChaCha20Rng) -> [RouteHop; MAX_PATH_LENGTH] {
+        let mut route = [self.last; MAX_PATH_LENGTH];
+        for (index, layer) in self.layers.iter().enumerate().take(MAX_PATH_LENGTH - 1) {
+            let count = layer.len().max(1) as u64;
+            let pick = if index == 0 {
+                u64::from(client) % count
+            } else {
+                rng.next_u64() % count
+            };
+            if let Some(hop) = layer.get(pick as usize) {
+                route[index] = *hop;
+            }
+        }
+        route
+    }
+}
+
+/// What every packet of a run looks like.
+#[derive(Clone, Debug)]
+pub struct PacketPlan {
+    pub topology: Topology,
+    /// Senders (for the first-layer choice).
+    pub clients: u32,
+    pub header: FrameHeader,
+    /// Mean of the exponential per-hop delay, ns (0: no delay).
+    pub delay_ns_mean: f64,
+}
+
+impl PacketPlan {
+    pub fn frame_len(&self) -> usize {
+        self.header.frame_len()
+    }
+
+    /// Mean total delay the packet's mix hops add (the last hop's delay is not encoded).
+    pub fn expected_delay_ns(&self) -> f64 {
+        self.delay_ns_mean * self.topology.layers.len() as f64
+    }
+}
+
+/// What the generator did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GeneratorStats {
+    pub created: u64,
+    pub errors: u64,
+    /// Time spent building packets.
+    pub busy_ns: u64,
+    /// Time spent waiting for room in the queues (it was ahead).
+    pub blocked_ns: u64,
+}
+
+/// Live count of packets built.
+#[derive(Debug, Default)]
+pub struct GeneratorLive {
+    pub created: AtomicU64,
+}
+
+/// A seeded RNG from the OS.
+pub fn os_rng() -> Result<ChaCha20Rng, String> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| format!("random seed: {e}"))?;
+    Ok(ChaCha20Rng::from_seed(seed))
+}
+
+/// Exponential with the given mean (as Nym's `generate_from_average_duration`), ns.
+fn exponential_ns(rng: &mut ChaCha20Rng, mean_ns: f64) -> u64 {
+    if mean_ns <= 0.0 {
+        return 0;
+    }
+    let unit = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let sample = -mean_ns * (1.0 - unit).ln();
+    if sample.is_finite() {
+        sample.round() as u64
+    } else {
+        0
+    }
+}
+
+/// Builds the frames for `stamps` into `frames` (cleared first). Failed packets are left out
+/// and counted in the return value.
+pub fn build_chunk(
+    plan: &PacketPlan,
+    stamps: &[Stamp],
+    rng: &mut ChaCha20Rng,
+    frames: &mut Vec<(Stamp, Vec<u8>)>,
+) -> u64 {
+    frames.clear();
+    let hops = plan.topology.hops().min(MAX_PATH_LENGTH);
+    let clients = u64::from(plan.clients.max(1));
+    let routes: Vec<[RouteHop; MAX_PATH_LENGTH]> = stamps
+        .iter()
+        .map(|stamp| plan.topology.route((stamp.seq % clients) as u32, rng))
+        .collect();
+    let mut head = [0u8; HEADER_MAX_LEN];
+    let head_len = plan.header.encode(&mut head);
+    let messages: Vec<[u8; crate::stamp::STAMP_LEN]> = stamps.iter().map(Stamp::encode).collect();
+    let delays: Vec<[u64; MAX_PATH_LENGTH]> = stamps
+        .iter()
+        .map(|_| std::array::from_fn(|_| exponential_ns(rng, plan.delay_ns_mean)))
+        .collect();
+    let mut buffers: Vec<Vec<u8>> = stamps
+        .iter()
+        .map(|_| {
+            let mut frame = vec![0u8; plan.frame_len()];
+            frame[..head_len].copy_from_slice(&head[..head_len]);
+            frame
+        })
+        .collect();
+    let mut ok = vec![false; stamps.len()];
+    {
+        let mut jobs: Vec<CreateJob<'_>> = buffers
+            .iter_mut()
+            .zip(messages.iter().zip(delays.iter().zip(&routes)))
+            .map(|(frame, (message, (delays, route)))| CreateJob {
+                out: &mut frame[head_len..],
+                message,
+                spec: PacketSpec {
+                    route: &route[..hops],
+                    delays_ns: &delays[..hops],
+                    destination: &plan.topology.destination,
+                    version: Version::CURRENT,
+                },
+                initial_secret: None,
+            })
+            .collect();
+        create_batch(&mut jobs, rng, |index, result| {
+            if let Some(slot) = ok.get_mut(index) {
+                *slot = result.is_ok();
+            }
+        });
+    }
+    let mut errors = 0;
+    for ((stamp, frame), ok) in stamps.iter().zip(buffers).zip(ok) {
+        if ok {
+            frames.push((*stamp, frame));
+        } else {
+            errors += 1;
+        }
+    }
+    errors
+}
+
+/// Packets per second one thread builds, measured for about `budget_ms` (at least two chunks).
+pub fn calibrate(plan: &PacketPlan, budget_ms: u64) -> Result<f64, String> {
+    let mut rng = os_rng()?;
+    let stamps: Vec<Stamp> = (0..CHUNK_PACKETS as u64)
+        .map(|seq| Stamp {
+            run_id: 0,
+            seq,
+            scheduled_ns: 0,
+        })
+        .collect();
+    let mut frames = Vec::new();
+    let started = Instant::now();
+    let mut built = 0u64;
+    for round in 0..10_000 {
+        let errors = build_chunk(plan, &stamps, &mut rng, &mut frames);
+        if errors > 0 {
+            return Err(format!(
+                "packet creation failed for {errors} of {CHUNK_PACKETS} packets (bad route?)"
+            ));
+        }
+        built += frames.len() as u64;
+        if round >= 1 && started.elapsed().as_millis() >= u128::from(budget_ms) {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if seconds <= 0.0 {
+        return Err("calibration took no time".into());
+    }
+    Ok(built as f64 / seconds)
+}
+
+/// Everything a generator thread needs.
+pub struct GeneratorJob {
+    pub plan: PacketPlan,
+    pub schedule: Schedule,
+    pub run_id: u32,
+    /// One bounded queue per sender.
+    pub queues: Vec<SyncSender<OutPacket>>,
+    pub stop: Arc<AtomicBool>,
+    pub live: Arc<GeneratorLive>,
+}
+
+/// Builds every packet of the schedule, in order, into the senders' queues.
+pub fn generate(job: GeneratorJob) -> Result<GeneratorStats, String> {
+    let mut rng = os_rng()?;
+    let mut stats = GeneratorStats::default();
+    let mut frames = Vec::with_capacity(CHUNK_PACKETS);
+    let mut stamps = Vec::with_capacity(CHUNK_PACKETS);
+    let mut seq = 0u64;
+    while seq < job.schedule.total && !job.stop.load(Ordering::Relaxed) {
+        let count = (job.schedule.total - seq).min(CHUNK_PACKETS as u64);
+        stamps.clear();
+        stamps.extend((seq..seq + count).map(|s| Stamp {
+            run_id: job.run_id,
+            seq: s,
+            scheduled_ns: job.schedule.due_ns(s),
+        }));
+        let started = Instant::now();
+        stats.errors += build_chunk(&job.plan, &stamps, &mut rng, &mut frames);
+        stats.busy_ns += elapsed_ns(started);
+        let blocked = Instant::now();
+        for (stamp, frame) in frames.drain(..) {
+            let client = job.schedule.client_of(stamp.seq) as usize;
+            let Some(queue) = job.queues.get(client) else {
+                stats.errors += 1;
+                continue;
+            };
+            let packet = OutPacket {
+                due_ns: stamp.scheduled_ns,
+                frame,
+            };
+            if queue.send(packet).is_err() {
+                // The sender is gone (write failure or give-up): its packets count as not sent.
+                continue;
+            }
+            stats.created += 1;
+            job.live.created.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.blocked_ns += elapsed_ns(blocked);
+        seq += count;
+    }
+    Ok(stats)
+}
+
+fn elapsed_ns(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use lethe_crypto::framing::PacketSize;
+    use lethe_crypto::sphinx::{self, constants::HEADER_SIZE, Hop, Packet};
+    use x25519_dalek::{PublicKey, StaticSecret};
+
+    fn node(tag: u8) -> (StaticSecret, RouteHop) {
+        let secret = StaticSecret::from([tag; 32]);
+        let hop = RouteHop {
+            address: [tag; 32],
+            public_key: PublicKey::from(&secret).to_bytes(),
+        };
+        (secret, hop)
+    }
+
+    #[test]
+    fn packets_open_hop_by_hop_to_their_stamp() {
+        let (entry_a, hop_a) = node(1);
+        let (_, hop_b) = node(2);
+        let (last_secret, last) = node(9);
+        let plan = PacketPlan {
+            topology: Topology {
+                layers: vec![vec![hop_a, hop_b]],
+                last,
+                destination: Destination {
+                    address: [5; 32],
+                    identifier: [0; 16],
+                },
+            },
+            clients: 2,
+            header: FrameHeader::v7(PacketSize::Ack),
+            delay_ns_mean: 1e6,
+        };
+        let stamps: Vec<Stamp> = (0..20)
+            .map(|seq| Stamp {
+                run_id: 3,
+                seq,
+                scheduled_ns: seq * 1000,
+            })
+            .collect();
+        let mut rng = os_rng().unwrap();
+        let mut frames = Vec::new();
+        assert_eq!(build_chunk(&plan, &stamps, &mut rng, &mut frames), 0);
+        assert_eq!(frames.len(), 20);
+        // Sender 0 (even seq) enters at node 1; packets for node 2 fail its MAC.
+        let (stamp, frame) = &frames[4];
+        assert_eq!(frame.len(), 3 + PacketSize::Ack.packet_len());
+        let mut bytes = frame[3..].to_vec();
+        let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+        let processed = sphinx::process(&mut packet, &entry_a).unwrap();
+        let Hop::Forward { next_hop, .. } = processed.hop else {
+            panic!("not a forward hop");
+        };
+        assert_eq!(next_hop, [9; 32]);
+        let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+        let processed = sphinx::process(&mut packet, &last_secret).unwrap();
+        assert!(matches!(processed.hop, Hop::Final { destination, .. } if destination == [5; 32]));
+        let plaintext = sphinx::recover_plaintext(&bytes[HEADER_SIZE..]).unwrap();
+        assert_eq!(Stamp::decode(plaintext), Some(*stamp));
+        let mut odd = frames[5].1[3..].to_vec();
+        let mut packet = Packet::new_checked(&mut odd[..]).unwrap();
+        assert!(sphinx::process(&mut packet, &entry_a).is_err());
+    }
+
+    #[test]
+    fn later_layers_are_drawn_per_packet() {
+        let hops: Vec<RouteHop> = (1..=4).map(|t| node(t).1).collect();
+        let topology = Topology {
+            layers: vec![vec![hops[0]], vec![hops[1], hops[2], hops[3]]],
+            last: node(9).1,
+            destination: Destination {
+                address: [0; 32],
+                identifier: [0; 16],
+            },
+        };
+        topology.validate().unwrap();
+        let mut rng = os_rng().unwrap();
+        let mut seen = [0u32; 3];
+        for _ in 0..300 {
+            let route = topology.route(0, &mut rng);
+            assert_eq!(route[0], hops[0]);
+            assert_eq!(route[2], topology.last);
+            let index = hops[1..].iter().position(|h| *h == route[1]).unwrap();
+            seen[index] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+        let too_long = Topology {
+            layers: vec![vec![hops[0]]; 5],
+            ..topology.clone()
+        };
+        assert!(too_long.validate().is_err());
+    }
+}

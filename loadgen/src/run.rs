@@ -1,0 +1,347 @@
+//! One load run against a [`Driver`]: pre-generate, send on schedule from every sender,
+//! drain, scrape the nodes, and gather everything the report needs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lethe_crypto::framing::{FrameHeader, PacketSize};
+
+use crate::driver::{Driver, NodeInfo};
+use crate::generator::{generate, GeneratorJob, GeneratorLive, GeneratorStats, PacketPlan};
+use crate::receiver::{ActiveRun, ReceiverStats};
+use crate::schedule::{Clock, RealClock, Schedule};
+use crate::scrape::{delta, scrape, NodeDelta, Samples};
+use crate::sender::{pace, ChannelSource, LiveCounters, OutPacket, PaceConfig, SenderStats};
+use crate::tracker::{Tracker, TrackerResult};
+
+/// Memory the pre-built frames may hold at once, all queues together.
+pub const QUEUED_BYTES_MAX: usize = 512 * 1024 * 1024;
+/// How long the generator may take to fill the queues before the clock starts.
+const PREFILL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Frames not handed to the kernel this long after the last due time are abandoned.
+const GIVE_UP_AFTER_END: Duration = Duration::from_secs(2);
+const TICK: Duration = Duration::from_millis(100);
+
+static INTERRUPT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// SIGINT/SIGTERM stop the run (and a ramp) and the report covers what was sent; a second
+/// signal exits at once.
+pub fn install_interrupt() -> Result<(), String> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag))
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&flag)))
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let _ = INTERRUPT.set(flag);
+    Ok(())
+}
+
+/// True once SIGINT or SIGTERM arrived.
+pub fn interrupted() -> bool {
+    INTERRUPT
+        .get()
+        .is_some_and(|flag| flag.load(Ordering::Relaxed))
+}
+
+/// What to send.
+#[derive(Clone, Debug)]
+pub struct LoadParams {
+    pub rate_per_s: f64,
+    pub duration_s: f64,
+    pub clients: u32,
+    pub size: PacketSize,
+    /// Mean exponential delay per mix hop, ms.
+    pub delay_ms_mean: f64,
+    pub late_bound_ms: f64,
+    pub drain_margin_s: f64,
+    /// Seconds of packets built ahead of the schedule.
+    pub lookahead_s: f64,
+    pub run_id: u32,
+    pub progress: bool,
+    /// Label of the progress bar (e.g. the ramp step).
+    pub label: String,
+}
+
+/// Everything one run produced.
+pub struct RunOutcome {
+    pub params: LoadParams,
+    pub schedule: Schedule,
+    pub hops: usize,
+    pub frame_bytes: usize,
+    pub expected_delay_ms: f64,
+    pub drain_s: f64,
+    pub sender: SenderStats,
+    pub generator: GeneratorStats,
+    /// Packets built before the clock started.
+    pub prebuilt: u64,
+    /// Stopped early by SIGINT/SIGTERM.
+    pub interrupted: bool,
+    pub tracker: TrackerResult,
+    pub receiver: ReceiverStats,
+    pub nodes: Vec<(NodeInfo, Result<NodeDelta, String>)>,
+    /// From the start to the last frame handed to the kernel.
+    pub send_window_s: f64,
+    /// From the start to the end of the drain.
+    pub wall_s: f64,
+}
+
+impl RunOutcome {
+    pub fn not_sent(&self) -> u64 {
+        self.schedule
+            .total
+            .saturating_sub(self.sender.sent + self.sender.failed)
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.sender.sent.saturating_sub(self.tracker.delivered)
+    }
+}
+
+/// Runs `params` against `driver`.
+pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutcome, String> {
+    let schedule =
+        Schedule::new(params.rate_per_s, params.duration_s, params.clients).ok_or_else(|| {
+            format!(
+                "a run needs a positive rate and duration giving at least one packet \
+                 (rate {} /s, duration {} s, clients {})",
+                params.rate_per_s, params.duration_s, params.clients
+            )
+        })?;
+    let plan = plan(driver, params)?;
+    let tracker = Arc::new(Tracker::new(params.run_id, schedule.total)?);
+    let before = scrape_all(driver.nodes());
+    let receiver_before = driver.receiver_stats();
+    let mut injectors = Vec::new();
+    for client in 0..params.clients {
+        injectors.push(driver.connect(client)?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let generator_live = Arc::new(GeneratorLive::default());
+    let per_client = queue_capacity(&plan, &schedule, params.lookahead_s);
+    let (queues, sources): (Vec<SyncSender<OutPacket>>, Vec<ChannelSource>) = (0..params.clients)
+        .map(|_| {
+            let (tx, rx) = sync_channel(per_client);
+            let source = ChannelSource {
+                receiver: rx,
+                peeked: None,
+            };
+            (tx, source)
+        })
+        .unzip();
+    let job = GeneratorJob {
+        plan: plan.clone(),
+        schedule,
+        run_id: params.run_id,
+        queues,
+        stop: Arc::clone(&stop),
+        live: Arc::clone(&generator_live),
+    };
+    let generator = std::thread::Builder::new()
+        .name("generator".into())
+        .spawn(move || generate(job))
+        .map_err(|e| format!("generator thread: {e}"))?;
+    let prefill = (per_client as u64)
+        .saturating_mul(u64::from(params.clients))
+        .min(schedule.total);
+    let prefill_started = Instant::now();
+    while generator_live.created.load(Ordering::Relaxed) < prefill
+        && !generator.is_finished()
+        && !interrupted()
+        && prefill_started.elapsed() < PREFILL_TIMEOUT
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let prebuilt = generator_live.created.load(Ordering::Relaxed);
+    let start = Instant::now();
+    driver.set_run(Some(ActiveRun {
+        tracker: Arc::clone(&tracker),
+        start,
+    }));
+    let clock = RealClock { start };
+    let live = Arc::new(LiveCounters::default());
+    let give_up_ns = schedule
+        .end_ns()
+        .saturating_add(GIVE_UP_AFTER_END.as_nanos() as u64);
+    let config = PaceConfig {
+        late_bound_ns: (params.late_bound_ms * 1e6) as u64,
+        give_up_ns,
+    };
+    let senders = spawn_senders(injectors, sources, clock, config, &stop, &live)?;
+    let progress = progress_bar(params, &schedule);
+    let mut failure = None;
+    while senders.iter().any(|s| !s.is_finished()) {
+        std::thread::sleep(TICK);
+        update_progress(&progress, &clock, &live, &tracker);
+        if interrupted() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        if let Err(e) = driver.check() {
+            stop.store(true, Ordering::Relaxed);
+            failure = Some(e);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut sender = SenderStats::new()?;
+    for handle in senders {
+        match handle.join() {
+            Ok(stats) => sender.merge(&stats),
+            Err(_) => failure = Some("a sender thread panicked".into()),
+        }
+    }
+    let generator = match generator.join() {
+        Ok(Ok(stats)) => stats,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err("the generator thread panicked".into()),
+    };
+    if let Some(e) = failure {
+        progress.finish_and_clear();
+        driver.set_run(None);
+        return Err(e);
+    }
+    let send_window_s = sender.last_send_ns as f64 / 1e9;
+    let expected_delay_ms = plan.expected_delay_ns() / 1e6;
+    let drain_s = 3.0 * expected_delay_ms / 1e3 + params.drain_margin_s;
+    let drain_until =
+        start + Duration::from_secs_f64(params.duration_s.max(send_window_s) + drain_s);
+    progress.set_message("draining");
+    while tracker.delivered() < sender.sent && Instant::now() < drain_until && !interrupted() {
+        std::thread::sleep(Duration::from_millis(10));
+        update_progress(&progress, &clock, &live, &tracker);
+    }
+    progress.finish_and_clear();
+    driver.set_run(None);
+    let wall_s = start.elapsed().as_secs_f64();
+    let after = scrape_all(driver.nodes());
+    let nodes = driver
+        .nodes()
+        .iter()
+        .zip(before.into_iter().zip(after))
+        .map(|(node, (b, a))| {
+            let d = match (b, a) {
+                (Ok(b), Ok(a)) => Ok(delta(&b, &a)),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            (node.clone(), d)
+        })
+        .collect();
+    Ok(RunOutcome {
+        params: params.clone(),
+        schedule,
+        hops: plan.topology.hops(),
+        frame_bytes: plan.frame_len(),
+        expected_delay_ms,
+        drain_s,
+        generator,
+        prebuilt,
+        interrupted: interrupted(),
+        tracker: tracker.result()?,
+        receiver: driver.receiver_stats().since(&receiver_before),
+        nodes,
+        sender,
+        send_window_s,
+        wall_s,
+    })
+}
+
+/// The packet plan of `params` on `driver`'s topology.
+pub fn plan(driver: &dyn Driver, params: &LoadParams) -> Result<PacketPlan, String> {
+    let topology = driver.topology();
+    topology.validate()?;
+    Ok(PacketPlan {
+        topology,
+        clients: params.clients,
+        header: FrameHeader::v7(params.size),
+        delay_ns_mean: params.delay_ms_mean.max(0.0) * 1e6,
+    })
+}
+
+/// True when a run of `rate_per_s` for `duration_s` fits in the queues whole, so that every
+/// packet is built before the clock starts (with a lookahead of at least the duration).
+pub fn fits_prebuilt(rate_per_s: f64, duration_s: f64, frame_bytes: usize) -> bool {
+    rate_per_s * duration_s * frame_bytes as f64 <= QUEUED_BYTES_MAX as f64
+}
+
+fn queue_capacity(plan: &PacketPlan, schedule: &Schedule, lookahead_s: f64) -> usize {
+    let clients = schedule.clients.max(1) as usize;
+    let wanted = (schedule.rate_per_s * lookahead_s / clients as f64).ceil() as usize;
+    let memory_cap = QUEUED_BYTES_MAX / plan.frame_len().max(1) / clients;
+    wanted.clamp(64, memory_cap.max(64))
+}
+
+fn scrape_all(nodes: &[NodeInfo]) -> Vec<Result<Samples, String>> {
+    nodes
+        .iter()
+        .map(|node| match node.metrics {
+            Some(address) => scrape(address),
+            None => Err("no metrics endpoint given".into()),
+        })
+        .collect()
+}
+
+fn spawn_senders(
+    injectors: Vec<Box<dyn crate::driver::Injector>>,
+    sources: Vec<ChannelSource>,
+    clock: RealClock,
+    config: PaceConfig,
+    stop: &Arc<AtomicBool>,
+    live: &Arc<LiveCounters>,
+) -> Result<Vec<JoinHandle<SenderStats>>, String> {
+    let mut handles = Vec::new();
+    for (index, (mut injector, mut source)) in injectors.into_iter().zip(sources).enumerate() {
+        let stop = Arc::clone(stop);
+        let live = Arc::clone(live);
+        let mut stats = SenderStats::new()?;
+        let handle = std::thread::Builder::new()
+            .name(format!("sender-{index}"))
+            .spawn(move || {
+                pace(
+                    &clock,
+                    &mut source,
+                    |bytes| injector.send(bytes),
+                    config,
+                    &stop,
+                    &live,
+                    &mut stats,
+                );
+                stats
+            })
+            .map_err(|e| format!("sender thread: {e}"))?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+fn progress_bar(params: &LoadParams, schedule: &Schedule) -> ProgressBar {
+    if !params.progress {
+        return ProgressBar::hidden();
+    }
+    // Drawn only when stderr is a terminal.
+    let bar = ProgressBar::with_draw_target(
+        Some((schedule.end_ns() / 1_000_000).max(1)),
+        ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {elapsed_precise} {msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(params.label.clone());
+    bar
+}
+
+fn update_progress(bar: &ProgressBar, clock: &RealClock, live: &LiveCounters, tracker: &Tracker) {
+    if bar.is_hidden() {
+        return;
+    }
+    bar.set_position(clock.now_ns() / 1_000_000);
+    bar.set_message(format!(
+        "sent {} delivered {} late {}",
+        live.sent.load(Ordering::Relaxed),
+        tracker.delivered(),
+        live.late.load(Ordering::Relaxed)
+    ));
+}

@@ -1,0 +1,163 @@
+//! Helpers shared by the integration tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
+/// No test run may take longer than this.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The `lethe` binary beside `loadgen`, built first if it is missing.
+pub fn lethe() -> PathBuf {
+    let dir = Path::new(LOADGEN).parent().unwrap();
+    let lethe = dir.join("lethe");
+    if !lethe.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "lethe-nodes", "--bin", "lethe"]);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().unwrap();
+        assert!(status.success(), "building lethe failed");
+    }
+    assert!(lethe.is_file(), "no lethe binary at {}", lethe.display());
+    lethe
+}
+
+/// Runs loadgen with `args`, killing it after [`RUN_TIMEOUT`].
+pub fn loadgen(args: &[&str]) -> Output {
+    let mut child = Command::new(LOADGEN)
+        .args(args)
+        .env("LETHE_BIN", lethe())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if started.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "loadgen {args:?} did not finish in {RUN_TIMEOUT:?}; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn schema() -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/report.schema.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+pub fn assert_valid(report: &serde_json::Value) {
+    let validator = jsonschema::validator_for(&schema()).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(report)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "report does not match the schema: {errors:#?}"
+    );
+}
+
+pub fn check_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "loadgen failed ({}); stderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A `lethe mixnode run` started by a test; killed on drop.
+pub struct Mixnode {
+    pub child: std::process::Child,
+    pub listen: String,
+    pub metrics: String,
+    pub key: String,
+    pub dir: PathBuf,
+}
+
+impl Mixnode {
+    pub fn start(name: &str) -> Mixnode {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!("loadgen-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let status = Command::new(lethe())
+            .args(["mixnode", "init", "--dir", dir.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut child = Command::new(lethe())
+            .args(["mixnode", "run", "--dir", dir.to_str().unwrap()])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--cores",
+                "1",
+            ])
+            .args([
+                "--replay-packets-per-s",
+                "200",
+                "--replay-key-lifetime-s",
+                "3600",
+            ])
+            .args(["--shutdown-grace-ms", "0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (mut listen, mut metrics) = (String::new(), String::new());
+        for _ in 0..16 {
+            if !listen.is_empty() && !metrics.is_empty() {
+                break;
+            }
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            if let Some(v) = line.trim().strip_prefix("listen=") {
+                listen = v.to_string();
+            } else if let Some(v) = line.trim().strip_prefix("metrics=") {
+                metrics = v.to_string();
+            }
+        }
+        assert!(
+            !listen.is_empty() && !metrics.is_empty(),
+            "mixnode did not start"
+        );
+        let key = std::fs::read_to_string(dir.join("keys/x25519_sphinx_primary.pub"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Mixnode {
+            child,
+            listen,
+            metrics,
+            key,
+            dir,
+        }
+    }
+}
+
+impl Drop for Mixnode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,88 @@
+//! The ramp modes on loopback, with tiny steps: the JSON is valid and the accounting adds up.
+//! Never asserts a rate was sustained (that would be a speed assertion).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{assert_valid, check_success, loadgen, Mixnode};
+
+fn check_ramp(report: &serde_json::Value, steps_max: usize) {
+    assert_valid(report);
+    let ramp = &report["ramp"];
+    let steps = ramp["steps"].as_array().unwrap();
+    assert!(!steps.is_empty() && steps.len() <= steps_max, "{ramp:#}");
+    assert!(!ramp["stop_reason"].as_str().unwrap().is_empty());
+    if let Some(highest) = ramp["highest_sustained_rate_per_s"].as_f64() {
+        assert!(steps
+            .iter()
+            .any(|s| s["sustained"] == true && s["rate_per_s"] == highest));
+    }
+    let result = &report["result"];
+    let sent = result["sent"]["packets"].as_u64().unwrap();
+    let delivered = result["delivered"]["packets"].as_u64().unwrap();
+    let lost = result["delivered"]["lost"].as_u64().unwrap();
+    assert_eq!(delivered + lost, sent, "{result:#}");
+}
+
+#[test]
+fn sweep_reports_its_steps() {
+    let output = loadgen(&[
+        "sweep",
+        "--json",
+        "--quiet",
+        "--rate-start",
+        "100",
+        "--steps-max",
+        "2",
+        "--refine-steps",
+        "0",
+        "--step-duration",
+        "1",
+    ]);
+    check_success(&output);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["mode"], "sweep");
+    assert_eq!(report["driver"], "embedded-mixnet");
+    check_ramp(&report, 2);
+}
+
+#[test]
+fn node_mode_drives_one_mixnode_with_two_hop_routes() {
+    let node = Mixnode::start("node-mode");
+    let output = loadgen(&[
+        "node",
+        &node.listen,
+        "--node-key",
+        &node.key,
+        "--node-metrics",
+        &node.metrics,
+        "--json",
+        "--quiet",
+        "--rate-start",
+        "100",
+        "--steps-max",
+        "1",
+        "--refine-steps",
+        "0",
+        "--step-duration",
+        "1",
+    ]);
+    check_success(&output);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["mode"], "node");
+    assert_eq!(report["driver"], "single-node");
+    assert_eq!(report["config"]["hops"], 2);
+    check_ramp(&report, 1);
+    let result = &report["result"];
+    assert!(
+        result["delivered"]["packets"].as_u64().unwrap() > 0,
+        "{result:#}"
+    );
+    let node_report = &result["nodes"][0];
+    assert!(node_report["error"].is_null(), "{node_report:#}");
+    assert_eq!(node_report["received"], result["sent"]["packets"]);
+
+    let bad_key = loadgen(&["node", &node.listen, "--node-key", "abc"]);
+    assert_eq!(bad_key.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_key.stderr).contains("--node-key"));
+}
