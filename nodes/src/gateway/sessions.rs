@@ -38,8 +38,9 @@ use crate::proto::{
 };
 use crate::topology::Topology;
 
-/// Live deliveries queued per session before the session falls back to the mailbox.
-pub const SESSION_QUEUE_MAX: usize = 256;
+/// Live deliveries queued per session before the session falls back to the mailbox (a
+/// delivery is at most one ext32 payload: 64 × 32 KiB = 2 MiB per session at worst).
+pub const SESSION_QUEUE_MAX: usize = 64;
 /// How long a new session waits for its registration to commit.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -509,5 +510,62 @@ impl Live<'_> {
             // Bandwidth accounting is not enforced by this gateway yet: accepted, ignored.
             ClientMessage::Credential { .. } => Next::Continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::DeliveryKind;
+
+    fn delivery(id: u64) -> Delivery {
+        Delivery {
+            id,
+            kind: DeliveryKind::Message,
+            identifier: [0; 16],
+            bytes: vec![1],
+        }
+    }
+
+    #[test]
+    fn full_session_queue_marks_lagged_and_replacement_notifies() {
+        let registry = Registry::default();
+        let client = [1u8; 32];
+        assert!(!registry.push(&client, delivery(1)), "no session yet");
+        let (queue, mut outbound) = mpsc::channel(1);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let replaced = Arc::new(Notify::new());
+        let first = registry.insert(client, queue, lagged.clone(), replaced.clone());
+        assert!(registry.push(&client, delivery(1)));
+        assert!(!registry.push(&client, delivery(2)));
+        assert!(lagged.load(Ordering::Acquire));
+        assert_eq!(outbound.try_recv().unwrap().id, 1);
+
+        let (queue, _outbound) = mpsc::channel(1);
+        let second = registry.insert(client, queue, Arc::default(), Arc::new(Notify::new()));
+        assert_ne!(first, second);
+        // The old session was told; its removal does not remove the new one.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), replaced.notified())
+                .await
+                .unwrap();
+        });
+        registry.remove(&client, first);
+        assert!(registry.push(&client, delivery(3)));
+    }
+
+    #[test]
+    fn first_hops_refuse_without_topology() {
+        let hop = address::encode(&"127.0.0.1:1789".parse().unwrap());
+        assert!(FirstHops::new(false).check(&hop).is_err());
+        assert_eq!(
+            FirstHops::new(true).check(&hop),
+            Ok("127.0.0.1:1789".parse().unwrap())
+        );
+        assert!(FirstHops::new(true).check(&[0xff; 32]).is_err());
     }
 }
