@@ -568,4 +568,49 @@ mod tests {
         );
         assert!(FirstHops::new(true).check(&[0xff; 32]).is_err());
     }
+
+    #[test]
+    fn first_hops_follow_the_topology() {
+        let mix = |port: u16, role| crate::topology::Descriptor {
+            identity: String::new(),
+            sphinx_key: String::new(),
+            rotation_id: 1,
+            mix_address: SocketAddr::from(([127, 0, 0, 1], port)),
+            role,
+            client_url: None,
+            metrics_url: None,
+            issued_at_s: 0,
+        };
+        let now = crate::topology::now_s();
+        let mut topology = Topology {
+            epoch: 1,
+            issued_at_s: now,
+            valid_until_s: now + 600,
+            layers: [
+                vec![mix(1, crate::topology::Role::Mixnode)],
+                vec![mix(2, crate::topology::Role::Mixnode)],
+                vec![],
+            ],
+            gateways: vec![mix(3, crate::topology::Role::Gateway)],
+        };
+        let first_hops = FirstHops::new(false);
+        first_hops.set_topology(topology.clone());
+        let hop = |port: u16| address::encode(&SocketAddr::from(([127, 0, 0, 1], port)));
+        assert!(first_hops.check(&hop(1)).is_ok());
+        assert!(
+            first_hops.check(&hop(2)).is_err(),
+            "layer 2 is not a first hop"
+        );
+        assert!(
+            first_hops.check(&hop(3)).is_err(),
+            "a gateway is not a first hop"
+        );
+        assert_eq!(first_hops.epoch(), Some(1));
+        topology.valid_until_s = now.saturating_sub(1);
+        first_hops.set_topology(topology);
+        assert!(
+            first_hops.check(&hop(1)).is_err(),
+            "an expired topology is refused"
+        );
+    }
 }
