@@ -14,7 +14,7 @@ use lethe_crypto::framing::{
     encode_frame_to_vec, FrameDecoder, FrameHeader, FramingVersion, KeyRotation, PacketSize,
 };
 use lethe_engine::metrics::{CoreMetrics, DropReason};
-use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
+use lethe_engine::runtime::{final_hop_channel, EgressConfig, Runtime, RuntimeConfig};
 
 fn runtime_config(cores: u32) -> RuntimeConfig {
     RuntimeConfig {
@@ -129,6 +129,36 @@ fn forwards_over_loopback_and_counts_drops() {
     runtime.shutdown();
     runtime.join().unwrap();
     assert!(got.iter().all(|p| p.len() == packets[0].len()));
+}
+
+#[test]
+fn final_hops_go_to_the_gateway_hand_off_and_overflow_is_counted() {
+    let mut r = rng(14);
+    let this = secret(&mut r);
+    let packets: Vec<Vec<u8>> = (0..4)
+        .map(|_| packet(&mut r, &[(public(&this), 1)], &[0]))
+        .collect();
+    let mut config = runtime_config(1);
+    config.deliver_final_hops = true;
+    let (sender, final_hops) = final_hop_channel(2);
+    let runtime =
+        Runtime::start_with_final_hops(config, one_key(this, 2), filters(&[2]), Some(sender))
+            .unwrap();
+    let mut stream = TcpStream::connect(runtime.local_addr()).unwrap();
+    let bytes: Vec<u8> = packets.iter().flat_map(|p| frame(p)).collect();
+    stream.write_all(&bytes).unwrap();
+    let m = runtime.metrics()[0].clone();
+    wait_for("the hand-off to fill", || {
+        m.dropped_count(DropReason::FinalHopQueueFull) == 2
+    });
+    assert_eq!(m.dropped_count(DropReason::FinalHopAtMixnode), 0);
+    for _ in 0..2 {
+        let hop = final_hops.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!((hop.destination, hop.identifier), ([7; 32], [9; 16]));
+        assert_eq!(hop.packet.len(), packets[0].len());
+    }
+    runtime.shutdown();
+    runtime.join().unwrap();
 }
 
 #[test]

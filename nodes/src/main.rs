@@ -127,7 +127,7 @@ enum GatewayCommand {
         #[arg(long, env = "LETHE_DIR")]
         dir: PathBuf,
         #[command(flatten)]
-        overrides: gateway::RunOverrides,
+        overrides: Box<gateway::RunOverrides>,
     },
 }
 

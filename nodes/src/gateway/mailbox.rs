@@ -272,18 +272,34 @@ struct Writer {
     oldest_pending: Option<Instant>,
 }
 
+/// What the writer is connected to.
+pub struct WriterLinks {
+    /// Final-hop packets from the engine cores.
+    pub final_hops: Receiver<FinalHop>,
+    /// Registrations and confirms from sessions.
+    pub commands: Receiver<Command>,
+    pub registry: Arc<Registry>,
+    pub egress: Arc<Egress>,
+    pub metrics: Arc<GatewayMetrics>,
+    /// Set once the cores are stopped: drain, commit, end.
+    pub stop: Arc<AtomicBool>,
+}
+
 /// Starts the writer thread. It ends once `stop` is set and both channels are drained (or
 /// their senders are gone), committing what is pending.
 pub fn spawn_writer(
     conn: Connection,
-    final_hops: Receiver<FinalHop>,
-    commands: Receiver<Command>,
-    registry: Arc<Registry>,
-    egress: Arc<Egress>,
-    metrics: Arc<GatewayMetrics>,
+    links: WriterLinks,
     settings: WriterSettings,
-    stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, String> {
+    let WriterLinks {
+        final_hops,
+        commands,
+        registry,
+        egress,
+        metrics,
+        stop,
+    } = links;
     let mut writer = Writer {
         conn,
         registry,
@@ -585,4 +601,149 @@ pub fn is_registered(conn: &Connection, client: &[u8; 32]) -> rusqlite::Result<b
     )
     .optional()
     .map(|row| row.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::payload::{write_surb_ack, SURB_ACK_BYTES};
+    use lethe_crypto::sphinx::{self, Destination, Hop, PacketSpec, RouteHop, Version};
+    use x25519_dalek::{PublicKey, StaticSecret};
+
+    /// A one-hop packet to a gateway key, unwrapped as the engine would: a `FinalHop`.
+    fn final_hop(
+        size: PacketSize,
+        destination: [u8; 32],
+        identifier: [u8; 16],
+        message: &[u8],
+    ) -> FinalHop {
+        let secret = StaticSecret::from([7u8; 32]);
+        let route = [RouteHop {
+            address: address::encode(&"127.0.0.1:1789".parse().unwrap()),
+            public_key: PublicKey::from(&secret).to_bytes(),
+        }];
+        let destination = Destination {
+            address: destination,
+            identifier,
+        };
+        let spec = PacketSpec {
+            route: &route,
+            delays_ns: &[0],
+            destination: &destination,
+            version: Version::CURRENT,
+        };
+        let mut bytes =
+            sphinx::create(message, size.payload_len(), &spec, None, &mut rand::rng()).unwrap();
+        let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+        let processed = sphinx::process(&mut packet, &secret).unwrap();
+        let Hop::Final {
+            destination,
+            identifier,
+        } = processed.hop
+        else {
+            panic!("not a final hop");
+        };
+        FinalHop {
+            destination,
+            identifier,
+            packet: bytes,
+        }
+    }
+
+    #[test]
+    fn classifies_by_payload_rules() {
+        let client = [5u8; 32];
+        let cover = final_hop(PacketSize::Regular, [0; 32], [0; 16], &[0; SURB_ACK_BYTES]);
+        assert_eq!(classify(&cover), Classified::Cover);
+
+        let ack = final_hop(PacketSize::Ack, client, [0; 16], &[9; 21]);
+        assert_eq!(
+            classify(&ack),
+            Classified::Deliver {
+                kind: DeliveryKind::Ack,
+                bytes: &[9; 21],
+                ack: None
+            }
+        );
+
+        let reply = final_hop(PacketSize::Regular, client, [1; 16], b"opaque");
+        match classify(&reply) {
+            Classified::Deliver { kind, bytes, ack } => {
+                assert_eq!(kind, DeliveryKind::Reply);
+                assert_eq!(bytes.len(), PacketSize::Regular.payload_len());
+                assert!(ack.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let first_hop = address::encode(&"127.0.0.1:4000".parse().unwrap());
+        let ack_packet = vec![3u8; PacketSize::Ack.packet_len()];
+        let mut message = vec![0u8; SURB_ACK_BYTES + 5];
+        write_surb_ack(&mut message, Some((&first_hop, &ack_packet))).unwrap();
+        message[SURB_ACK_BYTES..].copy_from_slice(b"hello");
+        let forward = final_hop(PacketSize::Regular, client, [0; 16], &message);
+        assert_eq!(
+            classify(&forward),
+            Classified::Deliver {
+                kind: DeliveryKind::Message,
+                bytes: b"hello",
+                ack: Some((first_hop, &ack_packet[..]))
+            }
+        );
+
+        // Too short to hold a SURB-ACK, and garbage bytes.
+        let short = final_hop(PacketSize::Regular, client, [0; 16], b"short");
+        assert_eq!(classify(&short), Classified::Malformed);
+        let garbage = FinalHop {
+            destination: client,
+            identifier: [0; 16],
+            packet: vec![1; 20],
+        };
+        assert_eq!(classify(&garbage), Classified::Malformed);
+    }
+
+    #[test]
+    fn reader_sees_committed_rows_in_id_order() {
+        let dir = std::env::temp_dir().join(format!("lethe-mailbox-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.sqlite");
+        let mut conn = open(&path).unwrap();
+        let reader = Reader::open(&path).unwrap();
+        let client = [4u8; 32];
+        let pending: Vec<Pending> = (0..3u8)
+            .map(|i| Pending::Store {
+                client,
+                kind: DeliveryKind::Message,
+                identifier: [0; 16],
+                bytes: vec![i],
+                ack: None,
+            })
+            .collect();
+        let (mut stored, mut deleted) = (Vec::new(), Vec::new());
+        commit(&mut conn, &pending, &mut stored, &mut deleted).unwrap();
+        assert_eq!(reader.count(&client).unwrap(), 3);
+        let rows = reader.fetch(&client, 0, 2).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert!(rows[0].id < rows[1].id);
+        let rest = reader.fetch(&client, rows[1].id, 100).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].bytes, vec![2]);
+        // Confirms delete only the client's own rows.
+        let confirm = [
+            Pending::Confirm {
+                client: [9; 32],
+                ids: vec![rows[0].id],
+            },
+            Pending::Confirm {
+                client,
+                ids: vec![rows[0].id, rows[1].id],
+            },
+        ];
+        deleted.clear();
+        commit(&mut conn, &confirm, &mut stored, &mut deleted).unwrap();
+        assert_eq!(deleted, vec![([9; 32], 0), (client, 2)]);
+        assert_eq!(reader.count(&client).unwrap(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

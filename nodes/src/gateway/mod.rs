@@ -225,15 +225,17 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let writer_stop = Arc::new(AtomicBool::new(false));
     let writer = mailbox::spawn_writer(
         conn,
-        final_hops,
-        command_queue,
-        registry.clone(),
-        egress.clone(),
-        metrics.clone(),
+        mailbox::WriterLinks {
+            final_hops,
+            commands: command_queue,
+            registry: registry.clone(),
+            egress: egress.clone(),
+            metrics: metrics.clone(),
+            stop: writer_stop.clone(),
+        },
         mailbox::WriterSettings {
             retention: Duration::from_secs(g.retention_hours.saturating_mul(3600)),
         },
-        writer_stop.clone(),
     )?;
     let cores = runtime_config.cores;
     let runtime = Runtime::start_with_final_hops(

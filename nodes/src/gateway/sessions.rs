@@ -38,8 +38,9 @@ use crate::proto::{
 };
 use crate::topology::Topology;
 
-/// Live deliveries queued per session before the session falls back to the mailbox.
-pub const SESSION_QUEUE_MAX: usize = 256;
+/// Live deliveries queued per session before the session falls back to the mailbox (a
+/// delivery is at most one ext32 payload: 64 × 32 KiB = 2 MiB per session at worst).
+pub const SESSION_QUEUE_MAX: usize = 64;
 /// How long a new session waits for its registration to commit.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -509,5 +510,107 @@ impl Live<'_> {
             // Bandwidth accounting is not enforced by this gateway yet: accepted, ignored.
             ClientMessage::Credential { .. } => Next::Continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::DeliveryKind;
+
+    fn delivery(id: u64) -> Delivery {
+        Delivery {
+            id,
+            kind: DeliveryKind::Message,
+            identifier: [0; 16],
+            bytes: vec![1],
+        }
+    }
+
+    #[test]
+    fn full_session_queue_marks_lagged_and_replacement_notifies() {
+        let registry = Registry::default();
+        let client = [1u8; 32];
+        assert!(!registry.push(&client, delivery(1)), "no session yet");
+        let (queue, mut outbound) = mpsc::channel(1);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let replaced = Arc::new(Notify::new());
+        let first = registry.insert(client, queue, lagged.clone(), replaced.clone());
+        assert!(registry.push(&client, delivery(1)));
+        assert!(!registry.push(&client, delivery(2)));
+        assert!(lagged.load(Ordering::Acquire));
+        assert_eq!(outbound.try_recv().unwrap().id, 1);
+
+        let (queue, _outbound) = mpsc::channel(1);
+        let second = registry.insert(client, queue, Arc::default(), Arc::new(Notify::new()));
+        assert_ne!(first, second);
+        // The old session was told; its removal does not remove the new one.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), replaced.notified())
+                .await
+                .unwrap();
+        });
+        registry.remove(&client, first);
+        assert!(registry.push(&client, delivery(3)));
+    }
+
+    #[test]
+    fn first_hops_refuse_without_topology() {
+        let hop = address::encode(&"127.0.0.1:1789".parse().unwrap());
+        assert!(FirstHops::new(false).check(&hop).is_err());
+        assert_eq!(
+            FirstHops::new(true).check(&hop),
+            Ok("127.0.0.1:1789".parse().unwrap())
+        );
+        assert!(FirstHops::new(true).check(&[0xff; 32]).is_err());
+    }
+
+    #[test]
+    fn first_hops_follow_the_topology() {
+        let mix = |port: u16, role| crate::topology::Descriptor {
+            identity: String::new(),
+            sphinx_key: String::new(),
+            rotation_id: 1,
+            mix_address: SocketAddr::from(([127, 0, 0, 1], port)),
+            role,
+            client_url: None,
+            metrics_url: None,
+            issued_at_s: 0,
+        };
+        let now = crate::topology::now_s();
+        let mut topology = Topology {
+            epoch: 1,
+            issued_at_s: now,
+            valid_until_s: now + 600,
+            layers: [
+                vec![mix(1, crate::topology::Role::Mixnode)],
+                vec![mix(2, crate::topology::Role::Mixnode)],
+                vec![],
+            ],
+            gateways: vec![mix(3, crate::topology::Role::Gateway)],
+        };
+        let first_hops = FirstHops::new(false);
+        first_hops.set_topology(topology.clone());
+        let hop = |port: u16| address::encode(&SocketAddr::from(([127, 0, 0, 1], port)));
+        assert!(first_hops.check(&hop(1)).is_ok());
+        assert!(
+            first_hops.check(&hop(2)).is_err(),
+            "layer 2 is not a first hop"
+        );
+        assert!(
+            first_hops.check(&hop(3)).is_err(),
+            "a gateway is not a first hop"
+        );
+        assert_eq!(first_hops.epoch(), Some(1));
+        topology.valid_until_s = now.saturating_sub(1);
+        first_hops.set_topology(topology);
+        assert!(
+            first_hops.check(&hop(1)).is_err(),
+            "an expired topology is refused"
+        );
     }
 }
