@@ -36,6 +36,11 @@ enum Command {
         #[command(subcommand)]
         command: CredentialCommand,
     },
+    /// A Loopix client: create an identity, send and receive messages through the mixnet.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
     /// Listen and record every received frame to a file (a test helper; a gateway stand-in).
     Sink {
         #[arg(long, env = "LETHE_LISTEN", default_value = "127.0.0.1:0")]
@@ -43,6 +48,16 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCommand {
+    /// Write keys and client.toml into DIR; print the client's address.
+    Init(lethe_nodes::client::cli::InitArgs),
+    /// Send a message (or a file) to an address.
+    Send(lethe_nodes::client::cli::SendArgs),
+    /// Receive messages into a directory.
+    Receive(lethe_nodes::client::cli::ReceiveArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,6 +114,11 @@ fn main() -> ExitCode {
         Command::Credential {
             command: CredentialCommand::Show(args),
         } => issuer::run_show(&args).map_err(anyhow_text),
+        Command::Client { command } => match command {
+            ClientCommand::Init(args) => lethe_nodes::client::cli::init(&args),
+            ClientCommand::Send(args) => lethe_nodes::client::cli::send(&args),
+            ClientCommand::Receive(args) => lethe_nodes::client::cli::receive(&args),
+        },
         Command::Sink { listen, out } => {
             lethe_nodes::sink::run(listen, out).map_err(|e| e.to_string())
         }
