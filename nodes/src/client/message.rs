@@ -402,7 +402,7 @@ impl Default for ReassemblyLimits {
 }
 
 /// A reassembled message.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Complete {
     pub message_id: u64,
     pub flags: u8,
@@ -686,4 +686,240 @@ impl Reassembler {
 /// What a fragment counts against the buffer limit: its data plus bookkeeping.
 fn charge(len: usize) -> usize {
     len + 64
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::seq::SliceRandom;
+    use rand::RngExt;
+
+    use super::*;
+
+    const SIZE: PacketSize = PacketSize::Regular;
+
+    fn body(len: usize) -> Vec<u8> {
+        let mut rng = rand::rng();
+        (0..len).map(|_| rng.random::<u8>()).collect()
+    }
+
+    fn limits() -> ReassemblyLimits {
+        ReassemblyLimits {
+            max_message_bytes: 1 << 20,
+            max_incomplete: 4,
+            max_buffered_bytes: 2 << 20,
+            timeout_ms: 1000,
+            completed_memory_ms: 10_000,
+            completed_memory_max: 100,
+        }
+    }
+
+    #[test]
+    fn capacities_match_the_payload_layout() {
+        // 2048 - 418 (SURB-ACK) - 32 (g^x) - 16 (tag) - 19 (header).
+        assert_eq!(forward_fragment_capacity(SIZE), 1563);
+        assert_eq!(reply_fragment_capacity(SIZE), 2048 - 16 - 19);
+    }
+
+    #[test]
+    fn fragment_encode_decode_and_malformed() {
+        let f = Fragment {
+            header: FragmentHeader {
+                message_id: 7,
+                index: 2,
+                count: 3,
+                flags: FLAG_REPLY_SURBS,
+                len: 4,
+            },
+            data: vec![1, 2, 3, 4],
+        };
+        let bytes = f.encode(100).unwrap();
+        assert_eq!(Fragment::decode(&bytes).unwrap(), f);
+        assert!(f.encode(FRAGMENT_HEADER_BYTES + 3).is_err());
+        let mut bad = bytes.clone();
+        bad[99] = 1; // padding
+        assert!(Fragment::decode(&bad).is_err());
+        let mut bad = bytes.clone();
+        bad[16] = 0x80; // unknown flag
+        assert!(Fragment::decode(&bad).is_err());
+        let mut bad = bytes.clone();
+        bad[11] = 3; // index == count
+        assert!(Fragment::decode(&bad).is_err());
+        let mut bad = bytes.clone();
+        bad[18] = 200; // length beyond the buffer
+        assert!(Fragment::decode(&bad[..50]).is_err());
+        assert!(Fragment::decode(&bytes[..10]).is_err());
+    }
+
+    #[test]
+    fn random_sizes_reordered_with_duplicates_reassemble() {
+        let mut rng = rand::rng();
+        let capacity = forward_fragment_capacity(SIZE);
+        for round in 0..40 {
+            let len = match round {
+                0 => 0,
+                1 => capacity,
+                2 => capacity + 1,
+                _ => rng.random_range(0..40 * capacity),
+            };
+            let data = body(len);
+            let fragments = split(round, 0, &data, capacity, 1 << 20).unwrap();
+            assert_eq!(fragments.len(), len.div_ceil(capacity).max(1));
+            let mut shuffled: Vec<(u64, Fragment)> = fragments
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, f)| (i as u64, f))
+                .collect();
+            // Duplicate a few, then shuffle.
+            let extra: Vec<_> = shuffled.iter().take(3).cloned().collect();
+            shuffled.extend(extra.into_iter().map(|(i, f)| (i + 1000, f)));
+            shuffled.shuffle(&mut rng);
+            let mut r = Reassembler::new(limits());
+            let mut done = None;
+            let mut duplicates = 0;
+            for (id, f) in shuffled {
+                match r.insert(f, Some(id), 0).unwrap() {
+                    Ok(complete) => {
+                        assert!(done.is_none());
+                        done = Some(complete);
+                    }
+                    Err(Accepted::Duplicate | Accepted::AlreadyComplete) => duplicates += 1,
+                    Err(Accepted::Incomplete) => {}
+                }
+            }
+            let complete = done.unwrap();
+            assert_eq!(complete.body, data, "round {round}");
+            assert_eq!(complete.message_id, round);
+            assert_eq!(duplicates, 3.min(fragments.len()));
+            assert_eq!(r.buffered_bytes(), 0);
+            assert_eq!(r.incomplete(), 0);
+            // Later copies are recognised.
+            assert_eq!(
+                r.insert(fragments[0].clone(), Some(9), 5).unwrap().unwrap_err(),
+                Accepted::AlreadyComplete
+            );
+        }
+    }
+
+    #[test]
+    fn loss_leaves_the_message_incomplete_until_it_expires() {
+        let data = body(5000);
+        let fragments = split(1, 0, &data, 1000, 1 << 20).unwrap();
+        let mut r = Reassembler::new(limits());
+        for (i, f) in fragments.iter().enumerate().skip(1) {
+            assert_eq!(
+                r.insert(f.clone(), Some(i as u64), 0).unwrap().unwrap_err(),
+                Accepted::Incomplete
+            );
+        }
+        assert_eq!(r.incomplete(), 1);
+        assert!(r.expire(1000).is_empty());
+        let mut expired = r.expire(1001);
+        expired.sort();
+        assert_eq!(expired, vec![1, 2, 3, 4]);
+        assert_eq!(r.incomplete(), 0);
+        assert_eq!(r.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut r = Reassembler::new(limits());
+        // Too large: a non-final fragment declares count × length beyond the limit.
+        let huge = Fragment {
+            header: FragmentHeader {
+                message_id: 1,
+                index: 0,
+                count: 100_000,
+                flags: 0,
+                len: 1000,
+            },
+            data: vec![0; 1000],
+        };
+        assert_eq!(r.insert(huge, None, 0), Err(Refused::TooLarge));
+        assert_eq!(r.incomplete(), 0);
+        assert!(split(1, 0, &body(2 << 20), 1000, 1 << 20).is_err());
+        // At most `max_incomplete` messages in progress.
+        for id in 0..4 {
+            let f = split(100 + id, 0, &body(3000), 1000, 1 << 20).unwrap();
+            assert!(r.insert(f[0].clone(), None, 0).is_ok());
+        }
+        let f = split(200, 0, &body(3000), 1000, 1 << 20).unwrap();
+        assert_eq!(r.insert(f[0].clone(), None, 0), Err(Refused::Full));
+        assert_eq!(r.incomplete(), 4);
+        // Inconsistent count or flags for the same message id.
+        let mut g = split(100, 0, &body(5000), 1000, 1 << 20).unwrap();
+        assert_eq!(r.insert(g.remove(1), None, 0), Err(Refused::Inconsistent));
+        // Non-final fragments of differing lengths.
+        let mut odd = split(101, 0, &body(3000), 1000, 1 << 20).unwrap()[1].clone();
+        odd.data.truncate(999);
+        odd.header.len = 999;
+        assert_eq!(r.insert(odd, None, 0), Err(Refused::BadLength));
+        // Buffered bytes.
+        let mut small = Reassembler::new(ReassemblyLimits {
+            max_buffered_bytes: 2500,
+            ..limits()
+        });
+        let f = split(5, 0, &body(5000), 1000, 1 << 20).unwrap();
+        assert!(small.insert(f[0].clone(), None, 0).is_ok());
+        assert!(small.insert(f[1].clone(), None, 0).is_ok());
+        assert_eq!(small.insert(f[2].clone(), None, 0), Err(Refused::Full));
+    }
+
+    #[test]
+    fn forward_encryption_round_trip_and_tampering() {
+        let mut rng = rand::rng();
+        let secret = StaticSecret::from([7u8; 32]);
+        let public = PublicKey::from(&secret).to_bytes();
+        let f = split(9, 0, &body(1500), forward_fragment_capacity(SIZE), 1 << 20).unwrap();
+        let sealed = seal_forward(&mut rng, &public, &f[0], SIZE).unwrap();
+        assert_eq!(sealed.len(), forward_content_len(SIZE));
+        assert_eq!(open_forward(&secret, &sealed).unwrap(), f[0]);
+        for at in [0, 31, 32, 100, sealed.len() - 1] {
+            let mut bad = sealed.clone();
+            bad[at] ^= 1;
+            assert_eq!(open_forward(&secret, &bad), Err(MessageError::Decrypt), "{at}");
+        }
+        let other = StaticSecret::from([8u8; 32]);
+        assert_eq!(open_forward(&other, &sealed), Err(MessageError::Decrypt));
+        assert!(open_forward(&secret, &sealed[..20]).is_err());
+        // A low-order recipient key is refused by the sender.
+        assert_eq!(
+            seal_forward(&mut rng, &[0u8; 32], &f[0], SIZE),
+            Err(MessageError::BadKey)
+        );
+    }
+
+    #[test]
+    fn reply_encryption_round_trip_and_tampering() {
+        let key = [3u8; 32];
+        let f = split(9, FLAG_IS_REPLY, &body(2000), reply_fragment_capacity(SIZE), 1 << 20)
+            .unwrap();
+        let sealed = seal_reply(&key, &f[0], SIZE).unwrap();
+        assert_eq!(sealed.len(), reply_content_len(SIZE));
+        assert_eq!(open_reply(&key, &sealed).unwrap(), f[0]);
+        let mut bad = sealed.clone();
+        bad[5] ^= 1;
+        assert_eq!(open_reply(&key, &bad), Err(MessageError::Decrypt));
+        assert_eq!(open_reply(&[4u8; 32], &sealed), Err(MessageError::Decrypt));
+    }
+
+    #[test]
+    fn body_with_surbs_round_trips() {
+        let surbs: Vec<AttachedSurb> = (0..3u8)
+            .map(|i| AttachedSurb {
+                reply_key: Zeroizing::new([i; 32]),
+                surb: vec![i; 396],
+            })
+            .collect();
+        let (flags, encoded) = encode_body(&surbs, b"hello").unwrap();
+        assert_eq!(flags, FLAG_REPLY_SURBS);
+        let (decoded, data) = decode_body(flags, &encoded).unwrap();
+        assert_eq!(data, b"hello");
+        assert_eq!(decoded.len(), 3);
+        assert_eq!(decoded[2].surb, vec![2; 396]);
+        assert_eq!(*decoded[1].reply_key, [1; 32]);
+        assert_eq!(encode_body(&[], b"x").unwrap(), (0, b"x".to_vec()));
+        assert!(decode_body(FLAG_REPLY_SURBS, &encoded[..100]).is_err());
+        assert!(decode_body(FLAG_REPLY_SURBS, &[]).is_err());
+    }
 }
