@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use client_support::FakeGateway;
 use lethe_nodes::client::{
-    connect, ClientConfig, ClientHandle, CoreLimits, LoopixParams, ReceivedMessage,
-    StaticTopology,
+    connect, ClientConfig, ClientHandle, CoreLimits, LoopixParams, ReceivedMessage, StaticTopology,
 };
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
@@ -76,14 +75,11 @@ async fn hundred_kilobytes_from_a_to_b_with_acks_and_a_reply() {
 
     // Every fragment acknowledged.
     let mut progress = ticket.progress.clone();
-    let done = tokio::time::timeout(
-        Duration::from_secs(30),
-        progress.wait_for(|p| p.finished()),
-    )
-    .await
-    .expect("acks within 30 s")
-    .map(|p| *p)
-    .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| p.finished()))
+        .await
+        .expect("acks within 30 s")
+        .map(|p| *p)
+        .unwrap();
     assert!(done.delivered(), "{done:?}");
     let fragments = done.fragments as u64;
     assert!(fragments >= 64, "{fragments} fragments");
@@ -128,14 +124,11 @@ async fn dropped_packets_are_retransmitted() {
     assert!(message.data == data);
     message.confirm();
     let mut progress = ticket.progress.clone();
-    let done = tokio::time::timeout(
-        Duration::from_secs(30),
-        progress.wait_for(|p| p.finished()),
-    )
-    .await
-    .unwrap()
-    .map(|p| *p)
-    .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(30), progress.wait_for(|p| p.finished()))
+        .await
+        .unwrap()
+        .map(|p| *p)
+        .unwrap();
     assert!(done.delivered(), "{done:?}");
     let stats = a.stats();
     assert!(stats.retransmitted > 0, "{stats:?}");
@@ -143,9 +136,11 @@ async fn dropped_packets_are_retransmitted() {
     // No cover was sent.
     assert_eq!(stats.drop_cover_sent + stats.loop_cover_sent, 0);
     // Duplicated deliveries (a retransmission after a lost ACK) are recognised, not re-delivered.
-    assert!(tokio::time::timeout(Duration::from_millis(500), b_received.recv())
-        .await
-        .is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), b_received.recv())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,12 +154,18 @@ async fn messages_wait_in_the_mailbox_for_an_offline_recipient() {
         b.address()
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let ticket = a.send(&b_address, b"while you were out".to_vec(), 0).await.unwrap();
-    let mut progress = ticket.progress.clone();
-    tokio::time::timeout(Duration::from_secs(10), progress.wait_for(|p| p.delivered()))
+    let ticket = a
+        .send(&b_address, b"while you were out".to_vec(), 0)
         .await
-        .unwrap()
         .unwrap();
+    let mut progress = ticket.progress.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        progress.wait_for(|p| p.delivered()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let (_b, mut b_received) = client(&gateway, 6, loopix).await;
     let message = recv(&mut b_received).await;
     assert_eq!(message.data, b"while you were out");

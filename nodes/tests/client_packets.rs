@@ -67,7 +67,8 @@ fn forward_packet_and_its_surb_ack_through_all_hops() {
     let fragments = message::split(77, 0, &data, forward_fragment_capacity(SIZE), 1 << 20).unwrap();
     assert_eq!(fragments.len(), 2);
     for (id, fragment) in fragments.iter().enumerate() {
-        let content = seal_forward(&mut rng, &bob.recipient.encryption_key, fragment, SIZE).unwrap();
+        let content =
+            seal_forward(&mut rng, &bob.recipient.encryption_key, fragment, SIZE).unwrap();
         let ack = ack_key.seal(id as u64 + 1000);
         let built = builder(&net, &alice)
             .to_recipient(&mut rng, &bob.recipient, &content, Some(&ack))
@@ -81,7 +82,10 @@ fn forward_packet_and_its_surb_ack_through_all_hops() {
 
         let (destination, identifier, packet, hops) =
             net.unwrap_all(built.first_hop, built.packet).unwrap();
-        assert_eq!((destination, identifier, hops), (bob.identity, [0u8; 16], 4));
+        assert_eq!(
+            (destination, identifier, hops),
+            (bob.identity, [0u8; 16], 4)
+        );
         let plaintext = sphinx::recover_plaintext(packet.payload()).unwrap();
         let split = split_forward(plaintext).unwrap();
         assert_eq!(open_forward(&bob.secret, split.content).unwrap(), *fragment);
@@ -93,7 +97,10 @@ fn forward_packet_and_its_surb_ack_through_all_hops() {
         assert_eq!(ack_packet.len(), ACK_PACKET_BYTES);
         let (destination, identifier, packet, hops) =
             net.unwrap_all(*ack_hop, ack_packet.to_vec()).unwrap();
-        assert_eq!((destination, identifier, hops), (alice.identity, [0u8; 16], 4));
+        assert_eq!(
+            (destination, identifier, hops),
+            (alice.identity, [0u8; 16], 4)
+        );
         let ack_plaintext = sphinx::recover_plaintext(packet.payload()).unwrap();
         assert_eq!(ack_key.open(ack_plaintext), Some(id as u64 + 1000));
         // Another client's key does not recognise it; forged ACKs are refused.
@@ -137,19 +144,30 @@ fn reply_surb_round_trip() {
     let surb = Surb::from_bytes(&surb.to_bytes()).unwrap();
     let reply_key = [9u8; 32];
     let data = vec![0xabu8; 1500];
-    let fragments =
-        message::split(5, FLAG_IS_REPLY, &data, reply_fragment_capacity(SIZE), 1 << 20).unwrap();
+    let fragments = message::split(
+        5,
+        FLAG_IS_REPLY,
+        &data,
+        reply_fragment_capacity(SIZE),
+        1 << 20,
+    )
+    .unwrap();
     let content = seal_reply(&reply_key, &fragments[0], SIZE).unwrap();
     let built = reply_packet(&surb, &content, SIZE).unwrap();
     let (destination, got_identifier, mut packet, hops) =
         net.unwrap_all(built.first_hop, built.packet).unwrap();
-    assert_eq!((destination, got_identifier, hops), (alice.identity, identifier, 4));
+    assert_eq!(
+        (destination, got_identifier, hops),
+        (alice.identity, identifier, 4)
+    );
     // The gateway cannot read it; the SURB's creator can.
     assert!(sphinx::recover_plaintext(packet.payload()).is_err());
     let plaintext = recovery.recover_plaintext(packet.payload_mut()).unwrap();
     assert_eq!(open_reply(&reply_key, plaintext).unwrap(), fragments[0]);
     // A zero identifier is refused for v260 SURBs.
-    assert!(builder(&net, &alice).reply_surb(&mut rng, [0u8; 16]).is_err());
+    assert!(builder(&net, &alice)
+        .reply_surb(&mut rng, [0u8; 16])
+        .is_err());
 }
 
 #[test]

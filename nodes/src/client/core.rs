@@ -121,7 +121,8 @@ pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Where an outgoing message stands.
+/// Where an outgoing message stands. Replies (through SURBs) are not acknowledged: only
+/// `sent` moves for them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SendProgress {
     pub fragments: usize,
@@ -241,7 +242,8 @@ struct Bundle {
 
 enum Queued {
     Fragment(FragmentKey),
-    Reply(Box<Built>),
+    /// A reply packet, ready; its message's progress (`sent` only: replies are not acked).
+    Reply(Box<Built>, Arc<watch::Sender<SendProgress>>),
 }
 
 pub struct Core {
@@ -514,18 +516,17 @@ impl Core {
             self.bundles.remove(&bundle);
             self.bundles_order.retain(|b| *b != bundle);
         }
+        let progress = SendProgress {
+            fragments: fragments.len(),
+            ..SendProgress::default()
+        };
+        let (watch, receiver) = watch::channel(progress);
+        let watch = Arc::new(watch);
         for packet in built {
-            self.queue.push_back(Queued::Reply(Box::new(packet)));
+            self.queue
+                .push_back(Queued::Reply(Box::new(packet), watch.clone()));
         }
         self.sync_queued();
-        let count = fragments.len();
-        let progress = SendProgress {
-            fragments: count,
-            sent: 0,
-            acked: 0,
-            failed: 0,
-        };
-        let (_watch, receiver) = watch::channel(progress);
         Ok(MessageTicket {
             message_id,
             progress: receiver,
@@ -542,8 +543,9 @@ impl Core {
         while let Some(item) = self.queue.pop_front() {
             self.sync_queued();
             match item {
-                Queued::Reply(built) => {
+                Queued::Reply(built, progress) => {
                     bump(&self.stats.replies_sent);
+                    progress.send_modify(|p| p.sent += 1);
                     return Some(*built);
                 }
                 Queued::Fragment(key) => {
@@ -891,5 +893,291 @@ impl Core {
         let mut out = [0u64; 1];
         crate::topology::sample_delays_ns(&mut self.rng, mean_ms, &mut out);
         out[0] as f64 / 1e6
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+
+    use lethe_crypto::sphinx::{self, address, Hop, Packet};
+
+    use super::*;
+    use crate::proto::payload::{split_forward, DROP_COVER_DESTINATION};
+    use crate::topology::{Descriptor, Role};
+
+    struct Net {
+        topology: Arc<Topology>,
+        secrets: HashMap<[u8; 32], StaticSecret>,
+        gateway: [u8; 32],
+    }
+
+    fn net() -> Net {
+        let mut secrets = HashMap::new();
+        let mut node = |seed: u8, role| {
+            let secret = StaticSecret::from([seed; 32]);
+            let d = Descriptor {
+                identity: crate::keyfile::hex(&crate::keyfile::ed25519_public(&[seed; 32])),
+                sphinx_key: crate::keyfile::hex(PublicKey::from(&secret).as_bytes()),
+                rotation_id: 1,
+                mix_address: SocketAddr::from(([10, 0, 0, seed], 1789)),
+                role,
+                client_url: Some("ws://unused".into()),
+                metrics_url: None,
+                issued_at_s: 1,
+            };
+            secrets.insert(address::encode(&d.mix_address), secret);
+            d
+        };
+        let layers = [
+            vec![node(1, Role::Mixnode)],
+            vec![node(2, Role::Mixnode)],
+            vec![node(3, Role::Mixnode)],
+        ];
+        let gateway = node(4, Role::Gateway);
+        let identity = gateway.identity_key().unwrap();
+        Net {
+            topology: Arc::new(Topology {
+                epoch: 1,
+                issued_at_s: 1,
+                valid_until_s: u64::MAX,
+                layers,
+                gateways: vec![gateway],
+            }),
+            secrets,
+            gateway: identity,
+        }
+    }
+
+    type Delivery = ([u8; 32], DeliveryKind, [u8; 16], Vec<u8>);
+
+    /// Carries a packet through the four hops and does the destination gateway's work.
+    fn gateway(net: &Net, first_hop: [u8; 32], packet: Vec<u8>) -> Vec<Delivery> {
+        let ack_size = packet.len() == PacketSize::Ack.packet_len();
+        let mut packet = Packet::new_checked(packet).unwrap();
+        let mut at = first_hop;
+        let (destination, identifier) = loop {
+            let processed = sphinx::process(&mut packet, &net.secrets[&at]).unwrap();
+            match processed.hop {
+                Hop::Forward { next_hop, .. } => at = next_hop,
+                Hop::Final {
+                    destination,
+                    identifier,
+                } => break (destination, identifier),
+            }
+        };
+        if destination == DROP_COVER_DESTINATION {
+            return Vec::new();
+        }
+        if identifier != [0u8; 16] {
+            let payload = packet.payload().to_vec();
+            return vec![(destination, DeliveryKind::Reply, identifier, payload)];
+        }
+        let plaintext = sphinx::recover_plaintext(packet.payload()).unwrap();
+        if ack_size {
+            return vec![(
+                destination,
+                DeliveryKind::Ack,
+                identifier,
+                plaintext.to_vec(),
+            )];
+        }
+        let split = split_forward(plaintext).unwrap();
+        let mut out = vec![(
+            destination,
+            DeliveryKind::Message,
+            identifier,
+            split.content.to_vec(),
+        )];
+        if let Some((hop, ack)) = split.ack {
+            out.extend(gateway(net, *hop, ack.to_vec()));
+        }
+        out
+    }
+
+    fn core(seed: u8, net: &Net) -> Core {
+        let params = LoopixParams {
+            average_packet_delay_ms: 10.0,
+            average_ack_delay_ms: 10.0,
+            max_retransmissions: Some(1),
+            ..LoopixParams::default()
+        };
+        let mut core = Core::new(
+            &[seed; 32],
+            &[seed + 100; 32],
+            net.gateway,
+            params,
+            CoreLimits::default(),
+            Arc::new(Stats::default()),
+        );
+        core.set_topology(net.topology.clone());
+        core
+    }
+
+    /// Feeds deliveries to whichever core they are for; returns completed messages.
+    fn feed(
+        cores: &mut [&mut Core],
+        deliveries: Vec<Delivery>,
+        now_ms: u64,
+    ) -> (Vec<Received>, Vec<u64>) {
+        let mut received = Vec::new();
+        let mut confirmed = Vec::new();
+        for (id, (to, kind, identifier, mut bytes)) in deliveries.into_iter().enumerate() {
+            let core = cores
+                .iter_mut()
+                .find(|c| c.address().identity == to)
+                .unwrap();
+            let outcome = core.deliver(id as u64, kind, identifier, &mut bytes, now_ms);
+            confirmed.extend(outcome.confirm);
+            received.extend(outcome.message);
+        }
+        (received, confirmed)
+    }
+
+    #[test]
+    fn retransmission_with_a_simulated_clock() {
+        let net = net();
+        let mut a = core(1, &net);
+        let mut b = core(2, &net);
+        let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let ticket = a.send(b.address(), &data, 0, 0).unwrap();
+        let first = a.next_real(0).unwrap();
+        let second = a.next_real(0).unwrap();
+        assert!(a.next_real(0).is_none());
+        assert_eq!(ticket.progress.borrow().sent, 2);
+        // Deadlines: RTT × 1.5 + 1.5 s after sending.
+        let deadline = a.next_timer().unwrap();
+        assert!(deadline >= 1500, "{deadline}");
+        assert!(a.on_timers(deadline - 1).is_empty());
+        assert_eq!(a.queue_len(), 0);
+
+        // The first arrives and is acked; the second is lost.
+        let (received, _) = feed(
+            &mut [&mut a, &mut b],
+            gateway(&net, first.first_hop, first.packet),
+            10,
+        );
+        assert!(received.is_empty());
+        assert_eq!(ticket.progress.borrow().acked, 1);
+        drop(second);
+        // Its timer fires: queued again at the front, sent on a fresh route.
+        let mut now = 0;
+        while a.queue_len() == 0 {
+            now = a.next_timer().unwrap();
+            a.on_timers(now);
+        }
+        assert_eq!(a.stats.retransmitted.load(Ordering::Relaxed), 1);
+        let again = a.next_real(now).unwrap();
+        let (received, confirmed) = feed(
+            &mut [&mut a, &mut b],
+            gateway(&net, again.first_hop, again.packet),
+            now,
+        );
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].data, data);
+        assert_eq!(received[0].message_id, ticket.message_id);
+        assert_eq!(received[0].delivery_ids.len(), 2);
+        assert!(
+            !confirmed.is_empty(),
+            "the ACK delivery is confirmed at once"
+        );
+        let progress = *ticket.progress.borrow();
+        assert!(progress.delivered() && progress.finished());
+        assert!(a.next_timer().is_none());
+
+        // With one retransmission allowed, a fragment lost twice is given up.
+        let lost = a.send(b.address(), b"x", 0, now).unwrap();
+        assert!(a.next_real(now).is_some());
+        let mut rounds = 0;
+        while !lost.progress.borrow().finished() {
+            now = a.next_timer().unwrap();
+            a.on_timers(now);
+            let _ = a.next_real(now);
+            rounds += 1;
+            assert!(rounds < 5);
+        }
+        assert_eq!(lost.progress.borrow().failed, 1);
+        assert_eq!(a.stats.fragments_given_up.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn loop_cover_duplicates_and_forged_acks() {
+        let net = net();
+        let mut a = core(1, &net);
+        let cover = a.loop_cover().unwrap();
+        let deliveries = gateway(&net, cover.first_hop, cover.packet);
+        assert_eq!(deliveries.len(), 2, "the content and its ACK come back");
+        let (received, confirmed) = feed(&mut [&mut a], deliveries, 0);
+        assert!(received.is_empty());
+        assert_eq!(confirmed.len(), 2);
+        assert_eq!(a.stats.loop_cover_received.load(Ordering::Relaxed), 1);
+        assert_eq!(a.stats.stray_acks.load(Ordering::Relaxed), 1);
+        // A forged ACK and garbage content are confirmed and counted.
+        let outcome = a.deliver(7, DeliveryKind::Ack, [0; 16], &mut [1u8; 21], 0);
+        assert_eq!(outcome.confirm, vec![7]);
+        assert_eq!(a.stats.forged_acks.load(Ordering::Relaxed), 1);
+        let outcome = a.deliver(8, DeliveryKind::Message, [0; 16], &mut [1u8; 1630], 0);
+        assert_eq!(outcome.confirm, vec![8]);
+        assert_eq!(a.stats.undecryptable.load(Ordering::Relaxed), 1);
+        let outcome = a.deliver(9, DeliveryKind::Reply, [5; 16], &mut [1u8; 2065], 0);
+        assert_eq!(outcome.confirm, vec![9]);
+
+        // A message delivered twice (at-least-once) is handed over once.
+        let mut b = core(2, &net);
+        a.send(b.address(), b"once", 0, 0).unwrap();
+        let packet = a.next_real(0).unwrap();
+        let deliveries = gateway(&net, packet.first_hop, packet.packet);
+        let (received, _) = feed(&mut [&mut a, &mut b], deliveries.clone(), 0);
+        assert_eq!(received.len(), 1);
+        let (received, confirmed) = feed(&mut [&mut a, &mut b], deliveries, 0);
+        assert!(received.is_empty());
+        assert_eq!(
+            confirmed.len(),
+            2,
+            "duplicate content and ACK confirmed at once"
+        );
+        assert_eq!(b.stats.duplicates.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn replies_through_attached_surbs() {
+        let net = net();
+        let mut a = core(1, &net);
+        let mut b = core(2, &net);
+        let ticket = a.send(b.address(), b"question", 2, 0).unwrap();
+        let packet = a.next_real(0).unwrap();
+        let (received, _) = feed(
+            &mut [&mut a, &mut b],
+            gateway(&net, packet.first_hop, packet.packet),
+            0,
+        );
+        let question = &received[0];
+        assert_eq!(question.data, b"question");
+        assert_eq!(question.reply_surbs, 2);
+        let bundle = question.surb_bundle.unwrap();
+        assert!(matches!(
+            b.reply(bundle, &[0u8; 5000]),
+            Err(SendError::NotEnoughSurbs {
+                needed: 3,
+                available: 2
+            })
+        ));
+        let reply_ticket = b.reply(bundle, b"answer").unwrap();
+        assert_eq!(b.surbs_left(bundle), 1);
+        let packet = b.next_real(0).unwrap();
+        assert_eq!(reply_ticket.progress.borrow().sent, 1);
+        let (received, _) = feed(
+            &mut [&mut a, &mut b],
+            gateway(&net, packet.first_hop, packet.packet),
+            0,
+        );
+        assert_eq!(received[0].data, b"answer");
+        assert_eq!(received[0].in_reply_to, Some(ticket.message_id));
+        assert_eq!(a.stats.replies_received.load(Ordering::Relaxed), 1);
+        assert!(matches!(
+            b.reply(999, b"x"),
+            Err(SendError::UnknownBundle(999))
+        ));
     }
 }

@@ -795,7 +795,9 @@ mod tests {
             assert_eq!(r.incomplete(), 0);
             // Later copies are recognised.
             assert_eq!(
-                r.insert(fragments[0].clone(), Some(9), 5).unwrap().unwrap_err(),
+                r.insert(fragments[0].clone(), Some(9), 5)
+                    .unwrap()
+                    .unwrap_err(),
                 Accepted::AlreadyComplete
             );
         }
@@ -877,7 +879,11 @@ mod tests {
         for at in [0, 31, 32, 100, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[at] ^= 1;
-            assert_eq!(open_forward(&secret, &bad), Err(MessageError::Decrypt), "{at}");
+            assert_eq!(
+                open_forward(&secret, &bad),
+                Err(MessageError::Decrypt),
+                "{at}"
+            );
         }
         let other = StaticSecret::from([8u8; 32]);
         assert_eq!(open_forward(&other, &sealed), Err(MessageError::Decrypt));
@@ -892,8 +898,14 @@ mod tests {
     #[test]
     fn reply_encryption_round_trip_and_tampering() {
         let key = [3u8; 32];
-        let f = split(9, FLAG_IS_REPLY, &body(2000), reply_fragment_capacity(SIZE), 1 << 20)
-            .unwrap();
+        let f = split(
+            9,
+            FLAG_IS_REPLY,
+            &body(2000),
+            reply_fragment_capacity(SIZE),
+            1 << 20,
+        )
+        .unwrap();
         let sealed = seal_reply(&key, &f[0], SIZE).unwrap();
         assert_eq!(sealed.len(), reply_content_len(SIZE));
         assert_eq!(open_reply(&key, &sealed).unwrap(), f[0]);

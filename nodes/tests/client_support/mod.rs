@@ -24,6 +24,9 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use x25519_dalek::{PublicKey, StaticSecret};
 
+/// Final destination, identifier, the processed packet and the number of hops.
+pub type Unwrapped = ([u8; 32], [u8; 16], Packet<Vec<u8>>, usize);
+
 pub struct TestNet {
     pub topology: Topology,
     /// Sphinx secret by node address.
@@ -80,11 +83,7 @@ impl TestNet {
 
     /// Processes `packet` from `first_hop` through every hop; returns the final hop's
     /// destination, identifier and the processed packet (payload decrypted by the last hop).
-    pub fn unwrap_all(
-        &self,
-        first_hop: [u8; 32],
-        packet: Vec<u8>,
-    ) -> Result<([u8; 32], [u8; 16], Packet<Vec<u8>>, usize), String> {
+    pub fn unwrap_all(&self, first_hop: [u8; 32], packet: Vec<u8>) -> Result<Unwrapped, String> {
         let mut at = first_hop;
         let mut packet = Packet::new_checked(packet).map_err(|e| e.to_string())?;
         for hops in 1..=5 {
@@ -202,7 +201,12 @@ impl FakeGateway {
         }
         let plaintext = sphinx::recover_plaintext(packet.payload()).map_err(|e| e.to_string())?;
         if size == PacketSize::Ack {
-            self.deliver(destination, DeliveryKind::Ack, identifier, plaintext.to_vec());
+            self.deliver(
+                destination,
+                DeliveryKind::Ack,
+                identifier,
+                plaintext.to_vec(),
+            );
             return Ok(());
         }
         let split = split_forward(plaintext).ok_or("short forward plaintext")?;
@@ -275,7 +279,7 @@ impl FakeGateway {
                         ClientMessage::Forward { first_hop, packet } => {
                             forwarded += 1;
                             self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                            if self.drop_every > 0 && forwarded % self.drop_every == 0 {
+                            if self.drop_every > 0 && forwarded.is_multiple_of(self.drop_every) {
                                 self.stats.dropped_on_purpose.fetch_add(1, Ordering::Relaxed);
                                 continue;
                             }
@@ -301,8 +305,7 @@ impl FakeGateway {
 
 async fn next_binary<S>(ws: &mut S) -> Result<Vec<u8>, String>
 where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
-        + Unpin,
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
     loop {
         match ws.next().await {
