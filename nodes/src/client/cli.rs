@@ -120,6 +120,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 pub fn init(args: &InitArgs) -> Result<(), String> {
+    let existing = args.dir.join(config::CONFIG_FILE);
+    if existing.exists() {
+        return Err(format!("{}: already exists", existing.display()));
+    }
     runtime()?.block_on(async {
         let http = crate::directory::client::http_client();
         let directory_key = match &args.directory_key {
