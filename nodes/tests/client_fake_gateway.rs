@@ -170,3 +170,52 @@ async fn messages_wait_in_the_mailbox_for_an_offline_recipient() {
     let message = recv(&mut b_received).await;
     assert_eq!(message.data, b"while you were out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_deliveries_come_again_after_a_reconnect_and_are_deduplicated() {
+    let gateway = FakeGateway::start(0).await;
+    let loopix = params().without_cover();
+    let (a, _a_received) = client(&gateway, 7, loopix).await;
+    let (b, mut b_received) = client(&gateway, 8, loopix).await;
+    let b_identity = b.address().identity;
+    let data = vec![0x5au8; 4000]; // three fragments
+    let ticket = a.send(&b.address(), data.clone(), 0).await.unwrap();
+    let mut first = recv(&mut b_received).await;
+    assert_eq!(first.data, data);
+    let mut progress = ticket.progress.clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        progress.wait_for(|p| p.delivered()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // Not confirmed yet: the gateway keeps the fragments.
+    assert_eq!(gateway.unconfirmed(&b_identity), 3);
+
+    // The connection drops; B reconnects and gets the three fragments again.
+    gateway.kick(&b_identity);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.stats().duplicates < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", b.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.stats().reconnects >= 1);
+    // Recognised by message id: not handed over twice, and confirmed.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), b_received.recv())
+            .await
+            .is_err()
+    );
+    first.confirm();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gateway.unconfirmed(&b_identity) > 0 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The new session works.
+    a.send(&b.address(), b"after the reconnect".to_vec(), 0)
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b_received).await.data, b"after the reconnect");
+}

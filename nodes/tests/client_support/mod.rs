@@ -116,9 +116,13 @@ pub struct GatewayStats {
     pub errors: AtomicU64,
 }
 
+/// A client's mailbox: every delivery stays until the client confirms it, and everything
+/// unconfirmed is delivered (again) when the client connects.
+#[derive(Default)]
 struct Mailbox {
     online: Option<mpsc::UnboundedSender<GatewayMessage>>,
-    stored: Vec<GatewayMessage>,
+    session: u64,
+    unconfirmed: std::collections::BTreeMap<u64, GatewayMessage>,
 }
 
 pub struct FakeGateway {
@@ -160,21 +164,19 @@ impl FakeGateway {
     }
 
     fn deliver(&self, to: [u8; 32], kind: DeliveryKind, identifier: [u8; 16], bytes: Vec<u8>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let message = GatewayMessage::Deliver {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             kind,
             identifier,
             bytes,
         };
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         let mut boxes = self.mailboxes.lock().unwrap();
-        let mailbox = boxes.entry(to).or_insert(Mailbox {
-            online: None,
-            stored: Vec::new(),
-        });
-        match &mailbox.online {
-            Some(tx) if tx.send(message.clone()).is_ok() => {}
-            _ => mailbox.stored.push(message),
+        let mailbox = boxes.entry(to).or_default();
+        mailbox.unconfirmed.insert(id, message.clone());
+        if let Some(tx) = &mailbox.online {
+            let _ = tx.send(message);
         }
     }
 
@@ -223,6 +225,22 @@ impl FakeGateway {
         Ok(())
     }
 
+    /// Drops the connection of `client` (it reconnects).
+    pub fn kick(&self, client: &[u8; 32]) {
+        if let Some(mailbox) = self.mailboxes.lock().unwrap().get_mut(client) {
+            mailbox.online = None;
+        }
+    }
+
+    /// Deliveries `client` has not confirmed yet.
+    pub fn unconfirmed(&self, client: &[u8; 32]) -> usize {
+        self.mailboxes
+            .lock()
+            .unwrap()
+            .get(client)
+            .map_or(0, |m| m.unconfirmed.len())
+    }
+
     async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream) -> Result<(), String> {
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(WS_MESSAGE_BYTES_MAX));
@@ -241,14 +259,14 @@ impl FakeGateway {
         let auth = next_binary(&mut ws).await?;
         let (client, mut session) = handshake.finish(&auth).map_err(|e| e.to_string())?;
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let this_session;
         {
             let mut boxes = self.mailboxes.lock().unwrap();
-            let mailbox = boxes.entry(client).or_insert(Mailbox {
-                online: None,
-                stored: Vec::new(),
-            });
-            for message in mailbox.stored.drain(..) {
-                let _ = tx.send(message);
+            let mailbox = boxes.entry(client).or_default();
+            mailbox.session += 1;
+            this_session = mailbox.session;
+            for message in mailbox.unconfirmed.values() {
+                let _ = tx.send(message.clone());
             }
             mailbox.online = Some(tx);
         }
@@ -290,6 +308,11 @@ impl FakeGateway {
                         }
                         ClientMessage::Confirm { ids } => {
                             self.stats.confirmed.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                            if let Some(mailbox) = self.mailboxes.lock().unwrap().get_mut(&client) {
+                                for id in ids {
+                                    mailbox.unconfirmed.remove(&id);
+                                }
+                            }
                         }
                         ClientMessage::Credential { .. } => {}
                     }
@@ -297,7 +320,9 @@ impl FakeGateway {
             }
         };
         if let Some(mailbox) = self.mailboxes.lock().unwrap().get_mut(&client) {
-            mailbox.online = None;
+            if mailbox.session == this_session {
+                mailbox.online = None;
+            }
         }
         result
     }
