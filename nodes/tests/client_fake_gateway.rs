@@ -219,3 +219,36 @@ async fn unconfirmed_deliveries_come_again_after_a_reconnect_and_are_deduplicate
         .unwrap();
     assert_eq!(recv(&mut b_received).await.data, b"after the reconnect");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpaced_mode_sends_a_megabyte_without_overflow() {
+    let gateway = FakeGateway::start(0).await;
+    // The fake gateway carries every packet through all hops itself (slow in debug builds):
+    // a long ACK wait keeps this about back-pressure, not timeouts.
+    let loopix = LoopixParams {
+        message_sending_average_delay_ms: 0.0,
+        ack_wait_addition_ms: 20_000,
+        ..params().without_cover()
+    };
+    let (a, _a_received) = client(&gateway, 9, loopix).await;
+    let (b, mut b_received) = client(&gateway, 10, loopix).await;
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    let ticket = a.send(&b.address(), data.clone(), 0).await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(60), b_received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(message.data == data);
+    let mut progress = ticket.progress.clone();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        progress.wait_for(|p| p.delivered()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stats = a.stats();
+    assert_eq!(stats.outgoing_overflow, 0, "{stats:?}");
+    assert_eq!(stats.real_sent, stats.fragments_acked);
+    assert_eq!(stats.retransmitted, 0);
+}

@@ -73,13 +73,16 @@ impl TrafficArgs {
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("content").required(true).args(["message", "file"])))]
 pub struct SendArgs {
+    /// Client directory (see `lethe client init`).
     #[arg(long, env = "LETHE_DIR")]
     pub dir: PathBuf,
     /// Recipient address `<identity>.<encryption key>@<gateway>`.
     #[arg(long)]
     pub to: String,
+    /// The message (UTF-8 text).
     #[arg(long)]
     pub message: Option<String>,
+    /// Send this file's bytes (up to 16 MiB).
     #[arg(long)]
     pub file: Option<PathBuf>,
     /// Wait until every fragment is acknowledged.
@@ -97,6 +100,7 @@ pub struct SendArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ReceiveArgs {
+    /// Client directory (see `lethe client init`).
     #[arg(long, env = "LETHE_DIR")]
     pub dir: PathBuf,
     /// Where complete messages are written (as `<message id hex>`).
@@ -246,10 +250,9 @@ pub fn send(args: &SendArgs) -> Result<(), String> {
                 "timed out after {}s: {} of {} fragments sent",
                 args.timeout_s, last.sent, last.fragments
             ));
-        } else {
-            // Let the connection task write the last packets out.
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        // Write the last packets out and close the session cleanly.
+        handle.shutdown(Duration::from_secs(2)).await;
         Ok(())
     })
 }
@@ -305,8 +308,9 @@ pub fn receive(args: &ReceiveArgs) -> Result<(), String> {
                 message.reply_surbs
             );
         }
-        // Let the confirmations reach the gateway.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Let the confirmations reach the gateway, then close the session cleanly.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        handle.shutdown(Duration::from_secs(2)).await;
         match args.count {
             Some(n) if count < n => Err(format!(
                 "timed out after {}s: received {count} of {n} messages",

@@ -123,6 +123,8 @@ pub enum ConnectionState {
     Connected,
     /// The last attempt failed (the task keeps retrying).
     Failed(String),
+    /// Shut down: queued messages were written out and the WebSocket closed.
+    Closed,
 }
 
 /// A complete received message. Call [`ReceivedMessage::confirm`] once it is durably handled:
@@ -181,6 +183,7 @@ enum Command {
         bundle: u64,
         reply: oneshot::Sender<usize>,
     },
+    Shutdown,
 }
 
 /// Cheap to clone; the client stops when every handle is dropped.
@@ -267,6 +270,20 @@ impl ClientHandle {
         .await?
     }
 
+    /// Stops the client: what is already handed to the connection is written out, the
+    /// WebSocket is closed (waits at most `timeout`). Queued fragments not yet sent by the
+    /// Poisson stream are dropped.
+    pub async fn shutdown(&self, timeout: Duration) {
+        if self.commands.send(Command::Shutdown).await.is_err() {
+            return;
+        }
+        let mut rx = self.connection.clone();
+        let _ = tokio::time::timeout(timeout, async {
+            let _ = rx.wait_for(|s| *s == ConnectionState::Closed).await;
+        })
+        .await;
+    }
+
     /// Reply SURBs left in a bundle.
     pub async fn surbs_left(&self, surb_bundle: u64) -> Result<usize, SendError> {
         self.call(|reply| Command::SurbsLeft {
@@ -279,6 +296,9 @@ impl ClientHandle {
 
 const COMMAND_CAPACITY: usize = 64;
 const OUTGOING_CAPACITY: usize = 1024;
+/// Unpaced mode: most packets in the outgoing channel at once (the rest leaves room for
+/// confirmations, and keeps ACK timers from starting long before the packet leaves).
+const UNPACED_WINDOW: usize = 64;
 const EVENT_CAPACITY: usize = 1024;
 const CONFIRM_CAPACITY: usize = 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -432,7 +452,9 @@ impl CoreTask {
             if real_mean <= 0.0 && self.connected {
                 let now = self.now_ms();
                 let mut budget = 256;
-                while budget > 0 {
+                // At most UNPACED_WINDOW packets waiting for the connection: what does not
+                // fit waits here (and ACK timers start close to the real send time).
+                while budget > 0 && OUTGOING_CAPACITY - self.outgoing.capacity() < UNPACED_WINDOW {
                     match self.core.next_real(now) {
                         Some(built) => self.push_packet(built),
                         None => break,
@@ -448,9 +470,13 @@ impl CoreTask {
                 .min(next_housekeeping);
             let accepting = self.core.accepting();
             let paced = real_mean > 0.0;
+            let backlog = !paced && self.connected && self.core.has_real();
             tokio::select! {
                 command = commands.recv(), if accepting => {
                     let Some(command) = command else { break };
+                    if matches!(command, Command::Shutdown) {
+                        break;
+                    }
                     self.command(command);
                 }
                 event = events.recv() => {
@@ -471,6 +497,7 @@ impl CoreTask {
                     }
                     next_real = Instant::now() + after_ms(self.core.exponential_ms(real_mean));
                 }
+                _ = tokio::time::sleep(Duration::from_millis(1)), if backlog => {}
                 _ = tokio::time::sleep_until(next_loop), if loop_enabled => {
                     if self.connected {
                         if let Some(built) = self.core.loop_cover() {
@@ -521,6 +548,7 @@ impl CoreTask {
             Command::SurbsLeft { bundle, reply } => {
                 let _ = reply.send(self.core.surbs_left(bundle));
             }
+            Command::Shutdown => {}
         }
     }
 
@@ -641,9 +669,13 @@ async fn connection_task(
         };
         let _ = events.send(Event::Down).await;
         match end {
-            SessionEnd::Stop => return,
+            SessionEnd::Stop => {
+                state.send_replace(ConnectionState::Closed);
+                return;
+            }
             SessionEnd::Failed(reason) => {
                 if events.is_closed() {
+                    state.send_replace(ConnectionState::Closed);
                     return;
                 }
                 eprintln!("lethe client: gateway connection: {reason}");
@@ -657,7 +689,10 @@ async fn connection_task(
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = events.closed() => return,
+            _ = events.closed() => {
+                state.send_replace(ConnectionState::Closed);
+                return;
+            }
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
