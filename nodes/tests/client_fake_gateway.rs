@@ -252,3 +252,60 @@ async fn unpaced_mode_sends_a_megabyte_without_overflow() {
     assert_eq!(stats.real_sent, stats.fragments_acked);
     assert_eq!(stats.retransmitted, 0);
 }
+
+/// A topology source that counts fetches and publishes a new epoch each time.
+struct Counting {
+    topology: lethe_nodes::topology::Topology,
+    fetches: std::sync::atomic::AtomicU64,
+}
+
+impl lethe_nodes::client::TopologySource for Counting {
+    fn fetch(
+        &self,
+        seen_epoch: Option<u64>,
+    ) -> lethe_nodes::client::runtime::BoxFuture<'_, Result<lethe_nodes::topology::Topology, String>>
+    {
+        let n = self.fetches.fetch_add(1, Ordering::Relaxed);
+        let mut topology = self.topology.clone();
+        topology.epoch = n + 1;
+        Box::pin(async move {
+            assert_eq!(seen_epoch, (n > 0).then_some(n), "the last epoch seen");
+            Ok(topology)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_is_refreshed_with_the_seen_epoch() {
+    let gateway = FakeGateway::start(0).await;
+    let source = Arc::new(Counting {
+        topology: gateway.net.topology.clone(),
+        fetches: std::sync::atomic::AtomicU64::new(0),
+    });
+    let config = ClientConfig {
+        identity_seed: Zeroizing::new([11; 32]),
+        encryption_secret: Zeroizing::new([12; 32]),
+        gateway: gateway.net.gateway_identity,
+        loopix: LoopixParams {
+            topology_refresh_s: 1,
+            ..params().without_cover()
+        },
+        limits: CoreLimits::default(),
+        topology: source.clone(),
+        received_capacity: 4,
+    };
+    let (a, mut received) = connect(config).await.unwrap();
+    a.wait_connected(Duration::from_secs(10)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(source.fetches.load(Ordering::Relaxed) >= 3);
+    // Still works on the refreshed topology: a message to itself.
+    a.send(&a.address(), b"to myself".to_vec(), 0)
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut received).await.data, b"to myself");
+    a.shutdown(Duration::from_secs(2)).await;
+    assert_eq!(
+        a.connection_state(),
+        lethe_nodes::client::ConnectionState::Closed
+    );
+}

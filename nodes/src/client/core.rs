@@ -203,6 +203,8 @@ pub struct CoreLimits {
     pub reassembly: ReassemblyLimits,
     /// Fragments waiting for the Poisson stream before commands are no longer read.
     pub queue_high_water: usize,
+    /// Fragments sent and not yet acknowledged before commands are no longer read.
+    pub unacked_high_water: usize,
     /// Reply-SURB recovery records kept (oldest evicted first).
     pub surb_records_max: usize,
     /// Received reply SURBs kept (oldest bundle evicted first).
@@ -214,6 +216,7 @@ impl Default for CoreLimits {
         CoreLimits {
             reassembly: ReassemblyLimits::default(),
             queue_high_water: 4096,
+            unacked_high_water: 65_536,
             surb_records_max: 100_000,
             received_surbs_max: 20_000,
         }
@@ -339,9 +342,11 @@ impl Core {
         self.queue.len()
     }
 
-    /// Whether new commands may be accepted (the queue is below its high-water mark).
+    /// Whether new commands may be accepted (the queue and the unacknowledged fragments are
+    /// below their high-water marks; one message may overshoot them).
     pub fn accepting(&self) -> bool {
         self.queue.len() < self.limits.queue_high_water
+            && self.tracker.pending() < self.limits.unacked_high_water
     }
 
     pub fn has_real(&self) -> bool {
