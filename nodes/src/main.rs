@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lethe_nodes::gateway;
 use lethe_nodes::directory;
+use lethe_nodes::gateway;
 use lethe_nodes::issuer;
 use lethe_nodes::mixnode::{self, RunOverrides};
 
@@ -53,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: DirectoryCommand,
     },
+    /// A Loopix client: create an identity, send and receive messages through the mixnet.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
     /// Listen and record every received frame to a file (a test helper; a gateway stand-in).
     Sink {
         #[arg(long, env = "LETHE_LISTEN", default_value = "127.0.0.1:0")]
@@ -83,6 +88,16 @@ enum DirectoryCommand {
     },
     /// Serve the directory API until SIGTERM/SIGINT; prints `listen=ADDR` and `key=HEX`.
     Run(directory::DirectoryRunArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCommand {
+    /// Write keys and client.toml into DIR; print the client's address.
+    Init(lethe_nodes::client::cli::InitArgs),
+    /// Send a message (or a file) to an address.
+    Send(lethe_nodes::client::cli::SendArgs),
+    /// Receive messages into a directory.
+    Receive(lethe_nodes::client::cli::ReceiveArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -173,6 +188,11 @@ fn main() -> ExitCode {
         Command::Directory {
             command: DirectoryCommand::Run(args),
         } => directory::server::run(&args).map_err(anyhow_text),
+        Command::Client { command } => match command {
+            ClientCommand::Init(args) => lethe_nodes::client::cli::init(&args),
+            ClientCommand::Send(args) => lethe_nodes::client::cli::send(&args),
+            ClientCommand::Receive(args) => lethe_nodes::client::cli::receive(&args),
+        },
         Command::Sink { listen, out } => {
             lethe_nodes::sink::run(listen, out).map_err(|e| e.to_string())
         }

@@ -1,0 +1,322 @@
+//! `lethe client init | send | receive`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rand::seq::IndexedRandom;
+
+use super::address::Recipient;
+use super::config::{self, LoopixParams};
+use super::runtime::{connect, ClientConfig};
+use crate::keyfile;
+
+#[derive(clap::Args, Debug)]
+pub struct InitArgs {
+    /// Client directory (created 0700; refuses to overwrite an existing client).
+    #[arg(long, env = "LETHE_DIR")]
+    pub dir: PathBuf,
+    /// Directory base URL (`http://host:port`).
+    #[arg(long)]
+    pub directory: String,
+    /// The directory's ed25519 key (hex). Without it, the key the directory serves is
+    /// trusted on first use and pinned.
+    #[arg(long)]
+    pub directory_key: Option<String>,
+    /// Our gateway's identity (hex). Without it, a random gateway of the topology.
+    #[arg(long)]
+    pub gateway: Option<String>,
+}
+
+/// Traffic overrides for tests and benchmarks (the config's values otherwise).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct TrafficArgs {
+    /// No drop cover and no loop cover.
+    #[arg(long)]
+    pub no_cover: bool,
+    /// Mean delay between packets of the Poisson stream, ms (0: send real packets at once).
+    #[arg(long)]
+    pub send_delay_ms: Option<f64>,
+    /// Mean delay between loop-cover packets, ms.
+    #[arg(long)]
+    pub loop_delay_ms: Option<f64>,
+    /// Mean per-hop mix delay, ms (packets and ACKs).
+    #[arg(long)]
+    pub hop_delay_ms: Option<f64>,
+    /// Retransmissions of a fragment before giving up.
+    #[arg(long)]
+    pub max_retransmissions: Option<u32>,
+}
+
+impl TrafficArgs {
+    pub fn apply(&self, mut params: LoopixParams) -> LoopixParams {
+        if self.no_cover {
+            params = params.without_cover();
+        }
+        if let Some(v) = self.send_delay_ms {
+            params.message_sending_average_delay_ms = v;
+        }
+        if let Some(v) = self.loop_delay_ms {
+            params.loop_cover_average_delay_ms = v;
+        }
+        if let Some(v) = self.hop_delay_ms {
+            params.average_packet_delay_ms = v;
+            params.average_ack_delay_ms = v;
+        }
+        if let Some(v) = self.max_retransmissions {
+            params.max_retransmissions = Some(v);
+        }
+        params
+    }
+}
+
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("content").required(true).args(["message", "file"])))]
+pub struct SendArgs {
+    /// Client directory (see `lethe client init`).
+    #[arg(long, env = "LETHE_DIR")]
+    pub dir: PathBuf,
+    /// Recipient address `<identity>.<encryption key>@<gateway>`.
+    #[arg(long)]
+    pub to: String,
+    /// The message (UTF-8 text).
+    #[arg(long)]
+    pub message: Option<String>,
+    /// Send this file's bytes (up to 16 MiB).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Wait until every fragment is acknowledged.
+    #[arg(long)]
+    pub wait_acks: bool,
+    /// Reply SURBs to attach.
+    #[arg(long, default_value_t = 0)]
+    pub reply_surbs: usize,
+    /// Give up after this long.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_s: u64,
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReceiveArgs {
+    /// Client directory (see `lethe client init`).
+    #[arg(long, env = "LETHE_DIR")]
+    pub dir: PathBuf,
+    /// Where complete messages are written (as `<message id hex>`).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Exit after this many messages (otherwise at the timeout).
+    #[arg(long)]
+    pub count: Option<usize>,
+    #[arg(long, default_value_t = 60)]
+    pub timeout_s: u64,
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
+
+pub fn init(args: &InitArgs) -> Result<(), String> {
+    let existing = args.dir.join(config::CONFIG_FILE);
+    if existing.exists() {
+        return Err(format!("{}: already exists", existing.display()));
+    }
+    runtime()?.block_on(async {
+        let http = crate::directory::client::http_client();
+        let directory_key = match &args.directory_key {
+            Some(hex) => keyfile::unhex_32(hex)
+                .ok_or_else(|| "--directory-key is not 32-byte hex".to_string())?,
+            None => {
+                let key = crate::directory::client::fetch_key(&http, &args.directory)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                eprintln!(
+                    "lethe client: trusting the directory key {} as served by {} (trust on \
+                     first use; pass --directory-key to pin a key obtained out of band)",
+                    keyfile::hex(&key),
+                    args.directory
+                );
+                key
+            }
+        };
+        let topology =
+            crate::directory::client::fetch_topology(&http, &args.directory, &directory_key, None)
+                .await
+                .map_err(|e| e.to_string())?;
+        let gateway = match &args.gateway {
+            Some(hex) => {
+                let gateway = keyfile::unhex_32(hex)
+                    .ok_or_else(|| "--gateway is not 32-byte hex".to_string())?;
+                if topology.gateway(&gateway).is_none() {
+                    return Err(format!("gateway {hex} is not in the directory's topology"));
+                }
+                gateway
+            }
+            None => {
+                let usable: Vec<_> = topology
+                    .gateways
+                    .iter()
+                    .filter(|g| g.client_url.is_some())
+                    .collect();
+                let chosen = usable
+                    .choose(&mut rand::rng())
+                    .ok_or_else(|| "the topology has no gateway with a client URL".to_string())?;
+                chosen.identity_key().map_err(|e| e.to_string())?
+            }
+        };
+        let address = config::write_new(
+            &args.dir,
+            &args.directory,
+            &directory_key,
+            &gateway,
+            LoopixParams::default(),
+        )?;
+        println!("address={address}");
+        Ok(())
+    })
+}
+
+pub fn send(args: &SendArgs) -> Result<(), String> {
+    let recipient: Recipient = args.to.parse().map_err(|e| format!("--to: {e}"))?;
+    let data = match (&args.message, &args.file) {
+        (Some(text), _) => text.as_bytes().to_vec(),
+        (None, Some(path)) => {
+            std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        (None, None) => return Err("give --message or --file".into()),
+    };
+    let mut files = config::load(&args.dir)?;
+    files.loopix = args.traffic.apply(files.loopix);
+    let timeout = Duration::from_secs(args.timeout_s);
+    runtime()?.block_on(async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (handle, _received) = connect(ClientConfig::from_files(&files))
+            .await
+            .map_err(|e| e.to_string())?;
+        handle
+            .wait_connected(timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ticket = handle
+            .send(&recipient, data, args.reply_surbs)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut progress = ticket.progress.clone();
+        let wait_acks = args.wait_acks;
+        let done = progress.wait_for(|p| {
+            if wait_acks {
+                p.finished()
+            } else {
+                p.sent == p.fragments || p.finished()
+            }
+        });
+        let last = match tokio::time::timeout_at(deadline, done).await {
+            Ok(Ok(p)) => *p,
+            _ => *ticket.progress.borrow(),
+        };
+        let stats = handle.stats();
+        println!(
+            "message_id={:016x} fragments={} sent={} acked={} failed={} retransmitted={}",
+            ticket.message_id,
+            last.fragments,
+            last.sent,
+            last.acked,
+            last.failed,
+            stats.retransmitted
+        );
+        if wait_acks {
+            if last.failed > 0 {
+                return Err(format!(
+                    "{} of {} fragments were not acknowledged after the maximum of \
+                     retransmissions",
+                    last.failed, last.fragments
+                ));
+            }
+            if !last.delivered() {
+                return Err(format!(
+                    "timed out after {}s: {} of {} fragments acknowledged",
+                    args.timeout_s, last.acked, last.fragments
+                ));
+            }
+        } else if last.sent < last.fragments {
+            return Err(format!(
+                "timed out after {}s: {} of {} fragments sent",
+                args.timeout_s, last.sent, last.fragments
+            ));
+        }
+        // Write the last packets out and close the session cleanly.
+        handle.shutdown(Duration::from_secs(2)).await;
+        Ok(())
+    })
+}
+
+/// Writes `data` to `dir/name` durably (temporary file, fsync, rename, fsync of the directory).
+pub fn write_durably(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf, String> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    file.write_all(data)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(path)
+}
+
+pub fn receive(args: &ReceiveArgs) -> Result<(), String> {
+    let mut files = config::load(&args.dir)?;
+    files.loopix = args.traffic.apply(files.loopix);
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let timeout = Duration::from_secs(args.timeout_s);
+    runtime()?.block_on(async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (handle, mut received) = connect(ClientConfig::from_files(&files))
+            .await
+            .map_err(|e| e.to_string())?;
+        handle
+            .wait_connected(timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut count = 0usize;
+        while args.count.is_none_or(|n| count < n) {
+            let message = match tokio::time::timeout_at(deadline, received.recv()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => return Err("the client stopped".into()),
+                Err(_) => break,
+            };
+            let mut message = message;
+            let path = write_durably(
+                &args.out,
+                &format!("{:016x}", message.message_id),
+                &message.data,
+            )?;
+            message.confirm();
+            count += 1;
+            println!(
+                "received={} bytes={} from_reply_surbs={}",
+                path.display(),
+                message.data.len(),
+                message.reply_surbs
+            );
+        }
+        // Let the confirmations reach the gateway, then close the session cleanly.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        handle.shutdown(Duration::from_secs(2)).await;
+        match args.count {
+            Some(n) if count < n => Err(format!(
+                "timed out after {}s: received {count} of {n} messages",
+                args.timeout_s
+            )),
+            _ => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,252 @@
+//! Building the client's Sphinx packets from a topology, I/O-free: forward packets with a
+//! SURB-ACK, ACK packets, loop and drop cover, reply SURBs and replies.
+//!
+//! Every route is `[L1, L2, L3, gateway]` (one random mixnode per layer); packets to us and our
+//! ACKs and SURBs end at our own gateway with destination = our ed25519 identity.
+
+use lethe_crypto::framing::PacketSize;
+use lethe_crypto::sphinx::{
+    self, build_surb, Destination, PacketSpec, RouteHop, Surb, SurbRecovery, Version,
+};
+use rand::CryptoRng;
+
+use super::address::Recipient;
+use super::message::{forward_content_len, reply_content_len};
+use crate::proto::payload::{
+    write_surb_ack, ACK_CONTENT_BYTES, DROP_COVER_DESTINATION, SURB_ACK_ADDRESS_BYTES,
+    SURB_ACK_BYTES,
+};
+use crate::topology::{self, Descriptor, Topology, LAYERS};
+
+const HOPS: usize = LAYERS + 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("gateway {0} is not in the topology")]
+    UnknownGateway(String),
+    #[error("no route: {0}")]
+    Route(#[from] topology::TopologyError),
+    #[error("sphinx: {0}")]
+    Sphinx(#[from] sphinx::SphinxError),
+    #[error("content of {len} bytes does not fit ({max})")]
+    ContentLength { len: usize, max: usize },
+    #[error("the payload prefix cannot be written")]
+    Prefix,
+}
+
+/// Loopix parameters the builder needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Delays {
+    /// Mean per-hop delay of forward packets (ms).
+    pub packet_ms: f64,
+    /// Mean per-hop delay of ACK packets and reply SURBs (ms).
+    pub ack_ms: f64,
+}
+
+/// A packet ready for `ClientMessage::Forward`.
+pub struct Built {
+    pub first_hop: [u8; SURB_ACK_ADDRESS_BYTES],
+    pub packet: Vec<u8>,
+    /// Sum of the sampled mix delays of the packet and of its ACK (ns).
+    pub expected_rtt_ns: u64,
+}
+
+/// Who we are, for routes back to us.
+#[derive(Debug, Clone, Copy)]
+pub struct SelfRoute {
+    pub identity: [u8; 32],
+    pub gateway: [u8; 32],
+}
+
+pub struct Builder<'a> {
+    pub topology: &'a Topology,
+    pub own: SelfRoute,
+    pub delays: Delays,
+    pub size: PacketSize,
+}
+
+impl Builder<'_> {
+    fn gateway(&self, identity: &[u8; 32]) -> Result<&Descriptor, BuildError> {
+        self.topology
+            .gateway(identity)
+            .ok_or_else(|| BuildError::UnknownGateway(crate::keyfile::hex(identity)))
+    }
+
+    fn route<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        gateway: &[u8; 32],
+    ) -> Result<[RouteHop; HOPS], BuildError> {
+        let gateway = self.gateway(gateway)?;
+        Ok(self.topology.random_route(rng, gateway)?)
+    }
+
+    fn delays<R: CryptoRng + ?Sized>(rng: &mut R, mean_ms: f64) -> ([u64; HOPS], u64) {
+        let mut delays = [0u64; HOPS];
+        topology::sample_delays_ns(rng, mean_ms, &mut delays);
+        // The last hop (the gateway) does not delay: its delay is not encoded.
+        delays[HOPS - 1] = 0;
+        let total = delays.iter().fold(0u64, |a, d| a.saturating_add(*d));
+        (delays, total)
+    }
+
+    fn sphinx<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        size: PacketSize,
+        message: &[u8],
+        route: &[RouteHop; HOPS],
+        delays: &[u64; HOPS],
+        destination: &Destination,
+    ) -> Result<Vec<u8>, BuildError> {
+        let spec = PacketSpec {
+            route,
+            delays_ns: delays,
+            destination,
+            version: Version::CURRENT,
+        };
+        Ok(sphinx::create(
+            message,
+            size.payload_len(),
+            &spec,
+            None,
+            rng,
+        )?)
+    }
+
+    /// An ACK packet (Ack size) carrying `ack_plaintext`, routed back to us.
+    pub fn ack_packet<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        ack_plaintext: &[u8; ACK_CONTENT_BYTES],
+    ) -> Result<([u8; 32], Vec<u8>, u64), BuildError> {
+        let route = self.route(rng, &self.own.gateway)?;
+        let (delays, total) = Self::delays(rng, self.delays.ack_ms);
+        let destination = Destination {
+            address: self.own.identity,
+            identifier: [0u8; 16],
+        };
+        let packet = self.sphinx(
+            rng,
+            PacketSize::Ack,
+            ack_plaintext,
+            &route,
+            &delays,
+            &destination,
+        )?;
+        Ok((route[0].address, packet, total))
+    }
+
+    /// A forward packet to `(destination identity, gateway)` whose payload is
+    /// `SURB-ACK ‖ content` (`content` exactly [`forward_content_len`] bytes); `ack` = None
+    /// writes an all-zero SURB-ACK (no ACK wanted).
+    pub fn forward<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        destination: &[u8; 32],
+        gateway: &[u8; 32],
+        content: &[u8],
+        ack: Option<&[u8; ACK_CONTENT_BYTES]>,
+    ) -> Result<Built, BuildError> {
+        let max = forward_content_len(self.size);
+        if content.len() != max {
+            return Err(BuildError::ContentLength {
+                len: content.len(),
+                max,
+            });
+        }
+        let mut plaintext = vec![0u8; SURB_ACK_BYTES + content.len()];
+        let mut ack_rtt = 0;
+        match ack {
+            Some(ack_plaintext) => {
+                let (first_hop, packet, total) = self.ack_packet(rng, ack_plaintext)?;
+                ack_rtt = total;
+                write_surb_ack(&mut plaintext, Some((&first_hop, &packet)))
+                    .ok_or(BuildError::Prefix)?;
+            }
+            None => write_surb_ack(&mut plaintext, None).ok_or(BuildError::Prefix)?,
+        }
+        plaintext[SURB_ACK_BYTES..].copy_from_slice(content);
+        let route = self.route(rng, gateway)?;
+        let (delays, total) = Self::delays(rng, self.delays.packet_ms);
+        let destination = Destination {
+            address: *destination,
+            identifier: [0u8; 16],
+        };
+        let packet = self.sphinx(rng, self.size, &plaintext, &route, &delays, &destination)?;
+        Ok(Built {
+            first_hop: route[0].address,
+            packet,
+            expected_rtt_ns: total.saturating_add(ack_rtt),
+        })
+    }
+
+    /// A forward packet to a recipient address.
+    pub fn to_recipient<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        recipient: &Recipient,
+        content: &[u8],
+        ack: Option<&[u8; ACK_CONTENT_BYTES]>,
+    ) -> Result<Built, BuildError> {
+        self.forward(rng, &recipient.identity, &recipient.gateway, content, ack)
+    }
+
+    /// A drop-cover packet: to [`DROP_COVER_DESTINATION`] at a random gateway, random content.
+    pub fn drop_cover<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> Result<Built, BuildError> {
+        use rand::seq::IndexedRandom;
+        let gateway = self
+            .topology
+            .gateways
+            .choose(rng)
+            .ok_or(BuildError::Route(topology::TopologyError::NoRoute(
+                "no gateways",
+            )))?
+            .identity_key()?;
+        let mut content = vec![0u8; forward_content_len(self.size)];
+        rng.fill_bytes(&mut content);
+        self.forward(rng, &DROP_COVER_DESTINATION, &gateway, &content, None)
+    }
+
+    /// A reply SURB for a route back to us (v260: we keep the recovery record).
+    pub fn reply_surb<R: CryptoRng + ?Sized>(
+        &self,
+        rng: &mut R,
+        identifier: [u8; 16],
+    ) -> Result<(Surb, SurbRecovery), BuildError> {
+        let route = self.route(rng, &self.own.gateway)?;
+        let (delays, _) = Self::delays(rng, self.delays.ack_ms);
+        let destination = Destination {
+            address: self.own.identity,
+            identifier,
+        };
+        let spec = PacketSpec {
+            route: &route,
+            delays_ns: &delays,
+            destination: &destination,
+            version: Version::SINGLE_SEED_SURB,
+        };
+        let (surb, recovery) = build_surb(&spec, None, rng)?;
+        let recovery = recovery.ok_or(BuildError::Sphinx(sphinx::SphinxError::BadSurb(
+            "no recovery record for a v260 SURB",
+        )))?;
+        Ok((surb, recovery))
+    }
+}
+
+/// A reply through a SURB someone gave us: `content` is exactly [`reply_content_len`] bytes.
+pub fn reply_packet(surb: &Surb, content: &[u8], size: PacketSize) -> Result<Built, BuildError> {
+    let max = reply_content_len(size);
+    if content.len() != max {
+        return Err(BuildError::ContentLength {
+            len: content.len(),
+            max,
+        });
+    }
+    let (packet, first_hop) = surb.use_surb(content, size.payload_len())?;
+    Ok(Built {
+        first_hop,
+        packet,
+        expected_rtt_ns: 0,
+    })
+}

@@ -1,0 +1,287 @@
+//! ACK bookkeeping and retransmission scheduling, I/O-free (time is passed in, in ms).
+//!
+//! Every transmission of a fragment gets a fresh 40-bit ack id (its SURB-ACK names it). When
+//! the transmission leaves, a timer is armed at `expected RTT × multiplier + addition` (Nym's
+//! `ack_wait_multiplier` 1.5 and `ack_wait_addition` 1.5 s, the RTT being the sum of the
+//! packet's and its ACK's sampled mix delays). An ACK for any transmission of the fragment
+//! settles it. A timer firing asks for a retransmission (a fresh route and packet), up to
+//! `max_retransmissions`, then gives up.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::ack::ACK_ID_MAX;
+
+/// One fragment of one outgoing message (the message's local sequence number and index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FragmentKey {
+    pub message: u64,
+    pub index: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AckWait {
+    pub multiplier: f64,
+    pub addition_ms: u64,
+}
+
+impl Default for AckWait {
+    fn default() -> Self {
+        AckWait {
+            multiplier: 1.5,
+            addition_ms: 1500,
+        }
+    }
+}
+
+impl AckWait {
+    pub fn timeout_ms(&self, expected_rtt_ns: u64) -> u64 {
+        let rtt_ms = expected_rtt_ns as f64 / 1e6;
+        let wait = (rtt_ms * self.multiplier.max(0.0)).min(u64::MAX as f64 / 2.0) as u64;
+        wait.saturating_add(self.addition_ms)
+    }
+}
+
+struct Pending {
+    /// Transmissions so far.
+    sent: u32,
+    deadline_ms: Option<u64>,
+    ack_ids: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// The first ACK for this fragment.
+    Acked(FragmentKey),
+    /// An ACK for a fragment already settled, or for an id we do not track (loop cover's).
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Retransmit(FragmentKey),
+    GiveUp(FragmentKey),
+}
+
+pub struct Tracker {
+    wait: AckWait,
+    max_retransmissions: Option<u32>,
+    next_ack_id: u64,
+    acks: HashMap<u64, FragmentKey>,
+    pending: HashMap<FragmentKey, Pending>,
+    timers: BTreeSet<(u64, FragmentKey)>,
+}
+
+impl Tracker {
+    pub fn new(wait: AckWait, max_retransmissions: Option<u32>, first_ack_id: u64) -> Tracker {
+        Tracker {
+            wait,
+            max_retransmissions,
+            next_ack_id: first_ack_id & ACK_ID_MAX,
+            acks: HashMap::new(),
+            pending: HashMap::new(),
+            timers: BTreeSet::new(),
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_pending(&self, key: &FragmentKey) -> bool {
+        self.pending.contains_key(key)
+    }
+
+    /// A fresh ack id for an untracked packet (loop cover): never matches a fragment.
+    pub fn fresh_id(&mut self) -> u64 {
+        let id = self.next_ack_id;
+        self.next_ack_id = (self.next_ack_id + 1) & ACK_ID_MAX;
+        id
+    }
+
+    /// A new transmission of `key` is being built: its ack id.
+    pub fn transmission(&mut self, key: FragmentKey) -> u64 {
+        let id = self.fresh_id();
+        // A stale mapping (after 2^40 ids) is overwritten.
+        self.acks.insert(id, key);
+        let pending = self.pending.entry(key).or_insert(Pending {
+            sent: 0,
+            deadline_ms: None,
+            ack_ids: Vec::new(),
+        });
+        pending.ack_ids.push(id);
+        id
+    }
+
+    /// The transmission left at `now_ms`; its route's expected round trip is given.
+    pub fn sent(&mut self, key: FragmentKey, now_ms: u64, expected_rtt_ns: u64) {
+        let deadline = now_ms.saturating_add(self.wait.timeout_ms(expected_rtt_ns));
+        if let Some(pending) = self.pending.get_mut(&key) {
+            pending.sent = pending.sent.saturating_add(1);
+            if let Some(old) = pending.deadline_ms.replace(deadline) {
+                self.timers.remove(&(old, key));
+            }
+            self.timers.insert((deadline, key));
+        }
+    }
+
+    /// A transmission could not be sent (no connection, no route): try again at `retry_ms`
+    /// without counting it.
+    pub fn not_sent(&mut self, key: FragmentKey, retry_ms: u64) {
+        if let Some(pending) = self.pending.get_mut(&key) {
+            if let Some(old) = pending.deadline_ms.replace(retry_ms) {
+                self.timers.remove(&(old, key));
+            }
+            self.timers.insert((retry_ms, key));
+        }
+    }
+
+    pub fn on_ack(&mut self, ack_id: u64) -> AckOutcome {
+        let Some(key) = self.acks.get(&ack_id).copied() else {
+            return AckOutcome::Unknown;
+        };
+        match self.settle(key) {
+            true => AckOutcome::Acked(key),
+            false => AckOutcome::Unknown,
+        }
+    }
+
+    /// Stops tracking `key`; returns whether it was tracked.
+    pub fn settle(&mut self, key: FragmentKey) -> bool {
+        let Some(pending) = self.pending.remove(&key) else {
+            return false;
+        };
+        for id in pending.ack_ids {
+            self.acks.remove(&id);
+        }
+        if let Some(deadline) = pending.deadline_ms {
+            self.timers.remove(&(deadline, key));
+        }
+        true
+    }
+
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.timers.first().map(|(deadline, _)| *deadline)
+    }
+
+    /// Timers that fired by `now_ms`. A retransmission stays tracked (call
+    /// [`Self::transmission`] and [`Self::sent`] again); a give-up is settled.
+    pub fn due(&mut self, now_ms: u64) -> Vec<Due> {
+        let mut out = Vec::new();
+        while let Some(&(deadline, key)) = self.timers.first() {
+            if deadline > now_ms {
+                break;
+            }
+            self.timers.remove(&(deadline, key));
+            let Some(pending) = self.pending.get_mut(&key) else {
+                continue;
+            };
+            pending.deadline_ms = None;
+            let retransmissions = pending.sent.saturating_sub(1);
+            let exhausted = self
+                .max_retransmissions
+                .is_some_and(|max| pending.sent > 0 && retransmissions >= max);
+            if exhausted {
+                self.settle(key);
+                out.push(Due::GiveUp(key));
+            } else {
+                out.push(Due::Retransmit(key));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u32) -> FragmentKey {
+        FragmentKey {
+            message: 1,
+            index: i,
+        }
+    }
+
+    #[test]
+    fn timeout_is_rtt_times_multiplier_plus_addition() {
+        let wait = AckWait::default();
+        assert_eq!(wait.timeout_ms(0), 1500);
+        assert_eq!(wait.timeout_ms(100_000_000), 1650);
+    }
+
+    #[test]
+    fn acked_fragments_are_not_retransmitted() {
+        let mut t = Tracker::new(AckWait::default(), Some(2), 0);
+        let a = t.transmission(key(0));
+        let _b = t.transmission(key(1));
+        t.sent(key(0), 0, 100_000_000);
+        t.sent(key(1), 0, 100_000_000);
+        assert_eq!(t.next_deadline(), Some(1650));
+        assert_eq!(t.on_ack(a), AckOutcome::Acked(key(0)));
+        assert_eq!(t.on_ack(a), AckOutcome::Unknown);
+        assert!(t.due(1649).is_empty());
+        assert_eq!(t.due(1650), vec![Due::Retransmit(key(1))]);
+        assert_eq!(t.pending(), 1);
+    }
+
+    #[test]
+    fn retransmits_up_to_the_maximum_then_gives_up() {
+        let mut t = Tracker::new(AckWait::default(), Some(2), 0);
+        let mut now = 0;
+        let mut transmissions = 0;
+        loop {
+            t.transmission(key(0));
+            t.sent(key(0), now, 0);
+            transmissions += 1;
+            now += 1500;
+            match t.due(now).as_slice() {
+                [Due::Retransmit(k)] => assert_eq!(*k, key(0)),
+                [Due::GiveUp(k)] => {
+                    assert_eq!(*k, key(0));
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // One transmission and two retransmissions.
+        assert_eq!(transmissions, 3);
+        assert_eq!(t.pending(), 0);
+        assert!(t.next_deadline().is_none());
+    }
+
+    #[test]
+    fn a_late_ack_of_an_earlier_transmission_settles() {
+        let mut t = Tracker::new(AckWait::default(), None, ACK_ID_MAX);
+        let first = t.transmission(key(3));
+        assert_eq!(first, ACK_ID_MAX);
+        t.sent(key(3), 0, 0);
+        assert_eq!(t.due(1500), vec![Due::Retransmit(key(3))]);
+        let second = t.transmission(key(3));
+        assert_eq!(second, 0, "ids wrap at 40 bits");
+        t.sent(key(3), 1500, 0);
+        assert_eq!(t.on_ack(first), AckOutcome::Acked(key(3)));
+        assert_eq!(t.on_ack(second), AckOutcome::Unknown);
+        assert!(t.due(10_000).is_empty());
+    }
+
+    #[test]
+    fn unlimited_retransmissions_never_give_up() {
+        let mut t = Tracker::new(AckWait::default(), None, 0);
+        for round in 0..50u64 {
+            t.transmission(key(0));
+            t.sent(key(0), round * 2000, 0);
+            assert_eq!(t.due(round * 2000 + 1500), vec![Due::Retransmit(key(0))]);
+        }
+    }
+
+    #[test]
+    fn not_sent_retries_without_counting() {
+        let mut t = Tracker::new(AckWait::default(), Some(0), 0);
+        t.transmission(key(0));
+        t.not_sent(key(0), 100);
+        assert_eq!(t.due(100), vec![Due::Retransmit(key(0))]);
+        t.transmission(key(0));
+        t.sent(key(0), 200, 0);
+        assert_eq!(t.due(1700), vec![Due::GiveUp(key(0))]);
+    }
+}

@@ -1,0 +1,797 @@
+//! The running client: three tokio tasks around the I/O-free [`Core`].
+//!
+//! - core task: owns the state; runs the Poisson real/drop-cover stream (mean
+//!   `message_sending_average_delay_ms`), the loop-cover stream (mean
+//!   `loop_cover_average_delay_ms`), retransmission timers and housekeeping; handles
+//!   commands from [`ClientHandle`]s (read only while the outgoing queue is below its
+//!   high-water mark: back-pressure) and gateway deliveries;
+//! - connection task: WebSocket to our gateway, [`ClientHandshake`], sealed session,
+//!   reconnection with exponential backoff (200 ms doubling to 30 s);
+//! - topology task: refresh every `topology_refresh_s` (and soon after a failure), keeping
+//!   the epoch seen so an older topology is refused.
+//!
+//! Every channel is bounded; overflow is counted in [`Stats`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use zeroize::Zeroizing;
+
+use super::address::Recipient;
+use super::config::{ClientFiles, LoopixParams};
+use super::core::{
+    bump, Core, CoreLimits, MessageTicket, Received, SendError, Stats, StatsSnapshot,
+};
+use crate::proto::{
+    messages::CONFIRM_IDS_MAX, ClientHandshake, ClientMessage, GatewayMessage, Session,
+    WS_MESSAGE_BYTES_MAX,
+};
+use crate::topology::Topology;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where the client gets its topology (injectable: tests serve one from memory).
+pub trait TopologySource: Send + Sync + 'static {
+    /// A verified topology not older than `seen_epoch`.
+    fn fetch(&self, seen_epoch: Option<u64>) -> BoxFuture<'_, Result<Topology, String>>;
+}
+
+/// The directory over HTTP, verified against the pinned key.
+pub struct DirectorySource {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub key: [u8; 32],
+}
+
+impl TopologySource for DirectorySource {
+    fn fetch(&self, seen_epoch: Option<u64>) -> BoxFuture<'_, Result<Topology, String>> {
+        Box::pin(async move {
+            crate::directory::client::fetch_topology(&self.http, &self.url, &self.key, seen_epoch)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// A fixed topology (tests, or a caller that manages topologies itself).
+pub struct StaticTopology(pub Topology);
+
+impl TopologySource for StaticTopology {
+    fn fetch(&self, _seen_epoch: Option<u64>) -> BoxFuture<'_, Result<Topology, String>> {
+        let topology = self.0.clone();
+        Box::pin(async move { Ok(topology) })
+    }
+}
+
+pub struct ClientConfig {
+    pub identity_seed: Zeroizing<[u8; 32]>,
+    pub encryption_secret: Zeroizing<[u8; 32]>,
+    /// Our gateway's identity.
+    pub gateway: [u8; 32],
+    pub loopix: LoopixParams,
+    pub limits: CoreLimits,
+    pub topology: Arc<dyn TopologySource>,
+    /// Capacity of the channel of received messages.
+    pub received_capacity: usize,
+}
+
+impl ClientConfig {
+    /// A config from a client directory, fetching topologies from its directory.
+    pub fn from_files(files: &ClientFiles) -> ClientConfig {
+        ClientConfig {
+            identity_seed: files.identity_seed.clone(),
+            encryption_secret: files.encryption_secret.clone(),
+            gateway: files.gateway,
+            loopix: files.loopix,
+            limits: CoreLimits::default(),
+            topology: Arc::new(DirectorySource {
+                http: crate::directory::client::http_client(),
+                url: files.directory_url.clone(),
+                key: files.directory_key,
+            }),
+            received_capacity: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("topology: {0}")]
+    Topology(String),
+    #[error("our gateway {0} is not in the topology")]
+    GatewayNotInTopology(String),
+    #[error("gateway {0} announces no client URL")]
+    NoClientUrl(String),
+    #[error("{0}")]
+    Send(#[from] SendError),
+    #[error("not connected to the gateway within {0:?}: {1}")]
+    NotConnected(Duration, String),
+}
+
+/// Connection to the gateway, as the handle sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    Connecting,
+    Connected,
+    /// The last attempt failed (the task keeps retrying).
+    Failed(String),
+    /// Shut down: queued messages were written out and the WebSocket closed.
+    Closed,
+}
+
+/// A complete received message. Call [`ReceivedMessage::confirm`] once it is durably handled:
+/// the gateway then deletes its fragments. Unconfirmed fragments stay in the gateway's
+/// mailbox and are delivered again (after a reconnect); duplicates of a message this client
+/// already completed are recognised by message id and confirmed without a second delivery.
+pub struct ReceivedMessage {
+    pub message_id: u64,
+    pub data: Vec<u8>,
+    /// How many reply SURBs the sender attached.
+    pub reply_surbs: usize,
+    /// Pass to [`ClientHandle::reply`] to answer anonymously.
+    pub surb_bundle: Option<u64>,
+    /// For a reply to one of our messages: that message's id.
+    pub in_reply_to: Option<u64>,
+    delivery_ids: Vec<u64>,
+    confirm: mpsc::Sender<Vec<u64>>,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for ReceivedMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceivedMessage")
+            .field("message_id", &self.message_id)
+            .field("bytes", &self.data.len())
+            .field("reply_surbs", &self.reply_surbs)
+            .field("surb_bundle", &self.surb_bundle)
+            .field("in_reply_to", &self.in_reply_to)
+            .finish()
+    }
+}
+
+impl ReceivedMessage {
+    /// Tells the gateway it may delete the message's fragments.
+    pub fn confirm(&mut self) {
+        let ids = std::mem::take(&mut self.delivery_ids);
+        if !ids.is_empty() && self.confirm.try_send(ids).is_err() {
+            bump(&self.stats.confirm_overflow);
+        }
+    }
+}
+
+enum Command {
+    Send {
+        recipient: Recipient,
+        data: Vec<u8>,
+        reply_surbs: usize,
+        reply: oneshot::Sender<Result<MessageTicket, SendError>>,
+    },
+    Reply {
+        bundle: u64,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<MessageTicket, SendError>>,
+    },
+    SurbsLeft {
+        bundle: u64,
+        reply: oneshot::Sender<usize>,
+    },
+    Shutdown,
+}
+
+/// Cheap to clone; the client stops when every handle is dropped.
+#[derive(Clone)]
+pub struct ClientHandle {
+    commands: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+    address: Recipient,
+    connection: watch::Receiver<ConnectionState>,
+}
+
+impl ClientHandle {
+    /// Our address (`identity.encryption@gateway`).
+    pub fn address(&self) -> Recipient {
+        self.address
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    pub fn connection_state(&self) -> ConnectionState {
+        self.connection.borrow().clone()
+    }
+
+    /// Waits until the gateway session is up.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), ClientError> {
+        let mut rx = self.connection.clone();
+        let connected = tokio::time::timeout(timeout, async {
+            rx.wait_for(|s| *s == ConnectionState::Connected)
+                .await
+                .is_ok()
+        })
+        .await;
+        match connected {
+            Ok(true) => Ok(()),
+            _ => {
+                let state = match self.connection_state() {
+                    ConnectionState::Failed(e) => e,
+                    state => format!("{state:?}"),
+                };
+                Err(ClientError::NotConnected(timeout, state))
+            }
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, SendError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| SendError::Stopped)?;
+        rx.await.map_err(|_| SendError::Stopped)
+    }
+
+    /// Queues `data` for `recipient` through the Poisson stream, with `reply_surbs` reply SURBs
+    /// attached. Waits while the outgoing queue is full.
+    pub async fn send(
+        &self,
+        recipient: &Recipient,
+        data: Vec<u8>,
+        reply_surbs: usize,
+    ) -> Result<MessageTicket, SendError> {
+        let recipient = *recipient;
+        self.call(|reply| Command::Send {
+            recipient,
+            data,
+            reply_surbs,
+            reply,
+        })
+        .await?
+    }
+
+    /// Answers through the reply SURBs of a received message (one SURB per fragment).
+    pub async fn reply(&self, surb_bundle: u64, data: Vec<u8>) -> Result<MessageTicket, SendError> {
+        self.call(|reply| Command::Reply {
+            bundle: surb_bundle,
+            data,
+            reply,
+        })
+        .await?
+    }
+
+    /// Stops the client: what is already handed to the connection is written out, the
+    /// WebSocket is closed (waits at most `timeout`). Queued fragments not yet sent by the
+    /// Poisson stream are dropped.
+    pub async fn shutdown(&self, timeout: Duration) {
+        if self.commands.send(Command::Shutdown).await.is_err() {
+            return;
+        }
+        let mut rx = self.connection.clone();
+        let _ = tokio::time::timeout(timeout, async {
+            let _ = rx.wait_for(|s| *s == ConnectionState::Closed).await;
+        })
+        .await;
+    }
+
+    /// Reply SURBs left in a bundle.
+    pub async fn surbs_left(&self, surb_bundle: u64) -> Result<usize, SendError> {
+        self.call(|reply| Command::SurbsLeft {
+            bundle: surb_bundle,
+            reply,
+        })
+        .await
+    }
+}
+
+const COMMAND_CAPACITY: usize = 64;
+const OUTGOING_CAPACITY: usize = 1024;
+/// Unpaced mode: most packets in the outgoing channel at once (the rest leaves room for
+/// confirmations, and keeps ACK timers from starting long before the packet leaves).
+const UNPACED_WINDOW: usize = 64;
+const EVENT_CAPACITY: usize = 1024;
+const CONFIRM_CAPACITY: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const TOPOLOGY_RETRY: Duration = Duration::from_secs(10);
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+enum Event {
+    Up,
+    Down,
+    Gateway(GatewayMessage),
+}
+
+/// Starts a client: fetches the topology, then runs in the background. Returns the handle
+/// and the channel of received messages.
+pub async fn connect(
+    config: ClientConfig,
+) -> Result<(ClientHandle, mpsc::Receiver<ReceivedMessage>), ClientError> {
+    let topology = config
+        .topology
+        .fetch(None)
+        .await
+        .map_err(ClientError::Topology)?;
+    let gateway_hex = crate::keyfile::hex(&config.gateway);
+    let descriptor = topology
+        .gateway(&config.gateway)
+        .ok_or_else(|| ClientError::GatewayNotInTopology(gateway_hex.clone()))?;
+    if descriptor.client_url.is_none() {
+        return Err(ClientError::NoClientUrl(gateway_hex));
+    }
+    let topology = Arc::new(topology);
+    let stats = Arc::new(Stats::default());
+    let mut core = Core::new(
+        &config.identity_seed,
+        &config.encryption_secret,
+        config.gateway,
+        config.loopix,
+        config.limits,
+        stats.clone(),
+    );
+    core.set_topology(topology.clone());
+    let address = core.address();
+
+    let (topology_tx, topology_rx) = watch::channel(topology.clone());
+    let refresh = Arc::new(Notify::new());
+    let (command_tx, command_rx) = mpsc::channel(COMMAND_CAPACITY);
+    let (outgoing_tx, outgoing_rx) = mpsc::channel(OUTGOING_CAPACITY);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_CAPACITY);
+    let (confirm_tx, confirm_rx) = mpsc::channel(CONFIRM_CAPACITY);
+    let (received_tx, received_rx) = mpsc::channel(config.received_capacity.max(1));
+    let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
+
+    tokio::spawn(topology_task(
+        config.topology.clone(),
+        topology.epoch,
+        Duration::from_secs(config.loopix.topology_refresh_s.max(1)),
+        topology_tx,
+        refresh.clone(),
+    ));
+    tokio::spawn(connection_task(
+        config.identity_seed.clone(),
+        config.gateway,
+        topology_rx.clone(),
+        outgoing_rx,
+        event_tx,
+        state_tx,
+        stats.clone(),
+        refresh.clone(),
+    ));
+    let runner = CoreTask {
+        core,
+        params: config.loopix,
+        stats: stats.clone(),
+        outgoing: outgoing_tx,
+        received: received_tx,
+        confirm_tx,
+        refresh,
+        connected: false,
+        start: Instant::now(),
+    };
+    tokio::spawn(runner.run(command_rx, event_rx, confirm_rx, topology_rx));
+    Ok((
+        ClientHandle {
+            commands: command_tx,
+            stats,
+            address,
+            connection: state_rx,
+        },
+        received_rx,
+    ))
+}
+
+struct CoreTask {
+    core: Core,
+    params: LoopixParams,
+    stats: Arc<Stats>,
+    outgoing: mpsc::Sender<ClientMessage>,
+    received: mpsc::Sender<ReceivedMessage>,
+    confirm_tx: mpsc::Sender<Vec<u64>>,
+    refresh: Arc<Notify>,
+    connected: bool,
+    start: Instant,
+}
+
+fn after_ms(ms: f64) -> Duration {
+    Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 3600.0))
+}
+
+impl CoreTask {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn push(&self, message: ClientMessage) {
+        if self.outgoing.try_send(message).is_err() {
+            bump(&self.stats.outgoing_overflow);
+        }
+    }
+
+    fn push_packet(&self, built: super::packets::Built) {
+        self.push(ClientMessage::Forward {
+            first_hop: built.first_hop,
+            packet: built.packet,
+        });
+    }
+
+    fn push_confirm(&self, ids: Vec<u64>) {
+        for chunk in ids.chunks(CONFIRM_IDS_MAX) {
+            self.push(ClientMessage::Confirm {
+                ids: chunk.to_vec(),
+            });
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut events: mpsc::Receiver<Event>,
+        mut confirms: mpsc::Receiver<Vec<u64>>,
+        mut topology: watch::Receiver<Arc<Topology>>,
+    ) {
+        let real_mean = self.params.message_sending_average_delay_ms;
+        let loop_mean = self.params.loop_cover_average_delay_ms;
+        let loop_enabled = !self.params.disable_loop_cover && loop_mean > 0.0;
+        let mut next_real = Instant::now() + after_ms(self.core.exponential_ms(real_mean));
+        let mut next_loop = Instant::now() + after_ms(self.core.exponential_ms(loop_mean));
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        loop {
+            // Unpaced mode (zero mean): real packets leave as soon as they are queued.
+            if real_mean <= 0.0 && self.connected {
+                let now = self.now_ms();
+                let mut budget = 256;
+                // At most UNPACED_WINDOW packets waiting for the connection: what does not
+                // fit waits here (and ACK timers start close to the real send time).
+                while budget > 0 && OUTGOING_CAPACITY - self.outgoing.capacity() < UNPACED_WINDOW {
+                    match self.core.next_real(now) {
+                        Some(built) => self.push_packet(built),
+                        None => break,
+                    }
+                    budget -= 1;
+                }
+            }
+            let timer = self
+                .core
+                .next_timer()
+                .map(|ms| self.start + Duration::from_millis(ms))
+                .unwrap_or(next_housekeeping)
+                .min(next_housekeeping);
+            let accepting = self.core.accepting();
+            let paced = real_mean > 0.0;
+            let backlog = !paced && self.connected && self.core.has_real();
+            tokio::select! {
+                command = commands.recv(), if accepting => {
+                    let Some(command) = command else { break };
+                    if matches!(command, Command::Shutdown) {
+                        break;
+                    }
+                    self.command(command);
+                }
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    self.event(event);
+                }
+                Some(ids) = confirms.recv() => self.push_confirm(ids),
+                _ = tokio::time::sleep_until(next_real), if paced => {
+                    if self.connected {
+                        let now = self.now_ms();
+                        if let Some(built) = self.core.next_real(now) {
+                            self.push_packet(built);
+                        } else if !self.params.disable_drop_cover {
+                            if let Some(built) = self.core.drop_cover() {
+                                self.push_packet(built);
+                            }
+                        }
+                    }
+                    next_real = Instant::now() + after_ms(self.core.exponential_ms(real_mean));
+                }
+                _ = tokio::time::sleep(Duration::from_millis(1)), if backlog => {}
+                _ = tokio::time::sleep_until(next_loop), if loop_enabled => {
+                    if self.connected {
+                        if let Some(built) = self.core.loop_cover() {
+                            self.push_packet(built);
+                        }
+                    }
+                    next_loop = Instant::now() + after_ms(self.core.exponential_ms(loop_mean));
+                }
+                _ = tokio::time::sleep_until(timer) => {
+                    let now = self.now_ms();
+                    let expired = self.core.on_timers(now);
+                    self.push_confirm(expired);
+                    if Instant::now() >= next_housekeeping {
+                        next_housekeeping = Instant::now() + HOUSEKEEPING;
+                    }
+                    if self.core.take_build_failure() {
+                        // Routes failed: a fresher topology may help (the task rate-limits).
+                        self.refresh.notify_one();
+                    }
+                }
+                changed = topology.changed() => {
+                    if changed.is_err() { break; }
+                    let fresh = topology.borrow_and_update().clone();
+                    self.core.set_topology(fresh);
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        let now = self.now_ms();
+        match command {
+            Command::Send {
+                recipient,
+                data,
+                reply_surbs,
+                reply,
+            } => {
+                let _ = reply.send(self.core.send(recipient, &data, reply_surbs, now));
+            }
+            Command::Reply {
+                bundle,
+                data,
+                reply,
+            } => {
+                let _ = reply.send(self.core.reply(bundle, &data));
+            }
+            Command::SurbsLeft { bundle, reply } => {
+                let _ = reply.send(self.core.surbs_left(bundle));
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Up => self.connected = true,
+            Event::Down => self.connected = false,
+            Event::Gateway(GatewayMessage::Deliver {
+                id,
+                kind,
+                identifier,
+                mut bytes,
+            }) => {
+                let now = self.now_ms();
+                let outcome = self.core.deliver(id, kind, identifier, &mut bytes, now);
+                self.push_confirm(outcome.confirm);
+                if let Some(message) = outcome.message {
+                    self.hand_over(message);
+                }
+            }
+            Event::Gateway(GatewayMessage::Bandwidth { remaining_bytes }) => {
+                self.stats
+                    .bandwidth_remaining
+                    .store(remaining_bytes, Ordering::Relaxed);
+            }
+            Event::Gateway(GatewayMessage::Welcome { .. }) => {}
+            Event::Gateway(GatewayMessage::Error { code, text }) => {
+                eprintln!("lethe client: gateway error {code}: {text}");
+            }
+        }
+    }
+
+    fn hand_over(&mut self, message: Received) {
+        let received = ReceivedMessage {
+            message_id: message.message_id,
+            data: message.data,
+            reply_surbs: message.reply_surbs,
+            surb_bundle: message.surb_bundle,
+            in_reply_to: message.in_reply_to,
+            delivery_ids: message.delivery_ids,
+            confirm: self.confirm_tx.clone(),
+            stats: self.stats.clone(),
+        };
+        if let Err(error) = self.received.try_send(received) {
+            let received = match error {
+                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+            };
+            // Not confirmed: the gateway keeps it and delivers it again on a reconnect.
+            self.core.undeliverable(&Received {
+                message_id: received.message_id,
+                data: Vec::new(),
+                reply_surbs: received.reply_surbs,
+                surb_bundle: received.surb_bundle,
+                in_reply_to: received.in_reply_to,
+                delivery_ids: Vec::new(),
+            });
+        }
+    }
+}
+
+async fn topology_task(
+    source: Arc<dyn TopologySource>,
+    mut seen_epoch: u64,
+    every: Duration,
+    tx: watch::Sender<Arc<Topology>>,
+    refresh: Arc<Notify>,
+) {
+    let mut wait = every;
+    let mut last_fetch = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = refresh.notified() => {
+                // On demand, but not more often than the retry interval.
+                let earliest = last_fetch + TOPOLOGY_RETRY;
+                tokio::time::sleep_until(earliest).await;
+            }
+            _ = tx.closed() => return,
+        }
+        last_fetch = Instant::now();
+        match source.fetch(Some(seen_epoch)).await {
+            Ok(topology) => {
+                seen_epoch = seen_epoch.max(topology.epoch);
+                if tx.send(Arc::new(topology)).is_err() {
+                    return;
+                }
+                wait = every;
+            }
+            Err(error) => {
+                eprintln!("lethe client: topology refresh failed: {error}");
+                wait = TOPOLOGY_RETRY;
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection_task(
+    seed: Zeroizing<[u8; 32]>,
+    gateway: [u8; 32],
+    topology: watch::Receiver<Arc<Topology>>,
+    mut outgoing: mpsc::Receiver<ClientMessage>,
+    events: mpsc::Sender<Event>,
+    state: watch::Sender<ConnectionState>,
+    stats: Arc<Stats>,
+    refresh: Arc<Notify>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let url = topology
+            .borrow()
+            .gateway(&gateway)
+            .and_then(|g| g.client_url.clone());
+        let started = Instant::now();
+        let end = match url {
+            None => SessionEnd::Failed("our gateway is missing from the topology".into()),
+            Some(url) => session(&url, &seed, gateway, &mut outgoing, &events, &state).await,
+        };
+        let _ = events.send(Event::Down).await;
+        match end {
+            SessionEnd::Stop => {
+                state.send_replace(ConnectionState::Closed);
+                return;
+            }
+            SessionEnd::Failed(reason) => {
+                if events.is_closed() {
+                    state.send_replace(ConnectionState::Closed);
+                    return;
+                }
+                eprintln!("lethe client: gateway connection: {reason}");
+                state.send_replace(ConnectionState::Failed(reason));
+                refresh.notify_one();
+            }
+        }
+        bump(&stats.reconnects);
+        if started.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = events.closed() => {
+                state.send_replace(ConnectionState::Closed);
+                return;
+            }
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+enum SessionEnd {
+    Stop,
+    Failed(String),
+}
+
+async fn session(
+    url: &str,
+    seed: &[u8; 32],
+    gateway: [u8; 32],
+    outgoing: &mut mpsc::Receiver<ClientMessage>,
+    events: &mpsc::Sender<Event>,
+    state: &watch::Sender<ConnectionState>,
+) -> SessionEnd {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
+        .max_frame_size(Some(WS_MESSAGE_BYTES_MAX));
+    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    let mut ws = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(e)) => return SessionEnd::Failed(format!("{url}: {e}")),
+        Err(_) => return SessionEnd::Failed(format!("{url}: connect timed out")),
+    };
+    let handshake = async {
+        let (client, hello) = {
+            let mut rng = rand::rng();
+            ClientHandshake::start(seed, gateway, &mut rng)
+        };
+        ws.send(Message::binary(hello))
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = next_binary(&mut ws).await?;
+        let (auth, session) = client.finish(&reply).map_err(|e| e.to_string())?;
+        ws.send(Message::binary(auth))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<Session, String>(session)
+    };
+    let mut session = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+        Ok(Ok(session)) => session,
+        Ok(Err(e)) => return SessionEnd::Failed(format!("{url}: handshake: {e}")),
+        Err(_) => return SessionEnd::Failed(format!("{url}: handshake timed out")),
+    };
+    state.send_replace(ConnectionState::Connected);
+    if events.send(Event::Up).await.is_err() {
+        return SessionEnd::Stop;
+    }
+    let (mut sink, mut stream) = ws.split();
+    loop {
+        tokio::select! {
+            message = outgoing.recv() => {
+                let Some(message) = message else {
+                    let _ = sink.close().await;
+                    return SessionEnd::Stop;
+                };
+                let sealed = match session.seal(&message.encode()) {
+                    Ok(sealed) => sealed,
+                    Err(e) => return SessionEnd::Failed(format!("session: {e}")),
+                };
+                if let Err(e) = sink.send(Message::binary(sealed)).await {
+                    return SessionEnd::Failed(format!("send: {e}"));
+                }
+            }
+            incoming = next_binary(&mut stream) => {
+                let bytes = match incoming {
+                    Ok(bytes) => bytes,
+                    Err(e) => return SessionEnd::Failed(e),
+                };
+                let message = match session
+                    .open(&bytes)
+                    .and_then(|plain| GatewayMessage::decode(&plain))
+                {
+                    Ok(message) => message,
+                    Err(e) => return SessionEnd::Failed(format!("gateway message: {e}")),
+                };
+                if events.send(Event::Gateway(message)).await.is_err() {
+                    return SessionEnd::Stop;
+                }
+            }
+        }
+    }
+}
+
+async fn next_binary<S>(ws: &mut S) -> Result<Vec<u8>, String>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await {
+            None => return Err("connection closed".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Close(_))) => return Err("gateway closed the connection".into()),
+            Some(Ok(Message::Text(_))) => return Err("text message refused".into()),
+        }
+    }
+}

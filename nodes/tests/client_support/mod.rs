@@ -1,0 +1,344 @@
+//! Test network for the client tests: a topology whose Sphinx secrets the test knows, a
+//! Sphinx "network" that unwraps packets through every hop in-process, and a fake gateway
+//! (tokio-tungstenite + `GatewayHandshake`) that does what the real one will: unwrap forwarded
+//! packets (here through all four hops itself), deliver messages, ACKs and replies to the
+//! destination client, and send SURB-ACKs on.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use lethe_crypto::framing::PacketSize;
+use lethe_crypto::sphinx::{self, address, Hop, Packet};
+use lethe_nodes::keyfile;
+use lethe_nodes::proto::payload::{split_forward, DROP_COVER_DESTINATION};
+use lethe_nodes::proto::{
+    ClientMessage, DeliveryKind, GatewayHandshake, GatewayMessage, WS_MESSAGE_BYTES_MAX,
+};
+use lethe_nodes::topology::{Descriptor, Role, Topology};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+/// Final destination, identifier, the processed packet and the number of hops.
+pub type Unwrapped = ([u8; 32], [u8; 16], Packet<Vec<u8>>, usize);
+
+pub struct TestNet {
+    pub topology: Topology,
+    /// Sphinx secret by node address.
+    pub secrets: HashMap<[u8; 32], StaticSecret>,
+    pub gateway_seed: [u8; 32],
+    pub gateway_identity: [u8; 32],
+}
+
+fn descriptor(seed: u8, sphinx: &StaticSecret, port: u16, role: Role) -> Descriptor {
+    Descriptor {
+        identity: keyfile::hex(&keyfile::ed25519_public(&[seed; 32])),
+        sphinx_key: keyfile::hex(PublicKey::from(sphinx).as_bytes()),
+        rotation_id: 1,
+        mix_address: SocketAddr::from(([127, 0, 0, 1], port)),
+        role,
+        client_url: None,
+        metrics_url: None,
+        issued_at_s: 1,
+    }
+}
+
+impl TestNet {
+    /// Two mixnodes per layer and one gateway whose client URL is `gateway_url`.
+    pub fn new(gateway_url: Option<String>) -> TestNet {
+        let mut secrets = HashMap::new();
+        let mut layers: [Vec<Descriptor>; 3] = Default::default();
+        for (layer, nodes) in layers.iter_mut().enumerate() {
+            for i in 0..2u8 {
+                let seed = 10 * (layer as u8 + 1) + i;
+                let secret = StaticSecret::from([seed; 32]);
+                let d = descriptor(seed, &secret, 20_000 + u16::from(seed), Role::Mixnode);
+                secrets.insert(address::encode(&d.mix_address), secret);
+                nodes.push(d);
+            }
+        }
+        let gateway_seed = [99u8; 32];
+        let gateway_secret = StaticSecret::from([98u8; 32]);
+        let mut gateway = descriptor(99, &gateway_secret, 29_999, Role::Gateway);
+        gateway.client_url = gateway_url;
+        secrets.insert(address::encode(&gateway.mix_address), gateway_secret);
+        TestNet {
+            topology: Topology {
+                epoch: 1,
+                issued_at_s: 1,
+                valid_until_s: u64::MAX,
+                layers,
+                gateways: vec![gateway],
+            },
+            secrets,
+            gateway_seed,
+            gateway_identity: keyfile::ed25519_public(&gateway_seed),
+        }
+    }
+
+    /// Processes `packet` from `first_hop` through every hop; returns the final hop's
+    /// destination, identifier and the processed packet (payload decrypted by the last hop).
+    pub fn unwrap_all(&self, first_hop: [u8; 32], packet: Vec<u8>) -> Result<Unwrapped, String> {
+        let mut at = first_hop;
+        let mut packet = Packet::new_checked(packet).map_err(|e| e.to_string())?;
+        for hops in 1..=5 {
+            let secret = self
+                .secrets
+                .get(&at)
+                .ok_or_else(|| "packet routed to an unknown node".to_string())?;
+            let processed = sphinx::process(&mut packet, secret).map_err(|e| e.to_string())?;
+            match processed.hop {
+                Hop::Forward { next_hop, .. } => at = next_hop,
+                Hop::Final {
+                    destination,
+                    identifier,
+                } => return Ok((destination, identifier, packet, hops)),
+            }
+        }
+        Err("route longer than 5 hops".into())
+    }
+}
+
+/// What the fake gateway counts.
+#[derive(Default)]
+pub struct GatewayStats {
+    pub forwarded: AtomicU64,
+    pub dropped_on_purpose: AtomicU64,
+    pub drop_cover: AtomicU64,
+    pub delivered: AtomicU64,
+    pub acks_sent_on: AtomicU64,
+    pub confirmed: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// A client's mailbox: every delivery stays until the client confirms it, and everything
+/// unconfirmed is delivered (again) when the client connects.
+#[derive(Default)]
+struct Mailbox {
+    online: Option<mpsc::UnboundedSender<GatewayMessage>>,
+    session: u64,
+    unconfirmed: std::collections::BTreeMap<u64, GatewayMessage>,
+}
+
+pub struct FakeGateway {
+    pub net: Arc<TestNet>,
+    pub stats: Arc<GatewayStats>,
+    mailboxes: Mutex<HashMap<[u8; 32], Mailbox>>,
+    next_id: AtomicU64,
+    /// Drop every n-th forwarded real packet (0: none), to exercise retransmission.
+    pub drop_every: u64,
+}
+
+impl FakeGateway {
+    /// Binds a listener, builds the test network around its URL, serves in the background.
+    pub async fn start(drop_every: u64) -> Arc<FakeGateway> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}", listener.local_addr().unwrap());
+        let gateway = Arc::new(FakeGateway {
+            net: Arc::new(TestNet::new(Some(url))),
+            stats: Arc::new(GatewayStats::default()),
+            mailboxes: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            drop_every,
+        });
+        let g = gateway.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let g = g.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = g.serve(stream).await {
+                        eprintln!("fake gateway: connection ended: {e}");
+                    }
+                });
+            }
+        });
+        gateway
+    }
+
+    fn deliver(&self, to: [u8; 32], kind: DeliveryKind, identifier: [u8; 16], bytes: Vec<u8>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let message = GatewayMessage::Deliver {
+            id,
+            kind,
+            identifier,
+            bytes,
+        };
+        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        let mut boxes = self.mailboxes.lock().unwrap();
+        let mailbox = boxes.entry(to).or_default();
+        mailbox.unconfirmed.insert(id, message.clone());
+        if let Some(tx) = &mailbox.online {
+            let _ = tx.send(message);
+        }
+    }
+
+    /// The gateway's final-hop handling of one packet (forward packets are first carried
+    /// through the mix layers by [`TestNet::unwrap_all`]).
+    fn handle_packet(&self, first_hop: [u8; 32], packet: Vec<u8>) -> Result<(), String> {
+        let size = PacketSize::from_sphinx_packet_len(packet.len()).ok_or("packet size")?;
+        let (destination, identifier, packet, hops) = self.net.unwrap_all(first_hop, packet)?;
+        if hops != 4 {
+            return Err(format!("route of {hops} hops"));
+        }
+        if destination == DROP_COVER_DESTINATION {
+            self.stats.drop_cover.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if identifier != [0u8; 16] {
+            self.deliver(
+                destination,
+                DeliveryKind::Reply,
+                identifier,
+                packet.payload().to_vec(),
+            );
+            return Ok(());
+        }
+        let plaintext = sphinx::recover_plaintext(packet.payload()).map_err(|e| e.to_string())?;
+        if size == PacketSize::Ack {
+            self.deliver(
+                destination,
+                DeliveryKind::Ack,
+                identifier,
+                plaintext.to_vec(),
+            );
+            return Ok(());
+        }
+        let split = split_forward(plaintext).ok_or("short forward plaintext")?;
+        self.deliver(
+            destination,
+            DeliveryKind::Message,
+            identifier,
+            split.content.to_vec(),
+        );
+        if let Some((ack_hop, ack_packet)) = split.ack {
+            self.stats.acks_sent_on.fetch_add(1, Ordering::Relaxed);
+            self.handle_packet(*ack_hop, ack_packet.to_vec())?;
+        }
+        Ok(())
+    }
+
+    /// Drops the connection of `client` (it reconnects).
+    pub fn kick(&self, client: &[u8; 32]) {
+        if let Some(mailbox) = self.mailboxes.lock().unwrap().get_mut(client) {
+            mailbox.online = None;
+        }
+    }
+
+    /// Deliveries `client` has not confirmed yet.
+    pub fn unconfirmed(&self, client: &[u8; 32]) -> usize {
+        self.mailboxes
+            .lock()
+            .unwrap()
+            .get(client)
+            .map_or(0, |m| m.unconfirmed.len())
+    }
+
+    async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream) -> Result<(), String> {
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(WS_MESSAGE_BYTES_MAX));
+        let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(config))
+            .await
+            .map_err(|e| e.to_string())?;
+        let hello = next_binary(&mut ws).await?;
+        let (handshake, reply) = {
+            let mut rng = rand::rng();
+            GatewayHandshake::respond(&hello, &self.net.gateway_seed, &mut rng)
+                .map_err(|e| e.to_string())?
+        };
+        ws.send(Message::binary(reply))
+            .await
+            .map_err(|e| e.to_string())?;
+        let auth = next_binary(&mut ws).await?;
+        let (client, mut session) = handshake.finish(&auth).map_err(|e| e.to_string())?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let this_session;
+        {
+            let mut boxes = self.mailboxes.lock().unwrap();
+            let mailbox = boxes.entry(client).or_default();
+            mailbox.session += 1;
+            this_session = mailbox.session;
+            for message in mailbox.unconfirmed.values() {
+                let _ = tx.send(message.clone());
+            }
+            mailbox.online = Some(tx);
+        }
+        let welcome = session
+            .seal(&GatewayMessage::Welcome { stored: 0 }.encode())
+            .map_err(|e| e.to_string())?;
+        ws.send(Message::binary(welcome))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sink, mut stream) = ws.split();
+        let mut forwarded = 0u64;
+        let result = loop {
+            tokio::select! {
+                out = rx.recv() => {
+                    let Some(out) = out else { break Ok(()) };
+                    let sealed = session.seal(&out.encode()).map_err(|e| e.to_string())?;
+                    if let Err(e) = sink.send(Message::binary(sealed)).await {
+                        break Err(e.to_string());
+                    }
+                }
+                incoming = next_binary(&mut stream) => {
+                    let bytes = match incoming {
+                        Ok(bytes) => bytes,
+                        Err(e) => break Err(e),
+                    };
+                    let plain = session.open(&bytes).map_err(|e| e.to_string())?;
+                    match ClientMessage::decode(&plain).map_err(|e| e.to_string())? {
+                        ClientMessage::Forward { first_hop, packet } => {
+                            forwarded += 1;
+                            self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                            if self.drop_every > 0 && forwarded.is_multiple_of(self.drop_every) {
+                                self.stats.dropped_on_purpose.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
+                            if let Err(e) = self.handle_packet(first_hop, packet) {
+                                eprintln!("fake gateway: bad packet: {e}");
+                                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        ClientMessage::Confirm { ids } => {
+                            self.stats.confirmed.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                            if let Some(mailbox) = self.mailboxes.lock().unwrap().get_mut(&client) {
+                                for id in ids {
+                                    mailbox.unconfirmed.remove(&id);
+                                }
+                            }
+                        }
+                        ClientMessage::Credential { .. } => {}
+                    }
+                }
+            }
+        };
+        if let Some(mailbox) = self.mailboxes.lock().unwrap().get_mut(&client) {
+            if mailbox.session == this_session {
+                mailbox.online = None;
+            }
+        }
+        result
+    }
+}
+
+async fn next_binary<S>(ws: &mut S) -> Result<Vec<u8>, String>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await {
+            None => return Err("closed".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(Message::Binary(b))) => return Ok(b.to_vec()),
+            Some(Ok(Message::Close(_))) => return Err("closed".into()),
+            Some(Ok(_)) => {}
+        }
+    }
+}
