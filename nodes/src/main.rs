@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+    /// A service provider: the far end of `lethe client socks5`.
+    Provider {
+        #[command(subcommand)]
+        command: ProviderCommand,
+    },
     /// Listen and record every received frame to a file (a test helper; a gateway stand-in).
     Sink {
         #[arg(long, env = "LETHE_LISTEN", default_value = "127.0.0.1:0")]
@@ -98,6 +103,14 @@ enum ClientCommand {
     Send(lethe_nodes::client::cli::SendArgs),
     /// Receive messages into a directory.
     Receive(lethe_nodes::client::cli::ReceiveArgs),
+    /// A local SOCKS5 proxy whose connections go through the mixnet to a service provider.
+    Socks5(lethe_nodes::socks::cli::Socks5Args),
+}
+
+#[derive(Subcommand, Debug)]
+enum ProviderCommand {
+    /// Open TCP connections for SOCKS5 clients of the mixnet (allow-listed targets only).
+    Run(lethe_nodes::socks::cli::ProviderArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -192,7 +205,11 @@ fn main() -> ExitCode {
             ClientCommand::Init(args) => lethe_nodes::client::cli::init(&args),
             ClientCommand::Send(args) => lethe_nodes::client::cli::send(&args),
             ClientCommand::Receive(args) => lethe_nodes::client::cli::receive(&args),
+            ClientCommand::Socks5(args) => lethe_nodes::socks::cli::socks5(&args),
         },
+        Command::Provider {
+            command: ProviderCommand::Run(args),
+        } => lethe_nodes::socks::cli::provider(&args),
         Command::Sink { listen, out } => {
             lethe_nodes::sink::run(listen, out).map_err(|e| e.to_string())
         }

@@ -115,7 +115,7 @@ pub struct ReceiveArgs {
     pub traffic: TrafficArgs,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -178,6 +178,10 @@ pub fn init(args: &InitArgs) -> Result<(), String> {
             &gateway,
             LoopixParams::default(),
         )?;
+        // Beside the keys, for scripts: `--to "$(cat DIR/address)"`.
+        let address_path = args.dir.join("address");
+        std::fs::write(&address_path, format!("{address}\n"))
+            .map_err(|e| format!("{}: {e}", address_path.display()))?;
         println!("address={address}");
         Ok(())
     })

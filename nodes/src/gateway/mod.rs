@@ -279,7 +279,8 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let mix_address = overrides
         .announce
         .unwrap_or_else(|| registration::dialable(runtime.local_addr()));
-    if let Some((url, key)) = directory {
+    // Registered and heartbeating for as long as this handle lives.
+    let _announcer = if let Some((url, key)) = directory {
         registration::refresh_topology(tokio.handle(), url.clone(), key, first_hops);
         let descriptor = registration::descriptor(&registration::DescriptorParts {
             identity,
@@ -289,15 +290,23 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             client_address: client_addr,
             metrics_address: metrics_addr,
         });
-        registration::announce(
-            tokio.handle(),
-            url,
-            Zeroizing::new(*identity_seed),
-            descriptor,
-        );
-    } else if !overrides.allow_any_first_hop {
-        eprintln!("lethe: gateway without --directory: client forwards are refused (NOT_LAYER1)");
-    }
+        Some(
+            crate::directory::spawn_announcer(
+                &url,
+                &identity_seed,
+                descriptor,
+                registration::HEARTBEAT_INTERVAL,
+            )
+            .map_err(|e| format!("announcer: {e}"))?,
+        )
+    } else {
+        if !overrides.allow_any_first_hop {
+            eprintln!(
+                "lethe: gateway without --directory: client forwards are refused (NOT_LAYER1)"
+            );
+        }
+        None
+    };
 
     let data_dir = resolve(dir, &config.replay.data_dir);
     let snapshot_stop = Arc::new(AtomicBool::new(false));

@@ -1,22 +1,19 @@
 //! The gateway's descriptor, its registration with the directory, and topology refresh.
-//!
-//! MERGE NOTE: `announce` is a local stand-in for `directory::announce::spawn_announcer`
-//! (written in the directory branch). At merge, replace the body of [`announce`] with
-//! `spawn_announcer(directory_url, identity_seed, descriptor, HEARTBEAT_INTERVAL)`.
+//! Registration itself is `directory::spawn_announcer`, shared with mixnodes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use zeroize::Zeroizing;
-
 use super::sessions::FirstHops;
-use crate::directory::client::{fetch_topology, heartbeat, http_client, register};
+use crate::directory::client::{fetch_topology, http_client};
 use crate::keyfile;
 use crate::topology::{Descriptor, Role};
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 pub const TOPOLOGY_REFRESH: Duration = Duration::from_secs(30);
+/// Retry sooner while the topology is missing or has no layer 1 (a network still forming).
+pub const TOPOLOGY_RETRY: Duration = Duration::from_secs(1);
 
 /// `addr` with an unspecified IP replaced by loopback (what to tell others to dial).
 pub fn dialable(addr: SocketAddr) -> SocketAddr {
@@ -59,41 +56,6 @@ pub fn descriptor(parts: &DescriptorParts) -> Descriptor {
     }
 }
 
-/// Registers, then heartbeats every [`HEARTBEAT_INTERVAL`], re-registering after any error.
-/// Stand-in for `directory::announce::spawn_announcer` (see the module note).
-pub fn announce(
-    runtime: &tokio::runtime::Handle,
-    directory_url: String,
-    identity_seed: Zeroizing<[u8; 32]>,
-    descriptor: Descriptor,
-) {
-    runtime.spawn(async move {
-        let http = http_client();
-        let mut registered = false;
-        // Runs for the life of the runtime, one request per interval.
-        loop {
-            let result = if registered {
-                heartbeat(&http, &directory_url, &identity_seed).await
-            } else {
-                register(&http, &directory_url, &identity_seed, &descriptor).await
-            };
-            match result {
-                Ok(()) => {
-                    if !registered {
-                        eprintln!("lethe: gateway registered with {directory_url}");
-                    }
-                    registered = true;
-                }
-                Err(e) => {
-                    eprintln!("lethe: gateway registration: {e}");
-                    registered = false;
-                }
-            }
-            tokio::time::sleep(HEARTBEAT_INTERVAL).await;
-        }
-    });
-}
-
 /// Fetches the verified topology now and every [`TOPOLOGY_REFRESH`]; a failed fetch keeps the
 /// previous one until its `valid_until_s` (then [`FirstHops::check`] refuses forwarding).
 pub fn refresh_topology(
@@ -106,11 +68,25 @@ pub fn refresh_topology(
         let http = http_client();
         // Runs for the life of the runtime, one fetch per interval.
         loop {
-            match fetch_topology(&http, &directory_url, &directory_key, first_hops.epoch()).await {
-                Ok(topology) => first_hops.set_topology(topology),
-                Err(e) => eprintln!("lethe: gateway topology: {e}"),
-            }
-            tokio::time::sleep(TOPOLOGY_REFRESH).await;
+            let wait =
+                match fetch_topology(&http, &directory_url, &directory_key, first_hops.epoch())
+                    .await
+                {
+                    Ok(topology) => {
+                        let formed = !topology.layers[0].is_empty();
+                        first_hops.set_topology(topology);
+                        if formed {
+                            TOPOLOGY_REFRESH
+                        } else {
+                            TOPOLOGY_RETRY
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("lethe: gateway topology: {e}");
+                        TOPOLOGY_RETRY
+                    }
+                };
+            tokio::time::sleep(wait).await;
         }
     });
 }

@@ -2,6 +2,7 @@
 //! connection as mixnet messages to a service provider (`lethe provider run`), which opens the
 //! TCP connection on the client's behalf if its allow-list permits.
 
+pub mod cli;
 pub mod ordered;
 pub mod protocol;
 pub mod provider;

@@ -1,0 +1,156 @@
+//! `lethe client socks5` and `lethe provider run`: the relays on top of a mixnet client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::relay::{MixnetPort, Outgoing};
+use super::socks5::AllowList;
+use crate::client::address::Recipient;
+use crate::client::cli::{runtime, TrafficArgs};
+use crate::client::config;
+use crate::client::runtime::{connect, ClientConfig, ClientHandle, ReceivedMessage};
+
+/// Messages queued between a relay and the client library, each way.
+const PORT_QUEUE: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(clap::Args, Debug)]
+pub struct Socks5Args {
+    /// Client directory (see `lethe client init`).
+    #[arg(long, env = "LETHE_DIR")]
+    pub dir: PathBuf,
+    /// The service provider's address (`lethe provider run` prints it).
+    #[arg(long)]
+    pub provider: String,
+    /// Where applications connect (SOCKS5, no authentication).
+    #[arg(long, default_value = "127.0.0.1:1080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ProviderArgs {
+    /// Client directory of the provider (see `lethe client init`).
+    #[arg(long, env = "LETHE_DIR")]
+    pub dir: PathBuf,
+    /// Targets the provider may connect to: `host:port`, `host:*`, `*.domain:port`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub allow: Vec<String>,
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+}
+
+/// Bridges a relay's [`MixnetPort`] to a connected client: outgoing messages are sent with
+/// the client's Loopix stream; received ones are confirmed and handed over.
+fn bridge(handle: Arc<ClientHandle>, mut received: mpsc::Receiver<ReceivedMessage>) -> MixnetPort {
+    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(PORT_QUEUE);
+    let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(PORT_QUEUE);
+    let own_address = handle.address().to_string();
+    let sender = handle.clone();
+    tokio::spawn(async move {
+        while let Some(message) = out_rx.recv().await {
+            let Ok(recipient) = message.to.parse::<Recipient>() else {
+                eprintln!("lethe: relay: bad recipient address {:?}", message.to);
+                continue;
+            };
+            if let Err(e) = sender.send(&recipient, message.bytes, 0).await {
+                eprintln!("lethe: relay: send failed: {e}");
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(mut message) = received.recv().await {
+            // The relays keep no state across restarts: handing over is handling.
+            message.confirm();
+            if in_tx.send(std::mem::take(&mut message.data)).await.is_err() {
+                break;
+            }
+        }
+    });
+    MixnetPort {
+        outgoing: out_tx,
+        incoming: in_rx,
+        own_address,
+    }
+}
+
+async fn start_client(
+    dir: &std::path::Path,
+    traffic: &TrafficArgs,
+) -> Result<(Arc<ClientHandle>, mpsc::Receiver<ReceivedMessage>), String> {
+    let mut files = config::load(dir)?;
+    files.loopix = traffic.apply(files.loopix);
+    let (handle, received) = connect(ClientConfig::from_files(&files))
+        .await
+        .map_err(|e| e.to_string())?;
+    handle
+        .wait_connected(CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((Arc::new(handle), received))
+}
+
+pub fn socks5(args: &Socks5Args) -> Result<(), String> {
+    args.provider
+        .parse::<Recipient>()
+        .map_err(|e| format!("--provider: {e}"))?;
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("{}: {e}", args.listen))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let (handle, received) = start_client(&args.dir, &args.traffic).await?;
+        println!("socks5={local}");
+        println!("address={}", handle.address());
+        eprintln!(
+            "lethe: SOCKS5 proxy on {local}, relaying to {}",
+            args.provider
+        );
+        let port = bridge(handle.clone(), received);
+        let stats = Arc::new(super::proxy::ProxyStats::default());
+        tokio::select! {
+            () = super::proxy::run(listener, port, args.provider.clone(), stats) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminated() => {}
+        }
+        handle.shutdown(Duration::from_secs(2)).await;
+        Ok(())
+    })
+}
+
+pub fn provider(args: &ProviderArgs) -> Result<(), String> {
+    let allow = AllowList::parse(&args.allow)?;
+    runtime()?.block_on(async {
+        let (handle, received) = start_client(&args.dir, &args.traffic).await?;
+        println!("address={}", handle.address());
+        eprintln!(
+            "lethe: service provider {} allowing {}",
+            handle.address(),
+            args.allow.join(",")
+        );
+        let port = bridge(handle.clone(), received);
+        let stats = Arc::new(super::provider::ProviderStats::default());
+        tokio::select! {
+            () = super::provider::run(port, allow, stats) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            () = terminated() => {}
+        }
+        handle.shutdown(Duration::from_secs(2)).await;
+        Ok(())
+    })
+}
+
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
