@@ -1,0 +1,206 @@
+//! HKDF-SHA256 (RFC 5869, byte-identical to the `hkdf` crate) on the raw SHA-256 compression
+//! function (`sha2::block_api::compress256`, SHA-NI when the CPU has it).
+//!
+//! HMAC's key blocks are compressed once per key: for a constant salt (Sphinx's two HKDFs
+//! both have one) at compile time, for the pseudo-random key once per derivation instead of
+//! once per output block as `hkdf`/`hmac` do. Messages are hashed straight from stack
+//! buffers with their padding, with no streaming-buffer bookkeeping.
+
+use sha2::block_api::compress256;
+use zeroize::Zeroize;
+
+const BLOCK: usize = 64;
+const OUT: usize = 32;
+/// Longest `info` the fast expansion takes (Sphinx's are 98 and 44 bytes).
+pub const INFO_MAX: usize = 128;
+
+const H0: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+const K: [u32; 64] = [
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+];
+
+/// SHA-256 compression usable in constants (for key blocks known at compile time).
+const fn compress_const(state: [u32; 8], block: &[u8; BLOCK]) -> [u32; 8] {
+    let mut w = [0u32; 64];
+    let mut i = 0;
+    while i < 16 {
+        w[i] = u32::from_be_bytes([
+            block[4 * i],
+            block[4 * i + 1],
+            block[4 * i + 2],
+            block[4 * i + 3],
+        ]);
+        i += 1;
+    }
+    while i < 64 {
+        let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+        let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16]
+            .wrapping_add(s0)
+            .wrapping_add(w[i - 7])
+            .wrapping_add(s1);
+        i += 1;
+    }
+    let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = state;
+    i = 0;
+    while i < 64 {
+        let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+        let ch = (e & f) ^ (!e & g);
+        let t1 = h
+            .wrapping_add(s1)
+            .wrapping_add(ch)
+            .wrapping_add(K[i])
+            .wrapping_add(w[i]);
+        let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+        let maj = (a & b) ^ (a & c) ^ (b & c);
+        let t2 = s0.wrapping_add(maj);
+        h = g;
+        g = f;
+        f = e;
+        e = d.wrapping_add(t1);
+        d = c;
+        c = b;
+        b = a;
+        a = t1.wrapping_add(t2);
+        i += 1;
+    }
+    [
+        state[0].wrapping_add(a),
+        state[1].wrapping_add(b),
+        state[2].wrapping_add(c),
+        state[3].wrapping_add(d),
+        state[4].wrapping_add(e),
+        state[5].wrapping_add(f),
+        state[6].wrapping_add(g),
+        state[7].wrapping_add(h),
+    ]
+}
+
+/// HMAC-SHA256 with its key blocks already compressed: the states after `key ⊕ ipad` and
+/// `key ⊕ opad`.
+#[derive(Clone, Zeroize)]
+pub struct HmacKey {
+    inner: [u32; 8],
+    outer: [u32; 8],
+}
+
+impl HmacKey {
+    /// For a key of at most 64 bytes known at compile time.
+    pub const fn new_const(key: &[u8]) -> HmacKey {
+        assert!(key.len() <= BLOCK);
+        let mut ipad = [0x36u8; BLOCK];
+        let mut opad = [0x5cu8; BLOCK];
+        let mut i = 0;
+        while i < key.len() {
+            ipad[i] ^= key[i];
+            opad[i] ^= key[i];
+            i += 1;
+        }
+        HmacKey {
+            inner: compress_const(H0, &ipad),
+            outer: compress_const(H0, &opad),
+        }
+    }
+
+    /// For a 32-byte key (HKDF's pseudo-random key).
+    pub fn new(key: &[u8; OUT]) -> HmacKey {
+        let mut pads = [[0x36u8; BLOCK], [0x5cu8; BLOCK]];
+        for (index, byte) in key.iter().enumerate() {
+            pads[0][index] ^= byte;
+            pads[1][index] ^= byte;
+        }
+        let mut hmac = HmacKey {
+            inner: H0,
+            outer: H0,
+        };
+        compress256(&mut hmac.inner, &pads[..1]);
+        compress256(&mut hmac.outer, &pads[1..]);
+        pads.zeroize();
+        hmac
+    }
+
+    /// HMAC(key, msg).
+    pub fn mac(&self, msg: &[u8]) -> [u8; OUT] {
+        let mut state = self.inner;
+        finish(&mut state, BLOCK, msg);
+        let mut inner = digest(&state);
+        state = self.outer;
+        finish(&mut state, BLOCK, &inner);
+        inner.zeroize();
+        let out = digest(&state);
+        state.zeroize();
+        out
+    }
+}
+
+/// Hashes `msg` and SHA-256 padding into `state`, `prefix` bytes having been hashed before.
+fn finish(state: &mut [u32; 8], prefix: usize, msg: &[u8]) {
+    let (blocks, rest) = msg.as_chunks::<BLOCK>();
+    if !blocks.is_empty() {
+        compress256(state, blocks);
+    }
+    let mut pad = [[0u8; BLOCK]; 2];
+    let used = if rest.len() + 9 <= BLOCK { 1 } else { 2 };
+    let bits = ((prefix + msg.len()) as u64).wrapping_mul(8);
+    {
+        let flat = pad.as_flattened_mut();
+        flat[..rest.len()].copy_from_slice(rest);
+        flat[rest.len()] = 0x80;
+        flat[used * BLOCK - 8..used * BLOCK].copy_from_slice(&bits.to_be_bytes());
+    }
+    compress256(state, &pad[..used]);
+    pad.zeroize();
+}
+
+fn digest(state: &[u32; 8]) -> [u8; OUT] {
+    let mut out = [0u8; OUT];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
+/// HKDF-SHA256 with the salt's HMAC key `salt`: extract from `ikm`, then expand `info` to
+/// fill `okm` (at most 255 × 32 bytes; `info` at most [`INFO_MAX`]). Returns `false` (okm
+/// untouched) if those limits are exceeded.
+pub fn hkdf(salt: &HmacKey, ikm: &[u8], info: &[u8], okm: &mut [u8]) -> bool {
+    if info.len() > INFO_MAX || okm.len() > 255 * OUT {
+        return false;
+    }
+    let mut prk = salt.mac(ikm);
+    let key = HmacKey::new(&prk);
+    prk.zeroize();
+    // T(i) = HMAC(prk, T(i-1) ‖ info ‖ i); the message is built in place behind T(i-1).
+    let mut msg = [0u8; OUT + INFO_MAX + 1];
+    msg[OUT..OUT + info.len()].copy_from_slice(info);
+    let mut start = OUT; // T(0) is empty
+    for (index, chunk) in okm.chunks_mut(OUT).enumerate() {
+        msg[OUT + info.len()] = (index as u8).wrapping_add(1);
+        let mut block = key.mac(&msg[start..OUT + info.len() + 1]);
+        chunk.copy_from_slice(&block[..chunk.len()]);
+        msg[..OUT].copy_from_slice(&block);
+        block.zeroize();
+        start = 0;
+    }
+    msg.zeroize();
+    let mut key = key;
+    key.zeroize();
+    true
+}
