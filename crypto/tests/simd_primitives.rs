@@ -152,3 +152,47 @@ fn hkdf_matches_the_hkdf_crate() {
     let mut max = vec![0u8; 255 * 32];
     assert!(fast_hkdf::hkdf(&EMPTY_KEY, b"x", b"y", &mut max));
 }
+
+fn check_hkdf_many<const IKM: usize, const OKM: usize>(rng: &mut ChaCha20Rng, lanes: usize) {
+    const SALT: fast_hkdf::HmacKey =
+        fast_hkdf::HmacKey::new_const(b"sphinx-payload-key-V01-CS01-HKDF:SHA256-SALT");
+    let info_len = (rng.next_u32() as usize) % (fast_hkdf::INFO_MAX + 1);
+    let info = random(rng, info_len);
+    for info in [&info[..], b"Dwste mou enan moxlo arketa makru kai ena upomoxlio gia na ton topothetisw kai tha kinisw thn gh."] {
+        let ikms: Vec<[u8; IKM]> = (0..lanes)
+            .map(|_| random(rng, IKM).try_into().unwrap())
+            .collect();
+        let expected: Vec<[u8; OKM]> = ikms
+            .iter()
+            .map(|ikm| {
+                let mut okm = [0u8; OKM];
+                Hkdf::<Sha256>::new(Some(b"sphinx-payload-key-V01-CS01-HKDF:SHA256-SALT"), ikm)
+                    .expand(info, &mut okm)
+                    .unwrap();
+                okm
+            })
+            .collect();
+        for level in LEVELS {
+            let mut okms = vec![[0u8; OKM]; lanes];
+            assert!(fast_hkdf::hkdf_many_at(level, &SALT, info, &ikms, &mut okms));
+            assert!(okms == expected, "{level:?} lanes {lanes} IKM {IKM} OKM {OKM}");
+        }
+    }
+}
+
+#[test]
+fn hkdf_many_matches_the_hkdf_crate() {
+    let mut rng = ChaCha20Rng::seed_from_u64(5);
+    for lanes in (0..=40).chain([64, 100]) {
+        check_hkdf_many::<32, 288>(&mut rng, lanes);
+        check_hkdf_many::<16, 192>(&mut rng, lanes);
+    }
+    for lanes in [1, 7, 16, 17] {
+        check_hkdf_many::<0, 1>(&mut rng, lanes);
+        check_hkdf_many::<55, 33>(&mut rng, lanes);
+        check_hkdf_many::<56, 31>(&mut rng, lanes);
+        check_hkdf_many::<64, 64>(&mut rng, lanes);
+        check_hkdf_many::<3, 0>(&mut rng, lanes);
+        check_hkdf_many::<20, 100>(&mut rng, lanes);
+    }
+}

@@ -204,3 +204,247 @@ pub fn hkdf(salt: &HmacKey, ikm: &[u8], info: &[u8], okm: &mut [u8]) -> bool {
     key.zeroize();
     true
 }
+
+/// Fewest lanes for which the 16-lane AVX-512 pass beats SHA-NI one message at a time.
+pub const MANY_MIN_LANES: usize = 6;
+/// Lanes of one AVX-512 pass.
+pub const MANY_LANES: usize = 16;
+
+/// [`hkdf`] for many inputs of one length: `okms[j] = HKDF(salt, ikms[j], info)` for every
+/// `j < min(ikms.len(), okms.len())`. With AVX-512, groups of up to 16 inputs run in lock
+/// step (one 32-bit lane each); otherwise, or for an `ikm` longer than 55 bytes, one at a
+/// time. Returns `false` (okms untouched) if `info` or `OKM` exceed [`hkdf`]'s limits.
+pub fn hkdf_many<const IKM: usize, const OKM: usize>(
+    salt: &HmacKey,
+    info: &[u8],
+    ikms: &[[u8; IKM]],
+    okms: &mut [[u8; OKM]],
+) -> bool {
+    hkdf_many_at(super::level(), salt, info, ikms, okms)
+}
+
+/// As [`hkdf_many`] on a chosen path (falls back when the CPU lacks it).
+pub fn hkdf_many_at<const IKM: usize, const OKM: usize>(
+    level: super::Level,
+    salt: &HmacKey,
+    info: &[u8],
+    ikms: &[[u8; IKM]],
+    okms: &mut [[u8; OKM]],
+) -> bool {
+    if info.len() > INFO_MAX || OKM > 255 * OUT {
+        return false;
+    }
+    let lanes = ikms.len().min(okms.len());
+    let wide =
+        level == super::Level::Avx512 && super::level() == super::Level::Avx512 && IKM + 9 <= BLOCK;
+    let mut start = 0;
+    while start < lanes {
+        let end = lanes.min(start + MANY_LANES);
+        if wide && end - start >= MANY_MIN_LANES {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512F (checked above).
+            unsafe {
+                avx512::hkdf16(salt, info, &ikms[start..end], &mut okms[start..end])
+            };
+        } else {
+            for (ikm, okm) in ikms[start..end].iter().zip(okms[start..end].iter_mut()) {
+                hkdf(salt, ikm, info, okm);
+            }
+        }
+        start = end;
+    }
+    true
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use core::arch::x86_64::*;
+
+    use super::*;
+
+    type V = __m512i;
+
+    /// HMAC key states of 16 lanes.
+    struct Lanes {
+        inner: [V; 8],
+        outer: [V; 8],
+    }
+
+    /// # Safety
+    /// The CPU must support AVX-512F. 1..=16 lanes, `IKM + 9 ≤ 64`, `info ≤ INFO_MAX`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn hkdf16<const IKM: usize, const OKM: usize>(
+        salt: &HmacKey,
+        info: &[u8],
+        ikms: &[[u8; IKM]],
+        okms: &mut [[u8; OKM]],
+    ) {
+        // Extract: PRK = HMAC(salt, ikm), one padded block per lane.
+        let mut words = [[0u32; 16]; 16]; // words[k][lane]
+        for lane in 0..16 {
+            let Some(ikm) = ikms.get(lane).or(ikms.first()) else {
+                return;
+            };
+            let mut block = [0u8; BLOCK];
+            block[..IKM].copy_from_slice(ikm);
+            block[IKM] = 0x80;
+            block[BLOCK - 8..].copy_from_slice(&(((BLOCK + IKM) as u64) * 8).to_be_bytes());
+            for (k, word) in words.iter_mut().enumerate() {
+                let mut be = [0u8; 4];
+                be.copy_from_slice(&block[4 * k..4 * k + 4]);
+                word[lane] = u32::from_be_bytes(be);
+            }
+            block.zeroize();
+        }
+        let mut w: [V; 16] = core::array::from_fn(|k| load(&words[k]));
+        words.zeroize();
+        let salt_lanes = Lanes {
+            inner: salt.inner.map(|word| _mm512_set1_epi32(word as i32)),
+            outer: salt.outer.map(|word| _mm512_set1_epi32(word as i32)),
+        };
+        let mut inner = salt_lanes.inner;
+        compress(&mut inner, &mut w);
+        let prk = outer(&salt_lanes, &inner);
+        // HMAC key states of the PRK.
+        let pad = |byte: u32| -> [V; 16] {
+            let fill = _mm512_set1_epi32((byte * 0x0101_0101) as i32);
+            core::array::from_fn(|k| match prk.get(k) {
+                Some(word) => _mm512_xor_si512(*word, fill),
+                None => fill,
+            })
+        };
+        let mut key = Lanes {
+            inner: h0(),
+            outer: h0(),
+        };
+        compress(&mut key.inner, &mut pad(0x36));
+        compress(&mut key.outer, &mut pad(0x5c));
+        // Expand: T(i) = HMAC(prk, T(i-1) ‖ info ‖ i).
+        let mut tail = [0u8; INFO_MAX + 1];
+        tail[..info.len()].copy_from_slice(info);
+        let mut t: Option<[V; 8]> = None;
+        let mut out = [[0u32; 16]; 8];
+        for index in 0..OKM.div_ceil(OUT) {
+            tail[info.len()] = (index as u8).wrapping_add(1);
+            let next = mac(&key, t.as_ref(), &tail[..info.len() + 1]);
+            for (word, vector) in out.iter_mut().zip(next.iter()) {
+                // SAFETY: 64-byte store into a [u32; 16].
+                unsafe { _mm512_storeu_si512(word.as_mut_ptr().cast(), *vector) };
+            }
+            for (lane, okm) in okms.iter_mut().enumerate().take(16) {
+                let chunk = okm.get_mut(index * OUT..).unwrap_or(&mut []);
+                for (bytes, word) in chunk.chunks_mut(4).zip(out.iter()) {
+                    let be = word[lane].to_be_bytes();
+                    bytes.copy_from_slice(&be[..bytes.len()]);
+                }
+            }
+            t = Some(next);
+        }
+        out.zeroize();
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn load(words: &[u32; 16]) -> V {
+        // SAFETY: 64-byte load from a [u32; 16].
+        unsafe { _mm512_loadu_si512(words.as_ptr().cast()) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn h0() -> [V; 8] {
+        H0.map(|word| _mm512_set1_epi32(word as i32))
+    }
+
+    /// HMAC's outer hash over the 32-byte inner digest held in `inner`.
+    #[target_feature(enable = "avx512f")]
+    fn outer(key: &Lanes, inner: &[V; 8]) -> [V; 8] {
+        let mut w = [_mm512_setzero_si512(); 16];
+        w[..8].copy_from_slice(inner);
+        w[8] = _mm512_set1_epi32(0x8000_0000u32 as i32);
+        w[15] = _mm512_set1_epi32(((BLOCK + OUT) * 8) as i32);
+        let mut state = key.outer;
+        compress(&mut state, &mut w);
+        state
+    }
+
+    /// HMAC(key, prefix ‖ tail) where the 32-byte `prefix` differs per lane and `tail` does not.
+    #[target_feature(enable = "avx512f")]
+    fn mac(key: &Lanes, prefix: Option<&[V; 8]>, tail: &[u8]) -> [V; 8] {
+        let mut buf = [0u8; 4 * BLOCK];
+        let start = if prefix.is_some() { OUT } else { 0 };
+        let len = start + tail.len();
+        buf[start..len].copy_from_slice(tail);
+        buf[len] = 0x80;
+        let blocks = (len + 9).div_ceil(BLOCK);
+        let bits = ((BLOCK + len) as u64) * 8;
+        buf[blocks * BLOCK - 8..blocks * BLOCK].copy_from_slice(&bits.to_be_bytes());
+        let mut state = key.inner;
+        for block in 0..blocks {
+            let mut w: [V; 16] = core::array::from_fn(|k| {
+                let at = block * BLOCK + 4 * k;
+                let word = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
+                _mm512_set1_epi32(word as i32)
+            });
+            if let (0, Some(prefix)) = (block, prefix) {
+                w[..8].copy_from_slice(prefix);
+            }
+            compress(&mut state, &mut w);
+        }
+        outer(key, &state)
+    }
+
+    /// One SHA-256 compression in each of 16 lanes; `w` (the block's words) is clobbered.
+    #[target_feature(enable = "avx512f")]
+    fn compress(state: &mut [V; 8], w: &mut [V; 16]) {
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
+        for t in 0..64 {
+            if t >= 16 {
+                let w15 = w[(t + 1) & 15];
+                let w2 = w[(t + 14) & 15];
+                let s0 = _mm512_ternarylogic_epi32::<0x96>(
+                    _mm512_ror_epi32::<7>(w15),
+                    _mm512_ror_epi32::<18>(w15),
+                    _mm512_srli_epi32::<3>(w15),
+                );
+                let s1 = _mm512_ternarylogic_epi32::<0x96>(
+                    _mm512_ror_epi32::<17>(w2),
+                    _mm512_ror_epi32::<19>(w2),
+                    _mm512_srli_epi32::<10>(w2),
+                );
+                w[t & 15] = _mm512_add_epi32(
+                    _mm512_add_epi32(w[t & 15], s0),
+                    _mm512_add_epi32(w[(t + 9) & 15], s1),
+                );
+            }
+            let s1 = _mm512_ternarylogic_epi32::<0x96>(
+                _mm512_ror_epi32::<6>(e),
+                _mm512_ror_epi32::<11>(e),
+                _mm512_ror_epi32::<25>(e),
+            );
+            let ch = _mm512_ternarylogic_epi32::<0xca>(e, f, g);
+            let t1 = _mm512_add_epi32(
+                _mm512_add_epi32(h, s1),
+                _mm512_add_epi32(
+                    ch,
+                    _mm512_add_epi32(w[t & 15], _mm512_set1_epi32(K[t] as i32)),
+                ),
+            );
+            let s0 = _mm512_ternarylogic_epi32::<0x96>(
+                _mm512_ror_epi32::<2>(a),
+                _mm512_ror_epi32::<13>(a),
+                _mm512_ror_epi32::<22>(a),
+            );
+            let maj = _mm512_ternarylogic_epi32::<0xe8>(a, b, c);
+            h = g;
+            g = f;
+            f = e;
+            e = _mm512_add_epi32(d, t1);
+            d = c;
+            c = b;
+            b = a;
+            a = _mm512_add_epi32(t1, _mm512_add_epi32(s0, maj));
+        }
+        for (word, new) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+            *word = _mm512_add_epi32(*word, new);
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Per-packet micro-timings of the symmetric primitives of a batched hop: reference crates
+//! versus `lethe_crypto::simd`, alternating, medians of thread CPU time (µs per packet).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use lethe_crypto::simd::{blake2b, chacha, hkdf};
+
+const LANES: usize = 8;
+const RIGHT: usize = 2065 - 32;
+const N: usize = 400;
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn time_us(ops: usize, f: impl FnOnce()) -> f64 {
+    let start = lethe_bench::thread_cpu_ns();
+    f();
+    (lethe_bench::thread_cpu_ns() - start) / 1e3 / ops as f64
+}
+
+fn main() {
+    let keys = [[7u8; 64]; LANES];
+    let key_refs: Vec<&[u8; 64]> = keys.iter().collect();
+    let msgs = vec![vec![3u8; RIGHT]; LANES];
+    let msg_refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+    let mut out = [[0u8; 32]; LANES];
+    let mut data = vec![5u8; RIGHT];
+    let mut cases: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut push = |name: &'static str, us: f64| {
+        if let Some(case) = cases.iter_mut().find(|c| c.0 == name) {
+            case.1.push(us);
+        } else {
+            cases.push((name, vec![us]));
+        }
+    };
+    for _ in 0..15 {
+        push(
+            "blake2b_crate",
+            time_us(N * LANES, || {
+                for _ in 0..N {
+                    blake2b::portable(&key_refs, &msg_refs, &mut out);
+                    black_box(&out);
+                }
+            }),
+        );
+        push(
+            "blake2b_avx512x8",
+            time_us(N * LANES, || {
+                for _ in 0..N {
+                    blake2b::keyed256_many_at(
+                        lethe_crypto::simd::Level::Avx512,
+                        &key_refs,
+                        &msg_refs,
+                        &mut out,
+                    );
+                    black_box(&out);
+                }
+            }),
+        );
+        push(
+            "blake2b_avx2x4",
+            time_us(N * LANES, || {
+                for _ in 0..N {
+                    blake2b::keyed256_many_at(
+                        lethe_crypto::simd::Level::Avx2,
+                        &key_refs,
+                        &msg_refs,
+                        &mut out,
+                    );
+                    black_box(&out);
+                }
+            }),
+        );
+        push(
+            "chacha_crate",
+            time_us(N, || {
+                for _ in 0..N {
+                    chacha::portable(&[1; 32], black_box(&mut data));
+                }
+            }),
+        );
+        push(
+            "chacha_avx512",
+            time_us(N, || {
+                for _ in 0..N {
+                    chacha::xor_keystream(&[1; 32], black_box(&mut data));
+                }
+            }),
+        );
+        push(
+            "hkdf288_crate",
+            time_us(N, || {
+                for _ in 0..N {
+                    let mut okm = [0u8; 288];
+                    hkdf_ref::Hkdf::<sha2_ref::Sha256>::new(Some(b""), black_box(&[1u8; 32]))
+                        .expand(
+                            lethe_crypto::sphinx::constants::EXPANDED_SECRET_HKDF_INFO,
+                            &mut okm,
+                        )
+                        .unwrap();
+                    black_box(okm);
+                }
+            }),
+        );
+        push(
+            "hkdf288_fast",
+            time_us(N, || {
+                const KEY: hkdf::HmacKey = hkdf::HmacKey::new_const(b"");
+                for _ in 0..N {
+                    let mut okm = [0u8; 288];
+                    hkdf::hkdf(
+                        &KEY,
+                        black_box(&[1u8; 32]),
+                        lethe_crypto::sphinx::constants::EXPANDED_SECRET_HKDF_INFO,
+                        &mut okm,
+                    );
+                    black_box(okm);
+                }
+            }),
+        );
+        push(
+            "hkdf288_many16",
+            time_us(N * 16, || {
+                const KEY: hkdf::HmacKey = hkdf::HmacKey::new_const(b"");
+                let ikms = [[1u8; 32]; 16];
+                let mut okms = [[0u8; 288]; 16];
+                for _ in 0..N {
+                    hkdf::hkdf_many(
+                        &KEY,
+                        lethe_crypto::sphinx::constants::EXPANDED_SECRET_HKDF_INFO,
+                        black_box(&ikms),
+                        &mut okms,
+                    );
+                    black_box(&okms);
+                }
+            }),
+        );
+        push(
+            "hkdf192_many16",
+            time_us(N * 16, || {
+                const KEY: hkdf::HmacKey = hkdf::HmacKey::new_const(
+                    lethe_crypto::sphinx::constants::PAYLOAD_KEY_HKDF_SALT,
+                );
+                let ikms = [[1u8; 16]; 16];
+                let mut okms = [[0u8; 192]; 16];
+                for _ in 0..N {
+                    hkdf::hkdf_many(
+                        &KEY,
+                        lethe_crypto::sphinx::constants::PAYLOAD_KEY_HKDF_INFO,
+                        black_box(&ikms),
+                        &mut okms,
+                    );
+                    black_box(&okms);
+                }
+            }),
+        );
+        push(
+            "hkdf192_crate",
+            time_us(N, || {
+                for _ in 0..N {
+                    let mut okm = [0u8; 192];
+                    hkdf_ref::Hkdf::<sha2_ref::Sha256>::new(
+                        Some(lethe_crypto::sphinx::constants::PAYLOAD_KEY_HKDF_SALT),
+                        black_box(&[1u8; 16]),
+                    )
+                    .expand(
+                        lethe_crypto::sphinx::constants::PAYLOAD_KEY_HKDF_INFO,
+                        &mut okm,
+                    )
+                    .unwrap();
+                    black_box(okm);
+                }
+            }),
+        );
+        push(
+            "hkdf192_fast",
+            time_us(N, || {
+                const KEY: hkdf::HmacKey = hkdf::HmacKey::new_const(
+                    lethe_crypto::sphinx::constants::PAYLOAD_KEY_HKDF_SALT,
+                );
+                for _ in 0..N {
+                    let mut okm = [0u8; 192];
+                    hkdf::hkdf(
+                        &KEY,
+                        black_box(&[1u8; 16]),
+                        lethe_crypto::sphinx::constants::PAYLOAD_KEY_HKDF_INFO,
+                        &mut okm,
+                    );
+                    black_box(okm);
+                }
+            }),
+        );
+    }
+    for (name, runs) in cases.iter_mut() {
+        println!("{name:>18}: {:.3} µs", median(runs));
+    }
+}
