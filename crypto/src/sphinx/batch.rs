@@ -41,12 +41,15 @@
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroize;
 
-use super::constants::VERSION_SIZE;
+use super::constants::{EXPANDED_SECRET_SIZE, HEADER_SIZE, VERSION_SIZE};
 use super::dh;
 use super::error::SphinxError;
-use super::keys::{expand, ExpandedSecret};
+use super::keys::{derive_payload_keys, expand_many, ExpandedSecret, PayloadKey, PayloadKeySeed};
 use super::packet::Packet;
-use super::process::{check_dh_output, unwrap_in_place, verify_mac, HopKind, KeyChoice, Processed};
+use super::process::{
+    check_dh_output, unwrap_header_in_place, verify_mac, HopKind, KeyChoice, Processed,
+};
+use crate::lioness;
 use super::routing::xor_keystream;
 use super::version::Version;
 
@@ -85,6 +88,13 @@ pub struct BatchProcessor {
     points: Vec<[u8; 32]>,
     dh_out: Vec<[u8; 32]>,
     lane_packet: Vec<usize>,
+    // Symmetric stages across the batch: expanded secrets of a DH batch, payload keys and
+    // seeds, outcomes held until every payload is decrypted.
+    okm: Vec<[u8; EXPANDED_SECRET_SIZE]>,
+    seeds: Vec<PayloadKeySeed>,
+    derived: Vec<PayloadKey>,
+    payload_keys: Vec<PayloadKey>,
+    outcomes: Vec<Outcome>,
 }
 
 impl BatchProcessor {
@@ -101,6 +111,11 @@ impl BatchProcessor {
             points: vec![[0; 32]; capacity],
             dh_out: vec![[0; 32]; capacity],
             lane_packet: vec![0; capacity],
+            okm: vec![[0; EXPANDED_SECRET_SIZE]; capacity],
+            seeds: vec![[0; 16]; capacity],
+            derived: vec![[0; 192]; capacity],
+            payload_keys: vec![[0; 192]; capacity],
+            outcomes: vec![Err(SphinxError::WrongMac); capacity],
         }
     }
 
@@ -165,23 +180,95 @@ impl BatchProcessor {
         }
         self.classify(packets, count, is_replayed);
         self.blind(packets, count);
-        for (index, packet) in packets.iter_mut().enumerate().take(count) {
-            let outcome = match self.state[index] {
-                State::Failed(error) => Err(error),
-                State::Ready(_, choice) => {
-                    let mut packet = Packet::new_unchecked(packet.as_mut());
-                    unwrap_in_place(&mut packet, &self.expanded[index], &self.blinded[index])
-                        .map(|processed| (processed, choice))
-                }
-                // Unreachable: every packet ends Failed or Ready.
-                State::Pending(_) | State::Verified(_) => Err(SphinxError::WrongMac),
-            };
-            on_result(index, outcome);
+        self.unwrap_headers(packets, count);
+        self.derive_payload_keys(count);
+        self.decrypt_payloads(packets, count);
+        for (index, outcome) in self.outcomes.iter_mut().enumerate().take(count) {
+            on_result(index, core::mem::replace(outcome, Err(SphinxError::WrongMac)));
         }
         for secret in &mut self.expanded[..count] {
             secret.zeroize();
         }
         wipe(&mut self.blinded[..count]);
+        for key in &mut self.payload_keys[..count] {
+            key.zeroize();
+        }
+    }
+
+    /// Routing information of every ready packet (the payload is left for
+    /// [`decrypt_payloads`](Self::decrypt_payloads)); every packet gets its outcome.
+    fn unwrap_headers<T: AsRef<[u8]> + AsMut<[u8]>>(&mut self, packets: &mut [T], count: usize) {
+        for (index, packet) in packets.iter_mut().enumerate().take(count) {
+            self.outcomes[index] = match self.state[index] {
+                State::Failed(error) => Err(error),
+                State::Ready(_, choice) => {
+                    let mut packet = Packet::new_unchecked(packet.as_mut());
+                    unwrap_header_in_place(
+                        &mut packet,
+                        &self.expanded[index],
+                        &self.blinded[index],
+                    )
+                    .map(|processed| (processed, choice))
+                }
+                // Unreachable: every packet ends Failed or Ready.
+                State::Pending(_) | State::Verified(_) => Err(SphinxError::WrongMac),
+            };
+        }
+    }
+
+    /// Lioness keys of the unwrapped packets: v259/v260 seeds expanded in one multi-lane
+    /// HKDF batch, older versions' keys copied.
+    fn derive_payload_keys(&mut self, count: usize) {
+        let mut lanes = 0;
+        for index in 0..count {
+            let Ok((processed, _)) = &self.outcomes[index] else {
+                continue;
+            };
+            let expanded = &self.expanded[index];
+            if processed.version.uses_full_payload_keys() {
+                self.payload_keys[index] = *expanded.legacy_payload_key();
+            } else {
+                self.seeds[lanes] = expanded.payload_key_seed();
+                self.lane_packet[lanes] = index;
+                lanes += 1;
+            }
+        }
+        if lanes == 0 {
+            return;
+        }
+        derive_payload_keys(&self.seeds[..lanes], &mut self.derived[..lanes]);
+        for lane in 0..lanes {
+            self.payload_keys[self.lane_packet[lane]] = self.derived[lane];
+        }
+        for (seed, key) in self.seeds[..lanes].iter_mut().zip(&mut self.derived[..lanes]) {
+            seed.zeroize();
+            key.zeroize();
+        }
+    }
+
+    /// Removes the Lioness layer of every unwrapped packet, runs of equal-length payloads
+    /// (all of them, for one packet size) sharing the multi-buffer passes.
+    fn decrypt_payloads<T: AsMut<[u8]>>(&mut self, packets: &mut [T], count: usize) {
+        let mut keys: [&PayloadKey; lioness::LANES] = [&NO_PAYLOAD_KEY; lioness::LANES];
+        let mut blocks: [&mut [u8]; lioness::LANES] = Default::default();
+        let mut lanes = 0;
+        for (index, packet) in packets.iter_mut().enumerate().take(count) {
+            if self.outcomes[index].is_err() {
+                continue;
+            }
+            // Present: a ready packet passed `check_len`.
+            let Some(payload) = packet.as_mut().get_mut(HEADER_SIZE..) else {
+                continue;
+            };
+            if lanes == lioness::LANES || (lanes > 0 && blocks[0].len() != payload.len()) {
+                decrypt_lanes(&keys[..lanes], &mut blocks[..lanes]);
+                lanes = 0;
+            }
+            keys[lanes] = &self.payload_keys[index];
+            blocks[lanes] = payload;
+            lanes += 1;
+        }
+        decrypt_lanes(&keys[..lanes], &mut blocks[..lanes]);
     }
 
     /// One DH batch for the packets pending with `choice`; MAC failures with the primary key
@@ -207,13 +294,14 @@ impl BatchProcessor {
             return;
         }
         self.multiply(lanes);
+        expand_many(&self.dh_out[..lanes], &mut self.okm[..lanes]);
         for lane in 0..lanes {
             let index = self.lane_packet[lane];
             let packet = Packet::new_unchecked(packets[index].as_ref());
             self.state[index] = match check_dh_output(&self.dh_out[lane]) {
                 Err(error) => State::Failed(error),
                 Ok(()) => {
-                    self.expanded[index] = expand(&self.dh_out[lane]);
+                    self.expanded[index] = ExpandedSecret::from_bytes(&self.okm[lane]);
                     match (verify_mac(&packet, &self.expanded[index]), choice) {
                         (Ok(()), _) => State::Verified(choice),
                         // Retried in the secondary batch, or reported as is if none comes.
@@ -224,6 +312,9 @@ impl BatchProcessor {
             };
         }
         wipe(&mut self.dh_out[..lanes]);
+        for okm in &mut self.okm[..lanes] {
+            okm.zeroize();
+        }
     }
 
     /// Replay check, then flag and version from the first decrypted bytes of the slot, so
@@ -284,6 +375,14 @@ impl BatchProcessor {
         );
         wipe(&mut self.scalars[..lanes]);
     }
+}
+
+static NO_PAYLOAD_KEY: PayloadKey = [0; 192];
+
+fn decrypt_lanes(keys: &[&PayloadKey], blocks: &mut [&mut [u8]]) {
+    // Cannot fail: every payload passed `check_len` (at least one Lioness block).
+    let decrypted = lioness::decrypt_many(keys, blocks);
+    debug_assert!(decrypted.is_ok());
 }
 
 fn wipe(lanes: &mut [[u8; 32]]) {

@@ -14,6 +14,7 @@ use super::constants::{
 };
 use super::error::SphinxError;
 use super::version::Version;
+use crate::simd::hkdf::{hkdf_many, HmacKey};
 
 /// A 192-byte Lioness payload key.
 pub type PayloadKey = [u8; PAYLOAD_KEY_SIZE];
@@ -122,6 +123,31 @@ pub fn derive_payload_key(seed: &PayloadKeySeed) -> PayloadKey {
     let expanded = hkdf.expand(PAYLOAD_KEY_HKDF_INFO, &mut key);
     debug_assert!(expanded.is_ok());
     key
+}
+
+// HMAC key states of the two constant HKDF salts, compressed at compile time.
+const EXPANDED_SECRET_SALT_KEY: HmacKey = HmacKey::new_const(EXPANDED_SECRET_HKDF_SALT);
+const PAYLOAD_KEY_SALT_KEY: HmacKey = HmacKey::new_const(PAYLOAD_KEY_HKDF_SALT);
+
+/// [`expand`] for many shared secrets: `okm[j]` = the 288 expanded bytes of
+/// `shared_secrets[j]` (feed them to [`ExpandedSecret::from_bytes`]), across SIMD lanes
+/// where the CPU allows (`crate::simd::hkdf`). The caller wipes `okm`.
+pub fn expand_many(shared_secrets: &[[u8; 32]], okm: &mut [[u8; EXPANDED_SECRET_SIZE]]) {
+    // Cannot fail: the info string and output size are within HKDF's limits.
+    let expanded = hkdf_many(
+        &EXPANDED_SECRET_SALT_KEY,
+        EXPANDED_SECRET_HKDF_INFO,
+        shared_secrets,
+        okm,
+    );
+    debug_assert!(expanded);
+}
+
+/// [`derive_payload_key`] for many seeds: `keys[j]` from `seeds[j]`, across SIMD lanes.
+pub fn derive_payload_keys(seeds: &[PayloadKeySeed], keys: &mut [PayloadKey]) {
+    // Cannot fail: the info string and output size are within HKDF's limits.
+    let derived = hkdf_many(&PAYLOAD_KEY_SALT_KEY, PAYLOAD_KEY_HKDF_INFO, seeds, keys);
+    debug_assert!(derived);
 }
 
 /// What the sender knows about one hop.
