@@ -169,7 +169,10 @@ fn mac_lanes(keys: &[&[u8; KEY_SIZE]], blocks: &mut [&mut [u8]], at: usize) {
 // R_j ^= ChaCha20(key = L_j ^ key_j[at..at + 32], nonce = 0).
 fn stream_lanes(keys: &[&[u8; KEY_SIZE]], blocks: &mut [&mut [u8]], at: usize) {
     for (key, block) in keys.iter().zip(blocks.iter_mut()) {
-        let Some(k) = key.get(at..).and_then(|k| k.first_chunk::<STREAM_KEY_SIZE>()) else {
+        let Some(k) = key
+            .get(at..)
+            .and_then(|k| k.first_chunk::<STREAM_KEY_SIZE>())
+        else {
             continue;
         };
         if let Ok((left, right)) = split(block) {

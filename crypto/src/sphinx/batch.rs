@@ -49,9 +49,9 @@ use super::packet::Packet;
 use super::process::{
     check_dh_output, unwrap_header_in_place, verify_mac, HopKind, KeyChoice, Processed,
 };
-use crate::lioness;
 use super::routing::xor_keystream;
 use super::version::Version;
+use crate::lioness;
 
 /// One packet's result, as [`process_with_keys`](super::process_with_keys) returns it.
 pub type Outcome = Result<(Processed, KeyChoice), SphinxError>;
@@ -184,7 +184,10 @@ impl BatchProcessor {
         self.derive_payload_keys(count);
         self.decrypt_payloads(packets, count);
         for (index, outcome) in self.outcomes.iter_mut().enumerate().take(count) {
-            on_result(index, core::mem::replace(outcome, Err(SphinxError::WrongMac)));
+            on_result(
+                index,
+                core::mem::replace(outcome, Err(SphinxError::WrongMac)),
+            );
         }
         for secret in &mut self.expanded[..count] {
             secret.zeroize();
@@ -203,12 +206,8 @@ impl BatchProcessor {
                 State::Failed(error) => Err(error),
                 State::Ready(_, choice) => {
                     let mut packet = Packet::new_unchecked(packet.as_mut());
-                    unwrap_header_in_place(
-                        &mut packet,
-                        &self.expanded[index],
-                        &self.blinded[index],
-                    )
-                    .map(|processed| (processed, choice))
+                    unwrap_header_in_place(&mut packet, &self.expanded[index], &self.blinded[index])
+                        .map(|processed| (processed, choice))
                 }
                 // Unreachable: every packet ends Failed or Ready.
                 State::Pending(_) | State::Verified(_) => Err(SphinxError::WrongMac),
@@ -240,7 +239,10 @@ impl BatchProcessor {
         for lane in 0..lanes {
             self.payload_keys[self.lane_packet[lane]] = self.derived[lane];
         }
-        for (seed, key) in self.seeds[..lanes].iter_mut().zip(&mut self.derived[..lanes]) {
+        for (seed, key) in self.seeds[..lanes]
+            .iter_mut()
+            .zip(&mut self.derived[..lanes])
+        {
             seed.zeroize();
             key.zeroize();
         }
