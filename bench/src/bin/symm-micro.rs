@@ -36,7 +36,53 @@ fn main() {
             cases.push((name, vec![us]));
         }
     };
+    let setup = lethe_bench::sphinx_setup::Setup::new();
+    let corpus = setup.corpus(64, 9);
+    let mut buffers = corpus.clone();
+    let mut processor = lethe_crypto::sphinx::BatchProcessor::new(64);
+    let node = &setup.secrets[0];
+    let keys = lethe_crypto::sphinx::NodeKeys {
+        primary: node,
+        secondary: None,
+    };
+    let scalars = [node.to_bytes(); 64];
+    let points: Vec<[u8; 32]> = corpus.iter().map(|p| p[..32].try_into().unwrap()).collect();
+    let mut dh = [[0u8; 32]; 64];
+    // SYMM_MICRO_PROFILE=n: only n batch hops (for `perf record`).
+    if let Some(n) = std::env::var("SYMM_MICRO_PROFILE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        for _ in 0..n {
+            for (b, p) in buffers.iter_mut().zip(&corpus) {
+                b.copy_from_slice(p);
+            }
+            processor.process(&mut buffers, keys, |_, o| {
+                black_box(o.unwrap());
+            });
+        }
+        return;
+    }
     for _ in 0..15 {
+        push("batch_hop", {
+            for (b, p) in buffers.iter_mut().zip(&corpus) {
+                b.copy_from_slice(p);
+            }
+            time_us(64, || {
+                processor.process(&mut buffers, keys, |_, o| {
+                    black_box(o.unwrap());
+                })
+            })
+        });
+        push(
+            "x25519_2x_batch",
+            time_us(64, || {
+                for _ in 0..2 {
+                    lethe_crypto::x25519::x25519_batch(&scalars, black_box(&points), &mut dh);
+                    black_box(&dh);
+                }
+            }),
+        );
         push(
             "blake2b_crate",
             time_us(N * LANES, || {
@@ -194,7 +240,15 @@ fn main() {
             }),
         );
     }
+    let mut batch_symmetric = 0.0;
     for (name, runs) in cases.iter_mut() {
-        println!("{name:>18}: {:.3} µs", median(runs));
+        let us = median(runs);
+        match *name {
+            "batch_hop" => batch_symmetric += us,
+            "x25519_2x_batch" => batch_symmetric -= us,
+            _ => {}
+        }
+        println!("{name:>18}: {us:.3} µs");
     }
+    println!("batch symmetric (hop - 2 x25519 batches): {batch_symmetric:.3} µs");
 }
