@@ -196,3 +196,56 @@ fn hkdf_many_matches_the_hkdf_crate() {
         check_hkdf_many::<20, 100>(&mut rng, lanes);
     }
 }
+
+#[test]
+fn hmac_many_matches_the_hmac_crate() {
+    use hmac::{Hmac, Mac as _};
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let check = |rng: &mut ChaCha20Rng, key_lens: &[usize], msg_lens: &[usize]| {
+        let keys: Vec<Vec<u8>> = key_lens.iter().map(|&len| random(rng, len)).collect();
+        let msgs: Vec<Vec<u8>> = msg_lens.iter().map(|&len| random(rng, len)).collect();
+        let key_refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let msg_refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        let expected: Vec<[u8; 32]> = keys
+            .iter()
+            .zip(&msgs)
+            .map(|(key, msg)| {
+                let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key).unwrap();
+                mac.update(msg);
+                mac.finalize().into_bytes().into()
+            })
+            .collect();
+        for level in LEVELS {
+            let mut out = vec![[0u8; 32]; keys.len()];
+            assert!(fast_hkdf::hmac_many_at(
+                level, &key_refs, &msg_refs, &mut out
+            ));
+            assert_eq!(
+                out, expected,
+                "{level:?} keys {key_lens:?} msgs {msg_lens:?}"
+            );
+        }
+    };
+    for lanes in (1..=20).chain([33, 64]) {
+        for len in [0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 300, 1000] {
+            let key_len = [16, 0, 32, 64, 63, 1][lanes % 6];
+            check(&mut rng, &vec![key_len; lanes], &vec![len; lanes]);
+        }
+        let key_lens: Vec<usize> = (0..lanes).map(|_| (rng.next_u32() % 65) as usize).collect();
+        check(&mut rng, &key_lens, &vec![300; lanes]);
+    }
+    check(
+        &mut rng,
+        &[16; 17],
+        &[
+            300, 300, 300, 300, 300, 300, 300, 299, 300, 300, 300, 300, 300, 300, 300, 300, 1,
+        ],
+    );
+    let mut out = [[7u8; 32]; 2];
+    assert!(!fast_hkdf::hmac_many(
+        &[&[0; 16], &[0; 65]],
+        &[b"", b""],
+        &mut out
+    ));
+    assert_eq!(out, [[7u8; 32]; 2]);
+}

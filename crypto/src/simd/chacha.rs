@@ -43,7 +43,7 @@ pub fn portable(key: &[u8; KEY_SIZE], data: &mut [u8]) {
 const SIGMA: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use core::arch::x86_64::*;
 
     use super::*;
@@ -125,9 +125,10 @@ mod avx512 {
         x[b] = _mm512_rol_epi32::<7>(_mm512_xor_si512(x[b], x[c]));
     }
 
-    /// x[i] element j = word i of block j  →  out[j] = block j.
+    /// x[i] element j = word i of block j  →  out[j] = block j (a 16×16 transpose of 32-bit
+    /// words, its own inverse).
     #[target_feature(enable = "avx512f")]
-    fn transpose16(x: &[__m512i; 16]) -> [__m512i; 16] {
+    pub(in crate::simd) fn transpose16(x: &[__m512i; 16]) -> [__m512i; 16] {
         // c[g][r]: 128-bit lane k holds words 4g..4g+3 of block 4k + r.
         let mut c = [[_mm512_setzero_si512(); 4]; 4];
         for (g, c) in c.iter_mut().enumerate() {

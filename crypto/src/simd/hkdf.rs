@@ -121,6 +121,12 @@ impl HmacKey {
 
     /// For a 32-byte key (HKDF's pseudo-random key).
     pub fn new(key: &[u8; OUT]) -> HmacKey {
+        Self::new_short(key)
+    }
+
+    /// For a key of at most 64 bytes (HMAC zero-pads it to a block); longer keys would be
+    /// hashed first, which this does not do: it uses their first 64 bytes.
+    fn new_short(key: &[u8]) -> HmacKey {
         let mut pads = [[0x36u8; BLOCK], [0x5cu8; BLOCK]];
         for (index, byte) in key.iter().enumerate() {
             pads[0][index] ^= byte;
@@ -256,13 +262,147 @@ pub fn hkdf_many_at<const IKM: usize, const OKM: usize>(
     true
 }
 
+/// `out[j] = HMAC-SHA256(keys[j], msgs[j])` for `j < min(keys.len(), msgs.len(),
+/// out.len())`: 16 lanes at a time with AVX-512 when the messages have equal length,
+/// otherwise one at a time (SHA-NI). Returns `false` (out untouched) if a key is longer
+/// than 64 bytes.
+pub fn hmac_many(keys: &[&[u8]], msgs: &[&[u8]], out: &mut [[u8; OUT]]) -> bool {
+    hmac_many_at(super::level(), keys, msgs, out)
+}
+
+/// As [`hmac_many`] on a chosen path (falls back when the CPU lacks it).
+pub fn hmac_many_at(
+    level: super::Level,
+    keys: &[&[u8]],
+    msgs: &[&[u8]],
+    out: &mut [[u8; OUT]],
+) -> bool {
+    if keys.iter().any(|key| key.len() > BLOCK) {
+        return false;
+    }
+    let lanes = keys.len().min(msgs.len()).min(out.len());
+    let wide = level == super::Level::Avx512 && super::level() == super::Level::Avx512;
+    let mut start = 0;
+    while start < lanes {
+        let end = lanes.min(start + MANY_LANES);
+        let group = &msgs[start..end];
+        let equal = group.iter().all(|msg| msg.len() == group[0].len());
+        if wide && equal && end - start >= MANY_MIN_LANES {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX-512F (checked above).
+            unsafe {
+                avx512::hmac16(&keys[start..end], group, &mut out[start..end])
+            };
+        } else {
+            for ((key, msg), out) in keys[start..end].iter().zip(group).zip(&mut out[start..end]) {
+                let mut hmac = HmacKey::new_short(key);
+                *out = hmac.mac(msg);
+                hmac.zeroize();
+            }
+        }
+        start = end;
+    }
+    true
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use core::arch::x86_64::*;
 
+    use super::super::chacha::avx512::transpose16;
     use super::*;
 
     type V = __m512i;
+
+    /// # Safety
+    /// The CPU must support AVX-512F. 1..=16 lanes, keys of at most 64 bytes, messages of
+    /// equal length.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn hmac16(keys: &[&[u8]], msgs: &[&[u8]], out: &mut [[u8; OUT]]) {
+        let len = msgs.first().map_or(0, |msg| msg.len());
+        let mut rows = [[0u8; BLOCK]; 16];
+        let mut key = Lanes {
+            inner: h0(),
+            outer: h0(),
+        };
+        for (pad, state) in [(0x36u8, &mut key.inner), (0x5c, &mut key.outer)] {
+            for (lane, row) in rows.iter_mut().enumerate() {
+                row.fill(pad);
+                let lane_key = keys.get(lane).or(keys.first()).copied().unwrap_or(&[]);
+                for (byte, key_byte) in row.iter_mut().zip(lane_key) {
+                    *byte ^= key_byte;
+                }
+            }
+            compress(state, &mut load_rows(&rows));
+        }
+        // Inner hash: the full blocks straight from the messages, then the padded tail.
+        let mut state = key.inner;
+        let full = len / BLOCK;
+        for block in 0..full {
+            let mut w: [V; 16] = transpose_be(core::array::from_fn(|lane| {
+                let msg = msgs.get(lane).or(msgs.first()).copied().unwrap_or(&[]);
+                let row = msg
+                    .get(block * BLOCK..(block + 1) * BLOCK)
+                    .unwrap_or(&[0u8; BLOCK][..]);
+                // SAFETY: `row` is 64 bytes (a full block, or the zero block if absent).
+                unsafe { _mm512_loadu_si512(row.as_ptr().cast()) }
+            }));
+            compress(&mut state, &mut w);
+        }
+        let rest = len - full * BLOCK;
+        let tail_blocks = if rest + 9 <= BLOCK { 1 } else { 2 };
+        let bits = ((BLOCK + len) as u64) * 8;
+        let mut tails = [[[0u8; BLOCK]; 2]; 16];
+        for (lane, tail) in tails.iter_mut().enumerate() {
+            let msg = msgs.get(lane).or(msgs.first()).copied().unwrap_or(&[]);
+            let flat = tail.as_flattened_mut();
+            let bytes = msg.get(full * BLOCK..).unwrap_or(&[]);
+            flat[..bytes.len()].copy_from_slice(bytes);
+            flat[bytes.len()] = 0x80;
+            flat[tail_blocks * BLOCK - 8..tail_blocks * BLOCK].copy_from_slice(&bits.to_be_bytes());
+        }
+        for block in 0..tail_blocks {
+            let rows: [[u8; BLOCK]; 16] = core::array::from_fn(|lane| tails[lane][block]);
+            compress(&mut state, &mut load_rows(&rows));
+        }
+        let digest = outer(&key, &state);
+        let mut words = [[0u32; 16]; 8];
+        for (word, vector) in words.iter_mut().zip(digest.iter()) {
+            // SAFETY: 64-byte store into a [u32; 16].
+            unsafe { _mm512_storeu_si512(word.as_mut_ptr().cast(), *vector) };
+        }
+        for (lane, out) in out.iter_mut().enumerate().take(16) {
+            for (bytes, word) in out.chunks_exact_mut(4).zip(words.iter()) {
+                bytes.copy_from_slice(&word[lane].to_be_bytes());
+            }
+        }
+        words.zeroize();
+        rows.zeroize();
+        tails.zeroize();
+    }
+
+    /// Message words (big-endian) of 16 lane blocks.
+    #[target_feature(enable = "avx512f")]
+    fn load_rows(rows: &[[u8; BLOCK]; 16]) -> [V; 16] {
+        transpose_be(core::array::from_fn(|lane| {
+            // SAFETY: 64-byte load from a 64-byte array.
+            unsafe { _mm512_loadu_si512(rows[lane].as_ptr().cast()) }
+        }))
+    }
+
+    /// Row j = lane j's block as loaded (little-endian words) → word k of every lane, as
+    /// big-endian values.
+    #[target_feature(enable = "avx512f")]
+    fn transpose_be(rows: [V; 16]) -> [V; 16] {
+        let mask = _mm512_set1_epi32(0xff00_ff00u32 as i32);
+        transpose16(&rows).map(|x| {
+            _mm512_ternarylogic_epi32::<0xca>(
+                mask,
+                _mm512_ror_epi32::<8>(x),
+                _mm512_rol_epi32::<8>(x),
+            )
+        })
+    }
 
     /// HMAC key states of 16 lanes.
     struct Lanes {
