@@ -182,7 +182,10 @@ mod avx512 {
         out: &mut [[u8; OUT_SIZE]],
     ) {
         let len = msgs.first().map_or(0, |msg| msg.len());
-        let mut h: State = core::array::from_fn(|i| _mm512_set1_epi64(IV[i] as i64));
+        let mut h: State = [_mm512_setzero_si512(); 8];
+        for (h, iv) in h.iter_mut().zip(IV) {
+            *h = _mm512_set1_epi64(iv as i64);
+        }
         h[0] = _mm512_set1_epi64((IV[0] ^ PARAM0) as i64);
         let mut scratch = [[0u8; BLOCK]; 8];
         key_blocks(keys, &mut scratch);
@@ -215,10 +218,11 @@ mod avx512 {
     fn load(rows: &[&[u8; BLOCK]; 8]) -> [__m512i; 16] {
         let mut m = [_mm512_setzero_si512(); 16];
         for half in 0..2 {
-            let r: [__m512i; 8] = core::array::from_fn(|lane| {
+            let mut r = [_mm512_setzero_si512(); 8];
+            for (r, row) in r.iter_mut().zip(rows) {
                 // SAFETY: 64 bytes inside a 128-byte block.
-                unsafe { _mm512_loadu_si512(rows[lane][half * 64..].as_ptr().cast()) }
-            });
+                *r = unsafe { _mm512_loadu_si512(row[half * 64..].as_ptr().cast()) };
+            }
             let t = transpose8(r);
             m[half * 8..half * 8 + 8].copy_from_slice(&t);
         }
@@ -318,7 +322,10 @@ mod avx2 {
         out: &mut [[u8; OUT_SIZE]],
     ) {
         let len = msgs.first().map_or(0, |msg| msg.len());
-        let mut h: State = core::array::from_fn(|i| _mm256_set1_epi64x(IV[i] as i64));
+        let mut h: State = [_mm256_setzero_si256(); 8];
+        for (h, iv) in h.iter_mut().zip(IV) {
+            *h = _mm256_set1_epi64x(iv as i64);
+        }
         h[0] = _mm256_set1_epi64x((IV[0] ^ PARAM0) as i64);
         let mut scratch = [[0u8; BLOCK]; 4];
         key_blocks(keys, &mut scratch);
@@ -351,10 +358,11 @@ mod avx2 {
     fn load(rows: &[&[u8; BLOCK]; 4]) -> [__m256i; 16] {
         let mut m = [_mm256_setzero_si256(); 16];
         for quarter in 0..4 {
-            let r: [__m256i; 4] = core::array::from_fn(|lane| {
+            let mut r = [_mm256_setzero_si256(); 4];
+            for (r, row) in r.iter_mut().zip(rows) {
                 // SAFETY: 32 bytes inside a 128-byte block.
-                unsafe { _mm256_loadu_si256(rows[lane][quarter * 32..].as_ptr().cast()) }
-            });
+                *r = unsafe { _mm256_loadu_si256(row[quarter * 32..].as_ptr().cast()) };
+            }
             let t0 = _mm256_unpacklo_epi64(r[0], r[1]); // r0[0] r1[0] r0[2] r1[2]
             let t1 = _mm256_unpackhi_epi64(r[0], r[1]); // r0[1] r1[1] r0[3] r1[3]
             let t2 = _mm256_unpacklo_epi64(r[2], r[3]);

@@ -339,14 +339,16 @@ mod avx512 {
         let mut state = key.inner;
         let full = len / BLOCK;
         for block in 0..full {
-            let mut w: [V; 16] = transpose_be(core::array::from_fn(|lane| {
+            let mut loaded = [_mm512_setzero_si512(); 16];
+            for (lane, vector) in loaded.iter_mut().enumerate() {
                 let msg = msgs.get(lane).or(msgs.first()).copied().unwrap_or(&[]);
                 let row = msg
                     .get(block * BLOCK..(block + 1) * BLOCK)
                     .unwrap_or(&[0u8; BLOCK][..]);
                 // SAFETY: `row` is 64 bytes (a full block, or the zero block if absent).
-                unsafe { _mm512_loadu_si512(row.as_ptr().cast()) }
-            }));
+                *vector = unsafe { _mm512_loadu_si512(row.as_ptr().cast()) };
+            }
+            let mut w = transpose_be(&loaded);
             compress(&mut state, &mut w);
         }
         let rest = len - full * BLOCK;
@@ -362,8 +364,12 @@ mod avx512 {
             flat[tail_blocks * BLOCK - 8..tail_blocks * BLOCK].copy_from_slice(&bits.to_be_bytes());
         }
         for block in 0..tail_blocks {
-            let rows: [[u8; BLOCK]; 16] = core::array::from_fn(|lane| tails[lane][block]);
-            compress(&mut state, &mut load_rows(&rows));
+            let mut loaded = [_mm512_setzero_si512(); 16];
+            for (vector, tail) in loaded.iter_mut().zip(tails.iter()) {
+                // SAFETY: 64-byte load from a 64-byte array.
+                *vector = unsafe { _mm512_loadu_si512(tail[block].as_ptr().cast()) };
+            }
+            compress(&mut state, &mut transpose_be(&loaded));
         }
         let digest = outer(&key, &state);
         let mut words = [[0u32; 16]; 8];
@@ -384,24 +390,28 @@ mod avx512 {
     /// Message words (big-endian) of 16 lane blocks.
     #[target_feature(enable = "avx512f")]
     fn load_rows(rows: &[[u8; BLOCK]; 16]) -> [V; 16] {
-        transpose_be(core::array::from_fn(|lane| {
+        let mut loaded = [_mm512_setzero_si512(); 16];
+        for (vector, row) in loaded.iter_mut().zip(rows) {
             // SAFETY: 64-byte load from a 64-byte array.
-            unsafe { _mm512_loadu_si512(rows[lane].as_ptr().cast()) }
-        }))
+            *vector = unsafe { _mm512_loadu_si512(row.as_ptr().cast()) };
+        }
+        transpose_be(&loaded)
     }
 
     /// Row j = lane j's block as loaded (little-endian words) → word k of every lane, as
     /// big-endian values.
     #[target_feature(enable = "avx512f")]
-    fn transpose_be(rows: [V; 16]) -> [V; 16] {
+    fn transpose_be(rows: &[V; 16]) -> [V; 16] {
         let mask = _mm512_set1_epi32(0xff00_ff00u32 as i32);
-        transpose16(&rows).map(|x| {
-            _mm512_ternarylogic_epi32::<0xca>(
+        let mut words = transpose16(rows);
+        for x in words.iter_mut() {
+            *x = _mm512_ternarylogic_epi32::<0xca>(
                 mask,
-                _mm512_ror_epi32::<8>(x),
-                _mm512_rol_epi32::<8>(x),
-            )
-        })
+                _mm512_ror_epi32::<8>(*x),
+                _mm512_rol_epi32::<8>(*x),
+            );
+        }
+        words
     }
 
     /// HMAC key states of 16 lanes.
@@ -436,29 +446,31 @@ mod avx512 {
             }
             block.zeroize();
         }
-        let mut w: [V; 16] = core::array::from_fn(|k| load(&words[k]));
+        let mut w = [_mm512_setzero_si512(); 16];
+        for (w, words) in w.iter_mut().zip(words.iter()) {
+            *w = load(words);
+        }
         words.zeroize();
         let salt_lanes = Lanes {
-            inner: salt.inner.map(|word| _mm512_set1_epi32(word as i32)),
-            outer: salt.outer.map(|word| _mm512_set1_epi32(word as i32)),
+            inner: broadcast(&salt.inner),
+            outer: broadcast(&salt.outer),
         };
         let mut inner = salt_lanes.inner;
         compress(&mut inner, &mut w);
         let prk = outer(&salt_lanes, &inner);
         // HMAC key states of the PRK.
-        let pad = |byte: u32| -> [V; 16] {
-            let fill = _mm512_set1_epi32((byte * 0x0101_0101) as i32);
-            core::array::from_fn(|k| match prk.get(k) {
-                Some(word) => _mm512_xor_si512(*word, fill),
-                None => fill,
-            })
-        };
         let mut key = Lanes {
             inner: h0(),
             outer: h0(),
         };
-        compress(&mut key.inner, &mut pad(0x36));
-        compress(&mut key.outer, &mut pad(0x5c));
+        for (byte, state) in [(0x36u32, &mut key.inner), (0x5c, &mut key.outer)] {
+            let fill = _mm512_set1_epi32((byte * 0x0101_0101) as i32);
+            let mut w = [fill; 16];
+            for (w, word) in w.iter_mut().zip(prk.iter()) {
+                *w = _mm512_xor_si512(*word, fill);
+            }
+            compress(state, &mut w);
+        }
         // Expand: T(i) = HMAC(prk, T(i-1) ‖ info ‖ i).
         let mut tail = [0u8; INFO_MAX + 1];
         tail[..info.len()].copy_from_slice(info);
@@ -491,7 +503,16 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f")]
     fn h0() -> [V; 8] {
-        H0.map(|word| _mm512_set1_epi32(word as i32))
+        broadcast(&H0)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    fn broadcast(words: &[u32; 8]) -> [V; 8] {
+        let mut out = [_mm512_setzero_si512(); 8];
+        for (out, word) in out.iter_mut().zip(words) {
+            *out = _mm512_set1_epi32(*word as i32);
+        }
+        out
     }
 
     /// HMAC's outer hash over the 32-byte inner digest held in `inner`.
@@ -519,11 +540,11 @@ mod avx512 {
         buf[blocks * BLOCK - 8..blocks * BLOCK].copy_from_slice(&bits.to_be_bytes());
         let mut state = key.inner;
         for block in 0..blocks {
-            let mut w: [V; 16] = core::array::from_fn(|k| {
-                let at = block * BLOCK + 4 * k;
-                let word = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-                _mm512_set1_epi32(word as i32)
-            });
+            let mut w = [_mm512_setzero_si512(); 16];
+            for (w, bytes) in w.iter_mut().zip(buf[block * BLOCK..].chunks_exact(4)) {
+                let word = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                *w = _mm512_set1_epi32(word as i32);
+            }
             if let (0, Some(prefix)) = (block, prefix) {
                 w[..8].copy_from_slice(prefix);
             }
