@@ -276,19 +276,36 @@ mod avx512 {
         if last {
             v[14] = _mm512_set1_epi64(!IV[6] as i64);
         }
-        for s in SIGMA.iter() {
-            g(&mut v, 0, 4, 8, 12, m[s[0]], m[s[1]]);
-            g(&mut v, 1, 5, 9, 13, m[s[2]], m[s[3]]);
-            g(&mut v, 2, 6, 10, 14, m[s[4]], m[s[5]]);
-            g(&mut v, 3, 7, 11, 15, m[s[6]], m[s[7]]);
-            g(&mut v, 0, 5, 10, 15, m[s[8]], m[s[9]]);
-            g(&mut v, 1, 6, 11, 12, m[s[10]], m[s[11]]);
-            g(&mut v, 2, 7, 8, 13, m[s[12]], m[s[13]]);
-            g(&mut v, 3, 4, 9, 14, m[s[14]], m[s[15]]);
-        }
+        // Unrolled: the message permutation of every round is a constant.
+        round::<0>(&mut v, m);
+        round::<1>(&mut v, m);
+        round::<2>(&mut v, m);
+        round::<3>(&mut v, m);
+        round::<4>(&mut v, m);
+        round::<5>(&mut v, m);
+        round::<6>(&mut v, m);
+        round::<7>(&mut v, m);
+        round::<8>(&mut v, m);
+        round::<9>(&mut v, m);
+        round::<10>(&mut v, m);
+        round::<11>(&mut v, m);
         for i in 0..8 {
             h[i] = _mm512_xor_si512(h[i], _mm512_xor_si512(v[i], v[i + 8]));
         }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn round<const R: usize>(v: &mut [__m512i; 16], m: &[__m512i; 16]) {
+        let s = &SIGMA[R];
+        g(v, 0, 4, 8, 12, m[s[0]], m[s[1]]);
+        g(v, 1, 5, 9, 13, m[s[2]], m[s[3]]);
+        g(v, 2, 6, 10, 14, m[s[4]], m[s[5]]);
+        g(v, 3, 7, 11, 15, m[s[6]], m[s[7]]);
+        g(v, 0, 5, 10, 15, m[s[8]], m[s[9]]);
+        g(v, 1, 6, 11, 12, m[s[10]], m[s[11]]);
+        g(v, 2, 7, 8, 13, m[s[12]], m[s[13]]);
+        g(v, 3, 4, 9, 14, m[s[14]], m[s[15]]);
     }
 
     #[inline]
