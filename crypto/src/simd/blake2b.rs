@@ -92,11 +92,11 @@ pub fn keyed256_many_at(
     }
 }
 
+/// `level`, or the best level below it that the CPU runs.
 fn supported(level: Level) -> Level {
-    let best = super::level();
-    match (level, best) {
-        (Level::Avx512, Level::Avx512) => Level::Avx512,
-        (Level::Avx512 | Level::Avx2, Level::Avx512 | Level::Avx2) => Level::Avx2,
+    match level {
+        Level::Avx512 if level.is_supported() => Level::Avx512,
+        Level::Avx512 | Level::Avx2 if Level::Avx2.is_supported() => Level::Avx2,
         _ => Level::Portable,
     }
 }

@@ -25,7 +25,7 @@ pub fn xor_keystream(key: &[u8; KEY_SIZE], data: &mut [u8]) {
 /// As [`xor_keystream`] on a chosen path (falls back when the CPU lacks it).
 pub fn xor_keystream_at(level: Level, key: &[u8; KEY_SIZE], data: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx512 && data.len() >= WIDE_MIN && super::level() == Level::Avx512 {
+    if level == Level::Avx512 && data.len() >= WIDE_MIN && Level::Avx512.is_supported() {
         // SAFETY: the CPU has AVX-512F (checked just above).
         unsafe { avx512::xor(key, data) };
         return;

@@ -241,8 +241,7 @@ pub fn hkdf_many_at<const IKM: usize, const OKM: usize>(
         return false;
     }
     let lanes = ikms.len().min(okms.len());
-    let wide =
-        level == super::Level::Avx512 && super::level() == super::Level::Avx512 && IKM + 9 <= BLOCK;
+    let wide = level == super::Level::Avx512 && level.is_supported() && IKM + 9 <= BLOCK;
     let mut start = 0;
     while start < lanes {
         let end = lanes.min(start + MANY_LANES);
@@ -281,7 +280,7 @@ pub fn hmac_many_at(
         return false;
     }
     let lanes = keys.len().min(msgs.len()).min(out.len());
-    let wide = level == super::Level::Avx512 && super::level() == super::Level::Avx512;
+    let wide = level == super::Level::Avx512 && level.is_supported();
     let mut start = 0;
     while start < lanes {
         let end = lanes.min(start + MANY_LANES);

@@ -8,6 +8,8 @@
 //! - [`hkdf`]: HKDF-SHA256 on the raw SHA-256 compression function (SHA-NI through `sha2`)
 //!   with the constant HMAC key states precomputed.
 
+use core::sync::atomic::{AtomicU8, Ordering};
+
 pub mod blake2b;
 pub mod chacha;
 pub mod hkdf;
@@ -20,19 +22,67 @@ pub enum Level {
     Avx512,
 }
 
-/// Detected once per call site (the std macro caches the CPUID result).
-#[inline]
-pub fn level() -> Level {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Level::Avx512;
+impl Level {
+    fn detect() -> Level {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Level::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Level::Avx2;
+            }
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            return Level::Avx2;
+        Level::Portable
+    }
+
+    /// Whether this CPU can run `self`.
+    pub fn is_supported(self) -> bool {
+        match (self, Level::detect()) {
+            (Level::Portable, _) | (Level::Avx2, Level::Avx2 | Level::Avx512) => true,
+            (Level::Avx512, detected) => detected == Level::Avx512,
+            (Level::Avx2, Level::Portable) => false,
         }
     }
-    Level::Portable
+}
+
+static CHOSEN: AtomicU8 = AtomicU8::new(0);
+
+/// The level the symmetric primitives use: the best the CPU has, or the one `LETHE_SIMD`
+/// names (`avx512`/`ifma`, `avx2`, `portable`/`serial`, as for the X25519 ladder) if the CPU
+/// supports it. Chosen on first use, then cached.
+#[inline]
+pub fn level() -> Level {
+    match CHOSEN.load(Ordering::Relaxed) {
+        1 => Level::Portable,
+        2 => Level::Avx2,
+        3 => Level::Avx512,
+        _ => choose(),
+    }
+}
+
+#[cold]
+fn choose() -> Level {
+    let detected = Level::detect();
+    let wanted = std::env::var("LETHE_SIMD").ok().and_then(|value| {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "ifma" | "avx512" => Some(Level::Avx512),
+            "avx2" => Some(Level::Avx2),
+            "portable" | "serial" => Some(Level::Portable),
+            _ => None,
+        }
+    });
+    let chosen = match wanted {
+        Some(level) if level.is_supported() => level,
+        _ => detected,
+    };
+    let code = match chosen {
+        Level::Portable => 1,
+        Level::Avx2 => 2,
+        Level::Avx512 => 3,
+    };
+    CHOSEN.store(code, Ordering::Relaxed);
+    chosen
 }
 
 /// Name of the path taken (for benchmark reports).
