@@ -5,6 +5,10 @@
 //! Encryption is four rounds: `R ^= S(L ^ k1)`, `L ^= H(k2, R)`, `R ^= S(L ^ k3)`,
 //! `L ^= H(k4, R)`; S = IETF ChaCha20 with a zero nonce, H = keyed BLAKE2b-256 with the full
 //! 64-byte key. Decryption runs the rounds backwards. Everything happens in place.
+//!
+//! ChaCha20 runs 16 blocks at a time with AVX-512 ([`crate::simd::chacha`]); batched callers
+//! decrypt many blocks with [`decrypt_many`], whose BLAKE2b passes hash up to 8 blocks at
+//! once ([`crate::simd::blake2b`]).
 
 use blake2::digest::{KeyInit, Mac};
 use blake2::Blake2bMac;

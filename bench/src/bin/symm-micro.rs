@@ -28,6 +28,7 @@ fn main() {
     let msg_refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
     let mut out = [[0u8; 32]; LANES];
     let mut data = vec![5u8; RIGHT];
+    let mut payloads = vec![vec![6u8; RIGHT + 32]; LANES];
     let mut cases: Vec<(&str, Vec<f64>)> = Vec::new();
     let mut push = |name: &'static str, us: f64| {
         if let Some(case) = cases.iter_mut().find(|c| c.0 == name) {
@@ -200,6 +201,66 @@ fn main() {
                         &mut okms,
                     );
                     black_box(&okms);
+                }
+            }),
+        );
+        push(
+            "hmac300_crate",
+            time_us(N * 16, || {
+                let beta = [5u8; 300];
+                for _ in 0..N * 16 {
+                    black_box(lethe_crypto::sphinx::routing::compute_mac(
+                        &[3; 16],
+                        black_box(&beta),
+                    ));
+                }
+            }),
+        );
+        push(
+            "hmac300_many16",
+            time_us(N * 16, || {
+                let beta = [5u8; 300];
+                let keys = [&[3u8; 16][..]; 16];
+                let betas = [&beta[..]; 16];
+                let mut macs = [[0u8; 32]; 16];
+                for _ in 0..N {
+                    hkdf::hmac_many(&keys, black_box(&betas), &mut macs);
+                    black_box(&macs);
+                }
+            }),
+        );
+        // Lioness decryption of a 2065-byte payload as the reference crates do it (what
+        // `lioness.rs` did before) versus `decrypt_many` over 8 payloads.
+        push(
+            "lioness_crates",
+            time_us(N, || {
+                let key = [9u8; 192];
+                for _ in 0..N {
+                    let (left, right) = payloads[0].split_at_mut(32);
+                    let mut tag = [[0u8; 32]];
+                    for (mac_at, stream_at) in [(128, 96), (32, 0)] {
+                        let mac_key: &[u8; 64] = key[mac_at..mac_at + 64].try_into().unwrap();
+                        blake2b::portable(&[mac_key], &[&*right], &mut tag);
+                        left.iter_mut().zip(tag[0]).for_each(|(l, t)| *l ^= t);
+                        let mut stream_key: [u8; 32] =
+                            key[stream_at..stream_at + 32].try_into().unwrap();
+                        stream_key.iter_mut().zip(&*left).for_each(|(k, l)| *k ^= l);
+                        chacha::portable(&stream_key, right);
+                    }
+                    black_box(&payloads[0]);
+                }
+            }),
+        );
+        push(
+            "lioness_many8",
+            time_us(N * LANES, || {
+                let key = [9u8; 192];
+                let keys = [&key; LANES];
+                for _ in 0..N {
+                    let mut blocks: Vec<&mut [u8]> =
+                        payloads.iter_mut().map(|p| &mut p[..]).collect();
+                    lethe_crypto::lioness::decrypt_many(&keys, &mut blocks).unwrap();
+                    black_box(&blocks);
                 }
             }),
         );

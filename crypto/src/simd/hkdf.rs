@@ -216,10 +216,10 @@ pub const MANY_MIN_LANES: usize = 6;
 /// Lanes of one AVX-512 pass.
 pub const MANY_LANES: usize = 16;
 
-/// [`hkdf`] for many inputs of one length: `okms[j] = HKDF(salt, ikms[j], info)` for every
+/// [`hkdf()`] for many inputs of one length: `okms[j] = HKDF(salt, ikms[j], info)` for every
 /// `j < min(ikms.len(), okms.len())`. With AVX-512, groups of up to 16 inputs run in lock
 /// step (one 32-bit lane each); otherwise, or for an `ikm` longer than 55 bytes, one at a
-/// time. Returns `false` (okms untouched) if `info` or `OKM` exceed [`hkdf`]'s limits.
+/// time. Returns `false` (okms untouched) if `info` or `OKM` exceed [`hkdf()`]'s limits.
 pub fn hkdf_many<const IKM: usize, const OKM: usize>(
     salt: &HmacKey,
     info: &[u8],
