@@ -371,17 +371,11 @@ mod avx512 {
             compress(&mut state, &mut transpose_be(&loaded));
         }
         let digest = outer(&key, &state);
-        let mut words = [[0u32; 16]; 8];
-        for (word, vector) in words.iter_mut().zip(digest.iter()) {
-            // SAFETY: 64-byte store into a [u32; 16].
-            unsafe { _mm512_storeu_si512(word.as_mut_ptr().cast(), *vector) };
+        let mut macs = digests(&digest);
+        for (out, mac) in out.iter_mut().zip(macs.iter()) {
+            *out = *mac;
         }
-        for (lane, out) in out.iter_mut().enumerate().take(16) {
-            for (bytes, word) in out.chunks_exact_mut(4).zip(words.iter()) {
-                bytes.copy_from_slice(&word[lane].to_be_bytes());
-            }
-        }
-        words.zeroize();
+        macs.zeroize();
         rows.zeroize();
         tails.zeroize();
     }
@@ -429,27 +423,17 @@ mod avx512 {
         okms: &mut [[u8; OKM]],
     ) {
         // Extract: PRK = HMAC(salt, ikm), one padded block per lane.
-        let mut words = [[0u32; 16]; 16]; // words[k][lane]
-        for lane in 0..16 {
+        let mut rows = [[0u8; BLOCK]; 16];
+        for (lane, block) in rows.iter_mut().enumerate() {
             let Some(ikm) = ikms.get(lane).or(ikms.first()) else {
                 return;
             };
-            let mut block = [0u8; BLOCK];
             block[..IKM].copy_from_slice(ikm);
             block[IKM] = 0x80;
             block[BLOCK - 8..].copy_from_slice(&(((BLOCK + IKM) as u64) * 8).to_be_bytes());
-            for (k, word) in words.iter_mut().enumerate() {
-                let mut be = [0u8; 4];
-                be.copy_from_slice(&block[4 * k..4 * k + 4]);
-                word[lane] = u32::from_be_bytes(be);
-            }
-            block.zeroize();
         }
-        let mut w = [_mm512_setzero_si512(); 16];
-        for (w, words) in w.iter_mut().zip(words.iter()) {
-            *w = load(words);
-        }
-        words.zeroize();
+        let mut w = load_rows(&rows);
+        rows.zeroize();
         let salt_lanes = Lanes {
             inner: broadcast(&salt.inner),
             outer: broadcast(&salt.outer),
@@ -474,30 +458,36 @@ mod avx512 {
         let mut tail = [0u8; INFO_MAX + 1];
         tail[..info.len()].copy_from_slice(info);
         let mut t: Option<[V; 8]> = None;
-        let mut out = [[0u32; 16]; 8];
         for index in 0..OKM.div_ceil(OUT) {
             tail[info.len()] = (index as u8).wrapping_add(1);
             let next = mac(&key, t.as_ref(), &tail[..info.len() + 1]);
-            for (word, vector) in out.iter_mut().zip(next.iter()) {
-                // SAFETY: 64-byte store into a [u32; 16].
-                unsafe { _mm512_storeu_si512(word.as_mut_ptr().cast(), *vector) };
-            }
-            for (lane, okm) in okms.iter_mut().enumerate().take(16) {
+            let mut out = digests(&next);
+            for (okm, digest) in okms.iter_mut().zip(out.iter()) {
                 let chunk = okm.get_mut(index * OUT..).unwrap_or(&mut []);
-                for (bytes, word) in chunk.chunks_mut(4).zip(out.iter()) {
-                    let be = word[lane].to_be_bytes();
-                    bytes.copy_from_slice(&be[..bytes.len()]);
-                }
+                let n = chunk.len().min(OUT);
+                chunk[..n].copy_from_slice(&digest[..n]);
             }
+            out.zeroize();
             t = Some(next);
         }
-        out.zeroize();
     }
 
+    /// The 16 lanes' digests as bytes (big-endian words), by one transpose.
     #[target_feature(enable = "avx512f")]
-    fn load(words: &[u32; 16]) -> V {
-        // SAFETY: 64-byte load from a [u32; 16].
-        unsafe { _mm512_loadu_si512(words.as_ptr().cast()) }
+    fn digests(state: &[V; 8]) -> [[u8; OUT]; 16] {
+        let mut words = [_mm512_setzero_si512(); 16];
+        words[..8].copy_from_slice(state);
+        // Byte-swapped words transposed: row j = lane j's digest, as bytes, then zeros.
+        let rows = transpose_be(&words);
+        let mut out = [[0u8; OUT]; 16];
+        let mut row = [0u8; 2 * OUT];
+        for (out, vector) in out.iter_mut().zip(rows.iter()) {
+            // SAFETY: 64-byte store into a 64-byte array.
+            unsafe { _mm512_storeu_si512(row.as_mut_ptr().cast(), *vector) };
+            out.copy_from_slice(&row[..OUT]);
+        }
+        row.zeroize();
+        out
     }
 
     #[target_feature(enable = "avx512f")]
