@@ -140,6 +140,18 @@ fn hkdf_matches_the_hkdf_crate() {
             );
         }
     }
+    // Salts longer than a block are hashed first, as HMAC specifies.
+    for salt_len in [63, 64, 65, 100, 200] {
+        let salt = random(&mut rng, salt_len);
+        let key = fast_hkdf::HmacKey::new_const(&salt);
+        let mut expected = [0u8; 77];
+        Hkdf::<Sha256>::new(Some(&salt), b"ikm")
+            .expand(b"info", &mut expected)
+            .unwrap();
+        let mut actual = [0u8; 77];
+        assert!(fast_hkdf::hkdf(&key, b"ikm", b"info", &mut actual));
+        assert_eq!(actual, expected, "salt of {salt_len} bytes");
+    }
     let mut okm = [7u8; 32];
     assert!(!fast_hkdf::hkdf(&EMPTY_KEY, b"", &[0; 129], &mut okm));
     assert!(!fast_hkdf::hkdf(

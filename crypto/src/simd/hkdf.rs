@@ -93,6 +93,47 @@ const fn compress_const(state: [u32; 8], block: &[u8; BLOCK]) -> [u32; 8] {
     ]
 }
 
+/// SHA-256 of `msg`, usable in constants.
+const fn sha256_const(msg: &[u8]) -> [u8; OUT] {
+    let mut state = H0;
+    let total = (msg.len() + 9).div_ceil(BLOCK);
+    let mut index = 0;
+    while index < total {
+        let mut block = [0u8; BLOCK];
+        let mut i = 0;
+        while i < BLOCK {
+            let at = index * BLOCK + i;
+            if at < msg.len() {
+                block[i] = msg[at];
+            } else if at == msg.len() {
+                block[i] = 0x80;
+            }
+            i += 1;
+        }
+        if index + 1 == total {
+            let bits = (msg.len() as u64).wrapping_mul(8).to_be_bytes();
+            let mut j = 0;
+            while j < 8 {
+                block[BLOCK - 8 + j] = bits[j];
+                j += 1;
+            }
+        }
+        state = compress_const(state, &block);
+        index += 1;
+    }
+    let mut out = [0u8; OUT];
+    let mut k = 0;
+    while k < 8 {
+        let bytes = state[k].to_be_bytes();
+        out[4 * k] = bytes[0];
+        out[4 * k + 1] = bytes[1];
+        out[4 * k + 2] = bytes[2];
+        out[4 * k + 3] = bytes[3];
+        k += 1;
+    }
+    out
+}
+
 /// HMAC-SHA256 with its key blocks already compressed: the states after `key ⊕ ipad` and
 /// `key ⊕ opad`.
 #[derive(Clone, Zeroize)]
@@ -102,15 +143,30 @@ pub struct HmacKey {
 }
 
 impl HmacKey {
-    /// For a key of at most 64 bytes known at compile time.
+    /// For a key known at compile time (any length: as HMAC does, a key longer than a block
+    /// is replaced by its SHA-256 digest).
     pub const fn new_const(key: &[u8]) -> HmacKey {
-        assert!(key.len() <= BLOCK);
+        let mut block = [0u8; BLOCK];
+        if key.len() <= BLOCK {
+            let mut i = 0;
+            while i < key.len() {
+                block[i] = key[i];
+                i += 1;
+            }
+        } else {
+            let digest = sha256_const(key);
+            let mut i = 0;
+            while i < OUT {
+                block[i] = digest[i];
+                i += 1;
+            }
+        }
         let mut ipad = [0x36u8; BLOCK];
         let mut opad = [0x5cu8; BLOCK];
         let mut i = 0;
-        while i < key.len() {
-            ipad[i] ^= key[i];
-            opad[i] ^= key[i];
+        while i < BLOCK {
+            ipad[i] ^= block[i];
+            opad[i] ^= block[i];
             i += 1;
         }
         HmacKey {
