@@ -167,7 +167,7 @@ fn mac_lanes(keys: &[&[u8; KEY_SIZE]], blocks: &mut [&mut [u8]], at: usize) {
             *byte ^= tag_byte;
         }
     }
-    tags.zeroize();
+    crate::simd::wipe(tags.as_flattened_mut());
 }
 
 // R_j ^= ChaCha20(key = L_j ^ key_j[at..at + 32], nonce = 0).

@@ -265,6 +265,25 @@ fn main() {
             }),
         );
         push(
+            "zeroize_1k",
+            time_us(N, || {
+                use zeroize::Zeroize;
+                let mut buf = [1u8; 1024];
+                for _ in 0..N {
+                    black_box(&mut buf).zeroize();
+                }
+            }),
+        );
+        push(
+            "wipe_1k",
+            time_us(N, || {
+                let mut buf = [1u8; 1024];
+                for _ in 0..N {
+                    lethe_crypto::simd::wipe(black_box(&mut buf));
+                }
+            }),
+        );
+        push(
             "hkdf192_crate",
             time_us(N, || {
                 for _ in 0..N {

@@ -194,7 +194,7 @@ mod avx512 {
             let m = load(&rows);
             compress(&mut h, &m, BLOCK as u64, len == 0);
         }
-        scratch.zeroize();
+        crate::simd::wipe(scratch.as_flattened_mut());
         for (offset, counter, last) in blocks(len) {
             let rows = lane_blocks::<8>(msgs, offset, &mut scratch);
             let m = load(&rows);
@@ -351,7 +351,7 @@ mod avx2 {
             let m = load(&rows);
             compress(&mut h, &m, BLOCK as u64, len == 0);
         }
-        scratch.zeroize();
+        crate::simd::wipe(scratch.as_flattened_mut());
         for (offset, counter, last) in blocks(len) {
             let rows = lane_blocks::<4>(msgs, offset, &mut scratch);
             let m = load(&rows);

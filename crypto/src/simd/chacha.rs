@@ -89,7 +89,7 @@ pub(super) mod avx512 {
             }
             counter = counter.wrapping_add(16);
         }
-        tail.zeroize();
+        crate::simd::wipe(&mut tail);
     }
 
     /// 16 keystream blocks, block j in element j (words in order).

@@ -194,7 +194,7 @@ impl HmacKey {
         };
         compress256(&mut hmac.inner, &pads[..1]);
         compress256(&mut hmac.outer, &pads[1..]);
-        pads.zeroize();
+        crate::simd::wipe(pads.as_flattened_mut());
         hmac
     }
 
@@ -228,7 +228,7 @@ fn finish(state: &mut [u32; 8], prefix: usize, msg: &[u8]) {
         flat[used * BLOCK - 8..used * BLOCK].copy_from_slice(&bits.to_be_bytes());
     }
     compress256(state, &pad[..used]);
-    pad.zeroize();
+    crate::simd::wipe(pad.as_flattened_mut());
 }
 
 fn digest(state: &[u32; 8]) -> [u8; OUT] {
@@ -261,7 +261,7 @@ pub fn hkdf(salt: &HmacKey, ikm: &[u8], info: &[u8], okm: &mut [u8]) -> bool {
         block.zeroize();
         start = 0;
     }
-    msg.zeroize();
+    crate::simd::wipe(&mut msg);
     let mut key = key;
     key.zeroize();
     true
@@ -431,9 +431,9 @@ mod avx512 {
         for (out, mac) in out.iter_mut().zip(macs.iter()) {
             *out = *mac;
         }
-        macs.zeroize();
-        rows.zeroize();
-        tails.zeroize();
+        crate::simd::wipe(macs.as_flattened_mut());
+        crate::simd::wipe(rows.as_flattened_mut());
+        crate::simd::wipe(tails.as_flattened_mut().as_flattened_mut());
     }
 
     /// Message words (big-endian) of 16 lane blocks.
@@ -489,7 +489,7 @@ mod avx512 {
             block[BLOCK - 8..].copy_from_slice(&(((BLOCK + IKM) as u64) * 8).to_be_bytes());
         }
         let mut w = load_rows(&rows);
-        rows.zeroize();
+        crate::simd::wipe(rows.as_flattened_mut());
         let salt_lanes = Lanes {
             inner: broadcast(&salt.inner),
             outer: broadcast(&salt.outer),
@@ -523,7 +523,7 @@ mod avx512 {
                 let n = chunk.len().min(OUT);
                 chunk[..n].copy_from_slice(&digest[..n]);
             }
-            out.zeroize();
+            crate::simd::wipe(out.as_flattened_mut());
             t = Some(next);
         }
     }
@@ -542,7 +542,7 @@ mod avx512 {
             unsafe { _mm512_storeu_si512(row.as_mut_ptr().cast(), *vector) };
             out.copy_from_slice(&row[..OUT]);
         }
-        row.zeroize();
+        crate::simd::wipe(&mut row);
         out
     }
 

@@ -59,6 +59,7 @@ use super::routing::xor_keystream;
 use super::version::Version;
 use crate::lioness;
 use crate::simd::hkdf::{hmac_many, MANY_LANES};
+use crate::simd::wipe as wipe_bytes;
 
 /// One packet's result, as [`process_with_keys`](super::process_with_keys) returns it.
 pub type Outcome = Result<(Processed, KeyChoice), SphinxError>;
@@ -202,9 +203,7 @@ impl BatchProcessor {
             secret.zeroize();
         }
         wipe(&mut self.blinded[..count]);
-        for key in &mut self.payload_keys[..count] {
-            key.zeroize();
-        }
+        wipe_bytes(self.payload_keys[..count].as_flattened_mut());
     }
 
     /// Routing information of every ready packet (the payload is left for
@@ -248,13 +247,8 @@ impl BatchProcessor {
         for lane in 0..lanes {
             self.payload_keys[self.lane_packet[lane]] = self.derived[lane];
         }
-        for (seed, key) in self.seeds[..lanes]
-            .iter_mut()
-            .zip(&mut self.derived[..lanes])
-        {
-            seed.zeroize();
-            key.zeroize();
-        }
+        wipe_bytes(self.seeds[..lanes].as_flattened_mut());
+        wipe_bytes(self.derived[..lanes].as_flattened_mut());
     }
 
     /// Removes the Lioness layer of every unwrapped packet, runs of equal-length payloads
@@ -326,9 +320,7 @@ impl BatchProcessor {
             };
         }
         wipe(&mut self.dh_out[..lanes]);
-        for okm in &mut self.okm[..lanes] {
-            okm.zeroize();
-        }
+        wipe_bytes(self.okm[..lanes].as_flattened_mut());
         wipe(&mut self.macs[..lanes]);
     }
 
@@ -425,9 +417,7 @@ fn decrypt_lanes(keys: &[&PayloadKey], blocks: &mut [&mut [u8]]) {
 }
 
 fn wipe(lanes: &mut [[u8; 32]]) {
-    for lane in lanes {
-        lane.zeroize();
-    }
+    wipe_bytes(lanes.as_flattened_mut());
 }
 
 // Flag and version of the routing slot, as `unwrap_in_place` will read them.
