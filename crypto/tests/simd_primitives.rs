@@ -261,3 +261,21 @@ fn hmac_many_matches_the_hmac_crate() {
     ));
     assert_eq!(out, [[7u8; 32]; 2]);
 }
+
+#[test]
+fn wipe_zeroes_every_length_and_expanded_secrets() {
+    use zeroize::Zeroize;
+    for len in 0..300 {
+        let mut bytes = vec![0xa5u8; len + 3];
+        lethe_crypto::simd::wipe(&mut bytes[1..len + 1]);
+        assert_eq!(bytes[0], 0xa5);
+        assert!(bytes[1..len + 1].iter().all(|&b| b == 0), "len {len}");
+        assert_eq!(bytes[len + 1..], [0xa5, 0xa5]);
+    }
+    let mut secret = lethe_crypto::sphinx::ExpandedSecret::from_bytes(&[7; 288]);
+    secret.zeroize();
+    assert_eq!(
+        secret,
+        lethe_crypto::sphinx::ExpandedSecret::from_bytes(&[0; 288])
+    );
+}

@@ -24,7 +24,7 @@ pub type PayloadKeySeed = [u8; PAYLOAD_KEY_SEED_SIZE];
 /// The 288-byte HKDF output of one hop's shared secret. Order is fixed by the wire format:
 /// stream key ‖ MAC key ‖ legacy payload key (its first 16 bytes are the v259+ seed) ‖
 /// blinding factor ‖ replay tag.
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ExpandedSecret {
     stream_key: [u8; STREAM_KEY_SIZE],
     mac_key: [u8; MAC_KEY_SIZE],
@@ -32,6 +32,25 @@ pub struct ExpandedSecret {
     blinding_factor: [u8; BLINDING_FACTOR_SIZE],
     replay_tag: [u8; REPLAY_TAG_SIZE],
 }
+
+// Wiped with wide volatile stores (`simd::wipe`): batches wipe one per packet, twice.
+impl Zeroize for ExpandedSecret {
+    fn zeroize(&mut self) {
+        crate::simd::wipe(&mut self.stream_key);
+        crate::simd::wipe(&mut self.mac_key);
+        crate::simd::wipe(&mut self.legacy_payload_key);
+        crate::simd::wipe(&mut self.blinding_factor);
+        crate::simd::wipe(&mut self.replay_tag);
+    }
+}
+
+impl Drop for ExpandedSecret {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for ExpandedSecret {}
 
 impl core::fmt::Debug for ExpandedSecret {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
