@@ -5,5 +5,6 @@
 pub mod coconut;
 pub mod framing;
 pub mod lioness;
+pub mod simd;
 pub mod sphinx;
 pub mod x25519;

@@ -14,6 +14,7 @@ use super::constants::{
 };
 use super::error::SphinxError;
 use super::version::Version;
+use crate::simd::hkdf::{hkdf_many, HmacKey};
 
 /// A 192-byte Lioness payload key.
 pub type PayloadKey = [u8; PAYLOAD_KEY_SIZE];
@@ -23,7 +24,7 @@ pub type PayloadKeySeed = [u8; PAYLOAD_KEY_SEED_SIZE];
 /// The 288-byte HKDF output of one hop's shared secret. Order is fixed by the wire format:
 /// stream key ‖ MAC key ‖ legacy payload key (its first 16 bytes are the v259+ seed) ‖
 /// blinding factor ‖ replay tag.
-#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ExpandedSecret {
     stream_key: [u8; STREAM_KEY_SIZE],
     mac_key: [u8; MAC_KEY_SIZE],
@@ -31,6 +32,25 @@ pub struct ExpandedSecret {
     blinding_factor: [u8; BLINDING_FACTOR_SIZE],
     replay_tag: [u8; REPLAY_TAG_SIZE],
 }
+
+// Wiped with wide volatile stores (`simd::wipe`): batches wipe one per packet, twice.
+impl Zeroize for ExpandedSecret {
+    fn zeroize(&mut self) {
+        crate::simd::wipe(&mut self.stream_key);
+        crate::simd::wipe(&mut self.mac_key);
+        crate::simd::wipe(&mut self.legacy_payload_key);
+        crate::simd::wipe(&mut self.blinding_factor);
+        crate::simd::wipe(&mut self.replay_tag);
+    }
+}
+
+impl Drop for ExpandedSecret {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for ExpandedSecret {}
 
 impl core::fmt::Debug for ExpandedSecret {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -122,6 +142,31 @@ pub fn derive_payload_key(seed: &PayloadKeySeed) -> PayloadKey {
     let expanded = hkdf.expand(PAYLOAD_KEY_HKDF_INFO, &mut key);
     debug_assert!(expanded.is_ok());
     key
+}
+
+// HMAC key states of the two constant HKDF salts, compressed at compile time.
+const EXPANDED_SECRET_SALT_KEY: HmacKey = HmacKey::new_const(EXPANDED_SECRET_HKDF_SALT);
+const PAYLOAD_KEY_SALT_KEY: HmacKey = HmacKey::new_const(PAYLOAD_KEY_HKDF_SALT);
+
+/// [`expand`] for many shared secrets: `okm[j]` = the 288 expanded bytes of
+/// `shared_secrets[j]` (feed them to [`ExpandedSecret::from_bytes`]), across SIMD lanes
+/// where the CPU allows (`crate::simd::hkdf`). The caller wipes `okm`.
+pub fn expand_many(shared_secrets: &[[u8; 32]], okm: &mut [[u8; EXPANDED_SECRET_SIZE]]) {
+    // Cannot fail: the info string and output size are within HKDF's limits.
+    let expanded = hkdf_many(
+        &EXPANDED_SECRET_SALT_KEY,
+        EXPANDED_SECRET_HKDF_INFO,
+        shared_secrets,
+        okm,
+    );
+    debug_assert!(expanded);
+}
+
+/// [`derive_payload_key`] for many seeds: `keys[j]` from `seeds[j]`, across SIMD lanes.
+pub fn derive_payload_keys(seeds: &[PayloadKeySeed], keys: &mut [PayloadKey]) {
+    // Cannot fail: the info string and output size are within HKDF's limits.
+    let derived = hkdf_many(&PAYLOAD_KEY_SALT_KEY, PAYLOAD_KEY_HKDF_INFO, seeds, keys);
+    debug_assert!(derived);
 }
 
 /// What the sender knows about one hop.

@@ -138,6 +138,18 @@ pub fn unwrap_in_place<T: AsRef<[u8]> + AsMut<[u8]>>(
     unwrap_with(packet, expanded, |_| *blinded_alpha)
 }
 
+/// Stage 5 without the payload, for batched callers that decrypt payloads together: as
+/// [`unwrap_in_place`], except that the payload region is left as received. The caller must
+/// then remove one Lioness layer from it with `expanded.payload_key(processed.version)`
+/// (e.g. [`crate::lioness::decrypt_many`]) to get the bytes `unwrap_in_place` produces.
+pub fn unwrap_header_in_place<T: AsRef<[u8]> + AsMut<[u8]>>(
+    packet: &mut Packet<T>,
+    expanded: &ExpandedSecret,
+    blinded_alpha: &[u8; 32],
+) -> Result<Processed, SphinxError> {
+    unwrap_header_with(packet, expanded, |_| *blinded_alpha)
+}
+
 /// Whole processing with one node key (two X25519 multiplications for a forward hop).
 pub fn process<T: AsRef<[u8]> + AsMut<[u8]>>(
     packet: &mut Packet<T>,
@@ -201,6 +213,24 @@ where
     T: AsRef<[u8]> + AsMut<[u8]>,
     F: FnOnce(&[u8; 32]) -> [u8; 32],
 {
+    let processed = unwrap_header_with(packet, expanded, blind)?;
+    let payload_key = Zeroizing::new(expanded.payload_key(processed.version));
+    // Cannot fail: `check_len` guaranteed a payload of at least one Lioness block.
+    let decrypted = Lioness::new(&payload_key).decrypt(packet.payload_mut());
+    debug_assert!(decrypted.is_ok());
+    Ok(processed)
+}
+
+// Everything of stage 5 but the payload.
+fn unwrap_header_with<T, F>(
+    packet: &mut Packet<T>,
+    expanded: &ExpandedSecret,
+    blind: F,
+) -> Result<Processed, SphinxError>
+where
+    T: AsRef<[u8]> + AsMut<[u8]>,
+    F: FnOnce(&[u8; 32]) -> [u8; 32],
+{
     // Everything that can fail is checked before the first write.
     packet.check_len()?;
     let stream = Zeroizing::new(keystream(expanded.stream_key()));
@@ -215,7 +245,6 @@ where
     let mut version_bytes = [0u8; VERSION_SIZE];
     version_bytes.copy_from_slice(&slot[1..1 + VERSION_SIZE]);
     let version = Version::from_wire(&version_bytes)?;
-    let payload_key = Zeroizing::new(expanded.payload_key(version));
 
     let hop = if flag == FLAG_FORWARD_HOP {
         let next_alpha = blind(packet.alpha());
@@ -223,9 +252,6 @@ where
     } else {
         final_in_place(packet, &slot, &stream)
     };
-    // Cannot fail: `check_len` guaranteed a payload of at least one Lioness block.
-    let decrypted = Lioness::new(&payload_key).decrypt(packet.payload_mut());
-    debug_assert!(decrypted.is_ok());
     Ok(Processed {
         version,
         replay_tag: *expanded.replay_tag(),

@@ -1,0 +1,158 @@
+//! IETF ChaCha20 (RFC 8439: 32-bit block counter from 0, 96-bit nonce) with a zero nonce, as
+//! Lioness uses it: `data ^= keystream(key)`.
+//!
+//! With AVX-512 the keystream is made 16 blocks (1 KiB) at a time, one block per 32-bit lane
+//! of 16 zmm registers, then transposed. Otherwise the `chacha20` crate (AVX2/SSE2/soft,
+//! chosen at run time) does it.
+
+use chacha20::cipher::{KeyIvInit, StreamCipher};
+use chacha20::ChaCha20;
+use zeroize::Zeroize;
+
+use super::Level;
+
+/// Key size.
+pub const KEY_SIZE: usize = 32;
+
+/// Below this many bytes the crate's AVX2 path is at least as fast (it makes 4 blocks a step).
+const WIDE_MIN: usize = 512;
+
+/// `data ^= ChaCha20(key, nonce = 0)` from block 0.
+pub fn xor_keystream(key: &[u8; KEY_SIZE], data: &mut [u8]) {
+    xor_keystream_at(super::level(), key, data);
+}
+
+/// As [`xor_keystream`] on a chosen path (falls back when the CPU lacks it).
+pub fn xor_keystream_at(level: Level, key: &[u8; KEY_SIZE], data: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512 && data.len() >= WIDE_MIN && Level::Avx512.is_supported() {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        unsafe { avx512::xor(key, data) };
+        return;
+    }
+    let _ = level;
+    portable(key, data);
+}
+
+/// The reference: the `chacha20` crate.
+pub fn portable(key: &[u8; KEY_SIZE], data: &mut [u8]) {
+    let mut cipher = ChaCha20::new(key.into(), &[0u8; 12].into());
+    cipher.apply_keystream(data);
+}
+
+const SIGMA: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx512 {
+    use core::arch::x86_64::*;
+
+    use super::*;
+
+    const STEP: usize = 16 * 64;
+
+    /// # Safety
+    /// The CPU must support AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn xor(key: &[u8; KEY_SIZE], data: &mut [u8]) {
+        let mut init = [_mm512_setzero_si512(); 16];
+        for (word, constant) in init.iter_mut().zip(SIGMA) {
+            *word = _mm512_set1_epi32(constant as i32);
+        }
+        for (word, bytes) in init[4..12].iter_mut().zip(key.chunks_exact(4)) {
+            let mut le = [0u8; 4];
+            le.copy_from_slice(bytes);
+            *word = _mm512_set1_epi32(u32::from_le_bytes(le) as i32);
+            le.zeroize();
+        }
+        let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        let mut counter = 0u32;
+        let mut tail = [0u8; STEP];
+        for chunk in data.chunks_mut(STEP) {
+            init[12] = _mm512_add_epi32(_mm512_set1_epi32(counter as i32), lanes);
+            let blocks = keystream(&init);
+            if chunk.len() == STEP {
+                for (block, stream) in chunk.chunks_exact_mut(64).zip(blocks.iter()) {
+                    // SAFETY: 64-byte unaligned load/store within the block.
+                    unsafe {
+                        let p = block.as_mut_ptr().cast::<__m512i>();
+                        _mm512_storeu_si512(p, _mm512_xor_si512(_mm512_loadu_si512(p), *stream));
+                    }
+                }
+            } else {
+                for (bytes, stream) in tail.chunks_exact_mut(64).zip(blocks.iter()) {
+                    // SAFETY: 64-byte store into a 64-byte chunk.
+                    unsafe { _mm512_storeu_si512(bytes.as_mut_ptr().cast(), *stream) };
+                }
+                for (byte, stream) in chunk.iter_mut().zip(tail.iter()) {
+                    *byte ^= stream;
+                }
+            }
+            counter = counter.wrapping_add(16);
+        }
+        crate::simd::wipe(&mut tail);
+    }
+
+    /// 16 keystream blocks, block j in element j (words in order).
+    #[target_feature(enable = "avx512f")]
+    fn keystream(init: &[__m512i; 16]) -> [__m512i; 16] {
+        let mut x = *init;
+        for _ in 0..10 {
+            quarter(&mut x, 0, 4, 8, 12);
+            quarter(&mut x, 1, 5, 9, 13);
+            quarter(&mut x, 2, 6, 10, 14);
+            quarter(&mut x, 3, 7, 11, 15);
+            quarter(&mut x, 0, 5, 10, 15);
+            quarter(&mut x, 1, 6, 11, 12);
+            quarter(&mut x, 2, 7, 8, 13);
+            quarter(&mut x, 3, 4, 9, 14);
+        }
+        for (word, start) in x.iter_mut().zip(init.iter()) {
+            *word = _mm512_add_epi32(*word, *start);
+        }
+        transpose16(&x)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn quarter(x: &mut [__m512i; 16], a: usize, b: usize, c: usize, d: usize) {
+        x[a] = _mm512_add_epi32(x[a], x[b]);
+        x[d] = _mm512_rol_epi32::<16>(_mm512_xor_si512(x[d], x[a]));
+        x[c] = _mm512_add_epi32(x[c], x[d]);
+        x[b] = _mm512_rol_epi32::<12>(_mm512_xor_si512(x[b], x[c]));
+        x[a] = _mm512_add_epi32(x[a], x[b]);
+        x[d] = _mm512_rol_epi32::<8>(_mm512_xor_si512(x[d], x[a]));
+        x[c] = _mm512_add_epi32(x[c], x[d]);
+        x[b] = _mm512_rol_epi32::<7>(_mm512_xor_si512(x[b], x[c]));
+    }
+
+    /// x[i] element j = word i of block j  →  out[j] = block j (a 16×16 transpose of 32-bit
+    /// words, its own inverse).
+    #[target_feature(enable = "avx512f")]
+    pub(in crate::simd) fn transpose16(x: &[__m512i; 16]) -> [__m512i; 16] {
+        // c[g][r]: 128-bit lane k holds words 4g..4g+3 of block 4k + r.
+        let mut c = [[_mm512_setzero_si512(); 4]; 4];
+        for (g, c) in c.iter_mut().enumerate() {
+            let w = 4 * g;
+            let a0 = _mm512_unpacklo_epi32(x[w], x[w + 1]);
+            let a1 = _mm512_unpackhi_epi32(x[w], x[w + 1]);
+            let a2 = _mm512_unpacklo_epi32(x[w + 2], x[w + 3]);
+            let a3 = _mm512_unpackhi_epi32(x[w + 2], x[w + 3]);
+            c[0] = _mm512_unpacklo_epi64(a0, a2);
+            c[1] = _mm512_unpackhi_epi64(a0, a2);
+            c[2] = _mm512_unpacklo_epi64(a1, a3);
+            c[3] = _mm512_unpackhi_epi64(a1, a3);
+        }
+        let mut out = [_mm512_setzero_si512(); 16];
+        for r in 0..4 {
+            let d0 = _mm512_shuffle_i32x4::<0x44>(c[0][r], c[1][r]);
+            let d1 = _mm512_shuffle_i32x4::<0xee>(c[0][r], c[1][r]);
+            let d2 = _mm512_shuffle_i32x4::<0x44>(c[2][r], c[3][r]);
+            let d3 = _mm512_shuffle_i32x4::<0xee>(c[2][r], c[3][r]);
+            out[r] = _mm512_shuffle_i32x4::<0x88>(d0, d2);
+            out[4 + r] = _mm512_shuffle_i32x4::<0xdd>(d0, d2);
+            out[8 + r] = _mm512_shuffle_i32x4::<0x88>(d1, d3);
+            out[12 + r] = _mm512_shuffle_i32x4::<0xdd>(d1, d3);
+        }
+        out
+    }
+}
