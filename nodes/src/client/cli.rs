@@ -178,6 +178,23 @@ pub fn init(args: &InitArgs) -> Result<(), String> {
             &gateway,
             LoopixParams::default(),
         )?;
+        // Register with the gateway now (one handshake), so it keeps messages that arrive
+        // while this client is offline: a gateway stores only for clients it knows.
+        let files = config::load(&args.dir)?;
+        let registered = async {
+            let (handle, _received) = connect(ClientConfig::from_files(&files))
+                .await
+                .map_err(|e| e.to_string())?;
+            let waited = handle.wait_connected(Duration::from_secs(15)).await;
+            handle.shutdown(Duration::from_secs(2)).await;
+            waited.map_err(|e| e.to_string())
+        };
+        if let Err(e) = registered.await {
+            eprintln!(
+                "lethe client: could not register with the gateway yet ({e}); it registers on \
+                 first connect, and keeps messages for this client only from then on"
+            );
+        }
         // Beside the keys, for scripts: `--to "$(cat DIR/address)"`.
         let address_path = args.dir.join("address");
         std::fs::write(&address_path, format!("{address}\n"))

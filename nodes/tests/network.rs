@@ -1,0 +1,348 @@
+//! The whole network as real processes on loopback: `lethe testnet up` (directory, 3 layers x 2
+//! mixnodes, 2 gateways, a service provider), then clients through the `lethe` CLI.
+//! Checks outcomes, never speed: every wait is bounded and generous.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
+const TIMEOUT_S: u64 = 120;
+
+struct Testnet {
+    dir: PathBuf,
+    state: serde_json::Value,
+}
+
+impl Testnet {
+    fn up(dir: &Path) -> Testnet {
+        let _ = std::fs::remove_dir_all(dir);
+        let out = lethe(&[
+            "testnet",
+            "up",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--epoch-s",
+            "30",
+        ]);
+        assert!(
+            out.status.success(),
+            "testnet up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(dir.join("testnet.json")).unwrap();
+        Testnet {
+            dir: dir.to_path_buf(),
+            state: serde_json::from_str(&text).unwrap(),
+        }
+    }
+
+    fn directory(&self) -> (String, String) {
+        (
+            self.state["directory_url"].as_str().unwrap().to_string(),
+            self.state["directory_key"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn node(&self, name: &str) -> &serde_json::Value {
+        self.state["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap()
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        let _ = lethe(&["testnet", "down", "--dir", self.dir.to_str().unwrap()]);
+    }
+}
+
+fn lethe(args: &[&str]) -> Output {
+    Command::new(LETHE)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn init_client(net: &Testnet, dir: &Path, gateway: Option<&str>) -> String {
+    let (url, key) = net.directory();
+    let mut args = vec![
+        "client",
+        "init",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--directory",
+        &url,
+        "--directory-key",
+        &key,
+    ];
+    if let Some(g) = gateway {
+        args.extend(["--gateway", g]);
+    }
+    let out = lethe(&args);
+    assert!(
+        out.status.success(),
+        "client init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read_to_string(dir.join("address"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `lethe client send` with fast test pacing and a generous retransmission budget.
+fn send_file(from: &Path, to: &str, file: &Path, send_delay_ms: &str) -> Child {
+    Command::new(LETHE)
+        .args([
+            "client",
+            "send",
+            "--dir",
+            from.to_str().unwrap(),
+            "--to",
+            to,
+            "--file",
+            file.to_str().unwrap(),
+            "--wait-acks",
+            "--timeout-s",
+            &TIMEOUT_S.to_string(),
+            "--send-delay-ms",
+            send_delay_ms,
+            "--hop-delay-ms",
+            "5",
+            "--max-retransmissions",
+            "40",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait(child: Child, what: &str) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn receive(dir: &Path, out: &Path, count: usize) -> Child {
+    Command::new(LETHE)
+        .args([
+            "client",
+            "receive",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--count",
+            &count.to_string(),
+            "--timeout-s",
+            &TIMEOUT_S.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn only_file(dir: &Path) -> Vec<u8> {
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::read(&files[0]).unwrap()
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A one-shot HTTP/1.0 server for `body` on loopback.
+fn http_server(body: Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut s) = stream else { continue };
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request);
+            let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    addr
+}
+
+/// A SOCKS5 CONNECT to `target` through `proxy`, then an HTTP GET; returns the body.
+fn fetch_through_socks(proxy: SocketAddr, target: SocketAddr) -> Vec<u8> {
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(TIMEOUT_S)))
+        .unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut r = [0u8; 2];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(r, [5, 0]);
+    let std::net::IpAddr::V4(ip) = target.ip() else {
+        panic!("v4 only")
+    };
+    let mut request = vec![5, 1, 0, 1];
+    request.extend_from_slice(&ip.octets());
+    request.extend_from_slice(&target.port().to_be_bytes());
+    s.write_all(&request).unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[1], 0, "SOCKS5 reply code");
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response")
+        + 4;
+    response.split_off(split)
+}
+
+fn kill(pid: u64) {
+    // SAFETY: SIGKILL to a process of the testnet this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+#[test]
+fn whole_network_on_loopback() {
+    let root = std::env::temp_dir().join(format!("lethe-network-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let net = Testnet::up(&root.join("testnet"));
+    let gateway1 = net.node("gateway1")["info"]["identity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gateway2 = net.node("gateway2")["info"]["identity"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A client refuses a topology not signed by the key it pinned.
+    let (url, _) = net.directory();
+    let wrong_key = "11".repeat(32);
+    let out = lethe(&[
+        "client",
+        "init",
+        "--dir",
+        root.join("mallory").to_str().unwrap(),
+        "--directory",
+        &url,
+        "--directory-key",
+        &wrong_key,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Alice on gateway 1, Bob on gateway 2 (both registered by `init`).
+    let alice = root.join("alice");
+    let bob = root.join("bob");
+    let _alice_address = init_client(&net, &alice, Some(&gateway1));
+    let bob_address = init_client(&net, &bob, Some(&gateway2));
+
+    // 1. SOCKS5: a page from a local HTTP server through the mixnet and the provider.
+    let page = random_bytes(150_000, 7);
+    let web = http_server(page.clone());
+    let provider = std::fs::read_to_string(net.dir.join("provider").join("address"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let socks_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut socks = Command::new(LETHE)
+        .args([
+            "client",
+            "socks5",
+            "--dir",
+            alice.to_str().unwrap(),
+            "--provider",
+            &provider,
+            "--listen",
+            &socks_port.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = socks.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(TIMEOUT_S);
+    while !String::from_utf8_lossy(&seen).contains("address=") && Instant::now() < deadline {
+        let mut b = [0u8; 256];
+        let n = stdout.read(&mut b).unwrap();
+        assert!(n > 0, "socks5 proxy exited early");
+        seen.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(fetch_through_socks(socks_port, web), page);
+    let _ = socks.kill();
+    let _ = socks.wait();
+
+    // 2. A 1 MB file to Bob while Bob is offline; Bob connects later and gets it intact.
+    let file = root.join("one-megabyte.bin");
+    let data = random_bytes(1 << 20, 42);
+    std::fs::write(&file, &data).unwrap();
+    let sent = wait(
+        send_file(&alice, &bob_address, &file, "2"),
+        "send to offline Bob",
+    );
+    assert!(sent.contains("failed=0"), "{sent}");
+    let inbox = root.join("bob-inbox");
+    wait(receive(&bob, &inbox, 1), "Bob receives");
+    assert!(only_file(&inbox) == data, "the file arrived altered");
+
+    // 3. A mixnode killed mid-transfer costs retransmissions, not the message.
+    let inbox2 = root.join("bob-inbox-2");
+    let receiver = receive(&bob, &inbox2, 1);
+    let data2 = random_bytes(1 << 20, 43);
+    let file2 = root.join("second.bin");
+    std::fs::write(&file2, &data2).unwrap();
+    // Slower pacing so the kill lands while packets are in flight.
+    let sender = send_file(&alice, &bob_address, &file2, "10");
+    std::thread::sleep(Duration::from_millis(1500));
+    kill(net.node("mix3")["pid"].as_u64().unwrap());
+    let sent = wait(sender, "send across a mixnode failure");
+    assert!(sent.contains("failed=0"), "{sent}");
+    eprintln!("across the failure: {sent}");
+    wait(receiver, "Bob receives across the failure");
+    assert!(
+        only_file(&inbox2) == data2,
+        "the second file arrived altered"
+    );
+
+    drop(net);
+    let _ = std::fs::remove_dir_all(&root);
+}
