@@ -11,7 +11,7 @@ use crate::keyfile;
 use crate::topology::{Descriptor, Role};
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
-pub const TOPOLOGY_REFRESH: Duration = Duration::from_secs(30);
+pub const TOPOLOGY_REFRESH: Duration = Duration::from_secs(5);
 /// Retry sooner while the topology is missing or has no layer 1 (a network still forming).
 pub const TOPOLOGY_RETRY: Duration = Duration::from_secs(1);
 
