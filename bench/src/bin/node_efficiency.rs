@@ -104,6 +104,12 @@ impl PacketSlots for Slots<'_> {
     fn packet_mut(&mut self, index: u32) -> &mut [u8] {
         &mut self.packets[index as usize]
     }
+    fn packet(&self, index: u32) -> &[u8] {
+        &self.packets[index as usize]
+    }
+    fn with_packets_mut(&mut self, indices: &[usize], f: &mut dyn FnMut(&mut [&mut [u8]])) {
+        sphinx::with_slice_packets(self.packets, indices, f);
+    }
 }
 
 /// Packets per second of the Sphinx seam alone, in batches of 64.
