@@ -1,4 +1,6 @@
-//! Batched node processing: many packets, one node key set, the two X25519 multiplications
+//! Batched node processing: many packets, one node key set (or, through [`PacketBatch`], key
+//! candidates and an admission check per packet: the node engine's seam), the two X25519
+//! multiplications
 //! of every packet done as two lane-parallel batches through the `dh` seam, and the
 //! symmetric work done across the batch too (`crate::simd`).
 //!
