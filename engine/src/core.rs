@@ -109,6 +109,33 @@ impl PacketSlots for PoolSlots<'_> {
         let len = self.meta[id.index() as usize].len as usize;
         &mut self.pool.get_mut(id)[..len]
     }
+
+    fn packet(&self, index: u32) -> &[u8] {
+        let id = &self.ids[index as usize];
+        let len = self.meta[id.index() as usize].len as usize;
+        &self.pool.get(id)[..len]
+    }
+
+    fn with_packets_mut(&mut self, indices: &[usize], f: &mut dyn FnMut(&mut [&mut [u8]])) {
+        let mut buffers = [None; lethe_crypto::lioness::LANES];
+        let lanes = indices.len().min(lethe_crypto::lioness::LANES);
+        for (buffer, &index) in buffers.iter_mut().zip(indices) {
+            *buffer = self
+                .ids
+                .get(index)
+                .map(|id| (id, self.meta[id.index() as usize].len as usize));
+        }
+        // Distinct batch entries hold distinct buffers; were one named twice, the lanes go
+        // one at a time.
+        match self.pool.get_disjoint_mut(buffers) {
+            Some(mut blocks) => f(&mut blocks[..lanes]),
+            None => {
+                for &index in &indices[..lanes] {
+                    f(&mut [self.packet_mut(index as u32)]);
+                }
+            }
+        }
+    }
 }
 
 impl Core {

@@ -107,6 +107,22 @@ impl BufferPool {
         &mut self.bytes[start..start + self.buffer_bytes as usize]
     }
 
+    /// The first `len` bytes of each given buffer at once (`None` entries give empty slices);
+    /// `None` if a buffer is named twice.
+    pub fn get_disjoint_mut<const N: usize>(
+        &mut self,
+        buffers: [Option<(&BufId, usize)>; N],
+    ) -> Option<[&mut [u8]; N]> {
+        let ranges = buffers.map(|buffer| match buffer {
+            Some((id, len)) => {
+                let start = self.offset(id);
+                start..start + len.min(self.buffer_bytes as usize)
+            }
+            None => 0..0,
+        });
+        self.bytes.get_disjoint_mut(ranges).ok()
+    }
+
     fn offset(&self, id: &BufId) -> usize {
         debug_assert!(self.in_use[id.0 as usize / 64] & (1 << (id.0 % 64)) != 0);
         self.base + id.0 as usize * self.stride

@@ -1,4 +1,6 @@
-//! Batched node processing: many packets, one node key set, the two X25519 multiplications
+//! Batched node processing: many packets, one node key set (or, through [`PacketBatch`], key
+//! candidates and an admission check per packet: the node engine's seam), the two X25519
+//! multiplications
 //! of every packet done as two lane-parallel batches through the `dh` seam, and the
 //! symmetric work done across the batch too (`crate::simd`).
 //!
@@ -72,6 +74,126 @@ pub type Outcome = Result<(Processed, KeyChoice), SphinxError>;
 pub struct NodeKeys<'a> {
     pub primary: &'a StaticSecret,
     pub secondary: Option<&'a StaticSecret>,
+}
+
+/// A batch of packet buffers addressed by index, each with its own key candidates and a
+/// caller-side admission (replay) check: what [`BatchProcessor::process_batch`] works on.
+pub trait PacketBatch {
+    /// Number of packets.
+    fn count(&self) -> usize;
+    fn packet(&self, index: usize) -> &[u8];
+    fn packet_mut(&mut self, index: usize) -> &mut [u8];
+    /// Calls `f` with the buffers at `indices` (distinct, increasing, at most
+    /// [`lioness::LANES`]), in that order: once with all of them, or once per buffer.
+    fn with_packets_mut(&mut self, indices: &[usize], f: &mut dyn FnMut(&mut [&mut [u8]]));
+    /// The key to try for packet `index` first (`Primary`) or after a MAC failure
+    /// (`Secondary`). No first key: [`SphinxError::UnknownKey`]; no second key: the MAC
+    /// failure stands.
+    fn key(&self, index: usize, choice: KeyChoice) -> Option<&StaticSecret>;
+    /// Called in index order for each packet whose MAC verified under `choice`, before the
+    /// packet is changed; `false` stops it as [`SphinxError::Replayed`], left unchanged.
+    fn admit(&mut self, index: usize, choice: KeyChoice, replay_tag: &[u8; 32]) -> bool;
+}
+
+/// A slice of packets sharing one key set, with a replay hook.
+struct SliceBatch<'a, T, R> {
+    packets: &'a mut [T],
+    keys: NodeKeys<'a>,
+    is_replayed: R,
+}
+
+impl<T, R> PacketBatch for SliceBatch<'_, T, R>
+where
+    T: AsRef<[u8]> + AsMut<[u8]>,
+    R: FnMut(&[u8; 32]) -> bool,
+{
+    fn count(&self) -> usize {
+        self.packets.len()
+    }
+
+    fn packet(&self, index: usize) -> &[u8] {
+        self.packets.get(index).map_or(&[], AsRef::as_ref)
+    }
+
+    fn packet_mut(&mut self, index: usize) -> &mut [u8] {
+        self.packets.get_mut(index).map_or(&mut [], AsMut::as_mut)
+    }
+
+    fn with_packets_mut(&mut self, indices: &[usize], f: &mut dyn FnMut(&mut [&mut [u8]])) {
+        with_slice_packets(self.packets, indices, f);
+    }
+
+    fn key(&self, _: usize, choice: KeyChoice) -> Option<&StaticSecret> {
+        match choice {
+            KeyChoice::Primary => Some(self.keys.primary),
+            KeyChoice::Secondary => self.keys.secondary,
+        }
+    }
+
+    fn admit(&mut self, _: usize, _: KeyChoice, replay_tag: &[u8; 32]) -> bool {
+        !(self.is_replayed)(replay_tag)
+    }
+}
+
+/// [`PacketBatch::with_packets_mut`] for a slice of buffers.
+pub fn with_slice_packets<T: AsMut<[u8]>>(
+    packets: &mut [T],
+    indices: &[usize],
+    f: &mut dyn FnMut(&mut [&mut [u8]]),
+) {
+    let mut blocks: [&mut [u8]; lioness::LANES] = Default::default();
+    let mut lanes = 0;
+    let mut wanted = indices.iter().copied().peekable();
+    let first = indices.first().copied().unwrap_or(0);
+    for (index, packet) in packets.iter_mut().enumerate().skip(first) {
+        if lanes == blocks.len() {
+            break;
+        }
+        if wanted.peek() == Some(&index) {
+            blocks[lanes] = packet.as_mut();
+            lanes += 1;
+            wanted.next();
+        }
+    }
+    f(&mut blocks[..lanes]);
+}
+
+/// Packets `base..base + len` of a larger batch.
+struct Window<'a, P> {
+    inner: &'a mut P,
+    base: usize,
+    len: usize,
+}
+
+impl<P: PacketBatch> PacketBatch for Window<'_, P> {
+    fn count(&self) -> usize {
+        self.len
+    }
+
+    fn packet(&self, index: usize) -> &[u8] {
+        self.inner.packet(self.base + index)
+    }
+
+    fn packet_mut(&mut self, index: usize) -> &mut [u8] {
+        self.inner.packet_mut(self.base + index)
+    }
+
+    fn with_packets_mut(&mut self, indices: &[usize], f: &mut dyn FnMut(&mut [&mut [u8]])) {
+        let mut shifted = [0usize; lioness::LANES];
+        let lanes = indices.len().min(shifted.len());
+        for (out, index) in shifted.iter_mut().zip(indices) {
+            *out = self.base + index;
+        }
+        self.inner.with_packets_mut(&shifted[..lanes], f);
+    }
+
+    fn key(&self, index: usize, choice: KeyChoice) -> Option<&StaticSecret> {
+        self.inner.key(self.base + index, choice)
+    }
+
+    fn admit(&mut self, index: usize, choice: KeyChoice, replay_tag: &[u8; 32]) -> bool {
+        self.inner.admit(self.base + index, choice, replay_tag)
+    }
 }
 
 /// Name of the X25519 implementation behind the batches (e.g. for benchmark reports).
@@ -153,45 +275,60 @@ impl BatchProcessor {
         &mut self,
         packets: &mut [T],
         keys: NodeKeys<'_>,
-        mut is_replayed: R,
-        mut on_result: F,
+        is_replayed: R,
+        on_result: F,
     ) where
         T: AsRef<[u8]> + AsMut<[u8]>,
         R: FnMut(&[u8; 32]) -> bool,
         F: FnMut(usize, Outcome),
     {
-        let capacity = self.capacity;
-        for (chunk_index, chunk) in packets.chunks_mut(capacity).enumerate() {
-            let base = chunk_index.saturating_mul(capacity);
-            self.chunk(chunk, keys, &mut is_replayed, |index, outcome| {
+        let mut batch = SliceBatch {
+            packets,
+            keys,
+            is_replayed,
+        };
+        self.process_batch(&mut batch, on_result);
+    }
+
+    /// The general form: every packet of `batch` with its own key candidates and admission
+    /// check, in chunks of at most `capacity`; `on_result(index, outcome)` once per packet,
+    /// in index order. A packet without a first key is [`SphinxError::UnknownKey`].
+    pub fn process_batch<P, F>(&mut self, batch: &mut P, mut on_result: F)
+    where
+        P: PacketBatch,
+        F: FnMut(usize, Outcome),
+    {
+        let total = batch.count();
+        let mut base = 0;
+        while base < total {
+            let len = (total - base).min(self.capacity);
+            let mut window = Window {
+                inner: &mut *batch,
+                base,
+                len,
+            };
+            self.chunk(&mut window, |index, outcome| {
                 on_result(base.saturating_add(index), outcome)
             });
+            base += len;
         }
     }
 
-    fn chunk<T, R, F>(
-        &mut self,
-        packets: &mut [T],
-        keys: NodeKeys<'_>,
-        is_replayed: &mut R,
-        mut on_result: F,
-    ) where
-        T: AsRef<[u8]> + AsMut<[u8]>,
-        R: FnMut(&[u8; 32]) -> bool,
+    fn chunk<P, F>(&mut self, packets: &mut P, mut on_result: F)
+    where
+        P: PacketBatch,
         F: FnMut(usize, Outcome),
     {
-        let count = packets.len().min(self.capacity);
-        for (state, packet) in self.state.iter_mut().zip(packets.iter()) {
-            *state = match Packet::new_unchecked(packet.as_ref()).check_len() {
+        let count = packets.count().min(self.capacity);
+        for (index, state) in self.state.iter_mut().enumerate().take(count) {
+            *state = match Packet::new_unchecked(packets.packet(index)).check_len() {
                 Ok(()) => State::Pending(KeyChoice::Primary),
                 Err(error) => State::Failed(error),
             };
         }
-        self.key_exchange(packets, count, keys.primary, KeyChoice::Primary);
-        if let Some(secondary) = keys.secondary {
-            self.key_exchange(packets, count, secondary, KeyChoice::Secondary);
-        }
-        self.classify(packets, count, is_replayed);
+        self.key_exchange(packets, count, KeyChoice::Primary);
+        self.key_exchange(packets, count, KeyChoice::Secondary);
+        self.classify(packets, count);
         self.blind(packets, count);
         self.unwrap_headers(packets, count);
         self.derive_payload_keys(count);
@@ -211,12 +348,12 @@ impl BatchProcessor {
 
     /// Routing information of every ready packet (the payload is left for
     /// [`decrypt_payloads`](Self::decrypt_payloads)); every packet gets its outcome.
-    fn unwrap_headers<T: AsRef<[u8]> + AsMut<[u8]>>(&mut self, packets: &mut [T], count: usize) {
-        for (index, packet) in packets.iter_mut().enumerate().take(count) {
+    fn unwrap_headers<P: PacketBatch>(&mut self, packets: &mut P, count: usize) {
+        for index in 0..count {
             self.outcomes[index] = match self.state[index] {
                 State::Failed(error) => Err(error),
                 State::Ready(_, choice) => {
-                    let mut packet = Packet::new_unchecked(packet.as_mut());
+                    let mut packet = Packet::new_unchecked(packets.packet_mut(index));
                     unwrap_header_in_place(&mut packet, &self.expanded[index], &self.blinded[index])
                         .map(|processed| (processed, choice))
                 }
@@ -256,42 +393,42 @@ impl BatchProcessor {
 
     /// Removes the Lioness layer of every unwrapped packet, runs of equal-length payloads
     /// (all of them, for one packet size) sharing the multi-buffer passes.
-    fn decrypt_payloads<T: AsMut<[u8]>>(&mut self, packets: &mut [T], count: usize) {
+    fn decrypt_payloads<P: PacketBatch>(&mut self, packets: &mut P, count: usize) {
         let mut keys: [&PayloadKey; lioness::LANES] = [&NO_PAYLOAD_KEY; lioness::LANES];
-        let mut blocks: [&mut [u8]; lioness::LANES] = Default::default();
+        let mut indices = [0usize; lioness::LANES];
+        let mut run_len = 0;
         let mut lanes = 0;
-        for (index, packet) in packets.iter_mut().enumerate().take(count) {
+        for index in 0..count {
             if self.outcomes[index].is_err() {
                 continue;
             }
-            // Present: a ready packet passed `check_len`.
-            let Some(payload) = packet.as_mut().get_mut(HEADER_SIZE..) else {
-                continue;
-            };
-            if lanes == lioness::LANES || (lanes > 0 && blocks[0].len() != payload.len()) {
-                decrypt_lanes(&keys[..lanes], &mut blocks[..lanes]);
+            let len = packets.packet(index).len();
+            if lanes == lioness::LANES || (lanes > 0 && run_len != len) {
+                decrypt_lanes(packets, &indices[..lanes], &keys[..lanes]);
                 lanes = 0;
             }
+            run_len = len;
             keys[lanes] = &self.payload_keys[index];
-            blocks[lanes] = payload;
+            indices[lanes] = index;
             lanes += 1;
         }
-        decrypt_lanes(&keys[..lanes], &mut blocks[..lanes]);
+        decrypt_lanes(packets, &indices[..lanes], &keys[..lanes]);
     }
 
     /// One DH batch for the packets pending with `choice`; MAC failures with the primary key
     /// become pending for the secondary batch (or `WrongMac` in `classify` if none runs).
-    fn key_exchange<T: AsRef<[u8]>>(
-        &mut self,
-        packets: &[T],
-        count: usize,
-        key: &StaticSecret,
-        choice: KeyChoice,
-    ) {
+    fn key_exchange<P: PacketBatch>(&mut self, packets: &P, count: usize, choice: KeyChoice) {
         let mut lanes = 0;
-        for (index, packet) in packets.iter().enumerate().take(count) {
+        for index in 0..count {
             if matches!(self.state[index], State::Pending(pending) if pending == choice) {
-                let packet = Packet::new_unchecked(packet.as_ref());
+                let Some(key) = packets.key(index, choice) else {
+                    self.state[index] = State::Failed(match choice {
+                        KeyChoice::Primary => SphinxError::UnknownKey,
+                        KeyChoice::Secondary => SphinxError::WrongMac,
+                    });
+                    continue;
+                };
+                let packet = Packet::new_unchecked(packets.packet(index));
                 self.scalars[lanes] = key.to_bytes();
                 self.points[lanes] = *packet.alpha();
                 self.lane_packet[lanes] = index;
@@ -306,7 +443,7 @@ impl BatchProcessor {
         self.header_macs(packets, lanes);
         for lane in 0..lanes {
             let index = self.lane_packet[lane];
-            let packet = Packet::new_unchecked(packets[index].as_ref());
+            let packet = Packet::new_unchecked(packets.packet(index));
             self.state[index] = match check_dh_output(&self.dh_out[lane]) {
                 Err(error) => State::Failed(error),
                 Ok(()) => {
@@ -329,7 +466,7 @@ impl BatchProcessor {
 
     /// HMAC-SHA256(MAC key, beta) of every lane, from the expanded bytes in `okm`, 16 lanes
     /// per multi-buffer pass.
-    fn header_macs<T: AsRef<[u8]>>(&mut self, packets: &[T], lanes: usize) {
+    fn header_macs<P: PacketBatch>(&mut self, packets: &P, lanes: usize) {
         const MAC_KEY: core::ops::Range<usize> = STREAM_KEY_SIZE..STREAM_KEY_SIZE + MAC_KEY_SIZE;
         const BETA: core::ops::Range<usize> = ALPHA_SIZE + MAC_SIZE..HEADER_SIZE;
         let mut start = 0;
@@ -340,8 +477,8 @@ impl BatchProcessor {
             for lane in start..end {
                 keys[lane - start] = &self.okm[lane][MAC_KEY];
                 // Present: pending packets passed `check_len`.
-                let packet = packets.get(self.lane_packet[lane]).map(AsRef::as_ref);
-                betas[lane - start] = packet.and_then(|p| p.get(BETA)).unwrap_or(&[]);
+                let packet = packets.packet(self.lane_packet[lane]);
+                betas[lane - start] = packet.get(BETA).unwrap_or(&[]);
             }
             let n = end - start;
             // Cannot fail: MAC keys are 16 bytes.
@@ -353,22 +490,17 @@ impl BatchProcessor {
 
     /// Replay check, then flag and version from the first decrypted bytes of the slot, so
     /// only valid forward hops take the blinding multiplication.
-    fn classify<T: AsRef<[u8]>, R: FnMut(&[u8; 32]) -> bool>(
-        &mut self,
-        packets: &[T],
-        count: usize,
-        is_replayed: &mut R,
-    ) {
-        for (index, packet) in packets.iter().enumerate().take(count) {
+    fn classify<P: PacketBatch>(&mut self, packets: &mut P, count: usize) {
+        for index in 0..count {
             self.state[index] = match self.state[index] {
                 // No secondary key: the primary's MAC failure stands.
                 State::Pending(_) => State::Failed(SphinxError::WrongMac),
                 State::Verified(choice) => {
                     let expanded = &self.expanded[index];
-                    if is_replayed(expanded.replay_tag()) {
+                    if !packets.admit(index, choice, expanded.replay_tag()) {
                         State::Failed(SphinxError::Replayed)
                     } else {
-                        match peek_slot(&Packet::new_unchecked(packet.as_ref()), expanded) {
+                        match peek_slot(&Packet::new_unchecked(packets.packet(index)), expanded) {
                             Ok(kind) => State::Ready(kind, choice),
                             Err(error) => State::Failed(error),
                         }
@@ -380,12 +512,12 @@ impl BatchProcessor {
     }
 
     /// Second DH batch: blinded alpha = X25519(blinding factor, alpha) for forward hops.
-    fn blind<T: AsRef<[u8]>>(&mut self, packets: &[T], count: usize) {
+    fn blind<P: PacketBatch>(&mut self, packets: &P, count: usize) {
         let mut lanes = 0;
-        for (index, packet) in packets.iter().enumerate().take(count) {
+        for index in 0..count {
             if let State::Ready(HopKind::Forward, _) = self.state[index] {
                 self.scalars[lanes] = *self.expanded[index].blinding_factor();
-                self.points[lanes] = *Packet::new_unchecked(packet.as_ref()).alpha();
+                self.points[lanes] = *Packet::new_unchecked(packets.packet(index)).alpha();
                 self.lane_packet[lanes] = index;
                 lanes += 1;
             }
@@ -413,10 +545,28 @@ impl BatchProcessor {
 
 static NO_PAYLOAD_KEY: PayloadKey = [0; 192];
 
-fn decrypt_lanes(keys: &[&PayloadKey], blocks: &mut [&mut [u8]]) {
-    // Cannot fail: every payload passed `check_len` (at least one Lioness block).
-    let decrypted = lioness::decrypt_many(keys, blocks);
-    debug_assert!(decrypted.is_ok());
+/// Decrypts the payloads of the packets at `indices` (equal lengths) in one multi-buffer call.
+fn decrypt_lanes<P: PacketBatch>(packets: &mut P, indices: &[usize], keys: &[&PayloadKey]) {
+    if indices.is_empty() {
+        return;
+    }
+    // The lanes done so far: `f` runs once, or once per packet.
+    let mut done = 0;
+    packets.with_packets_mut(indices, &mut |blocks| {
+        let keys = keys.get(done..).unwrap_or_default();
+        let mut payloads: [&mut [u8]; lioness::LANES] = Default::default();
+        let mut lanes = 0;
+        for (payload, block) in payloads.iter_mut().zip(blocks.iter_mut()) {
+            // Present: a ready packet passed `check_len`.
+            *payload = block.get_mut(HEADER_SIZE..).unwrap_or_default();
+            lanes += 1;
+        }
+        let lanes = lanes.min(keys.len());
+        // Cannot fail: every payload passed `check_len` (at least one Lioness block).
+        let decrypted = lioness::decrypt_many(&keys[..lanes], &mut payloads[..lanes]);
+        debug_assert!(decrypted.is_ok());
+        done += lanes;
+    });
 }
 
 fn wipe(lanes: &mut [[u8; 32]]) {

@@ -38,6 +38,10 @@ pub enum SphinxError {
     /// Malformed SURB or SURB recovery bytes, or a SURB of the wrong kind.
     #[error("bad SURB: {0}")]
     BadSurb(&'static str),
+    /// No node key for the packet (batched processing: the caller names none for its key
+    /// rotation).
+    #[error("no key for the packet's key rotation")]
+    UnknownKey,
     /// The caller's replay check flagged the packet's replay tag (batched processing).
     #[error("replayed packet")]
     Replayed,

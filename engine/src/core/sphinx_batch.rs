@@ -1,12 +1,12 @@
 //! The one place the engine calls Sphinx processing.
 //!
 //! [`process_batch`] takes a batch of packet buffers, the key set and a replay-check hook, and
-//! writes one [`Outcome`] per packet, identical to processing the packets one by one. The two
-//! X25519 steps of a hop run across the whole batch on the multi-lane ladder
-//! (`lethe_crypto::x25519`: 8 lanes on AVX-512 IFMA, 4 on AVX2): first the node key times every
-//! alpha (a second pass with the other key for packets whose MAC failed under the first), then,
-//! after the replay check, every forward hop's blinding factor times its alpha. The symmetric
-//! work (HKDF, MAC, AES-CTR, Lioness) stays per packet.
+//! writes one [`Outcome`] per packet, identical to processing the packets one by one. It runs
+//! on the crypto crate's one batched implementation, [`BatchProcessor`], through the
+//! [`PacketBatch`] adapter below: per packet key candidates (v7 frames: primary, then
+//! secondary on a MAC failure; v8 frames: the key their rotation byte names), both X25519
+//! steps on the multi-lane ladder and the symmetric work (HKDF, HMAC, Lioness) on the
+//! multi-buffer paths.
 //!
 //! The replay check runs *after* the MAC verified and *before* the buffer is rewritten, so a
 //! replayed packet costs one DH and is left untouched, and a forged MAC never pollutes the
@@ -15,11 +15,9 @@
 
 use lethe_crypto::framing::KeyRotation;
 use lethe_crypto::sphinx::{
-    blinding_input, check_dh_output, expand, hop_kind, unwrap_in_place, verify_mac, ExpandedSecret,
-    Hop, HopKind, Packet, SphinxError,
+    BatchProcessor, Hop, KeyChoice, Outcome as SphinxOutcome, PacketBatch, SphinxError,
 };
-use lethe_crypto::x25519::x25519_batch;
-use zeroize::Zeroize;
+use x25519_dalek::StaticSecret;
 
 use super::keys::NodeKeys;
 use crate::replay::{ReplayTag, RotationId};
@@ -37,7 +35,12 @@ pub enum ReplayVerdict {
 pub trait PacketSlots {
     fn count(&self) -> u32;
     fn rotation(&self, index: u32) -> KeyRotation;
+    fn packet(&self, index: u32) -> &[u8];
     fn packet_mut(&mut self, index: u32) -> &mut [u8];
+    /// Calls `f` with the buffers at `indices` (distinct, increasing, at most
+    /// [`lethe_crypto::lioness::LANES`]), in that order: once with all of them, or once per
+    /// buffer.
+    fn with_packets_mut(&mut self, indices: &[usize], f: &mut dyn FnMut(&mut [&mut [u8]]));
 }
 
 /// The result for one packet. On anything but `Forward`/`Final` the buffer is unchanged.
@@ -58,50 +61,85 @@ pub enum Outcome {
     UnknownKey,
 }
 
-/// Per-batch working memory, allocated once for the largest batch: lanes of X25519 inputs and
-/// outputs, and each packet's state between the passes.
+/// Per-batch working memory, allocated once for the largest batch: the batched processor's
+/// scratch and each packet's replay verdict.
 pub struct BatchScratch {
-    scalars: Vec<[u8; 32]>,
-    points: Vec<[u8; 32]>,
-    products: Vec<[u8; 32]>,
-    /// Packet index of each lane.
-    lane_packet: Vec<u32>,
-    alpha: Vec<[u8; 32]>,
-    blinded: Vec<[u8; 32]>,
-    expanded: Vec<Option<ExpandedSecret>>,
-    rotation_id: Vec<RotationId>,
-    decided: Vec<bool>,
+    processor: BatchProcessor,
+    verdicts: Vec<ReplayVerdict>,
+    /// The key candidate each unwrapped packet used.
+    choices: Vec<KeyChoice>,
 }
 
 impl BatchScratch {
     /// Working memory for batches of up to `packets_max` packets.
     pub fn new(packets_max: usize) -> BatchScratch {
         BatchScratch {
-            scalars: vec![[0; 32]; packets_max],
-            points: vec![[0; 32]; packets_max],
-            products: vec![[0; 32]; packets_max],
-            lane_packet: vec![0; packets_max],
-            alpha: vec![[0; 32]; packets_max],
-            blinded: vec![[0; 32]; packets_max],
-            expanded: (0..packets_max).map(|_| None).collect(),
-            rotation_id: vec![0; packets_max],
-            decided: vec![false; packets_max],
+            processor: BatchProcessor::new(packets_max),
+            verdicts: vec![ReplayVerdict::Fresh; packets_max],
+            choices: vec![KeyChoice::Primary; packets_max],
         }
     }
 
     fn capacity(&self) -> usize {
-        self.decided.len()
+        self.verdicts.len().min(self.choices.len())
+    }
+}
+
+/// The engine's view of a batch as the crypto crate's [`PacketBatch`].
+struct Adapter<'a, S, F> {
+    slots: &'a mut S,
+    keys: &'a NodeKeys,
+    replay_check: F,
+    verdicts: &'a mut [ReplayVerdict],
+}
+
+impl<S, F> Adapter<'_, S, F>
+where
+    S: PacketSlots,
+{
+    fn candidate(&self, index: usize, choice: KeyChoice) -> Option<&super::keys::SphinxKey> {
+        let candidates = self.keys.candidates(self.slots.rotation(index as u32));
+        match choice {
+            KeyChoice::Primary => candidates[0],
+            KeyChoice::Secondary => candidates[1],
+        }
+    }
+}
+
+impl<S, F> PacketBatch for Adapter<'_, S, F>
+where
+    S: PacketSlots,
+    F: FnMut(RotationId, &ReplayTag) -> ReplayVerdict,
+{
+    fn count(&self) -> usize {
+        self.slots.count() as usize
     }
 
-    /// One X25519 pass over the first `lanes` lanes.
-    fn multiply(&mut self, lanes: usize) {
-        x25519_batch(
-            &self.scalars[..lanes],
-            &self.points[..lanes],
-            &mut self.products[..lanes],
-        );
-        // The scalars are node secrets and blinding factors.
-        wipe(&mut self.scalars[..lanes]);
+    fn packet(&self, index: usize) -> &[u8] {
+        self.slots.packet(index as u32)
+    }
+
+    fn packet_mut(&mut self, index: usize) -> &mut [u8] {
+        self.slots.packet_mut(index as u32)
+    }
+
+    fn with_packets_mut(&mut self, indices: &[usize], f: &mut dyn FnMut(&mut [&mut [u8]])) {
+        self.slots.with_packets_mut(indices, f);
+    }
+
+    fn key(&self, index: usize, choice: KeyChoice) -> Option<&StaticSecret> {
+        self.candidate(index, choice).map(|key| &key.secret)
+    }
+
+    fn admit(&mut self, index: usize, choice: KeyChoice, replay_tag: &[u8; 32]) -> bool {
+        let rotation_id = self
+            .candidate(index, choice)
+            .map_or(0, |key| key.rotation_id);
+        let verdict = (self.replay_check)(rotation_id, replay_tag);
+        if let Some(slot) = self.verdicts.get_mut(index) {
+            *slot = verdict;
+        }
+        verdict == ReplayVerdict::Fresh
     }
 }
 
@@ -110,7 +148,7 @@ impl BatchScratch {
 pub fn process_batch<S, F>(
     slots: &mut S,
     keys: &NodeKeys,
-    mut replay_check: F,
+    replay_check: F,
     scratch: &mut BatchScratch,
     outcomes: &mut Vec<Outcome>,
 ) where
@@ -121,161 +159,67 @@ pub fn process_batch<S, F>(
     assert!(outcomes.capacity() >= count && scratch.capacity() >= count);
     outcomes.clear();
     outcomes.resize(count, Outcome::UnknownKey);
-    scratch.decided[..count].fill(false);
-    let mut decide = |scratch: &mut BatchScratch, index: usize, outcome: Outcome| {
-        scratch.decided[index] = true;
-        scratch.expanded[index] = None;
-        outcomes[index] = outcome;
+    scratch.verdicts[..count].fill(ReplayVerdict::Fresh);
+    let mut adapter = Adapter {
+        slots,
+        keys,
+        replay_check,
+        verdicts: &mut scratch.verdicts[..count],
     };
-
-    // Pass 1: the first candidate key times every well-formed packet's alpha.
-    let mut lanes = 0;
-    for index in 0..count {
-        let rotation = slots.rotation(index as u32);
-        let packet = match Packet::new_checked(slots.packet_mut(index as u32)) {
-            Ok(packet) => packet,
-            Err(error) => {
-                decide(scratch, index, Outcome::Malformed(error));
-                continue;
-            }
-        };
-        let Some(key) = keys.candidates(rotation)[0] else {
-            decide(scratch, index, Outcome::UnknownKey);
-            continue;
-        };
-        scratch.alpha[index] = *packet.alpha();
-        scratch.scalars[lanes] = key.secret.to_bytes();
-        scratch.points[lanes] = scratch.alpha[index];
-        scratch.lane_packet[lanes] = index as u32;
-        lanes += 1;
-    }
-    scratch.multiply(lanes);
-
-    // Expand and check MACs; packets whose MAC failed and that have a second candidate key
-    // go to pass 2.
-    let mut retries = 0;
-    for lane in 0..lanes {
-        let index = scratch.lane_packet[lane] as usize;
-        let candidates = keys.candidates(slots.rotation(index as u32));
-        let shared = scratch.products[lane];
-        match unlock_with(slots, index, &shared) {
-            Ok(expanded) => {
-                scratch.rotation_id[index] = candidates[0].map_or(0, |key| key.rotation_id);
-                scratch.expanded[index] = Some(expanded);
-            }
-            // A small-order alpha fails with every key.
-            Err(error @ SphinxError::InvalidPoint) => {
-                decide(scratch, index, Outcome::Malformed(error))
-            }
-            Err(error) => match candidates[1] {
-                Some(key) => {
-                    scratch.scalars[retries] = key.secret.to_bytes();
-                    scratch.points[retries] = scratch.alpha[index];
-                    scratch.lane_packet[retries] = index as u32;
-                    retries += 1;
+    let results = &mut outcomes[..];
+    let choices = &mut scratch.choices[..count];
+    scratch
+        .processor
+        .process_batch(&mut adapter, |index, outcome: SphinxOutcome| {
+            let (Some(slot), Some(used)) = (results.get_mut(index), choices.get_mut(index)) else {
+                return;
+            };
+            *slot = match outcome {
+                Ok((processed, choice)) => {
+                    *used = choice;
+                    // The rotation id is filled in below, when the slots are free again.
+                    let rotation_id = 0;
+                    match processed.hop {
+                        Hop::Forward { next_hop, delay_ns } => Outcome::Forward {
+                            next_hop,
+                            delay_ns,
+                            rotation_id,
+                        },
+                        Hop::Final {
+                            destination,
+                            identifier,
+                        } => Outcome::Final {
+                            destination,
+                            identifier,
+                            rotation_id,
+                        },
+                    }
                 }
-                None => decide(scratch, index, Outcome::Malformed(error)),
-            },
-        }
-    }
-    // Pass 2 reuses the lanes: entries below `retries` were rewritten above, after being read.
-    scratch.multiply(retries);
-    for lane in 0..retries {
-        let index = scratch.lane_packet[lane] as usize;
-        let shared = scratch.products[lane];
-        match unlock_with(slots, index, &shared) {
-            Ok(expanded) => {
-                let candidates = keys.candidates(slots.rotation(index as u32));
-                scratch.rotation_id[index] = candidates[1].map_or(0, |key| key.rotation_id);
-                scratch.expanded[index] = Some(expanded);
-            }
-            Err(error) => decide(scratch, index, Outcome::Malformed(error)),
-        }
-    }
-
-    // Replay checks in packet order; forward hops queue their blinding multiplication.
-    let mut lanes = 0;
-    for index in 0..count {
-        let Some(expanded) = scratch.expanded[index].as_ref() else {
-            continue;
-        };
-        match replay_check(scratch.rotation_id[index], expanded.replay_tag()) {
-            ReplayVerdict::Fresh => {}
-            ReplayVerdict::Replayed => {
-                decide(scratch, index, Outcome::Replayed);
-                continue;
-            }
-            ReplayVerdict::NoFilter => {
-                decide(scratch, index, Outcome::UnknownKey);
-                continue;
-            }
-        }
-        let packet = Packet::new_unchecked(slots.packet_mut(index as u32));
-        match hop_kind(&packet, expanded) {
-            Ok(HopKind::Forward) => {
-                scratch.scalars[lanes] = *blinding_input(expanded);
-                scratch.points[lanes] = scratch.alpha[index];
-                scratch.lane_packet[lanes] = index as u32;
-                lanes += 1;
-            }
-            Ok(HopKind::Final) => scratch.blinded[index] = [0; 32],
-            Err(error) => decide(scratch, index, Outcome::Malformed(error)),
-        }
-    }
-    scratch.multiply(lanes);
-    for lane in 0..lanes {
-        let index = scratch.lane_packet[lane] as usize;
-        scratch.blinded[index] = scratch.products[lane];
-    }
-
-    // Unwrap in place.
+                Err(SphinxError::UnknownKey) => Outcome::UnknownKey,
+                // Stopped by `admit`: the verdict is applied below.
+                Err(SphinxError::Replayed) => Outcome::Replayed,
+                Err(error) => Outcome::Malformed(error),
+            };
+        });
+    let Adapter {
+        slots, verdicts, ..
+    } = adapter;
     for (index, outcome) in outcomes.iter_mut().enumerate() {
-        let Some(expanded) = scratch.expanded[index].take() else {
-            debug_assert!(scratch.decided[index]);
-            continue;
-        };
-        let mut packet = Packet::new_unchecked(slots.packet_mut(index as u32));
-        let rotation_id = scratch.rotation_id[index];
-        *outcome = match unwrap_in_place(&mut packet, &expanded, &scratch.blinded[index]) {
-            Ok(processed) => {
-                debug_assert_eq!(&processed.replay_tag, expanded.replay_tag());
-                match processed.hop {
-                    Hop::Forward { next_hop, delay_ns } => Outcome::Forward {
-                        next_hop,
-                        delay_ns,
-                        rotation_id,
-                    },
-                    Hop::Final {
-                        destination,
-                        identifier,
-                    } => Outcome::Final {
-                        destination,
-                        identifier,
-                        rotation_id,
-                    },
+        match outcome {
+            Outcome::Forward { rotation_id, .. } | Outcome::Final { rotation_id, .. } => {
+                let candidates = keys.candidates(slots.rotation(index as u32));
+                let key = match scratch.choices[index] {
+                    KeyChoice::Primary => candidates[0],
+                    KeyChoice::Secondary => candidates[1],
+                };
+                *rotation_id = key.map_or(0, |key| key.rotation_id);
+            }
+            Outcome::Replayed => {
+                if verdicts.get(index) == Some(&ReplayVerdict::NoFilter) {
+                    *outcome = Outcome::UnknownKey;
                 }
             }
-            Err(error) => Outcome::Malformed(error),
-        };
+            Outcome::Malformed(_) | Outcome::UnknownKey => {}
+        }
     }
-    wipe(&mut scratch.products[..count]);
-    wipe(&mut scratch.blinded[..count]);
-}
-
-/// Checks the DH output, expands it and verifies the packet's MAC with it.
-fn unlock_with<S: PacketSlots>(
-    slots: &mut S,
-    index: usize,
-    shared: &[u8; 32],
-) -> Result<ExpandedSecret, SphinxError> {
-    check_dh_output(shared)?;
-    let expanded = expand(shared);
-    let packet = Packet::new_unchecked(slots.packet_mut(index as u32));
-    verify_mac(&packet, &expanded)?;
-    Ok(expanded)
-}
-
-/// Zeroes secret lanes (shared secrets, blinding factors, node-key copies).
-fn wipe(lanes: &mut [[u8; 32]]) {
-    lanes.iter_mut().for_each(Zeroize::zeroize);
 }

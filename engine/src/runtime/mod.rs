@@ -449,6 +449,12 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
         };
         let now_us = shard.now_us();
         let fatal = feed(&shard, &mut decoder, &buffer[..count], now_us);
+        if count < buffer.len() {
+            // The socket is drained: nothing more to batch with now, so waiting for the flush
+            // deadline would only add latency. Under load reads fill the buffer and batches
+            // fill up before this.
+            shard.core.borrow_mut().flush_batch(now_us);
+        }
         shard.pump(now_us);
         let _ = shard.wake.try_send(());
         if fatal {
