@@ -24,6 +24,9 @@ pub struct Report {
     pub mode: String,
     pub driver: String,
     pub nodes: Vec<NodeInfo>,
+    /// The directory the topology came from (drivers `testnet` and `target`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<crate::gateway::DirectoryInfo>,
     pub config: Config,
     /// The run (for `node`/`sweep`: the highest sustained step, else the first step).
     pub result: RunReport,
@@ -94,6 +97,9 @@ pub struct RunReport {
     pub nodes: Vec<NodeReport>,
     pub generator: Generator,
     pub receiver: Receiver,
+    /// What loadgen's gateway clients saw (drivers `testnet` and `target`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_clients: Option<crate::gateway::ClientStats>,
     pub timeseries: Vec<SecondReport>,
     pub times: Times,
 }
@@ -319,6 +325,7 @@ pub fn run_report(outcome: &RunOutcome, capacity_per_s: f64) -> RunReport {
             stats: outcome.receiver,
             busy_ratio: ratio(outcome.receiver.busy_ns as f64 / 1e9, outcome.wall_s),
         },
+        gateway_clients: outcome.clients.clone(),
         timeseries: timeseries(outcome),
         times: Times {
             expected_mix_delay_ms: outcome.expected_delay_ms,
@@ -414,6 +421,32 @@ pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Ve
                 format!(" ({})", reasons.join(", "))
             }
         ));
+    }
+    if let Some(clients) = &run.gateway_clients {
+        for (code, count) in &clients.gateway_errors {
+            let why = match code.as_str() {
+                "no_bandwidth" => {
+                    "NO_BANDWIDTH: the gateway admits packets only against bandwidth \
+                     credentials and loadgen presents none (it does not implement credentials)"
+                }
+                "bad_credential" => "BAD_CREDENTIAL: the gateway refused a credential",
+                "not_layer1" => {
+                    "NOT_LAYER1: the first hop is not a layer-1 mixnode in the gateway's \
+                     topology (its view may be older than the directory's)"
+                }
+                "overloaded" => "OVERLOADED: the gateway could not queue the packet",
+                "malformed" => "MALFORMED: the gateway could not parse a message",
+                _ => "an unknown error code",
+            };
+            out.push(format!("the gateways answered {count} packets with {why}"));
+        }
+        if clients.session_failures > 0 {
+            out.push(format!(
+                "{} gateway client sessions failed: {}",
+                clients.session_failures,
+                clients.errors.join("; ")
+            ));
+        }
     }
     if run.receiver.busy_ratio > CAPACITY_WARN_RATIO {
         out.push(format!(
