@@ -104,13 +104,19 @@ impl ClientStats {
             senders: self.senders.saturating_sub(before.senders),
             receivers: self.receivers,
             sessions: self.sessions.saturating_sub(before.sessions),
-            session_failures: self.session_failures.saturating_sub(before.session_failures),
+            session_failures: self
+                .session_failures
+                .saturating_sub(before.session_failures),
             forwards: self.forwards.saturating_sub(before.forwards),
-            queue_full_waits: self.queue_full_waits.saturating_sub(before.queue_full_waits),
+            queue_full_waits: self
+                .queue_full_waits
+                .saturating_sub(before.queue_full_waits),
             gateway_errors,
             deliveries: self.deliveries.saturating_sub(before.deliveries),
             confirmed: self.confirmed.saturating_sub(before.confirmed),
-            confirm_messages: self.confirm_messages.saturating_sub(before.confirm_messages),
+            confirm_messages: self
+                .confirm_messages
+                .saturating_sub(before.confirm_messages),
             errors: self.errors.clone(),
         }
     }
@@ -150,7 +156,10 @@ impl Counters {
         if let Some(counter) = self.gateway_errors.get(slot) {
             Self::add(counter, 1);
         }
-        self.note(format!("gateway error {} ({code}): {text}", error_name(code)));
+        self.note(format!(
+            "gateway error {} ({code}): {text}",
+            error_name(code)
+        ));
     }
 
     fn snapshot(&self) -> ClientStats {
@@ -443,7 +452,11 @@ async fn next_binary(ws: &mut Ws) -> Result<Vec<u8>, String> {
     }
 }
 
-async fn seal_send(ws: &mut Ws, session: &mut Session, message: &ClientMessage) -> Result<(), String> {
+async fn seal_send(
+    ws: &mut Ws,
+    session: &mut Session,
+    message: &ClientMessage,
+) -> Result<(), String> {
     let sealed = session.seal(&message.encode()).map_err(|e| e.to_string())?;
     ws.send(Message::binary(sealed))
         .await
@@ -658,7 +671,9 @@ impl Driver for GatewayNetwork {
         self.runtime.spawn(async move {
             if let Err(e) = send_loop(ws, session, rx, message_len, &shared).await {
                 Counters::add(&shared.counters.session_failures, 1);
-                shared.counters.note(format!("sender {client} at {name}: {e}"));
+                shared
+                    .counters
+                    .note(format!("sender {client} at {name}: {e}"));
                 if let Ok(mut slot) = task_failure.lock() {
                     *slot = Some(format!("sender session at {name}: {e}"));
                 }
@@ -705,4 +720,3 @@ impl Driver for GatewayNetwork {
         Some(self.shared.counters.snapshot())
     }
 }
-

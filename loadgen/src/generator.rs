@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lethe_crypto::framing::{FrameHeader, PacketSize, HEADER_MAX_LEN};
-use lethe_nodes::proto::payload::{write_surb_ack, SURB_ACK_BYTES};
-use lethe_nodes::proto::ClientMessage;
 use lethe_crypto::sphinx::{
     constants::MAX_PATH_LENGTH, create_batch, CreateJob, Destination, PacketSpec, RouteHop, Version,
 };
+use lethe_nodes::proto::payload::{write_surb_ack, SURB_ACK_BYTES};
+use lethe_nodes::proto::ClientMessage;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
@@ -145,7 +145,9 @@ impl PacketPlan {
     pub fn validate(&self) -> Result<(), String> {
         self.topology.validate()?;
         if let Wire::GatewayForward = self.wire {
-            if self.size == PacketSize::Ack || self.size.plaintext_len() < SURB_ACK_BYTES + STAMP_LEN {
+            if self.size == PacketSize::Ack
+                || self.size.plaintext_len() < SURB_ACK_BYTES + STAMP_LEN
+            {
                 return Err(format!(
                     "--packet-size {}: gateway clients send forward packets, which need room for \
                      the SURB-ACK prefix; use regular or an extended size",
@@ -249,18 +251,24 @@ pub fn build_chunk(
     {
         let mut jobs: Vec<CreateJob<'_>> = buffers
             .iter_mut()
-            .zip(messages.iter().zip(delays.iter().zip(routes.iter().zip(&destinations))))
-            .map(|(frame, (message, (delays, (route, destination))))| CreateJob {
-                out: &mut frame[head_len..],
-                message,
-                spec: PacketSpec {
-                    route: &route[..hops],
-                    delays_ns: &delays[..hops],
-                    destination,
-                    version: Version::CURRENT,
+            .zip(
+                messages
+                    .iter()
+                    .zip(delays.iter().zip(routes.iter().zip(&destinations))),
+            )
+            .map(
+                |(frame, (message, (delays, (route, destination))))| CreateJob {
+                    out: &mut frame[head_len..],
+                    message,
+                    spec: PacketSpec {
+                        route: &route[..hops],
+                        delays_ns: &delays[..hops],
+                        destination,
+                        version: Version::CURRENT,
+                    },
+                    initial_secret: None,
                 },
-                initial_secret: None,
-            })
+            )
             .collect();
         create_batch(&mut jobs, rng, |index, result| {
             if let Some(slot) = ok.get_mut(index) {
@@ -513,7 +521,8 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for (stamp, frame) in &frames {
             assert_eq!(frame.len(), plan.frame_len());
-            let ClientMessage::Forward { first_hop, packet } = ClientMessage::decode(frame).unwrap()
+            let ClientMessage::Forward { first_hop, packet } =
+                ClientMessage::decode(frame).unwrap()
             else {
                 panic!("not a forward");
             };

@@ -25,9 +25,9 @@ use clap::Parser;
 use cli::{Cli, Command, Network};
 use driver::{Driver, EmbeddedMixnet, EmbeddedOptions, SingleNode};
 use gateway::{DirectoryInfo, GatewayNetwork};
-use testnet::{Testnet, TestnetOptions};
 use report::Report;
 use run::{LoadParams, RunOutcome};
+use testnet::{Testnet, TestnetOptions};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -500,6 +500,20 @@ pub fn render_text(report: &Report) -> String {
         c.packet_bytes,
         c.delay_ms_mean
     );
+    if let Some(d) = &report.directory {
+        let _ = writeln!(
+            out,
+            "  directory {} epoch {} key {}{}",
+            d.url,
+            d.epoch,
+            d.key,
+            if d.key_pinned {
+                ""
+            } else {
+                " (trust on first use)"
+            }
+        );
+    }
     if let Some(ramp) = &report.ramp {
         render_ramp(&mut out, ramp);
         let _ = writeln!(out, "\nDetail of step at {:.0} packets/s:", c.rate_per_s);
@@ -544,6 +558,29 @@ pub fn render_text(report: &Report) -> String {
         ms(s.p99),
         ms(s.max)
     );
+    if let Some(gc) = &r.gateway_clients {
+        let errors: Vec<String> = gc
+            .gateway_errors
+            .iter()
+            .map(|(code, n)| format!("{code} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  gateway clients   {} senders, {} receivers; forwards {}  deliveries {}  confirmed {}  \
+             gateway errors {}  failed sessions {}",
+            gc.senders,
+            gc.receivers,
+            gc.forwards,
+            gc.deliveries,
+            gc.confirmed,
+            if errors.is_empty() {
+                "0".to_string()
+            } else {
+                errors.join(", ")
+            },
+            gc.session_failures
+        );
+    }
     render_nodes(&mut out, r);
     let g = &r.generator;
     let _ = writeln!(
