@@ -117,7 +117,12 @@ impl ClientStats {
             confirm_messages: self
                 .confirm_messages
                 .saturating_sub(before.confirm_messages),
-            errors: self.errors.clone(),
+            // Texts only grow (up to ERRORS_KEPT): the ones after `before`'s are this run's.
+            errors: self
+                .errors
+                .get(before.errors.len()..)
+                .unwrap_or(&[])
+                .to_vec(),
         }
     }
 }
@@ -248,15 +253,14 @@ fn random_seed() -> Result<[u8; 32], String> {
 
 impl GatewayNetwork {
     /// Reads and verifies the topology at `url` and connects one receiver per gateway.
-    /// `key`: the pinned directory key; `None` fetches it (trust on first use, said on stderr
-    /// through `say`). A testnet given here is stopped when the driver is dropped.
+    /// `key`: the pinned directory key; `None` fetches it (trust on first use, always said on
+    /// stderr). A testnet given here is stopped when the driver is dropped.
     pub fn start(
         kind: &'static str,
         url: &str,
         key: Option<[u8; 32]>,
         packet_size: PacketSize,
         testnet: Option<Testnet>,
-        say: &dyn Fn(&str),
     ) -> Result<GatewayNetwork, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -270,11 +274,12 @@ impl GatewayNetwork {
                 Some(key) => (key, true),
                 None => {
                     let key = fetch_key(&http, url).await.map_err(|e| e.to_string())?;
-                    say(&format!(
-                        "no --directory-key given: trusting the key {url} serves (trust on \
-                         first use): {}",
+                    // Said even with --quiet: the topology is only as trustworthy as this key.
+                    eprintln!(
+                        "loadgen: no --directory-key given: trusting the key {url} serves \
+                         (trust on first use): {}",
                         keyfile::hex(&key)
-                    ));
+                    );
                     (key, false)
                 }
             };
@@ -390,6 +395,103 @@ impl GatewayNetwork {
             },
             testnet,
         })
+    }
+}
+
+/// How long [`GatewayNetwork::warm_up`] waits for every entry gateway to accept every
+/// layer-1 node (gateways refresh their topology every 30 s once it has a layer 1).
+const WARM_UP_MAX: Duration = Duration::from_secs(45);
+/// How long one warm-up round waits for its probes.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
+
+impl GatewayNetwork {
+    /// Sends one probe packet from every gateway through every layer-1 node, in rounds, until
+    /// a round is delivered whole: a gateway whose topology is older than the directory's
+    /// refuses first hops it does not know (NOT_LAYER1), which would count as loss. Gives up
+    /// (with a note) after [`WARM_UP_MAX`]; the run then reports what the gateways refuse.
+    pub fn warm_up(&mut self, say: &dyn Fn(&str)) -> Result<(), String> {
+        let started = Instant::now();
+        let entries = self.gateways.len() as u32;
+        let layer1 = self.layers.first().cloned().unwrap_or_default();
+        let probes = u64::from(entries) * layer1.len() as u64;
+        let mut rng = crate::generator::os_rng()?;
+        let mut frames = Vec::new();
+        crate::generator::PacketPlan {
+            topology: self.topology(),
+            clients: 1,
+            size: self.packet_size,
+            wire: Wire::GatewayForward,
+            delay_ns_mean: 0.0,
+        }
+        .validate()?;
+        for round in 0u32.. {
+            let run_id = u32::MAX - round;
+            let tracker = Arc::new(crate::tracker::Tracker::new(run_id, probes)?);
+            self.set_run(Some(ActiveRun {
+                tracker: Arc::clone(&tracker),
+                start: Instant::now(),
+            }));
+            let mut seq = 0u64;
+            let mut injectors = Vec::new();
+            for client in 0..entries {
+                let mut injector = self.connect(client)?;
+                for hop in &layer1 {
+                    let mut topology = self.topology();
+                    topology.layers[0] = vec![*hop];
+                    let plan = crate::generator::PacketPlan {
+                        topology,
+                        clients: 1,
+                        size: self.packet_size,
+                        wire: Wire::GatewayForward,
+                        delay_ns_mean: 0.0,
+                    };
+                    let stamp = Stamp {
+                        run_id,
+                        seq,
+                        scheduled_ns: 0,
+                    };
+                    seq += 1;
+                    crate::generator::build_chunk(&plan, &[stamp], &mut rng, &mut frames);
+                    for (_, frame) in frames.drain(..) {
+                        injector.send(&frame).map_err(|e| format!("warm-up: {e}"))?;
+                    }
+                }
+                injectors.push(injector);
+            }
+            let waited = Instant::now();
+            while tracker.delivered() < probes && waited.elapsed() < PROBE_WAIT {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drop(injectors);
+            self.set_run(None);
+            if tracker.delivered() >= probes {
+                return Ok(());
+            }
+            self.check()?;
+            if crate::run::interrupted() {
+                return Err("interrupted during the warm-up".into());
+            }
+            if started.elapsed() > WARM_UP_MAX {
+                say(&format!(
+                    "warm-up: {} of {probes} probes still not delivered after {}s; running \
+                     anyway (see gateway_clients in the report)",
+                    probes.saturating_sub(tracker.delivered()),
+                    WARM_UP_MAX.as_secs()
+                ));
+                return Ok(());
+            }
+            if round == 0 {
+                let errors = self.shared.counters.snapshot().errors;
+                say(&format!(
+                    "waiting for the gateways to route through every layer-1 node ({} of \
+                     {probes} probes delivered{})",
+                    tracker.delivered(),
+                    errors.last().map(|e| format!("; {e}")).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
     }
 }
 
@@ -687,8 +789,21 @@ impl Driver for GatewayNetwork {
     }
 
     fn set_run(&self, run: Option<ActiveRun>) {
+        let ending = run.is_none();
         if let Ok(mut slot) = self.shared.run.lock() {
             *slot = run;
+        }
+        if ending {
+            // Let the receivers confirm what they got (they do every CONFIRM_INTERVAL), so
+            // the report's counts are final and the gateways' mailboxes are empty.
+            let counters = &self.shared.counters;
+            let deadline = Instant::now() + CONFIRM_INTERVAL * 10;
+            while counters.confirmed.load(Ordering::Relaxed)
+                < counters.deliveries.load(Ordering::Relaxed)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 

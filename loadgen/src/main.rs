@@ -82,7 +82,8 @@ fn real_main(cli: &Cli) -> Result<(), String> {
                 None => None,
             };
             say(&format!("reading the topology from {url}"));
-            let network = GatewayNetwork::start("target", url, key, base.size, None, &say)?;
+            let mut network = GatewayNetwork::start("target", url, key, base.size, None)?;
+            network.warm_up(&say)?;
             directory = Some(network.directory.clone());
             Box::new(network)
         }
@@ -123,8 +124,9 @@ fn real_main(cli: &Cli) -> Result<(), String> {
                 "testnet up (directory {url}, state in {}); connecting gateway clients",
                 testnet.dir().display()
             ));
-            let network =
-                GatewayNetwork::start("testnet", &url, Some(key), base.size, Some(testnet), &say)?;
+            let mut network =
+                GatewayNetwork::start("testnet", &url, Some(key), base.size, Some(testnet))?;
+            network.warm_up(&say)?;
             directory = Some(network.directory.clone());
             Box::new(network)
         }
