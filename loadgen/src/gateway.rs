@@ -835,3 +835,38 @@ impl Driver for GatewayNetwork {
         Some(self.shared.counters.snapshot())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_named_and_counted_per_run() {
+        let counters = Counters::default();
+        counters.gateway_error(error_code::NOT_LAYER1, "warm-up");
+        let before = counters.snapshot();
+        counters.gateway_error(error_code::NO_BANDWIDTH, "no bandwidth left");
+        counters.gateway_error(error_code::NO_BANDWIDTH, "no bandwidth left");
+        counters.gateway_error(200, "?");
+        let run = counters.snapshot().since(&before);
+        assert_eq!(run.gateway_errors.get("no_bandwidth"), Some(&2));
+        assert_eq!(run.gateway_errors.get("other"), Some(&1));
+        assert!(!run.gateway_errors.contains_key("not_layer1"));
+        // Only this run's texts, each once.
+        assert_eq!(run.errors.len(), 2, "{:?}", run.errors);
+        assert!(run.errors[0].contains("no_bandwidth (4)"));
+        let warning = crate::report::gateway_error_warning("no_bandwidth", 2);
+        assert!(warning.contains("NO_BANDWIDTH") && warning.contains("credentials"));
+    }
+
+    #[test]
+    fn metrics_urls_become_addresses() {
+        assert_eq!(
+            metrics_address("http://127.0.0.1:9100/metrics"),
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(metrics_address("https://x/metrics"), None);
+        assert_eq!(metrics_address("http://127.0.0.1/metrics"), None);
+    }
+}

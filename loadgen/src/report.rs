@@ -369,6 +369,25 @@ fn timeseries(outcome: &RunOutcome) -> Vec<SecondReport> {
 }
 
 /// Warnings a reader must not miss.
+/// The warning for `count` packets a gateway answered with error `code` (its report name).
+pub fn gateway_error_warning(code: &str, count: u64) -> String {
+    let why = match code {
+        "no_bandwidth" => {
+            "NO_BANDWIDTH: the gateway admits packets only against bandwidth credentials and \
+             loadgen presents none (it does not implement credentials)"
+        }
+        "bad_credential" => "BAD_CREDENTIAL: the gateway refused a credential",
+        "not_layer1" => {
+            "NOT_LAYER1: the first hop is not a layer-1 mixnode in the gateway's topology (its \
+             view may be older than the directory's)"
+        }
+        "overloaded" => "OVERLOADED: the gateway could not queue the packet",
+        "malformed" => "MALFORMED: the gateway could not parse a message",
+        _ => "an unknown error code",
+    };
+    format!("the gateways answered {count} packets with {why}")
+}
+
 pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Vec<String> {
     let mut out = Vec::new();
     if run.interrupted {
@@ -424,21 +443,7 @@ pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Ve
     }
     if let Some(clients) = &run.gateway_clients {
         for (code, count) in &clients.gateway_errors {
-            let why = match code.as_str() {
-                "no_bandwidth" => {
-                    "NO_BANDWIDTH: the gateway admits packets only against bandwidth \
-                     credentials and loadgen presents none (it does not implement credentials)"
-                }
-                "bad_credential" => "BAD_CREDENTIAL: the gateway refused a credential",
-                "not_layer1" => {
-                    "NOT_LAYER1: the first hop is not a layer-1 mixnode in the gateway's \
-                     topology (its view may be older than the directory's)"
-                }
-                "overloaded" => "OVERLOADED: the gateway could not queue the packet",
-                "malformed" => "MALFORMED: the gateway could not parse a message",
-                _ => "an unknown error code",
-            };
-            out.push(format!("the gateways answered {count} packets with {why}"));
+            out.push(gateway_error_warning(code, *count));
         }
         if clients.session_failures > 0 {
             out.push(format!(
