@@ -57,6 +57,16 @@ fn real_main(cli: &Cli) -> Result<(), String> {
         label: "loadgen".into(),
     };
     let say = |message: &str| status(cli, message);
+    let gateway_clients = !matches!(cli.command, Some(Command::Node { .. }))
+        && (cli.target.is_some() || cli.network == Network::Testnet);
+    if gateway_clients && base.size == lethe_crypto::framing::PacketSize::Ack {
+        return Err(
+            "--packet-size ack: gateway clients send forward packets, which need room \
+                    for the SURB-ACK prefix; use regular or an extended size (ack-size packets \
+                    work with --network mixnet and `node`)"
+                .into(),
+        );
+    }
     let mut directory: Option<DirectoryInfo> = None;
     let mut driver: Box<dyn Driver> = match (&cli.command, &cli.target) {
         (Some(Command::Node { .. }), Some(_)) => {
