@@ -1,4 +1,4 @@
-//! Command line. Bare `loadgen` = `loadgen run`: the embedded network at the default load.
+//! Command line. Bare `loadgen` = `loadgen run`: a local testnet at the default load.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,10 +12,13 @@ use lethe_crypto::framing::PacketSize;
     version,
     about = "Open-loop load generator for Lethe (Nym-compatible) mixnets",
     long_about = "Open-loop load generator for Lethe (Nym-compatible) mixnets.\n\n\
-        With no arguments: starts an embedded network (3 `lethe mixnode` processes, one per \
-        layer, and loadgen's own final-hop receiver), sends 4-hop Sphinx packets at --rate for \
-        --duration, and prints a report. Latency is measured from each packet's scheduled \
-        send time (coordinated omission corrected)."
+        With no arguments: starts a local network with `lethe testnet up` (a directory, 2 \
+        mixnodes per layer, 2 gateways), connects gateway clients as senders and receivers, \
+        sends 4-hop Sphinx packets [L1, L2, L3, receiver's gateway] at --rate for --duration, \
+        prints a report and stops the network. Latency is measured from each packet's \
+        scheduled send time (coordinated omission corrected).\n\n\
+        --target URL drives an existing network through its directory instead; --network \
+        mixnet drives bare mixnodes with loadgen's own final hop (isolates the mix layer)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -27,14 +30,30 @@ pub struct Cli {
     /// The `lethe` binary for the embedded network (default: next to loadgen).
     #[arg(long, global = true, env = "LETHE_BIN")]
     pub lethe: Option<PathBuf>,
-    /// Drive a deployed network through its directory (not available yet).
+    /// Drive an existing network through its directory (http://host:port): gateway clients
+    /// as senders and receivers, routes from the verified topology.
     #[arg(long, global = true, value_name = "URL")]
     pub target: Option<String>,
+    /// The directory's ed25519 public key (hex) to verify the topology with. Without it the
+    /// key is fetched from the directory itself (trust on first use; loadgen says so).
+    #[arg(long, global = true, value_name = "HEX", requires = "target")]
+    pub directory_key: Option<String>,
+    /// What bare `loadgen` / `sweep` start: `testnet` (`lethe testnet up`: directory,
+    /// mixnodes, gateways; loadgen's clients connect to the gateways) or `mixnet` (bare
+    /// `lethe mixnode` processes and loadgen's own final hop: the mix layer alone).
+    #[arg(long, global = true, value_enum, default_value_t = Network::Testnet)]
+    pub network: Network,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Network {
+    Testnet,
+    Mixnet,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Drive the embedded network once (the default).
+    /// Drive the network once (the default).
     Run,
     /// Saturate one mixnode: 2-hop routes [node, loadgen], rate ramped until it no longer keeps up.
     Node {
@@ -49,7 +68,8 @@ pub enum Command {
         #[command(flatten)]
         ramp: RampArgs,
     },
-    /// Raise the rate step by step on the embedded network until p99 or loss passes its bound.
+    /// Raise the rate step by step (on the local network or --target) until p99 or loss
+    /// passes its bound.
     Sweep {
         #[command(flatten)]
         ramp: RampArgs,
@@ -64,7 +84,8 @@ pub struct LoadArgs {
     /// How long to send: seconds, or with a unit (500ms, 10s, 2m).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_seconds)]
     pub duration: f64,
-    /// Senders, each with its own TCP connection and an equal share of the schedule.
+    /// Senders, each with its own connection (gateway session, or TCP to a mixnode) and an
+    /// equal share of the schedule.
     #[arg(long, global = true, default_value_t = 2)]
     pub clients: u32,
     /// Nym packet size.
@@ -86,10 +107,13 @@ pub struct LoadArgs {
     /// Seconds of packets built ahead of their scheduled time.
     #[arg(long, global = true, default_value_t = 1.0)]
     pub lookahead_s: f64,
-    /// Embedded network: mix nodes per layer (3 layers); sender i enters at layer-1 node
-    /// i % N, later layers are drawn per packet.
-    #[arg(long, global = true, default_value_t = 1)]
-    pub nodes_per_layer: u32,
+    /// Local network: mixnodes per layer (3 layers). Default 2 on the testnet, 1 with
+    /// --network mixnet (where sender i enters at layer-1 node i % N).
+    #[arg(long, global = true)]
+    pub nodes_per_layer: Option<u32>,
+    /// Local testnet: gateways (sender i connects to gateway i % N; one receiver each).
+    #[arg(long, global = true, default_value_t = 2)]
+    pub gateways: u32,
     /// No progress display.
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -204,8 +228,11 @@ impl LoadArgs {
         if self.clients == 0 || self.clients > 256 {
             return Err("--clients must be between 1 and 256".into());
         }
-        if self.nodes_per_layer == 0 || self.nodes_per_layer > 8 {
+        if self.nodes_per_layer.is_some_and(|n| n == 0 || n > 8) {
             return Err("--nodes-per-layer must be between 1 and 8".into());
+        }
+        if self.gateways == 0 || self.gateways > 8 {
+            return Err("--gateways must be between 1 and 8".into());
         }
         if !(self.mu.is_finite() && self.mu >= 0.0 && self.mu <= 10_000.0) {
             return Err("--mu must be between 0 and 10000 ms".into());

@@ -4,9 +4,8 @@
 //! - [`EmbeddedMixnet`]: three `lethe mixnode` processes (one per layer) spawned in a temp dir,
 //!   loadgen's [`FinalHop`] as the gateway; packets enter at layer 1 as from an entry gateway.
 //! - [`SingleNode`]: one existing mixnode, 2-hop routes [node, receiver].
-//! - A directory target (`--target URL`) will add a gateway-client driver: senders connect to
-//!   gateways as clients and the clients' inboxes report deliveries. Not available until the
-//!   directory exists.
+//! - [`crate::gateway::GatewayNetwork`]: a real network read from its directory (the testnet
+//!   `loadgen` starts, or `--target URL`); senders and receivers are gateway clients.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,10 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use lethe_crypto::framing::{FrameHeader, PacketSize};
 use lethe_crypto::sphinx::{address, Destination, RouteHop};
 use serde::Serialize;
 
-use crate::generator::Topology;
+use crate::gateway::ClientStats;
+use crate::generator::{Exit, Topology, Wire};
 use crate::receiver::{ActiveRun, FinalHop, ReceiverStats};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -76,6 +77,14 @@ pub trait Driver {
     fn receiver_stats(&self) -> ReceiverStats;
     /// An error if part of the network has died.
     fn check(&mut self) -> Result<(), String>;
+    /// How packets of `size` go on the wire (default: Nym frames over TCP).
+    fn wire(&self, size: PacketSize) -> Wire {
+        Wire::Frame(FrameHeader::v7(size))
+    }
+    /// Gateway-client counters (gateway drivers only).
+    fn client_stats(&self) -> Option<ClientStats> {
+        None
+    }
 }
 
 /// Where the `lethe` binary is: `--lethe`, then `LETHE_BIN`, then next to this executable.
@@ -140,14 +149,14 @@ fn hop(address: SocketAddr, public_key: [u8; 32]) -> RouteHop {
     }
 }
 
-fn receiver_hop(receiver: &FinalHop) -> (RouteHop, Destination) {
-    (
-        hop(receiver.address, receiver.public_key),
-        Destination {
+fn receiver_exit(receiver: &FinalHop) -> Exit {
+    Exit {
+        hop: hop(receiver.address, receiver.public_key),
+        destination: Destination {
             address: receiver.destination,
             identifier: [0; 16],
         },
-    )
+    }
 }
 
 /// One spawned `lethe mixnode run`.
@@ -373,11 +382,10 @@ impl Driver for EmbeddedMixnet {
                 nodes.push(hop(node.listen, *key));
             }
         }
-        let (last, destination) = receiver_hop(&self.receiver);
         Topology {
             layers,
-            last,
-            destination,
+            exits: vec![receiver_exit(&self.receiver)],
+            entry_per_client: true,
         }
     }
 
@@ -462,7 +470,7 @@ impl Driver for SingleNode {
     }
 
     fn topology(&self) -> Topology {
-        let (last, destination) = receiver_hop(&self.receiver);
+        let exit = receiver_exit(&self.receiver);
         let mut address = self.receiver.address;
         if address.ip().is_unspecified() {
             // Tell the node a concrete address: the one we reach it from.
@@ -472,14 +480,17 @@ impl Driver for SingleNode {
                 }
             }
         }
-        let last = RouteHop {
-            address: address::encode(&address),
-            ..last
+        let exit = Exit {
+            hop: RouteHop {
+                address: address::encode(&address),
+                ..exit.hop
+            },
+            ..exit
         };
         Topology {
             layers: vec![vec![hop(self.nodes[0].listen, self.key)]],
-            last,
-            destination,
+            exits: vec![exit],
+            entry_per_client: true,
         }
     }
 
@@ -498,13 +509,4 @@ impl Driver for SingleNode {
     fn check(&mut self) -> Result<(), String> {
         Ok(())
     }
-}
-
-/// `--target URL`: the gateway-client driver, once a directory exists to read the topology from.
-pub fn directory_driver(url: &str) -> Result<Box<dyn Driver>, String> {
-    Err(format!(
-        "--target {url}: driving a network through its directory (gateways and clients) is not \
-         available until the directory service exists. For now use the embedded network \
-         (`loadgen`, `loadgen sweep`) or one mixnode (`loadgen node ADDR --node-key HEX`)."
-    ))
 }

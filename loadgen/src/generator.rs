@@ -8,29 +8,42 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lethe_crypto::framing::{FrameHeader, HEADER_MAX_LEN};
+use lethe_crypto::framing::{FrameHeader, PacketSize, HEADER_MAX_LEN};
 use lethe_crypto::sphinx::{
     constants::MAX_PATH_LENGTH, create_batch, CreateJob, Destination, PacketSpec, RouteHop, Version,
 };
+use lethe_nodes::proto::payload::{write_surb_ack, SURB_ACK_BYTES};
+use lethe_nodes::proto::ClientMessage;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
 use crate::schedule::Schedule;
 use crate::sender::OutPacket;
-use crate::stamp::Stamp;
+use crate::stamp::{Stamp, STAMP_LEN};
+
+/// `ClientMessage::Forward` bytes around the packet: kind (1) and first hop (32).
+pub const FORWARD_OVERHEAD: usize = 1 + 32;
 
 /// Packets built per `create_batch` call.
 pub const CHUNK_PACKETS: usize = 64;
 
-/// Where packets go. Each packet takes one node of every mix layer, then `last`. A sender's
-/// first-layer node is fixed (its connection goes there: node `client % layer size`); the
-/// other layers' nodes are drawn uniformly at random per packet.
+/// The delivering hop of a route and the destination the packet is addressed to there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub hop: RouteHop,
+    pub destination: Destination,
+}
+
+/// Where packets go. Each packet takes one node of every mix layer, then one of `exits`
+/// (drawn per packet). With `entry_per_client` a sender's first-layer node is fixed (its TCP
+/// connection goes there: node `client % layer size`); otherwise (gateway clients: the entry
+/// gateway forwards to any layer-1 node) it is drawn per packet like the other layers, as
+/// `Topology::random_route` of the directory's topology does.
 #[derive(Clone, Debug)]
 pub struct Topology {
     pub layers: Vec<Vec<RouteHop>>,
-    /// The delivering hop.
-    pub last: RouteHop,
-    pub destination: Destination,
+    pub exits: Vec<Exit>,
+    pub entry_per_client: bool,
 }
 
 impl Topology {
@@ -49,15 +62,29 @@ impl Topology {
         if self.layers.iter().any(Vec::is_empty) {
             return Err("a mix layer has no nodes".into());
         }
+        if self.exits.is_empty() {
+            return Err("no delivering hop".into());
+        }
         Ok(())
     }
 
-    /// The route of a packet of sender `client`: `[entry, random per layer..., last]`.
-    fn route(&self, client: u32, rng: &mut ChaCha20Rng) -> [RouteHop; MAX_PATH_LENGTH] {
-        let mut route = [self.last; MAX_PATH_LENGTH];
+    /// The route of a packet of sender `client`: `[entry, random per layer..., exit]`, and
+    /// the exit's destination.
+    fn route(
+        &self,
+        client: u32,
+        rng: &mut ChaCha20Rng,
+    ) -> Option<([RouteHop; MAX_PATH_LENGTH], Destination)> {
+        let exit_count = self.exits.len() as u64;
+        let exit = if exit_count <= 1 {
+            self.exits.first()?
+        } else {
+            self.exits.get((rng.next_u64() % exit_count) as usize)?
+        };
+        let mut route = [exit.hop; MAX_PATH_LENGTH];
         for (index, layer) in self.layers.iter().enumerate().take(MAX_PATH_LENGTH - 1) {
             let count = layer.len().max(1) as u64;
-            let pick = if index == 0 {
+            let pick = if index == 0 && self.entry_per_client {
                 u64::from(client) % count
             } else {
                 rng.next_u64() % count
@@ -66,8 +93,18 @@ impl Topology {
                 route[index] = *hop;
             }
         }
-        route
+        Some((route, exit.destination))
     }
+}
+
+/// How a built packet is put on the wire.
+#[derive(Clone, Copy, Debug)]
+pub enum Wire {
+    /// A Nym frame (header + Sphinx packet) over TCP to a mixnode; the payload is the stamp.
+    Frame(FrameHeader),
+    /// A gateway client's `ClientMessage::Forward { first_hop, packet }` (sealed by the
+    /// session later); the payload is an empty SURB-ACK prefix (no ACK) and the stamp.
+    GatewayForward,
 }
 
 /// What every packet of a run looks like.
@@ -76,14 +113,49 @@ pub struct PacketPlan {
     pub topology: Topology,
     /// Senders (for the first-layer choice).
     pub clients: u32,
-    pub header: FrameHeader,
+    pub size: PacketSize,
+    pub wire: Wire,
     /// Mean of the exponential per-hop delay, ns (0: no delay).
     pub delay_ns_mean: f64,
 }
 
 impl PacketPlan {
+    /// Bytes of one built packet as the sender hands it on.
     pub fn frame_len(&self) -> usize {
-        self.header.frame_len()
+        match self.wire {
+            Wire::Frame(header) => header.frame_len(),
+            Wire::GatewayForward => FORWARD_OVERHEAD + self.size.packet_len(),
+        }
+    }
+
+    /// The Sphinx message of `stamp`.
+    fn message(&self, stamp: &Stamp) -> Vec<u8> {
+        match self.wire {
+            Wire::Frame(_) => stamp.encode().to_vec(),
+            Wire::GatewayForward => {
+                let mut message = vec![0u8; SURB_ACK_BYTES + STAMP_LEN];
+                // Cannot fail: the buffer is longer than the prefix.
+                let _ = write_surb_ack(&mut message, None);
+                message[SURB_ACK_BYTES..].copy_from_slice(&stamp.encode());
+                message
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.topology.validate()?;
+        if let Wire::GatewayForward = self.wire {
+            if self.size == PacketSize::Ack
+                || self.size.plaintext_len() < SURB_ACK_BYTES + STAMP_LEN
+            {
+                return Err(format!(
+                    "--packet-size {}: gateway clients send forward packets, which need room for \
+                     the SURB-ACK prefix; use regular or an extended size",
+                    crate::cli::size_name(self.size)
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Mean total delay the packet's mix hops add (the last hop's delay is not encoded).
@@ -141,21 +213,36 @@ pub fn build_chunk(
     frames.clear();
     let hops = plan.topology.hops().min(MAX_PATH_LENGTH);
     let clients = u64::from(plan.clients.max(1));
-    let routes: Vec<[RouteHop; MAX_PATH_LENGTH]> = stamps
-        .iter()
-        .map(|stamp| plan.topology.route((stamp.seq % clients) as u32, rng))
-        .collect();
+    let mut routes = Vec::with_capacity(stamps.len());
+    let mut destinations = Vec::with_capacity(stamps.len());
+    let mut errors = 0;
+    let mut stamps_ok = Vec::with_capacity(stamps.len());
+    for stamp in stamps {
+        match plan.topology.route((stamp.seq % clients) as u32, rng) {
+            Some((route, destination)) => {
+                routes.push(route);
+                destinations.push(destination);
+                stamps_ok.push(*stamp);
+            }
+            None => errors += 1,
+        }
+    }
+    let stamps = &stamps_ok[..];
     let mut head = [0u8; HEADER_MAX_LEN];
-    let head_len = plan.header.encode(&mut head);
-    let messages: Vec<[u8; crate::stamp::STAMP_LEN]> = stamps.iter().map(Stamp::encode).collect();
+    let head_len = match plan.wire {
+        Wire::Frame(header) => header.encode(&mut head),
+        Wire::GatewayForward => 0,
+    };
+    let messages: Vec<Vec<u8>> = stamps.iter().map(|stamp| plan.message(stamp)).collect();
     let delays: Vec<[u64; MAX_PATH_LENGTH]> = stamps
         .iter()
         .map(|_| std::array::from_fn(|_| exponential_ns(rng, plan.delay_ns_mean)))
         .collect();
+    let packet_len = head_len + plan.size.packet_len();
     let mut buffers: Vec<Vec<u8>> = stamps
         .iter()
         .map(|_| {
-            let mut frame = vec![0u8; plan.frame_len()];
+            let mut frame = vec![0u8; packet_len];
             frame[..head_len].copy_from_slice(&head[..head_len]);
             frame
         })
@@ -164,18 +251,24 @@ pub fn build_chunk(
     {
         let mut jobs: Vec<CreateJob<'_>> = buffers
             .iter_mut()
-            .zip(messages.iter().zip(delays.iter().zip(&routes)))
-            .map(|(frame, (message, (delays, route)))| CreateJob {
-                out: &mut frame[head_len..],
-                message,
-                spec: PacketSpec {
-                    route: &route[..hops],
-                    delays_ns: &delays[..hops],
-                    destination: &plan.topology.destination,
-                    version: Version::CURRENT,
+            .zip(
+                messages
+                    .iter()
+                    .zip(delays.iter().zip(routes.iter().zip(&destinations))),
+            )
+            .map(
+                |(frame, (message, (delays, (route, destination))))| CreateJob {
+                    out: &mut frame[head_len..],
+                    message,
+                    spec: PacketSpec {
+                        route: &route[..hops],
+                        delays_ns: &delays[..hops],
+                        destination,
+                        version: Version::CURRENT,
+                    },
+                    initial_secret: None,
                 },
-                initial_secret: None,
-            })
+            )
             .collect();
         create_batch(&mut jobs, rng, |index, result| {
             if let Some(slot) = ok.get_mut(index) {
@@ -183,13 +276,20 @@ pub fn build_chunk(
             }
         });
     }
-    let mut errors = 0;
-    for ((stamp, frame), ok) in stamps.iter().zip(buffers).zip(ok) {
-        if ok {
-            frames.push((*stamp, frame));
-        } else {
+    for (((stamp, frame), ok), route) in stamps.iter().zip(buffers).zip(ok).zip(&routes) {
+        if !ok {
             errors += 1;
+            continue;
         }
+        let frame = match plan.wire {
+            Wire::Frame(_) => frame,
+            Wire::GatewayForward => ClientMessage::Forward {
+                first_hop: route[0].address,
+                packet: frame,
+            }
+            .encode(),
+        };
+        frames.push((*stamp, frame));
     }
     errors
 }
@@ -308,14 +408,18 @@ mod tests {
         let plan = PacketPlan {
             topology: Topology {
                 layers: vec![vec![hop_a, hop_b]],
-                last,
-                destination: Destination {
-                    address: [5; 32],
-                    identifier: [0; 16],
-                },
+                exits: vec![Exit {
+                    hop: last,
+                    destination: Destination {
+                        address: [5; 32],
+                        identifier: [0; 16],
+                    },
+                }],
+                entry_per_client: true,
             },
             clients: 2,
-            header: FrameHeader::v7(PacketSize::Ack),
+            size: PacketSize::Ack,
+            wire: Wire::Frame(FrameHeader::v7(PacketSize::Ack)),
             delay_ns_mean: 1e6,
         };
         let stamps: Vec<Stamp> = (0..20)
@@ -354,19 +458,22 @@ mod tests {
         let hops: Vec<RouteHop> = (1..=4).map(|t| node(t).1).collect();
         let topology = Topology {
             layers: vec![vec![hops[0]], vec![hops[1], hops[2], hops[3]]],
-            last: node(9).1,
-            destination: Destination {
-                address: [0; 32],
-                identifier: [0; 16],
-            },
+            exits: vec![Exit {
+                hop: node(9).1,
+                destination: Destination {
+                    address: [0; 32],
+                    identifier: [0; 16],
+                },
+            }],
+            entry_per_client: true,
         };
         topology.validate().unwrap();
         let mut rng = os_rng().unwrap();
         let mut seen = [0u32; 3];
         for _ in 0..300 {
-            let route = topology.route(0, &mut rng);
+            let (route, _) = topology.route(0, &mut rng).unwrap();
             assert_eq!(route[0], hops[0]);
-            assert_eq!(route[2], topology.last);
+            assert_eq!(route[2], topology.exits[0].hop);
             let index = hops[1..].iter().position(|h| *h == route[1]).unwrap();
             seen[index] += 1;
         }
@@ -376,5 +483,69 @@ mod tests {
             ..topology.clone()
         };
         assert!(too_long.validate().is_err());
+    }
+
+    #[test]
+    fn gateway_forwards_carry_the_first_hop_and_an_ack_less_payload() {
+        let (entry, hop_a) = node(1);
+        let (last_secret, last) = node(9);
+        let exit = |address: u8| Exit {
+            hop: last,
+            destination: Destination {
+                address: [address; 32],
+                identifier: [0; 16],
+            },
+        };
+        let plan = PacketPlan {
+            topology: Topology {
+                layers: vec![vec![hop_a]],
+                exits: vec![exit(5), exit(6)],
+                entry_per_client: false,
+            },
+            clients: 1,
+            size: PacketSize::Regular,
+            wire: Wire::GatewayForward,
+            delay_ns_mean: 0.0,
+        };
+        plan.validate().unwrap();
+        let stamps: Vec<Stamp> = (0..40)
+            .map(|seq| Stamp {
+                run_id: 2,
+                seq,
+                scheduled_ns: seq,
+            })
+            .collect();
+        let mut rng = os_rng().unwrap();
+        let mut frames = Vec::new();
+        assert_eq!(build_chunk(&plan, &stamps, &mut rng, &mut frames), 0);
+        let mut seen = std::collections::BTreeSet::new();
+        for (stamp, frame) in &frames {
+            assert_eq!(frame.len(), plan.frame_len());
+            let ClientMessage::Forward { first_hop, packet } =
+                ClientMessage::decode(frame).unwrap()
+            else {
+                panic!("not a forward");
+            };
+            assert_eq!(first_hop, hop_a.address);
+            let mut bytes = packet;
+            let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+            sphinx::process(&mut packet, &entry).unwrap();
+            let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+            let processed = sphinx::process(&mut packet, &last_secret).unwrap();
+            let Hop::Final { destination, .. } = processed.hop else {
+                panic!("not final");
+            };
+            seen.insert(destination[0]);
+            let plaintext = sphinx::recover_plaintext(&bytes[HEADER_SIZE..]).unwrap();
+            let split = lethe_nodes::proto::payload::split_forward(plaintext).unwrap();
+            assert!(split.ack.is_none());
+            assert_eq!(Stamp::decode(split.content), Some(*stamp));
+        }
+        assert_eq!(seen.len(), 2, "both exits are used");
+        let ack = PacketPlan {
+            size: PacketSize::Ack,
+            ..plan
+        };
+        assert!(ack.validate().is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod driver;
+mod gateway;
 mod generator;
 mod output;
 mod plot;
@@ -14,16 +15,19 @@ mod schedule;
 mod scrape;
 mod sender;
 mod stamp;
+mod testnet;
 mod tracker;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, Network};
 use driver::{Driver, EmbeddedMixnet, EmbeddedOptions, SingleNode};
+use gateway::{DirectoryInfo, GatewayNetwork};
 use report::Report;
 use run::{LoadParams, RunOutcome};
+use testnet::{Testnet, TestnetOptions};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -39,9 +43,6 @@ fn main() -> ExitCode {
 fn real_main(cli: &Cli) -> Result<(), String> {
     cli.load.validate()?;
     run::install_interrupt()?;
-    if let Some(url) = &cli.target {
-        driver::directory_driver(url)?;
-    }
     let base = LoadParams {
         rate_per_s: cli.load.rate,
         duration_s: cli.load.duration,
@@ -55,31 +56,89 @@ fn real_main(cli: &Cli) -> Result<(), String> {
         progress: !cli.load.quiet,
         label: "loadgen".into(),
     };
-    let mut driver: Box<dyn Driver> = match &cli.command {
-        Some(Command::Node {
-            addr,
-            node_key,
-            node_metrics,
-            ..
-        }) => {
+    let say = |message: &str| status(cli, message);
+    let gateway_clients = !matches!(cli.command, Some(Command::Node { .. }))
+        && (cli.target.is_some() || cli.network == Network::Testnet);
+    if gateway_clients && base.size == lethe_crypto::framing::PacketSize::Ack {
+        return Err(
+            "--packet-size ack: gateway clients send forward packets, which need room \
+                    for the SURB-ACK prefix; use regular or an extended size (ack-size packets \
+                    work with --network mixnet and `node`)"
+                .into(),
+        );
+    }
+    let mut directory: Option<DirectoryInfo> = None;
+    let mut driver: Box<dyn Driver> = match (&cli.command, &cli.target) {
+        (Some(Command::Node { .. }), Some(_)) => {
+            return Err("`node` drives one mixnode directly: it takes no --target".into())
+        }
+        (
+            Some(Command::Node {
+                addr,
+                node_key,
+                node_metrics,
+                ..
+            }),
+            None,
+        ) => {
             let key = driver::parse_key_hex(node_key).map_err(|e| format!("--node-key: {e}"))?;
             Box::new(SingleNode::new(*addr, key, *node_metrics)?)
         }
-        _ => {
+        (_, Some(url)) => {
+            let key = match &cli.directory_key {
+                Some(hex) => {
+                    Some(driver::parse_key_hex(hex).map_err(|e| format!("--directory-key: {e}"))?)
+                }
+                None => None,
+            };
+            say(&format!("reading the topology from {url}"));
+            let mut network = GatewayNetwork::start("target", url, key, base.size, None)?;
+            network.warm_up(&say)?;
+            directory = Some(network.directory.clone());
+            Box::new(network)
+        }
+        (_, None) if cli.network == Network::Mixnet => {
             let lethe = driver::find_lethe(cli.lethe.as_deref())?;
-            status(
-                cli,
-                &format!(
-                    "starting the embedded network ({} mixnodes + receiver)",
-                    3 * cli.load.nodes_per_layer
-                ),
-            );
+            let nodes_per_layer = cli.load.nodes_per_layer.unwrap_or(1);
+            say(&format!(
+                "starting the embedded mixnet ({} mixnodes + receiver)",
+                3 * nodes_per_layer
+            ));
             Box::new(EmbeddedMixnet::start(&EmbeddedOptions {
                 lethe,
                 layers: 3,
-                nodes_per_layer: cli.load.nodes_per_layer,
+                nodes_per_layer,
                 extra_args: Vec::new(),
             })?)
+        }
+        (_, None) => {
+            let lethe = driver::find_lethe(cli.lethe.as_deref())?;
+            let options = TestnetOptions {
+                lethe,
+                mixnodes_per_layer: cli.load.nodes_per_layer.unwrap_or(2),
+                gateways: cli.load.gateways,
+            };
+            say(&format!(
+                "starting a local testnet (lethe testnet up: directory, {} mixnodes, {} gateways)",
+                3 * options.mixnodes_per_layer,
+                options.gateways
+            ));
+            let testnet = Testnet::up(&options)?;
+            if run::interrupted() {
+                return Err("interrupted while the testnet started (it has been stopped)".into());
+            }
+            let url = testnet.directory_url.clone();
+            let key = driver::parse_key_hex(&testnet.directory_key)
+                .map_err(|e| format!("testnet directory key: {e}"))?;
+            say(&format!(
+                "testnet up (directory {url}, state in {}); connecting gateway clients",
+                testnet.dir().display()
+            ));
+            let mut network =
+                GatewayNetwork::start("testnet", &url, Some(key), base.size, Some(testnet))?;
+            network.warm_up(&say)?;
+            directory = Some(network.directory.clone());
+            Box::new(network)
         }
     };
     let plan = run::plan(driver.as_ref(), &base)?;
@@ -100,7 +159,10 @@ fn real_main(cli: &Cli) -> Result<(), String> {
         }
         Some(Command::Run) | None => ("run", run::run_load(driver.as_mut(), &base)?, None),
     };
-    let report = build_report(mode, driver.as_ref(), &detail, ramp, capacity);
+    let mut report = build_report(mode, driver.as_ref(), &detail, ramp, capacity);
+    report.directory = directory;
+    // Stop the network (testnet down) before printing: the report is the last word.
+    drop(driver);
     if let Some(dir) = &cli.output.out {
         output::write_all(dir, &report, &detail)?;
     }
@@ -149,6 +211,7 @@ fn build_report(
         mode: mode.to_string(),
         driver: driver.kind().to_string(),
         nodes: driver.nodes().to_vec(),
+        directory: None,
         config: report::config(detail),
         result,
         ramp,

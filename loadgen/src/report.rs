@@ -24,6 +24,9 @@ pub struct Report {
     pub mode: String,
     pub driver: String,
     pub nodes: Vec<NodeInfo>,
+    /// The directory the topology came from (drivers `testnet` and `target`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory: Option<crate::gateway::DirectoryInfo>,
     pub config: Config,
     /// The run (for `node`/`sweep`: the highest sustained step, else the first step).
     pub result: RunReport,
@@ -94,6 +97,9 @@ pub struct RunReport {
     pub nodes: Vec<NodeReport>,
     pub generator: Generator,
     pub receiver: Receiver,
+    /// What loadgen's gateway clients saw (drivers `testnet` and `target`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_clients: Option<crate::gateway::ClientStats>,
     pub timeseries: Vec<SecondReport>,
     pub times: Times,
 }
@@ -319,6 +325,7 @@ pub fn run_report(outcome: &RunOutcome, capacity_per_s: f64) -> RunReport {
             stats: outcome.receiver,
             busy_ratio: ratio(outcome.receiver.busy_ns as f64 / 1e9, outcome.wall_s),
         },
+        gateway_clients: outcome.clients.clone(),
         timeseries: timeseries(outcome),
         times: Times {
             expected_mix_delay_ms: outcome.expected_delay_ms,
@@ -362,6 +369,25 @@ fn timeseries(outcome: &RunOutcome) -> Vec<SecondReport> {
 }
 
 /// Warnings a reader must not miss.
+/// The warning for `count` packets a gateway answered with error `code` (its report name).
+pub fn gateway_error_warning(code: &str, count: u64) -> String {
+    let why = match code {
+        "no_bandwidth" => {
+            "NO_BANDWIDTH: the gateway admits packets only against bandwidth credentials and \
+             loadgen presents none (it does not implement credentials)"
+        }
+        "bad_credential" => "BAD_CREDENTIAL: the gateway refused a credential",
+        "not_layer1" => {
+            "NOT_LAYER1: the first hop is not a layer-1 mixnode in the gateway's topology (its \
+             view may be older than the directory's)"
+        }
+        "overloaded" => "OVERLOADED: the gateway could not queue the packet",
+        "malformed" => "MALFORMED: the gateway could not parse a message",
+        _ => "an unknown error code",
+    };
+    format!("the gateways answered {count} packets with {why}")
+}
+
 pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Vec<String> {
     let mut out = Vec::new();
     if run.interrupted {
@@ -415,6 +441,18 @@ pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Ve
             }
         ));
     }
+    if let Some(clients) = &run.gateway_clients {
+        for (code, count) in &clients.gateway_errors {
+            out.push(gateway_error_warning(code, *count));
+        }
+        if clients.session_failures > 0 {
+            out.push(format!(
+                "{} gateway client sessions failed: {}",
+                clients.session_failures,
+                clients.errors.join("; ")
+            ));
+        }
+    }
     if run.receiver.busy_ratio > CAPACITY_WARN_RATIO {
         out.push(format!(
             "loadgen's receiver was busy {:.0}% of the time: it may be the bottleneck",
@@ -467,6 +505,20 @@ pub fn render_text(report: &Report) -> String {
         c.packet_bytes,
         c.delay_ms_mean
     );
+    if let Some(d) = &report.directory {
+        let _ = writeln!(
+            out,
+            "  directory {} epoch {} key {}{}",
+            d.url,
+            d.epoch,
+            d.key,
+            if d.key_pinned {
+                ""
+            } else {
+                " (trust on first use)"
+            }
+        );
+    }
     if let Some(ramp) = &report.ramp {
         render_ramp(&mut out, ramp);
         let _ = writeln!(out, "\nDetail of step at {:.0} packets/s:", c.rate_per_s);
@@ -511,6 +563,29 @@ pub fn render_text(report: &Report) -> String {
         ms(s.p99),
         ms(s.max)
     );
+    if let Some(gc) = &r.gateway_clients {
+        let errors: Vec<String> = gc
+            .gateway_errors
+            .iter()
+            .map(|(code, n)| format!("{code} {n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  gateway clients   {} senders, {} receivers; forwards {}  deliveries {}  confirmed {}  \
+             gateway errors {}  failed sessions {}",
+            gc.senders,
+            gc.receivers,
+            gc.forwards,
+            gc.deliveries,
+            gc.confirmed,
+            if errors.is_empty() {
+                "0".to_string()
+            } else {
+                errors.join(", ")
+            },
+            gc.session_failures
+        );
+    }
     render_nodes(&mut out, r);
     let g = &r.generator;
     let _ = writeln!(

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use lethe_crypto::framing::{FrameHeader, PacketSize};
+use lethe_crypto::framing::PacketSize;
 
 use crate::driver::{Driver, NodeInfo};
 use crate::generator::{generate, GeneratorJob, GeneratorLive, GeneratorStats, PacketPlan};
@@ -83,6 +83,8 @@ pub struct RunOutcome {
     pub interrupted: bool,
     pub tracker: TrackerResult,
     pub receiver: ReceiverStats,
+    /// Gateway-client counters over the run (gateway drivers).
+    pub clients: Option<crate::gateway::ClientStats>,
     pub nodes: Vec<(NodeInfo, Result<NodeDelta, String>)>,
     /// From the start to the last frame handed to the kernel.
     pub send_window_s: f64,
@@ -116,6 +118,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     let tracker = Arc::new(Tracker::new(params.run_id, schedule.total)?);
     let before = scrape_all(driver.nodes());
     let receiver_before = driver.receiver_stats();
+    let clients_before = driver.client_stats();
     let mut injectors = Vec::new();
     for client in 0..params.clients {
         injectors.push(driver.connect(client)?);
@@ -242,6 +245,9 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         interrupted: interrupted(),
         tracker: tracker.result()?,
         receiver: driver.receiver_stats().since(&receiver_before),
+        clients: driver
+            .client_stats()
+            .map(|after| after.since(&clients_before.unwrap_or_default())),
         nodes,
         sender,
         send_window_s,
@@ -251,14 +257,15 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
 
 /// The packet plan of `params` on `driver`'s topology.
 pub fn plan(driver: &dyn Driver, params: &LoadParams) -> Result<PacketPlan, String> {
-    let topology = driver.topology();
-    topology.validate()?;
-    Ok(PacketPlan {
-        topology,
+    let plan = PacketPlan {
+        topology: driver.topology(),
         clients: params.clients,
-        header: FrameHeader::v7(params.size),
+        size: params.size,
+        wire: driver.wire(params.size),
         delay_ns_mean: params.delay_ms_mean.max(0.0) * 1e6,
-    })
+    };
+    plan.validate()?;
+    Ok(plan)
 }
 
 /// True when a run of `rate_per_s` for `duration_s` fits in the queues whole, so that every

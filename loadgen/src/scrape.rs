@@ -94,8 +94,26 @@ fn label<'a>(series: &'a str, key: &str) -> Option<&'a str> {
     })
 }
 
+/// Gateway counters (`lethe_gateway_<name>_total`) that count packets a gateway refused or
+/// dropped; the report lists them as drop reasons `gateway_<name>`.
+const GATEWAY_DROPS: [&str; 7] = [
+    "forward_refused",
+    "egress_dropped",
+    "final_hop_malformed",
+    "unknown_destination_dropped",
+    "mailbox_full_dropped",
+    "mailbox_expired",
+    "commands_dropped",
+];
+
 pub fn delta(before: &Samples, after: &Samples) -> NodeDelta {
     let mut dropped = BTreeMap::new();
+    for name in GATEWAY_DROPS {
+        let series = format!("lethe_gateway_{name}_total");
+        if after.contains_key(&series) {
+            dropped.insert(format!("gateway_{name}"), counter(before, after, &series));
+        }
+    }
     let mut stage_buckets: BTreeMap<String, Vec<(f64, u64)>> = BTreeMap::new();
     for series in after.keys() {
         if series.starts_with("lethe_packets_dropped_total{") {
@@ -180,6 +198,19 @@ lethe_stage_seconds_bucket{stage=\"crypto_per_packet\",le=\"0.000064\"} 100\n\
 lethe_stage_seconds_bucket{stage=\"crypto_per_packet\",le=\"+Inf\"} 100\n\
 lethe_stage_seconds_sum{stage=\"crypto_per_packet\"} 0.003\n\
 lethe_stage_seconds_count{stage=\"crypto_per_packet\"} 100\n";
+
+    #[test]
+    fn gateway_drops_are_reasons() {
+        let before = parse("lethe_gateway_forward_refused_total 1\n");
+        let after = parse(
+            "lethe_gateway_forward_refused_total 4\nlethe_gateway_mailbox_full_dropped_total 2\n\
+             lethe_gateway_confirms_total 9\n",
+        );
+        let d = delta(&before, &after);
+        assert_eq!(d.dropped["gateway_forward_refused"], 3);
+        assert_eq!(d.dropped["gateway_mailbox_full_dropped"], 2);
+        assert_eq!(d.dropped_total, 5);
+    }
 
     #[test]
     fn deltas_by_reason_and_stage() {

@@ -1,16 +1,119 @@
-//! Real processes on loopback: `loadgen` starts its embedded network (3 `lethe mixnode`
-//! processes and its own receiver) at a low rate. Outcomes are checked, never speed.
+//! Real processes on loopback: bare `loadgen` starts a testnet (`lethe testnet up`) and drives
+//! it through gateway clients; `--network mixnet` starts 3 `lethe mixnode` processes and its
+//! own receiver; `--target` drives a testnet a test started. Outcomes are checked, never speed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::process::Command;
 
-use common::{assert_valid, check_success, loadgen, LOADGEN};
+use common::{
+    assert_valid, check_success, lethe, loadgen, testnet_processes, TestnetGuard, LOADGEN,
+};
 
 #[test]
-fn json_report_validates_against_the_schema_and_loses_nothing_at_a_low_rate() {
+fn default_run_drives_a_testnet_through_gateway_clients_and_stops_it() {
+    let output = loadgen(&["--json", "--duration", "2", "--rate", "100"]);
+    check_success(&output);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_valid(&report);
+    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["mode"], "run");
+    assert_eq!(report["driver"], "testnet");
+    assert_eq!(report["directory"]["key_pinned"], true);
+    let result = &report["result"];
+    assert_eq!(result["offered"]["packets"], 200);
+    assert!(
+        result["delivered"]["packets"].as_u64().unwrap() > 0,
+        "{result:#}"
+    );
+    // 6 mixnodes and 2 gateways, every one scraped.
+    let nodes = result["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 8);
+    for node in nodes {
+        assert!(node["error"].is_null(), "{node:#}");
+    }
+    let clients = &result["gateway_clients"];
+    assert_eq!(clients["senders"], 2);
+    assert_eq!(clients["receivers"], 2);
+    assert_eq!(clients["forwards"], result["sent"]["packets"]);
+    // Every delivery was confirmed (the gateways' mailboxes do not fill up).
+    assert_eq!(clients["confirmed"], clients["deliveries"], "{clients:#}");
+    // The testnet was stopped: no node of it is left.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let dir = stderr
+        .lines()
+        .find_map(|l| l.split("state in ").nth(1))
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no state dir in stderr:\n{stderr}"));
+    assert!(
+        testnet_processes(dir).is_empty(),
+        "testnet {dir} still running"
+    );
+    assert!(!std::path::Path::new(dir).exists(), "{dir} not removed");
+}
+
+#[test]
+fn target_drives_an_existing_network_with_or_without_a_pinned_key() {
+    let net = TestnetGuard::up("target");
     let output = loadgen(&[
+        "--json",
+        "--quiet",
+        "--target",
+        &net.url,
+        "--directory-key",
+        &net.key,
+        "--duration",
+        "1",
+        "--rate",
+        "50",
+    ]);
+    check_success(&output);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_valid(&report);
+    assert_eq!(report["driver"], "target");
+    assert_eq!(report["directory"]["key"], net.key.as_str());
+    assert_eq!(report["directory"]["key_pinned"], true);
+    assert!(report["result"]["delivered"]["packets"].as_u64().unwrap() > 0);
+
+    // Trust on first use, said on stderr.
+    let output = loadgen(&[
+        "--target",
+        &net.url,
+        "--duration",
+        "1",
+        "--rate",
+        "20",
+        "--quiet",
+    ]);
+    check_success(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("trust on first use"), "{stderr}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("(trust on first use)"), "{text}");
+
+    // A wrong key is refused.
+    let wrong = "11".repeat(32);
+    let output = loadgen(&[
+        "--target",
+        &net.url,
+        "--directory-key",
+        &wrong,
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("topology refused"));
+    // The network is still up (loadgen stops only what it started).
+    assert!(!testnet_processes(net.dir.to_str().unwrap()).is_empty());
+}
+
+#[test]
+fn mixnet_json_report_validates_against_the_schema_and_loses_nothing_at_a_low_rate() {
+    let output = loadgen(&[
+        "--network",
+        "mixnet",
         "--json",
         "--duration",
         "2",
@@ -26,7 +129,10 @@ fn json_report_validates_against_the_schema_and_loses_nothing_at_a_low_rate() {
     assert_valid(&report);
     assert_eq!(report["schema_version"], 1);
     assert_eq!(report["mode"], "run");
+    assert_eq!(report["driver"], "embedded-mixnet");
+    assert!(report.get("directory").is_none());
     let result = &report["result"];
+    assert!(result.get("gateway_clients").is_none());
     assert_eq!(result["offered"]["packets"], 400);
     assert_eq!(result["sent"]["packets"], 400);
     assert!(result["delivered"]["packets"].as_u64().unwrap() > 0);
@@ -93,7 +199,7 @@ fn out_dir_gets_every_file_and_the_plots_are_pngs() {
 }
 
 #[test]
-fn clear_errors_for_a_missing_lethe_and_the_directory_target() {
+fn clear_errors_for_a_missing_lethe_and_an_unreachable_directory() {
     let output = Command::new(LOADGEN)
         .args(["--lethe", "/nonexistent/lethe", "--duration", "1"])
         .output()
@@ -106,14 +212,12 @@ fn clear_errors_for_a_missing_lethe_and_the_directory_target() {
     );
 
     let output = Command::new(LOADGEN)
-        .args(["--target", "http://127.0.0.1:1/directory"])
+        .args(["--target", "http://127.0.0.1:1", "--quiet"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("not available until the directory"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("http://127.0.0.1:1"), "{stderr}");
     assert!(output.stdout.is_empty());
+    let _ = lethe();
 }

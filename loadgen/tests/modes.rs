@@ -42,7 +42,7 @@ fn sweep_reports_its_steps() {
     check_success(&output);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["mode"], "sweep");
-    assert_eq!(report["driver"], "embedded-mixnet");
+    assert_eq!(report["driver"], "testnet");
     check_ramp(&report, 2);
 }
 

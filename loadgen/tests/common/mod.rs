@@ -161,3 +161,80 @@ impl Drop for Mixnode {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Pids of processes whose command line mentions `dir` (a testnet's state directory).
+pub fn testnet_processes(dir: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(dir) && !cmdline.contains("testnet down") {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A `lethe testnet up` started by a test (2 mixnodes per layer, 2 gateways, no provider);
+/// `testnet down` on drop.
+pub struct TestnetGuard {
+    pub dir: PathBuf,
+    pub url: String,
+    pub key: String,
+}
+
+impl TestnetGuard {
+    pub fn up(name: &str) -> TestnetGuard {
+        let dir = std::env::temp_dir().join(format!("loadgen-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = Command::new(lethe())
+            .args(["testnet", "up", "--dir", dir.to_str().unwrap()])
+            .args([
+                "--mixnodes-per-layer",
+                "1",
+                "--gateways",
+                "1",
+                "--provider",
+                "false",
+            ])
+            .output()
+            .unwrap();
+        let mut guard = TestnetGuard {
+            dir,
+            url: String::new(),
+            key: String::new(),
+        };
+        assert!(
+            output.status.success(),
+            "testnet up: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let field = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        guard.url = field("directory=");
+        guard.key = field("directory_key=");
+        guard
+    }
+}
+
+impl Drop for TestnetGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(lethe())
+            .args(["testnet", "down", "--dir", self.dir.to_str().unwrap()])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

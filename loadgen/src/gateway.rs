@@ -1,0 +1,872 @@
+//! The gateway driver: a real Lethe network read from its directory. loadgen's senders and
+//! receivers are gateway clients (ed25519 identities made in memory, the client ↔ gateway
+//! WebSocket protocol of `lethe_nodes::proto`):
+//!
+//! - one receiver per gateway, connected before the run (a destination must have completed a
+//!   handshake with its gateway to get deliveries); it reads `Deliver` messages, records the
+//!   stamp's latency and confirms the ids in batches so the gateway's mailbox stays empty;
+//! - sender `i` connects to gateway `i % gateways` and sends `ClientMessage::Forward`s; each
+//!   packet's route is `[L1, L2, L3, receiver's gateway]`, drawn per packet from the verified
+//!   topology, addressed to that receiver's identity.
+//!
+//! The sessions run on a small tokio runtime; the sender threads hand their batches over a
+//! bounded queue (a full queue makes the sender wait, so a slow gateway shows as lateness).
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use lethe_crypto::framing::PacketSize;
+use lethe_crypto::sphinx::{Destination, RouteHop};
+use lethe_nodes::directory::client::{fetch_key, fetch_topology, http_client};
+use lethe_nodes::keyfile;
+use lethe_nodes::proto::messages::{error_code, CONFIRM_IDS_MAX};
+use lethe_nodes::proto::{
+    ClientHandshake, ClientMessage, DeliveryKind, GatewayMessage, Session, WS_MESSAGE_BYTES_MAX,
+};
+use lethe_nodes::topology::Descriptor;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::driver::{Driver, Injector, NodeInfo};
+use crate::generator::{Exit, Topology, Wire, FORWARD_OVERHEAD};
+use crate::receiver::{ActiveRun, ReceiverCounters, ReceiverStats};
+use crate::stamp::Stamp;
+use crate::testnet::Testnet;
+use crate::tracker::Arrival;
+
+/// Connect + handshake + welcome, per session.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// A sender waits at most this long for room in its session's queue.
+const QUEUE_WAIT_MAX: Duration = Duration::from_secs(10);
+/// Batches (of up to 64 packets) queued per sender session.
+const SENDER_QUEUE_BATCHES: usize = 32;
+/// Receivers confirm when this many ids are pending, or every [`CONFIRM_INTERVAL`].
+const CONFIRM_BATCH: usize = 256;
+const CONFIRM_INTERVAL: Duration = Duration::from_millis(50);
+/// Distinct error texts kept for the report.
+const ERRORS_KEPT: usize = 8;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The name of a gateway `Error` code, as the report shows it.
+pub fn error_name(code: u8) -> &'static str {
+    match code {
+        error_code::MALFORMED => "malformed",
+        error_code::NOT_LAYER1 => "not_layer1",
+        error_code::OVERLOADED => "overloaded",
+        error_code::NO_BANDWIDTH => "no_bandwidth",
+        error_code::BAD_CREDENTIAL => "bad_credential",
+        _ => "other",
+    }
+}
+
+/// What the gateway clients saw (the report's `gateway_clients`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClientStats {
+    pub senders: u64,
+    pub receivers: u64,
+    /// Sessions established (handshake done, `Welcome` received).
+    pub sessions: u64,
+    /// Sessions that ended with an error.
+    pub session_failures: u64,
+    /// `Forward` messages written to sender sessions.
+    pub forwards: u64,
+    /// Times a sender found its session's queue full and waited.
+    pub queue_full_waits: u64,
+    /// `Error` replies from the gateways, by code (`no_bandwidth`, `not_layer1`, ...).
+    pub gateway_errors: BTreeMap<String, u64>,
+    /// `Deliver` messages the receivers got (all kinds).
+    pub deliveries: u64,
+    /// Delivery ids confirmed back to the gateways, and in how many `Confirm` messages.
+    pub confirmed: u64,
+    pub confirm_messages: u64,
+    /// The first distinct error texts (gateway errors, session failures).
+    pub errors: Vec<String>,
+}
+
+impl ClientStats {
+    /// `self - before`, counter by counter (the error texts are kept whole).
+    pub fn since(&self, before: &ClientStats) -> ClientStats {
+        let mut gateway_errors = self.gateway_errors.clone();
+        for (code, count) in &mut gateway_errors {
+            *count = count.saturating_sub(before.gateway_errors.get(code).copied().unwrap_or(0));
+        }
+        gateway_errors.retain(|_, count| *count > 0);
+        ClientStats {
+            senders: self.senders.saturating_sub(before.senders),
+            receivers: self.receivers,
+            sessions: self.sessions.saturating_sub(before.sessions),
+            session_failures: self
+                .session_failures
+                .saturating_sub(before.session_failures),
+            forwards: self.forwards.saturating_sub(before.forwards),
+            queue_full_waits: self
+                .queue_full_waits
+                .saturating_sub(before.queue_full_waits),
+            gateway_errors,
+            deliveries: self.deliveries.saturating_sub(before.deliveries),
+            confirmed: self.confirmed.saturating_sub(before.confirmed),
+            confirm_messages: self
+                .confirm_messages
+                .saturating_sub(before.confirm_messages),
+            // Texts only grow (up to ERRORS_KEPT): the ones after `before`'s are this run's.
+            errors: self
+                .errors
+                .get(before.errors.len()..)
+                .unwrap_or(&[])
+                .to_vec(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    senders: AtomicU64,
+    receivers: AtomicU64,
+    sessions: AtomicU64,
+    session_failures: AtomicU64,
+    forwards: AtomicU64,
+    queue_full_waits: AtomicU64,
+    /// Indexed by code; the last slot counts unknown codes.
+    gateway_errors: [AtomicU64; 8],
+    deliveries: AtomicU64,
+    confirmed: AtomicU64,
+    confirm_messages: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn note(&self, text: String) {
+        if let Ok(mut errors) = self.errors.lock() {
+            if errors.len() < ERRORS_KEPT && !errors.contains(&text) {
+                errors.push(text);
+            }
+        }
+    }
+
+    fn gateway_error(&self, code: u8, text: &str) {
+        let slot = usize::from(code).min(self.gateway_errors.len() - 1);
+        if let Some(counter) = self.gateway_errors.get(slot) {
+            Self::add(counter, 1);
+        }
+        self.note(format!(
+            "gateway error {} ({code}): {text}",
+            error_name(code)
+        ));
+    }
+
+    fn snapshot(&self) -> ClientStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut gateway_errors = BTreeMap::new();
+        for (code, counter) in self.gateway_errors.iter().enumerate() {
+            let count = get(counter);
+            if count > 0 {
+                *gateway_errors
+                    .entry(error_name(code as u8).to_string())
+                    .or_insert(0) += count;
+            }
+        }
+        ClientStats {
+            senders: get(&self.senders),
+            receivers: get(&self.receivers),
+            sessions: get(&self.sessions),
+            session_failures: get(&self.session_failures),
+            forwards: get(&self.forwards),
+            queue_full_waits: get(&self.queue_full_waits),
+            gateway_errors,
+            deliveries: get(&self.deliveries),
+            confirmed: get(&self.confirmed),
+            confirm_messages: get(&self.confirm_messages),
+            errors: self.errors.lock().map(|e| e.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+struct Shared {
+    run: Mutex<Option<ActiveRun>>,
+    receiver: ReceiverCounters,
+    counters: Counters,
+    /// Why a receiver session ended (the run can no longer count its deliveries).
+    receiver_failure: Mutex<Option<String>>,
+}
+
+/// A gateway clients connect to.
+#[derive(Clone, Debug)]
+struct GatewayEntry {
+    name: String,
+    url: String,
+    identity: [u8; 32],
+    hop: RouteHop,
+}
+
+/// What the directory said, for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct DirectoryInfo {
+    pub url: String,
+    /// The directory's ed25519 key the topology was verified with.
+    pub key: String,
+    /// `false`: no --directory-key was given and the key was fetched from the directory
+    /// itself (trust on first use).
+    pub key_pinned: bool,
+    pub epoch: u64,
+}
+
+/// A network driven through its gateways.
+pub struct GatewayNetwork {
+    kind: &'static str,
+    // Field order matters: the runtime (and every session) stops before the testnet goes down.
+    runtime: tokio::runtime::Runtime,
+    nodes: Vec<NodeInfo>,
+    layers: Vec<Vec<RouteHop>>,
+    exits: Vec<Exit>,
+    gateways: Vec<GatewayEntry>,
+    packet_size: PacketSize,
+    shared: Arc<Shared>,
+    pub directory: DirectoryInfo,
+    testnet: Option<Testnet>,
+}
+
+/// `http://host:port/metrics` → the socket address to scrape.
+fn metrics_address(url: &str) -> Option<SocketAddr> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    authority.to_socket_addrs().ok()?.next()
+}
+
+fn random_seed() -> Result<[u8; 32], String> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| format!("random identity: {e}"))?;
+    Ok(seed)
+}
+
+impl GatewayNetwork {
+    /// Reads and verifies the topology at `url` and connects one receiver per gateway.
+    /// `key`: the pinned directory key; `None` fetches it (trust on first use, always said on
+    /// stderr). A testnet given here is stopped when the driver is dropped.
+    pub fn start(
+        kind: &'static str,
+        url: &str,
+        key: Option<[u8; 32]>,
+        packet_size: PacketSize,
+        testnet: Option<Testnet>,
+    ) -> Result<GatewayNetwork, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("gateway-clients")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let (key, key_pinned, topology) = runtime.block_on(async {
+            let http = http_client();
+            let (key, pinned) = match key {
+                Some(key) => (key, true),
+                None => {
+                    let key = fetch_key(&http, url).await.map_err(|e| e.to_string())?;
+                    // Said even with --quiet: the topology is only as trustworthy as this key.
+                    eprintln!(
+                        "loadgen: no --directory-key given: trusting the key {url} serves \
+                         (trust on first use): {}",
+                        keyfile::hex(&key)
+                    );
+                    (key, false)
+                }
+            };
+            let topology = fetch_topology(&http, url, &key, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((key, pinned, topology))
+        })?;
+        let names = testnet.as_ref().map(Testnet::names).unwrap_or_default();
+        let name_of = |d: &Descriptor, fallback: String| {
+            names
+                .get(&d.mix_address.to_string())
+                .cloned()
+                .unwrap_or(fallback)
+        };
+        let mut nodes = Vec::new();
+        let mut layers = Vec::new();
+        for (index, layer) in topology.layers.iter().enumerate() {
+            if layer.is_empty() {
+                return Err(format!(
+                    "{url}: the topology (epoch {}) has no mixnode in layer {}",
+                    topology.epoch,
+                    index + 1
+                ));
+            }
+            let mut hops = Vec::new();
+            for (n, descriptor) in layer.iter().enumerate() {
+                hops.push(descriptor.route_hop().map_err(|e| e.to_string())?);
+                nodes.push(NodeInfo {
+                    name: name_of(descriptor, format!("mix-l{}-{}", index + 1, n + 1)),
+                    role: format!("mixnode layer {}", index + 1),
+                    listen: descriptor.mix_address,
+                    metrics: descriptor.metrics_url.as_deref().and_then(metrics_address),
+                });
+            }
+            layers.push(hops);
+        }
+        let mut gateways = Vec::new();
+        for (n, descriptor) in topology.gateways.iter().enumerate() {
+            let name = name_of(descriptor, format!("gateway-{}", n + 1));
+            nodes.push(NodeInfo {
+                name: name.clone(),
+                role: "gateway".into(),
+                listen: descriptor.mix_address,
+                metrics: descriptor.metrics_url.as_deref().and_then(metrics_address),
+            });
+            let Some(client_url) = descriptor.client_url.clone() else {
+                continue;
+            };
+            gateways.push(GatewayEntry {
+                name,
+                url: client_url,
+                identity: descriptor.identity_key().map_err(|e| e.to_string())?,
+                hop: descriptor.route_hop().map_err(|e| e.to_string())?,
+            });
+        }
+        if gateways.is_empty() {
+            return Err(format!(
+                "{url}: the topology (epoch {}) has no gateway with a client URL",
+                topology.epoch
+            ));
+        }
+        let shared = Arc::new(Shared {
+            run: Mutex::new(None),
+            receiver: ReceiverCounters::default(),
+            counters: Counters::default(),
+            receiver_failure: Mutex::new(None),
+        });
+        let mut exits = Vec::new();
+        for gateway in &gateways {
+            let seed = random_seed()?;
+            let identity = keyfile::ed25519_public(&seed);
+            let (ws, session) = runtime
+                .block_on(open_session(&gateway.url, &seed, gateway.identity))
+                .map_err(|e| format!("receiver at {}: {e}", gateway.name))?;
+            Counters::add(&shared.counters.sessions, 1);
+            Counters::add(&shared.counters.receivers, 1);
+            shared.receiver.connections.fetch_add(1, Ordering::Relaxed);
+            let task_shared = Arc::clone(&shared);
+            let name = gateway.name.clone();
+            runtime.spawn(async move {
+                let reason = receive_loop(ws, session, &task_shared).await;
+                Counters::add(&task_shared.counters.session_failures, 1);
+                task_shared
+                    .counters
+                    .note(format!("receiver at {name}: {reason}"));
+                if let Ok(mut slot) = task_shared.receiver_failure.lock() {
+                    slot.get_or_insert(format!("the receiver session at {name} ended: {reason}"));
+                }
+            });
+            exits.push(Exit {
+                hop: gateway.hop,
+                destination: Destination {
+                    address: identity,
+                    identifier: [0; 16],
+                },
+            });
+        }
+        Ok(GatewayNetwork {
+            kind,
+            runtime,
+            nodes,
+            layers,
+            exits,
+            gateways,
+            packet_size,
+            shared,
+            directory: DirectoryInfo {
+                url: url.to_string(),
+                key: keyfile::hex(&key),
+                key_pinned,
+                epoch: topology.epoch,
+            },
+            testnet,
+        })
+    }
+}
+
+/// How long [`GatewayNetwork::warm_up`] waits for every entry gateway to accept every
+/// layer-1 node (gateways refresh their topology every 30 s once it has a layer 1).
+const WARM_UP_MAX: Duration = Duration::from_secs(45);
+/// How long one warm-up round waits for its probes.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
+
+impl GatewayNetwork {
+    /// Sends one probe packet from every gateway through every layer-1 node, in rounds, until
+    /// a round is delivered whole: a gateway whose topology is older than the directory's
+    /// refuses first hops it does not know (NOT_LAYER1), which would count as loss. Gives up
+    /// (with a note) after [`WARM_UP_MAX`]; the run then reports what the gateways refuse.
+    pub fn warm_up(&mut self, say: &dyn Fn(&str)) -> Result<(), String> {
+        let started = Instant::now();
+        let entries = self.gateways.len() as u32;
+        let layer1 = self.layers.first().cloned().unwrap_or_default();
+        let probes = u64::from(entries) * layer1.len() as u64;
+        let mut rng = crate::generator::os_rng()?;
+        let mut frames = Vec::new();
+        crate::generator::PacketPlan {
+            topology: self.topology(),
+            clients: 1,
+            size: self.packet_size,
+            wire: Wire::GatewayForward,
+            delay_ns_mean: 0.0,
+        }
+        .validate()?;
+        for round in 0u32.. {
+            let run_id = u32::MAX - round;
+            let tracker = Arc::new(crate::tracker::Tracker::new(run_id, probes)?);
+            self.set_run(Some(ActiveRun {
+                tracker: Arc::clone(&tracker),
+                start: Instant::now(),
+            }));
+            let mut seq = 0u64;
+            let mut injectors = Vec::new();
+            for client in 0..entries {
+                let mut injector = self.connect(client)?;
+                for hop in &layer1 {
+                    let mut topology = self.topology();
+                    topology.layers[0] = vec![*hop];
+                    let plan = crate::generator::PacketPlan {
+                        topology,
+                        clients: 1,
+                        size: self.packet_size,
+                        wire: Wire::GatewayForward,
+                        delay_ns_mean: 0.0,
+                    };
+                    let stamp = Stamp {
+                        run_id,
+                        seq,
+                        scheduled_ns: 0,
+                    };
+                    seq += 1;
+                    crate::generator::build_chunk(&plan, &[stamp], &mut rng, &mut frames);
+                    for (_, frame) in frames.drain(..) {
+                        injector.send(&frame).map_err(|e| format!("warm-up: {e}"))?;
+                    }
+                }
+                injectors.push(injector);
+            }
+            let waited = Instant::now();
+            while tracker.delivered() < probes && waited.elapsed() < PROBE_WAIT {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drop(injectors);
+            self.set_run(None);
+            if tracker.delivered() >= probes {
+                return Ok(());
+            }
+            self.check()?;
+            if crate::run::interrupted() {
+                return Err("interrupted during the warm-up".into());
+            }
+            if started.elapsed() > WARM_UP_MAX {
+                say(&format!(
+                    "warm-up: {} of {probes} probes still not delivered after {}s; running \
+                     anyway (see gateway_clients in the report)",
+                    probes.saturating_sub(tracker.delivered()),
+                    WARM_UP_MAX.as_secs()
+                ));
+                return Ok(());
+            }
+            if round == 0 {
+                let errors = self.shared.counters.snapshot().errors;
+                say(&format!(
+                    "waiting for the gateways to route through every layer-1 node ({} of \
+                     {probes} probes delivered{})",
+                    tracker.delivered(),
+                    errors.last().map(|e| format!("; {e}")).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
+    }
+}
+
+/// Connects, runs the handshake with the pinned gateway identity and waits for `Welcome`.
+async fn open_session(
+    url: &str,
+    seed: &[u8; 32],
+    gateway: [u8; 32],
+) -> Result<(Ws, Session), String> {
+    let opening = async {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
+            .max_frame_size(Some(WS_MESSAGE_BYTES_MAX));
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let (client, hello) = ClientHandshake::start(seed, gateway, &mut rand::rng());
+        ws.send(Message::binary(hello))
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let reply = next_binary(&mut ws).await?;
+        let (auth, mut session) = client
+            .finish(&reply)
+            .map_err(|e| format!("{url}: handshake: {e}"))?;
+        ws.send(Message::binary(auth))
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let first = next_binary(&mut ws).await?;
+        let message = session
+            .open(&first)
+            .and_then(|plain| GatewayMessage::decode(&plain))
+            .map_err(|e| format!("{url}: {e}"))?;
+        match message {
+            GatewayMessage::Welcome { .. } => Ok((ws, session)),
+            GatewayMessage::Error { code, text } => Err(format!(
+                "{url}: the gateway refused the session: {} ({code}): {text}",
+                error_name(code)
+            )),
+            _ => Err(format!("{url}: expected Welcome from the gateway")),
+        }
+    };
+    tokio::time::timeout(SESSION_TIMEOUT, opening)
+        .await
+        .map_err(|_| format!("{url}: no session within {}s", SESSION_TIMEOUT.as_secs()))?
+}
+
+async fn next_binary(ws: &mut Ws) -> Result<Vec<u8>, String> {
+    loop {
+        match ws.next().await {
+            None => return Err("connection closed".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Ok(Message::Close(frame))) => {
+                let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                return Err(format!("the gateway closed the connection: {reason}"));
+            }
+            Some(Ok(Message::Text(_))) => return Err("text message refused".into()),
+        }
+    }
+}
+
+async fn seal_send(
+    ws: &mut Ws,
+    session: &mut Session,
+    message: &ClientMessage,
+) -> Result<(), String> {
+    let sealed = session.seal(&message.encode()).map_err(|e| e.to_string())?;
+    ws.send(Message::binary(sealed))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Confirms `pending` (at most [`CONFIRM_IDS_MAX`] per message) and clears it.
+async fn confirm(
+    ws: &mut Ws,
+    session: &mut Session,
+    pending: &mut Vec<u64>,
+    counters: &Counters,
+) -> Result<(), String> {
+    for ids in pending.chunks(CONFIRM_IDS_MAX) {
+        let message = ClientMessage::Confirm { ids: ids.to_vec() };
+        seal_send(ws, session, &message).await?;
+        Counters::add(&counters.confirmed, ids.len() as u64);
+        Counters::add(&counters.confirm_messages, 1);
+    }
+    pending.clear();
+    Ok(())
+}
+
+/// Reads deliveries until the session fails; returns why.
+async fn receive_loop(mut ws: Ws, mut session: Session, shared: &Shared) -> String {
+    let mut pending: Vec<u64> = Vec::with_capacity(CONFIRM_BATCH);
+    let mut tick = tokio::time::interval(CONFIRM_INTERVAL);
+    loop {
+        tokio::select! {
+            incoming = next_binary(&mut ws) => {
+                let bytes = match incoming {
+                    Ok(bytes) => bytes,
+                    Err(e) => return e,
+                };
+                let message = match session
+                    .open(&bytes)
+                    .and_then(|plain| GatewayMessage::decode(&plain))
+                {
+                    Ok(message) => message,
+                    Err(e) => return format!("gateway message: {e}"),
+                };
+                match message {
+                    GatewayMessage::Deliver { id, kind, bytes, .. } => {
+                        Counters::add(&shared.counters.deliveries, 1);
+                        deliver(shared, kind, &bytes);
+                        pending.push(id);
+                        if pending.len() >= CONFIRM_BATCH {
+                            if let Err(e) =
+                                confirm(&mut ws, &mut session, &mut pending, &shared.counters).await
+                            {
+                                return e;
+                            }
+                        }
+                    }
+                    GatewayMessage::Error { code, text } => {
+                        shared.counters.gateway_error(code, &text);
+                    }
+                    GatewayMessage::Welcome { .. } | GatewayMessage::Bandwidth { .. } => {}
+                }
+            }
+            _ = tick.tick() => {
+                if !pending.is_empty() {
+                    if let Err(e) =
+                        confirm(&mut ws, &mut session, &mut pending, &shared.counters).await
+                    {
+                        return e;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts one delivery against the current run.
+fn deliver(shared: &Shared, kind: DeliveryKind, bytes: &[u8]) {
+    let counters = &shared.receiver;
+    counters.frames.fetch_add(1, Ordering::Relaxed);
+    if kind != DeliveryKind::Message {
+        counters.frames_skipped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let Some(stamp) = Stamp::decode(bytes) else {
+        counters.bad_payload.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let run = shared.run.lock().ok().and_then(|slot| slot.clone());
+    let Some(run) = run.filter(|run| run.tracker.run_id == stamp.run_id) else {
+        counters.other_run.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let arrival_ns = u64::try_from(run.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    if run.tracker.record(&stamp, arrival_ns) == Arrival::OutOfRange {
+        counters.bad_payload.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes a sender's batches to its session; reads the gateway's replies (errors are counted).
+async fn send_loop(
+    mut ws: Ws,
+    mut session: Session,
+    mut batches: mpsc::Receiver<Vec<u8>>,
+    message_len: usize,
+    shared: &Shared,
+) -> Result<(), String> {
+    loop {
+        tokio::select! {
+            batch = batches.recv() => {
+                let Some(batch) = batch else {
+                    let _ = ws.close(None).await;
+                    return Ok(());
+                };
+                for message in batch.chunks(message_len) {
+                    let sealed = session.seal(message).map_err(|e| e.to_string())?;
+                    ws.feed(Message::binary(sealed)).await.map_err(|e| e.to_string())?;
+                    Counters::add(&shared.counters.forwards, 1);
+                }
+                ws.flush().await.map_err(|e| e.to_string())?;
+            }
+            incoming = next_binary(&mut ws) => {
+                let bytes = incoming?;
+                let message = session
+                    .open(&bytes)
+                    .and_then(|plain| GatewayMessage::decode(&plain))
+                    .map_err(|e| format!("gateway message: {e}"))?;
+                if let GatewayMessage::Error { code, text } = message {
+                    shared.counters.gateway_error(code, &text);
+                }
+            }
+        }
+    }
+}
+
+/// A sender's handle on its session task.
+struct GatewayInjector {
+    batches: mpsc::Sender<Vec<u8>>,
+    failure: Arc<Mutex<Option<String>>>,
+    shared: Arc<Shared>,
+}
+
+impl Injector for GatewayInjector {
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut batch = bytes.to_vec();
+        let mut waited: Option<Instant> = None;
+        loop {
+            match self.batches.try_send(batch) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    let since = *waited.get_or_insert_with(|| {
+                        Counters::add(&self.shared.counters.queue_full_waits, 1);
+                        Instant::now()
+                    });
+                    if since.elapsed() > QUEUE_WAIT_MAX {
+                        return Err(std::io::Error::other(format!(
+                            "the gateway session took no packets for {}s",
+                            QUEUE_WAIT_MAX.as_secs()
+                        )));
+                    }
+                    batch = back;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    let reason = self
+                        .failure
+                        .lock()
+                        .ok()
+                        .and_then(|slot| slot.clone())
+                        .unwrap_or_else(|| "the gateway session ended".into());
+                    return Err(std::io::Error::other(reason));
+                }
+            }
+        }
+    }
+}
+
+impl Driver for GatewayNetwork {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
+    fn topology(&self) -> Topology {
+        Topology {
+            layers: self.layers.clone(),
+            exits: self.exits.clone(),
+            entry_per_client: false,
+        }
+    }
+
+    fn connect(&self, client: u32) -> Result<Box<dyn Injector>, String> {
+        let count = self.gateways.len().max(1);
+        let gateway = self
+            .gateways
+            .get(client as usize % count)
+            .ok_or("no gateway")?;
+        let seed = random_seed()?;
+        let (ws, session) = self
+            .runtime
+            .block_on(open_session(&gateway.url, &seed, gateway.identity))
+            .map_err(|e| format!("sender {client} at {}: {e}", gateway.name))?;
+        Counters::add(&self.shared.counters.sessions, 1);
+        Counters::add(&self.shared.counters.senders, 1);
+        let (tx, rx) = mpsc::channel(SENDER_QUEUE_BATCHES);
+        let failure = Arc::new(Mutex::new(None));
+        let task_failure = Arc::clone(&failure);
+        let shared = Arc::clone(&self.shared);
+        // Every packet has the same size: the batch splits into equal messages.
+        let message_len = FORWARD_OVERHEAD + self.packet_size.packet_len();
+        let name = gateway.name.clone();
+        self.runtime.spawn(async move {
+            if let Err(e) = send_loop(ws, session, rx, message_len, &shared).await {
+                Counters::add(&shared.counters.session_failures, 1);
+                shared
+                    .counters
+                    .note(format!("sender {client} at {name}: {e}"));
+                if let Ok(mut slot) = task_failure.lock() {
+                    *slot = Some(format!("sender session at {name}: {e}"));
+                }
+            }
+        });
+        Ok(Box::new(GatewayInjector {
+            batches: tx,
+            failure,
+            shared: Arc::clone(&self.shared),
+        }))
+    }
+
+    fn set_run(&self, run: Option<ActiveRun>) {
+        let ending = run.is_none();
+        if let Ok(mut slot) = self.shared.run.lock() {
+            *slot = run;
+        }
+        if ending {
+            // Let the receivers confirm what they got (they do every CONFIRM_INTERVAL), so
+            // the report's counts are final and the gateways' mailboxes are empty.
+            let counters = &self.shared.counters;
+            let deadline = Instant::now() + CONFIRM_INTERVAL * 10;
+            while counters.confirmed.load(Ordering::Relaxed)
+                < counters.deliveries.load(Ordering::Relaxed)
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    fn receiver_stats(&self) -> ReceiverStats {
+        self.shared.receiver.snapshot()
+    }
+
+    fn check(&mut self) -> Result<(), String> {
+        if let Some(reason) = self
+            .shared
+            .receiver_failure
+            .lock()
+            .ok()
+            .and_then(|slot| slot.clone())
+        {
+            return Err(reason);
+        }
+        if let Some(testnet) = &self.testnet {
+            testnet.check()?;
+        }
+        Ok(())
+    }
+
+    fn wire(&self, _size: PacketSize) -> Wire {
+        Wire::GatewayForward
+    }
+
+    fn client_stats(&self) -> Option<ClientStats> {
+        Some(self.shared.counters.snapshot())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_named_and_counted_per_run() {
+        let counters = Counters::default();
+        counters.gateway_error(error_code::NOT_LAYER1, "warm-up");
+        let before = counters.snapshot();
+        counters.gateway_error(error_code::NO_BANDWIDTH, "no bandwidth left");
+        counters.gateway_error(error_code::NO_BANDWIDTH, "no bandwidth left");
+        counters.gateway_error(200, "?");
+        let run = counters.snapshot().since(&before);
+        assert_eq!(run.gateway_errors.get("no_bandwidth"), Some(&2));
+        assert_eq!(run.gateway_errors.get("other"), Some(&1));
+        assert!(!run.gateway_errors.contains_key("not_layer1"));
+        // Only this run's texts, each once.
+        assert_eq!(run.errors.len(), 2, "{:?}", run.errors);
+        assert!(run.errors[0].contains("no_bandwidth (4)"));
+        let warning = crate::report::gateway_error_warning("no_bandwidth", 2);
+        assert!(warning.contains("NO_BANDWIDTH") && warning.contains("credentials"));
+    }
+
+    #[test]
+    fn metrics_urls_become_addresses() {
+        assert_eq!(
+            metrics_address("http://127.0.0.1:9100/metrics"),
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(metrics_address("https://x/metrics"), None);
+        assert_eq!(metrics_address("http://127.0.0.1/metrics"), None);
+    }
+}

@@ -1,0 +1,175 @@
+//! The local network bare `loadgen` drives: `lethe testnet up` in a temp dir (the same network
+//! the `lethe` binary makes for people), always `lethe testnet down` afterwards.
+//!
+//! `down` runs when the [`Testnet`] is dropped (normal end, error, first Ctrl-C). For the
+//! cases where loadgen cannot run it (a second Ctrl-C exits at once, SIGKILL), a small reaper
+//! process started with the testnet waits for loadgen to die and then runs `down` itself.
+
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lethe_nodes::testnet::TestnetState;
+
+/// The shape of the network.
+#[derive(Clone, Debug)]
+pub struct TestnetOptions {
+    pub lethe: PathBuf,
+    pub mixnodes_per_layer: u32,
+    pub gateways: u32,
+}
+
+/// A running testnet; dropping it stops it and removes its directory.
+pub struct Testnet {
+    lethe: PathBuf,
+    root: PathBuf,
+    dir: PathBuf,
+    reaper: Option<Child>,
+    pub directory_url: String,
+    pub directory_key: String,
+    /// (name, pid) of every node.
+    pids: Vec<(String, u32)>,
+    /// Node names by mix listen address.
+    names: HashMap<String, String>,
+}
+
+impl Testnet {
+    pub fn up(options: &TestnetOptions) -> Result<Testnet, String> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let root = std::env::temp_dir().join(format!(
+            "loadgen-testnet-{}-{nanos:08x}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let mut testnet = Testnet {
+            lethe: options.lethe.clone(),
+            dir: root.join("net"),
+            root,
+            reaper: None,
+            directory_url: String::new(),
+            directory_key: String::new(),
+            pids: Vec::new(),
+            names: HashMap::new(),
+        };
+        testnet.reaper = testnet.spawn_reaper().ok();
+        let output = Command::new(&options.lethe)
+            .args(["testnet", "up", "--dir"])
+            .arg(&testnet.dir)
+            .args([
+                "--mixnodes-per-layer",
+                &options.mixnodes_per_layer.to_string(),
+                "--gateways",
+                &options.gateways.to_string(),
+                "--provider",
+                "false",
+            ])
+            .stdin(Stdio::null())
+            // Own process group: a Ctrl-C at the terminal reaches loadgen only, which then
+            // stops the whole testnet itself (a half-started `up` would leave nodes behind).
+            .process_group(0)
+            .output()
+            .map_err(|e| format!("{} testnet up: {e}", options.lethe.display()))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{} testnet up failed ({}):\n{}",
+                options.lethe.display(),
+                output.status,
+                tail(&String::from_utf8_lossy(&output.stderr), 20)
+            ));
+        }
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            if let Some(url) = line.strip_prefix("directory=") {
+                testnet.directory_url = url.trim().to_string();
+            } else if let Some(key) = line.strip_prefix("directory_key=") {
+                testnet.directory_key = key.trim().to_string();
+            }
+        }
+        if testnet.directory_url.is_empty() || testnet.directory_key.is_empty() {
+            return Err("lethe testnet up printed no directory= / directory_key= lines".into());
+        }
+        let state = TestnetState::load(&testnet.dir)?;
+        for node in &state.nodes {
+            testnet.pids.push((node.name.clone(), node.pid));
+            if let Some(listen) = node.info.get("listen") {
+                testnet.names.insert(listen.clone(), node.name.clone());
+            }
+        }
+        Ok(testnet)
+    }
+
+    /// `sh` polls for loadgen's pid and runs `down` once it is gone.
+    fn spawn_reaper(&self) -> Result<Child, String> {
+        Command::new("sh")
+            .arg("-c")
+            .arg(
+                "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; \
+                 if [ -f \"$3/testnet.json\" ]; then \"$2\" testnet down --dir \"$3\"; fi; \
+                 rm -rf \"$4\"",
+            )
+            .arg("loadgen-testnet-reaper")
+            .arg(std::process::id().to_string())
+            .arg(&self.lethe)
+            .arg(&self.dir)
+            .arg(&self.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("reaper: {e}"))
+    }
+
+    /// Node names by mix listen address.
+    pub fn names(&self) -> HashMap<String, String> {
+        self.names.clone()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// An error naming a node that is no longer running.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, pid) in &self.pids {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let log = std::fs::read_to_string(self.dir.join(name).join("stderr.log"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "testnet node {name} (pid {pid}) has exited; its log:\n{}",
+                    tail(&log, 20)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        if let Some(mut reaper) = self.reaper.take() {
+            let _ = reaper.kill();
+            let _ = reaper.wait();
+        }
+        if self.dir.join("testnet.json").exists() {
+            let _ = Command::new(&self.lethe)
+                .args(["testnet", "down", "--dir"])
+                .arg(&self.dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
