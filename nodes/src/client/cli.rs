@@ -13,7 +13,7 @@ use super::config::{self, LoopixParams};
 use super::runtime::{connect, ClientConfig};
 use crate::keyfile;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 pub struct InitArgs {
     /// Client directory (created 0700; refuses to overwrite an existing client).
     #[arg(long, env = "LETHE_DIR")]
