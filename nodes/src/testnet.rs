@@ -600,10 +600,18 @@ fn print_summary(state: &TestnetState, dir: &Path) {
         );
     }
     let d = dir.display();
+    let credential = match &state.verification_key {
+        Some(vk) => format!(
+            " \\\n      --issuers {} --threshold {ISSUER_THRESHOLD} --verification-key {}",
+            state.issuers.join(","),
+            vk.display()
+        ),
+        None => String::new(),
+    };
     eprintln!(
         "\nA Lethe testnet is running (state in {d}). Try it:\n\
-         \n  lethe client init --dir alice --directory {url} --directory-key {key}\
-         \n  lethe client init --dir bob   --directory {url} --directory-key {key}\
+         \n  lethe client init --dir alice --directory {url} --directory-key {key}{credential}\
+         \n  lethe client init --dir bob   --directory {url} --directory-key {key}{credential}\
          \n  lethe client receive --dir bob --out bob-inbox --count 1 &\
          \n  lethe client send --dir alice --to \"$(cat bob/address)\" --message hello\
          \n\n  SOCKS5: lethe client socks5 --dir alice --provider \"$(cat {d}/provider/address)\" --listen 127.0.0.1:1080\
@@ -617,17 +625,13 @@ fn print_summary(state: &TestnetState, dir: &Path) {
         println!("verification_key={}", vk.display());
         eprintln!(
             "\nGateways require bandwidth credentials ({ISSUER_THRESHOLD} of {ISSUER_COUNT} \
-             issuers: {issuers}). Give each client one at init:\
-             \n\n  lethe client init --dir alice --directory {url} --directory-key {key} \\\
-             \n      --issuers {issuers} --threshold {ISSUER_THRESHOLD} --verification-key {vk}\
-             \n\nor obtain one first and pass it with --credential:\
+             issuers: {issuers}); `client init --issuers ...` above obtains one. Or obtain one \
+             first and pass it with --credential:\
              \n\n  lethe credential obtain --issuers {issuers} --threshold {ISSUER_THRESHOLD} \
              --verification-key {vk} --out alice.credential\
              \n  lethe client init ... --credential alice.credential --verification-key {vk}\
              \n\nA client spends it when its gateway reports no bandwidth; top up by writing a \
              new one to DIR/credential.",
-            url = state.directory_url,
-            key = state.directory_key,
             vk = vk.display(),
         );
     } else {

@@ -798,6 +798,15 @@ impl Payer {
                 eprintln!("lethe client: the gateway refused our credential: {text}");
                 false
             }
+            // The gateway could not verify it now (busy, storage): kept, tried again when the
+            // gateway next asks for bandwidth.
+            GatewayMessage::Error {
+                code: error_code::OVERLOADED,
+                ..
+            } if self.pending => {
+                self.pending = false;
+                false
+            }
             _ => false,
         };
         if !wanted || self.pending {
