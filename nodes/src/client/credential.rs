@@ -135,3 +135,66 @@ pub fn install(dir: &Path, credential: &[u8], verification_key: &Path) -> Result
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lethe_crypto::coconut::bandwidth::{issue_bandwidth, request_bandwidth, verify_spend};
+    use lethe_crypto::coconut::bandwidth::{BandwidthSpend, MemorySpentTags};
+    use lethe_crypto::coconut::{aggregate_verification_keys, ttp_keygen};
+
+    /// A 1-of-1 credential and its verification key.
+    fn credential(params: &Parameters) -> (BandwidthCredential, VerificationKey) {
+        let rng = &mut rand_core_06::OsRng;
+        let shares = ttp_keygen(params, 1, 1, rng).unwrap();
+        let vk =
+            aggregate_verification_keys(&[(shares[0].index, &shares[0].verification)]).unwrap();
+        let expiry = crate::issuer::files::today() + 1;
+        let (pending, request) = request_bandwidth(params, &vk, 5000, expiry, rng).unwrap();
+        let blinded =
+            issue_bandwidth(params, &vk, &shares[0].secret, &request, 5000, expiry).unwrap();
+        let share = pending
+            .unblind(shares[0].index, &shares[0].verification, &blinded)
+            .unwrap();
+        (pending.aggregate(params, &vk, &[share]).unwrap(), vk)
+    }
+
+    #[test]
+    fn install_spend_and_retire() {
+        let dir = std::env::temp_dir().join(format!("lethe-wallet-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let params = bandwidth_parameters().unwrap();
+        let (cred, vk) = credential(&params);
+        let vk_path = dir.join("issuers.vk");
+        std::fs::write(&vk_path, vk.to_bytes()).unwrap();
+        assert!(
+            Wallet::open(&dir).unwrap().is_none(),
+            "no verification key yet"
+        );
+        assert!(install(&dir, b"not a credential", &vk_path).is_err());
+        install(&dir, &cred.to_bytes(), &vk_path).unwrap();
+        let mut wallet = Wallet::open(&dir).unwrap().unwrap();
+        assert!(wallet.has_credential());
+        let (gateway, client) = ([1u8; 32], [2u8; 32]);
+        let bytes = wallet.spend(&gateway, &client).unwrap().unwrap();
+        let spend = BandwidthSpend::from_bytes(&bytes).unwrap();
+        let today = crate::issuer::files::today();
+        let mut tags = MemorySpentTags::default();
+        let ctx = admission::context(&gateway, &client);
+        assert_eq!(
+            verify_spend(&params, &vk, &spend, &ctx, today, &mut tags).unwrap(),
+            5000
+        );
+        // Bound to the client: another client's context does not verify.
+        let other = admission::context(&gateway, &[3u8; 32]);
+        let bytes = wallet.spend(&gateway, &client).unwrap().unwrap();
+        let spend = BandwidthSpend::from_bytes(&bytes).unwrap();
+        assert!(verify_spend(&params, &vk, &spend, &other, today, &mut tags).is_err());
+        wallet.mark_spent();
+        assert!(!wallet.has_credential());
+        assert!(wallet.spend(&gateway, &client).unwrap().is_none());
+        assert!(dir.join(SPENT_FILE).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
