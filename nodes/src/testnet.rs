@@ -2,6 +2,11 @@
 //! directory, 3 layers of mixnodes, gateways and a service provider — on loopback, or with
 //! `--netns` each node in its own network namespace joined by veth pairs to a bridge.
 //!
+//! With `--credentials true` (the default) it also runs `lethe keygen --threshold 2 --issuers
+//! 3` and three `lethe issuer run` (on loopback, also with `--netns`: only clients talk to
+//! them), starts the gateways with `--verification-key` (admission on), and the provider
+//! obtains a credential at `client init`.
+//!
 //! State lives in one directory (default `./lethe-testnet`): a sub-directory per node (keys,
 //! config, `stdout.log`, `stderr.log`) and `testnet.json` (pids and addresses) that `down` and
 //! `status` read. Nodes print `key=value` lines on stdout at start; `up` waits for them.
@@ -51,7 +56,14 @@ pub struct UpArgs {
     /// Hosts:ports the service provider may connect to (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:*,localhost:*")]
     pub allow: Vec<String>,
+    /// Run 2-of-3 credential issuers and require bandwidth credentials at the gateways.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub credentials: bool,
 }
+
+/// Issuers of a testnet with credentials: t of n.
+const ISSUER_THRESHOLD: usize = 2;
+const ISSUER_COUNT: usize = 3;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DirArgs {
@@ -77,6 +89,12 @@ pub struct TestnetState {
     pub directory_key: String,
     pub nodes: Vec<NodeState>,
     pub netns: bool,
+    /// Credential issuer URLs (empty: admission is open).
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// The issuers' aggregated verification key.
+    #[serde(default)]
+    pub verification_key: Option<PathBuf>,
 }
 
 impl TestnetState {
@@ -241,7 +259,14 @@ fn read_info(path: &Path) -> std::collections::BTreeMap<String, String> {
     fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.trim().split_once('='))
+        .filter_map(|l| {
+            let l = l.trim();
+            // `lethe issuer run` announces itself as `listening on ADDR`.
+            match l.strip_prefix("listening on ") {
+                Some(addr) => Some(("listen", addr)),
+                None => l.split_once('='),
+            }
+        })
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
@@ -349,6 +374,14 @@ fn start_all(
     let directory_key = directory.info["key"].clone();
     nodes.push(directory);
 
+    // Credential issuers (on loopback: only clients on this host talk to them).
+    let (issuers, verification_key) = if a.credentials {
+        let (urls, vk) = start_issuers(&a.dir, exe, nodes)?;
+        (urls, Some(vk))
+    } else {
+        (Vec::new(), None)
+    };
+
     // Mixnodes.
     for index in 0..3 * a.mixnodes_per_layer {
         let place = next(placements)?;
@@ -393,6 +426,10 @@ fn start_all(
         run.push(directory_url.clone());
         run.extend(args(&["--directory-key"]));
         run.push(directory_key.clone());
+        if let Some(vk) = &verification_key {
+            run.extend(args(&["--verification-key"]));
+            run.push(path_arg(vk));
+        }
         run.extend(small_engine_args());
         nodes.push(spawn(
             exe,
@@ -410,6 +447,8 @@ fn start_all(
         directory_key: directory_key.clone(),
         nodes: nodes.clone(),
         netns: a.netns,
+        issuers: issuers.clone(),
+        verification_key: verification_key.clone(),
     };
     wait_for_topology(&state, 3 * a.mixnodes_per_layer, a.gateways)?;
 
@@ -429,6 +468,14 @@ fn start_all(
         init.push(directory_key.clone());
         init.extend(args(&["--gateway"]));
         init.push(gateway);
+        if let Some(vk) = &verification_key {
+            init.extend(args(&["--issuers"]));
+            init.push(issuers.join(","));
+            init.extend(args(&["--threshold"]));
+            init.push(ISSUER_THRESHOLD.to_string());
+            init.extend(args(&["--verification-key"]));
+            init.push(path_arg(vk));
+        }
         let output = Command::new(exe)
             .args(&init)
             .output()
@@ -456,6 +503,52 @@ fn start_all(
         state.nodes = nodes.clone();
     }
     Ok(state)
+}
+
+/// `lethe keygen` (2 of 3) in DIR/issuers and one `lethe issuer run` per key; returns the
+/// issuer URLs and the verification key path.
+fn start_issuers(
+    dir: &Path,
+    exe: &Path,
+    nodes: &mut Vec<NodeState>,
+) -> Result<(Vec<String>, PathBuf), String> {
+    let keys = dir.join("issuers");
+    let keys = std::path::absolute(&keys).unwrap_or(keys);
+    let output = Command::new(exe)
+        .args(["keygen", "--threshold"])
+        .arg(ISSUER_THRESHOLD.to_string())
+        .arg("--issuers")
+        .arg(ISSUER_COUNT.to_string())
+        .arg("--out")
+        .arg(&keys)
+        .output()
+        .map_err(|e| format!("keygen: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "lethe keygen: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let mut urls = Vec::with_capacity(ISSUER_COUNT);
+    for index in 1..=ISSUER_COUNT {
+        let name = format!("issuer{index}");
+        let node_dir = dir.join(&name);
+        fs::create_dir_all(&node_dir).map_err(|e| format!("{}: {e}", node_dir.display()))?;
+        let mut run = args(&["issuer", "run", "--listen", "127.0.0.1:0", "--key"]);
+        run.push(path_arg(&keys.join(format!("issuer-{index}.key"))));
+        let node = spawn(
+            exe,
+            &name,
+            "issuer",
+            &node_dir,
+            &run,
+            &["listen"],
+            Placement::Loopback,
+        )?;
+        urls.push(format!("http://{}", node.info["listen"]));
+        nodes.push(node);
+    }
+    Ok((urls, keys.join("verification.key")))
 }
 
 /// Waits (bounded) until the directory publishes every mixnode and gateway.
@@ -507,10 +600,18 @@ fn print_summary(state: &TestnetState, dir: &Path) {
         );
     }
     let d = dir.display();
+    let credential = match &state.verification_key {
+        Some(vk) => format!(
+            " \\\n      --issuers {} --threshold {ISSUER_THRESHOLD} --verification-key {}",
+            state.issuers.join(","),
+            vk.display()
+        ),
+        None => String::new(),
+    };
     eprintln!(
         "\nA Lethe testnet is running (state in {d}). Try it:\n\
-         \n  lethe client init --dir alice --directory {url} --directory-key {key}\
-         \n  lethe client init --dir bob   --directory {url} --directory-key {key}\
+         \n  lethe client init --dir alice --directory {url} --directory-key {key}{credential}\
+         \n  lethe client init --dir bob   --directory {url} --directory-key {key}{credential}\
          \n  lethe client receive --dir bob --out bob-inbox --count 1 &\
          \n  lethe client send --dir alice --to \"$(cat bob/address)\" --message hello\
          \n\n  SOCKS5: lethe client socks5 --dir alice --provider \"$(cat {d}/provider/address)\" --listen 127.0.0.1:1080\
@@ -518,6 +619,26 @@ fn print_summary(state: &TestnetState, dir: &Path) {
         url = state.directory_url,
         key = state.directory_key,
     );
+    if let Some(vk) = &state.verification_key {
+        let issuers = state.issuers.join(",");
+        println!("issuers={issuers}");
+        println!("verification_key={}", vk.display());
+        eprintln!(
+            "\nGateways require bandwidth credentials ({ISSUER_THRESHOLD} of {ISSUER_COUNT} \
+             issuers: {issuers}); `client init --issuers ...` above obtains one. Or obtain one \
+             first and pass it with --credential:\
+             \n\n  lethe credential obtain --issuers {issuers} --threshold {ISSUER_THRESHOLD} \
+             --verification-key {vk} --out alice.credential\
+             \n  lethe client init ... --credential alice.credential --verification-key {vk}\
+             \n\nA client spends it when its gateway reports no bandwidth; top up by writing a \
+             new one to DIR/credential.",
+            vk = vk.display(),
+        );
+    } else {
+        eprintln!(
+            "\nAdmission is open: the gateways require no credentials (--credentials false)."
+        );
+    }
 }
 
 pub fn status(a: &DirArgs) -> Result<(), String> {

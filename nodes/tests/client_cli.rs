@@ -70,6 +70,7 @@ fn init_send_receive() {
         directory: directory_url.clone(),
         directory_key: None,
         gateway: None,
+        ..Default::default()
     })
     .unwrap();
     cli::init(&InitArgs {
@@ -77,6 +78,7 @@ fn init_send_receive() {
         directory: directory_url.clone(),
         directory_key: Some(keyfile::hex(&directory_key)),
         gateway: Some(keyfile::hex(&gateway.net.gateway_identity)),
+        ..Default::default()
     })
     .unwrap();
     let a = config::load(&a_dir).unwrap();
@@ -89,6 +91,7 @@ fn init_send_receive() {
         directory: directory_url.clone(),
         directory_key: None,
         gateway: None,
+        ..Default::default()
     })
     .is_err());
     let err = cli::init(&InitArgs {
@@ -96,6 +99,7 @@ fn init_send_receive() {
         directory: directory_url.clone(),
         directory_key: Some(keyfile::hex(&[1u8; 32])),
         gateway: None,
+        ..Default::default()
     })
     .unwrap_err();
     assert!(err.contains("topology refused"), "{err}");

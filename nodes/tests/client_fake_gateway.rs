@@ -41,6 +41,7 @@ async fn client(
         limits: CoreLimits::default(),
         topology: Arc::new(StaticTopology(gateway.net.topology.clone())),
         received_capacity: 16,
+        wallet: None,
     };
     let (handle, received) = connect(config).await.unwrap();
     handle
@@ -293,6 +294,7 @@ async fn topology_is_refreshed_with_the_seen_epoch() {
         limits: CoreLimits::default(),
         topology: source.clone(),
         received_capacity: 4,
+        wallet: None,
     };
     let (a, mut received) = connect(config).await.unwrap();
     a.wait_connected(Duration::from_secs(10)).await.unwrap();

@@ -4,14 +4,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lethe_crypto::coconut::bandwidth::bandwidth_parameters;
 use rand::seq::IndexedRandom;
+use zeroize::Zeroizing;
 
 use super::address::Recipient;
 use super::config::{self, LoopixParams};
 use super::runtime::{connect, ClientConfig};
 use crate::keyfile;
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 pub struct InitArgs {
     /// Client directory (created 0700; refuses to overwrite an existing client).
     #[arg(long, env = "LETHE_DIR")]
@@ -26,6 +28,21 @@ pub struct InitArgs {
     /// Our gateway's identity (hex). Without it, a random gateway of the topology.
     #[arg(long)]
     pub gateway: Option<String>,
+    /// A bandwidth credential (from `lethe credential obtain`) to copy into the client
+    /// directory; spent when the gateway asks for bandwidth. Needs --verification-key.
+    #[arg(long, requires = "verification_key", conflicts_with = "issuers")]
+    pub credential: Option<PathBuf>,
+    /// Obtain a credential from these issuers (comma-separated `http://host:port`).
+    /// Needs --threshold and --verification-key.
+    #[arg(long, value_delimiter = ',', requires_all = ["threshold", "verification_key"])]
+    pub issuers: Option<Vec<String>>,
+    /// Issuer shares needed (t), with --issuers.
+    #[arg(long, requires = "issuers")]
+    pub threshold: Option<usize>,
+    /// The issuers' aggregated verification key (`verification.key` from `lethe keygen`),
+    /// copied into the client directory.
+    #[arg(long)]
+    pub verification_key: Option<PathBuf>,
 }
 
 /// Traffic overrides for tests and benchmarks (the config's values otherwise).
@@ -123,12 +140,44 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("tokio runtime: {e}"))
 }
 
+/// The credential `init` installs: read from --credential, or obtained from --issuers.
+async fn init_credential(args: &InitArgs) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
+    if let Some(path) = &args.credential {
+        let bytes = crate::issuer::files::read_small(path).map_err(|e| format!("{e:#}"))?;
+        return Ok(Some(Zeroizing::new(bytes)));
+    }
+    let (Some(issuers), Some(threshold), Some(vk)) =
+        (&args.issuers, args.threshold, &args.verification_key)
+    else {
+        return Ok(None);
+    };
+    let params = bandwidth_parameters().map_err(|e| format!("coconut parameters: {e}"))?;
+    let master =
+        crate::issuer::files::read_verification_key(vk, &params).map_err(|e| format!("{e:#}"))?;
+    let obtain = crate::issuer::client::ObtainConfig {
+        issuers: issuers.clone(),
+        threshold,
+        master,
+        timeout: Duration::from_secs(10),
+        trusted_shares: None,
+    };
+    let credential = crate::issuer::client::obtain(&params, &obtain)
+        .await
+        .map_err(|e| format!("obtaining a credential: {e:#}"))?;
+    Ok(Some(credential.to_bytes()))
+}
+
 pub fn init(args: &InitArgs) -> Result<(), String> {
     let existing = args.dir.join(config::CONFIG_FILE);
     if existing.exists() {
         return Err(format!("{}: already exists", existing.display()));
     }
+    if args.verification_key.is_some() && args.credential.is_none() && args.issuers.is_none() {
+        return Err("--verification-key goes with --credential or --issuers".into());
+    }
     runtime()?.block_on(async {
+        // First, so a failure leaves no half-made client directory.
+        let credential = init_credential(args).await?;
         let http = crate::directory::client::http_client();
         let directory_key = match &args.directory_key {
             Some(hex) => keyfile::unhex_32(hex)
@@ -199,9 +248,24 @@ pub fn init(args: &InitArgs) -> Result<(), String> {
         let address_path = args.dir.join("address");
         std::fs::write(&address_path, format!("{address}\n"))
             .map_err(|e| format!("{}: {e}", address_path.display()))?;
+        if let (Some(credential), Some(vk)) = (&credential, &args.verification_key) {
+            super::credential::install(&args.dir, credential, vk)?;
+        }
         println!("address={address}");
         Ok(())
     })
+}
+
+/// Why packets did not go out, if the gateway wanted bandwidth we could not pay for.
+fn no_bandwidth_error(dir: &Path, refused: u64) -> String {
+    format!(
+        "the gateway has no bandwidth for this client ({refused} refusals) and {} holds no \
+         credential to spend: obtain one with `lethe credential obtain --issuers URLS \
+         --threshold T --verification-key PATH --out {}` and copy the verification key to {}",
+        dir.display(),
+        dir.join(super::credential::CREDENTIAL_FILE).display(),
+        dir.join(super::credential::VERIFICATION_KEY_FILE).display(),
+    )
 }
 
 pub fn send(args: &SendArgs) -> Result<(), String> {
@@ -243,6 +307,9 @@ pub fn send(args: &SendArgs) -> Result<(), String> {
             _ => *ticket.progress.borrow(),
         };
         let stats = handle.stats();
+        if stats.no_bandwidth > 0 && !last.delivered() {
+            return Err(no_bandwidth_error(&args.dir, stats.no_bandwidth));
+        }
         println!(
             "message_id={:016x} fragments={} sent={} acked={} failed={} retransmitted={}",
             ticket.message_id,
@@ -274,6 +341,10 @@ pub fn send(args: &SendArgs) -> Result<(), String> {
         }
         // Write the last packets out and close the session cleanly.
         handle.shutdown(Duration::from_secs(2)).await;
+        let refused = handle.stats().no_bandwidth;
+        if refused > 0 {
+            return Err(no_bandwidth_error(&args.dir, refused));
+        }
         Ok(())
     })
 }

@@ -87,6 +87,8 @@ pub struct FileConfig {
 
 /// What a client directory holds, loaded.
 pub struct ClientFiles {
+    /// The client directory (it may hold a bandwidth credential: see `client::credential`).
+    pub dir: PathBuf,
     pub identity_seed: Zeroizing<[u8; 32]>,
     pub encryption_secret: Zeroizing<[u8; 32]>,
     pub directory_url: String,
@@ -177,6 +179,7 @@ pub fn load(dir: &Path) -> Result<ClientFiles, String> {
     let gateway = keyfile::unhex_32(&config.gateway)
         .ok_or_else(|| format!("{}: gateway is not 32-byte hex", config_path.display()))?;
     Ok(ClientFiles {
+        dir: dir.to_path_buf(),
         identity_seed: keyfile::read_private(&path(dir, IDENTITY_FILE))?,
         encryption_secret: keyfile::read_private(&path(dir, ENCRYPTION_FILE))?,
         directory_url: config.directory_url,

@@ -54,6 +54,11 @@ pub struct Stats {
     pub reconnects: AtomicU64,
     pub queued: AtomicU64,
     pub bandwidth_remaining: AtomicU64,
+    /// The gateway refused forwards for lack of bandwidth (or reported a zero balance) and no
+    /// credential was there to spend.
+    pub no_bandwidth: AtomicU64,
+    /// Credentials the gateway credited.
+    pub credentials_spent: AtomicU64,
 }
 
 /// A copy of [`Stats`].
@@ -83,6 +88,8 @@ pub struct StatsSnapshot {
     pub reconnects: u64,
     pub queued: u64,
     pub bandwidth_remaining: u64,
+    pub no_bandwidth: u64,
+    pub credentials_spent: u64,
 }
 
 impl Stats {
@@ -113,6 +120,8 @@ impl Stats {
             reconnects: l(&self.reconnects),
             queued: l(&self.queued),
             bandwidth_remaining: l(&self.bandwidth_remaining),
+            no_bandwidth: l(&self.no_bandwidth),
+            credentials_spent: l(&self.credentials_spent),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod address;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod credential;
 pub mod message;
 pub mod packets;
 pub mod retransmit;

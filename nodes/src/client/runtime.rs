@@ -30,9 +30,10 @@ use super::config::{ClientFiles, LoopixParams};
 use super::core::{
     bump, Core, CoreLimits, MessageTicket, Received, SendError, Stats, StatsSnapshot,
 };
+use super::credential::{Wallet, LOW_WATER_BYTES};
 use crate::proto::{
-    messages::CONFIRM_IDS_MAX, ClientHandshake, ClientMessage, GatewayMessage, Session,
-    WS_MESSAGE_BYTES_MAX,
+    messages::{error_code, CONFIRM_IDS_MAX},
+    ClientHandshake, ClientMessage, GatewayMessage, Session, WS_MESSAGE_BYTES_MAX,
 };
 use crate::topology::Topology;
 
@@ -81,6 +82,9 @@ pub struct ClientConfig {
     pub topology: Arc<dyn TopologySource>,
     /// Capacity of the channel of received messages.
     pub received_capacity: usize,
+    /// The bandwidth credential to spend when the gateway asks for bandwidth (see
+    /// [`super::credential`]); `None`: never spend one.
+    pub wallet: Option<Arc<std::sync::Mutex<Wallet>>>,
 }
 
 impl ClientConfig {
@@ -98,6 +102,13 @@ impl ClientConfig {
                 key: files.directory_key,
             }),
             received_capacity: 64,
+            wallet: match Wallet::open(&files.dir) {
+                Ok(wallet) => wallet.map(|w| Arc::new(std::sync::Mutex::new(w))),
+                Err(e) => {
+                    eprintln!("lethe client: no credential will be spent: {e}");
+                    None
+                }
+            },
         }
     }
 }
@@ -362,6 +373,7 @@ pub async fn connect(
     tokio::spawn(connection_task(
         config.identity_seed.clone(),
         config.gateway,
+        config.wallet.clone(),
         topology_rx.clone(),
         outgoing_rx,
         event_tx,
@@ -575,6 +587,11 @@ impl CoreTask {
                     .store(remaining_bytes, Ordering::Relaxed);
             }
             Event::Gateway(GatewayMessage::Welcome { .. }) => {}
+            // Reported by the connection task (once, not per refused packet).
+            Event::Gateway(GatewayMessage::Error {
+                code: error_code::NO_BANDWIDTH | error_code::BAD_CREDENTIAL,
+                ..
+            }) => {}
             Event::Gateway(GatewayMessage::Error { code, text }) => {
                 eprintln!("lethe client: gateway error {code}: {text}");
             }
@@ -649,6 +666,7 @@ async fn topology_task(
 async fn connection_task(
     seed: Zeroizing<[u8; 32]>,
     gateway: [u8; 32],
+    wallet: Option<Arc<std::sync::Mutex<Wallet>>>,
     topology: watch::Receiver<Arc<Topology>>,
     mut outgoing: mpsc::Receiver<ClientMessage>,
     events: mpsc::Sender<Event>,
@@ -665,7 +683,16 @@ async fn connection_task(
         let started = Instant::now();
         let end = match url {
             None => SessionEnd::Failed("our gateway is missing from the topology".into()),
-            Some(url) => session(&url, &seed, gateway, &mut outgoing, &events, &state).await,
+            Some(url) => {
+                let links = SessionLinks {
+                    outgoing: &mut outgoing,
+                    events: &events,
+                    state: &state,
+                    stats: &stats,
+                    wallet: wallet.as_ref(),
+                };
+                session(&url, &seed, gateway, links).await
+            }
         };
         let _ = events.send(Event::Down).await;
         match end {
@@ -703,14 +730,152 @@ enum SessionEnd {
     Failed(String),
 }
 
+struct SessionLinks<'a> {
+    outgoing: &'a mut mpsc::Receiver<ClientMessage>,
+    events: &'a mpsc::Sender<Event>,
+    state: &'a watch::Sender<ConnectionState>,
+    stats: &'a Stats,
+    wallet: Option<&'a Arc<std::sync::Mutex<Wallet>>>,
+}
+
+/// Spending the credential within one session (see [`super::credential`]).
+struct Payer {
+    wallet: Option<Arc<std::sync::Mutex<Wallet>>>,
+    gateway: [u8; 32],
+    identity: [u8; 32],
+    /// A spend was sent; the gateway has not answered yet.
+    pending: bool,
+    /// "No bandwidth and no credential" was reported in this session.
+    warned: bool,
+}
+
+impl Payer {
+    /// Looks at a gateway message; returns a `Credential` to send, if one is due.
+    async fn on_message(
+        &mut self,
+        message: &GatewayMessage,
+        stats: &Stats,
+    ) -> Option<ClientMessage> {
+        // Urgent: nothing left (a zero balance or a refused forward), not merely low.
+        let mut urgent = false;
+        let wanted = match message {
+            GatewayMessage::Bandwidth { remaining_bytes } => {
+                if self.pending {
+                    self.pending = false;
+                    bump(&stats.credentials_spent);
+                    if let Some(wallet) = &self.wallet {
+                        if let Ok(mut w) = wallet.lock() {
+                            w.mark_spent();
+                        }
+                    }
+                    eprintln!(
+                        "lethe client: credential spent: the gateway credits {remaining_bytes} \
+                         bytes"
+                    );
+                    false
+                } else {
+                    urgent = *remaining_bytes == 0;
+                    *remaining_bytes < LOW_WATER_BYTES
+                }
+            }
+            GatewayMessage::Error {
+                code: error_code::NO_BANDWIDTH,
+                ..
+            } => {
+                urgent = true;
+                true
+            }
+            GatewayMessage::Error {
+                code: error_code::BAD_CREDENTIAL,
+                text,
+            } if self.pending => {
+                self.pending = false;
+                if let Some(wallet) = &self.wallet {
+                    if let Ok(mut w) = wallet.lock() {
+                        w.mark_refused();
+                    }
+                }
+                eprintln!("lethe client: the gateway refused our credential: {text}");
+                false
+            }
+            // The gateway could not verify it now (busy, storage): kept, tried again when the
+            // gateway next asks for bandwidth.
+            GatewayMessage::Error {
+                code: error_code::OVERLOADED,
+                ..
+            } if self.pending => {
+                self.pending = false;
+                false
+            }
+            _ => false,
+        };
+        if !wanted || self.pending {
+            return None;
+        }
+        let spent = match self.wallet.clone() {
+            None => Ok(None),
+            Some(wallet) => {
+                let (gateway, identity) = (self.gateway, self.identity);
+                tokio::task::spawn_blocking(move || {
+                    let mut wallet = wallet.lock().map_err(|_| "wallet poisoned".to_string())?;
+                    wallet.spend(&gateway, &identity)
+                })
+                .await
+                .unwrap_or_else(|_| Err("spending the credential failed".into()))
+            }
+        };
+        match spent {
+            Ok(Some(bytes)) => {
+                self.pending = true;
+                Some(ClientMessage::Credential { bytes })
+            }
+            Ok(None) if !urgent => None,
+            Ok(None) => {
+                bump(&stats.no_bandwidth);
+                if !self.warned {
+                    self.warned = true;
+                    eprintln!(
+                        "lethe client: no bandwidth at the gateway and no credential to spend: \
+                         obtain one with `lethe credential obtain ... --out DIR/credential` \
+                         (and DIR/verification.key), or `lethe client init --credential`"
+                    );
+                }
+                None
+            }
+            Err(e) => {
+                if urgent {
+                    bump(&stats.no_bandwidth);
+                }
+                if !self.warned {
+                    self.warned = true;
+                    eprintln!("lethe client: no bandwidth, and the credential is unusable: {e}");
+                }
+                None
+            }
+        }
+    }
+}
+
 async fn session(
     url: &str,
     seed: &[u8; 32],
     gateway: [u8; 32],
-    outgoing: &mut mpsc::Receiver<ClientMessage>,
-    events: &mpsc::Sender<Event>,
-    state: &watch::Sender<ConnectionState>,
+    links: SessionLinks<'_>,
 ) -> SessionEnd {
+    let SessionLinks {
+        outgoing,
+        events,
+        state,
+        stats,
+        wallet,
+    } = links;
+    let mut payer = Payer {
+        wallet: wallet.cloned(),
+        gateway,
+        identity: crate::keyfile::ed25519_public(seed),
+        pending: false,
+        warned: false,
+    };
     let config = WebSocketConfig::default()
         .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
         .max_frame_size(Some(WS_MESSAGE_BYTES_MAX));
@@ -772,6 +937,15 @@ async fn session(
                     Ok(message) => message,
                     Err(e) => return SessionEnd::Failed(format!("gateway message: {e}")),
                 };
+                if let Some(credential) = payer.on_message(&message, stats).await {
+                    let sealed = match session.seal(&credential.encode()) {
+                        Ok(sealed) => sealed,
+                        Err(e) => return SessionEnd::Failed(format!("session: {e}")),
+                    };
+                    if let Err(e) = sink.send(Message::binary(sealed)).await {
+                        return SessionEnd::Failed(format!("send: {e}"));
+                    }
+                }
                 if events.send(Event::Gateway(message)).await.is_err() {
                     return SessionEnd::Stop;
                 }

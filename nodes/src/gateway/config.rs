@@ -38,6 +38,16 @@ pub struct GatewaySection {
     pub handshake_timeout_ms: u64,
     pub retention_hours: u64,
     pub database: PathBuf,
+    /// The issuers' aggregated verification key: set, clients need bandwidth credentials.
+    #[serde(default)]
+    pub verification_key: Option<PathBuf>,
+    /// Spent credential tags and client balances (SQLite).
+    #[serde(default = "default_credentials_database")]
+    pub credentials_database: PathBuf,
+}
+
+fn default_credentials_database() -> PathBuf {
+    PathBuf::from("credentials.sqlite")
 }
 
 /// The file `init` writes: every key with its meaning and default.
@@ -75,6 +85,12 @@ handshake_timeout_ms = 10000
 retention_hours = 24
 # The mailbox: SQLite (WAL). Holds deliveries until the client confirms them.
 database = "gateway.sqlite"
+# Admission: the credential issuers' aggregated verification key (`lethe keygen` writes
+# verification.key). Set, a client must spend a bandwidth credential before it may forward,
+# and each forward is charged its packet length. Unset, admission is open.
+# verification_key = "verification.key"
+# Spent credential tags and client bandwidth balances (SQLite, beside the mailbox).
+credentials_database = "credentials.sqlite"
 
 [engine]
 # Sphinx packets processed per batch, and the longest a partial batch waits.
@@ -132,5 +148,10 @@ mod tests {
         assert_eq!(config.version, CONFIG_VERSION);
         assert_eq!(config.gateway.retention_hours, 24);
         assert_eq!(config.gateway.sessions_max, 8192);
+        assert!(config.gateway.verification_key.is_none());
+        assert_eq!(
+            config.gateway.credentials_database,
+            PathBuf::from("credentials.sqlite")
+        );
     }
 }

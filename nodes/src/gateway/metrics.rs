@@ -30,6 +30,10 @@ pub struct GatewayMetrics {
     pub commands_dropped: AtomicU64,
     pub clients_registered: AtomicU64,
     pub database_errors: AtomicU64,
+    pub credentials_accepted: AtomicU64,
+    pub credentials_refused: AtomicU64,
+    pub bandwidth_charged_bytes: AtomicU64,
+    pub forwards_refused_bandwidth: AtomicU64,
 }
 
 impl GatewayMetrics {
@@ -43,7 +47,7 @@ impl GatewayMetrics {
 
     /// Appends the gateway's metrics in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let counters: [(&str, &str, &AtomicU64); 23] = [
+        let counters: [(&str, &str, &AtomicU64); 27] = [
             (
                 "sessions_started_total",
                 "Client sessions established",
@@ -156,8 +160,28 @@ impl GatewayMetrics {
             ),
             (
                 "database_errors_total",
-                "Mailbox database errors",
+                "Mailbox and credential database errors",
                 &self.database_errors,
+            ),
+            (
+                "credentials_accepted_total",
+                "Bandwidth credentials verified and credited",
+                &self.credentials_accepted,
+            ),
+            (
+                "credentials_refused_total",
+                "Bandwidth credentials refused (invalid, expired, spent, or overloaded)",
+                &self.credentials_refused,
+            ),
+            (
+                "bandwidth_charged_bytes_total",
+                "Bytes of client forwards charged to client balances",
+                &self.bandwidth_charged_bytes,
+            ),
+            (
+                "forwards_refused_bandwidth_total",
+                "Client forwards refused for lack of bandwidth (NO_BANDWIDTH)",
+                &self.forwards_refused_bandwidth,
             ),
         ];
         for (name, help, counter) in counters {

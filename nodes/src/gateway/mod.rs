@@ -7,6 +7,7 @@
 //! writer; classifies, stores, then pushes and ACKs) → per-session bounded queues → session
 //! tasks (tokio, 2 workers) → clients. Client `Forward`s → per-next-hop egress tasks → layer 1.
 
+pub mod admission;
 pub mod config;
 pub mod egress;
 pub mod mailbox;
@@ -88,6 +89,10 @@ pub struct RunOverrides {
     /// Shutdown grace period in ms (config: gateway.shutdown_grace_ms).
     #[arg(long, env = "LETHE_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// Require bandwidth credentials of the issuers with this aggregated verification key
+    /// (config: gateway.verification_key). Without it, admission is open.
+    #[arg(long, env = "LETHE_VERIFICATION_KEY")]
+    pub verification_key: Option<std::path::PathBuf>,
 }
 
 impl RunOverrides {
@@ -101,6 +106,10 @@ impl RunOverrides {
         g.retention_hours = self.retention_hours.unwrap_or(g.retention_hours);
         g.sessions_max = self.sessions_max.unwrap_or(g.sessions_max);
         g.shutdown_grace_ms = self.shutdown_grace_ms.unwrap_or(g.shutdown_grace_ms);
+        if let Some(path) = &self.verification_key {
+            // A flag's relative path is relative to the working directory, not the gateway's.
+            g.verification_key = Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()));
+        }
         let e = &mut config.engine;
         e.pool_buffers_count = self.pool_buffers.unwrap_or(e.pool_buffers_count);
         e.timer_entries_max = self.timer_entries_max.unwrap_or(e.timer_entries_max);
@@ -202,6 +211,27 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let reader = Arc::new(
         mailbox::Reader::open(&database).map_err(|e| format!("{}: {e}", database.display()))?,
     );
+    let admission = match &g.verification_key {
+        Some(vk) => {
+            let vk = resolve(dir, vk);
+            let db = resolve(dir, &g.credentials_database);
+            let admission = admission::Admission::open(&db, &vk, identity)?;
+            eprintln!(
+                "lethe: gateway admission: bandwidth credentials required (verification key {}, \
+                 spent tags and balances in {})",
+                vk.display(),
+                db.display()
+            );
+            Some(Arc::new(admission))
+        }
+        None => {
+            eprintln!(
+                "lethe: gateway admission is open: no --verification-key, clients forward \
+                 without credentials"
+            );
+            None
+        }
+    };
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(TOKIO_WORKERS)
         .thread_name("lethe-gateway")
@@ -273,6 +303,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             handshake_timeout: Duration::from_millis(g.handshake_timeout_ms.max(1)),
         },
         connections: AtomicU32::new(0),
+        admission,
     });
     tokio.spawn(sessions::serve(client_listener, shared));
 

@@ -12,6 +12,12 @@
 //!
 //! A malformed or undecryptable message gets an `Error` and closes that session only; a
 //! refused forward (first hop not in layer 1) gets an `Error` and the session goes on.
+//!
+//! With admission on (see [`super::admission`]), the session sends `Bandwidth{remaining}`
+//! right after `Welcome`; each `Forward` is charged its packet length, and refused with
+//! `Error{NO_BANDWIDTH}` when the balance does not cover it; `Credential{bytes}` is verified
+//! and credited (`Bandwidth{remaining}`) or refused (`Error{BAD_CREDENTIAL}`), and the session
+//! goes on either way. `Bandwidth` is also sent after every [`FLUSH_EVERY_BYTES`] charged.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +35,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use zeroize::Zeroizing;
 
+use super::admission::{Admission, Refusal, FLUSH_EVERY_BYTES};
 use super::egress::Egress;
 use super::mailbox::{Command, Delivery, Reader, FETCH_ROWS_MAX};
 use super::metrics::GatewayMetrics;
@@ -175,6 +182,8 @@ pub struct Shared {
     pub metrics: Arc<GatewayMetrics>,
     pub settings: SessionSettings,
     pub connections: AtomicU32,
+    /// Admission and metering; `None`: open admission.
+    pub admission: Option<Arc<Admission>>,
 }
 
 /// Accepts clients until the runtime shuts down.
@@ -298,6 +307,16 @@ struct Live<'a> {
     /// The highest delivery id sent in this session.
     cursor: u64,
     lagged: Arc<AtomicBool>,
+    /// With admission on: the metered balance.
+    account: Option<Account>,
+}
+
+/// A session's view of its client's balance: the database value at the last read or write,
+/// minus what was charged since (`unflushed`, written through every [`FLUSH_EVERY_BYTES`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct Account {
+    remaining: u64,
+    unflushed: u64,
 }
 
 async fn established(ws: Ws, client: [u8; 32], session: Session, shared: &Shared) {
@@ -308,6 +327,7 @@ async fn established(ws: Ws, client: [u8; 32], session: Session, shared: &Shared
         shared,
         cursor: 0,
         lagged: Arc::new(AtomicBool::new(false)),
+        account: None,
     };
     if let Err(text) = live.register().await {
         let _ = send_error(
@@ -328,6 +348,7 @@ async fn established(ws: Ws, client: [u8; 32], session: Session, shared: &Shared
     GatewayMetrics::add(&shared.metrics.sessions_started, 1);
     GatewayMetrics::add(&shared.metrics.sessions_active, 1);
     live.run(outbound, &replaced).await;
+    live.flush().await;
     shared.registry.remove(&client, generation);
     shared
         .metrics
@@ -411,6 +432,19 @@ impl Live<'_> {
         {
             return;
         }
+        if let Some(admission) = self.shared.admission.clone() {
+            let Ok(remaining) = admission.balance(self.client).await else {
+                GatewayMetrics::add(&self.shared.metrics.database_errors, 1);
+                return;
+            };
+            self.account = Some(Account {
+                remaining,
+                unflushed: 0,
+            });
+            if self.report(remaining).await.is_err() {
+                return;
+            }
+        }
         let mut backlog = true;
         // Runs until the client leaves, errs, or is replaced; every turn does bounded work.
         loop {
@@ -479,17 +513,22 @@ impl Live<'_> {
         match message {
             ClientMessage::Forward { first_hop, packet } => {
                 let refusal = match shared.first_hops.check(&first_hop) {
-                    Ok(next_hop) => match shared.egress.send(next_hop, &packet) {
-                        Ok(()) => {
-                            GatewayMetrics::add(&shared.metrics.forwarded_from_clients, 1);
-                            return Next::Continue;
-                        }
-                        Err(e) => (error_code::OVERLOADED, e.to_string()),
-                    },
                     Err(text) => {
                         GatewayMetrics::add(&shared.metrics.forward_refused, 1);
                         (error_code::NOT_LAYER1, text.to_string())
                     }
+                    // Charged before it is queued: a packet dropped by a full egress queue
+                    // is paid for, like one lost on the way.
+                    Ok(next_hop) => match self.meter(packet.len() as u64).await {
+                        Err(refusal) => refusal,
+                        Ok(()) => match shared.egress.send(next_hop, &packet) {
+                            Ok(()) => {
+                                GatewayMetrics::add(&shared.metrics.forwarded_from_clients, 1);
+                                return Next::Continue;
+                            }
+                            Err(e) => (error_code::OVERLOADED, e.to_string()),
+                        },
+                    },
                 };
                 match send_error(&mut self.ws, &mut self.session, refusal.0, &refusal.1).await {
                     Ok(()) => Next::Continue,
@@ -507,8 +546,104 @@ impl Live<'_> {
                 }
                 Next::Continue
             }
-            // Bandwidth accounting is not enforced by this gateway yet: accepted, ignored.
-            ClientMessage::Credential { .. } => Next::Continue,
+            ClientMessage::Credential { bytes } => self.on_credential(bytes).await,
+        }
+    }
+
+    /// Sends `Bandwidth{remaining}`.
+    async fn report(&mut self, remaining: u64) -> Result<(), ()> {
+        let message = GatewayMessage::Bandwidth {
+            remaining_bytes: remaining,
+        };
+        send(&mut self.ws, &mut self.session, &message).await
+    }
+
+    /// Charges a forward of `bytes` (admission on), or says why it is refused.
+    async fn meter(&mut self, bytes: u64) -> Result<(), (u8, String)> {
+        let Some(account) = self.account.as_mut() else {
+            return Ok(()); // open admission
+        };
+        let metrics = &self.shared.metrics;
+        if account.remaining < bytes {
+            GatewayMetrics::add(&metrics.forwards_refused_bandwidth, 1);
+            return Err((
+                error_code::NO_BANDWIDTH,
+                format!(
+                    "no bandwidth: {} bytes left, {bytes} needed; spend a credential",
+                    account.remaining
+                ),
+            ));
+        }
+        account.remaining -= bytes;
+        account.unflushed += bytes;
+        GatewayMetrics::add(&metrics.bandwidth_charged_bytes, bytes);
+        if account.unflushed >= FLUSH_EVERY_BYTES {
+            self.flush().await;
+            if let Some(remaining) = self.account.map(|a| a.remaining) {
+                // A failed send ends the session at the next read or write.
+                let _ = self.report(remaining).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the unflushed charges through and refreshes the balance from the database.
+    async fn flush(&mut self) {
+        let (Some(admission), Some(account)) = (self.shared.admission.clone(), self.account) else {
+            return;
+        };
+        match admission.charge(self.client, account.unflushed).await {
+            Ok(remaining) => {
+                self.account = Some(Account {
+                    remaining,
+                    unflushed: 0,
+                });
+            }
+            // Kept in memory: retried at the next flush.
+            Err(()) => GatewayMetrics::add(&self.shared.metrics.database_errors, 1),
+        }
+    }
+
+    async fn on_credential(&mut self, bytes: Vec<u8>) -> Next {
+        let Some(admission) = self.shared.admission.clone() else {
+            // Open admission: nothing to pay for; the credential is not spent.
+            return Next::Continue;
+        };
+        let metrics = &self.shared.metrics;
+        let answer = match admission.credit(self.client, bytes).await {
+            Ok(_) => {
+                GatewayMetrics::add(&metrics.credentials_accepted, 1);
+                // Charges of this session first, then the credited balance.
+                self.flush().await;
+                match self.account.map(|a| a.remaining) {
+                    Some(remaining) => self.report(remaining).await,
+                    None => Ok(()),
+                }
+            }
+            Err(Refusal::Bad(text)) => {
+                GatewayMetrics::add(&metrics.credentials_refused, 1);
+                send_error(
+                    &mut self.ws,
+                    &mut self.session,
+                    error_code::BAD_CREDENTIAL,
+                    &text,
+                )
+                .await
+            }
+            Err(Refusal::Unavailable(text)) => {
+                GatewayMetrics::add(&metrics.credentials_refused, 1);
+                send_error(
+                    &mut self.ws,
+                    &mut self.session,
+                    error_code::OVERLOADED,
+                    text,
+                )
+                .await
+            }
+        };
+        match answer {
+            Ok(()) => Next::Continue,
+            Err(()) => Next::Close,
         }
     }
 }

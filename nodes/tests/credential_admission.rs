@@ -1,0 +1,464 @@
+//! Multi-process: `lethe keygen`, three `lethe issuer run`, `lethe credential obtain`, and a
+//! `lethe gateway run --verification-key` forwarding to a `lethe sink`, on loopback, driven by
+//! a minimal proto-level client. Outcomes are checked, never speed: bounded, generous waits.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, BandwidthCredential};
+use lethe_crypto::framing::PacketSize;
+use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Version};
+use lethe_nodes::gateway::admission;
+use lethe_nodes::issuer::files::read_verification_key;
+use lethe_nodes::keyfile;
+use lethe_nodes::proto::messages::error_code;
+use lethe_nodes::proto::{ClientHandshake, ClientMessage, GatewayMessage, Session};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// Bandwidth each credential buys: a few regular packets.
+const CREDENTIAL_BYTES: u64 = 10_000;
+
+struct Process {
+    child: Child,
+    lines: HashMap<String, String>,
+}
+
+impl Process {
+    /// Starts `lethe ARGS`; reads `key=value` (or `listening on ADDR`) lines until `keys`.
+    fn start(args: &[&str], keys: &[&str]) -> Process {
+        let mut child = Command::new(LETHE)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
+        let mut lines = HashMap::new();
+        for _ in 0..16 {
+            if keys.iter().all(|k| lines.contains_key(*k)) {
+                break;
+            }
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                panic!("lethe {args:?} exited before printing {keys:?}");
+            }
+            let line = line.trim();
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                lines.insert("listening".to_string(), addr.to_string());
+            } else if let Some((k, v)) = line.split_once('=') {
+                lines.insert(k.to_string(), v.to_string());
+            }
+        }
+        Process { child, lines }
+    }
+
+    fn addr(&self, key: &str) -> SocketAddr {
+        self.lines[key].parse().unwrap()
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    fn terminate(mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "node exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("node did not stop after SIGTERM");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lethe-cred-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn lethe(args: &[&str]) {
+    let out = Command::new(LETHE).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "lethe {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn run_gateway(dir: &Path, vk: &Path) -> Process {
+    let args = [
+        "gateway",
+        "run",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--client-listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--replay-packets-per-s",
+        "200",
+        "--replay-key-lifetime-s",
+        "600",
+        "--pool-buffers",
+        "4096",
+        "--shutdown-grace-ms",
+        "500",
+        "--allow-any-first-hop",
+        "--verification-key",
+        vk.to_str().unwrap(),
+    ];
+    Process::start(
+        &args,
+        &["listen", "client_url", "metrics", "identity", "sphinx_key"],
+    )
+}
+
+fn metric(metrics: SocketAddr, name: &str) -> u64 {
+    let mut stream = TcpStream::connect(metrics).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lethe\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    let line = body
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no metric {name}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn wait_metric(metrics: SocketAddr, name: &str, value: u64) {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut last = metric(metrics, name);
+    while last != value {
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {last}, expected {value}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        last = metric(metrics, name);
+    }
+}
+
+/// A regular-size packet whose first hop is the sink (which only records it).
+fn packet_to(sink: SocketAddr) -> Vec<u8> {
+    let route = [RouteHop {
+        address: address::encode(&sink),
+        public_key: [9; 32],
+    }];
+    let destination = Destination {
+        address: [7; 32],
+        identifier: [0; 16],
+    };
+    let spec = PacketSpec {
+        route: &route,
+        delays_ns: &[0],
+        destination: &destination,
+        version: Version::CURRENT,
+    };
+    let packet = sphinx::create(
+        b"metered",
+        PacketSize::Regular.payload_len(),
+        &spec,
+        None,
+        &mut rand::rng(),
+    )
+    .unwrap();
+    assert_eq!(packet.len(), PacketSize::Regular.packet_len());
+    packet
+}
+
+type Ws = WebSocketStream<tokio::net::TcpStream>;
+
+struct Client {
+    ws: Ws,
+    session: Session,
+    identity: [u8; 32],
+}
+
+impl Client {
+    /// Connects, authenticates, reads Welcome and the Bandwidth that follows it.
+    async fn connect(url: &str, seed: [u8; 32], gateway: [u8; 32]) -> (Client, u64) {
+        let host = url.trim_start_matches("ws://");
+        let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        let (state, hello) = ClientHandshake::start(&seed, gateway, &mut rand::rng());
+        ws.send(Message::Binary(hello.into())).await.unwrap();
+        let reply = next_binary(&mut ws).await.expect("gateway hello");
+        let (auth, session) = state.finish(&reply).unwrap();
+        ws.send(Message::Binary(auth.into())).await.unwrap();
+        let mut client = Client {
+            ws,
+            session,
+            identity: keyfile::ed25519_public(&seed),
+        };
+        match client.recv().await {
+            Some(GatewayMessage::Welcome { .. }) => {}
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+        let remaining = client.expect_bandwidth().await;
+        (client, remaining)
+    }
+
+    async fn send(&mut self, message: &ClientMessage) {
+        let sealed = self.session.seal(&message.encode()).unwrap();
+        self.ws.send(Message::Binary(sealed.into())).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Option<GatewayMessage> {
+        let bytes = next_binary(&mut self.ws).await?;
+        Some(GatewayMessage::decode(&self.session.open(&bytes).unwrap()).unwrap())
+    }
+
+    async fn expect_bandwidth(&mut self) -> u64 {
+        match self.recv().await {
+            Some(GatewayMessage::Bandwidth { remaining_bytes }) => remaining_bytes,
+            other => panic!("expected Bandwidth, got {other:?}"),
+        }
+    }
+
+    async fn expect_error(&mut self, code: u8) {
+        match self.recv().await {
+            Some(GatewayMessage::Error { code: got, text }) => {
+                assert_eq!(got, code, "error {text}");
+            }
+            other => panic!("expected Error {code}, got {other:?}"),
+        }
+    }
+
+    /// Nothing arrives within `wait` (the connection stays open).
+    async fn expect_quiet(&mut self, wait: Duration) {
+        if let Ok(message) = tokio::time::timeout(wait, self.recv()).await {
+            panic!("expected nothing, got {message:?}");
+        }
+    }
+
+    async fn forward(&mut self, sink: SocketAddr, packet: &[u8]) {
+        let message = ClientMessage::Forward {
+            first_hop: address::encode(&sink),
+            packet: packet.to_vec(),
+        };
+        self.send(&message).await;
+    }
+
+    async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+async fn next_binary(ws: &mut Ws) -> Option<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("timed out waiting for the gateway");
+        match next {
+            Some(Ok(Message::Binary(bytes))) => return Some(bytes.to_vec()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// A spend of the credential in `path` by `client` at `gateway`.
+fn spend(path: &Path, vk_path: &Path, gateway: &[u8; 32], client: &[u8; 32]) -> Vec<u8> {
+    let params = bandwidth_parameters().unwrap();
+    let vk = read_verification_key(vk_path, &params).unwrap();
+    let credential = BandwidthCredential::from_bytes(&std::fs::read(path).unwrap()).unwrap();
+    let context = admission::context(gateway, client);
+    credential
+        .spend(&params, &vk, &context, &mut rand_core_06::OsRng)
+        .unwrap()
+        .to_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_admits_meters_and_refuses_double_spends() {
+    let base = temp_dir("admission");
+    let keys = base.join("keys");
+    let gw_dir = base.join("gateway");
+    std::fs::create_dir_all(&base).unwrap();
+    lethe(&[
+        "keygen",
+        "--threshold",
+        "2",
+        "--issuers",
+        "3",
+        "--out",
+        keys.to_str().unwrap(),
+    ]);
+    let vk = keys.join("verification.key");
+    let issuers: Vec<Process> = (1..=3)
+        .map(|i| {
+            let key = keys.join(format!("issuer-{i}.key"));
+            Process::start(
+                &[
+                    "issuer",
+                    "run",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--key",
+                    key.to_str().unwrap(),
+                    "--bandwidth",
+                    &CREDENTIAL_BYTES.to_string(),
+                ],
+                &["listening"],
+            )
+        })
+        .collect();
+    let urls: Vec<String> = issuers
+        .iter()
+        .map(|p| format!("http://{}", p.lines["listening"]))
+        .collect();
+    let urls = urls.join(",");
+    let credential = |name: &str| {
+        let out = base.join(name);
+        lethe(&[
+            "credential",
+            "obtain",
+            "--issuers",
+            &urls,
+            "--threshold",
+            "2",
+            "--verification-key",
+            vk.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        out
+    };
+    let (cred_a, cred_b, cred_c) = (credential("a"), credential("b"), credential("c"));
+    drop(issuers);
+
+    lethe(&["gateway", "init", "--dir", gw_dir.to_str().unwrap()]);
+    let sink_out = base.join("sink.txt");
+    let sink = Process::start(
+        &[
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+            sink_out.to_str().unwrap(),
+        ],
+        &["listen"],
+    );
+    let sink_addr = sink.addr("listen");
+    let gateway = run_gateway(&gw_dir, &vk);
+    let metrics = gateway.addr("metrics");
+    let gw_id = keyfile::unhex_32(&gateway.lines["identity"]).unwrap();
+    let url = gateway.lines["client_url"].clone();
+    let packet = packet_to(sink_addr);
+    let len = packet.len() as u64;
+    let fits = CREDENTIAL_BYTES / len;
+    assert!(fits >= 2, "a credential must cover a few packets");
+
+    // No credential: Bandwidth{0}, then a forward is refused with NO_BANDWIDTH.
+    let (mut x, remaining) = Client::connect(&url, [1; 32], gw_id).await;
+    assert_eq!(remaining, 0);
+    x.forward(sink_addr, &packet).await;
+    x.expect_error(error_code::NO_BANDWIDTH).await;
+    wait_metric(metrics, "lethe_gateway_forwards_refused_bandwidth_total", 1);
+
+    // A spend bound to another client is refused, and does not burn the credential.
+    let y_seed = [2u8; 32];
+    let y_id = keyfile::ed25519_public(&y_seed);
+    let for_y = spend(&cred_c, &vk, &gw_id, &y_id);
+    x.send(&ClientMessage::Credential { bytes: for_y }).await;
+    x.expect_error(error_code::BAD_CREDENTIAL).await;
+    // Garbage is refused; the session stays open.
+    x.send(&ClientMessage::Credential {
+        bytes: vec![0xab; 100],
+    })
+    .await;
+    x.expect_error(error_code::BAD_CREDENTIAL).await;
+
+    // A valid credential is credited; forwards go through.
+    let a_x = spend(&cred_a, &vk, &gw_id, &x.identity);
+    x.send(&ClientMessage::Credential { bytes: a_x.clone() })
+        .await;
+    assert_eq!(x.expect_bandwidth().await, CREDENTIAL_BYTES);
+    x.forward(sink_addr, &packet).await;
+    x.expect_quiet(Duration::from_millis(300)).await;
+    wait_metric(metrics, "lethe_gateway_forwarded_from_clients_total", 1);
+    wait_metric(metrics, "lethe_gateway_bandwidth_charged_bytes_total", len);
+
+    // The same spend again, and a fresh spend of the same credential: refused.
+    x.send(&ClientMessage::Credential { bytes: a_x }).await;
+    x.expect_error(error_code::BAD_CREDENTIAL).await;
+    let a_x2 = spend(&cred_a, &vk, &gw_id, &x.identity);
+    x.send(&ClientMessage::Credential { bytes: a_x2 }).await;
+    x.expect_error(error_code::BAD_CREDENTIAL).await;
+
+    // Another client, another session: spending the same credential is refused.
+    let (mut y, remaining) = Client::connect(&url, y_seed, gw_id).await;
+    assert_eq!(remaining, 0);
+    let a_y = spend(&cred_a, &vk, &gw_id, &y_id);
+    y.send(&ClientMessage::Credential { bytes: a_y }).await;
+    y.expect_error(error_code::BAD_CREDENTIAL).await;
+    // The credential refused above (bound to y, sent by x) is still good for y.
+    let c_y = spend(&cred_c, &vk, &gw_id, &y_id);
+    y.send(&ClientMessage::Credential { bytes: c_y }).await;
+    assert_eq!(y.expect_bandwidth().await, CREDENTIAL_BYTES);
+    y.close().await;
+
+    // Run x's credential out: `fits` forwards in all are paid for (one went above), the next
+    // one is refused.
+    for _ in 0..fits {
+        x.forward(sink_addr, &packet).await;
+    }
+    x.expect_error(error_code::NO_BANDWIDTH).await;
+    wait_metric(metrics, "lethe_gateway_forwarded_from_clients_total", fits);
+    wait_metric(metrics, "lethe_gateway_forwards_refused_bandwidth_total", 2);
+    wait_metric(metrics, "lethe_gateway_credentials_accepted_total", 2);
+    wait_metric(metrics, "lethe_gateway_credentials_refused_total", 5);
+    let left = CREDENTIAL_BYTES - fits * len;
+    // The session's charges are written through when it ends.
+    x.close().await;
+    wait_metric(metrics, "lethe_gateway_sessions_active", 0);
+
+    // Restart: the balance and the spent tags survive.
+    gateway.terminate();
+    let gateway = run_gateway(&gw_dir, &vk);
+    let metrics = gateway.addr("metrics");
+    let url = gateway.lines["client_url"].clone();
+    let (mut x, remaining) = Client::connect(&url, [1; 32], gw_id).await;
+    assert_eq!(remaining, left);
+    x.forward(sink_addr, &packet).await;
+    x.expect_error(error_code::NO_BANDWIDTH).await;
+    let a_x3 = spend(&cred_a, &vk, &gw_id, &x.identity);
+    x.send(&ClientMessage::Credential { bytes: a_x3 }).await;
+    x.expect_error(error_code::BAD_CREDENTIAL).await;
+    let b_x = spend(&cred_b, &vk, &gw_id, &x.identity);
+    x.send(&ClientMessage::Credential { bytes: b_x }).await;
+    assert_eq!(x.expect_bandwidth().await, left + CREDENTIAL_BYTES);
+    x.forward(sink_addr, &packet).await;
+    wait_metric(metrics, "lethe_gateway_forwarded_from_clients_total", 1);
+    x.close().await;
+    gateway.terminate();
+    drop(sink);
+    let _ = std::fs::remove_dir_all(&base);
+}
