@@ -67,6 +67,9 @@ impl Testnet {
                 &options.gateways.to_string(),
                 "--provider",
                 "false",
+                // loadgen's clients do not carry bandwidth credentials yet: open admission.
+                "--credentials",
+                "false",
             ])
             .stdin(Stdio::null())
             // Own process group: a Ctrl-C at the terminal reaches loadgen only, which then

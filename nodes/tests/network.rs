@@ -47,6 +47,24 @@ impl Testnet {
         )
     }
 
+    /// `client init` flags that obtain a bandwidth credential from the testnet's issuers.
+    fn credential_args(&self) -> Vec<String> {
+        let issuers: Vec<&str> = self.state["issuers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_str().unwrap())
+            .collect();
+        vec![
+            "--issuers".into(),
+            issuers.join(","),
+            "--threshold".into(),
+            "2".into(),
+            "--verification-key".into(),
+            self.state["verification_key"].as_str().unwrap().to_string(),
+        ]
+    }
+
     fn node(&self, name: &str) -> &serde_json::Value {
         self.state["nodes"]
             .as_array()
@@ -86,6 +104,8 @@ fn init_client(net: &Testnet, dir: &Path, gateway: Option<&str>) -> String {
     if let Some(g) = gateway {
         args.extend(["--gateway", g]);
     }
+    let credential = net.credential_args();
+    args.extend(credential.iter().map(String::as_str));
     let out = lethe(&args);
     assert!(
         out.status.success(),
