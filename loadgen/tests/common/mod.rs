@@ -202,6 +202,9 @@ impl TestnetGuard {
                 "1",
                 "--provider",
                 "false",
+                // loadgen's clients carry no credentials: open admission.
+                "--credentials",
+                "false",
             ])
             .output()
             .unwrap();
