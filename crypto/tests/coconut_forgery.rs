@@ -95,6 +95,37 @@ mod coconut {
         b
     }
 
+    /// An honest presentation of the fixture's credential.
+    fn prove_honest(fx: &Fx) -> Theta {
+        prove_credential(
+            &fx.params,
+            &fx.vk,
+            &fx.sig,
+            &fx.private,
+            &fx.public,
+            CTX,
+            &mut OsRng,
+        )
+        .unwrap()
+    }
+
+    /// A presentation of the fixture's attributes over a hand-made randomised signature (h, s)
+    /// with blinding r.
+    fn prove_with_signature(fx: &Fx, h: &G1Affine, s: &G1Affine, r: &Scalar) -> Theta {
+        prove_randomised(
+            &fx.params,
+            &fx.vk,
+            h,
+            s,
+            r,
+            &fx.private,
+            &fx.public,
+            CTX,
+            &mut OsRng,
+        )
+        .unwrap()
+    }
+
     fn verify(fx: &Fx, theta: &Theta) -> Result<(), CoconutError> {
         verify_credential(&fx.params, &fx.vk, theta, &fx.public, CTX)
     }
@@ -112,30 +143,10 @@ mod coconut {
     #[test]
     fn honest_show_verifies() {
         let fx = fixture();
-        let theta = prove_credential(
-            &fx.params,
-            &fx.vk,
-            &fx.sig,
-            &fx.private,
-            &fx.public,
-            CTX,
-            &mut OsRng,
-        )
-        .unwrap();
+        let theta = prove_honest(&fx);
         verify(&fx, &theta).unwrap();
         let (h, s, r) = randomise(&fx.sig);
-        let theta = prove_randomised(
-            &fx.params,
-            &fx.vk,
-            &h,
-            &s,
-            &r,
-            &fx.private,
-            &fx.public,
-            CTX,
-            &mut OsRng,
-        )
-        .unwrap();
+        let theta = prove_with_signature(&fx, &h, &s, &r);
         verify(&fx, &theta).unwrap();
     }
 
@@ -144,16 +155,7 @@ mod coconut {
     #[test]
     fn unbound_attribute_is_refused() {
         let fx = fixture();
-        let theta = prove_credential(
-            &fx.params,
-            &fx.vk,
-            &fx.sig,
-            &fx.private,
-            &fx.public,
-            CTX,
-            &mut OsRng,
-        )
-        .unwrap();
+        let theta = prove_honest(&fx);
         let inflated = public_attributes(BW * 100, EXPIRY);
         assert!(verify_credential(&fx.params, &fx.vk, &theta, &inflated, CTX).is_err());
         let later = public_attributes(BW, EXPIRY + 365);
@@ -178,16 +180,7 @@ mod coconut {
         let t_kappa =
             g2 * k[0] + G2Projective::from(betas[0]) * k[1] + G2Projective::from(betas[1]) * k[2];
         let t_zeta = delta * k[1];
-        let base = prove_credential(
-            &fx.params,
-            &fx.vk,
-            &fx.sig,
-            &fx.private,
-            &fx.public,
-            CTX,
-            &mut OsRng,
-        )
-        .unwrap();
+        let base = prove_honest(&fx);
         let mut b = base.to_bytes();
         b[H..H + 48].copy_from_slice(&h.to_compressed());
         b[S..S + 48].copy_from_slice(&s.to_compressed());
@@ -289,18 +282,7 @@ mod coconut {
         let fx = fixture();
         let o = G1Affine::identity();
         let r = Scalar::random(&mut OsRng);
-        let theta = prove_randomised(
-            &fx.params,
-            &fx.vk,
-            &o,
-            &o,
-            &r,
-            &fx.private,
-            &fx.public,
-            CTX,
-            &mut OsRng,
-        )
-        .unwrap();
+        let theta = prove_with_signature(&fx, &o, &o, &r);
         assert_eq!(verify(&fx, &theta), Err(CoconutError::Signature));
         let batch = [ShowItem {
             theta: &theta,
@@ -309,16 +291,7 @@ mod coconut {
         }];
         assert!(verify_batch(&fx.params, &fx.vk, &batch).is_err());
         // On the wire the identity never decodes.
-        let honest = prove_credential(
-            &fx.params,
-            &fx.vk,
-            &fx.sig,
-            &fx.private,
-            &fx.public,
-            CTX,
-            &mut OsRng,
-        )
-        .unwrap();
+        let honest = prove_honest(&fx);
         let inf = o.to_compressed();
         for at in [H, S, ZETA, T_ZETA] {
             assert_eq!(
@@ -346,16 +319,7 @@ mod coconut {
     #[test]
     fn responses_outside_the_challenge_are_refused() {
         let fx = fixture();
-        let honest = prove_credential(
-            &fx.params,
-            &fx.vk,
-            &fx.sig,
-            &fx.private,
-            &fx.public,
-            CTX,
-            &mut OsRng,
-        )
-        .unwrap();
+        let honest = prove_honest(&fx);
         // Replace ζ by a tag for an arbitrary serial, then solve T_ζ = z_0·δ + c·ζ'.
         let delta = G1Projective::from(fx.params.tag_base());
         let zeta = (delta * Scalar::random(&mut OsRng)).to_affine();
@@ -398,16 +362,7 @@ mod coconut {
         let vk5 = &keys5[0].verification;
         vk5.check(&params5).unwrap();
         assert_eq!(vk5.check(&fx.params), Err(CoconutError::VerificationKey));
-        let honest = prove_credential(
-            &fx.params,
-            &fx.vk,
-            &fx.sig,
-            &fx.private,
-            &fx.public,
-            CTX,
-            &mut OsRng,
-        )
-        .unwrap();
+        let honest = prove_honest(&fx);
         assert_eq!(
             verify_credential(&fx.params, vk5, &honest, &fx.public, CTX),
             Err(CoconutError::VerificationKey)
@@ -453,16 +408,7 @@ mod coconut {
     #[test]
     fn malformed_encodings_are_refused() {
         let fx = fixture();
-        let honest = prove_credential(
-            &fx.params,
-            &fx.vk,
-            &fx.sig,
-            &fx.private,
-            &fx.public,
-            CTX,
-            &mut OsRng,
-        )
-        .unwrap();
+        let honest = prove_honest(&fx);
         let bytes = honest.to_bytes();
         let mut long = bytes.clone();
         long.push(0);

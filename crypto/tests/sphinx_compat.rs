@@ -39,13 +39,7 @@ fn reference_packets_process_identically_and_rebuild_bit_for_bit() {
                     sphinx::recover_plaintext(&walked.final_buffer[HEADER_SIZE..]).unwrap(),
                     &msg[..]
                 );
-                assert_eq!(
-                    Payload::from_bytes(&walked.ref_payload)
-                        .unwrap()
-                        .recover_plaintext()
-                        .unwrap(),
-                    msg
-                );
+                assert_eq!(walked.ref_plaintext(), msg);
 
                 let mut padding = Replay::new(final_padding(&walked.final_buffer, hops));
                 let rebuilt = sphinx::create(
@@ -156,13 +150,7 @@ fn v259_surbs_interoperate() {
                 .use_surb(&msg, size - HEADER_SIZE)
                 .unwrap();
             let walked = reply(&net, &ref_packet.to_bytes(), version);
-            assert_eq!(
-                Payload::from_bytes(&walked.ref_payload)
-                    .unwrap()
-                    .recover_plaintext()
-                    .unwrap(),
-                msg
-            );
+            assert_eq!(walked.ref_plaintext(), msg);
         }
     }
 }
@@ -254,13 +242,7 @@ fn v258_surbs_with_full_keys() {
         let (packet, first_hop) = surb.use_surb(&msg, size - HEADER_SIZE).unwrap();
         assert_eq!(first_hop, net.hops[0].address);
         let walked = reply(&net, &packet, version);
-        assert_eq!(
-            Payload::from_bytes(&walked.ref_payload)
-                .unwrap()
-                .recover_plaintext()
-                .unwrap(),
-            msg
-        );
+        assert_eq!(walked.ref_plaintext(), msg);
 
         // Lethe's own v258 SURB (same secret, same padding) is the fixture
         let mut padding = Replay::new(final_padding(&walked.final_buffer, hops));
@@ -315,7 +297,7 @@ proptest! {
         prop_assert_eq!(sphinx::recover_plaintext(&walked.final_buffer[HEADER_SIZE..]).unwrap(), &msg[..]);
         let lethe = sphinx::create(&msg, size - HEADER_SIZE, &net.spec(version), None, &mut rng).unwrap();
         let walked = walk(&net, &lethe, version);
-        let plain = Payload::from_bytes(&walked.ref_payload).unwrap().recover_plaintext().unwrap();
+        let plain = walked.ref_plaintext();
         prop_assert_eq!(plain, msg);
         // the reference parses what Lethe built
         prop_assert!(SphinxPacket::from_bytes(&lethe).is_ok());

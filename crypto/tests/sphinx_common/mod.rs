@@ -126,6 +126,16 @@ pub struct Walk {
     pub identifier: [u8; 16],
 }
 
+impl Walk {
+    /// The message `sphinx-packet` recovers from its final payload.
+    pub fn ref_plaintext(&self) -> Vec<u8> {
+        sphinx_packet::payload::Payload::from_bytes(&self.ref_payload)
+            .unwrap()
+            .recover_plaintext()
+            .unwrap()
+    }
+}
+
 /// Processes `bytes` hop by hop with both crates, asserting identical results at every hop.
 pub fn walk(net: &Net, bytes: &[u8], version: Version) -> Walk {
     let mut lethe = bytes.to_vec();
