@@ -107,6 +107,14 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String
     (status, body)
 }
 
+/// The dealer's `t`-of-`n` key shares into `dir`; the command must succeed.
+fn keygen(dir: &Path, threshold: u32, issuers: u32) {
+    let (t, n) = (threshold.to_string(), issuers.to_string());
+    let out = dir.to_str().unwrap();
+    let o = cli(&["keygen", "--threshold", &t, "--issuers", &n, "--out", out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 fn obtain(dir: &Path, urls: &[String], out: &str) -> Output {
     obtain_with(dir, urls, out, &[])
 }
@@ -173,16 +181,7 @@ fn keygen_refuses_bad_thresholds_and_overwrites() {
 fn threshold_issuance_errors_and_spending() {
     let mut g = Guard::new("issuance");
     let dir = g.dir.clone();
-    let o = cli(&[
-        "keygen",
-        "--threshold",
-        "3",
-        "--issuers",
-        "5",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    keygen(&dir, 3, 5);
     let addrs: Vec<SocketAddr> = (1..=5)
         .map(|i| g.issuer(&dir.join(format!("issuer-{i}.key")), &[]))
         .collect();
@@ -203,16 +202,7 @@ fn threshold_issuance_errors_and_spending() {
     // A rogue issuer (key from another dealer) among them: with the trusted key shares its
     // answer is refused and the honest ones suffice.
     let rogue_dir = dir.join("rogue");
-    let o = cli(&[
-        "keygen",
-        "--threshold",
-        "3",
-        "--issuers",
-        "5",
-        "--out",
-        rogue_dir.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    keygen(&rogue_dir, 3, 5);
     let rogue = g.issuer(&rogue_dir.join("issuer-1.key"), &[]);
     let mut mixed = vec![format!("http://{rogue}")];
     mixed.extend_from_slice(&urls[1..]);
@@ -337,16 +327,7 @@ fn threshold_issuance_errors_and_spending() {
 fn rate_limited_requests_get_429() {
     let mut g = Guard::new("ratelimit");
     let dir = g.dir.clone();
-    let o = cli(&[
-        "keygen",
-        "--threshold",
-        "1",
-        "--issuers",
-        "1",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    keygen(&dir, 1, 1);
     let addr = g.issuer(
         &dir.join("issuer-1.key"),
         &["--rate-per-ip", "0.01", "--burst-per-ip", "2"],
