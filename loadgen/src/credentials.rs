@@ -100,8 +100,7 @@ pub fn obtain_all(
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let senders = senders as usize;
-    let mut credentials =
-        runtime.block_on(obtain_many(&params, &obtain_config, senders))?;
+    let mut credentials = runtime.block_on(obtain_many(&params, &obtain_config, senders))?;
     let bandwidth_each = credentials
         .first()
         .map(BandwidthCredential::bandwidth)

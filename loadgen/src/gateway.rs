@@ -722,7 +722,9 @@ async fn spend_next(
 ) -> Result<Option<Vec<u8>>, String> {
     let wallet = Arc::clone(wallet);
     tokio::task::spawn_blocking(move || {
-        let mut wallet = wallet.lock().map_err(|_| "wallet lock poisoned".to_string())?;
+        let mut wallet = wallet
+            .lock()
+            .map_err(|_| "wallet lock poisoned".to_string())?;
         wallet.spend(&gateway, &client)
     })
     .await
@@ -978,7 +980,8 @@ impl GatewayNetwork {
         let Some(sender) = self.senders.get(client as usize) else {
             return open_session(&gateway.url, &random_seed()?, gateway.identity).await;
         };
-        let (mut ws, mut session) = open_session(&gateway.url, &sender.seed, gateway.identity).await?;
+        let (mut ws, mut session) =
+            open_session(&gateway.url, &sender.seed, gateway.identity).await?;
         if let Some(wallet) = &sender.wallet {
             let target_bytes = if sender.prepaid.load(Ordering::Relaxed) {
                 LOW_WATER_BYTES
@@ -987,8 +990,16 @@ impl GatewayNetwork {
             };
             let identity = keyfile::ed25519_public(&sender.seed);
             let counters = &self.shared.counters;
-            prepay(&mut ws, &mut session, gateway, wallet, identity, target_bytes, counters)
-                .await?;
+            prepay(
+                &mut ws,
+                &mut session,
+                gateway,
+                wallet,
+                identity,
+                target_bytes,
+                counters,
+            )
+            .await?;
             sender.prepaid.store(true, Ordering::Relaxed);
         }
         Ok((ws, session))

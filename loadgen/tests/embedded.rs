@@ -47,7 +47,11 @@ fn default_run_drives_a_testnet_through_gateway_clients_and_stops_it() {
     assert_eq!(credentials["refused"], 0, "{credentials:#}");
     assert_eq!(credentials["threshold"], 2);
     assert_eq!(credentials["issuers"], 3);
-    assert_eq!(clients["gateway_errors"], serde_json::json!({}), "{clients:#}");
+    assert_eq!(
+        clients["gateway_errors"],
+        serde_json::json!({}),
+        "{clients:#}"
+    );
     // Every delivery was confirmed (the gateways' mailboxes do not fill up).
     assert_eq!(clients["confirmed"], clients["deliveries"], "{clients:#}");
     // The testnet was stopped: no node of it is left.
@@ -90,10 +94,24 @@ fn target_drives_an_existing_network_with_or_without_a_pinned_key() {
     assert!(report["result"]["delivered"]["packets"].as_u64().unwrap() > 0);
     // The gateway credited the senders' credentials and refused nothing.
     let clients = &report["result"]["gateway_clients"];
-    assert_eq!(clients["gateway_errors"], serde_json::json!({}), "{clients:#}");
-    assert_eq!(report["credentials"]["spent"], 2, "{:#}", report["credentials"]);
-    assert_eq!(net.gateway_metric("lethe_gateway_credentials_accepted_total"), 2);
-    assert_eq!(net.gateway_metric("lethe_gateway_forwards_refused_bandwidth_total"), 0);
+    assert_eq!(
+        clients["gateway_errors"],
+        serde_json::json!({}),
+        "{clients:#}"
+    );
+    assert_eq!(
+        report["credentials"]["spent"], 2,
+        "{:#}",
+        report["credentials"]
+    );
+    assert_eq!(
+        net.gateway_metric("lethe_gateway_credentials_accepted_total"),
+        2
+    );
+    assert_eq!(
+        net.gateway_metric("lethe_gateway_forwards_refused_bandwidth_total"),
+        0
+    );
 
     // Trust on first use, said on stderr.
     let mut args = vec![
@@ -147,10 +165,15 @@ fn without_credentials_a_gateway_that_requires_them_refuses_and_the_report_says_
     check_success(&output);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_valid(&report);
-    assert!(report["credentials"].is_null(), "no --issuers: none obtained");
+    assert!(
+        report["credentials"].is_null(),
+        "no --issuers: none obtained"
+    );
     assert_eq!(report["result"]["delivered"]["packets"], 0);
     let clients = &report["result"]["gateway_clients"];
-    let refused = clients["gateway_errors"]["no_bandwidth"].as_u64().unwrap_or(0);
+    let refused = clients["gateway_errors"]["no_bandwidth"]
+        .as_u64()
+        .unwrap_or(0);
     assert!(refused > 0, "{clients:#}");
     let warnings = report["warnings"].as_array().unwrap();
     assert!(
