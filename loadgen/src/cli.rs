@@ -18,7 +18,10 @@ use lethe_crypto::framing::PacketSize;
         prints a report and stops the network. Latency is measured from each packet's \
         scheduled send time (coordinated omission corrected).\n\n\
         --target URL drives an existing network through its directory instead; --network \
-        mixnet drives bare mixnodes with loadgen's own final hop (isolates the mix layer)."
+        mixnet drives bare mixnodes with loadgen's own final hop (isolates the mix layer).\n\n\
+        The testnet's gateways require bandwidth credentials: every sender obtains one from \
+        the testnet's issuers before the run and spends it at its gateway (with --target: \
+        --issuers, --threshold, --verification-key)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -38,6 +41,19 @@ pub struct Cli {
     /// key is fetched from the directory itself (trust on first use; loadgen says so).
     #[arg(long, global = true, value_name = "HEX", requires = "target")]
     pub directory_key: Option<String>,
+    /// With --target: credential issuers (comma-separated http://host:port) to obtain the
+    /// senders' bandwidth credentials from, for gateways that require them. Without it the
+    /// senders carry none (open admission). The local testnet's issuers are used by default.
+    #[arg(long, global = true, value_delimiter = ',', value_name = "URLS",
+          requires_all = ["target", "threshold", "verification_key"])]
+    pub issuers: Option<Vec<String>>,
+    /// Issuer shares a credential needs (t), with --issuers.
+    #[arg(long, global = true, requires = "issuers")]
+    pub threshold: Option<usize>,
+    /// The issuers' aggregated verification key (`verification.key` from `lethe keygen`),
+    /// with --issuers.
+    #[arg(long, global = true, value_name = "PATH", requires = "issuers")]
+    pub verification_key: Option<PathBuf>,
     /// What bare `loadgen` / `sweep` start: `testnet` (`lethe testnet up`: directory,
     /// mixnodes, gateways; loadgen's clients connect to the gateways) or `mixnet` (bare
     /// `lethe mixnode` processes and loadgen's own final hop: the mix layer alone).

@@ -85,6 +85,10 @@ pub trait Driver {
     fn client_stats(&self) -> Option<ClientStats> {
         None
     }
+    /// Bandwidth credentials the driver's clients obtained and spent (gateway drivers).
+    fn credentials(&self) -> Option<crate::credentials::CredentialInfo> {
+        None
+    }
 }
 
 /// Where the `lethe` binary is: `--lethe`, then `LETHE_BIN`, then next to this executable.

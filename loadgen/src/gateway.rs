@@ -11,16 +11,26 @@
 //!
 //! The sessions run on a small tokio runtime; the sender threads hand their batches over a
 //! bounded queue (a full queue makes the sender wait, so a slow gateway shows as lateness).
+//!
+//! Sender `i` keeps one identity for the whole process (warm-up, run, every ramp step), so the
+//! bandwidth a gateway credited it stays with it. With credentials ([`GatewayNetwork::
+//! add_credentials`]) a sender session, once the gateway has reported the balance after
+//! `Welcome`, spends credentials (`Credential{spend}`, the real client's message, bound to the
+//! gateway and the sender's identity) until the balance covers the sender's share of the run,
+//! and waits for the credit before it sends: loadgen does not retransmit, so it pays up front
+//! rather than when a forward is refused. Later sessions top up below the real client's
+//! `LOW_WATER_BYTES`. A gateway that reports no balance has open admission: nothing is spent.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::{Destination, RouteHop};
+use lethe_nodes::client::credential::{Wallet, LOW_WATER_BYTES};
 use lethe_nodes::directory::client::{fetch_key, fetch_topology, http_client};
 use lethe_nodes::keyfile;
 use lethe_nodes::proto::messages::{error_code, CONFIRM_IDS_MAX};
@@ -35,6 +45,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::credentials::{CredentialInfo, IssuerConfig};
 use crate::driver::{Driver, Injector, NodeInfo};
 use crate::generator::{Exit, Topology, Wire, FORWARD_OVERHEAD};
 use crate::receiver::{ActiveRun, ReceiverCounters, ReceiverStats};
@@ -44,6 +55,12 @@ use crate::tracker::Arrival;
 
 /// Connect + handshake + welcome, per session.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// A gateway with admission on reports the balance right after `Welcome`; one that says
+/// nothing for this long has open admission.
+const BALANCE_WAIT: Duration = Duration::from_secs(2);
+/// How long a spent credential may wait for the gateway's answer (it may queue for a
+/// verification slot for 10 s).
+const CREDIT_WAIT: Duration = Duration::from_secs(20);
 /// A sender waits at most this long for room in its session's queue.
 const QUEUE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Batches (of up to 64 packets) queued per sender session.
@@ -141,6 +158,9 @@ struct Counters {
     confirmed: AtomicU64,
     confirm_messages: AtomicU64,
     errors: Mutex<Vec<String>>,
+    /// Credentials the gateways credited, and refused.
+    credentials_spent: AtomicU64,
+    credentials_refused: AtomicU64,
 }
 
 impl Counters {
@@ -209,6 +229,26 @@ struct GatewayEntry {
     url: String,
     identity: [u8; 32],
     hop: RouteHop,
+    /// It reported no balance after `Welcome`: open admission (sessions stop waiting for one).
+    open_admission: Arc<AtomicBool>,
+}
+
+/// Sender `i`'s identity and credentials, the same for every session it opens.
+struct SenderIdentity {
+    seed: [u8; 32],
+    wallet: Option<Arc<Mutex<Wallet>>>,
+    /// The first session with a balance report paid the whole budget.
+    prepaid: AtomicBool,
+}
+
+impl SenderIdentity {
+    fn new() -> Result<SenderIdentity, String> {
+        Ok(SenderIdentity {
+            seed: random_seed()?,
+            wallet: None,
+            prepaid: AtomicBool::new(false),
+        })
+    }
 }
 
 /// What the directory said, for the report.
@@ -234,6 +274,11 @@ pub struct GatewayNetwork {
     gateways: Vec<GatewayEntry>,
     packet_size: PacketSize,
     shared: Arc<Shared>,
+    /// By sender index (senders beyond get a fresh identity per session, without credentials).
+    senders: Vec<SenderIdentity>,
+    /// Bytes the first paid session of each sender covers.
+    budget_bytes: u64,
+    credentials: Option<CredentialInfo>,
     pub directory: DirectoryInfo,
     testnet: Option<Testnet>,
 }
@@ -254,12 +299,15 @@ fn random_seed() -> Result<[u8; 32], String> {
 impl GatewayNetwork {
     /// Reads and verifies the topology at `url` and connects one receiver per gateway.
     /// `key`: the pinned directory key; `None` fetches it (trust on first use, always said on
-    /// stderr). A testnet given here is stopped when the driver is dropped.
+    /// stderr). `clients`: the run's senders (identities are made for at least one per
+    /// gateway, which the warm-up uses). A testnet given here is stopped when the driver is
+    /// dropped.
     pub fn start(
         kind: &'static str,
         url: &str,
         key: Option<[u8; 32]>,
         packet_size: PacketSize,
+        clients: u32,
         testnet: Option<Testnet>,
     ) -> Result<GatewayNetwork, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -334,6 +382,7 @@ impl GatewayNetwork {
                 url: client_url,
                 identity: descriptor.identity_key().map_err(|e| e.to_string())?,
                 hop: descriptor.route_hop().map_err(|e| e.to_string())?,
+                open_admission: Arc::new(AtomicBool::new(false)),
             });
         }
         if gateways.is_empty() {
@@ -378,6 +427,9 @@ impl GatewayNetwork {
                 },
             });
         }
+        let senders = (0..clients.max(gateways.len() as u32))
+            .map(|_| SenderIdentity::new())
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(GatewayNetwork {
             kind,
             runtime,
@@ -387,6 +439,9 @@ impl GatewayNetwork {
             gateways,
             packet_size,
             shared,
+            senders,
+            budget_bytes: 0,
+            credentials: None,
             directory: DirectoryInfo {
                 url: url.to_string(),
                 key: keyfile::hex(&key),
@@ -395,6 +450,30 @@ impl GatewayNetwork {
             },
             testnet,
         })
+    }
+}
+
+impl GatewayNetwork {
+    /// Obtains credentials for every sender from `issuers`, each sender's covering
+    /// `budget_bytes`; returns the report's summary (also kept for [`Driver::credentials`]).
+    pub fn add_credentials(
+        &mut self,
+        issuers: &IssuerConfig,
+        budget_bytes: u64,
+    ) -> Result<CredentialInfo, String> {
+        let obtained =
+            crate::credentials::obtain_all(issuers, self.senders.len() as u32, budget_bytes)?;
+        for (sender, wallet) in self.senders.iter_mut().zip(obtained.wallets) {
+            sender.wallet = Some(Arc::new(Mutex::new(wallet)));
+        }
+        self.budget_bytes = budget_bytes;
+        self.credentials = Some(obtained.info.clone());
+        Ok(obtained.info)
+    }
+
+    /// Senders this network has identities (and possibly credentials) for.
+    pub fn senders(&self) -> usize {
+        self.senders.len()
     }
 }
 
@@ -471,6 +550,21 @@ impl GatewayNetwork {
             if crate::run::interrupted() {
                 return Err("interrupted during the warm-up".into());
             }
+            if let Some(refusals) = self.admission_refusals() {
+                // Said even with --quiet: nothing this run sends will be delivered.
+                eprintln!(
+                    "loadgen: warm-up: the gateways refuse loadgen's packets ({refusals}): they admit \
+                     packets only against bandwidth credentials{}; running anyway, the report \
+                     counts the refusals",
+                    if self.credentials.is_none() {
+                        " and loadgen has none (with --target: --issuers, --threshold, \
+                         --verification-key)"
+                    } else {
+                        ""
+                    }
+                );
+                return Ok(());
+            }
             if started.elapsed() > WARM_UP_MAX {
                 say(&format!(
                     "warm-up: {} of {probes} probes still not delivered after {}s; running \
@@ -492,6 +586,18 @@ impl GatewayNetwork {
             std::thread::sleep(Duration::from_millis(500));
         }
         Ok(())
+    }
+}
+
+impl GatewayNetwork {
+    /// `no_bandwidth N, bad_credential M` when the gateways refused admission so far.
+    fn admission_refusals(&self) -> Option<String> {
+        let errors = self.shared.counters.snapshot().gateway_errors;
+        let refusals: Vec<String> = ["no_bandwidth", "bad_credential"]
+            .iter()
+            .filter_map(|code| errors.get(*code).map(|n| format!("{code} {n}")))
+            .collect();
+        (!refusals.is_empty()).then(|| refusals.join(", "))
     }
 }
 
@@ -552,6 +658,137 @@ async fn next_binary(ws: &mut Ws) -> Result<Vec<u8>, String> {
             Some(Ok(Message::Text(_))) => return Err("text message refused".into()),
         }
     }
+}
+
+/// Pays for a sender session (see the module documentation): spends `sender`'s credentials
+/// until the gateway's balance covers `target_bytes`. Nothing with open admission.
+async fn prepay(
+    ws: &mut Ws,
+    session: &mut Session,
+    gateway: &GatewayEntry,
+    wallet: &Arc<Mutex<Wallet>>,
+    client: [u8; 32],
+    target_bytes: u64,
+    counters: &Counters,
+) -> Result<(), String> {
+    if gateway.open_admission.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let Some(mut remaining) = first_balance(ws, session, counters).await? else {
+        gateway.open_admission.store(true, Ordering::Relaxed);
+        return Ok(());
+    };
+    while remaining < target_bytes {
+        let Some(bytes) = spend_next(wallet, gateway.identity, client).await? else {
+            counters.note(format!(
+                "{}: {remaining} bytes of bandwidth left and no credential to spend",
+                gateway.name
+            ));
+            return Ok(());
+        };
+        seal_send(ws, session, &ClientMessage::Credential { bytes }).await?;
+        remaining = credit(ws, session, wallet, counters).await?;
+    }
+    Ok(())
+}
+
+/// The balance the gateway reports after `Welcome`; `None`: no report within
+/// [`BALANCE_WAIT`] (open admission).
+async fn first_balance(
+    ws: &mut Ws,
+    session: &mut Session,
+    counters: &Counters,
+) -> Result<Option<u64>, String> {
+    let waiting = async {
+        loop {
+            match next_message(ws, session).await? {
+                GatewayMessage::Bandwidth { remaining_bytes } => return Ok(remaining_bytes),
+                GatewayMessage::Error { code, text } => counters.gateway_error(code, &text),
+                _ => {}
+            }
+        }
+    };
+    match tokio::time::timeout(BALANCE_WAIT, waiting).await {
+        Ok(balance) => balance.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+/// A spend of the wallet's next credential (`None`: none left), off the async workers.
+async fn spend_next(
+    wallet: &Arc<Mutex<Wallet>>,
+    gateway: [u8; 32],
+    client: [u8; 32],
+) -> Result<Option<Vec<u8>>, String> {
+    let wallet = Arc::clone(wallet);
+    tokio::task::spawn_blocking(move || {
+        let mut wallet = wallet
+            .lock()
+            .map_err(|_| "wallet lock poisoned".to_string())?;
+        wallet.spend(&gateway, &client)
+    })
+    .await
+    .map_err(|e| format!("spending a credential: {e}"))?
+}
+
+/// The gateway's answer to a spent credential: the credited balance, or why it was refused.
+async fn credit(
+    ws: &mut Ws,
+    session: &mut Session,
+    wallet: &Arc<Mutex<Wallet>>,
+    counters: &Counters,
+) -> Result<u64, String> {
+    let retire = |spent: bool| {
+        if let Ok(mut wallet) = wallet.lock() {
+            if spent {
+                wallet.mark_spent();
+            } else {
+                wallet.mark_refused();
+            }
+        }
+    };
+    let waiting = async {
+        loop {
+            match next_message(ws, session).await? {
+                GatewayMessage::Bandwidth { remaining_bytes } => {
+                    retire(true);
+                    Counters::add(&counters.credentials_spent, 1);
+                    return Ok(remaining_bytes);
+                }
+                GatewayMessage::Error { code, text } => {
+                    counters.gateway_error(code, &text);
+                    if code == error_code::BAD_CREDENTIAL {
+                        retire(false);
+                        Counters::add(&counters.credentials_refused, 1);
+                        return Err(format!("the gateway refused loadgen's credential: {text}"));
+                    }
+                    if code == error_code::OVERLOADED {
+                        return Err(format!(
+                            "the gateway could not verify loadgen's credential now: {text}"
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(CREDIT_WAIT, waiting)
+        .await
+        .map_err(|_| {
+            format!(
+                "the gateway did not answer a spent credential within {}s",
+                CREDIT_WAIT.as_secs()
+            )
+        })?
+}
+
+/// The next gateway message of a session.
+async fn next_message(ws: &mut Ws, session: &mut Session) -> Result<GatewayMessage, String> {
+    let bytes = next_binary(ws).await?;
+    session
+        .open(&bytes)
+        .and_then(|plain| GatewayMessage::decode(&plain))
+        .map_err(|e| format!("gateway message: {e}"))
 }
 
 async fn seal_send(
@@ -733,6 +970,42 @@ impl Injector for GatewayInjector {
     }
 }
 
+impl GatewayNetwork {
+    /// A session of sender `client` at `gateway`, paid for when it has credentials.
+    async fn open_sender_session(
+        &self,
+        client: u32,
+        gateway: &GatewayEntry,
+    ) -> Result<(Ws, Session), String> {
+        let Some(sender) = self.senders.get(client as usize) else {
+            return open_session(&gateway.url, &random_seed()?, gateway.identity).await;
+        };
+        let (mut ws, mut session) =
+            open_session(&gateway.url, &sender.seed, gateway.identity).await?;
+        if let Some(wallet) = &sender.wallet {
+            let target_bytes = if sender.prepaid.load(Ordering::Relaxed) {
+                LOW_WATER_BYTES
+            } else {
+                self.budget_bytes.max(LOW_WATER_BYTES)
+            };
+            let identity = keyfile::ed25519_public(&sender.seed);
+            let counters = &self.shared.counters;
+            prepay(
+                &mut ws,
+                &mut session,
+                gateway,
+                wallet,
+                identity,
+                target_bytes,
+                counters,
+            )
+            .await?;
+            sender.prepaid.store(true, Ordering::Relaxed);
+        }
+        Ok((ws, session))
+    }
+}
+
 impl Driver for GatewayNetwork {
     fn kind(&self) -> &'static str {
         self.kind
@@ -756,10 +1029,9 @@ impl Driver for GatewayNetwork {
             .gateways
             .get(client as usize % count)
             .ok_or("no gateway")?;
-        let seed = random_seed()?;
         let (ws, session) = self
             .runtime
-            .block_on(open_session(&gateway.url, &seed, gateway.identity))
+            .block_on(self.open_sender_session(client, gateway))
             .map_err(|e| format!("sender {client} at {}: {e}", gateway.name))?;
         Counters::add(&self.shared.counters.sessions, 1);
         Counters::add(&self.shared.counters.senders, 1);
@@ -833,6 +1105,15 @@ impl Driver for GatewayNetwork {
 
     fn client_stats(&self) -> Option<ClientStats> {
         Some(self.shared.counters.snapshot())
+    }
+
+    fn credentials(&self) -> Option<CredentialInfo> {
+        let counters = &self.shared.counters;
+        self.credentials.clone().map(|info| CredentialInfo {
+            spent: counters.credentials_spent.load(Ordering::Relaxed),
+            refused: counters.credentials_refused.load(Ordering::Relaxed),
+            ..info
+        })
     }
 }
 

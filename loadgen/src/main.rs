@@ -2,6 +2,7 @@
 //! loss and coordinated-omission-corrected latency. See loadgen/README.md.
 
 mod cli;
+mod credentials;
 mod driver;
 mod gateway;
 mod generator;
@@ -22,7 +23,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, Network};
+use cli::{Cli, Command, Network, RampArgs};
+use credentials::IssuerConfig;
 use driver::{Driver, EmbeddedMixnet, EmbeddedOptions, SingleNode};
 use gateway::{DirectoryInfo, GatewayNetwork};
 use report::Report;
@@ -92,7 +94,11 @@ fn real_main(cli: &Cli) -> Result<(), String> {
                 None => None,
             };
             say(&format!("reading the topology from {url}"));
-            let mut network = GatewayNetwork::start("target", url, key, base.size, None)?;
+            let mut network =
+                GatewayNetwork::start("target", url, key, base.size, base.clients, None)?;
+            if let Some(issuers) = target_issuers(cli) {
+                obtain_credentials(&mut network, &issuers, cli, &base, &say)?;
+            }
             network.warm_up(&say)?;
             directory = Some(network.directory.clone());
             Box::new(network)
@@ -134,8 +140,18 @@ fn real_main(cli: &Cli) -> Result<(), String> {
                 "testnet up (directory {url}, state in {}); connecting gateway clients",
                 testnet.dir().display()
             ));
-            let mut network =
-                GatewayNetwork::start("testnet", &url, Some(key), base.size, Some(testnet))?;
+            let issuers = testnet.issuers.clone();
+            let mut network = GatewayNetwork::start(
+                "testnet",
+                &url,
+                Some(key),
+                base.size,
+                base.clients,
+                Some(testnet),
+            )?;
+            if let Some(issuers) = &issuers {
+                obtain_credentials(&mut network, issuers, cli, &base, &say)?;
+            }
             network.warm_up(&say)?;
             directory = Some(network.directory.clone());
             Box::new(network)
@@ -178,6 +194,57 @@ fn real_main(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// --issuers, --threshold and --verification-key (clap makes them come together).
+fn target_issuers(cli: &Cli) -> Option<IssuerConfig> {
+    Some(IssuerConfig {
+        issuers: cli.issuers.clone()?,
+        threshold: cli.threshold?,
+        verification_key: cli.verification_key.clone()?,
+    })
+}
+
+/// Every sender's credentials, covering its share of the packets this invocation may send.
+fn obtain_credentials(
+    network: &mut GatewayNetwork,
+    issuers: &IssuerConfig,
+    cli: &Cli,
+    base: &LoadParams,
+    say: &dyn Fn(&str),
+) -> Result<(), String> {
+    let budget_bytes =
+        credentials::budget_bytes(packets_planned(cli), base.clients, base.size.packet_len());
+    say(&format!(
+        "obtaining bandwidth credentials for {} senders ({} of {} issuers)",
+        network.senders(),
+        issuers.threshold,
+        issuers.issuers.len()
+    ));
+    let info = network.add_credentials(issuers, budget_bytes)?;
+    say(&format!(
+        "{} credentials obtained in {:.0} ms ({} bytes each; each sender needs about {} bytes)",
+        info.obtained, info.obtain_ms, info.bandwidth_bytes_each, budget_bytes
+    ));
+    Ok(())
+}
+
+/// The most packets all senders together send: the run, or every step a ramp may take.
+fn packets_planned(cli: &Cli) -> f64 {
+    match &cli.command {
+        Some(Command::Sweep { ramp }) | Some(Command::Node { ramp, .. }) => ramp_packets_max(ramp),
+        Some(Command::Run) | None => cli.load.rate * cli.load.duration,
+    }
+}
+
+/// Rising steps at rate_start x factor^k, then the refining steps (each below the top rate).
+fn ramp_packets_max(ramp: &RampArgs) -> f64 {
+    let rates: Vec<f64> = (0..ramp.steps_max)
+        .map(|k| ramp.rate_start * ramp.rate_factor.powi(k as i32))
+        .collect();
+    let top = rates.iter().copied().fold(0.0, f64::max);
+    let rising: f64 = rates.iter().sum();
+    (rising + f64::from(ramp.refine_steps) * top) * ramp.step_duration
+}
+
 fn status(cli: &Cli, message: &str) {
     if !cli.load.quiet {
         eprintln!("loadgen: {message}");
@@ -212,6 +279,7 @@ fn build_report(
         driver: driver.kind().to_string(),
         nodes: driver.nodes().to_vec(),
         directory: None,
+        credentials: driver.credentials(),
         config: report::config(detail),
         result,
         ramp,

@@ -27,6 +27,9 @@ pub struct Report {
     /// The directory the topology came from (drivers `testnet` and `target`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub directory: Option<crate::gateway::DirectoryInfo>,
+    /// The senders' bandwidth credentials (gateway drivers, when the network has issuers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<crate::credentials::CredentialInfo>,
     pub config: Config,
     /// The run (for `node`/`sweep`: the highest sustained step, else the first step).
     pub result: RunReport,
@@ -374,7 +377,8 @@ pub fn gateway_error_warning(code: &str, count: u64) -> String {
     let why = match code {
         "no_bandwidth" => {
             "NO_BANDWIDTH: the gateway admits packets only against bandwidth credentials and \
-             loadgen presents none (it does not implement credentials)"
+             the sender had no bandwidth there (with --target: obtain credentials with \
+             --issuers, --threshold and --verification-key)"
         }
         "bad_credential" => "BAD_CREDENTIAL: the gateway refused a credential",
         "not_layer1" => {
@@ -517,6 +521,20 @@ pub fn render_text(report: &Report) -> String {
             } else {
                 " (trust on first use)"
             }
+        );
+    }
+    if let Some(c) = &report.credentials {
+        let _ = writeln!(
+            out,
+            "  credentials {} obtained in {:.0} ms ({} of {} issuers, {} bytes each); spent {}, \
+             refused {}",
+            c.obtained,
+            c.obtain_ms,
+            c.threshold,
+            c.issuers,
+            c.bandwidth_bytes_each,
+            c.spent,
+            c.refused
         );
     }
     if let Some(ramp) = &report.ramp {

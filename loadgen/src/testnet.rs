@@ -1,5 +1,6 @@
 //! The local network bare `loadgen` drives: `lethe testnet up` in a temp dir (the same network
-//! the `lethe` binary makes for people), always `lethe testnet down` afterwards.
+//! the `lethe` binary makes for people, credential issuers included: its gateways admit only
+//! clients with bandwidth credentials), always `lethe testnet down` afterwards.
 //!
 //! `down` runs when the [`Testnet`] is dropped (normal end, error, first Ctrl-C). For the
 //! cases where loadgen cannot run it (a second Ctrl-C exits at once, SIGKILL), a small reaper
@@ -12,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lethe_nodes::testnet::TestnetState;
+
+use crate::credentials::IssuerConfig;
 
 /// The shape of the network.
 #[derive(Clone, Debug)]
@@ -29,6 +32,8 @@ pub struct Testnet {
     reaper: Option<Child>,
     pub directory_url: String,
     pub directory_key: String,
+    /// The credential issuers (`None`: the gateways admit every client).
+    pub issuers: Option<IssuerConfig>,
     /// (name, pid) of every node.
     pids: Vec<(String, u32)>,
     /// Node names by mix listen address.
@@ -53,6 +58,7 @@ impl Testnet {
             reaper: None,
             directory_url: String::new(),
             directory_key: String::new(),
+            issuers: None,
             pids: Vec::new(),
             names: HashMap::new(),
         };
@@ -66,9 +72,6 @@ impl Testnet {
                 "--gateways",
                 &options.gateways.to_string(),
                 "--provider",
-                "false",
-                // loadgen's clients do not carry bandwidth credentials yet: open admission.
-                "--credentials",
                 "false",
             ])
             .stdin(Stdio::null())
@@ -96,6 +99,7 @@ impl Testnet {
             return Err("lethe testnet up printed no directory= / directory_key= lines".into());
         }
         let state = TestnetState::load(&testnet.dir)?;
+        testnet.issuers = issuer_config(&state)?;
         for node in &state.nodes {
             testnet.pids.push((node.name.clone(), node.pid));
             if let Some(listen) = node.info.get("listen") {
@@ -170,6 +174,25 @@ impl Drop for Testnet {
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// The issuers `testnet up` started (recorded in its testnet.json), if any.
+fn issuer_config(state: &TestnetState) -> Result<Option<IssuerConfig>, String> {
+    let Some(verification_key) = state.verification_key.clone() else {
+        return Ok(None);
+    };
+    if state.issuers.is_empty() || state.threshold == 0 {
+        return Err(
+            "the testnet has a verification key but its testnet.json names no issuers or \
+             threshold (is `lethe` older than loadgen?)"
+                .into(),
+        );
+    }
+    Ok(Some(IssuerConfig {
+        issuers: state.issuers.clone(),
+        threshold: state.threshold,
+        verification_key,
+    }))
 }
 
 fn tail(text: &str, lines: usize) -> String {

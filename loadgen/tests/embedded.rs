@@ -1,6 +1,7 @@
 //! Real processes on loopback: bare `loadgen` starts a testnet (`lethe testnet up`) and drives
 //! it through gateway clients; `--network mixnet` starts 3 `lethe mixnode` processes and its
-//! own receiver; `--target` drives a testnet a test started. Outcomes are checked, never speed.
+//! own receiver; `--target` drives a testnet a test started. Both testnets require bandwidth
+//! credentials at their gateways. Outcomes are checked, never speed.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -38,6 +39,19 @@ fn default_run_drives_a_testnet_through_gateway_clients_and_stops_it() {
     assert_eq!(clients["senders"], 2);
     assert_eq!(clients["receivers"], 2);
     assert_eq!(clients["forwards"], result["sent"]["packets"]);
+    // The testnet's gateways require credentials: each of the 2 senders obtained one from the
+    // testnet's issuers and spent it (unspent, every forward would be refused NO_BANDWIDTH).
+    let credentials = &report["credentials"];
+    assert_eq!(credentials["obtained"], 2, "{credentials:#}");
+    assert_eq!(credentials["spent"], 2, "{credentials:#}");
+    assert_eq!(credentials["refused"], 0, "{credentials:#}");
+    assert_eq!(credentials["threshold"], 2);
+    assert_eq!(credentials["issuers"], 3);
+    assert_eq!(
+        clients["gateway_errors"],
+        serde_json::json!({}),
+        "{clients:#}"
+    );
     // Every delivery was confirmed (the gateways' mailboxes do not fill up).
     assert_eq!(clients["confirmed"], clients["deliveries"], "{clients:#}");
     // The testnet was stopped: no node of it is left.
@@ -57,7 +71,7 @@ fn default_run_drives_a_testnet_through_gateway_clients_and_stops_it() {
 #[test]
 fn target_drives_an_existing_network_with_or_without_a_pinned_key() {
     let net = TestnetGuard::up("target");
-    let output = loadgen(&[
+    let mut args = vec![
         "--json",
         "--quiet",
         "--target",
@@ -68,7 +82,9 @@ fn target_drives_an_existing_network_with_or_without_a_pinned_key() {
         "1",
         "--rate",
         "50",
-    ]);
+    ];
+    args.extend(net.credential_args());
+    let output = loadgen(&args);
     check_success(&output);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_valid(&report);
@@ -76,9 +92,29 @@ fn target_drives_an_existing_network_with_or_without_a_pinned_key() {
     assert_eq!(report["directory"]["key"], net.key.as_str());
     assert_eq!(report["directory"]["key_pinned"], true);
     assert!(report["result"]["delivered"]["packets"].as_u64().unwrap() > 0);
+    // The gateway credited the senders' credentials and refused nothing.
+    let clients = &report["result"]["gateway_clients"];
+    assert_eq!(
+        clients["gateway_errors"],
+        serde_json::json!({}),
+        "{clients:#}"
+    );
+    assert_eq!(
+        report["credentials"]["spent"], 2,
+        "{:#}",
+        report["credentials"]
+    );
+    assert_eq!(
+        net.gateway_metric("lethe_gateway_credentials_accepted_total"),
+        2
+    );
+    assert_eq!(
+        net.gateway_metric("lethe_gateway_forwards_refused_bandwidth_total"),
+        0
+    );
 
     // Trust on first use, said on stderr.
-    let output = loadgen(&[
+    let mut args = vec![
         "--target",
         &net.url,
         "--duration",
@@ -86,7 +122,9 @@ fn target_drives_an_existing_network_with_or_without_a_pinned_key() {
         "--rate",
         "20",
         "--quiet",
-    ]);
+    ];
+    args.extend(net.credential_args());
+    let output = loadgen(&args);
     check_success(&output);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("trust on first use"), "{stderr}");
@@ -107,6 +145,47 @@ fn target_drives_an_existing_network_with_or_without_a_pinned_key() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("topology refused"));
     // The network is still up (loadgen stops only what it started).
     assert!(!testnet_processes(net.dir.to_str().unwrap()).is_empty());
+}
+
+#[test]
+fn without_credentials_a_gateway_that_requires_them_refuses_and_the_report_says_so() {
+    let net = TestnetGuard::up("nocred");
+    let output = loadgen(&[
+        "--json",
+        "--quiet",
+        "--target",
+        &net.url,
+        "--directory-key",
+        &net.key,
+        "--duration",
+        "1",
+        "--rate",
+        "20",
+    ]);
+    check_success(&output);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_valid(&report);
+    assert!(
+        report["credentials"].is_null(),
+        "no --issuers: none obtained"
+    );
+    assert_eq!(report["result"]["delivered"]["packets"], 0);
+    let clients = &report["result"]["gateway_clients"];
+    let refused = clients["gateway_errors"]["no_bandwidth"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(refused > 0, "{clients:#}");
+    let warnings = report["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("NO_BANDWIDTH")),
+        "{warnings:#?}"
+    );
+    assert!(net.gateway_metric("lethe_gateway_forwards_refused_bandwidth_total") > 0);
+    // Said while it runs, not only in the report.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("refuse loadgen's packets"), "{stderr}");
 }
 
 #[test]

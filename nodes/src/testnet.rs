@@ -64,6 +64,9 @@ pub struct UpArgs {
 /// Issuers of a testnet with credentials: t of n.
 const ISSUER_THRESHOLD: usize = 2;
 const ISSUER_COUNT: usize = 3;
+/// The testnet issuers' per-IP rate limit: `issuer run`'s global defaults.
+const ISSUER_RATE_PER_S: &str = "200";
+const ISSUER_BURST: &str = "400";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DirArgs {
@@ -95,6 +98,9 @@ pub struct TestnetState {
     /// The issuers' aggregated verification key.
     #[serde(default)]
     pub verification_key: Option<PathBuf>,
+    /// Issuer shares a credential needs (t of the n issuers); 0 without issuers.
+    #[serde(default)]
+    pub threshold: usize,
 }
 
 impl TestnetState {
@@ -449,6 +455,11 @@ fn start_all(
         netns: a.netns,
         issuers: issuers.clone(),
         verification_key: verification_key.clone(),
+        threshold: if issuers.is_empty() {
+            0
+        } else {
+            ISSUER_THRESHOLD
+        },
     };
     wait_for_topology(&state, 3 * a.mixnodes_per_layer, a.gateways)?;
 
@@ -536,6 +547,14 @@ fn start_issuers(
         fs::create_dir_all(&node_dir).map_err(|e| format!("{}: {e}", node_dir.display()))?;
         let mut run = args(&["issuer", "run", "--listen", "127.0.0.1:0", "--key"]);
         run.push(path_arg(&keys.join(format!("issuer-{index}.key"))));
+        // Every client of a testnet comes from this host (one IP): the per-IP limit is the
+        // global one, so a batch of clients (loadgen's senders) obtains credentials at once.
+        run.extend(args(&[
+            "--rate-per-ip",
+            ISSUER_RATE_PER_S,
+            "--burst-per-ip",
+            ISSUER_BURST,
+        ]));
         let node = spawn(
             exe,
             &name,
@@ -622,6 +641,7 @@ fn print_summary(state: &TestnetState, dir: &Path) {
     if let Some(vk) = &state.verification_key {
         let issuers = state.issuers.join(",");
         println!("issuers={issuers}");
+        println!("threshold={}", state.threshold);
         println!("verification_key={}", vk.display());
         eprintln!(
             "\nGateways require bandwidth credentials ({ISSUER_THRESHOLD} of {ISSUER_COUNT} \

@@ -59,7 +59,7 @@ impl Testnet {
             "--issuers".into(),
             issuers.join(","),
             "--threshold".into(),
-            "2".into(),
+            self.state["threshold"].to_string(),
             "--verification-key".into(),
             self.state["verification_key"].as_str().unwrap().to_string(),
         ]

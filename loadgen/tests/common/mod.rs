@@ -181,12 +181,19 @@ pub fn testnet_processes(dir: &str) -> Vec<u32> {
     pids
 }
 
-/// A `lethe testnet up` started by a test (2 mixnodes per layer, 2 gateways, no provider);
-/// `testnet down` on drop.
+/// A `lethe testnet up` started by a test (1 mixnode per layer, 1 gateway, no provider, 2-of-3
+/// credential issuers: the gateway requires bandwidth credentials); `testnet down` on drop.
 pub struct TestnetGuard {
     pub dir: PathBuf,
     pub url: String,
     pub key: String,
+    /// What `loadgen --target` needs to obtain credentials: the issuer URLs (comma
+    /// separated), the threshold and the verification key path.
+    pub issuers: String,
+    pub threshold: String,
+    pub verification_key: String,
+    /// The gateway's metrics address (`host:port`).
+    pub gateway_metrics: String,
 }
 
 impl TestnetGuard {
@@ -202,9 +209,6 @@ impl TestnetGuard {
                 "1",
                 "--provider",
                 "false",
-                // loadgen's clients carry no credentials: open admission.
-                "--credentials",
-                "false",
             ])
             .output()
             .unwrap();
@@ -212,6 +216,10 @@ impl TestnetGuard {
             dir,
             url: String::new(),
             key: String::new(),
+            issuers: String::new(),
+            threshold: String::new(),
+            verification_key: String::new(),
+            gateway_metrics: String::new(),
         };
         assert!(
             output.status.success(),
@@ -229,7 +237,51 @@ impl TestnetGuard {
         };
         guard.url = field("directory=");
         guard.key = field("directory_key=");
+        guard.issuers = field("issuers=");
+        guard.threshold = field("threshold=");
+        guard.verification_key = field("verification_key=");
+        guard.gateway_metrics = stdout
+            .lines()
+            .filter(|l| l.contains("role=gateway"))
+            .flat_map(str::split_whitespace)
+            .find_map(|f| f.strip_prefix("metrics="))
+            .unwrap()
+            .to_string();
         guard
+    }
+
+    /// The `--issuers ... --threshold ... --verification-key ...` arguments for loadgen.
+    pub fn credential_args(&self) -> Vec<&str> {
+        vec![
+            "--issuers",
+            &self.issuers,
+            "--threshold",
+            &self.threshold,
+            "--verification-key",
+            &self.verification_key,
+        ]
+    }
+
+    /// The value of metric `name` (summed over its label sets) on the gateway.
+    pub fn gateway_metric(&self, name: &str) -> u64 {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.gateway_metrics).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.gateway_metrics
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
     }
 }
 

@@ -17,7 +17,11 @@
 //! after all, the gateway refuses the repeat and the balance is there anyway).
 //! To top up, put a new credential in `DIR/credential`
 //! (`lethe credential obtain ... --out DIR/credential`).
+//!
+//! A wallet can also hold credentials in memory ([`Wallet::from_credentials`]: loadgen's
+//! senders), spent in order; spent and refused ones are simply dropped.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
 use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, BandwidthCredential};
@@ -34,13 +38,20 @@ pub const REFUSED_FILE: &str = "credential.refused";
 /// A reported balance below this makes the client spend its credential.
 pub const LOW_WATER_BYTES: u64 = 64 * 1024;
 
-/// The credential of a client directory.
+/// The credential of a client directory (or credentials held in memory).
 pub struct Wallet {
-    dir: PathBuf,
+    store: Store,
     params: Parameters,
     vk: VerificationKey,
-    /// Loaded lazily from `DIR/credential` (so a new one can be dropped in at any time).
+    /// The credential to spend next: loaded lazily from `DIR/credential` (so a new one can be
+    /// dropped in at any time), or the front of the in-memory queue.
     credential: Option<BandwidthCredential>,
+}
+
+/// Where a wallet's unspent credentials are.
+enum Store {
+    Dir(PathBuf),
+    Memory(VecDeque<BandwidthCredential>),
 }
 
 impl Wallet {
@@ -53,23 +64,33 @@ impl Wallet {
         let params = bandwidth_parameters().map_err(|e| format!("coconut parameters: {e}"))?;
         let vk = read_verification_key(&vk_path, &params).map_err(|e| format!("{e:#}"))?;
         Ok(Some(Wallet {
-            dir: dir.to_path_buf(),
+            store: Store::Dir(dir.to_path_buf()),
             params,
             vk,
             credential: None,
         }))
     }
 
+    /// A wallet of `credentials` (spent in order) under the issuers' key `vk`; no files.
+    pub fn from_credentials(
+        vk: VerificationKey,
+        credentials: Vec<BandwidthCredential>,
+    ) -> Result<Wallet, String> {
+        let params = bandwidth_parameters().map_err(|e| format!("coconut parameters: {e}"))?;
+        Ok(Wallet {
+            store: Store::Memory(credentials.into()),
+            params,
+            vk,
+            credential: None,
+        })
+    }
+
     fn load(&mut self) -> Result<Option<&BandwidthCredential>, String> {
         if self.credential.is_none() {
-            let path = self.dir.join(CREDENTIAL_FILE);
-            if !path.exists() {
-                return Ok(None);
-            }
-            let bytes = Zeroizing::new(read_small(&path).map_err(|e| format!("{e:#}"))?);
-            let credential = BandwidthCredential::from_bytes(&bytes)
-                .map_err(|e| format!("{}: malformed credential: {e}", path.display()))?;
-            self.credential = Some(credential);
+            self.credential = match &mut self.store {
+                Store::Dir(dir) => read_credential(&dir.join(CREDENTIAL_FILE))?,
+                Store::Memory(queue) => queue.pop_front(),
+            };
         }
         Ok(self.credential.as_ref())
     }
@@ -109,11 +130,25 @@ impl Wallet {
 
     fn retire(&mut self, to: &str) {
         self.credential = None;
-        let from = self.dir.join(CREDENTIAL_FILE);
-        if let Err(e) = std::fs::rename(&from, self.dir.join(to)) {
+        let Store::Dir(dir) = &self.store else {
+            return; // in memory: the spent credential was taken off the queue when loaded
+        };
+        let from = dir.join(CREDENTIAL_FILE);
+        if let Err(e) = std::fs::rename(&from, dir.join(to)) {
             eprintln!("lethe client: {}: {e}", from.display());
         }
     }
+}
+
+/// The credential in `path`, if the file exists.
+fn read_credential(path: &Path) -> Result<Option<BandwidthCredential>, String> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = Zeroizing::new(read_small(path).map_err(|e| format!("{e:#}"))?);
+    let credential = BandwidthCredential::from_bytes(&bytes)
+        .map_err(|e| format!("{}: malformed credential: {e}", path.display()))?;
+    Ok(Some(credential))
 }
 
 /// Installs a credential and the verification key in a client directory (both checked).
@@ -196,5 +231,27 @@ mod tests {
         assert!(wallet.spend(&gateway, &client).unwrap().is_none());
         assert!(dir.join(SPENT_FILE).exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn in_memory_wallet_spends_in_order_then_runs_dry() {
+        let params = bandwidth_parameters().unwrap();
+        let (first, vk) = credential(&params);
+        let mut wallet = Wallet::from_credentials(vk.clone(), vec![first]).unwrap();
+        let (gateway, client) = ([1u8; 32], [2u8; 32]);
+        assert!(wallet.has_credential());
+        let bytes = wallet.spend(&gateway, &client).unwrap().unwrap();
+        let spend = BandwidthSpend::from_bytes(&bytes).unwrap();
+        let mut tags = MemorySpentTags::default();
+        let ctx = admission::context(&gateway, &client);
+        let today = crate::issuer::files::today();
+        assert_eq!(
+            verify_spend(&params, &vk, &spend, &ctx, today, &mut tags).unwrap(),
+            5000
+        );
+        wallet.mark_spent();
+        assert!(!wallet.has_credential());
+        assert!(wallet.spend(&gateway, &client).unwrap().is_none());
+        wallet.mark_refused(); // nothing to retire: no file is touched
     }
 }
