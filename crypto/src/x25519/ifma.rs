@@ -411,7 +411,10 @@ fn ladder<const CLAMPED: bool>(k: &[V; 4], x1: &F8) -> (F8, F8) {
         x3 = square_biased(&carry_for_mul(&add(&da, &cb)));
         let t = carry_for_mul(&square_wide(&carry_for_mul(&sub(&da, &cb))));
         z3 = mul_wide(x1, &t);
-        (x2, z2) = double_tail(&aa_b, &bb_w);
+        // As `double_tail` (written out: a call here would not be inlined).
+        let e = carry_for_mul(&sub(&aa_b, &bb_w));
+        x2 = mul_biased(&carry_for_mul(&aa_b), &carry_for_mul(&bb_w));
+        z2 = mul_wide(&e, &add_a24(&aa_b, &e));
     }
     if CLAMPED {
         // Bits 2..0 are zero: R0 <- 2 R0 three times. R0 is (x3, z3) if the
