@@ -234,6 +234,31 @@ where
     // Everything that can fail is checked before the first write.
     packet.check_len()?;
     let stream = Zeroizing::new(keystream(expanded.stream_key()));
+    unwrap_header_with_stream(packet, expanded, &stream, blind)
+}
+
+/// [`unwrap_header_in_place`] with the hop's keystream (`keystream(expanded.stream_key())`)
+/// already computed, for batched callers that computed it to classify the packet.
+pub(crate) fn unwrap_header_in_place_with_stream<T: AsRef<[u8]> + AsMut<[u8]>>(
+    packet: &mut Packet<T>,
+    expanded: &ExpandedSecret,
+    stream: &[u8; KEYSTREAM_SIZE],
+    blinded_alpha: &[u8; 32],
+) -> Result<Processed, SphinxError> {
+    unwrap_header_with_stream(packet, expanded, stream, |_| *blinded_alpha)
+}
+
+fn unwrap_header_with_stream<T, F>(
+    packet: &mut Packet<T>,
+    expanded: &ExpandedSecret,
+    stream: &[u8; KEYSTREAM_SIZE],
+    blind: F,
+) -> Result<Processed, SphinxError>
+where
+    T: AsRef<[u8]> + AsMut<[u8]>,
+    F: FnOnce(&[u8; 32]) -> [u8; 32],
+{
+    packet.check_len()?;
     let mut slot = Zeroizing::new([0u8; SLOT_SIZE]);
     for ((out, byte), key) in slot.iter_mut().zip(packet.beta()).zip(stream.iter()) {
         *out = byte ^ key;
@@ -248,9 +273,9 @@ where
 
     let hop = if flag == FLAG_FORWARD_HOP {
         let next_alpha = blind(packet.alpha());
-        forward_in_place(packet, &slot, &stream, &next_alpha)
+        forward_in_place(packet, &slot, stream, &next_alpha)
     } else {
-        final_in_place(packet, &slot, &stream)
+        final_in_place(packet, &slot, stream)
     };
     Ok(Processed {
         version,
