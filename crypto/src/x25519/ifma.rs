@@ -179,6 +179,7 @@ fn mul_cols(a: &F8, b: &F8, init: [V; 5]) -> [V; 10] {
 /// The ten columns of a^2 (a valid): cross products once, doubled, plus the
 /// diagonal; columns 0..4 start at 512p if `BIASED` (the cross accumulators
 /// at 256p, which the doubling turns into 512p). Same bounds as `mul_cols`.
+/// 30 multiply-adds and 7 additions (one fewer than doubling columns 1..8).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn square_cols<const BIASED: bool>(a: &F8) -> [V; 10] {
@@ -191,14 +192,26 @@ fn square_cols<const BIASED: bool>(a: &F8) -> [V; 10] {
             c[k] = splat(BIAS[k] / 2);
         }
     }
-    for i in 0..5 {
-        for j in i + 1..5 {
+    // Cross products without limb 4 land in columns 1..=6, which are then
+    // doubled; those with limb 4 take 2 a4 as the factor instead (valid:
+    // a4 < 2^47 + 2^16, so 2 a4 < 2^52 is read whole by the multiplier), so
+    // columns 7 and 8 need no doubling. Each column holds the same sum of
+    // weighted products as with doubled columns, and no column is larger by
+    // more than one per term (lo(2x) <= 2 lo(x), hi(2x) <= 2 hi(x) + 1), so
+    // `reduce`'s bounds hold.
+    for i in 0..4 {
+        for j in i + 1..4 {
             c[i + j] = madd_lo(c[i + j], a[i], a[j]);
             c[i + j + 1] = madd_hi(c[i + j + 1], a[i], a[j]);
         }
     }
-    for ck in c.iter_mut().take(9).skip(1) {
+    for ck in c.iter_mut().take(7).skip(1) {
         *ck = _mm512_add_epi64(*ck, *ck);
+    }
+    let a4x2 = _mm512_add_epi64(a[4], a[4]);
+    for i in 0..4 {
+        c[i + 4] = madd_lo(c[i + 4], a[i], a4x2);
+        c[i + 5] = madd_hi(c[i + 5], a[i], a4x2);
     }
     for i in 0..5 {
         c[2 * i] = madd_lo(c[2 * i], a[i], a[i]);
