@@ -9,9 +9,11 @@
 //! 2. one multi-lane HKDF over all shared secrets ([`expand_many`]), then per packet the
 //!    all-zero check and MAC; MAC failures retry in one batch with the secondary key; then
 //!    the caller's replay check on the tag (replayed packets stop here, before the costly
-//!    blinding, as Nym's partial unwrap does);
+//!    blinding, as Nym's partial unwrap does); admitted packets get their 360-byte routing
+//!    keystream (AES-128-CTR), computed once for the flag/version peek and the unwrap;
 //! 3. gather blinding factors + alphas of forward hops → second `x25519_batch`;
-//! 4. per packet: routing information in place ([`unwrap_header_in_place`]);
+//! 4. per packet: routing information in place (as [`unwrap_header_in_place`], with the
+//!    keystream of step 2);
 //! 5. v259/v260 payload keys in one multi-lane HKDF ([`derive_payload_keys`]);
 //! 6. payloads decrypted by [`lioness::decrypt_many`], runs of equal-length payloads
 //!    sharing the multi-buffer BLAKE2b passes (8 lanes with AVX-512);
