@@ -209,6 +209,73 @@ fn hkdf_many_matches_the_hkdf_crate() {
     }
 }
 
+fn check_hkdf_planned<const IKM: usize, const OKM: usize, const STEPS: usize>(
+    rng: &mut ChaCha20Rng,
+    lanes: usize,
+) {
+    const SALT: fast_hkdf::HmacKey =
+        fast_hkdf::HmacKey::new_const(b"sphinx-payload-key-V01-CS01-HKDF:SHA256-SALT");
+    let info_len = (rng.next_u32() as usize) % (fast_hkdf::INFO_MAX + 1);
+    let random_info: &'static [u8] = Box::leak(random(rng, info_len).into_boxed_slice());
+    // Edge lengths: every block count of the first and later steps' messages.
+    let mut infos: Vec<&'static [u8]> = vec![random_info];
+    for len in [0, 22, 23, 54, 55, 86, 87, 98, 118, 119, 127, 128] {
+        infos.push(Box::leak(random(rng, len).into_boxed_slice()));
+    }
+    for info in infos {
+        let plan = fast_hkdf::ExpandPlan::<STEPS>::new(info).unwrap();
+        assert_eq!(plan.info(), info);
+        let ikms: Vec<[u8; IKM]> = (0..lanes)
+            .map(|_| random(rng, IKM).try_into().unwrap())
+            .collect();
+        let expected: Vec<[u8; OKM]> = ikms
+            .iter()
+            .map(|ikm| {
+                let mut okm = [0u8; OKM];
+                Hkdf::<Sha256>::new(Some(b"sphinx-payload-key-V01-CS01-HKDF:SHA256-SALT"), ikm)
+                    .expand(info, &mut okm)
+                    .unwrap();
+                okm
+            })
+            .collect();
+        for level in LEVELS {
+            let mut okms = vec![[0u8; OKM]; lanes];
+            assert!(fast_hkdf::hkdf_many_planned_at(
+                level, &SALT, &plan, &ikms, &mut okms
+            ));
+            assert!(
+                okms == expected,
+                "{level:?} lanes {lanes} IKM {IKM} OKM {OKM} info {}",
+                info.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn hkdf_many_planned_matches_the_hkdf_crate() {
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    for lanes in [0, 1, 5, 6, 15, 16, 17, 33, 64] {
+        check_hkdf_planned::<32, 288, 9>(&mut rng, lanes);
+        check_hkdf_planned::<16, 192, 6>(&mut rng, lanes);
+        check_hkdf_planned::<55, 33, 2>(&mut rng, lanes);
+        check_hkdf_planned::<20, 1, 1>(&mut rng, lanes);
+        check_hkdf_planned::<0, 100, 4>(&mut rng, lanes);
+    }
+    // A plan whose step count does not fit the output, and infos too long for a plan.
+    let plan = fast_hkdf::ExpandPlan::<3>::new(b"info").unwrap();
+    let mut okms = [[7u8; 32]; 2];
+    assert!(!fast_hkdf::hkdf_many_planned(
+        &fast_hkdf::HmacKey::new_const(b""),
+        &plan,
+        &[[1u8; 32]; 2],
+        &mut okms
+    ));
+    assert_eq!(okms, [[7u8; 32]; 2]);
+    assert!(fast_hkdf::ExpandPlan::<3>::new(&[0; 129]).is_none());
+    assert!(fast_hkdf::ExpandPlan::<0>::new(b"").is_none());
+}
+
 #[test]
 fn hmac_many_matches_the_hmac_crate() {
     use hmac::{Hmac, Mac as _};

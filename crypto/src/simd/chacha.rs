@@ -66,24 +66,25 @@ pub(super) mod avx512 {
         }
         let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
         let mut counter = 0u32;
-        let mut tail = [0u8; STEP];
+        let mut tail = [0u8; 64];
         for chunk in data.chunks_mut(STEP) {
             init[12] = _mm512_add_epi32(_mm512_set1_epi32(counter as i32), lanes);
             let blocks = keystream(&init);
-            if chunk.len() == STEP {
-                for (block, stream) in chunk.chunks_exact_mut(64).zip(blocks.iter()) {
-                    // SAFETY: 64-byte unaligned load/store within the block.
-                    unsafe {
-                        let p = block.as_mut_ptr().cast::<__m512i>();
-                        _mm512_storeu_si512(p, _mm512_xor_si512(_mm512_loadu_si512(p), *stream));
-                    }
+            // Whole 64-byte blocks in place; a last partial block through `tail`.
+            let mut blocks_iter = blocks.iter();
+            let mut whole = chunk.chunks_exact_mut(64);
+            for (block, stream) in whole.by_ref().zip(blocks_iter.by_ref()) {
+                // SAFETY: 64-byte unaligned load/store within the block.
+                unsafe {
+                    let p = block.as_mut_ptr().cast::<__m512i>();
+                    _mm512_storeu_si512(p, _mm512_xor_si512(_mm512_loadu_si512(p), *stream));
                 }
-            } else {
-                for (bytes, stream) in tail.chunks_exact_mut(64).zip(blocks.iter()) {
-                    // SAFETY: 64-byte store into a 64-byte chunk.
-                    unsafe { _mm512_storeu_si512(bytes.as_mut_ptr().cast(), *stream) };
-                }
-                for (byte, stream) in chunk.iter_mut().zip(tail.iter()) {
+            }
+            let rest = whole.into_remainder();
+            if let (false, Some(stream)) = (rest.is_empty(), blocks_iter.next()) {
+                // SAFETY: 64-byte store into a 64-byte array.
+                unsafe { _mm512_storeu_si512(tail.as_mut_ptr().cast(), *stream) };
+                for (byte, stream) in rest.iter_mut().zip(tail.iter()) {
                     *byte ^= stream;
                 }
             }

@@ -9,9 +9,11 @@
 //! 2. one multi-lane HKDF over all shared secrets ([`expand_many`]), then per packet the
 //!    all-zero check and MAC; MAC failures retry in one batch with the secondary key; then
 //!    the caller's replay check on the tag (replayed packets stop here, before the costly
-//!    blinding, as Nym's partial unwrap does);
+//!    blinding, as Nym's partial unwrap does); admitted packets get their 360-byte routing
+//!    keystream (AES-128-CTR), computed once for the flag/version peek and the unwrap;
 //! 3. gather blinding factors + alphas of forward hops → second `x25519_batch`;
-//! 4. per packet: routing information in place ([`unwrap_header_in_place`]);
+//! 4. per packet: routing information in place (as [`unwrap_header_in_place`], with the
+//!    keystream of step 2);
 //! 5. v259/v260 payload keys in one multi-lane HKDF ([`derive_payload_keys`]);
 //! 6. payloads decrypted by [`lioness::decrypt_many`], runs of equal-length payloads
 //!    sharing the multi-buffer BLAKE2b passes (8 lanes with AVX-512);
@@ -52,14 +54,16 @@ use x25519_dalek::StaticSecret;
 use zeroize::Zeroize;
 
 use super::constants::{
-    ALPHA_SIZE, EXPANDED_SECRET_SIZE, HEADER_SIZE, MAC_KEY_SIZE, MAC_SIZE, STREAM_KEY_SIZE,
-    VERSION_SIZE,
+    ALPHA_SIZE, EXPANDED_SECRET_SIZE, HEADER_SIZE, KEYSTREAM_SIZE, MAC_KEY_SIZE, MAC_SIZE,
+    STREAM_KEY_SIZE, VERSION_SIZE,
 };
 use super::dh;
 use super::error::SphinxError;
 use super::keys::{derive_payload_keys, expand_many, ExpandedSecret, PayloadKey, PayloadKeySeed};
 use super::packet::Packet;
-use super::process::{check_dh_output, unwrap_header_in_place, HopKind, KeyChoice, Processed};
+use super::process::{
+    check_dh_output, unwrap_header_in_place_with_stream, HopKind, KeyChoice, Processed,
+};
 use super::routing::xor_keystream;
 use super::version::Version;
 use crate::lioness;
@@ -216,6 +220,9 @@ pub struct BatchProcessor {
     state: Vec<State>,
     expanded: Vec<ExpandedSecret>,
     blinded: Vec<[u8; 32]>,
+    // Routing keystream of every classified packet: computed once for the flag/version
+    // peek and reused to unwrap the header.
+    streams: Vec<[u8; KEYSTREAM_SIZE]>,
     // Lane buffers for the DH seam; `lane_packet[lane]` = packet index in the chunk.
     scalars: Vec<[u8; 32]>,
     points: Vec<[u8; 32]>,
@@ -241,6 +248,7 @@ impl BatchProcessor {
             state: vec![State::Failed(SphinxError::WrongMac); capacity],
             expanded: vec![ExpandedSecret::from_bytes(&[0; 288]); capacity],
             blinded: vec![[0; 32]; capacity],
+            streams: vec![[0; KEYSTREAM_SIZE]; capacity],
             scalars: vec![[0; 32]; capacity],
             points: vec![[0; 32]; capacity],
             dh_out: vec![[0; 32]; capacity],
@@ -343,6 +351,7 @@ impl BatchProcessor {
             secret.zeroize();
         }
         wipe(&mut self.blinded[..count]);
+        wipe_bytes(self.streams[..count].as_flattened_mut());
         wipe_bytes(self.payload_keys[..count].as_flattened_mut());
     }
 
@@ -354,8 +363,13 @@ impl BatchProcessor {
                 State::Failed(error) => Err(error),
                 State::Ready(_, choice) => {
                     let mut packet = Packet::new_unchecked(packets.packet_mut(index));
-                    unwrap_header_in_place(&mut packet, &self.expanded[index], &self.blinded[index])
-                        .map(|processed| (processed, choice))
+                    unwrap_header_in_place_with_stream(
+                        &mut packet,
+                        &self.expanded[index],
+                        &self.streams[index],
+                        &self.blinded[index],
+                    )
+                    .map(|processed| (processed, choice))
                 }
                 // Unreachable: every packet ends Failed or Ready.
                 State::Pending(_) | State::Verified(_) => Err(SphinxError::WrongMac),
@@ -500,7 +514,10 @@ impl BatchProcessor {
                     if !packets.admit(index, choice, expanded.replay_tag()) {
                         State::Failed(SphinxError::Replayed)
                     } else {
-                        match peek_slot(&Packet::new_unchecked(packets.packet(index)), expanded) {
+                        let stream = &mut self.streams[index];
+                        stream.fill(0);
+                        xor_keystream(expanded.stream_key(), stream);
+                        match peek_slot(&Packet::new_unchecked(packets.packet(index)), stream) {
                             Ok(kind) => State::Ready(kind, choice),
                             Err(error) => State::Failed(error),
                         }
@@ -573,14 +590,16 @@ fn wipe(lanes: &mut [[u8; 32]]) {
     wipe_bytes(lanes.as_flattened_mut());
 }
 
-// Flag and version of the routing slot, as `unwrap_in_place` will read them.
+// Flag and version of the routing slot, as `unwrap_in_place` will read them, from the hop's
+// keystream.
 fn peek_slot<T: AsRef<[u8]>>(
     packet: &Packet<T>,
-    expanded: &ExpandedSecret,
+    stream: &[u8; KEYSTREAM_SIZE],
 ) -> Result<HopKind, SphinxError> {
     let mut head = [0u8; 1 + VERSION_SIZE];
-    head.copy_from_slice(&packet.beta()[..1 + VERSION_SIZE]);
-    xor_keystream(expanded.stream_key(), &mut head);
+    for ((out, byte), key) in head.iter_mut().zip(packet.beta()).zip(stream) {
+        *out = byte ^ key;
+    }
     let kind = match head[0] {
         super::constants::FLAG_FORWARD_HOP => HopKind::Forward,
         super::constants::FLAG_FINAL_HOP => HopKind::Final,

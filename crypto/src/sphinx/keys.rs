@@ -14,7 +14,7 @@ use super::constants::{
 };
 use super::error::SphinxError;
 use super::version::Version;
-use crate::simd::hkdf::{hkdf_many, HmacKey};
+use crate::simd::hkdf::{hkdf_many_planned, ExpandPlan, HmacKey};
 
 /// A 192-byte Lioness payload key.
 pub type PayloadKey = [u8; PAYLOAD_KEY_SIZE];
@@ -148,14 +148,28 @@ pub fn derive_payload_key(seed: &PayloadKeySeed) -> PayloadKey {
 const EXPANDED_SECRET_SALT_KEY: HmacKey = HmacKey::new_const(EXPANDED_SECRET_HKDF_SALT);
 const PAYLOAD_KEY_SALT_KEY: HmacKey = HmacKey::new_const(PAYLOAD_KEY_HKDF_SALT);
 
+// Message schedules of the two expansions' lane-independent blocks, computed at compile
+// time (the `None` arm is a compile error: both infos fit `INFO_MAX`).
+const EXPANDED_SECRET_STEPS: usize = EXPANDED_SECRET_SIZE.div_ceil(32);
+const PAYLOAD_KEY_STEPS: usize = PAYLOAD_KEY_SIZE.div_ceil(32);
+static EXPANDED_SECRET_PLAN: ExpandPlan<EXPANDED_SECRET_STEPS> =
+    match ExpandPlan::new(EXPANDED_SECRET_HKDF_INFO) {
+        Some(plan) => plan,
+        None => panic!("HKDF info longer than INFO_MAX"),
+    };
+static PAYLOAD_KEY_PLAN: ExpandPlan<PAYLOAD_KEY_STEPS> = match ExpandPlan::new(PAYLOAD_KEY_HKDF_INFO) {
+    Some(plan) => plan,
+    None => panic!("HKDF info longer than INFO_MAX"),
+};
+
 /// [`expand`] for many shared secrets: `okm[j]` = the 288 expanded bytes of
 /// `shared_secrets[j]` (feed them to [`ExpandedSecret::from_bytes`]), across SIMD lanes
 /// where the CPU allows (`crate::simd::hkdf`). The caller wipes `okm`.
 pub fn expand_many(shared_secrets: &[[u8; 32]], okm: &mut [[u8; EXPANDED_SECRET_SIZE]]) {
     // Cannot fail: the info string and output size are within HKDF's limits.
-    let expanded = hkdf_many(
+    let expanded = hkdf_many_planned(
         &EXPANDED_SECRET_SALT_KEY,
-        EXPANDED_SECRET_HKDF_INFO,
+        &EXPANDED_SECRET_PLAN,
         shared_secrets,
         okm,
     );
@@ -165,7 +179,7 @@ pub fn expand_many(shared_secrets: &[[u8; 32]], okm: &mut [[u8; EXPANDED_SECRET_
 /// [`derive_payload_key`] for many seeds: `keys[j]` from `seeds[j]`, across SIMD lanes.
 pub fn derive_payload_keys(seeds: &[PayloadKeySeed], keys: &mut [PayloadKey]) {
     // Cannot fail: the info string and output size are within HKDF's limits.
-    let derived = hkdf_many(&PAYLOAD_KEY_SALT_KEY, PAYLOAD_KEY_HKDF_INFO, seeds, keys);
+    let derived = hkdf_many_planned(&PAYLOAD_KEY_SALT_KEY, &PAYLOAD_KEY_PLAN, seeds, keys);
     debug_assert!(derived);
 }
 

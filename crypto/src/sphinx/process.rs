@@ -79,7 +79,14 @@ pub fn dh_input<T: AsRef<[u8]>>(packet: &Packet<T>) -> &[u8; 32] {
 /// packet a node accepts. Honest alphas are multiples of the base point by clamped scalars,
 /// never of small order, so rejecting these loses no honest traffic.
 pub fn check_dh_output(shared_secret: &[u8; 32]) -> Result<(), SphinxError> {
-    if bool::from(shared_secret.ct_eq(&[0u8; 32])) {
+    // OR of the four words, then one constant-time comparison (`subtle`'s slice comparison
+    // takes one optimisation barrier per byte); no branch depends on the secret before the
+    // (public) verdict.
+    let (words, _) = shared_secret.as_chunks::<8>();
+    let any = words
+        .iter()
+        .fold(0u64, |acc, word| acc | u64::from_le_bytes(*word));
+    if bool::from(any.ct_eq(&0)) {
         return Err(SphinxError::InvalidPoint);
     }
     Ok(())
@@ -234,6 +241,31 @@ where
     // Everything that can fail is checked before the first write.
     packet.check_len()?;
     let stream = Zeroizing::new(keystream(expanded.stream_key()));
+    unwrap_header_with_stream(packet, expanded, &stream, blind)
+}
+
+/// [`unwrap_header_in_place`] with the hop's keystream (`keystream(expanded.stream_key())`)
+/// already computed, for batched callers that computed it to classify the packet.
+pub(crate) fn unwrap_header_in_place_with_stream<T: AsRef<[u8]> + AsMut<[u8]>>(
+    packet: &mut Packet<T>,
+    expanded: &ExpandedSecret,
+    stream: &[u8; KEYSTREAM_SIZE],
+    blinded_alpha: &[u8; 32],
+) -> Result<Processed, SphinxError> {
+    unwrap_header_with_stream(packet, expanded, stream, |_| *blinded_alpha)
+}
+
+fn unwrap_header_with_stream<T, F>(
+    packet: &mut Packet<T>,
+    expanded: &ExpandedSecret,
+    stream: &[u8; KEYSTREAM_SIZE],
+    blind: F,
+) -> Result<Processed, SphinxError>
+where
+    T: AsRef<[u8]> + AsMut<[u8]>,
+    F: FnOnce(&[u8; 32]) -> [u8; 32],
+{
+    packet.check_len()?;
     let mut slot = Zeroizing::new([0u8; SLOT_SIZE]);
     for ((out, byte), key) in slot.iter_mut().zip(packet.beta()).zip(stream.iter()) {
         *out = byte ^ key;
@@ -248,9 +280,9 @@ where
 
     let hop = if flag == FLAG_FORWARD_HOP {
         let next_alpha = blind(packet.alpha());
-        forward_in_place(packet, &slot, &stream, &next_alpha)
+        forward_in_place(packet, &slot, stream, &next_alpha)
     } else {
-        final_in_place(packet, &slot, &stream)
+        final_in_place(packet, &slot, stream)
     };
     Ok(Processed {
         version,

@@ -179,6 +179,7 @@ fn mul_cols(a: &F8, b: &F8, init: [V; 5]) -> [V; 10] {
 /// The ten columns of a^2 (a valid): cross products once, doubled, plus the
 /// diagonal; columns 0..4 start at 512p if `BIASED` (the cross accumulators
 /// at 256p, which the doubling turns into 512p). Same bounds as `mul_cols`.
+/// 30 multiply-adds and 7 additions (one fewer than doubling columns 1..8).
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn square_cols<const BIASED: bool>(a: &F8) -> [V; 10] {
@@ -191,14 +192,26 @@ fn square_cols<const BIASED: bool>(a: &F8) -> [V; 10] {
             c[k] = splat(BIAS[k] / 2);
         }
     }
-    for i in 0..5 {
-        for j in i + 1..5 {
+    // Cross products without limb 4 land in columns 1..=6, which are then
+    // doubled; those with limb 4 take 2 a4 as the factor instead (valid:
+    // a4 < 2^47 + 2^16, so 2 a4 < 2^52 is read whole by the multiplier), so
+    // columns 7 and 8 need no doubling. Each column holds the same sum of
+    // weighted products as with doubled columns, and no column is larger by
+    // more than one per term (lo(2x) <= 2 lo(x), hi(2x) <= 2 hi(x) + 1), so
+    // `reduce`'s bounds hold.
+    for i in 0..4 {
+        for j in i + 1..4 {
             c[i + j] = madd_lo(c[i + j], a[i], a[j]);
             c[i + j + 1] = madd_hi(c[i + j + 1], a[i], a[j]);
         }
     }
-    for ck in c.iter_mut().take(9).skip(1) {
+    for ck in c.iter_mut().take(7).skip(1) {
         *ck = _mm512_add_epi64(*ck, *ck);
+    }
+    let a4x2 = _mm512_add_epi64(a[4], a[4]);
+    for i in 0..4 {
+        c[i + 4] = madd_lo(c[i + 4], a[i], a4x2);
+        c[i + 5] = madd_hi(c[i + 5], a[i], a4x2);
     }
     for i in 0..5 {
         c[2 * i] = madd_lo(c[2 * i], a[i], a[i]);
@@ -363,8 +376,19 @@ fn select(s: __mmask8, a: &F8, b: &F8) -> F8 {
     }))
 }
 
-/// Per-lane Montgomery ladder over all 256 bits. `k[w]` holds word w of each
-/// lane's scalar; x1 is valid. Returns projective (X, Z), X biased, Z wide.
+/// Per-lane Montgomery ladder. `k[w]` holds word w of each lane's scalar; x1
+/// is valid. Returns projective (X, Z) of R0, X biased, Z wide.
+///
+/// Without `CLAMPED` it runs over all 256 bits. With `CLAMPED` (every lane's
+/// scalar is clamped: bit 255 = 0, bits 2..0 = 0; public structure, not
+/// secret) it skips the step of bit 255 and runs the last three steps as
+/// doublings only: bit 255 = 0 leaves R0 = O = (1 : 0) as it is and only
+/// rescales R1 = P by 4 x1 (a nonzero factor unless x1 = 0 mod p), and a
+/// projective rescaling of the ladder state does not change X/Z; for
+/// x1 = 0 mod p (the point of order 2) both ways end at X = 0 or Z = 0 since
+/// the scalar is even, so the output is 0 either way. For a zero bit the new
+/// R0 is the doubling of the old R0 alone, with the same coordinates as in
+/// the full step, and R1 is not needed after bit 0.
 ///
 /// Lazy swap: (x2, z2) always holds the last doubling and (x3, z3) the last
 /// sum; the real pair (R0, R1) is that order when the previous bit was 0 and
@@ -372,7 +396,7 @@ fn select(s: __mmask8, a: &F8, b: &F8) -> F8 {
 /// the doubling input R_bit is picked with one masked select.
 #[inline(never)]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn ladder(k: &[V; 4], x1: &F8) -> (F8, F8) {
+fn ladder<const CLAMPED: bool>(k: &[V; 4], x1: &F8) -> (F8, F8) {
     // X coordinates are biased (left sides of subtractions), Z wide.
     let bias = F8(bias8());
     let mut x2 = add(&one8(), &bias);
@@ -380,7 +404,8 @@ fn ladder(k: &[V; 4], x1: &F8) -> (F8, F8) {
     let mut x3 = add(x1, &bias);
     let mut z3 = one8();
     let mut prev: __mmask8 = 0;
-    for t in (0..256usize).rev() {
+    let (top, bottom) = if CLAMPED { (255, 3) } else { (256, 0) };
+    for t in (bottom..top).rev() {
         // Public position t; the lanes' secret bits only become a mask.
         let bit = _mm512_test_epi64_mask(k[t / 64], splat(1u64 << (t % 64)));
         let s = bit ^ prev;
@@ -399,12 +424,44 @@ fn ladder(k: &[V; 4], x1: &F8) -> (F8, F8) {
         x3 = square_biased(&carry_for_mul(&add(&da, &cb)));
         let t = carry_for_mul(&square_wide(&carry_for_mul(&sub(&da, &cb))));
         z3 = mul_wide(x1, &t);
+        // As `double_tail` (written out: a call here would not be inlined).
         let e = carry_for_mul(&sub(&aa_b, &bb_w));
         x2 = mul_biased(&carry_for_mul(&aa_b), &carry_for_mul(&bb_w));
         z2 = mul_wide(&e, &add_a24(&aa_b, &e));
     }
+    if CLAMPED {
+        // Bits 2..0 are zero: R0 <- 2 R0 three times. R0 is (x3, z3) if the
+        // last bit was 1, else (x2, z2).
+        let x = select(prev, &x2, &x3);
+        let z = select(prev, &z2, &z3);
+        (x2, z2) = double(&x, &z);
+        for _ in 0..2 {
+            (x2, z2) = double(&x2, &z2);
+        }
+        return (x2, z2);
+    }
     // R0 = prev ? (x3, z3) : (x2, z2).
     (select(prev, &x2, &x3), select(prev, &z2, &z3))
+}
+
+/// The doubling of the ladder step from AA (biased) and BB (wide): X biased,
+/// Z wide, exactly as the full step computes them.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn double_tail(aa_b: &F8, bb_w: &F8) -> (F8, F8) {
+    let e = carry_for_mul(&sub(aa_b, bb_w));
+    let x = mul_biased(&carry_for_mul(aa_b), &carry_for_mul(bb_w));
+    let z = mul_wide(&e, &add_a24(aa_b, &e));
+    (x, z)
+}
+
+/// 2 (x : z) as the ladder step computes it; x biased, z wide.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn double(x: &F8, z: &F8) -> (F8, F8) {
+    let a = carry_for_mul(&add(x, z));
+    let b = carry_for_mul(&sub(x, z));
+    double_tail(&square_biased(&a), &square_wide(&b))
 }
 
 /// Lanes whose value is 0 mod p (a valid: value < 2^255 + 2^223 < 2p, and
@@ -520,7 +577,11 @@ pub(super) fn batch(
             // SAFETY: each [u64; 8] is 64 readable bytes.
             let kv: [V; 4] =
                 core::array::from_fn(|w| unsafe { _mm512_loadu_si512(kw[w].as_ptr().cast()) });
-            let (x, z) = ladder(&kv, &load(&x1));
+            let (x, z) = if clamped {
+                ladder::<true>(&kv, &load(&x1))
+            } else {
+                ladder::<false>(&kv, &load(&x1))
+            };
             xs[v] = carry(&x);
             zs[v] = carry(&z);
         }
