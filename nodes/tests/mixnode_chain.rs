@@ -96,7 +96,11 @@ fn init(dir: &Path) {
 }
 
 fn run_node(dir: &Path) -> Process {
-    let args = [
+    run_node_with(dir, &[])
+}
+
+fn run_node_with(dir: &Path, extra: &[&str]) -> Process {
+    let mut args = vec![
         "mixnode",
         "run",
         "--dir",
@@ -118,6 +122,7 @@ fn run_node(dir: &Path) -> Process {
         "--shutdown-grace-ms",
         "3000",
     ];
+    args.extend_from_slice(extra);
     Process::start(&args, &["listen", "metrics"])
 }
 
@@ -157,6 +162,28 @@ impl Route {
             .unwrap()
             .to_bytes()
     }
+}
+
+impl Route {
+    /// A packet of `size` with 5 ms per mix hop.
+    fn packet_sized(&self, message: &[u8], size: PacketSize) -> Vec<u8> {
+        let destination = Destination::new(DestinationAddressBytes::from_bytes([5; 32]), [6; 16]);
+        let mut delays = vec![Delay::new_from_nanos(5_000_000); self.nodes.len() - 1];
+        delays.push(Delay::new_from_nanos(0));
+        let bytes = SphinxPacketBuilder::new()
+            .with_payload_size(size.payload_len())
+            .build_packet(message, &self.nodes, &destination, &delays)
+            .unwrap()
+            .to_bytes();
+        assert_eq!(bytes.len(), size.packet_len());
+        bytes
+    }
+}
+
+fn frame_sized(packet: &[u8], size: PacketSize) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame_to_vec(&FrameHeader::v7(size), packet, &mut out).unwrap();
+    out
 }
 
 fn node(addr: SocketAddr, key: [u8; 32]) -> Node {
@@ -382,6 +409,125 @@ fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() 
     );
 
     restarted.terminate();
+    for node in nodes {
+        node.terminate();
+    }
+    drop(sink);
+    for dir in &dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(&sink_file);
+}
+
+/// The sink, and `count` mixnodes chained in front of it, run with `extra` flags.
+fn chain(
+    name: &str,
+    count: usize,
+    extra: &[&str],
+) -> (Process, PathBuf, Vec<PathBuf>, Vec<Process>, Route) {
+    let sink_file = temp_dir(&format!("{name}-sink.log"));
+    let sink = Process::start(
+        &[
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+            sink_file.to_str().unwrap(),
+        ],
+        &["listen"],
+    );
+    let dirs: Vec<PathBuf> = (1..=count)
+        .map(|i| temp_dir(&format!("{name}-m{i}")))
+        .collect();
+    for dir in &dirs {
+        init(dir);
+    }
+    let nodes: Vec<Process> = dirs.iter().map(|d| run_node_with(d, extra)).collect();
+    let gateway = StaticSecret::from([43u8; 32]);
+    let mut hops: Vec<Node> = dirs
+        .iter()
+        .zip(&nodes)
+        .map(|(d, p)| node(p.addr("listen"), public_key(d)))
+        .collect();
+    hops.push(node(
+        sink.addr("listen"),
+        x25519_dalek::PublicKey::from(&gateway).to_bytes(),
+    ));
+    let route = Route {
+        nodes: hops,
+        gateway,
+    };
+    (sink, sink_file, dirs, nodes, route)
+}
+
+#[test]
+fn extended_sizes_cross_the_chain_and_disabled_sizes_are_dropped_on_a_live_connection() {
+    let (sink, sink_file, dirs, nodes, route) =
+        chain("sizes", 2, &["--packet-sizes", "regular,ack,ext8,ext32"]);
+    let entry = nodes[0].addr("listen");
+    let entry_metrics = nodes[0].addr("metrics");
+    // One connection: regular, ext16 (not enabled), ext8, ext32, regular.
+    let sent = [
+        (PacketSize::Regular, b"regular one".to_vec()),
+        (PacketSize::Extended16, b"ext16: dropped".to_vec()),
+        (PacketSize::Extended8, vec![8u8; 6_000]),
+        (PacketSize::Extended32, vec![32u8; 30_000]),
+        (PacketSize::Regular, b"regular two".to_vec()),
+    ];
+    let mut bytes = Vec::new();
+    for (size, message) in &sent {
+        bytes.extend(frame_sized(&route.packet_sized(message, *size), *size));
+    }
+    send(entry, &bytes);
+    let records = wait_sink(&sink_file, 4);
+    let mut lengths: Vec<usize> = records.iter().map(|(_, p)| p.len()).collect();
+    lengths.sort();
+    let mut expected_lengths = [
+        PacketSize::Regular.packet_len(),
+        PacketSize::Regular.packet_len(),
+        PacketSize::Extended8.packet_len(),
+        PacketSize::Extended32.packet_len(),
+    ];
+    expected_lengths.sort();
+    assert_eq!(lengths, expected_lengths);
+    let mut opened: Vec<Vec<u8>> = records
+        .into_iter()
+        .map(|(_, p)| open(&route.gateway, p))
+        .collect();
+    opened.sort();
+    let mut expected: Vec<Vec<u8>> = sent
+        .iter()
+        .filter(|(size, _)| *size != PacketSize::Extended16)
+        .map(|(_, m)| m.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(opened, expected);
+    wait_metric(
+        entry_metrics,
+        "lethe_packets_dropped_total{reason=\"packet_size_disabled\"}",
+        1,
+    );
+    assert_eq!(
+        metric(
+            entry_metrics,
+            "lethe_packets_dropped_total{reason=\"malformed\"}"
+        ),
+        0
+    );
+    // The connection was not closed by the disabled frame: more packets on a new one pass too,
+    // and the second node never saw the ext16 frame.
+    send(
+        entry,
+        &frame_v7(&route.packet_sized(b"after", PacketSize::Regular)),
+    );
+    wait_sink(&sink_file, 5);
+    assert_eq!(
+        metric(
+            nodes[1].addr("metrics"),
+            "lethe_packets_dropped_total{reason=\"packet_size_disabled\"}"
+        ),
+        0
+    );
     for node in nodes {
         node.terminate();
     }

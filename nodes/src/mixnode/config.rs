@@ -40,7 +40,23 @@ pub struct EngineSection {
     pub delay_ms_max: u64,
     pub timer_tick_us: u64,
     pub timer_entries_max: u32,
+    /// 0 = as many as `pool_memory_bytes` holds.
     pub pool_buffers_count: u32,
+    /// Memory budget of one core's pool; configs written before it existed get the default.
+    #[serde(default = "pool_memory_bytes_default")]
+    pub pool_memory_bytes: u64,
+    /// Accepted Sphinx sizes (`regular`, `ack`, `ext8`, `ext16`, `ext32`); configs written
+    /// before it existed keep regular + ack, what they accepted then.
+    #[serde(default = "packet_sizes_regular")]
+    pub packet_sizes: Vec<String>,
+}
+
+fn pool_memory_bytes_default() -> u64 {
+    lethe_engine::limits::POOL_MEMORY_BYTES_DEFAULT
+}
+
+fn packet_sizes_regular() -> Vec<String> {
+    vec!["regular".into(), "ack".into()]
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -97,8 +113,15 @@ delay_ms_max = 10000
 # Timer resolution, and packets that may wait for their delay at once, per core.
 timer_tick_us = 1000
 timer_entries_max = 65536
-# Packet buffers per core (2560 bytes each): bounds packets queued, delayed or in flight.
-pool_buffers_count = 65536
+# Sphinx packet sizes accepted (Nym's): regular (2413 B), ack (386 B), ext8 (8557 B),
+# ext16 (16749 B), ext32 (33133 B). Frames of other sizes are dropped and counted
+# (reason packet_size_disabled); the connection stays up. Buffers are sized for the largest.
+packet_sizes = ["regular", "ack", "ext8"]
+# Memory of one core's packet buffers. It bounds the packets queued, delayed or in flight:
+# 160 MiB holds 19562 buffers with ext8 enabled, 68985 with regular + ack only.
+pool_memory_bytes = 167772160
+# Packet buffers per core; 0 = as many as pool_memory_bytes holds (an explicit count must fit).
+pool_buffers_count = 0
 
 [replay]
 # Replay filter sizing: items = packets_per_s x key_lifetime_s, at false-positive rate fp_rate
@@ -158,5 +181,10 @@ mod tests {
         assert_eq!(config.version, CONFIG_VERSION);
         assert_eq!(config.mixnode.egress_framing, 7);
         assert_eq!(config.keys.primary_rotation_id % 2, 1);
+        assert_eq!(config.engine.packet_sizes, ["regular", "ack", "ext8"]);
+        assert_eq!(
+            config.engine.pool_memory_bytes,
+            lethe_engine::limits::POOL_MEMORY_BYTES_DEFAULT
+        );
     }
 }

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lethe_crypto::framing::{FramingVersion, KeyRotation};
+use lethe_crypto::framing::{FramingVersion, KeyRotation, FRAME_MAX_LEN, HEADER_MAX_LEN};
 use lethe_engine::core::{NodeKeys, SphinxKey};
-use lethe_engine::limits::PACKET_BYTES_DEFAULT;
+use lethe_engine::limits::{pool_buffers_for, PacketSizes};
 use lethe_engine::metrics::{CoreMetrics, DropReason};
 use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
 use lethe_engine::{
@@ -47,6 +47,13 @@ pub struct RunOverrides {
     /// Packet buffers per core (config: engine.pool_buffers_count).
     #[arg(long, env = "LETHE_POOL_BUFFERS")]
     pub pool_buffers: Option<u32>,
+    /// Pool memory per core in bytes (config: engine.pool_memory_bytes).
+    #[arg(long, env = "LETHE_POOL_MEMORY_BYTES")]
+    pub pool_memory_bytes: Option<u64>,
+    /// Accepted packet sizes, comma-separated: regular,ack,ext8,ext16,ext32
+    /// (config: engine.packet_sizes).
+    #[arg(long, env = "LETHE_PACKET_SIZES", value_delimiter = ',')]
+    pub packet_sizes: Option<Vec<String>>,
     /// Delayed packets per core (config: engine.timer_entries_max).
     #[arg(long, env = "LETHE_TIMER_ENTRIES_MAX")]
     pub timer_entries_max: Option<u32>,
@@ -98,6 +105,10 @@ impl RunOverrides {
         e.batch_packets_max = self.batch_packets_max.unwrap_or(e.batch_packets_max);
         e.batch_flush_us = self.batch_flush_us.unwrap_or(e.batch_flush_us);
         e.pool_buffers_count = self.pool_buffers.unwrap_or(e.pool_buffers_count);
+        e.pool_memory_bytes = self.pool_memory_bytes.unwrap_or(e.pool_memory_bytes);
+        if let Some(sizes) = &self.packet_sizes {
+            e.packet_sizes = sizes.clone();
+        }
         e.timer_entries_max = self.timer_entries_max.unwrap_or(e.timer_entries_max);
         let r = &mut config.replay;
         r.packets_per_s = self.replay_packets_per_s.unwrap_or(r.packets_per_s);
@@ -224,6 +235,11 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
         other => return Err(format!("egress_framing = {other}: must be 7 or 8")),
     };
     let engine = engine_config(&config.engine)?;
+    let frame_bytes_max = egress_frame_bytes(&engine);
+    eprintln!(
+        "lethe: packet sizes {}: {} buffers of {} B per core",
+        engine.packet_sizes, engine.pool_buffers_count, engine.pool_buffer_bytes
+    );
     Ok(RuntimeConfig {
         listen: m.listen_address,
         cores,
@@ -233,7 +249,7 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
             framing,
             key_rotation: KeyRotation::for_rotation_id(keys.primary.rotation_id),
             queue_packets_max: m.egress_queue_packets_max,
-            frame_bytes_max: PACKET_BYTES_DEFAULT,
+            frame_bytes_max,
             backoff_ms_initial: 100,
             backoff_ms_max: 30_000,
             connect_timeout_ms: 1_500,
@@ -245,14 +261,38 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
     })
 }
 
-/// The engine's configuration from the `[engine]` section (shared with the gateway).
+/// The longest frame egress writes: the longest accepted packet and a v8 header.
+pub(crate) fn egress_frame_bytes(engine: &EngineConfig) -> u32 {
+    let bytes = engine.packet_sizes.packet_len_max() + HEADER_MAX_LEN;
+    assert!(bytes <= FRAME_MAX_LEN);
+    bytes as u32
+}
+
+/// The engine's configuration from the `[engine]` section (shared with the gateway). Buffers
+/// are sized for the largest accepted packet; their count comes from the memory budget unless
+/// set explicitly, and an explicit count must fit the budget.
 pub(crate) fn engine_config(e: &EngineSection) -> Result<EngineConfig, String> {
+    let packet_sizes = PacketSizes::parse_list(&e.packet_sizes).map_err(|m| format!("engine: {m}"))?;
+    let buffer_bytes = packet_sizes.buffer_bytes();
+    let budget_count = pool_buffers_for(e.pool_memory_bytes, buffer_bytes);
+    let pool_buffers_count = match e.pool_buffers_count {
+        0 => budget_count,
+        n if n <= budget_count => n,
+        n => {
+            return Err(format!(
+                "engine: pool_buffers_count = {n} buffers of {buffer_bytes} B (sizes \
+                 {packet_sizes}) exceed pool_memory_bytes = {}; at most {budget_count}",
+                e.pool_memory_bytes
+            ))
+        }
+    };
     let engine = EngineConfig {
         timer_tick_us: e.timer_tick_us,
         timer_delay_ms_max: e.delay_ms_max,
         timer_entries_max: e.timer_entries_max,
-        pool_buffers_count: e.pool_buffers_count,
-        pool_buffer_bytes: PACKET_BYTES_DEFAULT,
+        pool_buffers_count,
+        pool_buffer_bytes: buffer_bytes,
+        packet_sizes,
         batch_packets_max: e.batch_packets_max,
         batch_flush_us: e.batch_flush_us,
         replay: ReplayConfig::default(),
