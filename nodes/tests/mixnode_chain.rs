@@ -127,7 +127,11 @@ fn run_node_with(dir: &Path, extra: &[&str]) -> Process {
 }
 
 fn public_key(dir: &Path) -> [u8; 32] {
-    let text = std::fs::read_to_string(dir.join("keys/x25519_sphinx_primary.pub")).unwrap();
+    read_public(&dir.join("keys/x25519_sphinx_primary.pub"))
+}
+
+fn read_public(path: &Path) -> [u8; 32] {
+    let text = std::fs::read_to_string(path).unwrap();
     let text = text.trim();
     let mut out = [0u8; 32];
     for (i, b) in out.iter_mut().enumerate() {
@@ -535,5 +539,134 @@ fn extended_sizes_cross_the_chain_and_disabled_sizes_are_dropped_on_a_live_conne
     for dir in &dirs {
         let _ = std::fs::remove_dir_all(dir);
     }
+    let _ = std::fs::remove_file(&sink_file);
+}
+
+/// `(primary rotation id, secondary live)` from the node's rotation state file.
+fn rotation_state(dir: &Path) -> (u32, bool) {
+    let text = std::fs::read_to_string(dir.join("keys/sphinx_rotation.toml")).unwrap_or_default();
+    let value = |key: &str| {
+        text.lines().find_map(|l| l.strip_prefix(key)).map(|v| {
+            v.trim_start_matches([' ', '='])
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+    };
+    let primary = value("primary_rotation_id").unwrap_or(0) as u32;
+    (primary, value("secondary_rotation_id").is_some())
+}
+
+fn wait_rotation_state(dir: &Path, expected: (u32, bool)) {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        if rotation_state(dir) == expected {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!(
+        "rotation state stayed {:?}, expected {expected:?}",
+        rotation_state(dir)
+    );
+}
+
+#[test]
+fn scheduled_key_rotation_overlaps_survives_restart_and_then_drops_the_old_key() {
+    use std::os::unix::fs::PermissionsExt;
+    // Interval 8 s, overlap 5 s: rotation 1 -> 2 at ~8 s, key 1 dropped at ~13 s, the next
+    // rotation at ~16 s. Every step below waits for the state file, not for a time.
+    let rotation_args = ["--rotation-interval-s", "8", "--rotation-overlap-s", "5"];
+    let (sink, sink_file, dirs, mut nodes, route) = chain("rot", 1, &rotation_args);
+    let dir = &dirs[0];
+    assert_eq!(rotation_state(dir), (1, false));
+    let old_route = Route {
+        nodes: route.nodes.clone(),
+        gateway: route.gateway.clone(),
+    };
+    let old: Vec<Vec<u8>> = (0..5u8)
+        .map(|i| old_route.packet_sized(&[i; 16], PacketSize::Regular))
+        .collect();
+    // 1. Before the rotation: the key-1 packet goes through.
+    send(nodes[0].addr("listen"), &frame_v7(&old[0]));
+    wait_sink(&sink_file, 1);
+
+    // 2. The rotation: a new 0600 key and a fresh persisted filter; both keys accepted.
+    wait_rotation_state(dir, (2, true));
+    let key_path = dir.join("keys/x25519_sphinx_rot-2");
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(dir.join("data/replay-rot-2.bin").exists());
+    let new_key = read_public(&dir.join("keys/x25519_sphinx_rot-2.pub"));
+    assert_ne!(new_key, public_key(dir));
+    let mut new_route = Route {
+        nodes: route.nodes.clone(),
+        gateway: route.gateway.clone(),
+    };
+    new_route.nodes[0] = Node::new(route.nodes[0].address, PublicKey::from(new_key));
+    let new: Vec<Vec<u8>> = (0..2u8)
+        .map(|i| new_route.packet_sized(&[100 + i; 16], PacketSize::Regular))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300)); // the cores pick keys up within 50 ms
+    let entry = nodes[0].addr("listen");
+    let mut bytes = frame_v7(&old[1]); // v7: primary fails, the secondary verifies
+    bytes.extend(frame_v8(&new[0], KeyRotation::Even)); // rotation 2: even
+    send(entry, &bytes);
+    wait_sink(&sink_file, 3);
+
+    // 3. A restart mid-overlap restores both keys and both filters.
+    nodes.remove(0).terminate();
+    assert_eq!(
+        rotation_state(dir),
+        (2, true),
+        "the overlap ended during the restart"
+    );
+    let restarted = run_node_with(dir, &rotation_args);
+    let (entry, metrics) = (restarted.addr("listen"), restarted.addr("metrics"));
+    send(entry, &frame_v8(&new[0], KeyRotation::Even)); // replay under the new key
+    wait_metric(
+        metrics,
+        "lethe_packets_dropped_total{reason=\"replayed\"}",
+        1,
+    );
+    send(entry, &frame_v7(&old[1])); // replay under the old key
+    wait_metric(
+        metrics,
+        "lethe_packets_dropped_total{reason=\"replayed\"}",
+        2,
+    );
+    send(entry, &frame_v7(&old[2])); // the old key still works
+    wait_sink(&sink_file, 4);
+
+    // 4. After the overlap the old key, its filter and their files are gone.
+    wait_rotation_state(dir, (2, false));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!dir.join("data/replay-rot-1.bin").exists());
+    assert!(!dir.join("keys/x25519_sphinx_primary").exists());
+    assert!(dir.join("data/replay-rot-2.bin").exists());
+    send(entry, &frame_v7(&old[3])); // v7: no live key verifies it
+    wait_metric(
+        metrics,
+        "lethe_packets_dropped_total{reason=\"malformed\"}",
+        1,
+    );
+    send(entry, &frame_v8(&old[4], KeyRotation::Odd)); // v8: no live odd key
+    wait_metric(
+        metrics,
+        "lethe_packets_dropped_total{reason=\"unknown_key\"}",
+        1,
+    );
+    send(entry, &frame_v8(&new[1], KeyRotation::Even));
+    wait_sink(&sink_file, 5);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        sink_records(&sink_file).len(),
+        5,
+        "a refused packet got through"
+    );
+
+    restarted.terminate();
+    drop(sink);
+    let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_file(&sink_file);
 }

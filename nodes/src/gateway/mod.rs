@@ -344,7 +344,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let snapshot_stop = Arc::new(AtomicBool::new(false));
     let snapshots = mixnode::spawn_snapshots(
         data_dir.clone(),
-        replay.clone(),
+        Arc::new(std::sync::Mutex::new(replay.clone())),
         config.replay.snapshot_interval_s,
         snapshot_stop.clone(),
     );

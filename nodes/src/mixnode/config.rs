@@ -77,6 +77,20 @@ pub struct KeysSection {
     pub sphinx_secondary: PathBuf,
     pub primary_rotation_id: u32,
     pub secondary_rotation_id: u32,
+    /// Scheduled rotation (mixnode): a new key every interval, the old one kept for the
+    /// overlap. 0 = never. Configs written before it existed get Nym's 24 h + 1 h.
+    #[serde(default = "rotation_interval_s_default")]
+    pub rotation_interval_s: u64,
+    #[serde(default = "rotation_overlap_s_default")]
+    pub rotation_overlap_s: u64,
+}
+
+fn rotation_interval_s_default() -> u64 {
+    super::rotation::ROTATION_INTERVAL_S_DEFAULT
+}
+
+fn rotation_overlap_s_default() -> u64 {
+    super::rotation::ROTATION_OVERLAP_S_DEFAULT
 }
 
 /// The file `init` writes: every key with its meaning and default.
@@ -142,6 +156,13 @@ sphinx_secondary = "keys/x25519_sphinx_secondary"
 # Rotation ids of the two Sphinx keys; their parity is the v8 frame's rotation byte.
 primary_rotation_id = 1
 secondary_rotation_id = 0
+# Scheduled rotation: every rotation_interval_s a new Sphinx key (keys/x25519_sphinx_rot-<id>)
+# becomes primary and is announced; the old one stays accepted for rotation_overlap_s, then
+# it and its replay filter are deleted. State: keys/sphinx_rotation.toml. Nym: 24 h, 1 h
+# (keys valid for 24 one-hour epochs plus one epoch of overlap). 0 = never rotate.
+# Keep replay.key_lifetime_s >= interval + overlap: a filter must hold a key's whole life.
+rotation_interval_s = 86400
+rotation_overlap_s = 3600
 "#;
 
 impl Config {

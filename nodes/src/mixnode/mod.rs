@@ -2,11 +2,12 @@
 //! the metrics endpoint and replay-filter persistence, and shuts down on SIGTERM/SIGINT.
 
 pub mod config;
+pub mod rotation;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lethe_crypto::framing::{FramingVersion, KeyRotation, FRAME_MAX_LEN, HEADER_MAX_LEN};
@@ -66,6 +67,14 @@ pub struct RunOverrides {
     /// Replay snapshot interval in seconds (config: replay.snapshot_interval_s).
     #[arg(long, env = "LETHE_SNAPSHOT_INTERVAL_S")]
     pub snapshot_interval_s: Option<u64>,
+    /// Seconds between scheduled Sphinx key rotations; 0 = never (config:
+    /// keys.rotation_interval_s).
+    #[arg(long, env = "LETHE_ROTATION_INTERVAL_S")]
+    pub rotation_interval_s: Option<u64>,
+    /// Seconds the previous Sphinx key stays accepted after a rotation (config:
+    /// keys.rotation_overlap_s).
+    #[arg(long, env = "LETHE_ROTATION_OVERLAP_S")]
+    pub rotation_overlap_s: Option<u64>,
     /// Shutdown grace period in ms (config: mixnode.shutdown_grace_ms).
     #[arg(long, env = "LETHE_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -114,6 +123,9 @@ impl RunOverrides {
         r.packets_per_s = self.replay_packets_per_s.unwrap_or(r.packets_per_s);
         r.key_lifetime_s = self.replay_key_lifetime_s.unwrap_or(r.key_lifetime_s);
         r.snapshot_interval_s = self.snapshot_interval_s.unwrap_or(r.snapshot_interval_s);
+        let k = &mut config.keys;
+        k.rotation_interval_s = self.rotation_interval_s.unwrap_or(k.rotation_interval_s);
+        k.rotation_overlap_s = self.rotation_overlap_s.unwrap_or(k.rotation_overlap_s);
     }
 }
 
@@ -272,7 +284,8 @@ pub(crate) fn egress_frame_bytes(engine: &EngineConfig) -> u32 {
 /// are sized for the largest accepted packet; their count comes from the memory budget unless
 /// set explicitly, and an explicit count must fit the budget.
 pub(crate) fn engine_config(e: &EngineSection) -> Result<EngineConfig, String> {
-    let packet_sizes = PacketSizes::parse_list(&e.packet_sizes).map_err(|m| format!("engine: {m}"))?;
+    let packet_sizes =
+        PacketSizes::parse_list(&e.packet_sizes).map_err(|m| format!("engine: {m}"))?;
     let buffer_bytes = packet_sizes.buffer_bytes();
     let budget_count = pool_buffers_for(e.pool_memory_bytes, buffer_bytes);
     let pool_buffers_count = match e.pool_buffers_count {
@@ -314,19 +327,22 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     if let Some(url) = &overrides.announce.directory {
         check_announce(url, &overrides.announce, config.mixnode.listen_address)?;
     }
-    let keys = load_keys(dir, &config.keys)?;
-    let replay = load_replay(dir, &config.replay, &keys)?;
-    let runtime_config = runtime_config(&config, &keys)?;
+    let mut rotation = rotation::Rotation::start(dir, &config, rotation::now_ms())?;
+    let runtime_config = runtime_config(&config, rotation.keys())?;
     let cores = runtime_config.cores;
-    let runtime =
-        Runtime::start(runtime_config, keys, replay.clone()).map_err(|e| e.to_string())?;
+    let runtime = Runtime::start(
+        runtime_config,
+        rotation.keys().clone(),
+        rotation.replay_set(),
+    )
+    .map_err(|e| e.to_string())?;
     let metrics = runtime.metrics().to_vec();
     let metrics_addr = crate::http::serve(config.mixnode.metrics_address, metrics.clone())?;
     let data_dir = resolve(dir, &config.replay.data_dir);
     let stop = Arc::new(AtomicBool::new(false));
     let snapshots = spawn_snapshots(
         data_dir.clone(),
-        replay.clone(),
+        rotation.replay().clone(),
         config.replay.snapshot_interval_s,
         stop.clone(),
     );
@@ -340,6 +356,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             &overrides.announce,
             runtime.local_addr(),
             metrics_addr,
+            rotation.keys(),
         )?),
         None => None,
     };
@@ -349,7 +366,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     );
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    let signal = signals.forever().next();
+    let signal = wait_for_signal(&mut signals, &mut rotation, &runtime, announcer.as_ref());
     eprintln!(
         "lethe: signal {signal:?}: stopping (grace {} ms)",
         config.mixnode.shutdown_grace_ms
@@ -362,9 +379,46 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let joined = runtime.join();
     stop.store(true, Ordering::SeqCst);
     let _ = snapshots.join();
-    save_replay(&data_dir, &replay)?;
+    save_replay_locked(&data_dir, rotation.replay())?;
     report(&metrics);
     joined
+}
+
+/// The control-plane loop: waits for SIGTERM/SIGINT, and meanwhile runs the key-rotation
+/// schedule (checked every 100 ms; a failed rotation is logged and retried).
+fn wait_for_signal(
+    signals: &mut signal_hook::iterator::Signals,
+    rotation: &mut rotation::Rotation,
+    runtime: &Runtime,
+    announcer: Option<&crate::directory::Announcer>,
+) -> i32 {
+    let mut failures = 0u32;
+    // Runs until a signal arrives; every turn is bounded (one rotation step at most).
+    loop {
+        if let Some(signal) = signals.pending().next() {
+            return signal;
+        }
+        match rotation.tick(rotation::now_ms(), runtime) {
+            Ok(true) => {
+                failures = 0;
+                if let Some(announcer) = announcer {
+                    let mut descriptor = announcer.descriptor();
+                    let primary = &rotation.keys().primary;
+                    descriptor.sphinx_key = keyfile::hex(&primary.public_key());
+                    descriptor.rotation_id = primary.rotation_id;
+                    announcer.update(descriptor);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                if failures.is_multiple_of(100) {
+                    eprintln!("lethe: sphinx key rotation failed (retrying): {e}");
+                }
+                failures = failures.saturating_add(1);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Refuses, before anything starts, an announcement that could not work.
@@ -394,12 +448,9 @@ fn start_announcer(
     args: &AnnounceArgs,
     bound: SocketAddr,
     metrics: SocketAddr,
+    keys: &NodeKeys,
 ) -> Result<crate::directory::Announcer, String> {
     let identity = keyfile::read_private(&resolve(dir, &config.keys.identity))?;
-    let primary = StaticSecret::from(*keyfile::read_private(&resolve(
-        dir,
-        &config.keys.sphinx_primary,
-    ))?);
     let mix_address = args.announce.unwrap_or(bound);
     let metrics_url = args.metrics_url.clone().unwrap_or_else(|| {
         let host = if metrics.ip().is_unspecified() {
@@ -413,8 +464,8 @@ fn start_announcer(
         &identity,
         Role::Mixnode,
         mix_address,
-        PublicKey::from(&primary).as_bytes(),
-        config.keys.primary_rotation_id,
+        &keys.primary.public_key(),
+        keys.primary.rotation_id,
         None,
         Some(metrics_url),
     );
@@ -428,9 +479,18 @@ fn start_announcer(
     .map_err(|e| format!("announcer: {e}"))
 }
 
+/// Saves the live filters under the set's lock (rotation changes the set under it too).
+pub(crate) fn save_replay_locked(
+    data_dir: &Path,
+    replay: &Mutex<ReplayFilterSet>,
+) -> Result<(), String> {
+    let set = replay.lock().map_err(|_| "replay set lock poisoned")?;
+    save_replay(data_dir, &set)
+}
+
 pub(crate) fn spawn_snapshots(
     data_dir: PathBuf,
-    replay: ReplayFilterSet,
+    replay: Arc<Mutex<ReplayFilterSet>>,
     interval_s: u64,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
@@ -440,7 +500,7 @@ pub(crate) fn spawn_snapshots(
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
             if last.elapsed() >= interval {
-                if let Err(e) = save_replay(&data_dir, &replay) {
+                if let Err(e) = save_replay_locked(&data_dir, &replay) {
                     eprintln!("lethe: replay snapshot failed: {e}");
                 }
                 last = Instant::now();
