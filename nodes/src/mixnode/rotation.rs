@@ -316,3 +316,41 @@ impl Rotation {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_with_and_without_a_secondary() {
+        let overlap = State {
+            primary_rotation_id: 7,
+            primary_since_ms: 1_000,
+            secondary_rotation_id: Some(6),
+            secondary_until_ms: Some(4_600_000),
+        };
+        let parsed: State = toml::from_str(&overlap.render()).unwrap();
+        assert_eq!(parsed, overlap);
+        let single = State {
+            secondary_rotation_id: None,
+            secondary_until_ms: None,
+            ..overlap
+        };
+        let parsed: State = toml::from_str(&single.render()).unwrap();
+        assert_eq!(parsed, single);
+        assert!(!single.render().contains("secondary"));
+    }
+
+    #[test]
+    fn overlap_must_be_shorter_than_the_interval() {
+        let mut keys: super::super::config::Config =
+            toml::from_str(super::super::config::TEMPLATE).unwrap();
+        let schedule = Schedule::from_keys(&keys.keys).unwrap();
+        assert_eq!(schedule.interval_ms, 86_400_000);
+        assert_eq!(schedule.overlap_ms, 3_600_000);
+        keys.keys.rotation_overlap_s = keys.keys.rotation_interval_s;
+        assert!(Schedule::from_keys(&keys.keys).is_err());
+        keys.keys.rotation_interval_s = 0; // disabled: the overlap is irrelevant
+        assert!(!Schedule::from_keys(&keys.keys).unwrap().enabled());
+    }
+}
