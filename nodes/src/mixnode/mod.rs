@@ -39,6 +39,10 @@ pub struct RunOverrides {
     /// Egress framing version, 7 or 8 (config: mixnode.egress_framing).
     #[arg(long, env = "LETHE_EGRESS_FRAMING")]
     pub egress_framing: Option<u8>,
+    /// Packets queued per next hop before new ones are dropped (config:
+    /// mixnode.egress_queue_packets_max).
+    #[arg(long, env = "LETHE_EGRESS_QUEUE_PACKETS_MAX")]
+    pub egress_queue_packets_max: Option<u32>,
     /// Packets per Sphinx batch (config: engine.batch_packets_max).
     #[arg(long, env = "LETHE_BATCH_PACKETS_MAX")]
     pub batch_packets_max: Option<u32>,
@@ -109,6 +113,9 @@ impl RunOverrides {
         m.metrics_address = self.metrics_listen.unwrap_or(m.metrics_address);
         m.cores = self.cores.unwrap_or(m.cores);
         m.egress_framing = self.egress_framing.unwrap_or(m.egress_framing);
+        m.egress_queue_packets_max = self
+            .egress_queue_packets_max
+            .unwrap_or(m.egress_queue_packets_max);
         m.shutdown_grace_ms = self.shutdown_grace_ms.unwrap_or(m.shutdown_grace_ms);
         let e = &mut config.engine;
         e.batch_packets_max = self.batch_packets_max.unwrap_or(e.batch_packets_max);
@@ -246,6 +253,9 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
         8 => FramingVersion::V8,
         other => return Err(format!("egress_framing = {other}: must be 7 or 8")),
     };
+    if m.egress_queue_packets_max == 0 {
+        return Err("egress_queue_packets_max must be > 0".into());
+    }
     let engine = engine_config(&config.engine)?;
     let frame_bytes_max = egress_frame_bytes(&engine);
     eprintln!(
