@@ -316,10 +316,11 @@ fn overload_drops_by_reason_within_a_memory_bound_and_recovers() {
     let rss_idle = mixnode.memory_bytes("VmRSS:");
 
     // What the configuration lets the node hold beyond its idle footprint: every pool buffer,
-    // the egress queue and its spare (one frame each), one ingress connection's read and
+    // the egress queue and its spare (one frame budget each), one ingress connection's read and
     // reassembly buffers.
     let buffer_bytes = PacketSize::Regular.packet_len().next_multiple_of(64) as u64;
-    let frame_bytes = (PacketSize::Regular.packet_len() + 4) as u64;
+    // The egress queue's byte budget per frame (see `egress_frame_bytes`).
+    let frame_bytes = u64::from(lethe_engine::limits::PACKET_BYTES_DEFAULT);
     let configured = u64::from(POOL_BUFFERS) * buffer_bytes
         + 2 * u64::from(EGRESS_QUEUE_PACKETS) * frame_bytes
         + 64 * 1024

@@ -152,7 +152,10 @@ fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
         n => n,
     };
     let engine = engine_config(&config.engine)?;
-    let frame_bytes_max = mixnode::egress_frame_bytes(&engine);
+    if g.egress_queue_packets_max == 0 {
+        return Err("egress_queue_packets_max must be > 0".into());
+    }
+    let frame_bytes_max = mixnode::egress_frame_bytes(&engine, g.egress_queue_packets_max);
     Ok(RuntimeConfig {
         listen: g.listen_address,
         cores,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use lethe_crypto::framing::{FramingVersion, KeyRotation, FRAME_MAX_LEN, HEADER_MAX_LEN};
 use lethe_engine::core::{NodeKeys, SphinxKey};
-use lethe_engine::limits::{pool_buffers_for, PacketSizes};
+use lethe_engine::limits::{pool_buffers_for, PacketSizes, PACKET_BYTES_DEFAULT};
 use lethe_engine::metrics::{CoreMetrics, DropReason};
 use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
 use lethe_engine::{
@@ -257,7 +257,7 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
         return Err("egress_queue_packets_max must be > 0".into());
     }
     let engine = engine_config(&config.engine)?;
-    let frame_bytes_max = egress_frame_bytes(&engine);
+    let frame_bytes_max = egress_frame_bytes(&engine, m.egress_queue_packets_max);
     eprintln!(
         "lethe: packet sizes {}: {} buffers of {} B per core",
         engine.packet_sizes, engine.pool_buffers_count, engine.pool_buffer_bytes
@@ -283,11 +283,20 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
     })
 }
 
-/// The longest frame egress writes: the longest accepted packet and a v8 header.
-pub(crate) fn egress_frame_bytes(engine: &EngineConfig) -> u32 {
-    let bytes = engine.packet_sizes.packet_len_max() + HEADER_MAX_LEN;
-    assert!(bytes <= FRAME_MAX_LEN);
-    bytes as u32
+/// Bytes budgeted per queued egress frame. A next hop's queue holds at most
+/// `queue_packets_max` frames and `queue_packets_max × this` bytes (twice: the queue and the
+/// writer's spare). The budget stays one regular frame's buffer (2560 B), as before larger
+/// sizes existed, so enabling ext8 does not multiply the per-hop memory: larger frames count
+/// against the byte budget by their size. Raised only if the queue could not hold one frame
+/// of the largest enabled size.
+pub(crate) fn egress_frame_bytes(engine: &EngineConfig, queue_packets_max: u32) -> u32 {
+    assert!(queue_packets_max > 0);
+    let frame_len_max = engine.packet_sizes.packet_len_max() + HEADER_MAX_LEN;
+    assert!(frame_len_max <= FRAME_MAX_LEN);
+    let per_frame = (frame_len_max as u32).div_ceil(queue_packets_max);
+    let bytes = per_frame.max(PACKET_BYTES_DEFAULT);
+    assert!(u64::from(bytes) * u64::from(queue_packets_max) >= frame_len_max as u64);
+    bytes
 }
 
 /// The engine's configuration from the `[engine]` section (shared with the gateway). Buffers
@@ -532,5 +541,46 @@ pub(crate) fn report(metrics: &[Arc<CoreMetrics>]) {
         if count > 0 {
             eprintln!("lethe: dropped {count} ({})", reason.label());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section() -> EngineSection {
+        let config: Config = toml::from_str(TEMPLATE).unwrap();
+        config.engine
+    }
+
+    #[test]
+    fn pool_is_sized_from_the_largest_size_and_the_memory_budget() {
+        let engine = engine_config(&section()).unwrap();
+        assert_eq!(engine.packet_sizes, PacketSizes::MIXNODE_DEFAULT);
+        assert_eq!(engine.pool_buffer_bytes, 8_576);
+        assert_eq!(engine.pool_buffers_count, 19_562);
+        let mut regular = section();
+        regular.packet_sizes = vec!["regular".into(), "ack".into()];
+        let engine = engine_config(&regular).unwrap();
+        assert_eq!(engine.pool_buffers_count, 68_985);
+        let mut explicit = section();
+        explicit.pool_buffers_count = 19_563; // one more than the budget holds
+        assert!(engine_config(&explicit).is_err());
+        explicit.pool_buffers_count = 1_000;
+        assert_eq!(engine_config(&explicit).unwrap().pool_buffers_count, 1_000);
+        let mut bad = section();
+        bad.packet_sizes = vec!["outfox".into()];
+        assert!(engine_config(&bad).is_err());
+    }
+
+    #[test]
+    fn egress_byte_budget_stays_regular_unless_one_frame_would_not_fit() {
+        let mut all = section();
+        all.packet_sizes = vec!["regular".into(), "ext32".into()];
+        let engine = engine_config(&all).unwrap();
+        assert_eq!(egress_frame_bytes(&engine, 2_000), PACKET_BYTES_DEFAULT);
+        // A one-packet queue must still hold one ext32 frame (33133 + 4 bytes).
+        assert_eq!(egress_frame_bytes(&engine, 1), 33_137);
+        assert_eq!(egress_frame_bytes(&engine, 4), 8_285);
     }
 }
