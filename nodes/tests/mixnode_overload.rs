@@ -239,7 +239,7 @@ fn frames(route: &[Node], range: std::ops::Range<usize>, delay_ms: u64) -> Vec<u
             ];
             let packet = SphinxPacketBuilder::new()
                 .with_payload_size(PacketSize::Regular.payload_len())
-                .build_packet(&(i as u64).to_be_bytes(), route, &destination, &delays)
+                .build_packet((i as u64).to_be_bytes(), route, &destination, &delays)
                 .unwrap()
                 .to_bytes();
             encode_frame_to_vec(&FrameHeader::v7(PacketSize::Regular), &packet, &mut out).unwrap();

@@ -190,6 +190,15 @@ impl Rotation {
             return Err("sphinx rotation state: primary and secondary ids must differ".into());
         }
         let keys = NodeKeys::new(primary, secondary);
+        let life_s = config.keys.rotation_interval_s + config.keys.rotation_overlap_s;
+        if schedule.enabled() && config.replay.key_lifetime_s < life_s {
+            eprintln!(
+                "lethe: warning: replay.key_lifetime_s = {} is shorter than a key's life \
+                 (rotation interval + overlap = {life_s} s): its filter will exceed its \
+                 false-positive target",
+                config.replay.key_lifetime_s
+            );
+        }
         let replay = super::load_replay(dir, &config.replay, &keys)?;
         let sizing = ReplayConfig {
             packets_per_s: config.replay.packets_per_s,
