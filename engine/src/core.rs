@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use lethe_crypto::framing::KeyRotation;
+use lethe_crypto::framing::{KeyRotation, PacketSize};
 use lethe_crypto::sphinx::address;
 
 use crate::batcher::Batcher;
@@ -228,9 +228,14 @@ impl Core {
         packet: &[u8],
     ) -> Result<(), DropReason> {
         CoreMetrics::add(&self.metrics.packets_received, 1);
-        if packet.len() > self.pool.buffer_bytes() as usize {
+        let Some(size) = PacketSize::from_sphinx_packet_len(packet.len()) else {
             return Err(self.drop_packet(DropReason::Malformed));
+        };
+        if !self.config.packet_sizes.contains(size) {
+            return Err(self.drop_packet(DropReason::PacketSizeDisabled));
         }
+        // `validate` checked every enabled size fits a buffer.
+        assert!(packet.len() <= self.pool.buffer_bytes() as usize);
         let Some(id) = self.pool.alloc() else {
             return Err(self.drop_packet(DropReason::Overload));
         };

@@ -28,7 +28,7 @@ pub mod runtime;
 pub mod timer_wheel;
 
 pub use batcher::Batcher;
-pub use limits::{ConfigError, EngineConfig, ReplayConfig};
+pub use limits::{ConfigError, EngineConfig, PacketSizes, ReplayConfig};
 pub use pool::{BufId, BufferPool};
 pub use replay::{
     snapshot_path, ReplayFilter, ReplayFilterSet, ReplayParams, ReplayTag, RotationId,

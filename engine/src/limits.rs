@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use lethe_crypto::framing::PacketSize;
+
 /// Nym's cap on a forward delay (`maximum_forward_packet_delay`): with a 50 ms mean,
 /// P(delay > 10 s) ≈ 1e-87, so the cap only ever bites on malicious or corrupt headers.
 pub const DELAY_MS_MAX: u64 = 10_000;
@@ -38,6 +40,10 @@ pub const POOL_BUFFERS_DEFAULT: u32 = 1 << 18;
 pub const POOL_BUFFERS_MAX: u32 = 1 << 22;
 /// Memory bound of one core's pool.
 pub const POOL_BYTES_MAX: u64 = 8 << 30;
+/// Default memory budget of one core's pool: what 65536 regular (2560-byte) buffers took before
+/// larger sizes could be enabled. The buffer count is derived from it (`pool_buffers_for`), so
+/// enabling ext8 trades buffers for size instead of growing memory.
+pub const POOL_MEMORY_BYTES_DEFAULT: u64 = 160 << 20;
 
 /// Batching: one batch feeds one sendmmsg / io_uring submission (UIO_MAXIOV = 1024).
 pub const BATCH_PACKETS_DEFAULT: u32 = 64;
@@ -74,6 +80,16 @@ const _: () = assert!(BUFFER_ALIGN_BYTES.is_power_of_two());
 const _: () = assert!(POOL_BUFFERS_DEFAULT <= POOL_BUFFERS_MAX);
 const _: () = assert!(POOL_BUFFERS_MAX < u32::MAX);
 const _: () = assert!(POOL_BUFFERS_DEFAULT as u64 * PACKET_BYTES_DEFAULT as u64 <= POOL_BYTES_MAX);
+// Every Sphinx size fits a buffer; the default buffer holds regular and ACK packets.
+const _: () = assert!(PacketSize::Extended32.packet_len() <= PACKET_BYTES_MAX as usize);
+const _: () = assert!(PacketSize::Regular.packet_len() <= PACKET_BYTES_DEFAULT as usize);
+const _: () = assert!(PacketSize::Ack.packet_len() <= PacketSize::Regular.packet_len());
+const _: () = assert!(POOL_MEMORY_BYTES_DEFAULT <= POOL_BYTES_MAX);
+// The default budget holds the mixnode's former 65536 regular buffers, and with ext32 enabled
+// still several full batches of the largest buffers.
+const _: () = assert!((1u64 << 16) * PACKET_BYTES_DEFAULT as u64 <= POOL_MEMORY_BYTES_DEFAULT);
+const _: () =
+    assert!(POOL_MEMORY_BYTES_DEFAULT / PACKET_BYTES_MAX as u64 >= 4 * BATCH_PACKETS_MAX as u64);
 const _: () = assert!(BATCH_PACKETS_DEFAULT <= BATCH_PACKETS_MAX);
 const _: () = assert!(BATCH_FLUSH_US_DEFAULT <= BATCH_FLUSH_US_MAX);
 // Flushing a partial batch must not add more than the mean forwarding delay's order of magnitude.
@@ -86,6 +102,122 @@ const _: () = assert!(REPLAY_HASHES_MAX * 9 <= (REPLAY_TAG_BYTES - 8) * 8);
 const _: () = assert!(REPLAY_BLOCK_WORDS_MAX * 64 == 512); // one cache line at most
 const _: () = assert!(REPLAY_FILTERS_LIVE_MAX >= 2);
 
+/// The Sphinx packet sizes a node accepts: a set over `PacketSize::SPHINX`, one bit per wire
+/// tag. A frame of another size is dropped and counted (`packet_size_disabled`), never the
+/// connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketSizes {
+    tags: u8,
+}
+
+const _: () = assert!(PacketSize::ALL.len() < u8::BITS as usize);
+
+impl PacketSizes {
+    /// Regular and ACK: the two sizes every Nym client sends.
+    pub const REGULAR: PacketSizes = PacketSizes::of(&[PacketSize::Regular, PacketSize::Ack]);
+    /// The mixnode default: regular, ACK and ext8 (the extended size Nym clients may set as
+    /// their secondary size; ext16/ext32 are "research only" per Nym's operator FAQ).
+    pub const MIXNODE_DEFAULT: PacketSizes =
+        PacketSizes::of(&[PacketSize::Regular, PacketSize::Ack, PacketSize::Extended8]);
+
+    pub const fn of(sizes: &[PacketSize]) -> PacketSizes {
+        let mut tags = 0u8;
+        let mut index = 0;
+        while index < sizes.len() {
+            assert!(!sizes[index].is_outfox()); // framed but never processed
+            tags |= 1 << sizes[index].tag();
+            index += 1;
+        }
+        PacketSizes { tags }
+    }
+
+    pub const fn contains(self, size: PacketSize) -> bool {
+        self.tags & (1 << size.tag()) != 0
+    }
+
+    pub const fn is_empty(self) -> bool {
+        self.tags == 0
+    }
+
+    /// The enabled sizes, in `PacketSize::SPHINX` order.
+    pub fn iter(self) -> impl Iterator<Item = PacketSize> {
+        PacketSize::SPHINX
+            .into_iter()
+            .filter(move |s| self.contains(*s))
+    }
+
+    /// The longest enabled packet (0 if none).
+    pub fn packet_len_max(self) -> usize {
+        self.iter().map(PacketSize::packet_len).max().unwrap_or(0)
+    }
+
+    /// The pool buffer that holds the longest enabled packet, aligned to `BUFFER_ALIGN_BYTES`.
+    pub fn buffer_bytes(self) -> u32 {
+        let len = self.packet_len_max() as u32;
+        let aligned = len.div_ceil(BUFFER_ALIGN_BYTES) * BUFFER_ALIGN_BYTES;
+        assert!(aligned >= len);
+        assert!(aligned <= PACKET_BYTES_MAX);
+        aligned
+    }
+
+    /// Parses `regular`, `ack`, `ext8`, `ext16`, `ext32`.
+    pub fn parse_name(name: &str) -> Option<PacketSize> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "regular" => Some(PacketSize::Regular),
+            "ack" => Some(PacketSize::Ack),
+            "ext8" | "extended8" => Some(PacketSize::Extended8),
+            "ext16" | "extended16" => Some(PacketSize::Extended16),
+            "ext32" | "extended32" => Some(PacketSize::Extended32),
+            _ => None,
+        }
+    }
+
+    pub const fn name(size: PacketSize) -> &'static str {
+        match size {
+            PacketSize::Regular => "regular",
+            PacketSize::Ack => "ack",
+            PacketSize::Extended8 => "ext8",
+            PacketSize::Extended16 => "ext16",
+            PacketSize::Extended32 => "ext32",
+            PacketSize::OutfoxRegular => "outfox_regular",
+            PacketSize::OutfoxAck => "outfox_ack",
+        }
+    }
+
+    /// Parses a list of names (config array or comma-separated flag); refuses an empty set.
+    pub fn parse_list<S: AsRef<str>>(names: &[S]) -> Result<PacketSizes, String> {
+        let mut tags = 0u8;
+        for name in names {
+            let size = PacketSizes::parse_name(name.as_ref()).ok_or_else(|| {
+                format!(
+                    "packet size {:?}: expected regular, ack, ext8, ext16 or ext32",
+                    name.as_ref()
+                )
+            })?;
+            tags |= 1 << size.tag();
+        }
+        if tags == 0 {
+            return Err("packet_sizes: enable at least one size".into());
+        }
+        Ok(PacketSizes { tags })
+    }
+}
+
+impl fmt::Display for PacketSizes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.iter().map(PacketSizes::name).collect();
+        write!(f, "{}", names.join(","))
+    }
+}
+
+/// Buffers a pool of `memory_bytes` holds at `buffer_bytes` each (capped at `POOL_BUFFERS_MAX`).
+pub fn pool_buffers_for(memory_bytes: u64, buffer_bytes: u32) -> u32 {
+    assert!(buffer_bytes > 0);
+    let count = (memory_bytes / u64::from(buffer_bytes)).min(u64::from(POOL_BUFFERS_MAX)) as u32;
+    assert!(u64::from(count) * u64::from(buffer_bytes) <= memory_bytes);
+    count
+}
+
 /// Runtime configuration of one core's engine pieces; `Default` derives from the consts above.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
@@ -94,6 +226,8 @@ pub struct EngineConfig {
     pub timer_entries_max: u32,
     pub pool_buffers_count: u32,
     pub pool_buffer_bytes: u32,
+    /// Sizes accepted; `pool_buffer_bytes` must hold the longest.
+    pub packet_sizes: PacketSizes,
     pub batch_packets_max: u32,
     pub batch_flush_us: u64,
     pub replay: ReplayConfig,
@@ -120,6 +254,11 @@ pub enum ConfigError {
     },
     FpRateOutOfRange,
     BlockWords(u32),
+    /// No size enabled, or the buffers cannot hold the longest enabled one.
+    PacketSizes {
+        buffer_bytes: u32,
+        packet_len_max: u32,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -139,6 +278,14 @@ impl fmt::Display for ConfigError {
             ConfigError::BlockWords(w) => {
                 write!(f, "replay block_words = {w}: must be 1, 2, 4 or 8")
             }
+            ConfigError::PacketSizes {
+                buffer_bytes,
+                packet_len_max,
+            } => write!(
+                f,
+                "packet sizes: none enabled, or the longest ({packet_len_max} B) does not fit \
+                 pool buffers of {buffer_bytes} B"
+            ),
         }
     }
 }
@@ -164,6 +311,7 @@ impl Default for EngineConfig {
             timer_entries_max: TIMER_ENTRIES_DEFAULT,
             pool_buffers_count: POOL_BUFFERS_DEFAULT,
             pool_buffer_bytes: PACKET_BYTES_DEFAULT,
+            packet_sizes: PacketSizes::REGULAR,
             batch_packets_max: BATCH_PACKETS_DEFAULT,
             batch_flush_us: BATCH_FLUSH_US_DEFAULT,
             replay: ReplayConfig::default(),
@@ -223,6 +371,13 @@ impl EngineConfig {
         let bytes = u64::from(self.pool_buffer_bytes);
         check_range("pool_buffer_bytes", bytes, 1, u64::from(PACKET_BYTES_MAX))?;
         check_range("pool_bytes", buffers * bytes, 1, POOL_BYTES_MAX)?;
+        let packet_len_max = self.packet_sizes.packet_len_max() as u32;
+        if self.packet_sizes.is_empty() || packet_len_max > self.pool_buffer_bytes {
+            return Err(ConfigError::PacketSizes {
+                buffer_bytes: self.pool_buffer_bytes,
+                packet_len_max,
+            });
+        }
         let batch = u64::from(self.batch_packets_max);
         check_range("batch_packets_max", batch, 1, u64::from(BATCH_PACKETS_MAX))?;
         check_range("batch_flush_us", self.batch_flush_us, 0, BATCH_FLUSH_US_MAX)?;
@@ -332,9 +487,33 @@ mod tests {
         let mut c = base.clone();
         c.replay.block_words = 3;
         assert_eq!(c.validate(), Err(ConfigError::BlockWords(3)));
+        let mut c = base.clone();
+        c.packet_sizes = PacketSizes::MIXNODE_DEFAULT; // ext8 does not fit 2560-byte buffers
+        assert!(matches!(c.validate(), Err(ConfigError::PacketSizes { .. })));
+        c.pool_buffer_bytes = c.packet_sizes.buffer_bytes();
+        assert_eq!(c.validate(), Ok(()));
         let mut c = base;
         c.pool_buffers_count = POOL_BUFFERS_MAX;
         c.pool_buffer_bytes = PACKET_BYTES_MAX;
         assert!(c.validate().is_err()); // 4M × 33 KiB exceeds the pool memory bound
+    }
+
+    #[test]
+    fn packet_sizes_parse_and_size_the_pool() {
+        let sizes = PacketSizes::parse_list(&["regular", "ACK", " ext8"]).unwrap();
+        assert_eq!(sizes, PacketSizes::MIXNODE_DEFAULT);
+        assert_eq!(sizes.to_string(), "regular,ack,ext8");
+        assert!(sizes.contains(PacketSize::Extended8));
+        assert!(!sizes.contains(PacketSize::Extended32));
+        assert_eq!(sizes.buffer_bytes(), 8_576); // 8557 rounded up to 64
+        assert_eq!(PacketSizes::REGULAR.buffer_bytes(), 2_432);
+        assert!(PacketSizes::parse_list::<&str>(&[]).is_err());
+        assert!(PacketSizes::parse_list(&["outfox"]).is_err());
+        let all = PacketSizes::parse_list(&["ext32", "ext16"]).unwrap();
+        assert_eq!(all.buffer_bytes(), 33_152);
+        let count = pool_buffers_for(POOL_MEMORY_BYTES_DEFAULT, sizes.buffer_bytes());
+        assert_eq!(count, 19_562);
+        assert!(u64::from(count) * 8_576 <= POOL_MEMORY_BYTES_DEFAULT);
+        assert_eq!(pool_buffers_for(u64::MAX, 64), POOL_BUFFERS_MAX);
     }
 }

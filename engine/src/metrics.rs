@@ -31,10 +31,12 @@ pub enum DropReason {
     FinalHopAtMixnode = 7,
     /// A gateway's final-hop hand-off (engine cores → gateway threads) was full.
     FinalHopQueueFull = 8,
+    /// A Sphinx packet of a size this node does not accept (`packet_sizes` setting).
+    PacketSizeDisabled = 9,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
         DropReason::Replayed,
@@ -45,6 +47,7 @@ impl DropReason {
         DropReason::Shutdown,
         DropReason::FinalHopAtMixnode,
         DropReason::FinalHopQueueFull,
+        DropReason::PacketSizeDisabled,
     ];
 
     /// The Prometheus label value.
@@ -59,12 +62,13 @@ impl DropReason {
             DropReason::Shutdown => "shutdown",
             DropReason::FinalHopAtMixnode => "final_hop_at_mixnode",
             DropReason::FinalHopQueueFull => "final_hop_queue_full",
+            DropReason::PacketSizeDisabled => "packet_size_disabled",
         }
     }
 }
 
 const _: () = assert!(DropReason::ALL.len() == DropReason::COUNT);
-const _: () = assert!(DropReason::FinalHopQueueFull as usize == DropReason::COUNT - 1);
+const _: () = assert!(DropReason::PacketSizeDisabled as usize == DropReason::COUNT - 1);
 
 /// Power-of-two buckets: bucket `i` counts values `<= 2^i`; the last bucket is `+Inf`.
 pub const HISTOGRAM_BUCKETS: usize = 25;

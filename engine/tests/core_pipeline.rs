@@ -5,7 +5,7 @@
 mod core_common;
 
 use core_common::*;
-use lethe_crypto::framing::KeyRotation;
+use lethe_crypto::framing::{KeyRotation, PacketSize};
 use lethe_crypto::sphinx::{self, Hop, Packet};
 use lethe_engine::core::{Action, Core, NodeKeys, SphinxKey};
 use lethe_engine::metrics::{CoreMetrics, DropReason};
@@ -142,9 +142,13 @@ fn malformed_packets_are_counted_while_the_batch_goes_through() {
     core.handle_packet(0, KeyRotation::Unknown, &forged)
         .unwrap();
     core.handle_packet(0, KeyRotation::Unknown, &a).unwrap();
-    core.handle_packet(0, KeyRotation::Unknown, &[0u8; 10])
-        .unwrap(); // truncated
+    // Truncated: no Sphinx size has that length.
+    assert_eq!(
+        core.handle_packet(0, KeyRotation::Unknown, &[0u8; 10]),
+        Err(DropReason::Malformed)
+    );
     core.handle_packet(0, KeyRotation::Unknown, &b).unwrap();
+    core.flush_batch(0); // three packets batched: the batch (of four) is not full
     let out = forwards(&mut core);
     assert_eq!(out.len(), 2);
     assert_eq!(dropped(&core, DropReason::Malformed), 2);
@@ -157,6 +161,15 @@ fn malformed_packets_are_counted_while_the_batch_goes_through() {
         core.handle_packet(0, KeyRotation::Unknown, &oversize),
         Err(DropReason::Malformed)
     );
+    // A Nym size this core does not accept: its own reason, not malformed.
+    let ext8 = vec![0u8; PacketSize::Extended8.packet_len()];
+    assert_eq!(
+        core.handle_packet(0, KeyRotation::Unknown, &ext8),
+        Err(DropReason::PacketSizeDisabled)
+    );
+    assert_eq!(dropped(&core, DropReason::Malformed), 4);
+    assert_eq!(dropped(&core, DropReason::PacketSizeDisabled), 1);
+    assert_eq!(core.buffers_in_use(), 0);
 }
 
 #[test]

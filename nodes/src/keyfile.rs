@@ -52,6 +52,39 @@ pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> 
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Replaces `path` atomically with `contents` of the given mode: a temp file beside it
+/// (created with that mode, so the bytes are never readable more widely), fsync, rename,
+/// fsync of the directory. A crash leaves the old file or the new one, never a mix.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let _ = fs::remove_file(&tmp); // a leftover of a crash
+    write_new(&tmp, contents, mode)?;
+    fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// [`write_key_pair`] that replaces existing files atomically (key rotation).
+pub fn write_key_pair_atomic(
+    path: &Path,
+    secret: &[u8; 32],
+    public: &[u8; 32],
+) -> Result<(), String> {
+    let secret_hex = Zeroizing::new(hex(secret) + "\n");
+    write_atomic(path, secret_hex.as_bytes(), 0o600)?;
+    write_atomic(
+        &path.with_extension("pub"),
+        (hex(public) + "\n").as_bytes(),
+        0o644,
+    )
+}
+
 /// Writes a private key (`0600`) and its public key (`path.pub`, `0644`).
 pub fn write_key_pair(path: &Path, secret: &[u8; 32], public: &[u8; 32]) -> Result<(), String> {
     let secret_hex = Zeroizing::new(hex(secret) + "\n");

@@ -130,8 +130,12 @@ fn run_directory_epoch(dir: &Path, listen: &str, timeout_s: u64, epoch_s: u64) -
 }
 
 fn run_mixnode(dir: &Path, directory_url: &str) -> Process {
+    run_mixnode_with(dir, directory_url, &[])
+}
+
+fn run_mixnode_with(dir: &Path, directory_url: &str, extra: &[&str]) -> Process {
     lethe_output(&["mixnode", "init", "--dir", dir.to_str().unwrap()]);
-    let args = [
+    let mut args = vec![
         "mixnode",
         "run",
         "--dir",
@@ -157,6 +161,7 @@ fn run_mixnode(dir: &Path, directory_url: &str) -> Process {
         "--heartbeat-s",
         "1",
     ];
+    args.extend_from_slice(extra);
     Process::start(&args, &["listen", "metrics"])
 }
 
@@ -772,6 +777,42 @@ fn epochs_advance_at_boundaries() {
     });
     assert_eq!(signed.signer, keyfile::hex(&key));
     assert!(verify_topology(&signed, &key, now_s(), Some(next.epoch)).is_ok());
+    directory.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn rotated_sphinx_key_is_reannounced_and_published() {
+    let dir = temp_dir("rotation");
+    let directory_dir = dir.join("directory");
+    let key = init_directory(&directory_dir);
+    let directory = run_directory(&directory_dir, "127.0.0.1:0", 30);
+    let url = format!("http://{}", directory.addr("listen"));
+    let node_dir = dir.join("mix");
+    let rotation = ["--rotation-interval-s", "4", "--rotation-overlap-s", "1"];
+    let node = run_mixnode_with(&node_dir, &url, &rotation);
+    let mixnode = |t: &Topology| t.layers.iter().flatten().next().cloned();
+    let first = wait_topology(&url, &key, "the mixnode", |t| mixnode(t).is_some());
+    let before = mixnode(&first).unwrap();
+    assert_eq!(before.rotation_id, 1);
+    assert_eq!(
+        before.sphinx_key,
+        read_pub(&node_dir.join("keys/x25519_sphinx_primary.pub"))
+    );
+    // The rotation re-registers the descriptor with the new key; the directory republishes.
+    let rotated = wait_topology(&url, &key, "the rotated key", |t| {
+        mixnode(t).is_some_and(|d| d.rotation_id == 2)
+    });
+    let after = mixnode(&rotated).unwrap();
+    assert!(rotated.epoch > first.epoch);
+    assert_eq!(after.identity, before.identity);
+    assert_eq!(after.mix_address, before.mix_address);
+    assert_eq!(
+        after.sphinx_key,
+        read_pub(&node_dir.join("keys/x25519_sphinx_rot-2.pub"))
+    );
+    assert_ne!(after.sphinx_key, before.sphinx_key);
+    node.terminate();
     directory.terminate();
     let _ = std::fs::remove_dir_all(&dir);
 }

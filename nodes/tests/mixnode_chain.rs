@@ -96,7 +96,11 @@ fn init(dir: &Path) {
 }
 
 fn run_node(dir: &Path) -> Process {
-    let args = [
+    run_node_with(dir, &[])
+}
+
+fn run_node_with(dir: &Path, extra: &[&str]) -> Process {
+    let mut args = vec![
         "mixnode",
         "run",
         "--dir",
@@ -118,11 +122,16 @@ fn run_node(dir: &Path) -> Process {
         "--shutdown-grace-ms",
         "3000",
     ];
+    args.extend_from_slice(extra);
     Process::start(&args, &["listen", "metrics"])
 }
 
 fn public_key(dir: &Path) -> [u8; 32] {
-    let text = std::fs::read_to_string(dir.join("keys/x25519_sphinx_primary.pub")).unwrap();
+    read_public(&dir.join("keys/x25519_sphinx_primary.pub"))
+}
+
+fn read_public(path: &Path) -> [u8; 32] {
+    let text = std::fs::read_to_string(path).unwrap();
     let text = text.trim();
     let mut out = [0u8; 32];
     for (i, b) in out.iter_mut().enumerate() {
@@ -157,6 +166,28 @@ impl Route {
             .unwrap()
             .to_bytes()
     }
+}
+
+impl Route {
+    /// A packet of `size` with 5 ms per mix hop.
+    fn packet_sized(&self, message: &[u8], size: PacketSize) -> Vec<u8> {
+        let destination = Destination::new(DestinationAddressBytes::from_bytes([5; 32]), [6; 16]);
+        let mut delays = vec![Delay::new_from_nanos(5_000_000); self.nodes.len() - 1];
+        delays.push(Delay::new_from_nanos(0));
+        let bytes = SphinxPacketBuilder::new()
+            .with_payload_size(size.payload_len())
+            .build_packet(message, &self.nodes, &destination, &delays)
+            .unwrap()
+            .to_bytes();
+        assert_eq!(bytes.len(), size.packet_len());
+        bytes
+    }
+}
+
+fn frame_sized(packet: &[u8], size: PacketSize) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame_to_vec(&FrameHeader::v7(size), packet, &mut out).unwrap();
+    out
 }
 
 fn node(addr: SocketAddr, key: [u8; 32]) -> Node {
@@ -389,5 +420,253 @@ fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() 
     for dir in &dirs {
         let _ = std::fs::remove_dir_all(dir);
     }
+    let _ = std::fs::remove_file(&sink_file);
+}
+
+/// The sink, and `count` mixnodes chained in front of it, run with `extra` flags.
+fn chain(
+    name: &str,
+    count: usize,
+    extra: &[&str],
+) -> (Process, PathBuf, Vec<PathBuf>, Vec<Process>, Route) {
+    let sink_file = temp_dir(&format!("{name}-sink.log"));
+    let sink = Process::start(
+        &[
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+            sink_file.to_str().unwrap(),
+        ],
+        &["listen"],
+    );
+    let dirs: Vec<PathBuf> = (1..=count)
+        .map(|i| temp_dir(&format!("{name}-m{i}")))
+        .collect();
+    for dir in &dirs {
+        init(dir);
+    }
+    let nodes: Vec<Process> = dirs.iter().map(|d| run_node_with(d, extra)).collect();
+    let gateway = StaticSecret::from([43u8; 32]);
+    let mut hops: Vec<Node> = dirs
+        .iter()
+        .zip(&nodes)
+        .map(|(d, p)| node(p.addr("listen"), public_key(d)))
+        .collect();
+    hops.push(node(
+        sink.addr("listen"),
+        x25519_dalek::PublicKey::from(&gateway).to_bytes(),
+    ));
+    let route = Route {
+        nodes: hops,
+        gateway,
+    };
+    (sink, sink_file, dirs, nodes, route)
+}
+
+#[test]
+fn extended_sizes_cross_the_chain_and_disabled_sizes_are_dropped_on_a_live_connection() {
+    let (sink, sink_file, dirs, nodes, route) =
+        chain("sizes", 2, &["--packet-sizes", "regular,ack,ext8,ext32"]);
+    let entry = nodes[0].addr("listen");
+    let entry_metrics = nodes[0].addr("metrics");
+    // One connection: regular, ext16 (not enabled), ext8, ext32, regular.
+    let sent = [
+        (PacketSize::Regular, b"regular one".to_vec()),
+        (PacketSize::Extended16, b"ext16: dropped".to_vec()),
+        (PacketSize::Extended8, vec![8u8; 6_000]),
+        (PacketSize::Extended32, vec![32u8; 30_000]),
+        (PacketSize::Regular, b"regular two".to_vec()),
+    ];
+    let mut bytes = Vec::new();
+    for (size, message) in &sent {
+        bytes.extend(frame_sized(&route.packet_sized(message, *size), *size));
+    }
+    send(entry, &bytes);
+    let records = wait_sink(&sink_file, 4);
+    let mut lengths: Vec<usize> = records.iter().map(|(_, p)| p.len()).collect();
+    lengths.sort();
+    let mut expected_lengths = [
+        PacketSize::Regular.packet_len(),
+        PacketSize::Regular.packet_len(),
+        PacketSize::Extended8.packet_len(),
+        PacketSize::Extended32.packet_len(),
+    ];
+    expected_lengths.sort();
+    assert_eq!(lengths, expected_lengths);
+    let mut opened: Vec<Vec<u8>> = records
+        .into_iter()
+        .map(|(_, p)| open(&route.gateway, p))
+        .collect();
+    opened.sort();
+    let mut expected: Vec<Vec<u8>> = sent
+        .iter()
+        .filter(|(size, _)| *size != PacketSize::Extended16)
+        .map(|(_, m)| m.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(opened, expected);
+    wait_metric(
+        entry_metrics,
+        "lethe_packets_dropped_total{reason=\"packet_size_disabled\"}",
+        1,
+    );
+    assert_eq!(
+        metric(
+            entry_metrics,
+            "lethe_packets_dropped_total{reason=\"malformed\"}"
+        ),
+        0
+    );
+    // The connection was not closed by the disabled frame: more packets on a new one pass too,
+    // and the second node never saw the ext16 frame.
+    send(
+        entry,
+        &frame_v7(&route.packet_sized(b"after", PacketSize::Regular)),
+    );
+    wait_sink(&sink_file, 5);
+    assert_eq!(
+        metric(
+            nodes[1].addr("metrics"),
+            "lethe_packets_dropped_total{reason=\"packet_size_disabled\"}"
+        ),
+        0
+    );
+    for node in nodes {
+        node.terminate();
+    }
+    drop(sink);
+    for dir in &dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(&sink_file);
+}
+
+/// `(primary rotation id, secondary live)` from the node's rotation state file.
+fn rotation_state(dir: &Path) -> (u32, bool) {
+    let text = std::fs::read_to_string(dir.join("keys/sphinx_rotation.toml")).unwrap_or_default();
+    let value = |key: &str| {
+        text.lines().find_map(|l| l.strip_prefix(key)).map(|v| {
+            v.trim_start_matches([' ', '='])
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+        })
+    };
+    let primary = value("primary_rotation_id").unwrap_or(0) as u32;
+    (primary, value("secondary_rotation_id").is_some())
+}
+
+fn wait_rotation_state(dir: &Path, expected: (u32, bool)) {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        if rotation_state(dir) == expected {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!(
+        "rotation state stayed {:?}, expected {expected:?}",
+        rotation_state(dir)
+    );
+}
+
+#[test]
+fn scheduled_key_rotation_overlaps_survives_restart_and_then_drops_the_old_key() {
+    use std::os::unix::fs::PermissionsExt;
+    // Interval 8 s, overlap 5 s: rotation 1 -> 2 at ~8 s, key 1 dropped at ~13 s, the next
+    // rotation at ~16 s. Every step below waits for the state file, not for a time.
+    let rotation_args = ["--rotation-interval-s", "8", "--rotation-overlap-s", "5"];
+    let (sink, sink_file, dirs, mut nodes, route) = chain("rot", 1, &rotation_args);
+    let dir = &dirs[0];
+    assert_eq!(rotation_state(dir), (1, false));
+    let old_route = Route {
+        nodes: route.nodes.clone(),
+        gateway: route.gateway.clone(),
+    };
+    let old: Vec<Vec<u8>> = (0..5u8)
+        .map(|i| old_route.packet_sized(&[i; 16], PacketSize::Regular))
+        .collect();
+    // 1. Before the rotation: the key-1 packet goes through.
+    send(nodes[0].addr("listen"), &frame_v7(&old[0]));
+    wait_sink(&sink_file, 1);
+
+    // 2. The rotation: a new 0600 key and a fresh persisted filter; both keys accepted.
+    wait_rotation_state(dir, (2, true));
+    let key_path = dir.join("keys/x25519_sphinx_rot-2");
+    let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(dir.join("data/replay-rot-2.bin").exists());
+    let new_key = read_public(&dir.join("keys/x25519_sphinx_rot-2.pub"));
+    assert_ne!(new_key, public_key(dir));
+    let mut new_route = Route {
+        nodes: route.nodes.clone(),
+        gateway: route.gateway.clone(),
+    };
+    new_route.nodes[0] = Node::new(route.nodes[0].address, PublicKey::from(new_key));
+    let new: Vec<Vec<u8>> = (0..2u8)
+        .map(|i| new_route.packet_sized(&[100 + i; 16], PacketSize::Regular))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300)); // the cores pick keys up within 50 ms
+    let entry = nodes[0].addr("listen");
+    let mut bytes = frame_v7(&old[1]); // v7: primary fails, the secondary verifies
+    bytes.extend(frame_v8(&new[0], KeyRotation::Even)); // rotation 2: even
+    send(entry, &bytes);
+    wait_sink(&sink_file, 3);
+
+    // 3. A restart mid-overlap restores both keys and both filters.
+    nodes.remove(0).terminate();
+    assert_eq!(
+        rotation_state(dir),
+        (2, true),
+        "the overlap ended during the restart"
+    );
+    let restarted = run_node_with(dir, &rotation_args);
+    let (entry, metrics) = (restarted.addr("listen"), restarted.addr("metrics"));
+    send(entry, &frame_v8(&new[0], KeyRotation::Even)); // replay under the new key
+    wait_metric(
+        metrics,
+        "lethe_packets_dropped_total{reason=\"replayed\"}",
+        1,
+    );
+    send(entry, &frame_v7(&old[1])); // replay under the old key
+    wait_metric(
+        metrics,
+        "lethe_packets_dropped_total{reason=\"replayed\"}",
+        2,
+    );
+    send(entry, &frame_v7(&old[2])); // the old key still works
+    wait_sink(&sink_file, 4);
+
+    // 4. After the overlap the old key, its filter and their files are gone.
+    wait_rotation_state(dir, (2, false));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!dir.join("data/replay-rot-1.bin").exists());
+    assert!(!dir.join("keys/x25519_sphinx_primary").exists());
+    assert!(dir.join("data/replay-rot-2.bin").exists());
+    send(entry, &frame_v7(&old[3])); // v7: no live key verifies it
+    wait_metric(
+        metrics,
+        "lethe_packets_dropped_total{reason=\"malformed\"}",
+        1,
+    );
+    send(entry, &frame_v8(&old[4], KeyRotation::Odd)); // v8: no live odd key
+    wait_metric(
+        metrics,
+        "lethe_packets_dropped_total{reason=\"unknown_key\"}",
+        1,
+    );
+    send(entry, &frame_v8(&new[1], KeyRotation::Even));
+    wait_sink(&sink_file, 5);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        sink_records(&sink_file).len(),
+        5,
+        "a refused packet got through"
+    );
+
+    restarted.terminate();
+    drop(sink);
+    let _ = std::fs::remove_dir_all(dir);
     let _ = std::fs::remove_file(&sink_file);
 }

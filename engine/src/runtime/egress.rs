@@ -38,6 +38,8 @@ pub struct Egress {
     config: Rc<EgressConfig>,
     pending: RefCell<Vec<u8>>,
     pending_packets: Cell<u32>,
+    /// The v8 rotation byte: starts as `config.key_rotation`, follows installed keys.
+    key_rotation: Cell<KeyRotation>,
     wake: LocalSender<()>,
     metrics: Arc<CoreMetrics>,
 }
@@ -57,6 +59,7 @@ impl Egress {
             next_hop,
             pending: RefCell::new(Vec::with_capacity(bytes)),
             pending_packets: Cell::new(0),
+            key_rotation: Cell::new(config.key_rotation),
             wake,
             metrics,
             config,
@@ -77,7 +80,7 @@ impl Egress {
         };
         let header = match self.config.framing {
             FramingVersion::V7 => FrameHeader::v7(size),
-            FramingVersion::V8 => FrameHeader::v8(size, self.config.key_rotation),
+            FramingVersion::V8 => FrameHeader::v8(size, self.key_rotation.get()),
         };
         let mut pending = self.pending.borrow_mut();
         let start = pending.len();
@@ -100,6 +103,11 @@ impl Egress {
         // Full means a wake-up is already pending: nothing lost.
         let _ = self.wake.try_send(());
         Ok(())
+    }
+
+    /// Key rotation: later v8 frames carry `rotation`.
+    pub fn set_key_rotation(&self, rotation: KeyRotation) {
+        self.key_rotation.set(rotation);
     }
 
     pub fn queued_packets(&self) -> u32 {

@@ -24,6 +24,7 @@ pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
 /// [`Announcer::stop`] or drop.
 pub struct Announcer {
     stop: tokio::sync::watch::Sender<bool>,
+    descriptor: tokio::sync::watch::Sender<Descriptor>,
     registered: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -33,6 +34,17 @@ impl Announcer {
     /// as unknown.
     pub fn is_registered(&self) -> bool {
         self.registered.load(Ordering::Relaxed)
+    }
+
+    /// Announces a changed descriptor (a rotated Sphinx key): the task registers it at once,
+    /// instead of its next heartbeat.
+    pub fn update(&self, descriptor: Descriptor) {
+        let _ = self.descriptor.send(descriptor);
+    }
+
+    /// The descriptor being announced.
+    pub fn descriptor(&self) -> Descriptor {
+        self.descriptor.borrow().clone()
     }
 
     /// Stops and waits for the thread.
@@ -85,6 +97,7 @@ pub fn spawn_announcer(
     heartbeat_interval: Duration,
 ) -> std::io::Result<Announcer> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (descriptor_tx, descriptor_rx) = tokio::sync::watch::channel(descriptor);
     let registered = Arc::new(AtomicBool::new(false));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -92,7 +105,7 @@ pub fn spawn_announcer(
     let task = Task {
         url: directory_url.to_string(),
         seed: Zeroizing::new(*identity_seed),
-        descriptor,
+        descriptor: descriptor_rx,
         interval: heartbeat_interval.max(Duration::from_millis(100)),
         registered: registered.clone(),
     };
@@ -101,6 +114,7 @@ pub fn spawn_announcer(
         .spawn(move || runtime.block_on(task.run(stopped)))?;
     Ok(Announcer {
         stop,
+        descriptor: descriptor_tx,
         registered,
         thread: Some(thread),
     })
@@ -109,7 +123,7 @@ pub fn spawn_announcer(
 struct Task {
     url: String,
     seed: Zeroizing<[u8; 32]>,
-    descriptor: Descriptor,
+    descriptor: tokio::sync::watch::Receiver<Descriptor>,
     interval: Duration,
     registered: Arc<AtomicBool>,
 }
@@ -134,14 +148,18 @@ fn is_unknown(e: &DirectoryClientError) -> bool {
 }
 
 impl Task {
-    async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let http = client::http_client();
-        let who = format!("{:?} {}", self.descriptor.role, self.descriptor.mix_address);
+        let who = {
+            let d = self.descriptor.borrow();
+            format!("{:?} {}", d.role, d.mix_address)
+        };
         let mut backoff = BACKOFF_INITIAL;
         let mut failures = 0u32;
         loop {
             // Register until accepted.
-            let registered = client::register(&http, &self.url, &self.seed, &self.descriptor);
+            let descriptor = self.descriptor.borrow_and_update().clone();
+            let registered = client::register(&http, &self.url, &self.seed, &descriptor);
             match or_stop(&mut stop, registered).await {
                 None => return,
                 Some(Ok(())) => {
@@ -169,11 +187,21 @@ impl Task {
             }
             // Heartbeat until the directory no longer knows us.
             loop {
-                if or_stop(&mut stop, tokio::time::sleep(self.interval))
-                    .await
-                    .is_none()
-                {
-                    return;
+                let interval = self.interval;
+                let changed = self.descriptor.changed();
+                let wait = async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => false,
+                        result = changed => result.is_ok(),
+                    }
+                };
+                match or_stop(&mut stop, wait).await {
+                    None => return,
+                    Some(true) => {
+                        eprintln!("announce: {who}: descriptor changed; registering again");
+                        break;
+                    }
+                    Some(false) => {}
                 }
                 match or_stop(&mut stop, client::heartbeat(&http, &self.url, &self.seed)).await {
                     None => return,

@@ -464,6 +464,26 @@ mod tests {
     }
 
     #[test]
+    fn rotated_sphinx_key_from_the_same_identity_is_an_update() {
+        let mut r = Registry::default();
+        add(&mut r, 1);
+        let layer = r.get(&descriptor(1, Role::Mixnode).identity).unwrap().layer;
+        let mut rotated = descriptor(1, Role::Mixnode);
+        rotated.sphinx_key = keyfile::hex(&[10u8; 32]);
+        rotated.rotation_id = 2;
+        rotated.issued_at_s += 1;
+        let (what, changed) = r
+            .register(rotated.clone(), String::new(), NOW_MS + 1_000)
+            .unwrap();
+        assert_eq!(what, Registered::Updated); // the server marks the topology dirty
+        assert_eq!(changed, vec![rotated.identity.clone()]);
+        let entry = r.get(&rotated.identity).unwrap();
+        assert_eq!(entry.descriptor.sphinx_key, rotated.sphinx_key);
+        assert_eq!(entry.descriptor.rotation_id, 2);
+        assert_eq!(entry.layer, layer); // same node, same layer
+    }
+
+    #[test]
     fn refusals() {
         let mut r = Registry::default();
         add(&mut r, 1);

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lethe_crypto::framing::{FramingVersion, KeyRotation};
-use lethe_engine::limits::PACKET_BYTES_DEFAULT;
 use lethe_engine::runtime::{final_hop_channel, EgressConfig, Runtime, RuntimeConfig};
 use zeroize::Zeroizing;
 
@@ -152,16 +151,21 @@ fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         n => n,
     };
+    let engine = engine_config(&config.engine)?;
+    if g.egress_queue_packets_max == 0 {
+        return Err("egress_queue_packets_max must be > 0".into());
+    }
+    let frame_bytes_max = mixnode::egress_frame_bytes(&engine, g.egress_queue_packets_max);
     Ok(RuntimeConfig {
         listen: g.listen_address,
         cores,
         cpus: g.cpus.clone(),
-        engine: engine_config(&config.engine)?,
+        engine,
         egress: EgressConfig {
             framing: framing(g.egress_framing)?,
             key_rotation: KeyRotation::for_rotation_id(config.keys.primary_rotation_id),
             queue_packets_max: g.egress_queue_packets_max,
-            frame_bytes_max: PACKET_BYTES_DEFAULT,
+            frame_bytes_max,
             backoff_ms_initial: 100,
             backoff_ms_max: 30_000,
             connect_timeout_ms: 1_500,
@@ -343,7 +347,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let snapshot_stop = Arc::new(AtomicBool::new(false));
     let snapshots = mixnode::spawn_snapshots(
         data_dir.clone(),
-        replay.clone(),
+        Arc::new(std::sync::Mutex::new(replay.clone())),
         config.replay.snapshot_interval_s,
         snapshot_stop.clone(),
     );

@@ -40,7 +40,23 @@ pub struct EngineSection {
     pub delay_ms_max: u64,
     pub timer_tick_us: u64,
     pub timer_entries_max: u32,
+    /// 0 = as many as `pool_memory_bytes` holds.
     pub pool_buffers_count: u32,
+    /// Memory budget of one core's pool; configs written before it existed get the default.
+    #[serde(default = "pool_memory_bytes_default")]
+    pub pool_memory_bytes: u64,
+    /// Accepted Sphinx sizes (`regular`, `ack`, `ext8`, `ext16`, `ext32`); configs written
+    /// before it existed keep regular + ack, what they accepted then.
+    #[serde(default = "packet_sizes_regular")]
+    pub packet_sizes: Vec<String>,
+}
+
+fn pool_memory_bytes_default() -> u64 {
+    lethe_engine::limits::POOL_MEMORY_BYTES_DEFAULT
+}
+
+fn packet_sizes_regular() -> Vec<String> {
+    vec!["regular".into(), "ack".into()]
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -61,6 +77,20 @@ pub struct KeysSection {
     pub sphinx_secondary: PathBuf,
     pub primary_rotation_id: u32,
     pub secondary_rotation_id: u32,
+    /// Scheduled rotation (mixnode): a new key every interval, the old one kept for the
+    /// overlap. 0 = never. Configs written before it existed get Nym's 24 h + 1 h.
+    #[serde(default = "rotation_interval_s_default")]
+    pub rotation_interval_s: u64,
+    #[serde(default = "rotation_overlap_s_default")]
+    pub rotation_overlap_s: u64,
+}
+
+fn rotation_interval_s_default() -> u64 {
+    super::rotation::ROTATION_INTERVAL_S_DEFAULT
+}
+
+fn rotation_overlap_s_default() -> u64 {
+    super::rotation::ROTATION_OVERLAP_S_DEFAULT
 }
 
 /// The file `init` writes: every key with its meaning and default.
@@ -97,8 +127,15 @@ delay_ms_max = 10000
 # Timer resolution, and packets that may wait for their delay at once, per core.
 timer_tick_us = 1000
 timer_entries_max = 65536
-# Packet buffers per core (2560 bytes each): bounds packets queued, delayed or in flight.
-pool_buffers_count = 65536
+# Sphinx packet sizes accepted (Nym's): regular (2413 B), ack (386 B), ext8 (8557 B),
+# ext16 (16749 B), ext32 (33133 B). Frames of other sizes are dropped and counted
+# (reason packet_size_disabled); the connection stays up. Buffers are sized for the largest.
+packet_sizes = ["regular", "ack", "ext8"]
+# Memory of one core's packet buffers. It bounds the packets queued, delayed or in flight:
+# 160 MiB holds 19562 buffers with ext8 enabled, 68985 with regular + ack only.
+pool_memory_bytes = 167772160
+# Packet buffers per core; 0 = as many as pool_memory_bytes holds (an explicit count must fit).
+pool_buffers_count = 0
 
 [replay]
 # Replay filter sizing: items = packets_per_s x key_lifetime_s, at false-positive rate fp_rate
@@ -119,6 +156,13 @@ sphinx_secondary = "keys/x25519_sphinx_secondary"
 # Rotation ids of the two Sphinx keys; their parity is the v8 frame's rotation byte.
 primary_rotation_id = 1
 secondary_rotation_id = 0
+# Scheduled rotation: every rotation_interval_s a new Sphinx key (keys/x25519_sphinx_rot-<id>)
+# becomes primary and is announced; the old one stays accepted for rotation_overlap_s, then
+# it and its replay filter are deleted. State: keys/sphinx_rotation.toml. Nym: 24 h, 1 h
+# (keys valid for 24 one-hour epochs plus one epoch of overlap). 0 = never rotate.
+# Keep replay.key_lifetime_s >= interval + overlap: a filter must hold a key's whole life.
+rotation_interval_s = 86400
+rotation_overlap_s = 3600
 "#;
 
 impl Config {
@@ -158,5 +202,10 @@ mod tests {
         assert_eq!(config.version, CONFIG_VERSION);
         assert_eq!(config.mixnode.egress_framing, 7);
         assert_eq!(config.keys.primary_rotation_id % 2, 1);
+        assert_eq!(config.engine.packet_sizes, ["regular", "ack", "ext8"]);
+        assert_eq!(
+            config.engine.pool_memory_bytes,
+            lethe_engine::limits::POOL_MEMORY_BYTES_DEFAULT
+        );
     }
 }

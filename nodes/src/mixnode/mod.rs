@@ -2,16 +2,17 @@
 //! the metrics endpoint and replay-filter persistence, and shuts down on SIGTERM/SIGINT.
 
 pub mod config;
+pub mod rotation;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lethe_crypto::framing::{FramingVersion, KeyRotation};
+use lethe_crypto::framing::{FramingVersion, KeyRotation, FRAME_MAX_LEN, HEADER_MAX_LEN};
 use lethe_engine::core::{NodeKeys, SphinxKey};
-use lethe_engine::limits::PACKET_BYTES_DEFAULT;
+use lethe_engine::limits::{pool_buffers_for, PacketSizes, PACKET_BYTES_DEFAULT};
 use lethe_engine::metrics::{CoreMetrics, DropReason};
 use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
 use lethe_engine::{
@@ -38,6 +39,10 @@ pub struct RunOverrides {
     /// Egress framing version, 7 or 8 (config: mixnode.egress_framing).
     #[arg(long, env = "LETHE_EGRESS_FRAMING")]
     pub egress_framing: Option<u8>,
+    /// Packets queued per next hop before new ones are dropped (config:
+    /// mixnode.egress_queue_packets_max).
+    #[arg(long, env = "LETHE_EGRESS_QUEUE_PACKETS_MAX")]
+    pub egress_queue_packets_max: Option<u32>,
     /// Packets per Sphinx batch (config: engine.batch_packets_max).
     #[arg(long, env = "LETHE_BATCH_PACKETS_MAX")]
     pub batch_packets_max: Option<u32>,
@@ -47,6 +52,13 @@ pub struct RunOverrides {
     /// Packet buffers per core (config: engine.pool_buffers_count).
     #[arg(long, env = "LETHE_POOL_BUFFERS")]
     pub pool_buffers: Option<u32>,
+    /// Pool memory per core in bytes (config: engine.pool_memory_bytes).
+    #[arg(long, env = "LETHE_POOL_MEMORY_BYTES")]
+    pub pool_memory_bytes: Option<u64>,
+    /// Accepted packet sizes, comma-separated: regular,ack,ext8,ext16,ext32
+    /// (config: engine.packet_sizes).
+    #[arg(long, env = "LETHE_PACKET_SIZES", value_delimiter = ',')]
+    pub packet_sizes: Option<Vec<String>>,
     /// Delayed packets per core (config: engine.timer_entries_max).
     #[arg(long, env = "LETHE_TIMER_ENTRIES_MAX")]
     pub timer_entries_max: Option<u32>,
@@ -59,6 +71,14 @@ pub struct RunOverrides {
     /// Replay snapshot interval in seconds (config: replay.snapshot_interval_s).
     #[arg(long, env = "LETHE_SNAPSHOT_INTERVAL_S")]
     pub snapshot_interval_s: Option<u64>,
+    /// Seconds between scheduled Sphinx key rotations; 0 = never (config:
+    /// keys.rotation_interval_s).
+    #[arg(long, env = "LETHE_ROTATION_INTERVAL_S")]
+    pub rotation_interval_s: Option<u64>,
+    /// Seconds the previous Sphinx key stays accepted after a rotation (config:
+    /// keys.rotation_overlap_s).
+    #[arg(long, env = "LETHE_ROTATION_OVERLAP_S")]
+    pub rotation_overlap_s: Option<u64>,
     /// Shutdown grace period in ms (config: mixnode.shutdown_grace_ms).
     #[arg(long, env = "LETHE_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -93,16 +113,26 @@ impl RunOverrides {
         m.metrics_address = self.metrics_listen.unwrap_or(m.metrics_address);
         m.cores = self.cores.unwrap_or(m.cores);
         m.egress_framing = self.egress_framing.unwrap_or(m.egress_framing);
+        m.egress_queue_packets_max = self
+            .egress_queue_packets_max
+            .unwrap_or(m.egress_queue_packets_max);
         m.shutdown_grace_ms = self.shutdown_grace_ms.unwrap_or(m.shutdown_grace_ms);
         let e = &mut config.engine;
         e.batch_packets_max = self.batch_packets_max.unwrap_or(e.batch_packets_max);
         e.batch_flush_us = self.batch_flush_us.unwrap_or(e.batch_flush_us);
         e.pool_buffers_count = self.pool_buffers.unwrap_or(e.pool_buffers_count);
+        e.pool_memory_bytes = self.pool_memory_bytes.unwrap_or(e.pool_memory_bytes);
+        if let Some(sizes) = &self.packet_sizes {
+            e.packet_sizes = sizes.clone();
+        }
         e.timer_entries_max = self.timer_entries_max.unwrap_or(e.timer_entries_max);
         let r = &mut config.replay;
         r.packets_per_s = self.replay_packets_per_s.unwrap_or(r.packets_per_s);
         r.key_lifetime_s = self.replay_key_lifetime_s.unwrap_or(r.key_lifetime_s);
         r.snapshot_interval_s = self.snapshot_interval_s.unwrap_or(r.snapshot_interval_s);
+        let k = &mut config.keys;
+        k.rotation_interval_s = self.rotation_interval_s.unwrap_or(k.rotation_interval_s);
+        k.rotation_overlap_s = self.rotation_overlap_s.unwrap_or(k.rotation_overlap_s);
     }
 }
 
@@ -223,7 +253,15 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
         8 => FramingVersion::V8,
         other => return Err(format!("egress_framing = {other}: must be 7 or 8")),
     };
+    if m.egress_queue_packets_max == 0 {
+        return Err("egress_queue_packets_max must be > 0".into());
+    }
     let engine = engine_config(&config.engine)?;
+    let frame_bytes_max = egress_frame_bytes(&engine, m.egress_queue_packets_max);
+    eprintln!(
+        "lethe: packet sizes {}: {} buffers of {} B per core",
+        engine.packet_sizes, engine.pool_buffers_count, engine.pool_buffer_bytes
+    );
     Ok(RuntimeConfig {
         listen: m.listen_address,
         cores,
@@ -233,7 +271,7 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
             framing,
             key_rotation: KeyRotation::for_rotation_id(keys.primary.rotation_id),
             queue_packets_max: m.egress_queue_packets_max,
-            frame_bytes_max: PACKET_BYTES_DEFAULT,
+            frame_bytes_max,
             backoff_ms_initial: 100,
             backoff_ms_max: 30_000,
             connect_timeout_ms: 1_500,
@@ -245,14 +283,48 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
     })
 }
 
-/// The engine's configuration from the `[engine]` section (shared with the gateway).
+/// Bytes budgeted per queued egress frame. A next hop's queue holds at most
+/// `queue_packets_max` frames and `queue_packets_max × this` bytes (twice: the queue and the
+/// writer's spare). The budget stays one regular frame's buffer (2560 B), as before larger
+/// sizes existed, so enabling ext8 does not multiply the per-hop memory: larger frames count
+/// against the byte budget by their size. Raised only if the queue could not hold one frame
+/// of the largest enabled size.
+pub(crate) fn egress_frame_bytes(engine: &EngineConfig, queue_packets_max: u32) -> u32 {
+    assert!(queue_packets_max > 0);
+    let frame_len_max = engine.packet_sizes.packet_len_max() + HEADER_MAX_LEN;
+    assert!(frame_len_max <= FRAME_MAX_LEN);
+    let per_frame = (frame_len_max as u32).div_ceil(queue_packets_max);
+    let bytes = per_frame.max(PACKET_BYTES_DEFAULT);
+    assert!(u64::from(bytes) * u64::from(queue_packets_max) >= frame_len_max as u64);
+    bytes
+}
+
+/// The engine's configuration from the `[engine]` section (shared with the gateway). Buffers
+/// are sized for the largest accepted packet; their count comes from the memory budget unless
+/// set explicitly, and an explicit count must fit the budget.
 pub(crate) fn engine_config(e: &EngineSection) -> Result<EngineConfig, String> {
+    let packet_sizes =
+        PacketSizes::parse_list(&e.packet_sizes).map_err(|m| format!("engine: {m}"))?;
+    let buffer_bytes = packet_sizes.buffer_bytes();
+    let budget_count = pool_buffers_for(e.pool_memory_bytes, buffer_bytes);
+    let pool_buffers_count = match e.pool_buffers_count {
+        0 => budget_count,
+        n if n <= budget_count => n,
+        n => {
+            return Err(format!(
+                "engine: pool_buffers_count = {n} buffers of {buffer_bytes} B (sizes \
+                 {packet_sizes}) exceed pool_memory_bytes = {}; at most {budget_count}",
+                e.pool_memory_bytes
+            ))
+        }
+    };
     let engine = EngineConfig {
         timer_tick_us: e.timer_tick_us,
         timer_delay_ms_max: e.delay_ms_max,
         timer_entries_max: e.timer_entries_max,
-        pool_buffers_count: e.pool_buffers_count,
-        pool_buffer_bytes: PACKET_BYTES_DEFAULT,
+        pool_buffers_count,
+        pool_buffer_bytes: buffer_bytes,
+        packet_sizes,
         batch_packets_max: e.batch_packets_max,
         batch_flush_us: e.batch_flush_us,
         replay: ReplayConfig::default(),
@@ -274,19 +346,22 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     if let Some(url) = &overrides.announce.directory {
         check_announce(url, &overrides.announce, config.mixnode.listen_address)?;
     }
-    let keys = load_keys(dir, &config.keys)?;
-    let replay = load_replay(dir, &config.replay, &keys)?;
-    let runtime_config = runtime_config(&config, &keys)?;
+    let mut rotation = rotation::Rotation::start(dir, &config, rotation::now_ms())?;
+    let runtime_config = runtime_config(&config, rotation.keys())?;
     let cores = runtime_config.cores;
-    let runtime =
-        Runtime::start(runtime_config, keys, replay.clone()).map_err(|e| e.to_string())?;
+    let runtime = Runtime::start(
+        runtime_config,
+        rotation.keys().clone(),
+        rotation.replay_set(),
+    )
+    .map_err(|e| e.to_string())?;
     let metrics = runtime.metrics().to_vec();
     let metrics_addr = crate::http::serve(config.mixnode.metrics_address, metrics.clone())?;
     let data_dir = resolve(dir, &config.replay.data_dir);
     let stop = Arc::new(AtomicBool::new(false));
     let snapshots = spawn_snapshots(
         data_dir.clone(),
-        replay.clone(),
+        rotation.replay().clone(),
         config.replay.snapshot_interval_s,
         stop.clone(),
     );
@@ -300,6 +375,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             &overrides.announce,
             runtime.local_addr(),
             metrics_addr,
+            rotation.keys(),
         )?),
         None => None,
     };
@@ -309,7 +385,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     );
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    let signal = signals.forever().next();
+    let signal = wait_for_signal(&mut signals, &mut rotation, &runtime, announcer.as_ref());
     eprintln!(
         "lethe: signal {signal:?}: stopping (grace {} ms)",
         config.mixnode.shutdown_grace_ms
@@ -322,9 +398,46 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let joined = runtime.join();
     stop.store(true, Ordering::SeqCst);
     let _ = snapshots.join();
-    save_replay(&data_dir, &replay)?;
+    save_replay_locked(&data_dir, rotation.replay())?;
     report(&metrics);
     joined
+}
+
+/// The control-plane loop: waits for SIGTERM/SIGINT, and meanwhile runs the key-rotation
+/// schedule (checked every 100 ms; a failed rotation is logged and retried).
+fn wait_for_signal(
+    signals: &mut signal_hook::iterator::Signals,
+    rotation: &mut rotation::Rotation,
+    runtime: &Runtime,
+    announcer: Option<&crate::directory::Announcer>,
+) -> i32 {
+    let mut failures = 0u32;
+    // Runs until a signal arrives; every turn is bounded (one rotation step at most).
+    loop {
+        if let Some(signal) = signals.pending().next() {
+            return signal;
+        }
+        match rotation.tick(rotation::now_ms(), runtime) {
+            Ok(true) => {
+                failures = 0;
+                if let Some(announcer) = announcer {
+                    let mut descriptor = announcer.descriptor();
+                    let primary = &rotation.keys().primary;
+                    descriptor.sphinx_key = keyfile::hex(&primary.public_key());
+                    descriptor.rotation_id = primary.rotation_id;
+                    announcer.update(descriptor);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                if failures.is_multiple_of(100) {
+                    eprintln!("lethe: sphinx key rotation failed (retrying): {e}");
+                }
+                failures = failures.saturating_add(1);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Refuses, before anything starts, an announcement that could not work.
@@ -354,12 +467,9 @@ fn start_announcer(
     args: &AnnounceArgs,
     bound: SocketAddr,
     metrics: SocketAddr,
+    keys: &NodeKeys,
 ) -> Result<crate::directory::Announcer, String> {
     let identity = keyfile::read_private(&resolve(dir, &config.keys.identity))?;
-    let primary = StaticSecret::from(*keyfile::read_private(&resolve(
-        dir,
-        &config.keys.sphinx_primary,
-    ))?);
     let mix_address = args.announce.unwrap_or(bound);
     let metrics_url = args.metrics_url.clone().unwrap_or_else(|| {
         let host = if metrics.ip().is_unspecified() {
@@ -373,8 +483,8 @@ fn start_announcer(
         &identity,
         Role::Mixnode,
         mix_address,
-        PublicKey::from(&primary).as_bytes(),
-        config.keys.primary_rotation_id,
+        &keys.primary.public_key(),
+        keys.primary.rotation_id,
         None,
         Some(metrics_url),
     );
@@ -388,9 +498,18 @@ fn start_announcer(
     .map_err(|e| format!("announcer: {e}"))
 }
 
+/// Saves the live filters under the set's lock (rotation changes the set under it too).
+pub(crate) fn save_replay_locked(
+    data_dir: &Path,
+    replay: &Mutex<ReplayFilterSet>,
+) -> Result<(), String> {
+    let set = replay.lock().map_err(|_| "replay set lock poisoned")?;
+    save_replay(data_dir, &set)
+}
+
 pub(crate) fn spawn_snapshots(
     data_dir: PathBuf,
-    replay: ReplayFilterSet,
+    replay: Arc<Mutex<ReplayFilterSet>>,
     interval_s: u64,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
@@ -400,7 +519,7 @@ pub(crate) fn spawn_snapshots(
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(100));
             if last.elapsed() >= interval {
-                if let Err(e) = save_replay(&data_dir, &replay) {
+                if let Err(e) = save_replay_locked(&data_dir, &replay) {
                     eprintln!("lethe: replay snapshot failed: {e}");
                 }
                 last = Instant::now();
@@ -422,5 +541,46 @@ pub(crate) fn report(metrics: &[Arc<CoreMetrics>]) {
         if count > 0 {
             eprintln!("lethe: dropped {count} ({})", reason.label());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section() -> EngineSection {
+        let config: Config = toml::from_str(TEMPLATE).unwrap();
+        config.engine
+    }
+
+    #[test]
+    fn pool_is_sized_from_the_largest_size_and_the_memory_budget() {
+        let engine = engine_config(&section()).unwrap();
+        assert_eq!(engine.packet_sizes, PacketSizes::MIXNODE_DEFAULT);
+        assert_eq!(engine.pool_buffer_bytes, 8_576);
+        assert_eq!(engine.pool_buffers_count, 19_562);
+        let mut regular = section();
+        regular.packet_sizes = vec!["regular".into(), "ack".into()];
+        let engine = engine_config(&regular).unwrap();
+        assert_eq!(engine.pool_buffers_count, 68_985);
+        let mut explicit = section();
+        explicit.pool_buffers_count = 19_563; // one more than the budget holds
+        assert!(engine_config(&explicit).is_err());
+        explicit.pool_buffers_count = 1_000;
+        assert_eq!(engine_config(&explicit).unwrap().pool_buffers_count, 1_000);
+        let mut bad = section();
+        bad.packet_sizes = vec!["outfox".into()];
+        assert!(engine_config(&bad).is_err());
+    }
+
+    #[test]
+    fn egress_byte_budget_stays_regular_unless_one_frame_would_not_fit() {
+        let mut all = section();
+        all.packet_sizes = vec!["regular".into(), "ext32".into()];
+        let engine = engine_config(&all).unwrap();
+        assert_eq!(egress_frame_bytes(&engine, 2_000), PACKET_BYTES_DEFAULT);
+        // A one-packet queue must still hold one ext32 frame (33133 + 4 bytes).
+        assert_eq!(egress_frame_bytes(&engine, 1), 33_137);
+        assert_eq!(egress_frame_bytes(&engine, 4), 8_285);
     }
 }
