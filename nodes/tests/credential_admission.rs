@@ -3,12 +3,13 @@
 //! a minimal proto-level client. Outcomes are checked, never speed: bounded, generous waits.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, BandwidthCredential};
@@ -22,78 +23,9 @@ use lethe_nodes::proto::{ClientHandshake, ClientMessage, GatewayMessage, Session
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Bandwidth each credential buys: a few regular packets.
 const CREDENTIAL_BYTES: u64 = 10_000;
-
-struct Process {
-    child: Child,
-    lines: HashMap<String, String>,
-}
-
-impl Process {
-    /// Starts `lethe ARGS`; reads `key=value` (or `listening on ADDR`) lines until `keys`.
-    fn start(args: &[&str], keys: &[&str]) -> Process {
-        let mut child = Command::new(LETHE)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut reader = BufReader::new(stdout);
-        let mut lines = HashMap::new();
-        for _ in 0..16 {
-            if keys.iter().all(|k| lines.contains_key(*k)) {
-                break;
-            }
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                panic!("lethe {args:?} exited before printing {keys:?}");
-            }
-            let line = line.trim();
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                lines.insert("listening".to_string(), addr.to_string());
-            } else if let Some((k, v)) = line.split_once('=') {
-                lines.insert(k.to_string(), v.to_string());
-            }
-        }
-        Process { child, lines }
-    }
-
-    fn addr(&self, key: &str) -> SocketAddr {
-        self.lines[key].parse().unwrap()
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit.
-    fn terminate(mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "node exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("node did not stop after SIGTERM");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lethe-cred-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 fn lethe(args: &[&str]) {
     let out = Command::new(LETHE).args(args).output().unwrap();
@@ -134,34 +66,6 @@ fn run_gateway(dir: &Path, vk: &Path) -> Process {
         &args,
         &["listen", "client_url", "metrics", "identity", "sphinx_key"],
     )
-}
-
-fn metric(metrics: SocketAddr, name: &str) -> u64 {
-    let mut stream = TcpStream::connect(metrics).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lethe\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    let line = body
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("no metric {name}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-fn wait_metric(metrics: SocketAddr, name: &str, value: u64) {
-    let deadline = Instant::now() + TIMEOUT;
-    let mut last = metric(metrics, name);
-    while last != value {
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed at {last}, expected {value}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-        last = metric(metrics, name);
-    }
 }
 
 /// A regular-size packet whose first hop is the sink (which only records it).
@@ -381,7 +285,7 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
     assert_eq!(remaining, 0);
     x.forward(sink_addr, &packet).await;
     x.expect_error(error_code::NO_BANDWIDTH).await;
-    wait_metric(metrics, "lethe_gateway_forwards_refused_bandwidth_total", 1);
+    wait_gauge(metrics, "lethe_gateway_forwards_refused_bandwidth_total", 1);
 
     // A spend bound to another client is refused, and does not burn the credential.
     let y_seed = [2u8; 32];
@@ -403,8 +307,8 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
     assert_eq!(x.expect_bandwidth().await, CREDENTIAL_BYTES);
     x.forward(sink_addr, &packet).await;
     x.expect_quiet(Duration::from_millis(300)).await;
-    wait_metric(metrics, "lethe_gateway_forwarded_from_clients_total", 1);
-    wait_metric(metrics, "lethe_gateway_bandwidth_charged_bytes_total", len);
+    wait_gauge(metrics, "lethe_gateway_forwarded_from_clients_total", 1);
+    wait_gauge(metrics, "lethe_gateway_bandwidth_charged_bytes_total", len);
 
     // The same spend again, and a fresh spend of the same credential: refused.
     x.send(&ClientMessage::Credential { bytes: a_x }).await;
@@ -431,14 +335,14 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
         x.forward(sink_addr, &packet).await;
     }
     x.expect_error(error_code::NO_BANDWIDTH).await;
-    wait_metric(metrics, "lethe_gateway_forwarded_from_clients_total", fits);
-    wait_metric(metrics, "lethe_gateway_forwards_refused_bandwidth_total", 2);
-    wait_metric(metrics, "lethe_gateway_credentials_accepted_total", 2);
-    wait_metric(metrics, "lethe_gateway_credentials_refused_total", 5);
+    wait_gauge(metrics, "lethe_gateway_forwarded_from_clients_total", fits);
+    wait_gauge(metrics, "lethe_gateway_forwards_refused_bandwidth_total", 2);
+    wait_gauge(metrics, "lethe_gateway_credentials_accepted_total", 2);
+    wait_gauge(metrics, "lethe_gateway_credentials_refused_total", 5);
     let left = CREDENTIAL_BYTES - fits * len;
     // The session's charges are written through when it ends.
     x.close().await;
-    wait_metric(metrics, "lethe_gateway_sessions_active", 0);
+    wait_gauge(metrics, "lethe_gateway_sessions_active", 0);
 
     // Restart: the balance and the spent tags survive.
     gateway.terminate();
@@ -456,7 +360,7 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
     x.send(&ClientMessage::Credential { bytes: b_x }).await;
     assert_eq!(x.expect_bandwidth().await, left + CREDENTIAL_BYTES);
     x.forward(sink_addr, &packet).await;
-    wait_metric(metrics, "lethe_gateway_forwarded_from_clients_total", 1);
+    wait_gauge(metrics, "lethe_gateway_forwarded_from_clients_total", 1);
     x.close().await;
     gateway.terminate();
     drop(sink);

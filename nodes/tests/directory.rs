@@ -3,11 +3,14 @@
 //! Outcomes are checked, never speed: state is polled with generous bounded deadlines.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+use common::*;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lethe_nodes::directory::client::{self, DirectoryClientError};
@@ -17,82 +20,7 @@ use lethe_nodes::topology::{
     CLOCK_SKEW_S_MAX, DOMAIN_DESCRIPTOR, DOMAIN_HEARTBEAT, DOMAIN_TOPOLOGY,
 };
 
-const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-struct Process {
-    child: Child,
-    lines: HashMap<String, String>,
-}
-
-impl Process {
-    /// Starts `lethe ARGS` and reads `key=value` lines from stdout until `keys` are all seen.
-    fn start(args: &[&str], keys: &[&str]) -> Process {
-        let mut child = Command::new(LETHE)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut reader = BufReader::new(stdout);
-        let mut lines = HashMap::new();
-        for _ in 0..16 {
-            if keys.iter().all(|k| lines.contains_key(*k)) {
-                break;
-            }
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                panic!("lethe {args:?} exited before printing {keys:?}");
-            }
-            if let Some((k, v)) = line.trim().split_once('=') {
-                lines.insert(k.to_string(), v.to_string());
-            }
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = reader.read_to_end(&mut sink);
-        });
-        Process { child, lines }
-    }
-
-    fn get(&self, key: &str) -> &str {
-        &self.lines[key]
-    }
-
-    fn addr(&self, key: &str) -> SocketAddr {
-        self.lines[key].parse().unwrap()
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit.
-    fn terminate(mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "process exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("process did not stop after SIGTERM");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lethe-dir-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 fn lethe_output(args: &[&str]) -> String {
     let output = Command::new(LETHE).args(args).output().unwrap();

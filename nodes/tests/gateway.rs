@@ -3,11 +3,12 @@
 //! Outcomes are checked, never speed: generous timeouts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+use common::*;
+
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -20,92 +21,7 @@ use lethe_nodes::proto::{ClientHandshake, ClientMessage, DeliveryKind, GatewayMe
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-struct Process {
-    child: Child,
-    lines: HashMap<String, String>,
-}
-
-impl Process {
-    /// Starts `lethe ARGS` and reads `key=value` lines from stdout until `keys` are all seen.
-    fn start(args: &[&str], keys: &[&str]) -> Process {
-        let mut child = Command::new(LETHE)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut reader = BufReader::new(stdout);
-        let mut lines = HashMap::new();
-        for _ in 0..16 {
-            if keys.iter().all(|k| lines.contains_key(*k)) {
-                break;
-            }
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                panic!("lethe {args:?} exited before printing {keys:?}");
-            }
-            if let Some((k, v)) = line.trim().split_once('=') {
-                lines.insert(k.to_string(), v.to_string());
-            }
-        }
-        Process { child, lines }
-    }
-
-    fn addr(&self, key: &str) -> SocketAddr {
-        self.lines[key].parse().unwrap()
-    }
-
-    fn signal(&mut self, signal: i32) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit.
-    fn terminate(mut self) {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "node exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("node did not stop after SIGTERM");
-    }
-
-    /// SIGKILL: no chance to flush anything.
-    fn kill(mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lethe-gw-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn init(role: &str, dir: &Path) {
-    let status = Command::new(LETHE)
-        .args([role, "init", "--dir", dir.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 const SMALL: [&str; 12] = [
     "--listen",
@@ -168,49 +84,6 @@ fn hop(addr: SocketAddr, public_key: [u8; 32]) -> RouteHop {
     RouteHop {
         address: address::encode(&addr),
         public_key,
-    }
-}
-
-fn metric(metrics: SocketAddr, name: &str) -> u64 {
-    let mut stream = TcpStream::connect(metrics).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lethe\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    let line = body
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("no metric {name}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-fn wait_metric(metrics: SocketAddr, name: &str, value: u64) {
-    let deadline = Instant::now() + TIMEOUT;
-    let mut last = 0;
-    while Instant::now() < deadline {
-        last = metric(metrics, name);
-        if last >= value {
-            assert_eq!(last, value, "{name}");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{name} stayed at {last}, expected {value}");
-}
-
-/// Waits until a gauge reads exactly `value`.
-fn wait_gauge(metrics: SocketAddr, name: &str, value: u64) {
-    let deadline = Instant::now() + TIMEOUT;
-    let mut last = metric(metrics, name);
-    while last != value {
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed at {last}, expected {value}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-        last = metric(metrics, name);
     }
 }
 

@@ -3,10 +3,12 @@
 //! Outcomes are checked, never speed: generous timeouts, delays checked as lower bounds.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lethe_crypto::framing::{encode_frame_to_vec, FrameHeader, KeyRotation, PacketSize};
@@ -17,83 +19,8 @@ use sphinx_packet::route::{Destination, DestinationAddressBytes, Node, NodeAddre
 use sphinx_packet::SphinxPacketBuilder;
 use x25519_dalek::StaticSecret;
 
-const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 const TIMEOUT: Duration = Duration::from_secs(60);
 const DELAYS_MS: [u64; 3] = [60, 40, 20];
-
-struct Process {
-    child: Child,
-    lines: std::collections::HashMap<String, String>,
-}
-
-impl Process {
-    /// Starts `lethe ARGS` and reads `key=value` lines from stdout until `keys` are all seen.
-    fn start(args: &[&str], keys: &[&str]) -> Process {
-        let mut child = Command::new(LETHE)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut reader = BufReader::new(stdout);
-        let mut lines = std::collections::HashMap::new();
-        for _ in 0..16 {
-            if keys.iter().all(|k| lines.contains_key(*k)) {
-                break;
-            }
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                panic!("lethe {args:?} exited before printing {keys:?}");
-            }
-            if let Some((k, v)) = line.trim().split_once('=') {
-                lines.insert(k.to_string(), v.to_string());
-            }
-        }
-        Process { child, lines }
-    }
-
-    fn addr(&self, key: &str) -> SocketAddr {
-        self.lines[key].parse().unwrap()
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit.
-    fn terminate(mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "node exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("node did not stop after SIGTERM");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lethe-chain-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn init(dir: &Path) {
-    let status = Command::new(LETHE)
-        .args(["mixnode", "init", "--dir", dir.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 fn run_node(dir: &Path) -> Process {
     run_node_with(dir, &[])
@@ -127,17 +54,7 @@ fn run_node_with(dir: &Path, extra: &[&str]) -> Process {
 }
 
 fn public_key(dir: &Path) -> [u8; 32] {
-    read_public(&dir.join("keys/x25519_sphinx_primary.pub"))
-}
-
-fn read_public(path: &Path) -> [u8; 32] {
-    let text = std::fs::read_to_string(path).unwrap();
-    let text = text.trim();
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
+    lethe_nodes::keyfile::read_public(&dir.join("keys/x25519_sphinx_primary.pub")).unwrap()
 }
 
 fn now_ms() -> u128 {
@@ -220,35 +137,6 @@ fn send(to: SocketAddr, bytes: &[u8]) {
     stream.flush().unwrap();
 }
 
-fn metric(metrics: SocketAddr, line_prefix: &str) -> u64 {
-    let mut stream = TcpStream::connect(metrics).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: lethe\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    let line = body
-        .lines()
-        .find(|l| l.starts_with(line_prefix) && l[line_prefix.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("no metric {line_prefix}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-fn wait_metric(metrics: SocketAddr, line_prefix: &str, value: u64) {
-    let deadline = Instant::now() + TIMEOUT;
-    let mut last = 0;
-    while Instant::now() < deadline {
-        last = metric(metrics, line_prefix);
-        if last >= value {
-            assert_eq!(last, value, "{line_prefix}");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{line_prefix} stayed at {last}, expected {value}");
-}
-
 /// The sink file's records: (arrival ms, packet bytes).
 fn sink_records(path: &Path) -> Vec<(u128, Vec<u8>)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -307,7 +195,7 @@ fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() 
     );
     let dirs: Vec<PathBuf> = (1..=3).map(|i| temp_dir(&format!("m{i}"))).collect();
     for dir in &dirs {
-        init(dir);
+        init("mixnode", dir);
     }
     let mut nodes: Vec<Process> = dirs.iter().map(|d| run_node(d)).collect();
     let gateway = StaticSecret::from([42u8; 32]);
@@ -444,7 +332,7 @@ fn chain(
         .map(|i| temp_dir(&format!("{name}-m{i}")))
         .collect();
     for dir in &dirs {
-        init(dir);
+        init("mixnode", dir);
     }
     let nodes: Vec<Process> = dirs.iter().map(|d| run_node_with(d, extra)).collect();
     let gateway = StaticSecret::from([43u8; 32]);
@@ -597,7 +485,8 @@ fn scheduled_key_rotation_overlaps_survives_restart_and_then_drops_the_old_key()
     let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     assert!(dir.join("data/replay-rot-2.bin").exists());
-    let new_key = read_public(&dir.join("keys/x25519_sphinx_rot-2.pub"));
+    let new_key =
+        lethe_nodes::keyfile::read_public(&dir.join("keys/x25519_sphinx_rot-2.pub")).unwrap();
     assert_ne!(new_key, public_key(dir));
     let mut new_route = Route {
         nodes: route.nodes.clone(),

@@ -5,10 +5,11 @@
 //! Bounded in packets and time; no speed is asserted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +22,6 @@ use sphinx_packet::route::{Destination, DestinationAddressBytes, Node, NodeAddre
 use sphinx_packet::SphinxPacketBuilder;
 use x25519_dalek::StaticSecret;
 
-const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// Unique packets offered: ~29 MB of regular frames, far beyond the pool and egress queue.
 const PACKETS: usize = 12_000;
@@ -35,116 +35,6 @@ const DELAY_MS: u64 = 1_000;
 const DELAYED_EVERY: usize = 4;
 /// Allocator, glommio and kernel-accounting noise on top of the configured memory.
 const RSS_SLACK_BYTES: u64 = 16 << 20;
-
-struct Process {
-    child: Child,
-    lines: std::collections::HashMap<String, String>,
-}
-
-impl Process {
-    fn start(args: &[&str], keys: &[&str]) -> Process {
-        let mut child = Command::new(LETHE)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut reader = BufReader::new(child.stdout.take().unwrap());
-        let mut lines = std::collections::HashMap::new();
-        for _ in 0..16 {
-            if keys.iter().all(|k| lines.contains_key(*k)) {
-                break;
-            }
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                panic!("lethe {args:?} exited before printing {keys:?}");
-            }
-            if let Some((k, v)) = line.trim().split_once('=') {
-                lines.insert(k.to_string(), v.to_string());
-            }
-        }
-        Process { child, lines }
-    }
-
-    fn addr(&self, key: &str) -> SocketAddr {
-        self.lines[key].parse().unwrap()
-    }
-
-    /// `VmRSS` or `VmHWM` (peak) of the process, in bytes.
-    fn memory_bytes(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .unwrap_or_else(|| panic!("no {field}"));
-        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        kb * 1024
-    }
-
-    fn terminate(mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "node exited with {status}");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("node did not stop after SIGTERM");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lethe-overload-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn init(dir: &Path) {
-    let status = Command::new(LETHE)
-        .args(["mixnode", "init", "--dir", dir.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn read_public(path: &Path) -> [u8; 32] {
-    let text = std::fs::read_to_string(path).unwrap();
-    let text = text.trim();
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
-}
-
-fn http_get(metrics: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(metrics).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: lethe\r\n\r\n").unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body
-}
-
-fn metric(metrics: SocketAddr, name: &str) -> u64 {
-    let body = http_get(metrics, "/metrics");
-    let line = body
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .unwrap_or_else(|| panic!("no metric {name}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
 
 fn dropped(metrics: SocketAddr, reason: &str) -> u64 {
     metric(
@@ -266,7 +156,7 @@ fn open(gateway: &StaticSecret, mut bytes: Vec<u8>) -> u64 {
 #[test]
 fn overload_drops_by_reason_within_a_memory_bound_and_recovers() {
     let dir = temp_dir("m1");
-    init(&dir);
+    init("mixnode", &dir);
     let sink = StalledSink::start();
     let timer_entries = TIMER_ENTRIES.to_string();
     let pool = POOL_BUFFERS.to_string();
@@ -303,7 +193,7 @@ fn overload_drops_by_reason_within_a_memory_bound_and_recovers() {
     let route = [
         node(
             entry,
-            read_public(&dir.join("keys/x25519_sphinx_primary.pub")),
+            lethe_nodes::keyfile::read_public(&dir.join("keys/x25519_sphinx_primary.pub")).unwrap(),
         ),
         node(
             sink.addr,

@@ -1,0 +1,182 @@
+//! Shared by the multi-process node tests: `lethe` child processes that announce their
+//! addresses on stdout, scratch directories, and Prometheus scrapes. Waits are bounded.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
+/// Upper bound for any single wait: generous, so a loaded machine is slow, never wrong.
+pub const WAIT_MAX: Duration = Duration::from_secs(90);
+
+/// A running `lethe` subcommand, killed when dropped.
+pub struct Process {
+    pub child: Child,
+    /// `key=value` lines it printed at start (`listening on ADDR` is kept as `listening`).
+    pub lines: HashMap<String, String>,
+}
+
+impl Process {
+    /// Starts `lethe ARGS` and reads stdout until every key in `keys` was printed; stdout is
+    /// drained afterwards so the child never blocks on a full pipe.
+    pub fn start(args: &[&str], keys: &[&str]) -> Process {
+        let mut child = Command::new(LETHE)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = HashMap::new();
+        for _ in 0..32 {
+            if keys.iter().all(|k| lines.contains_key(*k)) {
+                break;
+            }
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                panic!("lethe {args:?} exited before printing {keys:?}");
+            }
+            let line = line.trim();
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                lines.insert("listening".to_string(), addr.to_string());
+            } else if let Some((k, v)) = line.split_once('=') {
+                lines.insert(k.to_string(), v.to_string());
+            }
+        }
+        assert!(
+            keys.iter().all(|k| lines.contains_key(*k)),
+            "lethe {args:?} did not print {keys:?}"
+        );
+        std::thread::spawn(move || {
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest);
+        });
+        Process { child, lines }
+    }
+
+    pub fn get(&self, key: &str) -> &str {
+        &self.lines[key]
+    }
+
+    pub fn addr(&self, key: &str) -> SocketAddr {
+        self.lines[key].parse().unwrap()
+    }
+
+    pub fn signal(&mut self, signal: i32) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    pub fn terminate(mut self) {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + WAIT_MAX;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "process exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("process did not stop after SIGTERM");
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// `VmRSS` or `VmHWM` (peak) of the process, in bytes.
+    pub fn memory_bytes(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_else(|| panic!("no {field}"));
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An empty scratch directory (not created) named for this test binary, process and `name`.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let test = env!("CARGO_CRATE_NAME");
+    let dir = std::env::temp_dir().join(format!("lethe-{test}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The response (head and body) to a plain HTTP/1.1 GET.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT_MAX)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: lethe\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// The value of the metric line `name` (with its labels) at a node's metrics address.
+pub fn metric(metrics: SocketAddr, name: &str) -> u64 {
+    let body = http_get(metrics, "/metrics");
+    let line = body
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .unwrap_or_else(|| panic!("no metric {name}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Waits until a counter reaches `value`, then checks it did not overshoot.
+pub fn wait_metric(metrics: SocketAddr, name: &str, value: u64) {
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut last = 0;
+    while Instant::now() < deadline {
+        last = metric(metrics, name);
+        if last >= value {
+            assert_eq!(last, value, "{name}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{name} stayed at {last}, expected {value}");
+}
+
+/// Waits until a gauge reads exactly `value`.
+pub fn wait_gauge(metrics: SocketAddr, name: &str, value: u64) {
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut last = metric(metrics, name);
+    while last != value {
+        assert!(
+            Instant::now() < deadline,
+            "{name} stayed at {last}, expected {value}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        last = metric(metrics, name);
+    }
+}
+
+/// `lethe ROLE init --dir DIR` (mixnode, gateway, ...); must succeed.
+pub fn init(role: &str, dir: &std::path::Path) {
+    let status = Command::new(LETHE)
+        .args([role, "init", "--dir", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "lethe {role} init failed");
+}
