@@ -26,6 +26,7 @@ use lethe_engine::core::{
     process_batch, BatchScratch, NodeKeys, Outcome, PacketSlots, ReplayVerdict, SphinxKey,
 };
 use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
+use lethe_engine::metrics::Stage;
 use lethe_engine::{EngineConfig, ReplayFilter, ReplayFilterSet, ReplayParams};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -81,6 +82,44 @@ fn corpus(rng: &mut ChaCha20Rng, count: usize, node: &[u8; 32], sink: SocketAddr
         out.packets.push(packet.clone());
     }
     out
+}
+
+/// CPU the node's core runs on (and the crypto baseline, for the same conditions); the
+/// feeder and the sink get the other one.
+const NODE_CPU: usize = 1;
+const HARNESS_CPU: usize = 0;
+
+/// CPUs online (not `available_parallelism`, which shrinks once this thread is pinned).
+fn cpus_machine() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online).unwrap_or(1).max(1)
+}
+
+fn two_cpus() -> bool {
+    cpus_machine() > 1
+}
+
+/// Pins the calling thread (best effort; a no-op on a one-CPU machine).
+fn pin_to(cpu: usize) {
+    if !two_cpus() {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is valid, CPU_SET writes inside it, and sched_setaffinity
+    // reads it for the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Sleeps wake up within a few µs of their deadline (the default slack is 50 µs).
+fn precise_sleeps() {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only this thread.
+    unsafe {
+        let _ = libc::prctl(libc::PR_SET_TIMERSLACK, 1_000_u64, 0, 0, 0);
+    }
 }
 
 fn filters(items: u64) -> ReplayFilterSet {
@@ -142,6 +181,7 @@ fn crypto_pps(keys: &NodeKeys, mut packets: Vec<Vec<u8>>) -> f64 {
 fn sink(listener: TcpListener, expected: usize) -> mpsc::Receiver<Vec<([u8; 32], Instant)>> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        pin_to(HARNESS_CPU);
         let (mut stream, _) = listener.accept().unwrap();
         stream.set_read_timeout(Some(PHASE_TIMEOUT)).unwrap();
         let mut decoder = FrameDecoder::new();
@@ -167,8 +207,8 @@ fn sink(listener: TcpListener, expected: usize) -> mpsc::Receiver<Vec<([u8; 32],
 }
 
 fn runtime_config() -> RuntimeConfig {
-    let cpus = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
-        vec![1] // leave CPU 0 to the feeder, the sink and interrupts
+    let cpus = if two_cpus() {
+        vec![NODE_CPU] // leave the other CPU to the feeder, the sink and interrupts
     } else {
         Vec::new()
     };
@@ -210,6 +250,8 @@ fn run_node(
     let received = sink(listener, corpus.frames.len());
     let replay = filters(corpus.frames.len() as u64);
     let runtime = Runtime::start(runtime_config(), keys.clone(), replay).unwrap();
+    pin_to(HARNESS_CPU);
+    precise_sleeps();
     let mut stream = TcpStream::connect(runtime.local_addr()).unwrap();
     stream.set_nodelay(true).unwrap();
     let started = Instant::now();
@@ -224,35 +266,49 @@ fn run_node(
             stream.write_all(&all).unwrap();
         }
         Some(rate) => {
-            // Sleeps until the next frame is due, then writes every frame due by then in one
-            // write (never spins: on a 2-CPU box a spinning feeder starves the sink, whose
-            // arrival times are the measurement). Latency runs from the actual write.
+            // Each frame is its own write at its due time, as independent clients would send
+            // it: sleep (1 µs timer slack) until due, never spin (on a 2-CPU box a spinning
+            // feeder starves the sink, whose arrival times are the measurement). A frame whose
+            // time has passed goes at once. Latency runs from just before its write.
             let interval = Duration::from_secs_f64(1.0 / rate);
-            let mut burst = Vec::with_capacity(64 * (SIZE.packet_len() + 64));
-            let mut next = 0;
-            while next < corpus.frames.len() {
+            for (next, frame) in corpus.frames.iter().enumerate() {
                 let due = started + interval * next as u32;
                 let now = Instant::now();
                 if now < due {
                     std::thread::sleep(due - now);
-                    continue;
                 }
-                burst.clear();
-                let at = Instant::now();
-                while next < corpus.frames.len()
-                    && started + interval * next as u32 <= at
-                    && burst.len() < burst.capacity() - SIZE.packet_len() - 64
-                {
-                    burst.extend_from_slice(&corpus.frames[next]);
-                    sent_at.push(at);
-                    next += 1;
-                }
-                stream.write_all(&burst).unwrap();
+                sent_at.push(Instant::now());
+                stream.write_all(frame).unwrap();
             }
         }
     }
     let seen = received.recv_timeout(PHASE_TIMEOUT * 2).unwrap();
     let finished = seen.last().map_or(started, |(_, at)| *at);
+    if std::env::var_os("NODE_EFFICIENCY_DEBUG").is_some() {
+        // Where the time went, from the node's own metrics (stderr; not part of the result).
+        let m = &runtime.metrics()[0];
+        let stage = |s: Stage| {
+            let h = m.stage(s);
+            format!(
+                "{}: mean {} p50<={} p99<={}",
+                s.label(),
+                h.sum() / h.count().max(1),
+                h.quantile_upper_bound(0.5),
+                h.quantile_upper_bound(0.99)
+            )
+        };
+        eprintln!(
+            "rate {:?}: batches {} mean {:.1} p50<={} | {} | {} | {} | {}",
+            rate_pps,
+            m.batch_packets.count(),
+            m.batch_packets.sum() as f64 / m.batch_packets.count().max(1) as f64,
+            m.batch_packets.quantile_upper_bound(0.5),
+            stage(Stage::BatchWait),
+            stage(Stage::CryptoPerPacket),
+            stage(Stage::DelayLateness),
+            stage(Stage::ProcessingResidence),
+        );
+    }
     runtime.shutdown();
     runtime.join().unwrap();
     let rate = seen.len() as f64 / finished.duration_since(started).as_secs_f64();
@@ -285,12 +341,32 @@ fn main() {
     let node_secret = StaticSecret::from([9u8; 32]);
     let node_public = PublicKey::from(&node_secret).to_bytes();
     let keys = NodeKeys::new(SphinxKey::new(2, node_secret), None);
+    pin_to(NODE_CPU);
     let probe = corpus(
         &mut rng,
         2_000,
         &node_public,
         "127.0.0.1:9".parse().unwrap(),
     );
+    if std::env::var_os("NODE_EFFICIENCY_SWEEP").is_some() {
+        for batch in [1usize, 2, 4, 8, 16, 32, 64] {
+            let replay = filters(probe.packets.len() as u64);
+            let mut packets = probe.packets.clone();
+            let mut outcomes = Vec::with_capacity(64);
+            let mut scratch = BatchScratch::new(64);
+            let started = Instant::now();
+            for chunk in packets.chunks_mut(batch) {
+                let check = |id, tag: &_| match replay.check_and_insert(id, tag) {
+                    Some(false) => ReplayVerdict::Fresh,
+                    Some(true) => ReplayVerdict::Replayed,
+                    None => ReplayVerdict::NoFilter,
+                };
+                process_batch(&mut Slots { packets: chunk }, &keys, check, &mut scratch, &mut outcomes);
+            }
+            let us = started.elapsed().as_secs_f64() * 1e6 / packets.len() as f64;
+            eprintln!("batch {batch}: {us:.1} us/packet");
+        }
+    }
     let crypto = crypto_pps(&keys, probe.packets);
 
     // The sink listens before the corpus is built: its address is inside every packet.
@@ -335,6 +411,6 @@ fn main() {
         latency_corpus.frames.len(),
         SIZE.packet_len(),
         EngineConfig::default().batch_packets_max,
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus_machine(),
     );
 }

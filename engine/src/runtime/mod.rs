@@ -15,7 +15,7 @@ pub mod egress;
 pub mod final_hop;
 pub mod memlock;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -277,6 +277,9 @@ struct Shard {
     metrics: Arc<CoreMetrics>,
     stop: Arc<AtomicBool>,
     wake: LocalSender<()>,
+    /// When the timer loop will next run on its own (µs; `u64::MAX` while it is running):
+    /// readers wake it only for work due earlier than that, not on every read.
+    timer_armed_us: Cell<u64>,
     deliver_final_hops: bool,
     /// Gateways: where final-hop packets go (`None` on a mixnode: counted and dropped).
     final_hops: Option<FinalHopSender>,
@@ -392,6 +395,7 @@ async fn run_shard(setup: ShardSetup) {
         metrics: setup.metrics,
         stop: setup.stop,
         wake,
+        timer_armed_us: Cell::new(u64::MAX),
         deliver_final_hops: setup.config.deliver_final_hops,
         final_hops: setup.final_hops,
     });
@@ -456,10 +460,16 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             shard.core.borrow_mut().flush_batch(now_us);
         }
         shard.pump(now_us);
-        let _ = shard.wake.try_send(());
+        let due_us = shard.core.borrow().poll_timeout();
+        if due_us.is_some_and(|due_us| due_us < shard.timer_armed_us.get()) {
+            let _ = shard.wake.try_send(());
+        }
         if fatal {
             break;
         }
+        // Let the egress writers send what this read produced before reading more: packets
+        // leave right after their batch, and egress queues stay short.
+        future::yield_now().await;
     }
     shard
         .metrics
@@ -514,6 +524,7 @@ async fn timer_loop(
     let mut stopping_since_us: Option<u64> = None;
     // Runs until shutdown; every turn is bounded (the core fires a bounded number of timers).
     loop {
+        shard.timer_armed_us.set(u64::MAX);
         apply_key_update(&shard, &key_update);
         let now_us = shard.now_us();
         shard.core.borrow_mut().handle_timeout(now_us);
@@ -544,6 +555,7 @@ async fn timer_loop(
             glommio::yield_if_needed().await;
             continue;
         }
+        shard.timer_armed_us.set(now_us.saturating_add(wait_us));
         future::or(
             glommio::timer::sleep(Duration::from_micros(wait_us)),
             async {
