@@ -114,6 +114,19 @@ fn pin_to(cpu: usize) {
     }
 }
 
+/// (on-CPU ns, run-queue wait ns) of this process's thread named `name*` (Linux schedstat).
+fn thread_schedstat(name: &str) -> Option<(u64, u64)> {
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.starts_with(name) {
+            let stat = std::fs::read_to_string(entry.path().join("schedstat")).ok()?;
+            let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
+            return Some((fields.next()?, fields.next()?));
+        }
+    }
+    None
+}
+
 /// Sleeps wake up within a few µs of their deadline (the default slack is 50 µs).
 fn precise_sleeps() {
     // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only this thread.
@@ -255,6 +268,7 @@ fn run_node(
     let mut stream = TcpStream::connect(runtime.local_addr()).unwrap();
     stream.set_nodelay(true).unwrap();
     let started = Instant::now();
+    let sched_start = thread_schedstat("lethe-core");
     let mut sent_at = Vec::with_capacity(corpus.frames.len());
     match rate_pps {
         None => {
@@ -284,6 +298,7 @@ fn run_node(
     }
     let seen = received.recv_timeout(PHASE_TIMEOUT * 2).unwrap();
     let finished = seen.last().map_or(started, |(_, at)| *at);
+    let sched_end = thread_schedstat("lethe-core");
     if std::env::var_os("NODE_EFFICIENCY_DEBUG").is_some() {
         // Where the time went, from the node's own metrics (stderr; not part of the result).
         let m = &runtime.metrics()[0];
@@ -297,6 +312,16 @@ fn run_node(
                 h.quantile_upper_bound(0.99)
             )
         };
+        if let (Some(a), Some(b)) = (sched_start, sched_end) {
+            let wall = finished.duration_since(started).as_nanos() as f64;
+            eprintln!(
+                "node thread: on-cpu {:.0}% run-queue wait {:.0}% idle {:.0}% of {:.0} ms",
+                100.0 * (b.0 - a.0) as f64 / wall,
+                100.0 * (b.1 - a.1) as f64 / wall,
+                100.0 - 100.0 * (b.0 - a.0 + b.1 - a.1) as f64 / wall,
+                wall / 1e6
+            );
+        }
         eprintln!(
             "rate {:?}: batches {} mean {:.1} p50<={} | {} | {} | {} | {}",
             rate_pps,
