@@ -421,6 +421,13 @@ fn main() {
         listener.local_addr().unwrap(),
     );
     let (latencies, _) = run_node(&keys, listener, &latency_corpus, Some(paced));
+    if std::env::var_os("NODE_EFFICIENCY_DEBUG").is_some() {
+        let q: Vec<String> = [0.1, 0.5, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0]
+            .iter()
+            .map(|&q| format!("p{}={}", q * 100.0, percentile(&latencies, q)))
+            .collect();
+        eprintln!("latency us: {}", q.join(" "));
+    }
     println!(
         "{{\"node_pps_per_core\":{:.0},\"crypto_pps_per_core\":{:.0},\"efficiency\":{:.3},\
          \"p50_us\":{},\"p99_us\":{},\"latency_load\":{load},\"latency_rate_pps\":{:.0},\"packets_saturation\":{},\

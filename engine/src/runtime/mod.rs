@@ -43,6 +43,11 @@ pub const EGRESS_HOPS_MAX: usize = 4_096;
 pub const INGRESS_CONNECTIONS_MAX: u64 = 4_096;
 /// Bytes read per `read` call on an ingress connection (about 27 regular frames).
 pub const READ_BYTES: usize = 64 * 1024;
+/// Kernel receive buffer of an ingress connection (SO_RCVBUF; Linux doubles it for its own
+/// bookkeeping). Loopback and LAN round trips are too short for receive autotuning to grow the
+/// window past ~64 KiB, which caps every read at about one 27-frame read: a busy peer then waits
+/// on our window instead of queueing a full batch. The kernel charges only queued bytes.
+pub const INGRESS_RCVBUF_BYTES: usize = 1 << 20;
 /// How often idle loops look at the stop flag.
 pub const STOP_POLL_MS: u64 = 20;
 /// The longest the timer loop sleeps without being woken.
@@ -437,8 +442,26 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
+/// Best effort: a failure leaves the kernel's default (autotuned) buffer.
+fn set_receive_buffer(stream: &TcpStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int, on a socket this
+    // stream owns.
+    unsafe {
+        let _ = libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
     CoreMetrics::add(&shard.metrics.connections_ingress, 1);
+    set_receive_buffer(&stream, INGRESS_RCVBUF_BYTES);
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; READ_BYTES];
     loop {
@@ -451,8 +474,7 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             Some(Ok(count)) if count > 0 => count,
             _ => break, // EOF, error or stopping
         };
-        let now_us = shard.now_us();
-        let fatal = feed(&shard, &mut decoder, &buffer[..count], now_us);
+        let (fatal, now_us) = feed(&shard, &mut decoder, &buffer[..count], shard.now_us());
         if count < buffer.len() {
             // The socket is drained: nothing more to batch with now, so waiting for the flush
             // deadline would only add latency. Under load reads fill the buffer and batches
@@ -477,8 +499,10 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Decodes frames into the core; `true` if the stream lost framing (close it).
-fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], now_us: u64) -> bool {
+/// Decodes frames into the core; `true` if the stream lost framing (close it), and the time
+/// now (re-read after each batch the core ran: a batch takes long enough that the frames
+/// after it reach the core later than the read).
+fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], mut now_us: u64) -> (bool, u64) {
     let mut core = shard.core.borrow_mut();
     let metrics = &shard.metrics;
     let result = decoder.feed(bytes, |frame| {
@@ -486,6 +510,10 @@ fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], now_us: u64) ->
         match frame {
             Ok(frame) if frame.header.packet_type == PacketType::Mix => {
                 let _ = core.handle_packet(now_us, frame.header.key_rotation, frame.packet);
+                if core.batched_count() == 0 {
+                    // The batch ran (or the packet was dropped; the clock read is cheap).
+                    now_us = shard.now_us();
+                }
             }
             // Outfox is framed but not processed; skipped frames are malformed.
             Ok(_) | Err(_) => core.handle_skipped_frame(),
@@ -493,9 +521,9 @@ fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], now_us: u64) ->
     });
     if result.is_err() {
         metrics.dropped(DropReason::Malformed, 1);
-        return true;
+        return (true, now_us);
     }
-    false
+    (false, now_us)
 }
 
 /// Applies a key set the control plane installed, if there is a new one (never blocks).
