@@ -127,6 +127,25 @@ fn thread_schedstat(name: &str) -> Option<(u64, u64)> {
     None
 }
 
+/// Real-time scheduling for a harness thread (best effort: needs CAP_SYS_NICE). Feeder and
+/// sink sleep almost all the time, but on a shared machine a waking CFS thread can wait a full
+/// slice (~3 ms) behind whatever runs on its CPU: the feeder would then send in bursts and the
+/// sink stamp late arrivals, both measured as node latency. `false` restores normal scheduling.
+fn realtime(on: bool) {
+    let (policy, priority) = if on {
+        (libc::SCHED_FIFO, 10)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
+    unsafe {
+        let _ = libc::sched_setscheduler(0, policy, &param);
+    }
+}
+
 /// Sleeps wake up within a few µs of their deadline (the default slack is 50 µs).
 fn precise_sleeps() {
     // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only this thread.
@@ -195,6 +214,7 @@ fn sink(listener: TcpListener, expected: usize) -> mpsc::Receiver<Vec<([u8; 32],
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         pin_to(HARNESS_CPU);
+        realtime(true);
         let (mut stream, _) = listener.accept().unwrap();
         stream.set_read_timeout(Some(PHASE_TIMEOUT)).unwrap();
         let mut decoder = FrameDecoder::new();
@@ -265,6 +285,7 @@ fn run_node(
     let runtime = Runtime::start(runtime_config(), keys.clone(), replay).unwrap();
     pin_to(HARNESS_CPU);
     precise_sleeps();
+    realtime(true);
     let mut stream = TcpStream::connect(runtime.local_addr()).unwrap();
     stream.set_nodelay(true).unwrap();
     let started = Instant::now();
@@ -285,17 +306,26 @@ fn run_node(
             // feeder starves the sink, whose arrival times are the measurement). A frame whose
             // time has passed goes at once. Latency runs from just before its write.
             let interval = Duration::from_secs_f64(1.0 / rate);
+            let (mut late_max, mut late_100us) = (Duration::ZERO, 0);
             for (next, frame) in corpus.frames.iter().enumerate() {
                 let due = started + interval * next as u32;
                 let now = Instant::now();
                 if now < due {
                     std::thread::sleep(due - now);
                 }
-                sent_at.push(Instant::now());
+                let at = Instant::now();
+                let late = at.saturating_duration_since(due);
+                late_max = late_max.max(late);
+                late_100us += usize::from(late > Duration::from_micros(100));
+                sent_at.push(at);
                 stream.write_all(frame).unwrap();
+            }
+            if std::env::var_os("NODE_EFFICIENCY_DEBUG").is_some() {
+                eprintln!("feeder: latest send {late_max:?} after due, {late_100us} sends >100us late");
             }
         }
     }
+    realtime(false);
     let seen = received.recv_timeout(PHASE_TIMEOUT * 2).unwrap();
     let finished = seen.last().map_or(started, |(_, at)| *at);
     let sched_end = thread_schedstat("lethe-core");
@@ -351,6 +381,18 @@ fn run_node(
                 .map(|&i| (*at - sent_at[i]).as_micros() as u64)
         })
         .collect();
+    if rate_pps.is_some() && std::env::var_os("NODE_EFFICIENCY_DEBUG").is_some() {
+        // The tail over time (arrival order, tenths of the run): warm-up or steady state?
+        let tenths: Vec<String> = latencies
+            .chunks(latencies.len().div_ceil(10).max(1))
+            .map(|chunk| {
+                let mut chunk = chunk.to_vec();
+                chunk.sort_unstable();
+                format!("{}/{}", percentile(&chunk, 0.5), percentile(&chunk, 0.99))
+            })
+            .collect();
+        eprintln!("latency p50/p99 per tenth: {}", tenths.join(" "));
+    }
     latencies.sort_unstable();
     assert_eq!(latencies.len(), corpus.frames.len(), "packets lost");
     (latencies, rate)
