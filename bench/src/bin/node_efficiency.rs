@@ -25,8 +25,8 @@ use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Ver
 use lethe_engine::core::{
     process_batch, BatchScratch, NodeKeys, Outcome, PacketSlots, ReplayVerdict, SphinxKey,
 };
-use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
 use lethe_engine::metrics::Stage;
+use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
 use lethe_engine::{EngineConfig, ReplayFilter, ReplayFilterSet, ReplayParams};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -120,7 +120,9 @@ fn thread_schedstat(name: &str) -> Option<(u64, u64)> {
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         if comm.starts_with(name) {
             let stat = std::fs::read_to_string(entry.path().join("schedstat")).ok()?;
-            let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
+            let mut fields = stat
+                .split_whitespace()
+                .map(|f| f.parse::<u64>().unwrap_or(0));
             return Some((fields.next()?, fields.next()?));
         }
     }
@@ -321,7 +323,9 @@ fn run_node(
                 stream.write_all(frame).unwrap();
             }
             if std::env::var_os("NODE_EFFICIENCY_DEBUG").is_some() {
-                eprintln!("feeder: latest send {late_max:?} after due, {late_100us} sends >100us late");
+                eprintln!(
+                    "feeder: latest send {late_max:?} after due, {late_100us} sends >100us late"
+                );
             }
         }
     }
@@ -428,7 +432,13 @@ fn main() {
                     Some(true) => ReplayVerdict::Replayed,
                     None => ReplayVerdict::NoFilter,
                 };
-                process_batch(&mut Slots { packets: chunk }, &keys, check, &mut scratch, &mut outcomes);
+                process_batch(
+                    &mut Slots { packets: chunk },
+                    &keys,
+                    check,
+                    &mut scratch,
+                    &mut outcomes,
+                );
             }
             let us = started.elapsed().as_secs_f64() * 1e6 / packets.len() as f64;
             eprintln!("batch {batch}: {us:.1} us/packet");
