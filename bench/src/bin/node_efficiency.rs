@@ -8,7 +8,15 @@
 //! 3. latency: a fresh corpus paced at 70% of that rate; per packet, sink arrival minus send
 //!    time (the sink recognises packets by their next-hop alpha, computed at build time).
 //!
+//! On a machine with 2+ CPUs the crypto baseline and the node's core run on CPU 1, the feeder
+//! and the sink on CPU 0 (pinned; real-time scheduling when permitted, so that on a shared
+//! machine they neither send in bursts nor stamp arrivals late). The paced feeder writes every
+//! frame on its own at its due time (1 µs timer slack, no spinning).
+//!
 //! Prints one JSON line. Bounded: every phase has a packet budget and a 20 s timeout.
+//! `NODE_EFFICIENCY_DEBUG=1` adds, on stderr, the node thread's on-CPU / run-queue time, the
+//! runtime's batch and stage histograms, the feeder's lateness and the latency tail over time;
+//! `NODE_EFFICIENCY_SWEEP=1` the Sphinx seam's cost per packet by batch size.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
