@@ -20,7 +20,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -225,19 +225,19 @@ fn sink(listener: TcpListener, expected: usize) -> mpsc::Receiver<Vec<([u8; 32],
     std::thread::spawn(move || {
         pin_to(HARNESS_CPU);
         realtime(true);
-        let (mut stream, _) = listener.accept().unwrap();
+        let (stream, _) = listener.accept().unwrap();
         stream.set_read_timeout(Some(PHASE_TIMEOUT)).unwrap();
+        let clock = ArrivalClock::new(&stream);
         let mut decoder = FrameDecoder::new();
         let mut buffer = vec![0u8; 256 * 1024];
         let mut seen = Vec::with_capacity(expected);
         while seen.len() < expected {
-            let Ok(n) = stream.read(&mut buffer) else {
+            let Some((n, now)) = clock.read(&stream, &mut buffer) else {
                 break;
             };
             if n == 0 {
                 break;
             }
-            let now = Instant::now();
             let _ = decoder.feed(&buffer[..n], |frame| {
                 if let Ok(frame) = frame {
                     seen.push((frame.packet[..32].try_into().unwrap(), now));
@@ -247,6 +247,95 @@ fn sink(listener: TcpListener, expected: usize) -> mpsc::Receiver<Vec<([u8; 32],
         let _ = tx.send(seen);
     });
     rx
+}
+
+/// Arrival times at the sink from the kernel's receive timestamps (SO_TIMESTAMPNS: when the
+/// data reached the sink's socket, stamped in the sending node's context on loopback), so the
+/// sink thread's own wake-up delay on a busy or virtualised CPU is not counted as node latency.
+/// TCP reports the newest segment of each read, which errs late for the others. Falls back to
+/// the time the read returned when the kernel gives no timestamp.
+struct ArrivalClock {
+    /// The same instant on both clocks: realtime ns and the monotonic `Instant`.
+    realtime_ns: i128,
+    instant: Instant,
+    enabled: bool,
+}
+
+impl ArrivalClock {
+    fn new(stream: &TcpStream) -> ArrivalClock {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int from a live local, on a socket `stream` owns.
+        let enabled = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                std::ptr::from_ref(&on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        };
+        let instant = Instant::now();
+        ArrivalClock {
+            realtime_ns: realtime_ns(),
+            instant,
+            enabled,
+        }
+    }
+
+    /// One read: (bytes, arrival time of the newest of them); `None` on error or timeout.
+    fn read(&self, stream: &TcpStream, buffer: &mut [u8]) -> Option<(usize, Instant)> {
+        use std::os::fd::AsRawFd;
+        let mut control = [0u64; 16]; // aligned room for a cmsghdr and a timespec
+        let mut iov = libc::iovec {
+            iov_base: buffer.as_mut_ptr().cast(),
+            iov_len: buffer.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid; it points at `iov` and `control`, which outlive
+        // the call, and recvmsg writes within the lengths given.
+        let (count, stamp) = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            let count = libc::recvmsg(stream.as_raw_fd(), &mut msg, 0);
+            let mut stamp = None;
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while count > 0 && !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+                {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    stamp = Some(i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec));
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+            (count, stamp)
+        };
+        let now = Instant::now();
+        let count = usize::try_from(count).ok()?;
+        let at = match stamp.filter(|_| self.enabled) {
+            Some(ns) => {
+                let offset = u64::try_from(ns - self.realtime_ns).unwrap_or(0);
+                (self.instant + Duration::from_nanos(offset)).min(now)
+            }
+            None => now,
+        };
+        Some((count, at))
+    }
+}
+
+fn realtime_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into a live local.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+    }
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 fn runtime_config() -> RuntimeConfig {
@@ -404,6 +493,8 @@ fn run_node(
             })
             .collect();
         eprintln!("latency p50/p99 per tenth: {}", tenths.join(" "));
+        let first: Vec<String> = latencies.iter().take(40).map(u64::to_string).collect();
+        eprintln!("first arrivals: {}", first.join(" "));
     }
     latencies.sort_unstable();
     assert_eq!(latencies.len(), corpus.frames.len(), "packets lost");

@@ -48,6 +48,11 @@ pub const READ_BYTES: usize = 64 * 1024;
 /// window past ~64 KiB, which caps every read at about one 27-frame read: a busy peer then waits
 /// on our window instead of queueing a full batch. The kernel charges only queued bytes.
 pub const INGRESS_RCVBUF_BYTES: usize = 1 << 20;
+/// glommio's preemption period: the longest a task that always has work (a reader whose socket
+/// never drains) runs before the executor polls its rings. I/O that waits on the rings (an
+/// egress connect, a write to a full socket, the timer loop's sleep) waits up to this long under
+/// load, so it is kept below the timer tick.
+pub const PREEMPT_US: u64 = 500;
 /// How long an idle core polls its rings before parking. Parking and being woken costs glommio
 /// a `membarrier` (an IPI to every CPU running this process), several `io_uring_enter` calls
 /// and the wake-up itself: measured at ~25 µs of CPU per idle period, plus wake-up latency.
@@ -246,7 +251,7 @@ fn executor_builder(config: &RuntimeConfig, index: u32) -> LocalExecutorBuilder 
         .name(&format!("lethe-core-{index}"))
         .io_memory(config.io_memory_bytes)
         .ring_depth(config.ring_depth)
-        .preempt_timer(Duration::from_millis(10))
+        .preempt_timer(Duration::from_micros(PREEMPT_US))
         .spin_before_park(Duration::from_micros(SPIN_BEFORE_PARK_US))
 }
 
