@@ -427,7 +427,15 @@ impl Core {
         debug_assert!(meta.arrived_us <= now_us);
         meta.next_hop = next_hop;
         meta.deadline_us = deadline_us;
-        match self.wheel.insert(self.clock.deadline_tick(deadline_us), id) {
+        // A deadline already passed (zero delay, or the delay ran out while batched) is due
+        // now: the current tick, not the next one (`deadline_tick` rounds up), so it fires in
+        // this turn's `fire_timers` instead of waiting up to a tick for the timer loop.
+        let tick = if deadline_us <= now_us {
+            self.clock.now_tick(now_us)
+        } else {
+            self.clock.deadline_tick(deadline_us)
+        };
+        match self.wheel.insert(tick, id) {
             Ok(_) => CoreMetrics::set(&self.metrics.timer_wheel_packets, self.wheel.len().into()),
             Err(full) => {
                 self.pool.free(full.0);

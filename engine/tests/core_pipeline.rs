@@ -362,3 +362,24 @@ fn set_keys_rotates_and_retires_the_old_key() {
     assert!(forwards(&mut core).is_empty());
     assert_eq!(dropped(&core, DropReason::Malformed), 1);
 }
+
+#[test]
+fn zero_delay_leaves_with_its_batch_between_ticks() {
+    let mut r = rng(11);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
+    // 1 ms ticks and an arrival mid-tick: a due deadline must not wait for the next tick.
+    let config = lethe_engine::EngineConfig {
+        timer_tick_us: 1_000,
+        ..config()
+    };
+    let mut core = core_with(config, one_key(this, 2), &[2]);
+    core.handle_packet(1_234, KeyRotation::Unknown, &bytes)
+        .unwrap();
+    core.flush_batch(1_250);
+    let sent = forwards(&mut core);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1, 1_234); // its deadline: arrival + 0
+    assert_eq!(core.delayed_count(), 0);
+    assert_eq!(core.poll_timeout(), None);
+}

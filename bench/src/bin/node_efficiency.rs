@@ -8,11 +8,19 @@
 //! 3. latency: a fresh corpus paced at 70% of that rate; per packet, sink arrival minus send
 //!    time (the sink recognises packets by their next-hop alpha, computed at build time).
 //!
+//! On a machine with 2+ CPUs the crypto baseline and the node's core run on CPU 1, the feeder
+//! and the sink on CPU 0 (pinned; real-time scheduling when permitted, so that on a shared
+//! machine they neither send in bursts nor stamp arrivals late). The paced feeder writes every
+//! frame on its own at its due time (1 µs timer slack, no spinning).
+//!
 //! Prints one JSON line. Bounded: every phase has a packet budget and a 20 s timeout.
+//! `NODE_EFFICIENCY_DEBUG=1` adds, on stderr, the node thread's on-CPU / run-queue time, the
+//! runtime's batch and stage histograms, the feeder's lateness and the latency tail over time;
+//! `NODE_EFFICIENCY_SWEEP=1` the Sphinx seam's cost per packet by batch size.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -25,6 +33,7 @@ use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Ver
 use lethe_engine::core::{
     process_batch, BatchScratch, NodeKeys, Outcome, PacketSlots, ReplayVerdict, SphinxKey,
 };
+use lethe_engine::metrics::Stage;
 use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
 use lethe_engine::{EngineConfig, ReplayFilter, ReplayFilterSet, ReplayParams};
 use rand_chacha::ChaCha20Rng;
@@ -81,6 +90,78 @@ fn corpus(rng: &mut ChaCha20Rng, count: usize, node: &[u8; 32], sink: SocketAddr
         out.packets.push(packet.clone());
     }
     out
+}
+
+/// CPU the node's core runs on (and the crypto baseline, for the same conditions); the
+/// feeder and the sink get the other one.
+const NODE_CPU: usize = 1;
+const HARNESS_CPU: usize = 0;
+
+/// CPUs online (not `available_parallelism`, which shrinks once this thread is pinned).
+fn cpus_machine() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online).unwrap_or(1).max(1)
+}
+
+fn two_cpus() -> bool {
+    cpus_machine() > 1
+}
+
+/// Pins the calling thread (best effort; a no-op on a one-CPU machine).
+fn pin_to(cpu: usize) {
+    if !two_cpus() {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is valid, CPU_SET writes inside it, and sched_setaffinity
+    // reads it for the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// (on-CPU ns, run-queue wait ns) of this process's thread named `name*` (Linux schedstat).
+fn thread_schedstat(name: &str) -> Option<(u64, u64)> {
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.starts_with(name) {
+            let stat = std::fs::read_to_string(entry.path().join("schedstat")).ok()?;
+            let mut fields = stat
+                .split_whitespace()
+                .map(|f| f.parse::<u64>().unwrap_or(0));
+            return Some((fields.next()?, fields.next()?));
+        }
+    }
+    None
+}
+
+/// Real-time scheduling for a harness thread (best effort: needs CAP_SYS_NICE). Feeder and
+/// sink sleep almost all the time, but on a shared machine a waking CFS thread can wait a full
+/// slice (~3 ms) behind whatever runs on its CPU: the feeder would then send in bursts and the
+/// sink stamp late arrivals, both measured as node latency. `false` restores normal scheduling.
+fn realtime(on: bool) {
+    let (policy, priority) = if on {
+        (libc::SCHED_FIFO, 10)
+    } else {
+        (libc::SCHED_OTHER, 0)
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
+    unsafe {
+        let _ = libc::sched_setscheduler(0, policy, &param);
+    }
+}
+
+/// Sleeps wake up within a few µs of their deadline (the default slack is 50 µs).
+fn precise_sleeps() {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only this thread.
+    unsafe {
+        let _ = libc::prctl(libc::PR_SET_TIMERSLACK, 1_000_u64, 0, 0, 0);
+    }
 }
 
 fn filters(items: u64) -> ReplayFilterSet {
@@ -142,19 +223,21 @@ fn crypto_pps(keys: &NodeKeys, mut packets: Vec<Vec<u8>>) -> f64 {
 fn sink(listener: TcpListener, expected: usize) -> mpsc::Receiver<Vec<([u8; 32], Instant)>> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
+        pin_to(HARNESS_CPU);
+        realtime(true);
+        let (stream, _) = listener.accept().unwrap();
         stream.set_read_timeout(Some(PHASE_TIMEOUT)).unwrap();
+        let clock = ArrivalClock::new(&stream);
         let mut decoder = FrameDecoder::new();
         let mut buffer = vec![0u8; 256 * 1024];
         let mut seen = Vec::with_capacity(expected);
         while seen.len() < expected {
-            let Ok(n) = stream.read(&mut buffer) else {
+            let Some((n, now)) = clock.read(&stream, &mut buffer) else {
                 break;
             };
             if n == 0 {
                 break;
             }
-            let now = Instant::now();
             let _ = decoder.feed(&buffer[..n], |frame| {
                 if let Ok(frame) = frame {
                     seen.push((frame.packet[..32].try_into().unwrap(), now));
@@ -166,9 +249,98 @@ fn sink(listener: TcpListener, expected: usize) -> mpsc::Receiver<Vec<([u8; 32],
     rx
 }
 
+/// Arrival times at the sink from the kernel's receive timestamps (SO_TIMESTAMPNS: when the
+/// data reached the sink's socket, stamped in the sending node's context on loopback), so the
+/// sink thread's own wake-up delay on a busy or virtualised CPU is not counted as node latency.
+/// TCP reports the newest segment of each read, which errs late for the others. Falls back to
+/// the time the read returned when the kernel gives no timestamp.
+struct ArrivalClock {
+    /// The same instant on both clocks: realtime ns and the monotonic `Instant`.
+    realtime_ns: i128,
+    instant: Instant,
+    enabled: bool,
+}
+
+impl ArrivalClock {
+    fn new(stream: &TcpStream) -> ArrivalClock {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int from a live local, on a socket `stream` owns.
+        let enabled = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                std::ptr::from_ref(&on).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        };
+        let instant = Instant::now();
+        ArrivalClock {
+            realtime_ns: realtime_ns(),
+            instant,
+            enabled,
+        }
+    }
+
+    /// One read: (bytes, arrival time of the newest of them); `None` on error or timeout.
+    fn read(&self, stream: &TcpStream, buffer: &mut [u8]) -> Option<(usize, Instant)> {
+        use std::os::fd::AsRawFd;
+        let mut control = [0u64; 16]; // aligned room for a cmsghdr and a timespec
+        let mut iov = libc::iovec {
+            iov_base: buffer.as_mut_ptr().cast(),
+            iov_len: buffer.len(),
+        };
+        // SAFETY: a zeroed msghdr is valid; it points at `iov` and `control`, which outlive
+        // the call, and recvmsg writes within the lengths given.
+        let (count, stamp) = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            let count = libc::recvmsg(stream.as_raw_fd(), &mut msg, 0);
+            let mut stamp = None;
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while count > 0 && !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+                {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    stamp = Some(i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec));
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+            (count, stamp)
+        };
+        let now = Instant::now();
+        let count = usize::try_from(count).ok()?;
+        let at = match stamp.filter(|_| self.enabled) {
+            Some(ns) => {
+                let offset = u64::try_from(ns - self.realtime_ns).unwrap_or(0);
+                (self.instant + Duration::from_nanos(offset)).min(now)
+            }
+            None => now,
+        };
+        Some((count, at))
+    }
+}
+
+fn realtime_ns() -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into a live local.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+    }
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
 fn runtime_config() -> RuntimeConfig {
-    let cpus = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
-        vec![1] // leave CPU 0 to the feeder, the sink and interrupts
+    let cpus = if two_cpus() {
+        vec![NODE_CPU] // leave the other CPU to the feeder, the sink and interrupts
     } else {
         Vec::new()
     };
@@ -210,9 +382,13 @@ fn run_node(
     let received = sink(listener, corpus.frames.len());
     let replay = filters(corpus.frames.len() as u64);
     let runtime = Runtime::start(runtime_config(), keys.clone(), replay).unwrap();
+    pin_to(HARNESS_CPU);
+    precise_sleeps();
+    realtime(true);
     let mut stream = TcpStream::connect(runtime.local_addr()).unwrap();
     stream.set_nodelay(true).unwrap();
     let started = Instant::now();
+    let sched_start = thread_schedstat("lethe-core");
     let mut sent_at = Vec::with_capacity(corpus.frames.len());
     match rate_pps {
         None => {
@@ -224,35 +400,71 @@ fn run_node(
             stream.write_all(&all).unwrap();
         }
         Some(rate) => {
-            // Sleeps until the next frame is due, then writes every frame due by then in one
-            // write (never spins: on a 2-CPU box a spinning feeder starves the sink, whose
-            // arrival times are the measurement). Latency runs from the actual write.
+            // Each frame is its own write at its due time, as independent clients would send
+            // it: sleep (1 µs timer slack) until due, never spin (on a 2-CPU box a spinning
+            // feeder starves the sink, whose arrival times are the measurement). A frame whose
+            // time has passed goes at once. Latency runs from just before its write.
             let interval = Duration::from_secs_f64(1.0 / rate);
-            let mut burst = Vec::with_capacity(64 * (SIZE.packet_len() + 64));
-            let mut next = 0;
-            while next < corpus.frames.len() {
+            let (mut late_max, mut late_100us) = (Duration::ZERO, 0);
+            for (next, frame) in corpus.frames.iter().enumerate() {
                 let due = started + interval * next as u32;
                 let now = Instant::now();
                 if now < due {
                     std::thread::sleep(due - now);
-                    continue;
                 }
-                burst.clear();
                 let at = Instant::now();
-                while next < corpus.frames.len()
-                    && started + interval * next as u32 <= at
-                    && burst.len() < burst.capacity() - SIZE.packet_len() - 64
-                {
-                    burst.extend_from_slice(&corpus.frames[next]);
-                    sent_at.push(at);
-                    next += 1;
-                }
-                stream.write_all(&burst).unwrap();
+                let late = at.saturating_duration_since(due);
+                late_max = late_max.max(late);
+                late_100us += usize::from(late > Duration::from_micros(100));
+                sent_at.push(at);
+                stream.write_all(frame).unwrap();
+            }
+            if std::env::var_os("NODE_EFFICIENCY_DEBUG").is_some() {
+                eprintln!(
+                    "feeder: latest send {late_max:?} after due, {late_100us} sends >100us late"
+                );
             }
         }
     }
+    realtime(false);
     let seen = received.recv_timeout(PHASE_TIMEOUT * 2).unwrap();
     let finished = seen.last().map_or(started, |(_, at)| *at);
+    let sched_end = thread_schedstat("lethe-core");
+    if std::env::var_os("NODE_EFFICIENCY_DEBUG").is_some() {
+        // Where the time went, from the node's own metrics (stderr; not part of the result).
+        let m = &runtime.metrics()[0];
+        let stage = |s: Stage| {
+            let h = m.stage(s);
+            format!(
+                "{}: mean {} p50<={} p99<={}",
+                s.label(),
+                h.sum() / h.count().max(1),
+                h.quantile_upper_bound(0.5),
+                h.quantile_upper_bound(0.99)
+            )
+        };
+        if let (Some(a), Some(b)) = (sched_start, sched_end) {
+            let wall = finished.duration_since(started).as_nanos() as f64;
+            eprintln!(
+                "node thread: on-cpu {:.0}% run-queue wait {:.0}% idle {:.0}% of {:.0} ms",
+                100.0 * (b.0 - a.0) as f64 / wall,
+                100.0 * (b.1 - a.1) as f64 / wall,
+                100.0 - 100.0 * (b.0 - a.0 + b.1 - a.1) as f64 / wall,
+                wall / 1e6
+            );
+        }
+        eprintln!(
+            "rate {:?}: batches {} mean {:.1} p50<={} | {} | {} | {} | {}",
+            rate_pps,
+            m.batch_packets.count(),
+            m.batch_packets.sum() as f64 / m.batch_packets.count().max(1) as f64,
+            m.batch_packets.quantile_upper_bound(0.5),
+            stage(Stage::BatchWait),
+            stage(Stage::CryptoPerPacket),
+            stage(Stage::DelayLateness),
+            stage(Stage::ProcessingResidence),
+        );
+    }
     runtime.shutdown();
     runtime.join().unwrap();
     let rate = seen.len() as f64 / finished.duration_since(started).as_secs_f64();
@@ -270,6 +482,20 @@ fn run_node(
                 .map(|&i| (*at - sent_at[i]).as_micros() as u64)
         })
         .collect();
+    if rate_pps.is_some() && std::env::var_os("NODE_EFFICIENCY_DEBUG").is_some() {
+        // The tail over time (arrival order, tenths of the run): warm-up or steady state?
+        let tenths: Vec<String> = latencies
+            .chunks(latencies.len().div_ceil(10).max(1))
+            .map(|chunk| {
+                let mut chunk = chunk.to_vec();
+                chunk.sort_unstable();
+                format!("{}/{}", percentile(&chunk, 0.5), percentile(&chunk, 0.99))
+            })
+            .collect();
+        eprintln!("latency p50/p99 per tenth: {}", tenths.join(" "));
+        let first: Vec<String> = latencies.iter().take(40).map(u64::to_string).collect();
+        eprintln!("first arrivals: {}", first.join(" "));
+    }
     latencies.sort_unstable();
     assert_eq!(latencies.len(), corpus.frames.len(), "packets lost");
     (latencies, rate)
@@ -285,12 +511,38 @@ fn main() {
     let node_secret = StaticSecret::from([9u8; 32]);
     let node_public = PublicKey::from(&node_secret).to_bytes();
     let keys = NodeKeys::new(SphinxKey::new(2, node_secret), None);
+    pin_to(NODE_CPU);
     let probe = corpus(
         &mut rng,
         2_000,
         &node_public,
         "127.0.0.1:9".parse().unwrap(),
     );
+    if std::env::var_os("NODE_EFFICIENCY_SWEEP").is_some() {
+        for batch in [1usize, 2, 4, 8, 16, 32, 64] {
+            let replay = filters(probe.packets.len() as u64);
+            let mut packets = probe.packets.clone();
+            let mut outcomes = Vec::with_capacity(64);
+            let mut scratch = BatchScratch::new(64);
+            let started = Instant::now();
+            for chunk in packets.chunks_mut(batch) {
+                let check = |id, tag: &_| match replay.check_and_insert(id, tag) {
+                    Some(false) => ReplayVerdict::Fresh,
+                    Some(true) => ReplayVerdict::Replayed,
+                    None => ReplayVerdict::NoFilter,
+                };
+                process_batch(
+                    &mut Slots { packets: chunk },
+                    &keys,
+                    check,
+                    &mut scratch,
+                    &mut outcomes,
+                );
+            }
+            let us = started.elapsed().as_secs_f64() * 1e6 / packets.len() as f64;
+            eprintln!("batch {batch}: {us:.1} us/packet");
+        }
+    }
     let crypto = crypto_pps(&keys, probe.packets);
 
     // The sink listens before the corpus is built: its address is inside every packet.
@@ -320,6 +572,13 @@ fn main() {
         listener.local_addr().unwrap(),
     );
     let (latencies, _) = run_node(&keys, listener, &latency_corpus, Some(paced));
+    if std::env::var_os("NODE_EFFICIENCY_DEBUG").is_some() {
+        let q: Vec<String> = [0.1, 0.5, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.0]
+            .iter()
+            .map(|&q| format!("p{}={}", q * 100.0, percentile(&latencies, q)))
+            .collect();
+        eprintln!("latency us: {}", q.join(" "));
+    }
     println!(
         "{{\"node_pps_per_core\":{:.0},\"crypto_pps_per_core\":{:.0},\"efficiency\":{:.3},\
          \"p50_us\":{},\"p99_us\":{},\"latency_load\":{load},\"latency_rate_pps\":{:.0},\"packets_saturation\":{},\
@@ -335,6 +594,6 @@ fn main() {
         latency_corpus.frames.len(),
         SIZE.packet_len(),
         EngineConfig::default().batch_packets_max,
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus_machine(),
     );
 }
