@@ -141,7 +141,10 @@ fn invalid_curve_points() {
         for bit in 0..8 {
             let mut shared = [0u8; 32];
             shared[byte] = 1 << bit;
-            assert!(sphinx::check_dh_output(&shared).is_ok(), "byte {byte} bit {bit}");
+            assert!(
+                sphinx::check_dh_output(&shared).is_ok(),
+                "byte {byte} bit {bit}"
+            );
         }
     }
 }

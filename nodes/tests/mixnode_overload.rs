@@ -28,11 +28,12 @@ const PACKETS: usize = 12_000;
 const POOL_BUFFERS: u32 = 256;
 const EGRESS_QUEUE_PACKETS: u32 = 256;
 const TIMER_ENTRIES: u32 = 1_024;
-/// Every fourth packet waits 1 s: more in flight than the pool holds at any rate above
-/// 1024 packets/s, so the pool overflows (overload drops); the others go straight to the
-/// stalled egress queue, which overflows too (egress_full drops).
-const DELAY_MS: u64 = 1_000;
-const DELAYED_EVERY: usize = 4;
+/// The first packets leave at once: they fill the stalled next hop's socket and egress queue,
+/// so the queue overflows (egress_full drops) whatever the rates, and they never pile up in
+/// the pool. The rest wait 2 s each: reading more than the pool's 256 of them takes far less,
+/// so the pool overflows (overload drops).
+const UNDELAYED_PACKETS: usize = 9_000;
+const DELAY_MS: u64 = 2_000;
 /// Allocator, glommio and kernel-accounting noise on top of the configured memory.
 const RSS_SLACK_BYTES: u64 = 16 << 20;
 
@@ -122,9 +123,8 @@ fn frames(route: &[Node], range: std::ops::Range<usize>, delay_ms: u64) -> Vec<u
         let destination = Destination::new(DestinationAddressBytes::from_bytes([5; 32]), [6; 16]);
         let mut out = Vec::new();
         for i in range {
-            let first_ms = if i % DELAYED_EVERY == 0 { delay_ms } else { 0 };
             let delays = [
-                Delay::new_from_nanos(first_ms * 1_000_000),
+                Delay::new_from_nanos(delay_ms * 1_000_000),
                 Delay::new_from_nanos(0),
             ];
             let packet = SphinxPacketBuilder::new()
@@ -200,7 +200,11 @@ fn overload_drops_by_reason_within_a_memory_bound_and_recovers() {
             x25519_dalek::PublicKey::from(&gateway).to_bytes(),
         ),
     ];
-    let offered = frames(&route, 0..PACKETS, DELAY_MS);
+    let offered = [
+        frames(&route, 0..UNDELAYED_PACKETS, 0),
+        frames(&route, UNDELAYED_PACKETS..PACKETS, DELAY_MS),
+    ]
+    .concat();
     let fresh = frames(&route, PACKETS..PACKETS + 5, 0);
     std::thread::sleep(Duration::from_millis(200));
     let rss_idle = mixnode.memory_bytes("VmRSS:");
@@ -277,7 +281,8 @@ fn overload_drops_by_reason_within_a_memory_bound_and_recovers() {
         }
         assert!(
             Instant::now() < deadline,
-            "fresh packets were not forwarded"
+            "fresh packets were not forwarded; node metrics:\n{}",
+            http_get(metrics, "/metrics")
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -157,10 +157,11 @@ static EXPANDED_SECRET_PLAN: ExpandPlan<EXPANDED_SECRET_STEPS> =
         Some(plan) => plan,
         None => panic!("HKDF info longer than INFO_MAX"),
     };
-static PAYLOAD_KEY_PLAN: ExpandPlan<PAYLOAD_KEY_STEPS> = match ExpandPlan::new(PAYLOAD_KEY_HKDF_INFO) {
-    Some(plan) => plan,
-    None => panic!("HKDF info longer than INFO_MAX"),
-};
+static PAYLOAD_KEY_PLAN: ExpandPlan<PAYLOAD_KEY_STEPS> =
+    match ExpandPlan::new(PAYLOAD_KEY_HKDF_INFO) {
+        Some(plan) => plan,
+        None => panic!("HKDF info longer than INFO_MAX"),
+    };
 
 /// [`expand`] for many shared secrets: `okm[j]` = the 288 expanded bytes of
 /// `shared_secrets[j]` (feed them to [`ExpandedSecret::from_bytes`]), across SIMD lanes

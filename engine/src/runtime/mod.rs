@@ -15,7 +15,7 @@ pub mod egress;
 pub mod final_hop;
 pub mod memlock;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -43,23 +43,6 @@ pub const EGRESS_HOPS_MAX: usize = 4_096;
 pub const INGRESS_CONNECTIONS_MAX: u64 = 4_096;
 /// Bytes read per `read` call on an ingress connection (about 27 regular frames).
 pub const READ_BYTES: usize = 64 * 1024;
-/// Kernel receive buffer of an ingress connection (SO_RCVBUF; Linux doubles it for its own
-/// bookkeeping). Loopback and LAN round trips are too short for receive autotuning to grow the
-/// window past ~64 KiB, which caps every read at about one 27-frame read: a busy peer then waits
-/// on our window instead of queueing a full batch. The kernel charges only queued bytes.
-pub const INGRESS_RCVBUF_BYTES: usize = 1 << 20;
-/// glommio's preemption period: the longest a task that always has work (a reader whose socket
-/// never drains) runs before the executor polls its rings. I/O that waits on the rings (an
-/// egress connect, a write to a full socket, the timer loop's sleep) waits up to this long under
-/// load (10 ms held a new egress connection's first packets that long). Each preemption costs a
-/// ring turn: 500 µs measured ~4% of saturated throughput, 2 ms is in the noise.
-pub const PREEMPT_US: u64 = 2_000;
-/// How long an idle core polls its rings before parking. Parking and being woken costs glommio
-/// a `membarrier` (an IPI to every CPU running this process), several `io_uring_enter` calls
-/// and the wake-up itself: measured at ~25 µs of CPU per idle period, plus wake-up latency.
-/// Polling for about as long first costs no more when nothing comes, and saves all of it when a
-/// packet arrives within the window (moderate load: inter-arrival times of tens of µs).
-pub const SPIN_BEFORE_PARK_US: u64 = 30;
 /// How often idle loops look at the stop flag.
 pub const STOP_POLL_MS: u64 = 20;
 /// The longest the timer loop sleeps without being woken.
@@ -252,8 +235,7 @@ fn executor_builder(config: &RuntimeConfig, index: u32) -> LocalExecutorBuilder 
         .name(&format!("lethe-core-{index}"))
         .io_memory(config.io_memory_bytes)
         .ring_depth(config.ring_depth)
-        .preempt_timer(Duration::from_micros(PREEMPT_US))
-        .spin_before_park(Duration::from_micros(SPIN_BEFORE_PARK_US))
+        .preempt_timer(Duration::from_millis(10))
 }
 
 fn executor_error(config: &RuntimeConfig, message: String) -> StartError {
@@ -297,9 +279,6 @@ struct Shard {
     metrics: Arc<CoreMetrics>,
     stop: Arc<AtomicBool>,
     wake: LocalSender<()>,
-    /// When the timer loop will next run on its own (µs; `u64::MAX` while it is running):
-    /// readers wake it only for work due earlier than that, not on every read.
-    timer_armed_us: Cell<u64>,
     deliver_final_hops: bool,
     /// Gateways: where final-hop packets go (`None` on a mixnode: counted and dropped).
     final_hops: Option<FinalHopSender>,
@@ -417,7 +396,6 @@ async fn run_shard(setup: ShardSetup) {
         metrics: setup.metrics,
         stop: setup.stop,
         wake,
-        timer_armed_us: Cell::new(u64::MAX),
         deliver_final_hops: setup.config.deliver_final_hops,
         final_hops: setup.final_hops,
     });
@@ -459,50 +437,22 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-/// Best effort: a failure leaves the kernel's default (autotuned) buffer.
-fn set_receive_buffer(stream: &TcpStream, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live c_int, on a socket this
-    // stream owns.
-    unsafe {
-        let _ = libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            std::ptr::from_ref(&value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
 async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
     CoreMetrics::add(&shard.metrics.connections_ingress, 1);
-    set_receive_buffer(&stream, INGRESS_RCVBUF_BYTES);
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; READ_BYTES];
-    // One stop watcher for the connection's life (not a new timer per read).
-    let mut stop = std::pin::pin!(stopped(&shard.stop));
     loop {
-        let count = match try_read_now(&stream, &mut buffer) {
-            TryRead::Data(count) => count,
-            TryRead::Closed => break,
-            TryRead::WouldBlock => {
-                if shard.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let read = future::or(async { Some(stream.read(&mut buffer).await) }, async {
-                    (&mut stop).await;
-                    None
-                })
-                .await;
-                match read {
-                    Some(Ok(count)) if count > 0 => count,
-                    _ => break, // EOF, error or stopping
-                }
-            }
+        let read = future::or(async { Some(stream.read(&mut buffer).await) }, async {
+            stopped(&shard.stop).await;
+            None
+        })
+        .await;
+        let count = match read {
+            Some(Ok(count)) if count > 0 => count,
+            _ => break, // EOF, error or stopping
         };
-        let (fatal, now_us) = feed(&shard, &mut decoder, &buffer[..count], shard.now_us());
+        let now_us = shard.now_us();
+        let fatal = feed(&shard, &mut decoder, &buffer[..count], now_us);
         if count < buffer.len() {
             // The socket is drained: nothing more to batch with now, so waiting for the flush
             // deadline would only add latency. Under load reads fill the buffer and batches
@@ -510,16 +460,10 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             shard.core.borrow_mut().flush_batch(now_us);
         }
         shard.pump(now_us);
-        let due_us = shard.core.borrow().poll_timeout();
-        if due_us.is_some_and(|due_us| due_us < shard.timer_armed_us.get()) {
-            let _ = shard.wake.try_send(());
-        }
+        let _ = shard.wake.try_send(());
         if fatal {
             break;
         }
-        // Let the egress writers send what this read produced before reading more: packets
-        // leave right after their batch, and egress queues stay short.
-        future::yield_now().await;
     }
     shard
         .metrics
@@ -527,41 +471,8 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-enum TryRead {
-    Data(usize),
-    WouldBlock,
-    Closed,
-}
-
-/// One non-blocking `recv` straight on the socket. glommio's read skips the syscall while its
-/// readiness poll from an earlier short read is in flight, which under steady load costs an
-/// io_uring round trip per read; data that is already there is taken at once here.
-fn try_read_now(stream: &TcpStream, buffer: &mut [u8]) -> TryRead {
-    use std::os::fd::AsRawFd;
-    // SAFETY: recv writes at most `buffer.len()` bytes into `buffer`, on a socket the stream
-    // owns; MSG_DONTWAIT never blocks the executor.
-    let count = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    match count {
-        n if n > 0 => TryRead::Data(n as usize),
-        0 => TryRead::Closed,
-        _ => match std::io::Error::last_os_error().kind() {
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => TryRead::WouldBlock,
-            _ => TryRead::Closed,
-        },
-    }
-}
-
-/// Decodes frames into the core; `true` if the stream lost framing (close it), and the time
-/// now (re-read after each batch the core ran: a batch takes long enough that the frames
-/// after it reach the core later than the read).
-fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], mut now_us: u64) -> (bool, u64) {
+/// Decodes frames into the core; `true` if the stream lost framing (close it).
+fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], now_us: u64) -> bool {
     let mut core = shard.core.borrow_mut();
     let metrics = &shard.metrics;
     let result = decoder.feed(bytes, |frame| {
@@ -569,10 +480,6 @@ fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], mut now_us: u64
         match frame {
             Ok(frame) if frame.header.packet_type == PacketType::Mix => {
                 let _ = core.handle_packet(now_us, frame.header.key_rotation, frame.packet);
-                if core.batched_count() == 0 {
-                    // The batch ran (or the packet was dropped; the clock read is cheap).
-                    now_us = shard.now_us();
-                }
             }
             // Outfox is framed but not processed; skipped frames are malformed.
             Ok(_) | Err(_) => core.handle_skipped_frame(),
@@ -580,9 +487,9 @@ fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], mut now_us: u64
     });
     if result.is_err() {
         metrics.dropped(DropReason::Malformed, 1);
-        return (true, now_us);
+        return true;
     }
-    (false, now_us)
+    false
 }
 
 /// Applies a key set the control plane installed, if there is a new one (never blocks).
@@ -616,7 +523,6 @@ async fn timer_loop(
     let mut stopping_since_us: Option<u64> = None;
     // Runs until shutdown; every turn is bounded (the core fires a bounded number of timers).
     loop {
-        shard.timer_armed_us.set(u64::MAX);
         apply_key_update(&shard, &key_update);
         let now_us = shard.now_us();
         shard.core.borrow_mut().handle_timeout(now_us);
@@ -647,7 +553,6 @@ async fn timer_loop(
             glommio::yield_if_needed().await;
             continue;
         }
-        shard.timer_armed_us.set(now_us.saturating_add(wait_us));
         future::or(
             glommio::timer::sleep(Duration::from_micros(wait_us)),
             async {
