@@ -781,36 +781,41 @@ mod avx512 {
         outer(key, &state)
     }
 
+    /// One SHA-256 round over 16 lanes: `wk` is the round's message word plus its constant.
+    /// A macro, not a function: it runs inside `#[target_feature]` functions and must inline.
+    macro_rules! sha256_round {
+        ($a:ident, $b:ident, $c:ident, $d:ident, $e:ident, $f:ident, $g:ident, $h:ident, $wk:expr) => {{
+            let s1 = _mm512_ternarylogic_epi32::<0x96>(
+                _mm512_ror_epi32::<6>($e),
+                _mm512_ror_epi32::<11>($e),
+                _mm512_ror_epi32::<25>($e),
+            );
+            let ch = _mm512_ternarylogic_epi32::<0xca>($e, $f, $g);
+            let t1 = _mm512_add_epi32(_mm512_add_epi32($h, s1), _mm512_add_epi32(ch, $wk));
+            let s0 = _mm512_ternarylogic_epi32::<0x96>(
+                _mm512_ror_epi32::<2>($a),
+                _mm512_ror_epi32::<13>($a),
+                _mm512_ror_epi32::<22>($a),
+            );
+            let maj = _mm512_ternarylogic_epi32::<0xe8>($a, $b, $c);
+            $h = $g;
+            $g = $f;
+            $f = $e;
+            $e = _mm512_add_epi32($d, t1);
+            $d = $c;
+            $c = $b;
+            $b = $a;
+            $a = _mm512_add_epi32(t1, _mm512_add_epi32(s0, maj));
+        }};
+    }
+
     /// One SHA-256 compression in each of 16 lanes of a block whose words are the same in
     /// every lane, from its schedule with the round constants added (`wk[t] = W[t] + K[t]`).
     #[target_feature(enable = "avx512f")]
     fn compress_wk(state: &mut [V; 8], wk: &[u32; 64]) {
         let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
         for wk in wk {
-            let s1 = _mm512_ternarylogic_epi32::<0x96>(
-                _mm512_ror_epi32::<6>(e),
-                _mm512_ror_epi32::<11>(e),
-                _mm512_ror_epi32::<25>(e),
-            );
-            let ch = _mm512_ternarylogic_epi32::<0xca>(e, f, g);
-            let t1 = _mm512_add_epi32(
-                _mm512_add_epi32(h, s1),
-                _mm512_add_epi32(ch, _mm512_set1_epi32(*wk as i32)),
-            );
-            let s0 = _mm512_ternarylogic_epi32::<0x96>(
-                _mm512_ror_epi32::<2>(a),
-                _mm512_ror_epi32::<13>(a),
-                _mm512_ror_epi32::<22>(a),
-            );
-            let maj = _mm512_ternarylogic_epi32::<0xe8>(a, b, c);
-            h = g;
-            g = f;
-            f = e;
-            e = _mm512_add_epi32(d, t1);
-            d = c;
-            c = b;
-            b = a;
-            a = _mm512_add_epi32(t1, _mm512_add_epi32(s0, maj));
+            sha256_round!(a, b, c, d, e, f, g, h, _mm512_set1_epi32(*wk as i32));
         }
         for (word, new) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
             *word = _mm512_add_epi32(*word, new);
@@ -840,33 +845,8 @@ mod avx512 {
                     _mm512_add_epi32(w[(t + 9) & 15], s1),
                 );
             }
-            let s1 = _mm512_ternarylogic_epi32::<0x96>(
-                _mm512_ror_epi32::<6>(e),
-                _mm512_ror_epi32::<11>(e),
-                _mm512_ror_epi32::<25>(e),
-            );
-            let ch = _mm512_ternarylogic_epi32::<0xca>(e, f, g);
-            let t1 = _mm512_add_epi32(
-                _mm512_add_epi32(h, s1),
-                _mm512_add_epi32(
-                    ch,
-                    _mm512_add_epi32(w[t & 15], _mm512_set1_epi32(K[t] as i32)),
-                ),
-            );
-            let s0 = _mm512_ternarylogic_epi32::<0x96>(
-                _mm512_ror_epi32::<2>(a),
-                _mm512_ror_epi32::<13>(a),
-                _mm512_ror_epi32::<22>(a),
-            );
-            let maj = _mm512_ternarylogic_epi32::<0xe8>(a, b, c);
-            h = g;
-            g = f;
-            f = e;
-            e = _mm512_add_epi32(d, t1);
-            d = c;
-            c = b;
-            b = a;
-            a = _mm512_add_epi32(t1, _mm512_add_epi32(s0, maj));
+            let wk = _mm512_add_epi32(w[t & 15], _mm512_set1_epi32(K[t] as i32));
+            sha256_round!(a, b, c, d, e, f, g, h, wk);
         }
         for (word, new) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
             *word = _mm512_add_epi32(*word, new);
