@@ -355,9 +355,10 @@ fn render_histogram<'a>(
             "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
         );
     }
-    let sum: u64 = parts.clone().map(Histogram::sum).sum();
-    let count: u64 = parts.map(Histogram::count).sum();
-    assert_eq!(count, cumulative);
+    let sum: u64 = parts.map(Histogram::sum).sum();
+    // The count is the +Inf bucket, not the histogram's own counter: cores record while this
+    // reads, so a separately read counter can differ by the samples recorded in between.
+    let count = cumulative;
     let braces = if labels.is_empty() {
         String::new()
     } else {
