@@ -108,8 +108,6 @@ fn chacha_matches_the_chacha20_crate() {
 #[test]
 fn hkdf_matches_the_hkdf_crate() {
     let mut rng = ChaCha20Rng::seed_from_u64(4);
-    const SALT: &[u8] = b"sphinx-payload-key-V01-CS01-HKDF:SHA256-SALT";
-    const SALT_KEY: fast_hkdf::HmacKey = fast_hkdf::HmacKey::new_const(SALT);
     const EMPTY_KEY: fast_hkdf::HmacKey = fast_hkdf::HmacKey::new_const(b"");
     for round in 0..300 {
         let ikm = random(&mut rng, [16, 32, 0, 55, 56, 64, 100][round % 7]);
@@ -125,7 +123,7 @@ fn hkdf_matches_the_hkdf_crate() {
             1 => 192,
             _ => (rng.next_u32() as usize) % 400,
         };
-        for (salt, key) in [(SALT, &SALT_KEY), (&b""[..], &EMPTY_KEY)] {
+        for (salt, key) in [(SALT_BYTES, &SALT), (&b""[..], &EMPTY_KEY)] {
             let mut expected = vec![0u8; okm_len];
             Hkdf::<Sha256>::new(Some(salt), &ikm)
                 .expand(&info, &mut expected)
@@ -165,25 +163,36 @@ fn hkdf_matches_the_hkdf_crate() {
     assert!(fast_hkdf::hkdf(&EMPTY_KEY, b"x", b"y", &mut max));
 }
 
+const SALT_BYTES: &[u8] = b"sphinx-payload-key-V01-CS01-HKDF:SHA256-SALT";
+const SALT: fast_hkdf::HmacKey = fast_hkdf::HmacKey::new_const(SALT_BYTES);
+
+/// Random input keys for `lanes` lanes and what the `hkdf` crate derives from each with `info`.
+fn hkdf_reference<const IKM: usize, const OKM: usize>(
+    rng: &mut ChaCha20Rng,
+    lanes: usize,
+    info: &[u8],
+) -> (Vec<[u8; IKM]>, Vec<[u8; OKM]>) {
+    let ikms: Vec<[u8; IKM]> = (0..lanes)
+        .map(|_| random(rng, IKM).try_into().unwrap())
+        .collect();
+    let expected = ikms
+        .iter()
+        .map(|ikm| {
+            let mut okm = [0u8; OKM];
+            Hkdf::<Sha256>::new(Some(SALT_BYTES), ikm)
+                .expand(info, &mut okm)
+                .unwrap();
+            okm
+        })
+        .collect();
+    (ikms, expected)
+}
+
 fn check_hkdf_many<const IKM: usize, const OKM: usize>(rng: &mut ChaCha20Rng, lanes: usize) {
-    const SALT: fast_hkdf::HmacKey =
-        fast_hkdf::HmacKey::new_const(b"sphinx-payload-key-V01-CS01-HKDF:SHA256-SALT");
     let info_len = (rng.next_u32() as usize) % (fast_hkdf::INFO_MAX + 1);
     let info = random(rng, info_len);
     for info in [&info[..], b"Dwste mou enan moxlo arketa makru kai ena upomoxlio gia na ton topothetisw kai tha kinisw thn gh."] {
-        let ikms: Vec<[u8; IKM]> = (0..lanes)
-            .map(|_| random(rng, IKM).try_into().unwrap())
-            .collect();
-        let expected: Vec<[u8; OKM]> = ikms
-            .iter()
-            .map(|ikm| {
-                let mut okm = [0u8; OKM];
-                Hkdf::<Sha256>::new(Some(b"sphinx-payload-key-V01-CS01-HKDF:SHA256-SALT"), ikm)
-                    .expand(info, &mut okm)
-                    .unwrap();
-                okm
-            })
-            .collect();
+        let (ikms, expected) = hkdf_reference::<IKM, OKM>(rng, lanes, info);
         for level in LEVELS {
             let mut okms = vec![[0u8; OKM]; lanes];
             assert!(fast_hkdf::hkdf_many_at(level, &SALT, info, &ikms, &mut okms));
@@ -213,8 +222,6 @@ fn check_hkdf_planned<const IKM: usize, const OKM: usize, const STEPS: usize>(
     rng: &mut ChaCha20Rng,
     lanes: usize,
 ) {
-    const SALT: fast_hkdf::HmacKey =
-        fast_hkdf::HmacKey::new_const(b"sphinx-payload-key-V01-CS01-HKDF:SHA256-SALT");
     let info_len = (rng.next_u32() as usize) % (fast_hkdf::INFO_MAX + 1);
     let random_info: &'static [u8] = Box::leak(random(rng, info_len).into_boxed_slice());
     // Edge lengths: every block count of the first and later steps' messages.
@@ -225,19 +232,7 @@ fn check_hkdf_planned<const IKM: usize, const OKM: usize, const STEPS: usize>(
     for info in infos {
         let plan = fast_hkdf::ExpandPlan::<STEPS>::new(info).unwrap();
         assert_eq!(plan.info(), info);
-        let ikms: Vec<[u8; IKM]> = (0..lanes)
-            .map(|_| random(rng, IKM).try_into().unwrap())
-            .collect();
-        let expected: Vec<[u8; OKM]> = ikms
-            .iter()
-            .map(|ikm| {
-                let mut okm = [0u8; OKM];
-                Hkdf::<Sha256>::new(Some(b"sphinx-payload-key-V01-CS01-HKDF:SHA256-SALT"), ikm)
-                    .expand(info, &mut okm)
-                    .unwrap();
-                okm
-            })
-            .collect();
+        let (ikms, expected) = hkdf_reference::<IKM, OKM>(rng, lanes, info);
         for level in LEVELS {
             let mut okms = vec![[0u8; OKM]; lanes];
             assert!(fast_hkdf::hkdf_many_planned_at(

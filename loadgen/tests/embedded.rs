@@ -71,23 +71,7 @@ fn default_run_drives_a_testnet_through_gateway_clients_and_stops_it() {
 #[test]
 fn target_drives_an_existing_network_with_or_without_a_pinned_key() {
     let net = TestnetGuard::up("target");
-    let mut args = vec![
-        "--json",
-        "--quiet",
-        "--target",
-        &net.url,
-        "--directory-key",
-        &net.key,
-        "--duration",
-        "1",
-        "--rate",
-        "50",
-    ];
-    args.extend(net.credential_args());
-    let output = loadgen(&args);
-    check_success(&output);
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_valid(&report);
+    let (report, _) = net.target_report("50", true);
     assert_eq!(report["driver"], "target");
     assert_eq!(report["directory"]["key"], net.key.as_str());
     assert_eq!(report["directory"]["key_pinned"], true);
@@ -150,21 +134,7 @@ fn target_drives_an_existing_network_with_or_without_a_pinned_key() {
 #[test]
 fn without_credentials_a_gateway_that_requires_them_refuses_and_the_report_says_so() {
     let net = TestnetGuard::up("nocred");
-    let output = loadgen(&[
-        "--json",
-        "--quiet",
-        "--target",
-        &net.url,
-        "--directory-key",
-        &net.key,
-        "--duration",
-        "1",
-        "--rate",
-        "20",
-    ]);
-    check_success(&output);
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_valid(&report);
+    let (report, stderr) = net.target_report("20", false);
     assert!(
         report["credentials"].is_null(),
         "no --issuers: none obtained"
@@ -184,7 +154,6 @@ fn without_credentials_a_gateway_that_requires_them_refuses_and_the_report_says_
     );
     assert!(net.gateway_metric("lethe_gateway_forwards_refused_bandwidth_total") > 0);
     // Said while it runs, not only in the report.
-    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("refuse loadgen's packets"), "{stderr}");
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, BandwidthCredential};
 use lethe_crypto::framing::PacketSize;
-use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Version};
+use lethe_crypto::sphinx::address;
 use lethe_nodes::gateway::admission;
 use lethe_nodes::issuer::files::read_verification_key;
 use lethe_nodes::keyfile;
@@ -66,34 +66,6 @@ fn run_gateway(dir: &Path, vk: &Path) -> Process {
         &args,
         &["listen", "client_url", "metrics", "identity", "sphinx_key"],
     )
-}
-
-/// A regular-size packet whose first hop is the sink (which only records it).
-fn packet_to(sink: SocketAddr) -> Vec<u8> {
-    let route = [RouteHop {
-        address: address::encode(&sink),
-        public_key: [9; 32],
-    }];
-    let destination = Destination {
-        address: [7; 32],
-        identifier: [0; 16],
-    };
-    let spec = PacketSpec {
-        route: &route,
-        delays_ns: &[0],
-        destination: &destination,
-        version: Version::CURRENT,
-    };
-    let packet = sphinx::create(
-        b"metered",
-        PacketSize::Regular.payload_len(),
-        &spec,
-        None,
-        &mut rand::rng(),
-    )
-    .unwrap();
-    assert_eq!(packet.len(), PacketSize::Regular.packet_len());
-    packet
 }
 
 type Ws = WebSocketStream<tokio::net::TcpStream>;
@@ -275,7 +247,7 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
     let metrics = gateway.addr("metrics");
     let gw_id = keyfile::unhex_32(&gateway.lines["identity"]).unwrap();
     let url = gateway.lines["client_url"].clone();
-    let packet = packet_to(sink_addr);
+    let packet = sink_packet(sink_addr, PacketSize::Regular, b"metered");
     let len = packet.len() as u64;
     let fits = CREDENTIAL_BYTES / len;
     assert!(fits >= 2, "a credential must cover a few packets");

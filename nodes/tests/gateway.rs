@@ -136,31 +136,6 @@ fn forward_packet(
     .unwrap()
 }
 
-/// An ACK-size packet routed to the sink (which only records it).
-fn ack_packet(sink: SocketAddr) -> Vec<u8> {
-    let route = [hop(sink, [9; 32])];
-    let destination = Destination {
-        address: [7; 32],
-        identifier: [0; 16],
-    };
-    let spec = PacketSpec {
-        route: &route,
-        delays_ns: &[0],
-        destination: &destination,
-        version: Version::CURRENT,
-    };
-    let packet = sphinx::create(
-        b"ack-fragment-id-12345",
-        PacketSize::Ack.payload_len(),
-        &spec,
-        None,
-        &mut rand::rng(),
-    )
-    .unwrap();
-    assert_eq!(packet.len(), PacketSize::Ack.packet_len());
-    packet
-}
-
 fn send_frame(to: SocketAddr, packet: &[u8]) {
     let size = PacketSize::from_sphinx_packet_len(packet.len()).unwrap();
     let mut frame = Vec::new();
@@ -273,7 +248,11 @@ async fn final_hop_reaches_connected_client_and_ack_reaches_sink() {
     let (mut client, stored) = Client::connect(&url, seed, gateway_identity(&gateway)).await;
     assert_eq!(stored, 0);
 
-    let ack = ack_packet(sink.addr("listen"));
+    let ack = sink_packet(
+        sink.addr("listen"),
+        PacketSize::Ack,
+        b"ack-fragment-id-12345",
+    );
     let packet = forward_packet(
         &route,
         client_id,

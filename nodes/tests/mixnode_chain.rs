@@ -182,36 +182,7 @@ fn open(gateway: &StaticSecret, mut bytes: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() {
-    let sink_file = temp_dir("sink.log");
-    let sink = Process::start(
-        &[
-            "sink",
-            "--listen",
-            "127.0.0.1:0",
-            "--out",
-            sink_file.to_str().unwrap(),
-        ],
-        &["listen"],
-    );
-    let dirs: Vec<PathBuf> = (1..=3).map(|i| temp_dir(&format!("m{i}"))).collect();
-    for dir in &dirs {
-        init("mixnode", dir);
-    }
-    let mut nodes: Vec<Process> = dirs.iter().map(|d| run_node(d)).collect();
-    let gateway = StaticSecret::from([42u8; 32]);
-    let mut hops: Vec<Node> = dirs
-        .iter()
-        .zip(&nodes)
-        .map(|(d, p)| node(p.addr("listen"), public_key(d)))
-        .collect();
-    hops.push(node(
-        sink.addr("listen"),
-        x25519_dalek::PublicKey::from(&gateway).to_bytes(),
-    ));
-    let route = Route {
-        nodes: hops,
-        gateway,
-    };
+    let (sink, sink_file, dirs, mut nodes, route) = chain("main", 3, &[]);
     let entry = nodes[0].addr("listen");
     let entry_metrics = nodes[0].addr("metrics");
 

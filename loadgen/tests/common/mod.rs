@@ -262,6 +262,31 @@ impl TestnetGuard {
         ]
     }
 
+    /// A one-second `loadgen --target` run against this network at `rate` packets/s, its key
+    /// pinned, with or without credentials: the JSON report (checked against the schema) and stderr.
+    pub fn target_report(&self, rate: &str, with_credentials: bool) -> (serde_json::Value, String) {
+        let mut args = vec![
+            "--json",
+            "--quiet",
+            "--target",
+            &self.url,
+            "--directory-key",
+            &self.key,
+            "--duration",
+            "1",
+            "--rate",
+            rate,
+        ];
+        if with_credentials {
+            args.extend(self.credential_args());
+        }
+        let output = loadgen(&args);
+        check_success(&output);
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_valid(&report);
+        (report, String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+
     /// The value of metric `name` (summed over its label sets) on the gateway.
     pub fn gateway_metric(&self, name: &str) -> u64 {
         use std::io::{Read, Write};

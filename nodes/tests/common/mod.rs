@@ -180,3 +180,31 @@ pub fn init(role: &str, dir: &std::path::Path) {
         .unwrap();
     assert!(status.success(), "lethe {role} init failed");
 }
+
+/// A one-hop `size` packet whose first hop is a sink that only records it (the hop's key is a
+/// dummy: nothing unwraps the packet).
+pub fn sink_packet(
+    sink: SocketAddr,
+    size: lethe_crypto::framing::PacketSize,
+    message: &[u8],
+) -> Vec<u8> {
+    use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Version};
+    let route = [RouteHop {
+        address: address::encode(&sink),
+        public_key: [9; 32],
+    }];
+    let destination = Destination {
+        address: [7; 32],
+        identifier: [0; 16],
+    };
+    let spec = PacketSpec {
+        route: &route,
+        delays_ns: &[0],
+        destination: &destination,
+        version: Version::CURRENT,
+    };
+    let packet =
+        sphinx::create(message, size.payload_len(), &spec, None, &mut rand::rng()).unwrap();
+    assert_eq!(packet.len(), size.packet_len());
+    packet
+}
