@@ -266,8 +266,25 @@ fn overload_drops_by_reason_within_a_memory_bound_and_recovers() {
     assert!(egress_full > 0, "the egress queue never overflowed");
     assert!(http_get(metrics, "/health").starts_with("HTTP/1.1 200"));
 
-    // The next hop reads again: the node forwards its backlog, then fresh packets.
+    // The next hop reads again: the node forwards its backlog (every packet it forwarded is
+    // then sent or counted as an egress_full drop: the queue is empty), then fresh packets.
+    // Fresh packets sent before the backlog drained could meet a still-full queue and be
+    // dropped, rightly: so they go after it.
     sink.reading.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let forwarded = metric(metrics, "lethe_packets_forwarded_total");
+        let sent = metric(metrics, "lethe_packets_sent_total");
+        if sent + dropped(metrics, "egress_full") >= forwarded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backlog was not forwarded ({sent} of {forwarded} sent); node metrics:\n{}",
+            http_get(metrics, "/metrics")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut fresh_stream = TcpStream::connect(entry).unwrap();
     fresh_stream.write_all(&fresh).unwrap();
     let wanted: Vec<u64> = (PACKETS as u64..PACKETS as u64 + 5).collect();

@@ -2,7 +2,7 @@
 //! batches by a writer task that (re)connects with exponential backoff.
 //!
 //! The queue is a byte buffer preallocated for `queue_packets_max` frames; the writer swaps it
-//! with its own spare buffer and writes the whole batch with one `write_all`, so a busy hop
+//! with its own spare buffer and writes the whole batch with non-blocking `send`s, so a busy hop
 //! gets one syscall per batch and no per-packet allocation.
 
 use std::cell::{Cell, RefCell};
@@ -12,13 +12,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::AsyncWriteExt;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpStream;
 use lethe_crypto::framing::FRAME_MAX_LEN;
 use lethe_crypto::framing::{encode_frame, FrameHeader, FramingVersion, KeyRotation, PacketSize};
 
+use super::sock;
 use crate::metrics::{CoreMetrics, DropReason};
+
+/// First wait before retrying a send to a full socket (about one small batch's worth of time).
+pub const FULL_WAIT_US_MIN: u64 = 20;
+/// Longest wait between retries to a next hop that does not read: a stalled hop costs one
+/// wake-up per millisecond, and a recovered one is written to within a millisecond.
+pub const FULL_WAIT_US_MAX: u64 = 1_000;
+const _: () = assert!(FULL_WAIT_US_MIN > 0 && FULL_WAIT_US_MIN <= FULL_WAIT_US_MAX);
 
 /// How a core writes to its next hops.
 #[derive(Clone, Debug)]
@@ -160,12 +167,12 @@ async fn writer(egress: Rc<Egress>, woken: LocalReceiver<()>, bytes: usize, stop
         std::mem::swap(&mut *egress.pending.borrow_mut(), &mut spare);
         let packets = egress.pending_packets.replace(0);
         assert!(!spare.is_empty());
-        let Some(connection) = stream.as_mut() else {
+        let Some(connection) = stream.as_ref() else {
             continue;
         };
-        let written = connection.write_all(&spare).await;
+        let written = send_all(connection, &spare).await;
         spare.clear();
-        if written.is_err() {
+        if !written {
             // The batch in flight is lost with the connection; count it and reconnect.
             egress
                 .metrics
@@ -179,6 +186,31 @@ async fn writer(egress: Rc<Egress>, woken: LocalReceiver<()>, bytes: usize, stop
         }
         CoreMetrics::add(&egress.metrics.packets_sent, u64::from(packets));
     }
+}
+
+/// Writes all of `bytes` with non-blocking sends; `false` if the connection is gone.
+///
+/// A full socket (the next hop reads slower than we send) is retried on a timer, from
+/// `FULL_WAIT_US_MIN` doubling to `FULL_WAIT_US_MAX`, rather than through glommio's one-shot
+/// writability poll: a wake-up lost there left a writer asleep for good after its next hop
+/// stalled and recovered. Other tasks (readers, the timer loop) run during the waits.
+async fn send_all(connection: &TcpStream, bytes: &[u8]) -> bool {
+    let mut sent = 0;
+    let mut wait_us = FULL_WAIT_US_MIN;
+    while sent < bytes.len() {
+        match sock::send_now(connection, &bytes[sent..]) {
+            sock::Io::Done(count) => {
+                sent += count;
+                wait_us = FULL_WAIT_US_MIN;
+            }
+            sock::Io::WouldBlock => {
+                glommio::timer::sleep(Duration::from_micros(wait_us)).await;
+                wait_us = (wait_us * 2).min(FULL_WAIT_US_MAX);
+            }
+            sock::Io::Closed => return false,
+        }
+    }
+    true
 }
 
 async fn connect(egress: &Egress) -> std::io::Result<TcpStream> {

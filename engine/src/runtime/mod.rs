@@ -14,8 +14,9 @@
 pub mod egress;
 pub mod final_hop;
 pub mod memlock;
+mod sock;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -43,6 +44,23 @@ pub const EGRESS_HOPS_MAX: usize = 4_096;
 pub const INGRESS_CONNECTIONS_MAX: u64 = 4_096;
 /// Bytes read per `read` call on an ingress connection (about 27 regular frames).
 pub const READ_BYTES: usize = 64 * 1024;
+/// Kernel receive buffer of an ingress connection (SO_RCVBUF; Linux doubles it for its own
+/// bookkeeping). Loopback and LAN round trips are too short for receive autotuning to grow the
+/// window past ~64 KiB, which caps every read at about one 27-frame read: a busy peer then waits
+/// on our window instead of queueing a full batch. The kernel charges only queued bytes.
+pub const INGRESS_RCVBUF_BYTES: usize = 1 << 20;
+/// glommio's preemption period: the longest a task that always has work (a reader whose socket
+/// never drains) runs before the executor polls its rings. I/O that waits on the rings (an
+/// egress connect, a write to a full socket, the timer loop's sleep) waits up to this long under
+/// load (10 ms held a new egress connection's first packets that long). Each preemption costs a
+/// ring turn: 500 µs measured ~4% of saturated throughput, 2 ms is in the noise.
+pub const PREEMPT_US: u64 = 2_000;
+/// How long an idle core polls its rings before parking. Parking and being woken costs glommio
+/// a `membarrier` (an IPI to every CPU running this process), several `io_uring_enter` calls
+/// and the wake-up itself: measured at ~25 µs of CPU per idle period, plus wake-up latency.
+/// Polling for about as long first costs no more when nothing comes, and saves all of it when a
+/// packet arrives within the window (moderate load: inter-arrival times of tens of µs).
+pub const SPIN_BEFORE_PARK_US: u64 = 30;
 /// How often idle loops look at the stop flag.
 pub const STOP_POLL_MS: u64 = 20;
 /// The longest the timer loop sleeps without being woken.
@@ -235,7 +253,8 @@ fn executor_builder(config: &RuntimeConfig, index: u32) -> LocalExecutorBuilder 
         .name(&format!("lethe-core-{index}"))
         .io_memory(config.io_memory_bytes)
         .ring_depth(config.ring_depth)
-        .preempt_timer(Duration::from_millis(10))
+        .preempt_timer(Duration::from_micros(PREEMPT_US))
+        .spin_before_park(Duration::from_micros(SPIN_BEFORE_PARK_US))
 }
 
 fn executor_error(config: &RuntimeConfig, message: String) -> StartError {
@@ -279,6 +298,9 @@ struct Shard {
     metrics: Arc<CoreMetrics>,
     stop: Arc<AtomicBool>,
     wake: LocalSender<()>,
+    /// When the timer loop will next run on its own (µs; `u64::MAX` while it is running):
+    /// readers wake it only for work due earlier than that, not on every read.
+    timer_armed_us: Cell<u64>,
     deliver_final_hops: bool,
     /// Gateways: where final-hop packets go (`None` on a mixnode: counted and dropped).
     final_hops: Option<FinalHopSender>,
@@ -396,6 +418,7 @@ async fn run_shard(setup: ShardSetup) {
         metrics: setup.metrics,
         stop: setup.stop,
         wake,
+        timer_armed_us: Cell::new(u64::MAX),
         deliver_final_hops: setup.config.deliver_final_hops,
         final_hops: setup.final_hops,
     });
@@ -439,20 +462,31 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 
 async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
     CoreMetrics::add(&shard.metrics.connections_ingress, 1);
+    sock::set_receive_buffer(&stream, INGRESS_RCVBUF_BYTES);
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; READ_BYTES];
+    // One stop watcher for the connection's life (not a new timer per read).
+    let mut stop = std::pin::pin!(stopped(&shard.stop));
     loop {
-        let read = future::or(async { Some(stream.read(&mut buffer).await) }, async {
-            stopped(&shard.stop).await;
-            None
-        })
-        .await;
-        let count = match read {
-            Some(Ok(count)) if count > 0 => count,
-            _ => break, // EOF, error or stopping
+        let count = match sock::recv_now(&stream, &mut buffer) {
+            sock::Io::Done(count) => count,
+            sock::Io::Closed => break,
+            sock::Io::WouldBlock => {
+                if shard.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let read = future::or(async { Some(stream.read(&mut buffer).await) }, async {
+                    (&mut stop).await;
+                    None
+                })
+                .await;
+                match read {
+                    Some(Ok(count)) if count > 0 => count,
+                    _ => break, // EOF, error or stopping
+                }
+            }
         };
-        let now_us = shard.now_us();
-        let fatal = feed(&shard, &mut decoder, &buffer[..count], now_us);
+        let (fatal, now_us) = feed(&shard, &mut decoder, &buffer[..count], shard.now_us());
         if count < buffer.len() {
             // The socket is drained: nothing more to batch with now, so waiting for the flush
             // deadline would only add latency. Under load reads fill the buffer and batches
@@ -460,10 +494,16 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
             shard.core.borrow_mut().flush_batch(now_us);
         }
         shard.pump(now_us);
-        let _ = shard.wake.try_send(());
+        let due_us = shard.core.borrow().poll_timeout();
+        if due_us.is_some_and(|due_us| due_us < shard.timer_armed_us.get()) {
+            let _ = shard.wake.try_send(());
+        }
         if fatal {
             break;
         }
+        // Let the egress writers send what this read produced before reading more: packets
+        // leave right after their batch, and egress queues stay short.
+        future::yield_now().await;
     }
     shard
         .metrics
@@ -471,8 +511,10 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Decodes frames into the core; `true` if the stream lost framing (close it).
-fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], now_us: u64) -> bool {
+/// Decodes frames into the core; `true` if the stream lost framing (close it), and the time
+/// now (re-read after each batch the core ran: a batch takes long enough that the frames
+/// after it reach the core later than the read).
+fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], mut now_us: u64) -> (bool, u64) {
     let mut core = shard.core.borrow_mut();
     let metrics = &shard.metrics;
     let result = decoder.feed(bytes, |frame| {
@@ -480,6 +522,10 @@ fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], now_us: u64) ->
         match frame {
             Ok(frame) if frame.header.packet_type == PacketType::Mix => {
                 let _ = core.handle_packet(now_us, frame.header.key_rotation, frame.packet);
+                if core.batched_count() == 0 {
+                    // The batch ran (or the packet was dropped; the clock read is cheap).
+                    now_us = shard.now_us();
+                }
             }
             // Outfox is framed but not processed; skipped frames are malformed.
             Ok(_) | Err(_) => core.handle_skipped_frame(),
@@ -487,9 +533,9 @@ fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], now_us: u64) ->
     });
     if result.is_err() {
         metrics.dropped(DropReason::Malformed, 1);
-        return true;
+        return (true, now_us);
     }
-    false
+    (false, now_us)
 }
 
 /// Applies a key set the control plane installed, if there is a new one (never blocks).
@@ -523,6 +569,7 @@ async fn timer_loop(
     let mut stopping_since_us: Option<u64> = None;
     // Runs until shutdown; every turn is bounded (the core fires a bounded number of timers).
     loop {
+        shard.timer_armed_us.set(u64::MAX);
         apply_key_update(&shard, &key_update);
         let now_us = shard.now_us();
         shard.core.borrow_mut().handle_timeout(now_us);
@@ -553,6 +600,7 @@ async fn timer_loop(
             glommio::yield_if_needed().await;
             continue;
         }
+        shard.timer_armed_us.set(now_us.saturating_add(wait_us));
         future::or(
             glommio::timer::sleep(Duration::from_micros(wait_us)),
             async {
