@@ -199,3 +199,85 @@ fn installed_keys_take_effect_without_restart() {
     runtime.shutdown();
     runtime.join().unwrap();
 }
+
+/// A next hop that accepts and never reads, with a tiny receive buffer set before `listen` (so
+/// the accepted socket has it, and the kernel does not autotune it): the node's writer is soon
+/// stuck mid-batch on a full socket.
+fn stalled_sink() -> (SocketAddr, mpsc::Receiver<TcpStream>) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor created here and owned by the listener after
+    // `from_raw_fd`; every pointer refers to a live local of the size passed.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::from_ref(&size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let bound = libc::bind(
+            fd,
+            std::ptr::from_ref(&sa).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(bound, 0);
+        assert_eq!(libc::listen(fd, 16), 0);
+        TcpListener::from_raw_fd(fd)
+    };
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((stream, _)) = listener.accept() {
+            let _ = tx.send(stream); // held open, never read
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn shutdown_counts_every_forwarded_packet_as_sent_or_dropped_even_mid_write() {
+    // ~6 MB of small frames: more than the node's send buffer absorbs (it autotunes up to
+    // tcp_wmem's 4 MiB maximum), so the writer is left mid-batch on the full socket.
+    const PACKETS: u64 = 16_000;
+    let mut r = rng(23);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let (sink_addr, held) = stalled_sink();
+    let route = [(public(&this), 1), (public(&next), sink_addr.port())];
+    let mut bytes = Vec::new();
+    for _ in 0..PACKETS {
+        bytes.extend(frame(&packet(&mut r, &route, &[0, 0])));
+    }
+    let mut config = runtime_config(1);
+    config.shutdown_grace_ms = 200;
+    let runtime = Runtime::start(config, one_key(this, 2), filters(&[2])).unwrap();
+    let m = runtime.metrics()[0].clone();
+    let mut stream = TcpStream::connect(runtime.local_addr()).unwrap();
+    stream.write_all(&bytes).unwrap();
+    let _held = held.recv_timeout(Duration::from_secs(20)).unwrap();
+    wait_for("every frame read", || {
+        CoreMetrics::get(&m.frames_received) == PACKETS
+    });
+    // The writer has a batch in flight on the full socket (nothing reads it) when we stop.
+    runtime.shutdown();
+    runtime.join().unwrap();
+    let forwarded = CoreMetrics::get(&m.packets_forwarded);
+    let sent = CoreMetrics::get(&m.packets_sent);
+    let full = m.dropped_count(DropReason::EgressFull);
+    let shutdown = m.dropped_count(DropReason::Shutdown);
+    assert!(forwarded > 0);
+    assert!(
+        shutdown > 0,
+        "the stalled batch must be counted at shutdown"
+    );
+    assert_eq!(
+        forwarded,
+        sent + full + shutdown,
+        "forwarded {forwarded} = sent {sent} + egress_full {full} + shutdown {shutdown}"
+    );
+}

@@ -45,6 +45,8 @@ pub struct Egress {
     config: Rc<EgressConfig>,
     pending: RefCell<Vec<u8>>,
     pending_packets: Cell<u32>,
+    /// Packets of the batch the writer is sending (taken from `pending`, not yet all sent).
+    inflight_packets: Cell<u32>,
     /// The v8 rotation byte: starts as `config.key_rotation`, follows installed keys.
     key_rotation: Cell<KeyRotation>,
     wake: LocalSender<()>,
@@ -66,6 +68,7 @@ impl Egress {
             next_hop,
             pending: RefCell::new(Vec::with_capacity(bytes)),
             pending_packets: Cell::new(0),
+            inflight_packets: Cell::new(0),
             key_rotation: Cell::new(config.key_rotation),
             wake,
             metrics,
@@ -117,17 +120,19 @@ impl Egress {
         self.key_rotation.set(rotation);
     }
 
+    /// Packets queued or being sent: zero once everything handed to this hop has left.
     pub fn queued_packets(&self) -> u32 {
-        self.pending_packets.get()
+        self.pending_packets.get() + self.inflight_packets.get()
     }
 
     pub fn next_hop(&self) -> SocketAddr {
         self.next_hop
     }
 
-    /// Shutdown: counts what is still queued as dropped and empties the queue.
+    /// Shutdown: counts what is still queued or in flight as dropped and empties the queue (the
+    /// writer ends with the executor; a batch it was still sending counts whole).
     pub fn abandon(&self) -> u32 {
-        let count = self.pending_packets.replace(0);
+        let count = self.pending_packets.replace(0) + self.inflight_packets.replace(0);
         self.pending.borrow_mut().clear();
         self.metrics.dropped(DropReason::Shutdown, u64::from(count));
         count
@@ -164,14 +169,18 @@ async fn writer(egress: Rc<Egress>, woken: LocalReceiver<()>, bytes: usize, stop
                 }
             }
         }
-        std::mem::swap(&mut *egress.pending.borrow_mut(), &mut spare);
-        let packets = egress.pending_packets.replace(0);
-        assert!(!spare.is_empty());
         let Some(connection) = stream.as_ref() else {
             continue;
         };
+        std::mem::swap(&mut *egress.pending.borrow_mut(), &mut spare);
+        let packets = egress.pending_packets.replace(0);
+        egress.inflight_packets.set(packets);
+        assert!(!spare.is_empty());
         let written = send_all(connection, &spare).await;
         spare.clear();
+        if egress.inflight_packets.replace(0) == 0 {
+            return; // abandoned at shutdown (and counted) while this batch was being sent
+        }
         if !written {
             // The batch in flight is lost with the connection; count it and reconnect.
             egress
