@@ -169,9 +169,10 @@ sphinx_secondary = "keys/x25519_sphinx_secondary"
 # on the id and on the v8 frame's rotation byte (the id's parity). At each multiple of the
 # interval a new Sphinx key (keys/x25519_sphinx_rot-<id>) becomes primary and is announced;
 # the old one stays accepted for rotation_overlap_s after that boundary, then it and its
-# replay filter are deleted. A node down across a boundary rotates when it starts. State:
-# keys/sphinx_rotation.toml. Nym: 24 h, 1 h (keys valid for 24 one-hour epochs plus one
-# epoch of overlap). 0 = never rotate (the key keeps rotation id 1).
+# replay filter are deleted. A node down across a boundary rotates when it starts; changing
+# the interval renumbers (new key at the next start). State: keys/sphinx_rotation.toml.
+# Nym: 24 h, 1 h (keys valid for 24 one-hour epochs plus one epoch of overlap). 0 = never
+# rotate (the key keeps rotation id 1).
 # Keep replay.key_lifetime_s >= interval + overlap: a filter must hold a key's whole life.
 rotation_interval_s = 86400
 rotation_overlap_s = 3600

@@ -23,8 +23,9 @@
 //! than the current epoch is rotated at once, before the cores start: the old key stays
 //! secondary only if its overlap (the boundary of its successor epoch + overlap) has not ended.
 //! A primary newer than the clock's epoch (the clock went back) is kept, with a warning, until
-//! the clock reaches its epoch. With `rotation_interval_s = 0` nothing rotates and the `init`
-//! key keeps rotation id 1.
+//! the clock reaches its epoch. The state records the interval its ids were counted with; a
+//! start with another interval renumbers: the old keys are dropped for a key of the current
+//! epoch. With `rotation_interval_s = 0` nothing rotates and the `init` key keeps rotation id 1.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -59,6 +60,10 @@ pub struct State {
     /// The previous key, live until `secondary_until_ms` (the end of the overlap).
     pub secondary_rotation_id: Option<RotationId>,
     pub secondary_until_ms: Option<u64>,
+    /// The interval the ids were counted with (absent in states written before ids were
+    /// network-wide). A different configured interval renumbers at the next start.
+    #[serde(default)]
+    pub rotation_interval_s: Option<u64>,
 }
 
 impl State {
@@ -72,6 +77,9 @@ impl State {
             text.push_str(&format!(
                 "secondary_rotation_id = {id}\nsecondary_until_ms = {until}\n"
             ));
+        }
+        if let Some(interval) = self.rotation_interval_s {
+            text.push_str(&format!("rotation_interval_s = {interval}\n"));
         }
         text
     }
@@ -269,6 +277,7 @@ fn load_state(
         primary_since_ms: now_ms,
         secondary_rotation_id: None,
         secondary_until_ms: None,
+        rotation_interval_s: Some(keys.rotation_interval_s),
     };
     save_state(dir, keys, &state)?;
     Ok(state)
@@ -338,6 +347,10 @@ impl Rotation {
             replay: Arc::new(Mutex::new(replay)),
             warned_clock_behind: false,
         };
+        let persisted = rotation.state.rotation_interval_s;
+        if persisted.is_some_and(|s| s != config.keys.rotation_interval_s) && schedule.enabled() {
+            rotation.renumber(now_ms)?;
+        }
         // At most: end an overlap, rotate (which may drop the old key at once).
         for _ in 0..3 {
             if !rotation.step(now_ms, None)? {
@@ -415,9 +428,9 @@ impl Rotation {
             return Err("sphinx rotation: a secondary key is still live".into());
         }
         let old = self.keys.primary.clone();
-        if new_id <= old.rotation_id || new_id == RotationId::MAX {
+        if new_id == old.rotation_id || new_id == RotationId::MAX {
             return Err(format!(
-                "sphinx rotation: new rotation id {new_id} must be above {} and below {}",
+                "sphinx rotation: new rotation id {new_id} must differ from {} and be below {}",
                 old.rotation_id,
                 RotationId::MAX
             ));
@@ -439,6 +452,7 @@ impl Rotation {
             primary_since_ms: now_ms,
             secondary_rotation_id: keep_old_until_ms.map(|_| old.rotation_id),
             secondary_until_ms: keep_old_until_ms,
+            rotation_interval_s: Some(self.keys_section.rotation_interval_s),
         };
         save_state(&self.dir, &self.keys_section, &state)?;
         // 3. Install on every core.
@@ -473,6 +487,30 @@ impl Rotation {
         Ok(())
     }
 
+    /// The configured interval differs from the one the persisted ids were counted with: they
+    /// belong to another numbering (a longer interval would otherwise look like a clock gone
+    /// back for ever). The old keys are dropped and a key of the current epoch takes over,
+    /// unless the primary's id already is the current epoch's.
+    fn renumber(&mut self, now_ms: u64) -> Result<(), String> {
+        let epoch = self.schedule.epoch(now_ms)?;
+        eprintln!(
+            "lethe: rotation_interval_s changed from {:?} to {} s: sphinx rotation ids renumbered \
+             from the clock (epoch {epoch})",
+            self.state.rotation_interval_s, self.keys_section.rotation_interval_s
+        );
+        self.end_overlap(None)?;
+        if epoch != self.state.primary_rotation_id {
+            return self.rotate(epoch, None, now_ms, None);
+        }
+        let state = State {
+            rotation_interval_s: Some(self.keys_section.rotation_interval_s),
+            ..self.state.clone()
+        };
+        save_state(&self.dir, &self.keys_section, &state)?;
+        self.state = state;
+        Ok(())
+    }
+
     /// Drops the old key, its filter and their files.
     fn end_overlap(&mut self, runtime: Option<&Runtime>) -> Result<(), String> {
         let Some(old) = self.state.secondary_rotation_id else {
@@ -482,6 +520,7 @@ impl Rotation {
         let state = State {
             secondary_rotation_id: None,
             secondary_until_ms: None,
+            rotation_interval_s: Some(self.keys_section.rotation_interval_s),
             ..self.state.clone()
         };
         save_state(&self.dir, &self.keys_section, &state)?;
@@ -519,6 +558,7 @@ mod tests {
             primary_since_ms: 1_000,
             secondary_rotation_id: Some(6),
             secondary_until_ms: Some(4_600_000),
+            rotation_interval_s: Some(86_400),
         };
         let parsed: State = toml::from_str(&overlap.render()).unwrap();
         assert_eq!(parsed, overlap);
@@ -530,6 +570,14 @@ mod tests {
         let parsed: State = toml::from_str(&single.render()).unwrap();
         assert_eq!(parsed, single);
         assert!(!single.render().contains("secondary"));
+        // States written before ids were network-wide have no interval.
+        let legacy = State {
+            rotation_interval_s: None,
+            ..single
+        };
+        assert!(!legacy.render().contains("interval"));
+        let parsed: State = toml::from_str(&legacy.render()).unwrap();
+        assert_eq!(parsed, legacy);
     }
 
     fn schedule(interval_s: u64, overlap_s: u64) -> Schedule {
@@ -545,6 +593,7 @@ mod tests {
             primary_since_ms: 0,
             secondary_rotation_id: secondary.map(|s| s.0),
             secondary_until_ms: secondary.map(|s| s.1),
+            rotation_interval_s: Some(8),
         }
     }
 
@@ -750,6 +799,31 @@ mod tests {
         assert!(!dir.join("data/replay-rot-101.bin").exists());
         assert!(dir.join("keys/x25519_sphinx_rot-104").exists());
         drop(late);
+        // A longer interval renumbers: the day's epoch is far below the 8 s ids, which would
+        // otherwise look like a clock gone back for ever.
+        let mut daily = config.clone();
+        daily.keys.rotation_interval_s = 86_400;
+        daily.keys.rotation_overlap_s = 3_600;
+        let day = Schedule::from_keys(&daily.keys).unwrap().epoch(t4).unwrap();
+        assert!(day < 104);
+        let renumbered = Rotation::start(&dir, &daily, t4).unwrap();
+        assert_eq!(
+            renumbered.state(),
+            &State {
+                primary_since_ms: t4,
+                rotation_interval_s: Some(86_400),
+                ..state(day, None)
+            }
+        );
+        assert_eq!(
+            renumbered.replay_set().rotation_ids().collect::<Vec<_>>(),
+            [day]
+        );
+        assert!(!dir.join("keys/x25519_sphinx_rot-104").exists());
+        drop(renumbered);
+        let again = Rotation::start(&dir, &daily, t4 + 1_000).unwrap();
+        assert_eq!(again.state().primary_rotation_id, day);
+        drop(again);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
