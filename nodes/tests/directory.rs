@@ -93,6 +93,14 @@ fn run_mixnode_with(dir: &Path, directory_url: &str, extra: &[&str]) -> Process 
     Process::start(&args, &["listen", "metrics"])
 }
 
+/// Unix time in ms.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 fn read_pub(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_string()
 }
@@ -183,7 +191,9 @@ fn four_mixnodes_balanced_drop_and_restart() {
             d.sphinx_key,
             read_pub(&node_dir.join("keys/x25519_sphinx_primary.pub"))
         );
-        assert_eq!(d.rotation_id, 1);
+        // The network-wide rotation id of the day (default interval 24 h).
+        let day = now_s() / 86_400;
+        assert!((day - 1..=day).contains(&u64::from(d.rotation_id)));
         assert_eq!(
             d.metrics_url.as_deref(),
             Some(format!("http://{}/metrics", node.get("metrics")).as_str())
@@ -717,27 +727,39 @@ fn rotated_sphinx_key_is_reannounced_and_published() {
     let directory = run_directory(&directory_dir, "127.0.0.1:0", 30);
     let url = format!("http://{}", directory.addr("listen"));
     let node_dir = dir.join("mix");
-    let rotation = ["--rotation-interval-s", "4", "--rotation-overlap-s", "1"];
+    // Wall-clock schedule: rotation id = unix time / 6, a rotation at each multiple of 6 s.
+    let rotation = ["--rotation-interval-s", "6", "--rotation-overlap-s", "3"];
+    // Start in the first half of an epoch: the first topology shows the init key.
+    let deadline = Instant::now() + Duration::from_secs(13);
+    while now_ms() % 6_000 > 2_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the clock never reached the window"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let epoch = now_ms() / 6_000;
     let node = run_mixnode_with(&node_dir, &url, &rotation);
     let mixnode = |t: &Topology| t.layers.iter().flatten().next().cloned();
     let first = wait_topology(&url, &key, "the mixnode", |t| mixnode(t).is_some());
     let before = mixnode(&first).unwrap();
-    assert_eq!(before.rotation_id, 1);
+    assert_eq!(u64::from(before.rotation_id), epoch);
     assert_eq!(
         before.sphinx_key,
         read_pub(&node_dir.join("keys/x25519_sphinx_primary.pub"))
     );
     // The rotation re-registers the descriptor with the new key; the directory republishes.
     let rotated = wait_topology(&url, &key, "the rotated key", |t| {
-        mixnode(t).is_some_and(|d| d.rotation_id == 2)
+        mixnode(t).is_some_and(|d| d.rotation_id > before.rotation_id)
     });
     let after = mixnode(&rotated).unwrap();
+    assert!(u64::from(after.rotation_id) <= now_ms() / 6_000);
     assert!(rotated.epoch > first.epoch);
     assert_eq!(after.identity, before.identity);
     assert_eq!(after.mix_address, before.mix_address);
     assert_eq!(
         after.sphinx_key,
-        read_pub(&node_dir.join("keys/x25519_sphinx_rot-2.pub"))
+        read_pub(&node_dir.join(format!("keys/x25519_sphinx_rot-{}.pub", after.rotation_id)))
     );
     assert_ne!(after.sphinx_key, before.sphinx_key);
     node.terminate();

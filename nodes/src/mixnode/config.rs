@@ -75,14 +75,24 @@ pub struct KeysSection {
     pub identity: PathBuf,
     pub sphinx_primary: PathBuf,
     pub sphinx_secondary: PathBuf,
+    /// Rotation ids of the two `init` keys: read by the gateway (its template has them). The
+    /// mixnode derives its ids from the clock (`rotation`), no longer writes these and ignores
+    /// them, with a warning, in configs written before.
+    #[serde(default = "primary_rotation_id_default")]
     pub primary_rotation_id: u32,
+    #[serde(default)]
     pub secondary_rotation_id: u32,
-    /// Scheduled rotation (mixnode): a new key every interval, the old one kept for the
-    /// overlap. 0 = never. Configs written before it existed get Nym's 24 h + 1 h.
+    /// Scheduled rotation (mixnode): a new key at every multiple of the interval since the
+    /// Unix epoch (the network-wide rotation id is unix time / interval), the old one kept for
+    /// the overlap. 0 = never. Configs written before it existed get Nym's 24 h + 1 h.
     #[serde(default = "rotation_interval_s_default")]
     pub rotation_interval_s: u64,
     #[serde(default = "rotation_overlap_s_default")]
     pub rotation_overlap_s: u64,
+}
+
+fn primary_rotation_id_default() -> u32 {
+    1
 }
 
 fn rotation_interval_s_default() -> u64 {
@@ -148,18 +158,21 @@ snapshot_interval_s = 600
 data_dir = "data"
 
 [keys]
-# ed25519 identity; x25519 Sphinx keys (primary, and secondary for the rotation overlap).
-# Files hold 32 bytes as hex, mode 0600; public keys are in the `.pub` files beside them.
+# ed25519 identity; x25519 Sphinx keys. Files hold 32 bytes as hex, mode 0600; public keys
+# are in the `.pub` files beside them. The primary is the first start's Sphinx key (the
+# secondary is unused by a mixnode).
 identity = "keys/ed25519_identity"
 sphinx_primary = "keys/x25519_sphinx_primary"
 sphinx_secondary = "keys/x25519_sphinx_secondary"
-# Rotation ids of the two Sphinx keys; their parity is the v8 frame's rotation byte.
-primary_rotation_id = 1
-secondary_rotation_id = 0
-# Scheduled rotation: every rotation_interval_s a new Sphinx key (keys/x25519_sphinx_rot-<id>)
-# becomes primary and is announced; the old one stays accepted for rotation_overlap_s, then
-# it and its replay filter are deleted. State: keys/sphinx_rotation.toml. Nym: 24 h, 1 h
-# (keys valid for 24 one-hour epochs plus one epoch of overlap). 0 = never rotate.
+# Scheduled rotation. Rotation ids are network-wide: id = unix time (s) / rotation_interval_s,
+# from the system clock (keep it synchronised, e.g. NTP), so nodes with the same interval agree
+# on the id and on the v8 frame's rotation byte (the id's parity). At each multiple of the
+# interval a new Sphinx key (keys/x25519_sphinx_rot-<id>) becomes primary and is announced;
+# the old one stays accepted for rotation_overlap_s after that boundary, then it and its
+# replay filter are deleted. A node down across a boundary rotates when it starts; changing
+# the interval renumbers (new key at the next start). State: keys/sphinx_rotation.toml.
+# Nym: 24 h, 1 h (keys valid for 24 one-hour epochs plus one epoch of overlap). 0 = never
+# rotate (the key keeps rotation id 1).
 # Keep replay.key_lifetime_s >= interval + overlap: a filter must hold a key's whole life.
 rotation_interval_s = 86400
 rotation_overlap_s = 3600
@@ -172,6 +185,12 @@ impl Config {
             std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let config: Config =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for key in ignored_keys(&text) {
+            eprintln!(
+                "lethe: warning: {}: keys.{key} is ignored: rotation ids come from the clock",
+                path.display()
+            );
+        }
         if config.version != CONFIG_VERSION {
             return Err(format!(
                 "{}: config version {} is not {CONFIG_VERSION}",
@@ -181,6 +200,18 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// Keys of configs written before rotation ids were network-wide: accepted, ignored.
+fn ignored_keys(text: &str) -> Vec<&'static str> {
+    let Ok(table) = toml::from_str::<toml::Table>(text) else {
+        return Vec::new();
+    };
+    let keys = table.get("keys").and_then(toml::Value::as_table);
+    ["primary_rotation_id", "secondary_rotation_id"]
+        .into_iter()
+        .filter(|k| keys.is_some_and(|t| t.contains_key(*k)))
+        .collect()
 }
 
 /// `path` if absolute, else relative to the node directory.
@@ -201,11 +232,28 @@ mod tests {
         let config: Config = toml::from_str(TEMPLATE).unwrap();
         assert_eq!(config.version, CONFIG_VERSION);
         assert_eq!(config.mixnode.egress_framing, 7);
-        assert_eq!(config.keys.primary_rotation_id % 2, 1);
+        assert!(!TEMPLATE.contains("rotation_id"));
+        assert!(ignored_keys(TEMPLATE).is_empty());
         assert_eq!(config.engine.packet_sizes, ["regular", "ack", "ext8"]);
         assert_eq!(
             config.engine.pool_memory_bytes,
             lethe_engine::limits::POOL_MEMORY_BYTES_DEFAULT
+        );
+    }
+
+    #[test]
+    fn a_config_written_before_network_wide_ids_still_loads() {
+        let old = TEMPLATE.replace(
+            "sphinx_secondary = \"keys/x25519_sphinx_secondary\"\n",
+            "sphinx_secondary = \"keys/x25519_sphinx_secondary\"\n\
+             primary_rotation_id = 1\nsecondary_rotation_id = 0\n",
+        );
+        assert_ne!(old, TEMPLATE);
+        let config: Config = toml::from_str(&old).unwrap();
+        assert_eq!(config.keys.rotation_interval_s, 86_400);
+        assert_eq!(
+            ignored_keys(&old),
+            ["primary_rotation_id", "secondary_rotation_id"]
         );
     }
 }

@@ -71,7 +71,8 @@ pub struct RunOverrides {
     /// Replay snapshot interval in seconds (config: replay.snapshot_interval_s).
     #[arg(long, env = "LETHE_SNAPSHOT_INTERVAL_S")]
     pub snapshot_interval_s: Option<u64>,
-    /// Seconds between scheduled Sphinx key rotations; 0 = never (config:
+    /// Seconds between scheduled Sphinx key rotations, at multiples of it since the Unix
+    /// epoch (network-wide rotation id = unix time / interval); 0 = never (config:
     /// keys.rotation_interval_s).
     #[arg(long, env = "LETHE_ROTATION_INTERVAL_S")]
     pub rotation_interval_s: Option<u64>,
