@@ -40,6 +40,9 @@ pub enum Action {
         next_hop: SocketAddr,
         at_us: u64,
         buffer: BufId,
+        /// The rotation of the key that opened the packet: a route is built with one rotation's
+        /// keys, so this is the next hop's key too (the v8 frame's rotation byte).
+        rotation: KeyRotation,
     },
     /// Final hop: `buffer` holds the processed packet (payload decrypted). Then `release` it.
     Deliver {
@@ -394,9 +397,17 @@ impl Core {
     fn route_outcome(&mut self, now_us: u64, id: BufId, outcome: Outcome) {
         let reason = match outcome {
             Outcome::Forward {
-                next_hop, delay_ns, ..
+                next_hop,
+                delay_ns,
+                rotation_id,
             } => match address::decode(&next_hop) {
-                Ok(next_hop) => return self.schedule(now_us, id, next_hop, delay_ns),
+                Ok(next_hop) => {
+                    // Processing is done with the frame's byte: the slot now holds the
+                    // rotation the packet leaves with.
+                    self.meta[id.index() as usize].rotation =
+                        KeyRotation::for_rotation_id(rotation_id);
+                    return self.schedule(now_us, id, next_hop, delay_ns);
+                }
                 Err(_) => DropReason::UnknownNextHop,
             },
             Outcome::Final {
@@ -471,6 +482,7 @@ impl Core {
                 next_hop: meta.next_hop,
                 at_us: meta.deadline_us,
                 buffer: id,
+                rotation: meta.rotation,
             });
         }
         self.fired = fired;

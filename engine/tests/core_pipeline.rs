@@ -23,15 +23,25 @@ fn drain(core: &mut Core) -> Vec<Action> {
 }
 
 fn forwards(core: &mut Core) -> Vec<(std::net::SocketAddr, u64, Vec<u8>)> {
+    forwards_with_rotation(core)
+        .into_iter()
+        .map(|(hop, at_us, bytes, _)| (hop, at_us, bytes))
+        .collect()
+}
+
+fn forwards_with_rotation(
+    core: &mut Core,
+) -> Vec<(std::net::SocketAddr, u64, Vec<u8>, KeyRotation)> {
     let mut out = Vec::new();
     for action in drain(core) {
         if let Action::Forward {
             next_hop,
             at_us,
             buffer,
+            rotation,
         } = action
         {
-            out.push((next_hop, at_us, core.packet(&buffer).to_vec()));
+            out.push((next_hop, at_us, core.packet(&buffer).to_vec(), rotation));
             core.release(buffer);
         }
     }
@@ -213,18 +223,37 @@ fn key_rotation_byte_picks_the_key_and_v7_tries_both() {
     let mut core = core_with(config(), keys, &[1, 2]);
     let for_odd = |r: &mut _| packet(r, &[(odd_pub, 1), (next, 2)], &[0, 0]);
     let for_even = |r: &mut _| packet(r, &[(even_pub, 1), (next, 2)], &[0, 0]);
+    // (packet, frame byte, leaves with): a forwarded packet names the rotation of the key that
+    // opened it (its route was built with that rotation's keys), whatever byte it came with.
     let cases = [
-        (for_odd(&mut r), KeyRotation::Unknown, true), // primary fails, secondary verifies
-        (for_odd(&mut r), KeyRotation::Odd, true),
-        (for_odd(&mut r), KeyRotation::Even, false), // the even key's MAC fails
-        (for_even(&mut r), KeyRotation::Even, true),
-        (for_even(&mut r), KeyRotation::Unknown, true),
+        // primary fails, secondary verifies
+        (
+            for_odd(&mut r),
+            KeyRotation::Unknown,
+            Some(KeyRotation::Odd),
+        ),
+        (for_odd(&mut r), KeyRotation::Odd, Some(KeyRotation::Odd)),
+        (for_odd(&mut r), KeyRotation::Even, None), // the even key's MAC fails
+        (for_even(&mut r), KeyRotation::Even, Some(KeyRotation::Even)),
+        (
+            for_even(&mut r),
+            KeyRotation::Unknown,
+            Some(KeyRotation::Even),
+        ),
     ];
-    for (index, (bytes, rotation, forwarded)) in cases.iter().enumerate() {
+    for (index, (bytes, rotation, leaves)) in cases.iter().enumerate() {
         let now_us = index as u64 * 10; // tick-aligned, so zero delays fire at once
         core.handle_packet(now_us, *rotation, bytes).unwrap();
         core.flush_batch(now_us);
-        assert_eq!(forwards(&mut core).len() == 1, *forwarded, "case {index}");
+        let out: Vec<KeyRotation> = forwards_with_rotation(&mut core)
+            .into_iter()
+            .map(|(_, _, _, rotation)| rotation)
+            .collect();
+        assert_eq!(
+            out,
+            leaves.iter().copied().collect::<Vec<_>>(),
+            "case {index}"
+        );
     }
     assert_eq!(dropped(&core, DropReason::Malformed), 1);
     // The replay filter is per rotation: the odd key's packet replayed under v8 is refused.

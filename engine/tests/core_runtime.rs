@@ -35,6 +35,7 @@ fn runtime_config(cores: u32) -> RuntimeConfig {
         io_memory_bytes: 128 * 1024,
         ring_depth: 128,
         deliver_final_hops: false,
+        ignore_rotation_byte: false,
     }
 }
 

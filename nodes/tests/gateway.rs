@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use lethe_crypto::framing::{encode_frame_to_vec, FrameHeader, PacketSize};
+use lethe_crypto::framing::{encode_frame_to_vec, FrameHeader, KeyRotation, PacketSize};
 use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Version};
 use lethe_nodes::keyfile;
 use lethe_nodes::proto::messages::error_code;
@@ -138,8 +138,12 @@ fn forward_packet(
 
 fn send_frame(to: SocketAddr, packet: &[u8]) {
     let size = PacketSize::from_sphinx_packet_len(packet.len()).unwrap();
+    send_frame_with(to, packet, FrameHeader::v7(size));
+}
+
+fn send_frame_with(to: SocketAddr, packet: &[u8], header: FrameHeader) {
     let mut frame = Vec::new();
-    encode_frame_to_vec(&FrameHeader::v7(size), packet, &mut frame).unwrap();
+    encode_frame_to_vec(&header, packet, &mut frame).unwrap();
     let mut stream = TcpStream::connect(to).unwrap();
     stream.write_all(&frame).unwrap();
     stream.flush().unwrap();
@@ -290,6 +294,27 @@ async fn final_hop_reaches_connected_client_and_ack_reaches_sink() {
         .send(&ClientMessage::Confirm { ids: vec![next_id] })
         .await;
 
+    // A gateway keeps one Sphinx key: v8 frames of either rotation parity reach it (the byte
+    // senders write follows the mixnodes' network-wide rotation, not the gateway's key id).
+    let mut last_id = next_id;
+    for (rotation, content) in [
+        (KeyRotation::Odd, &b"v8 odd"[..]),
+        (KeyRotation::Even, &b"v8 even"[..]),
+    ] {
+        let packet = forward_packet(&route[1..], client_id, None, content);
+        let size = PacketSize::from_sphinx_packet_len(packet.len()).unwrap();
+        send_frame_with(
+            gateway.addr("listen"),
+            &packet,
+            FrameHeader::v8(size, rotation),
+        );
+        let (id, kind, bytes) = expect_deliver(&mut client).await;
+        assert!(id > last_id);
+        assert_eq!((kind, bytes.as_slice()), (DeliveryKind::Message, content));
+        client.send(&ClientMessage::Confirm { ids: vec![id] }).await;
+        last_id = id;
+    }
+
     // Drop cover and an unknown destination are counted, not delivered.
     send_frame(
         mixnode.addr("listen"),
@@ -307,7 +332,7 @@ async fn final_hop_reaches_connected_client_and_ack_reaches_sink() {
         1,
     );
     wait_metric(metrics, "lethe_gateway_acks_forwarded_total", 1);
-    wait_metric(metrics, "lethe_gateway_confirms_total", 2);
+    wait_metric(metrics, "lethe_gateway_confirms_total", 4);
     wait_gauge(metrics, "lethe_gateway_mailbox_rows", 0);
     client.expect_quiet(Duration::from_millis(300)).await;
     client.close().await;

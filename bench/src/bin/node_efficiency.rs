@@ -386,6 +386,7 @@ fn runtime_config() -> RuntimeConfig {
         io_memory_bytes: 128 * 1024,
         ring_depth: 128,
         deliver_final_hops: false,
+        ignore_rotation_byte: false,
     }
 }
 

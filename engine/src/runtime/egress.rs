@@ -47,7 +47,8 @@ pub struct Egress {
     pending_packets: Cell<u32>,
     /// Packets of the batch the writer is sending (taken from `pending`, not yet all sent).
     inflight_packets: Cell<u32>,
-    /// The v8 rotation byte: starts as `config.key_rotation`, follows installed keys.
+    /// The v8 rotation byte for packets that name none: starts as `config.key_rotation`,
+    /// follows installed keys.
     key_rotation: Cell<KeyRotation>,
     wake: LocalSender<()>,
     metrics: Arc<CoreMetrics>,
@@ -78,8 +79,9 @@ impl Egress {
         egress
     }
 
-    /// Queues one packet; `Err` (counted) when the queue is full.
-    pub fn enqueue(&self, packet: &[u8]) -> Result<(), DropReason> {
+    /// Queues one packet; `Err` (counted) when the queue is full. `rotation` is the v8 frame's
+    /// rotation byte (`Unknown`: the installed primary's, as set by `set_key_rotation`).
+    pub fn enqueue(&self, packet: &[u8], rotation: KeyRotation) -> Result<(), DropReason> {
         if self.pending_packets.get() >= self.config.queue_packets_max {
             self.metrics.dropped(DropReason::EgressFull, 1);
             return Err(DropReason::EgressFull);
@@ -90,7 +92,13 @@ impl Egress {
         };
         let header = match self.config.framing {
             FramingVersion::V7 => FrameHeader::v7(size),
-            FramingVersion::V8 => FrameHeader::v8(size, self.key_rotation.get()),
+            FramingVersion::V8 => FrameHeader::v8(
+                size,
+                match rotation {
+                    KeyRotation::Unknown => self.key_rotation.get(),
+                    known => known,
+                },
+            ),
         };
         let mut pending = self.pending.borrow_mut();
         let start = pending.len();

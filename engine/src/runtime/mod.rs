@@ -80,6 +80,10 @@ pub struct RuntimeConfig {
     pub ring_depth: usize,
     /// Final-hop packets: a mixnode counts and drops them (`final_hop_at_mixnode`).
     pub deliver_final_hops: bool,
+    /// Treat every v8 frame's rotation byte as `Unknown` (try the primary, then the secondary
+    /// key): for a node that does not take part in the network's key rotation (a gateway keeps
+    /// one key), whose key's id says nothing about the byte senders write.
+    pub ignore_rotation_byte: bool,
 }
 
 #[derive(Debug)]
@@ -302,6 +306,7 @@ struct Shard {
     /// readers wake it only for work due earlier than that, not on every read.
     timer_armed_us: Cell<u64>,
     deliver_final_hops: bool,
+    ignore_rotation_byte: bool,
     /// Gateways: where final-hop packets go (`None` on a mixnode: counted and dropped).
     final_hops: Option<FinalHopSender>,
 }
@@ -318,14 +323,17 @@ impl Shard {
         while let Some(action) = core.poll_action() {
             match action {
                 Action::Forward {
-                    next_hop, buffer, ..
+                    next_hop,
+                    buffer,
+                    rotation,
+                    ..
                 } => {
                     let residence_us = now_us.saturating_sub(core.arrived_us(&buffer));
                     self.metrics
                         .stage(Stage::ProcessingResidence)
                         .record(residence_us);
                     if let Some(queue) = egress_for(&mut egress, next_hop, self) {
-                        let _ = queue.enqueue(core.packet(&buffer));
+                        let _ = queue.enqueue(core.packet(&buffer), rotation);
                     }
                     core.release(buffer);
                 }
@@ -420,6 +428,7 @@ async fn run_shard(setup: ShardSetup) {
         wake,
         timer_armed_us: Cell::new(u64::MAX),
         deliver_final_hops: setup.config.deliver_final_hops,
+        ignore_rotation_byte: setup.config.ignore_rotation_byte,
         final_hops: setup.final_hops,
     });
     glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
@@ -521,7 +530,12 @@ fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], mut now_us: u64
         CoreMetrics::add(&metrics.frames_received, 1);
         match frame {
             Ok(frame) if frame.header.packet_type == PacketType::Mix => {
-                let _ = core.handle_packet(now_us, frame.header.key_rotation, frame.packet);
+                let rotation = if shard.ignore_rotation_byte {
+                    KeyRotation::Unknown
+                } else {
+                    frame.header.key_rotation
+                };
+                let _ = core.handle_packet(now_us, rotation, frame.packet);
                 if core.batched_count() == 0 {
                     // The batch ran (or the packet was dropped; the clock read is cheap).
                     now_us = shard.now_us();

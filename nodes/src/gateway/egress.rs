@@ -28,8 +28,20 @@ const BACKOFF_MS_MAX: u64 = 30_000;
 #[derive(Clone, Copy, Debug)]
 pub struct EgressSettings {
     pub framing: FramingVersion,
-    pub key_rotation: KeyRotation,
+    /// The network's Sphinx key rotation interval (ms; 0: no rotation): v8 frames carry the
+    /// parity of the current network-wide rotation id, `unix time / interval`, as mixnodes
+    /// count theirs (clients build packets with the keys the directory publishes now).
+    pub rotation_interval_ms: u64,
     pub queue_packets_max: u32,
+}
+
+impl EgressSettings {
+    /// The v8 rotation byte at `now_ms`.
+    pub fn key_rotation(&self, now_ms: u64) -> KeyRotation {
+        // A disabled schedule keeps id 1 (as a mixnode without rotation).
+        let id = now_ms.checked_div(self.rotation_interval_ms).unwrap_or(1);
+        KeyRotation::for_rotation_id(u32::try_from(id).unwrap_or(u32::MAX - 1))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -77,7 +89,11 @@ impl Egress {
             PacketSize::from_sphinx_packet_len(packet.len()).ok_or(EgressError::NotSphinx)?;
         let header = match self.settings.framing {
             FramingVersion::V7 => FrameHeader::v7(size),
-            FramingVersion::V8 => FrameHeader::v8(size, self.settings.key_rotation),
+            FramingVersion::V8 => FrameHeader::v8(
+                size,
+                self.settings
+                    .key_rotation(crate::mixnode::rotation::now_ms()),
+            ),
         };
         let mut frame = Vec::with_capacity(header.frame_len());
         encode_frame_to_vec(&header, packet, &mut frame).map_err(|_| EgressError::NotSphinx)?;
@@ -158,4 +174,31 @@ async fn connect(next_hop: SocketAddr) -> std::io::Result<TcpStream> {
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v8_byte_is_the_parity_of_the_network_wide_rotation_id() {
+        const DAY_MS: u64 = 86_400_000;
+        let settings = |rotation_interval_ms| EgressSettings {
+            framing: FramingVersion::V8,
+            rotation_interval_ms,
+            queue_packets_max: 1,
+        };
+        // id = unix time / interval, as mixnodes count it (rotation.rs `Schedule::epoch`).
+        assert_eq!(settings(DAY_MS).key_rotation(2 * DAY_MS), KeyRotation::Even);
+        assert_eq!(
+            settings(DAY_MS).key_rotation(3 * DAY_MS + 5),
+            KeyRotation::Odd
+        );
+        assert_eq!(
+            settings(DAY_MS).key_rotation(3 * DAY_MS - 1),
+            KeyRotation::Even
+        );
+        // No rotation: id 1, as a mixnode without a schedule.
+        assert_eq!(settings(0).key_rotation(2 * DAY_MS), KeyRotation::Odd);
+    }
 }

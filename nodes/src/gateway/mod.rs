@@ -174,6 +174,7 @@ fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
         io_memory_bytes: g.io_memory_bytes,
         ring_depth: 128,
         deliver_final_hops: true,
+        ignore_rotation_byte: true,
     })
 }
 
@@ -247,7 +248,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         tokio.handle().clone(),
         EgressSettings {
             framing: framing(g.egress_framing)?,
-            key_rotation: KeyRotation::for_rotation_id(config.keys.primary_rotation_id),
+            rotation_interval_ms: config.keys.rotation_interval_s.saturating_mul(1_000),
             queue_packets_max: g.egress_queue_packets_max,
         },
         metrics.clone(),

@@ -281,6 +281,7 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
         io_memory_bytes: m.io_memory_bytes,
         ring_depth: 128,
         deliver_final_hops: false,
+        ignore_rotation_byte: false,
     })
 }
 
