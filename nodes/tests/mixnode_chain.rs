@@ -282,14 +282,7 @@ fn chain_of_three_forwards_refuses_replays_drops_garbage_and_survives_restart() 
     );
 
     restarted.terminate();
-    for node in nodes {
-        node.terminate();
-    }
-    drop(sink);
-    for dir in &dirs {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    let _ = std::fs::remove_file(&sink_file);
+    teardown(nodes, sink, &dirs, &sink_file);
 }
 
 /// The sink, and `count` mixnodes chained in front of it, run with `extra` flags.
@@ -299,6 +292,18 @@ fn chain(
     extra: &[&str],
 ) -> (Process, PathBuf, Vec<PathBuf>, Vec<Process>, Route) {
     chain_started_apart(name, count, extra, Duration::ZERO)
+}
+
+/// Stops the chain's nodes and sink and removes their files.
+fn teardown(nodes: Vec<Process>, sink: Process, dirs: &[PathBuf], sink_file: &Path) {
+    for node in nodes {
+        node.terminate();
+    }
+    drop(sink);
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let _ = std::fs::remove_file(sink_file);
 }
 
 /// `chain`, each node started `gap` after the previous one.
@@ -420,14 +425,7 @@ fn extended_sizes_cross_the_chain_and_disabled_sizes_are_dropped_on_a_live_conne
         ),
         0
     );
-    for node in nodes {
-        node.terminate();
-    }
-    drop(sink);
-    for dir in &dirs {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    let _ = std::fs::remove_file(&sink_file);
+    teardown(nodes, sink, &dirs, &sink_file);
 }
 
 /// `(primary rotation id, secondary live)` from the node's rotation state file.
@@ -700,12 +698,5 @@ fn mixnodes_started_apart_share_rotation_ids_and_v8_frames_cross_them() {
             0
         );
     }
-    for node in nodes {
-        node.terminate();
-    }
-    drop(sink);
-    for dir in &dirs {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    let _ = std::fs::remove_file(&sink_file);
+    teardown(nodes, sink, &dirs, &sink_file);
 }
