@@ -157,6 +157,18 @@ fn realtime(on: bool) {
     }
 }
 
+/// The polling sink's scheduling class: SCHED_IDLE, so that on its CPU it gives way at once to
+/// the feeder and to the kernel's own threads (softirq work, kworkers), which as a normal-priority
+/// spinner it would hold up for a scheduler slice. Its arrival times are the kernel's, so its own
+/// delays do not count.
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
+    unsafe {
+        let _ = libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+    }
+}
+
 /// Sleeps wake up within a few µs of their deadline (the default slack is 50 µs).
 fn precise_sleeps() {
     // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only this thread.
@@ -225,6 +237,7 @@ fn sink(listener: TcpListener, expected: usize) -> mpsc::Receiver<Vec<([u8; 32],
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         pin_to(HARNESS_CPU);
+        idle_priority();
         let (stream, _) = listener.accept().unwrap();
         let clock = ArrivalClock::new(&stream);
         let mut decoder = FrameDecoder::new();
@@ -235,7 +248,7 @@ fn sink(listener: TcpListener, expected: usize) -> mpsc::Receiver<Vec<([u8; 32],
             // The sink polls instead of sleeping in `recv`: waking a sleeping reader costs the
             // *sender* an inter-processor interrupt on loopback (on a VM, an exit), which would
             // be charged to the node's core; a next hop across a NIC costs the node nothing of
-            // the kind. It runs at normal priority and yields when there is nothing to read, so
+            // the kind. It runs at idle priority and yields when there is nothing to read, so
             // the real-time feeder on the same CPU and the kernel's own work are not held up.
             let Some((n, now)) = clock.read(&stream, &mut buffer) else {
                 break;
