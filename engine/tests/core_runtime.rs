@@ -36,6 +36,7 @@ fn runtime_config(cores: u32) -> RuntimeConfig {
         ring_depth: 128,
         deliver_final_hops: false,
         ignore_rotation_byte: false,
+        spin_before_park_us: lethe_engine::runtime::SPIN_BEFORE_PARK_US_DEFAULT,
     }
 }
 
@@ -281,4 +282,15 @@ fn shutdown_counts_every_forwarded_packet_as_sent_or_dropped_even_mid_write() {
         sent + full + shutdown,
         "forwarded {forwarded} = sent {sent} + egress_full {full} + shutdown {shutdown}"
     );
+}
+
+#[test]
+fn a_polling_time_above_the_maximum_is_a_configuration_error() {
+    let mut r = rng(29);
+    let mut config = runtime_config(1);
+    config.spin_before_park_us = lethe_engine::runtime::SPIN_BEFORE_PARK_US_MAX + 1;
+    match Runtime::start(config, one_key(secret(&mut r), 2), filters(&[2])) {
+        Err(e) => assert!(e.to_string().contains("spin_before_park_us"), "{e}"),
+        Ok(_) => panic!("a polling time above the maximum was accepted"),
+    }
 }

@@ -17,7 +17,9 @@
 //! Prints one JSON line. Bounded: every phase has a packet budget and a 20 s timeout.
 //! `NODE_EFFICIENCY_DEBUG=1` adds, on stderr, the node thread's on-CPU / run-queue time, the
 //! runtime's batch and stage histograms, the feeder's lateness and the latency tail over time;
-//! `NODE_EFFICIENCY_SWEEP=1` the Sphinx seam's cost per packet by batch size.
+//! `NODE_EFFICIENCY_SWEEP=1` the Sphinx seam's cost per packet by batch size;
+//! `NODE_EFFICIENCY_LOAD=0.1` paces the latency phase at another fraction of saturation;
+//! `NODE_EFFICIENCY_SPIN_US=300` sets the node's polling time before it sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -400,6 +402,12 @@ fn runtime_config() -> RuntimeConfig {
         ring_depth: 128,
         deliver_final_hops: false,
         ignore_rotation_byte: false,
+        // The node's polling time before it sleeps (`mixnode.spin_before_park_us`);
+        // NODE_EFFICIENCY_SPIN_US overrides the default.
+        spin_before_park_us: std::env::var("NODE_EFFICIENCY_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(lethe_engine::runtime::SPIN_BEFORE_PARK_US_DEFAULT),
     }
 }
 

@@ -60,7 +60,9 @@ pub const PREEMPT_US: u64 = 2_000;
 /// and the wake-up itself: measured at ~25 µs of CPU per idle period, plus wake-up latency.
 /// Polling for about as long first costs no more when nothing comes, and saves all of it when a
 /// packet arrives within the window (moderate load: inter-arrival times of tens of µs).
-pub const SPIN_BEFORE_PARK_US: u64 = 30;
+pub const SPIN_BEFORE_PARK_US_DEFAULT: u64 = 30;
+/// Longest accepted polling time (a core that polls longer is simply a busy-polling core).
+pub const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
 /// How often idle loops look at the stop flag.
 pub const STOP_POLL_MS: u64 = 20;
 /// The longest the timer loop sleeps without being woken.
@@ -80,6 +82,9 @@ pub struct RuntimeConfig {
     pub ring_depth: usize,
     /// Final-hop packets: a mixnode counts and drops them (`final_hop_at_mixnode`).
     pub deliver_final_hops: bool,
+    /// How long an idle core polls before it parks (µs; 0 = park at once): see
+    /// [`SPIN_BEFORE_PARK_US_DEFAULT`].
+    pub spin_before_park_us: u64,
     /// Treat every v8 frame's rotation byte as `Unknown` (try the primary, then the secondary
     /// key): for a node that does not take part in the network's key rotation (a gateway keeps
     /// one key), whose key's id says nothing about the byte senders write.
@@ -145,6 +150,12 @@ impl Runtime {
             .engine
             .validate()
             .map_err(|e| StartError::Config(e.to_string()))?;
+        if config.spin_before_park_us > SPIN_BEFORE_PARK_US_MAX {
+            return Err(StartError::Config(format!(
+                "spin_before_park_us = {} is above {SPIN_BEFORE_PARK_US_MAX}",
+                config.spin_before_park_us
+            )));
+        }
         if config.cores == 0
             || (!config.cpus.is_empty() && config.cpus.len() < config.cores as usize)
         {
@@ -258,7 +269,7 @@ fn executor_builder(config: &RuntimeConfig, index: u32) -> LocalExecutorBuilder 
         .io_memory(config.io_memory_bytes)
         .ring_depth(config.ring_depth)
         .preempt_timer(Duration::from_micros(PREEMPT_US))
-        .spin_before_park(Duration::from_micros(SPIN_BEFORE_PARK_US))
+        .spin_before_park(Duration::from_micros(config.spin_before_park_us))
 }
 
 fn executor_error(config: &RuntimeConfig, message: String) -> StartError {

@@ -175,6 +175,7 @@ fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
         ring_depth: 128,
         deliver_final_hops: true,
         ignore_rotation_byte: true,
+        spin_before_park_us: lethe_engine::runtime::SPIN_BEFORE_PARK_US_DEFAULT,
     })
 }
 

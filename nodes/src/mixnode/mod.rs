@@ -83,6 +83,9 @@ pub struct RunOverrides {
     /// Shutdown grace period in ms (config: mixnode.shutdown_grace_ms).
     #[arg(long, env = "LETHE_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// µs an idle core polls before it sleeps (config: mixnode.spin_before_park_us).
+    #[arg(long, env = "LETHE_SPIN_BEFORE_PARK_US")]
+    pub spin_before_park_us: Option<u64>,
     #[command(flatten)]
     pub announce: AnnounceArgs,
 }
@@ -118,6 +121,7 @@ impl RunOverrides {
             .egress_queue_packets_max
             .unwrap_or(m.egress_queue_packets_max);
         m.shutdown_grace_ms = self.shutdown_grace_ms.unwrap_or(m.shutdown_grace_ms);
+        m.spin_before_park_us = self.spin_before_park_us.unwrap_or(m.spin_before_park_us);
         let e = &mut config.engine;
         e.batch_packets_max = self.batch_packets_max.unwrap_or(e.batch_packets_max);
         e.batch_flush_us = self.batch_flush_us.unwrap_or(e.batch_flush_us);
@@ -282,6 +286,7 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
         ring_depth: 128,
         deliver_final_hops: false,
         ignore_rotation_byte: false,
+        spin_before_park_us: m.spin_before_park_us,
     })
 }
 
