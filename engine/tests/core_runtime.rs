@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use core_common::*;
 use lethe_crypto::framing::{
-    encode_frame_to_vec, FrameDecoder, FrameHeader, FramingVersion, KeyRotation, PacketSize,
+    encode_frame_to_vec, FrameDecoder, FrameHeader, FramingVersion, PacketSize,
 };
 use lethe_engine::metrics::{CoreMetrics, DropReason};
 use lethe_engine::runtime::{final_hop_channel, EgressConfig, Runtime, RuntimeConfig};
@@ -24,7 +24,6 @@ fn runtime_config(cores: u32) -> RuntimeConfig {
         engine: config(),
         egress: EgressConfig {
             framing: FramingVersion::V7,
-            key_rotation: KeyRotation::Unknown,
             queue_packets_max: 256,
             frame_bytes_max: 2_560,
             backoff_ms_initial: 50,

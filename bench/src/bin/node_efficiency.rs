@@ -388,7 +388,6 @@ fn runtime_config() -> RuntimeConfig {
         },
         egress: EgressConfig {
             framing: FramingVersion::V7,
-            key_rotation: KeyRotation::Unknown,
             // Holds the whole corpus: the saturation phase offers it all at once, faster than the
             // sink drains; this measures the node, not the egress bound.
             queue_packets_max: 1 << 16,

@@ -31,8 +31,6 @@ const _: () = assert!(FULL_WAIT_US_MIN > 0 && FULL_WAIT_US_MIN <= FULL_WAIT_US_M
 #[derive(Clone, Debug)]
 pub struct EgressConfig {
     pub framing: FramingVersion,
-    /// The rotation byte written in v8 frames (the network's current rotation parity).
-    pub key_rotation: KeyRotation,
     pub queue_packets_max: u32,
     pub frame_bytes_max: u32,
     pub backoff_ms_initial: u64,
@@ -47,9 +45,6 @@ pub struct Egress {
     pending_packets: Cell<u32>,
     /// Packets of the batch the writer is sending (taken from `pending`, not yet all sent).
     inflight_packets: Cell<u32>,
-    /// The v8 rotation byte for packets that name none: starts as `config.key_rotation`,
-    /// follows installed keys.
-    key_rotation: Cell<KeyRotation>,
     wake: LocalSender<()>,
     metrics: Arc<CoreMetrics>,
 }
@@ -70,7 +65,6 @@ impl Egress {
             pending: RefCell::new(Vec::with_capacity(bytes)),
             pending_packets: Cell::new(0),
             inflight_packets: Cell::new(0),
-            key_rotation: Cell::new(config.key_rotation),
             wake,
             metrics,
             config,
@@ -80,7 +74,7 @@ impl Egress {
     }
 
     /// Queues one packet; `Err` (counted) when the queue is full. `rotation` is the v8 frame's
-    /// rotation byte (`Unknown`: the installed primary's, as set by `set_key_rotation`).
+    /// rotation byte: the rotation of the key that opened the packet.
     pub fn enqueue(&self, packet: &[u8], rotation: KeyRotation) -> Result<(), DropReason> {
         if self.pending_packets.get() >= self.config.queue_packets_max {
             self.metrics.dropped(DropReason::EgressFull, 1);
@@ -92,13 +86,7 @@ impl Egress {
         };
         let header = match self.config.framing {
             FramingVersion::V7 => FrameHeader::v7(size),
-            FramingVersion::V8 => FrameHeader::v8(
-                size,
-                match rotation {
-                    KeyRotation::Unknown => self.key_rotation.get(),
-                    known => known,
-                },
-            ),
+            FramingVersion::V8 => FrameHeader::v8(size, rotation),
         };
         let mut pending = self.pending.borrow_mut();
         let start = pending.len();
@@ -121,11 +109,6 @@ impl Egress {
         // Full means a wake-up is already pending: nothing lost.
         let _ = self.wake.try_send(());
         Ok(())
-    }
-
-    /// Key rotation: later v8 frames carry `rotation`.
-    pub fn set_key_rotation(&self, rotation: KeyRotation) {
-        self.key_rotation.set(rotation);
     }
 
     /// Packets queued or being sent: zero once everything handed to this hop has left.

@@ -308,8 +308,6 @@ struct Shard {
     core: RefCell<Core>,
     egress: RefCell<HashMap<SocketAddr, Rc<Egress>>>,
     egress_config: Rc<EgressConfig>,
-    /// The v8 egress rotation byte: the installed primary key's parity.
-    key_rotation: std::cell::Cell<KeyRotation>,
     metrics: Arc<CoreMetrics>,
     stop: Arc<AtomicBool>,
     wake: LocalSender<()>,
@@ -400,7 +398,6 @@ fn egress_for(
         shard.metrics.clone(),
         shard.stop.clone(),
     );
-    queue.set_key_rotation(shard.key_rotation.get());
     egress.insert(next_hop, queue.clone());
     Some(queue)
 }
@@ -433,7 +430,6 @@ async fn run_shard(setup: ShardSetup) {
         core: RefCell::new(core),
         egress: RefCell::new(HashMap::new()),
         egress_config: Rc::new(setup.config.egress.clone()),
-        key_rotation: std::cell::Cell::new(setup.config.egress.key_rotation),
         metrics: setup.metrics,
         stop: setup.stop,
         wake,
@@ -573,12 +569,7 @@ fn apply_key_update(shard: &Shard, update: &KeyUpdate) {
         return; // being written: next turn
     };
     if let Some((keys, replay)) = slot.take() {
-        let rotation = KeyRotation::for_rotation_id(keys.primary.rotation_id);
         shard.core.borrow_mut().set_keys(keys, replay);
-        shard.key_rotation.set(rotation);
-        for queue in shard.egress.borrow().values() {
-            queue.set_key_rotation(rotation);
-        }
     }
     update
         .applied

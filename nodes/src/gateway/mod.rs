@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lethe_crypto::framing::{FramingVersion, KeyRotation};
+use lethe_crypto::framing::FramingVersion;
 use lethe_engine::runtime::{final_hop_channel, EgressConfig, Runtime, RuntimeConfig};
 use zeroize::Zeroizing;
 
@@ -163,7 +163,6 @@ fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
         engine,
         egress: EgressConfig {
             framing: framing(g.egress_framing)?,
-            key_rotation: KeyRotation::for_rotation_id(config.keys.primary_rotation_id),
             queue_packets_max: g.egress_queue_packets_max,
             frame_bytes_max,
             backoff_ms_initial: 100,

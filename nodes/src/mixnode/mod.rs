@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lethe_crypto::framing::{FramingVersion, KeyRotation, FRAME_MAX_LEN, HEADER_MAX_LEN};
+use lethe_crypto::framing::{FramingVersion, FRAME_MAX_LEN, HEADER_MAX_LEN};
 use lethe_engine::core::{NodeKeys, SphinxKey};
 use lethe_engine::limits::{pool_buffers_for, PacketSizes, PACKET_BYTES_DEFAULT};
 use lethe_engine::metrics::{CoreMetrics, DropReason};
@@ -247,7 +247,7 @@ pub(crate) fn save_replay(data_dir: &Path, set: &ReplayFilterSet) -> Result<(), 
     Ok(())
 }
 
-fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, String> {
+fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
     let m = &config.mixnode;
     let cores = match m.cores {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
@@ -274,7 +274,6 @@ fn runtime_config(config: &Config, keys: &NodeKeys) -> Result<RuntimeConfig, Str
         engine,
         egress: EgressConfig {
             framing,
-            key_rotation: KeyRotation::for_rotation_id(keys.primary.rotation_id),
             queue_packets_max: m.egress_queue_packets_max,
             frame_bytes_max,
             backoff_ms_initial: 100,
@@ -354,7 +353,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         check_announce(url, &overrides.announce, config.mixnode.listen_address)?;
     }
     let mut rotation = rotation::Rotation::start(dir, &config, rotation::now_ms())?;
-    let runtime_config = runtime_config(&config, rotation.keys())?;
+    let runtime_config = runtime_config(&config)?;
     let cores = runtime_config.cores;
     let runtime = Runtime::start(
         runtime_config,
