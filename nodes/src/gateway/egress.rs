@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::metrics::GatewayMetrics;
+use crate::mixnode::rotation::{self, Schedule};
 
 /// Next hops the gateway keeps a queue and connection for (a layer is hundreds of nodes).
 pub const EGRESS_HOPS_MAX: usize = 4_096;
@@ -28,19 +29,18 @@ const BACKOFF_MS_MAX: u64 = 30_000;
 #[derive(Clone, Copy, Debug)]
 pub struct EgressSettings {
     pub framing: FramingVersion,
-    /// The network's Sphinx key rotation interval (ms; 0: no rotation): v8 frames carry the
-    /// parity of the current network-wide rotation id, `unix time / interval`, as mixnodes
-    /// count theirs (clients build packets with the keys the directory publishes now).
-    pub rotation_interval_ms: u64,
+    /// The network's Sphinx key rotation schedule: v8 frames carry the parity of the current
+    /// network-wide rotation id, counted as mixnodes count theirs (clients build packets with
+    /// the keys the directory publishes now).
+    pub rotation: Schedule,
     pub queue_packets_max: u32,
 }
 
 impl EgressSettings {
     /// The v8 rotation byte at `now_ms`.
     pub fn key_rotation(&self, now_ms: u64) -> KeyRotation {
-        // A disabled schedule keeps id 1 (as a mixnode without rotation).
-        let id = now_ms.checked_div(self.rotation_interval_ms).unwrap_or(1);
-        KeyRotation::for_rotation_id(u32::try_from(id).unwrap_or(u32::MAX - 1))
+        // No epoch (rotation disabled): id 1, as a mixnode without rotation.
+        KeyRotation::for_rotation_id(self.rotation.epoch(now_ms).unwrap_or(1))
     }
 }
 
@@ -89,11 +89,9 @@ impl Egress {
             PacketSize::from_sphinx_packet_len(packet.len()).ok_or(EgressError::NotSphinx)?;
         let header = match self.settings.framing {
             FramingVersion::V7 => FrameHeader::v7(size),
-            FramingVersion::V8 => FrameHeader::v8(
-                size,
-                self.settings
-                    .key_rotation(crate::mixnode::rotation::now_ms()),
-            ),
+            FramingVersion::V8 => {
+                FrameHeader::v8(size, self.settings.key_rotation(rotation::now_ms()))
+            }
         };
         let mut frame = Vec::with_capacity(header.frame_len());
         encode_frame_to_vec(&header, packet, &mut frame).map_err(|_| EgressError::NotSphinx)?;
@@ -183,12 +181,15 @@ mod tests {
     #[test]
     fn v8_byte_is_the_parity_of_the_network_wide_rotation_id() {
         const DAY_MS: u64 = 86_400_000;
-        let settings = |rotation_interval_ms| EgressSettings {
+        let settings = |interval_ms| EgressSettings {
             framing: FramingVersion::V8,
-            rotation_interval_ms,
+            rotation: Schedule {
+                interval_ms,
+                overlap_ms: 0,
+            },
             queue_packets_max: 1,
         };
-        // id = unix time / interval, as mixnodes count it (rotation.rs `Schedule::epoch`).
+        // id = unix time / interval (`Schedule::epoch`).
         assert_eq!(settings(DAY_MS).key_rotation(2 * DAY_MS), KeyRotation::Even);
         assert_eq!(
             settings(DAY_MS).key_rotation(3 * DAY_MS + 5),

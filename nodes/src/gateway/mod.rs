@@ -26,6 +26,7 @@ use lethe_engine::runtime::{final_hop_channel, EgressConfig, Runtime, RuntimeCon
 use zeroize::Zeroizing;
 
 use crate::keyfile;
+use crate::mixnode::rotation::Schedule;
 use crate::mixnode::{self, engine_config};
 use config::{resolve, Config, CONFIG_FILE, TEMPLATE};
 use egress::{Egress, EgressSettings};
@@ -248,7 +249,11 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         tokio.handle().clone(),
         EgressSettings {
             framing: framing(g.egress_framing)?,
-            rotation_interval_ms: config.keys.rotation_interval_s.saturating_mul(1_000),
+            // The id depends on the interval alone.
+            rotation: Schedule {
+                interval_ms: config.keys.rotation_interval_s.saturating_mul(1_000),
+                overlap_ms: 0,
+            },
             queue_packets_max: g.egress_queue_packets_max,
         },
         metrics.clone(),
