@@ -44,6 +44,20 @@ fn dropped(metrics: SocketAddr, reason: &str) -> u64 {
     )
 }
 
+/// Polls `done` every 50 ms until it holds; after `TIMEOUT`, fails with `what` and the node's
+/// metrics.
+fn wait_until(metrics: SocketAddr, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}; node metrics:\n{}",
+            http_get(metrics, "/metrics")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A next hop that accepts connections but reads nothing until `reading` is set; then it
 /// decodes frames and keeps their packets.
 struct StalledSink {
@@ -232,23 +246,19 @@ fn overload_drops_by_reason_within_a_memory_bound_and_recovers() {
         stream
     });
     let mut rss_max = 0;
-    let deadline = Instant::now() + TIMEOUT;
-    while !feeder.is_finished() {
-        assert!(Instant::now() < deadline, "feeding did not finish");
+    wait_until(metrics, "feeding did not finish", || {
+        if feeder.is_finished() {
+            return true;
+        }
         rss_max = rss_max.max(mixnode.memory_bytes("VmRSS:"));
         assert!(http_get(metrics, "/health").starts_with("HTTP/1.1 200"));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        false
+    });
     let _connection = feeder.join().unwrap();
     // Everything offered was read and either queued or dropped.
-    let deadline = Instant::now() + TIMEOUT;
-    while metric(metrics, "lethe_packets_received_total") < PACKETS as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "the node did not read everything"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(metrics, "the node did not read everything", || {
+        metric(metrics, "lethe_packets_received_total") >= PACKETS as u64
+    });
     std::thread::sleep(Duration::from_millis(2 * DELAY_MS)); // the delayed ones reach egress
     let peak = mixnode.memory_bytes("VmHWM:");
     eprintln!(
@@ -271,38 +281,19 @@ fn overload_drops_by_reason_within_a_memory_bound_and_recovers() {
     // Fresh packets sent before the backlog drained could meet a still-full queue and be
     // dropped, rightly: so they go after it.
     sink.reading.store(true, Ordering::Relaxed);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
+    wait_until(metrics, "the backlog was not forwarded", || {
         let forwarded = metric(metrics, "lethe_packets_forwarded_total");
-        let sent = metric(metrics, "lethe_packets_sent_total");
-        if sent + dropped(metrics, "egress_full") >= forwarded {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the backlog was not forwarded ({sent} of {forwarded} sent); node metrics:\n{}",
-            http_get(metrics, "/metrics")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        metric(metrics, "lethe_packets_sent_total") + dropped(metrics, "egress_full") >= forwarded
+    });
     let mut fresh_stream = TcpStream::connect(entry).unwrap();
     fresh_stream.write_all(&fresh).unwrap();
     let wanted: Vec<u64> = (PACKETS as u64..PACKETS as u64 + 5).collect();
-    let deadline = Instant::now() + TIMEOUT;
     let mut opened: Vec<u64> = Vec::new();
-    loop {
+    wait_until(metrics, "fresh packets were not forwarded", || {
         let packets: Vec<Vec<u8>> = std::mem::take(&mut *sink.packets.lock().unwrap());
         opened.extend(packets.into_iter().map(|p| open(&gateway, p)));
-        if wanted.iter().all(|w| opened.contains(w)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fresh packets were not forwarded; node metrics:\n{}",
-            http_get(metrics, "/metrics")
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        wanted.iter().all(|w| opened.contains(w))
+    });
     assert!(opened.len() > wanted.len(), "the backlog was not forwarded");
     mixnode.terminate();
     let _ = std::fs::remove_dir_all(&dir);
