@@ -10,9 +10,10 @@
 //!    all but the first fifth (warm-up).
 //!
 //! On a machine with 2+ CPUs the crypto baseline and the node's core run on CPU 1, the feeder
-//! and the sink on CPU 0 (pinned; real-time scheduling when permitted, so that on a shared
-//! machine they neither send in bursts nor stamp arrivals late). The paced feeder writes every
-//! frame on its own at its due time (1 µs timer slack, no spinning).
+//! and the sink on CPU 0 (pinned; the feeder real-time when permitted, so that on a shared
+//! machine it does not send in bursts; the sink polls at idle priority and arrivals are the
+//! kernel's receive timestamps). The paced feeder writes every frame on its own at its due time
+//! (1 µs timer slack, no spinning).
 //!
 //! Prints one JSON line. Bounded: every phase has a packet budget and a 20 s timeout.
 //! `NODE_EFFICIENCY_DEBUG=1` adds, on stderr, the node thread's on-CPU / run-queue time, the
@@ -140,10 +141,10 @@ fn thread_schedstat(name: &str) -> Option<(u64, u64)> {
     None
 }
 
-/// Real-time scheduling for a harness thread (best effort: needs CAP_SYS_NICE). Feeder and
-/// sink sleep almost all the time, but on a shared machine a waking CFS thread can wait a full
-/// slice (~3 ms) behind whatever runs on its CPU: the feeder would then send in bursts and the
-/// sink stamp late arrivals, both measured as node latency. `false` restores normal scheduling.
+/// Real-time scheduling for the feeder (best effort: needs CAP_SYS_NICE). It sleeps almost all
+/// the time, but on a shared machine a waking CFS thread can wait a full slice (~3 ms) behind
+/// whatever runs on its CPU: it would then send in bursts, measured as node latency. `false`
+/// restores normal scheduling.
 fn realtime(on: bool) {
     let (policy, priority) = if on {
         (libc::SCHED_FIFO, 10)
