@@ -39,8 +39,9 @@ pub struct EgressSettings {
 impl EgressSettings {
     /// The v8 rotation byte at `now_ms`.
     pub fn key_rotation(&self, now_ms: u64) -> KeyRotation {
-        // No epoch (rotation disabled): id 1, as a mixnode without rotation.
-        KeyRotation::for_rotation_id(self.rotation.epoch(now_ms).unwrap_or(1))
+        // No epoch (rotation disabled): the id of a mixnode without rotation.
+        let id = self.rotation.epoch(now_ms);
+        KeyRotation::for_rotation_id(id.unwrap_or(rotation::UNSCHEDULED_ROTATION_ID))
     }
 }
 
