@@ -4,7 +4,7 @@
 
 use std::hint::black_box;
 
-use lethe_crypto::simd::{blake2b, chacha, hkdf};
+use lethe_crypto::simd::{aes, blake2b, chacha, hkdf};
 
 const LANES: usize = 8;
 const RIGHT: usize = 2065 - 32;
@@ -149,6 +149,27 @@ fn main() {
                         )
                         .unwrap();
                     black_box(okm);
+                }
+            }),
+        );
+        push(
+            "aes_ctr360_crate",
+            time_us(N, || {
+                for _ in 0..N {
+                    black_box(lethe_crypto::sphinx::routing::keystream(black_box(
+                        &[9u8; 16],
+                    )));
+                }
+            }),
+        );
+        push(
+            "aes_ctr360_many64",
+            time_us(N * 64, || {
+                let keys = [[9u8; 16]; 64];
+                let mut streams = [[0u8; 360]; 64];
+                for _ in 0..N {
+                    aes::ctr_keystreams(black_box(&keys), &mut streams);
+                    black_box(&streams);
                 }
             }),
         );

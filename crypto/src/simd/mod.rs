@@ -5,11 +5,13 @@
 //! - [`blake2b`]: keyed BLAKE2b-256 over up to 8 equal-length messages at once (AVX-512: one
 //!   zmm per state word, one lane per message; AVX2: 4 lanes), as Lioness's MAC rounds.
 //! - [`chacha`]: IETF ChaCha20 with a zero nonce, 16 blocks per step in zmm registers.
+//! - [`aes`]: AES-128-CTR keystreams for many keys (VAES: four keys per zmm register).
 //! - [`hkdf`]: HKDF-SHA256 on the raw SHA-256 compression function (SHA-NI through `sha2`)
 //!   with the constant HMAC key states precomputed.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
+pub mod aes;
 pub mod blake2b;
 pub mod chacha;
 pub mod hkdf;

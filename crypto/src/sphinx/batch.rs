@@ -10,7 +10,8 @@
 //!    all-zero check and MAC; MAC failures retry in one batch with the secondary key; then
 //!    the caller's replay check on the tag (replayed packets stop here, before the costly
 //!    blinding, as Nym's partial unwrap does); admitted packets get their 360-byte routing
-//!    keystream (AES-128-CTR), computed once for the flag/version peek and the unwrap;
+//!    keystream (AES-128-CTR, all admitted packets together), computed once for the
+//!    flag/version peek and the unwrap;
 //! 3. gather blinding factors + alphas of forward hops → second `x25519_batch`;
 //! 4. per packet: routing information in place (as [`unwrap_header_in_place`], with the
 //!    keystream of step 2);
@@ -40,10 +41,11 @@
 //! SHA-NI runs one compression in ~140 cycles here; a 16-lane AVX-512 compression costs
 //! ~50 cycles per lane (bound by the rotates, which only one port executes), and every
 //! packet of a batch hashes messages of the same shape, so the lanes stay in lock step.
-//! The HMAC key states of the two constant salts are compressed at compile time. AES-128-CTR
-//! (the `aes` crate picks AES-NI/VAES at run time, ~0.2 µs) stays per packet. With all of
-//! this a forward hop spends ~4.3 µs outside X25519 (batched hop ~15.7 µs, two 64-lane
-//! X25519 passes ~11.3 µs per packet; before: ~23 µs, ~11.5 µs symmetric).
+//! The HMAC key states of the two constant salts are compressed at compile time. The
+//! admitted packets' AES-128-CTR keystreams run four keys per VAES vector
+//! ([`crate::simd::aes`]; the `aes`/`ctr` crates took ~0.2 µs per packet, mostly set-up).
+//! With all of this a forward hop spends ~3.3 µs outside X25519 (batched hop ~10.3 µs, two
+//! 64-lane X25519 passes ~7.0 µs per packet; first version: ~23 µs, ~11.5 µs symmetric).
 //!
 //! [`expand_many`]: super::keys::expand_many
 //! [`derive_payload_keys`]: super::keys::derive_payload_keys
@@ -64,9 +66,9 @@ use super::packet::Packet;
 use super::process::{
     check_dh_output, unwrap_header_in_place_with_stream, HopKind, KeyChoice, Processed,
 };
-use super::routing::xor_keystream;
 use super::version::Version;
 use crate::lioness;
+use crate::simd::aes::ctr_keystreams;
 use crate::simd::hkdf::{hmac_many, MANY_LANES};
 use crate::simd::wipe as wipe_bytes;
 
@@ -223,6 +225,7 @@ pub struct BatchProcessor {
     // Routing keystream of every classified packet: computed once for the flag/version
     // peek and reused to unwrap the header.
     streams: Vec<[u8; KEYSTREAM_SIZE]>,
+    stream_keys: Vec<[u8; STREAM_KEY_SIZE]>,
     // Lane buffers for the DH seam; `lane_packet[lane]` = packet index in the chunk.
     scalars: Vec<[u8; 32]>,
     points: Vec<[u8; 32]>,
@@ -249,6 +252,7 @@ impl BatchProcessor {
             expanded: vec![ExpandedSecret::from_bytes(&[0; 288]); capacity],
             blinded: vec![[0; 32]; capacity],
             streams: vec![[0; KEYSTREAM_SIZE]; capacity],
+            stream_keys: vec![[0; STREAM_KEY_SIZE]; capacity],
             scalars: vec![[0; 32]; capacity],
             points: vec![[0; 32]; capacity],
             dh_out: vec![[0; 32]; capacity],
@@ -503,28 +507,45 @@ impl BatchProcessor {
     }
 
     /// Replay check, then flag and version from the first decrypted bytes of the slot, so
-    /// only valid forward hops take the blinding multiplication.
+    /// only valid forward hops take the blinding multiplication. The admitted packets'
+    /// keystreams are computed together (`simd::aes`: four keys per vector) after every
+    /// replay check, which still runs in index order.
     fn classify<P: PacketBatch>(&mut self, packets: &mut P, count: usize) {
+        let mut lanes = 0;
         for index in 0..count {
             self.state[index] = match self.state[index] {
                 // No secondary key: the primary's MAC failure stands.
                 State::Pending(_) => State::Failed(SphinxError::WrongMac),
                 State::Verified(choice) => {
                     let expanded = &self.expanded[index];
-                    if !packets.admit(index, choice, expanded.replay_tag()) {
-                        State::Failed(SphinxError::Replayed)
+                    if packets.admit(index, choice, expanded.replay_tag()) {
+                        self.stream_keys[lanes] = *expanded.stream_key();
+                        self.lane_packet[lanes] = index;
+                        lanes += 1;
+                        State::Verified(choice)
                     } else {
-                        let stream = &mut self.streams[index];
-                        stream.fill(0);
-                        xor_keystream(expanded.stream_key(), stream);
-                        match peek_slot(&Packet::new_unchecked(packets.packet(index)), stream) {
-                            Ok(kind) => State::Ready(kind, choice),
-                            Err(error) => State::Failed(error),
-                        }
+                        State::Failed(SphinxError::Replayed)
                     }
                 }
                 other => other,
             };
+        }
+        ctr_keystreams(&self.stream_keys[..lanes], &mut self.streams[..lanes]);
+        wipe_bytes(self.stream_keys[..lanes].as_flattened_mut());
+        // Lane order to packet order: lane <= its packet's index, so moving from the last
+        // lane down never overwrites a stream not yet moved.
+        for lane in (0..lanes).rev() {
+            let index = self.lane_packet[lane];
+            if index != lane {
+                self.streams[index] = self.streams[lane];
+            }
+            if let State::Verified(choice) = self.state[index] {
+                let packet = Packet::new_unchecked(packets.packet(index));
+                self.state[index] = match peek_slot(&packet, &self.streams[index]) {
+                    Ok(kind) => State::Ready(kind, choice),
+                    Err(error) => State::Failed(error),
+                };
+            }
         }
     }
 
