@@ -438,3 +438,82 @@ fn batch_processing_and_creation_do_not_allocate() {
     assert_eq!(allocations(), before, "batch creation allocated");
     assert_eq!(created, 20);
 }
+
+/// Records the admission hooks' calls, in order.
+struct Recording<'a> {
+    packets: &'a mut [Vec<u8>],
+    key: &'a StaticSecret,
+    events: std::cell::RefCell<Vec<(char, usize)>>,
+}
+
+impl sphinx::PacketBatch for Recording<'_> {
+    fn count(&self) -> usize {
+        self.packets.len()
+    }
+
+    fn packet(&self, index: usize) -> &[u8] {
+        &self.packets[index]
+    }
+
+    fn packet_mut(&mut self, index: usize) -> &mut [u8] {
+        &mut self.packets[index]
+    }
+
+    fn with_packets_mut(&mut self, indices: &[usize], f: &mut dyn FnMut(&mut [&mut [u8]])) {
+        sphinx::with_slice_packets(self.packets, indices, f);
+    }
+
+    fn key(&self, _: usize, choice: sphinx::KeyChoice) -> Option<&StaticSecret> {
+        (choice == sphinx::KeyChoice::Primary).then_some(self.key)
+    }
+
+    fn admit(&mut self, index: usize, _: sphinx::KeyChoice, _: &[u8; 32]) -> bool {
+        self.events.borrow_mut().push(('a', index));
+        true
+    }
+
+    fn prepare_admit(&self, index: usize, _: sphinx::KeyChoice, _: &[u8; 32]) {
+        self.events.borrow_mut().push(('p', index));
+    }
+}
+
+#[test]
+fn every_admission_is_prepared_before_the_chunk_admits() {
+    let mut rng = rng(107);
+    let node = Node::new(&mut rng);
+    let kinds = [
+        Kind::Forward,
+        Kind::WrongMac,
+        Kind::Final,
+        Kind::Truncated,
+        Kind::Forward,
+    ];
+    let mut packets: Vec<Vec<u8>> = (0..10)
+        .map(|i| node.packet(&mut rng, kinds[i % kinds.len()], i))
+        .collect();
+    let capacity = 4;
+    let mut processor = BatchProcessor::new(capacity);
+    let mut batch = Recording {
+        packets: &mut packets,
+        key: &node.primary,
+        events: Default::default(),
+    };
+    processor.process_batch(&mut batch, |_, _| {});
+    let events = batch.events.into_inner();
+    let admitted: Vec<usize> = events.iter().filter(|e| e.0 == 'a').map(|e| e.1).collect();
+    let prepared: Vec<usize> = events.iter().filter(|e| e.0 == 'p').map(|e| e.1).collect();
+    // Only packets whose MAC verified reach either hook: not the bad MAC, not the truncated.
+    let verified: Vec<usize> = (0..10).filter(|i| [0, 2, 4].contains(&(i % 5))).collect();
+    assert_eq!(admitted, verified);
+    assert_eq!(prepared, verified);
+    // Within each chunk, all preparations come before the first admission.
+    for chunk in 0..10usize.div_ceil(capacity) {
+        let in_chunk = |e: &&(char, usize)| e.1 / capacity == chunk;
+        let order: Vec<char> = events.iter().filter(in_chunk).map(|e| e.0).collect();
+        let first_admit = order.iter().position(|&c| c == 'a').unwrap_or(order.len());
+        assert!(
+            order[first_admit..].iter().all(|&c| c == 'a'),
+            "chunk {chunk}: {order:?}"
+        );
+    }
+}

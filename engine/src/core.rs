@@ -29,7 +29,9 @@ use crate::replay::ReplayFilterSet;
 use crate::timer_wheel::{TickClock, TimerWheel};
 
 pub use keys::{NodeKeys, SphinxKey};
-pub use sphinx_batch::{process_batch, BatchScratch, Outcome, PacketSlots, ReplayVerdict};
+pub use sphinx_batch::{
+    process_batch, BatchScratch, FilterGate, Outcome, PacketSlots, ReplayGate, ReplayVerdict,
+};
 
 /// What the core asks its runtime to do.
 #[derive(Debug, PartialEq, Eq)]
@@ -362,16 +364,10 @@ impl Core {
             ids: &self.batch,
             meta: &self.meta,
         };
-        let replay = &self.replay;
-        let replay_check = |rotation_id, tag: &_| match replay.check_and_insert(rotation_id, tag) {
-            Some(false) => ReplayVerdict::Fresh,
-            Some(true) => ReplayVerdict::Replayed,
-            None => ReplayVerdict::NoFilter,
-        };
         process_batch(
             &mut slots,
             &self.keys,
-            replay_check,
+            FilterGate(&self.replay),
             &mut self.sphinx_scratch,
             &mut self.outcomes,
         );

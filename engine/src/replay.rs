@@ -205,7 +205,8 @@ impl ReplayFilter {
     /// Aborts if memory is short, like any Rust allocation; see `try_new`.
     pub fn new(rotation_id: RotationId, params: ReplayParams) -> Self {
         assert!(params.is_valid());
-        let mut lines = Vec::new();
+        let mut lines = Vec::with_capacity(params.line_count() as usize);
+        ask_for_huge_pages(&mut lines);
         lines.resize_with(params.line_count() as usize, Line::default);
         Self::from_lines(rotation_id, params, lines)
     }
@@ -218,6 +219,7 @@ impl ReplayFilter {
         assert!(params.is_valid());
         let mut lines = Vec::new();
         lines.try_reserve_exact(params.line_count() as usize)?;
+        ask_for_huge_pages(&mut lines);
         lines.resize_with(params.line_count() as usize, Line::default);
         Ok(Self::from_lines(rotation_id, params, lines))
     }
@@ -258,6 +260,14 @@ impl ReplayFilter {
             fresh |= old & mask != mask;
         }
         !fresh
+    }
+
+    /// Starts loading the cache line `check_and_insert(tag)` will touch, without waiting for
+    /// it: a filter sized for a day of traffic is far larger than the caches, so each check
+    /// is a memory miss, and a batch's misses overlap when all are prefetched first.
+    pub fn prefetch(&self, tag: &ReplayTag) {
+        let (first_word, _) = self.locate(tag);
+        prefetch_line(self.word(first_word));
     }
 
     /// Returns `true` if all the tag's bits are set, without inserting.
@@ -371,6 +381,52 @@ impl ReplayFilterSet {
     pub fn check_and_insert(&self, rotation_id: RotationId, tag: &ReplayTag) -> Option<bool> {
         self.get(rotation_id).map(|f| f.check_and_insert(tag))
     }
+
+    /// [`ReplayFilter::prefetch`] on the filter of `rotation_id`, if there is one.
+    pub fn prefetch(&self, rotation_id: RotationId, tag: &ReplayTag) {
+        if let Some(filter) = self.get(rotation_id) {
+            filter.prefetch(tag);
+        }
+    }
+}
+
+/// Asks the kernel to back the (still untouched) capacity of `lines` with transparent huge
+/// pages, best effort: each check reads one random line of a filter far larger than the TLBs
+/// cover with 4 KiB pages, so a page walk came with every memory miss. Most distributions
+/// enable THP only on request (`madvise`).
+fn ask_for_huge_pages(lines: &mut Vec<Line>) {
+    const HUGE_PAGE_BYTES: usize = 2 << 20;
+    let bytes = lines.capacity() * std::mem::size_of::<Line>();
+    if bytes < 2 * HUGE_PAGE_BYTES {
+        return;
+    }
+    // madvise wants a page-aligned start; the kernel uses the whole huge pages inside.
+    let start = lines.as_mut_ptr() as usize;
+    let aligned = start.next_multiple_of(4096);
+    // SAFETY: the range lies inside `lines`' allocation, which outlives the call; MADV_HUGEPAGE
+    // changes no contents, only how the kernel backs the pages.
+    unsafe {
+        let _ = libc::madvise(
+            aligned as *mut libc::c_void,
+            bytes - (aligned - start),
+            libc::MADV_HUGEPAGE,
+        );
+    }
+}
+
+/// A hint to bring `word`'s cache line towards L1; never faults, never waits.
+#[inline]
+fn prefetch_line(word: &AtomicU64) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch has no architectural effect (it cannot fault or change memory), and
+    // the address is that of a live reference.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+            word.as_ptr().cast::<i8>().cast_const(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = word;
 }
 
 // ---------------------------------------------------------------------------------------------

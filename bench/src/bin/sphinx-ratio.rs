@@ -111,8 +111,8 @@ fn main() {
                     black_box(outcome.unwrap());
                 });
             });
-            let all_us = (first_us * BATCH as f64 + rest_us * rest.len() as f64)
-                / ROUND_PACKETS as f64;
+            let all_us =
+                (first_us * BATCH as f64 + rest_us * rest.len() as f64) / ROUND_PACKETS as f64;
             (all_us, first_us)
         };
         let (r, (b, b_first)) = if round % 2 == 0 {

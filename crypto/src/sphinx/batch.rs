@@ -99,6 +99,12 @@ pub trait PacketBatch {
     /// Called in index order for each packet whose MAC verified under `choice`, before the
     /// packet is changed; `false` stops it as [`SphinxError::Replayed`], left unchanged.
     fn admit(&mut self, index: usize, choice: KeyChoice, replay_tag: &[u8; 32]) -> bool;
+    /// Called for every packet [`admit`](Self::admit) will see, before the first `admit` of
+    /// the batch: a chance to start fetching what the check reads (a replay filter much
+    /// larger than the caches costs one memory miss per packet, overlapped this way).
+    fn prepare_admit(&self, index: usize, choice: KeyChoice, replay_tag: &[u8; 32]) {
+        let _ = (index, choice, replay_tag);
+    }
 }
 
 /// A slice of packets sharing one key set, with a replay hook.
@@ -199,6 +205,11 @@ impl<P: PacketBatch> PacketBatch for Window<'_, P> {
 
     fn admit(&mut self, index: usize, choice: KeyChoice, replay_tag: &[u8; 32]) -> bool {
         self.inner.admit(self.base + index, choice, replay_tag)
+    }
+
+    fn prepare_admit(&self, index: usize, choice: KeyChoice, replay_tag: &[u8; 32]) {
+        self.inner
+            .prepare_admit(self.base + index, choice, replay_tag);
     }
 }
 
@@ -511,6 +522,11 @@ impl BatchProcessor {
     /// keystreams are computed together (`simd::aes`: four keys per vector) after every
     /// replay check, which still runs in index order.
     fn classify<P: PacketBatch>(&mut self, packets: &mut P, count: usize) {
+        for index in 0..count {
+            if let State::Verified(choice) = self.state[index] {
+                packets.prepare_admit(index, choice, self.expanded[index].replay_tag());
+            }
+        }
         let mut lanes = 0;
         for index in 0..count {
             self.state[index] = match self.state[index] {

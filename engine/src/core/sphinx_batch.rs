@@ -20,7 +20,7 @@ use lethe_crypto::sphinx::{
 use x25519_dalek::StaticSecret;
 
 use super::keys::NodeKeys;
-use crate::replay::{ReplayTag, RotationId};
+use crate::replay::{ReplayFilterSet, ReplayTag, RotationId};
 
 /// What the replay hook says about a tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,40 @@ pub enum ReplayVerdict {
     Replayed,
     /// No filter for that rotation: the key is unknown or retired.
     NoFilter,
+}
+
+/// The replay check `process_batch` runs on each packet whose MAC verified. Any
+/// `FnMut(RotationId, &ReplayTag) -> ReplayVerdict` is one; [`FilterGate`] also prefetches.
+pub trait ReplayGate {
+    fn check(&mut self, rotation_id: RotationId, tag: &ReplayTag) -> ReplayVerdict;
+    /// Called for every tag of the batch before the first `check` (see
+    /// [`PacketBatch::prepare_admit`]).
+    fn prefetch(&self, rotation_id: RotationId, tag: &ReplayTag) {
+        let _ = (rotation_id, tag);
+    }
+}
+
+impl<F: FnMut(RotationId, &ReplayTag) -> ReplayVerdict> ReplayGate for F {
+    fn check(&mut self, rotation_id: RotationId, tag: &ReplayTag) -> ReplayVerdict {
+        self(rotation_id, tag)
+    }
+}
+
+/// The core's gate: a live filter set, with the batch's filter lines prefetched.
+pub struct FilterGate<'a>(pub &'a ReplayFilterSet);
+
+impl ReplayGate for FilterGate<'_> {
+    fn check(&mut self, rotation_id: RotationId, tag: &ReplayTag) -> ReplayVerdict {
+        match self.0.check_and_insert(rotation_id, tag) {
+            Some(false) => ReplayVerdict::Fresh,
+            Some(true) => ReplayVerdict::Replayed,
+            None => ReplayVerdict::NoFilter,
+        }
+    }
+
+    fn prefetch(&self, rotation_id: RotationId, tag: &ReplayTag) {
+        self.0.prefetch(rotation_id, tag);
+    }
 }
 
 /// The batch's packets, addressed by index (implemented over the core's buffer pool).
@@ -109,7 +143,7 @@ where
 impl<S, F> PacketBatch for Adapter<'_, S, F>
 where
     S: PacketSlots,
-    F: FnMut(RotationId, &ReplayTag) -> ReplayVerdict,
+    F: ReplayGate,
 {
     fn count(&self) -> usize {
         self.slots.count() as usize
@@ -135,11 +169,17 @@ where
         let rotation_id = self
             .candidate(index, choice)
             .map_or(0, |key| key.rotation_id);
-        let verdict = (self.replay_check)(rotation_id, replay_tag);
+        let verdict = self.replay_check.check(rotation_id, replay_tag);
         if let Some(slot) = self.verdicts.get_mut(index) {
             *slot = verdict;
         }
         verdict == ReplayVerdict::Fresh
+    }
+
+    fn prepare_admit(&self, index: usize, choice: KeyChoice, replay_tag: &[u8; 32]) {
+        if let Some(key) = self.candidate(index, choice) {
+            self.replay_check.prefetch(key.rotation_id, replay_tag);
+        }
     }
 }
 
@@ -153,7 +193,7 @@ pub fn process_batch<S, F>(
     outcomes: &mut Vec<Outcome>,
 ) where
     S: PacketSlots,
-    F: FnMut(RotationId, &ReplayTag) -> ReplayVerdict,
+    F: ReplayGate,
 {
     let count = slots.count() as usize;
     assert!(outcomes.capacity() >= count && scratch.capacity() >= count);
