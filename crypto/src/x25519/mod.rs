@@ -2,9 +2,9 @@
 //!
 //! * [`x25519`] / [`scalarmult_raw`]: one scalar multiplication (portable path).
 //! * [`x25519_batch`] / [`scalarmult_raw_batch`]: many independent
-//!   (scalar, point) pairs at once, 8 lanes with AVX-512 IFMA or 4 lanes with
-//!   AVX2, with one field inversion shared by up to 64 lanes
-//!   (Montgomery's batch-inversion trick).
+//!   (scalar, point) pairs at once, 8 lanes with AVX-512 IFMA (a leftover of
+//!   1-4 lanes in one 4-lane ymm vector) or 4 lanes with AVX2, with one field
+//!   inversion shared by up to 64 lanes (Montgomery's batch-inversion trick).
 //!
 //! All paths run the Montgomery ladder over all 256 scalar bits with masked
 //! conditional swaps: no branch, memory index or early exit depends on a
@@ -92,6 +92,7 @@ impl SimdPath {
             SimdPath::Ifma => {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512ifma")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
             }
             #[cfg(target_arch = "x86_64")]
             SimdPath::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
@@ -294,17 +295,21 @@ pub(crate) const INV_GROUP: usize = 8;
 
 /// A leftover of fewer than this many lanes goes to the serial path instead
 /// of a padded vector. Measured here (thread CPU time per mult, one run):
-/// portable 34 us; IFMA 3.8-4.3 us per lane, so ~35 us per 8-lane vector
-/// (a lone lane is a wash, two lanes already pay);
-/// AVX2 21.5-24 us per lane, ~90 us per 4-lane vector. So a lone IFMA lane,
-/// and one or two AVX2 lanes, are cheaper serially.
+/// portable 34 us; AVX2 21.5-24 us per lane, ~90 us per 4-lane vector, so one
+/// or two AVX2 lanes are cheaper serially. IFMA never leaves a tail: a leftover
+/// of 1-4 lanes takes the 4-lane (ymm) form, ~24 us for the vector with its
+/// inversion, below one portable multiplication.
 fn min_vector_lanes(path: SimdPath) -> usize {
     match path {
-        SimdPath::Ifma => 2,
+        SimdPath::Ifma => 1,
         SimdPath::Avx2 => 3,
         SimdPath::Portable => 1,
     }
 }
+
+/// Leftovers of at most this many lanes run as one 4-lane IFMA vector instead
+/// of a padded 8-lane one (~70 % of its cost).
+const IFMA_NARROW_LANES: usize = 4;
 
 fn run(
     path: SimdPath,
@@ -338,8 +343,24 @@ fn run(
     match path {
         #[cfg(target_arch = "x86_64")]
         SimdPath::Ifma if SimdPath::Ifma.is_supported() => {
-            // SAFETY: AVX-512F and AVX-512 IFMA were detected at run time just above.
-            unsafe { ifma::batch(vec_scalars, clamped, vec_points, vec_out) }
+            // Full 8-lane vectors, then a leftover of up to 4 lanes in one 4-lane vector.
+            let narrow = match split % 8 {
+                left if left <= IFMA_NARROW_LANES => left,
+                _ => 0,
+            };
+            let wide = split - narrow;
+            let (wide_points, narrow_points) = vec_points.split_at(wide);
+            let (wide_out, narrow_out) = vec_out.split_at_mut(wide);
+            // SAFETY: AVX-512F, AVX-512VL and AVX-512 IFMA were detected at run time just above.
+            unsafe {
+                ifma::zmm::batch(vec_scalars.range(0, wide), clamped, wide_points, wide_out);
+                ifma::ymm::batch(
+                    vec_scalars.range(wide, split),
+                    clamped,
+                    narrow_points,
+                    narrow_out,
+                );
+            }
         }
         #[cfg(target_arch = "x86_64")]
         SimdPath::Avx2 if SimdPath::Avx2.is_supported() => {
