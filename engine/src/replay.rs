@@ -266,8 +266,7 @@ impl ReplayFilter {
     /// it: a filter sized for a day of traffic is far larger than the caches, so each check
     /// is a memory miss, and a batch's misses overlap when all are prefetched first.
     pub fn prefetch(&self, tag: &ReplayTag) {
-        let (first_word, _) = self.locate(tag);
-        prefetch_line(self.word(first_word));
+        prefetch_line(self.word(self.first_word(tag)));
     }
 
     /// Returns `true` if all the tag's bits are set, without inserting.
@@ -297,13 +296,18 @@ impl ReplayFilter {
     }
 
     /// First word of the tag's block, and one mask per word of the block.
-    fn locate(&self, tag: &ReplayTag) -> (u64, [u64; REPLAY_BLOCK_WORDS_MAX as usize]) {
+    /// The first word of the tag's block (from the tag's first 8 bytes).
+    fn first_word(&self, tag: &ReplayTag) -> u64 {
         let mut head = [0u8; 8];
         head.copy_from_slice(&tag[..8]);
         // Multiply-shift maps a uniform u64 onto [0, block_count) without a division.
         let block = ((u128::from(u64::from_le_bytes(head)) * u128::from(self.params.block_count))
             >> 64) as u64;
         debug_assert!(block < self.params.block_count);
+        block * u64::from(self.params.block_words)
+    }
+
+    fn locate(&self, tag: &ReplayTag) -> (u64, [u64; REPLAY_BLOCK_WORDS_MAX as usize]) {
         let bits_per_position = 6 + self.params.block_words.trailing_zeros();
         let position_mask = (1u32 << bits_per_position) - 1;
         let mut masks = [0u64; REPLAY_BLOCK_WORDS_MAX as usize];
@@ -320,7 +324,7 @@ impl ReplayFilter {
             pool_bits -= bits_per_position;
             masks[(position >> 6) as usize] |= 1u64 << (position & 63);
         }
-        (block * u64::from(self.params.block_words), masks)
+        (self.first_word(tag), masks)
     }
 
     fn word(&self, index: u64) -> &AtomicU64 {

@@ -41,11 +41,16 @@ pub fn ctr_keystreams_at<const N: usize>(
     }
 }
 
+/// XORs the keystream of `key` (from counter 0) into `data`, through the reference crates.
+pub fn xor_keystream(key: &[u8; KEY_SIZE], data: &mut [u8]) {
+    let mut cipher = Aes128Ctr64Be::new(key.into(), &[0u8; 16].into());
+    cipher.apply_keystream(data);
+}
+
 /// One keystream through the reference crates.
 fn one(key: &[u8; KEY_SIZE], stream: &mut [u8]) {
     stream.fill(0);
-    let mut cipher = Aes128Ctr64Be::new(key.into(), &[0u8; 16].into());
-    cipher.apply_keystream(stream);
+    xor_keystream(key, stream);
 }
 
 #[cfg(target_arch = "x86_64")]

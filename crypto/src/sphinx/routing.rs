@@ -1,8 +1,6 @@
 //! Routing-information primitives: the per-hop keystream (AES-128-CTR, 64-bit BE counter,
 //! zero IV), the truncated HMAC-SHA256 header MAC, and the sender's filler.
 
-use aes::Aes128;
-use ctr::cipher::{KeyIvInit, StreamCipher};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -11,8 +9,6 @@ use super::constants::{
     KEYSTREAM_SIZE, MAC_KEY_SIZE, MAC_SIZE, MAX_PATH_LENGTH, ROUTING_INFO_SIZE, SLOT_SIZE,
     STREAM_KEY_SIZE,
 };
-
-type Aes128Ctr64Be = ctr::Ctr64BE<Aes128>;
 
 /// HMAC-SHA256's block size: shorter keys are zero padded to it, so padding ourselves gives
 /// the same MAC while using the infallible fixed-size constructor.
@@ -28,8 +24,7 @@ pub fn keystream(stream_key: &[u8; STREAM_KEY_SIZE]) -> [u8; KEYSTREAM_SIZE] {
 
 /// XORs the keystream (from offset 0) into `data` (≤ 360 bytes in Sphinx use).
 pub fn xor_keystream(stream_key: &[u8; STREAM_KEY_SIZE], data: &mut [u8]) {
-    let mut cipher = Aes128Ctr64Be::new(stream_key.into(), &[0u8; 16].into());
-    cipher.apply_keystream(data);
+    crate::simd::aes::xor_keystream(stream_key, data);
 }
 
 /// HMAC-SHA256(key, beta) truncated to 16 bytes.

@@ -506,7 +506,7 @@ fn store(a: &FV) -> [[u64; LANES]; 5] {
     out
 }
 
-/// Runs the batch in groups of up to INV_GROUP vectors (64 lanes) that share
+/// Runs the batch in groups of up to INV_GROUP vectors (INV_GROUP x LANES lanes) that share
 /// one inversion. Lanes past the end are padded with scalar 0 (result Z = 0,
 /// handled like any low-order lane) and discarded.
 #[target_feature(enable = "avx512f,avx512ifma,avx512vl")]

@@ -344,7 +344,7 @@ fn run(
         #[cfg(target_arch = "x86_64")]
         SimdPath::Ifma if SimdPath::Ifma.is_supported() => {
             // Full 8-lane vectors, then a leftover of up to 4 lanes in one 4-lane vector.
-            let narrow = match split % 8 {
+            let narrow = match split % SimdPath::Ifma.lanes() {
                 left if left <= IFMA_NARROW_LANES => left,
                 _ => 0,
             };
