@@ -5,11 +5,18 @@
 //! Driving order: `push` each arrival; after a turn of the loop call `poll(now_us)`; sleep no
 //! longer than `next_flush_deadline_us()`. A released batch is a `Drain`: the items must be
 //! consumed (a dropped `Drain` drops the rest, which for buffer handles means a leak).
+//!
+//! `flush_aligned(lanes)` is the early release for a caller with nothing more to read: it
+//! releases a whole number of SIMD lane groups and keeps the rest (the newest) for the next
+//! batch, because a batch one item past a lane group costs about as much as the next full
+//! group (8 lanes: 10 packets cost 17 µs each, 8 cost 13 µs, 16 cost 11 µs).
 
 use std::vec::Drain;
 
 pub struct Batcher<T> {
     items: Vec<T>,
+    /// Arrival time of each pending item (the oldest kept one starts the flush clock).
+    arrivals_us: Vec<u64>,
     batch_packets_max: u32,
     flush_us: u64,
     /// Arrival time of the oldest pending item (meaningful only when `items` is non-empty).
@@ -22,9 +29,12 @@ impl<T> Batcher<T> {
         assert!(batch_packets_max > 0);
         assert!(batch_packets_max <= crate::limits::BATCH_PACKETS_MAX);
         let items = Vec::with_capacity(batch_packets_max as usize);
+        let arrivals_us = Vec::with_capacity(batch_packets_max as usize);
         assert!(items.capacity() >= batch_packets_max as usize);
+        assert!(arrivals_us.capacity() >= batch_packets_max as usize);
         Batcher {
             items,
+            arrivals_us,
             batch_packets_max,
             flush_us,
             oldest_us: 0,
@@ -47,9 +57,11 @@ impl<T> Batcher<T> {
             self.oldest_us = now_us;
         }
         self.items.push(item);
+        self.arrivals_us.push(now_us);
         debug_assert!(self.items.len() <= self.items.capacity());
+        debug_assert_eq!(self.items.len(), self.arrivals_us.len());
         if self.is_due(now_us) {
-            return Some(self.items.drain(..));
+            return Some(self.drain_all());
         }
         None
     }
@@ -57,13 +69,36 @@ impl<T> Batcher<T> {
     /// Releases the pending batch if its oldest item has waited `flush_us` (or it is full).
     pub fn poll(&mut self, now_us: u64) -> Option<Drain<'_, T>> {
         if self.is_due(now_us) {
-            return Some(self.items.drain(..));
+            return Some(self.drain_all());
         }
         None
     }
 
     /// Releases whatever is pending (shutdown, or the caller has its own reason to send now).
     pub fn flush(&mut self) -> Drain<'_, T> {
+        self.drain_all()
+    }
+
+    /// Releases the oldest `lanes * k` items for the largest such k, or everything if fewer
+    /// than `lanes` are pending (a light load waits for nothing); the rest stay, their flush
+    /// clock starting at the oldest of them. `lanes` 0 or 1 releases everything.
+    pub fn flush_aligned(&mut self, lanes: u32) -> Drain<'_, T> {
+        let pending = self.items.len();
+        let lanes = lanes.max(1) as usize;
+        let count = if pending < lanes {
+            pending
+        } else {
+            pending - pending % lanes
+        };
+        if let Some(&oldest_kept_us) = self.arrivals_us.get(count) {
+            self.oldest_us = oldest_kept_us;
+        }
+        self.arrivals_us.drain(..count);
+        self.items.drain(..count)
+    }
+
+    fn drain_all(&mut self) -> Drain<'_, T> {
+        self.arrivals_us.clear();
         self.items.drain(..)
     }
 
@@ -115,6 +150,54 @@ mod tests {
         assert!(batcher.push(1_150, 3).is_none());
         assert_eq!(batcher.next_flush_deadline_us(), Some(1_250));
         assert!(batcher.poll(900).is_none()); // time going back releases nothing
+    }
+
+    #[test]
+    fn aligned_flush_keeps_the_newest_partial_group() {
+        let mut batcher = Batcher::new(64, 100);
+        for (t, item) in (1_000..1_010).zip(1..=10) {
+            assert!(batcher.push(t, item).is_none());
+        }
+        let batch: Vec<u32> = batcher.flush_aligned(8).collect();
+        assert_eq!(batch, (1..=8).collect::<Vec<_>>());
+        assert_eq!(batcher.len(), 2);
+        // The kept items' clock starts at the older of them (item 9, at 1_008).
+        assert_eq!(batcher.next_flush_deadline_us(), Some(1_108));
+        assert!(batcher.poll(1_107).is_none());
+        let rest: Vec<u32> = batcher.poll(1_108).unwrap().collect();
+        assert_eq!(rest, vec![9, 10]);
+        assert!(batcher.is_empty());
+    }
+
+    #[test]
+    fn aligned_flush_releases_whole_groups_and_small_batches() {
+        let mut batcher = Batcher::new(64, 100);
+        for item in 0..16u32 {
+            assert!(batcher.push(5, item).is_none());
+        }
+        assert_eq!(batcher.flush_aligned(8).count(), 16);
+        assert_eq!(batcher.next_flush_deadline_us(), None);
+        // Fewer than one group: all of it (light load does not wait).
+        for item in 0..5u32 {
+            assert!(batcher.push(7, item).is_none());
+        }
+        assert_eq!(batcher.flush_aligned(8).count(), 5);
+        assert!(batcher.is_empty());
+        // No alignment: everything.
+        for item in 0..11u32 {
+            assert!(batcher.push(9, item).is_none());
+        }
+        assert_eq!(batcher.flush_aligned(1).count(), 11);
+        assert_eq!(batcher.flush_aligned(0).count(), 0);
+        // A later push after a partial release still fills to capacity and releases it all.
+        let mut small = Batcher::new(4, 1_000);
+        for item in 0..3u32 {
+            assert!(small.push(1, item).is_none());
+        }
+        assert_eq!(small.flush_aligned(2).count(), 2);
+        assert!(small.push(2, 3).is_none());
+        assert!(small.push(3, 4).is_none());
+        assert_eq!(small.push(4, 5).unwrap().collect::<Vec<_>>(), vec![2, 3, 4, 5]);
     }
 
     #[test]

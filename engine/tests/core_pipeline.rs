@@ -412,3 +412,64 @@ fn zero_delay_leaves_with_its_batch_between_ticks() {
     assert_eq!(core.delayed_count(), 0);
     assert_eq!(core.poll_timeout(), None);
 }
+
+#[test]
+fn drained_flush_releases_whole_lane_groups_and_the_rest_at_its_deadline() {
+    let mut r = rng(12);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let config = lethe_engine::EngineConfig {
+        batch_packets_max: 16,
+        batch_align_packets: 4,
+        ..config()
+    };
+    let mut core = core_with(config, one_key(this.clone(), 2), &[2]);
+    let mut sent_bytes = Vec::new();
+    for i in 0..6u64 {
+        let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
+        core.handle_packet(1_000 + i, KeyRotation::Unknown, &bytes)
+            .unwrap();
+        sent_bytes.push(bytes);
+    }
+    // Six pending, groups of four: the four oldest go, the two newest wait.
+    core.flush_drained(1_010);
+    let first = forwards(&mut core);
+    assert_eq!(first.len(), 4);
+    assert_eq!(core.batched_count(), 2);
+    assert_eq!(core.metrics().batch_packets.count(), 1);
+    // Their flush clock runs from the older kept arrival (t = 1_004), flush_us = 100.
+    assert_eq!(core.poll_timeout(), Some(1_104));
+    core.handle_timeout(1_103);
+    assert!(forwards(&mut core).is_empty());
+    core.handle_timeout(1_104);
+    let rest = forwards(&mut core);
+    assert_eq!(rest.len(), 2);
+    assert_eq!(core.batched_count(), 0);
+    // Order kept: the forwarded packets leave in arrival order (their delays are all zero).
+    let at: Vec<u64> = first.iter().chain(rest.iter()).map(|f| f.1).collect();
+    assert_eq!(at, vec![1_000, 1_001, 1_002, 1_003, 1_004, 1_005]);
+    // Fewer than a group: all of it at once (light load waits for nothing).
+    for i in 0..3u64 {
+        let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
+        core.handle_packet(2_000 + i, KeyRotation::Unknown, &bytes)
+            .unwrap();
+    }
+    core.flush_drained(2_003);
+    assert_eq!(forwards(&mut core).len(), 3);
+    assert_eq!(core.batched_count(), 0);
+    assert_eq!(core.buffers_in_use(), 0);
+    assert_eq!(
+        CoreMetrics::get(&core.metrics().packets_forwarded),
+        9,
+        "no packet lost"
+    );
+}
+
+#[test]
+fn alignment_beyond_the_batch_is_refused() {
+    let config = lethe_engine::EngineConfig {
+        batch_packets_max: 8,
+        batch_align_packets: 9,
+        ..config()
+    };
+    assert!(config.validate().is_err());
+}

@@ -20,7 +20,8 @@
 //! runtime's batch and stage histograms, the feeder's lateness and the latency tail over time;
 //! `NODE_EFFICIENCY_SWEEP=1` the Sphinx seam's cost per packet by batch size;
 //! `NODE_EFFICIENCY_LOAD=0.1` paces the latency phase at another fraction of saturation;
-//! `NODE_EFFICIENCY_SPIN_US=300` sets the node's polling time before it sleeps.
+//! `NODE_EFFICIENCY_SPIN_US=300` sets the node's polling time before it sleeps;
+//! `NODE_EFFICIENCY_ALIGN=1` turns off the lane-group alignment of early batches.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -385,6 +386,11 @@ fn runtime_config() -> RuntimeConfig {
         engine: EngineConfig {
             pool_buffers_count: 1 << 16,
             timer_entries_max: 1 << 16,
+            // NODE_EFFICIENCY_ALIGN overrides `mixnode.engine.batch_align_packets` (1 = off).
+            batch_align_packets: std::env::var("NODE_EFFICIENCY_ALIGN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             ..EngineConfig::default()
         },
         egress: EgressConfig {
@@ -578,7 +584,7 @@ fn main() {
         "127.0.0.1:9".parse().unwrap(),
     );
     if std::env::var_os("NODE_EFFICIENCY_SWEEP").is_some() {
-        for batch in [1usize, 2, 4, 8, 16, 32, 64] {
+        for batch in [1usize, 2, 4, 6, 8, 10, 12, 14, 16, 24, 32, 64] {
             let replay = filters(probe.packets.len() as u64);
             let mut packets = probe.packets.clone();
             let mut outcomes = Vec::with_capacity(64);

@@ -506,8 +506,9 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
         if count < buffer.len() {
             // The socket is drained: nothing more to batch with now, so waiting for the flush
             // deadline would only add latency. Under load reads fill the buffer and batches
-            // fill up before this.
-            shard.core.borrow_mut().flush_batch(now_us);
+            // fill up before this; at moderate load whole lane groups go now and a partial one
+            // waits for the next read (`Core::flush_drained`).
+            shard.core.borrow_mut().flush_drained(now_us);
         }
         shard.pump(now_us);
         let due_us = shard.core.borrow().poll_timeout();

@@ -44,6 +44,9 @@ fn spin_before_park_us_default() -> u64 {
 pub struct EngineSection {
     pub batch_packets_max: u32,
     pub batch_flush_us: u64,
+    /// 0 = the SIMD path's X25519 lane count; configs written before it existed get 0.
+    #[serde(default)]
+    pub batch_align_packets: u32,
     pub delay_ms_max: u64,
     pub timer_tick_us: u64,
     pub timer_entries_max: u32,
@@ -144,6 +147,11 @@ spin_before_park_us = 30
 # Sphinx packets processed per batch, and the longest a partial batch waits.
 batch_packets_max = 64
 batch_flush_us = 200
+# When a core has read all there is, it processes whole groups of this many packets and keeps
+# the rest (fewer than a group) for the next batch: past a whole group of SIMD lanes a packet
+# costs about as much as the next full group. Fewer than one group go at once.
+# 0 = the X25519 lane count of this CPU's SIMD path (8 with AVX-512 IFMA); 1 = off.
+batch_align_packets = 0
 # Forward delays above this are clamped to it (Nym: 10 s).
 delay_ms_max = 10000
 # Timer resolution, and packets that may wait for their delay at once, per core.

@@ -333,6 +333,7 @@ pub(crate) fn engine_config(e: &EngineSection) -> Result<EngineConfig, String> {
         packet_sizes,
         batch_packets_max: e.batch_packets_max,
         batch_flush_us: e.batch_flush_us,
+        batch_align_packets: e.batch_align_packets,
         replay: ReplayConfig::default(),
     };
     engine.validate().map_err(|e| format!("engine: {e}"))?;
