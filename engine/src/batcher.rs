@@ -21,6 +21,9 @@ pub struct Batcher<T> {
     flush_us: u64,
     /// Arrival time of the oldest pending item (meaningful only when `items` is non-empty).
     oldest_us: u64,
+    /// A partial batch held for a fuller lane group is due at this instant (`hold`), if
+    /// earlier than its flush deadline.
+    hold_until_us: Option<u64>,
 }
 
 impl<T> Batcher<T> {
@@ -38,6 +41,7 @@ impl<T> Batcher<T> {
             batch_packets_max,
             flush_us,
             oldest_us: 0,
+            hold_until_us: None,
         }
     }
 
@@ -93,12 +97,27 @@ impl<T> Batcher<T> {
         if let Some(&oldest_kept_us) = self.arrivals_us.get(count) {
             self.oldest_us = oldest_kept_us;
         }
+        self.hold_until_us = None;
         self.arrivals_us.drain(..count);
         self.items.drain(..count)
     }
 
+    /// Keeps the pending items for a fuller batch until `until_us` at the latest (or their
+    /// flush deadline, if earlier); `poll` releases them then. No effect when empty.
+    pub fn hold(&mut self, until_us: u64) {
+        if !self.items.is_empty() {
+            self.hold_until_us = Some(self.hold_until_us.map_or(until_us, |t| t.min(until_us)));
+        }
+    }
+
+    /// Arrival time of the oldest pending item.
+    pub fn oldest_us(&self) -> Option<u64> {
+        (!self.items.is_empty()).then_some(self.oldest_us)
+    }
+
     fn drain_all(&mut self) -> Drain<'_, T> {
         self.arrivals_us.clear();
+        self.hold_until_us = None;
         self.items.drain(..)
     }
 
@@ -107,7 +126,8 @@ impl<T> Batcher<T> {
         if self.items.is_empty() {
             return None;
         }
-        Some(self.oldest_us.saturating_add(self.flush_us))
+        let flush_us = self.oldest_us.saturating_add(self.flush_us);
+        Some(self.hold_until_us.map_or(flush_us, |t| t.min(flush_us)))
     }
 
     fn is_due(&self, now_us: u64) -> bool {
@@ -115,6 +135,9 @@ impl<T> Batcher<T> {
             return false;
         }
         if self.items.len() >= self.batch_packets_max as usize {
+            return true;
+        }
+        if self.hold_until_us.is_some_and(|t| now_us >= t) {
             return true;
         }
         // A clock that went back counts as no time passed.
@@ -198,6 +221,29 @@ mod tests {
         assert!(small.push(2, 3).is_none());
         assert!(small.push(3, 4).is_none());
         assert_eq!(small.push(4, 5).unwrap().collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_hold_releases_at_its_deadline_or_when_full() {
+        let mut batcher = Batcher::new(4, 1_000);
+        batcher.hold(50); // empty: no effect
+        assert!(batcher.push(100, 1).is_none());
+        assert_eq!(batcher.oldest_us(), Some(100));
+        batcher.hold(250);
+        batcher.hold(300); // a later hold does not extend an earlier one
+        assert_eq!(batcher.next_flush_deadline_us(), Some(250));
+        assert!(batcher.poll(249).is_none());
+        assert_eq!(batcher.poll(250).unwrap().count(), 1);
+        assert_eq!(batcher.oldest_us(), None);
+        // Released, the hold is gone: the next batch runs on its flush deadline.
+        assert!(batcher.push(400, 2).is_none());
+        assert_eq!(batcher.next_flush_deadline_us(), Some(1_400));
+        // A held batch still goes as soon as it is full.
+        batcher.hold(450);
+        assert!(batcher.push(410, 3).is_none());
+        assert!(batcher.push(420, 4).is_none());
+        assert_eq!(batcher.push(430, 5).unwrap().count(), 4);
+        assert_eq!(batcher.next_flush_deadline_us(), None);
     }
 
     #[test]

@@ -66,6 +66,11 @@ struct BufferMeta {
     next_hop: SocketAddr,
 }
 
+/// Gaps between arrivals count at most this much (µs) in the arrival-rate average: 10 ms
+/// says "light load" to the hold decision (which holds for gaps of tens of µs) as well as an
+/// idle hour, and a load that starts after a pause shows within ~100 packets.
+const ARRIVAL_GAP_US_MAX: u64 = 10_000;
+
 const META_EMPTY: BufferMeta = BufferMeta {
     len: 0,
     rotation: KeyRotation::Unknown,
@@ -82,6 +87,11 @@ pub struct Core {
     batcher: Batcher<BufId>,
     /// Lane group of early (drained-socket) releases: `batch_align_packets`, 0 resolved.
     batch_align_packets: u32,
+    /// `batch_hold_us`, capped by `batch_flush_us`.
+    batch_hold_us: u64,
+    /// Mean gap between arrivals (µs), an exponential average over ~16 packets, times 16.
+    arrival_gap_us_x16: u64,
+    last_arrival_us: u64,
     /// The batch being processed (scratch, capacity `batch_packets_max`).
     batch: Vec<BufId>,
     outcomes: Vec<Outcome>,
@@ -172,6 +182,10 @@ impl Core {
                 0 => lethe_crypto::x25519::simd_path().lanes() as u32,
                 n => n,
             },
+            batch_hold_us: config.batch_hold_us.min(config.batch_flush_us),
+            // Starts as an idle node's: nothing is held until a load shows in the arrivals.
+            arrival_gap_us_x16: ARRIVAL_GAP_US_MAX * 16,
+            last_arrival_us: now_us,
             batch: Vec::with_capacity(batch_max),
             outcomes: Vec::with_capacity(batch_max),
             sphinx_scratch: BatchScratch::new(batch_max),
@@ -239,6 +253,7 @@ impl Core {
         packet: &[u8],
     ) -> Result<(), DropReason> {
         CoreMetrics::add(&self.metrics.packets_received, 1);
+        self.note_arrival(now_us);
         let Some(size) = PacketSize::from_sphinx_packet_len(packet.len()) else {
             return Err(self.drop_packet(DropReason::Malformed));
         };
@@ -288,12 +303,39 @@ impl Core {
     /// rest (the newest, fewer than a group) join the next batch or go at their flush
     /// deadline: past a whole group a packet costs about as much as the next full group, and a
     /// node at a steady moderate load that paid for them would run close to saturation.
+    ///
+    /// Less than a group pending is held for the rest of it (`EngineConfig::batch_hold_us`)
+    /// when the recent arrival rate says the rest comes in time, and released otherwise.
     pub fn flush_drained(&mut self, now_us: u64) {
         assert!(self.batch.is_empty());
-        self.batch.extend(self.batcher.flush_aligned(self.batch_align_packets));
+        let pending = self.batcher.len();
+        let lanes = self.batch_align_packets;
+        if let (true, Some(oldest_us)) = (pending < lanes, self.batcher.oldest_us()) {
+            let until_us = oldest_us.saturating_add(self.batch_hold_us);
+            let fill_us = u64::from(lanes - pending) * self.arrival_gap_us();
+            if now_us.saturating_add(fill_us) <= until_us && now_us < until_us {
+                self.batcher.hold(until_us);
+                return;
+            }
+        }
+        self.batch.extend(self.batcher.flush_aligned(lanes));
         if !self.batch.is_empty() {
             self.run_batch(now_us);
         }
+    }
+
+    /// Mean gap between recent arrivals, µs.
+    pub fn arrival_gap_us(&self) -> u64 {
+        self.arrival_gap_us_x16 / 16
+    }
+
+    fn note_arrival(&mut self, now_us: u64) {
+        let gap_us = now_us
+            .saturating_sub(self.last_arrival_us)
+            .min(ARRIVAL_GAP_US_MAX);
+        self.last_arrival_us = self.last_arrival_us.max(now_us);
+        // avg += (gap - avg) / 16, kept times 16 (bounded: gap <= ARRIVAL_GAP_US_MAX).
+        self.arrival_gap_us_x16 = self.arrival_gap_us_x16 - self.arrival_gap_us_x16 / 16 + gap_us;
     }
 
     /// Processes whatever is batched now (shutdown, or the caller wants everything out).

@@ -50,6 +50,8 @@ pub const BATCH_PACKETS_DEFAULT: u32 = 64;
 pub const BATCH_PACKETS_MAX: u32 = 1_024;
 pub const BATCH_FLUSH_US_DEFAULT: u64 = 200;
 pub const BATCH_FLUSH_US_MAX: u64 = 100_000;
+/// About the time 8 packets take to arrive at 70 % of one core's saturated rate (~18 µs apart).
+pub const BATCH_HOLD_US_DEFAULT: u64 = 150;
 
 /// Replay protection, after Nym: FP 1e-5, items = packets/s × key lifetime (24 h + 1 epoch).
 pub const REPLAY_FP_RATE_DEFAULT: f64 = 1e-5;
@@ -92,6 +94,7 @@ const _: () =
     assert!(POOL_MEMORY_BYTES_DEFAULT / PACKET_BYTES_MAX as u64 >= 4 * BATCH_PACKETS_MAX as u64);
 const _: () = assert!(BATCH_PACKETS_DEFAULT <= BATCH_PACKETS_MAX);
 const _: () = assert!(BATCH_FLUSH_US_DEFAULT <= BATCH_FLUSH_US_MAX);
+const _: () = assert!(BATCH_HOLD_US_DEFAULT <= BATCH_FLUSH_US_DEFAULT);
 // Flushing a partial batch must not add more than the mean forwarding delay's order of magnitude.
 const _: () = assert!(BATCH_FLUSH_US_MAX <= DELAY_MS_MAX * 1_000);
 const _: () = assert!(REPLAY_FP_RATE_MIN < REPLAY_FP_RATE_DEFAULT);
@@ -235,6 +238,13 @@ pub struct EngineConfig {
     /// group go at once. 0 = the X25519 lane count of the SIMD path in use (8 with IFMA, 4
     /// with AVX2, 1 portable); 1 = every drained read releases everything.
     pub batch_align_packets: u32,
+    /// A drained read with less than one lane group pending holds it for the rest of the
+    /// group when, at the recent arrival rate, the rest should arrive within this many µs of
+    /// the oldest packet's arrival (and releases it then at the latest; capped by
+    /// `batch_flush_us`). At a steady moderate load this runs full groups instead of small,
+    /// dear batches that keep the core near saturation; at light load the rate says the group
+    /// will not fill and nothing waits. 0 = never hold.
+    pub batch_hold_us: u64,
     pub replay: ReplayConfig,
 }
 
@@ -320,6 +330,7 @@ impl Default for EngineConfig {
             batch_packets_max: BATCH_PACKETS_DEFAULT,
             batch_flush_us: BATCH_FLUSH_US_DEFAULT,
             batch_align_packets: 0,
+            batch_hold_us: BATCH_HOLD_US_DEFAULT,
             replay: ReplayConfig::default(),
         }
     }
@@ -393,6 +404,7 @@ impl EngineConfig {
             0,
             batch,
         )?;
+        check_range("batch_hold_us", self.batch_hold_us, 0, BATCH_FLUSH_US_MAX)?;
         self.replay.validate()
     }
 

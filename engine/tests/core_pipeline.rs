@@ -473,3 +473,83 @@ fn alignment_beyond_the_batch_is_refused() {
     };
     assert!(config.validate().is_err());
 }
+
+#[test]
+fn a_partial_lane_group_is_held_only_while_the_arrival_rate_fills_it() {
+    let mut r = rng(13);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let config = lethe_engine::EngineConfig {
+        batch_packets_max: 16,
+        batch_align_packets: 4,
+        batch_hold_us: 100,
+        ..config()
+    };
+    let mut core = core_with(config, one_key(this.clone(), 2), &[2]);
+    let mut make = |r: &mut rand_chacha::ChaCha20Rng| {
+        packet(r, &[(public(&this), 1), (public(&next), 2)], &[0, 0])
+    };
+    let mut forwarded = 0;
+    // A fresh core assumes light load: a lone packet goes at once.
+    core.handle_packet(0, KeyRotation::Unknown, &make(&mut r))
+        .unwrap();
+    core.flush_drained(0);
+    forwarded += forwards(&mut core).len();
+    assert_eq!((forwarded, core.batched_count()), (1, 0));
+    // A steady stream, 10 µs apart, each arrival its own drained read.
+    let mut t = 0;
+    const STREAM: usize = 160;
+    let mut batches_before_last_64 = 0;
+    for i in 0..STREAM {
+        if i == STREAM - 64 {
+            batches_before_last_64 = core.metrics().batch_packets.count();
+        }
+        t += 10;
+        core.handle_packet(t, KeyRotation::Unknown, &make(&mut r))
+            .unwrap();
+        core.flush_drained(t);
+        forwarded += forwards(&mut core).len();
+    }
+    assert!(core.arrival_gap_us() <= 11, "{}", core.arrival_gap_us());
+    // Once the rate shows, the stream runs in whole groups of 4 (singles before that).
+    let last_64_batches = core.metrics().batch_packets.count() - batches_before_last_64;
+    assert!(last_64_batches <= 17, "{last_64_batches}");
+    // Whatever the stream left pending goes at its deadline; then a fresh group.
+    if let Some(due) = core.poll_timeout() {
+        core.handle_timeout(due);
+        forwarded += forwards(&mut core).len();
+    }
+    assert_eq!((forwarded, core.batched_count()), (STREAM + 1, 0));
+    let t0 = t + 10;
+    for i in 0..3 {
+        core.handle_packet(t0 + 10 * i, KeyRotation::Unknown, &make(&mut r))
+            .unwrap();
+        core.flush_drained(t0 + 10 * i);
+        assert!(forwards(&mut core).is_empty(), "held for its group");
+        assert_eq!(core.poll_timeout(), Some(t0 + 100), "never past the hold");
+    }
+    core.handle_packet(t0 + 30, KeyRotation::Unknown, &make(&mut r))
+        .unwrap();
+    core.flush_drained(t0 + 30);
+    assert_eq!(forwards(&mut core).len(), 4, "the full group goes");
+    // The rest of a group that does not come: released at the hold deadline.
+    let t1 = t0 + 40;
+    core.handle_packet(t1, KeyRotation::Unknown, &make(&mut r))
+        .unwrap();
+    core.flush_drained(t1);
+    assert_eq!(core.batched_count(), 1);
+    core.handle_timeout(t1 + 99);
+    assert!(forwards(&mut core).is_empty());
+    core.handle_timeout(t1 + 100);
+    assert_eq!(forwards(&mut core).len(), 1);
+    // After a pause the rate says light load: nothing waits.
+    let t2 = t1 + 5_000;
+    core.handle_packet(t2, KeyRotation::Unknown, &make(&mut r))
+        .unwrap();
+    core.flush_drained(t2);
+    assert_eq!(forwards(&mut core).len(), 1);
+    assert_eq!(core.buffers_in_use(), 0);
+    assert_eq!(
+        CoreMetrics::get(&core.metrics().packets_forwarded),
+        (STREAM + 1 + 4 + 1 + 1) as u64
+    );
+}

@@ -21,7 +21,8 @@
 //! `NODE_EFFICIENCY_SWEEP=1` the Sphinx seam's cost per packet by batch size;
 //! `NODE_EFFICIENCY_LOAD=0.1` paces the latency phase at another fraction of saturation;
 //! `NODE_EFFICIENCY_SPIN_US=300` sets the node's polling time before it sleeps;
-//! `NODE_EFFICIENCY_ALIGN=1` turns off the lane-group alignment of early batches.
+//! `NODE_EFFICIENCY_ALIGN=1` turns off the lane-group alignment of early batches,
+//! `NODE_EFFICIENCY_HOLD_US=0` the holding of partial lane groups.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -391,6 +392,11 @@ fn runtime_config() -> RuntimeConfig {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            // NODE_EFFICIENCY_HOLD_US overrides `mixnode.engine.batch_hold_us` (0 = off).
+            batch_hold_us: std::env::var("NODE_EFFICIENCY_HOLD_US")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(lethe_engine::limits::BATCH_HOLD_US_DEFAULT),
             ..EngineConfig::default()
         },
         egress: EgressConfig {

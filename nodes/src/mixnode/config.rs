@@ -47,6 +47,9 @@ pub struct EngineSection {
     /// 0 = the SIMD path's X25519 lane count; configs written before it existed get 0.
     #[serde(default)]
     pub batch_align_packets: u32,
+    /// Configs written before it existed get the default.
+    #[serde(default = "batch_hold_us_default")]
+    pub batch_hold_us: u64,
     pub delay_ms_max: u64,
     pub timer_tick_us: u64,
     pub timer_entries_max: u32,
@@ -59,6 +62,10 @@ pub struct EngineSection {
     /// before it existed keep regular + ack, what they accepted then.
     #[serde(default = "packet_sizes_regular")]
     pub packet_sizes: Vec<String>,
+}
+
+fn batch_hold_us_default() -> u64 {
+    lethe_engine::limits::BATCH_HOLD_US_DEFAULT
 }
 
 fn pool_memory_bytes_default() -> u64 {
@@ -152,6 +159,11 @@ batch_flush_us = 200
 # costs about as much as the next full group. Fewer than one group go at once.
 # 0 = the X25519 lane count of this CPU's SIMD path (8 with AVX-512 IFMA); 1 = off.
 batch_align_packets = 0
+# With less than a group read, a core holds it for the rest of the group if, at the rate packets
+# have been arriving, the rest comes within this many µs of the first (never longer; at most
+# batch_flush_us). At a steady moderate load it runs full groups instead of small batches that
+# cost nearly as much each; at light load the group would not fill and nothing waits. 0 = off.
+batch_hold_us = 150
 # Forward delays above this are clamped to it (Nym: 10 s).
 delay_ms_max = 10000
 # Timer resolution, and packets that may wait for their delay at once, per core.

@@ -334,6 +334,7 @@ pub(crate) fn engine_config(e: &EngineSection) -> Result<EngineConfig, String> {
         batch_packets_max: e.batch_packets_max,
         batch_flush_us: e.batch_flush_us,
         batch_align_packets: e.batch_align_packets,
+        batch_hold_us: e.batch_hold_us,
         replay: ReplayConfig::default(),
     };
     engine.validate().map_err(|e| format!("engine: {e}"))?;
