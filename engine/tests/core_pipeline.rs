@@ -485,7 +485,7 @@ fn a_partial_lane_group_is_held_only_while_the_arrival_rate_fills_it() {
         ..config()
     };
     let mut core = core_with(config, one_key(this.clone(), 2), &[2]);
-    let mut make = |r: &mut rand_chacha::ChaCha20Rng| {
+    let make = |r: &mut rand_chacha::ChaCha20Rng| {
         packet(r, &[(public(&this), 1), (public(&next), 2)], &[0, 0])
     };
     let mut forwarded = 0;
