@@ -92,6 +92,9 @@ pub struct Core {
     /// Mean gap between arrivals (µs), an exponential average over ~16 packets, times 16.
     arrival_gap_us_x16: u64,
     last_arrival_us: u64,
+    /// Mean time (µs) a batch of less than one lane group took, an exponential average over
+    /// ~8 such batches, times 8; 0 until one is timed.
+    partial_batch_us_x8: u64,
     /// The batch being processed (scratch, capacity `batch_packets_max`).
     batch: Vec<BufId>,
     outcomes: Vec<Outcome>,
@@ -186,6 +189,7 @@ impl Core {
             // Starts as an idle node's: nothing is held until a load shows in the arrivals.
             arrival_gap_us_x16: ARRIVAL_GAP_US_MAX * 16,
             last_arrival_us: now_us,
+            partial_batch_us_x8: 0,
             batch: Vec::with_capacity(batch_max),
             outcomes: Vec::with_capacity(batch_max),
             sphinx_scratch: BatchScratch::new(batch_max),
@@ -205,7 +209,8 @@ impl Core {
         core
     }
 
-    /// Lets the core time its Sphinx batches (for the `crypto_per_packet` histogram only).
+    /// Lets the core time its Sphinx batches: the `crypto_per_packet` histogram, and the cost
+    /// of a partial lane group that decides whether one is held (without a clock none is).
     pub fn set_cost_clock(&mut self, clock_ns: fn() -> u64) {
         self.cost_clock_ns = Some(clock_ns);
     }
@@ -312,8 +317,12 @@ impl Core {
         let lanes = self.batch_align_packets;
         if let (true, Some(oldest_us)) = (pending < lanes, self.batcher.oldest_us()) {
             let until_us = oldest_us.saturating_add(self.batch_hold_us);
-            let fill_us = u64::from(lanes - pending) * self.arrival_gap_us();
-            if now_us.saturating_add(fill_us) <= until_us && now_us < until_us {
+            let gap_us = self.arrival_gap_us();
+            let fill_us = u64::from(lanes - pending) * gap_us;
+            // Held only if running these now could not keep up: they arrived faster than a
+            // partial group takes to process, so the core would fall behind in small batches.
+            let outpaced = u64::from(pending) * gap_us < self.partial_batch_us();
+            if outpaced && now_us.saturating_add(fill_us) <= until_us && now_us < until_us {
                 self.batcher.hold(until_us);
                 return;
             }
@@ -322,6 +331,11 @@ impl Core {
         if !self.batch.is_empty() {
             self.run_batch(now_us);
         }
+    }
+
+    /// Mean time a batch of less than one lane group took recently, µs (0: none timed yet).
+    pub fn partial_batch_us(&self) -> u64 {
+        self.partial_batch_us_x8 / 8
     }
 
     /// Mean gap between recent arrivals, µs.
@@ -433,7 +447,16 @@ impl Core {
             &mut self.outcomes,
         );
         if let (Some(clock), Some(started_ns)) = (self.cost_clock_ns, started_ns) {
-            let per_packet_us = clock().saturating_sub(started_ns) / 1_000 / count as u64;
+            let batch_us = clock().saturating_sub(started_ns) / 1_000;
+            if (count as u64) < u64::from(self.batch_align_packets) {
+                let avg_x8 = self.partial_batch_us_x8;
+                // avg += (batch - avg) / 8, kept times 8; the first one sets it.
+                self.partial_batch_us_x8 = match avg_x8 {
+                    0 => batch_us.saturating_mul(8),
+                    _ => (avg_x8 - avg_x8 / 8).saturating_add(batch_us),
+                };
+            }
+            let per_packet_us = batch_us / count as u64;
             self.metrics
                 .stage(Stage::CryptoPerPacket)
                 .record(per_packet_us);

@@ -239,11 +239,12 @@ pub struct EngineConfig {
     /// with AVX2, 1 portable); 1 = every drained read releases everything.
     pub batch_align_packets: u32,
     /// A drained read with less than one lane group pending holds it for the rest of the
-    /// group when, at the recent arrival rate, the rest should arrive within this many µs of
-    /// the oldest packet's arrival (and releases it then at the latest; capped by
-    /// `batch_flush_us`). At a steady moderate load this runs full groups instead of small,
-    /// dear batches that keep the core near saturation; at light load the rate says the group
-    /// will not fill and nothing waits. 0 = never hold.
+    /// group when (a) the pending packets arrived faster than a partial group takes to
+    /// process (measured; the core would fall behind running them in small batches) and (b)
+    /// at that arrival rate the rest comes within this many µs of the oldest packet's arrival
+    /// (released then at the latest; capped by `batch_flush_us`). Near saturation this runs
+    /// full groups instead of small, dear batches that keep the core ~100 % busy; below it
+    /// (a) fails and at light load (b) does, and nothing waits. 0 = never hold.
     pub batch_hold_us: u64,
     pub replay: ReplayConfig,
 }

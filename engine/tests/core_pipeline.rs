@@ -474,6 +474,16 @@ fn alignment_beyond_the_batch_is_refused() {
     assert!(config.validate().is_err());
 }
 
+/// A cost clock under which every batch takes 100 µs: each read advances it by 100 µs (per
+/// thread, so tests running side by side do not disturb each other).
+fn batch_takes_100_us() -> u64 {
+    thread_local!(static NS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+    NS.with(|ns| {
+        ns.set(ns.get() + 100_000);
+        ns.get()
+    })
+}
+
 #[test]
 fn a_partial_lane_group_is_held_only_while_the_arrival_rate_fills_it() {
     let mut r = rng(13);
@@ -485,6 +495,7 @@ fn a_partial_lane_group_is_held_only_while_the_arrival_rate_fills_it() {
         ..config()
     };
     let mut core = core_with(config, one_key(this.clone(), 2), &[2]);
+    core.set_cost_clock(batch_takes_100_us);
     let make = |r: &mut rand_chacha::ChaCha20Rng| {
         packet(r, &[(public(&this), 1), (public(&next), 2)], &[0, 0])
     };
@@ -510,6 +521,7 @@ fn a_partial_lane_group_is_held_only_while_the_arrival_rate_fills_it() {
         forwarded += forwards(&mut core).len();
     }
     assert!(core.arrival_gap_us() <= 11, "{}", core.arrival_gap_us());
+    assert_eq!(core.partial_batch_us(), 100);
     // Once the rate shows, the stream runs in whole groups of 4 (singles before that).
     let last_64_batches = core.metrics().batch_packets.count() - batches_before_last_64;
     assert!(last_64_batches <= 17, "{last_64_batches}");
@@ -552,4 +564,53 @@ fn a_partial_lane_group_is_held_only_while_the_arrival_rate_fills_it() {
         CoreMetrics::get(&core.metrics().packets_forwarded),
         (STREAM + 1 + 4 + 1 + 1) as u64
     );
+}
+
+#[test]
+fn a_partial_lane_group_that_keeps_up_is_not_held() {
+    let mut r = rng(14);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let config = lethe_engine::EngineConfig {
+        batch_packets_max: 16,
+        batch_align_packets: 4,
+        batch_flush_us: 1_000,
+        batch_hold_us: 1_000,
+        ..config()
+    };
+    let mut core = core_with(config, one_key(this.clone(), 2), &[2]);
+    core.set_cost_clock(batch_takes_100_us);
+    let make = |r: &mut rand_chacha::ChaCha20Rng| {
+        packet(r, &[(public(&this), 1), (public(&next), 2)], &[0, 0])
+    };
+    // Arrivals 40 µs apart, each its own drained read, until the averages settle.
+    let mut t = 0;
+    for _ in 0..160 {
+        t += 40;
+        core.handle_packet(t, KeyRotation::Unknown, &make(&mut r))
+            .unwrap();
+        core.flush_drained(t);
+        forwards(&mut core);
+    }
+    if let Some(due) = core.poll_timeout() {
+        core.handle_timeout(due);
+        forwards(&mut core);
+    }
+    assert_eq!(core.batched_count(), 0);
+    assert!((39..=41).contains(&core.arrival_gap_us()), "{}", core.arrival_gap_us());
+    assert_eq!(core.partial_batch_us(), 100);
+    // One or two pending came faster than a 100 µs batch would clear them: held (the group
+    // would fill in time). Three took 120 µs: a batch of three keeps up, so it goes without
+    // waiting for the fourth.
+    for i in 1..=2 {
+        core.handle_packet(t + 40 * i, KeyRotation::Unknown, &make(&mut r))
+            .unwrap();
+        core.flush_drained(t + 40 * i);
+        assert!(forwards(&mut core).is_empty(), "held");
+    }
+    core.handle_packet(t + 120, KeyRotation::Unknown, &make(&mut r))
+        .unwrap();
+    core.flush_drained(t + 120);
+    assert_eq!(forwards(&mut core).len(), 3, "kept up: not held");
+    assert_eq!(core.batched_count(), 0);
+    assert_eq!(core.buffers_in_use(), 0);
 }

@@ -159,10 +159,11 @@ batch_flush_us = 200
 # costs about as much as the next full group. Fewer than one group go at once.
 # 0 = the X25519 lane count of this CPU's SIMD path (8 with AVX-512 IFMA); 1 = off.
 batch_align_packets = 0
-# With less than a group read, a core holds it for the rest of the group if, at the rate packets
-# have been arriving, the rest comes within this many µs of the first (never longer; at most
-# batch_flush_us). At a steady moderate load it runs full groups instead of small batches that
-# cost nearly as much each; at light load the group would not fill and nothing waits. 0 = off.
+# With less than a group read, a core holds it for the rest of the group if those packets came
+# faster than a small batch takes to process (the core would fall behind) and, at that rate, the
+# rest comes within this many µs of the first (never longer; at most batch_flush_us). Near
+# saturation it runs full groups instead of small batches that cost nearly as much each; below
+# that, and at light load, nothing waits. 0 = off.
 batch_hold_us = 150
 # Forward delays above this are clamped to it (Nym: 10 s).
 delay_ms_max = 10000
