@@ -220,7 +220,10 @@ mod tests {
         assert_eq!(small.flush_aligned(2).count(), 2);
         assert!(small.push(2, 3).is_none());
         assert!(small.push(3, 4).is_none());
-        assert_eq!(small.push(4, 5).unwrap().collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+        assert_eq!(
+            small.push(4, 5).unwrap().collect::<Vec<_>>(),
+            vec![2, 3, 4, 5]
+        );
     }
 
     #[test]

@@ -484,133 +484,134 @@ fn batch_takes_100_us() -> u64 {
     })
 }
 
+/// A core with lane groups of 4 whose batches all take 100 µs, fed one packet per drained
+/// read, as the runtime does under a paced load.
+struct Fed {
+    core: Core,
+    r: rand_chacha::ChaCha20Rng,
+    this: x25519_dalek::StaticSecret,
+    next: x25519_dalek::StaticSecret,
+}
+
+impl Fed {
+    fn new(seed: u64, flush_us: u64, hold_us: u64) -> Fed {
+        let mut r = rng(seed);
+        let (this, next) = (secret(&mut r), secret(&mut r));
+        let config = lethe_engine::EngineConfig {
+            batch_packets_max: 16,
+            batch_align_packets: 4,
+            batch_flush_us: flush_us,
+            batch_hold_us: hold_us,
+            ..config()
+        };
+        let mut core = core_with(config, one_key(this.clone(), 2), &[2]);
+        core.set_cost_clock(batch_takes_100_us);
+        Fed {
+            core,
+            r,
+            this,
+            next,
+        }
+    }
+
+    /// One packet arrives at `t_us` and the socket is drained; returns the packets forwarded.
+    fn arrive(&mut self, t_us: u64) -> usize {
+        let route = [(public(&self.this), 1), (public(&self.next), 2)];
+        let bytes = packet(&mut self.r, &route, &[0, 0]);
+        self.core
+            .handle_packet(t_us, KeyRotation::Unknown, &bytes)
+            .unwrap();
+        self.core.flush_drained(t_us);
+        forwards(&mut self.core).len()
+    }
+
+    /// `count` arrivals `gap_us` apart after `t_us`, then whatever is left at its deadline;
+    /// returns the time it ends (last arrival or that deadline) and the packets forwarded.
+    fn stream(&mut self, mut t_us: u64, gap_us: u64, count: usize) -> (u64, usize) {
+        let mut forwarded = 0;
+        for _ in 0..count {
+            t_us += gap_us;
+            forwarded += self.arrive(t_us);
+        }
+        if let Some(due) = self.core.poll_timeout() {
+            self.core.handle_timeout(due);
+            forwarded += forwards(&mut self.core).len();
+            t_us = t_us.max(due);
+        }
+        assert_eq!(self.core.batched_count(), 0);
+        (t_us, forwarded)
+    }
+}
+
 #[test]
 fn a_partial_lane_group_is_held_only_while_the_arrival_rate_fills_it() {
-    let mut r = rng(13);
-    let (this, next) = (secret(&mut r), secret(&mut r));
-    let config = lethe_engine::EngineConfig {
-        batch_packets_max: 16,
-        batch_align_packets: 4,
-        batch_hold_us: 100,
-        ..config()
-    };
-    let mut core = core_with(config, one_key(this.clone(), 2), &[2]);
-    core.set_cost_clock(batch_takes_100_us);
-    let make = |r: &mut rand_chacha::ChaCha20Rng| {
-        packet(r, &[(public(&this), 1), (public(&next), 2)], &[0, 0])
-    };
-    let mut forwarded = 0;
+    let mut fed = Fed::new(13, 100, 100);
     // A fresh core assumes light load: a lone packet goes at once.
-    core.handle_packet(0, KeyRotation::Unknown, &make(&mut r))
-        .unwrap();
-    core.flush_drained(0);
-    forwarded += forwards(&mut core).len();
-    assert_eq!((forwarded, core.batched_count()), (1, 0));
-    // A steady stream, 10 µs apart, each arrival its own drained read.
-    let mut t = 0;
-    const STREAM: usize = 160;
-    let mut batches_before_last_64 = 0;
-    for i in 0..STREAM {
-        if i == STREAM - 64 {
-            batches_before_last_64 = core.metrics().batch_packets.count();
-        }
-        t += 10;
-        core.handle_packet(t, KeyRotation::Unknown, &make(&mut r))
-            .unwrap();
-        core.flush_drained(t);
-        forwarded += forwards(&mut core).len();
-    }
-    assert!(core.arrival_gap_us() <= 11, "{}", core.arrival_gap_us());
-    assert_eq!(core.partial_batch_us(), 100);
-    // Once the rate shows, the stream runs in whole groups of 4 (singles before that).
-    let last_64_batches = core.metrics().batch_packets.count() - batches_before_last_64;
-    assert!(last_64_batches <= 17, "{last_64_batches}");
-    // Whatever the stream left pending goes at its deadline; then a fresh group.
-    if let Some(due) = core.poll_timeout() {
-        core.handle_timeout(due);
-        forwarded += forwards(&mut core).len();
-    }
-    assert_eq!((forwarded, core.batched_count()), (STREAM + 1, 0));
+    assert_eq!(fed.arrive(0), 1);
+    // A steady stream, 10 µs apart: singles until the rate shows, then whole groups of 4.
+    let (t, forwarded) = fed.stream(0, 10, 96);
+    assert_eq!(forwarded, 96);
+    let batches_before = fed.core.metrics().batch_packets.count();
+    let (t, forwarded) = fed.stream(t, 10, 64);
+    assert_eq!(forwarded, 64);
+    let batches = fed.core.metrics().batch_packets.count() - batches_before;
+    assert!(batches <= 17, "{batches}");
+    assert!(
+        fed.core.arrival_gap_us() <= 11,
+        "{}",
+        fed.core.arrival_gap_us()
+    );
+    assert_eq!(fed.core.partial_batch_us(), 100);
+    // A fresh group: held until it is full, never past the hold deadline.
     let t0 = t + 10;
     for i in 0..3 {
-        core.handle_packet(t0 + 10 * i, KeyRotation::Unknown, &make(&mut r))
-            .unwrap();
-        core.flush_drained(t0 + 10 * i);
-        assert!(forwards(&mut core).is_empty(), "held for its group");
-        assert_eq!(core.poll_timeout(), Some(t0 + 100), "never past the hold");
+        assert_eq!(fed.arrive(t0 + 10 * i), 0, "held for its group");
+        assert_eq!(fed.core.poll_timeout(), Some(t0 + 100));
     }
-    core.handle_packet(t0 + 30, KeyRotation::Unknown, &make(&mut r))
-        .unwrap();
-    core.flush_drained(t0 + 30);
-    assert_eq!(forwards(&mut core).len(), 4, "the full group goes");
+    assert_eq!(fed.arrive(t0 + 30), 4, "the full group goes");
     // The rest of a group that does not come: released at the hold deadline.
     let t1 = t0 + 40;
-    core.handle_packet(t1, KeyRotation::Unknown, &make(&mut r))
-        .unwrap();
-    core.flush_drained(t1);
-    assert_eq!(core.batched_count(), 1);
-    core.handle_timeout(t1 + 99);
-    assert!(forwards(&mut core).is_empty());
-    core.handle_timeout(t1 + 100);
-    assert_eq!(forwards(&mut core).len(), 1);
+    assert_eq!(fed.arrive(t1), 0);
+    fed.core.handle_timeout(t1 + 99);
+    assert!(forwards(&mut fed.core).is_empty());
+    fed.core.handle_timeout(t1 + 100);
+    assert_eq!(forwards(&mut fed.core).len(), 1);
     // After a pause the rate says light load: nothing waits.
-    let t2 = t1 + 5_000;
-    core.handle_packet(t2, KeyRotation::Unknown, &make(&mut r))
-        .unwrap();
-    core.flush_drained(t2);
-    assert_eq!(forwards(&mut core).len(), 1);
-    assert_eq!(core.buffers_in_use(), 0);
+    assert_eq!(fed.arrive(t1 + 5_000), 1);
+    assert_eq!(fed.core.buffers_in_use(), 0);
     assert_eq!(
-        CoreMetrics::get(&core.metrics().packets_forwarded),
-        (STREAM + 1 + 4 + 1 + 1) as u64
+        CoreMetrics::get(&fed.core.metrics().packets_forwarded),
+        1 + 96 + 64 + 4 + 1 + 1
     );
 }
 
 #[test]
 fn a_partial_lane_group_that_keeps_up_is_not_held() {
-    let mut r = rng(14);
-    let (this, next) = (secret(&mut r), secret(&mut r));
-    let config = lethe_engine::EngineConfig {
-        batch_packets_max: 16,
-        batch_align_packets: 4,
-        batch_flush_us: 1_000,
-        batch_hold_us: 1_000,
-        ..config()
-    };
-    let mut core = core_with(config, one_key(this.clone(), 2), &[2]);
-    core.set_cost_clock(batch_takes_100_us);
-    let make = |r: &mut rand_chacha::ChaCha20Rng| {
-        packet(r, &[(public(&this), 1), (public(&next), 2)], &[0, 0])
-    };
-    // Arrivals 40 µs apart, each its own drained read, until the averages settle.
+    let mut fed = Fed::new(14, 1_000, 1_000);
+    // Arrivals 40 µs apart until the averages settle, ending as a batch goes (no pause).
     let mut t = 0;
-    for _ in 0..160 {
+    let mut forwarded = 0;
+    for i in 0..200 {
         t += 40;
-        core.handle_packet(t, KeyRotation::Unknown, &make(&mut r))
-            .unwrap();
-        core.flush_drained(t);
-        forwards(&mut core);
+        forwarded += fed.arrive(t);
+        if i >= 160 && fed.core.batched_count() == 0 {
+            break;
+        }
     }
-    if let Some(due) = core.poll_timeout() {
-        core.handle_timeout(due);
-        forwards(&mut core);
-    }
-    assert_eq!(core.batched_count(), 0);
-    assert!((39..=41).contains(&core.arrival_gap_us()), "{}", core.arrival_gap_us());
-    assert_eq!(core.partial_batch_us(), 100);
+    assert_eq!(fed.core.batched_count(), 0);
+    assert_eq!(forwarded as u64, t / 40);
+    assert!(
+        (39..=41).contains(&fed.core.arrival_gap_us()),
+        "{}",
+        fed.core.arrival_gap_us()
+    );
+    assert_eq!(fed.core.partial_batch_us(), 100);
     // One or two pending came faster than a 100 µs batch would clear them: held (the group
     // would fill in time). Three took 120 µs: a batch of three keeps up, so it goes without
     // waiting for the fourth.
-    for i in 1..=2 {
-        core.handle_packet(t + 40 * i, KeyRotation::Unknown, &make(&mut r))
-            .unwrap();
-        core.flush_drained(t + 40 * i);
-        assert!(forwards(&mut core).is_empty(), "held");
-    }
-    core.handle_packet(t + 120, KeyRotation::Unknown, &make(&mut r))
-        .unwrap();
-    core.flush_drained(t + 120);
-    assert_eq!(forwards(&mut core).len(), 3, "kept up: not held");
-    assert_eq!(core.batched_count(), 0);
-    assert_eq!(core.buffers_in_use(), 0);
+    assert_eq!(fed.arrive(t + 40), 0, "held");
+    assert_eq!(fed.arrive(t + 80), 0, "held");
+    assert_eq!(fed.arrive(t + 120), 3, "kept up: not held");
+    assert_eq!(fed.core.batched_count(), 0);
+    assert_eq!(fed.core.buffers_in_use(), 0);
 }
