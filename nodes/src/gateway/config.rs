@@ -96,6 +96,11 @@ credentials_database = "credentials.sqlite"
 # Sphinx packets processed per batch, and the longest a partial batch waits.
 batch_packets_max = 64
 batch_flush_us = 200
+# Whole SIMD lane groups per early batch (0 = this CPU's X25519 lanes; 1 = off), and how long a
+# partial group may wait for the rest when the core could not keep up with small batches (0 = off).
+# See the mixnode's config.toml.
+batch_align_packets = 0
+batch_hold_us = 150
 # Forward delays above this are clamped to it (a gateway forwards only if it is a middle hop).
 delay_ms_max = 10000
 timer_tick_us = 1000
