@@ -15,12 +15,10 @@ use std::vec::Drain;
 
 pub struct Batcher<T> {
     items: Vec<T>,
-    /// Arrival time of each pending item (the oldest kept one starts the flush clock).
+    /// Arrival time of each pending item; the first (the oldest) starts the flush clock.
     arrivals_us: Vec<u64>,
     batch_packets_max: u32,
     flush_us: u64,
-    /// Arrival time of the oldest pending item (meaningful only when `items` is non-empty).
-    oldest_us: u64,
     /// A partial batch held for a fuller lane group is due at this instant (`hold`), if
     /// earlier than its flush deadline.
     hold_until_us: Option<u64>,
@@ -40,7 +38,6 @@ impl<T> Batcher<T> {
             arrivals_us,
             batch_packets_max,
             flush_us,
-            oldest_us: 0,
             hold_until_us: None,
         }
     }
@@ -57,9 +54,6 @@ impl<T> Batcher<T> {
     /// The batch is released before it could outgrow its capacity, so a push always fits.
     pub fn push(&mut self, now_us: u64, item: T) -> Option<Drain<'_, T>> {
         debug_assert!(self.items.len() < self.batch_packets_max as usize);
-        if self.items.is_empty() {
-            self.oldest_us = now_us;
-        }
         self.items.push(item);
         self.arrivals_us.push(now_us);
         debug_assert!(self.items.len() <= self.items.capacity());
@@ -85,7 +79,8 @@ impl<T> Batcher<T> {
 
     /// Releases the oldest `lanes * k` items for the largest such k, or everything if fewer
     /// than `lanes` are pending (a light load waits for nothing); the rest stay, their flush
-    /// clock starting at the oldest of them. `lanes` 0 or 1 releases everything.
+    /// clock starting at the oldest of them (their arrival times stay with them). `lanes` 0
+    /// or 1 releases everything.
     pub fn flush_aligned(&mut self, lanes: u32) -> Drain<'_, T> {
         let pending = self.items.len();
         let lanes = lanes.max(1) as usize;
@@ -94,9 +89,6 @@ impl<T> Batcher<T> {
         } else {
             pending - pending % lanes
         };
-        if let Some(&oldest_kept_us) = self.arrivals_us.get(count) {
-            self.oldest_us = oldest_kept_us;
-        }
         self.hold_until_us = None;
         self.arrivals_us.drain(..count);
         self.items.drain(..count)
@@ -112,7 +104,7 @@ impl<T> Batcher<T> {
 
     /// Arrival time of the oldest pending item.
     pub fn oldest_us(&self) -> Option<u64> {
-        (!self.items.is_empty()).then_some(self.oldest_us)
+        self.arrivals_us.first().copied()
     }
 
     fn drain_all(&mut self) -> Drain<'_, T> {
@@ -123,17 +115,14 @@ impl<T> Batcher<T> {
 
     /// When `poll` will next release a batch; `None` if nothing is pending.
     pub fn next_flush_deadline_us(&self) -> Option<u64> {
-        if self.items.is_empty() {
-            return None;
-        }
-        let flush_us = self.oldest_us.saturating_add(self.flush_us);
+        let flush_us = self.oldest_us()?.saturating_add(self.flush_us);
         Some(self.hold_until_us.map_or(flush_us, |t| t.min(flush_us)))
     }
 
     fn is_due(&self, now_us: u64) -> bool {
-        if self.items.is_empty() {
+        let Some(oldest_us) = self.oldest_us() else {
             return false;
-        }
+        };
         if self.items.len() >= self.batch_packets_max as usize {
             return true;
         }
@@ -141,7 +130,7 @@ impl<T> Batcher<T> {
             return true;
         }
         // A clock that went back counts as no time passed.
-        now_us.saturating_sub(self.oldest_us) >= self.flush_us
+        now_us.saturating_sub(oldest_us) >= self.flush_us
     }
 }
 

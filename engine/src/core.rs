@@ -310,7 +310,8 @@ impl Core {
     /// node at a steady moderate load that paid for them would run close to saturation.
     ///
     /// Less than a group pending is held for the rest of it (`EngineConfig::batch_hold_us`)
-    /// when the recent arrival rate says the rest comes in time, and released otherwise.
+    /// when it arrived faster than a partial group takes to process (so small batches would
+    /// fall behind) and the recent arrival rate says the rest comes in time; otherwise it goes.
     pub fn flush_drained(&mut self, now_us: u64) {
         assert!(self.batch.is_empty());
         let pending = self.batcher.len();

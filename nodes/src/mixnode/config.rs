@@ -156,7 +156,7 @@ batch_packets_max = 64
 batch_flush_us = 200
 # When a core has read all there is, it processes whole groups of this many packets and keeps
 # the rest (fewer than a group) for the next batch: past a whole group of SIMD lanes a packet
-# costs about as much as the next full group. Fewer than one group go at once.
+# costs about as much as the next full group. Fewer than one group go at once unless held (below).
 # 0 = the X25519 lane count of this CPU's SIMD path (8 with AVX-512 IFMA); 1 = off.
 batch_align_packets = 0
 # With less than a group read, a core holds it for the rest of the group if those packets came
