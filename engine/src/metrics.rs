@@ -33,10 +33,13 @@ pub enum DropReason {
     FinalHopQueueFull = 8,
     /// A Sphinx packet of a size this node does not accept (`packet_sizes` setting).
     PacketSizeDisabled = 9,
+    /// Lost with the connection to the next hop, or waited longer than the egress bound
+    /// (`EgressConfig::unreachable_drop_ms`) for a connection that would take it.
+    NextHopUnreachable = 10,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
         DropReason::Replayed,
@@ -48,6 +51,7 @@ impl DropReason {
         DropReason::FinalHopAtMixnode,
         DropReason::FinalHopQueueFull,
         DropReason::PacketSizeDisabled,
+        DropReason::NextHopUnreachable,
     ];
 
     /// The Prometheus label value.
@@ -63,12 +67,13 @@ impl DropReason {
             DropReason::FinalHopAtMixnode => "final_hop_at_mixnode",
             DropReason::FinalHopQueueFull => "final_hop_queue_full",
             DropReason::PacketSizeDisabled => "packet_size_disabled",
+            DropReason::NextHopUnreachable => "next_hop_unreachable",
         }
     }
 }
 
 const _: () = assert!(DropReason::ALL.len() == DropReason::COUNT);
-const _: () = assert!(DropReason::PacketSizeDisabled as usize == DropReason::COUNT - 1);
+const _: () = assert!(DropReason::NextHopUnreachable as usize == DropReason::COUNT - 1);
 
 /// Power-of-two buckets: bucket `i` counts values `<= 2^i`; the last bucket is `+Inf`.
 pub const HISTOGRAM_BUCKETS: usize = 25;
@@ -194,6 +199,13 @@ pub struct CoreMetrics {
     pub connections_ingress: AtomicU64,
     pub connections_egress: AtomicU64,
     pub connect_failures: AtomicU64,
+    /// Ingress connections closed at accept: over the per-core or per-address cap.
+    pub connections_refused: AtomicU64,
+    /// Ingress connections closed for idling (no whole frame within the timeout), or evicted
+    /// for a newcomer when the table was full.
+    pub connections_idle_closed: AtomicU64,
+    /// When this core's timer loop last turned (µs on the runtime's clock): its liveness.
+    pub loop_turn_us: AtomicU64,
     pub batch_packets: Histogram,
     pub stage_us: [Histogram; Stage::COUNT],
 }
@@ -227,7 +239,7 @@ impl CoreMetrics {
 /// Renders the Prometheus text exposition format (0.0.4) summed over `cores`.
 pub fn render_prometheus(cores: &[std::sync::Arc<CoreMetrics>], uptime_s: u64, out: &mut String) {
     let sum = |pick: &dyn Fn(&CoreMetrics) -> u64| cores.iter().map(|c| pick(c)).sum::<u64>();
-    let counters: [(&str, &str, u64); 8] = [
+    let counters: [(&str, &str, u64); 10] = [
         (
             "lethe_frames_received_total",
             "Frames decoded from ingress connections.",
@@ -262,6 +274,16 @@ pub fn render_prometheus(cores: &[std::sync::Arc<CoreMetrics>], uptime_s: u64, o
             "lethe_connect_failures_total",
             "Failed connection attempts to next hops.",
             sum(&|c| CoreMetrics::get(&c.connect_failures)),
+        ),
+        (
+            "lethe_connections_refused_total",
+            "Ingress connections closed at accept (per-core or per-address cap).",
+            sum(&|c| CoreMetrics::get(&c.connections_refused)),
+        ),
+        (
+            "lethe_connections_idle_closed_total",
+            "Ingress connections closed for idling or evicted for a newcomer.",
+            sum(&|c| CoreMetrics::get(&c.connections_idle_closed)),
         ),
         (
             "lethe_uptime_seconds_total",

@@ -10,83 +10,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use core_common::*;
-use lethe_crypto::framing::{
-    encode_frame_to_vec, FrameDecoder, FrameHeader, FramingVersion, PacketSize,
-};
+use lethe_crypto::framing::PacketSize;
 use lethe_engine::metrics::{CoreMetrics, DropReason};
-use lethe_engine::runtime::{final_hop_channel, EgressConfig, Runtime, RuntimeConfig};
-
-fn runtime_config(cores: u32) -> RuntimeConfig {
-    RuntimeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        cores,
-        cpus: Vec::new(),
-        engine: config(),
-        egress: EgressConfig {
-            framing: FramingVersion::V7,
-            queue_packets_max: 256,
-            frame_bytes_max: 2_560,
-            backoff_ms_initial: 50,
-            backoff_ms_max: 1_000,
-            connect_timeout_ms: 1_000,
-        },
-        shutdown_grace_ms: 2_000,
-        io_memory_bytes: 128 * 1024,
-        ring_depth: 128,
-        deliver_final_hops: false,
-        ignore_rotation_byte: false,
-        spin_before_park_us: lethe_engine::runtime::SPIN_BEFORE_PARK_US_DEFAULT,
-    }
-}
-
-/// Accepts connections and sends every decoded packet (bytes) to the channel.
-fn sink() -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(16) {
-            let Ok(mut stream) = stream else { return };
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                let mut decoder = FrameDecoder::new();
-                let mut buf = vec![0u8; 65_536];
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(30)))
-                    .unwrap();
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 {
-                        return;
-                    }
-                    let _ = decoder.feed(&buf[..n], |frame| {
-                        if let Ok(frame) = frame {
-                            let _ = tx.send(frame.packet.to_vec());
-                        }
-                    });
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
-
-fn frame(packet: &[u8]) -> Vec<u8> {
-    let size = PacketSize::from_sphinx_packet_len(packet.len()).unwrap();
-    let mut out = Vec::new();
-    encode_frame_to_vec(&FrameHeader::v7(size), packet, &mut out).unwrap();
-    out
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("timed out waiting for {what}");
-}
+use lethe_engine::runtime::{final_hop_channel, Runtime};
 
 #[test]
 fn forwards_over_loopback_and_counts_drops() {
@@ -271,6 +197,8 @@ fn shutdown_counts_every_forwarded_packet_as_sent_or_dropped_even_mid_write() {
     let sent = CoreMetrics::get(&m.packets_sent);
     let full = m.dropped_count(DropReason::EgressFull);
     let shutdown = m.dropped_count(DropReason::Shutdown);
+    // A slow machine may take past the unreachable bound to get here: counted too.
+    let unreachable = m.dropped_count(DropReason::NextHopUnreachable);
     assert!(forwarded > 0);
     assert!(
         shutdown > 0,
@@ -278,8 +206,9 @@ fn shutdown_counts_every_forwarded_packet_as_sent_or_dropped_even_mid_write() {
     );
     assert_eq!(
         forwarded,
-        sent + full + shutdown,
-        "forwarded {forwarded} = sent {sent} + egress_full {full} + shutdown {shutdown}"
+        sent + full + shutdown + unreachable,
+        "forwarded {forwarded} = sent {sent} + egress_full {full} + shutdown {shutdown} \
+         + unreachable {unreachable}"
     );
 }
 
@@ -292,4 +221,264 @@ fn a_polling_time_above_the_maximum_is_a_configuration_error() {
         Err(e) => assert!(e.to_string().contains("spin_before_park_us"), "{e}"),
         Ok(_) => panic!("a polling time above the maximum was accepted"),
     }
+}
+
+/// Connects to `to` from the source address `from` (another 127.x address: another peer).
+fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let source = SocketAddr::from((from, 0));
+    socket.bind(&source.into()).unwrap();
+    socket.connect(&to.into()).unwrap();
+    socket.into()
+}
+
+/// Waits (bounded) for the node to close `stream`: a read sees end-of-stream or a reset.
+fn closed_by_node(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Ok(0) | Err(_))
+}
+
+/// True if the node still holds `stream` open (nothing to read, no end-of-stream).
+fn still_open(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let open = matches!(
+        (&*stream).read(&mut byte),
+        Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
+    );
+    stream.set_nonblocking(false).unwrap();
+    open
+}
+
+#[test]
+fn a_second_node_on_a_served_port_is_refused() {
+    let mut r = rng(31);
+    let first = Runtime::start(runtime_config(1), one_key(secret(&mut r), 2), filters(&[2])).unwrap();
+    let mut config = runtime_config(1);
+    config.listen = first.local_addr();
+    match Runtime::start(config, one_key(secret(&mut r), 2), filters(&[2])) {
+        Err(e) => assert!(e.to_string().contains("already served"), "{e}"),
+        Ok(_) => panic!("a second runtime took a share of a served port"),
+    }
+    // Any other listener on the port counts too.
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = runtime_config(1);
+    config.listen = other.local_addr().unwrap();
+    assert!(Runtime::start(config, one_key(secret(&mut r), 2), filters(&[2])).is_err());
+    first.shutdown();
+    first.join().unwrap();
+}
+
+#[test]
+fn one_address_gets_its_share_of_connections_and_idle_ones_are_closed() {
+    let mut r = rng(37);
+    let mut config = runtime_config(1);
+    config.ingress.per_ip_max = 2;
+    config.ingress.idle_timeout_us = 2_000_000;
+    config.ingress.evict_idle_us = 1_000_000;
+    let runtime = Runtime::start(config, one_key(secret(&mut r), 2), filters(&[2])).unwrap();
+    let node = runtime.local_addr();
+    let m = runtime.metrics()[0].clone();
+    let quiet = connect_from([127, 0, 0, 1], node);
+    let mut busy = connect_from([127, 0, 0, 1], node);
+    wait_for("two connections served", || {
+        CoreMetrics::get(&m.connections_ingress) == 2
+    });
+    let mut third = connect_from([127, 0, 0, 1], node);
+    assert!(closed_by_node(&mut third), "a third connection from one address");
+    assert_eq!(CoreMetrics::get(&m.connections_refused), 1);
+    let other = connect_from([127, 0, 0, 2], node);
+    wait_for("another address served", || {
+        CoreMetrics::get(&m.connections_ingress) == 3
+    });
+    // `busy` delivers whole frames (garbage the core drops, but framed) until `quiet` and
+    // `other`, which send nothing, are closed for idling.
+    let garbage = frame(&vec![0u8; PacketSize::Regular.packet_len()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut quiet = quiet;
+    quiet.set_nonblocking(true).unwrap();
+    let mut other = other;
+    other.set_nonblocking(true).unwrap();
+    let mut closed = [false, false];
+    while !(closed[0] && closed[1]) {
+        assert!(Instant::now() < deadline, "idle connections were not closed");
+        busy.write_all(&garbage).unwrap();
+        for (i, stream) in [&mut quiet, &mut other].into_iter().enumerate() {
+            let mut byte = [0u8; 1];
+            if matches!(stream.read(&mut byte), Ok(0)) {
+                closed[i] = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(still_open(&busy), "a connection that delivers frames is not idle");
+    assert_eq!(CoreMetrics::get(&m.connections_idle_closed), 2);
+    wait_for("the closed connections forgotten", || {
+        CoreMetrics::get(&m.connections_ingress) == 1
+    });
+    // The address's share came back.
+    let _again = connect_from([127, 0, 0, 1], node);
+    wait_for("a new connection served", || {
+        CoreMetrics::get(&m.connections_ingress) == 2
+    });
+    runtime.shutdown();
+    runtime.join().unwrap();
+}
+
+#[test]
+fn a_full_core_gives_the_slot_of_an_idle_connection_to_a_newcomer() {
+    let mut r = rng(41);
+    let mut config = runtime_config(1);
+    config.ingress.connections_max = 4;
+    config.ingress.per_ip_max = 4;
+    config.ingress.evict_idle_us = 500_000;
+    let runtime = Runtime::start(config, one_key(secret(&mut r), 2), filters(&[2])).unwrap();
+    let node = runtime.local_addr();
+    let m = runtime.metrics()[0].clone();
+    let mut squatters: Vec<TcpStream> = (0..4).map(|_| connect_from([127, 0, 0, 3], node)).collect();
+    wait_for("four squatters served", || {
+        CoreMetrics::get(&m.connections_ingress) == 4
+    });
+    std::thread::sleep(Duration::from_millis(600)); // all of them idle past the eviction age
+    let newcomer = connect_from([127, 0, 0, 4], node);
+    wait_for("one squatter evicted", || {
+        CoreMetrics::get(&m.connections_idle_closed) == 1
+    });
+    let evicted = squatters
+        .iter_mut()
+        .filter(|s| !still_open(s))
+        .count();
+    assert_eq!(evicted, 1);
+    assert!(still_open(&newcomer));
+    assert_eq!(CoreMetrics::get(&m.connections_refused), 0);
+    runtime.shutdown();
+    runtime.join().unwrap();
+}
+
+#[test]
+fn packets_for_an_unreachable_hop_are_dropped_and_counted_not_delivered_later() {
+    const PACKETS: u64 = 20;
+    let mut r = rng(43);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    // A port nobody listens on (yet).
+    let hop = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let route = [(public(&this), 1), (public(&next), hop.port())];
+    let mut config = runtime_config(1);
+    config.egress.unreachable_drop_ms = 300;
+    config.egress.backoff_ms_initial = 20;
+    config.egress.backoff_ms_max = 100;
+    let runtime = Runtime::start(config, one_key(this, 2), filters(&[2])).unwrap();
+    let m = runtime.metrics()[0].clone();
+    let mut stream = TcpStream::connect(runtime.local_addr()).unwrap();
+    let mut bytes = Vec::new();
+    for _ in 0..PACKETS {
+        bytes.extend(frame(&packet(&mut r, &route, &[0, 0])));
+    }
+    stream.write_all(&bytes).unwrap();
+    wait_for("the held packets counted", || {
+        m.dropped_count(DropReason::NextHopUnreachable) == PACKETS
+    });
+    assert!(CoreMetrics::get(&m.connect_failures) > 0);
+    // The hop comes back: nothing old reaches it, and new packets do.
+    let listener = TcpListener::bind(hop).unwrap();
+    let (tx, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else { return };
+        let mut decoder = lethe_crypto::framing::FrameDecoder::new();
+        let mut buffer = vec![0u8; 65_536];
+        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        while let Ok(n) = conn.read(&mut buffer) {
+            if n == 0 {
+                return;
+            }
+            let _ = decoder.feed(&buffer[..n], |frame| {
+                let _ = tx.send(frame.is_ok());
+            });
+        }
+    });
+    let mut fresh = Vec::new();
+    for _ in 0..3 {
+        fresh.extend(frame(&packet(&mut r, &route, &[0, 0])));
+    }
+    // Resent until one batch arrives: the writer may still be in its retry wait.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut arrived = 0u64;
+    while arrived == 0 {
+        assert!(Instant::now() < deadline, "the returned hop got nothing");
+        stream.write_all(&fresh).unwrap();
+        while let Ok(ok) = received.recv_timeout(Duration::from_millis(500)) {
+            assert!(ok);
+            arrived += 1;
+        }
+    }
+    let sent = CoreMetrics::get(&m.packets_sent);
+    assert_eq!(arrived, sent, "only the fresh packets arrive, each once");
+    assert_eq!(
+        CoreMetrics::get(&m.packets_forwarded),
+        sent + m.dropped_count(DropReason::NextHopUnreachable),
+    );
+    runtime.shutdown();
+    runtime.join().unwrap();
+}
+
+#[test]
+fn a_batch_is_not_written_into_a_connection_the_hop_closed() {
+    let mut r = rng(47);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hop = listener.local_addr().unwrap();
+    let route = [(public(&this), 1), (public(&next), hop.port())];
+    let runtime = Runtime::start(runtime_config(1), one_key(this, 2), filters(&[2])).unwrap();
+    let m = runtime.metrics()[0].clone();
+    let mut stream = TcpStream::connect(runtime.local_addr()).unwrap();
+    let read_frames = |conn: &mut TcpStream, count: usize| {
+        let mut decoder = lethe_crypto::framing::FrameDecoder::new();
+        let mut buffer = vec![0u8; 65_536];
+        let mut got = 0;
+        conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        while got < count {
+            let n = conn.read(&mut buffer).unwrap();
+            assert!(n > 0, "closed early");
+            decoder
+                .feed(&buffer[..n], |frame| {
+                    assert!(frame.is_ok());
+                    got += 1;
+                })
+                .unwrap();
+        }
+    };
+    let accept = |listener: &TcpListener| {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    conn.set_nonblocking(false).unwrap();
+                    return conn;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "the node never connected again");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    stream.write_all(&frame(&packet(&mut r, &route, &[0, 0]))).unwrap();
+    let mut first = accept(&listener);
+    read_frames(&mut first, 1);
+    // The hop closes the connection (an idle timeout there, say) ...
+    drop(first);
+    std::thread::sleep(Duration::from_millis(100));
+    // ... and the next packets go over a new connection, not into the closed one.
+    stream.write_all(&frame(&packet(&mut r, &route, &[0, 0]))).unwrap();
+    let mut second = accept(&listener);
+    read_frames(&mut second, 1);
+    wait_for("both counted as sent", || CoreMetrics::get(&m.packets_sent) == 2);
+    assert_eq!(m.dropped_count(DropReason::NextHopUnreachable), 0);
+    runtime.shutdown();
+    runtime.join().unwrap();
 }

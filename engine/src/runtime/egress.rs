@@ -4,6 +4,14 @@
 //! The queue is a byte buffer preallocated for `queue_packets_max` frames; the writer swaps it
 //! with its own spare buffer and writes the whole batch with non-blocking `send`s, so a busy hop
 //! gets one syscall per batch and no per-packet allocation.
+//!
+//! A hop that cannot be reached does not hoard packets: what waited `unreachable_drop_ms` for a
+//! connection (plus at most one connect attempt), what was being written when the connection
+//! broke, and what a hop stopped reading for that long are dropped and counted
+//! (`next_hop_unreachable`), and a stalled connection is reset so the kernel does not deliver
+//! its old bytes when the hop returns. Before each batch the writer checks that the hop has not
+//! closed the connection (an idle timeout there, a restart), so a batch is not written into a
+//! socket the hop already closed and counted as sent.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -36,13 +44,21 @@ pub struct EgressConfig {
     pub backoff_ms_initial: u64,
     pub backoff_ms_max: u64,
     pub connect_timeout_ms: u64,
+    /// The longest a packet waits for a hop that cannot be reached (or has stopped reading).
+    pub unreachable_drop_ms: u64,
 }
+
+/// The default of [`EgressConfig::unreachable_drop_ms`]: a restart of a neighbour takes longer,
+/// and packets older than this are past any mix delay senders expect.
+pub const UNREACHABLE_DROP_MS_DEFAULT: u64 = 2_000;
 
 pub struct Egress {
     next_hop: SocketAddr,
     config: Rc<EgressConfig>,
     pending: RefCell<Vec<u8>>,
     pending_packets: Cell<u32>,
+    /// When the oldest packet of `pending` was queued (µs, runtime clock).
+    oldest_pending_us: Cell<u64>,
     /// Packets of the batch the writer is sending (taken from `pending`, not yet all sent).
     inflight_packets: Cell<u32>,
     wake: LocalSender<()>,
@@ -64,6 +80,7 @@ impl Egress {
             next_hop,
             pending: RefCell::new(Vec::with_capacity(bytes)),
             pending_packets: Cell::new(0),
+            oldest_pending_us: Cell::new(0),
             inflight_packets: Cell::new(0),
             wake,
             metrics,
@@ -105,6 +122,9 @@ impl Egress {
             return Err(DropReason::Malformed);
         }
         drop(pending);
+        if self.pending_packets.get() == 0 {
+            self.oldest_pending_us.set(super::monotonic_us());
+        }
         self.pending_packets.set(self.pending_packets.get() + 1);
         // Full means a wake-up is already pending: nothing lost.
         let _ = self.wake.try_send(());
@@ -118,6 +138,14 @@ impl Egress {
 
     pub fn next_hop(&self) -> SocketAddr {
         self.next_hop
+    }
+
+    /// Drops (and counts) every queued packet, none in flight.
+    fn drop_pending(&self, reason: DropReason) -> u32 {
+        let count = self.pending_packets.replace(0);
+        self.pending.borrow_mut().clear();
+        self.metrics.dropped(reason, u64::from(count));
+        count
     }
 
     /// Shutdown: counts what is still queued or in flight as dropped and empties the queue (the
@@ -134,6 +162,8 @@ async fn writer(egress: Rc<Egress>, woken: LocalReceiver<()>, bytes: usize, stop
     let mut spare: Vec<u8> = Vec::with_capacity(bytes);
     let mut stream: Option<TcpStream> = None;
     let mut backoff_ms = egress.config.backoff_ms_initial;
+    let mut retry_at_us = 0u64;
+    let bound_us = egress.config.unreachable_drop_ms.saturating_mul(1_000);
     // Runs until its executor ends; each turn waits for work, so the loop is paced by input.
     loop {
         if egress.pending_packets.get() == 0 {
@@ -143,6 +173,17 @@ async fn writer(egress: Rc<Egress>, woken: LocalReceiver<()>, bytes: usize, stop
             continue;
         }
         if stream.is_none() {
+            let now_us = super::monotonic_us();
+            let expires_us = egress.oldest_pending_us.get().saturating_add(bound_us);
+            if now_us >= expires_us {
+                egress.drop_pending(DropReason::NextHopUnreachable);
+                continue;
+            }
+            if now_us < retry_at_us {
+                let wait_us = retry_at_us.min(expires_us) - now_us;
+                glommio::timer::sleep(Duration::from_micros(wait_us)).await;
+                continue;
+            }
             match connect(&egress).await {
                 Ok(connected) => {
                     CoreMetrics::add(&egress.metrics.connections_egress, 1);
@@ -154,7 +195,7 @@ async fn writer(egress: Rc<Egress>, woken: LocalReceiver<()>, bytes: usize, stop
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    glommio::timer::sleep(Duration::from_millis(backoff_ms)).await;
+                    retry_at_us = super::monotonic_us().saturating_add(backoff_ms * 1_000);
                     backoff_ms = (backoff_ms * 2).min(egress.config.backoff_ms_max);
                     continue;
                 }
@@ -163,54 +204,83 @@ async fn writer(egress: Rc<Egress>, woken: LocalReceiver<()>, bytes: usize, stop
         let Some(connection) = stream.as_ref() else {
             continue;
         };
-        std::mem::swap(&mut *egress.pending.borrow_mut(), &mut spare);
-        let packets = egress.pending_packets.replace(0);
-        egress.inflight_packets.set(packets);
-        assert!(!spare.is_empty());
-        let written = send_all(connection, &spare).await;
-        spare.clear();
-        if egress.inflight_packets.replace(0) == 0 {
-            return; // abandoned at shutdown (and counted) while this batch was being sent
-        }
-        if !written {
-            // The batch in flight is lost with the connection; count it and reconnect.
-            egress
-                .metrics
-                .dropped(DropReason::EgressFull, u64::from(packets));
+        if sock::peer_closed(connection) {
+            // Closed by the hop (idle timeout, restart): reconnect before writing.
+            stream = None;
             egress
                 .metrics
                 .connections_egress
                 .fetch_sub(1, Ordering::Relaxed);
-            stream = None;
             continue;
         }
-        CoreMetrics::add(&egress.metrics.packets_sent, u64::from(packets));
+        std::mem::swap(&mut *egress.pending.borrow_mut(), &mut spare);
+        let packets = egress.pending_packets.replace(0);
+        egress.inflight_packets.set(packets);
+        assert!(!spare.is_empty());
+        let written = send_all(connection, &spare, bound_us).await;
+        spare.clear();
+        if egress.inflight_packets.replace(0) == 0 {
+            return; // abandoned at shutdown (and counted) while this batch was being sent
+        }
+        match written {
+            Sent::All => CoreMetrics::add(&egress.metrics.packets_sent, u64::from(packets)),
+            Sent::Closed | Sent::Stalled => {
+                if written == Sent::Stalled {
+                    sock::discard_unsent_on_close(connection);
+                }
+                // The batch in flight is lost with the connection; count it and reconnect.
+                egress
+                    .metrics
+                    .dropped(DropReason::NextHopUnreachable, u64::from(packets));
+                egress
+                    .metrics
+                    .connections_egress
+                    .fetch_sub(1, Ordering::Relaxed);
+                stream = None;
+            }
+        }
     }
 }
 
-/// Writes all of `bytes` with non-blocking sends; `false` if the connection is gone.
+/// How a batch's write ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    All,
+    /// The connection is gone.
+    Closed,
+    /// The hop took no byte for the unreachable bound.
+    Stalled,
+}
+
+/// Writes all of `bytes` with non-blocking sends.
 ///
 /// A full socket (the next hop reads slower than we send) is retried on a timer, from
 /// `FULL_WAIT_US_MIN` doubling to `FULL_WAIT_US_MAX`, rather than through glommio's one-shot
 /// writability poll: a wake-up lost there left a writer asleep for good after its next hop
-/// stalled and recovered. Other tasks (readers, the timer loop) run during the waits.
-async fn send_all(connection: &TcpStream, bytes: &[u8]) -> bool {
+/// stalled and recovered. Other tasks (readers, the timer loop) run during the waits. A hop
+/// that takes nothing for `stall_us` is given up on.
+async fn send_all(connection: &TcpStream, bytes: &[u8], stall_us: u64) -> Sent {
     let mut sent = 0;
     let mut wait_us = FULL_WAIT_US_MIN;
+    let mut progress_us = super::monotonic_us();
     while sent < bytes.len() {
         match sock::send_now(connection, &bytes[sent..]) {
             sock::Io::Done(count) => {
                 sent += count;
                 wait_us = FULL_WAIT_US_MIN;
+                progress_us = super::monotonic_us();
             }
             sock::Io::WouldBlock => {
+                if super::monotonic_us().saturating_sub(progress_us) >= stall_us {
+                    return Sent::Stalled;
+                }
                 glommio::timer::sleep(Duration::from_micros(wait_us)).await;
                 wait_us = (wait_us * 2).min(FULL_WAIT_US_MAX);
             }
-            sock::Io::Closed => return false,
+            sock::Io::Closed => return Sent::Closed,
         }
     }
-    true
+    Sent::All
 }
 
 async fn connect(egress: &Egress) -> std::io::Result<TcpStream> {

@@ -7,18 +7,26 @@
 //! accepted its connection; each core keeps its own egress connection per next hop. The only
 //! shared state is the replay filter (atomic words) and the metrics (per-core atomics).
 //!
-//! Shutdown: [`Runtime::shutdown`] sets a flag; every core stops accepting and reading, keeps
-//! its timer loop running until what falls due within the grace period is sent (or nothing is
-//! left), then counts the rest as `shutdown` drops and ends.
+//! Shutdown: [`Runtime::shutdown`] sets a flag; every core's timer loop sees it within one turn,
+//! shuts its listener and ingress sockets down (their pending reads end: no task polls a stop
+//! timer, see [`wake_gate`]), keeps running until what falls due within the grace period is sent
+//! (or nothing is left), then counts the rest as `shutdown` drops and ends.
+//!
+//! Liveness: every turn of a core's timer loop stamps its metrics, and a panic on a core thread
+//! is recorded ([`liveness`]); the node's control loop and `/health` read both.
 
 pub mod egress;
 pub mod final_hop;
+pub mod ingress;
+pub mod liveness;
 pub mod memlock;
 mod sock;
+pub mod wake_gate;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
@@ -37,11 +45,45 @@ use crate::replay::ReplayFilterSet;
 
 pub use egress::{Egress, EgressConfig};
 pub use final_hop::{final_hop_channel, FinalHop, FinalHopSender};
+pub use ingress::IngressLimits;
+pub use liveness::Health;
+
+use ingress::{Admission, IngressTable};
+use wake_gate::WakeGated;
 
 /// Next hops one core keeps connections to (a mixnet layer is hundreds of nodes).
 pub const EGRESS_HOPS_MAX: usize = 4_096;
 /// Ingress connections one core serves at once.
-pub const INGRESS_CONNECTIONS_MAX: u64 = 4_096;
+pub const INGRESS_CONNECTIONS_MAX: u32 = 4_096;
+/// Ingress connections one address (IPv6: one /64) may hold on one core. Honest peers hold one
+/// per core of theirs (a whole local testnet shares 127.0.0.1); a stranger needs many
+/// addresses to fill a core.
+pub const INGRESS_PER_IP_MAX: u32 = 256;
+/// An ingress connection with no whole frame for this long is closed (upstream nodes reconnect
+/// when they next have a packet; Loopix cover traffic keeps honest links busier than this).
+pub const INGRESS_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// When a core is full, a newcomer takes the slot of a connection idle at least this long.
+pub const INGRESS_EVICT_IDLE_MS: u64 = 10_000;
+/// How often a core looks for idle ingress connections.
+pub const INGRESS_SWEEP_US: u64 = 1_000_000;
+const _: () = assert!(INGRESS_PER_IP_MAX <= INGRESS_CONNECTIONS_MAX);
+const _: () = assert!(INGRESS_EVICT_IDLE_MS * 1_000 > INGRESS_SWEEP_US);
+const _: () = assert!(INGRESS_EVICT_IDLE_MS <= INGRESS_IDLE_TIMEOUT_MS);
+
+impl IngressLimits {
+    pub const DEFAULT: IngressLimits = IngressLimits {
+        connections_max: INGRESS_CONNECTIONS_MAX,
+        per_ip_max: INGRESS_PER_IP_MAX,
+        idle_timeout_us: INGRESS_IDLE_TIMEOUT_MS * 1_000,
+        evict_idle_us: INGRESS_EVICT_IDLE_MS * 1_000,
+    };
+}
+
+impl Default for IngressLimits {
+    fn default() -> Self {
+        IngressLimits::DEFAULT
+    }
+}
 /// Bytes read per `read` call on an ingress connection (about 27 regular frames).
 pub const READ_BYTES: usize = 64 * 1024;
 /// Kernel receive buffer of an ingress connection (SO_RCVBUF; Linux doubles it for its own
@@ -63,8 +105,6 @@ pub const PREEMPT_US: u64 = 2_000;
 pub const SPIN_BEFORE_PARK_US_DEFAULT: u64 = 30;
 /// Longest accepted polling time (a core that polls longer is simply a busy-polling core).
 pub const SPIN_BEFORE_PARK_US_MAX: u64 = 10_000;
-/// How often idle loops look at the stop flag.
-pub const STOP_POLL_MS: u64 = 20;
 /// The longest the timer loop sleeps without being woken.
 pub const TIMER_IDLE_US_MAX: u64 = 50_000;
 
@@ -76,6 +116,8 @@ pub struct RuntimeConfig {
     pub cpus: Vec<usize>,
     pub engine: EngineConfig,
     pub egress: EgressConfig,
+    /// Caps and idle timeout of ingress connections (per core).
+    pub ingress: IngressLimits,
     pub shutdown_grace_ms: u64,
     /// io_uring registered I/O memory per executor (glommio's `io_memory`), locked memory.
     pub io_memory_bytes: usize,
@@ -124,6 +166,8 @@ pub struct Runtime {
     handles: Vec<ExecutorJoinHandle<()>>,
     key_updates: Vec<Arc<KeyUpdate>>,
     stop: Arc<AtomicBool>,
+    /// Test hook: the next timer-loop turn of a core panics (see `inject_core_panic`).
+    panic_requested: Arc<AtomicBool>,
     local_addr: SocketAddr,
     metrics: Vec<Arc<CoreMetrics>>,
 }
@@ -163,12 +207,25 @@ impl Runtime {
                 "cores must be > 0 and cpus must list one per core".into(),
             ));
         }
+        if config.ingress.connections_max == 0
+            || config.ingress.per_ip_max == 0
+            || config.ingress.per_ip_max > config.ingress.connections_max
+        {
+            return Err(StartError::Config(
+                "ingress: connections_max and per_ip_max must be > 0, per_ip_max <= connections_max"
+                    .into(),
+            ));
+        }
         memlock::check(config.cores, config.io_memory_bytes).map_err(StartError::Memlock)?;
+        sock::check_port_free(config.listen).map_err(StartError::Bind)?;
+        liveness::install_panic_hook();
         let stop = Arc::new(AtomicBool::new(false));
+        let panic_requested = Arc::new(AtomicBool::new(false));
         let mut runtime = Runtime {
             handles: Vec::new(),
             key_updates: Vec::new(),
             stop: stop.clone(),
+            panic_requested: panic_requested.clone(),
             local_addr: config.listen,
             metrics: Vec::new(),
         };
@@ -185,6 +242,7 @@ impl Runtime {
                 replay: replay.clone(),
                 metrics: metrics.clone(),
                 stop: stop.clone(),
+                panic_requested: panic_requested.clone(),
                 bound: bound_tx,
                 final_hops: final_hops.clone(),
             };
@@ -242,6 +300,18 @@ impl Runtime {
             .all(|u| u.applied.load(Ordering::Acquire) == u.generation.load(Ordering::Acquire))
     }
 
+    /// Whether every core is still serving: see [`liveness`].
+    pub fn health(&self) -> Health {
+        liveness::check(&self.metrics, monotonic_us())
+    }
+
+    /// Makes one core panic at its next timer-loop turn: for tests of what a node does when a
+    /// core fails. Nothing else calls it.
+    #[doc(hidden)]
+    pub fn inject_core_panic(&self) {
+        self.panic_requested.store(true, Ordering::SeqCst);
+    }
+
     /// Asks every core to stop (returns at once; `join` waits).
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -291,6 +361,11 @@ fn monotonic_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// The runtime's clock in µs: what cores stamp `CoreMetrics::loop_turn_us` with.
+pub fn monotonic_us() -> u64 {
+    monotonic_ns() / 1_000
+}
+
 struct ShardSetup {
     key_update: Arc<KeyUpdate>,
     listen: SocketAddr,
@@ -299,6 +374,7 @@ struct ShardSetup {
     replay: ReplayFilterSet,
     metrics: Arc<CoreMetrics>,
     stop: Arc<AtomicBool>,
+    panic_requested: Arc<AtomicBool>,
     bound: mpsc::Sender<Result<SocketAddr, String>>,
     final_hops: Option<FinalHopSender>,
 }
@@ -310,6 +386,11 @@ struct Shard {
     egress_config: Rc<EgressConfig>,
     metrics: Arc<CoreMetrics>,
     stop: Arc<AtomicBool>,
+    panic_requested: Arc<AtomicBool>,
+    /// Ingress connections by id, with their descriptors (closed by the timer loop).
+    ingress: RefCell<IngressTable>,
+    /// The listener's descriptor: shut down at stop so the accept ends.
+    listener_fd: RawFd,
     wake: LocalSender<()>,
     /// When the timer loop will next run on its own (µs; `u64::MAX` while it is running):
     /// readers wake it only for work due earlier than that, not on every read.
@@ -403,13 +484,15 @@ fn egress_for(
 }
 
 async fn run_shard(setup: ShardSetup) {
-    let listener = match TcpListener::bind(setup.listen) {
-        Ok(listener) => listener,
+    let listener_fd = match sock::bind_listener(setup.listen) {
+        Ok(fd) => fd,
         Err(e) => {
             let _ = setup.bound.send(Err(format!("{}: {e}", setup.listen)));
             return;
         }
     };
+    // SAFETY: `listener_fd` is a bound, listening TCP socket nothing else owns.
+    let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
     let local_addr = match listener.local_addr() {
         Ok(addr) => addr,
         Err(e) => {
@@ -432,6 +515,9 @@ async fn run_shard(setup: ShardSetup) {
         egress_config: Rc::new(setup.config.egress.clone()),
         metrics: setup.metrics,
         stop: setup.stop,
+        panic_requested: setup.panic_requested,
+        ingress: RefCell::new(IngressTable::new(setup.config.ingress)),
+        listener_fd,
         wake,
         timer_armed_us: Cell::new(u64::MAX),
         deliver_final_hops: setup.config.deliver_final_hops,
@@ -449,40 +535,51 @@ async fn run_shard(setup: ShardSetup) {
     .await;
 }
 
-/// Resolves when the stop flag is set (checked every `STOP_POLL_MS`).
-async fn stopped(stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        glommio::timer::sleep(Duration::from_millis(STOP_POLL_MS)).await;
-    }
-}
-
+/// Accepts until the listener is shut down (at stop). The accept is the only future of its
+/// task and gated ([`WakeGated`]): it is polled once per wake-up of its own.
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
-        let accepted = future::or(async { Some(listener.accept().await) }, async {
-            stopped(&shard.stop).await;
-            None
-        })
-        .await;
-        match accepted {
-            None => return, // the listener closes here: stop accepting
-            Some(Ok(stream)) => {
-                if CoreMetrics::get(&shard.metrics.connections_ingress) >= INGRESS_CONNECTIONS_MAX {
-                    continue; // dropped: closes the connection
-                }
-                glommio::spawn_local(serve_connection(shard.clone(), stream)).detach();
+        let stream = match WakeGated::new(listener.accept()).await {
+            Ok(stream) => stream,
+            Err(_) if shard.stop.load(Ordering::Relaxed) => return,
+            Err(_) => {
+                // Out of descriptors or a transient error: pause rather than spin.
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
             }
-            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(10)).await,
+        };
+        if shard.stop.load(Ordering::Relaxed) {
+            return;
         }
+        let Ok(peer) = stream.peer_addr() else {
+            continue; // already gone
+        };
+        let admission =
+            shard
+                .ingress
+                .borrow_mut()
+                .admit(peer.ip(), stream.as_raw_fd(), shard.now_us());
+        let id = match admission {
+            Admission::Admitted(id) => id,
+            Admission::AdmittedEvicting { id, evicted } => {
+                CoreMetrics::add(&shard.metrics.connections_idle_closed, 1);
+                sock::shutdown_fd(evicted);
+                id
+            }
+            Admission::RefusedPerIp | Admission::RefusedFull => {
+                CoreMetrics::add(&shard.metrics.connections_refused, 1);
+                continue; // dropped: closes the connection
+            }
+        };
+        glommio::spawn_local(serve_connection(shard.clone(), stream, id)).detach();
     }
 }
 
-async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
+async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
     CoreMetrics::add(&shard.metrics.connections_ingress, 1);
     sock::set_receive_buffer(&stream, INGRESS_RCVBUF_BYTES);
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; READ_BYTES];
-    // One stop watcher for the connection's life (not a new timer per read).
-    let mut stop = std::pin::pin!(stopped(&shard.stop));
     loop {
         let count = match sock::recv_now(&stream, &mut buffer) {
             sock::Io::Done(count) => count,
@@ -491,18 +588,19 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
                 if shard.stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let read = future::or(async { Some(stream.read(&mut buffer).await) }, async {
-                    (&mut stop).await;
-                    None
-                })
-                .await;
-                match read {
-                    Some(Ok(count)) if count > 0 => count,
-                    _ => break, // EOF, error or stopping
+                // Shutdown, the idle sweep and eviction end this read by shutting the socket
+                // down (`sock::shutdown_fd`): no timer is raced against it.
+                match stream.read(&mut buffer).await {
+                    Ok(count) if count > 0 => count,
+                    _ => break, // EOF, error or closed by this core
                 }
             }
         };
-        let (fatal, now_us) = feed(&shard, &mut decoder, &buffer[..count], shard.now_us());
+        let fed = feed(&shard, &mut decoder, &buffer[..count], shard.now_us());
+        let now_us = fed.now_us;
+        if fed.frames > 0 {
+            shard.ingress.borrow_mut().touch(id, now_us);
+        }
         if count < buffer.len() {
             // The socket is drained: nothing more to batch with now, so waiting for the flush
             // deadline would only add latency. Under load reads fill the buffer and batches
@@ -515,26 +613,40 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream) {
         if due_us.is_some_and(|due_us| due_us < shard.timer_armed_us.get()) {
             let _ = shard.wake.try_send(());
         }
-        if fatal {
+        if fed.lost_framing {
             break;
         }
         // Let the egress writers send what this read produced before reading more: packets
         // leave right after their batch, and egress queues stay short.
         future::yield_now().await;
     }
+    // Forget the descriptor before the stream closes it: the table never names a closed fd.
+    shard.ingress.borrow_mut().remove(id);
+    drop(stream);
     shard
         .metrics
         .connections_ingress
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Decodes frames into the core; `true` if the stream lost framing (close it), and the time
-/// now (re-read after each batch the core ran: a batch takes long enough that the frames
-/// after it reach the core later than the read).
-fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], mut now_us: u64) -> (bool, u64) {
+/// What one read's bytes did.
+struct Fed {
+    /// The stream lost framing: close it.
+    lost_framing: bool,
+    /// The time now, re-read after each batch the core ran (a batch takes long enough that the
+    /// frames after it reach the core later than the read).
+    now_us: u64,
+    /// Whole frames decoded.
+    frames: u32,
+}
+
+/// Decodes frames into the core.
+fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], mut now_us: u64) -> Fed {
     let mut core = shard.core.borrow_mut();
     let metrics = &shard.metrics;
+    let mut frames = 0u32;
     let result = decoder.feed(bytes, |frame| {
+        frames += 1;
         CoreMetrics::add(&metrics.frames_received, 1);
         match frame {
             Ok(frame) if frame.header.packet_type == PacketType::Mix => {
@@ -555,9 +667,12 @@ fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], mut now_us: u64
     });
     if result.is_err() {
         metrics.dropped(DropReason::Malformed, 1);
-        return (true, now_us);
     }
-    (false, now_us)
+    Fed {
+        lost_framing: result.is_err(),
+        now_us,
+        frames,
+    }
 }
 
 /// Applies a key set the control plane installed, if there is a new one (never blocks).
@@ -584,15 +699,34 @@ async fn timer_loop(
     grace_ms: u64,
 ) {
     let mut stopping_since_us: Option<u64> = None;
+    let mut swept_us = shard.now_us();
+    let mut idle = Vec::new();
     // Runs until shutdown; every turn is bounded (the core fires a bounded number of timers).
     loop {
         shard.timer_armed_us.set(u64::MAX);
         apply_key_update(&shard, &key_update);
         let now_us = shard.now_us();
+        CoreMetrics::set(&shard.metrics.loop_turn_us, now_us);
+        if shard.panic_requested.swap(false, Ordering::SeqCst) {
+            panic!("core panic injected by a test (Runtime::inject_core_panic)");
+        }
         shard.core.borrow_mut().handle_timeout(now_us);
         shard.pump(now_us);
+        if now_us >= swept_us + INGRESS_SWEEP_US {
+            swept_us = now_us;
+            shard.ingress.borrow_mut().take_idle(now_us, &mut idle);
+            CoreMetrics::add(&shard.metrics.connections_idle_closed, idle.len() as u64);
+            for fd in idle.drain(..) {
+                sock::shutdown_fd(fd);
+            }
+        }
         if stopping_since_us.is_none() && shard.stop.load(Ordering::Relaxed) {
             stopping_since_us = Some(now_us);
+            // Stop accepting and reading: the pending accept and reads end.
+            sock::shutdown_fd(shard.listener_fd);
+            for fd in shard.ingress.borrow().descriptors() {
+                sock::shutdown_fd(fd);
+            }
             shard.core.borrow_mut().flush_batch(now_us);
             shard.pump(now_us);
         }

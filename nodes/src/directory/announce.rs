@@ -26,10 +26,18 @@ pub struct Announcer {
     stop: tokio::sync::watch::Sender<bool>,
     descriptor: tokio::sync::watch::Sender<Descriptor>,
     registered: Arc<AtomicBool>,
+    serving: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Announcer {
+    /// Whether this node's data plane serves (its liveness check): while it does not, no
+    /// heartbeat is sent, so the directory drops the node from the next topology instead of
+    /// routing traffic into it; heartbeats resume when it serves again.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
+    }
+
     /// Whether the directory accepted the registration and the last heartbeat was not refused
     /// as unknown.
     pub fn is_registered(&self) -> bool {
@@ -99,6 +107,7 @@ pub fn spawn_announcer(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let (descriptor_tx, descriptor_rx) = tokio::sync::watch::channel(descriptor);
     let registered = Arc::new(AtomicBool::new(false));
+    let serving = Arc::new(AtomicBool::new(true));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -108,6 +117,7 @@ pub fn spawn_announcer(
         descriptor: descriptor_rx,
         interval: heartbeat_interval.max(Duration::from_millis(100)),
         registered: registered.clone(),
+        serving: serving.clone(),
     };
     let thread = std::thread::Builder::new()
         .name("lethe-announce".into())
@@ -116,6 +126,7 @@ pub fn spawn_announcer(
         stop,
         descriptor: descriptor_tx,
         registered,
+        serving,
         thread: Some(thread),
     })
 }
@@ -126,6 +137,7 @@ struct Task {
     descriptor: tokio::sync::watch::Receiver<Descriptor>,
     interval: Duration,
     registered: Arc<AtomicBool>,
+    serving: Arc<AtomicBool>,
 }
 
 /// Runs `future` unless `stop` turns true first; `None` means stop.
@@ -202,6 +214,9 @@ impl Task {
                         break;
                     }
                     Some(false) => {}
+                }
+                if !self.serving.load(Ordering::Relaxed) {
+                    continue; // silent while the data plane does not serve
                 }
                 match or_stop(&mut stop, client::heartbeat(&http, &self.url, &self.seed)).await {
                     None => return,
