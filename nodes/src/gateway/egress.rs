@@ -2,11 +2,16 @@
 //! one task per next hop on the gateway's tokio runtime, fed by a bounded queue of Nym frames,
 //! writing over one persistent TCP connection and reconnecting with exponential backoff.
 //! Callers never block: a full queue drops the packet (counted). Usable from any thread.
+//!
+//! As in the engine's egress, a first hop that cannot be reached does not hoard packets: a
+//! frame that waited `UNREACHABLE_DROP` for a connection, a batch lost with its connection, and
+//! a batch the hop did not take within `UNREACHABLE_DROP` are dropped and counted
+//! (`egress_dropped`); a batch is not written into a connection the hop already closed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lethe_crypto::framing::{
     encode_frame_to_vec, FrameHeader, FramingVersion, KeyRotation, PacketSize,
@@ -24,7 +29,12 @@ pub const EGRESS_HOPS_MAX: usize = 4_096;
 const WRITE_BATCH_FRAMES: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_500);
 const BACKOFF_MS_INITIAL: u64 = 100;
-const BACKOFF_MS_MAX: u64 = 30_000;
+/// Short enough that a restarted first hop is reached again within one drop bound.
+const BACKOFF_MS_MAX: u64 = 2_000;
+/// The longest a frame waits for a first hop that cannot be reached (or stopped reading).
+const UNREACHABLE_DROP: Duration =
+    Duration::from_millis(lethe_engine::runtime::egress::UNREACHABLE_DROP_MS_DEFAULT);
+const _: () = assert!(BACKOFF_MS_MAX <= lethe_engine::runtime::egress::UNREACHABLE_DROP_MS_DEFAULT);
 
 #[derive(Clone, Copy, Debug)]
 pub struct EgressSettings {
@@ -58,7 +68,7 @@ pub enum EgressError {
 pub struct Egress {
     runtime: tokio::runtime::Handle,
     settings: EgressSettings,
-    hops: Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>,
+    hops: Mutex<HashMap<SocketAddr, mpsc::Sender<Queued>>>,
     metrics: Arc<GatewayMetrics>,
 }
 
@@ -97,10 +107,15 @@ impl Egress {
         let mut frame = Vec::with_capacity(header.frame_len());
         encode_frame_to_vec(&header, packet, &mut frame).map_err(|_| EgressError::NotSphinx)?;
         let queue = self.queue(next_hop)?;
-        queue.try_send(frame).map_err(|_| EgressError::Full)
+        queue
+            .try_send(Queued {
+                at: Instant::now(),
+                frame,
+            })
+            .map_err(|_| EgressError::Full)
     }
 
-    fn queue(&self, next_hop: SocketAddr) -> Result<mpsc::Sender<Vec<u8>>, EgressError> {
+    fn queue(&self, next_hop: SocketAddr) -> Result<mpsc::Sender<Queued>, EgressError> {
         let mut hops = self.hops.lock().map_err(|_| EgressError::Full)?;
         if let Some(queue) = hops.get(&next_hop) {
             return Ok(queue.clone());
@@ -117,53 +132,93 @@ impl Egress {
     }
 }
 
-async fn writer(
-    next_hop: SocketAddr,
-    mut queue: mpsc::Receiver<Vec<u8>>,
-    metrics: Arc<GatewayMetrics>,
-) {
+/// A frame and when it was queued.
+struct Queued {
+    at: Instant,
+    frame: Vec<u8>,
+}
+
+async fn writer(next_hop: SocketAddr, mut queue: mpsc::Receiver<Queued>, metrics: Arc<GatewayMetrics>) {
     let mut stream: Option<TcpStream> = None;
     let mut backoff_ms = BACKOFF_MS_INITIAL;
+    let mut retry_at = Instant::now();
     let mut batch: Vec<u8> = Vec::new();
     let mut batch_frames: u64 = 0;
+    let mut oldest = Instant::now();
     // Ends when the egress (its sender) is dropped at shutdown.
     loop {
         if batch_frames == 0 {
-            let Some(frame) = queue.recv().await else {
+            let Some(first) = queue.recv().await else {
                 return;
             };
-            batch.extend_from_slice(&frame);
+            oldest = first.at;
+            batch.extend_from_slice(&first.frame);
             batch_frames = 1;
             while batch_frames < WRITE_BATCH_FRAMES as u64 {
-                let Ok(frame) = queue.try_recv() else { break };
-                batch.extend_from_slice(&frame);
+                let Ok(next) = queue.try_recv() else { break };
+                batch.extend_from_slice(&next.frame);
                 batch_frames += 1;
             }
         }
+        if stream.as_ref().is_some_and(peer_closed) {
+            stream = None; // closed by the hop (idle timeout, restart): reconnect first
+        }
         let connection = match stream.as_mut() {
             Some(connection) => connection,
-            None => match connect(next_hop).await {
-                Ok(connected) => {
-                    backoff_ms = BACKOFF_MS_INITIAL;
-                    stream.insert(connected)
-                }
-                Err(_) => {
-                    // Keep the batch; new packets wait in the bounded queue (or are dropped).
-                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                    backoff_ms = (backoff_ms * 2).min(BACKOFF_MS_MAX);
+            None => {
+                let now = Instant::now();
+                let expires = oldest + UNREACHABLE_DROP;
+                if now >= expires {
+                    GatewayMetrics::add(&metrics.egress_dropped, batch_frames);
+                    batch.clear();
+                    batch_frames = 0;
                     continue;
                 }
-            },
+                if now < retry_at {
+                    tokio::time::sleep_until(retry_at.min(expires).into()).await;
+                    continue;
+                }
+                match connect(next_hop).await {
+                    Ok(connected) => {
+                        backoff_ms = BACKOFF_MS_INITIAL;
+                        stream.insert(connected)
+                    }
+                    Err(_) => {
+                        retry_at = Instant::now() + Duration::from_millis(backoff_ms);
+                        backoff_ms = (backoff_ms * 2).min(BACKOFF_MS_MAX);
+                        continue;
+                    }
+                }
+            }
         };
-        if connection.write_all(&batch).await.is_ok() {
-            GatewayMetrics::add(&metrics.egress_sent, batch_frames);
-        } else {
-            // The batch in flight is lost with the connection: count it, reconnect.
-            GatewayMetrics::add(&metrics.egress_dropped, batch_frames);
-            stream = None;
+        match tokio::time::timeout(UNREACHABLE_DROP, connection.write_all(&batch)).await {
+            Ok(Ok(())) => GatewayMetrics::add(&metrics.egress_sent, batch_frames),
+            outcome => {
+                if outcome.is_err() {
+                    // Stalled: reset, so the hop does not get these bytes when it reads again.
+                    // (Deprecated for the blocking close a non-zero linger makes; zero resets
+                    // at once.)
+                    #[allow(deprecated)]
+                    let _ = connection.set_linger(Some(Duration::ZERO));
+                }
+                // The batch in flight is lost with the connection: count it, reconnect.
+                GatewayMetrics::add(&metrics.egress_dropped, batch_frames);
+                stream = None;
+            }
         }
         batch.clear();
         batch_frames = 0;
+    }
+}
+
+/// True if the hop closed a connection we only write to (a read sees end-of-stream or an
+/// error); writes would still succeed into our buffer until its reset arrives.
+fn peer_closed(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match stream.try_read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false, // a hop sends nothing on this connection; ignore it
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
     }
 }
 
