@@ -258,4 +258,79 @@ mod tests {
         // No rotation: id 1, as a mixnode without a schedule.
         assert_eq!(settings(0).key_rotation(2 * DAY_MS), KeyRotation::Odd);
     }
+
+    /// Packets for a first hop that is down are dropped and counted within the bound, never
+    /// delivered when it returns; packets after its return are.
+    #[test]
+    fn a_dead_first_hop_costs_counted_drops_not_a_late_burst() {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let hop = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let metrics = Arc::new(GatewayMetrics::default());
+        let egress = Egress::new(
+            runtime.handle().clone(),
+            EgressSettings {
+                framing: FramingVersion::V7,
+                rotation: Schedule {
+                    interval_ms: 0,
+                    overlap_ms: 0,
+                },
+                queue_packets_max: 64,
+            },
+            metrics.clone(),
+        );
+        let packet = vec![0u8; PacketSize::Regular.packet_len()];
+        for _ in 0..10 {
+            egress.send(hop, &packet).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metrics.egress_dropped.load(Ordering::Relaxed) < 10 {
+            assert!(Instant::now() < deadline, "held packets were never counted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let listener = std::net::TcpListener::bind(hop).unwrap();
+        let frame_len = FrameHeader::v7(PacketSize::Regular).frame_len();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut received = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let mut conn = loop {
+            egress.send(hop, &packet).unwrap(); // until the writer's retry reaches the hop
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(_) => {
+                    assert!(Instant::now() < deadline, "never reconnected");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buffer = [0u8; 65_536];
+        while let Ok(n) = conn.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buffer[..n]);
+        }
+        assert!(!received.is_empty());
+        assert_eq!(received.len() % frame_len, 0);
+        // Only frames sent after the hop returned arrive (the counter may lag the read).
+        let arrived = (received.len() / frame_len) as u64;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metrics.egress_sent.load(Ordering::Relaxed) != arrived {
+            assert!(Instant::now() < deadline, "sent != arrived {arrived}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(egress);
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
 }
