@@ -33,10 +33,23 @@ pub struct MixnodeSection {
     /// Configs written before it existed get the default.
     #[serde(default = "spin_before_park_us_default")]
     pub spin_before_park_us: u64,
+    /// Configs written before they existed get the defaults.
+    #[serde(default = "ingress_per_ip_max_default")]
+    pub ingress_connections_per_ip_max: u32,
+    #[serde(default = "ingress_idle_timeout_s_default")]
+    pub ingress_idle_timeout_s: u64,
 }
 
 fn spin_before_park_us_default() -> u64 {
     lethe_engine::runtime::SPIN_BEFORE_PARK_US_DEFAULT
+}
+
+fn ingress_per_ip_max_default() -> u32 {
+    lethe_engine::runtime::INGRESS_PER_IP_MAX
+}
+
+fn ingress_idle_timeout_s_default() -> u64 {
+    lethe_engine::runtime::INGRESS_IDLE_TIMEOUT_MS / 1_000
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -149,6 +162,12 @@ io_memory_bytes = 131072
 # latency tails). Higher: lower latency under a trickle of traffic, a core that rarely sleeps.
 # 0 = sleep at once; at most 10000.
 spin_before_park_us = 30
+# Ingress connections one address (IPv6: one /64) may hold per core; each core serves at most
+# 4096, and when full gives the slot of a connection idle for 10 s to a newcomer.
+ingress_connections_per_ip_max = 256
+# An ingress connection that delivers no whole frame for this long is closed (upstream nodes
+# reconnect when they next have a packet).
+ingress_idle_timeout_s = 300
 
 [engine]
 # Sphinx packets processed per batch, and the longest a partial batch waits.
