@@ -30,6 +30,8 @@ pub struct Cli {
     pub load: LoadArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub thresholds: ThresholdArgs,
     /// The `lethe` binary for the embedded network (default: next to loadgen).
     #[arg(long, global = true, env = "LETHE_BIN")]
     pub lethe: Option<PathBuf>,
@@ -97,7 +99,7 @@ pub struct LoadArgs {
     /// Packets per second, all senders together (for ramps: see --rate-start).
     #[arg(long, global = true, default_value_t = 500.0)]
     pub rate: f64,
-    /// How long to send: seconds, or with a unit (500ms, 10s, 2m).
+    /// How long to send: seconds, or with a unit (500ms, 10s, 2m, 1h).
     #[arg(long, global = true, default_value = "10s", value_parser = parse_seconds)]
     pub duration: f64,
     /// Senders, each with its own connection (gateway session, or TCP to a mixnode) and an
@@ -133,6 +135,62 @@ pub struct LoadArgs {
     /// No progress display.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Report delivered, lost, p50/p99 and every local node's RSS per window of this length
+    /// (by scheduled send time; same units as --duration, e.g. 30s, 5m). Shorter runs have
+    /// one window.
+    #[arg(long, global = true, default_value = "5m", value_parser = parse_seconds)]
+    pub window: f64,
+    /// Gateway drivers: re-read the topology from the directory this often, s (0: never), so
+    /// that new packets are routed only over nodes it still lists. The directory republishes
+    /// within about a second of a membership change; one GET per refresh.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub topology_refresh_s: f64,
+}
+
+/// Pass/fail thresholds of a run (`run` only; ramps have their own bounds). A run fails, and
+/// loadgen exits 1 after its report, when one is breached, when a local node exited or logged
+/// a panic, or when the run was interrupted.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ThresholdArgs {
+    /// Most packets that may go undelivered (lost, never sent or in failed writes), percent
+    /// of offered. Without it the run fails above 50 % (a network that delivers less than
+    /// half is broken, not slow); the soak uses 0.1.
+    #[arg(long, global = true, value_name = "PCT")]
+    pub max_loss: Option<f64>,
+    /// Highest end-to-end p99 latency allowed, ms (nothing delivered fails too).
+    #[arg(long, global = true, value_name = "MS")]
+    pub max_p99_ms: Option<f64>,
+    /// Largest RSS growth allowed for any local node (and loadgen) from the end of the first
+    /// window to the end of the run, percent of its RSS at the end of the first window.
+    #[arg(long, global = true, value_name = "PCT")]
+    pub max_rss_growth_pct: Option<f64>,
+}
+
+impl ThresholdArgs {
+    pub fn any(&self) -> bool {
+        self.max_loss.is_some() || self.max_p99_ms.is_some() || self.max_rss_growth_pct.is_some()
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let percent = |value: Option<f64>, flag: &str| match value {
+            Some(v) if !(v.is_finite() && (0.0..=100.0).contains(&v)) => {
+                Err(format!("{flag} must be a percentage between 0 and 100"))
+            }
+            _ => Ok(()),
+        };
+        percent(self.max_loss, "--max-loss")?;
+        if let Some(v) = self.max_rss_growth_pct {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err("--max-rss-growth-pct must be 0 or more".into());
+            }
+        }
+        if let Some(v) = self.max_p99_ms {
+            if !(v.is_finite() && v > 0.0) {
+                return Err("--max-p99-ms must be more than 0".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -204,7 +262,7 @@ pub fn size_name(size: PacketSize) -> &'static str {
     }
 }
 
-/// `10`, `10s`, `500ms`, `2m` → seconds.
+/// `10`, `10s`, `500ms`, `2m`, `1h` → seconds.
 pub fn parse_seconds(text: &str) -> Result<f64, String> {
     let text = text.trim();
     let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
@@ -213,13 +271,15 @@ pub fn parse_seconds(text: &str) -> Result<f64, String> {
         (n, 1.0)
     } else if let Some(n) = text.strip_suffix('m') {
         (n, 60.0)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         (text, 1.0)
     };
     let value: f64 = number
         .trim()
         .parse()
-        .map_err(|_| format!("{text:?}: expected a duration like 10, 10s, 500ms or 2m"))?;
+        .map_err(|_| format!("{text:?}: expected a duration like 10, 10s, 500ms, 2m or 1h"))?;
     let seconds = value * scale;
     if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
         return Err(format!("{text:?}: must be more than 0 and at most a day"));
@@ -262,6 +322,21 @@ impl LoadArgs {
         if !(self.lookahead_s.is_finite() && self.lookahead_s > 0.0 && self.lookahead_s <= 60.0) {
             return Err("--lookahead-s must be more than 0 and at most 60".into());
         }
+        if self.window < 1.0 {
+            return Err("--window must be at least 1 s".into());
+        }
+        if (self.duration / self.window).ceil() > crate::windows::WINDOWS_MAX as f64 {
+            return Err(format!(
+                "--duration / --window gives more than {} windows: use a longer --window",
+                crate::windows::WINDOWS_MAX
+            ));
+        }
+        if !(self.topology_refresh_s.is_finite()
+            && (self.topology_refresh_s == 0.0
+                || (1.0..=86_400.0).contains(&self.topology_refresh_s)))
+        {
+            return Err("--topology-refresh-s must be 0 (never) or between 1 and 86400".into());
+        }
         Ok(())
     }
 }
@@ -278,11 +353,35 @@ mod tests {
         assert_eq!(parse_seconds("500ms").unwrap(), 0.5);
         assert_eq!(parse_seconds("2m").unwrap(), 120.0);
         assert_eq!(parse_seconds("3").unwrap(), 3.0);
+        assert_eq!(parse_seconds("30m").unwrap(), 1800.0);
+        assert_eq!(parse_seconds("1h").unwrap(), 3600.0);
+        assert!(parse_seconds("25h").is_err());
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("x").is_err());
         let cli = Cli::try_parse_from(["loadgen", "--rate", "50", "sweep", "--p99-bound-ms", "9"])
             .unwrap();
         assert_eq!(cli.load.rate, 50.0);
         assert!(matches!(cli.command, Some(Command::Sweep { .. })));
+        assert_eq!(cli.load.window, 300.0);
+        assert!(!cli.thresholds.any());
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "--duration",
+            "30m",
+            "--window",
+            "5m",
+            "--max-loss",
+            "0.1",
+            "--max-p99-ms",
+            "100",
+        ])
+        .unwrap();
+        assert_eq!(cli.load.duration, 1800.0);
+        assert_eq!(cli.thresholds.max_loss, Some(0.1));
+        assert!(cli.load.validate().is_ok() && cli.thresholds.validate().is_ok());
+        let cli = Cli::try_parse_from(["loadgen", "--duration", "1h", "--window", "1s"]).unwrap();
+        assert!(cli.load.validate().is_err(), "3600 windows");
+        let cli = Cli::try_parse_from(["loadgen", "--max-loss", "120"]).unwrap();
+        assert!(cli.thresholds.validate().is_err());
     }
 }

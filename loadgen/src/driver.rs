@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lethe_crypto::framing::{FrameHeader, PacketSize};
@@ -22,6 +22,8 @@ use serde::Serialize;
 use crate::gateway::ClientStats;
 use crate::generator::{Exit, Topology, Wire};
 use crate::receiver::{ActiveRun, FinalHop, ReceiverStats};
+use crate::refresh::TopologyFeed;
+use crate::windows::WatchedProcess;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,6 +90,18 @@ pub trait Driver {
     /// Bandwidth credentials the driver's clients obtained and spent (gateway drivers).
     fn credentials(&self) -> Option<crate::credentials::CredentialInfo> {
         None
+    }
+    /// The routes in use when the driver refreshes them from a directory (gateway drivers).
+    fn topology_feed(&self) -> Option<Arc<TopologyFeed>> {
+        None
+    }
+    /// How often the topology is refreshed, s (`None`: it is not).
+    fn topology_refresh_s(&self) -> Option<f64> {
+        None
+    }
+    /// The node processes loadgen started (their memory is sampled, their exit noticed).
+    fn processes(&self) -> Vec<WatchedProcess> {
+        Vec::new()
     }
 }
 
@@ -414,6 +428,18 @@ impl Driver for EmbeddedMixnet {
 
     fn receiver_stats(&self) -> ReceiverStats {
         self.receiver.stats()
+    }
+
+    fn processes(&self) -> Vec<WatchedProcess> {
+        self.processes
+            .iter()
+            .zip(&self.nodes)
+            .map(|(process, node)| WatchedProcess {
+                name: node.name.clone(),
+                pid: process.child.id(),
+                log: Some(process.log.clone()),
+            })
+            .collect()
     }
 
     fn check(&mut self) -> Result<(), String> {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::framing::PacketSize;
-use lethe_crypto::sphinx::{Destination, RouteHop};
+use lethe_crypto::sphinx::Destination;
 use lethe_nodes::client::credential::{Wallet, LOW_WATER_BYTES};
 use lethe_nodes::directory::client::{fetch_key, fetch_topology, http_client};
 use lethe_nodes::keyfile;
@@ -47,11 +47,13 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::credentials::{CredentialInfo, IssuerConfig};
 use crate::driver::{Driver, Injector, NodeInfo};
-use crate::generator::{Exit, Topology, Wire, FORWARD_OVERHEAD};
+use crate::generator::{Topology, Wire, FORWARD_OVERHEAD};
 use crate::receiver::{ActiveRun, ReceiverCounters, ReceiverStats};
+use crate::refresh::{routes_of, ReceiverExit, TopologyFeed};
 use crate::stamp::Stamp;
 use crate::testnet::Testnet;
 use crate::tracker::Arrival;
+use crate::windows::WatchedProcess;
 
 /// Connect + handshake + welcome, per session.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
@@ -228,7 +230,6 @@ struct GatewayEntry {
     name: String,
     url: String,
     identity: [u8; 32],
-    hop: RouteHop,
     /// It reported no balance after `Welcome`: open admission (sessions stop waiting for one).
     open_admission: Arc<AtomicBool>,
 }
@@ -269,8 +270,13 @@ pub struct GatewayNetwork {
     // Field order matters: the runtime (and every session) stops before the testnet goes down.
     runtime: tokio::runtime::Runtime,
     nodes: Vec<NodeInfo>,
-    layers: Vec<Vec<RouteHop>>,
-    exits: Vec<Exit>,
+    /// The routes in use, refreshed from the directory ([`GatewayNetwork::start_refresh`]).
+    feed: Arc<TopologyFeed>,
+    /// One per gateway receiver: where packets are addressed.
+    receivers: Vec<ReceiverExit>,
+    directory_key: [u8; 32],
+    /// `--topology-refresh-s` once the refresh runs.
+    refresh_s: Option<f64>,
     gateways: Vec<GatewayEntry>,
     packet_size: PacketSize,
     shared: Arc<Shared>,
@@ -301,7 +307,7 @@ impl GatewayNetwork {
     /// `key`: the pinned directory key; `None` fetches it (trust on first use, always said on
     /// stderr). `clients`: the run's senders (identities are made for at least one per
     /// gateway, which the warm-up uses). A testnet given here is stopped when the driver is
-    /// dropped.
+    /// dropped. `quiet`: topology changes are not said on stderr.
     pub fn start(
         kind: &'static str,
         url: &str,
@@ -309,6 +315,7 @@ impl GatewayNetwork {
         packet_size: PacketSize,
         clients: u32,
         testnet: Option<Testnet>,
+        quiet: bool,
     ) -> Result<GatewayNetwork, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -344,7 +351,6 @@ impl GatewayNetwork {
                 .unwrap_or(fallback)
         };
         let mut nodes = Vec::new();
-        let mut layers = Vec::new();
         for (index, layer) in topology.layers.iter().enumerate() {
             if layer.is_empty() {
                 return Err(format!(
@@ -353,9 +359,7 @@ impl GatewayNetwork {
                     index + 1
                 ));
             }
-            let mut hops = Vec::new();
             for (n, descriptor) in layer.iter().enumerate() {
-                hops.push(descriptor.route_hop().map_err(|e| e.to_string())?);
                 nodes.push(NodeInfo {
                     name: name_of(descriptor, format!("mix-l{}-{}", index + 1, n + 1)),
                     role: format!("mixnode layer {}", index + 1),
@@ -363,7 +367,6 @@ impl GatewayNetwork {
                     metrics: descriptor.metrics_url.as_deref().and_then(metrics_address),
                 });
             }
-            layers.push(hops);
         }
         let mut gateways = Vec::new();
         for (n, descriptor) in topology.gateways.iter().enumerate() {
@@ -381,7 +384,6 @@ impl GatewayNetwork {
                 name,
                 url: client_url,
                 identity: descriptor.identity_key().map_err(|e| e.to_string())?,
-                hop: descriptor.route_hop().map_err(|e| e.to_string())?,
                 open_admission: Arc::new(AtomicBool::new(false)),
             });
         }
@@ -397,7 +399,7 @@ impl GatewayNetwork {
             counters: Counters::default(),
             receiver_failure: Mutex::new(None),
         });
-        let mut exits = Vec::new();
+        let mut receivers = Vec::new();
         for gateway in &gateways {
             let seed = random_seed()?;
             let identity = keyfile::ed25519_public(&seed);
@@ -419,14 +421,16 @@ impl GatewayNetwork {
                     slot.get_or_insert(format!("the receiver session at {name} ended: {reason}"));
                 }
             });
-            exits.push(Exit {
-                hop: gateway.hop,
+            receivers.push(ReceiverExit {
+                gateway_identity: gateway.identity,
                 destination: Destination {
                     address: identity,
                     identifier: [0; 16],
                 },
             });
         }
+        let routes = routes_of(&topology, &receivers).map_err(|e| format!("{url}: {e}"))?;
+        let feed = Arc::new(TopologyFeed::new(routes, names.clone(), quiet));
         let senders = (0..clients.max(gateways.len() as u32))
             .map(|_| SenderIdentity::new())
             .collect::<Result<Vec<_>, String>>()?;
@@ -434,8 +438,10 @@ impl GatewayNetwork {
             kind,
             runtime,
             nodes,
-            layers,
-            exits,
+            feed,
+            receivers,
+            directory_key: key,
+            refresh_s: None,
             gateways,
             packet_size,
             shared,
@@ -475,6 +481,22 @@ impl GatewayNetwork {
     pub fn senders(&self) -> usize {
         self.senders.len()
     }
+
+    /// Re-reads the topology every `every_s` seconds from now on (0: never), for as long as
+    /// the driver lives.
+    pub fn start_refresh(&mut self, every_s: f64) {
+        if !(every_s.is_finite() && every_s > 0.0) {
+            return;
+        }
+        self.refresh_s = Some(every_s);
+        self.runtime.spawn(crate::refresh::refresh_loop(
+            Arc::clone(&self.feed),
+            self.directory.url.clone(),
+            self.directory_key,
+            Duration::from_secs_f64(every_s),
+            self.receivers.clone(),
+        ));
+    }
 }
 
 /// How long [`GatewayNetwork::warm_up`] waits for every entry gateway to accept every
@@ -491,7 +513,7 @@ impl GatewayNetwork {
     pub fn warm_up(&mut self, say: &dyn Fn(&str)) -> Result<(), String> {
         let started = Instant::now();
         let entries = self.gateways.len() as u32;
-        let layer1 = self.layers.first().cloned().unwrap_or_default();
+        let layer1 = self.topology().layers.first().cloned().unwrap_or_default();
         let probes = u64::from(entries) * layer1.len() as u64;
         let mut rng = crate::generator::os_rng()?;
         let mut frames = Vec::new();
@@ -505,7 +527,7 @@ impl GatewayNetwork {
         .validate()?;
         for round in 0u32.. {
             let run_id = u32::MAX - round;
-            let tracker = Arc::new(crate::tracker::Tracker::new(run_id, probes)?);
+            let tracker = Arc::new(crate::tracker::Tracker::new(run_id, probes, 0)?);
             self.set_run(Some(ActiveRun {
                 tracker: Arc::clone(&tracker),
                 start: Instant::now(),
@@ -1016,11 +1038,30 @@ impl Driver for GatewayNetwork {
     }
 
     fn topology(&self) -> Topology {
-        Topology {
-            layers: self.layers.clone(),
-            exits: self.exits.clone(),
-            entry_per_client: false,
+        match self.feed.current() {
+            Some((_, routes)) => routes.topology.clone(),
+            // Only a poisoned lock: a plan over no route fails validation with a clear error.
+            None => Topology {
+                layers: Vec::new(),
+                exits: Vec::new(),
+                entry_per_client: false,
+            },
         }
+    }
+
+    fn topology_feed(&self) -> Option<Arc<TopologyFeed>> {
+        Some(Arc::clone(&self.feed))
+    }
+
+    fn topology_refresh_s(&self) -> Option<f64> {
+        self.refresh_s
+    }
+
+    fn processes(&self) -> Vec<WatchedProcess> {
+        self.testnet
+            .as_ref()
+            .map(Testnet::processes)
+            .unwrap_or_default()
     }
 
     fn connect(&self, client: u32) -> Result<Box<dyn Injector>, String> {

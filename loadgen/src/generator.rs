@@ -335,17 +335,66 @@ pub struct GeneratorJob {
     pub queues: Vec<SyncSender<OutPacket>>,
     pub stop: Arc<AtomicBool>,
     pub live: Arc<GeneratorLive>,
+    /// Where refreshed routes come from (gateway drivers); `None`: `plan`'s for the whole run.
+    pub feed: Option<Arc<crate::refresh::TopologyFeed>>,
 }
 
-/// Builds every packet of the schedule, in order, into the senders' queues.
-pub fn generate(job: GeneratorJob) -> Result<GeneratorStats, String> {
+/// Packets `first_seq..end_seq` were built over the routes of topology `generation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenerationUse {
+    pub generation: u64,
+    pub epoch: Option<u64>,
+    pub first_seq: u64,
+    pub end_seq: u64,
+}
+
+/// Generations recorded per run at most (a change per refresh; later ones extend the last).
+const GENERATIONS_KEPT: usize = 1024;
+
+/// What the generator did, and which routes each packet took.
+#[derive(Clone, Debug, Default)]
+pub struct Generated {
+    pub stats: GeneratorStats,
+    pub generations: Vec<GenerationUse>,
+}
+
+/// Builds every packet of the schedule, in order, into the senders' queues. With a feed, each
+/// chunk is built over the routes current when it starts.
+pub fn generate(job: GeneratorJob) -> Result<Generated, String> {
     let mut rng = os_rng()?;
     let mut stats = GeneratorStats::default();
+    let mut generations: Vec<GenerationUse> = Vec::new();
+    let mut plan = job.plan;
+    let mut generation = None;
+    let mut epoch = None;
     let mut frames = Vec::with_capacity(CHUNK_PACKETS);
     let mut stamps = Vec::with_capacity(CHUNK_PACKETS);
     let mut seq = 0u64;
     while seq < job.schedule.total && !job.stop.load(Ordering::Relaxed) {
+        if let Some(feed) = &job.feed {
+            if generation != Some(feed.generation()) {
+                if let Some((current, routes)) = feed.current() {
+                    plan.topology = routes.topology.clone();
+                    generation = Some(current);
+                    epoch = Some(routes.epoch);
+                }
+            }
+        }
         let count = (job.schedule.total - seq).min(CHUNK_PACKETS as u64);
+        // Without a feed every packet takes the plan's routes: generation 0.
+        let current = generation.unwrap_or(0);
+        let kept = generations.len();
+        match generations.last_mut() {
+            Some(last) if last.generation == current || kept >= GENERATIONS_KEPT => {
+                last.end_seq = seq + count;
+            }
+            _ => generations.push(GenerationUse {
+                generation: current,
+                epoch,
+                first_seq: seq,
+                end_seq: seq + count,
+            }),
+        }
         stamps.clear();
         stamps.extend((seq..seq + count).map(|s| Stamp {
             run_id: job.run_id,
@@ -353,7 +402,7 @@ pub fn generate(job: GeneratorJob) -> Result<GeneratorStats, String> {
             scheduled_ns: job.schedule.due_ns(s),
         }));
         let started = Instant::now();
-        stats.errors += build_chunk(&job.plan, &stamps, &mut rng, &mut frames);
+        stats.errors += build_chunk(&plan, &stamps, &mut rng, &mut frames);
         stats.busy_ns += elapsed_ns(started);
         let blocked = Instant::now();
         for (stamp, frame) in frames.drain(..) {
@@ -376,7 +425,7 @@ pub fn generate(job: GeneratorJob) -> Result<GeneratorStats, String> {
         stats.blocked_ns += elapsed_ns(blocked);
         seq += count;
     }
-    Ok(stats)
+    Ok(Generated { stats, generations })
 }
 
 fn elapsed_ns(since: Instant) -> u64 {

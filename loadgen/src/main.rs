@@ -10,6 +10,7 @@ mod output;
 mod plot;
 mod ramp;
 mod receiver;
+mod refresh;
 mod report;
 mod run;
 mod schedule;
@@ -18,6 +19,8 @@ mod sender;
 mod stamp;
 mod testnet;
 mod tracker;
+mod verdict;
+mod windows;
 
 use std::process::ExitCode;
 
@@ -31,10 +34,13 @@ use report::Report;
 use run::{LoadParams, RunOutcome};
 use testnet::{Testnet, TestnetOptions};
 
+/// Exit codes: 0 the run passed (ramps: they completed), 1 the run's verdict failed (the report
+/// is printed first), 2 an error stopped loadgen (no report).
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match real_main(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("loadgen: {e}");
             ExitCode::from(2)
@@ -42,8 +48,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: &Cli) -> Result<(), String> {
+/// `Ok(false)`: the run's verdict failed.
+fn real_main(cli: &Cli) -> Result<bool, String> {
     cli.load.validate()?;
+    cli.thresholds.validate()?;
+    if cli.thresholds.any()
+        && matches!(
+            cli.command,
+            Some(Command::Node { .. } | Command::Sweep { .. })
+        )
+    {
+        return Err(
+            "--max-loss, --max-p99-ms and --max-rss-growth-pct judge a run; ramps have their \
+             own bounds (--loss-max, --p99-bound-ms)"
+                .into(),
+        );
+    }
     run::install_interrupt()?;
     let base = LoadParams {
         rate_per_s: cli.load.rate,
@@ -54,6 +74,7 @@ fn real_main(cli: &Cli) -> Result<(), String> {
         late_bound_ms: cli.load.late_bound_ms,
         drain_margin_s: cli.load.drain_margin_s,
         lookahead_s: cli.load.lookahead_s,
+        window_s: cli.load.window,
         run_id: 1,
         progress: !cli.load.quiet,
         label: "loadgen".into(),
@@ -94,11 +115,19 @@ fn real_main(cli: &Cli) -> Result<(), String> {
                 None => None,
             };
             say(&format!("reading the topology from {url}"));
-            let mut network =
-                GatewayNetwork::start("target", url, key, base.size, base.clients, None)?;
+            let mut network = GatewayNetwork::start(
+                "target",
+                url,
+                key,
+                base.size,
+                base.clients,
+                None,
+                cli.load.quiet,
+            )?;
             if let Some(issuers) = target_issuers(cli) {
                 obtain_credentials(&mut network, &issuers, cli, &base, &say)?;
             }
+            network.start_refresh(cli.load.topology_refresh_s);
             network.warm_up(&say)?;
             directory = Some(network.directory.clone());
             Box::new(network)
@@ -148,10 +177,12 @@ fn real_main(cli: &Cli) -> Result<(), String> {
                 base.size,
                 base.clients,
                 Some(testnet),
+                cli.load.quiet,
             )?;
             if let Some(issuers) = &issuers {
                 obtain_credentials(&mut network, issuers, cli, &base, &say)?;
             }
+            network.start_refresh(cli.load.topology_refresh_s);
             network.warm_up(&say)?;
             directory = Some(network.directory.clone());
             Box::new(network)
@@ -177,6 +208,20 @@ fn real_main(cli: &Cli) -> Result<(), String> {
     };
     let mut report = build_report(mode, driver.as_ref(), &detail, ramp, capacity);
     report.directory = directory;
+    if mode == "run" {
+        let verdict = verdict::judge(
+            &report.result,
+            verdict::Thresholds::from_args(&cli.thresholds),
+        );
+        if cli.output.json {
+            // Said on stderr too: stdout holds only the JSON document.
+            for failure in &verdict.failures {
+                eprintln!("loadgen: FAIL: {failure}");
+            }
+        }
+        report.verdict = Some(verdict);
+    }
+    let passed = report.verdict.as_ref().is_none_or(|v| v.passed);
     // Stop the network (testnet down) before printing: the report is the last word.
     drop(driver);
     if let Some(dir) = &cli.output.out {
@@ -191,7 +236,7 @@ fn real_main(cli: &Cli) -> Result<(), String> {
             println!("  files written to {}", dir.display());
         }
     }
-    Ok(())
+    Ok(passed)
 }
 
 /// --issuers, --threshold and --verification-key (clap makes them come together).
@@ -284,5 +329,6 @@ fn build_report(
         result,
         ramp,
         warnings,
+        verdict: None,
     }
 }

@@ -23,6 +23,7 @@ pub fn write_all(dir: &Path, report: &Report, outcome: &RunOutcome) -> Result<()
     let json = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
     write("summary.json", json.as_bytes())?;
     write("timeseries.csv", timeseries_csv(report).as_bytes())?;
+    write("windows.csv", windows_csv(report).as_bytes())?;
     let histogram = &outcome.tracker.latency_us;
     write("latency.hgrm", percentile_text(histogram).as_bytes())?;
     write("latency.hdr.b64", serialized(histogram)?.as_bytes())?;
@@ -67,6 +68,44 @@ fn timeseries_csv(report: &Report) -> String {
             opt(s.p50_ms),
             opt(s.p99_ms)
         );
+    }
+    csv
+}
+
+/// One line per window; then one RSS column (KiB) per watched process, by name.
+fn windows_csv(report: &Report) -> String {
+    let names: Vec<&String> = report
+        .result
+        .windows
+        .first()
+        .map(|w| w.rss_kib.keys().collect())
+        .unwrap_or_default();
+    let mut csv =
+        String::from("index,start_s,end_s,offered,sent,delivered,lost,loss_ratio,p50_ms,p99_ms");
+    for name in &names {
+        let _ = write!(csv, ",rss_kib_{name}");
+    }
+    csv.push('\n');
+    for w in &report.result.windows {
+        let _ = write!(
+            csv,
+            "{},{},{},{},{},{},{},{},{},{}",
+            w.index,
+            w.start_s,
+            w.end_s,
+            w.offered,
+            w.sent,
+            w.delivered,
+            w.lost,
+            w.loss_ratio,
+            opt(w.p50_ms),
+            opt(w.p99_ms)
+        );
+        for name in &names {
+            let kib = w.rss_kib.get(*name).copied().flatten();
+            let _ = write!(csv, ",{}", kib.map(|k| k.to_string()).unwrap_or_default());
+        }
+        csv.push('\n');
     }
     csv
 }

@@ -31,6 +31,10 @@ fn step(
     capacity_per_s: f64,
 ) -> Result<(Step, RunOutcome, Option<String>), String> {
     let outcome = run_load(driver, params)?;
+    if let Some(failure) = &outcome.network_failure {
+        // A ramp measures a working network: a dead node ends it.
+        return Err(failure.clone());
+    }
     let run = report::run_report(&outcome, capacity_per_s);
     let rate = params.rate_per_s;
     let delivered_share = run.delivered.packets as f64 / run.offered.packets.max(1) as f64;

@@ -35,6 +35,9 @@ pub struct Report {
     pub result: RunReport,
     pub ramp: Option<Ramp>,
     pub warnings: Vec<String>,
+    /// Pass or fail against the thresholds (`run` only; absent for ramps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<crate::verdict::Verdict>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -50,6 +53,9 @@ pub struct Config {
     pub late_bound_ms: f64,
     pub drain_margin_s: f64,
     pub lookahead_s: f64,
+    pub window_s: f64,
+    /// How often the topology was re-read from the directory; `null` when it was not.
+    pub topology_refresh_s: Option<f64>,
 }
 
 /// Percentiles in ms; `null` when nothing was measured.
@@ -105,6 +111,64 @@ pub struct RunReport {
     pub gateway_clients: Option<crate::gateway::ClientStats>,
     pub timeseries: Vec<SecondReport>,
     pub times: Times,
+    /// Why the run stopped early: part of the network died (a node exited, a receiver
+    /// session ended). Absent when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_failure: Option<String>,
+    /// The run cut into windows of scheduled send time (`--window`).
+    pub windows: Vec<WindowReport>,
+    /// Memory of every local node process and of loadgen over the run.
+    pub processes: Vec<crate::windows::ProcessReport>,
+    /// Routes refreshed from the directory during the run (drivers testnet and target).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologyReport>,
+}
+
+/// One window of scheduled send time: the packets due in it and what became of them.
+#[derive(Clone, Debug, Serialize)]
+pub struct WindowReport {
+    pub index: usize,
+    pub start_s: f64,
+    pub end_s: f64,
+    pub offered: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    /// Sent but not delivered.
+    pub lost: u64,
+    pub loss_ratio: f64,
+    /// Of the packets due in the window (2 significant digits); `null` if none arrived.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// RSS of every watched process at the window's end, KiB (`null`: not running, or the
+    /// run stopped before the window ended).
+    pub rss_kib: BTreeMap<String, Option<u64>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TopologyReport {
+    pub refresh_s: Option<f64>,
+    /// Topologies fetched and verified during the run, and fetches that failed (the last
+    /// usable topology stayed in use).
+    pub fetches: u64,
+    pub fetch_failures: u64,
+    /// The routes in use at the start (generation 0 of the run's first entry), then every
+    /// change.
+    pub changes: Vec<crate::refresh::TopologyChange>,
+    pub changes_not_kept: u64,
+    /// Packets by the routes they were built over.
+    pub generations: Vec<GenerationReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GenerationReport {
+    pub generation: u64,
+    pub epoch: Option<u64>,
+    /// Sequence numbers `first_seq .. first_seq + packets` were built over these routes.
+    pub first_seq: u64,
+    pub packets: u64,
+    pub delivered: u64,
+    /// Built but not delivered: lost, or never sent.
+    pub undelivered: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -238,6 +302,8 @@ pub fn config(outcome: &RunOutcome) -> Config {
         late_bound_ms: p.late_bound_ms,
         drain_margin_s: p.drain_margin_s,
         lookahead_s: p.lookahead_s,
+        window_s: p.window_s,
+        topology_refresh_s: outcome.topology_refresh_s,
     }
 }
 
@@ -336,7 +402,75 @@ pub fn run_report(outcome: &RunOutcome, capacity_per_s: f64) -> RunReport {
             drain_s: outcome.drain_s,
             wall_s: outcome.wall_s,
         },
+        network_failure: outcome.network_failure.clone(),
+        windows: windows(outcome),
+        processes: outcome.processes.clone(),
+        topology: outcome.topology.as_ref().map(|feed| TopologyReport {
+            refresh_s: outcome.topology_refresh_s,
+            fetches: feed.fetches,
+            fetch_failures: feed.fetch_failures,
+            changes: feed.changes.clone(),
+            changes_not_kept: feed.changes_not_kept,
+            generations: outcome
+                .generations
+                .iter()
+                .map(|g| GenerationReport {
+                    generation: g.generation,
+                    epoch: g.epoch,
+                    first_seq: g.first_seq,
+                    packets: g.packets,
+                    delivered: g.delivered,
+                    undelivered: g.packets.saturating_sub(g.delivered),
+                })
+                .collect(),
+        }),
     }
+}
+
+fn windows(outcome: &RunOutcome) -> Vec<WindowReport> {
+    let window_ns = (outcome.params.window_s * 1e9) as u64;
+    let run_ns = (outcome.params.duration_s * 1e9) as u64;
+    (0..crate::windows::count(window_ns, run_ns))
+        .map(|index| {
+            let (start_ns, end_ns) = crate::windows::bounds_ns(index, window_ns, run_ns);
+            let latency = outcome.tracker.windows.get(index).and_then(Option::as_ref);
+            let delivered = latency.map_or(0, Histogram::len);
+            let sent = outcome
+                .sender
+                .sent_per_window
+                .get(index)
+                .copied()
+                .unwrap_or(0);
+            let q = |quantile: f64| {
+                latency
+                    .filter(|h| !h.is_empty())
+                    .map(|h| h.value_at_quantile(quantile) as f64 / 1e3)
+            };
+            let lost = sent.saturating_sub(delivered);
+            let samples = outcome.rss_windows.get(index);
+            WindowReport {
+                index,
+                start_s: start_ns as f64 / 1e9,
+                end_s: end_ns as f64 / 1e9,
+                offered: outcome.schedule.due_between(start_ns, end_ns),
+                sent,
+                delivered,
+                lost,
+                loss_ratio: ratio(lost as f64, sent as f64),
+                p50_ms: q(0.5),
+                p99_ms: q(0.99),
+                rss_kib: outcome
+                    .watched
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let kib = samples.and_then(|s| s.get(i).copied().flatten());
+                        (p.name.clone(), kib)
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 fn timeseries(outcome: &RunOutcome) -> Vec<SecondReport> {
@@ -478,6 +612,29 @@ pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Ve
     for node in &run.nodes {
         if let Some(e) = &node.error {
             out.push(format!("{}: metrics unavailable: {e}", node.name));
+        }
+    }
+    if let Some(failure) = &run.network_failure {
+        out.push(format!(
+            "the run stopped early: {}",
+            failure.lines().next().unwrap_or("the network failed")
+        ));
+    }
+    for process in &run.processes {
+        if process.panics_logged > 0 {
+            out.push(format!(
+                "{} logged {} panic(s)",
+                process.name, process.panics_logged
+            ));
+        }
+    }
+    if let Some(topology) = &run.topology {
+        if topology.fetch_failures > 0 {
+            out.push(format!(
+                "{} topology refreshes failed (the directory did not answer, or served a \
+                 topology loadgen could not use); the last usable one stayed in use",
+                topology.fetch_failures
+            ));
         }
     }
     out
@@ -622,10 +779,107 @@ pub fn render_text(report: &Report) -> String {
         g.sender_busy_ratio * 100.0,
         r.receiver.busy_ratio * 100.0
     );
+    render_windows(&mut out, r);
+    render_topology(&mut out, r);
     for warning in &report.warnings {
         let _ = writeln!(out, "  WARNING: {warning}");
     }
+    if let Some(verdict) = &report.verdict {
+        crate::verdict::render(&mut out, verdict);
+    }
     out
+}
+
+fn kib(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.1}", v as f64 / 1024.0))
+}
+
+fn render_windows(out: &mut String, r: &RunReport) {
+    // A single window repeats the totals: shown only when the run has several.
+    if r.windows.len() >= 2 {
+        let _ = writeln!(
+            out,
+            "  windows (by scheduled send time)\n    {:<13} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8}",
+            "window s", "offered", "sent", "delivered", "lost", "loss%", "p50 ms", "p99 ms"
+        );
+        for w in &r.windows {
+            let _ = writeln!(
+                out,
+                "    {:<13} {:>9} {:>9} {:>9} {:>7} {:>8.3} {:>8} {:>8}",
+                format!("{:.0}-{:.0}", w.start_s, w.end_s),
+                w.offered,
+                w.sent,
+                w.delivered,
+                w.lost,
+                w.loss_ratio * 100.0,
+                ms(w.p50_ms),
+                ms(w.p99_ms)
+            );
+        }
+    }
+    if r.processes.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  memory (RSS MiB)\n    {:<10} {:>8} {:>8} {:>8}  growth after window 1",
+        "process", "start", "window 1", "end"
+    );
+    for p in &r.processes {
+        let growth = match (p.rss_growth_after_warmup_kib, p.rss_growth_after_warmup_pct) {
+            (Some(k), Some(pct)) => format!("{:+.1} MiB ({pct:+.1}%)", k as f64 / 1024.0),
+            (Some(k), None) => format!("{:+.1} MiB", k as f64 / 1024.0),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "    {:<10} {:>8} {:>8} {:>8}  {}{}{}",
+            p.name,
+            kib(p.rss_kib_start),
+            kib(p.rss_kib_first_window_end),
+            kib(p.rss_kib_end),
+            growth,
+            if p.running_at_end {
+                ""
+            } else {
+                "  NOT RUNNING"
+            },
+            if p.panics_logged > 0 {
+                format!("  {} panics logged", p.panics_logged)
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+fn render_topology(out: &mut String, r: &RunReport) {
+    let Some(t) = &r.topology else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "  topology refreshed every {} s: {} fetches, {} failed, {} changes",
+        t.refresh_s.map_or("-".into(), |s| format!("{s}")),
+        t.fetches,
+        t.fetch_failures,
+        t.changes.len().saturating_sub(1)
+    );
+    for change in t.changes.iter().skip(1) {
+        let packets = t
+            .generations
+            .iter()
+            .find(|g| g.generation == change.generation);
+        let _ = writeln!(
+            out,
+            "    at {:.1} s epoch {}: {}; packets built over it {}, undelivered {}",
+            change.at_s,
+            change.epoch,
+            crate::refresh::describe(change),
+            packets.map_or(0, |g| g.packets),
+            packets.map_or(0, |g| g.undelivered)
+        );
+    }
 }
 
 fn render_nodes(out: &mut String, r: &RunReport) {

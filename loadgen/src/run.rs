@@ -11,12 +11,16 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lethe_crypto::framing::PacketSize;
 
 use crate::driver::{Driver, NodeInfo};
-use crate::generator::{generate, GeneratorJob, GeneratorLive, GeneratorStats, PacketPlan};
+use crate::generator::{
+    generate, Generated, GeneratorJob, GeneratorLive, GeneratorStats, PacketPlan,
+};
 use crate::receiver::{ActiveRun, ReceiverStats};
+use crate::refresh::FeedStats;
 use crate::schedule::{Clock, RealClock, Schedule};
 use crate::scrape::{delta, scrape, NodeDelta, Samples};
 use crate::sender::{pace, ChannelSource, LiveCounters, OutPacket, PaceConfig, SenderStats};
 use crate::tracker::{Tracker, TrackerResult};
+use crate::windows::{self, ProcessReport, WatchedProcess};
 
 /// Memory the pre-built frames may hold at once, all queues together.
 pub const QUEUED_BYTES_MAX: usize = 512 * 1024 * 1024;
@@ -61,6 +65,8 @@ pub struct LoadParams {
     pub drain_margin_s: f64,
     /// Seconds of packets built ahead of the schedule.
     pub lookahead_s: f64,
+    /// Length of the report's windows of scheduled time, s.
+    pub window_s: f64,
     pub run_id: u32,
     pub progress: bool,
     /// Label of the progress bar (e.g. the ramp step).
@@ -90,6 +96,31 @@ pub struct RunOutcome {
     pub send_window_s: f64,
     /// From the start to the end of the drain.
     pub wall_s: f64,
+    /// Why the run stopped early because part of the network died (a node process exited,
+    /// a receiver session ended); `None` if it did not.
+    pub network_failure: Option<String>,
+    /// The processes watched (local nodes, then loadgen) and their RSS at the end of every
+    /// window that ended (`rss_windows[window][process]`).
+    pub watched: Vec<WatchedProcess>,
+    pub rss_windows: Vec<Vec<Option<u64>>>,
+    /// Memory of every watched process over the run.
+    pub processes: Vec<ProcessReport>,
+    /// Which routes the packets took, and what became of them.
+    pub generations: Vec<GenerationOutcome>,
+    /// The topology refresh during the run (gateway drivers); change times are relative to
+    /// the start.
+    pub topology: Option<FeedStats>,
+    pub topology_refresh_s: Option<f64>,
+}
+
+/// Packets built over one generation of routes.
+#[derive(Clone, Copy, Debug)]
+pub struct GenerationOutcome {
+    pub generation: u64,
+    pub epoch: Option<u64>,
+    pub first_seq: u64,
+    pub packets: u64,
+    pub delivered: u64,
 }
 
 impl RunOutcome {
@@ -115,7 +146,18 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
             )
         })?;
     let plan = plan(driver, params)?;
-    let tracker = Arc::new(Tracker::new(params.run_id, schedule.total)?);
+    let window_ns = (params.window_s * 1e9) as u64;
+    let run_ns = (params.duration_s * 1e9) as u64;
+    let window_count = windows::count(window_ns, run_ns);
+    let tracker = Arc::new(Tracker::new(params.run_id, schedule.total, window_ns)?);
+    let feed = driver.topology_feed();
+    let feed_before = feed.as_ref().map(|f| f.stats());
+    let mut watched = driver.processes();
+    watched.push(WatchedProcess {
+        name: "loadgen".into(),
+        pid: std::process::id(),
+        log: None,
+    });
     let before = scrape_all(driver.nodes());
     let receiver_before = driver.receiver_stats();
     let clients_before = driver.client_stats();
@@ -143,6 +185,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         queues,
         stop: Arc::clone(&stop),
         live: Arc::clone(&generator_live),
+        feed: feed.clone(),
     };
     let generator = std::thread::Builder::new()
         .name("generator".into())
@@ -161,6 +204,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     }
 
     let prebuilt = generator_live.created.load(Ordering::Relaxed);
+    let rss_start = windows::sample(&watched);
     let start = Instant::now();
     driver.set_run(Some(ActiveRun {
         tracker: Arc::clone(&tracker),
@@ -174,35 +218,46 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     let config = PaceConfig {
         late_bound_ns: (params.late_bound_ms * 1e6) as u64,
         give_up_ns,
+        window_ns,
     };
     let senders = spawn_senders(injectors, sources, clock, config, &stop, &live)?;
     let progress = progress_bar(params, &schedule);
-    let mut failure = None;
+    // The windows before the last are sampled as the clock passes their end; the last one
+    // ends with the run (sampled after the drain).
+    let mut rss_windows: Vec<Vec<Option<u64>>> = Vec::with_capacity(window_count);
+    let sample_windows = |rss_windows: &mut Vec<Vec<Option<u64>>>| {
+        let now_ns = clock.now_ns();
+        while rss_windows.len() + 1 < window_count
+            && now_ns >= windows::bounds_ns(rss_windows.len(), window_ns, run_ns).1
+        {
+            rss_windows.push(windows::sample(&watched));
+        }
+    };
+    let mut network_failure = None;
+    let mut thread_failure = None;
     while senders.iter().any(|s| !s.is_finished()) {
         std::thread::sleep(TICK);
         update_progress(&progress, &clock, &live, &tracker);
+        sample_windows(&mut rss_windows);
         if interrupted() {
             stop.store(true, Ordering::Relaxed);
         }
-        if let Err(e) = driver.check() {
-            stop.store(true, Ordering::Relaxed);
-            failure = Some(e);
-        }
+        note_failure(driver, &stop, &mut network_failure);
     }
     stop.store(true, Ordering::Relaxed);
     let mut sender = SenderStats::new()?;
     for handle in senders {
         match handle.join() {
             Ok(stats) => sender.merge(&stats),
-            Err(_) => failure = Some("a sender thread panicked".into()),
+            Err(_) => thread_failure = Some("a sender thread panicked".to_string()),
         }
     }
-    let generator = match generator.join() {
-        Ok(Ok(stats)) => stats,
+    let generated = match generator.join() {
+        Ok(Ok(generated)) => generated,
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err("the generator thread panicked".into()),
     };
-    if let Some(e) = failure {
+    if let Some(e) = thread_failure {
         progress.finish_and_clear();
         driver.set_run(None);
         return Err(e);
@@ -210,16 +265,50 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     let send_window_s = sender.last_send_ns as f64 / 1e9;
     let expected_delay_ms = plan.expected_delay_ns() / 1e6;
     let drain_s = 3.0 * expected_delay_ms / 1e3 + params.drain_margin_s;
-    let drain_until =
-        start + Duration::from_secs_f64(params.duration_s.max(send_window_s) + drain_s);
+    // A run stopped by a node failure drains from its last send, not from the schedule's
+    // end: nothing more was sent.
+    let sent_until_s = if network_failure.is_some() {
+        send_window_s
+    } else {
+        params.duration_s.max(send_window_s)
+    };
+    let drain_until = start + Duration::from_secs_f64(sent_until_s + drain_s);
     progress.set_message("draining");
+    let mut checked = Instant::now();
     while tracker.delivered() < sender.sent && Instant::now() < drain_until && !interrupted() {
         std::thread::sleep(Duration::from_millis(10));
         update_progress(&progress, &clock, &live, &tracker);
+        if checked.elapsed() >= TICK {
+            checked = Instant::now();
+            sample_windows(&mut rss_windows);
+            note_failure(driver, &stop, &mut network_failure);
+        }
     }
     progress.finish_and_clear();
     driver.set_run(None);
     let wall_s = start.elapsed().as_secs_f64();
+    // A node that died in the last moments of the run fails it too.
+    note_failure(driver, &stop, &mut network_failure);
+    let stopped_early = interrupted() || network_failure.is_some();
+    let rss_end = windows::sample(&watched);
+    if !stopped_early {
+        while rss_windows.len() < window_count {
+            rss_windows.push(rss_end.clone());
+        }
+    }
+    let processes = windows::process_reports(&watched, &rss_start, &rss_windows, &rss_end);
+    let tracker = tracker.result()?;
+    let generations = generation_outcomes(&generated, &tracker);
+    let topology = feed
+        .as_ref()
+        .zip(feed_before.as_ref())
+        .map(|(feed, before)| {
+            let mut stats = feed.stats().since(before);
+            for change in &mut stats.changes {
+                change.at_s = change.at.map_or(0.0, |at| seconds_between(start, at));
+            }
+            stats
+        });
     let after = scrape_all(driver.nodes());
     let nodes = driver
         .nodes()
@@ -240,10 +329,10 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         frame_bytes: plan.frame_len(),
         expected_delay_ms,
         drain_s,
-        generator,
+        generator: generated.stats,
         prebuilt,
         interrupted: interrupted(),
-        tracker: tracker.result()?,
+        tracker,
         receiver: driver.receiver_stats().since(&receiver_before),
         clients: driver
             .client_stats()
@@ -252,7 +341,49 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         sender,
         send_window_s,
         wall_s,
+        network_failure,
+        watched,
+        rss_windows,
+        processes,
+        generations,
+        topology,
+        topology_refresh_s: driver.topology_refresh_s(),
     })
+}
+
+/// Records the first failure of the network (`driver.check`) and stops the senders.
+fn note_failure(driver: &mut dyn Driver, stop: &AtomicBool, failure: &mut Option<String>) {
+    if failure.is_some() {
+        return;
+    }
+    if let Err(e) = driver.check() {
+        // Said at once (even with --quiet): the run stops here, the report follows.
+        eprintln!("loadgen: the network failed; stopping the run: {e}");
+        stop.store(true, Ordering::Relaxed);
+        *failure = Some(e);
+    }
+}
+
+/// `later - earlier` in seconds, negative when `later` is before `earlier`.
+fn seconds_between(earlier: Instant, later: Instant) -> f64 {
+    match later.checked_duration_since(earlier) {
+        Some(d) => d.as_secs_f64(),
+        None => -earlier.duration_since(later).as_secs_f64(),
+    }
+}
+
+fn generation_outcomes(generated: &Generated, tracker: &TrackerResult) -> Vec<GenerationOutcome> {
+    generated
+        .generations
+        .iter()
+        .map(|g| GenerationOutcome {
+            generation: g.generation,
+            epoch: g.epoch,
+            first_seq: g.first_seq,
+            packets: g.end_seq.saturating_sub(g.first_seq),
+            delivered: tracker.delivered_in(g.first_seq, g.end_seq),
+        })
+        .collect()
 }
 
 /// The packet plan of `params` on `driver`'s topology.

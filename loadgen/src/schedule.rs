@@ -66,10 +66,16 @@ impl Schedule {
 
     /// Packets due in second `second` (`[second, second + 1)` s after the start).
     pub fn due_in_second(&self, second: u64) -> u64 {
-        let first = self.first_due_at_or_after(second.saturating_mul(1_000_000_000));
-        let next =
-            self.first_due_at_or_after(second.saturating_add(1).saturating_mul(1_000_000_000));
-        next.saturating_sub(first)
+        self.due_between(
+            second.saturating_mul(1_000_000_000),
+            second.saturating_add(1).saturating_mul(1_000_000_000),
+        )
+    }
+
+    /// Packets due in `[start_ns, end_ns)`.
+    pub fn due_between(&self, start_ns: u64, end_ns: u64) -> u64 {
+        self.first_due_at_or_after(end_ns)
+            .saturating_sub(self.first_due_at_or_after(start_ns))
     }
 
     // Smallest seq (capped at total) whose due time is >= ns.
@@ -134,6 +140,7 @@ mod tests {
         assert_eq!(s.due_in_second(0), 1000);
         assert_eq!(s.due_in_second(1), 1000);
         assert_eq!(s.due_in_second(2), 0);
+        assert_eq!(s.due_between(500_000_000, 1_700_000_000), 1200);
         let odd = Schedule::new(3.0, 1.0, 1).unwrap();
         assert_eq!(odd.due_in_second(0), 3);
         assert!(Schedule::new(0.0, 1.0, 1).is_none());

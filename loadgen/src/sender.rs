@@ -89,6 +89,8 @@ pub struct SenderStats {
     pub busy_ns: u64,
     /// Frames sent, by second of the send.
     pub sent_per_second: Vec<u64>,
+    /// Frames sent, by window of their scheduled time (`PaceConfig::window_ns`).
+    pub sent_per_window: Vec<u64>,
     /// When the last frame was handed over, ns after the start.
     pub last_send_ns: u64,
 }
@@ -103,6 +105,7 @@ impl SenderStats {
             lateness_us: latency_histogram()?,
             busy_ns: 0,
             sent_per_second: Vec::new(),
+            sent_per_window: Vec::new(),
             last_send_ns: 0,
         })
     }
@@ -120,6 +123,12 @@ impl SenderStats {
         for (mine, theirs) in self.sent_per_second.iter_mut().zip(&other.sent_per_second) {
             *mine += theirs;
         }
+        if self.sent_per_window.len() < other.sent_per_window.len() {
+            self.sent_per_window.resize(other.sent_per_window.len(), 0);
+        }
+        for (mine, theirs) in self.sent_per_window.iter_mut().zip(&other.sent_per_window) {
+            *mine += theirs;
+        }
         self.last_send_ns = self.last_send_ns.max(other.last_send_ns);
     }
 }
@@ -131,6 +140,8 @@ pub struct PaceConfig {
     pub late_bound_ns: u64,
     /// Frames not yet sent at this time are abandoned (counted as not sent).
     pub give_up_ns: u64,
+    /// Length of a window of scheduled time for `sent_per_window`, ns (0: one window).
+    pub window_ns: u64,
 }
 
 /// Sends every frame of `source` at its due time through `write`, until the source ends, a
@@ -174,11 +185,18 @@ pub fn pace<C, S, W>(
         }
         let done = clock.now_ns();
         stats.busy_ns += done.saturating_sub(start);
-        account(stats, live, &due, done, config.late_bound_ns);
+        account(stats, live, &due, done, &config);
     }
 }
 
-fn account(stats: &mut SenderStats, live: &LiveCounters, due: &[u64], done: u64, bound: u64) {
+fn account(
+    stats: &mut SenderStats,
+    live: &LiveCounters,
+    due: &[u64],
+    done: u64,
+    config: &PaceConfig,
+) {
+    let bound = config.late_bound_ns;
     let second = (done / 1_000_000_000) as usize;
     if second < crate::tracker::SERIES_SECONDS_MAX {
         if stats.sent_per_second.len() <= second {
@@ -188,6 +206,14 @@ fn account(stats: &mut SenderStats, live: &LiveCounters, due: &[u64], done: u64,
     }
     let mut late = 0;
     for &due_ns in due {
+        let window = due_ns
+            .checked_div(config.window_ns)
+            .unwrap_or(0)
+            .min(crate::windows::WINDOWS_MAX as u64 - 1) as usize;
+        if stats.sent_per_window.len() <= window {
+            stats.sent_per_window.resize(window + 1, 0);
+        }
+        stats.sent_per_window[window] += 1;
         let lateness = done.saturating_sub(due_ns);
         stats
             .lateness_us
@@ -241,7 +267,7 @@ mod tests {
             })
             .collect();
         let clock = SimClock { now: Cell::new(0) };
-        let tracker = Tracker::new(1, schedule.total).unwrap();
+        let tracker = Tracker::new(1, schedule.total, 0).unwrap();
         let mut naive = latency_histogram().unwrap();
         let mut stats = SenderStats::new().unwrap();
         let live = LiveCounters::default();
@@ -249,6 +275,7 @@ mod tests {
         let config = PaceConfig {
             late_bound_ns: 1_000_000,
             give_up_ns: u64::MAX,
+            window_ns: 500_000_000,
         };
         pace(
             &clock,
@@ -299,6 +326,9 @@ mod tests {
         assert_eq!(naive.value_at_quantile(1.0) / 1000, 1);
         // Lateness as the sender saw it: up to 200 ms.
         assert_eq!(stats.lateness_us.value_at_quantile(1.0) / 1000, 200);
+        // Windows count by scheduled time, not send time: the burst after the stall belongs
+        // to the first half-second.
+        assert_eq!(stats.sent_per_window, vec![500, 500]);
     }
 
     #[test]
@@ -314,6 +344,7 @@ mod tests {
         let config = PaceConfig {
             late_bound_ns: 1_000_000,
             give_up_ns: 4_500_000,
+            window_ns: 0,
         };
         pace(
             &clock,

@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use lethe_nodes::testnet::TestnetState;
 
 use crate::credentials::IssuerConfig;
+use crate::windows::WatchedProcess;
 
 /// The shape of the network.
 #[derive(Clone, Debug)]
@@ -34,8 +35,8 @@ pub struct Testnet {
     pub directory_key: String,
     /// The credential issuers (`None`: the gateways admit every client).
     pub issuers: Option<IssuerConfig>,
-    /// (name, pid) of every node.
-    pids: Vec<(String, u32)>,
+    /// (name, pid, state directory) of every node.
+    pids: Vec<(String, u32, PathBuf)>,
     /// Node names by mix listen address.
     names: HashMap<String, String>,
 }
@@ -101,7 +102,9 @@ impl Testnet {
         let state = TestnetState::load(&testnet.dir)?;
         testnet.issuers = issuer_config(&state)?;
         for node in &state.nodes {
-            testnet.pids.push((node.name.clone(), node.pid));
+            testnet
+                .pids
+                .push((node.name.clone(), node.pid, node.dir.clone()));
             if let Some(listen) = node.info.get("listen") {
                 testnet.names.insert(listen.clone(), node.name.clone());
             }
@@ -140,12 +143,23 @@ impl Testnet {
         &self.dir
     }
 
+    /// Every node process (directory, issuers, mixnodes, gateways) and its log.
+    pub fn processes(&self) -> Vec<WatchedProcess> {
+        self.pids
+            .iter()
+            .map(|(name, pid, dir)| WatchedProcess {
+                name: name.clone(),
+                pid: *pid,
+                log: Some(dir.join("stderr.log")),
+            })
+            .collect()
+    }
+
     /// An error naming a node that is no longer running.
     pub fn check(&self) -> Result<(), String> {
-        for (name, pid) in &self.pids {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let log = std::fs::read_to_string(self.dir.join(name).join("stderr.log"))
-                    .unwrap_or_default();
+        for (name, pid, dir) in &self.pids {
+            if !crate::windows::running(*pid) {
+                let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
                 return Err(format!(
                     "testnet node {name} (pid {pid}) has exited; its log:\n{}",
                     tail(&log, 20)

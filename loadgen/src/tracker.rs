@@ -48,6 +48,8 @@ pub struct Second {
 pub struct Tracker {
     pub run_id: u32,
     pub total: u64,
+    /// Length of a window of scheduled send time (`--window`), ns.
+    window_ns: u64,
     delivered: AtomicU64,
     inner: Mutex<Inner>,
 }
@@ -61,6 +63,9 @@ struct Inner {
     series: Vec<Option<Second>>,
     series_overflow: u64,
     empty_second: Histogram<u32>,
+    /// Latency of the packets *scheduled* in each window (index = scheduled time / window),
+    /// made on the first arrival of the window.
+    windows: Vec<Option<Histogram<u32>>>,
 }
 
 /// A copy of a tracker's results.
@@ -73,10 +78,40 @@ pub struct TrackerResult {
     /// Index = second after the start; `None` where nothing arrived.
     pub series: Vec<Option<Second>>,
     pub series_overflow: u64,
+    /// Latency of the delivered packets by window of scheduled time (`None`: none arrived).
+    pub windows: Vec<Option<Histogram<u32>>>,
+    /// The bitmap of delivered sequence numbers.
+    seen: Vec<u64>,
+}
+
+impl TrackerResult {
+    /// Packets with `first <= seq < end` delivered.
+    pub fn delivered_in(&self, first: u64, end: u64) -> u64 {
+        let mut count = 0u64;
+        let mut seq = first;
+        while seq < end {
+            let word = (seq / 64) as usize;
+            let Some(bits) = self.seen.get(word) else {
+                break;
+            };
+            let from = seq % 64;
+            let to = (end - word as u64 * 64).min(64);
+            let mask = if to - from == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (to - from)) - 1) << from
+            };
+            count += u64::from((bits & mask).count_ones());
+            seq = (word as u64 + 1) * 64;
+        }
+        count
+    }
 }
 
 impl Tracker {
-    pub fn new(run_id: u32, total: u64) -> Result<Tracker, String> {
+    /// A run of `total` packets whose windows of scheduled time last `window_ns` (0: one
+    /// window).
+    pub fn new(run_id: u32, total: u64, window_ns: u64) -> Result<Tracker, String> {
         if total > PACKETS_MAX {
             return Err(format!(
                 "{total} packets in one run: at most {PACKETS_MAX} (lower --rate or --duration)"
@@ -86,6 +121,7 @@ impl Tracker {
         Ok(Tracker {
             run_id,
             total,
+            window_ns,
             delivered: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 seen: vec![0; words],
@@ -95,6 +131,7 @@ impl Tracker {
                 series: Vec::new(),
                 series_overflow: 0,
                 empty_second: series_histogram()?,
+                windows: Vec::new(),
             }),
         })
     }
@@ -145,6 +182,20 @@ impl Tracker {
         } else {
             inner.series_overflow += 1;
         }
+        let window = stamp
+            .scheduled_ns
+            .checked_div(self.window_ns)
+            .unwrap_or(0)
+            .min(crate::windows::WINDOWS_MAX as u64 - 1) as usize;
+        if inner.windows.len() <= window {
+            inner.windows.resize(window + 1, None);
+        }
+        if inner.windows[window].is_none() {
+            inner.windows[window] = Some(inner.empty_second.clone());
+        }
+        if let Some(histogram) = inner.windows[window].as_mut() {
+            histogram.saturating_record(latency_us);
+        }
         self.delivered.fetch_add(1, Ordering::Relaxed);
         Arrival::Delivered
     }
@@ -161,6 +212,8 @@ impl Tracker {
             latency_us: inner.latency_us.clone(),
             series: inner.series.clone(),
             series_overflow: inner.series_overflow,
+            windows: inner.windows.clone(),
+            seen: inner.seen.clone(),
         })
     }
 }
@@ -179,8 +232,36 @@ mod tests {
     }
 
     #[test]
+    fn counts_delivered_ranges_and_windows_by_scheduled_time() {
+        let t = Tracker::new(1, 300, 1_000_000_000).unwrap();
+        for seq in [0, 1, 63, 64, 65, 127, 128, 200, 299] {
+            // Scheduled at seq x 10 ms; arrivals late enough to fall in a later second.
+            t.record(
+                &stamp(seq, seq * 10_000_000),
+                seq * 10_000_000 + 1_500_000_000,
+            );
+        }
+        let r = t.result().unwrap();
+        assert_eq!(r.delivered_in(0, 300), 9);
+        assert_eq!(r.delivered_in(0, 64), 3);
+        assert_eq!(r.delivered_in(64, 128), 3);
+        assert_eq!(r.delivered_in(63, 66), 3);
+        assert_eq!(r.delivered_in(129, 200), 0);
+        assert_eq!(r.delivered_in(200, 201), 1);
+        assert_eq!(r.delivered_in(5, 5), 0);
+        assert_eq!(r.delivered_in(250, 10_000), 1);
+        // Windows of 1 s of scheduled time: seq 0-99 in window 0, 100-199 in 1, 200-299 in 2.
+        let counts: Vec<u64> = r
+            .windows
+            .iter()
+            .map(|w| w.as_ref().map_or(0, Histogram::len))
+            .collect();
+        assert_eq!(counts, vec![5, 2, 2]);
+    }
+
+    #[test]
     fn counts_duplicates_and_out_of_range() {
-        let t = Tracker::new(1, 100).unwrap();
+        let t = Tracker::new(1, 100, 0).unwrap();
         assert_eq!(t.record(&stamp(3, 0), 2_000_000), Arrival::Delivered);
         assert_eq!(t.record(&stamp(3, 0), 2_500_000), Arrival::Duplicate);
         assert_eq!(t.record(&stamp(100, 0), 1), Arrival::OutOfRange);
@@ -193,6 +274,6 @@ mod tests {
         assert_eq!(r.latency_us.len(), 2);
         assert_eq!(r.series.len(), 2);
         assert_eq!(r.series[1].as_ref().unwrap().delivered, 1);
-        assert!(Tracker::new(1, PACKETS_MAX + 1).is_err());
+        assert!(Tracker::new(1, PACKETS_MAX + 1, 0).is_err());
     }
 }

@@ -54,6 +54,38 @@ fn default_run_drives_a_testnet_through_gateway_clients_and_stops_it() {
     );
     // Every delivery was confirmed (the gateways' mailboxes do not fill up).
     assert_eq!(clients["confirmed"], clients["deliveries"], "{clients:#}");
+    // Passed by the default rule; every testnet process and loadgen watched, all alive.
+    assert_eq!(report["verdict"]["passed"], true, "{:#}", report["verdict"]);
+    let processes = result["processes"].as_array().unwrap();
+    let names: Vec<&str> = processes
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "directory",
+        "mix1",
+        "mix6",
+        "gateway1",
+        "gateway2",
+        "loadgen",
+    ] {
+        assert!(names.contains(&name), "{name} not watched: {names:?}");
+    }
+    for process in processes {
+        assert_eq!(process["running_at_end"], true, "{process:#}");
+        assert!(process["rss_kib_end"].as_u64().unwrap() > 0, "{process:#}");
+        assert_eq!(process["panics_logged"], 0, "{process:#}");
+    }
+    // The routes came from the directory; every packet is in a generation.
+    let topology = &result["topology"];
+    assert_eq!(report["config"]["topology_refresh_s"], 10.0);
+    let built: u64 = topology["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["packets"].as_u64().unwrap())
+        .sum();
+    assert_eq!(built, 200, "{topology:#}");
     // The testnet was stopped: no node of it is left.
     let stderr = String::from_utf8_lossy(&output.stderr);
     let dir = stderr
@@ -71,7 +103,9 @@ fn default_run_drives_a_testnet_through_gateway_clients_and_stops_it() {
 #[test]
 fn target_drives_an_existing_network_with_or_without_a_pinned_key() {
     let net = TestnetGuard::up("target");
-    let (report, _) = net.target_report("50", true);
+    let (report, stderr, code) = net.target_report("50", true);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(report["verdict"]["passed"], true, "{:#}", report["verdict"]);
     assert_eq!(report["driver"], "target");
     assert_eq!(report["directory"]["key"], net.key.as_str());
     assert_eq!(report["directory"]["key_pinned"], true);
@@ -134,7 +168,19 @@ fn target_drives_an_existing_network_with_or_without_a_pinned_key() {
 #[test]
 fn without_credentials_a_gateway_that_requires_them_refuses_and_the_report_says_so() {
     let net = TestnetGuard::up("nocred");
-    let (report, stderr) = net.target_report("20", false);
+    let (report, stderr, code) = net.target_report("20", false);
+    // Nothing delivered fails the run even without thresholds: exit 1, after the report, and
+    // a line on stderr naming the rule.
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(report["verdict"]["passed"], false);
+    assert_eq!(
+        report["verdict"]["thresholds"]["max_loss_pct_default"],
+        true
+    );
+    assert!(
+        stderr.contains("FAIL: loss: nothing was delivered"),
+        "{stderr}"
+    );
     assert!(
         report["credentials"].is_null(),
         "no --issuers: none obtained"
@@ -217,6 +263,7 @@ fn out_dir_gets_every_file_and_the_plots_are_pngs() {
     for name in [
         "summary.json",
         "timeseries.csv",
+        "windows.csv",
         "latency.hgrm",
         "latency.hdr.b64",
         "latency_over_time.png",
@@ -232,6 +279,14 @@ fn out_dir_gets_every_file_and_the_plots_are_pngs() {
     let csv = std::fs::read_to_string(dir.join("timeseries.csv")).unwrap();
     assert!(csv.starts_with("second,offered,sent,delivered,p50_ms,p99_ms\n"));
     assert!(csv.lines().count() >= 2);
+    let windows = std::fs::read_to_string(dir.join("windows.csv")).unwrap();
+    assert!(
+        windows.starts_with(
+            "index,start_s,end_s,offered,sent,delivered,lost,loss_ratio,p50_ms,p99_ms,rss_kib_"
+        ),
+        "{windows}"
+    );
+    assert_eq!(windows.lines().count(), 2, "one window: {windows}");
     for name in ["latency_over_time.png", "latency_cdf.png"] {
         let file = std::fs::File::open(dir.join(name)).unwrap();
         let mut reader = png::Decoder::new(std::io::BufReader::new(file))

@@ -198,13 +198,18 @@ pub struct TestnetGuard {
 
 impl TestnetGuard {
     pub fn up(name: &str) -> TestnetGuard {
+        TestnetGuard::up_with(name, 1)
+    }
+
+    /// A testnet with `mixnodes_per_layer` mixnodes in each of the 3 layers.
+    pub fn up_with(name: &str, mixnodes_per_layer: u32) -> TestnetGuard {
         let dir = std::env::temp_dir().join(format!("loadgen-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let output = Command::new(lethe())
             .args(["testnet", "up", "--dir", dir.to_str().unwrap()])
             .args([
                 "--mixnodes-per-layer",
-                "1",
+                &mixnodes_per_layer.to_string(),
                 "--gateways",
                 "1",
                 "--provider",
@@ -263,8 +268,13 @@ impl TestnetGuard {
     }
 
     /// A one-second `loadgen --target` run against this network at `rate` packets/s, its key
-    /// pinned, with or without credentials: the JSON report (checked against the schema) and stderr.
-    pub fn target_report(&self, rate: &str, with_credentials: bool) -> (serde_json::Value, String) {
+    /// pinned, with or without credentials: the JSON report (checked against the schema),
+    /// stderr and the exit code.
+    pub fn target_report(
+        &self,
+        rate: &str,
+        with_credentials: bool,
+    ) -> (serde_json::Value, String, Option<i32>) {
         let mut args = vec![
             "--json",
             "--quiet",
@@ -281,33 +291,199 @@ impl TestnetGuard {
             args.extend(self.credential_args());
         }
         let output = loadgen(&args);
-        check_success(&output);
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+                panic!(
+                    "no JSON report ({e}; {}); stderr:\n{}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            });
         assert_valid(&report);
-        (report, String::from_utf8_lossy(&output.stderr).into_owned())
+        (
+            report,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+            output.status.code(),
+        )
+    }
+
+    /// The pid `lethe testnet up` recorded for the node listening on `mix_address`, and its
+    /// name.
+    pub fn node_at(&self, mix_address: &str) -> (u32, String) {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.dir.join("testnet.json")).unwrap())
+                .unwrap();
+        let node = state["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["info"]["listen"] == mix_address)
+            .unwrap_or_else(|| panic!("no testnet node listens on {mix_address}: {state:#}"));
+        (
+            node["pid"].as_u64().unwrap() as u32,
+            node["name"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// The pid and name of the first node `lethe testnet up` started in `role`.
+    pub fn node_at_role(&self, role: &str) -> (u32, String) {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.dir.join("testnet.json")).unwrap())
+                .unwrap();
+        let node = state["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["role"] == role)
+            .unwrap_or_else(|| panic!("no testnet node in role {role}: {state:#}"));
+        (
+            node["pid"].as_u64().unwrap() as u32,
+            node["name"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// The directory's current topology (the signed body, not verified: tests only).
+    pub fn topology(&self) -> serde_json::Value {
+        let authority = self.url.trim_start_matches("http://");
+        let body = http_get(authority, "/v1/topology");
+        let signed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        serde_json::from_str(signed["body"].as_str().unwrap()).unwrap()
     }
 
     /// The value of metric `name` (summed over its label sets) on the gateway.
     pub fn gateway_metric(&self, name: &str) -> u64 {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&self.gateway_metrics).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.gateway_metrics
-        )
-        .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
+        let text = http_get(&self.gateway_metrics, "/metrics");
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .filter(|l| l.split(['{', ' ']).next() == Some(name))
             .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }
+}
+
+/// The body of `GET path` on `authority` (`host:port`), HTTP/1.1 with `Connection: close`
+/// and no chunking (what the nodes' small HTTP servers answer).
+pub fn http_get(authority: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    match text.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_string(),
+        None => text,
+    }
+}
+
+/// A loadgen run in the background: its stderr lines as they come, its stdout at the end.
+pub struct Background {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Background {
+    pub fn start(args: &[&str]) -> Background {
+        use std::io::{BufRead, Read};
+        let mut child = Command::new(LOADGEN)
+            .args(args)
+            .env("LETHE_BIN", lethe())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let all = std::sync::Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                all.lock().unwrap().push_str(&format!("{line}\n"));
+                let _ = tx.send(line);
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = out.read_to_end(&mut bytes);
+            bytes
+        });
+        Background {
+            child,
+            lines,
+            stderr,
+            stdout: Some(stdout),
+        }
+    }
+
+    /// Loadgen's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stderr line containing `text` (failing the test after `timeout`).
+    pub fn wait_for(&self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no stderr line with {text:?} within {timeout:?}; stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    /// Waits for loadgen to exit (killing it after `timeout`): exit code, stdout, stderr.
+    pub fn finish(mut self, timeout: Duration) -> (Option<i32>, Vec<u8>, String) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "loadgen did not finish in {timeout:?}; stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        // The stderr reader ends with the pipe; give it a moment to take the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        let stderr = self.stderr.lock().unwrap().clone();
+        (status.code(), stdout, stderr)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGKILL to `pid`.
+pub fn kill_9(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -9 {pid}");
 }
 
 impl Drop for TestnetGuard {
