@@ -159,7 +159,26 @@ enum GatewayCommand {
     },
 }
 
+/// Raises the soft limit on open descriptors to the hard one: a node serves thousands of
+/// connections (4,096 per engine core, gateway sessions), and the usual soft limit of 1,024
+/// would refuse them long before the node's own caps do.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write one live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    raise_descriptor_limit();
     let cli = Cli::parse();
     let anyhow_text = |e: anyhow::Error| format!("{e:#}");
     let result = match cli.command {
