@@ -102,7 +102,9 @@ pub struct SendArgs {
     /// Send this file's bytes (up to 16 MiB).
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Wait until every fragment is acknowledged.
+    /// Wait until every fragment is acknowledged (committed to the recipient's gateway's
+    /// mailbox); exit non-zero, saying how many were not, if any is given up or the timeout
+    /// passes first.
     #[arg(long)]
     pub wait_acks: bool,
     /// Reply SURBs to attach.
@@ -320,17 +322,22 @@ pub fn send(args: &SendArgs) -> Result<(), String> {
             stats.retransmitted
         );
         if wait_acks {
-            if last.failed > 0 {
+            // Success only when every fragment is acknowledged, i.e. durably stored by the
+            // recipient's gateway; anything less names what is missing.
+            if !last.delivered() || last.failed > 0 {
+                let missing = last.fragments.saturating_sub(last.acked);
+                let why = if last.finished() {
+                    format!(
+                        "{} given up after the maximum of retransmissions",
+                        last.failed
+                    )
+                } else {
+                    format!("timed out after {}s", args.timeout_s)
+                };
                 return Err(format!(
-                    "{} of {} fragments were not acknowledged after the maximum of \
-                     retransmissions",
-                    last.failed, last.fragments
-                ));
-            }
-            if !last.delivered() {
-                return Err(format!(
-                    "timed out after {}s: {} of {} fragments acknowledged",
-                    args.timeout_s, last.acked, last.fragments
+                    "{missing} of {} fragments were not acknowledged ({why}; {} sent at least \
+                     once, {} acknowledged): the recipient may not get the message",
+                    last.fragments, last.sent, last.acked
                 ));
             }
         } else if last.sent < last.fragments {

@@ -212,7 +212,8 @@ pub struct CoreLimits {
     pub reassembly: ReassemblyLimits,
     /// Fragments waiting for the Poisson stream before commands are no longer read.
     pub queue_high_water: usize,
-    /// Fragments sent and not yet acknowledged before commands are no longer read.
+    /// Fragments not yet acknowledged (queued or in flight) before commands are no longer
+    /// read.
     pub unacked_high_water: usize,
     /// Reply-SURB recovery records kept (oldest evicted first).
     pub surb_records_max: usize,
@@ -232,10 +233,22 @@ impl Default for CoreLimits {
     }
 }
 
+/// Where one fragment of an outgoing message stands. `progress` is counted from these
+/// transitions alone, each at most once per fragment, so its counts cannot exceed the number
+/// of fragments whatever the network repeats or reorders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FragmentState {
+    Queued,
+    /// At least one transmission left.
+    Sent,
+    Acked,
+    GivenUp,
+}
+
 struct Outgoing {
     recipient: Recipient,
     fragments: Vec<Fragment>,
-    ever_sent: Vec<bool>,
+    states: Vec<FragmentState>,
     progress: SendProgress,
     watch: watch::Sender<SendProgress>,
 }
@@ -443,10 +456,13 @@ impl Core {
         };
         let (watch, receiver) = watch::channel(progress);
         for index in 0..fragments.len() {
-            self.queue.push_back(Queued::Fragment(FragmentKey {
+            let key = FragmentKey {
                 message: message_id,
                 index: index as u32,
-            }));
+            };
+            // Tracked from now until settled: only a tracked fragment is ever transmitted.
+            self.tracker.track(key);
+            self.queue.push_back(Queued::Fragment(key));
         }
         let count = fragments.len();
         self.outgoing.insert(
@@ -454,7 +470,7 @@ impl Core {
             Outgoing {
                 recipient,
                 fragments,
-                ever_sent: vec![false; count],
+                states: vec![FragmentState::Queued; count],
                 progress,
                 watch,
             },
@@ -578,7 +594,9 @@ impl Core {
         let outgoing = self.outgoing.get(&key.message)?;
         let fragment = outgoing.fragments.get(key.index as usize)?.clone();
         let recipient = outgoing.recipient;
-        let ack_id = self.tracker.transmission(key);
+        // `None`: settled (acknowledged or given up) since it was queued; it must not leave
+        // again, or its ACK would count a second time.
+        let ack_id = self.tracker.transmission(key)?;
         let ack = self.ack_key.seal(ack_id);
         let result = seal_forward(
             &mut self.rng,
@@ -596,12 +614,16 @@ impl Core {
             Ok(built) => {
                 self.tracker.sent(key, now_ms, built.expected_rtt_ns);
                 if let Some(outgoing) = self.outgoing.get_mut(&key.message) {
-                    if let Some(flag) = outgoing.ever_sent.get_mut(key.index as usize) {
-                        if !*flag {
-                            *flag = true;
+                    match outgoing.states.get_mut(key.index as usize) {
+                        Some(state @ FragmentState::Queued) => {
+                            *state = FragmentState::Sent;
                             outgoing.progress.sent += 1;
                             outgoing.watch.send_replace(outgoing.progress);
                         }
+                        // Counted when it actually leaves, not when its timer fires: an ACK
+                        // may still settle it before that.
+                        Some(FragmentState::Sent) => bump(&self.stats.retransmitted),
+                        _ => {}
                     }
                 }
                 Some(built)
@@ -824,10 +846,28 @@ impl Core {
         let Some(outgoing) = self.outgoing.get_mut(&key.message) else {
             return;
         };
-        if acked {
-            outgoing.progress.acked += 1;
-        } else {
-            outgoing.progress.failed += 1;
+        let Some(state) = outgoing.states.get_mut(key.index as usize) else {
+            return;
+        };
+        match (*state, acked) {
+            // Settled already: a second outcome for one fragment must not count (the tracker
+            // gives one; this keeps `acked + failed <= fragments` whatever it does).
+            (FragmentState::Acked | FragmentState::GivenUp, _) => return,
+            (FragmentState::Queued, true) => {
+                // Only a packet that left carries an ACK we can open; should a first
+                // transmission ever be acknowledged before it is counted, count it as sent.
+                outgoing.progress.sent += 1;
+                *state = FragmentState::Acked;
+                outgoing.progress.acked += 1;
+            }
+            (FragmentState::Sent, true) => {
+                *state = FragmentState::Acked;
+                outgoing.progress.acked += 1;
+            }
+            (_, false) => {
+                *state = FragmentState::GivenUp;
+                outgoing.progress.failed += 1;
+            }
         }
         outgoing.watch.send_replace(outgoing.progress);
         if outgoing.progress.finished() {
@@ -857,13 +897,7 @@ impl Core {
             match due {
                 Due::Retransmit(key) => {
                     if self.outgoing.contains_key(&key.message) {
-                        if self
-                            .outgoing
-                            .get(&key.message)
-                            .is_some_and(|o| o.ever_sent.get(key.index as usize) == Some(&true))
-                        {
-                            bump(&self.stats.retransmitted);
-                        }
+                        // `retransmitted` is counted in `transmit`, if it still leaves.
                         self.queue.push_front(Queued::Fragment(key));
                     } else {
                         self.tracker.settle(key);
@@ -1081,8 +1115,9 @@ mod tests {
             now = a.next_timer().unwrap();
             a.on_timers(now);
         }
-        assert_eq!(a.stats.retransmitted.load(Ordering::Relaxed), 1);
+        assert_eq!(a.stats.retransmitted.load(Ordering::Relaxed), 0);
         let again = a.next_real(now).unwrap();
+        assert_eq!(a.stats.retransmitted.load(Ordering::Relaxed), 1);
         let (received, confirmed) = feed(
             &mut [&mut a, &mut b],
             gateway(&net, again.first_hop, again.packet),
@@ -1193,5 +1228,154 @@ mod tests {
             b.reply(999, b"x"),
             Err(SendError::UnknownBundle(999))
         ));
+    }
+
+    /// A deterministic xorshift for the interleavings (the test must not depend on luck).
+    struct Dice(u64);
+
+    impl Dice {
+        fn roll(&mut self, sides: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % sides
+        }
+    }
+
+    /// Splits a transmission's journey into its content (for the recipient) and its SURB-ACK
+    /// (for the sender), both as the gateways would deliver them.
+    fn journey(net: &Net, built: Built) -> (Vec<Delivery>, Vec<Delivery>) {
+        gateway(net, built.first_hop, built.packet)
+            .into_iter()
+            .partition(|d| d.1 != DeliveryKind::Ack)
+    }
+
+    /// Issue 15: an ACK arriving while a retransmission of its fragment is queued, duplicate
+    /// ACKs, and ACKs after the fragment was settled must count once. Before the fix the queued
+    /// retransmission re-created the tracker entry, went out again, and its ACK counted a
+    /// second time: `acked` passed `fragments`, the message looked finished with fragments
+    /// never sent, and the recipient could never complete it.
+    #[test]
+    fn an_ack_counts_once_whatever_arrives_when() {
+        let net = net();
+        let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+        for round in 0..40u64 {
+            let mut a = core(1, &net);
+            a.params.max_retransmissions = None;
+            a.tracker = Tracker::new(AckWait::default(), None, dice.roll(1 << 40));
+            let mut b = core(2, &net);
+            let data: Vec<u8> = (0..12_000u32).map(|i| (i ^ round as u32) as u8).collect();
+            let ticket = a.send(b.address(), &data, 0, 0).unwrap();
+            let fragments = ticket.progress.borrow().fragments;
+            assert!(fragments >= 6, "{fragments}");
+            // Every transmission that left, with its ACK kept back to play it later.
+            let mut acks: Vec<Delivery> = Vec::new();
+            let mut contents: Vec<Delivery> = Vec::new();
+            let mut now = 0u64;
+            let mut steps = 0;
+            while !ticket.progress.borrow().finished() {
+                steps += 1;
+                assert!(steps < 10_000, "round {round}: no progress");
+                match dice.roll(6) {
+                    // A packet leaves (a first transmission or a queued retransmission).
+                    0 | 1 => {
+                        if let Some(built) = a.next_real(now) {
+                            let (content, ack) = journey(&net, built);
+                            contents.extend(content);
+                            acks.extend(ack);
+                        }
+                    }
+                    // Time passes: timers fire and queue retransmissions at the front.
+                    2 => {
+                        now += 400 + dice.roll(1200);
+                        a.on_timers(now);
+                    }
+                    // An ACK arrives, maybe twice, maybe again later (a duplicate).
+                    _ => {
+                        if !acks.is_empty() {
+                            let i = dice.roll(acks.len() as u64) as usize;
+                            let (to, kind, identifier, bytes) = acks[i].clone();
+                            if dice.roll(3) == 0 {
+                                acks.swap_remove(i);
+                            }
+                            feed(&mut [&mut a], vec![(to, kind, identifier, bytes)], now);
+                        }
+                    }
+                }
+                let p = *ticket.progress.borrow();
+                assert!(p.acked <= p.sent, "round {round}: {p:?}");
+                assert!(p.sent <= p.fragments, "round {round}: {p:?}");
+            }
+            let p = *ticket.progress.borrow();
+            assert_eq!(
+                (p.acked, p.sent, p.failed),
+                (fragments, fragments, 0),
+                "round {round}"
+            );
+            // Every ACK again, and anything still queued goes (it must not, it is settled).
+            while let Some(built) = a.next_real(now) {
+                let (content, ack) = journey(&net, built);
+                contents.extend(content);
+                acks.extend(ack);
+            }
+            feed(&mut [&mut a], acks.clone(), now);
+            feed(&mut [&mut a], acks, now);
+            assert_eq!(*ticket.progress.borrow(), p, "round {round}");
+            assert_eq!(
+                a.stats.fragments_acked.load(Ordering::Relaxed),
+                fragments as u64,
+                "round {round}"
+            );
+            assert_eq!(a.tracker.pending(), 0);
+            assert!(a.next_timer().is_none());
+            // The recipient has every fragment: the message completes.
+            let (received, _) = feed(&mut [&mut b], contents, now);
+            assert_eq!(received.len(), 1, "round {round}");
+            assert_eq!(received[0].data, data);
+        }
+    }
+
+    /// The reported sequence, step by step: every fragment's timer fires (retransmissions
+    /// queued), then the first transmissions' ACKs arrive, twice, all but one. Only the
+    /// unacknowledged fragment goes again, and nothing counts twice.
+    #[test]
+    fn acks_while_retransmissions_are_queued() {
+        let net = net();
+        let mut a = core(1, &net);
+        let b = core(2, &net);
+        let ticket = a.send(b.address(), &[7u8; 8000], 0, 0).unwrap();
+        let fragments = ticket.progress.borrow().fragments;
+        let mut acks = Vec::new();
+        while let Some(built) = a.next_real(0) {
+            acks.extend(journey(&net, built).1);
+        }
+        assert_eq!(acks.len(), fragments);
+        let mut now = 0;
+        while a.queue_len() < fragments {
+            now = a.next_timer().unwrap();
+            a.on_timers(now);
+        }
+        // One fragment's ACK is late; the others arrive while their retransmissions wait.
+        let late = acks.pop().unwrap();
+        feed(&mut [&mut a], acks.clone(), now);
+        feed(&mut [&mut a], acks, now);
+        let p = *ticket.progress.borrow();
+        assert_eq!((p.sent, p.acked, p.failed), (fragments, fragments - 1, 0));
+        let again = a
+            .next_real(now)
+            .expect("the unacknowledged fragment goes again");
+        assert!(a.next_real(now).is_none(), "a settled fragment went again");
+        assert_eq!(a.stats.retransmitted.load(Ordering::Relaxed), 1);
+        feed(&mut [&mut a], journey(&net, again).1, now);
+        feed(&mut [&mut a], vec![late], now);
+        let p = *ticket.progress.borrow();
+        assert_eq!((p.sent, p.acked, p.failed), (fragments, fragments, 0));
+        assert_eq!(
+            a.stats.fragments_acked.load(Ordering::Relaxed),
+            fragments as u64
+        );
+        // The duplicates and the late ACK of the first transmission.
+        assert_eq!(a.stats.stray_acks.load(Ordering::Relaxed), fragments as u64);
+        assert!(a.next_timer().is_none());
     }
 }

@@ -6,6 +6,12 @@
 //! packet's and its ACK's sampled mix delays). An ACK for any transmission of the fragment
 //! settles it. A timer firing asks for a retransmission (a fresh route and packet), up to
 //! `max_retransmissions`, then gives up.
+//!
+//! A fragment is tracked from [`Tracker::track`] (its message was queued) until it is settled
+//! (acknowledged or given up), and only then: a transmission of an untracked fragment is
+//! refused, so a retransmission still queued when its fragment's ACK arrives never re-creates
+//! the entry, never leaves, and can never be acknowledged a second time. Each tracked fragment
+//! yields [`AckOutcome::Acked`] at most once.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -83,6 +89,7 @@ impl Tracker {
         }
     }
 
+    /// Fragments tracked and not yet settled (queued for a first transmission or in flight).
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
@@ -98,18 +105,41 @@ impl Tracker {
         id
     }
 
-    /// A new transmission of `key` is being built: its ack id.
-    pub fn transmission(&mut self, key: FragmentKey) -> u64 {
+    /// Starts tracking `key` (its message was queued); `false` if it is tracked already.
+    pub fn track(&mut self, key: FragmentKey) -> bool {
+        if self.pending.contains_key(&key) {
+            return false;
+        }
+        self.pending.insert(
+            key,
+            Pending {
+                sent: 0,
+                deadline_ms: None,
+                ack_ids: Vec::new(),
+            },
+        );
+        true
+    }
+
+    /// A new transmission of `key` is being built: its ack id, or `None` if `key` is not
+    /// tracked (settled: acknowledged or given up), when nothing must be sent. Never creates
+    /// an entry: that is what let a late retransmission be acknowledged twice.
+    pub fn transmission(&mut self, key: FragmentKey) -> Option<u64> {
+        if !self.pending.contains_key(&key) {
+            return None;
+        }
         let id = self.fresh_id();
         // A stale mapping (after 2^40 ids) is overwritten.
-        self.acks.insert(id, key);
-        let pending = self.pending.entry(key).or_insert(Pending {
-            sent: 0,
-            deadline_ms: None,
-            ack_ids: Vec::new(),
-        });
+        if let Some(stale) = self.acks.insert(id, key) {
+            if stale != key {
+                if let Some(other) = self.pending.get_mut(&stale) {
+                    other.ack_ids.retain(|&old| old != id);
+                }
+            }
+        }
+        let pending = self.pending.get_mut(&key)?;
         pending.ack_ids.push(id);
-        id
+        Some(id)
     }
 
     /// The transmission left at `now_ms`; its route's expected round trip is given.
@@ -151,7 +181,10 @@ impl Tracker {
             return false;
         };
         for id in pending.ack_ids {
-            self.acks.remove(&id);
+            // Only our own mappings (an id reused after 2^40 may name another fragment now).
+            if self.acks.get(&id) == Some(&key) {
+                self.acks.remove(&id);
+            }
         }
         if let Some(deadline) = pending.deadline_ms {
             self.timers.remove(&(deadline, key));
@@ -212,8 +245,10 @@ mod tests {
     #[test]
     fn acked_fragments_are_not_retransmitted() {
         let mut t = Tracker::new(AckWait::default(), Some(2), 0);
-        let a = t.transmission(key(0));
-        let _b = t.transmission(key(1));
+        assert!(t.track(key(0)) && t.track(key(1)));
+        assert!(!t.track(key(0)), "tracked once");
+        let a = t.transmission(key(0)).unwrap();
+        let _b = t.transmission(key(1)).unwrap();
         t.sent(key(0), 0, 100_000_000);
         t.sent(key(1), 0, 100_000_000);
         assert_eq!(t.next_deadline(), Some(1650));
@@ -229,8 +264,9 @@ mod tests {
         let mut t = Tracker::new(AckWait::default(), Some(2), 0);
         let mut now = 0;
         let mut transmissions = 0;
+        t.track(key(0));
         loop {
-            t.transmission(key(0));
+            t.transmission(key(0)).unwrap();
             t.sent(key(0), now, 0);
             transmissions += 1;
             now += 1500;
@@ -252,11 +288,12 @@ mod tests {
     #[test]
     fn a_late_ack_of_an_earlier_transmission_settles() {
         let mut t = Tracker::new(AckWait::default(), None, ACK_ID_MAX);
-        let first = t.transmission(key(3));
+        t.track(key(3));
+        let first = t.transmission(key(3)).unwrap();
         assert_eq!(first, ACK_ID_MAX);
         t.sent(key(3), 0, 0);
         assert_eq!(t.due(1500), vec![Due::Retransmit(key(3))]);
-        let second = t.transmission(key(3));
+        let second = t.transmission(key(3)).unwrap();
         assert_eq!(second, 0, "ids wrap at 40 bits");
         t.sent(key(3), 1500, 0);
         assert_eq!(t.on_ack(first), AckOutcome::Acked(key(3)));
@@ -267,8 +304,9 @@ mod tests {
     #[test]
     fn unlimited_retransmissions_never_give_up() {
         let mut t = Tracker::new(AckWait::default(), None, 0);
+        t.track(key(0));
         for round in 0..50u64 {
-            t.transmission(key(0));
+            t.transmission(key(0)).unwrap();
             t.sent(key(0), round * 2000, 0);
             assert_eq!(t.due(round * 2000 + 1500), vec![Due::Retransmit(key(0))]);
         }
@@ -277,11 +315,119 @@ mod tests {
     #[test]
     fn not_sent_retries_without_counting() {
         let mut t = Tracker::new(AckWait::default(), Some(0), 0);
-        t.transmission(key(0));
+        t.track(key(0));
+        t.transmission(key(0)).unwrap();
         t.not_sent(key(0), 100);
         assert_eq!(t.due(100), vec![Due::Retransmit(key(0))]);
-        t.transmission(key(0));
+        t.transmission(key(0)).unwrap();
         t.sent(key(0), 200, 0);
         assert_eq!(t.due(1700), vec![Due::GiveUp(key(0))]);
+    }
+
+    /// Issue 15: a settled fragment is never transmitted or acknowledged again, whatever
+    /// arrives when: the ACK while a retransmission is queued, a duplicate ACK, an ACK of an
+    /// earlier transmission, an ACK after a give-up, a transmission after the settle.
+    #[test]
+    fn a_settled_fragment_stays_settled() {
+        let mut t = Tracker::new(AckWait::default(), Some(3), 0);
+        t.track(key(0));
+        let first = t.transmission(key(0)).unwrap();
+        t.sent(key(0), 0, 0);
+        // The timer fires: the runtime queues a retransmission...
+        assert_eq!(t.due(1500), vec![Due::Retransmit(key(0))]);
+        // ...and the ACK of the first transmission arrives before it leaves.
+        assert_eq!(t.on_ack(first), AckOutcome::Acked(key(0)));
+        // The queued retransmission is refused: no entry is re-created.
+        assert_eq!(t.transmission(key(0)), None);
+        t.sent(key(0), 1600, 0);
+        t.not_sent(key(0), 1700);
+        assert_eq!(t.pending(), 0);
+        assert!(t.next_deadline().is_none());
+        assert!(t.due(u64::MAX).is_empty());
+        assert_eq!(t.on_ack(first), AckOutcome::Unknown, "duplicate ACK");
+
+        // An ACK after a give-up counts nothing either.
+        let mut t = Tracker::new(AckWait::default(), Some(0), 0);
+        t.track(key(1));
+        let only = t.transmission(key(1)).unwrap();
+        t.sent(key(1), 0, 0);
+        assert_eq!(t.due(1500), vec![Due::GiveUp(key(1))]);
+        assert_eq!(t.on_ack(only), AckOutcome::Unknown);
+        assert_eq!(t.transmission(key(1)), None);
+        assert!(!t.settle(key(1)));
+    }
+
+    /// Random interleavings of transmissions, timers and (duplicate, late, stale) ACKs against
+    /// a model: every fragment is acknowledged at most once, only while tracked, and a
+    /// settled fragment never gets another transmission.
+    #[test]
+    fn random_interleavings_ack_each_fragment_at_most_once() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut roll = move |sides: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % sides
+        };
+        for round in 0..200u64 {
+            let fragments = 1 + roll(12) as u32;
+            let max = [None, Some(0), Some(2), Some(5)][roll(4) as usize];
+            let mut t = Tracker::new(AckWait::default(), max, roll(1 << 40));
+            let mut acked = vec![0u32; fragments as usize];
+            let mut given_up = vec![false; fragments as usize];
+            let mut queued: Vec<FragmentKey> = (0..fragments).map(key).collect();
+            for k in &queued {
+                assert!(t.track(*k));
+            }
+            // Every ack id handed out (ACKs may come back any number of times).
+            let mut ids: Vec<u64> = Vec::new();
+            let mut now = 0u64;
+            for _ in 0..2_000 {
+                match roll(5) {
+                    0 if !queued.is_empty() => {
+                        let k = queued.remove(roll(queued.len() as u64) as usize);
+                        let settled = acked[k.index as usize] > 0 || given_up[k.index as usize];
+                        match t.transmission(k) {
+                            Some(id) => {
+                                assert!(!settled, "round {round}: settled {k:?} went again");
+                                ids.push(id);
+                                if roll(10) == 0 {
+                                    t.not_sent(k, now + 100);
+                                } else {
+                                    t.sent(k, now, roll(50_000_000));
+                                }
+                            }
+                            None => assert!(settled, "round {round}: live {k:?} refused"),
+                        }
+                    }
+                    1 => {
+                        now += roll(2_000);
+                        for due in t.due(now) {
+                            match due {
+                                Due::Retransmit(k) => queued.push(k),
+                                Due::GiveUp(k) => {
+                                    assert!(!given_up[k.index as usize]);
+                                    assert_eq!(acked[k.index as usize], 0);
+                                    given_up[k.index as usize] = true;
+                                }
+                            }
+                        }
+                    }
+                    _ if !ids.is_empty() => {
+                        let id = ids[roll(ids.len() as u64) as usize];
+                        if let AckOutcome::Acked(k) = t.on_ack(id) {
+                            assert!(!given_up[k.index as usize], "round {round}");
+                            acked[k.index as usize] += 1;
+                        }
+                    }
+                    _ => {}
+                }
+                assert!(acked.iter().all(|&n| n <= 1), "round {round}: {acked:?}");
+                let settled = (0..fragments as usize)
+                    .filter(|&i| acked[i] > 0 || given_up[i])
+                    .count();
+                assert_eq!(t.pending(), fragments as usize - settled, "round {round}");
+            }
+        }
     }
 }
