@@ -17,9 +17,11 @@ pub struct SqliteSpentTags {
 }
 
 impl SqliteSpentTags {
-    /// Opens (creating if missing) the database at `path`.
+    /// Opens (creating if missing, mode 0600 with its `-wal`/`-shm`) the database at `path`.
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
-        Self::init(Connection::open(path)?)
+        let store = Self::init(crate::keyfile::open_private_sqlite(path)?)?;
+        crate::keyfile::restrict_sqlite(path)?;
+        Ok(store)
     }
 
     /// An in-memory database (tests).

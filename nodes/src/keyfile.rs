@@ -93,6 +93,69 @@ pub fn write_key_pair(path: &Path, secret: &[u8; 32], public: &[u8; 32]) -> Resu
     write_new(&public_path, (hex(public) + "\n").as_bytes(), 0o644)
 }
 
+/// Narrows an existing file to `0600` if group or others have any access, saying so.
+fn restrict_file(path: &Path) -> std::io::Result<()> {
+    let mode = match fs::metadata(path) {
+        Ok(meta) => meta.permissions().mode() & 0o7777,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if mode & 0o077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+        eprintln!(
+            "lethe: warning: {} was mode {mode:04o}, readable by other users; changed it to 0600",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The database file and the `-wal`/`-shm` files SQLite keeps beside it.
+fn sqlite_files(path: &Path) -> [std::path::PathBuf; 3] {
+    let with = |suffix: &str| {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    [path.to_path_buf(), with("-wal"), with("-shm")]
+}
+
+fn sqlite_error(path: &Path, e: &std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+        Some(format!("{}: {e}", path.display())),
+    )
+}
+
+/// Opens (creating) an SQLite database that only its owner may read: a new file is created
+/// `0600` before SQLite sees it (whatever the umask), an existing wider one is narrowed. SQLite
+/// gives its `-wal`/`-shm` files the database file's mode; call [`restrict_sqlite`] once the
+/// journal mode is set, for ones left by older versions.
+pub fn open_private_sqlite(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    // Created and closed before any connection of ours opens it, so closing this descriptor
+    // cannot drop SQLite's POSIX locks on the file.
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(sqlite_error(path, &e)),
+    }
+    restrict_file(path).map_err(|e| sqlite_error(path, &e))?;
+    rusqlite::Connection::open(path)
+}
+
+/// Narrows a database's `-wal`/`-shm` files (and itself) to `0600` where they are wider.
+pub fn restrict_sqlite(path: &Path) -> rusqlite::Result<()> {
+    for file in sqlite_files(path) {
+        restrict_file(&file).map_err(|e| sqlite_error(&file, &e))?;
+    }
+    Ok(())
+}
+
 pub fn read_private(path: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
     let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod http;
 pub mod issuer;
 pub mod keyfile;
+pub mod lock;
 pub mod mixnode;
 pub mod proto;
 pub mod sink;

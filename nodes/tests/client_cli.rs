@@ -34,6 +34,10 @@ fn traffic() -> TrafficArgs {
 
 #[test]
 fn init_send_receive() {
+    // umask 0 (this binary's only test): a file not created with an explicit mode would come
+    // out world-readable, and the mode checks below would see it.
+    // SAFETY: umask has no memory-safety preconditions.
+    unsafe { libc::umask(0) };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let directory_seed = [77u8; 32];
     let directory_key = keyfile::ed25519_public(&directory_seed);
@@ -140,6 +144,13 @@ fn init_send_receive() {
         .collect();
     assert_eq!(written.len(), 1, "{written:?}");
     assert_eq!(std::fs::read(&written[0]).unwrap(), content);
+    // Received messages are the owner's alone, whatever the umask.
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&written[0]), 0o600, "received message file");
+    assert_eq!(mode(&out), 0o700, "inbox created by receive");
 
     // A bad address is a clear error.
     let err = cli::send(&SendArgs {

@@ -233,9 +233,10 @@ fn threshold_issuance_errors_and_spending() {
     let o = obtain(&dir, &urls, "cred-2");
     assert!(o.status.success(), "{}", stderr(&o));
 
-    // Three down: fewer than t answer.
+    // Three down: fewer than t answer (after a short wait: issuers refusing connections are
+    // asked again while the retry time lasts).
     g.kill(2);
-    let o = obtain(&dir, &urls, "cred-3");
+    let o = obtain_with(&dir, &urls, "cred-3", &["--retry-total-s", "1"]);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("only 2 of 5 issuers answered with a valid share, 3 needed"),

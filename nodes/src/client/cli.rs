@@ -142,6 +142,9 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("tokio runtime: {e}"))
 }
 
+/// How long `init` keeps asking issuers that are busy (429/503) or unreachable.
+const INIT_RETRY_TOTAL: Duration = Duration::from_secs(60);
+
 /// The credential `init` installs: read from --credential, or obtained from --issuers.
 async fn init_credential(args: &InitArgs) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
     if let Some(path) = &args.credential {
@@ -163,7 +166,9 @@ async fn init_credential(args: &InitArgs) -> Result<Option<Zeroizing<Vec<u8>>>, 
         timeout: Duration::from_secs(10),
         trusted_shares: None,
     };
-    let credential = crate::issuer::client::obtain(&params, &obtain)
+    // Issuers busy or briefly down are asked again, as `lethe credential obtain` does.
+    let retry = crate::issuer::client::RetryPolicy::for_total(INIT_RETRY_TOTAL);
+    let credential = crate::issuer::client::obtain_retrying(&params, &obtain, retry)
         .await
         .map_err(|e| format!("obtaining a credential: {e:#}"))?;
     Ok(Some(credential.to_bytes()))
@@ -271,6 +276,8 @@ fn no_bandwidth_error(dir: &Path, refused: u64) -> String {
 }
 
 pub fn send(args: &SendArgs) -> Result<(), String> {
+    // Held until `send` returns: one process per client directory (see `lock`).
+    let _dir_lock = crate::lock::NodeLocks::claim(&args.dir, "client")?;
     let recipient: Recipient = args.to.parse().map_err(|e| format!("--to: {e}"))?;
     let data = match (&args.message, &args.file) {
         (Some(text), _) => text.as_bytes().to_vec(),
@@ -356,11 +363,20 @@ pub fn send(args: &SendArgs) -> Result<(), String> {
     })
 }
 
-/// Writes `data` to `dir/name` durably (temporary file, fsync, rename, fsync of the directory).
+/// Writes `data` to `dir/name` durably (temporary file, fsync, rename, fsync of the directory),
+/// mode 0600 from the start whatever the umask: received messages are the owner's alone.
 pub fn write_durably(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf, String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    // A leftover of a crash: removed, so `create_new` gives a fresh file of our mode.
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     file.write_all(data)
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -372,9 +388,13 @@ pub fn write_durably(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf, Str
 }
 
 pub fn receive(args: &ReceiveArgs) -> Result<(), String> {
+    // Held until `receive` returns: one process per client directory (see `lock`).
+    let _dir_lock = crate::lock::NodeLocks::claim(&args.dir, "client")?;
     let mut files = config::load(&args.dir)?;
     files.loopix = args.traffic.apply(files.loopix);
-    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    // Messages are private: a directory we create is the owner's alone (an existing one is
+    // left as the user made it; each file is 0600 anyway).
+    keyfile::create_private_dir(&args.out)?;
     let timeout = Duration::from_secs(args.timeout_s);
     runtime()?.block_on(async {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -206,6 +206,10 @@ impl Directory {
 
 /// `lethe directory run`, until SIGINT or SIGTERM.
 pub fn run(args: &DirectoryRunArgs) -> anyhow::Result<()> {
+    // Before anything is read or written: a second directory process on this data dir stops
+    // here. Held until `run` returns, i.e. for the process's life.
+    let _dir_lock =
+        crate::lock::NodeLocks::claim(&args.dir, "directory").map_err(anyhow::Error::msg)?;
     let seed = keyfile::read_private(&args.dir.join(IDENTITY_FILE))
         .map_err(|e| anyhow::anyhow!("{e} (run `lethe directory init` first)"))?;
     let public = keyfile::ed25519_public(&seed);

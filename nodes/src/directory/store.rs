@@ -34,8 +34,11 @@ fn to_u64(v: i64) -> u64 {
 }
 
 impl Store {
+    /// Opens (creating, mode 0600 with its `-wal`/`-shm`) the database at `path`.
     pub fn open(path: &Path) -> rusqlite::Result<Store> {
-        Self::init(Connection::open(path)?)
+        let store = Self::init(crate::keyfile::open_private_sqlite(path)?)?;
+        crate::keyfile::restrict_sqlite(path)?;
+        Ok(store)
     }
 
     pub fn in_memory() -> rusqlite::Result<Store> {

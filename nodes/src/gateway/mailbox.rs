@@ -124,9 +124,9 @@ fn now_s() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Opens (creating) the database and its tables.
+/// Opens (creating, mode 0600 with its `-wal`/`-shm`) the database and its tables.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+    let conn = crate::keyfile::open_private_sqlite(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode: a committed transaction survives a process crash (SIGKILL); only
@@ -148,6 +148,7 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
          CREATE INDEX IF NOT EXISTS mailbox_client_id ON mailbox (client, id);
          CREATE INDEX IF NOT EXISTS mailbox_stored_at ON mailbox (stored_at);",
     )?;
+    crate::keyfile::restrict_sqlite(path)?;
     Ok(conn)
 }
 

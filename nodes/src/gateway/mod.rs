@@ -192,6 +192,24 @@ fn directory(overrides: &RunOverrides) -> Result<Option<(String, [u8; 32])>, Str
     }
 }
 
+/// Locks the state a gateway writes, which its config may put outside its directory (where
+/// another node's config could point too): the mailbox, the replay snapshots and, with
+/// admission on, the credentials database.
+fn lock_state(
+    dir: &Path,
+    config: &Config,
+    locks: &mut crate::lock::NodeLocks,
+) -> Result<(), String> {
+    let g = &config.gateway;
+    locks.state_file(&resolve(dir, &g.database), "gateway.database")?;
+    locks.state_dir(&resolve(dir, &config.replay.data_dir), "replay.data_dir")?;
+    if g.verification_key.is_some() {
+        let credentials = resolve(dir, &g.credentials_database);
+        locks.state_file(&credentials, "gateway.credentials_database")?;
+    }
+    Ok(())
+}
+
 /// `lethe gateway run`.
 pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     // Registered first, so a signal that arrives during start-up is not lost.
@@ -200,8 +218,12 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         signal_hook::consts::SIGINT,
     ])
     .map_err(|e| format!("signals: {e}"))?;
+    // Before anything is read or written: a second process on this directory stops here.
+    // Held (with the state locks) until `run` returns, i.e. for the process's life.
+    let mut locks = crate::lock::NodeLocks::claim(dir, "gateway")?;
     let mut config = Config::load(dir)?;
     overrides.apply(&mut config);
+    lock_state(dir, &config, &mut locks)?;
     let directory = directory(overrides)?;
     let keys = mixnode::load_keys(dir, &config.keys)?;
     let identity_seed = keyfile::read_private(&resolve(dir, &config.keys.identity))?;

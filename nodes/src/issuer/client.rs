@@ -1,10 +1,18 @@
 //! Client issuance: ask all issuers in parallel, keep the first t shares that verify.
+//!
+//! An issuer that is busy (429, 503) or not accepting connections is asked again, each
+//! request on its own, after its `Retry-After` or else a pause doubling from
+//! [`RetryPolicy::first_pause`] to [`RetryPolicy::max_pause`] (plus up to a quarter more at
+//! random, so clients refused together do not all come back together), for at most
+//! [`RetryPolicy::total`] from the start of the whole attempt. Any other answer is final.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use lethe_crypto::coconut::bandwidth::{
@@ -32,6 +40,41 @@ pub struct ObtainConfig {
     pub trusted_shares: Option<BTreeMap<u64, VerificationKey>>,
 }
 
+/// How long and how often to ask again an issuer that is busy or unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Time allowed for retries, from the start of the attempt; zero: ask each issuer once.
+    pub total: Duration,
+    /// Pause before the first retry when the issuer gives no `Retry-After`; doubles each time.
+    pub first_pause: Duration,
+    /// Longest pause between two requests to one issuer without `Retry-After`.
+    pub max_pause: Duration,
+}
+
+impl RetryPolicy {
+    /// Every issuer asked once.
+    pub const NONE: RetryPolicy = RetryPolicy {
+        total: Duration::ZERO,
+        first_pause: Duration::from_millis(500),
+        max_pause: Duration::from_secs(8),
+    };
+
+    /// Retries for `total`, pauses 0.5 s doubling to 8 s.
+    pub fn for_total(total: Duration) -> RetryPolicy {
+        RetryPolicy {
+            total,
+            ..RetryPolicy::NONE
+        }
+    }
+}
+
+/// What a request's retries may use, shared by the requests of one attempt.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    policy: RetryPolicy,
+    deadline: Instant,
+}
+
 /// Obtain a bandwidth credential from t of n issuers.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ObtainArgs {
@@ -50,6 +93,11 @@ pub struct ObtainArgs {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 10)]
     pub timeout_secs: u64,
+    /// Keep asking issuers that answer 429 or 503 or refuse connections for up to this many
+    /// seconds in all, honouring their Retry-After, else pausing 0.5 s doubling to 8 s; then
+    /// fail. 0: ask each issuer once.
+    #[arg(long, default_value_t = 60)]
+    pub retry_total_s: u64,
     /// Directory with the trusted `issuer-<i>.vk` shares from `keygen`. Without it, shares
     /// served by issuers are trusted and only the aggregate is checked against the master key.
     #[arg(long)]
@@ -87,7 +135,8 @@ pub fn run_obtain(args: &ObtainArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let cred = rt.block_on(obtain(&params, &cfg))?;
+    let retry = RetryPolicy::for_total(Duration::from_secs(args.retry_total_s));
+    let cred = rt.block_on(obtain_retrying(&params, &cfg, retry))?;
     write_new(&args.out, &cred.to_bytes(), 0o600)?;
     println!(
         "credential: {} bytes, expires day {}, written to {}",
@@ -139,11 +188,25 @@ struct Answer {
 
 /// Obtains a credential: terms from the first issuer to answer, then one request to every
 /// issuer in parallel; each share is checked as it arrives and the first t valid ones are
-/// aggregated (the rest are abandoned).
+/// aggregated (the rest are abandoned). Each issuer is asked once ([`obtain_retrying`] asks
+/// busy ones again).
 pub async fn obtain(
     params: &Parameters,
     cfg: &ObtainConfig,
 ) -> anyhow::Result<BandwidthCredential> {
+    obtain_retrying(params, cfg, RetryPolicy::NONE).await
+}
+
+/// [`obtain`], asking issuers that are busy (429, 503) or unreachable again under `retry`.
+pub async fn obtain_retrying(
+    params: &Parameters,
+    cfg: &ObtainConfig,
+    retry: RetryPolicy,
+) -> anyhow::Result<BandwidthCredential> {
+    let retry = Retry {
+        policy: retry,
+        deadline: Instant::now() + retry.total,
+    };
     let (t, n) = (cfg.threshold, cfg.issuers.len());
     if t == 0 || t > n {
         bail!("threshold {t} is unusable with {n} issuers");
@@ -152,7 +215,7 @@ pub async fn obtain(
         .timeout(cfg.timeout)
         .connect_timeout(cfg.timeout)
         .build()?;
-    let terms = fetch_terms(&http, &cfg.issuers).await?;
+    let terms = fetch_terms(&http, &cfg.issuers, retry).await?;
     let (pending, request) = request_bandwidth(
         params,
         &cfg.master,
@@ -178,7 +241,7 @@ pub async fn obtain(
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
         let trusted = trusted.clone();
         tasks.spawn(async move {
-            let answer = ask(&http, &url, body, trusted.as_deref()).await;
+            let answer = ask(&http, &url, body, trusted.as_deref(), retry).await;
             (url, answer)
         });
     }
@@ -227,12 +290,18 @@ pub async fn obtain(
 
 /// Terms from the first issuer that answers; the request proof binds them, so an issuer
 /// with different terms simply refuses (422) and is counted as not answering.
-async fn fetch_terms(http: &reqwest::Client, issuers: &[String]) -> anyhow::Result<Terms> {
+async fn fetch_terms(
+    http: &reqwest::Client,
+    issuers: &[String],
+    retry: Retry,
+) -> anyhow::Result<Terms> {
     let mut tasks = JoinSet::new();
     for url in issuers {
         let (http, url) = (http.clone(), url.clone());
         tasks.spawn(async move {
-            let body = get_bytes(http.get(format!("{url}/v1/terms"))).await?;
+            let body = get_bytes(http.get(format!("{url}/v1/terms")), retry)
+                .await
+                .with_context(|| url.clone())?;
             anyhow::Ok(serde_json::from_slice::<Terms>(&body)?)
         });
     }
@@ -257,15 +326,16 @@ async fn ask(
     url: &str,
     body: Vec<u8>,
     trusted: Option<&BTreeMap<u64, Vec<u8>>>,
+    retry: Retry,
 ) -> anyhow::Result<RawAnswer> {
-    let vk = get_bytes(http.get(format!("{url}/v1/verification-key"))).await?;
+    let vk = get_bytes(http.get(format!("{url}/v1/verification-key")), retry).await?;
     if let Some(trusted) = trusted {
         let index = vk.first_chunk::<8>().map(|i| u64::from_be_bytes(*i));
         if index.and_then(|i| trusted.get(&i)) != Some(&vk) {
             bail!("issuer serves an untrusted verification key");
         }
     }
-    let signed = get_bytes(http.post(format!("{url}/v1/blind-sign")).body(body)).await?;
+    let signed = get_bytes(http.post(format!("{url}/v1/blind-sign")).body(body), retry).await?;
     Ok(RawAnswer { vk, signed })
 }
 
@@ -291,24 +361,138 @@ fn parse_answer(raw: &RawAnswer, params: &Parameters) -> anyhow::Result<Answer> 
     })
 }
 
-/// Sends and returns the body of a 200 answer (at most 64 KiB), or the issuer's error text.
-async fn get_bytes(req: reqwest::RequestBuilder) -> anyhow::Result<Vec<u8>> {
+/// One request's outcome when it did not succeed.
+enum Failure {
+    /// Worth asking again (429, 503, connection refused), after `retry_after` if the issuer
+    /// said.
+    Busy {
+        error: anyhow::Error,
+        retry_after: Option<Duration>,
+    },
+    Final(anyhow::Error),
+}
+
+/// Sends and returns the body of a 200 answer (at most 64 KiB), or the issuer's error text;
+/// asks again under `retry` while the issuer is busy or unreachable.
+async fn get_bytes(req: reqwest::RequestBuilder, retry: Retry) -> anyhow::Result<Vec<u8>> {
+    let started = Instant::now();
+    let mut pause = retry.policy.first_pause;
+    let mut attempts = 0u32;
+    loop {
+        let attempt = req
+            .try_clone()
+            .context("internal: request body cannot be resent")?;
+        attempts += 1;
+        let (error, retry_after) = match send_once(attempt).await {
+            Ok(body) => return Ok(body),
+            Err(Failure::Final(error)) => return Err(error),
+            Err(Failure::Busy { error, retry_after }) => (error, retry_after),
+        };
+        if retry.policy.total.is_zero() {
+            return Err(error);
+        }
+        let left = retry.deadline.saturating_duration_since(Instant::now());
+        let total_s = retry.policy.total.as_secs();
+        if left.is_zero() {
+            return Err(error.context(format!(
+                "gave up after {attempts} attempt(s) in {:.1} s: the issuer stayed busy or \
+                 unreachable for the {total_s} s of --retry-total-s (raise it, or try again \
+                 later)",
+                started.elapsed().as_secs_f64()
+            )));
+        }
+        let wait = match retry_after {
+            // The issuer said when: later than allowed is giving up now, not at the deadline.
+            Some(wait) if wait > left => {
+                return Err(error.context(format!(
+                    "gave up after {attempts} attempt(s): the issuer asks to wait {} s, more \
+                     than the {:.0} s left of --retry-total-s {total_s} (raise it, or try again \
+                     later)",
+                    wait.as_secs(),
+                    left.as_secs_f64()
+                )));
+            }
+            // Never sooner than our own first pause, whatever a server says (`Retry-After: 0`
+            // must not make us hammer it).
+            Some(wait) => wait.max(retry.policy.first_pause).min(left),
+            // Our own backoff, shortened to end at the deadline for one last attempt there.
+            None => (pause + pause.mul_f64(rand::random_range(0.0..0.25))).min(left),
+        };
+        eprintln!(
+            "lethe: {}: {error:#}; asking again in {:.1} s",
+            attempt_url(&req),
+            wait.as_secs_f64()
+        );
+        tokio::time::sleep(wait).await;
+        pause = (pause * 2).min(retry.policy.max_pause);
+    }
+}
+
+/// The URL a request goes to, for messages.
+fn attempt_url(req: &reqwest::RequestBuilder) -> String {
+    req.try_clone()
+        .and_then(|r| r.build().ok())
+        .map_or_else(|| "issuer".to_string(), |r| r.url().to_string())
+}
+
+/// The server's `Retry-After` in seconds (the HTTP-date form is not used by Lethe's issuers
+/// and is ignored), capped so a hostile issuer cannot park us for long.
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    const MAX: Duration = Duration::from_secs(300);
+    let secs: u64 = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX))
+}
+
+async fn send_once(req: reqwest::RequestBuilder) -> Result<Vec<u8>, Failure> {
     const MAX: usize = 64 * 1024;
-    let mut resp = req.send().await?;
+    let mut resp = match req.send().await {
+        Ok(resp) => resp,
+        Err(e) if e.is_connect() => {
+            return Err(Failure::Busy {
+                error: anyhow::Error::new(e).context("cannot connect"),
+                retry_after: None,
+            })
+        }
+        Err(e) => return Err(Failure::Final(e.into())),
+    };
     let status = resp.status();
+    let hint = retry_after(&resp);
     // Read chunk by chunk so a hostile issuer cannot make us buffer an endless body.
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        if body.len() + chunk.len() > MAX {
-            bail!("response larger than {MAX} bytes");
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX {
+                    return Err(Failure::Final(anyhow!("response larger than {MAX} bytes")));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(Failure::Final(e.into())),
         }
-        body.extend_from_slice(&chunk);
     }
-    if !status.is_success() {
-        let msg = String::from_utf8_lossy(&body[..body.len().min(200)])
-            .trim()
-            .to_owned();
-        bail!("HTTP {status}: {msg}");
+    if status.is_success() {
+        return Ok(body);
     }
-    Ok(body)
+    let msg = String::from_utf8_lossy(&body[..body.len().min(200)])
+        .trim()
+        .to_owned();
+    let error = anyhow!("HTTP {status}: {msg}");
+    let busy = status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        || status == reqwest::StatusCode::SERVICE_UNAVAILABLE;
+    if busy {
+        Err(Failure::Busy {
+            error,
+            retry_after: hint,
+        })
+    } else {
+        Err(Failure::Final(error))
+    }
 }

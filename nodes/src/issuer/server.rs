@@ -8,7 +8,8 @@
 //!   binds both, so a mismatch could not yield a valid credential anyway.
 //!   200: `index u64 ‖ BlindedSignature::to_bytes()` (104 bytes).
 //!   400: malformed encoding or rejected proof; 413: body over the limit; 422: terms differ
-//!   from the issuer's; 429: rate limited. Error bodies are one line of text.
+//!   from the issuer's; 429: rate limited, with `Retry-After` (seconds). Error bodies are one
+//!   line of text.
 //! - `GET /v1/verification-key`: 200, `index u64 ‖ VerificationKey::to_bytes()` (this
 //!   issuer's share; clients check shares against it and the aggregate against the master key).
 //! - `GET /v1/terms`: 200, JSON `{"index", "bandwidth", "expiry", "validity_days"}`.
@@ -56,13 +57,16 @@ pub struct IssuerRunArgs {
     /// Days a credential is valid after issuance; all issuers must agree.
     #[arg(long, default_value_t = 7)]
     pub validity_days: u32,
-    /// Requests per second allowed per source IP.
+    /// Requests per second allowed per source network: an IPv4 address counts as its /24,
+    /// an IPv6 one as its /64 (a credential takes 3 requests per issuer).
     #[arg(long, default_value_t = 5.0)]
     pub rate_per_ip: f64,
-    /// Burst allowed per source IP.
+    /// Burst allowed per source network (/24 or /64).
     #[arg(long, default_value_t = 20.0)]
     pub burst_per_ip: f64,
-    /// Requests per second allowed over all clients.
+    /// Requests per second allowed over all clients. A quarter of the global burst is kept
+    /// for networks that have sent little lately, so a flood from many networks leaves
+    /// room for honest clients.
     #[arg(long, default_value_t = 200.0)]
     pub rate_global: f64,
     /// Burst allowed over all clients.
@@ -183,13 +187,19 @@ async fn rate_limit(
     req: Request,
     next: Next,
 ) -> Response {
-    if issuer.limiter.allow(peer.ip()) {
-        next.run(req).await
-    } else {
-        text(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate limit exceeded, retry later",
-        )
+    match issuer.limiter.check(peer.ip()) {
+        Ok(()) => next.run(req).await,
+        Err(wait) => {
+            let secs = wait.as_secs().max(1);
+            let mut response = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("rate limit exceeded, retry in {secs} s"),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            response
+        }
     }
 }
 

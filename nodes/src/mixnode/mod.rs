@@ -341,6 +341,19 @@ pub(crate) fn engine_config(e: &EngineSection) -> Result<EngineConfig, String> {
     Ok(engine)
 }
 
+/// Locks the state a mixnode writes, which its config may put outside its directory (where
+/// another node's config could point too): the replay snapshots and the keys directory
+/// (rotated keys and the rotation state).
+fn lock_state(
+    dir: &Path,
+    config: &Config,
+    locks: &mut crate::lock::NodeLocks,
+) -> Result<(), String> {
+    let primary = resolve(dir, &config.keys.sphinx_primary);
+    locks.state_dir(&resolve(dir, &config.replay.data_dir), "replay.data_dir")?;
+    locks.state_dir(primary.parent().unwrap_or(dir), "keys.sphinx_primary")
+}
+
 /// `lethe mixnode run`.
 pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     // Registered first, so a signal that arrives during start-up is not lost.
@@ -349,8 +362,12 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         signal_hook::consts::SIGINT,
     ])
     .map_err(|e| format!("signals: {e}"))?;
+    // Before anything is read or written: a second process on this directory stops here.
+    // Held (with the state locks) until `run` returns, i.e. for the process's life.
+    let mut locks = crate::lock::NodeLocks::claim(dir, "mixnode")?;
     let mut config = Config::load(dir)?;
     overrides.apply(&mut config);
+    lock_state(dir, &config, &mut locks)?;
     if let Some(url) = &overrides.announce.directory {
         check_announce(url, &overrides.announce, config.mixnode.listen_address)?;
     }

@@ -97,6 +97,8 @@ async fn start_client(
 }
 
 pub fn socks5(args: &Socks5Args) -> Result<(), String> {
+    // Held until `socks5` returns: one process per client directory (see `lock`).
+    let _dir_lock = crate::lock::NodeLocks::claim(&args.dir, "client")?;
     args.provider
         .parse::<Recipient>()
         .map_err(|e| format!("--provider: {e}"))?;
@@ -125,6 +127,8 @@ pub fn socks5(args: &Socks5Args) -> Result<(), String> {
 }
 
 pub fn provider(args: &ProviderArgs) -> Result<(), String> {
+    // Held until `provider` returns: one process per client directory (see `lock`).
+    let _dir_lock = crate::lock::NodeLocks::claim(&args.dir, "client")?;
     let allow = AllowList::parse(&args.allow)?;
     runtime()?.block_on(async {
         let (handle, received) = start_client(&args.dir, &args.traffic).await?;
