@@ -12,6 +12,7 @@ pub mod lock;
 pub mod mixnode;
 pub mod proto;
 pub mod sink;
+pub mod supervise;
 pub mod socks;
 pub mod testnet;
 pub mod topology;

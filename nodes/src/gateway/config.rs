@@ -34,8 +34,22 @@ pub struct GatewaySection {
     pub shutdown_grace_ms: u64,
     pub io_memory_bytes: usize,
     pub final_hop_queue_packets: u32,
+    /// Established (authenticated) client sessions at once.
     pub sessions_max: u32,
+    /// The whole unauthenticated phase of a connection: WebSocket upgrade, hello and auth.
     pub handshake_timeout_ms: u64,
+    /// Unauthenticated connections at once (all sources).
+    #[serde(default = "default_pending_connections_max")]
+    pub pending_connections_max: u32,
+    /// Unauthenticated connections at once from one source address (IPv6: one /64).
+    #[serde(default = "default_pending_connections_per_ip_max")]
+    pub pending_connections_per_ip_max: u32,
+    /// Durable client records (the mailbox's `clients` table) at most.
+    #[serde(default = "default_clients_max")]
+    pub clients_max: u32,
+    /// A durable client record with no session for this long and no mail is deleted.
+    #[serde(default = "default_client_idle_days")]
+    pub client_idle_days: u32,
     pub retention_hours: u64,
     pub database: PathBuf,
     /// The issuers' aggregated verification key: set, clients need bandwidth credentials.
@@ -48,6 +62,35 @@ pub struct GatewaySection {
 
 fn default_credentials_database() -> PathBuf {
     PathBuf::from("credentials.sqlite")
+}
+
+// Defaults of the keys older configs lack (the template below spells out the same values).
+/// About 10 KiB each while they last (measured): 10 MiB at the cap. At the cap the oldest is
+/// closed, so an attacker has to open connections faster than an honest handshake completes
+/// (a few round trips) to keep honest clients out, not merely hold slots until the deadline.
+pub const PENDING_CONNECTIONS_MAX_DEFAULT: u32 = 1024;
+/// Enough for a few clients behind one NAT handshaking at the same moment.
+pub const PENDING_CONNECTIONS_PER_IP_MAX_DEFAULT: u32 = 8;
+/// About 50 bytes each in memory and on disk: 25 MB each at the cap.
+pub const CLIENTS_MAX_DEFAULT: u32 = 500_000;
+/// A month: a client offline for longer re-registers on its next connection; mail sent to it
+/// meanwhile (while it has no record) is refused without an ACK, so senders retransmit.
+pub const CLIENT_IDLE_DAYS_DEFAULT: u32 = 30;
+
+fn default_pending_connections_max() -> u32 {
+    PENDING_CONNECTIONS_MAX_DEFAULT
+}
+
+fn default_pending_connections_per_ip_max() -> u32 {
+    PENDING_CONNECTIONS_PER_IP_MAX_DEFAULT
+}
+
+fn default_clients_max() -> u32 {
+    CLIENTS_MAX_DEFAULT
+}
+
+fn default_client_idle_days() -> u32 {
+    CLIENT_IDLE_DAYS_DEFAULT
 }
 
 /// The file `init` writes: every key with its meaning and default.
@@ -77,10 +120,25 @@ shutdown_grace_ms = 2000
 io_memory_bytes = 131072
 # Final-hop packets waiting between the engine cores and the mailbox writer (overflow counted).
 final_hop_queue_packets = 8192
-# Client sessions open at once (handshaking or established); more are refused.
+# Authenticated client sessions open at once; a client that completes its handshake beyond
+# this is refused (OVERLOADED). Connections still handshaking do not count here.
 sessions_max = 8192
-# A client must finish the 3-message handshake within this time.
-handshake_timeout_ms = 10000
+# A connection must finish its WebSocket upgrade and the 3-message handshake within this
+# time (one deadline for all of it), or it is closed.
+handshake_timeout_ms = 5000
+# Connections not yet authenticated (upgrade or handshake unfinished), at once. At the cap the
+# oldest is closed to make room: honest handshakes take a few round trips, a flood's linger.
+pending_connections_max = 1024
+# Connections not yet authenticated from one source address (IPv6: one /64); more are
+# closed at once.
+pending_connections_per_ip_max = 8
+# A client becomes durable (a row in the mailbox's clients table, kept across restarts) once
+# it uses the gateway (an accepted Forward or credential) or mail is stored for it; a bare
+# handshake is remembered in memory only. Records at most; beyond, new clients stay
+# in-memory only (counted).
+clients_max = 500000
+# A record with no session for this many days and no mail waiting is deleted.
+client_idle_days = 30
 # Messages not confirmed by their client are deleted after this many hours (Nym: 24).
 retention_hours = 24
 # The mailbox: SQLite (WAL). Holds deliveries until the client confirms them.
@@ -153,10 +211,46 @@ mod tests {
         assert_eq!(config.version, CONFIG_VERSION);
         assert_eq!(config.gateway.retention_hours, 24);
         assert_eq!(config.gateway.sessions_max, 8192);
+        let g = &config.gateway;
+        assert_eq!(
+            (
+                g.pending_connections_max,
+                g.pending_connections_per_ip_max,
+                g.clients_max,
+                g.client_idle_days
+            ),
+            (
+                PENDING_CONNECTIONS_MAX_DEFAULT,
+                PENDING_CONNECTIONS_PER_IP_MAX_DEFAULT,
+                CLIENTS_MAX_DEFAULT,
+                CLIENT_IDLE_DAYS_DEFAULT
+            ),
+            "the template spells out the defaults"
+        );
         assert!(config.gateway.verification_key.is_none());
         assert_eq!(
             config.gateway.credentials_database,
             PathBuf::from("credentials.sqlite")
         );
+    }
+
+    #[test]
+    fn configs_without_the_connection_limits_still_load() {
+        let old: String = TEMPLATE
+            .lines()
+            .filter(|l| {
+                !["pending_connections", "clients_max", "client_idle_days"]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(old, TEMPLATE);
+        let config: Config = toml::from_str(&old).unwrap();
+        assert_eq!(
+            config.gateway.pending_connections_max,
+            PENDING_CONNECTIONS_MAX_DEFAULT
+        );
+        assert_eq!(config.gateway.client_idle_days, CLIENT_IDLE_DAYS_DEFAULT);
     }
 }

@@ -11,8 +11,20 @@
 //!
 //! Sessions read their backlog through [`Reader`] (separate read connections; WAL lets them
 //! read while the writer writes).
+//!
+//! Clients: mail is stored for a client the writer knows. A completed handshake makes it known
+//! in memory only (the newest [`RECENT_CLIENTS_MAX`] such clients, and any with a live
+//! session): a handshake proves only that someone generated a key, so a flood of random
+//! identities creates no durable state. A client becomes durable (a row in `clients`, known
+//! across restarts) once it uses the gateway: an accepted forward (with admission on, a paid
+//! one) or credential, or the first mail stored for it (in the same transaction as that mail,
+//! so stored mail always has its client's record). Honest clients forward cover traffic at
+//! once, so they are durable within a session's first packets. The table is bounded anyway
+//! (open admission makes forwards free): at most `clients_max` rows (beyond, clients stay in
+//! memory only, counted), and a row whose client has had no session for `client_idle_days`
+//! and has no mail waiting is deleted at the hourly clean-up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +55,12 @@ pub const FETCH_ROWS_MAX: u32 = 100;
 pub const CLEAN_INTERVAL: Duration = Duration::from_secs(3600);
 /// Read connections for sessions.
 pub const READERS: usize = 4;
+/// Clients known from a handshake but without a durable record, kept in memory (the newest;
+/// about 100 bytes each).
+pub const RECENT_CLIENTS_MAX: usize = 65_536;
+/// A durable client's `seen_at` is rewritten at most this often (it only has to be accurate
+/// to within a fraction of `client_idle_days`).
+pub const SEEN_RESOLUTION_S: i64 = 86_400;
 
 /// One stored delivery, as sent to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,11 +73,14 @@ pub struct Delivery {
 
 /// What sessions ask the writer.
 pub enum Command {
-    /// The client finished a handshake: record it (once); `done` fires after the commit.
+    /// The client finished a handshake: store mail for it from now on (known in memory;
+    /// durable only if it was already); `done` fires once that holds.
     Register {
         client: [u8; 32],
         done: tokio::sync::oneshot::Sender<()>,
     },
+    /// The client used the gateway (accepted forward or credential): record it durably.
+    Admit { client: [u8; 32] },
     /// The client handled these deliveries: delete them (only its own).
     Confirm { client: [u8; 32], ids: Vec<u64> },
 }
@@ -135,7 +156,8 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS clients (
              identity BLOB PRIMARY KEY,
-             registered_at INTEGER NOT NULL
+             registered_at INTEGER NOT NULL,
+             seen_at INTEGER NOT NULL DEFAULT 0
          ) WITHOUT ROWID;
          CREATE TABLE IF NOT EXISTS mailbox (
              id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -149,7 +171,25 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
          CREATE INDEX IF NOT EXISTS mailbox_stored_at ON mailbox (stored_at);",
     )?;
     crate::keyfile::restrict_sqlite(path)?;
+    add_seen_at(&conn)?;
     Ok(conn)
+}
+
+/// Databases written before clients had `seen_at`: the column is added, and a row's last
+/// sight is taken to be its registration.
+fn add_seen_at(conn: &Connection) -> rusqlite::Result<()> {
+    let has_seen_at = conn
+        .prepare("SELECT 1 FROM pragma_table_info('clients') WHERE name = 'seen_at'")?
+        .exists([])?;
+    if !has_seen_at {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE clients ADD COLUMN seen_at INTEGER NOT NULL DEFAULT 0;
+             UPDATE clients SET seen_at = registered_at;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
 }
 
 /// Read connections for sessions (blocking: call from `spawn_blocking`).
@@ -247,9 +287,13 @@ enum Pending {
         bytes: Vec<u8>,
         ack: Option<(SocketAddr, Vec<u8>)>,
     },
-    Register {
+    /// A new durable client record.
+    Record {
         client: [u8; 32],
-        done: tokio::sync::oneshot::Sender<()>,
+    },
+    /// A durable client had a session now.
+    Seen {
+        client: [u8; 32],
     },
     Confirm {
         client: [u8; 32],
@@ -259,6 +303,55 @@ enum Pending {
 
 pub struct WriterSettings {
     pub retention: Duration,
+    /// Durable client records at most.
+    pub clients_max: u32,
+    /// A record idle (no session) this long, with no mail, is deleted.
+    pub client_idle: Duration,
+}
+
+/// Clients known from a handshake only, in memory: the newest [`RECENT_CLIENTS_MAX`].
+#[derive(Default)]
+struct RecentClients {
+    /// Client → the generation of its latest insertion.
+    clients: HashMap<[u8; 32], u64>,
+    /// Insertions, oldest first; an entry whose generation is not the client's latest is
+    /// stale (skipped when evicting, dropped when compacting).
+    order: std::collections::VecDeque<([u8; 32], u64)>,
+    generation: u64,
+}
+
+impl RecentClients {
+    fn contains(&self, client: &[u8; 32]) -> bool {
+        self.clients.contains_key(client)
+    }
+
+    /// Inserts (or refreshes) `client`; returns how many older clients were forgotten.
+    fn insert(&mut self, client: [u8; 32]) -> u64 {
+        self.generation += 1;
+        self.clients.insert(client, self.generation);
+        self.order.push_back((client, self.generation));
+        let mut forgotten = 0;
+        while self.clients.len() > RECENT_CLIENTS_MAX {
+            let Some((oldest, generation)) = self.order.pop_front() else {
+                break;
+            };
+            if self.clients.get(&oldest) == Some(&generation) {
+                self.clients.remove(&oldest);
+                forgotten += 1;
+            }
+        }
+        // Refreshes leave stale entries behind: compact before they outnumber live ones.
+        if self.order.len() > 2 * RECENT_CLIENTS_MAX {
+            let clients = &self.clients;
+            self.order
+                .retain(|(client, generation)| clients.get(client) == Some(generation));
+        }
+        forgotten
+    }
+
+    fn remove(&mut self, client: &[u8; 32]) {
+        self.clients.remove(client);
+    }
 }
 
 struct Writer {
@@ -267,7 +360,9 @@ struct Writer {
     egress: Arc<Egress>,
     metrics: Arc<GatewayMetrics>,
     settings: WriterSettings,
-    registered: HashSet<[u8; 32]>,
+    /// The `clients` table: identity → `seen_at`.
+    durable: HashMap<[u8; 32], i64>,
+    recent: RecentClients,
     rows: HashMap<[u8; 32], u32>,
     pending: Vec<Pending>,
     oldest_pending: Option<Instant>,
@@ -307,7 +402,8 @@ pub fn spawn_writer(
         egress,
         metrics,
         settings,
-        registered: HashSet::new(),
+        durable: HashMap::new(),
+        recent: RecentClients::default(),
         rows: HashMap::new(),
         pending: Vec::with_capacity(FLUSH_ROWS),
         oldest_pending: None,
@@ -322,15 +418,68 @@ pub fn spawn_writer(
 
 impl Writer {
     fn load(&mut self) -> rusqlite::Result<()> {
-        let mut statement = self.conn.prepare("SELECT identity FROM clients")?;
-        let identities = statement.query_map([], |row| row.get::<_, Vec<u8>>(0))?;
-        for identity in identities {
-            if let Ok(identity) = <[u8; 32]>::try_from(identity?.as_slice()) {
-                self.registered.insert(identity);
+        self.load_clients()?;
+        self.recount()
+    }
+
+    /// Re-reads the `clients` table into memory.
+    fn load_clients(&mut self) -> rusqlite::Result<()> {
+        let mut statement = self.conn.prepare("SELECT identity, seen_at FROM clients")?;
+        let rows = statement.query_map([], |row| {
+            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        let mut durable = HashMap::new();
+        for row in rows {
+            let (identity, seen_at) = row?;
+            if let Ok(identity) = <[u8; 32]>::try_from(identity.as_slice()) {
+                durable.insert(identity, seen_at);
             }
         }
         drop(statement);
-        self.recount()
+        self.durable = durable;
+        self.publish_clients();
+        Ok(())
+    }
+
+    fn publish_clients(&self) {
+        self.metrics
+            .clients_durable
+            .store(self.durable.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Is mail stored for this client? Durable, recently handshaken, or connected now.
+    fn knows(&self, client: &[u8; 32]) -> bool {
+        self.durable.contains_key(client)
+            || self.recent.contains(client)
+            || self.registry.is_live(client)
+    }
+
+    /// Records the client durably (in the next commit), unless it is already or the table is
+    /// full (then it is kept in memory: counted).
+    fn make_durable(&mut self, client: [u8; 32]) {
+        if let Some(seen_at) = self.durable.get_mut(&client) {
+            let now = now_s();
+            if now.saturating_sub(*seen_at) >= SEEN_RESOLUTION_S {
+                *seen_at = now;
+                self.push(Pending::Seen { client });
+            }
+            return;
+        }
+        if self.durable.len() >= self.settings.clients_max as usize {
+            GatewayMetrics::add(&self.metrics.clients_table_full, 1);
+            self.remember(client);
+            return;
+        }
+        self.durable.insert(client, now_s());
+        self.recent.remove(&client);
+        self.publish_clients();
+        self.push(Pending::Record { client });
+    }
+
+    /// Known in memory only.
+    fn remember(&mut self, client: [u8; 32]) {
+        let forgotten = self.recent.insert(client);
+        GatewayMetrics::add(&self.metrics.clients_forgotten, forgotten);
     }
 
     fn recount(&mut self) -> rusqlite::Result<()> {
@@ -418,9 +567,15 @@ impl Writer {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Register { client, done } => {
-                self.registered.insert(client);
-                self.push(Pending::Register { client, done });
+                if self.durable.contains_key(&client) {
+                    self.make_durable(client); // refreshes its seen_at
+                } else {
+                    self.remember(client);
+                }
+                // Known from now on (in memory): nothing to wait for.
+                let _ = done.send(());
             }
+            Command::Admit { client } => self.make_durable(client),
             Command::Confirm { client, ids } => self.push(Pending::Confirm { client, ids }),
         }
     }
@@ -433,14 +588,17 @@ impl Writer {
             Classified::Malformed => return GatewayMetrics::add(&metrics.final_hop_malformed, 1),
             Classified::Deliver { kind, bytes, ack } => (kind, bytes, ack),
         };
-        if !self.registered.contains(&hop.destination) {
+        if !self.knows(&hop.destination) {
             return GatewayMetrics::add(&metrics.unknown_destination_dropped, 1);
         }
-        let rows = self.rows.entry(hop.destination).or_insert(0);
-        if *rows >= ROWS_PER_CLIENT_MAX {
+        if self.rows.get(&hop.destination).copied().unwrap_or(0) >= ROWS_PER_CLIENT_MAX {
             return GatewayMetrics::add(&metrics.mailbox_full_dropped, 1);
         }
-        *rows += 1;
+        // Mail it stores makes its client durable, in the same transaction.
+        if !self.durable.contains_key(&hop.destination) {
+            self.make_durable(hop.destination);
+        }
+        *self.rows.entry(hop.destination).or_insert(0) += 1;
         let ack = ack.and_then(|(first_hop, packet)| match address::decode(&first_hop) {
             Ok(next_hop) => Some((next_hop, packet.to_vec())),
             Err(_) => {
@@ -468,10 +626,19 @@ impl Writer {
         let mut deleted: Vec<([u8; 32], u32)> = Vec::new();
         let result = commit(&mut self.conn, &pending, &mut stored, &mut deleted);
         if let Err(e) = result {
-            // Nothing of this batch is durable: no ACK, no push; counts are re-read.
+            // Nothing of this batch is durable: no ACK, no push; counts and records are
+            // re-read, and clients whose record was lost stay known in memory.
             GatewayMetrics::add(&self.metrics.database_errors, 1);
             eprintln!("lethe: gateway mailbox: commit failed: {e}");
             let _ = self.recount();
+            let _ = self.load_clients();
+            for item in &pending {
+                if let Pending::Record { client } = item {
+                    if !self.durable.contains_key(client) {
+                        self.remember(*client);
+                    }
+                }
+            }
             return;
         }
         for (client, count) in deleted {
@@ -509,10 +676,10 @@ impl Writer {
                         GatewayMetrics::add(&self.metrics.final_hop_delivered_live, 1);
                     }
                 }
-                Pending::Register { done, .. } => {
-                    let _ = done.send(());
+                Pending::Record { .. } => {
+                    GatewayMetrics::add(&self.metrics.clients_registered, 1);
                 }
-                Pending::Confirm { .. } => {}
+                Pending::Seen { .. } | Pending::Confirm { .. } => {}
             }
         }
         self.publish_rows();
@@ -536,6 +703,27 @@ impl Writer {
                 eprintln!("lethe: gateway mailbox: retention failed: {e}");
             }
         }
+        self.expire_clients();
+    }
+
+    /// Deletes the records of clients idle (no session) for `client_idle` with no mail.
+    fn expire_clients(&mut self) {
+        // Pending records and sightings first, so the deletion sees them.
+        self.flush();
+        let cutoff = now_s().saturating_sub(self.settings.client_idle.as_secs() as i64);
+        match expire_idle_clients(&self.conn, cutoff) {
+            Ok(0) => {}
+            Ok(n) => {
+                GatewayMetrics::add(&self.metrics.clients_expired, n as u64);
+                if self.load_clients().is_err() {
+                    GatewayMetrics::add(&self.metrics.database_errors, 1);
+                }
+            }
+            Err(e) => {
+                GatewayMetrics::add(&self.metrics.database_errors, 1);
+                eprintln!("lethe: gateway mailbox: client expiry failed: {e}");
+            }
+        }
     }
 }
 
@@ -554,9 +742,11 @@ fn commit(
             "INSERT INTO mailbox (client, kind, identifier, bytes, stored_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
-        let mut register = tx.prepare_cached(
-            "INSERT OR IGNORE INTO clients (identity, registered_at) VALUES (?1, ?2)",
+        let mut record = tx.prepare_cached(
+            "INSERT OR IGNORE INTO clients (identity, registered_at, seen_at)
+             VALUES (?1, ?2, ?2)",
         )?;
+        let mut seen = tx.prepare_cached("UPDATE clients SET seen_at = ?2 WHERE identity = ?1")?;
         let mut delete = tx.prepare_cached("DELETE FROM mailbox WHERE id = ?1 AND client = ?2")?;
         for (index, item) in pending.iter().enumerate() {
             match item {
@@ -576,8 +766,11 @@ fn commit(
                     ])?;
                     stored.push((index, u64::try_from(id).unwrap_or(0)));
                 }
-                Pending::Register { client, .. } => {
-                    register.execute(params![&client[..], now])?;
+                Pending::Record { client } => {
+                    record.execute(params![&client[..], now])?;
+                }
+                Pending::Seen { client } => {
+                    seen.execute(params![&client[..], now])?;
                 }
                 Pending::Confirm { client, ids } => {
                     let mut count = 0u32;
@@ -591,6 +784,15 @@ fn commit(
         }
     }
     tx.commit()
+}
+
+/// Deletes client records last seen before `cutoff` (seconds) that have no mail waiting.
+fn expire_idle_clients(conn: &Connection, cutoff: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM clients WHERE seen_at < ?1
+         AND NOT EXISTS (SELECT 1 FROM mailbox WHERE mailbox.client = clients.identity)",
+        params![cutoff],
+    )
 }
 
 /// Is this client registered (a row in `clients`)? For tests and tools.
@@ -746,5 +948,98 @@ mod tests {
         assert_eq!(deleted, vec![([9; 32], 0), (client, 2)]);
         assert_eq!(reader.count(&client).unwrap(), 1);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("lethe-mailbox-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn idle_clients_without_mail_expire_and_old_tables_gain_seen_at() {
+        let dir = scratch("clients");
+        let path = dir.join("gateway.sqlite");
+        // A table as written before `seen_at`: one old client with mail, one without.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE clients (identity BLOB PRIMARY KEY, registered_at INTEGER NOT NULL)
+                 WITHOUT ROWID;",
+            )
+            .unwrap();
+            for client in [[1u8; 32], [2; 32]] {
+                conn.execute(
+                    "INSERT INTO clients (identity, registered_at) VALUES (?1, 100)",
+                    params![&client[..]],
+                )
+                .unwrap();
+            }
+        }
+        let mut conn = open(&path).unwrap();
+        let seen: i64 = conn
+            .query_row(
+                "SELECT seen_at FROM clients WHERE identity = ?1",
+                params![&[1u8; 32][..]],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(seen, 100, "seen_at starts at the registration");
+        let mail = [Pending::Store {
+            client: [1; 32],
+            kind: DeliveryKind::Message,
+            identifier: [0; 16],
+            bytes: vec![1],
+            ack: None,
+        }];
+        let (mut stored, mut deleted) = (Vec::new(), Vec::new());
+        commit(&mut conn, &mail, &mut stored, &mut deleted).unwrap();
+        // A new record and a sighting of an old one.
+        let batch = [
+            Pending::Record { client: [3; 32] },
+            Pending::Seen { client: [2; 32] },
+        ];
+        commit(&mut conn, &batch, &mut stored, &mut deleted).unwrap();
+        // Idle since 100: [1] has mail and stays; [2] and [3] were seen now.
+        assert_eq!(expire_idle_clients(&conn, 1_000).unwrap(), 0);
+        // Everyone idle: [1] still has mail; [2] and [3] go.
+        assert_eq!(expire_idle_clients(&conn, i64::MAX).unwrap(), 2);
+        assert!(is_registered(&conn, &[1; 32]).unwrap());
+        assert!(!is_registered(&conn, &[2; 32]).unwrap());
+        assert!(!is_registered(&conn, &[3; 32]).unwrap());
+        // Reopening a migrated database changes nothing.
+        drop(conn);
+        let conn = open(&path).unwrap();
+        assert!(is_registered(&conn, &[1; 32]).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn recent_clients_keep_the_newest_and_stay_bounded() {
+        let mut recent = RecentClients::default();
+        let client = |i: usize| {
+            let mut c = [0u8; 32];
+            c[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            c
+        };
+        let mut forgotten = 0;
+        for i in 0..RECENT_CLIENTS_MAX + 10 {
+            forgotten += recent.insert(client(i));
+        }
+        assert_eq!(forgotten, 10);
+        assert!(!recent.contains(&client(9)));
+        assert!(recent.contains(&client(10)));
+        // Refreshing one client over and over neither evicts others nor grows the queue.
+        for _ in 0..3 * RECENT_CLIENTS_MAX {
+            assert_eq!(recent.insert(client(10)), 0);
+        }
+        assert!(recent.order.len() <= 2 * RECENT_CLIENTS_MAX + 1);
+        // The refreshed client is now the newest: the next eviction takes client 11.
+        assert_eq!(recent.insert(client(usize::MAX)), 1);
+        assert!(recent.contains(&client(10)));
+        assert!(!recent.contains(&client(11)));
+        recent.remove(&client(10));
+        assert!(!recent.contains(&client(10)));
     }
 }

@@ -34,6 +34,15 @@ pub struct GatewayMetrics {
     pub credentials_refused: AtomicU64,
     pub bandwidth_charged_bytes: AtomicU64,
     pub forwards_refused_bandwidth: AtomicU64,
+    pub pending_connections: AtomicU64,
+    pub pending_refused_per_ip: AtomicU64,
+    pub pending_evicted: AtomicU64,
+    pub pending_oversize: AtomicU64,
+    pub handshakes_timed_out: AtomicU64,
+    pub clients_durable: AtomicU64,
+    pub clients_table_full: AtomicU64,
+    pub clients_expired: AtomicU64,
+    pub clients_forgotten: AtomicU64,
 }
 
 impl GatewayMetrics {
@@ -47,7 +56,7 @@ impl GatewayMetrics {
 
     /// Appends the gateway's metrics in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let counters: [(&str, &str, &AtomicU64); 27] = [
+        let counters: [(&str, &str, &AtomicU64); 34] = [
             (
                 "sessions_started_total",
                 "Client sessions established",
@@ -55,13 +64,35 @@ impl GatewayMetrics {
             ),
             (
                 "sessions_refused_total",
-                "Client connections refused (sessions_max)",
+                "Authenticated clients refused: sessions_max sessions open",
                 &self.sessions_refused,
             ),
             (
                 "handshakes_failed_total",
-                "Client handshakes that failed or timed out",
+                "Client upgrades or handshakes that failed or timed out",
                 &self.handshakes_failed,
+            ),
+            (
+                "handshakes_timed_out_total",
+                "Unauthenticated connections closed at the handshake deadline",
+                &self.handshakes_timed_out,
+            ),
+            (
+                "pending_refused_per_ip_total",
+                "Connections closed at accept: their source had \
+                 pending_connections_per_ip_max unauthenticated connections",
+                &self.pending_refused_per_ip,
+            ),
+            (
+                "pending_evicted_total",
+                "Oldest unauthenticated connections closed to make room \
+                 (pending_connections_max)",
+                &self.pending_evicted,
+            ),
+            (
+                "pending_oversize_total",
+                "Unauthenticated connections closed for sending more than a handshake needs",
+                &self.pending_oversize,
             ),
             (
                 "session_errors_total",
@@ -155,8 +186,23 @@ impl GatewayMetrics {
             ),
             (
                 "clients_registered_total",
-                "Clients registered for the first time",
+                "Clients recorded durably (clients table)",
                 &self.clients_registered,
+            ),
+            (
+                "clients_table_full_total",
+                "Clients kept in memory only: the clients table held clients_max",
+                &self.clients_table_full,
+            ),
+            (
+                "clients_expired_total",
+                "Client records deleted: idle for client_idle_days with no mail",
+                &self.clients_expired,
+            ),
+            (
+                "clients_forgotten_total",
+                "Handshaken clients without a record dropped from memory (oldest first)",
+                &self.clients_forgotten,
             ),
             (
                 "database_errors_total",
@@ -189,11 +235,21 @@ impl GatewayMetrics {
             let _ = writeln!(out, "# TYPE lethe_gateway_{name} counter");
             let _ = writeln!(out, "lethe_gateway_{name} {}", Self::get(counter));
         }
-        let gauges: [(&str, &str, &AtomicU64); 2] = [
+        let gauges: [(&str, &str, &AtomicU64); 4] = [
             (
                 "sessions_active",
                 "Client sessions open now",
                 &self.sessions_active,
+            ),
+            (
+                "pending_connections",
+                "Unauthenticated client connections open now",
+                &self.pending_connections,
+            ),
+            (
+                "clients_durable",
+                "Client records in the clients table",
+                &self.clients_durable,
             ),
             (
                 "mailbox_rows",

@@ -59,7 +59,7 @@ pub struct RunOverrides {
     /// Mailbox retention in hours (config: gateway.retention_hours).
     #[arg(long, env = "LETHE_RETENTION_HOURS")]
     pub retention_hours: Option<u64>,
-    /// Client sessions at once (config: gateway.sessions_max).
+    /// Authenticated client sessions at once (config: gateway.sessions_max).
     #[arg(long, env = "LETHE_SESSIONS_MAX")]
     pub sessions_max: Option<u32>,
     /// Directory base URL (http://host:port): register, heartbeat, fetch the topology.
@@ -297,6 +297,8 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         },
         mailbox::WriterSettings {
             retention: Duration::from_secs(g.retention_hours.saturating_mul(3600)),
+            clients_max: g.clients_max,
+            client_idle: Duration::from_secs(u64::from(g.client_idle_days).saturating_mul(86_400)),
         },
     )?;
     let cores = runtime_config.cores;
@@ -335,6 +337,11 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             handshake_timeout: Duration::from_millis(g.handshake_timeout_ms.max(1)),
         },
         connections: AtomicU32::new(0),
+        pending: sessions::PendingConnections::new(
+            g.pending_connections_max,
+            g.pending_connections_per_ip_max,
+            metrics.clone(),
+        ),
         admission,
     });
     tokio.spawn(sessions::serve(client_listener, shared));

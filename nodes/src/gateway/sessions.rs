@@ -2,9 +2,20 @@
 //! cores): the [`GatewayHandshake`] within a timeout, then sealed [`ClientMessage`]s in and
 //! [`GatewayMessage`]s out.
 //!
-//! After the handshake the client is registered (durably, in the mailbox's `clients` table),
-//! becomes the identity's only live session (a new one replaces the old), and receives
-//! `Welcome{stored}`, then its stored deliveries in id order (reads of at most
+//! Until its handshake completes a connection is *pending*: it holds one of
+//! `pending_connections_max` slots (at the cap the oldest pending connection is closed to make
+//! room) and one of `pending_connections_per_ip_max` for its source (beyond, it is closed at
+//! once), and must finish the WebSocket upgrade, hello and auth before one deadline
+//! (`handshake_timeout_ms`). Its bytes pass a [`Gate`] that refuses an upgrade request over
+//! [`UPGRADE_REQUEST_BYTES_MAX`] and any frame over [`PENDING_FRAME_BYTES_MAX`] before auth,
+//! so an unauthenticated peer costs a few KiB (a small read buffer, [`WS_READ_BUFFER_BYTES`])
+//! and makes tungstenite reserve nothing larger. Only authenticated sessions count against
+//! `sessions_max`.
+//!
+//! After the handshake the client is registered in the mailbox writer's memory (a durable
+//! record in the `clients` table follows only once it uses the gateway: see
+//! [`super::mailbox`]), becomes the identity's only live session (a new one replaces the old),
+//! and receives `Welcome{stored}`, then its stored deliveries in id order (reads of at most
 //! [`FETCH_ROWS_MAX`]), then live ones. Live deliveries come from the mailbox writer through a
 //! bounded per-session queue; when it is full the writer marks the session lagged and the
 //! session re-reads the mailbox from its cursor, so nothing is skipped and nothing is sent
@@ -19,16 +30,22 @@
 //! and credited (`Bandwidth{remaining}`) or refused (`Error{BAD_CREDENTIAL}`), and the session
 //! goes on either way. `Bandwidth` is also sent after every [`FLUSH_EVERY_BYTES`] charged.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::sphinx::address;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
@@ -39,6 +56,7 @@ use super::admission::{Admission, Refusal, FLUSH_EVERY_BYTES};
 use super::egress::Egress;
 use super::mailbox::{Command, Delivery, Reader, FETCH_ROWS_MAX};
 use super::metrics::GatewayMetrics;
+use crate::proto::handshake::{CLIENT_AUTH_LEN, CLIENT_HELLO_LEN};
 use crate::proto::messages::error_code;
 use crate::proto::{
     ClientMessage, GatewayHandshake, GatewayMessage, Session, WS_MESSAGE_BYTES_MAX,
@@ -48,11 +66,36 @@ use crate::topology::Topology;
 /// Live deliveries queued per session before the session falls back to the mailbox (a
 /// delivery is at most one ext32 payload: 64 × 32 KiB = 2 MiB per session at worst).
 pub const SESSION_QUEUE_MAX: usize = 64;
-/// How long a new session waits for its registration to commit.
+/// How long a new session waits for the mailbox writer to take its registration.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most bytes of HTTP upgrade request a client may send (tungstenite alone would buffer
+/// 64 KiB): tungstenite's client sends about 250, browsers under 2 KiB.
+pub const UPGRADE_REQUEST_BYTES_MAX: usize = 4096;
+/// The largest WebSocket frame payload accepted before auth: just above the client hello
+/// (85 bytes) and auth (65); control frames are at most 125 bytes anyway.
+pub const PENDING_FRAME_BYTES_MAX: u64 = 128;
+/// Frame bytes (headers included) accepted before auth: the two handshake messages take 162;
+/// the rest leaves room for a few pings or a fragmented hello.
+pub const PENDING_FRAMES_BYTES_MAX: usize = 1024;
+/// tungstenite's read buffer per connection, allocated at the upgrade and touched by the
+/// first read. Its default, 128 KiB, made 2,000 silent WebSockets cost 265 MiB; 4 KiB still
+/// reads a regular sealed packet (about 2.1 KiB) in one call, and larger frames grow the
+/// buffer as they arrive (an authenticated client's frames up to [`WS_MESSAGE_BYTES_MAX`]).
+pub const WS_READ_BUFFER_BYTES: usize = 4096;
+/// The messages of the handshake a client sends: hello, then auth.
+const HANDSHAKE_MESSAGES: u8 = 2;
+/// Freed memory is handed back to the OS (`malloc_trim`) once at least this many pending
+/// connections were open at once and three quarters of them have closed...
+const TRIM_PENDING_MIN: usize = 256;
+/// ...at most this often.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+const _: () = assert!(
+    CLIENT_HELLO_LEN as u64 <= PENDING_FRAME_BYTES_MAX
+        && CLIENT_AUTH_LEN as u64 <= PENDING_FRAME_BYTES_MAX
+);
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Gate<TcpStream>>;
 
 /// One live session per client identity.
 struct LiveSession {
@@ -112,6 +155,13 @@ impl Registry {
         generation
     }
 
+    /// Has this client a live session now?
+    pub fn is_live(&self, client: &[u8; 32]) -> bool {
+        self.sessions
+            .lock()
+            .is_ok_and(|sessions| sessions.contains_key(client))
+    }
+
     fn remove(&self, client: &[u8; 32], generation: u64) {
         if let Ok(mut sessions) = self.sessions.lock() {
             if sessions
@@ -167,7 +217,9 @@ impl FirstHops {
 }
 
 pub struct SessionSettings {
+    /// Authenticated sessions at once.
     pub sessions_max: u32,
+    /// The deadline of a connection's whole unauthenticated phase (upgrade, hello, auth).
     pub handshake_timeout: Duration,
 }
 
@@ -181,7 +233,10 @@ pub struct Shared {
     pub first_hops: Arc<FirstHops>,
     pub metrics: Arc<GatewayMetrics>,
     pub settings: SessionSettings,
+    /// Authenticated sessions open now (against `sessions_max`).
     pub connections: AtomicU32,
+    /// Unauthenticated connections open now.
+    pub pending: Arc<PendingConnections>,
     /// Admission and metering; `None`: open admission.
     pub admission: Option<Arc<Admission>>,
 }
@@ -190,59 +245,103 @@ pub struct Shared {
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     // Runs for the life of the runtime; a failed accept is retried after a pause.
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
-        if shared.connections.load(Ordering::Relaxed) >= shared.settings.sessions_max {
-            GatewayMetrics::add(&shared.metrics.sessions_refused, 1);
+        let Some(slot) = shared.pending.admit(peer.ip()) else {
+            GatewayMetrics::add(&shared.metrics.pending_refused_per_ip, 1);
             continue; // dropped: closes the connection
-        }
-        shared.connections.fetch_add(1, Ordering::Relaxed);
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
-            connection(stream, &shared).await;
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            connection(stream, slot, &shared).await;
         });
     }
 }
 
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
         .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
         .max_frame_size(Some(WS_MESSAGE_BYTES_MAX))
 }
 
-async fn connection(stream: TcpStream, shared: &Shared) {
+/// Why a pending connection's step did not finish.
+enum Cut {
+    /// Closed to make room for a newer pending connection.
+    Evicted,
+    /// The handshake deadline passed.
+    TimedOut,
+}
+
+/// Runs one step of the pending phase until it ends, the deadline passes, or the connection
+/// is evicted.
+async fn pending_step<F: Future>(
+    slot: &PendingSlot,
+    deadline: Instant,
+    step: F,
+) -> Result<F::Output, Cut> {
+    tokio::select! {
+        biased;
+        () = slot.evicted() => Err(Cut::Evicted),
+        done = tokio::time::timeout_at(deadline, step) => done.map_err(|_| Cut::TimedOut),
+    }
+}
+
+async fn connection(stream: TcpStream, slot: PendingSlot, shared: &Shared) {
     let _ = stream.set_nodelay(true);
-    let timeout = shared.settings.handshake_timeout;
-    let accepted = tokio::time::timeout(
-        timeout,
-        tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())),
-    )
-    .await;
-    let Ok(Ok(mut ws)) = accepted else {
-        GatewayMetrics::add(&shared.metrics.handshakes_failed, 1);
-        return;
+    let metrics = &shared.metrics;
+    let deadline = Instant::now() + shared.settings.handshake_timeout;
+    let gate = Gate::new(stream, shared.metrics.clone());
+    let upgrade = tokio_tungstenite::accept_async_with_config(gate, Some(ws_config()));
+    let mut ws = match pending_step(&slot, deadline, upgrade).await {
+        Ok(Ok(ws)) => ws,
+        // Evictions are counted when they are decided.
+        Err(Cut::Evicted) => return,
+        Err(Cut::TimedOut) => {
+            GatewayMetrics::add(&metrics.handshakes_timed_out, 1);
+            GatewayMetrics::add(&metrics.handshakes_failed, 1);
+            return;
+        }
+        Ok(Err(_)) => {
+            GatewayMetrics::add(&metrics.handshakes_failed, 1);
+            return;
+        }
     };
-    let handshake = tokio::time::timeout(timeout, handshake(&mut ws, &shared.identity_seed)).await;
-    let (client, session) = match handshake {
+    let handshake = handshake(&mut ws, &shared.identity_seed);
+    let (client, session) = match pending_step(&slot, deadline, handshake).await {
         Ok(Ok(done)) => done,
         Ok(Err(reason)) => {
-            GatewayMetrics::add(&shared.metrics.handshakes_failed, 1);
+            GatewayMetrics::add(&metrics.handshakes_failed, 1);
             close(&mut ws, CloseCode::Policy, reason).await;
             return;
         }
-        Err(_) => {
-            GatewayMetrics::add(&shared.metrics.handshakes_failed, 1);
-            close(&mut ws, CloseCode::Policy, "handshake timed out").await;
+        Err(Cut::Evicted) => return,
+        // Closed without a close frame: a peer that stalls may not read one either.
+        Err(Cut::TimedOut) => {
+            GatewayMetrics::add(&metrics.handshakes_timed_out, 1);
+            GatewayMetrics::add(&metrics.handshakes_failed, 1);
             return;
         }
     };
+    drop(slot);
+    // A client that has a session already replaces it rather than adding one.
+    let open = shared.connections.fetch_add(1, Ordering::AcqRel);
+    if open >= shared.settings.sessions_max && !shared.registry.is_live(&client) {
+        shared.connections.fetch_sub(1, Ordering::AcqRel);
+        GatewayMetrics::add(&metrics.sessions_refused, 1);
+        let mut session = session;
+        let text = "gateway full: try again later";
+        let _ = send_error(&mut ws, &mut session, error_code::OVERLOADED, text).await;
+        close(&mut ws, CloseCode::Again, text).await;
+        return;
+    }
     established(ws, client, session, shared).await;
+    shared.connections.fetch_sub(1, Ordering::AcqRel);
 }
 
 async fn next_binary(ws: &mut Ws) -> Result<Vec<u8>, &'static str> {
@@ -309,6 +408,8 @@ struct Live<'a> {
     lagged: Arc<AtomicBool>,
     /// With admission on: the metered balance.
     account: Option<Account>,
+    /// The mailbox writer was told this client uses the gateway (it records it durably).
+    admitted: bool,
 }
 
 /// A session's view of its client's balance: the database value at the last read or write,
@@ -328,6 +429,7 @@ async fn established(ws: Ws, client: [u8; 32], session: Session, shared: &Shared
         cursor: 0,
         lagged: Arc::new(AtomicBool::new(false)),
         account: None,
+        admitted: false,
     };
     if let Err(text) = live.register().await {
         let _ = send_error(
@@ -357,7 +459,9 @@ async fn established(ws: Ws, client: [u8; 32], session: Session, shared: &Shared
 }
 
 impl Live<'_> {
-    /// Records the client in the mailbox (durably) before anything is delivered.
+    /// Makes the mailbox writer store mail for this client (in memory: a bare handshake proves
+    /// only that a key was generated, so it creates no durable state) before anything is
+    /// delivered.
     async fn register(&self) -> Result<(), &'static str> {
         let (done, committed) = oneshot::channel();
         let command = Command::Register {
@@ -524,6 +628,7 @@ impl Live<'_> {
                         Ok(()) => match shared.egress.send(next_hop, &packet) {
                             Ok(()) => {
                                 GatewayMetrics::add(&shared.metrics.forwarded_from_clients, 1);
+                                self.admit();
                                 return Next::Continue;
                             }
                             Err(e) => (error_code::OVERLOADED, e.to_string()),
@@ -547,6 +652,22 @@ impl Live<'_> {
                 Next::Continue
             }
             ClientMessage::Credential { bytes } => self.on_credential(bytes).await,
+        }
+    }
+
+    /// Once per session, after the client used the gateway (an accepted forward, with
+    /// admission on a paid one, or a credited credential): the mailbox writer records it
+    /// durably. A full command queue is counted and retried at the next use.
+    fn admit(&mut self) {
+        if self.admitted {
+            return;
+        }
+        let command = Command::Admit {
+            client: self.client,
+        };
+        match self.shared.commands.try_send(command) {
+            Ok(()) => self.admitted = true,
+            Err(_) => GatewayMetrics::add(&self.shared.metrics.commands_dropped, 1),
         }
     }
 
@@ -613,6 +734,7 @@ impl Live<'_> {
         let answer = match admission.credit(self.client, bytes).await {
             Ok(_) => {
                 GatewayMetrics::add(&metrics.credentials_accepted, 1);
+                self.admit();
                 // Charges of this session first, then the credited balance.
                 self.flush().await;
                 match self.account.map(|a| a.remaining) {
@@ -645,6 +767,393 @@ impl Live<'_> {
             Ok(()) => Next::Continue,
             Err(()) => Next::Close,
         }
+    }
+}
+
+/// The unauthenticated connections: a cap on all of them and one per source.
+pub struct PendingConnections {
+    table: Mutex<PendingTable>,
+    max: usize,
+    per_source_max: u32,
+    metrics: Arc<GatewayMetrics>,
+}
+
+#[derive(Default)]
+struct PendingTable {
+    next_id: u64,
+    /// The most pending connections at once since memory was last handed back.
+    peak: usize,
+    last_trim: Option<Instant>,
+    /// Oldest first (ids only grow): the source and the eviction signal of each connection.
+    by_age: BTreeMap<u64, (IpAddr, Arc<Notify>)>,
+    /// Pending connections per source; a source with none has no entry.
+    per_source: HashMap<IpAddr, u32>,
+}
+
+impl PendingTable {
+    fn remove(&mut self, id: u64) -> Option<Arc<Notify>> {
+        let (source, evict) = self.by_age.remove(&id)?;
+        if let Some(count) = self.per_source.get_mut(&source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_source.remove(&source);
+            }
+        }
+        Some(evict)
+    }
+}
+
+/// What a source is counted as: an IPv4 address, or an IPv6 /64 (one host's usual share).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+impl PendingConnections {
+    pub fn new(max: u32, per_source_max: u32, metrics: Arc<GatewayMetrics>) -> Arc<Self> {
+        Arc::new(PendingConnections {
+            table: Mutex::new(PendingTable::default()),
+            max: max.max(1) as usize,
+            per_source_max: per_source_max.max(1),
+            metrics,
+        })
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, PendingTable> {
+        // Nothing panics while the lock is held; a poisoned table is still consistent.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot for a new connection from `ip`, or `None` if its source has its share. At the
+    /// global cap the oldest pending connection is told to close (counted), and its slot is
+    /// taken now.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PendingSlot> {
+        let source = source_of(ip);
+        let mut table = self.table();
+        if table.per_source.get(&source).copied().unwrap_or(0) >= self.per_source_max {
+            return None;
+        }
+        while table.by_age.len() >= self.max {
+            let Some((&oldest, _)) = table.by_age.first_key_value() else {
+                break;
+            };
+            if let Some(evict) = table.remove(oldest) {
+                // Stored as a permit if the connection is not waiting yet.
+                evict.notify_one();
+                GatewayMetrics::add(&self.metrics.pending_evicted, 1);
+            }
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let evicted = Arc::new(Notify::new());
+        table.by_age.insert(id, (source, evicted.clone()));
+        *table.per_source.entry(source).or_insert(0) += 1;
+        table.peak = table.peak.max(table.by_age.len());
+        self.publish(&table);
+        Some(PendingSlot {
+            connections: self.clone(),
+            id,
+            evicted,
+        })
+    }
+
+    fn release(&self, id: u64) {
+        let mut table = self.table();
+        table.remove(id);
+        self.publish(&table);
+        let open = table.by_age.len();
+        let drained = table.peak >= TRIM_PENDING_MIN && open <= table.peak / 4;
+        let due = table
+            .last_trim
+            .is_none_or(|at| at.elapsed() >= TRIM_INTERVAL);
+        if drained && due {
+            table.peak = open;
+            table.last_trim = Some(Instant::now());
+            drop(table);
+            hand_back_memory();
+        }
+    }
+
+    fn publish(&self, table: &PendingTable) {
+        self.metrics
+            .pending_connections
+            .store(table.by_age.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Returns free heap memory to the OS. glibc's `free` gives back only the top of an arena;
+/// the small buffers of thousands of closed connections sit between live allocations and
+/// would stay resident (measured: 2,000 silent WebSockets cost 18-21 MiB; after they closed
+/// none of it came back without a trim, all but 5 MiB with one). `malloc_trim` releases every
+/// free page; it walks the arenas, so it runs off the async workers.
+fn hand_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let trim = || {
+            // SAFETY: malloc_trim only inspects and releases the allocator's free memory.
+            unsafe { libc::malloc_trim(0) };
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(trim)),
+            Err(_) => trim(),
+        }
+    }
+}
+
+/// A pending connection's place; dropping it (the handshake ended, however) frees it.
+pub struct PendingSlot {
+    connections: Arc<PendingConnections>,
+    id: u64,
+    evicted: Arc<Notify>,
+}
+
+impl PendingSlot {
+    /// Resolves once the connection was evicted to make room for a newer one.
+    async fn evicted(&self) {
+        self.evicted.notified().await;
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.connections.release(self.id);
+    }
+}
+
+/// A client connection's byte stream, checked while the peer is unauthenticated: the HTTP
+/// upgrade request may be at most [`UPGRADE_REQUEST_BYTES_MAX`], then, until the handshake's
+/// two messages (hello, auth) are complete, every frame at most [`PENDING_FRAME_BYTES_MAX`]
+/// and all of them [`PENDING_FRAMES_BYTES_MAX`]. A violation is a read error (the bytes never
+/// reach tungstenite, which would otherwise reserve a buffer of the length a frame header
+/// declares). After the auth message bytes pass unchecked: tungstenite's own limits
+/// ([`WS_MESSAGE_BYTES_MAX`]) apply, and the session code reads the next frame only once the
+/// auth verified. tokio-tungstenite cannot change a stream's limits after the handshake, and
+/// swapping streams would lose what a client pipelines after its auth (the client library
+/// does), hence the check beneath it.
+pub struct Gate<S> {
+    inner: S,
+    scan: Scan,
+    metrics: Arc<GatewayMetrics>,
+}
+
+impl<S> Gate<S> {
+    pub fn new(inner: S, metrics: Arc<GatewayMetrics>) -> Gate<S> {
+        Gate {
+            inner,
+            scan: Scan::Request {
+                bytes: 0,
+                matched: 0,
+            },
+            metrics,
+        }
+    }
+}
+
+/// Where a [`Gate`] is in the client's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scan {
+    /// The HTTP request: bytes so far, and how much of its end (`\r\n\r\n`) was just seen.
+    Request { bytes: usize, matched: u8 },
+    /// WebSocket frames before auth.
+    Frames(Frames),
+    /// Past the handshake messages: unchecked.
+    Open,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Frames {
+    /// Frame bytes so far.
+    bytes: usize,
+    /// The current frame header (at most 2 + 8 + 4 bytes), `have` bytes of it so far.
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    payload_left: u64,
+    /// The current frame ends a data message (FIN on a data or continuation frame).
+    ends_message: bool,
+    /// Data messages complete so far.
+    messages: u8,
+}
+
+impl Frames {
+    /// Takes the bytes at the start of `input` that belong to the handshake messages; returns
+    /// how many, and whether the last one completed the handshake messages.
+    fn feed(&mut self, input: &[u8]) -> Result<(usize, bool), &'static str> {
+        let mut used = 0;
+        while used < input.len() {
+            if self.payload_left > 0 {
+                let rest = (input.len() - used) as u64;
+                let take = self.payload_left.min(rest) as usize;
+                self.count(take)?;
+                used += take;
+                self.payload_left -= take as u64;
+                if self.payload_left == 0 && self.end_frame() {
+                    return Ok((used, true));
+                }
+                continue;
+            }
+            let Some(&byte) = input.get(used) else { break };
+            used += 1;
+            self.count(1)?;
+            if let Some(slot) = self.header.get_mut(self.have) {
+                *slot = byte;
+            }
+            self.have += 1;
+            let Some(length) = self.header_length() else {
+                continue;
+            };
+            if length > PENDING_FRAME_BYTES_MAX {
+                return Err("frame too large before authentication");
+            }
+            self.have = 0;
+            self.payload_left = length;
+            self.ends_message = self.header[0] & 0x80 != 0 && self.header[0] & 0x0f < 8;
+            if length == 0 && self.end_frame() {
+                return Ok((used, true));
+            }
+        }
+        Ok((used, false))
+    }
+
+    fn count(&mut self, n: usize) -> Result<(), &'static str> {
+        self.bytes += n;
+        if self.bytes > PENDING_FRAMES_BYTES_MAX {
+            return Err("too many bytes before authentication");
+        }
+        Ok(())
+    }
+
+    /// The payload length once the header is complete.
+    fn header_length(&self) -> Option<u64> {
+        if self.have < 2 {
+            return None;
+        }
+        let [_, second, rest @ ..] = self.header;
+        let extended = match second & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if second & 0x80 != 0 { 4 } else { 0 };
+        if self.have < 2 + extended + mask {
+            return None;
+        }
+        Some(match second & 0x7f {
+            126 => u64::from(u16::from_be_bytes([rest[0], rest[1]])),
+            127 => u64::from_be_bytes([
+                rest[0], rest[1], rest[2], rest[3], rest[4], rest[5], rest[6], rest[7],
+            ]),
+            short => u64::from(short),
+        })
+    }
+
+    /// A frame's payload is complete; `true` if that completed the handshake messages.
+    fn end_frame(&mut self) -> bool {
+        if self.ends_message {
+            self.messages += 1;
+        }
+        self.messages >= HANDSHAKE_MESSAGES
+    }
+}
+
+impl Scan {
+    /// Checks bytes read from the client, in order.
+    fn feed(&mut self, mut input: &[u8]) -> Result<(), &'static str> {
+        while !input.is_empty() {
+            match self {
+                Scan::Open => return Ok(()),
+                Scan::Request { bytes, matched } => {
+                    let Some((&byte, rest)) = input.split_first() else {
+                        break;
+                    };
+                    input = rest;
+                    *bytes += 1;
+                    if *bytes > UPGRADE_REQUEST_BYTES_MAX {
+                        return Err("upgrade request too long");
+                    }
+                    *matched = match (*matched, byte) {
+                        (0 | 2, b'\r') | (1 | 3, b'\n') => *matched + 1,
+                        (_, b'\r') => 1,
+                        _ => 0,
+                    };
+                    if *matched == 4 {
+                        *self = Scan::Frames(Frames::default());
+                    }
+                }
+                Scan::Frames(frames) => {
+                    let (used, done) = frames.feed(input)?;
+                    input = input.get(used..).unwrap_or_default();
+                    if done {
+                        *self = Scan::Open;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        if this.scan == Scan::Open {
+            return Poll::Ready(Ok(()));
+        }
+        let fresh = buf.filled().get(before..).unwrap_or_default();
+        if let Err(reason) = this.scan.feed(fresh) {
+            GatewayMetrics::add(&this.metrics.pending_oversize, 1);
+            // Not handed on: the caller sees an error instead of these bytes.
+            buf.set_filled(before);
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, reason)));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
@@ -747,5 +1256,128 @@ mod tests {
             first_hops.check(&hop(1)).is_err(),
             "an expired topology is refused"
         );
+    }
+
+    /// A masked client frame (as a client sends it).
+    fn frame(opcode_fin: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![opcode_fin];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&[1, 2, 3, 4]); // the mask; the payload is not masked here
+        out.extend_from_slice(payload);
+        out
+    }
+
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n";
+
+    /// Feeds `bytes` in chunks of `chunk` (a chunk boundary anywhere must not matter).
+    fn scan(bytes: &[u8], chunk: usize) -> Result<Scan, &'static str> {
+        let mut scan = Scan::Request {
+            bytes: 0,
+            matched: 0,
+        };
+        for piece in bytes.chunks(chunk) {
+            scan.feed(piece)?;
+        }
+        Ok(scan)
+    }
+
+    #[test]
+    fn gate_opens_after_hello_and_auth_and_lets_pipelined_frames_through() {
+        let mut bytes = REQUEST.to_vec();
+        bytes.extend(frame(0x89, b"ping")); // a control frame does not count
+        bytes.extend(frame(0x82, &[0; CLIENT_HELLO_LEN]));
+        bytes.extend(frame(0x82, &[0; CLIENT_AUTH_LEN]));
+        // Pipelined after auth: a frame no pending peer may send.
+        bytes.extend(frame(0x82, &[0; 40_000]));
+        for chunk in [1, 2, 7, 64, bytes.len()] {
+            assert_eq!(scan(&bytes, chunk), Ok(Scan::Open), "chunk {chunk}");
+        }
+        // A hello in two fragments is one message.
+        let mut fragmented = REQUEST.to_vec();
+        fragmented.extend(frame(0x02, &[0; 40]));
+        fragmented.extend(frame(0x80, &[0; 45]));
+        let pending = scan(&fragmented, 3).unwrap();
+        assert!(matches!(pending, Scan::Frames(Frames { messages: 1, .. })));
+    }
+
+    #[test]
+    fn gate_refuses_what_a_handshake_does_not_need() {
+        // A large frame before auth, even one only declared (16- and 64-bit lengths).
+        for length in [PENDING_FRAME_BYTES_MAX as usize + 1, 70_000] {
+            let mut bytes = REQUEST.to_vec();
+            let header = frame(0x82, &vec![0; length]);
+            bytes.extend(&header[..14.min(header.len())]);
+            assert!(scan(&bytes, 5).is_err(), "length {length}");
+        }
+        // After the hello, before the auth.
+        let mut bytes = REQUEST.to_vec();
+        bytes.extend(frame(0x82, &[0; CLIENT_HELLO_LEN]));
+        bytes.extend(frame(0x82, &[0; 1000]));
+        assert!(scan(&bytes, 50).is_err());
+        // Endless small frames, and an endless request.
+        let mut bytes = REQUEST.to_vec();
+        for _ in 0..200 {
+            bytes.extend(frame(0x89, b"ping"));
+        }
+        assert!(scan(&bytes, 100).is_err());
+        let long = vec![b'a'; UPGRADE_REQUEST_BYTES_MAX + 1];
+        assert!(scan(&long, 1000).is_err());
+        // "\r\r\n\r\n" ends a request too.
+        let odd = b"GET / HTTP/1.1\r\r\n\r\n";
+        assert_eq!(scan(odd, 1), Ok(Scan::Frames(Frames::default())));
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn pending_connections_cap_each_source_and_evict_the_oldest() {
+        let metrics = Arc::new(GatewayMetrics::default());
+        let pending = PendingConnections::new(4, 2, metrics.clone());
+        let a1 = pending.admit(ip("10.0.0.1")).unwrap();
+        let a2 = pending.admit(ip("10.0.0.1")).unwrap();
+        assert!(pending.admit(ip("10.0.0.1")).is_none(), "per-source cap");
+        assert!(
+            pending.admit(ip("::ffff:10.0.0.1")).is_none(),
+            "IPv4-mapped is IPv4"
+        );
+        let b1 = pending.admit(ip("2001:db8::1")).unwrap();
+        let _b2 = pending.admit(ip("2001:db8::2")).unwrap();
+        assert!(pending.admit(ip("2001:db8::ffff:3")).is_none(), "one /64");
+        assert_eq!(GatewayMetrics::get(&metrics.pending_connections), 4);
+
+        // Full: the oldest (a1) is evicted and told so; its source has room again.
+        let c1 = pending.admit(ip("10.0.0.9")).unwrap();
+        assert_eq!(GatewayMetrics::get(&metrics.pending_evicted), 1);
+        assert_eq!(GatewayMetrics::get(&metrics.pending_connections), 4);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), a1.evicted())
+                .await
+                .unwrap();
+        });
+        drop(a1); // its slot is gone already: nothing else is freed
+        assert_eq!(GatewayMetrics::get(&metrics.pending_connections), 4);
+        let a3 = pending.admit(ip("10.0.0.1")).unwrap(); // evicts a2
+        assert_eq!(GatewayMetrics::get(&metrics.pending_evicted), 2);
+        drop((a2, a3, b1, c1));
+        assert_eq!(GatewayMetrics::get(&metrics.pending_connections), 1);
+        let table = pending.table();
+        assert_eq!(table.by_age.len(), 1);
+        assert_eq!(table.per_source.len(), 1, "sources with none are forgotten");
     }
 }

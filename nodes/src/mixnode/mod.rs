@@ -14,7 +14,7 @@ use lethe_crypto::framing::{FramingVersion, FRAME_MAX_LEN, HEADER_MAX_LEN};
 use lethe_engine::core::{NodeKeys, SphinxKey};
 use lethe_engine::limits::{pool_buffers_for, PacketSizes, PACKET_BYTES_DEFAULT};
 use lethe_engine::metrics::{CoreMetrics, DropReason};
-use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
+use lethe_engine::runtime::{EgressConfig, IngressLimits, Runtime, RuntimeConfig};
 use lethe_engine::{
     snapshot_path, EngineConfig, ReplayConfig, ReplayFilter, ReplayFilterSet, ReplayParams,
 };
@@ -277,9 +277,11 @@ fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
             queue_packets_max: m.egress_queue_packets_max,
             frame_bytes_max,
             backoff_ms_initial: 100,
-            backoff_ms_max: 30_000,
+            backoff_ms_max: 2_000,
             connect_timeout_ms: 1_500,
+            unreachable_drop_ms: lethe_engine::runtime::egress::UNREACHABLE_DROP_MS_DEFAULT,
         },
+        ingress: ingress_limits(m)?,
         shutdown_grace_ms: m.shutdown_grace_ms,
         io_memory_bytes: m.io_memory_bytes,
         ring_depth: 128,
@@ -287,6 +289,28 @@ fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
         ignore_rotation_byte: false,
         spin_before_park_us: m.spin_before_park_us,
     })
+}
+
+fn ingress_limits(m: &config::MixnodeSection) -> Result<IngressLimits, String> {
+    let limits = IngressLimits {
+        per_ip_max: m.ingress_connections_per_ip_max,
+        idle_timeout_us: m.ingress_idle_timeout_s.saturating_mul(1_000_000),
+        ..IngressLimits::DEFAULT
+    };
+    if limits.per_ip_max == 0 || limits.per_ip_max > limits.connections_max {
+        return Err(format!(
+            "ingress_connections_per_ip_max = {}: must be 1..={}",
+            limits.per_ip_max, limits.connections_max
+        ));
+    }
+    if limits.idle_timeout_us < limits.evict_idle_us {
+        return Err(format!(
+            "ingress_idle_timeout_s = {}: must be at least {} s",
+            m.ingress_idle_timeout_s,
+            limits.evict_idle_us / 1_000_000
+        ));
+    }
+    Ok(limits)
 }
 
 /// Bytes budgeted per queued egress frame. A next hop's queue holds at most
@@ -410,7 +434,23 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     );
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    let signal = wait_for_signal(&mut signals, &mut rotation, &runtime, announcer.as_ref());
+    let signal = match wait_for_signal(&mut signals, &mut rotation, &runtime, announcer.as_ref()) {
+        Ok(signal) => signal,
+        Err(failure) => {
+            // A core is gone: keep the replay state, say why, and let the supervisor restart
+            // us. Not joined: a wedged core would hold the exit up.
+            eprintln!("lethe: {failure}: exiting");
+            if let Some(announcer) = announcer {
+                announcer.stop();
+            }
+            runtime.shutdown();
+            if let Err(e) = save_replay_locked(&data_dir, rotation.replay()) {
+                eprintln!("lethe: replay snapshot at exit failed: {e}");
+            }
+            report(&metrics);
+            std::process::exit(crate::supervise::EXIT_ENGINE_FAILED);
+        }
+    };
     eprintln!(
         "lethe: signal {signal:?}: stopping (grace {} ms)",
         config.mixnode.shutdown_grace_ms
@@ -429,19 +469,22 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
 }
 
 /// The control-plane loop: waits for SIGTERM/SIGINT, and meanwhile runs the key-rotation
-/// schedule (checked every 100 ms; a failed rotation is logged and retried).
+/// schedule (checked every 100 ms; a failed rotation is logged and retried) and watches the
+/// engine's liveness (`Err` when a core failed).
 fn wait_for_signal(
     signals: &mut signal_hook::iterator::Signals,
     rotation: &mut rotation::Rotation,
     runtime: &Runtime,
     announcer: Option<&crate::directory::Announcer>,
-) -> i32 {
+) -> Result<i32, String> {
     let mut failures = 0u32;
+    let mut engine = crate::supervise::EngineWatch::default();
     // Runs until a signal arrives; every turn is bounded (one rotation step at most).
     loop {
         if let Some(signal) = signals.pending().next() {
-            return signal;
+            return Ok(signal);
         }
+        engine.check(runtime, announcer)?;
         match rotation.tick(rotation::now_ms(), runtime) {
             Ok(true) => {
                 failures = 0;
