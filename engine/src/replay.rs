@@ -574,7 +574,21 @@ impl ReplayFilter {
     }
 
     fn write_file(&self, tmp: &Path) -> Result<(), PersistError> {
-        let file = File::create(tmp)?;
+        // 0600 whatever the umask: the filter tells which packets this node processed.
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(tmp)?
+        };
+        // A leftover temp file keeps its old mode through `open`.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        }
         let mut out = BufWriter::with_capacity(1 << 20, file);
         out.write_all(&header_bytes(self.rotation_id, &self.params))?;
         let mut sum = Checksum(Checksum::SEED);

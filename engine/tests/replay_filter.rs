@@ -195,6 +195,11 @@ fn snapshot_round_trip() {
         std::fs::create_dir_all(&dir).unwrap();
         let path = lethe_engine::snapshot_path(&dir, 42);
         filter.save(&path).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "a snapshot is private to its node");
+        }
         let loaded = ReplayFilter::load(&path, 42).unwrap();
         assert_eq!(loaded.params(), filter.params());
         assert_eq!(loaded.rotation_id(), 42);
