@@ -167,9 +167,11 @@ fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
             queue_packets_max: g.egress_queue_packets_max,
             frame_bytes_max,
             backoff_ms_initial: 100,
-            backoff_ms_max: 30_000,
+            backoff_ms_max: 2_000,
             connect_timeout_ms: 1_500,
+            unreachable_drop_ms: lethe_engine::runtime::egress::UNREACHABLE_DROP_MS_DEFAULT,
         },
+        ingress: lethe_engine::runtime::IngressLimits::DEFAULT,
         shutdown_grace_ms: g.shutdown_grace_ms,
         io_memory_bytes: g.io_memory_bytes,
         ring_depth: 128,
@@ -350,7 +352,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         .announce
         .unwrap_or_else(|| registration::dialable(runtime.local_addr()));
     // Registered and heartbeating for as long as this handle lives.
-    let _announcer = if let Some((url, key)) = directory {
+    let announcer = if let Some((url, key)) = directory {
         registration::refresh_topology(tokio.handle(), url.clone(), key, first_hops);
         let descriptor = registration::descriptor(&registration::DescriptorParts {
             identity,
@@ -406,7 +408,27 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         client_addr
     );
 
-    let signal = signals.forever().next();
+    let mut engine = crate::supervise::EngineWatch::default();
+    // Waits for SIGTERM/SIGINT, checking the engine's liveness every 100 ms.
+    let signal = loop {
+        if let Some(signal) = signals.pending().next() {
+            break signal;
+        }
+        if let Err(failure) = engine.check(&runtime, announcer.as_ref()) {
+            // Mail already handed to the writer is committed by it; not joined: a wedged
+            // core would hold the exit up. The supervisor restarts us.
+            eprintln!("lethe: {failure}: exiting");
+            drop(announcer);
+            runtime.shutdown();
+            writer_stop.store(true, Ordering::SeqCst);
+            let _ = writer.join();
+            if let Err(e) = mixnode::save_replay(&data_dir, &replay) {
+                eprintln!("lethe: replay snapshot at exit failed: {e}");
+            }
+            std::process::exit(crate::supervise::EXIT_ENGINE_FAILED);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     eprintln!("lethe: signal {signal:?}: stopping gateway");
     runtime.shutdown();
     let joined = runtime.join();
