@@ -139,37 +139,10 @@ pub fn check_port_free(addr: SocketAddr) -> Result<(), String> {
     if addr.port() == 0 {
         return Ok(()); // an ephemeral port is new by definition
     }
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: socket takes no memory; the descriptor is closed below on every path.
-    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!("{addr}: {}", std::io::Error::last_os_error()));
-    }
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt reads one live c_int; bind reads a sockaddr of the stated length built
-    // from `addr`; close releases the descriptor opened above.
-    let result = unsafe {
-        let _ = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            std::ptr::from_ref(&one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        let (storage, len) = sockaddr(addr);
-        let bound = libc::bind(fd, std::ptr::from_ref(&storage).cast(), len);
-        let error = std::io::Error::last_os_error();
-        libc::close(fd);
-        if bound == 0 {
-            Ok(())
-        } else {
-            Err(error)
-        }
-    };
+    let result = bound_socket(addr, &[libc::SO_REUSEADDR]).map(|fd| {
+        // SAFETY: `fd` was opened by `bound_socket` and is closed exactly once, here.
+        unsafe { libc::close(fd) };
+    });
     match result {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Err(format!(
@@ -185,12 +158,26 @@ pub fn check_port_free(addr: SocketAddr) -> Result<(), String> {
 /// connections over them). Built here rather than by glommio so the core keeps its descriptor
 /// (to shut it down at stop). [`check_port_free`] runs first, so no other process shares it.
 pub fn bind_listener(addr: SocketAddr) -> std::io::Result<RawFd> {
+    let fd = bound_socket(addr, &[libc::SO_REUSEADDR, libc::SO_REUSEPORT])?;
+    // SAFETY: listen and close take no memory; `fd` is the socket bound above, closed once.
+    unsafe {
+        if libc::listen(fd, LISTEN_BACKLOG) != 0 {
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(error);
+        }
+    }
+    Ok(fd)
+}
+
+/// A TCP socket with the SOL_SOCKET `options` set to 1, bound to `addr`; closed on error.
+fn bound_socket(addr: SocketAddr, options: &[libc::c_int]) -> std::io::Result<RawFd> {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
-    // SAFETY: socket takes no memory; on every error path below the descriptor is closed.
+    // SAFETY: socket takes no memory; on the error path below the descriptor is closed.
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
@@ -198,9 +185,9 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<RawFd> {
     let one: libc::c_int = 1;
     let (storage, len) = sockaddr(addr);
     // SAFETY: setsockopt reads one live c_int; bind reads a sockaddr of the stated length;
-    // listen and close take no memory; `fd` is the socket opened above.
+    // close takes no memory; `fd` is the socket opened above.
     unsafe {
-        for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        for &option in options {
             let _ = libc::setsockopt(
                 fd,
                 libc::SOL_SOCKET,
@@ -209,9 +196,7 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<RawFd> {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
         }
-        if libc::bind(fd, std::ptr::from_ref(&storage).cast(), len) != 0
-            || libc::listen(fd, LISTEN_BACKLOG) != 0
-        {
+        if libc::bind(fd, std::ptr::from_ref(&storage).cast(), len) != 0 {
             let error = std::io::Error::last_os_error();
             libc::close(fd);
             return Err(error);
