@@ -61,6 +61,12 @@ pub struct Cli {
     /// `lethe mixnode` processes and loadgen's own final hop: the mix layer alone).
     #[arg(long, global = true, value_enum, default_value_t = Network::Testnet)]
     pub network: Network,
+    /// Start sending at this time (RFC 3339, e.g. 2026-12-07T05:45:00Z, or unix seconds), so
+    /// that generators on several machines start together (their clocks synchronised, e.g. by
+    /// NTP). The network is set up and the first packets built before; a time in the past
+    /// is refused. Ramps: the first step starts then.
+    #[arg(long, global = true, value_name = "TIME", value_parser = crate::env::parse_time)]
+    pub start_at: Option<std::time::SystemTime>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -91,6 +97,13 @@ pub enum Command {
     Sweep {
         #[command(flatten)]
         ramp: RampArgs,
+    },
+    /// Merge the runs written with --out into one report: counts summed, percentiles from
+    /// the merged latency histograms (e.g. several generators started with --start-at).
+    Merge {
+        /// The runs' --out directories (summary.json, latency.hdr.b64, lateness.hdr.b64).
+        #[arg(required = true, num_args = 1.., value_name = "DIR")]
+        dirs: Vec<PathBuf>,
     },
 }
 
@@ -226,6 +239,10 @@ pub struct RampArgs {
     /// ... and the lost share of sent packets at or under this.
     #[arg(long, default_value_t = 0.001)]
     pub loss_max: f64,
+    /// Trials per step: a step is sustained when the median of its trials' p99 is within
+    /// --p99-bound-ms and the median loss within --loss-max (one short trial is noisy).
+    #[arg(long, default_value_t = 3)]
+    pub trials: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -383,5 +400,16 @@ mod tests {
         assert!(cli.load.validate().is_err(), "3600 windows");
         let cli = Cli::try_parse_from(["loadgen", "--max-loss", "120"]).unwrap();
         assert!(cli.thresholds.validate().is_err());
+        let cli = Cli::try_parse_from(["loadgen", "sweep"]).unwrap();
+        match cli.command {
+            Some(Command::Sweep { ramp }) => assert_eq!(ramp.trials, 3),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["loadgen", "--start-at", "2026-12-07T05:45:00Z"]).unwrap();
+        assert!(cli.start_at.is_some());
+        assert!(Cli::try_parse_from(["loadgen", "--start-at", "tomorrow"]).is_err());
+        let cli = Cli::try_parse_from(["loadgen", "merge", "a", "b"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Merge { dirs }) if dirs.len() == 2));
+        assert!(Cli::try_parse_from(["loadgen", "merge"]).is_err());
     }
 }

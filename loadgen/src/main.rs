@@ -4,8 +4,10 @@
 mod cli;
 mod credentials;
 mod driver;
+mod env;
 mod gateway;
 mod generator;
+mod merge;
 mod output;
 mod plot;
 mod ramp;
@@ -50,6 +52,16 @@ fn main() -> ExitCode {
 
 /// `Ok(false)`: the run's verdict failed.
 fn real_main(cli: &Cli) -> Result<bool, String> {
+    // The environment is read first: `started_at` is when loadgen was started.
+    let environment = env::collect();
+    if let Some(Command::Merge { dirs }) = &cli.command {
+        merge::merge_command(dirs, &cli.output, environment)?;
+        return Ok(true);
+    }
+    if let Some(at) = cli.start_at {
+        // Refused before any set-up: a synchronised start that has passed cannot be met.
+        env::check_start_at(at, std::time::SystemTime::now())?;
+    }
     cli.load.validate()?;
     cli.thresholds.validate()?;
     if cli.thresholds.any()
@@ -78,10 +90,13 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
         run_id: 1,
         progress: !cli.load.quiet,
         label: "loadgen".into(),
+        start_at: cli.start_at,
     };
     let say = |message: &str| status(cli, message);
-    let gateway_clients = !matches!(cli.command, Some(Command::Node { .. }))
-        && (cli.target.is_some() || cli.network == Network::Testnet);
+    let gateway_clients = !matches!(
+        cli.command,
+        Some(Command::Node { .. } | Command::Merge { .. })
+    ) && (cli.target.is_some() || cli.network == Network::Testnet);
     if gateway_clients && base.size == lethe_crypto::framing::PacketSize::Ack {
         return Err(
             "--packet-size ack: gateway clients send forward packets, which need room \
@@ -92,6 +107,7 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
     }
     let mut directory: Option<DirectoryInfo> = None;
     let mut driver: Box<dyn Driver> = match (&cli.command, &cli.target) {
+        (Some(Command::Merge { .. }), _) => return Err("merge starts no network".into()),
         (Some(Command::Node { .. }), Some(_)) => {
             return Err("`node` drives one mixnode directly: it takes no --target".into())
         }
@@ -194,6 +210,17 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
         cli,
         &format!("generator capacity {capacity:.0} packets/s per thread; running"),
     );
+    if let Some(at) = cli.start_at {
+        status(
+            cli,
+            &format!(
+                "the run starts at {} (--start-at; in {:.1} s)",
+                env::rfc3339(at),
+                at.duration_since(std::time::SystemTime::now())
+                    .map_or(0.0, |d| d.as_secs_f64())
+            ),
+        );
+    }
     let (mode, detail, ramp) = match &cli.command {
         Some(Command::Node { ramp: args, .. }) | Some(Command::Sweep { ramp: args }) => {
             let mode = if matches!(cli.command, Some(Command::Node { .. })) {
@@ -205,8 +232,9 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
             (mode, result.detail, Some(result.ramp))
         }
         Some(Command::Run) | None => ("run", run::run_load(driver.as_mut(), &base)?, None),
+        Some(Command::Merge { .. }) => return Err("merge runs nothing".into()),
     };
-    let mut report = build_report(mode, driver.as_ref(), &detail, ramp, capacity);
+    let mut report = build_report(mode, driver.as_ref(), &detail, ramp, capacity, environment);
     report.directory = directory;
     if mode == "run" {
         let verdict = verdict::judge(
@@ -226,6 +254,18 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
     drop(driver);
     if let Some(dir) = &cli.output.out {
         output::write_all(dir, &report, &detail)?;
+    }
+    if let Some(late_ms) = report
+        .result
+        .start
+        .as_ref()
+        .and_then(|s| s.late_ms)
+        .filter(|late_ms| *late_ms > START_LATE_WARN_MS)
+    {
+        // Also on stderr: a merge of runs that did not start together is not one load.
+        eprintln!(
+            "loadgen: the run started {late_ms:.0} ms after --start-at (the set-up took longer)"
+        );
     }
     if cli.output.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
@@ -277,6 +317,7 @@ fn packets_planned(cli: &Cli) -> f64 {
     match &cli.command {
         Some(Command::Sweep { ramp }) | Some(Command::Node { ramp, .. }) => ramp_packets_max(ramp),
         Some(Command::Run) | None => cli.load.rate * cli.load.duration,
+        Some(Command::Merge { .. }) => 0.0,
     }
 }
 
@@ -287,8 +328,13 @@ fn ramp_packets_max(ramp: &RampArgs) -> f64 {
         .collect();
     let top = rates.iter().copied().fold(0.0, f64::max);
     let rising: f64 = rates.iter().sum();
-    (rising + f64::from(ramp.refine_steps) * top) * ramp.step_duration
+    (rising + f64::from(ramp.refine_steps) * top)
+        * ramp.step_duration
+        * f64::from(ramp.trials.max(1))
 }
+
+/// A start later than this after `--start-at` is warned about (the generators were apart).
+const START_LATE_WARN_MS: f64 = 100.0;
 
 fn status(cli: &Cli, message: &str) {
     if !cli.load.quiet {
@@ -302,13 +348,53 @@ fn build_report(
     detail: &RunOutcome,
     ramp: Option<report::Ramp>,
     capacity: f64,
+    mut environment: env::Environment,
 ) -> Report {
     let result = report::run_report(detail, capacity);
+    // The nodes' SIMD paths, from their last scrape; "unknown" where they do not say.
+    let mut unpublished = 0;
+    environment.nodes_simd = detail
+        .nodes
+        .iter()
+        .map(|(info, delta)| {
+            let simd = delta.as_ref().ok().and_then(|d| d.simd.clone());
+            let simd = simd.unwrap_or_else(|| {
+                unpublished += 1;
+                env::SimdPaths {
+                    x25519: env::UNKNOWN.into(),
+                    symmetric: env::UNKNOWN.into(),
+                }
+            });
+            env::NodeSimd {
+                name: info.name.clone(),
+                x25519: simd.x25519,
+                symmetric: simd.symmetric,
+            }
+        })
+        .collect();
+    if unpublished > 0 {
+        environment.nodes_simd_note = Some(format!(
+            "{unpublished} node(s) do not publish their SIMD path (no {} series in their \
+             metrics, or unreadable metrics): unknown",
+            scrape::SIMD_INFO_SERIES
+        ));
+    }
     let mut warnings = report::warnings(
         &result,
         detail.params.late_bound_ms,
         detail.tracker.series_overflow,
     );
+    if let Some(late_ms) = result
+        .start
+        .as_ref()
+        .and_then(|s| s.late_ms)
+        .filter(|late_ms| *late_ms > START_LATE_WARN_MS)
+    {
+        warnings.push(format!(
+            "the run started {late_ms:.0} ms after --start-at (the set-up took longer): \
+             generators started together with it were not together"
+        ));
+    }
     if let Some(ramp) = &ramp {
         if ramp.highest_sustained_rate_per_s.is_none() {
             warnings.push(format!(
@@ -320,6 +406,7 @@ fn build_report(
     Report {
         schema_version: report::SCHEMA_VERSION,
         loadgen_version: env!("CARGO_PKG_VERSION"),
+        environment,
         mode: mode.to_string(),
         driver: driver.kind().to_string(),
         nodes: driver.nodes().to_vec(),

@@ -1,6 +1,7 @@
 //! `--out DIR`: summary.json (the report), timeseries.csv, the end-to-end latency histogram
 //! (`latency.hgrm` percentile text and `latency.hdr.b64`, HdrHistogram V2 + deflate, base64),
-//! ramp.csv for ramps, and two PNG plots.
+//! the send lateness histogram (`lateness.hdr.b64`), ramp.csv for ramps, and two PNG plots.
+//! The two `.hdr.b64` histograms are what `loadgen merge` adds up.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -27,6 +28,10 @@ pub fn write_all(dir: &Path, report: &Report, outcome: &RunOutcome) -> Result<()
     let histogram = &outcome.tracker.latency_us;
     write("latency.hgrm", percentile_text(histogram).as_bytes())?;
     write("latency.hdr.b64", serialized(histogram)?.as_bytes())?;
+    write(
+        "lateness.hdr.b64",
+        serialized(&outcome.sender.lateness_us)?.as_bytes(),
+    )?;
     if let Some(ramp) = &report.ramp {
         let mut csv = String::from("rate_per_s,sent_per_s,delivered_per_s,loss_ratio,late,p50_ms,p99_ms,dropped_by_nodes,sustained\n");
         for s in &ramp.steps {
@@ -112,7 +117,7 @@ fn windows_csv(report: &Report) -> String {
 
 /// HdrHistogram's percentile distribution text (values in ms), as wrk2 and the HdrHistogram
 /// plotter read it.
-fn percentile_text(h: &Histogram<u64>) -> String {
+pub fn percentile_text(h: &Histogram<u64>) -> String {
     let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
     if h.is_empty() {
         return out;
@@ -148,7 +153,7 @@ fn percentile_text(h: &Histogram<u64>) -> String {
     out
 }
 
-fn serialized(h: &Histogram<u64>) -> Result<String, String> {
+pub fn serialized(h: &Histogram<u64>) -> Result<String, String> {
     let mut bytes = Vec::new();
     V2DeflateSerializer::new()
         .serialize(h, &mut bytes)
@@ -201,7 +206,7 @@ fn plot_over_time(path: &Path, report: &Report) -> Result<(), String> {
 }
 
 /// Latency by percentile, x in "nines" (0 = p0, 1 = p90, 2 = p99, ...), as HdrHistogram plots.
-fn plot_cdf(path: &Path, h: &Histogram<u64>) -> Result<(), String> {
+pub fn plot_cdf(path: &Path, h: &Histogram<u64>) -> Result<(), String> {
     const NINES_MAX: f64 = 4.0;
     let mut points = Vec::new();
     if !h.is_empty() {
@@ -256,6 +261,7 @@ mod tests {
         let back: Histogram<u64> = Deserializer::new()
             .deserialize(&mut std::io::Cursor::new(bytes))
             .unwrap();
+        assert_eq!(crate::merge::deserialize(&text).unwrap(), back);
         assert_eq!(back.len(), 5);
         assert_eq!(back.max(), h.max());
         let hgrm = percentile_text(&h);

@@ -15,11 +15,31 @@ use crate::scrape::NodeDelta;
 pub const SCHEMA_VERSION: u32 = 1;
 /// Warn when the achieved rate is above this share of the generator's capacity.
 pub const CAPACITY_WARN_RATIO: f64 = 0.8;
+/// Warn about late packets only when they can distort the figures: more than this share of
+/// the sent ones late (at 1 % they reach the p99 by themselves: a late packet's latency
+/// carries its lateness) ...
+pub const LATE_WARN_RATIO: f64 = 0.01;
+/// ... and the senders' lateness p99 above this share of the end-to-end p99 (below it, the
+/// p99 is overstated by less than that share). A few late wake-ups on a busy machine are
+/// normal, and a warning on every run would stop being read.
+pub const LATE_WARN_OF_P99: f64 = 0.1;
+/// Warn when the nodes carried more than this share of other traffic beside loadgen's.
+pub const OTHER_TRAFFIC_WARN_RATIO: f64 = 0.01;
+
+/// Values a quantile `q` needs before it means more than the largest few: 10 values at or
+/// above it, `10 / (1 - q)` in all (p50: 20, p99: 1,000, p99.9: 10,000, p99.99: 100,000).
+/// Below that, p99.99 of 5,000 values is simply the maximum. Rounded: `1 - 0.9999` is not
+/// exact in binary.
+pub fn quantile_n_min(q: f64) -> u64 {
+    (10.0 / (1.0 - q)).round() as u64
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub schema_version: u32,
     pub loadgen_version: &'static str,
+    /// Where, when and with what code and command the run was made.
+    pub environment: crate::env::Environment,
     /// `run`, `node` or `sweep`.
     pub mode: String,
     pub driver: String,
@@ -70,6 +90,27 @@ pub struct Ladder {
     pub p999: Option<f64>,
     pub p9999: Option<f64>,
     pub max: Option<f64>,
+    /// The percentiles (`p50` .. `p9999`) with fewer values than `quantile_n_min` asks: their
+    /// figure is close to the maximum, not an estimate of the percentile.
+    pub n_too_small: Vec<String>,
+}
+
+/// The ladder's percentiles: field name, quantile, text label.
+pub const LADDER_QUANTILES: [(&str, f64, &str); 5] = [
+    ("p50", 0.5, "p50"),
+    ("p90", 0.9, "p90"),
+    ("p99", 0.99, "p99"),
+    ("p999", 0.999, "p99.9"),
+    ("p9999", 0.9999, "p99.99"),
+];
+
+/// The names of the ladder's percentiles `count` values are too few for.
+pub fn n_too_small(count: u64) -> Vec<String> {
+    LADDER_QUANTILES
+        .iter()
+        .filter(|(_, q, _)| count > 0 && count < quantile_n_min(*q))
+        .map(|(name, _, _)| name.to_string())
+        .collect()
 }
 
 impl Ladder {
@@ -88,6 +129,7 @@ impl Ladder {
             p999: q(0.999),
             p9999: q(0.9999),
             max: some(h.max() as f64 / 1e3),
+            n_too_small: n_too_small(count),
         }
     }
 }
@@ -122,6 +164,41 @@ pub struct RunReport {
     /// Routes refreshed from the directory during the run (drivers testnet and target).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topology: Option<TopologyReport>,
+    /// When the run's clock started, and how that met `--start-at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<StartReport>,
+    /// Per mix layer: what its nodes received against what loadgen sent, so that traffic
+    /// loadgen did not send (cover traffic, other clients) is seen in the per-node figures.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node_traffic: Vec<LayerTraffic>,
+}
+
+/// When a run started.
+#[derive(Clone, Debug, Serialize)]
+pub struct StartReport {
+    /// When the schedule's time 0 was (RFC 3339, UTC; and unix seconds).
+    pub at: String,
+    pub at_unix_s: f64,
+    /// `--start-at`, if given.
+    pub requested: Option<String>,
+    /// How long after the requested time the run started (the setup overran it, or the
+    /// wake-up was late); `null` without `--start-at`.
+    pub late_ms: Option<f64>,
+}
+
+/// One mix layer's packets over the run. A packet of loadgen's crosses each layer at most once,
+/// so `received - loadgen_sent` is a lower bound on what reached the layer from elsewhere.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerTraffic {
+    /// The nodes' role, e.g. `mixnode layer 1`.
+    pub layer: String,
+    pub nodes: usize,
+    /// Received by the layer's nodes together (all traffic).
+    pub received: u64,
+    /// Packets loadgen sent (each could enter the layer once).
+    pub loadgen_sent: u64,
+    /// At least this many of `received` were not loadgen's.
+    pub other_at_least: u64,
 }
 
 /// One window of scheduled send time: the packets due in it and what became of them.
@@ -184,6 +261,8 @@ pub struct Sent {
     pub rate_per_s: f64,
     /// Handed to the kernel more than `late_bound_ms` after their scheduled time.
     pub late: u64,
+    /// `late / packets`; warned about above [`LATE_WARN_RATIO`].
+    pub late_ratio: f64,
     /// Never sent: the generator or sender fell too far behind, or the run stopped.
     pub not_sent: u64,
     /// In a write that failed (connection lost).
@@ -269,6 +348,9 @@ pub struct Ramp {
     pub loss_ratio_max: f64,
     pub p99_ms_max: f64,
     pub step_duration_s: f64,
+    /// Trials per step (`--trials`), and the rule a step passes by.
+    pub trials: u32,
+    pub rule: String,
     pub steps: Vec<Step>,
     /// Highest offered rate that met both bounds; `null` if none did.
     pub highest_sustained_rate_per_s: Option<f64>,
@@ -278,14 +360,23 @@ pub struct Ramp {
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
     pub rate_per_s: f64,
+    /// The medians over the step's trials (a single trial's figure with `--trials 1`).
     pub sent_rate_per_s: f64,
     pub delivered_rate_per_s: f64,
     pub loss_ratio: f64,
+    /// Summed over the trials.
     pub late: u64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Summed over the trials.
     pub dropped_by_nodes: u64,
     pub sustained: bool,
+    /// Every trial's loss ratio and p99 (`null`: nothing delivered), in the order run.
+    pub trial_loss_ratios: Vec<f64>,
+    pub trial_p99_ms: Vec<Option<f64>>,
+    /// Fewer deliveries in a trial than a p99 needs (`quantile_n_min(0.99)`): its p99 is
+    /// close to that trial's maximum.
+    pub p99_n_too_small: bool,
 }
 
 pub fn config(outcome: &RunOutcome) -> Config {
@@ -359,6 +450,7 @@ pub fn run_report(outcome: &RunOutcome, capacity_per_s: f64) -> RunReport {
             packets: sent,
             rate_per_s: achieved,
             late: outcome.sender.late,
+            late_ratio: ratio(outcome.sender.late as f64, sent as f64),
             not_sent: outcome.not_sent(),
             failed: outcome.sender.failed,
             lateness_ms: Ladder::from_us(&outcome.sender.lateness_us),
@@ -424,7 +516,53 @@ pub fn run_report(outcome: &RunOutcome, capacity_per_s: f64) -> RunReport {
                 })
                 .collect(),
         }),
+        start: Some(StartReport {
+            at: crate::env::rfc3339(outcome.started_at),
+            at_unix_s: crate::env::unix_s(outcome.started_at),
+            requested: outcome.params.start_at.map(crate::env::rfc3339),
+            late_ms: outcome.params.start_at.map(|requested| {
+                outcome
+                    .started_at
+                    .duration_since(requested)
+                    .map_or(0.0, |late| late.as_secs_f64() * 1e3)
+            }),
+        }),
+        node_traffic: node_traffic(&outcome.nodes, sent),
     }
+}
+
+/// Per mix layer (nodes whose role names a layer, all of them scraped), received against
+/// what loadgen sent. Gateways are left out: what they count as received depends on the role
+/// a packet has there (a client's forward, a final hop).
+pub fn node_traffic(
+    nodes: &[(crate::driver::NodeInfo, Result<NodeDelta, String>)],
+    loadgen_sent: u64,
+) -> Vec<LayerTraffic> {
+    let mut layers: BTreeMap<&str, Option<(usize, u64)>> = BTreeMap::new();
+    for (info, delta) in nodes {
+        if !info.role.starts_with("mixnode layer") {
+            continue;
+        }
+        let entry = layers.entry(info.role.as_str()).or_insert(Some((0, 0)));
+        // A layer with a node that could not be read has no total.
+        *entry = match (*entry, delta) {
+            (Some((n, received)), Ok(d)) => Some((n + 1, received + d.received)),
+            _ => None,
+        };
+    }
+    layers
+        .into_iter()
+        .filter_map(|(layer, total)| {
+            let (nodes, received) = total?;
+            Some(LayerTraffic {
+                layer: layer.to_string(),
+                nodes,
+                received,
+                loadgen_sent,
+                other_at_least: received.saturating_sub(loadgen_sent),
+            })
+        })
+        .collect()
 }
 
 fn windows(outcome: &RunOutcome) -> Vec<WindowReport> {
@@ -505,7 +643,16 @@ fn timeseries(outcome: &RunOutcome) -> Vec<SecondReport> {
         .collect()
 }
 
-/// Warnings a reader must not miss.
+/// Whether the late packets can distort the latency figures (see [`LATE_WARN_RATIO`]).
+pub fn late_matters(run: &RunReport) -> bool {
+    let lateness_p99 = run.sent.lateness_ms.p99.unwrap_or(0.0);
+    run.sent.late_ratio > LATE_WARN_RATIO
+        && run
+            .latency_ms
+            .p99
+            .is_none_or(|p99| lateness_p99 > LATE_WARN_OF_P99 * p99)
+}
+
 /// The warning for `count` packets a gateway answered with error `code` (its report name).
 pub fn gateway_error_warning(code: &str, count: u64) -> String {
     let why = match code {
@@ -526,6 +673,7 @@ pub fn gateway_error_warning(code: &str, count: u64) -> String {
     format!("the gateways answered {count} packets with {why}")
 }
 
+/// Warnings a reader must not miss.
 pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Vec<String> {
     let mut out = Vec::new();
     if run.interrupted {
@@ -545,12 +693,30 @@ pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Ve
             g.capacity_per_s
         ));
     }
-    if run.sent.late > 0 {
+    if late_matters(run) {
         out.push(format!(
-            "{} packets left more than {late_bound_ms} ms after their scheduled time (their \
-             latency counts from the scheduled time)",
-            run.sent.late
+            "{} packets ({:.1}% of those sent) left more than {late_bound_ms} ms after their \
+             scheduled time, and the senders' lateness p99 ({} ms) is more than {:.0}% of the \
+             end-to-end p99 ({} ms): loadgen's senders woke or wrote late (a busy CPU, or a \
+             full gateway queue), and as latency counts from the scheduled time, the network \
+             is charged for it",
+            run.sent.late,
+            run.sent.late_ratio * 100.0,
+            ms(run.sent.lateness_ms.p99),
+            LATE_WARN_OF_P99 * 100.0,
+            ms(run.latency_ms.p99)
         ));
+    }
+    for layer in &run.node_traffic {
+        if layer.other_at_least as f64 > OTHER_TRAFFIC_WARN_RATIO * layer.loadgen_sent.max(1) as f64
+        {
+            out.push(format!(
+                "{} received at least {} packets loadgen did not send (cover traffic, other \
+                 clients) beside its {}: the per-node figures (received, drops, stage times) \
+                 include them",
+                layer.layer, layer.other_at_least, layer.loadgen_sent
+            ));
+        }
     }
     if run.sent.not_sent > 0 || run.sent.failed > 0 {
         out.push(format!(
@@ -649,6 +815,102 @@ fn ms(v: Option<f64>) -> String {
     }
 }
 
+/// Three significant digits, for figures that may be microseconds (a node's stage times):
+/// `ms` would print 1 µs as 0.00.
+fn ms3(v: Option<f64>) -> String {
+    match v {
+        Some(0.0) => "0".into(),
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) => {
+            let decimals = (2 - v.abs().log10().floor() as i32).clamp(0, 6) as usize;
+            format!("{v:.decimals$}")
+        }
+        None => "-".into(),
+    }
+}
+
+/// `p50 6.36  p90 7.26 ...` for the ladder; a percentile the count is too small for is shown
+/// as such rather than as a figure that is really the maximum.
+pub fn ladder_text(l: &Ladder, names: &[&str]) -> String {
+    let mut parts = Vec::new();
+    for (field, _, label) in LADDER_QUANTILES {
+        if !names.contains(&field) {
+            continue;
+        }
+        let value = match field {
+            "p50" => l.p50,
+            "p90" => l.p90,
+            "p99" => l.p99,
+            "p999" => l.p999,
+            _ => l.p9999,
+        };
+        if l.n_too_small.iter().any(|n| n == field) {
+            parts.push(format!("{label} n too small"));
+        } else {
+            parts.push(format!("{label} {}", ms(value)));
+        }
+    }
+    parts.push(format!("max {}", ms(l.max)));
+    parts.join("  ")
+}
+
+/// A node stage: `mean M p99 in [L, U] max<= X ms`, with "n too small" when it is.
+fn stage_text(s: Option<&crate::scrape::StageDelta>) -> String {
+    let Some(s) = s.filter(|s| s.count > 0) else {
+        return "-".into();
+    };
+    let p99 = if s.n_too_small.iter().any(|n| n == "p99") {
+        format!("p99 n too small (n={})", s.count)
+    } else {
+        match s.p99_ms_upper {
+            Some(upper) => format!("p99 in [{}, {}]", ms3(s.p99_ms_lower), ms3(Some(upper))),
+            None => format!("p99 > {}", ms3(s.p99_ms_lower)),
+        }
+    };
+    let max = match s.max_ms_upper {
+        Some(max) => format!("max<= {}", ms3(Some(max))),
+        None => "max beyond the buckets".into(),
+    };
+    format!("mean {} {p99} {max} ms", ms3(s.mean_ms))
+}
+
+fn render_environment(out: &mut String, e: &crate::env::Environment) {
+    let _ = writeln!(
+        out,
+        "  at {} on {} ({}, {} CPUs: {}); loadgen commit {}, SIMD x25519 {} symmetric {}",
+        e.started_at,
+        e.host,
+        e.os,
+        e.cpus,
+        e.cpu_model,
+        e.git_commit,
+        e.simd.x25519,
+        e.simd.symmetric
+    );
+    let nodes: Vec<String> = e
+        .nodes_simd
+        .iter()
+        .map(|n| {
+            if n.x25519 == n.symmetric {
+                format!("{} {}", n.name, n.x25519)
+            } else {
+                format!("{} {}/{}", n.name, n.x25519, n.symmetric)
+            }
+        })
+        .collect();
+    if !nodes.is_empty() {
+        let _ = writeln!(
+            out,
+            "  nodes' SIMD {}{}",
+            nodes.join(", "),
+            e.nodes_simd_note
+                .as_ref()
+                .map_or(String::new(), |n| format!(" ({n})"))
+        );
+    }
+    let _ = writeln!(out, "  command: {}", e.command_line.join(" "));
+}
+
 /// The human-readable report.
 pub fn render_text(report: &Report) -> String {
     let mut out = String::new();
@@ -666,6 +928,16 @@ pub fn render_text(report: &Report) -> String {
         c.packet_bytes,
         c.delay_ms_mean
     );
+    render_environment(&mut out, &report.environment);
+    if let Some(start) = &r.start {
+        if let (Some(requested), Some(late_ms)) = (&start.requested, start.late_ms) {
+            let _ = writeln!(
+                out,
+                "  started {} (--start-at {requested}; {late_ms:.1} ms after it)",
+                start.at
+            );
+        }
+    }
     if let Some(d) = &report.directory {
         let _ = writeln!(
             out,
@@ -705,11 +977,12 @@ pub fn render_text(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "  sent      {:>9} packets  {:>9.1}/s  late(>{} ms) {}  not sent {}  failed {}",
+        "  sent      {:>9} packets  {:>9.1}/s  late(>{} ms) {} ({:.2}%)  not sent {}  failed {}",
         r.sent.packets,
         r.sent.rate_per_s,
         c.late_bound_ms,
         r.sent.late,
+        r.sent.late_ratio * 100.0,
         r.sent.not_sent,
         r.sent.failed
     );
@@ -723,20 +996,16 @@ pub fn render_text(report: &Report) -> String {
         r.delivered.duplicates,
         r.delivered.rejected_at_receiver
     );
-    let l = &r.latency_ms;
-    let _ =
-        writeln!(
-        out,
-        "  latency ms (from scheduled send)  p50 {}  p90 {}  p99 {}  p99.9 {}  p99.99 {}  max {}",
-        ms(l.p50), ms(l.p90), ms(l.p99), ms(l.p999), ms(l.p9999), ms(l.max)
-    );
-    let s = &r.sent.lateness_ms;
     let _ = writeln!(
         out,
-        "  send lateness ms                  p50 {}  p99 {}  max {}",
-        ms(s.p50),
-        ms(s.p99),
-        ms(s.max)
+        "  latency ms (from scheduled send)  {}  (n={})",
+        ladder_text(&r.latency_ms, &["p50", "p90", "p99", "p999", "p9999"]),
+        r.latency_ms.count
+    );
+    let _ = writeln!(
+        out,
+        "  send lateness ms                  {}",
+        ladder_text(&r.sent.lateness_ms, &["p50", "p99"])
     );
     if let Some(gc) = &r.gateway_clients {
         let errors: Vec<String> = gc
@@ -900,23 +1169,45 @@ fn render_nodes(out: &mut String, r: &RunReport) {
             format!(" ({})", reasons.join(", "))
         }
     );
+    if !r.nodes.is_empty() {
+        // Said every time: the nodes count everything they carry, not only loadgen's packets.
+        let others: Vec<String> = r
+            .node_traffic
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} received {} (other >= {})",
+                    l.layer, l.received, l.other_at_least
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  per node: all traffic through the node, not only loadgen's {} sent{}; stage \
+             times from power-of-two buckets, as intervals",
+            r.sent.packets,
+            if others.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", others.join(", "))
+            }
+        );
+    }
     for node in &r.nodes {
         match (&node.delta, &node.error) {
             (Some(n), _) => {
                 let stage = |name: &str| n.stages.get(name);
                 let crypto = stage("crypto_per_packet");
-                let residence = stage("processing_residence");
                 let _ = writeln!(
                     out,
                     "    {:<8} received {:>8} forwarded {:>8} dropped {:>5}  crypto/packet mean {} ms  \
-                     residence (arrival to send) mean {} p99<= {} ms",
+                     residence (arrival to hand-off) {}",
                     node.name,
                     n.received,
                     n.forwarded,
                     n.dropped_total,
-                    ms(crypto.and_then(|s| s.mean_ms)),
-                    ms(residence.and_then(|s| s.mean_ms)),
-                    ms(residence.and_then(|s| s.p99_ms_upper)),
+                    ms3(crypto.and_then(|s| s.mean_ms)),
+                    stage_text(stage("processing_residence")),
                 );
             }
             (None, error) => {
@@ -934,20 +1225,28 @@ fn render_nodes(out: &mut String, r: &RunReport) {
 fn render_ramp(out: &mut String, ramp: &Ramp) {
     let _ = writeln!(
         out,
-        "Ramp ({} s steps; sustained = loss <= {:.3}% and p99 <= {} ms):",
-        ramp.step_duration_s,
-        ramp.loss_ratio_max * 100.0,
-        ramp.p99_ms_max
+        "Ramp ({} s steps, {} trials each; {}):",
+        ramp.step_duration_s, ramp.trials, ramp.rule
     );
     let _ = writeln!(
         out,
-        "  {:>10} {:>10} {:>10} {:>8} {:>7} {:>9} {:>9} {:>8}  sustained",
-        "offered/s", "sent/s", "deliv/s", "loss%", "late", "p50 ms", "p99 ms", "dropped"
+        "  {:>10} {:>10} {:>10} {:>8} {:>7} {:>9} {:>9} {:>8}  {:<9} trials: p99 ms range, loss% range",
+        "offered/s", "sent/s", "deliv/s", "loss%", "late", "p50 ms", "p99 ms", "dropped", "sustained"
     );
     for s in &ramp.steps {
+        let p99s: Vec<f64> = s.trial_p99_ms.iter().flatten().copied().collect();
+        let range = |values: &[f64], scale: f64| -> String {
+            let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if values.is_empty() {
+                "-".into()
+            } else {
+                format!("{}..{}", ms3(Some(low * scale)), ms3(Some(high * scale)))
+            }
+        };
         let _ = writeln!(
             out,
-            "  {:>10.0} {:>10.0} {:>10.0} {:>8.3} {:>7} {:>9} {:>9} {:>8}  {}",
+            "  {:>10.0} {:>10.0} {:>10.0} {:>8.3} {:>7} {:>9} {:>9} {:>8}  {:<9} {}{}, {}",
             s.rate_per_s,
             s.sent_rate_per_s,
             s.delivered_rate_per_s,
@@ -956,7 +1255,14 @@ fn render_ramp(out: &mut String, ramp: &Ramp) {
             ms(s.p50_ms),
             ms(s.p99_ms),
             s.dropped_by_nodes,
-            if s.sustained { "yes" } else { "no" }
+            if s.sustained { "yes" } else { "no" },
+            range(&p99s, 1.0),
+            if s.p99_n_too_small {
+                " (n too small)"
+            } else {
+                ""
+            },
+            range(&s.trial_loss_ratios, 100.0),
         );
     }
     match ramp.highest_sustained_rate_per_s {
@@ -970,5 +1276,75 @@ fn render_ramp(out: &mut String, ramp: &Ramp) {
         None => {
             let _ = writeln!(out, "No step was sustained ({})", ramp.stop_reason);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::driver::NodeInfo;
+
+    #[test]
+    fn a_percentile_needs_ten_values_above_it() {
+        assert_eq!(quantile_n_min(0.5), 20);
+        assert_eq!(quantile_n_min(0.99), 1_000);
+        assert_eq!(quantile_n_min(0.9999), 100_000);
+        assert!(n_too_small(0).is_empty(), "no values: nothing to mark");
+        assert_eq!(n_too_small(5_000), vec!["p999", "p9999"]);
+        assert_eq!(n_too_small(100_000), Vec::<String>::new());
+        let mut h = crate::tracker::latency_histogram().unwrap();
+        for v in 1..=5_000u64 {
+            h.record(v).unwrap();
+        }
+        let ladder = Ladder::from_us(&h);
+        let text = ladder_text(&ladder, &["p50", "p99", "p999", "p9999"]);
+        assert!(text.contains("p99 4.95"), "{text}");
+        assert!(text.contains("p99.99 n too small"), "{text}");
+        assert!(text.ends_with("max 5.00"), "{text}");
+    }
+
+    #[test]
+    fn stage_figures_keep_three_significant_digits() {
+        assert_eq!(ms3(Some(0.001)), "0.00100");
+        assert_eq!(ms3(Some(2.048)), "2.05");
+        assert_eq!(ms3(Some(0.0)), "0");
+        assert_eq!(ms3(Some(4096.0)), "4096");
+        assert_eq!(ms3(None), "-");
+    }
+
+    #[test]
+    fn other_traffic_per_layer_is_a_lower_bound() {
+        let node = |name: &str, layer: u32, received: Result<u64, String>| {
+            let info = NodeInfo {
+                name: name.into(),
+                role: format!("mixnode layer {layer}"),
+                listen: "127.0.0.1:1".parse().unwrap(),
+                metrics: None,
+            };
+            let delta = received.map(|received| NodeDelta {
+                received,
+                forwarded: 0,
+                sent: 0,
+                dropped_total: 0,
+                dropped: BTreeMap::new(),
+                stages: BTreeMap::new(),
+                simd: None,
+            });
+            (info, delta)
+        };
+        let nodes = vec![
+            node("mix1", 1, Ok(600)),
+            node("mix2", 1, Ok(700)),
+            node("mix3", 2, Ok(1000)),
+            node("mix4", 3, Ok(900)),
+            node("mix5", 3, Err("down".into())),
+        ];
+        let layers = node_traffic(&nodes, 1000);
+        // Layer 3 has an unreadable node: no total.
+        assert_eq!(layers.len(), 2);
+        assert_eq!(layers[0].layer, "mixnode layer 1");
+        assert_eq!((layers[0].received, layers[0].other_at_least), (1300, 300));
+        assert_eq!((layers[1].received, layers[1].other_at_least), (1000, 0));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lethe_crypto::framing::PacketSize;
@@ -29,6 +29,11 @@ const PREFILL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Frames not handed to the kernel this long after the last due time are abandoned.
 const GIVE_UP_AFTER_END: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(100);
+/// With `--start-at`, the senders connect and the queues fill this long before the start:
+/// earlier, the connections could sit idle long enough for the nodes to close them (a
+/// mixnode closes an idle ingress connection after 5 minutes); later, the prefill could
+/// overrun the start.
+const START_PREPARE: Duration = Duration::from_secs(60);
 
 static INTERRUPT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
@@ -71,11 +76,16 @@ pub struct LoadParams {
     pub progress: bool,
     /// Label of the progress bar (e.g. the ramp step).
     pub label: String,
+    /// `--start-at`: the clock starts then (after the set-up and the queues' prefill), so that
+    /// generators on several machines share time 0.
+    pub start_at: Option<SystemTime>,
 }
 
 /// Everything one run produced.
 pub struct RunOutcome {
     pub params: LoadParams,
+    /// Wall-clock time of the schedule's time 0.
+    pub started_at: SystemTime,
     pub schedule: Schedule,
     pub hops: usize,
     pub frame_bytes: usize,
@@ -158,6 +168,9 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         pid: std::process::id(),
         log: None,
     });
+    if let Some(at) = params.start_at {
+        wait_until(at.checked_sub(START_PREPARE).unwrap_or(at));
+    }
     let before = scrape_all(driver.nodes());
     let receiver_before = driver.receiver_stats();
     let clients_before = driver.client_stats();
@@ -204,8 +217,12 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     }
 
     let prebuilt = generator_live.created.load(Ordering::Relaxed);
+    if let Some(at) = params.start_at {
+        wait_until(at);
+    }
     let rss_start = windows::sample(&watched);
     let start = Instant::now();
+    let started_at = SystemTime::now();
     driver.set_run(Some(ActiveRun {
         tracker: Arc::clone(&tracker),
         start,
@@ -324,6 +341,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         .collect();
     Ok(RunOutcome {
         params: params.clone(),
+        started_at,
         schedule,
         hops: plan.topology.hops(),
         frame_bytes: plan.frame_len(),
@@ -349,6 +367,21 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         topology,
         topology_refresh_s: driver.topology_refresh_s(),
     })
+}
+
+/// Sleeps until the wall clock reads `at` (at once if it already passed: the report says how
+/// late the start was). Short sleeps, so that Ctrl-C is heard and a clock stepped by NTP
+/// meanwhile is followed.
+fn wait_until(at: SystemTime) {
+    while !interrupted() {
+        let Ok(left) = at.duration_since(SystemTime::now()) else {
+            return;
+        };
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(TICK));
+    }
 }
 
 /// Records the first failure of the network (`driver.check`) and stops the senders.

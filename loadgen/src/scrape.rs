@@ -58,13 +58,30 @@ pub fn parse(text: &str) -> Samples {
 }
 
 /// One stage histogram's change over the run.
+///
+/// The node's buckets are powers of two (bucket `i` holds values in `(2^(i-1), 2^i]` µs), so a
+/// quantile is known only as an interval: it lies in `[lower, upper]`, `upper` the edge of
+/// the bucket that holds it. `lower` is that bucket's lower edge, raised to what the mean
+/// implies: with `n` values, `k = ceil(q n)` of them at most the quantile and the rest at most
+/// `max_ms_upper`, `sum <= k x quantile + (n - k) x max`, so `quantile >= (sum - (n - k) x max)
+/// / k`. A mean above a quantile's upper bound is then no contradiction: the values above the
+/// quantile carry the mean, and `max_ms_upper` shows how far they reach.
 #[derive(Clone, Debug, Serialize)]
 pub struct StageDelta {
     pub count: u64,
     pub mean_ms: Option<f64>,
-    /// Upper bounds of the power-of-two buckets holding the quantile (the node's resolution).
+    /// Upper bounds of the power-of-two buckets holding the quantile (the node's resolution);
+    /// `null` also when the quantile lies in the `+Inf` bucket (then above `_lower`).
     pub p50_ms_upper: Option<f64>,
     pub p99_ms_upper: Option<f64>,
+    /// Lower bounds of the quantiles (see above).
+    pub p50_ms_lower: Option<f64>,
+    pub p99_ms_lower: Option<f64>,
+    /// Upper edge of the highest bucket holding a value (`null`: the `+Inf` bucket, or none).
+    pub max_ms_upper: Option<f64>,
+    /// Quantiles with fewer than 10 values above them (`crate::report::quantile_n_min`): the
+    /// bucket holding them says little.
+    pub n_too_small: Vec<String>,
 }
 
 /// What one node did during the run.
@@ -76,6 +93,34 @@ pub struct NodeDelta {
     pub dropped_total: u64,
     pub dropped: BTreeMap<String, u64>,
     pub stages: BTreeMap<String, StageDelta>,
+    /// The SIMD paths the node says it uses (`lethe_simd_info`), if it publishes them: shown in
+    /// the report's `environment.nodes_simd`.
+    #[serde(skip)]
+    pub simd: Option<crate::env::SimdPaths>,
+}
+
+/// The series a node publishes its SIMD paths in, as labels:
+/// `lethe_simd_info{x25519="avx2",symmetric="avx2"} 1`. Nodes that do not publish it (none did
+/// when this was written) are reported as "unknown".
+pub const SIMD_INFO_SERIES: &str = "lethe_simd_info";
+
+/// The node's SIMD paths from a scrape, if it publishes them.
+pub fn simd_of(samples: &Samples) -> Option<crate::env::SimdPaths> {
+    let prefix = format!("{SIMD_INFO_SERIES}{{");
+    samples
+        .keys()
+        .find(|s| s.starts_with(&prefix))
+        .map(|series| {
+            let get = |key: &str| {
+                label(series, key)
+                    .unwrap_or(crate::env::UNKNOWN)
+                    .to_string()
+            };
+            crate::env::SimdPaths {
+                x25519: get("x25519"),
+                symmetric: get("symmetric"),
+            }
+        })
 }
 
 fn counter(before: &Samples, after: &Samples, series: &str) -> u64 {
@@ -142,16 +187,10 @@ pub fn delta(before: &Samples, after: &Samples) -> NodeDelta {
             let sum_series = format!("lethe_stage_seconds_sum{{stage=\"{stage}\"}}");
             let count_series = format!("lethe_stage_seconds_count{{stage=\"{stage}\"}}");
             let count = counter(before, after, &count_series);
-            let sum_s = after.get(&sum_series).copied().unwrap_or(0.0)
-                - before.get(&sum_series).copied().unwrap_or(0.0);
-            let mean_ms = (count > 0).then(|| sum_s * 1e3 / count as f64);
-            let stage_delta = StageDelta {
-                count,
-                mean_ms,
-                p50_ms_upper: quantile_upper(&buckets, count, 0.5),
-                p99_ms_upper: quantile_upper(&buckets, count, 0.99),
-            };
-            (stage, stage_delta)
+            let sum_s = (after.get(&sum_series).copied().unwrap_or(0.0)
+                - before.get(&sum_series).copied().unwrap_or(0.0))
+            .max(0.0);
+            (stage, stage_delta(&buckets, count, sum_s))
         })
         .collect();
     NodeDelta {
@@ -161,20 +200,74 @@ pub fn delta(before: &Samples, after: &Samples) -> NodeDelta {
         dropped_total: dropped.values().sum(),
         dropped,
         stages,
+        simd: simd_of(after),
     }
 }
 
-/// Cumulative buckets (bound s, count) → the bound in ms holding quantile `q`.
-fn quantile_upper(buckets: &[(f64, u64)], count: u64, q: f64) -> Option<f64> {
+/// Cumulative buckets (bound s, count), sorted by bound; `count` values summing to `sum_s`.
+fn stage_delta(buckets: &[(f64, u64)], count: u64, sum_s: f64) -> StageDelta {
+    let mean_ms = (count > 0).then(|| sum_s * 1e3 / count as f64);
+    // The highest bucket that gained a value: the first whose cumulative count is the total.
+    let max_ms_upper = (count > 0)
+        .then(|| buckets.iter().find(|(_, cumulative)| *cumulative >= count))
+        .flatten()
+        .map(|(bound, _)| bound * 1e3)
+        .filter(|ms| ms.is_finite());
+    let bounds = |q: f64| -> (Option<f64>, Option<f64>) {
+        let Some((lower_edge, upper)) = quantile_bucket(buckets, count, q) else {
+            return (None, None);
+        };
+        // What the mean implies (see `StageDelta`); nothing when the maximum is unbounded.
+        let target = ((count as f64) * q).ceil().max(1.0);
+        let implied = max_ms_upper
+            .map(|max| (sum_s * 1e3 - (count as f64 - target) * max) / target)
+            .unwrap_or(0.0);
+        let mut lower = lower_edge.max(implied);
+        if let Some(upper) = upper {
+            // A scrape races the node's recording (the sum may hold a value the buckets do
+            // not yet): never past the bucket's own edge.
+            lower = lower.min(upper);
+        }
+        (Some(lower), upper)
+    };
+    let (p50_ms_lower, p50_ms_upper) = bounds(0.5);
+    let (p99_ms_lower, p99_ms_upper) = bounds(0.99);
+    let n_too_small = [("p50", 0.5), ("p99", 0.99)]
+        .into_iter()
+        .filter(|(_, q)| count > 0 && count < crate::report::quantile_n_min(*q))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    StageDelta {
+        count,
+        mean_ms,
+        p50_ms_upper,
+        p99_ms_upper,
+        p50_ms_lower,
+        p99_ms_lower,
+        max_ms_upper,
+        n_too_small,
+    }
+}
+
+/// Cumulative buckets (bound s, count) → the edges in ms of the bucket holding quantile `q`:
+/// (lower edge, upper edge), the upper `None` for the `+Inf` bucket; `None` without values.
+fn quantile_bucket(buckets: &[(f64, u64)], count: u64, q: f64) -> Option<(f64, Option<f64>)> {
     if count == 0 {
         return None;
     }
     let target = ((count as f64) * q).ceil().max(1.0) as u64;
-    buckets
+    let index = buckets
         .iter()
-        .find(|(_, cumulative)| *cumulative >= target)
+        .position(|(_, cumulative)| *cumulative >= target)?;
+    let lower = index
+        .checked_sub(1)
+        .and_then(|i| buckets.get(i))
+        .map_or(0.0, |(bound, _)| bound * 1e3);
+    let upper = buckets
+        .get(index)
         .map(|(bound, _)| bound * 1e3)
-        .filter(|ms| ms.is_finite())
+        .filter(|ms| ms.is_finite());
+    Some((lower, upper))
 }
 
 #[cfg(test)]
@@ -223,5 +316,65 @@ lethe_stage_seconds_count{stage=\"crypto_per_packet\"} 100\n";
         assert!((stage.mean_ms.unwrap() - 0.03).abs() < 1e-9);
         assert!((stage.p50_ms_upper.unwrap() - 0.032).abs() < 1e-9);
         assert!((stage.p99_ms_upper.unwrap() - 0.064).abs() < 1e-9);
+        assert_eq!(stage.p50_ms_lower.unwrap(), 0.0);
+        assert!((stage.p99_ms_lower.unwrap() - 0.032).abs() < 1e-9);
+        assert!((stage.max_ms_upper.unwrap() - 0.064).abs() < 1e-9);
+        // 100 values: enough for p50 (20), not for p99 (1000).
+        assert_eq!(stage.n_too_small, vec!["p99".to_string()]);
+        assert!(d.simd.is_none());
+    }
+
+    /// The residence figure of issue 16: 99.5 % of the values in the first bucket (<= 1 µs),
+    /// a few at 4 ms. The mean (20 µs) is above the p99's upper edge (1 µs) honestly: the
+    /// maximum shows the tail that carries it, and the bounds never cross.
+    #[test]
+    fn a_mean_above_p99_is_explained_by_the_tail() {
+        let buckets = [
+            (0.000001, 995u64),
+            (0.000002, 995),
+            (0.002048, 995),
+            (0.004096, 1000),
+            (f64::INFINITY, 1000),
+        ];
+        let stage = stage_delta(&buckets, 1000, 5.0 * 0.004);
+        assert!((stage.mean_ms.unwrap() - 0.02).abs() < 1e-9);
+        assert!((stage.p99_ms_upper.unwrap() - 0.001).abs() < 1e-12);
+        assert_eq!(stage.p99_ms_lower.unwrap(), 0.0);
+        assert!((stage.max_ms_upper.unwrap() - 4.096).abs() < 1e-9);
+        assert!(stage.n_too_small.is_empty());
+    }
+
+    /// Every value in one bucket: the mean pins the quantiles' lower bound above the edge.
+    #[test]
+    fn the_mean_raises_the_lower_bound() {
+        let buckets = [(0.001, 0u64), (0.002, 2000), (f64::INFINITY, 2000)];
+        // All 2000 values at 1.9 ms.
+        let stage = stage_delta(&buckets, 2000, 2000.0 * 0.0019);
+        let lower = stage.p99_ms_lower.unwrap();
+        // p99 >= (sum - 20 x 2 ms) / 1980 = 1.899 ms (above the bucket's edge, 1 ms).
+        assert!(lower > 1.89 && lower <= 2.0, "{lower}");
+        assert!((stage.p99_ms_upper.unwrap() - 2.0).abs() < 1e-9);
+        // A value in the +Inf bucket: no upper bound, the lower is the last finite edge.
+        let buckets = [(0.001, 0u64), (0.002, 0), (f64::INFINITY, 1)];
+        let stage = stage_delta(&buckets, 1, 30.0);
+        assert_eq!(stage.p99_ms_upper, None);
+        assert_eq!(stage.max_ms_upper, None);
+        assert!((stage.p99_ms_lower.unwrap() - 2.0).abs() < 1e-9);
+        assert_eq!(
+            stage.n_too_small,
+            vec!["p50".to_string(), "p99".to_string()]
+        );
+    }
+
+    #[test]
+    fn simd_paths_when_published() {
+        let samples =
+            parse("lethe_simd_info{x25519=\"avx2\",symmetric=\"avx512\"} 1\nlethe_cores 1\n");
+        let simd = simd_of(&samples).unwrap();
+        assert_eq!(
+            (simd.x25519.as_str(), simd.symmetric.as_str()),
+            ("avx2", "avx512")
+        );
+        assert!(simd_of(&parse("lethe_cores 1\n")).is_none());
     }
 }

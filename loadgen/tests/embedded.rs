@@ -240,6 +240,37 @@ fn mixnet_json_report_validates_against_the_schema_and_loses_nothing_at_a_low_ra
     }
     assert!(result["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
     assert!(result["generator"]["capacity_per_s"].as_f64().unwrap() > 0.0);
+    // 400 values: too few for p99.9 and p99.99, which are marked rather than passed off.
+    assert_eq!(
+        result["latency_ms"]["n_too_small"],
+        serde_json::json!(["p99", "p999", "p9999"])
+    );
+    // Only loadgen's packets crossed the embedded mixnet: every layer received exactly them.
+    let traffic = result["node_traffic"].as_array().unwrap();
+    assert_eq!(traffic.len(), 3, "{traffic:#?}");
+    for layer in traffic {
+        assert_eq!(layer["received"], 400, "{layer:#}");
+        assert_eq!(layer["other_at_least"], 0, "{layer:#}");
+    }
+    // Stage quantiles are intervals whose bounds never cross.
+    for node in result["nodes"].as_array().unwrap() {
+        for (name, stage) in node["stages"].as_object().unwrap() {
+            for q in ["p50", "p99"] {
+                if let (Some(lower), Some(upper)) = (
+                    stage[format!("{q}_ms_lower")].as_f64(),
+                    stage[format!("{q}_ms_upper")].as_f64(),
+                ) {
+                    assert!(lower <= upper, "{name} {q}: {stage:#}");
+                }
+            }
+        }
+    }
+    // Where and with what it ran.
+    let env = &report["environment"];
+    assert!(!env["host"].as_str().unwrap().is_empty());
+    assert!(env["cpus"].as_u64().unwrap() >= 1);
+    assert_eq!(env["command_line"][1], "--network");
+    assert_eq!(env["nodes_simd"].as_array().unwrap().len(), 3);
 }
 
 #[test]
@@ -266,6 +297,7 @@ fn out_dir_gets_every_file_and_the_plots_are_pngs() {
         "windows.csv",
         "latency.hgrm",
         "latency.hdr.b64",
+        "lateness.hdr.b64",
         "latency_over_time.png",
         "latency_cdf.png",
     ] {
