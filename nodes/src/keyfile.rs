@@ -156,25 +156,69 @@ pub fn restrict_sqlite(path: &Path) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Reads a private key, refusing (before any use) one that group or others may access, with
+/// the command that fixes it, and one that is not a key, saying what is wrong with it: every
+/// role checks its keys this way at start, so a bad key stops `run` at once, not at first use.
 pub fn read_private(path: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
     let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
         return Err(format!(
-            "{}: private key is readable by group or others (mode {:o}); chmod 600 it",
+            "{}: private key is readable by group or others (mode {mode:04o}): run `chmod 600 \
+             {}` and start again",
             path.display(),
-            meta.permissions().mode() & 0o777
+            shell_quote(&path.to_string_lossy())
         ));
     }
     let text =
         Zeroizing::new(fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?);
-    unhex_32(&text)
-        .map(Zeroizing::new)
-        .ok_or_else(|| format!("{}: not a 32-byte hex key", path.display()))
+    unhex_32(&text).map(Zeroizing::new).ok_or_else(|| {
+        format!(
+            "{}: not a key: {} (a key file holds 64 hex digits, 32 bytes, and a newline; \
+             restore it from a backup, or `init` a new node if this one never registered)",
+            path.display(),
+            key_text_problem(&text)
+        )
+    })
+}
+
+/// What is wrong with the text of a key file that [`unhex_32`] refuses.
+pub fn key_text_problem(text: &str) -> String {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return "the file is empty".into();
+    }
+    if let Some((index, c)) = trimmed.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
+        return format!("{c:?} at byte {index} is not a hex digit");
+    }
+    format!(
+        "{} hex digits where 64 are expected",
+        trimmed.chars().count()
+    )
+}
+
+/// `text` quoted for a POSIX shell when it needs it, for commands printed to paste.
+pub fn shell_quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:,@=%".contains(c));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 pub fn read_public(path: &Path) -> Result<[u8; 32], String> {
     let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    unhex_32(&text).ok_or_else(|| format!("{}: not a 32-byte hex key", path.display()))
+    unhex_32(&text).ok_or_else(|| {
+        format!(
+            "{}: not a public key: {}",
+            path.display(),
+            key_text_problem(&text)
+        )
+    })
 }
 
 /// The ed25519 public key of a 32-byte seed (RFC 8032: SHA-512, clamp, times the base point).
@@ -197,6 +241,19 @@ mod tests {
         let bytes = [0xabu8; 32];
         assert_eq!(unhex_32(&hex(&bytes)), Some(bytes));
         assert_eq!(unhex_32("zz"), None);
+    }
+
+    #[test]
+    fn key_problems_are_named() {
+        assert_eq!(key_text_problem("\n"), "the file is empty");
+        assert_eq!(key_text_problem("abz"), "'z' at byte 2 is not a hex digit");
+        assert_eq!(
+            key_text_problem("abcd"),
+            "4 hex digits where 64 are expected"
+        );
+        assert_eq!(shell_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote("/tmp/ab"), "/tmp/ab");
     }
 
     #[test]

@@ -76,10 +76,14 @@ enum Command {
 enum TestnetCommand {
     /// Start every node as a background process; print addresses and how to use them.
     Up(lethe_nodes::testnet::UpArgs),
-    /// Stop every node of the testnet (SIGTERM, then SIGKILL after a grace period).
-    Down(lethe_nodes::testnet::DirArgs),
-    /// Which nodes are running.
+    /// Stop every node (SIGTERM, then SIGKILL after a grace period); delete keys, databases
+    /// and replay snapshots, keep the logs (--purge: delete everything).
+    Down(lethe_nodes::testnet::DownArgs),
+    /// Which nodes are running. Exit status 0: all; 1: some stopped; 3: no testnet running.
     Status(lethe_nodes::testnet::DirArgs),
+    /// Print the running testnet's directory URL and key, issuers, threshold, verification
+    /// key and provider address as shell variables: `eval "$(lethe testnet env)"`.
+    Env(lethe_nodes::testnet::DirArgs),
     /// Cut or restore one node's link (`--netns` testnets only).
     Link(lethe_nodes::testnet::LinkArgs),
 }
@@ -211,7 +215,13 @@ fn main() -> ExitCode {
         Command::Testnet { command } => match command {
             TestnetCommand::Up(args) => lethe_nodes::testnet::up(&args),
             TestnetCommand::Down(args) => lethe_nodes::testnet::down(&args),
-            TestnetCommand::Status(args) => lethe_nodes::testnet::status(&args),
+            // Its own exit statuses (see the subcommand's help): scripts tell "not running"
+            // from "some nodes stopped" from an error reading the state.
+            TestnetCommand::Status(args) => match lethe_nodes::testnet::status(&args) {
+                Ok(code) => return ExitCode::from(code),
+                Err(e) => Err(e),
+            },
+            TestnetCommand::Env(args) => lethe_nodes::testnet::env(&args),
             TestnetCommand::Link(args) => lethe_nodes::testnet::link(&args),
         },
         Command::Directory {

@@ -7,9 +7,18 @@
 //! them), starts the gateways with `--verification-key` (admission on), and the provider
 //! obtains a credential at `client init`.
 //!
-//! State lives in one directory (default `./lethe-testnet`): a sub-directory per node (keys,
-//! config, `stdout.log`, `stderr.log`) and `testnet.json` (pids and addresses) that `down` and
-//! `status` read. Nodes print `key=value` lines on stdout at start; `up` waits for them.
+//! State lives in one directory (see [`default_dir`]: `$XDG_STATE_HOME/lethe/testnet`, not the
+//! working directory, so `up`, `status` and `down` find it from anywhere and nothing lands in a
+//! checkout): a sub-directory per node (keys, config, databases, replay snapshots,
+//! `stdout.log`, `stderr.log`), `testnet.json` (pids and addresses; present exactly while the
+//! testnet runs) that `down`, `status` and `env` read, and a marker file that lets `up` reuse
+//! the directory. Nodes print `key=value` lines on stdout at start; `up` waits for them.
+//!
+//! Lifecycle: `down` stops every node, then deletes what is bulky or secret (keys, databases,
+//! replay snapshots: hundreds of MB) and keeps each node's logs for a post-mortem; `--purge`
+//! deletes the whole directory. `up` on a directory of a stopped testnet starts afresh: new
+//! keys, new addresses, the old logs deleted (a testnet's identities are worthless once its
+//! processes are gone, and reusing them would mean a directory still listing the old nodes).
 
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -23,7 +32,16 @@ use serde::{Deserialize, Serialize};
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `down` waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(15);
+/// How long `down` waits for SIGKILLed nodes to disappear before deleting their files.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 const STATE_FILE: &str = "testnet.json";
+/// Written by `up`: this directory is a testnet's, so `up` may clear it and `--purge` delete it.
+const MARKER_FILE: &str = ".lethe-testnet";
+/// Files of a node directory that `down` keeps (without `--purge`).
+const KEPT_FILES: [&str; 2] = ["stdout.log", "stderr.log"];
+/// `status`'s exit status when no testnet runs in the directory (LSB: "program is not
+/// running"), so scripts can tell it from a testnet with failed nodes (1).
+pub const EXIT_NOT_RUNNING: u8 = 3;
 /// Network namespaces: names `lethe-<n>`, host bridge `lethe-br0` with BRIDGE_IP/24.
 const NETNS_PREFIX: &str = "lethe-";
 const BRIDGE: &str = "lethe-br0";
@@ -36,9 +54,11 @@ const NETNS_DIRECTORY_PORT: u16 = 8080;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UpArgs {
-    /// State directory (created; must not hold a running testnet).
-    #[arg(long, default_value = "lethe-testnet")]
-    pub dir: PathBuf,
+    /// State directory (created; must not hold a running testnet; a stopped testnet's is
+    /// cleared and reused). Default: $XDG_STATE_HOME/lethe/testnet, i.e.
+    /// ~/.local/state/lethe/testnet.
+    #[arg(long, env = "LETHE_TESTNET_DIR")]
+    pub dir: Option<PathBuf>,
     /// Mixnodes per layer (3 layers).
     #[arg(long, default_value_t = 2)]
     pub mixnodes_per_layer: usize,
@@ -70,8 +90,82 @@ const ISSUER_BURST: &str = "400";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DirArgs {
-    #[arg(long, default_value = "lethe-testnet")]
-    pub dir: PathBuf,
+    /// State directory of the testnet. Default: $XDG_STATE_HOME/lethe/testnet, i.e.
+    /// ~/.local/state/lethe/testnet.
+    #[arg(long, env = "LETHE_TESTNET_DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DownArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    /// Delete the whole state directory, logs included (by default the logs are kept and
+    /// the rest, keys, databases and replay snapshots, is deleted).
+    #[arg(long)]
+    pub purge: bool,
+}
+
+/// The default state directory: `$XDG_STATE_HOME/lethe/testnet` (`~/.local/state/...`).
+/// Not the working directory: `status` and `down` must find the testnet wherever they are
+/// typed, and a running testnet holds hundreds of MB that do not belong in a checkout. Not
+/// `$XDG_RUNTIME_DIR` or /tmp either: those are often RAM-backed, and the replay snapshots
+/// would double the testnet's memory. Without `$HOME`, `./lethe-testnet`.
+pub fn default_dir() -> PathBuf {
+    let state_home = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|home| home.join(".local").join("state"))
+        });
+    match state_home {
+        Some(base) => base.join("lethe").join("testnet"),
+        None => PathBuf::from("lethe-testnet"),
+    }
+}
+
+/// The state directory to use, absolute: paths in `testnet.json` and in the printed commands
+/// then work from any working directory.
+fn state_dir(given: Option<&Path>) -> PathBuf {
+    let dir = given.map_or_else(default_dir, Path::to_path_buf);
+    std::path::absolute(&dir).unwrap_or(dir)
+}
+
+/// `--issuers ... --threshold ... --verification-key ...` of the running local testnet whose
+/// directory is `directory_url` (looked for where `testnet up` puts it by default, or
+/// `$LETHE_TESTNET_DIR`), for messages that tell a client what to add.
+pub fn credential_flags_for(directory_url: &str) -> Option<String> {
+    let root = state_dir(
+        std::env::var_os("LETHE_TESTNET_DIR")
+            .map(PathBuf::from)
+            .as_deref(),
+    );
+    let state = TestnetState::load(&root).ok()?;
+    let same = |u: &str| u.trim_end_matches('/').to_string();
+    if same(&state.directory_url) != same(directory_url) {
+        return None;
+    }
+    let vk = state.verification_key.as_ref()?;
+    Some(format!(
+        "--issuers {} --threshold {} --verification-key {}",
+        state.issuers.join(","),
+        state.threshold,
+        crate::keyfile::shell_quote(&vk.to_string_lossy())
+    ))
+}
+
+/// How the user invoked `lethe` (argv[0] when it is a path, e.g. `target/release/lethe`), for
+/// commands printed to be pasted: `lethe` itself is often not on PATH.
+pub fn invoked_as() -> String {
+    match std::env::args_os().next() {
+        Some(arg0) if Path::new(&arg0).components().count() > 1 => {
+            crate::keyfile::shell_quote(&arg0.to_string_lossy())
+        }
+        _ => "lethe".to_string(),
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -304,11 +398,22 @@ fn small_engine_args() -> Vec<String> {
 }
 
 pub fn up(a: &UpArgs) -> Result<(), String> {
-    if a.dir.join(STATE_FILE).exists() {
+    let root = state_dir(a.dir.as_deref());
+    if root.join(STATE_FILE).exists() {
+        // Its processes may be gone (a reboot, a kill): `down` still cleans up after them.
+        let running = TestnetState::load(&root)
+            .map(|s| s.nodes.iter().any(|n| pid_alive(n.pid)))
+            .unwrap_or(true);
         return Err(format!(
-            "{} holds a testnet already: run `lethe testnet down --dir {}` first",
-            a.dir.display(),
-            a.dir.display()
+            "{} holds a {} testnet: `{} testnet down --dir {}` first",
+            root.display(),
+            if running {
+                "running"
+            } else {
+                "dead (no process left)"
+            },
+            invoked_as(),
+            crate::keyfile::shell_quote(&root.to_string_lossy())
         ));
     }
     if a.mixnodes_per_layer == 0 || a.gateways == 0 {
@@ -318,7 +423,7 @@ pub fn up(a: &UpArgs) -> Result<(), String> {
     if a.netns && node_count > 200 {
         return Err("too many nodes for the 10.77.0.0/24 namespace network".into());
     }
-    fs::create_dir_all(&a.dir).map_err(|e| format!("{}: {e}", a.dir.display()))?;
+    prepare_dir(&root)?;
     let exe = lethe_exe()?;
     let mut placements = (0..node_count as u8).map(|index| {
         if a.netns {
@@ -331,7 +436,7 @@ pub fn up(a: &UpArgs) -> Result<(), String> {
         netns_setup(node_count)?;
     }
     let mut nodes: Vec<NodeState> = Vec::new();
-    let result = start_all(a, &exe, &mut placements, &mut nodes);
+    let result = start_all(a, &root, &exe, &mut placements, &mut nodes);
     let state = match result {
         Ok(state) => state,
         Err(e) => {
@@ -343,13 +448,73 @@ pub fn up(a: &UpArgs) -> Result<(), String> {
             return Err(e);
         }
     };
-    state.save(&a.dir)?;
-    print_summary(&state, &a.dir);
+    state.save(&root)?;
+    print_summary(&state, &root);
     Ok(())
+}
+
+/// Makes `root` an empty testnet directory: created if missing; a stopped testnet's (marked)
+/// cleared; anything else refused, since clearing it could delete someone's files.
+fn prepare_dir(root: &Path) -> Result<(), String> {
+    let shown = root.display();
+    match fs::read_dir(root) {
+        Ok(mut entries) => {
+            let empty = entries.next().is_none();
+            if !empty {
+                if !is_testnet_dir(root) {
+                    return Err(format!(
+                        "{shown} is not empty and is not a testnet's directory: pass another \
+                         --dir, or empty it"
+                    ));
+                }
+                // Not recursive into a symlink: remove_dir_all removes the link itself.
+                for entry in fs::read_dir(root).map_err(|e| format!("{shown}: {e}"))? {
+                    let path = entry.map_err(|e| format!("{shown}: {e}"))?.path();
+                    remove_path(&path)?;
+                }
+                eprintln!(
+                    "lethe: {shown} held a stopped testnet: cleared it (old keys and logs) to \
+                     start afresh"
+                );
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{shown}: {e}")),
+    }
+    crate::keyfile::create_private_dir(root)?;
+    let marker = root.join(MARKER_FILE);
+    fs::write(
+        &marker,
+        "A `lethe testnet` state directory: `lethe testnet up` may clear it, `down --purge` \
+         delete it.\n",
+    )
+    .map_err(|e| format!("{}: {e}", marker.display()))
+}
+
+/// A directory `up` made (its marker), or one made before markers existed (a directory node
+/// and a first gateway).
+fn is_testnet_dir(root: &Path) -> bool {
+    root.join(MARKER_FILE).is_file()
+        || (root.join("directory").is_dir() && root.join("gateway1").is_dir())
+}
+
+fn remove_path(path: &Path) -> Result<(), String> {
+    let meta = fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let removed = if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match removed {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 fn start_all(
     a: &UpArgs,
+    root: &Path,
     exe: &Path,
     placements: &mut impl Iterator<Item = Placement>,
     nodes: &mut Vec<NodeState>,
@@ -358,7 +523,7 @@ fn start_all(
 
     // Directory.
     let place = next(placements)?;
-    let dir = a.dir.join("directory");
+    let dir = root.join("directory");
     init_node(exe, "directory", &dir)?;
     let mut dir_args = args(&["directory", "run", "--dir"]);
     dir_args.push(path_arg(&dir));
@@ -382,7 +547,7 @@ fn start_all(
 
     // Credential issuers (on loopback: only clients on this host talk to them).
     let (issuers, verification_key) = if a.credentials {
-        let (urls, vk) = start_issuers(&a.dir, exe, nodes)?;
+        let (urls, vk) = start_issuers(root, exe, nodes)?;
         (urls, Some(vk))
     } else {
         (Vec::new(), None)
@@ -392,7 +557,7 @@ fn start_all(
     for index in 0..3 * a.mixnodes_per_layer {
         let place = next(placements)?;
         let name = format!("mix{}", index + 1);
-        let dir = a.dir.join(&name);
+        let dir = root.join(&name);
         init_node(exe, "mixnode", &dir)?;
         let mut run = args(&["mixnode", "run", "--dir"]);
         run.push(path_arg(&dir));
@@ -418,7 +583,7 @@ fn start_all(
     for index in 0..a.gateways {
         let place = next(placements)?;
         let name = format!("gateway{}", index + 1);
-        let dir = a.dir.join(&name);
+        let dir = root.join(&name);
         init_node(exe, "gateway", &dir)?;
         let mut run = args(&["gateway", "run", "--dir"]);
         run.push(path_arg(&dir));
@@ -465,7 +630,7 @@ fn start_all(
 
     // The service provider: a client of the first gateway, started once the network is up.
     if a.provider {
-        let dir = a.dir.join("provider");
+        let dir = root.join("provider");
         let gateway = state
             .gateways()
             .next()
@@ -618,25 +783,45 @@ fn print_summary(state: &TestnetState, dir: &Path) {
             fields.join(" ")
         );
     }
-    let d = dir.display();
+    let exe = invoked_as();
+    let d = crate::keyfile::shell_quote(&dir.to_string_lossy());
+    // Every value filled in, in the order they work: pasted as they are, they run.
     let credential = match &state.verification_key {
         Some(vk) => format!(
-            " \\\n      --issuers {} --threshold {ISSUER_THRESHOLD} --verification-key {}",
+            " \\\n      --issuers {} --threshold {} --verification-key {}",
             state.issuers.join(","),
-            vk.display()
+            state.threshold,
+            crate::keyfile::shell_quote(&vk.to_string_lossy())
         ),
         None => String::new(),
     };
+    let init = |name: &str| {
+        format!(
+            "{exe} client init --dir {name} --directory {url} --directory-key {key}{credential}",
+            url = state.directory_url,
+            key = state.directory_key,
+        )
+    };
     eprintln!(
-        "\nA Lethe testnet is running (state in {d}). Try it:\n\
-         \n  lethe client init --dir alice --directory {url} --directory-key {key}{credential}\
-         \n  lethe client init --dir bob   --directory {url} --directory-key {key}{credential}\
-         \n  lethe client receive --dir bob --out bob-inbox --count 1 &\
-         \n  lethe client send --dir alice --to \"$(cat bob/address)\" --message hello\
-         \n\n  SOCKS5: lethe client socks5 --dir alice --provider \"$(cat {d}/provider/address)\" --listen 127.0.0.1:1080\
-         \n\nStop it with: lethe testnet down --dir {d}",
-        url = state.directory_url,
-        key = state.directory_key,
+        "\nA Lethe testnet is running (state in {d}). Try it, in this order:\n\
+         \n  {alice}\
+         \n  {bob}\
+         \n  {exe} client send --dir alice --to \"$(cat bob/address)\" --message hello --wait-acks\
+         \n  {exe} client receive --dir bob --out bob-inbox --count 1\
+         \n{socks}\
+         \nThe same values as shell variables: eval \"$({exe} testnet env --dir {d})\"\
+         \n\nCheck it with `{exe} testnet status --dir {d}`; stop it (last) with `{exe} testnet \
+         down --dir {d}` (keeps the logs; --purge deletes everything).",
+        alice = init("alice"),
+        bob = init("bob  "),
+        socks = if state.nodes.iter().any(|n| n.role == "provider") {
+            format!(
+                "\nSOCKS5: {exe} client socks5 --dir alice --provider \"$(cat \
+                 {d}/provider/address)\" --listen 127.0.0.1:1080"
+            )
+        } else {
+            String::new()
+        },
     );
     if let Some(vk) = &state.verification_key {
         let issuers = state.issuers.join(",");
@@ -645,14 +830,14 @@ fn print_summary(state: &TestnetState, dir: &Path) {
         println!("verification_key={}", vk.display());
         eprintln!(
             "\nGateways require bandwidth credentials ({ISSUER_THRESHOLD} of {ISSUER_COUNT} \
-             issuers: {issuers}); `client init --issuers ...` above obtains one. Or obtain one \
-             first and pass it with --credential:\
-             \n\n  lethe credential obtain --issuers {issuers} --threshold {ISSUER_THRESHOLD} \
+             issuers): `client init --issuers ...` above obtains one, and `client init` \
+             without them is refused. Or obtain one first and pass it with --credential:\
+             \n\n  {exe} credential obtain --issuers {issuers} --threshold {ISSUER_THRESHOLD} \
              --verification-key {vk} --out alice.credential\
-             \n  lethe client init ... --credential alice.credential --verification-key {vk}\
+             \n  {exe} client init ... --credential alice.credential --verification-key {vk}\
              \n\nA client spends it when its gateway reports no bandwidth; top up by writing a \
              new one to DIR/credential.",
-            vk = vk.display(),
+            vk = crate::keyfile::shell_quote(&vk.to_string_lossy()),
         );
     } else {
         eprintln!(
@@ -661,29 +846,193 @@ fn print_summary(state: &TestnetState, dir: &Path) {
     }
 }
 
-pub fn status(a: &DirArgs) -> Result<(), String> {
-    let state = TestnetState::load(&a.dir)?;
+/// `testnet status`: the exit status is 0 when every node runs, 1 when some have stopped,
+/// [`EXIT_NOT_RUNNING`] when no testnet runs in the directory.
+pub fn status(a: &DirArgs) -> Result<u8, String> {
+    let root = state_dir(a.dir.as_deref());
+    if !root.join(STATE_FILE).exists() {
+        if is_testnet_dir(&root) {
+            println!(
+                "not running: the testnet in {} is stopped (its logs are kept there); start \
+                 it with `{} testnet up --dir {}`",
+                root.display(),
+                invoked_as(),
+                crate::keyfile::shell_quote(&root.to_string_lossy())
+            );
+        } else {
+            println!("not running: no testnet in {}", root.display());
+        }
+        return Ok(EXIT_NOT_RUNNING);
+    }
+    let state = TestnetState::load(&root)?;
     println!("directory={}", state.directory_url);
+    let mut stopped = Vec::new();
     for node in &state.nodes {
         let alive = pid_alive(node.pid);
         println!(
             "node={} role={} pid={} alive={alive}",
             node.name, node.role, node.pid
         );
+        if !alive {
+            stopped.push(node.name.as_str());
+        }
     }
+    if stopped.is_empty() {
+        println!("running: {} processes", state.nodes.len());
+        return Ok(0);
+    }
+    println!(
+        "degraded: {} of {} processes have stopped ({}); their logs: {}/<node>/stderr.log; \
+         restart the testnet with `testnet down` then `testnet up`",
+        stopped.len(),
+        state.nodes.len(),
+        stopped.join(", "),
+        root.display()
+    );
+    Ok(1)
+}
+
+/// `testnet env`: the running testnet's values as shell assignments, for
+/// `eval "$(lethe testnet env)"`.
+pub fn env(a: &DirArgs) -> Result<(), String> {
+    let root = state_dir(a.dir.as_deref());
+    if !root.join(STATE_FILE).exists() {
+        return Err(format!(
+            "no testnet runs in {}: start one with `{} testnet up --dir {}`",
+            root.display(),
+            invoked_as(),
+            crate::keyfile::shell_quote(&root.to_string_lossy())
+        ));
+    }
+    let state = TestnetState::load(&root)?;
+    let q = |text: &str| {
+        if text.is_empty() {
+            "''".to_string()
+        } else {
+            crate::keyfile::shell_quote(text)
+        }
+    };
+    println!("TESTNET_DIR={}", q(&root.to_string_lossy()));
+    println!("TESTNET_DIRECTORY={}", q(&state.directory_url));
+    println!("TESTNET_DIRECTORY_KEY={}", q(&state.directory_key));
+    println!("TESTNET_ISSUERS={}", q(&state.issuers.join(",")));
+    println!("TESTNET_THRESHOLD={}", state.threshold);
+    let vk = state
+        .verification_key
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    println!("TESTNET_VERIFICATION_KEY={}", q(&vk));
+    let provider = state
+        .nodes
+        .iter()
+        .find(|n| n.role == "provider")
+        .and_then(|n| n.info.get("address"))
+        .cloned()
+        .unwrap_or_default();
+    println!("TESTNET_PROVIDER={}", q(&provider));
     Ok(())
 }
 
-pub fn down(a: &DirArgs) -> Result<(), String> {
-    let state = TestnetState::load(&a.dir)?;
-    stop_nodes(&state.nodes);
-    if state.netns {
-        netns_teardown();
+/// `testnet down`: stops every node, then deletes the bulky and secret state (keys,
+/// databases, replay snapshots) and keeps the logs, or with `--purge` the whole directory.
+/// Without a running testnet it only cleans up, and says so: running it twice is fine.
+pub fn down(a: &DownArgs) -> Result<(), String> {
+    let root = state_dir(a.dir.dir.as_deref());
+    let state_path = root.join(STATE_FILE);
+    if state_path.exists() {
+        let state = TestnetState::load(&root)?;
+        stop_nodes(&state.nodes);
+        if state.netns {
+            netns_teardown();
+        }
+        fs::remove_file(&state_path).map_err(|e| format!("{}: {e}", state_path.display()))?;
+        println!("stopped {} processes", state.nodes.len());
+    } else if root.exists() {
+        println!("not running: no testnet runs in {}", root.display());
+    } else {
+        println!("not running: {} does not exist", root.display());
+        return Ok(());
     }
-    let path = a.dir.join(STATE_FILE);
-    fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    println!("stopped {} processes", state.nodes.len());
+    if !is_testnet_dir(&root) {
+        // Made by something else (or emptied by hand): nothing of ours to delete.
+        return Ok(());
+    }
+    if a.purge {
+        let bytes = disk_bytes(&root);
+        remove_path(&root)?;
+        println!(
+            "deleted {} ({} MB, logs included)",
+            root.display(),
+            bytes.div_ceil(1 << 20)
+        );
+        return Ok(());
+    }
+    let freed = clear_state(&root)?;
+    println!(
+        "deleted {} MB of keys, databases and replay snapshots; kept the logs in {}/<node>/ \
+         (`testnet down --purge` deletes them too)",
+        freed.div_ceil(1 << 20),
+        root.display()
+    );
     Ok(())
+}
+
+/// Deletes everything under `root` but the marker and each node's logs; returns the bytes.
+fn clear_state(root: &Path) -> Result<u64, String> {
+    let mut freed = 0;
+    let entries = fs::read_dir(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("{}: {e}", root.display()))?
+            .path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let meta = fs::symlink_metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.is_dir() {
+            // A node's directory: its logs stay, the rest goes.
+            let files = fs::read_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            for file in files {
+                let file = file.map_err(|e| format!("{}: {e}", path.display()))?.path();
+                let keep = file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| KEPT_FILES.contains(&n));
+                if !keep {
+                    freed += disk_bytes(&file);
+                    remove_path(&file)?;
+                }
+            }
+            // A directory without logs (the issuers' keys) goes entirely.
+            if fs::read_dir(&path)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false)
+            {
+                remove_path(&path)?;
+            }
+        } else if name != MARKER_FILE {
+            freed += meta.len();
+            remove_path(&path)?;
+        }
+    }
+    Ok(freed)
+}
+
+/// Bytes of a file or a tree (symlinks not followed); unreadable parts count as 0.
+fn disk_bytes(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| disk_bytes(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -724,6 +1073,11 @@ fn stop_nodes(nodes: &[NodeState]) {
         std::thread::sleep(Duration::from_millis(100));
     }
     signal_all(libc::SIGKILL);
+    // Until the killed are gone (bounded): their files are deleted next.
+    let deadline = Instant::now() + KILL_WAIT;
+    while Instant::now() < deadline && nodes.iter().any(|n| pid_alive(n.pid)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn netns_setup(count: usize) -> Result<(), String> {
@@ -785,8 +1139,9 @@ fn netns_teardown() {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LinkArgs {
-    #[arg(long, default_value = "lethe-testnet")]
-    pub dir: PathBuf,
+    /// State directory of the testnet (default as for `up`).
+    #[arg(long, env = "LETHE_TESTNET_DIR")]
+    pub dir: Option<PathBuf>,
     /// Node name as `status` prints it (e.g. `mix3`).
     #[arg(long)]
     pub node: String,
@@ -797,7 +1152,7 @@ pub struct LinkArgs {
 
 /// Cuts (or restores) a node's link in `--netns` mode: for failure experiments.
 pub fn link(a: &LinkArgs) -> Result<(), String> {
-    let state = TestnetState::load(&a.dir)?;
+    let state = TestnetState::load(&state_dir(a.dir.as_deref()))?;
     let node = state
         .nodes
         .iter()

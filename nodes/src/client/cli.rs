@@ -4,14 +4,19 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::coconut::bandwidth::bandwidth_parameters;
 use rand::seq::IndexedRandom;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
 use zeroize::Zeroizing;
 
 use super::address::Recipient;
 use super::config::{self, LoopixParams};
 use super::runtime::{connect, ClientConfig};
 use crate::keyfile;
+use crate::proto::messages::error_code;
+use crate::proto::{ClientHandshake, ClientMessage, GatewayMessage, WS_MESSAGE_BYTES_MAX};
 
 #[derive(clap::Args, Debug, Default)]
 pub struct InitArgs {
@@ -43,6 +48,10 @@ pub struct InitArgs {
     /// copied into the client directory.
     #[arg(long)]
     pub verification_key: Option<PathBuf>,
+    /// Create the client even though its gateway requires bandwidth credentials and none is
+    /// given (sends fail until a credential is put in DIR/credential).
+    #[arg(long, conflicts_with_all = ["credential", "issuers"])]
+    pub without_credential: bool,
 }
 
 /// Traffic overrides for tests and benchmarks (the config's values otherwise).
@@ -99,7 +108,8 @@ pub struct SendArgs {
     /// The message (UTF-8 text).
     #[arg(long)]
     pub message: Option<String>,
-    /// Send this file's bytes (up to 16 MiB).
+    /// Send this file's bytes (up to 16 MiB). Its name is not sent: the recipient's
+    /// `client receive` writes it as `msg-<message id>`.
     #[arg(long)]
     pub file: Option<PathBuf>,
     /// Wait until every fragment is acknowledged (committed to the recipient's gateway's
@@ -122,7 +132,8 @@ pub struct ReceiveArgs {
     /// Client directory (see `lethe client init`).
     #[arg(long, env = "LETHE_DIR")]
     pub dir: PathBuf,
-    /// Where complete messages are written (as `<message id hex>`).
+    /// Where complete messages are written, each as `msg-<message id hex>`: messages carry
+    /// no file name (the sender's is not sent).
     #[arg(long)]
     pub out: PathBuf,
     /// Exit after this many messages (otherwise at the timeout).
@@ -172,6 +183,112 @@ async fn init_credential(args: &InitArgs) -> Result<Option<Zeroizing<Vec<u8>>>, 
         .await
         .map_err(|e| format!("obtaining a credential: {e:#}"))?;
     Ok(Some(credential.to_bytes()))
+}
+
+/// How long the admission probe may take in all (connect, handshake, answers).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Whether a gateway requires bandwidth credentials, as it says in every session: with
+/// admission on it sends `Bandwidth{remaining}` right after `Welcome`, before anything else.
+/// To know when to stop waiting for it, the probe then sends a forward that every gateway
+/// refuses at once (`NOT_LAYER1`: its first hop is no node address, checked before any
+/// metering), so the answer is in when that refusal is, without guessing a delay. The probe
+/// uses a throwaway identity: the gateway remembers a bare handshake in memory only.
+async fn gateway_requires_credentials(url: &str, gateway: [u8; 32]) -> Result<bool, String> {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
+        .max_frame_size(Some(WS_MESSAGE_BYTES_MAX));
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let seed = keyfile::random_32()?;
+    let (handshake, hello) = ClientHandshake::start(&seed, gateway, &mut rand::rng());
+    ws.send(Message::binary(hello))
+        .await
+        .map_err(|e| e.to_string())?;
+    let reply = next_binary(&mut ws).await?;
+    let (auth, mut session) = handshake
+        .finish(&reply)
+        .map_err(|e| format!("handshake: {e}"))?;
+    ws.send(Message::binary(auth))
+        .await
+        .map_err(|e| e.to_string())?;
+    let barrier = ClientMessage::Forward {
+        first_hop: [0; 32],
+        packet: vec![0; lethe_crypto::framing::PacketSize::Ack.packet_len()],
+    };
+    let sealed = session
+        .seal(&barrier.encode())
+        .map_err(|e| format!("session: {e}"))?;
+    ws.send(Message::binary(sealed))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut required = false;
+    let answer = loop {
+        let bytes = next_binary(&mut ws).await?;
+        let plain = session.open(&bytes).map_err(|e| format!("session: {e}"))?;
+        match GatewayMessage::decode(&plain).map_err(|e| format!("gateway message: {e}"))? {
+            GatewayMessage::Bandwidth { .. } => required = true,
+            GatewayMessage::Error {
+                code: error_code::NOT_LAYER1,
+                ..
+            } => break Ok(required),
+            GatewayMessage::Error { code, text } => {
+                break Err(format!("gateway error {code}: {text}"))
+            }
+            GatewayMessage::Welcome { .. } | GatewayMessage::Deliver { .. } => {}
+        }
+    };
+    let _ = ws.close(None).await;
+    answer
+}
+
+/// The next binary message; anything else ends the probe (a gateway sends no other kind).
+async fn next_binary<S>(ws: &mut S) -> Result<Vec<u8>, String>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match ws.next().await {
+            None => return Err("the gateway closed the connection".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Ok(_)) => return Err("unexpected message from the gateway".into()),
+        }
+    }
+}
+
+/// The refusal of `init` without credentials at a gateway that requires them, with the flags
+/// to add: the real values when the directory is a local `lethe testnet`'s.
+fn credentials_required_error(args: &InitArgs, gateway: &[u8; 32]) -> String {
+    let exe = crate::testnet::invoked_as();
+    let q = |t: &str| keyfile::shell_quote(t);
+    let mut command = format!(
+        "{exe} client init --dir {} --directory {}",
+        q(&args.dir.to_string_lossy()),
+        q(&args.directory)
+    );
+    if let Some(key) = &args.directory_key {
+        command += &format!(" --directory-key {}", q(key));
+    }
+    if let Some(hex) = &args.gateway {
+        command += &format!(" --gateway {}", q(hex));
+    }
+    let flags = crate::testnet::credential_flags_for(&args.directory).unwrap_or_else(|| {
+        "--issuers URL,URL,... --threshold T --verification-key PATH/verification.key".into()
+    });
+    format!(
+        "gateway {} requires bandwidth credentials and none was given: every send would fail \
+         with \"no bandwidth\". Run init again with the network's credential issuers:\n\n  \
+         {command} \\\n      {flags}\n\nor with a credential from `lethe credential obtain`: \
+         --credential FILE --verification-key PATH. (`lethe testnet up` prints these values; \
+         `lethe testnet env` gives them as shell variables.) To create the client anyway and \
+         put a credential in {}/credential later, add --without-credential. Nothing was \
+         written.",
+        keyfile::hex(gateway),
+        args.dir.display()
+    )
 }
 
 pub fn init(args: &InitArgs) -> Result<(), String> {
@@ -227,6 +344,29 @@ pub fn init(args: &InitArgs) -> Result<(), String> {
                 chosen.identity_key().map_err(|e| e.to_string())?
             }
         };
+        // Before anything is written: a client without a credential at a gateway that
+        // requires one could not send a byte, and would learn it only from `send`.
+        if credential.is_none() && !args.without_credential {
+            let url = topology
+                .gateway(&gateway)
+                .and_then(|g| g.client_url.clone());
+            if let Some(url) = url {
+                let probe = gateway_requires_credentials(&url, gateway);
+                match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+                    Ok(Ok(true)) => return Err(credentials_required_error(args, &gateway)),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => eprintln!(
+                        "lethe client: could not ask the gateway whether it requires \
+                         credentials ({e}); going on"
+                    ),
+                    Err(_) => eprintln!(
+                        "lethe client: the gateway did not say within {}s whether it requires \
+                         credentials; going on",
+                        PROBE_TIMEOUT.as_secs()
+                    ),
+                }
+            }
+        }
         let address = config::write_new(
             &args.dir,
             &args.directory,
@@ -302,6 +442,14 @@ pub fn send(args: &SendArgs) -> Result<(), String> {
             .send(&recipient, data, args.reply_surbs)
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(path) = &args.file {
+            eprintln!(
+                "lethe client: the file's name ({}) is not sent: the recipient's `client \
+                 receive` writes it as {}",
+                path.display(),
+                received_file_name(ticket.message_id)
+            );
+        }
         let mut progress = ticket.progress.clone();
         let wait_acks = args.wait_acks;
         let done = progress.wait_for(|p| {
@@ -387,6 +535,11 @@ pub fn write_durably(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf, Str
     Ok(path)
 }
 
+/// The name `receive` gives a message in its `--out` directory.
+pub fn received_file_name(message_id: u64) -> String {
+    format!("msg-{message_id:016x}")
+}
+
 pub fn receive(args: &ReceiveArgs) -> Result<(), String> {
     // Held until `receive` returns: one process per client directory (see `lock`).
     let _dir_lock = crate::lock::NodeLocks::claim(&args.dir, "client")?;
@@ -413,9 +566,19 @@ pub fn receive(args: &ReceiveArgs) -> Result<(), String> {
                 Err(_) => break,
             };
             let mut message = message;
+            if count == 0 {
+                // Said once: the wire format has no field for a name (a fragment carries an
+                // id, flags and data; unknown flags are refused by receivers), so none can
+                // arrive, and the id is what tells messages apart.
+                eprintln!(
+                    "lethe client: messages carry no file name; each is written to {} as \
+                     msg-<message id>",
+                    args.out.display()
+                );
+            }
             let path = write_durably(
                 &args.out,
-                &format!("{:016x}", message.message_id),
+                &received_file_name(message.message_id),
                 &message.data,
             )?;
             message.confirm();

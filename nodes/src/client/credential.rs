@@ -163,10 +163,11 @@ pub fn install(dir: &Path, credential: &[u8], verification_key: &Path) -> Result
     }
     crate::keyfile::write_new(&dir.join(CREDENTIAL_FILE), credential, 0o600)?;
     println!(
-        "credential={} bandwidth_bytes={} expiry_day={}",
+        "credential={} bandwidth_bytes={} expiry_day={} expiry_date={}",
         dir.join(CREDENTIAL_FILE).display(),
         parsed.bandwidth(),
-        parsed.expiry()
+        parsed.expiry(),
+        crate::issuer::client::iso_date(parsed.expiry())
     );
     Ok(())
 }

@@ -24,7 +24,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryClientError {
-    #[error("directory {url}: {source}")]
+    #[error("directory {url}: {}", describe_http(.source))]
     Http {
         url: String,
         #[source]
@@ -46,6 +46,34 @@ pub enum DirectoryClientError {
         #[source]
         source: TopologyError,
     },
+}
+
+/// A request failure with its cause: reqwest's own text ("error sending request for url")
+/// hides whether the connection was refused, timed out or failed DNS, which is what the user
+/// needs to act on.
+fn describe_http(error: &reqwest::Error) -> String {
+    let mut root: &dyn std::error::Error = error;
+    let mut nested = false;
+    while let Some(next) = root.source() {
+        root = next;
+        nested = true;
+    }
+    let cause = root.to_string();
+    if error.is_timeout() {
+        format!(
+            "no answer within {} s ({cause}): is the directory up and reachable at this URL?",
+            REQUEST_TIMEOUT.as_secs()
+        )
+    } else if error.is_connect() {
+        format!(
+            "cannot connect ({cause}): is the directory running, and is this its URL (scheme, \
+             host and port)?"
+        )
+    } else if nested {
+        format!("{error} ({cause})")
+    } else {
+        cause
+    }
 }
 
 pub fn http_client() -> reqwest::Client {

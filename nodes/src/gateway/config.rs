@@ -58,6 +58,14 @@ pub struct GatewaySection {
     /// Spent credential tags and client balances (SQLite).
     #[serde(default = "default_credentials_database")]
     pub credentials_database: PathBuf,
+    /// The mix address registered with the directory (`--announce`); unset: the listener's,
+    /// which must then be a specific IP.
+    #[serde(default)]
+    pub announce_address: Option<SocketAddr>,
+    /// The client URL registered with the directory (`--announce-client-url`, `ws://` or
+    /// `wss://`); unset: `ws://<announced mix IP>:<client port>`.
+    #[serde(default)]
+    pub announce_client_url: Option<String>,
 }
 
 fn default_credentials_database() -> PathBuf {
@@ -100,12 +108,20 @@ pub const TEMPLATE: &str = r#"# Lethe gateway configuration. Flags and LETHE_* e
 version = 1
 
 [gateway]
-# Where the mixnet listener binds (TCP, Nym framing): final-hop packets arrive here.
-listen_address = "0.0.0.0:1789"
+# Where the mixnet listener binds (TCP, Nym framing): final-hop packets arrive here. 1790, not
+# a mixnode's 1789 (nor its metrics port 9100 below), so a gateway and a mixnode can share a
+# host with both configs as `init` writes them.
+listen_address = "0.0.0.0:1790"
 # Where clients connect (WebSocket, ws://; Nym's default client port is 9000).
 client_address = "0.0.0.0:9000"
 # Plain-HTTP endpoint serving /metrics (Prometheus text) and /health. Keep it private.
-metrics_address = "127.0.0.1:9100"
+metrics_address = "127.0.0.1:9101"
+# What the directory publishes. With a listener on 0.0.0.0 the gateway cannot know its public
+# address: set announce_address (or --announce) or registering is refused. The client URL
+# defaults to ws://<announced IP>:<client port>; set it when clients come through a proxy,
+# TLS terminator or another name (or --announce-client-url).
+# announce_address = "203.0.113.7:1790"
+# announce_client_url = "wss://gateway.example.org/"
 # Engine cores for the mixnet side (Sphinx unwrapping). 0 = every available CPU.
 cores = 1
 # Pin core i to cpus[i]. Empty = unpinned.
@@ -228,6 +244,11 @@ mod tests {
             "the template spells out the defaults"
         );
         assert!(config.gateway.verification_key.is_none());
+        // Not a mixnode's defaults (1789, 9100): both fit on one host as initialised.
+        assert_eq!(config.gateway.listen_address.port(), 1790);
+        assert_eq!(config.gateway.metrics_address.port(), 9101);
+        assert!(config.gateway.announce_address.is_none());
+        assert!(config.gateway.announce_client_url.is_none());
         assert_eq!(
             config.gateway.credentials_database,
             PathBuf::from("credentials.sqlite")

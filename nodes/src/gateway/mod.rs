@@ -68,9 +68,14 @@ pub struct RunOverrides {
     /// The directory's ed25519 public key (hex), pinned.
     #[arg(long, env = "LETHE_DIRECTORY_KEY", requires = "directory")]
     pub directory_key: Option<String>,
-    /// The mix address to announce (default: the bound listener).
+    /// The mix address to announce (config: gateway.announce_address; default: the bound
+    /// listener, which must then be a specific IP, not 0.0.0.0).
     #[arg(long, env = "LETHE_ANNOUNCE")]
     pub announce: Option<SocketAddr>,
+    /// The client URL to announce, `ws://` or `wss://` (config: gateway.announce_client_url;
+    /// default: `ws://<announced IP>:<client port>`).
+    #[arg(long, env = "LETHE_ANNOUNCE_CLIENT_URL")]
+    pub announce_client_url: Option<String>,
     /// Forward client packets to any first hop (tests only: no topology check).
     #[arg(long, env = "LETHE_ALLOW_ANY_FIRST_HOP")]
     pub allow_any_first_hop: bool,
@@ -106,6 +111,10 @@ impl RunOverrides {
         g.retention_hours = self.retention_hours.unwrap_or(g.retention_hours);
         g.sessions_max = self.sessions_max.unwrap_or(g.sessions_max);
         g.shutdown_grace_ms = self.shutdown_grace_ms.unwrap_or(g.shutdown_grace_ms);
+        g.announce_address = self.announce.or(g.announce_address);
+        if let Some(url) = &self.announce_client_url {
+            g.announce_client_url = Some(url.clone());
+        }
         if let Some(path) = &self.verification_key {
             // A flag's relative path is relative to the working directory, not the gateway's.
             g.verification_key = Some(std::path::absolute(path).unwrap_or_else(|_| path.clone()));
@@ -134,7 +143,21 @@ pub fn init(dir: &Path) -> Result<(), String> {
     keyfile::create_private_dir(&resolve(dir, &config.replay.data_dir))?;
     mixnode::write_keys(dir, &config.keys)?;
     keyfile::write_new(&config_path, TEMPLATE.as_bytes(), 0o600)?;
-    println!("initialised gateway in {}", dir.display());
+    // What clients pin (`client init --gateway`), and the next command, filled in.
+    let identity =
+        keyfile::read_public(&resolve(dir, &config.keys.identity).with_extension("pub"))?;
+    println!("identity={}", keyfile::hex(&identity));
+    println!("config={}", config_path.display());
+    eprintln!(
+        "initialised gateway in {d}. Next, register it with a directory and start it:\n\n  \
+         {exe} gateway run --dir {d} --directory http://DIRECTORY:8080 --directory-key KEY \
+         --announce PUBLIC_IP:{port}\n\nAdd --verification-key PATH to require bandwidth \
+         credentials, and --announce-client-url wss://NAME/ if clients reach it through a \
+         proxy or by another name.",
+        d = keyfile::shell_quote(&dir.to_string_lossy()),
+        exe = crate::testnet::invoked_as(),
+        port = config.gateway.listen_address.port(),
+    );
     Ok(())
 }
 
@@ -227,6 +250,13 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     overrides.apply(&mut config);
     lock_state(dir, &config, &mut locks)?;
     let directory = directory(overrides)?;
+    if directory.is_some() {
+        registration::check_announce(
+            config.gateway.listen_address,
+            config.gateway.announce_address,
+            config.gateway.announce_client_url.as_deref(),
+        )?;
+    }
     let keys = mixnode::load_keys(dir, &config.keys)?;
     let identity_seed = keyfile::read_private(&resolve(dir, &config.keys.identity))?;
     let identity = keyfile::ed25519_public(&identity_seed);
@@ -348,8 +378,8 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     });
     tokio.spawn(sessions::serve(client_listener, shared));
 
-    let mix_address = overrides
-        .announce
+    let mix_address = g
+        .announce_address
         .unwrap_or_else(|| registration::dialable(runtime.local_addr()));
     // Registered and heartbeating for as long as this handle lives.
     let announcer = if let Some((url, key)) = directory {
@@ -361,6 +391,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             mix_address,
             client_address: client_addr,
             metrics_address: metrics_addr,
+            client_url: g.announce_client_url.clone(),
         });
         Some(
             crate::directory::spawn_announcer(

@@ -36,18 +36,90 @@ pub struct DescriptorParts {
     pub mix_address: SocketAddr,
     pub client_address: SocketAddr,
     pub metrics_address: SocketAddr,
+    /// `--announce-client-url`, if given.
+    pub client_url: Option<String>,
 }
 
-/// The gateway's descriptor: the client URL is on the announced host, at the client port.
+/// Refuses, before anything starts, a registration that would publish an address nobody else
+/// can use: a listener on an unspecified IP would be announced as loopback (what `dialable`
+/// makes of it), so it needs an explicit `announce`; an announced client URL must be a
+/// WebSocket URL on a specific host.
+pub fn check_announce(
+    listen: SocketAddr,
+    announce: Option<SocketAddr>,
+    client_url: Option<&str>,
+) -> Result<(), String> {
+    match announce {
+        Some(addr) if addr.ip().is_unspecified() || addr.port() == 0 => {
+            return Err(format!(
+                "--announce {addr}: must be a specific IP and port, the address mixnodes reach \
+                 this gateway at"
+            ));
+        }
+        Some(_) => {}
+        None if listen.ip().is_unspecified() => {
+            return Err(format!(
+                "the gateway listens on {listen} and would register {} with the directory, \
+                 which no other host can reach: pass --announce PUBLIC_IP:{} (config: \
+                 gateway.announce_address), the address mixnodes reach it at, or listen on a \
+                 specific IP (--listen)",
+                dialable(listen),
+                listen.port()
+            ));
+        }
+        None => {}
+    }
+    if let Some(url) = client_url {
+        let rest = url
+            .strip_prefix("ws://")
+            .or_else(|| url.strip_prefix("wss://"))
+            .ok_or_else(|| {
+                format!("--announce-client-url {url}: must start with ws:// or wss://")
+            })?;
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let unspecified = host
+            .parse::<SocketAddr>()
+            .map(|a| a.ip().is_unspecified())
+            .unwrap_or(false)
+            || host
+                .rsplit_once(':')
+                .map_or(host, |(h, _)| h)
+                .trim_matches(['[', ']'])
+                .parse::<IpAddr>()
+                .map(|ip| ip.is_unspecified())
+                .unwrap_or(false);
+        if !url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            return Err(format!(
+                "--announce-client-url {url:?}: spaces, quotes and non-ASCII are not allowed"
+            ));
+        }
+        if host.is_empty() || unspecified {
+            return Err(format!(
+                "--announce-client-url {url}: must name the host clients connect to"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The gateway's descriptor: the client URL is `--announce-client-url`, else on the announced
+/// host at the client port.
 pub fn descriptor(parts: &DescriptorParts) -> Descriptor {
     let client = SocketAddr::new(parts.mix_address.ip(), parts.client_address.port());
+    let client_url = parts
+        .client_url
+        .clone()
+        .unwrap_or_else(|| format!("ws://{client}"));
     Descriptor {
         identity: keyfile::hex(&parts.identity),
         sphinx_key: keyfile::hex(&parts.sphinx_key),
         rotation_id: parts.rotation_id,
         mix_address: parts.mix_address,
         role: Role::Gateway,
-        client_url: Some(format!("ws://{client}")),
+        client_url: Some(client_url),
         metrics_url: Some(format!(
             "http://{}/metrics",
             dialable(parts.metrics_address)
@@ -89,4 +161,68 @@ pub fn refresh_topology(
             tokio::time::sleep(wait).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse()
+            .unwrap_or_else(|_| SocketAddr::from(([1, 1, 1, 1], 1)))
+    }
+
+    #[test]
+    fn unspecified_listeners_need_an_announce() {
+        let anywhere = addr("0.0.0.0:1790");
+        let err = check_announce(anywhere, None, None).unwrap_err();
+        assert!(err.contains("--announce PUBLIC_IP:1790"), "{err}");
+        assert!(err.contains("127.0.0.1:1790"), "{err}");
+        assert!(check_announce(anywhere, Some(addr("203.0.113.7:1790")), None).is_ok());
+        assert!(check_announce(anywhere, Some(addr("0.0.0.0:1790")), None).is_err());
+        assert!(check_announce(addr("127.0.0.1:0"), None, None).is_ok());
+        for bad in [
+            "http://x:9000",
+            "ws://0.0.0.0:9000",
+            "ws://[::]:9000/",
+            "ws://",
+        ] {
+            assert!(
+                check_announce(addr("127.0.0.1:0"), None, Some(bad)).is_err(),
+                "{bad}"
+            );
+        }
+        for good in [
+            "ws://gw.example.org:9000",
+            "wss://gw.example.org/",
+            "ws://[2001:db8::1]:9000",
+        ] {
+            assert!(
+                check_announce(addr("127.0.0.1:0"), None, Some(good)).is_ok(),
+                "{good}"
+            );
+        }
+    }
+
+    #[test]
+    fn announced_client_url_is_published() {
+        let mut parts = DescriptorParts {
+            identity: [1; 32],
+            sphinx_key: [2; 32],
+            rotation_id: 1,
+            mix_address: addr("203.0.113.7:1790"),
+            client_address: addr("0.0.0.0:9000"),
+            metrics_address: addr("127.0.0.1:9101"),
+            client_url: None,
+        };
+        assert_eq!(
+            descriptor(&parts).client_url.as_deref(),
+            Some("ws://203.0.113.7:9000")
+        );
+        parts.client_url = Some("wss://gw.example.org/".into());
+        assert_eq!(
+            descriptor(&parts).client_url.as_deref(),
+            Some("wss://gw.example.org/")
+        );
+    }
 }

@@ -139,12 +139,28 @@ pub fn run_obtain(args: &ObtainArgs) -> anyhow::Result<()> {
     let cred = rt.block_on(obtain_retrying(&params, &cfg, retry))?;
     write_new(&args.out, &cred.to_bytes(), 0o600)?;
     println!(
-        "credential: {} bytes, expires day {}, written to {}",
+        "credential: {} bytes, valid through {} (day {}), written to {}",
         cred.bandwidth(),
+        iso_date(cred.expiry()),
         cred.expiry(),
         args.out.display()
     );
     Ok(())
+}
+
+/// A day number (days since 1970-01-01, how credentials count their expiry) as an ISO 8601
+/// date, `YYYY-MM-DD` (UTC): Howard Hinnant's `civil_from_days`.
+pub fn iso_date(day: u32) -> String {
+    let z = i64::from(day) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// Runs `credential show`.
@@ -153,7 +169,13 @@ pub fn run_show(args: &ShowArgs) -> anyhow::Result<()> {
     let cred = BandwidthCredential::from_bytes(&bytes)
         .with_context(|| format!("{}: malformed credential", args.credential.display()))?;
     println!("bandwidth_bytes: {}", cred.bandwidth());
+    // The day number stays (scripts read it); the date is for people. Spends are refused
+    // once the gateway's UTC day is past it.
     println!("expiry_day: {}", cred.expiry());
+    println!(
+        "expiry_date: {} (valid through the end of that day, UTC)",
+        iso_date(cred.expiry())
+    );
     Ok(())
 }
 
@@ -285,8 +307,16 @@ pub async fn obtain_retrying(
     // key share that is not part of the master key.
     pending
         .aggregate(params, &cfg.master, &shares)
-        .context("aggregated credential does not verify under the master verification key")
+        .context(format!(
+        "the aggregated credential does not verify under the verification key: {KEY_SET_MISMATCH}"
+    ))
 }
+
+/// Why issuers refuse, or shares fail to combine, when keys were mixed up; and what to do.
+const KEY_SET_MISMATCH: &str = "the issuer's key set does not match the verification key \
+    (--verification-key): it was made by another `lethe keygen` run. Use the verification.key \
+    that the same keygen wrote with these issuers' keys (a testnet prints its own), or the \
+    issuers of that key";
 
 /// Terms from the first issuer that answers; the request proof binds them, so an issuer
 /// with different terms simply refuses (422) and is counted as not answering.
@@ -335,7 +365,17 @@ async fn ask(
             bail!("issuer serves an untrusted verification key");
         }
     }
-    let signed = get_bytes(http.post(format!("{url}/v1/blind-sign")).body(body), retry).await?;
+    let signed = get_bytes(http.post(format!("{url}/v1/blind-sign")).body(body), retry)
+        .await
+        .map_err(|e| {
+            // The request proof is built under our verification key: an issuer of another
+            // key set (another `keygen`) cannot verify it, and says only "proof rejected".
+            if format!("{e:#}").contains("proof rejected") {
+                e.context(KEY_SET_MISMATCH)
+            } else {
+                e
+            }
+        })?;
     Ok(RawAnswer { vk, signed })
 }
 
@@ -494,5 +534,18 @@ async fn send_once(req: reqwest::RequestBuilder) -> Result<Vec<u8>, Failure> {
         })
     } else {
         Err(Failure::Final(error))
+    }
+}
+
+#[cfg(test)]
+mod date_tests {
+    use super::iso_date;
+
+    #[test]
+    fn days_are_iso_dates() {
+        assert_eq!(iso_date(0), "1970-01-01");
+        assert_eq!(iso_date(20_801), "2026-12-14");
+        assert_eq!(iso_date(11_016), "2000-02-29");
+        assert_eq!(iso_date(11_017), "2000-03-01");
     }
 }

@@ -156,7 +156,25 @@ pub fn init(dir: &Path) -> Result<(), String> {
     keyfile::create_private_dir(&resolve(dir, &config.replay.data_dir))?;
     write_keys(dir, &config.keys)?;
     keyfile::write_new(&config_path, TEMPLATE.as_bytes(), 0o600)?;
-    println!("initialised mixnode in {}", dir.display());
+    // The keys an operator hands to others (the identity names the node in the directory,
+    // the Sphinx key is what clients encrypt to) and the next command, filled in.
+    let identity =
+        keyfile::read_public(&resolve(dir, &config.keys.identity).with_extension("pub"))?;
+    let sphinx =
+        keyfile::read_public(&resolve(dir, &config.keys.sphinx_primary).with_extension("pub"))?;
+    println!("identity={}", keyfile::hex(&identity));
+    println!("sphinx_key={}", keyfile::hex(&sphinx));
+    println!("config={}", config_path.display());
+    eprintln!(
+        "initialised mixnode in {d}. Next, register it with a directory and start it:\n\n  \
+         {exe} mixnode run --dir {d} --directory http://DIRECTORY:8080 --announce \
+         PUBLIC_IP:{port}\n\n--announce is the address other nodes reach this one at (the \
+         listener binds {listen}); without --directory the node runs unregistered.",
+        d = keyfile::shell_quote(&dir.to_string_lossy()),
+        exe = crate::testnet::invoked_as(),
+        listen = config.mixnode.listen_address,
+        port = config.mixnode.listen_address.port(),
+    );
     Ok(())
 }
 
@@ -392,6 +410,9 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let mut config = Config::load(dir)?;
     overrides.apply(&mut config);
     lock_state(dir, &config, &mut locks)?;
+    // The identity is used only to register, but a key that is unreadable, exposed or corrupt
+    // is refused now, whatever the flags: not first noticed the day `--directory` is added.
+    keyfile::read_private(&resolve(dir, &config.keys.identity))?;
     if let Some(url) = &overrides.announce.directory {
         check_announce(url, &overrides.announce, config.mixnode.listen_address)?;
     }

@@ -295,6 +295,20 @@ impl FakeGateway {
                     let plain = session.open(&bytes).map_err(|e| e.to_string())?;
                     match ClientMessage::decode(&plain).map_err(|e| e.to_string())? {
                         ClientMessage::Forward { first_hop, packet } => {
+                            // Like a real gateway: a first hop that is no node address is
+                            // refused at once (`client init` probes admission with one).
+                            if address::decode(&first_hop).is_err() {
+                                let refusal = GatewayMessage::Error {
+                                    code: lethe_nodes::proto::messages::error_code::NOT_LAYER1,
+                                    text: "first hop is not a node address".into(),
+                                };
+                                let sealed =
+                                    session.seal(&refusal.encode()).map_err(|e| e.to_string())?;
+                                if let Err(e) = sink.send(Message::binary(sealed)).await {
+                                    break Err(e.to_string());
+                                }
+                                continue;
+                            }
                             forwarded += 1;
                             self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
                             if self.drop_every > 0 && forwarded.is_multiple_of(self.drop_every) {
