@@ -324,6 +324,15 @@ pub fn render_prometheus(cores: &[std::sync::Arc<CoreMetrics>], uptime_s: u64, o
         ),
         ("lethe_cores", "Engine cores running.", cores.len() as u64),
     ];
+    // Which SIMD paths this process runs (benchmark reports name them beside their figures).
+    let _ = writeln!(
+        out,
+        "# HELP lethe_simd_info SIMD paths of this node (X25519 and symmetric crypto).\n\
+         # TYPE lethe_simd_info gauge\n\
+         lethe_simd_info{{x25519=\"{}\",symmetric=\"{}\"}} 1",
+        lethe_crypto::sphinx::batch::dh_path_name(),
+        lethe_crypto::simd::path_name()
+    );
     for (name, help, value) in gauges {
         let _ = writeln!(
             out,
@@ -434,5 +443,27 @@ mod tests {
         }
         assert_eq!(h.quantile_upper_bound(0.5), 2);
         assert_eq!(h.quantile_upper_bound(1.0), 128);
+    }
+}
+
+#[cfg(test)]
+mod render_tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_the_simd_paths_and_the_new_drop_reason() {
+        let mut out = String::new();
+        render_prometheus(&[std::sync::Arc::new(CoreMetrics::default())], 5, &mut out);
+        let info = out
+            .lines()
+            .find(|l| l.starts_with("lethe_simd_info{"))
+            .expect("lethe_simd_info");
+        assert!(info.contains(&format!(
+            "x25519=\"{}\"",
+            lethe_crypto::sphinx::batch::dh_path_name()
+        )));
+        assert!(info.ends_with("} 1"));
+        assert!(out.contains("lethe_packets_dropped_total{reason=\"next_hop_unreachable\"} 0"));
+        assert!(out.contains("# TYPE lethe_connections_refused_total counter"));
     }
 }

@@ -407,7 +407,10 @@ impl Shard {
     }
 
     /// Hands the core's actions to egress; releases every buffer.
-    fn pump(&self, now_us: u64) {
+    fn pump(&self) {
+        // Residence ends at the hand-off, now: the callers' clock reading predates the batch
+        // they ran, whose crypto is part of a packet's time in the node.
+        let handed_off_us = self.now_us();
         let mut core = self.core.borrow_mut();
         let mut egress = self.egress.borrow_mut();
         while let Some(action) = core.poll_action() {
@@ -418,7 +421,7 @@ impl Shard {
                     rotation,
                     ..
                 } => {
-                    let residence_us = now_us.saturating_sub(core.arrived_us(&buffer));
+                    let residence_us = handed_off_us.saturating_sub(core.arrived_us(&buffer));
                     self.metrics
                         .stage(Stage::ProcessingResidence)
                         .record(residence_us);
@@ -608,7 +611,7 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
             // waits for the next read (`Core::flush_drained`).
             shard.core.borrow_mut().flush_drained(now_us);
         }
-        shard.pump(now_us);
+        shard.pump();
         let due_us = shard.core.borrow().poll_timeout();
         if due_us.is_some_and(|due_us| due_us < shard.timer_armed_us.get()) {
             let _ = shard.wake.try_send(());
@@ -715,7 +718,7 @@ async fn timer_loop(
             }
         }
         shard.core.borrow_mut().handle_timeout(now_us);
-        shard.pump(now_us);
+        shard.pump();
         if now_us >= swept_us + INGRESS_SWEEP_US {
             swept_us = now_us;
             shard.ingress.borrow_mut().take_idle(now_us, &mut idle);
@@ -732,7 +735,7 @@ async fn timer_loop(
                 sock::shutdown_fd(fd);
             }
             shard.core.borrow_mut().flush_batch(now_us);
-            shard.pump(now_us);
+            shard.pump();
         }
         if let Some(since_us) = stopping_since_us {
             let idle = {
