@@ -277,13 +277,18 @@ fn overload_drops_by_reason_within_a_memory_bound_and_recovers() {
     assert!(http_get(metrics, "/health").starts_with("HTTP/1.1 200"));
 
     // The next hop reads again: the node forwards its backlog (every packet it forwarded is
-    // then sent or counted as an egress_full drop: the queue is empty), then fresh packets.
+    // then sent or counted as an egress_full drop, or as next_hop_unreachable when the hop
+    // took nothing for the unreachable bound and the node gave that batch up: the queue is
+    // empty), then fresh packets.
     // Fresh packets sent before the backlog drained could meet a still-full queue and be
     // dropped, rightly: so they go after it.
     sink.reading.store(true, Ordering::Relaxed);
     wait_until(metrics, "the backlog was not forwarded", || {
         let forwarded = metric(metrics, "lethe_packets_forwarded_total");
-        metric(metrics, "lethe_packets_sent_total") + dropped(metrics, "egress_full") >= forwarded
+        metric(metrics, "lethe_packets_sent_total")
+            + dropped(metrics, "egress_full")
+            + dropped(metrics, "next_hop_unreachable")
+            >= forwarded
     });
     let mut fresh_stream = TcpStream::connect(entry).unwrap();
     fresh_stream.write_all(&fresh).unwrap();
