@@ -10,7 +10,8 @@ use lethe_engine::runtime::{liveness, Health, Runtime};
 #[test]
 fn a_core_panic_makes_the_runtime_report_failed() {
     let mut r = rng(53);
-    let runtime = Runtime::start(runtime_config(2), one_key(secret(&mut r), 2), filters(&[2])).unwrap();
+    let runtime =
+        Runtime::start(runtime_config(2), one_key(secret(&mut r), 2), filters(&[2])).unwrap();
     wait_for("every core turning", || runtime.health() == Health::Serving);
     runtime.inject_core_panic();
     wait_for("the panic reported", || {

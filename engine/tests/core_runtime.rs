@@ -256,7 +256,8 @@ fn still_open(stream: &TcpStream) -> bool {
 #[test]
 fn a_second_node_on_a_served_port_is_refused() {
     let mut r = rng(31);
-    let first = Runtime::start(runtime_config(1), one_key(secret(&mut r), 2), filters(&[2])).unwrap();
+    let first =
+        Runtime::start(runtime_config(1), one_key(secret(&mut r), 2), filters(&[2])).unwrap();
     let mut config = runtime_config(1);
     config.listen = first.local_addr();
     match Runtime::start(config, one_key(secret(&mut r), 2), filters(&[2])) {
@@ -288,7 +289,10 @@ fn one_address_gets_its_share_of_connections_and_idle_ones_are_closed() {
         CoreMetrics::get(&m.connections_ingress) == 2
     });
     let mut third = connect_from([127, 0, 0, 1], node);
-    assert!(closed_by_node(&mut third), "a third connection from one address");
+    assert!(
+        closed_by_node(&mut third),
+        "a third connection from one address"
+    );
     assert_eq!(CoreMetrics::get(&m.connections_refused), 1);
     let other = connect_from([127, 0, 0, 2], node);
     wait_for("another address served", || {
@@ -304,7 +308,10 @@ fn one_address_gets_its_share_of_connections_and_idle_ones_are_closed() {
     other.set_nonblocking(true).unwrap();
     let mut closed = [false, false];
     while !(closed[0] && closed[1]) {
-        assert!(Instant::now() < deadline, "idle connections were not closed");
+        assert!(
+            Instant::now() < deadline,
+            "idle connections were not closed"
+        );
         busy.write_all(&garbage).unwrap();
         for (i, stream) in [&mut quiet, &mut other].into_iter().enumerate() {
             let mut byte = [0u8; 1];
@@ -314,7 +321,10 @@ fn one_address_gets_its_share_of_connections_and_idle_ones_are_closed() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(still_open(&busy), "a connection that delivers frames is not idle");
+    assert!(
+        still_open(&busy),
+        "a connection that delivers frames is not idle"
+    );
     assert_eq!(CoreMetrics::get(&m.connections_idle_closed), 2);
     wait_for("the closed connections forgotten", || {
         CoreMetrics::get(&m.connections_ingress) == 1
@@ -338,7 +348,8 @@ fn a_full_core_gives_the_slot_of_an_idle_connection_to_a_newcomer() {
     let runtime = Runtime::start(config, one_key(secret(&mut r), 2), filters(&[2])).unwrap();
     let node = runtime.local_addr();
     let m = runtime.metrics()[0].clone();
-    let mut squatters: Vec<TcpStream> = (0..4).map(|_| connect_from([127, 0, 0, 3], node)).collect();
+    let mut squatters: Vec<TcpStream> =
+        (0..4).map(|_| connect_from([127, 0, 0, 3], node)).collect();
     wait_for("four squatters served", || {
         CoreMetrics::get(&m.connections_ingress) == 4
     });
@@ -347,10 +358,7 @@ fn a_full_core_gives_the_slot_of_an_idle_connection_to_a_newcomer() {
     wait_for("one squatter evicted", || {
         CoreMetrics::get(&m.connections_idle_closed) == 1
     });
-    let evicted = squatters
-        .iter_mut()
-        .filter(|s| !still_open(s))
-        .count();
+    let evicted = squatters.iter_mut().filter(|s| !still_open(s)).count();
     assert_eq!(evicted, 1);
     assert!(still_open(&newcomer));
     assert_eq!(CoreMetrics::get(&m.connections_refused), 0);
@@ -364,7 +372,10 @@ fn packets_for_an_unreachable_hop_are_dropped_and_counted_not_delivered_later() 
     let mut r = rng(43);
     let (this, next) = (secret(&mut r), secret(&mut r));
     // A port nobody listens on (yet).
-    let hop = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let hop = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let route = [(public(&this), 1), (public(&next), hop.port())];
     let mut config = runtime_config(1);
     config.egress.unreachable_drop_ms = 300;
@@ -386,10 +397,13 @@ fn packets_for_an_unreachable_hop_are_dropped_and_counted_not_delivered_later() 
     let listener = TcpListener::bind(hop).unwrap();
     let (tx, received) = mpsc::channel();
     std::thread::spawn(move || {
-        let Ok((mut conn, _)) = listener.accept() else { return };
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
         let mut decoder = lethe_crypto::framing::FrameDecoder::new();
         let mut buffer = vec![0u8; 65_536];
-        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         while let Ok(n) = conn.read(&mut buffer) {
             if n == 0 {
                 return;
@@ -438,7 +452,8 @@ fn a_batch_is_not_written_into_a_connection_the_hop_closed() {
         let mut decoder = lethe_crypto::framing::FrameDecoder::new();
         let mut buffer = vec![0u8; 65_536];
         let mut got = 0;
-        conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
         while got < count {
             let n = conn.read(&mut buffer).unwrap();
             assert!(n > 0, "closed early");
@@ -467,17 +482,23 @@ fn a_batch_is_not_written_into_a_connection_the_hop_closed() {
             }
         }
     };
-    stream.write_all(&frame(&packet(&mut r, &route, &[0, 0]))).unwrap();
+    stream
+        .write_all(&frame(&packet(&mut r, &route, &[0, 0])))
+        .unwrap();
     let mut first = accept(&listener);
     read_frames(&mut first, 1);
     // The hop closes the connection (an idle timeout there, say) ...
     drop(first);
     std::thread::sleep(Duration::from_millis(100));
     // ... and the next packets go over a new connection, not into the closed one.
-    stream.write_all(&frame(&packet(&mut r, &route, &[0, 0]))).unwrap();
+    stream
+        .write_all(&frame(&packet(&mut r, &route, &[0, 0])))
+        .unwrap();
     let mut second = accept(&listener);
     read_frames(&mut second, 1);
-    wait_for("both counted as sent", || CoreMetrics::get(&m.packets_sent) == 2);
+    wait_for("both counted as sent", || {
+        CoreMetrics::get(&m.packets_sent) == 2
+    });
     assert_eq!(m.dropped_count(DropReason::NextHopUnreachable), 0);
     runtime.shutdown();
     runtime.join().unwrap();

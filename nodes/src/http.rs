@@ -112,9 +112,7 @@ fn respond(
             (
                 status,
                 "application/json",
-                format!(
-                    "{{\"status\":\"{word}\",\"detail\":{detail},\"uptime\":{uptime_s}}}\n"
-                ),
+                format!("{{\"status\":\"{word}\",\"detail\":{detail},\"uptime\":{uptime_s}}}\n"),
             )
         }
         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),

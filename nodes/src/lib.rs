@@ -12,7 +12,7 @@ pub mod lock;
 pub mod mixnode;
 pub mod proto;
 pub mod sink;
-pub mod supervise;
 pub mod socks;
+pub mod supervise;
 pub mod testnet;
 pub mod topology;

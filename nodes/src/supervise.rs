@@ -19,7 +19,11 @@ pub struct EngineWatch {
 
 impl EngineWatch {
     /// One check: `Err` with the reason when a core failed (the caller must exit).
-    pub fn check(&mut self, runtime: &Runtime, announcer: Option<&Announcer>) -> Result<(), String> {
+    pub fn check(
+        &mut self,
+        runtime: &Runtime,
+        announcer: Option<&Announcer>,
+    ) -> Result<(), String> {
         let health = runtime.health();
         let serving = health.is_serving();
         if let Some(announcer) = announcer {

@@ -54,7 +54,10 @@ fn a_second_node_on_a_served_port_is_refused_with_the_reason() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(!output.status.success(), "a second node started on {listen}");
+    assert!(
+        !output.status.success(),
+        "a second node started on {listen}"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("already served"), "{stderr}");
     // The first one still serves, and its port is its own.
@@ -86,7 +89,10 @@ fn health_answers_while_slow_clients_trickle_requests() {
         assert!(health.contains("\"status\":\"up\""), "{health}");
         // Not a timing claim: a server blocked behind the trickles would take their whole
         // 2 s request deadline for each of them in turn (16 s).
-        assert!(asked.elapsed() < Duration::from_secs(8), "health blocked behind slow clients");
+        assert!(
+            asked.elapsed() < Duration::from_secs(8),
+            "health blocked behind slow clients"
+        );
     }
     drop(trickles);
     node.terminate();

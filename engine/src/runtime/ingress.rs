@@ -209,7 +209,10 @@ mod tests {
         assert_ne!(PeerKey::of(a), PeerKey::of(other));
         let mapped = IpAddr::V6(Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped());
         assert_eq!(PeerKey::of(mapped), PeerKey::of(v4(1)));
-        assert_ne!(PeerKey::of(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), PeerKey::of(v4(0)));
+        assert_ne!(
+            PeerKey::of(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+            PeerKey::of(v4(0))
+        );
     }
 
     #[test]

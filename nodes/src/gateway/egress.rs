@@ -138,7 +138,11 @@ struct Queued {
     frame: Vec<u8>,
 }
 
-async fn writer(next_hop: SocketAddr, mut queue: mpsc::Receiver<Queued>, metrics: Arc<GatewayMetrics>) {
+async fn writer(
+    next_hop: SocketAddr,
+    mut queue: mpsc::Receiver<Queued>,
+    metrics: Arc<GatewayMetrics>,
+) {
     let mut stream: Option<TcpStream> = None;
     let mut backoff_ms = BACKOFF_MS_INITIAL;
     let mut retry_at = Instant::now();
