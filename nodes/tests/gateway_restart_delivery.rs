@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{metric, Process, LETHE, WAIT_MAX};
+use common::{metric, only_file, random_bytes, Process, LETHE, WAIT_MAX};
 
 /// The CLI's own give-up time for a send or a receive.
 const CLI_TIMEOUT_S: u64 = 90;
@@ -193,28 +193,6 @@ fn report(stdout: &str) -> std::collections::HashMap<String, u64> {
         .filter_map(|field| field.split_once('='))
         .filter(|(k, _)| *k != "message_id")
         .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
-        .collect()
-}
-
-fn only_file(dir: &Path) -> Vec<u8> {
-    let files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    std::fs::read(&files[0]).unwrap()
-}
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
         .collect()
 }
 

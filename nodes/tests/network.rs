@@ -3,11 +3,15 @@
 //! Checks outcomes, never speed: every wait is bounded and generous.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{only_file, random_bytes};
 
 const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 const TIMEOUT_S: u64 = 120;
@@ -175,28 +179,6 @@ fn receive(dir: &Path, out: &Path, count: usize) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
-}
-
-fn only_file(dir: &Path) -> Vec<u8> {
-    let files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
-        .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    std::fs::read(&files[0]).unwrap()
-}
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A one-shot HTTP/1.0 server for `body` on loopback.
