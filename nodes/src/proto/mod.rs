@@ -1,31 +1,4 @@
-//! The client ↔ gateway protocol (WebSocket binary messages) and the layout of the Sphinx
-//! payloads gateways look into. Shared by the gateway and the client library.
-//!
-//! A connection: the three handshake messages ([`handshake`]), then every WebSocket binary
-//! message is one [`session::Session`]-sealed [`messages`] message. Text messages are refused.
+//! The client ↔ gateway protocol lives in `lethe-proto`; this module keeps the paths the
+//! gateway, the client and loadgen import it by.
 
-pub mod handshake;
-pub mod messages;
-pub mod payload;
-pub mod session;
-
-pub use handshake::{ClientHandshake, GatewayHandshake};
-pub use messages::{ClientMessage, DeliveryKind, GatewayMessage};
-pub use session::Session;
-
-/// The largest WebSocket message either side accepts (an ext32 packet plus headers).
-pub const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtoError {
-    #[error("handshake failed: {0}")]
-    Handshake(&'static str),
-    #[error("message does not decrypt (tampered, replayed or out of order)")]
-    Open,
-    #[error("cannot seal message")]
-    Seal,
-    #[error("session message counter exhausted")]
-    SessionExhausted,
-    #[error("malformed message: {0}")]
-    Malformed(&'static str),
-}
+pub use lethe_proto::wire::*;

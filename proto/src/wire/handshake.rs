@@ -34,6 +34,11 @@ const DOMAIN_CLIENT_SIG: &[u8] = b"lethe-gw-handshake-client-v1\0";
 const DOMAIN_KDF: &[u8] = b"lethe-gw-session-v1\0";
 const TRANSCRIPT_LEN: usize = 32 + 32 + 16 + 32 + 32;
 
+/// The ed25519 public key (the identity peers pin) of an identity seed.
+pub fn identity_public(seed: &[u8; 32]) -> [u8; 32] {
+    SigningKey::from_bytes(seed).verifying_key().to_bytes()
+}
+
 /// The client's side, between sending its hello and receiving the gateway's.
 pub struct ClientHandshake {
     identity: SigningKey,
@@ -268,13 +273,18 @@ fn derive_keys(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    fn test_rng() -> rand_chacha::ChaCha20Rng {
+        rand_chacha::ChaCha20Rng::seed_from_u64(7)
+    }
 
     fn run(
         client_seed: [u8; 32],
         gateway_seed: [u8; 32],
         pinned: [u8; 32],
     ) -> Result<(Session, [u8; 32], Session), ProtoError> {
-        let mut rng = rand::rng();
+        let mut rng = test_rng();
         let (client, hello) = ClientHandshake::start(&client_seed, pinned, &mut rng);
         let (gateway, reply) = GatewayHandshake::respond(&hello, &gateway_seed, &mut rng)?;
         let (auth, client_session) = client.finish(&reply)?;
@@ -285,9 +295,9 @@ mod tests {
     #[test]
     fn handshake_gives_matching_sessions() {
         let gw = [2u8; 32];
-        let pinned = crate::keyfile::ed25519_public(&gw);
+        let pinned = identity_public(&gw);
         let (mut c, identity, mut g) = run([1u8; 32], gw, pinned).unwrap();
-        assert_eq!(identity, crate::keyfile::ed25519_public(&[1u8; 32]));
+        assert_eq!(identity, identity_public(&[1u8; 32]));
         let sealed = c.seal(b"hello gateway").unwrap();
         assert_eq!(g.open(&sealed).unwrap(), b"hello gateway");
         let sealed = g.seal(b"hello client").unwrap();
@@ -298,15 +308,15 @@ mod tests {
 
     #[test]
     fn wrong_gateway_is_refused() {
-        let pinned = crate::keyfile::ed25519_public(&[3u8; 32]);
+        let pinned = identity_public(&[3u8; 32]);
         assert!(run([1u8; 32], [2u8; 32], pinned).is_err());
     }
 
     #[test]
     fn forged_client_auth_is_refused() {
-        let mut rng = rand::rng();
+        let mut rng = test_rng();
         let gw = [2u8; 32];
-        let pinned = crate::keyfile::ed25519_public(&gw);
+        let pinned = identity_public(&gw);
         let (client, hello) = ClientHandshake::start(&[1u8; 32], pinned, &mut rng);
         let (gateway, reply) = GatewayHandshake::respond(&hello, &gw, &mut rng).unwrap();
         let (mut auth, _) = client.finish(&reply).unwrap();
@@ -316,7 +326,7 @@ mod tests {
 
     #[test]
     fn malformed_hellos_are_errors() {
-        let mut rng = rand::rng();
+        let mut rng = test_rng();
         for len in [0, 1, CLIENT_HELLO_LEN - 1, CLIENT_HELLO_LEN + 1] {
             let bytes = vec![0u8; len];
             assert!(GatewayHandshake::respond(&bytes, &[2u8; 32], &mut rng).is_err());

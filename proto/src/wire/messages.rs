@@ -23,8 +23,7 @@ const WELCOME: u8 = 0x20;
 const DELIVER: u8 = 0x21;
 const ERROR: u8 = 0x22;
 const BANDWIDTH: u8 = 0x23;
-/// Most ids one Confirm carries.
-pub const CONFIRM_IDS_MAX: usize = 1024;
+pub use crate::limits::CONFIRM_IDS_MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientMessage {

@@ -1,0 +1,12 @@
+//! Lethe's protocol cores above the engine, free of I/O: no sockets, no clock reads, no OS
+//! randomness. Drivers feed time (µs on their own monotonic clock) and bytes in, and take
+//! transmits, timers and events out; randomness comes from an RNG the driver injects, so a
+//! simulator can run the very same code in simulated time from a seed.
+
+pub mod client_session;
+pub mod gateway_session;
+pub mod limits;
+pub mod wire;
+
+pub use client_session::{ClientEvent, ClientSession};
+pub use gateway_session::{GatewayEvent, GatewaySession};

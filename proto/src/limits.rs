@@ -1,0 +1,26 @@
+//! Every bound of the protocol cores in one place, checked against each other at compile time.
+
+use lethe_crypto::framing::PacketSize;
+
+/// The largest WebSocket message either side accepts (an ext32 packet plus headers).
+pub const WS_MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// Most delivery ids one `Confirm` carries.
+pub const CONFIRM_IDS_MAX: usize = 1024;
+/// Sealed messages a session holds for its driver before it refuses more: the driver drains
+/// them after every call, so only a peer that stops reading fills them.
+pub const SESSION_TRANSMITS_MAX: usize = 256;
+/// Events a session holds for its driver (one per incoming message at most, so a driver that
+/// drains after every call never sees more than a few).
+pub const SESSION_EVENTS_MAX: usize = 256;
+/// A metered session writes its charges through after this many bytes (and when it ends), so
+/// a crash loses at most this much metering per session.
+pub const FLUSH_EVERY_BYTES: u64 = 1 << 20;
+/// The longest `Error` text a session sends; longer texts are cut (at a UTF-8 boundary).
+pub const ERROR_TEXT_BYTES_MAX: usize = 256;
+
+/// Sealing adds the AEAD tag; the message kind and forward header come on top of the packet.
+const FORWARD_OVERHEAD_BYTES: usize = 1 + 32 + crate::wire::session::TAG_LEN;
+const _: () = assert!(PacketSize::Extended32.packet_len() + FORWARD_OVERHEAD_BYTES <= WS_MESSAGE_BYTES_MAX);
+const _: () = assert!(3 + 8 * CONFIRM_IDS_MAX + crate::wire::session::TAG_LEN <= WS_MESSAGE_BYTES_MAX);
+const _: () = assert!(CONFIRM_IDS_MAX <= u16::MAX as usize);
+const _: () = assert!(SESSION_TRANSMITS_MAX >= 2 && SESSION_EVENTS_MAX >= 2);
