@@ -107,6 +107,9 @@ pub struct Core {
     metrics: Arc<CoreMetrics>,
     /// Optional monotonic nanosecond source, used only to measure crypto cost for metrics.
     cost_clock_ns: Option<fn() -> u64>,
+    /// What `crypto_per_packet` has not recorded yet (ns, < 1 µs): the histogram is in whole
+    /// µs, and dropping each batch's fraction would under-report a ~8 µs cost by up to 12 %.
+    crypto_remainder_ns: u64,
 }
 
 struct PoolSlots<'a> {
@@ -201,6 +204,7 @@ impl Core {
             replay,
             metrics,
             cost_clock_ns: None,
+            crypto_remainder_ns: 0,
             clock,
             config,
         };
@@ -397,6 +401,20 @@ impl Core {
         self.meta[id.index() as usize].arrived_us
     }
 
+    /// The runtime hands a `Forward`'s buffer to egress at `handed_off_us`, its own clock read
+    /// at the hand-off: records the packet's residence (arrival to hand-off) and its delay
+    /// lateness (deadline `at_us` to hand-off). Both end here, not at the `now_us` of the call
+    /// that fired the timer: that reading predates the batch's crypto, which a packet fired in
+    /// or before the batch waits out too (and the core reads no clock of its own).
+    pub fn record_hand_off(&self, id: &BufId, at_us: u64, handed_off_us: u64) {
+        let residence_us = handed_off_us.saturating_sub(self.arrived_us(id));
+        self.metrics
+            .stage(Stage::ProcessingResidence)
+            .record(residence_us);
+        let lateness_us = handed_off_us.saturating_sub(at_us);
+        self.metrics.stage(Stage::DelayLateness).record(lateness_us);
+    }
+
     pub fn release(&mut self, id: BufId) {
         self.pool.free(id);
     }
@@ -448,7 +466,8 @@ impl Core {
             &mut self.outcomes,
         );
         if let (Some(clock), Some(started_ns)) = (self.cost_clock_ns, started_ns) {
-            let batch_us = clock().saturating_sub(started_ns) / 1_000;
+            let batch_ns = clock().saturating_sub(started_ns);
+            let batch_us = batch_ns / 1_000;
             if (count as u64) < u64::from(self.batch_align_packets) {
                 let avg_x8 = self.partial_batch_us_x8;
                 // avg += (batch - avg) / 8, kept times 8; the first one sets it.
@@ -457,10 +476,13 @@ impl Core {
                     _ => (avg_x8 - avg_x8 / 8).saturating_add(batch_us),
                 };
             }
-            let per_packet_us = batch_us / count as u64;
+            // In ns, the fraction of a µs carried to the next batch: the recorded sum stays
+            // within 1 µs of the true total (the mean is exact), not 1 µs short per batch.
+            let per_packet_ns = (batch_ns / count as u64).saturating_add(self.crypto_remainder_ns);
+            self.crypto_remainder_ns = per_packet_ns % 1_000;
             self.metrics
                 .stage(Stage::CryptoPerPacket)
-                .record(per_packet_us);
+                .record(per_packet_ns / 1_000);
         }
         assert_eq!(self.outcomes.len(), count);
         let mut batch = std::mem::take(&mut self.batch);
@@ -555,9 +577,8 @@ impl Core {
         let mut fired = std::mem::take(&mut self.fired);
         for id in fired.drain(..) {
             let meta = self.meta[id.index() as usize];
-            debug_assert!(meta.deadline_us <= now_us.max(meta.deadline_us));
-            let lateness_us = now_us.saturating_sub(meta.deadline_us);
-            self.metrics.stage(Stage::DelayLateness).record(lateness_us);
+            // Lateness is recorded at the hand-off (`record_hand_off`), not here: `now_us`
+            // may predate the crypto of the batch this call follows.
             CoreMetrics::add(&self.metrics.packets_forwarded, 1);
             self.push_action(Action::Forward {
                 next_hop: meta.next_hop,

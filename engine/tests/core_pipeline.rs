@@ -8,7 +8,7 @@ use core_common::*;
 use lethe_crypto::framing::{KeyRotation, PacketSize};
 use lethe_crypto::sphinx::{self, Hop, Packet};
 use lethe_engine::core::{Action, Core, NodeKeys, SphinxKey};
-use lethe_engine::metrics::{CoreMetrics, DropReason};
+use lethe_engine::metrics::{CoreMetrics, DropReason, Stage};
 use lethe_engine::BufId;
 
 fn drain(core: &mut Core) -> Vec<Action> {
@@ -614,4 +614,64 @@ fn a_partial_lane_group_that_keeps_up_is_not_held() {
     assert_eq!(fed.arrive(t + 120), 3, "kept up: not held");
     assert_eq!(fed.core.batched_count(), 0);
     assert_eq!(fed.core.buffers_in_use(), 0);
+}
+
+/// Simulated crypto: every batch takes 31.6 µs (the clock advances that much per read; the
+/// core reads it before and after each batch).
+fn batch_takes_31_6_us() -> u64 {
+    thread_local!(static NS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+    NS.with(|ns| {
+        ns.set(ns.get() + 31_600);
+        ns.get()
+    })
+}
+
+#[test]
+fn crypto_per_packet_keeps_the_fraction_of_a_microsecond() {
+    // Batches of 4 taking 31.6 µs: 7.9 µs a packet. Rounding each batch down recorded 7 µs
+    // (31 / 4): 11 % under; the carried remainder makes the sum exact to within 1 µs.
+    let mut r = rng(41);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
+    core.set_cost_clock(batch_takes_31_6_us);
+    let route = [(public(&this), 1), (public(&next), 2)];
+    for batch in 0..10u64 {
+        for _ in 0..4 {
+            let bytes = packet(&mut r, &route, &[0, 0]);
+            core.handle_packet(batch * 1_000, KeyRotation::Unknown, &bytes)
+                .unwrap();
+        }
+        assert_eq!(core.batched_count(), 0, "a full batch of 4 runs at once");
+        forwards(&mut core);
+    }
+    let crypto = core.metrics().stage(Stage::CryptoPerPacket);
+    assert_eq!(crypto.count(), 10);
+    assert_eq!(crypto.sum(), 79, "10 batches × 7.9 µs, not 10 × 7");
+}
+
+#[test]
+fn delay_lateness_ends_at_the_hand_off_after_the_crypto() {
+    // A zero-delay packet is due at its arrival (t = 0). Its batch runs at the flush (t = 100),
+    // with that clock reading; the runtime hands it off after the batch's crypto, at t = 800.
+    // Lateness is 800 µs, not the 100 µs the pre-crypto reading says.
+    let mut r = rng(42);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
+    let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
+    core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
+    core.handle_timeout(100);
+    let mut handed = 0;
+    for action in drain(&mut core) {
+        if let Action::Forward { buffer, at_us, .. } = action {
+            assert_eq!(at_us, 0);
+            core.record_hand_off(&buffer, at_us, 800);
+            core.release(buffer);
+            handed += 1;
+        }
+    }
+    assert_eq!(handed, 1);
+    let lateness = core.metrics().stage(Stage::DelayLateness);
+    assert_eq!((lateness.count(), lateness.sum()), (1, 800));
+    let residence = core.metrics().stage(Stage::ProcessingResidence);
+    assert_eq!((residence.count(), residence.sum()), (1, 800));
 }

@@ -40,7 +40,7 @@ use lethe_crypto::framing::{FrameDecoder, KeyRotation, PacketType};
 
 use crate::core::{Action, Core, NodeKeys};
 use crate::limits::EngineConfig;
-use crate::metrics::{CoreMetrics, DropReason, Stage};
+use crate::metrics::{CoreMetrics, DropReason};
 use crate::replay::ReplayFilterSet;
 
 pub use egress::{Egress, EgressConfig};
@@ -408,8 +408,8 @@ impl Shard {
 
     /// Hands the core's actions to egress; releases every buffer.
     fn pump(&self) {
-        // Residence ends at the hand-off, now: the callers' clock reading predates the batch
-        // they ran, whose crypto is part of a packet's time in the node.
+        // Residence and lateness end at the hand-off, now: the callers' clock reading predates
+        // the batch they ran, whose crypto is part of a packet's time in the node.
         let handed_off_us = self.now_us();
         let mut core = self.core.borrow_mut();
         let mut egress = self.egress.borrow_mut();
@@ -419,12 +419,9 @@ impl Shard {
                     next_hop,
                     buffer,
                     rotation,
-                    ..
+                    at_us,
                 } => {
-                    let residence_us = handed_off_us.saturating_sub(core.arrived_us(&buffer));
-                    self.metrics
-                        .stage(Stage::ProcessingResidence)
-                        .record(residence_us);
+                    core.record_hand_off(&buffer, at_us, handed_off_us);
                     if let Some(queue) = egress_for(&mut egress, next_hop, self) {
                         let _ = queue.enqueue(core.packet(&buffer), rotation);
                     }
