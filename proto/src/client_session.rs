@@ -22,7 +22,9 @@ use crate::wire::{ClientHandshake, ClientMessage, DeliveryKind, GatewayMessage, 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientEvent {
     /// The session is established; `stored` deliveries wait in the mailbox.
-    Welcome { stored: u32 },
+    Welcome {
+        stored: u32,
+    },
     Deliver {
         id: u64,
         kind: DeliveryKind,
@@ -30,10 +32,17 @@ pub enum ClientEvent {
         bytes: Vec<u8>,
     },
     /// The gateway refused something (see `wire::messages::error_code`).
-    Error { code: u8, text: String },
+    Error {
+        code: u8,
+        text: String,
+    },
     /// The balance the gateway holds for this client.
-    Bandwidth { remaining_bytes: u64 },
-    Closed { reason: CloseReason },
+    Bandwidth {
+        remaining_bytes: u64,
+    },
+    Closed {
+        reason: CloseReason,
+    },
 }
 
 /// Why a message was not queued.
@@ -46,7 +55,7 @@ pub enum SendRefused {
 }
 
 enum State {
-    AwaitHello(ClientHandshake),
+    AwaitHello(Box<ClientHandshake>),
     AwaitWelcome(Session),
     Established(Session),
     Closed,
@@ -77,7 +86,7 @@ impl ClientSession {
         let mut transmits = VecDeque::new();
         transmits.push_back(Transmit::Message(hello));
         ClientSession {
-            state: State::AwaitHello(handshake),
+            state: State::AwaitHello(Box::new(handshake)),
             handshake_deadline_us: now_us.saturating_add(handshake_timeout_us),
             transmits,
             events: VecDeque::new(),
@@ -116,7 +125,10 @@ impl ClientSession {
     }
 
     pub fn handle_timeout(&mut self, now_us: u64) {
-        if self.poll_timeout().is_some_and(|deadline| now_us >= deadline) {
+        if self
+            .poll_timeout()
+            .is_some_and(|deadline| now_us >= deadline)
+        {
             self.end(CloseReason::TimedOut, None);
         }
     }
@@ -165,7 +177,9 @@ impl ClientSession {
             GatewayMessage::Welcome { stored } => ClientEvent::Welcome { stored },
             // Before the welcome only an error (the gateway refusing the client) may come.
             GatewayMessage::Error { code, text } => ClientEvent::Error { code, text },
-            _ if !welcomed => return self.end(CloseReason::Protocol, Some("message before welcome")),
+            _ if !welcomed => {
+                return self.end(CloseReason::Protocol, Some("message before welcome"))
+            }
             GatewayMessage::Deliver {
                 id,
                 kind,
@@ -177,7 +191,9 @@ impl ClientSession {
                 identifier,
                 bytes,
             },
-            GatewayMessage::Bandwidth { remaining_bytes } => ClientEvent::Bandwidth { remaining_bytes },
+            GatewayMessage::Bandwidth { remaining_bytes } => {
+                ClientEvent::Bandwidth { remaining_bytes }
+            }
         };
         self.state = if welcomed || matches!(event, ClientEvent::Welcome { .. }) {
             State::Established(session)
@@ -242,7 +258,8 @@ impl ClientSession {
         self.state = State::Closed;
         self.confirms.clear();
         if let Some(text) = text {
-            self.transmits.push_back(Transmit::Close(reason, text.to_string()));
+            self.transmits
+                .push_back(Transmit::Close(reason, text.to_string()));
         }
         self.push_event(ClientEvent::Closed { reason });
     }

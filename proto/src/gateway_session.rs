@@ -13,7 +13,11 @@
 //!                                Closed <------------- error / close() -------+
 //! ```
 //! Until [`GatewaySession::open`] the session sends nothing but the handshake: the driver
-//! registers the client (and may refuse it, e.g. when the gateway is full) first.
+//! registers the client (and may refuse it, e.g. when the gateway is full) first; messages a
+//! client pipelines after its auth wait (a few) until then.
+//!
+//! The driver answers events in the order they come (a charge's write before a later
+//! credential's), and drains transmits and events after every call.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -21,7 +25,8 @@ use std::net::SocketAddr;
 use rand::CryptoRng;
 
 use crate::limits::{
-    ERROR_TEXT_BYTES_MAX, FLUSH_EVERY_BYTES, SESSION_EVENTS_MAX, SESSION_TRANSMITS_MAX,
+    EARLY_MESSAGES_MAX, ERROR_TEXT_BYTES_MAX, FLUSH_EVERY_BYTES, SESSION_EVENTS_MAX,
+    SESSION_TRANSMITS_MAX,
 };
 use crate::wire::messages::error_code;
 use crate::wire::{ClientMessage, DeliveryKind, GatewayHandshake, GatewayMessage, Session};
@@ -149,6 +154,8 @@ pub struct GatewaySession {
     fault: Option<(CloseReason, &'static str)>,
     /// Charges of a closed session not yet written through (see [`Self::unwritten_bytes`]).
     unwritten_bytes: u64,
+    /// Messages that came after the auth, before the driver opened the session.
+    early: VecDeque<Vec<u8>>,
 }
 
 impl GatewaySession {
@@ -164,6 +171,7 @@ impl GatewaySession {
             refusals: Refusals::default(),
             fault: None,
             unwritten_bytes: 0,
+            early: VecDeque::new(),
         }
     }
 
@@ -216,7 +224,10 @@ impl GatewaySession {
     }
 
     pub fn handle_timeout(&mut self, now_us: u64) {
-        if self.poll_timeout().is_some_and(|deadline| now_us >= deadline) {
+        if self
+            .poll_timeout()
+            .is_some_and(|deadline| now_us >= deadline)
+        {
             // A peer that stalls may not read a close frame either: none is queued.
             self.set_closed();
             self.events.push_back(GatewayEvent::Closed {
@@ -265,25 +276,19 @@ impl GatewaySession {
                 }
                 Err(_) => self.end(CloseReason::Policy, "bad client auth"),
             },
-            // The driver has not registered the client yet, so nothing it asks for could be
-            // served: a client waits for its welcome.
-            State::Authenticated { .. } => self.end(CloseReason::Protocol, "message before welcome"),
+            // The driver is registering the client: a client may pipeline its first messages
+            // after the auth; they are handled once the session opens (a few, then it must wait).
+            State::Authenticated { client, session } => {
+                self.state = State::Authenticated { client, session };
+                if self.early.len() < EARLY_MESSAGES_MAX {
+                    self.early.push_back(bytes.to_vec());
+                } else {
+                    self.end(CloseReason::Protocol, "too many messages before welcome");
+                }
+            }
             State::Established(live) => {
                 self.state = State::Established(live);
-                self.with_live(|core, live| {
-                    let message = match live.session.open(bytes) {
-                        Ok(plaintext) => ClientMessage::decode(&plaintext).map_err(|_| "malformed message"),
-                        Err(_) => Err("message does not decrypt"),
-                    };
-                    match message {
-                        Ok(message) => core.on_message(live, message, first_hops),
-                        Err(text) => {
-                            core.refusals.malformed += 1;
-                            core.send(live, &error(error_code::MALFORMED, text));
-                            core.fault.get_or_insert((CloseReason::Protocol, text));
-                        }
-                    }
-                });
+                self.on_sealed(bytes, first_hops);
             }
             State::Closed => {}
         }
@@ -291,8 +296,9 @@ impl GatewaySession {
 
     /// The driver registered the client: welcome it with the count of stored deliveries and,
     /// when metered, its stored balance.
-    pub fn open(&mut self, stored: u32, balance_bytes: Option<u64>) {
-        let State::Authenticated { client, session } = std::mem::replace(&mut self.state, State::Closed)
+    pub fn open<H: FirstHops>(&mut self, stored: u32, balance_bytes: Option<u64>, first_hops: &H) {
+        let State::Authenticated { client, session } =
+            std::mem::replace(&mut self.state, State::Closed)
         else {
             return;
         };
@@ -314,6 +320,13 @@ impl GatewaySession {
                 core.send(live, &GatewayMessage::Bandwidth { remaining_bytes });
             }
         });
+        while let Some(early) = self.early.pop_front() {
+            if !self.is_established() {
+                break;
+            }
+            self.on_sealed(&early, first_hops);
+        }
+        self.early.clear();
     }
 
     /// The driver cannot serve the client (gateway full, overloaded, a newer session of the
@@ -323,7 +336,9 @@ impl GatewaySession {
             return;
         }
         if matches!(self.state, State::Authenticated { .. }) {
-            if let State::Authenticated { client, session } = std::mem::replace(&mut self.state, State::Closed) {
+            if let State::Authenticated { client, session } =
+                std::mem::replace(&mut self.state, State::Closed)
+            {
                 self.state = State::Established(Established {
                     client,
                     session,
@@ -348,9 +363,19 @@ impl GatewaySession {
     }
 
     /// Seals a delivery for the client unless this session sent it already.
-    pub fn deliver(&mut self, id: u64, kind: DeliveryKind, identifier: [u8; 16], bytes: Vec<u8>) -> Delivered {
+    pub fn deliver(
+        &mut self,
+        id: u64,
+        kind: DeliveryKind,
+        identifier: [u8; 16],
+        bytes: Vec<u8>,
+    ) -> Delivered {
         if self.transmits.len() >= SESSION_TRANSMITS_MAX {
-            return if self.is_established() { Delivered::Full } else { Delivered::NotOpen };
+            return if self.is_established() {
+                Delivered::Full
+            } else {
+                Delivered::NotOpen
+            };
         }
         let mut outcome = Delivered::NotOpen;
         self.with_live(|session, live| {
@@ -359,7 +384,12 @@ impl GatewaySession {
                 return;
             }
             live.cursor = id;
-            let message = GatewayMessage::Deliver { id, kind, identifier, bytes };
+            let message = GatewayMessage::Deliver {
+                id,
+                kind,
+                identifier,
+                bytes,
+            };
             session.send(live, &message);
             outcome = Delivered::Queued;
         });
@@ -429,7 +459,29 @@ impl GatewaySession {
         self.unwritten_bytes
     }
 
-    fn on_message<H: FirstHops>(&mut self, live: &mut Established, message: ClientMessage, first_hops: &H) {
+    fn on_sealed<H: FirstHops>(&mut self, bytes: &[u8], first_hops: &H) {
+        self.with_live(|core, live| {
+            let message = match live.session.open(bytes) {
+                Ok(plaintext) => ClientMessage::decode(&plaintext).map_err(|_| "malformed message"),
+                Err(_) => Err("message does not decrypt"),
+            };
+            match message {
+                Ok(message) => core.on_message(live, message, first_hops),
+                Err(text) => {
+                    core.refusals.malformed += 1;
+                    core.send(live, &error(error_code::MALFORMED, text));
+                    core.fault.get_or_insert((CloseReason::Protocol, text));
+                }
+            }
+        });
+    }
+
+    fn on_message<H: FirstHops>(
+        &mut self,
+        live: &mut Established,
+        message: ClientMessage,
+        first_hops: &H,
+    ) {
         match message {
             ClientMessage::Forward { first_hop, packet } => {
                 let next_hop = match first_hops.check(&first_hop) {
@@ -465,7 +517,9 @@ impl GatewaySession {
                 self.event(GatewayEvent::Forward { next_hop, packet });
                 if !live.admitted {
                     live.admitted = true;
-                    self.event(GatewayEvent::Admit { client: live.client });
+                    self.event(GatewayEvent::Admit {
+                        client: live.client,
+                    });
                 }
             }
             ClientMessage::Confirm { ids } => self.event(GatewayEvent::Confirm { ids }),
@@ -482,7 +536,9 @@ impl GatewaySession {
         self.with_live(|core, live| {
             if !live.admitted {
                 live.admitted = true;
-                core.event(GatewayEvent::Admit { client: live.client });
+                core.event(GatewayEvent::Admit {
+                    client: live.client,
+                });
             }
         });
     }
@@ -532,7 +588,8 @@ impl GatewaySession {
 
     fn end(&mut self, reason: CloseReason, text: &str) {
         self.set_closed();
-        self.transmits.push_back(Transmit::Close(reason, cut(text).to_string()));
+        self.transmits
+            .push_back(Transmit::Close(reason, cut(text).to_string()));
         self.events.push_back(GatewayEvent::Closed { reason });
     }
 

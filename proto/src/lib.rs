@@ -3,6 +3,8 @@
 //! transmits, timers and events out; randomness comes from an RNG the driver injects, so a
 //! simulator can run the very same code in simulated time from a seed.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod client_session;
 pub mod gateway_session;
 pub mod limits;

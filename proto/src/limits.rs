@@ -12,6 +12,8 @@ pub const SESSION_TRANSMITS_MAX: usize = 256;
 /// Events a session holds for its driver (one per incoming message at most, so a driver that
 /// drains after every call never sees more than a few).
 pub const SESSION_EVENTS_MAX: usize = 256;
+/// Messages a client may pipeline after its auth, before the gateway opened its session.
+pub const EARLY_MESSAGES_MAX: usize = 16;
 /// A metered session writes its charges through after this many bytes (and when it ends), so
 /// a crash loses at most this much metering per session.
 pub const FLUSH_EVERY_BYTES: u64 = 1 << 20;
@@ -20,7 +22,11 @@ pub const ERROR_TEXT_BYTES_MAX: usize = 256;
 
 /// Sealing adds the AEAD tag; the message kind and forward header come on top of the packet.
 const FORWARD_OVERHEAD_BYTES: usize = 1 + 32 + crate::wire::session::TAG_LEN;
-const _: () = assert!(PacketSize::Extended32.packet_len() + FORWARD_OVERHEAD_BYTES <= WS_MESSAGE_BYTES_MAX);
-const _: () = assert!(3 + 8 * CONFIRM_IDS_MAX + crate::wire::session::TAG_LEN <= WS_MESSAGE_BYTES_MAX);
+const _: () =
+    assert!(PacketSize::Extended32.packet_len() + FORWARD_OVERHEAD_BYTES <= WS_MESSAGE_BYTES_MAX);
+const _: () =
+    assert!(3 + 8 * CONFIRM_IDS_MAX + crate::wire::session::TAG_LEN <= WS_MESSAGE_BYTES_MAX);
 const _: () = assert!(CONFIRM_IDS_MAX <= u16::MAX as usize);
 const _: () = assert!(SESSION_TRANSMITS_MAX >= 2 && SESSION_EVENTS_MAX >= 2);
+// Opening handles the early messages in one call: their events must fit.
+const _: () = assert!(3 * EARLY_MESSAGES_MAX + 2 < SESSION_EVENTS_MAX);
