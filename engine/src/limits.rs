@@ -59,6 +59,13 @@ pub const REPLAY_FP_RATE_MIN: f64 = 1e-12;
 pub const REPLAY_KEY_LIFETIME_S: u64 = 25 * 3_600;
 pub const REPLAY_PACKETS_PER_S_DEFAULT: u64 = 2_000;
 pub const REPLAY_PACKETS_PER_S_MIN: u64 = 200;
+/// Packets (replay tags) one filter may be sized for. The sizing rule: packets/s × key lifetime
+/// (rotation interval + overlap), at a false-positive target. At 1e-5 a tag takes ~81 bits
+/// (10 B): the default 180 M (2000/s × 25 h) is 1.8 GB, the small profile's 4.2 M (1000/s ×
+/// 70 min) 42 MB. Above the maximum the filter would exceed `REPLAY_FILTER_BYTES_MAX` at any
+/// useful rate anyway; below the minimum a filter is a few hundred bytes.
+pub const REPLAY_CAPACITY_PACKETS_MIN: u64 = 1_000;
+pub const REPLAY_CAPACITY_PACKETS_MAX: u64 = 10_000_000_000;
 /// A filter per live Sphinx key: current + (previous during overlap | next, pre-announced).
 pub const REPLAY_FILTERS_LIVE_MAX: u32 = 3;
 /// Memory bound of one filter (the sizing refuses anything larger).
@@ -104,6 +111,10 @@ const _: () = assert!(REPLAY_PACKETS_PER_S_MIN <= REPLAY_PACKETS_PER_S_DEFAULT);
 const _: () = assert!(REPLAY_HASHES_MAX * 9 <= (REPLAY_TAG_BYTES - 8) * 8);
 const _: () = assert!(REPLAY_BLOCK_WORDS_MAX * 64 == 512); // one cache line at most
 const _: () = assert!(REPLAY_FILTERS_LIVE_MAX >= 2);
+const _: () = assert!(REPLAY_CAPACITY_PACKETS_MIN < REPLAY_CAPACITY_PACKETS_MAX);
+// The former per-rate sizing's extremes stay expressible.
+const _: () =
+    assert!(REPLAY_PACKETS_PER_S_DEFAULT * REPLAY_KEY_LIFETIME_S <= REPLAY_CAPACITY_PACKETS_MAX);
 
 /// The Sphinx packet sizes a node accepts: a set over `PacketSize::SPHINX`, one bit per wire
 /// tag. A frame of another size is dropped and counted (`packet_size_disabled`), never the

@@ -30,12 +30,12 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::limits::{
-    ReplayConfig, REPLAY_BLOCK_WORDS_MAX, REPLAY_FILTERS_LIVE_MAX, REPLAY_FILTER_BYTES_MAX,
-    REPLAY_HASHES_MAX,
+    ReplayConfig, REPLAY_BLOCK_WORDS_MAX, REPLAY_CAPACITY_PACKETS_MAX, REPLAY_CAPACITY_PACKETS_MIN,
+    REPLAY_FILTERS_LIVE_MAX, REPLAY_FILTER_BYTES_MAX, REPLAY_FP_RATE_MIN, REPLAY_HASHES_MAX,
 };
 
 pub type ReplayTag = [u8; 32];
@@ -58,16 +58,40 @@ pub struct ReplayParams {
 
 #[derive(Debug, PartialEq)]
 pub enum SizingError {
-    TooLarge { bytes: u64 },
+    /// No filter within `REPLAY_FILTER_BYTES_MAX` holds `items` at `fp_rate`.
+    TooLarge {
+        items: u64,
+        fp_rate: f64,
+    },
+    /// `capacity_packets` outside `[REPLAY_CAPACITY_PACKETS_MIN, REPLAY_CAPACITY_PACKETS_MAX]`.
+    Capacity {
+        items: u64,
+    },
+    /// `fp_rate` outside `[REPLAY_FP_RATE_MIN, 1)` (or NaN).
+    FpRate {
+        fp_rate: f64,
+    },
     Config(crate::limits::ConfigError),
 }
 
 impl fmt::Display for SizingError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SizingError::TooLarge { bytes } => write!(
+            SizingError::TooLarge { items, fp_rate } => write!(
                 f,
-                "replay filter needs {bytes} bytes, over the {REPLAY_FILTER_BYTES_MAX} limit"
+                "a replay filter for {items} packets at false-positive rate {fp_rate} needs more \
+                 than the {} GiB limit: lower capacity_packets (packets/s x key lifetime) or \
+                 raise fp_rate",
+                REPLAY_FILTER_BYTES_MAX >> 30
+            ),
+            SizingError::Capacity { items } => write!(
+                f,
+                "capacity_packets = {items}: must be in [{REPLAY_CAPACITY_PACKETS_MIN}, \
+                 {REPLAY_CAPACITY_PACKETS_MAX}] (packets/s x key lifetime in s)"
+            ),
+            SizingError::FpRate { fp_rate } => write!(
+                f,
+                "fp_rate = {fp_rate}: must be in [{REPLAY_FP_RATE_MIN}, 1) (e.g. 1e-5)"
             ),
             SizingError::Config(e) => write!(f, "{e}"),
         }
@@ -135,9 +159,7 @@ impl ReplayParams {
             }
         }
         let Some((block_count, hash_count)) = best else {
-            return Err(SizingError::TooLarge {
-                bytes: REPLAY_FILTER_BYTES_MAX.saturating_add(1),
-            });
+            return Err(SizingError::TooLarge { items, fp_rate });
         };
         Ok(ReplayParams {
             block_count,
@@ -145,6 +167,23 @@ impl ReplayParams {
             hash_count,
             items_expected: items,
         })
+    }
+
+    /// The exact filter (one word per tag: see the module doc) holding `capacity_packets` tags
+    /// at `fp_rate`, both checked against the limits: what a node's `replay.capacity_packets`
+    /// and `replay.fp_rate` configure.
+    pub fn for_capacity(capacity_packets: u64, fp_rate: f64) -> Result<Self, SizingError> {
+        if !(REPLAY_CAPACITY_PACKETS_MIN..=REPLAY_CAPACITY_PACKETS_MAX).contains(&capacity_packets)
+        {
+            return Err(SizingError::Capacity {
+                items: capacity_packets,
+            });
+        }
+        // Written positively so NaN fails too.
+        if !(fp_rate >= REPLAY_FP_RATE_MIN && fp_rate < 1.0) {
+            return Err(SizingError::FpRate { fp_rate });
+        }
+        Self::for_items(capacity_packets, fp_rate, 1)
     }
 
     pub fn from_config(config: &ReplayConfig) -> Result<Self, SizingError> {
@@ -189,6 +228,10 @@ pub struct ReplayFilter {
     rotation_id: RotationId,
     params: ReplayParams,
     lines: Box<[Line]>,
+    /// A tag was newly inserted since the last snapshot (`save_if_changed`). Read on every
+    /// fresh insert but written only when it flips, so the cores share its line read-only
+    /// between snapshots; SeqCst orders the flag with the bits (see `save_if_changed`).
+    changed: AtomicBool,
 }
 
 impl fmt::Debug for ReplayFilter {
@@ -230,6 +273,7 @@ impl ReplayFilter {
             rotation_id,
             params,
             lines: lines.into_boxed_slice(),
+            changed: AtomicBool::new(false),
         }
     }
 
@@ -254,10 +298,15 @@ impl ReplayFilter {
             if mask == 0 {
                 continue;
             }
+            // SeqCst (the same instruction as AcqRel on x86-64 and ARMv8.1): ordered with the
+            // `changed` flag below for `save_if_changed`.
             let old = self
                 .word(first_word + offset as u64)
-                .fetch_or(mask, Ordering::AcqRel);
+                .fetch_or(mask, Ordering::SeqCst);
             fresh |= old & mask != mask;
+        }
+        if fresh && !self.changed.load(Ordering::SeqCst) {
+            self.changed.store(true, Ordering::SeqCst);
         }
         !fresh
     }
@@ -573,6 +622,30 @@ impl ReplayFilter {
         Ok(())
     }
 
+    /// Saves a snapshot unless nothing was inserted since the last one and `path` holds it:
+    /// the file would be byte for byte the same, and a production filter is ~1.8 GB of fsync'd
+    /// writes every snapshot interval on an idle node. Returns whether it wrote.
+    ///
+    /// No insert is lost to the skip: an insert that read the flag as already set did so
+    /// before this call cleared it (SeqCst: one total order over the flag and the bits), so
+    /// its bits, set before that read, are in this snapshot's word reads.
+    pub fn save_if_changed(&self, path: &Path) -> Result<bool, PersistError> {
+        let changed = self.changed.swap(false, Ordering::SeqCst);
+        if !changed && path.exists() {
+            return Ok(false);
+        }
+        let result = self.save(path);
+        if result.is_err() {
+            self.changed.store(true, Ordering::SeqCst); // try again next time
+        }
+        result.map(|()| true)
+    }
+
+    /// Bytes a snapshot file of this filter takes.
+    pub fn snapshot_bytes(&self) -> u64 {
+        snapshot_file_bytes(&self.params)
+    }
+
     fn write_file(&self, tmp: &Path) -> Result<(), PersistError> {
         // 0600 whatever the umask: the filter tells which packets this node processed.
         let file = {
@@ -595,7 +668,7 @@ impl ReplayFilter {
         let mut chunk = Vec::with_capacity(CHUNK_WORDS * 8);
         for line in self.lines.iter() {
             for word in &line.0 {
-                let value = word.load(Ordering::Acquire);
+                let value = word.load(Ordering::SeqCst);
                 sum.update(value);
                 chunk.extend_from_slice(&value.to_le_bytes());
             }
@@ -644,7 +717,7 @@ impl ReplayFilter {
                 found,
             });
         }
-        let expected = HEADER_BYTES as u64 + params.line_count() * 64 + 8;
+        let expected = snapshot_file_bytes(&params);
         if file_bytes != expected {
             return Err(PersistError::Length {
                 expected,
@@ -672,6 +745,11 @@ impl ReplayFilter {
         }
         Ok(filter)
     }
+}
+
+/// Header, the filter's lines, checksum trailer.
+fn snapshot_file_bytes(params: &ReplayParams) -> u64 {
+    HEADER_BYTES as u64 + params.line_count() * 64 + 8
 }
 
 fn params_from_header(h: &[u8; HEADER_BYTES]) -> ReplayParams {
@@ -717,6 +795,56 @@ mod tests {
             exact.bits_per_item() > 50.0 && exact.bits_per_item() < 90.0,
             "{exact:?}"
         );
+    }
+
+    #[test]
+    fn capacity_sizing_checks_its_inputs() {
+        let small = ReplayParams::for_capacity(4_200_000, 1e-5).unwrap();
+        assert!(small.false_positive_rate() <= 1e-5);
+        assert!(small.bytes() < 48 << 20, "{}", small.bytes());
+        assert!(matches!(
+            ReplayParams::for_capacity(999, 1e-5),
+            Err(SizingError::Capacity { items: 999 })
+        ));
+        assert!(matches!(
+            ReplayParams::for_capacity(1_000_000, f64::NAN),
+            Err(SizingError::FpRate { .. })
+        ));
+        assert!(matches!(
+            ReplayParams::for_capacity(1_000_000, 1.0),
+            Err(SizingError::FpRate { .. })
+        ));
+        let err = ReplayParams::for_capacity(REPLAY_CAPACITY_PACKETS_MAX, 1e-12).unwrap_err();
+        assert!(err.to_string().contains("lower capacity_packets"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_is_written_only_when_a_tag_was_inserted_since_the_last() {
+        let dir = std::env::temp_dir().join(format!("lethe-replay-changed-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = snapshot_path(&dir, 3);
+        let filter = ReplayFilter::new(3, ReplayParams::for_items(1_000, 1e-5, 1).unwrap());
+        // No file yet: written even though empty (a restart then finds it).
+        assert!(filter.save_if_changed(&path).unwrap());
+        assert_eq!(fs::metadata(&path).unwrap().len(), filter.snapshot_bytes());
+        assert!(!filter.save_if_changed(&path).unwrap(), "nothing inserted");
+        assert!(!filter.check_and_insert(&[5; 32]));
+        assert!(filter.save_if_changed(&path).unwrap());
+        assert!(filter.check_and_insert(&[5; 32])); // a replay changes nothing
+        assert!(!filter.save_if_changed(&path).unwrap());
+        let loaded = ReplayFilter::load(&path, 3).unwrap();
+        assert!(loaded.contains(&[5; 32]));
+        assert!(
+            !loaded.save_if_changed(&path).unwrap(),
+            "loaded = what the file holds"
+        );
+        fs::remove_file(&path).unwrap();
+        assert!(
+            loaded.save_if_changed(&path).unwrap(),
+            "the file is gone: rewritten"
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
