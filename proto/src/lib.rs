@@ -7,7 +7,9 @@
 
 pub mod client_session;
 pub mod gateway_session;
+pub mod hex;
 pub mod limits;
+pub mod loopix;
 pub mod wire;
 
 pub use client_session::{ClientEvent, ClientSession};

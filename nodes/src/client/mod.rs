@@ -18,15 +18,12 @@
 //! (timers), [`packets`] (Sphinx building), [`core`] (the state machine), [`runtime`] (tokio
 //! tasks), [`cli`].
 
-pub mod ack;
-pub mod address;
+pub use lethe_proto::loopix::{ack, address, message, retransmit};
 pub mod cli;
 pub mod config;
 pub mod core;
 pub mod credential;
-pub mod message;
 pub mod packets;
-pub mod retransmit;
 pub mod runtime;
 
 pub use address::Recipient;

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::keyfile;
+use crate::hex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Recipient {
@@ -26,9 +26,9 @@ impl fmt::Display for Recipient {
         write!(
             f,
             "{}.{}@{}",
-            keyfile::hex(&self.identity),
-            keyfile::hex(&self.encryption_key),
-            keyfile::hex(&self.gateway)
+            hex::encode(&self.identity),
+            hex::encode(&self.encryption_key),
+            hex::encode(&self.gateway)
         )
     }
 }
@@ -40,11 +40,11 @@ impl FromStr for Recipient {
         let text = text.trim();
         let (client, gateway) = text.split_once('@').ok_or(AddressError("no '@'"))?;
         let (identity, encryption_key) = client.split_once('.').ok_or(AddressError("no '.'"))?;
-        let identity = keyfile::unhex_32(identity).ok_or(AddressError("identity"))?;
+        let identity = hex::decode_32(identity).ok_or(AddressError("identity"))?;
         let encryption_key =
-            keyfile::unhex_32(encryption_key).ok_or(AddressError("encryption key"))?;
-        let gateway = keyfile::unhex_32(gateway).ok_or(AddressError("gateway"))?;
-        if identity == crate::proto::payload::DROP_COVER_DESTINATION {
+            hex::decode_32(encryption_key).ok_or(AddressError("encryption key"))?;
+        let gateway = hex::decode_32(gateway).ok_or(AddressError("gateway"))?;
+        if identity == crate::wire::payload::DROP_COVER_DESTINATION {
             return Err(AddressError("all-zero identity is the drop-cover address"));
         }
         Ok(Recipient {
