@@ -232,6 +232,9 @@ pub struct ReplayFilter {
     /// fresh insert but written only when it flips, so the cores share its line read-only
     /// between snapshots; SeqCst orders the flag with the bits (see `save_if_changed`).
     changed: AtomicBool,
+    /// Allocated empty (not loaded): with nothing inserted, it needs no file (a restart
+    /// without one allocates the same empty filter).
+    created_empty: bool,
 }
 
 impl fmt::Debug for ReplayFilter {
@@ -274,6 +277,7 @@ impl ReplayFilter {
             params,
             lines: lines.into_boxed_slice(),
             changed: AtomicBool::new(false),
+            created_empty: true,
         }
     }
 
@@ -622,16 +626,17 @@ impl ReplayFilter {
         Ok(())
     }
 
-    /// Saves a snapshot unless nothing was inserted since the last one and `path` holds it:
-    /// the file would be byte for byte the same, and a production filter is ~1.8 GB of fsync'd
-    /// writes every snapshot interval on an idle node. Returns whether it wrote.
+    /// Saves a snapshot unless nothing was inserted since the last one and `path` holds it (or
+    /// the filter was allocated empty and is still empty): the file would be byte for byte the
+    /// same, and a production filter is ~1.8 GB of fsync'd writes every snapshot interval and
+    /// at every stop of an idle node. Returns whether it wrote.
     ///
     /// No insert is lost to the skip: an insert that read the flag as already set did so
     /// before this call cleared it (SeqCst: one total order over the flag and the bits), so
     /// its bits, set before that read, are in this snapshot's word reads.
     pub fn save_if_changed(&self, path: &Path) -> Result<bool, PersistError> {
         let changed = self.changed.swap(false, Ordering::SeqCst);
-        if !changed && path.exists() {
+        if !changed && (self.created_empty || path.exists()) {
             return Ok(false);
         }
         let result = self.save(path);
@@ -724,10 +729,11 @@ impl ReplayFilter {
                 found: file_bytes,
             });
         }
-        let filter =
+        let mut filter =
             ReplayFilter::try_new(rotation_id, params).map_err(|_| PersistError::OutOfMemory {
                 bytes: params.bytes(),
             })?;
+        filter.created_empty = false;
         let mut sum = Checksum(Checksum::SEED);
         let mut line_bytes = [0u8; 64];
         for line in filter.lines.iter() {
@@ -825,12 +831,16 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let path = snapshot_path(&dir, 3);
         let filter = ReplayFilter::new(3, ReplayParams::for_items(1_000, 1e-5, 1).unwrap());
-        // No file yet: written even though empty (a restart then finds it).
-        assert!(filter.save_if_changed(&path).unwrap());
-        assert_eq!(fs::metadata(&path).unwrap().len(), filter.snapshot_bytes());
-        assert!(!filter.save_if_changed(&path).unwrap(), "nothing inserted");
+        // Empty since allocated: no file needed (a restart allocates the same empty filter).
+        assert!(!filter.save_if_changed(&path).unwrap());
+        assert!(!path.exists());
         assert!(!filter.check_and_insert(&[5; 32]));
         assert!(filter.save_if_changed(&path).unwrap());
+        assert_eq!(fs::metadata(&path).unwrap().len(), filter.snapshot_bytes());
+        assert!(
+            !filter.save_if_changed(&path).unwrap(),
+            "nothing inserted since"
+        );
         assert!(filter.check_and_insert(&[5; 32])); // a replay changes nothing
         assert!(!filter.save_if_changed(&path).unwrap());
         let loaded = ReplayFilter::load(&path, 3).unwrap();
