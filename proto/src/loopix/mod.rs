@@ -5,5 +5,6 @@
 pub mod ack;
 pub mod address;
 pub mod message;
+pub mod payer;
 pub mod retransmit;
 pub mod schedule;
