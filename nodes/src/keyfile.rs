@@ -156,10 +156,10 @@ pub fn restrict_sqlite(path: &Path) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Reads a private key, refusing (before any use) one that group or others may access, with
-/// the command that fixes it, and one that is not a key, saying what is wrong with it: every
-/// role checks its keys this way at start, so a bad key stops `run` at once, not at first use.
-pub fn read_private(path: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
+/// Refuses a private key file that group or others may access (or that cannot be read), with
+/// the command that fixes it. Every secret a node loads passes here first: the hex keys
+/// ([`read_private`]) and the issuer's key share.
+pub fn check_private_mode(path: &Path) -> Result<(), String> {
     let meta = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
@@ -170,6 +170,14 @@ pub fn read_private(path: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
             shell_quote(&path.to_string_lossy())
         ));
     }
+    Ok(())
+}
+
+/// Reads a private key, refusing (before any use) one that group or others may access, with
+/// the command that fixes it, and one that is not a key, saying what is wrong with it: every
+/// role checks its keys this way at start, so a bad key stops `run` at once, not at first use.
+pub fn read_private(path: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
+    check_private_mode(path)?;
     let text =
         Zeroizing::new(fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?);
     unhex_32(&text).map(Zeroizing::new).ok_or_else(|| {

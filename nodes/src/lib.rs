@@ -10,6 +10,7 @@ pub mod issuer;
 pub mod keyfile;
 pub mod lock;
 pub mod mixnode;
+pub mod ops;
 pub mod proto;
 pub mod sink;
 pub mod socks;

@@ -97,6 +97,18 @@ enum DirectoryCommand {
     },
     /// Serve the directory API until SIGTERM/SIGINT; prints `listen=ADDR` and `key=HEX`.
     Run(directory::DirectoryRunArgs),
+    /// Print the directory's key, listen address, version. Reads only; takes `run`'s flags.
+    Info {
+        #[command(flatten)]
+        args: directory::DirectoryRunArgs,
+        /// One JSON object instead of `name: value` lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check what `run` with these flags needs. Exit status 0: all ok; 1: some FAIL.
+    CheckConfig(directory::DirectoryRunArgs),
+    /// Print a hardened systemd unit (dist/systemd/ holds it with the defaults).
+    SystemdUnit(lethe_nodes::ops::systemd::UnitArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +133,20 @@ enum ProviderCommand {
 enum IssuerCommand {
     /// Run one issuer until SIGTERM/SIGINT.
     Run(issuer::IssuerRunArgs),
+    /// Print the share's index, key fingerprints, listen address, version. Reads only; takes
+    /// `run`'s flags.
+    Info {
+        #[command(flatten)]
+        args: issuer::IssuerRunArgs,
+        /// One JSON object instead of `name: value` lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check what `run` with these flags needs (key share, port). Exit status 0: all ok; 1:
+    /// some FAIL.
+    CheckConfig(issuer::IssuerRunArgs),
+    /// Print a hardened systemd unit (dist/systemd/ holds it with the defaults).
+    SystemdUnit(lethe_nodes::ops::systemd::UnitArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -145,6 +171,27 @@ enum MixnodeCommand {
         #[command(flatten)]
         overrides: Box<RunOverrides>,
     },
+    /// Print the node's identity, Sphinx keys (rotation id, expiry), addresses, config path,
+    /// version and SIMD path. Reads only; works while the node runs. Takes `run`'s flags.
+    Info {
+        #[arg(long, env = "LETHE_DIR")]
+        dir: PathBuf,
+        /// One JSON object instead of `name: value` lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        overrides: Box<RunOverrides>,
+    },
+    /// Check what `run` with these flags needs: config, key files, ports, state dirs, locked
+    /// memory, announce address, disk space. Exit status 0: all ok; 1: some FAIL.
+    CheckConfig {
+        #[arg(long, env = "LETHE_DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        overrides: Box<RunOverrides>,
+    },
+    /// Print a hardened systemd unit (dist/systemd/ holds it with the defaults).
+    SystemdUnit(lethe_nodes::ops::systemd::UnitArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -161,6 +208,27 @@ enum GatewayCommand {
         #[command(flatten)]
         overrides: Box<gateway::RunOverrides>,
     },
+    /// Print the gateway's identity, Sphinx keys, addresses, client URL, config path, version
+    /// and SIMD path. Reads only; works while it runs. Takes `run`'s flags.
+    Info {
+        #[arg(long, env = "LETHE_DIR")]
+        dir: PathBuf,
+        /// One JSON object instead of `name: value` lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        overrides: Box<gateway::RunOverrides>,
+    },
+    /// Check what `run` with these flags needs: config, key files, ports, state dirs, locked
+    /// memory, announce address, disk space. Exit status 0: all ok; 1: some FAIL.
+    CheckConfig {
+        #[arg(long, env = "LETHE_DIR")]
+        dir: PathBuf,
+        #[command(flatten)]
+        overrides: Box<gateway::RunOverrides>,
+    },
+    /// Print a hardened systemd unit (dist/systemd/ holds it with the defaults).
+    SystemdUnit(lethe_nodes::ops::systemd::UnitArgs),
 }
 
 /// Raises the soft limit on open descriptors to the hard one: a node serves thousands of
@@ -196,16 +264,53 @@ fn main() -> ExitCode {
         Command::Mixnode {
             command: MixnodeCommand::Run { dir, overrides },
         } => mixnode::run(&dir, &overrides).map_err(|e| e.to_string()),
+        Command::Mixnode {
+            command:
+                MixnodeCommand::Info {
+                    dir,
+                    json,
+                    overrides,
+                },
+        } => lethe_nodes::ops::info::mixnode(&dir, &overrides, json),
+        Command::Mixnode {
+            command: MixnodeCommand::CheckConfig { dir, overrides },
+        } => lethe_nodes::ops::check::mixnode(&dir, &overrides),
+        Command::Mixnode {
+            command: MixnodeCommand::SystemdUnit(args),
+        } => lethe_nodes::ops::systemd::print(lethe_nodes::ops::systemd::Role::Mixnode, &args),
         Command::Gateway {
             command: GatewayCommand::Init { dir },
         } => gateway::init(&dir),
         Command::Gateway {
             command: GatewayCommand::Run { dir, overrides },
         } => gateway::run(&dir, &overrides),
+        Command::Gateway {
+            command:
+                GatewayCommand::Info {
+                    dir,
+                    json,
+                    overrides,
+                },
+        } => lethe_nodes::ops::info::gateway(&dir, &overrides, json),
+        Command::Gateway {
+            command: GatewayCommand::CheckConfig { dir, overrides },
+        } => lethe_nodes::ops::check::gateway(&dir, &overrides),
+        Command::Gateway {
+            command: GatewayCommand::SystemdUnit(args),
+        } => lethe_nodes::ops::systemd::print(lethe_nodes::ops::systemd::Role::Gateway, &args),
         Command::Keygen(args) => issuer::keygen::run(&args).map_err(anyhow_text),
         Command::Issuer {
             command: IssuerCommand::Run(args),
         } => issuer::server::run(&args).map_err(anyhow_text),
+        Command::Issuer {
+            command: IssuerCommand::Info { args, json },
+        } => lethe_nodes::ops::info::issuer(&args, json),
+        Command::Issuer {
+            command: IssuerCommand::CheckConfig(args),
+        } => lethe_nodes::ops::check::issuer(&args),
+        Command::Issuer {
+            command: IssuerCommand::SystemdUnit(args),
+        } => lethe_nodes::ops::systemd::print(lethe_nodes::ops::systemd::Role::Issuer, &args),
         Command::Credential {
             command: CredentialCommand::Obtain(args),
         } => issuer::run_obtain(&args).map_err(anyhow_text),
@@ -230,6 +335,15 @@ fn main() -> ExitCode {
         Command::Directory {
             command: DirectoryCommand::Run(args),
         } => directory::server::run(&args).map_err(anyhow_text),
+        Command::Directory {
+            command: DirectoryCommand::Info { args, json },
+        } => lethe_nodes::ops::info::directory(&args, json),
+        Command::Directory {
+            command: DirectoryCommand::CheckConfig(args),
+        } => lethe_nodes::ops::check::directory(&args),
+        Command::Directory {
+            command: DirectoryCommand::SystemdUnit(args),
+        } => lethe_nodes::ops::systemd::print(lethe_nodes::ops::systemd::Role::Directory, &args),
         Command::Client { command } => match command {
             ClientCommand::Init(args) => lethe_nodes::client::cli::init(&args),
             ClientCommand::Send(args) => lethe_nodes::client::cli::send(&args),

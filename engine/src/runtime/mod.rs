@@ -47,6 +47,8 @@ pub use egress::{Egress, EgressConfig};
 pub use final_hop::{final_hop_channel, FinalHop, FinalHopSender};
 pub use ingress::IngressLimits;
 pub use liveness::Health;
+/// The port probe `run` does before binding, for `lethe <role> check-config`.
+pub use sock::check_port_free;
 
 use ingress::{Admission, IngressTable};
 use wake_gate::WakeGated;

@@ -169,7 +169,7 @@ fn framing(version: u8) -> Result<FramingVersion, String> {
     }
 }
 
-fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
+pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
     let g = &config.gateway;
     let cores = match g.cores {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
@@ -205,7 +205,9 @@ fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
 }
 
 /// The directory to use, if any: its URL and pinned key.
-fn directory(overrides: &RunOverrides) -> Result<Option<(String, [u8; 32])>, String> {
+pub(crate) fn directory(
+    overrides: &RunOverrides,
+) -> Result<Option<(String, [u8; 32])>, String> {
     match (&overrides.directory, &overrides.directory_key) {
         (Some(url), Some(key)) => {
             let key = keyfile::unhex_32(key)

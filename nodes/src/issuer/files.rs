@@ -135,6 +135,21 @@ impl IssuerKey {
     }
 }
 
+/// Reads an issuer's key file as `issuer run` does: refused before use if group or others
+/// may read it (with the `chmod` that fixes it), or if it is not a valid share, saying what
+/// is wrong and what to do.
+pub fn read_issuer_key(path: &Path, params: &Parameters) -> anyhow::Result<IssuerKey> {
+    crate::keyfile::check_private_mode(path).map_err(anyhow::Error::msg)?;
+    IssuerKey::from_bytes(&read_small(path)?, params).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not an issuer key share: {e:#} (the file `lethe keygen` wrote as \
+             issuer-<i>.key: restore it from a backup; if it is lost, run `lethe keygen` again \
+             and replace every issuer's share and the gateways' verification key)",
+            path.display()
+        )
+    })
+}
+
 /// Encoding of a verification-key share as served and stored: `index u64 BE ‖ key`.
 pub fn vk_share_bytes(index: u64, vk: &VerificationKey) -> Vec<u8> {
     let mut out = index.to_be_bytes().to_vec();

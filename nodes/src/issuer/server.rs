@@ -32,7 +32,7 @@ use axum::{Json, Router};
 use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, issue_bandwidth};
 use lethe_crypto::coconut::{BlindSignRequest, CoconutError, Parameters};
 
-use super::files::{read_small, today, vk_share_bytes, IssuerKey};
+use super::files::{read_issuer_key, today, vk_share_bytes, IssuerKey};
 use super::ratelimit::{Rate, RateLimiter};
 
 /// How long a stopping issuer waits for in-flight requests.
@@ -89,8 +89,7 @@ struct Issuer {
 /// Runs `issuer run` until SIGINT or SIGTERM.
 pub fn run(args: &IssuerRunArgs) -> anyhow::Result<()> {
     let params = bandwidth_parameters()?;
-    let key = IssuerKey::from_bytes(&read_small(&args.key)?, &params)
-        .with_context(|| format!("loading {}", args.key.display()))?;
+    let key = read_issuer_key(&args.key, &params)?;
     let rate = |per_sec: f64, burst: f64| -> anyhow::Result<Rate> {
         anyhow::ensure!(
             per_sec > 0.0 && burst >= 1.0,

@@ -265,7 +265,7 @@ pub(crate) fn save_replay(data_dir: &Path, set: &ReplayFilterSet) -> Result<(), 
     Ok(())
 }
 
-fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
+pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
     let m = &config.mixnode;
     let cores = match m.cores {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
@@ -530,7 +530,11 @@ fn wait_for_signal(
 }
 
 /// Refuses, before anything starts, an announcement that could not work.
-fn check_announce(url: &str, args: &AnnounceArgs, listen: SocketAddr) -> Result<(), String> {
+pub(crate) fn check_announce(
+    url: &str,
+    args: &AnnounceArgs,
+    listen: SocketAddr,
+) -> Result<(), String> {
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(format!(
             "--directory {url}: must be an http:// or https:// URL"

@@ -207,7 +207,7 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn keys_dir(dir: &Path, keys: &KeysSection) -> PathBuf {
+pub(crate) fn keys_dir(dir: &Path, keys: &KeysSection) -> PathBuf {
     let primary = resolve(dir, &keys.sphinx_primary);
     primary
         .parent()
@@ -221,7 +221,7 @@ pub fn rotation_key_path(dir: &Path, keys: &KeysSection, id: RotationId) -> Path
 
 /// Where rotation `id`'s private key is read: its own file, else the primary key `init` wrote
 /// (the one adopted at the first start has no file of its own).
-fn key_file(dir: &Path, keys: &KeysSection, id: RotationId) -> PathBuf {
+pub(crate) fn key_file(dir: &Path, keys: &KeysSection, id: RotationId) -> PathBuf {
     let own = rotation_key_path(dir, keys, id);
     if own.exists() {
         return own;
@@ -247,24 +247,7 @@ fn load_state(
     schedule: &Schedule,
     now_ms: u64,
 ) -> Result<State, String> {
-    let path = keys_dir(dir, keys).join(STATE_FILE);
-    if path.exists() {
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let state: State = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        if state.secondary_rotation_id.is_some() != state.secondary_until_ms.is_some() {
-            return Err(format!(
-                "{}: secondary id and until go together",
-                path.display()
-            ));
-        }
-        if state.primary_rotation_id == RotationId::MAX {
-            return Err(format!(
-                "{}: primary_rotation_id must be below {}",
-                path.display(),
-                RotationId::MAX
-            ));
-        }
+    if let Some(state) = read_state(dir, keys)? {
         return Ok(state);
     }
     let id = if schedule.enabled() {
@@ -281,6 +264,31 @@ fn load_state(
     };
     save_state(dir, keys, &state)?;
     Ok(state)
+}
+
+/// The persisted state, checked, or `None` before the first start; reads only (`lethe mixnode
+/// info` calls it on a running node).
+pub(crate) fn read_state(dir: &Path, keys: &KeysSection) -> Result<Option<State>, String> {
+    let path = keys_dir(dir, keys).join(STATE_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let state: State = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if state.secondary_rotation_id.is_some() != state.secondary_until_ms.is_some() {
+        return Err(format!(
+            "{}: secondary id and until go together",
+            path.display()
+        ));
+    }
+    if state.primary_rotation_id == RotationId::MAX {
+        return Err(format!(
+            "{}: primary_rotation_id must be below {}",
+            path.display(),
+            RotationId::MAX
+        ));
+    }
+    Ok(Some(state))
 }
 
 /// The node's live keys and filters, and what rotates them.
