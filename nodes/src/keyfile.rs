@@ -102,9 +102,9 @@ fn restrict_file(path: &Path) -> std::io::Result<()> {
     };
     if mode & 0o077 != 0 {
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-        eprintln!(
-            "lethe: warning: {} was mode {mode:04o}, readable by other users; changed it to 0600",
-            path.display()
+        tracing::warn!(
+            file = %path.display(),
+            "file was mode {mode:04o}, readable by other users; changed it to 0600"
         );
     }
     Ok(())

@@ -9,6 +9,7 @@ pub mod http;
 pub mod issuer;
 pub mod keyfile;
 pub mod lock;
+pub mod logging;
 pub mod mixnode;
 pub mod ops;
 pub mod proto;

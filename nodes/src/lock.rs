@@ -102,10 +102,10 @@ pub fn restrict_dir(dir: &Path) -> Result<(), String> {
             dir.display()
         )
     })?;
-    eprintln!(
-        "lethe: warning: {} was mode {mode:04o}, open to other users; changed it to 0700 (it \
-         holds private keys and state)",
-        dir.display()
+    tracing::warn!(
+        dir = %dir.display(),
+        "directory was mode {mode:04o}, open to other users; changed it to 0700 (it holds \
+         private keys and state)"
     );
     Ok(())
 }

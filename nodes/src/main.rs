@@ -8,11 +8,22 @@ use clap::{Parser, Subcommand};
 use lethe_nodes::directory;
 use lethe_nodes::gateway;
 use lethe_nodes::issuer;
+use lethe_nodes::logging::{self, LogFormat};
 use lethe_nodes::mixnode::{self, RunOverrides};
 
 #[derive(Parser, Debug)]
 #[command(name = "lethe", version, about = "Lethe: a Nym-compatible mixnet")]
 struct Cli {
+    /// Log lines on stderr: `text` (RFC 3339 UTC time, level, target, message, fields) or
+    /// `json` (one object per line). Which lines: `RUST_LOG` (default `info`).
+    #[arg(
+        long,
+        global = true,
+        env = "LETHE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -231,6 +242,9 @@ enum GatewayCommand {
     SystemdUnit(lethe_nodes::ops::systemd::UnitArgs),
 }
 
+/// Exit status for a bad `RUST_LOG` (as clap exits for bad arguments).
+const EXIT_USAGE: u8 = 2;
+
 /// Raises the soft limit on open descriptors to the hard one: a node serves thousands of
 /// connections (4,096 per engine core, gateway sessions), and the usual soft limit of 1,024
 /// would refuse them long before the node's own caps do.
@@ -252,6 +266,11 @@ fn raise_descriptor_limit() {
 fn main() -> ExitCode {
     raise_descriptor_limit();
     let cli = Cli::parse();
+    if let Err(e) = logging::init(cli.log_format) {
+        // No subscriber to say it with: plain stderr, and clap's exit status for bad usage.
+        eprintln!("lethe: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let anyhow_text = |e: anyhow::Error| format!("{e:#}");
     let result = match cli.command {
         Command::Version => {
@@ -360,7 +379,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("lethe: {message}");
+            tracing::error!("{message}");
             ExitCode::FAILURE
         }
     }

@@ -33,12 +33,15 @@ impl EngineWatch {
             Health::Failed(reason) => Err(format!("engine core failed: {reason}")),
             Health::Stalled(_) if !self.stalled => {
                 self.stalled = true;
-                eprintln!("lethe: engine {health}; heartbeats paused, /health answers 503");
+                tracing::warn!(
+                    health = %health,
+                    "engine stalled: heartbeats paused, /health answers 503"
+                );
                 Ok(())
             }
             Health::Serving if self.stalled => {
                 self.stalled = false;
-                eprintln!("lethe: engine serving again; heartbeats resume");
+                tracing::info!("engine serving again: heartbeats resume");
                 Ok(())
             }
             _ => Ok(()),

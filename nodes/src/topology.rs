@@ -37,6 +37,16 @@ pub enum Role {
     Gateway,
 }
 
+/// As in the JSON (`mixnode`, `gateway`): logs show the same word.
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Mixnode => "mixnode",
+            Role::Gateway => "gateway",
+        })
+    }
+}
+
 /// What a node says about itself; signed by its identity key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

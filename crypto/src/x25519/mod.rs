@@ -62,6 +62,7 @@ mod avx2;
 mod ifma;
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 /// Which implementation a batch call runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,6 +76,15 @@ pub enum SimdPath {
 }
 
 impl SimdPath {
+    /// The name `LETHE_SIMD` takes for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdPath::Ifma => "ifma",
+            SimdPath::Avx2 => "avx2",
+            SimdPath::Portable => "portable",
+        }
+    }
+
     /// Lanes per vector (1 for the portable path).
     pub fn lanes(self) -> usize {
         match self {
@@ -143,6 +153,18 @@ impl std::error::Error for UnsupportedPath {}
 
 static CHOSEN: AtomicU8 = AtomicU8::new(0);
 
+/// Why `LETHE_SIMD` was not followed, if it was set to a path this CPU cannot run (or to no
+/// path at all). Kept, not printed: the crate has no logger, so a binary logs it in its own
+/// format (`lethe` at start, see [`simd_override_rejected`]).
+static REJECTED: OnceLock<String> = OnceLock::new();
+
+/// `Some(reason)` when `LETHE_SIMD` named a path that is unknown or unsupported here and the
+/// detected one is used instead. Chooses the path first if no batch call has yet.
+pub fn simd_override_rejected() -> Option<&'static str> {
+    let _ = simd_path();
+    REJECTED.get().map(String::as_str)
+}
+
 /// The path batch calls use: chosen on first use from CPU features and
 /// `LETHE_SIMD`, then cached.
 pub fn simd_path() -> SimdPath {
@@ -162,12 +184,12 @@ pub fn simd_path() -> SimdPath {
             match wanted {
                 Some(p) if p.is_supported() => p,
                 _ => {
-                    // Races here only repeat the warning; the value chosen is the same.
-                    if CHOSEN.load(Ordering::Relaxed) == 0 {
-                        eprintln!(
-                            "lethe-crypto: LETHE_SIMD={v:?} is unknown or unsupported on this CPU; using {detected:?}"
-                        );
-                    }
+                    // A racing first call finds the same reason; the first one is kept.
+                    let _ = REJECTED.set(format!(
+                        "LETHE_SIMD={} is unknown or unsupported on this CPU; using {}",
+                        v.trim(),
+                        detected.name()
+                    ));
                     detected
                 }
             }

@@ -310,11 +310,11 @@ pub fn init(args: &InitArgs) -> Result<(), String> {
                 let key = crate::directory::client::fetch_key(&http, &args.directory)
                     .await
                     .map_err(|e| e.to_string())?;
-                eprintln!(
-                    "lethe client: trusting the directory key {} as served by {} (trust on \
-                     first use; pass --directory-key to pin a key obtained out of band)",
-                    keyfile::hex(&key),
-                    args.directory
+                tracing::warn!(
+                    directory = %args.directory,
+                    directory_key = %keyfile::hex(&key),
+                    "trusting the directory key as served (trust on first use; pass \
+                     --directory-key to pin a key obtained out of band)"
                 );
                 key
             }
@@ -355,14 +355,14 @@ pub fn init(args: &InitArgs) -> Result<(), String> {
                 match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
                     Ok(Ok(true)) => return Err(credentials_required_error(args, &gateway)),
                     Ok(Ok(false)) => {}
-                    Ok(Err(e)) => eprintln!(
-                        "lethe client: could not ask the gateway whether it requires \
-                         credentials ({e}); going on"
+                    Ok(Err(e)) => tracing::warn!(
+                        error = %e,
+                        "could not ask the gateway whether it requires credentials; going on"
                     ),
-                    Err(_) => eprintln!(
-                        "lethe client: the gateway did not say within {}s whether it requires \
-                         credentials; going on",
-                        PROBE_TIMEOUT.as_secs()
+                    Err(_) => tracing::warn!(
+                        timeout_s = PROBE_TIMEOUT.as_secs(),
+                        "the gateway did not say in time whether it requires credentials; \
+                         going on"
                     ),
                 }
             }
@@ -386,9 +386,10 @@ pub fn init(args: &InitArgs) -> Result<(), String> {
             waited.map_err(|e| e.to_string())
         };
         if let Err(e) = registered.await {
-            eprintln!(
-                "lethe client: could not register with the gateway yet ({e}); it registers on \
-                 first connect, and keeps messages for this client only from then on"
+            tracing::warn!(
+                error = %e,
+                "could not register with the gateway yet: it registers on first connect, and \
+                 keeps messages for this client only from then on"
             );
         }
         // Beside the keys, for scripts: `--to "$(cat DIR/address)"`.
@@ -443,11 +444,11 @@ pub fn send(args: &SendArgs) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         if let Some(path) = &args.file {
-            eprintln!(
-                "lethe client: the file's name ({}) is not sent: the recipient's `client \
-                 receive` writes it as {}",
-                path.display(),
-                received_file_name(ticket.message_id)
+            tracing::info!(
+                file = %path.display(),
+                written_as = %received_file_name(ticket.message_id),
+                "the file's name is not sent: the recipient's `client receive` writes it under \
+                 its message id"
             );
         }
         let mut progress = ticket.progress.clone();
@@ -570,10 +571,9 @@ pub fn receive(args: &ReceiveArgs) -> Result<(), String> {
                 // Said once: the wire format has no field for a name (a fragment carries an
                 // id, flags and data; unknown flags are refused by receivers), so none can
                 // arrive, and the id is what tells messages apart.
-                eprintln!(
-                    "lethe client: messages carry no file name; each is written to {} as \
-                     msg-<message id>",
-                    args.out.display()
+                tracing::info!(
+                    out = %args.out.display(),
+                    "messages carry no file name; each is written as msg-<message id>"
                 );
             }
             let path = write_durably(

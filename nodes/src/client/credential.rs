@@ -135,7 +135,11 @@ impl Wallet {
         };
         let from = dir.join(CREDENTIAL_FILE);
         if let Err(e) = std::fs::rename(&from, dir.join(to)) {
-            eprintln!("lethe client: {}: {e}", from.display());
+            tracing::error!(
+                file = %from.display(),
+                error = %e,
+                "moving the credential aside failed"
+            );
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod config;
 pub mod core;
 pub mod credential;
 pub mod packets;
+pub mod refusals;
 pub mod runtime;
 
 pub use address::Recipient;

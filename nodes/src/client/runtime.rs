@@ -31,6 +31,7 @@ use super::core::{
     bump, Core, CoreLimits, MessageTicket, Received, SendError, Stats, StatsSnapshot,
 };
 use super::credential::{Wallet, LOW_WATER_BYTES};
+use super::refusals::{Refusal, Refusals};
 use crate::proto::{
     messages::{error_code, CONFIRM_IDS_MAX},
     ClientHandshake, ClientMessage, GatewayMessage, Session, WS_MESSAGE_BYTES_MAX,
@@ -105,7 +106,7 @@ impl ClientConfig {
             wallet: match Wallet::open(&files.dir) {
                 Ok(wallet) => wallet.map(|w| Arc::new(std::sync::Mutex::new(w))),
                 Err(e) => {
-                    eprintln!("lethe client: no credential will be spent: {e}");
+                    tracing::warn!(error = %e, "no credential will be spent");
                     None
                 }
             },
@@ -123,7 +124,7 @@ pub enum ClientError {
     NoClientUrl(String),
     #[error("{0}")]
     Send(#[from] SendError),
-    #[error("not connected to the gateway within {0:?}: {1}")]
+    #[error("not connected to the gateway within {secs} s: {1}", secs = .0.as_secs_f64())]
     NotConnected(Duration, String),
 }
 
@@ -234,7 +235,9 @@ impl ClientHandle {
             _ => {
                 let state = match self.connection_state() {
                     ConnectionState::Failed(e) => e,
-                    state => format!("{state:?}"),
+                    ConnectionState::Connecting => "still connecting".to_string(),
+                    ConnectionState::Connected => "connected just now".to_string(),
+                    ConnectionState::Closed => "the client was shut down".to_string(),
                 };
                 Err(ClientError::NotConnected(timeout, state))
             }
@@ -391,6 +394,7 @@ pub async fn connect(
         refresh,
         connected: false,
         start: Instant::now(),
+        refusals: Refusals::default(),
     };
     tokio::spawn(runner.run(command_rx, event_rx, confirm_rx, topology_rx));
     Ok((
@@ -414,6 +418,8 @@ struct CoreTask {
     refresh: Arc<Notify>,
     connected: bool,
     start: Instant,
+    /// The gateway's refusals of our packets, logged once per episode (see [`Refusals`]).
+    refusals: Refusals,
 }
 
 fn after_ms(ms: f64) -> Duration {
@@ -524,6 +530,9 @@ impl CoreTask {
                     self.push_confirm(expired);
                     if Instant::now() >= next_housekeeping {
                         next_housekeeping = Instant::now() + HOUSEKEEPING;
+                        if let Some(ended) = self.refusals.quiet(Instant::now().into_std()) {
+                            log_refusals_ended(&ended);
+                        }
                     }
                     if self.core.take_build_failure() {
                         // Routes failed: a fresher topology may help (the task rate-limits).
@@ -593,7 +602,19 @@ impl CoreTask {
                 ..
             }) => {}
             Event::Gateway(GatewayMessage::Error { code, text }) => {
-                eprintln!("lethe client: gateway error {code}: {text}");
+                let (refusal, ended) = self.refusals.refused(code, Instant::now().into_std());
+                if let Some(ended) = ended {
+                    log_refusals_ended(&ended);
+                }
+                match refusal {
+                    Refusal::New => tracing::warn!(
+                        code,
+                        "the gateway refuses our packets: {text} (repeats logged at debug level)"
+                    ),
+                    Refusal::Repeat { count } => {
+                        tracing::debug!(code, count, "the gateway refused a packet: {text}")
+                    }
+                }
             }
         }
     }
@@ -626,6 +647,16 @@ impl CoreTask {
     }
 }
 
+/// The line closing an episode of refusals that [`CoreTask::event`] opened with a warning.
+fn log_refusals_ended(ended: &super::refusals::Ended) {
+    tracing::info!(
+        code = ended.code,
+        refused = ended.count,
+        quiet_s = super::refusals::QUIET.as_secs(),
+        "the gateway stopped refusing our packets"
+    );
+}
+
 async fn topology_task(
     source: Arc<dyn TopologySource>,
     mut seen_epoch: u64,
@@ -655,7 +686,11 @@ async fn topology_task(
                 wait = every;
             }
             Err(error) => {
-                eprintln!("lethe client: topology refresh failed: {error}");
+                tracing::warn!(
+                    %error,
+                    retry_in_s = TOPOLOGY_RETRY.as_secs(),
+                    "topology refresh failed"
+                );
                 wait = TOPOLOGY_RETRY;
             }
         }
@@ -705,7 +740,7 @@ async fn connection_task(
                     state.send_replace(ConnectionState::Closed);
                     return;
                 }
-                eprintln!("lethe client: gateway connection: {reason}");
+                tracing::warn!(%reason, "gateway connection failed; retrying");
                 state.send_replace(ConnectionState::Failed(reason));
                 refresh.notify_one();
             }
@@ -756,8 +791,10 @@ impl Payer {
         message: &GatewayMessage,
         stats: &Stats,
     ) -> Option<ClientMessage> {
-        // Urgent: nothing left (a zero balance or a refused forward), not merely low.
-        let mut urgent = false;
+        // A forward was refused for lack of bandwidth: packets are being lost now. A low or
+        // zero balance alone is not a problem (receiving costs nothing; a client that only
+        // receives may never need a credential), so only a refusal is worth a warning.
+        let mut refused = false;
         let wanted = match message {
             GatewayMessage::Bandwidth { remaining_bytes } => {
                 if self.pending {
@@ -768,13 +805,9 @@ impl Payer {
                             w.mark_spent();
                         }
                     }
-                    eprintln!(
-                        "lethe client: credential spent: the gateway credits {remaining_bytes} \
-                         bytes"
-                    );
+                    tracing::info!(remaining_bytes, "credential spent: the gateway credited it");
                     false
                 } else {
-                    urgent = *remaining_bytes == 0;
                     *remaining_bytes < LOW_WATER_BYTES
                 }
             }
@@ -782,7 +815,7 @@ impl Payer {
                 code: error_code::NO_BANDWIDTH,
                 ..
             } => {
-                urgent = true;
+                refused = true;
                 true
             }
             GatewayMessage::Error {
@@ -795,7 +828,7 @@ impl Payer {
                         w.mark_refused();
                     }
                 }
-                eprintln!("lethe client: the gateway refused our credential: {text}");
+                tracing::warn!("the gateway refused our credential: {text}");
                 false
             }
             // The gateway could not verify it now (busy, storage): kept, tried again when the
@@ -829,26 +862,38 @@ impl Payer {
                 self.pending = true;
                 Some(ClientMessage::Credential { bytes })
             }
-            Ok(None) if !urgent => None,
+            Ok(None) if !refused => {
+                tracing::debug!("bandwidth balance low and no credential to spend");
+                None
+            }
             Ok(None) => {
                 bump(&stats.no_bandwidth);
                 if !self.warned {
                     self.warned = true;
-                    eprintln!(
-                        "lethe client: no bandwidth at the gateway and no credential to spend: \
-                         obtain one with `lethe credential obtain ... --out DIR/credential` \
-                         (and DIR/verification.key), or `lethe client init --credential`"
+                    tracing::warn!(
+                        "the gateway refuses our packets for lack of bandwidth and there is no \
+                         credential to spend: obtain one with `lethe credential obtain ... --out \
+                         DIR/credential` (and DIR/verification.key), or `lethe client init \
+                         --credential`"
                     );
                 }
                 None
             }
             Err(e) => {
-                if urgent {
+                if refused {
                     bump(&stats.no_bandwidth);
                 }
                 if !self.warned {
                     self.warned = true;
-                    eprintln!("lethe client: no bandwidth, and the credential is unusable: {e}");
+                    if refused {
+                        tracing::warn!(
+                            error = %e,
+                            "the gateway refuses our packets for lack of bandwidth, and the \
+                             credential is unusable"
+                        );
+                    } else {
+                        tracing::warn!(error = %e, "the credential is unusable");
+                    }
                 }
                 None
             }

@@ -162,9 +162,10 @@ fn is_unknown(e: &DirectoryClientError) -> bool {
 impl Task {
     async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let http = client::http_client();
-        let who = {
+        // Logged with every line: which of the node's announcers speaks (a gateway has one).
+        let (role, mix_address) = {
             let d = self.descriptor.borrow();
-            format!("{:?} {}", d.role, d.mix_address)
+            (d.role, d.mix_address)
         };
         let mut backoff = BACKOFF_INITIAL;
         let mut failures = 0u32;
@@ -175,7 +176,12 @@ impl Task {
             match or_stop(&mut stop, registered).await {
                 None => return,
                 Some(Ok(())) => {
-                    eprintln!("announce: {who} registered with {}", self.url);
+                    tracing::info!(
+                        %role,
+                        %mix_address,
+                        directory = %self.url,
+                        "registered with the directory"
+                    );
                     self.registered.store(true, Ordering::Relaxed);
                     backoff = BACKOFF_INITIAL;
                     failures = 0;
@@ -183,7 +189,14 @@ impl Task {
                 Some(Err(e)) => {
                     // Log the first failure and then every tenth, not every retry.
                     if failures.is_multiple_of(10) {
-                        eprintln!("announce: {who}: registration failed (retrying): {e}");
+                        tracing::warn!(
+                            %role,
+                            %mix_address,
+                            directory = %self.url,
+                            error = %e,
+                            failures,
+                            "registration failed; retrying"
+                        );
                     }
                     failures = failures.saturating_add(1);
                     let delay = jitter(backoff);
@@ -210,7 +223,11 @@ impl Task {
                 match or_stop(&mut stop, wait).await {
                     None => return,
                     Some(true) => {
-                        eprintln!("announce: {who}: descriptor changed; registering again");
+                        tracing::info!(
+                            %role,
+                            %mix_address,
+                            "descriptor changed; registering again"
+                        );
                         break;
                     }
                     Some(false) => {}
@@ -222,13 +239,25 @@ impl Task {
                     None => return,
                     Some(Ok(())) => failures = 0,
                     Some(Err(e)) if is_unknown(&e) => {
-                        eprintln!("announce: {who}: directory does not know us; registering again");
+                        tracing::warn!(
+                            %role,
+                            %mix_address,
+                            directory = %self.url,
+                            "the directory does not know us; registering again"
+                        );
                         self.registered.store(false, Ordering::Relaxed);
                         break;
                     }
                     Some(Err(e)) => {
                         if failures.is_multiple_of(10) {
-                            eprintln!("announce: {who}: heartbeat failed: {e}");
+                            tracing::warn!(
+                                %role,
+                                %mix_address,
+                                directory = %self.url,
+                                error = %e,
+                                failures,
+                                "heartbeat failed"
+                            );
                         }
                         failures = failures.saturating_add(1);
                     }

@@ -176,10 +176,19 @@ impl Directory {
             json: Bytes::from(json),
         };
         *self.published.write().unwrap_or_else(|e| e.into_inner()) = published.clone();
-        eprintln!(
-            "directory: published epoch {epoch}: layers {:?}, {} gateway(s), valid until {valid_until_s}",
-            topology.layers.iter().map(Vec::len).collect::<Vec<_>>(),
-            topology.gateways.len()
+        // Mixnodes per layer, layer 1 first: `2/2/2`.
+        let layers = topology
+            .layers
+            .iter()
+            .map(|l| l.len().to_string())
+            .collect::<Vec<_>>()
+            .join("/");
+        tracing::info!(
+            epoch,
+            layers = %layers,
+            gateways = topology.gateways.len(),
+            valid_until_s,
+            "published topology"
         );
         Ok(published)
     }
@@ -191,14 +200,14 @@ impl Directory {
             return;
         }
         for identity in &dropped {
-            eprintln!("directory: dropped {identity} (no heartbeat)");
+            tracing::info!(%identity, "dropped node: no heartbeat");
         }
         for identity in &moved {
-            eprintln!("directory: moved {identity} to rebalance layers");
+            tracing::info!(%identity, "moved node to rebalance layers");
         }
         let changed: Vec<String> = dropped.into_iter().chain(moved).collect();
         if let Err(e) = inner.store.save_nodes(&inner.registry, &changed) {
-            eprintln!("directory: storing the drop failed: {e}");
+            tracing::error!(error = %e, "storing dropped and moved nodes failed");
         }
         inner.dirty = true;
     }
@@ -219,7 +228,7 @@ pub fn run(args: &DirectoryRunArgs) -> anyhow::Result<()> {
         .load()
         .with_context(|| format!("reading {}", db.display()))?;
     for problem in &skipped {
-        eprintln!("directory: ignoring stored node {problem}");
+        tracing::warn!("ignoring stored node {problem}");
     }
     let (mut registry, repaired) = Registry::from_entries(entries);
     // Nodes could not heartbeat while the directory was down: give each a full timeout.
@@ -306,10 +315,11 @@ async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<
         writeln!(out, "epoch={}", directory.published().epoch)?;
         out.flush()?;
     }
-    eprintln!(
-        "directory: serving on {bound}, epoch {} s, heartbeat timeout {} s",
-        directory.epoch_s,
-        directory.timeout_ms / 1000
+    tracing::info!(
+        listen = %bound,
+        epoch_s = directory.epoch_s,
+        heartbeat_timeout_s = directory.timeout_ms / 1000,
+        "directory serving"
     );
     let publisher = tokio::spawn(publisher(directory.clone()));
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -331,7 +341,7 @@ async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<
     let result = tokio::select! {
         served = server => served.context("serving"),
         () = deadline => {
-            eprintln!("directory: shutdown deadline passed; dropping open connections");
+            tracing::warn!("shutdown deadline passed; dropping open connections");
             Ok(())
         }
     };
@@ -355,7 +365,7 @@ async fn publisher(directory: Arc<Directory>) {
             if epoch_due || (inner.dirty && since >= PUBLISH_INTERVAL_MIN) {
                 match directory.publish(&mut inner) {
                     Ok(_) => last_publish = Instant::now(),
-                    Err(e) => eprintln!("directory: publication failed: {e:#}"),
+                    Err(e) => tracing::error!("publication failed: {e:#}"),
                 }
             } else if inner.dirty {
                 wait = wait.min(PUBLISH_INTERVAL_MIN.saturating_sub(since));
@@ -493,7 +503,7 @@ async fn register(
         let identity = descriptor.identity.clone();
         let (what, changed) = inner.registry.register(descriptor, signed_json, now_ms())?;
         if let Err(e) = inner.store.save_nodes(&inner.registry, &changed) {
-            eprintln!("directory: storing {identity} failed: {e}");
+            tracing::error!(%identity, error = %e, "storing a registration failed");
         }
         if what != Registered::Refreshed {
             inner.dirty = true;
@@ -504,10 +514,23 @@ async fn register(
                 } else {
                     "updated"
                 };
-                eprintln!(
-                    "directory: {what} {:?} {identity} at {} (layer {:?})",
-                    d.role, d.mix_address, entry.layer
-                );
+                // Layers counted from 1 as operators say them (layer 1: first hop);
+                // gateways have none.
+                match entry.layer {
+                    Some(layer) => tracing::info!(
+                        role = %d.role,
+                        %identity,
+                        mix_address = %d.mix_address,
+                        layer = layer + 1,
+                        "{what} node"
+                    ),
+                    None => tracing::info!(
+                        role = %d.role,
+                        %identity,
+                        mix_address = %d.mix_address,
+                        "{what} node"
+                    ),
+                }
             }
         }
         let layer = inner.registry.get(&identity).and_then(|e| e.layer);
@@ -558,7 +581,7 @@ async fn heartbeat(
         if fresh {
             if let Some(entry) = inner.registry.get(&heartbeat.identity) {
                 if let Err(e) = inner.store.save_liveness(entry) {
-                    eprintln!("directory: storing a heartbeat failed: {e}");
+                    tracing::error!(error = %e, "storing a heartbeat failed");
                 }
             }
         }

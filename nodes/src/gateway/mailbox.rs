@@ -629,7 +629,7 @@ impl Writer {
             // Nothing of this batch is durable: no ACK, no push; counts and records are
             // re-read, and clients whose record was lost stay known in memory.
             GatewayMetrics::add(&self.metrics.database_errors, 1);
-            eprintln!("lethe: gateway mailbox: commit failed: {e}");
+            tracing::error!(error = %e, batch = pending.len(), "mailbox commit failed");
             let _ = self.recount();
             let _ = self.load_clients();
             for item in &pending {
@@ -700,7 +700,7 @@ impl Writer {
             }
             Err(e) => {
                 GatewayMetrics::add(&self.metrics.database_errors, 1);
-                eprintln!("lethe: gateway mailbox: retention failed: {e}");
+                tracing::error!(error = %e, "mailbox retention failed");
             }
         }
         self.expire_clients();
@@ -721,7 +721,7 @@ impl Writer {
             }
             Err(e) => {
                 GatewayMetrics::add(&self.metrics.database_errors, 1);
-                eprintln!("lethe: gateway mailbox: client expiry failed: {e}");
+                tracing::error!(error = %e, "mailbox client expiry failed");
             }
         }
     }

@@ -154,7 +154,7 @@ pub fn refresh_topology(
                         }
                     }
                     Err(e) => {
-                        eprintln!("lethe: gateway topology: {e}");
+                        tracing::warn!(error = %e, "topology fetch failed; retrying");
                         TOPOLOGY_RETRY
                     }
                 };

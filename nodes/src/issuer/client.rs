@@ -458,10 +458,10 @@ async fn get_bytes(req: reqwest::RequestBuilder, retry: Retry) -> anyhow::Result
             // Our own backoff, shortened to end at the deadline for one last attempt there.
             None => (pause + pause.mul_f64(rand::random_range(0.0..0.25))).min(left),
         };
-        eprintln!(
-            "lethe: {}: {error:#}; asking again in {:.1} s",
-            attempt_url(&req),
-            wait.as_secs_f64()
+        tracing::warn!(
+            issuer = %attempt_url(&req),
+            retry_in_s = format_args!("{:.1}", wait.as_secs_f64()),
+            "issuer request failed: {error:#}; asking again"
         );
         tokio::time::sleep(wait).await;
         pause = (pause * 2).min(retry.policy.max_pause);

@@ -135,9 +135,12 @@ async fn serve(issuer: Arc<Issuer>, listen: SocketAddr, max_body: usize) -> anyh
         writeln!(out, "listening on {bound}")?;
         out.flush()?;
     }
-    eprintln!(
-        "issuer {} serving {} bytes per credential, valid {} days",
-        issuer.key.index, issuer.bandwidth, issuer.validity_days
+    tracing::info!(
+        listen = %bound,
+        index = issuer.key.index,
+        bandwidth_bytes = issuer.bandwidth,
+        validity_days = issuer.validity_days,
+        "issuer serving"
     );
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(
@@ -159,7 +162,7 @@ async fn serve(issuer: Arc<Issuer>, listen: SocketAddr, max_body: usize) -> anyh
     tokio::select! {
         served = server => served.context("serving"),
         () = deadline => {
-            eprintln!("shutdown deadline passed; dropping open connections");
+            tracing::warn!("shutdown deadline passed; dropping open connections");
             Ok(())
         }
     }

@@ -238,10 +238,7 @@ pub(crate) fn load_replay(
         let filter = if path.exists() {
             let filter =
                 ReplayFilter::load(&path, id).map_err(|e| format!("{}: {e}", path.display()))?;
-            eprintln!(
-                "lethe: replay filter for rotation {id} loaded from {}",
-                path.display()
-            );
+            tracing::info!(rotation = id, file = %path.display(), "replay filter loaded");
             filter
         } else {
             ReplayFilter::try_new(id, params)
@@ -281,9 +278,11 @@ pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
     }
     let engine = engine_config(&config.engine)?;
     let frame_bytes_max = egress_frame_bytes(&engine, m.egress_queue_packets_max);
-    eprintln!(
-        "lethe: packet sizes {}: {} buffers of {} B per core",
-        engine.packet_sizes, engine.pool_buffers_count, engine.pool_buffer_bytes
+    tracing::info!(
+        packet_sizes = %engine.packet_sizes,
+        pool_buffers_per_core = engine.pool_buffers_count,
+        pool_buffer_bytes = engine.pool_buffer_bytes,
+        "packet pool"
     );
     Ok(RuntimeConfig {
         listen: m.listen_address,
@@ -449,10 +448,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         )?),
         None => None,
     };
-    eprintln!(
-        "lethe: mixnode up on {} with {cores} core(s)",
-        runtime.local_addr()
-    );
+    tracing::info!(listen = %runtime.local_addr(), cores, "mixnode up");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     let signal = match wait_for_signal(&mut signals, &mut rotation, &runtime, announcer.as_ref()) {
@@ -460,21 +456,22 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         Err(failure) => {
             // A core is gone: keep the replay state, say why, and let the supervisor restart
             // us. Not joined: a wedged core would hold the exit up.
-            eprintln!("lethe: {failure}: exiting");
+            tracing::error!("{failure}: exiting");
             if let Some(announcer) = announcer {
                 announcer.stop();
             }
             runtime.shutdown();
             if let Err(e) = save_replay_locked(&data_dir, rotation.replay()) {
-                eprintln!("lethe: replay snapshot at exit failed: {e}");
+                tracing::error!(error = %e, "replay snapshot at exit failed");
             }
             report(&metrics);
             std::process::exit(crate::supervise::EXIT_ENGINE_FAILED);
         }
     };
-    eprintln!(
-        "lethe: signal {signal:?}: stopping (grace {} ms)",
-        config.mixnode.shutdown_grace_ms
+    tracing::info!(
+        signal = crate::logging::signal_name(signal),
+        grace_ms = config.mixnode.shutdown_grace_ms,
+        "stopping mixnode"
     );
     // Stop heartbeating first: the directory drops us from the next topology.
     if let Some(announcer) = announcer {
@@ -520,7 +517,7 @@ fn wait_for_signal(
             Ok(false) => {}
             Err(e) => {
                 if failures.is_multiple_of(100) {
-                    eprintln!("lethe: sphinx key rotation failed (retrying): {e}");
+                    tracing::error!(error = %e, failures, "sphinx key rotation failed; retrying");
                 }
                 failures = failures.saturating_add(1);
             }
@@ -581,7 +578,7 @@ fn start_announcer(
         None,
         Some(metrics_url),
     );
-    eprintln!("lethe: announcing {mix_address} to {url}");
+    tracing::info!(%mix_address, directory = %url, "announcing");
     crate::directory::spawn_announcer(
         url,
         &identity,
@@ -613,7 +610,7 @@ pub(crate) fn spawn_snapshots(
             std::thread::sleep(Duration::from_millis(100));
             if last.elapsed() >= interval {
                 if let Err(e) = save_replay_locked(&data_dir, &replay) {
-                    eprintln!("lethe: replay snapshot failed: {e}");
+                    tracing::error!(error = %e, "replay snapshot failed");
                 }
                 last = Instant::now();
             }
@@ -623,16 +620,16 @@ pub(crate) fn spawn_snapshots(
 
 pub(crate) fn report(metrics: &[Arc<CoreMetrics>]) {
     let sum = |f: &dyn Fn(&CoreMetrics) -> u64| metrics.iter().map(|m| f(m)).sum::<u64>();
-    eprintln!(
-        "lethe: stopped: received {} forwarded {} sent {}",
-        sum(&|m| CoreMetrics::get(&m.packets_received)),
-        sum(&|m| CoreMetrics::get(&m.packets_forwarded)),
-        sum(&|m| CoreMetrics::get(&m.packets_sent)),
+    tracing::info!(
+        received = sum(&|m| CoreMetrics::get(&m.packets_received)),
+        forwarded = sum(&|m| CoreMetrics::get(&m.packets_forwarded)),
+        sent = sum(&|m| CoreMetrics::get(&m.packets_sent)),
+        "engine stopped"
     );
     for reason in DropReason::ALL {
         let count = sum(&|m| m.dropped_count(reason));
         if count > 0 {
-            eprintln!("lethe: dropped {count} ({})", reason.label());
+            tracing::info!(reason = reason.label(), count, "engine dropped packets");
         }
     }
 }

@@ -55,11 +55,11 @@ fn bridge(handle: Arc<ClientHandle>, mut received: mpsc::Receiver<ReceivedMessag
     tokio::spawn(async move {
         while let Some(message) = out_rx.recv().await {
             let Ok(recipient) = message.to.parse::<Recipient>() else {
-                eprintln!("lethe: relay: bad recipient address {:?}", message.to);
+                tracing::warn!(to = %message.to, "relay: bad recipient address; dropped");
                 continue;
             };
             if let Err(e) = sender.send(&recipient, message.bytes, 0).await {
-                eprintln!("lethe: relay: send failed: {e}");
+                tracing::error!(error = %e, "relay: send failed; relay stopped");
                 break;
             }
         }
@@ -110,10 +110,7 @@ pub fn socks5(args: &Socks5Args) -> Result<(), String> {
         let (handle, received) = start_client(&args.dir, &args.traffic).await?;
         println!("socks5={local}");
         println!("address={}", handle.address());
-        eprintln!(
-            "lethe: SOCKS5 proxy on {local}, relaying to {}",
-            args.provider
-        );
+        tracing::info!(listen = %local, provider = %args.provider, "SOCKS5 proxy up");
         let port = bridge(handle.clone(), received);
         let stats = Arc::new(super::proxy::ProxyStats::default());
         tokio::select! {
@@ -133,10 +130,10 @@ pub fn provider(args: &ProviderArgs) -> Result<(), String> {
     runtime()?.block_on(async {
         let (handle, received) = start_client(&args.dir, &args.traffic).await?;
         println!("address={}", handle.address());
-        eprintln!(
-            "lethe: service provider {} allowing {}",
-            handle.address(),
-            args.allow.join(",")
+        tracing::info!(
+            address = %handle.address(),
+            allow = %args.allow.join(","),
+            "service provider up"
         );
         let port = bridge(handle.clone(), received);
         let stats = Arc::new(super::provider::ProviderStats::default());
