@@ -41,15 +41,39 @@ fn simd(fields: &mut Fields) {
     fields.push(("simd_symmetric", lethe_crypto::simd::path_name().into()));
 }
 
+/// The order of a Sphinx key's fields on its `sphinx_key:` line.
+const OBJECT_ORDER: [&str; 9] = [
+    "slot",
+    "rotation_id",
+    "public_key",
+    "rotates_at",
+    "rotates_in_s",
+    "expires_at",
+    "expires_in_s",
+    "file",
+    "note",
+];
+
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(k, v)| format!("{k}={}", text(v)))
-            .collect::<Vec<_>>()
-            .join(" "),
+        // Known keys first, in reading order (a JSON map sorts them), then any others.
+        Value::Object(map) => {
+            let rank = |k: &str| {
+                OBJECT_ORDER
+                    .iter()
+                    .position(|o| *o == k)
+                    .unwrap_or(usize::MAX)
+            };
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by_key(|(k, _)| rank(k));
+            entries
+                .iter()
+                .map(|(k, v)| format!("{k}={}", text(v)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
         other => other.to_string(),
     }
 }

@@ -119,6 +119,16 @@ fn unit_path(path: &Path) -> Result<String, String> {
             "--dir {text}: must be an absolute path without spaces, quotes, backslashes, % $ ;"
         ));
     }
+    // ProtectHome=yes hides these from the service.
+    if ["/home", "/root", "/run/user"]
+        .iter()
+        .any(|hidden| path.starts_with(hidden))
+    {
+        return Err(format!(
+            "--dir {text}: the unit's ProtectHome=yes hides home directories from the node; \
+             put its state under /var/lib/lethe or /srv"
+        ));
+    }
     Ok(text.trim_end_matches('/').to_string())
 }
 
@@ -287,6 +297,7 @@ mod tests {
         assert!(unit(Role::Mixnode, Path::new("relative"), "lethe").is_err());
         assert!(unit(Role::Mixnode, Path::new("/var/lib/a b"), "lethe").is_err());
         assert!(unit(Role::Mixnode, Path::new("/var/lib/%h"), "lethe").is_err());
+        assert!(unit(Role::Mixnode, Path::new("/home/op/mix"), "lethe").is_err());
         assert!(unit(Role::Mixnode, Path::new("/var/lib/x"), "a b").is_err());
     }
 
