@@ -287,7 +287,7 @@ pub fn render_prometheus(cores: &[std::sync::Arc<CoreMetrics>], uptime_s: u64, o
         ),
         (
             "lethe_uptime_seconds_total",
-            "Seconds since start.",
+            "Deprecated, removed in the next release: use the gauge lethe_uptime_seconds.",
             uptime_s,
         ),
     ];

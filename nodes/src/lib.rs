@@ -12,6 +12,7 @@ pub mod lock;
 pub mod logging;
 pub mod mixnode;
 pub mod ops;
+pub mod prometheus;
 pub mod proto;
 pub mod sink;
 pub mod socks;

@@ -203,6 +203,19 @@ enum MixnodeCommand {
     },
     /// Print a hardened systemd unit (dist/systemd/ holds it with the defaults).
     SystemdUnit(lethe_nodes::ops::systemd::UnitArgs),
+    /// Remove the node from the directory at once, signed with its identity key (`run`
+    /// does this itself on SIGTERM/SIGINT).
+    Deregister(DeregisterArgs),
+}
+
+/// Flags of `lethe mixnode|gateway deregister`.
+#[derive(clap::Args, Debug)]
+struct DeregisterArgs {
+    #[arg(long, env = "LETHE_DIR")]
+    dir: PathBuf,
+    /// Directory base URL (`http://host:port`).
+    #[arg(long, env = "LETHE_DIRECTORY")]
+    directory: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -240,6 +253,9 @@ enum GatewayCommand {
     },
     /// Print a hardened systemd unit (dist/systemd/ holds it with the defaults).
     SystemdUnit(lethe_nodes::ops::systemd::UnitArgs),
+    /// Remove the gateway from the directory at once, signed with its identity key (`run`
+    /// does this itself on SIGTERM/SIGINT).
+    Deregister(DeregisterArgs),
 }
 
 /// Exit status for a bad `RUST_LOG` (as clap exits for bad arguments).
@@ -297,6 +313,9 @@ fn main() -> ExitCode {
         Command::Mixnode {
             command: MixnodeCommand::SystemdUnit(args),
         } => lethe_nodes::ops::systemd::print(lethe_nodes::ops::systemd::Role::Mixnode, &args),
+        Command::Mixnode {
+            command: MixnodeCommand::Deregister(args),
+        } => mixnode::deregister(&args.dir, &args.directory),
         Command::Gateway {
             command: GatewayCommand::Init { dir },
         } => gateway::init(&dir),
@@ -317,6 +336,9 @@ fn main() -> ExitCode {
         Command::Gateway {
             command: GatewayCommand::SystemdUnit(args),
         } => lethe_nodes::ops::systemd::print(lethe_nodes::ops::systemd::Role::Gateway, &args),
+        Command::Gateway {
+            command: GatewayCommand::Deregister(args),
+        } => gateway::deregister(&args.dir, &args.directory),
         Command::Keygen(args) => issuer::keygen::run(&args).map_err(anyhow_text),
         Command::Issuer {
             command: IssuerCommand::Run(args),

@@ -21,6 +21,9 @@ use crate::keyfile;
 pub const DOMAIN_DESCRIPTOR: &[u8] = b"lethe-descriptor-v1\0";
 /// Domain of a heartbeat signature (signed by the node's identity key).
 pub const DOMAIN_HEARTBEAT: &[u8] = b"lethe-heartbeat-v1\0";
+/// Domain of a deregistration signature (signed by the node's identity key): a different
+/// domain from the heartbeat's, so a captured heartbeat cannot be replayed as one.
+pub const DOMAIN_DEREGISTER: &[u8] = b"lethe-deregister-v1\0";
 /// Domain of a topology signature (signed by the directory's key).
 pub const DOMAIN_TOPOLOGY: &[u8] = b"lethe-topology-v1\0";
 /// Mix layers of the stratified topology.
@@ -92,6 +95,14 @@ impl Descriptor {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
+    pub identity: String,
+    pub sent_at_s: u64,
+}
+
+/// A node leaving the network at once: its identity and the time, signed by the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deregistration {
     pub identity: String,
     pub sent_at_s: u64,
 }
@@ -232,6 +243,15 @@ pub fn open_heartbeat(signed: &Signed) -> Result<Heartbeat, TopologyError> {
         return Err(TopologyError::WrongSigner);
     }
     Ok(heartbeat)
+}
+
+/// Opens a deregistration signed by the identity it names.
+pub fn open_deregistration(signed: &Signed) -> Result<Deregistration, TopologyError> {
+    let (signer, deregistration): (_, Deregistration) = signed.open(DOMAIN_DEREGISTER, None)?;
+    if keyfile::unhex_32(&deregistration.identity) != Some(signer) {
+        return Err(TopologyError::WrongSigner);
+    }
+    Ok(deregistration)
 }
 
 /// What a client or node accepts: signed by the pinned directory key, not stale, not from the

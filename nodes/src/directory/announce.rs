@@ -3,7 +3,7 @@
 //! 404 (it lost or dropped us). Runs on its own std thread with a current-thread tokio
 //! runtime, so callers need no tokio (mixnodes run on glommio and std threads).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -19,15 +19,108 @@ pub const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Heartbeat interval nodes use by default (the directory drops a node after 30 s).
 pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
+/// The directory's heartbeat timeout assumed when its registration answer does not name one
+/// (directories before `heartbeat_timeout_s` was in the answer): its default.
+pub const HEARTBEAT_TIMEOUT_S_ASSUMED: u64 = 30;
+/// Longest a stopping node waits for the directory to confirm its deregistration: a
+/// directory that does not answer must not hold the shutdown up (it drops the node after its
+/// heartbeat timeout anyway).
+pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a node stands with its directory, for `/health` and `lethe_registration_state`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrationState {
+    /// No directory configured: the node runs unregistered on purpose.
+    Unconfigured = 0,
+    /// Not registered yet (or the directory forgot us), retrying.
+    Unregistered = 1,
+    /// The directory accepted the registration.
+    Registered = 2,
+    /// The directory refused the registration itself (4xx other than 429); still retrying,
+    /// but an operator has to look.
+    Rejected = 3,
+}
+
+impl RegistrationState {
+    pub const ALL: [RegistrationState; 4] = [
+        RegistrationState::Unconfigured,
+        RegistrationState::Unregistered,
+        RegistrationState::Registered,
+        RegistrationState::Rejected,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RegistrationState::Unconfigured => "unconfigured",
+            RegistrationState::Unregistered => "unregistered",
+            RegistrationState::Registered => "registered",
+            RegistrationState::Rejected => "rejected",
+        }
+    }
+
+    fn from_u8(value: u8) -> RegistrationState {
+        match value {
+            1 => RegistrationState::Unregistered,
+            2 => RegistrationState::Registered,
+            3 => RegistrationState::Rejected,
+            _ => RegistrationState::Unconfigured,
+        }
+    }
+}
+
+/// The announcer's view of the registration, shared with the metrics/health endpoint (which
+/// starts before the announcer: it needs the metrics address to announce).
+#[derive(Debug, Default)]
+pub struct RegistrationStatus {
+    state: AtomicU8,
+    /// Unix s of the last registration or heartbeat the directory accepted; 0: none yet.
+    last_heartbeat_s: AtomicU64,
+    /// The directory's heartbeat timeout (from its registration answer).
+    heartbeat_timeout_s: AtomicU64,
+}
+
+impl RegistrationStatus {
+    pub fn state(&self) -> RegistrationState {
+        RegistrationState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn set_state(&self, state: RegistrationState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn last_heartbeat_s(&self) -> u64 {
+        self.last_heartbeat_s.load(Ordering::Relaxed)
+    }
+
+    pub fn heartbeat_timeout_s(&self) -> u64 {
+        match self.heartbeat_timeout_s.load(Ordering::Relaxed) {
+            0 => HEARTBEAT_TIMEOUT_S_ASSUMED,
+            timeout => timeout,
+        }
+    }
+
+    fn accepted(&self, now_s: u64) {
+        self.last_heartbeat_s.fetch_max(now_s, Ordering::Relaxed);
+    }
+
+    /// Whether the directory still lists us: registered, and heard from within its heartbeat
+    /// timeout (after that it has dropped us, whatever our last answer was).
+    pub fn is_current(&self, now_s: u64) -> bool {
+        self.state() == RegistrationState::Registered
+            && now_s.saturating_sub(self.last_heartbeat_s()) <= self.heartbeat_timeout_s()
+    }
+}
 
 /// A running announcer; stops (promptly, abandoning any request in flight) on
 /// [`Announcer::stop`] or drop.
 pub struct Announcer {
     stop: tokio::sync::watch::Sender<bool>,
     descriptor: tokio::sync::watch::Sender<Descriptor>,
-    registered: Arc<AtomicBool>,
+    status: Arc<RegistrationStatus>,
     serving: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    url: String,
+    seed: Zeroizing<[u8; 32]>,
 }
 
 impl Announcer {
@@ -41,7 +134,12 @@ impl Announcer {
     /// Whether the directory accepted the registration and the last heartbeat was not refused
     /// as unknown.
     pub fn is_registered(&self) -> bool {
-        self.registered.load(Ordering::Relaxed)
+        self.status.state() == RegistrationState::Registered
+    }
+
+    /// The registration state, as `/health` and `/metrics` see it.
+    pub fn status(&self) -> &Arc<RegistrationStatus> {
+        &self.status
     }
 
     /// Announces a changed descriptor (a rotated Sphinx key): the task registers it at once,
@@ -58,6 +156,24 @@ impl Announcer {
     /// Stops and waits for the thread.
     pub fn stop(mut self) {
         self.shutdown();
+    }
+
+    /// Stops heartbeating and, if registered, tells the directory we are leaving, so it drops
+    /// us from its next topology at once instead of after its heartbeat timeout (clients
+    /// would route into a node that is gone until then). Waits at most
+    /// [`DEREGISTER_TIMEOUT`]; a failure is logged, not fatal: the timeout still drops us.
+    pub fn leave(mut self) {
+        self.shutdown();
+        if self.status.state() != RegistrationState::Registered {
+            return;
+        }
+        match deregister_blocking(&self.url, &self.seed) {
+            Ok(()) => {
+                self.status.set_state(RegistrationState::Unregistered);
+                tracing::info!(directory = %self.url, "deregistered");
+            }
+            Err(e) => tracing::warn!(directory = %self.url, error = %e, "deregistration failed"),
+        }
     }
 
     fn shutdown(&mut self) {
@@ -98,15 +214,17 @@ pub fn node_descriptor(
 
 /// Starts announcing `descriptor` (its `issued_at_s` is replaced by the signing time at each
 /// registration) to the directory at `directory_url`, signed with `identity_seed`.
+/// `status` is shared with the metrics/health endpoint; it is set to unregistered here.
 pub fn spawn_announcer(
     directory_url: &str,
     identity_seed: &[u8; 32],
     descriptor: Descriptor,
     heartbeat_interval: Duration,
+    status: Arc<RegistrationStatus>,
 ) -> std::io::Result<Announcer> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let (descriptor_tx, descriptor_rx) = tokio::sync::watch::channel(descriptor);
-    let registered = Arc::new(AtomicBool::new(false));
+    status.set_state(RegistrationState::Unregistered);
     let serving = Arc::new(AtomicBool::new(true));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -116,7 +234,7 @@ pub fn spawn_announcer(
         seed: Zeroizing::new(*identity_seed),
         descriptor: descriptor_rx,
         interval: heartbeat_interval.max(Duration::from_millis(100)),
-        registered: registered.clone(),
+        status: status.clone(),
         serving: serving.clone(),
     };
     let thread = std::thread::Builder::new()
@@ -125,9 +243,11 @@ pub fn spawn_announcer(
     Ok(Announcer {
         stop,
         descriptor: descriptor_tx,
-        registered,
+        status,
         serving,
         thread: Some(thread),
+        url: directory_url.to_string(),
+        seed: Zeroizing::new(*identity_seed),
     })
 }
 
@@ -136,7 +256,7 @@ struct Task {
     seed: Zeroizing<[u8; 32]>,
     descriptor: tokio::sync::watch::Receiver<Descriptor>,
     interval: Duration,
-    registered: Arc<AtomicBool>,
+    status: Arc<RegistrationStatus>,
     serving: Arc<AtomicBool>,
 }
 
@@ -159,6 +279,46 @@ fn is_unknown(e: &DirectoryClientError) -> bool {
     matches!(e, DirectoryClientError::Status { status: 404, .. })
 }
 
+/// A registration the directory refused for what it is (bad signature, clock, address
+/// taken...), not for load (429) or its own trouble (5xx).
+fn is_refusal(e: &DirectoryClientError) -> bool {
+    matches!(e, DirectoryClientError::Status { status, .. }
+        if (400..500).contains(status) && *status != 429)
+}
+
+/// `lethe mixnode|gateway deregister`: removes the node whose identity key is at
+/// `identity_path` from the directory at `url` at once (for a node that is gone, or before
+/// maintenance; a running node registers again at its next heartbeat, which the directory
+/// answers 404).
+pub fn deregister_command(identity_path: &std::path::Path, url: &str) -> Result<(), String> {
+    let seed = keyfile::read_private(identity_path)?;
+    deregister_blocking(url, &seed)?;
+    println!(
+        "deregistered identity={} from {url}",
+        keyfile::hex(&keyfile::ed25519_public(&seed))
+    );
+    Ok(())
+}
+
+/// Sends a signed deregistration from a thread without a tokio runtime, bounded by
+/// [`DEREGISTER_TIMEOUT`].
+pub fn deregister_blocking(url: &str, seed: &[u8; 32]) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let http = client::http_client();
+        match tokio::time::timeout(DEREGISTER_TIMEOUT, client::deregister(&http, url, seed)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {} s",
+                DEREGISTER_TIMEOUT.as_secs()
+            )),
+        }
+    })
+}
+
 impl Task {
     async fn run(mut self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let http = client::http_client();
@@ -175,18 +335,27 @@ impl Task {
             let registered = client::register(&http, &self.url, &self.seed, &descriptor);
             match or_stop(&mut stop, registered).await {
                 None => return,
-                Some(Ok(())) => {
+                Some(Ok(reply)) => {
                     tracing::info!(
                         %role,
                         %mix_address,
                         directory = %self.url,
                         "registered with the directory"
                     );
-                    self.registered.store(true, Ordering::Relaxed);
+                    if let Some(timeout) = reply.heartbeat_timeout_s {
+                        self.status
+                            .heartbeat_timeout_s
+                            .store(timeout, Ordering::Relaxed);
+                    }
+                    self.status.accepted(crate::topology::now_s());
+                    self.status.set_state(RegistrationState::Registered);
                     backoff = BACKOFF_INITIAL;
                     failures = 0;
                 }
                 Some(Err(e)) => {
+                    if is_refusal(&e) {
+                        self.status.set_state(RegistrationState::Rejected);
+                    }
                     // Log the first failure and then every tenth, not every retry.
                     if failures.is_multiple_of(10) {
                         tracing::warn!(
@@ -237,7 +406,10 @@ impl Task {
                 }
                 match or_stop(&mut stop, client::heartbeat(&http, &self.url, &self.seed)).await {
                     None => return,
-                    Some(Ok(())) => failures = 0,
+                    Some(Ok(())) => {
+                        self.status.accepted(crate::topology::now_s());
+                        failures = 0;
+                    }
                     Some(Err(e)) if is_unknown(&e) => {
                         tracing::warn!(
                             %role,
@@ -245,7 +417,7 @@ impl Task {
                             directory = %self.url,
                             "the directory does not know us; registering again"
                         );
-                        self.registered.store(false, Ordering::Relaxed);
+                        self.status.set_state(RegistrationState::Unregistered);
                         break;
                     }
                     Some(Err(e)) => {
@@ -296,6 +468,7 @@ mod tests {
             &seed,
             descriptor,
             Duration::from_secs(1),
+            Arc::new(RegistrationStatus::default()),
         )
         .unwrap();
         std::thread::sleep(Duration::from_millis(300));

@@ -6,6 +6,7 @@
 //! - `GET  /v1/topology`   → [`Signed`] topology (domain [`DOMAIN_TOPOLOGY`])
 //! - `POST /v1/register`   ← [`Signed`] descriptor (domain [`DOMAIN_DESCRIPTOR`])
 //! - `POST /v1/heartbeat`  ← [`Signed`] heartbeat (domain [`DOMAIN_HEARTBEAT`])
+//! - `POST /v1/deregister` ← [`Signed`] deregistration (domain [`DOMAIN_DEREGISTER`])
 
 use std::time::Duration;
 
@@ -13,8 +14,8 @@ use serde::Deserialize;
 
 use crate::keyfile;
 use crate::topology::{
-    self, now_s, sign, verify_topology, Descriptor, Heartbeat, Signed, Topology, TopologyError,
-    DOMAIN_DESCRIPTOR, DOMAIN_HEARTBEAT,
+    self, now_s, sign, verify_topology, Deregistration, Descriptor, Heartbeat, Signed, Topology,
+    TopologyError, DOMAIN_DEREGISTER, DOMAIN_DESCRIPTOR, DOMAIN_HEARTBEAT,
 };
 
 /// Largest response body read from a directory.
@@ -180,17 +181,51 @@ pub async fn fetch_topology(
         .map_err(|source| DirectoryClientError::Topology { url, source })
 }
 
+/// What the directory said to an accepted registration (fields this node uses).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct RegisterReply {
+    /// Seconds without a heartbeat after which the directory drops a node (absent from
+    /// directories that did not say).
+    #[serde(default)]
+    pub heartbeat_timeout_s: Option<u64>,
+}
+
 /// Registers (or refreshes) a descriptor, signed now with the node's identity seed.
 pub async fn register(
     http: &reqwest::Client,
     base: &str,
     identity_seed: &[u8; 32],
     descriptor: &Descriptor,
-) -> Result<(), DirectoryClientError> {
+) -> Result<RegisterReply, DirectoryClientError> {
     let url = join(base, "/v1/register");
     let mut descriptor = descriptor.clone();
     descriptor.issued_at_s = now_s();
     let signed = sign(&descriptor, DOMAIN_DESCRIPTOR, identity_seed).map_err(|source| {
+        DirectoryClientError::Topology {
+            url: url.clone(),
+            source,
+        }
+    })?;
+    let body = serde_json::to_vec(&signed)
+        .map_err(|_| DirectoryClientError::Malformed { url: url.clone() })?;
+    let reply = post_json(http, &url, body).await?;
+    // An answer that does not parse still means accepted (the status said so).
+    Ok(serde_json::from_slice(&reply).unwrap_or_default())
+}
+
+/// Removes this node from the directory at once (it leaves the next topology), signed now
+/// with the node's identity seed.
+pub async fn deregister(
+    http: &reqwest::Client,
+    base: &str,
+    identity_seed: &[u8; 32],
+) -> Result<(), DirectoryClientError> {
+    let url = join(base, "/v1/deregister");
+    let deregistration = Deregistration {
+        identity: keyfile::hex(&keyfile::ed25519_public(identity_seed)),
+        sent_at_s: now_s(),
+    };
+    let signed = sign(&deregistration, DOMAIN_DEREGISTER, identity_seed).map_err(|source| {
         DirectoryClientError::Topology {
             url: url.clone(),
             source,

@@ -5,6 +5,7 @@
 
 pub mod announce;
 pub mod client;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use crate::topology::{Descriptor, Heartbeat, Role, Topology, CLOCK_SKEW_S_MAX, LAYERS};
+use crate::topology::{
+    Deregistration, Descriptor, Heartbeat, Role, Topology, CLOCK_SKEW_S_MAX, LAYERS,
+};
 
 /// Most nodes (mixnodes and gateways) the directory keeps.
 pub const NODES_MAX: usize = 1024;
@@ -63,7 +65,39 @@ pub enum RegistryError {
     HeartbeatClock { sent_at_s: u64, now_s: u64 },
     #[error("heartbeat sent at {sent_at_s} is older than one already accepted ({last_s})")]
     HeartbeatOlder { sent_at_s: u64, last_s: u64 },
+    #[error("deregistration sent at {sent_at_s}, directory clock {now_s}: outside the allowed skew of {CLOCK_SKEW_S_MAX} s")]
+    DeregisterClock { sent_at_s: u64, now_s: u64 },
+    #[error("deregistration sent at {sent_at_s} is older than the node's last registration or heartbeat ({last_s})")]
+    DeregisterOlder { sent_at_s: u64, last_s: u64 },
+    #[error("this node deregistered at {left_s}: register with a descriptor issued after it")]
+    Deregistered { left_s: u64 },
 }
+
+impl RegistryError {
+    /// A short fixed label for metrics (`reason="..."`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RegistryError::Clock { .. }
+            | RegistryError::HeartbeatClock { .. }
+            | RegistryError::DeregisterClock { .. } => "clock",
+            RegistryError::Older { .. }
+            | RegistryError::HeartbeatOlder { .. }
+            | RegistryError::DeregisterOlder { .. } => "older",
+            RegistryError::AddressTaken(_) => "address_taken",
+            RegistryError::BadAddress(_) => "bad_address",
+            RegistryError::NoClientUrl => "no_client_url",
+            RegistryError::BadUrl(_) => "bad_url",
+            RegistryError::Full => "full",
+            RegistryError::Unknown => "unknown",
+            RegistryError::Deregistered { .. } => "deregistered",
+        }
+    }
+}
+
+/// Most deregistrations remembered (see [`Registry::deregister`]); beyond it the oldest is
+/// forgotten first. Each needs a registered node's signature, so only as many as nodes
+/// can leave within the clock skew.
+pub const DEPARTURES_MAX: usize = NODES_MAX;
 
 /// Longest URL accepted in a descriptor (bounds the topology: see `NODES_MAX`).
 pub const URL_BYTES_MAX: usize = 200;
@@ -84,6 +118,11 @@ fn url_ok(url: &str) -> bool {
 pub struct Registry {
     nodes: BTreeMap<String, Entry>,
     next_seq: u64,
+    /// Identities that deregistered and when they signed it (s), for the clock skew after:
+    /// a registration issued no later than that is a replay (or older than the leaving) and
+    /// is refused, so a captured registration cannot bring a node back that left. In memory
+    /// only: a directory restart forgets them.
+    departures: BTreeMap<String, u64>,
 }
 
 fn within_skew(t_s: u64, now_s: u64) -> bool {
@@ -190,6 +229,12 @@ impl Registry {
         if descriptor.role == Role::Gateway && descriptor.client_url.is_none() {
             return Err(RegistryError::NoClientUrl);
         }
+        self.forget_departures(now_s);
+        if let Some(left_s) = self.departures.get(&descriptor.identity) {
+            if descriptor.issued_at_s <= *left_s {
+                return Err(RegistryError::Deregistered { left_s: *left_s });
+            }
+        }
         let identity = descriptor.identity.clone();
         if self.nodes.values().any(|e| {
             e.descriptor.identity != identity && e.descriptor.mix_address == descriptor.mix_address
@@ -289,6 +334,57 @@ impl Registry {
             self.rebalance()
         };
         (dropped, moved)
+    }
+
+    /// Removes a node on its own signed request (verified by the caller), at once. Refused
+    /// when it is outside the clock skew or older than the node's last registration or
+    /// heartbeat: a captured deregistration replayed after the node registered again removes
+    /// nothing. Returns the identities whose stored record changed (the node, moved ones).
+    pub fn deregister(
+        &mut self,
+        deregistration: &Deregistration,
+        now_ms: u64,
+    ) -> Result<Vec<String>, RegistryError> {
+        let now_s = now_ms / 1000;
+        let entry = self
+            .nodes
+            .get(&deregistration.identity)
+            .ok_or(RegistryError::Unknown)?;
+        if !within_skew(deregistration.sent_at_s, now_s) {
+            return Err(RegistryError::DeregisterClock {
+                sent_at_s: deregistration.sent_at_s,
+                now_s,
+            });
+        }
+        if deregistration.sent_at_s < entry.last_heartbeat_s {
+            return Err(RegistryError::DeregisterOlder {
+                sent_at_s: deregistration.sent_at_s,
+                last_s: entry.last_heartbeat_s,
+            });
+        }
+        let identity = deregistration.identity.clone();
+        let mut changed = self.remove(&identity).unwrap_or_default();
+        self.forget_departures(now_s);
+        if self.departures.len() >= DEPARTURES_MAX {
+            let oldest = self
+                .departures
+                .iter()
+                .min_by_key(|(_, left_s)| **left_s)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                self.departures.remove(&oldest);
+            }
+        }
+        self.departures
+            .insert(identity.clone(), deregistration.sent_at_s);
+        changed.push(identity);
+        Ok(changed)
+    }
+
+    /// Forgets departures no registration within the clock skew could predate.
+    fn forget_departures(&mut self, now_s: u64) {
+        let horizon_s = now_s.saturating_sub(CLOCK_SKEW_S_MAX);
+        self.departures.retain(|_, left_s| *left_s >= horizon_s);
     }
 
     /// Removes one node (tests, operators); rebalances. Returns the moved identities.
@@ -574,5 +670,49 @@ mod tests {
         let (restored, changed) = Registry::from_entries(entries);
         assert_eq!(changed.len(), 1);
         assert_eq!(restored.layer_sizes(), [2, 1, 1]);
+    }
+
+    #[test]
+    fn deregistration_removes_at_once_and_replays_do_nothing() {
+        let mut r = Registry::default();
+        add(&mut r, 1);
+        add(&mut r, 2);
+        let now_s = NOW_MS / 1000;
+        let leave = |sent_at_s| Deregistration {
+            identity: keyfile::hex(&[1u8; 32]),
+            sent_at_s,
+        };
+        // Stale (outside the skew) and older than the registration: refused, node kept.
+        assert!(matches!(
+            r.deregister(&leave(now_s - CLOCK_SKEW_S_MAX - 1), NOW_MS),
+            Err(RegistryError::DeregisterClock { .. })
+        ));
+        assert!(matches!(
+            r.deregister(&leave(now_s - 1), NOW_MS),
+            Err(RegistryError::DeregisterOlder { .. })
+        ));
+        assert!(r.get(&keyfile::hex(&[1u8; 32])).is_some());
+        let changed = r.deregister(&leave(now_s), NOW_MS).unwrap();
+        assert!(changed.contains(&keyfile::hex(&[1u8; 32])));
+        assert!(r.get(&keyfile::hex(&[1u8; 32])).is_none());
+        // Replayed: the node is gone.
+        assert_eq!(
+            r.deregister(&leave(now_s), NOW_MS),
+            Err(RegistryError::Unknown)
+        );
+        // A registration issued no later than the leaving (a replay) is refused; a later one
+        // is accepted, and the old deregistration replayed then removes nothing.
+        assert_eq!(
+            r.register(descriptor(1, Role::Mixnode), String::new(), NOW_MS),
+            Err(RegistryError::Deregistered { left_s: now_s })
+        );
+        let mut again = descriptor(1, Role::Mixnode);
+        again.issued_at_s = now_s + 1;
+        r.register(again, String::new(), NOW_MS + 1000).unwrap();
+        assert!(matches!(
+            r.deregister(&leave(now_s), NOW_MS + 1000),
+            Err(RegistryError::DeregisterOlder { .. })
+        ));
+        assert!(r.get(&keyfile::hex(&[1u8; 32])).is_some());
     }
 }

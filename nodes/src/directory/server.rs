@@ -6,8 +6,9 @@
 //!   `DOMAIN_TOPOLOGY`), exactly as published.
 //! - `POST /v1/register`: body a [`Signed`] descriptor (domain `DOMAIN_DESCRIPTOR`), signed by
 //!   the identity it names. 200 `{"status": "registered"|"updated"|"refreshed", "layer":
-//!   0|1|2|null, "epoch": N}` (`layer` is 0-based; null for gateways; `epoch` is the latest
-//!   published one, the node appears in a later one).
+//!   0|1|2|null, "epoch": N, "heartbeat_timeout_s": T}` (`layer` is 0-based; null for
+//!   gateways; `epoch` is the latest published one, the node appears in a later one; a node
+//!   not heard from for `T` s is dropped).
 //!   400 malformed JSON or descriptor; 403 bad signature or signer not the named identity;
 //!   409 older than the registered descriptor, or mix address registered by another node;
 //!   413 body over [`REQUEST_BODY_BYTES_MAX`]; 422 `issued_at_s` outside the clock skew,
@@ -16,6 +17,16 @@
 //! - `POST /v1/heartbeat`: body a [`Signed`] heartbeat (domain `DOMAIN_HEARTBEAT`). 200
 //!   `{"status": "ok"|"repeat"}`; 404 unknown identity (register again); 409 older than one
 //!   already accepted; 422 `sent_at_s` outside the clock skew; 400/403/413/429 as above.
+//! - `POST /v1/deregister`: body a [`Signed`] deregistration (domain `DOMAIN_DEREGISTER`,
+//!   `{"identity", "sent_at_s"}`, signed by that identity): the node leaves at once (the next
+//!   topology, published within [`PUBLISH_INTERVAL_MIN`], no longer lists it). 200
+//!   `{"status": "deregistered", "epoch": N}`; 404 unknown identity (nothing is created for
+//!   it); 409 older than the node's last registration or heartbeat (a replay); 422
+//!   `sent_at_s` outside the clock skew; 400/403/413/429 as above. A registration issued no
+//!   later than an accepted deregistration is refused with 409 for the clock skew after it,
+//!   so a captured registration cannot bring the node back.
+//! - `GET  /metrics`: Prometheus text (registrations, heartbeats, refusals by reason, nodes by
+//!   layer, topology epoch, requests by endpoint and status, build and process series).
 //! - `GET  /health`: 200 `{"status": "ok", "epoch", "nodes", "layers": [n1, n2, n3],
 //!   "gateways", "uptime_secs"}`.
 //!
@@ -41,13 +52,14 @@ use axum::{Json, Router};
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use super::metrics::{self, Counters, Membership, ENDPOINTS};
 use super::registry::{Registered, Registry, RegistryError};
 use super::store::{Store, StoredTopology, DB_FILE};
 use crate::issuer::ratelimit::{Rate, RateLimiter};
 use crate::keyfile;
 use crate::topology::{
-    now_s, open_descriptor, open_heartbeat, sign, Signed, Topology, TopologyError, DOMAIN_TOPOLOGY,
-    SIGNED_BODY_BYTES_MAX,
+    now_s, open_deregistration, open_descriptor, open_heartbeat, sign, Signed, Topology,
+    TopologyError, DOMAIN_TOPOLOGY, SIGNED_BODY_BYTES_MAX,
 };
 
 /// File (in the directory's data dir) holding the ed25519 identity seed; `.pub` beside it.
@@ -127,6 +139,8 @@ struct Directory {
     changed: tokio::sync::Notify,
     limiter: RateLimiter,
     started: Instant,
+    counters: Counters,
+    requests: crate::prometheus::RequestCounts,
 }
 
 fn now_ms() -> u64 {
@@ -205,6 +219,9 @@ impl Directory {
         for identity in &moved {
             tracing::info!(%identity, "moved node to rebalance layers");
         }
+        for _ in &dropped {
+            metrics::add(&self.counters.nodes_expired);
+        }
         let changed: Vec<String> = dropped.into_iter().chain(moved).collect();
         if let Err(e) = inner.store.save_nodes(&inner.registry, &changed) {
             tracing::error!(error = %e, "storing dropped and moved nodes failed");
@@ -217,6 +234,7 @@ impl Directory {
 pub fn run(args: &DirectoryRunArgs) -> anyhow::Result<()> {
     // Before anything is read or written: a second directory process on this data dir stops
     // here. Held until `run` returns, i.e. for the process's life.
+    crate::prometheus::mark_start();
     let _dir_lock =
         crate::lock::NodeLocks::claim(&args.dir, "directory").map_err(anyhow::Error::msg)?;
     let seed = keyfile::read_private(&args.dir.join(IDENTITY_FILE))
@@ -276,6 +294,8 @@ pub fn run(args: &DirectoryRunArgs) -> anyhow::Result<()> {
         changed: tokio::sync::Notify::new(),
         limiter: RateLimiter::new(RATE_PER_IP, RATE_GLOBAL),
         started: Instant::now(),
+        counters: Counters::default(),
+        requests: crate::prometheus::RequestCounts::new(ENDPOINTS),
     });
     if dirty {
         let mut inner = directory.lock();
@@ -292,6 +312,7 @@ async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<
     let posts = Router::new()
         .route("/v1/register", post(register))
         .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/deregister", post(deregister))
         .route_layer(middleware::from_fn_with_state(
             directory.clone(),
             rate_limit,
@@ -300,9 +321,14 @@ async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<
         .route("/v1/key", get(key))
         .route("/v1/topology", get(topology))
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .merge(posts)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(
+            directory.clone(),
+            count_requests,
+        ))
         .with_state(directory.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -406,11 +432,46 @@ async fn rate_limit(
     if directory.limiter.allow(peer.ip()) {
         next.run(req).await
     } else {
+        metrics::add(&directory.counters.rate_limited);
         error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate limit exceeded, retry later",
         )
     }
+}
+
+/// Counts every answered request by route and status (a path outside the API is `other`).
+async fn count_requests(
+    State(directory): State<Arc<Directory>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path().to_string();
+    let response = next.run(req).await;
+    directory.requests.record(&path, response.status().as_u16());
+    response
+}
+
+async fn metrics_text(State(directory): State<Arc<Directory>>) -> Response {
+    let membership = {
+        let inner = directory.lock();
+        let layers = inner.registry.layer_sizes();
+        let gateways = inner.registry.len() - layers.iter().sum::<usize>();
+        Membership {
+            layers,
+            gateways,
+            epoch: directory.published().epoch,
+        }
+    };
+    let mut out = String::with_capacity(8 * 1024);
+    directory
+        .counters
+        .render(&membership, &directory.requests, &mut out);
+    (
+        [(header::CONTENT_TYPE, crate::prometheus::CONTENT_TYPE)],
+        out,
+    )
+        .into_response()
 }
 
 async fn key(State(directory): State<Arc<Directory>>) -> Response {
@@ -443,6 +504,37 @@ async fn health(State(directory): State<Arc<Directory>>) -> Response {
     .into_response()
 }
 
+/// A fixed label for a refused signed document (metrics).
+fn topology_reason(e: &TopologyError) -> &'static str {
+    match e {
+        TopologyError::BadSignature => "bad_signature",
+        TopologyError::WrongSigner => "wrong_signer",
+        TopologyError::TooLarge(_) => "too_large",
+        _ => "malformed",
+    }
+}
+
+/// Opens a signed body with `open`, counting a refusal under `kind`.
+fn open_body<T>(
+    directory: &Directory,
+    kind: &'static str,
+    body: Result<Bytes, BytesRejection>,
+    open: fn(&Signed) -> Result<T, TopologyError>,
+) -> Result<T, Box<Response>> {
+    let signed = signed_body(body).inspect_err(|response| {
+        let reason = if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "malformed"
+        };
+        directory.counters.reject(kind, reason);
+    })?;
+    open(&signed).map_err(|e| {
+        directory.counters.reject(kind, topology_reason(&e));
+        Box::new(topology_error(&e))
+    })
+}
+
 fn topology_error(e: &TopologyError) -> Response {
     match e {
         TopologyError::BadSignature | TopologyError::WrongSigner => error(StatusCode::FORBIDDEN, e),
@@ -456,9 +548,12 @@ fn registry_error(e: &RegistryError) -> Response {
         RegistryError::Unknown => StatusCode::NOT_FOUND,
         RegistryError::Older { .. }
         | RegistryError::AddressTaken(_)
-        | RegistryError::HeartbeatOlder { .. } => StatusCode::CONFLICT,
+        | RegistryError::HeartbeatOlder { .. }
+        | RegistryError::DeregisterOlder { .. }
+        | RegistryError::Deregistered { .. } => StatusCode::CONFLICT,
         RegistryError::Clock { .. }
         | RegistryError::HeartbeatClock { .. }
+        | RegistryError::DeregisterClock { .. }
         | RegistryError::BadAddress(_)
         | RegistryError::NoClientUrl
         | RegistryError::BadUrl(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -485,11 +580,19 @@ async fn register(
 ) -> Response {
     let signed = match signed_body(body) {
         Ok(signed) => signed,
-        Err(response) => return *response,
+        Err(response) => {
+            directory.counters.reject("registration", "malformed");
+            return *response;
+        }
     };
     let descriptor = match open_descriptor(&signed) {
         Ok(descriptor) => descriptor,
-        Err(e) => return topology_error(&e),
+        Err(e) => {
+            directory
+                .counters
+                .reject("registration", topology_reason(&e));
+            return topology_error(&e);
+        }
     };
     let signed_json = match serde_json::to_string(&signed) {
         Ok(json) => json,
@@ -542,6 +645,12 @@ async fn register(
             if what != Registered::Refreshed {
                 directory.changed.notify_one();
             }
+            let counter = match what {
+                Registered::New => &directory.counters.registrations_new,
+                Registered::Updated => &directory.counters.registrations_updated,
+                Registered::Refreshed => &directory.counters.registrations_refreshed,
+            };
+            metrics::add(counter);
             let status = match what {
                 Registered::New => "registered",
                 Registered::Updated => "updated",
@@ -551,10 +660,14 @@ async fn register(
                 "status": status,
                 "layer": layer,
                 "epoch": directory.published().epoch,
+                "heartbeat_timeout_s": directory.timeout_ms / 1000,
             }))
             .into_response()
         }
-        Ok(Err(e)) => registry_error(&e),
+        Ok(Err(e)) => {
+            directory.counters.reject("registration", e.reason());
+            registry_error(&e)
+        }
         Err(_) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "registration task failed",
@@ -566,13 +679,9 @@ async fn heartbeat(
     State(directory): State<Arc<Directory>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let signed = match signed_body(body) {
-        Ok(signed) => signed,
-        Err(response) => return *response,
-    };
-    let heartbeat = match open_heartbeat(&signed) {
+    let heartbeat = match open_body(&directory, "heartbeat", body, open_heartbeat) {
         Ok(heartbeat) => heartbeat,
-        Err(e) => return topology_error(&e),
+        Err(response) => return *response,
     };
     let worker = directory.clone();
     let outcome = tokio::task::spawn_blocking(move || {
@@ -590,11 +699,66 @@ async fn heartbeat(
     .await;
     match outcome {
         Ok(Ok(fresh)) => {
-            let status = if fresh { "ok" } else { "repeat" };
+            let (status, counter) = if fresh {
+                ("ok", &directory.counters.heartbeats_fresh)
+            } else {
+                ("repeat", &directory.counters.heartbeats_repeat)
+            };
+            metrics::add(counter);
             Json(json!({ "status": status })).into_response()
         }
-        Ok(Err(e)) => registry_error(&e),
+        Ok(Err(e)) => {
+            directory.counters.reject("heartbeat", e.reason());
+            registry_error(&e)
+        }
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "heartbeat task failed"),
+    }
+}
+
+/// A node leaving: removed at once, the next topology published within
+/// [`PUBLISH_INTERVAL_MIN`]. Only a request signed by the node's own identity, newer than
+/// its last registration or heartbeat and within the clock skew, removes it; anything else
+/// changes nothing (an unknown identity creates no state).
+async fn deregister(
+    State(directory): State<Arc<Directory>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let kind = "deregistration";
+    let deregistration = match open_body(&directory, kind, body, open_deregistration) {
+        Ok(deregistration) => deregistration,
+        Err(response) => return *response,
+    };
+    let worker = directory.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut guard = worker.lock();
+        let inner = &mut *guard;
+        let changed = inner.registry.deregister(&deregistration, now_ms())?;
+        if let Err(e) = inner.store.save_nodes(&inner.registry, &changed) {
+            tracing::error!(error = %e, "storing a deregistration failed");
+        }
+        inner.dirty = true;
+        tracing::info!(identity = %deregistration.identity, "deregistered node");
+        Ok::<_, RegistryError>(())
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => {
+            metrics::add(&directory.counters.deregistrations);
+            directory.changed.notify_one();
+            Json(json!({
+                "status": "deregistered",
+                "epoch": directory.published().epoch,
+            }))
+            .into_response()
+        }
+        Ok(Err(e)) => {
+            directory.counters.reject(kind, e.reason());
+            registry_error(&e)
+        }
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "deregistration task failed",
+        ),
     }
 }
 

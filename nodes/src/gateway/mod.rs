@@ -238,6 +238,12 @@ fn lock_state(
 }
 
 /// `lethe gateway run`.
+/// `lethe gateway deregister`: the gateway in `dir` leaves the directory at `url` at once.
+pub fn deregister(dir: &Path, url: &str) -> Result<(), String> {
+    let config = Config::load(dir)?;
+    crate::directory::announce::deregister_command(&resolve(dir, &config.keys.identity), url)
+}
+
 pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     // Registered first, so a signal that arrives during start-up is not lost.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -343,9 +349,16 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let engine_metrics = runtime.metrics().to_vec();
     let extra = metrics.clone();
+    let status = crate::http::NodeStatus::new("gateway");
+    // The gateway does not rotate its Sphinx key: it is accepted until replaced by hand.
+    status.set_sphinx_keys(vec![crate::http::KeyExpiry {
+        rotation_id: config.keys.primary_rotation_id,
+        expires_at_s: None,
+    }]);
     let metrics_addr = crate::http::serve_with(
         g.metrics_address,
         engine_metrics.clone(),
+        status.clone(),
         Some(Arc::new(move |out: &mut String| extra.render(out))),
     )?;
 
@@ -399,6 +412,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
                 &identity_seed,
                 descriptor,
                 registration::HEARTBEAT_INTERVAL,
+                status.registration.clone(),
             )
             .map_err(|e| format!("announcer: {e}"))?,
         )
@@ -463,6 +477,10 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         signal = crate::logging::signal_name(signal),
         "stopping gateway"
     );
+    // Leave the directory first: it drops us from the next topology at once.
+    if let Some(announcer) = announcer {
+        announcer.leave();
+    }
     runtime.shutdown();
     let joined = runtime.join();
     // The cores are gone: the writer drains what they handed over, commits, and ends.

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod files;
 pub mod keygen;
+pub mod metrics;
 pub mod ratelimit;
 pub mod server;
 

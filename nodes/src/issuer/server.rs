@@ -14,6 +14,9 @@
 //!   issuer's share; clients check shares against it and the aggregate against the master key).
 //! - `GET /v1/terms`: 200, JSON `{"index", "bandwidth", "expiry", "validity_days"}`.
 //! - `GET /health`: 200, JSON `{"status": "ok", "uptime_secs"}`. Not rate limited.
+//! - `GET /metrics`: Prometheus text (credentials issued, requests refused by reason,
+//!   rate-limited requests, requests by endpoint and status, build and process series). Not
+//!   rate limited.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -33,7 +36,9 @@ use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, issue_bandwidth};
 use lethe_crypto::coconut::{BlindSignRequest, CoconutError, Parameters};
 
 use super::files::{read_issuer_key, today, vk_share_bytes, IssuerKey};
+use super::metrics::{Counters, Rejection, ENDPOINTS};
 use super::ratelimit::{Rate, RateLimiter};
+use crate::prometheus::RequestCounts;
 
 /// How long a stopping issuer waits for in-flight requests.
 const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -84,10 +89,13 @@ struct Issuer {
     validity_days: u32,
     limiter: RateLimiter,
     started: Instant,
+    counters: Counters,
+    requests: RequestCounts,
 }
 
 /// Runs `issuer run` until SIGINT or SIGTERM.
 pub fn run(args: &IssuerRunArgs) -> anyhow::Result<()> {
+    crate::prometheus::mark_start();
     let params = bandwidth_parameters()?;
     let key = read_issuer_key(&args.key, &params)?;
     let rate = |per_sec: f64, burst: f64| -> anyhow::Result<Rate> {
@@ -107,6 +115,8 @@ pub fn run(args: &IssuerRunArgs) -> anyhow::Result<()> {
             rate(args.rate_global, args.burst_global)?,
         ),
         started: Instant::now(),
+        counters: Counters::default(),
+        requests: RequestCounts::new(ENDPOINTS),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -123,8 +133,13 @@ async fn serve(issuer: Arc<Issuer>, listen: SocketAddr, max_body: usize) -> anyh
         .route_layer(middleware::from_fn_with_state(issuer.clone(), rate_limit));
     let app = Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
         .merge(api)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            issuer.clone(),
+            count_requests,
+        ))
         .with_state(issuer.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -192,6 +207,7 @@ async fn rate_limit(
     match issuer.limiter.check(peer.ip()) {
         Ok(()) => next.run(req).await,
         Err(wait) => {
+            issuer.counters.rate_limited();
             let secs = wait.as_secs().max(1);
             let mut response = text(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -205,13 +221,42 @@ async fn rate_limit(
     }
 }
 
+/// Counts every answered request by route and status (a path outside the API is `other`).
+async fn count_requests(State(issuer): State<Arc<Issuer>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let response = next.run(req).await;
+    issuer.requests.record(&path, response.status().as_u16());
+    response
+}
+
+async fn metrics_text(State(issuer): State<Arc<Issuer>>) -> Response {
+    let mut out = String::with_capacity(4 * 1024);
+    issuer.counters.render(&issuer.requests, &mut out);
+    (
+        [(header::CONTENT_TYPE, crate::prometheus::CONTENT_TYPE)],
+        out,
+    )
+        .into_response()
+}
+
 fn text(status: StatusCode, msg: &str) -> Response {
     (status, format!("{msg}\n")).into_response()
 }
 
 async fn blind_sign(State(issuer): State<Arc<Issuer>>, body: Bytes) -> Response {
+    let (rejection, response) = sign_request(&issuer, body).await;
+    match rejection {
+        Some(why) => issuer.counters.reject(why),
+        None => issuer.counters.issued(),
+    }
+    response
+}
+
+/// The blind-sign answer, and why it was refused if it was.
+async fn sign_request(issuer: &Arc<Issuer>, body: Bytes) -> (Option<Rejection>, Response) {
     let Some((terms, request)) = body.split_at_checked(TERMS_PREFIX) else {
-        return text(StatusCode::BAD_REQUEST, "malformed request: body too short");
+        let response = text(StatusCode::BAD_REQUEST, "malformed request: body too short");
+        return (Some(Rejection::Malformed), response);
     };
     let mut bw = [0u8; 8];
     let mut ex = [0u8; 4];
@@ -219,14 +264,16 @@ async fn blind_sign(State(issuer): State<Arc<Issuer>>, body: Bytes) -> Response 
     ex.copy_from_slice(&terms[8..]);
     let (bandwidth, expiry) = (u64::from_be_bytes(bw), u32::from_be_bytes(ex));
     let Ok(request) = BlindSignRequest::from_bytes(request) else {
-        return text(
+        let response = text(
             StatusCode::BAD_REQUEST,
             "malformed blind-sign request encoding",
         );
+        return (Some(Rejection::Malformed), response);
     };
     if bandwidth != issuer.bandwidth {
         let msg = format!("bandwidth must be {} bytes", issuer.bandwidth);
-        return text(StatusCode::UNPROCESSABLE_ENTITY, &msg);
+        let response = text(StatusCode::UNPROCESSABLE_ENTITY, &msg);
+        return (Some(Rejection::Terms), response);
     }
     let due = today().saturating_add(issuer.validity_days);
     if expiry != due && expiry != due.saturating_sub(1) {
@@ -234,7 +281,8 @@ async fn blind_sign(State(issuer): State<Arc<Issuer>>, body: Bytes) -> Response 
             "expiry must be day {due} (today + {})",
             issuer.validity_days
         );
-        return text(StatusCode::UNPROCESSABLE_ENTITY, &msg);
+        let response = text(StatusCode::UNPROCESSABLE_ENTITY, &msg);
+        return (Some(Rejection::Terms), response);
     }
     // Proof verification is a few milliseconds of curve arithmetic: keep it off the reactor.
     let signer = issuer.clone();
@@ -253,14 +301,23 @@ async fn blind_sign(State(issuer): State<Arc<Issuer>>, body: Bytes) -> Response 
         Ok(Ok(blinded)) => {
             let mut out = issuer.key.index.to_be_bytes().to_vec();
             out.extend_from_slice(&blinded.to_bytes());
-            octets(out)
+            (None, octets(out))
         }
-        Ok(Err(CoconutError::AttributeCount)) => text(
-            StatusCode::BAD_REQUEST,
-            "wrong number of hidden attributes for a bandwidth credential",
+        Ok(Err(CoconutError::AttributeCount)) => (
+            Some(Rejection::Proof),
+            text(
+                StatusCode::BAD_REQUEST,
+                "wrong number of hidden attributes for a bandwidth credential",
+            ),
         ),
-        Ok(Err(e)) => text(StatusCode::BAD_REQUEST, &format!("request refused: {e}")),
-        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "signing task failed"),
+        Ok(Err(e)) => (
+            Some(Rejection::Proof),
+            text(StatusCode::BAD_REQUEST, &format!("request refused: {e}")),
+        ),
+        Err(_) => (
+            Some(Rejection::Internal),
+            text(StatusCode::INTERNAL_SERVER_ERROR, "signing task failed"),
+        ),
     }
 }
 

@@ -425,7 +425,14 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let metrics = runtime.metrics().to_vec();
-    let metrics_addr = crate::http::serve(config.mixnode.metrics_address, metrics.clone())?;
+    let status = crate::http::NodeStatus::new("mixnode");
+    let schedule = rotation::Schedule::from_keys(&config.keys)?;
+    status.set_sphinx_keys(key_expiries(&rotation, &schedule));
+    let metrics_addr = crate::http::serve(
+        config.mixnode.metrics_address,
+        metrics.clone(),
+        status.clone(),
+    )?;
     let data_dir = resolve(dir, &config.replay.data_dir);
     let stop = Arc::new(AtomicBool::new(false));
     let snapshots = spawn_snapshots(
@@ -445,13 +452,20 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             runtime.local_addr(),
             metrics_addr,
             rotation.keys(),
+            &status,
         )?),
         None => None,
     };
     tracing::info!(listen = %runtime.local_addr(), cores, "mixnode up");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    let signal = match wait_for_signal(&mut signals, &mut rotation, &runtime, announcer.as_ref()) {
+    let control = Control {
+        runtime: &runtime,
+        announcer: announcer.as_ref(),
+        status: &status,
+        schedule,
+    };
+    let signal = match wait_for_signal(&mut signals, &mut rotation, &control) {
         Ok(signal) => signal,
         Err(failure) => {
             // A core is gone: keep the replay state, say why, and let the supervisor restart
@@ -473,9 +487,10 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         grace_ms = config.mixnode.shutdown_grace_ms,
         "stopping mixnode"
     );
-    // Stop heartbeating first: the directory drops us from the next topology.
+    // Leave the directory first (stop heartbeating, deregister): it drops us from the next
+    // topology at once, so no client routes into a node that is going away.
     if let Some(announcer) = announcer {
-        announcer.stop();
+        announcer.leave();
     }
     runtime.shutdown();
     let joined = runtime.join();
@@ -489,12 +504,44 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
 /// The control-plane loop: waits for SIGTERM/SIGINT, and meanwhile runs the key-rotation
 /// schedule (checked every 100 ms; a failed rotation is logged and retried) and watches the
 /// engine's liveness (`Err` when a core failed).
+/// What the control loop watches and updates besides the rotation.
+struct Control<'a> {
+    runtime: &'a Runtime,
+    announcer: Option<&'a crate::directory::Announcer>,
+    status: &'a crate::http::NodeStatus,
+    schedule: rotation::Schedule,
+}
+
+/// The live Sphinx keys and when each stops being accepted: the primary at its successor's
+/// boundary plus the overlap (never, with rotation disabled), the secondary at the end of
+/// its overlap.
+fn key_expiries(
+    rotation: &rotation::Rotation,
+    schedule: &rotation::Schedule,
+) -> Vec<crate::http::KeyExpiry> {
+    let state = rotation.state();
+    let primary = state.primary_rotation_id;
+    let mut keys = vec![crate::http::KeyExpiry {
+        rotation_id: primary,
+        expires_at_s: schedule
+            .enabled()
+            .then(|| schedule.overlap_end_ms(primary) / 1_000),
+    }];
+    if let Some(secondary) = state.secondary_rotation_id {
+        keys.push(crate::http::KeyExpiry {
+            rotation_id: secondary,
+            expires_at_s: state.secondary_until_ms.map(|ms| ms / 1_000),
+        });
+    }
+    keys
+}
+
 fn wait_for_signal(
     signals: &mut signal_hook::iterator::Signals,
     rotation: &mut rotation::Rotation,
-    runtime: &Runtime,
-    announcer: Option<&crate::directory::Announcer>,
+    control: &Control<'_>,
 ) -> Result<i32, String> {
+    let (runtime, announcer) = (control.runtime, control.announcer);
     let mut failures = 0u32;
     let mut engine = crate::supervise::EngineWatch::default();
     // Runs until a signal arrives; every turn is bounded (one rotation step at most).
@@ -506,6 +553,9 @@ fn wait_for_signal(
         match rotation.tick(rotation::now_ms(), runtime) {
             Ok(true) => {
                 failures = 0;
+                control
+                    .status
+                    .set_sphinx_keys(key_expiries(rotation, &control.schedule));
                 if let Some(announcer) = announcer {
                     let mut descriptor = announcer.descriptor();
                     let primary = &rotation.keys().primary;
@@ -524,6 +574,12 @@ fn wait_for_signal(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `lethe mixnode deregister`: the node in `dir` leaves the directory at `url` at once.
+pub fn deregister(dir: &Path, url: &str) -> Result<(), String> {
+    let config = Config::load(dir)?;
+    crate::directory::announce::deregister_command(&resolve(dir, &config.keys.identity), url)
 }
 
 /// Refuses, before anything starts, an announcement that could not work.
@@ -558,6 +614,7 @@ fn start_announcer(
     bound: SocketAddr,
     metrics: SocketAddr,
     keys: &NodeKeys,
+    status: &crate::http::NodeStatus,
 ) -> Result<crate::directory::Announcer, String> {
     let identity = keyfile::read_private(&resolve(dir, &config.keys.identity))?;
     let mix_address = args.announce.unwrap_or(bound);
@@ -584,6 +641,7 @@ fn start_announcer(
         &identity,
         descriptor,
         Duration::from_secs(args.heartbeat_s),
+        status.registration.clone(),
     )
     .map_err(|e| format!("announcer: {e}"))
 }
