@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::mixnode::config::Profile;
+
 /// How long one node may take to print its addresses.
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `down` waits after SIGTERM before SIGKILL.
@@ -79,6 +81,11 @@ pub struct UpArgs {
     /// Run 2-of-3 credential issuers and require bandwidth credentials at the gateways.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub credentials: bool,
+    /// What the mixnodes and gateways are initialised with (`init --profile`): `small` (tens
+    /// of MB each: a laptop holds the testnet) or `default` (production sizing: 1.8 GB of
+    /// replay filter per node, every CPU per mixnode).
+    #[arg(long, value_enum, default_value_t = Profile::Small)]
+    pub profile: Profile,
 }
 
 /// Issuers of a testnet with credentials: t of n.
@@ -266,10 +273,11 @@ fn run_quiet(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn init_node(exe: &Path, role: &str, dir: &Path) -> Result<(), String> {
+fn init_node(exe: &Path, role: &str, dir: &Path, extra: &[&str]) -> Result<(), String> {
     let output = Command::new(exe)
         .args([role, "init", "--dir"])
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::null())
         .output()
         .map_err(|e| format!("{role} init: {e}"))?;
@@ -315,8 +323,6 @@ fn spawn(
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
-        // Each node's stderr.log in the format `testnet up` was asked for.
-        .env("LETHE_LOG_FORMAT", crate::logging::format().as_str())
         .process_group(0);
     let mut child = command.spawn().map_err(|e| format!("{name}: {e}"))?;
     let pid = child.id();
@@ -381,22 +387,9 @@ fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// Engine settings sized for a laptop-scale testnet (the defaults size a production node).
-fn small_engine_args() -> Vec<String> {
-    args(&[
-        "--cores",
-        "1",
-        "--replay-packets-per-s",
-        "2000",
-        "--replay-key-lifetime-s",
-        "3600",
-        "--pool-buffers",
-        "16384",
-        "--timer-entries-max",
-        "16384",
-        "--shutdown-grace-ms",
-        "2000",
-    ])
+/// Run flags of every mixnode and gateway; the sizes come from `init --profile` (`UpArgs`).
+fn node_run_args() -> Vec<String> {
+    args(&["--shutdown-grace-ms", "2000"])
 }
 
 pub fn up(a: &UpArgs) -> Result<(), String> {
@@ -474,9 +467,8 @@ fn prepare_dir(root: &Path) -> Result<(), String> {
                     let path = entry.map_err(|e| format!("{shown}: {e}"))?.path();
                     remove_path(&path)?;
                 }
-                tracing::info!(
-                    dir = %shown,
-                    "the directory held a stopped testnet: cleared it (old keys and logs) to \
+                eprintln!(
+                    "lethe: {shown} held a stopped testnet: cleared it (old keys and logs) to \
                      start afresh"
                 );
             }
@@ -527,7 +519,7 @@ fn start_all(
     // Directory.
     let place = next(placements)?;
     let dir = root.join("directory");
-    init_node(exe, "directory", &dir)?;
+    init_node(exe, "directory", &dir, &[])?;
     let mut dir_args = args(&["directory", "run", "--dir"]);
     dir_args.push(path_arg(&dir));
     dir_args.extend(args(&["--listen"]));
@@ -561,7 +553,7 @@ fn start_all(
         let place = next(placements)?;
         let name = format!("mix{}", index + 1);
         let dir = root.join(&name);
-        init_node(exe, "mixnode", &dir)?;
+        init_node(exe, "mixnode", &dir, &["--profile", a.profile.name()])?;
         let mut run = args(&["mixnode", "run", "--dir"]);
         run.push(path_arg(&dir));
         run.extend(args(&["--listen"]));
@@ -570,7 +562,7 @@ fn start_all(
         run.push(place.addr(NETNS_METRICS_PORT).to_string());
         run.extend(args(&["--directory"]));
         run.push(directory_url.clone());
-        run.extend(small_engine_args());
+        run.extend(node_run_args());
         nodes.push(spawn(
             exe,
             &name,
@@ -587,7 +579,7 @@ fn start_all(
         let place = next(placements)?;
         let name = format!("gateway{}", index + 1);
         let dir = root.join(&name);
-        init_node(exe, "gateway", &dir)?;
+        init_node(exe, "gateway", &dir, &["--profile", a.profile.name()])?;
         let mut run = args(&["gateway", "run", "--dir"]);
         run.push(path_arg(&dir));
         run.extend(args(&["--listen"]));
@@ -604,7 +596,7 @@ fn start_all(
             run.extend(args(&["--verification-key"]));
             run.push(path_arg(vk));
         }
-        run.extend(small_engine_args());
+        run.extend(node_run_args());
         nodes.push(spawn(
             exe,
             &name,

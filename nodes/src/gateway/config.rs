@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::mixnode::config::{EngineSection, KeysSection, ReplaySection};
+use crate::mixnode::config::{EngineSection, KeysSection, Profile, ReplaySection};
 
 pub use crate::mixnode::config::{resolve, CONFIG_FILE};
 pub const CONFIG_VERSION: u32 = 1;
@@ -15,6 +15,9 @@ pub const CONFIG_VERSION: u32 = 1;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub version: u32,
+    /// What `init` sized the gateway for; informational (the values in the file count).
+    #[serde(default)]
+    pub profile: Profile,
     pub gateway: GatewaySection,
     pub engine: EngineSection,
     pub replay: ReplaySection,
@@ -106,6 +109,10 @@ pub const TEMPLATE: &str = r#"# Lethe gateway configuration. Flags and LETHE_* e
 # at `lethe gateway run` (they are not written back). Relative paths are relative to the
 # gateway directory.
 version = 1
+# What `init --profile` sized this gateway for: "default" (production: 1.8 GB replay filter,
+# 160 MB of packet buffers) or "small" (first runs and testnets: tens of MB). Informational:
+# the values below count.
+profile = "default"
 
 [gateway]
 # Where the mixnet listener binds (TCP, Nym framing): final-hop packets arrive here. 1790, not
@@ -179,14 +186,26 @@ batch_hold_us = 150
 delay_ms_max = 10000
 timer_tick_us = 1000
 timer_entries_max = 65536
-# Packet buffers per core (2560 bytes each).
+# Packet buffers per core (2432 bytes each for regular and ack packets; reserved at start,
+# in memory as first used).
 pool_buffers_count = 65536
 
 [replay]
-# Replay filter sizing: items = packets_per_s x key_lifetime_s, at false-positive rate fp_rate.
-packets_per_s = 2000
-key_lifetime_s = 90000
+# The replay filter: the tag of every packet unwrapped under the gateway's Sphinx key, in
+# memory and snapshotted to data_dir (replay-rot-<id>.bin, the filter's size). One filter:
+# the gateway announces and uses one Sphinx key (the secondary `init` writes is unused).
+# What a gateway unwraps is its clients' traffic arriving from the last mix layer: ~55
+# packets/s per connected client at the clients' default rates (Poisson stream 20 ms, loop
+# cover 200 ms), so ~2000/s is a few dozen busy clients, the same order as a mixnode.
+# Sizing rule: capacity_packets = packets/s x the key's life, at false-positive rate fp_rate;
+# ~10.2 bytes a packet at 1e-5 (180000000 -> 1.83 GB, 4200000 -> 43 MB). The gateway's key
+# does not rotate yet, so its life is until you replace it: past capacity_packets fresh
+# packets are dropped as replays more often than fp_rate (logged as a warning at start and
+# at each snapshot with the filter's fill): replace the key or raise capacity_packets.
+capacity_packets = 180000000
 fp_rate = 1e-5
+# Snapshot the filter this often and at shutdown, only if packets were accepted since the
+# last one; loaded at start.
 snapshot_interval_s = 600
 data_dir = "data"
 
@@ -198,6 +217,34 @@ sphinx_secondary = "keys/x25519_sphinx_secondary"
 primary_rotation_id = 1
 secondary_rotation_id = 0
 "#;
+
+/// The small profile: (line of `TEMPLATE`, its replacement). Each line occurs once.
+const SMALL_PROFILE_LINES: [(&str, &str); 5] = [
+    ("profile = \"default\"", "profile = \"small\""),
+    ("secondary_rotation_id = 0", SMALL_ROTATION),
+    ("pool_buffers_count = 65536", "pool_buffers_count = 4096"),
+    ("timer_entries_max = 65536", "timer_entries_max = 16384"),
+    ("capacity_packets = 180000000", "capacity_packets = 4200000"),
+];
+
+/// The small profile's mixnodes rotate hourly: the v8 rotation byte of frames the gateway
+/// sends them is the parity of their rotation id, counted with their interval.
+const SMALL_ROTATION: &str =
+    "secondary_rotation_id = 0\n# The mixnodes' Sphinx key rotation interval \
+     (small profile: 1 h): it numbers the\n# rotation byte of v8 frames sent to them.\n\
+     rotation_interval_s = 3600\nrotation_overlap_s = 600";
+
+/// The config `init --profile` writes.
+pub fn template(profile: Profile) -> String {
+    match profile {
+        Profile::Default => TEMPLATE.to_string(),
+        Profile::Small => SMALL_PROFILE_LINES
+            .iter()
+            .fold(TEMPLATE.to_string(), |text, (from, to)| {
+                text.replacen(&format!("\n{from}\n"), &format!("\n{to}\n"), 1)
+            }),
+    }
+}
 
 impl Config {
     pub fn load(dir: &Path) -> Result<Config, String> {
@@ -213,6 +260,10 @@ impl Config {
                 config.version
             ));
         }
+        config
+            .replay
+            .params()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }
 }
@@ -253,6 +304,48 @@ mod tests {
             config.gateway.credentials_database,
             PathBuf::from("credentials.sqlite")
         );
+    }
+
+    #[test]
+    fn profiles_size_the_replay_filter_and_the_pool() {
+        let default: Config = toml::from_str(&template(Profile::Default)).unwrap();
+        assert_eq!(default.profile, Profile::Default);
+        assert_eq!(default.replay.capacity_packets(), 180_000_000);
+        let text = template(Profile::Small);
+        for (from, to) in SMALL_PROFILE_LINES {
+            assert_eq!(
+                TEMPLATE.matches(&format!("\n{from}\n")).count(),
+                1,
+                "{from}"
+            );
+            assert!(text.contains(to), "{to}");
+        }
+        let small: Config = toml::from_str(&text).unwrap();
+        assert_eq!(small.profile, Profile::Small);
+        let sizing =
+            crate::mixnode::config::Sizing::of(&small.replay, &small.engine, small.gateway.cores)
+                .unwrap();
+        assert!(sizing.replay_filter_bytes < 48 << 20, "{sizing:?}");
+        assert!(sizing.pool_bytes_per_core < 12 << 20, "{sizing:?}");
+        assert!(sizing.memory_bytes_max() < 128 << 20, "{sizing:?}");
+    }
+
+    #[test]
+    fn replay_sizing_is_validated_at_load() {
+        let dir = std::env::temp_dir().join(format!("lethe-gwcfg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(CONFIG_FILE);
+        std::fs::write(&path, TEMPLATE).unwrap();
+        assert!(Config::load(&dir).is_ok());
+        let bad = TEMPLATE.replace("capacity_packets = 180000000", "capacity_packets = 0");
+        std::fs::write(&path, bad).unwrap();
+        let err = Config::load(&dir).unwrap_err();
+        assert!(
+            err.contains("replay: capacity_packets = 0: must be in"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 use crate::keyfile;
 use crate::mixnode::rotation::Schedule;
 use crate::mixnode::{self, engine_config};
-use config::{resolve, Config, CONFIG_FILE, TEMPLATE};
+use config::{resolve, Config, CONFIG_FILE};
 use egress::{Egress, EgressSettings};
 use metrics::GatewayMetrics;
 use sessions::{FirstHops, Registry, SessionSettings, Shared};
@@ -91,6 +91,10 @@ pub struct RunOverrides {
     /// Replay sizing: key lifetime in seconds (config: replay.key_lifetime_s).
     #[arg(long, env = "LETHE_REPLAY_KEY_LIFETIME_S")]
     pub replay_key_lifetime_s: Option<u64>,
+    /// Replay sizing: packets the filter holds (config: replay.capacity_packets). Wins over
+    /// the two flags above.
+    #[arg(long, env = "LETHE_REPLAY_CAPACITY_PACKETS")]
+    pub replay_capacity_packets: Option<u64>,
     /// Shutdown grace period in ms (config: gateway.shutdown_grace_ms).
     #[arg(long, env = "LETHE_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -122,15 +126,17 @@ impl RunOverrides {
         let e = &mut config.engine;
         e.pool_buffers_count = self.pool_buffers.unwrap_or(e.pool_buffers_count);
         e.timer_entries_max = self.timer_entries_max.unwrap_or(e.timer_entries_max);
-        let r = &mut config.replay;
-        r.packets_per_s = self.replay_packets_per_s.unwrap_or(r.packets_per_s);
-        r.key_lifetime_s = self.replay_key_lifetime_s.unwrap_or(r.key_lifetime_s);
+        config.replay.apply_flags(
+            self.replay_packets_per_s,
+            self.replay_key_lifetime_s,
+            self.replay_capacity_packets,
+        );
     }
 }
 
 /// `lethe gateway init`: keys (0600, in a 0700 dir) and the commented config; never
 /// overwrites.
-pub fn init(dir: &Path) -> Result<(), String> {
+pub fn init(dir: &Path, profile: crate::mixnode::config::Profile) -> Result<(), String> {
     keyfile::create_private_dir(dir)?;
     let config_path = dir.join(CONFIG_FILE);
     if config_path.exists() {
@@ -139,15 +145,19 @@ pub fn init(dir: &Path) -> Result<(), String> {
             config_path.display()
         ));
     }
-    let config: Config = toml::from_str(TEMPLATE).map_err(|e| e.to_string())?;
+    let text = config::template(profile);
+    let config: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
+    let sizing =
+        crate::mixnode::config::Sizing::of(&config.replay, &config.engine, config.gateway.cores)?;
     keyfile::create_private_dir(&resolve(dir, &config.replay.data_dir))?;
     mixnode::write_keys(dir, &config.keys)?;
-    keyfile::write_new(&config_path, TEMPLATE.as_bytes(), 0o600)?;
+    keyfile::write_new(&config_path, text.as_bytes(), 0o600)?;
     // What clients pin (`client init --gateway`), and the next command, filled in.
     let identity =
         keyfile::read_public(&resolve(dir, &config.keys.identity).with_extension("pub"))?;
     println!("identity={}", keyfile::hex(&identity));
     println!("config={}", config_path.display());
+    sizing.print(profile, config.replay.snapshot_interval_s);
     eprintln!(
         "initialised gateway in {d}. Next, register it with a directory and start it:\n\n  \
          {exe} gateway run --dir {d} --directory http://DIRECTORY:8080 --directory-key KEY \
@@ -205,9 +215,7 @@ pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
 }
 
 /// The directory to use, if any: its URL and pinned key.
-pub(crate) fn directory(
-    overrides: &RunOverrides,
-) -> Result<Option<(String, [u8; 32])>, String> {
+pub(crate) fn directory(overrides: &RunOverrides) -> Result<Option<(String, [u8; 32])>, String> {
     match (&overrides.directory, &overrides.directory_key) {
         (Some(url), Some(key)) => {
             let key = keyfile::unhex_32(key)
@@ -238,12 +246,6 @@ fn lock_state(
 }
 
 /// `lethe gateway run`.
-/// `lethe gateway deregister`: the gateway in `dir` leaves the directory at `url` at once.
-pub fn deregister(dir: &Path, url: &str) -> Result<(), String> {
-    let config = Config::load(dir)?;
-    crate::directory::announce::deregister_command(&resolve(dir, &config.keys.identity), url)
-}
-
 pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     // Registered first, so a signal that arrives during start-up is not lost.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -284,16 +286,18 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             let vk = resolve(dir, vk);
             let db = resolve(dir, &g.credentials_database);
             let admission = admission::Admission::open(&db, &vk, identity)?;
-            tracing::info!(
-                verification_key = %vk.display(),
-                database = %db.display(),
-                "admission: bandwidth credentials required"
+            eprintln!(
+                "lethe: gateway admission: bandwidth credentials required (verification key {}, \
+                 spent tags and balances in {})",
+                vk.display(),
+                db.display()
             );
             Some(Arc::new(admission))
         }
         None => {
-            tracing::warn!(
-                "admission is open: no --verification-key, clients forward without credentials"
+            eprintln!(
+                "lethe: gateway admission is open: no --verification-key, clients forward \
+                 without credentials"
             );
             None
         }
@@ -339,6 +343,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             client_idle: Duration::from_secs(u64::from(g.client_idle_days).saturating_mul(86_400)),
         },
     )?;
+    mixnode::log_memory(&replay, &runtime_config);
     let cores = runtime_config.cores;
     let runtime = Runtime::start_with_final_hops(
         runtime_config,
@@ -349,16 +354,9 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let engine_metrics = runtime.metrics().to_vec();
     let extra = metrics.clone();
-    let status = crate::http::NodeStatus::new("gateway");
-    // The gateway does not rotate its Sphinx key: it is accepted until replaced by hand.
-    status.set_sphinx_keys(vec![crate::http::KeyExpiry {
-        rotation_id: config.keys.primary_rotation_id,
-        expires_at_s: None,
-    }]);
     let metrics_addr = crate::http::serve_with(
         g.metrics_address,
         engine_metrics.clone(),
-        status.clone(),
         Some(Arc::new(move |out: &mut String| extra.render(out))),
     )?;
 
@@ -412,13 +410,14 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
                 &identity_seed,
                 descriptor,
                 registration::HEARTBEAT_INTERVAL,
-                status.registration.clone(),
             )
             .map_err(|e| format!("announcer: {e}"))?,
         )
     } else {
         if !overrides.allow_any_first_hop {
-            tracing::warn!("no --directory: client forwards are refused (NOT_LAYER1: no topology)");
+            eprintln!(
+                "lethe: gateway without --directory: client forwards are refused (NOT_LAYER1)"
+            );
         }
         None
     };
@@ -445,11 +444,10 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         let _ = stdout.write_all(announced.as_bytes());
         let _ = stdout.flush();
     }
-    tracing::info!(
-        mixnet = %runtime.local_addr(),
-        clients = %client_addr,
-        cores,
-        "gateway up"
+    eprintln!(
+        "lethe: gateway up: mixnet {} clients {} with {cores} core(s)",
+        runtime.local_addr(),
+        client_addr
     );
 
     let mut engine = crate::supervise::EngineWatch::default();
@@ -461,26 +459,19 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         if let Err(failure) = engine.check(&runtime, announcer.as_ref()) {
             // Mail already handed to the writer is committed by it; not joined: a wedged
             // core would hold the exit up. The supervisor restarts us.
-            tracing::error!("{failure}: exiting");
+            eprintln!("lethe: {failure}: exiting");
             drop(announcer);
             runtime.shutdown();
             writer_stop.store(true, Ordering::SeqCst);
             let _ = writer.join();
             if let Err(e) = mixnode::save_replay(&data_dir, &replay) {
-                tracing::error!(error = %e, "replay snapshot at exit failed");
+                eprintln!("lethe: replay snapshot at exit failed: {e}");
             }
             std::process::exit(crate::supervise::EXIT_ENGINE_FAILED);
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    tracing::info!(
-        signal = crate::logging::signal_name(signal),
-        "stopping gateway"
-    );
-    // Leave the directory first: it drops us from the next topology at once.
-    if let Some(announcer) = announcer {
-        announcer.leave();
-    }
+    eprintln!("lethe: signal {signal:?}: stopping gateway");
     runtime.shutdown();
     let joined = runtime.join();
     // The cores are gone: the writer drains what they handed over, commits, and ends.
@@ -491,11 +482,11 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     mixnode::save_replay(&data_dir, &replay)?;
     tokio.shutdown_timeout(Duration::from_secs(1));
     mixnode::report(&engine_metrics);
-    tracing::info!(
-        stored = GatewayMetrics::get(&metrics.final_hop_stored),
-        acks = GatewayMetrics::get(&metrics.acks_forwarded),
-        forwarded = GatewayMetrics::get(&metrics.forwarded_from_clients),
-        "gateway stopped"
+    eprintln!(
+        "lethe: gateway stopped: stored {} acks {} forwarded {}",
+        GatewayMetrics::get(&metrics.final_hop_stored),
+        GatewayMetrics::get(&metrics.acks_forwarded),
+        GatewayMetrics::get(&metrics.forwarded_from_clients),
     );
     joined
 }

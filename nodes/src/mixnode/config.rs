@@ -13,6 +13,9 @@ pub const CONFIG_VERSION: u32 = 1;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub version: u32,
+    /// What `init` sized the node for; informational (the values in the file count).
+    #[serde(default)]
+    pub profile: Profile,
     pub mixnode: MixnodeSection,
     pub engine: EngineSection,
     pub replay: ReplaySection,
@@ -89,14 +92,72 @@ fn packet_sizes_regular() -> Vec<String> {
     vec!["regular".into(), "ack".into()]
 }
 
+/// What `init --profile` sizes a node for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// A production node: Nym's sizing, ~2000 packets/s under 24 h keys (1.8 GB per replay
+    /// filter), every CPU, 160 MiB of packet buffers per core.
+    #[default]
+    Default,
+    /// First runs and laptop testnets: ~1000 packets/s under 1 h keys (43 MB per replay
+    /// filter), one core, 16 MiB of packet buffers.
+    Small,
+}
+
+impl Profile {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Profile::Default => "default",
+            Profile::Small => "small",
+        }
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaySection {
+    /// Packets (replay tags) one filter holds at `fp_rate`: packets/s × key lifetime. Configs
+    /// written before it existed size from `packets_per_s × key_lifetime_s`, and the
+    /// `--replay-packets-per-s` / `--replay-key-lifetime-s` flags clear it to do the same.
+    #[serde(default)]
+    pub capacity_packets: Option<u64>,
+    /// Legacy sizing inputs (see `capacity_packets`); Nym's values when absent.
+    #[serde(default = "replay_packets_per_s_default")]
     pub packets_per_s: u64,
+    #[serde(default = "replay_key_lifetime_s_default")]
     pub key_lifetime_s: u64,
     pub fp_rate: f64,
     pub snapshot_interval_s: u64,
     pub data_dir: PathBuf,
+}
+
+fn replay_packets_per_s_default() -> u64 {
+    lethe_engine::limits::REPLAY_PACKETS_PER_S_DEFAULT
+}
+
+fn replay_key_lifetime_s_default() -> u64 {
+    lethe_engine::limits::REPLAY_KEY_LIFETIME_S
+}
+
+impl ReplaySection {
+    /// Tags one filter is sized for: `capacity_packets`, else `packets_per_s × key_lifetime_s`.
+    pub fn capacity_packets(&self) -> u64 {
+        self.capacity_packets
+            .unwrap_or_else(|| self.packets_per_s.saturating_mul(self.key_lifetime_s))
+    }
+
+    /// One filter's geometry, or why the sizing is refused (out of range, too large).
+    pub fn params(&self) -> Result<lethe_engine::ReplayParams, String> {
+        lethe_engine::ReplayParams::for_capacity(self.capacity_packets(), self.fp_rate)
+            .map_err(|e| format!("replay: {e}"))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -138,6 +199,10 @@ pub const TEMPLATE: &str = r#"# Lethe mixnode configuration. Flags and LETHE_* e
 # values at `lethe mixnode run` (they are not written back). Relative paths are relative to
 # the node directory.
 version = 1
+# What `init --profile` sized this node for: "default" (production: ~2000 packets/s under
+# 24 h keys, 1.8 GB per replay filter) or "small" (first runs and testnets: ~1000 packets/s
+# under 1 h keys, 43 MB per filter, one core). Informational: the values below count.
+profile = "default"
 
 [mixnode]
 # Where the mixnet listener binds (TCP, Nym framing; Nym's default port is 1789).
@@ -200,12 +265,19 @@ pool_memory_bytes = 167772160
 pool_buffers_count = 0
 
 [replay]
-# Replay filter sizing: items = packets_per_s x key_lifetime_s, at false-positive rate fp_rate
-# (Nym: 2000 pps, 25 h, 1e-5). One filter per live Sphinx key.
-packets_per_s = 2000
-key_lifetime_s = 90000
+# The replay filter: one per live Sphinx key (two during a rotation's overlap), holding the
+# tag of every packet accepted under that key; in memory, and snapshotted to data_dir.
+# Sizing rule: capacity_packets = packets/s x key lifetime (rotation_interval_s +
+# rotation_overlap_s below), at false-positive rate fp_rate (the odds that a fresh packet is
+# dropped as a replay once the filter is full). At 1e-5 a packet takes 81 bits, so a filter
+# is ~10.2 bytes x capacity_packets: Nym's 2000/s x 90000 s = 180000000 -> 1.83 GB (3.7 GB
+# during an overlap); the small profile's 1000/s x 4200 s = 4200000 -> 43 MB. A key that
+# sees more packets than this drops fresh ones more often than fp_rate; fewer wastes memory.
+capacity_packets = 180000000
 fp_rate = 1e-5
-# Snapshot the filters to data_dir this often, and at shutdown; loaded at start.
+# Snapshot the filters to data_dir this often and at shutdown, each only if packets were
+# accepted since its last snapshot (one file per live key, replay-rot-<id>.bin, the filter's
+# size); loaded at start. A restart forgets the packets accepted since the last snapshot.
 snapshot_interval_s = 600
 data_dir = "data"
 
@@ -225,7 +297,7 @@ sphinx_secondary = "keys/x25519_sphinx_secondary"
 # the interval renumbers (new key at the next start). State: keys/sphinx_rotation.toml.
 # Nym: 24 h, 1 h (keys valid for 24 one-hour epochs plus one epoch of overlap). 0 = never
 # rotate (the key keeps rotation id 1).
-# Keep replay.key_lifetime_s >= interval + overlap: a filter must hold a key's whole life.
+# Size replay.capacity_packets for a key's whole life: packets/s x (interval + overlap).
 rotation_interval_s = 86400
 rotation_overlap_s = 3600
 "#;
@@ -238,9 +310,9 @@ impl Config {
         let config: Config =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         for key in ignored_keys(&text) {
-            tracing::warn!(
-                config = %path.display(),
-                "keys.{key} is ignored: rotation ids come from the clock"
+            eprintln!(
+                "lethe: warning: {}: keys.{key} is ignored: rotation ids come from the clock",
+                path.display()
             );
         }
         if config.version != CONFIG_VERSION {
@@ -250,8 +322,143 @@ impl Config {
                 config.version
             ));
         }
+        check_replay_keys(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config
+            .replay
+            .params()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }
+}
+
+impl ReplaySection {
+    /// The run flags: `--replay-packets-per-s` / `--replay-key-lifetime-s` size from their
+    /// product (clearing `capacity_packets`), `--replay-capacity-packets` wins over both.
+    pub fn apply_flags(
+        &mut self,
+        packets_per_s: Option<u64>,
+        key_lifetime_s: Option<u64>,
+        capacity_packets: Option<u64>,
+    ) {
+        if packets_per_s.is_some() || key_lifetime_s.is_some() {
+            self.capacity_packets = None;
+        }
+        self.packets_per_s = packets_per_s.unwrap_or(self.packets_per_s);
+        self.key_lifetime_s = key_lifetime_s.unwrap_or(self.key_lifetime_s);
+        if capacity_packets.is_some() {
+            self.capacity_packets = capacity_packets;
+        }
+    }
+}
+
+/// What a config implies in memory and on disk; `init` prints it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizing {
+    pub replay_filter_bytes: u64,
+    pub pool_bytes_per_core: u64,
+    pub cores: u32,
+}
+
+impl Sizing {
+    /// `cores` as configured (0 = every CPU of this machine).
+    pub fn of(
+        replay: &ReplaySection,
+        engine: &EngineSection,
+        cores: u32,
+    ) -> Result<Sizing, String> {
+        let replay_filter_bytes = replay.params()?.bytes();
+        let engine = super::engine_config(engine)?;
+        let cores = match cores {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            n => n,
+        };
+        Ok(Sizing {
+            replay_filter_bytes,
+            pool_bytes_per_core: u64::from(engine.pool_buffers_count)
+                * u64::from(engine.pool_buffer_bytes),
+            cores,
+        })
+    }
+
+    /// The most it holds: two replay filters (a rotation's overlap) and every pool buffer in
+    /// use on every core. Steady state is one filter and the buffers traffic touched.
+    pub fn memory_bytes_max(&self) -> u64 {
+        self.replay_filter_bytes.saturating_mul(2).saturating_add(
+            self.pool_bytes_per_core
+                .saturating_mul(u64::from(self.cores)),
+        )
+    }
+
+    /// `profile=`, `replay_filter_bytes=`, `memory_bytes_max=` on stdout (with `init`'s other
+    /// `key=value` lines), and what they mean on stderr.
+    pub fn print(&self, profile: Profile, snapshot_interval_s: u64) {
+        let mb = |b: u64| b.div_ceil(1_000_000);
+        println!("profile={profile}");
+        println!("replay_filter_bytes={}", self.replay_filter_bytes);
+        println!("memory_bytes_max={}", self.memory_bytes_max());
+        eprintln!(
+            "profile {profile}: replay filter {} MB per live Sphinx key (two during a \
+             rotation's overlap), packet buffers up to {} MB per core x {} core(s): {} MB at \
+             first, up to {} MB. On disk: one {} MB snapshot per live key in the data \
+             directory, rewritten every {snapshot_interval_s} s if packets arrived, and at stop.",
+            mb(self.replay_filter_bytes),
+            mb(self.pool_bytes_per_core),
+            self.cores,
+            mb(self.replay_filter_bytes),
+            mb(self.memory_bytes_max()),
+            mb(self.replay_filter_bytes),
+        );
+    }
+}
+
+/// The small profile: (line of `TEMPLATE`, its replacement). Each line occurs once.
+const SMALL_PROFILE_LINES: [(&str, &str); 6] = [
+    ("profile = \"default\"", "profile = \"small\""),
+    ("cores = 0", "cores = 1"),
+    (
+        "pool_memory_bytes = 167772160",
+        "pool_memory_bytes = 16777216",
+    ),
+    ("timer_entries_max = 65536", "timer_entries_max = 16384"),
+    ("capacity_packets = 180000000", "capacity_packets = 4200000"),
+    (
+        "rotation_interval_s = 86400\nrotation_overlap_s = 3600",
+        SMALL_ROTATION,
+    ),
+];
+
+/// 1 h keys with 10 min of overlap: a network's nodes must share the interval (ids and the v8
+/// rotation byte come from it), so this suits a network of small nodes (a testnet).
+const SMALL_ROTATION: &str = "rotation_interval_s = 3600\nrotation_overlap_s = 600";
+
+/// The config `init --profile` writes.
+pub fn template(profile: Profile) -> String {
+    match profile {
+        Profile::Default => TEMPLATE.to_string(),
+        Profile::Small => SMALL_PROFILE_LINES
+            .iter()
+            .fold(TEMPLATE.to_string(), |text, (from, to)| {
+                text.replacen(&format!("\n{from}\n"), &format!("\n{to}\n"), 1)
+            }),
+    }
+}
+
+/// `capacity_packets` and the legacy `packets_per_s` / `key_lifetime_s` in one file would
+/// leave the reader guessing which one sizes the filter.
+fn check_replay_keys(text: &str) -> Result<(), String> {
+    let Ok(table) = toml::from_str::<toml::Table>(text) else {
+        return Ok(());
+    };
+    let replay = table.get("replay").and_then(toml::Value::as_table);
+    let has = |key: &str| replay.is_some_and(|t| t.contains_key(key));
+    if has("capacity_packets") && (has("packets_per_s") || has("key_lifetime_s")) {
+        return Err(
+            "replay: set capacity_packets (= packets/s x key lifetime in s) or the \
+                    older packets_per_s and key_lifetime_s, not both"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Keys of configs written before rotation ids were network-wide: accepted, ignored.
@@ -291,6 +498,82 @@ mod tests {
             config.engine.pool_memory_bytes,
             lethe_engine::limits::POOL_MEMORY_BYTES_DEFAULT
         );
+    }
+
+    #[test]
+    fn default_profile_sizes_a_production_node() {
+        let config: Config = toml::from_str(&template(Profile::Default)).unwrap();
+        assert_eq!(config.profile, Profile::Default);
+        assert_eq!(config.replay.capacity_packets(), 180_000_000);
+        let bytes = config.replay.params().unwrap().bytes();
+        assert!((1_800_000_000..1_900_000_000).contains(&bytes), "{bytes}");
+    }
+
+    #[test]
+    fn small_profile_is_tens_of_megabytes() {
+        let text = template(Profile::Small);
+        for (from, to) in SMALL_PROFILE_LINES {
+            assert_eq!(
+                TEMPLATE.matches(&format!("\n{from}\n")).count(),
+                1,
+                "{from}"
+            );
+            assert!(text.contains(to), "{to}");
+        }
+        let config: Config = toml::from_str(&text).unwrap();
+        assert_eq!(config.profile, Profile::Small);
+        assert_eq!(config.mixnode.cores, 1);
+        // ~1000 packets/s over a key's life (interval + overlap).
+        let life_s = config.keys.rotation_interval_s + config.keys.rotation_overlap_s;
+        assert_eq!((config.keys.rotation_interval_s, life_s), (3_600, 4_200));
+        assert_eq!(config.replay.capacity_packets(), 1_000 * life_s);
+        let filter = config.replay.params().unwrap().bytes();
+        assert!(filter < 48 << 20, "{filter}");
+        assert_eq!(config.engine.pool_memory_bytes, 16 << 20);
+        // Worst case, mid-overlap with every buffer in use: under 128 MiB.
+        assert!(2 * filter + config.engine.pool_memory_bytes < 128 << 20);
+    }
+
+    #[test]
+    fn replay_sizing_is_validated_with_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("lethe-mixcfg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |text: &str| std::fs::write(dir.join(CONFIG_FILE), text).unwrap();
+        write(TEMPLATE);
+        assert!(Config::load(&dir).is_ok());
+        write(&TEMPLATE.replace("capacity_packets = 180000000", "capacity_packets = 10"));
+        let err = Config::load(&dir).unwrap_err();
+        assert!(err.contains("capacity_packets = 10: must be in"), "{err}");
+        write(&TEMPLATE.replace("capacity_packets = 180000000", "capacity_packets = \"1G\""));
+        assert!(Config::load(&dir).unwrap_err().contains("capacity_packets"));
+        write(&TEMPLATE.replace("fp_rate = 1e-5", "fp_rate = 2.0"));
+        assert!(Config::load(&dir).unwrap_err().contains("fp_rate = 2"));
+        write(
+            &TEMPLATE
+                .replace(
+                    "capacity_packets = 180000000",
+                    "capacity_packets = 10000000000\nfp_rate = 1e-12",
+                )
+                .replacen("fp_rate = 1e-5\n", "", 1),
+        );
+        let err = Config::load(&dir).unwrap_err();
+        assert!(err.contains("lower capacity_packets"), "{err}");
+        write(&TEMPLATE.replace(
+            "capacity_packets = 180000000",
+            "capacity_packets = 1\npackets_per_s = 5",
+        ));
+        assert!(Config::load(&dir).unwrap_err().contains("not both"));
+        // A config from before capacity_packets sizes from the rate and the key lifetime.
+        write(&TEMPLATE.replace(
+            "capacity_packets = 180000000",
+            "packets_per_s = 200\nkey_lifetime_s = 3600",
+        ));
+        assert_eq!(
+            Config::load(&dir).unwrap().replay.capacity_packets(),
+            720_000
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -15,14 +15,12 @@ use lethe_engine::core::{NodeKeys, SphinxKey};
 use lethe_engine::limits::{pool_buffers_for, PacketSizes, PACKET_BYTES_DEFAULT};
 use lethe_engine::metrics::{CoreMetrics, DropReason};
 use lethe_engine::runtime::{EgressConfig, IngressLimits, Runtime, RuntimeConfig};
-use lethe_engine::{
-    snapshot_path, EngineConfig, ReplayConfig, ReplayFilter, ReplayFilterSet, ReplayParams,
-};
+use lethe_engine::{snapshot_path, EngineConfig, ReplayConfig, ReplayFilter, ReplayFilterSet};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::keyfile;
 use crate::topology::Role;
-use config::{resolve, Config, EngineSection, KeysSection, ReplaySection, CONFIG_FILE, TEMPLATE};
+use config::{resolve, Config, EngineSection, KeysSection, ReplaySection, CONFIG_FILE};
 
 /// Flags of `lethe mixnode run`; each overrides `config.toml` and has a `LETHE_*` twin.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -68,6 +66,10 @@ pub struct RunOverrides {
     /// Replay sizing: key lifetime in seconds (config: replay.key_lifetime_s).
     #[arg(long, env = "LETHE_REPLAY_KEY_LIFETIME_S")]
     pub replay_key_lifetime_s: Option<u64>,
+    /// Replay sizing: packets one filter holds, packets/s × key lifetime in s (config:
+    /// replay.capacity_packets). Wins over the two flags above.
+    #[arg(long, env = "LETHE_REPLAY_CAPACITY_PACKETS")]
+    pub replay_capacity_packets: Option<u64>,
     /// Replay snapshot interval in seconds (config: replay.snapshot_interval_s).
     #[arg(long, env = "LETHE_SNAPSHOT_INTERVAL_S")]
     pub snapshot_interval_s: Option<u64>,
@@ -132,8 +134,11 @@ impl RunOverrides {
         }
         e.timer_entries_max = self.timer_entries_max.unwrap_or(e.timer_entries_max);
         let r = &mut config.replay;
-        r.packets_per_s = self.replay_packets_per_s.unwrap_or(r.packets_per_s);
-        r.key_lifetime_s = self.replay_key_lifetime_s.unwrap_or(r.key_lifetime_s);
+        r.apply_flags(
+            self.replay_packets_per_s,
+            self.replay_key_lifetime_s,
+            self.replay_capacity_packets,
+        );
         r.snapshot_interval_s = self.snapshot_interval_s.unwrap_or(r.snapshot_interval_s);
         let k = &mut config.keys;
         k.rotation_interval_s = self.rotation_interval_s.unwrap_or(k.rotation_interval_s);
@@ -143,7 +148,7 @@ impl RunOverrides {
 
 /// `lethe mixnode init`: keys (0600, in a 0700 dir) and the commented config; never
 /// overwrites.
-pub fn init(dir: &Path) -> Result<(), String> {
+pub fn init(dir: &Path, profile: config::Profile) -> Result<(), String> {
     keyfile::create_private_dir(dir)?;
     let config_path = dir.join(CONFIG_FILE);
     if config_path.exists() {
@@ -152,10 +157,13 @@ pub fn init(dir: &Path) -> Result<(), String> {
             config_path.display()
         ));
     }
-    let config: Config = toml::from_str(TEMPLATE).map_err(|e| e.to_string())?;
+    let text = config::template(profile);
+    let config: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
+    // What the profile implies, before anything is written (a sizing error writes nothing).
+    let sizing = config::Sizing::of(&config.replay, &config.engine, config.mixnode.cores)?;
     keyfile::create_private_dir(&resolve(dir, &config.replay.data_dir))?;
     write_keys(dir, &config.keys)?;
-    keyfile::write_new(&config_path, TEMPLATE.as_bytes(), 0o600)?;
+    keyfile::write_new(&config_path, text.as_bytes(), 0o600)?;
     // The keys an operator hands to others (the identity names the node in the directory,
     // the Sphinx key is what clients encrypt to) and the next command, filled in.
     let identity =
@@ -165,6 +173,7 @@ pub fn init(dir: &Path) -> Result<(), String> {
     println!("identity={}", keyfile::hex(&identity));
     println!("sphinx_key={}", keyfile::hex(&sphinx));
     println!("config={}", config_path.display());
+    sizing.print(profile, config.replay.snapshot_interval_s);
     eprintln!(
         "initialised mixnode in {d}. Next, register it with a directory and start it:\n\n  \
          {exe} mixnode run --dir {d} --directory http://DIRECTORY:8080 --announce \
@@ -206,12 +215,11 @@ pub(crate) fn load_keys(dir: &Path, keys: &KeysSection) -> Result<NodeKeys, Stri
     };
     // The identity key is not used by the data plane yet; check it is there and private.
     keyfile::read_private(&resolve(dir, &keys.identity))?;
+    // The primary only: it is the key the gateway announces and clients encrypt to. The
+    // secondary `init` writes is announced nowhere, so no packet can be built for it; loading
+    // it cost a second replay filter (1.8 GB by default, and its snapshot file) for nothing.
     let primary = SphinxKey::new(keys.primary_rotation_id, read(&keys.sphinx_primary)?);
-    let secondary = SphinxKey::new(keys.secondary_rotation_id, read(&keys.sphinx_secondary)?);
-    if primary.rotation_id == secondary.rotation_id {
-        return Err("keys: primary and secondary rotation ids must differ".into());
-    }
-    Ok(NodeKeys::new(primary, Some(secondary)))
+    Ok(NodeKeys::new(primary, None))
 }
 
 /// One filter per live key: the snapshot if there is one, else a fresh filter.
@@ -221,13 +229,7 @@ pub(crate) fn load_replay(
     keys: &NodeKeys,
 ) -> Result<ReplayFilterSet, String> {
     let data_dir = resolve(dir, &replay.data_dir);
-    let sizing = ReplayConfig {
-        packets_per_s: replay.packets_per_s,
-        key_lifetime_s: replay.key_lifetime_s,
-        fp_rate: replay.fp_rate,
-        block_words: 1,
-    };
-    let params = ReplayParams::from_config(&sizing).map_err(|e| format!("replay: {e}"))?;
+    let params = replay.params()?;
     let mut set = ReplayFilterSet::default();
     let ids = [
         Some(keys.primary.rotation_id),
@@ -238,28 +240,150 @@ pub(crate) fn load_replay(
         let filter = if path.exists() {
             let filter =
                 ReplayFilter::load(&path, id).map_err(|e| format!("{}: {e}", path.display()))?;
-            tracing::info!(rotation = id, file = %path.display(), "replay filter loaded");
+            eprintln!(
+                "lethe: replay filter for rotation {id} loaded from {}",
+                path.display()
+            );
             filter
         } else {
-            ReplayFilter::try_new(id, params)
-                .map_err(|_| format!("replay: cannot allocate {} bytes", params.bytes()))?
+            let filter = ReplayFilter::try_new(id, params)
+                .map_err(|_| format!("replay: cannot allocate {} bytes", params.bytes()))?;
+            tracing::info!(
+                rotation = id,
+                bytes = params.bytes(),
+                capacity_packets = replay.capacity_packets(),
+                fp_rate = replay.fp_rate,
+                "replay filter allocated"
+            );
+            filter
         };
         set.insert(Arc::new(filter))
             .map_err(|e| format!("replay: {e:?}"))?;
     }
+    remove_stale_snapshots(&data_dir, &set);
+    for filter in set.rotation_ids().filter_map(|id| set.get(id)) {
+        check_fill(filter);
+    }
     Ok(set)
 }
 
+/// Warns when a filter holds more than it was sized for: its false-positive rate (fresh
+/// packets dropped as replays) is then above the target. Estimated from the fraction of bits
+/// set: a fresh tag is a false positive when its `k` bits are all set, about `fill^k` (each
+/// tag's bits lie in one word; uneven words make it a slight underestimate). Reads the whole
+/// filter: called at start and after a snapshot, on the snapshot thread.
+fn check_fill(filter: &ReplayFilter) -> f64 {
+    let params = filter.params();
+    let fill = filter.fill_ratio();
+    let fp_estimate = fill.powi(params.hash_count as i32);
+    let fp_target = params.false_positive_rate();
+    if fp_estimate > fp_target {
+        tracing::warn!(
+            rotation = filter.rotation_id(),
+            fill_ratio = fill,
+            fp_estimate,
+            fp_target,
+            capacity_packets = params.items_expected,
+            "replay filter past its capacity: fresh packets are dropped as replays more often \
+             than its false-positive target; raise replay.capacity_packets (packets/s x key \
+             lifetime) or rotate the key"
+        );
+    }
+    fp_estimate
+}
+
+/// Deletes snapshots in `data_dir` of rotations that are not live: a key no longer accepted
+/// needs no filter, and each file is a filter's size (1.8 GB by default). They are left by a
+/// stop between a rotation's steps, and by gateways before they dropped their unused
+/// secondary key's filter.
+fn remove_stale_snapshots(data_dir: &Path, set: &ReplayFilterSet) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("replay-rot-"))
+            .and_then(|n| n.strip_suffix(".bin"))
+            .and_then(|n| n.parse::<lethe_engine::replay::RotationId>().ok());
+        let Some(id) = id else { continue };
+        if set.get(id).is_some() {
+            continue;
+        }
+        let path = entry.path();
+        let bytes = entry.metadata().map_or(0, |m| m.len());
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(
+                rotation = id,
+                file = %path.display(),
+                bytes,
+                "replay snapshot of a rotation no longer live removed"
+            ),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot remove stale replay snapshot")
+            }
+        }
+    }
+}
+
+/// Snapshots each live filter that took a new tag since its last snapshot (see
+/// `ReplayFilter::save_if_changed`), logging the file, its size and the time it took.
 pub(crate) fn save_replay(data_dir: &Path, set: &ReplayFilterSet) -> Result<(), String> {
     for id in set.rotation_ids() {
         if let Some(filter) = set.get(id) {
             let path = snapshot_path(data_dir, id);
-            filter
-                .save(&path)
+            let started = Instant::now();
+            let written = filter
+                .save_if_changed(&path)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
+            if written {
+                let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let fp_estimate = check_fill(filter);
+                tracing::info!(
+                    rotation = id,
+                    file = %path.display(),
+                    bytes = filter.snapshot_bytes(),
+                    duration_ms,
+                    fp_estimate,
+                    "replay snapshot written"
+                );
+            } else {
+                tracing::debug!(
+                    rotation = id,
+                    file = %path.display(),
+                    "replay snapshot not rewritten: no packet accepted since the last"
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// Logs what a node allocates at start: the replay filters (live now; one more during a
+/// rotation's overlap) and, per core, the packet pool (reserved; pages are touched as
+/// buffers are first used) and the io_uring memory.
+pub(crate) fn log_memory(set: &ReplayFilterSet, runtime: &RuntimeConfig) {
+    let filters: Vec<_> = set.rotation_ids().filter_map(|id| set.get(id)).collect();
+    let replay_bytes: u64 = filters.iter().map(|f| f.params().bytes()).sum();
+    let e = &runtime.engine;
+    let pool_bytes = u64::from(e.pool_buffers_count) * u64::from(e.pool_buffer_bytes);
+    tracing::info!(
+        replay_filters = filters.len(),
+        replay_filter_bytes = filters.first().map_or(0, |f| f.params().bytes()),
+        replay_bytes,
+        cores = runtime.cores,
+        pool_packets_per_core = e.pool_buffers_count,
+        pool_bytes_per_core = pool_bytes,
+        io_memory_bytes_per_core = runtime.io_memory_bytes,
+        timer_entries_per_core = e.timer_entries_max,
+        total_bytes_max = replay_bytes.saturating_add(
+            pool_bytes
+                .saturating_add(runtime.io_memory_bytes as u64)
+                .saturating_mul(u64::from(runtime.cores))
+        ),
+        "memory allocated"
+    );
 }
 
 pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
@@ -278,11 +402,9 @@ pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
     }
     let engine = engine_config(&config.engine)?;
     let frame_bytes_max = egress_frame_bytes(&engine, m.egress_queue_packets_max);
-    tracing::info!(
-        packet_sizes = %engine.packet_sizes,
-        pool_buffers_per_core = engine.pool_buffers_count,
-        pool_buffer_bytes = engine.pool_buffer_bytes,
-        "packet pool"
+    eprintln!(
+        "lethe: packet sizes {}: {} buffers of {} B per core",
+        engine.packet_sizes, engine.pool_buffers_count, engine.pool_buffer_bytes
     );
     Ok(RuntimeConfig {
         listen: m.listen_address,
@@ -417,6 +539,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     }
     let mut rotation = rotation::Rotation::start(dir, &config, rotation::now_ms())?;
     let runtime_config = runtime_config(&config)?;
+    log_memory(&rotation.replay_set(), &runtime_config);
     let cores = runtime_config.cores;
     let runtime = Runtime::start(
         runtime_config,
@@ -425,14 +548,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let metrics = runtime.metrics().to_vec();
-    let status = crate::http::NodeStatus::new("mixnode");
-    let schedule = rotation::Schedule::from_keys(&config.keys)?;
-    status.set_sphinx_keys(key_expiries(&rotation, &schedule));
-    let metrics_addr = crate::http::serve(
-        config.mixnode.metrics_address,
-        metrics.clone(),
-        status.clone(),
-    )?;
+    let metrics_addr = crate::http::serve(config.mixnode.metrics_address, metrics.clone())?;
     let data_dir = resolve(dir, &config.replay.data_dir);
     let stop = Arc::new(AtomicBool::new(false));
     let snapshots = spawn_snapshots(
@@ -452,45 +568,39 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             runtime.local_addr(),
             metrics_addr,
             rotation.keys(),
-            &status,
         )?),
         None => None,
     };
-    tracing::info!(listen = %runtime.local_addr(), cores, "mixnode up");
+    eprintln!(
+        "lethe: mixnode up on {} with {cores} core(s)",
+        runtime.local_addr()
+    );
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    let control = Control {
-        runtime: &runtime,
-        announcer: announcer.as_ref(),
-        status: &status,
-        schedule,
-    };
-    let signal = match wait_for_signal(&mut signals, &mut rotation, &control) {
+    let signal = match wait_for_signal(&mut signals, &mut rotation, &runtime, announcer.as_ref()) {
         Ok(signal) => signal,
         Err(failure) => {
             // A core is gone: keep the replay state, say why, and let the supervisor restart
             // us. Not joined: a wedged core would hold the exit up.
-            tracing::error!("{failure}: exiting");
+            eprintln!("lethe: {failure}: exiting");
             if let Some(announcer) = announcer {
                 announcer.stop();
             }
             runtime.shutdown();
             if let Err(e) = save_replay_locked(&data_dir, rotation.replay()) {
-                tracing::error!(error = %e, "replay snapshot at exit failed");
+                eprintln!("lethe: replay snapshot at exit failed: {e}");
             }
             report(&metrics);
             std::process::exit(crate::supervise::EXIT_ENGINE_FAILED);
         }
     };
-    tracing::info!(
-        signal = crate::logging::signal_name(signal),
-        grace_ms = config.mixnode.shutdown_grace_ms,
-        "stopping mixnode"
+    eprintln!(
+        "lethe: signal {signal:?}: stopping (grace {} ms)",
+        config.mixnode.shutdown_grace_ms
     );
-    // Leave the directory first (stop heartbeating, deregister): it drops us from the next
-    // topology at once, so no client routes into a node that is going away.
+    // Stop heartbeating first: the directory drops us from the next topology.
     if let Some(announcer) = announcer {
-        announcer.leave();
+        announcer.stop();
     }
     runtime.shutdown();
     let joined = runtime.join();
@@ -504,44 +614,12 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
 /// The control-plane loop: waits for SIGTERM/SIGINT, and meanwhile runs the key-rotation
 /// schedule (checked every 100 ms; a failed rotation is logged and retried) and watches the
 /// engine's liveness (`Err` when a core failed).
-/// What the control loop watches and updates besides the rotation.
-struct Control<'a> {
-    runtime: &'a Runtime,
-    announcer: Option<&'a crate::directory::Announcer>,
-    status: &'a crate::http::NodeStatus,
-    schedule: rotation::Schedule,
-}
-
-/// The live Sphinx keys and when each stops being accepted: the primary at its successor's
-/// boundary plus the overlap (never, with rotation disabled), the secondary at the end of
-/// its overlap.
-fn key_expiries(
-    rotation: &rotation::Rotation,
-    schedule: &rotation::Schedule,
-) -> Vec<crate::http::KeyExpiry> {
-    let state = rotation.state();
-    let primary = state.primary_rotation_id;
-    let mut keys = vec![crate::http::KeyExpiry {
-        rotation_id: primary,
-        expires_at_s: schedule
-            .enabled()
-            .then(|| schedule.overlap_end_ms(primary) / 1_000),
-    }];
-    if let Some(secondary) = state.secondary_rotation_id {
-        keys.push(crate::http::KeyExpiry {
-            rotation_id: secondary,
-            expires_at_s: state.secondary_until_ms.map(|ms| ms / 1_000),
-        });
-    }
-    keys
-}
-
 fn wait_for_signal(
     signals: &mut signal_hook::iterator::Signals,
     rotation: &mut rotation::Rotation,
-    control: &Control<'_>,
+    runtime: &Runtime,
+    announcer: Option<&crate::directory::Announcer>,
 ) -> Result<i32, String> {
-    let (runtime, announcer) = (control.runtime, control.announcer);
     let mut failures = 0u32;
     let mut engine = crate::supervise::EngineWatch::default();
     // Runs until a signal arrives; every turn is bounded (one rotation step at most).
@@ -553,9 +631,6 @@ fn wait_for_signal(
         match rotation.tick(rotation::now_ms(), runtime) {
             Ok(true) => {
                 failures = 0;
-                control
-                    .status
-                    .set_sphinx_keys(key_expiries(rotation, &control.schedule));
                 if let Some(announcer) = announcer {
                     let mut descriptor = announcer.descriptor();
                     let primary = &rotation.keys().primary;
@@ -567,19 +642,13 @@ fn wait_for_signal(
             Ok(false) => {}
             Err(e) => {
                 if failures.is_multiple_of(100) {
-                    tracing::error!(error = %e, failures, "sphinx key rotation failed; retrying");
+                    eprintln!("lethe: sphinx key rotation failed (retrying): {e}");
                 }
                 failures = failures.saturating_add(1);
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// `lethe mixnode deregister`: the node in `dir` leaves the directory at `url` at once.
-pub fn deregister(dir: &Path, url: &str) -> Result<(), String> {
-    let config = Config::load(dir)?;
-    crate::directory::announce::deregister_command(&resolve(dir, &config.keys.identity), url)
 }
 
 /// Refuses, before anything starts, an announcement that could not work.
@@ -614,7 +683,6 @@ fn start_announcer(
     bound: SocketAddr,
     metrics: SocketAddr,
     keys: &NodeKeys,
-    status: &crate::http::NodeStatus,
 ) -> Result<crate::directory::Announcer, String> {
     let identity = keyfile::read_private(&resolve(dir, &config.keys.identity))?;
     let mix_address = args.announce.unwrap_or(bound);
@@ -635,13 +703,12 @@ fn start_announcer(
         None,
         Some(metrics_url),
     );
-    tracing::info!(%mix_address, directory = %url, "announcing");
+    eprintln!("lethe: announcing {mix_address} to {url}");
     crate::directory::spawn_announcer(
         url,
         &identity,
         descriptor,
         Duration::from_secs(args.heartbeat_s),
-        status.registration.clone(),
     )
     .map_err(|e| format!("announcer: {e}"))
 }
@@ -668,7 +735,7 @@ pub(crate) fn spawn_snapshots(
             std::thread::sleep(Duration::from_millis(100));
             if last.elapsed() >= interval {
                 if let Err(e) = save_replay_locked(&data_dir, &replay) {
-                    tracing::error!(error = %e, "replay snapshot failed");
+                    eprintln!("lethe: replay snapshot failed: {e}");
                 }
                 last = Instant::now();
             }
@@ -678,16 +745,16 @@ pub(crate) fn spawn_snapshots(
 
 pub(crate) fn report(metrics: &[Arc<CoreMetrics>]) {
     let sum = |f: &dyn Fn(&CoreMetrics) -> u64| metrics.iter().map(|m| f(m)).sum::<u64>();
-    tracing::info!(
-        received = sum(&|m| CoreMetrics::get(&m.packets_received)),
-        forwarded = sum(&|m| CoreMetrics::get(&m.packets_forwarded)),
-        sent = sum(&|m| CoreMetrics::get(&m.packets_sent)),
-        "engine stopped"
+    eprintln!(
+        "lethe: stopped: received {} forwarded {} sent {}",
+        sum(&|m| CoreMetrics::get(&m.packets_received)),
+        sum(&|m| CoreMetrics::get(&m.packets_forwarded)),
+        sum(&|m| CoreMetrics::get(&m.packets_sent)),
     );
     for reason in DropReason::ALL {
         let count = sum(&|m| m.dropped_count(reason));
         if count > 0 {
-            tracing::info!(reason = reason.label(), count, "engine dropped packets");
+            eprintln!("lethe: dropped {count} ({})", reason.label());
         }
     }
 }
@@ -697,7 +764,7 @@ mod tests {
     use super::*;
 
     fn section() -> EngineSection {
-        let config: Config = toml::from_str(TEMPLATE).unwrap();
+        let config: Config = toml::from_str(config::TEMPLATE).unwrap();
         config.engine
     }
 

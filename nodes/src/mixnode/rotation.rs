@@ -33,11 +33,11 @@ use std::sync::{Arc, Mutex};
 use lethe_engine::core::{NodeKeys, SphinxKey};
 use lethe_engine::replay::RotationId;
 use lethe_engine::runtime::Runtime;
-use lethe_engine::{snapshot_path, ReplayConfig, ReplayFilter, ReplayFilterSet, ReplayParams};
+use lethe_engine::{snapshot_path, ReplayFilter, ReplayFilterSet, ReplayParams};
 use serde::Deserialize;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::config::{resolve, Config, KeysSection};
+use super::config::{resolve, Config, KeysSection, ReplaySection};
 use crate::keyfile;
 
 pub const STATE_FILE: &str = "sphinx_rotation.toml";
@@ -291,6 +291,12 @@ pub(crate) fn read_state(dir: &Path, keys: &KeysSection) -> Result<Option<State>
     Ok(Some(state))
 }
 
+/// The sections `Rotation` reads.
+struct Sections {
+    keys: KeysSection,
+    replay: ReplaySection,
+}
+
 /// The node's live keys and filters, and what rotates them.
 pub struct Rotation {
     dir: PathBuf,
@@ -312,6 +318,20 @@ impl Rotation {
     /// clock before any core starts: an overlap that ended while the node was down is closed,
     /// a primary of a past epoch is rotated.
     pub fn start(dir: &Path, config: &Config, now_ms: u64) -> Result<Rotation, String> {
+        Self::start_with(dir, &config.keys, &config.replay, now_ms)
+    }
+
+    /// `start` for any node with the mixnode's `[keys]` and `[replay]` sections.
+    pub fn start_with(
+        dir: &Path,
+        keys: &KeysSection,
+        replay: &ReplaySection,
+        now_ms: u64,
+    ) -> Result<Rotation, String> {
+        let config = Sections {
+            keys: keys.clone(),
+            replay: replay.clone(),
+        };
         let schedule = Schedule::from_keys(&config.keys)?;
         let keys_section = config.keys.clone();
         let state = load_state(dir, &keys_section, &schedule, now_ms)?;
@@ -328,31 +348,18 @@ impl Rotation {
         }
         let keys = NodeKeys::new(primary, secondary);
         let life_s = config.keys.rotation_interval_s + config.keys.rotation_overlap_s;
-        if schedule.enabled() && config.replay.key_lifetime_s < life_s {
-            // Said once per start: the filter holds packets_per_s x key_lifetime_s items, so
-            // over a key's whole life it keeps its false-positive target only below this rate.
-            let covered_packets_per_s = config
-                .replay
-                .packets_per_s
-                .saturating_mul(config.replay.key_lifetime_s)
-                / life_s.max(1);
-            tracing::warn!(
-                key_lifetime_s = config.replay.key_lifetime_s,
-                key_life_s = life_s,
-                covered_packets_per_s,
-                "replay.key_lifetime_s is shorter than a key's life (rotation interval + \
-                 overlap): above covered_packets_per_s the filter exceeds its false-positive \
-                 target; to size a small filter, lower replay.packets_per_s instead"
+        // Only the legacy sizing names a lifetime; `capacity_packets` is the operator's rule.
+        let legacy = config.replay.capacity_packets.is_none();
+        if legacy && schedule.enabled() && config.replay.key_lifetime_s < life_s {
+            eprintln!(
+                "lethe: warning: replay.key_lifetime_s = {} is shorter than a key's life \
+                 (rotation interval + overlap = {life_s} s): its filter will exceed its \
+                 false-positive target",
+                config.replay.key_lifetime_s
             );
         }
         let replay = super::load_replay(dir, &config.replay, &keys)?;
-        let sizing = ReplayConfig {
-            packets_per_s: config.replay.packets_per_s,
-            key_lifetime_s: config.replay.key_lifetime_s,
-            fp_rate: config.replay.fp_rate,
-            block_words: 1,
-        };
-        let params = ReplayParams::from_config(&sizing).map_err(|e| format!("replay: {e}"))?;
+        let params = config.replay.params()?;
         let mut rotation = Rotation {
             dir: dir.to_path_buf(),
             data_dir: resolve(dir, &config.replay.data_dir),
@@ -409,11 +416,10 @@ impl Rotation {
             }
             Step::ClockBehind { epoch } => {
                 if !self.warned_clock_behind {
-                    tracing::warn!(
-                        rotation = self.state.primary_rotation_id,
-                        epoch,
-                        "sphinx rotation is newer than the clock's epoch (did the clock go \
-                         back?): keeping it until the clock catches up"
+                    eprintln!(
+                        "lethe: warning: sphinx rotation {} is newer than the clock's epoch \
+                         {epoch} (did the clock go back?): keeping it until the clock catches up",
+                        self.state.primary_rotation_id
                     );
                     self.warned_clock_behind = true;
                 }
@@ -493,16 +499,13 @@ impl Rotation {
         self.state = state;
         self.warned_clock_behind = false;
         match keep_old_until_ms {
-            Some(until) => tracing::info!(
-                from = old.rotation_id,
-                to = new_id,
-                old_key_until_unix_ms = until,
-                "sphinx key rotated; the old key stays live until its overlap ends"
+            Some(until) => eprintln!(
+                "lethe: sphinx key rotation {} -> {new_id}: old key live until unix ms {until}",
+                old.rotation_id
             ),
-            None => tracing::info!(
-                from = old.rotation_id,
-                to = new_id,
-                "sphinx key rotated; the old key was past its overlap and is dropped"
+            None => eprintln!(
+                "lethe: sphinx key rotation {} -> {new_id}: old key past its overlap, dropped",
+                old.rotation_id
             ),
         }
         Ok(())
@@ -514,20 +517,11 @@ impl Rotation {
     /// unless the primary's id already is the current epoch's.
     fn renumber(&mut self, now_ms: u64) -> Result<(), String> {
         let epoch = self.schedule.epoch(now_ms)?;
-        // Absent in state files older than the interval setting.
-        match self.state.rotation_interval_s {
-            Some(from_s) => tracing::info!(
-                from_s,
-                to_s = self.keys_section.rotation_interval_s,
-                epoch,
-                "rotation_interval_s changed: sphinx rotation ids renumbered from the clock"
-            ),
-            None => tracing::info!(
-                to_s = self.keys_section.rotation_interval_s,
-                epoch,
-                "rotation_interval_s set: sphinx rotation ids renumbered from the clock"
-            ),
-        }
+        eprintln!(
+            "lethe: rotation_interval_s changed from {:?} to {} s: sphinx rotation ids renumbered \
+             from the clock (epoch {epoch})",
+            self.state.rotation_interval_s, self.keys_section.rotation_interval_s
+        );
         self.end_overlap(None)?;
         if epoch != self.state.primary_rotation_id {
             return self.rotate(epoch, None, now_ms, None);
@@ -563,10 +557,7 @@ impl Rotation {
         drop(set);
         self.keys = keys;
         self.state = state;
-        tracing::info!(
-            rotation = old,
-            "sphinx rotation ended: its key and replay filter are dropped"
-        );
+        eprintln!("lethe: sphinx rotation {old} ended: its key and replay filter are dropped");
         Ok(())
     }
 
@@ -761,12 +752,11 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("lethe-rotation-unit-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        super::super::init(&dir).unwrap();
+        super::super::init(&dir, super::super::config::Profile::Small).unwrap();
         let mut config = Config::load(&dir).unwrap();
         config.keys.rotation_interval_s = 8;
         config.keys.rotation_overlap_s = 3;
-        config.replay.packets_per_s = 200;
-        config.replay.key_lifetime_s = 11;
+        config.replay.capacity_packets = Some(2_200); // 200/s x 11 s
         (dir, config)
     }
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use lethe_engine::replay::RotationId;
 use lethe_engine::runtime::{check_port_free, memlock};
-use lethe_engine::{snapshot_path, ReplayConfig, ReplayParams};
+use lethe_engine::snapshot_path;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::{gateway_live_keys, mixnode_live_keys, running_pid, LiveKey};
@@ -307,13 +307,7 @@ fn free_bytes(path: &Path) -> Result<u64, String> {
 /// restart (and with it the replay protection of its key's remaining life).
 fn replay_space(checks: &mut Checks, data_dir: &Path, replay: &ReplaySection, ids: &[RotationId]) {
     let result = (|| {
-        let sizing = ReplayConfig {
-            packets_per_s: replay.packets_per_s,
-            key_lifetime_s: replay.key_lifetime_s,
-            fp_rate: replay.fp_rate,
-            block_words: 1,
-        };
-        let params = ReplayParams::from_config(&sizing).map_err(|e| format!("replay: {e}"))?;
+        let params = replay.params()?;
         let need = params.bytes().saturating_mul(SNAPSHOT_FILES_MAX);
         let held: u64 = ids
             .iter()
@@ -326,7 +320,7 @@ fn replay_space(checks: &mut Checks, data_dir: &Path, replay: &ReplaySection, id
             return Err(format!(
                 "{}: {} MiB free (+ {} MiB in current snapshots), snapshots need {} MiB \
                  ({SNAPSHOT_FILES_MAX} filters of {} MiB): free space, move replay.data_dir, \
-                 or lower replay.packets_per_s / key_lifetime_s",
+                 or lower replay.capacity_packets",
                 data_dir.display(),
                 mib(free),
                 mib(held),
