@@ -8,11 +8,22 @@ use clap::{Parser, Subcommand};
 use lethe_nodes::directory;
 use lethe_nodes::gateway;
 use lethe_nodes::issuer;
+use lethe_nodes::logging::{self, LogFormat};
 use lethe_nodes::mixnode::{self, RunOverrides};
 
 #[derive(Parser, Debug)]
 #[command(name = "lethe", version, about = "Lethe: a Nym-compatible mixnet")]
 struct Cli {
+    /// Log lines on stderr: `text` (RFC 3339 UTC time, level, target, message, fields) or
+    /// `json` (one object per line). Which lines: `RUST_LOG` (default `info`).
+    #[arg(
+        long,
+        global = true,
+        env = "LETHE_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -198,6 +209,19 @@ enum MixnodeCommand {
     },
     /// Print a hardened systemd unit (dist/systemd/ holds it with the defaults).
     SystemdUnit(lethe_nodes::ops::systemd::UnitArgs),
+    /// Remove the node from the directory at once, signed with its identity key (`run`
+    /// does this itself on SIGTERM/SIGINT).
+    Deregister(DeregisterArgs),
+}
+
+/// Flags of `lethe mixnode|gateway deregister`.
+#[derive(clap::Args, Debug)]
+struct DeregisterArgs {
+    #[arg(long, env = "LETHE_DIR")]
+    dir: PathBuf,
+    /// Directory base URL (`http://host:port`).
+    #[arg(long, env = "LETHE_DIRECTORY")]
+    directory: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -241,7 +265,13 @@ enum GatewayCommand {
     },
     /// Print a hardened systemd unit (dist/systemd/ holds it with the defaults).
     SystemdUnit(lethe_nodes::ops::systemd::UnitArgs),
+    /// Remove the gateway from the directory at once, signed with its identity key (`run`
+    /// does this itself on SIGTERM/SIGINT).
+    Deregister(DeregisterArgs),
 }
+
+/// Exit status for a bad `RUST_LOG` (as clap exits for bad arguments).
+const EXIT_USAGE: u8 = 2;
 
 /// Raises the soft limit on open descriptors to the hard one: a node serves thousands of
 /// connections (4,096 per engine core, gateway sessions), and the usual soft limit of 1,024
@@ -264,6 +294,11 @@ fn raise_descriptor_limit() {
 fn main() -> ExitCode {
     raise_descriptor_limit();
     let cli = Cli::parse();
+    if let Err(e) = logging::init(cli.log_format) {
+        // No subscriber to say it with: plain stderr, and clap's exit status for bad usage.
+        eprintln!("lethe: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let anyhow_text = |e: anyhow::Error| format!("{e:#}");
     let result = match cli.command {
         Command::Version => {
@@ -290,6 +325,9 @@ fn main() -> ExitCode {
         Command::Mixnode {
             command: MixnodeCommand::SystemdUnit(args),
         } => lethe_nodes::ops::systemd::print(lethe_nodes::ops::systemd::Role::Mixnode, &args),
+        Command::Mixnode {
+            command: MixnodeCommand::Deregister(args),
+        } => mixnode::deregister(&args.dir, &args.directory),
         Command::Gateway {
             command: GatewayCommand::Init { dir, profile },
         } => gateway::init(&dir, profile),
@@ -310,6 +348,9 @@ fn main() -> ExitCode {
         Command::Gateway {
             command: GatewayCommand::SystemdUnit(args),
         } => lethe_nodes::ops::systemd::print(lethe_nodes::ops::systemd::Role::Gateway, &args),
+        Command::Gateway {
+            command: GatewayCommand::Deregister(args),
+        } => gateway::deregister(&args.dir, &args.directory),
         Command::Keygen(args) => issuer::keygen::run(&args).map_err(anyhow_text),
         Command::Issuer {
             command: IssuerCommand::Run(args),
@@ -372,7 +413,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("lethe: {message}");
+            tracing::error!("{message}");
             ExitCode::FAILURE
         }
     }

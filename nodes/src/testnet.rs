@@ -323,6 +323,8 @@ fn spawn(
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
+        // Each node's stderr.log in the format `testnet up` was asked for.
+        .env("LETHE_LOG_FORMAT", crate::logging::format().as_str())
         .process_group(0);
     let mut child = command.spawn().map_err(|e| format!("{name}: {e}"))?;
     let pid = child.id();
@@ -467,8 +469,9 @@ fn prepare_dir(root: &Path) -> Result<(), String> {
                     let path = entry.map_err(|e| format!("{shown}: {e}"))?.path();
                     remove_path(&path)?;
                 }
-                eprintln!(
-                    "lethe: {shown} held a stopped testnet: cleared it (old keys and logs) to \
+                tracing::info!(
+                    dir = %shown,
+                    "the directory held a stopped testnet: cleared it (old keys and logs) to \
                      start afresh"
                 );
             }

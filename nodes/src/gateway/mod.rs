@@ -246,6 +246,12 @@ fn lock_state(
 }
 
 /// `lethe gateway run`.
+/// `lethe gateway deregister`: the gateway in `dir` leaves the directory at `url` at once.
+pub fn deregister(dir: &Path, url: &str) -> Result<(), String> {
+    let config = Config::load(dir)?;
+    crate::directory::announce::deregister_command(&resolve(dir, &config.keys.identity), url)
+}
+
 pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     // Registered first, so a signal that arrives during start-up is not lost.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -286,18 +292,16 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             let vk = resolve(dir, vk);
             let db = resolve(dir, &g.credentials_database);
             let admission = admission::Admission::open(&db, &vk, identity)?;
-            eprintln!(
-                "lethe: gateway admission: bandwidth credentials required (verification key {}, \
-                 spent tags and balances in {})",
-                vk.display(),
-                db.display()
+            tracing::info!(
+                verification_key = %vk.display(),
+                database = %db.display(),
+                "admission: bandwidth credentials required"
             );
             Some(Arc::new(admission))
         }
         None => {
-            eprintln!(
-                "lethe: gateway admission is open: no --verification-key, clients forward \
-                 without credentials"
+            tracing::warn!(
+                "admission is open: no --verification-key, clients forward without credentials"
             );
             None
         }
@@ -354,9 +358,16 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let engine_metrics = runtime.metrics().to_vec();
     let extra = metrics.clone();
+    let status = crate::http::NodeStatus::new("gateway");
+    // The gateway does not rotate its Sphinx key: it is accepted until replaced by hand.
+    status.set_sphinx_keys(vec![crate::http::KeyExpiry {
+        rotation_id: config.keys.primary_rotation_id,
+        expires_at_s: None,
+    }]);
     let metrics_addr = crate::http::serve_with(
         g.metrics_address,
         engine_metrics.clone(),
+        status.clone(),
         Some(Arc::new(move |out: &mut String| extra.render(out))),
     )?;
 
@@ -410,14 +421,13 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
                 &identity_seed,
                 descriptor,
                 registration::HEARTBEAT_INTERVAL,
+                status.registration.clone(),
             )
             .map_err(|e| format!("announcer: {e}"))?,
         )
     } else {
         if !overrides.allow_any_first_hop {
-            eprintln!(
-                "lethe: gateway without --directory: client forwards are refused (NOT_LAYER1)"
-            );
+            tracing::warn!("no --directory: client forwards are refused (NOT_LAYER1: no topology)");
         }
         None
     };
@@ -444,10 +454,11 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         let _ = stdout.write_all(announced.as_bytes());
         let _ = stdout.flush();
     }
-    eprintln!(
-        "lethe: gateway up: mixnet {} clients {} with {cores} core(s)",
-        runtime.local_addr(),
-        client_addr
+    tracing::info!(
+        mixnet = %runtime.local_addr(),
+        clients = %client_addr,
+        cores,
+        "gateway up"
     );
 
     let mut engine = crate::supervise::EngineWatch::default();
@@ -459,19 +470,26 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         if let Err(failure) = engine.check(&runtime, announcer.as_ref()) {
             // Mail already handed to the writer is committed by it; not joined: a wedged
             // core would hold the exit up. The supervisor restarts us.
-            eprintln!("lethe: {failure}: exiting");
+            tracing::error!("{failure}: exiting");
             drop(announcer);
             runtime.shutdown();
             writer_stop.store(true, Ordering::SeqCst);
             let _ = writer.join();
             if let Err(e) = mixnode::save_replay(&data_dir, &replay) {
-                eprintln!("lethe: replay snapshot at exit failed: {e}");
+                tracing::error!(error = %e, "replay snapshot at exit failed");
             }
             std::process::exit(crate::supervise::EXIT_ENGINE_FAILED);
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    eprintln!("lethe: signal {signal:?}: stopping gateway");
+    tracing::info!(
+        signal = crate::logging::signal_name(signal),
+        "stopping gateway"
+    );
+    // Leave the directory first: it drops us from the next topology at once.
+    if let Some(announcer) = announcer {
+        announcer.leave();
+    }
     runtime.shutdown();
     let joined = runtime.join();
     // The cores are gone: the writer drains what they handed over, commits, and ends.
@@ -482,11 +500,11 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     mixnode::save_replay(&data_dir, &replay)?;
     tokio.shutdown_timeout(Duration::from_secs(1));
     mixnode::report(&engine_metrics);
-    eprintln!(
-        "lethe: gateway stopped: stored {} acks {} forwarded {}",
-        GatewayMetrics::get(&metrics.final_hop_stored),
-        GatewayMetrics::get(&metrics.acks_forwarded),
-        GatewayMetrics::get(&metrics.forwarded_from_clients),
+    tracing::info!(
+        stored = GatewayMetrics::get(&metrics.final_hop_stored),
+        acks = GatewayMetrics::get(&metrics.acks_forwarded),
+        forwarded = GatewayMetrics::get(&metrics.forwarded_from_clients),
+        "gateway stopped"
     );
     joined
 }

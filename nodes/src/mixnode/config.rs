@@ -310,9 +310,9 @@ impl Config {
         let config: Config =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         for key in ignored_keys(&text) {
-            eprintln!(
-                "lethe: warning: {}: keys.{key} is ignored: rotation ids come from the clock",
-                path.display()
+            tracing::warn!(
+                config = %path.display(),
+                "keys.{key} is ignored: rotation ids come from the clock"
             );
         }
         if config.version != CONFIG_VERSION {

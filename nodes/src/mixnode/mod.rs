@@ -240,10 +240,7 @@ pub(crate) fn load_replay(
         let filter = if path.exists() {
             let filter =
                 ReplayFilter::load(&path, id).map_err(|e| format!("{}: {e}", path.display()))?;
-            eprintln!(
-                "lethe: replay filter for rotation {id} loaded from {}",
-                path.display()
-            );
+            tracing::info!(rotation = id, file = %path.display(), "replay filter loaded");
             filter
         } else {
             let filter = ReplayFilter::try_new(id, params)
@@ -402,9 +399,11 @@ pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
     }
     let engine = engine_config(&config.engine)?;
     let frame_bytes_max = egress_frame_bytes(&engine, m.egress_queue_packets_max);
-    eprintln!(
-        "lethe: packet sizes {}: {} buffers of {} B per core",
-        engine.packet_sizes, engine.pool_buffers_count, engine.pool_buffer_bytes
+    tracing::info!(
+        packet_sizes = %engine.packet_sizes,
+        pool_buffers_per_core = engine.pool_buffers_count,
+        pool_buffer_bytes = engine.pool_buffer_bytes,
+        "packet pool"
     );
     Ok(RuntimeConfig {
         listen: m.listen_address,
@@ -548,7 +547,14 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let metrics = runtime.metrics().to_vec();
-    let metrics_addr = crate::http::serve(config.mixnode.metrics_address, metrics.clone())?;
+    let status = crate::http::NodeStatus::new("mixnode");
+    let schedule = rotation::Schedule::from_keys(&config.keys)?;
+    status.set_sphinx_keys(key_expiries(&rotation, &schedule));
+    let metrics_addr = crate::http::serve(
+        config.mixnode.metrics_address,
+        metrics.clone(),
+        status.clone(),
+    )?;
     let data_dir = resolve(dir, &config.replay.data_dir);
     let stop = Arc::new(AtomicBool::new(false));
     let snapshots = spawn_snapshots(
@@ -568,39 +574,45 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             runtime.local_addr(),
             metrics_addr,
             rotation.keys(),
+            &status,
         )?),
         None => None,
     };
-    eprintln!(
-        "lethe: mixnode up on {} with {cores} core(s)",
-        runtime.local_addr()
-    );
+    tracing::info!(listen = %runtime.local_addr(), cores, "mixnode up");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    let signal = match wait_for_signal(&mut signals, &mut rotation, &runtime, announcer.as_ref()) {
+    let control = Control {
+        runtime: &runtime,
+        announcer: announcer.as_ref(),
+        status: &status,
+        schedule,
+    };
+    let signal = match wait_for_signal(&mut signals, &mut rotation, &control) {
         Ok(signal) => signal,
         Err(failure) => {
             // A core is gone: keep the replay state, say why, and let the supervisor restart
             // us. Not joined: a wedged core would hold the exit up.
-            eprintln!("lethe: {failure}: exiting");
+            tracing::error!("{failure}: exiting");
             if let Some(announcer) = announcer {
                 announcer.stop();
             }
             runtime.shutdown();
             if let Err(e) = save_replay_locked(&data_dir, rotation.replay()) {
-                eprintln!("lethe: replay snapshot at exit failed: {e}");
+                tracing::error!(error = %e, "replay snapshot at exit failed");
             }
             report(&metrics);
             std::process::exit(crate::supervise::EXIT_ENGINE_FAILED);
         }
     };
-    eprintln!(
-        "lethe: signal {signal:?}: stopping (grace {} ms)",
-        config.mixnode.shutdown_grace_ms
+    tracing::info!(
+        signal = crate::logging::signal_name(signal),
+        grace_ms = config.mixnode.shutdown_grace_ms,
+        "stopping mixnode"
     );
-    // Stop heartbeating first: the directory drops us from the next topology.
+    // Leave the directory first (stop heartbeating, deregister): it drops us from the next
+    // topology at once, so no client routes into a node that is going away.
     if let Some(announcer) = announcer {
-        announcer.stop();
+        announcer.leave();
     }
     runtime.shutdown();
     let joined = runtime.join();
@@ -614,12 +626,44 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
 /// The control-plane loop: waits for SIGTERM/SIGINT, and meanwhile runs the key-rotation
 /// schedule (checked every 100 ms; a failed rotation is logged and retried) and watches the
 /// engine's liveness (`Err` when a core failed).
+/// What the control loop watches and updates besides the rotation.
+struct Control<'a> {
+    runtime: &'a Runtime,
+    announcer: Option<&'a crate::directory::Announcer>,
+    status: &'a crate::http::NodeStatus,
+    schedule: rotation::Schedule,
+}
+
+/// The live Sphinx keys and when each stops being accepted: the primary at its successor's
+/// boundary plus the overlap (never, with rotation disabled), the secondary at the end of
+/// its overlap.
+fn key_expiries(
+    rotation: &rotation::Rotation,
+    schedule: &rotation::Schedule,
+) -> Vec<crate::http::KeyExpiry> {
+    let state = rotation.state();
+    let primary = state.primary_rotation_id;
+    let mut keys = vec![crate::http::KeyExpiry {
+        rotation_id: primary,
+        expires_at_s: schedule
+            .enabled()
+            .then(|| schedule.overlap_end_ms(primary) / 1_000),
+    }];
+    if let Some(secondary) = state.secondary_rotation_id {
+        keys.push(crate::http::KeyExpiry {
+            rotation_id: secondary,
+            expires_at_s: state.secondary_until_ms.map(|ms| ms / 1_000),
+        });
+    }
+    keys
+}
+
 fn wait_for_signal(
     signals: &mut signal_hook::iterator::Signals,
     rotation: &mut rotation::Rotation,
-    runtime: &Runtime,
-    announcer: Option<&crate::directory::Announcer>,
+    control: &Control<'_>,
 ) -> Result<i32, String> {
+    let (runtime, announcer) = (control.runtime, control.announcer);
     let mut failures = 0u32;
     let mut engine = crate::supervise::EngineWatch::default();
     // Runs until a signal arrives; every turn is bounded (one rotation step at most).
@@ -631,6 +675,9 @@ fn wait_for_signal(
         match rotation.tick(rotation::now_ms(), runtime) {
             Ok(true) => {
                 failures = 0;
+                control
+                    .status
+                    .set_sphinx_keys(key_expiries(rotation, &control.schedule));
                 if let Some(announcer) = announcer {
                     let mut descriptor = announcer.descriptor();
                     let primary = &rotation.keys().primary;
@@ -642,13 +689,19 @@ fn wait_for_signal(
             Ok(false) => {}
             Err(e) => {
                 if failures.is_multiple_of(100) {
-                    eprintln!("lethe: sphinx key rotation failed (retrying): {e}");
+                    tracing::error!(error = %e, failures, "sphinx key rotation failed; retrying");
                 }
                 failures = failures.saturating_add(1);
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `lethe mixnode deregister`: the node in `dir` leaves the directory at `url` at once.
+pub fn deregister(dir: &Path, url: &str) -> Result<(), String> {
+    let config = Config::load(dir)?;
+    crate::directory::announce::deregister_command(&resolve(dir, &config.keys.identity), url)
 }
 
 /// Refuses, before anything starts, an announcement that could not work.
@@ -683,6 +736,7 @@ fn start_announcer(
     bound: SocketAddr,
     metrics: SocketAddr,
     keys: &NodeKeys,
+    status: &crate::http::NodeStatus,
 ) -> Result<crate::directory::Announcer, String> {
     let identity = keyfile::read_private(&resolve(dir, &config.keys.identity))?;
     let mix_address = args.announce.unwrap_or(bound);
@@ -703,12 +757,13 @@ fn start_announcer(
         None,
         Some(metrics_url),
     );
-    eprintln!("lethe: announcing {mix_address} to {url}");
+    tracing::info!(%mix_address, directory = %url, "announcing");
     crate::directory::spawn_announcer(
         url,
         &identity,
         descriptor,
         Duration::from_secs(args.heartbeat_s),
+        status.registration.clone(),
     )
     .map_err(|e| format!("announcer: {e}"))
 }
@@ -735,7 +790,7 @@ pub(crate) fn spawn_snapshots(
             std::thread::sleep(Duration::from_millis(100));
             if last.elapsed() >= interval {
                 if let Err(e) = save_replay_locked(&data_dir, &replay) {
-                    eprintln!("lethe: replay snapshot failed: {e}");
+                    tracing::error!(error = %e, "replay snapshot failed");
                 }
                 last = Instant::now();
             }
@@ -745,16 +800,16 @@ pub(crate) fn spawn_snapshots(
 
 pub(crate) fn report(metrics: &[Arc<CoreMetrics>]) {
     let sum = |f: &dyn Fn(&CoreMetrics) -> u64| metrics.iter().map(|m| f(m)).sum::<u64>();
-    eprintln!(
-        "lethe: stopped: received {} forwarded {} sent {}",
-        sum(&|m| CoreMetrics::get(&m.packets_received)),
-        sum(&|m| CoreMetrics::get(&m.packets_forwarded)),
-        sum(&|m| CoreMetrics::get(&m.packets_sent)),
+    tracing::info!(
+        received = sum(&|m| CoreMetrics::get(&m.packets_received)),
+        forwarded = sum(&|m| CoreMetrics::get(&m.packets_forwarded)),
+        sent = sum(&|m| CoreMetrics::get(&m.packets_sent)),
+        "engine stopped"
     );
     for reason in DropReason::ALL {
         let count = sum(&|m| m.dropped_count(reason));
         if count > 0 {
-            eprintln!("lethe: dropped {count} ({})", reason.label());
+            tracing::info!(reason = reason.label(), count, "engine dropped packets");
         }
     }
 }

@@ -351,11 +351,20 @@ impl Rotation {
         // Only the legacy sizing names a lifetime; `capacity_packets` is the operator's rule.
         let legacy = config.replay.capacity_packets.is_none();
         if legacy && schedule.enabled() && config.replay.key_lifetime_s < life_s {
-            eprintln!(
-                "lethe: warning: replay.key_lifetime_s = {} is shorter than a key's life \
-                 (rotation interval + overlap = {life_s} s): its filter will exceed its \
-                 false-positive target",
-                config.replay.key_lifetime_s
+            // Said once per start: the filter holds packets_per_s x key_lifetime_s items, so
+            // over a key's whole life it keeps its false-positive target only below this rate.
+            let covered_packets_per_s = config
+                .replay
+                .packets_per_s
+                .saturating_mul(config.replay.key_lifetime_s)
+                / life_s.max(1);
+            tracing::warn!(
+                key_lifetime_s = config.replay.key_lifetime_s,
+                key_life_s = life_s,
+                covered_packets_per_s,
+                "replay.key_lifetime_s is shorter than a key's life (rotation interval + \
+                 overlap): above covered_packets_per_s the filter exceeds its false-positive \
+                 target; to size a small filter, lower replay.packets_per_s instead"
             );
         }
         let replay = super::load_replay(dir, &config.replay, &keys)?;
@@ -416,10 +425,11 @@ impl Rotation {
             }
             Step::ClockBehind { epoch } => {
                 if !self.warned_clock_behind {
-                    eprintln!(
-                        "lethe: warning: sphinx rotation {} is newer than the clock's epoch \
-                         {epoch} (did the clock go back?): keeping it until the clock catches up",
-                        self.state.primary_rotation_id
+                    tracing::warn!(
+                        rotation = self.state.primary_rotation_id,
+                        epoch,
+                        "sphinx rotation is newer than the clock's epoch (did the clock go \
+                         back?): keeping it until the clock catches up"
                     );
                     self.warned_clock_behind = true;
                 }
@@ -499,13 +509,16 @@ impl Rotation {
         self.state = state;
         self.warned_clock_behind = false;
         match keep_old_until_ms {
-            Some(until) => eprintln!(
-                "lethe: sphinx key rotation {} -> {new_id}: old key live until unix ms {until}",
-                old.rotation_id
+            Some(until) => tracing::info!(
+                from = old.rotation_id,
+                to = new_id,
+                old_key_until_unix_ms = until,
+                "sphinx key rotated; the old key stays live until its overlap ends"
             ),
-            None => eprintln!(
-                "lethe: sphinx key rotation {} -> {new_id}: old key past its overlap, dropped",
-                old.rotation_id
+            None => tracing::info!(
+                from = old.rotation_id,
+                to = new_id,
+                "sphinx key rotated; the old key was past its overlap and is dropped"
             ),
         }
         Ok(())
@@ -517,11 +530,20 @@ impl Rotation {
     /// unless the primary's id already is the current epoch's.
     fn renumber(&mut self, now_ms: u64) -> Result<(), String> {
         let epoch = self.schedule.epoch(now_ms)?;
-        eprintln!(
-            "lethe: rotation_interval_s changed from {:?} to {} s: sphinx rotation ids renumbered \
-             from the clock (epoch {epoch})",
-            self.state.rotation_interval_s, self.keys_section.rotation_interval_s
-        );
+        // Absent in state files older than the interval setting.
+        match self.state.rotation_interval_s {
+            Some(from_s) => tracing::info!(
+                from_s,
+                to_s = self.keys_section.rotation_interval_s,
+                epoch,
+                "rotation_interval_s changed: sphinx rotation ids renumbered from the clock"
+            ),
+            None => tracing::info!(
+                to_s = self.keys_section.rotation_interval_s,
+                epoch,
+                "rotation_interval_s set: sphinx rotation ids renumbered from the clock"
+            ),
+        }
         self.end_overlap(None)?;
         if epoch != self.state.primary_rotation_id {
             return self.rotate(epoch, None, now_ms, None);
@@ -557,7 +579,10 @@ impl Rotation {
         drop(set);
         self.keys = keys;
         self.state = state;
-        eprintln!("lethe: sphinx rotation {old} ended: its key and replay filter are dropped");
+        tracing::info!(
+            rotation = old,
+            "sphinx rotation ended: its key and replay filter are dropped"
+        );
         Ok(())
     }
 
