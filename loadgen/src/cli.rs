@@ -49,6 +49,12 @@ pub struct Cli {
     #[arg(long, global = true, value_delimiter = ',', value_name = "URLS",
           requires_all = ["target", "threshold", "verification_key"])]
     pub issuers: Option<Vec<String>>,
+    /// With --target and no --issuers: run even though a gateway requires bandwidth
+    /// credentials (every packet is then refused, NO_BANDWIDTH; the report counts the
+    /// refusals). Without it loadgen asks the gateways first and stops (exit 2) with the
+    /// flags to add.
+    #[arg(long, global = true, requires = "target", conflicts_with = "issuers")]
+    pub without_credentials: bool,
     /// Issuer shares a credential needs (t), with --issuers.
     #[arg(long, global = true, requires = "issuers")]
     pub threshold: Option<usize>,
@@ -145,9 +151,14 @@ pub struct LoadArgs {
     /// Local testnet: gateways (sender i connects to gateway i % N; one receiver each).
     #[arg(long, global = true, default_value_t = 2)]
     pub gateways: u32,
-    /// No progress display.
+    /// No progress display (and no live view).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// No live view: without it, while a run sends and drains, a line a second on stderr
+    /// (elapsed, offered and sent rate, sent, delivered, in flight, undelivered so far, the
+    /// last second's p50/p99) when stderr is a terminal and the output is not --json.
+    #[arg(long, global = true)]
+    pub no_live: bool,
     /// Report delivered, lost, p50/p99 and every local node's RSS per window of this length
     /// (by scheduled send time; same units as --duration, e.g. 30s, 5m). Shorter runs have
     /// one window.

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::Destination;
+use lethe_nodes::client::cli::{gateway_requires_credentials, PROBE_TIMEOUT};
 use lethe_nodes::client::credential::{Wallet, LOW_WATER_BYTES};
 use lethe_nodes::directory::client::{fetch_key, fetch_topology, http_client};
 use lethe_nodes::keyfile;
@@ -480,6 +481,41 @@ impl GatewayNetwork {
     /// Senders this network has identities (and possibly credentials) for.
     pub fn senders(&self) -> usize {
         self.senders.len()
+    }
+
+    /// The gateways (name, client URL) that require bandwidth credentials, asked with `lethe
+    /// client init`'s probe (`client::cli::gateway_requires_credentials`: a throwaway
+    /// handshake, no packet sent into the mixnet), all at once. A gateway that cannot be
+    /// asked, or does not answer in time, is said on stderr and counted as not requiring
+    /// them: the run's report then shows what it refused.
+    pub fn gateways_requiring_credentials(&self) -> Vec<(String, String)> {
+        let probes = self.gateways.iter().map(|gateway| async move {
+            let probe = gateway_requires_credentials(&gateway.url, gateway.identity);
+            let answer = tokio::time::timeout(PROBE_TIMEOUT, probe).await;
+            (gateway, answer)
+        });
+        let answers = self
+            .runtime
+            .block_on(futures_util::future::join_all(probes));
+        let mut requiring = Vec::new();
+        for (gateway, answer) in answers {
+            match answer {
+                Ok(Ok(true)) => requiring.push((gateway.name.clone(), gateway.url.clone())),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => eprintln!(
+                    "loadgen: could not ask gateway {} whether it requires credentials ({e}); \
+                     going on",
+                    gateway.name
+                ),
+                Err(_) => eprintln!(
+                    "loadgen: gateway {} did not say within {}s whether it requires \
+                     credentials; going on",
+                    gateway.name,
+                    PROBE_TIMEOUT.as_secs()
+                ),
+            }
+        }
+        requiring
     }
 
     /// Re-reads the topology every `every_s` seconds from now on (0: never), for as long as

@@ -1,12 +1,15 @@
 //! `loadgen`: drives a Lethe network with an open-loop packet schedule and reports delivery,
 //! loss and coordinated-omission-corrected latency. See loadgen/README.md.
 
+mod admission;
+mod breakdown;
 mod cli;
 mod credentials;
 mod driver;
 mod env;
 mod gateway;
 mod generator;
+mod live;
 mod merge;
 mod output;
 mod plot;
@@ -37,7 +40,8 @@ use run::{LoadParams, RunOutcome};
 use testnet::{Testnet, TestnetOptions};
 
 /// Exit codes: 0 the run passed (ramps: they completed), 1 the run's verdict failed (the report
-/// is printed first), 2 an error stopped loadgen (no report).
+/// is printed first), 2 an error stopped loadgen (no report), among them a `--target` gateway
+/// that requires bandwidth credentials when none were given (stopped before the run).
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match real_main(&cli) {
@@ -89,6 +93,7 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
         window_s: cli.load.window,
         run_id: 1,
         progress: !cli.load.quiet,
+        live: live::enabled(cli.load.quiet, cli.load.no_live, cli.output.json),
         label: "loadgen".into(),
         start_at: cli.start_at,
     };
@@ -140,8 +145,19 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
                 None,
                 cli.load.quiet,
             )?;
-            if let Some(issuers) = target_issuers(cli) {
-                obtain_credentials(&mut network, &issuers, cli, &base, &say)?;
+            match target_issuers(cli) {
+                Some(issuers) => obtain_credentials(&mut network, &issuers, cli, &base, &say)?,
+                None if !cli.without_credentials => {
+                    // Before the run: without credentials such a gateway refuses every packet.
+                    let requiring = network.gateways_requiring_credentials();
+                    if !requiring.is_empty() {
+                        let args: Vec<String> = std::env::args().collect();
+                        return Err(admission::credentials_required_error(
+                            &requiring, url, &args,
+                        ));
+                    }
+                }
+                None => {}
             }
             network.start_refresh(cli.load.topology_refresh_s);
             network.warm_up(&say)?;

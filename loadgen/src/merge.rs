@@ -583,7 +583,21 @@ pub fn merge_command(
             "latency.hgrm",
             crate::output::percentile_text(&latency_us).as_bytes(),
         )?;
-        crate::output::plot_cdf(&dir.join("latency_cdf.png"), &latency_us)?;
+        let rate = report["result"]["offered"]["rate_per_s"]
+            .as_f64()
+            .unwrap_or(0.0);
+        crate::output::plot_cdf(
+            &dir.join("latency_cdf.png"),
+            &latency_us,
+            &format!("at {rate:.0} packets/s, all generators"),
+            format!(
+                "merge of {} runs (counts summed, percentiles from the pooled histograms); git {}",
+                sources.len(),
+                report["environment"]["git_commit"]
+                    .as_str()
+                    .unwrap_or("unknown")
+            ),
+        )?;
     }
     if output.json {
         println!("{text}");

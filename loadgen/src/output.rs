@@ -1,6 +1,8 @@
 //! `--out DIR`: summary.json (the report), timeseries.csv, the end-to-end latency histogram
 //! (`latency.hgrm` percentile text and `latency.hdr.b64`, HdrHistogram V2 + deflate, base64),
-//! the send lateness histogram (`lateness.hdr.b64`), ramp.csv for ramps, and two PNG plots.
+//! the send lateness histogram (`lateness.hdr.b64`), ramp.csv for ramps, and PNG plots:
+//! latency over time and by percentile, and for ramps delivered vs offered rate and latency vs
+//! offered rate over every step.
 //! The two `.hdr.b64` histograms are what `loadgen merge` adds up.
 
 use std::fmt::Write as _;
@@ -11,8 +13,8 @@ use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
 use plotters::style::RGBColor;
 
-use crate::plot::{line_chart, nice_step, ticks, Axes, Line};
-use crate::report::Report;
+use crate::plot::{line_chart, y_max, Axes, Line, X_LABELS};
+use crate::report::{Ramp, Report, Step};
 use crate::run::RunOutcome;
 
 pub fn write_all(dir: &Path, report: &Report, outcome: &RunOutcome) -> Result<(), String> {
@@ -52,7 +54,15 @@ pub fn write_all(dir: &Path, report: &Report, outcome: &RunOutcome) -> Result<()
         write("ramp.csv", csv.as_bytes())?;
     }
     plot_over_time(&dir.join("latency_over_time.png"), report)?;
-    plot_cdf(&dir.join("latency_cdf.png"), histogram)?;
+    plot_cdf(
+        &dir.join("latency_cdf.png"),
+        histogram,
+        &rate_title(report),
+        subtitle(report),
+    )?;
+    if let Some(ramp) = &report.ramp {
+        plot_sweep(dir, report, ramp)?;
+    }
     Ok(())
 }
 
@@ -165,6 +175,49 @@ pub fn serialized(h: &Histogram<u64>) -> Result<String, String> {
 
 const BLUE: RGBColor = RGBColor(31, 119, 180);
 const RED: RGBColor = RGBColor(214, 39, 40);
+const GREEN: RGBColor = RGBColor(44, 160, 44);
+const GREY: RGBColor = RGBColor(120, 120, 120);
+
+/// The header line under every plot's title: what ran, at what rate, with what config.
+pub fn subtitle(report: &Report) -> String {
+    let c = &report.config;
+    let commit: String = report.environment.git_commit.chars().take(10).collect();
+    let rate = match &report.ramp {
+        Some(ramp) => format!(
+            "{} steps of {} s x {} trial(s)",
+            ramp.steps.len(),
+            ramp.step_duration_s,
+            ramp.trials
+        ),
+        None => format!(
+            "{:.0} packets/s offered for {} s",
+            c.rate_per_s, c.duration_s
+        ),
+    };
+    format!(
+        "{} ({}): {rate}; {} clients, {} packets ({} B), {}-hop routes, mu {} ms/hop; {} nodes; \
+         {}, {} cpus; git {commit}",
+        report.mode,
+        report.driver,
+        c.clients,
+        c.packet_size,
+        c.packet_bytes,
+        c.hops,
+        c.delay_ms_mean,
+        report.nodes.len(),
+        report.environment.cpu_model,
+        report.environment.cpus,
+    )
+}
+
+/// The run's rate, for titles (ramps: the step shown in detail).
+fn rate_title(report: &Report) -> String {
+    let rate = report.result.offered.rate_per_s;
+    match &report.ramp {
+        Some(_) => format!("at {rate:.0} packets/s (the step shown in detail)"),
+        None => format!("at {rate:.0} packets/s"),
+    }
+}
 
 fn plot_over_time(path: &Path, report: &Report) -> Result<(), String> {
     let series = &report.result.timeseries;
@@ -178,35 +231,45 @@ fn plot_over_time(path: &Path, report: &Report) -> Result<(), String> {
     let p99 = points(|s| s.p99_ms);
     let x_max = (series.len() as f64).max(1.0);
     let y_top = p99.iter().chain(&p50).map(|p| p.1).fold(0.0, f64::max);
-    let y_step = nice_step(y_top.max(0.1), 5.0);
-    let y_max = (y_top / y_step).ceil().max(1.0) * y_step;
-    let x_step = nice_step(x_max, 10.0).max(1.0);
     let axes = Axes {
-        title: "end-to-end latency per second (from scheduled send)",
-        x_label: "time s",
-        y_label: "latency ms",
+        title: format!(
+            "End-to-end latency per second {} (from scheduled send)",
+            rate_title(report)
+        ),
+        subtitle: subtitle(report),
+        x_label: "time since the start, s",
+        y_label: "latency, ms",
         x_range: (0.0, x_max),
-        y_range: (0.0, y_max),
-        x_ticks: ticks(x_max, x_step),
-        y_ticks: ticks(y_max, y_step),
+        y_range: (0.0, y_max(y_top, 0.1)),
+        x_format: None,
+        x_labels: X_LABELS,
     };
-    let lines = [
-        Line {
-            label: "p50",
-            color: BLUE,
-            points: p50,
-        },
-        Line {
-            label: "p99",
-            color: RED,
-            points: p99,
-        },
-    ];
+    let lines = [Line::new("p50", BLUE, p50), Line::new("p99", RED, p99)];
     line_chart(path, &axes, &lines)
 }
 
+fn nines_label(x: &f64) -> String {
+    if (x - x.round()).abs() > 1e-6 {
+        return String::new();
+    }
+    match x.round() as i64 {
+        0 => "p0".into(),
+        1 => "p90".into(),
+        2 => "p99".into(),
+        3 => "p99.9".into(),
+        4 => "p99.99".into(),
+        _ => String::new(),
+    }
+}
+
 /// Latency by percentile, x in "nines" (0 = p0, 1 = p90, 2 = p99, ...), as HdrHistogram plots.
-pub fn plot_cdf(path: &Path, h: &Histogram<u64>) -> Result<(), String> {
+/// `rate`: how the title names the rate ("at 500 packets/s"); `subtitle`: [`subtitle`].
+pub fn plot_cdf(
+    path: &Path,
+    h: &Histogram<u64>,
+    rate: &str,
+    subtitle: String,
+) -> Result<(), String> {
     const NINES_MAX: f64 = 4.0;
     let mut points = Vec::new();
     if !h.is_empty() {
@@ -218,29 +281,157 @@ pub fn plot_cdf(path: &Path, h: &Histogram<u64>) -> Result<(), String> {
         points.push((NINES_MAX, h.max() as f64 / 1e3));
     }
     let y_top = points.iter().map(|p| p.1).fold(0.0, f64::max);
-    let y_step = nice_step(y_top.max(0.1), 5.0);
-    let y_max = (y_top / y_step).ceil().max(1.0) * y_step;
-    let x_ticks = ["0", "90", "99", "99.9", "99.99"]
-        .iter()
-        .enumerate()
-        .map(|(i, label)| (i as f64, format!("p{label}")))
-        .collect();
     let axes = Axes {
-        title: "end-to-end latency by percentile (from scheduled send)",
+        title: format!("End-to-end latency by percentile {rate} (from scheduled send)"),
+        subtitle,
         x_label: "percentile",
-        y_label: "latency ms",
+        y_label: "latency, ms",
         x_range: (0.0, NINES_MAX),
-        y_range: (0.0, y_max),
-        x_ticks,
-        y_ticks: ticks(y_max, y_step),
+        y_range: (0.0, y_max(y_top, 0.1)),
+        x_format: Some(nines_label),
+        // One label per nine: 0, 1, 2, 3, 4.
+        x_labels: NINES_MAX as usize + 1,
     };
-    let lines = [Line {
-        label: "latency",
-        color: BLUE,
-        points,
-    }];
+    let lines = [Line::new("latency", BLUE, points)];
     line_chart(path, &axes, &lines)
 }
+
+/// Min and max of a step's trial values (finite ones), with the median where there are none.
+fn range(values: impl Iterator<Item = Option<f64>>, median: f64) -> (f64, f64) {
+    let finite: Vec<f64> = values.flatten().filter(|v| v.is_finite()).collect();
+    let low = finite.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if finite.is_empty() {
+        (median, median)
+    } else {
+        (low, high)
+    }
+}
+
+/// Sweeps: the curves benchmarkers look for first, over every step (offered rate on x):
+/// delivered vs offered with the y = x reference, and p50/p99 vs offered; the lines are the
+/// steps' medians, the bands the range (min to max) over the step's trials.
+pub fn plot_sweep(dir: &Path, report: &Report, ramp: &Ramp) -> Result<(), String> {
+    let mut steps: Vec<&Step> = ramp.steps.iter().collect();
+    steps.sort_by(|a, b| a.rate_per_s.total_cmp(&b.rate_per_s));
+    let x_top = steps.iter().map(|s| s.rate_per_s).fold(0.0, f64::max);
+    let x_max = y_max(x_top, 1.0);
+    let title_tail = format!(
+        "({} steps x {} trial(s): line median, band min-max)",
+        steps.len(),
+        ramp.trials
+    );
+    let delivered: Vec<(f64, f64)> = steps
+        .iter()
+        .map(|s| (s.rate_per_s, s.delivered_rate_per_s))
+        .collect();
+    let delivered_band = steps
+        .iter()
+        .map(|s| {
+            let (lo, hi) = range(
+                s.trial_delivered_rates_per_s.iter().map(|v| Some(*v)),
+                s.delivered_rate_per_s,
+            );
+            (s.rate_per_s, lo, hi)
+        })
+        .collect();
+    let y_top = delivered.iter().map(|p| p.1).fold(x_top, f64::max);
+    let axes = Axes {
+        title: format!("Delivered vs offered rate {title_tail}"),
+        subtitle: subtitle(report),
+        x_label: "offered rate, packets/s",
+        y_label: "delivered rate, packets/s",
+        x_range: (0.0, x_max),
+        y_range: (0.0, y_max(y_top, 1.0)),
+        x_format: None,
+        x_labels: X_LABELS,
+    };
+    let mut delivered_line = Line::new("delivered", BLUE, delivered);
+    delivered_line.band = delivered_band;
+    let mut reference = Line::new(
+        "y = x (all delivered)",
+        GREY,
+        vec![(0.0, 0.0), (x_max, x_max)],
+    );
+    reference.reference = true;
+    line_chart(
+        &dir.join(SWEEP_RATE_PNG),
+        &axes,
+        &[delivered_line, reference],
+    )?;
+
+    let quantile_line = |label: &'static str,
+                         color: RGBColor,
+                         median: fn(&Step) -> Option<f64>,
+                         trials: fn(&Step) -> &Vec<Option<f64>>| {
+        let mut line = Line::new(
+            label,
+            color,
+            steps
+                .iter()
+                .filter_map(|s| median(s).map(|v| (s.rate_per_s, v)))
+                .collect(),
+        );
+        line.band = steps
+            .iter()
+            .filter_map(|s| {
+                let m = median(s)?;
+                let (lo, hi) = range(trials(s).iter().copied(), m);
+                Some((s.rate_per_s, lo, hi))
+            })
+            .collect();
+        line
+    };
+    let p50 = quantile_line("p50", BLUE, |s| s.p50_ms, |s| &s.trial_p50_ms);
+    let p99 = quantile_line("p99", RED, |s| s.p99_ms, |s| &s.trial_p99_ms);
+    let y_top = p99
+        .band
+        .iter()
+        .map(|b| b.2)
+        .chain(p50.band.iter().map(|b| b.2))
+        .fold(0.0, f64::max);
+    // The p99 bound is drawn when it is near the curves; far above, it would flatten them
+    // to the floor, and the title gives it instead.
+    let bound_ms = ramp.p99_ms_max;
+    let bound_drawn = bound_ms.is_finite() && bound_ms <= BOUND_DRAWN_WITHIN * y_top;
+    let mut lines = vec![p50, p99];
+    let mut bound_label = String::new();
+    if bound_drawn {
+        let mut bound = Line::new("p99 bound", GREEN, vec![(0.0, bound_ms), (x_max, bound_ms)]);
+        bound.reference = true;
+        lines.push(bound);
+    } else {
+        bound_label = format!(" (p99 bound {bound_ms} ms: off the scale)");
+    }
+    let axes = Axes {
+        title: format!("Latency vs offered rate {title_tail}"),
+        subtitle: subtitle(report),
+        x_label: "offered rate, packets/s",
+        y_label: &format!("end-to-end latency, ms{bound_label}"),
+        x_range: (0.0, x_max),
+        y_range: (
+            0.0,
+            y_max(
+                if bound_drawn {
+                    y_top.max(bound_ms)
+                } else {
+                    y_top
+                },
+                0.1,
+            ),
+        ),
+        x_format: None,
+        x_labels: X_LABELS,
+    };
+    line_chart(&dir.join(SWEEP_LATENCY_PNG), &axes, &lines)
+}
+
+/// The p99 bound line is drawn when it is at most this many times the highest latency shown.
+const BOUND_DRAWN_WITHIN: f64 = 2.0;
+
+/// The sweep plots' file names.
+pub const SWEEP_RATE_PNG: &str = "sweep_delivered_vs_offered.png";
+pub const SWEEP_LATENCY_PNG: &str = "sweep_latency_vs_offered.png";
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

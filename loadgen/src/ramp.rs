@@ -148,6 +148,8 @@ fn step(
         sustained: failure.is_none(),
         trial_loss_ratios: pick(|t| t.loss_ratio),
         trial_p99_ms: done.iter().map(|(t, _)| finite(Some(t.p99_ms))).collect(),
+        trial_p50_ms: done.iter().map(|(t, _)| finite(Some(t.p50_ms))).collect(),
+        trial_delivered_rates_per_s: pick(|t| t.delivered_rate_per_s),
         p99_n_too_small: done
             .iter()
             .any(|(t, _)| t.delivered < report::quantile_n_min(0.99)),

@@ -171,6 +171,10 @@ pub struct RunReport {
     /// loadgen did not send (cover traffic, other clients) is seen in the per-node figures.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub node_traffic: Vec<LayerTraffic>,
+    /// Where the time goes: per-stage means adding up to the end-to-end mean
+    /// (`crate::breakdown`); absent in a merge (no node figures are merged).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<crate::breakdown::Breakdown>,
 }
 
 /// When a run started.
@@ -374,6 +378,9 @@ pub struct Step {
     /// Every trial's loss ratio and p99 (`null`: nothing delivered), in the order run.
     pub trial_loss_ratios: Vec<f64>,
     pub trial_p99_ms: Vec<Option<f64>>,
+    /// Every trial's p50 and delivered rate, in the order run (the sweep plot's ranges).
+    pub trial_p50_ms: Vec<Option<f64>>,
+    pub trial_delivered_rates_per_s: Vec<f64>,
     /// Fewer deliveries in a trial than a p99 needs (`quantile_n_min(0.99)`): its p99 is
     /// close to that trial's maximum.
     pub p99_n_too_small: bool,
@@ -528,6 +535,11 @@ pub fn run_report(outcome: &RunOutcome, capacity_per_s: f64) -> RunReport {
             }),
         }),
         node_traffic: node_traffic(&outcome.nodes, sent),
+        breakdown: Some(crate::breakdown::breakdown(
+            &outcome.nodes,
+            &outcome.sender.lateness_us,
+            &outcome.tracker.latency_us,
+        )),
     }
 }
 
@@ -1031,6 +1043,9 @@ pub fn render_text(report: &Report) -> String {
         );
     }
     render_nodes(&mut out, r);
+    if let Some(breakdown) = &r.breakdown {
+        crate::breakdown::render(&mut out, breakdown);
+    }
     let g = &r.generator;
     let _ = writeln!(
         out,

@@ -74,6 +74,8 @@ pub struct LoadParams {
     pub window_s: f64,
     pub run_id: u32,
     pub progress: bool,
+    /// One live line per second on stderr (`crate::live`; only when it is a terminal).
+    pub live: bool,
     /// Label of the progress bar (e.g. the ramp step).
     pub label: String,
     /// `--start-at`: the clock starts then (after the set-up and the queues' prefill), so that
@@ -239,6 +241,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     };
     let senders = spawn_senders(injectors, sources, clock, config, &stop, &live)?;
     let progress = progress_bar(params, &schedule);
+    let mut live_view = LiveView::new(params, &schedule, plan.expected_delay_ns() / 1e9);
     // The windows before the last are sampled as the clock passes their end; the last one
     // ends with the run (sampled after the drain).
     let mut rss_windows: Vec<Vec<Option<u64>>> = Vec::with_capacity(window_count);
@@ -255,6 +258,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     while senders.iter().any(|s| !s.is_finished()) {
         std::thread::sleep(TICK);
         update_progress(&progress, &clock, &live, &tracker);
+        live_view.tick(&progress, &clock, &live, &tracker);
         sample_windows(&mut rss_windows);
         if interrupted() {
             stop.store(true, Ordering::Relaxed);
@@ -295,6 +299,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     while tracker.delivered() < sender.sent && Instant::now() < drain_until && !interrupted() {
         std::thread::sleep(Duration::from_millis(10));
         update_progress(&progress, &clock, &live, &tracker);
+        live_view.tick(&progress, &clock, &live, &tracker);
         if checked.elapsed() >= TICK {
             checked = Instant::now();
             sample_windows(&mut rss_windows);
@@ -515,4 +520,67 @@ fn update_progress(bar: &ProgressBar, clock: &RealClock, live: &LiveCounters, tr
         tracker.delivered(),
         live.late.load(Ordering::Relaxed)
     ));
+}
+
+/// The live view's state over one run: a line each whole second of the clock.
+struct LiveView {
+    enabled: bool,
+    schedule: Schedule,
+    offered_rate_per_s: f64,
+    /// Packets due longer ago than this are counted undelivered if they have not arrived
+    /// (the run's drain: 3 x the expected mix delay + --drain-margin-s, at least 1 s).
+    horizon_s: f64,
+    next_s: u64,
+    /// Sent, and the clock, at the previous line.
+    sent_before: u64,
+    line_before_s: f64,
+}
+
+impl LiveView {
+    fn new(params: &LoadParams, schedule: &Schedule, expected_delay_s: f64) -> LiveView {
+        LiveView {
+            enabled: params.live && params.progress,
+            schedule: *schedule,
+            offered_rate_per_s: params.rate_per_s,
+            horizon_s: (3.0 * expected_delay_s + params.drain_margin_s).max(1.0),
+            next_s: 1,
+            sent_before: 0,
+            line_before_s: 0.0,
+        }
+    }
+
+    fn tick(
+        &mut self,
+        bar: &ProgressBar,
+        clock: &RealClock,
+        live: &LiveCounters,
+        tracker: &Tracker,
+    ) {
+        let now_ns = clock.now_ns();
+        if !self.enabled || now_ns < self.next_s * 1_000_000_000 {
+            return;
+        }
+        let elapsed_s = now_ns as f64 / 1e9;
+        let sent = live.sent.load(Ordering::Relaxed);
+        let cutoff_s = (elapsed_s - self.horizon_s).floor().max(0.0) as u64;
+        let due = self
+            .schedule
+            .due_between(0, cutoff_s.saturating_mul(1_000_000_000));
+        let sample = crate::live::Sample {
+            elapsed_s,
+            offered_rate_per_s: self.offered_rate_per_s,
+            sent_rate_per_s: sent.saturating_sub(self.sent_before) as f64
+                / (elapsed_s - self.line_before_s).max(1e-3),
+            sent,
+            delivered: tracker.delivered(),
+            due,
+            undelivered: due.saturating_sub(tracker.delivered_scheduled_before(cutoff_s)),
+            horizon_s: self.horizon_s,
+            last_second: tracker.second_figures(self.next_s - 1),
+        };
+        bar.println(crate::live::line(&sample));
+        self.sent_before = sent;
+        self.line_before_s = elapsed_s;
+        self.next_s = now_ns / 1_000_000_000 + 1;
+    }
 }

@@ -66,6 +66,9 @@ struct Inner {
     /// Latency of the packets *scheduled* in each window (index = scheduled time / window),
     /// made on the first arrival of the window.
     windows: Vec<Option<Histogram<u32>>>,
+    /// Deliveries by second of *scheduled* time (the live view's "undelivered so far"); later
+    /// seconds than [`SERIES_SECONDS_MAX`] count in the last.
+    delivered_by_scheduled_s: Vec<u64>,
 }
 
 /// A copy of a tracker's results.
@@ -132,6 +135,7 @@ impl Tracker {
                 series_overflow: 0,
                 empty_second: series_histogram()?,
                 windows: Vec::new(),
+                delivered_by_scheduled_s: Vec::new(),
             }),
         })
     }
@@ -196,8 +200,32 @@ impl Tracker {
         if let Some(histogram) = inner.windows[window].as_mut() {
             histogram.saturating_record(latency_us);
         }
+        let scheduled_s =
+            ((stamp.scheduled_ns / 1_000_000_000) as usize).min(SERIES_SECONDS_MAX - 1);
+        if inner.delivered_by_scheduled_s.len() <= scheduled_s {
+            inner.delivered_by_scheduled_s.resize(scheduled_s + 1, 0);
+        }
+        inner.delivered_by_scheduled_s[scheduled_s] += 1;
         self.delivered.fetch_add(1, Ordering::Relaxed);
         Arrival::Delivered
+    }
+
+    /// Packets scheduled before second `end_s` of the run that were delivered (so far).
+    pub fn delivered_scheduled_before(&self, end_s: u64) -> u64 {
+        let Ok(inner) = self.inner.lock() else {
+            return 0;
+        };
+        let end = usize::try_from(end_s).unwrap_or(usize::MAX);
+        inner.delivered_by_scheduled_s.iter().take(end).sum()
+    }
+
+    /// Deliveries in second `second` of arrival time, and their p50 and p99 latency, ms
+    /// (`None` when nothing arrived then).
+    pub fn second_figures(&self, second: u64) -> Option<(u64, f64, f64)> {
+        let inner = self.inner.lock().ok()?;
+        let entry = inner.series.get(usize::try_from(second).ok()?)?.as_ref()?;
+        let q = |quantile: f64| entry.latency_us.value_at_quantile(quantile) as f64 / 1e3;
+        (entry.delivered > 0).then(|| (entry.delivered, q(0.5), q(0.99)))
     }
 
     pub fn result(&self) -> Result<TrackerResult, String> {

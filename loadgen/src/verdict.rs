@@ -290,6 +290,7 @@ mod tests {
             topology: None,
             start: None,
             node_traffic: Vec::new(),
+            breakdown: None,
         }
     }
 

@@ -9,7 +9,8 @@ mod common;
 use std::process::Command;
 
 use common::{
-    assert_valid, check_success, lethe, loadgen, testnet_processes, TestnetGuard, LOADGEN,
+    assert_valid, check_plot, check_success, lethe, loadgen, testnet_processes, TestnetGuard,
+    LOADGEN,
 };
 
 #[test]
@@ -166,8 +167,44 @@ fn target_drives_an_existing_network_with_or_without_a_pinned_key() {
 }
 
 #[test]
-fn without_credentials_a_gateway_that_requires_them_refuses_and_the_report_says_so() {
+fn without_credentials_a_gateway_that_requires_them_stops_loadgen_before_the_run() {
     let net = TestnetGuard::up("nocred");
+    // As a user would write it: no --issuers. loadgen asks the gateway first and stops (exit
+    // 2, no report) with the command to run instead; with the testnet's state directory
+    // known (LETHE_TESTNET_DIR), the flags carry its real values.
+    let output = Command::new(LOADGEN)
+        .args(["--target", &net.url, "--directory-key", &net.key])
+        .args(["--duration", "1", "--rate", "20", "--quiet"])
+        .env("LETHE_BIN", lethe())
+        .env("LETHE_TESTNET_DIR", &net.dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(output.stdout.is_empty(), "no report");
+    assert!(
+        stderr.contains("require bandwidth credentials and none were given"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("--target {} --directory-key {}", net.url, net.key)),
+        "the user's command: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "--issuers {} --threshold {}",
+            net.issuers, net.threshold
+        )),
+        "the testnet's issuers: {stderr}"
+    );
+    assert!(stderr.contains("--without-credentials"), "{stderr}");
+    // Nothing was sent: the gateway refused no forward.
+    assert_eq!(
+        net.gateway_metric("lethe_gateway_forwards_refused_bandwidth_total"),
+        0
+    );
+
+    // --without-credentials runs anyway, to measure the refusals.
     let (report, stderr, code) = net.target_report("20", false);
     // Nothing delivered fails the run even without thresholds: exit 1, after the report, and
     // a line on stderr naming the rule.
@@ -252,6 +289,40 @@ fn mixnet_json_report_validates_against_the_schema_and_loses_nothing_at_a_low_ra
         assert_eq!(layer["received"], 400, "{layer:#}");
         assert_eq!(layer["other_at_least"], 0, "{layer:#}");
     }
+    // Where the time goes: the sender and every layer measured, and the means add up.
+    let breakdown = &result["breakdown"];
+    let stages: Vec<&str> = breakdown["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        ["sender", "mix layer 1", "mix layer 2", "mix layer 3"],
+        "{breakdown:#}"
+    );
+    let mut sum = 0.0;
+    for stage in breakdown["stages"].as_array().unwrap() {
+        assert_eq!(stage["measured"], true, "{stage:#}");
+        sum += stage["mean_ms"].as_f64().unwrap();
+    }
+    let e2e = breakdown["end_to_end_mean_ms"].as_f64().unwrap();
+    let rest = breakdown["unattributed_mean_ms"].as_f64().unwrap();
+    assert!((sum + rest - e2e).abs() < 1e-6, "{breakdown:#}");
+    assert!(
+        (e2e - result["latency_ms"]["mean"].as_f64().unwrap()).abs() < 0.01,
+        "{breakdown:#}"
+    );
+    // loadgen's own final hop is not timed apart: said, not hidden.
+    assert!(
+        breakdown["not_measured"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().starts_with("final hop")),
+        "{breakdown:#}"
+    );
     // Stage quantiles are intervals whose bounds never cross.
     for node in result["nodes"].as_array().unwrap() {
         for (name, stage) in node["stages"].as_object().unwrap() {
@@ -278,7 +349,6 @@ fn out_dir_gets_every_file_and_the_plots_are_pngs() {
     let dir = std::env::temp_dir().join(format!("loadgen-test-out-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let output = loadgen(&[
-        "--quiet",
         "--duration",
         "1",
         "--rate",
@@ -289,7 +359,7 @@ fn out_dir_gets_every_file_and_the_plots_are_pngs() {
         dir.to_str().unwrap(),
     ]);
     check_success(&output);
-    let text = String::from_utf8(output.stdout).unwrap();
+    let text = String::from_utf8(output.stdout.clone()).unwrap();
     assert!(text.contains("latency ms"), "{text}");
     for name in [
         "summary.json",
@@ -320,16 +390,19 @@ fn out_dir_gets_every_file_and_the_plots_are_pngs() {
     );
     assert_eq!(windows.lines().count(), 2, "one window: {windows}");
     for name in ["latency_over_time.png", "latency_cdf.png"] {
-        let file = std::fs::File::open(dir.join(name)).unwrap();
-        let mut reader = png::Decoder::new(std::io::BufReader::new(file))
-            .read_info()
-            .unwrap();
-        let mut pixels = vec![0; reader.output_buffer_size()];
-        let info = reader.next_frame(&mut pixels).unwrap();
-        assert!(info.width >= 300 && info.height >= 200, "{name}");
-        // Not blank: something other than white was drawn.
-        assert!(pixels.iter().any(|&b| b != 0xff), "{name} is blank");
+        check_plot(&dir.join(name));
     }
+    // Where the time goes, in the text report: the stages and the remainder.
+    assert!(text.contains("where the time goes"), "{text}");
+    assert!(text.contains("unattributed / network"), "{text}");
+    assert!(text.contains("exit gateway"), "{text}");
+    // Run piped and without --quiet: no live view (it is for a terminal only).
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("in flight"), "{stderr}");
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('\u{1b}'),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

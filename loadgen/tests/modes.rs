@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_valid, check_success, loadgen, Mixnode};
+use common::{assert_valid, check_plot, check_success, loadgen, Mixnode};
 
 fn check_ramp(report: &serde_json::Value, steps_max: usize) {
     assert_valid(report);
@@ -25,7 +25,9 @@ fn check_ramp(report: &serde_json::Value, steps_max: usize) {
 }
 
 #[test]
-fn sweep_reports_its_steps() {
+fn sweep_reports_its_steps_and_plots_the_curves() {
+    let dir = std::env::temp_dir().join(format!("loadgen-test-sweep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     let output = loadgen(&[
         "sweep",
         "--json",
@@ -38,12 +40,41 @@ fn sweep_reports_its_steps() {
         "0",
         "--step-duration",
         "1",
+        "--trials",
+        "2",
+        "--out",
+        dir.to_str().unwrap(),
     ]);
     check_success(&output);
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["mode"], "sweep");
     assert_eq!(report["driver"], "testnet");
     check_ramp(&report, 2);
+    // Every step keeps its trials' figures: the plots' ranges.
+    for step in report["ramp"]["steps"].as_array().unwrap() {
+        assert_eq!(
+            step["trial_p50_ms"].as_array().unwrap().len(),
+            2,
+            "{step:#}"
+        );
+        assert_eq!(
+            step["trial_delivered_rates_per_s"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2,
+            "{step:#}"
+        );
+    }
+    for name in [
+        "sweep_delivered_vs_offered.png",
+        "sweep_latency_vs_offered.png",
+        "latency_over_time.png",
+        "latency_cdf.png",
+    ] {
+        check_plot(&dir.join(name));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -268,7 +268,7 @@ impl TestnetGuard {
     }
 
     /// A one-second `loadgen --target` run against this network at `rate` packets/s, its key
-    /// pinned, with or without credentials: the JSON report (checked against the schema),
+    /// pinned, with credentials or with `--without-credentials`: the JSON report (checked against the schema),
     /// stderr and the exit code.
     pub fn target_report(
         &self,
@@ -289,6 +289,9 @@ impl TestnetGuard {
         ];
         if with_credentials {
             args.extend(self.credential_args());
+        } else {
+            // Without it loadgen stops before the run (the gateway requires credentials).
+            args.push("--without-credentials");
         }
         let output = loadgen(&args);
         let report: serde_json::Value =
@@ -493,4 +496,52 @@ impl Drop for TestnetGuard {
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The plots' size (loadgen/src/plot.rs).
+pub const PLOT_WIDTH: u32 = 1000;
+pub const PLOT_HEIGHT: u32 = 600;
+
+/// A plot loadgen wrote: decodes as a PNG of the plots' size, is not blank (the pixels vary),
+/// and has text where the title goes (dark pixels in the header's top left).
+pub fn check_plot(path: &Path) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    let name = path.display();
+    assert_eq!(
+        (info.width, info.height),
+        (PLOT_WIDTH, PLOT_HEIGHT),
+        "{name}"
+    );
+    let channels = info.color_type.samples();
+    assert!(channels >= 3, "{name}: {:?}", info.color_type);
+    let luminance = |x: u32, y: u32| {
+        let i = ((y * info.width + x) as usize) * channels;
+        (u32::from(pixels[i]) + u32::from(pixels[i + 1]) + u32::from(pixels[i + 2])) / 3
+    };
+    let count = f64::from(info.width * info.height);
+    let (mut sum, mut squares) = (0.0, 0.0);
+    for y in 0..info.height {
+        for x in 0..info.width {
+            let l = f64::from(luminance(x, y));
+            sum += l;
+            squares += l * l;
+        }
+    }
+    let mean = sum / count;
+    let variance = squares / count - mean * mean;
+    assert!(
+        variance > 100.0,
+        "{name} is nearly blank (variance {variance:.1})"
+    );
+    // The title: rows 8..34, from x = 16 on; rendered text leaves dark pixels there.
+    let dark = (8..34)
+        .flat_map(|y| (16..500).map(move |x| (x, y)))
+        .filter(|&(x, y)| luminance(x, y) < 100)
+        .count();
+    assert!(dark > 100, "{name}: no title text ({dark} dark pixels)");
 }

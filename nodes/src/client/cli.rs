@@ -186,15 +186,16 @@ async fn init_credential(args: &InitArgs) -> Result<Option<Zeroizing<Vec<u8>>>, 
 }
 
 /// How long the admission probe may take in all (connect, handshake, answers).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Whether a gateway requires bandwidth credentials, as it says in every session: with
 /// admission on it sends `Bandwidth{remaining}` right after `Welcome`, before anything else.
 /// To know when to stop waiting for it, the probe then sends a forward that every gateway
 /// refuses at once (`NOT_LAYER1`: its first hop is no node address, checked before any
 /// metering), so the answer is in when that refusal is, without guessing a delay. The probe
-/// uses a throwaway identity: the gateway remembers a bare handshake in memory only.
-async fn gateway_requires_credentials(url: &str, gateway: [u8; 32]) -> Result<bool, String> {
+/// uses a throwaway identity: the gateway remembers a bare handshake in memory only. Also
+/// loadgen's check before a `--target` run.
+pub async fn gateway_requires_credentials(url: &str, gateway: [u8; 32]) -> Result<bool, String> {
     let config = WebSocketConfig::default()
         .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
         .max_frame_size(Some(WS_MESSAGE_BYTES_MAX));
