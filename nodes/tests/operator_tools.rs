@@ -579,3 +579,37 @@ fn issuer_refuses_an_exposed_or_corrupt_key_share() {
     );
     let _ = std::fs::remove_dir_all(&keys);
 }
+
+/// `systemd-analyze verify` on each shipped unit (with ExecStart pointing at this build, which
+/// it checks is executable), where systemd's tools are installed; said and skipped elsewhere.
+#[test]
+fn shipped_units_pass_systemd_analyze_verify() {
+    let present = Command::new("systemd-analyze")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        eprintln!("systemd-analyze is not installed: units not verified by systemd");
+        return;
+    }
+    let dir = temp_dir("verify");
+    std::fs::create_dir_all(&dir).unwrap();
+    for role in ROLES {
+        let unit = shipped_unit(role).replace("/usr/local/bin/lethe", LETHE);
+        let file = dir.join(format!("lethe-{role}.service"));
+        std::fs::write(&file, unit).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", path(&file)])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "systemd-analyze verify lethe-{role}.service: {}",
+            stderr(&out)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
