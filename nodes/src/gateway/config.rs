@@ -331,6 +331,36 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_keeps_one_filter_and_drops_stale_snapshots() {
+        let dir = std::env::temp_dir().join(format!("lethe-gwfilter-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::gateway::init(&dir, Profile::Small).unwrap();
+        let config = Config::load(&dir).unwrap();
+        // What a gateway before this change left: the unused secondary's filter (rotation 0),
+        // and a leftover of some other rotation.
+        for stale in [0, 7] {
+            let path = lethe_engine::snapshot_path(&dir.join("data"), stale);
+            std::fs::write(&path, b"stale").unwrap();
+        }
+        let keys = crate::mixnode::load_keys(&dir, &config.keys).unwrap();
+        assert!(
+            keys.secondary.is_none(),
+            "the secondary is announced nowhere"
+        );
+        let set = crate::mixnode::load_replay(&dir, &config.replay, &keys).unwrap();
+        assert_eq!(set.rotation_ids().collect::<Vec<_>>(), [1]);
+        let params = set.get(1).unwrap().params();
+        assert_eq!(params.items_expected, 4_200_000);
+        let left: Vec<_> = std::fs::read_dir(dir.join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("replay-rot-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn replay_sizing_is_validated_at_load() {
         let dir = std::env::temp_dir().join(format!("lethe-gwcfg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
