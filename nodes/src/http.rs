@@ -56,13 +56,18 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
-    /// A node not (yet) registering: [`RegistrationState::Unconfigured`] until an announcer
-    /// starts with `registration`.
-    pub fn new(role: &'static str) -> Arc<NodeStatus> {
+    /// `registering`: the node was given a directory. It is then unregistered from the start
+    /// (the endpoint serves before the announcer runs: it needs the metrics address), else
+    /// [`RegistrationState::Unconfigured`].
+    pub fn new(role: &'static str, registering: bool) -> Arc<NodeStatus> {
         crate::prometheus::mark_start();
+        let registration = Arc::new(RegistrationStatus::default());
+        if registering {
+            registration.set_state(RegistrationState::Unregistered);
+        }
         Arc::new(NodeStatus {
             role,
-            registration: Arc::new(RegistrationStatus::default()),
+            registration,
             sphinx_keys: Mutex::new(Vec::new()),
         })
     }

@@ -99,11 +99,42 @@ fn escape_label(text: &str) -> String {
 }
 
 /// When this process started, on both clocks: the wall clock for
-/// `process_start_time_seconds`, the monotonic one for `lethe_uptime_seconds`. Taken at the
-/// first call; every role calls [`mark_start`] first thing in `run`.
+/// `process_start_time_seconds`, the monotonic one for `lethe_uptime_seconds`. The kernel's
+/// record of the start where there is procfs (a mixnode may spend seconds allocating its
+/// replay filter before anything here runs); else the first call, which every role makes
+/// early ([`mark_start`]).
 fn start() -> &'static (SystemTime, Instant) {
     static START: OnceLock<(SystemTime, Instant)> = OnceLock::new();
-    START.get_or_init(|| (SystemTime::now(), Instant::now()))
+    START.get_or_init(|| {
+        let (now_wall, now) = (SystemTime::now(), Instant::now());
+        let started_wall = kernel_start_unix_s()
+            .map(|s| UNIX_EPOCH + std::time::Duration::from_secs_f64(s))
+            .filter(|started| *started <= now_wall)
+            .unwrap_or(now_wall);
+        let age = now_wall.duration_since(started_wall).unwrap_or_default();
+        (started_wall, now.checked_sub(age).unwrap_or(now))
+    })
+}
+
+/// The process's start from procfs: boot time (`btime` of `/proc/stat`) plus the start
+/// time in clock ticks after boot (field 22 of `/proc/self/stat`).
+fn kernel_start_unix_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .nth(22 - 3)
+        .and_then(|t| t.parse().ok())?;
+    let boot = std::fs::read_to_string("/proc/stat").ok()?;
+    let boot_s: u64 = boot
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|t| t.trim().parse().ok())?;
+    // SAFETY: sysconf reads a constant of the running system; no memory is touched.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks_per_s = u64::try_from(ticks_per_s).ok().filter(|t| *t > 0)?;
+    Some(boot_s as f64 + ticks as f64 / ticks_per_s as f64)
 }
 
 /// Records the process's start time (idempotent: the first call wins).
@@ -111,13 +142,10 @@ pub fn mark_start() {
     let _ = start();
 }
 
-/// Seconds since the process started ([`mark_start`]).
+/// Seconds since the process started.
 pub fn uptime_s() -> u64 {
     start().1.elapsed().as_secs()
 }
-
-/// The commit the binary was built from (`nodes/build.rs`).
-pub const GIT_COMMIT: &str = env!("LETHE_GIT_COMMIT");
 
 /// The series every role publishes: `lethe_build_info` (version, commit, SIMD paths, role),
 /// process start time, uptime and resident memory.
@@ -134,7 +162,7 @@ pub fn render_process(out: &mut String, role: &str) {
         name,
         &[
             ("version", env!("CARGO_PKG_VERSION")),
-            ("commit", GIT_COMMIT),
+            ("commit", crate::ops::GIT_COMMIT),
             ("x25519", lethe_crypto::sphinx::batch::dh_path_name()),
             ("symmetric", lethe_crypto::simd::path_name()),
             ("role", role),
@@ -307,6 +335,16 @@ mod tests {
         assert_eq!(types["lethe_build_info"], "gauge");
         assert!(out.contains("role=\"mixnode\"} 1\n"));
         assert!(resident_memory_bytes().is_some_and(|b| b > 0));
+        // The kernel's start of this test process: in the past, and not long ago.
+        let started = kernel_start_unix_s().unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            started <= now + 1.0 && started > now - 3600.0,
+            "{started} {now}"
+        );
     }
 
     #[test]

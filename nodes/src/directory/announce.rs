@@ -172,6 +172,11 @@ impl Announcer {
                 self.status.set_state(RegistrationState::Unregistered);
                 tracing::info!(directory = %self.url, "deregistered");
             }
+            // Removed already (by hand, or dropped for silence): what leaving wanted.
+            Err(DeregisterError::Unknown) => {
+                self.status.set_state(RegistrationState::Unregistered);
+                tracing::info!(directory = %self.url, "directory no longer lists this node");
+            }
             Err(e) => tracing::warn!(directory = %self.url, error = %e, "deregistration failed"),
         }
     }
@@ -292,7 +297,7 @@ fn is_refusal(e: &DirectoryClientError) -> bool {
 /// answers 404).
 pub fn deregister_command(identity_path: &std::path::Path, url: &str) -> Result<(), String> {
     let seed = keyfile::read_private(identity_path)?;
-    deregister_blocking(url, &seed)?;
+    deregister_blocking(url, &seed).map_err(|e| e.to_string())?;
     println!(
         "deregistered identity={} from {url}",
         keyfile::hex(&keyfile::ed25519_public(&seed))
@@ -300,21 +305,33 @@ pub fn deregister_command(identity_path: &std::path::Path, url: &str) -> Result<
     Ok(())
 }
 
+/// Why a deregistration did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum DeregisterError {
+    /// The directory does not list this identity (404).
+    #[error("the directory does not list this node")]
+    Unknown,
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Sends a signed deregistration from a thread without a tokio runtime, bounded by
 /// [`DEREGISTER_TIMEOUT`].
-pub fn deregister_blocking(url: &str, seed: &[u8; 32]) -> Result<(), String> {
+pub fn deregister_blocking(url: &str, seed: &[u8; 32]) -> Result<(), DeregisterError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| DeregisterError::Failed(e.to_string()))?;
     runtime.block_on(async {
         let http = client::http_client();
         match tokio::time::timeout(DEREGISTER_TIMEOUT, client::deregister(&http, url, seed)).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err(format!(
-                "no answer within {} s",
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if is_unknown(&e) => Err(DeregisterError::Unknown),
+            Ok(Err(e)) => Err(DeregisterError::Failed(e.to_string())),
+            Err(_) => Err(DeregisterError::Failed(format!(
+                "directory {url}: no answer within {} s",
                 DEREGISTER_TIMEOUT.as_secs()
-            )),
+            ))),
         }
     })
 }

@@ -358,7 +358,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let engine_metrics = runtime.metrics().to_vec();
     let extra = metrics.clone();
-    let status = crate::http::NodeStatus::new("gateway");
+    let status = crate::http::NodeStatus::new("gateway", directory.is_some());
     // The gateway does not rotate its Sphinx key: it is accepted until replaced by hand.
     status.set_sphinx_keys(vec![crate::http::KeyExpiry {
         rotation_id: config.keys.primary_rotation_id,

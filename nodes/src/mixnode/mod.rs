@@ -547,7 +547,8 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let metrics = runtime.metrics().to_vec();
-    let status = crate::http::NodeStatus::new("mixnode");
+    let registering = overrides.announce.directory.is_some();
+    let status = crate::http::NodeStatus::new("mixnode", registering);
     let schedule = rotation::Schedule::from_keys(&config.keys)?;
     status.set_sphinx_keys(key_expiries(&rotation, &schedule));
     let metrics_addr = crate::http::serve(
