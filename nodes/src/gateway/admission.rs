@@ -26,8 +26,7 @@ use crate::issuer::files::{read_verification_key, today};
 
 /// First bytes of the context a spend is bound to.
 pub const CONTEXT_LABEL: &[u8] = b"lethe-gateway-admission-v1";
-/// Charges are written to the database (and `Bandwidth` reported) every this many bytes.
-pub const FLUSH_EVERY_BYTES: u64 = 1 << 20;
+pub use lethe_proto::limits::FLUSH_EVERY_BYTES;
 /// Credential verifications running at once (each takes milliseconds of CPU).
 pub const VERIFY_CONCURRENCY: usize = 2;
 /// How long a credential waits for a verification slot before it is refused as overloaded.

@@ -52,15 +52,16 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use zeroize::Zeroizing;
 
-use super::admission::{Admission, Refusal, FLUSH_EVERY_BYTES};
+use lethe_proto::gateway_session::{CloseReason, GatewayConfig, GatewayEvent, Refusals, Transmit};
+use lethe_proto::GatewaySession;
+
+use super::admission::{Admission, Refusal};
 use super::egress::Egress;
 use super::mailbox::{Command, Delivery, Reader, FETCH_ROWS_MAX};
 use super::metrics::GatewayMetrics;
 use crate::proto::handshake::{CLIENT_AUTH_LEN, CLIENT_HELLO_LEN};
 use crate::proto::messages::error_code;
-use crate::proto::{
-    ClientMessage, GatewayHandshake, GatewayMessage, Session, WS_MESSAGE_BYTES_MAX,
-};
+use crate::proto::WS_MESSAGE_BYTES_MAX;
 use crate::topology::Topology;
 
 /// Live deliveries queued per session before the session falls back to the mailbox (a
@@ -312,12 +313,20 @@ async fn connection(stream: TcpStream, slot: PendingSlot, shared: &Shared) {
             return;
         }
     };
-    let handshake = handshake(&mut ws, &shared.identity_seed);
-    let (client, session) = match pending_step(&slot, deadline, handshake).await {
-        Ok(Ok(done)) => done,
-        Ok(Err(reason)) => {
+    let config = GatewayConfig {
+        handshake_timeout_us: duration_us(shared.settings.handshake_timeout),
+        metered: shared.admission.is_some(),
+    };
+    let mut link = Link {
+        core: GatewaySession::new(now_us(), config, *shared.identity_seed),
+        shared,
+        counted: Refusals::default(),
+    };
+    let client = match pending_step(&slot, deadline, link.handshake(&mut ws)).await {
+        Ok(Some(client)) => client,
+        Ok(None) => {
             GatewayMetrics::add(&metrics.handshakes_failed, 1);
-            close(&mut ws, CloseCode::Policy, reason).await;
+            link.transmit(&mut ws).await;
             return;
         }
         Err(Cut::Evicted) => return,
@@ -334,140 +343,143 @@ async fn connection(stream: TcpStream, slot: PendingSlot, shared: &Shared) {
     if open >= shared.settings.sessions_max && !shared.registry.is_live(&client) {
         shared.connections.fetch_sub(1, Ordering::AcqRel);
         GatewayMetrics::add(&metrics.sessions_refused, 1);
-        let mut session = session;
         let text = "gateway full: try again later";
-        let _ = send_error(&mut ws, &mut session, error_code::OVERLOADED, text).await;
-        close(&mut ws, CloseCode::Again, text).await;
+        link.core
+            .refuse(error_code::OVERLOADED, text, CloseReason::Again);
+        link.transmit(&mut ws).await;
         return;
     }
-    established(ws, client, session, shared).await;
+    link.established(&mut ws, client).await;
     shared.connections.fetch_sub(1, Ordering::AcqRel);
 }
 
-async fn next_binary(ws: &mut Ws) -> Result<Vec<u8>, &'static str> {
-    // Bounded: the caller's timeout ends the wait; control frames are skipped.
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Text(_))) => return Err("text messages are not accepted"),
-            Some(Ok(Message::Close(_))) | None => return Err("connection closed"),
-            Some(Err(_)) => return Err("websocket error"),
-        }
-    }
+fn duration_us(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-async fn handshake(ws: &mut Ws, seed: &[u8; 32]) -> Result<([u8; 32], Session), &'static str> {
-    let hello = next_binary(ws).await?;
-    let (state, reply) = GatewayHandshake::respond(&hello, seed, &mut rand::rng())
-        .map_err(|_| "bad client hello")?;
-    ws.send(Message::Binary(reply.into()))
-        .await
-        .map_err(|_| "websocket error")?;
-    let auth = next_binary(ws).await?;
-    state.finish(&auth).map_err(|_| "bad client auth")
+/// The sessions' clock: µs since the first session began (monotonic).
+fn now_us() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    duration_us(START.get_or_init(std::time::Instant::now).elapsed())
 }
 
-async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+async fn close(ws: &mut Ws, reason: CloseReason, text: &str) {
+    let code = match reason {
+        CloseReason::Normal => CloseCode::Normal,
+        CloseReason::Policy => CloseCode::Policy,
+        CloseReason::Protocol => CloseCode::Protocol,
+        CloseReason::Again => CloseCode::Again,
+        // A peer that stalls may not read a close frame: none is sent.
+        CloseReason::TimedOut => return,
+    };
     let frame = CloseFrame {
         code,
-        reason: reason.to_string().into(),
+        reason: text.to_string().into(),
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
 }
 
-/// Seals and sends one message; `Err` ends the session.
-async fn send(ws: &mut Ws, session: &mut Session, message: &GatewayMessage) -> Result<(), ()> {
-    let sealed = session.seal(&message.encode()).map_err(|_| ())?;
-    ws.send(Message::Binary(sealed.into()))
-        .await
-        .map_err(|_| ())
+/// One connection: the protocol core ([`GatewaySession`]) and what it needs from the gateway
+/// (mailbox, balances, egress, metrics).
+struct Link<'a> {
+    core: GatewaySession,
+    shared: &'a Shared,
+    /// The core's refusals already added to the metrics.
+    counted: Refusals,
 }
 
-async fn send_error(ws: &mut Ws, session: &mut Session, code: u8, text: &str) -> Result<(), ()> {
-    let message = GatewayMessage::Error {
-        code,
-        text: text.to_string(),
-    };
-    send(ws, session, &message).await
-}
-
-/// What to do after an incoming message.
+/// How the established phase of a session goes on after one step.
 enum Next {
     Continue,
     Close,
 }
 
-struct Live<'a> {
-    ws: Ws,
-    session: Session,
-    client: [u8; 32],
-    shared: &'a Shared,
-    /// The highest delivery id sent in this session.
-    cursor: u64,
-    lagged: Arc<AtomicBool>,
-    /// With admission on: the metered balance.
-    account: Option<Account>,
-    /// The mailbox writer was told this client uses the gateway (it records it durably).
-    admitted: bool,
-}
-
-/// A session's view of its client's balance: the database value at the last read or write,
-/// minus what was charged since (`unflushed`, written through every [`FLUSH_EVERY_BYTES`]).
-#[derive(Debug, Clone, Copy, Default)]
-struct Account {
-    remaining: u64,
-    unflushed: u64,
-}
-
-async fn established(ws: Ws, client: [u8; 32], session: Session, shared: &Shared) {
-    let mut live = Live {
-        ws,
-        session,
-        client,
-        shared,
-        cursor: 0,
-        lagged: Arc::new(AtomicBool::new(false)),
-        account: None,
-        admitted: false,
-    };
-    if let Err(text) = live.register().await {
-        let _ = send_error(
-            &mut live.ws,
-            &mut live.session,
-            error_code::OVERLOADED,
-            text,
-        )
-        .await;
-        close(&mut live.ws, CloseCode::Again, text).await;
-        return;
+impl Link<'_> {
+    /// Feeds the handshake messages to the core until it authenticated the client (`Some`) or
+    /// refused it (`None`, its close queued); the caller bounds it with the deadline.
+    async fn handshake(&mut self, ws: &mut Ws) -> Option<[u8; 32]> {
+        loop {
+            if !self.transmit(ws).await {
+                return None;
+            }
+            while let Some(event) = self.core.poll_event() {
+                match event {
+                    GatewayEvent::Authenticated { client } => return Some(client),
+                    GatewayEvent::Closed { .. } => return None,
+                    _ => {}
+                }
+            }
+            let message = next_binary(ws).await;
+            let now_us = now_us();
+            match message {
+                Ok(bytes) => {
+                    let first_hops = self.shared.first_hops.as_ref();
+                    self.core
+                        .handle_message(now_us, &bytes, &mut rand::rng(), first_hops);
+                }
+                Err(text) => self.core.handle_violation(text),
+            }
+        }
     }
-    let (queue, outbound) = mpsc::channel(SESSION_QUEUE_MAX);
-    let replaced = Arc::new(Notify::new());
-    let generation = shared
-        .registry
-        .insert(client, queue, live.lagged.clone(), replaced.clone());
-    GatewayMetrics::add(&shared.metrics.sessions_started, 1);
-    GatewayMetrics::add(&shared.metrics.sessions_active, 1);
-    live.run(outbound, &replaced).await;
-    live.flush().await;
-    shared.registry.remove(&client, generation);
-    shared
-        .metrics
-        .sessions_active
-        .fetch_sub(1, Ordering::Relaxed);
-}
 
-impl Live<'_> {
+    /// Sends what the core queued; `false` once the connection is closed or broken.
+    async fn transmit(&mut self, ws: &mut Ws) -> bool {
+        while let Some(transmit) = self.core.poll_transmit() {
+            match transmit {
+                Transmit::Message(bytes) => {
+                    if ws.send(Message::Binary(bytes.into())).await.is_err() {
+                        self.core.handle_transport_closed();
+                        return false;
+                    }
+                }
+                Transmit::Close(reason, text) => {
+                    close(ws, reason, &text).await;
+                    return false;
+                }
+            }
+        }
+        !self.core.is_closed()
+    }
+
+    async fn established(&mut self, ws: &mut Ws, client: [u8; 32]) {
+        let shared = self.shared;
+        if let Err(text) = self.register(client).await {
+            self.core
+                .refuse(error_code::OVERLOADED, text, CloseReason::Again);
+            self.transmit(ws).await;
+            return;
+        }
+        let (queue, outbound) = mpsc::channel(SESSION_QUEUE_MAX);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let replaced = Arc::new(Notify::new());
+        let generation = shared
+            .registry
+            .insert(client, queue, lagged.clone(), replaced.clone());
+        GatewayMetrics::add(&shared.metrics.sessions_started, 1);
+        GatewayMetrics::add(&shared.metrics.sessions_active, 1);
+        if self.open(client).await {
+            self.run(ws, client, outbound, &lagged, &replaced).await;
+        }
+        // The charges the session made and did not write yet (its last flush).
+        let unwritten = self.core.close(CloseReason::Normal, "session ends");
+        if let (Some(admission), true) = (shared.admission.clone(), unwritten > 0) {
+            if admission.charge(client, unwritten).await.is_err() {
+                GatewayMetrics::add(&shared.metrics.database_errors, 1);
+            }
+        }
+        shared.registry.remove(&client, generation);
+        shared
+            .metrics
+            .sessions_active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Makes the mailbox writer store mail for this client (in memory: a bare handshake proves
     /// only that a key was generated, so it creates no durable state) before anything is
     /// delivered.
-    async fn register(&self) -> Result<(), &'static str> {
+    async fn register(&self, client: [u8; 32]) -> Result<(), &'static str> {
         let (done, committed) = oneshot::channel();
-        let command = Command::Register {
-            client: self.client,
-            done,
-        };
+        let command = Command::Register { client, done };
         if self.shared.commands.try_send(command).is_err() {
             GatewayMetrics::add(&self.shared.metrics.commands_dropped, 1);
             return Err("gateway overloaded: try again");
@@ -478,19 +490,128 @@ impl Live<'_> {
         }
     }
 
-    async fn stored_count(&self) -> Option<u32> {
+    /// Welcomes the client with its stored count (and balance); `false` if that failed.
+    async fn open(&mut self, client: [u8; 32]) -> bool {
         let reader = self.shared.reader.clone();
-        let client = self.client;
-        tokio::task::spawn_blocking(move || reader.count(&client))
-            .await
-            .ok()?
-            .ok()
+        let stored = tokio::task::spawn_blocking(move || reader.count(&client)).await;
+        let Ok(Ok(stored)) = stored else {
+            GatewayMetrics::add(&self.shared.metrics.database_errors, 1);
+            return false;
+        };
+        let balance = match self.shared.admission.clone() {
+            None => None,
+            Some(admission) => match admission.balance(client).await {
+                Ok(balance) => Some(balance),
+                Err(()) => {
+                    GatewayMetrics::add(&self.shared.metrics.database_errors, 1);
+                    return false;
+                }
+            },
+        };
+        self.core
+            .open(stored, balance, self.shared.first_hops.as_ref());
+        // Messages the client pipelined before its welcome are handled by now.
+        matches!(self.step(client).await, Next::Continue)
+    }
+
+    /// Answers the core's events and sends what it queued.
+    async fn step(&mut self, client: [u8; 32]) -> Next {
+        let shared = self.shared;
+        let metrics = &shared.metrics;
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                GatewayEvent::Forward { next_hop, packet } => {
+                    if shared.admission.is_some() {
+                        let bytes = packet.len() as u64;
+                        GatewayMetrics::add(&metrics.bandwidth_charged_bytes, bytes);
+                    }
+                    match shared.egress.send(next_hop, &packet) {
+                        Ok(()) => GatewayMetrics::add(&metrics.forwarded_from_clients, 1),
+                        // Paid for: like a packet lost on the way.
+                        Err(e) => self
+                            .core
+                            .refuse_forward(error_code::OVERLOADED, &e.to_string()),
+                    }
+                }
+                GatewayEvent::Confirm { ids } => {
+                    let command = Command::Confirm { client, ids };
+                    if shared.commands.try_send(command).is_err() {
+                        // Not deleted: the rows are delivered again on the next connection.
+                        GatewayMetrics::add(&metrics.commands_dropped, 1);
+                    }
+                }
+                GatewayEvent::Admit { client } => {
+                    // A full queue: counted; the client is recorded at its next session.
+                    if shared.commands.try_send(Command::Admit { client }).is_err() {
+                        GatewayMetrics::add(&metrics.commands_dropped, 1);
+                    }
+                }
+                GatewayEvent::Credential { bytes } => {
+                    let Some(admission) = shared.admission.clone() else {
+                        continue;
+                    };
+                    let answer = match admission.credit(client, bytes).await {
+                        Ok(stored) => {
+                            GatewayMetrics::add(&metrics.credentials_accepted, 1);
+                            Ok(stored)
+                        }
+                        Err(Refusal::Bad(text)) => {
+                            GatewayMetrics::add(&metrics.credentials_refused, 1);
+                            Err((error_code::BAD_CREDENTIAL, text))
+                        }
+                        Err(Refusal::Unavailable(text)) => {
+                            GatewayMetrics::add(&metrics.credentials_refused, 1);
+                            Err((error_code::OVERLOADED, text.to_string()))
+                        }
+                    };
+                    self.core.credited(answer);
+                }
+                GatewayEvent::Charge { bytes } => {
+                    let Some(admission) = shared.admission.clone() else {
+                        continue;
+                    };
+                    match admission.charge(client, bytes).await {
+                        Ok(stored) => self.core.balance(stored),
+                        // Kept in memory: written with the next charge.
+                        Err(()) => {
+                            GatewayMetrics::add(&metrics.database_errors, 1);
+                            self.core.charge_failed();
+                        }
+                    }
+                }
+                GatewayEvent::Authenticated { .. } | GatewayEvent::Closed { .. } => {}
+            }
+        }
+        let (now, counted) = (self.core.refusals(), self.counted);
+        GatewayMetrics::add(
+            &metrics.forward_refused,
+            now.not_layer1 - counted.not_layer1,
+        );
+        GatewayMetrics::add(
+            &metrics.forwards_refused_bandwidth,
+            now.no_bandwidth - counted.no_bandwidth,
+        );
+        GatewayMetrics::add(&metrics.session_errors, now.malformed - counted.malformed);
+        self.counted = now;
+        Next::Continue
+    }
+
+    /// Sends what the core queued, then answers its events; `Close` when the session ended.
+    async fn flush(&mut self, ws: &mut Ws, client: [u8; 32]) -> Next {
+        if let Next::Close = self.step(client).await {
+            return Next::Close;
+        }
+        if self.transmit(ws).await {
+            Next::Continue
+        } else {
+            Next::Close
+        }
     }
 
     /// Sends the next mailbox rows after the cursor; `Ok(true)` if there may be more.
-    async fn send_backlog(&mut self) -> Result<bool, ()> {
+    async fn send_backlog(&mut self, ws: &mut Ws, client: [u8; 32]) -> Result<bool, ()> {
         let reader = self.shared.reader.clone();
-        let (client, after) = (self.client, self.cursor);
+        let after = self.core.cursor();
         let rows =
             tokio::task::spawn_blocking(move || reader.fetch(&client, after, FETCH_ROWS_MAX))
                 .await
@@ -502,59 +623,44 @@ impl Live<'_> {
         let more = rows.len() as u32 >= FETCH_ROWS_MAX;
         for delivery in rows {
             GatewayMetrics::add(&self.shared.metrics.stored_delivered, 1);
-            self.deliver(delivery).await?;
+            self.deliver(ws, delivery).await?;
         }
         Ok(more)
     }
 
-    async fn deliver(&mut self, delivery: Delivery) -> Result<(), ()> {
-        if delivery.id <= self.cursor {
-            return Ok(()); // already sent in this session
+    async fn deliver(&mut self, ws: &mut Ws, delivery: Delivery) -> Result<(), ()> {
+        let Delivery {
+            id,
+            kind,
+            identifier,
+            bytes,
+        } = delivery;
+        // `Full` cannot happen: queued messages are sent before the next delivery.
+        let _ = self.core.deliver(id, kind, identifier, bytes);
+        if self.transmit(ws).await {
+            Ok(())
+        } else {
+            Err(())
         }
-        self.cursor = delivery.id;
-        let message = GatewayMessage::Deliver {
-            id: delivery.id,
-            kind: delivery.kind,
-            identifier: delivery.identifier,
-            bytes: delivery.bytes,
-        };
-        send(&mut self.ws, &mut self.session, &message).await
     }
 
-    async fn run(&mut self, mut outbound: mpsc::Receiver<Delivery>, replaced: &Notify) {
-        let Some(stored) = self.stored_count().await else {
-            GatewayMetrics::add(&self.shared.metrics.database_errors, 1);
+    async fn run(
+        &mut self,
+        ws: &mut Ws,
+        client: [u8; 32],
+        mut outbound: mpsc::Receiver<Delivery>,
+        lagged: &AtomicBool,
+        replaced: &Notify,
+    ) {
+        if !self.transmit(ws).await {
             return;
-        };
-        if send(
-            &mut self.ws,
-            &mut self.session,
-            &GatewayMessage::Welcome { stored },
-        )
-        .await
-        .is_err()
-        {
-            return;
-        }
-        if let Some(admission) = self.shared.admission.clone() {
-            let Ok(remaining) = admission.balance(self.client).await else {
-                GatewayMetrics::add(&self.shared.metrics.database_errors, 1);
-                return;
-            };
-            self.account = Some(Account {
-                remaining,
-                unflushed: 0,
-            });
-            if self.report(remaining).await.is_err() {
-                return;
-            }
         }
         let mut backlog = true;
         // Runs until the client leaves, errs, or is replaced; every turn does bounded work.
         loop {
             if backlog {
-                self.lagged.store(false, Ordering::Release);
-                match self.send_backlog().await {
+                lagged.store(false, Ordering::Release);
+                match self.send_backlog(ws, client).await {
                     Ok(more) => backlog = more,
                     Err(()) => return,
                 }
@@ -563,20 +669,35 @@ impl Live<'_> {
                 biased;
                 () = replaced.notified() => {
                     let text = "replaced by a newer session of this identity";
-                    close(&mut self.ws, CloseCode::Normal, text).await;
+                    self.core.close(CloseReason::Normal, text);
+                    self.transmit(ws).await;
                     return;
                 }
-                incoming = self.ws.next() => {
-                    if let Next::Close = self.incoming(incoming).await {
+                incoming = ws.next() => {
+                    let now_us = now_us();
+                    match incoming {
+                        Some(Ok(Message::Binary(bytes))) => {
+                            let first_hops = self.shared.first_hops.as_ref();
+                            self.core.handle_message(now_us, &bytes, &mut rand::rng(), first_hops);
+                        }
+                        Some(Ok(Message::Text(_))) => {
+                            self.core.handle_violation("text messages are not accepted");
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                            self.core.handle_transport_closed();
+                        }
+                    }
+                    if let Next::Close = self.flush(ws, client).await {
                         return;
                     }
                 }
                 delivery = outbound.recv(), if !backlog => {
                     let Some(delivery) = delivery else { return };
-                    if self.deliver(delivery).await.is_err() {
+                    if self.deliver(ws, delivery).await.is_err() {
                         return;
                     }
-                    if self.lagged.load(Ordering::Acquire) {
+                    if lagged.load(Ordering::Acquire) {
                         backlog = true;
                     }
                 }
@@ -584,188 +705,23 @@ impl Live<'_> {
             }
         }
     }
+}
 
-    async fn incoming(
-        &mut self,
-        incoming: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    ) -> Next {
-        match incoming {
-            Some(Ok(Message::Binary(bytes))) => self.on_binary(&bytes).await,
-            Some(Ok(Message::Text(_))) => self.fail("text messages are not accepted").await,
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Next::Continue,
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => Next::Close,
-        }
+impl lethe_proto::gateway_session::FirstHops for FirstHops {
+    fn check(&self, first_hop: &[u8; 32]) -> Result<SocketAddr, &'static str> {
+        FirstHops::check(self, first_hop)
     }
+}
 
-    /// Error to the client, then close this session.
-    async fn fail(&mut self, text: &str) -> Next {
-        GatewayMetrics::add(&self.shared.metrics.session_errors, 1);
-        let _ = send_error(&mut self.ws, &mut self.session, error_code::MALFORMED, text).await;
-        close(&mut self.ws, CloseCode::Protocol, text).await;
-        Next::Close
-    }
-
-    async fn on_binary(&mut self, sealed: &[u8]) -> Next {
-        let Ok(plaintext) = self.session.open(sealed) else {
-            return self.fail("message does not decrypt").await;
-        };
-        let message = match ClientMessage::decode(&plaintext) {
-            Ok(message) => message,
-            Err(_) => return self.fail("malformed message").await,
-        };
-        let shared = self.shared;
-        match message {
-            ClientMessage::Forward { first_hop, packet } => {
-                let refusal = match shared.first_hops.check(&first_hop) {
-                    Err(text) => {
-                        GatewayMetrics::add(&shared.metrics.forward_refused, 1);
-                        (error_code::NOT_LAYER1, text.to_string())
-                    }
-                    // Charged before it is queued: a packet dropped by a full egress queue
-                    // is paid for, like one lost on the way.
-                    Ok(next_hop) => match self.meter(packet.len() as u64).await {
-                        Err(refusal) => refusal,
-                        Ok(()) => match shared.egress.send(next_hop, &packet) {
-                            Ok(()) => {
-                                GatewayMetrics::add(&shared.metrics.forwarded_from_clients, 1);
-                                self.admit();
-                                return Next::Continue;
-                            }
-                            Err(e) => (error_code::OVERLOADED, e.to_string()),
-                        },
-                    },
-                };
-                match send_error(&mut self.ws, &mut self.session, refusal.0, &refusal.1).await {
-                    Ok(()) => Next::Continue,
-                    Err(()) => Next::Close,
-                }
-            }
-            ClientMessage::Confirm { ids } => {
-                let command = Command::Confirm {
-                    client: self.client,
-                    ids,
-                };
-                if shared.commands.try_send(command).is_err() {
-                    // Not deleted: the rows are delivered again on the next connection.
-                    GatewayMetrics::add(&shared.metrics.commands_dropped, 1);
-                }
-                Next::Continue
-            }
-            ClientMessage::Credential { bytes } => self.on_credential(bytes).await,
-        }
-    }
-
-    /// Once per session, after the client used the gateway (an accepted forward, with
-    /// admission on a paid one, or a credited credential): the mailbox writer records it
-    /// durably. A full command queue is counted and retried at the next use.
-    fn admit(&mut self) {
-        if self.admitted {
-            return;
-        }
-        let command = Command::Admit {
-            client: self.client,
-        };
-        match self.shared.commands.try_send(command) {
-            Ok(()) => self.admitted = true,
-            Err(_) => GatewayMetrics::add(&self.shared.metrics.commands_dropped, 1),
-        }
-    }
-
-    /// Sends `Bandwidth{remaining}`.
-    async fn report(&mut self, remaining: u64) -> Result<(), ()> {
-        let message = GatewayMessage::Bandwidth {
-            remaining_bytes: remaining,
-        };
-        send(&mut self.ws, &mut self.session, &message).await
-    }
-
-    /// Charges a forward of `bytes` (admission on), or says why it is refused.
-    async fn meter(&mut self, bytes: u64) -> Result<(), (u8, String)> {
-        let Some(account) = self.account.as_mut() else {
-            return Ok(()); // open admission
-        };
-        let metrics = &self.shared.metrics;
-        if account.remaining < bytes {
-            GatewayMetrics::add(&metrics.forwards_refused_bandwidth, 1);
-            return Err((
-                error_code::NO_BANDWIDTH,
-                format!(
-                    "no bandwidth: {} bytes left, {bytes} needed; spend a credential",
-                    account.remaining
-                ),
-            ));
-        }
-        account.remaining -= bytes;
-        account.unflushed += bytes;
-        GatewayMetrics::add(&metrics.bandwidth_charged_bytes, bytes);
-        if account.unflushed >= FLUSH_EVERY_BYTES {
-            self.flush().await;
-            if let Some(remaining) = self.account.map(|a| a.remaining) {
-                // A failed send ends the session at the next read or write.
-                let _ = self.report(remaining).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the unflushed charges through and refreshes the balance from the database.
-    async fn flush(&mut self) {
-        let (Some(admission), Some(account)) = (self.shared.admission.clone(), self.account) else {
-            return;
-        };
-        match admission.charge(self.client, account.unflushed).await {
-            Ok(remaining) => {
-                self.account = Some(Account {
-                    remaining,
-                    unflushed: 0,
-                });
-            }
-            // Kept in memory: retried at the next flush.
-            Err(()) => GatewayMetrics::add(&self.shared.metrics.database_errors, 1),
-        }
-    }
-
-    async fn on_credential(&mut self, bytes: Vec<u8>) -> Next {
-        let Some(admission) = self.shared.admission.clone() else {
-            // Open admission: nothing to pay for; the credential is not spent.
-            return Next::Continue;
-        };
-        let metrics = &self.shared.metrics;
-        let answer = match admission.credit(self.client, bytes).await {
-            Ok(_) => {
-                GatewayMetrics::add(&metrics.credentials_accepted, 1);
-                self.admit();
-                // Charges of this session first, then the credited balance.
-                self.flush().await;
-                match self.account.map(|a| a.remaining) {
-                    Some(remaining) => self.report(remaining).await,
-                    None => Ok(()),
-                }
-            }
-            Err(Refusal::Bad(text)) => {
-                GatewayMetrics::add(&metrics.credentials_refused, 1);
-                send_error(
-                    &mut self.ws,
-                    &mut self.session,
-                    error_code::BAD_CREDENTIAL,
-                    &text,
-                )
-                .await
-            }
-            Err(Refusal::Unavailable(text)) => {
-                GatewayMetrics::add(&metrics.credentials_refused, 1);
-                send_error(
-                    &mut self.ws,
-                    &mut self.session,
-                    error_code::OVERLOADED,
-                    text,
-                )
-                .await
-            }
-        };
-        match answer {
-            Ok(()) => Next::Continue,
-            Err(()) => Next::Close,
+async fn next_binary(ws: &mut Ws) -> Result<Vec<u8>, &'static str> {
+    // Bounded: the caller's timeout ends the wait; control frames are skipped.
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Text(_))) => return Err("text messages are not accepted"),
+            Some(Ok(Message::Close(_))) | None => return Err("connection closed"),
+            Some(Err(_)) => return Err("websocket error"),
         }
     }
 }
