@@ -364,7 +364,7 @@ impl Rotation {
                 covered_packets_per_s,
                 "replay.key_lifetime_s is shorter than a key's life (rotation interval + \
                  overlap): above covered_packets_per_s the filter exceeds its false-positive \
-                 target; to size a small filter, lower replay.packets_per_s instead"
+                 target; to size a small filter, set replay.capacity_packets instead"
             );
         }
         let replay = super::load_replay(dir, &config.replay, &keys)?;
