@@ -526,6 +526,63 @@ fn sigterm_removes_the_node_from_the_topology_at_once() {
 }
 
 #[test]
+fn a_gateway_leaves_on_sigterm_too() {
+    let root = temp_dir("gateway-leaves");
+    let directory = run_directory(&root.join("directory"), "127.0.0.1:0");
+    let url = format!("http://{}", directory.get("listen"));
+    let key = directory_key(&directory);
+    let gateway_dir = root.join("gateway");
+    init("gateway", &gateway_dir);
+    let gateway = Process::start(
+        &[
+            "gateway",
+            "run",
+            "--dir",
+            path(&gateway_dir),
+            "--listen",
+            "127.0.0.1:0",
+            "--client-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--directory",
+            &url,
+            "--directory-key",
+            directory.get("key"),
+            "--cores",
+            "1",
+            "--replay-packets-per-s",
+            "200",
+            "--replay-key-lifetime-s",
+            "600",
+            "--pool-buffers",
+            "1024",
+        ],
+        &["identity", "metrics"],
+    );
+    let identity = gateway.get("identity").to_string();
+    let gateway_listed = |wanted: bool| {
+        wait_until(&format!("gateway listed = {wanted}"), || {
+            let t = topology(&url, &key)?;
+            let listed = t.gateways.iter().any(|g| g.identity == identity);
+            if listed == wanted {
+                Ok(())
+            } else {
+                Err(format!("epoch {}", t.epoch))
+            }
+        })
+    };
+    gateway_listed(true);
+    wait_health(gateway.addr("metrics"), 200, "up");
+    gateway.terminate();
+    gateway_listed(false);
+    let (text, _) = scrape(directory.addr("listen"));
+    assert_eq!(value(&text, "lethe_directory_deregistrations_total"), 1.0);
+    directory.terminate();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn forged_stale_and_replayed_deregistrations_are_refused() {
     let root = temp_dir("forged");
     let directory = run_directory(&root.join("directory"), "127.0.0.1:0");
