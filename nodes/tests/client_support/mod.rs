@@ -1,6 +1,6 @@
 //! Test network for the client tests: a topology whose Sphinx secrets the test knows, a
 //! Sphinx "network" that unwraps packets through every hop in-process, and a fake gateway
-//! (tokio-tungstenite + `GatewayHandshake`) that does what the real one will: unwrap forwarded
+//! (tokio-tungstenite around lethe-proto's `GatewaySession`, like the real one) that does what the real one does: unwrap forwarded
 //! packets (here through all four hops itself), deliver messages, ACKs and replies to the
 //! destination client, and send SURB-ACKs on.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -15,10 +15,10 @@ use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::{self, address, Hop, Packet};
 use lethe_nodes::keyfile;
 use lethe_nodes::proto::payload::{split_forward, DROP_COVER_DESTINATION};
-use lethe_nodes::proto::{
-    ClientMessage, DeliveryKind, GatewayHandshake, GatewayMessage, WS_MESSAGE_BYTES_MAX,
-};
+use lethe_nodes::proto::{DeliveryKind, GatewayMessage, WS_MESSAGE_BYTES_MAX};
 use lethe_nodes::topology::{Descriptor, Role, Topology};
+use lethe_proto::gateway_session::{FirstHops, GatewayConfig, GatewayEvent, Transmit};
+use lethe_proto::GatewaySession;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -247,17 +247,26 @@ impl FakeGateway {
         let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(config))
             .await
             .map_err(|e| e.to_string())?;
-        let hello = next_binary(&mut ws).await?;
-        let (handshake, reply) = {
-            let mut rng = rand::rng();
-            GatewayHandshake::respond(&hello, &self.net.gateway_seed, &mut rng)
-                .map_err(|e| e.to_string())?
+        let start = std::time::Instant::now();
+        let now_us = || start.elapsed().as_micros() as u64;
+        let config = GatewayConfig {
+            handshake_timeout_us: 10_000_000,
+            metered: false,
         };
-        ws.send(Message::binary(reply))
-            .await
-            .map_err(|e| e.to_string())?;
-        let auth = next_binary(&mut ws).await?;
-        let (client, mut session) = handshake.finish(&auth).map_err(|e| e.to_string())?;
+        let mut core = GatewaySession::new(now_us(), config, self.net.gateway_seed);
+        let client = loop {
+            transmit(&mut core, &mut ws).await?;
+            match core.poll_event() {
+                Some(GatewayEvent::Authenticated { client }) => break client,
+                Some(GatewayEvent::Closed { reason }) => {
+                    return Err(format!("handshake refused: {reason:?}"))
+                }
+                Some(_) => continue,
+                None => {}
+            }
+            let bytes = next_binary(&mut ws).await?;
+            core.handle_message(now_us(), &bytes, &mut rand::rng(), &AnyNode);
+        };
         let (tx, mut rx) = mpsc::unbounded_channel();
         let this_session;
         {
@@ -270,67 +279,52 @@ impl FakeGateway {
             }
             mailbox.online = Some(tx);
         }
-        let welcome = session
-            .seal(&GatewayMessage::Welcome { stored: 0 }.encode())
-            .map_err(|e| e.to_string())?;
-        ws.send(Message::binary(welcome))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut sink, mut stream) = ws.split();
+        core.open(0, None, &AnyNode);
         let mut forwarded = 0u64;
         let result = loop {
+            while let Some(event) = core.poll_event() {
+                match event {
+                    GatewayEvent::Forward { next_hop, packet } => {
+                        forwarded += 1;
+                        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                        if self.drop_every > 0 && forwarded.is_multiple_of(self.drop_every) {
+                            self.stats
+                                .dropped_on_purpose
+                                .fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        if let Err(e) = self.handle_packet(address::encode(&next_hop), packet) {
+                            eprintln!("fake gateway: bad packet: {e}");
+                            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    GatewayEvent::Confirm { ids } => {
+                        self.stats
+                            .confirmed
+                            .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                        if let Some(mailbox) = self.mailboxes.lock().unwrap().get_mut(&client) {
+                            for id in ids {
+                                mailbox.unconfirmed.remove(&id);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Err(e) = transmit(&mut core, &mut ws).await {
+                break Err(e);
+            }
             tokio::select! {
                 out = rx.recv() => {
-                    let Some(out) = out else { break Ok(()) };
-                    let sealed = session.seal(&out.encode()).map_err(|e| e.to_string())?;
-                    if let Err(e) = sink.send(Message::binary(sealed)).await {
-                        break Err(e.to_string());
-                    }
-                }
-                incoming = next_binary(&mut stream) => {
-                    let bytes = match incoming {
-                        Ok(bytes) => bytes,
-                        Err(e) => break Err(e),
+                    let Some(GatewayMessage::Deliver { id, kind, identifier, bytes }) = out else {
+                        break Ok(());
                     };
-                    let plain = session.open(&bytes).map_err(|e| e.to_string())?;
-                    match ClientMessage::decode(&plain).map_err(|e| e.to_string())? {
-                        ClientMessage::Forward { first_hop, packet } => {
-                            // Like a real gateway: a first hop that is no node address is
-                            // refused at once (`client init` probes admission with one).
-                            if address::decode(&first_hop).is_err() {
-                                let refusal = GatewayMessage::Error {
-                                    code: lethe_nodes::proto::messages::error_code::NOT_LAYER1,
-                                    text: "first hop is not a node address".into(),
-                                };
-                                let sealed =
-                                    session.seal(&refusal.encode()).map_err(|e| e.to_string())?;
-                                if let Err(e) = sink.send(Message::binary(sealed)).await {
-                                    break Err(e.to_string());
-                                }
-                                continue;
-                            }
-                            forwarded += 1;
-                            self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-                            if self.drop_every > 0 && forwarded.is_multiple_of(self.drop_every) {
-                                self.stats.dropped_on_purpose.fetch_add(1, Ordering::Relaxed);
-                                continue;
-                            }
-                            if let Err(e) = self.handle_packet(first_hop, packet) {
-                                eprintln!("fake gateway: bad packet: {e}");
-                                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        ClientMessage::Confirm { ids } => {
-                            self.stats.confirmed.fetch_add(ids.len() as u64, Ordering::Relaxed);
-                            if let Some(mailbox) = self.mailboxes.lock().unwrap().get_mut(&client) {
-                                for id in ids {
-                                    mailbox.unconfirmed.remove(&id);
-                                }
-                            }
-                        }
-                        ClientMessage::Credential { .. } => {}
-                    }
+                    let _ = core.deliver(id, kind, identifier, bytes);
                 }
+                incoming = next_binary(&mut ws) => match incoming {
+                    Ok(bytes) => core.handle_message(now_us(), &bytes, &mut rand::rng(), &AnyNode),
+                    Err(e) => break Err(e),
+                },
             }
         };
         if let Some(mailbox) = self.mailboxes.lock().unwrap().get_mut(&client) {
@@ -340,6 +334,37 @@ impl FakeGateway {
         }
         result
     }
+}
+
+/// Like a real gateway's first-hop policy, but any node address passes (the fake carries a
+/// packet through all hops itself); one that is no node address is refused at once (`client
+/// init` probes admission with one).
+struct AnyNode;
+
+impl FirstHops for AnyNode {
+    fn check(&self, first_hop: &[u8; 32]) -> Result<SocketAddr, &'static str> {
+        address::decode(first_hop).map_err(|_| "first hop is not a node address")
+    }
+}
+
+/// Sends what the session queued; an error once it closed.
+async fn transmit<S>(core: &mut GatewaySession, ws: &mut S) -> Result<(), String>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    while let Some(transmit) = core.poll_transmit() {
+        match transmit {
+            Transmit::Message(bytes) => ws
+                .send(Message::binary(bytes))
+                .await
+                .map_err(|e| e.to_string())?,
+            Transmit::Close(reason, text) => return Err(format!("closed ({reason:?}): {text}")),
+        }
+    }
+    if core.is_closed() {
+        return Err("session closed".into());
+    }
+    Ok(())
 }
 
 async fn next_binary<S>(ws: &mut S) -> Result<Vec<u8>, String>
