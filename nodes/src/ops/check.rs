@@ -29,9 +29,10 @@ use crate::keyfile;
 use crate::mixnode::config::{resolve, Config as MixnodeConfig, ReplaySection, CONFIG_FILE};
 use crate::mixnode::rotation::{self, now_ms, Schedule};
 
-/// Replay snapshot files that may exist at once: the two live rotations' and the temporary
-/// copy an atomic rewrite makes of one of them.
-const SNAPSHOT_FILES_MAX: u64 = 3;
+/// Live replay filters at most: a mixnode's two keys during a rotation's overlap; a gateway's
+/// one. A rewrite adds a temporary copy of one filter.
+const MIXNODE_FILTERS_MAX: u64 = 2;
+const GATEWAY_FILTERS_MAX: u64 = 1;
 
 /// The results so far, printed as they come.
 #[derive(Default)]
@@ -305,10 +306,17 @@ fn free_bytes(path: &Path) -> Result<u64, String> {
 /// Room in the replay data dir for the snapshots: one filter per live rotation, plus the
 /// temporary copy of an atomic rewrite. A snapshot that cannot be written is lost at the next
 /// restart (and with it the replay protection of its key's remaining life).
-fn replay_space(checks: &mut Checks, data_dir: &Path, replay: &ReplaySection, ids: &[RotationId]) {
+fn replay_space(
+    checks: &mut Checks,
+    data_dir: &Path,
+    replay: &ReplaySection,
+    ids: &[RotationId],
+    filters_max: u64,
+) {
     let result = (|| {
         let params = replay.params()?;
-        let need = params.bytes().saturating_mul(SNAPSHOT_FILES_MAX);
+        let files = filters_max + 1;
+        let need = params.bytes().saturating_mul(files);
         let held: u64 = ids
             .iter()
             .filter_map(|id| std::fs::metadata(snapshot_path(data_dir, *id)).ok())
@@ -319,7 +327,7 @@ fn replay_space(checks: &mut Checks, data_dir: &Path, replay: &ReplaySection, id
         if free.saturating_add(held) < need {
             return Err(format!(
                 "{}: {} MiB free (+ {} MiB in current snapshots), snapshots need {} MiB \
-                 ({SNAPSHOT_FILES_MAX} filters of {} MiB): free space, move replay.data_dir, \
+                 ({files} filters of {} MiB): free space, move replay.data_dir, \
                  or lower replay.capacity_packets",
                 data_dir.display(),
                 mib(free),
@@ -402,7 +410,13 @@ pub fn mixnode(dir: &Path, overrides: &crate::mixnode::RunOverrides) -> Result<(
         rule,
     );
     let ids: Vec<RotationId> = live.iter().map(|k| k.rotation_id).collect();
-    replay_space(&mut checks, &data_dir, &config.replay, &ids);
+    replay_space(
+        &mut checks,
+        &data_dir,
+        &config.replay,
+        &ids,
+        MIXNODE_FILTERS_MAX,
+    );
     checks.finish()
 }
 
@@ -485,7 +499,13 @@ pub fn gateway(dir: &Path, overrides: &crate::gateway::RunOverrides) -> Result<(
         rule,
     );
     let ids: Vec<RotationId> = live.iter().map(|k| k.rotation_id).collect();
-    replay_space(&mut checks, &data_dir, &config.replay, &ids);
+    replay_space(
+        &mut checks,
+        &data_dir,
+        &config.replay,
+        &ids,
+        GATEWAY_FILTERS_MAX,
+    );
     checks.finish()
 }
 

@@ -116,24 +116,17 @@ pub fn mixnode_live_keys(
     Ok(live)
 }
 
-/// A gateway's Sphinx keys: the two of its config, fixed (a gateway does not rotate).
+/// A gateway's Sphinx key: the primary of its config, fixed (a gateway does not rotate, and
+/// loads only the key it announces, as `gateway::run` does).
 pub fn gateway_live_keys(dir: &Path, keys: &KeysSection) -> Vec<LiveKey> {
-    let key = |slot, rotation_id, path: &PathBuf| LiveKey {
-        slot,
-        rotation_id,
-        private: resolve(dir, path),
+    vec![LiveKey {
+        slot: "primary",
+        rotation_id: keys.primary_rotation_id,
+        private: resolve(dir, &keys.sphinx_primary),
         rotates_ms: None,
         expires_ms: None,
-        note: Some("a gateway's Sphinx keys do not rotate"),
-    };
-    vec![
-        key("primary", keys.primary_rotation_id, &keys.sphinx_primary),
-        key(
-            "secondary",
-            keys.secondary_rotation_id,
-            &keys.sphinx_secondary,
-        ),
-    ]
+        note: Some("a gateway's Sphinx key does not rotate"),
+    }]
 }
 
 /// What `info` shows of a live key, with times as ISO 8601 and seconds left (negative: past,
