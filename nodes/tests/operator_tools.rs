@@ -613,3 +613,21 @@ fn shipped_units_pass_systemd_analyze_verify() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn directory_info_shows_the_key_init_printed() {
+    let dir = temp_dir("info-directory");
+    let printed = assignments(&stdout(&ok(&["directory", "init", "--dir", path(&dir)])));
+    let human = info_lines(&stdout(&ok(&["directory", "info", "--dir", path(&dir)])));
+    assert_eq!(human["identity"], [printed["key"].clone()]);
+    assert_eq!(human["listen_address"], ["127.0.0.1:8080"]);
+    assert_eq!(human["running_pid"], ["-"]);
+    let out = lethe(&["directory", "info", "--dir", path(&dir.join("missing"))]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("lethe directory init --dir"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
