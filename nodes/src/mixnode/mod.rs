@@ -572,8 +572,10 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             &config,
             url,
             &overrides.announce,
-            runtime.local_addr(),
-            metrics_addr,
+            Bound {
+                mix: runtime.local_addr(),
+                metrics: metrics_addr,
+            },
             rotation.keys(),
             &status,
         )?),
@@ -728,19 +730,24 @@ pub(crate) fn check_announce(
     }
 }
 
+/// The addresses the node's listeners bound.
+struct Bound {
+    mix: SocketAddr,
+    metrics: SocketAddr,
+}
+
 /// Registers this node with the directory and keeps heartbeating, on its own thread.
 fn start_announcer(
     dir: &Path,
     config: &Config,
     url: &str,
     args: &AnnounceArgs,
-    bound: SocketAddr,
-    metrics: SocketAddr,
+    bound: Bound,
     keys: &NodeKeys,
     status: &crate::http::NodeStatus,
 ) -> Result<crate::directory::Announcer, String> {
     let identity = keyfile::read_private(&resolve(dir, &config.keys.identity))?;
-    let mix_address = args.announce.unwrap_or(bound);
+    let (mix_address, metrics) = (args.announce.unwrap_or(bound.mix), bound.metrics);
     let metrics_url = args.metrics_url.clone().unwrap_or_else(|| {
         let host = if metrics.ip().is_unspecified() {
             SocketAddr::new(mix_address.ip(), metrics.port())
