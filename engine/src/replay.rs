@@ -179,8 +179,8 @@ impl ReplayParams {
                 items: capacity_packets,
             });
         }
-        // Written positively so NaN fails too.
-        if !(fp_rate >= REPLAY_FP_RATE_MIN && fp_rate < 1.0) {
+        // NaN is in no range, so it fails too.
+        if !(REPLAY_FP_RATE_MIN..1.0).contains(&fp_rate) {
             return Err(SizingError::FpRate { fp_rate });
         }
         Self::for_items(capacity_packets, fp_rate, 1)
