@@ -35,8 +35,7 @@ pub const CREDENTIAL_FILE: &str = "credential";
 pub const VERIFICATION_KEY_FILE: &str = "verification.key";
 pub const SPENT_FILE: &str = "credential.spent";
 pub const REFUSED_FILE: &str = "credential.refused";
-/// A reported balance below this makes the client spend its credential.
-pub const LOW_WATER_BYTES: u64 = 64 * 1024;
+pub use lethe_proto::loopix::payer::LOW_WATER_BYTES;
 
 /// The credential of a client directory (or credentials held in memory).
 pub struct Wallet {

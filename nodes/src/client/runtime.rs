@@ -30,11 +30,16 @@ use super::config::{ClientFiles, LoopixParams};
 use super::core::{
     bump, Core, CoreLimits, MessageTicket, Received, SendError, Stats, StatsSnapshot,
 };
-use super::credential::{Wallet, LOW_WATER_BYTES};
+use lethe_proto::client_session::ClientEvent;
+use lethe_proto::gateway_session::Transmit;
+use lethe_proto::loopix::payer::{Decision, Payer, Shortfall};
+use lethe_proto::ClientSession;
+
+use super::credential::Wallet;
 use super::refusals::{Refusal, Refusals};
 use crate::proto::{
     messages::{error_code, CONFIRM_IDS_MAX},
-    ClientHandshake, ClientMessage, GatewayMessage, Session, WS_MESSAGE_BYTES_MAX,
+    ClientMessage, WS_MESSAGE_BYTES_MAX,
 };
 use crate::topology::Topology;
 
@@ -324,7 +329,7 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 enum Event {
     Up,
     Down,
-    Gateway(GatewayMessage),
+    Gateway(ClientEvent),
 }
 
 /// Starts a client: fetches the topology, then runs in the background. Returns the handle
@@ -577,7 +582,7 @@ impl CoreTask {
         match event {
             Event::Up => self.connected = true,
             Event::Down => self.connected = false,
-            Event::Gateway(GatewayMessage::Deliver {
+            Event::Gateway(ClientEvent::Deliver {
                 id,
                 kind,
                 identifier,
@@ -590,18 +595,19 @@ impl CoreTask {
                     self.hand_over(message);
                 }
             }
-            Event::Gateway(GatewayMessage::Bandwidth { remaining_bytes }) => {
+            Event::Gateway(ClientEvent::Bandwidth { remaining_bytes }) => {
                 self.stats
                     .bandwidth_remaining
                     .store(remaining_bytes, Ordering::Relaxed);
             }
-            Event::Gateway(GatewayMessage::Welcome { .. }) => {}
+            // The session's end comes as `Down` from the connection task.
+            Event::Gateway(ClientEvent::Welcome { .. } | ClientEvent::Closed { .. }) => {}
             // Reported by the connection task (once, not per refused packet).
-            Event::Gateway(GatewayMessage::Error {
+            Event::Gateway(ClientEvent::Error {
                 code: error_code::NO_BANDWIDTH | error_code::BAD_CREDENTIAL,
                 ..
             }) => {}
-            Event::Gateway(GatewayMessage::Error { code, text }) => {
+            Event::Gateway(ClientEvent::Error { code, text }) => {
                 let (refusal, ended) = self.refusals.refused(code, Instant::now().into_std());
                 if let Some(ended) = ended {
                     log_refusals_ended(&ended);
@@ -773,132 +779,99 @@ struct SessionLinks<'a> {
     wallet: Option<&'a Arc<std::sync::Mutex<Wallet>>>,
 }
 
-/// Spending the credential within one session (see [`super::credential`]).
-struct Payer {
-    wallet: Option<Arc<std::sync::Mutex<Wallet>>>,
-    gateway: [u8; 32],
-    identity: [u8; 32],
-    /// A spend was sent; the gateway has not answered yet.
-    pending: bool,
-    /// "No bandwidth and no credential" was reported in this session.
-    warned: bool,
-}
-
-impl Payer {
-    /// Looks at a gateway message; returns a `Credential` to send, if one is due.
-    async fn on_message(
-        &mut self,
-        message: &GatewayMessage,
-        stats: &Stats,
-    ) -> Option<ClientMessage> {
-        // A forward was refused for lack of bandwidth: packets are being lost now. A low or
-        // zero balance alone is not a problem (receiving costs nothing; a client that only
-        // receives may never need a credential), so only a refusal is worth a warning.
-        let mut refused = false;
-        let wanted = match message {
-            GatewayMessage::Bandwidth { remaining_bytes } => {
-                if self.pending {
-                    self.pending = false;
-                    bump(&stats.credentials_spent);
-                    if let Some(wallet) = &self.wallet {
-                        if let Ok(mut w) = wallet.lock() {
-                            w.mark_spent();
-                        }
-                    }
-                    tracing::info!(remaining_bytes, "credential spent: the gateway credited it");
-                    false
-                } else {
-                    *remaining_bytes < LOW_WATER_BYTES
-                }
-            }
-            GatewayMessage::Error {
-                code: error_code::NO_BANDWIDTH,
-                ..
-            } => {
-                refused = true;
-                true
-            }
-            GatewayMessage::Error {
-                code: error_code::BAD_CREDENTIAL,
-                text,
-            } if self.pending => {
-                self.pending = false;
-                if let Some(wallet) = &self.wallet {
-                    if let Ok(mut w) = wallet.lock() {
-                        w.mark_refused();
-                    }
-                }
-                tracing::warn!("the gateway refused our credential: {text}");
-                false
-            }
-            // The gateway could not verify it now (busy, storage): kept, tried again when the
-            // gateway next asks for bandwidth.
-            GatewayMessage::Error {
-                code: error_code::OVERLOADED,
-                ..
-            } if self.pending => {
-                self.pending = false;
-                false
-            }
-            _ => false,
-        };
-        if !wanted || self.pending {
+/// Spends the wallet's credential when proto's [`Payer`] decides so; `Some(bytes)` to send.
+async fn pay(
+    decision: Decision,
+    payer: &mut Payer,
+    wallet: Option<&Arc<std::sync::Mutex<Wallet>>>,
+    (gateway, identity): ([u8; 32], [u8; 32]),
+    stats: &Stats,
+) -> Option<Vec<u8>> {
+    let mark = |f: fn(&mut Wallet)| {
+        if let Some(Ok(mut w)) = wallet.map(|w| w.lock()) {
+            f(&mut w);
+        }
+    };
+    let refused = match decision {
+        Decision::Nothing | Decision::Deferred => return None,
+        Decision::Credited { remaining_bytes } => {
+            bump(&stats.credentials_spent);
+            mark(Wallet::mark_spent);
+            tracing::info!(remaining_bytes, "credential spent: the gateway credited it");
             return None;
         }
-        let spent = match self.wallet.clone() {
-            None => Ok(None),
-            Some(wallet) => {
-                let (gateway, identity) = (self.gateway, self.identity);
-                tokio::task::spawn_blocking(move || {
-                    let mut wallet = wallet.lock().map_err(|_| "wallet poisoned".to_string())?;
-                    wallet.spend(&gateway, &identity)
-                })
-                .await
-                .unwrap_or_else(|_| Err("spending the credential failed".into()))
-            }
-        };
-        match spent {
-            Ok(Some(bytes)) => {
-                self.pending = true;
-                Some(ClientMessage::Credential { bytes })
-            }
-            Ok(None) if !refused => {
-                tracing::debug!("bandwidth balance low and no credential to spend");
-                None
-            }
-            Ok(None) => {
-                bump(&stats.no_bandwidth);
-                if !self.warned {
-                    self.warned = true;
-                    tracing::warn!(
-                        "the gateway refuses our packets for lack of bandwidth and there is no \
-                         credential to spend: obtain one with `lethe credential obtain ... --out \
-                         DIR/credential` (and DIR/verification.key), or `lethe client init \
-                         --credential`"
-                    );
+        Decision::CredentialRefused { text } => {
+            mark(Wallet::mark_refused);
+            tracing::warn!("the gateway refused our credential: {text}");
+            return None;
+        }
+        Decision::Spend { refused } => refused,
+    };
+    let spent = match wallet.cloned() {
+        None => Ok(None),
+        Some(wallet) => tokio::task::spawn_blocking(move || {
+            let mut wallet = wallet.lock().map_err(|_| "wallet poisoned".to_string())?;
+            wallet.spend(&gateway, &identity)
+        })
+        .await
+        .unwrap_or_else(|_| Err("spending the credential failed".into())),
+    };
+    let error = match spent {
+        Ok(Some(bytes)) => {
+            payer.spending();
+            return Some(bytes);
+        }
+        Ok(None) => None,
+        Err(e) => Some(e),
+    };
+    if refused {
+        bump(&stats.no_bandwidth);
+    }
+    match (payer.unavailable(refused), error) {
+        (Shortfall::Quiet, None) => {
+            tracing::debug!("bandwidth balance low and no credential to spend");
+        }
+        (Shortfall::Quiet, Some(e)) => tracing::debug!(error = %e, "the credential is unusable"),
+        (Shortfall::Warn, None) => tracing::warn!(
+            "the gateway refuses our packets for lack of bandwidth and there is no credential \
+             to spend: obtain one with `lethe credential obtain ... --out DIR/credential` (and \
+             DIR/verification.key), or `lethe client init --credential`"
+        ),
+        (Shortfall::Warn, Some(e)) => tracing::warn!(
+            error = %e,
+            "the gateway refuses our packets for lack of bandwidth, and the credential is unusable"
+        ),
+    }
+    None
+}
+
+fn duration_us(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Sends what the session queued; `Err` once it closed (with why).
+async fn transmit<S>(core: &mut ClientSession, ws: &mut S) -> Result<(), String>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
+{
+    while let Some(transmit) = core.poll_transmit() {
+        match transmit {
+            Transmit::Message(bytes) => {
+                if let Err(e) = ws.send(Message::binary(bytes)).await {
+                    core.handle_transport_closed();
+                    return Err(format!("send: {e}"));
                 }
-                None
             }
-            Err(e) => {
-                if refused {
-                    bump(&stats.no_bandwidth);
-                }
-                if !self.warned {
-                    self.warned = true;
-                    if refused {
-                        tracing::warn!(
-                            error = %e,
-                            "the gateway refuses our packets for lack of bandwidth, and the \
-                             credential is unusable"
-                        );
-                    } else {
-                        tracing::warn!(error = %e, "the credential is unusable");
-                    }
-                }
-                None
+            Transmit::Close(_, text) => {
+                let _ = ws.close().await;
+                return Err(text);
             }
         }
     }
+    if core.is_closed() {
+        return Err("session closed".into());
+    }
+    Ok(())
 }
 
 async fn session(
@@ -914,87 +887,99 @@ async fn session(
         stats,
         wallet,
     } = links;
-    let mut payer = Payer {
-        wallet: wallet.cloned(),
-        gateway,
-        identity: crate::keyfile::ed25519_public(seed),
-        pending: false,
-        warned: false,
-    };
+    let identity = crate::keyfile::ed25519_public(seed);
+    let mut payer = Payer::new();
     let config = WebSocketConfig::default()
         .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
         .max_frame_size(Some(WS_MESSAGE_BYTES_MAX));
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
     let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
-    let mut ws = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+    let mut ws = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(e)) => return SessionEnd::Failed(format!("{url}: {e}")),
         Err(_) => return SessionEnd::Failed(format!("{url}: connect timed out")),
     };
-    let handshake = async {
-        let (client, hello) = {
-            let mut rng = rand::rng();
-            ClientHandshake::start(seed, gateway, &mut rng)
-        };
-        ws.send(Message::binary(hello))
-            .await
-            .map_err(|e| e.to_string())?;
-        let reply = next_binary(&mut ws).await?;
-        let (auth, session) = client.finish(&reply).map_err(|e| e.to_string())?;
-        ws.send(Message::binary(auth))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<Session, String>(session)
-    };
-    let mut session = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
-        Ok(Ok(session)) => session,
-        Ok(Err(e)) => return SessionEnd::Failed(format!("{url}: handshake: {e}")),
-        Err(_) => return SessionEnd::Failed(format!("{url}: handshake timed out")),
-    };
+    let start = Instant::now();
+    let now_us = || duration_us(start.elapsed());
+    let timeout_us = duration_us(CONNECT_TIMEOUT);
+    let mut core = ClientSession::new(now_us(), timeout_us, seed, gateway, &mut rand::rng());
+    // Until the welcome: the handshake, and whatever the gateway says if it refuses us.
+    let mut refusal = None;
+    loop {
+        if let Err(e) = transmit(&mut core, &mut ws).await {
+            let why = refusal.unwrap_or(e);
+            return SessionEnd::Failed(format!("{url}: handshake: {why}"));
+        }
+        match core.poll_event() {
+            Some(ClientEvent::Welcome { stored }) => {
+                if events
+                    .send(Event::Gateway(ClientEvent::Welcome { stored }))
+                    .await
+                    .is_err()
+                {
+                    return SessionEnd::Stop;
+                }
+                break;
+            }
+            Some(ClientEvent::Error { text, .. }) => {
+                refusal = Some(text);
+                continue;
+            }
+            Some(ClientEvent::Closed { .. }) => {
+                let why = refusal.unwrap_or_else(|| "closed".into());
+                return SessionEnd::Failed(format!("{url}: handshake: {why}"));
+            }
+            Some(_) => continue,
+            None => {}
+        }
+        match tokio::time::timeout_at(deadline, next_binary(&mut ws)).await {
+            Ok(Ok(bytes)) => core.handle_message(now_us(), &bytes),
+            Ok(Err(e)) => {
+                let why = refusal.unwrap_or(e);
+                return SessionEnd::Failed(format!("{url}: handshake: {why}"));
+            }
+            Err(_) => return SessionEnd::Failed(format!("{url}: handshake timed out")),
+        }
+    }
     state.send_replace(ConnectionState::Connected);
     if events.send(Event::Up).await.is_err() {
         return SessionEnd::Stop;
     }
-    let (mut sink, mut stream) = ws.split();
     loop {
+        // What the welcome came with (a balance) is handled like what follows.
+        while let Some(event) = core.poll_event() {
+            let decision = payer.on_event(&event);
+            if let Some(bytes) = pay(decision, &mut payer, wallet, (gateway, identity), stats).await
+            {
+                // Refused only if the session is closing: the next turn ends it.
+                let _ = core.send(&ClientMessage::Credential { bytes });
+            }
+            if let ClientEvent::Closed { .. } = event {
+                continue;
+            }
+            if events.send(Event::Gateway(event)).await.is_err() {
+                return SessionEnd::Stop;
+            }
+        }
+        if let Err(e) = transmit(&mut core, &mut ws).await {
+            return SessionEnd::Failed(e);
+        }
         tokio::select! {
             message = outgoing.recv() => {
                 let Some(message) = message else {
-                    let _ = sink.close().await;
+                    core.close();
+                    let _ = transmit(&mut core, &mut ws).await;
                     return SessionEnd::Stop;
                 };
-                let sealed = match session.seal(&message.encode()) {
-                    Ok(sealed) => sealed,
-                    Err(e) => return SessionEnd::Failed(format!("session: {e}")),
-                };
-                if let Err(e) = sink.send(Message::binary(sealed)).await {
-                    return SessionEnd::Failed(format!("send: {e}"));
+                // The queue was drained above: only a closed session refuses.
+                if core.send(&message).is_err() {
+                    return SessionEnd::Failed("session closed".into());
                 }
             }
-            incoming = next_binary(&mut stream) => {
-                let bytes = match incoming {
-                    Ok(bytes) => bytes,
-                    Err(e) => return SessionEnd::Failed(e),
-                };
-                let message = match session
-                    .open(&bytes)
-                    .and_then(|plain| GatewayMessage::decode(&plain))
-                {
-                    Ok(message) => message,
-                    Err(e) => return SessionEnd::Failed(format!("gateway message: {e}")),
-                };
-                if let Some(credential) = payer.on_message(&message, stats).await {
-                    let sealed = match session.seal(&credential.encode()) {
-                        Ok(sealed) => sealed,
-                        Err(e) => return SessionEnd::Failed(format!("session: {e}")),
-                    };
-                    if let Err(e) = sink.send(Message::binary(sealed)).await {
-                        return SessionEnd::Failed(format!("send: {e}"));
-                    }
-                }
-                if events.send(Event::Gateway(message)).await.is_err() {
-                    return SessionEnd::Stop;
-                }
-            }
+            incoming = next_binary(&mut ws) => match incoming {
+                Ok(bytes) => core.handle_message(now_us(), &bytes),
+                Err(e) => return SessionEnd::Failed(e),
+            },
         }
     }
 }
