@@ -206,9 +206,13 @@ pub fn breakdown(
         }
     }
     for (role, group) in &layers {
-        let name = role.strip_prefix("mixnode ").unwrap_or(role);
+        // `mixnode layer N` → `mix layer N`; `node` mode's one node keeps its role's name.
+        let name = match role.strip_prefix("mixnode layer ") {
+            Some(layer) => format!("mix layer {layer}"),
+            None => role.to_string(),
+        };
         let stage = group.stage(
-            &format!("mix {name}"),
+            &name,
             &[RESIDENCE_STAGE],
             "node metrics: processing_residence (arrival to hand-off for sending: batching, \
              Sphinx processing, the Sphinx delay, queueing), count-weighted over the layer's \

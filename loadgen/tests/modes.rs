@@ -112,6 +112,15 @@ fn node_mode_drives_one_mixnode_with_two_hop_routes() {
     let node_report = &result["nodes"][0];
     assert!(node_report["error"].is_null(), "{node_report:#}");
     assert_eq!(node_report["received"], result["sent"]["packets"]);
+    // The breakdown names the node under test and says loadgen's final hop is not timed.
+    let breakdown = &result["breakdown"];
+    let stages: Vec<&str> = breakdown["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["sender", "mixnode under test"], "{breakdown:#}");
 
     let bad_key = loadgen(&["node", &node.listen, "--node-key", "abc"]);
     assert_eq!(bad_key.status.code(), Some(2));
