@@ -26,6 +26,7 @@ use super::packets::{reply_packet, BuildError, Builder, Built, Delays, SelfRoute
 use super::retransmit::{AckOutcome, AckWait, Due, FragmentKey, Tracker};
 use crate::proto::DeliveryKind;
 use crate::topology::Topology;
+use lethe_proto::loopix::schedule::{Schedule, ScheduleParams, Tick};
 
 /// Counters, shared with handles (all monotonic except `queued` and `bandwidth_remaining`).
 #[derive(Debug, Default)]
@@ -293,6 +294,8 @@ pub struct Core {
     next_bundle: u64,
     build_failed: bool,
     stats: Arc<Stats>,
+    /// The real/drop-cover and loop-cover streams.
+    schedule: Schedule,
 }
 
 impl Core {
@@ -309,6 +312,16 @@ impl Core {
         let encryption_key = PublicKey::from(&encryption).to_bytes();
         let ack_key = AckKey::random(&mut rng);
         let first_ack_id = rng.random::<u64>();
+        let schedule = Schedule::new(
+            ScheduleParams {
+                real_mean_us: params.message_sending_average_delay_ms * 1000.0,
+                loop_mean_us: params.loop_cover_average_delay_ms * 1000.0,
+                disable_drop_cover: params.disable_drop_cover,
+                disable_loop_cover: params.disable_loop_cover,
+            },
+            0,
+            &mut rng,
+        );
         Core {
             own: SelfRoute {
                 identity: crate::keyfile::ed25519_public(identity_seed),
@@ -341,6 +354,7 @@ impl Core {
             next_bundle: 1,
             build_failed: false,
             stats,
+            schedule,
         }
     }
 
@@ -936,11 +950,40 @@ impl Core {
         self.reassembler.expire(now_ms)
     }
 
-    /// An exponential sample with mean `mean_ms`, in ms (0 for a zero mean).
-    pub fn exponential_ms(&mut self, mean_ms: f64) -> f64 {
-        let mut out = [0u64; 1];
-        crate::topology::sample_delays_ns(&mut self.rng, mean_ms, &mut out);
-        out[0] as f64 / 1e6
+    /// Whether real packets wait for ticks of the Poisson stream (otherwise they leave as soon
+    /// as the connection takes them).
+    pub fn paced(&self) -> bool {
+        self.schedule.paced()
+    }
+
+    /// When the next tick of either stream is due, in ms since the core started (rounded up).
+    pub fn next_tick_ms(&self) -> Option<u64> {
+        self.schedule.poll_timeout().map(|us| us.div_ceil(1000))
+    }
+
+    /// The packets of every tick due at `now_ms`: a real packet or drop cover per tick of the
+    /// real stream, loop cover per tick of the loop stream. Disconnected, ticks pass unsent
+    /// (the streams keep their rate; nothing piles up for the reconnect).
+    pub fn on_ticks(&mut self, now_ms: u64, connected: bool) -> Vec<Built> {
+        let mut out = Vec::new();
+        while let Some(tick) = self
+            .schedule
+            .poll_due(now_ms.saturating_mul(1000), &mut self.rng)
+        {
+            if !connected {
+                continue;
+            }
+            let built = match tick {
+                Tick::Real { drop_cover } => match self.next_real(now_ms) {
+                    Some(built) => Some(built),
+                    None if drop_cover => self.drop_cover(),
+                    None => None,
+                },
+                Tick::Loop => self.loop_cover(),
+            };
+            out.extend(built);
+        }
+        out
     }
 }
 

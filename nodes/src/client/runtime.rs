@@ -391,7 +391,6 @@ pub async fn connect(
     ));
     let runner = CoreTask {
         core,
-        params: config.loopix,
         stats: stats.clone(),
         outgoing: outgoing_tx,
         received: received_tx,
@@ -415,7 +414,6 @@ pub async fn connect(
 
 struct CoreTask {
     core: Core,
-    params: LoopixParams,
     stats: Arc<Stats>,
     outgoing: mpsc::Sender<ClientMessage>,
     received: mpsc::Sender<ReceivedMessage>,
@@ -425,10 +423,6 @@ struct CoreTask {
     start: Instant,
     /// The gateway's refusals of our packets, logged once per episode (see [`Refusals`]).
     refusals: Refusals,
-}
-
-fn after_ms(ms: f64) -> Duration {
-    Duration::from_secs_f64((ms / 1000.0).clamp(0.0, 3600.0))
 }
 
 impl CoreTask {
@@ -464,15 +458,10 @@ impl CoreTask {
         mut confirms: mpsc::Receiver<Vec<u64>>,
         mut topology: watch::Receiver<Arc<Topology>>,
     ) {
-        let real_mean = self.params.message_sending_average_delay_ms;
-        let loop_mean = self.params.loop_cover_average_delay_ms;
-        let loop_enabled = !self.params.disable_loop_cover && loop_mean > 0.0;
-        let mut next_real = Instant::now() + after_ms(self.core.exponential_ms(real_mean));
-        let mut next_loop = Instant::now() + after_ms(self.core.exponential_ms(loop_mean));
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         loop {
             // Unpaced mode (zero mean): real packets leave as soon as they are queued.
-            if real_mean <= 0.0 && self.connected {
+            if !self.core.paced() && self.connected {
                 let now = self.now_ms();
                 let mut budget = 256;
                 // At most UNPACED_WINDOW packets waiting for the connection: what does not
@@ -492,8 +481,11 @@ impl CoreTask {
                 .unwrap_or(next_housekeeping)
                 .min(next_housekeeping);
             let accepting = self.core.accepting();
-            let paced = real_mean > 0.0;
-            let backlog = !paced && self.connected && self.core.has_real();
+            let backlog = !self.core.paced() && self.connected && self.core.has_real();
+            let tick = self
+                .core
+                .next_tick_ms()
+                .map(|ms| self.start + Duration::from_millis(ms));
             tokio::select! {
                 command = commands.recv(), if accepting => {
                     let Some(command) = command else { break };
@@ -507,28 +499,13 @@ impl CoreTask {
                     self.event(event);
                 }
                 Some(ids) = confirms.recv() => self.push_confirm(ids),
-                _ = tokio::time::sleep_until(next_real), if paced => {
-                    if self.connected {
-                        let now = self.now_ms();
-                        if let Some(built) = self.core.next_real(now) {
-                            self.push_packet(built);
-                        } else if !self.params.disable_drop_cover {
-                            if let Some(built) = self.core.drop_cover() {
-                                self.push_packet(built);
-                            }
-                        }
+                _ = tokio::time::sleep_until(tick.unwrap_or(next_housekeeping)), if tick.is_some() => {
+                    let now = self.now_ms();
+                    for built in self.core.on_ticks(now, self.connected) {
+                        self.push_packet(built);
                     }
-                    next_real = Instant::now() + after_ms(self.core.exponential_ms(real_mean));
                 }
                 _ = tokio::time::sleep(Duration::from_millis(1)), if backlog => {}
-                _ = tokio::time::sleep_until(next_loop), if loop_enabled => {
-                    if self.connected {
-                        if let Some(built) = self.core.loop_cover() {
-                            self.push_packet(built);
-                        }
-                    }
-                    next_loop = Instant::now() + after_ms(self.core.exponential_ms(loop_mean));
-                }
                 _ = tokio::time::sleep_until(timer) => {
                     let now = self.now_ms();
                     let expired = self.core.on_timers(now);
