@@ -13,7 +13,22 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use sha2::Sha256;
 
-const LEVELS: [Level; 3] = [Level::Portable, Level::Avx2, Level::Avx512];
+const ALL_LEVELS: [Level; 3] = [Level::Portable, Level::Avx2, Level::Avx512];
+
+/// The levels this CPU runs; the others are named as skipped (a level the CPU lacks would
+/// fall back to another and pass under a name it did not run).
+fn levels() -> Vec<Level> {
+    let (run, skipped): (Vec<Level>, Vec<Level>) =
+        ALL_LEVELS.iter().partition(|level| level.is_supported());
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        for level in &skipped {
+            eprintln!("SKIPPED: symmetric path {level:?} (not supported by this CPU)");
+        }
+        eprintln!("ran on symmetric paths: {run:?}");
+    });
+    run
+}
 
 fn random(rng: &mut ChaCha20Rng, len: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; len];
@@ -40,7 +55,7 @@ fn check_blake(rng: &mut ChaCha20Rng, lens: &[usize]) {
         .zip(&msgs)
         .map(|(key, msg)| reference_mac(key, msg))
         .collect();
-    for level in LEVELS {
+    for level in levels() {
         let mut out = vec![[0u8; 32]; lens.len()];
         blake2b::keyed256_many_at(level, &key_refs, &msg_refs, &mut out);
         assert_eq!(out, expected, "{level:?} lens {lens:?}");
@@ -97,7 +112,7 @@ fn chacha_matches_the_chacha20_crate() {
         let data = random(&mut rng, len);
         let mut expected = data.clone();
         ChaCha20::new(&key.into(), &[0u8; 12].into()).apply_keystream(&mut expected);
-        for level in LEVELS {
+        for level in levels() {
             let mut actual = data.clone();
             chacha::xor_keystream_at(level, &key, &mut actual);
             assert_eq!(actual, expected, "{level:?} len {len}");
@@ -193,7 +208,7 @@ fn check_hkdf_many<const IKM: usize, const OKM: usize>(rng: &mut ChaCha20Rng, la
     let info = random(rng, info_len);
     for info in [&info[..], b"Dwste mou enan moxlo arketa makru kai ena upomoxlio gia na ton topothetisw kai tha kinisw thn gh."] {
         let (ikms, expected) = hkdf_reference::<IKM, OKM>(rng, lanes, info);
-        for level in LEVELS {
+        for level in levels() {
             let mut okms = vec![[0u8; OKM]; lanes];
             assert!(fast_hkdf::hkdf_many_at(level, &SALT, info, &ikms, &mut okms));
             assert!(okms == expected, "{level:?} lanes {lanes} IKM {IKM} OKM {OKM}");
@@ -233,7 +248,7 @@ fn check_hkdf_planned<const IKM: usize, const OKM: usize, const STEPS: usize>(
         let plan = fast_hkdf::ExpandPlan::<STEPS>::new(info).unwrap();
         assert_eq!(plan.info(), info);
         let (ikms, expected) = hkdf_reference::<IKM, OKM>(rng, lanes, info);
-        for level in LEVELS {
+        for level in levels() {
             let mut okms = vec![[0u8; OKM]; lanes];
             assert!(fast_hkdf::hkdf_many_planned_at(
                 level, &SALT, &plan, &ikms, &mut okms
@@ -289,7 +304,7 @@ fn hmac_many_matches_the_hmac_crate() {
                 mac.finalize().into_bytes().into()
             })
             .collect();
-        for level in LEVELS {
+        for level in levels() {
             let mut out = vec![[0u8; 32]; keys.len()];
             assert!(fast_hkdf::hmac_many_at(
                 level, &key_refs, &msg_refs, &mut out
