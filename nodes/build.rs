@@ -1,6 +1,6 @@
 //! Records the git commit the nodes were built from (`LETHE_GIT_COMMIT`, "unknown" outside a
 //! git checkout or without git): `lethe_build_info` on every role's /metrics names it, so a
-//! scrape says which code is running. Same rules as loadgen's build script.
+//! scrape says which code is running, and loadgen's reports name it too (same workspace).
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -65,7 +65,7 @@ pub fn collect() -> Environment {
         os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
         cpu_model: cpu_model(),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        git_commit: env!("LOADGEN_GIT_COMMIT").to_string(),
+        git_commit: lethe_nodes::ops::GIT_COMMIT.to_string(),
         simd: own_simd(),
         nodes_simd: Vec::new(),
         nodes_simd_note: None,
