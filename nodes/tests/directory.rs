@@ -63,32 +63,16 @@ fn run_mixnode(dir: &Path, directory_url: &str) -> Process {
 
 fn run_mixnode_with(dir: &Path, directory_url: &str, extra: &[&str]) -> Process {
     lethe_output(&["mixnode", "init", "--dir", dir.to_str().unwrap()]);
-    let mut args = vec![
-        "mixnode",
-        "run",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--cores",
-        "1",
-        "--replay-packets-per-s",
-        "200",
-        "--replay-key-lifetime-s",
-        "600",
-        "--pool-buffers",
-        "1024",
-        "--timer-entries-max",
-        "1024",
+    let mut args = vec!["mixnode", "run", "--dir", dir.to_str().unwrap()];
+    args.extend(SMALL_NODE);
+    args.extend([
         "--shutdown-grace-ms",
         "500",
         "--directory",
         directory_url,
         "--heartbeat-s",
         "1",
-    ];
+    ]);
     args.extend_from_slice(extra);
     Process::start(&args, &["listen", "metrics"])
 }

@@ -23,31 +23,16 @@ use tokio_tungstenite::WebSocketStream;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-const SMALL: [&str; 12] = [
-    "--listen",
-    "127.0.0.1:0",
-    "--metrics-listen",
-    "127.0.0.1:0",
-    "--cores",
-    "1",
-    "--replay-packets-per-s",
-    "200",
-    "--replay-key-lifetime-s",
-    "600",
-    "--pool-buffers",
-    "1024",
-];
-
 fn run_mixnode(dir: &Path) -> Process {
     let mut args = vec!["mixnode", "run", "--dir", dir.to_str().unwrap()];
-    args.extend(SMALL);
-    args.extend(["--timer-entries-max", "1024", "--shutdown-grace-ms", "1000"]);
+    args.extend(SMALL_NODE);
+    args.extend(["--shutdown-grace-ms", "1000"]);
     Process::start(&args, &["listen", "metrics"])
 }
 
 fn run_gateway(dir: &Path, allow_any_first_hop: bool) -> Process {
     let mut args = vec!["gateway", "run", "--dir", dir.to_str().unwrap()];
-    args.extend(SMALL);
+    args.extend(SMALL_NODE);
     args.extend([
         "--client-listen",
         "127.0.0.1:0",

@@ -61,32 +61,16 @@ fn run_mixnode(dir: &Path, url: &str, extra: &[&str]) -> Process {
     if !dir.exists() {
         init("mixnode", dir);
     }
-    let mut args = vec![
-        "mixnode",
-        "run",
-        "--dir",
-        path(dir),
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--cores",
-        "1",
-        "--replay-packets-per-s",
-        "200",
-        "--replay-key-lifetime-s",
-        "600",
-        "--pool-buffers",
-        "1024",
-        "--timer-entries-max",
-        "1024",
+    let mut args = vec!["mixnode", "run", "--dir", path(dir)];
+    args.extend(SMALL_NODE);
+    args.extend([
         "--shutdown-grace-ms",
         "500",
         "--directory",
         url,
         "--heartbeat-s",
         "1",
-    ];
+    ]);
     args.extend_from_slice(extra);
     Process::start(&args, &["listen", "metrics"])
 }

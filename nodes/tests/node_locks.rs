@@ -18,23 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
-const SMALL: [&str; 14] = [
-    "--listen",
-    "127.0.0.1:0",
-    "--metrics-listen",
-    "127.0.0.1:0",
-    "--cores",
-    "1",
-    "--replay-packets-per-s",
-    "200",
-    "--replay-key-lifetime-s",
-    "600",
-    "--pool-buffers",
-    "1024",
-    "--timer-entries-max",
-    "1024",
-];
-
 /// `lethe ARGS` with umask 0, so any file not created with an explicit mode would come out
 /// world-readable.
 fn command(args: &[&str]) -> Command {
@@ -155,7 +138,7 @@ fn second_mixnode_on_a_directory_is_refused_and_a_killed_one_leaves_no_lock() {
     // An operator's `chmod 755`: the node narrows it back at start and says so.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut args = vec!["mixnode", "run", "--dir", path_str(&dir)];
-    args.extend(SMALL);
+    args.extend(SMALL_NODE);
     let first = start(&args, &["listen", "metrics"], &root.join("first.stderr"));
     assert_eq!(mode(&dir), 0o700);
     let warning = std::fs::read_to_string(root.join("first.stderr")).unwrap();
@@ -195,7 +178,7 @@ fn gateway_directory_and_state_are_one_process_each_and_private() {
     let gateway_args = |dir: &Path| -> Vec<String> {
         let mut args: Vec<String> = ["gateway", "run", "--dir", path_str(dir)]
             .iter()
-            .chain(SMALL.iter())
+            .chain(SMALL_NODE.iter())
             .map(|s| s.to_string())
             .collect();
         args.extend(

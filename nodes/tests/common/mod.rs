@@ -232,3 +232,20 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Engine flags of a small test node: loopback ports the OS chooses, one core, a replay filter
+/// for 120,000 packets and 1,024 buffers and timer entries (a default node takes 1.8 GB).
+pub const SMALL_NODE: [&str; 12] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--metrics-listen",
+    "127.0.0.1:0",
+    "--cores",
+    "1",
+    "--replay-capacity-packets",
+    "120000",
+    "--pool-buffers",
+    "1024",
+    "--timer-entries-max",
+    "1024",
+];
