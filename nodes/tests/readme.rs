@@ -31,6 +31,29 @@ fn readme_block(heading: &str) -> String {
     block.split("\n```").next().unwrap().to_string()
 }
 
+/// The `loadgen` binary of this build, beside `lethe` (the workspace's test build makes it for
+/// loadgen's own tests; built here if missing).
+fn loadgen() -> PathBuf {
+    let path = Path::new(LETHE).with_file_name("loadgen");
+    if !path.is_file() {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "lethe-loadgen",
+                "--bin",
+                "loadgen",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building loadgen failed");
+    }
+    assert!(path.is_file(), "no loadgen at {}", path.display());
+    path
+}
+
 /// Stops (and deletes) the testnet in `state` whatever happens to the test.
 struct Cleanup {
     state: PathBuf,
@@ -127,6 +150,7 @@ fn readme_network_recipe_runs_as_written_and_the_testnet_lifecycle_holds() {
     let state = root.join("state");
     std::fs::create_dir_all(cwd.join("target/release")).unwrap();
     std::os::unix::fs::symlink(LETHE, cwd.join("target/release/lethe")).unwrap();
+    std::os::unix::fs::symlink(loadgen(), cwd.join("target/release/loadgen")).unwrap();
     let _cleanup = Cleanup {
         state: state.clone(),
     };
@@ -165,6 +189,10 @@ fn readme_network_recipe_runs_as_written_and_the_testnet_lifecycle_holds() {
         "{}",
         text(&out.stdout)
     );
+    // loadgen ran against the testnet and judged the run a pass (it exits 1 otherwise, and
+    // `bash -e` would have stopped the recipe).
+    let both = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(both.contains("PASS: undelivered"), "{both}");
     let lethe = cwd.join("target/release/lethe");
     let lethe = lethe.to_str().unwrap();
     let quick = Duration::from_secs(60);
