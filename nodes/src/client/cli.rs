@@ -16,7 +16,10 @@ use super::config::{self, LoopixParams};
 use super::runtime::{connect, ClientConfig};
 use crate::keyfile;
 use crate::proto::messages::error_code;
-use crate::proto::{ClientHandshake, ClientMessage, GatewayMessage, WS_MESSAGE_BYTES_MAX};
+use crate::proto::{ClientMessage, WS_MESSAGE_BYTES_MAX};
+use lethe_proto::client_session::ClientEvent;
+use lethe_proto::gateway_session::Transmit;
+use lethe_proto::ClientSession;
 
 #[derive(clap::Args, Debug, Default)]
 pub struct InitArgs {
@@ -203,45 +206,56 @@ pub async fn gateway_requires_credentials(url: &str, gateway: [u8; 32]) -> Resul
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     let seed = keyfile::random_32()?;
-    let (handshake, hello) = ClientHandshake::start(&seed, gateway, &mut rand::rng());
-    ws.send(Message::binary(hello))
-        .await
-        .map_err(|e| e.to_string())?;
-    let reply = next_binary(&mut ws).await?;
-    let (auth, mut session) = handshake
-        .finish(&reply)
-        .map_err(|e| format!("handshake: {e}"))?;
-    ws.send(Message::binary(auth))
-        .await
-        .map_err(|e| e.to_string())?;
+    let start = std::time::Instant::now();
+    let now_us = || u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let timeout_us = u64::try_from(PROBE_TIMEOUT.as_micros()).unwrap_or(u64::MAX);
+    let mut core = ClientSession::new(now_us(), timeout_us, &seed, gateway, &mut rand::rng());
     let barrier = ClientMessage::Forward {
         first_hop: [0; 32],
         packet: vec![0; lethe_crypto::framing::PacketSize::Ack.packet_len()],
     };
-    let sealed = session
-        .seal(&barrier.encode())
-        .map_err(|e| format!("session: {e}"))?;
-    ws.send(Message::binary(sealed))
-        .await
-        .map_err(|e| e.to_string())?;
     let mut required = false;
-    let answer = loop {
-        let bytes = next_binary(&mut ws).await?;
-        let plain = session.open(&bytes).map_err(|e| format!("session: {e}"))?;
-        match GatewayMessage::decode(&plain).map_err(|e| format!("gateway message: {e}"))? {
-            GatewayMessage::Bandwidth { .. } => required = true,
-            GatewayMessage::Error {
-                code: error_code::NOT_LAYER1,
-                ..
-            } => break Ok(required),
-            GatewayMessage::Error { code, text } => {
-                break Err(format!("gateway error {code}: {text}"))
+    let failure = loop {
+        while let Some(event) = core.poll_event() {
+            match event {
+                ClientEvent::Welcome { .. } => {
+                    core.send(&barrier).map_err(|e| format!("session: {e:?}"))?
+                }
+                ClientEvent::Bandwidth { .. } => required = true,
+                ClientEvent::Error {
+                    code: error_code::NOT_LAYER1,
+                    ..
+                } => {
+                    let _ = ws.close(None).await;
+                    return Ok(required);
+                }
+                ClientEvent::Error { code, text } => {
+                    let _ = ws.close(None).await;
+                    return Err(format!("gateway error {code}: {text}"));
+                }
+                ClientEvent::Closed { .. } => return Err("the gateway ended the session".into()),
+                ClientEvent::Deliver { .. } => {}
             }
-            GatewayMessage::Welcome { .. } | GatewayMessage::Deliver { .. } => {}
+        }
+        while let Some(transmit) = core.poll_transmit() {
+            match transmit {
+                Transmit::Message(bytes) => ws
+                    .send(Message::binary(bytes))
+                    .await
+                    .map_err(|e| e.to_string())?,
+                Transmit::Close(_, text) => {
+                    let _ = ws.close(None).await;
+                    return Err(format!("{url}: {text}"));
+                }
+            }
+        }
+        match next_binary(&mut ws).await {
+            Ok(bytes) => core.handle_message(now_us(), &bytes),
+            Err(e) => break e,
         }
     };
     let _ = ws.close(None).await;
-    answer
+    Err(failure)
 }
 
 /// The next binary message; anything else ends the probe (a gateway sends no other kind).
