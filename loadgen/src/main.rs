@@ -44,6 +44,13 @@ use testnet::{Testnet, TestnetOptions};
 /// that requires bandwidth credentials when none were given (stopped before the run).
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The nodes library's warnings (issuers asked again, a credential that cannot be stored)
+    // reach stderr; its info lines only with RUST_LOG.
+    let text = lethe_nodes::logging::LogFormat::Text;
+    if let Err(e) = lethe_nodes::logging::init_with_default(text, "warn") {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(2);
+    }
     match real_main(&cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

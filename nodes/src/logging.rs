@@ -55,8 +55,13 @@ pub fn format() -> LogFormat {
 /// The filter for `directives` (the value of `RUST_LOG`, if set); [`FILTER_DEFAULT`] when
 /// unset or blank. An error names the variable and what did not parse.
 pub fn filter(directives: Option<&str>) -> Result<EnvFilter, String> {
+    filter_or(directives, FILTER_DEFAULT)
+}
+
+/// [`filter`] with another default than [`FILTER_DEFAULT`].
+fn filter_or(directives: Option<&str>, default: &str) -> Result<EnvFilter, String> {
     let text = match directives.map(str::trim) {
-        None | Some("") => FILTER_DEFAULT,
+        None | Some("") => default,
         Some(text) => text,
     };
     EnvFilter::builder().parse(text).map_err(|e| {
@@ -70,8 +75,14 @@ pub fn filter(directives: Option<&str>) -> Result<EnvFilter, String> {
 /// Installs the process's subscriber: called once, first thing in `main`, for every
 /// subcommand. Fails only on a `RUST_LOG` that does not parse.
 pub fn init(format: LogFormat) -> Result<(), String> {
+    init_with_default(format, FILTER_DEFAULT)
+}
+
+/// [`init`] for a program whose own output is not logs (loadgen): the library's events at
+/// `default` (e.g. `warn`) unless `RUST_LOG` says otherwise.
+pub fn init_with_default(format: LogFormat, default: &str) -> Result<(), String> {
     let directives = std::env::var(FILTER_ENV).ok();
-    let filter = filter(directives.as_deref())?;
+    let filter = filter_or(directives.as_deref(), default)?;
     let filter_text = filter.to_string();
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
