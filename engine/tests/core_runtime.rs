@@ -200,9 +200,11 @@ fn shutdown_counts_every_forwarded_packet_as_sent_or_dropped_even_mid_write() {
     // A slow machine may take past the unreachable bound to get here: counted too.
     let unreachable = m.dropped_count(DropReason::NextHopUnreachable);
     assert!(forwarded > 0);
+    // The stalled batch is counted at shutdown, or, on a machine slow enough to get here past
+    // the unreachable bound (a loaded CI host), as unreachable before it: never lost.
     assert!(
-        shutdown > 0,
-        "the stalled batch must be counted at shutdown"
+        shutdown + unreachable > 0,
+        "the stalled batch must be counted (at shutdown or as unreachable)"
     );
     assert_eq!(
         forwarded,
