@@ -1,12 +1,13 @@
 //! The running client: three tokio tasks around the I/O-free [`Core`].
 //!
-//! - core task: owns the state; runs the Poisson real/drop-cover stream (mean
-//!   `message_sending_average_delay_ms`), the loop-cover stream (mean
-//!   `loop_cover_average_delay_ms`), retransmission timers and housekeeping; handles
+//! - core task: owns the state; sleeps until the core's next tick of the Poisson
+//!   real/drop-cover and loop-cover streams (`lethe_proto::loopix::schedule`, inside the core),
+//!   retransmission timers and housekeeping; handles
 //!   commands from [`ClientHandle`]s (read only while the outgoing queue is below its
 //!   high-water mark: back-pressure) and gateway deliveries;
-//! - connection task: WebSocket to our gateway, [`ClientHandshake`], sealed session,
-//!   reconnection with exponential backoff (200 ms doubling to 30 s);
+//! - connection task: WebSocket to our gateway driving `lethe_proto::ClientSession`, credential
+//!   spends as `lethe_proto::loopix::payer` decides, reconnection with exponential backoff
+//!   (200 ms doubling to 30 s);
 //! - topology task: refresh every `topology_refresh_s` (and soon after a failure), keeping
 //!   the epoch seen so an older topology is refused.
 //!

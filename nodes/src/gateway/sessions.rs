@@ -1,6 +1,7 @@
 //! Client sessions over WebSocket, on the gateway's tokio runtime (separate from the engine
-//! cores): the [`GatewayHandshake`] within a timeout, then sealed [`ClientMessage`]s in and
-//! [`GatewayMessage`]s out.
+//! cores). The protocol (handshake and its deadline, sealing, first-hop policy, metering,
+//! delivery order) is `lethe_proto::GatewaySession`; this module is its driver: the socket,
+//! the pending-connection bounds, the mailbox, balances and egress.
 //!
 //! Until its handshake completes a connection is *pending*: it holds one of
 //! `pending_connections_max` slots (at the cap the oldest pending connection is closed to make
@@ -28,7 +29,7 @@
 //! right after `Welcome`; each `Forward` is charged its packet length, and refused with
 //! `Error{NO_BANDWIDTH}` when the balance does not cover it; `Credential{bytes}` is verified
 //! and credited (`Bandwidth{remaining}`) or refused (`Error{BAD_CREDENTIAL}`), and the session
-//! goes on either way. `Bandwidth` is also sent after every [`FLUSH_EVERY_BYTES`] charged.
+//! goes on either way. `Bandwidth` is also sent after every `FLUSH_EVERY_BYTES` charged (1 MiB).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
