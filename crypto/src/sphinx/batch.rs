@@ -25,27 +25,13 @@
 //! part in steps 4-6 and are left unchanged). Nothing is allocated after
 //! [`BatchProcessor::new`]; secrets are wiped at the end of each chunk.
 //!
-//! # Symmetric costs (µs per packet, 2413 B, v260, `symm-micro`, thread CPU time)
-//! | component | reference crates | here |
-//! |---|---|---|
-//! | Lioness decryption of 2065 B | 7.0 | 1.70 ([`lioness::decrypt_many`], 8 lanes) |
-//! | – keyed BLAKE2b-256 over 2033 B (×2) | 2.21 (`blake2`, scalar) | 0.46 (AVX-512, 8 lanes) |
-//! | – ChaCha20 over 2033 B (×2) | 1.26 (`chacha20`, AVX2) | 0.36 (AVX-512, 16 blocks) |
-//! | HKDF-SHA256 → 288 B | 2.27 (`hkdf`, SHA-NI) | 0.69 (AVX-512, 16 lanes) |
-//! | payload-key HKDF → 192 B | 1.40 | 0.37 |
-//! | header HMAC-SHA256 over 300 B | 0.35 (`hmac`, SHA-NI) | 0.16 (AVX-512, 16 lanes) |
-//! | total of the above | 11.0 | 2.9 |
-//!
-//! Secrets and lane buffers are wiped with [`crate::simd::wipe`] (64-byte volatile stores;
-//! `zeroize`'s byte-wise stores cost ~0.15 µs per KiB, a third of a ChaCha20 pass).
-//! SHA-NI runs one compression in ~140 cycles here; a 16-lane AVX-512 compression costs
-//! ~50 cycles per lane (bound by the rotates, which only one port executes), and every
-//! packet of a batch hashes messages of the same shape, so the lanes stay in lock step.
-//! The HMAC key states of the two constant salts are compressed at compile time. The
-//! admitted packets' AES-128-CTR keystreams run four keys per VAES vector
-//! ([`crate::simd::aes`]; the `aes`/`ctr` crates took ~0.2 µs per packet, mostly set-up).
-//! With all of this a forward hop spends ~3.3 µs outside X25519 (batched hop ~10.3 µs, two
-//! 64-lane X25519 passes ~7.0 µs per packet; first version: ~23 µs, ~11.5 µs symmetric).
+//! Why the symmetric work is batched too: once X25519 runs 8 or 16 lanes at a time, the
+//! per-packet HKDF, HMAC, Lioness and AES passes dominate a hop unless they run across the
+//! batch as well; every packet of a batch hashes messages of the same shape, so the lanes stay
+//! in lock step. Secrets and lane buffers are wiped with [`crate::simd::wipe`] (64-byte
+//! volatile stores, far cheaper than byte-wise zeroing). The HMAC key states of the two
+//! constant salts are compressed at compile time. Costs per component against the reference
+//! crates, and their history: `bench/README.md`.
 //!
 //! [`expand_many`]: super::keys::expand_many
 //! [`derive_payload_keys`]: super::keys::derive_payload_keys
