@@ -200,17 +200,29 @@ pub async fn register(
     let url = join(base, "/v1/register");
     let mut descriptor = descriptor.clone();
     descriptor.issued_at_s = now_s();
-    let signed = sign(&descriptor, DOMAIN_DESCRIPTOR, identity_seed).map_err(|source| {
-        DirectoryClientError::Topology {
-            url: url.clone(),
-            source,
-        }
-    })?;
-    let body = serde_json::to_vec(&signed)
-        .map_err(|_| DirectoryClientError::Malformed { url: url.clone() })?;
-    let reply = post_json(http, &url, body).await?;
+    let reply = post_signed(http, &url, &descriptor, DOMAIN_DESCRIPTOR, identity_seed).await?;
     // An answer that does not parse still means accepted (the status said so).
     Ok(serde_json::from_slice(&reply).unwrap_or_default())
+}
+
+/// Signs `value` under `domain` with the node's identity seed and posts it to `url`; the
+/// reply's body.
+async fn post_signed<T: serde::Serialize>(
+    http: &reqwest::Client,
+    url: &str,
+    value: &T,
+    domain: &[u8],
+    identity_seed: &[u8; 32],
+) -> Result<Vec<u8>, DirectoryClientError> {
+    let signed =
+        sign(value, domain, identity_seed).map_err(|source| DirectoryClientError::Topology {
+            url: url.to_string(),
+            source,
+        })?;
+    let body = serde_json::to_vec(&signed).map_err(|_| DirectoryClientError::Malformed {
+        url: url.to_string(),
+    })?;
+    post_json(http, url, body).await
 }
 
 /// Removes this node from the directory at once (it leaves the next topology), signed now
@@ -225,15 +237,15 @@ pub async fn deregister(
         identity: keyfile::hex(&keyfile::ed25519_public(identity_seed)),
         sent_at_s: now_s(),
     };
-    let signed = sign(&deregistration, DOMAIN_DEREGISTER, identity_seed).map_err(|source| {
-        DirectoryClientError::Topology {
-            url: url.clone(),
-            source,
-        }
-    })?;
-    let body = serde_json::to_vec(&signed)
-        .map_err(|_| DirectoryClientError::Malformed { url: url.clone() })?;
-    post_json(http, &url, body).await.map(|_| ())
+    post_signed(
+        http,
+        &url,
+        &deregistration,
+        DOMAIN_DEREGISTER,
+        identity_seed,
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Sends one heartbeat.
@@ -247,13 +259,7 @@ pub async fn heartbeat(
         identity: keyfile::hex(&keyfile::ed25519_public(identity_seed)),
         sent_at_s: now_s(),
     };
-    let signed = sign(&heartbeat, DOMAIN_HEARTBEAT, identity_seed).map_err(|source| {
-        DirectoryClientError::Topology {
-            url: url.clone(),
-            source,
-        }
-    })?;
-    let body = serde_json::to_vec(&signed)
-        .map_err(|_| DirectoryClientError::Malformed { url: url.clone() })?;
-    post_json(http, &url, body).await.map(|_| ())
+    post_signed(http, &url, &heartbeat, DOMAIN_HEARTBEAT, identity_seed)
+        .await
+        .map(|_| ())
 }
