@@ -14,3 +14,8 @@ pub mod wire;
 
 pub use client_session::{ClientEvent, ClientSession};
 pub use gateway_session::{GatewayEvent, GatewaySession};
+
+/// A duration in the µs the cores count time in (saturating: a core never sees a wrapped clock).
+pub fn duration_us(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}

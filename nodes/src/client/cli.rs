@@ -207,8 +207,8 @@ pub async fn gateway_requires_credentials(url: &str, gateway: [u8; 32]) -> Resul
         .map_err(|e| format!("{url}: {e}"))?;
     let seed = keyfile::random_32()?;
     let start = std::time::Instant::now();
-    let now_us = || u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
-    let timeout_us = u64::try_from(PROBE_TIMEOUT.as_micros()).unwrap_or(u64::MAX);
+    let now_us = || lethe_proto::duration_us(start.elapsed());
+    let timeout_us = lethe_proto::duration_us(PROBE_TIMEOUT);
     let mut core = ClientSession::new(now_us(), timeout_us, &seed, gateway, &mut rand::rng());
     let barrier = ClientMessage::Forward {
         first_hop: [0; 32],

@@ -32,6 +32,7 @@ use super::core::{
     bump, Core, CoreLimits, MessageTicket, Received, SendError, Stats, StatsSnapshot,
 };
 use lethe_proto::client_session::ClientEvent;
+use lethe_proto::duration_us;
 use lethe_proto::gateway_session::Transmit;
 use lethe_proto::loopix::payer::{Decision, Payer, Shortfall};
 use lethe_proto::ClientSession;
@@ -821,10 +822,6 @@ async fn pay(
         ),
     }
     None
-}
-
-fn duration_us(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Sends what the session queued; `Err` once it closed (with why).

@@ -53,6 +53,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use zeroize::Zeroizing;
 
+use lethe_proto::duration_us;
 use lethe_proto::gateway_session::{CloseReason, GatewayConfig, GatewayEvent, Refusals, Transmit};
 use lethe_proto::GatewaySession;
 
@@ -352,10 +353,6 @@ async fn connection(stream: TcpStream, slot: PendingSlot, shared: &Shared) {
     }
     link.established(&mut ws, client).await;
     shared.connections.fetch_sub(1, Ordering::AcqRel);
-}
-
-fn duration_us(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The sessions' clock: µs since the first session began (monotonic).

@@ -248,7 +248,7 @@ impl FakeGateway {
             .await
             .map_err(|e| e.to_string())?;
         let start = std::time::Instant::now();
-        let now_us = || start.elapsed().as_micros() as u64;
+        let now_us = || lethe_proto::duration_us(start.elapsed());
         let config = GatewayConfig {
             handshake_timeout_us: 10_000_000,
             metered: false,
