@@ -324,8 +324,8 @@ lethe_stage_seconds_count{stage=\"crypto_per_packet\"} 100\n";
         assert!(d.simd.is_none());
     }
 
-    /// The residence figure of issue 16: 99.5 % of the values in the first bucket (<= 1 µs),
-    /// a few at 4 ms. The mean (20 µs) is above the p99's upper edge (1 µs) honestly: the
+    /// A residence histogram with 99.5 % of the values in the first bucket (<= 1 µs), a few
+    /// at 4 ms. The mean (20 µs) is above the p99's upper edge (1 µs) honestly: the
     /// maximum shows the tail that carries it, and the bounds never cross.
     #[test]
     fn a_mean_above_p99_is_explained_by_the_tail() {

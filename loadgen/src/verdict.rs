@@ -4,7 +4,7 @@
 //!
 //! Always a failure, thresholds or not: nothing delivered; more than
 //! [`DEFAULT_MAX_LOSS_PCT`] undelivered when no `--max-loss` is given (a network that loses
-//! more than half is broken, not slow; before this rule 100 % loss exited 0); a local node
+//! more than half is broken, not slow, and total loss must never pass); a local node
 //! that exited or logged a panic; a run cut short (interrupted, or stopped by a node failure).
 
 use std::fmt::Write as _;

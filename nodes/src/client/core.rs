@@ -1293,11 +1293,11 @@ mod tests {
             .partition(|d| d.1 != DeliveryKind::Ack)
     }
 
-    /// Issue 15: an ACK arriving while a retransmission of its fragment is queued, duplicate
-    /// ACKs, and ACKs after the fragment was settled must count once. Before the fix the queued
-    /// retransmission re-created the tracker entry, went out again, and its ACK counted a
-    /// second time: `acked` passed `fragments`, the message looked finished with fragments
-    /// never sent, and the recipient could never complete it.
+    /// An ACK arriving while a retransmission of its fragment is queued, duplicate ACKs, and
+    /// ACKs after the fragment was settled must count once. Were the queued retransmission to
+    /// re-create the tracker entry, it would go out again and its ACK count a second time:
+    /// `acked` would pass `fragments`, the message would look finished with fragments never
+    /// sent, and the recipient could never complete it.
     #[test]
     fn an_ack_counts_once_whatever_arrives_when() {
         let net = net();

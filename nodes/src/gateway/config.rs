@@ -336,8 +336,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         crate::gateway::init(&dir, Profile::Small).unwrap();
         let config = Config::load(&dir).unwrap();
-        // What a gateway before this change left: the unused secondary's filter (rotation 0),
-        // and a leftover of some other rotation.
+        // What an older gateway could leave: the unused secondary's filter (rotation 0), and a
+        // leftover of some other rotation.
         for stale in [0, 7] {
             let path = lethe_engine::snapshot_path(&dir.join("data"), stale);
             std::fs::write(&path, b"stale").unwrap();

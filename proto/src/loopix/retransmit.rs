@@ -324,8 +324,8 @@ mod tests {
         assert_eq!(t.due(1700), vec![Due::GiveUp(key(0))]);
     }
 
-    /// Issue 15: a settled fragment is never transmitted or acknowledged again, whatever
-    /// arrives when: the ACK while a retransmission is queued, a duplicate ACK, an ACK of an
+    /// A settled fragment is never transmitted or acknowledged again, whatever arrives
+    /// when: the ACK while a retransmission is queued, a duplicate ACK, an ACK of an
     /// earlier transmission, an ACK after a give-up, a transmission after the settle.
     #[test]
     fn a_settled_fragment_stays_settled() {
