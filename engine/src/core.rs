@@ -10,6 +10,12 @@
 //! Driving order, after quinn-proto: after any input call `poll_action` until `None`, then
 //! `poll_timeout` for the next instant `handle_timeout` has work. The caller hands every
 //! buffer of a `Forward`/`Deliver` back with `release` once it has copied the bytes out.
+//!
+//! The contract with the runtime: `handle_packet` says what happened to the packet
+//! ([`Admitted`]), and every call that may run a batch returns the [`BatchRan`]; the core reads
+//! no clock, so the runtime times those calls and reports the cost with
+//! [`Core::record_batch_cost`]. Drops are counted in one place, [`CoreMetrics::dropped`], under
+//! their [`DropReason`]; none is queued as an action.
 
 pub mod keys;
 pub mod sphinx_batch;
@@ -33,6 +39,26 @@ pub use sphinx_batch::{
     process_batch, BatchScratch, FilterGate, Outcome, PacketSlots, ReplayGate, ReplayVerdict,
 };
 
+/// What [`Core::handle_packet`] did with a packet: the runtime acts on this, not on counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// Waiting in the batcher for its batch.
+    Queued,
+    /// It completed (or was late for) a batch, which ran: its cost is the runtime's to report
+    /// ([`Core::record_batch_cost`]), and its actions are waiting in `poll_action`.
+    BatchRan(BatchRan),
+    /// Refused before any crypto, counted under its reason (the one drop count,
+    /// [`CoreMetrics::dropped`]).
+    Dropped(DropReason),
+}
+
+/// A Sphinx batch a call ran. The core reads no clock: the runtime times the call and hands
+/// the cost back with [`Core::record_batch_cost`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchRan {
+    pub packets: u32,
+}
+
 /// What the core asks its runtime to do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -52,8 +78,6 @@ pub enum Action {
         identifier: [u8; 16],
         buffer: BufId,
     },
-    /// A packet was dropped (already counted; carries no buffer).
-    Drop { reason: DropReason },
 }
 
 /// Per-buffer state, indexed by `BufId::index` (parallel to the pool, allocated once).
@@ -105,8 +129,6 @@ pub struct Core {
     keys: NodeKeys,
     replay: ReplayFilterSet,
     metrics: Arc<CoreMetrics>,
-    /// Optional monotonic nanosecond source, used only to measure crypto cost for metrics.
-    cost_clock_ns: Option<fn() -> u64>,
     /// What `crypto_per_packet` has not recorded yet (ns, < 1 µs): the histogram is in whole
     /// µs, and dropping each batch's fraction would under-report a ~8 µs cost by up to 12 %.
     crypto_remainder_ns: u64,
@@ -179,7 +201,8 @@ impl Core {
             config.timer_delay_ticks_max(),
             clock.now_tick(now_us),
         );
-        let actions_max = buffers as usize + 2 * batch_max;
+        // Every action carries a pool buffer (drops are counted, not queued).
+        let actions_max = buffers as usize;
         let core = Core {
             pool: BufferPool::new(buffers, config.pool_buffer_bytes),
             meta: vec![META_EMPTY; buffers as usize].into_boxed_slice(),
@@ -203,7 +226,6 @@ impl Core {
             keys,
             replay,
             metrics,
-            cost_clock_ns: None,
             crypto_remainder_ns: 0,
             clock,
             config,
@@ -213,10 +235,27 @@ impl Core {
         core
     }
 
-    /// Lets the core time its Sphinx batches: the `crypto_per_packet` histogram, and the cost
-    /// of a partial lane group that decides whether one is held (without a clock none is).
-    pub fn set_cost_clock(&mut self, clock_ns: fn() -> u64) {
-        self.cost_clock_ns = Some(clock_ns);
+    /// The runtime's measure of a batch a call ran (`cost_ns`: the call's duration): feeds the
+    /// `crypto_per_packet` histogram, and the cost of a partial lane group that decides whether
+    /// one is held (until a partial group is reported none is).
+    pub fn record_batch_cost(&mut self, ran: BatchRan, cost_ns: u64) {
+        let packets = u64::from(ran.packets.max(1));
+        let cost_us = cost_ns / 1_000;
+        if packets < u64::from(self.batch_align_packets) {
+            let avg_x8 = self.partial_batch_us_x8;
+            // avg += (batch - avg) / 8, kept times 8; the first one sets it.
+            self.partial_batch_us_x8 = match avg_x8 {
+                0 => cost_us.saturating_mul(8),
+                _ => (avg_x8 - avg_x8 / 8).saturating_add(cost_us),
+            };
+        }
+        // In ns, the fraction of a µs carried to the next batch: the recorded sum stays within
+        // 1 µs of the true total (the mean is exact), not 1 µs short per batch.
+        let per_packet_ns = (cost_ns / packets).saturating_add(self.crypto_remainder_ns);
+        self.crypto_remainder_ns = per_packet_ns % 1_000;
+        self.metrics
+            .stage(Stage::CryptoPerPacket)
+            .record(per_packet_ns / 1_000);
     }
 
     /// Installs new keys and their replay filters (rotation). Packets already queued are
@@ -254,25 +293,21 @@ impl Core {
     }
 
     /// A received Sphinx packet (the frame's packet bytes) and the frame's rotation byte.
-    /// Copies it into a pool buffer; processes the batch if that filled it.
-    pub fn handle_packet(
-        &mut self,
-        now_us: u64,
-        rotation: KeyRotation,
-        packet: &[u8],
-    ) -> Result<(), DropReason> {
+    /// Copies it into a pool buffer; processes the batch if that filled it (or its oldest
+    /// packet's flush deadline had passed).
+    pub fn handle_packet(&mut self, now_us: u64, rotation: KeyRotation, packet: &[u8]) -> Admitted {
         CoreMetrics::add(&self.metrics.packets_received, 1);
         self.note_arrival(now_us);
         let Some(size) = PacketSize::from_sphinx_packet_len(packet.len()) else {
-            return Err(self.drop_packet(DropReason::Malformed));
+            return Admitted::Dropped(self.drop_packet(DropReason::Malformed));
         };
         if !self.config.packet_sizes.contains(size) {
-            return Err(self.drop_packet(DropReason::PacketSizeDisabled));
+            return Admitted::Dropped(self.drop_packet(DropReason::PacketSizeDisabled));
         }
         // `validate` checked every enabled size fits a buffer.
         assert!(packet.len() <= self.pool.buffer_bytes() as usize);
         let Some(id) = self.pool.alloc() else {
-            return Err(self.drop_packet(DropReason::Overload));
+            return Admitted::Dropped(self.drop_packet(DropReason::Overload));
         };
         self.pool.get_mut(&id)[..packet.len()].copy_from_slice(packet);
         let meta = &mut self.meta[id.index() as usize];
@@ -283,10 +318,10 @@ impl Core {
         if let Some(drain) = self.batcher.push(now_us, id) {
             self.batch.extend(drain);
         }
-        if !self.batch.is_empty() {
-            self.run_batch(now_us);
+        match self.run_batch(now_us) {
+            Some(ran) => Admitted::BatchRan(ran),
+            None => Admitted::Queued,
         }
-        Ok(())
     }
 
     /// A frame the decoder skipped (unknown packet type, bad rotation byte): counted only.
@@ -296,15 +331,14 @@ impl Core {
     }
 
     /// Flushes a due batch and fires due timers.
-    pub fn handle_timeout(&mut self, now_us: u64) {
+    pub fn handle_timeout(&mut self, now_us: u64) -> Option<BatchRan> {
         assert!(self.batch.is_empty());
         if let Some(drain) = self.batcher.poll(now_us) {
             self.batch.extend(drain);
         }
-        if !self.batch.is_empty() {
-            self.run_batch(now_us);
-        }
+        let ran = self.run_batch(now_us);
         self.fire_timers(now_us);
+        ran
     }
 
     /// The runtime has nothing more to read now: processes the batched packets in whole lane
@@ -316,7 +350,7 @@ impl Core {
     /// Less than a group pending is held for the rest of it (`EngineConfig::batch_hold_us`)
     /// when it arrived faster than a partial group takes to process (so small batches would
     /// fall behind) and the recent arrival rate says the rest comes in time; otherwise it goes.
-    pub fn flush_drained(&mut self, now_us: u64) {
+    pub fn flush_drained(&mut self, now_us: u64) -> Option<BatchRan> {
         assert!(self.batch.is_empty());
         let pending = self.batcher.len();
         let lanes = self.batch_align_packets;
@@ -329,13 +363,11 @@ impl Core {
             let outpaced = u64::from(pending) * gap_us < self.partial_batch_us();
             if outpaced && now_us.saturating_add(fill_us) <= until_us && now_us < until_us {
                 self.batcher.hold(until_us);
-                return;
+                return None;
             }
         }
         self.batch.extend(self.batcher.flush_aligned(lanes));
-        if !self.batch.is_empty() {
-            self.run_batch(now_us);
-        }
+        self.run_batch(now_us)
     }
 
     /// Mean time a batch of less than one lane group took recently, µs (0: none timed yet).
@@ -358,12 +390,10 @@ impl Core {
     }
 
     /// Processes whatever is batched now (shutdown, or the caller wants everything out).
-    pub fn flush_batch(&mut self, now_us: u64) {
+    pub fn flush_batch(&mut self, now_us: u64) -> Option<BatchRan> {
         assert!(self.batch.is_empty());
         self.batch.extend(self.batcher.flush());
-        if !self.batch.is_empty() {
-            self.run_batch(now_us);
-        }
+        self.run_batch(now_us)
     }
 
     /// The next instant `handle_timeout` has work, if any.
@@ -436,23 +466,23 @@ impl Core {
         total
     }
 
+    /// Every packet the core drops is counted here, under its reason.
     fn drop_packet(&mut self, reason: DropReason) -> DropReason {
         self.metrics.dropped(reason, 1);
-        if self.actions.len() < self.actions.capacity() {
-            self.actions.push_back(Action::Drop { reason });
-        }
         reason
     }
 
-    /// Runs the Sphinx seam over `self.batch` and routes each outcome.
-    fn run_batch(&mut self, now_us: u64) {
+    /// Runs the Sphinx seam over `self.batch`, if it holds any packet, and routes each
+    /// outcome.
+    fn run_batch(&mut self, now_us: u64) -> Option<BatchRan> {
         let count = self.batch.len();
-        assert!(count > 0);
+        if count == 0 {
+            return None;
+        }
         assert!(count <= self.config.batch_packets_max as usize);
         // The wheel's clamp is relative to its own time: bring it to now first.
         self.fire_timers(now_us);
         self.metrics.batch_packets.record(count as u64);
-        let started_ns = self.cost_clock_ns.map(|clock| clock());
         let mut slots = PoolSlots {
             pool: &mut self.pool,
             ids: &self.batch,
@@ -465,25 +495,6 @@ impl Core {
             &mut self.sphinx_scratch,
             &mut self.outcomes,
         );
-        if let (Some(clock), Some(started_ns)) = (self.cost_clock_ns, started_ns) {
-            let batch_ns = clock().saturating_sub(started_ns);
-            let batch_us = batch_ns / 1_000;
-            if (count as u64) < u64::from(self.batch_align_packets) {
-                let avg_x8 = self.partial_batch_us_x8;
-                // avg += (batch - avg) / 8, kept times 8; the first one sets it.
-                self.partial_batch_us_x8 = match avg_x8 {
-                    0 => batch_us.saturating_mul(8),
-                    _ => (avg_x8 - avg_x8 / 8).saturating_add(batch_us),
-                };
-            }
-            // In ns, the fraction of a µs carried to the next batch: the recorded sum stays
-            // within 1 µs of the true total (the mean is exact), not 1 µs short per batch.
-            let per_packet_ns = (batch_ns / count as u64).saturating_add(self.crypto_remainder_ns);
-            self.crypto_remainder_ns = per_packet_ns % 1_000;
-            self.metrics
-                .stage(Stage::CryptoPerPacket)
-                .record(per_packet_ns / 1_000);
-        }
         assert_eq!(self.outcomes.len(), count);
         let mut batch = std::mem::take(&mut self.batch);
         for (index, id) in batch.drain(..).enumerate() {
@@ -495,6 +506,9 @@ impl Core {
         self.batch = batch;
         self.outcomes.clear();
         self.fire_timers(now_us);
+        Some(BatchRan {
+            packets: count as u32,
+        })
     }
 
     fn route_outcome(&mut self, now_us: u64, id: BufId, outcome: Outcome) {
@@ -592,8 +606,8 @@ impl Core {
     }
 
     fn push_action(&mut self, action: Action) {
-        // Every buffer-carrying action holds a pool buffer, and the queue has room for the
-        // whole pool plus two batches of drops, so this never grows the queue.
+        // Every action holds a pool buffer, and the queue has room for the whole pool, so this
+        // never grows the queue.
         assert!(self.actions.len() < self.actions.capacity());
         self.actions.push_back(action);
     }

@@ -7,7 +7,7 @@ mod core_common;
 use core_common::*;
 use lethe_crypto::framing::{KeyRotation, PacketSize};
 use lethe_crypto::sphinx::{self, Hop, Packet};
-use lethe_engine::core::{Action, Core, NodeKeys, SphinxKey};
+use lethe_engine::core::{Action, Admitted, BatchRan, Core, NodeKeys, SphinxKey};
 use lethe_engine::metrics::{CoreMetrics, DropReason, Stage};
 use lethe_engine::BufId;
 
@@ -48,6 +48,13 @@ fn forwards_with_rotation(
     out
 }
 
+/// `handle_packet`, asserting the packet was not dropped.
+fn admit(core: &mut Core, now_us: u64, rotation: KeyRotation, bytes: &[u8]) -> Admitted {
+    let admitted = core.handle_packet(now_us, rotation, bytes);
+    assert!(!matches!(admitted, Admitted::Dropped(_)), "{admitted:?}");
+    admitted
+}
+
 fn dropped(core: &Core, reason: DropReason) -> u64 {
     core.metrics().dropped_count(reason)
 }
@@ -62,7 +69,7 @@ fn forwards_after_exact_delay_and_next_hop_can_process() {
         &[5_000_000, 0],
     );
     let mut core = core_with(config(), one_key(this, 2), &[2]);
-    core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
+    admit(&mut core, 0, KeyRotation::Unknown, &bytes);
     assert_eq!(core.batched_count(), 1);
     assert_eq!(core.poll_timeout(), Some(100)); // batch flush
     core.handle_timeout(100);
@@ -101,10 +108,15 @@ fn full_batch_is_processed_at_once_and_zero_delay_leaves_next_tick() {
     let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
     for i in 0..4u64 {
         let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
-        core.handle_packet(i * 10, KeyRotation::Unknown, &bytes)
-            .unwrap();
+        let admitted = admit(&mut core, i * 10, KeyRotation::Unknown, &bytes);
+        // The core says what happened: the fourth push filled the batch, which ran.
+        let expected = match i {
+            3 => Admitted::BatchRan(BatchRan { packets: 4 }),
+            _ => Admitted::Queued,
+        };
+        assert_eq!(admitted, expected);
     }
-    assert_eq!(core.batched_count(), 0); // the fourth push filled the batch
+    assert_eq!(core.batched_count(), 0);
     assert_eq!(forwards(&mut core).len(), 4);
     assert_eq!(core.metrics().batch_packets.count(), 1);
 }
@@ -115,25 +127,18 @@ fn replay_is_refused_across_and_within_batches() {
     let (this, next) = (secret(&mut r), secret(&mut r));
     let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
     let mut core = core_with(config(), one_key(this, 2), &[2]);
-    core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
+    admit(&mut core, 0, KeyRotation::Unknown, &bytes);
     core.flush_batch(0);
     assert_eq!(forwards(&mut core).len(), 1);
     // Later batch.
-    core.handle_packet(10, KeyRotation::Unknown, &bytes)
-        .unwrap();
-    core.flush_batch(10);
-    let actions = drain(&mut core);
-    assert_eq!(
-        actions,
-        vec![Action::Drop {
-            reason: DropReason::Replayed
-        }]
-    );
+    admit(&mut core, 10, KeyRotation::Unknown, &bytes);
+    assert_eq!(core.flush_batch(10), Some(BatchRan { packets: 1 }));
+    // Dropped: counted under its reason, and no action (no buffer to hand back).
+    assert_eq!(drain(&mut core), vec![]);
+    assert_eq!(dropped(&core, DropReason::Replayed), 1);
     // Same batch, twice more.
-    core.handle_packet(20, KeyRotation::Unknown, &bytes)
-        .unwrap();
-    core.handle_packet(20, KeyRotation::Unknown, &bytes)
-        .unwrap();
+    admit(&mut core, 20, KeyRotation::Unknown, &bytes);
+    admit(&mut core, 20, KeyRotation::Unknown, &bytes);
     core.flush_batch(20);
     assert!(forwards(&mut core).is_empty());
     assert_eq!(dropped(&core, DropReason::Replayed), 3);
@@ -149,15 +154,14 @@ fn malformed_packets_are_counted_while_the_batch_goes_through() {
     let mut forged = a.clone();
     forged[100] ^= 1; // inside beta: the MAC fails
     let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
-    core.handle_packet(0, KeyRotation::Unknown, &forged)
-        .unwrap();
-    core.handle_packet(0, KeyRotation::Unknown, &a).unwrap();
+    admit(&mut core, 0, KeyRotation::Unknown, &forged);
+    admit(&mut core, 0, KeyRotation::Unknown, &a);
     // Truncated: no Sphinx size has that length.
     assert_eq!(
         core.handle_packet(0, KeyRotation::Unknown, &[0u8; 10]),
-        Err(DropReason::Malformed)
+        Admitted::Dropped(DropReason::Malformed)
     );
-    core.handle_packet(0, KeyRotation::Unknown, &b).unwrap();
+    admit(&mut core, 0, KeyRotation::Unknown, &b);
     core.flush_batch(0); // three packets batched: the batch (of four) is not full
     let out = forwards(&mut core);
     assert_eq!(out.len(), 2);
@@ -169,13 +173,13 @@ fn malformed_packets_are_counted_while_the_batch_goes_through() {
     let oversize = vec![0u8; 4_000];
     assert_eq!(
         core.handle_packet(0, KeyRotation::Unknown, &oversize),
-        Err(DropReason::Malformed)
+        Admitted::Dropped(DropReason::Malformed)
     );
     // A Nym size this core does not accept: its own reason, not malformed.
     let ext8 = vec![0u8; PacketSize::Extended8.packet_len()];
     assert_eq!(
         core.handle_packet(0, KeyRotation::Unknown, &ext8),
-        Err(DropReason::PacketSizeDisabled)
+        Admitted::Dropped(DropReason::PacketSizeDisabled)
     );
     assert_eq!(dropped(&core, DropReason::Malformed), 4);
     assert_eq!(dropped(&core, DropReason::PacketSizeDisabled), 1);
@@ -188,7 +192,7 @@ fn final_hop_is_delivered_with_its_payload() {
     let this = secret(&mut r);
     let bytes = packet(&mut r, &[(public(&this), 1)], &[0]);
     let mut core = core_with(config(), one_key(this, 2), &[2]);
-    core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
+    admit(&mut core, 0, KeyRotation::Unknown, &bytes);
     core.flush_batch(0);
     let actions = drain(&mut core);
     assert_eq!(actions.len(), 1);
@@ -243,7 +247,7 @@ fn key_rotation_byte_picks_the_key_and_v7_tries_both() {
     ];
     for (index, (bytes, rotation, leaves)) in cases.iter().enumerate() {
         let now_us = index as u64 * 10; // tick-aligned, so zero delays fire at once
-        core.handle_packet(now_us, *rotation, bytes).unwrap();
+        admit(&mut core, now_us, *rotation, bytes);
         core.flush_batch(now_us);
         let out: Vec<KeyRotation> = forwards_with_rotation(&mut core)
             .into_iter()
@@ -257,8 +261,7 @@ fn key_rotation_byte_picks_the_key_and_v7_tries_both() {
     }
     assert_eq!(dropped(&core, DropReason::Malformed), 1);
     // The replay filter is per rotation: the odd key's packet replayed under v8 is refused.
-    core.handle_packet(100, KeyRotation::Odd, &cases[0].0)
-        .unwrap();
+    admit(&mut core, 100, KeyRotation::Odd, &cases[0].0);
     core.flush_batch(100);
     assert_eq!(dropped(&core, DropReason::Replayed), 1);
 }
@@ -272,12 +275,12 @@ fn unknown_rotation_or_missing_filter_is_unknown_key() {
     // Only an even key: an odd rotation byte names no key.
     let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
     let bytes = packet(&mut r, &[(this_pub, 1), (next, 2)], &[0, 0]);
-    core.handle_packet(0, KeyRotation::Odd, &bytes).unwrap();
+    admit(&mut core, 0, KeyRotation::Odd, &bytes);
     core.flush_batch(0);
     assert_eq!(dropped(&core, DropReason::UnknownKey), 1);
     // A key without a replay filter is refused rather than processed unprotected.
     let mut core = core_with(config(), one_key(this, 2), &[4]);
-    core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
+    admit(&mut core, 0, KeyRotation::Unknown, &bytes);
     core.flush_batch(0);
     assert_eq!(dropped(&core, DropReason::UnknownKey), 1);
     assert_eq!(core.buffers_in_use(), 0);
@@ -327,7 +330,7 @@ fn excessive_delay_is_clamped_and_counted() {
         &[60_000_000_000, 0],
     );
     let mut core = core_with(config(), one_key(this, 2), &[2]);
-    core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
+    admit(&mut core, 0, KeyRotation::Unknown, &bytes);
     core.flush_batch(0);
     core.handle_timeout(9_999_999);
     assert!(forwards(&mut core).is_empty());
@@ -347,7 +350,7 @@ fn shutdown_abandons_pending_packets() {
             &[(public(&this), 1), (public(&next), 2)],
             &[1_000_000, 0],
         );
-        core.handle_packet(i, KeyRotation::Unknown, &bytes).unwrap();
+        admit(&mut core, i, KeyRotation::Unknown, &bytes);
         if i == 1 {
             core.flush_batch(i);
         }
@@ -373,8 +376,7 @@ fn set_keys_rotates_and_retires_the_old_key() {
     core.set_keys(overlap, filters(&[1, 2]));
     for (index, bytes) in [&for_old, &for_new].into_iter().enumerate() {
         let now_us = index as u64 * 10;
-        core.handle_packet(now_us, KeyRotation::Unknown, bytes)
-            .unwrap();
+        admit(&mut core, now_us, KeyRotation::Unknown, bytes);
         core.flush_batch(now_us);
         assert_eq!(
             forwards(&mut core).len(),
@@ -385,8 +387,7 @@ fn set_keys_rotates_and_retires_the_old_key() {
     // After the overlap the old key is gone: its packets no longer verify.
     core.set_keys(one_key(new, 2), filters(&[2]));
     let late = packet(&mut r, &[(old_pub, 1), (next, 2)], &[0, 0]);
-    core.handle_packet(100, KeyRotation::Unknown, &late)
-        .unwrap();
+    admit(&mut core, 100, KeyRotation::Unknown, &late);
     core.flush_batch(100);
     assert!(forwards(&mut core).is_empty());
     assert_eq!(dropped(&core, DropReason::Malformed), 1);
@@ -403,8 +404,7 @@ fn zero_delay_leaves_with_its_batch_between_ticks() {
         ..config()
     };
     let mut core = core_with(config, one_key(this, 2), &[2]);
-    core.handle_packet(1_234, KeyRotation::Unknown, &bytes)
-        .unwrap();
+    admit(&mut core, 1_234, KeyRotation::Unknown, &bytes);
     core.flush_batch(1_250);
     let sent = forwards(&mut core);
     assert_eq!(sent.len(), 1);
@@ -426,8 +426,7 @@ fn drained_flush_releases_whole_lane_groups_and_the_rest_at_its_deadline() {
     let mut sent_bytes = Vec::new();
     for i in 0..6u64 {
         let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
-        core.handle_packet(1_000 + i, KeyRotation::Unknown, &bytes)
-            .unwrap();
+        admit(&mut core, 1_000 + i, KeyRotation::Unknown, &bytes);
         sent_bytes.push(bytes);
     }
     // Six pending, groups of four: the four oldest go, the two newest wait.
@@ -450,8 +449,7 @@ fn drained_flush_releases_whole_lane_groups_and_the_rest_at_its_deadline() {
     // Fewer than a group: all of it at once (light load waits for nothing).
     for i in 0..3u64 {
         let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
-        core.handle_packet(2_000 + i, KeyRotation::Unknown, &bytes)
-            .unwrap();
+        admit(&mut core, 2_000 + i, KeyRotation::Unknown, &bytes);
     }
     core.flush_drained(2_003);
     assert_eq!(forwards(&mut core).len(), 3);
@@ -474,15 +472,8 @@ fn alignment_beyond_the_batch_is_refused() {
     assert!(config.validate().is_err());
 }
 
-/// A cost clock under which every batch takes 100 µs: each read advances it by 100 µs (per
-/// thread, so tests running side by side do not disturb each other).
-fn batch_takes_100_us() -> u64 {
-    thread_local!(static NS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
-    NS.with(|ns| {
-        ns.set(ns.get() + 100_000);
-        ns.get()
-    })
-}
+/// What every batch of a [`Fed`] core costs, as its runtime would report it.
+const BATCH_NS: u64 = 100_000;
 
 /// A core with lane groups of 4 whose batches all take 100 µs, fed one packet per drained
 /// read, as the runtime does under a paced load.
@@ -504,8 +495,7 @@ impl Fed {
             batch_hold_us: hold_us,
             ..config()
         };
-        let mut core = core_with(config, one_key(this.clone(), 2), &[2]);
-        core.set_cost_clock(batch_takes_100_us);
+        let core = core_with(config, one_key(this.clone(), 2), &[2]);
         Fed {
             core,
             r,
@@ -518,11 +508,25 @@ impl Fed {
     fn arrive(&mut self, t_us: u64) -> usize {
         let route = [(public(&self.this), 1), (public(&self.next), 2)];
         let bytes = packet(&mut self.r, &route, &[0, 0]);
-        self.core
-            .handle_packet(t_us, KeyRotation::Unknown, &bytes)
-            .unwrap();
-        self.core.flush_drained(t_us);
+        if let Admitted::BatchRan(ran) = admit(&mut self.core, t_us, KeyRotation::Unknown, &bytes) {
+            self.core.record_batch_cost(ran, BATCH_NS);
+        }
+        let ran = self.core.flush_drained(t_us);
+        self.ran(ran);
         forwards(&mut self.core).len()
+    }
+
+    /// The core's timeout at `t_us`, its batch (if one ran) reported as the runtime does.
+    fn timeout(&mut self, t_us: u64) {
+        let ran = self.core.handle_timeout(t_us);
+        self.ran(ran);
+    }
+
+    /// Reports a batch's cost as the runtime does: every batch takes [`BATCH_NS`].
+    fn ran(&mut self, ran: Option<BatchRan>) {
+        if let Some(ran) = ran {
+            self.core.record_batch_cost(ran, BATCH_NS);
+        }
     }
 
     /// `count` arrivals `gap_us` apart after `t_us`, then whatever is left at its deadline;
@@ -534,7 +538,7 @@ impl Fed {
             forwarded += self.arrive(t_us);
         }
         if let Some(due) = self.core.poll_timeout() {
-            self.core.handle_timeout(due);
+            self.timeout(due);
             forwarded += forwards(&mut self.core).len();
             t_us = t_us.max(due);
         }
@@ -572,9 +576,9 @@ fn a_partial_lane_group_is_held_only_while_the_arrival_rate_fills_it() {
     // The rest of a group that does not come: released at the hold deadline.
     let t1 = t0 + 40;
     assert_eq!(fed.arrive(t1), 0);
-    fed.core.handle_timeout(t1 + 99);
+    fed.timeout(t1 + 99);
     assert!(forwards(&mut fed.core).is_empty());
-    fed.core.handle_timeout(t1 + 100);
+    fed.timeout(t1 + 100);
     assert_eq!(forwards(&mut fed.core).len(), 1);
     // After a pause the rate says light load: nothing waits.
     assert_eq!(fed.arrive(t1 + 5_000), 1);
@@ -616,16 +620,6 @@ fn a_partial_lane_group_that_keeps_up_is_not_held() {
     assert_eq!(fed.core.buffers_in_use(), 0);
 }
 
-/// Simulated crypto: every batch takes 31.6 µs (the clock advances that much per read; the
-/// core reads it before and after each batch).
-fn batch_takes_31_6_us() -> u64 {
-    thread_local!(static NS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
-    NS.with(|ns| {
-        ns.set(ns.get() + 31_600);
-        ns.get()
-    })
-}
-
 #[test]
 fn crypto_per_packet_keeps_the_fraction_of_a_microsecond() {
     // Batches of 4 taking 31.6 µs: 7.9 µs a packet. Rounding each batch down recorded 7 µs
@@ -633,15 +627,20 @@ fn crypto_per_packet_keeps_the_fraction_of_a_microsecond() {
     let mut r = rng(41);
     let (this, next) = (secret(&mut r), secret(&mut r));
     let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
-    core.set_cost_clock(batch_takes_31_6_us);
     let route = [(public(&this), 1), (public(&next), 2)];
     for batch in 0..10u64 {
+        let mut ran = None;
         for _ in 0..4 {
             let bytes = packet(&mut r, &route, &[0, 0]);
-            core.handle_packet(batch * 1_000, KeyRotation::Unknown, &bytes)
-                .unwrap();
+            if let Admitted::BatchRan(batch) =
+                admit(&mut core, batch * 1_000, KeyRotation::Unknown, &bytes)
+            {
+                ran = Some(batch);
+            }
         }
-        assert_eq!(core.batched_count(), 0, "a full batch of 4 runs at once");
+        // A full batch of 4 runs at once; the runtime reports it took 31.6 µs.
+        assert_eq!(ran, Some(BatchRan { packets: 4 }));
+        core.record_batch_cost(BatchRan { packets: 4 }, 31_600);
         forwards(&mut core);
     }
     let crypto = core.metrics().stage(Stage::CryptoPerPacket);
@@ -658,7 +657,7 @@ fn delay_lateness_ends_at_the_hand_off_after_the_crypto() {
     let (this, next) = (secret(&mut r), secret(&mut r));
     let mut core = core_with(config(), one_key(this.clone(), 2), &[2]);
     let bytes = packet(&mut r, &[(public(&this), 1), (public(&next), 2)], &[0, 0]);
-    core.handle_packet(0, KeyRotation::Unknown, &bytes).unwrap();
+    admit(&mut core, 0, KeyRotation::Unknown, &bytes);
     core.handle_timeout(100);
     let mut handed = 0;
     for action in drain(&mut core) {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use core_common::*;
 use lethe_crypto::framing::PacketSize;
-use lethe_engine::metrics::{CoreMetrics, DropReason};
+use lethe_engine::metrics::{CoreMetrics, DropReason, Stage};
 use lethe_engine::runtime::{final_hop_channel, Runtime};
 
 #[test]
@@ -53,6 +53,11 @@ fn forwards_over_loopback_and_counts_drops() {
     });
     assert_eq!(m.dropped_count(DropReason::Malformed), 2);
     assert_eq!(CoreMetrics::get(&m.packets_sent), 20);
+    // The runtime timed every batch the core ran and reported its cost.
+    wait_for("every batch's cost reported", || {
+        m.stage(Stage::CryptoPerPacket).count() == m.batch_packets.count()
+    });
+    assert!(m.batch_packets.count() > 0);
     runtime.shutdown();
     runtime.join().unwrap();
     assert!(got.iter().all(|p| p.len() == packets[0].len()));

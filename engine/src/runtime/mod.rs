@@ -38,7 +38,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use lethe_crypto::framing::{FrameDecoder, KeyRotation, PacketType};
 
-use crate::core::{Action, Core, NodeKeys};
+use crate::core::{Action, Admitted, BatchRan, Core, NodeKeys};
 use crate::limits::EngineConfig;
 use crate::metrics::{CoreMetrics, DropReason};
 use crate::replay::ReplayFilterSet;
@@ -357,7 +357,7 @@ fn executor_error(config: &RuntimeConfig, message: String) -> StartError {
     StartError::Executor(message)
 }
 
-/// Monotonic nanoseconds since the first call (the cost clock for crypto metrics).
+/// Monotonic nanoseconds since the first call: the runtime's clock, which also times batches.
 fn monotonic_ns() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
@@ -450,7 +450,6 @@ impl Shard {
                     }
                     core.release(buffer);
                 }
-                Action::Drop { .. } => {}
             }
         }
     }
@@ -502,14 +501,13 @@ async fn run_shard(setup: ShardSetup) {
             return;
         }
     };
-    let mut core = Core::new(
+    let core = Core::new(
         setup.config.engine.clone(),
         setup.keys,
         setup.replay,
         setup.metrics.clone(),
         monotonic_ns() / 1_000,
     );
-    core.set_cost_clock(monotonic_ns);
     let (wake, woken) = local_channel::new_bounded(1);
     let shard = Rc::new(Shard {
         core: RefCell::new(core),
@@ -608,7 +606,10 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
             // deadline would only add latency. Under load reads fill the buffer and batches
             // fill up before this; at moderate load whole lane groups go now and a partial one
             // waits for the next read (`Core::flush_drained`).
-            shard.core.borrow_mut().flush_drained(now_us);
+            let started_ns = monotonic_ns();
+            let mut core = shard.core.borrow_mut();
+            let ran = core.flush_drained(started_ns / 1_000);
+            report_batch_cost(&mut core, ran, started_ns);
         }
         shard.pump();
         let due_us = shard.core.borrow().poll_timeout();
@@ -635,11 +636,19 @@ async fn serve_connection(shard: Rc<Shard>, mut stream: TcpStream, id: u64) {
 struct Fed {
     /// The stream lost framing: close it.
     lost_framing: bool,
-    /// The time now, re-read after each batch the core ran (a batch takes long enough that the
-    /// frames after it reach the core later than the read).
+    /// The clock's last reading: per packet, and after each batch the core ran (a batch takes
+    /// long enough that the frames after it reach the core later than the read).
     now_us: u64,
     /// Whole frames decoded.
     frames: u32,
+}
+
+/// Reports the cost of the batch a core call started at `started_ns` ran, if it ran one: the
+/// call's duration (the core reads no clock).
+fn report_batch_cost(core: &mut Core, ran: Option<BatchRan>, started_ns: u64) {
+    if let Some(ran) = ran {
+        core.record_batch_cost(ran, monotonic_ns().saturating_sub(started_ns));
+    }
 }
 
 /// Decodes frames into the core.
@@ -657,10 +666,17 @@ fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], mut now_us: u64
                 } else {
                     frame.header.key_rotation
                 };
-                let _ = core.handle_packet(now_us, rotation, frame.packet);
-                if core.batched_count() == 0 {
-                    // The batch ran (or the packet was dropped; the clock read is cheap).
-                    now_us = shard.now_us();
+                // Read per packet: its arrival time, and the start of the batch it may complete.
+                let started_ns = monotonic_ns();
+                now_us = started_ns / 1_000;
+                match core.handle_packet(now_us, rotation, frame.packet) {
+                    Admitted::BatchRan(ran) => {
+                        let ended_ns = monotonic_ns();
+                        core.record_batch_cost(ran, ended_ns.saturating_sub(started_ns));
+                        now_us = ended_ns / 1_000;
+                    }
+                    // Counted by the core under its reason.
+                    Admitted::Queued | Admitted::Dropped(_) => {}
                 }
             }
             // Outfox is framed but not processed; skipped frames are malformed.
@@ -707,7 +723,8 @@ async fn timer_loop(
     loop {
         shard.timer_armed_us.set(u64::MAX);
         apply_key_update(&shard, &key_update);
-        let now_us = shard.now_us();
+        let now_ns = monotonic_ns();
+        let now_us = now_ns / 1_000;
         CoreMetrics::set(&shard.metrics.loop_turn_us, now_us);
         if shard.panic_requested.swap(false, Ordering::SeqCst) {
             // The one deliberate panic: what a test of core failure asks for.
@@ -716,7 +733,11 @@ async fn timer_loop(
                 panic!("core panic injected by a test (Runtime::inject_core_panic)");
             }
         }
-        shard.core.borrow_mut().handle_timeout(now_us);
+        {
+            let mut core = shard.core.borrow_mut();
+            let ran = core.handle_timeout(now_us);
+            report_batch_cost(&mut core, ran, now_ns);
+        }
         shard.pump();
         if now_us >= swept_us + INGRESS_SWEEP_US {
             swept_us = now_us;
@@ -733,7 +754,11 @@ async fn timer_loop(
             for fd in shard.ingress.borrow().descriptors() {
                 sock::shutdown_fd(fd);
             }
-            shard.core.borrow_mut().flush_batch(now_us);
+            {
+                let mut core = shard.core.borrow_mut();
+                let ran = core.flush_batch(now_us);
+                report_batch_cost(&mut core, ran, now_ns);
+            }
             shard.pump();
         }
         if let Some(since_us) = stopping_since_us {
