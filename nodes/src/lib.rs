@@ -11,6 +11,7 @@ pub mod keyfile;
 pub mod lock;
 pub mod logging;
 pub mod mixnode;
+pub mod node;
 pub mod ops;
 pub mod prometheus;
 pub mod proto;

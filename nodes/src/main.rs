@@ -179,7 +179,7 @@ enum MixnodeCommand {
         /// filter); `small`: first runs and testnets (~1000 packets/s under 1 h keys, tens of
         /// MB, one core).
         #[arg(long, env = "LETHE_PROFILE", value_enum, default_value_t)]
-        profile: mixnode::config::Profile,
+        profile: lethe_nodes::node::runtime_config::Profile,
     },
     /// Run the node in DIR until SIGTERM/SIGINT.
     Run {
@@ -235,7 +235,7 @@ enum GatewayCommand {
         /// filter); `small`: first runs and testnets (~1000 packets/s under 1 h keys, tens of
         /// MB, one core).
         #[arg(long, env = "LETHE_PROFILE", value_enum, default_value_t)]
-        profile: mixnode::config::Profile,
+        profile: lethe_nodes::node::runtime_config::Profile,
     },
     /// Run the gateway in DIR until SIGTERM/SIGINT.
     Run {

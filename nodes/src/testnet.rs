@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::mixnode::config::Profile;
+use crate::node::runtime_config::Profile;
 
 /// How long one node may take to print its addresses.
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::mixnode::config::{EngineSection, KeysSection, Profile, ReplaySection};
+use crate::node::keys::KeysSection;
+use crate::node::replay::ReplaySection;
+use crate::node::runtime_config::{EngineSection, Profile};
+use crate::node::CONFIG_FILE;
 
-pub use crate::mixnode::config::{resolve, CONFIG_FILE};
 pub const CONFIG_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -322,9 +324,12 @@ mod tests {
         }
         let small: Config = toml::from_str(&text).unwrap();
         assert_eq!(small.profile, Profile::Small);
-        let sizing =
-            crate::mixnode::config::Sizing::of(&small.replay, &small.engine, small.gateway.cores)
-                .unwrap();
+        let sizing = crate::node::runtime_config::Sizing::of(
+            &small.replay,
+            &small.engine,
+            small.gateway.cores,
+        )
+        .unwrap();
         assert!(sizing.replay_filter_bytes < 48 << 20, "{sizing:?}");
         assert!(sizing.pool_bytes_per_core < 12 << 20, "{sizing:?}");
         assert!(sizing.memory_bytes_max() < 128 << 20, "{sizing:?}");
@@ -342,12 +347,12 @@ mod tests {
             let path = lethe_engine::snapshot_path(&dir.join("data"), stale);
             std::fs::write(&path, b"stale").unwrap();
         }
-        let keys = crate::mixnode::load_keys(&dir, &config.keys).unwrap();
+        let keys = crate::node::keys::load_keys(&dir, &config.keys).unwrap();
         assert!(
             keys.secondary.is_none(),
             "the secondary is announced nowhere"
         );
-        let set = crate::mixnode::load_replay(&dir, &config.replay, &keys).unwrap();
+        let set = crate::node::replay::load(&dir, &config.replay, &keys).unwrap();
         assert_eq!(set.rotation_ids().collect::<Vec<_>>(), [1]);
         let params = set.get(1).unwrap().params();
         assert_eq!(params.items_expected, 4_200_000);

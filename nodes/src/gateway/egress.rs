@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::metrics::GatewayMetrics;
-use crate::mixnode::rotation::{self, Schedule};
+use crate::node::rotation::{self, Schedule};
 
 /// Next hops the gateway keeps a queue and connection for (a layer is hundreds of nodes).
 pub const EGRESS_HOPS_MAX: usize = 4_096;

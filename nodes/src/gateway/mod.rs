@@ -26,9 +26,10 @@ use lethe_engine::runtime::{final_hop_channel, EgressConfig, Runtime, RuntimeCon
 use zeroize::Zeroizing;
 
 use crate::keyfile;
-use crate::mixnode::rotation::Schedule;
-use crate::mixnode::{self, engine_config};
-use config::{resolve, Config, CONFIG_FILE};
+use crate::node::rotation::Schedule;
+use crate::node::runtime_config::{self, engine_config, Profile, Sizing};
+use crate::node::{keys, replay, resolve, CONFIG_FILE};
+use config::Config;
 use egress::{Egress, EgressSettings};
 use metrics::GatewayMetrics;
 use sessions::{FirstHops, Registry, SessionSettings, Shared};
@@ -136,7 +137,7 @@ impl RunOverrides {
 
 /// `lethe gateway init`: keys (0600, in a 0700 dir) and the commented config; never
 /// overwrites.
-pub fn init(dir: &Path, profile: crate::mixnode::config::Profile) -> Result<(), String> {
+pub fn init(dir: &Path, profile: Profile) -> Result<(), String> {
     keyfile::create_private_dir(dir)?;
     let config_path = dir.join(CONFIG_FILE);
     if config_path.exists() {
@@ -147,10 +148,9 @@ pub fn init(dir: &Path, profile: crate::mixnode::config::Profile) -> Result<(), 
     }
     let text = config::template(profile);
     let config: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
-    let sizing =
-        crate::mixnode::config::Sizing::of(&config.replay, &config.engine, config.gateway.cores)?;
+    let sizing = Sizing::of(&config.replay, &config.engine, config.gateway.cores)?;
     keyfile::create_private_dir(&resolve(dir, &config.replay.data_dir))?;
-    mixnode::write_keys(dir, &config.keys)?;
+    keys::write_keys(dir, &config.keys)?;
     keyfile::write_new(&config_path, text.as_bytes(), 0o600)?;
     // What clients pin (`client init --gateway`), and the next command, filled in.
     let identity =
@@ -189,7 +189,7 @@ pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
     if g.egress_queue_packets_max == 0 {
         return Err("egress_queue_packets_max must be > 0".into());
     }
-    let frame_bytes_max = mixnode::egress_frame_bytes(&engine, g.egress_queue_packets_max);
+    let frame_bytes_max = runtime_config::egress_frame_bytes(&engine, g.egress_queue_packets_max);
     Ok(RuntimeConfig {
         listen: g.listen_address,
         cores,
@@ -273,12 +273,12 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             config.gateway.announce_client_url.as_deref(),
         )?;
     }
-    let keys = mixnode::load_keys(dir, &config.keys)?;
+    let keys = keys::load_keys(dir, &config.keys)?;
     let identity_seed = keyfile::read_private(&resolve(dir, &config.keys.identity))?;
     let identity = keyfile::ed25519_public(&identity_seed);
     let sphinx_key =
         keyfile::read_public(&resolve(dir, &config.keys.sphinx_primary).with_extension("pub"))?;
-    let replay = mixnode::load_replay(dir, &config.replay, &keys)?;
+    let replay = replay::load(dir, &config.replay, &keys)?;
     let runtime_config = runtime_config(&config)?;
     let g = config.gateway.clone();
 
@@ -347,7 +347,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             client_idle: Duration::from_secs(u64::from(g.client_idle_days).saturating_mul(86_400)),
         },
     )?;
-    mixnode::log_memory(&replay, &runtime_config);
+    runtime_config::log_memory(&replay, &runtime_config);
     let cores = runtime_config.cores;
     let runtime = Runtime::start_with_final_hops(
         runtime_config,
@@ -434,7 +434,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
 
     let data_dir = resolve(dir, &config.replay.data_dir);
     let snapshot_stop = Arc::new(AtomicBool::new(false));
-    let snapshots = mixnode::spawn_snapshots(
+    let snapshots = replay::spawn_snapshots(
         data_dir.clone(),
         Arc::new(std::sync::Mutex::new(replay.clone())),
         config.replay.snapshot_interval_s,
@@ -475,7 +475,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             runtime.shutdown();
             writer_stop.store(true, Ordering::SeqCst);
             let _ = writer.join();
-            if let Err(e) = mixnode::save_replay(&data_dir, &replay) {
+            if let Err(e) = replay::save(&data_dir, &replay) {
                 tracing::error!(error = %e, "replay snapshot at exit failed");
             }
             std::process::exit(crate::supervise::EXIT_ENGINE_FAILED);
@@ -497,9 +497,9 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let _ = writer.join();
     snapshot_stop.store(true, Ordering::SeqCst);
     let _ = snapshots.join();
-    mixnode::save_replay(&data_dir, &replay)?;
+    replay::save(&data_dir, &replay)?;
     tokio.shutdown_timeout(Duration::from_secs(1));
-    mixnode::report(&engine_metrics);
+    runtime_config::report(&engine_metrics);
     tracing::info!(
         stored = GatewayMetrics::get(&metrics.final_hop_stored),
         acks = GatewayMetrics::get(&metrics.acks_forwarded),

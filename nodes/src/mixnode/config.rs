@@ -2,11 +2,15 @@
 //! then overridden by flags and their `LETHE_*` environment twins.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
-pub const CONFIG_FILE: &str = "config.toml";
+use crate::node::keys::KeysSection;
+use crate::node::replay::{self, ReplaySection};
+use crate::node::runtime_config::{EngineSection, Profile};
+use crate::node::CONFIG_FILE;
+
 pub const CONFIG_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -53,145 +57,6 @@ fn ingress_per_ip_max_default() -> u32 {
 
 fn ingress_idle_timeout_s_default() -> u64 {
     lethe_engine::runtime::INGRESS_IDLE_TIMEOUT_MS / 1_000
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EngineSection {
-    pub batch_packets_max: u32,
-    pub batch_flush_us: u64,
-    /// 0 = the SIMD path's X25519 lane count; configs written before it existed get 0.
-    #[serde(default)]
-    pub batch_align_packets: u32,
-    /// Configs written before it existed get the default.
-    #[serde(default = "batch_hold_us_default")]
-    pub batch_hold_us: u64,
-    pub delay_ms_max: u64,
-    pub timer_tick_us: u64,
-    pub timer_entries_max: u32,
-    /// 0 = as many as `pool_memory_bytes` holds.
-    pub pool_buffers_count: u32,
-    /// Memory budget of one core's pool; configs written before it existed get the default.
-    #[serde(default = "pool_memory_bytes_default")]
-    pub pool_memory_bytes: u64,
-    /// Accepted Sphinx sizes (`regular`, `ack`, `ext8`, `ext16`, `ext32`); configs written
-    /// before it existed keep regular + ack, what they accepted then.
-    #[serde(default = "packet_sizes_regular")]
-    pub packet_sizes: Vec<String>,
-}
-
-fn batch_hold_us_default() -> u64 {
-    lethe_engine::limits::BATCH_HOLD_US_DEFAULT
-}
-
-fn pool_memory_bytes_default() -> u64 {
-    lethe_engine::limits::POOL_MEMORY_BYTES_DEFAULT
-}
-
-fn packet_sizes_regular() -> Vec<String> {
-    vec!["regular".into(), "ack".into()]
-}
-
-/// What `init --profile` sizes a node for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Profile {
-    /// A production node: Nym's sizing, ~2000 packets/s under 24 h keys (1.8 GB per replay
-    /// filter), every CPU, 160 MiB of packet buffers per core.
-    #[default]
-    Default,
-    /// First runs and laptop testnets: ~1000 packets/s under 1 h keys (43 MB per replay
-    /// filter), one core, 16 MiB of packet buffers.
-    Small,
-}
-
-impl Profile {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Profile::Default => "default",
-            Profile::Small => "small",
-        }
-    }
-}
-
-impl std::fmt::Display for Profile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplaySection {
-    /// Packets (replay tags) one filter holds at `fp_rate`: packets/s × key lifetime. Configs
-    /// written before it existed size from `packets_per_s × key_lifetime_s`, and the
-    /// `--replay-packets-per-s` / `--replay-key-lifetime-s` flags clear it to do the same.
-    #[serde(default)]
-    pub capacity_packets: Option<u64>,
-    /// Legacy sizing inputs (see `capacity_packets`); Nym's values when absent.
-    #[serde(default = "replay_packets_per_s_default")]
-    pub packets_per_s: u64,
-    #[serde(default = "replay_key_lifetime_s_default")]
-    pub key_lifetime_s: u64,
-    pub fp_rate: f64,
-    pub snapshot_interval_s: u64,
-    pub data_dir: PathBuf,
-}
-
-fn replay_packets_per_s_default() -> u64 {
-    lethe_engine::limits::REPLAY_PACKETS_PER_S_DEFAULT
-}
-
-fn replay_key_lifetime_s_default() -> u64 {
-    lethe_engine::limits::REPLAY_KEY_LIFETIME_S
-}
-
-impl ReplaySection {
-    /// Tags one filter is sized for: `capacity_packets`, else `packets_per_s × key_lifetime_s`.
-    pub fn capacity_packets(&self) -> u64 {
-        self.capacity_packets
-            .unwrap_or_else(|| self.packets_per_s.saturating_mul(self.key_lifetime_s))
-    }
-
-    /// One filter's geometry, or why the sizing is refused (out of range, too large).
-    pub fn params(&self) -> Result<lethe_engine::ReplayParams, String> {
-        lethe_engine::ReplayParams::for_capacity(self.capacity_packets(), self.fp_rate)
-            .map_err(|e| format!("replay: {e}"))
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KeysSection {
-    pub identity: PathBuf,
-    pub sphinx_primary: PathBuf,
-    pub sphinx_secondary: PathBuf,
-    /// Rotation ids of the two `init` keys: read by the gateway (its template has them). The
-    /// mixnode derives its ids from the clock (`rotation`), no longer writes these and ignores
-    /// them, with a warning, in configs written before.
-    #[serde(default = "primary_rotation_id_default")]
-    pub primary_rotation_id: u32,
-    #[serde(default)]
-    pub secondary_rotation_id: u32,
-    /// Scheduled rotation (mixnode): a new key at every multiple of the interval since the
-    /// Unix epoch (the network-wide rotation id is unix time / interval), the old one kept for
-    /// the overlap. 0 = never. Configs written before it existed get Nym's 24 h + 1 h.
-    #[serde(default = "rotation_interval_s_default")]
-    pub rotation_interval_s: u64,
-    #[serde(default = "rotation_overlap_s_default")]
-    pub rotation_overlap_s: u64,
-}
-
-fn primary_rotation_id_default() -> u32 {
-    1
-}
-
-fn rotation_interval_s_default() -> u64 {
-    super::rotation::ROTATION_INTERVAL_S_DEFAULT
-}
-
-fn rotation_overlap_s_default() -> u64 {
-    super::rotation::ROTATION_OVERLAP_S_DEFAULT
 }
 
 /// The file `init` writes: every key with its meaning and default.
@@ -322,92 +187,12 @@ impl Config {
                 config.version
             ));
         }
-        check_replay_keys(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        replay::check_keys(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         config
             .replay
             .params()
             .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
-    }
-}
-
-impl ReplaySection {
-    /// The run flags: `--replay-packets-per-s` / `--replay-key-lifetime-s` size from their
-    /// product (clearing `capacity_packets`), `--replay-capacity-packets` wins over both.
-    pub fn apply_flags(
-        &mut self,
-        packets_per_s: Option<u64>,
-        key_lifetime_s: Option<u64>,
-        capacity_packets: Option<u64>,
-    ) {
-        if packets_per_s.is_some() || key_lifetime_s.is_some() {
-            self.capacity_packets = None;
-        }
-        self.packets_per_s = packets_per_s.unwrap_or(self.packets_per_s);
-        self.key_lifetime_s = key_lifetime_s.unwrap_or(self.key_lifetime_s);
-        if capacity_packets.is_some() {
-            self.capacity_packets = capacity_packets;
-        }
-    }
-}
-
-/// What a config implies in memory and on disk; `init` prints it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Sizing {
-    pub replay_filter_bytes: u64,
-    pub pool_bytes_per_core: u64,
-    pub cores: u32,
-}
-
-impl Sizing {
-    /// `cores` as configured (0 = every CPU of this machine).
-    pub fn of(
-        replay: &ReplaySection,
-        engine: &EngineSection,
-        cores: u32,
-    ) -> Result<Sizing, String> {
-        let replay_filter_bytes = replay.params()?.bytes();
-        let engine = super::engine_config(engine)?;
-        let cores = match cores {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-            n => n,
-        };
-        Ok(Sizing {
-            replay_filter_bytes,
-            pool_bytes_per_core: u64::from(engine.pool_buffers_count)
-                * u64::from(engine.pool_buffer_bytes),
-            cores,
-        })
-    }
-
-    /// The most it holds: two replay filters (a rotation's overlap) and every pool buffer in
-    /// use on every core. Steady state is one filter and the buffers traffic touched.
-    pub fn memory_bytes_max(&self) -> u64 {
-        self.replay_filter_bytes.saturating_mul(2).saturating_add(
-            self.pool_bytes_per_core
-                .saturating_mul(u64::from(self.cores)),
-        )
-    }
-
-    /// `profile=`, `replay_filter_bytes=`, `memory_bytes_max=` on stdout (with `init`'s other
-    /// `key=value` lines), and what they mean on stderr.
-    pub fn print(&self, profile: Profile, snapshot_interval_s: u64) {
-        let mb = |b: u64| b.div_ceil(1_000_000);
-        println!("profile={profile}");
-        println!("replay_filter_bytes={}", self.replay_filter_bytes);
-        println!("memory_bytes_max={}", self.memory_bytes_max());
-        eprintln!(
-            "profile {profile}: replay filter {} MB per live Sphinx key (two during a \
-             rotation's overlap), packet buffers up to {} MB per core x {} core(s): {} MB at \
-             first, up to {} MB. On disk: one {} MB snapshot per live key in the data \
-             directory, rewritten every {snapshot_interval_s} s if packets arrived, and at stop.",
-            mb(self.replay_filter_bytes),
-            mb(self.pool_bytes_per_core),
-            self.cores,
-            mb(self.replay_filter_bytes),
-            mb(self.memory_bytes_max()),
-            mb(self.replay_filter_bytes),
-        );
     }
 }
 
@@ -443,24 +228,6 @@ pub fn template(profile: Profile) -> String {
     }
 }
 
-/// `capacity_packets` and the legacy `packets_per_s` / `key_lifetime_s` in one file would
-/// leave the reader guessing which one sizes the filter.
-fn check_replay_keys(text: &str) -> Result<(), String> {
-    let Ok(table) = toml::from_str::<toml::Table>(text) else {
-        return Ok(());
-    };
-    let replay = table.get("replay").and_then(toml::Value::as_table);
-    let has = |key: &str| replay.is_some_and(|t| t.contains_key(key));
-    if has("capacity_packets") && (has("packets_per_s") || has("key_lifetime_s")) {
-        return Err(
-            "replay: set capacity_packets (= packets/s x key lifetime in s) or the \
-                    older packets_per_s and key_lifetime_s, not both"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
 /// Keys of configs written before rotation ids were network-wide: accepted, ignored.
 fn ignored_keys(text: &str) -> Vec<&'static str> {
     let Ok(table) = toml::from_str::<toml::Table>(text) else {
@@ -471,15 +238,6 @@ fn ignored_keys(text: &str) -> Vec<&'static str> {
         .into_iter()
         .filter(|k| keys.is_some_and(|t| t.contains_key(*k)))
         .collect()
-}
-
-/// `path` if absolute, else relative to the node directory.
-pub fn resolve(dir: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        dir.join(path)
-    }
 }
 
 #[cfg(test)]

@@ -2,25 +2,24 @@
 //! the metrics endpoint and replay-filter persistence, and shuts down on SIGTERM/SIGINT.
 
 pub mod config;
-pub mod rotation;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use lethe_crypto::framing::{FramingVersion, FRAME_MAX_LEN, HEADER_MAX_LEN};
-use lethe_engine::core::{NodeKeys, SphinxKey};
-use lethe_engine::limits::{pool_buffers_for, PacketSizes, PACKET_BYTES_DEFAULT};
-use lethe_engine::metrics::{CoreMetrics, DropReason};
+use lethe_crypto::framing::FramingVersion;
+use lethe_engine::core::NodeKeys;
 use lethe_engine::runtime::{EgressConfig, IngressLimits, Runtime, RuntimeConfig};
-use lethe_engine::{snapshot_path, EngineConfig, ReplayConfig, ReplayFilter, ReplayFilterSet};
-use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::keyfile;
+use crate::node::runtime_config::{
+    egress_frame_bytes, engine_config, log_memory, report, Profile, Sizing,
+};
+use crate::node::{keys, replay, resolve, rotation, CONFIG_FILE};
 use crate::topology::Role;
-use config::{resolve, Config, EngineSection, KeysSection, ReplaySection, CONFIG_FILE};
+use config::Config;
 
 /// Flags of `lethe mixnode run`; each overrides `config.toml` and has a `LETHE_*` twin.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -148,7 +147,7 @@ impl RunOverrides {
 
 /// `lethe mixnode init`: keys (0600, in a 0700 dir) and the commented config; never
 /// overwrites.
-pub fn init(dir: &Path, profile: config::Profile) -> Result<(), String> {
+pub fn init(dir: &Path, profile: Profile) -> Result<(), String> {
     keyfile::create_private_dir(dir)?;
     let config_path = dir.join(CONFIG_FILE);
     if config_path.exists() {
@@ -160,9 +159,9 @@ pub fn init(dir: &Path, profile: config::Profile) -> Result<(), String> {
     let text = config::template(profile);
     let config: Config = toml::from_str(&text).map_err(|e| e.to_string())?;
     // What the profile implies, before anything is written (a sizing error writes nothing).
-    let sizing = config::Sizing::of(&config.replay, &config.engine, config.mixnode.cores)?;
+    let sizing = Sizing::of(&config.replay, &config.engine, config.mixnode.cores)?;
     keyfile::create_private_dir(&resolve(dir, &config.replay.data_dir))?;
-    write_keys(dir, &config.keys)?;
+    keys::write_keys(dir, &config.keys)?;
     keyfile::write_new(&config_path, text.as_bytes(), 0o600)?;
     // The keys an operator hands to others (the identity names the node in the directory,
     // the Sphinx key is what clients encrypt to) and the next command, filled in.
@@ -185,202 +184,6 @@ pub fn init(dir: &Path, profile: config::Profile) -> Result<(), String> {
         port = config.mixnode.listen_address.port(),
     );
     Ok(())
-}
-
-/// Writes a new ed25519 identity and the two x25519 Sphinx keys (shared with the gateway).
-pub(crate) fn write_keys(dir: &Path, keys: &KeysSection) -> Result<(), String> {
-    let identity_path = resolve(dir, &keys.identity);
-    if let Some(parent) = identity_path.parent() {
-        keyfile::create_private_dir(parent)?;
-    }
-    let identity = keyfile::random_32()?;
-    keyfile::write_key_pair(
-        &identity_path,
-        &identity,
-        &keyfile::ed25519_public(&identity),
-    )?;
-    for path in [&keys.sphinx_primary, &keys.sphinx_secondary] {
-        let secret = StaticSecret::from(*keyfile::random_32()?);
-        let public = PublicKey::from(&secret).to_bytes();
-        keyfile::write_key_pair(&resolve(dir, path), secret.as_bytes(), &public)?;
-    }
-    Ok(())
-}
-
-pub(crate) fn load_keys(dir: &Path, keys: &KeysSection) -> Result<NodeKeys, String> {
-    let read = |path: &PathBuf| -> Result<StaticSecret, String> {
-        Ok(StaticSecret::from(*keyfile::read_private(&resolve(
-            dir, path,
-        ))?))
-    };
-    // The identity key is not used by the data plane yet; check it is there and private.
-    keyfile::read_private(&resolve(dir, &keys.identity))?;
-    // The primary only: it is the key the gateway announces and clients encrypt to. The
-    // secondary `init` writes is announced nowhere, so no packet can be built for it; loading
-    // it cost a second replay filter (1.8 GB by default, and its snapshot file) for nothing.
-    let primary = SphinxKey::new(keys.primary_rotation_id, read(&keys.sphinx_primary)?);
-    Ok(NodeKeys::new(primary, None))
-}
-
-/// One filter per live key: the snapshot if there is one, else a fresh filter.
-pub(crate) fn load_replay(
-    dir: &Path,
-    replay: &ReplaySection,
-    keys: &NodeKeys,
-) -> Result<ReplayFilterSet, String> {
-    let data_dir = resolve(dir, &replay.data_dir);
-    let params = replay.params()?;
-    let mut set = ReplayFilterSet::default();
-    let ids = [
-        Some(keys.primary.rotation_id),
-        keys.secondary.as_ref().map(|k| k.rotation_id),
-    ];
-    for id in ids.into_iter().flatten() {
-        let path = snapshot_path(&data_dir, id);
-        let filter = if path.exists() {
-            let filter =
-                ReplayFilter::load(&path, id).map_err(|e| format!("{}: {e}", path.display()))?;
-            tracing::info!(rotation = id, file = %path.display(), "replay filter loaded");
-            filter
-        } else {
-            let filter = ReplayFilter::try_new(id, params)
-                .map_err(|_| format!("replay: cannot allocate {} bytes", params.bytes()))?;
-            tracing::info!(
-                rotation = id,
-                bytes = params.bytes(),
-                capacity_packets = replay.capacity_packets(),
-                fp_rate = replay.fp_rate,
-                "replay filter allocated"
-            );
-            filter
-        };
-        set.insert(Arc::new(filter))
-            .map_err(|e| format!("replay: {e:?}"))?;
-    }
-    remove_stale_snapshots(&data_dir, &set);
-    for filter in set.rotation_ids().filter_map(|id| set.get(id)) {
-        check_fill(filter);
-    }
-    Ok(set)
-}
-
-/// Warns when a filter holds more than it was sized for: its false-positive rate (fresh
-/// packets dropped as replays) is then above the target. Estimated from the fraction of bits
-/// set: a fresh tag is a false positive when its `k` bits are all set, about `fill^k` (each
-/// tag's bits lie in one word; uneven words make it a slight underestimate). Reads the whole
-/// filter: called at start and after a snapshot, on the snapshot thread.
-fn check_fill(filter: &ReplayFilter) -> f64 {
-    let params = filter.params();
-    let fill = filter.fill_ratio();
-    let fp_estimate = fill.powi(params.hash_count as i32);
-    let fp_target = params.false_positive_rate();
-    if fp_estimate > fp_target {
-        tracing::warn!(
-            rotation = filter.rotation_id(),
-            fill_ratio = fill,
-            fp_estimate,
-            fp_target,
-            capacity_packets = params.items_expected,
-            "replay filter past its capacity: fresh packets are dropped as replays more often \
-             than its false-positive target; raise replay.capacity_packets (packets/s x key \
-             lifetime) or rotate the key"
-        );
-    }
-    fp_estimate
-}
-
-/// Deletes snapshots in `data_dir` of rotations that are not live: a key no longer accepted
-/// needs no filter, and each file is a filter's size (1.8 GB by default). They are left by a
-/// stop between a rotation's steps, and by gateways before they dropped their unused
-/// secondary key's filter.
-fn remove_stale_snapshots(data_dir: &Path, set: &ReplayFilterSet) {
-    let Ok(entries) = std::fs::read_dir(data_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let id = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("replay-rot-"))
-            .and_then(|n| n.strip_suffix(".bin"))
-            .and_then(|n| n.parse::<lethe_engine::replay::RotationId>().ok());
-        let Some(id) = id else { continue };
-        if set.get(id).is_some() {
-            continue;
-        }
-        let path = entry.path();
-        let bytes = entry.metadata().map_or(0, |m| m.len());
-        match std::fs::remove_file(&path) {
-            Ok(()) => tracing::info!(
-                rotation = id,
-                file = %path.display(),
-                bytes,
-                "replay snapshot of a rotation no longer live removed"
-            ),
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot remove stale replay snapshot")
-            }
-        }
-    }
-}
-
-/// Snapshots each live filter that took a new tag since its last snapshot (see
-/// `ReplayFilter::save_if_changed`), logging the file, its size and the time it took.
-pub(crate) fn save_replay(data_dir: &Path, set: &ReplayFilterSet) -> Result<(), String> {
-    for id in set.rotation_ids() {
-        if let Some(filter) = set.get(id) {
-            let path = snapshot_path(data_dir, id);
-            let started = Instant::now();
-            let written = filter
-                .save_if_changed(&path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if written {
-                let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let fp_estimate = check_fill(filter);
-                tracing::info!(
-                    rotation = id,
-                    file = %path.display(),
-                    bytes = filter.snapshot_bytes(),
-                    duration_ms,
-                    fp_estimate,
-                    "replay snapshot written"
-                );
-            } else {
-                tracing::debug!(
-                    rotation = id,
-                    file = %path.display(),
-                    "replay snapshot not rewritten: no packet accepted since the last"
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Logs what a node allocates at start: the replay filters (live now; one more during a
-/// rotation's overlap) and, per core, the packet pool (reserved; pages are touched as
-/// buffers are first used) and the io_uring memory.
-pub(crate) fn log_memory(set: &ReplayFilterSet, runtime: &RuntimeConfig) {
-    let filters: Vec<_> = set.rotation_ids().filter_map(|id| set.get(id)).collect();
-    let replay_bytes: u64 = filters.iter().map(|f| f.params().bytes()).sum();
-    let e = &runtime.engine;
-    let pool_bytes = u64::from(e.pool_buffers_count) * u64::from(e.pool_buffer_bytes);
-    tracing::info!(
-        replay_filters = filters.len(),
-        replay_filter_bytes = filters.first().map_or(0, |f| f.params().bytes()),
-        replay_bytes,
-        cores = runtime.cores,
-        pool_packets_per_core = e.pool_buffers_count,
-        pool_bytes_per_core = pool_bytes,
-        io_memory_bytes_per_core = runtime.io_memory_bytes,
-        timer_entries_per_core = e.timer_entries_max,
-        total_bytes_max = replay_bytes.saturating_add(
-            pool_bytes
-                .saturating_add(runtime.io_memory_bytes as u64)
-                .saturating_mul(u64::from(runtime.cores))
-        ),
-        "memory allocated"
-    );
 }
 
 pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
@@ -451,58 +254,6 @@ fn ingress_limits(m: &config::MixnodeSection) -> Result<IngressLimits, String> {
     Ok(limits)
 }
 
-/// Bytes budgeted per queued egress frame. A next hop's queue holds at most
-/// `queue_packets_max` frames and `queue_packets_max × this` bytes (twice: the queue and the
-/// writer's spare). The budget stays one regular frame's buffer (2560 B), as before larger
-/// sizes existed, so enabling ext8 does not multiply the per-hop memory: larger frames count
-/// against the byte budget by their size. Raised only if the queue could not hold one frame
-/// of the largest enabled size.
-pub(crate) fn egress_frame_bytes(engine: &EngineConfig, queue_packets_max: u32) -> u32 {
-    assert!(queue_packets_max > 0);
-    let frame_len_max = engine.packet_sizes.packet_len_max() + HEADER_MAX_LEN;
-    assert!(frame_len_max <= FRAME_MAX_LEN);
-    let per_frame = (frame_len_max as u32).div_ceil(queue_packets_max);
-    let bytes = per_frame.max(PACKET_BYTES_DEFAULT);
-    assert!(u64::from(bytes) * u64::from(queue_packets_max) >= frame_len_max as u64);
-    bytes
-}
-
-/// The engine's configuration from the `[engine]` section (shared with the gateway). Buffers
-/// are sized for the largest accepted packet; their count comes from the memory budget unless
-/// set explicitly, and an explicit count must fit the budget.
-pub(crate) fn engine_config(e: &EngineSection) -> Result<EngineConfig, String> {
-    let packet_sizes =
-        PacketSizes::parse_list(&e.packet_sizes).map_err(|m| format!("engine: {m}"))?;
-    let buffer_bytes = packet_sizes.buffer_bytes();
-    let budget_count = pool_buffers_for(e.pool_memory_bytes, buffer_bytes);
-    let pool_buffers_count = match e.pool_buffers_count {
-        0 => budget_count,
-        n if n <= budget_count => n,
-        n => {
-            return Err(format!(
-                "engine: pool_buffers_count = {n} buffers of {buffer_bytes} B (sizes \
-                 {packet_sizes}) exceed pool_memory_bytes = {}; at most {budget_count}",
-                e.pool_memory_bytes
-            ))
-        }
-    };
-    let engine = EngineConfig {
-        timer_tick_us: e.timer_tick_us,
-        timer_delay_ms_max: e.delay_ms_max,
-        timer_entries_max: e.timer_entries_max,
-        pool_buffers_count,
-        pool_buffer_bytes: buffer_bytes,
-        packet_sizes,
-        batch_packets_max: e.batch_packets_max,
-        batch_flush_us: e.batch_flush_us,
-        batch_align_packets: e.batch_align_packets,
-        batch_hold_us: e.batch_hold_us,
-        replay: ReplayConfig::default(),
-    };
-    engine.validate().map_err(|e| format!("engine: {e}"))?;
-    Ok(engine)
-}
-
 /// Locks the state a mixnode writes, which its config may put outside its directory (where
 /// another node's config could point too): the replay snapshots and the keys directory
 /// (rotated keys and the rotation state).
@@ -536,7 +287,8 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     if let Some(url) = &overrides.announce.directory {
         check_announce(url, &overrides.announce, config.mixnode.listen_address)?;
     }
-    let mut rotation = rotation::Rotation::start(dir, &config, rotation::now_ms())?;
+    let mut rotation =
+        rotation::Rotation::start(dir, &config.keys, &config.replay, rotation::now_ms())?;
     let runtime_config = runtime_config(&config)?;
     log_memory(&rotation.replay_set(), &runtime_config);
     let cores = runtime_config.cores;
@@ -558,7 +310,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     )?;
     let data_dir = resolve(dir, &config.replay.data_dir);
     let stop = Arc::new(AtomicBool::new(false));
-    let snapshots = spawn_snapshots(
+    let snapshots = replay::spawn_snapshots(
         data_dir.clone(),
         rotation.replay().clone(),
         config.replay.snapshot_interval_s,
@@ -600,7 +352,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
                 announcer.stop();
             }
             runtime.shutdown();
-            if let Err(e) = save_replay_locked(&data_dir, rotation.replay()) {
+            if let Err(e) = replay::save_locked(&data_dir, rotation.replay()) {
                 tracing::error!(error = %e, "replay snapshot at exit failed");
             }
             report(&metrics);
@@ -621,7 +373,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let joined = runtime.join();
     stop.store(true, Ordering::SeqCst);
     let _ = snapshots.join();
-    save_replay_locked(&data_dir, rotation.replay())?;
+    replay::save_locked(&data_dir, rotation.replay())?;
     report(&metrics);
     joined
 }
@@ -774,91 +526,4 @@ fn start_announcer(
         status.registration.clone(),
     )
     .map_err(|e| format!("announcer: {e}"))
-}
-
-/// Saves the live filters under the set's lock (rotation changes the set under it too).
-pub(crate) fn save_replay_locked(
-    data_dir: &Path,
-    replay: &Mutex<ReplayFilterSet>,
-) -> Result<(), String> {
-    let set = replay.lock().map_err(|_| "replay set lock poisoned")?;
-    save_replay(data_dir, &set)
-}
-
-pub(crate) fn spawn_snapshots(
-    data_dir: PathBuf,
-    replay: Arc<Mutex<ReplayFilterSet>>,
-    interval_s: u64,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let interval = Duration::from_secs(interval_s.max(1));
-        let mut last = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
-            if last.elapsed() >= interval {
-                if let Err(e) = save_replay_locked(&data_dir, &replay) {
-                    tracing::error!(error = %e, "replay snapshot failed");
-                }
-                last = Instant::now();
-            }
-        }
-    })
-}
-
-pub(crate) fn report(metrics: &[Arc<CoreMetrics>]) {
-    let sum = |f: &dyn Fn(&CoreMetrics) -> u64| metrics.iter().map(|m| f(m)).sum::<u64>();
-    tracing::info!(
-        received = sum(&|m| CoreMetrics::get(&m.packets_received)),
-        forwarded = sum(&|m| CoreMetrics::get(&m.packets_forwarded)),
-        sent = sum(&|m| CoreMetrics::get(&m.packets_sent)),
-        "engine stopped"
-    );
-    for reason in DropReason::ALL {
-        let count = sum(&|m| m.dropped_count(reason));
-        if count > 0 {
-            tracing::info!(reason = reason.label(), count, "engine dropped packets");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn section() -> EngineSection {
-        let config: Config = toml::from_str(config::TEMPLATE).unwrap();
-        config.engine
-    }
-
-    #[test]
-    fn pool_is_sized_from_the_largest_size_and_the_memory_budget() {
-        let engine = engine_config(&section()).unwrap();
-        assert_eq!(engine.packet_sizes, PacketSizes::MIXNODE_DEFAULT);
-        assert_eq!(engine.pool_buffer_bytes, 8_576);
-        assert_eq!(engine.pool_buffers_count, 19_562);
-        let mut regular = section();
-        regular.packet_sizes = vec!["regular".into(), "ack".into()];
-        let engine = engine_config(&regular).unwrap();
-        assert_eq!(engine.pool_buffers_count, 68_985);
-        let mut explicit = section();
-        explicit.pool_buffers_count = 19_563; // one more than the budget holds
-        assert!(engine_config(&explicit).is_err());
-        explicit.pool_buffers_count = 1_000;
-        assert_eq!(engine_config(&explicit).unwrap().pool_buffers_count, 1_000);
-        let mut bad = section();
-        bad.packet_sizes = vec!["outfox".into()];
-        assert!(engine_config(&bad).is_err());
-    }
-
-    #[test]
-    fn egress_byte_budget_stays_regular_unless_one_frame_would_not_fit() {
-        let mut all = section();
-        all.packet_sizes = vec!["regular".into(), "ext32".into()];
-        let engine = engine_config(&all).unwrap();
-        assert_eq!(egress_frame_bytes(&engine, 2_000), PACKET_BYTES_DEFAULT);
-        // A one-packet queue must still hold one ext32 frame (33133 + 4 bytes).
-        assert_eq!(egress_frame_bytes(&engine, 1), 33_137);
-        assert_eq!(egress_frame_bytes(&engine, 4), 8_285);
-    }
 }

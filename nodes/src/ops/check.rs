@@ -26,8 +26,10 @@ use crate::gateway::registration;
 use crate::issuer::files::{read_issuer_key, read_verification_key};
 use crate::issuer::IssuerRunArgs;
 use crate::keyfile;
-use crate::mixnode::config::{resolve, Config as MixnodeConfig, ReplaySection, CONFIG_FILE};
-use crate::mixnode::rotation::{self, now_ms, Schedule};
+use crate::mixnode::config::Config as MixnodeConfig;
+use crate::node::replay::ReplaySection;
+use crate::node::rotation::{now_ms, Schedule};
+use crate::node::{keys, resolve, CONFIG_FILE};
 
 /// Live replay filters at most: a mixnode's two keys during a rotation's overlap; a gateway's
 /// one. A rewrite adds a temporary copy of one filter.
@@ -390,7 +392,7 @@ pub fn mixnode(dir: &Path, overrides: &crate::mixnode::RunOverrides) -> Result<(
     writable(
         &mut checks,
         "keys directory writable (rotation)",
-        &rotation::keys_dir(dir, &config.keys),
+        &keys::keys_dir(dir, &config.keys),
     );
     let m = &config.mixnode;
     port(&mut checks, "mixnet listen port", m.listen_address, pid);

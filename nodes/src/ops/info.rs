@@ -17,8 +17,9 @@ use crate::gateway::registration;
 use crate::issuer::files::read_issuer_key;
 use crate::issuer::IssuerRunArgs;
 use crate::keyfile;
-use crate::mixnode::config::{resolve, Config as MixnodeConfig, CONFIG_FILE};
-use crate::mixnode::rotation::now_ms;
+use crate::mixnode::config::Config as MixnodeConfig;
+use crate::node::rotation::now_ms;
+use crate::node::{resolve, CONFIG_FILE};
 
 /// Fields in the order they are printed.
 type Fields = Vec<(&'static str, Value)>;

@@ -17,8 +17,9 @@ use lethe_engine::replay::RotationId;
 use serde_json::Value;
 
 use crate::keyfile;
-use crate::mixnode::config::{resolve, KeysSection};
-use crate::mixnode::rotation::{self, Schedule};
+use crate::node::keys::{self, KeysSection};
+use crate::node::resolve;
+use crate::node::rotation::{self, Schedule};
 
 /// The version `lethe` was built as, and the git commit (see `nodes/build.rs`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -98,7 +99,7 @@ pub fn mixnode_live_keys(
     let mut live = vec![LiveKey {
         slot: "primary",
         rotation_id: id,
-        private: rotation::key_file(dir, keys, id),
+        private: keys::key_file(dir, keys, id),
         rotates_ms: rotates(id),
         expires_ms: expires(id),
         note: None,
@@ -107,7 +108,7 @@ pub fn mixnode_live_keys(
         live.push(LiveKey {
             slot: "secondary",
             rotation_id: id,
-            private: rotation::key_file(dir, keys, id),
+            private: keys::key_file(dir, keys, id),
             rotates_ms: None,
             expires_ms: Some(until),
             note: None,

@@ -37,14 +37,12 @@ use lethe_engine::{snapshot_path, ReplayFilter, ReplayFilterSet, ReplayParams};
 use serde::Deserialize;
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use super::config::{resolve, Config, KeysSection, ReplaySection};
+use super::keys::{key_file, keys_dir, read_key, rotation_key_path, KeysSection};
+use super::replay::ReplaySection;
+use super::resolve;
 use crate::keyfile;
 
 pub const STATE_FILE: &str = "sphinx_rotation.toml";
-
-/// Nym: a key is valid for 24 epochs of 1 h, plus one epoch of overlap.
-pub const ROTATION_INTERVAL_S_DEFAULT: u64 = 24 * 3_600;
-pub const ROTATION_OVERLAP_S_DEFAULT: u64 = 3_600;
 
 /// The rotation id of the `init` key when scheduled rotation is disabled (interval 0).
 pub const UNSCHEDULED_ROTATION_ID: RotationId = 1;
@@ -207,33 +205,6 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-pub(crate) fn keys_dir(dir: &Path, keys: &KeysSection) -> PathBuf {
-    let primary = resolve(dir, &keys.sphinx_primary);
-    primary
-        .parent()
-        .map_or_else(|| dir.to_path_buf(), Path::to_path_buf)
-}
-
-/// Where rotation `id`'s private key is written.
-pub fn rotation_key_path(dir: &Path, keys: &KeysSection, id: RotationId) -> PathBuf {
-    keys_dir(dir, keys).join(format!("x25519_sphinx_rot-{id}"))
-}
-
-/// Where rotation `id`'s private key is read: its own file, else the primary key `init` wrote
-/// (the one adopted at the first start has no file of its own).
-pub(crate) fn key_file(dir: &Path, keys: &KeysSection, id: RotationId) -> PathBuf {
-    let own = rotation_key_path(dir, keys, id);
-    if own.exists() {
-        return own;
-    }
-    resolve(dir, &keys.sphinx_primary)
-}
-
-fn read_key(dir: &Path, keys: &KeysSection, id: RotationId) -> Result<SphinxKey, String> {
-    let secret = keyfile::read_private(&key_file(dir, keys, id))?;
-    Ok(SphinxKey::new(id, StaticSecret::from(*secret)))
-}
-
 fn save_state(dir: &Path, keys: &KeysSection, state: &State) -> Result<(), String> {
     let path = keys_dir(dir, keys).join(STATE_FILE);
     keyfile::write_atomic(&path, state.render().as_bytes(), 0o600)
@@ -317,12 +288,7 @@ impl Rotation {
     /// Loads the live keys and filters (both of each mid-overlap), then catches up with the
     /// clock before any core starts: an overlap that ended while the node was down is closed,
     /// a primary of a past epoch is rotated.
-    pub fn start(dir: &Path, config: &Config, now_ms: u64) -> Result<Rotation, String> {
-        Self::start_with(dir, &config.keys, &config.replay, now_ms)
-    }
-
-    /// `start` for any node with the mixnode's `[keys]` and `[replay]` sections.
-    pub fn start_with(
+    pub fn start(
         dir: &Path,
         keys: &KeysSection,
         replay: &ReplaySection,
@@ -367,7 +333,7 @@ impl Rotation {
                  target; to size a small filter, set replay.capacity_packets instead"
             );
         }
-        let replay = super::load_replay(dir, &config.replay, &keys)?;
+        let replay = super::replay::load(dir, &config.replay, &keys)?;
         let params = config.replay.params()?;
         let mut rotation = Rotation {
             dir: dir.to_path_buf(),
@@ -599,6 +565,8 @@ impl Rotation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mixnode::config::{Config, TEMPLATE};
+    use crate::node::keys::{ROTATION_INTERVAL_S_DEFAULT, ROTATION_OVERLAP_S_DEFAULT};
 
     #[test]
     fn state_round_trips_with_and_without_a_secondary() {
@@ -777,7 +745,7 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("lethe-rotation-unit-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        super::super::init(&dir, super::super::config::Profile::Small).unwrap();
+        crate::mixnode::init(&dir, crate::node::runtime_config::Profile::Small).unwrap();
         let mut config = Config::load(&dir).unwrap();
         config.keys.rotation_interval_s = 8;
         config.keys.rotation_overlap_s = 3;
@@ -791,7 +759,7 @@ mod tests {
         let s = Schedule::from_keys(&config.keys).unwrap();
         let init_key = keyfile::read_private(&dir.join("keys/x25519_sphinx_primary")).unwrap();
         let t0 = s.starts_ms(100) + 5_000;
-        let first = Rotation::start(&dir, &config, t0).unwrap();
+        let first = Rotation::start(&dir, &config.keys, &config.replay, t0).unwrap();
         assert_eq!(
             first.state(),
             &State {
@@ -802,13 +770,13 @@ mod tests {
         assert_eq!(first.keys().primary.secret.to_bytes(), *init_key);
         drop(first);
         // Same epoch: unchanged.
-        let same = Rotation::start(&dir, &config, t0 + 2_000).unwrap();
+        let same = Rotation::start(&dir, &config.keys, &config.replay, t0 + 2_000).unwrap();
         assert_eq!(same.state().primary_rotation_id, 100);
         assert!(same.keys().secondary.is_none());
         drop(same);
         // Next epoch, inside the overlap: rotated at once, the init key kept as secondary.
         let t1 = s.starts_ms(101) + 1_000;
-        let next = Rotation::start(&dir, &config, t1).unwrap();
+        let next = Rotation::start(&dir, &config.keys, &config.replay, t1).unwrap();
         assert_eq!(
             next.state(),
             &State {
@@ -825,14 +793,14 @@ mod tests {
         assert_eq!(next.replay_set().rotation_ids().count(), 2);
         drop(next);
         // The clock went back two epochs: kept as is.
-        let behind = Rotation::start(&dir, &config, s.starts_ms(99)).unwrap();
+        let behind = Rotation::start(&dir, &config.keys, &config.replay, s.starts_ms(99)).unwrap();
         assert_eq!(behind.state().primary_rotation_id, 101);
         assert_eq!(behind.state().secondary_rotation_id, Some(100));
         drop(behind);
         // Three epochs later: the overlap ended while down, then rotated to the current
         // epoch with the old key (past its overlap) dropped, files included.
         let t4 = s.starts_ms(104) + 500;
-        let late = Rotation::start(&dir, &config, t4).unwrap();
+        let late = Rotation::start(&dir, &config.keys, &config.replay, t4).unwrap();
         assert_eq!(
             late.state(),
             &State {
@@ -854,7 +822,7 @@ mod tests {
         daily.keys.rotation_overlap_s = 3_600;
         let day = Schedule::from_keys(&daily.keys).unwrap().epoch(t4).unwrap();
         assert!(day < 104);
-        let renumbered = Rotation::start(&dir, &daily, t4).unwrap();
+        let renumbered = Rotation::start(&dir, &daily.keys, &daily.replay, t4).unwrap();
         assert_eq!(
             renumbered.state(),
             &State {
@@ -869,7 +837,7 @@ mod tests {
         );
         assert!(!dir.join("keys/x25519_sphinx_rot-104").exists());
         drop(renumbered);
-        let again = Rotation::start(&dir, &daily, t4 + 1_000).unwrap();
+        let again = Rotation::start(&dir, &daily.keys, &daily.replay, t4 + 1_000).unwrap();
         assert_eq!(again.state().primary_rotation_id, day);
         drop(again);
         let _ = std::fs::remove_dir_all(&dir);
@@ -877,8 +845,7 @@ mod tests {
 
     #[test]
     fn overlap_must_be_shorter_than_the_interval() {
-        let mut keys: super::super::config::Config =
-            toml::from_str(super::super::config::TEMPLATE).unwrap();
+        let mut keys: Config = toml::from_str(TEMPLATE).unwrap();
         let schedule = Schedule::from_keys(&keys.keys).unwrap();
         assert_eq!(schedule.interval_ms, 86_400_000);
         assert_eq!(schedule.overlap_ms, 3_600_000);
