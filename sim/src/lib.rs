@@ -1,0 +1,16 @@
+//! Lethe's research toolkit.
+//!
+//! - [`trace`]: the versioned per-packet trace format (CSV + sidecar), its streaming writer and
+//!   reader, and the lab-mode ground truth that only a `lab` build may write.
+//! - [`views`]: what a global passive adversary and a gateway-level adversary see of a trace.
+//! - [`metrics`]: per-mix and end-to-end entropy, epsilon/delta, latency, queue occupancy,
+//!   cover overhead and a flow-matching attacker, with intervals across seeds.
+//! - [`sim`]: a deterministic discrete-event simulator whose mixes and gateways are the real
+//!   engine core (`lethe_engine::core::Core`) fed real Sphinx packets.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod metrics;
+pub mod sim;
+pub mod stats;
+pub mod trace;
+pub mod views;

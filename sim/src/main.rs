@@ -1,0 +1,183 @@
+//! `lethe-sim`: run the simulator, compute metrics over traces.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lethe_sim::metrics::{self, MetricsOptions, SeedsReport};
+use lethe_sim::sim::{self, SimConfig};
+use lethe_sim::trace::find_traces;
+
+/// Seeds one `run` may go through.
+const SEEDS_MAX: u64 = 1_000;
+
+#[derive(Parser)]
+#[command(
+    name = "lethe-sim",
+    about = "Lethe's research toolkit: simulator and metrics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulate a config (JSON) and write one trace per seed: OUT/seed-<seed>/trace.csv.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Seeds config.seed, config.seed + 1, ...
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// Record the input -> output links (needs a build with `--features lab`).
+        #[arg(long)]
+        lab: bool,
+    },
+    /// Metrics over a trace, a directory holding trace.csv, or one holding seed directories.
+    Metrics {
+        #[arg(long)]
+        trace: PathBuf,
+        /// Seconds cut from the trace's start.
+        #[arg(long, default_value_t = 0.0)]
+        warmup_s: f64,
+        /// Seconds cut from the trace's end.
+        #[arg(long, default_value_t = 0.0)]
+        drain_s: f64,
+        /// The two labelled senders for epsilon/delta (node names); default: the first two clients.
+        #[arg(long, num_args = 2, value_names = ["SENDER0", "SENDER1"])]
+        labelled: Option<Vec<String>>,
+        /// Everything as JSON (per-seed reports included).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints a small example config.
+    ExampleConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run {
+            config,
+            out,
+            seeds,
+            lab,
+        } => run(&config, &out, seeds, lab),
+        Command::Metrics {
+            trace,
+            warmup_s,
+            drain_s,
+            labelled,
+            json,
+        } => {
+            let labelled = labelled.and_then(|v| match v.as_slice() {
+                [a, b] => Some((a.clone(), b.clone())),
+                _ => None,
+            });
+            metrics_command(&trace, warmup_s, drain_s, labelled, json)
+        }
+        Command::ExampleConfig => serde_json::to_string_pretty(&SimConfig::small(1))
+            .map(|text| println!("{text}"))
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("lethe-sim: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The commit the traces come from: `LETHE_COMMIT`, else `git rev-parse HEAD`, else unknown.
+fn commit() -> String {
+    if let Ok(commit) = std::env::var("LETHE_COMMIT") {
+        return commit;
+    }
+    let output = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output();
+    match output {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => "unknown".to_string(),
+    }
+}
+
+fn run(config_path: &Path, out: &Path, seeds: u64, lab: bool) -> Result<(), String> {
+    if seeds == 0 || seeds > SEEDS_MAX {
+        return Err(format!("--seeds must be in [1, {SEEDS_MAX}]"));
+    }
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let mut config: SimConfig =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    config.lab |= lab;
+    let commit = commit();
+    let first_seed = config.seed;
+    for offset in 0..seeds {
+        config.seed = first_seed.wrapping_add(offset);
+        let dir = out.join(format!("seed-{}", config.seed));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let summary =
+            sim::run(&config, &dir.join("trace.csv"), &commit).map_err(|e| e.to_string())?;
+        println!(
+            "seed {}: {} events, {} rows, real {} sent / {} delivered, {} dropped -> {}",
+            config.seed,
+            summary.events_count,
+            summary.trace_rows_count,
+            summary.real_sent_count,
+            summary.real_delivered_count,
+            summary.dropped_count,
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn seconds_ns(seconds: f64, name: &str) -> Result<u64, String> {
+    if !(0.0..=1e6).contains(&seconds) {
+        return Err(format!("--{name} must be in [0, 1e6] s"));
+    }
+    Ok((seconds * 1e9) as u64)
+}
+
+fn metrics_command(
+    trace: &Path,
+    warmup_s: f64,
+    drain_s: f64,
+    labelled: Option<(String, String)>,
+    json: bool,
+) -> Result<(), String> {
+    let options = MetricsOptions {
+        warmup_ns: seconds_ns(warmup_s, "warmup-s")?,
+        drain_ns: seconds_ns(drain_s, "drain-s")?,
+        labelled,
+    };
+    let paths = find_traces(trace).map_err(|e| e.to_string())?;
+    let mut per_seed = Vec::new();
+    for path in &paths {
+        per_seed.push(metrics::compute(path, &options).map_err(|e| e.to_string())?);
+    }
+    let report = metrics::over_seeds(per_seed);
+    if json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        println!("{text}");
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn print_table(report: &SeedsReport) {
+    println!("seeds: {:?}", report.seeds);
+    println!("{:<32} {:>14} {:>14}", "metric", "mean", "95% CI +/-");
+    for (name, interval) in &report.intervals {
+        println!(
+            "{name:<32} {:>14.4} {:>14.4}",
+            interval.mean, interval.ci95_half_width
+        );
+    }
+}
