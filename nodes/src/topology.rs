@@ -5,17 +5,18 @@
 //! "signature": <hex> }`. The signature covers `DOMAIN || body` where the domain names the
 //! document kind, so a descriptor signature can never pass as a topology signature. The body is
 //! kept as the exact text that was signed (no re-serialisation before verification).
-
-use std::net::SocketAddr;
+//!
+//! The documents' types (descriptors, topologies) and route sampling live in
+//! `lethe_proto::topology`, where the client core uses them; they are re-exported here.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use lethe_crypto::sphinx::{address, RouteHop};
-use rand::seq::IndexedRandom;
-use rand::{Rng, RngExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::keyfile;
+pub use lethe_proto::topology::{
+    sample_delays_ns, Descriptor, Role, Topology, TopologyError, LAYERS,
+};
 
 /// Domain of a node descriptor signature (signed by the node's identity key).
 pub const DOMAIN_DESCRIPTOR: &[u8] = b"lethe-descriptor-v1\0";
@@ -26,70 +27,10 @@ pub const DOMAIN_HEARTBEAT: &[u8] = b"lethe-heartbeat-v1\0";
 pub const DOMAIN_DEREGISTER: &[u8] = b"lethe-deregister-v1\0";
 /// Domain of a topology signature (signed by the directory's key).
 pub const DOMAIN_TOPOLOGY: &[u8] = b"lethe-topology-v1\0";
-/// Mix layers of the stratified topology.
-pub const LAYERS: usize = 3;
 /// Largest signed document accepted (bytes of body): bounds parsing work on untrusted input.
 pub const SIGNED_BODY_BYTES_MAX: usize = 1 << 20;
 /// How far a signed timestamp may be ahead of the verifier's clock.
 pub const CLOCK_SKEW_S_MAX: u64 = 120;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Mixnode,
-    Gateway,
-}
-
-/// As in the JSON (`mixnode`, `gateway`): logs show the same word.
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Role::Mixnode => "mixnode",
-            Role::Gateway => "gateway",
-        })
-    }
-}
-
-/// What a node says about itself; signed by its identity key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Descriptor {
-    /// ed25519 identity public key, hex.
-    pub identity: String,
-    /// x25519 Sphinx public key (the key packets should be built for), hex.
-    pub sphinx_key: String,
-    /// Rotation id of that key (its parity is the v8 frame's rotation byte).
-    pub rotation_id: u32,
-    /// Where the node accepts Nym-framed Sphinx packets over TCP.
-    pub mix_address: SocketAddr,
-    pub role: Role,
-    /// Gateways: the client WebSocket URL (`ws://host:port`).
-    #[serde(default)]
-    pub client_url: Option<String>,
-    /// Prometheus endpoint, for operators and loadgen (`http://host:port/metrics`).
-    #[serde(default)]
-    pub metrics_url: Option<String>,
-    /// Seconds since the Unix epoch when the descriptor was signed (newer replaces older).
-    pub issued_at_s: u64,
-}
-
-impl Descriptor {
-    pub fn identity_key(&self) -> Result<[u8; 32], TopologyError> {
-        keyfile::unhex_32(&self.identity).ok_or(TopologyError::Malformed("identity key"))
-    }
-
-    pub fn sphinx_public_key(&self) -> Result<[u8; 32], TopologyError> {
-        keyfile::unhex_32(&self.sphinx_key).ok_or(TopologyError::Malformed("sphinx key"))
-    }
-
-    /// This node as a Sphinx route hop.
-    pub fn route_hop(&self) -> Result<RouteHop, TopologyError> {
-        Ok(RouteHop {
-            address: address::encode(&self.mix_address),
-            public_key: self.sphinx_public_key()?,
-        })
-    }
-}
 
 /// A liveness signal: node identity and time, signed by the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,19 +48,6 @@ pub struct Deregistration {
     pub sent_at_s: u64,
 }
 
-/// One epoch's network: mixnodes by layer (index 0 = layer 1) and gateways.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Topology {
-    /// Increases with every publication; a verifier refuses an epoch older than one it used.
-    pub epoch: u64,
-    pub issued_at_s: u64,
-    /// After this, the topology is stale and refused.
-    pub valid_until_s: u64,
-    pub layers: [Vec<Descriptor>; LAYERS],
-    pub gateways: Vec<Descriptor>,
-}
-
 /// A signed document as it travels: the exact signed text, the signer, the signature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,26 +55,6 @@ pub struct Signed {
     pub body: String,
     pub signer: String,
     pub signature: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TopologyError {
-    #[error("malformed document: {0}")]
-    Malformed(&'static str),
-    #[error("document too large ({0} bytes)")]
-    TooLarge(usize),
-    #[error("bad signature")]
-    BadSignature,
-    #[error("signed by an unexpected key")]
-    WrongSigner,
-    #[error("stale: valid until {valid_until_s}, now {now_s}")]
-    Stale { valid_until_s: u64, now_s: u64 },
-    #[error("issued in the future ({issued_at_s} > now {now_s})")]
-    FromTheFuture { issued_at_s: u64, now_s: u64 },
-    #[error("epoch {epoch} is older than epoch {seen} already in use")]
-    EpochRegressed { epoch: u64, seen: u64 },
-    #[error("no usable route: {0}")]
-    NoRoute(&'static str),
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
@@ -290,57 +198,10 @@ pub fn verify_topology(
     Ok(topology)
 }
 
-impl Topology {
-    pub fn gateway(&self, identity: &[u8; 32]) -> Option<&Descriptor> {
-        self.gateways
-            .iter()
-            .find(|g| g.identity_key().ok().as_ref() == Some(identity))
-    }
-
-    /// Is `address` (a mix address) a layer-1 mixnode? Entry gateways forward only to these.
-    pub fn is_layer1(&self, address: &SocketAddr) -> bool {
-        self.layers[0].iter().any(|m| &m.mix_address == address)
-    }
-
-    /// A Loopix route: one random mixnode per layer, then the destination gateway.
-    pub fn random_route<R: Rng + ?Sized>(
-        &self,
-        rng: &mut R,
-        gateway: &Descriptor,
-    ) -> Result<[RouteHop; LAYERS + 1], TopologyError> {
-        let mut hops = [RouteHop {
-            address: [0; 32],
-            public_key: [0; 32],
-        }; LAYERS + 1];
-        for (hop, layer) in hops.iter_mut().zip(&self.layers) {
-            *hop = layer
-                .choose(rng)
-                .ok_or(TopologyError::NoRoute("a mix layer is empty"))?
-                .route_hop()?;
-        }
-        hops[LAYERS] = gateway.route_hop()?;
-        Ok(hops)
-    }
-}
-
-/// Exponential per-hop delays with mean `delay_ms_mean` (Loopix; Nym samples the same way), in
-/// nanoseconds. Zero mean gives zero delays.
-pub fn sample_delays_ns<R: Rng + ?Sized>(rng: &mut R, delay_ms_mean: f64, out: &mut [u64]) {
-    for delay in out.iter_mut() {
-        *delay = if delay_ms_mean <= 0.0 {
-            0
-        } else {
-            // Inverse CDF; 1 - u lies in (0, 1], so the log is finite.
-            let u: f64 = rng.random();
-            let sample_ms = -(1.0 - u).ln() * delay_ms_mean;
-            (sample_ms * 1e6).min(u64::MAX as f64) as u64
-        };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn descriptor(seed: &[u8; 32], role: Role, port: u16) -> Descriptor {
         Descriptor {
@@ -419,30 +280,5 @@ mod tests {
             verify_topology(&relabelled, &dir_pub, 500, None),
             Err(TopologyError::BadSignature)
         );
-    }
-
-    #[test]
-    fn route_has_one_node_per_layer_then_gateway() {
-        let t = topology(1, 1000);
-        let mut rng = rand::rng();
-        let route = t.random_route(&mut rng, &t.gateways[0]).unwrap();
-        for (hop, layer) in route.iter().zip(&t.layers) {
-            assert_eq!(hop, &layer[0].route_hop().unwrap());
-        }
-        assert_eq!(route[3], t.gateways[0].route_hop().unwrap());
-        let mut empty = t.clone();
-        empty.layers[1].clear();
-        assert!(empty.random_route(&mut rng, &t.gateways[0]).is_err());
-    }
-
-    #[test]
-    fn delays_have_the_requested_mean() {
-        let mut rng = rand::rng();
-        let mut delays = vec![0u64; 20_000];
-        sample_delays_ns(&mut rng, 15.0, &mut delays);
-        let mean_ms = delays.iter().sum::<u64>() as f64 / delays.len() as f64 / 1e6;
-        assert!((13.5..16.5).contains(&mean_ms), "mean {mean_ms}");
-        sample_delays_ns(&mut rng, 0.0, &mut delays);
-        assert!(delays.iter().all(|&d| d == 0));
     }
 }

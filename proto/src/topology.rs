@@ -1,0 +1,226 @@
+//! The network as clients and nodes see it: node descriptors, the stratified topology of one
+//! epoch, and Loopix route and delay sampling. Signing and verifying the directory's documents
+//! is the nodes' business (`lethe_nodes::topology`); these are the types they carry.
+
+use std::net::SocketAddr;
+
+use lethe_crypto::sphinx::{address, RouteHop};
+use rand::seq::IndexedRandom;
+use rand::{Rng, RngExt};
+use serde::{Deserialize, Serialize};
+
+use crate::hex;
+
+/// Mix layers of the stratified topology.
+pub const LAYERS: usize = 3;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Mixnode,
+    Gateway,
+}
+
+/// As in the JSON (`mixnode`, `gateway`): logs show the same word.
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Mixnode => "mixnode",
+            Role::Gateway => "gateway",
+        })
+    }
+}
+
+/// What a node says about itself; signed by its identity key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Descriptor {
+    /// ed25519 identity public key, hex.
+    pub identity: String,
+    /// x25519 Sphinx public key (the key packets should be built for), hex.
+    pub sphinx_key: String,
+    /// Rotation id of that key (its parity is the v8 frame's rotation byte).
+    pub rotation_id: u32,
+    /// Where the node accepts Nym-framed Sphinx packets over TCP.
+    pub mix_address: SocketAddr,
+    pub role: Role,
+    /// Gateways: the client WebSocket URL (`ws://host:port`).
+    #[serde(default)]
+    pub client_url: Option<String>,
+    /// Prometheus endpoint, for operators and loadgen (`http://host:port/metrics`).
+    #[serde(default)]
+    pub metrics_url: Option<String>,
+    /// Seconds since the Unix epoch when the descriptor was signed (newer replaces older).
+    pub issued_at_s: u64,
+}
+
+impl Descriptor {
+    pub fn identity_key(&self) -> Result<[u8; 32], TopologyError> {
+        hex::decode_32(&self.identity).ok_or(TopologyError::Malformed("identity key"))
+    }
+
+    pub fn sphinx_public_key(&self) -> Result<[u8; 32], TopologyError> {
+        hex::decode_32(&self.sphinx_key).ok_or(TopologyError::Malformed("sphinx key"))
+    }
+
+    /// This node as a Sphinx route hop.
+    pub fn route_hop(&self) -> Result<RouteHop, TopologyError> {
+        Ok(RouteHop {
+            address: address::encode(&self.mix_address),
+            public_key: self.sphinx_public_key()?,
+        })
+    }
+}
+
+/// One epoch's network: mixnodes by layer (index 0 = layer 1) and gateways.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    /// Increases with every publication; a verifier refuses an epoch older than one it used.
+    pub epoch: u64,
+    pub issued_at_s: u64,
+    /// After this, the topology is stale and refused.
+    pub valid_until_s: u64,
+    pub layers: [Vec<Descriptor>; LAYERS],
+    pub gateways: Vec<Descriptor>,
+}
+
+/// Why a document or a route is refused. The signature variants are the directory
+/// documents' (checked in `lethe_nodes::topology`); one error type for both keeps callers simple.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    #[error("malformed document: {0}")]
+    Malformed(&'static str),
+    #[error("document too large ({0} bytes)")]
+    TooLarge(usize),
+    #[error("bad signature")]
+    BadSignature,
+    #[error("signed by an unexpected key")]
+    WrongSigner,
+    #[error("stale: valid until {valid_until_s}, now {now_s}")]
+    Stale { valid_until_s: u64, now_s: u64 },
+    #[error("issued in the future ({issued_at_s} > now {now_s})")]
+    FromTheFuture { issued_at_s: u64, now_s: u64 },
+    #[error("epoch {epoch} is older than epoch {seen} already in use")]
+    EpochRegressed { epoch: u64, seen: u64 },
+    #[error("no usable route: {0}")]
+    NoRoute(&'static str),
+}
+
+impl Topology {
+    pub fn gateway(&self, identity: &[u8; 32]) -> Option<&Descriptor> {
+        self.gateways
+            .iter()
+            .find(|g| g.identity_key().ok().as_ref() == Some(identity))
+    }
+
+    /// Is `address` (a mix address) a layer-1 mixnode? Entry gateways forward only to these.
+    pub fn is_layer1(&self, address: &SocketAddr) -> bool {
+        self.layers[0].iter().any(|m| &m.mix_address == address)
+    }
+
+    /// A Loopix route: one random mixnode per layer, then the destination gateway.
+    pub fn random_route<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        gateway: &Descriptor,
+    ) -> Result<[RouteHop; LAYERS + 1], TopologyError> {
+        let mut hops = [RouteHop {
+            address: [0; 32],
+            public_key: [0; 32],
+        }; LAYERS + 1];
+        for (hop, layer) in hops.iter_mut().zip(&self.layers) {
+            *hop = layer
+                .choose(rng)
+                .ok_or(TopologyError::NoRoute("a mix layer is empty"))?
+                .route_hop()?;
+        }
+        hops[LAYERS] = gateway.route_hop()?;
+        Ok(hops)
+    }
+}
+
+/// Exponential per-hop delays with mean `delay_ms_mean` (Loopix; Nym samples the same way), in
+/// nanoseconds. Zero mean gives zero delays.
+pub fn sample_delays_ns<R: Rng + ?Sized>(rng: &mut R, delay_ms_mean: f64, out: &mut [u64]) {
+    for delay in out.iter_mut() {
+        *delay = if delay_ms_mean <= 0.0 {
+            0
+        } else {
+            // Inverse CDF; 1 - u lies in (0, 1], so the log is finite.
+            let u: f64 = rng.random();
+            let sample_ms = -(1.0 - u).ln() * delay_ms_mean;
+            (sample_ms * 1e6).min(u64::MAX as f64) as u64
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn descriptor(seed: u8, role: Role, port: u16) -> Descriptor {
+        Descriptor {
+            identity: hex::encode(&[seed; 32]),
+            sphinx_key: hex::encode(&[9u8; 32]),
+            rotation_id: 1,
+            mix_address: SocketAddr::from(([127, 0, 0, 1], port)),
+            role,
+            client_url: None,
+            metrics_url: None,
+            issued_at_s: 100,
+        }
+    }
+
+    fn topology() -> Topology {
+        let layers = [1u8, 2, 3].map(|i| vec![descriptor(i, Role::Mixnode, 1000 + i as u16)]);
+        Topology {
+            epoch: 1,
+            issued_at_s: 100,
+            valid_until_s: 1000,
+            layers,
+            gateways: vec![descriptor(7, Role::Gateway, 2000)],
+        }
+    }
+
+    #[test]
+    fn route_has_one_node_per_layer_then_gateway() {
+        let t = topology();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let route = t.random_route(&mut rng, &t.gateways[0]).unwrap();
+        for (hop, layer) in route.iter().zip(&t.layers) {
+            assert_eq!(hop, &layer[0].route_hop().unwrap());
+        }
+        assert_eq!(route[3], t.gateways[0].route_hop().unwrap());
+        assert_eq!(t.gateway(&[7; 32]), Some(&t.gateways[0]));
+        assert!(t.is_layer1(&t.layers[0][0].mix_address));
+        assert!(!t.is_layer1(&t.gateways[0].mix_address));
+        let mut empty = t.clone();
+        empty.layers[1].clear();
+        assert!(empty.random_route(&mut rng, &t.gateways[0]).is_err());
+    }
+
+    #[test]
+    fn malformed_keys_are_refused() {
+        let mut d = descriptor(1, Role::Mixnode, 1);
+        d.sphinx_key = "zz".into();
+        assert_eq!(d.route_hop(), Err(TopologyError::Malformed("sphinx key")));
+        d.identity = "+1".repeat(32);
+        assert_eq!(
+            d.identity_key(),
+            Err(TopologyError::Malformed("identity key"))
+        );
+    }
+
+    #[test]
+    fn delays_have_the_requested_mean() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let mut delays = vec![0u64; 20_000];
+        sample_delays_ns(&mut rng, 15.0, &mut delays);
+        let mean_ms = delays.iter().sum::<u64>() as f64 / delays.len() as f64 / 1e6;
+        assert!((13.5..16.5).contains(&mean_ms), "mean {mean_ms}");
+        sample_delays_ns(&mut rng, 0.0, &mut delays);
+        assert!(delays.iter().all(|&d| d == 0));
+    }
+}
