@@ -79,7 +79,7 @@ impl FlowMatcher {
     }
 
     pub fn observe(&mut self, observation: &GatewayObservation) {
-        if !(self.window_ns.0..self.window_ns.1).contains(&observation.t_ns) {
+        if !(self.window_ns.0..=self.window_ns.1).contains(&observation.t_ns) {
             return;
         }
         let times = match observation.direction {

@@ -38,6 +38,7 @@ pub struct TraceMetrics {
     pub seed: u64,
     pub source: String,
     pub lab: bool,
+    /// The measurement window [start, end] (ns, both ends included).
     pub window_ns: (u64, u64),
     /// Per mix: Loopix Eq. 5 entropy of its outputs (bits).
     pub mix_entropy_bits: BTreeMap<String, Summary>,
@@ -154,7 +155,7 @@ pub fn compute(path: &Path, options: &MetricsOptions) -> Result<TraceMetrics, Tr
     let mut overhead = overhead::Overhead::default();
     let mut flow = flow::FlowMatcher::new(&meta, window_ns);
     while let Some(event) = reader.next_event()? {
-        let in_window = (window_ns.0..window_ns.1).contains(&event.t_ns);
+        let in_window = (window_ns.0..=window_ns.1).contains(&event.t_ns);
         let at_mix = roles.get(event.node as usize) == Some(&Role::Mix);
         if at_mix {
             match link_view(&event) {

@@ -74,7 +74,7 @@ impl Queue {
         advance(mix, window, event.t_ns);
         if change > 0 {
             mix.inside += 1;
-            if (window.0..window.1).contains(&event.t_ns) {
+            if (window.0..=window.1).contains(&event.t_ns) {
                 mix.arrivals_in_window += 1;
             }
         } else {
