@@ -322,3 +322,17 @@ fn a_lab_trace_links_every_departure_and_corrupt_mixes_do_not_mix() {
     let hop = &m.latency.hop_residence_ms;
     assert!((hop.mean - 50.0).abs() < 7.5, "{hop:?}");
 }
+
+#[test]
+fn the_configs_the_readme_runs_are_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/configs");
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config: SimConfig = serde_json::from_str(&text).unwrap();
+        assert_eq!(config.validate(), Ok(()), "{}", path.display());
+        count += 1;
+    }
+    assert_eq!(count, 3);
+}
