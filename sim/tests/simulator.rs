@@ -177,13 +177,26 @@ fn a_failed_node_loses_what_reaches_it_while_down() {
         summary.real_delivered_count + summary.dropped_count,
         summary.real_sent_count
     );
+    // Every drop follows its packet's arrival at that node (what the metrics rely on).
+    let mut arrived = std::collections::HashSet::new();
     for event in TraceReader::open(&path).unwrap() {
         let event = event.unwrap();
+        if event.kind == Kind::Arrive {
+            arrived.insert((event.node, event.packet_id));
+        }
         if event.kind == Kind::Drop {
             assert_eq!(event.drop_reason.as_deref(), Some("node_down"));
             assert!((2 * S..4 * S).contains(&event.t_ns), "{event:?}");
+            assert!(
+                arrived.contains(&(event.node, event.packet_id)),
+                "{event:?}"
+            );
         }
     }
+    // The metrics read the trace; the failed mix holds about lambda/mu = 0.75 on average.
+    let m = metrics(&path, 0, 0);
+    let failed = m.queue.mixes.iter().find(|q| q.node == "m2.0").unwrap();
+    assert!(failed.mean > 0.0 && failed.mean < 2.0, "{failed:?}");
 }
 
 #[test]

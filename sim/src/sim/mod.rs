@@ -273,63 +273,13 @@ impl<'a> World<'a> {
         engine
             .validate()
             .map_err(|e| SimError::Config(format!("engine: {e}")))?;
-        let mut info = Vec::new();
-        let mut nodes = Vec::new();
-        let mut public_keys = Vec::new();
-        let gateways: Vec<u32> = (0..config.gateways).map(|g| config.clients + g).collect();
-        for c in 0..config.clients {
-            info.push(NodeInfo {
-                name: format!("c{c}"),
-                role: Role::Client,
-                layer: None,
-                corrupt: false,
-            });
-            nodes.push(NodeState::Client(ClientNode {
-                gateway: gateways[(c % config.gateways) as usize],
-                recipient: (c + 1) % config.clients,
-                waiting: VecDeque::new(),
-            }));
-            public_keys.push([0; 32]);
-        }
-        let mut layers = vec![Vec::new(); config.layers as usize];
-        let engine_roles = (0..config.gateways).map(|g| (format!("g{g}"), Role::Gateway, 0));
-        let mix_roles = (1..=config.layers).flat_map(|layer| {
-            (0..config.mixes_per_layer).map(move |m| (format!("m{layer}.{m}"), Role::Mix, layer))
-        });
-        for (name, role, layer) in engine_roles.chain(mix_roles) {
-            let index = info.len() as u32;
-            if role == Role::Mix {
-                layers[layer as usize - 1].push(index);
-            }
-            let secret = StaticSecret::random_from_rng(&mut rng);
-            public_keys.push(x25519_dalek::PublicKey::from(&secret).to_bytes());
-            nodes.push(NodeState::Engine(Box::new(EngineNode {
-                core: engine_core(&engine, secret)?,
-                pending: HashMap::new(),
-                wake_ns: None,
-            })));
-            let corrupt = config.corrupt.contains(&name);
-            info.push(NodeInfo {
-                name,
-                role,
-                layer: Some(layer),
-                corrupt,
-            });
-        }
-        let index_of = |name: &str| info.iter().position(|n| n.name == name).map(|i| i as u32);
-        for name in &config.corrupt {
-            index_of(name).ok_or_else(|| SimError::Config(format!("corrupt node {name:?}")))?;
-        }
-        let mut failures = Vec::new();
-        for failure in &config.failures {
-            let node = index_of(&failure.node)
-                .ok_or_else(|| SimError::Config(format!("failed node {:?}", failure.node)))?;
-            failures.push((
-                node,
-                failure.from_ms * NS_PER_MS,
-                failure.until_ms * NS_PER_MS,
-            ));
-        }
+        let Topology {
+            info,
+            nodes,
+            public_keys,
+            layers,
+        } = topology(config, &engine, &mut rng)?;
+        let failures = failures_ns(config, &info)?;
         let mut meta = TraceMeta::new("sim", config.seed, config_hash(config), commit.into());
         meta.lab = config.lab;
         meta.nodes = info.clone();
@@ -706,11 +656,14 @@ impl<'a> World<'a> {
     }
 
     fn arrive(&mut self, node: u32, packet: WirePacket, t: u64) -> Result<(), SimError> {
+        // The arrival is written even at a node that is down (the packet did reach it): a
+        // drop row always follows its packet's arrival at that node, so a metric counting a
+        // node's packets can take every drop as one leaving.
+        let arrive = self.row(t, node, Kind::Arrive, packet.id, &packet.info);
+        self.write(arrive)?;
         if self.is_down(node, t) {
             return self.drop_row(t, node, packet.id, &packet.info, "node_down");
         }
-        let arrive = self.row(t, node, Kind::Arrive, packet.id, &packet.info);
-        self.write(arrive)?;
         if let Some(first_hop) = packet.first_hop {
             // The entry gateway relays the client's packet unchanged.
             let mut depart = self.row(t, node, Kind::Depart, packet.id, &packet.info);
@@ -885,6 +838,89 @@ impl<'a> World<'a> {
         let row = self.row(t, node, Kind::Deliver, pending.packet_id, &pending.info);
         self.write(row)
     }
+}
+
+/// The nodes, in index order: clients, gateways, then mixes layer by layer.
+struct Topology {
+    info: Vec<NodeInfo>,
+    nodes: Vec<NodeState>,
+    public_keys: Vec<[u8; 32]>,
+    /// Mix node indices per layer (layer 1 first).
+    layers: Vec<Vec<u32>>,
+}
+
+fn topology(
+    config: &SimConfig,
+    engine: &EngineConfig,
+    rng: &mut ChaCha20Rng,
+) -> Result<Topology, SimError> {
+    let mut topology = Topology {
+        info: Vec::new(),
+        nodes: Vec::new(),
+        public_keys: Vec::new(),
+        layers: vec![Vec::new(); config.layers as usize],
+    };
+    for c in 0..config.clients {
+        topology.info.push(NodeInfo {
+            name: format!("c{c}"),
+            role: Role::Client,
+            layer: None,
+            corrupt: false,
+        });
+        topology.nodes.push(NodeState::Client(ClientNode {
+            gateway: config.clients + c % config.gateways,
+            recipient: (c + 1) % config.clients,
+            waiting: VecDeque::new(),
+        }));
+        topology.public_keys.push([0; 32]);
+    }
+    let engine_roles = (0..config.gateways).map(|g| (format!("g{g}"), Role::Gateway, 0));
+    let mix_roles = (1..=config.layers).flat_map(|layer| {
+        (0..config.mixes_per_layer).map(move |m| (format!("m{layer}.{m}"), Role::Mix, layer))
+    });
+    for (name, role, layer) in engine_roles.chain(mix_roles) {
+        let index = topology.info.len() as u32;
+        if role == Role::Mix {
+            topology.layers[layer as usize - 1].push(index);
+        }
+        let secret = StaticSecret::random_from_rng(&mut *rng);
+        let public_key = x25519_dalek::PublicKey::from(&secret).to_bytes();
+        topology.public_keys.push(public_key);
+        topology.nodes.push(NodeState::Engine(Box::new(EngineNode {
+            core: engine_core(engine, secret)?,
+            pending: HashMap::new(),
+            wake_ns: None,
+        })));
+        let corrupt = config.corrupt.contains(&name);
+        topology.info.push(NodeInfo {
+            name,
+            role,
+            layer: Some(layer),
+            corrupt,
+        });
+    }
+    for name in &config.corrupt {
+        if !topology.info.iter().any(|n| &n.name == name) {
+            return Err(SimError::Config(format!(
+                "corrupt node {name:?} does not exist"
+            )));
+        }
+    }
+    Ok(topology)
+}
+
+/// `(node, from_ns, until_ns)` of each configured failure.
+fn failures_ns(config: &SimConfig, info: &[NodeInfo]) -> Result<Vec<(u32, u64, u64)>, SimError> {
+    let mut failures = Vec::new();
+    for failure in &config.failures {
+        let node = info.iter().position(|n| n.name == failure.node);
+        let node = node.ok_or_else(|| {
+            SimError::Config(format!("failed node {:?} does not exist", failure.node))
+        })?;
+        let (from_ns, until_ns) = (failure.from_ms * NS_PER_MS, failure.until_ms * NS_PER_MS);
+        failures.push((node as u32, from_ns, until_ns));
+    }
+    Ok(failures)
 }
 
 /// The fed packet an output buffer came from: same arrival µs, and the same deadline when
