@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use client_support::FakeGateway;
 use lethe_nodes::client::{
-    connect, ClientConfig, ClientHandle, CoreLimits, LoopixParams, ReceivedMessage, StaticTopology,
+    connect, ClientConfig, ClientHandle, ClientLimits, LoopixParams, ReceivedMessage,
+    StaticTopology,
 };
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
@@ -38,7 +39,7 @@ async fn client(
         encryption_secret: Zeroizing::new([seed.wrapping_add(1); 32]),
         gateway: gateway.net.gateway_identity,
         loopix,
-        limits: CoreLimits::default(),
+        limits: ClientLimits::default(),
         topology: Arc::new(StaticTopology(gateway.net.topology.clone())),
         received_capacity: 16,
         wallet: None,
@@ -291,7 +292,7 @@ async fn topology_is_refreshed_with_the_seen_epoch() {
             topology_refresh_s: 1,
             ..params().without_cover()
         },
-        limits: CoreLimits::default(),
+        limits: ClientLimits::default(),
         topology: source.clone(),
         received_capacity: 4,
         wallet: None,

@@ -30,3 +30,23 @@ const _: () = assert!(CONFIRM_IDS_MAX <= u16::MAX as usize);
 const _: () = assert!(SESSION_TRANSMITS_MAX >= 2 && SESSION_EVENTS_MAX >= 2);
 // Opening handles the early messages in one call: their events must fit.
 const _: () = assert!(3 * EARLY_MESSAGES_MAX + 2 < SESSION_EVENTS_MAX);
+
+/// Fragments waiting for the client's Poisson stream before it reads no more commands.
+pub const CLIENT_QUEUE_HIGH_WATER: usize = 4096;
+/// Fragments not yet acknowledged (queued or in flight) before the client reads no more
+/// commands.
+pub const CLIENT_UNACKED_HIGH_WATER: usize = 65_536;
+/// Reply-SURB recovery records a client keeps (oldest evicted first).
+pub const CLIENT_SURB_RECORDS_MAX: usize = 100_000;
+/// Reply SURBs received from others a client keeps (oldest bundle evicted first).
+pub const CLIENT_RECEIVED_SURBS_MAX: usize = 20_000;
+/// How often the client expires SURB records, SURB bundles and stale reassemblies: scanning
+/// them on every timer would cost more than it frees.
+pub const CLIENT_HOUSEKEEPING_US: u64 = 1_000_000;
+/// A fragment whose packet could not be built (no route in this topology) is tried again
+/// after this long (a fresher topology may have one).
+pub const CLIENT_BUILD_RETRY_US: u64 = 1_000_000;
+
+// Everything in flight was queued first: the queue mark must not exceed the in-flight one.
+const _: () = assert!(CLIENT_QUEUE_HIGH_WATER <= CLIENT_UNACKED_HIGH_WATER);
+const _: () = assert!(CLIENT_BUILD_RETRY_US >= 1000 && CLIENT_HOUSEKEEPING_US >= 1000);

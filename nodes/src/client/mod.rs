@@ -15,22 +15,23 @@
 //! ```
 //! Layout: [`address`] (Nym's Recipient shape), [`config`] (files), [`message`]
 //! (fragments, e2e encryption, reassembly), [`ack`] (SURB-ACK plaintexts), [`retransmit`]
-//! (timers), [`packets`] (Sphinx building), [`core`] (the state machine), [`runtime`] (tokio
-//! tasks), [`cli`].
+//! (timers), [`packets`] (Sphinx building): all in `lethe_proto::loopix`, with the state
+//! machine over them (`lethe_proto::loopix::LoopixClient`); here [`runtime`] (the tokio tasks
+//! driving it), [`stats`] (what handles read), [`cli`].
 
-pub use lethe_proto::loopix::{ack, address, message, retransmit};
+pub use lethe_proto::loopix::{ack, address, message, packets, retransmit};
 pub mod cli;
 pub mod config;
-pub mod core;
 pub mod credential;
-pub mod packets;
 pub mod refusals;
 pub mod runtime;
+pub mod stats;
 
 pub use address::Recipient;
 pub use config::LoopixParams;
-pub use core::{CoreLimits, MessageTicket, SendError, SendProgress, StatsSnapshot};
+pub use lethe_proto::loopix::{ClientLimits, SendError, SendProgress};
 pub use runtime::{
     connect, ClientConfig, ClientError, ClientHandle, ConnectionState, DirectorySource,
-    ReceivedMessage, StaticTopology, TopologySource,
+    MessageTicket, ReceivedMessage, StaticTopology, TopologySource,
 };
+pub use stats::StatsSnapshot;

@@ -1,8 +1,8 @@
-//! The running client: three tokio tasks around the I/O-free [`Core`].
+//! The running client: three tokio tasks around the I/O-free [`LoopixClient`].
 //!
-//! - core task: owns the state; sleeps until the core's next tick of the Poisson
-//!   real/drop-cover and loop-cover streams (`lethe_proto::loopix::schedule`, inside the core),
-//!   retransmission timers and housekeeping; handles
+//! - core task: owns the client and drives it: sleeps until its next deadline (a tick of the
+//!   Poisson real/drop-cover and loop-cover streams, a retransmission timer, housekeeping);
+//!   handles
 //!   commands from [`ClientHandle`]s (read only while the outgoing queue is below its
 //!   high-water mark: back-pressure) and gateway deliveries;
 //! - connection task: WebSocket to our gateway driving `lethe_proto::ClientSession`, credential
@@ -11,8 +11,10 @@
 //! - topology task: refresh every `topology_refresh_s` (and soon after a failure), keeping
 //!   the epoch seen so an older topology is refused.
 //!
-//! Every channel is bounded; overflow is counted in [`Stats`].
+//! The core's RNG is seeded from the OS here. Every channel is bounded; overflow is counted in
+//! [`Stats`].
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -28,13 +30,14 @@ use zeroize::Zeroizing;
 
 use super::address::Recipient;
 use super::config::{ClientFiles, LoopixParams};
-use super::core::{
-    bump, Core, CoreLimits, MessageTicket, Received, SendError, Stats, StatsSnapshot,
-};
+use super::stats::{bump, Stats, StatsSnapshot};
 use lethe_proto::client_session::ClientEvent;
 use lethe_proto::duration_us;
 use lethe_proto::gateway_session::Transmit;
 use lethe_proto::loopix::payer::{Decision, Payer, Shortfall};
+use lethe_proto::loopix::{
+    ClientLimits, LoopixClient, LoopixEvent, LoopixTransmit, Received, SendError, SendProgress,
+};
 use lethe_proto::ClientSession;
 
 use super::credential::Wallet;
@@ -86,7 +89,7 @@ pub struct ClientConfig {
     /// Our gateway's identity.
     pub gateway: [u8; 32],
     pub loopix: LoopixParams,
-    pub limits: CoreLimits,
+    pub limits: ClientLimits,
     pub topology: Arc<dyn TopologySource>,
     /// Capacity of the channel of received messages.
     pub received_capacity: usize,
@@ -103,7 +106,7 @@ impl ClientConfig {
             encryption_secret: files.encryption_secret.clone(),
             gateway: files.gateway,
             loopix: files.loopix,
-            limits: CoreLimits::default(),
+            limits: ClientLimits::default(),
             topology: Arc::new(DirectorySource {
                 http: crate::directory::client::http_client(),
                 url: files.directory_url.clone(),
@@ -133,6 +136,13 @@ pub enum ClientError {
     Send(#[from] SendError),
     #[error("not connected to the gateway within {secs} s: {1}", secs = .0.as_secs_f64())]
     NotConnected(Duration, String),
+}
+
+/// Returned by a send: the message id (what the recipient sees) and its progress.
+#[derive(Debug, Clone)]
+pub struct MessageTicket {
+    pub message_id: u64,
+    pub progress: watch::Receiver<SendProgress>,
 }
 
 /// Connection to the gateway, as the handle sees it.
@@ -353,13 +363,15 @@ pub async fn connect(
     }
     let topology = Arc::new(topology);
     let stats = Arc::new(Stats::default());
-    let mut core = Core::new(
+    let start = Instant::now();
+    let mut core = LoopixClient::new(
         &config.identity_seed,
         &config.encryption_secret,
         config.gateway,
         config.loopix,
         config.limits,
-        stats.clone(),
+        0,
+        rand::make_rng(),
     );
     core.set_topology(topology.clone());
     let address = core.address();
@@ -399,8 +411,9 @@ pub async fn connect(
         confirm_tx,
         refresh,
         connected: false,
-        start: Instant::now(),
+        start,
         refusals: Refusals::default(),
+        tickets: HashMap::new(),
     };
     tokio::spawn(runner.run(command_rx, event_rx, confirm_rx, topology_rx));
     Ok((
@@ -415,7 +428,7 @@ pub async fn connect(
 }
 
 struct CoreTask {
-    core: Core,
+    core: LoopixClient,
     stats: Arc<Stats>,
     outgoing: mpsc::Sender<ClientMessage>,
     received: mpsc::Sender<ReceivedMessage>,
@@ -425,11 +438,53 @@ struct CoreTask {
     start: Instant,
     /// The gateway's refusals of our packets, logged once per episode (see [`Refusals`]).
     refusals: Refusals,
+    /// Progress of the messages still moving, for their tickets.
+    tickets: HashMap<u64, watch::Sender<SendProgress>>,
 }
 
 impl CoreTask {
-    fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+    /// µs since the client started: the core's clock.
+    fn now_us(&self) -> u64 {
+        duration_us(self.start.elapsed())
+    }
+
+    /// Takes out what the core produced: packets and confirmations for the connection,
+    /// progress for tickets, messages for the application; then publishes its counters.
+    fn drain(&mut self) {
+        while let Some(transmit) = self.core.poll_transmit() {
+            match transmit {
+                LoopixTransmit::Packet(built) => self.push_packet(built),
+                LoopixTransmit::Confirm(ids) => self.push_confirm(ids),
+            }
+        }
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                LoopixEvent::Progress {
+                    message_id,
+                    progress,
+                    done,
+                } => {
+                    if let Some(ticket) = self.tickets.get(&message_id) {
+                        ticket.send_replace(progress);
+                    }
+                    if done {
+                        self.tickets.remove(&message_id);
+                    }
+                }
+                LoopixEvent::Received(message) => self.hand_over(message),
+            }
+        }
+        self.stats.publish(self.core.counters());
+    }
+
+    /// A ticket for a message the core accepted.
+    fn ticket(&mut self, accepted: lethe_proto::loopix::Accepted) -> MessageTicket {
+        let (tx, progress) = watch::channel(accepted.progress);
+        self.tickets.insert(accepted.message_id, tx);
+        MessageTicket {
+            message_id: accepted.message_id,
+            progress,
+        }
     }
 
     fn push(&self, message: ClientMessage) {
@@ -462,9 +517,10 @@ impl CoreTask {
     ) {
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         loop {
+            self.drain();
             // Unpaced mode (zero mean): real packets leave as soon as they are queued.
             if !self.core.paced() && self.connected {
-                let now = self.now_ms();
+                let now = self.now_us();
                 let mut budget = 256;
                 // At most UNPACED_WINDOW packets waiting for the connection: what does not
                 // fit waits here (and ACK timers start close to the real send time).
@@ -478,16 +534,12 @@ impl CoreTask {
             }
             let timer = self
                 .core
-                .next_timer()
-                .map(|ms| self.start + Duration::from_millis(ms))
+                .poll_timeout()
+                .map(|us| self.start + Duration::from_micros(us))
                 .unwrap_or(next_housekeeping)
                 .min(next_housekeeping);
             let accepting = self.core.accepting();
             let backlog = !self.core.paced() && self.connected && self.core.has_real();
-            let tick = self
-                .core
-                .next_tick_ms()
-                .map(|ms| self.start + Duration::from_millis(ms));
             tokio::select! {
                 command = commands.recv(), if accepting => {
                     let Some(command) = command else { break };
@@ -501,17 +553,10 @@ impl CoreTask {
                     self.event(event);
                 }
                 Some(ids) = confirms.recv() => self.push_confirm(ids),
-                _ = tokio::time::sleep_until(tick.unwrap_or(next_housekeeping)), if tick.is_some() => {
-                    let now = self.now_ms();
-                    for built in self.core.on_ticks(now, self.connected) {
-                        self.push_packet(built);
-                    }
-                }
                 _ = tokio::time::sleep(Duration::from_millis(1)), if backlog => {}
                 _ = tokio::time::sleep_until(timer) => {
-                    let now = self.now_ms();
-                    let expired = self.core.on_timers(now);
-                    self.push_confirm(expired);
+                    let now = self.now_us();
+                    self.core.handle_timeout(now);
                     if Instant::now() >= next_housekeeping {
                         next_housekeeping = Instant::now() + HOUSEKEEPING;
                         if let Some(ended) = self.refusals.quiet(Instant::now().into_std()) {
@@ -533,7 +578,7 @@ impl CoreTask {
     }
 
     fn command(&mut self, command: Command) {
-        let now = self.now_ms();
+        let now = self.now_us();
         match command {
             Command::Send {
                 recipient,
@@ -541,14 +586,16 @@ impl CoreTask {
                 reply_surbs,
                 reply,
             } => {
-                let _ = reply.send(self.core.send(recipient, &data, reply_surbs, now));
+                let sent = self.core.send(recipient, &data, reply_surbs, now);
+                let _ = reply.send(sent.map(|accepted| self.ticket(accepted)));
             }
             Command::Reply {
                 bundle,
                 data,
                 reply,
             } => {
-                let _ = reply.send(self.core.reply(bundle, &data));
+                let sent = self.core.reply(bundle, &data);
+                let _ = reply.send(sent.map(|accepted| self.ticket(accepted)));
             }
             Command::SurbsLeft { bundle, reply } => {
                 let _ = reply.send(self.core.surbs_left(bundle));
@@ -559,20 +606,23 @@ impl CoreTask {
 
     fn event(&mut self, event: Event) {
         match event {
-            Event::Up => self.connected = true,
-            Event::Down => self.connected = false,
+            Event::Up => {
+                self.connected = true;
+                self.core.set_connected(true);
+            }
+            Event::Down => {
+                self.connected = false;
+                self.core.set_connected(false);
+            }
             Event::Gateway(ClientEvent::Deliver {
                 id,
                 kind,
                 identifier,
                 mut bytes,
             }) => {
-                let now = self.now_ms();
-                let outcome = self.core.deliver(id, kind, identifier, &mut bytes, now);
-                self.push_confirm(outcome.confirm);
-                if let Some(message) = outcome.message {
-                    self.hand_over(message);
-                }
+                let now = self.now_us();
+                self.core
+                    .handle_delivery(now, id, kind, identifier, &mut bytes);
             }
             Event::Gateway(ClientEvent::Bandwidth { remaining_bytes }) => {
                 self.stats

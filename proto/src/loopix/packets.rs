@@ -12,11 +12,11 @@ use rand::CryptoRng;
 
 use super::address::Recipient;
 use super::message::{forward_content_len, reply_content_len};
-use crate::proto::payload::{
+use crate::topology::{self, Descriptor, Topology, LAYERS};
+use crate::wire::payload::{
     write_surb_ack, ACK_CONTENT_BYTES, DROP_COVER_DESTINATION, SURB_ACK_ADDRESS_BYTES,
     SURB_ACK_BYTES,
 };
-use crate::topology::{self, Descriptor, Topology, LAYERS};
 
 const HOPS: usize = LAYERS + 1;
 
@@ -44,6 +44,7 @@ pub struct Delays {
 }
 
 /// A packet ready for `ClientMessage::Forward`.
+#[derive(Debug)]
 pub struct Built {
     pub first_hop: [u8; SURB_ACK_ADDRESS_BYTES],
     pub packet: Vec<u8>,
@@ -69,7 +70,7 @@ impl Builder<'_> {
     fn gateway(&self, identity: &[u8; 32]) -> Result<&Descriptor, BuildError> {
         self.topology
             .gateway(identity)
-            .ok_or_else(|| BuildError::UnknownGateway(crate::keyfile::hex(identity)))
+            .ok_or_else(|| BuildError::UnknownGateway(crate::hex::encode(identity)))
     }
 
     fn route<R: CryptoRng + ?Sized>(

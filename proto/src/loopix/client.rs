@@ -1,70 +1,43 @@
-//! The client's state machine, I/O-free: what to send next, what a delivery means. The
-//! runtime ([`super::runtime`]) feeds it time (ms since start), gateway deliveries and
-//! commands, and sends what it returns.
+//! The Loopix client, I/O-free: what to send next and what a delivery means. A driver (the
+//! nodes' tokio runtime, or a simulator) feeds it time (µs on its own clock), gateway deliveries
+//! and the application's sends; it takes out transmits ([`LoopixClient::poll_transmit`]),
+//! events ([`LoopixClient::poll_event`]) and the next deadline
+//! ([`LoopixClient::poll_timeout`], then [`LoopixClient::handle_timeout`]). Randomness comes
+//! from the RNG the driver hands over at construction, so a seed replays a run exactly.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use ed25519_dalek::SigningKey;
 use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::{Surb, SurbRecovery};
 use rand::rngs::StdRng;
 use rand::{Rng, RngExt};
-use tokio::sync::watch;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::ack::AckKey;
 use super::address::Recipient;
-use super::config::LoopixParams;
 use super::message::{
     self, decode_body, encode_body, forward_fragment_capacity, open_forward, open_reply,
     reply_fragment_capacity, seal_forward, seal_reply, AttachedSurb, Fragment, FragmentHeader,
     Reassembler, ReassemblyLimits, FLAG_IS_REPLY, FLAG_LOOP_COVER, REPLY_KEY_BYTES,
 };
 use super::packets::{reply_packet, BuildError, Builder, Built, Delays, SelfRoute};
+use super::params::LoopixParams;
 use super::retransmit::{AckOutcome, AckWait, Due, FragmentKey, Tracker};
-use crate::proto::DeliveryKind;
+use super::schedule::{Schedule, ScheduleParams, Tick};
+use crate::limits::{
+    CLIENT_BUILD_RETRY_US, CLIENT_HOUSEKEEPING_US, CLIENT_QUEUE_HIGH_WATER,
+    CLIENT_RECEIVED_SURBS_MAX, CLIENT_SURB_RECORDS_MAX, CLIENT_UNACKED_HIGH_WATER,
+};
 use crate::topology::Topology;
-use lethe_proto::loopix::schedule::{Schedule, ScheduleParams, Tick};
+use crate::wire::DeliveryKind;
 
-/// Counters, shared with handles (all monotonic except `queued` and `bandwidth_remaining`).
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub real_sent: AtomicU64,
-    pub replies_sent: AtomicU64,
-    pub drop_cover_sent: AtomicU64,
-    pub loop_cover_sent: AtomicU64,
-    pub acks_received: AtomicU64,
-    pub fragments_acked: AtomicU64,
-    pub stray_acks: AtomicU64,
-    pub forged_acks: AtomicU64,
-    pub retransmitted: AtomicU64,
-    pub fragments_given_up: AtomicU64,
-    pub messages_received: AtomicU64,
-    pub replies_received: AtomicU64,
-    pub loop_cover_received: AtomicU64,
-    pub undecryptable: AtomicU64,
-    pub fragments_refused: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub build_failures: AtomicU64,
-    pub outgoing_overflow: AtomicU64,
-    pub application_overflow: AtomicU64,
-    pub confirm_overflow: AtomicU64,
-    pub surbs_evicted: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub queued: AtomicU64,
-    pub bandwidth_remaining: AtomicU64,
-    /// The gateway refused forwards for lack of bandwidth (or reported a zero balance) and no
-    /// credential was there to spend.
-    pub no_bandwidth: AtomicU64,
-    /// Credentials the gateway credited.
-    pub credentials_spent: AtomicU64,
-}
-
-/// A copy of [`Stats`].
+/// What the client counted (all monotonic except `queued`). A plain copy: the driver
+/// publishes it where its users look.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct StatsSnapshot {
+pub struct Counters {
     pub real_sent: u64,
     pub replies_sent: u64,
     pub drop_cover_sent: u64,
@@ -82,53 +55,11 @@ pub struct StatsSnapshot {
     pub fragments_refused: u64,
     pub duplicates: u64,
     pub build_failures: u64,
-    pub outgoing_overflow: u64,
+    /// Complete messages the application could not take ([`LoopixClient::undeliverable`]).
     pub application_overflow: u64,
-    pub confirm_overflow: u64,
     pub surbs_evicted: u64,
-    pub reconnects: u64,
+    /// Real packets waiting for the Poisson stream.
     pub queued: u64,
-    pub bandwidth_remaining: u64,
-    pub no_bandwidth: u64,
-    pub credentials_spent: u64,
-}
-
-impl Stats {
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        StatsSnapshot {
-            real_sent: l(&self.real_sent),
-            replies_sent: l(&self.replies_sent),
-            drop_cover_sent: l(&self.drop_cover_sent),
-            loop_cover_sent: l(&self.loop_cover_sent),
-            acks_received: l(&self.acks_received),
-            fragments_acked: l(&self.fragments_acked),
-            stray_acks: l(&self.stray_acks),
-            forged_acks: l(&self.forged_acks),
-            retransmitted: l(&self.retransmitted),
-            fragments_given_up: l(&self.fragments_given_up),
-            messages_received: l(&self.messages_received),
-            replies_received: l(&self.replies_received),
-            loop_cover_received: l(&self.loop_cover_received),
-            undecryptable: l(&self.undecryptable),
-            fragments_refused: l(&self.fragments_refused),
-            duplicates: l(&self.duplicates),
-            build_failures: l(&self.build_failures),
-            outgoing_overflow: l(&self.outgoing_overflow),
-            application_overflow: l(&self.application_overflow),
-            confirm_overflow: l(&self.confirm_overflow),
-            surbs_evicted: l(&self.surbs_evicted),
-            reconnects: l(&self.reconnects),
-            queued: l(&self.queued),
-            bandwidth_remaining: l(&self.bandwidth_remaining),
-            no_bandwidth: l(&self.no_bandwidth),
-            credentials_spent: l(&self.credentials_spent),
-        }
-    }
-}
-
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Where an outgoing message stands. Replies (through SURBs) are not acknowledged: only
@@ -155,11 +86,12 @@ impl SendProgress {
     }
 }
 
-/// Returned by a send: the message id (what the recipient sees) and its progress.
-#[derive(Debug, Clone)]
-pub struct MessageTicket {
+/// A message the client accepted: its id (what the recipient sees) and its progress so far.
+/// Later progress comes as [`LoopixEvent::Progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
     pub message_id: u64,
-    pub progress: watch::Receiver<SendProgress>,
+    pub progress: SendProgress,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -196,20 +128,36 @@ pub struct Received {
     pub surb_bundle: Option<u64>,
     /// For a reply: the id of our message whose SURBs carried it.
     pub in_reply_to: Option<u64>,
+    /// What to confirm to the gateway once the application has durably handled it.
     pub delivery_ids: Vec<u64>,
 }
 
-/// What a delivery asks the runtime to do.
-#[derive(Debug, Default)]
-pub struct DeliveryOutcome {
-    /// Delivery ids to confirm now (ACKs, cover, garbage, duplicates of finished messages).
-    pub confirm: Vec<u64>,
-    pub message: Option<Received>,
+/// What the driver sends to the gateway, in this order.
+#[derive(Debug)]
+pub enum LoopixTransmit {
+    /// A Sphinx packet for `ClientMessage::Forward`.
+    Packet(Built),
+    /// Delivery ids to confirm (ACKs, cover, garbage, duplicates of finished messages,
+    /// reassemblies given up); the driver chunks them into `ClientMessage::Confirm`s.
+    Confirm(Vec<u64>),
 }
 
-/// Bounds of the core's stores.
+/// What the client tells its driver.
+#[derive(Debug)]
+pub enum LoopixEvent {
+    /// An outgoing message moved; `done`: it will not move again.
+    Progress {
+        message_id: u64,
+        progress: SendProgress,
+        done: bool,
+    },
+    /// A complete message for the application.
+    Received(Received),
+}
+
+/// Bounds of the client's stores (defaults in [`crate::limits`]).
 #[derive(Debug, Clone, Copy)]
-pub struct CoreLimits {
+pub struct ClientLimits {
     pub reassembly: ReassemblyLimits,
     /// Fragments waiting for the Poisson stream before commands are no longer read.
     pub queue_high_water: usize,
@@ -222,14 +170,14 @@ pub struct CoreLimits {
     pub received_surbs_max: usize,
 }
 
-impl Default for CoreLimits {
+impl Default for ClientLimits {
     fn default() -> Self {
-        CoreLimits {
+        ClientLimits {
             reassembly: ReassemblyLimits::default(),
-            queue_high_water: 4096,
-            unacked_high_water: 65_536,
-            surb_records_max: 100_000,
-            received_surbs_max: 20_000,
+            queue_high_water: CLIENT_QUEUE_HIGH_WATER,
+            unacked_high_water: CLIENT_UNACKED_HIGH_WATER,
+            surb_records_max: CLIENT_SURB_RECORDS_MAX,
+            received_surbs_max: CLIENT_RECEIVED_SURBS_MAX,
         }
     }
 }
@@ -251,40 +199,46 @@ struct Outgoing {
     fragments: Vec<Fragment>,
     states: Vec<FragmentState>,
     progress: SendProgress,
-    watch: watch::Sender<SendProgress>,
 }
 
 struct SurbRecord {
     recovery: SurbRecovery,
     reply_key: Zeroizing<[u8; REPLY_KEY_BYTES]>,
     message_id: u64,
-    created_ms: u64,
+    created_us: u64,
 }
 
 struct Bundle {
     surbs: VecDeque<AttachedSurb>,
-    created_ms: u64,
+    created_us: u64,
 }
 
 enum Queued {
     Fragment(FragmentKey),
-    /// A reply packet, ready; its message's progress (`sent` only: replies are not acked).
-    Reply(Box<Built>, Arc<watch::Sender<SendProgress>>),
+    /// A reply packet, ready, and the reply's id (its progress counts `sent` only).
+    Reply(Box<Built>, u64),
 }
 
-pub struct Core {
+/// The sub-stores (retransmission tracker, reassembler) count ms; the client's clock is µs.
+fn ms(now_us: u64) -> u64 {
+    now_us / 1000
+}
+
+pub struct LoopixClient {
     own: SelfRoute,
     encryption: StaticSecret,
     encryption_key: [u8; 32],
     ack_key: AckKey,
     params: LoopixParams,
     size: PacketSize,
-    limits: CoreLimits,
+    limits: ClientLimits,
     rng: StdRng,
     topology: Option<Arc<Topology>>,
     tracker: Tracker,
     reassembler: Reassembler,
     outgoing: HashMap<u64, Outgoing>,
+    /// Replies not yet all sent: their progress.
+    replies: HashMap<u64, SendProgress>,
     queue: VecDeque<Queued>,
     records: HashMap<[u8; 16], SurbRecord>,
     records_order: VecDeque<[u8; 16]>,
@@ -293,21 +247,30 @@ pub struct Core {
     received_surbs: usize,
     next_bundle: u64,
     build_failed: bool,
-    stats: Arc<Stats>,
+    counters: Counters,
     /// The real/drop-cover and loop-cover streams.
     schedule: Schedule,
+    /// Ticks while disconnected pass unsent.
+    connected: bool,
+    next_housekeeping_us: u64,
+    transmits: VecDeque<LoopixTransmit>,
+    events: VecDeque<LoopixEvent>,
 }
 
-impl Core {
+impl LoopixClient {
+    /// A client with identity `identity_seed` (ed25519) and end-to-end key
+    /// `encryption_secret` (x25519), registered at `gateway`, starting at `now_us`. `rng` is
+    /// every random choice it makes (keys, routes, delays, gaps): seed it from the OS in a
+    /// deployment, from a fixed seed in a test or simulation.
     pub fn new(
         identity_seed: &[u8; 32],
         encryption_secret: &[u8; 32],
         gateway: [u8; 32],
         params: LoopixParams,
-        limits: CoreLimits,
-        stats: Arc<Stats>,
-    ) -> Core {
-        let mut rng: StdRng = rand::make_rng();
+        limits: ClientLimits,
+        now_us: u64,
+        mut rng: StdRng,
+    ) -> LoopixClient {
         let encryption = StaticSecret::from(*encryption_secret);
         let encryption_key = PublicKey::from(&encryption).to_bytes();
         let ack_key = AckKey::random(&mut rng);
@@ -319,12 +282,14 @@ impl Core {
                 disable_drop_cover: params.disable_drop_cover,
                 disable_loop_cover: params.disable_loop_cover,
             },
-            0,
+            now_us,
             &mut rng,
         );
-        Core {
+        LoopixClient {
             own: SelfRoute {
-                identity: crate::keyfile::ed25519_public(identity_seed),
+                identity: SigningKey::from_bytes(identity_seed)
+                    .verifying_key()
+                    .to_bytes(),
                 gateway,
             },
             encryption,
@@ -345,6 +310,7 @@ impl Core {
             ),
             reassembler: Reassembler::new(limits.reassembly),
             outgoing: HashMap::new(),
+            replies: HashMap::new(),
             queue: VecDeque::new(),
             records: HashMap::new(),
             records_order: VecDeque::new(),
@@ -353,8 +319,12 @@ impl Core {
             received_surbs: 0,
             next_bundle: 1,
             build_failed: false,
-            stats,
+            counters: Counters::default(),
             schedule,
+            connected: false,
+            next_housekeeping_us: now_us.saturating_add(CLIENT_HOUSEKEEPING_US),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
         }
     }
 
@@ -389,10 +359,34 @@ impl Core {
         !self.queue.is_empty()
     }
 
-    fn sync_queued(&self) {
-        self.stats
-            .queued
-            .store(self.queue.len() as u64, Ordering::Relaxed);
+    /// Whether the driver's connection to the gateway is up: while it is down, ticks of the
+    /// streams pass unsent (they keep their rate; nothing piles up for the reconnect).
+    pub fn set_connected(&mut self, connected: bool) {
+        self.connected = connected;
+    }
+
+    /// What the client counted so far.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            queued: self.queue.len() as u64,
+            ..self.counters
+        }
+    }
+
+    /// The next message for the gateway, in order.
+    pub fn poll_transmit(&mut self) -> Option<LoopixTransmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<LoopixEvent> {
+        self.events.pop_front()
+    }
+
+    fn confirm(&mut self, ids: Vec<u64>) {
+        if !ids.is_empty() {
+            self.transmits.push_back(LoopixTransmit::Confirm(ids));
+        }
     }
 
     fn builder<'a>(&self, topology: &'a Topology) -> Builder<'a> {
@@ -413,8 +407,8 @@ impl Core {
         recipient: Recipient,
         data: &[u8],
         reply_surbs: usize,
-        now_ms: u64,
-    ) -> Result<MessageTicket, SendError> {
+        now_us: u64,
+    ) -> Result<Accepted, SendError> {
         if reply_surbs > message::SURBS_PER_MESSAGE_MAX {
             return Err(SendError::TooManySurbs(reply_surbs));
         }
@@ -423,7 +417,7 @@ impl Core {
         topology.gateway(&recipient.gateway).ok_or_else(|| {
             SendError::Build(format!(
                 "recipient gateway {} is not in the topology",
-                crate::keyfile::hex(&recipient.gateway)
+                crate::hex::encode(&recipient.gateway)
             ))
         })?;
         let message_id = self.rng.random::<u64>();
@@ -460,7 +454,7 @@ impl Core {
                     recovery,
                     reply_key,
                     message_id,
-                    created_ms: now_ms,
+                    created_us: now_us,
                 },
             );
         }
@@ -468,7 +462,6 @@ impl Core {
             fragments: fragments.len(),
             ..SendProgress::default()
         };
-        let (watch, receiver) = watch::channel(progress);
         for index in 0..fragments.len() {
             let key = FragmentKey {
                 message: message_id,
@@ -486,13 +479,11 @@ impl Core {
                 fragments,
                 states: vec![FragmentState::Queued; count],
                 progress,
-                watch,
             },
         );
-        self.sync_queued();
-        Ok(MessageTicket {
+        Ok(Accepted {
             message_id,
-            progress: receiver,
+            progress,
         })
     }
 
@@ -501,7 +492,7 @@ impl Core {
             match self.records_order.pop_front() {
                 Some(old) => {
                     if self.records.remove(&old).is_some() {
-                        bump(&self.stats.surbs_evicted);
+                        self.counters.surbs_evicted += 1;
                     }
                 }
                 None => break,
@@ -513,7 +504,7 @@ impl Core {
 
     /// Queues a reply through the SURBs of `bundle` (replies are not acknowledged: the
     /// recipient's gateway cannot read a SURB-ACK in them).
-    pub fn reply(&mut self, bundle: u64, data: &[u8]) -> Result<MessageTicket, SendError> {
+    pub fn reply(&mut self, bundle: u64, data: &[u8]) -> Result<Accepted, SendError> {
         let capacity = reply_fragment_capacity(self.size);
         let message_id = self.rng.random::<u64>();
         let fragments = message::split(
@@ -564,16 +555,14 @@ impl Core {
             fragments: fragments.len(),
             ..SendProgress::default()
         };
-        let (watch, receiver) = watch::channel(progress);
-        let watch = Arc::new(watch);
+        self.replies.insert(message_id, progress);
         for packet in built {
             self.queue
-                .push_back(Queued::Reply(Box::new(packet), watch.clone()));
+                .push_back(Queued::Reply(Box::new(packet), message_id));
         }
-        self.sync_queued();
-        Ok(MessageTicket {
+        Ok(Accepted {
             message_id,
-            progress: receiver,
+            progress,
         })
     }
 
@@ -582,19 +571,34 @@ impl Core {
         self.bundles.get(&bundle).map_or(0, |b| b.surbs.len())
     }
 
-    /// The next real packet of the queue (a fragment transmission or a reply), if any.
-    pub fn next_real(&mut self, now_ms: u64) -> Option<Built> {
+    /// The next real packet of the queue (a fragment transmission or a reply), if any, sent
+    /// at `now_us`: a fragment's retransmission timer starts here, when it leaves, not when
+    /// it was queued. For a driver of an unpaced client ([`Self::paced`] false), which takes
+    /// real packets as fast as its connection does; a paced client's leave with the ticks of
+    /// [`Self::handle_timeout`].
+    pub fn next_real(&mut self, now_us: u64) -> Option<Built> {
         while let Some(item) = self.queue.pop_front() {
-            self.sync_queued();
             match item {
-                Queued::Reply(built, progress) => {
-                    bump(&self.stats.replies_sent);
-                    progress.send_modify(|p| p.sent += 1);
+                Queued::Reply(built, reply_id) => {
+                    self.counters.replies_sent += 1;
+                    if let Some(progress) = self.replies.get_mut(&reply_id) {
+                        progress.sent += 1;
+                        let progress = *progress;
+                        let done = progress.sent >= progress.fragments;
+                        if done {
+                            self.replies.remove(&reply_id);
+                        }
+                        self.events.push_back(LoopixEvent::Progress {
+                            message_id: reply_id,
+                            progress,
+                            done,
+                        });
+                    }
                     return Some(*built);
                 }
                 Queued::Fragment(key) => {
-                    if let Some(built) = self.transmit(key, now_ms) {
-                        bump(&self.stats.real_sent);
+                    if let Some(built) = self.transmit(key, now_us) {
+                        self.counters.real_sent += 1;
                         return Some(built);
                     }
                 }
@@ -603,7 +607,7 @@ impl Core {
         None
     }
 
-    fn transmit(&mut self, key: FragmentKey, now_ms: u64) -> Option<Built> {
+    fn transmit(&mut self, key: FragmentKey, now_us: u64) -> Option<Built> {
         let topology = self.topology.clone()?;
         let outgoing = self.outgoing.get(&key.message)?;
         let fragment = outgoing.fragments.get(key.index as usize)?.clone();
@@ -626,17 +630,21 @@ impl Core {
         });
         match result {
             Ok(built) => {
-                self.tracker.sent(key, now_ms, built.expected_rtt_ns);
+                self.tracker.sent(key, ms(now_us), built.expected_rtt_ns);
                 if let Some(outgoing) = self.outgoing.get_mut(&key.message) {
                     match outgoing.states.get_mut(key.index as usize) {
                         Some(state @ FragmentState::Queued) => {
                             *state = FragmentState::Sent;
                             outgoing.progress.sent += 1;
-                            outgoing.watch.send_replace(outgoing.progress);
+                            self.events.push_back(LoopixEvent::Progress {
+                                message_id: key.message,
+                                progress: outgoing.progress,
+                                done: false,
+                            });
                         }
                         // Counted when it actually leaves, not when its timer fires: an ACK
                         // may still settle it before that.
-                        Some(FragmentState::Sent) => bump(&self.stats.retransmitted),
+                        Some(FragmentState::Sent) => self.counters.retransmitted += 1,
                         _ => {}
                     }
                 }
@@ -645,7 +653,8 @@ impl Core {
             Err(_) => {
                 self.build_failure();
                 // Try again later (a new topology may have a route).
-                self.tracker.not_sent(key, now_ms.saturating_add(1000));
+                self.tracker
+                    .not_sent(key, ms(now_us.saturating_add(CLIENT_BUILD_RETRY_US)));
                 None
             }
         }
@@ -656,7 +665,7 @@ impl Core {
         let topology = self.topology.clone()?;
         match self.builder(&topology).drop_cover(&mut self.rng) {
             Ok(built) => {
-                bump(&self.stats.drop_cover_sent);
+                self.counters.drop_cover_sent += 1;
                 Some(built)
             }
             Err(_) => {
@@ -690,7 +699,7 @@ impl Core {
             });
         match result {
             Ok(built) => {
-                bump(&self.stats.loop_cover_sent);
+                self.counters.loop_cover_sent += 1;
                 Some(built)
             }
             Err(_) => {
@@ -700,47 +709,63 @@ impl Core {
         }
     }
 
-    /// Handles one gateway delivery.
-    pub fn deliver(
+    /// Handles one gateway delivery (decrypted in place): what it settles comes out as
+    /// events, what to confirm at once as a transmit.
+    pub fn handle_delivery(
         &mut self,
+        now_us: u64,
         delivery_id: u64,
         kind: DeliveryKind,
         identifier: [u8; 16],
         bytes: &mut [u8],
-        now_ms: u64,
+    ) {
+        let outcome = self.delivery(now_us, delivery_id, kind, identifier, bytes);
+        self.confirm(outcome.confirm);
+        if let Some(message) = outcome.message {
+            self.events.push_back(LoopixEvent::Received(message));
+        }
+    }
+
+    fn delivery(
+        &mut self,
+        now_us: u64,
+        delivery_id: u64,
+        kind: DeliveryKind,
+        identifier: [u8; 16],
+        bytes: &mut [u8],
     ) -> DeliveryOutcome {
         let mut outcome = DeliveryOutcome::default();
         match kind {
             DeliveryKind::Ack => {
                 outcome.confirm.push(delivery_id);
-                bump(&self.stats.acks_received);
+                self.counters.acks_received += 1;
                 match self.ack_key.open(bytes) {
-                    None => bump(&self.stats.forged_acks),
+                    None => self.counters.forged_acks += 1,
                     Some(ack_id) => match self.tracker.on_ack(ack_id) {
                         AckOutcome::Acked(key) => {
-                            bump(&self.stats.fragments_acked);
+                            self.counters.fragments_acked += 1;
                             self.settle(key, true);
                         }
-                        AckOutcome::Unknown => bump(&self.stats.stray_acks),
+                        AckOutcome::Unknown => self.counters.stray_acks += 1,
                     },
                 }
             }
             DeliveryKind::Message => match open_forward(&self.encryption, bytes) {
                 Err(_) => {
-                    bump(&self.stats.undecryptable);
+                    self.counters.undecryptable += 1;
                     outcome.confirm.push(delivery_id);
                 }
                 Ok(fragment) => {
                     let flags = fragment.header.flags;
                     if flags & FLAG_LOOP_COVER != 0 {
-                        bump(&self.stats.loop_cover_received);
+                        self.counters.loop_cover_received += 1;
                         outcome.confirm.push(delivery_id);
                     } else if flags & FLAG_IS_REPLY != 0 {
                         // Replies only come through SURBs.
-                        bump(&self.stats.fragments_refused);
+                        self.counters.fragments_refused += 1;
                         outcome.confirm.push(delivery_id);
                     } else {
-                        self.reassemble(fragment, delivery_id, None, now_ms, &mut outcome);
+                        self.reassemble(fragment, delivery_id, None, now_us, &mut outcome);
                     }
                 }
             },
@@ -756,12 +781,12 @@ impl Core {
                             fragment,
                             delivery_id,
                             Some(in_reply_to),
-                            now_ms,
+                            now_us,
                             &mut outcome,
                         );
                     }
                     _ => {
-                        bump(&self.stats.undecryptable);
+                        self.counters.undecryptable += 1;
                         outcome.confirm.push(delivery_id);
                     }
                 }
@@ -775,35 +800,38 @@ impl Core {
         fragment: Fragment,
         delivery_id: u64,
         in_reply_to: Option<u64>,
-        now_ms: u64,
+        now_us: u64,
         outcome: &mut DeliveryOutcome,
     ) {
-        match self.reassembler.insert(fragment, Some(delivery_id), now_ms) {
+        match self
+            .reassembler
+            .insert(fragment, Some(delivery_id), ms(now_us))
+        {
             Err(_) => {
-                bump(&self.stats.fragments_refused);
+                self.counters.fragments_refused += 1;
                 outcome.confirm.push(delivery_id);
             }
             Ok(Err(message::Accepted::AlreadyComplete)) => {
-                bump(&self.stats.duplicates);
+                self.counters.duplicates += 1;
                 outcome.confirm.push(delivery_id);
             }
-            Ok(Err(message::Accepted::Duplicate)) => bump(&self.stats.duplicates),
+            Ok(Err(message::Accepted::Duplicate)) => self.counters.duplicates += 1,
             Ok(Err(message::Accepted::Incomplete)) => {}
             Ok(Ok(complete)) => {
                 let (surbs, data) = match decode_body(complete.flags, &complete.body) {
                     Ok((surbs, data)) => (surbs, data.to_vec()),
                     Err(_) => {
-                        bump(&self.stats.fragments_refused);
+                        self.counters.fragments_refused += 1;
                         outcome.confirm.extend(complete.delivery_ids);
                         return;
                     }
                 };
                 let reply_surbs = surbs.len();
-                let surb_bundle = (reply_surbs > 0).then(|| self.store_bundle(surbs, now_ms));
+                let surb_bundle = (reply_surbs > 0).then(|| self.store_bundle(surbs, now_us));
                 if in_reply_to.is_some() {
-                    bump(&self.stats.replies_received);
+                    self.counters.replies_received += 1;
                 } else {
-                    bump(&self.stats.messages_received);
+                    self.counters.messages_received += 1;
                 }
                 outcome.message = Some(Received {
                     message_id: complete.message_id,
@@ -817,7 +845,7 @@ impl Core {
         }
     }
 
-    fn store_bundle(&mut self, surbs: Vec<AttachedSurb>, now_ms: u64) -> u64 {
+    fn store_bundle(&mut self, surbs: Vec<AttachedSurb>, now_us: u64) -> u64 {
         let count = surbs.len();
         while self.received_surbs + count > self.limits.received_surbs_max {
             let Some(old) = self.bundles_order.pop_front() else {
@@ -825,9 +853,7 @@ impl Core {
             };
             if let Some(bundle) = self.bundles.remove(&old) {
                 self.received_surbs = self.received_surbs.saturating_sub(bundle.surbs.len());
-                self.stats
-                    .surbs_evicted
-                    .fetch_add(bundle.surbs.len() as u64, Ordering::Relaxed);
+                self.counters.surbs_evicted += bundle.surbs.len() as u64;
             }
         }
         let id = self.next_bundle;
@@ -837,7 +863,7 @@ impl Core {
             id,
             Bundle {
                 surbs: surbs.into(),
-                created_ms: now_ms,
+                created_us: now_us,
             },
         );
         self.bundles_order.push_back(id);
@@ -853,7 +879,7 @@ impl Core {
             }
             self.bundles_order.retain(|b| *b != bundle);
         }
-        bump(&self.stats.application_overflow);
+        self.counters.application_overflow += 1;
     }
 
     fn settle(&mut self, key: FragmentKey, acked: bool) {
@@ -883,14 +909,20 @@ impl Core {
                 outgoing.progress.failed += 1;
             }
         }
-        outgoing.watch.send_replace(outgoing.progress);
-        if outgoing.progress.finished() {
+        let progress = outgoing.progress;
+        let done = progress.finished();
+        if done {
             self.outgoing.remove(&key.message);
         }
+        self.events.push_back(LoopixEvent::Progress {
+            message_id: key.message,
+            progress,
+            done,
+        });
     }
 
     fn build_failure(&mut self) {
-        bump(&self.stats.build_failures);
+        self.counters.build_failures += 1;
         self.build_failed = true;
     }
 
@@ -899,15 +931,36 @@ impl Core {
         std::mem::take(&mut self.build_failed)
     }
 
-    /// The earliest timer (retransmission) in ms.
-    pub fn next_timer(&self) -> Option<u64> {
-        self.tracker.next_deadline()
+    /// The next deadline (µs): a retransmission timer, a tick of either stream, or
+    /// housekeeping. Call [`Self::handle_timeout`] when it passes.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let retransmission = self
+            .tracker
+            .next_deadline()
+            .map(|ms| ms.saturating_mul(1000));
+        [
+            retransmission,
+            self.schedule.poll_timeout(),
+            Some(self.next_housekeeping_us),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    /// Fires timers: retransmissions are queued at the front; returns delivery ids of expired
-    /// incomplete messages to confirm (give up on them).
-    pub fn on_timers(&mut self, now_ms: u64) -> Vec<u64> {
-        for due in self.tracker.due(now_ms) {
+    /// Whether real packets wait for ticks of the Poisson stream (otherwise the driver takes
+    /// them with [`Self::next_real`] as soon as its connection can).
+    pub fn paced(&self) -> bool {
+        self.schedule.paced()
+    }
+
+    /// Fires what is due at `now_us`: retransmissions are queued at the front of the real
+    /// queue; each tick of the real stream sends the next real packet (or drop cover), each
+    /// tick of the loop stream loop cover; housekeeping expires old SURBs and gives up stale
+    /// reassemblies (their deliveries are confirmed). The packets come out of
+    /// [`Self::poll_transmit`].
+    pub fn handle_timeout(&mut self, now_us: u64) {
+        for due in self.tracker.due(ms(now_us)) {
             match due {
                 Due::Retransmit(key) => {
                     if self.outgoing.contains_key(&key.message) {
@@ -918,16 +971,41 @@ impl Core {
                     }
                 }
                 Due::GiveUp(key) => {
-                    bump(&self.stats.fragments_given_up);
+                    self.counters.fragments_given_up += 1;
                     self.settle(key, false);
                 }
             }
         }
-        self.sync_queued();
-        let lifetime_ms = self.params.reply_surb_lifetime_s.saturating_mul(1000);
+        while let Some(tick) = self.schedule.poll_due(now_us, &mut self.rng) {
+            if !self.connected {
+                continue;
+            }
+            let built = match tick {
+                Tick::Real { drop_cover } => match self.next_real(now_us) {
+                    Some(built) => Some(built),
+                    None if drop_cover => self.drop_cover(),
+                    None => None,
+                },
+                Tick::Loop => self.loop_cover(),
+            };
+            if let Some(built) = built {
+                self.transmits.push_back(LoopixTransmit::Packet(built));
+            }
+        }
+        if now_us >= self.next_housekeeping_us {
+            self.next_housekeeping_us = now_us.saturating_add(CLIENT_HOUSEKEEPING_US);
+            let expired = self.housekeeping(now_us);
+            self.confirm(expired);
+        }
+    }
+
+    /// Expires SURB records and bundles past their lifetime and stale reassemblies; returns
+    /// the delivery ids of the reassemblies given up.
+    fn housekeeping(&mut self, now_us: u64) -> Vec<u64> {
+        let lifetime_us = self.params.reply_surb_lifetime_s.saturating_mul(1_000_000);
         while let Some(id) = self.records_order.front() {
             match self.records.get(id) {
-                Some(r) if now_ms.saturating_sub(r.created_ms) <= lifetime_ms => break,
+                Some(r) if now_us.saturating_sub(r.created_us) <= lifetime_us => break,
                 _ => {
                     if let Some(id) = self.records_order.pop_front() {
                         self.records.remove(&id);
@@ -937,7 +1015,7 @@ impl Core {
         }
         while let Some(id) = self.bundles_order.front() {
             match self.bundles.get(id) {
-                Some(b) if now_ms.saturating_sub(b.created_ms) <= lifetime_ms => break,
+                Some(b) if now_us.saturating_sub(b.created_us) <= lifetime_us => break,
                 _ => {
                     if let Some(id) = self.bundles_order.pop_front() {
                         if let Some(b) = self.bundles.remove(&id) {
@@ -947,44 +1025,16 @@ impl Core {
                 }
             }
         }
-        self.reassembler.expire(now_ms)
+        self.reassembler.expire(ms(now_us))
     }
+}
 
-    /// Whether real packets wait for ticks of the Poisson stream (otherwise they leave as soon
-    /// as the connection takes them).
-    pub fn paced(&self) -> bool {
-        self.schedule.paced()
-    }
-
-    /// When the next tick of either stream is due, in ms since the core started (rounded up).
-    pub fn next_tick_ms(&self) -> Option<u64> {
-        self.schedule.poll_timeout().map(|us| us.div_ceil(1000))
-    }
-
-    /// The packets of every tick due at `now_ms`: a real packet or drop cover per tick of the
-    /// real stream, loop cover per tick of the loop stream. Disconnected, ticks pass unsent
-    /// (the streams keep their rate; nothing piles up for the reconnect).
-    pub fn on_ticks(&mut self, now_ms: u64, connected: bool) -> Vec<Built> {
-        let mut out = Vec::new();
-        while let Some(tick) = self
-            .schedule
-            .poll_due(now_ms.saturating_mul(1000), &mut self.rng)
-        {
-            if !connected {
-                continue;
-            }
-            let built = match tick {
-                Tick::Real { drop_cover } => match self.next_real(now_ms) {
-                    Some(built) => Some(built),
-                    None if drop_cover => self.drop_cover(),
-                    None => None,
-                },
-                Tick::Loop => self.loop_cover(),
-            };
-            out.extend(built);
-        }
-        out
-    }
+/// What one delivery asks for.
+#[derive(Debug, Default)]
+struct DeliveryOutcome {
+    /// Delivery ids to confirm now (ACKs, cover, garbage, duplicates of finished messages).
+    confirm: Vec<u64>,
+    message: Option<Received>,
 }
 
 #[cfg(test)]
@@ -994,9 +1044,84 @@ mod tests {
 
     use lethe_crypto::sphinx::{self, address, Hop, Packet};
 
+    use std::cell::RefCell;
+
+    use rand::SeedableRng;
+
     use super::*;
-    use crate::proto::payload::{split_forward, DROP_COVER_DESTINATION};
     use crate::topology::{Descriptor, Role};
+    use crate::wire::payload::{split_forward, DROP_COVER_DESTINATION};
+
+    thread_local! {
+        /// What the clients of this test reported: progress by message id (ids are random
+        /// u64s, distinct across clients), completed messages, confirmed deliveries.
+        static BOOK: RefCell<HashMap<u64, SendProgress>> = RefCell::new(HashMap::new());
+        static RECEIVED: RefCell<Vec<Received>> = const { RefCell::new(Vec::new()) };
+        static CONFIRMED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Drains a client's events and confirmations into the book.
+    fn pump(c: &mut LoopixClient) {
+        while let Some(event) = c.poll_event() {
+            match event {
+                LoopixEvent::Progress {
+                    message_id,
+                    progress,
+                    ..
+                } => BOOK.with(|b| {
+                    b.borrow_mut().insert(message_id, progress);
+                }),
+                LoopixEvent::Received(message) => RECEIVED.with(|r| r.borrow_mut().push(message)),
+            }
+        }
+        while let Some(transmit) = c.poll_transmit() {
+            match transmit {
+                LoopixTransmit::Confirm(ids) => CONFIRMED.with(|c| c.borrow_mut().extend(ids)),
+                LoopixTransmit::Packet(_) => panic!("packets only leave through next_real here"),
+            }
+        }
+    }
+
+    fn progress(c: &mut LoopixClient, id: u64) -> SendProgress {
+        pump(c);
+        BOOK.with(|b| b.borrow().get(&id).copied().unwrap())
+    }
+
+    /// A delivery, as the old `deliver` returned it: (to confirm, completed message).
+    fn deliver(
+        c: &mut LoopixClient,
+        id: u64,
+        kind: DeliveryKind,
+        identifier: [u8; 16],
+        bytes: &mut [u8],
+        now_ms: u64,
+    ) -> (Vec<u64>, Option<Received>) {
+        c.handle_delivery(now_ms * 1000, id, kind, identifier, bytes);
+        pump(c);
+        let confirm = CONFIRMED.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        let mut received = RECEIVED.with(|r| std::mem::take(&mut *r.borrow_mut()));
+        assert!(received.len() <= 1);
+        (confirm, received.pop())
+    }
+
+    /// Fires what is due at `now_ms` (the client is not connected: no ticks are sent).
+    fn fire(c: &mut LoopixClient, now_ms: u64) {
+        c.handle_timeout(now_ms * 1000);
+        pump(c);
+    }
+
+    /// Records an accepted message's first progress.
+    fn book(accepted: Accepted) -> Accepted {
+        BOOK.with(|b| {
+            b.borrow_mut()
+                .insert(accepted.message_id, accepted.progress)
+        });
+        accepted
+    }
+
+    fn next_timer(c: &LoopixClient) -> Option<u64> {
+        c.tracker.next_deadline()
+    }
 
     struct Net {
         topology: Arc<Topology>,
@@ -1009,8 +1134,12 @@ mod tests {
         let mut node = |seed: u8, role| {
             let secret = StaticSecret::from([seed; 32]);
             let d = Descriptor {
-                identity: crate::keyfile::hex(&crate::keyfile::ed25519_public(&[seed; 32])),
-                sphinx_key: crate::keyfile::hex(PublicKey::from(&secret).as_bytes()),
+                identity: crate::hex::encode(
+                    SigningKey::from_bytes(&[seed; 32])
+                        .verifying_key()
+                        .as_bytes(),
+                ),
+                sphinx_key: crate::hex::encode(PublicKey::from(&secret).as_bytes()),
                 rotation_id: 1,
                 mix_address: SocketAddr::from(([10, 0, 0, seed], 1789)),
                 role,
@@ -1087,20 +1216,21 @@ mod tests {
         out
     }
 
-    fn core(seed: u8, net: &Net) -> Core {
+    fn core(seed: u8, net: &Net) -> LoopixClient {
         let params = LoopixParams {
             average_packet_delay_ms: 10.0,
             average_ack_delay_ms: 10.0,
             max_retransmissions: Some(1),
             ..LoopixParams::default()
         };
-        let mut core = Core::new(
+        let mut core = LoopixClient::new(
             &[seed; 32],
             &[seed + 100; 32],
             net.gateway,
             params,
-            CoreLimits::default(),
-            Arc::new(Stats::default()),
+            ClientLimits::default(),
+            0,
+            StdRng::seed_from_u64(u64::from(seed)),
         );
         core.set_topology(net.topology.clone());
         core
@@ -1108,7 +1238,7 @@ mod tests {
 
     /// Feeds deliveries to whichever core they are for; returns completed messages.
     fn feed(
-        cores: &mut [&mut Core],
+        cores: &mut [&mut LoopixClient],
         deliveries: Vec<Delivery>,
         now_ms: u64,
     ) -> (Vec<Received>, Vec<u64>) {
@@ -1119,9 +1249,9 @@ mod tests {
                 .iter_mut()
                 .find(|c| c.address().identity == to)
                 .unwrap();
-            let outcome = core.deliver(id as u64, kind, identifier, &mut bytes, now_ms);
-            confirmed.extend(outcome.confirm);
-            received.extend(outcome.message);
+            let (confirm, message) = deliver(core, id as u64, kind, identifier, &mut bytes, now_ms);
+            confirmed.extend(confirm);
+            received.extend(message);
         }
         (received, confirmed)
     }
@@ -1132,15 +1262,15 @@ mod tests {
         let mut a = core(1, &net);
         let mut b = core(2, &net);
         let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
-        let ticket = a.send(b.address(), &data, 0, 0).unwrap();
+        let ticket = book(a.send(b.address(), &data, 0, 0).unwrap());
         let first = a.next_real(0).unwrap();
         let second = a.next_real(0).unwrap();
         assert!(a.next_real(0).is_none());
-        assert_eq!(ticket.progress.borrow().sent, 2);
+        assert_eq!(progress(&mut a, ticket.message_id).sent, 2);
         // Deadlines: RTT × 1.5 + 1.5 s after sending.
-        let deadline = a.next_timer().unwrap();
+        let deadline = next_timer(&a).unwrap();
         assert!(deadline >= 1500, "{deadline}");
-        assert!(a.on_timers(deadline - 1).is_empty());
+        fire(&mut a, deadline - 1);
         assert_eq!(a.queue_len(), 0);
 
         // The first arrives and is acked; the second is lost.
@@ -1150,17 +1280,17 @@ mod tests {
             10,
         );
         assert!(received.is_empty());
-        assert_eq!(ticket.progress.borrow().acked, 1);
+        assert_eq!(progress(&mut a, ticket.message_id).acked, 1);
         drop(second);
         // Its timer fires: queued again at the front, sent on a fresh route.
         let mut now = 0;
         while a.queue_len() == 0 {
-            now = a.next_timer().unwrap();
-            a.on_timers(now);
+            now = next_timer(&a).unwrap();
+            fire(&mut a, now);
         }
-        assert_eq!(a.stats.retransmitted.load(Ordering::Relaxed), 0);
-        let again = a.next_real(now).unwrap();
-        assert_eq!(a.stats.retransmitted.load(Ordering::Relaxed), 1);
+        assert_eq!(a.counters().retransmitted, 0);
+        let again = a.next_real(now * 1000).unwrap();
+        assert_eq!(a.counters().retransmitted, 1);
         let (received, confirmed) = feed(
             &mut [&mut a, &mut b],
             gateway(&net, again.first_hop, again.packet),
@@ -1174,23 +1304,23 @@ mod tests {
             !confirmed.is_empty(),
             "the ACK delivery is confirmed at once"
         );
-        let progress = *ticket.progress.borrow();
-        assert!(progress.delivered() && progress.finished());
-        assert!(a.next_timer().is_none());
+        let p = progress(&mut a, ticket.message_id);
+        assert!(p.delivered() && p.finished());
+        assert!(next_timer(&a).is_none());
 
         // With one retransmission allowed, a fragment lost twice is given up.
-        let lost = a.send(b.address(), b"x", 0, now).unwrap();
-        assert!(a.next_real(now).is_some());
+        let lost = book(a.send(b.address(), b"x", 0, now * 1000).unwrap());
+        assert!(a.next_real(now * 1000).is_some());
         let mut rounds = 0;
-        while !lost.progress.borrow().finished() {
-            now = a.next_timer().unwrap();
-            a.on_timers(now);
-            let _ = a.next_real(now);
+        while !progress(&mut a, lost.message_id).finished() {
+            now = next_timer(&a).unwrap();
+            fire(&mut a, now);
+            let _ = a.next_real(now * 1000);
             rounds += 1;
             assert!(rounds < 5);
         }
-        assert_eq!(lost.progress.borrow().failed, 1);
-        assert_eq!(a.stats.fragments_given_up.load(Ordering::Relaxed), 1);
+        assert_eq!(progress(&mut a, lost.message_id).failed, 1);
+        assert_eq!(a.counters().fragments_given_up, 1);
     }
 
     #[test]
@@ -1203,21 +1333,28 @@ mod tests {
         let (received, confirmed) = feed(&mut [&mut a], deliveries, 0);
         assert!(received.is_empty());
         assert_eq!(confirmed.len(), 2);
-        assert_eq!(a.stats.loop_cover_received.load(Ordering::Relaxed), 1);
-        assert_eq!(a.stats.stray_acks.load(Ordering::Relaxed), 1);
+        assert_eq!(a.counters().loop_cover_received, 1);
+        assert_eq!(a.counters().stray_acks, 1);
         // A forged ACK and garbage content are confirmed and counted.
-        let outcome = a.deliver(7, DeliveryKind::Ack, [0; 16], &mut [1u8; 21], 0);
-        assert_eq!(outcome.confirm, vec![7]);
-        assert_eq!(a.stats.forged_acks.load(Ordering::Relaxed), 1);
-        let outcome = a.deliver(8, DeliveryKind::Message, [0; 16], &mut [1u8; 1630], 0);
-        assert_eq!(outcome.confirm, vec![8]);
-        assert_eq!(a.stats.undecryptable.load(Ordering::Relaxed), 1);
-        let outcome = a.deliver(9, DeliveryKind::Reply, [5; 16], &mut [1u8; 2065], 0);
-        assert_eq!(outcome.confirm, vec![9]);
+        let outcome = deliver(&mut a, 7, DeliveryKind::Ack, [0; 16], &mut [1u8; 21], 0);
+        assert_eq!(outcome.0, vec![7]);
+        assert_eq!(a.counters().forged_acks, 1);
+        let outcome = deliver(
+            &mut a,
+            8,
+            DeliveryKind::Message,
+            [0; 16],
+            &mut [1u8; 1630],
+            0,
+        );
+        assert_eq!(outcome.0, vec![8]);
+        assert_eq!(a.counters().undecryptable, 1);
+        let outcome = deliver(&mut a, 9, DeliveryKind::Reply, [5; 16], &mut [1u8; 2065], 0);
+        assert_eq!(outcome.0, vec![9]);
 
         // A message delivered twice (at-least-once) is handed over once.
         let mut b = core(2, &net);
-        a.send(b.address(), b"once", 0, 0).unwrap();
+        book(a.send(b.address(), b"once", 0, 0).unwrap());
         let packet = a.next_real(0).unwrap();
         let deliveries = gateway(&net, packet.first_hop, packet.packet);
         let (received, _) = feed(&mut [&mut a, &mut b], deliveries.clone(), 0);
@@ -1229,7 +1366,7 @@ mod tests {
             2,
             "duplicate content and ACK confirmed at once"
         );
-        assert_eq!(b.stats.duplicates.load(Ordering::Relaxed), 1);
+        assert_eq!(b.counters().duplicates, 1);
     }
 
     #[test]
@@ -1237,7 +1374,7 @@ mod tests {
         let net = net();
         let mut a = core(1, &net);
         let mut b = core(2, &net);
-        let ticket = a.send(b.address(), b"question", 2, 0).unwrap();
+        let ticket = book(a.send(b.address(), b"question", 2, 0).unwrap());
         let packet = a.next_real(0).unwrap();
         let (received, _) = feed(
             &mut [&mut a, &mut b],
@@ -1255,10 +1392,10 @@ mod tests {
                 available: 2
             })
         ));
-        let reply_ticket = b.reply(bundle, b"answer").unwrap();
+        let reply_ticket = book(b.reply(bundle, b"answer").unwrap());
         assert_eq!(b.surbs_left(bundle), 1);
         let packet = b.next_real(0).unwrap();
-        assert_eq!(reply_ticket.progress.borrow().sent, 1);
+        assert_eq!(progress(&mut b, reply_ticket.message_id).sent, 1);
         let (received, _) = feed(
             &mut [&mut a, &mut b],
             gateway(&net, packet.first_hop, packet.packet),
@@ -1266,7 +1403,7 @@ mod tests {
         );
         assert_eq!(received[0].data, b"answer");
         assert_eq!(received[0].in_reply_to, Some(ticket.message_id));
-        assert_eq!(a.stats.replies_received.load(Ordering::Relaxed), 1);
+        assert_eq!(a.counters().replies_received, 1);
         assert!(matches!(
             b.reply(999, b"x"),
             Err(SendError::UnknownBundle(999))
@@ -1308,21 +1445,21 @@ mod tests {
             a.tracker = Tracker::new(AckWait::default(), None, dice.roll(1 << 40));
             let mut b = core(2, &net);
             let data: Vec<u8> = (0..12_000u32).map(|i| (i ^ round as u32) as u8).collect();
-            let ticket = a.send(b.address(), &data, 0, 0).unwrap();
-            let fragments = ticket.progress.borrow().fragments;
+            let ticket = book(a.send(b.address(), &data, 0, 0).unwrap());
+            let fragments = progress(&mut a, ticket.message_id).fragments;
             assert!(fragments >= 6, "{fragments}");
             // Every transmission that left, with its ACK kept back to play it later.
             let mut acks: Vec<Delivery> = Vec::new();
             let mut contents: Vec<Delivery> = Vec::new();
             let mut now = 0u64;
             let mut steps = 0;
-            while !ticket.progress.borrow().finished() {
+            while !progress(&mut a, ticket.message_id).finished() {
                 steps += 1;
                 assert!(steps < 10_000, "round {round}: no progress");
                 match dice.roll(6) {
                     // A packet leaves (a first transmission or a queued retransmission).
                     0 | 1 => {
-                        if let Some(built) = a.next_real(now) {
+                        if let Some(built) = a.next_real(now * 1000) {
                             let (content, ack) = journey(&net, built);
                             contents.extend(content);
                             acks.extend(ack);
@@ -1331,7 +1468,7 @@ mod tests {
                     // Time passes: timers fire and queue retransmissions at the front.
                     2 => {
                         now += 400 + dice.roll(1200);
-                        a.on_timers(now);
+                        fire(&mut a, now);
                     }
                     // An ACK arrives, maybe twice, maybe again later (a duplicate).
                     _ => {
@@ -1345,32 +1482,32 @@ mod tests {
                         }
                     }
                 }
-                let p = *ticket.progress.borrow();
+                let p = progress(&mut a, ticket.message_id);
                 assert!(p.acked <= p.sent, "round {round}: {p:?}");
                 assert!(p.sent <= p.fragments, "round {round}: {p:?}");
             }
-            let p = *ticket.progress.borrow();
+            let p = progress(&mut a, ticket.message_id);
             assert_eq!(
                 (p.acked, p.sent, p.failed),
                 (fragments, fragments, 0),
                 "round {round}"
             );
             // Every ACK again, and anything still queued goes (it must not, it is settled).
-            while let Some(built) = a.next_real(now) {
+            while let Some(built) = a.next_real(now * 1000) {
                 let (content, ack) = journey(&net, built);
                 contents.extend(content);
                 acks.extend(ack);
             }
             feed(&mut [&mut a], acks.clone(), now);
             feed(&mut [&mut a], acks, now);
-            assert_eq!(*ticket.progress.borrow(), p, "round {round}");
+            assert_eq!(progress(&mut a, ticket.message_id), p, "round {round}");
             assert_eq!(
-                a.stats.fragments_acked.load(Ordering::Relaxed),
+                a.counters().fragments_acked,
                 fragments as u64,
                 "round {round}"
             );
             assert_eq!(a.tracker.pending(), 0);
-            assert!(a.next_timer().is_none());
+            assert!(next_timer(&a).is_none());
             // The recipient has every fragment: the message completes.
             let (received, _) = feed(&mut [&mut b], contents, now);
             assert_eq!(received.len(), 1, "round {round}");
@@ -1386,8 +1523,8 @@ mod tests {
         let net = net();
         let mut a = core(1, &net);
         let b = core(2, &net);
-        let ticket = a.send(b.address(), &[7u8; 8000], 0, 0).unwrap();
-        let fragments = ticket.progress.borrow().fragments;
+        let ticket = book(a.send(b.address(), &[7u8; 8000], 0, 0).unwrap());
+        let fragments = progress(&mut a, ticket.message_id).fragments;
         let mut acks = Vec::new();
         while let Some(built) = a.next_real(0) {
             acks.extend(journey(&net, built).1);
@@ -1395,30 +1532,30 @@ mod tests {
         assert_eq!(acks.len(), fragments);
         let mut now = 0;
         while a.queue_len() < fragments {
-            now = a.next_timer().unwrap();
-            a.on_timers(now);
+            now = next_timer(&a).unwrap();
+            fire(&mut a, now);
         }
         // One fragment's ACK is late; the others arrive while their retransmissions wait.
         let late = acks.pop().unwrap();
         feed(&mut [&mut a], acks.clone(), now);
         feed(&mut [&mut a], acks, now);
-        let p = *ticket.progress.borrow();
+        let p = progress(&mut a, ticket.message_id);
         assert_eq!((p.sent, p.acked, p.failed), (fragments, fragments - 1, 0));
         let again = a
-            .next_real(now)
+            .next_real(now * 1000)
             .expect("the unacknowledged fragment goes again");
-        assert!(a.next_real(now).is_none(), "a settled fragment went again");
-        assert_eq!(a.stats.retransmitted.load(Ordering::Relaxed), 1);
+        assert!(
+            a.next_real(now * 1000).is_none(),
+            "a settled fragment went again"
+        );
+        assert_eq!(a.counters().retransmitted, 1);
         feed(&mut [&mut a], journey(&net, again).1, now);
         feed(&mut [&mut a], vec![late], now);
-        let p = *ticket.progress.borrow();
+        let p = progress(&mut a, ticket.message_id);
         assert_eq!((p.sent, p.acked, p.failed), (fragments, fragments, 0));
-        assert_eq!(
-            a.stats.fragments_acked.load(Ordering::Relaxed),
-            fragments as u64
-        );
+        assert_eq!(a.counters().fragments_acked, fragments as u64);
         // The duplicates and the late ACK of the first transmission.
-        assert_eq!(a.stats.stray_acks.load(Ordering::Relaxed), fragments as u64);
-        assert!(a.next_timer().is_none());
+        assert_eq!(a.counters().stray_acks, fragments as u64);
+        assert!(next_timer(&a).is_none());
     }
 }
