@@ -20,8 +20,10 @@ pub const EVENTS_MAX: u64 = 500_000_000;
 // The route is the mix layers and the exit gateway.
 const _: () = assert!(LAYERS_MAX < lethe_crypto::sphinx::constants::MAX_PATH_LENGTH as u32);
 
-/// Loopix cover streams of one client (all Poisson). With cover, real messages wait for a
-/// slot of the payload stream, which sends a drop cover packet when none waits.
+/// Loopix cover streams of one client (all Poisson). The payload and loop streams are the
+/// real client's schedule (`lethe_proto::loopix::schedule`): real messages wait for a payload
+/// slot, which sends drop cover when none waits. The drop stream is Loopix's separate one
+/// (the Lethe client has none: 0 matches it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoverRates {

@@ -1,9 +1,10 @@
 //! A deterministic discrete-event simulator. Mixes and gateways are the real engine core
 //! ([`lethe_engine::core::Core`], I/O-free: fed time and packet bytes, returning actions), so
-//! the Sphinx processing, delays and drops are the nodes' own, not a model of them. Clients are
-//! a minimal Loopix source for now (Poisson real, payload, loop and drop streams building real
-//! Sphinx packets with `lethe_crypto::sphinx::create`); the shared client core of lethe-proto
-//! replaces it once it lands.
+//! the Sphinx processing, delays and drops are the nodes' own, not a model of them. Clients
+//! send on the real client's Loopix schedule (`lethe_proto::loopix::schedule`) and draw per-hop
+//! delays as it does (`lethe_proto::topology::sample_delays_ns`), building real Sphinx packets
+//! with `lethe_crypto::sphinx::create`; the rest of the client core (ACKs, retransmission,
+//! sessions) joins once it lives in lethe-proto.
 //!
 //! Determinism: one seeded ChaCha20 stream draws keys, routes, delays, timings and Sphinx
 //! randomness in event order; events at the same instant run in the order they were scheduled
@@ -29,6 +30,8 @@ use lethe_engine::core::{Action, Admitted, Core, NodeKeys, SphinxKey};
 use lethe_engine::limits::{PacketSizes, DELAY_MS_MAX};
 use lethe_engine::metrics::{CoreMetrics, DropReason};
 use lethe_engine::{EngineConfig, ReplayFilter, ReplayFilterSet, ReplayParams};
+use lethe_proto::loopix::schedule::{Schedule, ScheduleParams, Tick};
+use lethe_proto::topology::sample_delays_ns;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -117,9 +120,11 @@ struct WirePacket {
 
 #[derive(Clone, Copy, Debug)]
 enum Stream {
+    /// A new real message (the workload, not a Loopix stream).
     Message,
-    Payload,
-    Loop,
+    /// The client's Loopix schedule (lethe-proto: real/drop-cover and loop streams) is due.
+    Schedule,
+    /// Loopix's separate drop-cover stream (the Lethe client has none: rate 0 there).
     Drop,
     MixLoop,
 }
@@ -175,6 +180,8 @@ struct ClientNode {
     gateway: u32,
     recipient: u32,
     waiting: VecDeque<u64>,
+    /// With cover: the real client's schedule, which paces real packets and cover.
+    schedule: Option<Schedule>,
 }
 
 enum NodeState {
@@ -340,8 +347,7 @@ impl<'a> World<'a> {
         let cover = self.config.cover.as_ref();
         match stream {
             Stream::Message => self.config.message_rate_per_s,
-            Stream::Payload => cover.map(|c| c.payload_rate_per_s).unwrap_or(0.0),
-            Stream::Loop => cover.map(|c| c.loop_rate_per_s).unwrap_or(0.0),
+            Stream::Schedule => 0.0,
             Stream::Drop => cover.map(|c| c.drop_rate_per_s).unwrap_or(0.0),
             Stream::MixLoop => self.config.mix_loop_rate_per_s,
         }
@@ -361,9 +367,10 @@ impl<'a> World<'a> {
 
     fn start(&mut self) {
         for c in 0..self.config.clients {
-            for stream in [Stream::Message, Stream::Payload, Stream::Loop, Stream::Drop] {
+            for stream in [Stream::Message, Stream::Drop] {
                 self.next_tick(c, stream, 0);
             }
+            self.start_schedule(c);
         }
         let mixes: Vec<u32> = self.layers.iter().flatten().copied().collect();
         for mix in mixes {
@@ -403,26 +410,87 @@ impl<'a> World<'a> {
                 Ok(())
             }
             Stream::Message => self.send(node, Class::Real, recipient, id, t),
-            Stream::Payload => {
-                let waiting = match &mut self.nodes[node as usize] {
-                    NodeState::Client(client) => client.waiting.pop_front(),
-                    NodeState::Engine(_) => None,
-                };
-                match waiting {
-                    Some(real) => self.send(node, Class::Real, recipient, real, t),
-                    None => {
-                        let to = self.random_other_client(node);
-                        self.send(node, Class::DropCover, to, id, t)
-                    }
-                }
-            }
-            Stream::Loop => self.send(node, Class::LoopCover, node, id, t),
+            Stream::Schedule => self.schedule_due(node, t),
             Stream::Drop => {
                 let to = self.random_other_client(node);
                 self.send(node, Class::DropCover, to, id, t)
             }
             Stream::MixLoop => Ok(()),
         }
+    }
+
+    /// With cover, a client sends on lethe-proto's Loopix schedule (the real client's).
+    fn start_schedule(&mut self, client: u32) {
+        let Some(cover) = &self.config.cover else {
+            return;
+        };
+        let mean_us = |rate: f64| if rate > 0.0 { 1e6 / rate } else { 0.0 };
+        let params = ScheduleParams {
+            real_mean_us: mean_us(cover.payload_rate_per_s),
+            loop_mean_us: mean_us(cover.loop_rate_per_s),
+            disable_drop_cover: false,
+            disable_loop_cover: cover.loop_rate_per_s <= 0.0,
+        };
+        let schedule = Schedule::new(params, 0, &mut self.rng);
+        let due_us = schedule.poll_timeout();
+        if let NodeState::Client(node) = &mut self.nodes[client as usize] {
+            node.schedule = Some(schedule);
+        }
+        self.schedule_wake(client, due_us);
+    }
+
+    fn schedule_wake(&mut self, client: u32, due_us: Option<u64>) {
+        let Some(due_ns) = due_us.map(|us| us.saturating_mul(NS_PER_US)) else {
+            return;
+        };
+        if due_ns < self.config.duration_ms * NS_PER_MS {
+            let stream = Stream::Schedule;
+            self.schedule(
+                due_ns,
+                Event::Stream {
+                    node: client,
+                    stream,
+                },
+            );
+        }
+    }
+
+    /// Answers every due tick of a client's schedule: the next real packet, else drop cover;
+    /// or a loop.
+    fn schedule_due(&mut self, client: u32, t: u64) -> Result<(), SimError> {
+        let NodeState::Client(node) = &mut self.nodes[client as usize] else {
+            return Ok(());
+        };
+        let Some(schedule) = node.schedule.as_mut() else {
+            return Ok(());
+        };
+        let mut ticks = Vec::new();
+        // Bounded: the schedule moves each stream past `now` as it answers.
+        while let Some(tick) = schedule.poll_due(t / NS_PER_US, &mut self.rng) {
+            ticks.push(tick);
+        }
+        let due_us = schedule.poll_timeout();
+        let recipient = node.recipient;
+        for tick in ticks {
+            let waiting = match (&tick, &mut self.nodes[client as usize]) {
+                (Tick::Real { .. }, NodeState::Client(node)) => node.waiting.pop_front(),
+                _ => None,
+            };
+            let id = self.new_message_id();
+            match (tick, waiting) {
+                (Tick::Real { .. }, Some(real)) => {
+                    self.send(client, Class::Real, recipient, real, t)?
+                }
+                (Tick::Real { drop_cover: true }, None) => {
+                    let to = self.random_other_client(client);
+                    self.send(client, Class::DropCover, to, id, t)?
+                }
+                (Tick::Real { drop_cover: false }, None) => {}
+                (Tick::Loop, _) => self.send(client, Class::LoopCover, client, id, t)?,
+            }
+        }
+        self.schedule_wake(client, due_us);
+        Ok(())
     }
 
     fn new_message_id(&mut self) -> u64 {
@@ -456,22 +524,20 @@ impl<'a> World<'a> {
 
     /// Builds a Sphinx packet over `route` (node indices) with a delay drawn per mix hop.
     fn build(&mut self, route: &[u32], info: &mut PacketInfo) -> Result<Vec<u8>, SimError> {
-        let mean_ns = self.config.delay_ms_mean * NS_PER_MS as f64;
         let mut hops = Vec::with_capacity(route.len());
-        info.delays_ns.clear();
         for &node in route {
             hops.push(RouteHop {
                 address: address::encode(&node_address(node)),
                 public_key: self.public_keys[node as usize],
             });
-            let is_mix = self.info[node as usize].role == Role::Mix;
-            let delay = if is_mix {
-                self.exponential_ns(mean_ns)
-            } else {
-                0
-            };
-            info.delays_ns.push(delay);
         }
+        // Drawn as the real client draws them (lethe-proto).
+        info.delays_ns = vec![0; route.len()];
+        sample_delays_ns(
+            &mut self.rng,
+            self.config.delay_ms_mean,
+            &mut info.delays_ns,
+        );
         // The final hop delivers at once: the exit gateway (or a mix closing its loop) does
         // not mix.
         if let Some(last) = info.delays_ns.last_mut() {
@@ -871,6 +937,7 @@ fn topology(
             gateway: config.clients + c % config.gateways,
             recipient: (c + 1) % config.clients,
             waiting: VecDeque::new(),
+            schedule: None,
         }));
         topology.public_keys.push([0; 32]);
     }
