@@ -45,6 +45,10 @@ pub const POOL_BYTES_MAX: u64 = 8 << 30;
 /// enabling ext8 trades buffers for size instead of growing memory.
 pub const POOL_MEMORY_BYTES_DEFAULT: u64 = 160 << 20;
 
+/// Next hops one engine core, or the gateway's client egress, keeps a queue and connection
+/// for (a mixnet layer is hundreds of nodes).
+pub const EGRESS_HOPS_MAX: usize = 4_096;
+
 /// Batching: one batch feeds one sendmmsg / io_uring submission (UIO_MAXIOV = 1024).
 pub const BATCH_PACKETS_DEFAULT: u32 = 64;
 pub const BATCH_PACKETS_MAX: u32 = 1_024;

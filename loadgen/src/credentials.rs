@@ -1,5 +1,5 @@
 //! Bandwidth credentials for loadgen's senders: obtained from the issuers before the run (the
-//! nodes crate's `issuer::client::obtain`, every sender's in parallel) and held in one
+//! nodes crate's `issuance::obtain`, every sender's in parallel) and held in one
 //! in-memory [`Wallet`] per sender identity; the gateway driver spends them when a session
 //! opens (see `gateway::prepay`).
 //!
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, BandwidthCredential};
 use lethe_crypto::coconut::{Parameters, VerificationKey};
 use lethe_nodes::client::credential::Wallet;
-use lethe_nodes::issuer::client::{obtain, ObtainConfig};
-use lethe_nodes::issuer::files::read_verification_key;
+use lethe_nodes::credential_files::read_verification_key;
+use lethe_nodes::issuance::{obtain, ObtainConfig};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;

@@ -1,6 +1,6 @@
 //! A tiny HTTP/1.1 responder for `/metrics` (Prometheus text) and `/health`, on its own std
 //! threads and port, off the data plane. One request per connection, bounded request size and
-//! time; each connection has its own thread, at most `CONNECTIONS_MAX` at once, so a client that
+//! time; each connection has its own thread, at most `HTTP_CONNECTIONS_MAX` at once, so a client that
 //! sends one byte a second holds one slot for at most `REQUEST_TIME_MAX`, not the whole server.
 //!
 //! `/health` is 200 `{"status": "up"}` while the node serves, else 503 with the reason in
@@ -29,11 +29,10 @@ use lethe_engine::runtime::{liveness, Health};
 use crate::directory::announce::{RegistrationState, RegistrationStatus};
 use crate::prometheus::{family, sample, Kind};
 
-const REQUEST_BYTES_MAX: usize = 8 * 1024;
-/// Requests served at once; more are closed unanswered (counted nowhere: scrapers retry).
-const CONNECTIONS_MAX: usize = 16;
+use crate::limits::{HTTP_CONNECTIONS_MAX, HTTP_REQUEST_BYTES_MAX, HTTP_REQUEST_MS_MAX};
+
 /// The whole request must arrive within this.
-const REQUEST_TIME_MAX: Duration = Duration::from_secs(2);
+const REQUEST_TIME_MAX: Duration = Duration::from_millis(HTTP_REQUEST_MS_MAX);
 
 /// Appends a front-end's own metrics (e.g. the gateway's) after the engine's.
 pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
@@ -156,7 +155,7 @@ pub fn serve_with(
             let busy = Arc::new(AtomicUsize::new(0));
             // Serves until the process exits; a failed accept is skipped.
             for stream in listener.incoming().flatten() {
-                if busy.fetch_add(1, Ordering::SeqCst) >= CONNECTIONS_MAX {
+                if busy.fetch_add(1, Ordering::SeqCst) >= HTTP_CONNECTIONS_MAX {
                     busy.fetch_sub(1, Ordering::SeqCst);
                     continue; // dropped: closes it
                 }
@@ -192,7 +191,7 @@ struct Node<'a> {
 fn respond(mut stream: TcpStream, node: &Node<'_>, started: Instant) -> std::io::Result<()> {
     let deadline = Instant::now() + REQUEST_TIME_MAX;
     stream.set_write_timeout(Some(REQUEST_TIME_MAX))?;
-    let mut request = [0u8; REQUEST_BYTES_MAX];
+    let mut request = [0u8; HTTP_REQUEST_BYTES_MAX];
     let mut len = 0;
     while len < request.len() {
         let left = deadline.saturating_duration_since(Instant::now());

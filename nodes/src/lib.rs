@@ -2,12 +2,15 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod client;
+pub mod credential_files;
 pub mod credential_store;
 pub mod directory;
 pub mod gateway;
 pub mod http;
+pub mod issuance;
 pub mod issuer;
 pub mod keyfile;
+pub mod limits;
 pub mod lock;
 pub mod logging;
 pub mod mixnode;

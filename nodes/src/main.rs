@@ -163,9 +163,9 @@ enum IssuerCommand {
 #[derive(Subcommand, Debug)]
 enum CredentialCommand {
     /// Ask every issuer in parallel; keep the first t valid shares; write the credential.
-    Obtain(issuer::ObtainArgs),
+    Obtain(lethe_nodes::issuance::ObtainArgs),
     /// Print a credential's bandwidth and expiry.
-    Show(issuer::ShowArgs),
+    Show(lethe_nodes::issuance::ShowArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -366,10 +366,10 @@ fn main() -> ExitCode {
         } => lethe_nodes::ops::systemd::print(lethe_nodes::ops::systemd::Role::Issuer, &args),
         Command::Credential {
             command: CredentialCommand::Obtain(args),
-        } => issuer::run_obtain(&args).map_err(anyhow_text),
+        } => lethe_nodes::issuance::run_obtain(&args).map_err(anyhow_text),
         Command::Credential {
             command: CredentialCommand::Show(args),
-        } => issuer::run_show(&args).map_err(anyhow_text),
+        } => lethe_nodes::issuance::run_show(&args).map_err(anyhow_text),
         Command::Testnet { command } => match command {
             TestnetCommand::Up(args) => lethe_nodes::testnet::up(&args),
             TestnetCommand::Down(args) => lethe_nodes::testnet::down(&args),

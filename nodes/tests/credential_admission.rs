@@ -15,8 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, BandwidthCredential};
 use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::address;
-use lethe_nodes::gateway::admission;
-use lethe_nodes::issuer::files::read_verification_key;
+use lethe_nodes::credential_files::read_verification_key;
 use lethe_nodes::keyfile;
 use lethe_nodes::proto::messages::error_code;
 use lethe_nodes::proto::{ClientHandshake, ClientMessage, GatewayMessage, Session};
@@ -165,7 +164,7 @@ fn spend(path: &Path, vk_path: &Path, gateway: &[u8; 32], client: &[u8; 32]) -> 
     let params = bandwidth_parameters().unwrap();
     let vk = read_verification_key(vk_path, &params).unwrap();
     let credential = BandwidthCredential::from_bytes(&std::fs::read(path).unwrap()).unwrap();
-    let context = admission::context(gateway, client);
+    let context = lethe_proto::wire::admission::admission_context(gateway, client);
     credential
         .spend(&params, &vk, &context, &mut rand_core_06::OsRng)
         .unwrap()

@@ -363,7 +363,7 @@ fn issuers_of_another_key_set_are_named_and_expiry_is_a_date() {
         .unwrap_or_else(|| panic!("no expiry_date in {shown}"));
     // The date is the day's: checked against the library's own conversion and its shape.
     assert!(
-        date.starts_with(&lethe_nodes::issuer::client::iso_date(day as u32)),
+        date.starts_with(&lethe_nodes::credential_files::iso_date(day as u32)),
         "{shown}"
     );
     let iso = &date[..10];

@@ -39,7 +39,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use lethe_crypto::framing::{FrameDecoder, KeyRotation, PacketType};
 
 use crate::core::{Action, Admitted, BatchRan, Core, NodeKeys};
-use crate::limits::EngineConfig;
+use crate::limits::{EngineConfig, EGRESS_HOPS_MAX};
 use crate::metrics::{CoreMetrics, DropReason};
 use crate::replay::ReplayFilterSet;
 
@@ -53,8 +53,6 @@ pub use sock::check_port_free;
 use ingress::{Admission, IngressTable};
 use wake_gate::WakeGated;
 
-/// Next hops one core keeps connections to (a mixnet layer is hundreds of nodes).
-pub const EGRESS_HOPS_MAX: usize = 4_096;
 /// Ingress connections one core serves at once.
 pub const INGRESS_CONNECTIONS_MAX: u32 = 4_096;
 /// Ingress connections one address (IPv6: one /64) may hold on one core. Honest peers hold one

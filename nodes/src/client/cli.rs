@@ -162,7 +162,7 @@ const INIT_RETRY_TOTAL: Duration = Duration::from_secs(60);
 /// The credential `init` installs: read from --credential, or obtained from --issuers.
 async fn init_credential(args: &InitArgs) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
     if let Some(path) = &args.credential {
-        let bytes = crate::issuer::files::read_small(path).map_err(|e| format!("{e:#}"))?;
+        let bytes = crate::credential_files::read_small(path).map_err(|e| format!("{e:#}"))?;
         return Ok(Some(Zeroizing::new(bytes)));
     }
     let (Some(issuers), Some(threshold), Some(vk)) =
@@ -171,9 +171,9 @@ async fn init_credential(args: &InitArgs) -> Result<Option<Zeroizing<Vec<u8>>>, 
         return Ok(None);
     };
     let params = bandwidth_parameters().map_err(|e| format!("coconut parameters: {e}"))?;
-    let master =
-        crate::issuer::files::read_verification_key(vk, &params).map_err(|e| format!("{e:#}"))?;
-    let obtain = crate::issuer::client::ObtainConfig {
+    let master = crate::credential_files::read_verification_key(vk, &params)
+        .map_err(|e| format!("{e:#}"))?;
+    let obtain = crate::issuance::ObtainConfig {
         issuers: issuers.clone(),
         threshold,
         master,
@@ -181,8 +181,8 @@ async fn init_credential(args: &InitArgs) -> Result<Option<Zeroizing<Vec<u8>>>, 
         trusted_shares: None,
     };
     // Issuers busy or briefly down are asked again, as `lethe credential obtain` does.
-    let retry = crate::issuer::client::RetryPolicy::for_total(INIT_RETRY_TOTAL);
-    let credential = crate::issuer::client::obtain_retrying(&params, &obtain, retry)
+    let retry = crate::issuance::RetryPolicy::for_total(INIT_RETRY_TOTAL);
+    let credential = crate::issuance::obtain_retrying(&params, &obtain, retry)
         .await
         .map_err(|e| format!("obtaining a credential: {e:#}"))?;
     Ok(Some(credential.to_bytes()))

@@ -26,10 +26,10 @@ use std::path::{Path, PathBuf};
 
 use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, BandwidthCredential};
 use lethe_crypto::coconut::{Parameters, VerificationKey};
+use lethe_proto::wire::admission::admission_context;
 use zeroize::Zeroizing;
 
-use crate::gateway::admission;
-use crate::issuer::files::{read_small, read_verification_key};
+use crate::credential_files::{iso_date, read_small, read_verification_key};
 
 pub const CREDENTIAL_FILE: &str = "credential";
 pub const VERIFICATION_KEY_FILE: &str = "verification.key";
@@ -106,7 +106,7 @@ impl Wallet {
         gateway: &[u8; 32],
         client: &[u8; 32],
     ) -> Result<Option<Vec<u8>>, String> {
-        let context = admission::context(gateway, client);
+        let context = admission_context(gateway, client);
         self.load()?;
         let Some(credential) = &self.credential else {
             return Ok(None);
@@ -170,7 +170,7 @@ pub fn install(dir: &Path, credential: &[u8], verification_key: &Path) -> Result
         dir.join(CREDENTIAL_FILE).display(),
         parsed.bandwidth(),
         parsed.expiry(),
-        crate::issuer::client::iso_date(parsed.expiry())
+        iso_date(parsed.expiry())
     );
     Ok(())
 }
@@ -188,7 +188,7 @@ mod tests {
         let shares = ttp_keygen(params, 1, 1, rng).unwrap();
         let vk =
             aggregate_verification_keys(&[(shares[0].index, &shares[0].verification)]).unwrap();
-        let expiry = crate::issuer::files::today() + 1;
+        let expiry = crate::credential_files::today() + 1;
         let (pending, request) = request_bandwidth(params, &vk, 5000, expiry, rng).unwrap();
         let blinded =
             issue_bandwidth(params, &vk, &shares[0].secret, &request, 5000, expiry).unwrap();
@@ -218,15 +218,15 @@ mod tests {
         let (gateway, client) = ([1u8; 32], [2u8; 32]);
         let bytes = wallet.spend(&gateway, &client).unwrap().unwrap();
         let spend = BandwidthSpend::from_bytes(&bytes).unwrap();
-        let today = crate::issuer::files::today();
+        let today = crate::credential_files::today();
         let mut tags = MemorySpentTags::default();
-        let ctx = admission::context(&gateway, &client);
+        let ctx = admission_context(&gateway, &client);
         assert_eq!(
             verify_spend(&params, &vk, &spend, &ctx, today, &mut tags).unwrap(),
             5000
         );
         // Bound to the client: another client's context does not verify.
-        let other = admission::context(&gateway, &[3u8; 32]);
+        let other = admission_context(&gateway, &[3u8; 32]);
         let bytes = wallet.spend(&gateway, &client).unwrap().unwrap();
         let spend = BandwidthSpend::from_bytes(&bytes).unwrap();
         assert!(verify_spend(&params, &vk, &spend, &other, today, &mut tags).is_err());
@@ -247,8 +247,8 @@ mod tests {
         let bytes = wallet.spend(&gateway, &client).unwrap().unwrap();
         let spend = BandwidthSpend::from_bytes(&bytes).unwrap();
         let mut tags = MemorySpentTags::default();
-        let ctx = admission::context(&gateway, &client);
-        let today = crate::issuer::files::today();
+        let ctx = admission_context(&gateway, &client);
+        let today = crate::credential_files::today();
         assert_eq!(
             verify_spend(&params, &vk, &spend, &ctx, today, &mut tags).unwrap(),
             5000

@@ -1,9 +1,10 @@
 //! Admission and bandwidth metering (enabled by `--verification-key` / `verification_key`).
 //!
 //! A client spends a Coconut bandwidth credential with `Credential{bytes}`: a
-//! [`BandwidthSpend`] whose context is [`context`]`(gateway identity, client identity)`, so a
+//! [`BandwidthSpend`] whose context is `lethe_proto::wire::admission::admission_context(gateway
+//! identity, client identity)`, so a
 //! spend captured on the way cannot be credited to anybody else nor at another gateway. The
-//! proof is checked off the async workers (`spawn_blocking`, at most [`VERIFY_CONCURRENCY`] at
+//! proof is checked off the async workers (`spawn_blocking`, at most [`ADMISSION_VERIFY_CONCURRENCY`](crate::limits::ADMISSION_VERIFY_CONCURRENCY) at
 //! once); then, in one SQLite transaction of the credentials database, its tag is recorded
 //! and the bandwidth credited to the client identity (a double spend credits nothing).
 //!
@@ -22,25 +23,13 @@ use lethe_crypto::coconut::{CoconutError, Parameters, VerificationKey};
 use tokio::sync::Semaphore;
 
 use crate::credential_store::SqliteSpentTags;
-use crate::issuer::files::{read_verification_key, today};
+use lethe_proto::wire::admission::admission_context;
 
-/// First bytes of the context a spend is bound to.
-pub const CONTEXT_LABEL: &[u8] = b"lethe-gateway-admission-v1";
+use crate::limits::{ADMISSION_VERIFY_CONCURRENCY, ADMISSION_VERIFY_WAIT_MS};
+
+use crate::credential_files::{read_verification_key, today};
+
 pub use lethe_proto::limits::FLUSH_EVERY_BYTES;
-/// Credential verifications running at once (each takes milliseconds of CPU).
-pub const VERIFY_CONCURRENCY: usize = 2;
-/// How long a credential waits for a verification slot before it is refused as overloaded.
-const VERIFY_WAIT: Duration = Duration::from_secs(10);
-
-/// The context of a spend at `gateway` by `client`:
-/// `b"lethe-gateway-admission-v1" ‖ gateway identity ‖ client identity`.
-pub fn context(gateway: &[u8; 32], client: &[u8; 32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(CONTEXT_LABEL.len() + 64);
-    out.extend_from_slice(CONTEXT_LABEL);
-    out.extend_from_slice(gateway);
-    out.extend_from_slice(client);
-    out
-}
 
 /// Why a credential was not credited.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +79,7 @@ impl Admission {
             vk,
             gateway,
             store: Mutex::new(store),
-            verifiers: Semaphore::new(VERIFY_CONCURRENCY),
+            verifiers: Semaphore::new(ADMISSION_VERIFY_CONCURRENCY),
         })
     }
 
@@ -127,10 +116,13 @@ impl Admission {
         client: [u8; 32],
         bytes: Vec<u8>,
     ) -> Result<u64, Refusal> {
-        let permit = tokio::time::timeout(VERIFY_WAIT, self.verifiers.acquire())
-            .await
-            .map_err(|_| Refusal::Unavailable("gateway busy verifying credentials: try again"))?
-            .map_err(|_| Refusal::Unavailable("gateway stopping"))?;
+        let permit = tokio::time::timeout(
+            Duration::from_millis(ADMISSION_VERIFY_WAIT_MS),
+            self.verifiers.acquire(),
+        )
+        .await
+        .map_err(|_| Refusal::Unavailable("gateway busy verifying credentials: try again"))?
+        .map_err(|_| Refusal::Unavailable("gateway stopping"))?;
         let this = self.clone();
         let result = tokio::task::spawn_blocking(move || this.verify_and_credit(&client, &bytes))
             .await
@@ -142,7 +134,7 @@ impl Admission {
     fn verify_and_credit(&self, client: &[u8; 32], bytes: &[u8]) -> Result<u64, Refusal> {
         let spend = BandwidthSpend::from_bytes(bytes)
             .map_err(|e| Refusal::Bad(format!("malformed credential: {e}")))?;
-        let context = context(&self.gateway, client);
+        let context = admission_context(&self.gateway, client);
         let mut tag = TagOf::default();
         let credited = verify_spend(&self.params, &self.vk, &spend, &context, today(), &mut tag)
             .map_err(|e| match e {
@@ -159,19 +151,5 @@ impl Admission {
                 "credential database unavailable: try again",
             )),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn context_layout() {
-        let c = context(&[1; 32], &[2; 32]);
-        assert_eq!(c.len(), CONTEXT_LABEL.len() + 64);
-        assert!(c.starts_with(CONTEXT_LABEL));
-        assert_eq!(&c[CONTEXT_LABEL.len()..][..32], &[1; 32]);
-        assert_eq!(&c[c.len() - 32..], &[2; 32]);
     }
 }

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::limits::{
+    CLIENTS_MAX_DEFAULT, CLIENT_IDLE_DAYS_DEFAULT, PENDING_CONNECTIONS_MAX_DEFAULT,
+    PENDING_CONNECTIONS_PER_IP_MAX_DEFAULT,
+};
 use crate::node::keys::KeysSection;
 use crate::node::replay::ReplaySection;
 use crate::node::runtime_config::{EngineSection, Profile};
@@ -76,19 +80,6 @@ pub struct GatewaySection {
 fn default_credentials_database() -> PathBuf {
     PathBuf::from("credentials.sqlite")
 }
-
-// Defaults of the keys older configs lack (the template below spells out the same values).
-/// About 10 KiB each while they last (measured): 10 MiB at the cap. At the cap the oldest is
-/// closed, so an attacker has to open connections faster than an honest handshake completes
-/// (a few round trips) to keep honest clients out, not merely hold slots until the deadline.
-pub const PENDING_CONNECTIONS_MAX_DEFAULT: u32 = 1024;
-/// Enough for a few clients behind one NAT handshaking at the same moment.
-pub const PENDING_CONNECTIONS_PER_IP_MAX_DEFAULT: u32 = 8;
-/// About 50 bytes each in memory and on disk: 25 MB each at the cap.
-pub const CLIENTS_MAX_DEFAULT: u32 = 500_000;
-/// A month: a client offline for longer re-registers on its next connection; mail sent to it
-/// meanwhile (while it has no record) is refused without an ACK, so senders retransmit.
-pub const CLIENT_IDLE_DAYS_DEFAULT: u32 = 30;
 
 fn default_pending_connections_max() -> u32 {
     PENDING_CONNECTIONS_MAX_DEFAULT

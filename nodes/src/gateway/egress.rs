@@ -21,20 +21,16 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::metrics::GatewayMetrics;
+use crate::limits::{
+    EGRESS_BACKOFF_MS_INITIAL, EGRESS_BACKOFF_MS_MAX, EGRESS_CONNECT_TIMEOUT_MS,
+    EGRESS_WRITE_BATCH_FRAMES,
+};
 use crate::node::rotation::{self, Schedule};
+use lethe_engine::limits::EGRESS_HOPS_MAX;
 
-/// Next hops the gateway keeps a queue and connection for (a layer is hundreds of nodes).
-pub const EGRESS_HOPS_MAX: usize = 4_096;
-/// Frames written with one `write_all`.
-const WRITE_BATCH_FRAMES: usize = 64;
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_500);
-const BACKOFF_MS_INITIAL: u64 = 100;
-/// Short enough that a restarted first hop is reached again within one drop bound.
-const BACKOFF_MS_MAX: u64 = 2_000;
 /// The longest a frame waits for a first hop that cannot be reached (or stopped reading).
 const UNREACHABLE_DROP: Duration =
     Duration::from_millis(lethe_engine::runtime::egress::UNREACHABLE_DROP_MS_DEFAULT);
-const _: () = assert!(BACKOFF_MS_MAX <= lethe_engine::runtime::egress::UNREACHABLE_DROP_MS_DEFAULT);
 
 #[derive(Clone, Copy, Debug)]
 pub struct EgressSettings {
@@ -144,7 +140,7 @@ async fn writer(
     metrics: Arc<GatewayMetrics>,
 ) {
     let mut stream: Option<TcpStream> = None;
-    let mut backoff_ms = BACKOFF_MS_INITIAL;
+    let mut backoff_ms = EGRESS_BACKOFF_MS_INITIAL;
     let mut retry_at = Instant::now();
     let mut batch: Vec<u8> = Vec::new();
     let mut batch_frames: u64 = 0;
@@ -158,7 +154,7 @@ async fn writer(
             oldest = first.at;
             batch.extend_from_slice(&first.frame);
             batch_frames = 1;
-            while batch_frames < WRITE_BATCH_FRAMES as u64 {
+            while batch_frames < EGRESS_WRITE_BATCH_FRAMES as u64 {
                 let Ok(next) = queue.try_recv() else { break };
                 batch.extend_from_slice(&next.frame);
                 batch_frames += 1;
@@ -184,12 +180,12 @@ async fn writer(
                 }
                 match connect(next_hop).await {
                     Ok(connected) => {
-                        backoff_ms = BACKOFF_MS_INITIAL;
+                        backoff_ms = EGRESS_BACKOFF_MS_INITIAL;
                         stream.insert(connected)
                     }
                     Err(_) => {
                         retry_at = Instant::now() + Duration::from_millis(backoff_ms);
-                        backoff_ms = (backoff_ms * 2).min(BACKOFF_MS_MAX);
+                        backoff_ms = (backoff_ms * 2).min(EGRESS_BACKOFF_MS_MAX);
                         continue;
                     }
                 }
@@ -227,9 +223,12 @@ fn peer_closed(stream: &TcpStream) -> bool {
 }
 
 async fn connect(next_hop: SocketAddr) -> std::io::Result<TcpStream> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(next_hop))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let stream = tokio::time::timeout(
+        Duration::from_millis(EGRESS_CONNECT_TIMEOUT_MS),
+        TcpStream::connect(next_hop),
+    )
+    .await
+    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

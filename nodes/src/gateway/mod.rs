@@ -26,6 +26,10 @@ use lethe_engine::runtime::{final_hop_channel, EgressConfig, Runtime, RuntimeCon
 use zeroize::Zeroizing;
 
 use crate::keyfile;
+use crate::limits::{
+    EGRESS_BACKOFF_MS_INITIAL, EGRESS_BACKOFF_MS_MAX, EGRESS_CONNECT_TIMEOUT_MS, ENGINE_RING_DEPTH,
+    GATEWAY_COMMANDS_MAX,
+};
 use crate::node::rotation::Schedule;
 use crate::node::runtime_config::{self, engine_config, Profile, Sizing};
 use crate::node::{keys, replay, resolve, CONFIG_FILE};
@@ -34,8 +38,6 @@ use egress::{Egress, EgressSettings};
 use metrics::GatewayMetrics;
 use sessions::{FirstHops, Registry, SessionSettings, Shared};
 
-/// Confirms and registrations waiting for the mailbox writer (overflow counted).
-pub const COMMANDS_MAX: usize = 65_536;
 /// tokio worker threads (sessions, egress, directory): the engine cores do the Sphinx work.
 pub const TOKIO_WORKERS: usize = 2;
 
@@ -199,15 +201,15 @@ pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
             framing: framing(g.egress_framing)?,
             queue_packets_max: g.egress_queue_packets_max,
             frame_bytes_max,
-            backoff_ms_initial: 100,
-            backoff_ms_max: 2_000,
-            connect_timeout_ms: 1_500,
+            backoff_ms_initial: EGRESS_BACKOFF_MS_INITIAL,
+            backoff_ms_max: EGRESS_BACKOFF_MS_MAX,
+            connect_timeout_ms: EGRESS_CONNECT_TIMEOUT_MS,
             unreachable_drop_ms: lethe_engine::runtime::egress::UNREACHABLE_DROP_MS_DEFAULT,
         },
         ingress: lethe_engine::runtime::IngressLimits::DEFAULT,
         shutdown_grace_ms: g.shutdown_grace_ms,
         io_memory_bytes: g.io_memory_bytes,
-        ring_depth: 128,
+        ring_depth: ENGINE_RING_DEPTH,
         deliver_final_hops: true,
         ignore_rotation_byte: true,
         spin_before_park_us: lethe_engine::runtime::SPIN_BEFORE_PARK_US_DEFAULT,
@@ -327,7 +329,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         metrics.clone(),
     ));
     let registry = Arc::new(Registry::default());
-    let (commands, command_queue) = crossbeam_channel::bounded(COMMANDS_MAX);
+    let (commands, command_queue) = crossbeam_channel::bounded(GATEWAY_COMMANDS_MAX);
     let (final_hop_sender, final_hops) =
         final_hop_channel(g.final_hop_queue_packets.max(1) as usize);
     let writer_stop = Arc::new(AtomicBool::new(false));

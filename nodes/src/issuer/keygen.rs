@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use lethe_crypto::coconut::{aggregate_verification_keys, bandwidth, ttp_keygen};
 
-use super::files::{ensure_dir, vk_share_bytes, write_new, IssuerKey};
+use crate::credential_files::{ensure_dir, vk_share_bytes, write_new, IssuerKey};
 
 /// Generate issuer key shares with a trusted dealer.
 ///

@@ -18,7 +18,7 @@
 //!   share, still leaves room for honest clients. What no rate limit tells apart is a flood
 //!   spread so thin over so many networks that each looks quiet: the global limit then
 //!   still caps the work done, and everyone shares it.
-//! - **The per-network table is bounded** ([`MAX_TRACKED_SOURCES`], a few MB). When it is full,
+//! - **The per-network table is bounded** ([`RATE_LIMIT_SOURCES_MAX`], a few MB). When it is full,
 //!   idle networks (full buckets, nothing to remember) are pruned, at most once per
 //!   [`PRUNE_INTERVAL`] so a stream of new networks cannot make every request scan the table;
 //!   newcomers that still find no room share one overflow bucket of a single network's rate.
@@ -31,8 +31,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Source networks tracked at once (each entry is a few dozen bytes).
-pub const MAX_TRACKED_SOURCES: usize = 65_536;
+use crate::limits::RATE_LIMIT_SOURCES_MAX;
+
 /// Least time between two prunings of the source table.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 /// Part of the global burst kept for quiet networks.
@@ -146,7 +146,7 @@ impl RateLimiter {
         let mut guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *guard;
         let network = source_network(ip);
-        if state.sources.len() >= MAX_TRACKED_SOURCES && !state.sources.contains_key(&network) {
+        if state.sources.len() >= RATE_LIMIT_SOURCES_MAX && !state.sources.contains_key(&network) {
             let due = state
                 .last_prune
                 .is_none_or(|t| now.saturating_duration_since(t) >= PRUNE_INTERVAL);
@@ -159,7 +159,7 @@ impl RateLimiter {
                 state.last_prune = Some(now);
             }
         }
-        let source = if state.sources.len() < MAX_TRACKED_SOURCES {
+        let source = if state.sources.len() < RATE_LIMIT_SOURCES_MAX {
             state
                 .sources
                 .entry(network)
@@ -277,7 +277,7 @@ mod tests {
     fn full_table_prunes_idle_networks_then_shares_overflow() {
         let l = RateLimiter::new(rate(1.0, 2.0), rate(1e9, 1e9));
         let t0 = Instant::now();
-        for n in 0..MAX_TRACKED_SOURCES as u32 {
+        for n in 0..RATE_LIMIT_SOURCES_MAX as u32 {
             let ip = Ipv4Addr::from(n << 8);
             assert!(l.check_at(ip.into(), t0).is_ok());
         }

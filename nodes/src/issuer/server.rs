@@ -34,17 +34,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, issue_bandwidth};
 use lethe_crypto::coconut::{BlindSignRequest, CoconutError, Parameters};
+use lethe_proto::wire::issuance::BlindSignView;
 
-use super::files::{read_issuer_key, today, vk_share_bytes, IssuerKey};
 use super::metrics::{Counters, Rejection, ENDPOINTS};
 use super::ratelimit::{Rate, RateLimiter};
+use crate::credential_files::{read_issuer_key, today, vk_share_bytes, IssuerKey};
+use crate::issuance::Terms;
 use crate::prometheus::RequestCounts;
-
-/// How long a stopping issuer waits for in-flight requests.
-const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Length of the terms prefix of a blind-sign body (bandwidth u64 ‖ expiry u32).
-pub const TERMS_PREFIX: usize = 12;
 
 /// Run one credential issuer.
 #[derive(clap::Args, Debug, Clone)]
@@ -169,7 +165,10 @@ async fn serve(issuer: Arc<Issuer>, listen: SocketAddr, max_body: usize) -> anyh
     // Drain in-flight requests, but not forever (below systemd's stop timeout).
     let deadline = async {
         if stopped.await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_DEADLINE).await;
+            tokio::time::sleep(std::time::Duration::from_millis(
+                crate::limits::ISSUER_SHUTDOWN_DEADLINE_MS,
+            ))
+            .await;
         } else {
             std::future::pending::<()>().await;
         }
@@ -254,16 +253,12 @@ async fn blind_sign(State(issuer): State<Arc<Issuer>>, body: Bytes) -> Response 
 
 /// The blind-sign answer, and why it was refused if it was.
 async fn sign_request(issuer: &Arc<Issuer>, body: Bytes) -> (Option<Rejection>, Response) {
-    let Some((terms, request)) = body.split_at_checked(TERMS_PREFIX) else {
+    let Ok(view) = BlindSignView::new_checked(&body) else {
         let response = text(StatusCode::BAD_REQUEST, "malformed request: body too short");
         return (Some(Rejection::Malformed), response);
     };
-    let mut bw = [0u8; 8];
-    let mut ex = [0u8; 4];
-    bw.copy_from_slice(&terms[..8]);
-    ex.copy_from_slice(&terms[8..]);
-    let (bandwidth, expiry) = (u64::from_be_bytes(bw), u32::from_be_bytes(ex));
-    let Ok(request) = BlindSignRequest::from_bytes(request) else {
+    let (bandwidth, expiry) = (view.bandwidth_bytes(), view.expiry_day());
+    let Ok(request) = BlindSignRequest::from_bytes(view.request()) else {
         let response = text(
             StatusCode::BAD_REQUEST,
             "malformed blind-sign request encoding",
@@ -323,19 +318,6 @@ async fn sign_request(issuer: &Arc<Issuer>, body: Bytes) -> (Option<Rejection>, 
 
 async fn verification_key(State(issuer): State<Arc<Issuer>>) -> Response {
     octets(vk_share_bytes(issuer.key.index, &issuer.key.vk_share))
-}
-
-/// Terms a client must put in its request.
-#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Terms {
-    /// The issuer's Shamir index.
-    pub index: u64,
-    /// Bandwidth in bytes.
-    pub bandwidth: u64,
-    /// Expiry day (days since the Unix epoch) for a credential issued now.
-    pub expiry: u32,
-    /// Validity in days.
-    pub validity_days: u32,
 }
 
 async fn terms(State(issuer): State<Arc<Issuer>>) -> Json<Terms> {

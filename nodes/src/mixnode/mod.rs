@@ -14,6 +14,9 @@ use lethe_engine::core::NodeKeys;
 use lethe_engine::runtime::{EgressConfig, IngressLimits, Runtime, RuntimeConfig};
 
 use crate::keyfile;
+use crate::limits::{
+    EGRESS_BACKOFF_MS_INITIAL, EGRESS_BACKOFF_MS_MAX, EGRESS_CONNECT_TIMEOUT_MS, ENGINE_RING_DEPTH,
+};
 use crate::node::runtime_config::{
     egress_frame_bytes, engine_config, log_memory, report, Profile, Sizing,
 };
@@ -217,15 +220,15 @@ pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
             framing,
             queue_packets_max: m.egress_queue_packets_max,
             frame_bytes_max,
-            backoff_ms_initial: 100,
-            backoff_ms_max: 2_000,
-            connect_timeout_ms: 1_500,
+            backoff_ms_initial: EGRESS_BACKOFF_MS_INITIAL,
+            backoff_ms_max: EGRESS_BACKOFF_MS_MAX,
+            connect_timeout_ms: EGRESS_CONNECT_TIMEOUT_MS,
             unreachable_drop_ms: lethe_engine::runtime::egress::UNREACHABLE_DROP_MS_DEFAULT,
         },
         ingress: ingress_limits(m)?,
         shutdown_grace_ms: m.shutdown_grace_ms,
         io_memory_bytes: m.io_memory_bytes,
-        ring_depth: 128,
+        ring_depth: ENGINE_RING_DEPTH,
         deliver_final_hops: false,
         ignore_rotation_byte: false,
         spin_before_park_us: m.spin_before_park_us,

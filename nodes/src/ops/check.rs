@@ -20,21 +20,17 @@ use lethe_engine::snapshot_path;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::{gateway_live_keys, mixnode_live_keys, running_pid, LiveKey};
+use crate::credential_files::{read_issuer_key, read_verification_key};
 use crate::directory::server::{DirectoryRunArgs, IDENTITY_FILE};
 use crate::gateway::config::Config as GatewayConfig;
 use crate::gateway::registration;
-use crate::issuer::files::{read_issuer_key, read_verification_key};
 use crate::issuer::IssuerRunArgs;
 use crate::keyfile;
+use crate::limits::{GATEWAY_REPLAY_FILTERS_MAX, MIXNODE_REPLAY_FILTERS_MAX};
 use crate::mixnode::config::Config as MixnodeConfig;
 use crate::node::replay::ReplaySection;
 use crate::node::rotation::{now_ms, Schedule};
 use crate::node::{keys, resolve, CONFIG_FILE};
-
-/// Live replay filters at most: a mixnode's two keys during a rotation's overlap; a gateway's
-/// one. A rewrite adds a temporary copy of one filter.
-const MIXNODE_FILTERS_MAX: u64 = 2;
-const GATEWAY_FILTERS_MAX: u64 = 1;
 
 /// The results so far, printed as they come.
 #[derive(Default)]
@@ -417,7 +413,7 @@ pub fn mixnode(dir: &Path, overrides: &crate::mixnode::RunOverrides) -> Result<(
         &data_dir,
         &config.replay,
         &ids,
-        MIXNODE_FILTERS_MAX,
+        MIXNODE_REPLAY_FILTERS_MAX,
     );
     checks.finish()
 }
@@ -506,7 +502,7 @@ pub fn gateway(dir: &Path, overrides: &crate::gateway::RunOverrides) -> Result<(
         &data_dir,
         &config.replay,
         &ids,
-        GATEWAY_FILTERS_MAX,
+        GATEWAY_REPLAY_FILTERS_MAX,
     );
     checks.finish()
 }

@@ -10,11 +10,11 @@ use serde_json::Value;
 use super::{
     gateway_live_keys, live_key_json, mixnode_live_keys, running_pid, GIT_COMMIT, VERSION,
 };
+use crate::credential_files::read_issuer_key;
 use crate::directory::server::{DirectoryRunArgs, IDENTITY_FILE};
 use crate::directory::store::DB_FILE;
 use crate::gateway::config::Config as GatewayConfig;
 use crate::gateway::registration;
-use crate::issuer::files::read_issuer_key;
 use crate::issuer::IssuerRunArgs;
 use crate::keyfile;
 use crate::mixnode::config::Config as MixnodeConfig;

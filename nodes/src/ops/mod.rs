@@ -37,7 +37,7 @@ pub fn iso_time(unix_ms: u64) -> String {
     let of_day = secs % 86_400;
     format!(
         "{}T{:02}:{:02}:{:02}Z",
-        crate::issuer::client::iso_date(day),
+        crate::credential_files::iso_date(day),
         of_day / 3_600,
         of_day % 3_600 / 60,
         of_day % 60

@@ -6,10 +6,8 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// Lines of `/proc/locks` or `/proc/net/tcp*` read at most: a bound on a file we do not control.
-const PROC_LINES_MAX: usize = 1 << 20;
-/// Descriptors of one process examined at most.
-const FDS_MAX: usize = 1 << 20;
+use crate::limits::{PROC_FDS_MAX, PROC_LINES_MAX};
+
 /// `/proc/net/tcp` state of a listening socket.
 const TCP_LISTEN: &str = "0A";
 
@@ -68,7 +66,7 @@ fn listening_inodes(port: u16) -> Vec<u64> {
 pub fn holds_port(pid: u32, port: u16) -> Option<bool> {
     let inodes = listening_inodes(port);
     let fds = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
-    for entry in fds.take(FDS_MAX).flatten() {
+    for entry in fds.take(PROC_FDS_MAX).flatten() {
         let Ok(target) = fs::read_link(entry.path()) else {
             continue;
         };

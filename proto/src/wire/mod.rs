@@ -4,7 +4,9 @@
 //! A connection: the three handshake messages ([`handshake`]), then every WebSocket binary
 //! message is one [`session::Session`]-sealed [`messages`] message. Text messages are refused.
 
+pub mod admission;
 pub mod handshake;
+pub mod issuance;
 pub mod messages;
 pub mod payload;
 pub mod session;

@@ -21,8 +21,24 @@ use lethe_crypto::coconut::bandwidth::{
 use lethe_crypto::coconut::{BlindedSignature, Parameters, VerificationKey};
 use tokio::task::JoinSet;
 
-use super::files::{parse_vk_share, read_small, read_verification_key, vk_share_bytes, write_new};
-use super::server::{Terms, TERMS_PREFIX};
+use crate::credential_files::{
+    iso_date, parse_vk_share, read_small, read_verification_key, vk_share_bytes, write_new,
+};
+use crate::limits::ISSUER_RESPONSE_BYTES_MAX;
+use lethe_proto::wire::issuance::encode_blind_sign;
+
+/// Terms a client must put in its request.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    /// The issuer's Shamir index.
+    pub index: u64,
+    /// Bandwidth in bytes.
+    pub bandwidth: u64,
+    /// Expiry day (days since the Unix epoch) for a credential issued now.
+    pub expiry: u32,
+    /// Validity in days.
+    pub validity_days: u32,
+}
 
 /// Where and how to obtain a credential.
 #[derive(Debug, Clone)]
@@ -148,21 +164,6 @@ pub fn run_obtain(args: &ObtainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A day number (days since 1970-01-01, how credentials count their expiry) as an ISO 8601
-/// date, `YYYY-MM-DD` (UTC): Howard Hinnant's `civil_from_days`.
-pub fn iso_date(day: u32) -> String {
-    let z = i64::from(day) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
 /// Runs `credential show`.
 pub fn run_show(args: &ShowArgs) -> anyhow::Result<()> {
     let bytes = zeroize::Zeroizing::new(read_small(&args.credential)?);
@@ -245,10 +246,7 @@ pub async fn obtain_retrying(
         terms.expiry,
         &mut rand_core_06::OsRng,
     )?;
-    let mut body = Vec::with_capacity(TERMS_PREFIX + 512);
-    body.extend_from_slice(&terms.bandwidth.to_be_bytes());
-    body.extend_from_slice(&terms.expiry.to_be_bytes());
-    body.extend_from_slice(&request.to_bytes());
+    let body = encode_blind_sign(terms.bandwidth, terms.expiry, &request.to_bytes());
 
     // Encoded trusted shares, compared byte for byte (the encoding is canonical).
     let trusted: Option<Arc<BTreeMap<u64, Vec<u8>>>> = cfg.trusted_shares.as_ref().map(|m| {
@@ -478,7 +476,6 @@ fn attempt_url(req: &reqwest::RequestBuilder) -> String {
 /// The server's `Retry-After` in seconds (the HTTP-date form is not used by Lethe's issuers
 /// and is ignored), capped so a hostile issuer cannot park us for long.
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    const MAX: Duration = Duration::from_secs(300);
     let secs: u64 = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
@@ -487,11 +484,12 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
         .trim()
         .parse()
         .ok()?;
-    Some(Duration::from_secs(secs).min(MAX))
+    Some(Duration::from_secs(
+        secs.min(crate::limits::ISSUER_RETRY_AFTER_S_MAX),
+    ))
 }
 
 async fn send_once(req: reqwest::RequestBuilder) -> Result<Vec<u8>, Failure> {
-    const MAX: usize = 64 * 1024;
     let mut resp = match req.send().await {
         Ok(resp) => resp,
         Err(e) if e.is_connect() => {
@@ -509,8 +507,10 @@ async fn send_once(req: reqwest::RequestBuilder) -> Result<Vec<u8>, Failure> {
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX {
-                    return Err(Failure::Final(anyhow!("response larger than {MAX} bytes")));
+                if body.len() + chunk.len() > ISSUER_RESPONSE_BYTES_MAX {
+                    return Err(Failure::Final(anyhow!(
+                        "response larger than {ISSUER_RESPONSE_BYTES_MAX} bytes"
+                    )));
                 }
                 body.extend_from_slice(&chunk);
             }

@@ -11,10 +11,10 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use lethe_crypto::coconut::{KeyShare, Parameters, SecretKey, VerificationKey};
 
+use crate::limits::ISSUER_KEY_FILE_BYTES_MAX;
+
 /// Magic at the start of an issuer key file (format version 1).
 const KEY_MAGIC: &[u8; 8] = b"LETHEIK1";
-/// Files larger than this are not ours (keys are a few KiB).
-const MAX_FILE: u64 = 1 << 20;
 
 /// Everything one issuer process needs: its share and the master verification key.
 pub struct IssuerKey {
@@ -45,10 +45,10 @@ pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
 pub fn read_small(path: &Path) -> anyhow::Result<Vec<u8>> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut bytes = Vec::new();
-    f.take(MAX_FILE + 1)
+    f.take(ISSUER_KEY_FILE_BYTES_MAX + 1)
         .read_to_end(&mut bytes)
         .with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() as u64 > MAX_FILE {
+    if bytes.len() as u64 > ISSUER_KEY_FILE_BYTES_MAX {
         bail!(
             "{} is too large to be a Lethe key or credential",
             path.display()
@@ -188,4 +188,19 @@ pub fn today() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     u32::try_from(secs / 86_400).unwrap_or(u32::MAX)
+}
+
+/// A day number (days since 1970-01-01, how credentials count their expiry) as an ISO 8601
+/// date, `YYYY-MM-DD` (UTC): Howard Hinnant's `civil_from_days`.
+pub fn iso_date(day: u32) -> String {
+    let z = i64::from(day) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
