@@ -353,10 +353,10 @@ impl LoadArgs {
         if self.window < 1.0 {
             return Err("--window must be at least 1 s".into());
         }
-        if (self.duration / self.window).ceil() > crate::windows::WINDOWS_MAX as f64 {
+        if (self.duration / self.window).ceil() > crate::limits::WINDOWS_MAX as f64 {
             return Err(format!(
                 "--duration / --window gives more than {} windows: use a longer --window",
-                crate::windows::WINDOWS_MAX
+                crate::limits::WINDOWS_MAX
             ));
         }
         if !(self.topology_refresh_s.is_finite()

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::limits::{CREDENTIALS_PER_SENDER_MAX, OBTAIN_CONCURRENCY};
 use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, BandwidthCredential};
 use lethe_crypto::coconut::{Parameters, VerificationKey};
 use lethe_nodes::client::credential::Wallet;
@@ -22,13 +23,9 @@ use tokio::task::JoinSet;
 
 /// Per-request timeout towards an issuer.
 const ISSUER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Credentials being obtained at once (each asks every issuer).
-const OBTAIN_CONCURRENCY: usize = 8;
 /// Attempts per credential (an issuer may rate-limit a burst: 429), with doubling pauses.
 const OBTAIN_ATTEMPTS: u32 = 3;
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
-/// Most credentials one sender may need: a run needing more is refused before it starts.
-const CREDENTIALS_PER_SENDER_MAX: u64 = 64;
 /// Budget head-room over the estimated bytes (warm-up probes, rounding).
 const BUDGET_SLACK: f64 = 1.1;
 

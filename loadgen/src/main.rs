@@ -9,6 +9,7 @@ mod driver;
 mod env;
 mod gateway;
 mod generator;
+mod limits;
 mod live;
 mod merge;
 mod output;

@@ -27,16 +27,13 @@ use serde_json::{json, Map, Value};
 
 use crate::cli::OutputArgs;
 use crate::env::Environment;
+use crate::limits::{MERGE_ERRORS_MAX, MERGE_SOURCES_MAX};
 use crate::report::{Ladder, SCHEMA_VERSION};
 
 /// Files a source directory must hold.
 const SUMMARY: &str = "summary.json";
 const LATENCY: &str = "latency.hdr.b64";
 const LATENESS: &str = "lateness.hdr.b64";
-/// Runs merged at most (each is read whole into memory).
-const SOURCES_MAX: usize = 256;
-/// Distinct error texts kept from the sources' gateway clients.
-const ERRORS_MAX: usize = 8;
 /// Sources whose starts lie further apart than this are said not to have run together.
 const START_SPREAD_WARN_MS: f64 = 1_000.0;
 
@@ -278,7 +275,7 @@ pub fn merge(
         if let Some(errors) = merged.get_mut("errors").and_then(Value::as_array_mut) {
             let mut seen = Vec::new();
             errors.retain(|e| {
-                let keep = !seen.contains(e) && seen.len() < ERRORS_MAX;
+                let keep = !seen.contains(e) && seen.len() < MERGE_ERRORS_MAX;
                 if keep {
                     seen.push(e.clone());
                 }
@@ -558,8 +555,8 @@ pub fn merge_command(
     output: &OutputArgs,
     environment: Environment,
 ) -> Result<(), String> {
-    if dirs.len() > SOURCES_MAX {
-        return Err(format!("merge takes at most {SOURCES_MAX} runs"));
+    if dirs.len() > MERGE_SOURCES_MAX {
+        return Err(format!("merge takes at most {MERGE_SOURCES_MAX} runs"));
     }
     let sources = dirs
         .iter()

@@ -3,8 +3,9 @@
 
 use crate::cli::RampArgs;
 use crate::driver::Driver;
+use crate::limits::QUEUED_BYTES_MAX;
 use crate::report::{self, Ramp, Step};
-use crate::run::{fits_prebuilt, run_load, LoadParams, RunOutcome, QUEUED_BYTES_MAX};
+use crate::run::{fits_prebuilt, run_load, LoadParams, RunOutcome};
 
 /// What the ramp found, and the run to show in detail.
 pub struct RampResult {

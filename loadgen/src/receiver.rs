@@ -13,12 +13,10 @@ use lethe_crypto::framing::FrameDecoder;
 use lethe_crypto::sphinx::{self, constants::HEADER_SIZE, BatchProcessor, Hop, NodeKeys};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use crate::limits::{RECEIVER_CONNECTIONS_MAX, RECEIVER_READ_BUFFER_BYTES};
 use crate::stamp::Stamp;
 use crate::tracker::{Arrival, Tracker};
 
-/// Connections served at once; more are refused and counted.
-pub const CONNECTIONS_MAX: u64 = 64;
-const READ_BUFFER_BYTES: usize = 256 * 1024;
 const POLL: Duration = Duration::from_millis(20);
 /// Packets per X25519 batch.
 const BATCH_PACKETS: usize = 64;
@@ -195,7 +193,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     while !shared.stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
-                if shared.open.load(Ordering::Relaxed) >= CONNECTIONS_MAX {
+                if shared.open.load(Ordering::Relaxed) >= RECEIVER_CONNECTIONS_MAX {
                     shared
                         .counters
                         .connections_refused
@@ -226,8 +224,8 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
         return;
     }
     let mut decoder = FrameDecoder::new();
-    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
-    // Packets of one read; at most READ_BUFFER_BYTES / (smallest frame) + 1 entries.
+    let mut buffer = vec![0u8; RECEIVER_READ_BUFFER_BYTES];
+    // Packets of one read; at most RECEIVER_READ_BUFFER_BYTES / (smallest frame) + 1 entries.
     let mut packets: Vec<Vec<u8>> = Vec::new();
     let mut processor = BatchProcessor::new(BATCH_PACKETS);
     while !shared.stop.load(Ordering::Relaxed) {

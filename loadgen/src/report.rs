@@ -784,7 +784,7 @@ pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Ve
     if series_overflow > 0 {
         out.push(format!(
             "{series_overflow} arrivals after second {} are not in the time series",
-            crate::tracker::SERIES_SECONDS_MAX
+            crate::limits::SERIES_SECONDS_MAX
         ));
     }
     for node in &run.nodes {

@@ -14,6 +14,7 @@ use crate::driver::{Driver, NodeInfo};
 use crate::generator::{
     generate, Generated, GeneratorJob, GeneratorLive, GeneratorStats, PacketPlan,
 };
+use crate::limits::QUEUED_BYTES_MAX;
 use crate::receiver::{ActiveRun, ReceiverStats};
 use crate::refresh::FeedStats;
 use crate::schedule::{Clock, RealClock, Schedule};
@@ -22,8 +23,6 @@ use crate::sender::{pace, ChannelSource, LiveCounters, OutPacket, PaceConfig, Se
 use crate::tracker::{Tracker, TrackerResult};
 use crate::windows::{self, ProcessReport, WatchedProcess};
 
-/// Memory the pre-built frames may hold at once, all queues together.
-pub const QUEUED_BYTES_MAX: usize = 512 * 1024 * 1024;
 /// How long the generator may take to fill the queues before the clock starts.
 const PREFILL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Frames not handed to the kernel this long after the last due time are abandoned.

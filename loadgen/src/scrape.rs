@@ -5,11 +5,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use crate::limits::SCRAPE_RESPONSE_BYTES_MAX;
 use serde::Serialize;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest response read (a node's /metrics is a few KiB).
-const RESPONSE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
 /// Every sample of one scrape: series (name with labels, as printed) → value.
 pub type Samples = BTreeMap<String, f64>;
@@ -27,7 +26,7 @@ pub fn scrape(address: SocketAddr) -> Result<Samples, String> {
         .map_err(|e| format!("metrics {address}: {e}"))?;
     let mut body = String::new();
     stream
-        .take(RESPONSE_BYTES_MAX)
+        .take(SCRAPE_RESPONSE_BYTES_MAX)
         .read_to_string(&mut body)
         .map_err(|e| format!("metrics {address}: {e}"))?;
     if !body.starts_with("HTTP/1.1 200") && !body.starts_with("HTTP/1.0 200") {

@@ -1,7 +1,7 @@
 //! One sender: takes pre-built frames off its bounded queue and writes each when it is due.
 //!
 //! Frames that are already due when a write starts go out together in one write (at most
-//! [`BATCH_FRAMES_MAX`]). A frame handed to the kernel more than the late bound after its due
+//! [`SENDER_BATCH_FRAMES_MAX`]). A frame handed to the kernel more than the late bound after its due
 //! time is counted late; its latency is still measured from its due time.
 
 use std::collections::VecDeque;
@@ -10,11 +10,9 @@ use std::sync::mpsc::Receiver;
 
 use hdrhistogram::Histogram;
 
+use crate::limits::SENDER_BATCH_FRAMES_MAX;
 use crate::schedule::Clock;
 use crate::tracker::latency_histogram;
-
-/// Frames coalesced into one write at most.
-pub const BATCH_FRAMES_MAX: usize = 64;
 
 /// A framed packet ready to send.
 #[derive(Debug)]
@@ -160,7 +158,7 @@ pub fn pace<C, S, W>(
     W: FnMut(&[u8]) -> std::io::Result<()>,
 {
     let mut buffer: Vec<u8> = Vec::new();
-    let mut due: Vec<u64> = Vec::with_capacity(BATCH_FRAMES_MAX);
+    let mut due: Vec<u64> = Vec::with_capacity(SENDER_BATCH_FRAMES_MAX);
     while let Some(first) = source.next_wait() {
         if stop.load(Ordering::Relaxed) || clock.now_ns().max(first.due_ns) > config.give_up_ns {
             break;
@@ -171,7 +169,7 @@ pub fn pace<C, S, W>(
         due.clear();
         buffer.extend_from_slice(&first.frame);
         due.push(first.due_ns);
-        while due.len() < BATCH_FRAMES_MAX {
+        while due.len() < SENDER_BATCH_FRAMES_MAX {
             let Some(next) = source.next_due(start) else {
                 break;
             };
@@ -198,7 +196,7 @@ fn account(
 ) {
     let bound = config.late_bound_ns;
     let second = (done / 1_000_000_000) as usize;
-    if second < crate::tracker::SERIES_SECONDS_MAX {
+    if second < crate::limits::SERIES_SECONDS_MAX {
         if stats.sent_per_second.len() <= second {
             stats.sent_per_second.resize(second + 1, 0);
         }
@@ -209,7 +207,7 @@ fn account(
         let window = due_ns
             .checked_div(config.window_ns)
             .unwrap_or(0)
-            .min(crate::windows::WINDOWS_MAX as u64 - 1) as usize;
+            .min(crate::limits::WINDOWS_MAX as u64 - 1) as usize;
         if stats.sent_per_window.len() <= window {
             stats.sent_per_window.resize(window + 1, 0);
         }

@@ -7,14 +7,8 @@ use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
 
+use crate::limits::{LATENCY_US_MAX, PACKETS_MAX, SERIES_SECONDS_MAX, WINDOWS_MAX};
 use crate::stamp::Stamp;
-
-/// Latencies are recorded in microseconds, 1 µs to 1 h, 3 significant digits.
-pub const LATENCY_US_MAX: u64 = 3_600_000_000;
-/// Seconds kept in the per-second series; later arrivals count in `series_overflow`.
-pub const SERIES_SECONDS_MAX: usize = 3_600;
-/// Largest run the bitmap tracks (16 MiB of bits).
-pub const PACKETS_MAX: u64 = 1 << 27;
 
 /// A latency histogram in µs (3 significant digits).
 pub fn latency_histogram() -> Result<Histogram<u64>, String> {
@@ -190,7 +184,7 @@ impl Tracker {
             .scheduled_ns
             .checked_div(self.window_ns)
             .unwrap_or(0)
-            .min(crate::windows::WINDOWS_MAX as u64 - 1) as usize;
+            .min(WINDOWS_MAX as u64 - 1) as usize;
         if inner.windows.len() <= window {
             inner.windows.resize(window + 1, None);
         }

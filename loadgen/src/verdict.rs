@@ -129,7 +129,7 @@ pub fn judge(run: &RunReport, thresholds: Thresholds) -> Verdict {
         }
     }
     // The nodes are judged, not loadgen: its own RSS grows with the per-second series it keeps
-    // for the report (bounded by `tracker::SERIES_SECONDS_MAX`); it is reported beside them.
+    // for the report (bounded by `limits::SERIES_SECONDS_MAX`); it is reported beside them.
     let growths: Vec<(&str, i64, f64)> = run
         .processes
         .iter()

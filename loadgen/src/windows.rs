@@ -9,12 +9,9 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+use crate::limits::{LOG_SCAN_BYTES_MAX, WINDOWS_MAX};
 use serde::Serialize;
 
-/// Most windows in one run (each keeps a latency histogram of ~25 KiB).
-pub const WINDOWS_MAX: usize = 1_000;
-/// Bytes of a node's log scanned for panics at the end of a run.
-const LOG_SCAN_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// What the Rust runtime writes when a thread panics.
 const PANIC_MARK: &str = "panicked at";
 
