@@ -219,11 +219,6 @@ enum Queued {
     Reply(Box<Built>, u64),
 }
 
-/// The sub-stores (retransmission tracker, reassembler) count ms; the client's clock is µs.
-fn ms(now_us: u64) -> u64 {
-    now_us / 1000
-}
-
 pub struct LoopixClient {
     own: SelfRoute,
     encryption: StaticSecret,
@@ -630,7 +625,7 @@ impl LoopixClient {
         });
         match result {
             Ok(built) => {
-                self.tracker.sent(key, ms(now_us), built.expected_rtt_ns);
+                self.tracker.sent(key, now_us, built.expected_rtt_ns);
                 if let Some(outgoing) = self.outgoing.get_mut(&key.message) {
                     match outgoing.states.get_mut(key.index as usize) {
                         Some(state @ FragmentState::Queued) => {
@@ -654,7 +649,7 @@ impl LoopixClient {
                 self.build_failure();
                 // Try again later (a new topology may have a route).
                 self.tracker
-                    .not_sent(key, ms(now_us.saturating_add(CLIENT_BUILD_RETRY_US)));
+                    .not_sent(key, now_us.saturating_add(CLIENT_BUILD_RETRY_US));
                 None
             }
         }
@@ -803,10 +798,7 @@ impl LoopixClient {
         now_us: u64,
         outcome: &mut DeliveryOutcome,
     ) {
-        match self
-            .reassembler
-            .insert(fragment, Some(delivery_id), ms(now_us))
-        {
+        match self.reassembler.insert(fragment, Some(delivery_id), now_us) {
             Err(_) => {
                 self.counters.fragments_refused += 1;
                 outcome.confirm.push(delivery_id);
@@ -934,12 +926,8 @@ impl LoopixClient {
     /// The next deadline (µs): a retransmission timer, a tick of either stream, or
     /// housekeeping. Call [`Self::handle_timeout`] when it passes.
     pub fn poll_timeout(&self) -> Option<u64> {
-        let retransmission = self
-            .tracker
-            .next_deadline()
-            .map(|ms| ms.saturating_mul(1000));
         [
-            retransmission,
+            self.tracker.next_deadline(),
             self.schedule.poll_timeout(),
             Some(self.next_housekeeping_us),
         ]
@@ -960,7 +948,7 @@ impl LoopixClient {
     /// reassemblies (their deliveries are confirmed). The packets come out of
     /// [`Self::poll_transmit`].
     pub fn handle_timeout(&mut self, now_us: u64) {
-        for due in self.tracker.due(ms(now_us)) {
+        for due in self.tracker.due(now_us) {
             match due {
                 Due::Retransmit(key) => {
                     if self.outgoing.contains_key(&key.message) {
@@ -1025,7 +1013,7 @@ impl LoopixClient {
                 }
             }
         }
-        self.reassembler.expire(ms(now_us))
+        self.reassembler.expire(now_us)
     }
 }
 
@@ -1119,8 +1107,9 @@ mod tests {
         accepted
     }
 
+    /// The next retransmission deadline in ms (rounded up: firing then fires it).
     fn next_timer(c: &LoopixClient) -> Option<u64> {
-        c.tracker.next_deadline()
+        c.tracker.next_deadline().map(|us| us.div_ceil(1000))
     }
 
     struct Net {

@@ -442,7 +442,7 @@ struct Partial {
     bytes: usize,
     /// What the fragments count against the buffer limit (bookkeeping included).
     charged: usize,
-    started_ms: u64,
+    started_us: u64,
     delivery_ids: Vec<u64>,
 }
 
@@ -481,10 +481,10 @@ impl Reassembler {
         &mut self,
         fragment: Fragment,
         delivery_id: Option<u64>,
-        now_ms: u64,
+        now_us: u64,
     ) -> Result<Result<Complete, Accepted>, Refused> {
         let message_id = fragment.header.message_id;
-        let result = self.insert_inner(fragment, delivery_id, now_ms);
+        let result = self.insert_inner(fragment, delivery_id, now_us);
         if result.is_err()
             && self
                 .partial
@@ -500,7 +500,7 @@ impl Reassembler {
         &mut self,
         fragment: Fragment,
         delivery_id: Option<u64>,
-        now_ms: u64,
+        now_us: u64,
     ) -> Result<Result<Complete, Accepted>, Refused> {
         let h = fragment.header;
         if self.completed.contains_key(&h.message_id) {
@@ -516,7 +516,7 @@ impl Reassembler {
             if len > self.limits.max_message_bytes {
                 return Err(Refused::TooLarge);
             }
-            self.remember_completed(h.message_id, now_ms);
+            self.remember_completed(h.message_id, now_us);
             return Ok(Ok(Complete {
                 message_id: h.message_id,
                 flags: h.flags,
@@ -538,7 +538,7 @@ impl Reassembler {
                     parts: HashMap::new(),
                     bytes: 0,
                     charged: 0,
-                    started_ms: now_ms,
+                    started_us: now_us,
                     delivery_ids: Vec::new(),
                 },
             );
@@ -594,13 +594,13 @@ impl Reassembler {
         partial.parts.insert(h.index, fragment.data);
         partial.delivery_ids.extend(delivery_id);
         self.buffered += charge;
-        self.try_complete(h.message_id, now_ms)
+        self.try_complete(h.message_id, now_us)
     }
 
     fn try_complete(
         &mut self,
         message_id: u64,
-        now_ms: u64,
+        now_us: u64,
     ) -> Result<Result<Complete, Accepted>, Refused> {
         let Some(partial) = self.partial.get(&message_id) else {
             return Ok(Err(Accepted::Incomplete));
@@ -623,7 +623,7 @@ impl Reassembler {
                 None => return Err(Refused::Inconsistent),
             }
         }
-        self.remember_completed(message_id, now_ms);
+        self.remember_completed(message_id, now_us);
         Ok(Ok(Complete {
             message_id,
             flags: partial.flags,
@@ -638,9 +638,9 @@ impl Reassembler {
         Some(partial)
     }
 
-    fn remember_completed(&mut self, message_id: u64, now_ms: u64) {
-        if self.completed.insert(message_id, now_ms).is_none() {
-            self.completed_order.push_back((message_id, now_ms));
+    fn remember_completed(&mut self, message_id: u64, now_us: u64) {
+        if self.completed.insert(message_id, now_us).is_none() {
+            self.completed_order.push_back((message_id, now_us));
         }
         while self.completed_order.len() > self.limits.completed_memory_max {
             if let Some((id, _)) = self.completed_order.pop_front() {
@@ -657,12 +657,12 @@ impl Reassembler {
     }
 
     /// Drops incomplete messages older than the timeout; returns their delivery ids.
-    pub fn expire(&mut self, now_ms: u64) -> Vec<u64> {
-        let timeout = self.limits.timeout_ms;
+    pub fn expire(&mut self, now_us: u64) -> Vec<u64> {
+        let timeout = self.limits.timeout_ms.saturating_mul(1000);
         let expired: Vec<u64> = self
             .partial
             .iter()
-            .filter(|(_, p)| now_ms.saturating_sub(p.started_ms) > timeout)
+            .filter(|(_, p)| now_us.saturating_sub(p.started_us) > timeout)
             .map(|(id, _)| *id)
             .collect();
         let mut ids = Vec::new();
@@ -671,9 +671,9 @@ impl Reassembler {
                 ids.extend(p.delivery_ids);
             }
         }
-        let memory = self.limits.completed_memory_ms;
+        let memory = self.limits.completed_memory_ms.saturating_mul(1000);
         while let Some(&(id, at)) = self.completed_order.front() {
-            if now_ms.saturating_sub(at) <= memory {
+            if now_us.saturating_sub(at) <= memory {
                 break;
             }
             self.completed_order.pop_front();
@@ -815,8 +815,8 @@ mod tests {
             );
         }
         assert_eq!(r.incomplete(), 1);
-        assert!(r.expire(1000).is_empty());
-        let mut expired = r.expire(1001);
+        assert!(r.expire(1_000_000).is_empty());
+        let mut expired = r.expire(1_000_001);
         expired.sort();
         assert_eq!(expired, vec![1, 2, 3, 4]);
         assert_eq!(r.incomplete(), 0);

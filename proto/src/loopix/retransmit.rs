@@ -1,4 +1,4 @@
-//! ACK bookkeeping and retransmission scheduling, I/O-free (time is passed in, in ms).
+//! ACK bookkeeping and retransmission scheduling, I/O-free (time is passed in, in µs).
 //!
 //! Every transmission of a fragment gets a fresh 40-bit ack id (its SURB-ACK names it). When
 //! the transmission leaves, a timer is armed at `expected RTT × multiplier + addition` (Nym's
@@ -40,17 +40,17 @@ impl Default for AckWait {
 }
 
 impl AckWait {
-    pub fn timeout_ms(&self, expected_rtt_ns: u64) -> u64 {
-        let rtt_ms = expected_rtt_ns as f64 / 1e6;
-        let wait = (rtt_ms * self.multiplier.max(0.0)).min(u64::MAX as f64 / 2.0) as u64;
-        wait.saturating_add(self.addition_ms)
+    pub fn timeout_us(&self, expected_rtt_ns: u64) -> u64 {
+        let rtt_us = expected_rtt_ns as f64 / 1e3;
+        let wait = (rtt_us * self.multiplier.max(0.0)).min(u64::MAX as f64 / 2.0) as u64;
+        wait.saturating_add(self.addition_ms.saturating_mul(1000))
     }
 }
 
 struct Pending {
     /// Transmissions so far.
     sent: u32,
-    deadline_ms: Option<u64>,
+    deadline_us: Option<u64>,
     ack_ids: Vec<u64>,
 }
 
@@ -114,7 +114,7 @@ impl Tracker {
             key,
             Pending {
                 sent: 0,
-                deadline_ms: None,
+                deadline_us: None,
                 ack_ids: Vec::new(),
             },
         );
@@ -142,26 +142,26 @@ impl Tracker {
         Some(id)
     }
 
-    /// The transmission left at `now_ms`; its route's expected round trip is given.
-    pub fn sent(&mut self, key: FragmentKey, now_ms: u64, expected_rtt_ns: u64) {
-        let deadline = now_ms.saturating_add(self.wait.timeout_ms(expected_rtt_ns));
+    /// The transmission left at `now_us`; its route's expected round trip is given.
+    pub fn sent(&mut self, key: FragmentKey, now_us: u64, expected_rtt_ns: u64) {
+        let deadline = now_us.saturating_add(self.wait.timeout_us(expected_rtt_ns));
         if let Some(pending) = self.pending.get_mut(&key) {
             pending.sent = pending.sent.saturating_add(1);
-            if let Some(old) = pending.deadline_ms.replace(deadline) {
+            if let Some(old) = pending.deadline_us.replace(deadline) {
                 self.timers.remove(&(old, key));
             }
             self.timers.insert((deadline, key));
         }
     }
 
-    /// A transmission could not be sent (no connection, no route): try again at `retry_ms`
+    /// A transmission could not be sent (no connection, no route): try again at `retry_us`
     /// without counting it.
-    pub fn not_sent(&mut self, key: FragmentKey, retry_ms: u64) {
+    pub fn not_sent(&mut self, key: FragmentKey, retry_us: u64) {
         if let Some(pending) = self.pending.get_mut(&key) {
-            if let Some(old) = pending.deadline_ms.replace(retry_ms) {
+            if let Some(old) = pending.deadline_us.replace(retry_us) {
                 self.timers.remove(&(old, key));
             }
-            self.timers.insert((retry_ms, key));
+            self.timers.insert((retry_us, key));
         }
     }
 
@@ -186,7 +186,7 @@ impl Tracker {
                 self.acks.remove(&id);
             }
         }
-        if let Some(deadline) = pending.deadline_ms {
+        if let Some(deadline) = pending.deadline_us {
             self.timers.remove(&(deadline, key));
         }
         true
@@ -196,19 +196,19 @@ impl Tracker {
         self.timers.first().map(|(deadline, _)| *deadline)
     }
 
-    /// Timers that fired by `now_ms`. A retransmission stays tracked (call
+    /// Timers that fired by `now_us`. A retransmission stays tracked (call
     /// [`Self::transmission`] and [`Self::sent`] again); a give-up is settled.
-    pub fn due(&mut self, now_ms: u64) -> Vec<Due> {
+    pub fn due(&mut self, now_us: u64) -> Vec<Due> {
         let mut out = Vec::new();
         while let Some(&(deadline, key)) = self.timers.first() {
-            if deadline > now_ms {
+            if deadline > now_us {
                 break;
             }
             self.timers.remove(&(deadline, key));
             let Some(pending) = self.pending.get_mut(&key) else {
                 continue;
             };
-            pending.deadline_ms = None;
+            pending.deadline_us = None;
             let retransmissions = pending.sent.saturating_sub(1);
             let exhausted = self
                 .max_retransmissions
@@ -238,8 +238,8 @@ mod tests {
     #[test]
     fn timeout_is_rtt_times_multiplier_plus_addition() {
         let wait = AckWait::default();
-        assert_eq!(wait.timeout_ms(0), 1500);
-        assert_eq!(wait.timeout_ms(100_000_000), 1650);
+        assert_eq!(wait.timeout_us(0), 1_500_000);
+        assert_eq!(wait.timeout_us(100_000_000), 1_650_000);
     }
 
     #[test]
@@ -251,11 +251,11 @@ mod tests {
         let _b = t.transmission(key(1)).unwrap();
         t.sent(key(0), 0, 100_000_000);
         t.sent(key(1), 0, 100_000_000);
-        assert_eq!(t.next_deadline(), Some(1650));
+        assert_eq!(t.next_deadline(), Some(1_650_000));
         assert_eq!(t.on_ack(a), AckOutcome::Acked(key(0)));
         assert_eq!(t.on_ack(a), AckOutcome::Unknown);
-        assert!(t.due(1649).is_empty());
-        assert_eq!(t.due(1650), vec![Due::Retransmit(key(1))]);
+        assert!(t.due(1_649_999).is_empty());
+        assert_eq!(t.due(1_650_000), vec![Due::Retransmit(key(1))]);
         assert_eq!(t.pending(), 1);
     }
 
@@ -269,7 +269,7 @@ mod tests {
             t.transmission(key(0)).unwrap();
             t.sent(key(0), now, 0);
             transmissions += 1;
-            now += 1500;
+            now += 1_500_000;
             match t.due(now).as_slice() {
                 [Due::Retransmit(k)] => assert_eq!(*k, key(0)),
                 [Due::GiveUp(k)] => {
@@ -292,13 +292,13 @@ mod tests {
         let first = t.transmission(key(3)).unwrap();
         assert_eq!(first, ACK_ID_MAX);
         t.sent(key(3), 0, 0);
-        assert_eq!(t.due(1500), vec![Due::Retransmit(key(3))]);
+        assert_eq!(t.due(1_500_000), vec![Due::Retransmit(key(3))]);
         let second = t.transmission(key(3)).unwrap();
         assert_eq!(second, 0, "ids wrap at 40 bits");
-        t.sent(key(3), 1500, 0);
+        t.sent(key(3), 1_500_000, 0);
         assert_eq!(t.on_ack(first), AckOutcome::Acked(key(3)));
         assert_eq!(t.on_ack(second), AckOutcome::Unknown);
-        assert!(t.due(10_000).is_empty());
+        assert!(t.due(10_000_000).is_empty());
     }
 
     #[test]
@@ -307,8 +307,11 @@ mod tests {
         t.track(key(0));
         for round in 0..50u64 {
             t.transmission(key(0)).unwrap();
-            t.sent(key(0), round * 2000, 0);
-            assert_eq!(t.due(round * 2000 + 1500), vec![Due::Retransmit(key(0))]);
+            t.sent(key(0), round * 2_000_000, 0);
+            assert_eq!(
+                t.due(round * 2_000_000 + 1_500_000),
+                vec![Due::Retransmit(key(0))]
+            );
         }
     }
 
@@ -317,11 +320,11 @@ mod tests {
         let mut t = Tracker::new(AckWait::default(), Some(0), 0);
         t.track(key(0));
         t.transmission(key(0)).unwrap();
-        t.not_sent(key(0), 100);
-        assert_eq!(t.due(100), vec![Due::Retransmit(key(0))]);
+        t.not_sent(key(0), 100_000);
+        assert_eq!(t.due(100_000), vec![Due::Retransmit(key(0))]);
         t.transmission(key(0)).unwrap();
-        t.sent(key(0), 200, 0);
-        assert_eq!(t.due(1700), vec![Due::GiveUp(key(0))]);
+        t.sent(key(0), 200_000, 0);
+        assert_eq!(t.due(1_700_000), vec![Due::GiveUp(key(0))]);
     }
 
     /// A settled fragment is never transmitted or acknowledged again, whatever arrives
@@ -334,13 +337,13 @@ mod tests {
         let first = t.transmission(key(0)).unwrap();
         t.sent(key(0), 0, 0);
         // The timer fires: the runtime queues a retransmission...
-        assert_eq!(t.due(1500), vec![Due::Retransmit(key(0))]);
+        assert_eq!(t.due(1_500_000), vec![Due::Retransmit(key(0))]);
         // ...and the ACK of the first transmission arrives before it leaves.
         assert_eq!(t.on_ack(first), AckOutcome::Acked(key(0)));
         // The queued retransmission is refused: no entry is re-created.
         assert_eq!(t.transmission(key(0)), None);
-        t.sent(key(0), 1600, 0);
-        t.not_sent(key(0), 1700);
+        t.sent(key(0), 1_600_000, 0);
+        t.not_sent(key(0), 1_700_000);
         assert_eq!(t.pending(), 0);
         assert!(t.next_deadline().is_none());
         assert!(t.due(u64::MAX).is_empty());
@@ -351,7 +354,7 @@ mod tests {
         t.track(key(1));
         let only = t.transmission(key(1)).unwrap();
         t.sent(key(1), 0, 0);
-        assert_eq!(t.due(1500), vec![Due::GiveUp(key(1))]);
+        assert_eq!(t.due(1_500_000), vec![Due::GiveUp(key(1))]);
         assert_eq!(t.on_ack(only), AckOutcome::Unknown);
         assert_eq!(t.transmission(key(1)), None);
         assert!(!t.settle(key(1)));
@@ -392,7 +395,7 @@ mod tests {
                                 assert!(!settled, "round {round}: settled {k:?} went again");
                                 ids.push(id);
                                 if roll(10) == 0 {
-                                    t.not_sent(k, now + 100);
+                                    t.not_sent(k, now + 100_000);
                                 } else {
                                     t.sent(k, now, roll(50_000_000));
                                 }
@@ -401,7 +404,7 @@ mod tests {
                         }
                     }
                     1 => {
-                        now += roll(2_000);
+                        now += roll(2_000_000);
                         for due in t.due(now) {
                             match due {
                                 Due::Retransmit(k) => queued.push(k),
