@@ -10,6 +10,10 @@ use serde::Serialize;
 use crate::stats::poisson_pmf;
 use crate::trace::{Kind, Role, TraceEvent, TraceMeta};
 
+/// The distance to Poisson sums occupancies up to this (a bound on the loop whatever the
+/// trace's metadata says; Pois(lambda/mu) beyond it is counted as one remainder).
+const OCCUPANCY_SCAN_MAX: u64 = 10_000_000;
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MixOccupancy {
     pub node: String,
@@ -110,7 +114,10 @@ impl Queue {
             let top = mix.time_at_ns.keys().next_back().copied().unwrap_or(0);
             let mut tv = 0.0;
             let mut covered = 0.0;
-            for k in 0..=top.max((expected * 4.0) as u64 + 20) {
+            let scan_top = top
+                .max((expected * 4.0) as u64 + 20)
+                .min(OCCUPANCY_SCAN_MAX);
+            for k in 0..=scan_top {
                 let observed = mix.time_at_ns.get(&k).map(|&t| weight(t)).unwrap_or(0.0);
                 let model = poisson_pmf(k, expected);
                 covered += model;
