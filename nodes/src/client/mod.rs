@@ -13,13 +13,13 @@
 //!     if let Some(bundle) = message.surb_bundle { handle.reply(bundle, answer).await?; }
 //! }
 //! ```
-//! Layout: [`address`] (Nym's Recipient shape), [`config`] (files), [`message`]
-//! (fragments, e2e encryption, reassembly), [`ack`] (SURB-ACK plaintexts), [`retransmit`]
-//! (timers), [`packets`] (Sphinx building): all in `lethe_proto::loopix`, with the state
-//! machine over them (`lethe_proto::loopix::LoopixClient`); here [`runtime`] (the tokio tasks
-//! driving it), [`stats`] (what handles read), [`cli`].
+//! Layout: the protocol is `lethe_proto::loopix` (addresses, fragments and e2e encryption,
+//! SURB-ACKs, retransmission timers, Sphinx building, and the state machine over them,
+//! `LoopixClient`; [`address`], [`message`], [`ack`] and [`packets`] are re-exported for the
+//! tests and tools that import them from here). Here: [`config`] (files), [`runtime`] (the
+//! tokio tasks driving the state machine), [`stats`] (what handles read), [`cli`].
 
-pub use lethe_proto::loopix::{ack, address, message, packets, retransmit};
+pub use lethe_proto::loopix::{ack, address, message, packets};
 pub mod cli;
 pub mod config;
 pub mod credential;

@@ -493,7 +493,7 @@ impl CoreTask {
         }
     }
 
-    fn push_packet(&self, built: super::packets::Built) {
+    fn push_packet(&self, built: lethe_proto::loopix::packets::Built) {
         self.push(ClientMessage::Forward {
             first_hop: built.first_hop,
             packet: built.packet,
