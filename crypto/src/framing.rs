@@ -149,6 +149,13 @@ const _: () = {
     assert!(PacketSize::Extended32.packet_len() == 33133);
     assert!(PacketSize::OutfoxRegular.packet_len() == 2377);
     assert!(PacketSize::OutfoxAck.packet_len() == 377);
+    // The Sphinx constants' sizes are these (the dependency goes framing -> sphinx only).
+    use crate::sphinx::constants as sphinx;
+    assert!(PacketSize::Regular.packet_len() == sphinx::PACKET_SIZE_REGULAR);
+    assert!(PacketSize::Ack.packet_len() == sphinx::PACKET_SIZE_ACK);
+    assert!(PacketSize::Extended8.packet_len() == sphinx::PACKET_SIZE_EXTENDED8);
+    assert!(PacketSize::Extended16.packet_len() == sphinx::PACKET_SIZE_EXTENDED16);
+    assert!(PacketSize::Extended32.packet_len() == sphinx::PACKET_SIZE_EXTENDED32);
 };
 
 /// Nym's `PacketType`. Tag 1 (the old "vpn" mode) is retired and refused.

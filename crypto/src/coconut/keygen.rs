@@ -13,8 +13,7 @@ use zeroize::Zeroizing;
 
 use super::encoding::{Reader, Writer};
 use super::error::CoconutError;
-use super::params::{Parameters, MAX_ATTRIBUTES};
-use super::verify::random_weight;
+use super::params::{random_weight, Parameters, MAX_ATTRIBUTES};
 
 /// A signing key (or one signer's Shamir share of it). Zeroed on drop.
 #[derive(Clone)]

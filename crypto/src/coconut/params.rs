@@ -1,8 +1,11 @@
-//! Public parameters, hashing to the curve and the Fiat–Shamir transcript.
+//! Public parameters, hashing to the curve, the Fiat–Shamir transcript and the random weights
+//! of batched checks (shared by verification and key generation, which import this, not each
+//! other).
 
 use blstrs::{G1Affine, G1Projective, G2Affine, G2Prepared, Scalar};
 use ff::Field;
 use group::{prime::PrimeCurveAffine, Curve};
+use rand_core_06::{OsRng, RngCore};
 use sha2::{Digest, Sha512};
 
 use super::error::CoconutError;
@@ -121,4 +124,31 @@ impl Transcript {
         let out: [u8; 64] = self.hash.finalize().into();
         scalar_from_wide(&out)
     }
+}
+
+/// A uniformly random 128-bit weight (never zero) from the OS generator: the weights of
+/// batched checks (verification, key-share consistency).
+pub(crate) fn random_weight() -> Scalar {
+    let mut b = [0u8; 16];
+    OsRng.fill_bytes(&mut b);
+    weight_from(u128::from_le_bytes(b))
+}
+
+/// `n` weights as [`random_weight`] draws them, from one read of the OS generator.
+pub(crate) fn random_weights(n: usize) -> Vec<Scalar> {
+    let mut buf = vec![0u8; 16 * n];
+    OsRng.fill_bytes(&mut buf);
+    buf.chunks_exact(16)
+        .map(|c| {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(c);
+            weight_from(u128::from_le_bytes(b))
+        })
+        .collect()
+}
+
+/// The weight 128 random bits stand for: zero maps to one.
+pub(crate) fn weight_from(v: u128) -> Scalar {
+    let v = v.max(1);
+    Scalar::from((v >> 64) as u64).shl(64) + Scalar::from(v as u64)
 }

@@ -16,11 +16,10 @@ use blst::{blst_fp12, blst_p1_affine, blst_p2_affine};
 use blstrs::{G1Affine, G1Projective, G2Projective, Scalar};
 use ff::Field;
 use group::{prime::PrimeCurveAffine, Curve, Group};
-use rand_core_06::{OsRng, RngCore};
 
 use super::error::CoconutError;
 use super::keygen::VerificationKey;
-use super::params::Parameters;
+use super::params::{random_weights, Parameters};
 use super::show::Theta;
 
 /// One presentation together with what the verifier expects of it.
@@ -187,30 +186,6 @@ fn bisect(
     bisect(params, vk, &items[mid..], offset + mid, bad);
 }
 
-/// A uniformly random 128-bit weight (never zero) from the OS generator.
-pub(crate) fn random_weight() -> Scalar {
-    let mut b = [0u8; 16];
-    OsRng.fill_bytes(&mut b);
-    weight_from(u128::from_le_bytes(b))
-}
-
-fn random_weights(n: usize) -> Vec<Scalar> {
-    let mut buf = vec![0u8; 16 * n];
-    OsRng.fill_bytes(&mut buf);
-    buf.chunks_exact(16)
-        .map(|c| {
-            let mut b = [0u8; 16];
-            b.copy_from_slice(c);
-            weight_from(u128::from_le_bytes(b))
-        })
-        .collect()
-}
-
-fn weight_from(v: u128) -> Scalar {
-    let v = v.max(1);
-    Scalar::from((v >> 64) as u64).shl(64) + Scalar::from(v as u64)
-}
-
 /// Variable-time multiplication by a scalar below 2^128 (4-bit fixed window): about half the
 /// work of a full-width constant-time multiplication. Only for public (verifier) weights.
 fn mul_short(p: &G1Projective, w: &Scalar) -> G1Projective {
@@ -236,6 +211,7 @@ fn mul_short(p: &G1Projective, w: &Scalar) -> G1Projective {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coconut::params::{random_weight, weight_from};
 
     #[test]
     fn short_multiplication_matches_full() {

@@ -1,7 +1,6 @@
 //! Sizes and protocol constants of Nym's Sphinx (`sphinx-packet` 0.8), with their relations
-//! checked at compile time.
-
-use crate::framing::PacketSize;
+//! checked at compile time. Nothing here depends on the framing: the framing's `PacketSize`
+//! is built on these sizes and checks it agrees with them.
 
 /// k: the security parameter in bytes.
 pub const SECURITY_PARAMETER: usize = 16;
@@ -55,12 +54,12 @@ pub const PAYLOAD_SIZE_MIN: usize = crate::lioness::BLOCK_SIZE_MIN;
 /// Largest packet we accept: Nym's ExtendedPacket32.
 pub const PACKET_SIZE_MAX: usize = PACKET_SIZE_EXTENDED32;
 
-/// Nym's packet sizes (header + payload).
-pub const PACKET_SIZE_REGULAR: usize = PacketSize::Regular.packet_len();
-pub const PACKET_SIZE_ACK: usize = PacketSize::Ack.packet_len();
-pub const PACKET_SIZE_EXTENDED8: usize = PacketSize::Extended8.packet_len();
-pub const PACKET_SIZE_EXTENDED16: usize = PacketSize::Extended16.packet_len();
-pub const PACKET_SIZE_EXTENDED32: usize = PacketSize::Extended32.packet_len();
+/// Nym's packet sizes (header + payload): its plaintext sizes plus the Sphinx overhead.
+pub const PACKET_SIZE_REGULAR: usize = HEADER_SIZE + PAYLOAD_OVERHEAD_SIZE + 2048;
+pub const PACKET_SIZE_ACK: usize = HEADER_SIZE + PAYLOAD_OVERHEAD_SIZE + 16 + 5;
+pub const PACKET_SIZE_EXTENDED8: usize = HEADER_SIZE + PAYLOAD_OVERHEAD_SIZE + 8 * 1024;
+pub const PACKET_SIZE_EXTENDED16: usize = HEADER_SIZE + PAYLOAD_OVERHEAD_SIZE + 16 * 1024;
+pub const PACKET_SIZE_EXTENDED32: usize = HEADER_SIZE + PAYLOAD_OVERHEAD_SIZE + 32 * 1024;
 
 pub const EXPANDED_SECRET_HKDF_SALT: &[u8] = b"";
 pub const EXPANDED_SECRET_HKDF_INFO: &[u8] =
