@@ -10,7 +10,7 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use lethe_bench::sphinx_setup::{Setup, PACKET_SIZE};
-use lethe_crypto::sphinx::{self, BatchProcessor, NodeKeys, Packet};
+use lethe_crypto::sphinx::{self, BatchProcessor, NodeSecrets, Packet};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use sphinx_packet::SphinxPacket;
@@ -59,7 +59,7 @@ fn process(c: &mut Criterion<CpuTime>) {
     let setup = Setup::new();
     let corpus = setup.corpus(64, 7);
     let node = &setup.secrets[0];
-    let keys = NodeKeys {
+    let keys = NodeSecrets {
         primary: node,
         secondary: None,
     };

@@ -8,7 +8,7 @@ mod sphinx_common;
 use counting_alloc::allocations;
 
 use lethe_crypto::sphinx::{
-    self, constants::HEADER_SIZE, BatchProcessor, CreateJob, NodeKeys, Outcome, Packet,
+    self, constants::HEADER_SIZE, BatchProcessor, CreateJob, NodeSecrets, Packet, ProcessResult,
     SphinxError, Version,
 };
 use rand_chacha::ChaCha20Rng;
@@ -292,7 +292,7 @@ impl Node {
     }
 }
 
-fn serial(node: &Node, packets: &[Vec<u8>], secondary: bool) -> Vec<(Outcome, Vec<u8>)> {
+fn serial(node: &Node, packets: &[Vec<u8>], secondary: bool) -> Vec<(ProcessResult, Vec<u8>)> {
     packets
         .iter()
         .map(|bytes| {
@@ -320,7 +320,7 @@ fn batch_processing_matches_serial_on_mixed_batches() {
         for secondary in [true, false] {
             let expected = serial(&node, &packets, secondary);
             let mut buffers = packets.clone();
-            let keys = NodeKeys {
+            let keys = NodeSecrets {
                 primary: &node.primary,
                 secondary: secondary.then_some(&node.secondary),
             };
@@ -367,7 +367,7 @@ fn replayed_packets_are_skipped_and_left_unchanged() {
     let expected = serial(&node, &packets, false);
     let mut buffers = packets.clone();
     let mut processor = BatchProcessor::new(4);
-    let keys = NodeKeys {
+    let keys = NodeSecrets {
         primary: &node.primary,
         secondary: None,
     };
@@ -404,7 +404,7 @@ fn batch_processing_and_creation_do_not_allocate() {
         .collect();
     let mut buffers = packets.clone();
     let mut processor = BatchProcessor::new(8);
-    let keys = NodeKeys {
+    let keys = NodeSecrets {
         primary: &node.primary,
         secondary: Some(&node.secondary),
     };

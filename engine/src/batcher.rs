@@ -9,7 +9,7 @@
 //! `flush_aligned(lanes)` is the early release for a caller with nothing more to read: it
 //! releases a whole number of SIMD lane groups and keeps the rest (the newest) for the next
 //! batch, because a batch one item past a lane group costs about as much as the next full
-//! group (8 lanes: 10 packets cost 17 µs each, 8 cost 13 µs, 16 cost 11 µs).
+//! group (the X25519 ladder runs whole lane groups; figures: `bench/README.md`).
 
 use std::vec::Drain;
 

@@ -34,9 +34,9 @@ use crate::pool::{BufId, BufferPool};
 use crate::replay::ReplayFilterSet;
 use crate::timer_wheel::{TickClock, TimerWheel};
 
-pub use keys::{NodeKeys, SphinxKey};
+pub use keys::{LiveKey, NodeKeys, SphinxKey};
 pub use sphinx_batch::{
-    process_batch, BatchScratch, FilterGate, Outcome, PacketSlots, ReplayGate, ReplayVerdict,
+    process_batch, BatchScratch, Batched, FilterGate, Outcome, ReplayGate, ReplayVerdict,
 };
 
 /// What [`Core::handle_packet`] did with a packet: the runtime acts on this, not on counters.
@@ -108,7 +108,7 @@ pub struct Core {
     clock: TickClock,
     pool: BufferPool,
     meta: Box<[BufferMeta]>,
-    batcher: Batcher<BufId>,
+    batcher: Batcher<Batched>,
     /// Lane group of early (drained-socket) releases: `batch_align_packets`, 0 resolved.
     batch_align_packets: u32,
     /// `batch_hold_us`, capped by `batch_flush_us`.
@@ -120,7 +120,7 @@ pub struct Core {
     /// ~8 such batches, times 8; 0 until one is timed.
     partial_batch_us_x8: u64,
     /// The batch being processed (scratch, capacity `batch_packets_max`).
-    batch: Vec<BufId>,
+    batch: Vec<Batched>,
     outcomes: Vec<Outcome>,
     sphinx_scratch: BatchScratch,
     wheel: TimerWheel<BufId>,
@@ -130,57 +130,9 @@ pub struct Core {
     replay: ReplayFilterSet,
     metrics: Arc<CoreMetrics>,
     /// What `crypto_per_packet` has not recorded yet (ns, < 1 µs): the histogram is in whole
-    /// µs, and dropping each batch's fraction would under-report a ~8 µs cost by up to 12 %.
+    /// µs, and dropping each batch's fraction would under-report a cost of a few µs by up to a
+    /// whole µs per packet.
     crypto_remainder_ns: u64,
-}
-
-struct PoolSlots<'a> {
-    pool: &'a mut BufferPool,
-    ids: &'a [BufId],
-    meta: &'a [BufferMeta],
-}
-
-impl PacketSlots for PoolSlots<'_> {
-    fn count(&self) -> u32 {
-        self.ids.len() as u32
-    }
-
-    fn rotation(&self, index: u32) -> KeyRotation {
-        self.meta[self.ids[index as usize].index() as usize].rotation
-    }
-
-    fn packet_mut(&mut self, index: u32) -> &mut [u8] {
-        let id = &self.ids[index as usize];
-        let len = self.meta[id.index() as usize].len as usize;
-        &mut self.pool.get_mut(id)[..len]
-    }
-
-    fn packet(&self, index: u32) -> &[u8] {
-        let id = &self.ids[index as usize];
-        let len = self.meta[id.index() as usize].len as usize;
-        &self.pool.get(id)[..len]
-    }
-
-    fn with_packets_mut(&mut self, indices: &[usize], f: &mut dyn FnMut(&mut [&mut [u8]])) {
-        let mut buffers = [None; lethe_crypto::lioness::LANES];
-        let lanes = indices.len().min(lethe_crypto::lioness::LANES);
-        for (buffer, &index) in buffers.iter_mut().zip(indices) {
-            *buffer = self
-                .ids
-                .get(index)
-                .map(|id| (id, self.meta[id.index() as usize].len as usize));
-        }
-        // Distinct batch entries hold distinct buffers; were one named twice, the lanes go
-        // one at a time.
-        match self.pool.get_disjoint_mut(buffers) {
-            Some(mut blocks) => f(&mut blocks[..lanes]),
-            None => {
-                for &index in &indices[..lanes] {
-                    f(&mut [self.packet_mut(index as u32)]);
-                }
-            }
-        }
-    }
 }
 
 impl Core {
@@ -312,10 +264,14 @@ impl Core {
         self.pool.get_mut(&id)[..packet.len()].copy_from_slice(packet);
         let meta = &mut self.meta[id.index() as usize];
         meta.len = packet.len() as u32;
-        meta.rotation = rotation;
         meta.arrived_us = now_us;
         assert!(self.batch.is_empty());
-        if let Some(drain) = self.batcher.push(now_us, id) {
+        let batched = Batched {
+            buffer: id,
+            len: packet.len() as u32,
+            rotation,
+        };
+        if let Some(drain) = self.batcher.push(now_us, batched) {
             self.batch.extend(drain);
         }
         match self.run_batch(now_us) {
@@ -454,8 +410,8 @@ impl Core {
         assert!(self.batch.is_empty());
         self.batch.extend(self.batcher.flush());
         let batched = self.batch.len() as u32;
-        for id in self.batch.drain(..) {
-            self.pool.free(id);
+        for packet in self.batch.drain(..) {
+            self.pool.free(packet.buffer);
         }
         let pool = &mut self.pool;
         let delayed = self.wheel.advance(u64::MAX, u32::MAX, |id| pool.free(id));
@@ -483,13 +439,9 @@ impl Core {
         // The wheel's clamp is relative to its own time: bring it to now first.
         self.fire_timers(now_us);
         self.metrics.batch_packets.record(count as u64);
-        let mut slots = PoolSlots {
-            pool: &mut self.pool,
-            ids: &self.batch,
-            meta: &self.meta,
-        };
         process_batch(
-            &mut slots,
+            &mut self.pool,
+            &self.batch,
             &self.keys,
             FilterGate(&self.replay),
             &mut self.sphinx_scratch,
@@ -497,7 +449,7 @@ impl Core {
         );
         assert_eq!(self.outcomes.len(), count);
         let mut batch = std::mem::take(&mut self.batch);
-        for (index, id) in batch.drain(..).enumerate() {
+        for (index, Batched { buffer: id, .. }) in batch.drain(..).enumerate() {
             let outcome = self.outcomes[index];
             let waited_us = now_us.saturating_sub(self.meta[id.index() as usize].arrived_us);
             self.metrics.stage(Stage::BatchWait).record(waited_us);
@@ -519,8 +471,8 @@ impl Core {
                 rotation_id,
             } => match address::decode(&next_hop) {
                 Ok(next_hop) => {
-                    // Processing is done with the frame's byte: the slot now holds the
-                    // rotation the packet leaves with.
+                    // The rotation the packet leaves with: its route was built with one
+                    // rotation's keys, the one whose key opened it here.
                     self.meta[id.index() as usize].rotation =
                         KeyRotation::for_rotation_id(rotation_id);
                     return self.schedule(now_us, id, next_hop, delay_ns);

@@ -54,7 +54,8 @@ pub const BATCH_PACKETS_DEFAULT: u32 = 64;
 pub const BATCH_PACKETS_MAX: u32 = 1_024;
 pub const BATCH_FLUSH_US_DEFAULT: u64 = 200;
 pub const BATCH_FLUSH_US_MAX: u64 = 100_000;
-/// About the time 8 packets take to arrive at 70 % of one core's saturated rate (~18 µs apart).
+/// About the time a lane group of 8 packets takes to arrive at 70 % of one core's saturated
+/// rate (`node-efficiency`'s `node_pps_per_core`, `bench/README.md`).
 pub const BATCH_HOLD_US_DEFAULT: u64 = 150;
 
 /// Replay protection, after Nym: FP 1e-5, items = packets/s × key lifetime (24 h + 1 epoch).

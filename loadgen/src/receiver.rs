@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lethe_crypto::framing::FrameDecoder;
-use lethe_crypto::sphinx::{self, constants::HEADER_SIZE, BatchProcessor, Hop, NodeKeys};
+use lethe_crypto::sphinx::{self, constants::HEADER_SIZE, BatchProcessor, Hop, NodeSecrets};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::limits::{RECEIVER_CONNECTIONS_MAX, RECEIVER_READ_BUFFER_BYTES};
@@ -279,7 +279,7 @@ fn open_packets(packets: &mut [Vec<u8>], processor: &mut BatchProcessor, shared:
         return;
     }
     let counters = &shared.counters;
-    let keys = NodeKeys {
+    let keys = NodeSecrets {
         primary: &shared.secret,
         secondary: None,
     };

@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use lethe_bench::sphinx_setup::{Setup, PACKET_SIZE};
-use lethe_crypto::sphinx::{BatchProcessor, NodeKeys};
+use lethe_crypto::sphinx::{BatchProcessor, NodeSecrets};
 
 const BATCH: usize = 64;
 
@@ -17,7 +17,7 @@ fn main() {
         .unwrap_or(400);
     let setup = Setup::new();
     let node = &setup.secrets[0];
-    let keys = NodeKeys {
+    let keys = NodeSecrets {
         primary: node,
         secondary: None,
     };

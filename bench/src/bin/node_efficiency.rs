@@ -38,11 +38,11 @@ use lethe_crypto::framing::{
 use lethe_crypto::sphinx::keys::blind_alpha;
 use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Version};
 use lethe_engine::core::{
-    process_batch, BatchScratch, NodeKeys, Outcome, PacketSlots, ReplayVerdict, SphinxKey,
+    process_batch, BatchScratch, Batched, NodeKeys, Outcome, ReplayVerdict, SphinxKey,
 };
 use lethe_engine::metrics::Stage;
 use lethe_engine::runtime::{EgressConfig, Runtime, RuntimeConfig};
-use lethe_engine::{EngineConfig, ReplayFilter, ReplayFilterSet, ReplayParams};
+use lethe_engine::{BufferPool, EngineConfig, ReplayFilter, ReplayFilterSet, ReplayParams};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -190,47 +190,38 @@ fn filters(items: u64) -> ReplayFilterSet {
     set
 }
 
-struct Slots<'a> {
-    packets: &'a mut [Vec<u8>],
-}
-
-impl PacketSlots for Slots<'_> {
-    fn count(&self) -> u32 {
-        self.packets.len() as u32
-    }
-    fn rotation(&self, _: u32) -> KeyRotation {
-        KeyRotation::Unknown
-    }
-    fn packet_mut(&mut self, index: u32) -> &mut [u8] {
-        &mut self.packets[index as usize]
-    }
-    fn packet(&self, index: u32) -> &[u8] {
-        &self.packets[index as usize]
-    }
-    fn with_packets_mut(&mut self, indices: &[usize], f: &mut dyn FnMut(&mut [&mut [u8]])) {
-        sphinx::with_slice_packets(self.packets, indices, f);
-    }
+/// The packets copied into pool buffers, as the core holds them when their batch runs.
+fn pooled(packets: &[Vec<u8>]) -> (BufferPool, Vec<Batched>) {
+    let mut pool = BufferPool::new(packets.len() as u32, SIZE.packet_len() as u32);
+    let batched = packets
+        .iter()
+        .map(|packet| {
+            let buffer = pool.alloc().unwrap();
+            pool.get_mut(&buffer)[..packet.len()].copy_from_slice(packet);
+            Batched {
+                buffer,
+                len: packet.len() as u32,
+                rotation: KeyRotation::Unknown,
+            }
+        })
+        .collect();
+    (pool, batched)
 }
 
 /// Packets per second of the Sphinx seam alone, in batches of 64.
-fn crypto_pps(keys: &NodeKeys, mut packets: Vec<Vec<u8>>) -> f64 {
+fn crypto_pps(keys: &NodeKeys, packets: &[Vec<u8>]) -> f64 {
     let replay = filters(packets.len() as u64);
+    let (mut pool, batched) = pooled(packets);
     let mut outcomes = Vec::with_capacity(64);
     let mut scratch = BatchScratch::new(64);
     let started = Instant::now();
-    for chunk in packets.chunks_mut(64) {
+    for chunk in batched.chunks(64) {
         let check = |id, tag: &_| match replay.check_and_insert(id, tag) {
             Some(false) => ReplayVerdict::Fresh,
             Some(true) => ReplayVerdict::Replayed,
             None => ReplayVerdict::NoFilter,
         };
-        process_batch(
-            &mut Slots { packets: chunk },
-            keys,
-            check,
-            &mut scratch,
-            &mut outcomes,
-        );
+        process_batch(&mut pool, chunk, keys, check, &mut scratch, &mut outcomes);
         assert!(outcomes
             .iter()
             .all(|o| matches!(o, Outcome::Forward { .. })));
@@ -595,25 +586,19 @@ fn main() {
     if std::env::var_os("NODE_EFFICIENCY_SWEEP").is_some() {
         for batch in [1usize, 2, 4, 6, 8, 10, 12, 14, 16, 24, 32, 64] {
             let replay = filters(probe.packets.len() as u64);
-            let mut packets = probe.packets.clone();
+            let (mut pool, batched) = pooled(&probe.packets);
             let mut outcomes = Vec::with_capacity(64);
             let mut scratch = BatchScratch::new(64);
             let started = Instant::now();
-            for chunk in packets.chunks_mut(batch) {
+            for chunk in batched.chunks(batch) {
                 let check = |id, tag: &_| match replay.check_and_insert(id, tag) {
                     Some(false) => ReplayVerdict::Fresh,
                     Some(true) => ReplayVerdict::Replayed,
                     None => ReplayVerdict::NoFilter,
                 };
-                process_batch(
-                    &mut Slots { packets: chunk },
-                    &keys,
-                    check,
-                    &mut scratch,
-                    &mut outcomes,
-                );
+                process_batch(&mut pool, chunk, &keys, check, &mut scratch, &mut outcomes);
             }
-            let us = started.elapsed().as_secs_f64() * 1e6 / packets.len() as f64;
+            let us = started.elapsed().as_secs_f64() * 1e6 / batched.len() as f64;
             eprintln!("batch {batch}: {us:.1} us/packet");
         }
     }
@@ -621,7 +606,7 @@ fn main() {
     // copies, three right before the node's run and three right after it. One 2,000-packet
     // pass (~25 ms) varies by several per cent on a shared machine, the machine drifts over
     // the seconds the corpus takes to build, and the efficiency is a ratio against it.
-    let sizing = crypto_pps(&keys, probe.packets.clone());
+    let sizing = crypto_pps(&keys, &probe.packets);
 
     // The sink listens before the corpus is built: its address is inside every packet.
     let count = ((sizing * 3.0) as usize).clamp(2_000, 40_000);
@@ -632,11 +617,9 @@ fn main() {
         &node_public,
         listener.local_addr().unwrap(),
     );
-    let mut passes: Vec<f64> = (0..3)
-        .map(|_| crypto_pps(&keys, probe.packets.clone()))
-        .collect();
+    let mut passes: Vec<f64> = (0..3).map(|_| crypto_pps(&keys, &probe.packets)).collect();
     let (_, node_pps) = run_node(&keys, listener, &saturation, None);
-    passes.extend((0..3).map(|_| crypto_pps(&keys, probe.packets.clone())));
+    passes.extend((0..3).map(|_| crypto_pps(&keys, &probe.packets)));
     passes.sort_by(f64::total_cmp);
     // Six passes: the mean of the middle two.
     let crypto = (passes[2] + passes[3]) / 2.0;

@@ -13,7 +13,7 @@
 use std::hint::black_box;
 
 use lethe_bench::sphinx_setup::{Setup, PACKET_SIZE};
-use lethe_crypto::sphinx::{self, batch::dh_path_name, BatchProcessor, NodeKeys, Packet};
+use lethe_crypto::sphinx::{self, batch::dh_path_name, BatchProcessor, NodeSecrets, Packet};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use sphinx_packet::SphinxPacket;
@@ -67,7 +67,7 @@ fn main() {
     let setup = Setup::new();
     let reference = setup.reference();
     let node = &setup.secrets[0];
-    let keys = NodeKeys {
+    let keys = NodeSecrets {
         primary: node,
         secondary: None,
     };

@@ -42,7 +42,7 @@ fn main() {
     let mut buffers = corpus.clone();
     let mut processor = lethe_crypto::sphinx::BatchProcessor::new(64);
     let node = &setup.secrets[0];
-    let keys = lethe_crypto::sphinx::NodeKeys {
+    let keys = lethe_crypto::sphinx::NodeSecrets {
         primary: node,
         secondary: None,
     };

@@ -5,7 +5,7 @@
 //! with Pedersen-commitment issuance and ν-free showing as in Nym's later variant.
 //!
 //! Choices, and why:
-//! - Library: `blstrs` (blst). It is 1.3–6× faster than zkcrypto `bls12_381` on this hardware and
+//! - Library: `blstrs` (blst). It is faster than zkcrypto `bls12_381` (`bench/README.md`) and
 //!   has Pippenger multi-exponentiation in G1 and G2, which the batch verifier is built around;
 //!   blst also gives a real multi-Miller loop. It builds from crates.io with a C compiler only.
 //!   blst's MSM thread pool is off (`no-threads`): it costs more than it saves at these sizes.

@@ -4,7 +4,7 @@
 //! With VAES and AVX-512 each zmm register carries block j of four packets, one key per
 //! 128-bit lane (VAES takes a round key per lane), so a 360-byte keystream costs ~6 vector
 //! rounds per block instead of the reference crates' per-packet set-up: the `aes`/`ctr`
-//! pair spends most of its ~0.2 µs per 360-byte Sphinx keystream on its key schedule and
+//! pair spends most of its time per 360-byte Sphinx keystream on its key schedule and
 //! dispatch, not on the 23 blocks. The key schedules themselves run on AES-NI, four keys
 //! interleaved. Elsewhere, one key at a time through the reference crates.
 

@@ -9,7 +9,7 @@
 //! In an expansion step only T(i-1), the first 32 bytes of the message, differs between
 //! lanes: with an [`ExpandPlan`] (built at compile time for Sphinx's two infos) the other
 //! blocks skip the message schedule in the 16-lane pass (W + K precomputed: 16 instead of
-//! ~25 vector operations per round), ~20% of the multi-lane HKDF time.
+//! ~25 vector operations per round).
 
 use sha2::block_api::compress256;
 use zeroize::Zeroize;
@@ -784,7 +784,7 @@ mod avx512 {
     /// One SHA-256 round over 16 lanes, round `$j` of a group of 8 (a literal): the eight
     /// working variables stay in place in `$s` and each round renames them (`a` of round j is
     /// `$s[(8 - j) % 8]`), so only `d` and `h` are written instead of all eight moving
-    /// along (HMAC over 300 B ~7 % faster, HKDF ~1.5 %). `$wk` is the round's message word
+    /// along. `$wk` is the round's message word
     /// plus its constant. A macro, not a function: it runs inside `#[target_feature]`
     /// functions and must inline, with constant indices.
     macro_rules! sha256_round {

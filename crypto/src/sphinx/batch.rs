@@ -59,11 +59,12 @@ use crate::simd::hkdf::{hmac_many, MANY_LANES};
 use crate::simd::wipe as wipe_bytes;
 
 /// One packet's result, as [`process_with_keys`](super::process_with_keys) returns it.
-pub type Outcome = Result<(Processed, KeyChoice), SphinxError>;
+pub type ProcessResult = Result<(Processed, KeyChoice), SphinxError>;
 
-/// The node's keys: the current one and, during key rotation, the previous/next one.
+/// The node's secret keys for a batch (borrowed): the current one and, during key rotation,
+/// the previous/next one.
 #[derive(Clone, Copy)]
-pub struct NodeKeys<'a> {
+pub struct NodeSecrets<'a> {
     pub primary: &'a StaticSecret,
     pub secondary: Option<&'a StaticSecret>,
 }
@@ -96,7 +97,7 @@ pub trait PacketBatch {
 /// A slice of packets sharing one key set, with a replay hook.
 struct SliceBatch<'a, T, R> {
     packets: &'a mut [T],
-    keys: NodeKeys<'a>,
+    keys: NodeSecrets<'a>,
     is_replayed: R,
 }
 
@@ -235,7 +236,7 @@ pub struct BatchProcessor {
     seeds: Vec<PayloadKeySeed>,
     derived: Vec<PayloadKey>,
     payload_keys: Vec<PayloadKey>,
-    outcomes: Vec<Outcome>,
+    outcomes: Vec<ProcessResult>,
 }
 
 impl BatchProcessor {
@@ -269,10 +270,10 @@ impl BatchProcessor {
 
     /// Processes every packet in place; `on_result(index, outcome)` is called once per
     /// packet, in index order.
-    pub fn process<T, F>(&mut self, packets: &mut [T], keys: NodeKeys<'_>, on_result: F)
+    pub fn process<T, F>(&mut self, packets: &mut [T], keys: NodeSecrets<'_>, on_result: F)
     where
         T: AsRef<[u8]> + AsMut<[u8]>,
-        F: FnMut(usize, Outcome),
+        F: FnMut(usize, ProcessResult),
     {
         self.process_checking_replay(packets, keys, |_| false, on_result);
     }
@@ -283,13 +284,13 @@ impl BatchProcessor {
     pub fn process_checking_replay<T, R, F>(
         &mut self,
         packets: &mut [T],
-        keys: NodeKeys<'_>,
+        keys: NodeSecrets<'_>,
         is_replayed: R,
         on_result: F,
     ) where
         T: AsRef<[u8]> + AsMut<[u8]>,
         R: FnMut(&[u8; 32]) -> bool,
-        F: FnMut(usize, Outcome),
+        F: FnMut(usize, ProcessResult),
     {
         let mut batch = SliceBatch {
             packets,
@@ -305,7 +306,7 @@ impl BatchProcessor {
     pub fn process_batch<P, F>(&mut self, batch: &mut P, mut on_result: F)
     where
         P: PacketBatch,
-        F: FnMut(usize, Outcome),
+        F: FnMut(usize, ProcessResult),
     {
         let total = batch.count();
         let mut base = 0;
@@ -326,7 +327,7 @@ impl BatchProcessor {
     fn chunk<P, F>(&mut self, packets: &mut P, mut on_result: F)
     where
         P: PacketBatch,
-        F: FnMut(usize, Outcome),
+        F: FnMut(usize, ProcessResult),
     {
         let count = packets.count().min(self.capacity);
         for (index, state) in self.state.iter_mut().enumerate().take(count) {

@@ -38,7 +38,7 @@ pub mod routing;
 pub mod surb;
 pub mod version;
 
-pub use batch::{with_slice_packets, BatchProcessor, NodeKeys, Outcome, PacketBatch};
+pub use batch::{with_slice_packets, BatchProcessor, NodeSecrets, PacketBatch, ProcessResult};
 pub use create::{create, create_into, Destination, PacketSpec, RouteHop};
 pub use create_batch::{create_batch, CreateJob};
 pub use error::SphinxError;

@@ -3,8 +3,7 @@
 //! the ladder are written once (`ifma_lanes.rs`) and compiled for both widths. The
 //! 4-lane form is for small batches: 256-bit additions and shifts issue on three
 //! ports against two for 512-bit ones (IFMA on two either way), so a 4-lane pass
-//! costs ~70 % of an 8-lane one (measured: 16 ymm adds in 1.5 ns, 16 zmm adds in
-//! 2.25 ns, 8 IFMA in ~1.45 ns at either width).
+//! costs well under an 8-lane one (figures: `bench/README.md`).
 //!
 //! Radix 2^52, five limbs, matching the 52-bit inputs and the 2^52 split of
 //! `vpmadd52luq/huq`: the low and high halves of a_i * b_j land in columns
@@ -53,8 +52,8 @@ macro_rules! lanes_module {
         const ALL_LANES: Mask = $all;
 
         // These wrappers carry no `target_feature` of their own so that they inline exactly
-        // like the intrinsics (with the attribute, the zmm ladder spilled ~40 % more and ran
-        // ~0.7 % slower). They are private to this module and every function that calls them
+        // like the intrinsics (with the attribute the zmm ladder spills more registers). They
+        // are private to this module and every function that calls them
         // (all of `ifma_lanes.rs`) enables AVX-512F, IFMA and VL, which `batch`'s caller
         // checks at run time.
         #[inline(always)]

@@ -330,7 +330,7 @@ fn min_vector_lanes(path: SimdPath) -> usize {
 }
 
 /// Leftovers of at most this many lanes run as one 4-lane IFMA vector instead
-/// of a padded 8-lane one (~70 % of its cost).
+/// of a padded 8-lane one, which costs more (`ifma`'s module doc says why).
 const IFMA_NARROW_LANES: usize = 4;
 
 fn run(

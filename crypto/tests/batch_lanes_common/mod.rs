@@ -7,7 +7,7 @@ use crate::sphinx_common::{rng, Net, VERSIONS};
 
 use lethe_crypto::sphinx::{
     self, constants::HEADER_SIZE, constants::PACKET_SIZE_ACK, constants::PACKET_SIZE_REGULAR,
-    BatchProcessor, NodeKeys, Outcome, Packet,
+    BatchProcessor, NodeSecrets, Packet, ProcessResult,
 };
 use sphinx_packet::{ProcessedPacketData, SphinxPacket};
 
@@ -30,7 +30,7 @@ fn reference(bytes: &[u8], secret: &x25519_dalek::StaticSecret, lethe: &[u8]) ->
     }
 }
 
-fn serial(bytes: &[u8], secret: &x25519_dalek::StaticSecret) -> (Outcome, Vec<u8>) {
+fn serial(bytes: &[u8], secret: &x25519_dalek::StaticSecret) -> (ProcessResult, Vec<u8>) {
     let mut bytes = bytes.to_vec();
     let mut packet = Packet::new_unchecked(&mut bytes[..]);
     let outcome = sphinx::process_with_keys(&mut packet, secret, None);
@@ -77,10 +77,10 @@ pub fn matches_the_reference_at_every_hop() {
                     packet[40] ^= 0x10;
                 }
             }
-            let expected: Vec<(Outcome, Vec<u8>)> =
+            let expected: Vec<(ProcessResult, Vec<u8>)> =
                 packets.iter().map(|bytes| serial(bytes, secret)).collect();
             let mut buffers = packets.clone();
-            let keys = NodeKeys {
+            let keys = NodeSecrets {
                 primary: secret,
                 secondary: None,
             };
@@ -132,7 +132,7 @@ pub fn does_not_allocate() {
         .map(|_| sphinx::create(b"x", 2065, &spec, None, &mut rng).unwrap())
         .collect();
     let mut processor = BatchProcessor::new(64);
-    let keys = NodeKeys {
+    let keys = NodeSecrets {
         primary: &net.secrets[0],
         secondary: None,
     };

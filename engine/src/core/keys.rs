@@ -26,6 +26,14 @@ impl SphinxKey {
     }
 }
 
+/// Which of the live keys: what the Sphinx seam resolves a packet's candidates to, once per
+/// packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveKey {
+    Primary,
+    Secondary,
+}
+
 /// The live keys. Primary is tried first for v7 frames (rotation unknown), as Nym does.
 #[derive(Clone)]
 pub struct NodeKeys {
@@ -44,16 +52,27 @@ impl NodeKeys {
 
     /// The keys to try, in order, for a frame's rotation byte: both for `Unknown`, else the one
     /// whose rotation id has that parity (none if no live key has it).
-    pub fn candidates(&self, rotation: KeyRotation) -> [Option<&SphinxKey>; 2] {
-        let secondary = self.secondary.as_ref();
+    pub fn candidates(&self, rotation: KeyRotation) -> [Option<LiveKey>; 2] {
+        let secondary = self.secondary.as_ref().map(|_| LiveKey::Secondary);
         match rotation {
-            KeyRotation::Unknown => [Some(&self.primary), secondary],
+            KeyRotation::Unknown => [Some(LiveKey::Primary), secondary],
             KeyRotation::Odd | KeyRotation::Even => {
-                let matches =
-                    |key: &&SphinxKey| KeyRotation::for_rotation_id(key.rotation_id) == rotation;
-                let primary = Some(&self.primary).filter(matches);
+                let matches = |key: &LiveKey| {
+                    self.get(*key).is_some_and(|key| {
+                        KeyRotation::for_rotation_id(key.rotation_id) == rotation
+                    })
+                };
+                let primary = Some(LiveKey::Primary).filter(matches);
                 [primary.or(secondary.filter(matches)), None]
             }
+        }
+    }
+
+    /// The key `which` names (the secondary only during a rotation overlap).
+    pub fn get(&self, which: LiveKey) -> Option<&SphinxKey> {
+        match which {
+            LiveKey::Primary => Some(&self.primary),
+            LiveKey::Secondary => self.secondary.as_ref(),
         }
     }
 }

@@ -52,7 +52,8 @@ pub struct EgressConfig {
 /// and packets older than this are past any mix delay senders expect.
 pub const UNREACHABLE_DROP_MS_DEFAULT: u64 = 2_000;
 
-pub struct Egress {
+/// One next hop's bounded queue of framed packets on one core, emptied by its writer task.
+pub struct NextHopQueue {
     next_hop: SocketAddr,
     config: Rc<EgressConfig>,
     pending: RefCell<Vec<u8>>,
@@ -65,18 +66,18 @@ pub struct Egress {
     metrics: Arc<CoreMetrics>,
 }
 
-impl Egress {
+impl NextHopQueue {
     /// Creates the queue and spawns its writer task on the current executor.
     pub fn spawn(
         next_hop: SocketAddr,
         config: Rc<EgressConfig>,
         metrics: Arc<CoreMetrics>,
         stop: Arc<AtomicBool>,
-    ) -> Rc<Egress> {
+    ) -> Rc<NextHopQueue> {
         assert!(config.queue_packets_max > 0);
         let bytes = config.queue_packets_max as usize * config.frame_bytes_max as usize;
         let (wake, woken) = local_channel::new_bounded(1);
-        let egress = Rc::new(Egress {
+        let egress = Rc::new(NextHopQueue {
             next_hop,
             pending: RefCell::new(Vec::with_capacity(bytes)),
             pending_packets: Cell::new(0),
@@ -158,7 +159,12 @@ impl Egress {
     }
 }
 
-async fn writer(egress: Rc<Egress>, woken: LocalReceiver<()>, bytes: usize, stop: Arc<AtomicBool>) {
+async fn writer(
+    egress: Rc<NextHopQueue>,
+    woken: LocalReceiver<()>,
+    bytes: usize,
+    stop: Arc<AtomicBool>,
+) {
     let mut spare: Vec<u8> = Vec::with_capacity(bytes);
     let mut stream: Option<TcpStream> = None;
     let mut backoff_ms = egress.config.backoff_ms_initial;
@@ -283,7 +289,7 @@ async fn send_all(connection: &TcpStream, bytes: &[u8], stall_us: u64) -> Sent {
     Sent::All
 }
 
-async fn connect(egress: &Egress) -> std::io::Result<TcpStream> {
+async fn connect(egress: &NextHopQueue) -> std::io::Result<TcpStream> {
     let timeout = Duration::from_millis(egress.config.connect_timeout_ms);
     let stream = TcpStream::connect_timeout(egress.next_hop, timeout).await?;
     stream.set_nodelay(true)?;

@@ -43,7 +43,7 @@ use crate::limits::{EngineConfig, EGRESS_HOPS_MAX};
 use crate::metrics::{CoreMetrics, DropReason};
 use crate::replay::ReplayFilterSet;
 
-pub use egress::{Egress, EgressConfig};
+pub use egress::{EgressConfig, NextHopQueue};
 pub use final_hop::{final_hop_channel, FinalHop, FinalHopSender};
 pub use ingress::IngressLimits;
 pub use liveness::Health;
@@ -94,13 +94,13 @@ pub const INGRESS_RCVBUF_BYTES: usize = 1 << 20;
 /// glommio's preemption period: the longest a task that always has work (a reader whose socket
 /// never drains) runs before the executor polls its rings. I/O that waits on the rings (an
 /// egress connect, a write to a full socket, the timer loop's sleep) waits up to this long under
-/// load (10 ms held a new egress connection's first packets that long). Each preemption costs a
-/// ring turn: 500 µs measured ~4% of saturated throughput, 2 ms is in the noise.
+/// load, so a long period holds a new egress connection's first packets that long. Each
+/// preemption costs a ring turn, so a short one costs throughput (figures: `bench/README.md`).
 pub const PREEMPT_US: u64 = 2_000;
 /// How long an idle core polls its rings before parking. Parking and being woken costs glommio
 /// a `membarrier` (an IPI to every CPU running this process), several `io_uring_enter` calls
-/// and the wake-up itself: measured at ~25 µs of CPU per idle period, plus wake-up latency.
-/// Polling for about as long first costs no more when nothing comes, and saves all of it when a
+/// and the wake-up itself: tens of µs of CPU per idle period (`bench/README.md`), plus wake-up
+/// latency. Polling for about as long first costs no more when nothing comes, and saves all of it when a
 /// packet arrives within the window (moderate load: inter-arrival times of tens of µs).
 pub const SPIN_BEFORE_PARK_US_DEFAULT: u64 = 30;
 /// Longest accepted polling time (a core that polls longer is simply a busy-polling core).
@@ -382,7 +382,7 @@ struct ShardSetup {
 /// One core's state, shared by its tasks (all on one thread).
 struct Shard {
     core: RefCell<Core>,
-    egress: RefCell<HashMap<SocketAddr, Rc<Egress>>>,
+    egress: RefCell<HashMap<SocketAddr, Rc<NextHopQueue>>>,
     egress_config: Rc<EgressConfig>,
     metrics: Arc<CoreMetrics>,
     stop: Arc<AtomicBool>,
@@ -461,10 +461,10 @@ impl Shard {
 }
 
 fn egress_for(
-    egress: &mut HashMap<SocketAddr, Rc<Egress>>,
+    egress: &mut HashMap<SocketAddr, Rc<NextHopQueue>>,
     next_hop: SocketAddr,
     shard: &Shard,
-) -> Option<Rc<Egress>> {
+) -> Option<Rc<NextHopQueue>> {
     if let Some(queue) = egress.get(&next_hop) {
         return Some(queue.clone());
     }
@@ -472,7 +472,7 @@ fn egress_for(
         shard.metrics.dropped(DropReason::UnknownNextHop, 1);
         return None;
     }
-    let queue = Egress::spawn(
+    let queue = NextHopQueue::spawn(
         next_hop,
         shard.egress_config.clone(),
         shard.metrics.clone(),
