@@ -23,3 +23,4 @@ pub mod socks;
 pub mod supervise;
 pub mod testnet;
 pub mod topology;
+pub mod ws;

@@ -265,6 +265,37 @@ fn forwards_to_layer1_pass_and_others_are_refused_without_ending_the_session() {
 }
 
 #[test]
+fn messages_encoded_by_the_driver_are_sealed_as_sent_and_bounded_like_send() {
+    let mut pair = Pair::pinned(false);
+    let packet = vec![0u8; PacketSize::Regular.packet_len()];
+    let forward = ClientMessage::Forward {
+        first_hop: LAYER1,
+        packet,
+    }
+    .encode();
+    // Nothing before the welcome, as with `send`.
+    assert_eq!(
+        pair.client.send_encoded(&forward),
+        Err(SendRefused::NotEstablished)
+    );
+    pair.establish(0, None);
+    pair.client.send_encoded(&forward).unwrap();
+    pair.pump();
+    assert_eq!(pair.forwards(), 1);
+    // Bytes that do not decode are the gateway's to refuse: an error, and the session ends.
+    pair.client.send_encoded(&[0xff, 1, 2]).unwrap();
+    pair.pump();
+    assert_eq!(pair.client_errors(), vec![error_code::MALFORMED]);
+    // An undrained queue refuses more at the same bound as `send`.
+    let mut pair = Pair::pinned(false);
+    pair.establish(0, None);
+    for _ in 0..SESSION_TRANSMITS_MAX {
+        pair.client.send_encoded(&forward).unwrap();
+    }
+    assert_eq!(pair.client.send_encoded(&forward), Err(SendRefused::Full));
+}
+
+#[test]
 fn messages_pipelined_before_the_welcome_are_handled_at_open() {
     // A client that does not wait for its welcome (built from the handshake directly).
     let mut rng = ChaCha20Rng::seed_from_u64(4);

@@ -4,11 +4,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::coconut::bandwidth::bandwidth_parameters;
 use rand::seq::IndexedRandom;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 use zeroize::Zeroizing;
 
 use super::address::Recipient;
@@ -16,10 +13,9 @@ use super::config::{self, LoopixParams};
 use super::runtime::{connect, ClientConfig};
 use crate::keyfile;
 use crate::proto::messages::error_code;
-use crate::proto::{ClientMessage, WS_MESSAGE_BYTES_MAX};
+use crate::proto::ClientMessage;
+use crate::ws::Connection;
 use lethe_proto::client_session::ClientEvent;
-use lethe_proto::gateway_session::Transmit;
-use lethe_proto::ClientSession;
 
 #[derive(clap::Args, Debug, Default)]
 pub struct InitArgs {
@@ -199,79 +195,32 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 /// uses a throwaway identity: the gateway remembers a bare handshake in memory only. Also
 /// loadgen's check before a `--target` run.
 pub async fn gateway_requires_credentials(url: &str, gateway: [u8; 32]) -> Result<bool, String> {
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
-        .max_frame_size(Some(WS_MESSAGE_BYTES_MAX));
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
     let seed = keyfile::random_32()?;
-    let start = std::time::Instant::now();
-    let now_us = || lethe_proto::duration_us(start.elapsed());
-    let timeout_us = lethe_proto::duration_us(PROBE_TIMEOUT);
-    let mut core = ClientSession::new(now_us(), timeout_us, &seed, gateway, &mut rand::rng());
+    let (mut connection, _) = Connection::open(url, &seed, gateway, PROBE_TIMEOUT).await?;
     let barrier = ClientMessage::Forward {
         first_hop: [0; 32],
         packet: vec![0; lethe_crypto::framing::PacketSize::Ack.packet_len()],
     };
+    connection.send(&barrier).await?;
     let mut required = false;
-    let failure = loop {
-        while let Some(event) = core.poll_event() {
-            match event {
-                ClientEvent::Welcome { .. } => {
-                    core.send(&barrier).map_err(|e| format!("session: {e:?}"))?
-                }
-                ClientEvent::Bandwidth { .. } => required = true,
-                ClientEvent::Error {
-                    code: error_code::NOT_LAYER1,
-                    ..
-                } => {
-                    let _ = ws.close(None).await;
-                    return Ok(required);
-                }
-                ClientEvent::Error { code, text } => {
-                    let _ = ws.close(None).await;
-                    return Err(format!("gateway error {code}: {text}"));
-                }
-                ClientEvent::Closed { .. } => return Err("the gateway ended the session".into()),
-                ClientEvent::Deliver { .. } => {}
+    // Bounded by the gateway: it answers the barrier, or closes (the caller's timeout otherwise).
+    let answer = loop {
+        match connection.next_event().await {
+            Ok(ClientEvent::Bandwidth { .. }) => required = true,
+            Ok(ClientEvent::Error {
+                code: error_code::NOT_LAYER1,
+                ..
+            }) => break Ok(required),
+            Ok(ClientEvent::Error { code, text }) => {
+                break Err(format!("gateway error {code}: {text}"))
             }
-        }
-        while let Some(transmit) = core.poll_transmit() {
-            match transmit {
-                Transmit::Message(bytes) => ws
-                    .send(Message::binary(bytes))
-                    .await
-                    .map_err(|e| e.to_string())?,
-                Transmit::Close(_, text) => {
-                    let _ = ws.close(None).await;
-                    return Err(format!("{url}: {text}"));
-                }
-            }
-        }
-        match next_binary(&mut ws).await {
-            Ok(bytes) => core.handle_message(now_us(), &bytes),
-            Err(e) => break e,
+            Ok(ClientEvent::Closed { .. }) => break Err("the gateway ended the session".into()),
+            Ok(ClientEvent::Welcome { .. } | ClientEvent::Deliver { .. }) => {}
+            Err(e) => break Err(e),
         }
     };
-    let _ = ws.close(None).await;
-    Err(failure)
-}
-
-/// The next binary message; anything else ends the probe (a gateway sends no other kind).
-async fn next_binary<S>(ws: &mut S) -> Result<Vec<u8>, String>
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        match ws.next().await {
-            None => return Err("the gateway closed the connection".into()),
-            Some(Err(e)) => return Err(e.to_string()),
-            Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            Some(Ok(_)) => return Err("unexpected message from the gateway".into()),
-        }
-    }
+    connection.close().await;
+    answer
 }
 
 /// The refusal of `init` without credentials at a gateway that requires them, with the flags

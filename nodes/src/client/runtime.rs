@@ -21,11 +21,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 use zeroize::Zeroizing;
 
 use super::address::Recipient;
@@ -33,20 +30,16 @@ use super::config::{ClientFiles, LoopixParams};
 use super::stats::{bump, Stats, StatsSnapshot};
 use lethe_proto::client_session::ClientEvent;
 use lethe_proto::duration_us;
-use lethe_proto::gateway_session::Transmit;
 use lethe_proto::loopix::payer::{Decision, Payer, Shortfall};
 use lethe_proto::loopix::{
     ClientLimits, LoopixClient, LoopixEvent, LoopixTransmit, Received, SendError, SendProgress,
 };
-use lethe_proto::ClientSession;
 
 use super::credential::Wallet;
 use super::refusals::{Refusal, Refusals};
-use crate::proto::{
-    messages::{error_code, CONFIRM_IDS_MAX},
-    ClientMessage, WS_MESSAGE_BYTES_MAX,
-};
+use crate::proto::{messages::error_code, ClientMessage};
 use crate::topology::Topology;
+use crate::ws::{Connection, OpenError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -427,10 +420,18 @@ pub async fn connect(
     ))
 }
 
+/// What the core task hands the connection task, for its session to seal.
+enum Outgoing {
+    Message(ClientMessage),
+    /// Delivery ids handled durably: the session batches them into `Confirm`s
+    /// ([`lethe_proto::ClientSession::confirm`]).
+    Confirm(Vec<u64>),
+}
+
 struct CoreTask {
     core: LoopixClient,
     stats: Arc<Stats>,
-    outgoing: mpsc::Sender<ClientMessage>,
+    outgoing: mpsc::Sender<Outgoing>,
     received: mpsc::Sender<ReceivedMessage>,
     confirm_tx: mpsc::Sender<Vec<u64>>,
     refresh: Arc<Notify>,
@@ -487,24 +488,22 @@ impl CoreTask {
         }
     }
 
-    fn push(&self, message: ClientMessage) {
+    fn push(&self, message: Outgoing) {
         if self.outgoing.try_send(message).is_err() {
             bump(&self.stats.outgoing_overflow);
         }
     }
 
     fn push_packet(&self, built: lethe_proto::loopix::packets::Built) {
-        self.push(ClientMessage::Forward {
+        self.push(Outgoing::Message(ClientMessage::Forward {
             first_hop: built.first_hop,
             packet: built.packet,
-        });
+        }));
     }
 
     fn push_confirm(&self, ids: Vec<u64>) {
-        for chunk in ids.chunks(CONFIRM_IDS_MAX) {
-            self.push(ClientMessage::Confirm {
-                ids: chunk.to_vec(),
-            });
+        if !ids.is_empty() {
+            self.push(Outgoing::Confirm(ids));
         }
     }
 
@@ -738,7 +737,7 @@ async fn connection_task(
     gateway: [u8; 32],
     wallet: Option<Arc<std::sync::Mutex<Wallet>>>,
     topology: watch::Receiver<Arc<Topology>>,
-    mut outgoing: mpsc::Receiver<ClientMessage>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
     events: mpsc::Sender<Event>,
     state: watch::Sender<ConnectionState>,
     stats: Arc<Stats>,
@@ -801,7 +800,7 @@ enum SessionEnd {
 }
 
 struct SessionLinks<'a> {
-    outgoing: &'a mut mpsc::Receiver<ClientMessage>,
+    outgoing: &'a mut mpsc::Receiver<Outgoing>,
     events: &'a mpsc::Sender<Event>,
     state: &'a watch::Sender<ConnectionState>,
     stats: &'a Stats,
@@ -874,31 +873,6 @@ async fn pay(
     None
 }
 
-/// Sends what the session queued; `Err` once it closed (with why).
-async fn transmit<S>(core: &mut ClientSession, ws: &mut S) -> Result<(), String>
-where
-    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
-{
-    while let Some(transmit) = core.poll_transmit() {
-        match transmit {
-            Transmit::Message(bytes) => {
-                if let Err(e) = ws.send(Message::binary(bytes)).await {
-                    core.handle_transport_closed();
-                    return Err(format!("send: {e}"));
-                }
-            }
-            Transmit::Close(_, text) => {
-                let _ = ws.close().await;
-                return Err(text);
-            }
-        }
-    }
-    if core.is_closed() {
-        return Err("session closed".into());
-    }
-    Ok(())
-}
-
 async fn session(
     url: &str,
     seed: &[u8; 32],
@@ -914,70 +888,34 @@ async fn session(
     } = links;
     let identity = crate::keyfile::ed25519_public(seed);
     let mut payer = Payer::new();
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
-        .max_frame_size(Some(WS_MESSAGE_BYTES_MAX));
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
-    let mut ws = match tokio::time::timeout_at(deadline, connecting).await {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => return SessionEnd::Failed(format!("{url}: {e}")),
-        Err(_) => return SessionEnd::Failed(format!("{url}: connect timed out")),
+    let mut connection = match Connection::open(url, seed, gateway, CONNECT_TIMEOUT).await {
+        Ok((connection, stored)) => {
+            let welcome = Event::Gateway(ClientEvent::Welcome { stored });
+            if events.send(welcome).await.is_err() {
+                return SessionEnd::Stop;
+            }
+            connection
+        }
+        // Whatever the gateway said when it refused us.
+        Err(OpenError::Refused { text, .. }) => {
+            return SessionEnd::Failed(format!("{url}: handshake: {text}"))
+        }
+        Err(OpenError::Failed(text)) => return SessionEnd::Failed(text),
     };
-    let start = Instant::now();
-    let now_us = || duration_us(start.elapsed());
-    let timeout_us = duration_us(CONNECT_TIMEOUT);
-    let mut core = ClientSession::new(now_us(), timeout_us, seed, gateway, &mut rand::rng());
-    // Until the welcome: the handshake, and whatever the gateway says if it refuses us.
-    let mut refusal = None;
-    loop {
-        if let Err(e) = transmit(&mut core, &mut ws).await {
-            let why = refusal.unwrap_or(e);
-            return SessionEnd::Failed(format!("{url}: handshake: {why}"));
-        }
-        match core.poll_event() {
-            Some(ClientEvent::Welcome { stored }) => {
-                if events
-                    .send(Event::Gateway(ClientEvent::Welcome { stored }))
-                    .await
-                    .is_err()
-                {
-                    return SessionEnd::Stop;
-                }
-                break;
-            }
-            Some(ClientEvent::Error { text, .. }) => {
-                refusal = Some(text);
-                continue;
-            }
-            Some(ClientEvent::Closed { .. }) => {
-                let why = refusal.unwrap_or_else(|| "closed".into());
-                return SessionEnd::Failed(format!("{url}: handshake: {why}"));
-            }
-            Some(_) => continue,
-            None => {}
-        }
-        match tokio::time::timeout_at(deadline, next_binary(&mut ws)).await {
-            Ok(Ok(bytes)) => core.handle_message(now_us(), &bytes),
-            Ok(Err(e)) => {
-                let why = refusal.unwrap_or(e);
-                return SessionEnd::Failed(format!("{url}: handshake: {why}"));
-            }
-            Err(_) => return SessionEnd::Failed(format!("{url}: handshake timed out")),
-        }
-    }
     state.send_replace(ConnectionState::Connected);
     if events.send(Event::Up).await.is_err() {
         return SessionEnd::Stop;
     }
     loop {
         // What the welcome came with (a balance) is handled like what follows.
-        while let Some(event) = core.poll_event() {
+        while let Some(event) = connection.session().poll_event() {
             let decision = payer.on_event(&event);
             if let Some(bytes) = pay(decision, &mut payer, wallet, (gateway, identity), stats).await
             {
                 // Refused only if the session is closing: the next turn ends it.
-                let _ = core.send(&ClientMessage::Credential { bytes });
+                let _ = connection
+                    .session()
+                    .send(&ClientMessage::Credential { bytes });
             }
             if let ClientEvent::Closed { .. } = event {
                 continue;
@@ -986,41 +924,32 @@ async fn session(
                 return SessionEnd::Stop;
             }
         }
-        if let Err(e) = transmit(&mut core, &mut ws).await {
+        if let Err(e) = connection.flush().await {
             return SessionEnd::Failed(e);
         }
         tokio::select! {
-            message = outgoing.recv() => {
-                let Some(message) = message else {
-                    core.close();
-                    let _ = transmit(&mut core, &mut ws).await;
+            message = outgoing.recv() => match message {
+                None => {
+                    connection.close().await;
                     return SessionEnd::Stop;
-                };
+                }
                 // The queue was drained above: only a closed session refuses.
-                if core.send(&message).is_err() {
-                    return SessionEnd::Failed("session closed".into());
+                Some(Outgoing::Message(message)) => {
+                    if connection.session().send(&message).is_err() {
+                        return SessionEnd::Failed("session closed".into());
+                    }
+                }
+                Some(Outgoing::Confirm(ids)) => {
+                    for id in ids {
+                        connection.session().confirm(id);
+                    }
+                }
+            },
+            incoming = connection.receive() => {
+                if let Err(e) = incoming {
+                    return SessionEnd::Failed(e.to_string());
                 }
             }
-            incoming = next_binary(&mut ws) => match incoming {
-                Ok(bytes) => core.handle_message(now_us(), &bytes),
-                Err(e) => return SessionEnd::Failed(e),
-            },
-        }
-    }
-}
-
-async fn next_binary<S>(ws: &mut S) -> Result<Vec<u8>, String>
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        match ws.next().await {
-            None => return Err("connection closed".into()),
-            Some(Err(e)) => return Err(e.to_string()),
-            Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            Some(Ok(Message::Close(_))) => return Err("gateway closed the connection".into()),
-            Some(Ok(Message::Text(_))) => return Err("text message refused".into()),
         }
     }
 }

@@ -36,42 +36,39 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::sphinx::address;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 use zeroize::Zeroizing;
 
 use lethe_proto::duration_us;
-use lethe_proto::gateway_session::{CloseReason, GatewayConfig, GatewayEvent, Refusals, Transmit};
+use lethe_proto::gateway_session::{CloseReason, GatewayConfig, GatewayEvent, Refusals};
 use lethe_proto::GatewaySession;
 
 use super::admission::{Admission, Refusal};
 use super::egress::Egress;
-use super::mailbox::{Command, Delivery, Reader, FETCH_ROWS_MAX};
+use super::live::{Delivery, LiveSessions};
+use super::mailbox::{Command, Reader, FETCH_ROWS_MAX};
 use super::metrics::GatewayMetrics;
 use crate::proto::handshake::{CLIENT_AUTH_LEN, CLIENT_HELLO_LEN};
 use crate::proto::messages::error_code;
-use crate::proto::WS_MESSAGE_BYTES_MAX;
 use crate::topology::Topology;
+use crate::ws::{self, ReadError};
 
 /// Live deliveries queued per session before the session falls back to the mailbox (a
 /// delivery is at most one ext32 payload: 64 × 32 KiB = 2 MiB per session at worst).
 pub const SESSION_QUEUE_MAX: usize = 64;
 /// How long a new session waits for the mailbox writer to take its registration.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most bytes of HTTP upgrade request a client may send (tungstenite alone would buffer
 /// 64 KiB): tungstenite's client sends about 250, browsers under 2 KiB.
 pub const UPGRADE_REQUEST_BYTES_MAX: usize = 4096;
@@ -84,7 +81,7 @@ pub const PENDING_FRAMES_BYTES_MAX: usize = 1024;
 /// tungstenite's read buffer per connection, allocated at the upgrade and touched by the
 /// first read. Its default, 128 KiB, made 2,000 silent WebSockets cost 265 MiB; 4 KiB still
 /// reads a regular sealed packet (about 2.1 KiB) in one call, and larger frames grow the
-/// buffer as they arrive (an authenticated client's frames up to [`WS_MESSAGE_BYTES_MAX`]).
+/// buffer as they arrive (an authenticated client's frames up to [`WS_MESSAGE_BYTES_MAX`](crate::proto::WS_MESSAGE_BYTES_MAX)).
 pub const WS_READ_BUFFER_BYTES: usize = 4096;
 /// The messages of the handshake a client sends: hello, then auth.
 const HANDSHAKE_MESSAGES: u8 = 2;
@@ -99,83 +96,6 @@ const _: () = assert!(
 );
 
 type Ws = WebSocketStream<Gate<TcpStream>>;
-
-/// One live session per client identity.
-struct LiveSession {
-    generation: u64,
-    queue: mpsc::Sender<Delivery>,
-    lagged: Arc<AtomicBool>,
-    replaced: Arc<Notify>,
-}
-
-/// The live sessions, shared by the session tasks and the mailbox writer.
-#[derive(Default)]
-pub struct Registry {
-    sessions: Mutex<HashMap<[u8; 32], LiveSession>>,
-    generations: AtomicU64,
-}
-
-impl Registry {
-    /// Pushes a committed delivery to the client's session, if it has one; `true` if queued.
-    /// A full queue marks the session lagged (it re-reads the mailbox).
-    pub fn push(&self, client: &[u8; 32], delivery: Delivery) -> bool {
-        let Ok(sessions) = self.sessions.lock() else {
-            return false;
-        };
-        let Some(session) = sessions.get(client) else {
-            return false;
-        };
-        match session.queue.try_send(delivery) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                session.lagged.store(true, Ordering::Release);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-
-    /// Makes this the client's live session; the previous one (if any) is told to end.
-    fn insert(
-        &self,
-        client: [u8; 32],
-        queue: mpsc::Sender<Delivery>,
-        lagged: Arc<AtomicBool>,
-        replaced: Arc<Notify>,
-    ) -> u64 {
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        let session = LiveSession {
-            generation,
-            queue,
-            lagged,
-            replaced,
-        };
-        if let Ok(mut sessions) = self.sessions.lock() {
-            if let Some(old) = sessions.insert(client, session) {
-                old.replaced.notify_one();
-            }
-        }
-        generation
-    }
-
-    /// Has this client a live session now?
-    pub fn is_live(&self, client: &[u8; 32]) -> bool {
-        self.sessions
-            .lock()
-            .is_ok_and(|sessions| sessions.contains_key(client))
-    }
-
-    fn remove(&self, client: &[u8; 32], generation: u64) {
-        if let Ok(mut sessions) = self.sessions.lock() {
-            if sessions
-                .get(client)
-                .is_some_and(|s| s.generation == generation)
-            {
-                sessions.remove(client);
-            }
-        }
-    }
-}
 
 /// Which first hops clients may forward to.
 pub struct FirstHops {
@@ -229,7 +149,7 @@ pub struct SessionSettings {
 /// Everything session tasks share.
 pub struct Shared {
     pub identity_seed: Zeroizing<[u8; 32]>,
-    pub registry: Arc<Registry>,
+    pub live: Arc<LiveSessions>,
     pub reader: Arc<Reader>,
     pub commands: crossbeam_channel::Sender<Command>,
     pub egress: Arc<Egress>,
@@ -267,10 +187,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
-        .max_frame_size(Some(WS_MESSAGE_BYTES_MAX))
+    ws::config().read_buffer_size(WS_READ_BUFFER_BYTES)
 }
 
 /// Why a pending connection's step did not finish.
@@ -342,7 +259,7 @@ async fn connection(stream: TcpStream, slot: PendingSlot, shared: &Shared) {
     drop(slot);
     // A client that has a session already replaces it rather than adding one.
     let open = shared.connections.fetch_add(1, Ordering::AcqRel);
-    if open >= shared.settings.sessions_max && !shared.registry.is_live(&client) {
+    if open >= shared.settings.sessions_max && !shared.live.is_live(&client) {
         shared.connections.fetch_sub(1, Ordering::AcqRel);
         GatewayMetrics::add(&metrics.sessions_refused, 1);
         let text = "gateway full: try again later";
@@ -359,22 +276,6 @@ async fn connection(stream: TcpStream, slot: PendingSlot, shared: &Shared) {
 fn now_us() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     duration_us(START.get_or_init(std::time::Instant::now).elapsed())
-}
-
-async fn close(ws: &mut Ws, reason: CloseReason, text: &str) {
-    let code = match reason {
-        CloseReason::Normal => CloseCode::Normal,
-        CloseReason::Policy => CloseCode::Policy,
-        CloseReason::Protocol => CloseCode::Protocol,
-        CloseReason::Again => CloseCode::Again,
-        // A peer that stalls may not read a close frame: none is sent.
-        CloseReason::TimedOut => return,
-    };
-    let frame = CloseFrame {
-        code,
-        reason: text.to_string().into(),
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
 }
 
 /// One connection: the protocol core ([`GatewaySession`]) and what it needs from the gateway
@@ -407,7 +308,7 @@ impl Link<'_> {
                     _ => {}
                 }
             }
-            let message = next_binary(ws).await;
+            let message = ws::next_binary(ws).await;
             let now_us = now_us();
             match message {
                 Ok(bytes) => {
@@ -415,28 +316,14 @@ impl Link<'_> {
                     self.core
                         .handle_message(now_us, &bytes, &mut rand::rng(), first_hops);
                 }
-                Err(text) => self.core.handle_violation(text),
+                Err(e) => self.core.handle_violation(e.violation()),
             }
         }
     }
 
     /// Sends what the core queued; `false` once the connection is closed or broken.
     async fn transmit(&mut self, ws: &mut Ws) -> bool {
-        while let Some(transmit) = self.core.poll_transmit() {
-            match transmit {
-                Transmit::Message(bytes) => {
-                    if ws.send(Message::Binary(bytes.into())).await.is_err() {
-                        self.core.handle_transport_closed();
-                        return false;
-                    }
-                }
-                Transmit::Close(reason, text) => {
-                    close(ws, reason, &text).await;
-                    return false;
-                }
-            }
-        }
-        !self.core.is_closed()
+        ws::write_transmits(ws, &mut self.core).await.is_ok()
     }
 
     async fn established(&mut self, ws: &mut Ws, client: [u8; 32]) {
@@ -451,7 +338,7 @@ impl Link<'_> {
         let lagged = Arc::new(AtomicBool::new(false));
         let replaced = Arc::new(Notify::new());
         let generation = shared
-            .registry
+            .live
             .insert(client, queue, lagged.clone(), replaced.clone());
         GatewayMetrics::add(&shared.metrics.sessions_started, 1);
         GatewayMetrics::add(&shared.metrics.sessions_active, 1);
@@ -465,7 +352,7 @@ impl Link<'_> {
                 GatewayMetrics::add(&shared.metrics.database_errors, 1);
             }
         }
-        shared.registry.remove(&client, generation);
+        shared.live.remove(&client, generation);
         shared
             .metrics
             .sessions_active
@@ -671,18 +558,14 @@ impl Link<'_> {
                     self.transmit(ws).await;
                     return;
                 }
-                incoming = ws.next() => {
-                    let now_us = now_us();
+                incoming = ws::next_binary(ws) => {
                     match incoming {
-                        Some(Ok(Message::Binary(bytes))) => {
+                        Ok(bytes) => {
                             let first_hops = self.shared.first_hops.as_ref();
-                            self.core.handle_message(now_us, &bytes, &mut rand::rng(), first_hops);
+                            self.core.handle_message(now_us(), &bytes, &mut rand::rng(), first_hops);
                         }
-                        Some(Ok(Message::Text(_))) => {
-                            self.core.handle_violation("text messages are not accepted");
-                        }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                        Err(e @ ReadError::Text) => self.core.handle_violation(e.violation()),
+                        Err(ReadError::Closed { .. } | ReadError::Socket(_)) => {
                             self.core.handle_transport_closed();
                         }
                     }
@@ -708,19 +591,6 @@ impl Link<'_> {
 impl lethe_proto::gateway_session::FirstHops for FirstHops {
     fn check(&self, first_hop: &[u8; 32]) -> Result<SocketAddr, &'static str> {
         FirstHops::check(self, first_hop)
-    }
-}
-
-async fn next_binary(ws: &mut Ws) -> Result<Vec<u8>, &'static str> {
-    // Bounded: the caller's timeout ends the wait; control frames are skipped.
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Text(_))) => return Err("text messages are not accepted"),
-            Some(Ok(Message::Close(_))) | None => return Err("connection closed"),
-            Some(Err(_)) => return Err("websocket error"),
-        }
     }
 }
 
@@ -888,7 +758,7 @@ impl Drop for PendingSlot {
 /// and all of them [`PENDING_FRAMES_BYTES_MAX`]. A violation is a read error (the bytes never
 /// reach tungstenite, which would otherwise reserve a buffer of the length a frame header
 /// declares). After the auth message bytes pass unchecked: tungstenite's own limits
-/// ([`WS_MESSAGE_BYTES_MAX`]) apply, and the session code reads the next frame only once the
+/// ([`WS_MESSAGE_BYTES_MAX`](crate::proto::WS_MESSAGE_BYTES_MAX)) apply, and the session code reads the next frame only once the
 /// auth verified. tokio-tungstenite cannot change a stream's limits after the handshake, and
 /// swapping streams would lose what a client pipelines after its auth (the client library
 /// does), hence the check beneath it.
@@ -1114,47 +984,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gate<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::DeliveryKind;
-
-    fn delivery(id: u64) -> Delivery {
-        Delivery {
-            id,
-            kind: DeliveryKind::Message,
-            identifier: [0; 16],
-            bytes: vec![1],
-        }
-    }
-
-    #[test]
-    fn full_session_queue_marks_lagged_and_replacement_notifies() {
-        let registry = Registry::default();
-        let client = [1u8; 32];
-        assert!(!registry.push(&client, delivery(1)), "no session yet");
-        let (queue, mut outbound) = mpsc::channel(1);
-        let lagged = Arc::new(AtomicBool::new(false));
-        let replaced = Arc::new(Notify::new());
-        let first = registry.insert(client, queue, lagged.clone(), replaced.clone());
-        assert!(registry.push(&client, delivery(1)));
-        assert!(!registry.push(&client, delivery(2)));
-        assert!(lagged.load(Ordering::Acquire));
-        assert_eq!(outbound.try_recv().unwrap().id, 1);
-
-        let (queue, _outbound) = mpsc::channel(1);
-        let second = registry.insert(client, queue, Arc::default(), Arc::new(Notify::new()));
-        assert_ne!(first, second);
-        // The old session was told; its removal does not remove the new one.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), replaced.notified())
-                .await
-                .unwrap();
-        });
-        registry.remove(&client, first);
-        assert!(registry.push(&client, delivery(3)));
-    }
 
     #[test]
     fn first_hops_refuse_without_topology() {
