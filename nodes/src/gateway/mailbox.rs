@@ -38,8 +38,8 @@ use lethe_engine::runtime::FinalHop;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::egress::Egress;
+use super::live::{Delivery, LiveSessions};
 use super::metrics::GatewayMetrics;
-use super::sessions::Registry;
 use crate::proto::payload::{split_forward, DROP_COVER_DESTINATION};
 use crate::proto::DeliveryKind;
 
@@ -61,15 +61,6 @@ pub const RECENT_CLIENTS_MAX: usize = 65_536;
 /// A durable client's `seen_at` is rewritten at most this often (it only has to be accurate
 /// to within a fraction of `client_idle_days`).
 pub const SEEN_RESOLUTION_S: i64 = 86_400;
-
-/// One stored delivery, as sent to the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    pub id: u64,
-    pub kind: DeliveryKind,
-    pub identifier: [u8; 16],
-    pub bytes: Vec<u8>,
-}
 
 /// What sessions ask the writer.
 pub enum Command {
@@ -356,7 +347,7 @@ impl RecentClients {
 
 struct Writer {
     conn: Connection,
-    registry: Arc<Registry>,
+    live: Arc<LiveSessions>,
     egress: Arc<Egress>,
     metrics: Arc<GatewayMetrics>,
     settings: WriterSettings,
@@ -374,7 +365,7 @@ pub struct WriterLinks {
     pub final_hops: Receiver<FinalHop>,
     /// Registrations and confirms from sessions.
     pub commands: Receiver<Command>,
-    pub registry: Arc<Registry>,
+    pub live: Arc<LiveSessions>,
     pub egress: Arc<Egress>,
     pub metrics: Arc<GatewayMetrics>,
     /// Set once the cores are stopped: drain, commit, end.
@@ -391,14 +382,14 @@ pub fn spawn_writer(
     let WriterLinks {
         final_hops,
         commands,
-        registry,
+        live,
         egress,
         metrics,
         stop,
     } = links;
     let mut writer = Writer {
         conn,
-        registry,
+        live,
         egress,
         metrics,
         settings,
@@ -451,7 +442,7 @@ impl Writer {
     fn knows(&self, client: &[u8; 32]) -> bool {
         self.durable.contains_key(client)
             || self.recent.contains(client)
-            || self.registry.is_live(client)
+            || self.live.is_live(client)
     }
 
     /// Records the client durably (in the next commit), unless it is already or the table is
@@ -672,7 +663,7 @@ impl Writer {
                         identifier,
                         bytes,
                     };
-                    if self.registry.push(&client, delivery) {
+                    if self.live.push(&client, delivery) {
                         GatewayMetrics::add(&self.metrics.final_hop_delivered_live, 1);
                     }
                 }

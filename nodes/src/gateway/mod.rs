@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod config;
 pub mod egress;
+pub mod live;
 pub mod mailbox;
 pub mod metrics;
 pub mod registration;
@@ -35,8 +36,9 @@ use crate::node::runtime_config::{self, engine_config, Profile, Sizing};
 use crate::node::{keys, replay, resolve, CONFIG_FILE};
 use config::Config;
 use egress::{Egress, EgressSettings};
+use live::LiveSessions;
 use metrics::GatewayMetrics;
-use sessions::{FirstHops, Registry, SessionSettings, Shared};
+use sessions::{FirstHops, SessionSettings, Shared};
 
 /// tokio worker threads (sessions, egress, directory): the engine cores do the Sphinx work.
 pub const TOKIO_WORKERS: usize = 2;
@@ -328,7 +330,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         },
         metrics.clone(),
     ));
-    let registry = Arc::new(Registry::default());
+    let live = Arc::new(LiveSessions::default());
     let (commands, command_queue) = crossbeam_channel::bounded(GATEWAY_COMMANDS_MAX);
     let (final_hop_sender, final_hops) =
         final_hop_channel(g.final_hop_queue_packets.max(1) as usize);
@@ -338,7 +340,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         mailbox::WriterLinks {
             final_hops,
             commands: command_queue,
-            registry: registry.clone(),
+            live: live.clone(),
             egress: egress.clone(),
             metrics: metrics.clone(),
             stop: writer_stop.clone(),
@@ -382,7 +384,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         .map_err(|e| format!("client listener: {e}"))?;
     let shared = Arc::new(Shared {
         identity_seed: Zeroizing::new(*identity_seed),
-        registry,
+        live,
         reader,
         commands,
         egress,
