@@ -1,9 +1,10 @@
 //! Multi-process: `lethe keygen`, three `lethe issuer run`, `lethe credential obtain`, and a
 //! `lethe gateway run --verification-key` forwarding to a `lethe sink`, on loopback, driven by
-//! a minimal proto-level client. Outcomes are checked, never speed: bounded, generous waits.
+//! the tests' client (`common::client`). Outcomes are checked, never speed: bounded, generous waits.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::client::TestClient;
 use common::*;
 
 use std::net::SocketAddr;
@@ -11,18 +12,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, BandwidthCredential};
 use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::address;
 use lethe_nodes::credential_files::read_verification_key;
 use lethe_nodes::keyfile;
 use lethe_nodes::proto::messages::error_code;
-use lethe_nodes::proto::{ClientHandshake, ClientMessage, GatewayMessage, Session};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use lethe_nodes::proto::ClientMessage;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
 /// Bandwidth each credential buys: a few regular packets.
 const CREDENTIAL_BYTES: u64 = 10_000;
 
@@ -67,96 +64,19 @@ fn run_gateway(dir: &Path, vk: &Path) -> Process {
     )
 }
 
-type Ws = WebSocketStream<tokio::net::TcpStream>;
-
-struct Client {
-    ws: Ws,
-    session: Session,
-    identity: [u8; 32],
+/// Connects, authenticates, reads Welcome and the Bandwidth that follows it.
+async fn connect(url: &str, seed: [u8; 32], gateway: [u8; 32]) -> (TestClient, u64) {
+    let (mut client, _) = TestClient::connect(url, seed, gateway).await;
+    let remaining = client.expect_bandwidth().await;
+    (client, remaining)
 }
 
-impl Client {
-    /// Connects, authenticates, reads Welcome and the Bandwidth that follows it.
-    async fn connect(url: &str, seed: [u8; 32], gateway: [u8; 32]) -> (Client, u64) {
-        let host = url.trim_start_matches("ws://");
-        let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
-        let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
-        let (state, hello) = ClientHandshake::start(&seed, gateway, &mut rand::rng());
-        ws.send(Message::Binary(hello.into())).await.unwrap();
-        let reply = next_binary(&mut ws).await.expect("gateway hello");
-        let (auth, session) = state.finish(&reply).unwrap();
-        ws.send(Message::Binary(auth.into())).await.unwrap();
-        let mut client = Client {
-            ws,
-            session,
-            identity: keyfile::ed25519_public(&seed),
-        };
-        match client.recv().await {
-            Some(GatewayMessage::Welcome { .. }) => {}
-            other => panic!("expected Welcome, got {other:?}"),
-        }
-        let remaining = client.expect_bandwidth().await;
-        (client, remaining)
-    }
-
-    async fn send(&mut self, message: &ClientMessage) {
-        let sealed = self.session.seal(&message.encode()).unwrap();
-        self.ws.send(Message::Binary(sealed.into())).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Option<GatewayMessage> {
-        let bytes = next_binary(&mut self.ws).await?;
-        Some(GatewayMessage::decode(&self.session.open(&bytes).unwrap()).unwrap())
-    }
-
-    async fn expect_bandwidth(&mut self) -> u64 {
-        match self.recv().await {
-            Some(GatewayMessage::Bandwidth { remaining_bytes }) => remaining_bytes,
-            other => panic!("expected Bandwidth, got {other:?}"),
-        }
-    }
-
-    async fn expect_error(&mut self, code: u8) {
-        match self.recv().await {
-            Some(GatewayMessage::Error { code: got, text }) => {
-                assert_eq!(got, code, "error {text}");
-            }
-            other => panic!("expected Error {code}, got {other:?}"),
-        }
-    }
-
-    /// Nothing arrives within `wait` (the connection stays open).
-    async fn expect_quiet(&mut self, wait: Duration) {
-        if let Ok(message) = tokio::time::timeout(wait, self.recv()).await {
-            panic!("expected nothing, got {message:?}");
-        }
-    }
-
-    async fn forward(&mut self, sink: SocketAddr, packet: &[u8]) {
-        let message = ClientMessage::Forward {
-            first_hop: address::encode(&sink),
-            packet: packet.to_vec(),
-        };
-        self.send(&message).await;
-    }
-
-    async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-    }
-}
-
-async fn next_binary(ws: &mut Ws) -> Option<Vec<u8>> {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let next = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("timed out waiting for the gateway");
-        match next {
-            Some(Ok(Message::Binary(bytes))) => return Some(bytes.to_vec()),
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-            Some(Ok(_)) => continue,
-        }
-    }
+async fn forward(client: &mut TestClient, sink: SocketAddr, packet: &[u8]) {
+    let message = ClientMessage::Forward {
+        first_hop: address::encode(&sink),
+        packet: packet.to_vec(),
+    };
+    client.send(&message).await;
 }
 
 /// A spend of the credential in `path` by `client` at `gateway`.
@@ -252,9 +172,9 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
     assert!(fits >= 2, "a credential must cover a few packets");
 
     // No credential: Bandwidth{0}, then a forward is refused with NO_BANDWIDTH.
-    let (mut x, remaining) = Client::connect(&url, [1; 32], gw_id).await;
+    let (mut x, remaining) = connect(&url, [1; 32], gw_id).await;
     assert_eq!(remaining, 0);
-    x.forward(sink_addr, &packet).await;
+    forward(&mut x, sink_addr, &packet).await;
     x.expect_error(error_code::NO_BANDWIDTH).await;
     wait_gauge(metrics, "lethe_gateway_forwards_refused_bandwidth_total", 1);
 
@@ -276,7 +196,7 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
     x.send(&ClientMessage::Credential { bytes: a_x.clone() })
         .await;
     assert_eq!(x.expect_bandwidth().await, CREDENTIAL_BYTES);
-    x.forward(sink_addr, &packet).await;
+    forward(&mut x, sink_addr, &packet).await;
     x.expect_quiet(Duration::from_millis(300)).await;
     wait_gauge(metrics, "lethe_gateway_forwarded_from_clients_total", 1);
     wait_gauge(metrics, "lethe_gateway_bandwidth_charged_bytes_total", len);
@@ -289,7 +209,7 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
     x.expect_error(error_code::BAD_CREDENTIAL).await;
 
     // Another client, another session: spending the same credential is refused.
-    let (mut y, remaining) = Client::connect(&url, y_seed, gw_id).await;
+    let (mut y, remaining) = connect(&url, y_seed, gw_id).await;
     assert_eq!(remaining, 0);
     let a_y = spend(&cred_a, &vk, &gw_id, &y_id);
     y.send(&ClientMessage::Credential { bytes: a_y }).await;
@@ -303,7 +223,7 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
     // Run x's credential out: `fits` forwards in all are paid for (one went above), the next
     // one is refused.
     for _ in 0..fits {
-        x.forward(sink_addr, &packet).await;
+        forward(&mut x, sink_addr, &packet).await;
     }
     x.expect_error(error_code::NO_BANDWIDTH).await;
     wait_gauge(metrics, "lethe_gateway_forwarded_from_clients_total", fits);
@@ -320,9 +240,9 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
     let gateway = run_gateway(&gw_dir, &vk);
     let metrics = gateway.addr("metrics");
     let url = gateway.lines["client_url"].clone();
-    let (mut x, remaining) = Client::connect(&url, [1; 32], gw_id).await;
+    let (mut x, remaining) = connect(&url, [1; 32], gw_id).await;
     assert_eq!(remaining, left);
-    x.forward(sink_addr, &packet).await;
+    forward(&mut x, sink_addr, &packet).await;
     x.expect_error(error_code::NO_BANDWIDTH).await;
     let a_x3 = spend(&cred_a, &vk, &gw_id, &x.identity);
     x.send(&ClientMessage::Credential { bytes: a_x3 }).await;
@@ -330,7 +250,7 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
     let b_x = spend(&cred_b, &vk, &gw_id, &x.identity);
     x.send(&ClientMessage::Credential { bytes: b_x }).await;
     assert_eq!(x.expect_bandwidth().await, left + CREDENTIAL_BYTES);
-    x.forward(sink_addr, &packet).await;
+    forward(&mut x, sink_addr, &packet).await;
     wait_gauge(metrics, "lethe_gateway_forwarded_from_clients_total", 1);
     x.close().await;
     gateway.terminate();

@@ -1,5 +1,6 @@
 //! Multi-process: `lethe gateway` with a `lethe mixnode` in front of it and a `lethe sink` for
-//! SURB-ACKs, on loopback, with a minimal client (the `proto` handshake over WebSocket).
+//! SURB-ACKs, on loopback, with the tests' client (`common::client`: `lethe_proto`'s client
+//! session over `lethe_nodes::ws`), raw sockets only where a test misbehaves on purpose.
 //! Outcomes are checked, never speed: generous timeouts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,13 +12,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use common::client::{next_raw, TestClient};
+use futures_util::SinkExt;
 use lethe_crypto::framing::{encode_frame_to_vec, FrameHeader, KeyRotation, PacketSize};
 use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Version};
 use lethe_nodes::keyfile;
 use lethe_nodes::proto::messages::error_code;
 use lethe_nodes::proto::payload::{write_surb_ack, SURB_ACK_BYTES};
-use lethe_nodes::proto::{ClientHandshake, ClientMessage, DeliveryKind, GatewayMessage, Session};
+use lethe_nodes::proto::{ClientHandshake, ClientMessage, DeliveryKind};
+use lethe_proto::ClientEvent;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -143,73 +146,13 @@ async fn ws_connect(url: &str) -> Ws {
     ws
 }
 
-/// The test client: the proto handshake, then sealed messages.
-struct Client {
-    ws: Ws,
-    session: Session,
-}
-
-impl Client {
-    /// Connects and authenticates; returns the client and the Welcome's `stored`.
-    async fn connect(url: &str, seed: [u8; 32], gateway: [u8; 32]) -> (Client, u32) {
-        let mut ws = ws_connect(url).await;
-        let (state, hello) = ClientHandshake::start(&seed, gateway, &mut rand::rng());
-        ws.send(Message::Binary(hello.into())).await.unwrap();
-        let reply = next_binary(&mut ws).await.expect("gateway hello");
-        let (auth, session) = state.finish(&reply).unwrap();
-        ws.send(Message::Binary(auth.into())).await.unwrap();
-        let mut client = Client { ws, session };
-        match client.recv().await {
-            Some(GatewayMessage::Welcome { stored }) => (client, stored),
-            other => panic!("expected Welcome, got {other:?}"),
-        }
-    }
-
-    async fn send(&mut self, message: &ClientMessage) {
-        let sealed = self.session.seal(&message.encode()).unwrap();
-        self.ws.send(Message::Binary(sealed.into())).await.unwrap();
-    }
-
-    /// The next gateway message, or `None` if the connection closed.
-    async fn recv(&mut self) -> Option<GatewayMessage> {
-        let bytes = next_binary(&mut self.ws).await?;
-        Some(GatewayMessage::decode(&self.session.open(&bytes).unwrap()).unwrap())
-    }
-
-    /// Nothing arrives within `wait` (the connection stays open).
-    async fn expect_quiet(&mut self, wait: Duration) {
-        if let Ok(message) = tokio::time::timeout(wait, self.recv()).await {
-            panic!("expected nothing, got {message:?}");
-        }
-    }
-
-    async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-    }
-}
-
-/// The next binary message (bounded wait), or `None` on close/error.
-async fn next_binary(ws: &mut Ws) -> Option<Vec<u8>> {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let next = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("timed out waiting for the gateway");
-        match next {
-            Some(Ok(Message::Binary(bytes))) => return Some(bytes.to_vec()),
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-            Some(Ok(_)) => continue,
-        }
-    }
-}
-
 fn gateway_identity(gateway: &Process) -> [u8; 32] {
     keyfile::unhex_32(&gateway.lines["identity"]).unwrap()
 }
 
-async fn expect_deliver(client: &mut Client) -> (u64, DeliveryKind, Vec<u8>) {
+async fn expect_deliver(client: &mut TestClient) -> (u64, DeliveryKind, Vec<u8>) {
     match client.recv().await {
-        Some(GatewayMessage::Deliver {
+        Some(ClientEvent::Deliver {
             id, kind, bytes, ..
         }) => (id, kind, bytes),
         other => panic!("expected Deliver, got {other:?}"),
@@ -234,7 +177,7 @@ async fn final_hop_reaches_connected_client_and_ack_reaches_sink() {
     let seed = [11u8; 32];
     let client_id = keyfile::ed25519_public(&seed);
     let url = gateway.lines["client_url"].clone();
-    let (mut client, stored) = Client::connect(&url, seed, gateway_identity(&gateway)).await;
+    let (mut client, stored) = TestClient::connect(&url, seed, gateway_identity(&gateway)).await;
     assert_eq!(stored, 0);
 
     let ack = sink_packet(
@@ -343,7 +286,7 @@ async fn mailbox_survives_sigkill_and_redelivers_until_confirmed() {
     let seed = [12u8; 32];
     let client_id = keyfile::ed25519_public(&seed);
     // Register (first handshake), then go offline.
-    let (client, stored) = Client::connect(&gateway.lines["client_url"], seed, identity).await;
+    let (client, stored) = TestClient::connect(&gateway.lines["client_url"], seed, identity).await;
     assert_eq!(stored, 0);
     client.close().await;
     wait_gauge(gateway.addr("metrics"), "lethe_gateway_sessions_active", 0);
@@ -363,7 +306,7 @@ async fn mailbox_survives_sigkill_and_redelivers_until_confirmed() {
 
     let gateway = run_gateway(&gw_dir, false);
     let url = gateway.lines["client_url"].clone();
-    let (mut client, stored) = Client::connect(&url, seed, identity).await;
+    let (mut client, stored) = TestClient::connect(&url, seed, identity).await;
     assert_eq!(stored, 2);
     // Stored in arrival order (the mixnode may reorder the two): delivered in id order.
     let (first, _, first_bytes) = expect_deliver(&mut client).await;
@@ -378,7 +321,7 @@ async fn mailbox_survives_sigkill_and_redelivers_until_confirmed() {
     wait_metric(gateway.addr("metrics"), "lethe_gateway_confirms_total", 1);
     client.close().await;
 
-    let (mut client, stored) = Client::connect(&url, seed, identity).await;
+    let (mut client, stored) = TestClient::connect(&url, seed, identity).await;
     assert_eq!(stored, 1);
     let (id, _, bytes) = expect_deliver(&mut client).await;
     assert_eq!((id, bytes), (second, second_bytes));
@@ -401,7 +344,7 @@ async fn bad_input_is_refused_per_session() {
     let gateway = run_gateway(&gw_dir, false);
     let identity = gateway_identity(&gateway);
     let url = gateway.lines["client_url"].clone();
-    let (mut good, _) = Client::connect(&url, [21; 32], identity).await;
+    let (mut good, _) = TestClient::connect(&url, [21; 32], identity).await;
     let forward = ClientMessage::Forward {
         first_hop: address::encode(&"127.0.0.1:9".parse().unwrap()),
         packet: vec![0; PacketSize::Regular.packet_len()],
@@ -409,19 +352,20 @@ async fn bad_input_is_refused_per_session() {
     for _ in 0..2 {
         good.send(&forward).await;
         match good.recv().await {
-            Some(GatewayMessage::Error { code, .. }) => assert_eq!(code, error_code::NOT_LAYER1),
+            Some(ClientEvent::Error { code, .. }) => assert_eq!(code, error_code::NOT_LAYER1),
             other => panic!("expected NOT_LAYER1, got {other:?}"),
         }
     }
 
     // Garbage after the handshake: Error, then this session closes.
-    let (mut bad, _) = Client::connect(&url, [22; 32], identity).await;
-    bad.ws
+    let (mut bad, _) = TestClient::connect(&url, [22; 32], identity).await;
+    bad.connection()
+        .socket()
         .send(Message::Binary(vec![1, 2, 3].into()))
         .await
         .unwrap();
     match bad.recv().await {
-        Some(GatewayMessage::Error { code, .. }) => assert_eq!(code, error_code::MALFORMED),
+        Some(ClientEvent::Error { code, .. }) => assert_eq!(code, error_code::MALFORMED),
         other => panic!("expected MALFORMED, got {other:?}"),
     }
     assert!(bad.recv().await.is_none(), "the bad session stays open");
@@ -431,25 +375,22 @@ async fn bad_input_is_refused_per_session() {
     ws.send(Message::Binary(vec![0u8; 10].into()))
         .await
         .unwrap();
-    assert!(next_binary(&mut ws).await.is_none());
+    assert!(next_raw(&mut ws).await.is_none());
     let mut ws = ws_connect(&url).await;
     let (_, hello) = ClientHandshake::start(&[23; 32], identity, &mut rand::rng());
     ws.send(Message::Binary(hello.into())).await.unwrap();
-    assert!(next_binary(&mut ws).await.is_some()); // the gateway hello
+    assert!(next_raw(&mut ws).await.is_some()); // the gateway hello
     ws.send(Message::Binary(vec![3u8; 65].into()))
         .await
         .unwrap();
-    assert!(next_binary(&mut ws).await.is_none());
+    assert!(next_raw(&mut ws).await.is_none());
 
     // The good session is untouched.
     good.send(&forward).await;
-    assert!(matches!(
-        good.recv().await,
-        Some(GatewayMessage::Error { .. })
-    ));
+    assert!(matches!(good.recv().await, Some(ClientEvent::Error { .. })));
 
     // A new session of the same identity replaces the old one.
-    let (mut newer, _) = Client::connect(&url, [21; 32], identity).await;
+    let (mut newer, _) = TestClient::connect(&url, [21; 32], identity).await;
     assert!(
         good.recv().await.is_none(),
         "the replaced session stays open"
@@ -457,7 +398,7 @@ async fn bad_input_is_refused_per_session() {
     newer.send(&forward).await;
     assert!(matches!(
         newer.recv().await,
-        Some(GatewayMessage::Error { .. })
+        Some(ClientEvent::Error { .. })
     ));
     let metrics = gateway.addr("metrics");
     wait_metric(metrics, "lethe_gateway_handshakes_failed_total", 2);

@@ -15,19 +15,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::client::{next_raw, TestClient};
 use common::*;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::address;
 use lethe_nodes::keyfile;
-use lethe_nodes::proto::{ClientHandshake, ClientMessage, GatewayMessage, Session};
+use lethe_nodes::proto::{ClientHandshake, ClientMessage, GatewayMessage};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 /// Established sessions the flooded gateways allow: fewer than any flood below.
 const SESSIONS_MAX: u32 = 256;
@@ -47,8 +47,6 @@ const SILENT_BYTES_MAX: u64 = 32 * 1024;
 /// One flood at a time: they share the machine's cores, file descriptors and the gateway
 /// memory measurement.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-type Ws = WebSocketStream<tokio::net::TcpStream>;
 
 /// The test opens more sockets than a default soft limit of 1,024 allows.
 fn raise_fd_limit() {
@@ -164,65 +162,6 @@ fn gateway_identity(gateway: &Process) -> [u8; 32] {
     keyfile::unhex_32(&gateway.lines["identity"]).unwrap()
 }
 
-/// The next binary message (bounded wait), or `None` on close/error.
-async fn next_binary(ws: &mut Ws) -> Option<Vec<u8>> {
-    let deadline = tokio::time::Instant::now() + WAIT_MAX;
-    loop {
-        let next = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("timed out waiting for the gateway");
-        match next {
-            Some(Ok(Message::Binary(bytes))) => return Some(bytes.to_vec()),
-            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-            Some(Ok(_)) => continue,
-        }
-    }
-}
-
-/// An authenticated session (after Welcome).
-struct Client {
-    ws: Ws,
-    session: Session,
-}
-
-impl Client {
-    /// Upgrades, handshakes and reads Welcome; `None` if the gateway refused or closed.
-    async fn connect(url: &str, seed: [u8; 32], gateway: [u8; 32]) -> Option<Client> {
-        let host = url.trim_start_matches("ws://");
-        let tcp = tokio::net::TcpStream::connect(host).await.ok()?;
-        let upgrade = tokio_tungstenite::client_async(url, tcp);
-        let (mut ws, _) = tokio::time::timeout(WAIT_MAX, upgrade).await.ok()?.ok()?;
-        let (state, hello) = ClientHandshake::start(&seed, gateway, &mut rand::rng());
-        ws.send(Message::Binary(hello.into())).await.ok()?;
-        let reply = next_binary(&mut ws).await?;
-        let (auth, session) = state.finish(&reply).ok()?;
-        ws.send(Message::Binary(auth.into())).await.ok()?;
-        let mut client = Client { ws, session };
-        match client.recv().await? {
-            GatewayMessage::Welcome { .. } => Some(client),
-            other => panic!("expected Welcome, got {other:?}"),
-        }
-    }
-
-    async fn recv(&mut self) -> Option<GatewayMessage> {
-        let bytes = next_binary(&mut self.ws).await?;
-        Some(GatewayMessage::decode(&self.session.open(&bytes).unwrap()).unwrap())
-    }
-
-    async fn forward(&mut self, sink: SocketAddr, packet: &[u8]) {
-        let message = ClientMessage::Forward {
-            first_hop: address::encode(&sink),
-            packet: packet.to_vec(),
-        };
-        let sealed = self.session.seal(&message.encode()).unwrap();
-        self.ws.send(Message::Binary(sealed.into())).await.unwrap();
-    }
-
-    async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-    }
-}
-
 /// Packets the sink recorded (hex, third field of each line).
 fn sink_packets(path: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -235,12 +174,16 @@ fn sink_packets(path: &Path) -> Vec<String> {
 /// reach the sink.
 async fn honest_round_trip(gateway: &Process, sink: &Process, sink_out: &Path, seed: [u8; 32]) {
     let url = gateway.lines["client_url"].clone();
-    let mut client = Client::connect(&url, seed, gateway_identity(gateway))
+    let (mut client, _) = TestClient::try_connect(&url, seed, gateway_identity(gateway))
         .await
         .expect("the honest client was locked out by the flood");
     let before = sink_packets(sink_out).len();
     let packet = sink_packet(sink.addr("listen"), PacketSize::Regular, b"honest");
-    client.forward(sink.addr("listen"), &packet).await;
+    let forward = ClientMessage::Forward {
+        first_hop: address::encode(&sink.addr("listen")),
+        packet,
+    };
+    client.send(&forward).await;
     let deadline = Instant::now() + WAIT_MAX;
     while sink_packets(sink_out).len() == before {
         assert!(
@@ -372,7 +315,7 @@ async fn random_identities_leave_no_durable_rows() {
     let identity = gateway_identity(&gateway);
     for _ in 0..RANDOM_IDENTITIES {
         let seed: [u8; 32] = rand::random();
-        let client = Client::connect(&url, seed, identity)
+        let (client, _) = TestClient::try_connect(&url, seed, identity)
             .await
             .expect("a random identity completes the handshake");
         client.close().await;
@@ -480,7 +423,7 @@ async fn a_forward_pipelined_behind_the_auth_is_served() {
     let (state, hello) =
         ClientHandshake::start(&[34; 32], gateway_identity(&gateway), &mut rand::rng());
     ws.send(Message::Binary(hello.into())).await.unwrap();
-    let reply = next_binary(&mut ws).await.expect("gateway hello");
+    let reply = next_raw(&mut ws).await.expect("gateway hello");
     let (auth, mut session) = state.finish(&reply).unwrap();
     let packet = sink_packet(sink.addr("listen"), PacketSize::Regular, b"pipelined");
     let forward = ClientMessage::Forward {
@@ -492,10 +435,11 @@ async fn a_forward_pipelined_behind_the_auth_is_served() {
     ws.feed(Message::Binary(auth.into())).await.unwrap();
     ws.feed(Message::Binary(sealed.into())).await.unwrap();
     ws.flush().await.unwrap();
-    let mut client = Client { ws, session };
+    // Raw to the end: the session above is the test's own (it pipelined before the welcome).
+    let welcome = next_raw(&mut ws).await.expect("the gateway's welcome");
     assert!(matches!(
-        client.recv().await,
-        Some(GatewayMessage::Welcome { .. })
+        GatewayMessage::decode(&session.open(&welcome).unwrap()),
+        Ok(GatewayMessage::Welcome { .. })
     ));
     let deadline = Instant::now() + WAIT_MAX;
     while sink_packets(&sink_out).is_empty() {
@@ -505,6 +449,6 @@ async fn a_forward_pipelined_behind_the_auth_is_served() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    client.close().await;
+    let _ = ws.close(None).await;
     gateway.terminate();
 }

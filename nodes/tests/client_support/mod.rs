@@ -1,6 +1,7 @@
 //! Test network for the client tests: a topology whose Sphinx secrets the test knows, a
 //! Sphinx "network" that unwraps packets through every hop in-process, and a fake gateway
-//! (tokio-tungstenite around lethe-proto's `GatewaySession`, like the real one) that does what the real one does: unwrap forwarded
+//! (lethe-proto's `GatewaySession` over `lethe_nodes::ws`, like the real one) that does what
+//! the real one does: unwrap forwarded
 //! packets (here through all four hops itself), deliver messages, ACKs and replies to the
 //! destination client, and send SURB-ACKs on.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -10,18 +11,17 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::{self, address, Hop, Packet};
 use lethe_nodes::keyfile;
 use lethe_nodes::proto::payload::{split_forward, DROP_COVER_DESTINATION};
-use lethe_nodes::proto::{DeliveryKind, GatewayMessage, WS_MESSAGE_BYTES_MAX};
+use lethe_nodes::proto::{DeliveryKind, GatewayMessage};
 use lethe_nodes::topology::{Descriptor, Role, Topology};
-use lethe_proto::gateway_session::{FirstHops, GatewayConfig, GatewayEvent, Transmit};
+use lethe_nodes::ws;
+use lethe_proto::gateway_session::{FirstHops, GatewayConfig, GatewayEvent};
 use lethe_proto::GatewaySession;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 /// Final destination, identifier, the processed packet and the number of hops.
@@ -242,9 +242,7 @@ impl FakeGateway {
     }
 
     async fn serve(self: Arc<Self>, stream: tokio::net::TcpStream) -> Result<(), String> {
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .max_message_size(Some(WS_MESSAGE_BYTES_MAX));
-        let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(config))
+        let mut ws = tokio_tungstenite::accept_async_with_config(stream, Some(ws::config()))
             .await
             .map_err(|e| e.to_string())?;
         let start = std::time::Instant::now();
@@ -255,7 +253,7 @@ impl FakeGateway {
         };
         let mut core = GatewaySession::new(now_us(), config, self.net.gateway_seed);
         let client = loop {
-            transmit(&mut core, &mut ws).await?;
+            ws::write_transmits(&mut ws, &mut core).await?;
             match core.poll_event() {
                 Some(GatewayEvent::Authenticated { client }) => break client,
                 Some(GatewayEvent::Closed { reason }) => {
@@ -264,7 +262,7 @@ impl FakeGateway {
                 Some(_) => continue,
                 None => {}
             }
-            let bytes = next_binary(&mut ws).await?;
+            let bytes = ws::next_binary(&mut ws).await?;
             core.handle_message(now_us(), &bytes, &mut rand::rng(), &AnyNode);
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -311,7 +309,7 @@ impl FakeGateway {
                     _ => {}
                 }
             }
-            if let Err(e) = transmit(&mut core, &mut ws).await {
+            if let Err(e) = ws::write_transmits(&mut ws, &mut core).await {
                 break Err(e);
             }
             tokio::select! {
@@ -321,9 +319,9 @@ impl FakeGateway {
                     };
                     let _ = core.deliver(id, kind, identifier, bytes);
                 }
-                incoming = next_binary(&mut ws) => match incoming {
+                incoming = ws::next_binary(&mut ws) => match incoming {
                     Ok(bytes) => core.handle_message(now_us(), &bytes, &mut rand::rng(), &AnyNode),
-                    Err(e) => break Err(e),
+                    Err(e) => break Err(e.to_string()),
                 },
             }
         };
@@ -344,40 +342,5 @@ struct AnyNode;
 impl FirstHops for AnyNode {
     fn check(&self, first_hop: &[u8; 32]) -> Result<SocketAddr, &'static str> {
         address::decode(first_hop).map_err(|_| "first hop is not a node address")
-    }
-}
-
-/// Sends what the session queued; an error once it closed.
-async fn transmit<S>(core: &mut GatewaySession, ws: &mut S) -> Result<(), String>
-where
-    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
-{
-    while let Some(transmit) = core.poll_transmit() {
-        match transmit {
-            Transmit::Message(bytes) => ws
-                .send(Message::binary(bytes))
-                .await
-                .map_err(|e| e.to_string())?,
-            Transmit::Close(reason, text) => return Err(format!("closed ({reason:?}): {text}")),
-        }
-    }
-    if core.is_closed() {
-        return Err("session closed".into());
-    }
-    Ok(())
-}
-
-async fn next_binary<S>(ws: &mut S) -> Result<Vec<u8>, String>
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        match ws.next().await {
-            None => return Err("closed".into()),
-            Some(Err(e)) => return Err(e.to_string()),
-            Some(Ok(Message::Binary(b))) => return Ok(b.to_vec()),
-            Some(Ok(Message::Close(_))) => return Err("closed".into()),
-            Some(Ok(_)) => {}
-        }
     }
 }

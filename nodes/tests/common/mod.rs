@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod client;
+
 pub const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 /// Upper bound for any single wait: generous, so a loaded machine is slow, never wrong.
 pub const WAIT_MAX: Duration = Duration::from_secs(90);
