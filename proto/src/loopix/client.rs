@@ -23,7 +23,7 @@ use super::message::{
     reply_fragment_capacity, seal_forward, seal_reply, AttachedSurb, Fragment, FragmentHeader,
     Reassembler, ReassemblyLimits, FLAG_IS_REPLY, FLAG_LOOP_COVER, REPLY_KEY_BYTES,
 };
-use super::packets::{reply_packet, BuildError, Builder, Built, Delays, SelfRoute};
+use super::packets::{reply_packet, BuildError, Builder, Built, Delays, PacketKind, SelfRoute};
 use super::params::LoopixParams;
 use super::retransmit::{AckOutcome, AckWait, Due, FragmentKey, Tracker};
 use super::schedule::{Schedule, ScheduleParams, Tick};
@@ -574,7 +574,10 @@ impl LoopixClient {
     pub fn next_real(&mut self, now_us: u64) -> Option<Built> {
         while let Some(item) = self.queue.pop_front() {
             match item {
-                Queued::Reply(built, reply_id) => {
+                Queued::Reply(mut built, reply_id) => {
+                    built.kind = PacketKind::Reply {
+                        message_id: reply_id,
+                    };
                     self.counters.replies_sent += 1;
                     if let Some(progress) = self.replies.get_mut(&reply_id) {
                         progress.sent += 1;
@@ -624,7 +627,11 @@ impl LoopixClient {
                 .map_err(|e| e.to_string())
         });
         match result {
-            Ok(built) => {
+            Ok(mut built) => {
+                built.kind = PacketKind::Real {
+                    message_id: key.message,
+                    fragment: key.index,
+                };
                 self.tracker.sent(key, now_us, built.expected_rtt_ns);
                 if let Some(outgoing) = self.outgoing.get_mut(&key.message) {
                     match outgoing.states.get_mut(key.index as usize) {
@@ -693,7 +700,8 @@ impl LoopixClient {
                     .map_err(|e| e.to_string())
             });
         match result {
-            Ok(built) => {
+            Ok(mut built) => {
+                built.kind = PacketKind::LoopCover;
                 self.counters.loop_cover_sent += 1;
                 Some(built)
             }
@@ -1356,6 +1364,50 @@ mod tests {
             "duplicate content and ACK confirmed at once"
         );
         assert_eq!(b.counters().duplicates, 1);
+    }
+
+    #[test]
+    fn built_packets_name_what_they_carry() {
+        let net = net();
+        let mut a = core(1, &net);
+        let mut b = core(2, &net);
+        let data: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let ticket = book(a.send(b.address(), &data, 0, 0).unwrap());
+        let kind = |fragment| PacketKind::Real {
+            message_id: ticket.message_id,
+            fragment,
+        };
+        assert_eq!(a.next_real(0).unwrap().kind, kind(0));
+        assert_eq!(a.next_real(0).unwrap().kind, kind(1));
+        assert_eq!(a.drop_cover().unwrap().kind, PacketKind::DropCover);
+        assert_eq!(a.loop_cover().unwrap().kind, PacketKind::LoopCover);
+        // Both are lost: a retransmission is the same fragment again.
+        let deadline = next_timer(&a).unwrap();
+        fire(&mut a, deadline);
+        let again = a.next_real(deadline * 1000).unwrap();
+        assert!(again.kind == kind(0) || again.kind == kind(1), "{again:?}");
+        // A reply on an attached SURB names the reply.
+        let question = book(a.send(b.address(), b"question", 1, 0).unwrap());
+        let mut packet = a.next_real(0).unwrap();
+        while packet.kind == kind(0) || packet.kind == kind(1) {
+            packet = a.next_real(0).unwrap();
+        }
+        assert!(
+            matches!(packet.kind, PacketKind::Real { message_id, .. } if message_id == question.message_id)
+        );
+        let (received, _) = feed(
+            &mut [&mut a, &mut b],
+            gateway(&net, packet.first_hop, packet.packet),
+            0,
+        );
+        let bundle = received[0].surb_bundle.unwrap();
+        let reply = book(b.reply(bundle, b"answer").unwrap());
+        assert_eq!(
+            b.next_real(0).unwrap().kind,
+            PacketKind::Reply {
+                message_id: reply.message_id
+            }
+        );
     }
 
     #[test]

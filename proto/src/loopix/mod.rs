@@ -16,4 +16,5 @@ pub use client::{
     Accepted, ClientLimits, Counters, LoopixClient, LoopixEvent, LoopixTransmit, Received,
     SendError, SendProgress,
 };
+pub use packets::{Built, PacketKind};
 pub use params::LoopixParams;

@@ -50,6 +50,25 @@ pub struct Built {
     pub packet: Vec<u8>,
     /// Sum of the sampled mix delays of the packet and of its ACK (ns).
     pub expected_rtt_ns: u64,
+    /// What the packet carries. Never on the wire: for a driver that accounts for its
+    /// traffic (a simulator's ground truth, metrics).
+    pub kind: PacketKind,
+}
+
+/// What a [`Built`] packet carries, as its sender knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketKind {
+    /// Fragment `fragment` of outgoing message `message_id` (a retransmission too).
+    Real {
+        message_id: u64,
+        fragment: u32,
+    },
+    /// A fragment of reply `message_id`, on a SURB.
+    Reply {
+        message_id: u64,
+    },
+    DropCover,
+    LoopCover,
 }
 
 /// Who we are, for routes back to us.
@@ -179,6 +198,15 @@ impl Builder<'_> {
             first_hop: route[0].address,
             packet,
             expected_rtt_ns: total.saturating_add(ack_rtt),
+            // The caller names what it built (the builder only knows drop cover apart).
+            kind: if destination.address == DROP_COVER_DESTINATION {
+                PacketKind::DropCover
+            } else {
+                PacketKind::Real {
+                    message_id: 0,
+                    fragment: 0,
+                }
+            },
         })
     }
 
@@ -249,5 +277,6 @@ pub fn reply_packet(surb: &Surb, content: &[u8], size: PacketSize) -> Result<Bui
         first_hop,
         packet,
         expected_rtt_ns: 0,
+        kind: PacketKind::Reply { message_id: 0 },
     })
 }
