@@ -12,7 +12,10 @@ pub mod payload;
 pub mod session;
 
 pub use handshake::{ClientHandshake, GatewayHandshake};
-pub use messages::{ClientMessage, DeliveryKind, GatewayMessage};
+pub use messages::{
+    ClientMessage, ClientMessageView, ConfirmView, DeliverView, DeliveryKind, ForwardView,
+    GatewayMessage, GatewayMessageView,
+};
 pub use session::Session;
 
 pub use crate::limits::WS_MESSAGE_BYTES_MAX;
