@@ -113,52 +113,85 @@ impl Fragment {
             return Err(MessageError::PacketTooSmall);
         }
         let mut out = Zeroizing::new(vec![0u8; len]);
-        let h = &self.header;
-        out[..8].copy_from_slice(&h.message_id.to_be_bytes());
-        out[8..12].copy_from_slice(&h.index.to_be_bytes());
-        out[12..16].copy_from_slice(&h.count.to_be_bytes());
-        out[16] = h.flags;
-        out[17..19].copy_from_slice(&h.len.to_be_bytes());
+        out[..FRAGMENT_HEADER_BYTES].copy_from_slice(&self.header.to_bytes());
         out[FRAGMENT_HEADER_BYTES..needed].copy_from_slice(&self.data);
         Ok(out)
     }
 
-    /// Parses a decrypted fragment (padding must be zero).
+    /// An owned copy of a fragment checked by [`FragmentView::new_checked`].
     pub fn decode(bytes: &[u8]) -> Result<Fragment, MessageError> {
-        let (header, rest) = bytes
-            .split_first_chunk::<FRAGMENT_HEADER_BYTES>()
-            .ok_or(MessageError::Malformed("short fragment"))?;
-        let mut u64b = [0u8; 8];
-        u64b.copy_from_slice(&header[..8]);
-        let mut u32b = [0u8; 4];
-        u32b.copy_from_slice(&header[8..12]);
-        let index = u32::from_be_bytes(u32b);
-        u32b.copy_from_slice(&header[12..16]);
-        let count = u32::from_be_bytes(u32b);
-        let flags = header[16];
-        let len = u16::from_be_bytes([header[17], header[18]]);
-        if count == 0 || index >= count {
+        let view = FragmentView::new_checked(bytes)?;
+        Ok(Fragment {
+            header: view.header(),
+            data: view.data().to_vec(),
+        })
+    }
+}
+
+impl FragmentHeader {
+    /// The header as it starts a fragment.
+    pub fn to_bytes(&self) -> [u8; FRAGMENT_HEADER_BYTES] {
+        let mut out = [0u8; FRAGMENT_HEADER_BYTES];
+        let fields = [
+            &self.message_id.to_be_bytes()[..],
+            &self.index.to_be_bytes(),
+            &self.count.to_be_bytes(),
+            &[self.flags],
+            &self.len.to_be_bytes(),
+        ];
+        let mut at = 0;
+        for field in fields {
+            out[at..at + field.len()].copy_from_slice(field);
+            at += field.len();
+        }
+        out
+    }
+}
+
+/// A decrypted fragment over its bytes, checked: index below count, known flags, data within
+/// the bytes and zero padding after it.
+#[derive(Clone, Copy)]
+pub struct FragmentView<'a> {
+    header: FragmentHeader,
+    data: &'a [u8],
+}
+
+impl<'a> FragmentView<'a> {
+    pub fn new_checked(bytes: &'a [u8]) -> Result<Self, MessageError> {
+        const SHORT: MessageError = MessageError::Malformed("short fragment");
+        let (message_id, rest) = bytes.split_first_chunk::<8>().ok_or(SHORT)?;
+        let (index, rest) = rest.split_first_chunk::<4>().ok_or(SHORT)?;
+        let (count, rest) = rest.split_first_chunk::<4>().ok_or(SHORT)?;
+        let (&flags, rest) = rest.split_first().ok_or(SHORT)?;
+        let (len, rest) = rest.split_first_chunk::<2>().ok_or(SHORT)?;
+        let header = FragmentHeader {
+            message_id: u64::from_be_bytes(*message_id),
+            index: u32::from_be_bytes(*index),
+            count: u32::from_be_bytes(*count),
+            flags,
+            len: u16::from_be_bytes(*len),
+        };
+        if header.count == 0 || header.index >= header.count {
             return Err(MessageError::Malformed("fragment index"));
         }
         if flags & !FLAGS_KNOWN != 0 {
             return Err(MessageError::Malformed("unknown flags"));
         }
         let (data, padding) = rest
-            .split_at_checked(usize::from(len))
+            .split_at_checked(usize::from(header.len))
             .ok_or(MessageError::Malformed("fragment length"))?;
         if padding.iter().any(|&b| b != 0) {
             return Err(MessageError::Malformed("non-zero padding"));
         }
-        Ok(Fragment {
-            header: FragmentHeader {
-                message_id: u64::from_be_bytes(u64b),
-                index,
-                count,
-                flags,
-                len,
-            },
-            data: data.to_vec(),
-        })
+        Ok(FragmentView { header, data })
+    }
+
+    pub fn header(&self) -> FragmentHeader {
+        self.header
+    }
+
+    pub fn data(&self) -> &'a [u8] {
+        self.data
     }
 }
 
@@ -933,5 +966,43 @@ mod tests {
         assert_eq!(encode_body(&[], b"x").unwrap(), (0, b"x".to_vec()));
         assert!(decode_body(FLAG_REPLY_SURBS, &encoded[..100]).is_err());
         assert!(decode_body(FLAG_REPLY_SURBS, &[]).is_err());
+    }
+
+    #[test]
+    fn fragment_view_too_short_exact_length_round_trip() {
+        let fragment = Fragment {
+            header: FragmentHeader {
+                message_id: 0x0102_0304_0506_0708,
+                index: 1,
+                count: 3,
+                flags: 0,
+                len: 4,
+            },
+            data: vec![9, 8, 7, 6],
+        };
+        // Exact length: no padding.
+        let exact = fragment.encode(FRAGMENT_HEADER_BYTES + 4).unwrap();
+        assert_eq!(&exact[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        let view = FragmentView::new_checked(&exact).unwrap();
+        assert_eq!(
+            (view.header(), view.data()),
+            (fragment.header, &[9, 8, 7, 6][..])
+        );
+        assert_eq!(Fragment::decode(&exact).unwrap(), fragment);
+        // Too short for the header, or for the data it announces.
+        assert!(FragmentView::new_checked(&exact[..FRAGMENT_HEADER_BYTES - 1]).is_err());
+        assert!(FragmentView::new_checked(&exact[..exact.len() - 1]).is_err());
+        // Padded: zeros accepted, anything else refused.
+        let mut padded = fragment.encode(FRAGMENT_HEADER_BYTES + 10).unwrap();
+        assert!(FragmentView::new_checked(&padded).is_ok());
+        padded[FRAGMENT_HEADER_BYTES + 9] = 1;
+        assert!(FragmentView::new_checked(&padded).is_err());
+        // Index not below count, and unknown flags.
+        let mut index = exact.clone();
+        index[8..12].copy_from_slice(&3u32.to_be_bytes());
+        assert!(FragmentView::new_checked(&index).is_err());
+        let mut flags = exact.clone();
+        flags[16] = 0x80;
+        assert!(FragmentView::new_checked(&flags).is_err());
     }
 }
