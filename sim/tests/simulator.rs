@@ -11,7 +11,7 @@ use std::process::Command;
 use common::temp_dir;
 use lethe_sim::metrics::{compute, MetricsOptions, TraceMetrics};
 use lethe_sim::sim::{self, CoverRates, NodeFailure, SimConfig};
-use lethe_sim::trace::{Kind, TraceReader};
+use lethe_sim::trace::{Class, Kind, TraceReader};
 
 const S: u64 = 1_000_000_000;
 
@@ -54,16 +54,41 @@ fn a_seed_gives_the_same_trace_and_another_seed_another() {
 }
 
 #[test]
-fn every_real_message_is_delivered_through_every_layer() {
+fn every_real_message_is_delivered_through_every_layer_and_acknowledged() {
     let config = SimConfig::small(2);
     let path = temp_dir("delivered").join("trace.csv");
     let summary = sim::run(&config, &path, "test").unwrap();
     assert_eq!(summary.real_delivered_count, summary.real_sent_count);
     assert_eq!(summary.dropped_count, 0);
+    // Each message is one fragment: the recipient's client core hands it over, and the
+    // sender's core reports it delivered once its SURB-ACK came back, with nothing sent again.
+    assert!(summary.messages_count > 100, "{summary:?}");
+    assert_eq!(summary.real_sent_count, summary.messages_count);
+    assert_eq!(summary.messages_received_count, summary.messages_count);
+    assert_eq!(summary.messages_acked_count, summary.messages_count);
+    assert_eq!(summary.acks_received_count, summary.messages_count);
+    assert_eq!(summary.retransmitted_count, 0);
     // Each real packet: send, gateway arrive + depart, then arrive + depart at 3 mixes,
-    // arrive + deliver at the exit gateway: 11 rows.
+    // arrive + deliver at the exit gateway: 11 rows. Its SURB-ACK: send at the exit gateway,
+    // arrive + depart at 3 mixes, arrive + deliver at the sender's gateway: 9 rows.
+    let mut rows_by_class = std::collections::HashMap::new();
+    let mut acks_delivered = 0u64;
+    for event in TraceReader::open(&path).unwrap() {
+        let event = event.unwrap();
+        *rows_by_class.entry(event.class).or_insert(0u64) += 1;
+        if event.class == Class::Ack && event.kind == Kind::Deliver {
+            acks_delivered += 1;
+        }
+    }
+    assert_eq!(rows_by_class[&Class::Real], summary.real_sent_count * 11);
+    assert_eq!(rows_by_class[&Class::Ack], summary.real_sent_count * 9);
+    assert_eq!(acks_delivered, summary.messages_count);
+    assert_eq!(
+        rows_by_class.len(),
+        2,
+        "no cover configured: {rows_by_class:?}"
+    );
     let rows = TraceReader::open(&path).unwrap().count() as u64;
-    assert_eq!(rows, summary.real_sent_count * 11);
     assert_eq!(rows, summary.trace_rows_count);
     // Without the lab columns, no mix row names a message.
     for event in TraceReader::open(&path).unwrap() {
@@ -77,15 +102,16 @@ fn every_real_message_is_delivered_through_every_layer() {
 
 #[test]
 fn queue_occupancy_follows_poisson_lambda_over_mu() {
-    // 100 packets/s into each mix, 100 ms mean delay: lambda/mu = 10. Tolerance: the
-    // time-weighted mean within 5 % and the variance within 20 % of lambda/mu (Lemma 1:
-    // both equal it), on average over the three mixes, after 2 s of warm-up and with the
-    // drain (clients stop at 30 s) cut off.
+    // 100 real packets/s into each mix and their 100 SURB-ACKs/s (the client core asks for
+    // ACKs on every real packet; they cross every layer too), 100 ms mean delay for both:
+    // lambda/mu = 20. Tolerance: the time-weighted mean within 5 % and the variance within
+    // 20 % of lambda/mu (Lemma 1: both equal it), on average over the three mixes, after 2 s
+    // of warm-up and with the drain (clients stop at 30 s) cut off.
     let path = simulate("queue", &one_mix_per_layer(100.0, 30_000));
     let m = metrics(&path, 2, 2);
     assert_eq!(m.queue.mixes.len(), 3);
     for mix in &m.queue.mixes {
-        assert!((mix.expected - 10.0).abs() < 1.0, "{mix:?}");
+        assert!((mix.expected - 20.0).abs() < 2.0, "{mix:?}");
     }
     assert!((m.queue.mean_ratio - 1.0).abs() < 0.05, "{:?}", m.queue);
     assert!((m.queue.variance_ratio - 1.0).abs() < 0.2, "{:?}", m.queue);
@@ -172,11 +198,14 @@ fn a_failed_node_loses_what_reaches_it_while_down() {
     };
     let path = temp_dir("failure").join("trace.csv");
     let summary = sim::run(&config, &path, "test").unwrap();
-    assert!(summary.dropped_count > 0);
+    assert!(summary.real_dropped_count > 0);
+    // Every real packet sent (retransmissions too) is delivered or lost; lost ACKs are
+    // dropped too, but are not real packets.
     assert_eq!(
-        summary.real_delivered_count + summary.dropped_count,
+        summary.real_delivered_count + summary.real_dropped_count,
         summary.real_sent_count
     );
+    assert!(summary.dropped_count > summary.real_dropped_count);
     // Every drop follows its packet's arrival at that node (what the metrics rely on).
     let mut arrived = std::collections::HashSet::new();
     for event in TraceReader::open(&path).unwrap() {
@@ -197,6 +226,55 @@ fn a_failed_node_loses_what_reaches_it_while_down() {
     let m = metrics(&path, 0, 0);
     let failed = m.queue.mixes.iter().find(|q| q.node == "m2.0").unwrap();
     assert!(failed.mean > 0.0 && failed.mean < 2.0, "{failed:?}");
+}
+
+#[test]
+fn a_mix_failure_window_causes_retransmissions_that_then_succeed() {
+    // m2.0 is down from 2 s to 4 s: the packets and ACKs through it are lost, the senders'
+    // cores send those fragments again after their ACK timer, and every message ends
+    // acknowledged (the run continues past the sending time until none is outstanding).
+    let config = SimConfig {
+        failures: vec![NodeFailure {
+            node: "m2.0".into(),
+            from_ms: 2_000,
+            until_ms: 4_000,
+        }],
+        ..SimConfig::small(8)
+    };
+    let path = temp_dir("failure-retransmit").join("trace.csv");
+    let summary = sim::run(&config, &path, "test").unwrap();
+    assert!(summary.retransmitted_count > 0, "{summary:?}");
+    assert_eq!(summary.given_up_count, 0, "{summary:?}");
+    assert_eq!(summary.messages_acked_count, summary.messages_count);
+    assert_eq!(summary.messages_received_count, summary.messages_count);
+    assert_eq!(
+        summary.real_sent_count,
+        summary.messages_count + summary.retransmitted_count
+    );
+    // The same message's fragment is sent twice: once lost inside the window, then again
+    // (after the ACK wait of at least 1.5 s) and delivered.
+    let mut sends: std::collections::HashMap<u64, Vec<u64>> = Default::default();
+    let mut delivered = std::collections::HashSet::new();
+    for event in TraceReader::open(&path).unwrap() {
+        let event = event.unwrap();
+        match (event.kind, event.class) {
+            (Kind::Send, Class::Real) => sends
+                .entry(event.message_id.unwrap())
+                .or_default()
+                .push(event.t_ns),
+            (Kind::Deliver, Class::Real) => {
+                delivered.insert(event.message_id.unwrap());
+            }
+            _ => {}
+        }
+    }
+    let again: Vec<_> = sends.iter().filter(|(_, t)| t.len() > 1).collect();
+    assert!(!again.is_empty());
+    for (id, times) in again {
+        assert!(delivered.contains(id), "message {id} never delivered");
+        assert!(times[1] - times[0] >= 1_500_000_000, "{times:?}");
+        assert!(times[0] < 4 * S, "{times:?}");
+    }
 }
 
 #[test]

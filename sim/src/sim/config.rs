@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 /// Sphinx routes hold at most 5 hops (`lethe_crypto::sphinx::constants::MAX_PATH_LENGTH`):
 /// the mix layers and the exit gateway.
-pub const LAYERS_MAX: u32 = 4;
+/// Mix layers: the real client's topology has exactly this many.
+pub const LAYERS: u64 = lethe_proto::topology::LAYERS as u64;
 pub const MIXES_PER_LAYER_MAX: u32 = 64;
 pub const GATEWAYS_MAX: u32 = 64;
 pub const CLIENTS_MAX: u32 = 10_000;
@@ -18,7 +19,7 @@ pub const LINK_LATENCY_US_MAX: u64 = 10_000_000;
 pub const EVENTS_MAX: u64 = 500_000_000;
 
 // The route is the mix layers and the exit gateway.
-const _: () = assert!(LAYERS_MAX < lethe_crypto::sphinx::constants::MAX_PATH_LENGTH as u32);
+const _: () = assert!(LAYERS < lethe_crypto::sphinx::constants::MAX_PATH_LENGTH as u64);
 
 /// Loopix cover streams of one client (all Poisson). The payload and loop streams are the
 /// real client's schedule (`lethe_proto::loopix::schedule`): real messages wait for a payload
@@ -123,7 +124,9 @@ impl SimConfig {
             }
             Ok(())
         };
-        range("layers", self.layers.into(), 1, LAYERS_MAX.into())?;
+        // The client core routes through lethe-proto's topology, which has exactly
+        // `LAYERS` mix layers.
+        range("layers", self.layers.into(), LAYERS, LAYERS)?;
         range(
             "mixes_per_layer",
             self.mixes_per_layer.into(),

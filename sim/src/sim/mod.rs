@@ -1,37 +1,46 @@
 //! A deterministic discrete-event simulator. Mixes and gateways are the real engine core
 //! ([`lethe_engine::core::Core`], I/O-free: fed time and packet bytes, returning actions), so
 //! the Sphinx processing, delays and drops are the nodes' own, not a model of them. Clients
-//! send on the real client's Loopix schedule (`lethe_proto::loopix::schedule`) and draw per-hop
-//! delays as it does (`lethe_proto::topology::sample_delays_ns`), building real Sphinx packets
-//! with `lethe_crypto::sphinx::create`; the rest of the client core (ACKs, retransmission,
-//! sessions) joins once it lives in lethe-proto.
+//! are the real client core: lethe-proto's [`LoopixClient`] behind a [`ClientSession`], whose
+//! bytes cross the simulated client-gateway link to the gateway's [`GatewaySession`]. The
+//! client's schedule, routes, delays, fragments, SURB-ACKs and retransmissions are therefore
+//! the client's own; the simulator only carries bytes, keeps the gateway's mailbox and sends a
+//! delivered packet's SURB-ACK on, as the gateway does.
 //!
-//! Determinism: one seeded ChaCha20 stream draws keys, routes, delays, timings and Sphinx
-//! randomness in event order; events at the same instant run in the order they were scheduled
-//! (a sequence number breaks ties). Virtual time is in ns; the engine is fed µs.
+//! Determinism: one seeded ChaCha20 stream draws keys, link jitter, workload timings and the
+//! seeds of the clients' own generators, in event order; events at the same instant run in the
+//! order they were scheduled (a sequence number breaks ties). Virtual time is in ns; the
+//! engine, the client core and the sessions are fed µs.
 //!
 //! Matching an engine output to its input: the core hands out a buffer whose arrival time
-//! (`Core::arrived_us`) and delay deadline (`at_us`) the simulator matches against the packets
-//! it fed, so a mix's departures carry the right ground truth (class, message, lab link).
-//! The engine runs one packet per batch (`batch_packets_max = 1`): a drop counted while a
-//! packet is fed is that packet's.
+//! (`Core::arrived_us`) the simulator matches against the packets it fed, so a mix's
+//! departures carry the right ground truth (class, message, lab link). Two packets fed to one
+//! node within the same µs are matched in arrival order. The engine runs one packet per batch
+//! (`batch_packets_max = 1`): a drop counted while a packet is fed is that packet's.
 
 pub mod config;
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::sync::Arc;
 
 use lethe_crypto::framing::{KeyRotation, PacketSize};
-use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Version};
+use lethe_crypto::sphinx::{self, address, Destination, Packet, PacketSpec, RouteHop, Version};
 use lethe_engine::core::{Action, Admitted, Core, NodeKeys, SphinxKey};
 use lethe_engine::limits::{PacketSizes, DELAY_MS_MAX};
 use lethe_engine::metrics::{CoreMetrics, DropReason};
 use lethe_engine::{EngineConfig, ReplayFilter, ReplayFilterSet, ReplayParams};
-use lethe_proto::loopix::schedule::{Schedule, ScheduleParams, Tick};
-use lethe_proto::topology::sample_delays_ns;
+use lethe_proto::gateway_session::{FirstHops, GatewayConfig, Transmit};
+use lethe_proto::loopix::{
+    ClientLimits, LoopixClient, LoopixEvent, LoopixParams, LoopixTransmit, PacketKind,
+};
+use lethe_proto::topology::{sample_delays_ns, Descriptor, Role as TopologyRole, Topology};
+use lethe_proto::wire::handshake::identity_public;
+use lethe_proto::wire::payload::{split_forward, DROP_COVER_DESTINATION};
+use lethe_proto::wire::{ClientMessage, DeliveryKind};
+use lethe_proto::{ClientEvent, ClientSession, GatewayEvent, GatewaySession};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -52,10 +61,19 @@ const REPLAY_FP_RATE: f64 = 1e-9;
 const ROTATION_ID: u32 = 1;
 const NS_PER_US: u64 = 1_000;
 const NS_PER_MS: u64 = 1_000_000;
+/// A workload message: the simulator's message id, padded (one fragment).
+const MESSAGE_BYTES: usize = 64;
+/// The sessions' handshake must complete within this (µs); the simulated link never loses
+/// bytes, so only a link slower than this fails it.
+const HANDSHAKE_TIMEOUT_US: u64 = 30_000_000;
+/// Turns of one node's flush loop: each turn moves at least one item between the client
+/// core and the session ends, whose queues are bounded, so this is never reached in practice.
+const FLUSH_TURNS_MAX: usize = 100_000;
 
 const _: () = assert!(
     DELAY_MS_MAX * 1_000 / ENGINE_TIMER_TICK_US <= lethe_engine::limits::TIMER_DELAY_TICKS_LIMIT
 );
+const _: () = assert!(MESSAGE_BYTES >= 8);
 
 #[derive(Debug)]
 pub enum SimError {
@@ -92,20 +110,39 @@ impl From<TraceError> for SimError {
 pub struct RunSummary {
     pub events_count: u64,
     pub trace_rows_count: u64,
+    /// Real packets that left a client, retransmissions included.
     pub real_sent_count: u64,
+    /// Real packets the exit gateway delivered to a mailbox (a retransmission of a packet
+    /// whose ACK was lost is delivered again).
     pub real_delivered_count: u64,
+    /// Real packets lost on the way (a failed node).
+    pub real_dropped_count: u64,
+    /// Every packet lost, whatever its class.
     pub dropped_count: u64,
+    /// Workload messages the clients accepted.
+    pub messages_count: u64,
+    /// Messages whose every fragment was acknowledged (the sender's progress: delivered).
+    pub messages_acked_count: u64,
+    /// Messages the recipients' client cores handed to their application.
+    pub messages_received_count: u64,
+    /// Fragments the client cores sent again after their ACK timer.
+    pub retransmitted_count: u64,
+    /// Fragments given up after the last retransmission.
+    pub given_up_count: u64,
+    pub acks_received_count: u64,
 }
 
 /// What a packet is, carried beside its bytes (the simulator's ground truth).
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct PacketInfo {
     class: Class,
     message_id: u64,
-    destination: u32,
-    /// The drawn delay (ns) of each Sphinx hop, and the hop the packet is going to.
-    delays_ns: Vec<u64>,
-    hop: usize,
+    fragment_id: u32,
+    /// The node that sent it (a client, the gateway sending a SURB-ACK on, a mix's loop).
+    source: u32,
+    /// The recipient client (none for drop cover, whose gateway is random).
+    destination: Option<u32>,
+    size_bytes: u32,
 }
 
 #[derive(Debug)]
@@ -113,27 +150,44 @@ struct WirePacket {
     id: u64,
     bytes: Vec<u8>,
     info: PacketInfo,
-    /// Set while a client's packet goes to its gateway: the first mix, which the gateway
-    /// forwards the unchanged packet to.
-    first_hop: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Stream {
     /// A new real message (the workload, not a Loopix stream).
     Message,
-    /// The client's Loopix schedule (lethe-proto: real/drop-cover and loop streams) is due.
-    Schedule,
-    /// Loopix's separate drop-cover stream (the Lethe client has none: rate 0 there).
+    /// Loopix's separate drop-cover stream (the Lethe client has none: rate 0 there); its
+    /// packets are the client core's own drop cover.
     Drop,
     MixLoop,
 }
 
+/// One side of a client's session on the client-gateway link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    ToGateway,
+    ToClient,
+}
+
 #[derive(Debug)]
 enum Event {
-    Stream { node: u32, stream: Stream },
-    Arrive { node: u32, packet: Box<WirePacket> },
-    Wake { node: u32 },
+    Stream {
+        node: u32,
+        stream: Stream,
+    },
+    Arrive {
+        node: u32,
+        packet: Box<WirePacket>,
+    },
+    Wake {
+        node: u32,
+    },
+    /// Session bytes of client `client` arrive at the other end.
+    Session {
+        client: u32,
+        side: Side,
+        transmit: Transmit,
+    },
 }
 
 struct Scheduled {
@@ -165,8 +219,6 @@ struct Pending {
     packet_id: u64,
     arrive_ns: u64,
     info: PacketInfo,
-    /// The deadline the core will report (`at_us`): arrival plus the hop's delay, rounded up.
-    at_us: u64,
 }
 
 struct EngineNode {
@@ -176,17 +228,70 @@ struct EngineNode {
     wake_ns: Option<u64>,
 }
 
+/// One stored delivery in the gateway's mailbox for a client.
+struct Stored {
+    kind: DeliveryKind,
+    identifier: [u8; 16],
+    bytes: Vec<u8>,
+}
+
+/// A simulated client: the real client core and session, and the gateway's end of that
+/// session with its mailbox for the client (the gateway's engine core is its own node).
 struct ClientNode {
     gateway: u32,
     recipient: u32,
-    waiting: VecDeque<u64>,
-    /// With cover: the real client's schedule, which paces real packets and cover.
-    schedule: Option<Schedule>,
+    core: LoopixClient,
+    session: ClientSession,
+    gateway_session: GatewaySession,
+    mailbox: BTreeMap<u64, Stored>,
+    next_delivery_id: u64,
+    /// Packets handed to the session, in order, not yet out of the gateway's end.
+    in_flight: VecDeque<(u64, PacketInfo)>,
+    /// The simulator's id of each of the core's outgoing messages, until it is done.
+    messages: HashMap<u64, u64>,
+    wake_ns: Option<u64>,
+}
+
+impl ClientNode {
+    /// Hands the core's output to the session; `sent` gets each packet that left.
+    fn core_transmit(&mut self, transmit: LoopixTransmit, sent: &mut Vec<(PacketKind, u32)>) {
+        match transmit {
+            LoopixTransmit::Packet(built) => {
+                let (kind, size_bytes) = (built.kind, built.packet.len() as u32);
+                let message = ClientMessage::Forward {
+                    first_hop: built.first_hop,
+                    packet: built.packet,
+                };
+                // Refused only without a session: the core is told it is disconnected
+                // then, and such a packet is lost as on a broken connection.
+                if self.session.send(&message).is_ok() {
+                    sent.push((kind, size_bytes));
+                }
+            }
+            LoopixTransmit::Confirm(ids) => {
+                for id in ids {
+                    self.session.confirm(id);
+                }
+            }
+        }
+    }
 }
 
 enum NodeState {
-    Client(ClientNode),
+    Client(Box<ClientNode>),
     Engine(Box<EngineNode>),
+}
+
+/// The gateways' view of the topology: a client's first hop must be a layer-1 mix.
+struct Layer1(HashMap<[u8; 32], SocketAddr>);
+
+impl FirstHops for Layer1 {
+    fn check(&self, first_hop: &[u8; 32]) -> Result<SocketAddr, &'static str> {
+        self.0
+            .get(first_hop)
+            .copied()
+            .ok_or("first hop is not a layer-1 mixnode")
+    }
 }
 
 struct World<'a> {
@@ -198,14 +303,19 @@ struct World<'a> {
     info: Vec<NodeInfo>,
     public_keys: Vec<[u8; 32]>,
     addresses: HashMap<SocketAddr, u32>,
+    /// Client index by identity (the final hop's destination).
+    identities: HashMap<[u8; 32], u32>,
+    layer1: Layer1,
     /// Mix node indices per layer (layer 1 first).
     layers: Vec<Vec<u32>>,
     link_free_ns: HashMap<(u32, u32), u64>,
     failures: Vec<(u32, u64, u64)>,
+    /// The size of the mixes' own loop packets.
     packet_size: PacketSize,
     writer: TraceWriter,
     next_packet_id: u64,
     next_message_id: u64,
+    end_ns: u64,
     summary: RunSummary,
 }
 
@@ -225,7 +335,7 @@ fn node_address(index: u32) -> SocketAddr {
 pub fn run(config: &SimConfig, trace_path: &Path, commit: &str) -> Result<RunSummary, SimError> {
     config.validate().map_err(SimError::Config)?;
     let mut world = World::new(config, trace_path, commit)?;
-    world.start();
+    world.start()?;
     let mut events = 0u64;
     while let Some(scheduled) = world.queue.pop() {
         events += 1;
@@ -236,6 +346,14 @@ pub fn run(config: &SimConfig, trace_path: &Path, commit: &str) -> Result<RunSum
     }
     world.summary.events_count = events;
     world.summary.trace_rows_count = world.writer.events_count();
+    for node in &world.nodes {
+        if let NodeState::Client(client) = node {
+            let counters = client.core.counters();
+            world.summary.retransmitted_count += counters.retransmitted;
+            world.summary.given_up_count += counters.fragments_given_up;
+            world.summary.acks_received_count += counters.acks_received;
+        }
+    }
     let summary = world.summary.clone();
     world.writer.finish()?;
     Ok(summary)
@@ -269,6 +387,30 @@ fn engine_core(config: &EngineConfig, secret: StaticSecret) -> Result<Core, SimE
     Ok(Core::new(config.clone(), keys, filters, metrics, 0))
 }
 
+/// The real client's parameters for this configuration: the mixing delay for packets and
+/// ACKs alike; with cover, the payload and loop streams' rates; without, no cover and real
+/// packets leave as soon as they are queued.
+fn loopix_params(config: &SimConfig) -> LoopixParams {
+    let mean_ms = |rate: f64| if rate > 0.0 { 1e3 / rate } else { 0.0 };
+    let base = LoopixParams {
+        average_packet_delay_ms: config.delay_ms_mean,
+        average_ack_delay_ms: config.delay_ms_mean,
+        ..LoopixParams::default()
+    };
+    match &config.cover {
+        Some(cover) => LoopixParams {
+            message_sending_average_delay_ms: mean_ms(cover.payload_rate_per_s),
+            loop_cover_average_delay_ms: mean_ms(cover.loop_rate_per_s),
+            disable_loop_cover: cover.loop_rate_per_s <= 0.0,
+            ..base
+        },
+        None => LoopixParams {
+            message_sending_average_delay_ms: 0.0,
+            ..base.without_cover()
+        },
+    }
+}
+
 impl<'a> World<'a> {
     fn new(config: &'a SimConfig, trace_path: &Path, commit: &str) -> Result<World<'a>, SimError> {
         let mut rng = ChaCha20Rng::seed_from_u64(config.seed);
@@ -276,15 +418,17 @@ impl<'a> World<'a> {
             "regular" => PacketSize::Regular,
             _ => PacketSize::Ack,
         };
-        let engine = engine_config(PacketSizes::of(&[packet_size]));
+        // Clients send regular packets and ack-size SURB-ACKs; mix loops take the config's.
+        let engine = engine_config(PacketSizes::of(&[PacketSize::Regular, PacketSize::Ack]));
         engine
             .validate()
             .map_err(|e| SimError::Config(format!("engine: {e}")))?;
-        let Topology {
+        let Nodes {
             info,
             nodes,
             public_keys,
             layers,
+            identities,
         } = topology(config, &engine, &mut rng)?;
         let failures = failures_ns(config, &info)?;
         let mut meta = TraceMeta::new("sim", config.seed, config_hash(config), commit.into());
@@ -297,6 +441,12 @@ impl<'a> World<'a> {
         let addresses = (0..info.len() as u32)
             .map(|i| (node_address(i), i))
             .collect();
+        let layer1 = Layer1(
+            layers[0]
+                .iter()
+                .map(|&m| (address::encode(&node_address(m)), node_address(m)))
+                .collect(),
+        );
         Ok(World {
             config,
             rng,
@@ -306,6 +456,8 @@ impl<'a> World<'a> {
             info,
             public_keys,
             addresses,
+            identities,
+            layer1,
             layers,
             link_free_ns: HashMap::new(),
             failures,
@@ -313,6 +465,7 @@ impl<'a> World<'a> {
             writer,
             next_packet_id: 1,
             next_message_id: 1,
+            end_ns: config.duration_ms * NS_PER_MS,
             summary: RunSummary::default(),
         })
     }
@@ -347,7 +500,6 @@ impl<'a> World<'a> {
         let cover = self.config.cover.as_ref();
         match stream {
             Stream::Message => self.config.message_rate_per_s,
-            Stream::Schedule => 0.0,
             Stream::Drop => cover.map(|c| c.drop_rate_per_s).unwrap_or(0.0),
             Stream::MixLoop => self.config.mix_loop_rate_per_s,
         }
@@ -360,22 +512,24 @@ impl<'a> World<'a> {
             return;
         }
         let next = t_ns.saturating_add(self.exponential_ns(1e9 / rate));
-        if next < self.config.duration_ms * NS_PER_MS {
+        if next < self.end_ns {
             self.schedule(next, Event::Stream { node, stream });
         }
     }
 
-    fn start(&mut self) {
+    fn start(&mut self) -> Result<(), SimError> {
         for c in 0..self.config.clients {
             for stream in [Stream::Message, Stream::Drop] {
                 self.next_tick(c, stream, 0);
             }
-            self.start_schedule(c);
+            // The session's first bytes (the client's handshake) leave at once.
+            self.client_flush(c, 0)?;
         }
         let mixes: Vec<u32> = self.layers.iter().flatten().copied().collect();
         for mix in mixes {
             self.next_tick(mix, Stream::MixLoop, 0);
         }
+        Ok(())
     }
 
     fn is_down(&self, node: u32, t_ns: u64) -> bool {
@@ -393,103 +547,369 @@ impl<'a> World<'a> {
             }
             Event::Arrive { node, packet } => self.arrive(node, *packet, t),
             Event::Wake { node } => self.wake(node, t),
+            Event::Session {
+                client,
+                side,
+                transmit,
+            } => self.session_arrive(client, side, transmit, t),
+        }
+    }
+
+    fn client_mut(&mut self, node: u32) -> Option<&mut ClientNode> {
+        match self.nodes.get_mut(node as usize) {
+            Some(NodeState::Client(client)) => Some(client),
+            _ => None,
         }
     }
 
     fn stream_tick(&mut self, node: u32, stream: Stream, t: u64) -> Result<(), SimError> {
-        let recipient = match &self.nodes[node as usize] {
-            NodeState::Client(client) => client.recipient,
-            NodeState::Engine(_) => return self.send_mix_loop(node, t),
-        };
-        let id = self.new_message_id();
+        let now_us = t / NS_PER_US;
         match stream {
-            Stream::Message if self.config.cover.is_some() => {
-                if let NodeState::Client(client) = &mut self.nodes[node as usize] {
-                    client.waiting.push_back(id);
+            Stream::MixLoop => return self.send_mix_loop(node, t),
+            Stream::Message => {
+                let id = self.new_message_id();
+                let Some(recipient) = self.client_mut(node).map(|c| c.recipient) else {
+                    return Ok(());
+                };
+                let address = match &self.nodes[recipient as usize] {
+                    NodeState::Client(r) => r.core.address(),
+                    NodeState::Engine(_) => return Ok(()),
+                };
+                let mut data = [0u8; MESSAGE_BYTES];
+                data[..8].copy_from_slice(&id.to_le_bytes());
+                let Some(client) = self.client_mut(node) else {
+                    return Ok(());
+                };
+                // Refused only when the core's queue is full: the workload outran it.
+                if let Ok(accepted) = client.core.send(address, &data, 0, now_us) {
+                    client.messages.insert(accepted.message_id, id);
+                    self.summary.messages_count += 1;
                 }
-                Ok(())
             }
-            Stream::Message => self.send(node, Class::Real, recipient, id, t),
-            Stream::Schedule => self.schedule_due(node, t),
             Stream::Drop => {
-                let to = self.random_other_client(node);
-                self.send(node, Class::DropCover, to, id, t)
+                if let Some(client) = self.client_mut(node) {
+                    let mut sent = Vec::new();
+                    if let Some(built) = client.core.drop_cover() {
+                        client.core_transmit(LoopixTransmit::Packet(built), &mut sent);
+                    }
+                    for (kind, size_bytes) in sent {
+                        self.client_sent(node, kind, size_bytes, t)?;
+                    }
+                }
             }
-            Stream::MixLoop => Ok(()),
         }
+        self.client_flush(node, t)
     }
 
-    /// With cover, a client sends on lethe-proto's Loopix schedule (the real client's).
-    fn start_schedule(&mut self, client: u32) {
-        let Some(cover) = &self.config.cover else {
-            return;
-        };
-        let mean_us = |rate: f64| if rate > 0.0 { 1e6 / rate } else { 0.0 };
-        let params = ScheduleParams {
-            real_mean_us: mean_us(cover.payload_rate_per_s),
-            loop_mean_us: mean_us(cover.loop_rate_per_s),
-            disable_drop_cover: false,
-            disable_loop_cover: cover.loop_rate_per_s <= 0.0,
-        };
-        let schedule = Schedule::new(params, 0, &mut self.rng);
-        let due_us = schedule.poll_timeout();
-        if let NodeState::Client(node) = &mut self.nodes[client as usize] {
-            node.schedule = Some(schedule);
-        }
-        self.schedule_wake(client, due_us);
-    }
-
-    fn schedule_wake(&mut self, client: u32, due_us: Option<u64>) {
-        let Some(due_ns) = due_us.map(|us| us.saturating_mul(NS_PER_US)) else {
-            return;
-        };
-        if due_ns < self.config.duration_ms * NS_PER_MS {
-            let stream = Stream::Schedule;
-            self.schedule(
-                due_ns,
-                Event::Stream {
-                    node: client,
-                    stream,
-                },
-            );
-        }
-    }
-
-    /// Answers every due tick of a client's schedule: the next real packet, else drop cover;
-    /// or a loop.
-    fn schedule_due(&mut self, client: u32, t: u64) -> Result<(), SimError> {
-        let NodeState::Client(node) = &mut self.nodes[client as usize] else {
+    /// Writes the `send` row of a packet the client handed its session and queues its
+    /// ground truth behind the packets before it.
+    fn client_sent(
+        &mut self,
+        node: u32,
+        kind: PacketKind,
+        size_bytes: u32,
+        t: u64,
+    ) -> Result<(), SimError> {
+        let Some(client) = self.client_mut(node) else {
             return Ok(());
         };
-        let Some(schedule) = node.schedule.as_mut() else {
+        let (gateway, recipient) = (client.gateway, client.recipient);
+        let (class, message_id, fragment_id, destination) = match kind {
+            PacketKind::Real {
+                message_id,
+                fragment,
+            } => {
+                let id = client.messages.get(&message_id).copied().unwrap_or(0);
+                (Class::Real, id, fragment, Some(recipient))
+            }
+            PacketKind::Reply { .. } => (Class::Reply, 0, 0, None),
+            PacketKind::DropCover => (Class::DropCover, 0, 0, None),
+            PacketKind::LoopCover => (Class::LoopCover, 0, 0, Some(node)),
+        };
+        let message_id = if message_id == 0 {
+            self.new_message_id()
+        } else {
+            message_id
+        };
+        let info = PacketInfo {
+            class,
+            message_id,
+            fragment_id,
+            source: node,
+            destination,
+            size_bytes,
+        };
+        let id = self.new_packet_id();
+        if class == Class::Real {
+            self.summary.real_sent_count += 1;
+        }
+        if let Some(client) = self.client_mut(node) {
+            client.in_flight.push_back((id, info));
+        }
+        let mut row = self.row(t, node, Kind::Send, id, &info);
+        row.next_hop = Some(gateway);
+        self.write(row)
+    }
+
+    /// Moves everything between a client's core and both ends of its session until nothing
+    /// moves, then schedules the client's next deadline.
+    fn client_flush(&mut self, node: u32, t: u64) -> Result<(), SimError> {
+        let now_us = t / NS_PER_US;
+        for _ in 0..FLUSH_TURNS_MAX {
+            let mut moved = false;
+            let mut sent = Vec::new();
+            let mut to_gateway = Vec::new();
+            let mut to_client = Vec::new();
+            let mut forwards = Vec::new();
+            let mut received = 0u64;
+            let mut acked = 0u64;
+            {
+                let World { nodes, layer1, .. } = &mut *self;
+                let Some(NodeState::Client(client)) = nodes.get_mut(node as usize) else {
+                    return Ok(());
+                };
+                // An unpaced client's real packets leave as soon as the session is up.
+                if !client.core.paced() && client.session.is_established() {
+                    while let Some(built) = client.core.next_real(now_us) {
+                        client.core_transmit(LoopixTransmit::Packet(built), &mut sent);
+                        moved = true;
+                    }
+                }
+                while let Some(transmit) = client.core.poll_transmit() {
+                    client.core_transmit(transmit, &mut sent);
+                    moved = true;
+                }
+                while let Some(event) = client.core.poll_event() {
+                    moved = true;
+                    match event {
+                        LoopixEvent::Progress {
+                            message_id,
+                            progress,
+                            done,
+                        } => {
+                            if done {
+                                client.messages.remove(&message_id);
+                                if progress.delivered() {
+                                    acked += 1;
+                                }
+                            }
+                        }
+                        LoopixEvent::Received(message) => {
+                            for id in &message.delivery_ids {
+                                client.session.confirm(*id);
+                            }
+                            received += 1;
+                        }
+                    }
+                }
+                while let Some(transmit) = client.session.poll_transmit() {
+                    to_gateway.push(transmit);
+                    moved = true;
+                }
+                while let Some(event) = client.session.poll_event() {
+                    moved = true;
+                    match event {
+                        ClientEvent::Welcome { .. } => client.core.set_connected(true),
+                        ClientEvent::Deliver {
+                            id,
+                            kind,
+                            identifier,
+                            mut bytes,
+                        } => client
+                            .core
+                            .handle_delivery(now_us, id, kind, identifier, &mut bytes),
+                        ClientEvent::Closed { .. } => client.core.set_connected(false),
+                        // Unmetered: no balance, and refusals only end the session.
+                        ClientEvent::Error { .. } | ClientEvent::Bandwidth { .. } => {}
+                    }
+                }
+                // The gateway's end: what the client's bytes asked for.
+                while let Some(event) = client.gateway_session.poll_event() {
+                    moved = true;
+                    match event {
+                        GatewayEvent::Authenticated { .. } => {
+                            let stored = client.mailbox.len() as u32;
+                            client.gateway_session.open(stored, None, &*layer1);
+                        }
+                        GatewayEvent::Forward { next_hop, packet } => {
+                            let ground = client.in_flight.pop_front();
+                            forwards.push((next_hop, packet, ground));
+                        }
+                        GatewayEvent::Confirm { ids } => {
+                            for id in ids {
+                                client.mailbox.remove(&id);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                // The mailbox after what the session sent already.
+                if client.gateway_session.is_established() {
+                    let cursor = client.gateway_session.cursor();
+                    let waiting: Vec<u64> = client
+                        .mailbox
+                        .range(cursor + 1..)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in waiting {
+                        let Some(stored) = client.mailbox.get(&id) else {
+                            continue;
+                        };
+                        let delivered = client.gateway_session.deliver(
+                            id,
+                            stored.kind,
+                            stored.identifier,
+                            stored.bytes.clone(),
+                        );
+                        if delivered == lethe_proto::gateway_session::Delivered::Full {
+                            break;
+                        }
+                        moved = true;
+                    }
+                }
+                while let Some(transmit) = client.gateway_session.poll_transmit() {
+                    to_client.push(transmit);
+                    moved = true;
+                }
+            }
+            self.summary.messages_received_count += received;
+            self.summary.messages_acked_count += acked;
+            for (kind, size) in sent {
+                self.client_sent(node, kind, size, t)?;
+            }
+            for transmit in to_gateway {
+                self.session_link(node, Side::ToGateway, transmit, t);
+            }
+            for transmit in to_client {
+                self.session_link(node, Side::ToClient, transmit, t);
+            }
+            for (next_hop, packet, ground) in forwards {
+                self.gateway_forward(node, next_hop, packet, ground, t)?;
+            }
+            if !moved {
+                return self.client_wake(node, t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Schedules the client's next deadline: during the sending time always, after it only
+    /// while a message is still unacknowledged (its retransmissions need the timers).
+    fn client_wake(&mut self, node: u32, t: u64) -> Result<(), SimError> {
+        let end_ns = self.end_ns;
+        let Some(client) = self.client_mut(node) else {
             return Ok(());
         };
-        let mut ticks = Vec::new();
-        // Bounded: the schedule moves each stream past `now` as it answers.
-        while let Some(tick) = schedule.poll_due(t / NS_PER_US, &mut self.rng) {
-            ticks.push(tick);
+        let Some(due_us) = client.core.poll_timeout() else {
+            return Ok(());
+        };
+        let due_ns = due_us.saturating_mul(NS_PER_US).max(t);
+        if due_ns >= end_ns && client.messages.is_empty() {
+            return Ok(());
         }
-        let due_us = schedule.poll_timeout();
-        let recipient = node.recipient;
-        for tick in ticks {
-            let waiting = match (&tick, &mut self.nodes[client as usize]) {
-                (Tick::Real { .. }, NodeState::Client(node)) => node.waiting.pop_front(),
-                _ => None,
+        if client.wake_ns.is_none_or(|w| due_ns < w || w < t) {
+            client.wake_ns = Some(due_ns);
+            self.schedule(due_ns, Event::Wake { node });
+        }
+        Ok(())
+    }
+
+    /// Session bytes of `client` onto the client-gateway link, in order behind the link's
+    /// previous bytes.
+    fn session_link(&mut self, client: u32, side: Side, transmit: Transmit, t: u64) {
+        let Some(gateway) = self.client_mut(client).map(|c| c.gateway) else {
+            return;
+        };
+        let (from, to) = match side {
+            Side::ToGateway => (client, gateway),
+            Side::ToClient => (gateway, client),
+        };
+        let at = self.link_at(from, to, t);
+        self.schedule(
+            at,
+            Event::Session {
+                client,
+                side,
+                transmit,
+            },
+        );
+    }
+
+    fn session_arrive(
+        &mut self,
+        node: u32,
+        side: Side,
+        transmit: Transmit,
+        t: u64,
+    ) -> Result<(), SimError> {
+        let now_us = t / NS_PER_US;
+        {
+            let World {
+                nodes, rng, layer1, ..
+            } = self;
+            let Some(NodeState::Client(client)) = nodes.get_mut(node as usize) else {
+                return Ok(());
             };
-            let id = self.new_message_id();
-            match (tick, waiting) {
-                (Tick::Real { .. }, Some(real)) => {
-                    self.send(client, Class::Real, recipient, real, t)?
+            match (side, transmit) {
+                (Side::ToGateway, Transmit::Message(bytes)) => client
+                    .gateway_session
+                    .handle_message(now_us, &bytes, rng, &*layer1),
+                (Side::ToGateway, Transmit::Close(..)) => {
+                    client.gateway_session.handle_transport_closed()
                 }
-                (Tick::Real { drop_cover: true }, None) => {
-                    let to = self.random_other_client(client);
-                    self.send(client, Class::DropCover, to, id, t)?
+                (Side::ToClient, Transmit::Message(bytes)) => {
+                    client.session.handle_message(now_us, &bytes)
                 }
-                (Tick::Real { drop_cover: false }, None) => {}
-                (Tick::Loop, _) => self.send(client, Class::LoopCover, client, id, t)?,
+                (Side::ToClient, Transmit::Close(..)) => client.session.handle_transport_closed(),
             }
         }
-        self.schedule_wake(client, due_us);
+        self.client_flush(node, t)
+    }
+
+    /// The gateway relays a client's packet to its first mix (the session checked the hop).
+    fn gateway_forward(
+        &mut self,
+        client: u32,
+        next_hop: SocketAddr,
+        packet: Vec<u8>,
+        ground: Option<(u64, PacketInfo)>,
+        t: u64,
+    ) -> Result<(), SimError> {
+        let Some(gateway) = self.client_mut(client).map(|c| c.gateway) else {
+            return Ok(());
+        };
+        let (id, info) = match ground {
+            Some(ground) => ground,
+            None => {
+                // Not one the client core sent (it cannot happen: every forward is recorded).
+                let info = PacketInfo {
+                    class: Class::Real,
+                    message_id: 0,
+                    fragment_id: 0,
+                    source: client,
+                    destination: None,
+                    size_bytes: packet.len() as u32,
+                };
+                (self.new_packet_id(), info)
+            }
+        };
+        let arrive = self.row(t, gateway, Kind::Arrive, id, &info);
+        self.write(arrive)?;
+        if self.is_down(gateway, t) {
+            return self.drop_row(t, gateway, id, &info, "node_down");
+        }
+        let Some(next) = self.addresses.get(&next_hop).copied() else {
+            return self.drop_row(t, gateway, id, &info, "unknown_next_hop");
+        };
+        let mut depart = self.row(t, gateway, Kind::Depart, id, &info);
+        depart.next_hop = Some(next);
+        self.write(depart)?;
+        let packet = WirePacket {
+            id,
+            bytes: packet,
+            info,
+        };
+        self.link(gateway, next, packet, t);
         Ok(())
     }
 
@@ -505,25 +925,9 @@ impl<'a> World<'a> {
         id
     }
 
-    fn random_other_client(&mut self, client: u32) -> u32 {
-        let others = self.config.clients - 1;
-        let pick = self.pick(others as usize) as u32;
-        if pick >= client {
-            pick + 1
-        } else {
-            pick
-        }
-    }
-
-    fn gateway_of(&self, client: u32) -> u32 {
-        match &self.nodes[client as usize] {
-            NodeState::Client(c) => c.gateway,
-            NodeState::Engine(_) => client,
-        }
-    }
-
-    /// Builds a Sphinx packet over `route` (node indices) with a delay drawn per mix hop.
-    fn build(&mut self, route: &[u32], info: &mut PacketInfo) -> Result<Vec<u8>, SimError> {
+    /// Builds a mix's loop packet over `route` (node indices) with a delay drawn per mix hop
+    /// as the client draws them; the final hop (the mix itself) does not delay.
+    fn build(&mut self, route: &[u32], info: &PacketInfo) -> Result<Vec<u8>, SimError> {
         let mut hops = Vec::with_capacity(route.len());
         for &node in route {
             hops.push(RouteHop {
@@ -531,27 +935,20 @@ impl<'a> World<'a> {
                 public_key: self.public_keys[node as usize],
             });
         }
-        // Drawn as the real client draws them (lethe-proto).
-        info.delays_ns = vec![0; route.len()];
-        sample_delays_ns(
-            &mut self.rng,
-            self.config.delay_ms_mean,
-            &mut info.delays_ns,
-        );
-        // The final hop delivers at once: the exit gateway (or a mix closing its loop) does
-        // not mix.
-        if let Some(last) = info.delays_ns.last_mut() {
+        let mut delays_ns = vec![0; route.len()];
+        sample_delays_ns(&mut self.rng, self.config.delay_ms_mean, &mut delays_ns);
+        if let Some(last) = delays_ns.last_mut() {
             *last = 0;
         }
         let mut destination = Destination {
             address: [0; 32],
             identifier: [0; 16],
         };
-        destination.address[..4].copy_from_slice(&info.destination.to_le_bytes());
+        destination.address[..4].copy_from_slice(&info.source.to_le_bytes());
         destination.identifier[..8].copy_from_slice(&info.message_id.to_le_bytes());
         let spec = PacketSpec {
             route: &hops,
-            delays_ns: &info.delays_ns,
+            delays_ns: &delays_ns,
             destination: &destination,
             version: Version::CURRENT,
         };
@@ -559,57 +956,6 @@ impl<'a> World<'a> {
         let payload_len = self.packet_size.payload_len();
         sphinx::create(&message, payload_len, &spec, None, &mut self.rng)
             .map_err(|e| SimError::Sphinx(format!("{e:?}")))
-    }
-
-    fn send(
-        &mut self,
-        client: u32,
-        class: Class,
-        destination: u32,
-        message_id: u64,
-        t: u64,
-    ) -> Result<(), SimError> {
-        let mut route = Vec::with_capacity(self.layers.len() + 1);
-        for layer in 0..self.layers.len() {
-            let pick = self.pick(self.layers[layer].len());
-            route.push(self.layers[layer][pick]);
-        }
-        route.push(self.gateway_of(destination));
-        let mut info = PacketInfo {
-            class,
-            message_id,
-            destination,
-            delays_ns: Vec::new(),
-            hop: 0,
-        };
-        let bytes = self.build(&route, &mut info)?;
-        let gateway = self.gateway_of(client);
-        let id = self.new_packet_id();
-        if class == Class::Real {
-            self.summary.real_sent_count += 1;
-        }
-        self.write(TraceEvent {
-            t_ns: t,
-            node: client,
-            kind: Kind::Send,
-            class,
-            size_bytes: bytes.len() as u32,
-            packet_id: id,
-            next_hop: Some(gateway),
-            message_id: Some(message_id),
-            fragment_id: Some(0),
-            destination: Some(destination),
-            drop_reason: None,
-            lab: LabFields::default(),
-        })?;
-        let packet = WirePacket {
-            id,
-            bytes,
-            info,
-            first_hop: route.first().copied(),
-        };
-        self.link(client, gateway, packet, t);
-        Ok(())
     }
 
     /// A mix's loop: through every other layer, in order, and back to the mix.
@@ -628,32 +974,18 @@ impl<'a> World<'a> {
         let mut info = PacketInfo {
             class: Class::LoopCover,
             message_id: self.new_message_id(),
-            destination: mix,
-            delays_ns: Vec::new(),
-            hop: 0,
-        };
-        let bytes = self.build(&route, &mut info)?;
-        let id = self.new_packet_id();
-        self.write(TraceEvent {
-            t_ns: t,
-            node: mix,
-            kind: Kind::Send,
-            class: Class::LoopCover,
-            size_bytes: bytes.len() as u32,
-            packet_id: id,
-            next_hop: Some(mix),
-            message_id: Some(info.message_id),
-            fragment_id: Some(0),
+            fragment_id: 0,
+            source: mix,
             destination: Some(mix),
-            drop_reason: None,
-            lab: LabFields::default(),
-        })?;
-        let packet = WirePacket {
-            id,
-            bytes,
-            info,
-            first_hop: None,
+            size_bytes: self.packet_size.packet_len() as u32,
         };
+        let bytes = self.build(&route, &info)?;
+        info.size_bytes = bytes.len() as u32;
+        let id = self.new_packet_id();
+        let mut row = self.row(t, mix, Kind::Send, id, &info);
+        row.next_hop = Some(mix);
+        self.write(row)?;
+        let packet = WirePacket { id, bytes, info };
         self.arrive(mix, packet, t)
     }
 
@@ -668,12 +1000,19 @@ impl<'a> World<'a> {
         base_us * NS_PER_US + jitter_ns
     }
 
-    /// Puts a packet on the link `from -> to`, in order behind the link's previous packet.
-    fn link(&mut self, from: u32, to: u32, packet: WirePacket, t: u64) {
+    /// When something put on the link `from -> to` at `t` arrives: in order behind the
+    /// link's previous packet.
+    fn link_at(&mut self, from: u32, to: u32, t: u64) -> u64 {
         let latency = self.link_latency_ns(from, to);
         let free = self.link_free_ns.entry((from, to)).or_insert(0);
         let at = t.saturating_add(latency).max(*free);
         *free = at;
+        at
+    }
+
+    /// Puts a packet on the link `from -> to`, in order behind the link's previous packet.
+    fn link(&mut self, from: u32, to: u32, packet: WirePacket, t: u64) {
+        let at = self.link_at(from, to, t);
         self.schedule(
             at,
             Event::Arrive {
@@ -696,12 +1035,12 @@ impl<'a> World<'a> {
             node,
             kind,
             class: info.class,
-            size_bytes: self.packet_size.packet_len() as u32,
+            size_bytes: info.size_bytes,
             packet_id: id,
             next_hop: None,
             message_id: known.then_some(info.message_id),
-            fragment_id: known.then_some(0),
-            destination: endpoint.then_some(info.destination),
+            fragment_id: known.then_some(info.fragment_id),
+            destination: if endpoint { info.destination } else { None },
             drop_reason: None,
             lab: LabFields::default(),
         }
@@ -718,6 +1057,9 @@ impl<'a> World<'a> {
         let mut row = self.row(t, node, Kind::Drop, id, info);
         row.drop_reason = Some(reason.to_string());
         self.summary.dropped_count += 1;
+        if info.class == Class::Real {
+            self.summary.real_dropped_count += 1;
+        }
         self.write(row)
     }
 
@@ -730,26 +1072,7 @@ impl<'a> World<'a> {
         if self.is_down(node, t) {
             return self.drop_row(t, node, packet.id, &packet.info, "node_down");
         }
-        if let Some(first_hop) = packet.first_hop {
-            // The entry gateway relays the client's packet unchanged.
-            let mut depart = self.row(t, node, Kind::Depart, packet.id, &packet.info);
-            depart.next_hop = Some(first_hop);
-            self.write(depart)?;
-            let relayed = WirePacket {
-                first_hop: None,
-                ..packet
-            };
-            self.link(node, first_hop, relayed, t);
-            return Ok(());
-        }
         let now_us = t / NS_PER_US;
-        let delay_us = packet
-            .info
-            .delays_ns
-            .get(packet.info.hop)
-            .copied()
-            .unwrap_or(0);
-        let delay_us = delay_us.div_ceil(NS_PER_US).min(DELAY_MS_MAX * 1_000);
         let NodeState::Engine(engine) = &mut self.nodes[node as usize] else {
             return self.drop_row(t, node, packet.id, &packet.info, "not_a_node");
         };
@@ -761,7 +1084,6 @@ impl<'a> World<'a> {
                 packet_id: packet.id,
                 arrive_ns: t,
                 info: packet.info,
-                at_us: now_us + delay_us,
             });
         let before = drop_counts(&engine.core);
         let admitted = engine
@@ -790,6 +1112,19 @@ impl<'a> World<'a> {
     }
 
     fn wake(&mut self, node: u32, t: u64) -> Result<(), SimError> {
+        if let Some(client) = self.client_mut(node) {
+            if client.wake_ns == Some(t) {
+                client.wake_ns = None;
+            }
+            if client
+                .core
+                .poll_timeout()
+                .is_some_and(|due| due <= t / NS_PER_US)
+            {
+                client.core.handle_timeout(t / NS_PER_US);
+            }
+            return self.client_flush(node, t);
+        }
         let NodeState::Engine(engine) = &mut self.nodes[node as usize] else {
             return Ok(());
         };
@@ -820,15 +1155,25 @@ impl<'a> World<'a> {
                     let arrived_us = engine.core.arrived_us(&buffer);
                     let bytes = engine.core.packet(&buffer).to_vec();
                     engine.core.release(buffer);
-                    let pending = take_pending(engine, arrived_us, Some(at_us));
+                    let pending = take_pending(engine, arrived_us);
                     let next = self.addresses.get(&next_hop).copied();
                     self.forwarded(node, t, pending, next, bytes, at_us, arrived_us)?;
                 }
-                Action::Deliver { buffer, .. } => {
+                Action::Deliver {
+                    destination,
+                    identifier,
+                    buffer,
+                } => {
                     let arrived_us = engine.core.arrived_us(&buffer);
+                    let packet = engine.core.packet(&buffer).to_vec();
                     engine.core.release(buffer);
-                    let pending = take_pending(engine, arrived_us, None);
-                    self.delivered(node, t, pending)?;
+                    let pending = take_pending(engine, arrived_us);
+                    let hop = FinalHop {
+                        destination,
+                        identifier,
+                        packet,
+                    };
+                    self.delivered(node, t, pending, hop)?;
                 }
             }
         }
@@ -868,8 +1213,7 @@ impl<'a> World<'a> {
             return self.drop_row(t, node, pending.packet_id, &pending.info, reason);
         };
         let id = self.new_packet_id();
-        let mut info = pending.info;
-        info.hop += 1;
+        let info = pending.info;
         let mut row = self.row(t, node, Kind::Depart, id, &info);
         row.next_hop = Some(next);
         if self.config.lab {
@@ -880,51 +1224,174 @@ impl<'a> World<'a> {
             };
         }
         self.write(row)?;
-        let packet = WirePacket {
-            id,
-            bytes,
-            info,
-            first_hop: None,
-        };
+        let packet = WirePacket { id, bytes, info };
         self.link(node, next, packet, t);
         Ok(())
     }
 
-    fn delivered(&mut self, node: u32, t: u64, pending: Option<Pending>) -> Result<(), SimError> {
+    /// The exit gateway's work on a final-hop packet, as the real gateway's mailbox does it:
+    /// drop cover is discarded; a message's content is stored for its recipient and its
+    /// SURB-ACK sent on; an ACK or a reply is stored as it is.
+    fn delivered(
+        &mut self,
+        node: u32,
+        t: u64,
+        pending: Option<Pending>,
+        hop: FinalHop,
+    ) -> Result<(), SimError> {
         let Some(pending) = pending else {
             return Ok(());
         };
-        if pending.info.class == Class::DropCover {
+        let info = pending.info;
+        let recipient = self.identities.get(&hop.destination).copied();
+        let (Some(recipient), Some(stored)) = (recipient, classify(&hop)) else {
             // Drop cover ends at the gateway: nothing reaches a client.
-            return self.drop_row(t, node, pending.packet_id, &pending.info, "cover_discarded");
-        }
-        if pending.info.class == Class::Real {
+            let reason = if hop.destination == DROP_COVER_DESTINATION {
+                "cover_discarded"
+            } else {
+                "undeliverable"
+            };
+            return self.drop_row(t, node, pending.packet_id, &info, reason);
+        };
+        if info.class == Class::Real {
             self.summary.real_delivered_count += 1;
         }
-        let row = self.row(t, node, Kind::Deliver, pending.packet_id, &pending.info);
-        self.write(row)
+        let row = self.row(t, node, Kind::Deliver, pending.packet_id, &info);
+        self.write(row)?;
+        if let Some((first_hop, ack)) = stored.ack {
+            self.send_ack(node, first_hop, ack, &info, t)?;
+        }
+        let Some(client) = self.client_mut(recipient) else {
+            return Ok(());
+        };
+        let id = client.next_delivery_id;
+        client.next_delivery_id += 1;
+        client.mailbox.insert(id, stored.stored);
+        self.client_flush(recipient, t)
+    }
+
+    /// The gateway sends a stored packet's SURB-ACK on to its first hop.
+    fn send_ack(
+        &mut self,
+        gateway: u32,
+        first_hop: [u8; 32],
+        bytes: Vec<u8>,
+        acked: &PacketInfo,
+        t: u64,
+    ) -> Result<(), SimError> {
+        let next = address::decode(&first_hop)
+            .ok()
+            .and_then(|a| self.addresses.get(&a).copied());
+        let Some(next) = next else {
+            return Ok(());
+        };
+        let info = PacketInfo {
+            class: Class::Ack,
+            message_id: acked.message_id,
+            fragment_id: acked.fragment_id,
+            source: gateway,
+            destination: Some(acked.source),
+            size_bytes: bytes.len() as u32,
+        };
+        let id = self.new_packet_id();
+        let mut row = self.row(t, gateway, Kind::Send, id, &info);
+        row.next_hop = Some(next);
+        self.write(row)?;
+        if self.is_down(gateway, t) {
+            return self.drop_row(t, gateway, id, &info, "node_down");
+        }
+        let packet = WirePacket { id, bytes, info };
+        self.link(gateway, next, packet, t);
+        Ok(())
     }
 }
 
+/// A final-hop packet as the engine delivers it: header ‖ decrypted payload.
+struct FinalHop {
+    destination: [u8; 32],
+    identifier: [u8; 16],
+    packet: Vec<u8>,
+}
+
+/// What the gateway stores for a final-hop packet, and the SURB-ACK it sends on.
+struct Classified {
+    stored: Stored,
+    ack: Option<([u8; 32], Vec<u8>)>,
+}
+
+/// The real gateway's payload rules (`lethe_nodes` gateway mailbox): `None` for drop cover
+/// and payloads that do not parse.
+fn classify(hop: &FinalHop) -> Option<Classified> {
+    if hop.destination == DROP_COVER_DESTINATION {
+        return None;
+    }
+    let packet = Packet::new_checked(&hop.packet[..]).ok()?;
+    let payload = &hop.packet[hop.packet.len() - packet.payload().len()..];
+    let stored = |kind, bytes: &[u8]| Stored {
+        kind,
+        identifier: hop.identifier,
+        bytes: bytes.to_vec(),
+    };
+    if hop.packet.len() == PacketSize::Ack.packet_len() {
+        let plaintext = sphinx::recover_plaintext(payload).ok()?;
+        return Some(Classified {
+            stored: stored(DeliveryKind::Ack, plaintext),
+            ack: None,
+        });
+    }
+    if hop.identifier != [0u8; 16] {
+        return Some(Classified {
+            stored: stored(DeliveryKind::Reply, payload),
+            ack: None,
+        });
+    }
+    let plaintext = sphinx::recover_plaintext(payload).ok()?;
+    let forward = split_forward(plaintext)?;
+    Some(Classified {
+        stored: stored(DeliveryKind::Message, forward.content),
+        ack: forward.ack.map(|(hop, ack)| (*hop, ack.to_vec())),
+    })
+}
+
 /// The nodes, in index order: clients, gateways, then mixes layer by layer.
-struct Topology {
+struct Nodes {
     info: Vec<NodeInfo>,
     nodes: Vec<NodeState>,
     public_keys: Vec<[u8; 32]>,
     /// Mix node indices per layer (layer 1 first).
     layers: Vec<Vec<u32>>,
+    identities: HashMap<[u8; 32], u32>,
+}
+
+fn descriptor(
+    index: u32,
+    identity: [u8; 32],
+    sphinx_key: [u8; 32],
+    role: TopologyRole,
+) -> Descriptor {
+    Descriptor {
+        identity: lethe_proto::hex::encode(&identity),
+        sphinx_key: lethe_proto::hex::encode(&sphinx_key),
+        rotation_id: ROTATION_ID,
+        mix_address: node_address(index),
+        role,
+        client_url: None,
+        metrics_url: None,
+        issued_at_s: 0,
+    }
 }
 
 fn topology(
     config: &SimConfig,
     engine: &EngineConfig,
     rng: &mut ChaCha20Rng,
-) -> Result<Topology, SimError> {
-    let mut topology = Topology {
+) -> Result<Nodes, SimError> {
+    let mut topology = Nodes {
         info: Vec::new(),
         nodes: Vec::new(),
-        public_keys: Vec::new(),
+        public_keys: vec![[0; 32]; config.clients as usize],
         layers: vec![Vec::new(); config.layers as usize],
+        identities: HashMap::new(),
     };
     for c in 0..config.clients {
         topology.info.push(NodeInfo {
@@ -933,27 +1400,33 @@ fn topology(
             layer: None,
             corrupt: false,
         });
-        topology.nodes.push(NodeState::Client(ClientNode {
-            gateway: config.clients + c % config.gateways,
-            recipient: (c + 1) % config.clients,
-            waiting: VecDeque::new(),
-            schedule: None,
-        }));
-        topology.public_keys.push([0; 32]);
     }
     let engine_roles = (0..config.gateways).map(|g| (format!("g{g}"), Role::Gateway, 0));
     let mix_roles = (1..=config.layers).flat_map(|layer| {
         (0..config.mixes_per_layer).map(move |m| (format!("m{layer}.{m}"), Role::Mix, layer))
     });
+    let mut engines = Vec::new();
+    let mut gateway_seeds = Vec::new();
+    let mut directory_layers: [Vec<Descriptor>; lethe_proto::topology::LAYERS] = Default::default();
+    let mut directory_gateways = Vec::new();
     for (name, role, layer) in engine_roles.chain(mix_roles) {
         let index = topology.info.len() as u32;
-        if role == Role::Mix {
-            topology.layers[layer as usize - 1].push(index);
-        }
         let secret = StaticSecret::random_from_rng(&mut *rng);
         let public_key = x25519_dalek::PublicKey::from(&secret).to_bytes();
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        let identity = identity_public(&seed);
+        if role == Role::Mix {
+            topology.layers[layer as usize - 1].push(index);
+            let d = descriptor(index, identity, public_key, TopologyRole::Mixnode);
+            directory_layers[layer as usize - 1].push(d);
+        } else {
+            gateway_seeds.push((seed, identity));
+            let d = descriptor(index, identity, public_key, TopologyRole::Gateway);
+            directory_gateways.push(d);
+        }
         topology.public_keys.push(public_key);
-        topology.nodes.push(NodeState::Engine(Box::new(EngineNode {
+        engines.push(NodeState::Engine(Box::new(EngineNode {
             core: engine_core(engine, secret)?,
             pending: HashMap::new(),
             wake_ns: None,
@@ -966,6 +1439,60 @@ fn topology(
             corrupt,
         });
     }
+    let directory = Arc::new(Topology {
+        epoch: 1,
+        issued_at_s: 0,
+        valid_until_s: u64::MAX,
+        layers: directory_layers,
+        gateways: directory_gateways,
+    });
+    let params = loopix_params(config);
+    for c in 0..config.clients {
+        let g = c % config.gateways;
+        let (gateway_seed, gateway_identity) = gateway_seeds[g as usize];
+        let mut identity_seed = [0u8; 32];
+        rng.fill_bytes(&mut identity_seed);
+        let mut encryption_secret = [0u8; 32];
+        rng.fill_bytes(&mut encryption_secret);
+        let core_rng = rand::rngs::StdRng::seed_from_u64(rng.next_u64());
+        let mut core = LoopixClient::new(
+            &identity_seed,
+            &encryption_secret,
+            gateway_identity,
+            params,
+            ClientLimits::default(),
+            0,
+            core_rng,
+        );
+        core.set_topology(directory.clone());
+        topology
+            .identities
+            .insert(identity_public(&identity_seed), c);
+        let session = ClientSession::new(
+            0,
+            HANDSHAKE_TIMEOUT_US,
+            &identity_seed,
+            gateway_identity,
+            &mut *rng,
+        );
+        let gateway_config = GatewayConfig {
+            handshake_timeout_us: HANDSHAKE_TIMEOUT_US,
+            metered: false,
+        };
+        topology.nodes.push(NodeState::Client(Box::new(ClientNode {
+            gateway: config.clients + g,
+            recipient: (c + 1) % config.clients,
+            core,
+            session,
+            gateway_session: GatewaySession::new(0, gateway_config, gateway_seed),
+            mailbox: BTreeMap::new(),
+            next_delivery_id: 1,
+            in_flight: VecDeque::new(),
+            messages: HashMap::new(),
+            wake_ns: None,
+        })));
+    }
+    topology.nodes.extend(engines);
     for name in &config.corrupt {
         if !topology.info.iter().any(|n| &n.name == name) {
             return Err(SimError::Config(format!(
@@ -990,15 +1517,10 @@ fn failures_ns(config: &SimConfig, info: &[NodeInfo]) -> Result<Vec<(u32, u64, u
     Ok(failures)
 }
 
-/// The fed packet an output buffer came from: same arrival µs, and the same deadline when
-/// there is one (two packets fed in one µs with one delay are indistinguishable anyway).
-fn take_pending(engine: &mut EngineNode, arrived_us: u64, at_us: Option<u64>) -> Option<Pending> {
+/// The fed packet an output buffer came from: the first one fed in the same µs.
+fn take_pending(engine: &mut EngineNode, arrived_us: u64) -> Option<Pending> {
     let queue = engine.pending.get_mut(&arrived_us)?;
-    let position = match at_us {
-        Some(at) => queue.iter().position(|p| p.at_us == at).unwrap_or(0),
-        None => 0,
-    };
-    let pending = queue.remove(position);
+    let pending = queue.pop_front();
     if queue.is_empty() {
         engine.pending.remove(&arrived_us);
     }
