@@ -55,6 +55,14 @@ enum Command {
     },
     /// Prints a small example config.
     ExampleConfig,
+    /// A benchmark, not a test: simulates CONFIG once (one thread) and prints simulated
+    /// events per second of wall time, with the CPU's name. The trace goes to OUT.
+    Bench {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +87,7 @@ fn main() -> ExitCode {
             });
             metrics_command(&trace, warmup_s, drain_s, labelled, json)
         }
+        Command::Bench { config, out } => bench(&config, &out),
         Command::ExampleConfig => serde_json::to_string_pretty(&SimConfig::small(1))
             .map(|text| println!("{text}"))
             .map_err(|e| e.to_string()),
@@ -134,6 +143,38 @@ fn run(config_path: &Path, out: &Path, seeds: u64, lab: bool) -> Result<(), Stri
             dir.display()
         );
     }
+    Ok(())
+}
+
+fn bench(config_path: &Path, out: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let config: SimConfig =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let started = std::time::Instant::now();
+    let summary =
+        sim::run(&config, &out.join("trace.csv"), &commit()).map_err(|e| e.to_string())?;
+    let wall_s = started.elapsed().as_secs_f64().max(1e-9);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    println!(
+        "{}: {} events, {} trace rows, {} simulated s in {wall_s:.2} s wall on one core of {cpu}: \
+         {:.0} events/s, {:.0} rows/s",
+        config_path.display(),
+        summary.events_count,
+        summary.trace_rows_count,
+        config.duration_ms as f64 / 1e3,
+        summary.events_count as f64 / wall_s,
+        summary.trace_rows_count as f64 / wall_s,
+    );
     Ok(())
 }
 
