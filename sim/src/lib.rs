@@ -6,7 +6,8 @@
 //! - [`metrics`]: per-mix and end-to-end entropy, epsilon/delta, latency, queue occupancy,
 //!   cover overhead and a flow-matching attacker, with intervals across seeds.
 //! - [`sim`]: a deterministic discrete-event simulator whose mixes and gateways are the real
-//!   engine core (`lethe_engine::core::Core`) fed real Sphinx packets.
+//!   engine core (`lethe_engine::core::Core`) fed real Sphinx packets, and whose clients are
+//!   the real client core (`lethe_proto::loopix::LoopixClient` and the sessions).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod metrics;
