@@ -2,7 +2,7 @@
 //! they come out; the load run (`run.rs`) is the same for all of them.
 //!
 //! - [`EmbeddedMixnet`]: three `lethe mixnode` processes (one per layer) spawned in a temp dir,
-//!   loadgen's [`FinalHop`] as the gateway; packets enter at layer 1 as from an entry gateway.
+//!   loadgen's [`StandInGateway`] as the gateway; packets enter at layer 1 as from an entry gateway.
 //! - [`SingleNode`]: one existing mixnode, 2-hop routes [node, receiver].
 //! - [`crate::gateway::GatewayNetwork`]: a real network read from its directory (the testnet
 //!   `loadgen` starts, or `--target URL`); senders and receivers are gateway clients.
@@ -19,9 +19,9 @@ use lethe_crypto::framing::{FrameHeader, PacketSize};
 use lethe_crypto::sphinx::{address, Destination, RouteHop};
 use serde::Serialize;
 
-use crate::gateway::ClientStats;
+use crate::client_stats::ClientStats;
 use crate::generator::{Exit, Topology, Wire};
-use crate::receiver::{ActiveRun, FinalHop, ReceiverStats};
+use crate::receiver::{ActiveRun, ReceiverStats, StandInGateway};
 use crate::refresh::TopologyFeed;
 use crate::windows::WatchedProcess;
 
@@ -167,7 +167,7 @@ fn hop(address: SocketAddr, public_key: [u8; 32]) -> RouteHop {
     }
 }
 
-fn receiver_exit(receiver: &FinalHop) -> Exit {
+fn receiver_exit(receiver: &StandInGateway) -> Exit {
     Exit {
         hop: hop(receiver.address, receiver.public_key),
         destination: Destination {
@@ -208,7 +208,7 @@ pub struct EmbeddedMixnet {
     keys: Vec<[u8; 32]>,
     /// 0-based layer of each node.
     layer_of: Vec<usize>,
-    receiver: FinalHop,
+    receiver: StandInGateway,
     _dir: TempDir,
 }
 
@@ -229,7 +229,7 @@ impl EmbeddedMixnet {
         let path = std::env::temp_dir().join(format!("loadgen-{}-{nanos:08x}", std::process::id()));
         std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let dir = TempDir(path);
-        let receiver = FinalHop::start(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let receiver = StandInGateway::start(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let mut processes = Vec::new();
         let mut nodes = Vec::new();
         let mut keys = Vec::new();
@@ -461,7 +461,7 @@ impl Driver for EmbeddedMixnet {
 pub struct SingleNode {
     nodes: Vec<NodeInfo>,
     key: [u8; 32],
-    receiver: FinalHop,
+    receiver: StandInGateway,
 }
 
 impl SingleNode {
@@ -476,7 +476,7 @@ impl SingleNode {
         } else {
             SocketAddr::from(([0, 0, 0, 0], 0))
         };
-        let receiver = FinalHop::start(bind)?;
+        let receiver = StandInGateway::start(bind)?;
         Ok(SingleNode {
             nodes: vec![NodeInfo {
                 name: "node".into(),

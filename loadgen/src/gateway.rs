@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::Destination;
 use lethe_nodes::client::cli::{gateway_requires_credentials, PROBE_TIMEOUT};
@@ -35,17 +34,14 @@ use lethe_nodes::client::credential::{Wallet, LOW_WATER_BYTES};
 use lethe_nodes::directory::client::{fetch_key, fetch_topology, http_client};
 use lethe_nodes::keyfile;
 use lethe_nodes::proto::messages::{error_code, CONFIRM_IDS_MAX};
-use lethe_nodes::proto::{
-    ClientHandshake, ClientMessage, DeliveryKind, GatewayMessage, Session, WS_MESSAGE_BYTES_MAX,
-};
+use lethe_nodes::proto::{ClientMessage, DeliveryKind};
 use lethe_nodes::topology::Descriptor;
+use lethe_nodes::ws::{Connection, OpenError};
+use lethe_proto::client_session::{ClientEvent, SendRefused};
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::client_stats::{error_name, ClientStats};
 use crate::credentials::{CredentialInfo, IssuerConfig};
 use crate::driver::{Driver, Injector, NodeInfo};
 use crate::generator::{Topology, Wire, FORWARD_OVERHEAD};
@@ -73,79 +69,6 @@ const CONFIRM_BATCH: usize = 256;
 const CONFIRM_INTERVAL: Duration = Duration::from_millis(50);
 /// Distinct error texts kept for the report.
 const ERRORS_KEPT: usize = 8;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// The name of a gateway `Error` code, as the report shows it.
-pub fn error_name(code: u8) -> &'static str {
-    match code {
-        error_code::MALFORMED => "malformed",
-        error_code::NOT_LAYER1 => "not_layer1",
-        error_code::OVERLOADED => "overloaded",
-        error_code::NO_BANDWIDTH => "no_bandwidth",
-        error_code::BAD_CREDENTIAL => "bad_credential",
-        _ => "other",
-    }
-}
-
-/// What the gateway clients saw (the report's `gateway_clients`).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ClientStats {
-    pub senders: u64,
-    pub receivers: u64,
-    /// Sessions established (handshake done, `Welcome` received).
-    pub sessions: u64,
-    /// Sessions that ended with an error.
-    pub session_failures: u64,
-    /// `Forward` messages written to sender sessions.
-    pub forwards: u64,
-    /// Times a sender found its session's queue full and waited.
-    pub queue_full_waits: u64,
-    /// `Error` replies from the gateways, by code (`no_bandwidth`, `not_layer1`, ...).
-    pub gateway_errors: BTreeMap<String, u64>,
-    /// `Deliver` messages the receivers got (all kinds).
-    pub deliveries: u64,
-    /// Delivery ids confirmed back to the gateways, and in how many `Confirm` messages.
-    pub confirmed: u64,
-    pub confirm_messages: u64,
-    /// The first distinct error texts (gateway errors, session failures).
-    pub errors: Vec<String>,
-}
-
-impl ClientStats {
-    /// `self - before`, counter by counter (the error texts are kept whole).
-    pub fn since(&self, before: &ClientStats) -> ClientStats {
-        let mut gateway_errors = self.gateway_errors.clone();
-        for (code, count) in &mut gateway_errors {
-            *count = count.saturating_sub(before.gateway_errors.get(code).copied().unwrap_or(0));
-        }
-        gateway_errors.retain(|_, count| *count > 0);
-        ClientStats {
-            senders: self.senders.saturating_sub(before.senders),
-            receivers: self.receivers,
-            sessions: self.sessions.saturating_sub(before.sessions),
-            session_failures: self
-                .session_failures
-                .saturating_sub(before.session_failures),
-            forwards: self.forwards.saturating_sub(before.forwards),
-            queue_full_waits: self
-                .queue_full_waits
-                .saturating_sub(before.queue_full_waits),
-            gateway_errors,
-            deliveries: self.deliveries.saturating_sub(before.deliveries),
-            confirmed: self.confirmed.saturating_sub(before.confirmed),
-            confirm_messages: self
-                .confirm_messages
-                .saturating_sub(before.confirm_messages),
-            // Texts only grow (up to ERRORS_KEPT): the ones after `before`'s are this run's.
-            errors: self
-                .errors
-                .get(before.errors.len()..)
-                .unwrap_or(&[])
-                .to_vec(),
-        }
-    }
-}
 
 #[derive(Default)]
 struct Counters {
@@ -404,7 +327,7 @@ impl GatewayNetwork {
         for gateway in &gateways {
             let seed = random_seed()?;
             let identity = keyfile::ed25519_public(&seed);
-            let (ws, session) = runtime
+            let connection = runtime
                 .block_on(open_session(&gateway.url, &seed, gateway.identity))
                 .map_err(|e| format!("receiver at {}: {e}", gateway.name))?;
             Counters::add(&shared.counters.sessions, 1);
@@ -413,7 +336,7 @@ impl GatewayNetwork {
             let task_shared = Arc::clone(&shared);
             let name = gateway.name.clone();
             runtime.spawn(async move {
-                let reason = receive_loop(ws, session, &task_shared).await;
+                let reason = receive_loop(connection, &task_shared).await;
                 Counters::add(&task_shared.counters.session_failures, 1);
                 task_shared
                     .counters
@@ -660,69 +583,21 @@ impl GatewayNetwork {
 }
 
 /// Connects, runs the handshake with the pinned gateway identity and waits for `Welcome`.
-async fn open_session(
-    url: &str,
-    seed: &[u8; 32],
-    gateway: [u8; 32],
-) -> Result<(Ws, Session), String> {
-    let opening = async {
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
-            .max_frame_size(Some(WS_MESSAGE_BYTES_MAX));
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let (client, hello) = ClientHandshake::start(seed, gateway, &mut rand::rng());
-        ws.send(Message::binary(hello))
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let reply = next_binary(&mut ws).await?;
-        let (auth, mut session) = client
-            .finish(&reply)
-            .map_err(|e| format!("{url}: handshake: {e}"))?;
-        ws.send(Message::binary(auth))
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let first = next_binary(&mut ws).await?;
-        let message = session
-            .open(&first)
-            .and_then(|plain| GatewayMessage::decode(&plain))
-            .map_err(|e| format!("{url}: {e}"))?;
-        match message {
-            GatewayMessage::Welcome { .. } => Ok((ws, session)),
-            GatewayMessage::Error { code, text } => Err(format!(
-                "{url}: the gateway refused the session: {} ({code}): {text}",
-                error_name(code)
-            )),
-            _ => Err(format!("{url}: expected Welcome from the gateway")),
-        }
-    };
-    tokio::time::timeout(SESSION_TIMEOUT, opening)
-        .await
-        .map_err(|_| format!("{url}: no session within {}s", SESSION_TIMEOUT.as_secs()))?
-}
-
-async fn next_binary(ws: &mut Ws) -> Result<Vec<u8>, String> {
-    loop {
-        match ws.next().await {
-            None => return Err("connection closed".into()),
-            Some(Err(e)) => return Err(e.to_string()),
-            Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            Some(Ok(Message::Close(frame))) => {
-                let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                return Err(format!("the gateway closed the connection: {reason}"));
-            }
-            Some(Ok(Message::Text(_))) => return Err("text message refused".into()),
-        }
+async fn open_session(url: &str, seed: &[u8; 32], gateway: [u8; 32]) -> Result<Connection, String> {
+    match Connection::open(url, seed, gateway, SESSION_TIMEOUT).await {
+        Ok((connection, _stored)) => Ok(connection),
+        Err(OpenError::Refused { code, text }) => Err(format!(
+            "{url}: the gateway refused the session: {} ({code}): {text}",
+            error_name(code)
+        )),
+        Err(OpenError::Failed(text)) => Err(text),
     }
 }
 
 /// Pays for a sender session (see the module documentation): spends `sender`'s credentials
 /// until the gateway's balance covers `target_bytes`. Nothing with open admission.
 async fn prepay(
-    ws: &mut Ws,
-    session: &mut Session,
+    connection: &mut Connection,
     gateway: &GatewayEntry,
     wallet: &Arc<Mutex<Wallet>>,
     client: [u8; 32],
@@ -732,7 +607,7 @@ async fn prepay(
     if gateway.open_admission.load(Ordering::Relaxed) {
         return Ok(());
     }
-    let Some(mut remaining) = first_balance(ws, session, counters).await? else {
+    let Some(mut remaining) = first_balance(connection, counters).await? else {
         gateway.open_admission.store(true, Ordering::Relaxed);
         return Ok(());
     };
@@ -744,8 +619,10 @@ async fn prepay(
             ));
             return Ok(());
         };
-        seal_send(ws, session, &ClientMessage::Credential { bytes }).await?;
-        remaining = credit(ws, session, wallet, counters).await?;
+        connection
+            .send(&ClientMessage::Credential { bytes })
+            .await?;
+        remaining = credit(connection, wallet, counters).await?;
     }
     Ok(())
 }
@@ -753,15 +630,14 @@ async fn prepay(
 /// The balance the gateway reports after `Welcome`; `None`: no report within
 /// [`BALANCE_WAIT`] (open admission).
 async fn first_balance(
-    ws: &mut Ws,
-    session: &mut Session,
+    connection: &mut Connection,
     counters: &Counters,
 ) -> Result<Option<u64>, String> {
     let waiting = async {
         loop {
-            match next_message(ws, session).await? {
-                GatewayMessage::Bandwidth { remaining_bytes } => return Ok(remaining_bytes),
-                GatewayMessage::Error { code, text } => counters.gateway_error(code, &text),
+            match next_event(connection).await? {
+                ClientEvent::Bandwidth { remaining_bytes } => return Ok(remaining_bytes),
+                ClientEvent::Error { code, text } => counters.gateway_error(code, &text),
                 _ => {}
             }
         }
@@ -791,8 +667,7 @@ async fn spend_next(
 
 /// The gateway's answer to a spent credential: the credited balance, or why it was refused.
 async fn credit(
-    ws: &mut Ws,
-    session: &mut Session,
+    connection: &mut Connection,
     wallet: &Arc<Mutex<Wallet>>,
     counters: &Counters,
 ) -> Result<u64, String> {
@@ -807,13 +682,13 @@ async fn credit(
     };
     let waiting = async {
         loop {
-            match next_message(ws, session).await? {
-                GatewayMessage::Bandwidth { remaining_bytes } => {
+            match next_event(connection).await? {
+                ClientEvent::Bandwidth { remaining_bytes } => {
                     retire(true);
                     Counters::add(&counters.credentials_spent, 1);
                     return Ok(remaining_bytes);
                 }
-                GatewayMessage::Error { code, text } => {
+                ClientEvent::Error { code, text } => {
                     counters.gateway_error(code, &text);
                     if code == error_code::BAD_CREDENTIAL {
                         retire(false);
@@ -840,85 +715,68 @@ async fn credit(
         })?
 }
 
-/// The next gateway message of a session.
-async fn next_message(ws: &mut Ws, session: &mut Session) -> Result<GatewayMessage, String> {
-    let bytes = next_binary(ws).await?;
-    session
-        .open(&bytes)
-        .and_then(|plain| GatewayMessage::decode(&plain))
-        .map_err(|e| format!("gateway message: {e}"))
+/// The session's next event; its end is an error (with why).
+async fn next_event(connection: &mut Connection) -> Result<ClientEvent, String> {
+    match connection.next_event().await? {
+        ClientEvent::Closed { reason } => Err(format!("the session closed ({reason:?})")),
+        event => Ok(event),
+    }
 }
 
-async fn seal_send(
-    ws: &mut Ws,
-    session: &mut Session,
-    message: &ClientMessage,
-) -> Result<(), String> {
-    let sealed = session.seal(&message.encode()).map_err(|e| e.to_string())?;
-    ws.send(Message::binary(sealed))
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Confirms `pending` (at most [`CONFIRM_IDS_MAX`] per message) and clears it.
+/// Confirms `pending` (the session packs at most [`CONFIRM_IDS_MAX`] per message) and clears it.
 async fn confirm(
-    ws: &mut Ws,
-    session: &mut Session,
+    connection: &mut Connection,
     pending: &mut Vec<u64>,
     counters: &Counters,
 ) -> Result<(), String> {
-    for ids in pending.chunks(CONFIRM_IDS_MAX) {
-        let message = ClientMessage::Confirm { ids: ids.to_vec() };
-        seal_send(ws, session, &message).await?;
-        Counters::add(&counters.confirmed, ids.len() as u64);
-        Counters::add(&counters.confirm_messages, 1);
+    for &id in pending.iter() {
+        connection.session().confirm(id);
     }
+    connection.flush().await?;
+    Counters::add(&counters.confirmed, pending.len() as u64);
+    Counters::add(
+        &counters.confirm_messages,
+        pending.len().div_ceil(CONFIRM_IDS_MAX) as u64,
+    );
     pending.clear();
     Ok(())
 }
 
 /// Reads deliveries until the session fails; returns why.
-async fn receive_loop(mut ws: Ws, mut session: Session, shared: &Shared) -> String {
+async fn receive_loop(mut connection: Connection, shared: &Shared) -> String {
     let mut pending: Vec<u64> = Vec::with_capacity(CONFIRM_BATCH);
     let mut tick = tokio::time::interval(CONFIRM_INTERVAL);
     loop {
         tokio::select! {
-            incoming = next_binary(&mut ws) => {
-                let bytes = match incoming {
-                    Ok(bytes) => bytes,
-                    Err(e) => return e,
-                };
-                let message = match session
-                    .open(&bytes)
-                    .and_then(|plain| GatewayMessage::decode(&plain))
-                {
-                    Ok(message) => message,
-                    Err(e) => return format!("gateway message: {e}"),
-                };
-                match message {
-                    GatewayMessage::Deliver { id, kind, bytes, .. } => {
-                        Counters::add(&shared.counters.deliveries, 1);
-                        deliver(shared, kind, &bytes);
-                        pending.push(id);
-                        if pending.len() >= CONFIRM_BATCH {
-                            if let Err(e) =
-                                confirm(&mut ws, &mut session, &mut pending, &shared.counters).await
-                            {
-                                return e;
-                            }
+            incoming = connection.receive() => {
+                if let Err(e) = incoming {
+                    return e.to_string();
+                }
+                while let Some(event) = connection.session().poll_event() {
+                    match event {
+                        ClientEvent::Deliver { id, kind, bytes, .. } => {
+                            Counters::add(&shared.counters.deliveries, 1);
+                            deliver(shared, kind, &bytes);
+                            pending.push(id);
                         }
+                        ClientEvent::Error { code, text } => {
+                            shared.counters.gateway_error(code, &text);
+                        }
+                        ClientEvent::Closed { reason } => {
+                            return format!("the session closed ({reason:?})");
+                        }
+                        ClientEvent::Welcome { .. } | ClientEvent::Bandwidth { .. } => {}
                     }
-                    GatewayMessage::Error { code, text } => {
-                        shared.counters.gateway_error(code, &text);
+                }
+                if pending.len() >= CONFIRM_BATCH {
+                    if let Err(e) = confirm(&mut connection, &mut pending, &shared.counters).await {
+                        return e;
                     }
-                    GatewayMessage::Welcome { .. } | GatewayMessage::Bandwidth { .. } => {}
                 }
             }
             _ = tick.tick() => {
                 if !pending.is_empty() {
-                    if let Err(e) =
-                        confirm(&mut ws, &mut session, &mut pending, &shared.counters).await
-                    {
+                    if let Err(e) = confirm(&mut connection, &mut pending, &shared.counters).await {
                         return e;
                     }
                 }
@@ -951,9 +809,9 @@ fn deliver(shared: &Shared, kind: DeliveryKind, bytes: &[u8]) {
 }
 
 /// Writes a sender's batches to its session; reads the gateway's replies (errors are counted).
+/// The batches hold encoded `Forward`s, sealed as they are (no decode, no re-encode).
 async fn send_loop(
-    mut ws: Ws,
-    mut session: Session,
+    mut connection: Connection,
     mut batches: mpsc::Receiver<Vec<u8>>,
     message_len: usize,
     shared: &Shared,
@@ -962,24 +820,32 @@ async fn send_loop(
         tokio::select! {
             batch = batches.recv() => {
                 let Some(batch) = batch else {
-                    let _ = ws.close(None).await;
+                    connection.close().await;
                     return Ok(());
                 };
                 for message in batch.chunks(message_len) {
-                    let sealed = session.seal(message).map_err(|e| e.to_string())?;
-                    ws.feed(Message::binary(sealed)).await.map_err(|e| e.to_string())?;
+                    let mut queued = connection.session().send_encoded(message);
+                    if queued == Err(SendRefused::Full) {
+                        connection.flush().await?;
+                        queued = connection.session().send_encoded(message);
+                    }
+                    queued.map_err(|e| format!("session: {e:?}"))?;
                     Counters::add(&shared.counters.forwards, 1);
                 }
-                ws.flush().await.map_err(|e| e.to_string())?;
+                connection.flush().await?;
             }
-            incoming = next_binary(&mut ws) => {
-                let bytes = incoming?;
-                let message = session
-                    .open(&bytes)
-                    .and_then(|plain| GatewayMessage::decode(&plain))
-                    .map_err(|e| format!("gateway message: {e}"))?;
-                if let GatewayMessage::Error { code, text } = message {
-                    shared.counters.gateway_error(code, &text);
+            incoming = connection.receive() => {
+                incoming?;
+                while let Some(event) = connection.session().poll_event() {
+                    match event {
+                        ClientEvent::Error { code, text } => {
+                            shared.counters.gateway_error(code, &text);
+                        }
+                        ClientEvent::Closed { reason } => {
+                            return Err(format!("the session closed ({reason:?})"));
+                        }
+                        _ => {}
+                    }
                 }
             }
         }
@@ -1034,12 +900,11 @@ impl GatewayNetwork {
         &self,
         client: u32,
         gateway: &GatewayEntry,
-    ) -> Result<(Ws, Session), String> {
+    ) -> Result<Connection, String> {
         let Some(sender) = self.senders.get(client as usize) else {
             return open_session(&gateway.url, &random_seed()?, gateway.identity).await;
         };
-        let (mut ws, mut session) =
-            open_session(&gateway.url, &sender.seed, gateway.identity).await?;
+        let mut connection = open_session(&gateway.url, &sender.seed, gateway.identity).await?;
         if let Some(wallet) = &sender.wallet {
             let target_bytes = if sender.prepaid.load(Ordering::Relaxed) {
                 LOW_WATER_BYTES
@@ -1049,8 +914,7 @@ impl GatewayNetwork {
             let identity = keyfile::ed25519_public(&sender.seed);
             let counters = &self.shared.counters;
             prepay(
-                &mut ws,
-                &mut session,
+                &mut connection,
                 gateway,
                 wallet,
                 identity,
@@ -1060,7 +924,7 @@ impl GatewayNetwork {
             .await?;
             sender.prepaid.store(true, Ordering::Relaxed);
         }
-        Ok((ws, session))
+        Ok(connection)
     }
 }
 
@@ -1106,7 +970,7 @@ impl Driver for GatewayNetwork {
             .gateways
             .get(client as usize % count)
             .ok_or("no gateway")?;
-        let (ws, session) = self
+        let connection = self
             .runtime
             .block_on(self.open_sender_session(client, gateway))
             .map_err(|e| format!("sender {client} at {}: {e}", gateway.name))?;
@@ -1120,7 +984,7 @@ impl Driver for GatewayNetwork {
         let message_len = FORWARD_OVERHEAD + self.packet_size.packet_len();
         let name = gateway.name.clone();
         self.runtime.spawn(async move {
-            if let Err(e) = send_loop(ws, session, rx, message_len, &shared).await {
+            if let Err(e) = send_loop(connection, rx, message_len, &shared).await {
                 Counters::add(&shared.counters.session_failures, 1);
                 shared
                     .counters

@@ -4,6 +4,7 @@
 mod admission;
 mod breakdown;
 mod cli;
+mod client_stats;
 mod credentials;
 mod driver;
 mod env;

@@ -123,7 +123,7 @@ struct Shared {
 }
 
 /// The final-hop receiver. Dropping it stops its threads.
-pub struct FinalHop {
+pub struct StandInGateway {
     pub address: SocketAddr,
     pub public_key: [u8; 32],
     pub destination: [u8; 32],
@@ -131,9 +131,9 @@ pub struct FinalHop {
     acceptor: Option<JoinHandle<()>>,
 }
 
-impl FinalHop {
+impl StandInGateway {
     /// Binds `bind` (use port 0) with a fresh random key.
-    pub fn start(bind: SocketAddr) -> Result<FinalHop, String> {
+    pub fn start(bind: SocketAddr) -> Result<StandInGateway, String> {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|e| format!("random key: {e}"))?;
         let secret = StaticSecret::from(key);
@@ -159,7 +159,7 @@ impl FinalHop {
             .name("receiver-accept".into())
             .spawn(move || accept_loop(&listener, &accept_shared))
             .map_err(|e| format!("receiver thread: {e}"))?;
-        Ok(FinalHop {
+        Ok(StandInGateway {
             address,
             public_key,
             destination,
@@ -180,7 +180,7 @@ impl FinalHop {
     }
 }
 
-impl Drop for FinalHop {
+impl Drop for StandInGateway {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(handle) = self.acceptor.take() {

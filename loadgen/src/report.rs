@@ -150,7 +150,7 @@ pub struct RunReport {
     pub receiver: Receiver,
     /// What loadgen's gateway clients saw (drivers `testnet` and `target`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gateway_clients: Option<crate::gateway::ClientStats>,
+    pub gateway_clients: Option<crate::client_stats::ClientStats>,
     pub timeseries: Vec<SecondReport>,
     pub times: Times,
     /// Why the run stopped early: part of the network died (a node exited, a receiver

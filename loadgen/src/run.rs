@@ -101,7 +101,7 @@ pub struct RunOutcome {
     pub tracker: TrackerResult,
     pub receiver: ReceiverStats,
     /// Gateway-client counters over the run (gateway drivers).
-    pub clients: Option<crate::gateway::ClientStats>,
+    pub clients: Option<crate::client_stats::ClientStats>,
     pub nodes: Vec<(NodeInfo, Result<NodeDelta, String>)>,
     /// From the start to the last frame handed to the kernel.
     pub send_window_s: f64,
