@@ -32,6 +32,7 @@ use crate::limits::{
     CLIENT_RECEIVED_SURBS_MAX, CLIENT_SURB_RECORDS_MAX, CLIENT_UNACKED_HIGH_WATER,
 };
 use crate::topology::Topology;
+use crate::wire::payload::ACK_CONTENT_BYTES;
 use crate::wire::DeliveryKind;
 
 /// What the client counted (all monotonic except `queued`). A plain copy: the driver
@@ -384,6 +385,27 @@ impl LoopixClient {
         }
     }
 
+    /// One fragment sealed end to end for `recipient` and wrapped in a forward packet that
+    /// carries the SURB-ACK `ack` (real fragments and loop cover alike).
+    fn seal_and_build(
+        &mut self,
+        topology: &Topology,
+        recipient: &Recipient,
+        fragment: &Fragment,
+        ack: &[u8; ACK_CONTENT_BYTES],
+    ) -> Result<Built, String> {
+        let content = seal_forward(
+            &mut self.rng,
+            &recipient.encryption_key,
+            fragment,
+            self.size,
+        )
+        .map_err(|e| e.to_string())?;
+        self.builder(topology)
+            .to_recipient(&mut self.rng, recipient, &content, Some(ack))
+            .map_err(|e| e.to_string())
+    }
+
     fn builder<'a>(&self, topology: &'a Topology) -> Builder<'a> {
         Builder {
             topology,
@@ -614,18 +636,7 @@ impl LoopixClient {
         // again, or its ACK would count a second time.
         let ack_id = self.tracker.transmission(key)?;
         let ack = self.ack_key.seal(ack_id);
-        let result = seal_forward(
-            &mut self.rng,
-            &recipient.encryption_key,
-            &fragment,
-            self.size,
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|content| {
-            self.builder(&topology)
-                .to_recipient(&mut self.rng, &recipient, &content, Some(&ack))
-                .map_err(|e| e.to_string())
-        });
+        let result = self.seal_and_build(&topology, &recipient, &fragment, &ack);
         match result {
             Ok(mut built) => {
                 built.kind = PacketKind::Real {
@@ -692,13 +703,7 @@ impl LoopixClient {
         };
         let ack = self.ack_key.seal(self.tracker.fresh_id());
         let own = self.address();
-        let result = seal_forward(&mut self.rng, &self.encryption_key, &fragment, self.size)
-            .map_err(|e| e.to_string())
-            .and_then(|content| {
-                self.builder(&topology)
-                    .to_recipient(&mut self.rng, &own, &content, Some(&ack))
-                    .map_err(|e| e.to_string())
-            });
+        let result = self.seal_and_build(&topology, &own, &fragment, &ack);
         match result {
             Ok(mut built) => {
                 built.kind = PacketKind::LoopCover;
