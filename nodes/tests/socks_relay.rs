@@ -1,49 +1,122 @@
 //! The SOCKS5 proxy and the service provider relaying over an in-memory "mixnet" that
-//! delivers every message after a random delay (so out of order), fetching a page from a
-//! local HTTP server. The real-mixnet version lives in the network tests.
+//! delivers every message after a random delay (so out of order) and keeps reply SURBs as
+//! counted bundles, fetching a page from a local HTTP server. The real-mixnet versions live
+//! in the network tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lethe_nodes::socks::provider::{self, ProviderStats};
-use lethe_nodes::socks::proxy::{self, ProxyStats};
-use lethe_nodes::socks::relay::{MixnetPort, Outgoing};
+use lethe_nodes::socks::proxy::{self, ProxyOptions, ProxyStats};
+use lethe_nodes::socks::relay::{Incoming, MixnetPort, Outgoing, ReplyOutcome};
 use lethe_nodes::socks::socks5::AllowList;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// Two endpoints, "proxy" and "provider"; each message is delivered after 0-30 ms.
-fn shuffling_mixnet() -> (MixnetPort, MixnetPort) {
-    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(1024);
-    let (to_proxy, proxy_in) = mpsc::channel(1024);
-    let (to_provider, provider_in) = mpsc::channel(1024);
-    tokio::spawn(async move {
-        while let Some(message) = out_rx.recv().await {
-            let target = match message.to.as_str() {
-                "proxy" => to_proxy.clone(),
-                "provider" => to_provider.clone(),
-                _ => continue,
+const PROXY: &str = "proxy-address-that-the-provider-must-never-see";
+const PROVIDER: &str = "provider";
+
+/// What the fake mixnet saw: every message the provider received, whole.
+type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// Two endpoints; each message is delivered after 0-30 ms. A message with reply SURBs gives
+/// its recipient a bundle of that many, each one reply back to the sender.
+fn shuffling_mixnet() -> (MixnetPort, MixnetPort, Seen) {
+    let (to_proxy, proxy_in) = mpsc::channel::<Incoming>(1024);
+    let (to_provider, provider_in) = mpsc::channel::<Incoming>(1024);
+    let bundles: Arc<Mutex<HashMap<u64, (&'static str, usize)>>> = Arc::default();
+    let seen: Seen = Arc::default();
+    let endpoint = |from: &'static str| {
+        let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(1024);
+        let bundles = bundles.clone();
+        let seen = seen.clone();
+        let (to_proxy, to_provider) = (to_proxy.clone(), to_provider.clone());
+        tokio::spawn(async move {
+            let deliver = |to: &str, incoming: Incoming| {
+                let target = match to {
+                    PROXY => to_proxy.clone(),
+                    PROVIDER => to_provider.clone(),
+                    _ => return,
+                };
+                if to == PROVIDER {
+                    seen.lock().unwrap().push(incoming.data.clone());
+                }
+                let delay = Duration::from_millis(rand::random::<u64>() % 30);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = target.send(incoming).await;
+                });
             };
-            let delay = Duration::from_millis(rand::random::<u64>() % 30);
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = target.send(message.bytes).await;
-            });
-        }
-    });
+            while let Some(command) = out_rx.recv().await {
+                match command {
+                    Outgoing::Send {
+                        to,
+                        bytes,
+                        reply_surbs,
+                    } => {
+                        let surb_bundle = (reply_surbs > 0).then(|| {
+                            let id = rand::random::<u64>();
+                            bundles.lock().unwrap().insert(id, (from, reply_surbs));
+                            id
+                        });
+                        let incoming = Incoming {
+                            data: bytes,
+                            surb_bundle,
+                            reply_surbs,
+                        };
+                        deliver(&to, incoming);
+                    }
+                    Outgoing::Reply {
+                        bundle,
+                        bytes,
+                        sent,
+                    } => {
+                        let owner = {
+                            let mut b = bundles.lock().unwrap();
+                            match b.get_mut(&bundle) {
+                                Some((owner, left)) if *left > 0 => {
+                                    *left -= 1;
+                                    Some(*owner)
+                                }
+                                _ => None,
+                            }
+                        };
+                        let Some(owner) = owner else {
+                            let _ = sent.send(ReplyOutcome::NoSurbs);
+                            continue;
+                        };
+                        let _ = sent.send(ReplyOutcome::Queued);
+                        let incoming = Incoming {
+                            data: bytes,
+                            surb_bundle: None,
+                            reply_surbs: 0,
+                        };
+                        deliver(owner, incoming);
+                    }
+                    Outgoing::Discard { bundle } => {
+                        bundles.lock().unwrap().remove(&bundle);
+                    }
+                }
+            }
+        });
+        out_tx
+    };
     (
         MixnetPort {
-            outgoing: out_tx.clone(),
+            outgoing: endpoint(PROXY),
             incoming: proxy_in,
-            own_address: "proxy".into(),
+            own_address: PROXY.into(),
         },
         MixnetPort {
-            outgoing: out_tx,
+            outgoing: endpoint(PROVIDER),
             incoming: provider_in,
-            own_address: "provider".into(),
+            own_address: PROVIDER.into(),
         },
+        seen,
     )
 }
 
@@ -88,26 +161,66 @@ async fn socks_connect(
     (s, reply[1])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fetch_through_reordering_relay() {
-    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let web = http_server(body.clone()).await;
-    let (proxy_port, provider_port) = shuffling_mixnet();
+/// A proxy and a provider on the fake mixnet; returns the proxy's SOCKS5 address.
+async fn relays(
+    web: std::net::SocketAddr,
+    reveal_address: bool,
+) -> (
+    std::net::SocketAddr,
+    Arc<ProxyStats>,
+    Arc<ProviderStats>,
+    Seen,
+    tempdir::Dump,
+) {
+    let (proxy_port, provider_port, seen) = shuffling_mixnet();
     let allow = AllowList::parse(&[format!("127.0.0.1:{}", web.port())]).unwrap();
+    let provider_stats = Arc::new(ProviderStats::default());
+    let dump = tempdir::Dump::new();
     tokio::spawn(provider::run(
         provider_port,
         allow,
-        Arc::new(ProviderStats::default()),
+        provider_stats.clone(),
+        Some(dump.path.clone()),
     ));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = listener.local_addr().unwrap();
+    let proxy_stats = Arc::new(ProxyStats::default());
+    let options = ProxyOptions {
+        provider: PROVIDER.into(),
+        reveal_address,
+    };
     tokio::spawn(proxy::run(
         listener,
         proxy_port,
-        "provider".into(),
-        Arc::new(ProxyStats::default()),
+        options,
+        proxy_stats.clone(),
     ));
+    (proxy_addr, proxy_stats, provider_stats, seen, dump)
+}
 
+mod tempdir {
+    /// A state-dump file path, removed on drop.
+    pub struct Dump {
+        pub path: std::path::PathBuf,
+    }
+    impl Dump {
+        pub fn new() -> Dump {
+            let path = std::env::temp_dir().join(format!(
+                "lethe-socks-relay-{}-{}.dump",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            Dump { path }
+        }
+    }
+    impl Drop for Dump {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+async fn fetch(proxy_addr: std::net::SocketAddr, web: std::net::SocketAddr) -> Vec<u8> {
     let fetched = tokio::time::timeout(Duration::from_secs(60), async {
         let (mut s, code) = socks_connect(proxy_addr, web).await;
         assert_eq!(code, 0);
@@ -119,7 +232,28 @@ async fn fetch_through_reordering_relay() {
     .await
     .unwrap();
     let split = fetched.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert_eq!(&fetched[split..], &body[..]);
+    fetched[split..].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_through_reordering_relay_with_surbs() {
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let web = http_server(body.clone()).await;
+    let (proxy_addr, proxy_stats, provider_stats, seen, dump) = relays(web, false).await;
+
+    assert_eq!(fetch(proxy_addr, web).await, body);
+    // 300 KB takes ~150 SURBs, more than a Connect carries: the provider asked for more.
+    assert!(proxy_stats.surbs_topped_up.load(Ordering::Relaxed) > 0);
+    assert_eq!(provider_stats.surbs_stalled.load(Ordering::Relaxed), 0);
+    // The provider never saw the proxy's address, nor holds it.
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty());
+    for message in &seen {
+        assert!(!message.windows(PROXY.len()).any(|w| w == PROXY.as_bytes()));
+    }
+    let state = std::fs::read_to_string(&dump.path).unwrap();
+    assert!(state.contains("surbs"), "{state}");
+    assert!(!state.contains(PROXY), "{state}");
 
     // A target off the allow-list is refused with SOCKS "not allowed" (2).
     let other = http_server(b"x".to_vec()).await;
@@ -127,4 +261,55 @@ async fn fetch_through_reordering_relay() {
         .await
         .unwrap();
     assert_eq!(code, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reveal_address_replies_to_it() {
+    let body: Vec<u8> = (0..50_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let web = http_server(body.clone()).await;
+    let (proxy_addr, proxy_stats, _, seen, _dump) = relays(web, true).await;
+    assert_eq!(fetch(proxy_addr, web).await, body);
+    assert_eq!(proxy_stats.surbs_topped_up.load(Ordering::Relaxed), 0);
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen
+        .iter()
+        .any(|m| m.windows(PROXY.len()).any(|w| w == PROXY.as_bytes())));
+}
+
+/// A Connect of the first relay protocol (which carried the proxy's address) is answered
+/// with a ConnectError saying to upgrade, in the format the old proxy reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_proxy_gets_a_clear_error() {
+    let web = http_server(b"x".to_vec()).await;
+    let (mut proxy_port, provider_port, _) = shuffling_mixnet();
+    let stats = Arc::new(ProviderStats::default());
+    let allow = AllowList::parse(&[format!("127.0.0.1:{}", web.port())]).unwrap();
+    tokio::spawn(provider::run(provider_port, allow, stats.clone(), None));
+    let mut old = vec![0x01];
+    old.extend_from_slice(&7u64.to_be_bytes());
+    for s in [PROXY, "127.0.0.1:80"] {
+        old.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        old.extend_from_slice(s.as_bytes());
+    }
+    proxy_port
+        .outgoing
+        .send(Outgoing::Send {
+            to: PROVIDER.into(),
+            bytes: old,
+            reply_surbs: 0,
+        })
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(30), proxy_port.incoming.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.data[0], 0x83, "an old-format ConnectError");
+    assert_eq!(answer.data[1..9], 7u64.to_be_bytes());
+    let text = String::from_utf8_lossy(&answer.data[10..]);
+    assert!(
+        text.contains("version 1") && text.contains("upgrade"),
+        "{text}"
+    );
+    assert_eq!(stats.old_protocol.load(Ordering::Relaxed), 1);
 }

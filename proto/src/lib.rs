@@ -10,6 +10,7 @@ pub mod gateway_session;
 pub mod hex;
 pub mod limits;
 pub mod loopix;
+pub mod service;
 pub mod topology;
 pub mod wire;
 

@@ -50,3 +50,27 @@ pub const CLIENT_BUILD_RETRY_US: u64 = 1_000_000;
 // Everything in flight was queued first: the queue mark must not exceed the in-flight one.
 const _: () = assert!(CLIENT_QUEUE_HIGH_WATER <= CLIENT_UNACKED_HIGH_WATER);
 const _: () = assert!(CLIENT_BUILD_RETRY_US >= 1000 && CLIENT_HOUSEKEEPING_US >= 1000);
+
+/// Reply SURBs a service provider holds for one sender tag (one conversation).
+pub const SERVICE_TAG_SURBS_MAX: usize = 1024;
+/// Reply SURBs a service provider holds in total (its client core keeps them).
+pub const SERVICE_SURBS_MAX: usize = 16_384;
+/// A provider asks for more SURBs once a tag holds this many or fewer: enough to go on
+/// replying for the round trip the ask and its answer take.
+pub const SERVICE_SURBS_LOW_WATER: usize = 64;
+/// SURBs a provider asks for at a time (and the most a user sends per ask).
+pub const SERVICE_SURBS_ASK: usize = 192;
+/// SURBs of a tag replies leave alone, so the provider can still ask for more.
+pub const SERVICE_SURBS_RESERVED: usize = 4;
+/// An ask answered by no SURBs within this long is sent again (it or its answer got lost).
+pub const SERVICE_ASK_RETRY_US: u64 = 10_000_000;
+/// Longest user address a request may carry (when the user reveals it).
+pub const SERVICE_REPLY_TO_BYTES_MAX: usize = 300;
+
+const _: () = assert!(SERVICE_SURBS_MAX <= CLIENT_RECEIVED_SURBS_MAX);
+const _: () = assert!(SERVICE_TAG_SURBS_MAX <= SERVICE_SURBS_MAX);
+const _: () = assert!(SERVICE_SURBS_RESERVED < SERVICE_SURBS_LOW_WATER);
+const _: () = assert!(SERVICE_SURBS_LOW_WATER + SERVICE_SURBS_ASK <= SERVICE_TAG_SURBS_MAX);
+const _: () = assert!(SERVICE_SURBS_ASK <= u16::MAX as usize);
+const _: () = assert!(SERVICE_SURBS_ASK <= crate::loopix::message::SURBS_PER_MESSAGE_MAX);
+const _: () = assert!(SERVICE_REPLY_TO_BYTES_MAX <= u16::MAX as usize);

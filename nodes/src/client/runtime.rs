@@ -205,6 +205,9 @@ enum Command {
         bundle: u64,
         reply: oneshot::Sender<usize>,
     },
+    DiscardSurbs {
+        bundle: u64,
+    },
     Shutdown,
 }
 
@@ -306,6 +309,16 @@ impl ClientHandle {
             let _ = rx.wait_for(|s| *s == ConnectionState::Closed).await;
         })
         .await;
+    }
+
+    /// Forgets a bundle of received reply SURBs that will not be used.
+    pub async fn discard_surbs(&self, surb_bundle: u64) -> Result<(), SendError> {
+        self.commands
+            .send(Command::DiscardSurbs {
+                bundle: surb_bundle,
+            })
+            .await
+            .map_err(|_| SendError::Stopped)
     }
 
     /// Reply SURBs left in a bundle.
@@ -599,6 +612,7 @@ impl CoreTask {
             Command::SurbsLeft { bundle, reply } => {
                 let _ = reply.send(self.core.surbs_left(bundle));
             }
+            Command::DiscardSurbs { bundle } => self.core.discard_bundle(bundle),
             Command::Shutdown => {}
         }
     }

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::relay::{MixnetPort, Outgoing};
+use super::relay::{Incoming, MixnetPort, Outgoing, ReplyOutcome};
 use super::socks5::AllowList;
 use crate::client::address::Recipient;
 use crate::client::cli::{runtime, TrafficArgs};
 use crate::client::config;
 use crate::client::runtime::{connect, ClientConfig, ClientHandle, ReceivedMessage};
+use lethe_proto::loopix::SendError;
 
 /// Messages queued between a relay and the client library, each way.
 const PORT_QUEUE: usize = 1024;
@@ -29,6 +30,10 @@ pub struct Socks5Args {
     /// Where applications connect (SOCKS5, no authentication).
     #[arg(long, default_value = "127.0.0.1:1080")]
     pub listen: SocketAddr,
+    /// Send this client's address to the provider and get replies to it instead of through
+    /// reply SURBs: the provider then learns who fetches what.
+    #[arg(long)]
+    pub reveal_address: bool,
     #[command(flatten)]
     pub traffic: TrafficArgs,
 }
@@ -41,26 +46,64 @@ pub struct ProviderArgs {
     /// Targets the provider may connect to: `host:port`, `host:*`, `*.domain:port`.
     #[arg(long, value_delimiter = ',', required = true)]
     pub allow: Vec<String>,
+    /// After each message, write a debug dump of everything the provider holds about its
+    /// users to this file (for audits and tests).
+    #[arg(long)]
+    pub state_dump: Option<PathBuf>,
     #[command(flatten)]
     pub traffic: TrafficArgs,
 }
 
 /// Bridges a relay's [`MixnetPort`] to a connected client: outgoing messages are sent with
-/// the client's Loopix stream; received ones are confirmed and handed over.
+/// the client's Loopix stream, replies through its received SURBs; received messages are
+/// confirmed and handed over.
 fn bridge(handle: Arc<ClientHandle>, mut received: mpsc::Receiver<ReceivedMessage>) -> MixnetPort {
     let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(PORT_QUEUE);
-    let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(PORT_QUEUE);
+    let (in_tx, in_rx) = mpsc::channel::<Incoming>(PORT_QUEUE);
     let own_address = handle.address().to_string();
     let sender = handle.clone();
     tokio::spawn(async move {
-        while let Some(message) = out_rx.recv().await {
-            let Ok(recipient) = message.to.parse::<Recipient>() else {
-                tracing::warn!(to = %message.to, "relay: bad recipient address; dropped");
-                continue;
+        while let Some(command) = out_rx.recv().await {
+            let stopped = match command {
+                Outgoing::Send {
+                    to,
+                    bytes,
+                    reply_surbs,
+                } => {
+                    let Ok(recipient) = to.parse::<Recipient>() else {
+                        // Not logged with the address: it may be a user's.
+                        tracing::warn!("relay: bad recipient address; dropped");
+                        continue;
+                    };
+                    sender.send(&recipient, bytes, reply_surbs).await.err()
+                }
+                Outgoing::Reply {
+                    bundle,
+                    bytes,
+                    sent,
+                } => match sender.reply(bundle, bytes).await {
+                    Ok(_) => {
+                        let _ = sent.send(ReplyOutcome::Queued);
+                        None
+                    }
+                    Err(SendError::UnknownBundle(_) | SendError::NotEnoughSurbs { .. }) => {
+                        let _ = sent.send(ReplyOutcome::NoSurbs);
+                        None
+                    }
+                    Err(e) => {
+                        let _ = sent.send(ReplyOutcome::Failed);
+                        Some(e)
+                    }
+                },
+                Outgoing::Discard { bundle } => sender.discard_surbs(bundle).await.err(),
             };
-            if let Err(e) = sender.send(&recipient, message.bytes, 0).await {
-                tracing::error!(error = %e, "relay: send failed; relay stopped");
-                break;
+            match stopped {
+                Some(SendError::Stopped) => {
+                    tracing::error!("relay: the mixnet client stopped; relay stopped");
+                    break;
+                }
+                Some(e) => tracing::warn!(error = %e, "relay: not sent"),
+                None => {}
             }
         }
     });
@@ -68,7 +111,12 @@ fn bridge(handle: Arc<ClientHandle>, mut received: mpsc::Receiver<ReceivedMessag
         while let Some(mut message) = received.recv().await {
             // The relays keep no state across restarts: handing over is handling.
             message.confirm();
-            if in_tx.send(std::mem::take(&mut message.data)).await.is_err() {
+            let incoming = Incoming {
+                data: std::mem::take(&mut message.data),
+                surb_bundle: message.surb_bundle,
+                reply_surbs: message.reply_surbs,
+            };
+            if in_tx.send(incoming).await.is_err() {
                 break;
             }
         }
@@ -113,8 +161,12 @@ pub fn socks5(args: &Socks5Args) -> Result<(), String> {
         tracing::info!(listen = %local, provider = %args.provider, "SOCKS5 proxy up");
         let port = bridge(handle.clone(), received);
         let stats = Arc::new(super::proxy::ProxyStats::default());
+        let options = super::proxy::ProxyOptions {
+            provider: args.provider.clone(),
+            reveal_address: args.reveal_address,
+        };
         tokio::select! {
-            () = super::proxy::run(listener, port, args.provider.clone(), stats) => {}
+            () = super::proxy::run(listener, port, options, stats) => {}
             _ = tokio::signal::ctrl_c() => {}
             () = terminated() => {}
         }
@@ -138,7 +190,7 @@ pub fn provider(args: &ProviderArgs) -> Result<(), String> {
         let port = bridge(handle.clone(), received);
         let stats = Arc::new(super::provider::ProviderStats::default());
         tokio::select! {
-            () = super::provider::run(port, allow, stats) => {}
+            () = super::provider::run(port, allow, stats, args.state_dump.clone()) => {}
             _ = tokio::signal::ctrl_c() => {}
             () = terminated() => {}
         }

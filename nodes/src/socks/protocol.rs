@@ -1,9 +1,10 @@
-//! Messages between a SOCKS5 proxy client and the service provider, carried as mixnet
-//! messages (each one message; the client library fragments and reassembles).
+//! Messages between a SOCKS5 proxy client and the service provider: the bodies of
+//! [`lethe_proto::service`] envelopes (which carry the sender tag, and the proxy's address
+//! only if it chose to reveal it), each one mixnet message.
 //!
 //! ```text
 //! proxy → provider
-//!   0x01 Connect  conn_id(u64) ‖ reply_to_len(u16) ‖ reply_to (client address) ‖ target_len(u16) ‖ target ("host:port")
+//!   0x01 Connect  conn_id(u64) ‖ target_len(u16) ‖ target ("host:port")
 //!   0x02 Data     conn_id(u64) ‖ seq(u64) ‖ closed(u8) ‖ bytes
 //! provider → proxy
 //!   0x81 Connected     conn_id(u64)
@@ -15,9 +16,13 @@
 //! data may even arrive before its Connect.
 
 pub const TARGET_BYTES_MAX: usize = 300;
-pub const REPLY_TO_BYTES_MAX: usize = 300;
 /// Most bytes of one Data message (what one read from a socket may put in a message).
 pub const DATA_BYTES_MAX: usize = 64 * 1024;
+/// A Data message's bytes in front of its data.
+pub const CHUNK_HEADER_BYTES: usize = 1 + 8 + 8 + 1;
+/// The first protocol's Connect carried the proxy's address; read only to tell an old proxy
+/// to upgrade.
+const LEGACY_REPLY_TO_BYTES_MAX: usize = 300;
 
 const CONNECT: u8 = 0x01;
 const DATA: u8 = 0x02;
@@ -43,11 +48,7 @@ pub struct Chunk {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Connect {
-        conn_id: u64,
-        reply_to: String,
-        target: String,
-    },
+    Connect { conn_id: u64, target: String },
     Data(Chunk),
 }
 
@@ -137,14 +138,9 @@ impl Request {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            Request::Connect {
-                conn_id,
-                reply_to,
-                target,
-            } => {
+            Request::Connect { conn_id, target } => {
                 out.push(CONNECT);
                 out.extend_from_slice(&conn_id.to_be_bytes());
-                put_string(&mut out, reply_to);
                 put_string(&mut out, target);
             }
             Request::Data(c) => put_chunk(&mut out, DATA, c),
@@ -157,21 +153,33 @@ impl Request {
         match r.u8()? {
             CONNECT => {
                 let conn_id = r.u64()?;
-                let reply_to = r.string(REPLY_TO_BYTES_MAX)?;
                 let target = r.string(TARGET_BYTES_MAX)?;
                 if !r.rest().is_empty() {
                     return Err(Malformed("trailing bytes"));
                 }
-                Ok(Request::Connect {
-                    conn_id,
-                    reply_to,
-                    target,
-                })
+                Ok(Request::Connect { conn_id, target })
             }
             DATA => Ok(Request::Data(read_chunk(r)?)),
             _ => Err(Malformed("unknown request kind")),
         }
     }
+}
+
+/// For a Connect of the first relay protocol (an old proxy, which sent its address): that
+/// address and a ConnectError in the old format (which this one's matches) saying to upgrade.
+pub fn legacy_connect_refusal(bytes: &[u8], text: &str) -> Option<(String, Vec<u8>)> {
+    let mut r = Reader(bytes);
+    if r.u8().ok()? != CONNECT {
+        return None;
+    }
+    let conn_id = r.u64().ok()?;
+    let reply_to = r.string(LEGACY_REPLY_TO_BYTES_MAX).ok()?;
+    let refusal = Response::ConnectError {
+        conn_id,
+        code: error_code::OVERLOADED,
+        text: text.to_string(),
+    };
+    Some((reply_to, refusal.encode()))
 }
 
 impl Response {
@@ -238,7 +246,6 @@ mod tests {
         for r in [
             Request::Connect {
                 conn_id: 1,
-                reply_to: "a.b@c".into(),
                 target: "127.0.0.1:80".into(),
             },
             Request::Data(chunk.clone()),
@@ -273,5 +280,24 @@ mod tests {
         huge.extend_from_slice(&1u64.to_be_bytes());
         huge.extend_from_slice(&u16::MAX.to_be_bytes());
         assert!(Request::decode(&huge).is_err());
+    }
+
+    #[test]
+    fn an_old_proxy_is_told_to_upgrade() {
+        let mut old = vec![CONNECT];
+        old.extend_from_slice(&5u64.to_be_bytes());
+        put_string(&mut old, "a.b@c");
+        put_string(&mut old, "127.0.0.1:80");
+        let (to, refusal) = legacy_connect_refusal(&old, "upgrade").unwrap();
+        assert_eq!(to, "a.b@c");
+        assert_eq!(
+            Response::decode(&refusal).unwrap(),
+            Response::ConnectError {
+                conn_id: 5,
+                code: error_code::OVERLOADED,
+                text: "upgrade".into()
+            }
+        );
+        assert_eq!(legacy_connect_refusal(&[DATA, 0], "x"), None);
     }
 }

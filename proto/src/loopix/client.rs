@@ -588,6 +588,15 @@ impl LoopixClient {
         self.bundles.get(&bundle).map_or(0, |b| b.surbs.len())
     }
 
+    /// Forgets a received bundle its holder will not use (a service provider refusing SURBs
+    /// past its bounds, or done with a conversation): they count against our total no more.
+    pub fn discard_bundle(&mut self, bundle: u64) {
+        if let Some(b) = self.bundles.remove(&bundle) {
+            self.received_surbs = self.received_surbs.saturating_sub(b.surbs.len());
+            self.bundles_order.retain(|b| *b != bundle);
+        }
+    }
+
     /// The next real packet of the queue (a fragment transmission or a reply), if any, sent
     /// at `now_us`: a fragment's retransmission timer starts here, when it leaves, not when
     /// it was queued. For a driver of an unpaced client ([`Self::paced`] false), which takes
