@@ -51,6 +51,17 @@ pub const CLIENT_BUILD_RETRY_US: u64 = 1_000_000;
 const _: () = assert!(CLIENT_QUEUE_HIGH_WATER <= CLIENT_UNACKED_HIGH_WATER);
 const _: () = assert!(CLIENT_BUILD_RETRY_US >= 1000 && CLIENT_HOUSEKEEPING_US >= 1000);
 
+/// Transmits and events a client core holds for its driver ([`crate::loopix::LoopixClient`]).
+/// A driver drains both after every call, so they hold a few at a time; the caps bound what a
+/// driver that stops draining lets pile up (about 2 KiB a transmit): at the cap the core defers
+/// ticks, deliveries and housekeeping (counted) instead of growing.
+pub const CLIENT_TRANSMITS_MAX: usize = 1024;
+pub const CLIENT_EVENTS_MAX: usize = 1024;
+
+// One step (a tick, a delivery, housekeeping) adds at most one of each: a cap of one would
+// still make progress, two leaves room for a step while the driver holds the previous one.
+const _: () = assert!(CLIENT_TRANSMITS_MAX >= 2 && CLIENT_EVENTS_MAX >= 2);
+
 /// Reply SURBs a service provider holds for one sender tag (one conversation).
 pub const SERVICE_TAG_SURBS_MAX: usize = 1024;
 /// Reply SURBs a service provider holds in total (its client core keeps them).

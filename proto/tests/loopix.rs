@@ -13,7 +13,8 @@ use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::{self, address, Hop, Packet};
 use lethe_proto::gateway_session::{FirstHops, GatewayConfig, Transmit};
 use lethe_proto::loopix::{
-    ClientLimits, LoopixClient, LoopixEvent, LoopixParams, LoopixTransmit, Received, SendProgress,
+    ClientLimits, LoopixClient, LoopixEvent, LoopixParams, LoopixTransmit, PacketKind, Received,
+    SendProgress,
 };
 use lethe_proto::topology::{Descriptor, Role, Topology};
 use lethe_proto::wire::handshake::identity_public;
@@ -60,6 +61,8 @@ struct Party {
     drops: usize,
     /// When this party's packets entered the mix network, and where each ended.
     departures: Vec<(u64, Option<Arrival>)>,
+    /// The driver takes the core's transmits and events (a driver that stops leaves them).
+    drains: bool,
 }
 
 struct Layer1(Vec<SocketAddr>);
@@ -112,6 +115,10 @@ impl World {
     /// Two mixnodes per layer, one gateway, and one party per entry of `params` (seeded from
     /// `seed`), none connected yet.
     fn new(seed: u64, params: &[LoopixParams]) -> World {
+        World::with_limits(seed, params, ClientLimits::default())
+    }
+
+    fn with_limits(seed: u64, params: &[LoopixParams], limits: ClientLimits) -> World {
         let mut secrets = HashMap::new();
         let mut node = |seed: u8, role, identity| {
             let (d, secret) = descriptor(seed, role, identity);
@@ -144,7 +151,7 @@ impl World {
                     &[i as u8 + 101; 32],
                     gateway,
                     *p,
-                    ClientLimits::default(),
+                    limits,
                     0,
                     StdRng::seed_from_u64(seed.wrapping_add(i as u64)),
                 );
@@ -161,6 +168,7 @@ impl World {
                     progress: HashMap::new(),
                     drops: 0,
                     departures: Vec::new(),
+                    drains: true,
                 }
             })
             .collect();
@@ -300,7 +308,7 @@ impl World {
         {
             let party = &mut self.parties[p];
             // The core's output onto the session (lost if there is no connection).
-            while let Some(transmit) = party.core.poll_transmit() {
+            while let Some(transmit) = party.drains.then(|| party.core.poll_transmit()).flatten() {
                 moved = true;
                 let Some(link) = party.link.as_mut() else {
                     continue;
@@ -321,7 +329,7 @@ impl World {
                     }
                 }
             }
-            while let Some(event) = party.core.poll_event() {
+            while let Some(event) = party.drains.then(|| party.core.poll_event()).flatten() {
                 moved = true;
                 match event {
                     LoopixEvent::Progress {
@@ -716,4 +724,116 @@ fn loop_cover_keeps_its_rate_behind_a_long_real_queue() {
     assert!((130..270).contains(&loops.len()), "{}", loops.len());
     let d = ks_exponential(gaps(&loops), 100_000.0);
     assert!(d < 1.63 / (loops.len() as f64).sqrt(), "loop cover KS {d}");
+}
+
+#[test]
+fn a_driver_that_stops_draining_finds_the_queues_at_their_caps_and_nothing_lost() {
+    let small = ClientLimits {
+        transmits_max: 4,
+        events_max: 4,
+        ..ClientLimits::default()
+    };
+    let mut world = World::with_limits(7, &[params(), params()], small);
+    world.connect(0);
+    world.connect(1);
+    // A's driver stops taking its output while a long message waits in its queue.
+    world.parties[0].drains = false;
+    let message = data(20_000, 7);
+    let id = world.send(0, 1, &message);
+    let fragments = world.progress(0, id).0.fragments;
+    assert!(fragments > 4, "{fragments}");
+    world.run_until(world.now_us + 5_000_000);
+    let a = &mut world.parties[0].core;
+    let stalled = a.counters();
+    // Five seconds of both streams' ticks found the queues full: counted, not queued.
+    assert!(stalled.ticks_deferred > 10, "{stalled:?}");
+    let mut transmits = Vec::new();
+    while let Some(t) = a.poll_transmit() {
+        transmits.push(t);
+    }
+    let mut events = Vec::new();
+    while let Some(e) = a.poll_event() {
+        events.push(e);
+    }
+    assert_eq!(transmits.len(), 4, "the transmit queue stays at its cap");
+    assert!(events.len() <= 4, "{events:?}");
+    // Only what the core handed out counts as sent; the rest of the message is still queued.
+    let real = transmits
+        .iter()
+        .filter(
+            |t| matches!(t, LoopixTransmit::Packet(b) if matches!(b.kind, PacketKind::Real { .. })),
+        )
+        .count() as u64;
+    assert_eq!(stalled.real_sent, real);
+    // Every fragment is still queued or was handed out (a handed-out one whose timer ran
+    // out is queued again: it never left as far as the core can tell).
+    assert!(stalled.queued + real >= fragments as u64, "{stalled:?}");
+    assert!(stalled.queued <= fragments as u64, "{stalled:?}");
+    let sent = events
+        .iter()
+        .filter_map(|e| match e {
+            LoopixEvent::Progress { progress, .. } => Some(progress.sent),
+            LoopixEvent::Received(_) => None,
+        })
+        .max()
+        .unwrap_or(0);
+    assert_eq!(sent as u64, real);
+    assert_eq!(
+        stalled.events_dropped, 0,
+        "progress events coalesce per message"
+    );
+    // What the driver took and dropped (as a lost connection would) goes again after its
+    // timer; the message arrives whole once the driver drains again.
+    world.parties[0].drains = true;
+    world.run_while(world.now_us + 60_000_000, |w| !w.progress(0, id).1);
+    let (progress, _) = world.progress(0, id);
+    assert!(progress.delivered(), "{progress:?}");
+    assert!(world.parties[0].core.counters().retransmitted >= real);
+    assert_eq!(world.parties[1].received.len(), 1);
+    assert_eq!(world.parties[1].received[0].data, message);
+}
+
+#[test]
+fn deliveries_to_a_core_whose_driver_stopped_draining_stay_at_the_gateway() {
+    let small = ClientLimits {
+        transmits_max: 2,
+        events_max: 2,
+        ..ClientLimits::default()
+    };
+    let mut world = World::with_limits(8, &[without_cover(), without_cover()], small);
+    world.connect(0);
+    world.connect(1);
+    world.parties[1].drains = false;
+    // Three messages: the first two fill B's queues (a Received event and a Confirm each),
+    // the third finds them full.
+    let messages: Vec<Vec<u8>> = (0..3).map(|i| data(3000, 80 + i)).collect();
+    let ids: Vec<u64> = messages.iter().map(|m| world.send(0, 1, m)).collect();
+    // The sender's packets reach B's gateway (acknowledged there), but B takes nothing.
+    world.run_while(60_000_000, |w| ids.iter().any(|id| !w.progress(0, *id).1));
+    for id in &ids {
+        assert!(world.progress(0, *id).0.delivered());
+    }
+    let b = world.parties[1].core.counters();
+    assert!(b.deliveries_deferred > 0, "{b:?}");
+    assert!(world.parties[1].received.is_empty());
+    assert!(!world.parties[1].mailbox.is_empty(), "unconfirmed: kept");
+    // B's driver drains again and reconnects: the gateway delivers what it kept.
+    world.parties[1].drains = true;
+    world.settle();
+    world.disconnect(1);
+    world.connect(1);
+    world.run_while(world.now_us + 10_000_000, |w| {
+        w.parties[1].received.len() < 3
+    });
+    let mut received: Vec<Vec<u8>> = world.parties[1]
+        .received
+        .iter()
+        .map(|r| r.data.clone())
+        .collect();
+    received.sort();
+    let mut sent = messages.clone();
+    sent.sort();
+    assert_eq!(received, sent, "each message once, none lost");
+    world.run_until(world.now_us + 1_000_000);
+    assert!(world.parties[1].mailbox.is_empty());
 }

@@ -28,8 +28,9 @@ use super::params::LoopixParams;
 use super::retransmit::{AckOutcome, AckWait, Due, FragmentKey, Tracker};
 use super::schedule::{Schedule, ScheduleParams, Tick};
 use crate::limits::{
-    CLIENT_BUILD_RETRY_US, CLIENT_HOUSEKEEPING_US, CLIENT_QUEUE_HIGH_WATER,
-    CLIENT_RECEIVED_SURBS_MAX, CLIENT_SURB_RECORDS_MAX, CLIENT_UNACKED_HIGH_WATER,
+    CLIENT_BUILD_RETRY_US, CLIENT_EVENTS_MAX, CLIENT_HOUSEKEEPING_US, CLIENT_QUEUE_HIGH_WATER,
+    CLIENT_RECEIVED_SURBS_MAX, CLIENT_SURB_RECORDS_MAX, CLIENT_TRANSMITS_MAX,
+    CLIENT_UNACKED_HIGH_WATER,
 };
 use crate::topology::Topology;
 use crate::wire::payload::ACK_CONTENT_BYTES;
@@ -59,6 +60,18 @@ pub struct Counters {
     /// Complete messages the application could not take ([`LoopixClient::undeliverable`]).
     pub application_overflow: u64,
     pub surbs_evicted: u64,
+    /// Ticks of either stream that passed unsent because the driver had not taken the
+    /// client's output (its transmit or event queue at its cap): a real fragment stays queued
+    /// and leaves with a later tick (its timer starts then), cover is simply not sent.
+    pub ticks_deferred: u64,
+    /// Gateway deliveries not taken for the same reason: left unconfirmed, the gateway keeps
+    /// them and delivers them again.
+    pub deliveries_deferred: u64,
+    /// Housekeeping rounds skipped for the same reason (run at the next period).
+    pub housekeeping_deferred: u64,
+    /// Progress events dropped at the event cap when no event of the same message was
+    /// queued to carry the newer state (a queued one is updated in place, not counted).
+    pub events_dropped: u64,
     /// Real packets waiting for the Poisson stream.
     pub queued: u64,
 }
@@ -169,6 +182,10 @@ pub struct ClientLimits {
     pub surb_records_max: usize,
     /// Received reply SURBs kept (oldest bundle evicted first).
     pub received_surbs_max: usize,
+    /// Transmits held for the driver ([`LoopixClient::poll_transmit`]).
+    pub transmits_max: usize,
+    /// Events held for the driver ([`LoopixClient::poll_event`]).
+    pub events_max: usize,
 }
 
 impl Default for ClientLimits {
@@ -179,6 +196,8 @@ impl Default for ClientLimits {
             unacked_high_water: CLIENT_UNACKED_HIGH_WATER,
             surb_records_max: CLIENT_SURB_RECORDS_MAX,
             received_surbs_max: CLIENT_RECEIVED_SURBS_MAX,
+            transmits_max: CLIENT_TRANSMITS_MAX,
+            events_max: CLIENT_EVENTS_MAX,
         }
     }
 }
@@ -379,9 +398,48 @@ impl LoopixClient {
         self.events.pop_front()
     }
 
+    /// Callers check [`Self::output_room`] first: every path that confirms does.
     fn confirm(&mut self, ids: Vec<u64>) {
         if !ids.is_empty() {
             self.transmits.push_back(LoopixTransmit::Confirm(ids));
+        }
+    }
+
+    /// Whether the driver took enough of the client's output for one more step (a tick, a
+    /// delivery or housekeeping: each adds at most one transmit and one event). A driver that
+    /// drains after every call always has room; one that stops draining finds the queues at
+    /// their caps and the client deferring what would add to them, counted in [`Counters`].
+    fn output_room(&self) -> bool {
+        self.transmits.len() < self.limits.transmits_max
+            && self.events.len() < self.limits.events_max
+    }
+
+    /// Queues a progress event. At the cap, a queued event of the same message takes the
+    /// newer state (progress only grows and `done` is final, so nothing is lost); without
+    /// one the event is dropped and counted.
+    fn push_progress(&mut self, message_id: u64, progress: SendProgress, done: bool) {
+        if self.events.len() < self.limits.events_max {
+            self.events.push_back(LoopixEvent::Progress {
+                message_id,
+                progress,
+                done,
+            });
+            return;
+        }
+        let queued = self.events.iter_mut().rev().find_map(|e| match e {
+            LoopixEvent::Progress {
+                message_id: id,
+                progress,
+                done,
+            } if *id == message_id => Some((progress, done)),
+            _ => None,
+        });
+        match queued {
+            Some((queued_progress, queued_done)) => {
+                *queued_progress = progress;
+                *queued_done |= done;
+            }
+            None => self.counters.events_dropped += 1,
         }
     }
 
@@ -617,11 +675,7 @@ impl LoopixClient {
                         if done {
                             self.replies.remove(&reply_id);
                         }
-                        self.events.push_back(LoopixEvent::Progress {
-                            message_id: reply_id,
-                            progress,
-                            done,
-                        });
+                        self.push_progress(reply_id, progress, done);
                     }
                     return Some(*built);
                 }
@@ -658,11 +712,8 @@ impl LoopixClient {
                         Some(state @ FragmentState::Queued) => {
                             *state = FragmentState::Sent;
                             outgoing.progress.sent += 1;
-                            self.events.push_back(LoopixEvent::Progress {
-                                message_id: key.message,
-                                progress: outgoing.progress,
-                                done: false,
-                            });
+                            let progress = outgoing.progress;
+                            self.push_progress(key.message, progress, false);
                         }
                         // Counted when it actually leaves, not when its timer fires: an ACK
                         // may still settle it before that.
@@ -736,6 +787,10 @@ impl LoopixClient {
         identifier: [u8; 16],
         bytes: &mut [u8],
     ) {
+        if !self.output_room() {
+            self.counters.deliveries_deferred += 1;
+            return;
+        }
         let outcome = self.delivery(now_us, delivery_id, kind, identifier, bytes);
         self.confirm(outcome.confirm);
         if let Some(message) = outcome.message {
@@ -928,11 +983,7 @@ impl LoopixClient {
         if done {
             self.outgoing.remove(&key.message);
         }
-        self.events.push_back(LoopixEvent::Progress {
-            message_id: key.message,
-            progress,
-            done,
-        });
+        self.push_progress(key.message, progress, done);
     }
 
     fn build_failure(&mut self) {
@@ -990,6 +1041,10 @@ impl LoopixClient {
             if !self.connected {
                 continue;
             }
+            if !self.output_room() {
+                self.counters.ticks_deferred += 1;
+                continue;
+            }
             let built = match tick {
                 Tick::Real { drop_cover } => match self.next_real(now_us) {
                     Some(built) => Some(built),
@@ -1004,8 +1059,12 @@ impl LoopixClient {
         }
         if now_us >= self.next_housekeeping_us {
             self.next_housekeeping_us = now_us.saturating_add(CLIENT_HOUSEKEEPING_US);
-            let expired = self.housekeeping(now_us);
-            self.confirm(expired);
+            if self.output_room() {
+                let expired = self.housekeeping(now_us);
+                self.confirm(expired);
+            } else {
+                self.counters.housekeeping_deferred += 1;
+            }
         }
     }
 
