@@ -45,30 +45,13 @@ use crate::client_stats::{error_name, ClientStats};
 use crate::credentials::{CredentialInfo, IssuerConfig};
 use crate::driver::{Driver, Injector, NodeInfo};
 use crate::generator::{Topology, Wire, FORWARD_OVERHEAD};
+use crate::limits;
 use crate::receiver::{ActiveRun, ReceiverCounters, ReceiverStats};
 use crate::refresh::{routes_of, ReceiverExit, TopologyFeed};
 use crate::stamp::Stamp;
 use crate::testnet::Testnet;
 use crate::tracker::Arrival;
 use crate::windows::WatchedProcess;
-
-/// Connect + handshake + welcome, per session.
-const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-/// A gateway with admission on reports the balance right after `Welcome`; one that says
-/// nothing for this long has open admission.
-const BALANCE_WAIT: Duration = Duration::from_secs(2);
-/// How long a spent credential may wait for the gateway's answer (it may queue for a
-/// verification slot for 10 s).
-const CREDIT_WAIT: Duration = Duration::from_secs(20);
-/// A sender waits at most this long for room in its session's queue.
-const QUEUE_WAIT_MAX: Duration = Duration::from_secs(10);
-/// Batches (of up to 64 packets) queued per sender session.
-const SENDER_QUEUE_BATCHES: usize = 32;
-/// Receivers confirm when this many ids are pending, or every [`CONFIRM_INTERVAL`].
-const CONFIRM_BATCH: usize = 256;
-const CONFIRM_INTERVAL: Duration = Duration::from_millis(50);
-/// Distinct error texts kept for the report.
-const ERRORS_KEPT: usize = 8;
 
 #[derive(Default)]
 struct Counters {
@@ -96,7 +79,7 @@ impl Counters {
 
     fn note(&self, text: String) {
         if let Ok(mut errors) = self.errors.lock() {
-            if errors.len() < ERRORS_KEPT && !errors.contains(&text) {
+            if errors.len() < limits::GATEWAY_ERRORS_MAX && !errors.contains(&text) {
                 errors.push(text);
             }
         }
@@ -458,17 +441,11 @@ impl GatewayNetwork {
     }
 }
 
-/// How long [`GatewayNetwork::warm_up`] waits for every entry gateway to accept every
-/// layer-1 node (gateways refresh their topology every 30 s once it has a layer 1).
-const WARM_UP_MAX: Duration = Duration::from_secs(45);
-/// How long one warm-up round waits for its probes.
-const PROBE_WAIT: Duration = Duration::from_secs(2);
-
 impl GatewayNetwork {
     /// Sends one probe packet from every gateway through every layer-1 node, in rounds, until
     /// a round is delivered whole: a gateway whose topology is older than the directory's
     /// refuses first hops it does not know (NOT_LAYER1), which would count as loss. Gives up
-    /// (with a note) after [`WARM_UP_MAX`]; the run then reports what the gateways refuse.
+    /// (with a note) after [`limits::WARM_UP_MS_MAX`]; the run then reports what the gateways refuse.
     pub fn warm_up(&mut self, say: &dyn Fn(&str)) -> Result<(), String> {
         let started = Instant::now();
         let entries = self.gateways.len() as u32;
@@ -519,7 +496,9 @@ impl GatewayNetwork {
                 injectors.push(injector);
             }
             let waited = Instant::now();
-            while tracker.delivered() < probes && waited.elapsed() < PROBE_WAIT {
+            while tracker.delivered() < probes
+                && waited.elapsed() < Duration::from_millis(limits::PROBE_WAIT_MS)
+            {
                 std::thread::sleep(Duration::from_millis(10));
             }
             drop(injectors);
@@ -546,12 +525,12 @@ impl GatewayNetwork {
                 );
                 return Ok(());
             }
-            if started.elapsed() > WARM_UP_MAX {
+            if started.elapsed() > Duration::from_millis(limits::WARM_UP_MS_MAX) {
                 say(&format!(
                     "warm-up: {} of {probes} probes still not delivered after {}s; running \
                      anyway (see gateway_clients in the report)",
                     probes.saturating_sub(tracker.delivered()),
-                    WARM_UP_MAX.as_secs()
+                    Duration::from_millis(limits::WARM_UP_MS_MAX).as_secs()
                 ));
                 return Ok(());
             }
@@ -584,7 +563,14 @@ impl GatewayNetwork {
 
 /// Connects, runs the handshake with the pinned gateway identity and waits for `Welcome`.
 async fn open_session(url: &str, seed: &[u8; 32], gateway: [u8; 32]) -> Result<Connection, String> {
-    match Connection::open(url, seed, gateway, SESSION_TIMEOUT).await {
+    match Connection::open(
+        url,
+        seed,
+        gateway,
+        Duration::from_millis(limits::GATEWAY_SESSION_TIMEOUT_MS),
+    )
+    .await
+    {
         Ok((connection, _stored)) => Ok(connection),
         Err(OpenError::Refused { code, text }) => Err(format!(
             "{url}: the gateway refused the session: {} ({code}): {text}",
@@ -628,7 +614,7 @@ async fn prepay(
 }
 
 /// The balance the gateway reports after `Welcome`; `None`: no report within
-/// [`BALANCE_WAIT`] (open admission).
+/// [`limits::GATEWAY_BALANCE_WAIT_MS`] (open admission).
 async fn first_balance(
     connection: &mut Connection,
     counters: &Counters,
@@ -642,7 +628,12 @@ async fn first_balance(
             }
         }
     };
-    match tokio::time::timeout(BALANCE_WAIT, waiting).await {
+    match tokio::time::timeout(
+        Duration::from_millis(limits::GATEWAY_BALANCE_WAIT_MS),
+        waiting,
+    )
+    .await
+    {
         Ok(balance) => balance.map(Some),
         Err(_) => Ok(None),
     }
@@ -705,14 +696,17 @@ async fn credit(
             }
         }
     };
-    tokio::time::timeout(CREDIT_WAIT, waiting)
-        .await
-        .map_err(|_| {
-            format!(
-                "the gateway did not answer a spent credential within {}s",
-                CREDIT_WAIT.as_secs()
-            )
-        })?
+    tokio::time::timeout(
+        Duration::from_millis(limits::GATEWAY_CREDIT_WAIT_MS),
+        waiting,
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "the gateway did not answer a spent credential within {}s",
+            Duration::from_millis(limits::GATEWAY_CREDIT_WAIT_MS).as_secs()
+        )
+    })?
 }
 
 /// The session's next event; its end is an error (with why).
@@ -744,8 +738,9 @@ async fn confirm(
 
 /// Reads deliveries until the session fails; returns why.
 async fn receive_loop(mut connection: Connection, shared: &Shared) -> String {
-    let mut pending: Vec<u64> = Vec::with_capacity(CONFIRM_BATCH);
-    let mut tick = tokio::time::interval(CONFIRM_INTERVAL);
+    let mut pending: Vec<u64> = Vec::with_capacity(limits::RECEIVER_CONFIRM_BATCH_IDS);
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(limits::RECEIVER_CONFIRM_INTERVAL_MS));
     loop {
         tokio::select! {
             incoming = connection.receive() => {
@@ -768,7 +763,7 @@ async fn receive_loop(mut connection: Connection, shared: &Shared) -> String {
                         ClientEvent::Welcome { .. } | ClientEvent::Bandwidth { .. } => {}
                     }
                 }
-                if pending.len() >= CONFIRM_BATCH {
+                if pending.len() >= limits::RECEIVER_CONFIRM_BATCH_IDS {
                     if let Err(e) = confirm(&mut connection, &mut pending, &shared.counters).await {
                         return e;
                     }
@@ -871,10 +866,10 @@ impl Injector for GatewayInjector {
                         Counters::add(&self.shared.counters.queue_full_waits, 1);
                         Instant::now()
                     });
-                    if since.elapsed() > QUEUE_WAIT_MAX {
+                    if since.elapsed() > Duration::from_millis(limits::SENDER_QUEUE_WAIT_MS_MAX) {
                         return Err(std::io::Error::other(format!(
                             "the gateway session took no packets for {}s",
-                            QUEUE_WAIT_MAX.as_secs()
+                            Duration::from_millis(limits::SENDER_QUEUE_WAIT_MS_MAX).as_secs()
                         )));
                     }
                     batch = back;
@@ -976,7 +971,7 @@ impl Driver for GatewayNetwork {
             .map_err(|e| format!("sender {client} at {}: {e}", gateway.name))?;
         Counters::add(&self.shared.counters.sessions, 1);
         Counters::add(&self.shared.counters.senders, 1);
-        let (tx, rx) = mpsc::channel(SENDER_QUEUE_BATCHES);
+        let (tx, rx) = mpsc::channel(limits::SENDER_QUEUE_BATCHES);
         let failure = Arc::new(Mutex::new(None));
         let task_failure = Arc::clone(&failure);
         let shared = Arc::clone(&self.shared);
@@ -1007,10 +1002,11 @@ impl Driver for GatewayNetwork {
             *slot = run;
         }
         if ending {
-            // Let the receivers confirm what they got (they do every CONFIRM_INTERVAL), so
+            // Let the receivers confirm what they got (they do every [`limits::RECEIVER_CONFIRM_INTERVAL_MS`]), so
             // the report's counts are final and the gateways' mailboxes are empty.
             let counters = &self.shared.counters;
-            let deadline = Instant::now() + CONFIRM_INTERVAL * 10;
+            let deadline =
+                Instant::now() + Duration::from_millis(limits::RECEIVER_CONFIRM_INTERVAL_MS) * 10;
             while counters.confirmed.load(Ordering::Relaxed)
                 < counters.deliveries.load(Ordering::Relaxed)
                 && Instant::now() < deadline

@@ -92,3 +92,196 @@ pub const MIXNODE_REPLAY_FILTERS_MAX: u64 = 2;
 pub const GATEWAY_REPLAY_FILTERS_MAX: u64 = 1;
 
 const _: () = assert!(GATEWAY_REPLAY_FILTERS_MAX <= MIXNODE_REPLAY_FILTERS_MAX);
+
+// --- Gateway sessions (`gateway::sessions`, `gateway::registration`) ---
+
+/// Live deliveries queued per session before the session falls back to the mailbox (a
+/// delivery is at most one ext32 payload: 64 × 32 KiB = 2 MiB per session at worst).
+pub const GATEWAY_SESSION_QUEUE_MAX: usize = 64;
+/// How long a new session waits for the mailbox writer to take its registration.
+pub const GATEWAY_REGISTER_TIMEOUT_MS: u64 = 10_000;
+/// The most bytes of HTTP upgrade request a client may send (tungstenite alone would buffer
+/// 64 KiB): tungstenite's client sends about 250, browsers under 2 KiB.
+pub const GATEWAY_UPGRADE_REQUEST_BYTES_MAX: usize = 4096;
+/// The largest WebSocket frame payload accepted before auth: just above the client hello
+/// (85 bytes) and auth (65); control frames are at most 125 bytes anyway.
+pub const GATEWAY_PENDING_FRAME_BYTES_MAX: u64 = 128;
+/// Frame bytes (headers included) accepted before auth: the two handshake messages take 162;
+/// the rest leaves room for a few pings or a fragmented hello.
+pub const GATEWAY_PENDING_FRAMES_BYTES_MAX: usize = 1024;
+/// tungstenite's read buffer per connection, allocated at the upgrade and touched by the
+/// first read. Its default, 128 KiB, would make every silent WebSocket cost that much; 4 KiB
+/// still reads a regular sealed packet (about 2.1 KiB) in one call, and larger frames grow the
+/// buffer as they arrive (an authenticated client's frames up to
+/// [`WS_MESSAGE_BYTES_MAX`](crate::proto::WS_MESSAGE_BYTES_MAX)).
+pub const GATEWAY_WS_READ_BUFFER_BYTES: usize = 4096;
+/// Freed memory is handed back to the OS (`malloc_trim`) once at least this many pending
+/// connections were open at once and three quarters of them have closed...
+pub const GATEWAY_TRIM_PENDING_MIN: usize = 256;
+/// ...at most this often.
+pub const GATEWAY_TRIM_INTERVAL_MS: u64 = 1_000;
+/// Topology retry while the topology is missing or has no layer 1 (a network still forming).
+pub const GATEWAY_TOPOLOGY_RETRY_MS: u64 = 1_000;
+
+const _: () = assert!(
+    crate::proto::handshake::CLIENT_HELLO_LEN as u64 <= GATEWAY_PENDING_FRAME_BYTES_MAX
+        && crate::proto::handshake::CLIENT_AUTH_LEN as u64 <= GATEWAY_PENDING_FRAME_BYTES_MAX
+);
+// Both handshake messages (with their frame headers) fit the pre-auth byte budget.
+const _: () = assert!(
+    2 * (GATEWAY_PENDING_FRAME_BYTES_MAX as usize + 14) <= GATEWAY_PENDING_FRAMES_BYTES_MAX
+);
+// The upgrade request is read into the first read buffer.
+const _: () = assert!(GATEWAY_UPGRADE_REQUEST_BYTES_MAX <= GATEWAY_WS_READ_BUFFER_BYTES);
+const _: () = assert!(GATEWAY_SESSION_QUEUE_MAX > 0 && GATEWAY_TRIM_INTERVAL_MS > 0);
+
+// --- Gateway mailbox (`gateway::mailbox`) ---
+
+/// A batch is committed when it is this old...
+pub const MAILBOX_FLUSH_MS: u64 = 3;
+/// ...or this large.
+pub const MAILBOX_FLUSH_ROWS: usize = 256;
+/// Mailbox rows one client may hold; deliveries beyond are dropped (counted, no ACK sent).
+pub const MAILBOX_ROWS_PER_CLIENT_MAX: u32 = 20_000;
+/// The most rows one backlog read returns (Nym: 100).
+pub const MAILBOX_FETCH_ROWS_MAX: u32 = 100;
+/// How often expired rows are deleted (also at start).
+pub const MAILBOX_CLEAN_INTERVAL_S: u64 = 3_600;
+/// Read connections for sessions.
+pub const MAILBOX_READERS: usize = 4;
+/// Clients known from a handshake but without a durable record, kept in memory (the newest;
+/// about 100 bytes each).
+pub const MAILBOX_RECENT_CLIENTS_MAX: usize = 65_536;
+/// A durable client's `seen_at` is rewritten at most this often (it only has to be accurate
+/// to within a fraction of `client_idle_days`).
+pub const MAILBOX_SEEN_RESOLUTION_S: i64 = 86_400;
+
+const _: () = assert!(MAILBOX_FLUSH_ROWS > 0 && MAILBOX_READERS > 0);
+// One backlog read fits in a session's live queue's worth of rows and below a client's cap.
+const _: () =
+    assert!(MAILBOX_FETCH_ROWS_MAX > 0 && MAILBOX_FETCH_ROWS_MAX <= MAILBOX_ROWS_PER_CLIENT_MAX);
+// `seen_at` stays accurate to a fraction of the shortest idle expiry.
+const _: () = assert!(MAILBOX_SEEN_RESOLUTION_S < CLIENT_IDLE_DAYS_DEFAULT as i64 * 86_400);
+
+// --- Client runtime (`client::runtime`) ---
+
+/// Commands from the handle (send, reply, stop) waiting for the runtime: a caller that sends
+/// faster waits for room.
+pub const CLIENT_COMMAND_CAPACITY: usize = 64;
+/// Sealed messages waiting for the gateway connection.
+pub const CLIENT_OUTGOING_CAPACITY: usize = 1024;
+/// Unpaced mode: most packets in the outgoing channel at once (the rest leaves room for
+/// confirmations, and keeps ACK timers from starting long before the packet leaves).
+pub const CLIENT_UNPACED_WINDOW: usize = 64;
+/// Received messages and delivery reports waiting for the application.
+pub const CLIENT_EVENT_CAPACITY: usize = 1024;
+/// Delivery ids waiting to be confirmed to the gateway.
+pub const CLIENT_CONFIRM_CAPACITY: usize = 1024;
+/// Connect, handshake and welcome with the gateway.
+pub const CLIENT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Reconnect backoff: first delay, doubling up to the max (a restarted gateway is found
+/// within half a minute, without hammering one that is down).
+pub const CLIENT_BACKOFF_MS_MIN: u64 = 200;
+pub const CLIENT_BACKOFF_MS_MAX: u64 = 30_000;
+/// Least time between two topology fetches.
+pub const CLIENT_TOPOLOGY_RETRY_MS: u64 = 10_000;
+/// How often the runtime lets the core expire its records (the core's own period is
+/// `lethe_proto::limits::CLIENT_HOUSEKEEPING_US`).
+pub const CLIENT_HOUSEKEEPING_MS: u64 = 1_000;
+
+const _: () = assert!(CLIENT_UNPACED_WINDOW < CLIENT_OUTGOING_CAPACITY);
+const _: () = assert!(CLIENT_BACKOFF_MS_MIN > 0 && CLIENT_BACKOFF_MS_MIN <= CLIENT_BACKOFF_MS_MAX);
+const _: () = assert!(CLIENT_COMMAND_CAPACITY > 0 && CLIENT_EVENT_CAPACITY > 0);
+const _: () = assert!(CLIENT_CONFIRM_CAPACITY > 0 && CLIENT_HOUSEKEEPING_MS > 0);
+const _: () =
+    assert!(CLIENT_HOUSEKEEPING_MS * 1_000 == lethe_proto::limits::CLIENT_HOUSEKEEPING_US);
+
+// --- SOCKS5 proxy and provider (`socks`) ---
+
+/// Messages queued between a relay and the client library, each way.
+pub const SOCKS_PORT_QUEUE_MESSAGES: usize = 1024;
+/// How long `lethe socks5` waits for its client library to connect to the gateway.
+pub const SOCKS_CLIENT_CONNECT_TIMEOUT_MS: u64 = 30_000;
+/// Longest target (`host:port`) in a Connect: a DNS name is at most 255 bytes.
+pub const SOCKS_TARGET_BYTES_MAX: usize = 300;
+/// Most bytes of one Data message (what one read from a socket may put in a message).
+pub const SOCKS_DATA_BYTES_MAX: usize = 64 * 1024;
+/// How long the provider waits for the target's TCP connect.
+pub const SOCKS_PROVIDER_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// How long the provider has to answer a Connect (mixnet round trip plus its connect).
+pub const SOCKS_PROXY_CONNECT_TIMEOUT_MS: u64 = 60_000;
+/// Bytes read from a socket into one Data message: large enough for throughput, small enough
+/// that a message is a handful of Sphinx packets.
+pub const SOCKS_READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Per-connection reorder buffer bound.
+pub const SOCKS_REORDER_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Chunks queued towards one local socket.
+pub const SOCKS_SOCKET_QUEUE_CHUNKS: usize = 256;
+/// Relayed connections alive at once, per proxy or provider.
+pub const SOCKS_CONNECTIONS_MAX: usize = 1024;
+
+// A chunk read from a socket fits one Data message, and the reorder buffer holds many.
+const _: () = assert!(SOCKS_READ_CHUNK_BYTES <= SOCKS_DATA_BYTES_MAX);
+const _: () = assert!(SOCKS_REORDER_BYTES_MAX >= 16 * SOCKS_DATA_BYTES_MAX);
+// The proxy waits longer than the provider's own connect takes.
+const _: () = assert!(SOCKS_PROVIDER_CONNECT_TIMEOUT_MS < SOCKS_PROXY_CONNECT_TIMEOUT_MS);
+const _: () = assert!(SOCKS_SOCKET_QUEUE_CHUNKS > 0 && SOCKS_CONNECTIONS_MAX > 0);
+
+// --- Directory: registration of nodes (`directory::announce`) ---
+
+/// First retry delay after a failed registration; doubles up to the max.
+pub const ANNOUNCE_BACKOFF_MS_INITIAL: u64 = 250;
+pub const ANNOUNCE_BACKOFF_MS_MAX: u64 = 30_000;
+/// Heartbeat interval nodes use by default (the directory drops a node after 30 s).
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 10_000;
+/// The directory's heartbeat timeout assumed when its registration answer does not name one
+/// (directories before `heartbeat_timeout_s` was in the answer): its default.
+pub const HEARTBEAT_TIMEOUT_S_ASSUMED: u64 = 30;
+/// Longest a stopping node waits for the directory to confirm its deregistration: a
+/// directory that does not answer must not hold the shutdown up (it drops the node after its
+/// heartbeat timeout anyway).
+pub const DEREGISTER_TIMEOUT_MS: u64 = 2_000;
+
+const _: () = assert!(ANNOUNCE_BACKOFF_MS_INITIAL > 0);
+const _: () = assert!(ANNOUNCE_BACKOFF_MS_INITIAL <= ANNOUNCE_BACKOFF_MS_MAX);
+// At least two heartbeats fit in the directory's timeout: one lost heartbeat is not a departure.
+const _: () = assert!(2 * HEARTBEAT_INTERVAL_MS_DEFAULT < HEARTBEAT_TIMEOUT_S_ASSUMED * 1_000);
+
+// --- Directory: client and server (`directory::{client, registry, server}`) ---
+
+/// Largest response body read from a directory.
+pub const DIRECTORY_RESPONSE_BYTES_MAX: usize = crate::topology::SIGNED_BODY_BYTES_MAX + 4096;
+/// Per-request timeout.
+pub const DIRECTORY_REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Most nodes (mixnodes and gateways) the directory keeps.
+pub const DIRECTORY_NODES_MAX: usize = 1024;
+/// Most deregistrations remembered (see `Registry::deregister`); beyond it the oldest is
+/// forgotten first. Each needs a registered node's signature, so only as many as nodes
+/// can leave within the clock skew.
+pub const DIRECTORY_DEPARTURES_MAX: usize = DIRECTORY_NODES_MAX;
+/// Longest URL accepted in a descriptor (bounds the topology: see `DIRECTORY_NODES_MAX`).
+pub const DIRECTORY_URL_BYTES_MAX: usize = 200;
+/// Largest request body accepted (a descriptor is under 1 KiB).
+pub const DIRECTORY_REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
+/// Least time between two publications triggered by membership changes.
+pub const DIRECTORY_PUBLISH_INTERVAL_MS_MIN: u64 = 1_000;
+/// A topology stays valid for this many epoch lengths.
+pub const DIRECTORY_VALIDITY_EPOCHS: u64 = 3;
+/// How long a stopping directory waits for in-flight requests.
+pub const DIRECTORY_SHUTDOWN_DEADLINE_MS: u64 = 10_000;
+/// POST rate limits: per source IP (a local testnet registers every node from one IP) and
+/// overall.
+pub const DIRECTORY_POSTS_PER_S_PER_IP: f64 = 100.0;
+pub const DIRECTORY_POSTS_BURST_PER_IP: f64 = 2048.0;
+pub const DIRECTORY_POSTS_PER_S: f64 = 1000.0;
+pub const DIRECTORY_POSTS_BURST: f64 = 4096.0;
+
+// A full topology (every node with two URLs of the longest kind) fits the signed body.
+const _: () = assert!(
+    DIRECTORY_NODES_MAX * (2 * DIRECTORY_URL_BYTES_MAX + 600)
+        <= crate::topology::SIGNED_BODY_BYTES_MAX
+);
+// Every node of a local testnet can register at once.
+const _: () = assert!(DIRECTORY_POSTS_BURST_PER_IP >= DIRECTORY_NODES_MAX as f64);
+const _: () = assert!(DIRECTORY_POSTS_PER_S_PER_IP <= DIRECTORY_POSTS_PER_S);
+const _: () = assert!(DIRECTORY_VALIDITY_EPOCHS >= 2 && DIRECTORY_PUBLISH_INTERVAL_MS_MIN > 0);

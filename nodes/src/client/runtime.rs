@@ -28,6 +28,7 @@ use zeroize::Zeroizing;
 use super::address::Recipient;
 use super::config::{ClientFiles, LoopixParams};
 use super::stats::{bump, Stats, StatsSnapshot};
+use crate::limits;
 use lethe_proto::client_session::ClientEvent;
 use lethe_proto::duration_us;
 use lethe_proto::loopix::payer::{Decision, Payer, Shortfall};
@@ -331,19 +332,6 @@ impl ClientHandle {
     }
 }
 
-const COMMAND_CAPACITY: usize = 64;
-const OUTGOING_CAPACITY: usize = 1024;
-/// Unpaced mode: most packets in the outgoing channel at once (the rest leaves room for
-/// confirmations, and keeps ACK timers from starting long before the packet leaves).
-const UNPACED_WINDOW: usize = 64;
-const EVENT_CAPACITY: usize = 1024;
-const CONFIRM_CAPACITY: usize = 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-const TOPOLOGY_RETRY: Duration = Duration::from_secs(10);
-const HOUSEKEEPING: Duration = Duration::from_secs(1);
-
 enum Event {
     Up,
     Down,
@@ -384,10 +372,10 @@ pub async fn connect(
 
     let (topology_tx, topology_rx) = watch::channel(topology.clone());
     let refresh = Arc::new(Notify::new());
-    let (command_tx, command_rx) = mpsc::channel(COMMAND_CAPACITY);
-    let (outgoing_tx, outgoing_rx) = mpsc::channel(OUTGOING_CAPACITY);
-    let (event_tx, event_rx) = mpsc::channel(EVENT_CAPACITY);
-    let (confirm_tx, confirm_rx) = mpsc::channel(CONFIRM_CAPACITY);
+    let (command_tx, command_rx) = mpsc::channel(limits::CLIENT_COMMAND_CAPACITY);
+    let (outgoing_tx, outgoing_rx) = mpsc::channel(limits::CLIENT_OUTGOING_CAPACITY);
+    let (event_tx, event_rx) = mpsc::channel(limits::CLIENT_EVENT_CAPACITY);
+    let (confirm_tx, confirm_rx) = mpsc::channel(limits::CLIENT_CONFIRM_CAPACITY);
     let (received_tx, received_rx) = mpsc::channel(config.received_capacity.max(1));
     let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
 
@@ -527,16 +515,20 @@ impl CoreTask {
         mut confirms: mpsc::Receiver<Vec<u64>>,
         mut topology: watch::Receiver<Arc<Topology>>,
     ) {
-        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        let mut next_housekeeping =
+            Instant::now() + Duration::from_millis(limits::CLIENT_HOUSEKEEPING_MS);
         loop {
             self.drain();
             // Unpaced mode (zero mean): real packets leave as soon as they are queued.
             if !self.core.paced() && self.connected {
                 let now = self.now_us();
                 let mut budget = 256;
-                // At most UNPACED_WINDOW packets waiting for the connection: what does not
+                // At most limits::CLIENT_UNPACED_WINDOW packets waiting for the connection: what does not
                 // fit waits here (and ACK timers start close to the real send time).
-                while budget > 0 && OUTGOING_CAPACITY - self.outgoing.capacity() < UNPACED_WINDOW {
+                while budget > 0
+                    && limits::CLIENT_OUTGOING_CAPACITY - self.outgoing.capacity()
+                        < limits::CLIENT_UNPACED_WINDOW
+                {
                     match self.core.next_real(now) {
                         Some(built) => self.push_packet(built),
                         None => break,
@@ -570,7 +562,7 @@ impl CoreTask {
                     let now = self.now_us();
                     self.core.handle_timeout(now);
                     if Instant::now() >= next_housekeeping {
-                        next_housekeeping = Instant::now() + HOUSEKEEPING;
+                        next_housekeeping = Instant::now() + Duration::from_millis(limits::CLIENT_HOUSEKEEPING_MS);
                         if let Some(ended) = self.refusals.quiet(Instant::now().into_std()) {
                             log_refusals_ended(&ended);
                         }
@@ -719,7 +711,7 @@ async fn topology_task(
             _ = tokio::time::sleep(wait) => {}
             _ = refresh.notified() => {
                 // On demand, but not more often than the retry interval.
-                let earliest = last_fetch + TOPOLOGY_RETRY;
+                let earliest = last_fetch + Duration::from_millis(limits::CLIENT_TOPOLOGY_RETRY_MS);
                 tokio::time::sleep_until(earliest).await;
             }
             _ = tx.closed() => return,
@@ -736,10 +728,10 @@ async fn topology_task(
             Err(error) => {
                 tracing::warn!(
                     %error,
-                    retry_in_s = TOPOLOGY_RETRY.as_secs(),
+                    retry_in_s = Duration::from_millis(limits::CLIENT_TOPOLOGY_RETRY_MS).as_secs(),
                     "topology refresh failed"
                 );
-                wait = TOPOLOGY_RETRY;
+                wait = Duration::from_millis(limits::CLIENT_TOPOLOGY_RETRY_MS);
             }
         }
     }
@@ -757,7 +749,7 @@ async fn connection_task(
     stats: Arc<Stats>,
     refresh: Arc<Notify>,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Duration::from_millis(limits::CLIENT_BACKOFF_MS_MIN);
     loop {
         let url = topology
             .borrow()
@@ -794,8 +786,8 @@ async fn connection_task(
             }
         }
         bump(&stats.reconnects);
-        if started.elapsed() > BACKOFF_MAX {
-            backoff = BACKOFF_MIN;
+        if started.elapsed() > Duration::from_millis(limits::CLIENT_BACKOFF_MS_MAX) {
+            backoff = Duration::from_millis(limits::CLIENT_BACKOFF_MS_MIN);
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -804,7 +796,7 @@ async fn connection_task(
                 return;
             }
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        backoff = (backoff * 2).min(Duration::from_millis(limits::CLIENT_BACKOFF_MS_MAX));
     }
 }
 
@@ -902,7 +894,14 @@ async fn session(
     } = links;
     let identity = crate::keyfile::ed25519_public(seed);
     let mut payer = Payer::new();
-    let mut connection = match Connection::open(url, seed, gateway, CONNECT_TIMEOUT).await {
+    let mut connection = match Connection::open(
+        url,
+        seed,
+        gateway,
+        Duration::from_millis(limits::CLIENT_CONNECT_TIMEOUT_MS),
+    )
+    .await
+    {
         Ok((connection, stored)) => {
             let welcome = Event::Gateway(ClientEvent::Welcome { stored });
             if events.send(welcome).await.is_err() {

@@ -12,20 +12,8 @@ use zeroize::Zeroizing;
 
 use super::client::{self, DirectoryClientError};
 use crate::keyfile;
+use crate::limits;
 use crate::topology::{Descriptor, Role};
-
-/// First retry delay after a failed registration; doubles up to [`BACKOFF_MAX`].
-pub const BACKOFF_INITIAL: Duration = Duration::from_millis(250);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Heartbeat interval nodes use by default (the directory drops a node after 30 s).
-pub const HEARTBEAT_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
-/// The directory's heartbeat timeout assumed when its registration answer does not name one
-/// (directories before `heartbeat_timeout_s` was in the answer): its default.
-pub const HEARTBEAT_TIMEOUT_S_ASSUMED: u64 = 30;
-/// Longest a stopping node waits for the directory to confirm its deregistration: a
-/// directory that does not answer must not hold the shutdown up (it drops the node after its
-/// heartbeat timeout anyway).
-pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a node stands with its directory, for `/health` and `lethe_registration_state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +82,7 @@ impl RegistrationStatus {
 
     pub fn heartbeat_timeout_s(&self) -> u64 {
         match self.heartbeat_timeout_s.load(Ordering::Relaxed) {
-            0 => HEARTBEAT_TIMEOUT_S_ASSUMED,
+            0 => limits::HEARTBEAT_TIMEOUT_S_ASSUMED,
             timeout => timeout,
         }
     }
@@ -161,7 +149,7 @@ impl Announcer {
     /// Stops heartbeating and, if registered, tells the directory we are leaving, so it drops
     /// us from its next topology at once instead of after its heartbeat timeout (clients
     /// would route into a node that is gone until then). Waits at most
-    /// [`DEREGISTER_TIMEOUT`]; a failure is logged, not fatal: the timeout still drops us.
+    /// [`limits::DEREGISTER_TIMEOUT_MS`]; a failure is logged, not fatal: the timeout still drops us.
     pub fn leave(mut self) {
         self.shutdown();
         if self.status.state() != RegistrationState::Registered {
@@ -316,7 +304,7 @@ pub enum DeregisterError {
 }
 
 /// Sends a signed deregistration from a thread without a tokio runtime, bounded by
-/// [`DEREGISTER_TIMEOUT`].
+/// [`limits::DEREGISTER_TIMEOUT_MS`].
 pub fn deregister_blocking(url: &str, seed: &[u8; 32]) -> Result<(), DeregisterError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -324,13 +312,18 @@ pub fn deregister_blocking(url: &str, seed: &[u8; 32]) -> Result<(), DeregisterE
         .map_err(|e| DeregisterError::Failed(e.to_string()))?;
     runtime.block_on(async {
         let http = client::http_client();
-        match tokio::time::timeout(DEREGISTER_TIMEOUT, client::deregister(&http, url, seed)).await {
+        match tokio::time::timeout(
+            Duration::from_millis(limits::DEREGISTER_TIMEOUT_MS),
+            client::deregister(&http, url, seed),
+        )
+        .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if is_unknown(&e) => Err(DeregisterError::Unknown),
             Ok(Err(e)) => Err(DeregisterError::Failed(e.to_string())),
             Err(_) => Err(DeregisterError::Failed(format!(
                 "directory {url}: no answer within {} s",
-                DEREGISTER_TIMEOUT.as_secs()
+                Duration::from_millis(limits::DEREGISTER_TIMEOUT_MS).as_secs()
             ))),
         }
     })
@@ -344,7 +337,7 @@ impl Task {
             let d = self.descriptor.borrow();
             (d.role, d.mix_address)
         };
-        let mut backoff = BACKOFF_INITIAL;
+        let mut backoff = Duration::from_millis(limits::ANNOUNCE_BACKOFF_MS_INITIAL);
         let mut failures = 0u32;
         loop {
             // Register until accepted.
@@ -366,7 +359,7 @@ impl Task {
                     }
                     self.status.accepted(crate::topology::now_s());
                     self.status.set_state(RegistrationState::Registered);
-                    backoff = BACKOFF_INITIAL;
+                    backoff = Duration::from_millis(limits::ANNOUNCE_BACKOFF_MS_INITIAL);
                     failures = 0;
                 }
                 Some(Err(e)) => {
@@ -386,7 +379,8 @@ impl Task {
                     }
                     failures = failures.saturating_add(1);
                     let delay = jitter(backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    backoff =
+                        (backoff * 2).min(Duration::from_millis(limits::ANNOUNCE_BACKOFF_MS_MAX));
                     if or_stop(&mut stop, tokio::time::sleep(delay))
                         .await
                         .is_none()

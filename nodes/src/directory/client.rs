@@ -13,15 +13,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::keyfile;
+use crate::limits;
 use crate::topology::{
-    self, now_s, sign, verify_topology, Deregistration, Descriptor, Heartbeat, Signed, Topology,
+    now_s, sign, verify_topology, Deregistration, Descriptor, Heartbeat, Signed, Topology,
     TopologyError, DOMAIN_DEREGISTER, DOMAIN_DESCRIPTOR, DOMAIN_HEARTBEAT,
 };
-
-/// Largest response body read from a directory.
-pub const RESPONSE_BYTES_MAX: usize = topology::SIGNED_BODY_BYTES_MAX + 4096;
-/// Per-request timeout.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryClientError {
@@ -63,7 +59,7 @@ fn describe_http(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         format!(
             "no answer within {} s ({cause}): is the directory up and reachable at this URL?",
-            REQUEST_TIMEOUT.as_secs()
+            Duration::from_millis(limits::DIRECTORY_REQUEST_TIMEOUT_MS).as_secs()
         )
     } else if error.is_connect() {
         format!(
@@ -79,7 +75,7 @@ fn describe_http(error: &reqwest::Error) -> String {
 
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(Duration::from_millis(limits::DIRECTORY_REQUEST_TIMEOUT_MS))
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
 }
@@ -114,7 +110,7 @@ async fn read_body(
             source,
         })?
     {
-        if body.len() + chunk.len() > RESPONSE_BYTES_MAX {
+        if body.len() + chunk.len() > limits::DIRECTORY_RESPONSE_BYTES_MAX {
             return Err(DirectoryClientError::TooLarge {
                 url: url.to_string(),
             });

@@ -9,12 +9,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use crate::limits;
 use crate::topology::{
     Deregistration, Descriptor, Heartbeat, Role, Topology, CLOCK_SKEW_S_MAX, LAYERS,
 };
-
-/// Most nodes (mixnodes and gateways) the directory keeps.
-pub const NODES_MAX: usize = 1024;
 
 /// One registered node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,9 +53,9 @@ pub enum RegistryError {
     BadAddress(SocketAddr),
     #[error("a gateway descriptor needs a client_url")]
     NoClientUrl,
-    #[error("field {0} must be an http(s) or ws(s) URL of printable ASCII, at most {URL_BYTES_MAX} bytes")]
+    #[error("field {0} must be an http(s) or ws(s) URL of printable ASCII, at most {max} bytes", max = limits::DIRECTORY_URL_BYTES_MAX)]
     BadUrl(&'static str),
-    #[error("directory full ({NODES_MAX} nodes)")]
+    #[error("directory full ({max} nodes)", max = limits::DIRECTORY_NODES_MAX)]
     Full,
     #[error("unknown node: register first")]
     Unknown,
@@ -94,17 +92,9 @@ impl RegistryError {
     }
 }
 
-/// Most deregistrations remembered (see [`Registry::deregister`]); beyond it the oldest is
-/// forgotten first. Each needs a registered node's signature, so only as many as nodes
-/// can leave within the clock skew.
-pub const DEPARTURES_MAX: usize = NODES_MAX;
-
-/// Longest URL accepted in a descriptor (bounds the topology: see `NODES_MAX`).
-pub const URL_BYTES_MAX: usize = 200;
-
 /// A URL a topology can carry without JSON escaping: printable ASCII, no quote or backslash.
 fn url_ok(url: &str) -> bool {
-    url.len() <= URL_BYTES_MAX
+    url.len() <= limits::DIRECTORY_URL_BYTES_MAX
         && ["http://", "https://", "ws://", "wss://"]
             .iter()
             .any(|scheme| url.starts_with(scheme))
@@ -268,7 +258,7 @@ impl Registry {
             };
             return Ok((what, changed));
         }
-        if self.nodes.len() >= NODES_MAX {
+        if self.nodes.len() >= limits::DIRECTORY_NODES_MAX {
             return Err(RegistryError::Full);
         }
         let last_heartbeat_s = descriptor.issued_at_s;
@@ -365,7 +355,7 @@ impl Registry {
         let identity = deregistration.identity.clone();
         let mut changed = self.remove(&identity).unwrap_or_default();
         self.forget_departures(now_s);
-        if self.departures.len() >= DEPARTURES_MAX {
+        if self.departures.len() >= limits::DIRECTORY_DEPARTURES_MAX {
             let oldest = self
                 .departures
                 .iter()
@@ -419,7 +409,7 @@ impl Registry {
     fn rebalance(&mut self) -> Vec<String> {
         let mut moved = Vec::new();
         // Each move narrows the gap; the bound only guards against a logic error.
-        for _ in 0..=NODES_MAX {
+        for _ in 0..=limits::DIRECTORY_NODES_MAX {
             let sizes = self.layer_sizes();
             let emptiest = least_populated(&sizes);
             let fullest = most_populated(&sizes);
@@ -644,13 +634,16 @@ mod tests {
     #[test]
     fn full() {
         let mut r = Registry::default();
-        for i in 0..NODES_MAX as u16 {
+        for i in 0..limits::DIRECTORY_NODES_MAX as u16 {
             let mut d = descriptor(0, Role::Mixnode);
             d.identity = format!("{i:064x}");
             d.mix_address = SocketAddr::from(([127, 0, 0, 1], 10_000 + i));
             r.register(d, String::new(), NOW_MS).unwrap();
         }
-        assert_eq!(r.layer_sizes().iter().sum::<usize>(), NODES_MAX);
+        assert_eq!(
+            r.layer_sizes().iter().sum::<usize>(),
+            limits::DIRECTORY_NODES_MAX
+        );
         let mut d = descriptor(5, Role::Mixnode);
         d.mix_address = SocketAddr::from(([127, 0, 0, 2], 1));
         assert_eq!(

@@ -11,15 +11,15 @@
 //!   not heard from for `T` s is dropped).
 //!   400 malformed JSON or descriptor; 403 bad signature or signer not the named identity;
 //!   409 older than the registered descriptor, or mix address registered by another node;
-//!   413 body over [`REQUEST_BODY_BYTES_MAX`]; 422 `issued_at_s` outside the clock skew,
+//!   413 body over [`limits::DIRECTORY_REQUEST_BODY_BYTES_MAX`]; 422 `issued_at_s` outside the clock skew,
 //!   unusable mix address (unspecified IP, port 0), gateway without `client_url`, over-long
-//!   URL; 429 rate limited; 503 directory full ([`NODES_MAX`](super::registry::NODES_MAX)).
+//!   URL; 429 rate limited; 503 directory full ([`NODES_MAX`](limits::DIRECTORY_NODES_MAX)).
 //! - `POST /v1/heartbeat`: body a [`Signed`] heartbeat (domain `DOMAIN_HEARTBEAT`). 200
 //!   `{"status": "ok"|"repeat"}`; 404 unknown identity (register again); 409 older than one
 //!   already accepted; 422 `sent_at_s` outside the clock skew; 400/403/413/429 as above.
 //! - `POST /v1/deregister`: body a [`Signed`] deregistration (domain `DOMAIN_DEREGISTER`,
 //!   `{"identity", "sent_at_s"}`, signed by that identity): the node leaves at once (the next
-//!   topology, published within [`PUBLISH_INTERVAL_MIN`], no longer lists it). 200
+//!   topology, published within [`limits::DIRECTORY_PUBLISH_INTERVAL_MS_MIN`], no longer lists it). 200
 //!   `{"status": "deregistered", "epoch": N}`; 404 unknown identity (nothing is created for
 //!   it); 409 older than the node's last registration or heartbeat (a replay); 422
 //!   `sent_at_s` outside the clock skew; 400/403/413/429 as above. A registration issued no
@@ -31,7 +31,7 @@
 //!   "gateways", "uptime_secs"}`.
 //!
 //! Publication: a new epoch at every epoch boundary (`--epoch-s` after the previous
-//! publication) and, within [`PUBLISH_INTERVAL_MIN`] of it, whenever membership changes (a
+//! publication) and, within [`limits::DIRECTORY_PUBLISH_INTERVAL_MS_MIN`] of it, whenever membership changes (a
 //! join, a changed descriptor, a drop). Each topology is valid for three epoch lengths.
 
 use std::io::Write;
@@ -57,6 +57,7 @@ use super::registry::{Registered, Registry, RegistryError};
 use super::store::{Store, StoredTopology, DB_FILE};
 use crate::issuer::ratelimit::{Rate, RateLimiter};
 use crate::keyfile;
+use crate::limits;
 use crate::topology::{
     now_s, open_deregistration, open_descriptor, open_heartbeat, sign, Signed, Topology,
     TopologyError, DOMAIN_TOPOLOGY, SIGNED_BODY_BYTES_MAX,
@@ -64,24 +65,6 @@ use crate::topology::{
 
 /// File (in the directory's data dir) holding the ed25519 identity seed; `.pub` beside it.
 pub const IDENTITY_FILE: &str = "ed25519_identity";
-/// Largest request body accepted (a descriptor is under 1 KiB).
-pub const REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
-/// Least time between two publications triggered by membership changes.
-pub const PUBLISH_INTERVAL_MIN: Duration = Duration::from_secs(1);
-/// A topology stays valid for this many epoch lengths.
-pub const VALIDITY_EPOCHS: u64 = 3;
-/// How long a stopping directory waits for in-flight requests.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
-/// POST rate limits: per source IP (a local testnet registers every node from one IP) and
-/// overall.
-const RATE_PER_IP: Rate = Rate {
-    per_sec: 100.0,
-    burst: 2048.0,
-};
-const RATE_GLOBAL: Rate = Rate {
-    per_sec: 1000.0,
-    burst: 4096.0,
-};
 
 /// Run the directory.
 #[derive(clap::Args, Debug, Clone)]
@@ -168,8 +151,10 @@ impl Directory {
         let previous = self.published();
         let epoch = previous.epoch.saturating_add(1);
         let issued_at_s = now_s();
-        let valid_until_s =
-            issued_at_s.saturating_add(self.epoch_s.saturating_mul(VALIDITY_EPOCHS));
+        let valid_until_s = issued_at_s.saturating_add(
+            self.epoch_s
+                .saturating_mul(limits::DIRECTORY_VALIDITY_EPOCHS),
+        );
         let topology = inner.registry.topology(epoch, issued_at_s, valid_until_s);
         let signed = sign(&topology, DOMAIN_TOPOLOGY, &self.seed)?;
         anyhow::ensure!(
@@ -292,7 +277,16 @@ pub fn run(args: &DirectoryRunArgs) -> anyhow::Result<()> {
         }),
         published: RwLock::new(published),
         changed: tokio::sync::Notify::new(),
-        limiter: RateLimiter::new(RATE_PER_IP, RATE_GLOBAL),
+        limiter: RateLimiter::new(
+            Rate {
+                per_sec: limits::DIRECTORY_POSTS_PER_S_PER_IP,
+                burst: limits::DIRECTORY_POSTS_BURST_PER_IP,
+            },
+            Rate {
+                per_sec: limits::DIRECTORY_POSTS_PER_S,
+                burst: limits::DIRECTORY_POSTS_BURST,
+            },
+        ),
         started: Instant::now(),
         counters: Counters::default(),
         requests: crate::prometheus::RequestCounts::new(ENDPOINTS),
@@ -324,7 +318,9 @@ async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<
         .route("/metrics", get(metrics_text))
         .merge(posts)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .layer(DefaultBodyLimit::max(
+            limits::DIRECTORY_REQUEST_BODY_BYTES_MAX,
+        ))
         .layer(middleware::from_fn_with_state(
             directory.clone(),
             count_requests,
@@ -359,7 +355,10 @@ async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<
     });
     let deadline = async {
         if stopped.await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_DEADLINE).await;
+            tokio::time::sleep(Duration::from_millis(
+                limits::DIRECTORY_SHUTDOWN_DEADLINE_MS,
+            ))
+            .await;
         } else {
             std::future::pending::<()>().await;
         }
@@ -388,13 +387,19 @@ async fn publisher(directory: Arc<Directory>) {
             let published = directory.published();
             let epoch_due = now_s() >= published.issued_at_s.saturating_add(directory.epoch_s);
             let since = last_publish.elapsed();
-            if epoch_due || (inner.dirty && since >= PUBLISH_INTERVAL_MIN) {
+            if epoch_due
+                || (inner.dirty
+                    && since >= Duration::from_millis(limits::DIRECTORY_PUBLISH_INTERVAL_MS_MIN))
+            {
                 match directory.publish(&mut inner) {
                     Ok(_) => last_publish = Instant::now(),
                     Err(e) => tracing::error!("publication failed: {e:#}"),
                 }
             } else if inner.dirty {
-                wait = wait.min(PUBLISH_INTERVAL_MIN.saturating_sub(since));
+                wait = wait.min(
+                    Duration::from_millis(limits::DIRECTORY_PUBLISH_INTERVAL_MS_MIN)
+                        .saturating_sub(since),
+                );
             }
         }
         tokio::select! {
@@ -716,7 +721,7 @@ async fn heartbeat(
 }
 
 /// A node leaving: removed at once, the next topology published within
-/// [`PUBLISH_INTERVAL_MIN`]. Only a request signed by the node's own identity, newer than
+/// [`limits::DIRECTORY_PUBLISH_INTERVAL_MS_MIN`]. Only a request signed by the node's own identity, newer than
 /// its last registration or heartbeat and within the clock skew, removes it; anything else
 /// changes nothing (an unknown identity creates no state).
 async fn deregister(
@@ -759,18 +764,5 @@ async fn deregister(
             StatusCode::INTERNAL_SERVER_ERROR,
             "deregistration task failed",
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn limits_are_consistent() {
-        // A full directory of maximal descriptors must fit in one signed topology.
-        let descriptor_bytes_max = 2 * super::super::registry::URL_BYTES_MAX + 600;
-        assert!(
-            super::super::registry::NODES_MAX * descriptor_bytes_max
-                <= super::SIGNED_BODY_BYTES_MAX
-        );
     }
 }

@@ -4,7 +4,7 @@
 //! One writer thread owns the write connection. It receives the engine's final-hop packets
 //! and the sessions' commands (register, confirm), classifies packets by
 //! [`crate::proto::payload`] rules, and applies everything in batched transactions (flushed
-//! every [`FLUSH_MS`] or [`FLUSH_ROWS`] items). Only after a commit does it push deliveries to
+//! every [`limits::MAILBOX_FLUSH_MS`] or [`limits::MAILBOX_FLUSH_ROWS`] items). Only after a commit does it push deliveries to
 //! connected clients and send SURB-ACKs on: an ACK, or a delivery the client saw, implies the
 //! row is durable. Rows are deleted only by the client's `Confirm` (or by retention), so a
 //! crash at any point loses nothing. Ids are `AUTOINCREMENT` (monotonic, never reused).
@@ -13,7 +13,7 @@
 //! read while the writer writes).
 //!
 //! Clients: mail is stored for a client the writer knows. A completed handshake makes it known
-//! in memory only (the newest [`RECENT_CLIENTS_MAX`] such clients, and any with a live
+//! in memory only (the newest [`limits::MAILBOX_RECENT_CLIENTS_MAX`] such clients, and any with a live
 //! session): a handshake proves only that someone generated a key, so a flood of random
 //! identities creates no durable state. A client becomes durable (a row in `clients`, known
 //! across restarts) once it uses the gateway: an accepted forward (with admission on, a paid
@@ -40,27 +40,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::egress::Egress;
 use super::live::{Delivery, LiveSessions};
 use super::metrics::GatewayMetrics;
+use crate::limits;
 use crate::proto::payload::{split_forward, DROP_COVER_DESTINATION};
 use crate::proto::DeliveryKind;
-
-/// A batch is committed when it is this old...
-pub const FLUSH_MS: u64 = 3;
-/// ...or this large.
-pub const FLUSH_ROWS: usize = 256;
-/// Mailbox rows one client may hold; deliveries beyond are dropped (counted, no ACK sent).
-pub const ROWS_PER_CLIENT_MAX: u32 = 20_000;
-/// The most rows one backlog read returns (Nym: 100).
-pub const FETCH_ROWS_MAX: u32 = 100;
-/// How often expired rows are deleted (also at start).
-pub const CLEAN_INTERVAL: Duration = Duration::from_secs(3600);
-/// Read connections for sessions.
-pub const READERS: usize = 4;
-/// Clients known from a handshake but without a durable record, kept in memory (the newest;
-/// about 100 bytes each).
-pub const RECENT_CLIENTS_MAX: usize = 65_536;
-/// A durable client's `seen_at` is rewritten at most this often (it only has to be accurate
-/// to within a fraction of `client_idle_days`).
-pub const SEEN_RESOLUTION_S: i64 = 86_400;
 
 /// What sessions ask the writer.
 pub enum Command {
@@ -190,8 +172,8 @@ pub struct Reader {
 
 impl Reader {
     pub fn open(path: &Path) -> rusqlite::Result<Reader> {
-        let mut connections = Vec::with_capacity(READERS);
-        for _ in 0..READERS {
+        let mut connections = Vec::with_capacity(limits::MAILBOX_READERS);
+        for _ in 0..limits::MAILBOX_READERS {
             let conn = Connection::open(path)?;
             conn.busy_timeout(Duration::from_secs(5))?;
             connections.push(Mutex::new(conn));
@@ -300,7 +282,7 @@ pub struct WriterSettings {
     pub client_idle: Duration,
 }
 
-/// Clients known from a handshake only, in memory: the newest [`RECENT_CLIENTS_MAX`].
+/// Clients known from a handshake only, in memory: the newest [`limits::MAILBOX_RECENT_CLIENTS_MAX`].
 #[derive(Default)]
 struct RecentClients {
     /// Client → the generation of its latest insertion.
@@ -322,7 +304,7 @@ impl RecentClients {
         self.clients.insert(client, self.generation);
         self.order.push_back((client, self.generation));
         let mut forgotten = 0;
-        while self.clients.len() > RECENT_CLIENTS_MAX {
+        while self.clients.len() > limits::MAILBOX_RECENT_CLIENTS_MAX {
             let Some((oldest, generation)) = self.order.pop_front() else {
                 break;
             };
@@ -332,7 +314,7 @@ impl RecentClients {
             }
         }
         // Refreshes leave stale entries behind: compact before they outnumber live ones.
-        if self.order.len() > 2 * RECENT_CLIENTS_MAX {
+        if self.order.len() > 2 * limits::MAILBOX_RECENT_CLIENTS_MAX {
             let clients = &self.clients;
             self.order
                 .retain(|(client, generation)| clients.get(client) == Some(generation));
@@ -396,7 +378,7 @@ pub fn spawn_writer(
         durable: HashMap::new(),
         recent: RecentClients::default(),
         rows: HashMap::new(),
-        pending: Vec::with_capacity(FLUSH_ROWS),
+        pending: Vec::with_capacity(limits::MAILBOX_FLUSH_ROWS),
         oldest_pending: None,
     };
     writer.load().map_err(|e| format!("mailbox: {e}"))?;
@@ -450,7 +432,7 @@ impl Writer {
     fn make_durable(&mut self, client: [u8; 32]) {
         if let Some(seen_at) = self.durable.get_mut(&client) {
             let now = now_s();
-            if now.saturating_sub(*seen_at) >= SEEN_RESOLUTION_S {
+            if now.saturating_sub(*seen_at) >= limits::MAILBOX_SEEN_RESOLUTION_S {
                 *seen_at = now;
                 self.push(Pending::Seen { client });
             }
@@ -507,7 +489,7 @@ impl Writer {
     ) {
         let mut last_clean = Instant::now();
         let idle = Duration::from_millis(50);
-        let flush_after = Duration::from_millis(FLUSH_MS);
+        let flush_after = Duration::from_millis(limits::MAILBOX_FLUSH_MS);
         // Runs until shutdown; each turn handles at most one message, then maybe one commit.
         loop {
             let wait = match self.oldest_pending {
@@ -529,10 +511,10 @@ impl Writer {
             let due = self
                 .oldest_pending
                 .is_some_and(|since| since.elapsed() >= flush_after);
-            if due || self.pending.len() >= FLUSH_ROWS {
+            if due || self.pending.len() >= limits::MAILBOX_FLUSH_ROWS {
                 self.flush();
             }
-            if last_clean.elapsed() >= CLEAN_INTERVAL {
+            if last_clean.elapsed() >= Duration::from_secs(limits::MAILBOX_CLEAN_INTERVAL_S) {
                 self.clean();
                 last_clean = Instant::now();
             }
@@ -582,7 +564,9 @@ impl Writer {
         if !self.knows(&hop.destination) {
             return GatewayMetrics::add(&metrics.unknown_destination_dropped, 1);
         }
-        if self.rows.get(&hop.destination).copied().unwrap_or(0) >= ROWS_PER_CLIENT_MAX {
+        if self.rows.get(&hop.destination).copied().unwrap_or(0)
+            >= limits::MAILBOX_ROWS_PER_CLIENT_MAX
+        {
             return GatewayMetrics::add(&metrics.mailbox_full_dropped, 1);
         }
         // Mail it stores makes its client durable, in the same transaction.
@@ -1015,17 +999,17 @@ mod tests {
             c
         };
         let mut forgotten = 0;
-        for i in 0..RECENT_CLIENTS_MAX + 10 {
+        for i in 0..limits::MAILBOX_RECENT_CLIENTS_MAX + 10 {
             forgotten += recent.insert(client(i));
         }
         assert_eq!(forgotten, 10);
         assert!(!recent.contains(&client(9)));
         assert!(recent.contains(&client(10)));
         // Refreshing one client over and over neither evicts others nor grows the queue.
-        for _ in 0..3 * RECENT_CLIENTS_MAX {
+        for _ in 0..3 * limits::MAILBOX_RECENT_CLIENTS_MAX {
             assert_eq!(recent.insert(client(10)), 0);
         }
-        assert!(recent.order.len() <= 2 * RECENT_CLIENTS_MAX + 1);
+        assert!(recent.order.len() <= 2 * limits::MAILBOX_RECENT_CLIENTS_MAX + 1);
         // The refreshed client is now the newest: the next eviction takes client 11.
         assert_eq!(recent.insert(client(usize::MAX)), 1);
         assert!(recent.contains(&client(10)));

@@ -8,12 +8,11 @@ use std::time::Duration;
 use super::sessions::FirstHops;
 use crate::directory::client::{fetch_topology, http_client};
 use crate::keyfile;
+use crate::limits;
 use crate::topology::{Descriptor, Role};
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 pub const TOPOLOGY_REFRESH: Duration = Duration::from_secs(5);
-/// Retry sooner while the topology is missing or has no layer 1 (a network still forming).
-pub const TOPOLOGY_RETRY: Duration = Duration::from_secs(1);
 
 /// `addr` with an unspecified IP replaced by loopback (what to tell others to dial).
 pub fn dialable(addr: SocketAddr) -> SocketAddr {
@@ -150,12 +149,12 @@ pub fn refresh_topology(
                         if formed {
                             TOPOLOGY_REFRESH
                         } else {
-                            TOPOLOGY_RETRY
+                            Duration::from_millis(limits::GATEWAY_TOPOLOGY_RETRY_MS)
                         }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "topology fetch failed; retrying");
-                        TOPOLOGY_RETRY
+                        Duration::from_millis(limits::GATEWAY_TOPOLOGY_RETRY_MS)
                     }
                 };
             tokio::time::sleep(wait).await;

@@ -8,8 +8,8 @@
 //! room) and one of `pending_connections_per_ip_max` for its source (beyond, it is closed at
 //! once), and must finish the WebSocket upgrade, hello and auth before one deadline
 //! (`handshake_timeout_ms`). Its bytes pass a [`Gate`] that refuses an upgrade request over
-//! [`UPGRADE_REQUEST_BYTES_MAX`] and any frame over [`PENDING_FRAME_BYTES_MAX`] before auth,
-//! so an unauthenticated peer costs a few KiB (a small read buffer, [`WS_READ_BUFFER_BYTES`])
+//! [`limits::GATEWAY_UPGRADE_REQUEST_BYTES_MAX`] and any frame over [`limits::GATEWAY_PENDING_FRAME_BYTES_MAX`] before auth,
+//! so an unauthenticated peer costs a few KiB (a small read buffer, [`limits::GATEWAY_WS_READ_BUFFER_BYTES`])
 //! and makes tungstenite reserve nothing larger. Only authenticated sessions count against
 //! `sessions_max`.
 //!
@@ -17,7 +17,7 @@
 //! record in the `clients` table follows only once it uses the gateway: see
 //! [`super::mailbox`]), becomes the identity's only live session (a new one replaces the old),
 //! and receives `Welcome{stored}`, then its stored deliveries in id order (reads of at most
-//! [`FETCH_ROWS_MAX`]), then live ones. Live deliveries come from the mailbox writer through a
+//! [`limits::MAILBOX_FETCH_ROWS_MAX`]), then live ones. Live deliveries come from the mailbox writer through a
 //! bounded per-session queue; when it is full the writer marks the session lagged and the
 //! session re-reads the mailbox from its cursor, so nothing is skipped and nothing is sent
 //! twice in one session (ids only grow).
@@ -57,42 +57,19 @@ use lethe_proto::GatewaySession;
 use super::admission::{Admission, Refusal};
 use super::egress::Egress;
 use super::live::{Delivery, LiveSessions};
-use super::mailbox::{Command, Reader, FETCH_ROWS_MAX};
+use super::mailbox::{Command, Reader};
 use super::metrics::GatewayMetrics;
+use crate::limits;
 use crate::proto::handshake::{CLIENT_AUTH_LEN, CLIENT_HELLO_LEN};
 use crate::proto::messages::error_code;
 use crate::topology::Topology;
 use crate::ws::{self, ReadError};
 
-/// Live deliveries queued per session before the session falls back to the mailbox (a
-/// delivery is at most one ext32 payload: 64 × 32 KiB = 2 MiB per session at worst).
-pub const SESSION_QUEUE_MAX: usize = 64;
-/// How long a new session waits for the mailbox writer to take its registration.
-const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most bytes of HTTP upgrade request a client may send (tungstenite alone would buffer
-/// 64 KiB): tungstenite's client sends about 250, browsers under 2 KiB.
-pub const UPGRADE_REQUEST_BYTES_MAX: usize = 4096;
-/// The largest WebSocket frame payload accepted before auth: just above the client hello
-/// (85 bytes) and auth (65); control frames are at most 125 bytes anyway.
-pub const PENDING_FRAME_BYTES_MAX: u64 = 128;
-/// Frame bytes (headers included) accepted before auth: the two handshake messages take 162;
-/// the rest leaves room for a few pings or a fragmented hello.
-pub const PENDING_FRAMES_BYTES_MAX: usize = 1024;
-/// tungstenite's read buffer per connection, allocated at the upgrade and touched by the
-/// first read. Its default, 128 KiB, made 2,000 silent WebSockets cost 265 MiB; 4 KiB still
-/// reads a regular sealed packet (about 2.1 KiB) in one call, and larger frames grow the
-/// buffer as they arrive (an authenticated client's frames up to [`WS_MESSAGE_BYTES_MAX`](crate::proto::WS_MESSAGE_BYTES_MAX)).
-pub const WS_READ_BUFFER_BYTES: usize = 4096;
 /// The messages of the handshake a client sends: hello, then auth.
 const HANDSHAKE_MESSAGES: u8 = 2;
-/// Freed memory is handed back to the OS (`malloc_trim`) once at least this many pending
-/// connections were open at once and three quarters of them have closed...
-const TRIM_PENDING_MIN: usize = 256;
-/// ...at most this often.
-const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 const _: () = assert!(
-    CLIENT_HELLO_LEN as u64 <= PENDING_FRAME_BYTES_MAX
-        && CLIENT_AUTH_LEN as u64 <= PENDING_FRAME_BYTES_MAX
+    CLIENT_HELLO_LEN as u64 <= limits::GATEWAY_PENDING_FRAME_BYTES_MAX
+        && CLIENT_AUTH_LEN as u64 <= limits::GATEWAY_PENDING_FRAME_BYTES_MAX
 );
 
 type Ws = WebSocketStream<Gate<TcpStream>>;
@@ -187,7 +164,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 fn ws_config() -> WebSocketConfig {
-    ws::config().read_buffer_size(WS_READ_BUFFER_BYTES)
+    ws::config().read_buffer_size(limits::GATEWAY_WS_READ_BUFFER_BYTES)
 }
 
 /// Why a pending connection's step did not finish.
@@ -334,7 +311,7 @@ impl Link<'_> {
             self.transmit(ws).await;
             return;
         }
-        let (queue, outbound) = mpsc::channel(SESSION_QUEUE_MAX);
+        let (queue, outbound) = mpsc::channel(limits::GATEWAY_SESSION_QUEUE_MAX);
         let lagged = Arc::new(AtomicBool::new(false));
         let replaced = Arc::new(Notify::new());
         let generation = shared
@@ -369,7 +346,12 @@ impl Link<'_> {
             GatewayMetrics::add(&self.shared.metrics.commands_dropped, 1);
             return Err("gateway overloaded: try again");
         }
-        match tokio::time::timeout(REGISTER_TIMEOUT, committed).await {
+        match tokio::time::timeout(
+            Duration::from_millis(limits::GATEWAY_REGISTER_TIMEOUT_MS),
+            committed,
+        )
+        .await
+        {
             Ok(Ok(())) => Ok(()),
             _ => Err("gateway cannot register the client now: try again"),
         }
@@ -497,15 +479,16 @@ impl Link<'_> {
     async fn send_backlog(&mut self, ws: &mut Ws, client: [u8; 32]) -> Result<bool, ()> {
         let reader = self.shared.reader.clone();
         let after = self.core.cursor();
-        let rows =
-            tokio::task::spawn_blocking(move || reader.fetch(&client, after, FETCH_ROWS_MAX))
-                .await
-                .map_err(|_| ())?;
+        let rows = tokio::task::spawn_blocking(move || {
+            reader.fetch(&client, after, limits::MAILBOX_FETCH_ROWS_MAX)
+        })
+        .await
+        .map_err(|_| ())?;
         let Ok(rows) = rows else {
             GatewayMetrics::add(&self.shared.metrics.database_errors, 1);
             return Err(());
         };
-        let more = rows.len() as u32 >= FETCH_ROWS_MAX;
+        let more = rows.len() as u32 >= limits::MAILBOX_FETCH_ROWS_MAX;
         for delivery in rows {
             GatewayMetrics::add(&self.shared.metrics.stored_delivered, 1);
             self.deliver(ws, delivery).await?;
@@ -694,10 +677,10 @@ impl PendingConnections {
         table.remove(id);
         self.publish(&table);
         let open = table.by_age.len();
-        let drained = table.peak >= TRIM_PENDING_MIN && open <= table.peak / 4;
-        let due = table
-            .last_trim
-            .is_none_or(|at| at.elapsed() >= TRIM_INTERVAL);
+        let drained = table.peak >= limits::GATEWAY_TRIM_PENDING_MIN && open <= table.peak / 4;
+        let due = table.last_trim.is_none_or(|at| {
+            at.elapsed() >= Duration::from_millis(limits::GATEWAY_TRIM_INTERVAL_MS)
+        });
         if drained && due {
             table.peak = open;
             table.last_trim = Some(Instant::now());
@@ -753,9 +736,9 @@ impl Drop for PendingSlot {
 }
 
 /// A client connection's byte stream, checked while the peer is unauthenticated: the HTTP
-/// upgrade request may be at most [`UPGRADE_REQUEST_BYTES_MAX`], then, until the handshake's
-/// two messages (hello, auth) are complete, every frame at most [`PENDING_FRAME_BYTES_MAX`]
-/// and all of them [`PENDING_FRAMES_BYTES_MAX`]. A violation is a read error (the bytes never
+/// upgrade request may be at most [`limits::GATEWAY_UPGRADE_REQUEST_BYTES_MAX`], then, until the handshake's
+/// two messages (hello, auth) are complete, every frame at most [`limits::GATEWAY_PENDING_FRAME_BYTES_MAX`]
+/// and all of them [`limits::GATEWAY_PENDING_FRAMES_BYTES_MAX`]. A violation is a read error (the bytes never
 /// reach tungstenite, which would otherwise reserve a buffer of the length a frame header
 /// declares). After the auth message bytes pass unchecked: tungstenite's own limits
 /// ([`WS_MESSAGE_BYTES_MAX`](crate::proto::WS_MESSAGE_BYTES_MAX)) apply, and the session code reads the next frame only once the
@@ -834,7 +817,7 @@ impl Frames {
             let Some(length) = self.header_length() else {
                 continue;
             };
-            if length > PENDING_FRAME_BYTES_MAX {
+            if length > limits::GATEWAY_PENDING_FRAME_BYTES_MAX {
                 return Err("frame too large before authentication");
             }
             self.have = 0;
@@ -849,7 +832,7 @@ impl Frames {
 
     fn count(&mut self, n: usize) -> Result<(), &'static str> {
         self.bytes += n;
-        if self.bytes > PENDING_FRAMES_BYTES_MAX {
+        if self.bytes > limits::GATEWAY_PENDING_FRAMES_BYTES_MAX {
             return Err("too many bytes before authentication");
         }
         Ok(())
@@ -900,7 +883,7 @@ impl Scan {
                     };
                     input = rest;
                     *bytes += 1;
-                    if *bytes > UPGRADE_REQUEST_BYTES_MAX {
+                    if *bytes > limits::GATEWAY_UPGRADE_REQUEST_BYTES_MAX {
                         return Err("upgrade request too long");
                     }
                     *matched = match (*matched, byte) {
@@ -1096,7 +1079,7 @@ mod tests {
     #[test]
     fn gate_refuses_what_a_handshake_does_not_need() {
         // A large frame before auth, even one only declared (16- and 64-bit lengths).
-        for length in [PENDING_FRAME_BYTES_MAX as usize + 1, 70_000] {
+        for length in [limits::GATEWAY_PENDING_FRAME_BYTES_MAX as usize + 1, 70_000] {
             let mut bytes = REQUEST.to_vec();
             let header = frame(0x82, &vec![0; length]);
             bytes.extend(&header[..14.min(header.len())]);
@@ -1113,7 +1096,7 @@ mod tests {
             bytes.extend(frame(0x89, b"ping"));
         }
         assert!(scan(&bytes, 100).is_err());
-        let long = vec![b'a'; UPGRADE_REQUEST_BYTES_MAX + 1];
+        let long = vec![b'a'; limits::GATEWAY_UPGRADE_REQUEST_BYTES_MAX + 1];
         assert!(scan(&long, 1000).is_err());
         // "\r\r\n\r\n" ends a request too.
         let odd = b"GET / HTTP/1.1\r\r\n\r\n";

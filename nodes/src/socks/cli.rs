@@ -13,11 +13,8 @@ use crate::client::address::Recipient;
 use crate::client::cli::{runtime, TrafficArgs};
 use crate::client::config;
 use crate::client::runtime::{connect, ClientConfig, ClientHandle, ReceivedMessage};
+use crate::limits;
 use lethe_proto::loopix::SendError;
-
-/// Messages queued between a relay and the client library, each way.
-const PORT_QUEUE: usize = 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args, Debug)]
 pub struct Socks5Args {
@@ -58,8 +55,8 @@ pub struct ProviderArgs {
 /// the client's Loopix stream, replies through its received SURBs; received messages are
 /// confirmed and handed over.
 fn bridge(handle: Arc<ClientHandle>, mut received: mpsc::Receiver<ReceivedMessage>) -> MixnetPort {
-    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(PORT_QUEUE);
-    let (in_tx, in_rx) = mpsc::channel::<Incoming>(PORT_QUEUE);
+    let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(limits::SOCKS_PORT_QUEUE_MESSAGES);
+    let (in_tx, in_rx) = mpsc::channel::<Incoming>(limits::SOCKS_PORT_QUEUE_MESSAGES);
     let own_address = handle.address().to_string();
     let sender = handle.clone();
     tokio::spawn(async move {
@@ -138,7 +135,9 @@ async fn start_client(
         .await
         .map_err(|e| e.to_string())?;
     handle
-        .wait_connected(CONNECT_TIMEOUT)
+        .wait_connected(Duration::from_millis(
+            limits::SOCKS_CLIENT_CONNECT_TIMEOUT_MS,
+        ))
         .await
         .map_err(|e| e.to_string())?;
     Ok((Arc::new(handle), received))

@@ -15,9 +15,8 @@
 //! `seq` numbers each direction's data from 0 and the receiver reorders ([`super::ordered`]);
 //! data may even arrive before its Connect.
 
-pub const TARGET_BYTES_MAX: usize = 300;
-/// Most bytes of one Data message (what one read from a socket may put in a message).
-pub const DATA_BYTES_MAX: usize = 64 * 1024;
+use crate::limits;
+
 /// A Data message's bytes in front of its data.
 pub const CHUNK_HEADER_BYTES: usize = 1 + 8 + 8 + 1;
 /// The first protocol's Connect carried the proxy's address; read only to tell an old proxy
@@ -123,7 +122,7 @@ fn read_chunk(mut r: Reader<'_>) -> Result<Chunk, Malformed> {
         _ => return Err(Malformed("closed flag")),
     };
     let bytes = r.rest();
-    if bytes.len() > DATA_BYTES_MAX {
+    if bytes.len() > limits::SOCKS_DATA_BYTES_MAX {
         return Err(Malformed("data too long"));
     }
     Ok(Chunk {
@@ -153,7 +152,7 @@ impl Request {
         match r.u8()? {
             CONNECT => {
                 let conn_id = r.u64()?;
-                let target = r.string(TARGET_BYTES_MAX)?;
+                let target = r.string(limits::SOCKS_TARGET_BYTES_MAX)?;
                 if !r.rest().is_empty() {
                     return Err(Malformed("trailing bytes"));
                 }

@@ -18,13 +18,10 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::ordered::Ordered;
 use super::protocol::{error_code, legacy_connect_refusal, Chunk, Request, Response};
-use super::relay::{
-    Incoming, MixnetPort, Outgoing, ReplyOutcome, CONNECTIONS_MAX, REORDER_BYTES_MAX,
-    SOCKET_QUEUE_CHUNKS,
-};
+use super::relay::{Incoming, MixnetPort, Outgoing, ReplyOutcome};
 use super::socks5::AllowList;
+use crate::limits;
 
-pub const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from a target into one Data response: what one SURB carries.
 pub const PROVIDER_READ_BYTES: usize =
     RESPONSE_BODY_BYTES_MAX - super::protocol::CHUNK_HEADER_BYTES;
@@ -283,11 +280,12 @@ fn handle(replier: &Replier, message: Incoming, allow: &Arc<AllowList>, stats: &
                 None => Route::Surbs(tag),
             };
             let admitted = replier.state.lock().map(|mut s| {
-                if s.conns.len() >= CONNECTIONS_MAX && !s.conns.contains_key(&conn_id) {
+                if s.conns.len() >= limits::SOCKS_CONNECTIONS_MAX && !s.conns.contains_key(&conn_id)
+                {
                     return false;
                 }
                 s.conns.entry(conn_id).or_insert_with(|| Conn {
-                    ordered: Ordered::new(REORDER_BYTES_MAX),
+                    ordered: Ordered::new(limits::SOCKS_REORDER_BYTES_MAX),
                     to_socket: None,
                 });
                 true
@@ -329,10 +327,12 @@ fn accept_chunk(state: &Shared, chunk: Chunk, stats: &ProviderStats) {
     let conn = match c.get_mut(&chunk.conn_id) {
         Some(conn) => conn,
         // Data overtook its Connect on another route: hold it (bounded).
-        None if len < CONNECTIONS_MAX => c.entry(chunk.conn_id).or_insert_with(|| Conn {
-            ordered: Ordered::new(REORDER_BYTES_MAX),
-            to_socket: None,
-        }),
+        None if len < limits::SOCKS_CONNECTIONS_MAX => {
+            c.entry(chunk.conn_id).or_insert_with(|| Conn {
+                ordered: Ordered::new(limits::SOCKS_REORDER_BYTES_MAX),
+                to_socket: None,
+            })
+        }
         None => {
             stats.overflow.fetch_add(1, Ordering::Relaxed);
             return;
@@ -384,7 +384,12 @@ async fn open(conn_id: u64, route: Route, target: String, replier: Replier, allo
             format!("{target} is not on the allow-list"),
         ))
     } else {
-        match tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(&target)).await {
+        match tokio::time::timeout(
+            Duration::from_millis(limits::SOCKS_PROVIDER_CONNECT_TIMEOUT_MS),
+            TcpStream::connect(&target),
+        )
+        .await
+        {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => {
                 stats.connect_failed.fetch_add(1, Ordering::Relaxed);
@@ -410,7 +415,7 @@ async fn open(conn_id: u64, route: Route, target: String, replier: Replier, allo
         }
     };
     stats.connects.fetch_add(1, Ordering::Relaxed);
-    let (to_socket, mut from_mixnet) = mpsc::channel::<Vec<u8>>(SOCKET_QUEUE_CHUNKS);
+    let (to_socket, mut from_mixnet) = mpsc::channel::<Vec<u8>>(limits::SOCKS_SOCKET_QUEUE_CHUNKS);
     if let Ok(mut s) = replier.state.lock() {
         if let Some(conn) = s.conns.get_mut(&conn_id) {
             conn.to_socket = Some(to_socket);

@@ -15,13 +15,10 @@ use lethe_proto::service::{FromService, SenderTag, ToService, SENDER_TAG_BYTES};
 
 use super::ordered::Ordered;
 use super::protocol::{error_code, Chunk, Request, Response};
-use super::relay::{
-    MixnetPort, Outgoing, CONNECTIONS_MAX, READ_CHUNK_BYTES, REORDER_BYTES_MAX, SOCKET_QUEUE_CHUNKS,
-};
+use super::relay::{MixnetPort, Outgoing};
 use super::socks5::{self, reply};
+use crate::limits;
 
-/// How long the provider has to answer a Connect (mixnet round trip plus its connect).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Reply SURBs a Connect carries: the provider asks for more as it replies.
 pub const SURBS_WITH_CONNECT: usize = 32;
 
@@ -112,7 +109,7 @@ pub async fn run(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let full = conns.lock().map(|c| c.len() >= CONNECTIONS_MAX).unwrap_or(true);
+                let full = conns.lock().map(|c| c.len() >= limits::SOCKS_CONNECTIONS_MAX).unwrap_or(true);
                 if full {
                     stats.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     continue;
@@ -237,14 +234,14 @@ async fn serve(
         SURBS_WITH_CONNECT
     };
     let (connected_tx, connected_rx) = oneshot::channel();
-    let (to_socket, mut from_mixnet) = mpsc::channel::<Vec<u8>>(SOCKET_QUEUE_CHUNKS);
+    let (to_socket, mut from_mixnet) = mpsc::channel::<Vec<u8>>(limits::SOCKS_SOCKET_QUEUE_CHUNKS);
     if let Ok(mut c) = conns.lock() {
         c.insert(
             conn_id,
             Conn {
                 tag,
                 connected: Some(connected_tx),
-                ordered: Ordered::new(REORDER_BYTES_MAX),
+                ordered: Ordered::new(limits::SOCKS_REORDER_BYTES_MAX),
                 to_socket,
                 surbs_out: reply_surbs,
             },
@@ -267,7 +264,12 @@ async fn serve(
         let _ = socks5::send_reply(&mut stream, reply::GENERAL_FAILURE).await;
         return;
     }
-    let code = match tokio::time::timeout(CONNECT_TIMEOUT, connected_rx).await {
+    let code = match tokio::time::timeout(
+        Duration::from_millis(limits::SOCKS_PROXY_CONNECT_TIMEOUT_MS),
+        connected_rx,
+    )
+    .await
+    {
         Ok(Ok(Ok(()))) => reply::SUCCEEDED,
         Ok(Ok(Err((code, _)))) => match code {
             error_code::NOT_ALLOWED => reply::NOT_ALLOWED,
@@ -287,7 +289,7 @@ async fn serve(
     let (mut reader, mut writer) = stream.into_split();
     let upstream = async {
         let mut seq = 0u64;
-        let mut buf = vec![0u8; READ_CHUNK_BYTES];
+        let mut buf = vec![0u8; limits::SOCKS_READ_CHUNK_BYTES];
         loop {
             let n = reader.read(&mut buf).await.unwrap_or(0);
             let chunk = Chunk {

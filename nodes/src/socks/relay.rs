@@ -52,13 +52,3 @@ pub struct MixnetPort {
     /// This endpoint's own address (sent only when the user chooses to reveal it).
     pub own_address: String,
 }
-
-/// Bytes read from a socket into one Data message: large enough for throughput, small enough
-/// that a message is a handful of Sphinx packets.
-pub const READ_CHUNK_BYTES: usize = 16 * 1024;
-/// Per-connection reorder buffer bound.
-pub const REORDER_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Chunks queued towards one local socket.
-pub const SOCKET_QUEUE_CHUNKS: usize = 256;
-/// Relayed connections alive at once, per proxy or provider.
-pub const CONNECTIONS_MAX: usize = 1024;
