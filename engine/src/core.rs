@@ -88,6 +88,8 @@ struct BufferMeta {
     arrived_us: u64,
     deadline_us: u64,
     next_hop: SocketAddr,
+    /// The caller's tag for the packet (the runtime's trace id of the arrival; 0 untraced).
+    tag: u64,
 }
 
 /// Gaps between arrivals count at most this much (µs) in the arrival-rate average: 10 ms
@@ -101,6 +103,7 @@ const META_EMPTY: BufferMeta = BufferMeta {
     arrived_us: 0,
     deadline_us: 0,
     next_hop: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+    tag: 0,
 };
 
 pub struct Core {
@@ -248,6 +251,18 @@ impl Core {
     /// Copies it into a pool buffer; processes the batch if that filled it (or its oldest
     /// packet's flush deadline had passed).
     pub fn handle_packet(&mut self, now_us: u64, rotation: KeyRotation, packet: &[u8]) -> Admitted {
+        self.handle_packet_tagged(now_us, rotation, packet, 0)
+    }
+
+    /// [`Core::handle_packet`] with a tag the packet's buffer keeps until it is released
+    /// ([`Core::tag`]): the runtime's tracing names a departure's or delivery's input with it.
+    pub fn handle_packet_tagged(
+        &mut self,
+        now_us: u64,
+        rotation: KeyRotation,
+        packet: &[u8],
+        tag: u64,
+    ) -> Admitted {
         CoreMetrics::add(&self.metrics.packets_received, 1);
         self.note_arrival(now_us);
         let Some(size) = PacketSize::from_sphinx_packet_len(packet.len()) else {
@@ -265,6 +280,7 @@ impl Core {
         let meta = &mut self.meta[id.index() as usize];
         meta.len = packet.len() as u32;
         meta.arrived_us = now_us;
+        meta.tag = tag;
         assert!(self.batch.is_empty());
         let batched = Batched {
             buffer: id,
@@ -385,6 +401,11 @@ impl Core {
     /// When the packet in `id` arrived (for residence-time metrics).
     pub fn arrived_us(&self, id: &BufId) -> u64 {
         self.meta[id.index() as usize].arrived_us
+    }
+
+    /// The tag the packet in `id` arrived with ([`Core::handle_packet_tagged`]).
+    pub fn tag(&self, id: &BufId) -> u64 {
+        self.meta[id.index() as usize].tag
     }
 
     /// The runtime hands a `Forward`'s buffer to egress at `handed_off_us`, its own clock read

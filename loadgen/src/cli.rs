@@ -151,6 +151,11 @@ pub struct LoadArgs {
     /// Local testnet: gateways (sender i connects to gateway i % N; one receiver each).
     #[arg(long, global = true, default_value_t = 2)]
     pub gateways: u32,
+    /// Local testnet: its mixnodes and gateways write their packet events (trace format v1)
+    /// to DIR/parts/ (`lethe testnet up --trace DIR`); `lethe-sim metrics --trace DIR` reads
+    /// them once the run has ended. The senders' own events are not recorded yet.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub trace: Option<std::path::PathBuf>,
     /// No progress display (and no live view).
     #[arg(long, short, global = true)]
     pub quiet: bool,

@@ -23,6 +23,8 @@ pub struct TestnetOptions {
     pub lethe: PathBuf,
     pub mixnodes_per_layer: u32,
     pub gateways: u32,
+    /// `lethe testnet up --trace DIR`.
+    pub trace: Option<PathBuf>,
 }
 
 /// A running testnet; dropping it stops it and removes its directory.
@@ -64,9 +66,12 @@ impl Testnet {
             names: HashMap::new(),
         };
         testnet.reaper = testnet.spawn_reaper().ok();
-        let output = Command::new(&options.lethe)
-            .args(["testnet", "up", "--dir"])
-            .arg(&testnet.dir)
+        let mut up = Command::new(&options.lethe);
+        up.args(["testnet", "up", "--dir"]).arg(&testnet.dir);
+        if let Some(trace) = &options.trace {
+            up.arg("--trace").arg(trace);
+        }
+        let output = up
             .args([
                 "--mixnodes-per-layer",
                 &options.mixnodes_per_layer.to_string(),

@@ -23,4 +23,5 @@ pub mod socks;
 pub mod supervise;
 pub mod testnet;
 pub mod topology;
+pub mod trace;
 pub mod ws;

@@ -86,6 +86,15 @@ pub struct UpArgs {
     /// replay filter per node, every CPU per mixnode).
     #[arg(long, value_enum, default_value_t = Profile::Small)]
     pub profile: Profile,
+    /// Every mixnode and gateway writes its packet events (trace format v1) to
+    /// DIR/parts/<node>.csv; `lethe-sim metrics --trace DIR` merges and reads them (after
+    /// `down`, which flushes them). DIR must not hold another run's parts.
+    #[arg(long, value_name = "DIR")]
+    pub trace: Option<PathBuf>,
+    /// With --trace: also the lab ground truth (input -> output links; a `--features lab`
+    /// build only).
+    #[arg(long, requires = "trace")]
+    pub trace_lab: bool,
 }
 
 /// Issuers of a testnet with credentials: t of n.
@@ -420,6 +429,10 @@ pub fn up(a: &UpArgs) -> Result<(), String> {
     if a.netns && node_count > 200 {
         return Err("too many nodes for the 10.77.0.0/24 namespace network".into());
     }
+    let trace_parts = match &a.trace {
+        Some(dir) => Some(prepare_trace_dir(dir, a.trace_lab)?),
+        None => None,
+    };
     prepare_dir(&root)?;
     let exe = lethe_exe()?;
     let mut placements = (0..node_count as u8).map(|index| {
@@ -433,7 +446,14 @@ pub fn up(a: &UpArgs) -> Result<(), String> {
         netns_setup(node_count)?;
     }
     let mut nodes: Vec<NodeState> = Vec::new();
-    let result = start_all(a, &root, &exe, &mut placements, &mut nodes);
+    let result = start_all(
+        a,
+        &root,
+        &exe,
+        trace_parts.as_deref(),
+        &mut placements,
+        &mut nodes,
+    );
     let state = match result {
         Ok(state) => state,
         Err(e) => {
@@ -448,6 +468,41 @@ pub fn up(a: &UpArgs) -> Result<(), String> {
     state.save(&root)?;
     print_summary(&state, &root);
     Ok(())
+}
+
+/// `--trace DIR`: creates DIR/parts (absolute, since nodes run elsewhere) and refuses one
+/// that already holds parts (a merge would mix two runs); a lab trace needs a lab build.
+fn prepare_trace_dir(dir: &Path, lab: bool) -> Result<PathBuf, String> {
+    if lab && !lethe_engine::runtime::trace::LAB_BUILT {
+        return Err("--trace-lab needs a build with `--features lab`".into());
+    }
+    let parts = dir.join(lethe_sim::merge::PARTS_DIR);
+    fs::create_dir_all(&parts).map_err(|e| format!("{}: {e}", parts.display()))?;
+    let parts = fs::canonicalize(&parts).map_err(|e| format!("{}: {e}", parts.display()))?;
+    let used = fs::read_dir(&parts)
+        .map_err(|e| format!("{}: {e}", parts.display()))?
+        .next()
+        .is_some();
+    if used {
+        return Err(format!(
+            "{} already holds a run's traces: give --trace a new directory",
+            parts.display()
+        ));
+    }
+    Ok(parts)
+}
+
+/// A node's `--trace` flags: its part under `parts`.
+fn trace_args(parts: Option<&Path>, name: &str, lab: bool) -> Vec<String> {
+    let Some(parts) = parts else {
+        return Vec::new();
+    };
+    let mut out = vec!["--trace".to_string()];
+    out.push(path_arg(&parts.join(format!("{name}.csv"))));
+    if lab {
+        out.push("--trace-lab".into());
+    }
+    out
 }
 
 /// Makes `root` an empty testnet directory: created if missing; a stopped testnet's (marked)
@@ -514,6 +569,7 @@ fn start_all(
     a: &UpArgs,
     root: &Path,
     exe: &Path,
+    trace_parts: Option<&Path>,
     placements: &mut impl Iterator<Item = Placement>,
     nodes: &mut Vec<NodeState>,
 ) -> Result<TestnetState, String> {
@@ -566,6 +622,7 @@ fn start_all(
         run.extend(args(&["--directory"]));
         run.push(directory_url.clone());
         run.extend(node_run_args());
+        run.extend(trace_args(trace_parts, &name, a.trace_lab));
         nodes.push(spawn(
             exe,
             &name,
@@ -600,6 +657,7 @@ fn start_all(
             run.push(path_arg(vk));
         }
         run.extend(node_run_args());
+        run.extend(trace_args(trace_parts, &name, a.trace_lab));
         nodes.push(spawn(
             exe,
             &name,

@@ -2,6 +2,7 @@
 //!
 //! - [`trace`]: the versioned per-packet trace format (CSV + sidecar), its streaming writer and
 //!   reader, and the lab-mode ground truth that only a `lab` build may write.
+//! - [`merge`]: one trace out of a real run's per-process parts (`lethe testnet up --trace`).
 //! - [`views`]: what a global passive adversary and a gateway-level adversary see of a trace.
 //! - [`metrics`]: per-mix and end-to-end entropy, epsilon/delta, latency, queue occupancy,
 //!   cover overhead and a flow-matching attacker, with intervals across seeds.
@@ -10,6 +11,7 @@
 //!   the real client core (`lethe_proto::loopix::LoopixClient` and the sessions).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod merge;
 pub mod metrics;
 pub mod sim;
 pub mod stats;

@@ -53,6 +53,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Merges a real run's per-process traces (DIR/parts/*.csv, from `lethe testnet up
+    /// --trace DIR`) into DIR/trace.csv, in time order. `metrics --trace DIR` does this itself
+    /// when DIR/trace.csv is missing.
+    Merge { dir: PathBuf },
     /// Prints a small example config.
     ExampleConfig,
     /// A benchmark, not a test: simulates CONFIG once (one thread) and prints simulated
@@ -88,6 +92,9 @@ fn main() -> ExitCode {
             metrics_command(&trace, warmup_s, drain_s, labelled, json)
         }
         Command::Bench { config, out } => bench(&config, &out),
+        Command::Merge { dir } => lethe_sim::merge::merge_parts(&dir)
+            .map(|path| println!("{}", path.display()))
+            .map_err(|e| e.to_string()),
         Command::ExampleConfig => serde_json::to_string_pretty(&SimConfig::small(1))
             .map(|text| println!("{text}"))
             .map_err(|e| e.to_string()),
@@ -103,16 +110,7 @@ fn main() -> ExitCode {
 
 /// The commit the traces come from: `LETHE_COMMIT`, else `git rev-parse HEAD`, else unknown.
 fn commit() -> String {
-    if let Ok(commit) = std::env::var("LETHE_COMMIT") {
-        return commit;
-    }
-    let output = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output();
-    match output {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        _ => "unknown".to_string(),
-    }
+    lethe_sim::trace::current_commit()
 }
 
 fn run(config_path: &Path, out: &Path, seeds: u64, lab: bool) -> Result<(), String> {

@@ -76,6 +76,9 @@ pub enum Class {
     LoopCover,
     Ack,
     Reply,
+    /// Rows of a real node: a node cannot tell a packet's class (Sphinx hides it); only the
+    /// clients' rows carry the ground truth.
+    Unknown,
 }
 
 /// A node's role in the topology.
@@ -116,12 +119,13 @@ impl Kind {
 }
 
 impl Class {
-    pub const ALL: [Class; 5] = [
+    pub const ALL: [Class; 6] = [
         Class::Real,
         Class::DropCover,
         Class::LoopCover,
         Class::Ack,
         Class::Reply,
+        Class::Unknown,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -131,6 +135,7 @@ impl Class {
             Class::LoopCover => "loop_cover",
             Class::Ack => "ack",
             Class::Reply => "reply",
+            Class::Unknown => "unknown",
         }
     }
 
@@ -320,6 +325,7 @@ impl TraceMeta {
 /// Streams events to `<path>` and writes the sidecar next to it.
 pub struct TraceWriter {
     out: BufWriter<File>,
+    path: PathBuf,
     meta: TraceMeta,
     events_count: u64,
 }
@@ -348,6 +354,7 @@ impl TraceWriter {
         writeln!(out, "{header}")?;
         Ok(TraceWriter {
             out,
+            path: path.to_path_buf(),
             meta,
             events_count: 0,
         })
@@ -359,6 +366,23 @@ impl TraceWriter {
 
     pub fn events_count(&self) -> u64 {
         self.events_count
+    }
+
+    /// Adds a node the writer learnt of after it opened (a real node names its peers as it
+    /// meets them) and rewrites the sidecar, so the trace is readable at any point. Returns the
+    /// node's index.
+    pub fn add_node(&mut self, node: NodeInfo) -> Result<u32, TraceError> {
+        let index = u32::try_from(self.meta.nodes.len())
+            .map_err(|_| TraceError::Meta("too many nodes".into()))?;
+        self.meta.nodes.push(node);
+        if let Err(e) = self.meta.check() {
+            self.meta.nodes.pop();
+            return Err(e);
+        }
+        let json = serde_json::to_string_pretty(&self.meta)
+            .map_err(|e| TraceError::Meta(format!("encoding: {e}")))?;
+        std::fs::write(meta_path(&self.path), json)?;
+        Ok(index)
     }
 
     pub fn write(&mut self, event: &TraceEvent) -> Result<(), TraceError> {
@@ -416,6 +440,20 @@ impl TraceWriter {
     pub fn finish(mut self) -> Result<TraceMeta, TraceError> {
         self.out.flush()?;
         Ok(self.meta)
+    }
+}
+
+/// The commit a trace comes from: `LETHE_COMMIT`, else `git rev-parse HEAD`, else `unknown`.
+pub fn current_commit() -> String {
+    if let Ok(commit) = std::env::var("LETHE_COMMIT") {
+        return commit;
+    }
+    let output = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output();
+    match output {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        _ => "unknown".to_string(),
     }
 }
 
@@ -584,7 +622,8 @@ impl Iterator for TraceReader {
 }
 
 /// The trace files under `path`: the file itself, `path/trace.csv`, or `path/*/trace.csv` (one
-/// per seed), sorted.
+/// per seed), sorted. A directory of a real run (`path/parts/`, see [`crate::merge`]) without
+/// its `trace.csv` is merged first.
 pub fn find_traces(path: &Path) -> Result<Vec<PathBuf>, TraceError> {
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
@@ -592,6 +631,9 @@ pub fn find_traces(path: &Path) -> Result<Vec<PathBuf>, TraceError> {
     let single = path.join("trace.csv");
     if single.is_file() {
         return Ok(vec![single]);
+    }
+    if path.join(crate::merge::PARTS_DIR).is_dir() {
+        return Ok(vec![crate::merge::merge_parts(path)?]);
     }
     let mut found = Vec::new();
     for entry in std::fs::read_dir(path)? {

@@ -21,6 +21,7 @@ pub mod ingress;
 pub mod liveness;
 pub mod memlock;
 mod sock;
+pub mod trace;
 pub mod wake_gate;
 
 use std::cell::{Cell, RefCell};
@@ -49,6 +50,7 @@ pub use ingress::IngressLimits;
 pub use liveness::Health;
 /// The port probe `run` does before binding, for `lethe <role> check-config`.
 pub use sock::check_port_free;
+pub use trace::{PacketEvent, PacketEventKind, TraceEvents, TraceHook};
 
 use ingress::{Admission, IngressTable};
 use wake_gate::WakeGated;
@@ -190,6 +192,18 @@ impl Runtime {
         replay: ReplayFilterSet,
         final_hops: Option<FinalHopSender>,
     ) -> Result<Runtime, StartError> {
+        Runtime::start_traced(config, keys, replay, final_hops, None)
+    }
+
+    /// [`Runtime::start_with_final_hops`] with an optional packet-event hook ([`trace`]): every
+    /// core records its arrivals, departures, deliveries and pre-crypto drops into it.
+    pub fn start_traced(
+        config: RuntimeConfig,
+        keys: NodeKeys,
+        replay: ReplayFilterSet,
+        final_hops: Option<FinalHopSender>,
+        trace: Option<TraceHook>,
+    ) -> Result<Runtime, StartError> {
         config
             .engine
             .validate()
@@ -245,6 +259,7 @@ impl Runtime {
                 panic_requested: panic_requested.clone(),
                 bound: bound_tx,
                 final_hops: final_hops.clone(),
+                trace: trace.clone(),
             };
             let handle = executor_builder(&config, index)
                 .spawn(move || run_shard(setup))
@@ -377,6 +392,7 @@ struct ShardSetup {
     panic_requested: Arc<AtomicBool>,
     bound: mpsc::Sender<Result<SocketAddr, String>>,
     final_hops: Option<FinalHopSender>,
+    trace: Option<TraceHook>,
 }
 
 /// One core's state, shared by its tasks (all on one thread).
@@ -399,6 +415,8 @@ struct Shard {
     ignore_rotation_byte: bool,
     /// Gateways: where final-hop packets go (`None` on a mixnode: counted and dropped).
     final_hops: Option<FinalHopSender>,
+    /// Packet events for a trace (`None`: tracing off, one branch per packet).
+    trace: Option<TraceHook>,
 }
 
 impl Shard {
@@ -422,6 +440,9 @@ impl Shard {
                     at_us,
                 } => {
                     core.record_hand_off(&buffer, at_us, handed_off_us);
+                    if let Some(hook) = &self.trace {
+                        trace_departure(hook, &core, &buffer, next_hop, at_us, handed_off_us);
+                    }
                     if let Some(queue) = egress_for(&mut egress, next_hop, self) {
                         let _ = queue.enqueue(core.packet(&buffer), rotation);
                     }
@@ -432,6 +453,17 @@ impl Shard {
                     identifier,
                     buffer,
                 } => {
+                    if let Some(hook) = &self.trace {
+                        hook.record(PacketEvent {
+                            t_ns: trace::trace_clock_ns(),
+                            kind: PacketEventKind::Deliver,
+                            packet_id: core.tag(&buffer),
+                            size_bytes: core.packet(&buffer).len() as u32,
+                            next_hop: None,
+                            drop_reason: None,
+                            lab: None,
+                        });
+                    }
                     match &self.final_hops {
                         Some(sender) => {
                             let _ = sender.offer(
@@ -521,6 +553,7 @@ async fn run_shard(setup: ShardSetup) {
         deliver_final_hops: setup.config.deliver_final_hops,
         ignore_rotation_byte: setup.config.ignore_rotation_byte,
         final_hops: setup.final_hops,
+        trace: setup.trace,
     });
     glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
     let _ = setup.bound.send(Ok(local_addr));
@@ -667,7 +700,11 @@ fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], mut now_us: u64
                 // Read per packet: its arrival time, and the start of the batch it may complete.
                 let started_ns = monotonic_ns();
                 now_us = started_ns / 1_000;
-                match core.handle_packet(now_us, rotation, frame.packet) {
+                let admitted = match &shard.trace {
+                    None => core.handle_packet(now_us, rotation, frame.packet),
+                    Some(hook) => traced_arrival(hook, &mut core, now_us, rotation, frame.packet),
+                };
+                match admitted {
                     Admitted::BatchRan(ran) => {
                         let ended_ns = monotonic_ns();
                         core.record_batch_cost(ran, ended_ns.saturating_sub(started_ns));
@@ -689,6 +726,65 @@ fn feed(shard: &Shard, decoder: &mut FrameDecoder, bytes: &[u8], mut now_us: u64
         now_us,
         frames,
     }
+}
+
+/// Records a packet's arrival (and its drop, if the core refuses it) around `handle_packet`.
+fn traced_arrival(
+    hook: &TraceHook,
+    core: &mut Core,
+    now_us: u64,
+    rotation: KeyRotation,
+    packet: &[u8],
+) -> Admitted {
+    let id = trace::packet_id(packet);
+    let event = PacketEvent {
+        t_ns: trace::trace_clock_ns(),
+        kind: PacketEventKind::Arrive,
+        packet_id: id,
+        size_bytes: packet.len() as u32,
+        next_hop: None,
+        drop_reason: None,
+        lab: None,
+    };
+    hook.record(event);
+    let admitted = core.handle_packet_tagged(now_us, rotation, packet, id);
+    if let Admitted::Dropped(reason) = admitted {
+        hook.record(PacketEvent {
+            kind: PacketEventKind::Drop,
+            drop_reason: Some(reason),
+            ..event
+        });
+    }
+    admitted
+}
+
+/// Records a `Forward`'s hand-off to egress; lab hooks also link it to its input.
+fn trace_departure(
+    hook: &TraceHook,
+    core: &Core,
+    buffer: &crate::pool::BufId,
+    next_hop: SocketAddr,
+    at_us: u64,
+    handed_off_us: u64,
+) {
+    let packet = core.packet(buffer);
+    let lab = hook.lab().then(|| {
+        let arrived_us = core.arrived_us(buffer);
+        trace::LabLink {
+            in_packet_id: core.tag(buffer),
+            delay_drawn_ns: at_us.saturating_sub(arrived_us) * 1_000,
+            residence_ns: handed_off_us.saturating_sub(arrived_us) * 1_000,
+        }
+    });
+    hook.record(PacketEvent {
+        t_ns: trace::trace_clock_ns(),
+        kind: PacketEventKind::Depart,
+        packet_id: trace::packet_id(packet),
+        size_bytes: packet.len() as u32,
+        next_hop: Some(next_hop),
+        drop_reason: None,
+        lab,
+    });
 }
 
 /// Applies a key set the control plane installed, if there is a new one (never blocks).

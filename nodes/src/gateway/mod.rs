@@ -107,6 +107,8 @@ pub struct RunOverrides {
     /// (config: gateway.verification_key). Without it, admission is open.
     #[arg(long, env = "LETHE_VERIFICATION_KEY")]
     pub verification_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub trace: crate::trace::TraceArgs,
 }
 
 impl RunOverrides {
@@ -353,13 +355,31 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     )?;
     runtime_config::log_memory(&replay, &runtime_config);
     let cores = runtime_config.cores;
-    let runtime = Runtime::start_with_final_hops(
+    let trace_setup = overrides.trace.setup()?;
+    let trace_config = format!("{runtime_config:?}");
+    let runtime = Runtime::start_traced(
         runtime_config,
         keys,
         replay.clone(),
         Some(final_hop_sender),
+        trace_setup.as_ref().map(|t| t.hook.clone()),
     )
     .map_err(|e| e.to_string())?;
+    let trace = match trace_setup.map(|t| {
+        t.start(
+            lethe_sim::trace::Role::Gateway,
+            runtime.local_addr(),
+            &trace_config,
+        )
+    }) {
+        Some(Err(e)) => {
+            runtime.shutdown();
+            let _ = runtime.join();
+            return Err(e);
+        }
+        Some(Ok(trace)) => Some(trace),
+        None => None,
+    };
     let engine_metrics = runtime.metrics().to_vec();
     let extra = metrics.clone();
     let status = crate::http::NodeStatus::new("gateway", directory.is_some());
@@ -496,6 +516,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     }
     runtime.shutdown();
     let joined = runtime.join();
+    crate::trace::finish(trace);
     // The cores are gone: the writer drains what they handed over, commits, and ends.
     writer_stop.store(true, Ordering::SeqCst);
     let _ = writer.join();

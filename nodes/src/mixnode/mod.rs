@@ -92,6 +92,8 @@ pub struct RunOverrides {
     pub spin_before_park_us: Option<u64>,
     #[command(flatten)]
     pub announce: AnnounceArgs,
+    #[command(flatten)]
+    pub trace: crate::trace::TraceArgs,
 }
 
 /// Directory registration flags of `lethe mixnode run` (none: the node does not register).
@@ -295,12 +297,31 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let runtime_config = runtime_config(&config)?;
     log_memory(&rotation.replay_set(), &runtime_config);
     let cores = runtime_config.cores;
-    let runtime = Runtime::start(
+    let trace_setup = overrides.trace.setup()?;
+    let trace_config = format!("{runtime_config:?}");
+    let runtime = Runtime::start_traced(
         runtime_config,
         rotation.keys().clone(),
         rotation.replay_set(),
+        None,
+        trace_setup.as_ref().map(|t| t.hook.clone()),
     )
     .map_err(|e| e.to_string())?;
+    let trace = match trace_setup.map(|t| {
+        t.start(
+            lethe_sim::trace::Role::Mix,
+            runtime.local_addr(),
+            &trace_config,
+        )
+    }) {
+        Some(Err(e)) => {
+            runtime.shutdown();
+            let _ = runtime.join();
+            return Err(e);
+        }
+        Some(Ok(trace)) => Some(trace),
+        None => None,
+    };
     let metrics = runtime.metrics().to_vec();
     let registering = overrides.announce.directory.is_some();
     let status = crate::http::NodeStatus::new("mixnode", registering);
@@ -374,6 +395,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     }
     runtime.shutdown();
     let joined = runtime.join();
+    crate::trace::finish(trace);
     stop.store(true, Ordering::SeqCst);
     let _ = snapshots.join();
     replay::save_locked(&data_dir, rotation.replay())?;
