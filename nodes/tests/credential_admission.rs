@@ -5,6 +5,7 @@
 
 mod common;
 use common::client::TestClient;
+use common::gateway::run_gateway_with;
 use common::*;
 
 use std::net::SocketAddr;
@@ -33,34 +34,15 @@ fn lethe(args: &[&str]) {
 }
 
 fn run_gateway(dir: &Path, vk: &Path) -> Process {
-    let args = [
-        "gateway",
-        "run",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--client-listen",
-        "127.0.0.1:0",
-        "--cores",
-        "1",
-        "--replay-packets-per-s",
-        "200",
-        "--replay-key-lifetime-s",
-        "600",
-        "--pool-buffers",
-        "4096",
-        "--shutdown-grace-ms",
-        "500",
-        "--allow-any-first-hop",
-        "--verification-key",
-        vk.to_str().unwrap(),
-    ];
-    Process::start(
-        &args,
-        &["listen", "client_url", "metrics", "identity", "sphinx_key"],
+    run_gateway_with(
+        dir,
+        &[
+            "--pool-buffers",
+            "4096",
+            "--allow-any-first-hop",
+            "--verification-key",
+            vk.to_str().unwrap(),
+        ],
     )
 }
 
@@ -97,38 +79,17 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
     let keys = base.join("keys");
     let gw_dir = base.join("gateway");
     std::fs::create_dir_all(&base).unwrap();
-    lethe(&[
-        "keygen",
-        "--threshold",
-        "2",
-        "--issuers",
-        "3",
-        "--out",
-        keys.to_str().unwrap(),
-    ]);
+    keygen(&keys, 2, 3);
     let vk = keys.join("verification.key");
-    let issuers: Vec<Process> = (1..=3)
+    let bandwidth = CREDENTIAL_BYTES.to_string();
+    let (issuers, urls): (Vec<Process>, Vec<String>) = (1..=3)
         .map(|i| {
-            let key = keys.join(format!("issuer-{i}.key"));
-            Process::start(
-                &[
-                    "issuer",
-                    "run",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--key",
-                    key.to_str().unwrap(),
-                    "--bandwidth",
-                    &CREDENTIAL_BYTES.to_string(),
-                ],
-                &["listening"],
+            run_issuer(
+                &keys.join(format!("issuer-{i}.key")),
+                &["--bandwidth", &bandwidth],
             )
         })
-        .collect();
-    let urls: Vec<String> = issuers
-        .iter()
-        .map(|p| format!("http://{}", p.lines["listening"]))
-        .collect();
+        .unzip();
     let urls = urls.join(",");
     let credential = |name: &str| {
         let out = base.join(name);

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::client::{next_raw, TestClient};
+use common::gateway::run_sink;
 use futures_util::SinkExt;
 use lethe_crypto::framing::{encode_frame_to_vec, FrameHeader, KeyRotation, PacketSize};
 use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Version};
@@ -48,19 +49,6 @@ fn run_gateway(dir: &Path, allow_any_first_hop: bool) -> Process {
     Process::start(
         &args,
         &["listen", "client_url", "metrics", "identity", "sphinx_key"],
-    )
-}
-
-fn run_sink(out: &Path) -> Process {
-    Process::start(
-        &[
-            "sink",
-            "--listen",
-            "127.0.0.1:0",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &["listen"],
     )
 }
 

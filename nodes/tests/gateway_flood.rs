@@ -16,9 +16,9 @@
 
 mod common;
 use common::client::{next_raw, TestClient};
+use common::gateway::*;
 use common::*;
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -48,78 +48,6 @@ const SILENT_BYTES_MAX: u64 = 32 * 1024;
 /// memory measurement.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The test opens more sockets than a default soft limit of 1,024 allows.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct we own.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-}
-
-/// Sets `key = value` lines of the gateway's config.toml (keys the template has).
-fn configure(dir: &Path, values: &[(&str, &str)]) {
-    let path = dir.join("config.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut out = String::new();
-    for line in text.lines() {
-        let key = line.split('=').next().unwrap_or("").trim();
-        match values.iter().find(|(k, _)| *k == key) {
-            Some((k, v)) => out.push_str(&format!("{k} = {v}\n")),
-            None => out.push_str(&format!("{line}\n")),
-        }
-    }
-    std::fs::write(&path, out).unwrap();
-}
-
-fn run_gateway(dir: &Path) -> Process {
-    let args = [
-        "gateway",
-        "run",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--client-listen",
-        "127.0.0.1:0",
-        "--cores",
-        "1",
-        "--replay-packets-per-s",
-        "200",
-        "--replay-key-lifetime-s",
-        "600",
-        "--pool-buffers",
-        "1024",
-        "--shutdown-grace-ms",
-        "500",
-        "--allow-any-first-hop",
-    ];
-    Process::start(
-        &args,
-        &["listen", "client_url", "metrics", "identity", "sphinx_key"],
-    )
-}
-
-fn run_sink(out: &Path) -> Process {
-    Process::start(
-        &[
-            "sink",
-            "--listen",
-            "127.0.0.1:0",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &["listen"],
-    )
-}
-
 /// A gateway in a fresh directory with `sessions_max` = [`SESSIONS_MAX`] and this handshake
 /// deadline, and a sink for the honest client's packets.
 fn start(name: &str, handshake_timeout_ms: u64) -> (Process, Process, PathBuf, PathBuf) {
@@ -135,39 +63,6 @@ fn start(name: &str, handshake_timeout_ms: u64) -> (Process, Process, PathBuf, P
     let sink_out = temp_dir(&format!("{name}-sink.txt"));
     let sink = run_sink(&sink_out);
     (run_gateway(&dir), sink, sink_out, dir)
-}
-
-/// The `i`th attacker address: 127.0.1.1, 127.0.1.2, ... (never 127.0.0.1, the honest one).
-fn attacker(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
-}
-
-async fn connect_from(source: Ipv4Addr, to: SocketAddr) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::from((source, 0))).unwrap();
-    tokio::time::timeout(WAIT_MAX, socket.connect(to))
-        .await
-        .expect("connect timed out")
-        .unwrap()
-}
-
-fn client_addr(gateway: &Process) -> SocketAddr {
-    gateway.lines["client_url"]
-        .trim_start_matches("ws://")
-        .parse()
-        .unwrap()
-}
-
-fn gateway_identity(gateway: &Process) -> [u8; 32] {
-    keyfile::unhex_32(&gateway.lines["identity"]).unwrap()
-}
-
-/// Packets the sink recorded (hex, third field of each line).
-fn sink_packets(path: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| line.split(' ').nth(2).map(str::to_string))
-        .collect()
 }
 
 /// The honest client: authenticates (from 127.0.0.1) and forwards one packet, which must

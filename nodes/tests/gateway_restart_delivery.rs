@@ -14,10 +14,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::testnet::Testnet;
 use common::{metric, only_file, random_bytes, Process, LETHE, WAIT_MAX};
 
 /// The CLI's own give-up time for a send or a receive.
@@ -29,96 +30,6 @@ const FILE_BYTES: usize = 240_000;
 const KILL_AFTER_PACKETS: u64 = 35;
 /// ...this many times per transfer, so the gateway dies early and late in it.
 const KILLS: u64 = 2;
-
-struct Testnet {
-    dir: PathBuf,
-    state: serde_json::Value,
-}
-
-impl Testnet {
-    fn up(dir: &Path) -> Testnet {
-        let _ = std::fs::remove_dir_all(dir);
-        // One mixnode per layer, no issuers, no provider: fewer processes on a small machine;
-        // what is tested here is the two gateways.
-        let out = lethe(&[
-            "testnet",
-            "up",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--epoch-s",
-            "30",
-            "--mixnodes-per-layer",
-            "1",
-            "--credentials",
-            "false",
-            "--provider",
-            "false",
-        ]);
-        assert!(
-            out.status.success(),
-            "testnet up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = std::fs::read_to_string(dir.join("testnet.json")).unwrap();
-        Testnet {
-            dir: dir.to_path_buf(),
-            state: serde_json::from_str(&text).unwrap(),
-        }
-    }
-
-    fn node(&self, name: &str) -> &serde_json::Value {
-        self.state["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == name)
-            .unwrap()
-    }
-
-    fn info(&self, name: &str, key: &str) -> String {
-        self.node(name)["info"][key].as_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Testnet {
-    fn drop(&mut self) {
-        let _ = lethe(&["testnet", "down", "--dir", self.dir.to_str().unwrap()]);
-    }
-}
-
-fn lethe(args: &[&str]) -> Output {
-    Command::new(LETHE)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn init_client(net: &Testnet, dir: &Path, gateway: &str) -> String {
-    let url = net.state["directory_url"].as_str().unwrap();
-    let key = net.state["directory_key"].as_str().unwrap();
-    let out = lethe(&[
-        "client",
-        "init",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--directory",
-        url,
-        "--directory-key",
-        key,
-        "--gateway",
-        gateway,
-    ]);
-    assert!(
-        out.status.success(),
-        "client init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(dir.join("address"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
 
 /// `lethe client send --wait-acks` without cover traffic (so the gateways' counters count the
 /// file alone), paced so the transfer lasts a while, with a generous retransmission budget.
@@ -355,14 +266,26 @@ fn gateways_killed_mid_transfer_cost_retransmissions_never_the_file() {
     let root = std::env::temp_dir().join(format!("lethe-gw-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
-    let net = Testnet::up(&root.join("testnet"));
+    // One mixnode per layer, no issuers, no provider: fewer processes on a small machine;
+    // what is tested here is the two gateways.
+    let net = Testnet::up(
+        &root.join("testnet"),
+        &[
+            "--mixnodes-per-layer",
+            "1",
+            "--credentials",
+            "false",
+            "--provider",
+            "false",
+        ],
+    );
     let gateway1 = net.info("gateway1", "identity");
     let gateway2 = net.info("gateway2", "identity");
     // Alice on gateway 1, Bob on gateway 2 (both registered by `init`).
     let alice = root.join("alice");
     let bob = root.join("bob");
-    let _ = init_client(&net, &alice, &gateway1);
-    let bob_address = init_client(&net, &bob, &gateway2);
+    let _ = net.init_client(&alice, &["--gateway", &gateway1]);
+    let bob_address = net.init_client(&bob, &["--gateway", &gateway2]);
     let mut sender_gateway = Gateway::of(&net, "gateway1");
     let mut recipient_gateway = Gateway::of(&net, "gateway2");
 

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::gateway::run_gateway_with;
 use common::*;
 
 use std::net::{SocketAddr, TcpListener};
@@ -322,29 +323,7 @@ fn every_role_publishes_typed_metrics() {
     // A gateway without a directory: registration unconfigured, its key never expires.
     let gateway_dir = root.join("gateway");
     init("gateway", &gateway_dir);
-    let gateway = Process::start(
-        &[
-            "gateway",
-            "run",
-            "--dir",
-            path(&gateway_dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--client-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--cores",
-            "1",
-            "--replay-packets-per-s",
-            "200",
-            "--replay-key-lifetime-s",
-            "600",
-            "--pool-buffers",
-            "1024",
-        ],
-        &["listen", "metrics"],
-    );
+    let gateway = run_gateway_with(&gateway_dir, &["--pool-buffers", "1024"]);
     let metrics = gateway.addr("metrics");
     wait_health(metrics, 200, "up");
     let (text, types) = scrape(metrics);
@@ -361,27 +340,8 @@ fn every_role_publishes_typed_metrics() {
 
     // An issuer, after one refused request.
     let keys = root.join("keys");
-    ok(&[
-        "keygen",
-        "--threshold",
-        "1",
-        "--issuers",
-        "1",
-        "--out",
-        path(&keys),
-    ]);
-    let issuer = Process::start(
-        &[
-            "issuer",
-            "run",
-            "--key",
-            path(&keys.join("issuer-1.key")),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &["listening"],
-    );
-    let issuer_url = format!("http://{}", issuer.get("listening"));
+    keygen(&keys, 1, 1);
+    let (issuer, issuer_url) = run_issuer(&keys.join("issuer-1.key"), &[]);
     let status = rt().block_on(async {
         client::http_client()
             .post(format!("{issuer_url}/v1/blind-sign"))

@@ -7,119 +7,21 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{only_file, random_bytes};
+use common::testnet::{lethe, Testnet};
+use common::{only_file, random_bytes, LETHE};
 
-const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 const TIMEOUT_S: u64 = 120;
 
-struct Testnet {
-    dir: PathBuf,
-    state: serde_json::Value,
-}
-
-impl Testnet {
-    fn up(dir: &Path) -> Testnet {
-        let _ = std::fs::remove_dir_all(dir);
-        let out = lethe(&[
-            "testnet",
-            "up",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--epoch-s",
-            "30",
-        ]);
-        assert!(
-            out.status.success(),
-            "testnet up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = std::fs::read_to_string(dir.join("testnet.json")).unwrap();
-        Testnet {
-            dir: dir.to_path_buf(),
-            state: serde_json::from_str(&text).unwrap(),
-        }
-    }
-
-    fn directory(&self) -> (String, String) {
-        (
-            self.state["directory_url"].as_str().unwrap().to_string(),
-            self.state["directory_key"].as_str().unwrap().to_string(),
-        )
-    }
-
-    /// `client init` flags that obtain a bandwidth credential from the testnet's issuers.
-    fn credential_args(&self) -> Vec<String> {
-        let issuers: Vec<&str> = self.state["issuers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_str().unwrap())
-            .collect();
-        vec![
-            "--issuers".into(),
-            issuers.join(","),
-            "--threshold".into(),
-            self.state["threshold"].to_string(),
-            "--verification-key".into(),
-            self.state["verification_key"].as_str().unwrap().to_string(),
-        ]
-    }
-
-    fn node(&self, name: &str) -> &serde_json::Value {
-        self.state["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == name)
-            .unwrap()
-    }
-}
-
-impl Drop for Testnet {
-    fn drop(&mut self) {
-        let _ = lethe(&["testnet", "down", "--dir", self.dir.to_str().unwrap()]);
-    }
-}
-
-fn lethe(args: &[&str]) -> Output {
-    Command::new(LETHE)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn init_client(net: &Testnet, dir: &Path, gateway: Option<&str>) -> String {
-    let (url, key) = net.directory();
-    let mut args = vec![
-        "client",
-        "init",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--directory",
-        &url,
-        "--directory-key",
-        &key,
-    ];
-    if let Some(g) = gateway {
-        args.extend(["--gateway", g]);
-    }
+/// `client init` with this gateway and a bandwidth credential from the testnet's issuers.
+fn init_client(net: &Testnet, dir: &Path, gateway: &str) -> String {
     let credential = net.credential_args();
-    args.extend(credential.iter().map(String::as_str));
-    let out = lethe(&args);
-    assert!(
-        out.status.success(),
-        "client init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read_to_string(dir.join("address"))
-        .unwrap()
-        .trim()
-        .to_string()
+    let mut extra = vec!["--gateway", gateway];
+    extra.extend(credential.iter().map(String::as_str));
+    net.init_client(dir, &extra)
 }
 
 /// `lethe client send` with fast test pacing and a generous retransmission budget.
@@ -238,7 +140,7 @@ fn whole_network_on_loopback() {
     let root = std::env::temp_dir().join(format!("lethe-network-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
-    let net = Testnet::up(&root.join("testnet"));
+    let net = Testnet::up(&root.join("testnet"), &[]);
     let gateway1 = net.node("gateway1")["info"]["identity"]
         .as_str()
         .unwrap()
@@ -271,8 +173,8 @@ fn whole_network_on_loopback() {
     // Alice on gateway 1, Bob on gateway 2 (both registered by `init`).
     let alice = root.join("alice");
     let bob = root.join("bob");
-    let _alice_address = init_client(&net, &alice, Some(&gateway1));
-    let bob_address = init_client(&net, &bob, Some(&gateway2));
+    let _alice_address = init_client(&net, &alice, &gateway1);
+    let bob_address = init_client(&net, &bob, &gateway2);
 
     // 1. SOCKS5: a page from a local HTTP server through the mixnet and the provider.
     let page = random_bytes(150_000, 7);

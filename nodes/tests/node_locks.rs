@@ -163,15 +163,7 @@ fn second_mixnode_on_a_directory_is_refused_and_a_killed_one_leaves_no_lock() {
 fn gateway_directory_and_state_are_one_process_each_and_private() {
     let root = temp_dir("gateway");
     std::fs::create_dir_all(&root).unwrap();
-    lethe_ok(&[
-        "keygen",
-        "--threshold",
-        "1",
-        "--issuers",
-        "1",
-        "--out",
-        path_str(&root.join("keys")),
-    ]);
+    keygen(&root.join("keys"), 1, 1);
     let vk = root.join("keys/verification.key");
     let dir = root.join("gw");
     init("gateway", &dir);

@@ -447,15 +447,7 @@ fn shipped_units_are_the_commands_output() {
 fn unit_command_lines_pass_check_config() {
     let root = temp_dir("units");
     let keys = root.join("keys");
-    ok(&[
-        "keygen",
-        "--threshold",
-        "1",
-        "--issuers",
-        "1",
-        "--out",
-        path(&keys),
-    ]);
+    keygen(&keys, 1, 1);
     for role in ROLES {
         let unit = shipped_unit(role);
         let exec = unit
@@ -506,15 +498,7 @@ fn unit_command_lines_pass_check_config() {
 #[test]
 fn issuer_refuses_an_exposed_or_corrupt_key_share() {
     let keys = temp_dir("issuer-key");
-    ok(&[
-        "keygen",
-        "--threshold",
-        "1",
-        "--issuers",
-        "1",
-        "--out",
-        path(&keys),
-    ]);
+    keygen(&keys, 1, 1);
     let key = keys.join("issuer-1.key");
     let run = |key: &Path| {
         lethe(&[

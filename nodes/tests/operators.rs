@@ -297,28 +297,9 @@ fn issuers_of_another_key_set_are_named_and_expiry_is_a_date() {
     let ours = root.join("ours");
     let theirs = root.join("theirs");
     for keys in [&ours, &theirs] {
-        ok(&[
-            "keygen",
-            "--threshold",
-            "1",
-            "--issuers",
-            "1",
-            "--out",
-            path(keys),
-        ]);
+        keygen(keys, 1, 1);
     }
-    let issuer = Process::start(
-        &[
-            "issuer",
-            "run",
-            "--key",
-            path(&theirs.join("issuer-1.key")),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        &["listening"],
-    );
-    let issuer_url = format!("http://{}", issuer.get("listening"));
+    let (issuer, issuer_url) = run_issuer(&theirs.join("issuer-1.key"), &[]);
     let obtain = |vk: &Path, out: &Path| {
         lethe_bounded(&[
             "credential",

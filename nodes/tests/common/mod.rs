@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod client;
+pub mod gateway;
+pub mod testnet;
 
 pub const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 /// Upper bound for any single wait: generous, so a loaded machine is slow, never wrong.
@@ -251,3 +253,42 @@ pub const SMALL_NODE: [&str; 12] = [
     "--timer-entries-max",
     "1024",
 ];
+
+/// `lethe keygen`: a key set of `issuers` shares, `threshold` of them needed, in `out`
+/// (`issuer-N.key`, `verification.key`); must succeed.
+pub fn keygen(out: &Path, threshold: u32, issuers: u32) {
+    let output = Command::new(LETHE)
+        .args([
+            "keygen",
+            "--threshold",
+            &threshold.to_string(),
+            "--issuers",
+            &issuers.to_string(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "lethe keygen: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `lethe issuer run --key KEY` on a loopback port the OS chooses, then `extra` flags; the
+/// process and its URL.
+pub fn run_issuer(key: &Path, extra: &[&str]) -> (Process, String) {
+    let mut args = vec![
+        "issuer",
+        "run",
+        "--key",
+        key.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let issuer = Process::start(&args, &["listening"]);
+    let url = format!("http://{}", issuer.get("listening"));
+    (issuer, url)
+}
