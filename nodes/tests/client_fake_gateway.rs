@@ -86,8 +86,8 @@ async fn hundred_kilobytes_from_a_to_b_with_acks_and_a_reply() {
     let fragments = done.fragments as u64;
     assert!(fragments >= 64, "{fragments} fragments");
     let stats = a.stats();
-    assert_eq!(stats.fragments_acked, fragments);
-    assert_eq!(stats.forged_acks, 0);
+    assert_eq!(stats.core.fragments_acked, fragments);
+    assert_eq!(stats.core.forged_acks, 0);
 
     // B answers through A's SURBs.
     let bundle = message.surb_bundle.unwrap();
@@ -107,10 +107,10 @@ async fn hundred_kilobytes_from_a_to_b_with_acks_and_a_reply() {
     assert_eq!(gateway.stats.errors.load(Ordering::Relaxed), 0);
     // Cover traffic flowed (drop cover dropped by the gateway, loop cover back to each client).
     assert!(gateway.stats.drop_cover.load(Ordering::Relaxed) > 0);
-    assert!(a.stats().loop_cover_sent > 0);
+    assert!(a.stats().core.loop_cover_sent > 0);
     let b_stats = b.stats();
-    assert_eq!(b_stats.messages_received, 1);
-    assert_eq!(b_stats.undecryptable, 0);
+    assert_eq!(b_stats.core.messages_received, 1);
+    assert_eq!(b_stats.core.undecryptable, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,10 +133,10 @@ async fn dropped_packets_are_retransmitted() {
         .unwrap();
     assert!(done.delivered(), "{done:?}");
     let stats = a.stats();
-    assert!(stats.retransmitted > 0, "{stats:?}");
+    assert!(stats.core.retransmitted > 0, "{stats:?}");
     assert!(gateway.stats.dropped_on_purpose.load(Ordering::Relaxed) > 0);
     // No cover was sent.
-    assert_eq!(stats.drop_cover_sent + stats.loop_cover_sent, 0);
+    assert_eq!(stats.core.drop_cover_sent + stats.core.loop_cover_sent, 0);
     // Duplicated deliveries (a retransmission after a lost ACK) are recognised, not re-delivered.
     assert!(
         tokio::time::timeout(Duration::from_millis(500), b_received.recv())
@@ -198,7 +198,7 @@ async fn unconfirmed_deliveries_come_again_after_a_reconnect_and_are_deduplicate
     // The connection drops; B reconnects and gets the three fragments again.
     gateway.kick(&b_identity);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while b.stats().duplicates < 3 {
+    while b.stats().core.duplicates < 3 {
         assert!(tokio::time::Instant::now() < deadline, "{:?}", b.stats());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -251,8 +251,8 @@ async fn unpaced_mode_sends_a_megabyte_without_overflow() {
     .unwrap();
     let stats = a.stats();
     assert_eq!(stats.outgoing_overflow, 0, "{stats:?}");
-    assert_eq!(stats.real_sent, stats.fragments_acked);
-    assert_eq!(stats.retransmitted, 0);
+    assert_eq!(stats.core.real_sent, stats.core.fragments_acked);
+    assert_eq!(stats.core.retransmitted, 0);
 }
 
 /// A topology source that counts fetches and publishes a new epoch each time.

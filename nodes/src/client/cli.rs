@@ -439,7 +439,7 @@ pub fn send(args: &SendArgs) -> Result<(), String> {
             last.sent,
             last.acked,
             last.failed,
-            stats.retransmitted
+            stats.core.retransmitted
         );
         if wait_acks {
             // Success only when every fragment is acknowledged, i.e. durably stored by the
