@@ -586,9 +586,10 @@ mod tests {
             };
             seen.insert(destination[0]);
             let plaintext = sphinx::recover_plaintext(&bytes[HEADER_SIZE..]).unwrap();
-            let split = lethe_nodes::proto::payload::split_forward(plaintext).unwrap();
-            assert!(split.ack.is_none());
-            assert_eq!(Stamp::decode(split.content), Some(*stamp));
+            let forward =
+                lethe_nodes::proto::payload::ForwardPlaintextView::new_checked(plaintext).unwrap();
+            assert!(forward.surb_ack().is_none());
+            assert_eq!(Stamp::decode(forward.content()), Some(*stamp));
         }
         assert_eq!(seen.len(), 2, "both exits are used");
         let ack = PacketPlan {

@@ -15,7 +15,7 @@ use lethe_nodes::client::message::{
 use lethe_nodes::client::packets::{reply_packet, Builder, Delays, SelfRoute};
 use lethe_nodes::client::Recipient;
 use lethe_nodes::keyfile;
-use lethe_nodes::proto::payload::{split_forward, ACK_PACKET_BYTES, DROP_COVER_DESTINATION};
+use lethe_nodes::proto::payload::{ForwardPlaintextView, ACK_PACKET_BYTES, DROP_COVER_DESTINATION};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 const SIZE: PacketSize = PacketSize::Regular;
@@ -87,16 +87,19 @@ fn forward_packet_and_its_surb_ack_through_all_hops() {
             (bob.identity, [0u8; 16], 4)
         );
         let plaintext = sphinx::recover_plaintext(packet.payload()).unwrap();
-        let split = split_forward(plaintext).unwrap();
-        assert_eq!(open_forward(&bob.secret, split.content).unwrap(), *fragment);
+        let forward = ForwardPlaintextView::new_checked(plaintext).unwrap();
+        assert_eq!(
+            open_forward(&bob.secret, forward.content()).unwrap(),
+            *fragment
+        );
         // Nobody else can read it.
-        assert!(open_forward(&alice.secret, split.content).is_err());
+        assert!(open_forward(&alice.secret, forward.content()).is_err());
 
         // The recipient's gateway sends the SURB-ACK on: it reaches Alice, naming the fragment.
-        let (ack_hop, ack_packet) = split.ack.unwrap();
-        assert_eq!(ack_packet.len(), ACK_PACKET_BYTES);
+        let ack = forward.surb_ack().unwrap();
+        assert_eq!(ack.packet.len(), ACK_PACKET_BYTES);
         let (destination, identifier, packet, hops) =
-            net.unwrap_all(*ack_hop, ack_packet.to_vec()).unwrap();
+            net.unwrap_all(*ack.first_hop, ack.packet.to_vec()).unwrap();
         assert_eq!(
             (destination, identifier, hops),
             (alice.identity, [0u8; 16], 4)
@@ -122,9 +125,9 @@ fn forward_packet_without_ack_has_a_zero_prefix() {
         .unwrap();
     let (_, _, packet, _) = net.unwrap_all(built.first_hop, built.packet).unwrap();
     let plaintext = sphinx::recover_plaintext(packet.payload()).unwrap();
-    let split = split_forward(plaintext).unwrap();
-    assert!(split.ack.is_none());
-    assert_eq!(split.content, &content[..]);
+    let forward = ForwardPlaintextView::new_checked(plaintext).unwrap();
+    assert!(forward.surb_ack().is_none());
+    assert_eq!(forward.content(), &content[..]);
     // Wrong content length is refused.
     assert!(builder(&net, &alice)
         .to_recipient(&mut rng, &alice.recipient, &content[1..], None)

@@ -29,7 +29,7 @@ use crate::limits::{
     SESSION_TRANSMITS_MAX,
 };
 use crate::wire::messages::error_code;
-use crate::wire::{ClientMessage, DeliveryKind, GatewayHandshake, GatewayMessage, Session};
+use crate::wire::{ClientMessageView, DeliveryKind, GatewayHandshake, GatewayMessage, Session};
 
 /// Settings a gateway gives each session.
 #[derive(Debug, Clone, Copy)]
@@ -461,8 +461,11 @@ impl GatewaySession {
 
     fn on_sealed<H: FirstHops>(&mut self, bytes: &[u8], first_hops: &H) {
         self.with_live(|core, live| {
-            let message = match live.session.open(bytes) {
-                Ok(plaintext) => ClientMessage::decode(&plaintext).map_err(|_| "malformed message"),
+            let plaintext = live.session.open(bytes);
+            let message = match &plaintext {
+                Ok(plaintext) => {
+                    ClientMessageView::new_checked(plaintext).map_err(|_| "malformed message")
+                }
                 Err(_) => Err("message does not decrypt"),
             };
             match message {
@@ -479,12 +482,12 @@ impl GatewaySession {
     fn on_message<H: FirstHops>(
         &mut self,
         live: &mut Established,
-        message: ClientMessage,
+        message: ClientMessageView<'_>,
         first_hops: &H,
     ) {
         match message {
-            ClientMessage::Forward { first_hop, packet } => {
-                let next_hop = match first_hops.check(&first_hop) {
+            ClientMessageView::Forward(forward) => {
+                let next_hop = match first_hops.check(forward.first_hop()) {
                     Ok(next_hop) => next_hop,
                     Err(text) => {
                         self.refusals.not_layer1 += 1;
@@ -495,7 +498,7 @@ impl GatewaySession {
                 // Charged before it is queued: a packet the egress drops is paid for, like
                 // one lost on the way.
                 if let Some(account) = live.account.as_mut() {
-                    let bytes = packet.len() as u64;
+                    let bytes = forward.packet().len() as u64;
                     if account.remaining < bytes {
                         self.refusals.no_bandwidth += 1;
                         let text = format!(
@@ -514,7 +517,10 @@ impl GatewaySession {
                         self.event(GatewayEvent::Charge { bytes });
                     }
                 }
-                self.event(GatewayEvent::Forward { next_hop, packet });
+                self.event(GatewayEvent::Forward {
+                    next_hop,
+                    packet: forward.packet().to_vec(),
+                });
                 if !live.admitted {
                     live.admitted = true;
                     self.event(GatewayEvent::Admit {
@@ -522,11 +528,15 @@ impl GatewaySession {
                     });
                 }
             }
-            ClientMessage::Confirm { ids } => self.event(GatewayEvent::Confirm { ids }),
+            ClientMessageView::Confirm(confirm) => self.event(GatewayEvent::Confirm {
+                ids: confirm.ids().collect(),
+            }),
             // Unmetered: nothing to pay for, the credential is not spent.
-            ClientMessage::Credential { bytes } => {
+            ClientMessageView::Credential(bytes) => {
                 if live.account.is_some() {
-                    self.event(GatewayEvent::Credential { bytes });
+                    self.event(GatewayEvent::Credential {
+                        bytes: bytes.to_vec(),
+                    });
                 }
             }
         }

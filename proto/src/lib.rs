@@ -6,6 +6,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod client_session;
+pub mod final_hop;
 pub mod gateway_session;
 pub mod hex;
 pub mod limits;

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::{self, address, Hop, Packet};
+use lethe_proto::final_hop::{self, FinalHopOutcome, Refusal, Room};
 use lethe_proto::gateway_session::{FirstHops, GatewayConfig, Transmit};
 use lethe_proto::loopix::{
     ClientLimits, LoopixClient, LoopixEvent, LoopixParams, LoopixTransmit, PacketKind, Received,
@@ -18,7 +18,6 @@ use lethe_proto::loopix::{
 };
 use lethe_proto::topology::{Descriptor, Role, Topology};
 use lethe_proto::wire::handshake::identity_public;
-use lethe_proto::wire::payload::{split_forward, DROP_COVER_DESTINATION};
 use lethe_proto::wire::{ClientMessage, DeliveryKind};
 use lethe_proto::{ClientEvent, ClientSession, GatewayEvent, GatewaySession};
 use rand::rngs::StdRng;
@@ -234,7 +233,6 @@ impl World {
     /// Carries a packet from the gateway through the mix layers to its destination gateway,
     /// which stores it in a mailbox (or discards drop cover) and sends a SURB-ACK on.
     fn mixnet(&mut self, first_hop: [u8; 32], packet: Vec<u8>) -> Option<Arrival> {
-        let ack_size = packet.len() == PacketSize::Ack.packet_len();
         let mut packet = Packet::new_checked(packet).unwrap();
         let mut at = first_hop;
         let (destination, identifier) = loop {
@@ -247,35 +245,30 @@ impl World {
                 } => break (destination, identifier),
             }
         };
-        if destination == DROP_COVER_DESTINATION {
-            return Some(Arrival::DropCover);
-        }
-        let (kind, bytes, arrival) = if identifier != [0u8; 16] {
-            let payload = packet.payload().to_vec();
-            (DeliveryKind::Reply, payload, Arrival::Content(destination))
-        } else {
-            let plaintext = sphinx::recover_plaintext(packet.payload()).unwrap();
-            if ack_size {
-                (
-                    DeliveryKind::Ack,
-                    plaintext.to_vec(),
-                    Arrival::Ack(destination),
-                )
+        let packet = packet.into_inner();
+        let parties = &self.parties;
+        let mailboxes = |recipient: &[u8; 32]| {
+            if parties.iter().any(|p| p.identity == *recipient) {
+                Room::Available
             } else {
-                let split = split_forward(plaintext).unwrap();
-                let content = split.content.to_vec();
-                let ack = split.ack.map(|(hop, ack)| (*hop, ack.to_vec()));
-                // The gateway stored the content: it sends the SURB-ACK on.
-                if let Some((hop, ack)) = ack {
-                    self.mixnet(hop, ack);
-                }
-                (
-                    DeliveryKind::Message,
-                    content,
-                    Arrival::Content(destination),
-                )
+                Room::Unknown
             }
         };
+        let mail = match final_hop::decide(&destination, &identifier, &packet, &mailboxes) {
+            FinalHopOutcome::DropCover => return Some(Arrival::DropCover),
+            FinalHopOutcome::Refused(Refusal::UnknownRecipient) => return None,
+            FinalHopOutcome::Refused(refusal) => panic!("{refusal:?}"),
+            FinalHopOutcome::Deliver(mail) => mail,
+        };
+        let arrival = match mail.kind {
+            DeliveryKind::Ack => Arrival::Ack(destination),
+            DeliveryKind::Message | DeliveryKind::Reply => Arrival::Content(destination),
+        };
+        let (kind, bytes, ack) = (mail.kind, mail.bytes.to_vec(), mail.ack);
+        // The gateway stored the content: it sends the SURB-ACK on.
+        if let Some(ack) = ack {
+            self.mixnet(*ack.first_hop, ack.packet.to_vec());
+        }
         let party = self
             .parties
             .iter_mut()

@@ -2,9 +2,10 @@
 //! client confirms it.
 //!
 //! One writer thread owns the write connection. It receives the engine's final-hop packets
-//! and the sessions' commands (register, confirm), classifies packets by
-//! [`crate::proto::payload`] rules, and applies everything in batched transactions (flushed
-//! every [`limits::MAILBOX_FLUSH_MS`] or [`limits::MAILBOX_FLUSH_ROWS`] items). Only after a commit does it push deliveries to
+//! and the sessions' commands (register, confirm), decides on packets with
+//! [`lethe_proto::final_hop`] (the mailboxes it asks are this writer's), and applies everything
+//! in batched transactions (flushed every [`limits::MAILBOX_FLUSH_MS`] or
+//! [`limits::MAILBOX_FLUSH_ROWS`] items). Only after a commit does it push deliveries to
 //! connected clients and send SURB-ACKs on: an ACK, or a delivery the client saw, implies the
 //! row is durable. Rows are deleted only by the client's `Confirm` (or by retention), so a
 //! crash at any point loses nothing. Ids are `AUTOINCREMENT` (monotonic, never reused).
@@ -32,16 +33,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{select, Receiver};
-use lethe_crypto::framing::PacketSize;
-use lethe_crypto::sphinx::{address, recover_plaintext, Packet};
 use lethe_engine::runtime::FinalHop;
+use lethe_proto::final_hop::{self, FinalHopOutcome, Mailboxes, Refusal, Room};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::egress::Egress;
 use super::live::{Delivery, LiveSessions};
 use super::metrics::GatewayMetrics;
 use crate::limits;
-use crate::proto::payload::{split_forward, DROP_COVER_DESTINATION};
 use crate::proto::DeliveryKind;
 
 /// What sessions ask the writer.
@@ -56,60 +55,6 @@ pub enum Command {
     Admit { client: [u8; 32] },
     /// The client handled these deliveries: delete them (only its own).
     Confirm { client: [u8; 32], ids: Vec<u64> },
-}
-
-/// What a final-hop packet is, by the payload rules.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Classified<'a> {
-    /// Drop cover (destination all zero).
-    Cover,
-    /// The payload does not parse.
-    Malformed,
-    Deliver {
-        kind: DeliveryKind,
-        bytes: &'a [u8],
-        /// A forward packet's SURB-ACK: its first hop and the ACK packet.
-        ack: Option<([u8; 32], &'a [u8])>,
-    },
-}
-
-/// Classifies a final-hop packet (header ‖ decrypted payload).
-pub fn classify(hop: &FinalHop) -> Classified<'_> {
-    if hop.destination == DROP_COVER_DESTINATION {
-        return Classified::Cover;
-    }
-    let Ok(packet) = Packet::new_checked(&hop.packet[..]) else {
-        return Classified::Malformed;
-    };
-    let payload = &hop.packet[hop.packet.len() - packet.payload().len()..];
-    if hop.packet.len() == PacketSize::Ack.packet_len() {
-        return match recover_plaintext(payload) {
-            Ok(plaintext) => Classified::Deliver {
-                kind: DeliveryKind::Ack,
-                bytes: plaintext,
-                ack: None,
-            },
-            Err(_) => Classified::Malformed,
-        };
-    }
-    if hop.identifier != [0u8; 16] {
-        return Classified::Deliver {
-            kind: DeliveryKind::Reply,
-            bytes: payload,
-            ack: None,
-        };
-    }
-    let Ok(plaintext) = recover_plaintext(payload) else {
-        return Classified::Malformed;
-    };
-    let Some(forward) = split_forward(plaintext) else {
-        return Classified::Malformed;
-    };
-    Classified::Deliver {
-        kind: DeliveryKind::Message,
-        bytes: forward.content,
-        ack: forward.ack.map(|(address, packet)| (*address, packet)),
-    }
 }
 
 fn now_s() -> i64 {
@@ -341,6 +286,22 @@ struct Writer {
     oldest_pending: Option<Instant>,
 }
 
+/// Mail is stored for a client the writer knows, up to
+/// [`limits::MAILBOX_ROWS_PER_CLIENT_MAX`] rows.
+impl Mailboxes for Writer {
+    fn room(&self, recipient: &[u8; 32]) -> Room {
+        if !self.knows(recipient) {
+            Room::Unknown
+        } else if self.rows.get(recipient).copied().unwrap_or(0)
+            >= limits::MAILBOX_ROWS_PER_CLIENT_MAX
+        {
+            Room::Full
+        } else {
+            Room::Available
+        }
+    }
+}
+
 /// What the writer is connected to.
 pub struct WriterLinks {
     /// Final-hop packets from the engine cores.
@@ -556,36 +517,35 @@ impl Writer {
     fn on_final_hop(&mut self, hop: &FinalHop) {
         let metrics = self.metrics.clone();
         GatewayMetrics::add(&metrics.final_hop_received, 1);
-        let (kind, bytes, ack) = match classify(hop) {
-            Classified::Cover => return GatewayMetrics::add(&metrics.cover_dropped, 1),
-            Classified::Malformed => return GatewayMetrics::add(&metrics.final_hop_malformed, 1),
-            Classified::Deliver { kind, bytes, ack } => (kind, bytes, ack),
+        let mail = match final_hop::decide(&hop.destination, &hop.identifier, &hop.packet, &*self) {
+            FinalHopOutcome::DropCover => return GatewayMetrics::add(&metrics.cover_dropped, 1),
+            FinalHopOutcome::Refused(refusal) => {
+                let counter = match refusal {
+                    Refusal::Malformed => &metrics.final_hop_malformed,
+                    Refusal::UnknownRecipient => &metrics.unknown_destination_dropped,
+                    Refusal::MailboxFull => &metrics.mailbox_full_dropped,
+                };
+                return GatewayMetrics::add(counter, 1);
+            }
+            FinalHopOutcome::Deliver(mail) => mail,
         };
-        if !self.knows(&hop.destination) {
-            return GatewayMetrics::add(&metrics.unknown_destination_dropped, 1);
-        }
-        if self.rows.get(&hop.destination).copied().unwrap_or(0)
-            >= limits::MAILBOX_ROWS_PER_CLIENT_MAX
-        {
-            return GatewayMetrics::add(&metrics.mailbox_full_dropped, 1);
-        }
         // Mail it stores makes its client durable, in the same transaction.
-        if !self.durable.contains_key(&hop.destination) {
-            self.make_durable(hop.destination);
+        if !self.durable.contains_key(&mail.recipient) {
+            self.make_durable(mail.recipient);
         }
-        *self.rows.entry(hop.destination).or_insert(0) += 1;
-        let ack = ack.and_then(|(first_hop, packet)| match address::decode(&first_hop) {
-            Ok(next_hop) => Some((next_hop, packet.to_vec())),
-            Err(_) => {
+        *self.rows.entry(mail.recipient).or_insert(0) += 1;
+        let ack = mail.ack.and_then(|ack| match ack.next_hop() {
+            Some(next_hop) => Some((next_hop, ack.packet.to_vec())),
+            None => {
                 GatewayMetrics::add(&metrics.egress_dropped, 1);
                 None
             }
         });
         self.push(Pending::Store {
-            client: hop.destination,
-            kind,
-            identifier: hop.identifier,
-            bytes: bytes.to_vec(),
+            client: mail.recipient,
+            kind: mail.kind,
+            identifier: mail.identifier,
+            bytes: mail.bytes.to_vec(),
             ack,
         });
     }
@@ -784,101 +744,6 @@ pub fn is_registered(conn: &Connection, client: &[u8; 32]) -> rusqlite::Result<b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::payload::{write_surb_ack, SURB_ACK_BYTES};
-    use lethe_crypto::sphinx::{self, Destination, Hop, PacketSpec, RouteHop, Version};
-    use x25519_dalek::{PublicKey, StaticSecret};
-
-    /// A one-hop packet to a gateway key, unwrapped as the engine would: a `FinalHop`.
-    fn final_hop(
-        size: PacketSize,
-        destination: [u8; 32],
-        identifier: [u8; 16],
-        message: &[u8],
-    ) -> FinalHop {
-        let secret = StaticSecret::from([7u8; 32]);
-        let route = [RouteHop {
-            address: address::encode(&"127.0.0.1:1789".parse().unwrap()),
-            public_key: PublicKey::from(&secret).to_bytes(),
-        }];
-        let destination = Destination {
-            address: destination,
-            identifier,
-        };
-        let spec = PacketSpec {
-            route: &route,
-            delays_ns: &[0],
-            destination: &destination,
-            version: Version::CURRENT,
-        };
-        let mut bytes =
-            sphinx::create(message, size.payload_len(), &spec, None, &mut rand::rng()).unwrap();
-        let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
-        let processed = sphinx::process(&mut packet, &secret).unwrap();
-        let Hop::Final {
-            destination,
-            identifier,
-        } = processed.hop
-        else {
-            panic!("not a final hop");
-        };
-        FinalHop {
-            destination,
-            identifier,
-            packet: bytes,
-        }
-    }
-
-    #[test]
-    fn classifies_by_payload_rules() {
-        let client = [5u8; 32];
-        let cover = final_hop(PacketSize::Regular, [0; 32], [0; 16], &[0; SURB_ACK_BYTES]);
-        assert_eq!(classify(&cover), Classified::Cover);
-
-        let ack = final_hop(PacketSize::Ack, client, [0; 16], &[9; 21]);
-        assert_eq!(
-            classify(&ack),
-            Classified::Deliver {
-                kind: DeliveryKind::Ack,
-                bytes: &[9; 21],
-                ack: None
-            }
-        );
-
-        let reply = final_hop(PacketSize::Regular, client, [1; 16], b"opaque");
-        match classify(&reply) {
-            Classified::Deliver { kind, bytes, ack } => {
-                assert_eq!(kind, DeliveryKind::Reply);
-                assert_eq!(bytes.len(), PacketSize::Regular.payload_len());
-                assert!(ack.is_none());
-            }
-            other => panic!("{other:?}"),
-        }
-
-        let first_hop = address::encode(&"127.0.0.1:4000".parse().unwrap());
-        let ack_packet = vec![3u8; PacketSize::Ack.packet_len()];
-        let mut message = vec![0u8; SURB_ACK_BYTES + 5];
-        write_surb_ack(&mut message, Some((&first_hop, &ack_packet))).unwrap();
-        message[SURB_ACK_BYTES..].copy_from_slice(b"hello");
-        let forward = final_hop(PacketSize::Regular, client, [0; 16], &message);
-        assert_eq!(
-            classify(&forward),
-            Classified::Deliver {
-                kind: DeliveryKind::Message,
-                bytes: b"hello",
-                ack: Some((first_hop, &ack_packet[..]))
-            }
-        );
-
-        // Too short to hold a SURB-ACK, and garbage bytes.
-        let short = final_hop(PacketSize::Regular, client, [0; 16], b"short");
-        assert_eq!(classify(&short), Classified::Malformed);
-        let garbage = FinalHop {
-            destination: client,
-            identifier: [0; 16],
-            packet: vec![1; 20],
-        };
-        assert_eq!(classify(&garbage), Classified::Malformed);
-    }
 
     #[test]
     fn reader_sees_committed_rows_in_id_order() {

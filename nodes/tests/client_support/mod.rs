@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::{self, address, Hop, Packet};
 use lethe_nodes::keyfile;
-use lethe_nodes::proto::payload::{split_forward, DROP_COVER_DESTINATION};
 use lethe_nodes::proto::{DeliveryKind, GatewayMessage};
 use lethe_nodes::topology::{Descriptor, Role, Topology};
 use lethe_nodes::ws;
+use lethe_proto::final_hop::{self, FinalHopOutcome, Room};
 use lethe_proto::gateway_session::{FirstHops, GatewayConfig, GatewayEvent};
 use lethe_proto::GatewaySession;
 use tokio::net::TcpListener;
@@ -183,44 +183,30 @@ impl FakeGateway {
     /// The gateway's final-hop handling of one packet (forward packets are first carried
     /// through the mix layers by [`TestNet::unwrap_all`]).
     fn handle_packet(&self, first_hop: [u8; 32], packet: Vec<u8>) -> Result<(), String> {
-        let size = PacketSize::from_sphinx_packet_len(packet.len()).ok_or("packet size")?;
+        PacketSize::from_sphinx_packet_len(packet.len()).ok_or("packet size")?;
         let (destination, identifier, packet, hops) = self.net.unwrap_all(first_hop, packet)?;
         if hops != 4 {
             return Err(format!("route of {hops} hops"));
         }
-        if destination == DROP_COVER_DESTINATION {
-            self.stats.drop_cover.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        if identifier != [0u8; 16] {
-            self.deliver(
-                destination,
-                DeliveryKind::Reply,
-                identifier,
-                packet.payload().to_vec(),
-            );
-            return Ok(());
-        }
-        let plaintext = sphinx::recover_plaintext(packet.payload()).map_err(|e| e.to_string())?;
-        if size == PacketSize::Ack {
-            self.deliver(
-                destination,
-                DeliveryKind::Ack,
-                identifier,
-                plaintext.to_vec(),
-            );
-            return Ok(());
-        }
-        let split = split_forward(plaintext).ok_or("short forward plaintext")?;
+        let packet = packet.into_inner();
+        let everyone = |_: &[u8; 32]| Room::Available;
+        let mail = match final_hop::decide(&destination, &identifier, &packet, &everyone) {
+            FinalHopOutcome::DropCover => {
+                self.stats.drop_cover.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            FinalHopOutcome::Refused(refusal) => return Err(format!("{refusal:?}")),
+            FinalHopOutcome::Deliver(mail) => mail,
+        };
         self.deliver(
-            destination,
-            DeliveryKind::Message,
-            identifier,
-            split.content.to_vec(),
+            mail.recipient,
+            mail.kind,
+            mail.identifier,
+            mail.bytes.to_vec(),
         );
-        if let Some((ack_hop, ack_packet)) = split.ack {
+        if let Some(ack) = mail.ack {
             self.stats.acks_sent_on.fetch_add(1, Ordering::Relaxed);
-            self.handle_packet(*ack_hop, ack_packet.to_vec())?;
+            self.handle_packet(*ack.first_hop, ack.packet.to_vec())?;
         }
         Ok(())
     }

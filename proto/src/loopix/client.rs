@@ -21,7 +21,7 @@ use super::address::Recipient;
 use super::message::{
     self, decode_body, encode_body, forward_fragment_capacity, open_forward, open_reply,
     reply_fragment_capacity, seal_forward, seal_reply, AttachedSurb, Fragment, FragmentHeader,
-    Reassembler, ReassemblyLimits, FLAG_IS_REPLY, FLAG_LOOP_COVER, REPLY_KEY_BYTES,
+    Reassembler, Reassembly, ReassemblyLimits, FLAG_IS_REPLY, FLAG_LOOP_COVER, REPLY_KEY_BYTES,
 };
 use super::packets::{reply_packet, BuildError, Builder, Built, Delays, PacketKind, SelfRoute};
 use super::params::LoopixParams;
@@ -876,17 +876,17 @@ impl LoopixClient {
         outcome: &mut DeliveryOutcome,
     ) {
         match self.reassembler.insert(fragment, Some(delivery_id), now_us) {
-            Err(_) => {
+            Reassembly::Refused(_) => {
                 self.counters.fragments_refused += 1;
                 outcome.confirm.push(delivery_id);
             }
-            Ok(Err(message::Accepted::AlreadyComplete)) => {
+            Reassembly::AlreadyComplete => {
                 self.counters.duplicates += 1;
                 outcome.confirm.push(delivery_id);
             }
-            Ok(Err(message::Accepted::Duplicate)) => self.counters.duplicates += 1,
-            Ok(Err(message::Accepted::Incomplete)) => {}
-            Ok(Ok(complete)) => {
+            Reassembly::Duplicate => self.counters.duplicates += 1,
+            Reassembly::Incomplete => {}
+            Reassembly::Complete(complete) => {
                 let (surbs, data) = match decode_body(complete.flags, &complete.body) {
                     Ok((surbs, data)) => (surbs, data.to_vec()),
                     Err(_) => {
@@ -1118,8 +1118,8 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+    use crate::final_hop::{self, FinalHopOutcome, Room};
     use crate::topology::{Descriptor, Role};
-    use crate::wire::payload::{split_forward, DROP_COVER_DESTINATION};
 
     thread_local! {
         /// What the clients of this test reported: progress by message id (ids are random
@@ -1244,7 +1244,6 @@ mod tests {
 
     /// Carries a packet through the four hops and does the destination gateway's work.
     fn gateway(net: &Net, first_hop: [u8; 32], packet: Vec<u8>) -> Vec<Delivery> {
-        let ack_size = packet.len() == PacketSize::Ack.packet_len();
         let mut packet = Packet::new_checked(packet).unwrap();
         let mut at = first_hop;
         let (destination, identifier) = loop {
@@ -1257,31 +1256,21 @@ mod tests {
                 } => break (destination, identifier),
             }
         };
-        if destination == DROP_COVER_DESTINATION {
-            return Vec::new();
-        }
-        if identifier != [0u8; 16] {
-            let payload = packet.payload().to_vec();
-            return vec![(destination, DeliveryKind::Reply, identifier, payload)];
-        }
-        let plaintext = sphinx::recover_plaintext(packet.payload()).unwrap();
-        if ack_size {
-            return vec![(
-                destination,
-                DeliveryKind::Ack,
-                identifier,
-                plaintext.to_vec(),
-            )];
-        }
-        let split = split_forward(plaintext).unwrap();
+        let packet = packet.into_inner();
+        let everyone = |_: &[u8; 32]| Room::Available;
+        let mail = match final_hop::decide(&destination, &identifier, &packet, &everyone) {
+            FinalHopOutcome::DropCover => return Vec::new(),
+            FinalHopOutcome::Refused(refusal) => panic!("{refusal:?}"),
+            FinalHopOutcome::Deliver(mail) => mail,
+        };
         let mut out = vec![(
-            destination,
-            DeliveryKind::Message,
-            identifier,
-            split.content.to_vec(),
+            mail.recipient,
+            mail.kind,
+            mail.identifier,
+            mail.bytes.to_vec(),
         )];
-        if let Some((hop, ack)) = split.ack {
-            out.extend(gateway(net, *hop, ack.to_vec()));
+        if let Some(ack) = mail.ack {
+            out.extend(gateway(net, *ack.first_hop, ack.packet.to_vec()));
         }
         out
     }

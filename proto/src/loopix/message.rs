@@ -444,14 +444,25 @@ pub struct Complete {
     pub delivery_ids: Vec<u64>,
 }
 
+/// What feeding a fragment to the [`Reassembler`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Accepted {
+pub enum Reassembly {
+    /// The message is complete: hand it over.
+    Complete(Complete),
     /// Stored; more fragments are needed.
     Incomplete,
     /// A fragment already held (its delivery id is kept with the message).
     Duplicate,
     /// A fragment of a message already completed: confirm it and forget it.
     AlreadyComplete,
+    /// Not stored (the message's partial state is dropped if nothing of it remains).
+    Refused(Refused),
+}
+
+impl Reassembly {
+    pub fn is_refused(&self) -> bool {
+        matches!(self, Reassembly::Refused(_))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -509,16 +520,15 @@ impl Reassembler {
     }
 
     /// Feeds one fragment. `delivery_id` is the gateway's id for it (kept until completion).
-    /// `Ok(Ok(_))`: the message is complete; `Ok(Err(_))`: accepted, nothing to hand over.
     pub fn insert(
         &mut self,
         fragment: Fragment,
         delivery_id: Option<u64>,
         now_us: u64,
-    ) -> Result<Result<Complete, Accepted>, Refused> {
+    ) -> Reassembly {
         let message_id = fragment.header.message_id;
         let result = self.insert_inner(fragment, delivery_id, now_us);
-        if result.is_err()
+        if result.is_refused()
             && self
                 .partial
                 .get(&message_id)
@@ -534,33 +544,33 @@ impl Reassembler {
         fragment: Fragment,
         delivery_id: Option<u64>,
         now_us: u64,
-    ) -> Result<Result<Complete, Accepted>, Refused> {
+    ) -> Reassembly {
         let h = fragment.header;
         if self.completed.contains_key(&h.message_id) {
-            return Ok(Err(Accepted::AlreadyComplete));
+            return Reassembly::AlreadyComplete;
         }
         let len = fragment.data.len();
         let is_final = h.index + 1 == h.count;
         // Non-final fragments are full, hence non-empty and of one length.
         if !is_final && len == 0 {
-            return Err(Refused::BadLength);
+            return Reassembly::Refused(Refused::BadLength);
         }
         if h.count == 1 {
             if len > self.limits.max_message_bytes {
-                return Err(Refused::TooLarge);
+                return Reassembly::Refused(Refused::TooLarge);
             }
             self.remember_completed(h.message_id, now_us);
-            return Ok(Ok(Complete {
+            return Reassembly::Complete(Complete {
                 message_id: h.message_id,
                 flags: h.flags,
                 body: fragment.data,
                 delivery_ids: delivery_id.into_iter().collect(),
-            }));
+            });
         }
         let charge = charge(len);
         if !self.partial.contains_key(&h.message_id) {
             if self.partial.len() >= self.limits.max_incomplete {
-                return Err(Refused::Full);
+                return Reassembly::Refused(Refused::Full);
             }
             self.partial.insert(
                 h.message_id,
@@ -579,21 +589,21 @@ impl Reassembler {
         let limits = self.limits;
         let buffered = self.buffered;
         let Some(partial) = self.partial.get_mut(&h.message_id) else {
-            return Err(Refused::Inconsistent);
+            return Reassembly::Refused(Refused::Inconsistent);
         };
         if partial.count != h.count || partial.flags != h.flags {
-            return Err(Refused::Inconsistent);
+            return Reassembly::Refused(Refused::Inconsistent);
         }
         if partial.parts.contains_key(&h.index) {
             partial.delivery_ids.extend(delivery_id);
-            return Ok(Err(Accepted::Duplicate));
+            return Reassembly::Duplicate;
         }
         // Length rules: non-final fragments all of one length, the final one no longer.
         let fragment_len = if is_final {
             partial.fragment_len
         } else {
             match partial.fragment_len {
-                Some(l) if l != len => return Err(Refused::BadLength),
+                Some(l) if l != len => return Reassembly::Refused(Refused::BadLength),
                 _ => Some(len),
             }
         };
@@ -604,7 +614,7 @@ impl Reassembler {
         };
         if let (Some(fl), Some(last)) = (fragment_len, final_len) {
             if last > fl {
-                return Err(Refused::BadLength);
+                return Reassembly::Refused(Refused::BadLength);
             }
         }
         // The message's size is known once a non-final fragment arrived: refuse early.
@@ -613,13 +623,13 @@ impl Reassembler {
             .unwrap_or(len);
         if declared > limits.max_message_bytes || len > limits.max_message_bytes {
             self.drop_partial(h.message_id);
-            return Err(Refused::TooLarge);
+            return Reassembly::Refused(Refused::TooLarge);
         }
         if buffered + charge > limits.max_buffered_bytes {
             if partial.parts.is_empty() {
                 self.drop_partial(h.message_id);
             }
-            return Err(Refused::Full);
+            return Reassembly::Refused(Refused::Full);
         }
         partial.fragment_len = fragment_len;
         partial.bytes += len;
@@ -630,39 +640,35 @@ impl Reassembler {
         self.try_complete(h.message_id, now_us)
     }
 
-    fn try_complete(
-        &mut self,
-        message_id: u64,
-        now_us: u64,
-    ) -> Result<Result<Complete, Accepted>, Refused> {
+    fn try_complete(&mut self, message_id: u64, now_us: u64) -> Reassembly {
         let Some(partial) = self.partial.get(&message_id) else {
-            return Ok(Err(Accepted::Incomplete));
+            return Reassembly::Incomplete;
         };
         if partial.bytes > self.limits.max_message_bytes {
             self.drop_partial(message_id);
-            return Err(Refused::TooLarge);
+            return Reassembly::Refused(Refused::TooLarge);
         }
         if partial.parts.len() as u64 != u64::from(partial.count) {
-            return Ok(Err(Accepted::Incomplete));
+            return Reassembly::Incomplete;
         }
         let Some(mut partial) = self.partial.remove(&message_id) else {
-            return Ok(Err(Accepted::Incomplete));
+            return Reassembly::Incomplete;
         };
         self.buffered = self.buffered.saturating_sub(partial.charged);
         let mut body = Vec::with_capacity(partial.bytes);
         for index in 0..partial.count {
             match partial.parts.remove(&index) {
                 Some(data) => body.extend_from_slice(&data),
-                None => return Err(Refused::Inconsistent),
+                None => return Reassembly::Refused(Refused::Inconsistent),
             }
         }
         self.remember_completed(message_id, now_us);
-        Ok(Ok(Complete {
+        Reassembly::Complete(Complete {
             message_id,
             flags: partial.flags,
             body,
             delivery_ids: partial.delivery_ids,
-        }))
+        })
     }
 
     fn drop_partial(&mut self, message_id: u64) -> Option<Partial> {
@@ -811,13 +817,14 @@ mod tests {
             let mut done = None;
             let mut duplicates = 0;
             for (id, f) in shuffled {
-                match r.insert(f, Some(id), 0).unwrap() {
-                    Ok(complete) => {
+                match r.insert(f, Some(id), 0) {
+                    Reassembly::Complete(complete) => {
                         assert!(done.is_none());
                         done = Some(complete);
                     }
-                    Err(Accepted::Duplicate | Accepted::AlreadyComplete) => duplicates += 1,
-                    Err(Accepted::Incomplete) => {}
+                    Reassembly::Duplicate | Reassembly::AlreadyComplete => duplicates += 1,
+                    Reassembly::Incomplete => {}
+                    Reassembly::Refused(refused) => panic!("{refused}"),
                 }
             }
             let complete = done.unwrap();
@@ -828,10 +835,8 @@ mod tests {
             assert_eq!(r.incomplete(), 0);
             // Later copies are recognised.
             assert_eq!(
-                r.insert(fragments[0].clone(), Some(9), 5)
-                    .unwrap()
-                    .unwrap_err(),
-                Accepted::AlreadyComplete
+                r.insert(fragments[0].clone(), Some(9), 5),
+                Reassembly::AlreadyComplete
             );
         }
     }
@@ -843,8 +848,8 @@ mod tests {
         let mut r = Reassembler::new(limits());
         for (i, f) in fragments.iter().enumerate().skip(1) {
             assert_eq!(
-                r.insert(f.clone(), Some(i as u64), 0).unwrap().unwrap_err(),
-                Accepted::Incomplete
+                r.insert(f.clone(), Some(i as u64), 0),
+                Reassembly::Incomplete
             );
         }
         assert_eq!(r.incomplete(), 1);
@@ -870,34 +875,49 @@ mod tests {
             },
             data: vec![0; 1000],
         };
-        assert_eq!(r.insert(huge, None, 0), Err(Refused::TooLarge));
+        assert_eq!(
+            r.insert(huge, None, 0),
+            Reassembly::Refused(Refused::TooLarge)
+        );
         assert_eq!(r.incomplete(), 0);
         assert!(split(1, 0, &body(2 << 20), 1000, 1 << 20).is_err());
         // At most `max_incomplete` messages in progress.
         for id in 0..4 {
             let f = split(100 + id, 0, &body(3000), 1000, 1 << 20).unwrap();
-            assert!(r.insert(f[0].clone(), None, 0).is_ok());
+            assert!(!r.insert(f[0].clone(), None, 0).is_refused());
         }
         let f = split(200, 0, &body(3000), 1000, 1 << 20).unwrap();
-        assert_eq!(r.insert(f[0].clone(), None, 0), Err(Refused::Full));
+        assert_eq!(
+            r.insert(f[0].clone(), None, 0),
+            Reassembly::Refused(Refused::Full)
+        );
         assert_eq!(r.incomplete(), 4);
         // Inconsistent count or flags for the same message id.
         let mut g = split(100, 0, &body(5000), 1000, 1 << 20).unwrap();
-        assert_eq!(r.insert(g.remove(1), None, 0), Err(Refused::Inconsistent));
+        assert_eq!(
+            r.insert(g.remove(1), None, 0),
+            Reassembly::Refused(Refused::Inconsistent)
+        );
         // Non-final fragments of differing lengths.
         let mut odd = split(101, 0, &body(3000), 1000, 1 << 20).unwrap()[1].clone();
         odd.data.truncate(999);
         odd.header.len = 999;
-        assert_eq!(r.insert(odd, None, 0), Err(Refused::BadLength));
+        assert_eq!(
+            r.insert(odd, None, 0),
+            Reassembly::Refused(Refused::BadLength)
+        );
         // Buffered bytes.
         let mut small = Reassembler::new(ReassemblyLimits {
             max_buffered_bytes: 2500,
             ..limits()
         });
         let f = split(5, 0, &body(5000), 1000, 1 << 20).unwrap();
-        assert!(small.insert(f[0].clone(), None, 0).is_ok());
-        assert!(small.insert(f[1].clone(), None, 0).is_ok());
-        assert_eq!(small.insert(f[2].clone(), None, 0), Err(Refused::Full));
+        assert!(!small.insert(f[0].clone(), None, 0).is_refused());
+        assert!(!small.insert(f[1].clone(), None, 0).is_refused());
+        assert_eq!(
+            small.insert(f[2].clone(), None, 0),
+            Reassembly::Refused(Refused::Full)
+        );
     }
 
     #[test]

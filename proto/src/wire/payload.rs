@@ -11,7 +11,12 @@
 //! hop (v260 SURBs: the SURB's creator removes the last layers), so the gateway hands the raw
 //! payload over with the identifier. Destination all zero = drop cover: counted and dropped.
 
+use std::net::SocketAddr;
+
 use lethe_crypto::framing::PacketSize;
+use lethe_crypto::sphinx::address;
+
+use super::ProtoError;
 
 pub const SURB_ACK_ADDRESS_BYTES: usize = 32;
 pub const ACK_PACKET_BYTES: usize = PacketSize::Ack.packet_len();
@@ -29,23 +34,55 @@ pub const fn content_bytes(size: PacketSize) -> usize {
     size.plaintext_len() - SURB_ACK_BYTES
 }
 
-/// A forward packet's recovered plaintext, split.
-pub struct ForwardPlaintext<'a> {
-    /// `None` when the sender asked for no ACK (first-hop address all zero).
-    pub ack: Option<(&'a [u8; SURB_ACK_ADDRESS_BYTES], &'a [u8])>,
-    pub content: &'a [u8],
+/// A forward packet's SURB-ACK: the layer-1 mixnode to send it to and the ACK packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SurbAck<'a> {
+    /// The Nym address of the first hop.
+    pub first_hop: &'a [u8; SURB_ACK_ADDRESS_BYTES],
+    /// An `Ack`-size Sphinx packet ([`ACK_PACKET_BYTES`]).
+    pub packet: &'a [u8],
 }
 
-/// Splits a recovered forward plaintext; `None` if it is too short to hold a SURB-ACK.
-pub fn split_forward(plaintext: &[u8]) -> Option<ForwardPlaintext<'_>> {
-    let (address, rest) = plaintext.split_first_chunk::<SURB_ACK_ADDRESS_BYTES>()?;
-    let (ack_packet, content) = rest.split_at_checked(ACK_PACKET_BYTES)?;
-    let ack = if address.iter().all(|&b| b == 0) {
-        None
-    } else {
-        Some((address, ack_packet))
-    };
-    Some(ForwardPlaintext { ack, content })
+impl SurbAck<'_> {
+    /// The first hop as a socket address; `None` if it does not decode (the ACK cannot go).
+    pub fn next_hop(&self) -> Option<SocketAddr> {
+        address::decode(self.first_hop).ok()
+    }
+}
+
+/// A forward packet's recovered plaintext over its bytes, checked to hold a SURB-ACK:
+/// `first_hop (32) ‖ ack packet (386) ‖ content`.
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardPlaintextView<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> ForwardPlaintextView<'a> {
+    pub fn new_checked(plaintext: &'a [u8]) -> Result<Self, ProtoError> {
+        if plaintext.len() < SURB_ACK_BYTES {
+            return Err(ProtoError::Malformed(
+                "forward plaintext shorter than a SURB-ACK",
+            ));
+        }
+        Ok(ForwardPlaintextView { bytes: plaintext })
+    }
+
+    /// `None` when the sender asked for no ACK (first-hop address all zero).
+    pub fn surb_ack(&self) -> Option<SurbAck<'a>> {
+        let (first_hop, rest) = self.bytes.split_first_chunk::<SURB_ACK_ADDRESS_BYTES>()?;
+        if first_hop.iter().all(|&b| b == 0) {
+            return None;
+        }
+        Some(SurbAck {
+            first_hop,
+            packet: rest.get(..ACK_PACKET_BYTES)?,
+        })
+    }
+
+    /// The client's bytes (end-to-end encrypted), after the SURB-ACK.
+    pub fn content(&self) -> &'a [u8] {
+        self.bytes.get(SURB_ACK_BYTES..).unwrap_or_default()
+    }
 }
 
 /// Writes the SURB-ACK prefix into `out` (at least [`SURB_ACK_BYTES`] long); `None` writes zeros.
@@ -78,13 +115,19 @@ mod tests {
         let ack = [7u8; ACK_PACKET_BYTES];
         write_surb_ack(&mut plaintext, Some((&address, &ack))).unwrap();
         plaintext[SURB_ACK_BYTES] = 9;
-        let split = split_forward(&plaintext).unwrap();
-        let (a, p) = split.ack.unwrap();
-        assert_eq!((a, p), (&address, &ack[..]));
-        assert_eq!(split.content[0], 9);
-        assert_eq!(split.content.len(), content_bytes(PacketSize::Regular));
+        let view = ForwardPlaintextView::new_checked(&plaintext).unwrap();
+        let surb_ack = view.surb_ack().unwrap();
+        assert_eq!((surb_ack.first_hop, surb_ack.packet), (&address, &ack[..]));
+        assert_eq!(view.content()[0], 9);
+        assert_eq!(view.content().len(), content_bytes(PacketSize::Regular));
         write_surb_ack(&mut plaintext, None).unwrap();
-        assert!(split_forward(&plaintext).unwrap().ack.is_none());
-        assert!(split_forward(&plaintext[..SURB_ACK_BYTES - 1]).is_none());
+        assert!(ForwardPlaintextView::new_checked(&plaintext)
+            .unwrap()
+            .surb_ack()
+            .is_none());
+        // Exactly a SURB-ACK: no content; one byte less: refused.
+        let bare = ForwardPlaintextView::new_checked(&plaintext[..SURB_ACK_BYTES]).unwrap();
+        assert!(bare.content().is_empty());
+        assert!(ForwardPlaintextView::new_checked(&plaintext[..SURB_ACK_BYTES - 1]).is_err());
     }
 }

@@ -27,18 +27,20 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lethe_crypto::framing::{KeyRotation, PacketSize};
-use lethe_crypto::sphinx::{self, address, Destination, Packet, PacketSpec, RouteHop, Version};
+use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Version};
 use lethe_engine::core::{Action, Admitted, Core, NodeKeys, SphinxKey};
 use lethe_engine::limits::{PacketSizes, DELAY_MS_MAX};
 use lethe_engine::metrics::{CoreMetrics, DropReason};
+use lethe_engine::runtime::FinalHop;
 use lethe_engine::{EngineConfig, ReplayFilter, ReplayFilterSet, ReplayParams};
+use lethe_proto::final_hop::{self, FinalHopOutcome, Room};
 use lethe_proto::gateway_session::{FirstHops, GatewayConfig, Transmit};
 use lethe_proto::loopix::{
     ClientLimits, LoopixClient, LoopixEvent, LoopixParams, LoopixTransmit, PacketKind,
 };
 use lethe_proto::topology::{sample_delays_ns, Descriptor, Role as TopologyRole, Topology};
 use lethe_proto::wire::handshake::identity_public;
-use lethe_proto::wire::payload::{split_forward, DROP_COVER_DESTINATION};
+use lethe_proto::wire::payload::SurbAck;
 use lethe_proto::wire::{ClientMessage, DeliveryKind};
 use lethe_proto::{ClientEvent, ClientSession, GatewayEvent, GatewaySession};
 use rand_chacha::ChaCha20Rng;
@@ -1229,9 +1231,9 @@ impl<'a> World<'a> {
         Ok(())
     }
 
-    /// The exit gateway's work on a final-hop packet, as the real gateway's mailbox does it:
-    /// drop cover is discarded; a message's content is stored for its recipient and its
-    /// SURB-ACK sent on; an ACK or a reply is stored as it is.
+    /// The exit gateway's work on a final-hop packet, decided by the real gateway's rules
+    /// ([`final_hop::decide`]): drop cover is discarded; mail is stored for its recipient and
+    /// a forward packet's SURB-ACK sent on.
     fn delivered(
         &mut self,
         node: u32,
@@ -1243,30 +1245,47 @@ impl<'a> World<'a> {
             return Ok(());
         };
         let info = pending.info;
-        let recipient = self.identities.get(&hop.destination).copied();
-        let (Some(recipient), Some(stored)) = (recipient, classify(&hop)) else {
-            // Drop cover ends at the gateway: nothing reaches a client.
-            let reason = if hop.destination == DROP_COVER_DESTINATION {
-                "cover_discarded"
+        let identities = &self.identities;
+        let mailboxes = |recipient: &[u8; 32]| {
+            if identities.contains_key(recipient) {
+                Room::Available
             } else {
-                "undeliverable"
+                Room::Unknown
+            }
+        };
+        let mail =
+            match final_hop::decide(&hop.destination, &hop.identifier, &hop.packet, &mailboxes) {
+                FinalHopOutcome::Deliver(mail) => mail,
+                // Drop cover ends at the gateway: nothing reaches a client.
+                FinalHopOutcome::DropCover => {
+                    return self.drop_row(t, node, pending.packet_id, &info, "cover_discarded")
+                }
+                FinalHopOutcome::Refused(_) => {
+                    return self.drop_row(t, node, pending.packet_id, &info, "undeliverable")
+                }
             };
-            return self.drop_row(t, node, pending.packet_id, &info, reason);
+        let Some(recipient) = self.identities.get(&mail.recipient).copied() else {
+            return self.drop_row(t, node, pending.packet_id, &info, "undeliverable");
         };
         if info.class == Class::Real {
             self.summary.real_delivered_count += 1;
         }
         let row = self.row(t, node, Kind::Deliver, pending.packet_id, &info);
         self.write(row)?;
-        if let Some((first_hop, ack)) = stored.ack {
-            self.send_ack(node, first_hop, ack, &info, t)?;
+        if let Some(ack) = mail.ack {
+            self.send_ack(node, ack, &info, t)?;
         }
+        let stored = Stored {
+            kind: mail.kind,
+            identifier: mail.identifier,
+            bytes: mail.bytes.to_vec(),
+        };
         let Some(client) = self.client_mut(recipient) else {
             return Ok(());
         };
         let id = client.next_delivery_id;
         client.next_delivery_id += 1;
-        client.mailbox.insert(id, stored.stored);
+        client.mailbox.insert(id, stored);
         self.client_flush(recipient, t)
     }
 
@@ -1274,17 +1293,15 @@ impl<'a> World<'a> {
     fn send_ack(
         &mut self,
         gateway: u32,
-        first_hop: [u8; 32],
-        bytes: Vec<u8>,
+        ack: SurbAck<'_>,
         acked: &PacketInfo,
         t: u64,
     ) -> Result<(), SimError> {
-        let next = address::decode(&first_hop)
-            .ok()
-            .and_then(|a| self.addresses.get(&a).copied());
+        let next = ack.next_hop().and_then(|a| self.addresses.get(&a).copied());
         let Some(next) = next else {
             return Ok(());
         };
+        let bytes = ack.packet.to_vec();
         let info = PacketInfo {
             class: Class::Ack,
             message_id: acked.message_id,
@@ -1304,53 +1321,6 @@ impl<'a> World<'a> {
         self.link(gateway, next, packet, t);
         Ok(())
     }
-}
-
-/// A final-hop packet as the engine delivers it: header ‖ decrypted payload.
-struct FinalHop {
-    destination: [u8; 32],
-    identifier: [u8; 16],
-    packet: Vec<u8>,
-}
-
-/// What the gateway stores for a final-hop packet, and the SURB-ACK it sends on.
-struct Classified {
-    stored: Stored,
-    ack: Option<([u8; 32], Vec<u8>)>,
-}
-
-/// The real gateway's payload rules (`lethe_nodes` gateway mailbox): `None` for drop cover
-/// and payloads that do not parse.
-fn classify(hop: &FinalHop) -> Option<Classified> {
-    if hop.destination == DROP_COVER_DESTINATION {
-        return None;
-    }
-    let packet = Packet::new_checked(&hop.packet[..]).ok()?;
-    let payload = &hop.packet[hop.packet.len() - packet.payload().len()..];
-    let stored = |kind, bytes: &[u8]| Stored {
-        kind,
-        identifier: hop.identifier,
-        bytes: bytes.to_vec(),
-    };
-    if hop.packet.len() == PacketSize::Ack.packet_len() {
-        let plaintext = sphinx::recover_plaintext(payload).ok()?;
-        return Some(Classified {
-            stored: stored(DeliveryKind::Ack, plaintext),
-            ack: None,
-        });
-    }
-    if hop.identifier != [0u8; 16] {
-        return Some(Classified {
-            stored: stored(DeliveryKind::Reply, payload),
-            ack: None,
-        });
-    }
-    let plaintext = sphinx::recover_plaintext(payload).ok()?;
-    let forward = split_forward(plaintext)?;
-    Some(Classified {
-        stored: stored(DeliveryKind::Message, forward.content),
-        ack: forward.ack.map(|(hop, ack)| (*hop, ack.to_vec())),
-    })
 }
 
 /// The nodes, in index order: clients, gateways, then mixes layer by layer.
