@@ -18,6 +18,7 @@ pub mod node;
 pub mod ops;
 pub mod prometheus;
 pub mod proto;
+pub mod service;
 pub mod sink;
 pub mod socks;
 pub mod supervise;

@@ -4,121 +4,19 @@
 //! in the network tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lethe_nodes::socks::provider::{self, ProviderStats};
 use lethe_nodes::socks::proxy::{self, ProxyOptions, ProxyStats};
-use lethe_nodes::socks::relay::{Incoming, MixnetPort, Outgoing, ReplyOutcome};
+use lethe_nodes::socks::relay::Outgoing;
 use lethe_nodes::socks::socks5::AllowList;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 
-const PROXY: &str = "proxy-address-that-the-provider-must-never-see";
-const PROVIDER: &str = "provider";
-
-/// What the fake mixnet saw: every message the provider received, whole.
-type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
-
-/// Two endpoints; each message is delivered after 0-30 ms. A message with reply SURBs gives
-/// its recipient a bundle of that many, each one reply back to the sender.
-fn shuffling_mixnet() -> (MixnetPort, MixnetPort, Seen) {
-    let (to_proxy, proxy_in) = mpsc::channel::<Incoming>(1024);
-    let (to_provider, provider_in) = mpsc::channel::<Incoming>(1024);
-    let bundles: Arc<Mutex<HashMap<u64, (&'static str, usize)>>> = Arc::default();
-    let seen: Seen = Arc::default();
-    let endpoint = |from: &'static str| {
-        let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(1024);
-        let bundles = bundles.clone();
-        let seen = seen.clone();
-        let (to_proxy, to_provider) = (to_proxy.clone(), to_provider.clone());
-        tokio::spawn(async move {
-            let deliver = |to: &str, incoming: Incoming| {
-                let target = match to {
-                    PROXY => to_proxy.clone(),
-                    PROVIDER => to_provider.clone(),
-                    _ => return,
-                };
-                if to == PROVIDER {
-                    seen.lock().unwrap().push(incoming.data.clone());
-                }
-                let delay = Duration::from_millis(rand::random::<u64>() % 30);
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = target.send(incoming).await;
-                });
-            };
-            while let Some(command) = out_rx.recv().await {
-                match command {
-                    Outgoing::Send {
-                        to,
-                        bytes,
-                        reply_surbs,
-                    } => {
-                        let surb_bundle = (reply_surbs > 0).then(|| {
-                            let id = rand::random::<u64>();
-                            bundles.lock().unwrap().insert(id, (from, reply_surbs));
-                            id
-                        });
-                        let incoming = Incoming {
-                            data: bytes,
-                            surb_bundle,
-                            reply_surbs,
-                        };
-                        deliver(&to, incoming);
-                    }
-                    Outgoing::Reply {
-                        bundle,
-                        bytes,
-                        sent,
-                    } => {
-                        let owner = {
-                            let mut b = bundles.lock().unwrap();
-                            match b.get_mut(&bundle) {
-                                Some((owner, left)) if *left > 0 => {
-                                    *left -= 1;
-                                    Some(*owner)
-                                }
-                                _ => None,
-                            }
-                        };
-                        let Some(owner) = owner else {
-                            let _ = sent.send(ReplyOutcome::NoSurbs);
-                            continue;
-                        };
-                        let _ = sent.send(ReplyOutcome::Queued);
-                        let incoming = Incoming {
-                            data: bytes,
-                            surb_bundle: None,
-                            reply_surbs: 0,
-                        };
-                        deliver(owner, incoming);
-                    }
-                    Outgoing::Discard { bundle } => {
-                        bundles.lock().unwrap().remove(&bundle);
-                    }
-                }
-            }
-        });
-        out_tx
-    };
-    (
-        MixnetPort {
-            outgoing: endpoint(PROXY),
-            incoming: proxy_in,
-            own_address: PROXY.into(),
-        },
-        MixnetPort {
-            outgoing: endpoint(PROVIDER),
-            incoming: provider_in,
-            own_address: PROVIDER.into(),
-        },
-        seen,
-    )
-}
+mod fake_mixnet;
+use fake_mixnet::{shuffling_mixnet, Seen, PROVIDER, PROXY};
 
 async fn http_server(body: Vec<u8>) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -244,7 +142,10 @@ async fn fetch_through_reordering_relay_with_surbs() {
     assert_eq!(fetch(proxy_addr, web).await, body);
     // 300 KB takes ~150 SURBs, more than a Connect carries: the provider asked for more.
     assert!(proxy_stats.surbs_topped_up.load(Ordering::Relaxed) > 0);
-    assert_eq!(provider_stats.surbs_stalled.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        provider_stats.service.surbs_stalled.load(Ordering::Relaxed),
+        0
+    );
     // The provider never saw the proxy's address, nor holds it.
     let seen = seen.lock().unwrap().clone();
     assert!(!seen.is_empty());
@@ -311,5 +212,5 @@ async fn an_old_proxy_gets_a_clear_error() {
         text.contains("version 1") && text.contains("upgrade"),
         "{text}"
     );
-    assert_eq!(stats.old_protocol.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.service.old_protocol.load(Ordering::Relaxed), 1);
 }

@@ -54,7 +54,10 @@ pub struct ProviderArgs {
 /// Bridges a relay's [`MixnetPort`] to a connected client: outgoing messages are sent with
 /// the client's Loopix stream, replies through its received SURBs; received messages are
 /// confirmed and handed over.
-fn bridge(handle: Arc<ClientHandle>, mut received: mpsc::Receiver<ReceivedMessage>) -> MixnetPort {
+pub fn bridge(
+    handle: Arc<ClientHandle>,
+    mut received: mpsc::Receiver<ReceivedMessage>,
+) -> MixnetPort {
     let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(limits::SOCKS_PORT_QUEUE_MESSAGES);
     let (in_tx, in_rx) = mpsc::channel::<Incoming>(limits::SOCKS_PORT_QUEUE_MESSAGES);
     let own_address = handle.address().to_string();
@@ -125,7 +128,7 @@ fn bridge(handle: Arc<ClientHandle>, mut received: mpsc::Receiver<ReceivedMessag
     }
 }
 
-async fn start_client(
+pub async fn start_client(
     dir: &std::path::Path,
     traffic: &TrafficArgs,
 ) -> Result<(Arc<ClientHandle>, mpsc::Receiver<ReceivedMessage>), String> {

@@ -1,34 +1,31 @@
 //! The service provider: opens TCP connections for proxy clients (if the allow-list permits)
-//! and relays bytes both ways as mixnet messages. It answers through the reply SURBs each
-//! proxy connection sends under its random sender tag ([`lethe_proto::service`]), never to an
-//! address, unless the proxy chose to reveal its own.
+//! and relays bytes both ways as mixnet messages. Built on [`crate::service`]: it answers
+//! through the reply SURBs each proxy connection sends under its random sender tag, never to
+//! an address, unless the proxy chose to reveal its own.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use lethe_proto::service::{
-    EnvelopeError, FromService, SenderTag, SurbStore, ToService, Use, RESPONSE_BODY_BYTES_MAX,
-};
+use lethe_proto::service::VERSION;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::mpsc;
 
 use super::ordered::Ordered;
 use super::protocol::{error_code, legacy_connect_refusal, Chunk, Request, Response};
-use super::relay::{Incoming, MixnetPort, Outgoing, ReplyOutcome};
+use super::relay::MixnetPort;
 use super::socks5::AllowList;
 use crate::limits;
+use crate::service::{
+    write_dump, Received, Responder, SenderTag, Service, ServiceStats, RESPONSE_BODY_BYTES_MAX,
+};
 
 /// Bytes read from a target into one Data response: what one SURB carries.
 pub const PROVIDER_READ_BYTES: usize =
     RESPONSE_BODY_BYTES_MAX - super::protocol::CHUNK_HEADER_BYTES;
-/// How long a response waits for its conversation's SURBs before the connection is given up.
-pub const SURB_WAIT: Duration = Duration::from_secs(60);
-/// While waiting for SURBs, how often to look again whether to repeat an ask.
-const SURB_WAIT_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Default, Debug)]
 pub struct ProviderStats {
@@ -37,298 +34,154 @@ pub struct ProviderStats {
     pub connect_failed: AtomicU64,
     pub malformed: AtomicU64,
     pub overflow: AtomicU64,
-    /// Requests in the first relay protocol (a proxy to upgrade).
-    pub old_protocol: AtomicU64,
-    /// SURB bundles refused: a tag's or the provider's bound was reached.
-    pub surbs_refused: AtomicU64,
-    /// Connections given up because their SURBs ran out and none came.
-    pub surbs_stalled: AtomicU64,
+    /// The envelope's counters: old protocols, SURBs refused, responses stalled.
+    pub service: Arc<ServiceStats>,
 }
 
-/// Where a connection's responses go.
+/// Where a connection's responses go: through the SURBs sent under the tag, or to the
+/// address the proxy chose to reveal.
 #[derive(Debug, Clone)]
-enum Route {
-    /// Through the SURBs sent under this tag (the default).
-    Surbs(SenderTag),
-    /// To the address the proxy chose to reveal.
-    Address(SenderTag, String),
+struct Route {
+    tag: SenderTag,
+    reply_to: Option<String>,
 }
 
 #[derive(Debug)]
 struct Conn {
+    /// Known once the Connect arrived (Data may overtake it).
+    route: Option<Route>,
     ordered: Ordered,
     /// Set once the TCP connection is open; chunks wait in `ordered` until then.
     to_socket: Option<mpsc::Sender<Vec<u8>>>,
 }
 
-/// Everything the provider holds about its users (what `--state-dump` writes).
-#[derive(Debug, Default)]
-struct State {
-    conns: HashMap<u64, Conn>,
-    surbs: SurbStore,
-}
+type Conns = Arc<Mutex<HashMap<u64, Conn>>>;
 
-type Shared = Arc<Mutex<State>>;
-
-/// Sends responses: through a tag's SURBs (asking for more at the low-water mark) or to a
-/// revealed address.
+/// What a connection's tasks share.
 #[derive(Clone)]
-struct Replier {
-    outgoing: mpsc::Sender<Outgoing>,
-    state: Shared,
-    /// Woken whenever SURBs arrive.
-    arrived: Arc<Notify>,
-    started: Instant,
+struct Ctx {
+    conns: Conns,
+    responder: Responder,
     stats: Arc<ProviderStats>,
 }
 
-impl Replier {
-    fn now_us(&self) -> u64 {
-        lethe_proto::duration_us(self.started.elapsed())
-    }
-
-    /// Queues `response`; false if it cannot be (SURBs ran out, the client stopped).
+impl Ctx {
     async fn respond(&self, route: &Route, response: &Response) -> bool {
-        match route {
-            Route::Address(tag, to) => {
-                let bytes = FromService::Response {
-                    tag: *tag,
-                    body: response.encode(),
-                }
-                .encode();
-                self.outgoing
-                    .send(Outgoing::Send {
-                        to: to.clone(),
-                        bytes,
-                        reply_surbs: 0,
-                    })
-                    .await
-                    .is_ok()
-            }
-            Route::Surbs(tag) => {
-                let bytes = FromService::Response {
-                    tag: *tag,
-                    body: response.encode(),
-                }
-                .encode();
-                self.through_surbs(tag, bytes).await
-            }
-        }
+        self.responder
+            .respond(&route.tag, route.reply_to.as_deref(), response.encode())
+            .await
     }
 
-    async fn through_surbs(&self, tag: &SenderTag, bytes: Vec<u8>) -> bool {
-        let deadline = tokio::time::Instant::now() + SURB_WAIT;
-        loop {
-            let arrived = self.arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            let now_us = self.now_us();
-            let (bundle, ask) = match self.state.lock() {
-                Ok(mut s) => {
-                    let ask = s
-                        .surbs
-                        .wants_more(tag, now_us)
-                        .and_then(|wanted| Some((s.surbs.take(tag, Use::Ask)?, wanted)));
-                    (s.surbs.take(tag, Use::Reply), ask)
-                }
-                Err(_) => return false,
-            };
-            if let Some((ask_bundle, wanted)) = ask {
-                let more = FromService::MoreSurbs { tag: *tag, wanted }.encode();
-                if self.reply_through(tag, ask_bundle, more).await == ReplyOutcome::Failed {
-                    return false;
-                }
-            }
-            if let Some(bundle) = bundle {
-                match self.reply_through(tag, bundle, bytes.clone()).await {
-                    ReplyOutcome::Queued => return true,
-                    ReplyOutcome::NoSurbs => continue,
-                    ReplyOutcome::Failed => return false,
-                }
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                self.stats.surbs_stalled.fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-            let _ = tokio::time::timeout_at(deadline.min(now + SURB_WAIT_TICK), arrived).await;
-        }
-    }
-
-    async fn reply_through(&self, tag: &SenderTag, bundle: u64, bytes: Vec<u8>) -> ReplyOutcome {
-        let (sent, outcome) = oneshot::channel();
-        let command = Outgoing::Reply {
-            bundle,
-            bytes,
-            sent,
-        };
-        if self.outgoing.send(command).await.is_err() {
-            return ReplyOutcome::Failed;
-        }
-        let outcome = outcome.await.unwrap_or(ReplyOutcome::Failed);
-        if outcome == ReplyOutcome::NoSurbs {
-            if let Ok(mut s) = self.state.lock() {
-                s.surbs.vanished(tag, bundle);
-            }
-        }
-        outcome
-    }
-
-    /// The conversation is over: its SURBs are discarded.
+    /// The connection is over: its SURBs are discarded.
     fn forget(&self, conn_id: u64, route: &Route) {
-        let bundles = match self.state.lock() {
-            Ok(mut s) => {
-                s.conns.remove(&conn_id);
-                match route {
-                    Route::Surbs(tag) | Route::Address(tag, _) => s.surbs.forget(tag),
-                }
-            }
-            Err(_) => return,
-        };
-        for bundle in bundles {
-            let _ = self.outgoing.try_send(Outgoing::Discard { bundle });
+        if let Ok(mut c) = self.conns.lock() {
+            c.remove(&conn_id);
         }
-    }
-
-    fn discard(&self, bundle: Option<u64>) {
-        if let Some(bundle) = bundle {
-            let _ = self.outgoing.try_send(Outgoing::Discard { bundle });
-        }
+        self.responder.forget(&route.tag);
     }
 }
 
 /// Serves relay requests from the mixnet until it closes. With `state_dump`, writes a debug
 /// dump of everything it holds about its users there after each message (for tests and
-/// audits: it must name no user).
+/// audits: it must name no user who did not reveal its address).
 pub async fn run(
     port: MixnetPort,
     allow: AllowList,
     stats: Arc<ProviderStats>,
     state_dump: Option<PathBuf>,
 ) {
-    let MixnetPort {
-        outgoing,
-        mut incoming,
-        ..
-    } = port;
-    let replier = Replier {
-        outgoing,
-        state: Arc::new(Mutex::new(State::default())),
-        arrived: Arc::new(Notify::new()),
-        started: Instant::now(),
-        stats: stats.clone(),
+    let mut service = Service::new(port, stats.service.clone());
+    let ctx = Ctx {
+        conns: Arc::new(Mutex::new(HashMap::new())),
+        responder: service.responder(),
+        stats,
     };
     let allow = Arc::new(allow);
-    while let Some(message) = incoming.recv().await {
-        handle(&replier, message, &allow, &stats);
+    while let Some(received) = service.next().await {
+        match received {
+            Received::Request(request) => handle(&ctx, request, &allow),
+            Received::OtherVersion(bytes) => {
+                let error = format!(
+                    "SOCKS relay protocol version {} is not spoken here (version {VERSION} is): \
+                     upgrade lethe",
+                    bytes.first().copied().unwrap_or(0)
+                );
+                if let Some((to, refusal)) = legacy_connect_refusal(&bytes, &error) {
+                    ctx.responder.send_to(to, refusal);
+                }
+            }
+        }
         if let Some(path) = &state_dump {
-            write_dump(&replier.state, path);
+            let conns = ctx
+                .conns
+                .lock()
+                .map(|c| format!("{c:#?}"))
+                .unwrap_or_default();
+            write_dump(path, &format!("{conns}\n{}\n", ctx.responder.dump()));
         }
     }
 }
 
-fn handle(replier: &Replier, message: Incoming, allow: &Arc<AllowList>, stats: &ProviderStats) {
-    let envelope = match ToService::decode(&message.data) {
-        Ok(e) => e,
-        Err(error @ EnvelopeError::Version(_)) => {
-            stats.old_protocol.fetch_add(1, Ordering::Relaxed);
-            if let Some((to, refusal)) = legacy_connect_refusal(&message.data, &error.to_string()) {
-                let _ = replier.outgoing.try_send(Outgoing::Send {
-                    to,
-                    bytes: refusal,
-                    reply_surbs: 0,
-                });
-            }
-            replier.discard(message.surb_bundle);
-            return;
-        }
-        Err(EnvelopeError::Malformed(_)) => {
-            stats.malformed.fetch_add(1, Ordering::Relaxed);
-            replier.discard(message.surb_bundle);
-            return;
-        }
-    };
-    let tag = match &envelope {
-        ToService::Request { tag, .. } | ToService::Surbs { tag } => *tag,
-    };
-    if let Some(bundle) = message.surb_bundle {
-        let added = replier
-            .state
-            .lock()
-            .map(|mut s| s.surbs.add(tag, bundle, message.reply_surbs).is_ok());
-        if added.unwrap_or(false) {
-            replier.arrived.notify_waiters();
-        } else {
-            stats.surbs_refused.fetch_add(1, Ordering::Relaxed);
-            replier.discard(Some(bundle));
-        }
-    }
-    let ToService::Request { reply_to, body, .. } = envelope else {
-        return;
-    };
+fn handle(ctx: &Ctx, request: crate::service::Request, allow: &Arc<AllowList>) {
+    let crate::service::Request {
+        tag,
+        reply_to,
+        body,
+    } = request;
     let request = match Request::decode(&body) {
         Ok(r) => r,
         Err(_) => {
-            stats.malformed.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
     match request {
         Request::Connect { conn_id, target } => {
-            let route = match reply_to {
-                Some(address) => Route::Address(tag, address),
-                None => Route::Surbs(tag),
-            };
-            let admitted = replier.state.lock().map(|mut s| {
-                if s.conns.len() >= limits::SOCKS_CONNECTIONS_MAX && !s.conns.contains_key(&conn_id)
-                {
+            if let Some(address) = &reply_to {
+                tracing::debug!(conn_id, %address, "a proxy revealed its address");
+            }
+            let route = Route { tag, reply_to };
+            let admitted = ctx.conns.lock().map(|mut c| {
+                if c.len() >= limits::SOCKS_CONNECTIONS_MAX && !c.contains_key(&conn_id) {
                     return false;
                 }
-                s.conns.entry(conn_id).or_insert_with(|| Conn {
+                let conn = c.entry(conn_id).or_insert_with(|| Conn {
+                    route: None,
                     ordered: Ordered::new(limits::SOCKS_REORDER_BYTES_MAX),
                     to_socket: None,
                 });
+                conn.route = Some(route.clone());
                 true
             });
-            let replier = replier.clone();
+            let ctx = ctx.clone();
             if !admitted.unwrap_or(false) {
-                stats.overflow.fetch_add(1, Ordering::Relaxed);
+                ctx.stats.overflow.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let busy = Response::ConnectError {
                         conn_id,
                         code: error_code::OVERLOADED,
                         text: "provider busy".into(),
                     };
-                    replier.respond(&route, &busy).await;
-                    replier.forget(conn_id, &route);
+                    ctx.respond(&route, &busy).await;
+                    ctx.responder.forget(&route.tag);
                 });
                 return;
             }
-            tokio::spawn(open(conn_id, route, target, replier, allow.clone()));
+            tokio::spawn(open(conn_id, route, target, ctx, allow.clone()));
         }
-        Request::Data(chunk) => accept_chunk(&replier.state, chunk, stats),
+        Request::Data(chunk) => accept_chunk(&ctx.conns, chunk, &ctx.stats),
     }
 }
 
-fn write_dump(state: &Shared, path: &std::path::Path) {
-    let Ok(text) = state.lock().map(|s| format!("{s:#?}\n")) else {
-        return;
-    };
-    let tmp = path.with_extension("tmp");
-    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
-        tracing::warn!(error = %e, path = %path.display(), "state dump not written");
-    }
-}
-
-fn accept_chunk(state: &Shared, chunk: Chunk, stats: &ProviderStats) {
-    let Ok(mut s) = state.lock() else { return };
-    let c = &mut s.conns;
+fn accept_chunk(conns: &Conns, chunk: Chunk, stats: &ProviderStats) {
+    let Ok(mut c) = conns.lock() else { return };
     let len = c.len();
     let conn = match c.get_mut(&chunk.conn_id) {
         Some(conn) => conn,
         // Data overtook its Connect on another route: hold it (bounded).
         None if len < limits::SOCKS_CONNECTIONS_MAX => {
             c.entry(chunk.conn_id).or_insert_with(|| Conn {
+                route: None,
                 ordered: Ordered::new(limits::SOCKS_REORDER_BYTES_MAX),
                 to_socket: None,
             })
@@ -347,7 +200,7 @@ fn accept_chunk(state: &Shared, chunk: Chunk, stats: &ProviderStats) {
         c.remove(&chunk.conn_id);
         return;
     }
-    flush(c, chunk.conn_id);
+    flush(&mut c, chunk.conn_id);
 }
 
 /// Moves in-order chunks to the socket writer, if the socket is open.
@@ -370,8 +223,8 @@ fn flush(c: &mut HashMap<u64, Conn>, conn_id: u64) {
     }
 }
 
-async fn open(conn_id: u64, route: Route, target: String, replier: Replier, allow: Arc<AllowList>) {
-    let stats = replier.stats.clone();
+async fn open(conn_id: u64, route: Route, target: String, ctx: Ctx, allow: Arc<AllowList>) {
+    let stats = ctx.stats.clone();
     let refuse = |code: u8, text: String| Response::ConnectError {
         conn_id,
         code,
@@ -409,24 +262,21 @@ async fn open(conn_id: u64, route: Route, target: String, replier: Replier, allo
     let stream = match refusal {
         Ok(stream) => stream,
         Err(response) => {
-            replier.respond(&route, &response).await;
-            replier.forget(conn_id, &route);
+            ctx.respond(&route, &response).await;
+            ctx.forget(conn_id, &route);
             return;
         }
     };
     stats.connects.fetch_add(1, Ordering::Relaxed);
     let (to_socket, mut from_mixnet) = mpsc::channel::<Vec<u8>>(limits::SOCKS_SOCKET_QUEUE_CHUNKS);
-    if let Ok(mut s) = replier.state.lock() {
-        if let Some(conn) = s.conns.get_mut(&conn_id) {
+    if let Ok(mut c) = ctx.conns.lock() {
+        if let Some(conn) = c.get_mut(&conn_id) {
             conn.to_socket = Some(to_socket);
         }
-        flush(&mut s.conns, conn_id);
+        flush(&mut c, conn_id);
     }
-    if !replier
-        .respond(&route, &Response::Connected { conn_id })
-        .await
-    {
-        replier.forget(conn_id, &route);
+    if !ctx.respond(&route, &Response::Connected { conn_id }).await {
+        ctx.forget(conn_id, &route);
         return;
     }
     let (mut reader, mut writer) = stream.into_split();
@@ -442,7 +292,7 @@ async fn open(conn_id: u64, route: Route, target: String, replier: Replier, allo
                 bytes: buf[..n].to_vec(),
             };
             seq += 1;
-            let sent = replier.respond(&route, &Response::Data(chunk)).await;
+            let sent = ctx.respond(&route, &Response::Data(chunk)).await;
             if n == 0 || !sent {
                 break;
             }
@@ -457,5 +307,5 @@ async fn open(conn_id: u64, route: Route, target: String, replier: Replier, allo
         let _ = writer.shutdown().await;
     };
     tokio::join!(upstream, downstream);
-    replier.forget(conn_id, &route);
+    ctx.forget(conn_id, &route);
 }

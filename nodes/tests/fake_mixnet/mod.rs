@@ -1,0 +1,114 @@
+//! An in-memory "mixnet" for relay and service tests: two endpoints, each message delivered
+//! after a random 0-30 ms (so out of order); reply SURBs are counted bundles, each one reply
+//! back to the bundle's sender.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lethe_nodes::socks::relay::{Incoming, MixnetPort, Outgoing, ReplyOutcome};
+use tokio::sync::mpsc;
+
+pub const PROXY: &str = "proxy-address-that-the-provider-must-never-see";
+pub const PROVIDER: &str = "provider";
+
+/// What the fake mixnet saw: every message the provider received, whole.
+pub type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// Two endpoints; each message is delivered after 0-30 ms. A message with reply SURBs gives
+/// its recipient a bundle of that many, each one reply back to the sender.
+pub fn shuffling_mixnet() -> (MixnetPort, MixnetPort, Seen) {
+    let (to_proxy, proxy_in) = mpsc::channel::<Incoming>(1024);
+    let (to_provider, provider_in) = mpsc::channel::<Incoming>(1024);
+    let bundles: Arc<Mutex<HashMap<u64, (&'static str, usize)>>> = Arc::default();
+    let seen: Seen = Arc::default();
+    let endpoint = |from: &'static str| {
+        let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(1024);
+        let bundles = bundles.clone();
+        let seen = seen.clone();
+        let (to_proxy, to_provider) = (to_proxy.clone(), to_provider.clone());
+        tokio::spawn(async move {
+            let deliver = |to: &str, incoming: Incoming| {
+                let target = match to {
+                    PROXY => to_proxy.clone(),
+                    PROVIDER => to_provider.clone(),
+                    _ => return,
+                };
+                if to == PROVIDER {
+                    seen.lock().unwrap().push(incoming.data.clone());
+                }
+                let delay = Duration::from_millis(rand::random::<u64>() % 30);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = target.send(incoming).await;
+                });
+            };
+            while let Some(command) = out_rx.recv().await {
+                match command {
+                    Outgoing::Send {
+                        to,
+                        bytes,
+                        reply_surbs,
+                    } => {
+                        let surb_bundle = (reply_surbs > 0).then(|| {
+                            let id = rand::random::<u64>();
+                            bundles.lock().unwrap().insert(id, (from, reply_surbs));
+                            id
+                        });
+                        let incoming = Incoming {
+                            data: bytes,
+                            surb_bundle,
+                            reply_surbs,
+                        };
+                        deliver(&to, incoming);
+                    }
+                    Outgoing::Reply {
+                        bundle,
+                        bytes,
+                        sent,
+                    } => {
+                        let owner = {
+                            let mut b = bundles.lock().unwrap();
+                            match b.get_mut(&bundle) {
+                                Some((owner, left)) if *left > 0 => {
+                                    *left -= 1;
+                                    Some(*owner)
+                                }
+                                _ => None,
+                            }
+                        };
+                        let Some(owner) = owner else {
+                            let _ = sent.send(ReplyOutcome::NoSurbs);
+                            continue;
+                        };
+                        let _ = sent.send(ReplyOutcome::Queued);
+                        let incoming = Incoming {
+                            data: bytes,
+                            surb_bundle: None,
+                            reply_surbs: 0,
+                        };
+                        deliver(owner, incoming);
+                    }
+                    Outgoing::Discard { bundle } => {
+                        bundles.lock().unwrap().remove(&bundle);
+                    }
+                }
+            }
+        });
+        out_tx
+    };
+    (
+        MixnetPort {
+            outgoing: endpoint(PROXY),
+            incoming: proxy_in,
+            own_address: PROXY.into(),
+        },
+        MixnetPort {
+            outgoing: endpoint(PROVIDER),
+            incoming: provider_in,
+            own_address: PROVIDER.into(),
+        },
+        seen,
+    )
+}
