@@ -28,20 +28,6 @@ fn run_node(dir: &Path) -> Process {
 
 fn run_node_with(dir: &Path, extra: &[&str]) -> Process {
     let mut args = vec![
-        "mixnode",
-        "run",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--cores",
-        "1",
-        "--replay-packets-per-s",
-        "200",
-        "--replay-key-lifetime-s",
-        "3600",
         "--pool-buffers",
         "4096",
         "--timer-entries-max",
@@ -50,7 +36,7 @@ fn run_node_with(dir: &Path, extra: &[&str]) -> Process {
         "3000",
     ];
     args.extend_from_slice(extra);
-    Process::start(&args, &["listen", "metrics"])
+    run_mixnode_with(dir, &args)
 }
 
 fn public_key(dir: &Path) -> [u8; 32] {

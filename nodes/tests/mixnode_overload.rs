@@ -176,20 +176,6 @@ fn overload_drops_by_reason_within_a_memory_bound_and_recovers() {
     let pool = POOL_BUFFERS.to_string();
     let queue = EGRESS_QUEUE_PACKETS.to_string();
     let args = [
-        "mixnode",
-        "run",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-        "--cores",
-        "1",
-        "--replay-packets-per-s",
-        "200",
-        "--replay-key-lifetime-s",
-        "3600",
         "--packet-sizes",
         "regular,ack",
         "--pool-buffers",
@@ -201,7 +187,7 @@ fn overload_drops_by_reason_within_a_memory_bound_and_recovers() {
         "--shutdown-grace-ms",
         "1000",
     ];
-    let mixnode = Process::start(&args, &["listen", "metrics"]);
+    let mixnode = run_mixnode_with(&dir, &args);
     let (entry, metrics) = (mixnode.addr("listen"), mixnode.addr("metrics"));
     let gateway = StaticSecret::from([44u8; 32]);
     let route = [

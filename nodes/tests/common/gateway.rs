@@ -7,7 +7,7 @@ use std::path::Path;
 
 use lethe_nodes::keyfile;
 
-use super::{Process, WAIT_MAX};
+use super::{Process, LOOPBACK_ONE_CORE, WAIT_MAX};
 
 /// Raises this process's soft limit on open files to its hard limit (the children started
 /// afterwards inherit it): the floods open more sockets than a default soft limit of 1,024
@@ -42,29 +42,19 @@ pub fn configure(dir: &Path, values: &[(&str, &str)]) {
     std::fs::write(&path, out).unwrap();
 }
 
-/// `lethe gateway run` on loopback ports the OS chooses, one core, a small replay filter, a
-/// short shutdown grace, then `extra` flags.
+/// `lethe gateway run` with [`LOOPBACK_ONE_CORE`], a client port the OS chooses, ten-minute
+/// keys and a short shutdown grace, then `extra` flags.
 pub fn run_gateway_with(dir: &Path, extra: &[&str]) -> Process {
-    let mut args = vec![
-        "gateway",
-        "run",
-        "--dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
+    let mut args = vec!["gateway", "run", "--dir", dir.to_str().unwrap()];
+    args.extend(LOOPBACK_ONE_CORE);
+    args.extend([
         "--client-listen",
         "127.0.0.1:0",
-        "--cores",
-        "1",
-        "--replay-packets-per-s",
-        "200",
         "--replay-key-lifetime-s",
         "600",
         "--shutdown-grace-ms",
         "500",
-    ];
+    ]);
     args.extend_from_slice(extra);
     Process::start(
         &args,

@@ -254,6 +254,28 @@ pub const SMALL_NODE: [&str; 12] = [
     "1024",
 ];
 
+/// Flags every small test node shares: loopback ports the OS chooses, one core, a replay filter
+/// sized for 200 packets/s (the key lifetime, and with it the filter's size, is the caller's).
+pub const LOOPBACK_ONE_CORE: [&str; 8] = [
+    "--listen",
+    "127.0.0.1:0",
+    "--metrics-listen",
+    "127.0.0.1:0",
+    "--cores",
+    "1",
+    "--replay-packets-per-s",
+    "200",
+];
+
+/// `lethe mixnode run --dir DIR` with [`LOOPBACK_ONE_CORE`] and hour-long keys, then `extra`.
+pub fn run_mixnode_with(dir: &Path, extra: &[&str]) -> Process {
+    let mut args = vec!["mixnode", "run", "--dir", dir.to_str().unwrap()];
+    args.extend(LOOPBACK_ONE_CORE);
+    args.extend(["--replay-key-lifetime-s", "3600"]);
+    args.extend_from_slice(extra);
+    Process::start(&args, &["listen", "metrics"])
+}
+
 /// `lethe keygen`: a key set of `issuers` shares, `threshold` of them needed, in `out`
 /// (`issuer-N.key`, `verification.key`); must succeed.
 pub fn keygen(out: &Path, threshold: u32, issuers: u32) {
