@@ -4,7 +4,7 @@
 
 mod client_support;
 
-use client_support::TestNet;
+use client_support::{test_net, TestMixnet};
 use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::{self, address, Surb};
 use lethe_nodes::client::ack::AckKey;
@@ -26,7 +26,7 @@ struct Party {
     recipient: Recipient,
 }
 
-fn party(seed: u8, net: &TestNet) -> Party {
+fn party(seed: u8, net: &TestMixnet) -> Party {
     let identity = keyfile::ed25519_public(&[seed; 32]);
     let secret = StaticSecret::from([seed.wrapping_add(100); 32]);
     let recipient = Recipient {
@@ -41,7 +41,7 @@ fn party(seed: u8, net: &TestNet) -> Party {
     }
 }
 
-fn builder<'a>(net: &'a TestNet, own: &Party) -> Builder<'a> {
+fn builder<'a>(net: &'a TestMixnet, own: &Party) -> Builder<'a> {
     Builder {
         topology: &net.topology,
         own: SelfRoute {
@@ -58,7 +58,7 @@ fn builder<'a>(net: &'a TestNet, own: &Party) -> Builder<'a> {
 
 #[test]
 fn forward_packet_and_its_surb_ack_through_all_hops() {
-    let net = TestNet::new(None);
+    let net = test_net(None);
     let alice = party(1, &net);
     let bob = party(2, &net);
     let mut rng = rand::rng();
@@ -116,7 +116,7 @@ fn forward_packet_and_its_surb_ack_through_all_hops() {
 
 #[test]
 fn forward_packet_without_ack_has_a_zero_prefix() {
-    let net = TestNet::new(None);
+    let net = test_net(None);
     let alice = party(1, &net);
     let mut rng = rand::rng();
     let content = vec![5u8; message::forward_content_len(SIZE)];
@@ -136,7 +136,7 @@ fn forward_packet_without_ack_has_a_zero_prefix() {
 
 #[test]
 fn reply_surb_round_trip() {
-    let net = TestNet::new(None);
+    let net = test_net(None);
     let alice = party(1, &net);
     let mut rng = rand::rng();
     let identifier = [0x42u8; 16];
@@ -175,7 +175,7 @@ fn reply_surb_round_trip() {
 
 #[test]
 fn drop_cover_goes_to_the_drop_destination() {
-    let net = TestNet::new(None);
+    let net = test_net(None);
     let alice = party(1, &net);
     let mut rng = rand::rng();
     let built = builder(&net, &alice).drop_cover(&mut rng).unwrap();
@@ -185,7 +185,7 @@ fn drop_cover_goes_to_the_drop_destination() {
 
 #[test]
 fn unknown_recipient_gateway_is_an_error() {
-    let net = TestNet::new(None);
+    let net = test_net(None);
     let alice = party(1, &net);
     let mut rng = rand::rng();
     let mut stranger = alice.recipient;

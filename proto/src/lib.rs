@@ -12,6 +12,8 @@ pub mod hex;
 pub mod limits;
 pub mod loopix;
 pub mod service;
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod testing;
 pub mod topology;
 pub mod wire;
 

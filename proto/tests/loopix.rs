@@ -9,21 +9,20 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use lethe_crypto::sphinx::{self, address, Hop, Packet};
+use lethe_crypto::sphinx::address;
 use lethe_proto::final_hop::{self, FinalHopOutcome, Refusal, Room};
 use lethe_proto::gateway_session::{FirstHops, GatewayConfig, Transmit};
 use lethe_proto::loopix::{
     ClientLimits, LoopixClient, LoopixEvent, LoopixParams, LoopixTransmit, PacketKind, Received,
     SendProgress,
 };
-use lethe_proto::topology::{Descriptor, Role, Topology};
+use lethe_proto::testing::TestMixnet;
 use lethe_proto::wire::handshake::identity_public;
 use lethe_proto::wire::{ClientMessage, DeliveryKind};
 use lethe_proto::{ClientEvent, ClientSession, GatewayEvent, GatewaySession};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-use x25519_dalek::{PublicKey, StaticSecret};
 
 const GATEWAY_SEED: [u8; 32] = [200; 32];
 const HANDSHAKE_TIMEOUT_US: u64 = 5_000_000;
@@ -79,25 +78,11 @@ impl FirstHops for Layer1 {
 struct World {
     now_us: u64,
     rng: ChaCha20Rng,
-    secrets: HashMap<[u8; 32], StaticSecret>,
+    /// The mix network's topology and Sphinx secrets.
+    net: TestMixnet,
     layer1: Layer1,
     gateway: [u8; 32],
     parties: Vec<Party>,
-}
-
-fn descriptor(seed: u8, role: Role, identity: [u8; 32]) -> (Descriptor, StaticSecret) {
-    let secret = StaticSecret::from([seed; 32]);
-    let d = Descriptor {
-        identity: lethe_proto::hex::encode(&identity),
-        sphinx_key: lethe_proto::hex::encode(PublicKey::from(&secret).as_bytes()),
-        rotation_id: 1,
-        mix_address: SocketAddr::from(([10, 0, 0, seed], 1789)),
-        role,
-        client_url: Some("ws://unused".into()),
-        metrics_url: None,
-        issued_at_s: 1,
-    };
-    (d, secret)
 }
 
 fn params() -> LoopixParams {
@@ -118,28 +103,15 @@ impl World {
     }
 
     fn with_limits(seed: u64, params: &[LoopixParams], limits: ClientLimits) -> World {
-        let mut secrets = HashMap::new();
-        let mut node = |seed: u8, role, identity| {
-            let (d, secret) = descriptor(seed, role, identity);
-            secrets.insert(address::encode(&d.mix_address), secret);
-            d
-        };
-        let layers = [1u8, 3, 5].map(|s| {
-            vec![
-                node(s, Role::Mixnode, [s; 32]),
-                node(s + 1, Role::Mixnode, [s + 1; 32]),
-            ]
-        });
-        let gateway = identity_public(&GATEWAY_SEED);
-        let gateways = vec![node(9, Role::Gateway, gateway)];
-        let layer1 = Layer1(layers[0].iter().map(|d| d.mix_address).collect());
-        let topology = Arc::new(Topology {
-            epoch: 1,
-            issued_at_s: 1,
-            valid_until_s: u64::MAX,
-            layers,
-            gateways,
-        });
+        let net = TestMixnet::new(2, &GATEWAY_SEED);
+        let gateway = net.gateway_identity;
+        let layer1 = Layer1(
+            net.topology.layers[0]
+                .iter()
+                .map(|d| d.mix_address)
+                .collect(),
+        );
+        let topology = Arc::new(net.topology.clone());
         let parties = params
             .iter()
             .enumerate()
@@ -174,7 +146,7 @@ impl World {
         World {
             now_us: 0,
             rng: ChaCha20Rng::seed_from_u64(seed ^ 0x5eed),
-            secrets,
+            net,
             layer1,
             gateway,
             parties,
@@ -233,18 +205,7 @@ impl World {
     /// Carries a packet from the gateway through the mix layers to its destination gateway,
     /// which stores it in a mailbox (or discards drop cover) and sends a SURB-ACK on.
     fn mixnet(&mut self, first_hop: [u8; 32], packet: Vec<u8>) -> Option<Arrival> {
-        let mut packet = Packet::new_checked(packet).unwrap();
-        let mut at = first_hop;
-        let (destination, identifier) = loop {
-            let processed = sphinx::process(&mut packet, &self.secrets[&at]).unwrap();
-            match processed.hop {
-                Hop::Forward { next_hop, .. } => at = next_hop,
-                Hop::Final {
-                    destination,
-                    identifier,
-                } => break (destination, identifier),
-            }
-        };
+        let (destination, identifier, packet, _) = self.net.unwrap_all(first_hop, packet).unwrap();
         let packet = packet.into_inner();
         let parties = &self.parties;
         let mailboxes = |recipient: &[u8; 32]| {

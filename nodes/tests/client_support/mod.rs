@@ -12,96 +12,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lethe_crypto::framing::PacketSize;
-use lethe_crypto::sphinx::{self, address, Hop, Packet};
-use lethe_nodes::keyfile;
+use lethe_crypto::sphinx::address;
 use lethe_nodes::proto::{DeliveryKind, GatewayMessage};
-use lethe_nodes::topology::{Descriptor, Role, Topology};
 use lethe_nodes::ws;
 use lethe_proto::final_hop::{self, FinalHopOutcome, Room};
 use lethe_proto::gateway_session::{FirstHops, GatewayConfig, GatewayEvent};
+pub use lethe_proto::testing::TestMixnet;
 use lethe_proto::GatewaySession;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use x25519_dalek::{PublicKey, StaticSecret};
 
-/// Final destination, identifier, the processed packet and the number of hops.
-pub type Unwrapped = ([u8; 32], [u8; 16], Packet<Vec<u8>>, usize);
+/// The fake gateway's identity seed.
+pub const GATEWAY_SEED: [u8; 32] = [99; 32];
 
-pub struct TestNet {
-    pub topology: Topology,
-    /// Sphinx secret by node address.
-    pub secrets: HashMap<[u8; 32], StaticSecret>,
-    pub gateway_seed: [u8; 32],
-    pub gateway_identity: [u8; 32],
-}
-
-fn descriptor(seed: u8, sphinx: &StaticSecret, port: u16, role: Role) -> Descriptor {
-    Descriptor {
-        identity: keyfile::hex(&keyfile::ed25519_public(&[seed; 32])),
-        sphinx_key: keyfile::hex(PublicKey::from(sphinx).as_bytes()),
-        rotation_id: 1,
-        mix_address: SocketAddr::from(([127, 0, 0, 1], port)),
-        role,
-        client_url: None,
-        metrics_url: None,
-        issued_at_s: 1,
-    }
-}
-
-impl TestNet {
-    /// Two mixnodes per layer and one gateway whose client URL is `gateway_url`.
-    pub fn new(gateway_url: Option<String>) -> TestNet {
-        let mut secrets = HashMap::new();
-        let mut layers: [Vec<Descriptor>; 3] = Default::default();
-        for (layer, nodes) in layers.iter_mut().enumerate() {
-            for i in 0..2u8 {
-                let seed = 10 * (layer as u8 + 1) + i;
-                let secret = StaticSecret::from([seed; 32]);
-                let d = descriptor(seed, &secret, 20_000 + u16::from(seed), Role::Mixnode);
-                secrets.insert(address::encode(&d.mix_address), secret);
-                nodes.push(d);
-            }
-        }
-        let gateway_seed = [99u8; 32];
-        let gateway_secret = StaticSecret::from([98u8; 32]);
-        let mut gateway = descriptor(99, &gateway_secret, 29_999, Role::Gateway);
-        gateway.client_url = gateway_url;
-        secrets.insert(address::encode(&gateway.mix_address), gateway_secret);
-        TestNet {
-            topology: Topology {
-                epoch: 1,
-                issued_at_s: 1,
-                valid_until_s: u64::MAX,
-                layers,
-                gateways: vec![gateway],
-            },
-            secrets,
-            gateway_seed,
-            gateway_identity: keyfile::ed25519_public(&gateway_seed),
-        }
-    }
-
-    /// Processes `packet` from `first_hop` through every hop; returns the final hop's
-    /// destination, identifier and the processed packet (payload decrypted by the last hop).
-    pub fn unwrap_all(&self, first_hop: [u8; 32], packet: Vec<u8>) -> Result<Unwrapped, String> {
-        let mut at = first_hop;
-        let mut packet = Packet::new_checked(packet).map_err(|e| e.to_string())?;
-        for hops in 1..=5 {
-            let secret = self
-                .secrets
-                .get(&at)
-                .ok_or_else(|| "packet routed to an unknown node".to_string())?;
-            let processed = sphinx::process(&mut packet, secret).map_err(|e| e.to_string())?;
-            match processed.hop {
-                Hop::Forward { next_hop, .. } => at = next_hop,
-                Hop::Final {
-                    destination,
-                    identifier,
-                } => return Ok((destination, identifier, packet, hops)),
-            }
-        }
-        Err("route longer than 5 hops".into())
-    }
+/// The test network: two mixnodes per layer and the gateway, whose client URL is
+/// `gateway_url`.
+pub fn test_net(gateway_url: Option<String>) -> TestMixnet {
+    let mut net = TestMixnet::new(2, &GATEWAY_SEED);
+    net.topology.gateways[0].client_url = gateway_url;
+    net
 }
 
 /// What the fake gateway counts.
@@ -126,7 +55,7 @@ struct Mailbox {
 }
 
 pub struct FakeGateway {
-    pub net: Arc<TestNet>,
+    pub net: Arc<TestMixnet>,
     pub stats: Arc<GatewayStats>,
     mailboxes: Mutex<HashMap<[u8; 32], Mailbox>>,
     next_id: AtomicU64,
@@ -140,7 +69,7 @@ impl FakeGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}", listener.local_addr().unwrap());
         let gateway = Arc::new(FakeGateway {
-            net: Arc::new(TestNet::new(Some(url))),
+            net: Arc::new(test_net(Some(url))),
             stats: Arc::new(GatewayStats::default()),
             mailboxes: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -181,7 +110,7 @@ impl FakeGateway {
     }
 
     /// The gateway's final-hop handling of one packet (forward packets are first carried
-    /// through the mix layers by [`TestNet::unwrap_all`]).
+    /// through the mix layers by [`TestMixnet::unwrap_all`]).
     fn handle_packet(&self, first_hop: [u8; 32], packet: Vec<u8>) -> Result<(), String> {
         PacketSize::from_sphinx_packet_len(packet.len()).ok_or("packet size")?;
         let (destination, identifier, packet, hops) = self.net.unwrap_all(first_hop, packet)?;
@@ -237,7 +166,7 @@ impl FakeGateway {
             handshake_timeout_us: 10_000_000,
             metered: false,
         };
-        let mut core = GatewaySession::new(now_us(), config, self.net.gateway_seed);
+        let mut core = GatewaySession::new(now_us(), config, GATEWAY_SEED);
         let client = loop {
             ws::write_transmits(&mut ws, &mut core).await?;
             match core.poll_event() {

@@ -1109,9 +1109,6 @@ struct DeliveryOutcome {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::net::SocketAddr;
-
-    use lethe_crypto::sphinx::{self, address, Hop, Packet};
 
     use std::cell::RefCell;
 
@@ -1119,7 +1116,7 @@ mod tests {
 
     use super::*;
     use crate::final_hop::{self, FinalHopOutcome, Room};
-    use crate::topology::{Descriptor, Role};
+    use crate::testing::TestMixnet;
 
     thread_local! {
         /// What the clients of this test reported: progress by message id (ids are random
@@ -1195,48 +1192,17 @@ mod tests {
 
     struct Net {
         topology: Arc<Topology>,
-        secrets: HashMap<[u8; 32], StaticSecret>,
+        mixnet: TestMixnet,
         gateway: [u8; 32],
     }
 
+    /// One mixnode per layer and the gateway.
     fn net() -> Net {
-        let mut secrets = HashMap::new();
-        let mut node = |seed: u8, role| {
-            let secret = StaticSecret::from([seed; 32]);
-            let d = Descriptor {
-                identity: crate::hex::encode(
-                    SigningKey::from_bytes(&[seed; 32])
-                        .verifying_key()
-                        .as_bytes(),
-                ),
-                sphinx_key: crate::hex::encode(PublicKey::from(&secret).as_bytes()),
-                rotation_id: 1,
-                mix_address: SocketAddr::from(([10, 0, 0, seed], 1789)),
-                role,
-                client_url: Some("ws://unused".into()),
-                metrics_url: None,
-                issued_at_s: 1,
-            };
-            secrets.insert(address::encode(&d.mix_address), secret);
-            d
-        };
-        let layers = [
-            vec![node(1, Role::Mixnode)],
-            vec![node(2, Role::Mixnode)],
-            vec![node(3, Role::Mixnode)],
-        ];
-        let gateway = node(4, Role::Gateway);
-        let identity = gateway.identity_key().unwrap();
+        let mixnet = TestMixnet::new(1, &[4; 32]);
         Net {
-            topology: Arc::new(Topology {
-                epoch: 1,
-                issued_at_s: 1,
-                valid_until_s: u64::MAX,
-                layers,
-                gateways: vec![gateway],
-            }),
-            secrets,
-            gateway: identity,
+            topology: Arc::new(mixnet.topology.clone()),
+            gateway: mixnet.gateway_identity,
+            mixnet,
         }
     }
 
@@ -1244,18 +1210,8 @@ mod tests {
 
     /// Carries a packet through the four hops and does the destination gateway's work.
     fn gateway(net: &Net, first_hop: [u8; 32], packet: Vec<u8>) -> Vec<Delivery> {
-        let mut packet = Packet::new_checked(packet).unwrap();
-        let mut at = first_hop;
-        let (destination, identifier) = loop {
-            let processed = sphinx::process(&mut packet, &net.secrets[&at]).unwrap();
-            match processed.hop {
-                Hop::Forward { next_hop, .. } => at = next_hop,
-                Hop::Final {
-                    destination,
-                    identifier,
-                } => break (destination, identifier),
-            }
-        };
+        let (destination, identifier, packet, _) =
+            net.mixnet.unwrap_all(first_hop, packet).unwrap();
         let packet = packet.into_inner();
         let everyone = |_: &[u8; 32]| Room::Available;
         let mail = match final_hop::decide(&destination, &identifier, &packet, &everyone) {
