@@ -158,30 +158,12 @@ pub fn sample_delays_ns<R: Rng + ?Sized>(rng: &mut R, delay_ms_mean: f64, out: &
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{descriptor, TestMixnet};
+    use crate::wire::handshake::identity_public;
     use rand::SeedableRng;
 
-    fn descriptor(seed: u8, role: Role, port: u16) -> Descriptor {
-        Descriptor {
-            identity: hex::encode(&[seed; 32]),
-            sphinx_key: hex::encode(&[9u8; 32]),
-            rotation_id: 1,
-            mix_address: SocketAddr::from(([127, 0, 0, 1], port)),
-            role,
-            client_url: None,
-            metrics_url: None,
-            issued_at_s: 100,
-        }
-    }
-
     fn topology() -> Topology {
-        let layers = [1u8, 2, 3].map(|i| vec![descriptor(i, Role::Mixnode, 1000 + i as u16)]);
-        Topology {
-            epoch: 1,
-            issued_at_s: 100,
-            valid_until_s: 1000,
-            layers,
-            gateways: vec![descriptor(7, Role::Gateway, 2000)],
-        }
+        TestMixnet::new(1, &[7; 32]).topology
     }
 
     #[test]
@@ -193,7 +175,7 @@ mod tests {
             assert_eq!(hop, &layer[0].route_hop().unwrap());
         }
         assert_eq!(route[3], t.gateways[0].route_hop().unwrap());
-        assert_eq!(t.gateway(&[7; 32]), Some(&t.gateways[0]));
+        assert_eq!(t.gateway(&identity_public(&[7; 32])), Some(&t.gateways[0]));
         assert!(t.is_layer1(&t.layers[0][0].mix_address));
         assert!(!t.is_layer1(&t.gateways[0].mix_address));
         let mut empty = t.clone();
@@ -203,7 +185,7 @@ mod tests {
 
     #[test]
     fn malformed_keys_are_refused() {
-        let mut d = descriptor(1, Role::Mixnode, 1);
+        let mut d = descriptor(&[1; 32], [1; 32], 1, Role::Mixnode);
         d.sphinx_key = "zz".into();
         assert_eq!(d.route_hop(), Err(TopologyError::Malformed("sphinx key")));
         d.identity = "+1".repeat(32);
