@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use lethe_engine::runtime::trace::{PacketEvent, PacketEventKind, TraceEvents, TraceHook};
+use lethe_engine::runtime::Runtime;
 use lethe_sim::trace::{
     Class, Kind, LabFields, NodeInfo, Role, TraceEvent, TraceMeta, TraceWriter,
 };
@@ -208,6 +209,28 @@ fn row(event: &PacketEvent, next_hop: Option<u32>) -> TraceEvent {
         destination: None,
         drop_reason: event.drop_reason.map(|r| r.label().to_string()),
         lab,
+    }
+}
+
+/// Starts the node's trace writer once its runtime listens (its address names it); if the
+/// part cannot be opened, stops the runtime and fails, so a node never runs untraced when
+/// asked to trace.
+pub fn start(
+    setup: Option<TraceSetup>,
+    runtime: Runtime,
+    role: Role,
+    config: &str,
+) -> Result<(Runtime, Option<NodeTrace>), String> {
+    let Some(setup) = setup else {
+        return Ok((runtime, None));
+    };
+    match setup.start(role, runtime.local_addr(), config) {
+        Ok(trace) => Ok((runtime, Some(trace))),
+        Err(e) => {
+            runtime.shutdown();
+            let _ = runtime.join();
+            Err(e)
+        }
     }
 }
 

@@ -371,3 +371,25 @@ fn simulator_and_loopback_mixnodes_agree() {
     assert!(failures.is_empty(), "{failures:?}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// An operator build (no `lab` feature) refuses to record the ground truth, before starting.
+#[cfg(not(feature = "lab"))]
+#[test]
+fn trace_lab_is_refused_without_the_lab_feature() {
+    let root = temp_dir("lab-refused");
+    let dir = root.join("mix");
+    init("mixnode", &dir);
+    let part = root.join("part.csv");
+    let mut args = vec!["mixnode", "run", "--dir", dir.to_str().unwrap()];
+    args.extend_from_slice(&SMALL_NODE);
+    args.extend_from_slice(&["--trace", part.to_str().unwrap(), "--trace-lab"]);
+    let output = std::process::Command::new(LETHE)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--features lab"), "{stderr}");
+    assert!(!part.exists(), "nothing recorded");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -23,7 +23,9 @@
 //! `NODE_EFFICIENCY_LOAD=0.1` paces the latency phase at another fraction of saturation;
 //! `NODE_EFFICIENCY_SPIN_US=300` sets the node's polling time before it sleeps;
 //! `NODE_EFFICIENCY_ALIGN=1` turns off the lane-group alignment of early batches,
-//! `NODE_EFFICIENCY_HOLD_US=0` the holding of partial lane groups.
+//! `NODE_EFFICIENCY_HOLD_US=0` the holding of partial lane groups;
+//! `NODE_EFFICIENCY_TRACE=1` turns the runtime's packet-event hook on (events drained and
+//! counted by a thread of the harness: the data plane's cost of `--trace`, without the file).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
@@ -498,7 +500,30 @@ fn run_node(
 ) -> (Vec<u64>, f64) {
     let received = sink(listener, corpus.frames.len());
     let replay = filters(corpus.frames.len() as u64);
-    let runtime = Runtime::start(runtime_config(), keys.clone(), replay).unwrap();
+    let (hook, drain) = match std::env::var_os("NODE_EFFICIENCY_TRACE") {
+        Some(_) => {
+            let (hook, events) = lethe_engine::runtime::TraceHook::new(false).unwrap();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stopped = stop.clone();
+            let drain = std::thread::spawn(move || {
+                let mut count = 0u64;
+                // Until the runtime has been joined and the channel is empty.
+                loop {
+                    let stopping = stopped.load(std::sync::atomic::Ordering::SeqCst);
+                    match events.next(Duration::from_millis(if stopping { 0 } else { 100 })) {
+                        Ok(Some(_)) => count += 1,
+                        Ok(None) if !stopping => {}
+                        _ => break,
+                    }
+                }
+                (count, events.dropped())
+            });
+            (Some(hook), Some((stop, drain)))
+        }
+        None => (None, None),
+    };
+    let runtime =
+        Runtime::start_traced(runtime_config(), keys.clone(), replay, None, hook).unwrap();
     pin_to(HARNESS_CPU);
     precise_sleeps();
     realtime(true);
@@ -587,6 +612,11 @@ fn run_node(
     let node_counts = NodeCounts::read(&runtime.metrics()[0]);
     runtime.shutdown();
     runtime.join().unwrap();
+    if let Some((stop, drain)) = drain {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (events, dropped) = drain.join().unwrap();
+        eprintln!("trace hook: {events} events drained, {dropped} dropped");
+    }
     let rate = seen.len() as f64 / finished.duration_since(started).as_secs_f64();
     let index: HashMap<[u8; 32], usize> = corpus
         .next_alphas

@@ -365,21 +365,12 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         trace_setup.as_ref().map(|t| t.hook.clone()),
     )
     .map_err(|e| e.to_string())?;
-    let trace = match trace_setup.map(|t| {
-        t.start(
-            lethe_sim::trace::Role::Gateway,
-            runtime.local_addr(),
-            &trace_config,
-        )
-    }) {
-        Some(Err(e)) => {
-            runtime.shutdown();
-            let _ = runtime.join();
-            return Err(e);
-        }
-        Some(Ok(trace)) => Some(trace),
-        None => None,
-    };
+    let (runtime, trace) = crate::trace::start(
+        trace_setup,
+        runtime,
+        lethe_sim::trace::Role::Gateway,
+        &trace_config,
+    )?;
     let engine_metrics = runtime.metrics().to_vec();
     let extra = metrics.clone();
     let status = crate::http::NodeStatus::new("gateway", directory.is_some());
