@@ -14,7 +14,6 @@ mod limits;
 mod live;
 mod merge;
 mod output;
-mod plot;
 mod ramp;
 mod receiver;
 mod refresh;

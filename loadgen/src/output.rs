@@ -11,11 +11,11 @@ use std::path::Path;
 use base64::Engine as _;
 use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
 use hdrhistogram::Histogram;
-use plotters::style::RGBColor;
+use lethe_plot::RGBColor;
 
-use crate::plot::{line_chart, y_max, Axes, Line, X_LABELS};
 use crate::report::{Ramp, Report, Step};
 use crate::run::RunOutcome;
+use lethe_plot::{line_chart, y_max, Axes, Line, X_LABELS};
 
 pub fn write_all(dir: &Path, report: &Report, outcome: &RunOutcome) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

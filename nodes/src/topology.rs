@@ -223,7 +223,7 @@ mod tests {
             epoch,
             issued_at_s: 100,
             valid_until_s,
-            layers,
+            layers: layers.into(),
             gateways: vec![descriptor(&[7; 32], Role::Gateway, 2000)],
         }
     }

@@ -86,7 +86,7 @@ impl TestMixnet {
                 epoch: 1,
                 issued_at_s: 1,
                 valid_until_s: u64::MAX,
-                layers,
+                layers: layers.into(),
                 gateways: vec![gateway],
             },
             secrets,

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use lethe_crypto::sphinx::constants::MAX_PATH_LENGTH;
 use lethe_crypto::sphinx::{address, RouteHop};
 use rand::seq::IndexedRandom;
 use rand::{Rng, RngExt};
@@ -11,8 +12,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::hex;
 
-/// Mix layers of the stratified topology.
+/// Mix layers of the stratified topology the directory publishes (Nym's default).
 pub const LAYERS: usize = 3;
+/// Most mix layers a topology may have: a route is the layers and the exit gateway, and
+/// Sphinx carries at most `MAX_PATH_LENGTH` hops. A simulator runs 1 to this many.
+pub const LAYERS_MAX: usize = MAX_PATH_LENGTH - 1;
+/// Hops of the longest route (every layer, then the gateway).
+pub const ROUTE_HOPS_MAX: usize = LAYERS_MAX + 1;
+
+const _: () = assert!(LAYERS >= 1 && LAYERS <= LAYERS_MAX);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -72,7 +80,8 @@ impl Descriptor {
     }
 }
 
-/// One epoch's network: mixnodes by layer (index 0 = layer 1) and gateways.
+/// One epoch's network: mixnodes by layer (index 0 = layer 1) and gateways. The layer count
+/// is the document's: 1 to [`LAYERS_MAX`] (a document with another count is refused).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
@@ -81,7 +90,8 @@ pub struct Topology {
     pub issued_at_s: u64,
     /// After this, the topology is stale and refused.
     pub valid_until_s: u64,
-    pub layers: [Vec<Descriptor>; LAYERS],
+    #[serde(deserialize_with = "layers_checked")]
+    pub layers: Vec<Vec<Descriptor>>,
     pub gateways: Vec<Descriptor>,
 }
 
@@ -107,6 +117,39 @@ pub enum TopologyError {
     NoRoute(&'static str),
 }
 
+/// The layers of a document, refused unless there are 1 to [`LAYERS_MAX`] of them.
+fn layers_checked<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Vec<Descriptor>>, D::Error> {
+    let layers = Vec::<Vec<Descriptor>>::deserialize(deserializer)?;
+    if layers.is_empty() || layers.len() > LAYERS_MAX {
+        return Err(serde::de::Error::invalid_length(
+            layers.len(),
+            &"1 to LAYERS_MAX mix layers",
+        ));
+    }
+    Ok(layers)
+}
+
+/// A Loopix route: one mixnode per layer, then the destination gateway. Fixed capacity, so
+/// building one allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    hops: [RouteHop; ROUTE_HOPS_MAX],
+    len: usize,
+}
+
+impl Route {
+    pub fn hops(&self) -> &[RouteHop] {
+        &self.hops[..self.len]
+    }
+
+    /// The first mix's hop (the entry gateway forwards there).
+    pub fn first(&self) -> &RouteHop {
+        &self.hops[0]
+    }
+}
+
 impl Topology {
     pub fn gateway(&self, identity: &[u8; 32]) -> Option<&Descriptor> {
         self.gateways
@@ -116,7 +159,9 @@ impl Topology {
 
     /// Is `address` (a mix address) a layer-1 mixnode? Entry gateways forward only to these.
     pub fn is_layer1(&self, address: &SocketAddr) -> bool {
-        self.layers[0].iter().any(|m| &m.mix_address == address)
+        self.layers
+            .first()
+            .is_some_and(|layer| layer.iter().any(|m| &m.mix_address == address))
     }
 
     /// A Loopix route: one random mixnode per layer, then the destination gateway.
@@ -124,19 +169,26 @@ impl Topology {
         &self,
         rng: &mut R,
         gateway: &Descriptor,
-    ) -> Result<[RouteHop; LAYERS + 1], TopologyError> {
-        let mut hops = [RouteHop {
-            address: [0; 32],
-            public_key: [0; 32],
-        }; LAYERS + 1];
-        for (hop, layer) in hops.iter_mut().zip(&self.layers) {
+    ) -> Result<Route, TopologyError> {
+        let layers = self.layers.len();
+        if layers == 0 || layers > LAYERS_MAX {
+            return Err(TopologyError::NoRoute("layer count out of range"));
+        }
+        let mut route = Route {
+            hops: [RouteHop {
+                address: [0; 32],
+                public_key: [0; 32],
+            }; ROUTE_HOPS_MAX],
+            len: layers + 1,
+        };
+        for (hop, layer) in route.hops.iter_mut().zip(&self.layers) {
             *hop = layer
                 .choose(rng)
                 .ok_or(TopologyError::NoRoute("a mix layer is empty"))?
                 .route_hop()?;
         }
-        hops[LAYERS] = gateway.route_hop()?;
-        Ok(hops)
+        route.hops[layers] = gateway.route_hop()?;
+        Ok(route)
     }
 }
 
@@ -171,16 +223,51 @@ mod tests {
         let t = topology();
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let route = t.random_route(&mut rng, &t.gateways[0]).unwrap();
-        for (hop, layer) in route.iter().zip(&t.layers) {
+        assert_eq!(route.hops().len(), 4);
+        for (hop, layer) in route.hops().iter().zip(&t.layers) {
             assert_eq!(hop, &layer[0].route_hop().unwrap());
         }
-        assert_eq!(route[3], t.gateways[0].route_hop().unwrap());
+        assert_eq!(route.hops()[3], t.gateways[0].route_hop().unwrap());
         assert_eq!(t.gateway(&identity_public(&[7; 32])), Some(&t.gateways[0]));
         assert!(t.is_layer1(&t.layers[0][0].mix_address));
         assert!(!t.is_layer1(&t.gateways[0].mix_address));
         let mut empty = t.clone();
         empty.layers[1].clear();
         assert!(empty.random_route(&mut rng, &t.gateways[0]).is_err());
+    }
+
+    #[test]
+    fn one_to_layers_max_layers_route_and_others_are_refused() {
+        let t = topology();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for count in 1..=LAYERS_MAX {
+            let mut layered = t.clone();
+            layered.layers = (0..count)
+                .map(|i| {
+                    let seed = [10 + i as u8; 32];
+                    vec![descriptor(&seed, seed, 3000 + i as u16, Role::Mixnode)]
+                })
+                .collect();
+            let route = layered.random_route(&mut rng, &t.gateways[0]).unwrap();
+            assert_eq!(route.hops().len(), count + 1);
+            assert_eq!(route.first(), &layered.layers[0][0].route_hop().unwrap());
+            // A document with this many layers reads back.
+            let json = serde_json::to_string(&layered).unwrap();
+            assert_eq!(serde_json::from_str::<Topology>(&json).unwrap(), layered);
+        }
+        for count in [0, LAYERS_MAX + 1] {
+            let mut layered = t.clone();
+            layered.layers = vec![vec![descriptor(&[1; 32], [1; 32], 1000, Role::Mixnode)]; count];
+            assert!(layered.random_route(&mut rng, &t.gateways[0]).is_err());
+            if count == 0 {
+                assert!(!layered.is_layer1(&t.layers[0][0].mix_address));
+            }
+            let json = serde_json::to_string(&layered).unwrap();
+            assert!(
+                serde_json::from_str::<Topology>(&json).is_err(),
+                "{count} layers"
+            );
+        }
     }
 
     #[test]

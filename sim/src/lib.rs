@@ -9,11 +9,15 @@
 //! - [`sim`]: a deterministic discrete-event simulator whose mixes and gateways are the real
 //!   engine core (`lethe_engine::core::Core`) fed real Sphinx packets, and whose clients are
 //!   the real client core (`lethe_proto::loopix::LoopixClient` and the sessions).
+//! - [`sweep`] and [`figure`]: a figure from a sweep file, each point an independent `run`
+//!   process, collected into CSV, PNG and a JSON sidecar.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod figure;
 pub mod merge;
 pub mod metrics;
 pub mod sim;
 pub mod stats;
+pub mod sweep;
 pub mod trace;
 pub mod views;

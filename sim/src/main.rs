@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use lethe_sim::metrics::{self, MetricsOptions, SeedsReport};
 use lethe_sim::sim::{self, SimConfig};
 use lethe_sim::trace::find_traces;
+use lethe_sim::{figure, sweep};
 
 /// Seeds one `run` may go through.
 const SEEDS_MAX: u64 = 1_000;
@@ -59,6 +60,34 @@ enum Command {
     Merge { dir: PathBuf },
     /// Prints a small example config.
     ExampleConfig,
+    /// Plans a sweep (one config per point under OUT/points, OUT/commands.txt with one `run`
+    /// per point for a batch scheduler), runs the points not yet done as separate
+    /// processes, JOBS at a time, then collects the figure (OUT/<name>.csv, .png, .meta.json).
+    Sweep {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Only write the plan and commands.txt (run them elsewhere, then `collect`).
+        #[arg(long)]
+        plan_only: bool,
+    },
+    /// The figure of a sweep whose points have run: OUT/<name>.csv, .png and .meta.json.
+    Collect {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A named figure: `sweep` of sim/configs/figures/NAME.json (or --config) into runs/NAME.
+    Figure {
+        name: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+    },
     /// A benchmark, not a test: simulates CONFIG once (one thread) and prints simulated
     /// events per second of wall time, with the CPU's name. The trace goes to OUT.
     Bench {
@@ -95,6 +124,23 @@ fn main() -> ExitCode {
         Command::Merge { dir } => lethe_sim::merge::merge_parts(&dir)
             .map(|path| println!("{}", path.display()))
             .map_err(|e| e.to_string()),
+        Command::Sweep {
+            file,
+            out,
+            jobs,
+            plan_only,
+        } => sweep_command(&file, &out, jobs, plan_only),
+        Command::Collect { out } => collect_command(&out),
+        Command::Figure {
+            name,
+            config,
+            out,
+            jobs,
+        } => {
+            let file = config.unwrap_or_else(|| sweep::figure_config(&name));
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&name));
+            sweep_command(&file, &out, jobs, false)
+        }
         Command::ExampleConfig => serde_json::to_string_pretty(&SimConfig::small(1))
             .map(|text| println!("{text}"))
             .map_err(|e| e.to_string()),
@@ -172,6 +218,35 @@ fn bench(config_path: &Path, out: &Path) -> Result<(), String> {
         config.duration_ms as f64 / 1e3,
         summary.events_count as f64 / wall_s,
         summary.trace_rows_count as f64 / wall_s,
+    );
+    Ok(())
+}
+
+fn sweep_command(file: &Path, out: &Path, jobs: usize, plan_only: bool) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let plan = sweep::plan(file, out, &exe.display().to_string(), &commit())?;
+    println!(
+        "{}: {} points x {} seeds; commands in {}",
+        plan.spec.name,
+        plan.points.len(),
+        plan.spec.seeds,
+        out.join("commands.txt").display()
+    );
+    if plan_only {
+        return Ok(());
+    }
+    sweep::run_points(&exe, &plan, out, jobs)?;
+    collect_command(out)
+}
+
+fn collect_command(out: &Path) -> Result<(), String> {
+    let written = figure::collect(out)?;
+    println!(
+        "{} {} {}",
+        written.csv.display(),
+        written.png.display(),
+        written.meta.display()
     );
     Ok(())
 }

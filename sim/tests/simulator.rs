@@ -101,6 +101,90 @@ fn every_real_message_is_delivered_through_every_layer_and_acknowledged() {
 }
 
 #[test]
+fn one_to_four_layers_deliver_through_every_layer() {
+    for layers in 1..=4u32 {
+        let config = SimConfig {
+            layers,
+            duration_ms: 2_000,
+            ..SimConfig::small(3)
+        };
+        let path = temp_dir(&format!("layers-{layers}")).join("trace.csv");
+        let summary = sim::run(&config, &path, "test").unwrap();
+        assert!(summary.messages_count > 20, "{summary:?}");
+        assert_eq!(summary.messages_acked_count, summary.messages_count);
+        assert_eq!(summary.messages_received_count, summary.messages_count);
+        // A real packet: send, gateway arrive + depart, arrive + depart per layer, then
+        // arrive + deliver at the exit gateway.
+        let mut real_rows = 0u64;
+        let mut mix_layers = std::collections::BTreeSet::new();
+        let meta = lethe_sim::trace::TraceMeta::load(&path).unwrap();
+        assert_eq!(meta.layers, layers);
+        for event in TraceReader::open(&path).unwrap() {
+            let event = event.unwrap();
+            if event.class == Class::Real {
+                real_rows += 1;
+                let layer = meta.node(event.node).and_then(|n| n.layer);
+                if let Some(layer) = layer.filter(|&l| l > 0) {
+                    mix_layers.insert(layer);
+                }
+            }
+        }
+        assert_eq!(
+            real_rows,
+            summary.real_sent_count * (5 + 2 * u64::from(layers))
+        );
+        assert_eq!(mix_layers, (1..=layers).collect());
+    }
+}
+
+#[test]
+fn a_mix_capacity_queues_packets_and_drops_beyond_its_buffers() {
+    // 10 clients x 20 messages/s and their ACKs: about 400 packets/s through each mix.
+    let fast = SimConfig {
+        clients: 10,
+        mixes_per_layer: 1,
+        message_rate_per_s: 20.0,
+        duration_ms: 3_000,
+        delay_ms_mean: 10.0,
+        ..SimConfig::small(4)
+    };
+    let run = |name: &str, config: &SimConfig| {
+        let path = temp_dir(name).join("trace.csv");
+        let summary = sim::run(config, &path, "test").unwrap();
+        (summary, metrics(&path, 1, 1))
+    };
+    let (free, free_metrics) = run("capacity-free", &fast);
+    // A mix busy half the time (M/D/1 at 0.5: waits of half a service time on average).
+    let (half, half_metrics) = run(
+        "capacity-half",
+        &SimConfig {
+            mix_capacity_pps: Some(800.0),
+            ..fast.clone()
+        },
+    );
+    assert_eq!(half.dropped_count, 0, "{half:?}");
+    assert_eq!(half.messages_acked_count, half.messages_count);
+    let extra_ms =
+        half_metrics.latency.end_to_end_ms.mean - free_metrics.latency.end_to_end_ms.mean;
+    // Three mixes, each adding at least its service time (1.25 ms) to every packet.
+    assert!(extra_ms > 3.0 * 1.25, "{extra_ms} ms");
+    assert_eq!(free.dropped_count, 0);
+    // Far below the offered load, the backlog outgrows the buffers: overload drops.
+    let overloaded = SimConfig {
+        mix_capacity_pps: Some(50.0),
+        ..fast.clone()
+    };
+    let path = temp_dir("capacity-overload").join("trace.csv");
+    let summary = sim::run(&overloaded, &path, "test").unwrap();
+    let overload_drops = TraceReader::open(&path)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.drop_reason.as_deref() == Some("overload"))
+        .count();
+    assert!(overload_drops > 0, "{summary:?}");
+}
+
+#[test]
 fn queue_occupancy_follows_poisson_lambda_over_mu() {
     // 100 real packets/s into each mix and their 100 SURB-ACKs/s (the client core asks for
     // ACKs on every real packet; they cross every layer too), 100 ms mean delay for both:
@@ -420,6 +504,10 @@ fn the_configs_the_readme_runs_are_valid() {
     let mut count = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            // configs/figures: sweep files (tests/sweep.rs).
+            continue;
+        }
         let text = std::fs::read_to_string(&path).unwrap();
         let config: SimConfig = serde_json::from_str(&text).unwrap();
         assert_eq!(config.validate(), Ok(()), "{}", path.display());

@@ -452,7 +452,7 @@ impl Registry {
             epoch,
             issued_at_s,
             valid_until_s,
-            layers,
+            layers: layers.into(),
             gateways,
         }
     }

@@ -144,7 +144,7 @@ pub fn refresh_topology(
                     .await
                 {
                     Ok(topology) => {
-                        let formed = !topology.layers[0].is_empty();
+                        let formed = topology.layers.first().is_some_and(|l| !l.is_empty());
                         first_hops.set_topology(topology);
                         if formed {
                             TOPOLOGY_REFRESH

@@ -996,7 +996,7 @@ mod tests {
             epoch: 1,
             issued_at_s: now,
             valid_until_s: now + 600,
-            layers: [
+            layers: vec![
                 vec![mix(1, crate::topology::Role::Mixnode)],
                 vec![mix(2, crate::topology::Role::Mixnode)],
                 vec![],

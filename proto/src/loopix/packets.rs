@@ -1,24 +1,23 @@
 //! Building the client's Sphinx packets from a topology, I/O-free: forward packets with a
 //! SURB-ACK, ACK packets, loop and drop cover, reply SURBs and replies.
 //!
-//! Every route is `[L1, L2, L3, gateway]` (one random mixnode per layer); packets to us and our
+//! Every route is one random mixnode per layer of the topology (Nym's three, or 1 to
+//! `LAYERS_MAX`), then a gateway: `[L1, L2, L3, gateway]`; packets to us and our
 //! ACKs and SURBs end at our own gateway with destination = our ed25519 identity.
 
 use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::{
-    self, build_surb, Destination, PacketSpec, RouteHop, Surb, SurbRecovery, Version,
+    self, build_surb, Destination, PacketSpec, Surb, SurbRecovery, Version,
 };
 use rand::CryptoRng;
 
 use super::address::Recipient;
 use super::message::{forward_content_len, reply_content_len};
-use crate::topology::{self, Descriptor, Topology, LAYERS};
+use crate::topology::{self, Descriptor, Route, Topology, ROUTE_HOPS_MAX};
 use crate::wire::payload::{
     write_surb_ack, ACK_CONTENT_BYTES, DROP_COVER_DESTINATION, SURB_ACK_ADDRESS_BYTES,
     SURB_ACK_BYTES,
 };
-
-const HOPS: usize = LAYERS + 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -96,16 +95,21 @@ impl Builder<'_> {
         &self,
         rng: &mut R,
         gateway: &[u8; 32],
-    ) -> Result<[RouteHop; HOPS], BuildError> {
+    ) -> Result<Route, BuildError> {
         let gateway = self.gateway(gateway)?;
         Ok(self.topology.random_route(rng, gateway)?)
     }
 
-    fn delays<R: CryptoRng + ?Sized>(rng: &mut R, mean_ms: f64) -> ([u64; HOPS], u64) {
-        let mut delays = [0u64; HOPS];
-        topology::sample_delays_ns(rng, mean_ms, &mut delays);
+    /// Delays for a route of `hops` hops: the first `hops` entries of the array.
+    fn delays<R: CryptoRng + ?Sized>(
+        rng: &mut R,
+        mean_ms: f64,
+        hops: usize,
+    ) -> ([u64; ROUTE_HOPS_MAX], u64) {
+        let mut delays = [0u64; ROUTE_HOPS_MAX];
+        let hops = hops.clamp(1, ROUTE_HOPS_MAX);
         // The last hop (the gateway) does not delay: its delay is not encoded.
-        delays[HOPS - 1] = 0;
+        topology::sample_delays_ns(rng, mean_ms, &mut delays[..hops - 1]);
         let total = delays.iter().fold(0u64, |a, d| a.saturating_add(*d));
         (delays, total)
     }
@@ -115,13 +119,14 @@ impl Builder<'_> {
         rng: &mut R,
         size: PacketSize,
         message: &[u8],
-        route: &[RouteHop; HOPS],
-        delays: &[u64; HOPS],
+        route: &Route,
+        delays: &[u64; ROUTE_HOPS_MAX],
         destination: &Destination,
     ) -> Result<Vec<u8>, BuildError> {
+        let route = route.hops();
         let spec = PacketSpec {
             route,
-            delays_ns: delays,
+            delays_ns: &delays[..route.len()],
             destination,
             version: Version::CURRENT,
         };
@@ -141,7 +146,7 @@ impl Builder<'_> {
         ack_plaintext: &[u8; ACK_CONTENT_BYTES],
     ) -> Result<([u8; 32], Vec<u8>, u64), BuildError> {
         let route = self.route(rng, &self.own.gateway)?;
-        let (delays, total) = Self::delays(rng, self.delays.ack_ms);
+        let (delays, total) = Self::delays(rng, self.delays.ack_ms, route.hops().len());
         let destination = Destination {
             address: self.own.identity,
             identifier: [0u8; 16],
@@ -154,7 +159,7 @@ impl Builder<'_> {
             &delays,
             &destination,
         )?;
-        Ok((route[0].address, packet, total))
+        Ok((route.first().address, packet, total))
     }
 
     /// A forward packet to `(destination identity, gateway)` whose payload is
@@ -188,14 +193,14 @@ impl Builder<'_> {
         }
         plaintext[SURB_ACK_BYTES..].copy_from_slice(content);
         let route = self.route(rng, gateway)?;
-        let (delays, total) = Self::delays(rng, self.delays.packet_ms);
+        let (delays, total) = Self::delays(rng, self.delays.packet_ms, route.hops().len());
         let destination = Destination {
             address: *destination,
             identifier: [0u8; 16],
         };
         let packet = self.sphinx(rng, self.size, &plaintext, &route, &delays, &destination)?;
         Ok(Built {
-            first_hop: route[0].address,
+            first_hop: route.first().address,
             packet,
             expected_rtt_ns: total.saturating_add(ack_rtt),
             // The caller names what it built (the builder only knows drop cover apart).
@@ -244,14 +249,14 @@ impl Builder<'_> {
         identifier: [u8; 16],
     ) -> Result<(Surb, SurbRecovery), BuildError> {
         let route = self.route(rng, &self.own.gateway)?;
-        let (delays, _) = Self::delays(rng, self.delays.ack_ms);
+        let (delays, _) = Self::delays(rng, self.delays.ack_ms, route.hops().len());
         let destination = Destination {
             address: self.own.identity,
             identifier,
         };
         let spec = PacketSpec {
-            route: &route,
-            delays_ns: &delays,
+            route: route.hops(),
+            delays_ns: &delays[..route.hops().len()],
             destination: &destination,
             version: Version::SINGLE_SEED_SURB,
         };

@@ -10,11 +10,16 @@ use crate::stats::{GammaFit, Summary};
 use crate::trace::{Class, Kind, Role, TraceEvent, TraceMeta};
 
 const NS_PER_MS: f64 = 1e6;
+/// The end-to-end latency's empirical CDF is kept as this many quantiles (0 %, 1 %, .. 100 %).
+pub const QUANTILES_COUNT: usize = 101;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LatencyReport {
     pub end_to_end_ms: Summary,
     pub end_to_end_gamma: Option<GammaFit>,
+    /// Quantiles 0 %, 1 %, .. 100 % of the end-to-end latency (ms): its empirical CDF. Empty
+    /// without deliveries.
+    pub end_to_end_quantiles_ms: Vec<f64>,
     /// Lab traces only (empty otherwise).
     pub hop_residence_ms: Summary,
     pub hop_delay_drawn_ms: Summary,
@@ -73,14 +78,31 @@ impl Latency {
     }
 
     pub fn report(&self) -> LatencyReport {
-        let end_to_end_ms = Summary::of(&mut self.end_to_end_ms.clone());
+        let mut sorted = self.end_to_end_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        let end_to_end_quantiles_ms = quantiles(&sorted);
+        let end_to_end_ms = Summary::of(&mut sorted);
         let hop_residence_ms = Summary::of(&mut self.residence_ms.clone());
         LatencyReport {
             end_to_end_gamma: GammaFit::of(&end_to_end_ms),
             end_to_end_ms,
+            end_to_end_quantiles_ms,
             hop_gamma: GammaFit::of(&hop_residence_ms),
             hop_residence_ms,
             hop_delay_drawn_ms: Summary::of(&mut self.drawn_ms.clone()),
         }
     }
+}
+
+/// [`QUANTILES_COUNT`] evenly spaced quantiles of `sorted` (nearest rank), none if empty.
+fn quantiles(sorted: &[f64]) -> Vec<f64> {
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return Vec::new();
+    };
+    (0..QUANTILES_COUNT)
+        .map(|i| {
+            let rank = (i as f64 / (QUANTILES_COUNT - 1) as f64 * last as f64).round() as usize;
+            sorted[rank.min(last)]
+        })
+        .collect()
 }

@@ -74,6 +74,7 @@ impl TraceMetrics {
             ("latency_end_to_end_ms_p99", self.latency.end_to_end_ms.p99),
             ("latency_hop_ms_mean", self.latency.hop_residence_ms.mean),
             ("queue_mean_ratio", self.queue.mean_ratio),
+            ("lambda_over_mu_mean", self.queue.lambda_over_mu_mean()),
             ("queue_variance_ratio", self.queue.variance_ratio),
             ("cover_per_real", self.overhead.cover_per_real),
             ("flow_auc", self.flow.auc),

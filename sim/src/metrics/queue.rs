@@ -33,6 +33,16 @@ pub struct QueueReport {
     pub variance_ratio: f64,
 }
 
+impl QueueReport {
+    /// lambda / mu averaged over the mixes (Loopix's expected pool size); NaN without mixes.
+    pub fn lambda_over_mu_mean(&self) -> f64 {
+        if self.mixes.is_empty() {
+            return f64::NAN;
+        }
+        self.mixes.iter().map(|m| m.expected).sum::<f64>() / self.mixes.len() as f64
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Occupancy {
     inside: u64,

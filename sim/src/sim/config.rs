@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 /// Sphinx routes hold at most 5 hops (`lethe_crypto::sphinx::constants::MAX_PATH_LENGTH`):
 /// the mix layers and the exit gateway.
-/// Mix layers: the real client's topology has exactly this many.
-pub const LAYERS: u64 = lethe_proto::topology::LAYERS as u64;
+/// Mix layers: 1 to what the real client's topology allows (Sphinx's hop maximum less the
+/// exit gateway); Nym runs 3.
+pub const LAYERS_MAX: u64 = lethe_proto::topology::LAYERS_MAX as u64;
 pub const MIXES_PER_LAYER_MAX: u32 = 64;
 pub const GATEWAYS_MAX: u32 = 64;
 pub const CLIENTS_MAX: u32 = 10_000;
@@ -14,12 +15,15 @@ pub const DURATION_MS_MAX: u64 = 24 * 3_600 * 1_000;
 /// Mean per-hop delays above the engine's cap would be clamped, not drawn.
 pub const DELAY_MS_MEAN_MAX: f64 = 2_000.0;
 pub const RATE_PER_S_MAX: f64 = 10_000.0;
+/// A mix's packet rate when `mix_capacity_pps` is set (a core of a fast engine does about a
+/// million: `node-efficiency`).
+pub const MIX_CAPACITY_PPS_MAX: f64 = 100_000_000.0;
 pub const LINK_LATENCY_US_MAX: u64 = 10_000_000;
 /// Events processed before a run gives up (a bound on the event loop).
 pub const EVENTS_MAX: u64 = 500_000_000;
 
 // The route is the mix layers and the exit gateway.
-const _: () = assert!(LAYERS < lethe_crypto::sphinx::constants::MAX_PATH_LENGTH as u64);
+const _: () = assert!(LAYERS_MAX < lethe_crypto::sphinx::constants::MAX_PATH_LENGTH as u64);
 
 /// Loopix cover streams of one client (all Poisson). The payload and loop streams are the
 /// real client's schedule (`lethe_proto::loopix::schedule`): real messages wait for a payload
@@ -85,6 +89,12 @@ pub struct SimConfig {
     /// Record the input -> output links (needs a `lab` build).
     #[serde(default)]
     pub lab: bool,
+    /// Packets per second one mix processes (its engine on one core, as `node-efficiency`
+    /// measures it): packets wait in arrival order for 1/capacity s each before the engine
+    /// takes them, and one arriving behind `ENGINE_BUFFERS_PER_NODE` waiting is dropped
+    /// (`overload`). None: processing takes no simulated time.
+    #[serde(default)]
+    pub mix_capacity_pps: Option<f64>,
 }
 
 impl SimConfig {
@@ -110,6 +120,7 @@ impl SimConfig {
             corrupt: Vec::new(),
             failures: Vec::new(),
             lab: false,
+            mix_capacity_pps: None,
         }
     }
 
@@ -124,9 +135,7 @@ impl SimConfig {
             }
             Ok(())
         };
-        // The client core routes through lethe-proto's topology, which has exactly
-        // `LAYERS` mix layers.
-        range("layers", self.layers.into(), LAYERS, LAYERS)?;
+        range("layers", self.layers.into(), 1, LAYERS_MAX)?;
         range(
             "mixes_per_layer",
             self.mixes_per_layer.into(),
@@ -166,6 +175,14 @@ impl SimConfig {
             self.mix_loop_rate_per_s,
             RATE_PER_S_MAX,
         )?;
+        if let Some(capacity) = self.mix_capacity_pps {
+            // Written positively so NaN fails; 0 would never serve.
+            if !(capacity > 0.0 && capacity <= MIX_CAPACITY_PPS_MAX) {
+                return Err(format!(
+                    "mix_capacity_pps = {capacity} is outside (0, {MIX_CAPACITY_PPS_MAX}]"
+                ));
+            }
+        }
         if let Some(cover) = &self.cover {
             rate(
                 "cover.payload_rate_per_s",

@@ -184,6 +184,12 @@ enum Event {
     Wake {
         node: u32,
     },
+    /// A packet that waited for a mix's processing (its capacity) reaches the engine core.
+    Admit {
+        node: u32,
+        packet: Box<WirePacket>,
+        arrive_ns: u64,
+    },
     /// Session bytes of client `client` arrive at the other end.
     Session {
         client: u32,
@@ -228,6 +234,8 @@ struct EngineNode {
     /// By arrival µs.
     pending: HashMap<u64, VecDeque<Pending>>,
     wake_ns: Option<u64>,
+    /// With a mix capacity: when the packets already waiting will have been processed.
+    busy_until_ns: u64,
 }
 
 /// One stored delivery in the gateway's mailbox for a client.
@@ -319,6 +327,8 @@ struct World<'a> {
     next_message_id: u64,
     end_ns: u64,
     summary: RunSummary,
+    /// A mix's processing time per packet (1 / `mix_capacity_pps`), if modelled.
+    service_ns: Option<u64>,
 }
 
 /// SHA-256 of the config's JSON, hex.
@@ -469,6 +479,10 @@ impl<'a> World<'a> {
             next_message_id: 1,
             end_ns: config.duration_ms * NS_PER_MS,
             summary: RunSummary::default(),
+            // Validated positive; at least 1 ns so a huge capacity still orders packets.
+            service_ns: config
+                .mix_capacity_pps
+                .map(|pps| ((1e9 / pps).round() as u64).max(1)),
         })
     }
 
@@ -549,6 +563,11 @@ impl<'a> World<'a> {
             }
             Event::Arrive { node, packet } => self.arrive(node, *packet, t),
             Event::Wake { node } => self.wake(node, t),
+            Event::Admit {
+                node,
+                packet,
+                arrive_ns,
+            } => self.admit(node, *packet, t, arrive_ns),
             Event::Session {
                 client,
                 side,
@@ -1074,6 +1093,40 @@ impl<'a> World<'a> {
         if self.is_down(node, t) {
             return self.drop_row(t, node, packet.id, &packet.info, "node_down");
         }
+        let is_mix = self.info.get(node as usize).map(|i| i.role) == Some(Role::Mix);
+        if let (true, Some(service_ns)) = (is_mix, self.service_ns) {
+            let NodeState::Engine(engine) = &mut self.nodes[node as usize] else {
+                return self.drop_row(t, node, packet.id, &packet.info, "not_a_node");
+            };
+            // Arrival order, one packet at a time: this one starts once those ahead are done.
+            let start_ns = engine.busy_until_ns.max(t);
+            if (start_ns - t) / service_ns >= u64::from(ENGINE_BUFFERS_PER_NODE) {
+                return self.drop_row(t, node, packet.id, &packet.info, "overload");
+            }
+            engine.busy_until_ns = start_ns + service_ns;
+            let packet = Box::new(packet);
+            let event = Event::Admit {
+                node,
+                packet,
+                arrive_ns: t,
+            };
+            self.schedule(start_ns + service_ns, event);
+            return Ok(());
+        }
+        self.admit(node, packet, t, t)
+    }
+
+    /// Feeds a packet that arrived at `arrive_ns` to `node`'s engine core at `t`.
+    fn admit(
+        &mut self,
+        node: u32,
+        packet: WirePacket,
+        t: u64,
+        arrive_ns: u64,
+    ) -> Result<(), SimError> {
+        if self.is_down(node, t) {
+            return self.drop_row(t, node, packet.id, &packet.info, "node_down");
+        }
         let now_us = t / NS_PER_US;
         let NodeState::Engine(engine) = &mut self.nodes[node as usize] else {
             return self.drop_row(t, node, packet.id, &packet.info, "not_a_node");
@@ -1084,7 +1137,7 @@ impl<'a> World<'a> {
             .or_default()
             .push_back(Pending {
                 packet_id: packet.id,
-                arrive_ns: t,
+                arrive_ns,
                 info: packet.info,
             });
         let before = drop_counts(&engine.core);
@@ -1377,7 +1430,7 @@ fn topology(
     });
     let mut engines = Vec::new();
     let mut gateway_seeds = Vec::new();
-    let mut directory_layers: [Vec<Descriptor>; lethe_proto::topology::LAYERS] = Default::default();
+    let mut directory_layers: Vec<Vec<Descriptor>> = vec![Vec::new(); config.layers as usize];
     let mut directory_gateways = Vec::new();
     for (name, role, layer) in engine_roles.chain(mix_roles) {
         let index = topology.info.len() as u32;
@@ -1400,6 +1453,7 @@ fn topology(
             core: engine_core(engine, secret)?,
             pending: HashMap::new(),
             wake_ns: None,
+            busy_until_ns: 0,
         })));
         let corrupt = config.corrupt.contains(&name);
         topology.info.push(NodeInfo {

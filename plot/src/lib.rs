@@ -1,12 +1,30 @@
-//! PNG plots with plotters' bitmap backend. Text is drawn in DejaVu Sans, embedded in the
-//! binary (loadgen/assets/DejaVuSans.ttf, its licence beside it) and registered with
-//! plotters' `ab_glyph` support: no fontconfig, no system fonts, and no pixel font.
+//! PNG line charts with plotters' bitmap backend, shared by loadgen's run plots and
+//! lethe-sim's figures. Text is drawn in DejaVu Sans, embedded in the binary
+//! (plot/assets/DejaVuSans.ttf, its licence beside it) and registered with plotters'
+//! `ab_glyph` support: no fontconfig, no system fonts, and no pixel font.
 
 use std::path::Path;
 use std::sync::OnceLock;
 
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
+
+/// Colours are plotters' (callers name them without depending on plotters).
+pub use plotters::style::RGBColor;
+
+/// A categorical palette (matplotlib's first ten), for one colour per series.
+pub const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
 
 pub const WIDTH: u32 = 1000;
 pub const HEIGHT: u32 = 600;
@@ -76,7 +94,8 @@ pub struct Axes<'a> {
     pub x_labels: usize,
 }
 
-fn number(v: &f64) -> String {
+/// A tick label: whole numbers bare, small ones with two decimals.
+pub fn number(v: &f64) -> String {
     let magnitude = v.abs();
     if magnitude >= 100.0 || *v == v.round() {
         format!("{v:.0}")
