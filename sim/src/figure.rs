@@ -178,6 +178,11 @@ struct OwnedLine {
     reference: bool,
 }
 
+/// A series label as one CSV field: quoted, so a comma in it does not split the row.
+fn quoted(label: &str) -> String {
+    format!("\"{}\"", label.replace('"', "\"\""))
+}
+
 fn color(index: usize) -> RGBColor {
     PALETTE[index % PALETTE.len()]
 }
@@ -232,7 +237,7 @@ fn lines_figure(
     let mut lines: BTreeMap<(usize, usize), OwnedLine> = BTreeMap::new();
     for (point, report) in plan.points.iter().zip(reports) {
         let x_value = point.x.unwrap_or(f64::NAN);
-        let _ = write!(csv, "{},{x_value}", point.label);
+        let _ = write!(csv, "{},{x_value}", quoted(&point.label));
         for name in &columns {
             let i = interval(report, name)?;
             let _ = write!(csv, ",{},{}", i.mean, i.ci95_half_width);
@@ -318,7 +323,7 @@ fn roc_figure(plan: &Plan, reports: &[SeedsReport], csv: &mut String) -> (Frame,
             .get("flow_tpr_at_fpr_0_01")
             .map_or(f64::NAN, |i| i.mean);
         for (fpr, tpr) in &points {
-            let _ = writeln!(csv, "{},{fpr},{tpr},{auc},{tpr_1}", point.label);
+            let _ = writeln!(csv, "{},{fpr},{tpr},{auc},{tpr_1}", quoted(&point.label));
         }
         lines.push(OwnedLine {
             label: format!("{} (AUC {auc:.2}, TPR@1% {tpr_1:.2})", point.label),
@@ -383,7 +388,11 @@ fn cdf_figure(plan: &Plan, reports: &[SeedsReport], csv: &mut String) -> (Frame,
             let (shape, scale) = fit
                 .as_ref()
                 .map_or((f64::NAN, f64::NAN), |f| (f.shape, f.scale));
-            let _ = writeln!(csv, "{},{ms},{p},{gamma},{shape},{scale}", point.label);
+            let _ = writeln!(
+                csv,
+                "{},{ms},{p},{gamma},{shape},{scale}",
+                quoted(&point.label)
+            );
         }
         let high = empirical.last().map_or(0.0, |p| p.0);
         x_high = x_high.max(high);

@@ -45,7 +45,7 @@ fn a_sweep_runs_each_point_as_a_process_and_collects_csv_png_and_sidecar() {
         "base": base,
         "x": {"param": "delay_ms_mean", "values": [0.0, 50.0]},
         "series": [
-            {"label": "3 layers", "set": {}},
+            {"label": "3 layers, base", "set": {}},
             {"label": "2 layers", "set": {"layers": 2}}
         ],
         "seeds": 1,
@@ -87,12 +87,20 @@ fn a_sweep_runs_each_point_as_a_process_and_collects_csv_png_and_sidecar() {
         lines.next().unwrap(),
         "series,delay_ms_mean,sender_entropy_bits_mean_mean,sender_entropy_bits_mean_ci95"
     );
-    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    // The label is one quoted field, its comma kept inside.
+    let rows: Vec<Vec<&str>> = lines
+        .map(|l| {
+            let rest = l
+                .strip_prefix("\"3 layers, base\",")
+                .or(l.strip_prefix("\"2 layers\","));
+            rest.unwrap_or_else(|| panic!("{l}")).split(',').collect()
+        })
+        .collect();
     assert_eq!(rows.len(), 4);
     // No delay, nothing mixes: the sender is known (0 bits). With 50 ms per hop, it is not.
     for row in &rows {
-        let entropy: f64 = row[2].parse().unwrap();
-        if row[1] == "0" {
+        let entropy: f64 = row[1].parse().unwrap();
+        if row[0] == "0" {
             assert!(entropy < 0.01, "{row:?}");
         } else {
             assert!(entropy > 1.0, "{row:?}");
