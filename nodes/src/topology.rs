@@ -201,30 +201,16 @@ pub fn verify_topology(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
 
     fn descriptor(seed: &[u8; 32], role: Role, port: u16) -> Descriptor {
-        Descriptor {
-            identity: keyfile::hex(&keyfile::ed25519_public(seed)),
-            sphinx_key: keyfile::hex(&[9u8; 32]),
-            rotation_id: 1,
-            mix_address: SocketAddr::from(([127, 0, 0, 1], port)),
-            role,
-            client_url: None,
-            metrics_url: None,
-            issued_at_s: 100,
-        }
+        lethe_proto::testing::descriptor(seed, [9; 32], port, role)
     }
 
     fn topology(epoch: u64, valid_until_s: u64) -> Topology {
-        let layers =
-            [1u8, 2, 3].map(|i| vec![descriptor(&[i; 32], Role::Mixnode, 1000 + i as u16)]);
         Topology {
             epoch,
-            issued_at_s: 100,
             valid_until_s,
-            layers: layers.into(),
-            gateways: vec![descriptor(&[7; 32], Role::Gateway, 2000)],
+            ..lethe_proto::testing::TestMixnet::new(1, &[7; 32]).topology
         }
     }
 
