@@ -285,3 +285,20 @@ const _: () = assert!(
 const _: () = assert!(DIRECTORY_POSTS_BURST_PER_IP >= DIRECTORY_NODES_MAX as f64);
 const _: () = assert!(DIRECTORY_POSTS_PER_S_PER_IP <= DIRECTORY_POSTS_PER_S);
 const _: () = assert!(DIRECTORY_VALIDITY_EPOCHS >= 2 && DIRECTORY_PUBLISH_INTERVAL_MS_MIN > 0);
+
+// --- Directory admission (`directory::admission`) ---
+
+/// Nodes whose mix address has one IP, by default (Tor: 2 relays per IP). A testnet on
+/// loopback raises it.
+pub const DIRECTORY_NODES_PER_IP_MAX_DEFAULT: usize = 2;
+/// Nodes registered from one source IP, by default: an operator's few nodes behind one NAT,
+/// far below the directory's total, so one address cannot fill it.
+pub const DIRECTORY_NODES_PER_SOURCE_MAX_DEFAULT: usize = 8;
+/// Longest operator family name in a descriptor.
+pub const DIRECTORY_FAMILY_BYTES_MAX: usize = 64;
+
+const _: () = assert!(DIRECTORY_NODES_PER_IP_MAX_DEFAULT > 0);
+const _: () = assert!(DIRECTORY_NODES_PER_SOURCE_MAX_DEFAULT > 0);
+// A flood from one source never fills the directory: honest nodes keep room.
+const _: () = assert!(DIRECTORY_NODES_PER_SOURCE_MAX_DEFAULT * 4 <= DIRECTORY_NODES_MAX);
+const _: () = assert!(DIRECTORY_FAMILY_BYTES_MAX > 0);

@@ -586,6 +586,8 @@ fn start_all(
     dir_args.extend(args(&["--epoch-s"]));
     dir_args.push(a.epoch_s.to_string());
     dir_args.extend(args(&["--heartbeat-timeout-s", "15"]));
+    // Every node is on loopback or a private namespace network, all on one host.
+    dir_args.extend(args(&["--private-network"]));
     let directory = spawn(
         exe,
         "directory",

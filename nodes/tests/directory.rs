@@ -40,6 +40,16 @@ fn run_directory(dir: &Path, listen: &str, timeout_s: u64) -> Process {
 }
 
 fn run_directory_epoch(dir: &Path, listen: &str, timeout_s: u64, epoch_s: u64) -> Process {
+    run_directory_with(dir, listen, timeout_s, epoch_s, &["--private-network"])
+}
+
+fn run_directory_with(
+    dir: &Path,
+    listen: &str,
+    timeout_s: u64,
+    epoch_s: u64,
+    extra: &[&str],
+) -> Process {
     let timeout = timeout_s.to_string();
     let epoch = epoch_s.to_string();
     let args = [
@@ -54,6 +64,7 @@ fn run_directory_epoch(dir: &Path, listen: &str, timeout_s: u64, epoch_s: u64) -
         "--epoch-s",
         &epoch,
     ];
+    let args: Vec<&str> = args.iter().chain(extra).copied().collect();
     Process::start(&args, &["listen", "key"])
 }
 
@@ -289,6 +300,7 @@ fn sample_topology(epoch: u64, issued_at_s: u64, valid_until_s: u64) -> Topology
         role,
         client_url: (role == Role::Gateway).then(|| "ws://127.0.0.1:9000".into()),
         metrics_url: None,
+        family: None,
         issued_at_s,
     };
     Topology {
@@ -421,14 +433,25 @@ fn mix_descriptor(seed: &[u8; 32], port: u16) -> Descriptor {
         role: Role::Mixnode,
         client_url: None,
         metrics_url: None,
+        family: None,
         issued_at_s: now_s(),
     }
 }
 
 /// POSTs `body` to `path`; returns the status and the parsed JSON answer.
 fn post(url: &str, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+    post_with(&client::http_client(), url, path, body)
+}
+
+/// [`post`] from a client of one's own (bound to a source address).
+fn post_with(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
     rt().block_on(async {
-        let response = client::http_client()
+        let response = http
             .post(format!("{url}{path}"))
             .header("content-type", "application/json")
             .body(body)
@@ -747,6 +770,289 @@ fn rotated_sphinx_key_is_reannounced_and_published() {
     );
     assert_ne!(after.sphinx_key, before.sphinx_key);
     node.terminate();
+    directory.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// --- Admission: the attacks of issue 19, each against a real directory on loopback ---
+
+/// A client whose requests come from `source` (any 127/8 address is loopback on Linux).
+fn client_from(source: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(source))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn register_raw(http: &reqwest::Client, url: &str, d: &Descriptor, seed: &[u8; 32]) -> u16 {
+    let (status, json) = post_with(
+        http,
+        url,
+        "/v1/register",
+        signed_json(d, DOMAIN_DESCRIPTOR, seed),
+    );
+    if status != 200 {
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{json}"
+        );
+    }
+    status
+}
+
+fn rejected(directory: &Process, reason: &str) -> u64 {
+    metric(
+        directory.addr("listen"),
+        &format!("lethe_directory_registrations_rejected_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+fn listed(t: &Topology, identity: &str) -> bool {
+    t.layers
+        .iter()
+        .flatten()
+        .chain(&t.gateways)
+        .any(|d| d.identity == identity)
+}
+
+/// 1,016 fake mixnodes from one address once filled the directory and locked honest nodes
+/// out. Now one source registers at most its cap; real nodes from elsewhere still join.
+#[test]
+fn a_flood_from_one_address_cannot_fill_the_directory() {
+    let dir = temp_dir("flood");
+    let directory_dir = dir.join("directory");
+    let key = init_directory(&directory_dir);
+    let directory = run_directory_with(
+        &directory_dir,
+        "127.0.0.1:0",
+        30,
+        3600,
+        &["--private-network", "--nodes-per-source-max", "8"],
+    );
+    let url = format!("http://{}", directory.addr("listen"));
+    let attacker = client_from([127, 0, 0, 2]);
+    let mut accepted = 0;
+    for i in 0..40u8 {
+        let seed = [100u8.wrapping_add(i); 32];
+        // One mix IP each: only the per-source cap can stop them.
+        let mut d = mix_descriptor(&seed, 5000);
+        d.mix_address = SocketAddr::from(([127, 0, 1, i + 1], 5000));
+        match register_raw(&attacker, &url, &d, &seed) {
+            200 => accepted += 1,
+            409 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(accepted, 8);
+    assert_eq!(rejected(&directory, "source_full"), 32);
+    // Honest nodes, from another source, join as before.
+    let nodes: Vec<Process> = (0..2)
+        .map(|i| run_mixnode(&dir.join(format!("mix{i}")), &url))
+        .collect();
+    let addresses: Vec<SocketAddr> = nodes.iter().map(|n| n.addr("listen")).collect();
+    let t = wait_topology(&url, &key, "the honest nodes", |t| {
+        addresses
+            .iter()
+            .all(|a| t.layers.iter().flatten().any(|d| d.mix_address == *a))
+    });
+    assert_eq!(t.layers.iter().flatten().count(), 10);
+    for node in nodes {
+        node.terminate();
+    }
+    directory.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A stranger once took a mixnode's address while it restarted (it deregisters on the way
+/// down), and the node was refused on its return. Now the address stays the node's.
+#[test]
+fn a_restarting_nodes_address_cannot_be_taken() {
+    let dir = temp_dir("squat");
+    let directory_dir = dir.join("directory");
+    let key = init_directory(&directory_dir);
+    let directory = run_directory(&directory_dir, "127.0.0.1:0", 30);
+    let url = format!("http://{}", directory.addr("listen"));
+    let node_dir = dir.join("mix");
+    let node = run_mixnode(&node_dir, &url);
+    let address = node.addr("listen");
+    let identity = read_pub(&node_dir.join("keys/ed25519_identity.pub"));
+    wait_topology(&url, &key, "the mixnode", |t| listed(t, &identity));
+    // Stopped: it deregisters and leaves the topology at once.
+    node.terminate();
+    wait_topology(&url, &key, "the node to leave", |t| !listed(t, &identity));
+    let stranger = [55u8; 32];
+    let squat = mix_descriptor(&stranger, address.port());
+    assert_eq!(squat.mix_address, address);
+    assert_eq!(
+        register_raw(&client::http_client(), &url, &squat, &stranger),
+        409
+    );
+    assert_eq!(rejected(&directory, "address_taken"), 1);
+    // The node comes back (its own identity, a newer descriptor): accepted at its address.
+    let seed = keyfile::read_private(&node_dir.join("keys/ed25519_identity")).unwrap();
+    let mut back = mix_descriptor(&seed, address.port());
+    back.issued_at_s = now_s() + 1;
+    assert_eq!(
+        register_raw(&client::http_client(), &url, &back, &seed),
+        200
+    );
+    let t = wait_topology(&url, &key, "the node back", |t| listed(t, &identity));
+    assert!(!listed(&t, &squat.identity));
+    directory.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Private, link-local, cloud-metadata, multicast and documentation addresses, all-zero and
+/// low-order Sphinx keys were accepted and signed. Now a public network's directory refuses
+/// them, caps the nodes per IP, and admits only listed identities when given a list.
+#[test]
+fn unroutable_addresses_weak_keys_and_strangers_are_refused() {
+    let dir = temp_dir("admission");
+    let directory_dir = dir.join("directory");
+    let key = init_directory(&directory_dir);
+    let directory = run_directory_with(&directory_dir, "127.0.0.1:0", 30, 3600, &[]);
+    let url = format!("http://{}", directory.addr("listen"));
+    let http = client::http_client();
+    let seed = [61u8; 32];
+    let bad: [SocketAddr; 10] = [
+        "127.0.0.1:1789",
+        "10.0.0.1:1789",
+        "172.16.5.4:1789",
+        "192.168.1.1:1789",
+        "169.254.1.1:1789",
+        "169.254.169.254:80",
+        "224.0.0.1:1789",
+        "192.0.2.1:1789",
+        "[fe80::1]:1789",
+        "[::1]:1789",
+    ]
+    .map(|a| a.parse().unwrap());
+    for address in bad {
+        let mut d = mix_descriptor(&seed, 1);
+        d.mix_address = address;
+        assert_eq!(register_raw(&http, &url, &d, &seed), 422, "{address}");
+    }
+    assert_eq!(rejected(&directory, "bad_address"), bad.len() as u64);
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    let order_8 =
+        keyfile::unhex_32("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+            .unwrap();
+    for weak in [[0u8; 32], one, order_8] {
+        let mut d = mix_descriptor(&seed, 1);
+        d.mix_address = "8.8.8.8:1789".parse().unwrap();
+        d.sphinx_key = keyfile::hex(&weak);
+        assert_eq!(register_raw(&http, &url, &d, &seed), 422);
+    }
+    assert_eq!(rejected(&directory, "weak_key"), 3);
+    // A public address and a good key: in, with its family. Two per IP at most.
+    for (i, port) in [(61u8, 1789), (62, 1790), (63, 1791)] {
+        let seed = [i; 32];
+        let mut d = mix_descriptor(&seed, port);
+        d.mix_address.set_ip([8, 8, 8, 8].into());
+        d.family = Some("op-a".into());
+        let want = if i == 63 { 409 } else { 200 };
+        assert_eq!(register_raw(&http, &url, &d, &seed), want);
+    }
+    assert_eq!(rejected(&directory, "ip_full"), 1);
+    let t = wait_topology(&url, &key, "the public nodes", |t| {
+        t.layers.iter().flatten().count() == 2
+    });
+    assert!(t
+        .layers
+        .iter()
+        .flatten()
+        .all(|d| d.family.as_deref() == Some("op-a")));
+    directory.terminate();
+
+    // An allow-list: only its identities register.
+    let listed_seed = [71u8; 32];
+    let list = dir.join("allowed");
+    std::fs::write(
+        &list,
+        format!(
+            "# operators\n{}\n",
+            keyfile::hex(&keyfile::ed25519_public(&listed_seed))
+        ),
+    )
+    .unwrap();
+    let allow = [
+        "--private-network",
+        "--allowed-nodes",
+        list.to_str().unwrap(),
+    ];
+    let directory = run_directory_with(&directory_dir, "127.0.0.1:0", 30, 3600, &allow);
+    let url = format!("http://{}", directory.addr("listen"));
+    // The nodes registered before are not on the list: left out on restart.
+    assert_eq!(health(&url)["nodes"], 0);
+    let stranger = [72u8; 32];
+    assert_eq!(
+        register_raw(&http, &url, &mix_descriptor(&stranger, 4100), &stranger),
+        403
+    );
+    assert_eq!(rejected(&directory, "not_allowed"), 1);
+    assert_eq!(
+        register_raw(
+            &http,
+            &url,
+            &mix_descriptor(&listed_seed, 4101),
+            &listed_seed
+        ),
+        200
+    );
+    directory.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A replayed registration once kept a node that never heartbeats listed for 120 s. Now a
+/// replay does not extend its life, and once dropped it cannot be replayed back in.
+#[test]
+fn replayed_registrations_do_not_keep_a_dead_node_listed() {
+    let dir = temp_dir("replay");
+    let directory_dir = dir.join("directory");
+    let key = init_directory(&directory_dir);
+    let directory = run_directory(&directory_dir, "127.0.0.1:0", 3);
+    let url = format!("http://{}", directory.addr("listen"));
+    let http = client::http_client();
+    let seed = [81u8; 32];
+    let d = mix_descriptor(&seed, 4200);
+    let captured = signed_json(&d, DOMAIN_DESCRIPTOR, &seed);
+    let (status, _) = post_with(&http, &url, "/v1/register", captured.clone());
+    assert_eq!(status, 200);
+    wait_topology(&url, &key, "the node", |t| listed(t, &d.identity));
+    // The node dies; an attacker replays its registration over and over. It is dropped
+    // after the timeout all the same.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (status, json) = post_with(&http, &url, "/v1/register", captured.clone());
+        assert!(
+            status == 200 && json["status"] == "refreshed" || status == 409 || status == 422,
+            "{status} {json}"
+        );
+        let t = rt()
+            .block_on(client::fetch_topology(&http, &url, &key, None))
+            .unwrap();
+        if !listed(&t, &d.identity) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replayed node stays listed");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Dropped, its replayed registration and heartbeat do not bring it back.
+    let (status, json) = post_with(&http, &url, "/v1/register", captured);
+    assert!(status == 409 || status == 422, "{status} {json}");
+    let hb = Heartbeat {
+        identity: d.identity.clone(),
+        sent_at_s: d.issued_at_s,
+    };
+    let (status, _) = post(
+        &url,
+        "/v1/heartbeat",
+        signed_json(&hb, DOMAIN_HEARTBEAT, &seed),
+    );
+    assert_eq!(status, 404);
+    assert_eq!(health(&url)["nodes"], 0);
     directory.terminate();
     let _ = std::fs::remove_dir_all(&dir);
 }

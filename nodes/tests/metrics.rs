@@ -46,6 +46,7 @@ fn run_directory(dir: &Path, listen: &str) -> Process {
         &[
             "directory",
             "run",
+            "--private-network",
             "--dir",
             path(dir),
             "--listen",

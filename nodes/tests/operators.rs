@@ -186,6 +186,7 @@ fn gateway_refuses_to_announce_loopback_and_publishes_its_client_url() {
         &[
             "directory",
             "run",
+            "--private-network",
             "--dir",
             path(&directory_dir),
             "--listen",

@@ -34,6 +34,7 @@ pub fn descriptor(
         role,
         client_url: None,
         metrics_url: None,
+        family: None,
         issued_at_s: 1,
     }
 }

@@ -58,6 +58,10 @@ pub struct Descriptor {
     /// Prometheus endpoint, for operators and loadgen (`http://host:port/metrics`).
     #[serde(default)]
     pub metrics_url: Option<String>,
+    /// Operator family (Tor's MyFamily): nodes run by one operator name the same family, and
+    /// a route never holds two nodes of one family. `None`: a family of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
     /// Seconds since the Unix epoch when the descriptor was signed (newer replaces older).
     pub issued_at_s: u64,
 }
@@ -164,7 +168,8 @@ impl Topology {
             .is_some_and(|layer| layer.iter().any(|m| &m.mix_address == address))
     }
 
-    /// A Loopix route: one random mixnode per layer, then the destination gateway.
+    /// A Loopix route: one random mixnode per layer, then the destination gateway; never two
+    /// nodes of one operator family (one operator would see two hops of the route).
     pub fn random_route<R: Rng + ?Sized>(
         &self,
         rng: &mut R,
@@ -181,15 +186,35 @@ impl Topology {
             }; ROUTE_HOPS_MAX],
             len: layers + 1,
         };
-        for (hop, layer) in route.hops.iter_mut().zip(&self.layers) {
-            *hop = layer
-                .choose(rng)
-                .ok_or(TopologyError::NoRoute("a mix layer is empty"))?
-                .route_hop()?;
+        let mut families: [Option<&str>; ROUTE_HOPS_MAX] = [None; ROUTE_HOPS_MAX];
+        families[layers] = gateway.family.as_deref();
+        for (index, (hop, layer)) in route.hops.iter_mut().zip(&self.layers).enumerate() {
+            let node = match layer.choose(rng) {
+                None => return Err(TopologyError::NoRoute("a mix layer is empty")),
+                Some(node) if !on_route(&families, node) => node,
+                // Its family is on the route already: draw among the others (uniform over
+                // them, as the first draw was; no allocation when there is no clash).
+                Some(_) => {
+                    let outside: Vec<&Descriptor> =
+                        layer.iter().filter(|n| !on_route(&families, n)).collect();
+                    *outside.choose(rng).ok_or(TopologyError::NoRoute(
+                        "every node of a layer is of a family already on the route",
+                    ))?
+                }
+            };
+            *hop = node.route_hop()?;
+            families[index] = node.family.as_deref();
         }
         route.hops[layers] = gateway.route_hop()?;
         Ok(route)
     }
+}
+
+/// Whether `node` belongs to a family one of the route's nodes (`families`) belongs to.
+fn on_route(families: &[Option<&str>], node: &Descriptor) -> bool {
+    node.family
+        .as_deref()
+        .is_some_and(|family| families.contains(&Some(family)))
 }
 
 /// Exponential per-hop delays with mean `delay_ms_mean` (Loopix; Nym samples the same way), in
@@ -268,6 +293,36 @@ mod tests {
                 "{count} layers"
             );
         }
+    }
+
+    #[test]
+    fn a_route_never_holds_one_family_twice() {
+        let mut t = topology();
+        // Layer 2 has a node of the gateway's family and one of its own; layer 3 one of the
+        // first layer's family and one of another.
+        let family = |d: &mut Descriptor, f: &str| d.family = Some(f.to_string());
+        family(&mut t.gateways[0], "op-a");
+        family(&mut t.layers[0][0], "op-b");
+        family(&mut t.layers[1][0], "op-a");
+        t.layers[1].push(descriptor(&[4; 32], [4; 32], 1004, Role::Mixnode));
+        family(&mut t.layers[2][0], "op-b");
+        let mut other = descriptor(&[5; 32], [5; 32], 1005, Role::Mixnode);
+        family(&mut other, "op-c");
+        t.layers[2].push(other);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..200 {
+            let route = t.random_route(&mut rng, &t.gateways[0]).unwrap();
+            assert_eq!(route.hops()[1], t.layers[1][1].route_hop().unwrap());
+            assert_eq!(route.hops()[2], t.layers[2][1].route_hop().unwrap());
+        }
+        // No node outside the route's families: no route rather than a shared one.
+        t.layers[2].pop();
+        assert_eq!(
+            t.random_route(&mut rng, &t.gateways[0]),
+            Err(TopologyError::NoRoute(
+                "every node of a layer is of a family already on the route"
+            ))
+        );
     }
 
     #[test]

@@ -201,6 +201,7 @@ pub fn node_descriptor(
         role,
         client_url,
         metrics_url,
+        family: None,
         issued_at_s: 0,
     }
 }

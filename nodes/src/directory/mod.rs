@@ -3,6 +3,7 @@
 //! to talk to it; `announce` is the node side (register, then heartbeat); `server` is
 //! `lethe directory` (its API is documented there).
 
+pub mod admission;
 pub mod announce;
 pub mod client;
 pub mod metrics;

@@ -9,11 +9,16 @@
 //!   0|1|2|null, "epoch": N, "heartbeat_timeout_s": T}` (`layer` is 0-based; null for
 //!   gateways; `epoch` is the latest published one, the node appears in a later one; a node
 //!   not heard from for `T` s is dropped).
-//!   400 malformed JSON or descriptor; 403 bad signature or signer not the named identity;
-//!   409 older than the registered descriptor, or mix address registered by another node;
-//!   413 body over [`limits::DIRECTORY_REQUEST_BODY_BYTES_MAX`]; 422 `issued_at_s` outside the clock skew,
-//!   unusable mix address (unspecified IP, port 0), gateway without `client_url`, over-long
-//!   URL; 429 rate limited; 503 directory full ([`NODES_MAX`](limits::DIRECTORY_NODES_MAX)).
+//!   400 malformed JSON or descriptor; 403 bad signature, signer not the named identity, or
+//!   identity not on the allow-list (`--allowed-nodes`); 409 older than the registered
+//!   descriptor, a replay (signed before something the node already sent, or after it left),
+//!   mix address held by another node (registered, or deregistered less than the heartbeat
+//!   timeout ago), the per-IP or per-source cap reached; 413 body over
+//!   [`limits::DIRECTORY_REQUEST_BODY_BYTES_MAX`]; 422 `issued_at_s` outside the registration window (the
+//!   clock skew, narrowed to the heartbeat timeout), unusable mix address (port 0, or not
+//!   globally routable without `--private-network`), a Sphinx key of small order, a bad
+//!   family, gateway without `client_url`, over-long URL; 429 rate limited; 503 directory
+//!   full ([`DIRECTORY_NODES_MAX`](limits::DIRECTORY_NODES_MAX)).
 //! - `POST /v1/heartbeat`: body a [`Signed`] heartbeat (domain `DOMAIN_HEARTBEAT`). 200
 //!   `{"status": "ok"|"repeat"}`; 404 unknown identity (register again); 409 older than one
 //!   already accepted; 422 `sent_at_s` outside the clock skew; 400/403/413/429 as above.
@@ -52,12 +57,15 @@ use axum::{Json, Router};
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use super::admission::{read_allow_list, Admission};
 use super::metrics::{self, Counters, Membership, ENDPOINTS};
 use super::registry::{Registered, Registry, RegistryError};
 use super::store::{Store, StoredTopology, DB_FILE};
 use crate::issuer::ratelimit::{Rate, RateLimiter};
 use crate::keyfile;
-use crate::limits;
+use crate::limits::{
+    self, DIRECTORY_NODES_PER_IP_MAX_DEFAULT, DIRECTORY_NODES_PER_SOURCE_MAX_DEFAULT,
+};
 use crate::topology::{
     now_s, open_deregistration, open_descriptor, open_heartbeat, sign, Signed, Topology,
     TopologyError, DOMAIN_TOPOLOGY, SIGNED_BODY_BYTES_MAX,
@@ -85,6 +93,48 @@ pub struct DirectoryRunArgs {
     #[arg(long, env = "LETHE_HEARTBEAT_TIMEOUT_S", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub heartbeat_timeout_s: u64,
+    /// A test or private network: accept loopback, private (RFC 1918), link-local and
+    /// unique-local mix addresses, and lift the per-IP and per-source caps unless they are
+    /// given. Without it only globally routable addresses are admitted.
+    #[arg(long, env = "LETHE_DIRECTORY_PRIVATE_NETWORK")]
+    pub private_network: bool,
+    /// Most nodes with mix addresses on one IP (default 2; unlimited on a private network).
+    #[arg(long, env = "LETHE_DIRECTORY_NODES_PER_IP_MAX",
+          value_parser = clap::value_parser!(u64).range(1..=limits::DIRECTORY_NODES_MAX as u64))]
+    pub nodes_per_ip_max: Option<u64>,
+    /// Most nodes registered from one source IP (default 8; unlimited on a private network).
+    #[arg(long, env = "LETHE_DIRECTORY_NODES_PER_SOURCE_MAX",
+          value_parser = clap::value_parser!(u64).range(1..=limits::DIRECTORY_NODES_MAX as u64))]
+    pub nodes_per_source_max: Option<u64>,
+    /// File of node identities (hex ed25519 keys, one per line, `#` comments) allowed to
+    /// register; without it the directory is open to any node.
+    #[arg(long, env = "LETHE_DIRECTORY_ALLOWED_NODES")]
+    pub allowed_nodes: Option<PathBuf>,
+}
+
+impl DirectoryRunArgs {
+    /// The admission policy these flags describe (reads the allow-list).
+    pub fn admission(&self) -> Result<Admission, String> {
+        let cap = |given: Option<u64>, default: usize| match given {
+            Some(max) => usize::try_from(max).unwrap_or(limits::DIRECTORY_NODES_MAX),
+            None if self.private_network => limits::DIRECTORY_NODES_MAX,
+            None => default,
+        };
+        Ok(Admission {
+            private_addresses: self.private_network,
+            nodes_per_ip_max: cap(self.nodes_per_ip_max, DIRECTORY_NODES_PER_IP_MAX_DEFAULT),
+            nodes_per_source_max: cap(
+                self.nodes_per_source_max,
+                DIRECTORY_NODES_PER_SOURCE_MAX_DEFAULT,
+            ),
+            heartbeat_timeout_ms: self.heartbeat_timeout_s.saturating_mul(1000),
+            allowed: self
+                .allowed_nodes
+                .as_deref()
+                .map(read_allow_list)
+                .transpose()?,
+        })
+    }
 }
 
 /// `lethe directory init`: writes the identity seed (0600) in a 0700 dir; prints `key=HEX`.
@@ -194,7 +244,7 @@ impl Directory {
 
     /// Drops silent nodes; persists the change.
     fn sweep(&self, inner: &mut Inner) {
-        let (dropped, moved) = inner.registry.expire(now_ms(), self.timeout_ms);
+        let (dropped, moved) = inner.registry.expire(now_ms());
         if dropped.is_empty() {
             return;
         }
@@ -233,13 +283,18 @@ pub fn run(args: &DirectoryRunArgs) -> anyhow::Result<()> {
     for problem in &skipped {
         tracing::warn!("ignoring stored node {problem}");
     }
-    let (mut registry, repaired) = Registry::from_entries(entries);
+    let admission = args.admission().map_err(anyhow::Error::msg)?;
+    let (mut registry, repaired, refused) = Registry::from_entries(admission, entries);
+    for (identity, e) in &refused {
+        tracing::warn!(%identity, error = %e, "dropping stored node: no longer admitted");
+    }
     // Nodes could not heartbeat while the directory was down: give each a full timeout.
     registry.touch_all(now_ms());
     let mut store = store;
     let all: Vec<String> = registry
         .entries()
         .map(|e| e.descriptor.identity.clone())
+        .chain(refused.iter().map(|(identity, _)| identity.clone()))
         .collect();
     store.save_nodes(&registry, &all)?;
     let published = match &stored {
@@ -264,7 +319,7 @@ pub fn run(args: &DirectoryRunArgs) -> anyhow::Result<()> {
                 t == now && now_s() < t.issued_at_s.saturating_add(args.epoch_s)
             })
     });
-    let dirty = !matches || !repaired.is_empty() || !skipped.is_empty();
+    let dirty = !matches || !repaired.is_empty() || !skipped.is_empty() || !refused.is_empty();
     let directory = Arc::new(Directory {
         seed,
         key_hex: keyfile::hex(&public),
@@ -551,15 +606,21 @@ fn topology_error(e: &TopologyError) -> Response {
 fn registry_error(e: &RegistryError) -> Response {
     let status = match e {
         RegistryError::Unknown => StatusCode::NOT_FOUND,
+        RegistryError::NotAllowed => StatusCode::FORBIDDEN,
         RegistryError::Older { .. }
+        | RegistryError::Replay { .. }
+        | RegistryError::IpFull { .. }
+        | RegistryError::SourceFull { .. }
         | RegistryError::AddressTaken(_)
         | RegistryError::HeartbeatOlder { .. }
         | RegistryError::DeregisterOlder { .. }
         | RegistryError::Deregistered { .. } => StatusCode::CONFLICT,
-        RegistryError::Clock { .. }
+        RegistryError::Window { .. }
         | RegistryError::HeartbeatClock { .. }
         | RegistryError::DeregisterClock { .. }
-        | RegistryError::BadAddress(_)
+        | RegistryError::BadAddress { .. }
+        | RegistryError::WeakKey
+        | RegistryError::BadFamily
         | RegistryError::NoClientUrl
         | RegistryError::BadUrl(_) => StatusCode::UNPROCESSABLE_ENTITY,
         RegistryError::Full => StatusCode::SERVICE_UNAVAILABLE,
@@ -581,6 +642,7 @@ fn signed_body(body: Result<Bytes, BytesRejection>) -> Result<Signed, Box<Respon
 
 async fn register(
     State(directory): State<Arc<Directory>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let signed = match signed_body(body) {
@@ -609,7 +671,10 @@ async fn register(
         let mut guard = worker.lock();
         let inner = &mut *guard;
         let identity = descriptor.identity.clone();
-        let (what, changed) = inner.registry.register(descriptor, signed_json, now_ms())?;
+        let (what, changed) =
+            inner
+                .registry
+                .register(descriptor, signed_json, Some(peer.ip()), now_ms())?;
         if let Err(e) = inner.store.save_nodes(&inner.registry, &changed) {
             tracing::error!(%identity, error = %e, "storing a registration failed");
         }

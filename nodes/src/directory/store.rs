@@ -58,7 +58,8 @@ impl Store {
                  layer INTEGER,
                  seq INTEGER NOT NULL,
                  last_seen_ms INTEGER NOT NULL,
-                 last_heartbeat_s INTEGER NOT NULL
+                 last_heartbeat_s INTEGER NOT NULL,
+                 source TEXT
              ) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS topology (
                  id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -67,6 +68,11 @@ impl Store {
                  signed TEXT NOT NULL
              );",
         )?;
+        // Databases from before the per-source cap lack the column: their nodes count under
+        // no source until they register again.
+        if conn.prepare("SELECT source FROM nodes LIMIT 0").is_err() {
+            conn.execute_batch("ALTER TABLE nodes ADD COLUMN source TEXT")?;
+        }
         Ok(Store { conn })
     }
 
@@ -74,7 +80,7 @@ impl Store {
     /// skipped) and the latest topology.
     pub fn load(&self) -> rusqlite::Result<(Vec<Entry>, Vec<String>, Option<StoredTopology>)> {
         let mut statement = self.conn.prepare(
-            "SELECT identity, signed, layer, seq, last_seen_ms, last_heartbeat_s FROM nodes",
+            "SELECT identity, signed, layer, seq, last_seen_ms, last_heartbeat_s, source FROM nodes",
         )?;
         let rows = statement.query_map([], |row| {
             Ok((
@@ -84,12 +90,13 @@ impl Store {
                 row.get::<_, i64>(3)?,
                 row.get::<_, i64>(4)?,
                 row.get::<_, i64>(5)?,
+                row.get::<_, Option<String>>(6)?,
             ))
         })?;
         let mut entries = Vec::new();
         let mut skipped = Vec::new();
         for row in rows {
-            let (identity, signed_json, layer, seq, last_seen_ms, last_heartbeat_s) = row?;
+            let (identity, signed_json, layer, seq, last_seen_ms, last_heartbeat_s, source) = row?;
             let descriptor = serde_json::from_str::<Signed>(&signed_json)
                 .map_err(|e| e.to_string())
                 .and_then(|signed| open_descriptor(&signed).map_err(|e| e.to_string()))
@@ -108,6 +115,7 @@ impl Store {
                     seq: to_u64(seq),
                     last_seen_ms: to_u64(last_seen_ms),
                     last_heartbeat_s: to_u64(last_heartbeat_s),
+                    source: source.and_then(|s| s.parse().ok()),
                 }),
                 Err(e) => skipped.push(format!("{identity}: {e}")),
             }
@@ -144,10 +152,10 @@ impl Store {
             match registry.get(identity) {
                 Some(e) => {
                     tx.execute(
-                        "INSERT INTO nodes (identity, signed, layer, seq, last_seen_ms, last_heartbeat_s)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                        "INSERT INTO nodes (identity, signed, layer, seq, last_seen_ms, last_heartbeat_s, source)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                          ON CONFLICT (identity) DO UPDATE SET signed = ?2, layer = ?3, seq = ?4,
-                             last_seen_ms = ?5, last_heartbeat_s = ?6",
+                             last_seen_ms = ?5, last_heartbeat_s = ?6, source = ?7",
                         params![
                             identity,
                             e.signed_json,
@@ -155,6 +163,7 @@ impl Store {
                             to_i64(e.seq),
                             to_i64(e.last_seen_ms),
                             to_i64(e.last_heartbeat_s),
+                            e.source.map(|ip| ip.to_string()),
                         ],
                     )?;
                 }
@@ -202,7 +211,12 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut store = Store::in_memory().unwrap();
-        let mut registry = Registry::default();
+        let admission = crate::directory::admission::Admission {
+            private_addresses: true,
+            nodes_per_ip_max: 16,
+            ..Default::default()
+        };
+        let mut registry = Registry::new(admission.clone());
         let mut ids = Vec::new();
         for i in 1..=4u8 {
             let seed = [i; 32];
@@ -216,11 +230,14 @@ mod tests {
                 role: Role::Mixnode,
                 client_url: None,
                 metrics_url: None,
+                family: None,
                 issued_at_s: now_s(),
             };
             let signed = sign(&d, DOMAIN_DESCRIPTOR, &seed).unwrap();
             let json = serde_json::to_string(&signed).unwrap();
-            let (_, changed) = registry.register(d, json, now_s() * 1000).unwrap();
+            let (_, changed) = registry
+                .register(d, json, Some([127, 0, 0, 1].into()), now_s() * 1000)
+                .unwrap();
             ids.extend(changed);
         }
         store.save_nodes(&registry, &ids).unwrap();
@@ -237,8 +254,9 @@ mod tests {
         let (entries, skipped, topology) = store.load().unwrap();
         assert!(skipped.is_empty());
         assert_eq!(topology, Some(t));
-        let (restored, repaired) = Registry::from_entries(entries);
+        let (restored, repaired, refused) = Registry::from_entries(admission, entries);
         assert!(repaired.is_empty());
+        assert!(refused.is_empty());
         assert_eq!(restored.layer_sizes(), registry.layer_sizes());
         for e in registry.entries() {
             assert_eq!(restored.get(&e.descriptor.identity), Some(e));

@@ -123,6 +123,7 @@ pub fn descriptor(parts: &DescriptorParts) -> Descriptor {
             "http://{}/metrics",
             dialable(parts.metrics_address)
         )),
+        family: None,
         issued_at_s: 0,
     }
 }

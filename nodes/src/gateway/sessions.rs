@@ -989,6 +989,7 @@ mod tests {
             role,
             client_url: None,
             metrics_url: None,
+            family: None,
             issued_at_s: 0,
         };
         let now = crate::topology::now_s();

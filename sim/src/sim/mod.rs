@@ -1400,6 +1400,7 @@ fn descriptor(
         role,
         client_url: None,
         metrics_url: None,
+        family: None,
         issued_at_s: 0,
     }
 }
