@@ -44,6 +44,9 @@ const MIX_ARRIVALS_PER_S: f64 = 60.0;
 /// SURB-ACK crosses the mixes too, so each mix sees 2 x clients x rate / 2 mixes per layer.
 const SIM_CLIENTS: u32 = 6;
 const SEND_S_DEFAULT: u64 = 20;
+/// The simulation runs this many times the real run's length: simulated time is cheap, and a
+/// longer run takes the simulator's own sampling noise out of the comparison.
+const SIM_DURATION_FACTOR: u64 = 5;
 const WARMUP_S: f64 = 2.0;
 const DRAIN_S: f64 = 1.5;
 /// Relative agreement asked of each compared metric.
@@ -86,7 +89,7 @@ fn compared(m: &TraceMetrics) -> Compared {
 
 fn simulate(dir: &Path, send_s: u64) -> TraceMetrics {
     let mut config = SimConfig::small(7);
-    config.duration_ms = send_s * 1_000;
+    config.duration_ms = send_s * 1_000 * SIM_DURATION_FACTOR;
     config.layers = LAYERS as u32;
     config.mixes_per_layer = MIXES_PER_LAYER as u32;
     config.clients = SIM_CLIENTS;
@@ -347,6 +350,15 @@ fn simulator_and_loopback_mixnodes_agree() {
     let run = real_run(&root, send_s);
     let real = metrics::compute(&run.join("trace.csv"), &options()).unwrap();
     let (r, s) = (compared(&real), compared(&simulated));
+    let rate = |m: &TraceMetrics| {
+        let mixes = &m.queue.mixes;
+        mixes.iter().map(|x| x.expected).sum::<f64>() / mixes.len() as f64 * 1_000.0 / DELAY_MS_MEAN
+    };
+    println!(
+        "arrivals per mix per s: real {:.1}, sim {:.1}",
+        rate(&real),
+        rate(&simulated)
+    );
     println!("{send_s} s of traffic, {MIX_ARRIVALS_PER_S} packets/s into each mix, mean delay {DELAY_MS_MEAN} ms");
     let failures: Vec<String> = [
         agree(
