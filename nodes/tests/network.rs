@@ -5,24 +5,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::socks::{fetch_through_socks, http_server};
 use common::testnet::{lethe, Testnet};
 use common::{only_file, random_bytes, LETHE};
 
 const TIMEOUT_S: u64 = 120;
-
-/// `client init` with this gateway and a bandwidth credential from the testnet's issuers.
-fn init_client(net: &Testnet, dir: &Path, gateway: &str) -> String {
-    let credential = net.credential_args();
-    let mut extra = vec!["--gateway", gateway];
-    extra.extend(credential.iter().map(String::as_str));
-    net.init_client(dir, &extra)
-}
 
 /// `lethe client send` with fast test pacing and a generous retransmission budget.
 fn send_file(from: &Path, to: &str, file: &Path, send_delay_ms: &str) -> Child {
@@ -83,53 +76,6 @@ fn receive(dir: &Path, out: &Path, count: usize) -> Child {
         .unwrap()
 }
 
-/// A one-shot HTTP/1.0 server for `body` on loopback.
-fn http_server(body: Vec<u8>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(4) {
-            let Ok(mut s) = stream else { continue };
-            let mut request = [0u8; 1024];
-            let _ = s.read(&mut request);
-            let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(&body);
-        }
-    });
-    addr
-}
-
-/// A SOCKS5 CONNECT to `target` through `proxy`, then an HTTP GET; returns the body.
-fn fetch_through_socks(proxy: SocketAddr, target: SocketAddr) -> Vec<u8> {
-    let mut s = TcpStream::connect(proxy).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(TIMEOUT_S)))
-        .unwrap();
-    s.write_all(&[5, 1, 0]).unwrap();
-    let mut r = [0u8; 2];
-    s.read_exact(&mut r).unwrap();
-    assert_eq!(r, [5, 0]);
-    let std::net::IpAddr::V4(ip) = target.ip() else {
-        panic!("v4 only")
-    };
-    let mut request = vec![5, 1, 0, 1];
-    request.extend_from_slice(&ip.octets());
-    request.extend_from_slice(&target.port().to_be_bytes());
-    s.write_all(&request).unwrap();
-    let mut reply = [0u8; 10];
-    s.read_exact(&mut reply).unwrap();
-    assert_eq!(reply[1], 0, "SOCKS5 reply code");
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    s.read_to_end(&mut response).unwrap();
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP response")
-        + 4;
-    response.split_off(split)
-}
-
 fn kill(pid: u64) {
     // SAFETY: SIGKILL to a process of the testnet this test started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -173,8 +119,8 @@ fn whole_network_on_loopback() {
     // Alice on gateway 1, Bob on gateway 2 (both registered by `init`).
     let alice = root.join("alice");
     let bob = root.join("bob");
-    let _alice_address = init_client(&net, &alice, &gateway1);
-    let bob_address = init_client(&net, &bob, &gateway2);
+    let _alice_address = net.init_client_on(&alice, &gateway1);
+    let bob_address = net.init_client_on(&bob, &gateway2);
 
     // 1. SOCKS5: a page from a local HTTP server through the mixnet and the provider.
     let page = random_bytes(150_000, 7);

@@ -9,111 +9,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::random_bytes;
+use common::socks::{fetch_through_socks, http_server};
+use common::testnet::Testnet;
+use common::{random_bytes, LETHE};
 
-const LETHE: &str = env!("CARGO_BIN_EXE_lethe");
 const TIMEOUT_S: u64 = 120;
-
-struct Testnet {
-    dir: PathBuf,
-    state: serde_json::Value,
-}
-
-impl Testnet {
-    fn up(dir: &Path) -> Testnet {
-        let _ = std::fs::remove_dir_all(dir);
-        let out = lethe(&[
-            "testnet",
-            "up",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--epoch-s",
-            "30",
-            "--provider",
-            "false",
-        ]);
-        assert!(
-            out.status.success(),
-            "testnet up failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = std::fs::read_to_string(dir.join("testnet.json")).unwrap();
-        Testnet {
-            dir: dir.to_path_buf(),
-            state: serde_json::from_str(&text).unwrap(),
-        }
-    }
-
-    fn gateway(&self, name: &str) -> String {
-        self.state["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["name"] == name)
-            .unwrap()["info"]["identity"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    /// `client init` on `gateway`, with a credential from the testnet's issuers.
-    fn init_client(&self, dir: &Path, gateway: &str) -> String {
-        let issuers: Vec<&str> = self.state["issuers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_str().unwrap())
-            .collect();
-        let threshold = self.state["threshold"].to_string();
-        let out = lethe(&[
-            "client",
-            "init",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--directory",
-            self.state["directory_url"].as_str().unwrap(),
-            "--directory-key",
-            self.state["directory_key"].as_str().unwrap(),
-            "--gateway",
-            gateway,
-            "--issuers",
-            &issuers.join(","),
-            "--threshold",
-            &threshold,
-            "--verification-key",
-            self.state["verification_key"].as_str().unwrap(),
-        ]);
-        assert!(
-            out.status.success(),
-            "client init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::read_to_string(dir.join("address"))
-            .unwrap()
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for Testnet {
-    fn drop(&mut self) {
-        let _ = lethe(&["testnet", "down", "--dir", self.dir.to_str().unwrap()]);
-    }
-}
-
-fn lethe(args: &[&str]) -> Output {
-    Command::new(LETHE)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
 
 /// A child killed when dropped.
 struct Running(Child);
@@ -219,53 +124,6 @@ fn start_proxy(client: &Path, provider: &str, listen: SocketAddr, reveal: bool) 
     child
 }
 
-/// A one-shot HTTP/1.0 server for `body` on loopback.
-fn http_server(body: Vec<u8>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(4) {
-            let Ok(mut s) = stream else { continue };
-            let mut request = [0u8; 1024];
-            let _ = s.read(&mut request);
-            let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(&body);
-        }
-    });
-    addr
-}
-
-/// A SOCKS5 CONNECT to `target` through `proxy`, then an HTTP GET; returns the body.
-fn fetch_through_socks(proxy: SocketAddr, target: SocketAddr) -> Vec<u8> {
-    let mut s = TcpStream::connect(proxy).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(TIMEOUT_S)))
-        .unwrap();
-    s.write_all(&[5, 1, 0]).unwrap();
-    let mut r = [0u8; 2];
-    s.read_exact(&mut r).unwrap();
-    assert_eq!(r, [5, 0]);
-    let std::net::IpAddr::V4(ip) = target.ip() else {
-        panic!("v4 only")
-    };
-    let mut request = vec![5, 1, 0, 1];
-    request.extend_from_slice(&ip.octets());
-    request.extend_from_slice(&target.port().to_be_bytes());
-    s.write_all(&request).unwrap();
-    let mut reply = [0u8; 10];
-    s.read_exact(&mut reply).unwrap();
-    assert_eq!(reply[1], 0, "SOCKS5 reply code");
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    s.read_to_end(&mut response).unwrap();
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP response")
-        + 4;
-    response.split_off(split)
-}
-
 fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -339,15 +197,15 @@ fn provider_does_not_learn_who_fetches() {
     let root = std::env::temp_dir().join(format!("lethe-socks-anon-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
-    let net = Testnet::up(&root.join("testnet"));
-    let gateway1 = net.gateway("gateway1");
-    let gateway2 = net.gateway("gateway2");
+    let net = Testnet::up(&root.join("testnet"), &["--provider", "false"]);
+    let gateway1 = net.info("gateway1", "identity");
+    let gateway2 = net.info("gateway2", "identity");
 
     // The provider on gateway 1, the user on gateway 2 (the provider must not learn it).
     let provider_dir = root.join("provider");
-    net.init_client(&provider_dir, &gateway1);
+    net.init_client_on(&provider_dir, &gateway1);
     let alice = root.join("alice");
-    let alice_address = net.init_client(&alice, &gateway2);
+    let alice_address = net.init_client_on(&alice, &gateway2);
     let (identity, rest) = alice_address.split_once('.').unwrap();
     let (encryption, gateway) = rest.split_once('@').unwrap();
     assert_eq!(gateway, gateway2);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod client;
 pub mod gateway;
+pub mod socks;
 pub mod testnet;
 
 pub const LETHE: &str = env!("CARGO_BIN_EXE_lethe");

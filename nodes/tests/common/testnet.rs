@@ -87,6 +87,14 @@ impl Testnet {
         self.node(name)["info"][key].as_str().unwrap().to_string()
     }
 
+    /// `client init` on `gateway` with a bandwidth credential from the testnet's issuers.
+    pub fn init_client_on(&self, dir: &Path, gateway: &str) -> String {
+        let credential = self.credential_args();
+        let mut extra = vec!["--gateway", gateway];
+        extra.extend(credential.iter().map(String::as_str));
+        self.init_client(dir, &extra)
+    }
+
     /// `lethe client init --dir DIR` against this testnet's directory, with `extra` flags
     /// (a gateway, credential flags); must succeed. Returns the client's address.
     pub fn init_client(&self, dir: &Path, extra: &[&str]) -> String {
