@@ -112,16 +112,7 @@ async fn gateway_admits_meters_and_refuses_double_spends() {
 
     lethe(&["gateway", "init", "--dir", gw_dir.to_str().unwrap()]);
     let sink_out = base.join("sink.txt");
-    let sink = Process::start(
-        &[
-            "sink",
-            "--listen",
-            "127.0.0.1:0",
-            "--out",
-            sink_out.to_str().unwrap(),
-        ],
-        &["listen"],
-    );
+    let sink = common::gateway::run_sink(&sink_out);
     let sink_addr = sink.addr("listen");
     let gateway = run_gateway(&gw_dir, &vk);
     let metrics = gateway.addr("metrics");

@@ -300,16 +300,7 @@ fn chain_started_apart(
     gap: Duration,
 ) -> (Process, PathBuf, Vec<PathBuf>, Vec<Process>, Route) {
     let sink_file = temp_dir(&format!("{name}-sink.log"));
-    let sink = Process::start(
-        &[
-            "sink",
-            "--listen",
-            "127.0.0.1:0",
-            "--out",
-            sink_file.to_str().unwrap(),
-        ],
-        &["listen"],
-    );
+    let sink = common::gateway::run_sink(&sink_file);
     let dirs: Vec<PathBuf> = (1..=count)
         .map(|i| temp_dir(&format!("{name}-m{i}")))
         .collect();

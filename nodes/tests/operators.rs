@@ -96,22 +96,10 @@ fn every_run_refuses_an_exposed_or_corrupt_identity_key() {
     let mix = root.join("mix");
     init("mixnode", &mix);
     let mix_run = |dir: &Path| {
-        lethe_bounded(&[
-            "mixnode",
-            "run",
-            "--dir",
-            path(dir),
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--cores",
-            "1",
-            "--replay-packets-per-s",
-            "200",
-            "--replay-key-lifetime-s",
-            "600",
-        ])
+        let mut args = vec!["mixnode", "run", "--dir", path(dir)];
+        args.extend_from_slice(&LOOPBACK_ONE_CORE);
+        args.extend_from_slice(&["--replay-key-lifetime-s", "600"]);
+        lethe_bounded(&args)
     };
     let identity = mix.join("keys/ed25519_identity");
     std::fs::set_permissions(&identity, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -143,16 +143,7 @@ fn exponential_ns(rng: &mut impl rand::Rng, mean_ms: f64) -> u64 {
 fn real_run(root: &Path, send_s: u64) -> std::path::PathBuf {
     let sink_file = root.join("sink.log");
     std::fs::create_dir_all(root.join("run/parts")).unwrap();
-    let sink = Process::start(
-        &[
-            "sink",
-            "--listen",
-            "127.0.0.1:0",
-            "--out",
-            sink_file.to_str().unwrap(),
-        ],
-        &["listen"],
-    );
+    let sink = common::gateway::run_sink(&sink_file);
     let sink_addr = sink.addr("listen");
     let mixes: Vec<Mix> = (0..LAYERS * MIXES_PER_LAYER)
         .map(|i| start_mix(root, i + 1, i / MIXES_PER_LAYER + 1))
