@@ -286,6 +286,29 @@ const _: () = assert!(DIRECTORY_POSTS_BURST_PER_IP >= DIRECTORY_NODES_MAX as f64
 const _: () = assert!(DIRECTORY_POSTS_PER_S_PER_IP <= DIRECTORY_POSTS_PER_S);
 const _: () = assert!(DIRECTORY_VALIDITY_EPOCHS >= 2 && DIRECTORY_PUBLISH_INTERVAL_MS_MIN > 0);
 
+// --- Directory authorities as verifiers pin them (`topology::AuthoritySet`) ---
+
+/// Most authorities a verifier pins (n = 3f+1 with f = 4). Bounds the signature checks one
+/// document costs: each pinned key is tried at most once.
+pub const AUTHORITIES_MAX: usize = 13;
+/// Bytes one authority's signature entry takes in a consensus document, at most (64-hex key,
+/// 128-hex signature, field names).
+pub const AUTHORITY_SIGNATURE_BYTES_MAX: usize = 256;
+
+/// How long a verifier keeps using its last valid document after it expired, when no new
+/// one verifies (authorities down, or not enough of them agreeing): the network keeps
+/// carrying traffic through an outage of the authorities this long (Tor: 24 h past expiry;
+/// an hour here, as departed nodes stay in a held document). Said in logs and metrics.
+pub const CONSENSUS_GRACE_S: u64 = 3_600;
+
+const _: () = assert!(AUTHORITIES_MAX >= 1);
+const _: () = assert!(CONSENSUS_GRACE_S > 0);
+// Every pinned authority's signature fits the response beside the largest body.
+const _: () = assert!(
+    AUTHORITIES_MAX * AUTHORITY_SIGNATURE_BYTES_MAX
+        <= DIRECTORY_RESPONSE_BYTES_MAX - crate::topology::SIGNED_BODY_BYTES_MAX
+);
+
 // --- Directory admission (`directory::admission`) ---
 
 /// Nodes whose mix address has one IP, by default (Tor: 2 relays per IP). A testnet on

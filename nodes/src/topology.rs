@@ -6,6 +6,12 @@
 //! document kind, so a descriptor signature can never pass as a topology signature. The body is
 //! kept as the exact text that was signed (no re-serialisation before verification).
 //!
+//! Consensus documents: several authorities sign the same body (`{ "body": <JSON text>,
+//! "signatures": [{ "signer", "signature" }, ...] }`, each over `DOMAIN_CONSENSUS || body`); a
+//! verifier pins the authorities' keys ([`AuthoritySet`]) and accepts a document only with
+//! 2f+1 valid signatures of distinct pinned keys, so f lying authorities can neither forge a
+//! document nor get two different ones accepted for the same round.
+//!
 //! The documents' types (descriptors, topologies) and route sampling live in
 //! `lethe_proto::topology`, where the client core uses them; they are re-exported here.
 
@@ -14,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::keyfile;
+use crate::limits;
 pub use lethe_proto::topology::{
     sample_delays_ns, Descriptor, Role, Topology, TopologyError, LAYERS,
 };
@@ -27,6 +34,8 @@ pub const DOMAIN_HEARTBEAT: &[u8] = b"lethe-heartbeat-v1\0";
 pub const DOMAIN_DEREGISTER: &[u8] = b"lethe-deregister-v1\0";
 /// Domain of a topology signature (signed by the directory's key).
 pub const DOMAIN_TOPOLOGY: &[u8] = b"lethe-topology-v1\0";
+/// Domain of a consensus document signature (each authority signs the same body).
+pub const DOMAIN_CONSENSUS: &[u8] = b"lethe-consensus-v1\0";
 /// Largest signed document accepted (bytes of body): bounds parsing work on untrusted input.
 pub const SIGNED_BODY_BYTES_MAX: usize = 1 << 20;
 /// How far a signed timestamp may be ahead of the verifier's clock.
@@ -55,6 +64,169 @@ pub struct Signed {
     pub body: String,
     pub signer: String,
     pub signature: String,
+}
+
+/// A document several authorities signed: the exact body text (a [`Topology`]'s JSON), and
+/// one signature per authority.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultiSigned {
+    pub body: String,
+    pub signatures: Vec<AuthoritySignature>,
+}
+
+/// One authority's signature over `DOMAIN_CONSENSUS || body`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthoritySignature {
+    /// The authority's ed25519 public key, hex.
+    pub signer: String,
+    /// Hex.
+    pub signature: String,
+}
+
+/// The authorities' keys a verifier pins (from its configuration): 1 to
+/// [`AUTHORITIES_MAX`](limits::AUTHORITIES_MAX) distinct keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthoritySet {
+    keys: Vec<[u8; 32]>,
+}
+
+impl AuthoritySet {
+    /// The set of `keys` (duplicates removed, order kept); refused when empty or larger than
+    /// [`AUTHORITIES_MAX`](limits::AUTHORITIES_MAX).
+    pub fn new(keys: Vec<[u8; 32]>) -> Result<Self, TopologyError> {
+        let mut distinct: Vec<[u8; 32]> = Vec::with_capacity(keys.len());
+        for key in keys {
+            if !distinct.contains(&key) {
+                distinct.push(key);
+            }
+        }
+        if distinct.is_empty() {
+            return Err(TopologyError::Malformed("no authority key pinned"));
+        }
+        if distinct.len() > limits::AUTHORITIES_MAX {
+            return Err(TopologyError::Malformed(
+                "more authority keys than AUTHORITIES_MAX",
+            ));
+        }
+        Ok(Self { keys: distinct })
+    }
+
+    /// Signatures a document needs: 2f+1 of n, with f = (n-1)/3 the most authorities that
+    /// may lie (n = 1 -> 1, n = 4 -> 3, n = 7 -> 5). Any two sets of 2f+1 share f+1
+    /// authorities, at least one honest, so two conflicting documents cannot both pass.
+    pub fn threshold(&self) -> usize {
+        let faulty = (self.keys.len() - 1) / 3;
+        2 * faulty + 1
+    }
+
+    pub fn contains(&self, key: &[u8; 32]) -> bool {
+        self.keys.contains(key)
+    }
+
+    /// The pinned keys, in configuration order.
+    pub fn keys(&self) -> &[[u8; 32]] {
+        &self.keys
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Never true (a set holds at least one key); for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// One authority's signature over a consensus body.
+pub fn sign_consensus(body: &str, seed: &[u8; 32]) -> AuthoritySignature {
+    let key = SigningKey::from_bytes(seed);
+    let signature = key.sign(&domain_message(DOMAIN_CONSENSUS, body.as_bytes()));
+    AuthoritySignature {
+        signer: keyfile::hex(key.verifying_key().as_bytes()),
+        signature: hex_64(&signature.to_bytes()),
+    }
+}
+
+impl AuthoritySignature {
+    /// The signer's key if this is a valid signature of it over `body`.
+    fn verify(&self, body: &[u8]) -> Option<[u8; 32]> {
+        let signer = keyfile::unhex_32(&self.signer)?;
+        let signature = unhex_64(&self.signature)?;
+        let key = VerifyingKey::from_bytes(&signer).ok()?;
+        key.verify_strict(
+            &domain_message(DOMAIN_CONSENSUS, body),
+            &Signature::from_bytes(&signature),
+        )
+        .ok()?;
+        Some(signer)
+    }
+}
+
+/// Distinct pinned keys with a valid signature over the body. Each pinned key's first entry
+/// is the only one tried, so a document costs at most `set.len()` verifications however many
+/// entries it carries; unknown signers and repeated entries count for nothing.
+pub fn valid_signers(doc: &MultiSigned, set: &AuthoritySet) -> Vec<[u8; 32]> {
+    let mut tried: Vec<[u8; 32]> = Vec::with_capacity(set.len());
+    let mut valid = Vec::with_capacity(set.len());
+    for entry in &doc.signatures {
+        let Some(signer) = keyfile::unhex_32(&entry.signer) else {
+            continue;
+        };
+        if !set.contains(&signer) || tried.contains(&signer) {
+            continue;
+        }
+        tried.push(signer);
+        if entry.verify(doc.body.as_bytes()).is_some() {
+            valid.push(signer);
+        }
+    }
+    valid
+}
+
+/// What a client or node accepts: at least `set.threshold()` valid signatures by distinct
+/// pinned keys, then not stale, not from the future, not older than the epoch it already
+/// uses (`seen_epoch`), and every node key well-formed.
+pub fn verify_consensus(
+    doc: &MultiSigned,
+    set: &AuthoritySet,
+    now_s: u64,
+    seen_epoch: Option<u64>,
+) -> Result<Topology, TopologyError> {
+    if doc.body.len() > SIGNED_BODY_BYTES_MAX {
+        return Err(TopologyError::TooLarge(doc.body.len()));
+    }
+    let valid = valid_signers(doc, set).len();
+    let needed = set.threshold();
+    if valid < needed {
+        return Err(TopologyError::TooFewSignatures { valid, needed });
+    }
+    let topology: Topology =
+        serde_json::from_str(&doc.body).map_err(|_| TopologyError::Malformed("body"))?;
+    check_topology(topology, now_s, seen_epoch)
+}
+
+/// Where a document a verifier holds stands at a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Within its validity.
+    Fresh,
+    /// Past its validity by at most [`CONSENSUS_GRACE_S`](limits::CONSENSUS_GRACE_S): still
+    /// used (no newer one verified), and said so.
+    Grace { expired_s: u64 },
+    /// Past the grace: not used.
+    Expired { expired_s: u64 },
+}
+
+/// How `topology` stands at `now_s`.
+pub fn freshness(topology: &Topology, now_s: u64) -> Freshness {
+    match now_s.checked_sub(topology.valid_until_s) {
+        None | Some(0) => Freshness::Fresh,
+        Some(expired_s) if expired_s <= limits::CONSENSUS_GRACE_S => Freshness::Grace { expired_s },
+        Some(expired_s) => Freshness::Expired { expired_s },
+    }
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
@@ -171,6 +343,16 @@ pub fn verify_topology(
     seen_epoch: Option<u64>,
 ) -> Result<Topology, TopologyError> {
     let (_, topology): (_, Topology) = signed.open(DOMAIN_TOPOLOGY, Some(directory_key))?;
+    check_topology(topology, now_s, seen_epoch)
+}
+
+/// The checks after the signatures: fresh, not from the future, epoch not regressed, node
+/// keys well-formed.
+fn check_topology(
+    topology: Topology,
+    now_s: u64,
+    seen_epoch: Option<u64>,
+) -> Result<Topology, TopologyError> {
     if now_s > topology.valid_until_s {
         return Err(TopologyError::Stale {
             valid_until_s: topology.valid_until_s,
@@ -239,6 +421,158 @@ mod tests {
         assert_eq!(open_descriptor(&tampered), Err(TopologyError::BadSignature));
         // A descriptor signature is not a heartbeat signature.
         assert!(open_heartbeat(&signed).is_err());
+    }
+
+    fn authorities(n: u8) -> (Vec<[u8; 32]>, AuthoritySet) {
+        let seeds: Vec<[u8; 32]> = (0..n).map(|i| [100 + i; 32]).collect();
+        let set = AuthoritySet::new(seeds.iter().map(keyfile::ed25519_public).collect()).unwrap();
+        (seeds, set)
+    }
+
+    fn consensus(topology: &Topology, seeds: &[[u8; 32]]) -> MultiSigned {
+        let body = serde_json::to_string(topology).unwrap();
+        MultiSigned {
+            signatures: seeds.iter().map(|s| sign_consensus(&body, s)).collect(),
+            body,
+        }
+    }
+
+    #[test]
+    fn threshold_is_two_f_plus_one() {
+        let expected = [(1, 1), (2, 1), (3, 1), (4, 3), (5, 3), (6, 3), (7, 5)];
+        for (n, needed) in expected {
+            assert_eq!(authorities(n).1.threshold(), needed, "n = {n}");
+        }
+        let key = keyfile::ed25519_public(&[1; 32]);
+        let set = AuthoritySet::new(vec![key, key, key, key]).unwrap();
+        assert_eq!(
+            (set.len(), set.threshold()),
+            (1, 1),
+            "duplicates pinned once"
+        );
+        assert!(AuthoritySet::new(Vec::new()).is_err());
+        let too_many = (0..=limits::AUTHORITIES_MAX as u8)
+            .map(|i| [i; 32])
+            .collect();
+        assert!(AuthoritySet::new(too_many).is_err());
+    }
+
+    #[test]
+    fn consensus_needs_threshold_of_pinned_signatures() {
+        let (seeds, set) = authorities(4);
+        let t = topology(5, 1000);
+        assert_eq!(
+            verify_consensus(&consensus(&t, &seeds[..3]), &set, 500, Some(5)),
+            Ok(t.clone())
+        );
+        assert_eq!(
+            verify_consensus(&consensus(&t, &seeds[1..]), &set, 500, None),
+            Ok(t.clone())
+        );
+        let too_few = consensus(&t, &seeds[..2]);
+        assert_eq!(
+            verify_consensus(&too_few, &set, 500, None),
+            Err(TopologyError::TooFewSignatures {
+                valid: 2,
+                needed: 3
+            })
+        );
+        // The same signature three times counts once.
+        let mut duplicated = too_few.clone();
+        duplicated.signatures = vec![too_few.signatures[0].clone(); 3];
+        assert!(matches!(
+            verify_consensus(&duplicated, &set, 500, None),
+            Err(TopologyError::TooFewSignatures { valid: 1, .. })
+        ));
+        // Signers nobody pinned count for nothing.
+        let mut strangers = too_few.clone();
+        strangers.signatures.extend(
+            [[1u8; 32], [2u8; 32]]
+                .iter()
+                .map(|s| sign_consensus(&too_few.body, s)),
+        );
+        assert!(matches!(
+            verify_consensus(&strangers, &set, 500, None),
+            Err(TopologyError::TooFewSignatures { valid: 2, .. })
+        ));
+        // A forged entry naming a pinned key: a signature by another key, a signature over
+        // another body, and garbage.
+        let mut forged = too_few.clone();
+        let mut by_other = sign_consensus(&too_few.body, &[1u8; 32]);
+        by_other.signer = keyfile::hex(&set.keys()[2]);
+        let mut other_body = sign_consensus("{}", &seeds[3]);
+        other_body.signer = keyfile::hex(&set.keys()[3]);
+        forged.signatures.extend([by_other, other_body]);
+        assert!(matches!(
+            verify_consensus(&forged, &set, 500, None),
+            Err(TopologyError::TooFewSignatures { valid: 2, .. })
+        ));
+        // A body changed after signing has no valid signature left.
+        let mut tampered = consensus(&t, &seeds);
+        tampered.body = tampered.body.replacen("\"epoch\":5", "\"epoch\":6", 1);
+        assert!(matches!(
+            verify_consensus(&tampered, &set, 500, None),
+            Err(TopologyError::TooFewSignatures { valid: 0, .. })
+        ));
+        // A topology signature (another domain) is not a consensus signature.
+        let signed = sign(&t, DOMAIN_TOPOLOGY, &seeds[0]).unwrap();
+        let relabelled = MultiSigned {
+            body: signed.body.clone(),
+            signatures: vec![AuthoritySignature {
+                signer: signed.signer,
+                signature: signed.signature,
+            }],
+        };
+        assert!(matches!(
+            verify_consensus(&relabelled, &authorities(1).1, 500, None),
+            Err(TopologyError::TooFewSignatures { valid: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn held_documents_have_a_bounded_grace() {
+        let t = topology(5, 1000);
+        assert_eq!(freshness(&t, 999), Freshness::Fresh);
+        assert_eq!(freshness(&t, 1000), Freshness::Fresh);
+        assert_eq!(freshness(&t, 1001), Freshness::Grace { expired_s: 1 });
+        let last = 1000 + limits::CONSENSUS_GRACE_S;
+        assert!(matches!(freshness(&t, last), Freshness::Grace { .. }));
+        assert!(matches!(freshness(&t, last + 1), Freshness::Expired { .. }));
+    }
+
+    #[test]
+    fn consensus_checks_after_signatures() {
+        let (seeds, set) = authorities(1);
+        let fresh = consensus(&topology(5, 1000), &seeds);
+        assert!(verify_consensus(&fresh, &set, 500, Some(4)).is_ok());
+        assert!(matches!(
+            verify_consensus(&fresh, &set, 1001, None),
+            Err(TopologyError::Stale { .. })
+        ));
+        assert!(matches!(
+            verify_consensus(&fresh, &set, 500, Some(6)),
+            Err(TopologyError::EpochRegressed { epoch: 5, seen: 6 })
+        ));
+        let future = Topology {
+            issued_at_s: 500 + CLOCK_SKEW_S_MAX + 1,
+            ..topology(5, 10_000)
+        };
+        assert!(matches!(
+            verify_consensus(&consensus(&future, &seeds), &set, 500, None),
+            Err(TopologyError::FromTheFuture { .. })
+        ));
+        let mut bad_key = topology(5, 1000);
+        bad_key.gateways[0].sphinx_key = "zz".into();
+        assert!(matches!(
+            verify_consensus(&consensus(&bad_key, &seeds), &set, 500, None),
+            Err(TopologyError::Malformed(_))
+        ));
+        let mut huge = fresh;
+        huge.body = " ".repeat(SIGNED_BODY_BYTES_MAX + 1);
+        assert!(matches!(
+            verify_consensus(&huge, &set, 500, None),
+            Err(TopologyError::TooLarge(_))
+        ));
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub enum TopologyError {
     EpochRegressed { epoch: u64, seen: u64 },
     #[error("no usable route: {0}")]
     NoRoute(&'static str),
+    #[error("{valid} valid authority signatures, {needed} needed")]
+    TooFewSignatures { valid: usize, needed: usize },
 }
 
 /// The layers of a document, refused unless there are 1 to [`LAYERS_MAX`] of them.

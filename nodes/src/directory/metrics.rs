@@ -12,6 +12,7 @@ use crate::topology::LAYERS;
 pub const ENDPOINTS: &[&str] = &[
     "/v1/key",
     "/v1/topology",
+    "/v1/consensus",
     "/v1/register",
     "/v1/heartbeat",
     "/v1/deregister",

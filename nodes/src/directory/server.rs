@@ -4,6 +4,9 @@
 //! - `GET  /v1/key`: 200 `{"key": "<hex ed25519 public key>"}`.
 //! - `GET  /v1/topology`: 200, the latest signed topology ([`Signed`], domain
 //!   `DOMAIN_TOPOLOGY`), exactly as published.
+//! - `GET  /v1/consensus`: 200, the same topology as a consensus document
+//!   (`topology::MultiSigned`, domain `DOMAIN_CONSENSUS`) with this directory's one
+//!   signature: what verifiers pinning n = 1 authority accept.
 //! - `POST /v1/register`: body a [`Signed`] descriptor (domain `DOMAIN_DESCRIPTOR`), signed by
 //!   the identity it names. 200 `{"status": "registered"|"updated"|"refreshed", "layer":
 //!   0|1|2|null, "epoch": N, "heartbeat_timeout_s": T}` (`layer` is 0-based; null for
@@ -67,8 +70,8 @@ use crate::limits::{
     self, DIRECTORY_NODES_PER_IP_MAX_DEFAULT, DIRECTORY_NODES_PER_SOURCE_MAX_DEFAULT,
 };
 use crate::topology::{
-    now_s, open_deregistration, open_descriptor, open_heartbeat, sign, Signed, Topology,
-    TopologyError, DOMAIN_TOPOLOGY, SIGNED_BODY_BYTES_MAX,
+    now_s, open_deregistration, open_descriptor, open_heartbeat, sign, sign_consensus, MultiSigned,
+    Signed, Topology, TopologyError, DOMAIN_TOPOLOGY, SIGNED_BODY_BYTES_MAX,
 };
 
 /// File (in the directory's data dir) holding the ed25519 identity seed; `.pub` beside it.
@@ -369,6 +372,7 @@ async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<
     let app = Router::new()
         .route("/v1/key", get(key))
         .route("/v1/topology", get(topology))
+        .route("/v1/consensus", get(consensus))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .merge(posts)
@@ -544,6 +548,21 @@ async fn topology(State(directory): State<Arc<Directory>>) -> Response {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no topology published yet");
     }
     ([(header::CONTENT_TYPE, "application/json")], published.json).into_response()
+}
+
+/// The published topology's body with this directory's consensus signature (signed per
+/// request: one ed25519 signature, cheaper than keeping a second copy in step).
+async fn consensus(State(directory): State<Arc<Directory>>) -> Response {
+    let published = directory.published();
+    let Ok(signed) = serde_json::from_slice::<Signed>(&published.json) else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no topology published yet");
+    };
+    let signatures = vec![sign_consensus(&signed.body, &directory.seed)];
+    Json(MultiSigned {
+        body: signed.body,
+        signatures,
+    })
+    .into_response()
 }
 
 async fn health(State(directory): State<Arc<Directory>>) -> Response {
