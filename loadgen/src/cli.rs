@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lethe_crypto::framing::PacketSize;
 
+use crate::limits::{CLIENTS_MAX, GATEWAYS_MAX, MU_MS_MAX, NODES_PER_LAYER_MAX};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "loadgen",
@@ -334,17 +336,22 @@ impl LoadArgs {
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return Err("--rate must be a positive number of packets per second".into());
         }
-        if self.clients == 0 || self.clients > 256 {
-            return Err("--clients must be between 1 and 256".into());
+        if self.clients == 0 || self.clients > CLIENTS_MAX {
+            return Err(format!("--clients must be between 1 and {CLIENTS_MAX}"));
         }
-        if self.nodes_per_layer.is_some_and(|n| n == 0 || n > 8) {
-            return Err("--nodes-per-layer must be between 1 and 8".into());
+        if self
+            .nodes_per_layer
+            .is_some_and(|n| n == 0 || n > NODES_PER_LAYER_MAX)
+        {
+            return Err(format!(
+                "--nodes-per-layer must be between 1 and {NODES_PER_LAYER_MAX}"
+            ));
         }
-        if self.gateways == 0 || self.gateways > 8 {
-            return Err("--gateways must be between 1 and 8".into());
+        if self.gateways == 0 || self.gateways > GATEWAYS_MAX {
+            return Err(format!("--gateways must be between 1 and {GATEWAYS_MAX}"));
         }
-        if !(self.mu.is_finite() && self.mu >= 0.0 && self.mu <= 10_000.0) {
-            return Err("--mu must be between 0 and 10000 ms".into());
+        if !(self.mu.is_finite() && self.mu >= 0.0 && self.mu <= MU_MS_MAX) {
+            return Err(format!("--mu must be between 0 and {MU_MS_MAX} ms"));
         }
         if !(self.late_bound_ms.is_finite() && self.late_bound_ms >= 0.0) {
             return Err("--late-bound-ms must be 0 or more".into());

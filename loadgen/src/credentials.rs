@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::limits::{CREDENTIALS_PER_SENDER_MAX, OBTAIN_CONCURRENCY};
+use crate::limits::{
+    CREDENTIALS_PER_SENDER_MAX, ISSUER_REQUEST_TIMEOUT_MS, OBTAIN_ATTEMPTS, OBTAIN_CONCURRENCY,
+    OBTAIN_RETRY_PAUSE_MS_INITIAL,
+};
 use lethe_crypto::coconut::bandwidth::{bandwidth_parameters, BandwidthCredential};
 use lethe_crypto::coconut::{Parameters, VerificationKey};
 use lethe_nodes::client::credential::Wallet;
@@ -21,11 +24,6 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-/// Per-request timeout towards an issuer.
-const ISSUER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts per credential (an issuer may rate-limit a burst: 429), with doubling pauses.
-const OBTAIN_ATTEMPTS: u32 = 3;
-const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Budget head-room over the estimated bytes (warm-up probes, rounding).
 const BUDGET_SLACK: f64 = 1.1;
 
@@ -86,7 +84,7 @@ pub fn obtain_all(
         issuers: config.issuers.clone(),
         threshold: config.threshold,
         master: master.clone(),
-        timeout: ISSUER_TIMEOUT,
+        timeout: Duration::from_millis(ISSUER_REQUEST_TIMEOUT_MS),
         trusted_shares: None,
     });
     // Its own runtime: the proofs and pairings take CPU, spread over both workers.
@@ -186,7 +184,7 @@ async fn obtain_one(
     params: &Parameters,
     config: &ObtainConfig,
 ) -> Result<BandwidthCredential, String> {
-    let mut pause = RETRY_PAUSE;
+    let mut pause = Duration::from_millis(OBTAIN_RETRY_PAUSE_MS_INITIAL);
     let mut attempt = 1;
     loop {
         match obtain(params, config).await {

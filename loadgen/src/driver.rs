@@ -21,12 +21,10 @@ use serde::Serialize;
 
 use crate::client_stats::ClientStats;
 use crate::generator::{Exit, Topology, Wire};
+use crate::limits::{NODE_OUTPUT_LINES_QUEUED, NODE_START_TIMEOUT_MS, NODE_WRITE_TIMEOUT_MS};
 use crate::receiver::{ActiveRun, ReceiverStats, StandInGateway};
 use crate::refresh::TopologyFeed;
 use crate::windows::WatchedProcess;
-
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A node the driver knows about (for the report and metrics scraping).
 #[derive(Clone, Debug, Serialize)]
@@ -49,11 +47,14 @@ pub struct TcpInjector {
 
 impl TcpInjector {
     pub fn connect(address: SocketAddr) -> Result<TcpInjector, String> {
-        let stream = TcpStream::connect_timeout(&address, START_TIMEOUT)
-            .map_err(|e| format!("connect {address}: {e}"))?;
+        let stream =
+            TcpStream::connect_timeout(&address, Duration::from_millis(NODE_START_TIMEOUT_MS))
+                .map_err(|e| format!("connect {address}: {e}"))?;
         stream
             .set_nodelay(true)
-            .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+            .and_then(|()| {
+                stream.set_write_timeout(Some(Duration::from_millis(NODE_WRITE_TIMEOUT_MS)))
+            })
             .map_err(|e| format!("connect {address}: {e}"))?;
         Ok(TcpInjector { stream })
     }
@@ -334,7 +335,7 @@ fn run_node(
     let Some(stdout) = stdout else {
         return Err("mixnode stdout not captured".into());
     };
-    let (lines_tx, lines_rx) = mpsc::sync_channel::<String>(16);
+    let (lines_tx, lines_rx) = mpsc::sync_channel::<String>(NODE_OUTPUT_LINES_QUEUED);
     std::thread::Builder::new()
         .name(format!("{name}-stdout"))
         .spawn(move || {
@@ -347,13 +348,13 @@ fn run_node(
     let mut listen = None;
     let mut metrics = None;
     while listen.is_none() || metrics.is_none() {
-        let line = match lines_rx.recv_timeout(START_TIMEOUT) {
+        let line = match lines_rx.recv_timeout(Duration::from_millis(NODE_START_TIMEOUT_MS)) {
             Ok(line) => line,
             Err(_) => {
                 let _ = process.child.kill();
                 return Err(format!(
                     "{name} did not start within {}s; its log ({}):\n{}",
-                    START_TIMEOUT.as_secs(),
+                    NODE_START_TIMEOUT_MS / 1_000,
                     process.log.display(),
                     log_tail(&process.log)
                 ));
@@ -504,7 +505,10 @@ impl Driver for SingleNode {
         let mut address = self.receiver.address;
         if address.ip().is_unspecified() {
             // Tell the node a concrete address: the one we reach it from.
-            if let Ok(stream) = TcpStream::connect_timeout(&self.nodes[0].listen, START_TIMEOUT) {
+            if let Ok(stream) = TcpStream::connect_timeout(
+                &self.nodes[0].listen,
+                Duration::from_millis(NODE_START_TIMEOUT_MS),
+            ) {
                 if let Ok(local) = stream.local_addr() {
                     address.set_ip(local.ip());
                 }

@@ -499,7 +499,7 @@ impl GatewayNetwork {
             while tracker.delivered() < probes
                 && waited.elapsed() < Duration::from_millis(limits::PROBE_WAIT_MS)
             {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(limits::PROBE_POLL_MS));
             }
             drop(injectors);
             self.set_run(None);
@@ -543,7 +543,7 @@ impl GatewayNetwork {
                     errors.last().map(|e| format!("; {e}")).unwrap_or_default()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(limits::WARM_UP_ROUND_PAUSE_MS));
         }
         Ok(())
     }
@@ -873,7 +873,7 @@ impl Injector for GatewayInjector {
                         )));
                     }
                     batch = back;
-                    std::thread::sleep(Duration::from_micros(200));
+                    std::thread::sleep(Duration::from_micros(limits::SENDER_QUEUE_POLL_US));
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     let reason = self
@@ -1005,13 +1005,14 @@ impl Driver for GatewayNetwork {
             // Let the receivers confirm what they got (they do every [`limits::RECEIVER_CONFIRM_INTERVAL_MS`]), so
             // the report's counts are final and the gateways' mailboxes are empty.
             let counters = &self.shared.counters;
-            let deadline =
-                Instant::now() + Duration::from_millis(limits::RECEIVER_CONFIRM_INTERVAL_MS) * 10;
+            let deadline = Instant::now()
+                + Duration::from_millis(limits::RECEIVER_CONFIRM_INTERVAL_MS)
+                    * limits::CONFIRM_WAIT_INTERVALS;
             while counters.confirmed.load(Ordering::Relaxed)
                 < counters.deliveries.load(Ordering::Relaxed)
                 && Instant::now() < deadline
             {
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(limits::CONFIRM_POLL_MS));
             }
         }
     }

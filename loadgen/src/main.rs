@@ -230,7 +230,7 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
         }
     };
     let plan = run::plan(driver.as_ref(), &base)?;
-    let capacity = generator::calibrate(&plan, 300)?;
+    let capacity = generator::calibrate(&plan, limits::CALIBRATE_MS)?;
     status(
         cli,
         &format!("generator capacity {capacity:.0} packets/s per thread; running"),

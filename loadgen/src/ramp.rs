@@ -108,7 +108,9 @@ fn step(
         };
         done.push((trial, outcome));
         // Let the trial's stragglers clear before the next one.
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::thread::sleep(std::time::Duration::from_millis(
+            crate::limits::RAMP_TRIAL_PAUSE_MS,
+        ));
         if crate::run::interrupted() {
             break;
         }
@@ -180,8 +182,11 @@ pub fn ramp(
     if !(args.rate_factor.is_finite() && args.rate_factor > 1.0) {
         return Err("--rate-factor must be more than 1".into());
     }
-    if !(1..=15).contains(&args.trials) {
-        return Err("--trials must be between 1 and 15".into());
+    if !(1..=crate::limits::RAMP_TRIALS_MAX).contains(&args.trials) {
+        return Err(format!(
+            "--trials must be between 1 and {}",
+            crate::limits::RAMP_TRIALS_MAX
+        ));
     }
     let bounds = Bounds {
         loss_max: args.loss_max,

@@ -13,13 +13,13 @@ use lethe_crypto::framing::FrameDecoder;
 use lethe_crypto::sphinx::{self, constants::HEADER_SIZE, BatchProcessor, Hop, NodeSecrets};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use crate::limits::{RECEIVER_CONNECTIONS_MAX, RECEIVER_READ_BUFFER_BYTES};
+use crate::limits::{
+    RECEIVER_BATCH_PACKETS, RECEIVER_CONNECTIONS_MAX, RECEIVER_POLL_MS, RECEIVER_READ_BUFFER_BYTES,
+};
 use crate::stamp::Stamp;
 use crate::tracker::{Arrival, Tracker};
 
-const POLL: Duration = Duration::from_millis(20);
-/// Packets per X25519 batch.
-const BATCH_PACKETS: usize = 64;
+const POLL: Duration = Duration::from_millis(RECEIVER_POLL_MS);
 
 /// The run currently being counted, with its start time.
 #[derive(Clone, Debug)]
@@ -227,7 +227,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     let mut buffer = vec![0u8; RECEIVER_READ_BUFFER_BYTES];
     // Packets of one read; at most RECEIVER_READ_BUFFER_BYTES / (smallest frame) + 1 entries.
     let mut packets: Vec<Vec<u8>> = Vec::new();
-    let mut processor = BatchProcessor::new(BATCH_PACKETS);
+    let mut processor = BatchProcessor::new(RECEIVER_BATCH_PACKETS);
     while !shared.stop.load(Ordering::Relaxed) {
         let n = match stream.read(&mut buffer) {
             Ok(0) => return,

@@ -14,6 +14,7 @@ use crate::driver::{Driver, NodeInfo};
 use crate::generator::{
     generate, Generated, GeneratorJob, GeneratorLive, GeneratorStats, PacketPlan,
 };
+use crate::limits;
 use crate::limits::QUEUED_BYTES_MAX;
 use crate::receiver::{ActiveRun, ReceiverStats};
 use crate::refresh::FeedStats;
@@ -23,16 +24,7 @@ use crate::sender::{pace, ChannelSource, LiveCounters, OutPacket, PaceConfig, Se
 use crate::tracker::{Tracker, TrackerResult};
 use crate::windows::{self, ProcessReport, WatchedProcess};
 
-/// How long the generator may take to fill the queues before the clock starts.
-const PREFILL_TIMEOUT: Duration = Duration::from_secs(120);
-/// Frames not handed to the kernel this long after the last due time are abandoned.
-const GIVE_UP_AFTER_END: Duration = Duration::from_secs(2);
-const TICK: Duration = Duration::from_millis(100);
-/// With `--start-at`, the senders connect and the queues fill this long before the start:
-/// earlier, the connections could sit idle long enough for the nodes to close them (a
-/// mixnode closes an idle ingress connection after 5 minutes); later, the prefill could
-/// overrun the start.
-const START_PREPARE: Duration = Duration::from_secs(60);
+const TICK: Duration = Duration::from_millis(limits::PROGRESS_TICK_MS);
 
 static INTERRUPT: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
@@ -170,7 +162,10 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         log: None,
     });
     if let Some(at) = params.start_at {
-        wait_until(at.checked_sub(START_PREPARE).unwrap_or(at));
+        wait_until(
+            at.checked_sub(Duration::from_millis(limits::START_PREPARE_MS))
+                .unwrap_or(at),
+        );
     }
     let before = scrape_all(driver.nodes());
     let receiver_before = driver.receiver_stats();
@@ -212,9 +207,9 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     while generator_live.created.load(Ordering::Relaxed) < prefill
         && !generator.is_finished()
         && !interrupted()
-        && prefill_started.elapsed() < PREFILL_TIMEOUT
+        && prefill_started.elapsed() < Duration::from_millis(limits::PREFILL_TIMEOUT_MS)
     {
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(limits::PREFILL_POLL_MS));
     }
 
     let prebuilt = generator_live.created.load(Ordering::Relaxed);
@@ -232,7 +227,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     let live = Arc::new(LiveCounters::default());
     let give_up_ns = schedule
         .end_ns()
-        .saturating_add(GIVE_UP_AFTER_END.as_nanos() as u64);
+        .saturating_add(limits::GIVE_UP_AFTER_END_MS * 1_000_000);
     let config = PaceConfig {
         late_bound_ns: (params.late_bound_ms * 1e6) as u64,
         give_up_ns,
@@ -296,7 +291,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     progress.set_message("draining");
     let mut checked = Instant::now();
     while tracker.delivered() < sender.sent && Instant::now() < drain_until && !interrupted() {
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(limits::DRAIN_POLL_MS));
         update_progress(&progress, &clock, &live, &tracker);
         live_view.tick(&progress, &clock, &live, &tracker);
         if checked.elapsed() >= TICK {
@@ -446,7 +441,10 @@ fn queue_capacity(plan: &PacketPlan, schedule: &Schedule, lookahead_s: f64) -> u
     let clients = schedule.clients.max(1) as usize;
     let wanted = (schedule.rate_per_s * lookahead_s / clients as f64).ceil() as usize;
     let memory_cap = QUEUED_BYTES_MAX / plan.frame_len().max(1) / clients;
-    wanted.clamp(64, memory_cap.max(64))
+    wanted.clamp(
+        limits::QUEUE_FRAMES_MIN,
+        memory_cap.max(limits::QUEUE_FRAMES_MIN),
+    )
 }
 
 fn scrape_all(nodes: &[NodeInfo]) -> Vec<Result<Samples, String>> {

@@ -5,10 +5,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::limits::SCRAPE_RESPONSE_BYTES_MAX;
+use crate::limits::{SCRAPE_RESPONSE_BYTES_MAX, SCRAPE_TIMEOUT_MS};
 use serde::Serialize;
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+const TIMEOUT: Duration = Duration::from_millis(SCRAPE_TIMEOUT_MS);
 
 /// Every sample of one scrape: series (name with labels, as printed) → value.
 pub type Samples = BTreeMap<String, f64>;

@@ -33,7 +33,9 @@ impl SqliteSpentTags {
         // WAL for concurrent readers; FULL sync so an acknowledged spend survives power loss
         // (losing it would allow a double spend).
         // Another connection (a second gateway worker) may hold the write lock briefly.
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(std::time::Duration::from_millis(
+            crate::limits::SQLITE_BUSY_TIMEOUT_MS,
+        ))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(

@@ -71,8 +71,8 @@ impl RetryPolicy {
     /// Every issuer asked once.
     pub const NONE: RetryPolicy = RetryPolicy {
         total: Duration::ZERO,
-        first_pause: Duration::from_millis(500),
-        max_pause: Duration::from_secs(8),
+        first_pause: Duration::from_millis(crate::limits::ISSUER_RETRY_PAUSE_MS_INITIAL),
+        max_pause: Duration::from_millis(crate::limits::ISSUER_RETRY_PAUSE_MS_MAX),
     };
 
     /// Retries for `total`, pauses 0.5 s doubling to 8 s.
@@ -521,9 +521,11 @@ async fn send_once(req: reqwest::RequestBuilder) -> Result<Vec<u8>, Failure> {
     if status.is_success() {
         return Ok(body);
     }
-    let msg = String::from_utf8_lossy(&body[..body.len().min(200)])
-        .trim()
-        .to_owned();
+    let msg = String::from_utf8_lossy(
+        &body[..body.len().min(crate::limits::ISSUER_ERROR_TEXT_BYTES_MAX)],
+    )
+    .trim()
+    .to_owned();
     let error = anyhow!("HTTP {status}: {msg}");
     let busy = status == reqwest::StatusCode::TOO_MANY_REQUESTS
         || status == reqwest::StatusCode::SERVICE_UNAVAILABLE;

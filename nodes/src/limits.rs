@@ -25,6 +25,27 @@ const _: () = assert!(EGRESS_BACKOFF_MS_MAX <= UNREACHABLE_DROP_MS_DEFAULT);
 const _: () = assert!(EGRESS_CONNECT_TIMEOUT_MS <= UNREACHABLE_DROP_MS_DEFAULT);
 const _: () = assert!(EGRESS_WRITE_BATCH_FRAMES > 0);
 
+// --- Every node process ---
+
+/// How often a node's background threads (the main loop waiting for a signal, key rotation,
+/// replay snapshots) look at their stop flag: the delay a shutdown may wait for each.
+pub const STOP_POLL_MS: u64 = 100;
+/// How long a stopping node gives its tokio runtime's remaining tasks.
+pub const TOKIO_SHUTDOWN_MS: u64 = 1_000;
+/// How long an SQLite statement waits for another connection's lock (mailbox writer and
+/// readers, credential store, directory store) before it fails.
+pub const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+/// Pause after a failed `accept` (out of descriptors, say) before the next one: the listener
+/// does not spin while the condition lasts.
+pub const ACCEPT_RETRY_MS: u64 = 10;
+/// Read buffer of `lethe sink`'s connections (one large read holds many frames).
+pub const SINK_READ_BUFFER_BYTES: usize = 64 * 1024;
+
+const _: () = assert!(STOP_POLL_MS > 0 && ACCEPT_RETRY_MS > 0);
+// A stop flag is looked at several times within a runtime's shutdown allowance.
+const _: () = assert!(STOP_POLL_MS < TOKIO_SHUTDOWN_MS);
+const _: () = assert!(SINK_READ_BUFFER_BYTES >= lethe_engine::limits::PACKET_BYTES_MAX as usize);
+
 // --- Gateway ---
 
 /// Confirms and registrations waiting for the mailbox writer (overflow counted).
@@ -56,6 +77,16 @@ const _: () = assert!(ADMISSION_VERIFY_CONCURRENCY > 0);
 
 // --- Issuer ---
 
+/// Issuers one `lethe issuer keygen` may create.
+pub const ISSUERS_MAX: usize = 1_000;
+/// Pauses between two requests to one issuer without `Retry-After`: the first, doubling up
+/// to the max.
+pub const ISSUER_RETRY_PAUSE_MS_INITIAL: u64 = 500;
+pub const ISSUER_RETRY_PAUSE_MS_MAX: u64 = 8_000;
+/// One issuer request (connect, send, answer) when obtaining a credential at `client init`.
+pub const ISSUER_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Bytes of an issuer's error body quoted in our error text.
+pub const ISSUER_ERROR_TEXT_BYTES_MAX: usize = 200;
 /// How long a stopping issuer waits for in-flight requests.
 pub const ISSUER_SHUTDOWN_DEADLINE_MS: u64 = 10_000;
 /// Source networks the issuer's rate limiter tracks at once (each entry is a few dozen bytes).
@@ -67,7 +98,11 @@ pub const ISSUER_RETRY_AFTER_S_MAX: u64 = 300;
 /// An issuer response read at most (a blind signature or a key set is a few KiB).
 pub const ISSUER_RESPONSE_BYTES_MAX: usize = 64 * 1024;
 
-const _: () = assert!(RATE_LIMIT_SOURCES_MAX > 0);
+const _: () = assert!(RATE_LIMIT_SOURCES_MAX > 0 && ISSUERS_MAX > 0);
+const _: () = assert!(ISSUER_RETRY_PAUSE_MS_INITIAL > 0);
+const _: () = assert!(ISSUER_RETRY_PAUSE_MS_INITIAL <= ISSUER_RETRY_PAUSE_MS_MAX);
+// No pause of ours outlasts the longest `Retry-After` we honour from an issuer.
+const _: () = assert!(ISSUER_RETRY_PAUSE_MS_MAX <= ISSUER_RETRY_AFTER_S_MAX * 1_000);
 
 // --- Metrics and health endpoint (`http.rs`) ---
 
@@ -137,6 +172,12 @@ const _: () = assert!(GATEWAY_SESSION_QUEUE_MAX > 0 && GATEWAY_TRIM_INTERVAL_MS 
 
 // --- Gateway mailbox (`gateway::mailbox`) ---
 
+/// The mailbox writer's longest wait for work while nothing is pending (then it looks at
+/// its stop flag and the cleaning schedule).
+pub const MAILBOX_IDLE_WAIT_MS: u64 = 50;
+/// Pause of the mailbox writer once a sender side has gone (shutdown in progress), so that
+/// it does not spin on the closed channel while draining the other.
+pub const MAILBOX_CLOSED_PAUSE_MS: u64 = 1;
 /// A batch is committed when it is this old...
 pub const MAILBOX_FLUSH_MS: u64 = 3;
 /// ...or this large.
@@ -157,6 +198,8 @@ pub const MAILBOX_RECENT_CLIENTS_MAX: usize = 65_536;
 pub const MAILBOX_SEEN_RESOLUTION_S: i64 = 86_400;
 
 const _: () = assert!(MAILBOX_FLUSH_ROWS > 0 && MAILBOX_READERS > 0);
+const _: () =
+    assert!(MAILBOX_CLOSED_PAUSE_MS > 0 && MAILBOX_CLOSED_PAUSE_MS <= MAILBOX_IDLE_WAIT_MS);
 // One backlog read fits in a session's live queue's worth of rows and below a client's cap.
 const _: () =
     assert!(MAILBOX_FETCH_ROWS_MAX > 0 && MAILBOX_FETCH_ROWS_MAX <= MAILBOX_ROWS_PER_CLIENT_MAX);
@@ -185,6 +228,20 @@ pub const CLIENT_BACKOFF_MS_MIN: u64 = 200;
 pub const CLIENT_BACKOFF_MS_MAX: u64 = 30_000;
 /// Least time between two topology fetches.
 pub const CLIENT_TOPOLOGY_RETRY_MS: u64 = 10_000;
+/// Received messages waiting for the application (the default of `ClientConfig`).
+pub const CLIENT_RECEIVED_CAPACITY: usize = 64;
+/// Unpaced mode: most packets moved to the connection in one turn of the runtime's loop
+/// before it looks at its other inputs again.
+pub const CLIENT_UNPACED_BURST_PACKETS: usize = 256;
+/// How long `client init` waits for its first session (it registers the client with the
+/// gateway so that mail is kept while the client is offline).
+pub const CLIENT_REGISTER_WAIT_MS: u64 = 15_000;
+/// How long a command-line client (send, receive, socks5, provider) gives its client library
+/// to stop: write out what is queued and close the session cleanly.
+pub const CLIENT_SHUTDOWN_MS: u64 = 2_000;
+/// `client receive` waits this long after its last message before stopping, so that its
+/// confirmations reach the gateway (an unconfirmed message is delivered again).
+pub const CLIENT_CONFIRM_LINGER_MS: u64 = 100;
 /// How often the runtime lets the core expire its records (the core's own period is
 /// `lethe_proto::limits::CLIENT_HOUSEKEEPING_US`).
 pub const CLIENT_HOUSEKEEPING_MS: u64 = 1_000;
@@ -193,6 +250,10 @@ const _: () = assert!(CLIENT_UNPACED_WINDOW < CLIENT_OUTGOING_CAPACITY);
 const _: () = assert!(CLIENT_BACKOFF_MS_MIN > 0 && CLIENT_BACKOFF_MS_MIN <= CLIENT_BACKOFF_MS_MAX);
 const _: () = assert!(CLIENT_COMMAND_CAPACITY > 0 && CLIENT_EVENT_CAPACITY > 0);
 const _: () = assert!(CLIENT_CONFIRM_CAPACITY > 0 && CLIENT_HOUSEKEEPING_MS > 0);
+const _: () = assert!(CLIENT_RECEIVED_CAPACITY > 0 && CLIENT_UNPACED_BURST_PACKETS > 0);
+// The first session includes the connect, handshake and welcome.
+const _: () = assert!(CLIENT_CONNECT_TIMEOUT_MS <= CLIENT_REGISTER_WAIT_MS);
+const _: () = assert!(CLIENT_CONFIRM_LINGER_MS < CLIENT_SHUTDOWN_MS);
 const _: () =
     assert!(CLIENT_HOUSEKEEPING_MS * 1_000 == lethe_proto::limits::CLIENT_HOUSEKEEPING_US);
 
@@ -219,6 +280,14 @@ pub const SOCKS_REORDER_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const SOCKS_SOCKET_QUEUE_CHUNKS: usize = 256;
 /// Relayed connections alive at once, per proxy or provider.
 pub const SOCKS_CONNECTIONS_MAX: usize = 1024;
+/// Reply SURBs a Connect carries: the provider asks for more as it replies.
+pub const SOCKS_SURBS_WITH_CONNECT: usize = 32;
+/// Bytes the provider reads from a target into one Data response: what one SURB carries.
+pub const SOCKS_PROVIDER_READ_BYTES: usize =
+    crate::service::RESPONSE_BODY_BYTES_MAX - crate::socks::protocol::CHUNK_HEADER_BYTES;
+/// The first relay protocol's Connect carried the proxy's address; read at most this much of
+/// it, only to tell an old proxy to upgrade.
+pub const SOCKS_LEGACY_REPLY_TO_BYTES_MAX: usize = 300;
 
 // A chunk read from a socket fits one Data message, and the reorder buffer holds many.
 const _: () = assert!(SOCKS_READ_CHUNK_BYTES <= SOCKS_DATA_BYTES_MAX);
@@ -226,6 +295,32 @@ const _: () = assert!(SOCKS_REORDER_BYTES_MAX >= 16 * SOCKS_DATA_BYTES_MAX);
 // The proxy waits longer than the provider's own connect takes.
 const _: () = assert!(SOCKS_PROVIDER_CONNECT_TIMEOUT_MS < SOCKS_PROXY_CONNECT_TIMEOUT_MS);
 const _: () = assert!(SOCKS_SOCKET_QUEUE_CHUNKS > 0 && SOCKS_CONNECTIONS_MAX > 0);
+// A Connect's SURBs are within what the provider keeps for one tag, and one ask's worth
+// arrives before the Connect's run out.
+const _: () = assert!(SOCKS_SURBS_WITH_CONNECT > 0);
+const _: () = assert!(SOCKS_SURBS_WITH_CONNECT <= lethe_proto::limits::SERVICE_TAG_SURBS_MAX);
+// A read from the target leaves room in the Data message and fits one SURB's response.
+const _: () = assert!(SOCKS_PROVIDER_READ_BYTES > 0);
+const _: () = assert!(SOCKS_PROVIDER_READ_BYTES <= SOCKS_DATA_BYTES_MAX);
+// The old Connect's address is read within the same bound the envelope puts on it.
+const _: () =
+    assert!(SOCKS_LEGACY_REPLY_TO_BYTES_MAX <= lethe_proto::limits::SERVICE_REPLY_TO_BYTES_MAX);
+
+// --- Service providers (`service`) ---
+
+/// How long a response waits for its tag's SURBs before it is given up (counted stalled): a
+/// few ask retries (`lethe_proto::limits::SERVICE_ASK_RETRY_US`) and their mixnet round trips.
+pub const SERVICE_SURB_WAIT_MS: u64 = 60_000;
+/// While waiting for SURBs, how often to look again whether to repeat an ask.
+pub const SERVICE_SURB_WAIT_TICK_MS: u64 = 1_000;
+
+const _: () = assert!(SERVICE_SURB_WAIT_TICK_MS > 0);
+const _: () = assert!(SERVICE_SURB_WAIT_TICK_MS < SERVICE_SURB_WAIT_MS);
+// At least one repeated ask happens before a response is given up.
+const _: () = assert!(SERVICE_SURB_WAIT_MS * 1_000 > lethe_proto::limits::SERVICE_ASK_RETRY_US);
+// The tick is finer than the ask retry, so a retry is not late by more than a tick.
+const _: () =
+    assert!(SERVICE_SURB_WAIT_TICK_MS * 1_000 <= lethe_proto::limits::SERVICE_ASK_RETRY_US);
 
 // --- Directory: registration of nodes (`directory::announce`) ---
 
@@ -234,6 +329,9 @@ pub const ANNOUNCE_BACKOFF_MS_INITIAL: u64 = 250;
 pub const ANNOUNCE_BACKOFF_MS_MAX: u64 = 30_000;
 /// Heartbeat interval nodes use by default (the directory drops a node after 30 s).
 pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 10_000;
+/// Shortest heartbeat interval a node uses, whatever it is configured with (tests shorten
+/// it; a directory is not to be hammered).
+pub const HEARTBEAT_INTERVAL_MS_MIN: u64 = 100;
 /// The directory's heartbeat timeout assumed when its registration answer does not name one
 /// (directories before `heartbeat_timeout_s` was in the answer): its default.
 pub const HEARTBEAT_TIMEOUT_S_ASSUMED: u64 = 30;
@@ -244,6 +342,8 @@ pub const DEREGISTER_TIMEOUT_MS: u64 = 2_000;
 
 const _: () = assert!(ANNOUNCE_BACKOFF_MS_INITIAL > 0);
 const _: () = assert!(ANNOUNCE_BACKOFF_MS_INITIAL <= ANNOUNCE_BACKOFF_MS_MAX);
+const _: () = assert!(HEARTBEAT_INTERVAL_MS_MIN > 0);
+const _: () = assert!(HEARTBEAT_INTERVAL_MS_MIN <= HEARTBEAT_INTERVAL_MS_DEFAULT);
 // At least two heartbeats fit in the directory's timeout: one lost heartbeat is not a departure.
 const _: () = assert!(2 * HEARTBEAT_INTERVAL_MS_DEFAULT < HEARTBEAT_TIMEOUT_S_ASSUMED * 1_000);
 
@@ -253,6 +353,12 @@ const _: () = assert!(2 * HEARTBEAT_INTERVAL_MS_DEFAULT < HEARTBEAT_TIMEOUT_S_AS
 pub const DIRECTORY_RESPONSE_BYTES_MAX: usize = crate::topology::SIGNED_BODY_BYTES_MAX + 4096;
 /// Per-request timeout.
 pub const DIRECTORY_REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Bytes of a directory's error body quoted in our error text.
+pub const DIRECTORY_ERROR_TEXT_BYTES_MAX: usize = 512;
+/// The directory looks for silent nodes four times per heartbeat timeout, within these
+/// bounds.
+pub const DIRECTORY_SWEEP_MS_MIN: u64 = 100;
+pub const DIRECTORY_SWEEP_MS_MAX: u64 = 1_000;
 /// Most nodes (mixnodes and gateways) the directory keeps.
 pub const DIRECTORY_NODES_MAX: usize = 1024;
 /// Most deregistrations remembered (see `Registry::deregister`); beyond it the oldest is
@@ -285,6 +391,8 @@ const _: () = assert!(
 const _: () = assert!(DIRECTORY_POSTS_BURST_PER_IP >= DIRECTORY_NODES_MAX as f64);
 const _: () = assert!(DIRECTORY_POSTS_PER_S_PER_IP <= DIRECTORY_POSTS_PER_S);
 const _: () = assert!(DIRECTORY_VALIDITY_EPOCHS >= 2 && DIRECTORY_PUBLISH_INTERVAL_MS_MIN > 0);
+const _: () =
+    assert!(DIRECTORY_SWEEP_MS_MIN > 0 && DIRECTORY_SWEEP_MS_MIN <= DIRECTORY_SWEEP_MS_MAX);
 
 // --- Directory authorities as verifiers pin them (`topology::AuthoritySet`) ---
 

@@ -14,12 +14,8 @@ use lethe_proto::service::{EnvelopeError, FromService, SurbStore, ToService, Use
 pub use lethe_proto::service::{SenderTag, RESPONSE_BODY_BYTES_MAX};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::limits::{SERVICE_SURB_WAIT_MS, SERVICE_SURB_WAIT_TICK_MS};
 use crate::socks::relay::{Incoming, MixnetPort, Outgoing, ReplyOutcome};
-
-/// How long a response waits for its tag's SURBs before it is given up.
-pub const SURB_WAIT: Duration = Duration::from_secs(60);
-/// While waiting for SURBs, how often to look again whether to repeat an ask.
-const SURB_WAIT_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Default, Debug)]
 pub struct ServiceStats {
@@ -67,7 +63,8 @@ impl Responder {
     }
 
     /// Queues `body` for the user behind `tag` (to `reply_to` if it revealed its address);
-    /// false if it cannot be (its SURBs ran out and none came within [`SURB_WAIT`], or the
+    /// false if it cannot be (its SURBs ran out and none came within
+    /// [`SERVICE_SURB_WAIT_MS`], or the
     /// client stopped). Through SURBs, `body` must fit [`RESPONSE_BODY_BYTES_MAX`].
     pub async fn respond(&self, tag: &SenderTag, reply_to: Option<&str>, body: Vec<u8>) -> bool {
         let bytes = FromService::Response { tag: *tag, body }.encode();
@@ -86,7 +83,7 @@ impl Responder {
     }
 
     async fn through_surbs(&self, tag: &SenderTag, bytes: Vec<u8>) -> bool {
-        let deadline = tokio::time::Instant::now() + SURB_WAIT;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(SERVICE_SURB_WAIT_MS);
         loop {
             let arrived = self.arrived.notified();
             tokio::pin!(arrived);
@@ -119,7 +116,11 @@ impl Responder {
                 self.stats.surbs_stalled.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
-            let _ = tokio::time::timeout_at(deadline.min(now + SURB_WAIT_TICK), arrived).await;
+            let _ = tokio::time::timeout_at(
+                deadline.min(now + Duration::from_millis(SERVICE_SURB_WAIT_TICK_MS)),
+                arrived,
+            )
+            .await;
         }
     }
 

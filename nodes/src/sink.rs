@@ -34,7 +34,7 @@ pub fn run(listen: SocketAddr, out: PathBuf) -> Result<(), String> {
 
 fn record(mut stream: TcpStream, file: &Mutex<std::fs::File>) {
     let mut decoder = FrameDecoder::new();
-    let mut buffer = vec![0u8; 64 * 1024];
+    let mut buffer = vec![0u8; crate::limits::SINK_READ_BUFFER_BYTES];
     loop {
         let n = match stream.read(&mut buffer) {
             Ok(0) | Err(_) => return,

@@ -173,7 +173,7 @@ async fn init_credential(args: &InitArgs) -> Result<Option<Zeroizing<Vec<u8>>>, 
         issuers: issuers.clone(),
         threshold,
         master,
-        timeout: Duration::from_secs(10),
+        timeout: Duration::from_millis(crate::limits::ISSUER_REQUEST_TIMEOUT_MS),
         trusted_shares: None,
     };
     // Issuers busy or briefly down are asked again, as `lethe credential obtain` does.
@@ -345,8 +345,14 @@ pub fn init(args: &InitArgs) -> Result<(), String> {
             let (handle, _received) = connect(ClientConfig::from_files(&files))
                 .await
                 .map_err(|e| e.to_string())?;
-            let waited = handle.wait_connected(Duration::from_secs(15)).await;
-            handle.shutdown(Duration::from_secs(2)).await;
+            let waited = handle
+                .wait_connected(Duration::from_millis(
+                    crate::limits::CLIENT_REGISTER_WAIT_MS,
+                ))
+                .await;
+            handle
+                .shutdown(Duration::from_millis(crate::limits::CLIENT_SHUTDOWN_MS))
+                .await;
             waited.map_err(|e| e.to_string())
         };
         if let Err(e) = registered.await {
@@ -467,7 +473,9 @@ pub fn send(args: &SendArgs) -> Result<(), String> {
             ));
         }
         // Write the last packets out and close the session cleanly.
-        handle.shutdown(Duration::from_secs(2)).await;
+        handle
+            .shutdown(Duration::from_millis(crate::limits::CLIENT_SHUTDOWN_MS))
+            .await;
         let refused = handle.stats().no_bandwidth;
         if refused > 0 {
             return Err(no_bandwidth_error(&args.dir, refused));
@@ -555,8 +563,13 @@ pub fn receive(args: &ReceiveArgs) -> Result<(), String> {
             );
         }
         // Let the confirmations reach the gateway, then close the session cleanly.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        handle.shutdown(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_millis(
+            crate::limits::CLIENT_CONFIRM_LINGER_MS,
+        ))
+        .await;
+        handle
+            .shutdown(Duration::from_millis(crate::limits::CLIENT_SHUTDOWN_MS))
+            .await;
         match args.count {
             Some(n) if count < n => Err(format!(
                 "timed out after {}s: received {count} of {n} messages",

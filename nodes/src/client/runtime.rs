@@ -106,7 +106,7 @@ impl ClientConfig {
                 url: files.directory_url.clone(),
                 key: files.directory_key,
             }),
-            received_capacity: 64,
+            received_capacity: limits::CLIENT_RECEIVED_CAPACITY,
             wallet: match Wallet::open(&files.dir) {
                 Ok(wallet) => wallet.map(|w| Arc::new(std::sync::Mutex::new(w))),
                 Err(e) => {
@@ -522,7 +522,7 @@ impl CoreTask {
             // Unpaced mode (zero mean): real packets leave as soon as they are queued.
             if !self.core.paced() && self.connected {
                 let now = self.now_us();
-                let mut budget = 256;
+                let mut budget = limits::CLIENT_UNPACED_BURST_PACKETS;
                 // At most limits::CLIENT_UNPACED_WINDOW packets waiting for the connection: what does not
                 // fit waits here (and ACK timers start close to the real send time).
                 while budget > 0

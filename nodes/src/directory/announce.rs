@@ -227,7 +227,9 @@ pub fn spawn_announcer(
         url: directory_url.to_string(),
         seed: Zeroizing::new(*identity_seed),
         descriptor: descriptor_rx,
-        interval: heartbeat_interval.max(Duration::from_millis(100)),
+        interval: heartbeat_interval.max(Duration::from_millis(
+            crate::limits::HEARTBEAT_INTERVAL_MS_MIN,
+        )),
         status: status.clone(),
         serving: serving.clone(),
     };

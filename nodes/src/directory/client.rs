@@ -121,7 +121,12 @@ async fn read_body(
         return Err(DirectoryClientError::Status {
             url: url.to_string(),
             status: status.as_u16(),
-            text: String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+            text: String::from_utf8_lossy(
+                &body[..body
+                    .len()
+                    .min(crate::limits::DIRECTORY_ERROR_TEXT_BYTES_MAX)],
+            )
+            .into_owned(),
         });
     }
     Ok(body)

@@ -436,7 +436,10 @@ async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<
 /// Drops silent nodes and publishes: at epoch boundaries, and promptly (rate-limited) after
 /// membership changes.
 async fn publisher(directory: Arc<Directory>) {
-    let sweep_every = Duration::from_millis((directory.timeout_ms / 4).clamp(100, 1000));
+    let sweep_every = Duration::from_millis((directory.timeout_ms / 4).clamp(
+        crate::limits::DIRECTORY_SWEEP_MS_MIN,
+        crate::limits::DIRECTORY_SWEEP_MS_MAX,
+    ));
     let mut last_publish = Instant::now();
     loop {
         let mut wait = sweep_every;

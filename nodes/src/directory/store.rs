@@ -46,7 +46,9 @@ impl Store {
     }
 
     fn init(conn: Connection) -> rusqlite::Result<Store> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(std::time::Duration::from_millis(
+            crate::limits::SQLITE_BUSY_TIMEOUT_MS,
+        ))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // Losing the last few heartbeats in a power cut is harmless; the epoch is written in
         // the same transaction as the topology, so it never goes backwards on disk.

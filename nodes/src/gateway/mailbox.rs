@@ -66,7 +66,7 @@ fn now_s() -> i64 {
 /// Opens (creating, mode 0600 with its `-wal`/`-shm`) the database and its tables.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = crate::keyfile::open_private_sqlite(path)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(Duration::from_millis(limits::SQLITE_BUSY_TIMEOUT_MS))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode: a committed transaction survives a process crash (SIGKILL); only
     // an OS crash or power loss may lose the last few milliseconds.
@@ -120,7 +120,7 @@ impl Reader {
         let mut connections = Vec::with_capacity(limits::MAILBOX_READERS);
         for _ in 0..limits::MAILBOX_READERS {
             let conn = Connection::open(path)?;
-            conn.busy_timeout(Duration::from_secs(5))?;
+            conn.busy_timeout(Duration::from_millis(limits::SQLITE_BUSY_TIMEOUT_MS))?;
             connections.push(Mutex::new(conn));
         }
         Ok(Reader { connections })
@@ -449,7 +449,7 @@ impl Writer {
         stop: &AtomicBool,
     ) {
         let mut last_clean = Instant::now();
-        let idle = Duration::from_millis(50);
+        let idle = Duration::from_millis(limits::MAILBOX_IDLE_WAIT_MS);
         let flush_after = Duration::from_millis(limits::MAILBOX_FLUSH_MS);
         // Runs until shutdown; each turn handles at most one message, then maybe one commit.
         loop {
@@ -486,7 +486,7 @@ impl Writer {
             }
             if closed > 0 {
                 // A sender side is gone (shutdown in progress): do not spin on it.
-                std::thread::sleep(Duration::from_millis(1));
+                std::thread::sleep(Duration::from_millis(limits::MAILBOX_CLOSED_PAUSE_MS));
             }
         }
     }

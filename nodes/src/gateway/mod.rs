@@ -495,7 +495,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             }
             std::process::exit(crate::supervise::EXIT_ENGINE_FAILED);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(crate::limits::STOP_POLL_MS));
     };
     tracing::info!(
         signal = crate::logging::signal_name(signal),
@@ -514,7 +514,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     snapshot_stop.store(true, Ordering::SeqCst);
     let _ = snapshots.join();
     replay::save(&data_dir, &replay)?;
-    tokio.shutdown_timeout(Duration::from_secs(1));
+    tokio.shutdown_timeout(Duration::from_millis(crate::limits::TOKIO_SHUTDOWN_MS));
     runtime_config::report(&engine_metrics);
     tracing::info!(
         stored = GatewayMetrics::get(&metrics.final_hop_stored),

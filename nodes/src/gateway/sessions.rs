@@ -148,7 +148,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(_) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(limits::ACCEPT_RETRY_MS)).await;
                 continue;
             }
         };

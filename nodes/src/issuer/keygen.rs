@@ -33,8 +33,11 @@ pub fn run(args: &KeygenArgs) -> anyhow::Result<()> {
     if t > n {
         bail!("--threshold ({t}) must not exceed --issuers ({n})");
     }
-    if n > 1000 {
-        bail!("--issuers ({n}) is unreasonably large (max 1000)");
+    if n > crate::limits::ISSUERS_MAX {
+        bail!(
+            "--issuers ({n}) is unreasonably large (max {})",
+            crate::limits::ISSUERS_MAX
+        );
     }
     let out = &args.out;
     let mut paths = vec![out.join("verification.key")];

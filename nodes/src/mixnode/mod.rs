@@ -465,7 +465,7 @@ fn wait_for_signal(
                 failures = failures.saturating_add(1);
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(crate::limits::STOP_POLL_MS));
     }
 }
 

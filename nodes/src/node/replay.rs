@@ -242,7 +242,7 @@ pub fn spawn_snapshots(
         let interval = Duration::from_secs(interval_s.max(1));
         let mut last = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(crate::limits::STOP_POLL_MS));
             if last.elapsed() >= interval {
                 if let Err(e) = save_locked(&data_dir, &replay) {
                     tracing::error!(error = %e, "replay snapshot failed");

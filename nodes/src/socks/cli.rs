@@ -172,7 +172,9 @@ pub fn socks5(args: &Socks5Args) -> Result<(), String> {
             _ = tokio::signal::ctrl_c() => {}
             () = terminated() => {}
         }
-        handle.shutdown(Duration::from_secs(2)).await;
+        handle
+            .shutdown(Duration::from_millis(limits::CLIENT_SHUTDOWN_MS))
+            .await;
         Ok(())
     })
 }
@@ -196,7 +198,9 @@ pub fn provider(args: &ProviderArgs) -> Result<(), String> {
             _ = tokio::signal::ctrl_c() => {}
             () = terminated() => {}
         }
-        handle.shutdown(Duration::from_secs(2)).await;
+        handle
+            .shutdown(Duration::from_millis(limits::CLIENT_SHUTDOWN_MS))
+            .await;
         Ok(())
     })
 }

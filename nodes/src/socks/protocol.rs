@@ -19,9 +19,6 @@ use crate::limits;
 
 /// A Data message's bytes in front of its data.
 pub const CHUNK_HEADER_BYTES: usize = 1 + 8 + 8 + 1;
-/// The first protocol's Connect carried the proxy's address; read only to tell an old proxy
-/// to upgrade.
-const LEGACY_REPLY_TO_BYTES_MAX: usize = 300;
 
 const CONNECT: u8 = 0x01;
 const DATA: u8 = 0x02;
@@ -172,7 +169,7 @@ pub fn legacy_connect_refusal(bytes: &[u8], text: &str) -> Option<(String, Vec<u
         return None;
     }
     let conn_id = r.u64().ok()?;
-    let reply_to = r.string(LEGACY_REPLY_TO_BYTES_MAX).ok()?;
+    let reply_to = r.string(limits::SOCKS_LEGACY_REPLY_TO_BYTES_MAX).ok()?;
     let refusal = Response::ConnectError {
         conn_id,
         code: error_code::OVERLOADED,

@@ -19,13 +19,7 @@ use super::protocol::{error_code, legacy_connect_refusal, Chunk, Request, Respon
 use super::relay::MixnetPort;
 use super::socks5::AllowList;
 use crate::limits;
-use crate::service::{
-    write_dump, Received, Responder, SenderTag, Service, ServiceStats, RESPONSE_BODY_BYTES_MAX,
-};
-
-/// Bytes read from a target into one Data response: what one SURB carries.
-pub const PROVIDER_READ_BYTES: usize =
-    RESPONSE_BODY_BYTES_MAX - super::protocol::CHUNK_HEADER_BYTES;
+use crate::service::{write_dump, Received, Responder, SenderTag, Service, ServiceStats};
 
 #[derive(Default, Debug)]
 pub struct ProviderStats {
@@ -282,7 +276,7 @@ async fn open(conn_id: u64, route: Route, target: String, ctx: Ctx, allow: Arc<A
     let (mut reader, mut writer) = stream.into_split();
     let upstream = async {
         let mut seq = 0u64;
-        let mut buf = vec![0u8; PROVIDER_READ_BYTES];
+        let mut buf = vec![0u8; limits::SOCKS_PROVIDER_READ_BYTES];
         loop {
             let n = reader.read(&mut buf).await.unwrap_or(0);
             let chunk = Chunk {

@@ -19,9 +19,6 @@ use super::relay::{MixnetPort, Outgoing};
 use super::socks5::{self, reply};
 use crate::limits;
 
-/// Reply SURBs a Connect carries: the provider asks for more as it replies.
-pub const SURBS_WITH_CONNECT: usize = 32;
-
 struct Conn {
     tag: SenderTag,
     connected: Option<oneshot::Sender<Result<(), (u8, String)>>>,
@@ -231,7 +228,7 @@ async fn serve(
     let reply_surbs = if reply_to.is_some() {
         0
     } else {
-        SURBS_WITH_CONNECT
+        limits::SOCKS_SURBS_WITH_CONNECT
     };
     let (connected_tx, connected_rx) = oneshot::channel();
     let (to_socket, mut from_mixnet) = mpsc::channel::<Vec<u8>>(limits::SOCKS_SOCKET_QUEUE_CHUNKS);
