@@ -306,10 +306,26 @@ const _: () = assert!(SOCKS_PROVIDER_READ_BYTES <= SOCKS_DATA_BYTES_MAX);
 const _: () =
     assert!(SOCKS_LEGACY_REPLY_TO_BYTES_MAX <= lethe_proto::limits::SERVICE_REPLY_TO_BYTES_MAX);
 
+/// After the topology shows every mixnode on a newer key rotation, how long the proxy waits
+/// before labelling SURBs with it and sending replacements: its client core takes the new
+/// topology from the same watch meanwhile, so no SURB built with old keys gets the new label.
+pub const SOCKS_KEY_EPOCH_SETTLE_MS: u64 = 1_000;
+/// The longest a relayed download pauses waiting for reply SURBs (a liveness bound, checked
+/// by `nodes/tests/socks_download.rs`): the provider asks for a window of SURBs in
+/// proportion to its reply rate before it runs out, a lost ask (or answer) is repeated after
+/// at most `SERVICE_ASK_RETRY_US_MAX`, and its answer takes one more round trip; SURBs of a
+/// rotated-out key are replaced while the nodes still hold the old key (the overlap).
+pub const SOCKS_SURB_STALL_MS_MAX: u64 = 30_000;
+
+const _: () =
+    assert!(SOCKS_SURB_STALL_MS_MAX >= 2 * lethe_proto::limits::SERVICE_ASK_RETRY_US_MAX / 1_000);
+const _: () = assert!(SOCKS_KEY_EPOCH_SETTLE_MS < SOCKS_SURB_STALL_MS_MAX);
+
 // --- Service providers (`service`) ---
 
 /// How long a response waits for its tag's SURBs before it is given up (counted stalled): a
-/// few ask retries (`lethe_proto::limits::SERVICE_ASK_RETRY_US`) and their mixnet round trips.
+/// few ask retries (`lethe_proto::limits::SERVICE_ASK_RETRY_US_MAX`) and their mixnet round
+/// trips, and longer than the longest stall.
 pub const SERVICE_SURB_WAIT_MS: u64 = 60_000;
 /// While waiting for SURBs, how often to look again whether to repeat an ask.
 pub const SERVICE_SURB_WAIT_TICK_MS: u64 = 1_000;
@@ -317,10 +333,11 @@ pub const SERVICE_SURB_WAIT_TICK_MS: u64 = 1_000;
 const _: () = assert!(SERVICE_SURB_WAIT_TICK_MS > 0);
 const _: () = assert!(SERVICE_SURB_WAIT_TICK_MS < SERVICE_SURB_WAIT_MS);
 // At least one repeated ask happens before a response is given up.
-const _: () = assert!(SERVICE_SURB_WAIT_MS * 1_000 > lethe_proto::limits::SERVICE_ASK_RETRY_US);
+const _: () = assert!(SERVICE_SURB_WAIT_MS * 1_000 > lethe_proto::limits::SERVICE_ASK_RETRY_US_MAX);
+const _: () = assert!(SERVICE_SURB_WAIT_MS > SOCKS_SURB_STALL_MS_MAX);
 // The tick is finer than the ask retry, so a retry is not late by more than a tick.
 const _: () =
-    assert!(SERVICE_SURB_WAIT_TICK_MS * 1_000 <= lethe_proto::limits::SERVICE_ASK_RETRY_US);
+    assert!(SERVICE_SURB_WAIT_TICK_MS * 1_000 <= lethe_proto::limits::SERVICE_ASK_RETRY_US_MIN);
 
 // --- Directory: registration of nodes (`directory::announce`) ---
 

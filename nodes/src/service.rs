@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lethe_proto::service::{EnvelopeError, FromService, SurbStore, ToService, Use};
+use lethe_proto::service::{
+    EnvelopeError, FromService, KeyEpochs, SurbStore, SurbsRefused, ToService, Use,
+};
 pub use lethe_proto::service::{SenderTag, RESPONSE_BODY_BYTES_MAX};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::limits::{SERVICE_SURB_WAIT_MS, SERVICE_SURB_WAIT_TICK_MS};
 use crate::socks::relay::{Incoming, MixnetPort, Outgoing, ReplyOutcome};
@@ -22,7 +24,8 @@ pub struct ServiceStats {
     /// Messages in another envelope version (a user to upgrade, or this provider).
     pub old_protocol: AtomicU64,
     pub malformed: AtomicU64,
-    /// SURB bundles refused: a tag's or the provider's bound was reached.
+    /// SURB bundles refused: a tag's or the provider's bound was reached, or they were built
+    /// for mixnode keys the tag's newer SURBs replaced.
     pub surbs_refused: AtomicU64,
     /// Responses given up because their tag's SURBs ran out and none came.
     pub surbs_stalled: AtomicU64,
@@ -53,6 +56,8 @@ pub struct Responder {
     surbs: Arc<Mutex<SurbStore>>,
     /// Woken whenever SURBs arrive.
     arrived: Arc<Notify>,
+    /// The mixnode key rotations our topology shows: which SURBs are retiring.
+    key_epochs: watch::Receiver<KeyEpochs>,
     started: Instant,
     stats: Arc<ServiceStats>,
 }
@@ -89,15 +94,20 @@ impl Responder {
             tokio::pin!(arrived);
             arrived.as_mut().enable();
             let now_us = self.now_us();
-            let (bundle, ask) = match self.surbs.lock() {
+            let epochs = *self.key_epochs.borrow();
+            let (bundle, ask, dropped) = match self.surbs.lock() {
                 Ok(mut s) => {
+                    s.set_key_epochs(epochs, now_us);
                     let ask = s
                         .wants_more(tag, now_us)
-                        .and_then(|wanted| Some((s.take(tag, Use::Ask)?, wanted)));
-                    (s.take(tag, Use::Reply), ask)
+                        .and_then(|wanted| Some((s.take(tag, Use::Ask, now_us)?, wanted)));
+                    (s.take(tag, Use::Reply, now_us), ask, s.take_dropped())
                 }
                 Err(_) => return false,
             };
+            for bundle in dropped {
+                self.discard(Some(bundle));
+            }
             if let Some((ask_bundle, wanted)) = ask {
                 let more = FromService::MoreSurbs { tag: *tag, wanted }.encode();
                 if self.reply_through(tag, ask_bundle, more).await == ReplyOutcome::Failed {
@@ -192,6 +202,7 @@ impl Service {
                 outgoing: port.outgoing,
                 surbs: Arc::new(Mutex::new(SurbStore::new())),
                 arrived: Arc::new(Notify::new()),
+                key_epochs: port.key_epochs,
                 started: Instant::now(),
                 stats,
             },
@@ -204,7 +215,8 @@ impl Service {
 
     /// The next request; `None` once the mixnet client stopped. SURBs that came with it are
     /// stored under its tag (or refused and discarded, counted); messages carrying only
-    /// SURBs and malformed ones are handled here.
+    /// SURBs and malformed ones are handled here. Cancel-safe: it awaits only the next
+    /// message, and handles one whole before it awaits again.
     pub async fn next(&mut self) -> Option<Received> {
         let stats = &self.responder.stats;
         loop {
@@ -222,26 +234,39 @@ impl Service {
                     continue;
                 }
             };
-            let tag = match &envelope {
-                ToService::Request { tag, .. } | ToService::Surbs { tag } => *tag,
+            let (tag, key_epoch) = match &envelope {
+                ToService::Request { tag, key_epoch, .. } | ToService::Surbs { tag, key_epoch } => {
+                    (*tag, *key_epoch)
+                }
             };
             if let Some(bundle) = message.surb_bundle {
-                let added = self
-                    .responder
-                    .surbs
-                    .lock()
-                    .map(|mut s| s.add(tag, bundle, message.reply_surbs).is_ok());
-                if added.unwrap_or(false) {
-                    self.responder.arrived.notify_waiters();
-                } else {
-                    stats.surbs_refused.fetch_add(1, Ordering::Relaxed);
-                    self.responder.discard(Some(bundle));
+                let now_us = self.responder.now_us();
+                let epochs = *self.responder.key_epochs.borrow();
+                let (added, dropped) = match self.responder.surbs.lock() {
+                    Ok(mut s) => {
+                        s.set_key_epochs(epochs, now_us);
+                        let added = s.add(tag, bundle, message.reply_surbs, key_epoch, now_us);
+                        (added, s.take_dropped())
+                    }
+                    Err(_) => (Err(SurbsRefused::StoreFull), Vec::new()),
+                };
+                for old in dropped {
+                    self.responder.discard(Some(old));
+                }
+                match added {
+                    Ok(()) => self.responder.arrived.notify_waiters(),
+                    Err(refused) => {
+                        stats.surbs_refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%refused, "SURBs refused");
+                        self.responder.discard(Some(bundle));
+                    }
                 }
             }
             if let ToService::Request {
                 tag,
                 reply_to,
                 body,
+                ..
             } = envelope
             {
                 return Some(Received::Request(Request {

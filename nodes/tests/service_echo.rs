@@ -32,6 +32,7 @@ async fn echo_through_surbs_with_top_ups() {
         .collect();
     let request = ToService::Request {
         tag,
+        key_epoch: 0,
         reply_to: None,
         body: body.clone(),
     };
@@ -64,7 +65,7 @@ async fn echo_through_surbs_with_top_ups() {
                 user.outgoing
                     .send(Outgoing::Send {
                         to: PROVIDER.into(),
-                        bytes: ToService::Surbs { tag }.encode(),
+                        bytes: ToService::Surbs { tag, key_epoch: 0 }.encode(),
                         reply_surbs: usize::from(wanted),
                     })
                     .await

@@ -66,22 +66,47 @@ const _: () = assert!(CLIENT_TRANSMITS_MAX >= 2 && CLIENT_EVENTS_MAX >= 2);
 pub const SERVICE_TAG_SURBS_MAX: usize = 1024;
 /// Reply SURBs a service provider holds in total (its client core keeps them).
 pub const SERVICE_SURBS_MAX: usize = 16_384;
-/// A provider asks for more SURBs once a tag holds this many or fewer: enough to go on
-/// replying for the round trip the ask and its answer take.
-pub const SERVICE_SURBS_LOW_WATER: usize = 64;
-/// SURBs a provider asks for at a time (and the most a user sends per ask).
-pub const SERVICE_SURBS_ASK: usize = 192;
+/// A provider's SURB window per tag (what it asks for at a time, and the level it asks
+/// at): twice the SURBs the tag used over the last ask's round trip, so an ask's answer
+/// arrives before the tag runs dry at the rate it is replying, kept within these bounds.
+pub const SERVICE_SURBS_WINDOW_MIN: usize = 64;
+/// The window before a round trip was measured.
+pub const SERVICE_SURBS_WINDOW_INITIAL: usize = 192;
+/// The largest window, and the most SURBs a user grants per ask.
+pub const SERVICE_SURBS_WINDOW_MAX: usize = 512;
+/// SURBs a user sends per message when it grants an ask: smaller messages arrive sooner
+/// (fewer fragments behind its Poisson stream), so the provider is fed while the rest follow.
+pub const SERVICE_SURBS_PER_MESSAGE_MAX: usize = 128;
 /// SURBs of a tag replies leave alone, so the provider can still ask for more.
 pub const SERVICE_SURBS_RESERVED: usize = 4;
-/// An ask answered by no SURBs within this long is sent again (it or its answer got lost).
-pub const SERVICE_ASK_RETRY_US: u64 = 10_000_000;
+/// An ask not answered within four of its tag's measured round trips, bounded by these, is
+/// sent again (it or its answer got lost). The upper bound is what a lost ask can stall a
+/// conversation by.
+pub const SERVICE_ASK_RETRY_US_MIN: u64 = 2_000_000;
+pub const SERVICE_ASK_RETRY_US_MAX: u64 = 10_000_000;
+/// After the provider's topology shows mixnodes on a newer Sphinx key rotation, SURBs built
+/// for an older one are still usable (nodes keep the old key for the rotation overlap, Nym:
+/// 1 h) until the user's replacements arrive, but never longer than this: longer than a
+/// user's topology refresh (5 min) plus a round trip, shorter than any overlap a network
+/// runs.
+pub const SERVICE_SURBS_RETIRING_US_MAX: u64 = 600_000_000;
 /// Longest user address a request may carry (when the user reveals it).
 pub const SERVICE_REPLY_TO_BYTES_MAX: usize = 300;
 
 const _: () = assert!(SERVICE_SURBS_MAX <= CLIENT_RECEIVED_SURBS_MAX);
 const _: () = assert!(SERVICE_TAG_SURBS_MAX <= SERVICE_SURBS_MAX);
-const _: () = assert!(SERVICE_SURBS_RESERVED < SERVICE_SURBS_LOW_WATER);
-const _: () = assert!(SERVICE_SURBS_LOW_WATER + SERVICE_SURBS_ASK <= SERVICE_TAG_SURBS_MAX);
-const _: () = assert!(SERVICE_SURBS_ASK <= u16::MAX as usize);
-const _: () = assert!(SERVICE_SURBS_ASK <= crate::loopix::message::SURBS_PER_MESSAGE_MAX);
+const _: () = assert!(SERVICE_SURBS_RESERVED < SERVICE_SURBS_WINDOW_MIN);
+const _: () = assert!(
+    SERVICE_SURBS_WINDOW_MIN <= SERVICE_SURBS_WINDOW_INITIAL
+        && SERVICE_SURBS_WINDOW_INITIAL <= SERVICE_SURBS_WINDOW_MAX
+);
+// A tag holds its window, a full ask on top, and what it asked before.
+const _: () = assert!(2 * SERVICE_SURBS_WINDOW_MAX <= SERVICE_TAG_SURBS_MAX);
+const _: () = assert!(SERVICE_SURBS_WINDOW_MAX <= u16::MAX as usize);
+const _: () = assert!(
+    SERVICE_SURBS_PER_MESSAGE_MAX > 0
+        && SERVICE_SURBS_PER_MESSAGE_MAX <= crate::loopix::message::SURBS_PER_MESSAGE_MAX
+);
+const _: () =
+    assert!(SERVICE_ASK_RETRY_US_MIN > 0 && SERVICE_ASK_RETRY_US_MIN <= SERVICE_ASK_RETRY_US_MAX);
 const _: () = assert!(SERVICE_REPLY_TO_BYTES_MAX <= u16::MAX as usize);

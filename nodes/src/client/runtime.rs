@@ -219,9 +219,16 @@ pub struct ClientHandle {
     stats: Arc<Stats>,
     address: Recipient,
     connection: watch::Receiver<ConnectionState>,
+    topology: watch::Receiver<Arc<Topology>>,
 }
 
 impl ClientHandle {
+    /// The topology the client routes with, as it refreshes (a service provider and its
+    /// users follow the mixnodes' key rotations with it).
+    pub fn topology(&self) -> watch::Receiver<Arc<Topology>> {
+        self.topology.clone()
+    }
+
     /// Our address (`identity.encryption@gateway`).
     pub fn address(&self) -> Recipient {
         self.address
@@ -371,6 +378,7 @@ pub async fn connect(
     let address = core.address();
 
     let (topology_tx, topology_rx) = watch::channel(topology.clone());
+    let topology_rx_handle = topology_rx.clone();
     let refresh = Arc::new(Notify::new());
     let (command_tx, command_rx) = mpsc::channel(limits::CLIENT_COMMAND_CAPACITY);
     let (outgoing_tx, outgoing_rx) = mpsc::channel(limits::CLIENT_OUTGOING_CAPACITY);
@@ -416,6 +424,7 @@ pub async fn connect(
             stats,
             address,
             connection: state_rx,
+            topology: topology_rx_handle,
         },
         received_rx,
     ))

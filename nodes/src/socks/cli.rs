@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use lethe_proto::service::KeyEpochs;
+use tokio::sync::{mpsc, watch};
 
 use super::relay::{Incoming, MixnetPort, Outgoing, ReplyOutcome};
 use super::socks5::AllowList;
@@ -14,6 +15,7 @@ use crate::client::cli::{runtime, TrafficArgs};
 use crate::client::config;
 use crate::client::runtime::{connect, ClientConfig, ClientHandle, ReceivedMessage};
 use crate::limits;
+use crate::topology::Topology;
 use lethe_proto::loopix::SendError;
 
 #[derive(clap::Args, Debug)]
@@ -61,6 +63,7 @@ pub fn bridge(
     let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(limits::SOCKS_PORT_QUEUE_MESSAGES);
     let (in_tx, in_rx) = mpsc::channel::<Incoming>(limits::SOCKS_PORT_QUEUE_MESSAGES);
     let own_address = handle.address().to_string();
+    let key_epochs = follow_key_epochs(handle.topology());
     let sender = handle.clone();
     tokio::spawn(async move {
         while let Some(command) = out_rx.recv().await {
@@ -125,7 +128,23 @@ pub fn bridge(
         outgoing: out_tx,
         incoming: in_rx,
         own_address,
+        key_epochs,
     }
+}
+
+/// The key epochs of `topology` as it changes (until the client stops).
+fn follow_key_epochs(mut topology: watch::Receiver<Arc<Topology>>) -> watch::Receiver<KeyEpochs> {
+    let (tx, rx) = watch::channel(KeyEpochs::of(&topology.borrow_and_update()));
+    tokio::spawn(async move {
+        while topology.changed().await.is_ok() {
+            let epochs = KeyEpochs::of(&topology.borrow_and_update());
+            tx.send_if_modified(|current| std::mem::replace(current, epochs) != epochs);
+            if tx.is_closed() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 pub async fn start_client(

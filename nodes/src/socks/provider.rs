@@ -21,6 +21,9 @@ use super::socks5::AllowList;
 use crate::limits;
 use crate::service::{write_dump, Received, Responder, SenderTag, Service, ServiceStats};
 
+/// How often the state dump is rewritten while no request comes (SURBs may still arrive).
+const STATE_DUMP_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Default, Debug)]
 pub struct ProviderStats {
     pub connects: AtomicU64,
@@ -76,8 +79,9 @@ impl Ctx {
 }
 
 /// Serves relay requests from the mixnet until it closes. With `state_dump`, writes a debug
-/// dump of everything it holds about its users there after each message (for tests and
-/// audits: it must name no user who did not reveal its address).
+/// dump of everything it holds about its users there after each request and every
+/// [`STATE_DUMP_EVERY`] (for tests and audits: it must name no user who did not reveal its
+/// address; its SURB counters show expired SURBs).
 pub async fn run(
     port: MixnetPort,
     allow: AllowList,
@@ -91,19 +95,14 @@ pub async fn run(
         stats,
     };
     let allow = Arc::new(allow);
-    while let Some(received) = service.next().await {
-        match received {
-            Received::Request(request) => handle(&ctx, request, &allow),
-            Received::OtherVersion(bytes) => {
-                let error = format!(
-                    "SOCKS relay protocol version {} is not spoken here (version {VERSION} is): \
-                     upgrade lethe",
-                    bytes.first().copied().unwrap_or(0)
-                );
-                if let Some((to, refusal)) = legacy_connect_refusal(&bytes, &error) {
-                    ctx.responder.send_to(to, refusal);
-                }
+    let mut dump_tick = tokio::time::interval(STATE_DUMP_EVERY);
+    loop {
+        tokio::select! {
+            received = service.next() => {
+                let Some(received) = received else { break };
+                serve_one(&ctx, received, &allow);
             }
+            _ = dump_tick.tick(), if state_dump.is_some() => {}
         }
         if let Some(path) = &state_dump {
             let conns = ctx
@@ -112,6 +111,22 @@ pub async fn run(
                 .map(|c| format!("{c:#?}"))
                 .unwrap_or_default();
             write_dump(path, &format!("{conns}\n{}\n", ctx.responder.dump()));
+        }
+    }
+}
+
+fn serve_one(ctx: &Ctx, received: Received, allow: &Arc<AllowList>) {
+    match received {
+        Received::Request(request) => handle(ctx, request, allow),
+        Received::OtherVersion(bytes) => {
+            let error = format!(
+                "SOCKS relay protocol version {} is not spoken here (version {VERSION} is): \
+                 upgrade lethe",
+                bytes.first().copied().unwrap_or(0)
+            );
+            if let Some((to, refusal)) = legacy_connect_refusal(&bytes, &error) {
+                ctx.responder.send_to(to, refusal);
+            }
         }
     }
 }

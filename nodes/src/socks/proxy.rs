@@ -1,17 +1,24 @@
 //! The client side: a SOCKS5 listener whose connections are relayed to a service provider.
 //! Each connection has its own random sender tag and sends reply SURBs under it (more when
 //! the provider asks, bounded); the proxy's address goes out only with `reveal_address`.
+//! When the topology shows every mixnode on a newer Sphinx key rotation, each open
+//! connection sends SURBs of the new key epoch, which replace its older ones at the provider
+//! (those die when the nodes drop the old keys at the end of the rotation overlap).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use lethe_proto::limits::{SERVICE_SURBS_ASK, SERVICE_TAG_SURBS_MAX};
-use lethe_proto::service::{FromService, SenderTag, ToService, SENDER_TAG_BYTES};
+use lethe_proto::limits::{
+    SERVICE_SURBS_PER_MESSAGE_MAX, SERVICE_SURBS_WINDOW_MAX, SERVICE_SURBS_WINDOW_MIN,
+    SERVICE_TAG_SURBS_MAX,
+};
+use lethe_proto::service::{FromService, KeyEpochs, SenderTag, ToService, SENDER_TAG_BYTES};
 
 use super::ordered::Ordered;
 use super::protocol::{error_code, Chunk, Request, Response};
@@ -27,6 +34,8 @@ struct Conn {
     /// SURBs sent under the tag less the replies that came back through them: what the
     /// provider may still hold (more if replies were lost), bounded when it asks for more.
     surbs_out: usize,
+    /// Replies come through SURBs (not to our revealed address).
+    anonymous: bool,
 }
 
 /// How the proxy talks to the provider.
@@ -49,8 +58,11 @@ pub struct ProxyStats {
     pub malformed: std::sync::atomic::AtomicU64,
     /// SURBs sent when the provider asked for more.
     pub surbs_topped_up: std::sync::atomic::AtomicU64,
-    /// Asks for more SURBs refused: the provider would hold more than a tag's bound.
+    /// Asks for more SURBs refused, whole or in part: the provider would hold more than a
+    /// tag's bound.
     pub surb_asks_refused: std::sync::atomic::AtomicU64,
+    /// SURBs sent to replace those built for mixnode keys that rotated out.
+    pub surbs_replaced: std::sync::atomic::AtomicU64,
 }
 
 /// Serves SOCKS5 on `listener` until the mixnet port closes.
@@ -65,11 +77,23 @@ pub async fn run(
         outgoing,
         mut incoming,
         own_address,
+        key_epochs,
     } = port;
+    // The key epoch our SURBs are labelled with: the oldest mixnode rotation of the topology.
+    let label = Arc::new(AtomicU32::new(key_epochs.borrow().oldest));
+    let follower = tokio::spawn(follow_rotations(
+        key_epochs,
+        label.clone(),
+        conns.clone(),
+        outgoing.clone(),
+        options.provider.clone(),
+        stats.clone(),
+    ));
     let dispatch_conns = conns.clone();
     let dispatch_stats = stats.clone();
     let dispatch_out = outgoing.clone();
     let provider = options.provider.clone();
+    let dispatch_label = label.clone();
     let dispatcher = tokio::spawn(async move {
         while let Some(message) = incoming.recv().await {
             let decoded = FromService::decode(&message.data)
@@ -79,12 +103,13 @@ pub async fn run(
                         Some((tag, Some(Response::decode(&body).ok()?)))
                     }
                     FromService::MoreSurbs { tag, wanted } => {
-                        let wanted = usize::from(wanted).min(SERVICE_SURBS_ASK);
+                        let wanted = usize::from(wanted);
+                        let key_epoch = dispatch_label.load(Relaxed);
                         top_up(
                             &dispatch_conns,
                             &dispatch_out,
                             &provider,
-                            tag,
+                            (tag, key_epoch),
                             wanted,
                             &dispatch_stats,
                         );
@@ -113,46 +138,129 @@ pub async fn run(
                 }
                 stats.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let reply_to = options.reveal_address.then(|| own_address.clone());
-                tokio::spawn(serve(stream, conns.clone(), outgoing.clone(), options.provider.clone(), reply_to));
+                let link = Link {
+                    conns: conns.clone(),
+                    outgoing: outgoing.clone(),
+                    provider: options.provider.clone(),
+                    label: label.clone(),
+                };
+                tokio::spawn(serve(stream, link, reply_to));
             }
             _ = outgoing.closed() => break,
         }
     }
     dispatcher.abort();
+    follower.abort();
 }
 
-/// The provider asks for `wanted` more SURBs under `tag`: send them, unless it would then
-/// hold more than a tag may (it spent one of ours to ask).
+/// What a connection's task needs of the proxy.
+struct Link {
+    conns: Conns,
+    outgoing: mpsc::Sender<Outgoing>,
+    provider: String,
+    label: Arc<AtomicU32>,
+}
+
+/// Sends `count` fresh SURBs under `tag`, labelled `key_epoch`, in messages of at most
+/// [`SERVICE_SURBS_PER_MESSAGE_MAX`] (the first arrives sooner than one large message would).
+fn send_surbs(
+    outgoing: &mpsc::Sender<Outgoing>,
+    provider: &str,
+    (tag, key_epoch): (SenderTag, u32),
+    count: usize,
+) {
+    let outgoing = outgoing.clone();
+    let provider = provider.to_string();
+    tokio::spawn(async move {
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(SERVICE_SURBS_PER_MESSAGE_MAX);
+            left -= n;
+            let message = Outgoing::Send {
+                to: provider.clone(),
+                bytes: ToService::Surbs { tag, key_epoch }.encode(),
+                reply_surbs: n,
+            };
+            if outgoing.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Follows the topology's key rotations: once every mixnode is on a newer rotation, labels
+/// SURBs with it and sends each open connection replacements for the SURBs its provider
+/// holds (the provider drops the older ones when they arrive).
+async fn follow_rotations(
+    mut key_epochs: watch::Receiver<KeyEpochs>,
+    label: Arc<AtomicU32>,
+    conns: Conns,
+    outgoing: mpsc::Sender<Outgoing>,
+    provider: String,
+    stats: Arc<ProxyStats>,
+) {
+    while key_epochs.changed().await.is_ok() {
+        if key_epochs.borrow_and_update().oldest <= label.load(Relaxed) {
+            continue;
+        }
+        // The client core takes the new topology from the same source: give it a moment, so
+        // no SURB built with the old keys carries the new label.
+        tokio::time::sleep(Duration::from_millis(limits::SOCKS_KEY_EPOCH_SETTLE_MS)).await;
+        let key_epoch = key_epochs.borrow_and_update().oldest;
+        label.store(key_epoch, Relaxed);
+        let replace: Vec<(SenderTag, usize)> = conns
+            .lock()
+            .map(|mut c| {
+                c.values_mut()
+                    .filter(|c| c.anonymous)
+                    .map(|c| {
+                        let count = c
+                            .surbs_out
+                            .clamp(SERVICE_SURBS_WINDOW_MIN, SERVICE_SURBS_WINDOW_MAX);
+                        c.surbs_out = count;
+                        (c.tag, count)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        tracing::info!(
+            key_epoch,
+            connections = replace.len(),
+            "mixnode keys rotated: replacing SURBs"
+        );
+        for (tag, count) in replace {
+            stats.surbs_replaced.fetch_add(count as u64, Relaxed);
+            send_surbs(&outgoing, &provider, (tag, key_epoch), count);
+        }
+    }
+}
+
+/// The provider asks for `wanted` more SURBs under `tag`: send them, or as many as keep what
+/// it may hold within a tag's bound (it spent one of ours to ask); a cut is counted.
 fn top_up(
     conns: &Conns,
     outgoing: &mpsc::Sender<Outgoing>,
     provider: &str,
-    tag: SenderTag,
+    (tag, key_epoch): (SenderTag, u32),
     wanted: usize,
     stats: &ProxyStats,
 ) {
-    use std::sync::atomic::Ordering::Relaxed;
     let granted = conns.lock().ok().and_then(|mut c| {
-        let conn = c.values_mut().find(|c| c.tag == tag)?;
+        let conn = c.values_mut().find(|c| c.tag == tag && c.anonymous)?;
         conn.surbs_out = conn.surbs_out.saturating_sub(1);
-        if conn.surbs_out + wanted > SERVICE_TAG_SURBS_MAX {
+        let room = SERVICE_TAG_SURBS_MAX.saturating_sub(conn.surbs_out);
+        let granted = wanted.min(SERVICE_SURBS_WINDOW_MAX).min(room);
+        if granted < wanted {
             stats.surb_asks_refused.fetch_add(1, Relaxed);
-            return None;
         }
-        conn.surbs_out += wanted;
-        Some(wanted)
+        conn.surbs_out += granted;
+        Some(granted)
     });
-    let Some(granted) = granted else { return };
-    stats.surbs_topped_up.fetch_add(granted as u64, Relaxed);
-    let message = Outgoing::Send {
-        to: provider.to_string(),
-        bytes: ToService::Surbs { tag }.encode(),
-        reply_surbs: granted,
+    let Some(granted) = granted.filter(|g| *g > 0) else {
+        return;
     };
-    let outgoing = outgoing.clone();
-    tokio::spawn(async move {
-        let _ = outgoing.send(message).await;
-    });
+    stats.surbs_topped_up.fetch_add(granted as u64, Relaxed);
+    send_surbs(outgoing, provider, (tag, key_epoch), granted);
 }
 
 fn dispatch(conns: &Conns, tag: SenderTag, response: Response) {
@@ -213,13 +321,13 @@ fn dispatch(conns: &Conns, tag: SenderTag, response: Response) {
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
-    conns: Conns,
-    outgoing: mpsc::Sender<Outgoing>,
-    provider: String,
-    reply_to: Option<String>,
-) {
+async fn serve(mut stream: TcpStream, link: Link, reply_to: Option<String>) {
+    let Link {
+        conns,
+        outgoing,
+        provider,
+        label,
+    } = link;
     let Ok(target) = socks5::accept(&mut stream).await else {
         return;
     };
@@ -241,11 +349,13 @@ async fn serve(
                 ordered: Ordered::new(limits::SOCKS_REORDER_BYTES_MAX),
                 to_socket,
                 surbs_out: reply_surbs,
+                anonymous: reply_to.is_none(),
             },
         );
     }
     let connect = ToService::Request {
         tag,
+        key_epoch: label.load(Relaxed),
         reply_to: reply_to.clone(),
         body: Request::Connect { conn_id, target }.encode(),
     };
@@ -298,6 +408,7 @@ async fn serve(
             seq += 1;
             let request = ToService::Request {
                 tag,
+                key_epoch: label.load(Relaxed),
                 reply_to: None,
                 body: Request::Data(chunk).encode(),
             };
@@ -324,5 +435,5 @@ async fn serve(
     tokio::join!(upstream, downstream);
     if let Ok(mut c) = conns.lock() {
         c.remove(&conn_id);
-    }
+    };
 }

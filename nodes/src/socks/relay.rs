@@ -4,7 +4,8 @@
 //! came along. The client library's adapter (`cli::bridge`) pumps both; tests use an
 //! in-memory mixnet that reorders.
 
-use tokio::sync::{mpsc, oneshot};
+use lethe_proto::service::KeyEpochs;
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// One command to the mixnet client.
 #[derive(Debug)]
@@ -51,4 +52,7 @@ pub struct MixnetPort {
     pub incoming: mpsc::Receiver<Incoming>,
     /// This endpoint's own address (sent only when the user chooses to reveal it).
     pub own_address: String,
+    /// The mixnode key rotations of the client's topology, as it refreshes: which SURBs are
+    /// current (see [`lethe_proto::service`]).
+    pub key_epochs: watch::Receiver<KeyEpochs>,
 }

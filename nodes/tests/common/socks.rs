@@ -25,6 +25,20 @@ pub fn http_server(body: Vec<u8>) -> SocketAddr {
 
 /// A SOCKS5 CONNECT to `target` through `proxy`, then an HTTP GET; returns the body.
 pub fn fetch_through_socks(proxy: SocketAddr, target: SocketAddr) -> Vec<u8> {
+    let mut s = get_through_socks(proxy, target);
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response")
+        + 4;
+    response.split_off(split)
+}
+
+/// A SOCKS5 CONNECT to `target` through `proxy` with an HTTP GET sent: the stream to read
+/// the response from (reads time out after [`WAIT_MAX`]).
+pub fn get_through_socks(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(proxy).unwrap();
     s.set_read_timeout(Some(WAIT_MAX)).unwrap();
     s.write_all(&[5, 1, 0]).unwrap();
@@ -42,12 +56,5 @@ pub fn fetch_through_socks(proxy: SocketAddr, target: SocketAddr) -> Vec<u8> {
     s.read_exact(&mut reply).unwrap();
     assert_eq!(reply[1], 0, "SOCKS5 reply code");
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    let mut response = Vec::new();
-    s.read_to_end(&mut response).unwrap();
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP response")
-        + 4;
-    response.split_off(split)
+    s
 }

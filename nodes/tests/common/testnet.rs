@@ -24,6 +24,12 @@ pub struct Testnet {
 impl Testnet {
     /// `lethe testnet up --dir DIR --epoch-s 30 EXTRA` in a fresh `dir`; must succeed.
     pub fn up(dir: &Path, extra: &[&str]) -> Testnet {
+        Testnet::up_env(dir, extra, &[])
+    }
+
+    /// [`Testnet::up`] with `env` set for the testnet and every node it starts (for settings
+    /// only an environment variable reaches, e.g. `LETHE_ROTATION_INTERVAL_S`).
+    pub fn up_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Testnet {
         let _ = std::fs::remove_dir_all(dir);
         let mut args = vec![
             "testnet",
@@ -34,7 +40,12 @@ impl Testnet {
             "30",
         ];
         args.extend_from_slice(extra);
-        let out = lethe(&args);
+        let out = Command::new(LETHE)
+            .args(&args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "testnet up failed: {}",

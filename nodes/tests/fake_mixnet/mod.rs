@@ -103,11 +103,13 @@ pub fn shuffling_mixnet() -> (MixnetPort, MixnetPort, Seen) {
             outgoing: endpoint(PROXY),
             incoming: proxy_in,
             own_address: PROXY.into(),
+            key_epochs: tokio::sync::watch::channel(Default::default()).1,
         },
         MixnetPort {
             outgoing: endpoint(PROVIDER),
             incoming: provider_in,
             own_address: PROVIDER.into(),
+            key_epochs: tokio::sync::watch::channel(Default::default()).1,
         },
         seen,
     )
