@@ -31,7 +31,7 @@ use crate::batcher::Batcher;
 use crate::limits::EngineConfig;
 use crate::metrics::{CoreMetrics, DropReason, Stage};
 use crate::pool::{BufId, BufferPool};
-use crate::replay::ReplayFilterSet;
+use crate::replay::{ReplayFilterSet, ReplayTag};
 use crate::timer_wheel::{TickClock, TimerWheel};
 
 pub use keys::{LiveKey, NodeKeys, SphinxKey};
@@ -77,6 +77,20 @@ pub enum Action {
         destination: [u8; 32],
         identifier: [u8; 16],
         buffer: BufId,
+    },
+}
+
+/// What the unwrap of a packet said, for [`Core::handle_decoded`]: what the Sphinx seam's
+/// [`Outcome`] says of a packet that verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodedHop {
+    Forward {
+        next_hop: [u8; 32],
+        delay_ns: u64,
+    },
+    Final {
+        destination: [u8; 32],
+        identifier: [u8; 16],
     },
 }
 
@@ -263,24 +277,10 @@ impl Core {
         packet: &[u8],
         tag: u64,
     ) -> Admitted {
-        CoreMetrics::add(&self.metrics.packets_received, 1);
-        self.note_arrival(now_us);
-        let Some(size) = PacketSize::from_sphinx_packet_len(packet.len()) else {
-            return Admitted::Dropped(self.drop_packet(DropReason::Malformed));
+        let id = match self.admit(now_us, packet, tag) {
+            Ok(id) => id,
+            Err(reason) => return Admitted::Dropped(reason),
         };
-        if !self.config.packet_sizes.contains(size) {
-            return Admitted::Dropped(self.drop_packet(DropReason::PacketSizeDisabled));
-        }
-        // `validate` checked every enabled size fits a buffer.
-        assert!(packet.len() <= self.pool.buffer_bytes() as usize);
-        let Some(id) = self.pool.alloc() else {
-            return Admitted::Dropped(self.drop_packet(DropReason::Overload));
-        };
-        self.pool.get_mut(&id)[..packet.len()].copy_from_slice(packet);
-        let meta = &mut self.meta[id.index() as usize];
-        meta.len = packet.len() as u32;
-        meta.arrived_us = now_us;
-        meta.tag = tag;
         assert!(self.batch.is_empty());
         let batched = Batched {
             buffer: id,
@@ -294,6 +294,77 @@ impl Core {
             Some(ran) => Admitted::BatchRan(ran),
             None => Admitted::Queued,
         }
+    }
+
+    /// A packet whose unwrap the caller did: `packet` holds the bytes as they leave this hop
+    /// and `hop` what the unwrap said. This is the simulator's cost model (packets carried in
+    /// the clear, no crypto); everything after the unwrap is the Sphinx path's own: the size
+    /// check, a pool buffer, the primary key's replay filter (keyed by `replay_tag`), the delay
+    /// in the timer wheel, every drop under its reason, the batch accounting. The packet is a
+    /// batch of one and waits in no batcher: the caller models the processing time.
+    pub fn handle_decoded(
+        &mut self,
+        now_us: u64,
+        packet: &[u8],
+        hop: DecodedHop,
+        replay_tag: &ReplayTag,
+        tag: u64,
+    ) -> Admitted {
+        let id = match self.admit(now_us, packet, tag) {
+            Ok(id) => id,
+            Err(reason) => return Admitted::Dropped(reason),
+        };
+        // The wheel's clamp is relative to its own time: bring it to now first (as a batch does).
+        self.fire_timers(now_us);
+        self.metrics.batch_packets.record(1);
+        self.metrics.stage(Stage::BatchWait).record(0);
+        let rotation_id = self.keys.primary.rotation_id;
+        let outcome = match (self.replay.check_and_insert(rotation_id, replay_tag), hop) {
+            (None, _) => Outcome::UnknownKey,
+            (Some(true), _) => Outcome::Replayed,
+            (Some(false), DecodedHop::Forward { next_hop, delay_ns }) => Outcome::Forward {
+                next_hop,
+                delay_ns,
+                rotation_id,
+            },
+            (
+                Some(false),
+                DecodedHop::Final {
+                    destination,
+                    identifier,
+                },
+            ) => Outcome::Final {
+                destination,
+                identifier,
+                rotation_id,
+            },
+        };
+        self.route_outcome(now_us, id, outcome);
+        self.fire_timers(now_us);
+        Admitted::BatchRan(BatchRan { packets: 1 })
+    }
+
+    /// Counts a packet in and copies it into a pool buffer tagged `tag`, or says why not.
+    fn admit(&mut self, now_us: u64, packet: &[u8], tag: u64) -> Result<BufId, DropReason> {
+        CoreMetrics::add(&self.metrics.packets_received, 1);
+        self.note_arrival(now_us);
+        let Some(size) = PacketSize::from_sphinx_packet_len(packet.len()) else {
+            return Err(self.drop_packet(DropReason::Malformed));
+        };
+        if !self.config.packet_sizes.contains(size) {
+            return Err(self.drop_packet(DropReason::PacketSizeDisabled));
+        }
+        // `validate` checked every enabled size fits a buffer.
+        assert!(packet.len() <= self.pool.buffer_bytes() as usize);
+        let Some(id) = self.pool.alloc() else {
+            return Err(self.drop_packet(DropReason::Overload));
+        };
+        self.pool.get_mut(&id)[..packet.len()].copy_from_slice(packet);
+        let meta = &mut self.meta[id.index() as usize];
+        meta.len = packet.len() as u32;
+        meta.arrived_us = now_us;
+        meta.tag = tag;
+        Ok(id)
     }
 
     /// A frame the decoder skipped (unknown packet type, bad rotation byte): counted only.

@@ -59,3 +59,65 @@ fn steady_state_does_not_allocate_per_packet() {
     assert_eq!(after - before, 0, "allocations in steady state");
     assert_eq!(core.buffers_in_use(), 0);
 }
+
+/// The decoded-hop entry (the simulator's cost model) allocates nothing per packet either.
+#[test]
+fn decoded_hops_do_not_allocate_per_packet() {
+    use lethe_crypto::framing::PacketSize;
+    use lethe_crypto::sphinx::address;
+    use lethe_engine::core::DecodedHop;
+    let mut r = rng(43);
+    let mut core = core_with(config(), one_key(secret(&mut r), 2), &[2]);
+    let bytes = vec![0u8; PacketSize::Regular.packet_len()];
+    let next_hop = address::encode(&addr(2));
+    // Replay tags as Sphinx's are: uniform bytes (the filter takes its bit positions from them).
+    let tags: Vec<[u8; 32]> = (0..350)
+        .map(|_| {
+            let mut tag = [0u8; 32];
+            rand_core::Rng::fill_bytes(&mut r, &mut tag);
+            tag
+        })
+        .collect();
+    let mut forwarded = 0u32;
+    let mut run = |core: &mut lethe_engine::core::Core, from: u32, to: u32| {
+        let mut now_us = u64::from(from) * 1_000;
+        for i in from..to {
+            // 0..50 in the warm-up, 50..350 after: each tag once.
+            let tag = tags[if i >= 50_000 { i - 50_000 + 50 } else { i } as usize];
+            let hop = DecodedHop::Forward {
+                next_hop,
+                delay_ns: u64::from(i % 7) * 100_000,
+            };
+            let _ = core.handle_decoded(now_us, &bytes, hop, &tag, u64::from(i));
+            let _ = core.handle_decoded(now_us, &bytes, hop, &tag, 0); // replay
+            now_us += 1_000;
+            core.handle_timeout(now_us);
+            while let Some(action) = core.poll_action() {
+                if let Action::Forward { buffer, .. } = action {
+                    forwarded += 1;
+                    core.release(buffer);
+                }
+            }
+        }
+        now_us += 10_000_000;
+        for _ in 0..1_000 {
+            core.handle_timeout(now_us);
+            while let Some(action) = core.poll_action() {
+                if let Action::Forward { buffer, .. } = action {
+                    forwarded += 1;
+                    core.release(buffer);
+                }
+            }
+            if core.poll_timeout().is_none_or(|t| t > now_us) {
+                break;
+            }
+        }
+    };
+    run(&mut core, 0, 50); // warm-up
+    let before = allocations();
+    run(&mut core, 50_000, 50_300);
+    let after = allocations();
+    assert_eq!(forwarded, 350);
+    assert_eq!(after - before, 0, "allocations in steady state");
+    assert_eq!(core.buffers_in_use(), 0);
+}

@@ -674,3 +674,67 @@ fn delay_lateness_ends_at_the_hand_off_after_the_crypto() {
     let residence = core.metrics().stage(Stage::ProcessingResidence);
     assert_eq!((residence.count(), residence.sum()), (1, 800));
 }
+
+/// The decoded-hop entry (the simulator's cost model) shares the Sphinx path after the
+/// unwrap: the delay in the wheel from arrival, the replay filter on the tag, the final hop,
+/// the size check, the batch accounting.
+#[test]
+fn decoded_hops_delay_replay_and_deliver_like_sphinx_ones() {
+    use lethe_crypto::sphinx::address;
+    use lethe_engine::core::DecodedHop;
+    let mut r = rng(9);
+    let mut core = core_with(config(), one_key(secret(&mut r), 2), &[2]);
+    let bytes = vec![7u8; PacketSize::Regular.packet_len()];
+    let forward = DecodedHop::Forward {
+        next_hop: address::encode(&addr(2)),
+        delay_ns: 5_000_000,
+    };
+    let mut tags = [[0u8; 32]; 3];
+    for tag in &mut tags {
+        rand_core::Rng::fill_bytes(&mut r, tag);
+    }
+    let tag = tags[0];
+    let admitted = core.handle_decoded(10, &bytes, forward, &tag, 77);
+    assert_eq!(admitted, Admitted::BatchRan(BatchRan { packets: 1 }));
+    assert_eq!(core.delayed_count(), 1);
+    assert!(forwards(&mut core).is_empty());
+    // The same tag again is a replay, dropped as the Sphinx path drops one.
+    core.handle_decoded(20, &bytes, forward, &tag, 78);
+    assert_eq!(dropped(&core, DropReason::Replayed), 1);
+    let mut out = Vec::new();
+    for _ in 0..1_000 {
+        let Some(due) = core.poll_timeout() else {
+            break;
+        };
+        core.handle_timeout(due);
+        out.extend(forwards(&mut core));
+    }
+    assert_eq!(out.len(), 1);
+    let (next_hop, at_us, sent) = &out[0];
+    assert_eq!(*next_hop, addr(2));
+    assert_eq!(*at_us, 5_010);
+    assert_eq!(sent, &bytes);
+    // A final hop comes out at once as a delivery, with its buffer's tag.
+    let final_hop = DecodedHop::Final {
+        destination: [3; 32],
+        identifier: [4; 16],
+    };
+    core.handle_decoded(6_000, &bytes, final_hop, &tags[1], 79);
+    let actions = drain(&mut core);
+    assert_eq!(actions.len(), 1);
+    match &actions[0] {
+        Action::Deliver {
+            destination,
+            identifier,
+            buffer,
+        } => {
+            assert_eq!((*destination, *identifier), ([3; 32], [4; 16]));
+            assert_eq!(core.tag(buffer), 79);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A length no Sphinx size has is malformed here too.
+    let short = core.handle_decoded(6_001, &bytes[..100], forward, &tags[2], 80);
+    assert_eq!(short, Admitted::Dropped(DropReason::Malformed));
+    assert_eq!(core.metrics().batch_packets.count(), 3);
+}

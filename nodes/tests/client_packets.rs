@@ -53,6 +53,7 @@ fn builder<'a>(net: &'a TestMixnet, own: &Party) -> Builder<'a> {
             ack_ms: 15.0,
         },
         size: SIZE,
+        format: lethe_proto::loopix::PacketFormat::Sphinx,
     }
 }
 

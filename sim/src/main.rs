@@ -93,9 +93,54 @@ enum Command {
     Bench {
         #[arg(long)]
         config: PathBuf,
+        /// Where the trace goes; without it, rows are only counted.
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        set: Overrides,
     },
+    /// A benchmark: the largest client count (bisected in [2, --clients-max]) whose run of
+    /// CONFIG simulates as fast as real time on one core, untraced. A run is given up once
+    /// the wall clock is 1 s ahead of the virtual time.
+    RealTime {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        clients_max: u32,
+        /// Stop when the bracket is narrower than this share of its lower end.
+        #[arg(long, default_value_t = 0.05)]
+        precision: f64,
+        #[command(flatten)]
+        set: Overrides,
+    },
+}
+
+/// Fields of a config a benchmark may set on the command line.
+#[derive(clap::Args)]
+struct Overrides {
+    /// Sphinx real or the cost model (`real`, `cost_model`).
+    #[arg(long)]
+    sphinx: Option<String>,
+    #[arg(long)]
+    clients: Option<u32>,
+    #[arg(long)]
+    duration_ms: Option<u64>,
+}
+
+impl Overrides {
+    fn apply(&self, config: &mut SimConfig) -> Result<(), String> {
+        if let Some(mode) = &self.sphinx {
+            config.sphinx = serde_json::from_value(serde_json::Value::String(mode.clone()))
+                .map_err(|_| format!("--sphinx {mode}: real or cost_model"))?;
+        }
+        if let Some(clients) = self.clients {
+            config.clients = clients;
+        }
+        if let Some(duration_ms) = self.duration_ms {
+            config.duration_ms = duration_ms;
+        }
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {
@@ -120,7 +165,13 @@ fn main() -> ExitCode {
             });
             metrics_command(&trace, warmup_s, drain_s, labelled, json)
         }
-        Command::Bench { config, out } => bench(&config, &out),
+        Command::Bench { config, out, set } => bench(&config, out.as_deref(), &set),
+        Command::RealTime {
+            config,
+            clients_max,
+            precision,
+            set,
+        } => real_time(&config, clients_max, precision, &set),
         Command::Merge { dir } => lethe_sim::merge::merge_parts(&dir)
             .map(|path| println!("{}", path.display()))
             .map_err(|e| e.to_string()),
@@ -190,17 +241,17 @@ fn run(config_path: &Path, out: &Path, seeds: u64, lab: bool) -> Result<(), Stri
     Ok(())
 }
 
-fn bench(config_path: &Path, out: &Path) -> Result<(), String> {
-    let text = std::fs::read_to_string(config_path)
-        .map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let config: SimConfig =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let started = std::time::Instant::now();
-    let summary =
-        sim::run(&config, &out.join("trace.csv"), &commit()).map_err(|e| e.to_string())?;
-    let wall_s = started.elapsed().as_secs_f64().max(1e-9);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+fn load_config(path: &Path, set: &Overrides) -> Result<SimConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut config: SimConfig =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    set.apply(&mut config)?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
             info.lines()
@@ -208,16 +259,112 @@ fn bench(config_path: &Path, out: &Path) -> Result<(), String> {
                 .and_then(|l| l.split(':').nth(1))
                 .map(|m| m.trim().to_string())
         })
-        .unwrap_or_else(|| "unknown".to_string());
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+fn bench(config_path: &Path, out: Option<&Path>, set: &Overrides) -> Result<(), String> {
+    let config = load_config(config_path, set)?;
+    let started = std::time::Instant::now();
+    let summary = match out {
+        Some(out) => {
+            std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+            sim::run(&config, &out.join("trace.csv"), &commit())
+        }
+        None => sim::run_untraced(&config, &commit()),
+    }
+    .map_err(|e| e.to_string())?;
+    let wall_s = started.elapsed().as_secs_f64().max(1e-9);
     println!(
-        "{}: {} events, {} trace rows, {} simulated s in {wall_s:.2} s wall on one core of {cpu}: \
-         {:.0} events/s, {:.0} rows/s",
+        "{} ({} clients, sphinx {:?}, trace {}): {} events, {} trace rows, {:.1} simulated s \
+         ({} s of sending) in {wall_s:.2} s wall on one core of {}: {:.0} events/s, {:.0} rows/s; \
+         real packets {} sent / {} delivered, messages {} / {} acknowledged",
         config_path.display(),
+        config.clients,
+        config.sphinx,
+        if out.is_some() { "written" } else { "counted" },
         summary.events_count,
         summary.trace_rows_count,
+        summary.end_ns as f64 / 1e9,
         config.duration_ms as f64 / 1e3,
+        cpu_name(),
         summary.events_count as f64 / wall_s,
         summary.trace_rows_count as f64 / wall_s,
+        summary.real_sent_count,
+        summary.real_delivered_count,
+        summary.messages_count,
+        summary.messages_acked_count,
+    );
+    Ok(())
+}
+
+/// Bisection steps at most (2^20 > CLIENTS_MAX).
+const REAL_TIME_STEPS_MAX: u32 = 20;
+
+fn real_time(
+    config_path: &Path,
+    clients_max: u32,
+    precision: f64,
+    set: &Overrides,
+) -> Result<(), String> {
+    let base = load_config(config_path, set)?;
+    let fits = |clients: u32| -> Result<bool, String> {
+        let config = SimConfig {
+            clients,
+            ..base.clone()
+        };
+        config.validate()?;
+        let started = std::time::Instant::now();
+        let result = sim::run_untraced_real_time(&config, &commit(), started);
+        let wall_s = started.elapsed().as_secs_f64();
+        match result {
+            Ok(summary) => {
+                let simulated_s = summary.end_ns as f64 / 1e9;
+                let fits = wall_s <= simulated_s;
+                println!(
+                    "{clients} clients: {simulated_s:.1} simulated s in {wall_s:.1} s wall, \
+                     {} events ({:.0}/s): {}",
+                    summary.events_count,
+                    summary.events_count as f64 / wall_s.max(1e-9),
+                    if fits { "real time" } else { "slower" }
+                );
+                Ok(fits)
+            }
+            Err(sim::SimError::BehindRealTime { at_ns }) => {
+                println!(
+                    "{clients} clients: behind real time at {:.1} simulated s ({wall_s:.1} s wall)",
+                    at_ns as f64 / 1e9
+                );
+                Ok(false)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let (mut low, mut high) = (2u32, clients_max.max(2));
+    if !fits(low)? {
+        println!("not even {low} clients run in real time");
+        return Ok(());
+    }
+    if fits(high)? {
+        low = high;
+    }
+    for _ in 0..REAL_TIME_STEPS_MAX {
+        if high - low <= ((f64::from(low) * precision) as u32).max(1) {
+            break;
+        }
+        let middle = low + (high - low) / 2;
+        if fits(middle)? {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    println!(
+        "{}: at most {low} clients in real time (bracket [{low}, {high}]) on one core of {}, \
+         sphinx {:?}, {} s of sending",
+        config_path.display(),
+        cpu_name(),
+        base.sphinx,
+        base.duration_ms as f64 / 1e3
     );
     Ok(())
 }

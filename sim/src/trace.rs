@@ -322,9 +322,10 @@ impl TraceMeta {
     }
 }
 
-/// Streams events to `<path>` and writes the sidecar next to it.
+/// Streams events to `<path>` and writes the sidecar next to it; or, made with
+/// [`TraceWriter::counting`], only counts them (a benchmark of the simulation alone).
 pub struct TraceWriter {
-    out: BufWriter<File>,
+    out: Option<BufWriter<File>>,
     path: PathBuf,
     meta: TraceMeta,
     events_count: u64,
@@ -353,8 +354,22 @@ impl TraceWriter {
         }
         writeln!(out, "{header}")?;
         Ok(TraceWriter {
-            out,
+            out: Some(out),
             path: path.to_path_buf(),
+            meta,
+            events_count: 0,
+        })
+    }
+
+    /// A writer that writes nothing, not even the sidecar, and counts the rows.
+    pub fn counting(meta: TraceMeta) -> Result<TraceWriter, TraceError> {
+        if meta.lab && !LAB_BUILT {
+            return Err(TraceError::LabNotBuilt);
+        }
+        meta.check()?;
+        Ok(TraceWriter {
+            out: None,
+            path: PathBuf::new(),
             meta,
             events_count: 0,
         })
@@ -389,6 +404,10 @@ impl TraceWriter {
         if !self.meta.lab && !event.lab.is_empty() {
             return Err(TraceError::LabFieldsRefused);
         }
+        let Some(out) = self.out.as_mut() else {
+            self.events_count += 1;
+            return Ok(());
+        };
         let name = |index: Option<u32>| -> Result<&str, TraceError> {
             match index {
                 None => Ok(""),
@@ -405,40 +424,38 @@ impl TraceWriter {
         if reason.contains([',', '"', '#', '\n']) {
             return Err(TraceError::Meta(format!("bad drop reason {reason:?}")));
         }
+        write!(out, "{},{},", event.t_ns, node)?;
+        write_opt(out, layer)?;
         write!(
-            self.out,
-            "{},{},{},{},{},{},{},{},{},{},{},{}",
-            event.t_ns,
-            node,
-            opt(layer),
+            out,
+            ",{},{},{},{},{},",
             event.kind.name(),
             event.class.name(),
             event.size_bytes,
             event.packet_id,
             name(event.next_hop)?,
-            opt(event.message_id),
-            opt(event.fragment_id),
-            name(event.destination)?,
-            reason,
         )?;
+        write_opt(out, event.message_id)?;
+        out.write_all(b",")?;
+        write_opt(out, event.fragment_id)?;
+        write!(out, ",{},{}", name(event.destination)?, reason)?;
         if self.meta.lab {
             let lab = &event.lab;
-            write!(
-                self.out,
-                ",{},{},{}",
-                opt(lab.in_packet_id),
-                opt(lab.delay_drawn_ns),
-                opt(lab.residence_ns)
-            )?;
+            for value in [lab.in_packet_id, lab.delay_drawn_ns, lab.residence_ns] {
+                out.write_all(b",")?;
+                write_opt(out, value)?;
+            }
         }
-        writeln!(self.out)?;
+        out.write_all(b"\n")?;
         self.events_count += 1;
         Ok(())
     }
 
     /// Flushes; the trace is complete only after this.
     pub fn finish(mut self) -> Result<TraceMeta, TraceError> {
-        self.out.flush()?;
+        if let Some(out) = self.out.as_mut() {
+            out.flush()?;
+        }
         Ok(self.meta)
     }
 }
@@ -457,8 +474,12 @@ pub fn current_commit() -> String {
     }
 }
 
-fn opt<T: fmt::Display>(value: Option<T>) -> String {
-    value.map(|v| v.to_string()).unwrap_or_default()
+/// A value, or nothing for `None` (written in place: a row allocates nothing).
+fn write_opt<T: fmt::Display>(out: &mut impl Write, value: Option<T>) -> io::Result<()> {
+    match value {
+        Some(v) => write!(out, "{v}"),
+        None => Ok(()),
+    }
 }
 
 /// Streams events back (one line in memory at a time).

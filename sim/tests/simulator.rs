@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::temp_dir;
 use lethe_sim::metrics::{compute, MetricsOptions, TraceMetrics};
-use lethe_sim::sim::{self, CoverRates, NodeFailure, SimConfig};
+use lethe_sim::sim::{self, CoverRates, NodeFailure, SimConfig, SphinxMode};
 use lethe_sim::trace::{Class, Kind, TraceReader};
 
 const S: u64 = 1_000_000_000;
@@ -55,8 +55,17 @@ fn a_seed_gives_the_same_trace_and_another_seed_another() {
 
 #[test]
 fn every_real_message_is_delivered_through_every_layer_and_acknowledged() {
-    let config = SimConfig::small(2);
-    let path = temp_dir("delivered").join("trace.csv");
+    for sphinx in [SphinxMode::Real, SphinxMode::CostModel] {
+        every_message_delivered(sphinx);
+    }
+}
+
+fn every_message_delivered(sphinx: SphinxMode) {
+    let config = SimConfig {
+        sphinx,
+        ..SimConfig::small(2)
+    };
+    let path = temp_dir(&format!("delivered-{sphinx:?}")).join("trace.csv");
     let summary = sim::run(&config, &path, "test").unwrap();
     assert_eq!(summary.real_delivered_count, summary.real_sent_count);
     assert_eq!(summary.dropped_count, 0);
@@ -513,5 +522,98 @@ fn the_configs_the_readme_runs_are_valid() {
         assert_eq!(config.validate(), Ok(()), "{}", path.display());
         count += 1;
     }
-    assert_eq!(count, 3);
+    assert_eq!(count, 5);
+}
+
+/// The cost model (clear packets, decoded hops, no session crypto) against real Sphinx on one
+/// seeded config with cover, mix loops and a mix capacity: they differ only in the crypto, so
+/// everything is delivered and acknowledged in both, and the metrics agree within sampling
+/// noise (the two draw different random streams: Sphinx's own randomness comes from the
+/// client cores' generators). Tolerance: 10 % on each mean (about 3 standard errors at this
+/// size), one bit of slack on nothing. The cost model is also deterministic.
+#[test]
+fn the_cost_model_gives_the_metrics_of_real_sphinx() {
+    let base = SimConfig {
+        duration_ms: 20_000,
+        clients: 10,
+        delay_ms_mean: 50.0,
+        message_rate_per_s: 4.0,
+        cover: Some(CoverRates {
+            payload_rate_per_s: 8.0,
+            loop_rate_per_s: 2.0,
+            drop_rate_per_s: 0.0,
+        }),
+        mix_loop_rate_per_s: 2.0,
+        mix_capacity_pps: Some(20_000.0),
+        ..SimConfig::small(11)
+    };
+    let mut results = Vec::new();
+    for sphinx in [SphinxMode::Real, SphinxMode::CostModel] {
+        let config = SimConfig {
+            sphinx,
+            ..base.clone()
+        };
+        let path = temp_dir(&format!("cost-model-{sphinx:?}")).join("trace.csv");
+        let summary = sim::run(&config, &path, "test").unwrap();
+        assert!(summary.messages_count > 500, "{sphinx:?}: {summary:?}");
+        assert_eq!(
+            summary.messages_acked_count, summary.messages_count,
+            "{sphinx:?}"
+        );
+        assert_eq!(summary.messages_received_count, summary.messages_count);
+        assert_eq!(summary.real_dropped_count, 0, "{sphinx:?}");
+        results.push((summary, metrics(&path, 2, 3), path));
+    }
+    let (real, cost) = (&results[0].1, &results[1].1);
+    let pairs = [
+        (
+            "mix entropy (bits)",
+            real.mix_entropy_bits_mean,
+            cost.mix_entropy_bits_mean,
+        ),
+        (
+            "sender entropy (bits)",
+            real.sender.entropy_bits.mean,
+            cost.sender.entropy_bits.mean,
+        ),
+        (
+            "end-to-end latency (ms)",
+            real.latency.end_to_end_ms.mean,
+            cost.latency.end_to_end_ms.mean,
+        ),
+        (
+            "lambda/mu",
+            real.queue.lambda_over_mu_mean(),
+            cost.queue.lambda_over_mu_mean(),
+        ),
+        (
+            "queue mean ratio",
+            real.queue.mean_ratio,
+            cost.queue.mean_ratio,
+        ),
+        (
+            "cover per real",
+            real.overhead.cover_per_real,
+            cost.overhead.cover_per_real,
+        ),
+    ];
+    for (name, a, b) in pairs {
+        println!("{name}: real {a:.4}, cost model {b:.4}");
+        assert!(
+            a > 0.0 && (a - b).abs() <= 0.10 * a,
+            "{name}: real {a}, cost model {b}"
+        );
+    }
+    // Same seed, same trace, in the cost model too.
+    let config = SimConfig {
+        sphinx: SphinxMode::CostModel,
+        ..base
+    };
+    let again = temp_dir("cost-model-again").join("trace.csv");
+    sim::run(&config, &again, "test").unwrap();
+    let first = std::fs::read(&results[1].2).unwrap();
+    assert!(
+        first == std::fs::read(&again).unwrap(),
+        "two cost-model runs of one seed differ"
+    );
 }

@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 use super::ack::AckKey;
 use super::address::Recipient;
+use super::clear::{self, PacketFormat};
 use super::message::{
     self, decode_body, encode_body, forward_fragment_capacity, open_forward, open_reply,
     reply_fragment_capacity, seal_forward, seal_reply, AttachedSurb, Fragment, FragmentHeader,
@@ -246,6 +247,7 @@ pub struct LoopixClient {
     ack_key: AckKey,
     params: LoopixParams,
     size: PacketSize,
+    format: PacketFormat,
     limits: ClientLimits,
     rng: StdRng,
     topology: Option<Arc<Topology>>,
@@ -312,6 +314,7 @@ impl LoopixClient {
             ack_key,
             params,
             size: PacketSize::Regular,
+            format: PacketFormat::Sphinx,
             limits,
             rng,
             topology: None,
@@ -349,6 +352,13 @@ impl LoopixClient {
             encryption_key: self.encryption_key,
             gateway: self.own.gateway,
         }
+    }
+
+    /// Clear packets and content instead of Sphinx and sealed content: a simulator's cost
+    /// model ([`super::clear`]); never for a client on a network. A clear client sends no
+    /// reply SURBs.
+    pub fn set_packet_format(&mut self, format: PacketFormat) {
+        self.format = format;
     }
 
     pub fn set_topology(&mut self, topology: Arc<Topology>) {
@@ -452,16 +462,27 @@ impl LoopixClient {
         fragment: &Fragment,
         ack: &[u8; ACK_CONTENT_BYTES],
     ) -> Result<Built, String> {
-        let content = seal_forward(
-            &mut self.rng,
-            &recipient.encryption_key,
-            fragment,
-            self.size,
-        )
+        let content = match self.format {
+            PacketFormat::Sphinx => seal_forward(
+                &mut self.rng,
+                &recipient.encryption_key,
+                fragment,
+                self.size,
+            ),
+            PacketFormat::Clear => clear::seal_content(fragment, self.size),
+        }
         .map_err(|e| e.to_string())?;
         self.builder(topology)
             .to_recipient(&mut self.rng, recipient, &content, Some(ack))
             .map_err(|e| e.to_string())
+    }
+
+    /// Forward content for us: sealed, or clear for a clear client.
+    fn open_content(&self, content: &[u8]) -> Result<Fragment, message::MessageError> {
+        match self.format {
+            PacketFormat::Sphinx => open_forward(&self.encryption, content),
+            PacketFormat::Clear => clear::open_content(content),
+        }
     }
 
     fn builder<'a>(&self, topology: &'a Topology) -> Builder<'a> {
@@ -473,6 +494,7 @@ impl LoopixClient {
                 ack_ms: self.params.average_ack_delay_ms,
             },
             size: self.size,
+            format: self.format,
         }
     }
 
@@ -822,7 +844,7 @@ impl LoopixClient {
                     },
                 }
             }
-            DeliveryKind::Message => match open_forward(&self.encryption, bytes) {
+            DeliveryKind::Message => match self.open_content(bytes) {
                 Err(_) => {
                     self.counters.undecryptable += 1;
                     outcome.confirm.push(delivery_id);

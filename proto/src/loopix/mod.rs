@@ -4,6 +4,7 @@
 
 pub mod ack;
 pub mod address;
+pub mod clear;
 pub mod client;
 pub mod message;
 pub mod packets;
@@ -12,6 +13,7 @@ pub mod payer;
 pub mod retransmit;
 pub mod schedule;
 
+pub use clear::PacketFormat;
 pub use client::{
     Accepted, ClientLimits, Counters, LoopixClient, LoopixEvent, LoopixTransmit, Received,
     SendError, SendProgress,

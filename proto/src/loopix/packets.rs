@@ -12,6 +12,7 @@ use lethe_crypto::sphinx::{
 use rand::CryptoRng;
 
 use super::address::Recipient;
+use super::clear::{self, PacketFormat};
 use super::message::{forward_content_len, reply_content_len};
 use crate::topology::{self, Descriptor, Route, Topology, ROUTE_HOPS_MAX};
 use crate::wire::payload::{
@@ -82,6 +83,8 @@ pub struct Builder<'a> {
     pub own: SelfRoute,
     pub delays: Delays,
     pub size: PacketSize,
+    /// Sphinx, or clear packets for a simulator's cost model.
+    pub format: PacketFormat,
 }
 
 impl Builder<'_> {
@@ -124,6 +127,18 @@ impl Builder<'_> {
         destination: &Destination,
     ) -> Result<Vec<u8>, BuildError> {
         let route = route.hops();
+        if self.format == PacketFormat::Clear {
+            let delays_ns = &delays[..route.len()];
+            let nonce = rng.next_u64();
+            return Ok(clear::create(
+                nonce,
+                size,
+                message,
+                route,
+                delays_ns,
+                destination,
+            )?);
+        }
         let spec = PacketSpec {
             route,
             delays_ns: &delays[..route.len()],
@@ -248,6 +263,11 @@ impl Builder<'_> {
         rng: &mut R,
         identifier: [u8; 16],
     ) -> Result<(Surb, SurbRecovery), BuildError> {
+        if self.format == PacketFormat::Clear {
+            return Err(BuildError::Sphinx(sphinx::SphinxError::BadSurb(
+                "clear packets have no SURBs",
+            )));
+        }
         let route = self.route(rng, &self.own.gateway)?;
         let (delays, _) = Self::delays(rng, self.delays.ack_ms, route.hops().len());
         let destination = Destination {

@@ -59,6 +59,26 @@ pub struct NodeFailure {
     pub until_ms: u64,
 }
 
+/// What the packets are. `real`: Sphinx packets that clients build and engine cores unwrap,
+/// sealed end-to-end content, encrypted client-gateway sessions. `cost_model`: the same
+/// routes, delays, payloads and sizes in the clear (`lethe_proto::loopix::clear`), unwrapped
+/// by the simulator and handed to the engine core as decoded hops
+/// (`Core::handle_decoded`), and the sessions carried as in-order messages: no X25519, AES
+/// or ChaCha runs. A mix's processing time is `mix_capacity_pps` in both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SphinxMode {
+    #[default]
+    Real,
+    CostModel,
+}
+
+impl SphinxMode {
+    fn is_real(&self) -> bool {
+        *self == SphinxMode::Real
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimConfig {
@@ -95,6 +115,10 @@ pub struct SimConfig {
     /// (`overload`). None: processing takes no simulated time.
     #[serde(default)]
     pub mix_capacity_pps: Option<f64>,
+    /// Real Sphinx or the cost model. Left out of the JSON when real, so the hash of a
+    /// config written before the switch stays the same.
+    #[serde(default, skip_serializing_if = "SphinxMode::is_real")]
+    pub sphinx: SphinxMode,
 }
 
 impl SimConfig {
@@ -121,6 +145,7 @@ impl SimConfig {
             failures: Vec::new(),
             lab: false,
             mix_capacity_pps: None,
+            sphinx: SphinxMode::Real,
         }
     }
 

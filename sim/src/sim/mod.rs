@@ -12,11 +12,17 @@
 //! order they were scheduled (a sequence number breaks ties). Virtual time is in ns; the
 //! engine, the client core and the sessions are fed µs.
 //!
-//! Matching an engine output to its input: the core hands out a buffer whose arrival time
-//! (`Core::arrived_us`) the simulator matches against the packets it fed, so a mix's
-//! departures carry the right ground truth (class, message, lab link). Two packets fed to one
-//! node within the same µs are matched in arrival order. The engine runs one packet per batch
-//! (`batch_packets_max = 1`): a drop counted while a packet is fed is that packet's.
+//! Matching an engine output to its input: each packet is fed with its id as the core's tag,
+//! which its buffer keeps (`Core::tag`), so a mix's departures carry the right ground truth
+//! (class, message, lab link). The engine runs one packet per batch (`batch_packets_max = 1`):
+//! a drop counted while a packet is fed is that packet's.
+//!
+//! Sphinx real or a cost model ([`SphinxMode`]): with the cost model, clients build clear
+//! packets (`lethe_proto::loopix::clear`: same routes, delays, payloads and sizes), each node
+//! unwraps a hop itself and hands the engine core the decoded hop (`Core::handle_decoded`),
+//! which from there on is the Sphinx path (replay filter, timer wheel, drops), and the
+//! client-gateway sessions are in-order messages on the link. A mix's processing time is
+//! `mix_capacity_pps` in both modes.
 
 pub mod config;
 
@@ -28,15 +34,16 @@ use std::sync::Arc;
 
 use lethe_crypto::framing::{KeyRotation, PacketSize};
 use lethe_crypto::sphinx::{self, address, Destination, PacketSpec, RouteHop, Version};
-use lethe_engine::core::{Action, Admitted, Core, NodeKeys, SphinxKey};
+use lethe_engine::core::{Action, Admitted, Core, DecodedHop, NodeKeys, SphinxKey};
 use lethe_engine::limits::{PacketSizes, DELAY_MS_MAX};
 use lethe_engine::metrics::{CoreMetrics, DropReason};
 use lethe_engine::runtime::FinalHop;
 use lethe_engine::{EngineConfig, ReplayFilter, ReplayFilterSet, ReplayParams};
 use lethe_proto::final_hop::{self, FinalHopOutcome, Room};
 use lethe_proto::gateway_session::{FirstHops, GatewayConfig, Transmit};
+use lethe_proto::loopix::clear::{self, ClearHop};
 use lethe_proto::loopix::{
-    ClientLimits, LoopixClient, LoopixEvent, LoopixParams, LoopixTransmit, PacketKind,
+    ClientLimits, LoopixClient, LoopixEvent, LoopixParams, LoopixTransmit, PacketFormat, PacketKind,
 };
 use lethe_proto::topology::{sample_delays_ns, Descriptor, Role as TopologyRole, Topology};
 use lethe_proto::wire::handshake::identity_public;
@@ -51,7 +58,7 @@ use x25519_dalek::StaticSecret;
 use crate::trace::{
     Class, Kind, LabFields, NodeInfo, Role, TraceError, TraceEvent, TraceMeta, TraceWriter,
 };
-pub use config::{CoverRates, LinkModel, NodeFailure, SimConfig};
+pub use config::{CoverRates, LinkModel, NodeFailure, SimConfig, SphinxMode};
 
 /// Engine buffers (and timer entries) per simulated node: packets a node can hold at once.
 pub const ENGINE_BUFFERS_PER_NODE: u32 = 4_096;
@@ -84,6 +91,10 @@ pub enum SimError {
     /// Building a Sphinx packet failed (a bug: the routes are built here).
     Sphinx(String),
     EventsExhausted,
+    /// A real-time run fell behind the wall clock at this virtual time.
+    BehindRealTime {
+        at_ns: u64,
+    },
 }
 
 impl std::fmt::Display for SimError {
@@ -94,6 +105,13 @@ impl std::fmt::Display for SimError {
             SimError::Sphinx(what) => write!(f, "sphinx: {what}"),
             SimError::EventsExhausted => {
                 write!(f, "more than {} events: run stopped", config::EVENTS_MAX)
+            }
+            SimError::BehindRealTime { at_ns } => {
+                write!(
+                    f,
+                    "behind real time at {:.3} simulated s",
+                    *at_ns as f64 / 1e9
+                )
             }
         }
     }
@@ -111,6 +129,8 @@ impl From<TraceError> for SimError {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RunSummary {
     pub events_count: u64,
+    /// When the last event happened (virtual time).
+    pub end_ns: u64,
     pub trace_rows_count: u64,
     /// Real packets that left a client, retransmissions included.
     pub real_sent_count: u64,
@@ -196,6 +216,19 @@ enum Event {
         side: Side,
         transmit: Transmit,
     },
+    /// Cost model: a client's packet reaches its gateway (the session's crypto left out).
+    Relay {
+        client: u32,
+        first_hop: [u8; 32],
+        packet: Vec<u8>,
+    },
+    /// Cost model: a gateway's delivery reaches its client.
+    Delivery {
+        client: u32,
+        kind: DeliveryKind,
+        identifier: [u8; 16],
+        bytes: Vec<u8>,
+    },
 }
 
 struct Scheduled {
@@ -231,8 +264,8 @@ struct Pending {
 
 struct EngineNode {
     core: Core,
-    /// By arrival µs.
-    pending: HashMap<u64, VecDeque<Pending>>,
+    /// By packet id, the tag the core keeps with the packet's buffer.
+    pending: HashMap<u64, Pending>,
     wake_ns: Option<u64>,
     /// With a mix capacity: when the packets already waiting will have been processed.
     busy_until_ns: u64,
@@ -260,12 +293,23 @@ struct ClientNode {
     /// The simulator's id of each of the core's outgoing messages, until it is done.
     messages: HashMap<u64, u64>,
     wake_ns: Option<u64>,
+    /// Real Sphinx: the packets go through the session. Cost model: they leave here, in
+    /// order, for the gateway (first hop and packet), and deliveries come straight in.
+    sessions: bool,
+    relays: VecDeque<([u8; 32], Vec<u8>)>,
+    next_delivery_id_in: u64,
 }
 
 impl ClientNode {
     /// Hands the core's output to the session; `sent` gets each packet that left.
     fn core_transmit(&mut self, transmit: LoopixTransmit, sent: &mut Vec<(PacketKind, u32)>) {
         match transmit {
+            LoopixTransmit::Packet(built) if !self.sessions => {
+                sent.push((built.kind, built.packet.len() as u32));
+                self.relays.push_back((built.first_hop, built.packet));
+            }
+            // The cost model keeps no mailbox: nothing to confirm.
+            LoopixTransmit::Confirm(_) if !self.sessions => {}
             LoopixTransmit::Packet(built) => {
                 let (kind, size_bytes) = (built.kind, built.packet.len() as u32);
                 let message = ClientMessage::Forward {
@@ -284,6 +328,94 @@ impl ClientNode {
                 }
             }
         }
+    }
+}
+
+/// What a turn of a client's sessions hands the simulator: bytes for either end of the link,
+/// and packets the gateway's end relays (with their ground truth).
+#[derive(Default)]
+struct SessionOut {
+    to_gateway: Vec<Transmit>,
+    to_client: Vec<Transmit>,
+    #[allow(clippy::type_complexity)]
+    forwards: Vec<(SocketAddr, Vec<u8>, Option<(u64, PacketInfo)>)>,
+}
+
+impl ClientNode {
+    /// One turn of both ends of the client's session and the gateway's mailbox for it;
+    /// whether anything moved.
+    fn pump_sessions(&mut self, now_us: u64, layer1: &Layer1, out: &mut SessionOut) -> bool {
+        let mut moved = false;
+        while let Some(transmit) = self.session.poll_transmit() {
+            out.to_gateway.push(transmit);
+            moved = true;
+        }
+        while let Some(event) = self.session.poll_event() {
+            moved = true;
+            match event {
+                ClientEvent::Welcome { .. } => self.core.set_connected(true),
+                ClientEvent::Deliver {
+                    id,
+                    kind,
+                    identifier,
+                    mut bytes,
+                } => self
+                    .core
+                    .handle_delivery(now_us, id, kind, identifier, &mut bytes),
+                ClientEvent::Closed { .. } => self.core.set_connected(false),
+                // Unmetered: no balance, and refusals only end the session.
+                ClientEvent::Error { .. } | ClientEvent::Bandwidth { .. } => {}
+            }
+        }
+        // The gateway's end: what the client's bytes asked for.
+        while let Some(event) = self.gateway_session.poll_event() {
+            moved = true;
+            match event {
+                GatewayEvent::Authenticated { .. } => {
+                    let stored = self.mailbox.len() as u32;
+                    self.gateway_session.open(stored, None, layer1);
+                }
+                GatewayEvent::Forward { next_hop, packet } => {
+                    let ground = self.in_flight.pop_front();
+                    out.forwards.push((next_hop, packet, ground));
+                }
+                GatewayEvent::Confirm { ids } => {
+                    for id in ids {
+                        self.mailbox.remove(&id);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // The mailbox after what the session sent already.
+        if self.gateway_session.is_established() {
+            let cursor = self.gateway_session.cursor();
+            let waiting: Vec<u64> = self
+                .mailbox
+                .range(cursor + 1..)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in waiting {
+                let Some(stored) = self.mailbox.get(&id) else {
+                    continue;
+                };
+                let delivered = self.gateway_session.deliver(
+                    id,
+                    stored.kind,
+                    stored.identifier,
+                    stored.bytes.clone(),
+                );
+                if delivered == lethe_proto::gateway_session::Delivered::Full {
+                    break;
+                }
+                moved = true;
+            }
+        }
+        while let Some(transmit) = self.gateway_session.poll_transmit() {
+            out.to_client.push(transmit);
+            moved = true;
+        }
+        moved
     }
 }
 
@@ -329,6 +461,8 @@ struct World<'a> {
     summary: RunSummary,
     /// A mix's processing time per packet (1 / `mix_capacity_pps`), if modelled.
     service_ns: Option<u64>,
+    /// The cost model: clear packets, decoded hops, no sessions.
+    clear: bool,
 }
 
 /// SHA-256 of the config's JSON, hex.
@@ -345,18 +479,57 @@ fn node_address(index: u32) -> SocketAddr {
 
 /// Runs `config` and writes the trace to `trace_path` (and its sidecar).
 pub fn run(config: &SimConfig, trace_path: &Path, commit: &str) -> Result<RunSummary, SimError> {
+    run_to(config, Some(trace_path), commit, None)
+}
+
+/// Runs `config` and only counts the trace's rows (a benchmark of the simulation alone).
+pub fn run_untraced(config: &SimConfig, commit: &str) -> Result<RunSummary, SimError> {
+    run_to(config, None, commit, None)
+}
+
+/// [`run_untraced`], given up (`SimError::BehindRealTime`) as soon as the wall time since
+/// `started` runs more than `REAL_TIME_SLACK_NS` ahead of the virtual time: whether a
+/// configuration simulates as fast as real time, without waiting for one that does not.
+pub fn run_untraced_real_time(
+    config: &SimConfig,
+    commit: &str,
+    started: std::time::Instant,
+) -> Result<RunSummary, SimError> {
+    run_to(config, None, commit, Some(started))
+}
+
+/// Events between two looks at the wall clock in [`run_untraced_real_time`].
+const REAL_TIME_CHECK_EVENTS: u64 = 4_096;
+/// How far the wall clock may run ahead of the virtual time before a real-time run gives up.
+pub const REAL_TIME_SLACK_NS: u64 = 1_000_000_000;
+
+fn run_to(
+    config: &SimConfig,
+    trace_path: Option<&Path>,
+    commit: &str,
+    real_time: Option<std::time::Instant>,
+) -> Result<RunSummary, SimError> {
     config.validate().map_err(SimError::Config)?;
     let mut world = World::new(config, trace_path, commit)?;
     world.start()?;
     let mut events = 0u64;
+    let mut end_ns = 0;
     while let Some(scheduled) = world.queue.pop() {
         events += 1;
         if events > config::EVENTS_MAX {
             return Err(SimError::EventsExhausted);
         }
+        end_ns = scheduled.t_ns;
+        if let (Some(started), 0) = (real_time, events % REAL_TIME_CHECK_EVENTS) {
+            let wall_ns = started.elapsed().as_nanos() as u64;
+            if wall_ns > end_ns.saturating_add(REAL_TIME_SLACK_NS) {
+                return Err(SimError::BehindRealTime { at_ns: end_ns });
+            }
+        }
         world.handle(scheduled)?;
     }
     world.summary.events_count = events;
+    world.summary.end_ns = end_ns;
     world.summary.trace_rows_count = world.writer.events_count();
     for node in &world.nodes {
         if let NodeState::Client(client) = node {
@@ -424,7 +597,11 @@ fn loopix_params(config: &SimConfig) -> LoopixParams {
 }
 
 impl<'a> World<'a> {
-    fn new(config: &'a SimConfig, trace_path: &Path, commit: &str) -> Result<World<'a>, SimError> {
+    fn new(
+        config: &'a SimConfig,
+        trace_path: Option<&Path>,
+        commit: &str,
+    ) -> Result<World<'a>, SimError> {
         let mut rng = ChaCha20Rng::seed_from_u64(config.seed);
         let packet_size = match config.packet_size.as_str() {
             "regular" => PacketSize::Regular,
@@ -449,7 +626,10 @@ impl<'a> World<'a> {
         meta.layers = config.layers;
         meta.delay_mean_ns = (config.delay_ms_mean * NS_PER_MS as f64) as u64;
         meta.link_latency_ns_mean = link_latency_ns_mean(config);
-        let writer = TraceWriter::create(trace_path, meta)?;
+        let writer = match trace_path {
+            Some(path) => TraceWriter::create(path, meta)?,
+            None => TraceWriter::counting(meta)?,
+        };
         let addresses = (0..info.len() as u32)
             .map(|i| (node_address(i), i))
             .collect();
@@ -483,6 +663,7 @@ impl<'a> World<'a> {
             service_ns: config
                 .mix_capacity_pps
                 .map(|pps| ((1e9 / pps).round() as u64).max(1)),
+            clear: config.sphinx == SphinxMode::CostModel,
         })
     }
 
@@ -538,7 +719,11 @@ impl<'a> World<'a> {
             for stream in [Stream::Message, Stream::Drop] {
                 self.next_tick(c, stream, 0);
             }
-            // The session's first bytes (the client's handshake) leave at once.
+            // The session's first bytes (the client's handshake) leave at once; the cost
+            // model has no handshake.
+            if let Some(client) = self.client_mut(c).filter(|c| !c.sessions) {
+                client.core.set_connected(true);
+            }
             self.client_flush(c, 0)?;
         }
         let mixes: Vec<u32> = self.layers.iter().flatten().copied().collect();
@@ -573,6 +758,25 @@ impl<'a> World<'a> {
                 side,
                 transmit,
             } => self.session_arrive(client, side, transmit, t),
+            Event::Relay {
+                client,
+                first_hop,
+                packet,
+            } => self.relay_arrive(client, first_hop, packet, t),
+            Event::Delivery {
+                client,
+                kind,
+                identifier,
+                mut bytes,
+            } => {
+                if let Some(c) = self.client_mut(client) {
+                    let id = c.next_delivery_id_in;
+                    c.next_delivery_id_in += 1;
+                    c.core
+                        .handle_delivery(t / NS_PER_US, id, kind, identifier, &mut bytes);
+                }
+                self.client_flush(client, t)
+            }
         }
     }
 
@@ -679,9 +883,8 @@ impl<'a> World<'a> {
         for _ in 0..FLUSH_TURNS_MAX {
             let mut moved = false;
             let mut sent = Vec::new();
-            let mut to_gateway = Vec::new();
-            let mut to_client = Vec::new();
-            let mut forwards = Vec::new();
+            let mut out = SessionOut::default();
+            let mut relays = Vec::new();
             let mut received = 0u64;
             let mut acked = 0u64;
             {
@@ -690,7 +893,8 @@ impl<'a> World<'a> {
                     return Ok(());
                 };
                 // An unpaced client's real packets leave as soon as the session is up.
-                if !client.core.paced() && client.session.is_established() {
+                let up = !client.sessions || client.session.is_established();
+                if !client.core.paced() && up {
                     while let Some(built) = client.core.next_real(now_us) {
                         client.core_transmit(LoopixTransmit::Packet(built), &mut sent);
                         moved = true;
@@ -716,81 +920,18 @@ impl<'a> World<'a> {
                             }
                         }
                         LoopixEvent::Received(message) => {
-                            for id in &message.delivery_ids {
-                                client.session.confirm(*id);
+                            if client.sessions {
+                                for id in &message.delivery_ids {
+                                    client.session.confirm(*id);
+                                }
                             }
                             received += 1;
                         }
                     }
                 }
-                while let Some(transmit) = client.session.poll_transmit() {
-                    to_gateway.push(transmit);
-                    moved = true;
-                }
-                while let Some(event) = client.session.poll_event() {
-                    moved = true;
-                    match event {
-                        ClientEvent::Welcome { .. } => client.core.set_connected(true),
-                        ClientEvent::Deliver {
-                            id,
-                            kind,
-                            identifier,
-                            mut bytes,
-                        } => client
-                            .core
-                            .handle_delivery(now_us, id, kind, identifier, &mut bytes),
-                        ClientEvent::Closed { .. } => client.core.set_connected(false),
-                        // Unmetered: no balance, and refusals only end the session.
-                        ClientEvent::Error { .. } | ClientEvent::Bandwidth { .. } => {}
-                    }
-                }
-                // The gateway's end: what the client's bytes asked for.
-                while let Some(event) = client.gateway_session.poll_event() {
-                    moved = true;
-                    match event {
-                        GatewayEvent::Authenticated { .. } => {
-                            let stored = client.mailbox.len() as u32;
-                            client.gateway_session.open(stored, None, &*layer1);
-                        }
-                        GatewayEvent::Forward { next_hop, packet } => {
-                            let ground = client.in_flight.pop_front();
-                            forwards.push((next_hop, packet, ground));
-                        }
-                        GatewayEvent::Confirm { ids } => {
-                            for id in ids {
-                                client.mailbox.remove(&id);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                // The mailbox after what the session sent already.
-                if client.gateway_session.is_established() {
-                    let cursor = client.gateway_session.cursor();
-                    let waiting: Vec<u64> = client
-                        .mailbox
-                        .range(cursor + 1..)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in waiting {
-                        let Some(stored) = client.mailbox.get(&id) else {
-                            continue;
-                        };
-                        let delivered = client.gateway_session.deliver(
-                            id,
-                            stored.kind,
-                            stored.identifier,
-                            stored.bytes.clone(),
-                        );
-                        if delivered == lethe_proto::gateway_session::Delivered::Full {
-                            break;
-                        }
-                        moved = true;
-                    }
-                }
-                while let Some(transmit) = client.gateway_session.poll_transmit() {
-                    to_client.push(transmit);
-                    moved = true;
+                relays.extend(client.relays.drain(..));
+                if client.sessions {
+                    moved |= client.pump_sessions(now_us, layer1, &mut out);
                 }
             }
             self.summary.messages_received_count += received;
@@ -798,14 +939,26 @@ impl<'a> World<'a> {
             for (kind, size) in sent {
                 self.client_sent(node, kind, size, t)?;
             }
-            for transmit in to_gateway {
+            for transmit in out.to_gateway {
                 self.session_link(node, Side::ToGateway, transmit, t);
             }
-            for transmit in to_client {
+            for transmit in out.to_client {
                 self.session_link(node, Side::ToClient, transmit, t);
             }
-            for (next_hop, packet, ground) in forwards {
+            for (next_hop, packet, ground) in out.forwards {
                 self.gateway_forward(node, next_hop, packet, ground, t)?;
+            }
+            for (first_hop, packet) in relays {
+                let Some(gateway) = self.client_mut(node).map(|c| c.gateway) else {
+                    break;
+                };
+                let at = self.link_at(node, gateway, t);
+                let relay = Event::Relay {
+                    client: node,
+                    first_hop,
+                    packet,
+                };
+                self.schedule(at, relay);
             }
             if !moved {
                 return self.client_wake(node, t);
@@ -885,6 +1038,27 @@ impl<'a> World<'a> {
             }
         }
         self.client_flush(node, t)
+    }
+
+    /// Cost model: a client's packet at its gateway, which checks the first hop as the
+    /// gateway's session does and relays it.
+    fn relay_arrive(
+        &mut self,
+        client: u32,
+        first_hop: [u8; 32],
+        packet: Vec<u8>,
+        t: u64,
+    ) -> Result<(), SimError> {
+        let ground = self
+            .client_mut(client)
+            .and_then(|c| c.in_flight.pop_front());
+        // Never refused for the client core's own routes; a refused one is lost at the
+        // gateway as an unknown next hop.
+        let next_hop = self
+            .layer1
+            .check(&first_hop)
+            .unwrap_or(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)));
+        self.gateway_forward(client, next_hop, packet, ground, t)
     }
 
     /// The gateway relays a client's packet to its first mix (the session checked the hop).
@@ -974,9 +1148,21 @@ impl<'a> World<'a> {
             version: Version::CURRENT,
         };
         let message = info.message_id.to_le_bytes();
-        let payload_len = self.packet_size.payload_len();
-        sphinx::create(&message, payload_len, &spec, None, &mut self.rng)
-            .map_err(|e| SimError::Sphinx(format!("{e:?}")))
+        let created = if self.clear {
+            let nonce = self.rng.next_u64();
+            clear::create(
+                nonce,
+                self.packet_size,
+                &message,
+                &hops,
+                &delays_ns,
+                &destination,
+            )
+        } else {
+            let payload_len = self.packet_size.payload_len();
+            sphinx::create(&message, payload_len, &spec, None, &mut self.rng)
+        };
+        created.map_err(|e| SimError::Sphinx(format!("{e:?}")))
     }
 
     /// A mix's loop: through every other layer, in order, and back to the mix.
@@ -1128,22 +1314,58 @@ impl<'a> World<'a> {
             return self.drop_row(t, node, packet.id, &packet.info, "node_down");
         }
         let now_us = t / NS_PER_US;
-        let NodeState::Engine(engine) = &mut self.nodes[node as usize] else {
-            return self.drop_row(t, node, packet.id, &packet.info, "not_a_node");
+        let WirePacket {
+            id,
+            mut bytes,
+            info,
+        } = packet;
+        // The cost model's unwrap, before the engine core: what the Sphinx seam would say.
+        let decoded = if self.clear {
+            match clear::unwrap(&mut bytes) {
+                Ok(ClearHop::Forward {
+                    next_hop,
+                    delay_ns,
+                    replay_tag,
+                }) => Some((DecodedHop::Forward { next_hop, delay_ns }, replay_tag)),
+                Ok(ClearHop::Final {
+                    destination,
+                    identifier,
+                    replay_tag,
+                }) => Some((
+                    DecodedHop::Final {
+                        destination,
+                        identifier,
+                    },
+                    replay_tag,
+                )),
+                Err(_) => return self.drop_row(t, node, id, &info, "malformed"),
+            }
+        } else {
+            None
         };
-        engine
-            .pending
-            .entry(now_us)
-            .or_default()
-            .push_back(Pending {
-                packet_id: packet.id,
-                arrive_ns,
-                info: packet.info,
-            });
+        let NodeState::Engine(engine) = &mut self.nodes[node as usize] else {
+            return self.drop_row(t, node, id, &info, "not_a_node");
+        };
+        let pending = Pending {
+            packet_id: id,
+            arrive_ns,
+            info,
+        };
+        engine.pending.insert(id, pending);
         let before = drop_counts(&engine.core);
-        let admitted = engine
-            .core
-            .handle_packet(now_us, KeyRotation::Unknown, &packet.bytes);
+        let admitted = match decoded {
+            Some((hop, replay_tag)) => {
+                engine
+                    .core
+                    .handle_decoded(now_us, &bytes, hop, &replay_tag, id)
+            }
+            None => {
+                let rotation = KeyRotation::Unknown;
+                engine
+                    .core
+                    .handle_packet_tagged(now_us, rotation, &bytes, id)
+            }
+        };
         // One packet per batch: a drop counted during this call (refused at once, or by the
         // batch it ran: replayed, malformed, no room for its timer) is this packet's.
         let reason = match admitted {
@@ -1159,7 +1381,7 @@ impl<'a> World<'a> {
             }
         };
         if let Some(reason) = reason {
-            if let Some(p) = take_pending_last(engine, now_us) {
+            if let Some(p) = engine.pending.remove(&id) {
                 self.drop_row(t, node, p.packet_id, &p.info, reason.label())?;
             }
         }
@@ -1209,8 +1431,9 @@ impl<'a> World<'a> {
                 } => {
                     let arrived_us = engine.core.arrived_us(&buffer);
                     let bytes = engine.core.packet(&buffer).to_vec();
+                    let tag = engine.core.tag(&buffer);
+                    let pending = engine.pending.remove(&tag);
                     engine.core.release(buffer);
-                    let pending = take_pending(engine, arrived_us);
                     let next = self.addresses.get(&next_hop).copied();
                     self.forwarded(node, t, pending, next, bytes, at_us, arrived_us)?;
                 }
@@ -1219,10 +1442,10 @@ impl<'a> World<'a> {
                     identifier,
                     buffer,
                 } => {
-                    let arrived_us = engine.core.arrived_us(&buffer);
                     let packet = engine.core.packet(&buffer).to_vec();
+                    let tag = engine.core.tag(&buffer);
+                    let pending = engine.pending.remove(&tag);
                     engine.core.release(buffer);
-                    let pending = take_pending(engine, arrived_us);
                     let hop = FinalHop {
                         destination,
                         identifier,
@@ -1327,6 +1550,18 @@ impl<'a> World<'a> {
         self.write(row)?;
         if let Some(ack) = mail.ack {
             self.send_ack(node, ack, &info, t)?;
+        }
+        if self.clear {
+            // No session: the delivery crosses the link to the recipient's client core.
+            let delivery = Event::Delivery {
+                client: recipient,
+                kind: mail.kind,
+                identifier: mail.identifier,
+                bytes: mail.bytes.to_vec(),
+            };
+            let at = self.link_at(node, recipient, t);
+            self.schedule(at, delivery);
+            return Ok(());
         }
         let stored = Stored {
             kind: mail.kind,
@@ -1490,6 +1725,10 @@ fn topology(
             core_rng,
         );
         core.set_topology(directory.clone());
+        let cost_model = config.sphinx == SphinxMode::CostModel;
+        if cost_model {
+            core.set_packet_format(PacketFormat::Clear);
+        }
         topology
             .identities
             .insert(identity_public(&identity_seed), c);
@@ -1515,6 +1754,9 @@ fn topology(
             in_flight: VecDeque::new(),
             messages: HashMap::new(),
             wake_ns: None,
+            sessions: !cost_model,
+            relays: VecDeque::new(),
+            next_delivery_id_in: 1,
         })));
     }
     topology.nodes.extend(engines);
@@ -1542,27 +1784,8 @@ fn failures_ns(config: &SimConfig, info: &[NodeInfo]) -> Result<Vec<(u32, u64, u
     Ok(failures)
 }
 
-/// The fed packet an output buffer came from: the first one fed in the same µs.
-fn take_pending(engine: &mut EngineNode, arrived_us: u64) -> Option<Pending> {
-    let queue = engine.pending.get_mut(&arrived_us)?;
-    let pending = queue.pop_front();
-    if queue.is_empty() {
-        engine.pending.remove(&arrived_us);
-    }
-    pending
-}
-
 fn drop_counts(core: &Core) -> [u64; DropReason::COUNT] {
     DropReason::ALL.map(|reason| core.metrics().dropped_count(reason))
-}
-
-fn take_pending_last(engine: &mut EngineNode, arrived_us: u64) -> Option<Pending> {
-    let queue = engine.pending.get_mut(&arrived_us)?;
-    let pending = queue.pop_back();
-    if queue.is_empty() {
-        engine.pending.remove(&arrived_us);
-    }
-    pending
 }
 
 fn link_latency_ns_mean(config: &SimConfig) -> u64 {
