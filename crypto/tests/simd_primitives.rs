@@ -120,6 +120,36 @@ fn chacha_matches_the_chacha20_crate() {
     }
 }
 
+/// RFC 8439 A.1 test vectors #1 and #2: the all-zero key and nonce, blocks 0 and 1, repeated
+/// for a length that runs every path's wide step (and the last block partial).
+#[test]
+fn chacha_rfc8439_keystream() {
+    let block0 = hex::decode(
+        "76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7\
+         da41597c5157488d7724e03fb8d84a376a43b8f41518a11cc387b669b2ee6586",
+    )
+    .unwrap();
+    let block1 = hex::decode(
+        "9f07e7be5551387a98ba977c732d080dcb0f29a048e3656912c6533e32ee7aed\
+         29b721769ce64e43d57133b074d839d531ed1f28510afb45ace10a1f4b794d6f",
+    )
+    .unwrap();
+    let key = [0u8; 32];
+    let mut reference = vec![0u8; 3000];
+    ChaCha20::new(&key.into(), &[0u8; 12].into()).apply_keystream(&mut reference);
+    assert_eq!(reference[..64], block0[..]);
+    assert_eq!(reference[64..128], block1[..]);
+    for len in [128, 600, 1100, 3000 - 13] {
+        for level in levels() {
+            let mut stream = vec![0u8; len];
+            chacha::xor_keystream_at(level, &key, &mut stream);
+            assert_eq!(stream[..64], block0[..], "{level:?} len {len}");
+            assert_eq!(stream[64..128], block1[..], "{level:?} len {len}");
+            assert_eq!(stream[..], reference[..len], "{level:?} len {len}");
+        }
+    }
+}
+
 #[test]
 fn hkdf_matches_the_hkdf_crate() {
     let mut rng = ChaCha20Rng::seed_from_u64(4);

@@ -5,8 +5,10 @@
 //! 128-bit lane (VAES takes a round key per lane), so a 360-byte keystream costs ~6 vector
 //! rounds per block instead of the reference crates' per-packet set-up: the `aes`/`ctr`
 //! pair spends most of its time per 360-byte Sphinx keystream on its key schedule and
-//! dispatch, not on the 23 blocks. The key schedules themselves run on AES-NI, four keys
-//! interleaved. Elsewhere, one key at a time through the reference crates.
+//! dispatch, not on the 23 blocks. On the AVX2 path with VAES (AMD Zen 3, Intel Alder Lake
+//! and later without AVX-512) the same on ymm registers, two keys per register. The key
+//! schedules themselves run on AES-NI, the keys interleaved. Elsewhere, one key at a time
+//! through the reference crates.
 
 use ctr::cipher::{KeyIvInit, StreamCipher};
 
@@ -33,6 +35,12 @@ pub fn ctr_keystreams_at<const N: usize>(
     if level == super::Level::Avx512 && vaes::is_supported() {
         // SAFETY: AVX-512F, VAES and AES-NI were detected just above.
         unsafe { vaes::keystreams(keys, out) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if matches!(level, super::Level::Avx2 | super::Level::Avx512) && vaes::ymm_is_supported() {
+        // SAFETY: AVX2, VAES and AES-NI were detected just above.
+        unsafe { vaes::keystreams_ymm(keys, out) };
         return;
     }
     let _ = level;
@@ -69,6 +77,13 @@ mod vaes {
             && std::arch::is_x86_feature_detected!("aes")
     }
 
+    /// VAES on ymm registers (no AVX-512 needed).
+    pub(super) fn ymm_is_supported() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("vaes")
+            && std::arch::is_x86_feature_detected!("aes")
+    }
+
     /// One AES-128 key-schedule step: the previous round key and its `aeskeygenassist`.
     #[inline]
     #[target_feature(enable = "aes,sse2")]
@@ -81,12 +96,12 @@ mod vaes {
         _mm_xor_si128(key, assist)
     }
 
-    /// The eleven round keys of up to four keys, lane l of `rk[r]` holding key l's round
-    /// key r (missing keys repeat the first: their lanes are computed and discarded).
+    /// The eleven round keys of up to `L` keys, `rk[r][l]` holding key l's round key r
+    /// (missing keys repeat the first: their lanes are computed and discarded).
     #[inline]
-    #[target_feature(enable = "avx512f,aes,sse2")]
-    fn schedules(keys: &[[u8; KEY_SIZE]]) -> [__m512i; ROUNDS + 1] {
-        let mut k: [__m128i; LANES] = core::array::from_fn(|lane| {
+    #[target_feature(enable = "aes,sse2")]
+    fn schedules<const L: usize>(keys: &[[u8; KEY_SIZE]]) -> [[__m128i; L]; ROUNDS + 1] {
+        let mut k: [__m128i; L] = core::array::from_fn(|lane| {
             let key = keys
                 .get(lane)
                 .or(keys.first())
@@ -95,7 +110,7 @@ mod vaes {
             // SAFETY: 16-byte unaligned load from a 16-byte array.
             unsafe { _mm_loadu_si128(key.as_ptr().cast()) }
         });
-        let mut all = [[_mm_setzero_si128(); LANES]; ROUNDS + 1];
+        let mut all = [[_mm_setzero_si128(); L]; ROUNDS + 1];
         all[0] = k;
         macro_rules! step {
             ($round:literal, $rcon:literal) => {
@@ -115,12 +130,48 @@ mod vaes {
         step!(8, 0x80);
         step!(9, 0x1b);
         step!(10, 0x36);
-        all.map(|r| {
+        all
+    }
+
+    /// Round keys of four keys, key l's in 128-bit lane l of a zmm register.
+    #[inline]
+    #[target_feature(enable = "avx512f,aes,sse2")]
+    fn schedules_zmm(keys: &[[u8; KEY_SIZE]]) -> [__m512i; ROUNDS + 1] {
+        schedules::<LANES>(keys).map(|r| {
             let v = _mm512_castsi128_si512(r[0]);
             let v = _mm512_inserti32x4::<1>(v, r[1]);
             let v = _mm512_inserti32x4::<2>(v, r[2]);
             _mm512_inserti32x4::<3>(v, r[3])
         })
+    }
+
+    /// Stores block `at` (a byte offset) of each lane's keystream: `lanes[l]` into `out[l]`;
+    /// a last, partial block is cut.
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn store_lanes<const N: usize>(out: &mut [[u8; N]], at: usize, lanes: &[__m128i]) {
+        for (stream, lane) in out.iter_mut().zip(lanes) {
+            match stream.get_mut(at..at + 16) {
+                // SAFETY: 16-byte unaligned store into a 16-byte slice.
+                Some(dst) => unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), *lane) },
+                None => {
+                    let mut bytes = [0u8; 16];
+                    // SAFETY: 16-byte store into a 16-byte array.
+                    unsafe { _mm_storeu_si128(bytes.as_mut_ptr().cast(), *lane) };
+                    let rest = stream.get_mut(at..).unwrap_or(&mut []);
+                    let len = rest.len();
+                    rest.copy_from_slice(&bytes[..len]);
+                    crate::simd::wipe(&mut bytes);
+                }
+            }
+        }
+    }
+
+    /// Counter block `index` (zero IV, 64-bit big-endian counter in bytes 8..16).
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    fn counter_block(index: usize) -> __m128i {
+        _mm_set_epi64x((index as u64).swap_bytes() as i64, 0)
     }
 
     /// Blocks encrypted side by side (VAES latency is several cycles, throughput one or two
@@ -133,16 +184,14 @@ mod vaes {
     pub(super) unsafe fn keystreams<const N: usize>(keys: &[[u8; KEY_SIZE]], out: &mut [[u8; N]]) {
         let blocks = N.div_ceil(16);
         for (keys, out) in keys.chunks(LANES).zip(out.chunks_mut(LANES)) {
-            let mut rk = schedules(keys);
+            let mut rk = schedules_zmm(keys);
             let mut block = 0;
             while block < blocks {
                 let group = (blocks - block).min(INTERLEAVE);
                 // Counter block j (zero IV, 64-bit big-endian counter in bytes 8..16), the
                 // same in every lane, whitened with each lane's first round key.
                 let mut state: [__m512i; INTERLEAVE] = core::array::from_fn(|i| {
-                    let counter = ((block + i) as u64).swap_bytes() as i64;
-                    let block = _mm_set_epi64x(counter, 0);
-                    _mm512_xor_si512(_mm512_broadcast_i32x4(block), rk[0])
+                    _mm512_xor_si512(_mm512_broadcast_i32x4(counter_block(block + i)), rk[0])
                 });
                 for key in &rk[1..ROUNDS] {
                     for s in state.iter_mut().take(group) {
@@ -153,34 +202,63 @@ mod vaes {
                     *s = _mm512_aesenclast_epi128(*s, rk[ROUNDS]);
                 }
                 for (i, s) in state.iter().enumerate().take(group) {
-                    let at = 16 * (block + i);
                     let lanes = [
                         _mm512_castsi512_si128(*s),
                         _mm512_extracti32x4_epi32::<1>(*s),
                         _mm512_extracti32x4_epi32::<2>(*s),
                         _mm512_extracti32x4_epi32::<3>(*s),
                     ];
-                    for (stream, lane) in out.iter_mut().zip(lanes) {
-                        match stream.get_mut(at..at + 16) {
-                            // SAFETY: 16-byte unaligned store into a 16-byte slice.
-                            Some(dst) => unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), lane) },
-                            None => {
-                                // The last, partial block.
-                                let mut bytes = [0u8; 16];
-                                // SAFETY: 16-byte store into a 16-byte array.
-                                unsafe { _mm_storeu_si128(bytes.as_mut_ptr().cast(), lane) };
-                                let rest = &mut stream[at..];
-                                let len = rest.len();
-                                rest.copy_from_slice(&bytes[..len]);
-                                crate::simd::wipe(&mut bytes);
-                            }
-                        }
-                    }
+                    store_lanes(out, 16 * (block + i), &lanes);
                 }
                 block += group;
             }
             for key in rk.iter_mut() {
                 *key = _mm512_setzero_si512();
+            }
+            core::hint::black_box(&mut rk);
+        }
+    }
+
+    /// Keys per ymm register on the AVX2 path.
+    const YMM_LANES: usize = 2;
+
+    /// [`keystreams`] on ymm registers: two keys per register.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, VAES and AES-NI. `keys.len() == out.len()`.
+    #[target_feature(enable = "avx2,vaes,aes,sse2")]
+    pub(super) unsafe fn keystreams_ymm<const N: usize>(
+        keys: &[[u8; KEY_SIZE]],
+        out: &mut [[u8; N]],
+    ) {
+        let blocks = N.div_ceil(16);
+        for (keys, out) in keys.chunks(YMM_LANES).zip(out.chunks_mut(YMM_LANES)) {
+            let mut rk = schedules::<YMM_LANES>(keys).map(|r| _mm256_set_m128i(r[1], r[0]));
+            let mut block = 0;
+            while block < blocks {
+                let group = (blocks - block).min(INTERLEAVE);
+                let mut state: [__m256i; INTERLEAVE] = core::array::from_fn(|i| {
+                    _mm256_xor_si256(_mm256_broadcastsi128_si256(counter_block(block + i)), rk[0])
+                });
+                for key in &rk[1..ROUNDS] {
+                    for s in state.iter_mut().take(group) {
+                        *s = _mm256_aesenc_epi128(*s, *key);
+                    }
+                }
+                for s in state.iter_mut().take(group) {
+                    *s = _mm256_aesenclast_epi128(*s, rk[ROUNDS]);
+                }
+                for (i, s) in state.iter().enumerate().take(group) {
+                    let lanes = [
+                        _mm256_castsi256_si128(*s),
+                        _mm256_extracti128_si256::<1>(*s),
+                    ];
+                    store_lanes(out, 16 * (block + i), &lanes);
+                }
+                block += group;
+            }
+            for key in rk.iter_mut() {
+                *key = _mm256_setzero_si256();
             }
             core::hint::black_box(&mut rk);
         }

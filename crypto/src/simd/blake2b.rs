@@ -411,21 +411,46 @@ mod avx2 {
             2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9, 2, 3, 4, 5, 6, 7, 0, 1, 10, 11,
             12, 13, 14, 15, 8, 9,
         );
-        for s in SIGMA.iter() {
-            g(&mut v, [0, 4, 8, 12], m[s[0]], m[s[1]], rot24, rot16);
-            g(&mut v, [1, 5, 9, 13], m[s[2]], m[s[3]], rot24, rot16);
-            g(&mut v, [2, 6, 10, 14], m[s[4]], m[s[5]], rot24, rot16);
-            g(&mut v, [3, 7, 11, 15], m[s[6]], m[s[7]], rot24, rot16);
-            g(&mut v, [0, 5, 10, 15], m[s[8]], m[s[9]], rot24, rot16);
-            g(&mut v, [1, 6, 11, 12], m[s[10]], m[s[11]], rot24, rot16);
-            g(&mut v, [2, 7, 8, 13], m[s[12]], m[s[13]], rot24, rot16);
-            g(&mut v, [3, 4, 9, 14], m[s[14]], m[s[15]], rot24, rot16);
-        }
+        // Unrolled: the message permutation of every round is a constant, so the message
+        // words are plain (register or memory) operands with no index arithmetic.
+        round::<0>(&mut v, m, rot24, rot16);
+        round::<1>(&mut v, m, rot24, rot16);
+        round::<2>(&mut v, m, rot24, rot16);
+        round::<3>(&mut v, m, rot24, rot16);
+        round::<4>(&mut v, m, rot24, rot16);
+        round::<5>(&mut v, m, rot24, rot16);
+        round::<6>(&mut v, m, rot24, rot16);
+        round::<7>(&mut v, m, rot24, rot16);
+        round::<8>(&mut v, m, rot24, rot16);
+        round::<9>(&mut v, m, rot24, rot16);
+        round::<10>(&mut v, m, rot24, rot16);
+        round::<11>(&mut v, m, rot24, rot16);
         for i in 0..8 {
             h[i] = _mm256_xor_si256(h[i], _mm256_xor_si256(v[i], v[i + 8]));
         }
     }
 
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn round<const R: usize>(
+        v: &mut [__m256i; 16],
+        m: &[__m256i; 16],
+        rot24: __m256i,
+        rot16: __m256i,
+    ) {
+        let s = &SIGMA[R];
+        g(v, [0, 4, 8, 12], m[s[0]], m[s[1]], rot24, rot16);
+        g(v, [1, 5, 9, 13], m[s[2]], m[s[3]], rot24, rot16);
+        g(v, [2, 6, 10, 14], m[s[4]], m[s[5]], rot24, rot16);
+        g(v, [3, 7, 11, 15], m[s[6]], m[s[7]], rot24, rot16);
+        g(v, [0, 5, 10, 15], m[s[8]], m[s[9]], rot24, rot16);
+        g(v, [1, 6, 11, 12], m[s[10]], m[s[11]], rot24, rot16);
+        g(v, [2, 7, 8, 13], m[s[12]], m[s[13]], rot24, rot16);
+        g(v, [3, 4, 9, 14], m[s[14]], m[s[15]], rot24, rot16);
+    }
+
+    /// BLAKE2b's G: rotations by 32 as a dword shuffle, by 24 and 16 as byte shuffles, by 63
+    /// as add + shift + or (AVX2 has no 64-bit rotate).
     #[inline]
     #[target_feature(enable = "avx2")]
     fn g(

@@ -10,6 +10,10 @@
 //! lanes: with an [`ExpandPlan`] (built at compile time for Sphinx's two infos) the other
 //! blocks skip the message schedule in the 16-lane pass (W + K precomputed: 16 instead of
 //! ~25 vector operations per round).
+//!
+//! On the AVX2 path (CPUs without AVX-512) inputs go in pairs through SHA-NI with their
+//! rounds interleaved ([`ni`]: one message at a time leaves the SHA unit waiting on each
+//! round's latency), planned blocks there too on their precomputed W + K.
 
 use sha2::block_api::compress256;
 use zeroize::Zeroize;
@@ -421,8 +425,8 @@ pub const MANY_LANES: usize = 16;
 
 /// [`hkdf()`] for many inputs of one length: `okms[j] = HKDF(salt, ikms[j], info)` for every
 /// `j < min(ikms.len(), okms.len())`. With AVX-512, groups of up to 16 inputs run in lock
-/// step (one 32-bit lane each); otherwise, or for an `ikm` longer than 55 bytes, one at a
-/// time. Returns `false` (okms untouched) if `info` or `OKM` exceed [`hkdf()`]'s limits.
+/// step (one 32-bit lane each); on the AVX2 path pairs on SHA-NI; otherwise, or for an `ikm`
+/// longer than 55 bytes, one at a time. Returns `false` (okms untouched) if `info` or `OKM` exceed [`hkdf()`]'s limits.
 pub fn hkdf_many<const IKM: usize, const OKM: usize>(
     salt: &HmacKey,
     info: &[u8],
@@ -455,6 +459,22 @@ fn hkdf_many_with<const IKM: usize, const OKM: usize>(
         return false;
     }
     let lanes = ikms.len().min(okms.len());
+    #[cfg(target_arch = "x86_64")]
+    if level == super::Level::Avx2 && IKM + 9 <= BLOCK && ni::is_supported() {
+        let (ikms, okms) = (&ikms[..lanes], &mut okms[..lanes]);
+        let (ikm_pairs, ikm_rest) = ikms.as_chunks::<{ ni::LANES }>();
+        let (okm_pairs, okm_rest) = okms.as_chunks_mut::<{ ni::LANES }>();
+        for (ikm, okm) in ikm_pairs.iter().zip(okm_pairs.iter_mut()) {
+            let [okm0, okm1] = okm;
+            // SAFETY: SHA-NI, SSSE3 and SSE4.1 were detected above; IKM + 9 <= 64 and the
+            // info and OKM limits were checked on entry.
+            unsafe { ni::hkdf2(salt, info, plan, [&ikm[0], &ikm[1]], [okm0, okm1]) };
+        }
+        for (ikm, okm) in ikm_rest.iter().zip(okm_rest.iter_mut()) {
+            hkdf(salt, ikm, info, okm);
+        }
+        return true;
+    }
     let wide = level == super::Level::Avx512 && level.is_supported() && IKM + 9 <= BLOCK;
     let mut start = 0;
     while start < lanes {
@@ -476,8 +496,8 @@ fn hkdf_many_with<const IKM: usize, const OKM: usize>(
 }
 
 /// `out[j] = HMAC-SHA256(keys[j], msgs[j])` for `j < min(keys.len(), msgs.len(),
-/// out.len())`: 16 lanes at a time with AVX-512 when the messages have equal length,
-/// otherwise one at a time (SHA-NI). Returns `false` (out untouched) if a key is longer
+/// out.len())`: 16 lanes at a time with AVX-512 when the messages have equal length, pairs
+/// of equal length on SHA-NI on the AVX2 path, otherwise one at a time (SHA-NI). Returns `false` (out untouched) if a key is longer
 /// than 64 bytes.
 pub fn hmac_many(keys: &[&[u8]], msgs: &[&[u8]], out: &mut [[u8; OUT]]) -> bool {
     hmac_many_at(super::level(), keys, msgs, out)
@@ -494,6 +514,31 @@ pub fn hmac_many_at(
         return false;
     }
     let lanes = keys.len().min(msgs.len()).min(out.len());
+    #[cfg(target_arch = "x86_64")]
+    if level == super::Level::Avx2 && ni::is_supported() {
+        let mut start = 0;
+        while start < lanes {
+            let pair = start + 1 < lanes && msgs[start].len() == msgs[start + 1].len();
+            if let (true, [out0, out1, ..]) = (pair, &mut out[start..]) {
+                // SAFETY: SHA-NI, SSSE3 and SSE4.1 were detected above; keys of at most 64
+                // bytes were checked on entry, the two messages have equal length.
+                unsafe {
+                    ni::hmac2(
+                        [keys[start], keys[start + 1]],
+                        [msgs[start], msgs[start + 1]],
+                        [out0, out1],
+                    )
+                };
+                start += ni::LANES;
+            } else {
+                let mut hmac = HmacKey::new_short(keys[start]);
+                out[start] = hmac.mac(msgs[start]);
+                hmac.zeroize();
+                start += 1;
+            }
+        }
+        return true;
+    }
     let wide = level == super::Level::Avx512 && level.is_supported();
     let mut start = 0;
     while start < lanes {
@@ -517,6 +562,10 @@ pub fn hmac_many_at(
     }
     true
 }
+
+#[cfg(target_arch = "x86_64")]
+#[path = "hkdf_ni.rs"]
+mod ni;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {

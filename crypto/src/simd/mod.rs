@@ -4,10 +4,13 @@
 //!
 //! - [`blake2b`]: keyed BLAKE2b-256 over up to 8 equal-length messages at once (AVX-512: one
 //!   zmm per state word, one lane per message; AVX2: 4 lanes), as Lioness's MAC rounds.
-//! - [`chacha`]: IETF ChaCha20 with a zero nonce, 16 blocks per step in zmm registers.
-//! - [`aes`]: AES-128-CTR keystreams for many keys (VAES: four keys per zmm register).
+//! - [`chacha`]: IETF ChaCha20 with a zero nonce, 16 blocks per step in zmm registers (8 in
+//!   ymm registers on the AVX2 path).
+//! - [`aes`]: AES-128-CTR keystreams for many keys (VAES: four keys per zmm register, two per
+//!   ymm register on the AVX2 path).
 //! - [`hkdf`]: HKDF-SHA256 on the raw SHA-256 compression function (SHA-NI through `sha2`)
-//!   with the constant HMAC key states precomputed.
+//!   with the constant HMAC key states precomputed; 16 lanes with AVX-512, pairs of
+//!   interleaved SHA-NI streams on the AVX2 path.
 
 use core::sync::atomic::{AtomicU8, Ordering};
 

@@ -12,9 +12,15 @@
 //! * `mul`/`square` accept limbs < 3 * radix: every scaled factor
 //!   (19 g_j, 38 g_odd) stays < 57 * 2^26 < 2^32, as `vpmuludq` needs, and
 //!   every column sum < 10 * 2^59.4 < 2^63.
+//!
+//! `mul` and `square` are the hand-scheduled kernels of `avx2_kernels.rs` (its doc says
+//! why); the ladder around them, the additions and the conversions are intrinsics.
 
 use core::arch::x86_64::*;
 
+use core::mem::MaybeUninit;
+
+use super::avx2_kernels::{self as kernels, Limbs};
 use super::field51::{Fe, A24};
 use super::Scalars;
 
@@ -22,7 +28,7 @@ type V = __m256i;
 
 /// Four field elements, limb-sliced.
 #[derive(Clone, Copy)]
-struct F4([V; 10]);
+struct F4(Limbs);
 
 /// Vectors whose inversions are merged (16 x 4 = 64 lanes).
 const GROUP: usize = 16;
@@ -123,89 +129,41 @@ macro_rules! carry {
     }};
 }
 
-/// Calls `$step!(i, j)` for every i, j in 0..10, fully unrolled (LLVM does
-/// not reliably unroll 100-iteration nests, and array indices must be
-/// constants for the limbs to stay in registers).
-macro_rules! grid10 {
-    ($step:ident) => {
-        grid10!(@rows $step; 0 1 2 3 4 5 6 7 8 9)
-    };
-    (@rows $step:ident; $($i:literal)*) => {
-        $( grid10!(@row $step; $i; 0 1 2 3 4 5 6 7 8 9); )*
-    };
-    (@row $step:ident; $i:literal; $($j:literal)*) => {
-        $( $step!($i, $j); )*
-    };
+/// 19 b for [`mul_pre`] (limbs 1..10; see [`kernels::times19`]).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn times19(b: &F4) -> MaybeUninit<Limbs> {
+    let mut b19 = MaybeUninit::uninit();
+    kernels::times19(&b.0, &mut b19);
+    b19
 }
 
 /// a * b; limbs < 3 * radix; result reduced.
 #[inline]
 #[target_feature(enable = "avx2")]
 fn mul(a: &F4, b: &F4) -> F4 {
-    let (f, g) = (a.0, b.0);
-    let g19: [V; 10] = core::array::from_fn(|j| {
-        _mm256_add_epi64(
-            _mm256_add_epi64(_mm256_slli_epi64::<4>(g[j]), g[j]),
-            _mm256_add_epi64(g[j], g[j]),
-        )
-    });
-    // Odd x odd products land half a bit high in radix 2^25.5: double one side.
-    let f2: [V; 10] = core::array::from_fn(|i| _mm256_add_epi64(f[i], f[i]));
-    let mut h = [_mm256_setzero_si256(); 10];
-    macro_rules! step {
-        ($i:literal, $j:literal) => {{
-            let fi = if $i % 2 == 1 && $j % 2 == 1 {
-                f2[$i]
-            } else {
-                f[$i]
-            };
-            let (k, gj) = if $i + $j >= 10 {
-                ($i + $j - 10, g19[$j])
-            } else {
-                ($i + $j, g[$j])
-            };
-            h[k] = _mm256_add_epi64(h[k], _mm256_mul_epu32(fi, gj));
-        }};
-    }
-    grid10!(step);
-    carry!(h)
+    mul_pre(a, b, &times19(b))
+}
+
+/// a * b with 19 b precomputed by [`times19`] (a ladder's fixed x1).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn mul_pre(a: &F4, b: &F4, b19: &MaybeUninit<Limbs>) -> F4 {
+    let mut out = MaybeUninit::uninit();
+    kernels::mul(&a.0, &b.0, b19, &mut out);
+    // SAFETY: `kernels::mul` writes all ten limbs.
+    F4(unsafe { out.assume_init() })
 }
 
 /// a^2; limbs < 3 * radix; result reduced.
 #[inline]
 #[target_feature(enable = "avx2")]
 fn square(a: &F4) -> F4 {
-    let f = a.0;
-    let twice: [V; 10] = core::array::from_fn(|i| _mm256_add_epi64(f[i], f[i]));
-    let x19: [V; 10] = core::array::from_fn(|j| {
-        _mm256_add_epi64(
-            _mm256_add_epi64(_mm256_slli_epi64::<4>(f[j]), f[j]),
-            twice[j],
-        )
-    });
-    // 38 f_j is needed only for odd j (< 38 * 3 * 2^25 < 2^32).
-    let x38: [V; 10] = core::array::from_fn(|j| _mm256_add_epi64(x19[j], x19[j]));
-    let mut h = [_mm256_setzero_si256(); 10];
-    macro_rules! step {
-        ($i:literal, $j:literal) => {{
-            if $j >= $i {
-                // Coefficient (i != j ? 2 : 1) * (both odd ? 2 : 1) * (wrap ? 19 : 1),
-                // the first factor on the left, the others on the right.
-                let left = if $i != $j { twice[$i] } else { f[$i] };
-                let both_odd = $i % 2 == 1 && $j % 2 == 1;
-                let right = match (both_odd, $i + $j >= 10) {
-                    (false, false) => f[$j],
-                    (true, false) => twice[$j],
-                    (false, true) => x19[$j],
-                    (true, true) => x38[$j],
-                };
-                let k = ($i + $j) % 10;
-                h[k] = _mm256_add_epi64(h[k], _mm256_mul_epu32(left, right));
-            }
-        }};
-    }
-    grid10!(step);
-    carry!(h)
+    let mut scratch = MaybeUninit::uninit();
+    let mut out = MaybeUninit::uninit();
+    kernels::square(&a.0, &mut scratch, &mut out);
+    // SAFETY: `kernels::square` writes all ten limbs.
+    F4(unsafe { out.assume_init() })
 }
 
 #[inline]
@@ -234,52 +192,77 @@ fn add_a24(aa: &F4, e: &F4) -> F4 {
     carry!(h)
 }
 
-/// Swaps a and b in the lanes where `mask` is all ones.
+/// Per lane, `b` where `mask` is all ones, else `a`.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn cswap(mask: V, a: &mut F4, b: &mut F4) {
-    for i in 0..10 {
-        let t = _mm256_and_si256(_mm256_xor_si256(a.0[i], b.0[i]), mask);
-        a.0[i] = _mm256_xor_si256(a.0[i], t);
-        b.0[i] = _mm256_xor_si256(b.0[i], t);
-    }
+fn select(mask: V, a: &F4, b: &F4) -> F4 {
+    F4(core::array::from_fn(|i| {
+        _mm256_blendv_epi8(a.0[i], b.0[i], mask)
+    }))
 }
 
-/// Per-lane Montgomery ladder over all 256 bits; returns projective (X, Z).
+/// The doubling of the ladder step from (A, B) = (X + Z, X - Z): (AA BB, E (AA + a24 E))
+/// with E = AA - BB.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn double_ab(a: &F4, b: &F4) -> (F4, F4) {
+    let aa = square(a);
+    let bb = square(b);
+    let e = sub(&aa, &bb);
+    (mul(&aa, &bb), mul(&e, &add_a24(&aa, &e)))
+}
+
+/// Per-lane Montgomery ladder; `k[w]` holds word w of each lane's scalar, x1 reduced.
+/// Returns projective (X, Z) of R0, reduced.
+///
+/// Without `CLAMPED` it runs over all 256 bits. With `CLAMPED` (every lane's scalar is
+/// clamped: bit 255 = 0, bits 2..0 = 0; public structure, not secret) it skips the step of
+/// bit 255 and runs the last three steps as doublings only, as the IFMA ladder does (its
+/// doc says why the output is the same, x1 = 0 included).
+///
+/// Lazy swap, as the IFMA ladder: (x2, z2) always holds the last doubling and (x3, z3) the
+/// last sum; the real pair (R0, R1) is in that order when the previous bit was 0 and swapped
+/// when it was 1. The sum does not care about the order, and the doubling's input R_bit is
+/// picked with one select of (A, B) instead of two conditional swaps of all four
+/// coordinates.
 #[inline(never)]
 #[target_feature(enable = "avx2")]
-fn ladder(k: &[V; 4], x1: &F4) -> (F4, F4) {
+fn ladder<const CLAMPED: bool>(k: &[V; 4], x1: &F4) -> (F4, F4) {
+    let x1_19 = times19(x1);
     let mut x2 = one4();
     let mut z2 = zero4();
     let mut x3 = *x1;
     let mut z3 = one4();
-    let mut swap = _mm256_setzero_si256();
-    for t in (0..256usize).rev() {
+    let mut prev = _mm256_setzero_si256();
+    let (top, bottom) = if CLAMPED { (255, 3) } else { (256, 0) };
+    for t in (bottom..top).rev() {
         // Public position t; the lanes' secret bits only become masks.
         let sel = splat(1u64 << (t % 64));
         let bit = _mm256_cmpeq_epi64(_mm256_and_si256(k[t / 64], sel), sel);
-        swap = _mm256_xor_si256(swap, bit);
-        cswap(swap, &mut x2, &mut x3);
-        cswap(swap, &mut z2, &mut z3);
-        swap = bit;
+        let s = _mm256_xor_si256(bit, prev);
+        prev = bit;
 
         let a = add(&x2, &z2);
         let b = sub(&x2, &z2);
         let c = add(&x3, &z3);
         let d = sub(&x3, &z3);
-        let aa = square(&a);
-        let bb = square(&b);
         let da = mul(&d, &a);
         let cb = mul(&c, &b);
-        let e = sub(&aa, &bb);
         x3 = square(&add(&da, &cb));
-        z3 = mul(x1, &square(&sub(&da, &cb)));
-        x2 = mul(&aa, &bb);
-        z2 = mul(&e, &add_a24(&aa, &e));
+        z3 = mul_pre(&square(&sub(&da, &cb)), x1, &x1_19);
+        (x2, z2) = double_ab(&select(s, &a, &c), &select(s, &b, &d));
     }
-    cswap(swap, &mut x2, &mut x3);
-    cswap(swap, &mut z2, &mut z3);
-    (x2, z2)
+    let x = select(prev, &x2, &x3);
+    let z = select(prev, &z2, &z3);
+    if !CLAMPED {
+        return (x, z);
+    }
+    // Bits 2..0 are zero: R0 <- 2 R0 three times.
+    let (mut x, mut z) = (x, z);
+    for _ in 0..3 {
+        (x, z) = double_ab(&add(&x, &z), &sub(&x, &z));
+    }
+    (x, z)
 }
 
 #[inline]
@@ -328,15 +311,6 @@ fn zero_mask(a: &F4) -> V {
 fn load_u64x4(m: &[u64; 4]) -> V {
     // SAFETY: 32 readable bytes; loadu has no alignment need.
     unsafe { _mm256_loadu_si256(m.as_ptr().cast()) }
-}
-
-#[inline]
-#[target_feature(enable = "avx2")]
-fn select(mask: V, a: &F4, b: &F4) -> F4 {
-    // b where mask is all ones, else a.
-    F4(core::array::from_fn(|i| {
-        _mm256_blendv_epi8(a.0[i], b.0[i], mask)
-    }))
 }
 
 /// Replaces each z by 1/z with one inversion per group (Montgomery's trick);
@@ -404,7 +378,11 @@ pub(super) fn batch(
                 }
             }
             let kv: [V; 4] = core::array::from_fn(|w| load_u64x4(&kw[w]));
-            let (x, z) = ladder(&kv, &load(&x1));
+            let (x, z) = if clamped {
+                ladder::<true>(&kv, &load(&x1))
+            } else {
+                ladder::<false>(&kv, &load(&x1))
+            };
             xs[v] = x;
             zs[v] = z;
         }

@@ -55,6 +55,8 @@ mod field51;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_kernels;
 // AVX-512 intrinsics are stable since Rust 1.89 (the workspace declares 1.85):
 // this module needs rustc >= 1.89.
 #[cfg(target_arch = "x86_64")]

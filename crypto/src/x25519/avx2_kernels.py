@@ -1,0 +1,215 @@
+# Generates avx2_kernels.rs, the field kernels of the 4-lane AVX2 ladder:
+#   python3 avx2_kernels.py > avx2_kernels.rs && rustfmt --edition 2021 avx2_kernels.rs
+import sys
+
+H = [f"ymm{i}" for i in range(10)]
+FI, FI2, FI4, T0, T1, KR = "ymm10", "ymm11", "ymm12", "ymm13", "ymm14", "ymm15"
+TEMPS = [T0, T1]
+
+def carry(lines):
+    # M26 in ymm15, M25 in ymm14 (loaded by the caller of this block).
+    lines.append("// carry: two chains (0..4, 4..9), the wrap 9 -> 0 times 19, then 0 -> 1")
+    lines.append(f"vpbroadcastq {KR}, qword ptr [{{k}} + 8]")
+    lines.append(f"vpbroadcastq {T1}, qword ptr [{{k}} + 16]")
+    for i in [0, 4, 1, 5, 2, 6, 3, 7, 4, 8, 9, 0]:
+        r = 26 if i % 2 == 0 else 25
+        m = KR if i % 2 == 0 else T1
+        lines.append(f"vpsrlq {T0}, {H[i]}, {r}")
+        lines.append(f"vpand {H[i]}, {H[i]}, {m}")
+        if i == 9:
+            # 19 c = 16 c + 2 c + c (c < 2^38: no 32-bit multiply)
+            lines.append(f"vpaddq {H[0]}, {H[0]}, {T0}")
+            lines.append(f"vpaddq {T0}, {T0}, {T0}")
+            lines.append(f"vpaddq {H[0]}, {H[0]}, {T0}")
+            lines.append(f"vpsllq {T0}, {T0}, 3")
+            lines.append(f"vpaddq {H[0]}, {H[0]}, {T0}")
+        else:
+            lines.append(f"vpaddq {H[i + 1]}, {H[i + 1]}, {T0}")
+
+def store(lines):
+    for i in range(10):
+        lines.append(f"vmovdqu ymmword ptr [{{dst}} + {32 * i}], {H[i]}")
+
+def mul():
+    lines = []
+    init = [False] * 10
+    t = 0
+    for i in range(10):
+        lines.append(f"// row {i}: f{i} against g (g19 past column 9)")
+        lines.append(f"vmovdqu {FI}, ymmword ptr [{{f}} + {32 * i}]")
+        if i % 2 == 1:
+            lines.append(f"vpaddq {FI2}, {FI}, {FI}")
+        for j in range(10):
+            left = FI2 if (i % 2 == 1 and j % 2 == 1) else FI
+            src = f"ymmword ptr [{{g19}} + {32 * j}]" if i + j >= 10 else f"ymmword ptr [{{g}} + {32 * j}]"
+            k = (i + j) % 10
+            if not init[k]:
+                lines.append(f"vpmuludq {H[k]}, {left}, {src}")
+                init[k] = True
+            else:
+                tmp = TEMPS[t % 2]; t += 1
+                lines.append(f"vpmuludq {tmp}, {left}, {src}")
+                lines.append(f"vpaddq {H[k]}, {H[k]}, {tmp}")
+    carry(lines)
+    store(lines)
+    return lines
+
+def square():
+    lines = []
+    lines.append("// 19 f_j for j >= 5, 38 f_j for odd j >= 5, into the scratch")
+    lines.append(f"vpbroadcastq {KR}, qword ptr [{{k}}]")
+    for j in range(5, 10):
+        lines.append(f"vpmuludq {T0}, {KR}, ymmword ptr [{{f}} + {32 * j}]")
+        lines.append(f"vmovdqu ymmword ptr [{{x19}} + {32 * j}], {T0}")
+        if j % 2 == 1:
+            lines.append(f"vpaddq {T0}, {T0}, {T0}")
+            lines.append(f"vmovdqu ymmword ptr [{{x38}} + {32 * j}], {T0}")
+    init = [False] * 10
+    t = 0
+    for i in range(10):
+        lines.append(f"// row {i}: f{i} against f{i}..f9")
+        lines.append(f"vmovdqu {FI}, ymmword ptr [{{f}} + {32 * i}]")
+        if i < 9:
+            lines.append(f"vpaddq {FI2}, {FI}, {FI}")
+        need4 = any(i != j and i % 2 == 1 and j % 2 == 1 and i + j < 10 for j in range(i, 10))
+        if need4:
+            lines.append(f"vpaddq {FI4}, {FI2}, {FI2}")
+        for j in range(i, 10):
+            both_odd = i % 2 == 1 and j % 2 == 1
+            wrap = i + j >= 10
+            a, b = i != j, both_odd and not wrap
+            left = {(False, False): FI, (True, False): FI2, (False, True): FI2, (True, True): FI4}[(a, b)]
+            if not wrap:
+                src = FI if j == i else f"ymmword ptr [{{f}} + {32 * j}]"
+            elif not both_odd:
+                src = f"ymmword ptr [{{x19}} + {32 * j}]"
+            else:
+                src = f"ymmword ptr [{{x38}} + {32 * j}]"
+            k = (i + j) % 10
+            if not init[k]:
+                lines.append(f"vpmuludq {H[k]}, {left}, {src}")
+                init[k] = True
+            else:
+                tmp = TEMPS[t % 2]; t += 1
+                lines.append(f"vpmuludq {tmp}, {left}, {src}")
+                lines.append(f"vpaddq {H[k]}, {H[k]}, {tmp}")
+    carry(lines)
+    store(lines)
+    return lines
+
+def times19():
+    lines = [f"vpbroadcastq {KR}, qword ptr [{{k}}]"]
+    for j in range(1, 10):
+        tmp = TEMPS[j % 2]
+        lines.append(f"vpmuludq {tmp}, {KR}, ymmword ptr [{{g}} + {32 * j}]")
+        lines.append(f"vmovdqu ymmword ptr [{{dst}} + {32 * j}], {tmp}")
+    return lines
+
+def emit(lines, indent):
+    out = []
+    for l in lines:
+        if l.startswith("//"):
+            out.append(f"{indent}{l}")
+        else:
+            out.append(f'{indent}"{l}",')
+    return "\n".join(out)
+
+CLOBBER_ALL = "\n".join(f'            out("ymm{i}") _,' for i in range(16))
+CLOBBER_T = "\n".join(f'            out("ymm{i}") _,' for i in (13, 14, 15))
+
+src = f'''//! The field kernels of the 4-lane AVX2 ladder ([`super::avx2`]) in assembly, scheduled by
+//! hand: generated by `avx2_kernels.py` (next to this file; edit that, not this, and run
+//! it as its first lines say).
+//!
+//! Why assembly: written with intrinsics, LLVM interleaves the hundred products of a
+//! multiplication column by column and spills the accumulators, and turns each multiply
+//! by 19 (a `vpmuludq` whose product only feeds another `vpmuludq`) into an emulated
+//! 64-bit multiply of five instructions. Here every kernel keeps the ten column sums in
+//! ymm0-ymm9 and works row by row: row i holds f_i (ymm10) and its multiples (ymm11,
+//! ymm12) against the other operand's limbs, read straight from memory as the second
+//! operand of `vpmuludq`; the products go through two temporaries (ymm13, ymm14) and
+//! ymm15 holds constants. The carry chain follows in the same registers and the ten
+//! limbs are stored once. Radix 2^25.5 and the bounds are those of `avx2.rs`.
+//!
+//! Constant time: straight-line code, no branch or address depends on any value.
+
+use core::arch::asm;
+use core::arch::x86_64::__m256i;
+use core::mem::MaybeUninit;
+
+/// Ten limbs of four lanes (the layout of `avx2::F4`).
+pub(super) type Limbs = [__m256i; 10];
+
+/// Splatted constants the kernels read: 19, then the limb masks 2^26 - 1 and 2^25 - 1.
+static CONSTANTS: [u64; 3] = [19, (1 << 26) - 1, (1 << 25) - 1];
+
+/// `out[j] = 19 g[j]` for j in 1..10 (limb 0 is neither needed nor written: only [`mul`]
+/// reads `out`, and only limbs 1..10); limbs < 3 * radix, so each product fits the 32 bits
+/// the next `vpmuludq` reads.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn times19(g: &Limbs, out: &mut MaybeUninit<Limbs>) {{
+    // SAFETY: reads 320 bytes at `g` and the 24-byte CONSTANTS, writes 320 bytes at `out`
+    // (distinct: `out` is a unique borrow); AVX2 is enabled on this function; only the
+    // declared registers change.
+    unsafe {{
+        asm!(
+{emit(times19(), "            ")}
+            g = in(reg) g.as_ptr(),
+            dst = in(reg) out.as_mut_ptr(),
+            k = in(reg) CONSTANTS.as_ptr(),
+{CLOBBER_T}
+            options(nostack, preserves_flags),
+        );
+    }}
+}}
+
+/// `out = f * g` reduced (every limb written), with limbs 1..10 of `g19` = 19 g (from
+/// [`times19`]); limbs < 3 * radix.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn mul(f: &Limbs, g: &Limbs, g19: &MaybeUninit<Limbs>, out: &mut MaybeUninit<Limbs>) {{
+    // SAFETY: reads 320 bytes at each of `f`, `g` and `g19` and the 24-byte CONSTANTS,
+    // writes 320 bytes at `out` after its last read of the inputs (so `out` may alias
+    // nothing it reads too late: it is a unique borrow anyway); AVX2 is enabled on this
+    // function; only the declared registers change.
+    unsafe {{
+        asm!(
+{emit(mul(), "            ")}
+            f = in(reg) f.as_ptr(),
+            g = in(reg) g.as_ptr(),
+            g19 = in(reg) g19.as_ptr(),
+            dst = in(reg) out.as_mut_ptr(),
+            k = in(reg) CONSTANTS.as_ptr(),
+{CLOBBER_ALL}
+            options(nostack, preserves_flags),
+        );
+    }}
+}}
+
+/// `out = f^2` reduced (every limb written); `scratch` receives 19 f_j and 38 f_j of the
+/// high limbs. Limbs < 3 * radix.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn square(f: &Limbs, scratch: &mut MaybeUninit<[Limbs; 2]>, out: &mut MaybeUninit<Limbs>) {{
+    let x19 = scratch.as_mut_ptr().cast::<Limbs>();
+    // In bounds: the second of the two arrays.
+    let x38 = x19.wrapping_add(1);
+    // SAFETY: reads 320 bytes at `f` and the 24-byte CONSTANTS, writes and reads back
+    // limbs 5..10 of `x19` and `x38`, writes 320 bytes at `out` (unique borrows); AVX2 is
+    // enabled on this function; only the declared registers change.
+    unsafe {{
+        asm!(
+{emit(square(), "            ")}
+            f = in(reg) f.as_ptr(),
+            x19 = in(reg) x19,
+            x38 = in(reg) x38,
+            dst = in(reg) out.as_mut_ptr(),
+            k = in(reg) CONSTANTS.as_ptr(),
+{CLOBBER_ALL}
+            options(nostack, preserves_flags),
+        );
+    }}
+}}
+'''
+sys.stdout.write(src)
