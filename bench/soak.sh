@@ -7,8 +7,8 @@
 #   - the end-to-end p99 passes 100 ms (+ 13.8 x MU with a mix delay: room for three
 #     exponential hops, as `loadgen sweep`'s default bound),
 #   - a node process exits (the run stops there) or logs a panic, or it is interrupted,
-#   - a node's (or loadgen's) RSS grows more than 20 % from the end of the first window (the
-#     warm-up) to the end of the run.
+#   - a node's or loadgen's own RSS grows more than 20 % from the end of the first window
+#     (the warm-up) to the end of the run (the output lists every process's growth).
 #
 # Usage: bench/soak.sh [more loadgen flags]
 # Settings (environment): DURATION (30m) WINDOW (5m) RATE (500) MU (0, ms per hop)
@@ -41,6 +41,21 @@ target/release/loadgen \
     --out "$OUT" "$@" | tee "$OUT/report.txt"
 status=${PIPESTATUS[0]}
 set -e
+
+# Which process grew: every watched process's RSS from the end of the first window to the
+# end, largest growth first (loadgen's own included; the verdict judges them all).
+if [ -f "$OUT/summary.json" ]; then
+    python3 - "$OUT/summary.json" >&2 <<'PY' || true
+import json, sys
+result = json.load(open(sys.argv[1])).get("result", {})
+rows = [p for p in result.get("processes", []) if p.get("rss_growth_after_warmup_pct") is not None]
+rows.sort(key=lambda p: -p["rss_growth_after_warmup_pct"])
+for p in rows:
+    print("soak: RSS %-10s %8.1f -> %8.1f MiB after window 1 (%+.1f%%)" % (
+        p["name"], p["rss_kib_first_window_end"] / 1024, p["rss_kib_end"] / 1024,
+        p["rss_growth_after_warmup_pct"]))
+PY
+fi
 
 case $status in
     0) echo "soak: PASS (report in $OUT)" >&2 ;;

@@ -17,8 +17,12 @@ pub const OBTAIN_CONCURRENCY: usize = 8;
 pub const SCRAPE_RESPONSE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// Latencies are recorded in microseconds, 1 µs to 1 h, 3 significant digits.
 pub const LATENCY_US_MAX: u64 = 3_600_000_000;
-/// Seconds kept in the per-second series; later arrivals count in `series_overflow`.
+/// Seconds kept in the per-second series (a 24-byte summary each, allocated at the start);
+/// later arrivals count in `series_overflow`.
 pub const SERIES_SECONDS_MAX: usize = 3_600;
+/// Seconds of arrival time with a latency histogram (13 KiB each) at once: receiver threads
+/// record a moment out of arrival order, never seconds.
+pub const SERIES_OPEN_SECONDS: usize = 4;
 /// Largest run the bitmap tracks (16 MiB of bits).
 pub const PACKETS_MAX: u64 = 1 << 27;
 /// Memory the pre-built frames may hold at once, all queues together.
@@ -98,6 +102,7 @@ const _: () = assert!(PREFILL_POLL_MS > 0 && DRAIN_POLL_MS > 0 && PROGRESS_TICK_
 const _: () = assert!(PREFILL_TIMEOUT_MS >= START_PREPARE_MS);
 const _: () = assert!(OBTAIN_ATTEMPTS > 0 && OBTAIN_RETRY_PAUSE_MS_INITIAL > 0);
 const _: () = assert!(OBTAIN_CONCURRENCY > 0 && MERGE_SOURCES_MAX > 0);
+const _: () = assert!(SERIES_OPEN_SECONDS >= 2 && SERIES_OPEN_SECONDS <= SERIES_SECONDS_MAX);
 // A packet as late as the whole per-second series is long is still recordable.
 const _: () = assert!(LATENCY_US_MAX >= SERIES_SECONDS_MAX as u64 * 1_000_000);
 

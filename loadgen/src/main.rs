@@ -407,7 +407,10 @@ fn build_report(
     let mut warnings = report::warnings(
         &result,
         detail.params.late_bound_ms,
-        detail.tracker.series_overflow,
+        (
+            detail.tracker.series_overflow,
+            detail.tracker.series_unsorted,
+        ),
     );
     if let Some(late_ms) = result
         .start

@@ -11,6 +11,7 @@ use crate::driver::NodeInfo;
 use crate::receiver::ReceiverStats;
 use crate::run::RunOutcome;
 use crate::scrape::NodeDelta;
+use crate::tracker::Second;
 
 pub const SCHEMA_VERSION: u32 = 1;
 /// Warn when the achieved rate is above this share of the generator's capacity.
@@ -633,10 +634,10 @@ fn timeseries(outcome: &RunOutcome) -> Vec<SecondReport> {
     (0..seconds)
         .map(|second| {
             let arrivals = outcome.tracker.series.get(second).and_then(Option::as_ref);
-            let q = |quantile: f64| {
+            let ms = |us: fn(&Second) -> u64| {
                 arrivals
                     .filter(|s| s.delivered > 0)
-                    .map(|s| s.latency_us.value_at_quantile(quantile) as f64 / 1e3)
+                    .map(|s| us(s) as f64 / 1e3)
             };
             SecondReport {
                 second: second as u64,
@@ -648,8 +649,8 @@ fn timeseries(outcome: &RunOutcome) -> Vec<SecondReport> {
                     .copied()
                     .unwrap_or(0),
                 delivered: arrivals.map_or(0, |s| s.delivered),
-                p50_ms: q(0.5),
-                p99_ms: q(0.99),
+                p50_ms: ms(|s| s.p50_us),
+                p99_ms: ms(|s| s.p99_us),
             }
         })
         .collect()
@@ -685,8 +686,13 @@ pub fn gateway_error_warning(code: &str, count: u64) -> String {
     format!("the gateways answered {count} packets with {why}")
 }
 
-/// Warnings a reader must not miss.
-pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Vec<String> {
+/// Warnings a reader must not miss. The pair: arrivals after the per-second series' end, and
+/// arrivals recorded after their second's histogram was reused (counted, not in its quantiles).
+pub fn warnings(
+    run: &RunReport,
+    late_bound_ms: f64,
+    (series_overflow, series_unsorted): (u64, u64),
+) -> Vec<String> {
     let mut out = Vec::new();
     if run.interrupted {
         out.push(format!(
@@ -785,6 +791,13 @@ pub fn warnings(run: &RunReport, late_bound_ms: f64, series_overflow: u64) -> Ve
         out.push(format!(
             "{series_overflow} arrivals after second {} are not in the time series",
             crate::limits::SERIES_SECONDS_MAX
+        ));
+    }
+    if series_unsorted > 0 {
+        out.push(format!(
+            "{series_unsorted} arrivals were recorded more than {} s out of arrival order: \
+             counted in their second, not in its p50/p99",
+            crate::limits::SERIES_OPEN_SECONDS
         ));
     }
     for node in &run.nodes {

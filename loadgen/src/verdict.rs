@@ -47,8 +47,10 @@ pub struct Verdict {
     /// offered: what `max_loss_pct` bounds.
     pub undelivered_pct: f64,
     pub p99_ms: Option<f64>,
-    /// Largest RSS growth after the first window over all watched processes, percent.
+    /// Largest RSS growth after the first window over all watched processes (loadgen's
+    /// own included), percent, and the process that grew it.
     pub rss_growth_pct_max: Option<f64>,
+    pub rss_growth_pct_max_process: Option<String>,
     /// One line per failed rule, each naming the rule and the figure.
     pub failures: Vec<String>,
     /// Rules that could not be applied, and why.
@@ -128,12 +130,11 @@ pub fn judge(run: &RunReport, thresholds: Thresholds) -> Verdict {
             )),
         }
     }
-    // The nodes are judged, not loadgen: its own RSS grows with the per-second series it keeps
-    // for the report (bounded by `limits::SERIES_SECONDS_MAX`); it is reported beside them.
+    // Loadgen is judged like the nodes: what it keeps per run is allocated when the run
+    // starts (see `tracker`), so growth after the first window is a leak there too.
     let growths: Vec<(&str, i64, f64)> = run
         .processes
         .iter()
-        .filter(|p| p.name != "loadgen")
         .filter_map(|p| {
             Some((
                 p.name.as_str(),
@@ -142,7 +143,12 @@ pub fn judge(run: &RunReport, thresholds: Thresholds) -> Verdict {
             ))
         })
         .collect();
-    let rss_growth_pct_max = growths.iter().map(|(_, _, pct)| *pct).reduce(f64::max);
+    let largest = growths
+        .iter()
+        .copied()
+        .reduce(|a, b| if b.2 > a.2 { b } else { a });
+    let rss_growth_pct_max = largest.map(|(_, _, pct)| pct);
+    let rss_growth_pct_max_process = largest.map(|(name, _, _)| name.to_string());
     if let Some(bound) = thresholds.max_rss_growth_pct {
         if growths.is_empty() {
             not_judged.push(if run.windows.len() < 2 {
@@ -171,6 +177,7 @@ pub fn judge(run: &RunReport, thresholds: Thresholds) -> Verdict {
         undelivered_pct,
         p99_ms,
         rss_growth_pct_max,
+        rss_growth_pct_max_process,
         failures,
         not_judged,
     }
@@ -193,8 +200,10 @@ pub fn render(out: &mut String, verdict: &Verdict) {
                 _ => String::new(),
             },
             match (t.max_rss_growth_pct, verdict.rss_growth_pct_max) {
-                (Some(bound), Some(growth)) =>
-                    format!(", RSS growth after window 1 at most {growth:.1}% <= {bound}%"),
+                (Some(bound), Some(growth)) => format!(
+                    ", RSS growth after window 1 at most {growth:.1}% ({}) <= {bound}%",
+                    verdict.rss_growth_pct_max_process.as_deref().unwrap_or("?")
+                ),
                 _ => String::new(),
             }
         );
@@ -322,16 +331,16 @@ mod tests {
         r.sent.late = 92;
         r.sent.late_ratio = 92.0 / 5000.0;
         r.sent.lateness_ms.p99 = Some(1.06);
-        assert!(crate::report::warnings(&r, 1.0, 0).is_empty());
+        assert!(crate::report::warnings(&r, 1.0, (0, 0)).is_empty());
         r.sent.lateness_ms.p99 = Some(5.0);
-        let warnings = crate::report::warnings(&r, 1.0, 0);
+        let warnings = crate::report::warnings(&r, 1.0, (0, 0));
         assert!(
             warnings.iter().any(|w| w.contains("92 packets")),
             "{warnings:?}"
         );
         r.sent.late = 40;
         r.sent.late_ratio = 40.0 / 5000.0;
-        assert!(crate::report::warnings(&r, 1.0, 0).is_empty());
+        assert!(crate::report::warnings(&r, 1.0, (0, 0)).is_empty());
     }
 
     #[test]
@@ -400,6 +409,33 @@ mod tests {
         assert_eq!(v.failures.len(), 2, "{v:?}");
         assert!(v.failures[0].starts_with("interrupted"));
         assert!(v.failures[1].starts_with("panic: mix1 logged 2"));
+    }
+
+    #[test]
+    fn loadgen_is_judged_like_the_nodes_and_the_largest_grower_is_named() {
+        let args = ThresholdArgs {
+            max_rss_growth_pct: Some(20.0),
+            ..ThresholdArgs::default()
+        };
+        let mut report = run(1000, 1000, Some(5.0));
+        report.processes = vec![
+            process("mix1", 1000, Some(1100)),
+            process("loadgen", 11_000, Some(18_000)),
+        ];
+        let v = judge(&report, Thresholds::from_args(&args));
+        assert!(!v.passed);
+        assert!(
+            v.failures[0].starts_with("RSS: loadgen grew 63.6%"),
+            "{v:?}"
+        );
+        assert_eq!(v.rss_growth_pct_max_process.as_deref(), Some("loadgen"));
+        report.processes[1] = process("loadgen", 11_000, Some(11_200));
+        let v = judge(&report, Thresholds::from_args(&args));
+        assert!(v.passed, "{v:?}");
+        assert_eq!(v.rss_growth_pct_max_process.as_deref(), Some("mix1"));
+        let mut text = String::new();
+        render(&mut text, &v);
+        assert!(text.contains("at most 10.0% (mix1) <= 20%"), "{text}");
     }
 
     #[test]
