@@ -51,6 +51,18 @@ pub fn portable(key: &[u8; KEY_SIZE], data: &mut [u8]) {
 
 const SIGMA: [u32; 4] = [0x6170_7865, 0x3320_646e, 0x7962_2d32, 0x6b20_6574];
 
+/// The state of block 0 as words: constants, key, counter 0, zero nonce (every vector path
+/// splats them and then sets word 12 to each lane's counter).
+#[cfg(target_arch = "x86_64")]
+fn initial_words(key: &[u8; KEY_SIZE]) -> [u32; 16] {
+    let mut words = [0u32; 16];
+    words[..4].copy_from_slice(&SIGMA);
+    for (word, bytes) in words[4..12].iter_mut().zip(key.as_chunks::<4>().0) {
+        *word = u32::from_le_bytes(*bytes);
+    }
+    words
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
     use core::arch::x86_64::*;
@@ -63,16 +75,9 @@ pub(super) mod avx512 {
     /// The CPU must support AVX-512F.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn xor(key: &[u8; KEY_SIZE], data: &mut [u8]) {
-        let mut init = [_mm512_setzero_si512(); 16];
-        for (word, constant) in init.iter_mut().zip(SIGMA) {
-            *word = _mm512_set1_epi32(constant as i32);
-        }
-        for (word, bytes) in init[4..12].iter_mut().zip(key.chunks_exact(4)) {
-            let mut le = [0u8; 4];
-            le.copy_from_slice(bytes);
-            *word = _mm512_set1_epi32(u32::from_le_bytes(le) as i32);
-            le.zeroize();
-        }
+        let mut words = initial_words(key);
+        let mut init = words.map(|word| _mm512_set1_epi32(word as i32));
+        words.zeroize();
         let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
         let mut counter = 0u32;
         let mut tail = [0u8; 64];
@@ -181,16 +186,9 @@ mod avx2 {
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn xor(key: &[u8; KEY_SIZE], data: &mut [u8]) {
-        let mut init = [_mm256_setzero_si256(); 16];
-        for (word, constant) in init.iter_mut().zip(SIGMA) {
-            *word = _mm256_set1_epi32(constant as i32);
-        }
-        for (word, bytes) in init[4..12].iter_mut().zip(key.chunks_exact(4)) {
-            let mut le = [0u8; 4];
-            le.copy_from_slice(bytes);
-            *word = _mm256_set1_epi32(u32::from_le_bytes(le) as i32);
-            le.zeroize();
-        }
+        let mut words = initial_words(key);
+        let mut init = words.map(|word| _mm256_set1_epi32(word as i32));
+        words.zeroize();
         let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let mut counter = 0u32;
         let mut tail = [0u8; 64];

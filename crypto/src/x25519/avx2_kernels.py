@@ -26,6 +26,18 @@ def carry(lines):
         else:
             lines.append(f"vpaddq {H[i + 1]}, {H[i + 1]}, {T0}")
 
+def product(lines, init, t, k, left, src):
+    # Column k += left * src: the first product of a column lands in its register directly,
+    # the others through the two temporaries in turn. Returns the next temporary's index.
+    if not init[k]:
+        lines.append(f"vpmuludq {H[k]}, {left}, {src}")
+        init[k] = True
+        return t
+    tmp = TEMPS[t % 2]
+    lines.append(f"vpmuludq {tmp}, {left}, {src}")
+    lines.append(f"vpaddq {H[k]}, {H[k]}, {tmp}")
+    return t + 1
+
 def store(lines):
     for i in range(10):
         lines.append(f"vmovdqu ymmword ptr [{{dst}} + {32 * i}], {H[i]}")
@@ -42,14 +54,7 @@ def mul():
         for j in range(10):
             left = FI2 if (i % 2 == 1 and j % 2 == 1) else FI
             src = f"ymmword ptr [{{g19}} + {32 * j}]" if i + j >= 10 else f"ymmword ptr [{{g}} + {32 * j}]"
-            k = (i + j) % 10
-            if not init[k]:
-                lines.append(f"vpmuludq {H[k]}, {left}, {src}")
-                init[k] = True
-            else:
-                tmp = TEMPS[t % 2]; t += 1
-                lines.append(f"vpmuludq {tmp}, {left}, {src}")
-                lines.append(f"vpaddq {H[k]}, {H[k]}, {tmp}")
+            t = product(lines, init, t, (i + j) % 10, left, src)
     carry(lines)
     store(lines)
     return lines
@@ -85,14 +90,7 @@ def square():
                 src = f"ymmword ptr [{{x19}} + {32 * j}]"
             else:
                 src = f"ymmword ptr [{{x38}} + {32 * j}]"
-            k = (i + j) % 10
-            if not init[k]:
-                lines.append(f"vpmuludq {H[k]}, {left}, {src}")
-                init[k] = True
-            else:
-                tmp = TEMPS[t % 2]; t += 1
-                lines.append(f"vpmuludq {tmp}, {left}, {src}")
-                lines.append(f"vpaddq {H[k]}, {H[k]}, {tmp}")
+            t = product(lines, init, t, (i + j) % 10, left, src)
     carry(lines)
     store(lines)
     return lines
