@@ -13,7 +13,8 @@
 # Usage: bench/soak.sh [more loadgen flags]
 # Settings (environment): DURATION (30m) WINDOW (5m) RATE (500) MU (0, ms per hop)
 #   MAX_LOSS_PCT (0.1) MAX_P99_MS (100 + 13.8 x MU) MAX_RSS_GROWTH_PCT (20)
-#   OUT (soak-<date>: summary.json, windows.csv, timeseries.csv, plots, report.txt)
+#   OUT (soak-<date>: summary.json, windows.csv, timeseries.csv, plots, report.txt, logs/: every
+#   node's log)
 # A quick check of the whole path: DURATION=2m WINDOW=30s bench/soak.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -229,7 +229,8 @@ pub struct OutputArgs {
     /// Print exactly one JSON document (schema: loadgen/schema/report.schema.json).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Also write summary.json, timeseries.csv, the latency histogram and PNG plots here.
+    /// Also write summary.json, timeseries.csv, the latency histogram and PNG plots here (and, on
+    /// a local testnet, every node's log in DIR/logs/).
     #[arg(long, global = true, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }

@@ -193,6 +193,7 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
                 mixnodes_per_layer: cli.load.nodes_per_layer.unwrap_or(2),
                 gateways: cli.load.gateways,
                 trace: cli.load.trace.clone(),
+                logs_to: cli.output.out.clone(),
             };
             say(&format!(
                 "starting a local testnet (lethe testnet up: directory, {} mixnodes, {} gateways)",

@@ -25,6 +25,9 @@ pub struct TestnetOptions {
     pub gateways: u32,
     /// `lethe testnet up --trace DIR`.
     pub trace: Option<PathBuf>,
+    /// Where the nodes' logs are copied when the testnet goes down (`--out DIR`: DIR/logs/),
+    /// so a failed soak can be read after its state directory is gone.
+    pub logs_to: Option<PathBuf>,
 }
 
 /// A running testnet; dropping it stops it and removes its directory.
@@ -41,6 +44,7 @@ pub struct Testnet {
     pids: Vec<(String, u32, PathBuf)>,
     /// Node names by mix listen address.
     names: HashMap<String, String>,
+    logs_to: Option<PathBuf>,
 }
 
 impl Testnet {
@@ -64,6 +68,7 @@ impl Testnet {
             issuers: None,
             pids: Vec::new(),
             names: HashMap::new(),
+            logs_to: options.logs_to.clone(),
         };
         testnet.reaper = testnet.spawn_reaper().ok();
         let mut up = Command::new(&options.lethe);
@@ -160,6 +165,24 @@ impl Testnet {
             .collect()
     }
 
+    /// Copies every node's stderr log to `out/logs/<node>.log` (best effort: says what failed).
+    fn copy_logs(&self, out: &std::path::Path) {
+        let logs = out.join("logs");
+        if let Err(e) = std::fs::create_dir_all(&logs) {
+            eprintln!(
+                "loadgen: the nodes' logs were not kept: {}: {e}",
+                logs.display()
+            );
+            return;
+        }
+        for (name, _, dir) in &self.pids {
+            let from = dir.join("stderr.log");
+            if let Err(e) = std::fs::copy(&from, logs.join(format!("{name}.log"))) {
+                eprintln!("loadgen: {} not kept: {e}", from.display());
+            }
+        }
+    }
+
     /// An error naming a node that is no longer running.
     pub fn check(&self) -> Result<(), String> {
         for (name, pid, dir) in &self.pids {
@@ -190,6 +213,9 @@ impl Drop for Testnet {
                 .stderr(Stdio::null())
                 .process_group(0)
                 .status();
+        }
+        if let Some(out) = &self.logs_to {
+            self.copy_logs(out);
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
