@@ -770,10 +770,10 @@ async fn receive_loop(mut connection: Connection, shared: &Shared) -> String {
                 }
             }
             _ = tick.tick() => {
-                if !pending.is_empty() {
-                    if let Err(e) = confirm(&mut connection, &mut pending, &shared.counters).await {
-                        return e;
-                    }
+                // The session's keep-alive (a receiver may wait long between runs).
+                connection.handle_timeout();
+                if let Err(e) = confirm(&mut connection, &mut pending, &shared.counters).await {
+                    return e;
                 }
             }
         }
@@ -812,7 +812,13 @@ async fn send_loop(
     shared: &Shared,
 ) -> Result<(), String> {
     loop {
+        let due = connection.timeout();
         tokio::select! {
+            // The session's keep-alive (a sender is silent between runs).
+            () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                connection.handle_timeout();
+                connection.flush().await?;
+            }
             batch = batches.recv() => {
                 let Some(batch) = batch else {
                     connection.close().await;

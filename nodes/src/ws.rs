@@ -188,6 +188,8 @@ where
         CloseReason::Policy => CloseCode::Policy,
         CloseReason::Protocol => CloseCode::Protocol,
         CloseReason::Again => CloseCode::Again,
+        // Authenticated, so it may read: told why (bounded by the close timeout).
+        CloseReason::Idle => CloseCode::Away,
         // A peer that stalls may not read a close frame: none is sent.
         CloseReason::TimedOut => return,
     };
@@ -292,6 +294,20 @@ impl Connection {
     /// Writes what the session queued.
     pub async fn flush(&mut self) -> Result<(), String> {
         write_transmits(&mut self.ws, &mut self.session).await
+    }
+
+    /// When [`Self::handle_timeout`] is due: the handshake deadline, then the session's
+    /// keep-alive check (a driver that never runs it leaves a silent session to the gateway's
+    /// idle timeout).
+    pub fn timeout(&self) -> Option<tokio::time::Instant> {
+        let due = |us| tokio::time::Instant::from_std(self.start + Duration::from_micros(us));
+        self.session.poll_timeout().map(due)
+    }
+
+    /// Runs the session's timer; [`Self::flush`] writes what it queued (a keep-alive).
+    pub fn handle_timeout(&mut self) {
+        let now_us = self.now_us();
+        self.session.handle_timeout(now_us);
     }
 
     /// Reads one message from the gateway into the session (its events are then in

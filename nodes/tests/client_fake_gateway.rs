@@ -43,6 +43,7 @@ async fn client(
         topology: Arc::new(StaticTopology(gateway.net.topology.clone())),
         received_capacity: 16,
         wallet: None,
+        keepalive_us: lethe_proto::limits::CLIENT_KEEPALIVE_US,
     };
     let (handle, received) = connect(config).await.unwrap();
     handle
@@ -296,6 +297,7 @@ async fn topology_is_refreshed_with_the_seen_epoch() {
         topology: source.clone(),
         received_capacity: 4,
         wallet: None,
+        keepalive_us: lethe_proto::limits::CLIENT_KEEPALIVE_US,
     };
     let (a, mut received) = connect(config).await.unwrap();
     a.wait_connected(Duration::from_secs(10)).await.unwrap();

@@ -9,13 +9,22 @@
 //! The gateway's `Error` messages do not end a session (a refused forward, no bandwidth): they
 //! become [`ClientEvent::Error`] and the client decides. Only a broken protocol (a message that
 //! does not decrypt or decode) or the transport ends it.
+//!
+//! The gateway closes a session that is silent both ways for its idle timeout. Once
+//! established, the session's timer ([`ClientSession::poll_timeout`]) comes every
+//! [`CLIENT_KEEPALIVE_US`]: if nothing was sent since the last one, it sends a keep-alive, an
+//! empty `Confirm` (no new message kind: every gateway accepts it, and it deletes nothing).
+//! A Loopix client's cover streams keep the session busy anyway; the keep-alive is for
+//! clients with both off and nothing to send.
 
 use std::collections::VecDeque;
 
 use rand::CryptoRng;
 
 use crate::gateway_session::{CloseReason, Transmit};
-use crate::limits::{CONFIRM_IDS_MAX, SESSION_EVENTS_MAX, SESSION_TRANSMITS_MAX};
+use crate::limits::{
+    CLIENT_KEEPALIVE_US, CONFIRM_IDS_MAX, SESSION_EVENTS_MAX, SESSION_TRANSMITS_MAX,
+};
 use crate::wire::{ClientHandshake, ClientMessage, DeliveryKind, GatewayMessage, Session};
 
 /// What the client learns from its gateway.
@@ -70,6 +79,15 @@ pub struct ClientSession {
     confirms: Vec<u64>,
     /// Events the driver did not drain in time (a driver bug): counted, never queued past the bound.
     events_dropped: u64,
+    /// Once established: the next keep-alive check, every `keepalive_us`.
+    keepalive_due_us: u64,
+    keepalive_us: u64,
+    /// Something was sent since the last keep-alive check.
+    sent: bool,
+    /// Keep-alives sent.
+    keepalives: u64,
+    /// The time of the latest call that carried one.
+    now_us: u64,
 }
 
 impl ClientSession {
@@ -92,7 +110,24 @@ impl ClientSession {
             events: VecDeque::new(),
             confirms: Vec::new(),
             events_dropped: 0,
+            keepalive_due_us: 0,
+            keepalive_us: CLIENT_KEEPALIVE_US,
+            sent: false,
+            keepalives: 0,
+            now_us,
         }
+    }
+
+    /// Keep-alives sent so far.
+    pub fn keepalives(&self) -> u64 {
+        self.keepalives
+    }
+
+    /// Checks for silence every `keepalive_us` instead of [`CLIENT_KEEPALIVE_US`] (a gateway
+    /// with a shorter idle timeout; tests), from now on.
+    pub fn set_keepalive_us(&mut self, keepalive_us: u64) {
+        self.keepalive_us = keepalive_us.max(1);
+        self.keepalive_due_us = self.now_us.saturating_add(self.keepalive_us);
     }
 
     pub fn is_established(&self) -> bool {
@@ -116,21 +151,35 @@ impl ClientSession {
         self.events.pop_front()
     }
 
-    /// The handshake deadline, until the gateway welcomed the client.
+    /// The handshake deadline until the gateway welcomed the client, then the next
+    /// keep-alive check.
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.state {
             State::AwaitHello(_) | State::AwaitWelcome(_) => Some(self.handshake_deadline_us),
-            State::Established(_) | State::Closed => None,
+            State::Established(_) => Some(self.keepalive_due_us),
+            State::Closed => None,
         }
     }
 
     pub fn handle_timeout(&mut self, now_us: u64) {
-        if self
-            .poll_timeout()
-            .is_some_and(|deadline| now_us >= deadline)
-        {
-            self.end(CloseReason::TimedOut, None);
+        self.now_us = self.now_us.max(now_us);
+        if !matches!(self.poll_timeout(), Some(deadline) if now_us >= deadline) {
+            return;
         }
+        if !self.is_established() {
+            return self.end(CloseReason::TimedOut, None);
+        }
+        // Anything sent since the last check (a forward, a confirm) kept the session busy;
+        // a refused keep-alive means messages wait for the transport: not silent either.
+        if !std::mem::take(&mut self.sent)
+            && self
+                .send(&ClientMessage::Confirm { ids: Vec::new() })
+                .is_ok()
+        {
+            self.keepalives += 1;
+            self.sent = false;
+        }
+        self.keepalive_due_us = now_us.saturating_add(self.keepalive_us);
     }
 
     /// The transport ended.
@@ -195,7 +244,10 @@ impl ClientSession {
                 ClientEvent::Bandwidth { remaining_bytes }
             }
         };
-        self.state = if welcomed || matches!(event, ClientEvent::Welcome { .. }) {
+        self.state = if welcomed {
+            State::Established(session)
+        } else if matches!(event, ClientEvent::Welcome { .. }) {
+            self.keepalive_due_us = self.now_us.saturating_add(self.keepalive_us);
             State::Established(session)
         } else {
             State::AwaitWelcome(session)
@@ -222,6 +274,7 @@ impl ClientSession {
         match session.seal(encoded) {
             Ok(sealed) => {
                 self.transmits.push_back(Transmit::Message(sealed));
+                self.sent = true;
                 Ok(())
             }
             Err(_) => {

@@ -10,8 +10,12 @@
 //! AwaitHello --hello--> AwaitAuth --auth--> Authenticated --open()--> Established
 //!      \___________________ deadline or bad input __________________/        |
 //!                                  v                                          v
-//!                                Closed <------------- error / close() -------+
+//!                                Closed <--------- error / idle / close() ----+
 //! ```
+//! An established session that neither hears from its client nor delivers anything to it for
+//! [`GatewayConfig::idle_timeout_us`] ends ([`CloseReason::Idle`]): until then it holds one of
+//! the gateway's session slots. Clients stay busy: a Loopix client's cover streams send all the
+//! time, and a client with both off sends a keep-alive (see `client_session`).
 //! Until [`GatewaySession::open`] the session sends nothing but the handshake: the driver
 //! registers the client (and may refuse it, e.g. when the gateway is full) first; messages a
 //! client pipelines after its auth wait (a few) until then.
@@ -36,6 +40,8 @@ use crate::wire::{ClientMessageView, DeliveryKind, GatewayHandshake, GatewayMess
 pub struct GatewayConfig {
     /// From the first byte to an authenticated client.
     pub handshake_timeout_us: u64,
+    /// An established session with no client message and no delivery for this long ends.
+    pub idle_timeout_us: u64,
     /// Forwards are charged against a balance the client tops up with credentials.
     pub metered: bool,
 }
@@ -67,6 +73,8 @@ pub enum CloseReason {
     Again,
     /// The handshake did not finish in time.
     TimedOut,
+    /// The established session was silent both ways for the idle timeout.
+    Idle,
 }
 
 /// Decisions the session leaves to its driver.
@@ -126,6 +134,10 @@ enum State {
 struct Established {
     client: [u8; 32],
     session: Session,
+    /// When the session ends unless the client says something or is delivered something.
+    idle_deadline_us: u64,
+    /// A delivery was queued since the deadline was last set (deliveries carry no clock).
+    delivered: bool,
     /// The highest delivery id sent in this session.
     cursor: u64,
     /// With metering: the balance as this session sees it.
@@ -156,6 +168,9 @@ pub struct GatewaySession {
     unwritten_bytes: u64,
     /// Messages that came after the auth, before the driver opened the session.
     early: VecDeque<Vec<u8>>,
+    /// The time of the latest call that carried one (`new`, `handle_message`): the idle
+    /// deadline of a session the driver opens counts from its last handshake message.
+    now_us: u64,
 }
 
 impl GatewaySession {
@@ -172,6 +187,7 @@ impl GatewaySession {
             fault: None,
             unwritten_bytes: 0,
             early: VecDeque::new(),
+            now_us,
         }
     }
 
@@ -215,24 +231,38 @@ impl GatewaySession {
 
     /// When [`Self::handle_timeout`] must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<u64> {
-        match self.state {
+        match &self.state {
             State::AwaitHello | State::AwaitAuth(_) | State::Authenticated { .. } => {
                 Some(self.handshake_deadline_us)
             }
-            State::Established(_) | State::Closed => None,
+            State::Established(live) => Some(live.idle_deadline_us),
+            State::Closed => None,
         }
     }
 
     pub fn handle_timeout(&mut self, now_us: u64) {
-        if self
-            .poll_timeout()
-            .is_some_and(|deadline| now_us >= deadline)
-        {
-            // A peer that stalls may not read a close frame either: none is queued.
-            self.set_closed();
-            self.events.push_back(GatewayEvent::Closed {
-                reason: CloseReason::TimedOut,
-            });
+        match &mut self.state {
+            State::Established(live) => {
+                if now_us < live.idle_deadline_us {
+                    return;
+                }
+                if live.delivered {
+                    // Delivered to since the deadline was set: busy until one more timeout.
+                    live.delivered = false;
+                    live.idle_deadline_us = now_us.saturating_add(self.config.idle_timeout_us);
+                    return;
+                }
+                self.end(CloseReason::Idle, "idle session");
+            }
+            State::Closed => {}
+            _ if now_us >= self.handshake_deadline_us => {
+                // A peer that stalls may not read a close frame either: none is queued.
+                self.set_closed();
+                self.events.push_back(GatewayEvent::Closed {
+                    reason: CloseReason::TimedOut,
+                });
+            }
+            _ => {}
         }
     }
 
@@ -261,6 +291,7 @@ impl GatewaySession {
         first_hops: &H,
     ) {
         self.handle_timeout(now_us);
+        self.now_us = now_us;
         match std::mem::replace(&mut self.state, State::Closed) {
             State::AwaitHello => match GatewayHandshake::respond(bytes, &self.identity_seed, rng) {
                 Ok((handshake, reply)) => {
@@ -286,7 +317,9 @@ impl GatewaySession {
                     self.end(CloseReason::Protocol, "too many messages before welcome");
                 }
             }
-            State::Established(live) => {
+            State::Established(mut live) => {
+                live.idle_deadline_us = now_us.saturating_add(self.config.idle_timeout_us);
+                live.delivered = false;
                 self.state = State::Established(live);
                 self.on_sealed(bytes, first_hops);
             }
@@ -309,6 +342,10 @@ impl GatewaySession {
         self.state = State::Established(Established {
             client,
             session,
+            idle_deadline_us: self.now_us.saturating_add(self.config.idle_timeout_us),
+            // The welcome is a delivery: however long the driver took to open the session,
+            // the client has a whole idle timeout from the first check on.
+            delivered: true,
             cursor: 0,
             account,
             admitted: false,
@@ -342,6 +379,8 @@ impl GatewaySession {
                 self.state = State::Established(Established {
                     client,
                     session,
+                    idle_deadline_us: self.now_us,
+                    delivered: false,
                     cursor: 0,
                     account: None,
                     admitted: true,
@@ -384,6 +423,7 @@ impl GatewaySession {
                 return;
             }
             live.cursor = id;
+            live.delivered = true;
             let message = GatewayMessage::Deliver {
                 id,
                 kind,
@@ -528,6 +568,8 @@ impl GatewaySession {
                     });
                 }
             }
+            // A keep-alive: it kept the session from idling, there is nothing to delete.
+            ClientMessageView::Confirm(confirm) if confirm.is_empty() => {}
             ClientMessageView::Confirm(confirm) => self.event(GatewayEvent::Confirm {
                 ids: confirm.ids().collect(),
             }),

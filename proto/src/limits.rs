@@ -19,6 +19,18 @@ pub const EARLY_MESSAGES_MAX: usize = 16;
 pub const FLUSH_EVERY_BYTES: u64 = 1 << 20;
 /// The longest `Error` text a session sends; longer texts are cut (at a UTF-8 boundary).
 pub const ERROR_TEXT_BYTES_MAX: usize = 256;
+/// An established gateway session that neither heard from its client nor delivered anything
+/// to it for this long is closed (the default of the gateway's `session_idle_timeout_s`): a
+/// silent authenticated session holds a slot of `sessions_max` and its memory for nothing.
+/// As long as a mixnode's idle ingress timeout (5 minutes).
+pub const SESSION_IDLE_TIMEOUT_S_DEFAULT: u64 = 300;
+/// The shortest idle timeout a gateway accepts (tests shorten it; below about
+/// 2 × [`CLIENT_KEEPALIVE_US`], clients with their cover traffic off would be closed).
+pub const SESSION_IDLE_TIMEOUT_S_MIN: u64 = 1;
+/// A client session that sent nothing for this long sends a keep-alive (an empty `Confirm`,
+/// which every gateway accepts and which deletes nothing). A Loopix client's cover traffic
+/// keeps its session busy anyway; this is for clients with both cover streams off.
+pub const CLIENT_KEEPALIVE_US: u64 = 60_000_000;
 
 /// Sealing adds the AEAD tag; the message kind and forward header come on top of the packet.
 const FORWARD_OVERHEAD_BYTES: usize = 1 + 32 + crate::wire::session::TAG_LEN;
@@ -30,6 +42,11 @@ const _: () = assert!(CONFIRM_IDS_MAX <= u16::MAX as usize);
 const _: () = assert!(SESSION_TRANSMITS_MAX >= 2 && SESSION_EVENTS_MAX >= 2);
 // Opening handles the early messages in one call: their events must fit.
 const _: () = assert!(3 * EARLY_MESSAGES_MAX + 2 < SESSION_EVENTS_MAX);
+const _: () = assert!(SESSION_IDLE_TIMEOUT_S_MIN > 0);
+const _: () = assert!(SESSION_IDLE_TIMEOUT_S_MIN <= SESSION_IDLE_TIMEOUT_S_DEFAULT);
+// A silent client's keep-alives (at most two periods apart: the period is checked on a
+// timer) reach the gateway well within its default idle timeout.
+const _: () = assert!(2 * CLIENT_KEEPALIVE_US < SESSION_IDLE_TIMEOUT_S_DEFAULT * 1_000_000);
 
 /// Fragments waiting for the client's Poisson stream before it reads no more commands.
 pub const CLIENT_QUEUE_HIGH_WATER: usize = 4096;

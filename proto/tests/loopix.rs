@@ -158,6 +158,7 @@ impl World {
         let party = &mut self.parties[p];
         let config = GatewayConfig {
             handshake_timeout_us: HANDSHAKE_TIMEOUT_US,
+            idle_timeout_us: lethe_proto::limits::SESSION_IDLE_TIMEOUT_S_DEFAULT * 1_000_000,
             metered: false,
         };
         party.link = Some(Link {

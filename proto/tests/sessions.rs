@@ -8,7 +8,8 @@ use lethe_crypto::framing::PacketSize;
 use lethe_proto::client_session::SendRefused;
 use lethe_proto::gateway_session::{CloseReason, Delivered, FirstHops, GatewayConfig, Transmit};
 use lethe_proto::limits::{
-    CONFIRM_IDS_MAX, EARLY_MESSAGES_MAX, FLUSH_EVERY_BYTES, SESSION_TRANSMITS_MAX,
+    CLIENT_KEEPALIVE_US, CONFIRM_IDS_MAX, EARLY_MESSAGES_MAX, FLUSH_EVERY_BYTES,
+    SESSION_IDLE_TIMEOUT_S_DEFAULT, SESSION_TRANSMITS_MAX,
 };
 use lethe_proto::wire::handshake::identity_public;
 use lethe_proto::wire::messages::error_code;
@@ -18,6 +19,8 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 const TIMEOUT_US: u64 = 5_000_000;
+/// The gateway's default idle timeout: the keep-alive is sized against it.
+const IDLE_US: u64 = SESSION_IDLE_TIMEOUT_S_DEFAULT * 1_000_000;
 const GATEWAY_SEED: [u8; 32] = [2; 32];
 const CLIENT_SEED: [u8; 32] = [1; 32];
 const LAYER1: [u8; 32] = [7; 32];
@@ -53,6 +56,7 @@ impl Pair {
         let now_us = 1_000_000;
         let config = GatewayConfig {
             handshake_timeout_us: TIMEOUT_US,
+            idle_timeout_us: IDLE_US,
             metered,
         };
         let gateway = GatewaySession::new(now_us, config, GATEWAY_SEED);
@@ -158,8 +162,12 @@ fn handshake_then_welcome_with_the_stored_count() {
     assert_eq!(pair.client.poll_timeout(), Some(pair.now_us + TIMEOUT_US));
     pair.establish(3, None);
     assert_eq!(pair.client_events, vec![ClientEvent::Welcome { stored: 3 }]);
-    assert_eq!(pair.client.poll_timeout(), None);
-    assert_eq!(pair.gateway.poll_timeout(), None);
+    // Established: the client's keep-alive check and the gateway's idle deadline.
+    assert_eq!(
+        pair.client.poll_timeout(),
+        Some(pair.now_us + CLIENT_KEEPALIVE_US)
+    );
+    assert_eq!(pair.gateway.poll_timeout(), Some(pair.now_us + IDLE_US));
 }
 
 #[test]
@@ -181,6 +189,7 @@ fn garbage_instead_of_a_hello_closes_with_policy() {
     for len in [0usize, 1, 84, 85, 86, 4096] {
         let config = GatewayConfig {
             handshake_timeout_us: TIMEOUT_US,
+            idle_timeout_us: IDLE_US,
             metered: false,
         };
         let mut gateway = GatewaySession::new(0, config, GATEWAY_SEED);
@@ -301,6 +310,7 @@ fn messages_pipelined_before_the_welcome_are_handled_at_open() {
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let config = GatewayConfig {
         handshake_timeout_us: TIMEOUT_US,
+        idle_timeout_us: IDLE_US,
         metered: false,
     };
     let mut gateway = GatewaySession::new(0, config, GATEWAY_SEED);
@@ -631,4 +641,177 @@ fn a_seed_gives_the_same_bytes() {
     };
     assert_eq!(run(5), run(5));
     assert_ne!(run(5), run(6));
+}
+
+impl Pair {
+    /// Advances simulated time to `until_us`, firing both sides' timers as a driver would
+    /// (the client's only if `client_timers`: a raw client that never runs them is silent);
+    /// `every` runs at each step of `step_us`. Bounded by the step count.
+    fn run_until(
+        &mut self,
+        until_us: u64,
+        step_us: u64,
+        client_timers: bool,
+        mut every: impl FnMut(&mut Pair),
+    ) {
+        let mut next_step = self.now_us + step_us;
+        for _ in 0..1_000_000 {
+            let mut due = next_step;
+            if let Some(t) = self.gateway.poll_timeout() {
+                due = due.min(t);
+            }
+            if client_timers {
+                if let Some(t) = self.client.poll_timeout() {
+                    due = due.min(t);
+                }
+            }
+            if due > until_us || self.gateway.is_closed() {
+                return;
+            }
+            self.now_us = due.max(self.now_us);
+            self.gateway.handle_timeout(self.now_us);
+            if client_timers {
+                self.client.handle_timeout(self.now_us);
+            }
+            if self.now_us >= next_step {
+                next_step += step_us;
+                every(self);
+            }
+            self.pump();
+        }
+        panic!("run_until did not reach its end");
+    }
+
+    fn idle_closes(&self) -> usize {
+        let events = self.gateway_events.iter();
+        events
+            .filter(|e| {
+                matches!(
+                    e,
+                    GatewayEvent::Closed {
+                        reason: CloseReason::Idle
+                    }
+                )
+            })
+            .count()
+    }
+}
+
+#[test]
+fn a_session_silent_both_ways_is_closed_at_its_idle_timeout_with_a_reason() {
+    let mut pair = Pair::pinned(false);
+    pair.establish(0, None);
+    let opened_us = pair.now_us;
+    // The welcome counts as a delivery: the first check only moves the deadline.
+    let first = pair.gateway.poll_timeout().unwrap();
+    assert_eq!(first, opened_us + IDLE_US);
+    pair.gateway.handle_timeout(first);
+    assert!(!pair.gateway.is_closed());
+    let deadline = pair.gateway.poll_timeout().unwrap();
+    assert_eq!(deadline, first + IDLE_US);
+    pair.gateway.handle_timeout(deadline - 1);
+    assert!(!pair.gateway.is_closed());
+    pair.gateway.handle_timeout(deadline);
+    assert!(pair.gateway.is_closed());
+    assert_eq!(pair.gateway.poll_timeout(), None);
+    // An authenticated client may read: it is told why, then closed.
+    assert!(matches!(
+        pair.gateway.poll_transmit(),
+        Some(Transmit::Close(CloseReason::Idle, _))
+    ));
+    assert_eq!(
+        pair.gateway.poll_event(),
+        Some(GatewayEvent::Closed {
+            reason: CloseReason::Idle
+        })
+    );
+}
+
+#[test]
+fn a_raw_client_that_goes_silent_is_closed_and_one_that_forwards_is_not() {
+    // Silent (never runs its timers): closed within two idle timeouts of the welcome.
+    let mut silent = Pair::pinned(false);
+    silent.establish(0, None);
+    let opened_us = silent.now_us;
+    silent.run_until(opened_us + 10 * IDLE_US, IDLE_US / 4, false, |_| {});
+    assert!(silent.gateway.is_closed());
+    assert_eq!(silent.idle_closes(), 1);
+    assert!(silent.now_us <= opened_us + 2 * IDLE_US);
+    assert_eq!(silent.gateway_closes[0].0, CloseReason::Idle);
+    assert!(silent.client.is_closed());
+
+    // A forward every half idle timeout keeps it open (and no keep-alive is needed).
+    let mut busy = Pair::pinned(false);
+    busy.establish(0, None);
+    let opened_us = busy.now_us;
+    busy.run_until(opened_us + 10 * IDLE_US, IDLE_US / 2, false, |p| {
+        p.forward(LAYER1)
+    });
+    assert!(busy.gateway.is_established());
+    assert_eq!(busy.idle_closes(), 0);
+    assert_eq!(busy.forwards(), 20);
+}
+
+#[test]
+fn deliveries_to_a_client_keep_its_session_open() {
+    let mut pair = Pair::pinned(false);
+    pair.establish(0, None);
+    let opened_us = pair.now_us;
+    let mut id = 0;
+    pair.run_until(opened_us + 10 * IDLE_US, IDLE_US / 2, false, |p| {
+        id += 1;
+        let delivered = p
+            .gateway
+            .deliver(id, DeliveryKind::Message, [0; 16], vec![1; 32]);
+        assert_eq!(delivered, Delivered::Queued);
+    });
+    assert!(pair.gateway.is_established());
+    assert_eq!(pair.idle_closes(), 0);
+    // Once deliveries stop (and the client never answers), the session idles out.
+    let stopped_us = pair.now_us;
+    pair.run_until(stopped_us + 10 * IDLE_US, IDLE_US / 4, false, |_| {});
+    assert_eq!(pair.idle_closes(), 1);
+    assert!(pair.now_us <= stopped_us + 2 * IDLE_US);
+}
+
+#[test]
+fn a_client_with_nothing_to_send_keeps_its_session_with_keepalives() {
+    let mut pair = Pair::pinned(false);
+    pair.establish(0, None);
+    let opened_us = pair.now_us;
+    let span_us = 10 * IDLE_US;
+    pair.run_until(opened_us + span_us, IDLE_US, true, |_| {});
+    assert!(pair.gateway.is_established() && pair.client.is_established());
+    assert_eq!(pair.idle_closes(), 0);
+    // About one per keep-alive period, and nothing for the mailbox to delete.
+    let keepalives = pair.client.keepalives();
+    assert!(
+        keepalives >= span_us / CLIENT_KEEPALIVE_US - 1,
+        "{keepalives}"
+    );
+    assert!(
+        keepalives <= span_us / CLIENT_KEEPALIVE_US + 1,
+        "{keepalives}"
+    );
+    assert!(!pair
+        .gateway_events
+        .iter()
+        .any(|e| matches!(e, GatewayEvent::Confirm { .. })));
+}
+
+#[test]
+fn a_client_that_sends_needs_no_keepalive() {
+    let mut pair = Pair::pinned(false);
+    pair.establish(0, None);
+    let opened_us = pair.now_us;
+    // A forward more often than the keep-alive period.
+    pair.run_until(
+        opened_us + 10 * IDLE_US,
+        CLIENT_KEEPALIVE_US / 2,
+        true,
+        |p| p.forward(LAYER1),
+    );
+    assert!(pair.gateway.is_established());
+    assert_eq!(pair.client.keepalives(), 0);
+    assert!(pair.forwards() > 0);
 }

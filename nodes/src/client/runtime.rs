@@ -90,6 +90,9 @@ pub struct ClientConfig {
     /// The bandwidth credential to spend when the gateway asks for bandwidth (see
     /// [`super::credential`]); `None`: never spend one.
     pub wallet: Option<Arc<std::sync::Mutex<Wallet>>>,
+    /// A session that sent nothing for this long sends a keep-alive, so that the gateway
+    /// does not close it as idle (cover traffic usually makes it unnecessary).
+    pub keepalive_us: u64,
 }
 
 impl ClientConfig {
@@ -107,6 +110,7 @@ impl ClientConfig {
                 key: files.directory_key,
             }),
             received_capacity: limits::CLIENT_RECEIVED_CAPACITY,
+            keepalive_us: lethe_proto::limits::CLIENT_KEEPALIVE_US,
             wallet: match Wallet::open(&files.dir) {
                 Ok(wallet) => wallet.map(|w| Arc::new(std::sync::Mutex::new(w))),
                 Err(e) => {
@@ -404,6 +408,7 @@ pub async fn connect(
         state_tx,
         stats.clone(),
         refresh.clone(),
+        config.keepalive_us,
     ));
     let runner = CoreTask {
         core,
@@ -757,6 +762,7 @@ async fn connection_task(
     state: watch::Sender<ConnectionState>,
     stats: Arc<Stats>,
     refresh: Arc<Notify>,
+    keepalive_us: u64,
 ) {
     let mut backoff = Duration::from_millis(limits::CLIENT_BACKOFF_MS_MIN);
     loop {
@@ -774,6 +780,7 @@ async fn connection_task(
                     state: &state,
                     stats: &stats,
                     wallet: wallet.as_ref(),
+                    keepalive_us,
                 };
                 session(&url, &seed, gateway, links).await
             }
@@ -820,6 +827,7 @@ struct SessionLinks<'a> {
     state: &'a watch::Sender<ConnectionState>,
     stats: &'a Stats,
     wallet: Option<&'a Arc<std::sync::Mutex<Wallet>>>,
+    keepalive_us: u64,
 }
 
 /// Spends the wallet's credential when proto's [`Payer`] decides so; `Some(bytes)` to send.
@@ -900,6 +908,7 @@ async fn session(
         state,
         stats,
         wallet,
+        keepalive_us,
     } = links;
     let identity = crate::keyfile::ed25519_public(seed);
     let mut payer = Payer::new();
@@ -924,6 +933,7 @@ async fn session(
         }
         Err(OpenError::Failed(text)) => return SessionEnd::Failed(text),
     };
+    connection.session().set_keepalive_us(keepalive_us);
     state.send_replace(ConnectionState::Connected);
     if events.send(Event::Up).await.is_err() {
         return SessionEnd::Stop;
@@ -949,7 +959,13 @@ async fn session(
         if let Err(e) = connection.flush().await {
             return SessionEnd::Failed(e);
         }
+        // The session's keep-alive: the gateway closes a session silent for its idle timeout
+        // (cover traffic usually keeps it busy; not when both cover streams are off).
+        let due = connection.timeout();
         tokio::select! {
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                connection.handle_timeout();
+            }
             message = outgoing.recv() => match message {
                 None => {
                     connection.close().await;

@@ -14,6 +14,7 @@ use crate::node::keys::KeysSection;
 use crate::node::replay::ReplaySection;
 use crate::node::runtime_config::{EngineSection, Profile};
 use crate::node::CONFIG_FILE;
+use lethe_proto::limits::{SESSION_IDLE_TIMEOUT_S_DEFAULT, SESSION_IDLE_TIMEOUT_S_MIN};
 
 pub const CONFIG_VERSION: u32 = 1;
 
@@ -47,6 +48,10 @@ pub struct GatewaySection {
     pub sessions_max: u32,
     /// The whole unauthenticated phase of a connection: WebSocket upgrade, hello and auth.
     pub handshake_timeout_ms: u64,
+    /// An authenticated session silent both ways (no client message, nothing delivered)
+    /// for this long is closed; at least `SESSION_IDLE_TIMEOUT_S_MIN`.
+    #[serde(default = "default_session_idle_timeout_s")]
+    pub session_idle_timeout_s: u64,
     /// Unauthenticated connections at once (all sources).
     #[serde(default = "default_pending_connections_max")]
     pub pending_connections_max: u32,
@@ -79,6 +84,10 @@ pub struct GatewaySection {
 
 fn default_credentials_database() -> PathBuf {
     PathBuf::from("credentials.sqlite")
+}
+
+fn default_session_idle_timeout_s() -> u64 {
+    SESSION_IDLE_TIMEOUT_S_DEFAULT
 }
 
 fn default_pending_connections_max() -> u32 {
@@ -142,6 +151,10 @@ sessions_max = 8192
 # A connection must finish its WebSocket upgrade and the 3-message handshake within this
 # time (one deadline for all of it), or it is closed.
 handshake_timeout_ms = 5000
+# An authenticated session that neither hears from its client nor delivers anything to it
+# for this many seconds is closed (it holds a sessions_max slot). Clients keep theirs busy:
+# cover traffic, or a keep-alive every 60 s when cover is off, so keep this above 120.
+session_idle_timeout_s = 300
 # Connections not yet authenticated (upgrade or handshake unfinished), at once. At the cap the
 # oldest is closed to make room: honest handshakes take a few round trips, a flood's linger.
 pending_connections_max = 1024
@@ -257,6 +270,12 @@ impl Config {
             .replay
             .params()
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        if config.gateway.session_idle_timeout_s < SESSION_IDLE_TIMEOUT_S_MIN {
+            return Err(format!(
+                "{}: gateway.session_idle_timeout_s must be at least {SESSION_IDLE_TIMEOUT_S_MIN}",
+                path.display()
+            ));
+        }
         Ok(config)
     }
 }
@@ -277,13 +296,15 @@ mod tests {
                 g.pending_connections_max,
                 g.pending_connections_per_ip_max,
                 g.clients_max,
-                g.client_idle_days
+                g.client_idle_days,
+                g.session_idle_timeout_s
             ),
             (
                 PENDING_CONNECTIONS_MAX_DEFAULT,
                 PENDING_CONNECTIONS_PER_IP_MAX_DEFAULT,
                 CLIENTS_MAX_DEFAULT,
-                CLIENT_IDLE_DAYS_DEFAULT
+                CLIENT_IDLE_DAYS_DEFAULT,
+                SESSION_IDLE_TIMEOUT_S_DEFAULT
             ),
             "the template spells out the defaults"
         );

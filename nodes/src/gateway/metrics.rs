@@ -39,6 +39,7 @@ pub struct GatewayMetrics {
     pub pending_evicted: AtomicU64,
     pub pending_oversize: AtomicU64,
     pub handshakes_timed_out: AtomicU64,
+    pub sessions_idle_closed: AtomicU64,
     pub clients_durable: AtomicU64,
     pub clients_table_full: AtomicU64,
     pub clients_expired: AtomicU64,
@@ -56,7 +57,7 @@ impl GatewayMetrics {
 
     /// Appends the gateway's metrics in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let counters: [(&str, &str, &AtomicU64); 34] = [
+        let counters: [(&str, &str, &AtomicU64); 35] = [
             (
                 "sessions_started_total",
                 "Client sessions established",
@@ -76,6 +77,11 @@ impl GatewayMetrics {
                 "handshakes_timed_out_total",
                 "Unauthenticated connections closed at the handshake deadline",
                 &self.handshakes_timed_out,
+            ),
+            (
+                "sessions_idle_closed_total",
+                "Authenticated sessions closed after session_idle_timeout_s silent both ways",
+                &self.sessions_idle_closed,
             ),
             (
                 "pending_refused_per_ip_total",

@@ -404,6 +404,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         settings: SessionSettings {
             sessions_max: g.sessions_max,
             handshake_timeout: Duration::from_millis(g.handshake_timeout_ms.max(1)),
+            idle_timeout: Duration::from_secs(g.session_idle_timeout_s),
         },
         connections: AtomicU32::new(0),
         pending: sessions::PendingConnections::new(

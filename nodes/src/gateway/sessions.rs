@@ -25,6 +25,11 @@
 //! A malformed or undecryptable message gets an `Error` and closes that session only; a
 //! refused forward (first hop not in layer 1) gets an `Error` and the session goes on.
 //!
+//! An authenticated session silent both ways (no client message, nothing delivered) for
+//! `session_idle_timeout_s` is closed by its core's timer and counted
+//! (`sessions_idle_closed_total`): otherwise only `sessions_max` would bound silent sessions.
+//! Clients keep theirs busy with cover traffic, or the client session's keep-alive.
+//!
 //! With admission on (see [`super::admission`]), the session sends `Bandwidth{remaining}`
 //! right after `Welcome`; each `Forward` is charged its packet length, and refused with
 //! `Error{NO_BANDWIDTH}` when the balance does not cover it; `Credential{bytes}` is verified
@@ -121,6 +126,8 @@ pub struct SessionSettings {
     pub sessions_max: u32,
     /// The deadline of a connection's whole unauthenticated phase (upgrade, hello, auth).
     pub handshake_timeout: Duration,
+    /// An authenticated session silent both ways for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Everything session tasks share.
@@ -211,6 +218,7 @@ async fn connection(stream: TcpStream, slot: PendingSlot, shared: &Shared) {
     };
     let config = GatewayConfig {
         handshake_timeout_us: duration_us(shared.settings.handshake_timeout),
+        idle_timeout_us: duration_us(shared.settings.idle_timeout),
         metered: shared.admission.is_some(),
     };
     let mut link = Link {
@@ -251,8 +259,17 @@ async fn connection(stream: TcpStream, slot: PendingSlot, shared: &Shared) {
 
 /// The sessions' clock: µs since the first session began (monotonic).
 fn now_us() -> u64 {
+    duration_us(clock_start().elapsed())
+}
+
+/// The instant a time of the sessions' clock stands for (a core's timer).
+fn instant_at(us: u64) -> Instant {
+    Instant::from_std(clock_start() + Duration::from_micros(us))
+}
+
+fn clock_start() -> std::time::Instant {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    duration_us(START.get_or_init(std::time::Instant::now).elapsed())
+    *START.get_or_init(std::time::Instant::now)
 }
 
 /// One connection: the protocol core ([`GatewaySession`]) and what it needs from the gateway
@@ -446,6 +463,9 @@ impl Link<'_> {
                         }
                     }
                 }
+                GatewayEvent::Closed {
+                    reason: CloseReason::Idle,
+                } => GatewayMetrics::add(&metrics.sessions_idle_closed, 1),
                 GatewayEvent::Authenticated { .. } | GatewayEvent::Closed { .. } => {}
             }
         }
@@ -524,6 +544,9 @@ impl Link<'_> {
             return;
         }
         let mut backlog = true;
+        // The core's idle timer; reset only when its deadline moves.
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
         // Runs until the client leaves, errs, or is replaced; every turn does bounded work.
         loop {
             if backlog {
@@ -532,6 +555,10 @@ impl Link<'_> {
                     Ok(more) => backlog = more,
                     Err(()) => return,
                 }
+            }
+            let due = self.core.poll_timeout().map(instant_at);
+            if let Some(due) = due.filter(|&due| due != timer.deadline()) {
+                timer.as_mut().reset(due);
             }
             tokio::select! {
                 biased;
@@ -563,6 +590,12 @@ impl Link<'_> {
                     }
                     if lagged.load(Ordering::Acquire) {
                         backlog = true;
+                    }
+                }
+                () = &mut timer, if due.is_some() => {
+                    self.core.handle_timeout(now_us());
+                    if let Next::Close = self.flush(ws, client).await {
+                        return;
                     }
                 }
                 () = std::future::ready(()), if backlog => {}

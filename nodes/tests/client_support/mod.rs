@@ -164,6 +164,7 @@ impl FakeGateway {
         let now_us = || lethe_proto::duration_us(start.elapsed());
         let config = GatewayConfig {
             handshake_timeout_us: 10_000_000,
+            idle_timeout_us: lethe_proto::limits::SESSION_IDLE_TIMEOUT_S_DEFAULT * 1_000_000,
             metered: false,
         };
         let mut core = GatewaySession::new(now_us(), config, GATEWAY_SEED);

@@ -1741,6 +1741,7 @@ fn topology(
         );
         let gateway_config = GatewayConfig {
             handshake_timeout_us: HANDSHAKE_TIMEOUT_US,
+            idle_timeout_us: lethe_proto::limits::SESSION_IDLE_TIMEOUT_S_DEFAULT * 1_000_000,
             metered: false,
         };
         topology.nodes.push(NodeState::Client(Box::new(ClientNode {
