@@ -338,6 +338,17 @@ const _: () = assert!(SERVICE_SURB_WAIT_MS > SOCKS_SURB_STALL_MS_MAX);
 // The tick is finer than the ask retry, so a retry is not late by more than a tick.
 const _: () =
     assert!(SERVICE_SURB_WAIT_TICK_MS * 1_000 <= lethe_proto::limits::SERVICE_ASK_RETRY_US_MIN);
+/// How often a provider looks for lost responses to resend (overtaken ones are due at once:
+/// the tick only adds to the time a resend takes).
+pub const SERVICE_RESEND_TICK_MS: u64 = 100;
+/// How often the SOCKS proxy looks whether an acknowledgement is due.
+pub const SOCKS_ACK_TICK_MS: u64 = 50;
+
+// Both ticks are fine against what they serve: the resend timeout, the acknowledgement delay.
+const _: () = assert!(SERVICE_RESEND_TICK_MS > 0 && SOCKS_ACK_TICK_MS > 0);
+const _: () =
+    assert!(SERVICE_RESEND_TICK_MS * 1_000 * 10 <= lethe_proto::limits::SERVICE_RESEND_AFTER_US);
+const _: () = assert!(SOCKS_ACK_TICK_MS * 1_000 * 2 <= lethe_proto::limits::SERVICE_ACK_DELAY_US);
 
 // --- Directory: registration of nodes (`directory::announce`) ---
 

@@ -1,7 +1,7 @@
 //! `examples/anon_echo.rs`, the second provider on `lethe_nodes::service`, over the in-memory
 //! mixnet: a user sends requests under a sender tag with reply SURBs and gets its bytes back
 //! through them, more than its first SURBs carry (the provider asks for more, the user sends
-//! them); the provider never sees the user's address.
+//! them), numbered and acknowledged; the provider never sees the user's address.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::atomic::Ordering;
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use lethe_nodes::service::{ServiceStats, RESPONSE_BODY_BYTES_MAX};
 use lethe_nodes::socks::relay::Outgoing;
+use lethe_proto::service::replies::{Arrival, ReplyTracker, UserAction};
 use lethe_proto::service::{FromService, SenderTag, ToService};
 
 mod fake_mixnet;
@@ -47,6 +48,8 @@ async fn echo_through_surbs_with_top_ups() {
 
     let mut echoed = Vec::new();
     let mut asks = 0;
+    let mut tracker = ReplyTracker::new();
+    let started = tokio::time::Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     // Pieces arrive in any order: collect them, then compare as multisets of pieces.
     while echoed.len() < 100 {
@@ -55,9 +58,23 @@ async fn echo_through_surbs_with_top_ups() {
             .expect("the echo stalled")
             .unwrap();
         match FromService::decode(&message.data).unwrap() {
-            FromService::Response { tag: t, body } => {
+            FromService::Response { tag: t, seq, body } => {
                 assert_eq!(t, tag);
-                echoed.push(body);
+                // Numbered: a resend of a piece that was only late is recognised.
+                let now_us = lethe_proto::duration_us(started.elapsed());
+                if tracker.on_response(seq, now_us) == Arrival::Fresh {
+                    echoed.push(body);
+                }
+                if let Some(UserAction::Ack(ack)) = tracker.poll(now_us) {
+                    user.outgoing
+                        .send(Outgoing::Send {
+                            to: PROVIDER.into(),
+                            bytes: ToService::Ack { tag, ack }.encode(),
+                            reply_surbs: 0,
+                        })
+                        .await
+                        .unwrap();
+                }
             }
             FromService::MoreSurbs { tag: t, wanted } => {
                 assert_eq!(t, tag);

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod fake_mixnet;
-use fake_mixnet::{shuffling_mixnet, Seen, PROVIDER, PROXY};
+use fake_mixnet::{lossy_mixnet_counted, shuffling_mixnet, Seen, PROVIDER, PROXY};
 
 async fn http_server(body: Vec<u8>) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -70,7 +70,25 @@ async fn relays(
     Seen,
     tempdir::Dump,
 ) {
-    let (proxy_port, provider_port, seen) = shuffling_mixnet();
+    let (proxy_addr, proxy_stats, provider_stats, seen, dump, _) =
+        lossy_relays(web, reveal_address, 0).await;
+    (proxy_addr, proxy_stats, provider_stats, seen, dump)
+}
+
+/// [`relays`] on a mixnet losing every `lose_every`-th reply; also returns the count lost.
+async fn lossy_relays(
+    web: std::net::SocketAddr,
+    reveal_address: bool,
+    lose_every: u64,
+) -> (
+    std::net::SocketAddr,
+    Arc<ProxyStats>,
+    Arc<ProviderStats>,
+    Seen,
+    tempdir::Dump,
+    Arc<std::sync::atomic::AtomicU64>,
+) {
+    let (proxy_port, provider_port, seen, lost) = lossy_mixnet_counted(lose_every);
     let allow = AllowList::parse(&[format!("127.0.0.1:{}", web.port())]).unwrap();
     let provider_stats = Arc::new(ProviderStats::default());
     let dump = tempdir::Dump::new();
@@ -93,7 +111,7 @@ async fn relays(
         options,
         proxy_stats.clone(),
     ));
-    (proxy_addr, proxy_stats, provider_stats, seen, dump)
+    (proxy_addr, proxy_stats, provider_stats, seen, dump, lost)
 }
 
 mod tempdir {
@@ -162,6 +180,24 @@ async fn fetch_through_reordering_relay_with_surbs() {
         .await
         .unwrap();
     assert_eq!(code, 2);
+}
+
+/// Replies through SURBs get lost (every 25th here, the last ones too): the proxy
+/// acknowledges what came, the provider resends the rest, and the page arrives whole, each
+/// byte once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_replies_are_resent() {
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 11 % 251) as u8).collect();
+    let web = http_server(body.clone()).await;
+    let (proxy_addr, proxy_stats, provider_stats, _, _dump, lost) =
+        lossy_relays(web, false, 25).await;
+    assert_eq!(fetch(proxy_addr, web).await, body);
+    assert!(lost.load(Ordering::Relaxed) > 0);
+    assert!(proxy_stats.acks_sent.load(Ordering::Relaxed) > 0);
+    assert_eq!(proxy_stats.reset.load(Ordering::Relaxed), 0);
+    let service = &provider_stats.service;
+    assert_eq!(service.replies_given_up.load(Ordering::Relaxed), 0);
+    assert_eq!(service.surbs_stalled.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

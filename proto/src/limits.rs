@@ -110,6 +110,41 @@ pub const SERVICE_SURBS_RETIRING_US_MAX: u64 = 600_000_000;
 /// Longest user address a request may carry (when the user reveals it).
 pub const SERVICE_REPLY_TO_BYTES_MAX: usize = 300;
 
+/// Unacknowledged responses a provider keeps for one tag, to resend them (its window: a
+/// response waits for acknowledgements beyond it); also how far past its next expected
+/// response a user accepts one.
+pub const SERVICE_REPLY_TAG_PENDING_MAX: usize = 256;
+/// Bytes of unacknowledged responses a provider keeps for one tag.
+pub const SERVICE_REPLY_TAG_BYTES_MAX: usize = 512 * 1024;
+/// Bytes of unacknowledged responses a provider keeps in total.
+pub const SERVICE_REPLY_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// Conversations whose response numbering a provider keeps (idle ones are forgotten first).
+pub const SERVICE_REPLY_TAGS_MAX: usize = 4096;
+/// A response overtaken by this many later ones of its tag (acknowledged before it) is taken
+/// as lost and resent. Responses leave a provider in order, one packet each, and mix delays
+/// reorder them by far fewer.
+pub const SERVICE_REORDER_RESPONSES: u64 = 32;
+/// A tag's unacknowledged responses are all resent when no acknowledgement released any of
+/// them (and nothing new was sent) for this long: what overtaking cannot show (the last
+/// responses lost, or all of them). Longer than the provider's own queue takes to drain a
+/// full window at the default sending rate, plus the round trip.
+pub const SERVICE_RESEND_AFTER_US: u64 = 8_000_000;
+/// Resends of one response before its conversation is given up (counted). Generous: while a
+/// dead mixnode is still in the topology (until the directory drops it and the user's fresh
+/// SURBs avoid it), each resend through an old SURB may die with it.
+pub const SERVICE_RESENDS_MAX: u32 = 12;
+/// A resent response is not taken as overtaken again sooner than this after its resend.
+pub const SERVICE_RESEND_SPACING_US: u64 = 2_000_000;
+/// A user acknowledges after this many new responses...
+pub const SERVICE_ACK_EVERY: usize = 32;
+/// ...or this long after the first one it has not acknowledged yet.
+pub const SERVICE_ACK_DELAY_US: u64 = 300_000;
+/// Ranges of responses received above the next expected one an acknowledgement names.
+pub const SERVICE_ACK_RANGES_MAX: usize = 32;
+/// A user gives a conversation up (an error to its application, not a silent truncation)
+/// when a missing response has not come for this long: past every resend of the provider.
+pub const SERVICE_GAP_GIVE_UP_US: u64 = 120_000_000;
+
 const _: () = assert!(SERVICE_SURBS_MAX <= CLIENT_RECEIVED_SURBS_MAX);
 const _: () = assert!(SERVICE_TAG_SURBS_MAX <= SERVICE_SURBS_MAX);
 const _: () = assert!(SERVICE_SURBS_RESERVED < SERVICE_SURBS_WINDOW_MIN);
@@ -127,3 +162,19 @@ const _: () = assert!(
 const _: () =
     assert!(SERVICE_ASK_RETRY_US_MIN > 0 && SERVICE_ASK_RETRY_US_MIN <= SERVICE_ASK_RETRY_US_MAX);
 const _: () = assert!(SERVICE_REPLY_TO_BYTES_MAX <= u16::MAX as usize);
+// Acknowledgements come several times per window, so a flowing conversation never waits
+// for one; overtaking can show a loss within a window.
+const _: () = assert!(2 * SERVICE_ACK_EVERY <= SERVICE_REPLY_TAG_PENDING_MAX);
+const _: () = assert!(2 * SERVICE_REORDER_RESPONSES as usize <= SERVICE_REPLY_TAG_PENDING_MAX);
+const _: () = assert!(
+    SERVICE_REPLY_TAG_BYTES_MAX
+        >= 2 * SERVICE_ACK_EVERY
+            * crate::loopix::message::reply_fragment_capacity(PacketSize::Regular)
+);
+const _: () = assert!(SERVICE_REPLY_TAG_BYTES_MAX <= SERVICE_REPLY_BYTES_MAX);
+const _: () = assert!(SERVICE_ACK_DELAY_US < SERVICE_RESEND_AFTER_US);
+const _: () = assert!(SERVICE_RESEND_SPACING_US < SERVICE_RESEND_AFTER_US);
+const _: () = assert!(SERVICE_ACK_RANGES_MAX <= u8::MAX as usize);
+// The user waits out every resend before it gives up.
+const _: () =
+    assert!(SERVICE_GAP_GIVE_UP_US > SERVICE_RESEND_AFTER_US * (SERVICE_RESENDS_MAX as u64 + 2));

@@ -22,9 +22,13 @@
 //! ```text
 //! user → provider:  VERSION ‖ 0x01 ‖ tag(16) ‖ key_epoch(u32) ‖ reply_to_len(u16) ‖ reply_to ‖ body
 //!                   VERSION ‖ 0x02 ‖ tag(16) ‖ key_epoch(u32)                      (SURBs only)
-//! provider → user:  VERSION ‖ 0x81 ‖ tag(16) ‖ body                                  (response)
+//!                   VERSION ‖ 0x03 ‖ tag(16) ‖ next(u64) ‖ n(u8) ‖ n × (start(u64) ‖ end(u64))
+//!                                                                          (acknowledgement)
+//! provider → user:  VERSION ‖ 0x81 ‖ tag(16) ‖ seq(u64) ‖ body                       (response)
 //!                   VERSION ‖ 0x82 ‖ tag(16) ‖ wanted(u16)                           (more SURBs)
 //! ```
+//! Responses are numbered per tag (`seq`) and acknowledged, so those lost on the way are
+//! resent ([`replies`]).
 //! `reply_to` is empty unless the user chose to reveal its address (then the provider answers
 //! to it as an ordinary message, without SURBs). The first byte of the first SOCKS relay
 //! protocol was a message kind (1 or 2): [`VERSION`] differs from both, so a provider tells an
@@ -32,25 +36,27 @@
 
 use std::collections::{HashMap, VecDeque};
 
+pub mod replies;
+
 use lethe_crypto::framing::PacketSize;
 use rand::Rng;
 
 use crate::limits::{
-    SERVICE_ASK_RETRY_US_MAX, SERVICE_ASK_RETRY_US_MIN, SERVICE_REPLY_TO_BYTES_MAX,
-    SERVICE_SURBS_MAX, SERVICE_SURBS_RESERVED, SERVICE_SURBS_RETIRING_US_MAX,
-    SERVICE_SURBS_WINDOW_INITIAL, SERVICE_SURBS_WINDOW_MAX, SERVICE_SURBS_WINDOW_MIN,
-    SERVICE_TAG_SURBS_MAX,
+    SERVICE_ACK_RANGES_MAX, SERVICE_ASK_RETRY_US_MAX, SERVICE_ASK_RETRY_US_MIN,
+    SERVICE_REPLY_TO_BYTES_MAX, SERVICE_SURBS_MAX, SERVICE_SURBS_RESERVED,
+    SERVICE_SURBS_RETIRING_US_MAX, SERVICE_SURBS_WINDOW_INITIAL, SERVICE_SURBS_WINDOW_MAX,
+    SERVICE_SURBS_WINDOW_MIN, SERVICE_TAG_SURBS_MAX,
 };
 use crate::loopix::message::reply_fragment_capacity;
 use crate::topology::Topology;
 
 /// The envelope's version byte (the first byte of every message). 4: messages carrying
-/// SURBs name their key epoch.
-pub const VERSION: u8 = 4;
+/// SURBs name their key epoch; 5: responses are numbered and acknowledged.
+pub const VERSION: u8 = 5;
 pub const SENDER_TAG_BYTES: usize = 16;
 
 /// Envelope bytes in front of a response body.
-pub const RESPONSE_HEADER_BYTES: usize = 2 + SENDER_TAG_BYTES;
+pub const RESPONSE_HEADER_BYTES: usize = 2 + SENDER_TAG_BYTES + 8;
 /// The largest response body one SURB carries (one reply fragment): a provider that keeps
 /// its responses this small needs one SURB per response, from whichever bundle it holds.
 pub const RESPONSE_BODY_BYTES_MAX: usize =
@@ -58,6 +64,7 @@ pub const RESPONSE_BODY_BYTES_MAX: usize =
 
 const REQUEST: u8 = 0x01;
 const SURBS: u8 = 0x02;
+const ACK: u8 = 0x03;
 const RESPONSE: u8 = 0x81;
 const MORE_SURBS: u8 = 0x82;
 
@@ -114,13 +121,23 @@ pub enum ToService {
     /// Carries nothing but the SURBs attached to the mixnet message (an answer to
     /// [`FromService::MoreSurbs`], or replacements after a key rotation).
     Surbs { tag: SenderTag, key_epoch: u32 },
+    /// The responses of `tag` the user received.
+    Ack { tag: SenderTag, ack: replies::Ack },
 }
 
 /// A message from a provider to a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromService {
-    Response { tag: SenderTag, body: Vec<u8> },
-    MoreSurbs { tag: SenderTag, wanted: u16 },
+    /// `seq` numbers the tag's responses from 0 (see [`replies`]).
+    Response {
+        tag: SenderTag,
+        seq: u64,
+        body: Vec<u8>,
+    },
+    MoreSurbs {
+        tag: SenderTag,
+        wanted: u16,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,11 +196,28 @@ impl ToService {
                 out.extend_from_slice(&key_epoch.to_be_bytes());
                 out
             }
+            ToService::Ack { tag, ack } => {
+                let ranges = &ack.ranges[..ack.ranges.len().min(SERVICE_ACK_RANGES_MAX)];
+                let mut out = start(ACK, tag, 9 + 16 * ranges.len());
+                out.extend_from_slice(&ack.next.to_be_bytes());
+                // In range: SERVICE_ACK_RANGES_MAX fits a u8 (checked in limits).
+                out.push(ranges.len() as u8);
+                for (start, end) in ranges {
+                    out.extend_from_slice(&start.to_be_bytes());
+                    out.extend_from_slice(&end.to_be_bytes());
+                }
+                out
+            }
         }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ToService, EnvelopeError> {
         let (kind, tag, rest) = header(bytes)?;
+        if kind == ACK {
+            // Carries no SURBs: no key epoch.
+            let ack = decode_ack(rest)?;
+            return Ok(ToService::Ack { tag, ack });
+        }
         let (key_epoch, rest) = rest
             .split_first_chunk::<4>()
             .ok_or(EnvelopeError::Malformed("truncated"))?;
@@ -224,8 +258,9 @@ impl ToService {
 impl FromService {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            FromService::Response { tag, body } => {
-                let mut out = start(RESPONSE, tag, body.len());
+            FromService::Response { tag, seq, body } => {
+                let mut out = start(RESPONSE, tag, 8 + body.len());
+                out.extend_from_slice(&seq.to_be_bytes());
                 out.extend_from_slice(body);
                 out
             }
@@ -240,10 +275,16 @@ impl FromService {
     pub fn decode(bytes: &[u8]) -> Result<FromService, EnvelopeError> {
         let (kind, tag, rest) = header(bytes)?;
         match kind {
-            RESPONSE => Ok(FromService::Response {
-                tag,
-                body: rest.to_vec(),
-            }),
+            RESPONSE => {
+                let (seq, body) = rest
+                    .split_first_chunk::<8>()
+                    .ok_or(EnvelopeError::Malformed("truncated"))?;
+                Ok(FromService::Response {
+                    tag,
+                    seq: u64::from_be_bytes(*seq),
+                    body: body.to_vec(),
+                })
+            }
             MORE_SURBS => match rest {
                 [a, b] => Ok(FromService::MoreSurbs {
                     tag,
@@ -254,6 +295,37 @@ impl FromService {
             _ => Err(EnvelopeError::Malformed("unknown kind")),
         }
     }
+}
+
+fn decode_ack(bytes: &[u8]) -> Result<replies::Ack, EnvelopeError> {
+    let (next, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or(EnvelopeError::Malformed("truncated"))?;
+    let (&count, mut rest) = rest
+        .split_first()
+        .ok_or(EnvelopeError::Malformed("truncated"))?;
+    let count = usize::from(count);
+    if count > SERVICE_ACK_RANGES_MAX || rest.len() != 16 * count {
+        return Err(EnvelopeError::Malformed("acknowledgement length"));
+    }
+    let mut ranges = Vec::with_capacity(count);
+    while let Some((range, tail)) = rest.split_first_chunk::<16>() {
+        let (start, end) = range.split_at(8);
+        let mut s = [0u8; 8];
+        let mut e = [0u8; 8];
+        s.copy_from_slice(start);
+        e.copy_from_slice(end);
+        ranges.push((u64::from_be_bytes(s), u64::from_be_bytes(e)));
+        rest = tail;
+    }
+    let ack = replies::Ack {
+        next: u64::from_be_bytes(*next),
+        ranges,
+    };
+    if !ack.well_formed() {
+        return Err(EnvelopeError::Malformed("acknowledgement ranges"));
+    }
+    Ok(ack)
 }
 
 /// Why [`SurbStore::add`] refused a bundle (the caller discards it in the client core).
@@ -550,6 +622,32 @@ impl SurbStore {
         Some(bundle)
     }
 
+    /// One SURB of `tag` from its newest bundle, to resend a lost response through (the
+    /// newest SURBs were built with the freshest topology: a route that lost the response
+    /// may be gone from it), leaving the reserve like [`Use::Reply`].
+    pub fn take_newest(&mut self, tag: &SenderTag, now_us: u64) -> Option<u64> {
+        self.expire(tag, now_us);
+        let network_epoch = self.network_epoch;
+        let entry = self.tags.get_mut(tag)?;
+        if entry.surbs <= SERVICE_SURBS_RESERVED {
+            return None;
+        }
+        let back = entry.bundles.back_mut()?;
+        let bundle = back.id;
+        if back.key_epoch < network_epoch {
+            self.counters.used_retiring += 1;
+        }
+        back.left -= 1;
+        if back.left == 0 {
+            entry.bundles.pop_back();
+        }
+        entry.surbs -= 1;
+        entry.used += 1;
+        self.surbs -= 1;
+        self.counters.used += 1;
+        Some(bundle)
+    }
+
     /// The client core no longer has `bundle` (expired, evicted): forget its SURBs.
     pub fn vanished(&mut self, tag: &SenderTag, bundle: u64) {
         let Some(entry) = self.tags.get_mut(tag) else {
@@ -647,12 +745,20 @@ mod tests {
                 tag: tag(3),
                 key_epoch: u32::MAX,
             },
+            ToService::Ack {
+                tag: tag(6),
+                ack: replies::Ack {
+                    next: 7,
+                    ranges: vec![(9, 12), (20, 21)],
+                },
+            },
         ] {
             assert_eq!(ToService::decode(&m.encode()).unwrap(), m);
         }
         for m in [
             FromService::Response {
                 tag: tag(4),
+                seq: 77,
                 body: b"200".to_vec(),
             },
             FromService::MoreSurbs {
@@ -700,6 +806,25 @@ mod tests {
         .encode();
         more.push(0);
         assert!(FromService::decode(&more).is_err());
+        // Acknowledgements: ranges below `next`, overlapping, or too many; a short response.
+        for ranges in [
+            vec![(3, 4)],
+            vec![(9, 12), (11, 14)],
+            vec![(9, 9)],
+            (0..=SERVICE_ACK_RANGES_MAX as u64)
+                .map(|i| (10 + 2 * i, 11 + 2 * i))
+                .collect(),
+        ] {
+            let mut bytes = start(ACK, &tag(1), 0);
+            bytes.extend_from_slice(&5u64.to_be_bytes());
+            bytes.push(ranges.len() as u8);
+            for (s, e) in ranges {
+                bytes.extend_from_slice(&s.to_be_bytes());
+                bytes.extend_from_slice(&e.to_be_bytes());
+            }
+            assert!(ToService::decode(&bytes).is_err());
+        }
+        assert!(FromService::decode(&start(RESPONSE, &tag(1), 0)).is_err());
     }
 
     #[test]
@@ -839,6 +964,18 @@ mod tests {
                 newest: 41
             }
         );
+    }
+
+    #[test]
+    fn resends_take_the_newest_surbs() {
+        let mut s = SurbStore::new();
+        s.add(tag(1), 10, SERVICE_SURBS_RESERVED, 1, 0).unwrap();
+        s.add(tag(1), 11, 1, 1, 0).unwrap();
+        assert_eq!(s.take_newest(&tag(1), 0), Some(11));
+        // The reserve stays for asks.
+        assert_eq!(s.take_newest(&tag(1), 0), None);
+        assert_eq!(s.surbs(&tag(1)), SERVICE_SURBS_RESERVED);
+        assert_eq!(s.total(), SERVICE_SURBS_RESERVED);
     }
 
     #[test]

@@ -187,10 +187,14 @@ pub fn socks5(args: &Socks5Args) -> Result<(), String> {
             reveal_address: args.reveal_address,
         };
         tokio::select! {
-            () = super::proxy::run(listener, port, options, stats) => {}
+            () = super::proxy::run(listener, port, options, stats.clone()) => {}
             _ = tokio::signal::ctrl_c() => {}
             () = terminated() => {}
         }
+        // What the proxy cost, for benchmarks (bench/socks_figures.sh): the client core's
+        // counters (SURBs attached, packets sent) and the proxy's.
+        let summary = serde_json::json!({ "client": handle.stats(), "proxy": stats.snapshot() });
+        println!("stats={summary}");
         handle
             .shutdown(Duration::from_millis(limits::CLIENT_SHUTDOWN_MS))
             .await;

@@ -69,11 +69,13 @@ impl Ctx {
             .await
     }
 
-    /// The connection is over: its SURBs are discarded.
-    fn forget(&self, conn_id: u64, route: &Route) {
+    /// The connection is over: once the proxy has acknowledged every response (lost ones
+    /// are resent meanwhile), its SURBs are discarded.
+    async fn finish(&self, conn_id: u64, route: &Route) {
         if let Ok(mut c) = self.conns.lock() {
             c.remove(&conn_id);
         }
+        self.responder.settle(&route.tag).await;
         self.responder.forget(&route.tag);
     }
 }
@@ -172,6 +174,7 @@ fn handle(ctx: &Ctx, request: crate::service::Request, allow: &Arc<AllowList>) {
                         text: "provider busy".into(),
                     };
                     ctx.respond(&route, &busy).await;
+                    ctx.responder.settle(&route.tag).await;
                     ctx.responder.forget(&route.tag);
                 });
                 return;
@@ -272,7 +275,7 @@ async fn open(conn_id: u64, route: Route, target: String, ctx: Ctx, allow: Arc<A
         Ok(stream) => stream,
         Err(response) => {
             ctx.respond(&route, &response).await;
-            ctx.forget(conn_id, &route);
+            ctx.finish(conn_id, &route).await;
             return;
         }
     };
@@ -285,7 +288,7 @@ async fn open(conn_id: u64, route: Route, target: String, ctx: Ctx, allow: Arc<A
         flush(&mut c, conn_id);
     }
     if !ctx.respond(&route, &Response::Connected { conn_id }).await {
-        ctx.forget(conn_id, &route);
+        ctx.finish(conn_id, &route).await;
         return;
     }
     let (mut reader, mut writer) = stream.into_split();
@@ -316,5 +319,5 @@ async fn open(conn_id: u64, route: Route, target: String, ctx: Ctx, allow: Arc<A
         let _ = writer.shutdown().await;
     };
     tokio::join!(upstream, downstream);
-    ctx.forget(conn_id, &route);
+    ctx.finish(conn_id, &route).await;
 }

@@ -4,11 +4,14 @@
 //! When the topology shows every mixnode on a newer Sphinx key rotation, each open
 //! connection sends SURBs of the new key epoch, which replace its older ones at the provider
 //! (those die when the nodes drop the old keys at the end of the rotation overlap).
+//! Responses come numbered: the proxy drops duplicates and, through SURBs, acknowledges them
+//! (the provider resends lost ones); a response missing for good ends the application's
+//! connection with a reset, never a clean close over a truncated stream.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,6 +21,7 @@ use lethe_proto::limits::{
     SERVICE_SURBS_PER_MESSAGE_MAX, SERVICE_SURBS_WINDOW_MAX, SERVICE_SURBS_WINDOW_MIN,
     SERVICE_TAG_SURBS_MAX,
 };
+use lethe_proto::service::replies::{Ack, Arrival, ReplyTracker, UserAction};
 use lethe_proto::service::{FromService, KeyEpochs, SenderTag, ToService, SENDER_TAG_BYTES};
 
 use super::ordered::Ordered;
@@ -26,11 +30,20 @@ use super::relay::{MixnetPort, Outgoing};
 use super::socks5::{self, reply};
 use crate::limits;
 
+/// What the dispatcher hands a connection's socket writer. The channel closing without
+/// [`ToSocket::Finish`] means the relay failed: the application's connection is reset.
+enum ToSocket {
+    Data(Vec<u8>),
+    Finish,
+}
+
 struct Conn {
     tag: SenderTag,
     connected: Option<oneshot::Sender<Result<(), (u8, String)>>>,
     ordered: Ordered,
-    to_socket: mpsc::Sender<Vec<u8>>,
+    to_socket: mpsc::Sender<ToSocket>,
+    /// The responses received, by number.
+    replies: ReplyTracker,
     /// SURBs sent under the tag less the replies that came back through them: what the
     /// provider may still hold (more if replies were lost), bounded when it asks for more.
     surbs_out: usize,
@@ -63,6 +76,28 @@ pub struct ProxyStats {
     pub surb_asks_refused: std::sync::atomic::AtomicU64,
     /// SURBs sent to replace those built for mixnode keys that rotated out.
     pub surbs_replaced: std::sync::atomic::AtomicU64,
+    /// Responses received twice (resent while the first copy was still on its way).
+    pub reply_duplicates: std::sync::atomic::AtomicU64,
+    pub acks_sent: std::sync::atomic::AtomicU64,
+    /// Connections reset: a response never came, or the application stopped reading.
+    pub reset: std::sync::atomic::AtomicU64,
+}
+
+impl ProxyStats {
+    /// The counters as JSON.
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "connections": self.connections.load(Relaxed),
+            "refused": self.refused.load(Relaxed),
+            "malformed": self.malformed.load(Relaxed),
+            "surbs_topped_up": self.surbs_topped_up.load(Relaxed),
+            "surb_asks_refused": self.surb_asks_refused.load(Relaxed),
+            "reply_duplicates": self.reply_duplicates.load(Relaxed),
+            "acks_sent": self.acks_sent.load(Relaxed),
+            "reset": self.reset.load(Relaxed),
+            "surbs_replaced": self.surbs_replaced.load(Relaxed),
+        })
+    }
 }
 
 /// Serves SOCKS5 on `listener` until the mixnet port closes.
@@ -92,6 +127,15 @@ pub async fn run(
     let dispatch_conns = conns.clone();
     let dispatch_stats = stats.clone();
     let dispatch_out = outgoing.clone();
+    let dispatch_provider = options.provider.clone();
+    let started = Instant::now();
+    let acker = tokio::spawn(acknowledge(
+        conns.clone(),
+        outgoing.clone(),
+        options.provider.clone(),
+        stats.clone(),
+        started,
+    ));
     let provider = options.provider.clone();
     let dispatch_label = label.clone();
     let dispatcher = tokio::spawn(async move {
@@ -99,8 +143,8 @@ pub async fn run(
             let decoded = FromService::decode(&message.data)
                 .ok()
                 .and_then(|m| match m {
-                    FromService::Response { tag, body } => {
-                        Some((tag, Some(Response::decode(&body).ok()?)))
+                    FromService::Response { tag, seq, body } => {
+                        Some((tag, Some((seq, Response::decode(&body).ok()?))))
                     }
                     FromService::MoreSurbs { tag, wanted } => {
                         let wanted = usize::from(wanted);
@@ -117,7 +161,14 @@ pub async fn run(
                     }
                 });
             match decoded {
-                Some((tag, Some(response))) => dispatch(&dispatch_conns, tag, response),
+                Some((tag, Some((seq, response)))) => {
+                    let now_us = lethe_proto::duration_us(started.elapsed());
+                    let last =
+                        dispatch(&dispatch_conns, tag, seq, response, now_us, &dispatch_stats);
+                    if let Some(ack) = last {
+                        send_ack(&dispatch_out, &dispatch_provider, tag, ack, &dispatch_stats);
+                    }
+                }
                 Some((_, None)) => {}
                 None => {
                     dispatch_stats
@@ -151,6 +202,63 @@ pub async fn run(
     }
     dispatcher.abort();
     follower.abort();
+    acker.abort();
+}
+
+/// Sends what the connections' trackers ask for: acknowledgements, and resets of
+/// connections whose missing responses did not come.
+async fn acknowledge(
+    conns: Conns,
+    outgoing: mpsc::Sender<Outgoing>,
+    provider: String,
+    stats: Arc<ProxyStats>,
+    started: Instant,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(limits::SOCKS_ACK_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now_us = lethe_proto::duration_us(started.elapsed());
+        let mut acks = Vec::new();
+        if let Ok(mut c) = conns.lock() {
+            let mut given_up = Vec::new();
+            for (conn_id, conn) in c.iter_mut() {
+                match conn.replies.poll(now_us) {
+                    Some(UserAction::Ack(ack)) if conn.anonymous => acks.push((conn.tag, ack)),
+                    Some(UserAction::GiveUp) => given_up.push(*conn_id),
+                    _ => {}
+                }
+            }
+            for conn_id in given_up {
+                // Dropping its sender without a Finish resets the application's connection.
+                c.remove(&conn_id);
+                stats.reset.fetch_add(1, Relaxed);
+                tracing::warn!(conn_id, "a response never came: connection reset");
+            }
+        }
+        for (tag, ack) in acks {
+            send_ack(&outgoing, &provider, tag, ack, &stats);
+        }
+    }
+}
+
+fn send_ack(
+    outgoing: &mpsc::Sender<Outgoing>,
+    provider: &str,
+    tag: SenderTag,
+    ack: Ack,
+    stats: &ProxyStats,
+) {
+    stats.acks_sent.fetch_add(1, Relaxed);
+    let message = Outgoing::Send {
+        to: provider.to_string(),
+        bytes: ToService::Ack { tag, ack }.encode(),
+        reply_surbs: 0,
+    };
+    let outgoing = outgoing.clone();
+    tokio::spawn(async move {
+        let _ = outgoing.send(message).await;
+    });
 }
 
 /// What a connection's task needs of the proxy.
@@ -263,18 +371,41 @@ fn top_up(
     send_surbs(outgoing, provider, (tag, key_epoch), granted);
 }
 
-fn dispatch(conns: &Conns, tag: SenderTag, response: Response) {
-    let Ok(mut conns) = conns.lock() else { return };
+/// Hands response `seq` of `tag` to its connection. Returns the acknowledgement to send at
+/// once when the connection's last response arrived (its tracker goes with it).
+fn dispatch(
+    conns: &Conns,
+    tag: SenderTag,
+    seq: u64,
+    response: Response,
+    now_us: u64,
+    stats: &ProxyStats,
+) -> Option<Ack> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Ok(mut conns) = conns.lock() else {
+        return None;
+    };
     let conn_id = match &response {
         Response::Connected { conn_id }
         | Response::ConnectError { conn_id, .. }
         | Response::Data(Chunk { conn_id, .. }) => *conn_id,
     };
     // Only the provider we sent the tag to knows it: anything else is not for this connection.
-    match conns.get_mut(&conn_id) {
-        Some(conn) if conn.tag == tag => conn.surbs_out = conn.surbs_out.saturating_sub(1),
-        _ => return,
+    let conn = match conns.get_mut(&conn_id) {
+        Some(conn) if conn.tag == tag => conn,
+        _ => return None,
+    };
+    conn.surbs_out = conn.surbs_out.saturating_sub(1);
+    match conn.replies.on_response(seq, now_us) {
+        Arrival::Fresh => {}
+        Arrival::Duplicate => {
+            stats.reply_duplicates.fetch_add(1, Relaxed);
+            return None;
+        }
+        Arrival::OutOfWindow => return None,
     }
+    // Acknowledged now if the connection ends with this response.
+    let last_ack = conn.anonymous.then(|| conn.replies.ack());
     match response {
         Response::Connected { conn_id } => {
             if let Some(tx) = conns.get_mut(&conn_id).and_then(|c| c.connected.take()) {
@@ -291,6 +422,7 @@ fn dispatch(conns: &Conns, tag: SenderTag, response: Response) {
                     let _ = tx.send(Err((code, text)));
                 }
             }
+            return last_ack;
         }
         Response::Data(Chunk {
             conn_id,
@@ -298,27 +430,27 @@ fn dispatch(conns: &Conns, tag: SenderTag, response: Response) {
             closed,
             bytes,
         }) => {
-            let Some(conn) = conns.get_mut(&conn_id) else {
-                return;
-            };
+            let conn = conns.get_mut(&conn_id)?;
             if conn.ordered.push(seq, bytes, closed).is_err() {
                 conns.remove(&conn_id);
-                return;
+                stats.reset.fetch_add(1, Relaxed);
+                return None;
             }
             while let Some((bytes, closed)) = conn.ordered.pop() {
-                // A full socket queue means the application stopped reading: close the relay.
-                if conn.to_socket.try_send(bytes).is_err() {
+                // A full socket queue means the application stopped reading: reset the relay.
+                if conn.to_socket.try_send(ToSocket::Data(bytes)).is_err() {
                     conns.remove(&conn_id);
-                    return;
+                    stats.reset.fetch_add(1, Relaxed);
+                    return None;
                 }
                 if closed {
-                    // An empty chunk after the data tells the writer to finish.
-                    let _ = conn.to_socket.try_send(Vec::new());
-                    break;
+                    let _ = conn.to_socket.try_send(ToSocket::Finish);
+                    return last_ack;
                 }
             }
         }
     }
+    None
 }
 
 async fn serve(mut stream: TcpStream, link: Link, reply_to: Option<String>) {
@@ -339,7 +471,9 @@ async fn serve(mut stream: TcpStream, link: Link, reply_to: Option<String>) {
         limits::SOCKS_SURBS_WITH_CONNECT
     };
     let (connected_tx, connected_rx) = oneshot::channel();
-    let (to_socket, mut from_mixnet) = mpsc::channel::<Vec<u8>>(limits::SOCKS_SOCKET_QUEUE_CHUNKS);
+    // One more than the chunks: the Finish after a full queue of data.
+    let (to_socket, mut from_mixnet) =
+        mpsc::channel::<ToSocket>(limits::SOCKS_SOCKET_QUEUE_CHUNKS + 1);
     if let Ok(mut c) = conns.lock() {
         c.insert(
             conn_id,
@@ -348,6 +482,7 @@ async fn serve(mut stream: TcpStream, link: Link, reply_to: Option<String>) {
                 connected: Some(connected_tx),
                 ordered: Ordered::new(limits::SOCKS_REORDER_BYTES_MAX),
                 to_socket,
+                replies: ReplyTracker::new(),
                 surbs_out: reply_surbs,
                 anonymous: reply_to.is_none(),
             },
@@ -394,6 +529,58 @@ async fn serve(mut stream: TcpStream, link: Link, reply_to: Option<String>) {
         return;
     }
     let (mut reader, mut writer) = stream.into_split();
+    let reset = relay(
+        conn_id,
+        &mut reader,
+        &mut writer,
+        &mut from_mixnet,
+        |chunk| {
+            let request = ToService::Request {
+                tag,
+                key_epoch: label.load(Relaxed),
+                reply_to: None,
+                body: Request::Data(chunk).encode(),
+            };
+            let outgoing = outgoing.clone();
+            let provider = provider.clone();
+            async move {
+                outgoing
+                    .send(Outgoing::Send {
+                        to: provider,
+                        bytes: request.encode(),
+                        reply_surbs: 0,
+                    })
+                    .await
+                    .is_ok()
+            }
+        },
+    )
+    .await;
+    if let Ok(mut c) = conns.lock() {
+        c.remove(&conn_id);
+    }
+    if reset {
+        // A reset, not a close: the application must not take a truncated stream as whole.
+        if let Ok(stream) = reader.reunite(writer) {
+            let _ = stream.set_zero_linger();
+        }
+    }
+}
+
+/// Relays one connection until the provider's data ends and the application closes, or the
+/// relay fails; true if the application's connection must be reset (the relay failed before
+/// the provider's data ended). Application bytes go out through `send`, chunk by chunk.
+async fn relay<F, Fut>(
+    conn_id: u64,
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    from_mixnet: &mut mpsc::Receiver<ToSocket>,
+    send: F,
+) -> bool
+where
+    F: Fn(Chunk) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     let upstream = async {
         let mut seq = 0u64;
         let mut buf = vec![0u8; limits::SOCKS_READ_CHUNK_BYTES];
@@ -406,34 +593,38 @@ async fn serve(mut stream: TcpStream, link: Link, reply_to: Option<String>) {
                 bytes: buf[..n].to_vec(),
             };
             seq += 1;
-            let request = ToService::Request {
-                tag,
-                key_epoch: label.load(Relaxed),
-                reply_to: None,
-                body: Request::Data(chunk).encode(),
-            };
-            let sent = outgoing
-                .send(Outgoing::Send {
-                    to: provider.clone(),
-                    bytes: request.encode(),
-                    reply_surbs: 0,
-                })
-                .await;
-            if n == 0 || sent.is_err() {
+            if !send(chunk).await || n == 0 {
                 break;
             }
         }
     };
     let downstream = async {
-        while let Some(bytes) = from_mixnet.recv().await {
-            if bytes.is_empty() || writer.write_all(&bytes).await.is_err() {
-                break;
+        loop {
+            match from_mixnet.recv().await {
+                Some(ToSocket::Data(bytes)) => {
+                    if writer.write_all(&bytes).await.is_err() {
+                        return false;
+                    }
+                }
+                Some(ToSocket::Finish) => {
+                    let _ = writer.shutdown().await;
+                    return false;
+                }
+                // The dispatcher dropped the connection without a Finish.
+                None => return true,
             }
         }
-        let _ = writer.shutdown().await;
     };
-    tokio::join!(upstream, downstream);
-    if let Ok(mut c) = conns.lock() {
-        c.remove(&conn_id);
+    tokio::pin!(upstream, downstream);
+    let mut upstream_done = false;
+    let reset = loop {
+        tokio::select! {
+            () = &mut upstream, if !upstream_done => upstream_done = true,
+            reset = &mut downstream => break reset,
+        }
     };
+    if !reset && !upstream_done {
+        upstream.await;
+    }
+    reset
 }

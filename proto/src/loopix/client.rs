@@ -42,6 +42,10 @@ use crate::wire::DeliveryKind;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     pub real_sent: u64,
+    /// Reply SURBs attached to our messages, and their bytes as they travel (key and SURB
+    /// with its length prefix): what anonymous replies cost the sender.
+    pub surbs_attached: u64,
+    pub surb_bytes_attached: u64,
     pub replies_sent: u64,
     pub drop_cover_sent: u64,
     pub loop_cover_sent: u64,
@@ -544,6 +548,11 @@ impl LoopixClient {
             forward_fragment_capacity(self.size),
             self.limits.reassembly.max_message_bytes,
         )?;
+        self.counters.surbs_attached += surbs.len() as u64;
+        self.counters.surb_bytes_attached += surbs
+            .iter()
+            .map(|s| (2 + REPLY_KEY_BYTES + s.surb.len()) as u64)
+            .sum::<u64>();
         for (identifier, recovery, reply_key) in identifiers {
             self.remember_record(
                 identifier,
