@@ -37,14 +37,23 @@ pub struct Cli {
     /// The `lethe` binary for the embedded network (default: next to loadgen).
     #[arg(long, global = true, env = "LETHE_BIN")]
     pub lethe: Option<PathBuf>,
-    /// Drive an existing network through its directory (http://host:port): gateway clients
-    /// as senders and receivers, routes from the verified topology.
-    #[arg(long, global = true, value_name = "URL")]
+    /// Drive an existing network through its directory (http://host:port; several
+    /// authorities comma-separated, tried in turn): gateway clients as senders and
+    /// receivers, routes from the verified consensus.
+    #[arg(long, global = true, value_name = "URL[,URL...]")]
     pub target: Option<String>,
-    /// The directory's ed25519 public key (hex) to verify the topology with. Without it the
-    /// key is fetched from the directory itself (trust on first use; loadgen says so).
-    #[arg(long, global = true, value_name = "HEX", requires = "target")]
-    pub directory_key: Option<String>,
+    /// An authority's ed25519 public key (hex) to verify documents with; repeat (or
+    /// comma-separate) for each: a document needs 2f+1 of their signatures, f = (n-1)/3.
+    /// Without it (one directory only) the key is fetched from the directory itself (trust
+    /// on first use; loadgen says so).
+    #[arg(
+        long,
+        global = true,
+        value_name = "HEX",
+        value_delimiter = ',',
+        requires = "target"
+    )]
+    pub directory_key: Vec<String>,
     /// With --target: credential issuers (comma-separated http://host:port) to obtain the
     /// senders' bandwidth credentials from, for gateways that require them. Without it the
     /// senders carry none (open admission). The local testnet's issuers are used by default.

@@ -31,7 +31,7 @@ use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::Destination;
 use lethe_nodes::client::cli::{gateway_requires_credentials, PROBE_TIMEOUT};
 use lethe_nodes::client::credential::{Wallet, LOW_WATER_BYTES};
-use lethe_nodes::directory::client::{fetch_key, fetch_topology, http_client};
+use lethe_nodes::directory::client::{fetch_consensus, fetch_key, http_client, Authorities};
 use lethe_nodes::keyfile;
 use lethe_nodes::proto::messages::{error_code, CONFIRM_IDS_MAX};
 use lethe_nodes::proto::{ClientMessage, DeliveryKind};
@@ -162,8 +162,9 @@ impl SenderIdentity {
 /// What the directory said, for the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct DirectoryInfo {
+    /// The authorities' URLs, comma-separated.
     pub url: String,
-    /// The directory's ed25519 key the topology was verified with.
+    /// The authorities' ed25519 keys the documents were verified with, comma-separated.
     pub key: String,
     /// `false`: no --directory-key was given and the key was fetched from the directory
     /// itself (trust on first use).
@@ -181,7 +182,7 @@ pub struct GatewayNetwork {
     feed: Arc<TopologyFeed>,
     /// One per gateway receiver: where packets are addressed.
     receivers: Vec<ReceiverExit>,
-    directory_key: [u8; 32],
+    authorities: Authorities,
     /// `--topology-refresh-s` once the refresh runs.
     refresh_s: Option<f64>,
     gateways: Vec<GatewayEntry>,
@@ -210,15 +211,15 @@ fn random_seed() -> Result<[u8; 32], String> {
 }
 
 impl GatewayNetwork {
-    /// Reads and verifies the topology at `url` and connects one receiver per gateway.
-    /// `key`: the pinned directory key; `None` fetches it (trust on first use, always said on
-    /// stderr). `clients`: the run's senders (identities are made for at least one per
+    /// Reads and verifies the consensus from the authorities at `url` (comma-separated, tried
+    /// in turn) and connects one receiver per gateway. `keys`: the pinned authority keys;
+    /// none fetches the one directory's (trust on first use, always said on stderr). `clients`: the run's senders (identities are made for at least one per
     /// gateway, which the warm-up uses). A testnet given here is stopped when the driver is
     /// dropped. `quiet`: topology changes are not said on stderr.
     pub fn start(
         kind: &'static str,
         url: &str,
-        key: Option<[u8; 32]>,
+        keys: Vec<[u8; 32]>,
         packet_size: PacketSize,
         clients: u32,
         testnet: Option<Testnet>,
@@ -230,25 +231,32 @@ impl GatewayNetwork {
             .enable_all()
             .build()
             .map_err(|e| format!("tokio runtime: {e}"))?;
-        let (key, key_pinned, topology) = runtime.block_on(async {
+        let urls: Vec<String> = url.split(',').map(str::to_string).collect();
+        let (authorities, key_pinned, topology) = runtime.block_on(async {
             let http = http_client();
-            let (key, pinned) = match key {
-                Some(key) => (key, true),
-                None => {
-                    let key = fetch_key(&http, url).await.map_err(|e| e.to_string())?;
+            let (keys, pinned) = match (keys.is_empty(), urls.as_slice()) {
+                (false, _) => (keys, true),
+                (true, [one]) => {
+                    let key = fetch_key(&http, one).await.map_err(|e| e.to_string())?;
                     // Said even with --quiet: the topology is only as trustworthy as this key.
                     eprintln!(
-                        "loadgen: no --directory-key given: trusting the key {url} serves \
+                        "loadgen: no --directory-key given: trusting the key {one} serves \
                          (trust on first use): {}",
                         keyfile::hex(&key)
                     );
-                    (key, false)
+                    (vec![key], false)
+                }
+                (true, _) => {
+                    return Err("several authorities: pin their keys with --directory-key \
+                                (trust on first use is for one directory only)"
+                        .to_string())
                 }
             };
-            let topology = fetch_topology(&http, url, &key, None)
+            let authorities = Authorities::new(urls.clone(), keys)?;
+            let topology = fetch_consensus(&http, &authorities, None)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok::<_, String>((key, pinned, topology))
+            Ok::<_, String>((authorities, pinned, topology))
         })?;
         let names = testnet.as_ref().map(Testnet::names).unwrap_or_default();
         let name_of = |d: &Descriptor, fallback: String| {
@@ -347,7 +355,13 @@ impl GatewayNetwork {
             nodes,
             feed,
             receivers,
-            directory_key: key,
+            directory: DirectoryInfo {
+                url: authorities.urls().join(","),
+                key: authorities.keys_hex().join(","),
+                key_pinned,
+                epoch: topology.epoch,
+            },
+            authorities,
             refresh_s: None,
             gateways,
             packet_size,
@@ -355,12 +369,6 @@ impl GatewayNetwork {
             senders,
             budget_bytes: 0,
             credentials: None,
-            directory: DirectoryInfo {
-                url: url.to_string(),
-                key: keyfile::hex(&key),
-                key_pinned,
-                epoch: topology.epoch,
-            },
             testnet,
         })
     }
@@ -433,8 +441,7 @@ impl GatewayNetwork {
         self.refresh_s = Some(every_s);
         self.runtime.spawn(crate::refresh::refresh_loop(
             Arc::clone(&self.feed),
-            self.directory.url.clone(),
-            self.directory_key,
+            self.authorities.clone(),
             Duration::from_secs_f64(every_s),
             self.receivers.clone(),
         ));

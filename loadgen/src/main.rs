@@ -137,17 +137,16 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
             Box::new(SingleNode::new(*addr, key, *node_metrics)?)
         }
         (_, Some(url)) => {
-            let key = match &cli.directory_key {
-                Some(hex) => {
-                    Some(driver::parse_key_hex(hex).map_err(|e| format!("--directory-key: {e}"))?)
-                }
-                None => None,
-            };
+            let keys = cli
+                .directory_key
+                .iter()
+                .map(|hex| driver::parse_key_hex(hex).map_err(|e| format!("--directory-key: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
             say(&format!("reading the topology from {url}"));
             let mut network = GatewayNetwork::start(
                 "target",
                 url,
-                key,
+                keys,
                 base.size,
                 base.clients,
                 None,
@@ -205,8 +204,13 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
                 return Err("interrupted while the testnet started (it has been stopped)".into());
             }
             let url = testnet.directory_url.clone();
-            let key = driver::parse_key_hex(&testnet.directory_key)
-                .map_err(|e| format!("testnet directory key: {e}"))?;
+            let keys = testnet
+                .directory_key
+                .split(',')
+                .map(|hex| {
+                    driver::parse_key_hex(hex).map_err(|e| format!("testnet directory key: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             say(&format!(
                 "testnet up (directory {url}, state in {}); connecting gateway clients",
                 testnet.dir().display()
@@ -215,7 +219,7 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
             let mut network = GatewayNetwork::start(
                 "testnet",
                 &url,
-                Some(key),
+                keys,
                 base.size,
                 base.clients,
                 Some(testnet),

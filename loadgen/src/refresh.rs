@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lethe_crypto::sphinx::Destination;
-use lethe_nodes::directory::client::{fetch_topology, http_client};
+use lethe_nodes::directory::client::{fetch_consensus, http_client, Authorities};
 use lethe_nodes::topology::Topology as DirectoryTopology;
 use serde::Serialize;
 
@@ -335,8 +335,7 @@ pub fn describe(change: &TopologyChange) -> String {
 /// Fetches the topology every `every` until the runtime it runs on is dropped.
 pub async fn refresh_loop(
     feed: Arc<TopologyFeed>,
-    url: String,
-    key: [u8; 32],
+    authorities: Authorities,
     every: Duration,
     receivers: Vec<ReceiverExit>,
 ) {
@@ -348,7 +347,7 @@ pub async fn refresh_loop(
     loop {
         tick.tick().await;
         let seen = feed.epoch();
-        let fetched = fetch_topology(&http, &url, &key, seen)
+        let fetched = fetch_consensus(&http, &authorities, seen)
             .await
             .map_err(|e| e.to_string())
             .and_then(|topology| routes_of(&topology, &receivers));

@@ -219,9 +219,10 @@ enum MixnodeCommand {
 struct DeregisterArgs {
     #[arg(long, env = "LETHE_DIR")]
     dir: PathBuf,
-    /// Directory base URL (`http://host:port`).
-    #[arg(long, env = "LETHE_DIRECTORY")]
-    directory: String,
+    /// Directory authority base URL (`http://host:port`); repeat (or comma-separate) to
+    /// leave every authority.
+    #[arg(long, env = "LETHE_DIRECTORY", value_delimiter = ',', required = true)]
+    directory: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]

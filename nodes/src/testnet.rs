@@ -66,9 +66,16 @@ pub struct UpArgs {
     pub mixnodes_per_layer: usize,
     #[arg(long, default_value_t = 2)]
     pub gateways: usize,
-    /// Epoch length of the directory, seconds.
-    #[arg(long, default_value_t = 60)]
+    /// Epoch length of the directory, seconds (down to 1 for tests: membership changes are
+    /// published within a second anyway).
+    #[arg(long, default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub epoch_s: u64,
+    /// Seconds without a heartbeat after which the directory drops a node (a dead node
+    /// leaves the next document then); nodes heartbeat three times per timeout.
+    #[arg(long, default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(2..=3_600))]
+    pub heartbeat_timeout_s: u64,
     /// Run each node in its own network namespace (root only; needs `ip`).
     #[arg(long)]
     pub netns: bool,
@@ -198,7 +205,10 @@ pub struct NodeState {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TestnetState {
+    /// The authorities' URLs, comma-separated (n = 1: the directory's): as every `--directory`
+    /// flag takes them.
     pub directory_url: String,
+    /// Their keys, comma-separated, in the same order: as every `--directory-key` takes them.
     pub directory_key: String,
     pub nodes: Vec<NodeState>,
     pub netns: bool,
@@ -224,6 +234,22 @@ impl TestnetState {
         let path = dir.join(STATE_FILE);
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
         fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The authorities clients of this testnet pin.
+    pub fn authorities(&self) -> Result<crate::directory::client::Authorities, String> {
+        crate::directory::client::Authorities::from_hex(
+            &self.authority_urls(),
+            &self.authority_keys(),
+        )
+    }
+
+    pub fn authority_urls(&self) -> Vec<String> {
+        split_list(&self.directory_url)
+    }
+
+    pub fn authority_keys(&self) -> Vec<String> {
+        split_list(&self.directory_key)
     }
 
     pub fn gateways(&self) -> impl Iterator<Item = &NodeState> {
@@ -399,8 +425,12 @@ fn path_arg(path: &Path) -> String {
 }
 
 /// Run flags of every mixnode and gateway; the sizes come from `init --profile` (`UpArgs`).
-fn node_run_args() -> Vec<String> {
-    args(&["--shutdown-grace-ms", "2000"])
+/// Flags of every mixnode and gateway: a short shutdown, and three heartbeats per timeout
+/// (one lost heartbeat is not a departure).
+fn node_run_args(a: &UpArgs) -> Vec<String> {
+    let mut run = args(&["--shutdown-grace-ms", "2000", "--heartbeat-s"]);
+    run.push((a.heartbeat_timeout_s / 3).max(1).to_string());
+    run
 }
 
 pub fn up(a: &UpArgs) -> Result<(), String> {
@@ -585,7 +615,8 @@ fn start_all(
     dir_args.push(place.addr(NETNS_DIRECTORY_PORT).to_string());
     dir_args.extend(args(&["--epoch-s"]));
     dir_args.push(a.epoch_s.to_string());
-    dir_args.extend(args(&["--heartbeat-timeout-s", "15"]));
+    dir_args.extend(args(&["--heartbeat-timeout-s"]));
+    dir_args.push(a.heartbeat_timeout_s.to_string());
     // Every node is on loopback or a private namespace network, all on one host.
     dir_args.extend(args(&["--private-network"]));
     let directory = spawn(
@@ -623,7 +654,7 @@ fn start_all(
         run.push(place.addr(NETNS_METRICS_PORT).to_string());
         run.extend(args(&["--directory"]));
         run.push(directory_url.clone());
-        run.extend(node_run_args());
+        run.extend(node_run_args(a));
         run.extend(trace_args(trace_parts, &name, a.trace_lab));
         nodes.push(spawn(
             exe,
@@ -658,7 +689,7 @@ fn start_all(
             run.extend(args(&["--verification-key"]));
             run.push(path_arg(vk));
         }
-        run.extend(node_run_args());
+        run.extend(node_run_args(a));
         run.extend(trace_args(trace_parts, &name, a.trace_lab));
         nodes.push(spawn(
             exe,
@@ -793,10 +824,9 @@ fn start_issuers(
     Ok((urls, keys.join("verification.key")))
 }
 
-/// Waits (bounded) until the directory publishes every mixnode and gateway.
+/// Waits (bounded) until a consensus the clients accept lists every mixnode and gateway.
 fn wait_for_topology(state: &TestnetState, mixnodes: usize, gateways: usize) -> Result<(), String> {
-    let key =
-        crate::keyfile::unhex_32(&state.directory_key).ok_or("directory printed a bad key")?;
+    let authorities = state.authorities()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -805,10 +835,9 @@ fn wait_for_topology(state: &TestnetState, mixnodes: usize, gateways: usize) -> 
     let deadline = Instant::now() + NODE_START_TIMEOUT;
     let mut last = String::new();
     while Instant::now() < deadline {
-        match runtime.block_on(crate::directory::client::fetch_topology(
+        match runtime.block_on(crate::directory::client::fetch_consensus(
             &http,
-            &state.directory_url,
-            &key,
+            &authorities,
             None,
         )) {
             Ok(t) => {
@@ -904,6 +933,114 @@ fn print_summary(state: &TestnetState, dir: &Path) {
     }
 }
 
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `testnet status`'s view of the authorities: each one's own (`/health`: epoch, nodes; the
+/// document it serves and whether it signed it), then the document clients accept and who
+/// signed it. Every line says what it could not read instead of failing.
+fn print_authorities(state: &TestnetState) {
+    use crate::directory::client;
+    let Ok(authorities) = state.authorities() else {
+        println!("consensus=unreadable (the state file's authority list is malformed)");
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let http = client::http_client();
+    let names: Vec<(String, String)> = state
+        .authority_urls()
+        .iter()
+        .zip(state.authority_keys())
+        .map(|(url, key)| {
+            let name = state
+                .nodes
+                .iter()
+                .find(|n| {
+                    n.info
+                        .get("listen")
+                        .is_some_and(|l| url.ends_with(l.as_str()))
+                })
+                .map_or_else(|| url.clone(), |n| n.name.clone());
+            (name, key)
+        })
+        .collect();
+    let name_of = |key: &[u8; 32]| {
+        let hex = crate::keyfile::hex(key);
+        names
+            .iter()
+            .find(|(_, k)| *k == hex)
+            .map_or_else(|| hex[..16].to_string(), |(n, _)| n.clone())
+    };
+    for (url, (name, key)) in authorities.urls().iter().zip(&names) {
+        let health = runtime.block_on(async {
+            let response = http.get(format!("{url}/health")).send().await.ok()?;
+            let body = response.bytes().await.ok()?;
+            serde_json::from_slice::<serde_json::Value>(&body).ok()
+        });
+        let (epoch, nodes) = match &health {
+            Some(h) => (h["epoch"].to_string(), h["nodes"].to_string()),
+            None => ("unreachable".into(), "unknown".into()),
+        };
+        let document = runtime.block_on(client::fetch_consensus_document(&http, url));
+        let served = match document {
+            Ok(doc) => {
+                let epoch = serde_json::from_str::<crate::topology::Topology>(&doc.body)
+                    .map_or_else(|_| "malformed".to_string(), |t| t.epoch.to_string());
+                let own = crate::keyfile::unhex_32(key).and_then(|k| {
+                    crate::topology::AuthoritySet::new(vec![k])
+                        .ok()
+                        .map(|set| !crate::topology::valid_signers(&doc, &set).is_empty())
+                });
+                format!(
+                    "document_epoch={epoch} signatures={} signed_by_self={}",
+                    doc.signatures.len(),
+                    own.unwrap_or(false)
+                )
+            }
+            Err(e) => format!("document=none ({e})"),
+        };
+        println!("authority={name} url={url} epoch={epoch} nodes={nodes} {served}");
+    }
+    match runtime.block_on(client::fetch_consensus(&http, &authorities, None)) {
+        Ok(topology) => {
+            let mixnodes: usize = topology.layers.iter().map(Vec::len).sum();
+            // Who signed it, as the first authority serving it has it.
+            let signers = authorities.urls().iter().find_map(|url| {
+                let doc = runtime
+                    .block_on(client::fetch_consensus_document(&http, url))
+                    .ok()?;
+                let t: crate::topology::Topology = serde_json::from_str(&doc.body).ok()?;
+                (t.epoch == topology.epoch)
+                    .then(|| crate::topology::valid_signers(&doc, authorities.set()))
+            });
+            let signed_by = signers.map_or_else(
+                || "unknown".to_string(),
+                |keys| keys.iter().map(name_of).collect::<Vec<_>>().join(","),
+            );
+            println!(
+                "consensus epoch={} mixnodes={mixnodes} gateways={} valid_until_s={} \
+                 signed_by={signed_by} needed={} of={}",
+                topology.epoch,
+                topology.gateways.len(),
+                topology.valid_until_s,
+                authorities.set().threshold(),
+                authorities.set().len()
+            );
+        }
+        Err(e) => println!("consensus=none ({e})"),
+    }
+}
+
 /// `testnet status`: the exit status is 0 when every node runs, 1 when some have stopped,
 /// [`EXIT_NOT_RUNNING`] when no testnet runs in the directory.
 pub fn status(a: &DirArgs) -> Result<u8, String> {
@@ -924,6 +1061,7 @@ pub fn status(a: &DirArgs) -> Result<u8, String> {
     }
     let state = TestnetState::load(&root)?;
     println!("directory={}", state.directory_url);
+    print_authorities(&state);
     let mut stopped = Vec::new();
     for node in &state.nodes {
         let alive = pid_alive(node.pid);

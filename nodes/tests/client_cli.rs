@@ -14,7 +14,7 @@ use client_support::FakeGateway;
 use lethe_nodes::client::cli::{self, InitArgs, ReceiveArgs, SendArgs, TrafficArgs};
 use lethe_nodes::client::config;
 use lethe_nodes::keyfile;
-use lethe_nodes::topology::{sign, DOMAIN_TOPOLOGY};
+use lethe_nodes::topology::{sign_consensus, MultiSigned};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lethe-client-cli-{}-{name}", std::process::id()));
@@ -43,7 +43,11 @@ fn init_send_receive() {
     let directory_key = keyfile::ed25519_public(&directory_seed);
     let (gateway, directory_url) = runtime.block_on(async {
         let gateway = FakeGateway::start(0).await;
-        let signed = sign(&gateway.net.topology, DOMAIN_TOPOLOGY, &directory_seed).unwrap();
+        let body = serde_json::to_string(&gateway.net.topology).unwrap();
+        let consensus = MultiSigned {
+            signatures: vec![sign_consensus(&body, &directory_seed)],
+            body,
+        };
         let key = keyfile::hex(&directory_key);
         let app = Router::new()
             .route(
@@ -54,10 +58,10 @@ fn init_send_receive() {
                 }),
             )
             .route(
-                "/v1/topology",
+                "/v1/consensus",
                 get(move || {
-                    let signed = signed.clone();
-                    async move { Json(signed) }
+                    let consensus = consensus.clone();
+                    async move { Json(consensus) }
                 }),
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -71,37 +75,37 @@ fn init_send_receive() {
     // A trusts the served key on first use and picks a gateway; B pins both.
     cli::init(&InitArgs {
         dir: a_dir.clone(),
-        directory: directory_url.clone(),
-        directory_key: None,
+        directory: vec![directory_url.clone()],
+        directory_key: Vec::new(),
         gateway: None,
         ..Default::default()
     })
     .unwrap();
     cli::init(&InitArgs {
         dir: b_dir.clone(),
-        directory: directory_url.clone(),
-        directory_key: Some(keyfile::hex(&directory_key)),
+        directory: vec![directory_url.clone()],
+        directory_key: vec![keyfile::hex(&directory_key)],
         gateway: Some(keyfile::hex(&gateway.net.gateway_identity)),
         ..Default::default()
     })
     .unwrap();
     let a = config::load(&a_dir).unwrap();
-    assert_eq!(a.directory_key, directory_key);
+    assert_eq!(a.authorities.set().keys(), [directory_key]);
     assert_eq!(a.gateway, gateway.net.gateway_identity);
     let b_address = config::load(&b_dir).unwrap().address();
     // Re-initialising refuses to overwrite; a wrong pinned key fails to verify the topology.
     assert!(cli::init(&InitArgs {
         dir: a_dir.clone(),
-        directory: directory_url.clone(),
-        directory_key: None,
+        directory: vec![directory_url.clone()],
+        directory_key: Vec::new(),
         gateway: None,
         ..Default::default()
     })
     .is_err());
     let err = cli::init(&InitArgs {
         dir: temp_dir("c"),
-        directory: directory_url.clone(),
-        directory_key: Some(keyfile::hex(&[1u8; 32])),
+        directory: vec![directory_url.clone()],
+        directory_key: vec![keyfile::hex(&[1u8; 32])],
         gateway: None,
         ..Default::default()
     })

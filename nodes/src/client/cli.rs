@@ -22,13 +22,15 @@ pub struct InitArgs {
     /// Client directory (created 0700; refuses to overwrite an existing client).
     #[arg(long, env = "LETHE_DIR")]
     pub dir: PathBuf,
-    /// Directory base URL (`http://host:port`).
-    #[arg(long)]
-    pub directory: String,
-    /// The directory's ed25519 key (hex). Without it, the key the directory serves is
-    /// trusted on first use and pinned.
-    #[arg(long)]
-    pub directory_key: Option<String>,
+    /// Directory authority base URL (`http://host:port`); repeat (or comma-separate) for
+    /// each authority: documents are fetched from any of them, in turn.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub directory: Vec<String>,
+    /// An authority's ed25519 key (hex), pinned; repeat for each. A document needs 2f+1 of
+    /// their signatures, f = (n-1)/3. Without it (one --directory only), the key the
+    /// directory serves is trusted on first use and pinned.
+    #[arg(long, value_delimiter = ',')]
+    pub directory_key: Vec<String>,
     /// Our gateway's identity (hex). Without it, a random gateway of the topology.
     #[arg(long)]
     pub gateway: Option<String>,
@@ -228,18 +230,18 @@ pub async fn gateway_requires_credentials(url: &str, gateway: [u8; 32]) -> Resul
 fn credentials_required_error(args: &InitArgs, gateway: &[u8; 32]) -> String {
     let exe = crate::testnet::invoked_as();
     let q = |t: &str| keyfile::shell_quote(t);
-    let mut command = format!(
-        "{exe} client init --dir {} --directory {}",
-        q(&args.dir.to_string_lossy()),
-        q(&args.directory)
-    );
-    if let Some(key) = &args.directory_key {
+    let mut command = format!("{exe} client init --dir {}", q(&args.dir.to_string_lossy()));
+    for url in &args.directory {
+        command += &format!(" --directory {}", q(url));
+    }
+    for key in &args.directory_key {
         command += &format!(" --directory-key {}", q(key));
     }
     if let Some(hex) = &args.gateway {
         command += &format!(" --gateway {}", q(hex));
     }
-    let flags = crate::testnet::credential_flags_for(&args.directory).unwrap_or_else(|| {
+    let first = args.directory.first().map_or("", String::as_str);
+    let flags = crate::testnet::credential_flags_for(first).unwrap_or_else(|| {
         "--issuers URL,URL,... --threshold T --verification-key PATH/verification.key".into()
     });
     format!(
@@ -267,26 +269,33 @@ pub fn init(args: &InitArgs) -> Result<(), String> {
         // First, so a failure leaves no half-made client directory.
         let credential = init_credential(args).await?;
         let http = crate::directory::client::http_client();
-        let directory_key = match &args.directory_key {
-            Some(hex) => keyfile::unhex_32(hex)
-                .ok_or_else(|| "--directory-key is not 32-byte hex".to_string())?,
-            None => {
-                let key = crate::directory::client::fetch_key(&http, &args.directory)
+        let authorities = match (args.directory.as_slice(), args.directory_key.is_empty()) {
+            (_, false) => crate::directory::client::Authorities::from_hex(
+                &args.directory,
+                &args.directory_key,
+            )
+            .map_err(|e| format!("--directory/--directory-key: {e}"))?,
+            ([url], true) => {
+                let key = crate::directory::client::fetch_key(&http, url)
                     .await
                     .map_err(|e| e.to_string())?;
                 tracing::warn!(
-                    directory = %args.directory,
+                    directory = %url,
                     directory_key = %keyfile::hex(&key),
                     "trusting the directory key as served (trust on first use; pass \
                      --directory-key to pin a key obtained out of band)"
                 );
-                key
+                crate::directory::client::Authorities::new(vec![url.clone()], vec![key])?
+            }
+            (_, true) => {
+                return Err("several --directory authorities: pin their keys with \
+                            --directory-key (trust on first use is for one directory only)"
+                    .into())
             }
         };
-        let topology =
-            crate::directory::client::fetch_topology(&http, &args.directory, &directory_key, None)
-                .await
-                .map_err(|e| e.to_string())?;
+        let topology = crate::directory::client::fetch_consensus(&http, &authorities, None)
+            .await
+            .map_err(|e| e.to_string())?;
         let gateway = match &args.gateway {
             Some(hex) => {
                 let gateway = keyfile::unhex_32(hex)
@@ -331,13 +340,8 @@ pub fn init(args: &InitArgs) -> Result<(), String> {
                 }
             }
         }
-        let address = config::write_new(
-            &args.dir,
-            &args.directory,
-            &directory_key,
-            &gateway,
-            LoopixParams::default(),
-        )?;
+        let address =
+            config::write_new(&args.dir, &authorities, &gateway, LoopixParams::default())?;
         // Register with the gateway now (one handshake), so it keeps messages that arrive
         // while this client is offline: a gateway stores only for clients it knows.
         let files = config::load(&args.dir)?;

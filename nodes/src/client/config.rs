@@ -3,8 +3,11 @@
 //! ```text
 //! DIR/identity.key      ed25519 seed (hex, 0600)      DIR/identity.pub
 //! DIR/encryption.key    x25519 secret (hex, 0600)     DIR/encryption.pub
-//! DIR/client.toml       directory URL and pinned key, gateway identity, Loopix parameters
+//! DIR/client.toml       authority URLs and pinned keys, gateway identity, Loopix parameters
 //! ```
+//!
+//! Files written before the authorities have one `directory_url` and `directory_key`: they
+//! still load, as n = 1.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +16,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::address::Recipient;
+use crate::directory::client::Authorities;
 use crate::keyfile;
 pub use lethe_proto::loopix::params::LoopixParams;
 
@@ -23,9 +27,20 @@ pub const ENCRYPTION_FILE: &str = "encryption.key";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    pub directory_url: String,
-    /// The directory's ed25519 key (hex), pinned.
-    pub directory_key: String,
+    /// The directory authorities' base URLs: consensus documents are fetched from any of
+    /// them, in turn.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authority_urls: Vec<String>,
+    /// The authorities' ed25519 keys (hex), pinned: a document needs 2f+1 of their
+    /// signatures, f = (n-1)/3.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authority_keys: Vec<String>,
+    /// Files from before the authorities: the one directory's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_url: Option<String>,
+    /// Files from before the authorities: the one directory's key (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_key: Option<String>,
     /// Our gateway's identity (hex).
     pub gateway: String,
     #[serde(default)]
@@ -38,8 +53,7 @@ pub struct ClientFiles {
     pub dir: PathBuf,
     pub identity_seed: Zeroizing<[u8; 32]>,
     pub encryption_secret: Zeroizing<[u8; 32]>,
-    pub directory_url: String,
-    pub directory_key: [u8; 32],
+    pub authorities: Authorities,
     pub gateway: [u8; 32],
     pub loopix: LoopixParams,
 }
@@ -69,8 +83,7 @@ fn path(dir: &Path, name: &str) -> PathBuf {
 /// Writes fresh keys and the config; refuses to overwrite. Returns the address.
 pub fn write_new(
     dir: &Path,
-    directory_url: &str,
-    directory_key: &[u8; 32],
+    authorities: &Authorities,
     gateway: &[u8; 32],
     loopix: LoopixParams,
 ) -> Result<Recipient, String> {
@@ -90,8 +103,10 @@ pub fn write_new(
         &encryption_key,
     )?;
     let config = FileConfig {
-        directory_url: directory_url.to_string(),
-        directory_key: keyfile::hex(directory_key),
+        authority_urls: authorities.urls().to_vec(),
+        authority_keys: authorities.keys_hex(),
+        directory_url: None,
+        directory_key: None,
         gateway: keyfile::hex(gateway),
         loopix,
     };
@@ -117,20 +132,25 @@ pub fn load(dir: &Path) -> Result<ClientFiles, String> {
     })?;
     let config: FileConfig =
         toml::from_str(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let directory_key = keyfile::unhex_32(&config.directory_key).ok_or_else(|| {
-        format!(
-            "{}: directory_key is not 32-byte hex",
-            config_path.display()
-        )
-    })?;
+    let urls: Vec<String> = config
+        .directory_url
+        .into_iter()
+        .chain(config.authority_urls)
+        .collect();
+    let keys: Vec<String> = config
+        .directory_key
+        .into_iter()
+        .chain(config.authority_keys)
+        .collect();
+    let authorities = Authorities::from_hex(&urls, &keys)
+        .map_err(|e| format!("{}: {e}", config_path.display()))?;
     let gateway = keyfile::unhex_32(&config.gateway)
         .ok_or_else(|| format!("{}: gateway is not 32-byte hex", config_path.display()))?;
     Ok(ClientFiles {
         dir: dir.to_path_buf(),
         identity_seed: keyfile::read_private(&path(dir, IDENTITY_FILE))?,
         encryption_secret: keyfile::read_private(&path(dir, ENCRYPTION_FILE))?,
-        directory_url: config.directory_url,
-        directory_key,
+        authorities,
         gateway,
         loopix: config.loopix,
     })
@@ -144,19 +164,43 @@ mod tests {
     fn init_then_load() {
         let dir = std::env::temp_dir().join(format!("lethe-client-cfg-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let address = write_new(
-            &dir,
-            "http://127.0.0.1:1",
-            &[5; 32],
-            &[6; 32],
-            LoopixParams::default(),
+        let authorities = Authorities::new(
+            vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            vec![[5; 32], [7; 32]],
         )
         .unwrap();
+        let address = write_new(&dir, &authorities, &[6; 32], LoopixParams::default()).unwrap();
         let files = load(&dir).unwrap();
         assert_eq!(files.address(), address);
-        assert_eq!(files.directory_key, [5; 32]);
+        assert_eq!(files.authorities.set().keys(), [[5; 32], [7; 32]]);
+        assert_eq!(files.authorities.urls(), authorities.urls());
         assert_eq!(files.loopix, LoopixParams::default());
-        assert!(write_new(&dir, "x", &[5; 32], &[6; 32], LoopixParams::default()).is_err());
+        assert!(write_new(&dir, &authorities, &[6; 32], LoopixParams::default()).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_from_before_the_authorities_load() {
+        let old = format!(
+            "directory_url = \"http://127.0.0.1:8080\"\ndirectory_key = \"{}\"\ngateway = \"{}\"\n",
+            keyfile::hex(&[5; 32]),
+            keyfile::hex(&[6; 32])
+        );
+        let config: FileConfig = toml::from_str(&old).unwrap();
+        assert_eq!(
+            config.directory_url.as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert!(config.authority_urls.is_empty());
+        let dir = std::env::temp_dir().join(format!("lethe-client-old-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let authorities =
+            Authorities::new(vec!["http://127.0.0.1:8080".into()], vec![[5; 32]]).unwrap();
+        write_new(&dir, &authorities, &[6; 32], LoopixParams::default()).unwrap();
+        std::fs::write(dir.join(CONFIG_FILE), old).unwrap();
+        let files = load(&dir).unwrap();
+        assert_eq!(files.authorities.urls(), ["http://127.0.0.1:8080"]);
+        assert_eq!(files.authorities.set().keys(), [[5; 32]]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

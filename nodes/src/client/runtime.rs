@@ -50,17 +50,17 @@ pub trait TopologySource: Send + Sync + 'static {
     fn fetch(&self, seen_epoch: Option<u64>) -> BoxFuture<'_, Result<Topology, String>>;
 }
 
-/// The directory over HTTP, verified against the pinned key.
+/// The directory authorities over HTTP (any of them, in turn), verified against the pinned
+/// keys.
 pub struct DirectorySource {
     pub http: reqwest::Client,
-    pub url: String,
-    pub key: [u8; 32],
+    pub authorities: crate::directory::client::Authorities,
 }
 
 impl TopologySource for DirectorySource {
     fn fetch(&self, seen_epoch: Option<u64>) -> BoxFuture<'_, Result<Topology, String>> {
         Box::pin(async move {
-            crate::directory::client::fetch_topology(&self.http, &self.url, &self.key, seen_epoch)
+            crate::directory::client::fetch_consensus(&self.http, &self.authorities, seen_epoch)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -106,8 +106,7 @@ impl ClientConfig {
             limits: ClientLimits::default(),
             topology: Arc::new(DirectorySource {
                 http: crate::directory::client::http_client(),
-                url: files.directory_url.clone(),
-                key: files.directory_key,
+                authorities: files.authorities.clone(),
             }),
             received_capacity: limits::CLIENT_RECEIVED_CAPACITY,
             keepalive_us: lethe_proto::limits::CLIENT_KEEPALIVE_US,
@@ -397,6 +396,7 @@ pub async fn connect(
         Duration::from_secs(config.loopix.topology_refresh_s.max(1)),
         topology_tx,
         refresh.clone(),
+        stats.clone(),
     ));
     tokio::spawn(connection_task(
         config.identity_seed.clone(),
@@ -717,6 +717,7 @@ async fn topology_task(
     every: Duration,
     tx: watch::Sender<Arc<Topology>>,
     refresh: Arc<Notify>,
+    stats: Arc<Stats>,
 ) {
     let mut wait = every;
     let mut last_fetch = Instant::now();
@@ -734,19 +735,50 @@ async fn topology_task(
         match source.fetch(Some(seen_epoch)).await {
             Ok(topology) => {
                 seen_epoch = seen_epoch.max(topology.epoch);
+                if stats.topology_in_grace.swap(0, Ordering::Relaxed) != 0 {
+                    tracing::info!(epoch = topology.epoch, "a fresh topology verified");
+                }
                 if tx.send(Arc::new(topology)).is_err() {
                     return;
                 }
                 wait = every;
             }
             Err(error) => {
+                bump(&stats.topology_fetch_failures);
                 tracing::warn!(
                     %error,
                     retry_in_s = Duration::from_millis(limits::CLIENT_TOPOLOGY_RETRY_MS).as_secs(),
                     "topology refresh failed"
                 );
+                let held = tx.borrow().clone();
+                say_grace(&held, &stats);
                 wait = Duration::from_millis(limits::CLIENT_TOPOLOGY_RETRY_MS);
             }
+        }
+    }
+}
+
+/// Says (log, `topology_in_grace`) how the held topology stands when no new one verified:
+/// within its grace the client keeps routing over it; past it the gateway refuses forwards.
+fn say_grace(held: &Topology, stats: &Stats) {
+    match crate::topology::freshness(held, crate::topology::now_s()) {
+        crate::topology::Freshness::Fresh => {}
+        crate::topology::Freshness::Grace { expired_s } => {
+            stats.topology_in_grace.store(1, Ordering::Relaxed);
+            tracing::warn!(
+                epoch = held.epoch,
+                expired_s,
+                grace_s = limits::CONSENSUS_GRACE_S,
+                "no new topology verified: routing on the last valid one, expired, within its grace"
+            );
+        }
+        crate::topology::Freshness::Expired { expired_s } => {
+            stats.topology_in_grace.store(0, Ordering::Relaxed);
+            tracing::error!(
+                epoch = held.epoch,
+                expired_s,
+                "no valid topology: the last one expired beyond its grace"
+            );
         }
     }
 }

@@ -20,6 +20,10 @@ pub struct Stats {
     pub no_bandwidth: AtomicU64,
     /// Credentials the gateway credited.
     pub credentials_spent: AtomicU64,
+    /// Topology refreshes where no authority served a document that verified.
+    pub topology_fetch_failures: AtomicU64,
+    /// 1 while the topology in use has expired and no newer one verified (its grace).
+    pub topology_in_grace: AtomicU64,
     core: Mutex<Counters>,
 }
 
@@ -35,6 +39,8 @@ pub struct StatsSnapshot {
     pub bandwidth_remaining: u64,
     pub no_bandwidth: u64,
     pub credentials_spent: u64,
+    pub topology_fetch_failures: u64,
+    pub topology_in_grace: u64,
 }
 
 impl Stats {
@@ -56,6 +62,8 @@ impl Stats {
             bandwidth_remaining: l(&self.bandwidth_remaining),
             no_bandwidth: l(&self.no_bandwidth),
             credentials_spent: l(&self.credentials_spent),
+            topology_fetch_failures: l(&self.topology_fetch_failures),
+            topology_in_grace: l(&self.topology_in_grace),
         }
     }
 }

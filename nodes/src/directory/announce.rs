@@ -1,6 +1,8 @@
-//! Announcing a node to the directory, for mixnodes and gateways alike: register (retrying
-//! with backoff until accepted), then heartbeat; register again when the directory answers
-//! 404 (it lost or dropped us). Runs on its own std thread with a current-thread tokio
+//! Announcing a node to the directory authorities, for mixnodes and gateways alike: register
+//! (retrying with backoff until accepted), then heartbeat; register again when an authority
+//! answers 404 (it lost or dropped us). Each authority has its own task, backoff and state,
+//! so one authority down or refusing does not hold up the others (a node must reach 2f+1
+//! of them to be in the consensus). Runs on its own std thread with a current-thread tokio
 //! runtime, so callers need no tokio (mixnodes run on glommio and std threads).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -16,6 +18,8 @@ use crate::limits;
 use crate::topology::{Descriptor, Role};
 
 /// Where a node stands with its directory, for `/health` and `lethe_registration_state`.
+/// With several authorities the node's state is the best of its per-authority states
+/// (registered with one is registered).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegistrationState {
     /// No directory configured: the node runs unregistered on purpose.
@@ -43,6 +47,16 @@ impl RegistrationState {
             RegistrationState::Unregistered => "unregistered",
             RegistrationState::Registered => "registered",
             RegistrationState::Rejected => "rejected",
+        }
+    }
+
+    /// Order of "best" when several authorities' states are summed up as one.
+    fn rank(self) -> u8 {
+        match self {
+            RegistrationState::Unconfigured => 0,
+            RegistrationState::Unregistered => 1,
+            RegistrationState::Rejected => 2,
+            RegistrationState::Registered => 3,
         }
     }
 
@@ -91,6 +105,24 @@ impl RegistrationStatus {
         self.last_heartbeat_s.fetch_max(now_s, Ordering::Relaxed);
     }
 
+    /// Sums up the per-authority statuses into this one: the best state, the latest
+    /// acceptance, the longest timeout.
+    fn combine(&self, each: &[Arc<RegistrationStatus>]) {
+        let state = each
+            .iter()
+            .map(|s| s.state())
+            .max_by_key(|s| s.rank())
+            .unwrap_or(RegistrationState::Unregistered);
+        self.set_state(state);
+        for status in each {
+            self.accepted(status.last_heartbeat_s());
+            self.heartbeat_timeout_s.fetch_max(
+                status.heartbeat_timeout_s.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     /// Whether the directory still lists us: registered, and heard from within its heartbeat
     /// timeout (after that it has dropped us, whatever our last answer was).
     pub fn is_current(&self, now_s: u64) -> bool {
@@ -107,7 +139,9 @@ pub struct Announcer {
     status: Arc<RegistrationStatus>,
     serving: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    url: String,
+    /// One per authority, in the order of `urls`.
+    urls: Vec<String>,
+    each: Arc<[Arc<RegistrationStatus>]>,
     seed: Zeroizing<[u8; 32]>,
 }
 
@@ -146,26 +180,39 @@ impl Announcer {
         self.shutdown();
     }
 
-    /// Stops heartbeating and, if registered, tells the directory we are leaving, so it drops
-    /// us from its next topology at once instead of after its heartbeat timeout (clients
-    /// would route into a node that is gone until then). Waits at most
-    /// [`limits::DEREGISTER_TIMEOUT_MS`]; a failure is logged, not fatal: the timeout still drops us.
+    /// Stops heartbeating and tells every authority that registered us that we are leaving,
+    /// so they drop us from the next document at once instead of after their heartbeat
+    /// timeout (clients would route into a node that is gone until then). All at once, waiting
+    /// at most [`limits::DEREGISTER_TIMEOUT_MS`]; a failure is logged, not fatal: the timeout
+    /// still drops us.
     pub fn leave(mut self) {
         self.shutdown();
-        if self.status.state() != RegistrationState::Registered {
+        let registered: Vec<String> = self
+            .urls
+            .iter()
+            .zip(self.each.iter())
+            .filter(|(_, status)| status.state() == RegistrationState::Registered)
+            .map(|(url, _)| url.clone())
+            .collect();
+        if registered.is_empty() {
             return;
         }
-        match deregister_blocking(&self.url, &self.seed) {
-            Ok(()) => {
-                self.status.set_state(RegistrationState::Unregistered);
-                tracing::info!(directory = %self.url, "deregistered");
+        let mut left_all = true;
+        for (url, result) in deregister_all_blocking(&registered, &self.seed) {
+            match result {
+                Ok(()) => tracing::info!(directory = %url, "deregistered"),
+                // Removed already (by hand, or dropped for silence): what leaving wanted.
+                Err(DeregisterError::Unknown) => {
+                    tracing::info!(directory = %url, "directory no longer lists this node")
+                }
+                Err(e) => {
+                    left_all = false;
+                    tracing::warn!(directory = %url, error = %e, "deregistration failed")
+                }
             }
-            // Removed already (by hand, or dropped for silence): what leaving wanted.
-            Err(DeregisterError::Unknown) => {
-                self.status.set_state(RegistrationState::Unregistered);
-                tracing::info!(directory = %self.url, "directory no longer lists this node");
-            }
-            Err(e) => tracing::warn!(directory = %self.url, error = %e, "deregistration failed"),
+        }
+        if left_all {
+            self.status.set_state(RegistrationState::Unregistered);
         }
     }
 
@@ -207,10 +254,11 @@ pub fn node_descriptor(
 }
 
 /// Starts announcing `descriptor` (its `issued_at_s` is replaced by the signing time at each
-/// registration) to the directory at `directory_url`, signed with `identity_seed`.
-/// `status` is shared with the metrics/health endpoint; it is set to unregistered here.
+/// registration) to every authority of `directory_urls`, each independently, signed with
+/// `identity_seed`. `status` is shared with the metrics/health endpoint (the best of the
+/// authorities' states); it is set to unregistered here.
 pub fn spawn_announcer(
-    directory_url: &str,
+    directory_urls: &[String],
     identity_seed: &[u8; 32],
     descriptor: Descriptor,
     heartbeat_interval: Duration,
@@ -223,35 +271,60 @@ pub fn spawn_announcer(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let task = Task {
-        url: directory_url.to_string(),
-        seed: Zeroizing::new(*identity_seed),
-        descriptor: descriptor_rx,
-        interval: heartbeat_interval.max(Duration::from_millis(
-            crate::limits::HEARTBEAT_INTERVAL_MS_MIN,
-        )),
-        status: status.clone(),
-        serving: serving.clone(),
-    };
+    let urls: Vec<String> = directory_urls.to_vec();
+    let each: Arc<[Arc<RegistrationStatus>]> = urls
+        .iter()
+        .map(|_| {
+            let own = Arc::new(RegistrationStatus::default());
+            own.set_state(RegistrationState::Unregistered);
+            own
+        })
+        .collect();
+    let tasks: Vec<Task> = urls
+        .iter()
+        .enumerate()
+        .map(|(index, url)| Task {
+            url: url.clone(),
+            seed: Zeroizing::new(*identity_seed),
+            descriptor: descriptor_rx.clone(),
+            interval: heartbeat_interval.max(Duration::from_millis(
+                crate::limits::HEARTBEAT_INTERVAL_MS_MIN,
+            )),
+            own: each[index].clone(),
+            each: each.clone(),
+            status: status.clone(),
+            serving: serving.clone(),
+        })
+        .collect();
     let thread = std::thread::Builder::new()
         .name("lethe-announce".into())
-        .spawn(move || runtime.block_on(task.run(stopped)))?;
+        .spawn(move || {
+            runtime.block_on(futures_util::future::join_all(
+                tasks.into_iter().map(|task| task.run(stopped.clone())),
+            ));
+        })?;
     Ok(Announcer {
         stop,
         descriptor: descriptor_tx,
         status,
         serving,
         thread: Some(thread),
-        url: directory_url.to_string(),
+        urls,
+        each,
         seed: Zeroizing::new(*identity_seed),
     })
 }
 
+/// The announcement to one authority.
 struct Task {
     url: String,
     seed: Zeroizing<[u8; 32]>,
     descriptor: tokio::sync::watch::Receiver<Descriptor>,
     interval: Duration,
+    /// This authority's view of us.
+    own: Arc<RegistrationStatus>,
+    /// Every authority's (this one's among them), summed up into `status`.
+    each: Arc<[Arc<RegistrationStatus>]>,
     status: Arc<RegistrationStatus>,
     serving: Arc<AtomicBool>,
 }
@@ -283,17 +356,24 @@ fn is_refusal(e: &DirectoryClientError) -> bool {
 }
 
 /// `lethe mixnode|gateway deregister`: removes the node whose identity key is at
-/// `identity_path` from the directory at `url` at once (for a node that is gone, or before
-/// maintenance; a running node registers again at its next heartbeat, which the directory
-/// answers 404).
-pub fn deregister_command(identity_path: &std::path::Path, url: &str) -> Result<(), String> {
+/// `identity_path` from every authority of `urls` at once (for a node that is gone, or before
+/// maintenance; a running node registers again at its next heartbeat, which the authority
+/// answers 404). Fails if any authority did not confirm.
+pub fn deregister_command(identity_path: &std::path::Path, urls: &[String]) -> Result<(), String> {
     let seed = keyfile::read_private(identity_path)?;
-    deregister_blocking(url, &seed).map_err(|e| e.to_string())?;
-    println!(
-        "deregistered identity={} from {url}",
-        keyfile::hex(&keyfile::ed25519_public(&seed))
-    );
-    Ok(())
+    let identity = keyfile::hex(&keyfile::ed25519_public(&seed));
+    let mut failures = Vec::new();
+    for (url, result) in deregister_all_blocking(urls, &seed) {
+        match result {
+            Ok(()) => println!("deregistered identity={identity} from {url}"),
+            Err(e) => failures.push(format!("{url}: {e}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
 }
 
 /// Why a deregistration did not go through.
@@ -306,30 +386,60 @@ pub enum DeregisterError {
     Failed(String),
 }
 
-/// Sends a signed deregistration from a thread without a tokio runtime, bounded by
-/// [`limits::DEREGISTER_TIMEOUT_MS`].
-pub fn deregister_blocking(url: &str, seed: &[u8; 32]) -> Result<(), DeregisterError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// Sends a signed deregistration to each of `urls` at once, from a thread without a tokio
+/// runtime, bounded by [`limits::DEREGISTER_TIMEOUT_MS`] in all; each URL's outcome.
+pub fn deregister_all_blocking(
+    urls: &[String],
+    seed: &[u8; 32],
+) -> Vec<(String, Result<(), DeregisterError>)> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| DeregisterError::Failed(e.to_string()))?;
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return urls
+                .iter()
+                .map(|url| (url.clone(), Err(DeregisterError::Failed(e.to_string()))))
+                .collect()
+        }
+    };
     runtime.block_on(async {
         let http = client::http_client();
-        match tokio::time::timeout(
-            Duration::from_millis(limits::DEREGISTER_TIMEOUT_MS),
-            client::deregister(&http, url, seed),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) if is_unknown(&e) => Err(DeregisterError::Unknown),
-            Ok(Err(e)) => Err(DeregisterError::Failed(e.to_string())),
-            Err(_) => Err(DeregisterError::Failed(format!(
-                "directory {url}: no answer within {} s",
-                Duration::from_millis(limits::DEREGISTER_TIMEOUT_MS).as_secs()
-            ))),
-        }
+        let each = urls.iter().map(|url| {
+            let http = &http;
+            async move {
+                let result = match tokio::time::timeout(
+                    Duration::from_millis(limits::DEREGISTER_TIMEOUT_MS),
+                    client::deregister(http, url, seed),
+                )
+                .await
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) if is_unknown(&e) => Err(DeregisterError::Unknown),
+                    Ok(Err(e)) => Err(DeregisterError::Failed(e.to_string())),
+                    Err(_) => Err(DeregisterError::Failed(format!(
+                        "directory {url}: no answer within {} s",
+                        Duration::from_millis(limits::DEREGISTER_TIMEOUT_MS).as_secs()
+                    ))),
+                };
+                (url.clone(), result)
+            }
+        });
+        futures_util::future::join_all(each).await
     })
+}
+
+impl Task {
+    fn set_state(&self, state: RegistrationState) {
+        self.own.set_state(state);
+        self.status.combine(&self.each);
+    }
+
+    fn accepted(&self, now_s: u64) {
+        self.own.accepted(now_s);
+        self.status.combine(&self.each);
+    }
 }
 
 impl Task {
@@ -356,18 +466,18 @@ impl Task {
                         "registered with the directory"
                     );
                     if let Some(timeout) = reply.heartbeat_timeout_s {
-                        self.status
+                        self.own
                             .heartbeat_timeout_s
                             .store(timeout, Ordering::Relaxed);
                     }
-                    self.status.accepted(crate::topology::now_s());
-                    self.status.set_state(RegistrationState::Registered);
+                    self.own.accepted(crate::topology::now_s());
+                    self.set_state(RegistrationState::Registered);
                     backoff = Duration::from_millis(limits::ANNOUNCE_BACKOFF_MS_INITIAL);
                     failures = 0;
                 }
                 Some(Err(e)) => {
                     if is_refusal(&e) {
-                        self.status.set_state(RegistrationState::Rejected);
+                        self.set_state(RegistrationState::Rejected);
                     }
                     // Log the first failure and then every tenth, not every retry.
                     if failures.is_multiple_of(10) {
@@ -421,7 +531,7 @@ impl Task {
                 match or_stop(&mut stop, client::heartbeat(&http, &self.url, &self.seed)).await {
                     None => return,
                     Some(Ok(())) => {
-                        self.status.accepted(crate::topology::now_s());
+                        self.accepted(crate::topology::now_s());
                         failures = 0;
                     }
                     Some(Err(e)) if is_unknown(&e) => {
@@ -431,7 +541,7 @@ impl Task {
                             directory = %self.url,
                             "the directory does not know us; registering again"
                         );
-                        self.status.set_state(RegistrationState::Unregistered);
+                        self.set_state(RegistrationState::Unregistered);
                         break;
                     }
                     Some(Err(e)) => {
@@ -478,7 +588,7 @@ mod tests {
             None,
         );
         let announcer = spawn_announcer(
-            "http://127.0.0.1:9",
+            &["http://127.0.0.1:9".to_string()],
             &seed,
             descriptor,
             Duration::from_secs(1),

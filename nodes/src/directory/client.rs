@@ -1,13 +1,18 @@
-//! Talking to the directory over HTTP: fetch and verify the topology, register a descriptor,
-//! send heartbeats. Used by mixnodes, gateways, clients and loadgen.
+//! Talking to the directory authorities over HTTP: fetch and verify the consensus document,
+//! register a descriptor, send heartbeats. Used by mixnodes, gateways, clients and loadgen.
 //!
 //! Endpoints (JSON bodies):
 //! - `GET  /v1/key`        → `{"key": "<hex ed25519 public key>"}` (pin it out of band)
-//! - `GET  /v1/topology`   → [`Signed`] topology (domain [`DOMAIN_TOPOLOGY`])
+//! - `GET  /v1/consensus`  → [`MultiSigned`] topology (domain `DOMAIN_CONSENSUS`), what
+//!   verifiers use ([`fetch_consensus`]: any of the pinned authorities, in turn)
+//! - `GET  /v1/topology`   → [`Signed`] topology (domain `DOMAIN_TOPOLOGY`; n = 1 only,
+//!   kept while the authorities replace the directory)
 //! - `POST /v1/register`   ← [`Signed`] descriptor (domain [`DOMAIN_DESCRIPTOR`])
 //! - `POST /v1/heartbeat`  ← [`Signed`] heartbeat (domain [`DOMAIN_HEARTBEAT`])
 //! - `POST /v1/deregister` ← [`Signed`] deregistration (domain [`DOMAIN_DEREGISTER`])
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,8 +20,9 @@ use serde::Deserialize;
 use crate::keyfile;
 use crate::limits;
 use crate::topology::{
-    now_s, sign, verify_topology, Deregistration, Descriptor, Heartbeat, Signed, Topology,
-    TopologyError, DOMAIN_DEREGISTER, DOMAIN_DESCRIPTOR, DOMAIN_HEARTBEAT,
+    now_s, sign, verify_consensus, verify_topology, AuthoritySet, Deregistration, Descriptor,
+    Heartbeat, MultiSigned, Signed, Topology, TopologyError, DOMAIN_DEREGISTER, DOMAIN_DESCRIPTOR,
+    DOMAIN_HEARTBEAT,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,134 @@ pub enum DirectoryClientError {
         #[source]
         source: TopologyError,
     },
+    /// Every authority tried failed; one line each.
+    #[error("no authority gave a valid document: {}", .0.join("; "))]
+    NoAuthority(Vec<String>),
+}
+
+/// The authorities a verifier fetches documents from (any of them, in turn) and the keys it
+/// pins (a document needs `set.threshold()` of their signatures, whoever serves it).
+#[derive(Clone, Debug)]
+pub struct Authorities {
+    urls: Vec<String>,
+    set: AuthoritySet,
+    /// The URL that answered last: tried first next time, so a dead authority costs one
+    /// failed request per failover, not one per fetch.
+    preferred: Arc<AtomicUsize>,
+}
+
+impl Authorities {
+    /// `urls`: 1 to `AUTHORITIES_MAX` base URLs (duplicates dropped); `keys`: the pinned keys.
+    pub fn new(urls: Vec<String>, keys: Vec<[u8; 32]>) -> Result<Authorities, String> {
+        let mut distinct: Vec<String> = Vec::with_capacity(urls.len());
+        for url in urls {
+            let url = url.trim().trim_end_matches('/').to_string();
+            if !url.is_empty() && !distinct.contains(&url) {
+                distinct.push(url);
+            }
+        }
+        if distinct.is_empty() {
+            return Err("no directory authority URL given".into());
+        }
+        if distinct.len() > limits::AUTHORITIES_MAX {
+            return Err(format!(
+                "{} authority URLs; at most {} are used",
+                distinct.len(),
+                limits::AUTHORITIES_MAX
+            ));
+        }
+        let set = AuthoritySet::new(keys).map_err(|e| format!("authority keys: {e}"))?;
+        Ok(Authorities {
+            urls: distinct,
+            set,
+            preferred: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// From hex keys as configuration spells them.
+    pub fn from_hex(urls: &[String], keys: &[String]) -> Result<Authorities, String> {
+        let keys = keys
+            .iter()
+            .map(|k| {
+                keyfile::unhex_32(k)
+                    .ok_or_else(|| format!("authority key {k:?} is not 32-byte hex"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Authorities::new(urls.to_vec(), keys)
+    }
+
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    pub fn set(&self) -> &AuthoritySet {
+        &self.set
+    }
+
+    /// The pinned keys, hex, in configuration order.
+    pub fn keys_hex(&self) -> Vec<String> {
+        self.set.keys().iter().map(|k| keyfile::hex(k)).collect()
+    }
+}
+
+/// Fetches `/v1/consensus` from the authorities in turn (the last one that answered first)
+/// until one serves a document that verifies: `set.threshold()` signatures of pinned keys,
+/// fresh, not from the future, epoch not below `seen_epoch`. Every failure is said in the
+/// error when none does.
+pub async fn fetch_consensus(
+    http: &reqwest::Client,
+    authorities: &Authorities,
+    seen_epoch: Option<u64>,
+) -> Result<Topology, DirectoryClientError> {
+    let count = authorities.urls.len();
+    let first = authorities.preferred.load(Ordering::Relaxed) % count;
+    let mut failures = Vec::new();
+    for offset in 0..count {
+        let index = (first + offset) % count;
+        let base = &authorities.urls[index];
+        match fetch_consensus_from(http, base, &authorities.set, seen_epoch).await {
+            Ok(topology) => {
+                if offset > 0 {
+                    tracing::info!(authority = %base, "consensus fetched after failover");
+                }
+                authorities.preferred.store(index, Ordering::Relaxed);
+                return Ok(topology);
+            }
+            Err(e) => {
+                if count == 1 {
+                    return Err(e);
+                }
+                tracing::debug!(authority = %base, error = %e, "authority failed; trying the next");
+                failures.push(e.to_string());
+            }
+        }
+    }
+    Err(DirectoryClientError::NoAuthority(failures))
+}
+
+/// One authority's `/v1/consensus`, verified against the pinned set.
+pub async fn fetch_consensus_from(
+    http: &reqwest::Client,
+    base: &str,
+    set: &AuthoritySet,
+    seen_epoch: Option<u64>,
+) -> Result<Topology, DirectoryClientError> {
+    let url = join(base, "/v1/consensus");
+    let body = get_bytes(http, &url).await?;
+    let doc: MultiSigned = serde_json::from_slice(&body)
+        .map_err(|_| DirectoryClientError::Malformed { url: url.clone() })?;
+    verify_consensus(&doc, set, now_s(), seen_epoch)
+        .map_err(|source| DirectoryClientError::Topology { url, source })
+}
+
+/// One authority's `/v1/consensus` as served, unverified (operators' status views).
+pub async fn fetch_consensus_document(
+    http: &reqwest::Client,
+    base: &str,
+) -> Result<MultiSigned, DirectoryClientError> {
+    let url = join(base, "/v1/consensus");
+    let body = get_bytes(http, &url).await?;
+    serde_json::from_slice(&body).map_err(|_| DirectoryClientError::Malformed { url })
 }
 
 /// A request failure with its cause: reqwest's own text ("error sending request for url")
@@ -167,7 +301,8 @@ pub async fn fetch_key(
     keyfile::unhex_32(&response.key).ok_or(DirectoryClientError::Malformed { url })
 }
 
-/// Fetches the topology and verifies it against the pinned key, freshness and `seen_epoch`.
+/// Fetches the n = 1 directory's `/v1/topology` and verifies it against the pinned key,
+/// freshness and `seen_epoch` (consumers use [`fetch_consensus`]).
 pub async fn fetch_topology(
     http: &reqwest::Client,
     base: &str,

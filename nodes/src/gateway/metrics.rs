@@ -44,6 +44,11 @@ pub struct GatewayMetrics {
     pub clients_table_full: AtomicU64,
     pub clients_expired: AtomicU64,
     pub clients_forgotten: AtomicU64,
+    /// Epoch of the consensus document in use (0: none yet).
+    pub consensus_epoch: AtomicU64,
+    /// 1 while the document in use has expired and no newer one verified (the grace).
+    pub consensus_in_grace: AtomicU64,
+    pub consensus_fetch_failures: AtomicU64,
 }
 
 impl GatewayMetrics {
@@ -57,7 +62,12 @@ impl GatewayMetrics {
 
     /// Appends the gateway's metrics in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let counters: [(&str, &str, &AtomicU64); 35] = [
+        let counters: [(&str, &str, &AtomicU64); 36] = [
+            (
+                "consensus_fetch_failures_total",
+                "Consensus fetches where no authority served a document that verified",
+                &self.consensus_fetch_failures,
+            ),
             (
                 "sessions_started_total",
                 "Client sessions established",
@@ -241,7 +251,17 @@ impl GatewayMetrics {
             let _ = writeln!(out, "# TYPE lethe_gateway_{name} counter");
             let _ = writeln!(out, "lethe_gateway_{name} {}", Self::get(counter));
         }
-        let gauges: [(&str, &str, &AtomicU64); 4] = [
+        let gauges: [(&str, &str, &AtomicU64); 6] = [
+            (
+                "consensus_epoch",
+                "Epoch of the consensus document in use (0: none yet)",
+                &self.consensus_epoch,
+            ),
+            (
+                "consensus_in_grace",
+                "1 while the document in use has expired and no newer one verified",
+                &self.consensus_in_grace,
+            ),
             (
                 "sessions_active",
                 "Client sessions open now",

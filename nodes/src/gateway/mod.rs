@@ -26,6 +26,7 @@ use lethe_crypto::framing::FramingVersion;
 use lethe_engine::runtime::{final_hop_channel, EgressConfig, Runtime, RuntimeConfig};
 use zeroize::Zeroizing;
 
+use crate::directory::client::Authorities;
 use crate::keyfile;
 use crate::limits::{
     EGRESS_BACKOFF_MS_INITIAL, EGRESS_BACKOFF_MS_MAX, EGRESS_CONNECT_TIMEOUT_MS, ENGINE_RING_DEPTH,
@@ -67,12 +68,25 @@ pub struct RunOverrides {
     /// Authenticated client sessions at once (config: gateway.sessions_max).
     #[arg(long, env = "LETHE_SESSIONS_MAX")]
     pub sessions_max: Option<u32>,
-    /// Directory base URL (http://host:port): register, heartbeat, fetch the topology.
-    #[arg(long, env = "LETHE_DIRECTORY", requires = "directory_key")]
-    pub directory: Option<String>,
-    /// The directory's ed25519 public key (hex), pinned.
-    #[arg(long, env = "LETHE_DIRECTORY_KEY", requires = "directory")]
-    pub directory_key: Option<String>,
+    /// Directory authority base URL (http://host:port): register and heartbeat there, and
+    /// fetch the consensus from any of them, in turn. Repeat (or comma-separate) for each
+    /// authority.
+    #[arg(
+        long,
+        env = "LETHE_DIRECTORY",
+        value_delimiter = ',',
+        requires = "directory_key"
+    )]
+    pub directory: Vec<String>,
+    /// An authority's ed25519 public key (hex), pinned; repeat for each. A document needs
+    /// 2f+1 of their signatures, f = (n-1)/3 (n = 1: the one; n = 4: 3).
+    #[arg(
+        long,
+        env = "LETHE_DIRECTORY_KEY",
+        value_delimiter = ',',
+        requires = "directory"
+    )]
+    pub directory_key: Vec<String>,
     /// The mix address to announce (config: gateway.announce_address; default: the bound
     /// listener, which must then be a specific IP, not 0.0.0.0).
     #[arg(long, env = "LETHE_ANNOUNCE")]
@@ -81,6 +95,10 @@ pub struct RunOverrides {
     /// default: `ws://<announced IP>:<client port>`).
     #[arg(long, env = "LETHE_ANNOUNCE_CLIENT_URL")]
     pub announce_client_url: Option<String>,
+    /// Seconds between heartbeats to each authority (their heartbeat timeout must allow two).
+    #[arg(long, env = "LETHE_HEARTBEAT_S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_s: u64,
     /// Forward client packets to any first hop (tests only: no topology check).
     #[arg(long, env = "LETHE_ALLOW_ANY_FIRST_HOP")]
     pub allow_any_first_hop: bool,
@@ -220,15 +238,16 @@ pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
     })
 }
 
-/// The directory to use, if any: its URL and pinned key.
-pub(crate) fn directory(overrides: &RunOverrides) -> Result<Option<(String, [u8; 32])>, String> {
-    match (&overrides.directory, &overrides.directory_key) {
-        (Some(url), Some(key)) => {
-            let key = keyfile::unhex_32(key)
-                .ok_or("--directory-key: not a 32-byte hex ed25519 public key")?;
-            Ok(Some((url.clone(), key)))
-        }
-        (None, None) => Ok(None),
+/// The authorities to use, if any: their URLs and pinned keys.
+pub(crate) fn directory(overrides: &RunOverrides) -> Result<Option<Authorities>, String> {
+    match (
+        overrides.directory.is_empty(),
+        overrides.directory_key.is_empty(),
+    ) {
+        (false, false) => Authorities::from_hex(&overrides.directory, &overrides.directory_key)
+            .map(Some)
+            .map_err(|e| format!("--directory/--directory-key: {e}")),
+        (true, true) => Ok(None),
         _ => Err("--directory and --directory-key go together".into()),
     }
 }
@@ -252,10 +271,10 @@ fn lock_state(
 }
 
 /// `lethe gateway run`.
-/// `lethe gateway deregister`: the gateway in `dir` leaves the directory at `url` at once.
-pub fn deregister(dir: &Path, url: &str) -> Result<(), String> {
+/// `lethe gateway deregister`: the gateway in `dir` leaves the authorities at `urls` at once.
+pub fn deregister(dir: &Path, urls: &[String]) -> Result<(), String> {
     let config = Config::load(dir)?;
-    crate::directory::announce::deregister_command(&resolve(dir, &config.keys.identity), url)
+    crate::directory::announce::deregister_command(&resolve(dir, &config.keys.identity), urls)
 }
 
 pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
@@ -420,8 +439,9 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         .announce_address
         .unwrap_or_else(|| registration::dialable(runtime.local_addr()));
     // Registered and heartbeating for as long as this handle lives.
-    let announcer = if let Some((url, key)) = directory {
-        registration::refresh_topology(tokio.handle(), url.clone(), key, first_hops);
+    let announcer = if let Some(authorities) = directory {
+        let urls = authorities.urls().to_vec();
+        registration::refresh_topology(tokio.handle(), authorities, first_hops, metrics.clone());
         let descriptor = registration::descriptor(&registration::DescriptorParts {
             identity,
             sphinx_key,
@@ -433,10 +453,10 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         });
         Some(
             crate::directory::spawn_announcer(
-                &url,
+                &urls,
                 &identity_seed,
                 descriptor,
-                registration::HEARTBEAT_INTERVAL,
+                Duration::from_secs(overrides.heartbeat_s),
                 status.registration.clone(),
             )
             .map_err(|e| format!("announcer: {e}"))?,

@@ -2,16 +2,17 @@
 //! Registration itself is `directory::spawn_announcer`, shared with mixnodes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::metrics::GatewayMetrics;
 use super::sessions::FirstHops;
-use crate::directory::client::{fetch_topology, http_client};
+use crate::directory::client::{fetch_consensus, http_client, Authorities};
 use crate::keyfile;
 use crate::limits;
-use crate::topology::{Descriptor, Role};
+use crate::topology::{now_s, Descriptor, Role};
 
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 pub const TOPOLOGY_REFRESH: Duration = Duration::from_secs(5);
 
 /// `addr` with an unspecified IP replaced by loopback (what to tell others to dial).
@@ -128,39 +129,74 @@ pub fn descriptor(parts: &DescriptorParts) -> Descriptor {
     }
 }
 
-/// Fetches the verified topology now and every [`TOPOLOGY_REFRESH`]; a failed fetch keeps the
-/// previous one until its `valid_until_s` (then [`FirstHops::check`] refuses forwarding).
+/// Fetches the verified consensus (any authority, in turn) now and every
+/// [`TOPOLOGY_REFRESH`]; a failed fetch keeps the previous one, past its `valid_until_s` for
+/// the grace ([`CONSENSUS_GRACE_S`](limits::CONSENSUS_GRACE_S)), said in the log and the
+/// `consensus_in_grace` gauge; then [`FirstHops::check`] refuses forwarding.
 pub fn refresh_topology(
     runtime: &tokio::runtime::Handle,
-    directory_url: String,
-    directory_key: [u8; 32],
+    authorities: Authorities,
     first_hops: Arc<FirstHops>,
+    metrics: Arc<GatewayMetrics>,
 ) {
     runtime.spawn(async move {
         let http = http_client();
-        // Runs for the life of the runtime, one fetch per interval.
+        let mut held: Option<(u64, u64)> = None; // (epoch, valid_until_s) of the document in use
+                                                 // Runs for the life of the runtime, one fetch per interval.
         loop {
-            let wait =
-                match fetch_topology(&http, &directory_url, &directory_key, first_hops.epoch())
-                    .await
-                {
-                    Ok(topology) => {
-                        let formed = topology.layers.first().is_some_and(|l| !l.is_empty());
-                        first_hops.set_topology(topology);
-                        if formed {
-                            TOPOLOGY_REFRESH
-                        } else {
-                            Duration::from_millis(limits::GATEWAY_TOPOLOGY_RETRY_MS)
-                        }
+            let wait = match fetch_consensus(&http, &authorities, first_hops.epoch()).await {
+                Ok(topology) => {
+                    let formed = topology.layers.first().is_some_and(|l| !l.is_empty());
+                    held = Some((topology.epoch, topology.valid_until_s));
+                    metrics
+                        .consensus_epoch
+                        .store(topology.epoch, Ordering::Relaxed);
+                    if metrics.consensus_in_grace.swap(0, Ordering::Relaxed) != 0 {
+                        tracing::info!(epoch = topology.epoch, "a fresh consensus verified");
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "topology fetch failed; retrying");
+                    first_hops.set_topology(topology);
+                    if formed {
+                        TOPOLOGY_REFRESH
+                    } else {
                         Duration::from_millis(limits::GATEWAY_TOPOLOGY_RETRY_MS)
                     }
-                };
+                }
+                Err(e) => {
+                    GatewayMetrics::add(&metrics.consensus_fetch_failures, 1);
+                    tracing::warn!(error = %e, "consensus fetch failed; retrying");
+                    if let Some((epoch, valid_until_s)) = held {
+                        say_grace(&metrics, epoch, valid_until_s);
+                    }
+                    Duration::from_millis(limits::GATEWAY_TOPOLOGY_RETRY_MS)
+                }
+            };
             tokio::time::sleep(wait).await;
         }
     });
+}
+
+/// Says (log, gauge) whether the held document is in its grace or past it.
+fn say_grace(metrics: &GatewayMetrics, epoch: u64, valid_until_s: u64) {
+    let expired_s = now_s().saturating_sub(valid_until_s);
+    if expired_s == 0 {
+        return;
+    }
+    if expired_s <= limits::CONSENSUS_GRACE_S {
+        metrics.consensus_in_grace.store(1, Ordering::Relaxed);
+        tracing::warn!(
+            epoch,
+            expired_s,
+            grace_s = limits::CONSENSUS_GRACE_S,
+            "no new consensus verified: routing on the last valid one, expired, within its grace"
+        );
+    } else {
+        metrics.consensus_in_grace.store(0, Ordering::Relaxed);
+        tracing::error!(
+            epoch,
+            expired_s,
+            "no valid consensus: the last one expired beyond its grace; client forwards are refused"
+        );
+    }
 }
 
 #[cfg(test)]

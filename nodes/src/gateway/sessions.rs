@@ -67,7 +67,7 @@ use super::metrics::GatewayMetrics;
 use crate::limits;
 use crate::proto::handshake::{CLIENT_AUTH_LEN, CLIENT_HELLO_LEN};
 use crate::proto::messages::error_code;
-use crate::topology::Topology;
+use crate::topology::{freshness, Freshness, Topology};
 use crate::ws::{self, ReadError};
 
 /// The messages of the handshake a client sends: hello, then auth.
@@ -110,9 +110,12 @@ impl FirstHops {
             return Ok(addr);
         }
         let topology = self.topology.read().map_err(|_| "topology unavailable")?;
+        let now_s = crate::topology::now_s();
         match topology.as_ref() {
-            Some(t) if t.valid_until_s < crate::topology::now_s() => {
-                Err("the topology has expired: forwarding is refused")
+            // Within the grace the last valid document still routes (authorities may be
+            // down); after it, nothing vouches for the first hops.
+            Some(t) if matches!(freshness(t, now_s), Freshness::Expired { .. }) => {
+                Err("the topology has expired beyond its grace: forwarding is refused")
             }
             Some(t) if t.is_layer1(&addr) => Ok(addr),
             Some(_) => Err("first hop is not a layer-1 mixnode of the current topology"),
@@ -1051,10 +1054,16 @@ mod tests {
         );
         assert_eq!(first_hops.epoch(), Some(1));
         topology.valid_until_s = now.saturating_sub(1);
+        first_hops.set_topology(topology.clone());
+        assert!(
+            first_hops.check(&hop(1)).is_ok(),
+            "an expired topology still routes within the grace"
+        );
+        topology.valid_until_s = now.saturating_sub(limits::CONSENSUS_GRACE_S + 5);
         first_hops.set_topology(topology);
         assert!(
             first_hops.check(&hop(1)).is_err(),
-            "an expired topology is refused"
+            "a topology expired beyond the grace is refused"
         );
     }
 

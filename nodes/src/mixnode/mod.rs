@@ -99,9 +99,10 @@ pub struct RunOverrides {
 /// Directory registration flags of `lethe mixnode run` (none: the node does not register).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct AnnounceArgs {
-    /// Directory base URL (`http://host:port`): register there and heartbeat.
-    #[arg(long, env = "LETHE_DIRECTORY")]
-    pub directory: Option<String>,
+    /// Directory authority base URL (`http://host:port`): register there and heartbeat.
+    /// Repeat (or comma-separate) for each authority: each is announced to independently.
+    #[arg(long, env = "LETHE_DIRECTORY", value_delimiter = ',')]
+    pub directory: Vec<String>,
     /// Mix address to advertise; default: the bound listen address (which must then be a
     /// specific IP, not 0.0.0.0).
     #[arg(long, env = "LETHE_ANNOUNCE", requires = "directory")]
@@ -289,7 +290,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     // The identity is used only to register, but a key that is unreadable, exposed or corrupt
     // is refused now, whatever the flags: not first noticed the day `--directory` is added.
     keyfile::read_private(&resolve(dir, &config.keys.identity))?;
-    if let Some(url) = &overrides.announce.directory {
+    for url in &overrides.announce.directory {
         check_announce(url, &overrides.announce, config.mixnode.listen_address)?;
     }
     let mut rotation =
@@ -314,7 +315,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         &trace_config,
     )?;
     let metrics = runtime.metrics().to_vec();
-    let registering = overrides.announce.directory.is_some();
+    let registering = !overrides.announce.directory.is_empty();
     let status = crate::http::NodeStatus::new("mixnode", registering);
     let schedule = rotation::Schedule::from_keys(&config.keys)?;
     status.set_sphinx_keys(key_expiries(&rotation, &schedule));
@@ -333,11 +334,12 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     );
     println!("listen={}", runtime.local_addr());
     println!("metrics={metrics_addr}");
-    let announcer = match &overrides.announce.directory {
-        Some(url) => Some(start_announcer(
+    let announcer = match overrides.announce.directory.as_slice() {
+        [] => None,
+        urls => Some(start_announcer(
             dir,
             &config,
-            url,
+            urls,
             &overrides.announce,
             Bound {
                 mix: runtime.local_addr(),
@@ -346,7 +348,6 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             rotation.keys(),
             &status,
         )?),
-        None => None,
     };
     tracing::info!(listen = %runtime.local_addr(), cores, "mixnode up");
     use std::io::Write as _;
@@ -469,10 +470,10 @@ fn wait_for_signal(
     }
 }
 
-/// `lethe mixnode deregister`: the node in `dir` leaves the directory at `url` at once.
-pub fn deregister(dir: &Path, url: &str) -> Result<(), String> {
+/// `lethe mixnode deregister`: the node in `dir` leaves the authorities at `urls` at once.
+pub fn deregister(dir: &Path, urls: &[String]) -> Result<(), String> {
     let config = Config::load(dir)?;
-    crate::directory::announce::deregister_command(&resolve(dir, &config.keys.identity), url)
+    crate::directory::announce::deregister_command(&resolve(dir, &config.keys.identity), urls)
 }
 
 /// Refuses, before anything starts, an announcement that could not work.
@@ -508,7 +509,7 @@ struct Bound {
 fn start_announcer(
     dir: &Path,
     config: &Config,
-    url: &str,
+    urls: &[String],
     args: &AnnounceArgs,
     bound: Bound,
     keys: &NodeKeys,
@@ -533,9 +534,9 @@ fn start_announcer(
         None,
         Some(metrics_url),
     );
-    tracing::info!(%mix_address, directory = %url, "announcing");
+    tracing::info!(%mix_address, directory = %urls.join(","), "announcing");
     crate::directory::spawn_announcer(
-        url,
+        urls,
         &identity,
         descriptor,
         Duration::from_secs(args.heartbeat_s),

@@ -397,10 +397,11 @@ pub fn mixnode(dir: &Path, overrides: &crate::mixnode::RunOverrides) -> Result<(
         memlock_limit(&mut checks, runtime.cores, runtime.io_memory_bytes);
     }
     let args = &overrides.announce;
-    let directory = args.directory.as_deref();
-    let rule = directory.map_or(Ok(()), |url| {
-        crate::mixnode::check_announce(url, args, m.listen_address)
-    });
+    let directory = args.directory.first().map(String::as_str);
+    let rule = args
+        .directory
+        .iter()
+        .try_for_each(|url| crate::mixnode::check_announce(url, args, m.listen_address));
     announce(
         &mut checks,
         directory,
@@ -442,7 +443,15 @@ pub fn gateway(dir: &Path, overrides: &crate::gateway::RunOverrides) -> Result<(
             "directory flags",
             crate::gateway::directory(overrides).map(|d| {
                 let detail = match &d {
-                    Some((url, _)) => format!("{url}, key pinned"),
+                    Some(a) if a.urls().len() == 1 && a.set().len() == 1 => {
+                        format!("{}, key pinned", a.urls()[0])
+                    }
+                    Some(a) => format!(
+                        "{}, {} keys pinned ({} signatures needed)",
+                        a.urls().join(", "),
+                        a.set().len(),
+                        a.set().threshold()
+                    ),
                     None => "none".to_string(),
                 };
                 (d, detail)
@@ -492,7 +501,10 @@ pub fn gateway(dir: &Path, overrides: &crate::gateway::RunOverrides) -> Result<(
     );
     announce(
         &mut checks,
-        directory.as_ref().map(|(url, _)| url.as_str()),
+        directory
+            .as_ref()
+            .and_then(|a| a.urls().first())
+            .map(String::as_str),
         announced,
         rule,
     );

@@ -157,10 +157,7 @@ pub fn mixnode(
                 .announce
                 .map_or(Value::Null, |a| a.to_string().into()),
         ),
-        (
-            "directory",
-            announce.directory.clone().map_or(Value::Null, Value::from),
-        ),
+        ("directory", urls_json(&announce.directory)),
         (
             "replay_data_dir",
             resolve(dir, &config.replay.data_dir)
@@ -217,10 +214,7 @@ pub fn gateway(
             "client_url",
             descriptor.client_url.map_or(Value::Null, Value::from),
         ),
-        (
-            "directory",
-            overrides.directory.clone().map_or(Value::Null, Value::from),
-        ),
+        ("directory", urls_json(&overrides.directory)),
         ("database", path(&g.database)),
         (
             "verification_key",
@@ -283,4 +277,14 @@ pub fn issuer(args: &IssuerRunArgs, json: bool) -> Result<(), String> {
     ]);
     simd(&mut fields);
     print(fields, json)
+}
+
+/// The authority URLs a node announces to: the one URL as a string (n = 1, as before), an
+/// array for several, null for none.
+fn urls_json(urls: &[String]) -> Value {
+    match urls {
+        [] => Value::Null,
+        [one] => Value::from(one.clone()),
+        many => Value::Array(many.iter().cloned().map(Value::from).collect()),
+    }
 }
