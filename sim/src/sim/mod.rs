@@ -65,8 +65,14 @@ pub const ENGINE_BUFFERS_PER_NODE: u32 = 4_096;
 /// Engine timer tick: the delay cap (`DELAY_MS_MAX`) must fit the wheel's span in ticks.
 const ENGINE_TIMER_TICK_US: u64 = 50;
 /// Replay filter sizing per node (packets per key lifetime) and its false-positive rate.
-const REPLAY_ITEMS: u64 = 200_000;
+/// Packets per key lifetime a node's filter is sized for at the least, and at the most (the
+/// run's own estimate, `replay_items`, lies between).
+const REPLAY_ITEMS_MIN: u64 = 200_000;
+const REPLAY_ITEMS_MAX: u64 = 100_000_000;
 const REPLAY_FP_RATE: f64 = 1e-9;
+/// 512-bit blocks: about 10 bytes a packet at 1e-9, where one-word blocks take over 100 (a
+/// filter is zeroed at start, and 40 nodes of those took most of a large run's setup).
+const REPLAY_BLOCK_WORDS: u32 = 8;
 const ROTATION_ID: u32 = 1;
 const NS_PER_US: u64 = 1_000;
 const NS_PER_MS: u64 = 1_000_000;
@@ -487,15 +493,16 @@ pub fn run_untraced(config: &SimConfig, commit: &str) -> Result<RunSummary, SimE
     run_to(config, None, commit, None)
 }
 
-/// [`run_untraced`], given up (`SimError::BehindRealTime`) as soon as the wall time since
-/// `started` runs more than `REAL_TIME_SLACK_NS` ahead of the virtual time: whether a
+/// [`run_untraced`], given up (`SimError::BehindRealTime`) as soon as `elapsed_ns` (the
+/// caller's clock: wall time, or the thread's CPU time on a shared machine), counted from
+/// the first event, runs more than `REAL_TIME_SLACK_NS` ahead of the virtual time: whether a
 /// configuration simulates as fast as real time, without waiting for one that does not.
 pub fn run_untraced_real_time(
     config: &SimConfig,
     commit: &str,
-    started: std::time::Instant,
+    elapsed_ns: &dyn Fn() -> u64,
 ) -> Result<RunSummary, SimError> {
-    run_to(config, None, commit, Some(started))
+    run_to(config, None, commit, Some(elapsed_ns))
 }
 
 /// Events between two looks at the wall clock in [`run_untraced_real_time`].
@@ -507,11 +514,13 @@ fn run_to(
     config: &SimConfig,
     trace_path: Option<&Path>,
     commit: &str,
-    real_time: Option<std::time::Instant>,
+    real_time: Option<&dyn Fn() -> u64>,
 ) -> Result<RunSummary, SimError> {
     config.validate().map_err(SimError::Config)?;
     let mut world = World::new(config, trace_path, commit)?;
     world.start()?;
+    // Real time is measured from the first event: the setup (keys, cores) is not the run.
+    let setup_ns = real_time.map_or(0, |elapsed_ns| elapsed_ns());
     let mut events = 0u64;
     let mut end_ns = 0;
     while let Some(scheduled) = world.queue.pop() {
@@ -520,9 +529,9 @@ fn run_to(
             return Err(SimError::EventsExhausted);
         }
         end_ns = scheduled.t_ns;
-        if let (Some(started), 0) = (real_time, events % REAL_TIME_CHECK_EVENTS) {
-            let wall_ns = started.elapsed().as_nanos() as u64;
-            if wall_ns > end_ns.saturating_add(REAL_TIME_SLACK_NS) {
+        if let (Some(elapsed_ns), 0) = (real_time, events % REAL_TIME_CHECK_EVENTS) {
+            let run_ns = elapsed_ns().saturating_sub(setup_ns);
+            if run_ns > end_ns.saturating_add(REAL_TIME_SLACK_NS) {
                 return Err(SimError::BehindRealTime { at_ns: end_ns });
             }
         }
@@ -560,8 +569,28 @@ fn engine_config(sizes: PacketSizes) -> EngineConfig {
     }
 }
 
-fn engine_core(config: &EngineConfig, secret: StaticSecret) -> Result<Core, SimError> {
-    let params = ReplayParams::for_items(REPLAY_ITEMS, REPLAY_FP_RATE, 1)
+/// Packets one engine node may see in a run, with a margin: every packet's hops (its mix
+/// layers and the exit gateway, plus the gateway relaying a client's packet) spread over the
+/// engine nodes, for the sending time and the drain after it.
+fn replay_items(config: &SimConfig) -> u64 {
+    let cover = config.cover.as_ref();
+    let per_client = config.message_rate_per_s * 2.0
+        + cover.map_or(0.0, |c| c.payload_rate_per_s + 2.0 * c.loop_rate_per_s);
+    let mixes = f64::from(config.layers * config.mixes_per_layer);
+    let per_s = f64::from(config.clients) * per_client + mixes * config.mix_loop_rate_per_s;
+    let hops = f64::from(config.layers + 2);
+    let nodes = mixes + f64::from(config.gateways);
+    let seconds = config.duration_ms as f64 / 1e3 + 60.0;
+    let items = per_s * hops / nodes.max(1.0) * seconds * 2.0;
+    (items as u64).clamp(REPLAY_ITEMS_MIN, REPLAY_ITEMS_MAX)
+}
+
+fn engine_core(
+    config: &EngineConfig,
+    secret: StaticSecret,
+    replay_items: u64,
+) -> Result<Core, SimError> {
+    let params = ReplayParams::for_items(replay_items, REPLAY_FP_RATE, REPLAY_BLOCK_WORDS)
         .map_err(|e| SimError::Config(format!("replay filter: {e:?}")))?;
     let mut filters = ReplayFilterSet::default();
     filters
@@ -1665,6 +1694,7 @@ fn topology(
         (0..config.mixes_per_layer).map(move |m| (format!("m{layer}.{m}"), Role::Mix, layer))
     });
     let mut engines = Vec::new();
+    let replay_items = replay_items(config);
     let mut gateway_seeds = Vec::new();
     let mut directory_layers: Vec<Vec<Descriptor>> = vec![Vec::new(); config.layers as usize];
     let mut directory_gateways = Vec::new();
@@ -1686,7 +1716,7 @@ fn topology(
         }
         topology.public_keys.push(public_key);
         engines.push(NodeState::Engine(Box::new(EngineNode {
-            core: engine_core(engine, secret)?,
+            core: engine_core(engine, secret, replay_items)?,
             pending: HashMap::new(),
             wake_ns: None,
             busy_until_ns: 0,
