@@ -1,6 +1,7 @@
 //! Lethe's node front-ends. Each is a thin layer over `lethe-engine`.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod authority;
 pub mod client;
 pub mod credential_files;
 pub mod credential_store;

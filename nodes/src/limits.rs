@@ -444,6 +444,27 @@ const _: () = assert!(
     AUTHORITIES_MAX * AUTHORITY_SIGNATURE_BYTES_MAX
         <= DIRECTORY_RESPONSE_BYTES_MAX - crate::topology::SIGNED_BODY_BYTES_MAX
 );
+// --- Voting authorities (`authority::{exchange, round, vote}`) ---
+
+/// Largest vote body (JSON text): every node's descriptor, as a full topology, plus the
+/// vote's own fields.
+pub const AUTHORITY_VOTE_BYTES_MAX: usize = crate::topology::SIGNED_BODY_BYTES_MAX + 4096;
+/// Largest vote or signature request (the body travels as a JSON string, escaped).
+pub const AUTHORITY_REQUEST_BYTES_MAX: usize = 2 * AUTHORITY_VOTE_BYTES_MAX + 4096;
+/// Largest `GET /v1/votes` response read from a peer: every authority's vote, twice for
+/// equivocators.
+pub const AUTHORITY_VOTES_RESPONSE_BYTES_MAX: usize =
+    2 * AUTHORITIES_MAX * AUTHORITY_REQUEST_BYTES_MAX;
+/// Bounds of the exchange's tick (an epoch's twentieth otherwise): how often votes and
+/// signatures are pushed until acknowledged and votes pulled.
+pub const AUTHORITY_TICK_MS_MIN: u64 = 50;
+pub const AUTHORITY_TICK_MS_MAX: u64 = 500;
+
+const _: () = assert!(AUTHORITY_VOTE_BYTES_MAX > crate::topology::SIGNED_BODY_BYTES_MAX);
+const _: () = assert!(AUTHORITY_REQUEST_BYTES_MAX > 2 * AUTHORITY_VOTE_BYTES_MAX);
+const _: () = assert!(AUTHORITY_TICK_MS_MIN > 0 && AUTHORITY_TICK_MS_MIN <= AUTHORITY_TICK_MS_MAX);
+// A tick leaves several rounds of pushes within the vote half of the shortest epoch (1 s).
+const _: () = assert!(AUTHORITY_TICK_MS_MIN * 4 <= 500);
 
 // --- Directory admission (`directory::admission`) ---
 

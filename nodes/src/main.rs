@@ -59,7 +59,9 @@ enum Command {
         #[command(subcommand)]
         command: TestnetCommand,
     },
-    /// The directory: registrations, heartbeats, layer assignment, signed topologies.
+    /// A directory authority: registrations, heartbeats, and signed topologies, alone (n = 1)
+    /// or voting with its peer authorities (`--peer URL=KEY`) on a consensus 2f+1 of them sign.
+    #[command(visible_alias = "authority")]
     Directory {
         #[command(subcommand)]
         command: DirectoryCommand,
@@ -101,7 +103,8 @@ enum TestnetCommand {
 
 #[derive(Subcommand, Debug)]
 enum DirectoryCommand {
-    /// Write the directory's ed25519 identity into DIR (refuses to overwrite); prints `key=HEX`.
+    /// Write the authority's ed25519 identity and an empty `peers` file into DIR (refuses to
+    /// overwrite); prints `key=HEX`.
     Init {
         #[arg(long, env = "LETHE_DIR")]
         dir: PathBuf,

@@ -309,6 +309,7 @@ fn sample_topology(epoch: u64, issued_at_s: u64, valid_until_s: u64) -> Topology
         valid_until_s,
         layers: [1, 2, 3].map(|i| vec![node(i, Role::Mixnode)]).into(),
         gateways: vec![node(4, Role::Gateway)],
+        shared_random: None,
     }
 }
 

@@ -89,6 +89,7 @@ impl TestMixnet {
                 valid_until_s: u64::MAX,
                 layers: layers.into(),
                 gateways: vec![gateway],
+                shared_random: None,
             },
             secrets,
             gateway_identity: identity_public(gateway_seed),

@@ -1,6 +1,7 @@
 //! The network as clients and nodes see it: node descriptors, the stratified topology of one
-//! epoch, and Loopix route and delay sampling. Signing and verifying the directory's documents
-//! is the nodes' business (`lethe_nodes::topology`); these are the types they carry.
+//! epoch, the published layer assignment, and Loopix route and delay sampling. Signing and
+//! verifying the authorities' documents is the nodes' business (`lethe_nodes::topology`);
+//! these are the types they carry.
 
 use std::net::SocketAddr;
 
@@ -9,6 +10,8 @@ use lethe_crypto::sphinx::{address, RouteHop};
 use rand::seq::IndexedRandom;
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 use crate::hex;
 
@@ -97,6 +100,67 @@ pub struct Topology {
     #[serde(deserialize_with = "layers_checked")]
     pub layers: Vec<Vec<Descriptor>>,
     pub gateways: Vec<Descriptor>,
+    /// Voting authorities' documents: the epoch's shared random value, from which anyone
+    /// recomputes the layer assignment ([`assign_layers`]). `None` in a single directory's
+    /// document (its layers are its own choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_random: Option<SharedRandom>,
+}
+
+/// Domain of the sort key of [`assign_layers`].
+pub const DOMAIN_LAYER: &[u8] = b"lethe-layer-v1\0";
+
+/// An epoch's shared random value (commit-reveal, as Tor's SRV) and the authorities'
+/// commitments to the reveals of the next epoch, as the consensus recorded them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedRandom {
+    /// The value, hex (32 bytes).
+    pub value: String,
+    /// How many authorities' reveals (each matching its commitment) made it.
+    pub reveals: u32,
+    /// Authority key (hex) → its commitment (hex) to the reveal it will publish next epoch.
+    pub commits: BTreeMap<String, String>,
+}
+
+/// The published layer assignment of the voting authorities: mixnodes in the order of
+/// SHA-256(DOMAIN_LAYER || shared random value || identity text), dealt to the layers in
+/// turn (layer 1 first), so layers differ in size by at most one and nobody, the authorities
+/// included, picks a node's layer once the value is fixed. Every input is in the document:
+/// a verifier recomputes it ([`Topology::layers_follow_shared_random`]).
+pub fn assign_layers(
+    shared_random: &[u8; 32],
+    mixnodes: Vec<Descriptor>,
+    layers: usize,
+) -> Vec<Vec<Descriptor>> {
+    let layers = layers.clamp(1, LAYERS_MAX);
+    let mut keyed: Vec<([u8; 32], Descriptor)> = mixnodes
+        .into_iter()
+        .map(|node| {
+            let mut hash = Sha256::new();
+            hash.update(DOMAIN_LAYER);
+            hash.update(shared_random);
+            hash.update(node.identity.as_bytes());
+            (hash.finalize().into(), node)
+        })
+        .collect();
+    // Ties (the same identity twice) fall back to the whole descriptor's order: the
+    // assignment never depends on the input order.
+    keyed.sort_by(|(a, d), (b, e)| a.cmp(b).then_with(|| descriptor_order(d, e)));
+    let mut out = vec![Vec::new(); layers];
+    for (index, (_, node)) in keyed.into_iter().enumerate() {
+        out[index % layers].push(node);
+    }
+    out
+}
+
+fn descriptor_order(a: &Descriptor, b: &Descriptor) -> std::cmp::Ordering {
+    (&a.identity, &a.sphinx_key, a.mix_address, a.issued_at_s).cmp(&(
+        &b.identity,
+        &b.sphinx_key,
+        b.mix_address,
+        b.issued_at_s,
+    ))
 }
 
 /// Why a document or a route is refused. The signature variants are the directory
@@ -121,6 +185,8 @@ pub enum TopologyError {
     NoRoute(&'static str),
     #[error("{valid} valid authority signatures, {needed} needed")]
     TooFewSignatures { valid: usize, needed: usize },
+    #[error("the layers are not the assignment the shared random value gives")]
+    LayersNotAssigned,
 }
 
 /// The layers of a document, refused unless there are 1 to [`LAYERS_MAX`] of them.
@@ -157,6 +223,23 @@ impl Route {
 }
 
 impl Topology {
+    /// For a voting authorities' document: its layers are exactly [`assign_layers`] of its
+    /// shared random value and its mixnodes. A document without a shared random value (a
+    /// single directory's) passes.
+    pub fn layers_follow_shared_random(&self) -> Result<(), TopologyError> {
+        let Some(shared) = &self.shared_random else {
+            return Ok(());
+        };
+        let value =
+            hex::decode_32(&shared.value).ok_or(TopologyError::Malformed("shared random value"))?;
+        let mixnodes: Vec<Descriptor> = self.layers.iter().flatten().cloned().collect();
+        if assign_layers(&value, mixnodes, self.layers.len()) == self.layers {
+            Ok(())
+        } else {
+            Err(TopologyError::LayersNotAssigned)
+        }
+    }
+
     pub fn gateway(&self, identity: &[u8; 32]) -> Option<&Descriptor> {
         self.gateways
             .iter()
@@ -325,6 +408,52 @@ mod tests {
                 "every node of a layer is of a family already on the route"
             ))
         );
+    }
+
+    #[test]
+    fn layer_assignment_is_balanced_order_free_and_recomputable() {
+        let nodes: Vec<Descriptor> = (1..=10u8)
+            .map(|i| descriptor(&[i; 32], [i; 32], 4000 + u16::from(i), Role::Mixnode))
+            .collect();
+        let value = [3u8; 32];
+        let layers = assign_layers(&value, nodes.clone(), LAYERS);
+        assert_eq!(layers.iter().map(Vec::len).collect::<Vec<_>>(), [4, 3, 3]);
+        // The input order does not matter.
+        let mut reversed = nodes.clone();
+        reversed.reverse();
+        assert_eq!(assign_layers(&value, reversed, LAYERS), layers);
+        // Another value gives another assignment (of the same nodes).
+        let other = assign_layers(&[4u8; 32], nodes, LAYERS);
+        assert_ne!(other, layers);
+        let mut all: Vec<_> = other.iter().flatten().map(|d| d.identity.clone()).collect();
+        let mut before: Vec<_> = layers
+            .iter()
+            .flatten()
+            .map(|d| d.identity.clone())
+            .collect();
+        all.sort();
+        before.sort();
+        assert_eq!(all, before);
+        // A verifier recomputes it; a swapped node is caught.
+        let mut t = topology();
+        t.layers = layers;
+        t.shared_random = Some(SharedRandom {
+            value: crate::hex::encode(&value),
+            reveals: 0,
+            commits: BTreeMap::new(),
+        });
+        assert_eq!(t.layers_follow_shared_random(), Ok(()));
+        let moved = t.layers[0].pop().unwrap();
+        t.layers[1].push(moved);
+        assert_eq!(
+            t.layers_follow_shared_random(),
+            Err(TopologyError::LayersNotAssigned)
+        );
+        // The document carries it through JSON; without it, the field is absent.
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<Topology>(&json).unwrap(), t);
+        t.shared_random = None;
+        assert!(!serde_json::to_string(&t).unwrap().contains("shared_random"));
     }
 
     #[test]

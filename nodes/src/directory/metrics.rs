@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::authority::exchange::Status;
+use crate::authority::round::Accepted;
+use crate::authority::vote::Refusal;
 use crate::prometheus::{self, family, sample, Kind, RequestCounts};
 use crate::topology::LAYERS;
 
@@ -13,6 +16,9 @@ pub const ENDPOINTS: &[&str] = &[
     "/v1/key",
     "/v1/topology",
     "/v1/consensus",
+    "/v1/votes",
+    "/v1/vote",
+    "/v1/signature",
     "/v1/register",
     "/v1/heartbeat",
     "/v1/deregister",
@@ -158,5 +164,200 @@ impl Counters {
             prometheus::counter(out, name, help, get(counter));
         }
         requests.render(out);
+    }
+}
+
+/// A voting authority's counters (`lethe_authority_*`), beside the directory's.
+#[derive(Debug, Default)]
+pub struct AuthorityCounters {
+    /// Per kind (`vote`, `signature`): accepted new, repeats, refusals by reason
+    /// ([`Refusal::REASONS`] order).
+    votes: MessageCounts,
+    signatures: MessageCounts,
+    vote_equivocations: AtomicU64,
+    signature_equivocations: AtomicU64,
+    certified: AtomicU64,
+    failed_votes: AtomicU64,
+    failed_signatures: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct MessageCounts {
+    accepted: AtomicU64,
+    repeat: AtomicU64,
+    refused: [AtomicU64; Refusal::REASONS.len()],
+}
+
+impl AuthorityCounters {
+    /// Counts a vote or signature (`kind`) outcome.
+    pub fn count(&self, kind: &str, outcome: &Result<Accepted, Refusal>) {
+        let counts = if kind == "vote" {
+            &self.votes
+        } else {
+            &self.signatures
+        };
+        match outcome {
+            Ok(Accepted::New) => add(&counts.accepted),
+            Ok(Accepted::Repeat) => add(&counts.repeat),
+            Err(refusal) => {
+                let reason = refusal.reason();
+                if let Some(index) = Refusal::REASONS.iter().position(|r| *r == reason) {
+                    add(&counts.refused[index]);
+                }
+            }
+        }
+    }
+
+    pub fn equivocation(&self, kind: &str) {
+        add(if kind == "vote" {
+            &self.vote_equivocations
+        } else {
+            &self.signature_equivocations
+        });
+    }
+
+    pub fn certified(&self) {
+        add(&self.certified);
+    }
+
+    /// An epoch not certified: `too_few_votes` (no consensus computed) or
+    /// `too_few_signatures`.
+    pub fn failed(&self, reason: &str) {
+        add(if reason == "too_few_votes" {
+            &self.failed_votes
+        } else {
+            &self.failed_signatures
+        });
+    }
+
+    pub fn render(&self, status: &Status, alive: usize, out: &mut String) {
+        for (counts, kind) in [(&self.votes, "votes"), (&self.signatures, "signatures")] {
+            let name = format!("lethe_authority_{kind}_received_total");
+            family(
+                out,
+                &name,
+                Kind::Counter,
+                "Peer messages taken (repeat: already held), pushed or pulled.",
+            );
+            sample(
+                out,
+                &name,
+                &[("outcome", "accepted")],
+                get(&counts.accepted),
+            );
+            sample(out, &name, &[("outcome", "repeat")], get(&counts.repeat));
+            let name = format!("lethe_authority_{kind}_refused_total");
+            family(
+                out,
+                &name,
+                Kind::Counter,
+                "Peer messages refused, by reason (stale_epoch: a replay of another epoch's).",
+            );
+            for (reason, count) in Refusal::REASONS.iter().zip(&counts.refused) {
+                sample(out, &name, &[("reason", reason)], get(count));
+            }
+        }
+        let name = "lethe_authority_equivocations_total";
+        family(
+            out,
+            name,
+            Kind::Counter,
+            "Authorities caught signing two different votes or documents for one epoch (evidence stored).",
+        );
+        sample(
+            out,
+            name,
+            &[("kind", "vote")],
+            get(&self.vote_equivocations),
+        );
+        sample(
+            out,
+            name,
+            &[("kind", "signature")],
+            get(&self.signature_equivocations),
+        );
+        prometheus::counter(
+            out,
+            "lethe_authority_consensus_certified_total",
+            "Epochs whose consensus gathered the threshold of signatures here.",
+            get(&self.certified),
+        );
+        let name = "lethe_authority_consensus_failed_total";
+        family(
+            out,
+            name,
+            Kind::Counter,
+            "Epochs without a certified consensus (the previous document stays served).",
+        );
+        sample(
+            out,
+            name,
+            &[("reason", "too_few_votes")],
+            get(&self.failed_votes),
+        );
+        sample(
+            out,
+            name,
+            &[("reason", "too_few_signatures")],
+            get(&self.failed_signatures),
+        );
+        for (name, help, value) in [
+            (
+                "lethe_authority_epoch",
+                "The current epoch (clock time / epoch length).",
+                status.epoch,
+            ),
+            (
+                "lethe_authority_authorities",
+                "Authorities pinned, this one included (n).",
+                status.authorities as u64,
+            ),
+            (
+                "lethe_authority_threshold",
+                "Signatures a document needs (2f+1).",
+                status.threshold as u64,
+            ),
+            (
+                "lethe_authority_votes_held",
+                "Authorities whose vote for the current epoch is held (equivocators included).",
+                status.voters as u64,
+            ),
+            (
+                "lethe_authority_own_signatures",
+                "Signatures gathered on this authority's own consensus of the current epoch.",
+                status.own_signatures as u64,
+            ),
+            (
+                "lethe_authority_consensus_epoch",
+                "Epoch of the certified document served.",
+                status.served_epoch,
+            ),
+            (
+                "lethe_authority_consensus_signatures",
+                "Signatures on the certified document served.",
+                status.served_signatures as u64,
+            ),
+            (
+                "lethe_authority_consensus_current",
+                "1 if the document served is the current epoch's, 0 while an older one is served.",
+                u64::from(status.certified_current),
+            ),
+        ] {
+            prometheus::gauge(out, name, help, value);
+        }
+        let name = "lethe_authority_nodes";
+        family(
+            out,
+            name,
+            Kind::Gauge,
+            "Nodes by state: alive (admitted here and heard from), consensus (in the document served).",
+        );
+        sample(out, name, &[("state", "alive")], alive as u64);
+        sample(
+            out,
+            name,
+            &[("state", "consensus")],
+            status.served_nodes as u64,
+        );
     }
 }

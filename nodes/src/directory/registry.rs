@@ -680,6 +680,7 @@ impl Registry {
             valid_until_s,
             layers: layers.into(),
             gateways,
+            shared_random: None,
         }
     }
 }

@@ -1,12 +1,13 @@
-//! `lethe directory init|run`: the directory service.
+//! `lethe authority init|run` (also `lethe directory ...`): the directory service, alone
+//! (n = 1: it signs what it publishes) or one of n voting authorities (`--peer URL=KEY` or the
+//! `peers` file: it votes, and serves the consensus 2f+1 of them signed; see
+//! `crate::authority::exchange`, whose peer endpoints `/v1/vote`, `/v1/votes` and
+//! `/v1/signature` it serves).
 //!
 //! API (JSON bodies; errors are `{"error": "<one line>"}` with a 4xx/5xx status):
 //! - `GET  /v1/key`: 200 `{"key": "<hex ed25519 public key>"}`.
 //! - `GET  /v1/topology`: 200, the latest signed topology ([`Signed`], domain
 //!   `DOMAIN_TOPOLOGY`), exactly as published.
-//! - `GET  /v1/consensus`: 200, the same topology as a consensus document
-//!   (`topology::MultiSigned`, domain `DOMAIN_CONSENSUS`) with this directory's one
-//!   signature: what verifiers pinning n = 1 authority accept.
 //! - `POST /v1/register`: body a [`Signed`] descriptor (domain `DOMAIN_DESCRIPTOR`), signed by
 //!   the identity it names. 200 `{"status": "registered"|"updated"|"refreshed", "layer":
 //!   0|1|2|null, "epoch": N, "heartbeat_timeout_s": T}` (`layer` is 0-based; null for
@@ -33,14 +34,22 @@
 //!   `sent_at_s` outside the clock skew; 400/403/413/429 as above. A registration issued no
 //!   later than an accepted deregistration is refused with 409 for the clock skew after it,
 //!   so a captured registration cannot bring the node back.
+//! - `GET  /v1/consensus`: 200, the consensus document (`topology::MultiSigned`, domain
+//!   `DOMAIN_CONSENSUS`): alone, the latest topology with this directory's one signature; as
+//!   one of n authorities, the latest document at least 2f+1 of them signed, with every
+//!   signature gathered (an older one while the current epoch is not certified); 503 before
+//!   the first.
 //! - `GET  /metrics`: Prometheus text (registrations, heartbeats, refusals by reason, nodes by
 //!   layer, topology epoch, requests by endpoint and status, build and process series).
 //! - `GET  /health`: 200 `{"status": "ok", "epoch", "nodes", "layers": [n1, n2, n3],
 //!   "gateways", "uptime_secs"}`.
 //!
-//! Publication: a new epoch at every epoch boundary (`--epoch-s` after the previous
+//! Publication (alone): a new epoch at every epoch boundary (`--epoch-s` after the previous
 //! publication) and, within [`limits::DIRECTORY_PUBLISH_INTERVAL_MS_MIN`] of it, whenever membership changes (a
-//! join, a changed descriptor, a drop). Each topology is valid for three epoch lengths.
+//! join, a changed descriptor, a drop). Each topology is valid for three epoch lengths. As one
+//! of n authorities: one consensus per clock-aligned epoch, its layers a function of the
+//! shared random value; `/v1/topology` is then this authority's own view, kept only for
+//! consumers that do not verify consensus documents yet.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -64,6 +73,8 @@ use super::admission::{read_allow_list, Admission};
 use super::metrics::{self, Counters, Membership, ENDPOINTS};
 use super::registry::{Registered, Registry, RegistryError};
 use super::store::{Store, StoredTopology, DB_FILE};
+use crate::authority::exchange::{self, Authority, PEERS_FILE};
+use crate::authority::vote::Refusal;
 use crate::issuer::ratelimit::{Rate, RateLimiter};
 use crate::keyfile;
 use crate::limits::{
@@ -113,6 +124,12 @@ pub struct DirectoryRunArgs {
     /// register; without it the directory is open to any node.
     #[arg(long, env = "LETHE_DIRECTORY_ALLOWED_NODES")]
     pub allowed_nodes: Option<PathBuf>,
+    /// A peer authority, `URL=KEY` (its base URL and its pinned ed25519 key, hex);
+    /// repeatable, and read from the `peers` file in --dir too. With none, this directory
+    /// is the only authority (n = 1). Every authority must list all the others, with one
+    /// --epoch-s.
+    #[arg(long = "peer", env = "LETHE_AUTHORITY_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
 }
 
 impl DirectoryRunArgs {
@@ -140,12 +157,19 @@ impl DirectoryRunArgs {
     }
 }
 
-/// `lethe directory init`: writes the identity seed (0600) in a 0700 dir; prints `key=HEX`.
+/// `lethe authority init` (or `directory init`): writes the identity seed (0600) in a 0700
+/// dir, and a `peers` file to list the other authorities in; prints `key=HEX`.
 pub fn init(dir: &Path) -> Result<(), String> {
     keyfile::create_private_dir(dir)?;
     let seed = keyfile::random_32()?;
     let public = keyfile::ed25519_public(&seed);
     keyfile::write_key_pair(&dir.join(IDENTITY_FILE), &seed, &public)?;
+    keyfile::write_new(
+        &dir.join(PEERS_FILE),
+        b"# The other authorities, one per line: URL=KEY (http://host:port=<64 hex digits>).\n\
+          # None: this directory is the only authority.\n",
+        0o644,
+    )?;
     println!("key={}", keyfile::hex(&public));
     Ok(())
 }
@@ -177,6 +201,8 @@ struct Directory {
     started: Instant,
     counters: Counters,
     requests: crate::prometheus::RequestCounts,
+    /// One of n voting authorities (`None`: alone).
+    authority: Option<Arc<Authority>>,
 }
 
 fn now_ms() -> u64 {
@@ -287,6 +313,18 @@ pub fn run(args: &DirectoryRunArgs) -> anyhow::Result<()> {
         tracing::warn!("ignoring stored node {problem}");
     }
     let admission = args.admission().map_err(anyhow::Error::msg)?;
+    let peers = exchange::peers(&args.peers, &args.dir, &public).map_err(anyhow::Error::msg)?;
+    let authority = if peers.is_empty() {
+        None
+    } else {
+        let own = Store::open(&db).with_context(|| format!("opening {}", db.display()))?;
+        Some(Arc::new(Authority::new(
+            seed.clone(),
+            peers,
+            args.epoch_s,
+            own,
+        )?))
+    };
     let (mut registry, repaired, refused) = Registry::from_entries(admission, entries);
     for (identity, e) in &refused {
         tracing::warn!(%identity, error = %e, "dropping stored node: no longer admitted");
@@ -348,6 +386,7 @@ pub fn run(args: &DirectoryRunArgs) -> anyhow::Result<()> {
         started: Instant::now(),
         counters: Counters::default(),
         requests: crate::prometheus::RequestCounts::new(ENDPOINTS),
+        authority,
     });
     if dirty {
         let mut inner = directory.lock();
@@ -369,13 +408,24 @@ async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<
             directory.clone(),
             rate_limit,
         ));
+    // Votes and signatures are larger than registrations; only pinned keys' count.
+    let peer_posts = Router::new()
+        .route("/v1/vote", post(vote))
+        .route("/v1/signature", post(signature))
+        .route_layer(middleware::from_fn_with_state(
+            directory.clone(),
+            rate_limit,
+        ))
+        .layer(DefaultBodyLimit::max(limits::AUTHORITY_REQUEST_BYTES_MAX));
     let app = Router::new()
         .route("/v1/key", get(key))
         .route("/v1/topology", get(topology))
         .route("/v1/consensus", get(consensus))
+        .route("/v1/votes", get(votes))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .merge(posts)
+        .merge(peer_posts)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(
             limits::DIRECTORY_REQUEST_BODY_BYTES_MAX,
@@ -403,6 +453,22 @@ async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<
         "directory serving"
     );
     let publisher = tokio::spawn(publisher(directory.clone()));
+    let voting = directory.authority.clone().map(|authority| {
+        tracing::info!(
+            authorities = authority.set().len(),
+            threshold = authority.set().threshold(),
+            "voting with peer authorities"
+        );
+        let registry = directory.clone();
+        tokio::spawn(authority.run(move || {
+            registry
+                .lock()
+                .registry
+                .entries()
+                .map(|e| e.descriptor.clone())
+                .collect()
+        }))
+    });
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(
         listener,
@@ -430,6 +496,9 @@ async fn serve(directory: Arc<Directory>, listen: SocketAddr) -> anyhow::Result<
         }
     };
     publisher.abort();
+    if let Some(voting) = voting {
+        voting.abort();
+    }
     result
 }
 
@@ -530,10 +599,16 @@ async fn metrics_text(State(directory): State<Arc<Directory>>) -> Response {
             epoch: directory.published().epoch,
         }
     };
+    let alive = membership.layers.iter().sum::<usize>() + membership.gateways;
     let mut out = String::with_capacity(8 * 1024);
     directory
         .counters
         .render(&membership, &directory.requests, &mut out);
+    if let Some(authority) = &directory.authority {
+        authority
+            .counters
+            .render(&authority.status(), alive, &mut out);
+    }
     (
         [(header::CONTENT_TYPE, crate::prometheus::CONTENT_TYPE)],
         out,
@@ -553,9 +628,21 @@ async fn topology(State(directory): State<Arc<Directory>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], published.json).into_response()
 }
 
-/// The published topology's body with this directory's consensus signature (signed per
-/// request: one ed25519 signature, cheaper than keeping a second copy in step).
+/// The consensus document: alone, the published topology's body with this directory's
+/// signature (signed per request: one ed25519 signature, cheaper than keeping a second copy
+/// in step); as one of n authorities, the latest certified document.
 async fn consensus(State(directory): State<Arc<Directory>>) -> Response {
+    if let Some(authority) = &directory.authority {
+        return match authority.served() {
+            Some(served) => {
+                ([(header::CONTENT_TYPE, "application/json")], served.json).into_response()
+            }
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no consensus certified yet",
+            ),
+        };
+    }
     let published = directory.published();
     let Ok(signed) = serde_json::from_slice::<Signed>(&published.json) else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no topology published yet");
@@ -566,6 +653,99 @@ async fn consensus(State(directory): State<Arc<Directory>>) -> Response {
         signatures,
     })
     .into_response()
+}
+
+/// The votes held for the current epoch (peers pull them).
+async fn votes(State(directory): State<Arc<Directory>>) -> Response {
+    match &directory.authority {
+        Some(authority) => Json(authority.signed_votes()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "not a voting authority (no peers)"),
+    }
+}
+
+fn refusal_status(refusal: &Refusal) -> StatusCode {
+    match refusal {
+        Refusal::Malformed(_) => StatusCode::BAD_REQUEST,
+        Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Refusal::UnknownSigner | Refusal::BadSignature => StatusCode::FORBIDDEN,
+        Refusal::StaleEpoch { .. }
+        | Refusal::FutureEpoch { .. }
+        | Refusal::Equivocation
+        | Refusal::TooManyDocuments => StatusCode::CONFLICT,
+    }
+}
+
+/// Parses a JSON request body, refusing it as `kind` (counted) if it does not parse.
+fn peer_body<T: serde::de::DeserializeOwned>(
+    authority: &Authority,
+    kind: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Box<Response>> {
+    let refused = |refusal: Refusal| {
+        authority.counters.count(kind, &Err(refusal.clone()));
+        Box::new(error(refusal_status(&refusal), refusal))
+    };
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            refused(Refusal::TooLarge)
+        } else {
+            Box::new(error(rejection.status(), rejection.body_text()))
+        }
+    })?;
+    serde_json::from_slice(&body).map_err(|_| refused(Refusal::Malformed("JSON")))
+}
+
+async fn vote(
+    State(directory): State<Arc<Directory>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(authority) = directory.authority.clone() else {
+        return error(StatusCode::NOT_FOUND, "not a voting authority (no peers)");
+    };
+    let signed: Signed = match peer_body(&authority, "vote", body) {
+        Ok(signed) => signed,
+        Err(response) => return *response,
+    };
+    // Signature checks and the evidence store: off the reactor.
+    let outcome = tokio::task::spawn_blocking(move || authority.accept_vote(&signed)).await;
+    match outcome {
+        Ok(Ok(accepted)) => {
+            let status = match accepted {
+                crate::authority::round::Accepted::New => "accepted",
+                crate::authority::round::Accepted::Repeat => "repeat",
+            };
+            Json(json!({ "status": status })).into_response()
+        }
+        Ok(Err(refusal)) => error(refusal_status(&refusal), refusal),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "vote task failed"),
+    }
+}
+
+async fn signature(
+    State(directory): State<Arc<Directory>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(authority) = directory.authority.clone() else {
+        return error(StatusCode::NOT_FOUND, "not a voting authority (no peers)");
+    };
+    let doc: MultiSigned = match peer_body(&authority, "signature", body) {
+        Ok(doc) => doc,
+        Err(response) => return *response,
+    };
+    let outcomes =
+        match tokio::task::spawn_blocking(move || authority.accept_signatures(&doc)).await {
+            Ok(outcomes) => outcomes,
+            Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "signature task failed"),
+        };
+    let accepted = outcomes.iter().filter(|o| o.is_ok()).count();
+    let refused: Vec<&'static str> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().err().map(Refusal::reason))
+        .collect();
+    match outcomes.iter().find_map(|o| o.as_ref().err()) {
+        Some(refusal) if accepted == 0 => error(refusal_status(refusal), refusal),
+        _ => Json(json!({ "accepted": accepted, "refused": refused })).into_response(),
+    }
 }
 
 async fn health(State(directory): State<Arc<Directory>>) -> Response {

@@ -1,12 +1,14 @@
 //! The directory's SQLite state (`directory.sqlite`, WAL): registered nodes (the signed
 //! descriptor as received, liveness, layer) and the latest published topology, so a restarted
-//! directory serves the same epoch and assignments.
+//! directory serves the same epoch and assignments; for a voting authority, the last certified
+//! consensus and the evidence of equivocating peers.
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::registry::{Entry, Registry};
+use crate::authority::round::Evidence;
 use crate::topology::{open_descriptor, Signed};
 
 /// File name of the database inside the directory's data dir.
@@ -68,6 +70,18 @@ impl Store {
                  epoch INTEGER NOT NULL,
                  issued_at_s INTEGER NOT NULL,
                  signed TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS consensus (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 document TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS evidence (
+                 epoch INTEGER NOT NULL,
+                 kind TEXT NOT NULL,
+                 authority TEXT NOT NULL,
+                 first TEXT NOT NULL,
+                 second TEXT NOT NULL,
+                 PRIMARY KEY (epoch, kind, authority)
              );",
         )?;
         // Databases from before the per-source cap lack the column: their nodes count under
@@ -188,6 +202,50 @@ impl Store {
             ],
         )?;
         Ok(())
+    }
+
+    /// The last certified consensus (a `MultiSigned` JSON), if any.
+    pub fn load_consensus(&self) -> rusqlite::Result<Option<String>> {
+        self.conn
+            .query_row("SELECT document FROM consensus WHERE id = 1", [], |row| {
+                row.get(0)
+            })
+            .optional()
+    }
+
+    pub fn save_consensus(&self, document: &str) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT INTO consensus (id, document) VALUES (1, ?1)
+             ON CONFLICT (id) DO UPDATE SET document = ?1",
+            params![document],
+        )?;
+        Ok(())
+    }
+
+    /// Keeps the first evidence of an authority's equivocation per epoch and kind (one row
+    /// each: a peer cannot grow the table faster than one row per epoch and kind).
+    pub fn save_evidence(&self, evidence: &Evidence) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO evidence (epoch, kind, authority, first, second)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                to_i64(evidence.epoch),
+                evidence.kind,
+                evidence.authority,
+                evidence.first,
+                evidence.second
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Evidence rows stored (operators read them with `sqlite3`; tests count them).
+    pub fn evidence_count(&self) -> rusqlite::Result<u64> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM evidence", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map(to_u64)
     }
 
     pub fn save_topology(&self, topology: &StoredTopology) -> rusqlite::Result<()> {

@@ -1039,6 +1039,7 @@ mod tests {
                 vec![],
             ],
             gateways: vec![mix(3, crate::topology::Role::Gateway)],
+            shared_random: None,
         };
         let first_hops = FirstHops::new(false);
         first_hops.set_topology(topology.clone());

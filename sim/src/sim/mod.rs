@@ -1735,6 +1735,7 @@ fn topology(
         valid_until_s: u64::MAX,
         layers: directory_layers,
         gateways: directory_gateways,
+        shared_random: None,
     });
     let params = loopix_params(config);
     for c in 0..config.clients {

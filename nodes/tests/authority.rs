@@ -1,0 +1,518 @@
+//! Multi-process: voting authorities (`lethe authority run --peer URL=KEY ...`) on loopback,
+//! n = 4 pinned, f = 1, so a document needs 3 signatures. One authority down: epochs are
+//! still certified. The fourth authority as an adversary, played by this test with its own
+//! pinned key (no build of `lethe` can misbehave): a fake node only it votes for stays out;
+//! two different votes, or two documents signed, count for nothing and are counted as
+//! equivocation; its old vote and an old signature replayed are refused and counted.
+//! Outcomes are polled with generous bounded deadlines, never timed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use common::*;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lethe_nodes::authority::vote::{commit_of, reveal_for, Vote, DOMAIN_VOTE};
+use lethe_nodes::keyfile;
+use lethe_nodes::topology::{
+    now_s, sign, sign_consensus, verify_consensus, AuthoritySet, Descriptor, MultiSigned, Role,
+    Signed, Topology, DOMAIN_DESCRIPTOR,
+};
+
+/// Short epochs (vote in the first half, sign in the second): a few epochs per test.
+const EPOCH_S: u64 = 6;
+/// The adversary's seed (its public key is pinned by the honest authorities).
+const ADVERSARY: [u8; 32] = [77; 32];
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// POSTs JSON; the status and body.
+fn post(url: &str, path: &str, body: Vec<u8>) -> (u16, String) {
+    rt().block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("{url}{path}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    })
+}
+
+fn get(url: &str, path: &str) -> (u16, String) {
+    rt().block_on(async {
+        let response = reqwest::get(format!("{url}{path}")).await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    })
+}
+
+struct Authorities {
+    /// The running ones (the first `processes.len()` of `urls`/`keys`).
+    processes: Vec<Process>,
+    urls: Vec<String>,
+    set: AuthoritySet,
+}
+
+impl Authorities {
+    /// `running` authorities of `lethe`, and `outsiders` keys pinned beside theirs (at URLs
+    /// where nothing listens).
+    fn start(name: &str, running: usize, outsiders: &[[u8; 32]]) -> Authorities {
+        let dirs: Vec<PathBuf> = (0..running)
+            .map(|i| temp_dir(&format!("{name}-{i}")))
+            .collect();
+        let mut keys: Vec<[u8; 32]> = dirs
+            .iter()
+            .map(|dir| {
+                let out = Command::new(LETHE)
+                    .args(["authority", "init", "--dir", dir.to_str().unwrap()])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                let text = String::from_utf8(out.stdout).unwrap();
+                keyfile::unhex_32(text.lines().find_map(|l| l.strip_prefix("key=")).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        keys.extend(outsiders);
+        let urls: Vec<String> = keys
+            .iter()
+            .map(|_| format!("http://127.0.0.1:{}", free_port()))
+            .collect();
+        let processes = (0..running)
+            .map(|i| {
+                let listen = urls[i].trim_start_matches("http://").to_string();
+                let epoch = EPOCH_S.to_string();
+                let mut args: Vec<String> = [
+                    "authority",
+                    "run",
+                    "--dir",
+                    dirs[i].to_str().unwrap(),
+                    "--listen",
+                    &listen,
+                    "--epoch-s",
+                    &epoch,
+                    "--heartbeat-timeout-s",
+                    "600",
+                    "--private-network",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                for j in (0..keys.len()).filter(|j| *j != i) {
+                    args.push("--peer".into());
+                    args.push(format!("{}={}", urls[j], keyfile::hex(&keys[j])));
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                Process::start(&args, &["listen", "key"])
+            })
+            .collect();
+        let set = AuthoritySet::new(keys.clone()).unwrap();
+        assert_eq!(set.threshold(), 3);
+        Authorities {
+            processes,
+            urls,
+            set,
+        }
+    }
+
+    fn metrics(&self, i: usize) -> SocketAddr {
+        self.processes[i].addr("listen")
+    }
+
+    /// The consensus authority `i` serves, verified against the four pinned keys.
+    fn consensus(&self, i: usize) -> Option<(MultiSigned, Topology)> {
+        let (status, body) = get(&self.urls[i], "/v1/consensus");
+        if status != 200 {
+            return None;
+        }
+        let doc: MultiSigned = serde_json::from_str(&body).unwrap();
+        let topology = verify_consensus(&doc, &self.set, now_s(), None).unwrap();
+        Some((doc, topology))
+    }
+
+    /// Waits until authority `i` serves a consensus for which `done` holds.
+    fn wait_consensus(
+        &self,
+        i: usize,
+        what: &str,
+        done: impl Fn(&MultiSigned, &Topology) -> bool,
+    ) -> (MultiSigned, Topology) {
+        let deadline = Instant::now() + WAIT_MAX;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some((doc, topology)) = self.consensus(i) {
+                if done(&doc, &topology) {
+                    return (doc, topology);
+                }
+                last = Some(topology.epoch);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("authority {i}: timed out waiting for {what}; last epoch served {last:?}");
+    }
+}
+
+/// Four nodes (three mixnodes, a gateway), signed descriptors, registered at every URL.
+fn register_nodes(urls: &[String]) -> Vec<Descriptor> {
+    let mut out = Vec::new();
+    for (i, role) in [
+        (1u8, Role::Mixnode),
+        (2, Role::Mixnode),
+        (3, Role::Mixnode),
+        (4, Role::Gateway),
+    ] {
+        let seed = [i; 32];
+        let mut d = lethe_proto::testing::descriptor(&seed, [i; 32], 7000 + u16::from(i), role);
+        d.issued_at_s = now_s();
+        if role == Role::Gateway {
+            d.client_url = Some("ws://127.0.0.1:9".into());
+        }
+        let body = serde_json::to_vec(&sign(&d, DOMAIN_DESCRIPTOR, &seed).unwrap()).unwrap();
+        for url in urls {
+            let (status, text) = post(url, "/v1/register", body.clone());
+            assert_eq!(status, 200, "{text}");
+        }
+        out.push(d);
+    }
+    out
+}
+
+fn identities(t: &Topology) -> Vec<String> {
+    let mut ids: Vec<String> = t
+        .layers
+        .iter()
+        .flatten()
+        .chain(&t.gateways)
+        .map(|d| d.identity.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn signers(doc: &MultiSigned) -> Vec<String> {
+    let mut out: Vec<String> = doc.signatures.iter().map(|s| s.signer.clone()).collect();
+    out.sort();
+    out
+}
+
+/// The epoch the clock is in, and ms into it.
+fn clock_epoch() -> (u64, u64) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    (now_ms / (EPOCH_S * 1000), now_ms % (EPOCH_S * 1000))
+}
+
+/// Waits until the next epoch is a sixth in (every authority has moved to it: they tick
+/// every 300 ms) with most of its vote half left; returns it.
+fn next_vote_phase() -> u64 {
+    let deadline = Instant::now() + WAIT_MAX;
+    let (start, _) = clock_epoch();
+    while Instant::now() < deadline {
+        let (epoch, into_ms) = clock_epoch();
+        if epoch > start && (EPOCH_S * 1000 / 6..EPOCH_S * 1000 / 3).contains(&into_ms) {
+            return epoch;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the clock did not reach a new epoch");
+}
+
+fn adversary_key() -> [u8; 32] {
+    keyfile::ed25519_public(&ADVERSARY)
+}
+
+/// The adversary's vote for `epoch` listing `nodes`.
+fn adversary_vote(epoch: u64, nodes: Vec<Descriptor>) -> (Vote, Vec<u8>) {
+    let key = adversary_key();
+    let issued_at_s = epoch * EPOCH_S;
+    let vote = Vote {
+        epoch,
+        authority: keyfile::hex(&key),
+        issued_at_s,
+        valid_until_s: issued_at_s + 3 * EPOCH_S,
+        nodes,
+        commit: keyfile::hex(&commit_of(&key, epoch, &reveal_for(&ADVERSARY, epoch))),
+        reveal: Some(keyfile::hex(&reveal_for(&ADVERSARY, epoch - 1))),
+    };
+    let body = serde_json::to_vec(&sign(&vote, DOMAIN_VOTE, &ADVERSARY).unwrap()).unwrap();
+    (vote, body)
+}
+
+/// A node only the adversary knows of.
+fn fake_node() -> Descriptor {
+    let mut d = lethe_proto::testing::descriptor(&[66; 32], [66; 32], 7066, Role::Mixnode);
+    d.issued_at_s = now_s();
+    d
+}
+
+/// A counter line of authority `i`'s metrics (`name{labels}`).
+fn counter(authorities: &Authorities, i: usize, name: &str) -> u64 {
+    metric(authorities.metrics(i), name)
+}
+
+fn wait_counter_at_least(authorities: &Authorities, i: usize, name: &str, value: u64) {
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut last = 0;
+    while Instant::now() < deadline {
+        last = counter(authorities, i, name);
+        if last >= value {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("authority {i}: {name} stayed at {last}, expected at least {value}");
+}
+
+#[test]
+fn with_one_authority_down_every_epoch_is_still_certified() {
+    // Three of four pinned authorities run: exactly the threshold.
+    let down = keyfile::ed25519_public(&[5; 32]);
+    let authorities = Authorities::start("down", 3, &[down]);
+    let nodes = register_nodes(&authorities.urls[..3]);
+    let mut expected: Vec<String> = nodes.iter().map(|d| d.identity.clone()).collect();
+    expected.sort();
+    let (first, topology) = authorities.wait_consensus(0, "a document with every node", |_, t| {
+        identities(t) == expected
+    });
+    assert_eq!(first.signatures.len(), 3);
+    assert!(!signers(&first).contains(&keyfile::hex(&down)));
+    assert_eq!(topology.layers_follow_shared_random(), Ok(()));
+    assert_eq!(
+        topology.layers.iter().map(Vec::len).collect::<Vec<_>>(),
+        [1, 1, 1]
+    );
+    // Later epochs too, every authority serving the same document for one epoch, and the
+    // shared random value made of the three reveals once commitments were recorded.
+    let epoch = topology.epoch;
+    let (later, t) =
+        authorities.wait_consensus(0, "two more epochs certified", |_, t| t.epoch >= epoch + 2);
+    assert_eq!(identities(&t), expected);
+    assert_eq!(t.shared_random.as_ref().unwrap().reveals, 3);
+    assert_eq!(t.shared_random.as_ref().unwrap().commits.len(), 3);
+    for i in 1..3 {
+        let (doc, _) =
+            authorities.wait_consensus(i, "the same epoch", |_, other| other.epoch >= t.epoch);
+        let other: Topology = serde_json::from_str(&doc.body).unwrap();
+        if other.epoch == t.epoch {
+            assert_eq!(
+                doc.body, later.body,
+                "authority {i} served another document"
+            );
+        }
+    }
+    let m = authorities.metrics(0);
+    assert!(metric(m, "lethe_authority_consensus_certified_total") >= 3);
+    assert_eq!(metric(m, "lethe_authority_authorities"), 4);
+    assert_eq!(metric(m, "lethe_authority_threshold"), 3);
+    assert_eq!(metric(m, "lethe_authority_nodes{state=\"alive\"}"), 4);
+    assert_eq!(
+        metric(m, "lethe_authority_equivocations_total{kind=\"vote\"}"),
+        0
+    );
+    wait_gauge(m, "lethe_authority_consensus_signatures", 3);
+}
+
+#[test]
+fn a_lying_authority_gets_no_fake_node_in_and_no_second_document_certified() {
+    let authorities = Authorities::start("liar", 3, &[adversary_key()]);
+    let adversary = keyfile::hex(&adversary_key());
+    let nodes = register_nodes(&authorities.urls[..3]);
+    let mut expected: Vec<String> = nodes.iter().map(|d| d.identity.clone()).collect();
+    expected.sort();
+    authorities.wait_consensus(0, "a first document", |_, t| identities(t) == expected);
+
+    // 1. A fake node in the adversary's (single, consistent) vote: its vote counts (its
+    // commitment is recorded), the node does not get in.
+    let mut with_fake = nodes.clone();
+    with_fake.push(fake_node());
+    // Each step retries in a later epoch if its epoch was missed (a loaded machine), never
+    // more than a few times.
+    let mut fake_epoch = None;
+    for _ in 0..5 {
+        let epoch = next_vote_phase();
+        let (_, body) = adversary_vote(epoch, with_fake.clone());
+        let answers: Vec<(u16, String)> = (0..3)
+            .map(|i| post(&authorities.urls[i], "/v1/vote", body.clone()))
+            .collect();
+        eprintln!("fake vote for epoch {epoch}: {answers:?}");
+        if answers.iter().all(|(status, _)| *status == 200) {
+            let (doc, t) =
+                authorities.wait_consensus(0, "the fake node's epoch", |_, t| t.epoch >= epoch);
+            if t.epoch == epoch {
+                fake_epoch = Some((epoch, doc, t));
+                break;
+            }
+        }
+    }
+    let (fake_epoch, doc, t) = fake_epoch.expect("no epoch with the fake vote was certified");
+    assert_eq!(identities(&t), expected, "the fake node got in");
+    assert!(t
+        .shared_random
+        .as_ref()
+        .unwrap()
+        .commits
+        .contains_key(&adversary));
+    assert_eq!(doc.signatures.len(), 3);
+
+    // 2. Two different votes for one epoch, shown to different authorities: pulled votes
+    // reveal the conflict everywhere; neither counts, the epoch is certified without it.
+    let mut equivocation_epoch = None;
+    for _ in 0..5 {
+        let epoch = next_vote_phase();
+        let (_, honest_looking) = adversary_vote(epoch, nodes.clone());
+        let (_, other) = adversary_vote(epoch, with_fake.clone());
+        let a = post(&authorities.urls[0], "/v1/vote", honest_looking).0;
+        let b = post(&authorities.urls[1], "/v1/vote", other.clone()).0;
+        let c = post(&authorities.urls[2], "/v1/vote", other).0;
+        eprintln!("two votes for epoch {epoch}: {:?}", [a, b, c]);
+        // 409: the conflict was already pulled from a peer.
+        if [a, b, c].iter().all(|s| *s == 200 || *s == 409) {
+            let (doc, t) =
+                authorities.wait_consensus(0, "the equivocation's epoch", |_, t| t.epoch >= epoch);
+            if t.epoch == epoch {
+                equivocation_epoch = Some((doc, t));
+                break;
+            }
+        }
+    }
+    let (doc, t) = equivocation_epoch.expect("no epoch with the two votes was certified");
+    for i in 0..3 {
+        wait_counter_at_least(
+            &authorities,
+            i,
+            "lethe_authority_equivocations_total{kind=\"vote\"}",
+            1,
+        );
+    }
+    assert_eq!(identities(&t), expected);
+    assert!(!t
+        .shared_random
+        .as_ref()
+        .unwrap()
+        .commits
+        .contains_key(&adversary));
+    assert_eq!(doc.signatures.len(), 3);
+
+    // 3. The adversary signs the certified document and a forged one of the same epoch:
+    // the forged one never gets a second signature, and the adversary's signature is
+    // dropped from the real one.
+    let mut signed_epoch = None;
+    let mut forged_body = String::new();
+    for _ in 0..5 {
+        let (doc, t) =
+            authorities.wait_consensus(0, "a current document", |_, t| t.epoch == clock_epoch().0);
+        if clock_epoch().1 > EPOCH_S * 1000 * 3 / 4 {
+            // Too close to the next epoch to finish this one: wait for the next.
+            std::thread::sleep(Duration::from_millis(EPOCH_S * 1000 / 2));
+            continue;
+        }
+        let mut forged = t.clone();
+        forged.layers[0].push(fake_node());
+        forged_body = serde_json::to_string(&forged).unwrap();
+        let real = MultiSigned {
+            body: doc.body.clone(),
+            signatures: vec![sign_consensus(&doc.body, &ADVERSARY)],
+        };
+        let fake = MultiSigned {
+            body: forged_body.clone(),
+            signatures: vec![sign_consensus(&forged_body, &ADVERSARY)],
+        };
+        let real = serde_json::to_vec(&real).unwrap();
+        let fake = serde_json::to_vec(&fake).unwrap();
+        let mut ok = true;
+        for url in &authorities.urls[..3] {
+            ok &= post(url, "/v1/signature", real.clone()).0 == 200;
+            ok &= post(url, "/v1/signature", fake.clone()).0 == 409;
+        }
+        if ok {
+            signed_epoch = Some(t.epoch);
+            break;
+        }
+    }
+    let epoch = signed_epoch.expect("the two signatures were never sent within one epoch");
+    for i in 0..3 {
+        wait_counter_at_least(
+            &authorities,
+            i,
+            "lethe_authority_equivocations_total{kind=\"signature\"}",
+            1,
+        );
+        let (doc, t) = authorities.wait_consensus(i, "the signed epoch", |_, t| t.epoch >= epoch);
+        if t.epoch == epoch {
+            assert_ne!(doc.body, forged_body);
+            assert!(!signers(&doc).contains(&adversary), "authority {i}");
+            assert_eq!(doc.signatures.len(), 3);
+        }
+    }
+    let forged = MultiSigned {
+        body: forged_body.clone(),
+        signatures: vec![sign_consensus(&forged_body, &ADVERSARY)],
+    };
+    assert!(verify_consensus(&forged, &authorities.set, now_s(), None).is_err());
+
+    // 4. Replays: the adversary's vote of an earlier epoch and an honest authority's
+    // certified document of an earlier epoch are refused as stale and counted.
+    let (_, old_vote) = adversary_vote(fake_epoch, with_fake);
+    let (old_doc, old) = authorities.wait_consensus(1, "any document", |_, _| true);
+    // Authority 2 serving a later epoch is past the old one's.
+    authorities.wait_consensus(2, "an epoch after it", |_, t| t.epoch > old.epoch);
+    let stale_votes = "lethe_authority_votes_refused_total{reason=\"stale_epoch\"}";
+    let stale_signatures = "lethe_authority_signatures_refused_total{reason=\"stale_epoch\"}";
+    let votes_before = counter(&authorities, 2, stale_votes);
+    let signatures_before = counter(&authorities, 2, stale_signatures);
+    let (status, text) = post(&authorities.urls[2], "/v1/vote", old_vote);
+    assert_eq!(status, 409, "{text}");
+    let (status, text) = post(
+        &authorities.urls[2],
+        "/v1/signature",
+        serde_json::to_vec(&old_doc).unwrap(),
+    );
+    assert_eq!(status, 409, "{text}");
+    assert_eq!(counter(&authorities, 2, stale_votes), votes_before + 1);
+    assert_eq!(
+        counter(&authorities, 2, stale_signatures),
+        signatures_before + 1
+    );
+    // A vote signed by a key nobody pinned: refused as such.
+    let stranger: Signed = sign(
+        &adversary_vote(clock_epoch().0, nodes).0,
+        DOMAIN_VOTE,
+        &[88; 32],
+    )
+    .unwrap();
+    let (status, _) = post(
+        &authorities.urls[2],
+        "/v1/vote",
+        serde_json::to_vec(&stranger).unwrap(),
+    );
+    assert_eq!(status, 403);
+    assert_eq!(
+        counter(
+            &authorities,
+            2,
+            "lethe_authority_votes_refused_total{reason=\"unknown_signer\"}"
+        ),
+        1
+    );
+}
