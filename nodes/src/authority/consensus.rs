@@ -64,10 +64,14 @@ fn usable_votes(epoch: u64, votes: &[Vote]) -> BTreeMap<[u8; 32], &Vote> {
         .collect()
 }
 
+/// One descriptor of a node (signing time aside) and the signing times the votes listing it
+/// gave.
+type Listings = (Descriptor, Vec<u64>);
+
 /// The nodes at least `threshold` votes agree on, by identity.
 fn agreed_nodes(votes: &BTreeMap<[u8; 32], &Vote>, threshold: usize) -> Vec<Descriptor> {
     // identity → descriptor without its signing time (JSON) → (descriptor, signing times).
-    let mut seen: BTreeMap<[u8; 32], BTreeMap<String, (Descriptor, Vec<u64>)>> = BTreeMap::new();
+    let mut seen: BTreeMap<[u8; 32], BTreeMap<String, Listings>> = BTreeMap::new();
     for vote in votes.values() {
         let mut listed: BTreeMap<[u8; 32], Vec<&Descriptor>> = BTreeMap::new();
         for node in &vote.nodes {

@@ -63,6 +63,10 @@ pub struct Round {
     evidence: Vec<Evidence>,
 }
 
+type BodyHash = [u8; 32];
+/// The authorities that signed one body, with their signatures.
+type Signers<'a> = Vec<(&'a [u8; 32], &'a HeldSignature)>;
+
 fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
@@ -307,7 +311,7 @@ impl Round {
             }
         }
         let own_hash = self.computed.as_ref().map(|(_, b)| sha256(b.as_bytes()));
-        let mut qualified: Vec<([u8; 32], Vec<(&[u8; 32], &HeldSignature)>)> = by_body
+        let mut qualified: Vec<(BodyHash, Signers<'_>)> = by_body
             .into_iter()
             .filter(|(_, signers)| signers.len() >= set.threshold())
             .collect();
