@@ -591,7 +591,10 @@ mod tests {
             "http://x".to_string(),
             format!("http://x={}", keyfile::hex(&own)),
         ] {
-            assert!(peers(&[bad.clone()], &dir, &own).is_err(), "{bad}");
+            assert!(
+                peers(std::slice::from_ref(&bad), &dir, &own).is_err(),
+                "{bad}"
+            );
         }
         let twice = vec![format!("http://a={key}"), format!("http://b={key}")];
         assert!(peers(&twice, &dir, &own).is_err());
