@@ -157,6 +157,14 @@ pub const GATEWAY_TRIM_PENDING_MIN: usize = 256;
 pub const GATEWAY_TRIM_INTERVAL_MS: u64 = 1_000;
 /// Topology retry while the topology is missing or has no layer 1 (a network still forming).
 pub const GATEWAY_TOPOLOGY_RETRY_MS: u64 = 1_000;
+/// A fetch asked for by a client's unknown first hop comes at least this long after the last
+/// fetch: clients cannot make the gateway hammer its authorities.
+pub const GATEWAY_TOPOLOGY_REFETCH_MS_MIN: u64 = 1_000;
+const _: () = assert!(
+    GATEWAY_TOPOLOGY_REFETCH_MS_MIN >= 100
+        && GATEWAY_TOPOLOGY_REFETCH_MS_MIN
+            < crate::gateway::registration::TOPOLOGY_REFRESH.as_millis() as u64
+);
 
 const _: () = assert!(
     crate::proto::handshake::CLIENT_HELLO_LEN as u64 <= GATEWAY_PENDING_FRAME_BYTES_MAX

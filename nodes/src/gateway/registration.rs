@@ -170,7 +170,17 @@ pub fn refresh_topology(
                     Duration::from_millis(limits::GATEWAY_TOPOLOGY_RETRY_MS)
                 }
             };
-            tokio::time::sleep(wait).await;
+            // A client's unknown first hop asks for a fetch before the schedule; never sooner
+            // than GATEWAY_TOPOLOGY_REFETCH_MS_MIN after this one.
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = first_hops.stale.notified() => {
+                    tokio::time::sleep(
+                        Duration::from_millis(limits::GATEWAY_TOPOLOGY_REFETCH_MS_MIN).min(wait),
+                    )
+                    .await;
+                }
+            }
         }
     });
 }

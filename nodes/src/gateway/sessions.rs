@@ -80,27 +80,46 @@ const _: () = assert!(
 type Ws = WebSocketStream<Gate<TcpStream>>;
 
 /// Which first hops clients may forward to.
+///
+/// A client and its gateway fetch documents on their own schedules, so around a new epoch one of
+/// them holds the newer document: a first hop of the previous document (still valid) is
+/// accepted, and a first hop the gateway does not know asks the refresh task for a fetch now
+/// (`stale`), instead of refusing the client's packets until the next scheduled fetch.
 pub struct FirstHops {
     allow_any: bool,
-    topology: RwLock<Option<Topology>>,
+    held: RwLock<Held>,
+    /// Woken when a client named a first hop the held documents do not list.
+    pub stale: Notify,
+}
+
+/// The document in use and the one before it (a different epoch).
+#[derive(Default)]
+struct Held {
+    current: Option<Topology>,
+    previous: Option<Topology>,
 }
 
 impl FirstHops {
     pub fn new(allow_any: bool) -> FirstHops {
         FirstHops {
             allow_any,
-            topology: RwLock::new(None),
+            held: RwLock::new(Held::default()),
+            stale: Notify::new(),
         }
     }
 
     pub fn set_topology(&self, topology: Topology) {
-        if let Ok(mut slot) = self.topology.write() {
-            *slot = Some(topology);
+        if let Ok(mut held) = self.held.write() {
+            let replaced = held.current.replace(topology);
+            let new_epoch = held.current.as_ref().map(|t| t.epoch);
+            if let Some(old) = replaced.filter(|old| Some(old.epoch) != new_epoch) {
+                held.previous = Some(old);
+            }
         }
     }
 
     pub fn epoch(&self) -> Option<u64> {
-        self.topology.read().ok()?.as_ref().map(|t| t.epoch)
+        self.held.read().ok()?.current.as_ref().map(|t| t.epoch)
     }
 
     /// The socket address to forward to, or why not.
@@ -109,18 +128,33 @@ impl FirstHops {
         if self.allow_any {
             return Ok(addr);
         }
-        let topology = self.topology.read().map_err(|_| "topology unavailable")?;
+        let held = self.held.read().map_err(|_| "topology unavailable")?;
         let now_s = crate::topology::now_s();
-        match topology.as_ref() {
+        let verdict = match held.current.as_ref() {
             // Within the grace the last valid document still routes (authorities may be
             // down); after it, nothing vouches for the first hops.
             Some(t) if matches!(freshness(t, now_s), Freshness::Expired { .. }) => {
                 Err("the topology has expired beyond its grace: forwarding is refused")
             }
             Some(t) if t.is_layer1(&addr) => Ok(addr),
+            // A client still on the previous document (its refresh comes later than ours).
+            Some(_)
+                if held
+                    .previous
+                    .as_ref()
+                    .is_some_and(|p| now_s <= p.valid_until_s && p.is_layer1(&addr)) =>
+            {
+                Ok(addr)
+            }
             Some(_) => Err("first hop is not a layer-1 mixnode of the current topology"),
             None => Err("no verified topology: forwarding is refused"),
+        };
+        if verdict.is_err() {
+            // Perhaps the client's document is newer than ours: fetch now (rate-limited by
+            // the refresh task).
+            self.stale.notify_one();
         }
+        verdict
     }
 }
 
@@ -1061,11 +1095,58 @@ mod tests {
             "an expired topology still routes within the grace"
         );
         topology.valid_until_s = now.saturating_sub(limits::CONSENSUS_GRACE_S + 5);
-        first_hops.set_topology(topology);
+        first_hops.set_topology(topology.clone());
         assert!(
             first_hops.check(&hop(1)).is_err(),
             "a topology expired beyond the grace is refused"
         );
+
+        // Epochs 1 -> 2 move mix 1 out of layer 1 and mix 4 in: a client still on epoch 1
+        // keeps its first hop for as long as epoch 1 is valid; epoch 3 retires epoch 1.
+        let first_hops = FirstHops::new(false);
+        let mut epoch = |n: u64, layer1: u16, layer2: u16, valid_until_s: u64| {
+            topology.epoch = n;
+            topology.valid_until_s = valid_until_s;
+            topology.layers[0] = vec![mix(layer1, crate::topology::Role::Mixnode)];
+            topology.layers[1] = vec![mix(layer2, crate::topology::Role::Mixnode)];
+            first_hops.set_topology(topology.clone());
+        };
+        epoch(1, 1, 2, now + 600);
+        epoch(2, 4, 1, now + 600);
+        assert!(first_hops.check(&hop(4)).is_ok());
+        assert!(
+            first_hops.check(&hop(1)).is_ok(),
+            "a first hop of the previous document is accepted while that one is valid"
+        );
+        epoch(2, 4, 1, now + 600);
+        assert!(
+            first_hops.check(&hop(1)).is_ok(),
+            "the same epoch again does not retire the previous document"
+        );
+        epoch(3, 4, 1, now + 600);
+        assert!(
+            first_hops.check(&hop(1)).is_err(),
+            "two epochs later the old first hop is refused"
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let woken = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), first_hops.stale.notified()).await
+        });
+        assert!(woken.is_ok(), "a refused first hop asks for a fetch now");
+        // A previous document past its validity is not used.
+        let first_hops = FirstHops::new(false);
+        let mut epoch = |n: u64, layer1: u16, valid_until_s: u64| {
+            topology.epoch = n;
+            topology.valid_until_s = valid_until_s;
+            topology.layers[0] = vec![mix(layer1, crate::topology::Role::Mixnode)];
+            first_hops.set_topology(topology.clone());
+        };
+        epoch(7, 1, now.saturating_sub(1));
+        epoch(8, 4, now + 600);
+        assert!(first_hops.check(&hop(1)).is_err());
     }
 
     /// A masked client frame (as a client sends it).
