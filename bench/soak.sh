@@ -28,7 +28,7 @@ MAX_P99_MS=${MAX_P99_MS:-$(awk -v mu="$MU" 'BEGIN { print 100 + 13.8 * mu }')}
 MAX_RSS_GROWTH_PCT=${MAX_RSS_GROWTH_PCT:-20}
 OUT=${OUT:-soak-$(date +%Y%m%d-%H%M%S)}
 
-cargo build --release -p lethe-nodes --bin lethe -p lethe-loadgen
+cargo build --release -p lethe-nodes --bin lethe -p lethe-loadgen --bin loadgen
 mkdir -p "$OUT"
 echo "soak: ${DURATION} at ${RATE}/s, mu ${MU} ms, windows of ${WINDOW}; fails above" \
     "${MAX_LOSS_PCT}% undelivered, p99 ${MAX_P99_MS} ms, RSS growth ${MAX_RSS_GROWTH_PCT}%;" \
