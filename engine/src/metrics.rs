@@ -206,6 +206,8 @@ pub struct CoreMetrics {
     pub connections_idle_closed: AtomicU64,
     /// When this core's timer loop last turned (µs on the runtime's clock): its liveness.
     pub loop_turn_us: AtomicU64,
+    /// Signals sent to wake this core after its loop was silent (`runtime::nudge`).
+    pub core_nudges: AtomicU64,
     pub batch_packets: Histogram,
     pub stage_us: [Histogram; Stage::COUNT],
 }
@@ -239,7 +241,7 @@ impl CoreMetrics {
 /// Renders the Prometheus text exposition format (0.0.4) summed over `cores`.
 pub fn render_prometheus(cores: &[std::sync::Arc<CoreMetrics>], uptime_s: u64, out: &mut String) {
     let sum = |pick: &dyn Fn(&CoreMetrics) -> u64| cores.iter().map(|c| pick(c)).sum::<u64>();
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 11] = [
         (
             "lethe_frames_received_total",
             "Frames decoded from ingress connections.",
@@ -284,6 +286,11 @@ pub fn render_prometheus(cores: &[std::sync::Arc<CoreMetrics>], uptime_s: u64, o
             "lethe_connections_idle_closed_total",
             "Ingress connections closed for idling or evicted for a newcomer.",
             sum(&|c| CoreMetrics::get(&c.connections_idle_closed)),
+        ),
+        (
+            "lethe_core_nudges_total",
+            "Signals sent to wake a core whose loop was silent for 1 s (a lost io_uring wake-up).",
+            sum(&|c| CoreMetrics::get(&c.core_nudges)),
         ),
         (
             "lethe_uptime_seconds_total",

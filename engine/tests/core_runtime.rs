@@ -93,6 +93,46 @@ fn final_hops_go_to_the_gateway_hand_off_and_overflow_is_counted() {
     runtime.join().unwrap();
 }
 
+/// The control plane's nudge (a signal to a core thread whose loop went silent) must not
+/// disturb a core that is working: 100 nudges, some while it sleeps in `io_uring_enter`, some
+/// while it processes packets with delays pending, and every packet still leaves, each once.
+#[test]
+fn nudged_cores_go_on_forwarding_and_count_the_nudges() {
+    let mut r = rng(13);
+    let (this, next) = (secret(&mut r), secret(&mut r));
+    let (sink_addr, received) = sink();
+    let route = [(public(&this), 1), (public(&next), sink_addr.port())];
+    let packets: Vec<Vec<u8>> = (0..40)
+        .map(|i| packet(&mut r, &route, &[i * 1_000_000, 0]))
+        .collect();
+    let runtime = Runtime::start(runtime_config(1), one_key(this, 2), filters(&[2])).unwrap();
+    // A core that turns as it should is never due for a nudge.
+    assert!(runtime.cores_to_nudge().is_empty());
+    let mut stream = TcpStream::connect(runtime.local_addr()).unwrap();
+    for (index, p) in packets.iter().enumerate() {
+        assert!(runtime.nudge_core(0));
+        if index % 2 == 0 {
+            stream.write_all(&frame(p)).unwrap();
+        } else {
+            assert!(runtime.nudge_core(0));
+            std::thread::sleep(Duration::from_millis(2));
+            stream.write_all(&frame(p)).unwrap();
+        }
+        assert!(runtime.nudge_core(0));
+    }
+    let mut got = Vec::new();
+    for _ in 0..packets.len() {
+        got.push(received.recv_timeout(Duration::from_secs(20)).unwrap());
+    }
+    assert!(received.recv_timeout(Duration::from_millis(300)).is_err());
+    let m = runtime.metrics()[0].clone();
+    assert_eq!(CoreMetrics::get(&m.core_nudges), 100);
+    assert_eq!(CoreMetrics::get(&m.packets_sent), 40);
+    assert!(!runtime.nudge_core(1), "no core 1");
+    runtime.shutdown();
+    runtime.join().unwrap();
+}
+
 #[test]
 fn two_cores_share_the_port_and_stop() {
     let mut r = rng(12);

@@ -41,6 +41,15 @@ pub const ACCEPT_RETRY_MS: u64 = 10;
 /// Read buffer of `lethe sink`'s connections (one large read holds many frames).
 pub const SINK_READ_BUFFER_BYTES: usize = 64 * 1024;
 
+/// A node whose engine core has not turned for this long exits (status 70) for its supervisor
+/// to restart it: a stalled core holds its connections and reads nothing, and heartbeats
+/// paused for this long have taken the node out of the network anyway.
+pub const ENGINE_STALL_EXIT_MS: u64 = 60_000;
+/// Threads listed in the snapshot logged when a core stalls (a node runs a few dozen).
+pub const STALL_SNAPSHOT_THREADS_MAX: usize = 128;
+// Well past the engine's own stall threshold and the directory's heartbeat timeout.
+const _: () =
+    assert!(ENGINE_STALL_EXIT_MS >= 10 * lethe_engine::runtime::liveness::STALL_US / 1_000);
 const _: () = assert!(STOP_POLL_MS > 0 && ACCEPT_RETRY_MS > 0);
 // A stop flag is looked at several times within a runtime's shutdown allowance.
 const _: () = assert!(STOP_POLL_MS < TOKIO_SHUTDOWN_MS);

@@ -20,6 +20,7 @@ pub mod final_hop;
 pub mod ingress;
 pub mod liveness;
 pub mod memlock;
+pub mod nudge;
 mod sock;
 pub mod trace;
 pub mod wake_gate;
@@ -29,7 +30,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -172,6 +173,10 @@ pub struct Runtime {
     panic_requested: Arc<AtomicBool>,
     local_addr: SocketAddr,
     metrics: Vec<Arc<CoreMetrics>>,
+    /// Each core thread's kernel id (0 until it runs), for [`nudge`].
+    core_tids: Vec<Arc<AtomicI32>>,
+    /// When each core was last nudged (µs on the runtime's clock; 0: never).
+    nudged_us: Vec<AtomicU64>,
 }
 
 impl Runtime {
@@ -233,6 +238,7 @@ impl Runtime {
         memlock::check(config.cores, config.io_memory_bytes).map_err(StartError::Memlock)?;
         sock::check_port_free(config.listen).map_err(StartError::Bind)?;
         liveness::install_panic_hook();
+        nudge::install_handler();
         let stop = Arc::new(AtomicBool::new(false));
         let panic_requested = Arc::new(AtomicBool::new(false));
         let mut runtime = Runtime {
@@ -242,14 +248,20 @@ impl Runtime {
             panic_requested: panic_requested.clone(),
             local_addr: config.listen,
             metrics: Vec::new(),
+            core_tids: Vec::new(),
+            nudged_us: Vec::new(),
         };
         for index in 0..config.cores {
             let metrics = Arc::new(CoreMetrics::default());
             let (bound_tx, bound_rx) = mpsc::channel();
             let key_update = Arc::new(KeyUpdate::default());
             runtime.key_updates.push(key_update.clone());
+            let tid = Arc::new(AtomicI32::new(0));
+            runtime.core_tids.push(tid.clone());
+            runtime.nudged_us.push(AtomicU64::new(0));
             let setup = ShardSetup {
                 key_update,
+                tid,
                 listen: runtime.local_addr,
                 config: config.clone(),
                 keys: keys.clone(),
@@ -320,6 +332,47 @@ impl Runtime {
         liveness::check(&self.metrics, monotonic_us())
     }
 
+    /// The longest any core's loop has now been silent (µs).
+    pub fn loop_silence_us(&self) -> u64 {
+        let now_us = monotonic_us();
+        self.metrics
+            .iter()
+            .map(|m| now_us.saturating_sub(CoreMetrics::get(&m.loop_turn_us)))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Cores whose loop has been silent for [`nudge::NUDGE_SILENCE_US`] and that were not
+    /// nudged within that time: the ones [`Runtime::nudge_core`] should wake.
+    pub fn cores_to_nudge(&self) -> Vec<usize> {
+        let now_us = monotonic_us();
+        let silent = |since_us: u64| now_us.saturating_sub(since_us) >= nudge::NUDGE_SILENCE_US;
+        (0..self.metrics.len())
+            .filter(|&index| {
+                silent(CoreMetrics::get(&self.metrics[index].loop_turn_us))
+                    && silent(self.nudged_us[index].load(Ordering::Relaxed))
+            })
+            .collect()
+    }
+
+    /// Sends core `index`'s thread the nudge signal (see [`nudge`]), counted in its metrics;
+    /// false if the core has no thread (not started, or gone).
+    pub fn nudge_core(&self, index: usize) -> bool {
+        let (Some(tid), Some(nudged_us), Some(metrics)) = (
+            self.core_tids.get(index),
+            self.nudged_us.get(index),
+            self.metrics.get(index),
+        ) else {
+            return false;
+        };
+        nudged_us.store(monotonic_us(), Ordering::Relaxed);
+        let sent = nudge::nudge(tid.load(Ordering::Relaxed));
+        if sent {
+            CoreMetrics::add(&metrics.core_nudges, 1);
+        }
+        sent
+    }
+
     /// Makes one core panic at its next timer-loop turn: for tests of what a node does when a
     /// core fails. Nothing else calls it.
     #[doc(hidden)]
@@ -383,6 +436,8 @@ pub fn monotonic_us() -> u64 {
 
 struct ShardSetup {
     key_update: Arc<KeyUpdate>,
+    /// Where the core thread writes its kernel id.
+    tid: Arc<AtomicI32>,
     listen: SocketAddr,
     config: RuntimeConfig,
     keys: NodeKeys,
@@ -515,6 +570,7 @@ fn egress_for(
 }
 
 async fn run_shard(setup: ShardSetup) {
+    setup.tid.store(nudge::current_tid(), Ordering::Relaxed);
     let listener_fd = match sock::bind_listener(setup.listen) {
         Ok(fd) => fd,
         Err(e) => {
