@@ -24,10 +24,13 @@
 //! client-gateway sessions are in-order messages on the link. A mix's processing time is
 //! `mix_capacity_pps` in both modes.
 
+mod buffers;
 pub mod config;
+mod links;
+mod queue;
+mod slab;
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::sync::Arc;
@@ -58,10 +61,16 @@ use x25519_dalek::StaticSecret;
 use crate::trace::{
     Class, Kind, LabFields, NodeInfo, Role, TraceError, TraceEvent, TraceMeta, TraceWriter,
 };
+use buffers::Buffers;
 pub use config::{CoverRates, LinkModel, NodeFailure, SimConfig, SphinxMode};
+use links::Links;
+use queue::Queue;
+use slab::Slab;
 
 /// Engine buffers (and timer entries) per simulated node: packets a node can hold at once.
 pub const ENGINE_BUFFERS_PER_NODE: u32 = 4_096;
+/// Packets a node's core holds, and the one being fed to it.
+const PENDING_PER_NODE_MAX: u32 = ENGINE_BUFFERS_PER_NODE + 1;
 /// Engine timer tick: the delay cap (`DELAY_MS_MAX`) must fit the wheel's span in ticks.
 const ENGINE_TIMER_TICK_US: u64 = 50;
 /// Replay filter sizing per node (packets per key lifetime) and its false-positive rate.
@@ -97,6 +106,8 @@ pub enum SimError {
     /// Building a Sphinx packet failed (a bug: the routes are built here).
     Sphinx(String),
     EventsExhausted,
+    /// More events pending at once than the queue holds.
+    EventsPending,
     /// A real-time run fell behind the wall clock at this virtual time.
     BehindRealTime {
         at_ns: u64,
@@ -112,6 +123,11 @@ impl std::fmt::Display for SimError {
             SimError::EventsExhausted => {
                 write!(f, "more than {} events: run stopped", config::EVENTS_MAX)
             }
+            SimError::EventsPending => write!(
+                f,
+                "more than {} events pending: run stopped",
+                queue::EVENTS_PENDING_MAX
+            ),
             SimError::BehindRealTime { at_ns } => {
                 write!(
                     f,
@@ -124,6 +140,12 @@ impl std::fmt::Display for SimError {
 }
 
 impl std::error::Error for SimError {}
+
+impl From<queue::QueueFull> for SimError {
+    fn from(_: queue::QueueFull) -> Self {
+        SimError::EventsPending
+    }
+}
 
 impl From<TraceError> for SimError {
     fn from(e: TraceError) -> Self {
@@ -205,7 +227,7 @@ enum Event {
     },
     Arrive {
         node: u32,
-        packet: Box<WirePacket>,
+        packet: WirePacket,
     },
     Wake {
         node: u32,
@@ -213,7 +235,7 @@ enum Event {
     /// A packet that waited for a mix's processing (its capacity) reaches the engine core.
     Admit {
         node: u32,
-        packet: Box<WirePacket>,
+        packet: WirePacket,
         arrive_ns: u64,
     },
     /// Session bytes of client `client` arrive at the other end.
@@ -237,30 +259,6 @@ enum Event {
     },
 }
 
-struct Scheduled {
-    t_ns: u64,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.t_ns, self.seq) == (other.t_ns, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    /// Reversed: the heap pops the earliest, and among equals the first scheduled.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (other.t_ns, other.seq).cmp(&(self.t_ns, self.seq))
-    }
-}
-
 /// A packet fed to an engine core, waiting to come out.
 struct Pending {
     packet_id: u64,
@@ -270,8 +268,8 @@ struct Pending {
 
 struct EngineNode {
     core: Core,
-    /// By packet id, the tag the core keeps with the packet's buffer.
-    pending: HashMap<u64, Pending>,
+    /// The packets fed to the core; a packet's slot is the tag the core keeps with its buffer.
+    pending: Slab<Pending>,
     wake_ns: Option<u64>,
     /// With a mix capacity: when the packets already waiting will have been processed.
     busy_until_ns: u64,
@@ -445,18 +443,17 @@ impl FirstHops for Layer1 {
 struct World<'a> {
     config: &'a SimConfig,
     rng: ChaCha20Rng,
-    queue: BinaryHeap<Scheduled>,
-    seq: u64,
+    queue: Queue<Event>,
     nodes: Vec<NodeState>,
     info: Vec<NodeInfo>,
     public_keys: Vec<[u8; 32]>,
-    addresses: HashMap<SocketAddr, u32>,
     /// Client index by identity (the final hop's destination).
     identities: HashMap<[u8; 32], u32>,
     layer1: Layer1,
     /// Mix node indices per layer (layer 1 first).
     layers: Vec<Vec<u32>>,
-    link_free_ns: HashMap<(u32, u32), u64>,
+    links: Links,
+    buffers: Buffers,
     failures: Vec<(u32, u64, u64)>,
     /// The size of the mixes' own loop packets.
     packet_size: PacketSize,
@@ -478,9 +475,12 @@ pub fn config_hash(config: &SimConfig) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Every simulated node listens on this port of its own address (10.x.y.z: its index).
+const NODE_PORT: u16 = 1789;
+
 fn node_address(index: u32) -> SocketAddr {
     let [_, a, b, c] = index.to_be_bytes();
-    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, a, b, c), 1789))
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, a, b, c), NODE_PORT))
 }
 
 /// Runs `config` and writes the trace to `trace_path` (and its sidecar).
@@ -523,19 +523,19 @@ fn run_to(
     let setup_ns = real_time.map_or(0, |elapsed_ns| elapsed_ns());
     let mut events = 0u64;
     let mut end_ns = 0;
-    while let Some(scheduled) = world.queue.pop() {
+    while let Some((t_ns, event)) = world.queue.pop() {
         events += 1;
         if events > config::EVENTS_MAX {
             return Err(SimError::EventsExhausted);
         }
-        end_ns = scheduled.t_ns;
+        end_ns = t_ns;
         if let (Some(elapsed_ns), 0) = (real_time, events % REAL_TIME_CHECK_EVENTS) {
             let run_ns = elapsed_ns().saturating_sub(setup_ns);
             if run_ns > end_ns.saturating_add(REAL_TIME_SLACK_NS) {
                 return Err(SimError::BehindRealTime { at_ns: end_ns });
             }
         }
-        world.handle(scheduled)?;
+        world.handle(t_ns, event)?;
     }
     world.summary.events_count = events;
     world.summary.end_ns = end_ns;
@@ -659,9 +659,6 @@ impl<'a> World<'a> {
             Some(path) => TraceWriter::create(path, meta)?,
             None => TraceWriter::counting(meta)?,
         };
-        let addresses = (0..info.len() as u32)
-            .map(|i| (node_address(i), i))
-            .collect();
         let layer1 = Layer1(
             layers[0]
                 .iter()
@@ -671,16 +668,15 @@ impl<'a> World<'a> {
         Ok(World {
             config,
             rng,
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: Queue::new(),
+            links: Links::new(config),
+            buffers: Buffers::default(),
             nodes,
             info,
             public_keys,
-            addresses,
             identities,
             layer1,
             layers,
-            link_free_ns: HashMap::new(),
             failures,
             packet_size,
             writer,
@@ -696,13 +692,19 @@ impl<'a> World<'a> {
         })
     }
 
-    fn schedule(&mut self, t_ns: u64, event: Event) {
-        self.seq += 1;
-        self.queue.push(Scheduled {
-            t_ns,
-            seq: self.seq,
-            event,
-        });
+    fn schedule(&mut self, t_ns: u64, event: Event) -> Result<(), SimError> {
+        Ok(self.queue.push(t_ns, event)?)
+    }
+
+    /// The node a mix address names (the inverse of [`node_address`]), if it is one of ours.
+    fn node_at(&self, address: &SocketAddr) -> Option<u32> {
+        let SocketAddr::V4(v4) = address else {
+            return None;
+        };
+        let [ten, a, b, c] = v4.ip().octets();
+        let index = u32::from_be_bytes([0, a, b, c]);
+        let ours = ten == 10 && v4.port() == NODE_PORT && (index as usize) < self.nodes.len();
+        ours.then_some(index)
     }
 
     /// A uniform draw in [0, 1).
@@ -732,21 +734,22 @@ impl<'a> World<'a> {
     }
 
     /// Schedules the stream's next tick after `t_ns`, if it falls inside the sending time.
-    fn next_tick(&mut self, node: u32, stream: Stream, t_ns: u64) {
+    fn next_tick(&mut self, node: u32, stream: Stream, t_ns: u64) -> Result<(), SimError> {
         let rate = self.stream_rate_per_s(stream);
         if rate <= 0.0 {
-            return;
+            return Ok(());
         }
         let next = t_ns.saturating_add(self.exponential_ns(1e9 / rate));
         if next < self.end_ns {
-            self.schedule(next, Event::Stream { node, stream });
+            self.schedule(next, Event::Stream { node, stream })?;
         }
+        Ok(())
     }
 
     fn start(&mut self) -> Result<(), SimError> {
         for c in 0..self.config.clients {
             for stream in [Stream::Message, Stream::Drop] {
-                self.next_tick(c, stream, 0);
+                self.next_tick(c, stream, 0)?;
             }
             // The session's first bytes (the client's handshake) leave at once; the cost
             // model has no handshake.
@@ -757,7 +760,7 @@ impl<'a> World<'a> {
         }
         let mixes: Vec<u32> = self.layers.iter().flatten().copied().collect();
         for mix in mixes {
-            self.next_tick(mix, Stream::MixLoop, 0);
+            self.next_tick(mix, Stream::MixLoop, 0)?;
         }
         Ok(())
     }
@@ -768,20 +771,19 @@ impl<'a> World<'a> {
         self.failures.iter().any(down)
     }
 
-    fn handle(&mut self, scheduled: Scheduled) -> Result<(), SimError> {
-        let t = scheduled.t_ns;
-        match scheduled.event {
+    fn handle(&mut self, t: u64, event: Event) -> Result<(), SimError> {
+        match event {
             Event::Stream { node, stream } => {
-                self.next_tick(node, stream, t);
+                self.next_tick(node, stream, t)?;
                 self.stream_tick(node, stream, t)
             }
-            Event::Arrive { node, packet } => self.arrive(node, *packet, t),
+            Event::Arrive { node, packet } => self.arrive(node, packet, t),
             Event::Wake { node } => self.wake(node, t),
             Event::Admit {
                 node,
                 packet,
                 arrive_ns,
-            } => self.admit(node, *packet, t, arrive_ns),
+            } => self.admit(node, packet, t, arrive_ns),
             Event::Session {
                 client,
                 side,
@@ -804,6 +806,7 @@ impl<'a> World<'a> {
                     c.core
                         .handle_delivery(t / NS_PER_US, id, kind, identifier, &mut bytes);
                 }
+                self.buffers.give_back(bytes);
                 self.client_flush(client, t)
             }
         }
@@ -969,10 +972,10 @@ impl<'a> World<'a> {
                 self.client_sent(node, kind, size, t)?;
             }
             for transmit in out.to_gateway {
-                self.session_link(node, Side::ToGateway, transmit, t);
+                self.session_link(node, Side::ToGateway, transmit, t)?;
             }
             for transmit in out.to_client {
-                self.session_link(node, Side::ToClient, transmit, t);
+                self.session_link(node, Side::ToClient, transmit, t)?;
             }
             for (next_hop, packet, ground) in out.forwards {
                 self.gateway_forward(node, next_hop, packet, ground, t)?;
@@ -987,7 +990,7 @@ impl<'a> World<'a> {
                     first_hop,
                     packet,
                 };
-                self.schedule(at, relay);
+                self.schedule(at, relay)?;
             }
             if !moved {
                 return self.client_wake(node, t);
@@ -1012,16 +1015,22 @@ impl<'a> World<'a> {
         }
         if client.wake_ns.is_none_or(|w| due_ns < w || w < t) {
             client.wake_ns = Some(due_ns);
-            self.schedule(due_ns, Event::Wake { node });
+            self.schedule(due_ns, Event::Wake { node })?;
         }
         Ok(())
     }
 
     /// Session bytes of `client` onto the client-gateway link, in order behind the link's
     /// previous bytes.
-    fn session_link(&mut self, client: u32, side: Side, transmit: Transmit, t: u64) {
+    fn session_link(
+        &mut self,
+        client: u32,
+        side: Side,
+        transmit: Transmit,
+        t: u64,
+    ) -> Result<(), SimError> {
         let Some(gateway) = self.client_mut(client).map(|c| c.gateway) else {
-            return;
+            return Ok(());
         };
         let (from, to) = match side {
             Side::ToGateway => (client, gateway),
@@ -1035,7 +1044,7 @@ impl<'a> World<'a> {
                 side,
                 transmit,
             },
-        );
+        )
     }
 
     fn session_arrive(
@@ -1122,7 +1131,7 @@ impl<'a> World<'a> {
         if self.is_down(gateway, t) {
             return self.drop_row(t, gateway, id, &info, "node_down");
         }
-        let Some(next) = self.addresses.get(&next_hop).copied() else {
+        let Some(next) = self.node_at(&next_hop) else {
             return self.drop_row(t, gateway, id, &info, "unknown_next_hop");
         };
         let mut depart = self.row(t, gateway, Kind::Depart, id, &info);
@@ -1133,8 +1142,7 @@ impl<'a> World<'a> {
             bytes: packet,
             info,
         };
-        self.link(gateway, next, packet, t);
-        Ok(())
+        self.link(gateway, next, packet, t)
     }
 
     fn new_message_id(&mut self) -> u64 {
@@ -1240,22 +1248,16 @@ impl<'a> World<'a> {
     /// link's previous packet.
     fn link_at(&mut self, from: u32, to: u32, t: u64) -> u64 {
         let latency = self.link_latency_ns(from, to);
-        let free = self.link_free_ns.entry((from, to)).or_insert(0);
+        let free = self.links.free_ns(from, to);
         let at = t.saturating_add(latency).max(*free);
         *free = at;
         at
     }
 
     /// Puts a packet on the link `from -> to`, in order behind the link's previous packet.
-    fn link(&mut self, from: u32, to: u32, packet: WirePacket, t: u64) {
+    fn link(&mut self, from: u32, to: u32, packet: WirePacket, t: u64) -> Result<(), SimError> {
         let at = self.link_at(from, to, t);
-        self.schedule(
-            at,
-            Event::Arrive {
-                node: to,
-                packet: Box::new(packet),
-            },
-        );
+        self.schedule(at, Event::Arrive { node: to, packet })
     }
 
     fn write(&mut self, event: TraceEvent) -> Result<(), SimError> {
@@ -1319,14 +1321,12 @@ impl<'a> World<'a> {
                 return self.drop_row(t, node, packet.id, &packet.info, "overload");
             }
             engine.busy_until_ns = start_ns + service_ns;
-            let packet = Box::new(packet);
             let event = Event::Admit {
                 node,
                 packet,
                 arrive_ns: t,
             };
-            self.schedule(start_ns + service_ns, event);
-            return Ok(());
+            return self.schedule(start_ns + service_ns, event);
         }
         self.admit(node, packet, t, t)
     }
@@ -1380,21 +1380,27 @@ impl<'a> World<'a> {
             arrive_ns,
             info,
         };
-        engine.pending.insert(id, pending);
+        // More than the core's buffers and this one: the core would refuse it as overloaded.
+        let Some(slot) = engine.pending.insert(pending) else {
+            return self.drop_row(t, node, id, &info, DropReason::Overload.label());
+        };
+        let tag = u64::from(slot);
         let before = drop_counts(&engine.core);
         let admitted = match decoded {
             Some((hop, replay_tag)) => {
                 engine
                     .core
-                    .handle_decoded(now_us, &bytes, hop, &replay_tag, id)
+                    .handle_decoded(now_us, &bytes, hop, &replay_tag, tag)
             }
             None => {
                 let rotation = KeyRotation::Unknown;
                 engine
                     .core
-                    .handle_packet_tagged(now_us, rotation, &bytes, id)
+                    .handle_packet_tagged(now_us, rotation, &bytes, tag)
             }
         };
+        // The core copied the bytes into its own buffer.
+        self.buffers.give_back(bytes);
         // One packet per batch: a drop counted during this call (refused at once, or by the
         // batch it ran: replayed, malformed, no room for its timer) is this packet's.
         let reason = match admitted {
@@ -1410,7 +1416,7 @@ impl<'a> World<'a> {
             }
         };
         if let Some(reason) = reason {
-            if let Some(p) = engine.pending.remove(&id) {
+            if let Some(p) = engine.pending.take(slot) {
                 self.drop_row(t, node, p.packet_id, &p.info, reason.label())?;
             }
         }
@@ -1459,11 +1465,10 @@ impl<'a> World<'a> {
                     ..
                 } => {
                     let arrived_us = engine.core.arrived_us(&buffer);
-                    let bytes = engine.core.packet(&buffer).to_vec();
-                    let tag = engine.core.tag(&buffer);
-                    let pending = engine.pending.remove(&tag);
+                    let bytes = self.buffers.copy_of(engine.core.packet(&buffer));
+                    let pending = take_pending(engine, &buffer);
                     engine.core.release(buffer);
-                    let next = self.addresses.get(&next_hop).copied();
+                    let next = self.node_at(&next_hop);
                     self.forwarded(node, t, pending, next, bytes, at_us, arrived_us)?;
                 }
                 Action::Deliver {
@@ -1471,16 +1476,17 @@ impl<'a> World<'a> {
                     identifier,
                     buffer,
                 } => {
-                    let packet = engine.core.packet(&buffer).to_vec();
-                    let tag = engine.core.tag(&buffer);
-                    let pending = engine.pending.remove(&tag);
+                    let packet = self.buffers.copy_of(engine.core.packet(&buffer));
+                    let pending = take_pending(engine, &buffer);
                     engine.core.release(buffer);
                     let hop = FinalHop {
                         destination,
                         identifier,
                         packet,
                     };
-                    self.delivered(node, t, pending, hop)?;
+                    let delivered = self.delivered(node, t, pending, &hop);
+                    self.buffers.give_back(hop.packet);
+                    delivered?;
                 }
             }
         }
@@ -1491,7 +1497,7 @@ impl<'a> World<'a> {
             let due_ns = (due_us * NS_PER_US).max(t);
             if engine.wake_ns.is_none_or(|w| due_ns < w) {
                 engine.wake_ns = Some(due_ns);
-                self.schedule(due_ns, Event::Wake { node });
+                self.schedule(due_ns, Event::Wake { node })?;
             }
         }
         Ok(())
@@ -1532,8 +1538,7 @@ impl<'a> World<'a> {
         }
         self.write(row)?;
         let packet = WirePacket { id, bytes, info };
-        self.link(node, next, packet, t);
-        Ok(())
+        self.link(node, next, packet, t)
     }
 
     /// The exit gateway's work on a final-hop packet, decided by the real gateway's rules
@@ -1544,7 +1549,7 @@ impl<'a> World<'a> {
         node: u32,
         t: u64,
         pending: Option<Pending>,
-        hop: FinalHop,
+        hop: &FinalHop,
     ) -> Result<(), SimError> {
         let Some(pending) = pending else {
             return Ok(());
@@ -1586,11 +1591,10 @@ impl<'a> World<'a> {
                 client: recipient,
                 kind: mail.kind,
                 identifier: mail.identifier,
-                bytes: mail.bytes.to_vec(),
+                bytes: self.buffers.copy_of(mail.bytes),
             };
             let at = self.link_at(node, recipient, t);
-            self.schedule(at, delivery);
-            return Ok(());
+            return self.schedule(at, delivery);
         }
         let stored = Stored {
             kind: mail.kind,
@@ -1614,11 +1618,11 @@ impl<'a> World<'a> {
         acked: &PacketInfo,
         t: u64,
     ) -> Result<(), SimError> {
-        let next = ack.next_hop().and_then(|a| self.addresses.get(&a).copied());
+        let next = ack.next_hop().and_then(|a| self.node_at(&a));
         let Some(next) = next else {
             return Ok(());
         };
-        let bytes = ack.packet.to_vec();
+        let bytes = self.buffers.copy_of(ack.packet);
         let info = PacketInfo {
             class: Class::Ack,
             message_id: acked.message_id,
@@ -1635,8 +1639,7 @@ impl<'a> World<'a> {
             return self.drop_row(t, gateway, id, &info, "node_down");
         }
         let packet = WirePacket { id, bytes, info };
-        self.link(gateway, next, packet, t);
-        Ok(())
+        self.link(gateway, next, packet, t)
     }
 }
 
@@ -1717,7 +1720,7 @@ fn topology(
         topology.public_keys.push(public_key);
         engines.push(NodeState::Engine(Box::new(EngineNode {
             core: engine_core(engine, secret, replay_items)?,
-            pending: HashMap::new(),
+            pending: Slab::new(PENDING_PER_NODE_MAX),
             wake_ns: None,
             busy_until_ns: 0,
         })));
@@ -1814,6 +1817,12 @@ fn failures_ns(config: &SimConfig, info: &[NodeInfo]) -> Result<Vec<(u32, u64, u
         failures.push((node as u32, from_ns, until_ns));
     }
     Ok(failures)
+}
+
+/// The packet in a buffer the core hands out: its tag names its slot.
+fn take_pending(engine: &mut EngineNode, buffer: &lethe_engine::pool::BufId) -> Option<Pending> {
+    let slot = u32::try_from(engine.core.tag(buffer)).ok()?;
+    engine.pending.take(slot)
 }
 
 fn drop_counts(core: &Core) -> [u64; DropReason::COUNT] {
