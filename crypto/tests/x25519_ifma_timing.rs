@@ -65,8 +65,10 @@ fn per_mult_us(path: SimdPath, n: usize, reps: usize) -> (f64, f64) {
 #[test]
 #[ignore]
 fn timing() {
+    // TIMING_AVX2 adds the AVX2 path (a single vector, a pair, full groups) and the portable
+    // one, the figures `min_vector_lanes` is set from.
     let paths: &[SimdPath] = if std::env::var("TIMING_AVX2").is_ok() {
-        &[SimdPath::Ifma, SimdPath::Avx2]
+        &[SimdPath::Ifma, SimdPath::Avx2, SimdPath::Portable]
     } else {
         &[SimdPath::Ifma]
     };
@@ -74,7 +76,12 @@ fn timing() {
         if !path.is_supported() {
             continue;
         }
-        for n in [8usize, 64] {
+        let sizes: &[usize] = match path {
+            SimdPath::Ifma => &[8, 64],
+            SimdPath::Avx2 => &[4, 8, 64],
+            SimdPath::Portable => &[8],
+        };
+        for &n in sizes {
             let reps = 800 / n;
             let (min, med) = per_mult_us(path, n, reps);
             println!("{path:?} batch {n}: min {min:.3} median {med:.3} us/mult");

@@ -10,17 +10,18 @@
 //! * `add`/`sub` of reduced values: limbs < 3 * radix (3 * 2^26 even,
 //!   3 * 2^25 odd);
 //! * `mul`/`square` accept limbs < 3 * radix: every scaled factor
-//!   (19 g_j, 38 g_odd) stays < 57 * 2^26 < 2^32, as `vpmuludq` needs, and
+//!   (19 or 38 times a limb) stays < 57 * 2^26 < 2^32, as `vpmuludq` needs, and
 //!   every column sum < 10 * 2^59.4 < 2^63.
 //!
-//! `mul` and `square` are the hand-scheduled kernels of `avx2_kernels.rs` (its doc says
-//! why); the ladder around them, the additions and the conversions are intrinsics.
+//! The ladder step (nine kernels with the step's additions and selects fused in), `mul`
+//! and `square` are the hand-scheduled assembly of `avx2_kernels.rs` (its doc says why);
+//! the ladder's set-up, the last doublings and the conversions are intrinsics.
 
 use core::arch::x86_64::*;
 
 use core::mem::MaybeUninit;
 
-use super::avx2_kernels::{self as kernels, Limbs};
+use super::avx2_kernels::{self as kernels, Limbs, Step};
 use super::field51::{Fe, A24};
 use super::Scalars;
 
@@ -129,41 +130,49 @@ macro_rules! carry {
     }};
 }
 
-/// 19 b for [`mul_pre`] (limbs 1..10; see [`kernels::times19`]).
+/// 19 b for [`kernels::step_z3`] (limbs 1..10; see [`kernels::times19`]).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn times19(b: &F4) -> MaybeUninit<Limbs> {
-    let mut b19 = MaybeUninit::uninit();
+fn times19(b: &F4) -> Limbs {
+    let mut b19 = zero4().0;
     kernels::times19(&b.0, &mut b19);
     b19
+}
+
+// The generic kernels are called, not inlined: each is ~1.5 KB of code, used by the
+// inversion chain and the last doublings, where a call's few cycles do not count.
+
+/// out = a * b; limbs < 3 * radix; result reduced.
+#[inline(never)]
+#[target_feature(enable = "avx2")]
+fn mul_into(a: &F4, b: &F4, out: &mut F4) {
+    kernels::mul(&a.0, &b.0, &mut out.0);
+}
+
+/// out = a^2; limbs < 3 * radix; result reduced.
+#[inline(never)]
+#[target_feature(enable = "avx2")]
+fn square_into(a: &F4, out: &mut F4) {
+    let mut scratch = MaybeUninit::uninit();
+    kernels::square(&a.0, &mut scratch, &mut out.0);
 }
 
 /// a * b; limbs < 3 * radix; result reduced.
 #[inline]
 #[target_feature(enable = "avx2")]
 fn mul(a: &F4, b: &F4) -> F4 {
-    mul_pre(a, b, &times19(b))
-}
-
-/// a * b with 19 b precomputed by [`times19`] (a ladder's fixed x1).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn mul_pre(a: &F4, b: &F4, b19: &MaybeUninit<Limbs>) -> F4 {
-    let mut out = MaybeUninit::uninit();
-    kernels::mul(&a.0, &b.0, b19, &mut out);
-    // SAFETY: `kernels::mul` writes all ten limbs.
-    F4(unsafe { out.assume_init() })
+    let mut out = zero4();
+    mul_into(a, b, &mut out);
+    out
 }
 
 /// a^2; limbs < 3 * radix; result reduced.
 #[inline]
 #[target_feature(enable = "avx2")]
 fn square(a: &F4) -> F4 {
-    let mut scratch = MaybeUninit::uninit();
-    let mut out = MaybeUninit::uninit();
-    kernels::square(&a.0, &mut scratch, &mut out);
-    // SAFETY: `kernels::square` writes all ten limbs.
-    F4(unsafe { out.assume_init() })
+    let mut out = zero4();
+    square_into(a, &mut out);
+    out
 }
 
 #[inline]
@@ -212,8 +221,21 @@ fn double_ab(a: &F4, b: &F4) -> (F4, F4) {
     (mul(&aa, &bb), mul(&e, &add_a24(&aa, &e)))
 }
 
-/// Per-lane Montgomery ladder; `k[w]` holds word w of each lane's scalar, x1 reduced.
-/// Returns projective (X, Z) of R0, reduced.
+/// Sets the step inputs a, b, c, d of `w` from its x2, z2, x3, z3 and (p, q) by the mask
+/// `w.s` (what the step kernels' epilogues do from the second step on).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn step_inputs(w: &mut Step) {
+    let (x2, z2, x3, z3) = (F4(w.x2), F4(w.z2), F4(w.x3), F4(w.z3));
+    let (a, b, c, d) = (add(&x2, &z2), sub(&x2, &z2), add(&x3, &z3), sub(&x3, &z3));
+    w.p = select(w.s, &a, &c).0;
+    w.q = select(w.s, &b, &d).0;
+    (w.a, w.b, w.c, w.d) = (a.0, b.0, c.0, d.0);
+}
+
+/// `L` independent per-lane Montgomery ladders run together (4 L lanes); `k[j][w]` holds
+/// word w of each lane's scalar of ladder j, x1 reduced. Returns projective (X, Z) of R0 of
+/// each ladder, reduced.
 ///
 /// Without `CLAMPED` it runs over all 256 bits. With `CLAMPED` (every lane's scalar is
 /// clamped: bit 255 = 0, bits 2..0 = 0; public structure, not secret) it skips the step of
@@ -225,44 +247,112 @@ fn double_ab(a: &F4, b: &F4) -> (F4, F4) {
 /// when it was 1. The sum does not care about the order, and the doubling's input R_bit is
 /// picked with one select of (A, B) instead of two conditional swaps of all four
 /// coordinates.
+///
+/// A step is the nine `kernels::step_*` kernels, each ending with the additions and selects
+/// its result feeds (their doc). Order: a kernel ends with a serial carry chain of ~30
+/// cycles, and one kernel fills most of the core's reorder window, so a kernel that needs
+/// the result of the one just before it waits for that chain. Each kernel of a step runs
+/// for every ladder before the next kernel (with `L = 2` consecutive kernels never depend on
+/// each other), and within a step the kernels are ordered so that none reads the result of
+/// the one right before it (only the step's first reads the previous step's last).
 #[inline(never)]
 #[target_feature(enable = "avx2")]
-fn ladder<const CLAMPED: bool>(k: &[V; 4], x1: &F4) -> (F4, F4) {
-    let x1_19 = times19(x1);
-    let mut x2 = one4();
-    let mut z2 = zero4();
-    let mut x3 = *x1;
-    let mut z3 = one4();
-    let mut prev = _mm256_setzero_si256();
+fn ladder<const CLAMPED: bool, const L: usize>(k: &[[V; 4]; L], x1: &[F4; L]) -> [(F4, F4); L] {
+    let zero = zero4().0;
+    let mut ws = [Step {
+        a: zero,
+        b: zero,
+        c: zero,
+        d: zero,
+        p: zero,
+        q: zero,
+        da: zero,
+        aa: zero,
+        sum: zero,
+        dif: zero,
+        bb: zero,
+        e: zero,
+        u: zero,
+        t: zero,
+        x2: one4().0,
+        z2: zero,
+        x3: zero,
+        z3: one4().0,
+        x1: zero,
+        x1_19: zero,
+        sq19: zero,
+        sq38: zero,
+        s: _mm256_setzero_si256(),
+    }; L];
     let (top, bottom) = if CLAMPED { (255, 3) } else { (256, 0) };
-    for t in (bottom..top).rev() {
-        // Public position t; the lanes' secret bits only become masks.
+    // The lanes' secret bits only become masks; bit positions are public.
+    let bit = |k: &[V; 4], t: usize| {
         let sel = splat(1u64 << (t % 64));
-        let bit = _mm256_cmpeq_epi64(_mm256_and_si256(k[t / 64], sel), sel);
-        let s = _mm256_xor_si256(bit, prev);
-        prev = bit;
-
-        let a = add(&x2, &z2);
-        let b = sub(&x2, &z2);
-        let c = add(&x3, &z3);
-        let d = sub(&x3, &z3);
-        let da = mul(&d, &a);
-        let cb = mul(&c, &b);
-        x3 = square(&add(&da, &cb));
-        z3 = mul_pre(&square(&sub(&da, &cb)), x1, &x1_19);
-        (x2, z2) = double_ab(&select(s, &a, &c), &select(s, &b, &d));
+        _mm256_cmpeq_epi64(_mm256_and_si256(k[t / 64], sel), sel)
+    };
+    for ((w, k), x1) in ws.iter_mut().zip(k).zip(x1) {
+        w.x3 = x1.0;
+        w.x1 = x1.0;
+        w.x1_19 = times19(x1);
+        // The first step's mask: its bit against a previous bit of 0.
+        w.s = bit(k, top - 1);
+        step_inputs(w);
     }
-    let x = select(prev, &x2, &x3);
-    let z = select(prev, &z2, &z3);
-    if !CLAMPED {
-        return (x, z);
+    for t in (bottom..top).rev() {
+        // Each step's last kernel selects the next step's doubling input: by the mask of
+        // bit t - 1 against bit t (none after the last step).
+        for (w, k) in ws.iter_mut().zip(k) {
+            w.s = if t > bottom {
+                _mm256_xor_si256(bit(k, t - 1), bit(k, t))
+            } else {
+                _mm256_setzero_si256()
+            };
+        }
+        for w in ws.iter_mut() {
+            kernels::step_da(w);
+        }
+        for w in ws.iter_mut() {
+            kernels::step_aa(w);
+        }
+        for w in ws.iter_mut() {
+            kernels::step_cb(w);
+        }
+        for w in ws.iter_mut() {
+            kernels::step_bb(w);
+        }
+        for w in ws.iter_mut() {
+            kernels::step_t(w);
+        }
+        for w in ws.iter_mut() {
+            kernels::step_x2(w);
+        }
+        for w in ws.iter_mut() {
+            kernels::step_z3(w);
+        }
+        for w in ws.iter_mut() {
+            kernels::step_z2(w);
+        }
+        for w in ws.iter_mut() {
+            kernels::step_x3(w);
+        }
     }
-    // Bits 2..0 are zero: R0 <- 2 R0 three times.
-    let (mut x, mut z) = (x, z);
-    for _ in 0..3 {
-        (x, z) = double_ab(&add(&x, &z), &sub(&x, &z));
+    let mut r = [(zero4(), zero4()); L];
+    for ((r, w), k) in r.iter_mut().zip(ws.iter()).zip(k) {
+        // The last step's bit tells whether (R0, R1) is (x2, x3) or swapped.
+        let last = bit(k, bottom);
+        let (mut x, mut z) = (
+            select(last, &F4(w.x2), &F4(w.x3)),
+            select(last, &F4(w.z2), &F4(w.z3)),
+        );
+        if CLAMPED {
+            // Bits 2..0 are zero: R0 <- 2 R0 three times.
+            for _ in 0..3 {
+                (x, z) = double_ab(&add(&x, &z), &sub(&x, &z));
+            }
+        }
+        *r = (x, z);
     }
-    (x, z)
+    r
 }
 
 #[inline]
@@ -342,6 +432,52 @@ fn invert_group(zs: &mut [F4]) -> [V; GROUP] {
     masks
 }
 
+/// The ladders of the `L` vectors whose first lane is item `first` (lanes past the end of
+/// `points` run scalar 0 on u = 0), into `xs[..L]` and `zs[..L]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn ladders<const L: usize>(
+    scalars: Scalars<'_>,
+    clamped: bool,
+    points: &[[u8; 32]],
+    first: usize,
+    xs: &mut [F4],
+    zs: &mut [F4],
+) {
+    let mut kv = [[_mm256_setzero_si256(); 4]; L];
+    let mut x1s = [zero4(); L];
+    for (j, (kv, x1v)) in kv.iter_mut().zip(x1s.iter_mut()).enumerate() {
+        let mut kw = [[0u64; 4]; 4];
+        let mut x1 = [[0u64; 4]; 10];
+        for l in 0..4 {
+            let i = first + 4 * j + l;
+            if i < points.len() {
+                let k = scalars.get(i, clamped);
+                for (w, kw_w) in kw.iter_mut().enumerate() {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&k[8 * w..8 * w + 8]);
+                    kw_w[l] = u64::from_le_bytes(b);
+                }
+                let x = Fe::from_bytes(&points[i]);
+                for j in 0..5 {
+                    x1[2 * j][l] = x.0[j] & M26;
+                    x1[2 * j + 1][l] = x.0[j] >> 26;
+                }
+            }
+        }
+        *kv = core::array::from_fn(|w| load_u64x4(&kw[w]));
+        *x1v = load(&x1);
+    }
+    let r = if clamped {
+        ladder::<true, L>(&kv, &x1s)
+    } else {
+        ladder::<false, L>(&kv, &x1s)
+    };
+    for ((x, z), r) in xs.iter_mut().zip(zs.iter_mut()).zip(r) {
+        (*x, *z) = r;
+    }
+}
+
 /// Batch driver: groups of up to 16 vectors (64 lanes) share one inversion;
 /// lanes past the end run scalar 0 and are discarded.
 #[target_feature(enable = "avx2")]
@@ -358,33 +494,18 @@ pub(super) fn batch(
         let nvec = lanes.div_ceil(4);
         let mut xs = [zero4(); GROUP];
         let mut zs = [zero4(); GROUP];
-        for v in 0..nvec {
-            let mut kw = [[0u64; 4]; 4];
-            let mut x1 = [[0u64; 4]; 10];
-            for l in 0..4 {
-                let i = base + 4 * v + l;
-                if i < n {
-                    let k = scalars.get(i, clamped);
-                    for (w, kw_w) in kw.iter_mut().enumerate() {
-                        let mut b = [0u8; 8];
-                        b.copy_from_slice(&k[8 * w..8 * w + 8]);
-                        kw_w[l] = u64::from_le_bytes(b);
-                    }
-                    let x = Fe::from_bytes(&points[i]);
-                    for j in 0..5 {
-                        x1[2 * j][l] = x.0[j] & M26;
-                        x1[2 * j + 1][l] = x.0[j] >> 26;
-                    }
-                }
-            }
-            let kv: [V; 4] = core::array::from_fn(|w| load_u64x4(&kw[w]));
-            let (x, z) = if clamped {
-                ladder::<true>(&kv, &load(&x1))
+        // Vectors in pairs (two interleaved ladders, see `ladder`), an odd last one alone.
+        let mut v = 0;
+        while v < nvec {
+            let width = if v + 1 < nvec { 2 } else { 1 };
+            let first = base + 4 * v;
+            let (x, z) = (&mut xs[v..v + width], &mut zs[v..v + width]);
+            if width == 2 {
+                ladders::<2>(scalars, clamped, points, first, x, z);
             } else {
-                ladder::<false>(&kv, &load(&x1))
-            };
-            xs[v] = x;
-            zs[v] = z;
+                ladders::<1>(scalars, clamped, points, first, x, z);
+            }
+            v += width;
         }
         let zero_lanes = invert_group(&mut zs[..nvec]);
         for v in 0..nvec {
@@ -458,6 +579,114 @@ mod tests {
                 assert_eq!(lane(&pl, l).to_bytes(), want_p.to_bytes());
                 assert_eq!(lane(&sl, l).to_bytes(), want_s.to_bytes());
                 assert_eq!(lane(&el, l).to_bytes(), want_e.to_bytes());
+            }
+        }
+    }
+
+    /// The nine step kernels with their fused additions and selects, against the step
+    /// written with the generic kernels and intrinsics: two steps, random reduced inputs,
+    /// a random select mask per lane.
+    #[test]
+    fn step_kernels_match_generic_step() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("note: skipping AVX2 step test: CPU lacks AVX2");
+            return;
+        }
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let bytes_of = |f: &F4| {
+            // SAFETY: AVX2 detected above.
+            let limbs = unsafe { store(f) };
+            core::array::from_fn::<_, 4, _>(|l| lane(&limbs, l).to_bytes())
+        };
+        for _ in 0..50 {
+            let mut rand_fe = || -> F4 {
+                let limbs: [[u64; 4]; 10] = core::array::from_fn(|j| {
+                    core::array::from_fn(|_| next() & if j % 2 == 0 { M26 } else { M25 })
+                });
+                // SAFETY: AVX2 detected above.
+                unsafe { load(&limbs) }
+            };
+            let (x2, z2, x3, z3, x1) = (rand_fe(), rand_fe(), rand_fe(), rand_fe(), rand_fe());
+            let mut mask = || -> V {
+                let m: [u64; 4] = core::array::from_fn(|_| (next() & 1).wrapping_neg());
+                // SAFETY: AVX2 detected above.
+                unsafe { load_u64x4(&m) }
+            };
+            let (s0, s1) = (mask(), mask());
+            // SAFETY: AVX2 detected above (every function below needs only AVX2).
+            unsafe {
+                let zero = zero4().0;
+                let mut w = Step {
+                    a: zero,
+                    b: zero,
+                    c: zero,
+                    d: zero,
+                    p: zero,
+                    q: zero,
+                    da: zero,
+                    aa: zero,
+                    sum: zero,
+                    dif: zero,
+                    bb: zero,
+                    e: zero,
+                    u: zero,
+                    t: zero,
+                    x2: x2.0,
+                    z2: z2.0,
+                    x3: x3.0,
+                    z3: z3.0,
+                    x1: x1.0,
+                    x1_19: times19(&x1),
+                    sq19: zero,
+                    sq38: zero,
+                    s: s0,
+                };
+                step_inputs(&mut w);
+                let (mut r2, mut rz2, mut r3, mut rz3) = (x2, z2, x3, z3);
+                for s_next in [s1, s0] {
+                    let s = w.s;
+                    w.s = s_next;
+                    kernels::step_da(&mut w);
+                    kernels::step_aa(&mut w);
+                    kernels::step_cb(&mut w);
+                    kernels::step_bb(&mut w);
+                    kernels::step_t(&mut w);
+                    kernels::step_x2(&mut w);
+                    kernels::step_z3(&mut w);
+                    kernels::step_z2(&mut w);
+                    kernels::step_x3(&mut w);
+                    let (a, b) = (add(&r2, &rz2), sub(&r2, &rz2));
+                    let (c, d) = (add(&r3, &rz3), sub(&r3, &rz3));
+                    let (da, cb) = (mul(&d, &a), mul(&c, &b));
+                    let (aa, bb) = (square(&select(s, &a, &c)), square(&select(s, &b, &d)));
+                    let e = sub(&aa, &bb);
+                    r3 = square(&add(&da, &cb));
+                    rz3 = mul(&square(&sub(&da, &cb)), &x1);
+                    r2 = mul(&aa, &bb);
+                    rz2 = mul(&e, &add_a24(&aa, &e));
+                    for (got, want) in [(&w.x2, &r2), (&w.z2, &rz2), (&w.x3, &r3), (&w.z3, &rz3)] {
+                        assert_eq!(bytes_of(&F4(*got)), bytes_of(want));
+                    }
+                    let (a, b) = (add(&r2, &rz2), sub(&r2, &rz2));
+                    let (c, d) = (add(&r3, &rz3), sub(&r3, &rz3));
+                    let (p, q) = (select(s_next, &a, &c), select(s_next, &b, &d));
+                    for (got, want) in [
+                        (&w.a, &a),
+                        (&w.b, &b),
+                        (&w.c, &c),
+                        (&w.d, &d),
+                        (&w.p, &p),
+                        (&w.q, &q),
+                    ] {
+                        assert_eq!(bytes_of(&F4(*got)), bytes_of(want));
+                    }
+                }
             }
         }
     }
