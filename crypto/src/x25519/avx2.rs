@@ -221,6 +221,39 @@ fn double_ab(a: &F4, b: &F4) -> (F4, F4) {
     (mul(&aa, &bb), mul(&e, &add_a24(&aa, &e)))
 }
 
+/// A ladder's [`Step`] with (x2, z2, x3, z3) = `xz`, the point x1 and 19 x1; the step
+/// inputs are still to be set ([`step_inputs`]).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn new_step(xz: [&F4; 4], x1: &F4) -> Step {
+    let zero = zero4().0;
+    Step {
+        a: zero,
+        b: zero,
+        c: zero,
+        d: zero,
+        p: zero,
+        q: zero,
+        da: zero,
+        aa: zero,
+        sum: zero,
+        dif: zero,
+        bb: zero,
+        e: zero,
+        u: zero,
+        t: zero,
+        x2: xz[0].0,
+        z2: xz[1].0,
+        x3: xz[2].0,
+        z3: xz[3].0,
+        x1: x1.0,
+        x1_19: times19(x1),
+        sq19: zero,
+        sq38: zero,
+        s: _mm256_setzero_si256(),
+    }
+}
+
 /// Sets the step inputs a, b, c, d of `w` from its x2, z2, x3, z3 and (p, q) by the mask
 /// `w.s` (what the step kernels' epilogues do from the second step on).
 #[inline]
@@ -258,42 +291,15 @@ fn step_inputs(w: &mut Step) {
 #[inline(never)]
 #[target_feature(enable = "avx2")]
 fn ladder<const CLAMPED: bool, const L: usize>(k: &[[V; 4]; L], x1: &[F4; L]) -> [(F4, F4); L] {
-    let zero = zero4().0;
-    let mut ws = [Step {
-        a: zero,
-        b: zero,
-        c: zero,
-        d: zero,
-        p: zero,
-        q: zero,
-        da: zero,
-        aa: zero,
-        sum: zero,
-        dif: zero,
-        bb: zero,
-        e: zero,
-        u: zero,
-        t: zero,
-        x2: one4().0,
-        z2: zero,
-        x3: zero,
-        z3: one4().0,
-        x1: zero,
-        x1_19: zero,
-        sq19: zero,
-        sq38: zero,
-        s: _mm256_setzero_si256(),
-    }; L];
+    let mut ws: [Step; L] =
+        core::array::from_fn(|j| new_step([&one4(), &zero4(), &x1[j], &one4()], &x1[j]));
     let (top, bottom) = if CLAMPED { (255, 3) } else { (256, 0) };
     // The lanes' secret bits only become masks; bit positions are public.
     let bit = |k: &[V; 4], t: usize| {
         let sel = splat(1u64 << (t % 64));
         _mm256_cmpeq_epi64(_mm256_and_si256(k[t / 64], sel), sel)
     };
-    for ((w, k), x1) in ws.iter_mut().zip(k).zip(x1) {
-        w.x3 = x1.0;
-        w.x1 = x1.0;
-        w.x1_19 = times19(x1);
+    for (w, k) in ws.iter_mut().zip(k) {
         // The first step's mask: its bit against a previous bit of 0.
         w.s = bit(k, top - 1);
         step_inputs(w);
@@ -621,32 +627,8 @@ mod tests {
             let (s0, s1) = (mask(), mask());
             // SAFETY: AVX2 detected above (every function below needs only AVX2).
             unsafe {
-                let zero = zero4().0;
-                let mut w = Step {
-                    a: zero,
-                    b: zero,
-                    c: zero,
-                    d: zero,
-                    p: zero,
-                    q: zero,
-                    da: zero,
-                    aa: zero,
-                    sum: zero,
-                    dif: zero,
-                    bb: zero,
-                    e: zero,
-                    u: zero,
-                    t: zero,
-                    x2: x2.0,
-                    z2: z2.0,
-                    x3: x3.0,
-                    z3: z3.0,
-                    x1: x1.0,
-                    x1_19: times19(&x1),
-                    sq19: zero,
-                    sq38: zero,
-                    s: s0,
-                };
+                let mut w = new_step([&x2, &z2, &x3, &z3], &x1);
+                w.s = s0;
                 step_inputs(&mut w);
                 let (mut r2, mut rz2, mut r3, mut rz3) = (x2, z2, x3, z3);
                 for s_next in [s1, s0] {

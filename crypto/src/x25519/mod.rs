@@ -318,15 +318,16 @@ impl<'a> Scalars<'a> {
 pub(crate) const INV_GROUP: usize = 8;
 
 /// A leftover of fewer than this many lanes goes to the serial path instead
-/// of a padded vector. Measured here (thread CPU time per mult, one run):
-/// portable 34 us; AVX2 21.5-24 us per lane, ~90 us per 4-lane vector, so one
-/// or two AVX2 lanes are cheaper serially. IFMA never leaves a tail: a leftover
-/// of 1-4 lanes takes the 4-lane (ymm) form, ~24 us for the vector with its
-/// inversion, below one portable multiplication.
+/// of a padded vector. AVX2: a lone 4-lane vector with its inversion costs
+/// about 1.4 portable multiplications (`x25519_ifma_timing` with
+/// `TIMING_AVX2=1`, Zen 4 forced onto AVX2), so one lane is cheaper serially
+/// and two are not. IFMA never leaves a tail: a leftover of 1-4 lanes takes
+/// the 4-lane (ymm) form, ~24 us for the vector with its inversion, below one
+/// portable multiplication.
 fn min_vector_lanes(path: SimdPath) -> usize {
     match path {
         SimdPath::Ifma => 1,
-        SimdPath::Avx2 => 3,
+        SimdPath::Avx2 => 2,
         SimdPath::Portable => 1,
     }
 }
