@@ -8,9 +8,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::http::{get, post};
 use common::*;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -24,46 +25,10 @@ use lethe_nodes::topology::{
 
 /// Short epochs (vote in the first half, sign in the second): a few epochs per test.
 const EPOCH_S: u64 = 6;
+/// Epochs a step of the adversary's is tried in before the test gives up.
+const EPOCH_TRIES: usize = 5;
 /// The adversary's seed (its public key is pinned by the honest authorities).
 const ADVERSARY: [u8; 32] = [77; 32];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// POSTs JSON; the status and body.
-fn post(url: &str, path: &str, body: Vec<u8>) -> (u16, String) {
-    rt().block_on(async {
-        let response = reqwest::Client::new()
-            .post(format!("{url}{path}"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.text().await.unwrap())
-    })
-}
-
-fn get(url: &str, path: &str) -> (u16, String) {
-    rt().block_on(async {
-        let response = reqwest::get(format!("{url}{path}")).await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.text().await.unwrap())
-    })
-}
 
 struct Authorities {
     /// The running ones (the first `processes.len()` of `urls`/`keys`).
@@ -208,6 +173,15 @@ fn identities(t: &Topology) -> Vec<String> {
     ids
 }
 
+/// Whether the epoch's shared random value recorded `authority`'s commitment.
+fn committed(t: &Topology, authority: &str) -> bool {
+    t.shared_random
+        .as_ref()
+        .unwrap()
+        .commits
+        .contains_key(authority)
+}
+
 fn signers(doc: &MultiSigned) -> Vec<String> {
     let mut out: Vec<String> = doc.signatures.iter().map(|s| s.signer.clone()).collect();
     out.sort();
@@ -236,6 +210,28 @@ fn next_vote_phase() -> u64 {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("the clock did not reach a new epoch");
+}
+
+/// Runs `send` in the vote phase of an epoch (it says whether every authority took what it
+/// sent) until an epoch it ran in is certified: an epoch missed on a loaded machine is retried
+/// in a later one, at most [`EPOCH_TRIES`] times. That epoch and its certified document.
+fn in_a_certified_epoch(
+    authorities: &Authorities,
+    what: &str,
+    mut send: impl FnMut(u64) -> bool,
+) -> (u64, MultiSigned, Topology) {
+    for _ in 0..EPOCH_TRIES {
+        let epoch = next_vote_phase();
+        if send(epoch) {
+            let (doc, t) =
+                authorities
+                    .wait_consensus(0, &format!("the epoch of {what}"), |_, t| t.epoch >= epoch);
+            if t.epoch == epoch {
+                return (epoch, doc, t);
+            }
+        }
+    }
+    panic!("no epoch with {what} was certified");
 }
 
 fn adversary_key() -> [u8; 32] {
@@ -346,40 +342,21 @@ fn a_lying_authority_gets_no_fake_node_in_and_no_second_document_certified() {
     // commitment is recorded), the node does not get in.
     let mut with_fake = nodes.clone();
     with_fake.push(fake_node());
-    // Each step retries in a later epoch if its epoch was missed (a loaded machine), never
-    // more than a few times.
-    let mut fake_epoch = None;
-    for _ in 0..5 {
-        let epoch = next_vote_phase();
+    let (fake_epoch, doc, t) = in_a_certified_epoch(&authorities, "the fake vote", |epoch| {
         let (_, body) = adversary_vote(epoch, with_fake.clone());
         let answers: Vec<(u16, String)> = (0..3)
             .map(|i| post(&authorities.urls[i], "/v1/vote", body.clone()))
             .collect();
         eprintln!("fake vote for epoch {epoch}: {answers:?}");
-        if answers.iter().all(|(status, _)| *status == 200) {
-            let (doc, t) =
-                authorities.wait_consensus(0, "the fake node's epoch", |_, t| t.epoch >= epoch);
-            if t.epoch == epoch {
-                fake_epoch = Some((epoch, doc, t));
-                break;
-            }
-        }
-    }
-    let (fake_epoch, doc, t) = fake_epoch.expect("no epoch with the fake vote was certified");
+        answers.iter().all(|(status, _)| *status == 200)
+    });
     assert_eq!(identities(&t), expected, "the fake node got in");
-    assert!(t
-        .shared_random
-        .as_ref()
-        .unwrap()
-        .commits
-        .contains_key(&adversary));
+    assert!(committed(&t, &adversary));
     assert_eq!(doc.signatures.len(), 3);
 
     // 2. Two different votes for one epoch, shown to different authorities: pulled votes
     // reveal the conflict everywhere; neither counts, the epoch is certified without it.
-    let mut equivocation_epoch = None;
-    for _ in 0..5 {
-        let epoch = next_vote_phase();
+    let (_, doc, t) = in_a_certified_epoch(&authorities, "the two votes", |epoch| {
         let (_, honest_looking) = adversary_vote(epoch, nodes.clone());
         let (_, other) = adversary_vote(epoch, with_fake.clone());
         let a = post(&authorities.urls[0], "/v1/vote", honest_looking).0;
@@ -387,16 +364,8 @@ fn a_lying_authority_gets_no_fake_node_in_and_no_second_document_certified() {
         let c = post(&authorities.urls[2], "/v1/vote", other).0;
         eprintln!("two votes for epoch {epoch}: {:?}", [a, b, c]);
         // 409: the conflict was already pulled from a peer.
-        if [a, b, c].iter().all(|s| *s == 200 || *s == 409) {
-            let (doc, t) =
-                authorities.wait_consensus(0, "the equivocation's epoch", |_, t| t.epoch >= epoch);
-            if t.epoch == epoch {
-                equivocation_epoch = Some((doc, t));
-                break;
-            }
-        }
-    }
-    let (doc, t) = equivocation_epoch.expect("no epoch with the two votes was certified");
+        [a, b, c].iter().all(|s| *s == 200 || *s == 409)
+    });
     for i in 0..3 {
         wait_counter_at_least(
             &authorities,
@@ -406,12 +375,7 @@ fn a_lying_authority_gets_no_fake_node_in_and_no_second_document_certified() {
         );
     }
     assert_eq!(identities(&t), expected);
-    assert!(!t
-        .shared_random
-        .as_ref()
-        .unwrap()
-        .commits
-        .contains_key(&adversary));
+    assert!(!committed(&t, &adversary));
     assert_eq!(doc.signatures.len(), 3);
 
     // 3. The adversary signs the certified document and a forged one of the same epoch:
@@ -419,7 +383,7 @@ fn a_lying_authority_gets_no_fake_node_in_and_no_second_document_certified() {
     // dropped from the real one.
     let mut signed_epoch = None;
     let mut forged_body = String::new();
-    for _ in 0..5 {
+    for _ in 0..EPOCH_TRIES {
         let (doc, t) =
             authorities.wait_consensus(0, "a current document", |_, t| t.epoch == clock_epoch().0);
         if clock_epoch().1 > EPOCH_S * 1000 * 3 / 4 {

@@ -451,24 +451,14 @@ fn post_with(
     path: &str,
     body: Vec<u8>,
 ) -> (u16, serde_json::Value) {
-    rt().block_on(async {
-        let response = http
-            .post(format!("{url}{path}"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.unwrap();
-        let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            panic!(
-                "non-JSON answer ({status}): {}",
-                String::from_utf8_lossy(&bytes)
-            )
-        });
-        (status, json)
-    })
+    let (status, bytes) = common::http::post_with(http, url, path, body);
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        panic!(
+            "non-JSON answer ({status}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, json)
 }
 
 fn signed_json<T: serde::Serialize>(value: &T, domain: &[u8], seed: &[u8; 32]) -> Vec<u8> {

@@ -57,11 +57,15 @@ fn start(args: &[&str], keys: &[&str], stderr_path: &Path) -> Process {
             lines.insert(k.to_string(), v.to_string());
         }
     }
-    std::thread::spawn(move || {
+    let drain = std::thread::spawn(move || {
         let mut rest = Vec::new();
         let _ = reader.read_to_end(&mut rest);
     });
-    Process { child, lines }
+    Process {
+        child,
+        lines,
+        drain: Some(drain),
+    }
 }
 
 /// Runs a command that must fail at once; waits (bounded) for its exit and returns its

@@ -107,15 +107,6 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, (u64, u32, SystemTime)> {
     out
 }
 
-/// A loopback port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Small replay filters so a test node starts in a moment.
 const SMALL_REPLAY: [&str; 4] = [
     "--replay-packets-per-s",

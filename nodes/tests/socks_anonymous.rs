@@ -9,126 +9,23 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
-use common::socks::{fetch_through_socks, http_server};
-use common::testnet::Testnet;
-use common::{random_bytes, LETHE};
+use common::socks::{fetch_through_socks, http_server, SocksNet};
+use common::{random_bytes, temp_dir, Process};
 
-const TIMEOUT_S: u64 = 120;
-
-/// A child killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Running {
-    /// SIGTERM, then a bounded wait for the exit (so it flushes its logs).
-    fn terminate(mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(TIMEOUT_S);
-        while Instant::now() < deadline {
-            if self.0.try_wait().unwrap().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("process did not stop after SIGTERM");
-    }
-}
-
-/// Waits (bounded) until `file` contains `text`; returns its contents.
-fn wait_for_text(file: &Path, text: &str, child: &mut Running) -> String {
-    let deadline = Instant::now() + Duration::from_secs(TIMEOUT_S);
-    loop {
-        let seen = std::fs::read_to_string(file).unwrap_or_default();
-        if seen.contains(text) {
-            return seen;
-        }
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "{} exited early",
-            file.display()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no {text:?} in {}",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `lethe provider run` in `dir`, logging everything it logs to `dir/stderr.log`.
-fn start_provider(dir: &Path) -> (Running, String) {
-    let child = Command::new(LETHE)
-        .args([
-            "provider",
-            "run",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--allow",
-            "127.0.0.1:*",
-            "--state-dump",
-            dir.join("state.dump").to_str().unwrap(),
-        ])
+/// `lethe provider run` logging everything it logs (`RUST_LOG=trace`) to
+/// `provider/stderr.log`, and what it prints to `provider/stdout.log`: files the search
+/// below reads.
+fn start_provider(socks: &SocksNet) -> Process {
+    let dir = &socks.provider_dir;
+    let mut command = socks.provider_command();
+    command
         .env("RUST_LOG", "trace")
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("stdout.log")).unwrap())
-        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut child = Running(child);
-    let out = wait_for_text(&dir.join("stdout.log"), "address=", &mut child);
-    let address = out
-        .lines()
-        .find_map(|l| l.strip_prefix("address="))
-        .unwrap()
-        .to_string();
-    (child, address)
-}
-
-fn start_proxy(client: &Path, provider: &str, listen: SocketAddr, reveal: bool) -> Running {
-    let mut args = vec![
-        "client".to_string(),
-        "socks5".into(),
-        "--dir".into(),
-        client.to_str().unwrap().into(),
-        "--provider".into(),
-        provider.into(),
-        "--listen".into(),
-        listen.to_string(),
-    ];
-    if reveal {
-        args.push("--reveal-address".into());
-    }
-    let log = client.join(format!("socks5-{reveal}.log"));
-    let child = Command::new(LETHE)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut child = Running(child);
-    wait_for_text(&log, "address=", &mut child);
-    child
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap());
+    Process::start_command(command, &["address"], Some(&dir.join("stdout.log")))
 }
 
 fn unhex(text: &str) -> Vec<u8> {
@@ -194,18 +91,11 @@ fn findings(dir: &Path, keys: &[(&str, &str)]) -> Vec<String> {
 
 #[test]
 fn provider_does_not_learn_who_fetches() {
-    let root = std::env::temp_dir().join(format!("lethe-socks-anon-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
-    let net = Testnet::up(&root.join("testnet"), &["--provider", "false"]);
-    let gateway1 = net.info("gateway1", "identity");
-    let gateway2 = net.info("gateway2", "identity");
-
     // The provider on gateway 1, the user on gateway 2 (the provider must not learn it).
-    let provider_dir = root.join("provider");
-    net.init_client_on(&provider_dir, &gateway1);
-    let alice = root.join("alice");
-    let alice_address = net.init_client_on(&alice, &gateway2);
+    let socks = SocksNet::up(&temp_dir("root"), &[]);
+    let gateway2 = socks.net.info("gateway2", "identity");
+    let provider_dir = &socks.provider_dir;
+    let alice_address = &socks.user_address;
     let (identity, rest) = alice_address.split_once('.').unwrap();
     let (encryption, gateway) = rest.split_once('@').unwrap();
     assert_eq!(gateway, gateway2);
@@ -215,11 +105,11 @@ fn provider_does_not_learn_who_fetches() {
         ("gateway", gateway),
     ];
 
-    let (provider, provider_address) = start_provider(&provider_dir);
+    let provider = start_provider(&socks);
     // Before any fetch the gateway may appear in what the provider knows from the public
     // directory (its topology): only what the fetch adds counts, so gateway findings are
     // compared before and after.
-    let before = findings(&provider_dir, &keys);
+    let before = findings(provider_dir, &keys);
     assert!(
         before.iter().all(|f| f.starts_with("gateway")),
         "the provider knows the client before any fetch: {before:#?}"
@@ -228,15 +118,14 @@ fn provider_does_not_learn_who_fetches() {
     // 150 KB takes more SURBs than a Connect carries: the provider asks for more.
     let page = random_bytes(150_000, 21);
     let web = http_server(page.clone());
-    let listen = free_port();
-    let proxy = start_proxy(&alice, &provider_address, listen, false);
-    assert_eq!(fetch_through_socks(listen, web), page);
+    let proxy = socks.start_proxy(provider.get("address"), false);
+    assert_eq!(fetch_through_socks(proxy.addr("socks5"), web), page);
     drop(proxy);
     let state = std::fs::read_to_string(provider_dir.join("state.dump")).unwrap();
     assert!(state.contains("SurbStore"), "{state}");
     provider.terminate();
 
-    let after = findings(&provider_dir, &keys);
+    let after = findings(provider_dir, &keys);
     let learned: Vec<&String> = after.iter().filter(|f| !before.contains(f)).collect();
     assert!(
         learned.is_empty(),
@@ -246,14 +135,13 @@ fn provider_does_not_learn_who_fetches() {
     assert!(log.contains("TRACE") || log.contains("DEBUG") || log.contains("trace"));
 
     // Control: with --reveal-address the same search finds the client (the search works).
-    let (provider, provider_address) = start_provider(&provider_dir);
-    let listen = free_port();
-    let proxy = start_proxy(&alice, &provider_address, listen, true);
+    let provider = start_provider(&socks);
+    let proxy = socks.start_proxy(provider.get("address"), true);
     let web = http_server(page.clone());
-    assert_eq!(fetch_through_socks(listen, web), page);
+    assert_eq!(fetch_through_socks(proxy.addr("socks5"), web), page);
     drop(proxy);
     provider.terminate();
-    let revealed = findings(&provider_dir, &keys);
+    let revealed = findings(provider_dir, &keys);
     for (name, _) in &keys[..2] {
         assert!(
             revealed.iter().any(|f| f.starts_with(name)),

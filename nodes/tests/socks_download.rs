@@ -16,13 +16,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::socks::get_through_socks;
-use common::testnet::Testnet;
+use common::socks::{dump_counter, get_through_socks, http_body, set_topology_refresh, SocksNet};
 use common::{metric, random_bytes, temp_dir, Process};
 use lethe_nodes::limits::SOCKS_SURB_STALL_MS_MAX;
 use sha2::{Digest, Sha256};
@@ -38,56 +36,22 @@ const DEADLINE: Duration = Duration::from_secs(600);
 
 /// A provider (gateway 1) and a proxy (gateway 2) on a fresh testnet.
 struct Setup {
-    net: Testnet,
-    provider_dir: std::path::PathBuf,
+    socks: SocksNet,
     provider: Process,
     proxy: Process,
 }
 
 impl Setup {
     fn start(name: &str, env: &[(&str, &str)], refresh_s: Option<u64>) -> Setup {
-        let root = temp_dir(name);
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let net = Testnet::up_env(&root.join("testnet"), &["--provider", "false"], env);
-        let provider_dir = root.join("provider");
-        net.init_client_on(&provider_dir, &net.info("gateway1", "identity"));
-        let alice = root.join("alice");
-        net.init_client_on(&alice, &net.info("gateway2", "identity"));
+        let socks = SocksNet::up(&temp_dir(name), env);
         if let Some(refresh_s) = refresh_s {
-            set_topology_refresh(&provider_dir, refresh_s);
-            set_topology_refresh(&alice, refresh_s);
+            set_topology_refresh(&socks.provider_dir, refresh_s);
+            set_topology_refresh(&socks.user_dir, refresh_s);
         }
-        let dump = provider_dir.join("state.dump");
-        let provider = Process::start(
-            &[
-                "provider",
-                "run",
-                "--dir",
-                provider_dir.to_str().unwrap(),
-                "--allow",
-                "127.0.0.1:*",
-                "--state-dump",
-                dump.to_str().unwrap(),
-            ],
-            &["address"],
-        );
-        let proxy = Process::start(
-            &[
-                "client",
-                "socks5",
-                "--dir",
-                alice.to_str().unwrap(),
-                "--provider",
-                provider.get("address"),
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            &["socks5"],
-        );
+        let provider = socks.start_provider();
+        let proxy = socks.start_proxy(provider.get("address"), false);
         Setup {
-            net,
-            provider_dir,
+            socks,
             provider,
             proxy,
         }
@@ -95,13 +59,7 @@ impl Setup {
 
     /// A counter of the provider's SURB store, from its state dump (0 before the first dump).
     fn surb_counter(&self, name: &str) -> u64 {
-        let dump =
-            std::fs::read_to_string(self.provider_dir.join("state.dump")).unwrap_or_default();
-        let key = format!("{name}: ");
-        dump.lines()
-            .find_map(|l| l.trim().strip_prefix(&key))
-            .and_then(|v| v.trim_end_matches(',').parse().ok())
-            .unwrap_or(0)
+        dump_counter(&self.socks.dump(), name).unwrap_or(0)
     }
 
     /// Packets the mixnodes dropped for `reason`, all of them.
@@ -110,6 +68,7 @@ impl Setup {
         (1..=6)
             .map(|i| {
                 let addr: SocketAddr = self
+                    .socks
                     .net
                     .info(&format!("mix{i}"), "metrics")
                     .parse()
@@ -118,19 +77,6 @@ impl Setup {
             })
             .sum()
     }
-}
-
-/// Sets `topology_refresh_s` in a client's config.
-fn set_topology_refresh(dir: &Path, refresh_s: u64) {
-    let path = dir.join("client.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("topology_refresh_s"))
-        .expect("topology_refresh_s in client.toml")
-        .to_string();
-    let text = text.replace(&line, &format!("topology_refresh_s = {refresh_s}"));
-    std::fs::write(&path, text).unwrap();
 }
 
 /// A one-shot web server: the HTTP head and `first`, then (after `go` is sent, if given)
@@ -188,13 +134,8 @@ fn download(proxy: SocketAddr, target: SocketAddr, progress: &AtomicUsize) -> Do
         response.extend_from_slice(&buf[..n]);
         progress.store(response.len(), Ordering::Relaxed);
     }
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP response")
-        + 4;
     Download {
-        body: response.split_off(split),
+        body: http_body(response),
         first_byte: first_byte.unwrap_or_default(),
         longest_gap,
     }

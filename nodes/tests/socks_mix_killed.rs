@@ -11,100 +11,34 @@
 mod common;
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::socks::{get_through_socks, http_server};
-use common::testnet::Testnet;
-use common::{random_bytes, Process, WAIT_MAX};
+use common::socks::{
+    dump_counter, get_through_socks, http_body, http_server, set_topology_refresh, SocksNet,
+};
+use common::{random_bytes, WAIT_MAX};
 use sha2::{Digest, Sha256};
 
 const PAGE_BYTES: usize = 1_000_000;
 /// The mixnode dies once this much of the page has arrived.
 const KILL_AFTER_BYTES: usize = 150_000;
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// The client refreshes its topology every 2 s (300 by default), so a dead node leaves its
-/// routes soon after the directory drops it.
-fn refresh_topology_often(dir: &Path) {
-    let path = dir.join("client.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let (before, after) = text
-        .split_once("topology_refresh_s = ")
-        .expect("client.toml names topology_refresh_s");
-    let rest = after.split_once('\n').map_or("", |(_, r)| r);
-    std::fs::write(&path, format!("{before}topology_refresh_s = 2\n{rest}")).unwrap();
-}
-
-/// A counter of the provider's reply buffer, from its state dump (`name: N`).
-fn dump_counter(dump: &str, name: &str) -> u64 {
-    let at = dump
-        .find(&format!("{name}: "))
-        .unwrap_or_else(|| panic!("no {name} in the state dump:\n{dump}"));
-    dump[at + name.len() + 2..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn page_arrives_intact_when_a_mixnode_dies() {
-    let root = common::temp_dir("root");
-    std::fs::create_dir_all(&root).unwrap();
-    let net = Testnet::up(&root.join("testnet"), &["--provider", "false"]);
-    let gateway1 = net.info("gateway1", "identity");
-    let gateway2 = net.info("gateway2", "identity");
-    let provider_dir = root.join("provider");
-    net.init_client_on(&provider_dir, &gateway1);
-    let alice = root.join("alice");
-    net.init_client_on(&alice, &gateway2);
-    refresh_topology_often(&provider_dir);
-    refresh_topology_often(&alice);
-
-    let dump = provider_dir.join("state.dump");
-    let provider = Process::start(
-        &[
-            "provider",
-            "run",
-            "--dir",
-            provider_dir.to_str().unwrap(),
-            "--allow",
-            "127.0.0.1:*",
-            "--state-dump",
-            dump.to_str().unwrap(),
-        ],
-        &["address"],
-    );
-    let listen = free_port();
-    let proxy = Process::start(
-        &[
-            "client",
-            "socks5",
-            "--dir",
-            alice.to_str().unwrap(),
-            "--provider",
-            provider.get("address"),
-            "--listen",
-            &listen.to_string(),
-        ],
-        &["socks5", "address"],
-    );
+    let socks = SocksNet::up(&common::temp_dir("root"), &[]);
+    // The clients refresh their topology every 2 s (300 by default), so a dead node leaves
+    // their routes soon after the directory drops it.
+    set_topology_refresh(&socks.provider_dir, 2);
+    set_topology_refresh(&socks.user_dir, 2);
+    let provider = socks.start_provider();
+    let proxy = socks.start_proxy(provider.get("address"), false);
 
     let page = random_bytes(PAGE_BYTES, 3);
     let web = http_server(page.clone());
     // mix1 shares its layer with another mixnode (two per layer): routes exist without it.
-    let mix1 = net.node("mix1")["pid"].as_i64().unwrap() as i32;
+    let mix1 = socks.net.node("mix1")["pid"].as_i64().unwrap() as i32;
     let mut killed_at = None;
-    let mut stream = get_through_socks(listen, web);
+    let mut stream = get_through_socks(proxy.addr("socks5"), web);
     let mut response = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -120,12 +54,7 @@ fn page_arrives_intact_when_a_mixnode_dies() {
             killed_at = Some(response.len());
         }
     }
-    let body_at = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP response")
-        + 4;
-    let fetched = response.split_off(body_at);
+    let fetched = http_body(response);
     let killed_at = killed_at.expect("the mixnode was killed during the download");
     assert!(killed_at < PAGE_BYTES, "killed before the end");
     assert_eq!(fetched.len(), page.len());
@@ -140,17 +69,18 @@ fn page_arrives_intact_when_a_mixnode_dies() {
     // nothing pending.
     let deadline = Instant::now() + WAIT_MAX;
     let state = loop {
-        let state = std::fs::read_to_string(&dump).unwrap_or_default();
+        let state = socks.dump();
         if state.contains("pending: 0,") || Instant::now() > deadline {
             break state;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(
-        dump_counter(&state, "resent") > 0,
-        "nothing was resent:\n{state}"
-    );
-    assert_eq!(dump_counter(&state, "given_up"), 0, "{state}");
+    let counter = |name: &str| {
+        dump_counter(&state, name)
+            .unwrap_or_else(|| panic!("no {name} in the state dump:\n{state}"))
+    };
+    assert!(counter("resent") > 0, "nothing was resent:\n{state}");
+    assert_eq!(counter("given_up"), 0, "{state}");
     drop(proxy);
     provider.terminate();
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod client;
 pub mod gateway;
+pub mod http;
 pub mod socks;
 pub mod testnet;
 
@@ -23,18 +24,28 @@ pub struct Process {
     pub child: Child,
     /// `key=value` lines it printed at start (`listening on ADDR` is kept as `listening`).
     pub lines: HashMap<String, String>,
+    /// Drains the rest of its stdout (into the copy, if any) until it closes.
+    pub drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Process {
-    /// Starts `lethe ARGS` and reads stdout until every key in `keys` was printed; stdout is
-    /// drained afterwards so the child never blocks on a full pipe.
+    /// Starts `lethe ARGS` (stderr inherited) and reads stdout until every key in `keys` was
+    /// printed; stdout is drained afterwards so the child never blocks on a full pipe.
     pub fn start(args: &[&str], keys: &[&str]) -> Process {
-        let mut child = Command::new(LETHE)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(LETHE);
+        command.args(args).stderr(Stdio::inherit());
+        Process::start_command(command, keys, None)
+    }
+
+    /// [`Process::start`] for a prepared `command` (its environment, its stderr); with
+    /// `stdout_copy`, everything it prints on stdout is also written to that file.
+    pub fn start_command(
+        mut command: Command,
+        keys: &[&str],
+        stdout_copy: Option<&Path>,
+    ) -> Process {
+        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+        let mut copy = stdout_copy.map(|path| std::fs::File::create(path).unwrap());
         let mut reader = BufReader::new(child.stdout.take().unwrap());
         let mut lines = HashMap::new();
         for _ in 0..32 {
@@ -43,7 +54,10 @@ impl Process {
             }
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap() == 0 {
-                panic!("lethe {args:?} exited before printing {keys:?}");
+                panic!("{command:?} exited before printing {keys:?}");
+            }
+            if let Some(copy) = copy.as_mut() {
+                copy.write_all(line.as_bytes()).unwrap();
             }
             let line = line.trim();
             if let Some(addr) = line.strip_prefix("listening on ") {
@@ -54,13 +68,21 @@ impl Process {
         }
         assert!(
             keys.iter().all(|k| lines.contains_key(*k)),
-            "lethe {args:?} did not print {keys:?}"
+            "{command:?} did not print {keys:?}"
         );
-        std::thread::spawn(move || {
-            let mut rest = Vec::new();
-            let _ = reader.read_to_end(&mut rest);
+        let drain = std::thread::spawn(move || match copy.as_mut() {
+            Some(copy) => {
+                let _ = std::io::copy(&mut reader, copy);
+            }
+            None => {
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            }
         });
-        Process { child, lines }
+        Process {
+            child,
+            lines,
+            drain: Some(drain),
+        }
     }
 
     pub fn get(&self, key: &str) -> &str {
@@ -76,13 +98,19 @@ impl Process {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
-    /// SIGTERM, then waits (bounded) for a clean exit.
+    /// SIGTERM, then waits (bounded) for a clean exit and for the last of its stdout.
     pub fn terminate(mut self) {
         self.signal(libc::SIGTERM);
         let deadline = Instant::now() + WAIT_MAX;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "process exited with {status}");
+                // Its stdout closes with it, unless a child of its own still holds it.
+                if let Some(drain) = self.drain.take() {
+                    while !drain.is_finished() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -121,6 +149,15 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lethe-{test}-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The response (head and body) to a plain HTTP/1.1 GET.
