@@ -439,6 +439,7 @@ impl Driver for EmbeddedMixnet {
                 name: node.name.clone(),
                 pid: process.child.id(),
                 log: Some(process.log.clone()),
+                metrics: node.metrics,
             })
             .collect()
     }

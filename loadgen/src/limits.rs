@@ -34,6 +34,10 @@ pub const RECEIVER_READ_BUFFER_BYTES: usize = 256 * 1024;
 pub const WINDOWS_MAX: usize = 1_000;
 /// Bytes of a node's log scanned for panics at the end of a run.
 pub const LOG_SCAN_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Reads of a node's RSS until the memory it states was the same before and after one (a key
+/// rotation in between changes it; two in a row are hours apart).
+pub const MEMORY_SAMPLE_TRIES: usize = 3;
+const _: () = assert!(MEMORY_SAMPLE_TRIES > 0);
 
 /// Packets per X25519 batch of the stand-in receiver.
 pub const RECEIVER_BATCH_PACKETS: usize = 64;

@@ -616,6 +616,7 @@ fn windows(outcome: &RunOutcome) -> Vec<WindowReport> {
                     .enumerate()
                     .map(|(i, p)| {
                         let kib = samples.and_then(|s| s.get(i).copied().flatten());
+                        let kib = kib.map(|sample| sample.rss_kib);
                         (p.name.clone(), kib)
                     })
                     .collect(),
@@ -1123,11 +1124,18 @@ fn render_windows(out: &mut String, r: &RunReport) {
         "process", "start", "window 1", "end"
     );
     for p in &r.processes {
-        let growth = match (p.rss_growth_after_warmup_kib, p.rss_growth_after_warmup_pct) {
-            (Some(k), Some(pct)) => format!("{:+.1} MiB ({pct:+.1}%)", k as f64 / 1024.0),
-            (Some(k), None) => format!("{:+.1} MiB", k as f64 / 1024.0),
-            _ => "-".into(),
-        };
+        let mut growth = growth_text(p.rss_growth_after_warmup_kib, p.rss_growth_after_warmup_pct);
+        if p.rss_growth_unaccounted_kib != p.rss_growth_after_warmup_kib {
+            // A key rotation's replay filter came or went: what the verdict judges.
+            let _ = write!(
+                growth,
+                ", {} beyond its replay filters",
+                growth_text(p.rss_growth_unaccounted_kib, p.rss_growth_unaccounted_pct)
+            );
+        }
+        if let Some(max) = p.memory_kib_max_stated {
+            let _ = write!(growth, " (states at most {:.1} MiB)", max as f64 / 1024.0);
+        }
         let _ = writeln!(
             out,
             "    {:<10} {:>8} {:>8} {:>8}  {}{}{}",
@@ -1147,6 +1155,15 @@ fn render_windows(out: &mut String, r: &RunReport) {
                 String::new()
             }
         );
+    }
+}
+
+/// `+1.5 MiB (+2.0%)`, or `-` when not measured.
+fn growth_text(kib: Option<i64>, pct: Option<f64>) -> String {
+    match (kib, pct) {
+        (Some(k), Some(pct)) => format!("{:+.1} MiB ({pct:+.1}%)", k as f64 / 1024.0),
+        (Some(k), None) => format!("{:+.1} MiB", k as f64 / 1024.0),
+        _ => "-".into(),
     }
 }
 

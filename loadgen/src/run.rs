@@ -102,10 +102,10 @@ pub struct RunOutcome {
     /// Why the run stopped early because part of the network died (a node process exited,
     /// a receiver session ended); `None` if it did not.
     pub network_failure: Option<String>,
-    /// The processes watched (local nodes, then loadgen) and their RSS at the end of every
+    /// The processes watched (local nodes, then loadgen) and their memory at the end of every
     /// window that ended (`rss_windows[window][process]`).
     pub watched: Vec<WatchedProcess>,
-    pub rss_windows: Vec<Vec<Option<u64>>>,
+    pub rss_windows: Vec<windows::Sample>,
     /// Memory of every watched process over the run.
     pub processes: Vec<ProcessReport>,
     /// Which routes the packets took, and what became of them.
@@ -160,6 +160,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         name: "loadgen".into(),
         pid: std::process::id(),
         log: None,
+        metrics: None,
     });
     if let Some(at) = params.start_at {
         wait_until(
@@ -238,8 +239,8 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
     let mut live_view = LiveView::new(params, &schedule, plan.expected_delay_ns() / 1e9);
     // The windows before the last are sampled as the clock passes their end; the last one
     // ends with the run (sampled after the drain).
-    let mut rss_windows: Vec<Vec<Option<u64>>> = Vec::with_capacity(window_count);
-    let sample_windows = |rss_windows: &mut Vec<Vec<Option<u64>>>| {
+    let mut rss_windows: Vec<windows::Sample> = Vec::with_capacity(window_count);
+    let sample_windows = |rss_windows: &mut Vec<windows::Sample>| {
         let now_ns = clock.now_ns();
         while rss_windows.len() + 1 < window_count
             && now_ns >= windows::bounds_ns(rss_windows.len(), window_ns, run_ns).1

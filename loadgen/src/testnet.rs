@@ -7,6 +7,7 @@
 //! process started with the testnet waits for loadgen to die and then runs `down` itself.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,8 +41,8 @@ pub struct Testnet {
     pub directory_key: String,
     /// The credential issuers (`None`: the gateways admit every client).
     pub issuers: Option<IssuerConfig>,
-    /// (name, pid, state directory) of every node.
-    pids: Vec<(String, u32, PathBuf)>,
+    /// (name, pid, state directory, metrics address) of every node.
+    pids: Vec<(String, u32, PathBuf, Option<SocketAddr>)>,
     /// Node names by mix listen address.
     names: HashMap<String, String>,
     logs_to: Option<PathBuf>,
@@ -112,9 +113,10 @@ impl Testnet {
         let state = TestnetState::load(&testnet.dir)?;
         testnet.issuers = issuer_config(&state)?;
         for node in &state.nodes {
+            let metrics = node.info.get("metrics").and_then(|m| m.parse().ok());
             testnet
                 .pids
-                .push((node.name.clone(), node.pid, node.dir.clone()));
+                .push((node.name.clone(), node.pid, node.dir.clone(), metrics));
             if let Some(listen) = node.info.get("listen") {
                 testnet.names.insert(listen.clone(), node.name.clone());
             }
@@ -157,10 +159,11 @@ impl Testnet {
     pub fn processes(&self) -> Vec<WatchedProcess> {
         self.pids
             .iter()
-            .map(|(name, pid, dir)| WatchedProcess {
+            .map(|(name, pid, dir, metrics)| WatchedProcess {
                 name: name.clone(),
                 pid: *pid,
                 log: Some(dir.join("stderr.log")),
+                metrics: *metrics,
             })
             .collect()
     }
@@ -175,7 +178,7 @@ impl Testnet {
             );
             return;
         }
-        for (name, _, dir) in &self.pids {
+        for (name, _, dir, _) in &self.pids {
             let from = dir.join("stderr.log");
             if let Err(e) = std::fs::copy(&from, logs.join(format!("{name}.log"))) {
                 eprintln!("loadgen: {} not kept: {e}", from.display());
@@ -185,7 +188,7 @@ impl Testnet {
 
     /// An error naming a node that is no longer running.
     pub fn check(&self) -> Result<(), String> {
-        for (name, pid, dir) in &self.pids {
+        for (name, pid, dir, _) in &self.pids {
             if !crate::windows::running(*pid) {
                 let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
                 return Err(format!(

@@ -93,6 +93,19 @@ fn windows_report_counts_and_memory_and_a_breached_threshold_exits_1() {
             process["rss_growth_after_warmup_kib"].is_i64(),
             "{process:#}"
         );
+        assert!(
+            process["rss_growth_unaccounted_kib"].is_i64(),
+            "{process:#}"
+        );
+        // A mixnode states the replay filter it holds and its most (with room for a second
+        // filter); loadgen states nothing.
+        if process["name"] == "loadgen" {
+            assert!(process["memory_kib_max_stated"].is_null(), "{process:#}");
+        } else {
+            let filters = process["replay_filters_kib_end"].as_u64().unwrap();
+            let max = process["memory_kib_max_stated"].as_u64().unwrap();
+            assert!(filters > 0 && max >= 2 * filters, "{process:#}");
+        }
     }
     // Only the p99 bound failed, and the line says so with the figure.
     let verdict = &report["verdict"];

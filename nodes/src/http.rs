@@ -14,8 +14,8 @@
 //!   directory has dropped the node).
 //!
 //! `/metrics` is the engine's series, then what every role publishes
-//! ([`crate::prometheus::render_process`]), the node's own ([`NodeStatus`]: registration,
-//! Sphinx key expiry), then the front-end's extra ones (the gateway's).
+//! ([`crate::prometheus::render_process`]), the node's own ([`NodeStatus`]: the memory it
+//! states, registration, Sphinx key expiry), then the front-end's extra ones (the gateway's).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -27,6 +27,7 @@ use lethe_engine::metrics::{render_prometheus, CoreMetrics};
 use lethe_engine::runtime::{liveness, Health};
 
 use crate::directory::announce::{RegistrationState, RegistrationStatus};
+use crate::node::runtime_config::MemoryAccount;
 use crate::prometheus::{family, sample, Kind};
 
 use crate::limits::{HTTP_CONNECTIONS_MAX, HTTP_REQUEST_BYTES_MAX, HTTP_REQUEST_MS_MAX};
@@ -52,6 +53,8 @@ pub struct NodeStatus {
     pub role: &'static str,
     pub registration: Arc<RegistrationStatus>,
     sphinx_keys: Mutex<Vec<KeyExpiry>>,
+    /// `None` until the node states it (the series are left out until then).
+    memory: Mutex<Option<MemoryAccount>>,
 }
 
 impl NodeStatus {
@@ -68,6 +71,7 @@ impl NodeStatus {
             role,
             registration,
             sphinx_keys: Mutex::new(Vec::new()),
+            memory: Mutex::new(None),
         })
     }
 
@@ -76,8 +80,31 @@ impl NodeStatus {
         *self.sphinx_keys.lock().unwrap_or_else(|e| e.into_inner()) = keys;
     }
 
+    /// Replaces what the node states of its memory (at start, and when a rotation adds or
+    /// drops a replay filter).
+    pub fn set_memory(&self, memory: MemoryAccount) {
+        *self.memory.lock().unwrap_or_else(|e| e.into_inner()) = Some(memory);
+    }
+
     fn render(&self, out: &mut String) {
         crate::prometheus::render_process(out, self.role);
+        let memory = *self.memory.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(memory) = memory {
+            crate::prometheus::gauge(
+                out,
+                "lethe_memory_bytes_max",
+                "The most the node's sized allocations take: two replay filters (a key \
+                 rotation's overlap), and on every core its packet pool and io_uring memory.",
+                memory.bytes_max,
+            );
+            crate::prometheus::gauge(
+                out,
+                "lethe_memory_replay_filters_bytes",
+                "Bytes of the replay filters held now: one per live Sphinx key, two during a \
+                 rotation's overlap.",
+                memory.replay_filters_bytes,
+            );
+        }
         let name = "lethe_sphinx_key_expiry_timestamp_seconds";
         family(
             out,

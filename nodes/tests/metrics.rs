@@ -7,7 +7,7 @@ mod common;
 use common::gateway::run_gateway_with;
 use common::*;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -75,15 +75,6 @@ fn run_mixnode(dir: &Path, url: &str, extra: &[&str]) -> Process {
     ]);
     args.extend_from_slice(extra);
     Process::start(&args, &["listen", "metrics"])
-}
-
-/// A port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn body(response: &str) -> &str {
@@ -254,9 +245,15 @@ fn every_role_publishes_typed_metrics() {
         "lethe_registration_state",
         "lethe_last_heartbeat_timestamp_seconds",
         "lethe_simd_info",
+        "lethe_memory_bytes_max",
+        "lethe_memory_replay_filters_bytes",
     ] {
         assert_eq!(types[name], "gauge", "{name}");
     }
+    // One live key, one filter; the stated maximum has room for a rotation's second.
+    let replay = value(&text, "lethe_memory_replay_filters_bytes");
+    assert!(replay > 0.0, "{replay}");
+    assert!(value(&text, "lethe_memory_bytes_max") >= 2.0 * replay);
     assert_eq!(
         value(&text, "lethe_registration_state{state=\"registered\"}"),
         1.0
@@ -335,6 +332,8 @@ fn every_role_publishes_typed_metrics() {
         1.0
     );
     assert!(text.contains("lethe_sphinx_key_expiry_timestamp_seconds{rotation=\""));
+    let replay = value(&text, "lethe_memory_replay_filters_bytes");
+    assert!(replay > 0.0 && value(&text, "lethe_memory_bytes_max") >= replay);
     assert!(text.lines().any(
         |l| l.starts_with("lethe_sphinx_key_expiry_timestamp_seconds{") && l.ends_with(" +Inf")
     ));

@@ -372,7 +372,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             client_idle: Duration::from_secs(u64::from(g.client_idle_days).saturating_mul(86_400)),
         },
     )?;
-    runtime_config::log_memory(&replay, &runtime_config);
+    let memory = runtime_config::log_memory(&replay, &runtime_config);
     let cores = runtime_config.cores;
     let trace_setup = overrides.trace.setup()?;
     let trace_config = format!("{runtime_config:?}");
@@ -398,6 +398,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         rotation_id: config.keys.primary_rotation_id,
         expires_at_s: None,
     }]);
+    status.set_memory(memory);
     let metrics_addr = crate::http::serve_with(
         g.metrics_address,
         engine_metrics.clone(),

@@ -18,7 +18,7 @@ use crate::limits::{
     EGRESS_BACKOFF_MS_INITIAL, EGRESS_BACKOFF_MS_MAX, EGRESS_CONNECT_TIMEOUT_MS, ENGINE_RING_DEPTH,
 };
 use crate::node::runtime_config::{
-    egress_frame_bytes, engine_config, log_memory, report, Profile, Sizing,
+    egress_frame_bytes, engine_config, log_memory, report, MemoryAccount, Profile, Sizing,
 };
 use crate::node::{keys, replay, resolve, rotation, CONFIG_FILE};
 use crate::topology::Role;
@@ -296,7 +296,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let mut rotation =
         rotation::Rotation::start(dir, &config.keys, &config.replay, rotation::now_ms())?;
     let runtime_config = runtime_config(&config)?;
-    log_memory(&rotation.replay_set(), &runtime_config);
+    let memory = log_memory(&rotation.replay_set(), &runtime_config);
     let cores = runtime_config.cores;
     let trace_setup = overrides.trace.setup()?;
     let trace_config = format!("{runtime_config:?}");
@@ -319,6 +319,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let status = crate::http::NodeStatus::new("mixnode", registering);
     let schedule = rotation::Schedule::from_keys(&config.keys)?;
     status.set_sphinx_keys(key_expiries(&rotation, &schedule));
+    status.set_memory(memory);
     let metrics_addr = crate::http::serve(
         config.mixnode.metrics_address,
         metrics.clone(),
@@ -357,6 +358,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
         announcer: announcer.as_ref(),
         status: &status,
         schedule,
+        memory,
     };
     let signal = match wait_for_signal(&mut signals, &mut rotation, &control) {
         Ok(signal) => signal,
@@ -404,6 +406,9 @@ struct Control<'a> {
     announcer: Option<&'a crate::directory::Announcer>,
     status: &'a crate::http::NodeStatus,
     schedule: rotation::Schedule,
+    /// What the node stated of its memory at start (its replay filters change with each
+    /// rotation).
+    memory: MemoryAccount,
 }
 
 /// The live Sphinx keys and when each stops being accepted: the primary at its successor's
@@ -450,6 +455,9 @@ fn wait_for_signal(
                 control
                     .status
                     .set_sphinx_keys(key_expiries(rotation, &control.schedule));
+                control
+                    .status
+                    .set_memory(control.memory.holding(&rotation.replay_set()));
                 if let Some(announcer) = announcer {
                     let mut descriptor = announcer.descriptor();
                     let primary = &rotation.keys().primary;

@@ -190,30 +190,67 @@ pub fn engine_config(e: &EngineSection) -> Result<EngineConfig, String> {
     Ok(engine)
 }
 
+/// What a node's sized allocations take, as `/metrics` states it (`lethe_memory_bytes_max`,
+/// `lethe_memory_replay_filters_bytes`): what a memory verdict may take out of a process's
+/// RSS before it calls growth a leak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryAccount {
+    /// The replay filters held now: one per live Sphinx key, two during a rotation's overlap.
+    pub replay_filters_bytes: u64,
+    /// The most they all take: two replay filters (a rotation's overlap), and on every core
+    /// every pool buffer in use and the io_uring memory.
+    pub bytes_max: u64,
+}
+
+impl MemoryAccount {
+    /// The account of a node running `runtime` that holds the filters of `set` now.
+    pub fn of(set: &ReplayFilterSet, runtime: &RuntimeConfig) -> MemoryAccount {
+        let filter_bytes = filters(set).map(|f| f.params().bytes()).max().unwrap_or(0);
+        let e = &runtime.engine;
+        let per_core = (u64::from(e.pool_buffers_count) * u64::from(e.pool_buffer_bytes))
+            .saturating_add(runtime.io_memory_bytes as u64);
+        MemoryAccount {
+            replay_filters_bytes: 0,
+            bytes_max: filter_bytes
+                .saturating_mul(2)
+                .saturating_add(per_core.saturating_mul(u64::from(runtime.cores))),
+        }
+        .holding(set)
+    }
+
+    /// The same account with the filters of `set` held (after a rotation, or its overlap's
+    /// end).
+    pub fn holding(self, set: &ReplayFilterSet) -> MemoryAccount {
+        MemoryAccount {
+            replay_filters_bytes: filters(set).map(|f| f.params().bytes()).sum(),
+            ..self
+        }
+    }
+}
+
+fn filters(set: &ReplayFilterSet) -> impl Iterator<Item = &Arc<lethe_engine::ReplayFilter>> {
+    set.rotation_ids().filter_map(|id| set.get(id))
+}
+
 /// Logs what a node allocates at start: the replay filters (live now; one more during a
 /// rotation's overlap) and, per core, the packet pool (reserved; pages are touched as
-/// buffers are first used) and the io_uring memory.
-pub fn log_memory(set: &ReplayFilterSet, runtime: &RuntimeConfig) {
-    let filters: Vec<_> = set.rotation_ids().filter_map(|id| set.get(id)).collect();
-    let replay_bytes: u64 = filters.iter().map(|f| f.params().bytes()).sum();
+/// buffers are first used) and the io_uring memory. Returns the account it logged.
+pub fn log_memory(set: &ReplayFilterSet, runtime: &RuntimeConfig) -> MemoryAccount {
+    let account = MemoryAccount::of(set, runtime);
     let e = &runtime.engine;
-    let pool_bytes = u64::from(e.pool_buffers_count) * u64::from(e.pool_buffer_bytes);
     tracing::info!(
-        replay_filters = filters.len(),
-        replay_filter_bytes = filters.first().map_or(0, |f| f.params().bytes()),
-        replay_bytes,
+        replay_filters = filters(set).count(),
+        replay_filter_bytes = filters(set).next().map_or(0, |f| f.params().bytes()),
+        replay_bytes = account.replay_filters_bytes,
         cores = runtime.cores,
         pool_packets_per_core = e.pool_buffers_count,
-        pool_bytes_per_core = pool_bytes,
+        pool_bytes_per_core = u64::from(e.pool_buffers_count) * u64::from(e.pool_buffer_bytes),
         io_memory_bytes_per_core = runtime.io_memory_bytes,
         timer_entries_per_core = e.timer_entries_max,
-        total_bytes_max = replay_bytes.saturating_add(
-            pool_bytes
-                .saturating_add(runtime.io_memory_bytes as u64)
-                .saturating_mul(u64::from(runtime.cores))
-        ),
+        total_bytes_max = account.bytes_max,
         "memory allocated"
     );
+    account
 }
 
 pub fn report(metrics: &[Arc<CoreMetrics>]) {
