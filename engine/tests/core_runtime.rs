@@ -40,7 +40,7 @@ fn forwards_over_loopback_and_counts_drops() {
     stream.write_all(&bytes).unwrap();
     let mut got = Vec::new();
     for _ in 0..20 {
-        got.push(received.recv_timeout(Duration::from_secs(20)).unwrap());
+        got.push(received.recv_timeout(WAIT_MAX).unwrap());
     }
     assert!(
         sent_at.elapsed() >= Duration::from_millis(30),
@@ -85,7 +85,7 @@ fn final_hops_go_to_the_gateway_hand_off_and_overflow_is_counted() {
     });
     assert_eq!(m.dropped_count(DropReason::FinalHopAtMixnode), 0);
     for _ in 0..2 {
-        let hop = final_hops.recv_timeout(Duration::from_secs(20)).unwrap();
+        let hop = final_hops.recv_timeout(WAIT_MAX).unwrap();
         assert_eq!((hop.destination, hop.identifier), ([7; 32], [9; 16]));
         assert_eq!(hop.packet.len(), packets[0].len());
     }
@@ -167,7 +167,7 @@ fn installed_keys_take_effect_without_restart() {
     stream
         .write_all(&frame(&packet(&mut r, &route_new, &[0, 0])))
         .unwrap();
-    received.recv_timeout(Duration::from_secs(20)).unwrap();
+    received.recv_timeout(WAIT_MAX).unwrap();
     runtime.shutdown();
     runtime.join().unwrap();
 }
@@ -230,8 +230,10 @@ fn shutdown_counts_every_forwarded_packet_as_sent_or_dropped_even_mid_write() {
     let runtime = Runtime::start(config, one_key(this, 2), filters(&[2])).unwrap();
     let m = runtime.metrics()[0].clone();
     let mut stream = TcpStream::connect(runtime.local_addr()).unwrap();
+    // A node that stopped reading fails the write, instead of hanging the test.
+    stream.set_write_timeout(Some(WAIT_MAX)).unwrap();
     stream.write_all(&bytes).unwrap();
-    let _held = held.recv_timeout(Duration::from_secs(20)).unwrap();
+    let _held = held.recv_timeout(WAIT_MAX).unwrap();
     wait_for("every frame read", || {
         CoreMetrics::get(&m.frames_received) == PACKETS
     });
@@ -283,9 +285,7 @@ fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
 
 /// Waits (bounded) for the node to close `stream`: a read sees end-of-stream or a reset.
 fn closed_by_node(stream: &mut TcpStream) -> bool {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    stream.set_read_timeout(Some(WAIT_MAX)).unwrap();
     let mut byte = [0u8; 1];
     matches!(stream.read(&mut byte), Ok(0) | Err(_))
 }
@@ -350,7 +350,7 @@ fn one_address_gets_its_share_of_connections_and_idle_ones_are_closed() {
     // `busy` delivers whole frames (garbage the core drops, but framed) until `quiet` and
     // `other`, which send nothing, are closed for idling.
     let garbage = frame(&vec![0u8; PacketSize::Regular.packet_len()]);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + WAIT_MAX;
     let mut quiet = quiet;
     quiet.set_nonblocking(true).unwrap();
     let mut other = other;
@@ -451,8 +451,7 @@ fn packets_for_an_unreachable_hop_are_dropped_and_counted_not_delivered_later() 
         };
         let mut decoder = lethe_crypto::framing::FrameDecoder::new();
         let mut buffer = vec![0u8; 65_536];
-        conn.set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
+        conn.set_read_timeout(Some(WAIT_MAX)).unwrap();
         while let Ok(n) = conn.read(&mut buffer) {
             if n == 0 {
                 return;
@@ -467,7 +466,7 @@ fn packets_for_an_unreachable_hop_are_dropped_and_counted_not_delivered_later() 
         fresh.extend(frame(&packet(&mut r, &route, &[0, 0])));
     }
     // Resent until one batch arrives: the writer may still be in its retry wait.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + WAIT_MAX;
     let mut arrived = 0u64;
     while arrived == 0 {
         assert!(Instant::now() < deadline, "the returned hop got nothing");
@@ -501,8 +500,7 @@ fn a_batch_is_not_written_into_a_connection_the_hop_closed() {
         let mut decoder = lethe_crypto::framing::FrameDecoder::new();
         let mut buffer = vec![0u8; 65_536];
         let mut got = 0;
-        conn.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        conn.set_read_timeout(Some(WAIT_MAX)).unwrap();
         while got < count {
             let n = conn.read(&mut buffer).unwrap();
             assert!(n > 0, "closed early");
@@ -516,7 +514,7 @@ fn a_batch_is_not_written_into_a_connection_the_hop_closed() {
     };
     let accept = |listener: &TcpListener| {
         listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + WAIT_MAX;
         loop {
             match listener.accept() {
                 Ok((conn, _)) => {
