@@ -36,10 +36,20 @@ fn readme_block(heading: &str) -> String {
 fn loadgen() -> PathBuf {
     let path = Path::new(LETHE).with_file_name("loadgen");
     if !path.is_file() {
+        // The profile `lethe` was built with: its directory is named for it (`dev`: `debug`).
+        let profile = match path
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+        {
+            Some("debug") | None => "dev",
+            Some(profile) => profile,
+        };
         let status = Command::new(env!("CARGO"))
             .args([
                 "build",
-                "--release",
+                "--profile",
+                profile,
                 "-p",
                 "lethe-loadgen",
                 "--bin",

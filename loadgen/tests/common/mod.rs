@@ -9,7 +9,7 @@ pub const LOADGEN: &str = env!("CARGO_BIN_EXE_loadgen");
 /// No test run may take longer than this.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The `lethe` binary beside `loadgen`, built first if it is missing.
+/// The `lethe` binary beside `loadgen`, built first (with the same profile) if it is missing.
 pub fn lethe() -> PathBuf {
     let dir = Path::new(LOADGEN).parent().unwrap();
     let lethe = dir.join("lethe");
@@ -17,8 +17,12 @@ pub fn lethe() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
         build.args(["build", "-p", "lethe-nodes", "--bin", "lethe"]);
-        if dir.ends_with("release") {
-            build.arg("--release");
+        // The profile's directory is named for it (`dev` builds into `debug`).
+        match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some(profile) => {
+                build.args(["--profile", profile]);
+            }
         }
         let status = build.status().unwrap();
         assert!(status.success(), "building lethe failed");
