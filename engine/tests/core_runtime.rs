@@ -122,7 +122,7 @@ fn nudged_cores_go_on_forwarding_and_count_the_nudges() {
     }
     let mut got = Vec::new();
     for _ in 0..packets.len() {
-        got.push(received.recv_timeout(Duration::from_secs(20)).unwrap());
+        got.push(received.recv_timeout(WAIT_MAX).unwrap());
     }
     assert!(received.recv_timeout(Duration::from_millis(300)).is_err());
     let m = runtime.metrics()[0].clone();
