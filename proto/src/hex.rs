@@ -23,6 +23,16 @@ pub fn decode_32(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// Whether `text` is the hex of `bytes` (`decode_32(text) == Some(*bytes)`), stopping at the
+/// first byte that differs: looking a key up among many compares most of them on a byte or
+/// two instead of decoding each (a client core does it for every packet it builds).
+pub fn is_hex_of(text: &str, bytes: &[u8; 32]) -> bool {
+    let text = text.trim().as_bytes();
+    let byte_of = |pair: &[u8]| Some((digit(pair[0])? << 4) | digit(pair[1])?);
+    text.len() == 64
+        && (text.chunks_exact(2).zip(bytes)).all(|(pair, byte)| byte_of(pair) == Some(*byte))
+}
+
 fn digit(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -50,5 +60,12 @@ mod tests {
         assert_eq!(decode_32(&format!("{}g", &text[1..])), None);
         assert_eq!(decode_32("+1".repeat(32).as_str()), None);
         assert_eq!(decode_32(&"é".repeat(32)), None);
+        assert!(is_hex_of(&text, &bytes));
+        assert!(is_hex_of(&format!(" {}\n", text.to_uppercase()), &bytes));
+        let mut other = bytes;
+        other[31] ^= 1;
+        assert!(!is_hex_of(&text, &other));
+        assert!(!is_hex_of(&text[1..], &bytes));
+        assert!(!is_hex_of(&format!("{}g", &text[..63]), &bytes));
     }
 }

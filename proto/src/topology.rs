@@ -243,7 +243,7 @@ impl Topology {
     pub fn gateway(&self, identity: &[u8; 32]) -> Option<&Descriptor> {
         self.gateways
             .iter()
-            .find(|g| g.identity_key().ok().as_ref() == Some(identity))
+            .find(|g| hex::is_hex_of(&g.identity, identity))
     }
 
     /// Is `address` (a mix address) a layer-1 mixnode? Entry gateways forward only to these.
