@@ -314,33 +314,17 @@ fn ladder<const CLAMPED: bool, const L: usize>(k: &[[V; 4]; L], x1: &[F4; L]) ->
                 _mm256_setzero_si256()
             };
         }
-        for w in ws.iter_mut() {
-            kernels::step_da(w);
+        // Kernel by kernel, each for every ladder in turn.
+        macro_rules! each_ladder {
+            ($($kernel:ident),*) => {$(
+                for w in ws.iter_mut() {
+                    kernels::$kernel(w);
+                }
+            )*};
         }
-        for w in ws.iter_mut() {
-            kernels::step_aa(w);
-        }
-        for w in ws.iter_mut() {
-            kernels::step_cb(w);
-        }
-        for w in ws.iter_mut() {
-            kernels::step_bb(w);
-        }
-        for w in ws.iter_mut() {
-            kernels::step_t(w);
-        }
-        for w in ws.iter_mut() {
-            kernels::step_x2(w);
-        }
-        for w in ws.iter_mut() {
-            kernels::step_z3(w);
-        }
-        for w in ws.iter_mut() {
-            kernels::step_z2(w);
-        }
-        for w in ws.iter_mut() {
-            kernels::step_x3(w);
-        }
+        each_ladder!(
+            step_da, step_aa, step_cb, step_bb, step_t, step_x2, step_z3, step_z2, step_x3
+        );
     }
     let mut r = [(zero4(), zero4()); L];
     for ((r, w), k) in r.iter_mut().zip(ws.iter()).zip(k) {
