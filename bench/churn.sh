@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # Churn (issue 19 item 6): how fast a dead mixnode leaves the clients' routes, and how fast a
-# new one gets traffic. A local testnet (n = 1 directory, 2 mixnodes per layer, short epochs
-# and heartbeat timeout) carries loadgen's traffic (gateway clients, 1-s windows, the
-# consensus re-read every REFRESH_S); at KILL_AT_S into the run one mixnode is SIGKILLed, at
-# JOIN_AT_S a new mixnode is started. Prints, each from the kill or the start:
+# new one gets traffic. A local testnet (AUTHORITIES voting authorities, 4 by default, or 1: a
+# lone directory; 2 mixnodes per layer, short epochs and heartbeat timeout) carries loadgen's
+# traffic (gateway clients, 1-s windows, the consensus re-read each epoch and at least every
+# REFRESH_S); at KILL_AT_S into the run one mixnode is SIGKILLed, at JOIN_AT_S a new mixnode
+# is started. Prints, each from the kill or the start:
 #   routed_around_s  loadgen adopted a document without the dead node (no packet is built
 #                    over it from then on)
 #   loss_zero_s      start of the first 1-s window after which no window lost a packet
 #   joined_routes_s  loadgen adopted a document listing the new node
 #   first_traffic_s  the new node's lethe_packets_received_total first went above 0
-# The floor is the directory's heartbeat timeout (a silent node is dropped after it) plus its
-# publication (within 1 s) and the client's refresh interval.
+# The floor is the heartbeat timeout (a silent node is dropped after it) plus the publication:
+# a lone directory publishes within 1 s; voting authorities put a change in the next epoch's
+# vote, certified in its middle (up to 1.5 epochs); then the client's fetch (0.4 epoch after
+# the document is due, or REFRESH_S).
 #
-# Usage: bench/churn.sh   (env: HEARTBEAT_TIMEOUT_S=3 EPOCH_S=2 REFRESH_S=1 RATE=200
-#                          DURATION_S=45 KILL_AT_S=10 JOIN_AT_S=25 VICTIM=mix3)
+# Usage: bench/churn.sh   (env: AUTHORITIES=4 HEARTBEAT_TIMEOUT_S=3 EPOCH_S=2 REFRESH_S=1
+#                          RATE=200 DURATION_S=45 KILL_AT_S=10 JOIN_AT_S=25 VICTIM=mix3)
 # Exits 0 when every figure was measured, 1 otherwise. Runs ~1.5 min; builds the release
 # binaries first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+AUTHORITIES=${AUTHORITIES:-4}
 HEARTBEAT_TIMEOUT_S=${HEARTBEAT_TIMEOUT_S:-3}
 EPOCH_S=${EPOCH_S:-2}
 REFRESH_S=${REFRESH_S:-1}
@@ -46,10 +50,10 @@ cleanup() {
 trap cleanup EXIT
 
 echo "churn: CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')," \
-    "$(nproc) cores; heartbeat timeout ${HEARTBEAT_TIMEOUT_S} s, epoch ${EPOCH_S} s," \
-    "client refresh ${REFRESH_S} s, ${RATE} packets/s"
+    "$(nproc) cores; $AUTHORITIES authorities, heartbeat timeout ${HEARTBEAT_TIMEOUT_S} s," \
+    "epoch ${EPOCH_S} s, client refresh ${REFRESH_S} s, ${RATE} packets/s"
 
-"$LETHE" testnet up --dir "$WORK/net" --epoch-s "$EPOCH_S" \
+"$LETHE" testnet up --dir "$WORK/net" --authorities "$AUTHORITIES" --epoch-s "$EPOCH_S" \
     --heartbeat-timeout-s "$HEARTBEAT_TIMEOUT_S" --credentials false --provider false \
     >"$WORK/up.out" 2>"$WORK/up.err"
 eval "$("$LETHE" testnet env --dir "$WORK/net")"

@@ -180,9 +180,10 @@ pub struct LoadArgs {
     /// one window.
     #[arg(long, global = true, default_value = "5m", value_parser = parse_seconds)]
     pub window: f64,
-    /// Gateway drivers: re-read the topology from the directory this often, s (0: never), so
-    /// that new packets are routed only over nodes it still lists. The directory republishes
-    /// within about a second of a membership change; one GET per refresh.
+    /// Gateway drivers: re-read the topology from the directory at least this often, s (0:
+    /// never), and each epoch's document soon after it is due (voting authorities redraw the
+    /// layers every epoch), so that new packets are routed only over nodes it still lists, in
+    /// the layers the gateways check. One GET per refresh.
     #[arg(long, global = true, default_value_t = 10.0)]
     pub topology_refresh_s: f64,
 }

@@ -1,7 +1,7 @@
-//! Topology refresh for the gateway drivers, as real clients refresh theirs: every
-//! `--topology-refresh-s` the directory's topology is fetched and verified again, and when the
-//! routes it gives differ from the ones in use, the generator builds every later packet over
-//! the new ones. Packets already built (at most the lookahead's worth) keep their routes: they
+//! Topology refresh for the gateway drivers, as real clients refresh theirs: each epoch's
+//! document soon after it is due, and at least every `--topology-refresh-s`, the topology is
+//! fetched and verified again, and when the routes it gives differ from the ones in use,
+//! the generator builds every later packet over the new ones. Packets already built (at most the lookahead's worth) keep their routes: they
 //! are in flight as far as loadgen is concerned.
 //!
 //! Without this a node that dies mid-run keeps being drawn into routes until the end of the
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use lethe_crypto::sphinx::Destination;
 use lethe_nodes::directory::client::{fetch_consensus, http_client, Authorities};
-use lethe_nodes::topology::Topology as DirectoryTopology;
+use lethe_nodes::topology::{now_ms, refetch_in, Consumer, Topology as DirectoryTopology};
 use serde::Serialize;
 
 use crate::generator::{Exit, Topology};
@@ -332,7 +332,9 @@ pub fn describe(change: &TopologyChange) -> String {
     parts.join("; ")
 }
 
-/// Fetches the topology every `every` until the runtime it runs on is dropped.
+/// Fetches the topology each epoch soon after the next is due (voting authorities redraw
+/// the layers every epoch: routes over an older document's would be refused at the
+/// gateways), and at least every `every`, until the runtime it runs on is dropped.
 pub async fn refresh_loop(
     feed: Arc<TopologyFeed>,
     authorities: Authorities,
@@ -340,18 +342,20 @@ pub async fn refresh_loop(
     receivers: Vec<ReceiverExit>,
 ) {
     let http = http_client();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate: the topology was fetched just before.
-    tick.tick().await;
+    // The first fetch at once: the topology in use was fetched just before, but its
+    // schedule is learnt here.
+    let mut wait = Duration::ZERO;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(wait).await;
         let seen = feed.epoch();
         let fetched = fetch_consensus(&http, &authorities, seen)
             .await
-            .map_err(|e| e.to_string())
-            .and_then(|topology| routes_of(&topology, &receivers));
-        feed.apply(fetched);
+            .map_err(|e| e.to_string());
+        wait = match &fetched {
+            Ok(topology) => refetch_in(topology, now_ms(), every, Consumer::Client),
+            Err(_) => every,
+        };
+        feed.apply(fetched.and_then(|topology| routes_of(&topology, &receivers)));
     }
 }
 

@@ -265,7 +265,7 @@ fn a_directory_that_stops_answering_is_said_once_and_the_last_topology_stays() {
     let run = Background::start(&args);
     run.wait_for("running", Duration::from_secs(90));
     let authority = net.url.trim_start_matches("http://").to_string();
-    let (pid, _) = net.node_at_role("directory");
+    let (pid, _) = net.node_at_role("authority");
     kill_9(pid);
     let (code, stdout, stderr) = run.finish(Duration::from_secs(90));
     let report: serde_json::Value = serde_json::from_slice(&stdout)

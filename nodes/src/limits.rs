@@ -454,8 +454,22 @@ pub const AUTHORITY_SIGNATURE_BYTES_MAX: usize = 256;
 /// an hour here, as departed nodes stay in a held document). Said in logs and metrics.
 pub const CONSENSUS_GRACE_S: u64 = 3_600;
 
+/// When consumers fetch the next document, after it is due, in thousandths of the epoch
+/// (`topology::refetch_in`): gateways first, since they check their clients' first hops
+/// against theirs; clients and loadgen later. Gateways hold their previous document too, so
+/// a client behind its gateway loses nothing.
+pub const CONSENSUS_FETCH_LAG_GATEWAY_PERMILLE: u64 = 100;
+pub const CONSENSUS_FETCH_LAG_CLIENT_PERMILLE: u64 = 400;
+/// Least time between two fetches of a document that is late.
+pub const CONSENSUS_REFETCH_MS_MIN: u64 = 100;
+
 const _: () = assert!(AUTHORITIES_MAX >= 1);
 const _: () = assert!(CONSENSUS_GRACE_S > 0);
+const _: () = assert!(
+    CONSENSUS_FETCH_LAG_GATEWAY_PERMILLE < CONSENSUS_FETCH_LAG_CLIENT_PERMILLE
+        && CONSENSUS_FETCH_LAG_CLIENT_PERMILLE < 500
+        && CONSENSUS_REFETCH_MS_MIN > 0
+);
 // Every pinned authority's signature fits the response beside the largest body.
 const _: () = assert!(
     AUTHORITIES_MAX * AUTHORITY_SIGNATURE_BYTES_MAX

@@ -54,7 +54,8 @@ enum Command {
         #[command(subcommand)]
         command: CredentialCommand,
     },
-    /// A whole local network (directory, 3 layers of mixnodes, gateways, a service provider).
+    /// A whole local network (4 directory authorities, 3 layers of mixnodes, gateways, a
+    /// service provider).
     Testnet {
         #[command(subcommand)]
         command: TestnetCommand,
@@ -92,10 +93,12 @@ enum TestnetCommand {
     /// Stop every node (SIGTERM, then SIGKILL after a grace period); delete keys, databases
     /// and replay snapshots, keep the logs (--purge: delete everything).
     Down(lethe_nodes::testnet::DownArgs),
-    /// Which nodes are running. Exit status 0: all; 1: some stopped; 3: no testnet running.
+    /// Which nodes are running, each authority's view, and the document clients accept with
+    /// who signed it. Exit status 0: all running; 1: some stopped; 3: no testnet running.
     Status(lethe_nodes::testnet::DirArgs),
-    /// Print the running testnet's directory URL and key, issuers, threshold, verification
-    /// key and provider address as shell variables: `eval "$(lethe testnet env)"`.
+    /// Print the running testnet's authority URLs and keys (comma-separated lists), issuers,
+    /// threshold, verification key and provider address as shell variables: `eval "$(lethe
+    /// testnet env)"`.
     Env(lethe_nodes::testnet::DirArgs),
     /// Cut or restore one node's link (`--netns` testnets only).
     Link(lethe_nodes::testnet::LinkArgs),

@@ -1,6 +1,12 @@
-//! `lethe testnet up|down|status`: a complete local network as separate processes — a
-//! directory, 3 layers of mixnodes, gateways and a service provider — on loopback, or with
-//! `--netns` each node in its own network namespace joined by veth pairs to a bridge.
+//! `lethe testnet up|down|status`: a complete local network as separate processes — n
+//! directory authorities (4 by default: f = 1 may fail or lie), 3 layers of mixnodes,
+//! gateways and a service provider — on loopback, or with `--netns` each node in its own
+//! network namespace joined by veth pairs to a bridge.
+//!
+//! The authorities each have their own key, SQLite state and the others pinned as peers;
+//! they vote once per clock-aligned epoch, so the epoch is short by default (a joining node
+//! is in the document within 1.5 epochs, and `up` waits for the first document listing
+//! every node). Every node and every client command printed gets all their URLs and keys.
 //!
 //! With `--credentials true` (the default) it also runs `lethe keygen --threshold 2 --issuers
 //! 3` and three `lethe issuer run` (on loopback, also with `--netns`: only clients talk to
@@ -53,6 +59,9 @@ const NETNS_MIX_PORT: u16 = 1789;
 const NETNS_CLIENT_PORT: u16 = 9000;
 const NETNS_METRICS_PORT: u16 = 9100;
 const NETNS_DIRECTORY_PORT: u16 = 8080;
+/// How long `up` waits for the authorities to certify a document listing every node, beyond
+/// the epoch and a half that takes at most.
+const FIRST_DOCUMENT_SLACK: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct UpArgs {
@@ -66,9 +75,17 @@ pub struct UpArgs {
     pub mixnodes_per_layer: usize,
     #[arg(long, default_value_t = 2)]
     pub gateways: usize,
-    /// Epoch length of the directory, seconds (down to 1 for tests: membership changes are
-    /// published within a second anyway).
-    #[arg(long, default_value_t = 60,
+    /// Directory authorities, each with its own key and state, all pinned by every node and
+    /// client: n = 3f+1 tolerates f down or lying (a document needs 2f+1 signatures). 1: a
+    /// lone directory.
+    #[arg(long, default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..=crate::limits::AUTHORITIES_MAX as u64))]
+    pub authorities: u64,
+    /// Epoch length, seconds. The authorities vote once per epoch (aligned to the clock), so a
+    /// node that joins, or dies and misses its heartbeats, is in or out of the document
+    /// within 1.5 epochs; layers are redrawn every epoch and consumers fetch each epoch's
+    /// document. Short for a local network; `authority run` defaults to 3600.
+    #[arg(long, default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub epoch_s: u64,
     /// Seconds without a heartbeat after which the directory drops a node (a dead node
@@ -157,9 +174,10 @@ fn state_dir(given: Option<&Path>) -> PathBuf {
     std::path::absolute(&dir).unwrap_or(dir)
 }
 
-/// `--issuers ... --threshold ... --verification-key ...` of the running local testnet whose
-/// directory is `directory_url` (looked for where `testnet up` puts it by default, or
-/// `$LETHE_TESTNET_DIR`), for messages that tell a client what to add.
+/// `--issuers ... --threshold ... --verification-key ...` of the running local testnet one of
+/// whose authorities is (one of) `directory_url` (a URL or a comma-separated list; the
+/// testnet looked for where `testnet up` puts it by default, or `$LETHE_TESTNET_DIR`), for
+/// messages that tell a client what to add.
 pub fn credential_flags_for(directory_url: &str) -> Option<String> {
     let root = state_dir(
         std::env::var_os("LETHE_TESTNET_DIR")
@@ -168,7 +186,12 @@ pub fn credential_flags_for(directory_url: &str) -> Option<String> {
     );
     let state = TestnetState::load(&root).ok()?;
     let same = |u: &str| u.trim_end_matches('/').to_string();
-    if same(&state.directory_url) != same(directory_url) {
+    let given: Vec<String> = split_list(directory_url).iter().map(|u| same(u)).collect();
+    if !state
+        .authority_urls()
+        .iter()
+        .any(|u| given.contains(&same(u)))
+    {
         return None;
     }
     let vk = state.verification_key.as_ref()?;
@@ -308,16 +331,17 @@ fn run_quiet(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn init_node(exe: &Path, role: &str, dir: &Path, extra: &[&str]) -> Result<(), String> {
+/// `lethe ROLE init --dir DIR EXTRA`; returns what it printed (`authority init`: `key=HEX`).
+fn init_node(exe: &Path, role: &str, dir: &Path, extra: &[&str]) -> Result<String, String> {
     let output = Command::new(exe)
         .args([role, "init", "--dir"])
         .arg(dir)
         .args(extra)
-        .stdout(Stdio::null())
+        .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("{role} init: {e}"))?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(format!(
             "lethe {role} init --dir {}: {}",
@@ -327,17 +351,27 @@ fn init_node(exe: &Path, role: &str, dir: &Path, extra: &[&str]) -> Result<(), S
     }
 }
 
+/// A node process started and not yet known to be up.
+struct Launched {
+    child: std::process::Child,
+    name: String,
+    role: String,
+    dir: PathBuf,
+    keys: &'static [&'static str],
+    placement: Placement,
+}
+
 /// Starts `lethe ARGS` detached (own process group, output to files in `dir`), optionally in
-/// a namespace, and waits until it has printed every key in `keys`.
-fn spawn(
+/// a namespace; [`ready`] then waits for it.
+fn launch(
     exe: &Path,
     name: &str,
     role: &str,
     dir: &Path,
     args: &[String],
-    keys: &[&str],
+    keys: &'static [&'static str],
     placement: Placement,
-) -> Result<NodeState, String> {
+) -> Result<Launched, String> {
     use std::os::unix::process::CommandExt;
     let stdout_path = dir.join("stdout.log");
     let stderr_path = dir.join("stderr.log");
@@ -361,38 +395,86 @@ fn spawn(
         // Each node's stderr.log in the format `testnet up` was asked for.
         .env("LETHE_LOG_FORMAT", crate::logging::format().as_str())
         .process_group(0);
-    let mut child = command.spawn().map_err(|e| format!("{name}: {e}"))?;
-    let pid = child.id();
+    let child = command.spawn().map_err(|e| format!("{name}: {e}"))?;
+    Ok(Launched {
+        child,
+        name: name.to_string(),
+        role: role.to_string(),
+        dir: dir.to_path_buf(),
+        keys,
+        placement,
+    })
+}
+
+/// Waits (bounded) until a launched node has printed every one of its keys.
+fn ready(mut node: Launched) -> Result<NodeState, String> {
+    let stdout_path = node.dir.join("stdout.log");
+    let stderr_path = node.dir.join("stderr.log");
     let deadline = Instant::now() + NODE_START_TIMEOUT;
     loop {
         let info = read_info(&stdout_path);
-        if keys.iter().all(|k| info.contains_key(*k)) {
+        if node.keys.iter().all(|k| info.contains_key(*k)) {
             return Ok(NodeState {
-                name: name.to_string(),
-                role: role.to_string(),
-                pid,
-                dir: dir.to_path_buf(),
+                name: node.name,
+                role: node.role,
+                pid: node.child.id(),
+                dir: node.dir,
                 info,
-                netns: placement.netns(),
+                netns: node.placement.netns(),
             });
         }
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Ok(Some(status)) = node.child.try_wait() {
             let log = fs::read_to_string(&stderr_path).unwrap_or_default();
             return Err(format!(
-                "{name} exited ({status}) before starting:\n{}",
+                "{} exited ({status}) before starting:\n{}",
+                node.name,
                 tail(&log, 20)
             ));
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            let _ = node.child.kill();
             return Err(format!(
-                "{name} did not print {keys:?} within {}s; see {}",
+                "{} did not print {:?} within {}s; see {}",
+                node.name,
+                node.keys,
                 NODE_START_TIMEOUT.as_secs(),
                 stderr_path.display()
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits for nodes launched together (they start in parallel), adding each to `nodes`; on
+/// a failure the ones not yet up are killed too, since `up` stops only what `nodes` lists.
+fn ready_all(launched: Vec<Launched>, nodes: &mut Vec<NodeState>) -> Result<(), String> {
+    let mut pending = launched.into_iter();
+    while let Some(node) = pending.next() {
+        match ready(node) {
+            Ok(state) => nodes.push(state),
+            Err(e) => {
+                for mut rest in pending {
+                    let _ = rest.child.kill();
+                    let _ = rest.child.wait();
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`launch`] then [`ready`]: one node, started alone.
+fn spawn(
+    exe: &Path,
+    name: &str,
+    role: &str,
+    dir: &Path,
+    args: &[String],
+    keys: &'static [&'static str],
+    placement: Placement,
+) -> Result<NodeState, String> {
+    ready(launch(exe, name, role, dir, args, keys, placement)?)
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -455,7 +537,9 @@ pub fn up(a: &UpArgs) -> Result<(), String> {
     if a.mixnodes_per_layer == 0 || a.gateways == 0 {
         return Err("need at least one mixnode per layer and one gateway".into());
     }
-    let node_count = 1 + 3 * a.mixnodes_per_layer + a.gateways;
+    let node_count = usize::try_from(a.authorities).unwrap_or(usize::MAX)
+        + 3 * a.mixnodes_per_layer
+        + a.gateways;
     if a.netns && node_count > 200 {
         return Err("too many nodes for the 10.77.0.0/24 namespace network".into());
     }
@@ -603,34 +687,9 @@ fn start_all(
     placements: &mut impl Iterator<Item = Placement>,
     nodes: &mut Vec<NodeState>,
 ) -> Result<TestnetState, String> {
-    let next = |p: &mut dyn Iterator<Item = Placement>| p.next().ok_or("placement".to_string());
-
-    // Directory.
-    let place = next(placements)?;
-    let dir = root.join("directory");
-    init_node(exe, "directory", &dir, &[])?;
-    let mut dir_args = args(&["directory", "run", "--dir"]);
-    dir_args.push(path_arg(&dir));
-    dir_args.extend(args(&["--listen"]));
-    dir_args.push(place.addr(NETNS_DIRECTORY_PORT).to_string());
-    dir_args.extend(args(&["--epoch-s"]));
-    dir_args.push(a.epoch_s.to_string());
-    dir_args.extend(args(&["--heartbeat-timeout-s"]));
-    dir_args.push(a.heartbeat_timeout_s.to_string());
-    // Every node is on loopback or a private namespace network, all on one host.
-    dir_args.extend(args(&["--private-network"]));
-    let directory = spawn(
-        exe,
-        "directory",
-        "directory",
-        &dir,
-        &dir_args,
-        &["listen", "key"],
-        place,
-    )?;
-    let directory_url = format!("http://{}", directory.info["listen"]);
-    let directory_key = directory.info["key"].clone();
-    nodes.push(directory);
+    let (urls, keys) = start_authorities(a, root, exe, &mut *placements, nodes)?;
+    let directory_url = urls.join(",");
+    let directory_key = keys.join(",");
 
     // Credential issuers (on loopback: only clients on this host talk to them).
     let (issuers, verification_key) = if a.credentials {
@@ -640,67 +699,23 @@ fn start_all(
         (Vec::new(), None)
     };
 
-    // Mixnodes.
-    for index in 0..3 * a.mixnodes_per_layer {
-        let place = next(placements)?;
-        let name = format!("mix{}", index + 1);
-        let dir = root.join(&name);
-        init_node(exe, "mixnode", &dir, &["--profile", a.profile.name()])?;
-        let mut run = args(&["mixnode", "run", "--dir"]);
-        run.push(path_arg(&dir));
-        run.extend(args(&["--listen"]));
-        run.push(place.addr(NETNS_MIX_PORT).to_string());
-        run.extend(args(&["--metrics-listen"]));
-        run.push(place.addr(NETNS_METRICS_PORT).to_string());
-        run.extend(args(&["--directory"]));
-        run.push(directory_url.clone());
-        run.extend(node_run_args(a));
-        run.extend(trace_args(trace_parts, &name, a.trace_lab));
-        nodes.push(spawn(
-            exe,
-            &name,
-            "mixnode",
-            &dir,
-            &run,
-            &["listen", "metrics"],
-            place,
-        )?);
+    // Mixnodes and gateways: initialised one by one, then started together.
+    let mut launched = Vec::new();
+    let started = start_mixnodes_and_gateways(
+        a,
+        root,
+        exe,
+        trace_parts,
+        placements,
+        (&directory_url, &directory_key),
+        verification_key.as_deref(),
+        &mut launched,
+    );
+    if let Err(e) = started {
+        abandon(launched);
+        return Err(e);
     }
-
-    // Gateways.
-    for index in 0..a.gateways {
-        let place = next(placements)?;
-        let name = format!("gateway{}", index + 1);
-        let dir = root.join(&name);
-        init_node(exe, "gateway", &dir, &["--profile", a.profile.name()])?;
-        let mut run = args(&["gateway", "run", "--dir"]);
-        run.push(path_arg(&dir));
-        run.extend(args(&["--listen"]));
-        run.push(place.addr(NETNS_MIX_PORT).to_string());
-        run.extend(args(&["--client-listen"]));
-        run.push(place.addr(NETNS_CLIENT_PORT).to_string());
-        run.extend(args(&["--metrics-listen"]));
-        run.push(place.addr(NETNS_METRICS_PORT).to_string());
-        run.extend(args(&["--directory"]));
-        run.push(directory_url.clone());
-        run.extend(args(&["--directory-key"]));
-        run.push(directory_key.clone());
-        if let Some(vk) = &verification_key {
-            run.extend(args(&["--verification-key"]));
-            run.push(path_arg(vk));
-        }
-        run.extend(node_run_args(a));
-        run.extend(trace_args(trace_parts, &name, a.trace_lab));
-        nodes.push(spawn(
-            exe,
-            &name,
-            "gateway",
-            &dir,
-            &run,
-            &["listen", "client_url", "metrics", "identity"],
-            place,
-        )?);
-    }
+    ready_all(launched, nodes)?;
 
     let mut state = TestnetState {
         directory_url: directory_url.clone(),
@@ -715,7 +730,9 @@ fn start_all(
             ISSUER_THRESHOLD
         },
     };
-    wait_for_topology(&state, 3 * a.mixnodes_per_layer, a.gateways)?;
+    // A node registered during epoch E is in E+1's vote, certified in the middle of E+1.
+    let bound = FIRST_DOCUMENT_SLACK + Duration::from_secs(a.epoch_s.saturating_mul(3) / 2);
+    wait_for_topology(&state, 3 * a.mixnodes_per_layer, a.gateways, bound)?;
 
     // The service provider: a client of the first gateway, started once the network is up.
     if a.provider {
@@ -770,6 +787,169 @@ fn start_all(
     Ok(state)
 }
 
+/// Kills nodes launched but not yet up (a start that failed half-way).
+fn abandon(launched: Vec<Launched>) {
+    for mut node in launched {
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+    }
+}
+
+/// Initialises and launches every mixnode and gateway (into `launched`, for [`ready_all`]).
+#[allow(clippy::too_many_arguments)]
+fn start_mixnodes_and_gateways(
+    a: &UpArgs,
+    root: &Path,
+    exe: &Path,
+    trace_parts: Option<&Path>,
+    placements: &mut impl Iterator<Item = Placement>,
+    (directory_url, directory_key): (&str, &str),
+    verification_key: Option<&Path>,
+    launched: &mut Vec<Launched>,
+) -> Result<(), String> {
+    for index in 0..3 * a.mixnodes_per_layer {
+        let place = placements.next().ok_or("placement")?;
+        let name = format!("mix{}", index + 1);
+        let dir = root.join(&name);
+        init_node(exe, "mixnode", &dir, &["--profile", a.profile.name()])?;
+        let mut run = args(&["mixnode", "run", "--dir"]);
+        run.push(path_arg(&dir));
+        run.extend(args(&["--listen"]));
+        run.push(place.addr(NETNS_MIX_PORT).to_string());
+        run.extend(args(&["--metrics-listen"]));
+        run.push(place.addr(NETNS_METRICS_PORT).to_string());
+        run.extend(args(&["--directory", directory_url]));
+        run.extend(node_run_args(a));
+        run.extend(trace_args(trace_parts, &name, a.trace_lab));
+        launched.push(launch(
+            exe,
+            &name,
+            "mixnode",
+            &dir,
+            &run,
+            &["listen", "metrics"],
+            place,
+        )?);
+    }
+    for index in 0..a.gateways {
+        let place = placements.next().ok_or("placement")?;
+        let name = format!("gateway{}", index + 1);
+        let dir = root.join(&name);
+        init_node(exe, "gateway", &dir, &["--profile", a.profile.name()])?;
+        let mut run = args(&["gateway", "run", "--dir"]);
+        run.push(path_arg(&dir));
+        run.extend(args(&["--listen"]));
+        run.push(place.addr(NETNS_MIX_PORT).to_string());
+        run.extend(args(&["--client-listen"]));
+        run.push(place.addr(NETNS_CLIENT_PORT).to_string());
+        run.extend(args(&["--metrics-listen"]));
+        run.push(place.addr(NETNS_METRICS_PORT).to_string());
+        run.extend(args(&["--directory", directory_url]));
+        run.extend(args(&["--directory-key", directory_key]));
+        if let Some(vk) = verification_key {
+            run.extend(args(&["--verification-key"]));
+            run.push(path_arg(vk));
+        }
+        run.extend(node_run_args(a));
+        run.extend(trace_args(trace_parts, &name, a.trace_lab));
+        launched.push(launch(
+            exe,
+            &name,
+            "gateway",
+            &dir,
+            &run,
+            &["listen", "client_url", "metrics", "identity"],
+            place,
+        )?);
+    }
+    Ok(())
+}
+
+/// The authorities, `authority1..N`: each initialised (its key), then all started together,
+/// each with every other one pinned as a peer (`--peer URL=KEY`). Returns their URLs and
+/// keys (hex), in one order.
+fn start_authorities(
+    a: &UpArgs,
+    root: &Path,
+    exe: &Path,
+    placements: &mut impl Iterator<Item = Placement>,
+    nodes: &mut Vec<NodeState>,
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let count = usize::try_from(a.authorities).unwrap_or(usize::MAX);
+    // (name, dir, placement, listen address, key)
+    let mut planned = Vec::with_capacity(count);
+    // Each peer's URL is a flag of the others, so every port is chosen before any starts:
+    // held here until then (a lone directory takes port 0 itself).
+    let mut held_ports = Vec::new();
+    for index in 1..=count {
+        let place = placements.next().ok_or("placement")?;
+        let name = format!("authority{index}");
+        let dir = root.join(&name);
+        let printed = init_node(exe, "authority", &dir, &[])?;
+        let key = printed
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("key="))
+            .ok_or_else(|| format!("lethe authority init printed no key=: {printed}"))?
+            .to_string();
+        let listen = match place {
+            Placement::Loopback if count > 1 => {
+                let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                    .map_err(|e| format!("choosing a port for {name}: {e}"))?;
+                let addr = port.local_addr().map_err(|e| e.to_string())?;
+                held_ports.push(port);
+                addr
+            }
+            _ => place.addr(NETNS_DIRECTORY_PORT),
+        };
+        planned.push((name, dir, place, listen, key));
+    }
+    drop(held_ports);
+    let mut launched = Vec::with_capacity(count);
+    for (index, (name, dir, place, listen, _)) in planned.iter().enumerate() {
+        let mut run = args(&["authority", "run", "--dir"]);
+        run.push(path_arg(dir));
+        run.extend(args(&["--listen"]));
+        run.push(listen.to_string());
+        run.extend(args(&["--epoch-s"]));
+        run.push(a.epoch_s.to_string());
+        run.extend(args(&["--heartbeat-timeout-s"]));
+        run.push(a.heartbeat_timeout_s.to_string());
+        // Every node is on loopback or a private namespace network, all on one host.
+        run.extend(args(&["--private-network"]));
+        for (peer, (_, _, _, peer_listen, peer_key)) in planned.iter().enumerate() {
+            if peer != index {
+                run.extend(args(&["--peer"]));
+                run.push(format!("http://{peer_listen}={peer_key}"));
+            }
+        }
+        match launch(
+            exe,
+            name,
+            "authority",
+            dir,
+            &run,
+            &["listen", "key"],
+            *place,
+        ) {
+            Ok(node) => launched.push(node),
+            Err(e) => {
+                abandon(launched);
+                return Err(e);
+            }
+        }
+    }
+    let first = nodes.len();
+    ready_all(launched, nodes)?;
+    let started = &nodes[first..];
+    Ok((
+        started
+            .iter()
+            .map(|n| format!("http://{}", n.info["listen"]))
+            .collect(),
+        started.iter().map(|n| n.info["key"].clone()).collect(),
+    ))
+}
+
 /// `lethe keygen` (2 of 3) in DIR/issuers and one `lethe issuer run` per key; returns the
 /// issuer URLs and the verification key path.
 fn start_issuers(
@@ -794,11 +974,14 @@ fn start_issuers(
             String::from_utf8_lossy(&output.stderr).trim()
         ));
     }
-    let mut urls = Vec::with_capacity(ISSUER_COUNT);
+    let mut launched = Vec::with_capacity(ISSUER_COUNT);
     for index in 1..=ISSUER_COUNT {
         let name = format!("issuer{index}");
         let node_dir = dir.join(&name);
-        fs::create_dir_all(&node_dir).map_err(|e| format!("{}: {e}", node_dir.display()))?;
+        if let Err(e) = fs::create_dir_all(&node_dir) {
+            abandon(launched);
+            return Err(format!("{}: {e}", node_dir.display()));
+        }
         let mut run = args(&["issuer", "run", "--listen", "127.0.0.1:0", "--key"]);
         run.push(path_arg(&keys.join(format!("issuer-{index}.key"))));
         // Every client of a testnet comes from this host (one IP): the per-IP limit is the
@@ -809,7 +992,7 @@ fn start_issuers(
             "--burst-per-ip",
             ISSUER_BURST,
         ]));
-        let node = spawn(
+        match launch(
             exe,
             &name,
             "issuer",
@@ -817,22 +1000,38 @@ fn start_issuers(
             &run,
             &["listen"],
             Placement::Loopback,
-        )?;
-        urls.push(format!("http://{}", node.info["listen"]));
-        nodes.push(node);
+        ) {
+            Ok(node) => launched.push(node),
+            Err(e) => {
+                abandon(launched);
+                return Err(e);
+            }
+        }
     }
+    let first = nodes.len();
+    ready_all(launched, nodes)?;
+    let urls = nodes[first..]
+        .iter()
+        .map(|n| format!("http://{}", n.info["listen"]))
+        .collect();
     Ok((urls, keys.join("verification.key")))
 }
 
-/// Waits (bounded) until a consensus the clients accept lists every mixnode and gateway.
-fn wait_for_topology(state: &TestnetState, mixnodes: usize, gateways: usize) -> Result<(), String> {
+/// Waits (at most `bound`) until a consensus the clients accept lists every mixnode and
+/// gateway.
+fn wait_for_topology(
+    state: &TestnetState,
+    mixnodes: usize,
+    gateways: usize,
+    bound: Duration,
+) -> Result<(), String> {
     let authorities = state.authorities()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     let http = crate::directory::client::http_client();
-    let deadline = Instant::now() + NODE_START_TIMEOUT;
+    let deadline = Instant::now() + bound;
     let mut last = String::new();
     while Instant::now() < deadline {
         match runtime.block_on(crate::directory::client::fetch_consensus(
@@ -852,13 +1051,16 @@ fn wait_for_topology(state: &TestnetState, mixnodes: usize, gateways: usize) -> 
         std::thread::sleep(Duration::from_millis(200));
     }
     Err(format!(
-        "the directory did not list every node in time: {last}"
+        "the authorities did not certify a document listing every node within {} s: {last}",
+        bound.as_secs()
     ))
 }
 
 fn print_summary(state: &TestnetState, dir: &Path) {
     println!("directory={}", state.directory_url);
     println!("directory_key={}", state.directory_key);
+    let authorities = state.authority_urls().len();
+    println!("authorities={authorities}");
     for node in &state.nodes {
         let mut fields: Vec<String> = node.info.iter().map(|(k, v)| format!("{k}={v}")).collect();
         fields.sort();
@@ -889,8 +1091,12 @@ fn print_summary(state: &TestnetState, dir: &Path) {
             key = state.directory_key,
         )
     };
+    let needed = state
+        .authorities()
+        .map_or(authorities, |set| set.set().threshold());
     eprintln!(
-        "\nA Lethe testnet is running (state in {d}). Try it, in this order:\n\
+        "\nA Lethe testnet is running (state in {d}), with {authorities} directory \
+         authorities (a document needs {needed} of their signatures). Try it, in this order:\n\
          \n  {alice}\
          \n  {bob}\
          \n  {exe} client send --dir alice --to \"$(cat bob/address)\" --message hello --wait-acks\
@@ -941,9 +1147,10 @@ fn split_list(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// `testnet status`'s view of the authorities: each one's own (`/health`: epoch, nodes; the
-/// document it serves and whether it signed it), then the document clients accept and who
-/// signed it. Every line says what it could not read instead of failing.
+/// `testnet status`'s view of the authorities: each one's own (a voting authority's epoch,
+/// the nodes it sees alive and the document it serves, from its metrics; a lone directory's
+/// from `/health`; and whether it signed the document it serves), then the document clients
+/// accept and who signed it. Every line says what it could not read instead of failing.
 fn print_authorities(state: &TestnetState) {
     use crate::directory::client;
     let Ok(authorities) = state.authorities() else {
@@ -981,16 +1188,26 @@ fn print_authorities(state: &TestnetState) {
             .find(|(_, k)| *k == hex)
             .map_or_else(|| hex[..16].to_string(), |(n, _)| n.clone())
     };
-    for (url, (name, key)) in authorities.urls().iter().zip(&names) {
-        let health = runtime.block_on(async {
-            let response = http.get(format!("{url}/health")).send().await.ok()?;
+    let get_text = |url: String| {
+        runtime.block_on(async {
+            let response = http.get(url).send().await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
             let body = response.bytes().await.ok()?;
-            serde_json::from_slice::<serde_json::Value>(&body).ok()
-        });
-        let (epoch, nodes) = match &health {
-            Some(h) => (h["epoch"].to_string(), h["nodes"].to_string()),
-            None => ("unreachable".into(), "unknown".into()),
-        };
+            String::from_utf8(body.to_vec()).ok()
+        })
+    };
+    for (url, (name, key)) in authorities.urls().iter().zip(&names) {
+        let view = match get_text(format!("{url}/metrics")) {
+            Some(text) => authority_view(&text).or_else(|| {
+                let health = get_text(format!("{url}/health"))?;
+                let h: serde_json::Value = serde_json::from_str(&health).ok()?;
+                Some(format!("epoch={} nodes={}", h["epoch"], h["nodes"]))
+            }),
+            None => None,
+        }
+        .unwrap_or_else(|| "unreachable".to_string());
         let document = runtime.block_on(client::fetch_consensus_document(&http, url));
         let served = match document {
             Ok(doc) => {
@@ -1009,7 +1226,7 @@ fn print_authorities(state: &TestnetState) {
             }
             Err(e) => format!("document=none ({e})"),
         };
-        println!("authority={name} url={url} epoch={epoch} nodes={nodes} {served}");
+        println!("authority={name} url={url} {view} {served}");
     }
     match runtime.block_on(client::fetch_consensus(&http, &authorities, None)) {
         Ok(topology) => {
@@ -1039,6 +1256,28 @@ fn print_authorities(state: &TestnetState) {
         }
         Err(e) => println!("consensus=none ({e})"),
     }
+}
+
+/// A voting authority's own view from its Prometheus text: its epoch, the nodes it sees
+/// alive, the votes it holds, the epoch of the document it serves and whether that is this
+/// epoch's (it is not during each epoch's first half). `None` for a lone directory (no
+/// `lethe_authority_*` series).
+fn authority_view(metrics: &str) -> Option<String> {
+    let value = |series: &str| {
+        metrics.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.trim().to_string())
+        })
+    };
+    let epoch = value("lethe_authority_epoch")?;
+    let unknown = || "unknown".to_string();
+    let current = value("lethe_authority_consensus_current").is_some_and(|v| v == "1");
+    Some(format!(
+        "epoch={epoch} nodes={} votes={} serving_epoch={} serving_current={current}",
+        value("lethe_authority_nodes{state=\"alive\"}").unwrap_or_else(unknown),
+        value("lethe_authority_votes_held").unwrap_or_else(unknown),
+        value("lethe_authority_consensus_epoch").unwrap_or_else(unknown),
+    ))
 }
 
 /// `testnet status`: the exit status is 0 when every node runs, 1 when some have stopped,
@@ -1363,4 +1602,26 @@ pub fn link(a: &LinkArgs) -> Result<(), String> {
         "ip",
         &["link", "set", &format!("lethe-h{index}"), a.state.as_str()],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn testnet_status_reads_an_authoritys_view_from_its_metrics() {
+        let metrics = "# TYPE lethe_authority_epoch gauge\n\
+                       lethe_authority_epoch 12\n\
+                       lethe_authority_votes_held 3\n\
+                       lethe_authority_consensus_epoch 11\n\
+                       lethe_authority_consensus_current 0\n\
+                       lethe_authority_nodes{state=\"alive\"} 8\n\
+                       lethe_authority_nodes{state=\"consensus\"} 7\n";
+        assert_eq!(
+            authority_view(metrics).as_deref(),
+            Some("epoch=12 nodes=8 votes=3 serving_epoch=11 serving_current=false")
+        );
+        // A lone directory has no authority series: `/health` is read instead.
+        assert_eq!(authority_view("lethe_directory_epoch 3\n"), None);
+    }
 }

@@ -15,6 +15,8 @@
 //! The documents' types (descriptors, topologies) and route sampling live in
 //! `lethe_proto::topology`, where the client core uses them; they are re-exported here.
 
+use std::time::Duration;
+
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -229,6 +231,62 @@ pub fn freshness(topology: &Topology, now_s: u64) -> Freshness {
     }
 }
 
+/// Who fetches documents, for [`refetch_in`]: a gateway checks its clients' first hops
+/// against the document it holds, so it takes each new one first; clients and loadgen a
+/// little later, so they seldom route on layers their gateway does not know yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consumer {
+    Gateway,
+    Client,
+}
+
+/// How long a consumer holding `held` waits, at `now_ms`, before fetching again: until the
+/// next document is due plus the consumer's lag, and at most `every`. Voting authorities
+/// certify epoch E+1's document in the middle of E+1 (epochs are aligned to the clock, E's
+/// starting at its `issued_at_s`, and a document is valid for
+/// [`DIRECTORY_VALIDITY_EPOCHS`](limits::DIRECTORY_VALIDITY_EPOCHS)) and redraw the layers
+/// each time: a consumer on a shorter epoch than its `every` must not wait longer, or its
+/// gateway (which keeps only its previous document besides the current one) refuses the
+/// first hops it picks. A lone directory publishes at least once an epoch. Once the next
+/// document is late, again a tenth of an epoch later.
+pub fn refetch_in(held: &Topology, now_ms: u64, every: Duration, consumer: Consumer) -> Duration {
+    let epoch_ms = held
+        .valid_until_s
+        .saturating_sub(held.issued_at_s)
+        .saturating_mul(1000)
+        / limits::DIRECTORY_VALIDITY_EPOCHS;
+    if epoch_ms == 0 {
+        return every;
+    }
+    let certified_ms = if held.shared_random.is_some() {
+        epoch_ms / 2
+    } else {
+        0
+    };
+    let lag_permille = match consumer {
+        Consumer::Gateway => limits::CONSENSUS_FETCH_LAG_GATEWAY_PERMILLE,
+        Consumer::Client => limits::CONSENSUS_FETCH_LAG_CLIENT_PERMILLE,
+    };
+    let due_ms = held
+        .issued_at_s
+        .saturating_mul(1000)
+        .saturating_add(epoch_ms)
+        .saturating_add(certified_ms)
+        .saturating_add(epoch_ms.saturating_mul(lag_permille) / 1000);
+    let wait_ms = match due_ms.checked_sub(now_ms) {
+        Some(wait_ms) if wait_ms > 0 => wait_ms,
+        _ => (epoch_ms / 10).max(limits::CONSENSUS_REFETCH_MS_MIN),
+    };
+    every.min(Duration::from_millis(wait_ms))
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now_s() -> u64 {
     std::time::SystemTime::now()
@@ -394,6 +452,43 @@ mod tests {
             valid_until_s,
             ..lethe_proto::testing::TestMixnet::new(1, &[7; 32]).topology
         }
+    }
+
+    #[test]
+    fn consumers_fetch_each_epochs_document_gateways_first() {
+        let every = Duration::from_secs(300);
+        // A voting authorities' document of epoch 100 of 5 s: the next is certified at
+        // 507.5 s; gateways fetch at +0.5 s, clients at +2 s.
+        let mut voting = topology(100, 500 + 15);
+        voting.issued_at_s = 500;
+        voting.shared_random = Some(lethe_proto::topology::SharedRandom {
+            value: "00".repeat(32),
+            reveals: 0,
+            commits: Default::default(),
+        });
+        let at = |now_ms: u64, consumer| refetch_in(&voting, now_ms, every, consumer);
+        assert_eq!(at(501_000, Consumer::Gateway), Duration::from_millis(7_000));
+        assert_eq!(at(501_000, Consumer::Client), Duration::from_millis(8_500));
+        // Late: again a tenth of an epoch on.
+        assert_eq!(at(509_500, Consumer::Client), Duration::from_millis(500));
+        // Never longer than `every`; a long epoch changes nothing.
+        assert_eq!(
+            refetch_in(&voting, 501_000, Duration::from_secs(2), Consumer::Client),
+            Duration::from_secs(2)
+        );
+        let mut long = voting.clone();
+        long.valid_until_s = 500 + 3 * 3600;
+        assert_eq!(refetch_in(&long, 501_000, every, Consumer::Client), every);
+        // A lone directory's: the next at the end of its epoch.
+        let mut lone = voting.clone();
+        lone.shared_random = None;
+        assert_eq!(
+            refetch_in(&lone, 501_000, every, Consumer::Gateway),
+            Duration::from_millis(4_500)
+        );
+        // No validity to go by: `every`.
+        lone.valid_until_s = lone.issued_at_s;
+        assert_eq!(refetch_in(&lone, 501_000, every, Consumer::Client), every);
     }
 
     #[test]

@@ -1,19 +1,25 @@
-//! The whole network as real processes on loopback: `lethe testnet up` (directory, 3 layers x 2
-//! mixnodes, 2 gateways, a service provider), then clients through the `lethe` CLI.
+//! The whole network as real processes on loopback: `lethe testnet up` (4 directory
+//! authorities, 3 layers x 2 mixnodes, 2 gateways, a service provider), then clients through
+//! the `lethe` CLI. One authority is SIGKILLed early on (issue 19 item 4): the other three
+//! keep certifying documents, a mixnode's death included, and everything after is carried.
 //! Checks outcomes, never speed: every wait is bounded and generous.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::io::Read;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::socks::{fetch_through_socks, http_server};
 use common::testnet::{lethe, Testnet};
-use common::{only_file, random_bytes, LETHE};
+use common::{http_get, only_file, random_bytes, LETHE};
+use lethe_nodes::keyfile;
+use lethe_nodes::topology::{
+    now_s, valid_signers, verify_consensus, AuthoritySet, MultiSigned, Topology,
+};
 
 const TIMEOUT_S: u64 = 120;
 
@@ -74,6 +80,20 @@ fn receive(dir: &Path, out: &Path, count: usize) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// The document the authority at `url` serves, verified against every key the testnet pins,
+/// and the keys that signed it; `None` if it serves none that verifies.
+fn served_consensus(url: &str, set: &AuthoritySet) -> Option<(Topology, Vec<[u8; 32]>)> {
+    let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let response = http_get(addr, "/v1/consensus");
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let doc: MultiSigned = serde_json::from_str(body).ok()?;
+    let topology = verify_consensus(&doc, set, now_s(), None).ok()?;
+    Some((topology, valid_signers(&doc, set)))
 }
 
 fn kill(pid: u64) {
@@ -161,6 +181,25 @@ fn whole_network_on_loopback() {
     let _ = socks.kill();
     let _ = socks.wait();
 
+    // One authority down: SIGKILLed; everything below happens without it.
+    let (urls, keys) = net.directory();
+    let urls: Vec<&str> = urls.split(',').collect();
+    let keys: Vec<[u8; 32]> = keys
+        .split(',')
+        .map(|k| keyfile::unhex_32(k).unwrap())
+        .collect();
+    assert_eq!(
+        (urls.len(), keys.len()),
+        (4, 4),
+        "testnet up runs 4 authorities"
+    );
+    let set = AuthoritySet::new(keys.clone()).unwrap();
+    let epoch_at_kill = served_consensus(urls[0], &set)
+        .expect("authority1 serves a certified document")
+        .0
+        .epoch;
+    kill(net.node("authority4")["pid"].as_u64().unwrap());
+
     // 2. A 1 MB file to Bob while Bob is offline; Bob connects later and gets it intact.
     let file = root.join("one-megabyte.bin");
     let data = random_bytes(1 << 20, 42);
@@ -192,6 +231,56 @@ fn whole_network_on_loopback() {
         only_file(&inbox2) == data2,
         "the second file arrived altered"
     );
+
+    // The epochs after authority 4 died were certified by the other three, and the dead
+    // mixnode left a document they agreed on without it.
+    let mix3 = net.info("mix3", "listen");
+    let deadline = Instant::now() + Duration::from_secs(TIMEOUT_S);
+    loop {
+        let (topology, signers) =
+            served_consensus(urls[0], &set).expect("authority1 serves a certified document");
+        let listed = topology
+            .layers
+            .iter()
+            .flatten()
+            .any(|d| d.mix_address.to_string() == mix3);
+        if topology.epoch >= epoch_at_kill + 2 && !listed {
+            assert_eq!(signers.len(), 3, "epoch {}", topology.epoch);
+            assert!(!signers.contains(&keys[3]), "signed by the dead authority");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no certified document without mix3 after authority 4 died: epoch {} (killed at \
+             {epoch_at_kill}), mix3 listed: {listed}",
+            topology.epoch
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // `testnet status` says so: authority 4 unreachable, the document signed by the others.
+    let status = lethe(&["testnet", "status", "--dir", net.dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(1), "{text}");
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} line: {text}"))
+            .to_string()
+    };
+    assert!(
+        line("authority=authority4 ").contains("unreachable"),
+        "{text}"
+    );
+    assert!(
+        line("authority=authority1 ").contains("signed_by_self=true"),
+        "{text}"
+    );
+    let consensus = line("consensus epoch=");
+    assert!(
+        consensus.contains("signed_by=authority") && !consensus.contains("authority4"),
+        "{text}"
+    );
+    assert!(consensus.contains("needed=3 of=4"), "{text}");
 
     drop(net);
     let _ = std::fs::remove_dir_all(&root);

@@ -185,8 +185,10 @@ pub fn testnet_processes(dir: &str) -> Vec<u32> {
     pids
 }
 
-/// A `lethe testnet up` started by a test (1 mixnode per layer, 1 gateway, no provider, 2-of-3
-/// credential issuers: the gateway requires bandwidth credentials); `testnet down` on drop.
+/// A `lethe testnet up` started by a test (a lone directory, 1 mixnode per layer, 1 gateway, no
+/// provider, 2-of-3 credential issuers: the gateway requires bandwidth credentials); `testnet
+/// down` on drop. A lone directory keeps the layers put, so a test sees only the changes it
+/// makes (voting authorities redraw them every epoch); bare `loadgen` covers the 4.
 pub struct TestnetGuard {
     pub dir: PathBuf,
     pub url: String,
@@ -218,6 +220,8 @@ impl TestnetGuard {
                 "1",
                 "--provider",
                 "false",
+                "--authorities",
+                "1",
             ])
             .output()
             .unwrap();

@@ -8,8 +8,9 @@
 //! - connection task: WebSocket to our gateway driving `lethe_proto::ClientSession`, credential
 //!   spends as `lethe_proto::loopix::payer` decides, reconnection with exponential backoff
 //!   (200 ms doubling to 30 s);
-//! - topology task: refresh every `topology_refresh_s` (and soon after a failure), keeping
-//!   the epoch seen so an older topology is refused.
+//! - topology task: refresh each epoch's document once due and at least every
+//!   `topology_refresh_s` (and soon after a failure), keeping the epoch seen so an older
+//!   topology is refused.
 //!
 //! The core's RNG is seeded from the OS here. Every channel is bounded; overflow is counted in
 //! [`Stats`].
@@ -719,7 +720,17 @@ async fn topology_task(
     refresh: Arc<Notify>,
     stats: Arc<Stats>,
 ) {
-    let mut wait = every;
+    // Each epoch's document soon after it is due (voting authorities redraw the layers every
+    // epoch), and at least every `every`.
+    let next = |held: &Topology| {
+        crate::topology::refetch_in(
+            held,
+            crate::topology::now_ms(),
+            every,
+            crate::topology::Consumer::Client,
+        )
+    };
+    let mut wait = next(&tx.borrow());
     let mut last_fetch = Instant::now();
     loop {
         tokio::select! {
@@ -738,10 +749,10 @@ async fn topology_task(
                 if stats.topology_in_grace.swap(0, Ordering::Relaxed) != 0 {
                     tracing::info!(epoch = topology.epoch, "a fresh topology verified");
                 }
+                wait = next(&topology);
                 if tx.send(Arc::new(topology)).is_err() {
                     return;
                 }
-                wait = every;
             }
             Err(error) => {
                 bump(&stats.topology_fetch_failures);

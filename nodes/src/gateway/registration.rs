@@ -129,9 +129,10 @@ pub fn descriptor(parts: &DescriptorParts) -> Descriptor {
     }
 }
 
-/// Fetches the verified consensus (any authority, in turn) now and every
-/// [`TOPOLOGY_REFRESH`]; a failed fetch keeps the previous one, past its `valid_until_s` for
-/// the grace ([`CONSENSUS_GRACE_S`](limits::CONSENSUS_GRACE_S)), said in the log and the
+/// Fetches the verified consensus (any authority, in turn) now, then each epoch's as soon
+/// as it is due and at least every [`TOPOLOGY_REFRESH`]; a failed fetch keeps the previous
+/// one, past its `valid_until_s` for the grace
+/// ([`CONSENSUS_GRACE_S`](limits::CONSENSUS_GRACE_S)), said in the log and the
 /// `consensus_in_grace` gauge; then [`FirstHops::check`] refuses forwarding.
 pub fn refresh_topology(
     runtime: &tokio::runtime::Handle,
@@ -154,9 +155,17 @@ pub fn refresh_topology(
                     if metrics.consensus_in_grace.swap(0, Ordering::Relaxed) != 0 {
                         tracing::info!(epoch = topology.epoch, "a fresh consensus verified");
                     }
+                    // Each epoch's document as soon as it is due (voting authorities
+                    // redraw the layers every epoch), at least every TOPOLOGY_REFRESH.
+                    let next = crate::topology::refetch_in(
+                        &topology,
+                        crate::topology::now_ms(),
+                        TOPOLOGY_REFRESH,
+                        crate::topology::Consumer::Gateway,
+                    );
                     first_hops.set_topology(topology);
                     if formed {
-                        TOPOLOGY_REFRESH
+                        next
                     } else {
                         Duration::from_millis(limits::GATEWAY_TOPOLOGY_RETRY_MS)
                     }

@@ -22,7 +22,8 @@ pub struct Testnet {
 }
 
 impl Testnet {
-    /// `lethe testnet up --dir DIR --epoch-s 30 EXTRA` in a fresh `dir`; must succeed.
+    /// `lethe testnet up --dir DIR EXTRA` in a fresh `dir` (4 authorities, 5-s epochs unless
+    /// EXTRA says otherwise); must succeed.
     pub fn up(dir: &Path, extra: &[&str]) -> Testnet {
         Testnet::up_env(dir, extra, &[])
     }
@@ -31,14 +32,7 @@ impl Testnet {
     /// only an environment variable reaches, e.g. `LETHE_ROTATION_INTERVAL_S`).
     pub fn up_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Testnet {
         let _ = std::fs::remove_dir_all(dir);
-        let mut args = vec![
-            "testnet",
-            "up",
-            "--dir",
-            dir.to_str().unwrap(),
-            "--epoch-s",
-            "30",
-        ];
+        let mut args = vec!["testnet", "up", "--dir", dir.to_str().unwrap()];
         args.extend_from_slice(extra);
         let out = Command::new(LETHE)
             .args(&args)
@@ -58,7 +52,8 @@ impl Testnet {
         }
     }
 
-    /// The directory's URL and key.
+    /// The authorities' URLs and keys, each a comma-separated list (as `--directory` and
+    /// `--directory-key` take them).
     pub fn directory(&self) -> (String, String) {
         (
             self.state["directory_url"].as_str().unwrap().to_string(),
