@@ -506,11 +506,24 @@ fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// Run flags of every mixnode and gateway; the sizes come from `init --profile` (`UpArgs`).
-/// Flags of every mixnode and gateway: a short shutdown, and three heartbeats per timeout
-/// (one lost heartbeat is not a departure).
-fn node_run_args(a: &UpArgs) -> Vec<String> {
-    let mut run = args(&["--shutdown-grace-ms", "2000", "--heartbeat-s"]);
+/// `ROLE run` flags of every mixnode and gateway (the sizes come from `init --profile`): its
+/// dir, mix and metrics addresses, the authorities, a short shutdown, and three heartbeats
+/// per timeout (one lost heartbeat is not a departure).
+fn node_run_args(
+    a: &UpArgs,
+    role: &str,
+    dir: &Path,
+    place: Placement,
+    directory_url: &str,
+) -> Vec<String> {
+    let mut run = args(&[role, "run", "--dir"]);
+    run.push(path_arg(dir));
+    run.extend(args(&["--listen"]));
+    run.push(place.addr(NETNS_MIX_PORT).to_string());
+    run.extend(args(&["--metrics-listen"]));
+    run.push(place.addr(NETNS_METRICS_PORT).to_string());
+    run.extend(args(&["--directory", directory_url]));
+    run.extend(args(&["--shutdown-grace-ms", "2000", "--heartbeat-s"]));
     run.push((a.heartbeat_timeout_s / 3).max(1).to_string());
     run
 }
@@ -812,14 +825,7 @@ fn start_mixnodes_and_gateways(
         let name = format!("mix{}", index + 1);
         let dir = root.join(&name);
         init_node(exe, "mixnode", &dir, &["--profile", a.profile.name()])?;
-        let mut run = args(&["mixnode", "run", "--dir"]);
-        run.push(path_arg(&dir));
-        run.extend(args(&["--listen"]));
-        run.push(place.addr(NETNS_MIX_PORT).to_string());
-        run.extend(args(&["--metrics-listen"]));
-        run.push(place.addr(NETNS_METRICS_PORT).to_string());
-        run.extend(args(&["--directory", directory_url]));
-        run.extend(node_run_args(a));
+        let mut run = node_run_args(a, "mixnode", &dir, place, directory_url);
         run.extend(trace_args(trace_parts, &name, a.trace_lab));
         launched.push(launch(
             exe,
@@ -836,21 +842,14 @@ fn start_mixnodes_and_gateways(
         let name = format!("gateway{}", index + 1);
         let dir = root.join(&name);
         init_node(exe, "gateway", &dir, &["--profile", a.profile.name()])?;
-        let mut run = args(&["gateway", "run", "--dir"]);
-        run.push(path_arg(&dir));
-        run.extend(args(&["--listen"]));
-        run.push(place.addr(NETNS_MIX_PORT).to_string());
+        let mut run = node_run_args(a, "gateway", &dir, place, directory_url);
         run.extend(args(&["--client-listen"]));
         run.push(place.addr(NETNS_CLIENT_PORT).to_string());
-        run.extend(args(&["--metrics-listen"]));
-        run.push(place.addr(NETNS_METRICS_PORT).to_string());
-        run.extend(args(&["--directory", directory_url]));
         run.extend(args(&["--directory-key", directory_key]));
         if let Some(vk) = verification_key {
             run.extend(args(&["--verification-key"]));
             run.push(path_arg(vk));
         }
-        run.extend(node_run_args(a));
         run.extend(trace_args(trace_parts, &name, a.trace_lab));
         launched.push(launch(
             exe,
