@@ -83,7 +83,7 @@ kill -9 "$VICTIM_PID"
 KILLED=$(now)
 
 sleep_until $(( START + JOIN_AT_S ))
-"$LETHE" mixnode init --dir "$WORK/newmix" --profile small >/dev/null
+"$LETHE" mixnode init --dir "$WORK/newmix" --profile small >/dev/null 2>&1
 "$LETHE" mixnode run --dir "$WORK/newmix" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
     --directory "$TESTNET_DIRECTORY" --heartbeat-s 1 >"$WORK/newmix.out" 2>"$WORK/newmix.err" &
 NEWMIX_PID=$!
