@@ -163,8 +163,10 @@ pub struct LoadArgs {
     #[arg(long, global = true, default_value_t = 2)]
     pub gateways: u32,
     /// Local testnet: its mixnodes and gateways write their packet events (trace format v1)
-    /// to DIR/parts/ (`lethe testnet up --trace DIR`); `lethe-sim metrics --trace DIR` reads
-    /// them once the run has ended. The senders' own events are not recorded yet.
+    /// to DIR/parts/ (`lethe testnet up --trace DIR`), and a single run writes loadgen's own
+    /// part, DIR/parts/loadgen.csv: a `send` row per packet its senders sent and a `deliver`
+    /// row per packet its receivers got. `lethe-sim metrics --trace DIR` reads them once the
+    /// run has ended.
     #[arg(long, global = true, value_name = "DIR")]
     pub trace: Option<std::path::PathBuf>,
     /// No progress display (and no live view).

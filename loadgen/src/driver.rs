@@ -88,6 +88,11 @@ pub trait Driver {
     fn client_stats(&self) -> Option<ClientStats> {
         None
     }
+    /// The run's `clients` senders and the gateways, as loadgen's trace part names them
+    /// (gateway drivers; `None`: loadgen cannot trace its packets on this driver).
+    fn trace_clients(&self, _clients: u32) -> Option<crate::trace::TraceClients> {
+        None
+    }
     /// Bandwidth credentials the driver's clients obtained and spent (gateway drivers).
     fn credentials(&self) -> Option<crate::credentials::CredentialInfo> {
         None

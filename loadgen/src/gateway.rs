@@ -50,6 +50,7 @@ use crate::receiver::{ActiveRun, ReceiverCounters, ReceiverStats};
 use crate::refresh::{routes_of, ReceiverExit, TopologyFeed};
 use crate::stamp::Stamp;
 use crate::testnet::Testnet;
+use crate::trace::{TraceClients, TraceSender};
 use crate::tracker::Arrival;
 use crate::windows::WatchedProcess;
 
@@ -137,6 +138,8 @@ struct GatewayEntry {
     name: String,
     url: String,
     identity: [u8; 32],
+    /// Its mixnet address (its name in the nodes' trace parts).
+    mix_address: SocketAddr,
     /// It reported no balance after `Welcome`: open admission (sessions stop waiting for one).
     open_admission: Arc<AtomicBool>,
 }
@@ -299,6 +302,7 @@ impl GatewayNetwork {
                 name,
                 url: client_url,
                 identity: descriptor.identity_key().map_err(|e| e.to_string())?,
+                mix_address: descriptor.mix_address,
                 open_admission: Arc::new(AtomicBool::new(false)),
             });
         }
@@ -327,7 +331,7 @@ impl GatewayNetwork {
             let task_shared = Arc::clone(&shared);
             let name = gateway.name.clone();
             runtime.spawn(async move {
-                let reason = receive_loop(connection, &task_shared).await;
+                let reason = receive_loop(connection, &task_shared, identity).await;
                 Counters::add(&task_shared.counters.session_failures, 1);
                 task_shared
                     .counters
@@ -466,6 +470,7 @@ impl GatewayNetwork {
             size: self.packet_size,
             wire: Wire::GatewayForward,
             delay_ns_mean: 0.0,
+            trace: false,
         }
         .validate()?;
         for round in 0u32.. {
@@ -474,6 +479,7 @@ impl GatewayNetwork {
             self.set_run(Some(ActiveRun {
                 tracker: Arc::clone(&tracker),
                 start: Instant::now(),
+                trace: None,
             }));
             let mut seq = 0u64;
             let mut injectors = Vec::new();
@@ -488,6 +494,7 @@ impl GatewayNetwork {
                         size: self.packet_size,
                         wire: Wire::GatewayForward,
                         delay_ns_mean: 0.0,
+                        trace: false,
                     };
                     let stamp = Stamp {
                         run_id,
@@ -495,7 +502,8 @@ impl GatewayNetwork {
                         scheduled_ns: 0,
                     };
                     seq += 1;
-                    crate::generator::build_chunk(&plan, &[stamp], &mut rng, &mut frames);
+                    let mut ids = Vec::new();
+                    crate::generator::build_chunk(&plan, &[stamp], &mut rng, &mut frames, &mut ids);
                     for (_, frame) in frames.drain(..) {
                         injector.send(&frame).map_err(|e| format!("warm-up: {e}"))?;
                     }
@@ -743,8 +751,8 @@ async fn confirm(
     Ok(())
 }
 
-/// Reads deliveries until the session fails; returns why.
-async fn receive_loop(mut connection: Connection, shared: &Shared) -> String {
+/// Reads deliveries for the receiver `identity` until the session fails; returns why.
+async fn receive_loop(mut connection: Connection, shared: &Shared, identity: [u8; 32]) -> String {
     let mut pending: Vec<u64> = Vec::with_capacity(limits::RECEIVER_CONFIRM_BATCH_IDS);
     let mut tick =
         tokio::time::interval(Duration::from_millis(limits::RECEIVER_CONFIRM_INTERVAL_MS));
@@ -758,7 +766,7 @@ async fn receive_loop(mut connection: Connection, shared: &Shared) -> String {
                     match event {
                         ClientEvent::Deliver { id, kind, bytes, .. } => {
                             Counters::add(&shared.counters.deliveries, 1);
-                            deliver(shared, kind, &bytes);
+                            deliver(shared, kind, &bytes, identity);
                             pending.push(id);
                         }
                         ClientEvent::Error { code, text } => {
@@ -787,8 +795,8 @@ async fn receive_loop(mut connection: Connection, shared: &Shared) -> String {
     }
 }
 
-/// Counts one delivery against the current run.
-fn deliver(shared: &Shared, kind: DeliveryKind, bytes: &[u8]) {
+/// Counts one delivery to `recipient` against the current run.
+fn deliver(shared: &Shared, kind: DeliveryKind, bytes: &[u8], recipient: [u8; 32]) {
     let counters = &shared.receiver;
     counters.frames.fetch_add(1, Ordering::Relaxed);
     if kind != DeliveryKind::Message {
@@ -805,8 +813,16 @@ fn deliver(shared: &Shared, kind: DeliveryKind, bytes: &[u8]) {
         return;
     };
     let arrival_ns = u64::try_from(run.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    if run.tracker.record(&stamp, arrival_ns) == Arrival::OutOfRange {
-        counters.bad_payload.fetch_add(1, Ordering::Relaxed);
+    match run.tracker.record(&stamp, arrival_ns) {
+        Arrival::OutOfRange => {
+            counters.bad_payload.fetch_add(1, Ordering::Relaxed);
+        }
+        Arrival::Delivered => {
+            if let Some(trace) = &run.trace {
+                trace.delivered(stamp.seq, recipient, arrival_ns);
+            }
+        }
+        Arrival::Duplicate => {}
     }
 }
 
@@ -1056,6 +1072,24 @@ impl Driver for GatewayNetwork {
 
     fn client_stats(&self) -> Option<ClientStats> {
         Some(self.shared.counters.snapshot())
+    }
+
+    fn trace_clients(&self, clients: u32) -> Option<TraceClients> {
+        let count = self.gateways.len().max(1);
+        let senders = (0..clients as usize)
+            .map(|client| {
+                let sender = self.senders.get(client)?;
+                let gateway = self.gateways.get(client % count)?;
+                Some(TraceSender {
+                    identity: keyfile::ed25519_public(&sender.seed),
+                    gateway: gateway.mix_address,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(TraceClients {
+            senders,
+            gateways: self.gateways.iter().map(|g| g.mix_address).collect(),
+        })
     }
 
     fn credentials(&self) -> Option<CredentialInfo> {

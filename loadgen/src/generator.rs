@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use lethe_crypto::framing::{FrameHeader, PacketSize, HEADER_MAX_LEN};
 use lethe_crypto::sphinx::{
-    constants::MAX_PATH_LENGTH, create_batch, CreateJob, Destination, PacketSpec, RouteHop, Version,
+    constants::MAX_PATH_LENGTH, create_batch, CreateJob, Destination, PacketSpec, RouteHop,
+    RouteSecrets, Version,
 };
 use lethe_nodes::proto::payload::{write_surb_ack, SURB_ACK_BYTES};
 use lethe_nodes::proto::ClientMessage;
@@ -20,6 +21,7 @@ use rand_core::{Rng, SeedableRng};
 use crate::schedule::Schedule;
 use crate::sender::OutPacket;
 use crate::stamp::{Stamp, STAMP_LEN};
+use crate::trace::{BuiltIds, PacketTrace};
 
 /// `ClientMessage::Forward` bytes around the packet: kind (1) and first hop (32).
 pub const FORWARD_OVERHEAD: usize = 1 + 32;
@@ -117,6 +119,9 @@ pub struct PacketPlan {
     pub wire: Wire,
     /// Mean of the exponential per-hop delay, ns (0: no delay).
     pub delay_ns_mean: f64,
+    /// `--trace`: work out each packet's link ids as it is built (its id on the last link
+    /// costs the sender one X25519 per mix hop more).
+    pub trace: bool,
 }
 
 impl PacketPlan {
@@ -203,14 +208,17 @@ fn exponential_ns(rng: &mut ChaCha20Rng, mean_ns: f64) -> u64 {
 }
 
 /// Builds the frames for `stamps` into `frames` (cleared first). Failed packets are left out
-/// and counted in the return value.
+/// and counted in the return value. With `plan.trace`, each built packet's link ids go into
+/// `ids` (cleared first).
 pub fn build_chunk(
     plan: &PacketPlan,
     stamps: &[Stamp],
     rng: &mut ChaCha20Rng,
     frames: &mut Vec<(Stamp, Vec<u8>)>,
+    ids: &mut Vec<BuiltIds>,
 ) -> u64 {
     frames.clear();
+    ids.clear();
     let hops = plan.topology.hops().min(MAX_PATH_LENGTH);
     let clients = u64::from(plan.clients.max(1));
     let mut routes = Vec::with_capacity(stamps.len());
@@ -248,6 +256,10 @@ pub fn build_chunk(
         })
         .collect();
     let mut ok = vec![false; stamps.len()];
+    let mut secrets: Vec<Option<RouteSecrets>> = Vec::new();
+    if plan.trace {
+        secrets.resize(stamps.len(), None);
+    }
     {
         let mut jobs: Vec<CreateJob<'_>> = buffers
             .iter_mut()
@@ -274,12 +286,34 @@ pub fn build_chunk(
             if let Some(slot) = ok.get_mut(index) {
                 *slot = result.is_ok();
             }
+            if let (Some(slot), Ok(route_secrets)) = (secrets.get_mut(index), result) {
+                *slot = Some(route_secrets);
+            }
         });
     }
-    for (((stamp, frame), ok), route) in stamps.iter().zip(buffers).zip(ok).zip(&routes) {
+    for (index, (((stamp, frame), ok), route)) in
+        stamps.iter().zip(buffers).zip(ok).zip(&routes).enumerate()
+    {
         if !ok {
             errors += 1;
             continue;
+        }
+        if let Some(Some(route_secrets)) = secrets.get(index) {
+            let packet = &frame[head_len..];
+            let ids_of = (
+                lethe_nodes::trace::hop_packet_id(packet, route_secrets, 0),
+                lethe_nodes::trace::hop_packet_id(packet, route_secrets, hops - 1),
+                destinations.get(index),
+            );
+            if let (Some(first_id), Some(exit_id), Some(destination)) = ids_of {
+                ids.push(BuiltIds {
+                    seq: stamp.seq,
+                    first_id,
+                    exit_id,
+                    recipient: destination.address,
+                    size_bytes: packet.len() as u32,
+                });
+            }
         }
         let frame = match plan.wire {
             Wire::Frame(_) => frame,
@@ -305,10 +339,11 @@ pub fn calibrate(plan: &PacketPlan, budget_ms: u64) -> Result<f64, String> {
         })
         .collect();
     let mut frames = Vec::new();
+    let mut ids = Vec::new();
     let started = Instant::now();
     let mut built = 0u64;
     for round in 0..10_000 {
-        let errors = build_chunk(plan, &stamps, &mut rng, &mut frames);
+        let errors = build_chunk(plan, &stamps, &mut rng, &mut frames, &mut ids);
         if errors > 0 {
             return Err(format!(
                 "packet creation failed for {errors} of {CHUNK_PACKETS} packets (bad route?)"
@@ -337,6 +372,8 @@ pub struct GeneratorJob {
     pub live: Arc<GeneratorLive>,
     /// Where refreshed routes come from (gateway drivers); `None`: `plan`'s for the whole run.
     pub feed: Option<Arc<crate::refresh::TopologyFeed>>,
+    /// `--trace`: where each packet's link ids go.
+    pub trace: Option<Arc<PacketTrace>>,
 }
 
 /// Packets `first_seq..end_seq` were built over the routes of topology `generation`.
@@ -368,6 +405,7 @@ pub fn generate(job: GeneratorJob) -> Result<Generated, String> {
     let mut generation = None;
     let mut epoch = None;
     let mut frames = Vec::with_capacity(CHUNK_PACKETS);
+    let mut ids = Vec::with_capacity(if plan.trace { CHUNK_PACKETS } else { 0 });
     let mut stamps = Vec::with_capacity(CHUNK_PACKETS);
     let mut seq = 0u64;
     while seq < job.schedule.total && !job.stop.load(Ordering::Relaxed) {
@@ -402,8 +440,11 @@ pub fn generate(job: GeneratorJob) -> Result<Generated, String> {
             scheduled_ns: job.schedule.due_ns(s),
         }));
         let started = Instant::now();
-        stats.errors += build_chunk(&plan, &stamps, &mut rng, &mut frames);
+        stats.errors += build_chunk(&plan, &stamps, &mut rng, &mut frames, &mut ids);
         stats.busy_ns += elapsed_ns(started);
+        if let Some(trace) = &job.trace {
+            trace.built(&ids);
+        }
         let blocked = Instant::now();
         for (stamp, frame) in frames.drain(..) {
             let client = job.schedule.client_of(stamp.seq) as usize;
@@ -413,6 +454,7 @@ pub fn generate(job: GeneratorJob) -> Result<Generated, String> {
             };
             let packet = OutPacket {
                 due_ns: stamp.scheduled_ns,
+                seq: stamp.seq,
                 frame,
             };
             if queue.send(packet).is_err() {
@@ -470,6 +512,7 @@ mod tests {
             size: PacketSize::Ack,
             wire: Wire::Frame(FrameHeader::v7(PacketSize::Ack)),
             delay_ns_mean: 1e6,
+            trace: false,
         };
         let stamps: Vec<Stamp> = (0..20)
             .map(|seq| Stamp {
@@ -480,7 +523,10 @@ mod tests {
             .collect();
         let mut rng = os_rng().unwrap();
         let mut frames = Vec::new();
-        assert_eq!(build_chunk(&plan, &stamps, &mut rng, &mut frames), 0);
+        assert_eq!(
+            build_chunk(&plan, &stamps, &mut rng, &mut frames, &mut Vec::new()),
+            0
+        );
         assert_eq!(frames.len(), 20);
         // Sender 0 (even seq) enters at node 1; packets for node 2 fail its MAC.
         let (stamp, frame) = &frames[4];
@@ -500,6 +546,57 @@ mod tests {
         let mut odd = frames[5].1[3..].to_vec();
         let mut packet = Packet::new_checked(&mut odd[..]).unwrap();
         assert!(sphinx::process(&mut packet, &entry_a).is_err());
+    }
+
+    /// With `trace`, each packet's first-link id is that of the bytes sent, and its last-link
+    /// id is that of the bytes the last mix sends on (here, after the one mix hop).
+    #[test]
+    fn traced_packets_carry_their_first_and_last_link_ids() {
+        let (entry_secret, entry) = node(1);
+        let (_, last) = node(9);
+        let plan = PacketPlan {
+            topology: Topology {
+                layers: vec![vec![entry]],
+                exits: vec![Exit {
+                    hop: last,
+                    destination: Destination {
+                        address: [5; 32],
+                        identifier: [0; 16],
+                    },
+                }],
+                entry_per_client: false,
+            },
+            clients: 1,
+            size: PacketSize::Regular,
+            wire: Wire::Frame(FrameHeader::v7(PacketSize::Regular)),
+            delay_ns_mean: 1e6,
+            trace: true,
+        };
+        let stamps: Vec<Stamp> = (0..3)
+            .map(|seq| Stamp {
+                run_id: 1,
+                seq,
+                scheduled_ns: 0,
+            })
+            .collect();
+        let mut rng = os_rng().unwrap();
+        let (mut frames, mut ids) = (Vec::new(), Vec::new());
+        assert_eq!(
+            build_chunk(&plan, &stamps, &mut rng, &mut frames, &mut ids),
+            0
+        );
+        assert_eq!(ids.len(), 3);
+        for ((stamp, frame), id) in frames.iter().zip(&ids) {
+            assert_eq!(id.seq, stamp.seq);
+            assert_eq!(id.recipient, [5; 32]);
+            let mut bytes = frame[3..].to_vec();
+            let sent = lethe_engine::runtime::trace::packet_id(&bytes);
+            assert_eq!(id.first_id, sent);
+            let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+            sphinx::process(&mut packet, &entry_secret).unwrap();
+            assert_eq!(id.exit_id, lethe_engine::runtime::trace::packet_id(&bytes));
+            assert_ne!(id.exit_id, id.first_id);
+        }
     }
 
     #[test]
@@ -555,6 +652,7 @@ mod tests {
             size: PacketSize::Regular,
             wire: Wire::GatewayForward,
             delay_ns_mean: 0.0,
+            trace: false,
         };
         plan.validate().unwrap();
         let stamps: Vec<Stamp> = (0..40)
@@ -566,7 +664,10 @@ mod tests {
             .collect();
         let mut rng = os_rng().unwrap();
         let mut frames = Vec::new();
-        assert_eq!(build_chunk(&plan, &stamps, &mut rng, &mut frames), 0);
+        assert_eq!(
+            build_chunk(&plan, &stamps, &mut rng, &mut frames, &mut Vec::new()),
+            0
+        );
         let mut seen = std::collections::BTreeSet::new();
         for (stamp, frame) in &frames {
             assert_eq!(frame.len(), plan.frame_len());

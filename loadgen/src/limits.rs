@@ -47,6 +47,11 @@ pub const RECEIVER_POLL_MS: u64 = 20;
 /// would starve the sender).
 pub const QUEUE_FRAMES_MIN: usize = 64;
 
+/// Packets whose trace rows (`--trace`) loadgen keeps, of each kind (built, sent,
+/// delivered): about 40 bytes each, so at most about 250 MiB in all; later ones are counted as
+/// dropped.
+pub const TRACE_PACKETS_MAX: usize = 1 << 21;
+
 const _: () = assert!(SENDER_BATCH_FRAMES_MAX > 0 && RECEIVER_CONNECTIONS_MAX > 0);
 const _: () = assert!(RECEIVER_BATCH_PACKETS > 0 && RECEIVER_POLL_MS > 0);
 const _: () = assert!(QUEUE_FRAMES_MIN >= SENDER_BATCH_FRAMES_MAX);

@@ -24,6 +24,7 @@ mod scrape;
 mod sender;
 mod stamp;
 mod testnet;
+mod trace;
 mod tracker;
 mod verdict;
 mod windows;
@@ -104,6 +105,13 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
         live: live::enabled(cli.load.quiet, cli.load.no_live, cli.output.json),
         label: "loadgen".into(),
         start_at: cli.start_at,
+        // A single run writes loadgen's part; ramps leave it to the nodes.
+        trace: match (&cli.command, &cli.load.trace) {
+            (Some(Command::Run) | None, Some(dir)) => {
+                Some(std::sync::Arc::new(trace::PacketTrace::new(dir)))
+            }
+            _ => None,
+        },
     };
     let say = |message: &str| status(cli, message);
     let gateway_clients = !matches!(
@@ -261,7 +269,21 @@ fn real_main(cli: &Cli) -> Result<bool, String> {
             let result = ramp::ramp(driver.as_mut(), &base, args, capacity)?;
             (mode, result.detail, Some(result.ramp))
         }
-        Some(Command::Run) | None => ("run", run::run_load(driver.as_mut(), &base)?, None),
+        Some(Command::Run) | None => {
+            let outcome = run::run_load(driver.as_mut(), &base)?;
+            if let Some(written) = &outcome.trace {
+                status(
+                    cli,
+                    &format!(
+                        "loadgen's trace part: {} ({} rows, {} packets not traced)",
+                        written.path.display(),
+                        written.rows,
+                        written.dropped
+                    ),
+                );
+            }
+            ("run", outcome, None)
+        }
         Some(Command::Merge { .. }) => return Err("merge runs nothing".into()),
     };
     let mut report = build_report(mode, driver.as_ref(), &detail, ramp, capacity, environment);

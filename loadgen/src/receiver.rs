@@ -26,6 +26,8 @@ const POLL: Duration = Duration::from_millis(RECEIVER_POLL_MS);
 pub struct ActiveRun {
     pub tracker: Arc<Tracker>,
     pub start: Instant,
+    /// `--trace`: loadgen's rows (gateway receivers record their deliveries).
+    pub trace: Option<Arc<crate::trace::PacketTrace>>,
 }
 
 /// Why the receiver did not count a frame, and how busy it was.

@@ -21,6 +21,7 @@ use crate::refresh::FeedStats;
 use crate::schedule::{Clock, RealClock, Schedule};
 use crate::scrape::{delta, scrape, NodeDelta, Samples};
 use crate::sender::{pace, ChannelSource, LiveCounters, OutPacket, PaceConfig, SenderStats};
+use crate::trace::{PacketTrace, TraceWritten};
 use crate::tracker::{Tracker, TrackerResult};
 use crate::windows::{self, ProcessReport, WatchedProcess};
 
@@ -72,6 +73,8 @@ pub struct LoadParams {
     /// `--start-at`: the clock starts then (after the set-up and the queues' prefill), so that
     /// generators on several machines share time 0.
     pub start_at: Option<SystemTime>,
+    /// `--trace DIR` (a single run): loadgen's own rows, written to its part after the run.
+    pub trace: Option<Arc<PacketTrace>>,
 }
 
 /// Everything one run produced.
@@ -113,6 +116,8 @@ pub struct RunOutcome {
     /// The topology refresh during the run (gateway drivers); change times are relative to
     /// the start.
     pub topology: Option<FeedStats>,
+    /// loadgen's trace part (`--trace`), once written.
+    pub trace: Option<TraceWritten>,
     pub topology_refresh_s: Option<f64>,
 }
 
@@ -149,6 +154,13 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
             )
         })?;
     let plan = plan(driver, params)?;
+    let trace_clients = match &params.trace {
+        Some(_) => Some(driver.trace_clients(params.clients).ok_or(
+            "--trace: loadgen records its own packets on the local testnet only (its nodes \
+             are traced by `lethe testnet up --trace`)",
+        )?),
+        None => None,
+    };
     let window_ns = (params.window_s * 1e9) as u64;
     let run_ns = (params.duration_s * 1e9) as u64;
     let window_count = windows::count(window_ns, run_ns);
@@ -196,6 +208,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         stop: Arc::clone(&stop),
         live: Arc::clone(&generator_live),
         feed: feed.clone(),
+        trace: params.trace.clone(),
     };
     let generator = std::thread::Builder::new()
         .name("generator".into())
@@ -218,11 +231,16 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         wait_until(at);
     }
     let rss_start = windows::sample(&watched);
+    // Read first: trace rows may then be stamped a moment early, never after what they caused.
+    if let Some(trace) = &params.trace {
+        trace.started();
+    }
     let start = Instant::now();
     let started_at = SystemTime::now();
     driver.set_run(Some(ActiveRun {
         tracker: Arc::clone(&tracker),
         start,
+        trace: params.trace.clone(),
     }));
     let clock = RealClock { start };
     let live = Arc::new(LiveCounters::default());
@@ -234,7 +252,14 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         give_up_ns,
         window_ns,
     };
-    let senders = spawn_senders(injectors, sources, clock, config, &stop, &live)?;
+    let senders = spawn_senders(
+        injectors,
+        sources,
+        clock,
+        config,
+        (&stop, &live),
+        params.trace.as_ref(),
+    )?;
     let progress = progress_bar(params, &schedule);
     let mut live_view = LiveView::new(params, &schedule, plan.expected_delay_ns() / 1e9);
     // The windows before the last are sampled as the clock passes their end; the last one
@@ -326,6 +351,15 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
             }
             stats
         });
+    // Written while the network is up (the nodes write theirs as they stop).
+    let trace = match (&params.trace, &trace_clients) {
+        (Some(trace), Some(clients)) => Some(trace.write(
+            clients,
+            plan.topology.layers.len() as u32,
+            plan.delay_ns_mean,
+        )?),
+        _ => None,
+    };
     let after = scrape_all(driver.nodes());
     let nodes = driver
         .nodes()
@@ -366,6 +400,7 @@ pub fn run_load(driver: &mut dyn Driver, params: &LoadParams) -> Result<RunOutco
         generations,
         topology,
         topology_refresh_s: driver.topology_refresh_s(),
+        trace,
     })
 }
 
@@ -427,6 +462,7 @@ pub fn plan(driver: &dyn Driver, params: &LoadParams) -> Result<PacketPlan, Stri
         size: params.size,
         wire: driver.wire(params.size),
         delay_ns_mean: params.delay_ms_mean.max(0.0) * 1e6,
+        trace: params.trace.is_some(),
     };
     plan.validate()?;
     Ok(plan)
@@ -463,13 +499,14 @@ fn spawn_senders(
     sources: Vec<ChannelSource>,
     clock: RealClock,
     config: PaceConfig,
-    stop: &Arc<AtomicBool>,
-    live: &Arc<LiveCounters>,
+    (stop, live): (&Arc<AtomicBool>, &Arc<LiveCounters>),
+    trace: Option<&Arc<PacketTrace>>,
 ) -> Result<Vec<JoinHandle<SenderStats>>, String> {
     let mut handles = Vec::new();
     for (index, (mut injector, mut source)) in injectors.into_iter().zip(sources).enumerate() {
         let stop = Arc::clone(stop);
         let live = Arc::clone(live);
+        let trace = trace.cloned();
         let mut stats = SenderStats::new()?;
         let handle = std::thread::Builder::new()
             .name(format!("sender-{index}"))
@@ -482,6 +519,7 @@ fn spawn_senders(
                     &stop,
                     &live,
                     &mut stats,
+                    trace.as_deref(),
                 );
                 stats
             })

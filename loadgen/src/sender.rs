@@ -12,12 +12,15 @@ use hdrhistogram::Histogram;
 
 use crate::limits::SENDER_BATCH_FRAMES_MAX;
 use crate::schedule::Clock;
+use crate::trace::PacketTrace;
 use crate::tracker::latency_histogram;
 
 /// A framed packet ready to send.
 #[derive(Debug)]
 pub struct OutPacket {
     pub due_ns: u64,
+    /// Its place in the run's schedule (the stamp's `seq`).
+    pub seq: u64,
     pub frame: Vec<u8>,
 }
 
@@ -143,7 +146,9 @@ pub struct PaceConfig {
 }
 
 /// Sends every frame of `source` at its due time through `write`, until the source ends, a
-/// write fails, `stop` is set or `give_up_ns` passes.
+/// write fails, `stop` is set or `give_up_ns` passes. With `trace`, each write's frames are
+/// recorded as sent when the write started (one lock per write).
+#[allow(clippy::too_many_arguments)]
 pub fn pace<C, S, W>(
     clock: &C,
     source: &mut S,
@@ -152,6 +157,7 @@ pub fn pace<C, S, W>(
     stop: &AtomicBool,
     live: &LiveCounters,
     stats: &mut SenderStats,
+    trace: Option<&PacketTrace>,
 ) where
     C: Clock,
     S: PacketSource,
@@ -159,6 +165,7 @@ pub fn pace<C, S, W>(
 {
     let mut buffer: Vec<u8> = Vec::new();
     let mut due: Vec<u64> = Vec::with_capacity(SENDER_BATCH_FRAMES_MAX);
+    let mut seqs: Vec<u64> = Vec::with_capacity(SENDER_BATCH_FRAMES_MAX);
     while let Some(first) = source.next_wait() {
         if stop.load(Ordering::Relaxed) || clock.now_ns().max(first.due_ns) > config.give_up_ns {
             break;
@@ -167,14 +174,17 @@ pub fn pace<C, S, W>(
         let start = clock.now_ns();
         buffer.clear();
         due.clear();
+        seqs.clear();
         buffer.extend_from_slice(&first.frame);
         due.push(first.due_ns);
+        seqs.push(first.seq);
         while due.len() < SENDER_BATCH_FRAMES_MAX {
             let Some(next) = source.next_due(start) else {
                 break;
             };
             buffer.extend_from_slice(&next.frame);
             due.push(next.due_ns);
+            seqs.push(next.seq);
         }
         if let Err(e) = write(&buffer) {
             stats.failed += due.len() as u64;
@@ -182,6 +192,10 @@ pub fn pace<C, S, W>(
             break;
         }
         let done = clock.now_ns();
+        if let Some(trace) = trace {
+            // Stamped before the write: the gateway may relay a packet before `write` returns.
+            trace.sent(&seqs, start);
+        }
         stats.busy_ns += done.saturating_sub(start);
         account(stats, live, &due, done, &config);
     }
@@ -261,6 +275,7 @@ mod tests {
         let mut source: VecDeque<OutPacket> = (0..schedule.total)
             .map(|seq| OutPacket {
                 due_ns: schedule.due_ns(seq),
+                seq,
                 frame: seq.to_be_bytes().to_vec(),
             })
             .collect();
@@ -307,6 +322,7 @@ mod tests {
             &stop,
             &live,
             &mut stats,
+            None,
         );
         let result = tracker.result().unwrap();
         assert_eq!(stats.sent, 1000);
@@ -334,6 +350,7 @@ mod tests {
         let mut source: VecDeque<OutPacket> = (0..10)
             .map(|seq| OutPacket {
                 due_ns: seq * 1_000_000,
+                seq,
                 frame: vec![0; 8],
             })
             .collect();
@@ -352,6 +369,7 @@ mod tests {
             &AtomicBool::new(false),
             &LiveCounters::default(),
             &mut stats,
+            None,
         );
         assert_eq!(stats.sent, 5);
     }

@@ -5,7 +5,9 @@
 //!   its size and the link's endpoints. The bytes change at every Sphinx hop, so a packet is
 //!   one `packet_id` per link; a gateway relays a client's packet unchanged (same id).
 //! - **Gateway level** (entry and exit timings, as MixMatch assumes): when each client hands
-//!   a packet to its gateway, and when each gateway hands a packet to its recipient.
+//!   a packet to its gateway, and when each gateway hands a packet to its recipient. On a real
+//!   run the entries are the client recorder's `send` rows (loadgen's) and the exits the exit
+//!   gateway's `deliver` rows, which name the recipient (its mailbox's hand-off).
 
 use crate::trace::{Kind, Role, TraceEvent, TraceMeta};
 

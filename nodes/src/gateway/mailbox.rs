@@ -284,6 +284,7 @@ struct Writer {
     rows: HashMap<[u8; 32], u32>,
     pending: Vec<Pending>,
     oldest_pending: Option<Instant>,
+    trace: Option<crate::trace::ClientSideTrace>,
 }
 
 /// Mail is stored for a client the writer knows, up to
@@ -313,6 +314,8 @@ pub struct WriterLinks {
     pub metrics: Arc<GatewayMetrics>,
     /// Set once the cores are stopped: drain, commit, end.
     pub stop: Arc<AtomicBool>,
+    /// `--trace`: deliveries, refusals and SURB-ACKs sent on.
+    pub trace: Option<crate::trace::ClientSideTrace>,
 }
 
 /// Starts the writer thread. It ends once `stop` is set and both channels are drained (or
@@ -329,6 +332,7 @@ pub fn spawn_writer(
         egress,
         metrics,
         stop,
+        trace,
     } = links;
     let mut writer = Writer {
         conn,
@@ -341,6 +345,7 @@ pub fn spawn_writer(
         rows: HashMap::new(),
         pending: Vec::with_capacity(limits::MAILBOX_FLUSH_ROWS),
         oldest_pending: None,
+        trace,
     };
     writer.load().map_err(|e| format!("mailbox: {e}"))?;
     writer.clean();
@@ -518,17 +523,30 @@ impl Writer {
         let metrics = self.metrics.clone();
         GatewayMetrics::add(&metrics.final_hop_received, 1);
         let mail = match final_hop::decide(&hop.destination, &hop.identifier, &hop.packet, &*self) {
-            FinalHopOutcome::DropCover => return GatewayMetrics::add(&metrics.cover_dropped, 1),
+            FinalHopOutcome::DropCover => {
+                if let Some(trace) = &self.trace {
+                    trace.refused(&hop.packet, "cover_discarded");
+                }
+                return GatewayMetrics::add(&metrics.cover_dropped, 1);
+            }
             FinalHopOutcome::Refused(refusal) => {
-                let counter = match refusal {
-                    Refusal::Malformed => &metrics.final_hop_malformed,
-                    Refusal::UnknownRecipient => &metrics.unknown_destination_dropped,
-                    Refusal::MailboxFull => &metrics.mailbox_full_dropped,
+                let (counter, reason) = match refusal {
+                    Refusal::Malformed => (&metrics.final_hop_malformed, "malformed"),
+                    Refusal::UnknownRecipient => {
+                        (&metrics.unknown_destination_dropped, "unknown_recipient")
+                    }
+                    Refusal::MailboxFull => (&metrics.mailbox_full_dropped, "mailbox_full"),
                 };
+                if let Some(trace) = &self.trace {
+                    trace.refused(&hop.packet, reason);
+                }
                 return GatewayMetrics::add(counter, 1);
             }
             FinalHopOutcome::Deliver(mail) => mail,
         };
+        if let Some(trace) = &self.trace {
+            trace.delivered(&hop.packet, mail.recipient);
+        }
         // Mail it stores makes its client durable, in the same transaction.
         if !self.durable.contains_key(&mail.recipient) {
             self.make_durable(mail.recipient);
@@ -599,6 +617,9 @@ impl Writer {
                     if let Some((next_hop, packet)) = ack {
                         if self.egress.send(next_hop, &packet).is_ok() {
                             GatewayMetrics::add(&self.metrics.acks_forwarded, 1);
+                            if let Some(trace) = &self.trace {
+                                trace.sent(&packet, next_hop);
+                            }
                         }
                     }
                     let delivery = Delivery {

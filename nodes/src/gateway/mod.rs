@@ -355,6 +355,10 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let (commands, command_queue) = crossbeam_channel::bounded(GATEWAY_COMMANDS_MAX);
     let (final_hop_sender, final_hops) =
         final_hop_channel(g.final_hop_queue_packets.max(1) as usize);
+    let mut trace_setup = overrides.trace.setup()?;
+    let client_trace = trace_setup
+        .as_mut()
+        .map(crate::trace::TraceSetup::client_side);
     let writer_stop = Arc::new(AtomicBool::new(false));
     let writer = mailbox::spawn_writer(
         conn,
@@ -365,6 +369,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             egress: egress.clone(),
             metrics: metrics.clone(),
             stop: writer_stop.clone(),
+            trace: client_trace.clone(),
         },
         mailbox::WriterSettings {
             retention: Duration::from_secs(g.retention_hours.saturating_mul(3600)),
@@ -374,7 +379,6 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     )?;
     let memory = runtime_config::log_memory(&replay, &runtime_config);
     let cores = runtime_config.cores;
-    let trace_setup = overrides.trace.setup()?;
     let trace_config = format!("{runtime_config:?}");
     let runtime = Runtime::start_traced(
         runtime_config,
@@ -433,6 +437,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
             metrics.clone(),
         ),
         admission,
+        trace: client_trace,
     });
     tokio.spawn(sessions::serve(client_listener, shared));
 
@@ -529,10 +534,11 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     }
     runtime.shutdown();
     let joined = runtime.join();
-    crate::trace::finish(trace);
     // The cores are gone: the writer drains what they handed over, commits, and ends.
     writer_stop.store(true, Ordering::SeqCst);
     let _ = writer.join();
+    // After the mailbox: its last deliveries are in the trace too.
+    crate::trace::finish(trace);
     snapshot_stop.store(true, Ordering::SeqCst);
     let _ = snapshots.join();
     replay::save(&data_dir, &replay)?;

@@ -183,6 +183,8 @@ pub struct Shared {
     pub pending: Arc<PendingConnections>,
     /// Admission and metering; `None`: open admission.
     pub admission: Option<Arc<Admission>>,
+    /// `--trace`: the client side's packet events.
+    pub trace: Option<crate::trace::ClientSideTrace>,
 }
 
 /// Accepts clients until the runtime shuts down.
@@ -446,7 +448,12 @@ impl Link<'_> {
                         let bytes = packet.len() as u64;
                         GatewayMetrics::add(&metrics.bandwidth_charged_bytes, bytes);
                     }
-                    match shared.egress.send(next_hop, &packet) {
+                    let sent = shared.egress.send(next_hop, &packet);
+                    if let Some(trace) = &shared.trace {
+                        let outcome = sent.as_ref().map(|_| ()).map_err(|_| "overloaded");
+                        trace.relayed(&packet, next_hop, outcome);
+                    }
+                    match sent {
                         Ok(()) => GatewayMetrics::add(&metrics.forwarded_from_clients, 1),
                         // Paid for: like a packet lost on the way.
                         Err(e) => self

@@ -9,13 +9,13 @@ pub mod overhead;
 pub mod queue;
 pub mod sender_entropy;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::stats::{Interval, Summary};
-use crate::trace::{Role, TraceError, TraceMeta, TraceReader};
+use crate::trace::{Class, Kind, Role, TraceError, TraceMeta, TraceReader};
 use crate::views::{gateway_view, link_view};
 
 pub use flow::FlowReport;
@@ -28,7 +28,8 @@ pub use sender_entropy::{LabelledSenders, SenderEntropyReport};
 pub struct MetricsOptions {
     pub warmup_ns: u64,
     pub drain_ns: u64,
-    /// Node names of the two labelled senders; the first two clients when not given.
+    /// Node names of the two labelled senders; when not given, the first two clients (in the
+    /// trace's node order) that send a real message.
     pub labelled: Option<(String, String)>,
 }
 
@@ -83,21 +84,37 @@ impl TraceMetrics {
     }
 }
 
-fn span_ns(path: &Path) -> Result<(u64, u64), TraceError> {
+/// What the first pass finds: the trace's time span, and the nodes that send real messages.
+struct FirstPass {
+    span_ns: (u64, u64),
+    real_senders: BTreeSet<u32>,
+}
+
+fn first_pass(path: &Path) -> Result<FirstPass, TraceError> {
     let mut span: Option<(u64, u64)> = None;
+    let mut real_senders = BTreeSet::new();
     for event in TraceReader::open(path)? {
-        let t = event?.t_ns;
+        let event = event?;
+        let t = event.t_ns;
         span = Some(match span {
             None => (t, t),
             Some((a, b)) => (a.min(t), b.max(t)),
         });
+        if event.kind == Kind::Send && event.class == Class::Real {
+            real_senders.insert(event.node);
+        }
     }
-    span.ok_or_else(|| TraceError::Meta(format!("{}: no events", path.display())))
+    let span_ns = span.ok_or_else(|| TraceError::Meta(format!("{}: no events", path.display())))?;
+    Ok(FirstPass {
+        span_ns,
+        real_senders,
+    })
 }
 
 fn labelled_senders(
     meta: &TraceMeta,
     names: &Option<(String, String)>,
+    real_senders: &BTreeSet<u32>,
 ) -> Result<Option<LabelledSenders>, TraceError> {
     let index = meta.node_index();
     match names {
@@ -118,7 +135,7 @@ fn labelled_senders(
                 .nodes
                 .iter()
                 .enumerate()
-                .filter(|(_, n)| n.role == Role::Client);
+                .filter(|(i, n)| n.role == Role::Client && real_senders.contains(&(*i as u32)));
             match (clients.next(), clients.next()) {
                 (Some((a, _)), Some((b, _))) => Ok(Some(LabelledSenders {
                     sender0: a as u32,
@@ -132,7 +149,8 @@ fn labelled_senders(
 
 /// Computes every metric of one trace.
 pub fn compute(path: &Path, options: &MetricsOptions) -> Result<TraceMetrics, TraceError> {
-    let (first_ns, last_ns) = span_ns(path)?;
+    let first = first_pass(path)?;
+    let (first_ns, last_ns) = first.span_ns;
     let window_ns = (
         first_ns.saturating_add(options.warmup_ns),
         last_ns.saturating_sub(options.drain_ns),
@@ -149,7 +167,7 @@ pub fn compute(path: &Path, options: &MetricsOptions) -> Result<TraceMetrics, Tr
     let lab = reader.is_lab();
     let roles: Vec<Role> = meta.nodes.iter().map(|n| n.role).collect();
     let mut mix_entropy = mix_entropy::MixEntropy::default();
-    let labelled = labelled_senders(&meta, &options.labelled)?;
+    let labelled = labelled_senders(&meta, &options.labelled, &first.real_senders)?;
     let mut sender = sender_entropy::SenderEntropy::new(&meta, labelled);
     let mut latency = latency::Latency::new(&meta);
     let mut queue = queue::Queue::new(&meta, window_ns);

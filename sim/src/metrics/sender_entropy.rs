@@ -10,6 +10,11 @@
 //! entropy H = -sum p log2 p, and between two labelled senders S0, S1 the likelihood ratio
 //! epsilon = |ln(p0 / p1)| (Loopix Eq. 3). Delta is the share of labelled messages one of
 //! whose probabilities is 0 (epsilon infinite there).
+//!
+//! A delivery counts where its row names the class and the message: at the gateway in the
+//! simulator; on a real run at the recipient, whose recorder names the packet by the id the
+//! last mix sent it under (the exit gateway's own `deliver` row, class `unknown`, leaves the
+//! vector in flight for it).
 
 use std::collections::HashMap;
 
@@ -173,6 +178,9 @@ impl SenderEntropy {
             (Kind::Drop, _) => {
                 self.in_flight.remove(&event.packet_id);
             }
+            // A node's delivery (a real gateway's: it cannot tell the class) leaves the vector
+            // in flight for the recipient's own row, which names the message.
+            (Kind::Deliver, _) if event.class == Class::Unknown => {}
             (Kind::Deliver, _) => {
                 if let Some(v) = self.in_flight.remove(&event.packet_id) {
                     self.delivered(event, &v);
