@@ -477,9 +477,11 @@ const _: () = assert!(
 );
 // --- Voting authorities (`authority::{exchange, round, vote}`) ---
 
-/// Largest vote body (JSON text): every node's descriptor, as a full topology, plus the
-/// vote's own fields.
-pub const AUTHORITY_VOTE_BYTES_MAX: usize = crate::topology::SIGNED_BODY_BYTES_MAX + 4096;
+/// Largest vote body (JSON text): every node's descriptor, as a full topology, the
+/// authority's allow-list, and the vote's own fields.
+pub const AUTHORITY_VOTE_BYTES_MAX: usize = crate::topology::SIGNED_BODY_BYTES_MAX
+    + DIRECTORY_ALLOWED_NODES_MAX * DIRECTORY_ALLOWED_NODE_BYTES
+    + 4096;
 /// Largest vote or signature request (the body travels as a JSON string, escaped).
 pub const AUTHORITY_REQUEST_BYTES_MAX: usize = 2 * AUTHORITY_VOTE_BYTES_MAX + 4096;
 /// Largest `GET /v1/votes` response read from a peer: every authority's vote, twice for
@@ -507,9 +509,17 @@ pub const DIRECTORY_NODES_PER_IP_MAX_DEFAULT: usize = 2;
 pub const DIRECTORY_NODES_PER_SOURCE_MAX_DEFAULT: usize = 8;
 /// Longest operator family name in a descriptor.
 pub const DIRECTORY_FAMILY_BYTES_MAX: usize = 64;
+/// Most identities on an allow-list (`--allowed-nodes`): an authority's vote carries its
+/// whole list, so that every authority checks nodes against the list the votes agree on.
+/// Room for operators to list more nodes than run at once.
+pub const DIRECTORY_ALLOWED_NODES_MAX: usize = 4 * DIRECTORY_NODES_MAX;
+/// Bytes one allow-list entry takes in a vote's JSON (64 hex digits, quotes, a comma).
+pub const DIRECTORY_ALLOWED_NODE_BYTES: usize = 67;
 
 const _: () = assert!(DIRECTORY_NODES_PER_IP_MAX_DEFAULT > 0);
 const _: () = assert!(DIRECTORY_NODES_PER_SOURCE_MAX_DEFAULT > 0);
 // A flood from one source never fills the directory: honest nodes keep room.
 const _: () = assert!(DIRECTORY_NODES_PER_SOURCE_MAX_DEFAULT * 4 <= DIRECTORY_NODES_MAX);
 const _: () = assert!(DIRECTORY_FAMILY_BYTES_MAX > 0);
+// An allow-list can name every node the directory holds.
+const _: () = assert!(DIRECTORY_ALLOWED_NODES_MAX >= DIRECTORY_NODES_MAX);

@@ -1,7 +1,8 @@
 //! Multi-process: voting authorities (`lethe authority run --peer URL=KEY ...`) on loopback,
 //! n = 4 pinned, f = 1, so a document needs 3 signatures. One authority down: epochs are
 //! still certified. The fourth authority as an adversary, played by this test with its own
-//! pinned key (no build of `lethe` can misbehave): a fake node only it votes for stays out;
+//! pinned key (no build of `lethe` can misbehave): a fake node only it votes for, under an
+//! allow-list only it states, stays out and its list counts as a disagreement;
 //! two different votes, or two documents signed, count for nothing and are counted as
 //! equivocation; its old vote and an old signature replayed are refused and counted.
 //! Outcomes are polled with generous bounded deadlines, never timed.
@@ -12,7 +13,7 @@ use common::http::{get, post};
 use common::*;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use lethe_nodes::topology::{
     now_s, sign, sign_consensus, verify_consensus, AuthoritySet, Descriptor, MultiSigned, Role,
     Signed, Topology, DOMAIN_DESCRIPTOR,
 };
+use lethe_proto::topology::AdmissionPolicy;
 
 /// Short epochs (vote in the first half, sign in the second): a few epochs per test.
 const EPOCH_S: u64 = 6;
@@ -39,8 +41,13 @@ struct Authorities {
 
 impl Authorities {
     /// `running` authorities of `lethe`, and `outsiders` keys pinned beside theirs (at URLs
-    /// where nothing listens).
-    fn start(name: &str, running: usize, outsiders: &[[u8; 32]]) -> Authorities {
+    /// where nothing listens); with `allowed`, each admits only those nodes.
+    fn start(
+        name: &str,
+        running: usize,
+        outsiders: &[[u8; 32]],
+        allowed: Option<&Path>,
+    ) -> Authorities {
         let dirs: Vec<PathBuf> = (0..running)
             .map(|i| temp_dir(&format!("{name}-{i}")))
             .collect();
@@ -82,6 +89,10 @@ impl Authorities {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
+                if let Some(path) = allowed {
+                    args.push("--allowed-nodes".into());
+                    args.push(path.to_str().unwrap().into());
+                }
                 for j in (0..keys.len()).filter(|j| *j != i) {
                     args.push("--peer".into());
                     args.push(format!("{}={}", urls[j], keyfile::hex(&keys[j])));
@@ -238,8 +249,13 @@ fn adversary_key() -> [u8; 32] {
     keyfile::ed25519_public(&ADVERSARY)
 }
 
-/// The adversary's vote for `epoch` listing `nodes`.
-fn adversary_vote(epoch: u64, nodes: Vec<Descriptor>) -> (Vote, Vec<u8>) {
+/// The adversary's vote for `epoch` listing `nodes`, stating the allow-list `allowed`
+/// (`None`: open, as the honest ones).
+fn adversary_vote(
+    epoch: u64,
+    nodes: Vec<Descriptor>,
+    allowed: Option<Vec<String>>,
+) -> (Vote, Vec<u8>) {
     let key = adversary_key();
     let issued_at_s = epoch * EPOCH_S;
     let vote = Vote {
@@ -248,6 +264,7 @@ fn adversary_vote(epoch: u64, nodes: Vec<Descriptor>) -> (Vote, Vec<u8>) {
         issued_at_s,
         valid_until_s: issued_at_s + 3 * EPOCH_S,
         nodes,
+        allowed,
         commit: keyfile::hex(&commit_of(&key, epoch, &reveal_for(&ADVERSARY, epoch))),
         reveal: Some(keyfile::hex(&reveal_for(&ADVERSARY, epoch - 1))),
     };
@@ -282,9 +299,19 @@ fn wait_counter_at_least(authorities: &Authorities, i: usize, name: &str, value:
 
 #[test]
 fn with_one_authority_down_every_epoch_is_still_certified() {
-    // Three of four pinned authorities run: exactly the threshold.
+    // Three of four pinned authorities run: exactly the threshold. Each admits the four
+    // nodes by one allow-list, which the document names as the agreed policy.
     let down = keyfile::ed25519_public(&[5; 32]);
-    let authorities = Authorities::start("down", 3, &[down]);
+    let identities_allowed: std::collections::BTreeSet<[u8; 32]> = (1..=4u8)
+        .map(|i| keyfile::ed25519_public(&[i; 32]))
+        .collect();
+    let allowed = temp_dir("down-allowed");
+    let list: String = identities_allowed
+        .iter()
+        .map(|k| format!("{}\n", keyfile::hex(k)))
+        .collect();
+    std::fs::write(&allowed, list).unwrap();
+    let authorities = Authorities::start("down", 3, &[down], Some(&allowed));
     let nodes = register_nodes(&authorities.urls[..3]);
     let mut expected: Vec<String> = nodes.iter().map(|d| d.identity.clone()).collect();
     expected.sort();
@@ -293,6 +320,10 @@ fn with_one_authority_down_every_epoch_is_still_certified() {
     });
     assert_eq!(first.signatures.len(), 3);
     assert!(!signers(&first).contains(&keyfile::hex(&down)));
+    assert_eq!(
+        topology.admission,
+        Some(AdmissionPolicy::allow_list(&identities_allowed))
+    );
     assert_eq!(topology.layers_follow_shared_random(), Ok(()));
     assert_eq!(
         topology.layers.iter().map(Vec::len).collect::<Vec<_>>(),
@@ -326,24 +357,32 @@ fn with_one_authority_down_every_epoch_is_still_certified() {
         metric(m, "lethe_authority_equivocations_total{kind=\"vote\"}"),
         0
     );
+    assert_eq!(
+        metric(m, "lethe_authority_admission_disagreements_total"),
+        0
+    );
     wait_gauge(m, "lethe_authority_consensus_signatures", 3);
 }
 
 #[test]
 fn a_lying_authority_gets_no_fake_node_in_and_no_second_document_certified() {
-    let authorities = Authorities::start("liar", 3, &[adversary_key()]);
+    let authorities = Authorities::start("liar", 3, &[adversary_key()], None);
     let adversary = keyfile::hex(&adversary_key());
     let nodes = register_nodes(&authorities.urls[..3]);
     let mut expected: Vec<String> = nodes.iter().map(|d| d.identity.clone()).collect();
     expected.sort();
     authorities.wait_consensus(0, "a first document", |_, t| identities(t) == expected);
 
-    // 1. A fake node in the adversary's (single, consistent) vote: its vote counts (its
-    // commitment is recorded), the node does not get in.
+    // 1. A fake node in the adversary's (single, consistent) vote, which states an
+    // allow-list of its own holding it: its vote counts (its commitment is recorded), the
+    // node does not get in, the honest authorities' open policy is the agreed one and the
+    // adversary's is counted as a disagreement.
     let mut with_fake = nodes.clone();
     with_fake.push(fake_node());
+    let mut with_fake_list: Vec<String> = with_fake.iter().map(|d| d.identity.clone()).collect();
+    with_fake_list.sort();
     let (fake_epoch, doc, t) = in_a_certified_epoch(&authorities, "the fake vote", |epoch| {
-        let (_, body) = adversary_vote(epoch, with_fake.clone());
+        let (_, body) = adversary_vote(epoch, with_fake.clone(), Some(with_fake_list.clone()));
         let answers: Vec<(u16, String)> = (0..3)
             .map(|i| post(&authorities.urls[i], "/v1/vote", body.clone()))
             .collect();
@@ -352,13 +391,22 @@ fn a_lying_authority_gets_no_fake_node_in_and_no_second_document_certified() {
     });
     assert_eq!(identities(&t), expected, "the fake node got in");
     assert!(committed(&t, &adversary));
+    assert_eq!(t.admission, Some(AdmissionPolicy::Open));
+    for i in 0..3 {
+        wait_counter_at_least(
+            &authorities,
+            i,
+            "lethe_authority_admission_disagreements_total",
+            1,
+        );
+    }
     assert_eq!(doc.signatures.len(), 3);
 
     // 2. Two different votes for one epoch, shown to different authorities: pulled votes
     // reveal the conflict everywhere; neither counts, the epoch is certified without it.
     let (_, doc, t) = in_a_certified_epoch(&authorities, "the two votes", |epoch| {
-        let (_, honest_looking) = adversary_vote(epoch, nodes.clone());
-        let (_, other) = adversary_vote(epoch, with_fake.clone());
+        let (_, honest_looking) = adversary_vote(epoch, nodes.clone(), None);
+        let (_, other) = adversary_vote(epoch, with_fake.clone(), None);
         let a = post(&authorities.urls[0], "/v1/vote", honest_looking).0;
         let b = post(&authorities.urls[1], "/v1/vote", other.clone()).0;
         let c = post(&authorities.urls[2], "/v1/vote", other).0;
@@ -437,7 +485,7 @@ fn a_lying_authority_gets_no_fake_node_in_and_no_second_document_certified() {
 
     // 4. Replays: the adversary's vote of an earlier epoch and an honest authority's
     // certified document of an earlier epoch are refused as stale and counted.
-    let (_, old_vote) = adversary_vote(fake_epoch, with_fake);
+    let (_, old_vote) = adversary_vote(fake_epoch, with_fake, None);
     let (old_doc, old) = authorities.wait_consensus(1, "any document", |_, _| true);
     // Authority 2 serving a later epoch is past the old one's.
     authorities.wait_consensus(2, "an epoch after it", |_, t| t.epoch > old.epoch);
@@ -460,7 +508,7 @@ fn a_lying_authority_gets_no_fake_node_in_and_no_second_document_certified() {
     );
     // A vote signed by a key nobody pinned: refused as such.
     let stranger: Signed = sign(
-        &adversary_vote(clock_epoch().0, nodes).0,
+        &adversary_vote(clock_epoch().0, nodes, None).0,
         DOMAIN_VOTE,
         &[88; 32],
     )

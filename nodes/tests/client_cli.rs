@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use client_support::FakeGateway;
 use lethe_nodes::client::cli::{self, InitArgs, ReceiveArgs, SendArgs, TrafficArgs};
 use lethe_nodes::client::config;
+use lethe_nodes::directory::client::AuthorityArgs;
 use lethe_nodes::keyfile;
 use lethe_nodes::topology::{sign_consensus, MultiSigned};
 
@@ -75,16 +76,20 @@ fn init_send_receive() {
     // A trusts the served key on first use and picks a gateway; B pins both.
     cli::init(&InitArgs {
         dir: a_dir.clone(),
-        directory: vec![directory_url.clone()],
-        directory_key: Vec::new(),
+        authority: AuthorityArgs {
+            directory: vec![directory_url.clone()],
+            directory_key: Vec::new(),
+        },
         gateway: None,
         ..Default::default()
     })
     .unwrap();
     cli::init(&InitArgs {
         dir: b_dir.clone(),
-        directory: vec![directory_url.clone()],
-        directory_key: vec![keyfile::hex(&directory_key)],
+        authority: AuthorityArgs {
+            directory: vec![directory_url.clone()],
+            directory_key: vec![keyfile::hex(&directory_key)],
+        },
         gateway: Some(keyfile::hex(&gateway.net.gateway_identity)),
         ..Default::default()
     })
@@ -96,16 +101,20 @@ fn init_send_receive() {
     // Re-initialising refuses to overwrite; a wrong pinned key fails to verify the topology.
     assert!(cli::init(&InitArgs {
         dir: a_dir.clone(),
-        directory: vec![directory_url.clone()],
-        directory_key: Vec::new(),
+        authority: AuthorityArgs {
+            directory: vec![directory_url.clone()],
+            directory_key: Vec::new(),
+        },
         gateway: None,
         ..Default::default()
     })
     .is_err());
     let err = cli::init(&InitArgs {
         dir: temp_dir("c"),
-        directory: vec![directory_url.clone()],
-        directory_key: vec![keyfile::hex(&[1u8; 32])],
+        authority: AuthorityArgs {
+            directory: vec![directory_url.clone()],
+            directory_key: vec![keyfile::hex(&[1u8; 32])],
+        },
         gateway: None,
         ..Default::default()
     })

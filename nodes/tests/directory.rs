@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use lethe_nodes::directory::client::{self, DirectoryClientError};
 use lethe_nodes::keyfile;
 use lethe_nodes::topology::{
-    now_s, sign, verify_topology, Descriptor, Heartbeat, Role, Signed, Topology, TopologyError,
-    CLOCK_SKEW_S_MAX, DOMAIN_DESCRIPTOR, DOMAIN_HEARTBEAT, DOMAIN_TOPOLOGY,
+    now_s, sign, sign_consensus, verify_topology, AuthoritySet, AuthoritySignature, Descriptor,
+    Heartbeat, MultiSigned, Role, Signed, Topology, TopologyError, CLOCK_SKEW_S_MAX,
+    DOMAIN_DESCRIPTOR, DOMAIN_HEARTBEAT, DOMAIN_TOPOLOGY,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -116,10 +117,11 @@ fn wait_topology(
 ) -> Topology {
     let rt = rt();
     let http = client::http_client();
+    let set = AuthoritySet::new(vec![*key]).unwrap();
     let deadline = Instant::now() + TIMEOUT;
     let mut last = None;
     while Instant::now() < deadline {
-        match rt.block_on(client::fetch_topology(&http, url, key, None)) {
+        match rt.block_on(client::fetch_consensus_from(&http, url, &set, None)) {
             Ok(t) if done(&t) => return t,
             Ok(t) => last = Some(format!("{t:?}")),
             Err(e) => last = Some(e.to_string()),
@@ -310,19 +312,30 @@ fn sample_topology(epoch: u64, issued_at_s: u64, valid_until_s: u64) -> Topology
         layers: [1, 2, 3].map(|i| vec![node(i, Role::Mixnode)]).into(),
         gateways: vec![node(4, Role::Gateway)],
         shared_random: None,
+        admission: None,
     }
 }
 
+/// A consensus document of the one authority of `seed` (n = 1).
+fn consensus_of(topology: &Topology, seed: &[u8; 32]) -> MultiSigned {
+    let body = serde_json::to_string(topology).unwrap();
+    MultiSigned {
+        signatures: vec![sign_consensus(&body, seed)],
+        body,
+    }
+}
+
+/// Fetches a document from a fake directory serving `doc`, pinning `key` alone.
 fn fetch_from_fake(
-    signed: &Signed,
+    doc: &MultiSigned,
     key: &[u8; 32],
     seen: Option<u64>,
 ) -> Result<Topology, DirectoryClientError> {
-    let url = fake_directory(serde_json::to_string(signed).unwrap());
-    rt().block_on(client::fetch_topology(
+    let url = fake_directory(serde_json::to_string(doc).unwrap());
+    rt().block_on(client::fetch_consensus_from(
         &client::http_client(),
         &url,
-        key,
+        &AuthoritySet::new(vec![*key]).unwrap(),
         seen,
     ))
 }
@@ -339,28 +352,30 @@ fn forged_and_stale_topologies_refused() {
     let seed = [21u8; 32];
     let key = keyfile::ed25519_public(&seed);
     let now = now_s();
-    let good = sign(&sample_topology(5, now, now + 600), DOMAIN_TOPOLOGY, &seed).unwrap();
-    // The genuine one passes, through the client and directly.
+    let good_topology = sample_topology(5, now, now + 600);
+    let good = consensus_of(&good_topology, &seed);
+    // The genuine one passes, through the client and directly; so does the n = 1
+    // directory's own `/v1/topology` signature over it.
     assert_eq!(fetch_from_fake(&good, &key, Some(5)).unwrap().epoch, 5);
-    assert!(verify_topology(&good, &key, now, None).is_ok());
+    let signed = sign(&good_topology, DOMAIN_TOPOLOGY, &seed).unwrap();
+    assert!(verify_topology(&signed, &key, now, None).is_ok());
+    let none_valid = TopologyError::TooFewSignatures {
+        valid: 0,
+        needed: 1,
+    };
 
     // Signed by another key.
-    let forged = sign(
-        &sample_topology(6, now, now + 600),
-        DOMAIN_TOPOLOGY,
-        &[22u8; 32],
-    )
-    .unwrap();
+    let forged = consensus_of(&sample_topology(6, now, now + 600), &[22u8; 32]);
     assert_eq!(
         refused_with(fetch_from_fake(&forged, &key, None)),
-        TopologyError::WrongSigner
+        none_valid
     );
     // ... relabelled as the directory's.
     let mut relabelled = forged.clone();
-    relabelled.signer = keyfile::hex(&key);
+    relabelled.signatures[0].signer = keyfile::hex(&key);
     assert_eq!(
         refused_with(fetch_from_fake(&relabelled, &key, None)),
-        TopologyError::BadSignature
+        none_valid
     );
     // A genuine body, tampered with.
     let mut tampered = good.clone();
@@ -368,41 +383,44 @@ fn forged_and_stale_topologies_refused() {
     assert_ne!(tampered.body, good.body);
     assert_eq!(
         refused_with(fetch_from_fake(&tampered, &key, None)),
-        TopologyError::BadSignature
+        none_valid
     );
-    // A descriptor signature does not pass as a topology signature.
-    let wrong_domain = sign(
-        &sample_topology(6, now, now + 600),
-        DOMAIN_DESCRIPTOR,
-        &seed,
-    )
-    .unwrap();
-    assert_eq!(
-        refused_with(fetch_from_fake(&wrong_domain, &key, None)),
-        TopologyError::BadSignature
-    );
+    // A signature of another domain (the directory's own topology's, a descriptor's) does
+    // not pass as a consensus signature.
+    for domain in [DOMAIN_TOPOLOGY, DOMAIN_DESCRIPTOR] {
+        let other = sign(&sample_topology(6, now, now + 600), domain, &seed).unwrap();
+        let wrong_domain = MultiSigned {
+            body: other.body,
+            signatures: vec![AuthoritySignature {
+                signer: other.signer,
+                signature: other.signature,
+            }],
+        };
+        assert_eq!(
+            refused_with(fetch_from_fake(&wrong_domain, &key, None)),
+            none_valid
+        );
+    }
     // Stale: valid until the past.
-    let stale = sign(
-        &sample_topology(7, now - 4000, now - 400),
-        DOMAIN_TOPOLOGY,
-        &seed,
-    )
-    .unwrap();
+    let stale_topology = sample_topology(7, now - 4000, now - 400);
     assert!(matches!(
-        refused_with(fetch_from_fake(&stale, &key, None)),
+        refused_with(fetch_from_fake(
+            &consensus_of(&stale_topology, &seed),
+            &key,
+            None
+        )),
         TopologyError::Stale { .. }
     ));
+    let stale = sign(&stale_topology, DOMAIN_TOPOLOGY, &seed).unwrap();
     assert!(matches!(
         verify_topology(&stale, &key, now, None),
         Err(TopologyError::Stale { .. })
     ));
     // From the future.
-    let future = sign(
+    let future = consensus_of(
         &sample_topology(8, now + CLOCK_SKEW_S_MAX + 600, now + 4000),
-        DOMAIN_TOPOLOGY,
         &seed,
-    )
-    .unwrap();
+    );
     assert!(matches!(
         refused_with(fetch_from_fake(&future, &key, None)),
         TopologyError::FromTheFuture { .. }
@@ -415,10 +433,10 @@ fn forged_and_stale_topologies_refused() {
     // Not JSON at all.
     let url = fake_directory("<html>".into());
     assert!(matches!(
-        rt().block_on(client::fetch_topology(
+        rt().block_on(client::fetch_consensus_from(
             &client::http_client(),
             &url,
-            &key,
+            &AuthoritySet::new(vec![key]).unwrap(),
             None
         )),
         Err(DirectoryClientError::Malformed { .. })
@@ -1022,7 +1040,12 @@ fn replayed_registrations_do_not_keep_a_dead_node_listed() {
             "{status} {json}"
         );
         let t = rt()
-            .block_on(client::fetch_topology(&http, &url, &key, None))
+            .block_on(client::fetch_consensus_from(
+                &http,
+                &url,
+                &AuthoritySet::new(vec![key]).unwrap(),
+                None,
+            ))
             .unwrap();
         if !listed(&t, &d.identity) {
             break;

@@ -176,10 +176,11 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn topology(url: &str, key: &[u8; 32]) -> Result<Topology, String> {
-    rt().block_on(client::fetch_topology(
+    let set = lethe_nodes::topology::AuthoritySet::new(vec![*key]).map_err(|e| e.to_string())?;
+    rt().block_on(client::fetch_consensus_from(
         &client::http_client(),
         url,
-        key,
+        &set,
         None,
     ))
     .map_err(|e| e.to_string())

@@ -245,10 +245,10 @@ fn gateway_refuses_to_announce_loopback_and_publishes_its_client_url() {
     let http = lethe_nodes::directory::client::http_client();
     let deadline = Instant::now() + WAIT_MAX;
     let published = loop {
-        let topology = runtime.block_on(lethe_nodes::directory::client::fetch_topology(
+        let topology = runtime.block_on(lethe_nodes::directory::client::fetch_consensus_from(
             &http,
             &url,
-            &directory_key,
+            &lethe_nodes::topology::AuthoritySet::new(vec![directory_key]).unwrap(),
             None,
         ));
         if let Ok(t) = topology {

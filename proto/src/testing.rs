@@ -90,6 +90,7 @@ impl TestMixnet {
                 layers: layers.into(),
                 gateways: vec![gateway],
                 shared_random: None,
+                admission: None,
             },
             secrets,
             gateway_identity: identity_public(gateway_seed),

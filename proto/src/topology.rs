@@ -105,6 +105,49 @@ pub struct Topology {
     /// document (its layers are its own choice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_random: Option<SharedRandom>,
+    /// The admission policy its nodes were admitted under: the one at least 2f+1 of the
+    /// authorities' votes stated (a single directory: its own). `None`: the votes agreed on
+    /// none this epoch (or a document from before policies were stated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<AdmissionPolicy>,
+}
+
+/// Who may be in the network, as an authority states it in its vote and a document records
+/// the agreed one: any node that passes the authorities' checks, or only the identities of
+/// an allow-list, named by its digest ([`AdmissionPolicy::allow_list`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AdmissionPolicy {
+    Open,
+    AllowList {
+        /// SHA-256 (hex) of the list's identities as lowercase hex, ascending, each followed
+        /// by a newline: the `sha256sum` of such a file, which an operator can recompute.
+        sha256: String,
+    },
+}
+
+impl AdmissionPolicy {
+    /// The policy of an allow-list of ed25519 identities (the set's order is the canonical one).
+    pub fn allow_list(identities: &std::collections::BTreeSet<[u8; 32]>) -> AdmissionPolicy {
+        let mut hash = Sha256::new();
+        for identity in identities {
+            hash.update(hex::encode(identity).as_bytes());
+            hash.update(b"\n");
+        }
+        AdmissionPolicy::AllowList {
+            sha256: hex::encode(&hash.finalize()),
+        }
+    }
+}
+
+/// As logs show it: `open` or `allow-list sha256=<hex>`.
+impl std::fmt::Display for AdmissionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdmissionPolicy::Open => f.write_str("open"),
+            AdmissionPolicy::AllowList { sha256 } => write!(f, "allow-list sha256={sha256}"),
+        }
+    }
 }
 
 /// Domain of the sort key of [`assign_layers`].
@@ -454,6 +497,34 @@ mod tests {
         assert_eq!(serde_json::from_str::<Topology>(&json).unwrap(), t);
         t.shared_random = None;
         assert!(!serde_json::to_string(&t).unwrap().contains("shared_random"));
+    }
+
+    #[test]
+    fn allow_list_digest_is_sha256sum_of_the_sorted_list() {
+        let ids: std::collections::BTreeSet<[u8; 32]> = [[0xab; 32], [0x01; 32]].into();
+        // printf '0101...01\nabab...ab\n' | sha256sum
+        let mut file = String::new();
+        for id in &ids {
+            file += &crate::hex::encode(id);
+            file.push('\n');
+        }
+        assert!(file.starts_with("0101"));
+        let expected = crate::hex::encode(&Sha256::digest(file.as_bytes()));
+        assert_eq!(
+            AdmissionPolicy::allow_list(&ids),
+            AdmissionPolicy::AllowList { sha256: expected }
+        );
+        assert_ne!(
+            AdmissionPolicy::allow_list(&ids),
+            AdmissionPolicy::allow_list(&Default::default())
+        );
+        // The document's JSON names it plainly; "open" is a bare word.
+        let json = serde_json::to_string(&AdmissionPolicy::allow_list(&ids)).unwrap();
+        assert!(json.starts_with("{\"allow_list\":{\"sha256\":\""), "{json}");
+        assert_eq!(
+            serde_json::to_string(&AdmissionPolicy::Open).unwrap(),
+            "\"open\""
+        );
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //!   `issued_at_s` is the median of theirs;
 //! - numbers take the median of the votes (`issued_at_s`, `valid_until_s`), so f liars
 //!   cannot move them outside the honest values;
+//! - the admission policy is the one at least `threshold` votes state (open, or one
+//!   allow-list, compared by digest); under an agreed allow-list a node is in only if the list
+//!   holds it, however many votes list it, so an authority with another list cannot add a
+//!   node, and neither can authorities that admit more than the agreed list. With no policy
+//!   agreed, the document says so and the count alone decides (each honest vote lists only
+//!   nodes its own policy admits, so at least f+1 honest policies admit each node in);
 //! - two nodes agreed on with one mix address are both left out (no honest authority admits
 //!   that);
 //! - the shared random value hashes the reveals that match their commitments in the previous
@@ -23,7 +29,7 @@ use sha2::{Digest, Sha256};
 use super::vote::{commit_of, Vote};
 use crate::keyfile;
 use crate::topology::{Descriptor, Role, Topology, LAYERS};
-use lethe_proto::topology::{assign_layers, SharedRandom};
+use lethe_proto::topology::{assign_layers, AdmissionPolicy, SharedRandom};
 
 /// Domain of the shared random value: SHA-256(DOMAIN_SRV || epoch || reveal count || for each
 /// revealing authority in key order: key || reveal).
@@ -33,6 +39,8 @@ pub const DOMAIN_SRV: &[u8] = b"lethe-srv-v1\0";
 pub enum ConsensusError {
     #[error("{usable} usable votes, {needed} needed")]
     TooFewVotes { usable: usize, needed: usize },
+    #[error("encoding the document: {0}")]
+    Encoding(String),
 }
 
 /// The lower median (of a non-empty list; 0 for an empty one).
@@ -64,12 +72,48 @@ fn usable_votes(epoch: u64, votes: &[Vote]) -> BTreeMap<[u8; 32], &Vote> {
         .collect()
 }
 
+/// An admission policy and its allow-list (`None`: open).
+type Stated = (AdmissionPolicy, Option<BTreeSet<[u8; 32]>>);
+
+/// The policy a vote states and its allow-list. Entries that are not keys count for nothing
+/// (`open_vote` refuses them).
+fn stated_admission(vote: &Vote) -> Stated {
+    match &vote.allowed {
+        None => (AdmissionPolicy::Open, None),
+        Some(list) => {
+            let allowed: BTreeSet<[u8; 32]> =
+                list.iter().filter_map(|id| keyfile::unhex_32(id)).collect();
+            (AdmissionPolicy::allow_list(&allowed), Some(allowed))
+        }
+    }
+}
+
+/// The admission policy at least `threshold` votes state, with its allow-list.
+fn agreed_admission(votes: &BTreeMap<[u8; 32], &Vote>, threshold: usize) -> Option<Stated> {
+    // Policy → how many votes state it, and one of them (all with one list).
+    let mut stated: BTreeMap<AdmissionPolicy, (usize, Stated)> = BTreeMap::new();
+    for vote in votes.values() {
+        let one = stated_admission(vote);
+        stated.entry(one.0.clone()).or_insert((0, one)).0 += 1;
+    }
+    // With threshold > n/2 at most one policy can reach it.
+    stated
+        .into_values()
+        .find(|(count, _)| *count >= threshold)
+        .map(|(_, one)| one)
+}
+
 /// One descriptor of a node (signing time aside) and the signing times the votes listing it
 /// gave.
 type Listings = (Descriptor, Vec<u64>);
 
-/// The nodes at least `threshold` votes agree on, by identity.
-fn agreed_nodes(votes: &BTreeMap<[u8; 32], &Vote>, threshold: usize) -> Vec<Descriptor> {
+/// The nodes at least `threshold` votes agree on, by identity, and `allowed` holds (`None`:
+/// any).
+fn agreed_nodes(
+    votes: &BTreeMap<[u8; 32], &Vote>,
+    threshold: usize,
+    allowed: Option<&BTreeSet<[u8; 32]>>,
+) -> Vec<Descriptor> {
     // identity → descriptor without its signing time (JSON) → (descriptor, signing times).
     let mut seen: BTreeMap<[u8; 32], BTreeMap<String, Listings>> = BTreeMap::new();
     for vote in votes.values() {
@@ -96,7 +140,10 @@ fn agreed_nodes(votes: &BTreeMap<[u8; 32], &Vote>, threshold: usize) -> Vec<Desc
         }
     }
     let mut agreed: Vec<Descriptor> = Vec::new();
-    for groups in seen.into_values() {
+    for (identity, groups) in seen {
+        if allowed.is_some_and(|allowed| !allowed.contains(&identity)) {
+            continue;
+        }
         // With threshold > n/2 at most one descriptor of a node can reach it.
         if let Some((descriptor, times)) = groups
             .into_values()
@@ -172,8 +219,10 @@ pub fn consensus(
     }
     let issued_at_s = median(usable.values().map(|v| v.issued_at_s).collect());
     let valid_until_s = median(usable.values().map(|v| v.valid_until_s).collect());
+    let admission = agreed_admission(&usable, threshold);
+    let allowed = admission.as_ref().and_then(|(_, allowed)| allowed.as_ref());
     let (mixnodes, mut gateways): (Vec<Descriptor>, Vec<Descriptor>) =
-        agreed_nodes(&usable, threshold)
+        agreed_nodes(&usable, threshold, allowed)
             .into_iter()
             .partition(|d| d.role == Role::Mixnode);
     gateways.sort_by(|a, b| a.identity.cmp(&b.identity));
@@ -193,7 +242,23 @@ pub fn consensus(
             reveals,
             commits,
         }),
+        admission: admission.map(|(policy, _)| policy),
     })
+}
+
+/// The authorities whose vote for `epoch` counts and states another admission policy than
+/// `agreed` (the document's; `None`: none was agreed, so every vote), with the policy each
+/// states.
+pub fn admission_dissenters(
+    epoch: u64,
+    votes: &[Vote],
+    agreed: Option<&AdmissionPolicy>,
+) -> Vec<([u8; 32], AdmissionPolicy)> {
+    usable_votes(epoch, votes)
+        .into_iter()
+        .map(|(key, vote)| (key, stated_admission(vote).0))
+        .filter(|(_, policy)| Some(policy) != agreed)
+        .collect()
 }
 
 /// The authorities whose votes for `epoch` conflict (two different votes, one key).
@@ -248,9 +313,94 @@ mod tests {
             issued_at_s: epoch * 10,
             valid_until_s: epoch * 10 + 30,
             nodes,
+            allowed: None,
             commit: keyfile::hex(&commit_of(&key, epoch, &reveal_for(&seed, epoch))),
             reveal: Some(keyfile::hex(&reveal_for(&seed, epoch - 1))),
         }
+    }
+
+    /// An allow-list of nodes `ids`, as a vote states it.
+    fn allow_list(ids: impl IntoIterator<Item = u8>) -> Option<Vec<String>> {
+        let keys: BTreeSet<[u8; 32]> = ids
+            .into_iter()
+            .map(|i| node(i, Role::Mixnode).identity_key().unwrap())
+            .collect();
+        Some(keys.iter().map(|k| keyfile::hex(k)).collect())
+    }
+
+    fn policy_of(allowed: &Option<Vec<String>>) -> AdmissionPolicy {
+        let keys: BTreeSet<[u8; 32]> = allowed
+            .iter()
+            .flatten()
+            .map(|id| keyfile::unhex_32(id).unwrap())
+            .collect();
+        AdmissionPolicy::allow_list(&keys)
+    }
+
+    #[test]
+    fn the_agreed_allow_list_decides_who_is_in() {
+        // Three authorities agree on nodes 1-5 and 7; all four vote every node, 6 included
+        // (as authorities admitting more than the list would): 6 stays out.
+        let list = allow_list([1, 2, 3, 4, 5, 7]);
+        let mut votes: Vec<Vote> = (0..4).map(|a| vote(a, EPOCH, nodes())).collect();
+        for v in &mut votes[..3] {
+            v.allowed = list.clone();
+        }
+        // The fourth states another list, which holds a node of its own (40), that it alone
+        // votes: neither its list nor its vote gets 40 in.
+        votes[3].allowed = allow_list(1..=40);
+        votes[3].nodes.push(node(40, Role::Mixnode));
+        let t = consensus(EPOCH, 3, &votes, None).unwrap();
+        let ids = identities(&t);
+        assert_eq!(t.admission, Some(policy_of(&list)));
+        assert!(!ids.contains(&node(6, Role::Mixnode).identity));
+        assert!(!ids.contains(&node(40, Role::Mixnode).identity));
+        assert_eq!(ids.len(), 6);
+        assert_eq!(t.layers_follow_shared_random(), Ok(()));
+        // The dissenter is named, with its policy; the list's order in a vote does not
+        // matter for the digest.
+        assert_eq!(
+            admission_dissenters(EPOCH, &votes, t.admission.as_ref()),
+            vec![(authority(3), policy_of(&votes[3].allowed))]
+        );
+        let mut reversed = votes.clone();
+        reversed[0].allowed.as_mut().unwrap().reverse();
+        assert_eq!(consensus(EPOCH, 3, &reversed, None), Ok(t));
+        // Even if the other three vote node 40 too, the agreed list keeps it out.
+        for v in &mut votes[..3] {
+            v.nodes.push(node(40, Role::Mixnode));
+        }
+        let t = consensus(EPOCH, 3, &votes, None).unwrap();
+        assert!(!identities(&t).contains(&node(40, Role::Mixnode).identity));
+    }
+
+    #[test]
+    fn open_agreed_and_no_policy_agreed() {
+        // Three open, one with a list: open is agreed, every node the votes agree on is in.
+        let mut votes: Vec<Vote> = (0..4).map(|a| vote(a, EPOCH, nodes())).collect();
+        votes[0].allowed = allow_list([1, 2]);
+        votes[0].nodes.retain(|d| {
+            [1, 2]
+                .map(|i| node(i, Role::Mixnode).identity)
+                .contains(&d.identity)
+        });
+        let t = consensus(EPOCH, 3, &votes, None).unwrap();
+        assert_eq!(t.admission, Some(AdmissionPolicy::Open));
+        assert_eq!(identities(&t).len(), 7);
+        assert_eq!(
+            admission_dissenters(EPOCH, &votes, t.admission.as_ref()),
+            vec![(authority(0), policy_of(&votes[0].allowed))]
+        );
+        // Two open, two with different lists: no policy agreed. The document says so, and
+        // the count decides as ever: nodes 3 to 7, outside the first list, are in on the
+        // votes of the two open authorities and of the second list's.
+        votes[1].allowed = allow_list([1, 2, 3, 4, 5, 6, 7]);
+        let t = consensus(EPOCH, 3, &votes, None).unwrap();
+        assert_eq!(t.admission, None);
+        assert_eq!(identities(&t).len(), 7);
+        assert_eq!(admission_dissenters(EPOCH, &votes, None).len(), 4);
+        // The policy JSON is absent then; present otherwise.
+        assert!(!serde_json::to_string(&t).unwrap().contains("admission"));
     }
 
     fn identities(t: &Topology) -> BTreeSet<String> {

@@ -1,8 +1,9 @@
 //! A voting authority at run time: each epoch (aligned to the clock, so every authority
-//! agrees on its number) it votes, sends its vote to its peers and pulls theirs, computes the
-//! consensus halfway through the epoch, signs it, sends its signature, and serves the
-//! document once `threshold` authorities signed it. Until then, and whenever an epoch fails,
-//! it keeps serving the last certified document and says so (log and metric).
+//! agrees on its number) it votes (its admission policy included), sends its vote to its
+//! peers and pulls theirs, computes the consensus halfway through the epoch, signs it, sends
+//! its signature, and serves the document once `threshold` authorities signed it. Until
+//! then, and whenever an epoch fails, it keeps serving the last certified document and says
+//! so (log and metric).
 //!
 //! Phases of epoch E (length T, from E x T): votes during the first half (pushed until each
 //! peer acknowledged, pulled every tick, so a vote shown to one authority reaches all, and
@@ -22,6 +23,7 @@
 //!   status as for votes.
 //! - `GET /v1/consensus`: the latest certified document with every signature gathered.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -35,7 +37,9 @@ use crate::directory::metrics::AuthorityCounters;
 use crate::directory::store::Store;
 use crate::keyfile;
 use crate::limits;
-use crate::topology::{sign, AuthoritySet, Descriptor, MultiSigned, Signed, Topology};
+use crate::topology::{
+    sign, AuthoritySet, Descriptor, MultiSigned, Signed, Topology, TopologyError,
+};
 
 /// File (in the authority's data dir) listing its peers, `URL=KEY` per line, `#` comments.
 pub const PEERS_FILE: &str = "peers";
@@ -137,6 +141,8 @@ struct State {
     /// This epoch's outcome has been counted and logged.
     reported: bool,
     compute_failed: bool,
+    /// This epoch's admission disagreements have been counted and logged.
+    admission_reported: bool,
 }
 
 pub struct Authority {
@@ -145,6 +151,8 @@ pub struct Authority {
     set: AuthoritySet,
     peers: Vec<Peer>,
     epoch_s: u64,
+    /// The allow-list this authority's votes state (`None`: open).
+    allowed: Option<Vec<String>>,
     state: Mutex<State>,
     store: Mutex<Store>,
     pub counters: AuthorityCounters,
@@ -157,11 +165,13 @@ fn now_ms() -> u64 {
 }
 
 impl Authority {
-    /// An authority with `peers`, its SQLite `store` (evidence, the last certified document).
+    /// An authority with `peers`, the allow-list it admits nodes by (`None`: open; stated in
+    /// its votes), its SQLite `store` (evidence, the last certified document).
     pub fn new(
         seed: Zeroizing<[u8; 32]>,
         peers: Vec<Peer>,
         epoch_s: u64,
+        allowed: Option<&BTreeSet<String>>,
         store: Store,
     ) -> anyhow::Result<Authority> {
         let key = keyfile::ed25519_public(&seed);
@@ -192,6 +202,7 @@ impl Authority {
             set,
             peers,
             epoch_s,
+            allowed: allowed.map(|list| list.iter().cloned().collect()),
             state: Mutex::new(State {
                 round: Round::new(0),
                 previous,
@@ -202,6 +213,7 @@ impl Authority {
                 signature_acked: vec![false; peer_count],
                 reported: true,
                 compute_failed: false,
+                admission_reported: true,
             }),
             store: Mutex::new(store),
             counters: AuthorityCounters::default(),
@@ -381,6 +393,7 @@ impl Authority {
         state.round = Round::new(epoch);
         state.reported = false;
         state.compute_failed = false;
+        state.admission_reported = false;
         state.own_signature = None;
         state.vote_acked.iter_mut().for_each(|a| *a = false);
         state.signature_acked.iter_mut().for_each(|a| *a = false);
@@ -394,20 +407,26 @@ impl Authority {
                     .saturating_mul(limits::DIRECTORY_VALIDITY_EPOCHS),
             ),
             nodes: alive,
+            allowed: self.allowed.clone(),
             commit: keyfile::hex(&commit_of(&self.key, epoch, &reveal_for(&self.seed, epoch))),
             reveal: epoch
                 .checked_sub(1)
                 .map(|previous| keyfile::hex(&reveal_for(&self.seed, previous))),
         };
-        state.own_vote = match sign(&vote, DOMAIN_VOTE, &self.seed) {
-            Ok(signed) => {
-                let json = serde_json::to_string(&signed).unwrap_or_default();
+        let signed = sign(&vote, DOMAIN_VOTE, &self.seed).and_then(|signed| {
+            serde_json::to_string(&signed)
+                .map(|json| (signed, json))
+                .map_err(|_| TopologyError::Malformed("vote encoding"))
+        });
+        state.own_vote = match signed {
+            Ok((signed, json)) => {
                 if let Err(e) = state.round.add_vote(self.key, vote, signed) {
                     tracing::error!(error = %e, "own vote refused");
                 }
                 Some(Bytes::from(json))
             }
             Err(e) => {
+                // No vote this epoch rather than an empty one pushed to the peers.
                 tracing::error!(error = %e, "signing the vote failed");
                 None
             }
@@ -426,6 +445,10 @@ impl Authority {
         {
             Ok(doc) => {
                 state.own_signature = serde_json::to_string(&doc).ok().map(Bytes::from);
+                if !state.admission_reported {
+                    state.admission_reported = true;
+                    self.report_admission(&state.round);
+                }
                 self.refresh_served(state);
             }
             Err(e) => {
@@ -433,6 +456,45 @@ impl Authority {
                     tracing::warn!(epoch = state.round.epoch(), error = %e, "no consensus computed");
                     state.compute_failed = true;
                 }
+            }
+        }
+    }
+
+    /// Counts and logs the votes whose admission policy differs from the agreed one, or that
+    /// none was agreed: operators then compare their `--allowed-nodes` lists.
+    fn report_admission(&self, round: &Round) {
+        let epoch = round.epoch();
+        let agreed = round.computed().and_then(|t| t.admission.clone());
+        let dissenters = round.admission_dissenters();
+        match &agreed {
+            Some(agreed) => {
+                for (authority, policy) in &dissenters {
+                    self.counters.admission_disagreement();
+                    let own = *authority == self.key;
+                    tracing::warn!(
+                        epoch,
+                        authority = %keyfile::hex(authority),
+                        stated = %policy,
+                        %agreed,
+                        own,
+                        "admission policy disagreement: this vote's policy is not the one the \
+                         others agreed on (its nodes count only if the agreed policy admits them)"
+                    );
+                }
+            }
+            None => {
+                self.counters.admission_unagreed();
+                let stated: Vec<String> = dissenters
+                    .iter()
+                    .map(|(authority, policy)| format!("{}: {policy}", keyfile::hex(authority)))
+                    .collect();
+                tracing::warn!(
+                    epoch,
+                    threshold = self.set.threshold(),
+                    stated = %stated.join(", "),
+                    "no admission policy agreed by the threshold of votes; nodes are in on the \
+                     count of votes alone this epoch"
+                );
             }
         }
     }

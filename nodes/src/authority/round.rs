@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 
-use super::consensus::{consensus, equivocators, ConsensusError};
+use super::consensus::{admission_dissenters, consensus, equivocators, ConsensusError};
 use super::vote::{Refusal, Vote};
 use crate::keyfile;
 use crate::limits;
@@ -18,6 +18,7 @@ use crate::topology::{
     valid_signers, AuthoritySet, AuthoritySignature, MultiSigned, Signed, Topology,
     SIGNED_BODY_BYTES_MAX,
 };
+use lethe_proto::topology::AdmissionPolicy;
 
 /// What an accepted message did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,19 +158,33 @@ impl Round {
         self.votes.len()
     }
 
-    /// Authorities whose votes conflict.
-    pub fn vote_equivocators(&self) -> BTreeSet<[u8; 32]> {
-        let votes: Vec<Vote> = self
-            .votes
+    /// Every vote held, both of an equivocator's included (the consensus sorts them out).
+    fn held_votes(&self) -> Vec<Vote> {
+        self.votes
             .values()
             .flatten()
             .map(|(v, _)| v.clone())
-            .collect();
-        equivocators(self.epoch, &votes)
+            .collect()
+    }
+
+    /// Authorities whose votes conflict.
+    pub fn vote_equivocators(&self) -> BTreeSet<[u8; 32]> {
+        equivocators(self.epoch, &self.held_votes())
     }
 
     pub fn computed(&self) -> Option<&Topology> {
         self.computed.as_ref().map(|(t, _)| t)
+    }
+
+    /// Once computed: the authorities whose vote states another admission policy than the
+    /// consensus agreed on (every voter when none was agreed), with the policy each states.
+    pub fn admission_dissenters(&self) -> Vec<([u8; 32], AdmissionPolicy)> {
+        match self.computed() {
+            Some(topology) => {
+                admission_dissenters(self.epoch, &self.held_votes(), topology.admission.as_ref())
+            }
+            None => Vec::new(),
+        }
     }
 
     /// Computes the consensus from the votes held and signs it with `seed` (once per epoch:
@@ -181,22 +196,18 @@ impl Round {
         seed: &[u8; 32],
         previous: Option<&Topology>,
     ) -> Result<MultiSigned, ConsensusError> {
-        if self.computed.is_none() {
-            let votes: Vec<Vote> = self
-                .votes
-                .values()
-                .flatten()
-                .map(|(v, _)| v.clone())
-                .collect();
-            let topology = consensus(self.epoch, set.threshold(), &votes, previous)?;
-            let body = serde_json::to_string(&topology).unwrap_or_default();
-            self.computed = Some((topology, body));
-        }
-        let body = self
-            .computed
-            .as_ref()
-            .map(|(_, b)| b.clone())
-            .unwrap_or_default();
+        let body = match &self.computed {
+            Some((_, body)) => body.clone(),
+            None => {
+                let topology =
+                    consensus(self.epoch, set.threshold(), &self.held_votes(), previous)?;
+                // Never an empty body: that would be signed as this epoch's document.
+                let body = serde_json::to_string(&topology)
+                    .map_err(|e| ConsensusError::Encoding(e.to_string()))?;
+                self.computed = Some((topology, body.clone()));
+                body
+            }
+        };
         let signature = crate::topology::sign_consensus(&body, seed);
         let own = keyfile::ed25519_public(seed);
         let hash = sha256(body.as_bytes());
@@ -388,6 +399,7 @@ mod tests {
             issued_at_s: 10,
             valid_until_s: 40,
             nodes,
+            allowed: None,
             commit: keyfile::hex(&commit_of(&key, epoch, &reveal_for(&seed(a), epoch))),
             reveal: None,
         };
@@ -436,6 +448,38 @@ mod tests {
             open_vote(&stranger, |k| set.contains(k)).map(|_| ()),
             Err(Refusal::UnknownSigner)
         );
+    }
+
+    #[test]
+    fn a_vote_states_its_allow_list_in_one_spelling() {
+        let set = set();
+        let (_, mut vote, _) = signed_vote(0, EPOCH, None);
+        let open = |vote: &Vote| {
+            let signed = sign(vote, DOMAIN_VOTE, &seed(0)).unwrap();
+            open_vote(&signed, |k| set.contains(k)).map(|(_, v)| v)
+        };
+        let (a, b) = (keyfile::hex(&[0xab; 32]), keyfile::hex(&[0xcd; 32]));
+        vote.allowed = Some(vec![a.clone(), b.clone()]);
+        assert_eq!(open(&vote).unwrap().allowed, vote.allowed);
+        for bad in [
+            vec![b.clone(), a.clone()],
+            vec![a.clone(), a.clone()],
+            vec![a.to_uppercase()],
+            vec!["zz".to_string()],
+        ] {
+            vote.allowed = Some(bad);
+            assert_eq!(open(&vote), Err(Refusal::Malformed("allow-list")));
+        }
+        vote.allowed = Some(
+            (0..=limits::DIRECTORY_ALLOWED_NODES_MAX as u32)
+                .map(|i| {
+                    let mut key = [0u8; 32];
+                    key[..4].copy_from_slice(&i.to_be_bytes());
+                    keyfile::hex(&key)
+                })
+                .collect(),
+        );
+        assert_eq!(open(&vote), Err(Refusal::TooLarge));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! An authority's vote for one epoch: the nodes it sees alive with their descriptors, the
-//! numbers it proposes, its commitment for the shared random value and its reveal of the
-//! previous commitment. Signed by the authority's key under [`DOMAIN_VOTE`].
+//! An authority's vote for one epoch: the nodes it sees alive with their descriptors, its
+//! admission policy, the numbers it proposes, its commitment for the shared random value and
+//! its reveal of the previous commitment. Signed by the authority's key under
+//! [`DOMAIN_VOTE`].
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,6 +29,10 @@ pub struct Vote {
     pub valid_until_s: u64,
     /// The nodes this authority admitted and heard from within the heartbeat timeout.
     pub nodes: Vec<Descriptor>,
+    /// The admission policy this authority applies (`--allowed-nodes`): `None`, open to any
+    /// node; else its whole allow-list, identities as lowercase hex in ascending order, so
+    /// that every authority can check nodes against the list the votes agree on.
+    pub allowed: Option<Vec<String>>,
     /// Commitment (hex) to the reveal this authority publishes in its next epoch's vote.
     pub commit: String,
     /// Its reveal (hex) for the commitment of the previous epoch.
@@ -129,6 +134,19 @@ pub fn open_vote(
     }
     if vote.nodes.len() > limits::DIRECTORY_NODES_MAX {
         return Err(Refusal::TooLarge);
+    }
+    if let Some(allowed) = &vote.allowed {
+        if allowed.len() > limits::DIRECTORY_ALLOWED_NODES_MAX {
+            return Err(Refusal::TooLarge);
+        }
+        // One spelling per list, so equal lists have equal digests.
+        let canonical = allowed
+            .iter()
+            .all(|id| keyfile::unhex_32(id).is_some_and(|key| keyfile::hex(&key) == *id))
+            && allowed.windows(2).all(|pair| pair[0] < pair[1]);
+        if !canonical {
+            return Err(Refusal::Malformed("allow-list"));
+        }
     }
     if keyfile::unhex_32(&vote.commit).is_none()
         || vote

@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 use super::address::Recipient;
 use super::config::{self, LoopixParams};
 use super::runtime::{connect, ClientConfig};
+use crate::directory::client::AuthorityArgs;
 use crate::keyfile;
 use crate::proto::messages::error_code;
 use crate::proto::ClientMessage;
@@ -22,15 +23,10 @@ pub struct InitArgs {
     /// Client directory (created 0700; refuses to overwrite an existing client).
     #[arg(long, env = "LETHE_DIR")]
     pub dir: PathBuf,
-    /// Directory authority base URL (`http://host:port`); repeat (or comma-separate) for
-    /// each authority: documents are fetched from any of them, in turn.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub directory: Vec<String>,
-    /// An authority's ed25519 key (hex), pinned; repeat for each. A document needs 2f+1 of
-    /// their signatures, f = (n-1)/3. Without it (one --directory only), the key the
-    /// directory serves is trusted on first use and pinned.
-    #[arg(long, value_delimiter = ',')]
-    pub directory_key: Vec<String>,
+    /// The authorities (`--directory` at least once). Without `--directory-key` (one
+    /// --directory only), the key the directory serves is trusted on first use and pinned.
+    #[command(flatten)]
+    pub authority: AuthorityArgs,
     /// Our gateway's identity (hex). Without it, a random gateway of the topology.
     #[arg(long)]
     pub gateway: Option<String>,
@@ -231,16 +227,16 @@ fn credentials_required_error(args: &InitArgs, gateway: &[u8; 32]) -> String {
     let exe = crate::testnet::invoked_as();
     let q = |t: &str| keyfile::shell_quote(t);
     let mut command = format!("{exe} client init --dir {}", q(&args.dir.to_string_lossy()));
-    for url in &args.directory {
+    for url in &args.authority.directory {
         command += &format!(" --directory {}", q(url));
     }
-    for key in &args.directory_key {
+    for key in &args.authority.directory_key {
         command += &format!(" --directory-key {}", q(key));
     }
     if let Some(hex) = &args.gateway {
         command += &format!(" --gateway {}", q(hex));
     }
-    let first = args.directory.first().map_or("", String::as_str);
+    let first = args.authority.directory.first().map_or("", String::as_str);
     let flags = crate::testnet::credential_flags_for(first).unwrap_or_else(|| {
         "--issuers URL,URL,... --threshold T --verification-key PATH/verification.key".into()
     });
@@ -269,12 +265,13 @@ pub fn init(args: &InitArgs) -> Result<(), String> {
         // First, so a failure leaves no half-made client directory.
         let credential = init_credential(args).await?;
         let http = crate::directory::client::http_client();
-        let authorities = match (args.directory.as_slice(), args.directory_key.is_empty()) {
-            (_, false) => crate::directory::client::Authorities::from_hex(
-                &args.directory,
-                &args.directory_key,
-            )
-            .map_err(|e| format!("--directory/--directory-key: {e}"))?,
+        let authority = &args.authority;
+        let authorities = match (
+            authority.directory.as_slice(),
+            authority.directory_key.is_empty(),
+        ) {
+            ([], _) => return Err("--directory is required: the network's authorities".into()),
+            (_, false) => authority.pinned()?.ok_or("--directory is required")?,
             ([url], true) => {
                 let key = crate::directory::client::fetch_key(&http, url)
                     .await

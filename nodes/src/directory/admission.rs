@@ -1,7 +1,8 @@
 //! Who may be in the network, decided before a descriptor reaches the registry's bookkeeping:
-//! the directory's admission policy (an operator allow-list or "open", caps per source and
-//! per mix IP) and the checks every descriptor passes (a routable mix address, a usable Sphinx
-//! key, an operator family of bounded size). Free of I/O except [`read_allow_list`].
+//! the directory's admission policy (an operator allow-list or "open", which voting
+//! authorities also state in their votes; caps per source and per mix IP) and the checks
+//! every descriptor passes (a routable mix address, a usable Sphinx key, an operator family
+//! of bounded size). Free of I/O except [`read_allow_list`].
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -10,9 +11,10 @@ use std::path::Path;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 
 use crate::limits::{
-    DIRECTORY_FAMILY_BYTES_MAX, DIRECTORY_NODES_PER_IP_MAX_DEFAULT,
+    DIRECTORY_ALLOWED_NODES_MAX, DIRECTORY_FAMILY_BYTES_MAX, DIRECTORY_NODES_PER_IP_MAX_DEFAULT,
     DIRECTORY_NODES_PER_SOURCE_MAX_DEFAULT,
 };
+use lethe_proto::topology::AdmissionPolicy;
 
 /// The directory's admission settings (from `lethe directory run`'s flags).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +42,21 @@ impl Default for Admission {
             nodes_per_source_max: DIRECTORY_NODES_PER_SOURCE_MAX_DEFAULT,
             heartbeat_timeout_ms: 30_000,
             allowed: None,
+        }
+    }
+}
+
+impl Admission {
+    /// The policy this admission applies, as votes and documents name it.
+    pub fn policy(&self) -> AdmissionPolicy {
+        match &self.allowed {
+            None => AdmissionPolicy::Open,
+            Some(allowed) => AdmissionPolicy::allow_list(
+                &allowed
+                    .iter()
+                    .filter_map(|id| crate::keyfile::unhex_32(id))
+                    .collect(),
+            ),
         }
     }
 }
@@ -151,7 +168,8 @@ pub fn family_ok(family: &str) -> bool {
 }
 
 /// Reads an allow-list: one hex ed25519 identity per line; blank lines and `#` comments are
-/// skipped. Refuses anything else, naming the line.
+/// skipped. Refuses anything else, naming the line, and lists over
+/// [`DIRECTORY_ALLOWED_NODES_MAX`] identities (the list travels in every vote).
 pub fn read_allow_list(path: &Path) -> Result<BTreeSet<String>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("reading the allow-list {}: {e}", path.display()))?;
@@ -169,6 +187,12 @@ pub fn read_allow_list(path: &Path) -> Result<BTreeSet<String>, String> {
             )
         })?;
         allowed.insert(crate::keyfile::hex(&key));
+        if allowed.len() > DIRECTORY_ALLOWED_NODES_MAX {
+            return Err(format!(
+                "{}: more than {DIRECTORY_ALLOWED_NODES_MAX} identities",
+                path.display()
+            ));
+        }
     }
     Ok(allowed)
 }
@@ -265,8 +289,34 @@ mod tests {
         let allowed = read_allow_list(&path).unwrap();
         assert!(allowed.contains(&key));
         assert_eq!(allowed.len(), 1);
+        // Its policy names the list by digest, whatever the file's case and comments.
+        let admission = Admission {
+            allowed: Some(allowed),
+            ..Admission::default()
+        };
+        let upper = dir.join("upper");
+        std::fs::write(&upper, key.to_uppercase()).unwrap();
+        let same = Admission {
+            allowed: Some(read_allow_list(&upper).unwrap()),
+            ..Admission::default()
+        };
+        assert!(matches!(
+            admission.policy(),
+            AdmissionPolicy::AllowList { .. }
+        ));
+        assert_eq!(admission.policy(), same.policy());
+        assert_eq!(Admission::default().policy(), AdmissionPolicy::Open);
         std::fs::write(&path, "not-a-key\n").unwrap();
         assert!(read_allow_list(&path).unwrap_err().contains("line 1"));
+        let long: String = (0..=DIRECTORY_ALLOWED_NODES_MAX as u32)
+            .map(|i| {
+                let mut key = [0u8; 32];
+                key[..4].copy_from_slice(&i.to_be_bytes());
+                format!("{}\n", crate::keyfile::hex(&key))
+            })
+            .collect();
+        std::fs::write(&path, long).unwrap();
+        assert!(read_allow_list(&path).unwrap_err().contains("more than"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

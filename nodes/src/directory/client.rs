@@ -5,11 +5,11 @@
 //! - `GET  /v1/key`        → `{"key": "<hex ed25519 public key>"}` (pin it out of band)
 //! - `GET  /v1/consensus`  → [`MultiSigned`] topology (domain `DOMAIN_CONSENSUS`), what
 //!   verifiers use ([`fetch_consensus`]: any of the pinned authorities, in turn)
-//! - `GET  /v1/topology`   → [`Signed`] topology (domain `DOMAIN_TOPOLOGY`; n = 1 only,
-//!   kept while the authorities replace the directory)
 //! - `POST /v1/register`   ← [`Signed`] descriptor (domain [`DOMAIN_DESCRIPTOR`])
 //! - `POST /v1/heartbeat`  ← [`Signed`] heartbeat (domain [`DOMAIN_HEARTBEAT`])
 //! - `POST /v1/deregister` ← [`Signed`] deregistration (domain [`DOMAIN_DEREGISTER`])
+//!
+//! [`Signed`]: crate::topology::Signed
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,9 +20,8 @@ use serde::Deserialize;
 use crate::keyfile;
 use crate::limits;
 use crate::topology::{
-    now_s, sign, verify_consensus, verify_topology, AuthoritySet, Deregistration, Descriptor,
-    Heartbeat, MultiSigned, Signed, Topology, TopologyError, DOMAIN_DEREGISTER, DOMAIN_DESCRIPTOR,
-    DOMAIN_HEARTBEAT,
+    now_s, sign, verify_consensus, AuthoritySet, Deregistration, Descriptor, Heartbeat,
+    MultiSigned, Topology, TopologyError, DOMAIN_DEREGISTER, DOMAIN_DESCRIPTOR, DOMAIN_HEARTBEAT,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +115,40 @@ impl Authorities {
     /// The pinned keys, hex, in configuration order.
     pub fn keys_hex(&self) -> Vec<String> {
         self.set.keys().iter().map(|k| keyfile::hex(k)).collect()
+    }
+}
+
+/// `--directory URL ... --directory-key HEX ...`: the authorities a gateway or a client
+/// uses, flattened into their commands so the flags read the same everywhere.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AuthorityArgs {
+    /// Directory authority base URL (`http://host:port`); repeat (or comma-separate) for each
+    /// authority: documents are fetched from any of them, in turn (a gateway also registers
+    /// and heartbeats with each).
+    #[arg(long, env = "LETHE_DIRECTORY", value_delimiter = ',')]
+    pub directory: Vec<String>,
+    /// An authority's ed25519 public key (hex), pinned; repeat for each. A document needs
+    /// 2f+1 of their signatures, f = (n-1)/3 (n = 1: the one; n = 4: 3).
+    #[arg(
+        long,
+        env = "LETHE_DIRECTORY_KEY",
+        value_delimiter = ',',
+        requires = "directory"
+    )]
+    pub directory_key: Vec<String>,
+}
+
+impl AuthorityArgs {
+    /// The authorities with their pinned keys; `None` without flags. URLs without keys are
+    /// refused (only `lethe client init` trusts a lone directory's key on first use).
+    pub fn pinned(&self) -> Result<Option<Authorities>, String> {
+        match (self.directory.is_empty(), self.directory_key.is_empty()) {
+            (true, true) => Ok(None),
+            (false, false) => Authorities::from_hex(&self.directory, &self.directory_key)
+                .map(Some)
+                .map_err(|e| format!("--directory/--directory-key: {e}")),
+            _ => Err("--directory and --directory-key go together".into()),
+        }
     }
 }
 
@@ -299,22 +332,6 @@ pub async fn fetch_key(
     let response: KeyResponse = serde_json::from_slice(&body)
         .map_err(|_| DirectoryClientError::Malformed { url: url.clone() })?;
     keyfile::unhex_32(&response.key).ok_or(DirectoryClientError::Malformed { url })
-}
-
-/// Fetches the n = 1 directory's `/v1/topology` and verifies it against the pinned key,
-/// freshness and `seen_epoch` (consumers use [`fetch_consensus`]).
-pub async fn fetch_topology(
-    http: &reqwest::Client,
-    base: &str,
-    directory_key: &[u8; 32],
-    seen_epoch: Option<u64>,
-) -> Result<Topology, DirectoryClientError> {
-    let url = join(base, "/v1/topology");
-    let body = get_bytes(http, &url).await?;
-    let signed: Signed = serde_json::from_slice(&body)
-        .map_err(|_| DirectoryClientError::Malformed { url: url.clone() })?;
-    verify_topology(&signed, directory_key, now_s(), seen_epoch)
-        .map_err(|source| DirectoryClientError::Topology { url, source })
 }
 
 /// What the directory said to an accepted registration (fields this node uses).

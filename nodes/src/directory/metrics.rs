@@ -179,6 +179,8 @@ pub struct AuthorityCounters {
     certified: AtomicU64,
     failed_votes: AtomicU64,
     failed_signatures: AtomicU64,
+    admission_disagreements: AtomicU64,
+    admission_unagreed: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -218,6 +220,16 @@ impl AuthorityCounters {
 
     pub fn certified(&self) {
         add(&self.certified);
+    }
+
+    /// A vote stating another admission policy than the agreed one.
+    pub fn admission_disagreement(&self) {
+        add(&self.admission_disagreements);
+    }
+
+    /// An epoch computed without an agreed admission policy.
+    pub fn admission_unagreed(&self) {
+        add(&self.admission_unagreed);
     }
 
     /// An epoch not certified: `too_few_votes` (no consensus computed) or
@@ -275,6 +287,18 @@ impl AuthorityCounters {
             name,
             &[("kind", "signature")],
             get(&self.signature_equivocations),
+        );
+        prometheus::counter(
+            out,
+            "lethe_authority_admission_disagreements_total",
+            "Votes stating another admission policy (open or an allow-list) than the one the threshold of votes agreed on.",
+            get(&self.admission_disagreements),
+        );
+        prometheus::counter(
+            out,
+            "lethe_authority_admission_unagreed_total",
+            "Epochs whose votes agreed on no admission policy (nodes were in on the count of votes alone).",
+            get(&self.admission_unagreed),
         );
         prometheus::counter(
             out,

@@ -681,6 +681,7 @@ impl Registry {
             layers: layers.into(),
             gateways,
             shared_random: None,
+            admission: Some(self.admission.policy()),
         }
     }
 }

@@ -121,7 +121,9 @@ pub struct DirectoryRunArgs {
           value_parser = clap::value_parser!(u64).range(1..=limits::DIRECTORY_NODES_MAX as u64))]
     pub nodes_per_source_max: Option<u64>,
     /// File of node identities (hex ed25519 keys, one per line, `#` comments) allowed to
-    /// register; without it the directory is open to any node.
+    /// register; without it the directory is open to any node. Voting authorities state it
+    /// in their votes, and a node is in the consensus only under the policy 2f+1 of them
+    /// state: give every authority the same file.
     #[arg(long, env = "LETHE_DIRECTORY_ALLOWED_NODES")]
     pub allowed_nodes: Option<PathBuf>,
     /// A peer authority, `URL=KEY` (its base URL and its pinned ed25519 key, hex);
@@ -322,9 +324,12 @@ pub fn run(args: &DirectoryRunArgs) -> anyhow::Result<()> {
             seed.clone(),
             peers,
             args.epoch_s,
+            admission.allowed.as_ref(),
             own,
         )?))
     };
+    // Operators of several authorities compare this line: their votes must agree on it.
+    tracing::info!(admission = %admission.policy(), "admission policy");
     let (mut registry, repaired, refused) = Registry::from_entries(admission, entries);
     for (identity, e) in &refused {
         tracing::warn!(%identity, error = %e, "dropping stored node: no longer admitted");

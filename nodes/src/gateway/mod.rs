@@ -26,7 +26,7 @@ use lethe_crypto::framing::FramingVersion;
 use lethe_engine::runtime::{final_hop_channel, EgressConfig, Runtime, RuntimeConfig};
 use zeroize::Zeroizing;
 
-use crate::directory::client::Authorities;
+use crate::directory::client::AuthorityArgs;
 use crate::keyfile;
 use crate::limits::{
     EGRESS_BACKOFF_MS_INITIAL, EGRESS_BACKOFF_MS_MAX, EGRESS_CONNECT_TIMEOUT_MS, ENGINE_RING_DEPTH,
@@ -68,25 +68,8 @@ pub struct RunOverrides {
     /// Authenticated client sessions at once (config: gateway.sessions_max).
     #[arg(long, env = "LETHE_SESSIONS_MAX")]
     pub sessions_max: Option<u32>,
-    /// Directory authority base URL (http://host:port): register and heartbeat there, and
-    /// fetch the consensus from any of them, in turn. Repeat (or comma-separate) for each
-    /// authority.
-    #[arg(
-        long,
-        env = "LETHE_DIRECTORY",
-        value_delimiter = ',',
-        requires = "directory_key"
-    )]
-    pub directory: Vec<String>,
-    /// An authority's ed25519 public key (hex), pinned; repeat for each. A document needs
-    /// 2f+1 of their signatures, f = (n-1)/3 (n = 1: the one; n = 4: 3).
-    #[arg(
-        long,
-        env = "LETHE_DIRECTORY_KEY",
-        value_delimiter = ',',
-        requires = "directory"
-    )]
-    pub directory_key: Vec<String>,
+    #[command(flatten)]
+    pub authority: AuthorityArgs,
     /// The mix address to announce (config: gateway.announce_address; default: the bound
     /// listener, which must then be a specific IP, not 0.0.0.0).
     #[arg(long, env = "LETHE_ANNOUNCE")]
@@ -238,20 +221,6 @@ pub(crate) fn runtime_config(config: &Config) -> Result<RuntimeConfig, String> {
     })
 }
 
-/// The authorities to use, if any: their URLs and pinned keys.
-pub(crate) fn directory(overrides: &RunOverrides) -> Result<Option<Authorities>, String> {
-    match (
-        overrides.directory.is_empty(),
-        overrides.directory_key.is_empty(),
-    ) {
-        (false, false) => Authorities::from_hex(&overrides.directory, &overrides.directory_key)
-            .map(Some)
-            .map_err(|e| format!("--directory/--directory-key: {e}")),
-        (true, true) => Ok(None),
-        _ => Err("--directory and --directory-key go together".into()),
-    }
-}
-
 /// Locks the state a gateway writes, which its config may put outside its directory (where
 /// another node's config could point too): the mailbox, the replay snapshots and, with
 /// admission on, the credentials database.
@@ -290,7 +259,7 @@ pub fn run(dir: &Path, overrides: &RunOverrides) -> Result<(), String> {
     let mut config = Config::load(dir)?;
     overrides.apply(&mut config);
     lock_state(dir, &config, &mut locks)?;
-    let directory = directory(overrides)?;
+    let directory = overrides.authority.pinned()?;
     if directory.is_some() {
         registration::check_announce(
             config.gateway.listen_address,

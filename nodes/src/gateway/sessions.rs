@@ -1081,6 +1081,7 @@ mod tests {
             ],
             gateways: vec![mix(3, crate::topology::Role::Gateway)],
             shared_random: None,
+            admission: None,
         };
         let first_hops = FirstHops::new(false);
         first_hops.set_topology(topology.clone());

@@ -441,7 +441,7 @@ pub fn gateway(dir: &Path, overrides: &crate::gateway::RunOverrides) -> Result<(
     let directory = checks
         .check(
             "directory flags",
-            crate::gateway::directory(overrides).map(|d| {
+            overrides.authority.pinned().map(|d| {
                 let detail = match &d {
                     Some(a) if a.urls().len() == 1 && a.set().len() == 1 => {
                         format!("{}, key pinned", a.urls()[0])

@@ -214,7 +214,7 @@ pub fn gateway(
             "client_url",
             descriptor.client_url.map_or(Value::Null, Value::from),
         ),
-        ("directory", urls_json(&overrides.directory)),
+        ("directory", urls_json(&overrides.authority.directory)),
         ("database", path(&g.database)),
         (
             "verification_key",

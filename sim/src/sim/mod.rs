@@ -1739,6 +1739,7 @@ fn topology(
         layers: directory_layers,
         gateways: directory_gateways,
         shared_random: None,
+        admission: None,
     });
     let params = loopix_params(config);
     for c in 0..config.clients {
