@@ -289,7 +289,18 @@ impl Topology {
             .find(|g| hex::is_hex_of(&g.identity, identity))
     }
 
-    /// Is `address` (a mix address) a layer-1 mixnode? Entry gateways forward only to these.
+    /// Is `address` (a mix address) a mixnode of any layer? Entry gateways forward only to
+    /// these: the layers are redrawn every epoch, so a route or a reply block built a few epochs
+    /// ago may start at a node that has moved to another layer since, and every mixnode
+    /// forwards by address whatever its layer.
+    pub fn is_mixnode(&self, address: &SocketAddr) -> bool {
+        self.layers
+            .iter()
+            .flatten()
+            .any(|m| &m.mix_address == address)
+    }
+
+    /// Is `address` (a mix address) a layer-1 mixnode?
     pub fn is_layer1(&self, address: &SocketAddr) -> bool {
         self.layers
             .first()

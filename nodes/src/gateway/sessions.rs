@@ -136,17 +136,17 @@ impl FirstHops {
             Some(t) if matches!(freshness(t, now_s), Freshness::Expired { .. }) => {
                 Err("the topology has expired beyond its grace: forwarding is refused")
             }
-            Some(t) if t.is_layer1(&addr) => Ok(addr),
+            Some(t) if t.is_mixnode(&addr) => Ok(addr),
             // A client still on the previous document (its refresh comes later than ours).
             Some(_)
                 if held
                     .previous
                     .as_ref()
-                    .is_some_and(|p| now_s <= p.valid_until_s && p.is_layer1(&addr)) =>
+                    .is_some_and(|p| now_s <= p.valid_until_s && p.is_mixnode(&addr)) =>
             {
                 Ok(addr)
             }
-            Some(_) => Err("first hop is not a layer-1 mixnode of the current topology"),
+            Some(_) => Err("first hop is not a mixnode of the current topology"),
             None => Err("no verified topology: forwarding is refused"),
         };
         if verdict.is_err() {
@@ -1088,8 +1088,8 @@ mod tests {
         let hop = |port: u16| address::encode(&SocketAddr::from(([127, 0, 0, 1], port)));
         assert!(first_hops.check(&hop(1)).is_ok());
         assert!(
-            first_hops.check(&hop(2)).is_err(),
-            "layer 2 is not a first hop"
+            first_hops.check(&hop(2)).is_ok(),
+            "a mixnode of any layer is a first hop (layers are redrawn every epoch)"
         );
         assert!(
             first_hops.check(&hop(3)).is_err(),
@@ -1109,7 +1109,7 @@ mod tests {
             "a topology expired beyond the grace is refused"
         );
 
-        // Epochs 1 -> 2 move mix 1 out of layer 1 and mix 4 in: a client still on epoch 1
+        // Epochs 1 -> 2 take mix 1 out and put mixes 4 and 5 in: a client still on epoch 1
         // keeps its first hop for as long as epoch 1 is valid; epoch 3 retires epoch 1.
         let first_hops = FirstHops::new(false);
         let mut epoch = |n: u64, layer1: u16, layer2: u16, valid_until_s: u64| {
@@ -1120,18 +1120,18 @@ mod tests {
             first_hops.set_topology(topology.clone());
         };
         epoch(1, 1, 2, now + 600);
-        epoch(2, 4, 1, now + 600);
+        epoch(2, 4, 5, now + 600);
         assert!(first_hops.check(&hop(4)).is_ok());
         assert!(
             first_hops.check(&hop(1)).is_ok(),
             "a first hop of the previous document is accepted while that one is valid"
         );
-        epoch(2, 4, 1, now + 600);
+        epoch(2, 4, 5, now + 600);
         assert!(
             first_hops.check(&hop(1)).is_ok(),
             "the same epoch again does not retire the previous document"
         );
-        epoch(3, 4, 1, now + 600);
+        epoch(3, 4, 5, now + 600);
         assert!(
             first_hops.check(&hop(1)).is_err(),
             "two epochs later the old first hop is refused"
@@ -1150,6 +1150,7 @@ mod tests {
             topology.epoch = n;
             topology.valid_until_s = valid_until_s;
             topology.layers[0] = vec![mix(layer1, crate::topology::Role::Mixnode)];
+            topology.layers[1] = vec![mix(5, crate::topology::Role::Mixnode)];
             first_hops.set_topology(topology.clone());
         };
         epoch(7, 1, now.saturating_sub(1));
