@@ -361,18 +361,29 @@ struct Launched {
     placement: Placement,
 }
 
-/// Starts `lethe ARGS` detached (own process group, output to files in `dir`), optionally in
-/// a namespace; [`ready`] then waits for it.
-fn launch(
-    exe: &Path,
-    name: &str,
-    role: &str,
-    dir: &Path,
-    args: &[String],
+/// One node to start: `lethe ARGS` with its files in `dir`, up once its stdout has every
+/// one of `keys`.
+struct Plan {
+    name: String,
+    role: &'static str,
+    dir: PathBuf,
+    args: Vec<String>,
     keys: &'static [&'static str],
     placement: Placement,
-) -> Result<Launched, String> {
+}
+
+/// Starts `lethe ARGS` detached (own process group, output to files in `dir`), optionally in
+/// a namespace; [`ready`] then waits for it.
+fn launch(exe: &Path, plan: Plan) -> Result<Launched, String> {
     use std::os::unix::process::CommandExt;
+    let Plan {
+        name,
+        role,
+        dir,
+        args,
+        keys,
+        placement,
+    } = plan;
     let stdout_path = dir.join("stdout.log");
     let stderr_path = dir.join("stderr.log");
     let stdout =
@@ -388,7 +399,7 @@ fn launch(
         None => Command::new(exe),
     };
     command
-        .args(args)
+        .args(&args)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -398,9 +409,9 @@ fn launch(
     let child = command.spawn().map_err(|e| format!("{name}: {e}"))?;
     Ok(Launched {
         child,
-        name: name.to_string(),
+        name,
         role: role.to_string(),
-        dir: dir.to_path_buf(),
+        dir,
         keys,
         placement,
     })
@@ -464,17 +475,28 @@ fn ready_all(launched: Vec<Launched>, nodes: &mut Vec<NodeState>) -> Result<(), 
     Ok(())
 }
 
-/// [`launch`] then [`ready`]: one node, started alone.
-fn spawn(
+/// Launches `count` nodes, the `index`th as `plan(index)` says, then waits for them all (they
+/// start in parallel) and returns them as added to `nodes`. A plan or launch that fails kills
+/// the ones launched before it.
+fn launch_all<'n>(
     exe: &Path,
-    name: &str,
-    role: &str,
-    dir: &Path,
-    args: &[String],
-    keys: &'static [&'static str],
-    placement: Placement,
-) -> Result<NodeState, String> {
-    ready(launch(exe, name, role, dir, args, keys, placement)?)
+    count: usize,
+    nodes: &'n mut Vec<NodeState>,
+    mut plan: impl FnMut(usize) -> Result<Plan, String>,
+) -> Result<&'n [NodeState], String> {
+    let mut launched = Vec::with_capacity(count);
+    for index in 0..count {
+        match plan(index).and_then(|p| launch(exe, p)) {
+            Ok(node) => launched.push(node),
+            Err(e) => {
+                abandon(launched);
+                return Err(e);
+            }
+        }
+    }
+    let first = nodes.len();
+    ready_all(launched, nodes)?;
+    Ok(&nodes[first..])
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -713,22 +735,24 @@ fn start_all(
     };
 
     // Mixnodes and gateways: initialised one by one, then started together.
-    let mut launched = Vec::new();
-    let started = start_mixnodes_and_gateways(
-        a,
-        root,
-        exe,
-        trace_parts,
-        placements,
-        (&directory_url, &directory_key),
-        verification_key.as_deref(),
-        &mut launched,
-    );
-    if let Err(e) = started {
-        abandon(launched);
-        return Err(e);
-    }
-    ready_all(launched, nodes)?;
+    let mixnodes = 3 * a.mixnodes_per_layer;
+    launch_all(exe, mixnodes + a.gateways, nodes, |index| {
+        let place = placements.next().ok_or("placement")?;
+        if index < mixnodes {
+            plan_mixnode(a, root, exe, trace_parts, place, index, &directory_url)
+        } else {
+            plan_gateway(
+                a,
+                root,
+                exe,
+                trace_parts,
+                place,
+                index - mixnodes,
+                (&directory_url, &directory_key),
+                verification_key.as_deref(),
+            )
+        }
+    })?;
 
     let mut state = TestnetState {
         directory_url: directory_url.clone(),
@@ -785,15 +809,17 @@ fn start_all(
         run.push(path_arg(&dir));
         run.extend(args(&["--allow"]));
         run.push(a.allow.join(","));
-        let provider = spawn(
+        let provider = ready(launch(
             exe,
-            "provider",
-            "provider",
-            &dir,
-            &run,
-            &["address"],
-            Placement::Loopback,
-        )?;
+            Plan {
+                name: "provider".to_string(),
+                role: "provider",
+                dir,
+                args: run,
+                keys: &["address"],
+                placement: Placement::Loopback,
+            },
+        )?)?;
         nodes.push(provider);
         state.nodes = nodes.clone();
     }
@@ -808,60 +834,63 @@ fn abandon(launched: Vec<Launched>) {
     }
 }
 
-/// Initialises and launches every mixnode and gateway (into `launched`, for [`ready_all`]).
-#[allow(clippy::too_many_arguments)]
-fn start_mixnodes_and_gateways(
+/// Initialises mixnode `mix<index + 1>` and plans its start.
+fn plan_mixnode(
     a: &UpArgs,
     root: &Path,
     exe: &Path,
     trace_parts: Option<&Path>,
-    placements: &mut impl Iterator<Item = Placement>,
+    place: Placement,
+    index: usize,
+    directory_url: &str,
+) -> Result<Plan, String> {
+    let name = format!("mix{}", index + 1);
+    let dir = root.join(&name);
+    init_node(exe, "mixnode", &dir, &["--profile", a.profile.name()])?;
+    let mut run = node_run_args(a, "mixnode", &dir, place, directory_url);
+    run.extend(trace_args(trace_parts, &name, a.trace_lab));
+    Ok(Plan {
+        name,
+        role: "mixnode",
+        dir,
+        args: run,
+        keys: &["listen", "metrics"],
+        placement: place,
+    })
+}
+
+/// Initialises gateway `gateway<index + 1>` and plans its start.
+#[allow(clippy::too_many_arguments)]
+fn plan_gateway(
+    a: &UpArgs,
+    root: &Path,
+    exe: &Path,
+    trace_parts: Option<&Path>,
+    place: Placement,
+    index: usize,
     (directory_url, directory_key): (&str, &str),
     verification_key: Option<&Path>,
-    launched: &mut Vec<Launched>,
-) -> Result<(), String> {
-    for index in 0..3 * a.mixnodes_per_layer {
-        let place = placements.next().ok_or("placement")?;
-        let name = format!("mix{}", index + 1);
-        let dir = root.join(&name);
-        init_node(exe, "mixnode", &dir, &["--profile", a.profile.name()])?;
-        let mut run = node_run_args(a, "mixnode", &dir, place, directory_url);
-        run.extend(trace_args(trace_parts, &name, a.trace_lab));
-        launched.push(launch(
-            exe,
-            &name,
-            "mixnode",
-            &dir,
-            &run,
-            &["listen", "metrics"],
-            place,
-        )?);
+) -> Result<Plan, String> {
+    let name = format!("gateway{}", index + 1);
+    let dir = root.join(&name);
+    init_node(exe, "gateway", &dir, &["--profile", a.profile.name()])?;
+    let mut run = node_run_args(a, "gateway", &dir, place, directory_url);
+    run.extend(args(&["--client-listen"]));
+    run.push(place.addr(NETNS_CLIENT_PORT).to_string());
+    run.extend(args(&["--directory-key", directory_key]));
+    if let Some(vk) = verification_key {
+        run.extend(args(&["--verification-key"]));
+        run.push(path_arg(vk));
     }
-    for index in 0..a.gateways {
-        let place = placements.next().ok_or("placement")?;
-        let name = format!("gateway{}", index + 1);
-        let dir = root.join(&name);
-        init_node(exe, "gateway", &dir, &["--profile", a.profile.name()])?;
-        let mut run = node_run_args(a, "gateway", &dir, place, directory_url);
-        run.extend(args(&["--client-listen"]));
-        run.push(place.addr(NETNS_CLIENT_PORT).to_string());
-        run.extend(args(&["--directory-key", directory_key]));
-        if let Some(vk) = verification_key {
-            run.extend(args(&["--verification-key"]));
-            run.push(path_arg(vk));
-        }
-        run.extend(trace_args(trace_parts, &name, a.trace_lab));
-        launched.push(launch(
-            exe,
-            &name,
-            "gateway",
-            &dir,
-            &run,
-            &["listen", "client_url", "metrics", "identity"],
-            place,
-        )?);
-    }
-    Ok(())
+    run.extend(trace_args(trace_parts, &name, a.trace_lab));
+    Ok(Plan {
+        name,
+        role: "gateway",
+        dir,
+        args: run,
+        keys: &["listen", "client_url", "metrics", "identity"],
+        placement: place,
+    })
 }
 
 /// The authorities, `authority1..N`: each initialised (its key), then all started together,
@@ -903,8 +932,8 @@ fn start_authorities(
         planned.push((name, dir, place, listen, key));
     }
     drop(held_ports);
-    let mut launched = Vec::with_capacity(count);
-    for (index, (name, dir, place, listen, _)) in planned.iter().enumerate() {
+    let started = launch_all(exe, count, nodes, |index| {
+        let (name, dir, place, listen, _) = planned.get(index).ok_or("authority plan")?;
         let mut run = args(&["authority", "run", "--dir"]);
         run.push(path_arg(dir));
         run.extend(args(&["--listen"]));
@@ -921,25 +950,15 @@ fn start_authorities(
                 run.push(format!("http://{peer_listen}={peer_key}"));
             }
         }
-        match launch(
-            exe,
-            name,
-            "authority",
-            dir,
-            &run,
-            &["listen", "key"],
-            *place,
-        ) {
-            Ok(node) => launched.push(node),
-            Err(e) => {
-                abandon(launched);
-                return Err(e);
-            }
-        }
-    }
-    let first = nodes.len();
-    ready_all(launched, nodes)?;
-    let started = &nodes[first..];
+        Ok(Plan {
+            name: name.clone(),
+            role: "authority",
+            dir: dir.clone(),
+            args: run,
+            keys: &["listen", "key"],
+            placement: *place,
+        })
+    })?;
     Ok((
         started
             .iter()
@@ -973,14 +992,11 @@ fn start_issuers(
             String::from_utf8_lossy(&output.stderr).trim()
         ));
     }
-    let mut launched = Vec::with_capacity(ISSUER_COUNT);
-    for index in 1..=ISSUER_COUNT {
+    let started = launch_all(exe, ISSUER_COUNT, nodes, |slot| {
+        let index = slot + 1;
         let name = format!("issuer{index}");
         let node_dir = dir.join(&name);
-        if let Err(e) = fs::create_dir_all(&node_dir) {
-            abandon(launched);
-            return Err(format!("{}: {e}", node_dir.display()));
-        }
+        fs::create_dir_all(&node_dir).map_err(|e| format!("{}: {e}", node_dir.display()))?;
         let mut run = args(&["issuer", "run", "--listen", "127.0.0.1:0", "--key"]);
         run.push(path_arg(&keys.join(format!("issuer-{index}.key"))));
         // Every client of a testnet comes from this host (one IP): the per-IP limit is the
@@ -991,25 +1007,16 @@ fn start_issuers(
             "--burst-per-ip",
             ISSUER_BURST,
         ]));
-        match launch(
-            exe,
-            &name,
-            "issuer",
-            &node_dir,
-            &run,
-            &["listen"],
-            Placement::Loopback,
-        ) {
-            Ok(node) => launched.push(node),
-            Err(e) => {
-                abandon(launched);
-                return Err(e);
-            }
-        }
-    }
-    let first = nodes.len();
-    ready_all(launched, nodes)?;
-    let urls = nodes[first..]
+        Ok(Plan {
+            name,
+            role: "issuer",
+            dir: node_dir,
+            args: run,
+            keys: &["listen"],
+            placement: Placement::Loopback,
+        })
+    })?;
+    let urls = started
         .iter()
         .map(|n| format!("http://{}", n.info["listen"]))
         .collect();
