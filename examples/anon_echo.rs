@@ -44,13 +44,15 @@ fn main() -> Result<(), String> {
         .nth(1)
         .ok_or("usage: anon_echo CLIENT_DIR")?;
     let traffic = lethe_nodes::client::cli::TrafficArgs::default();
+    let trace = lethe_nodes::client::trace::ClientTraceArgs::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
         let (handle, received) =
-            lethe_nodes::socks::cli::start_client(std::path::Path::new(&dir), &traffic).await?;
+            lethe_nodes::socks::cli::start_client(std::path::Path::new(&dir), &traffic, &trace)
+                .await?;
         println!("address={}", handle.address());
         let port = lethe_nodes::socks::cli::bridge(handle.clone(), received);
         tokio::select! {

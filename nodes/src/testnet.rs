@@ -244,6 +244,9 @@ pub struct TestnetState {
     /// Issuer shares a credential needs (t of the n issuers); 0 without issuers.
     #[serde(default)]
     pub threshold: usize,
+    /// `--trace DIR` (absolute): where the nodes' parts go, and clients' with the same flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<PathBuf>,
 }
 
 impl TestnetState {
@@ -766,6 +769,7 @@ fn start_all(
         } else {
             ISSUER_THRESHOLD
         },
+        trace: trace_parts.and_then(Path::parent).map(Path::to_path_buf),
     };
     // A node registered during epoch E is in E+1's vote, certified in the middle of E+1.
     let bound = FIRST_DOCUMENT_SLACK + Duration::from_secs(a.epoch_s.saturating_mul(3) / 2);
@@ -809,6 +813,10 @@ fn start_all(
         run.push(path_arg(&dir));
         run.extend(args(&["--allow"]));
         run.push(a.allow.join(","));
+        if let Some(dir) = &state.trace {
+            run.extend(args(&["--trace"]));
+            run.push(path_arg(dir));
+        }
         let provider = ready(launch(
             exe,
             Plan {
@@ -1100,13 +1108,21 @@ fn print_summary(state: &TestnetState, dir: &Path) {
     let needed = state
         .authorities()
         .map_or(authorities, |set| set.set().threshold());
+    // A traced testnet's clients write their parts beside the nodes'.
+    let trace = match &state.trace {
+        Some(dir) => format!(
+            " --trace {}",
+            crate::keyfile::shell_quote(&dir.to_string_lossy())
+        ),
+        None => String::new(),
+    };
     eprintln!(
         "\nA Lethe testnet is running (state in {d}), with {authorities} directory \
          authorities (a document needs {needed} of their signatures). Try it, in this order:\n\
          \n  {alice}\
          \n  {bob}\
-         \n  {exe} client send --dir alice --to \"$(cat bob/address)\" --message hello --wait-acks\
-         \n  {exe} client receive --dir bob --out bob-inbox --count 1\
+         \n  {exe} client send --dir alice --to \"$(cat bob/address)\" --message hello --wait-acks{trace}\
+         \n  {exe} client receive --dir bob --out bob-inbox --count 1{trace}\
          \n{socks}\
          \nThe same values as shell variables: eval \"$({exe} testnet env --dir {d})\"\
          \n\nCheck it with `{exe} testnet status --dir {d}`; stop it (last) with `{exe} testnet \
@@ -1116,7 +1132,7 @@ fn print_summary(state: &TestnetState, dir: &Path) {
         socks = if state.nodes.iter().any(|n| n.role == "provider") {
             format!(
                 "\nSOCKS5: {exe} client socks5 --dir alice --provider \"$(cat \
-                 {d}/provider/address)\" --listen 127.0.0.1:1080"
+                 {d}/provider/address)\" --listen 127.0.0.1:1080{trace}"
             )
         } else {
             String::new()
@@ -1372,6 +1388,13 @@ pub fn env(a: &DirArgs) -> Result<(), String> {
         .cloned()
         .unwrap_or_default();
     println!("TESTNET_PROVIDER={}", q(&provider));
+    // Empty when the testnet is not traced: `--trace "$TESTNET_TRACE"` needs a value.
+    let trace = state
+        .trace
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    println!("TESTNET_TRACE={}", q(&trace));
     Ok(())
 }
 

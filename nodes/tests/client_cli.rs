@@ -132,6 +132,7 @@ fn init_send_receive() {
                 count: Some(1),
                 timeout_s: 30,
                 traffic: traffic(),
+                trace: Default::default(),
             })
         })
     };
@@ -148,6 +149,7 @@ fn init_send_receive() {
         reply_surbs: 2,
         timeout_s: 30,
         traffic: traffic(),
+        trace: Default::default(),
     })
     .unwrap();
     receiver.join().unwrap().unwrap();
@@ -175,6 +177,7 @@ fn init_send_receive() {
         reply_surbs: 0,
         timeout_s: 5,
         traffic: traffic(),
+        trace: Default::default(),
     })
     .unwrap_err();
     assert!(err.contains("malformed address"), "{err}");

@@ -44,6 +44,7 @@ async fn client(
         received_capacity: 16,
         wallet: None,
         keepalive_us: lethe_proto::limits::CLIENT_KEEPALIVE_US,
+        trace_dir: None,
     };
     let (handle, received) = connect(config).await.unwrap();
     handle
@@ -298,6 +299,7 @@ async fn topology_is_refreshed_with_the_seen_epoch() {
         received_capacity: 4,
         wallet: None,
         keepalive_us: lethe_proto::limits::CLIENT_KEEPALIVE_US,
+        trace_dir: None,
     };
     let (a, mut received) = connect(config).await.unwrap();
     a.wait_connected(Duration::from_secs(10)).await.unwrap();

@@ -51,6 +51,7 @@ async fn real_client(
         received_capacity: 16,
         wallet: None,
         keepalive_us,
+        trace_dir: None,
     };
     let (handle, received) = connect(config).await.unwrap();
     handle.wait_connected(WAIT_MAX).await.unwrap();

@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 use super::address::Recipient;
 use super::config::{self, LoopixParams};
 use super::runtime::{connect, ClientConfig};
+use super::trace::ClientTraceArgs;
 use crate::directory::client::AuthorityArgs;
 use crate::keyfile;
 use crate::proto::messages::error_code;
@@ -122,6 +123,8 @@ pub struct SendArgs {
     pub timeout_s: u64,
     #[command(flatten)]
     pub traffic: TrafficArgs,
+    #[command(flatten)]
+    pub trace: ClientTraceArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -140,6 +143,8 @@ pub struct ReceiveArgs {
     pub timeout_s: u64,
     #[command(flatten)]
     pub traffic: TrafficArgs,
+    #[command(flatten)]
+    pub trace: ClientTraceArgs,
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -403,7 +408,7 @@ pub fn send(args: &SendArgs) -> Result<(), String> {
     let timeout = Duration::from_secs(args.timeout_s);
     runtime()?.block_on(async {
         let deadline = tokio::time::Instant::now() + timeout;
-        let (handle, _received) = connect(ClientConfig::from_files(&files))
+        let (handle, _received) = connect(args.trace.config(&files))
             .await
             .map_err(|e| e.to_string())?;
         handle
@@ -525,7 +530,7 @@ pub fn receive(args: &ReceiveArgs) -> Result<(), String> {
     let timeout = Duration::from_secs(args.timeout_s);
     runtime()?.block_on(async {
         let deadline = tokio::time::Instant::now() + timeout;
-        let (handle, mut received) = connect(ClientConfig::from_files(&files))
+        let (handle, mut received) = connect(args.trace.config(&files))
             .await
             .map_err(|e| e.to_string())?;
         handle

@@ -17,7 +17,8 @@
 //! SURB-ACKs, retransmission timers, Sphinx building, and the state machine over them,
 //! `LoopixClient`; [`address`], [`message`], [`ack`] and [`packets`] are re-exported for the
 //! tests and tools that import them from here). Here: [`config`] (files), [`runtime`] (the
-//! tokio tasks driving the state machine), [`stats`] (what handles read), [`cli`].
+//! tokio tasks driving the state machine), [`stats`] (what handles read), [`trace`] (`--trace DIR`: the
+//! client's part of a run's trace), [`cli`].
 
 pub use lethe_proto::loopix::{ack, address, message, packets};
 pub mod cli;
@@ -26,6 +27,7 @@ pub mod credential;
 pub mod refusals;
 pub mod runtime;
 pub mod stats;
+pub mod trace;
 
 pub use address::Recipient;
 pub use config::LoopixParams;

@@ -39,6 +39,7 @@ use lethe_proto::loopix::{
 
 use super::credential::Wallet;
 use super::refusals::{Refusal, Refusals};
+use super::trace::ClientTrace;
 use crate::proto::{messages::error_code, ClientMessage};
 use crate::topology::Topology;
 use crate::ws::{Connection, OpenError};
@@ -94,6 +95,9 @@ pub struct ClientConfig {
     /// A session that sent nothing for this long sends a keep-alive, so that the gateway
     /// does not close it as idle (cover traffic usually makes it unnecessary).
     pub keepalive_us: u64,
+    /// `--trace DIR`: the run directory whose `parts/` gets this client's trace part
+    /// ([`super::trace`]); `None`: no trace, and no work per packet for one.
+    pub trace_dir: Option<std::path::PathBuf>,
 }
 
 impl ClientConfig {
@@ -111,6 +115,7 @@ impl ClientConfig {
             }),
             received_capacity: limits::CLIENT_RECEIVED_CAPACITY,
             keepalive_us: lethe_proto::limits::CLIENT_KEEPALIVE_US,
+            trace_dir: None,
             wallet: match Wallet::open(&files.dir) {
                 Ok(wallet) => wallet.map(|w| Arc::new(std::sync::Mutex::new(w))),
                 Err(e) => {
@@ -134,6 +139,8 @@ pub enum ClientError {
     Send(#[from] SendError),
     #[error("not connected to the gateway within {secs} s: {1}", secs = .0.as_secs_f64())]
     NotConnected(Duration, String),
+    #[error("{0}")]
+    Trace(String),
 }
 
 /// Returned by a send: the message id (what the recipient sees) and its progress.
@@ -366,6 +373,7 @@ pub async fn connect(
     if descriptor.client_url.is_none() {
         return Err(ClientError::NoClientUrl(gateway_hex));
     }
+    let gateway_mix_address = descriptor.mix_address;
     let topology = Arc::new(topology);
     let stats = Arc::new(Stats::default());
     let start = Instant::now();
@@ -380,6 +388,13 @@ pub async fn connect(
     );
     core.set_topology(topology.clone());
     let address = core.address();
+    let trace = match &config.trace_dir {
+        None => None,
+        Some(dir) => Some(
+            ClientTrace::start(dir, &address.identity, gateway_mix_address)
+                .map_err(ClientError::Trace)?,
+        ),
+    };
 
     let (topology_tx, topology_rx) = watch::channel(topology.clone());
     let topology_rx_handle = topology_rx.clone();
@@ -422,6 +437,7 @@ pub async fn connect(
         start,
         refusals: Refusals::default(),
         tickets: HashMap::new(),
+        trace,
     };
     tokio::spawn(runner.run(command_rx, event_rx, confirm_rx, topology_rx));
     Ok((
@@ -457,6 +473,8 @@ struct CoreTask {
     refusals: Refusals,
     /// Progress of the messages still moving, for their tickets.
     tickets: HashMap<u64, watch::Sender<SendProgress>>,
+    /// `--trace`: this client's part.
+    trace: Option<ClientTrace>,
 }
 
 impl CoreTask {
@@ -511,6 +529,9 @@ impl CoreTask {
     }
 
     fn push_packet(&self, built: lethe_proto::loopix::packets::Built) {
+        if let Some(trace) = &self.trace {
+            trace.sent(&built);
+        }
         self.push(Outgoing::Message(ClientMessage::Forward {
             first_hop: built.first_hop,
             packet: built.packet,
@@ -594,6 +615,11 @@ impl CoreTask {
                 }
             }
         }
+        // Before the connection closes (it does once `self.outgoing` is dropped), so that a
+        // client's shutdown returns with its part complete.
+        if let Some(trace) = self.trace.take() {
+            let _ = tokio::task::spawn_blocking(move || trace.finish()).await;
+        }
     }
 
     fn command(&mut self, command: Command) {
@@ -641,8 +667,17 @@ impl CoreTask {
                 mut bytes,
             }) => {
                 let now = self.now_us();
+                // Traced: what the core made of it (a loop of ours, or deferred) decides the row.
+                let before = self.trace.as_ref().map(|_| self.core.counters());
                 self.core
                     .handle_delivery(now, id, kind, identifier, &mut bytes);
+                if let (Some(trace), Some(before)) = (&self.trace, before) {
+                    let after = self.core.counters();
+                    if after.deliveries_deferred == before.deliveries_deferred {
+                        let looped = after.loop_cover_received > before.loop_cover_received;
+                        trace.delivered(kind, looped, bytes.len());
+                    }
+                }
             }
             Event::Gateway(ClientEvent::Bandwidth { remaining_bytes }) => {
                 self.stats

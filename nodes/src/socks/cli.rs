@@ -13,7 +13,8 @@ use super::socks5::AllowList;
 use crate::client::address::Recipient;
 use crate::client::cli::{runtime, TrafficArgs};
 use crate::client::config;
-use crate::client::runtime::{connect, ClientConfig, ClientHandle, ReceivedMessage};
+use crate::client::runtime::{connect, ClientHandle, ReceivedMessage};
+use crate::client::trace::ClientTraceArgs;
 use crate::limits;
 use crate::topology::Topology;
 use lethe_proto::loopix::SendError;
@@ -35,6 +36,8 @@ pub struct Socks5Args {
     pub reveal_address: bool,
     #[command(flatten)]
     pub traffic: TrafficArgs,
+    #[command(flatten)]
+    pub trace: ClientTraceArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -51,6 +54,8 @@ pub struct ProviderArgs {
     pub state_dump: Option<PathBuf>,
     #[command(flatten)]
     pub traffic: TrafficArgs,
+    #[command(flatten)]
+    pub trace: ClientTraceArgs,
 }
 
 /// Bridges a relay's [`MixnetPort`] to a connected client: outgoing messages are sent with
@@ -150,10 +155,11 @@ fn follow_key_epochs(mut topology: watch::Receiver<Arc<Topology>>) -> watch::Rec
 pub async fn start_client(
     dir: &std::path::Path,
     traffic: &TrafficArgs,
+    trace: &ClientTraceArgs,
 ) -> Result<(Arc<ClientHandle>, mpsc::Receiver<ReceivedMessage>), String> {
     let mut files = config::load(dir)?;
     files.loopix = traffic.apply(files.loopix);
-    let (handle, received) = connect(ClientConfig::from_files(&files))
+    let (handle, received) = connect(trace.config(&files))
         .await
         .map_err(|e| e.to_string())?;
     handle
@@ -176,7 +182,7 @@ pub fn socks5(args: &Socks5Args) -> Result<(), String> {
             .await
             .map_err(|e| format!("{}: {e}", args.listen))?;
         let local = listener.local_addr().map_err(|e| e.to_string())?;
-        let (handle, received) = start_client(&args.dir, &args.traffic).await?;
+        let (handle, received) = start_client(&args.dir, &args.traffic, &args.trace).await?;
         println!("socks5={local}");
         println!("address={}", handle.address());
         tracing::info!(listen = %local, provider = %args.provider, "SOCKS5 proxy up");
@@ -207,7 +213,7 @@ pub fn provider(args: &ProviderArgs) -> Result<(), String> {
     let _dir_lock = crate::lock::NodeLocks::claim(&args.dir, "client")?;
     let allow = AllowList::parse(&args.allow)?;
     runtime()?.block_on(async {
-        let (handle, received) = start_client(&args.dir, &args.traffic).await?;
+        let (handle, received) = start_client(&args.dir, &args.traffic, &args.trace).await?;
         println!("address={}", handle.address());
         tracing::info!(
             address = %handle.address(),
