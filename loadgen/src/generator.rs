@@ -120,7 +120,7 @@ pub struct PacketPlan {
     /// Mean of the exponential per-hop delay, ns (0: no delay).
     pub delay_ns_mean: f64,
     /// `--trace`: work out each packet's link ids as it is built (its id on the last link
-    /// costs the sender one X25519 per mix hop more).
+    /// costs the sender one more lane of a batched X25519).
     pub trace: bool,
 }
 
@@ -291,6 +291,11 @@ pub fn build_chunk(
             }
         });
     }
+    let exit_ids = if plan.trace {
+        exit_ids(&buffers, &ok, &secrets, head_len, hops)
+    } else {
+        Vec::new()
+    };
     for (index, (((stamp, frame), ok), route)) in
         stamps.iter().zip(buffers).zip(ok).zip(&routes).enumerate()
     {
@@ -298,22 +303,17 @@ pub fn build_chunk(
             errors += 1;
             continue;
         }
-        if let Some(Some(route_secrets)) = secrets.get(index) {
+        if let (Some(Some(exit_id)), Some(destination)) =
+            (exit_ids.get(index), destinations.get(index))
+        {
             let packet = &frame[head_len..];
-            let ids_of = (
-                lethe_nodes::trace::hop_packet_id(packet, route_secrets, 0),
-                lethe_nodes::trace::hop_packet_id(packet, route_secrets, hops - 1),
-                destinations.get(index),
-            );
-            if let (Some(first_id), Some(exit_id), Some(destination)) = ids_of {
-                ids.push(BuiltIds {
-                    seq: stamp.seq,
-                    first_id,
-                    exit_id,
-                    recipient: destination.address,
-                    size_bytes: packet.len() as u32,
-                });
-            }
+            ids.push(BuiltIds {
+                seq: stamp.seq,
+                first_id: lethe_engine::runtime::trace::packet_id(packet),
+                exit_id: *exit_id,
+                recipient: destination.address,
+                size_bytes: packet.len() as u32,
+            });
         }
         let frame = match plan.wire {
             Wire::Frame(_) => frame,
@@ -326,6 +326,39 @@ pub fn build_chunk(
         frames.push((*stamp, frame));
     }
     errors
+}
+
+/// `--trace`: each built packet's id on its last link (into hop `hops - 1`), by index; `None`
+/// for a packet not built. All of a chunk's packets at once: `hop_packet_ids` takes one
+/// lane of a batched X25519 per packet, where unwrapping each packet hop by hop took one
+/// unbatched X25519 per mix.
+fn exit_ids(
+    buffers: &[Vec<u8>],
+    ok: &[bool],
+    secrets: &[Option<RouteSecrets>],
+    head_len: usize,
+    hops: usize,
+) -> Vec<Option<u64>> {
+    let built: Vec<(usize, &[u8], &RouteSecrets)> = buffers
+        .iter()
+        .zip(ok)
+        .zip(secrets)
+        .enumerate()
+        .filter_map(|(index, ((frame, ok), secrets))| match (ok, secrets) {
+            (true, Some(secrets)) => Some((index, frame.get(head_len..)?, secrets)),
+            _ => None,
+        })
+        .collect();
+    let packets: Vec<&[u8]> = built.iter().map(|&(_, packet, _)| packet).collect();
+    let routes: Vec<&RouteSecrets> = built.iter().map(|&(_, _, secrets)| secrets).collect();
+    let ids = lethe_nodes::trace::hop_packet_ids(&packets, &routes, hops.saturating_sub(1));
+    let mut by_index = vec![None; buffers.len()];
+    for (&(index, _, _), id) in built.iter().zip(ids) {
+        if let Some(slot) = by_index.get_mut(index) {
+            *slot = id;
+        }
+    }
+    by_index
 }
 
 /// Packets per second one thread builds, measured for about `budget_ms` (at least two chunks).
@@ -549,14 +582,15 @@ mod tests {
     }
 
     /// With `trace`, each packet's first-link id is that of the bytes sent, and its last-link
-    /// id is that of the bytes the last mix sends on (here, after the one mix hop).
+    /// id is that of the bytes the last mix sends on (after 3 mix hops; 20 packets, more than
+    /// one lane chunk of the batched ids).
     #[test]
     fn traced_packets_carry_their_first_and_last_link_ids() {
-        let (entry_secret, entry) = node(1);
+        let mixes: Vec<(StaticSecret, RouteHop)> = (1..=3).map(node).collect();
         let (_, last) = node(9);
         let plan = PacketPlan {
             topology: Topology {
-                layers: vec![vec![entry]],
+                layers: mixes.iter().map(|(_, hop)| vec![*hop]).collect(),
                 exits: vec![Exit {
                     hop: last,
                     destination: Destination {
@@ -572,7 +606,7 @@ mod tests {
             delay_ns_mean: 1e6,
             trace: true,
         };
-        let stamps: Vec<Stamp> = (0..3)
+        let stamps: Vec<Stamp> = (0..20)
             .map(|seq| Stamp {
                 run_id: 1,
                 seq,
@@ -585,18 +619,118 @@ mod tests {
             build_chunk(&plan, &stamps, &mut rng, &mut frames, &mut ids),
             0
         );
-        assert_eq!(ids.len(), 3);
+        assert_eq!(ids.len(), 20);
         for ((stamp, frame), id) in frames.iter().zip(&ids) {
             assert_eq!(id.seq, stamp.seq);
             assert_eq!(id.recipient, [5; 32]);
             let mut bytes = frame[3..].to_vec();
             let sent = lethe_engine::runtime::trace::packet_id(&bytes);
             assert_eq!(id.first_id, sent);
-            let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
-            sphinx::process(&mut packet, &entry_secret).unwrap();
+            for (secret, _) in &mixes {
+                let mut packet = Packet::new_checked(&mut bytes[..]).unwrap();
+                sphinx::process(&mut packet, secret).unwrap();
+            }
             assert_eq!(id.exit_id, lethe_engine::runtime::trace::packet_id(&bytes));
             assert_ne!(id.exit_id, id.first_id);
         }
+    }
+
+    /// A measurement, not a test (`cargo test --release -p lethe-loadgen --lib trace_cost --
+    /// --ignored --nocapture`): packets/s one thread builds for the testnet's shape (gateway
+    /// forwards, regular packets, 3 layers of 2 mixes, 2 exits), without and with `--trace`,
+    /// alternating, medians of 7 rounds of 1 s; and an exit id's cost, hop by hop
+    /// (`hop_packet_id`, one X25519 per mix) against the batch (`hop_packet_ids`).
+    #[test]
+    #[ignore]
+    fn trace_cost() {
+        let exit = |tag| Exit {
+            hop: node(tag).1,
+            destination: Destination {
+                address: [tag; 32],
+                identifier: [0; 16],
+            },
+        };
+        let mut plan = PacketPlan {
+            topology: Topology {
+                layers: (0..3u8)
+                    .map(|layer| vec![node(10 + 2 * layer).1, node(11 + 2 * layer).1])
+                    .collect(),
+                exits: vec![exit(20), exit(21)],
+                entry_per_client: false,
+            },
+            clients: 2,
+            size: PacketSize::Regular,
+            wire: Wire::GatewayForward,
+            delay_ns_mean: 50e6,
+            trace: false,
+        };
+        let median = |mut values: Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let (mut plain, mut traced) = (Vec::new(), Vec::new());
+        for _ in 0..7 {
+            plan.trace = false;
+            plain.push(calibrate(&plan, 1_000).unwrap());
+            plan.trace = true;
+            traced.push(calibrate(&plan, 1_000).unwrap());
+        }
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                let line = info.lines().find(|l| l.starts_with("model name"))?;
+                Some(line.split(':').nth(1)?.trim().to_string())
+            })
+            .unwrap_or_default();
+        println!(
+            "cpu {cpu}: packets/s per thread without --trace {:.0} (rounds {plain:.0?}), with {:.0} (rounds {traced:.0?})",
+            median(plain.clone()),
+            median(traced.clone())
+        );
+        // The exit id alone, both ways, on the same packets.
+        let (mut stamps, mut ids) = (Vec::new(), Vec::new());
+        let mut rng = os_rng().unwrap();
+        let packets = 640usize;
+        stamps.extend((0..packets as u64).map(|seq| Stamp {
+            run_id: 0,
+            seq,
+            scheduled_ns: 0,
+        }));
+        let mut built: Vec<(Vec<u8>, RouteSecrets)> = Vec::new();
+        for (index, chunk) in stamps.chunks(CHUNK_PACKETS).enumerate() {
+            let route = plan.topology.route(index as u32, &mut rng).unwrap().0;
+            let hops: Vec<RouteHop> = route[..4].to_vec();
+            for stamp in chunk {
+                let mut packet = vec![0u8; PacketSize::Regular.packet_len()];
+                let spec = PacketSpec {
+                    route: &hops,
+                    delays_ns: &[1, 2, 3, 0],
+                    destination: &plan.topology.exits[0].destination,
+                    version: Version::CURRENT,
+                };
+                let secrets =
+                    sphinx::create_into(&mut packet, &stamp.encode(), &spec, None, &mut rng)
+                        .unwrap();
+                built.push((packet, secrets));
+            }
+        }
+        let started = Instant::now();
+        let one_by_one: Vec<Option<u64>> = built
+            .iter()
+            .map(|(packet, secrets)| lethe_nodes::trace::hop_packet_id(packet, secrets, 3))
+            .collect();
+        let hop_by_hop_us = started.elapsed().as_secs_f64() * 1e6 / packets as f64;
+        let started = Instant::now();
+        for chunk in built.chunks(CHUNK_PACKETS) {
+            let bytes: Vec<&[u8]> = chunk.iter().map(|(packet, _)| &packet[..]).collect();
+            let secrets: Vec<&RouteSecrets> = chunk.iter().map(|(_, secrets)| secrets).collect();
+            ids.extend(lethe_nodes::trace::hop_packet_ids(&bytes, &secrets, 3));
+        }
+        let batched_us = started.elapsed().as_secs_f64() * 1e6 / packets as f64;
+        assert_eq!(ids, one_by_one);
+        println!(
+            "exit id per packet: hop by hop {hop_by_hop_us:.1} us, batched {batched_us:.1} us"
+        );
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! unwraps the last Sphinx layer with its own X25519 key, reads the [`Stamp`] from the payload
 //! and hands it to the current run's [`Tracker`].
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use lethe_crypto::framing::FrameDecoder;
 use lethe_crypto::sphinx::{self, constants::HEADER_SIZE, BatchProcessor, Hop, NodeSecrets};
+use lethe_nodes::sink::read_until_stopped;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::limits::{
@@ -230,26 +231,11 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     // Packets of one read; at most RECEIVER_READ_BUFFER_BYTES / (smallest frame) + 1 entries.
     let mut packets: Vec<Vec<u8>> = Vec::new();
     let mut processor = BatchProcessor::new(RECEIVER_BATCH_PACKETS);
-    while !shared.stop.load(Ordering::Relaxed) {
-        let n = match stream.read(&mut buffer) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
-            Err(_) => return,
-        };
+    read_until_stopped(&mut stream, &mut buffer, &shared.stop, |bytes| {
         let started = Instant::now();
         let counters = &shared.counters;
         let mut used = 0usize;
-        let fed = decoder.feed(&buffer[..n], |frame| match frame {
+        let fed = decoder.feed(bytes, |frame| match frame {
             Ok(frame) => {
                 counters.frames.fetch_add(1, Ordering::Relaxed);
                 if packets.len() <= used {
@@ -270,9 +256,10 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
         counters.busy_ns.fetch_add(spent, Ordering::Relaxed);
         if fed.is_err() {
             counters.streams_unframeable.fetch_add(1, Ordering::Relaxed);
-            return;
+            return ControlFlow::Break(());
         }
-    }
+        ControlFlow::Continue(())
+    });
 }
 
 /// Unwraps the final layer of every packet (X25519 across SIMD lanes) and records the stamps.

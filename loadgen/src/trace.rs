@@ -11,8 +11,9 @@
 //! carries the id of the packet as built, which the entry gateway relays unchanged to the
 //! first mix. A recipient gets only the payload, so its delivery carries the id the packet
 //! had on its last link (from the last mix to the exit gateway), which the generator works
-//! out when it builds the packet (`lethe_nodes::trace::hop_packet_id`): the merge then links
-//! the recipient's row to the last mix's departure and the exit gateway's delivery.
+//! out when it builds the packets (`lethe_nodes::trace::hop_packet_ids`, a chunk at a time):
+//! the merge then links the recipient's row to the last mix's departure and the exit
+//! gateway's delivery.
 //!
 //! Memory is bounded: at most [`TRACE_PACKETS_MAX`] packets of each kind (built, sent,
 //! delivered) are kept; beyond, they are counted as dropped. The part is written once, after

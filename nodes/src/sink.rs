@@ -3,9 +3,11 @@
 //! gateway at the end of a chain.
 
 use std::fs::OpenOptions;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,16 +34,45 @@ pub fn run(listen: SocketAddr, out: PathBuf) -> Result<(), String> {
     Ok(())
 }
 
+/// Reads a blocking `stream` into `buffer` until it closes or fails, `stop` is set or
+/// `on_bytes` breaks, handing `on_bytes` each read's bytes. A read that times out (the
+/// caller's read timeout, which bounds how late `stop` is seen) or is interrupted is retried.
+/// The read loop of the stand-in final hops that decode frames off TCP: this sink, loadgen's
+/// stand-in gateway, and test listeners.
+pub fn read_until_stopped(
+    stream: &mut impl Read,
+    buffer: &mut [u8],
+    stop: &AtomicBool,
+    mut on_bytes: impl FnMut(&[u8]) -> ControlFlow<()>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let n = match stream.read(buffer) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(_) => return,
+        };
+        if on_bytes(buffer.get(..n).unwrap_or_default()).is_break() {
+            return;
+        }
+    }
+}
+
 fn record(mut stream: TcpStream, file: &Mutex<std::fs::File>) {
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; crate::limits::SINK_READ_BUFFER_BYTES];
-    loop {
-        let n = match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
+    // The sink runs until its process is stopped.
+    let never = AtomicBool::new(false);
+    read_until_stopped(&mut stream, &mut buffer, &never, |bytes| {
         let mut lines = String::new();
-        let result = decoder.feed(&buffer[..n], |frame| {
+        let result = decoder.feed(bytes, |frame| {
             if let Ok(frame) = frame {
                 let ms = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -59,7 +90,8 @@ fn record(mut stream: TcpStream, file: &Mutex<std::fs::File>) {
             let _ = file.flush();
         }
         if result.is_err() {
-            return;
+            return ControlFlow::Break(());
         }
-    }
+        ControlFlow::Continue(())
+    });
 }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use lethe_crypto::sphinx::keys::blind_alpha;
 use lethe_crypto::sphinx::process::unwrap_header_in_place;
-use lethe_crypto::sphinx::{Packet, RouteSecrets};
+use lethe_crypto::sphinx::{hop_alphas, ExpandedSecret, Packet, RouteSecrets};
 use lethe_engine::runtime::trace::{
     packet_id, trace_clock_ns, PacketEvent, PacketEventKind, TraceEvents, TraceHook,
 };
@@ -62,10 +62,9 @@ pub fn client_name(identity: &[u8; 32]) -> String {
 
 /// The id (`packet_id`) a packet its sender built carries on the link into hop `hop` of its
 /// route (0: the first hop, as sent). The sender knows every hop's secrets, so it unwraps the
-/// header as those hops will (the payload is left alone: the id covers the header's group
-/// element and MAC only). `None` if `hop` is past the route or the packet does not unwrap.
-/// A recipient gets only the payload; this is how its recorder names the packet the last
-/// mix sent.
+/// header as those hops will, one X25519 per hop ([`hop_packet_ids`] is the cheap batch).
+/// `None` if `hop` is past the route or the packet does not unwrap. A recipient gets only the
+/// payload; this is how its recorder names the packet the last mix sent.
 pub fn hop_packet_id(packet: &[u8], secrets: &RouteSecrets, hop: usize) -> Option<u64> {
     if hop >= secrets.len() {
         return None;
@@ -73,14 +72,54 @@ pub fn hop_packet_id(packet: &[u8], secrets: &RouteSecrets, hop: usize) -> Optio
     if hop == 0 {
         return Some(packet_id(packet));
     }
+    let header = unwrapped_header(packet, secrets, hop, blind_alpha)?;
+    Some(packet_id(&header))
+}
+
+/// [`hop_packet_id`] of many packets (`ids[j]` of `packets[j]`, built with `secrets[j]`),
+/// without its X25519 per hop: the link's MAC comes from unwrapping the routing information
+/// (keystreams only), its group element from `hop_alphas` (one multiplication per packet, the
+/// packets through one lane-parallel ladder). loadgen's generator names each packet's last
+/// link with it as it builds the packets (`--trace`).
+pub fn hop_packet_ids(
+    packets: &[&[u8]],
+    secrets: &[&RouteSecrets],
+    hop: usize,
+) -> Vec<Option<u64>> {
+    let count = packets.len().min(secrets.len());
+    let mut alphas = vec![None; count];
+    hop_alphas(&secrets[..count], hop, &mut alphas);
+    packets
+        .iter()
+        .zip(secrets)
+        .zip(alphas)
+        .map(|((packet, secrets), alpha)| {
+            let alpha = alpha?;
+            // The alpha each unwrap writes is not needed: the one hop `hop` gets is known.
+            let mut header = unwrapped_header(packet, secrets, hop, |_, _| [0; 32])?;
+            header.get_mut(..alpha.len())?.copy_from_slice(&alpha);
+            Some(packet_id(&header))
+        })
+        .collect()
+}
+
+/// A copy of the packet with its header as it arrives at hop `hop`: unwrapped by hops
+/// `0..hop` (the payload is left alone: the id covers the header's group element and MAC
+/// only), each writing `blind(hop's secret, alpha)` as the next alpha.
+fn unwrapped_header(
+    packet: &[u8],
+    secrets: &RouteSecrets,
+    hop: usize,
+    blind: impl Fn(&ExpandedSecret, &[u8; 32]) -> [u8; 32],
+) -> Option<Vec<u8>> {
     let mut copy = packet.to_vec();
     for index in 0..hop {
         let expanded = &secrets.hop(index)?.expanded;
         let mut view = Packet::new_checked(&mut copy[..]).ok()?;
-        let blinded = blind_alpha(expanded, view.alpha());
+        let blinded = blind(expanded, view.alpha());
         unwrap_header_in_place(&mut view, expanded, &blinded).ok()?;
     }
-    Some(packet_id(&copy))
+    Some(copy)
 }
 
 /// What a gateway's client side did with a packet.
@@ -540,12 +579,12 @@ mod tests {
     /// The sender works out the id of every link of its packet's route (what each hop's
     /// arrival row carries), and a final hop's processing keeps the id it arrived with (the
     /// gateway's mailbox names a delivery by it).
-    #[test]
-    fn a_sender_knows_every_links_id_and_a_final_hop_keeps_its_own() {
-        let keys: Vec<StaticSecret> = (1..=4u8).map(|t| StaticSecret::from([t; 32])).collect();
+    /// A packet over the first `hops` of `keys` (hop i's address is `[i + 1; 32]`).
+    fn built(keys: &[StaticSecret], hops: usize) -> (Vec<u8>, RouteSecrets) {
         let route: Vec<RouteHop> = keys
             .iter()
             .zip(1u8..)
+            .take(hops)
             .map(|(key, tag)| RouteHop {
                 address: [tag; 32],
                 public_key: PublicKey::from(key).to_bytes(),
@@ -555,15 +594,28 @@ mod tests {
             address: [7; 32],
             identifier: [0; 16],
         };
+        let delays_ns: Vec<u64> = (1..=hops as u64).map(|hop| hop * 1_000).collect();
         let spec = PacketSpec {
             route: &route,
-            delays_ns: &[1_000, 2_000, 3_000, 0],
+            delays_ns: &delays_ns,
             destination: &destination,
             version: Version::CURRENT,
         };
-        let mut original = vec![0u8; PacketSize::Regular.packet_len()];
+        let mut packet = vec![0u8; PacketSize::Regular.packet_len()];
         let secrets =
-            sphinx::create_into(&mut original, b"hello", &spec, None, &mut rand::rng()).unwrap();
+            sphinx::create_into(&mut packet, b"hello", &spec, None, &mut rand::rng()).unwrap();
+        (packet, secrets)
+    }
+
+    fn keys() -> Vec<StaticSecret> {
+        (1..=5u8).map(|t| StaticSecret::from([t; 32])).collect()
+    }
+
+    #[test]
+    fn a_sender_knows_every_links_id_and_a_final_hop_keeps_its_own() {
+        let keys = keys();
+        let keys = &keys[..4];
+        let (original, secrets) = built(keys, 4);
         let mut packet = original.clone();
         let mut seen = Vec::new();
         for (hop, key) in keys.iter().enumerate() {
@@ -586,5 +638,33 @@ mod tests {
         assert_eq!(seen.len(), 4, "a new id on every link");
         assert_eq!(hop_packet_id(&original, &secrets, 4), None);
         assert_eq!(client_name(&[0xab; 32]), "client-abababababababab");
+    }
+
+    /// The batch without an X25519 per hop names every link as the hop-by-hop unwrap does:
+    /// 60 packets (routes of 1 to 5 hops; more than one lane chunk), every hop, and past the
+    /// route.
+    #[test]
+    fn batched_link_ids_equal_the_hop_by_hop_ones() {
+        let keys = keys();
+        let packets: Vec<(Vec<u8>, RouteSecrets)> =
+            (0..60).map(|index| built(&keys, 1 + index % 5)).collect();
+        let bytes: Vec<&[u8]> = packets.iter().map(|(packet, _)| &packet[..]).collect();
+        let secrets: Vec<&RouteSecrets> = packets.iter().map(|(_, secrets)| secrets).collect();
+        let mut named = 0;
+        for hop in 0..=5 {
+            let ids = hop_packet_ids(&bytes, &secrets, hop);
+            assert_eq!(ids.len(), packets.len());
+            for (index, ((packet, route), id)) in packets.iter().zip(&ids).enumerate() {
+                assert_eq!(
+                    *id,
+                    hop_packet_id(packet, route, hop),
+                    "packet {index} hop {hop}"
+                );
+                assert_eq!(id.is_some(), hop < route.len(), "packet {index} hop {hop}");
+                named += usize::from(id.is_some());
+            }
+        }
+        // Each route of h hops has h links: 12 routes of each length 1..=5.
+        assert_eq!(named, 12 * (1 + 2 + 3 + 4 + 5));
     }
 }

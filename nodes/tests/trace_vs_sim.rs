@@ -23,7 +23,7 @@ mod common;
 use common::*;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -149,29 +149,17 @@ fn read_frames(mut stream: TcpStream, arrivals: &Mutex<Vec<(u64, u64)>>, stop: &
         .unwrap();
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; 64 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        let n = match stream.read(&mut buffer) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(_) => return,
-        };
+    lethe_nodes::sink::read_until_stopped(&mut stream, &mut buffer, stop, |bytes| {
         let t_ns = trace_clock_ns();
         let mut read = Vec::new();
         decoder
-            .feed(&buffer[..n], |frame| {
+            .feed(bytes, |frame| {
                 read.push((t_ns, packet_id(frame.unwrap().packet)))
             })
             .unwrap();
         arrivals.lock().unwrap().extend(read);
-    }
+        std::ops::ControlFlow::Continue(())
+    });
 }
 
 /// What the sender built: the packet, when it is due, where it enters, who sent it (a client

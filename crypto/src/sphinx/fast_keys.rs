@@ -121,6 +121,64 @@ pub(crate) fn derive_lanes<F>(
     }
 }
 
+/// The alpha hop `hop` of each route receives: `alphas[j]` for `routes[j]`, `None` when the
+/// route has no hop `hop`. Bit-identical to blinding alpha_0 hop by hop as hops `0..hop` do
+/// (`blind_alpha`), but one multiplication per route instead of `hop`, the routes through one
+/// lane-parallel ladder: alpha_0 = c(x)·G lies in the prime-order subgroup, so the chain of
+/// clamped blindings is `[c(b_0)⋯c(b_{hop-1}) mod l] alpha_0`. For a sender that names its
+/// packet by the header a later link carries (traces) without unwrapping it hop by hop.
+pub fn hop_alphas(routes: &[&RouteSecrets], hop: usize, alphas: &mut [Option<[u8; 32]>]) {
+    let count = routes.len().min(alphas.len());
+    for (routes, alphas) in routes[..count]
+        .chunks(LANES)
+        .zip(alphas[..count].chunks_mut(LANES))
+    {
+        hop_alphas_lanes(routes, hop, alphas);
+    }
+}
+
+// One chunk of [`hop_alphas`] (at most LANES routes).
+fn hop_alphas_lanes(routes: &[&RouteSecrets], hop: usize, alphas: &mut [Option<[u8; 32]>]) {
+    let mut scalars = Zeroizing::new([[0u8; 32]; LANES]);
+    let mut points = [[0u8; 32]; LANES];
+    let mut blinded = [[0u8; 32]; LANES];
+    let mut lane_of = [0usize; LANES];
+    let mut active = 0;
+    for (lane, (route, alpha)) in routes.iter().zip(alphas.iter_mut()).enumerate().take(LANES) {
+        *alpha = None;
+        if hop >= route.len() {
+            continue;
+        }
+        if hop == 0 {
+            *alpha = Some(route.alpha);
+            continue;
+        }
+        // Hops 0..hop exist: `hop < route.len()`.
+        let mut product = Zeroizing::new(Scalar::ONE);
+        for secrets in route.iter().take(hop) {
+            let factor = Zeroizing::new(clamp_integer(*secrets.expanded.blinding_factor()));
+            *product *= &Scalar::from_bytes_mod_order(*factor);
+        }
+        scalars[active] = product.to_bytes();
+        points[active] = route.alpha;
+        lane_of[active] = lane;
+        active += 1;
+    }
+    if active == 0 {
+        return;
+    }
+    dh::scalarmult_raw_batch(
+        &scalars[..active],
+        &points[..active],
+        &mut blinded[..active],
+    );
+    for (index, &lane) in lane_of[..active].iter().enumerate() {
+        if let Some(alpha) = alphas.get_mut(lane) {
+            *alpha = Some(blinded[index]);
+        }
+    }
+}
+
 // c/8 for a clamped c (low three bits zero), little-endian.
 fn shr3(bytes: &[u8; 32]) -> [u8; 32] {
     let mut out = [0u8; 32];

@@ -42,7 +42,7 @@ pub use batch::{with_slice_packets, BatchProcessor, NodeSecrets, PacketBatch, Pr
 pub use create::{create, create_into, Destination, PacketSpec, RouteHop};
 pub use create_batch::{create_batch, CreateJob};
 pub use error::SphinxError;
-pub use fast_keys::derive_hop_secrets_fast;
+pub use fast_keys::{derive_hop_secrets_fast, hop_alphas};
 pub use keys::{derive_hop_secrets, expand, ExpandedSecret, HopSecrets, RouteSecrets};
 pub use packet::Packet;
 pub use process::{
