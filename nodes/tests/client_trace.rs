@@ -3,13 +3,15 @@
 //! a `lethe client send --trace DIR` with fast Poisson and loop streams, then `testnet down`.
 //! The merged trace must hold the client's `send` rows of real, drop-cover and loop-cover
 //! packets, every one linked by id to the gateway's `arrive` row, its ACK and loop-cover
-//! deliveries, the provider's own part (it traces because the testnet does), and a cover
+//! deliveries, her own fragments' deliveries (she sends to herself) named as their sends,
+//! so the metrics see an end-to-end latency, the provider's own part (it traces because the testnet does), and a cover
 //! overhead the metrics see. `testnet env` names the trace directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::process::Command;
 
 use common::testnet::{lethe, Testnet};
@@ -22,6 +24,41 @@ fn traced_name(address: &str) -> String {
     let identity = address.split('.').next().unwrap();
     let identity = lethe_nodes::keyfile::unhex_32(identity).unwrap();
     lethe_nodes::trace::client_name(&identity)
+}
+
+/// `lethe client send` of `file` to `address` (the sender's own), fast streams, per-hop
+/// delay `hop_delay_ms`, acknowledged.
+fn send_to_self(dir: &Path, address: &str, file: &Path, hop_delay_ms: &str, extra: &[&str]) {
+    let out = Command::new(LETHE)
+        .args([
+            "client",
+            "send",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--to",
+            address,
+            "--file",
+            file.to_str().unwrap(),
+            "--wait-acks",
+            "--timeout-s",
+            "120",
+            "--send-delay-ms",
+            "10",
+            "--loop-delay-ms",
+            "10",
+            "--hop-delay-ms",
+            hop_delay_ms,
+            "--max-retransmissions",
+            "40",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -61,41 +98,16 @@ fn a_traced_client_writes_its_classes_and_links_to_its_gateway() {
         .trim()
         .to_string();
 
-    // Several fragments to herself, paced, with loops every 10 ms: the ACKs come back over
-    // twice the route a loop takes, so loops sent first are back before the last ACK.
+    // The gateway refuses forwards to mixes its topology does not list yet (they registered
+    // with it): an untraced send first, acknowledged, so that every traced packet is relayed.
     let file = root.join("payload");
     std::fs::write(&file, random_bytes(24_000, 18)).unwrap();
-    let out = Command::new(LETHE)
-        .args([
-            "client",
-            "send",
-            "--dir",
-            alice.to_str().unwrap(),
-            "--to",
-            &alice_address,
-            "--file",
-            file.to_str().unwrap(),
-            "--wait-acks",
-            "--timeout-s",
-            "120",
-            "--send-delay-ms",
-            "10",
-            "--loop-delay-ms",
-            "10",
-            "--hop-delay-ms",
-            "2",
-            "--max-retransmissions",
-            "40",
-            "--trace",
-            trace,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "client send: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    send_to_self(&alice, &alice_address, &file, "2", &[]);
+    // Eleven fragments to herself, a Poisson tick every 10 ms, loops as often, 20 ms per hop:
+    // after the last fragment, the last ACK takes six hops (about 120 ms) to come back,
+    // during which the Poisson stream sends drop cover (about a dozen ticks); a loop takes
+    // three hops, so the first loops are back before the last ACK.
+    send_to_self(&alice, &alice_address, &file, "20", &["--trace", trace]);
     // A second part for the same client in the same run is refused.
     let again = lethe(&[
         "client",
@@ -186,5 +198,7 @@ fn a_traced_client_writes_its_classes_and_links_to_its_gateway() {
     assert!(computed.overhead.real_bytes > 0);
     assert!(computed.overhead.cover_bytes > 0);
     assert!(computed.overhead.cover_per_real > 0.0);
+    // She sent to herself: each fragment's send and delivery are named alike.
+    assert!(computed.latency.end_to_end_ms.count > 0);
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -675,7 +675,8 @@ impl CoreTask {
                     let after = self.core.counters();
                     if after.deliveries_deferred == before.deliveries_deferred {
                         let looped = after.loop_cover_received > before.loop_cover_received;
-                        trace.delivered(kind, looped, bytes.len());
+                        let fragment = self.core.last_fragment();
+                        trace.delivered(kind, looped, fragment, bytes.len());
                     }
                 }
             }

@@ -10,7 +10,9 @@
 //! row for every packet its gateway hands it (real fragments, replies, ACKs, its own loops).
 //! A delivery carries only the payload: the id its packet had on its last link would need the
 //! route secrets of whoever built it, which the client core does not keep, so a delivery's
-//! `packet_id` is 0 (unknown) and it links to nothing.
+//! `packet_id` is 0 (unknown) and it links to no node's row; it names the fragment it carried
+//! (message id and index, as the sender's `send` row does), so a traced sender's and
+//! recipient's rows give the end-to-end latency.
 //!
 //! Rows are stamped with CLOCK_MONOTONIC ns, the nodes' clock. The core task records an event
 //! into a bounded channel (never blocking: a full channel counts it as dropped); one thread
@@ -181,8 +183,15 @@ impl ClientTrace {
     }
 
     /// The gateway handed us a packet's payload of `size_bytes` (`loop_cover`: the core
-    /// recognised one of our loops).
-    pub fn delivered(&self, kind: DeliveryKind, loop_cover: bool, size_bytes: usize) {
+    /// recognised one of our loops; `fragment`: the message id and index it carried, as its
+    /// sender's `send` row names them).
+    pub fn delivered(
+        &self,
+        kind: DeliveryKind,
+        loop_cover: bool,
+        fragment: Option<(u64, u32)>,
+        size_bytes: usize,
+    ) {
         let class = match kind {
             DeliveryKind::Ack => Class::Ack,
             DeliveryKind::Reply => Class::Reply,
@@ -195,8 +204,8 @@ impl ClientTrace {
             class,
             packet_id: 0,
             size_bytes: u32::try_from(size_bytes).unwrap_or(u32::MAX),
-            message_id: None,
-            fragment_id: None,
+            message_id: fragment.map(|(message, _)| message),
+            fragment_id: fragment.map(|(_, index)| index),
         });
     }
 
@@ -314,8 +323,8 @@ mod tests {
         }));
         trace.sent(&built(PacketKind::DropCover));
         trace.sent(&built(PacketKind::LoopCover));
-        trace.delivered(DeliveryKind::Message, true, 100);
-        trace.delivered(DeliveryKind::Ack, false, 30);
+        trace.delivered(DeliveryKind::Message, true, Some((5, 0)), 100);
+        trace.delivered(DeliveryKind::Ack, false, None, 30);
         trace.finish();
         assert!(ClientTrace::start(&dir, &identity, gateway).is_err());
 
@@ -342,6 +351,10 @@ mod tests {
             (Some(9), Some(2))
         );
         assert_eq!(rows[1].message_id, None);
+        assert_eq!(
+            (rows[3].message_id, rows[3].fragment_id),
+            (Some(5), Some(0))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

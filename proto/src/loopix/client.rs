@@ -276,6 +276,8 @@ pub struct LoopixClient {
     next_housekeeping_us: u64,
     transmits: VecDeque<LoopixTransmit>,
     events: VecDeque<LoopixEvent>,
+    /// The (message id, index) of the fragment the last delivery carried, if it opened.
+    last_fragment: Option<(u64, u32)>,
 }
 
 impl LoopixClient {
@@ -347,6 +349,7 @@ impl LoopixClient {
             next_housekeeping_us: now_us.saturating_add(CLIENT_HOUSEKEEPING_US),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            last_fragment: None,
         }
     }
 
@@ -392,6 +395,14 @@ impl LoopixClient {
     /// streams pass unsent (they keep their rate; nothing piles up for the reconnect).
     pub fn set_connected(&mut self, connected: bool) {
         self.connected = connected;
+    }
+
+    /// The message id and index of the fragment the last [`LoopixClient::handle_delivery`]
+    /// opened (a message's, a reply's or a loop's; `None`: an ACK, or it did not open). A
+    /// driver that traces its deliveries names them by it, as the sender names the
+    /// fragment it sent ([`PacketKind::Real`]).
+    pub fn last_fragment(&self) -> Option<(u64, u32)> {
+        self.last_fragment
     }
 
     /// What the client counted so far.
@@ -818,6 +829,7 @@ impl LoopixClient {
         identifier: [u8; 16],
         bytes: &mut [u8],
     ) {
+        self.last_fragment = None;
         if !self.output_room() {
             self.counters.deliveries_deferred += 1;
             return;
@@ -860,6 +872,7 @@ impl LoopixClient {
                 }
                 Ok(fragment) => {
                     let flags = fragment.header.flags;
+                    self.last_fragment = Some((fragment.header.message_id, fragment.header.index));
                     if flags & FLAG_LOOP_COVER != 0 {
                         self.counters.loop_cover_received += 1;
                         outcome.confirm.push(delivery_id);
@@ -880,6 +893,8 @@ impl LoopixClient {
                 });
                 match opened {
                     Some((fragment, in_reply_to)) if fragment.header.flags == FLAG_IS_REPLY => {
+                        self.last_fragment =
+                            Some((fragment.header.message_id, fragment.header.index));
                         self.reassemble(
                             fragment,
                             delivery_id,
@@ -1367,6 +1382,31 @@ mod tests {
         }
         assert_eq!(progress(&mut a, lost.message_id).failed, 1);
         assert_eq!(a.counters().fragments_given_up, 1);
+    }
+
+    /// A recipient's delivery names the fragment as its sender's packet did; an ACK none.
+    #[test]
+    fn a_delivery_names_its_fragment_as_the_sender_did() {
+        let net = net();
+        let mut a = core(1, &net);
+        let mut b = core(2, &net);
+        let ticket = book(a.send(b.address(), b"hi", 0, 0).unwrap());
+        let built = a.next_real(0).unwrap();
+        assert_eq!(
+            built.kind,
+            PacketKind::Real {
+                message_id: ticket.message_id,
+                fragment: 0
+            }
+        );
+        let mut deliveries = gateway(&net, built.first_hop, built.packet).into_iter();
+        let (_, kind, identifier, mut bytes) = deliveries.next().unwrap();
+        let _ = deliver(&mut b, 0, kind, identifier, &mut bytes, 0);
+        assert_eq!(b.last_fragment(), Some((ticket.message_id, 0)));
+        let (_, kind, identifier, mut bytes) = deliveries.next().unwrap();
+        assert_eq!(kind, DeliveryKind::Ack);
+        let _ = deliver(&mut a, 1, kind, identifier, &mut bytes, 0);
+        assert_eq!(a.last_fragment(), None);
     }
 
     #[test]
