@@ -10,7 +10,11 @@
 //!   egress queue), from their metrics over the run. A packet crosses one node per layer, so
 //!   the layer's mean is the count-weighted mean of its nodes' (sum over sum); the p99 is
 //!   only known to lie between the smallest lower bound and the largest upper bound of its
-//!   nodes' p99 intervals (power-of-two buckets).
+//!   nodes' p99 intervals (power-of-two buckets). Nodes are grouped by their layer in the
+//!   document in force at the run's start: exact while the authorities keep the layers
+//!   (a layer period, an hour by default); a node that moved layer during the run (a
+//!   redraw) is named, its figures counting in the layer it started in (its metrics are
+//!   one delta over the run, which cannot be split at the change).
 //! - `exit gateway`: the gateways' `batch_wait` + `crypto_per_packet` (the final hop's
 //!   batching and Sphinx processing; a gateway's engine sees only final-hop packets, client
 //!   forwards bypass it). Mailbox and WebSocket delivery are not timed by the gateway.
@@ -175,12 +179,15 @@ impl Group<'_> {
     }
 }
 
-/// The breakdown of one run: `nodes` with their metrics deltas over the run, loadgen's send
-/// lateness and end-to-end latency histograms (µs).
+/// The breakdown of one run: `nodes` with their metrics deltas over the run (mixnodes by
+/// their layer at the start), loadgen's send lateness and end-to-end latency histograms
+/// (µs), and the mixnodes that moved layer during the run (`name (layer)`, from the
+/// topology refresh).
 pub fn breakdown(
     nodes: &[(NodeInfo, Result<NodeDelta, String>)],
     lateness_us: &Histogram<u64>,
     latency_us: &Histogram<u64>,
+    moved: &[String],
 ) -> Breakdown {
     let mut stages = vec![sender_stage(lateness_us)];
     let gateways: Vec<&Result<NodeDelta, String>> = nodes
@@ -211,13 +218,20 @@ pub fn breakdown(
             Some(layer) => format!("mix layer {layer}"),
             None => role.to_string(),
         };
-        let stage = group.stage(
-            &name,
-            &[RESIDENCE_STAGE],
-            "node metrics: processing_residence (arrival to hand-off for sending: batching, \
-             Sphinx processing, the Sphinx delay, queueing), count-weighted over the layer's \
-             nodes",
-        );
+        let mut how = "node metrics: processing_residence (arrival to hand-off for sending: \
+                       batching, Sphinx processing, the Sphinx delay, queueing), count-weighted \
+                       over the layer's nodes at the run's start"
+            .to_string();
+        if !moved.is_empty() {
+            let _ = write!(
+                how,
+                "; layers changed during the run, {} mixnode(s) moved and count in the layer \
+                 they started in: {}",
+                moved.len(),
+                moved.join(", ")
+            );
+        }
+        let stage = group.stage(&name, &[RESIDENCE_STAGE], &how);
         stages.push(stage);
     }
     if gateways.is_empty() {
@@ -395,7 +409,7 @@ mod tests {
         ];
         let lateness = histogram(&[100; 400]);
         let latency = histogram(&[5_000; 400]);
-        let b = breakdown(&nodes, &lateness, &latency);
+        let b = breakdown(&nodes, &lateness, &latency, &[]);
         let names: Vec<&str> = b.stages.iter().map(|s| s.stage.as_str()).collect();
         assert_eq!(
             names,
@@ -431,6 +445,13 @@ mod tests {
         render(&mut text, &b);
         assert!(text.contains("unattributed / network"), "{text}");
         assert!(text.contains("not measured"), "{text}");
+        // A redraw during the run is said in the layers' stages.
+        assert!(!b.stages[1].measured_by.contains("moved"));
+        let moved = ["mix3 (layer 2)".to_string()];
+        let b = breakdown(&nodes, &lateness, &latency, &moved);
+        assert!(b.stages[1]
+            .measured_by
+            .ends_with("moved and count in the layer they started in: mix3 (layer 2)"));
     }
 
     #[test]
@@ -439,14 +460,14 @@ mod tests {
             node("a", "mixnode layer 1"),
             Ok(metrics(&[("processing_residence", 10, 0.1, "0.016384")])),
         )];
-        let b = breakdown(&nodes, &histogram(&[10; 10]), &histogram(&[1_000; 10]));
+        let b = breakdown(&nodes, &histogram(&[10; 10]), &histogram(&[1_000; 10]), &[]);
         assert!(b.unattributed_mean_ms.unwrap() < 0.0);
         assert!(b
             .unattributed_note
             .as_deref()
             .unwrap()
             .starts_with("negative"));
-        let b = breakdown(&nodes, &histogram(&[]), &histogram(&[]));
+        let b = breakdown(&nodes, &histogram(&[]), &histogram(&[]), &[]);
         assert_eq!(b.unattributed_mean_ms, None);
         assert!(!b.stages[0].measured);
     }

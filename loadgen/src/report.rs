@@ -540,8 +540,22 @@ pub fn run_report(outcome: &RunOutcome, capacity_per_s: f64) -> RunReport {
             &outcome.nodes,
             &outcome.sender.lateness_us,
             &outcome.tracker.latency_us,
+            &moved_during_run(outcome.topology.as_ref()),
         )),
     }
+}
+
+/// Mixnodes that moved layer after the run started (the first change is the routes in use
+/// at the start).
+fn moved_during_run(feed: Option<&crate::refresh::FeedStats>) -> Vec<String> {
+    feed.map(|feed| {
+        feed.changes
+            .iter()
+            .skip(1)
+            .flat_map(|change| change.moved.iter().cloned())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Per mix layer (nodes whose role names a layer, all of them scraped), received against

@@ -418,6 +418,13 @@ pub const DIRECTORY_REQUEST_BODY_BYTES_MAX: usize = 16 * 1024;
 pub const DIRECTORY_PUBLISH_INTERVAL_MS_MIN: u64 = 1_000;
 /// A topology stays valid for this many epoch lengths.
 pub const DIRECTORY_VALIDITY_EPOCHS: u64 = 3;
+/// Voting authorities keep the layers this long between full redraws, by default
+/// (`--layer-period-s`, stated in each vote in whole epochs rounded up; the consensus takes
+/// the median). Nym reassigns layers each 1-h epoch; with the testnet's 5-s epochs it is
+/// 720 epochs, so a test's transfer does not see a reshuffle.
+pub const LAYER_PERIOD_S_DEFAULT: u64 = 3600;
+/// The longest layer period an authority accepts (`--layer-period-s`): a day.
+pub const LAYER_PERIOD_S_MAX: u64 = 86_400;
 /// How long a stopping directory waits for in-flight requests.
 pub const DIRECTORY_SHUTDOWN_DEADLINE_MS: u64 = 10_000;
 /// POST rate limits: per source IP (a local testnet registers every node from one IP) and
@@ -436,6 +443,7 @@ const _: () = assert!(
 const _: () = assert!(DIRECTORY_POSTS_BURST_PER_IP >= DIRECTORY_NODES_MAX as f64);
 const _: () = assert!(DIRECTORY_POSTS_PER_S_PER_IP <= DIRECTORY_POSTS_PER_S);
 const _: () = assert!(DIRECTORY_VALIDITY_EPOCHS >= 2 && DIRECTORY_PUBLISH_INTERVAL_MS_MIN > 0);
+const _: () = assert!(LAYER_PERIOD_S_DEFAULT >= 1 && LAYER_PERIOD_S_DEFAULT <= LAYER_PERIOD_S_MAX);
 const _: () =
     assert!(DIRECTORY_SWEEP_MS_MIN > 0 && DIRECTORY_SWEEP_MS_MIN <= DIRECTORY_SWEEP_MS_MAX);
 

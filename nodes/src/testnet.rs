@@ -83,8 +83,9 @@ pub struct UpArgs {
     pub authorities: u64,
     /// Epoch length, seconds. The authorities vote once per epoch (aligned to the clock), so a
     /// node that joins, or dies and misses its heartbeats, is in or out of the document
-    /// within 1.5 epochs; layers are redrawn every epoch and consumers fetch each epoch's
-    /// document. Short for a local network; `authority run` defaults to 3600.
+    /// within 1.5 epochs; consumers fetch each epoch's document. Layers are kept for the
+    /// authorities' layer period (an hour by default, 720 of these epochs). Short for a
+    /// local network; `authority run` defaults to 3600.
     #[arg(long, default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub epoch_s: u64,

@@ -244,10 +244,10 @@ pub enum Consumer {
 /// next document is due plus the consumer's lag, and at most `every`. Voting authorities
 /// certify epoch E+1's document in the middle of E+1 (epochs are aligned to the clock, E's
 /// starting at its `issued_at_s`, and a document is valid for
-/// [`DIRECTORY_VALIDITY_EPOCHS`](limits::DIRECTORY_VALIDITY_EPOCHS)) and redraw the layers
-/// each time: a consumer on a shorter epoch than its `every` must not wait longer, or its
-/// gateway (which keeps only its previous document besides the current one) refuses the
-/// first hops it picks. A lone directory publishes at least once an epoch. Once the next
+/// [`DIRECTORY_VALIDITY_EPOCHS`](limits::DIRECTORY_VALIDITY_EPOCHS)), and nodes join and
+/// leave with each one: a consumer on a shorter epoch than its `every` must not wait
+/// longer, or its gateway (which keeps only its previous document besides the current one)
+/// refuses the first hops it picks that left since. A lone directory publishes at least once an epoch. Once the next
 /// document is late, again a tenth of an epoch later.
 pub fn refetch_in(held: &Topology, now_ms: u64, every: Duration, consumer: Consumer) -> Duration {
     let epoch_ms = held

@@ -265,6 +265,8 @@ fn adversary_vote(
         valid_until_s: issued_at_s + 3 * EPOCH_S,
         nodes,
         allowed,
+        layer_period_epochs: 720,
+        nodes_per_ip_max: 1_000,
         commit: keyfile::hex(&commit_of(&key, epoch, &reveal_for(&ADVERSARY, epoch))),
         reveal: Some(keyfile::hex(&reveal_for(&ADVERSARY, epoch - 1))),
     };
@@ -324,7 +326,9 @@ fn with_one_authority_down_every_epoch_is_still_certified() {
         topology.admission,
         Some(AdmissionPolicy::allow_list(&identities_allowed))
     );
-    assert_eq!(topology.layers_follow_shared_random(), Ok(()));
+    // Redrawn, or kept from the epoch before (newcomers dealt to the lightest layer): which
+    // node was where before is checked in the consensus unit tests.
+    assert!(topology.check_layers(None).is_ok());
     assert_eq!(
         topology.layers.iter().map(Vec::len).collect::<Vec<_>>(),
         [1, 1, 1]

@@ -312,6 +312,8 @@ fn sample_topology(epoch: u64, issued_at_s: u64, valid_until_s: u64) -> Topology
         layers: [1, 2, 3].map(|i| vec![node(i, Role::Mixnode)]).into(),
         gateways: vec![node(4, Role::Gateway)],
         shared_random: None,
+        layer_period: None,
+        nodes_per_ip_max: None,
         admission: None,
     }
 }

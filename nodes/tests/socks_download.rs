@@ -5,8 +5,9 @@
 //! liveness bound: the provider asks for SURBs before it runs out, in proportion to its
 //! reply rate). Across a mixnode key rotation in the middle of a download, the SURBs built
 //! for the old keys are replaced before the nodes drop those keys: the page still arrives
-//! whole after the overlap ended, the provider counts the expired SURBs it discarded, and no
-//! mixnode dropped a packet for a key it no longer has.
+//! whole after the overlap ended, the provider counts the expired SURBs it discarded, no
+//! mixnode dropped a packet for a key it no longer has, and no gateway refused a first hop
+//! (NOT_LAYER1) over the many epochs the transfer spans, while every mixnode re-registered.
 //!
 //! 1 MB runs in CI; 10 MB is ignored there (minutes on two loaded cores):
 //! `cargo test --release -p lethe-nodes --test socks_download -- --ignored --nocapture`.
@@ -31,6 +32,10 @@ const ROTATION_OVERLAP_S: u64 = 15;
 /// How often the clients of the key-rotation test refresh their topology (default 300 s):
 /// well inside the overlap.
 const TOPOLOGY_REFRESH_S: u64 = 2;
+/// The gateways' count of client packets refused NOT_LAYER1 (first hop not a mixnode of
+/// their current or previous document), and the epoch of the document a gateway holds.
+const NOT_LAYER1_REFUSALS: &str = "lethe_gateway_forward_refused_total";
+const GATEWAY_EPOCH: &str = "lethe_gateway_consensus_epoch";
 /// Upper bound of any wait in these tests: generous, never a timing claim.
 const DEADLINE: Duration = Duration::from_secs(600);
 
@@ -62,19 +67,24 @@ impl Setup {
         dump_counter(&self.socks.dump(), name).unwrap_or(0)
     }
 
+    /// A counter of the gateways' metrics, both of them.
+    fn gateways_counter(&self, name: &str) -> u64 {
+        (1..=2)
+            .map(|i| self.metric(&format!("gateway{i}"), name))
+            .sum()
+    }
+
+    /// A metric of the testnet's node `node`.
+    fn metric(&self, node: &str, name: &str) -> u64 {
+        let addr: SocketAddr = self.socks.net.info(node, "metrics").parse().unwrap();
+        metric(addr, name)
+    }
+
     /// Packets the mixnodes dropped for `reason`, all of them.
     fn mix_drops(&self, reason: &str) -> u64 {
         let name = format!("lethe_packets_dropped_total{{reason=\"{reason}\"}}");
         (1..=6)
-            .map(|i| {
-                let addr: SocketAddr = self
-                    .socks
-                    .net
-                    .info(&format!("mix{i}"), "metrics")
-                    .parse()
-                    .unwrap();
-                metric(addr, &name)
-            })
+            .map(|i| self.metric(&format!("mix{i}"), &name))
             .sum()
     }
 }
@@ -214,6 +224,8 @@ fn surbs_are_replaced_across_a_key_rotation() {
     let setup = Setup::start("rotation", &env, Some(TOPOLOGY_REFRESH_S));
     let unknown_key_before = setup.mix_drops("unknown_key");
     let malformed_before = setup.mix_drops("malformed");
+    let not_layer1_before = setup.gateways_counter(NOT_LAYER1_REFUSALS);
+    let epoch_before = setup.metric("gateway1", GATEWAY_EPOCH);
 
     // The first half goes through SURBs built for the keys of now; the page stops there.
     let first = random_bytes(512 * 1024, 1);
@@ -254,6 +266,16 @@ fn surbs_are_replaced_across_a_key_rotation() {
     assert!(expired > 0);
     assert_eq!(setup.mix_drops("unknown_key"), unknown_key_before);
     assert_eq!(setup.mix_drops("malformed"), malformed_before);
+    // The transfer spanned many of the testnet's 5-s epochs, across every mixnode's
+    // re-registration with its new key: the authorities kept the layers and every node in,
+    // so no gateway refused a first hop (NOT_LAYER1), the reply SURBs' included.
+    let epochs = setup
+        .gateway_metric(1, GATEWAY_EPOCH)
+        .saturating_sub(epoch_before);
+    let not_layer1 = setup.gateways_counter(NOT_LAYER1_REFUSALS) - not_layer1_before;
+    println!("gateways: {epochs} epochs during the transfer, {not_layer1} NOT_LAYER1 refusals");
+    assert!(epochs >= 2, "the transfer spanned {epochs} epochs");
+    assert_eq!(not_layer1, 0);
     drop(setup.proxy);
     setup.provider.terminate();
 }

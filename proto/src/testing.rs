@@ -90,6 +90,8 @@ impl TestMixnet {
                 layers: layers.into(),
                 gateways: vec![gateway],
                 shared_random: None,
+                layer_period: None,
+                nodes_per_ip_max: None,
                 admission: None,
             },
             secrets,

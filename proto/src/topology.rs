@@ -101,10 +101,21 @@ pub struct Topology {
     pub layers: Vec<Vec<Descriptor>>,
     pub gateways: Vec<Descriptor>,
     /// Voting authorities' documents: the epoch's shared random value, from which anyone
-    /// recomputes the layer assignment ([`assign_layers`]). `None` in a single directory's
-    /// document (its layers are its own choice).
+    /// recomputes the layer assignment ([`assign_layers`], [`layers_for`]). `None` in a
+    /// single directory's document (its layers are its own choice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_random: Option<SharedRandom>,
+    /// Voting authorities' documents: how long layers are kept and when they were last
+    /// redrawn ([`layers_for`]). `None`: the layers are [`assign_layers`] of this epoch's
+    /// value alone (a document from before layer periods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_period: Option<LayerPeriod>,
+    /// Voting authorities' documents: the most nodes (mixnodes and gateways) with a mix
+    /// address on one IP: the median of the caps the votes state, applied by the consensus
+    /// (Tor: 2 relays per IP). `None`: no cap in the document (a single directory caps at
+    /// registration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_per_ip_max: Option<u64>,
     /// The admission policy its nodes were admitted under: the one at least 2f+1 of the
     /// authorities' votes stated (a single directory: its own). `None`: the votes agreed on
     /// none this epoch (or a document from before policies were stated).
@@ -152,6 +163,24 @@ impl std::fmt::Display for AdmissionPolicy {
 
 /// Domain of the sort key of [`assign_layers`].
 pub const DOMAIN_LAYER: &[u8] = b"lethe-layer-v1\0";
+/// Kept layers may differ in size by this share of the largest (and by one node in any
+/// case); beyond, departures have unbalanced them and [`layers_for`] redraws. With a quarter,
+/// a node of the smallest layer carries at most a third more traffic than one of the
+/// largest, and a large network rides out many departures without a reshuffle.
+pub const LAYER_SPREAD_PERCENT_MAX: usize = 25;
+
+const _: () = assert!(LAYER_SPREAD_PERCENT_MAX > 0 && LAYER_SPREAD_PERCENT_MAX < 100);
+
+/// How a voting authorities' document assigned its layers: kept for `epochs` epochs from
+/// the document that redrew them (`drawn_epoch`; this document's own epoch when it redrew).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerPeriod {
+    /// The layer period in epochs, as the votes agreed (the median of theirs), at least 1.
+    pub epochs: u64,
+    /// The epoch of the last full redraw ([`assign_layers`]).
+    pub drawn_epoch: u64,
+}
 
 /// An epoch's shared random value (commit-reveal, as Tor's SRV) and the authorities'
 /// commitments to the reveals of the next epoch, as the consensus recorded them.
@@ -170,31 +199,141 @@ pub struct SharedRandom {
 /// SHA-256(DOMAIN_LAYER || shared random value || identity text), dealt to the layers in
 /// turn (layer 1 first), so layers differ in size by at most one and nobody, the authorities
 /// included, picks a node's layer once the value is fixed. Every input is in the document:
-/// a verifier recomputes it ([`Topology::layers_follow_shared_random`]).
+/// a verifier recomputes it ([`Topology::check_layers`]). Voting authorities redraw with it at
+/// the start of each layer period ([`layers_for`]).
 pub fn assign_layers(
     shared_random: &[u8; 32],
     mixnodes: Vec<Descriptor>,
     layers: usize,
 ) -> Vec<Vec<Descriptor>> {
     let layers = layers.clamp(1, LAYERS_MAX);
-    let mut keyed: Vec<([u8; 32], Descriptor)> = mixnodes
-        .into_iter()
-        .map(|node| {
-            let mut hash = Sha256::new();
-            hash.update(DOMAIN_LAYER);
-            hash.update(shared_random);
-            hash.update(node.identity.as_bytes());
-            (hash.finalize().into(), node)
-        })
-        .collect();
-    // Ties (the same identity twice) fall back to the whole descriptor's order: the
-    // assignment never depends on the input order.
-    keyed.sort_by(|(a, d), (b, e)| a.cmp(b).then_with(|| descriptor_order(d, e)));
     let mut out = vec![Vec::new(); layers];
-    for (index, (_, node)) in keyed.into_iter().enumerate() {
+    for (index, (_, node)) in keyed(shared_random, mixnodes).into_iter().enumerate() {
         out[index % layers].push(node);
     }
     out
+}
+
+/// A mixnode's place in the order of the shared random value: SHA-256(DOMAIN_LAYER ||
+/// value || identity text).
+fn layer_key(shared_random: &[u8; 32], node: &Descriptor) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(DOMAIN_LAYER);
+    hash.update(shared_random);
+    hash.update(node.identity.as_bytes());
+    hash.finalize().into()
+}
+
+/// `mixnodes` in the order of the shared random value. Ties (the same identity twice) fall
+/// back to the whole descriptor's order: nothing depends on the input order.
+fn keyed(shared_random: &[u8; 32], mixnodes: Vec<Descriptor>) -> Vec<([u8; 32], Descriptor)> {
+    let mut keyed: Vec<([u8; 32], Descriptor)> = mixnodes
+        .into_iter()
+        .map(|node| (layer_key(shared_random, &node), node))
+        .collect();
+    keyed.sort_by(|(a, d), (b, e)| a.cmp(b).then_with(|| descriptor_order(d, e)));
+    keyed
+}
+
+/// Whether layers of these sizes are balanced enough to keep: the smallest holds at most
+/// `max(1, LAYER_SPREAD_PERCENT_MAX % of the largest)` fewer nodes than the largest.
+fn balanced(layers: &[Vec<Descriptor>]) -> bool {
+    let largest = layers.iter().map(Vec::len).max().unwrap_or(0);
+    let smallest = layers.iter().map(Vec::len).min().unwrap_or(0);
+    largest - smallest <= (largest * LAYER_SPREAD_PERCENT_MAX / 100).max(1)
+}
+
+/// The layers of `previous` kept for `mixnodes`: each node listed there keeps its layer
+/// (matched by identity); the others, in the order of the shared random value, each go to
+/// the lightest layer (the first of equals), so they fill the holes departed nodes left.
+/// Each layer in the order of the value, as [`assign_layers`] leaves them. `None` when the
+/// layer counts differ or the result is not [`balanced`]: then the caller redraws.
+pub fn keep_layers(
+    shared_random: &[u8; 32],
+    previous: &[Vec<Descriptor>],
+    mixnodes: Vec<Descriptor>,
+    layers: usize,
+) -> Option<Vec<Vec<Descriptor>>> {
+    if previous.len() != layers.clamp(1, LAYERS_MAX) {
+        return None;
+    }
+    let was: BTreeMap<&str, usize> = previous
+        .iter()
+        .enumerate()
+        .flat_map(|(index, layer)| layer.iter().map(move |d| (d.identity.as_str(), index)))
+        .collect();
+    let mut out: Vec<Vec<([u8; 32], Descriptor)>> = vec![Vec::new(); previous.len()];
+    let mut newcomers = Vec::new();
+    for (key, node) in keyed(shared_random, mixnodes) {
+        match was.get(node.identity.as_str()) {
+            Some(&index) => out[index].push((key, node)),
+            None => newcomers.push((key, node)),
+        }
+    }
+    for newcomer in newcomers {
+        // The first of the lightest layers (min_by_key keeps the first of equals).
+        let lightest = (0..out.len()).min_by_key(|&index| out[index].len())?;
+        out[lightest].push(newcomer);
+    }
+    let out: Vec<Vec<Descriptor>> = out
+        .into_iter()
+        .map(|mut layer| {
+            layer.sort_by(|(a, d), (b, e)| a.cmp(b).then_with(|| descriptor_order(d, e)));
+            layer.into_iter().map(|(_, node)| node).collect()
+        })
+        .collect();
+    balanced(&out).then_some(out)
+}
+
+/// The voting authorities' layer rule for `epoch`'s document, a published deterministic
+/// function of the document chain: the layers of `previous` (the epoch before's certified
+/// document) are kept ([`keep_layers`]) while the period it started has not run out
+/// (`period_epochs` since its `drawn_epoch`); they are redrawn ([`assign_layers`]) at the
+/// end of a period, when kept layers would be unbalanced, and without a previous document
+/// of the epoch before that states its period (the first epoch, an authority that missed
+/// it). Returns the layers and the document's [`LayerPeriod`].
+pub fn layers_for(
+    epoch: u64,
+    shared_random: &[u8; 32],
+    period_epochs: u64,
+    previous: Option<&Topology>,
+    mixnodes: Vec<Descriptor>,
+    layers: usize,
+) -> (Vec<Vec<Descriptor>>, LayerPeriod) {
+    let epochs = period_epochs.max(1);
+    let kept = previous
+        .filter(|p| p.epoch.checked_add(1) == Some(epoch))
+        .and_then(|p| Some((p, p.layer_period?)))
+        .filter(|(_, period)| {
+            epoch
+                .checked_sub(period.drawn_epoch)
+                .is_some_and(|age| age < epochs)
+        })
+        .and_then(|(p, period)| {
+            let kept = keep_layers(shared_random, &p.layers, mixnodes.clone(), layers)?;
+            Some((kept, period.drawn_epoch))
+        });
+    let (layers, drawn_epoch) =
+        kept.unwrap_or_else(|| (assign_layers(shared_random, mixnodes, layers), epoch));
+    (
+        layers,
+        LayerPeriod {
+            epochs,
+            drawn_epoch,
+        },
+    )
+}
+
+/// What [`Topology::check_layers`] could check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayersChecked {
+    /// The layers were recomputed from the document (a redraw, or kept from the previous
+    /// document the verifier gave) and match; or the document has no shared random value
+    /// (a single directory's: its layers are its own choice).
+    Recomputed,
+    /// Kept layers without the epoch before's document: only their order, their balance and
+    /// the period's age were checked, not which node was in which layer before.
+    WithoutPrevious,
 }
 
 fn descriptor_order(a: &Descriptor, b: &Descriptor) -> std::cmp::Ordering {
@@ -266,21 +405,68 @@ impl Route {
 }
 
 impl Topology {
-    /// For a voting authorities' document: its layers are exactly [`assign_layers`] of its
-    /// shared random value and its mixnodes. A document without a shared random value (a
-    /// single directory's) passes.
-    pub fn layers_follow_shared_random(&self) -> Result<(), TopologyError> {
+    /// For a voting authorities' document: its layers follow the layer rule ([`layers_for`]).
+    /// A redraw is recomputed from the document alone; kept layers from `previous`, the
+    /// certified document of the epoch before, when given; without it only what the document
+    /// shows is checked (each layer in the value's order, balanced, the period not run out).
+    /// A document without a shared random value (a single directory's) passes.
+    pub fn check_layers(
+        &self,
+        previous: Option<&Topology>,
+    ) -> Result<LayersChecked, TopologyError> {
         let Some(shared) = &self.shared_random else {
-            return Ok(());
+            return Ok(LayersChecked::Recomputed);
         };
         let value =
             hex::decode_32(&shared.value).ok_or(TopologyError::Malformed("shared random value"))?;
         let mixnodes: Vec<Descriptor> = self.layers.iter().flatten().cloned().collect();
-        if assign_layers(&value, mixnodes, self.layers.len()) == self.layers {
-            Ok(())
-        } else {
-            Err(TopologyError::LayersNotAssigned)
+        let count = self.layers.len();
+        let follows = |ok: bool, how| {
+            if ok {
+                Ok(how)
+            } else {
+                Err(TopologyError::LayersNotAssigned)
+            }
+        };
+        let Some(period) = self.layer_period else {
+            return follows(
+                assign_layers(&value, mixnodes, count) == self.layers,
+                LayersChecked::Recomputed,
+            );
+        };
+        if period.drawn_epoch == self.epoch {
+            return follows(
+                period.epochs >= 1 && assign_layers(&value, mixnodes, count) == self.layers,
+                LayersChecked::Recomputed,
+            );
         }
+        if let Some(previous) = previous.filter(|p| p.epoch.checked_add(1) == Some(self.epoch)) {
+            let computed = layers_for(
+                self.epoch,
+                &value,
+                period.epochs,
+                Some(previous),
+                mixnodes,
+                count,
+            );
+            return follows(
+                computed == (self.layers.clone(), period),
+                LayersChecked::Recomputed,
+            );
+        }
+        let in_order = self.layers.iter().all(|layer| {
+            layer
+                .windows(2)
+                .all(|pair| layer_key(&value, &pair[0]) <= layer_key(&value, &pair[1]))
+        });
+        let age_ok = self
+            .epoch
+            .checked_sub(period.drawn_epoch)
+            .is_some_and(|age| age < period.epochs);
+        follows(
+            in_order && age_ok && balanced(&self.layers),
+            LayersChecked::WithoutPrevious,
+        )
     }
 
     pub fn gateway(&self, identity: &[u8; 32]) -> Option<&Descriptor> {
@@ -290,9 +476,10 @@ impl Topology {
     }
 
     /// Is `address` (a mix address) a mixnode of any layer? Entry gateways forward only to
-    /// these: the layers are redrawn every epoch, so a route or a reply block built a few epochs
-    /// ago may start at a node that has moved to another layer since, and every mixnode
-    /// forwards by address whatever its layer.
+    /// these: the layers are redrawn at the end of each layer period (or when departures
+    /// unbalance them), so a route or a reply block built before may start at a node that
+    /// has moved to another layer since, and every mixnode forwards by address whatever its
+    /// layer.
     pub fn is_mixnode(&self, address: &SocketAddr) -> bool {
         self.layers
             .iter()
@@ -496,18 +683,94 @@ mod tests {
             reveals: 0,
             commits: BTreeMap::new(),
         });
-        assert_eq!(t.layers_follow_shared_random(), Ok(()));
+        assert_eq!(t.check_layers(None), Ok(LayersChecked::Recomputed));
         let moved = t.layers[0].pop().unwrap();
         t.layers[1].push(moved);
-        assert_eq!(
-            t.layers_follow_shared_random(),
-            Err(TopologyError::LayersNotAssigned)
-        );
+        assert_eq!(t.check_layers(None), Err(TopologyError::LayersNotAssigned));
         // The document carries it through JSON; without it, the field is absent.
         let json = serde_json::to_string(&t).unwrap();
         assert_eq!(serde_json::from_str::<Topology>(&json).unwrap(), t);
         t.shared_random = None;
         assert!(!serde_json::to_string(&t).unwrap().contains("shared_random"));
+    }
+
+    #[test]
+    fn kept_layers_are_checked_with_or_without_the_previous_document() {
+        let node = |i: u8| descriptor(&[i; 32], [i; 32], 4000 + u16::from(i), Role::Mixnode);
+        let doc = |epoch: u64, value: u8, previous: Option<&Topology>, nodes: Vec<Descriptor>| {
+            let value = [value; 32];
+            let (layers, period) = layers_for(epoch, &value, 4, previous, nodes, LAYERS);
+            let mut t = topology();
+            t.epoch = epoch;
+            t.layers = layers;
+            t.layer_period = Some(period);
+            t.shared_random = Some(SharedRandom {
+                value: crate::hex::encode(&value),
+                reveals: 0,
+                commits: BTreeMap::new(),
+            });
+            t
+        };
+        let nodes: Vec<Descriptor> = (1..=9).map(node).collect();
+        let first = doc(10, 1, None, nodes.clone());
+        let drawn = |t: &Topology| t.layer_period.map(|p| (p.epochs, p.drawn_epoch));
+        assert_eq!(drawn(&first), Some((4, 10)));
+        assert_eq!(first.check_layers(None), Ok(LayersChecked::Recomputed));
+        // Another value, node 1 gone, node 20 new: kept, node 20 where node 1 was.
+        let mut changed = nodes[1..].to_vec();
+        changed.push(node(20));
+        let second = doc(11, 2, Some(&first), changed.clone());
+        assert_eq!(drawn(&second), Some((4, 10)));
+        let layer_of = |t: &Topology, i: u8| {
+            t.layers
+                .iter()
+                .position(|l| l.iter().any(|d| d.identity == node(i).identity))
+        };
+        assert_eq!(layer_of(&second, 20), layer_of(&first, 1));
+        for i in 2..=9 {
+            assert_eq!(layer_of(&second, i), layer_of(&first, i));
+        }
+        assert_eq!(
+            second.check_layers(Some(&first)),
+            Ok(LayersChecked::Recomputed)
+        );
+        assert_eq!(
+            second.check_layers(None),
+            Ok(LayersChecked::WithoutPrevious)
+        );
+        // Two nodes swapped between layers: the previous document shows it.
+        let mut swapped = second.clone();
+        let (a, b) = (swapped.layers[0].remove(0), swapped.layers[1].remove(0));
+        swapped.layers[0].insert(0, b);
+        swapped.layers[1].insert(0, a);
+        assert_eq!(
+            swapped.check_layers(Some(&first)),
+            Err(TopologyError::LayersNotAssigned)
+        );
+        // Kept past the period: refused even without the previous document.
+        let mut stale = second.clone();
+        stale.epoch = 14;
+        assert_eq!(
+            stale.check_layers(None),
+            Err(TopologyError::LayersNotAssigned)
+        );
+        // The period runs out at epoch 14: redrawn there.
+        let third = doc(12, 3, Some(&second), changed.clone());
+        let fourth = doc(13, 4, Some(&third), changed.clone());
+        let fifth = doc(14, 5, Some(&fourth), changed.clone());
+        assert_eq!(drawn(&fourth), Some((4, 10)));
+        for i in (2..=9).chain([20]) {
+            assert_eq!(layer_of(&fourth, i), layer_of(&second, i));
+        }
+        assert_eq!(drawn(&fifth), Some((4, 14)));
+        assert_eq!(fifth.layers, assign_layers(&[5; 32], changed, LAYERS));
+        assert_eq!(fifth.check_layers(None), Ok(LayersChecked::Recomputed));
+        // JSON carries the period; a document without one leaves the field out.
+        let json = serde_json::to_string(&fifth).unwrap();
+        assert_eq!(serde_json::from_str::<Topology>(&json).unwrap(), fifth);
+        assert!(!serde_json::to_string(&topology())
+            .unwrap()
+            .contains("layer_period"));
     }
 
     #[test]

@@ -23,7 +23,6 @@
 //!   status as for votes.
 //! - `GET /v1/consensus`: the latest certified document with every signature gathered.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -31,8 +30,10 @@ use std::time::Duration;
 use axum::body::Bytes;
 use zeroize::Zeroizing;
 
+use super::consensus::Previous;
 use super::round::{Accepted, Evidence, Round};
 use super::vote::{commit_of, open_vote, reveal_for, Refusal, Vote, DOMAIN_VOTE};
+use crate::directory::admission::Admission;
 use crate::directory::metrics::AuthorityCounters;
 use crate::directory::store::Store;
 use crate::keyfile;
@@ -131,8 +132,9 @@ pub struct Status {
 
 struct State {
     round: Round,
-    /// The consensus of the epoch before `round`'s (certified, else this authority's own).
-    previous: Option<Topology>,
+    /// The consensus of the epoch before `round`'s (certified, else this authority's own)
+    /// and whether it was certified (only then are its layers kept).
+    previous: Option<(Topology, bool)>,
     served: Option<Served>,
     own_vote: Option<Bytes>,
     own_signature: Option<Bytes>,
@@ -153,6 +155,9 @@ pub struct Authority {
     epoch_s: u64,
     /// The allow-list this authority's votes state (`None`: open).
     allowed: Option<Vec<String>>,
+    /// The layer period and the cap of nodes per IP its votes state.
+    layer_period_epochs: u64,
+    nodes_per_ip_max: u64,
     state: Mutex<State>,
     store: Mutex<Store>,
     pub counters: AuthorityCounters,
@@ -165,13 +170,16 @@ fn now_ms() -> u64 {
 }
 
 impl Authority {
-    /// An authority with `peers`, the allow-list it admits nodes by (`None`: open; stated in
-    /// its votes), its SQLite `store` (evidence, the last certified document).
+    /// An authority with `peers`, its SQLite `store` (evidence, the last certified
+    /// document), and what its votes state: the allow-list and the cap of nodes per IP it
+    /// admits nodes by (`admission`), the layer period it proposes (`layer_period_s`, in
+    /// whole epochs rounded up).
     pub fn new(
         seed: Zeroizing<[u8; 32]>,
         peers: Vec<Peer>,
         epoch_s: u64,
-        allowed: Option<&BTreeSet<String>>,
+        layer_period_s: u64,
+        admission: &Admission,
         store: Store,
     ) -> anyhow::Result<Authority> {
         let key = keyfile::ed25519_public(&seed);
@@ -194,7 +202,8 @@ impl Authority {
         let previous = served
             .as_ref()
             .and_then(|s| serde_json::from_slice::<MultiSigned>(&s.json).ok())
-            .and_then(|doc| serde_json::from_str::<Topology>(&doc.body).ok());
+            .and_then(|doc| serde_json::from_str::<Topology>(&doc.body).ok())
+            .map(|t| (t, true));
         let peer_count = peers.len();
         Ok(Authority {
             seed,
@@ -202,7 +211,14 @@ impl Authority {
             set,
             peers,
             epoch_s,
-            allowed: allowed.map(|list| list.iter().cloned().collect()),
+            allowed: admission
+                .allowed
+                .as_ref()
+                .map(|list| list.iter().cloned().collect()),
+            layer_period_epochs: layer_period_s.div_ceil(epoch_s.max(1)).max(1),
+            nodes_per_ip_max: u64::try_from(admission.nodes_per_ip_max)
+                .unwrap_or(u64::MAX)
+                .max(1),
             state: Mutex::new(State {
                 round: Round::new(0),
                 previous,
@@ -386,8 +402,15 @@ impl Authority {
             .and_then(|s| serde_json::from_slice::<MultiSigned>(&s.json).ok())
             .and_then(|doc| serde_json::from_str::<Topology>(&doc.body).ok());
         if old.checked_add(1) == Some(epoch) {
-            state.previous = certified.or_else(|| state.round.computed().cloned());
-        } else if state.previous.as_ref().and_then(|p| p.epoch.checked_add(1)) != Some(epoch) {
+            state.previous = certified
+                .map(|t| (t, true))
+                .or_else(|| state.round.computed().cloned().map(|t| (t, false)));
+        } else if state
+            .previous
+            .as_ref()
+            .and_then(|(p, _)| p.epoch.checked_add(1))
+            != Some(epoch)
+        {
             state.previous = None;
         }
         state.round = Round::new(epoch);
@@ -408,6 +431,8 @@ impl Authority {
             ),
             nodes: alive,
             allowed: self.allowed.clone(),
+            layer_period_epochs: self.layer_period_epochs,
+            nodes_per_ip_max: self.nodes_per_ip_max,
             commit: keyfile::hex(&commit_of(&self.key, epoch, &reveal_for(&self.seed, epoch))),
             reveal: epoch
                 .checked_sub(1)
@@ -439,10 +464,12 @@ impl Authority {
             return;
         }
         let previous = state.previous.clone();
-        match state
-            .round
-            .compute(&self.set, &self.seed, previous.as_ref())
-        {
+        let previous = match &previous {
+            None => Previous::None,
+            Some((t, true)) => Previous::Certified(t),
+            Some((t, false)) => Previous::Computed(t),
+        };
+        match state.round.compute(&self.set, &self.seed, previous) {
             Ok(doc) => {
                 state.own_signature = serde_json::to_string(&doc).ok().map(Bytes::from);
                 if !state.admission_reported {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 
-use super::consensus::{admission_dissenters, consensus, equivocators, ConsensusError};
+use super::consensus::{admission_dissenters, consensus, equivocators, ConsensusError, Previous};
 use super::vote::{Refusal, Vote};
 use crate::keyfile;
 use crate::limits;
@@ -194,7 +194,7 @@ impl Round {
         &mut self,
         set: &AuthoritySet,
         seed: &[u8; 32],
-        previous: Option<&Topology>,
+        previous: Previous<'_>,
     ) -> Result<MultiSigned, ConsensusError> {
         let body = match &self.computed {
             Some((_, body)) => body.clone(),
@@ -400,6 +400,8 @@ mod tests {
             valid_until_s: 40,
             nodes,
             allowed: None,
+            layer_period_epochs: 12,
+            nodes_per_ip_max: 100,
             commit: keyfile::hex(&commit_of(&key, epoch, &reveal_for(&seed(a), epoch))),
             reveal: None,
         };
@@ -498,7 +500,11 @@ mod tests {
             }
         }
         let docs: Vec<MultiSigned> = (0..3)
-            .map(|a| rounds[a].compute(&set, &seed(a as u8), None).unwrap())
+            .map(|a| {
+                rounds[a]
+                    .compute(&set, &seed(a as u8), Previous::None)
+                    .unwrap()
+            })
             .collect();
         assert!(docs.windows(2).all(|w| w[0].body == w[1].body));
         assert!(rounds[0].certified(&set).is_none());

@@ -1,6 +1,6 @@
 //! An authority's vote for one epoch: the nodes it sees alive with their descriptors, its
-//! admission policy, the numbers it proposes, its commitment for the shared random value and
-//! its reveal of the previous commitment. Signed by the authority's key under
+//! admission policy, the numbers it proposes (validity, layer period, nodes per IP), its
+//! commitment for the shared random value and its reveal of the previous commitment. Signed by the authority's key under
 //! [`DOMAIN_VOTE`].
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,12 @@ pub struct Vote {
     /// node; else its whole allow-list, identities as lowercase hex in ascending order, so
     /// that every authority can check nodes against the list the votes agree on.
     pub allowed: Option<Vec<String>>,
+    /// The layer period this authority proposes, in epochs (at least 1; the consensus takes
+    /// the median): layers are kept that long between full redraws.
+    pub layer_period_epochs: u64,
+    /// The most nodes with a mix address on one IP this authority admits (at least 1; the
+    /// consensus takes the median and holds the document to it).
+    pub nodes_per_ip_max: u64,
     /// Commitment (hex) to the reveal this authority publishes in its next epoch's vote.
     pub commit: String,
     /// Its reveal (hex) for the commitment of the previous epoch.
@@ -147,6 +153,9 @@ pub fn open_vote(
         if !canonical {
             return Err(Refusal::Malformed("allow-list"));
         }
+    }
+    if vote.layer_period_epochs == 0 || vote.nodes_per_ip_max == 0 {
+        return Err(Refusal::Malformed("layer period or nodes per IP of 0"));
     }
     if keyfile::unhex_32(&vote.commit).is_none()
         || vote

@@ -681,6 +681,8 @@ impl Registry {
             layers: layers.into(),
             gateways,
             shared_random: None,
+            layer_period: None,
+            nodes_per_ip_max: None,
             admission: Some(self.admission.policy()),
         }
     }

@@ -132,6 +132,12 @@ pub struct DirectoryRunArgs {
     /// --epoch-s.
     #[arg(long = "peer", env = "LETHE_AUTHORITY_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// Voting authorities: how long the layers are kept between full redraws, seconds
+    /// (stated in the votes in whole epochs; the consensus takes the median: give every
+    /// authority the same value). Nodes that leave free their place for newcomers meanwhile.
+    #[arg(long, env = "LETHE_LAYER_PERIOD_S", default_value_t = limits::LAYER_PERIOD_S_DEFAULT,
+          value_parser = clap::value_parser!(u64).range(1..=limits::LAYER_PERIOD_S_MAX))]
+    pub layer_period_s: u64,
 }
 
 impl DirectoryRunArgs {
@@ -324,7 +330,8 @@ pub fn run(args: &DirectoryRunArgs) -> anyhow::Result<()> {
             seed.clone(),
             peers,
             args.epoch_s,
-            admission.allowed.as_ref(),
+            args.layer_period_s,
+            &admission,
             own,
         )?))
     };

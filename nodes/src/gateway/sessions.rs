@@ -1081,6 +1081,8 @@ mod tests {
             ],
             gateways: vec![mix(3, crate::topology::Role::Gateway)],
             shared_random: None,
+            layer_period: None,
+            nodes_per_ip_max: None,
             admission: None,
         };
         let first_hops = FirstHops::new(false);
@@ -1089,7 +1091,7 @@ mod tests {
         assert!(first_hops.check(&hop(1)).is_ok());
         assert!(
             first_hops.check(&hop(2)).is_ok(),
-            "a mixnode of any layer is a first hop (layers are redrawn every epoch)"
+            "a mixnode of any layer is a first hop (layers are redrawn at each layer period)"
         );
         assert!(
             first_hops.check(&hop(3)).is_err(),

@@ -1739,6 +1739,8 @@ fn topology(
         layers: directory_layers,
         gateways: directory_gateways,
         shared_random: None,
+        layer_period: None,
+        nodes_per_ip_max: None,
         admission: None,
     });
     let params = loopix_params(config);
