@@ -49,6 +49,11 @@ struct Setup {
 impl Setup {
     fn start(name: &str, env: &[(&str, &str)], refresh_s: Option<u64>) -> Setup {
         let socks = SocksNet::up(&temp_dir(name), env);
+        // `testnet up` returns once a document is certified; a gateway fetches it a moment
+        // later, and refuses its clients' packets until then.
+        wait_until("both gateways hold a verified document", || {
+            (1..=2).all(|i| node_metric(&socks, &format!("gateway{i}"), GATEWAY_EPOCH) > 0)
+        });
         if let Some(refresh_s) = refresh_s {
             set_topology_refresh(&socks.provider_dir, refresh_s);
             set_topology_refresh(&socks.user_dir, refresh_s);
@@ -76,8 +81,7 @@ impl Setup {
 
     /// A metric of the testnet's node `node`.
     fn metric(&self, node: &str, name: &str) -> u64 {
-        let addr: SocketAddr = self.socks.net.info(node, "metrics").parse().unwrap();
-        metric(addr, name)
+        node_metric(&self.socks, node, name)
     }
 
     /// Packets the mixnodes dropped for `reason`, all of them.
@@ -87,6 +91,12 @@ impl Setup {
             .map(|i| self.metric(&format!("mix{i}"), &name))
             .sum()
     }
+}
+
+/// A metric of the testnet's node `node`.
+fn node_metric(socks: &SocksNet, node: &str, name: &str) -> u64 {
+    let addr: SocketAddr = socks.net.info(node, "metrics").parse().unwrap();
+    metric(addr, name)
 }
 
 /// A one-shot web server: the HTTP head and `first`, then (after `go` is sent, if given)
@@ -270,12 +280,13 @@ fn surbs_are_replaced_across_a_key_rotation() {
     // re-registration with its new key: the authorities kept the layers and every node in,
     // so no gateway refused a first hop (NOT_LAYER1), the reply SURBs' included.
     let epochs = setup
-        .gateway_metric(1, GATEWAY_EPOCH)
+        .metric("gateway1", GATEWAY_EPOCH)
         .saturating_sub(epoch_before);
     let not_layer1 = setup.gateways_counter(NOT_LAYER1_REFUSALS) - not_layer1_before;
     println!("gateways: {epochs} epochs during the transfer, {not_layer1} NOT_LAYER1 refusals");
     assert!(epochs >= 2, "the transfer spanned {epochs} epochs");
     assert_eq!(not_layer1, 0);
+    assert_eq!(not_layer1_before, 0, "refused before the transfer");
     drop(setup.proxy);
     setup.provider.terminate();
 }
