@@ -1375,12 +1375,15 @@ pub fn env(a: &DirArgs) -> Result<(), String> {
     println!("TESTNET_DIRECTORY_KEY={}", q(&state.directory_key));
     println!("TESTNET_ISSUERS={}", q(&state.issuers.join(",")));
     println!("TESTNET_THRESHOLD={}", state.threshold);
-    let vk = state
-        .verification_key
-        .as_ref()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    println!("TESTNET_VERIFICATION_KEY={}", q(&vk));
+    let path = |path: &Option<PathBuf>| {
+        path.as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    println!(
+        "TESTNET_VERIFICATION_KEY={}",
+        q(&path(&state.verification_key))
+    );
     let provider = state
         .nodes
         .iter()
@@ -1390,12 +1393,7 @@ pub fn env(a: &DirArgs) -> Result<(), String> {
         .unwrap_or_default();
     println!("TESTNET_PROVIDER={}", q(&provider));
     // Empty when the testnet is not traced: `--trace "$TESTNET_TRACE"` needs a value.
-    let trace = state
-        .trace
-        .as_ref()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    println!("TESTNET_TRACE={}", q(&trace));
+    println!("TESTNET_TRACE={}", q(&path(&state.trace)));
     Ok(())
 }
 

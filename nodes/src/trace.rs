@@ -122,6 +122,21 @@ fn unwrapped_header(
     Some(copy)
 }
 
+/// The sidecar of a real run's part before its nodes: source `testnet`, the commit, 3 layers,
+/// and a SHA-256 of `config` (anything that identifies the process's configuration).
+pub fn part_meta(config: &str) -> TraceMeta {
+    let digest = Sha256::digest(config.as_bytes());
+    let config_hash = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let mut meta = TraceMeta::new(
+        "testnet",
+        0,
+        config_hash,
+        lethe_sim::trace::current_commit(),
+    );
+    meta.layers = 3;
+    meta
+}
+
 /// What a gateway's client side did with a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientSideKind {
@@ -298,16 +313,8 @@ impl TraceSetup {
     /// node's listen address (its name in the trace); `config` anything that identifies the
     /// node's configuration (hashed into the sidecar).
     pub fn start(self, role: Role, local: SocketAddr, config: &str) -> Result<NodeTrace, String> {
-        let digest = Sha256::digest(config.as_bytes());
-        let config_hash = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let mut meta = TraceMeta::new(
-            "testnet",
-            0,
-            config_hash,
-            lethe_sim::trace::current_commit(),
-        );
+        let mut meta = part_meta(config);
         meta.lab = self.lab;
-        meta.layers = 3;
         meta.nodes.push(NodeInfo {
             name: local.to_string(),
             role,

@@ -29,12 +29,9 @@ use crossbeam_channel::{Receiver, Sender};
 use lethe_engine::runtime::trace::{packet_id, trace_clock_ns};
 use lethe_proto::loopix::packets::{Built, PacketKind};
 use lethe_proto::wire::DeliveryKind;
-use lethe_sim::trace::{
-    Class, Kind, LabFields, NodeInfo, Role, TraceEvent, TraceMeta, TraceWriter,
-};
-use sha2::{Digest, Sha256};
+use lethe_sim::trace::{Class, Kind, LabFields, NodeInfo, Role, TraceEvent, TraceWriter};
 
-use crate::trace::{client_name, CLIENT_SIDE_CHANNEL_EVENTS};
+use crate::trace::{client_name, part_meta, CLIENT_SIDE_CHANNEL_EVENTS};
 
 /// How long the writer waits for an event before it looks at its stop flag.
 const CLIENT_TRACE_POLL_MS: u64 = 100;
@@ -112,15 +109,7 @@ impl ClientTrace {
             std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         }
         let name = client_name(identity);
-        let digest = Sha256::digest(name.as_bytes());
-        let config_hash = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let mut meta = TraceMeta::new(
-            "testnet",
-            0,
-            config_hash,
-            lethe_sim::trace::current_commit(),
-        );
-        meta.layers = 3;
+        let mut meta = part_meta(&name);
         meta.nodes.push(NodeInfo {
             name,
             role: Role::Client,
