@@ -15,7 +15,19 @@ use common::{
 
 #[test]
 fn default_run_drives_a_testnet_through_gateway_clients_and_stops_it() {
-    let output = loadgen(&["--json", "--duration", "2", "--rate", "100"]);
+    // `--trace` refuses a directory that holds another run's parts.
+    let trace_dir = std::env::temp_dir().join(format!("loadgen-test-trace-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&trace_dir);
+    let trace_arg = trace_dir.to_str().unwrap();
+    let output = loadgen(&[
+        "--json",
+        "--duration",
+        "2",
+        "--rate",
+        "100",
+        "--trace",
+        trace_arg,
+    ]);
     check_success(&output);
     let stdout = String::from_utf8(output.stdout).unwrap();
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -100,6 +112,77 @@ fn default_run_drives_a_testnet_through_gateway_clients_and_stops_it() {
         "testnet {dir} still running"
     );
     assert!(!std::path::Path::new(dir).exists(), "{dir} not removed");
+    check_trace(
+        &trace_dir,
+        result["sent"]["packets"].as_u64().unwrap(),
+        result["delivered"]["packets"].as_u64().unwrap(),
+    );
+    let _ = std::fs::remove_dir_all(&trace_dir);
+}
+
+/// `--trace`: loadgen's part links to the nodes' parts. Each of its sends arrives at the entry
+/// gateway and a first mix under its id; each of its deliveries carries the id under which the
+/// last mix sent the packet and the exit gateway delivered it to the same recipient; the
+/// metrics score every delivered message (end-to-end latency, sender entropy, the labelled
+/// pair of senders 0 and 1, the flow matcher's pairs).
+fn check_trace(dir: &std::path::Path, sent: u64, delivered: u64) {
+    use lethe_sim::trace::{Class, Kind, Role, TraceReader};
+    use std::collections::{HashMap, HashSet};
+    let parts = lethe_sim::merge::find_parts(dir).unwrap();
+    // loadgen, 2 gateways, 6 mixnodes.
+    assert_eq!(parts.len(), 9, "{parts:?}");
+    let path = lethe_sim::merge::merge_parts(dir).unwrap();
+    let mut reader = TraceReader::open(&path).unwrap();
+    let meta = reader.meta().clone();
+    let role = |node: u32| meta.node(node).unwrap().role;
+    // Packet ids that arrived at a gateway, and at a mix.
+    let mut arrivals: [HashSet<u64>; 2] = [HashSet::new(), HashSet::new()];
+    let mut mix_departures: HashSet<u64> = HashSet::new();
+    let mut exits: HashMap<u64, Option<u32>> = HashMap::new();
+    let (mut sends, mut deliveries) = (Vec::new(), Vec::new());
+    while let Some(event) = reader.next_event().unwrap() {
+        match (event.kind, role(event.node), event.class) {
+            (Kind::Send, Role::Client, Class::Real) => sends.push(event),
+            (Kind::Deliver, Role::Client, Class::Real) => deliveries.push(event),
+            (Kind::Deliver, Role::Gateway, _) => {
+                exits.insert(event.packet_id, event.destination);
+            }
+            (Kind::Arrive, Role::Gateway, _) => {
+                arrivals[0].insert(event.packet_id);
+            }
+            (Kind::Arrive, Role::Mix, _) => {
+                arrivals[1].insert(event.packet_id);
+            }
+            (Kind::Depart, Role::Mix, _) => {
+                mix_departures.insert(event.packet_id);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(sends.len() as u64, sent);
+    assert_eq!(deliveries.len() as u64, delivered);
+    // Not vacuous: the loops below link every one of them, or fail.
+    assert!(!sends.is_empty() && !deliveries.is_empty());
+    for send in &sends {
+        assert_eq!(role(send.next_hop.unwrap()), Role::Gateway);
+        assert!(arrivals[0].contains(&send.packet_id), "{send:?}");
+        assert!(arrivals[1].contains(&send.packet_id), "{send:?}");
+    }
+    for delivery in &deliveries {
+        assert!(mix_departures.contains(&delivery.packet_id), "{delivery:?}");
+        assert_eq!(
+            exits.get(&delivery.packet_id),
+            Some(&Some(delivery.node)),
+            "the exit gateway delivered it to the same recipient: {delivery:?}"
+        );
+    }
+    let metrics =
+        lethe_sim::metrics::compute(&path, &lethe_sim::metrics::MetricsOptions::default()).unwrap();
+    assert_eq!(metrics.latency.end_to_end_ms.count, delivered);
+    assert_eq!(metrics.sender.entropy_bits.count, delivered);
+    assert_eq!(metrics.sender.senders_count, 4, "2 senders and 2 receivers");
+    assert_eq!(metrics.sender.labelled_messages_count, delivered);
+    assert!(metrics.flow.pairs_count > 0);
 }
 
 #[test]
