@@ -1033,7 +1033,9 @@ fn start_issuers(
 }
 
 /// Waits (at most `bound`) until a consensus the clients accept lists every mixnode and
-/// gateway.
+/// gateway, and every gateway holds a verified document: a gateway fetches the first one a
+/// moment after it is certified and refuses its clients' packets until then (NOT_LAYER1),
+/// so a client started as soon as `up` returns would see its first packets refused.
 fn wait_for_topology(
     state: &TestnetState,
     mixnodes: usize,
@@ -1057,9 +1059,18 @@ fn wait_for_topology(
             Ok(t) => {
                 let m: usize = t.layers.iter().map(Vec::len).sum();
                 if m >= mixnodes && t.gateways.len() >= gateways {
-                    return Ok(());
+                    let waiting: Vec<&str> = state
+                        .gateways()
+                        .filter(|g| !runtime.block_on(gateway_holds_document(&http, g)))
+                        .map(|g| g.name.as_str())
+                        .collect();
+                    if waiting.is_empty() {
+                        return Ok(());
+                    }
+                    last = format!("certified, but {} hold no document yet", waiting.join(", "));
+                } else {
+                    last = format!("{m} mixnodes and {} gateways so far", t.gateways.len());
                 }
-                last = format!("{m} mixnodes and {} gateways so far", t.gateways.len());
             }
             Err(e) => last = e.to_string(),
         }
@@ -1069,6 +1080,23 @@ fn wait_for_topology(
         "the authorities did not certify a document listing every node within {} s: {last}",
         bound.as_secs()
     ))
+}
+
+/// Whether gateway `node` holds a verified document: its `lethe_gateway_consensus_epoch`
+/// is set (0 until then).
+async fn gateway_holds_document(http: &reqwest::Client, node: &NodeState) -> bool {
+    let Some(metrics) = node.info.get("metrics") else {
+        return false;
+    };
+    let Ok(response) = http.get(format!("http://{metrics}/metrics")).send().await else {
+        return false;
+    };
+    let Ok(text) = response.text().await else {
+        return false;
+    };
+    text.lines()
+        .filter_map(|line| line.strip_prefix("lethe_gateway_consensus_epoch "))
+        .any(|value| value.trim().parse::<u64>().is_ok_and(|epoch| epoch > 0))
 }
 
 fn print_summary(state: &TestnetState, dir: &Path) {
