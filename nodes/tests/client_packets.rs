@@ -54,6 +54,7 @@ fn builder<'a>(net: &'a TestMixnet, own: &Party) -> Builder<'a> {
         },
         size: SIZE,
         format: lethe_proto::loopix::PacketFormat::Sphinx,
+        keep_secrets: false,
     }
 }
 

@@ -3,7 +3,7 @@
 //! a `lethe client send --trace DIR` with fast Poisson and loop streams, then `testnet down`.
 //! The merged trace must hold the client's `send` rows of real, drop-cover and loop-cover
 //! packets, every one linked by id to the gateway's `arrive` row, its ACK and loop-cover
-//! deliveries, her own fragments' deliveries (she sends to herself) named as their sends,
+//! deliveries (a loop's linked to the gateway's delivery by the id of its last link), her own fragments' deliveries (she sends to herself) named as their sends,
 //! so the metrics see an end-to-end latency, the provider's own part (it traces because the testnet does), and a cover
 //! overhead the metrics see. `testnet env` names the trace directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -183,6 +183,24 @@ fn a_traced_client_writes_its_classes_and_links_to_its_gateway() {
     };
     assert!(delivered(Class::Ack) > 0, "no ACK delivery");
     assert!(delivered(Class::LoopCover) > 0, "no loop came back");
+    // Her loops come back under the id of their last link, the exit gateway's delivery's
+    // (a loop of the untraced warm-up, redelivered from the mailbox, has none: id 0).
+    let gateway_delivered: HashSet<u64> = rows
+        .iter()
+        .filter(|r| r.kind == Kind::Deliver && gateways.contains(&r.node))
+        .map(|r| r.packet_id)
+        .collect();
+    let loop_ids: Vec<u64> = rows
+        .iter()
+        .filter(|r| r.node == alice_node && r.kind == Kind::Deliver)
+        .filter(|r| r.class == Class::LoopCover && r.packet_id != 0)
+        .map(|r| r.packet_id)
+        .collect();
+    assert!(!loop_ids.is_empty(), "no loop delivery names its last link");
+    assert!(
+        loop_ids.iter().all(|id| gateway_delivered.contains(id)),
+        "a loop's last-link id matches no gateway delivery"
+    );
     assert!(
         rows.iter()
             .any(|r| r.node == provider_node && r.kind == Kind::Send),

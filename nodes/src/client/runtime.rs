@@ -390,10 +390,14 @@ pub async fn connect(
     let address = core.address();
     let trace = match &config.trace_dir {
         None => None,
-        Some(dir) => Some(
-            ClientTrace::start(dir, &address.identity, gateway_mix_address)
-                .map_err(ClientError::Trace)?,
-        ),
+        Some(dir) => {
+            // Its loops' route secrets name the link each loop comes back on.
+            core.keep_loop_secrets(true);
+            Some(
+                ClientTrace::start(dir, &address.identity, gateway_mix_address)
+                    .map_err(ClientError::Trace)?,
+            )
+        }
     };
 
     let (topology_tx, topology_rx) = watch::channel(topology.clone());
@@ -528,8 +532,8 @@ impl CoreTask {
         }
     }
 
-    fn push_packet(&self, built: lethe_proto::loopix::packets::Built) {
-        if let Some(trace) = &self.trace {
+    fn push_packet(&mut self, built: lethe_proto::loopix::packets::Built) {
+        if let Some(trace) = &mut self.trace {
             trace.sent(&built);
         }
         self.push(Outgoing::Message(ClientMessage::Forward {
@@ -671,7 +675,7 @@ impl CoreTask {
                 let before = self.trace.as_ref().map(|_| self.core.counters());
                 self.core
                     .handle_delivery(now, id, kind, identifier, &mut bytes);
-                if let (Some(trace), Some(before)) = (&self.trace, before) {
+                if let (Some(trace), Some(before)) = (&mut self.trace, before) {
                     let after = self.core.counters();
                     if after.deliveries_deferred == before.deliveries_deferred {
                         let looped = after.loop_cover_received > before.loop_cover_received;

@@ -8,17 +8,20 @@
 //! fragment with its message and fragment id), whose id is the packet's as sent (the entry
 //! gateway relays it unchanged, so the merge links the gateway's rows to it), and a `deliver`
 //! row for every packet its gateway hands it (real fragments, replies, ACKs, its own loops).
-//! A delivery carries only the payload: the id its packet had on its last link would need the
-//! route secrets of whoever built it, which the client core does not keep, so a delivery's
-//! `packet_id` is 0 (unknown) and it links to no node's row; it names the fragment it carried
-//! (message id and index, as the sender's `send` row does), so a traced sender's and
-//! recipient's rows give the end-to-end latency.
+//! A delivery carries only the payload, and names the fragment it carried (message id and
+//! index, as the sender's `send` row does), so a traced sender's and recipient's rows give the
+//! end-to-end latency. The id its packet had on its last link needs the route secrets of
+//! whoever built it: for its own loops the client has them (the core keeps them when traced),
+//! works that id out as it sends the loop (`crate::trace::hop_packet_id`, two X25519 per loop)
+//! and keeps it until the loop is back (at most [`LOOPS_KEPT_MAX`]), so a loop's delivery
+//! links to the exit gateway's; any other delivery's `packet_id` is 0 (unknown).
 //!
 //! Rows are stamped with CLOCK_MONOTONIC ns, the nodes' clock. The core task records an event
 //! into a bounded channel (never blocking: a full channel counts it as dropped); one thread
 //! writes the rows. Tracing off, the core task holds no [`ClientTrace`] and does no work per
 //! packet.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,14 +30,17 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use lethe_engine::runtime::trace::{packet_id, trace_clock_ns};
-use lethe_proto::loopix::packets::{Built, PacketKind};
+use lethe_proto::loopix::packets::{Built, KeptSecrets, PacketKind};
 use lethe_proto::wire::DeliveryKind;
 use lethe_sim::trace::{Class, Kind, LabFields, NodeInfo, Role, TraceEvent, TraceWriter};
 
-use crate::trace::{client_name, part_meta, CLIENT_SIDE_CHANNEL_EVENTS};
+use crate::trace::{client_name, hop_packet_id, part_meta, CLIENT_SIDE_CHANNEL_EVENTS};
 
 /// How long the writer waits for an event before it looks at its stop flag.
 const CLIENT_TRACE_POLL_MS: u64 = 100;
+/// Loops whose last-link id waits for the loop to come back; beyond, the oldest is forgotten
+/// (its delivery then carries id 0).
+pub const LOOPS_KEPT_MAX: usize = 4_096;
 /// The client's node index in its part; its gateway's.
 const SELF_NODE: u32 = 0;
 const GATEWAY_NODE: u32 = 1;
@@ -81,6 +87,9 @@ pub struct ClientTrace {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<u64, String>>>,
     path: PathBuf,
+    /// Loops in flight: message id -> the id of the link they come back on.
+    loops: HashMap<u64, u64>,
+    loops_order: VecDeque<u64>,
 }
 
 /// The part's path for a client of identity `identity` in run directory `dir`.
@@ -140,6 +149,8 @@ impl ClientTrace {
             stop,
             thread: Some(thread),
             path,
+            loops: HashMap::new(),
+            loops_order: VecDeque::new(),
         })
     }
 
@@ -149,8 +160,26 @@ impl ClientTrace {
         }
     }
 
+    /// Keeps the id a loop will come back on (the link into its last hop).
+    fn keep_loop(&mut self, message_id: u64, built: &Built) {
+        let Some(KeptSecrets(secrets)) = &built.route_secrets else {
+            return;
+        };
+        let last = secrets.len().saturating_sub(1);
+        let Some(id) = hop_packet_id(&built.packet, secrets, last) else {
+            return;
+        };
+        if self.loops_order.len() >= LOOPS_KEPT_MAX {
+            if let Some(old) = self.loops_order.pop_front() {
+                self.loops.remove(&old);
+            }
+        }
+        self.loops.insert(message_id, id);
+        self.loops_order.push_back(message_id);
+    }
+
     /// The core handed `built` to the session.
-    pub fn sent(&self, built: &Built) {
+    pub fn sent(&mut self, built: &Built) {
         let (class, message_id, fragment_id) = match built.kind {
             PacketKind::Real {
                 message_id,
@@ -158,7 +187,10 @@ impl ClientTrace {
             } => (Class::Real, Some(message_id), Some(fragment)),
             PacketKind::Reply { message_id } => (Class::Reply, Some(message_id), None),
             PacketKind::DropCover => (Class::DropCover, None, None),
-            PacketKind::LoopCover => (Class::LoopCover, None, None),
+            PacketKind::LoopCover { message_id } => {
+                self.keep_loop(message_id, built);
+                (Class::LoopCover, Some(message_id), None)
+            }
         };
         self.record(ClientEvent {
             t_ns: trace_clock_ns(),
@@ -175,7 +207,7 @@ impl ClientTrace {
     /// recognised one of our loops; `fragment`: the message id and index it carried, as its
     /// sender's `send` row names them).
     pub fn delivered(
-        &self,
+        &mut self,
         kind: DeliveryKind,
         loop_cover: bool,
         fragment: Option<(u64, u32)>,
@@ -187,11 +219,15 @@ impl ClientTrace {
             DeliveryKind::Message if loop_cover => Class::LoopCover,
             DeliveryKind::Message => Class::Real,
         };
+        let packet_id = match (class, fragment) {
+            (Class::LoopCover, Some((message_id, _))) => self.loops.remove(&message_id),
+            _ => None,
+        };
         self.record(ClientEvent {
             t_ns: trace_clock_ns(),
             kind: Kind::Deliver,
             class,
-            packet_id: 0,
+            packet_id: packet_id.unwrap_or(0),
             size_bytes: u32::try_from(size_bytes).unwrap_or(u32::MAX),
             message_id: fragment.map(|(message, _)| message),
             fragment_id: fragment.map(|(_, index)| index),
@@ -298,20 +334,21 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let identity = [0xab; 32];
         let gateway: std::net::SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let trace = ClientTrace::start(&dir, &identity, gateway).unwrap();
+        let mut trace = ClientTrace::start(&dir, &identity, gateway).unwrap();
         let packet = vec![7u8; 64];
         let built = |kind| Built {
             first_hop: [1; 32],
             packet: packet.clone(),
             expected_rtt_ns: 0,
             kind,
+            route_secrets: None,
         };
         trace.sent(&built(PacketKind::Real {
             message_id: 9,
             fragment: 2,
         }));
         trace.sent(&built(PacketKind::DropCover));
-        trace.sent(&built(PacketKind::LoopCover));
+        trace.sent(&built(PacketKind::LoopCover { message_id: 5 }));
         trace.delivered(DeliveryKind::Message, true, Some((5, 0)), 100);
         trace.delivered(DeliveryKind::Ack, false, None, 30);
         trace.finish();

@@ -278,6 +278,8 @@ pub struct LoopixClient {
     events: VecDeque<LoopixEvent>,
     /// The (message id, index) of the fragment the last delivery carried, if it opened.
     last_fragment: Option<(u64, u32)>,
+    /// Keep each loop's route secrets in its [`Built`] ([`LoopixClient::keep_loop_secrets`]).
+    keep_loop_secrets: bool,
 }
 
 impl LoopixClient {
@@ -350,6 +352,7 @@ impl LoopixClient {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             last_fragment: None,
+            keep_loop_secrets: false,
         }
     }
 
@@ -403,6 +406,12 @@ impl LoopixClient {
     /// fragment it sent ([`PacketKind::Real`]).
     pub fn last_fragment(&self) -> Option<(u64, u32)> {
         self.last_fragment
+    }
+
+    /// Keeps each loop-cover packet's route secrets in its [`Built::route_secrets`], for a
+    /// driver that traces its loops (a copy of the secrets per loop: off by default).
+    pub fn keep_loop_secrets(&mut self, keep: bool) {
+        self.keep_loop_secrets = keep;
     }
 
     /// What the client counted so far.
@@ -476,6 +485,7 @@ impl LoopixClient {
         recipient: &Recipient,
         fragment: &Fragment,
         ack: &[u8; ACK_CONTENT_BYTES],
+        keep_secrets: bool,
     ) -> Result<Built, String> {
         let content = match self.format {
             PacketFormat::Sphinx => seal_forward(
@@ -487,7 +497,11 @@ impl LoopixClient {
             PacketFormat::Clear => clear::seal_content(fragment, self.size),
         }
         .map_err(|e| e.to_string())?;
-        self.builder(topology)
+        let builder = Builder {
+            keep_secrets,
+            ..self.builder(topology)
+        };
+        builder
             .to_recipient(&mut self.rng, recipient, &content, Some(ack))
             .map_err(|e| e.to_string())
     }
@@ -510,6 +524,7 @@ impl LoopixClient {
             },
             size: self.size,
             format: self.format,
+            keep_secrets: false,
         }
     }
 
@@ -741,7 +756,7 @@ impl LoopixClient {
         // again, or its ACK would count a second time.
         let ack_id = self.tracker.transmission(key)?;
         let ack = self.ack_key.seal(ack_id);
-        let result = self.seal_and_build(&topology, &recipient, &fragment, &ack);
+        let result = self.seal_and_build(&topology, &recipient, &fragment, &ack, false);
         match result {
             Ok(mut built) => {
                 built.kind = PacketKind::Real {
@@ -805,10 +820,13 @@ impl LoopixClient {
         };
         let ack = self.ack_key.seal(self.tracker.fresh_id());
         let own = self.address();
-        let result = self.seal_and_build(&topology, &own, &fragment, &ack);
+        let keep = self.keep_loop_secrets;
+        let result = self.seal_and_build(&topology, &own, &fragment, &ack, keep);
         match result {
             Ok(mut built) => {
-                built.kind = PacketKind::LoopCover;
+                built.kind = PacketKind::LoopCover {
+                    message_id: fragment.header.message_id,
+                };
                 self.counters.loop_cover_sent += 1;
                 Some(built)
             }
@@ -1407,6 +1425,19 @@ mod tests {
         assert_eq!(kind, DeliveryKind::Ack);
         let _ = deliver(&mut a, 1, kind, identifier, &mut bytes, 0);
         assert_eq!(a.last_fragment(), None);
+
+        // A loop comes back under the id its packet named, with its route secrets if asked.
+        assert!(a.loop_cover().unwrap().route_secrets.is_none());
+        a.keep_loop_secrets(true);
+        let cover = a.loop_cover().unwrap();
+        let PacketKind::LoopCover { message_id } = cover.kind else {
+            panic!("{:?}", cover.kind)
+        };
+        assert!(cover.route_secrets.is_some());
+        let mut back = gateway(&net, cover.first_hop, cover.packet).into_iter();
+        let (_, kind, identifier, mut bytes) = back.next().unwrap();
+        let _ = deliver(&mut a, 2, kind, identifier, &mut bytes, 0);
+        assert_eq!(a.last_fragment(), Some((message_id, 0)));
     }
 
     #[test]
@@ -1469,7 +1500,10 @@ mod tests {
         assert_eq!(a.next_real(0).unwrap().kind, kind(0));
         assert_eq!(a.next_real(0).unwrap().kind, kind(1));
         assert_eq!(a.drop_cover().unwrap().kind, PacketKind::DropCover);
-        assert_eq!(a.loop_cover().unwrap().kind, PacketKind::LoopCover);
+        assert!(matches!(
+            a.loop_cover().unwrap().kind,
+            PacketKind::LoopCover { .. }
+        ));
         // Both are lost: a retransmission is the same fragment again.
         let deadline = next_timer(&a).unwrap();
         fire(&mut a, deadline);

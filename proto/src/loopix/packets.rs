@@ -7,7 +7,7 @@
 
 use lethe_crypto::framing::PacketSize;
 use lethe_crypto::sphinx::{
-    self, build_surb, Destination, PacketSpec, Surb, SurbRecovery, Version,
+    self, build_surb, Destination, PacketSpec, RouteSecrets, Surb, SurbRecovery, Version,
 };
 use rand::CryptoRng;
 
@@ -53,6 +53,21 @@ pub struct Built {
     /// What the packet carries. Never on the wire: for a driver that accounts for its
     /// traffic (a simulator's ground truth, metrics).
     pub kind: PacketKind,
+    /// The route's secrets, only when the builder was asked to keep them
+    /// ([`Builder::keep_secrets`]): with them a tracing driver names the link its own loop
+    /// comes back on. Never on the wire.
+    pub route_secrets: Option<KeptSecrets>,
+}
+
+/// A built packet's route secrets (whoever holds them can unwrap its header as each hop
+/// does); `Debug` shows none of them.
+#[derive(Clone)]
+pub struct KeptSecrets(pub Box<RouteSecrets>);
+
+impl std::fmt::Debug for KeptSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeptSecrets(..)")
+    }
 }
 
 /// What a [`Built`] packet carries, as its sender knows it.
@@ -68,7 +83,11 @@ pub enum PacketKind {
         message_id: u64,
     },
     DropCover,
-    LoopCover,
+    /// A loop to ourselves; `message_id` is the one its fragment carries (what
+    /// [`super::LoopixClient::last_fragment`] names when it comes back).
+    LoopCover {
+        message_id: u64,
+    },
 }
 
 /// Who we are, for routes back to us.
@@ -85,6 +104,8 @@ pub struct Builder<'a> {
     pub size: PacketSize,
     /// Sphinx, or clear packets for a simulator's cost model.
     pub format: PacketFormat,
+    /// Keep a forward packet's route secrets in [`Built::route_secrets`] (Sphinx only).
+    pub keep_secrets: bool,
 }
 
 impl Builder<'_> {
@@ -125,19 +146,13 @@ impl Builder<'_> {
         route: &Route,
         delays: &[u64; ROUTE_HOPS_MAX],
         destination: &Destination,
-    ) -> Result<Vec<u8>, BuildError> {
+    ) -> Result<(Vec<u8>, Option<KeptSecrets>), BuildError> {
         let route = route.hops();
         if self.format == PacketFormat::Clear {
             let delays_ns = &delays[..route.len()];
             let nonce = rng.next_u64();
-            return Ok(clear::create(
-                nonce,
-                size,
-                message,
-                route,
-                delays_ns,
-                destination,
-            )?);
+            let packet = clear::create(nonce, size, message, route, delays_ns, destination)?;
+            return Ok((packet, None));
         }
         let spec = PacketSpec {
             route,
@@ -145,13 +160,14 @@ impl Builder<'_> {
             destination,
             version: Version::CURRENT,
         };
-        Ok(sphinx::create(
-            message,
-            size.payload_len(),
-            &spec,
-            None,
-            rng,
-        )?)
+        if self.keep_secrets {
+            let mut packet =
+                vec![0u8; sphinx::constants::HEADER_SIZE.saturating_add(size.payload_len())];
+            let secrets = sphinx::create_into(&mut packet, message, &spec, None, rng)?;
+            return Ok((packet, Some(KeptSecrets(Box::new(secrets)))));
+        }
+        let packet = sphinx::create(message, size.payload_len(), &spec, None, rng)?;
+        Ok((packet, None))
     }
 
     /// An ACK packet (Ack size) carrying `ack_plaintext`, routed back to us.
@@ -166,7 +182,7 @@ impl Builder<'_> {
             address: self.own.identity,
             identifier: [0u8; 16],
         };
-        let packet = self.sphinx(
+        let (packet, _) = self.sphinx(
             rng,
             PacketSize::Ack,
             ack_plaintext,
@@ -213,7 +229,8 @@ impl Builder<'_> {
             address: *destination,
             identifier: [0u8; 16],
         };
-        let packet = self.sphinx(rng, self.size, &plaintext, &route, &delays, &destination)?;
+        let (packet, route_secrets) =
+            self.sphinx(rng, self.size, &plaintext, &route, &delays, &destination)?;
         Ok(Built {
             first_hop: route.first().address,
             packet,
@@ -227,6 +244,7 @@ impl Builder<'_> {
                     fragment: 0,
                 }
             },
+            route_secrets,
         })
     }
 
@@ -303,5 +321,6 @@ pub fn reply_packet(surb: &Surb, content: &[u8], size: PacketSize) -> Result<Bui
         packet,
         expected_rtt_ns: 0,
         kind: PacketKind::Reply { message_id: 0 },
+        route_secrets: None,
     })
 }

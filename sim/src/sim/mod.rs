@@ -881,7 +881,7 @@ impl<'a> World<'a> {
             }
             PacketKind::Reply { .. } => (Class::Reply, 0, 0, None),
             PacketKind::DropCover => (Class::DropCover, 0, 0, None),
-            PacketKind::LoopCover => (Class::LoopCover, 0, 0, Some(node)),
+            PacketKind::LoopCover { .. } => (Class::LoopCover, 0, 0, Some(node)),
         };
         let message_id = if message_id == 0 {
             self.new_message_id()
