@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lethe_crypto::sphinx::Destination;
+use lethe_crypto::sphinx::{Destination, RouteHop};
 use lethe_nodes::directory::client::{fetch_consensus, http_client, Authorities};
 use lethe_nodes::topology::{now_ms, refetch_in, Consumer, Topology as DirectoryTopology};
 use serde::Serialize;
@@ -256,9 +256,7 @@ impl TopologyFeed {
             );
         }
         let old = Arc::clone(&state.routes);
-        if old.topology.layers == routes.topology.layers
-            && old.topology.exits == routes.topology.exits
-        {
+        if same_routes(&old.topology, &routes.topology) {
             if routes.epoch != old.epoch {
                 // Same routes, newer epoch: kept so later fetches refuse older epochs.
                 state.routes = Arc::new(routes);
@@ -314,6 +312,25 @@ impl TopologyFeed {
     }
 }
 
+/// Whether two topologies give the same routes: each layer the same hops, in any order (a
+/// document may list a kept layer's nodes in another order each epoch), and the same exits.
+fn same_routes(a: &Topology, b: &Topology) -> bool {
+    let hops = |layer: &[RouteHop]| {
+        let mut hops: Vec<_> = layer
+            .iter()
+            .map(|hop| (hop.address, hop.public_key))
+            .collect();
+        hops.sort_unstable();
+        hops
+    };
+    a.exits == b.exits
+        && a.layers.len() == b.layers.len()
+        && a.layers
+            .iter()
+            .zip(&b.layers)
+            .all(|(x, y)| hops(x) == hops(y))
+}
+
 /// `removed mix3 (layer 2); added ...` (or `routes changed`).
 pub fn describe(change: &TopologyChange) -> String {
     let mut parts = Vec::new();
@@ -332,9 +349,9 @@ pub fn describe(change: &TopologyChange) -> String {
     parts.join("; ")
 }
 
-/// Fetches the topology each epoch soon after the next is due (voting authorities redraw
-/// the layers every epoch: routes over an older document's would be refused at the
-/// gateways), and at least every `every`, until the runtime it runs on is dropped.
+/// Fetches the topology each epoch soon after the next is due (nodes join and leave each
+/// epoch, and a gateway refuses first hops its current and previous documents do not list),
+/// and at least every `every`, until the runtime it runs on is dropped.
 pub async fn refresh_loop(
     feed: Arc<TopologyFeed>,
     authorities: Authorities,
@@ -363,7 +380,6 @@ pub async fn refresh_loop(
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use lethe_crypto::sphinx::RouteHop;
 
     fn hop(tag: u8) -> RouteHop {
         RouteHop {
@@ -409,6 +425,9 @@ mod tests {
         assert_eq!(feed.generation(), 0);
         // Same routes in a newer epoch: no new generation, but the epoch advances.
         feed.apply(Ok(routes(6, &[&[1, 2], &[3, 4], &[5, 6]])));
+        assert_eq!((feed.generation(), feed.epoch()), (0, Some(6)));
+        // The same layers listed in another order (kept layers, a new epoch): no change.
+        feed.apply(Ok(routes(6, &[&[2, 1], &[4, 3], &[5, 6]])));
         assert_eq!((feed.generation(), feed.epoch()), (0, Some(6)));
         let before = feed.stats();
         // mix3 (layer 2) dropped.

@@ -155,8 +155,8 @@ pub fn refresh_topology(
                     if metrics.consensus_in_grace.swap(0, Ordering::Relaxed) != 0 {
                         tracing::info!(epoch = topology.epoch, "a fresh consensus verified");
                     }
-                    // Each epoch's document as soon as it is due (voting authorities
-                    // redraw the layers every epoch), at least every TOPOLOGY_REFRESH.
+                    // Each epoch's document as soon as it is due (nodes join and leave,
+                    // layers are redrawn each layer period), at least every TOPOLOGY_REFRESH.
                     let next = crate::topology::refetch_in(
                         &topology,
                         crate::topology::now_ms(),
