@@ -484,6 +484,41 @@ mod tests {
         assert_eq!(open(&vote), Err(Refusal::TooLarge));
     }
 
+    /// An authority that computed another document (here it missed a vote; after a restart, it
+    /// lacks the previous document) still certifies the one its peers signed, from their
+    /// pushed signatures: it serves that document and keeps from it the next epoch.
+    #[test]
+    fn a_lagging_authority_certifies_the_document_its_peers_signed() {
+        let set = set();
+        let mut rounds: Vec<Round> = (0..4).map(|_| Round::new(EPOCH)).collect();
+        for (index, round) in rounds.iter_mut().enumerate() {
+            let voters = if index == 0 { 0..3 } else { 0..4 };
+            for a in voters {
+                let (key, vote, signed) = signed_vote(a, EPOCH, None);
+                round.add_vote(key, vote, signed).unwrap();
+            }
+        }
+        let docs: Vec<MultiSigned> = (0..4)
+            .map(|a| {
+                rounds[a]
+                    .compute(&set, &seed(a as u8), Previous::None)
+                    .unwrap()
+            })
+            .collect();
+        assert_ne!(
+            docs[0].body, docs[1].body,
+            "the lagging computation differs"
+        );
+        assert!(docs[1..].windows(2).all(|w| w[0].body == w[1].body));
+        for doc in &docs[1..] {
+            assert_eq!(rounds[0].add_signatures(doc, &set), vec![Ok(Accepted::New)]);
+        }
+        let certified = rounds[0].certified(&set).unwrap();
+        assert_eq!(certified.body, docs[1].body);
+        assert_eq!(certified.signatures.len(), 3);
+        assert!(crate::topology::verify_consensus(&certified, &set, 20, None).is_ok());
+    }
+
     #[test]
     fn certified_with_threshold_signatures_and_never_two_documents() {
         let set = set();
