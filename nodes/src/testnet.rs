@@ -1033,9 +1033,9 @@ fn start_issuers(
 }
 
 /// Waits (at most `bound`) until a consensus the clients accept lists every mixnode and
-/// gateway, and every gateway holds a verified document: a gateway fetches the first one a
-/// moment after it is certified and refuses its clients' packets until then (NOT_LAYER1),
-/// so a client started as soon as `up` returns would see its first packets refused.
+/// gateway, and every gateway holds that document or a later one: a gateway fetches it a
+/// moment after it is certified and refuses first hops its own document does not list
+/// (NOT_LAYER1), so a client started as soon as `up` returns would see packets refused.
 fn wait_for_topology(
     state: &TestnetState,
     mixnodes: usize,
@@ -1061,7 +1061,7 @@ fn wait_for_topology(
                 if m >= mixnodes && t.gateways.len() >= gateways {
                     let waiting: Vec<&str> = state
                         .gateways()
-                        .filter(|g| !runtime.block_on(gateway_holds_document(&http, g)))
+                        .filter(|g| !runtime.block_on(gateway_holds_document(&http, g, t.epoch)))
                         .map(|g| g.name.as_str())
                         .collect();
                     if waiting.is_empty() {
@@ -1082,9 +1082,10 @@ fn wait_for_topology(
     ))
 }
 
-/// Whether gateway `node` holds a verified document: its `lethe_gateway_consensus_epoch`
-/// is set (0 until then).
-async fn gateway_holds_document(http: &reqwest::Client, node: &NodeState) -> bool {
+/// Whether gateway `node` holds a verified document of `epoch` or later (its
+/// `lethe_gateway_consensus_epoch`): an earlier one may not list every node yet (the first
+/// certified document can be empty), and the gateway refuses first hops it does not list.
+async fn gateway_holds_document(http: &reqwest::Client, node: &NodeState, epoch: u64) -> bool {
     let Some(metrics) = node.info.get("metrics") else {
         return false;
     };
@@ -1096,7 +1097,7 @@ async fn gateway_holds_document(http: &reqwest::Client, node: &NodeState) -> boo
     };
     text.lines()
         .filter_map(|line| line.strip_prefix("lethe_gateway_consensus_epoch "))
-        .any(|value| value.trim().parse::<u64>().is_ok_and(|epoch| epoch > 0))
+        .any(|value| value.trim().parse::<u64>().is_ok_and(|held| held >= epoch))
 }
 
 fn print_summary(state: &TestnetState, dir: &Path) {
